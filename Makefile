@@ -1,0 +1,50 @@
+# raftctl: the two quick-start commands are `make up` and `make test`.
+# Both install everything they need (a virtualenv with the Python dependencies and,
+# when run as root on Debian/Ubuntu, runc, busybox-static, btrfs-progs and nftables).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DIR ?= .raftctl-dev
+
+.PHONY: deps system-deps up test test-fast bench jepsen clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+deps: system-deps $(STAMP)
+
+# Debian packages for the runc driver, images on btrfs and the jepsen-style harness.
+# Only as root, only where apt-get exists; otherwise the runc tests skip loudly.
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  missing=""; \
+	  command -v runc >/dev/null 2>&1 || missing="$$missing runc"; \
+	  [ -x /bin/busybox ] || missing="$$missing busybox-static"; \
+	  command -v mkfs.btrfs >/dev/null 2>&1 || missing="$$missing btrfs-progs"; \
+	  command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
+	  command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	else echo "not root or no apt-get: runc/btrfs/nftables not installed; those tests will skip"; fi
+
+up: deps
+	$(BIN)/raftctl up --dir $(DIR)
+
+test: deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: deps
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+jepsen: deps
+	$(BIN)/python jepsen-style/run.py --seeds 10 --duration 600
+
+clean:
+	rm -rf $(VENV) $(DIR)
