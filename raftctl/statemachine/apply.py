@@ -1,0 +1,509 @@
+"""apply(state, command) -> Result: validate first, then mutate.
+
+A rejected command changes nothing (the snapshot stays byte-identical) and
+returns a typed :class:`Rejection`. Time comes only from ``cmd.at``; ids come
+from state counters. ``apply_entry`` applies one log entry (a batch) and is the
+only thing the replicated method calls.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from raftctl.statemachine import commands as c
+from raftctl.statemachine.state import MAX_DEDUP, MAX_EVENTS, State, machine_usage, placement_uses_resources
+
+ROLES = ("admin", "deployer", "operator", "reader", "agent")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+MACHINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+PLACEMENT_STATES = ("pending", "starting", "running", "exited", "oom_killed", "lost", "stopped")
+HEALTH_STATES = ("unknown", "healthy", "unhealthy")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    code: str
+    message: str
+    field: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "field": self.field}
+
+
+@dataclass
+class Result:
+    ok: bool
+    index: int
+    value: dict[str, Any] = field(default_factory=dict)
+    error: Rejection | None = None
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"ok": self.ok, "index": self.index, "value": self.value,
+                "error": self.error.to_dict() if self.error else None}
+
+    @classmethod
+    def from_obj(cls, obj: dict[str, Any]) -> "Result":
+        err = obj.get("error")
+        return cls(obj["ok"], obj["index"], obj.get("value") or {},
+                   Rejection(err["code"], err["message"], err.get("field")) if err else None)
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """A handler's answer when the command is valid but changes nothing."""
+
+    value: dict[str, Any]
+
+
+class Reject(Exception):
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.rejection = Rejection(code, message, field)
+
+
+# -- entry level ---------------------------------------------------------------
+
+def apply_entry(state: State, data: bytes) -> list[Result]:
+    """Apply one log entry (a CBOR list of commands); never raises."""
+    state.entries += 1
+    state.chain = hashlib.sha256(state.chain.encode() + data).hexdigest()
+    try:
+        items = c.decode_entry(data)
+    except c.DecodeError as exc:
+        return [Result(False, state.index, error=Rejection(exc.code, exc.message, exc.field))]
+    results = []
+    for item in items:
+        try:
+            cmd = c.from_wire(item)
+        except c.DecodeError as exc:
+            results.append(Result(False, state.index, error=Rejection(exc.code, exc.message, exc.field)))
+            continue
+        results.append(apply(state, cmd))
+    return results
+
+
+def apply(state: State, cmd: c.Command) -> Result:
+    """Apply one command. Deterministic; a rejection leaves ``state`` untouched."""
+    if cmd.id and cmd.id in state.dedup:
+        return Result.from_obj(state.dedup[cmd.id])
+    handler = HANDLERS.get(type(cmd))
+    if handler is None:
+        return Result(False, state.index, error=Rejection("unknown_op", f"no handler for {cmd.OP!r}", "op"))
+    try:
+        value = handler(state, cmd)
+    except Reject as rej:
+        return Result(False, state.index, error=rej.rejection)
+    except Exception as exc:  # a bug; deterministic on every replica, so they still agree
+        return Result(False, state.index, error=Rejection("internal", f"{type(exc).__name__}: {exc}"))
+    if value is None:  # a no-op: nothing changed
+        return Result(True, state.index)
+    if isinstance(value, Unchanged):
+        return Result(True, state.index, value.value)
+    result = Result(True, state.index, value)
+    if cmd.id:
+        state.dedup[cmd.id] = result.to_obj()
+        while len(state.dedup) > MAX_DEDUP:
+            del state.dedup[next(iter(state.dedup))]
+    return result
+
+
+# -- helpers -----------------------------------------------------------------
+
+def _bump(state: State, *tables: str) -> int:
+    state.index += 1
+    for t in tables:
+        state.table_index[t] = state.index
+    return state.index
+
+
+def _event(state: State, at: int, kind: str, message: str, **refs: Any) -> None:
+    state.seq["event"] += 1
+    ev = {"seq": state.seq["event"], "index": state.index, "at": at, "kind": kind, "message": message}
+    ev.update({k: v for k, v in refs.items() if v is not None})
+    state.events.append(ev)
+    if len(state.events) > MAX_EVENTS:
+        del state.events[: len(state.events) - MAX_EVENTS]
+    state.table_index["events"] = state.index
+
+
+def _need(cond: bool, code: str, message: str, field: str | None = None) -> None:
+    if not cond:
+        raise Reject(code, message, field)
+
+
+def _job(state: State, name: str) -> dict:
+    job = state.jobs.get(name)
+    _need(job is not None, "not_found", f"job {name!r} does not exist", "name")
+    return job  # type: ignore[return-value]
+
+
+def _current_spec(job: dict) -> dict:
+    for v in job["versions"]:
+        if v["version"] == job["version"]:
+            return v["spec"]
+    raise Reject("internal", f"job {job['name']} has no version {job['version']}")
+
+
+def _unpublish(state: State, p: dict) -> bool:
+    job = state.jobs.get(p["job"])
+    service = _current_spec(job).get("service", p["job"]) if job else p["job"]
+    svc = state.discovery.get(service)
+    if svc and p["id"] in svc["endpoints"]:
+        del svc["endpoints"][p["id"]]
+        svc["index"] = state.index
+        state.table_index["discovery"] = state.index
+        return True
+    return False
+
+
+def _publish(state: State, p: dict, spec: dict) -> None:
+    machine = state.machines.get(p["machine"], {})
+    port = None
+    if spec.get("ports"):
+        port = p["ports"].get(spec["ports"][0]["name"])
+    service = spec.get("service", p["job"])
+    svc = state.discovery.setdefault(service, {"index": state.index, "endpoints": {}})
+    svc["endpoints"][p["id"]] = {
+        "address": p["address"], "port": port, "placement": p["id"], "machine": p["machine"],
+        "version": p["version"], "fault_domain": dict(machine.get("fault_domain", {})),
+    }
+    svc["index"] = state.index
+    state.table_index["discovery"] = state.index
+
+
+def _set_placement(s: State, p: dict, at: int, **changes: Any) -> None:
+    p.update(changes)
+    p["updated_at"] = at
+    p["modify_index"] = s.index
+
+
+# -- handlers ------------------------------------------------------------------
+
+def _noop(state: State, cmd: c.Noop) -> None:
+    return None
+
+
+def _put_job(state: State, cmd: c.PutJob) -> dict:
+    spec = cmd.spec
+    name = spec.get("name")
+    _need(isinstance(name, str) and bool(NAME_RE.match(name)), "invalid", "job name must match [a-z0-9][a-z0-9-]{0,62}", "name")
+    for key, typ in (("image", str), ("command", list), ("replicas", int), ("resources", dict)):
+        _need(isinstance(spec.get(key), typ), "invalid", f"spec field {key} is missing or has the wrong type", key)
+    job = state.jobs.get(name)
+    if cmd.cas is not None:
+        current = job["modify_index"] if job else 0
+        _need(current == cmd.cas, "cas_failed",
+              f"job {name} is at index {current}, not {cmd.cas}", "cas")
+    if job is not None and job["status"] == "running" and _current_spec(job) == spec:
+        # identical resubmission: nothing changes (like `nomad job run` of the same file)
+        return Unchanged({"name": name, "version": job["version"], "job_index": job["modify_index"],
+                          "unchanged": True})
+    idx = _bump(state, "jobs")
+    if job is None:
+        job = {"name": name, "version": 0, "versions": [], "status": "running",
+               "replicas": spec["replicas"], "pending_reason": None,
+               "create_index": idx, "modify_index": idx}
+        state.jobs[name] = job
+    version = (job["versions"][-1]["version"] + 1) if job["versions"] else 1
+    job["versions"].append({"version": version, "spec": spec, "submitted_at": cmd.at, "index": idx, "stable": False})
+    job["version"] = version
+    job["status"] = "running"
+    job["replicas"] = spec["replicas"]
+    job["modify_index"] = idx
+    _event(state, cmd.at, "job.version", f"job {name} version {version} submitted", job=name)
+    return {"name": name, "version": version, "job_index": idx}
+
+
+def _delete_job(state: State, cmd: c.DeleteJob) -> dict:
+    job = _job(state, cmd.name)
+    idx = _bump(state, "jobs", "placements")
+    job["status"] = "dead"
+    job["replicas"] = 0
+    job["modify_index"] = idx
+    stopped = 0
+    for p in state.job_placements(cmd.name):
+        if p["desired"] == "run":
+            _unpublish(state, p)
+            _set_placement(state, p, cmd.at, desired="stop", reason="job stopped")
+            stopped += 1
+    if cmd.purge:
+        del state.jobs[cmd.name]
+        state.deployments.pop(cmd.name, None)
+    _event(state, cmd.at, "job.stop", f"job {cmd.name} stopped ({stopped} replicas to stop)"
+           + (", purged" if cmd.purge else ""), job=cmd.name)
+    return {"name": cmd.name, "stopping": stopped}
+
+
+def _scale_job(state: State, cmd: c.ScaleJob) -> dict:
+    job = _job(state, cmd.name)
+    _need(job["status"] == "running", "conflict", f"job {cmd.name} is stopped", "name")
+    _need(0 <= cmd.replicas <= 10000, "invalid", "replicas must be between 0 and 10000", "replicas")
+    before = job["replicas"]
+    idx = _bump(state, "jobs")
+    job["replicas"] = cmd.replicas
+    job["modify_index"] = idx
+    _event(state, cmd.at, "job.scale", f"job {cmd.name} scaled {before} -> {cmd.replicas}"
+           + (f": {cmd.reason}" if cmd.reason else ""), job=cmd.name)
+    return {"name": cmd.name, "replicas": cmd.replicas, "previous": before}
+
+
+def _rollback_job(state: State, cmd: c.RollbackJob) -> dict:
+    job = _job(state, cmd.name)
+    old = next((v for v in job["versions"] if v["version"] == cmd.version), None)
+    _need(old is not None, "not_found", f"job {cmd.name} has no version {cmd.version}", "version")
+    _need(cmd.version != job["version"], "conflict", f"version {cmd.version} is already current", "version")
+    idx = _bump(state, "jobs")
+    version = job["versions"][-1]["version"] + 1
+    job["versions"].append({"version": version, "spec": old["spec"], "submitted_at": cmd.at,
+                            "index": idx, "stable": False, "rollback_of": cmd.version})
+    job["version"] = version
+    job["status"] = "running"
+    job["replicas"] = old["spec"]["replicas"]
+    job["modify_index"] = idx
+    _event(state, cmd.at, "job.rollback", f"job {cmd.name} rolled back to version {cmd.version} as {version}", job=cmd.name)
+    return {"name": cmd.name, "version": version, "rollback_of": cmd.version}
+
+
+def _register_machine(state: State, cmd: c.RegisterMachine) -> dict:
+    _need(bool(MACHINE_RE.match(cmd.machine)), "invalid", "machine id must match [A-Za-z0-9._-]{1,63}", "id")
+    _need(bool(cmd.address), "invalid", "machine address is required", "address")
+    for k in ("cpu", "memory", "pids"):
+        v = cmd.resources.get(k)
+        _need(isinstance(v, int) and v > 0, "invalid", f"resources.{k} must be a positive integer", f"resources.{k}")
+    _need(len(cmd.ports) == 2 and all(isinstance(x, int) for x in cmd.ports) and 0 < cmd.ports[0] <= cmd.ports[1] < 65536,
+          "invalid", "ports must be [lo, hi] within 1..65535", "ports")
+    old = state.machines.get(cmd.machine)
+    idx = _bump(state, "machines")
+    m = {"id": cmd.machine, "address": cmd.address, "fault_domain": dict(cmd.fault_domain),
+         "labels": dict(cmd.labels), "resources": dict(cmd.resources), "ports": list(cmd.ports),
+         "runtime": cmd.runtime, "status": "up", "drain": old["drain"] if old else None,
+         "eligible": old["eligible"] if old else True, "registered_at": cmd.at,
+         "last_transition": cmd.at if not old or old["status"] != "up" else old["last_transition"],
+         "create_index": old["create_index"] if old else idx, "modify_index": idx}
+    state.machines[cmd.machine] = m
+    if old is None or old["status"] != "up":
+        _event(state, cmd.at, "machine.up", f"machine {cmd.machine} registered and up", machine=cmd.machine)
+    return {"machine": cmd.machine}
+
+
+def _machine_down(state: State, cmd: c.MachineDown) -> dict:
+    m = state.machines.get(cmd.machine)
+    _need(m is not None, "not_found", f"machine {cmd.machine!r} does not exist", "machine")
+    _need(cmd.epoch == 0 or cmd.epoch == state.epoch, "stale_epoch",
+          f"proposed by the leader of epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
+    _need(m["status"] != "down", "conflict", f"machine {cmd.machine} is already down", "machine")
+    idx = _bump(state, "machines", "placements")
+    m["status"] = "down"
+    m["last_transition"] = cmd.at
+    m["modify_index"] = idx
+    lost = []
+    for p in state.machine_placements(cmd.machine):
+        if placement_uses_resources(p):
+            _unpublish(state, p)
+            _set_placement(state, p, cmd.at, state="lost", health="unknown", reason=f"machine down: {cmd.reason}")
+            lost.append(p["id"])
+    _event(state, cmd.at, "machine.down", f"machine {cmd.machine} down ({cmd.reason}); {len(lost)} placements lost",
+           machine=cmd.machine)
+    return {"machine": cmd.machine, "lost": lost}
+
+
+def _machine_up(state: State, cmd: c.MachineUp) -> dict:
+    m = state.machines.get(cmd.machine)
+    _need(m is not None, "not_found", f"machine {cmd.machine!r} does not exist", "machine")
+    _need(m["status"] != "up", "conflict", f"machine {cmd.machine} is already up", "machine")
+    idx = _bump(state, "machines")
+    m["status"] = "up"
+    m["last_transition"] = cmd.at
+    m["modify_index"] = idx
+    _event(state, cmd.at, "machine.up", f"machine {cmd.machine} back up", machine=cmd.machine)
+    return {"machine": cmd.machine}
+
+
+def _drain_machine(state: State, cmd: c.DrainMachine) -> dict:
+    _need(bool(cmd.machines), "invalid", "no machines to drain", "machines")
+    for mid in cmd.machines:
+        _need(mid in state.machines, "not_found", f"machine {mid!r} does not exist", "machine")
+    idx = _bump(state, "machines")
+    for mid in cmd.machines:
+        m = state.machines[mid]
+        m["drain"] = {"since": cmd.at, "deadline": cmd.deadline} if cmd.drain else None
+        m["modify_index"] = idx
+        _event(state, cmd.at, "machine.drain" if cmd.drain else "machine.undrain",
+               f"machine {mid} {'draining' if cmd.drain else 'undrained'}", machine=mid)
+    return {"machines": list(cmd.machines), "drain": cmd.drain}
+
+
+def _claim_epoch(state: State, cmd: c.ClaimEpoch) -> dict:
+    _need(cmd.term > state.epoch, "stale_epoch", f"term {cmd.term} is not newer than epoch {state.epoch}", "term")
+    _bump(state)
+    state.epoch = cmd.term
+    state.epoch_node = cmd.node
+    _event(state, cmd.at, "leader.epoch", f"{cmd.node} leads epoch {cmd.term}")
+    return {"epoch": cmd.term}
+
+
+def _fits(state: State, machine: str, resources: dict, ports: dict) -> str | None:
+    """Why a new placement does not fit on ``machine`` now (None if it fits)."""
+    m = state.machines.get(machine)
+    if m is None:
+        return f"machine {machine} does not exist"
+    if m["status"] != "up":
+        return f"machine {machine} is down"
+    if m.get("drain") or not m.get("eligible", True):
+        return f"machine {machine} is not schedulable"
+    used, taken = machine_usage(state, machine)
+    for k in ("cpu", "memory", "pids"):
+        if used[k] + int(resources.get(k, 0)) > m["resources"][k]:
+            return f"insufficient {k} on {machine}"
+    lo, hi = m["ports"]
+    for port in ports.values():
+        if port in taken:
+            return f"port {port} already in use on {machine}"
+        if not lo <= port <= hi:
+            return f"port {port} outside {machine}'s range {lo}-{hi}"
+    return None
+
+
+def _plan(state: State, cmd: c.Plan) -> dict:
+    _need(cmd.epoch == state.epoch, "stale_epoch",
+          f"plan from epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
+    idx = _bump(state, "placements")
+    placed, rejected, stopped = [], [], []
+    for i, item in enumerate(cmd.place):
+        job = state.jobs.get(item.get("job"))
+        if job is None or job["status"] != "running":
+            rejected.append({"item": i, "reason": f"job {item.get('job')} is not running"})
+            continue
+        slot_taken = any(p["replica"] == item["replica"] and p["desired"] == "run" and placement_uses_resources(p)
+                         and p["version"] == item["version"]
+                         for p in state.job_placements(job["name"]))
+        if slot_taken or item["replica"] >= job["replicas"] + int(item.get("surge", 0)):
+            rejected.append({"item": i, "reason": f"replica {item['replica']} of {job['name']} is already placed or not wanted"})
+            continue
+        why = _fits(state, item["machine"], item["resources"], item["ports"])
+        if why:
+            rejected.append({"item": i, "reason": why})
+            continue
+        state.seq["placement"] += 1
+        pid = f"{job['name']}-{state.seq['placement']:05d}"
+        m = state.machines[item["machine"]]
+        p = {"id": pid, "job": job["name"], "version": item["version"], "replica": item["replica"],
+             "machine": item["machine"], "resources": dict(item["resources"]), "ports": dict(item["ports"]),
+             "address": m["address"], "desired": "run", "state": "pending", "health": "unknown",
+             "exit_code": None, "reason": "", "created_at": cmd.at, "updated_at": cmd.at,
+             "create_index": idx, "modify_index": idx}
+        state.placements[pid] = p
+        state.by_machine.setdefault(p["machine"], set()).add(pid)
+        state.by_job.setdefault(p["job"], set()).add(pid)
+        placed.append(pid)
+    for item in cmd.stop:
+        p = state.placements.get(item.get("placement"))
+        if p is None or p["desired"] == "stop":
+            continue
+        _unpublish(state, p)
+        _set_placement(state, p, cmd.at, desired="stop", reason=item.get("reason", ""))
+        stopped.append(p["id"])
+    if placed:
+        _event(state, cmd.at, "plan", f"placed {len(placed)}, stopped {len(stopped)}, rejected {len(rejected)}")
+    return {"placed": placed, "stopped": stopped, "rejected": rejected}
+
+
+def _placement_update(state: State, cmd: c.PlacementUpdate) -> dict:
+    p = state.placements.get(cmd.placement)
+    _need(p is not None, "not_found", f"placement {cmd.placement!r} does not exist", "placement")
+    _need(p["machine"] == cmd.machine, "forbidden", f"placement {cmd.placement} is not on machine {cmd.machine}", "machine")
+    _need(cmd.state in PLACEMENT_STATES, "invalid", f"unknown state {cmd.state!r}", "state")
+    _need(cmd.health in HEALTH_STATES + ("",), "invalid", f"unknown health {cmd.health!r}", "health")
+    _need(p["state"] not in ("lost", "stopped") or cmd.state == "stopped", "conflict",
+          f"placement {cmd.placement} is {p['state']}", "placement")
+    idx = _bump(state, "placements")
+    health = cmd.health or p["health"]
+    if cmd.state != "running":
+        health = "unknown"
+    _set_placement(state, p, cmd.at, state=cmd.state, health=health, exit_code=cmd.exit_code,
+                   reason=cmd.reason or p["reason"])
+    job = state.jobs.get(p["job"])
+    if p["desired"] == "run" and health == "healthy" and job and job["status"] == "running":
+        spec = next((v["spec"] for v in job["versions"] if v["version"] == p["version"]), None)
+        if spec is not None:
+            _publish(state, p, spec)
+    else:
+        _unpublish(state, p)
+    if cmd.state in ("exited", "oom_killed", "stopped"):
+        _event(state, cmd.at, f"placement.{cmd.state}", f"{p['id']} on {p['machine']} {cmd.state}"
+               + (f" (code {cmd.exit_code})" if cmd.exit_code is not None else ""), job=p["job"], machine=p["machine"])
+    if cmd.state == "stopped" and p["desired"] == "stop":
+        del state.placements[p["id"]]
+        state.by_machine.get(p["machine"], set()).discard(p["id"])
+        state.by_job.get(p["job"], set()).discard(p["id"])
+    return {"placement": cmd.placement, "state": cmd.state, "health": health, "index": idx}
+
+
+def _create_token(state: State, cmd: c.CreateToken) -> dict:
+    _need(bool(re.fullmatch(r"[0-9a-f]{64}", cmd.hash)), "invalid", "hash must be sha256 hex", "hash")
+    _need(cmd.role in ROLES, "invalid", f"role must be one of {', '.join(ROLES)}", "role")
+    _need(bool(cmd.name), "invalid", "token name is required", "name")
+    _need(cmd.hash not in state.tokens, "conflict", "token already exists", "hash")
+    _need(all(t["name"] != cmd.name for t in state.tokens.values()), "conflict",
+          f"a token named {cmd.name!r} already exists", "name")
+    _need(cmd.role != "agent" or bool(cmd.machine), "invalid", "an agent token names its machine", "machine")
+    idx = _bump(state, "tokens")
+    state.tokens[cmd.hash] = {"hash": cmd.hash, "role": cmd.role, "name": cmd.name, "machine": cmd.machine,
+                              "created_at": cmd.at, "create_index": idx}
+    _event(state, cmd.at, "token.create", f"token {cmd.name} ({cmd.role}) created")
+    return {"name": cmd.name, "role": cmd.role}
+
+
+def _revoke_token(state: State, cmd: c.RevokeToken) -> dict:
+    found = [h for h, t in state.tokens.items() if t["name"] == cmd.name]
+    _need(bool(found), "not_found", f"no token named {cmd.name!r}", "name")
+    _bump(state, "tokens")
+    for h in found:
+        del state.tokens[h]
+    _event(state, cmd.at, "token.revoke", f"token {cmd.name} revoked")
+    return {"name": cmd.name}
+
+
+def _put_image(state: State, cmd: c.PutImage) -> dict:
+    _need(bool(re.fullmatch(r"[a-z0-9][a-z0-9._/-]{0,127}:[A-Za-z0-9._-]{1,64}", cmd.name)), "invalid",
+          "image name must be name:tag", "name")
+    _need(bool(re.fullmatch(r"sha256:[0-9a-f]{64}", cmd.digest)), "invalid", "digest must be sha256:<64 hex>", "digest")
+    _need(cmd.size >= 0, "invalid", "size must be >= 0", "size")
+    old = state.images.get(cmd.name)
+    idx = _bump(state, "images")
+    state.images[cmd.name] = {"name": cmd.name, "digest": cmd.digest, "size": cmd.size,
+                              "create_index": old["create_index"] if old else idx, "modify_index": idx}
+    return {"name": cmd.name, "digest": cmd.digest}
+
+
+def _set_member(state: State, cmd: c.SetMember) -> dict | None:
+    _need(bool(cmd.raft), "invalid", "raft address is required", "raft")
+    new = {"raft": cmd.raft, "api": cmd.api, "id": cmd.node}
+    old = state.members.get(cmd.raft)
+    if old is not None and {k: old[k] for k in new} == new:
+        return None
+    idx = _bump(state, "members")
+    new["create_index"] = old["create_index"] if old else idx
+    new["modify_index"] = idx
+    state.members[cmd.raft] = new
+    return {"raft": cmd.raft}
+
+
+def _remove_member(state: State, cmd: c.RemoveMember) -> dict:
+    _need(cmd.raft in state.members, "not_found", f"no member {cmd.raft}", "raft")
+    _bump(state, "members")
+    del state.members[cmd.raft]
+    _event(state, cmd.at, "member.remove", f"member {cmd.raft} removed")
+    return {"raft": cmd.raft}
+
+
+HANDLERS: dict[type, Callable[[State, Any], Any]] = {
+    c.Noop: _noop, c.PutJob: _put_job, c.DeleteJob: _delete_job, c.ScaleJob: _scale_job,
+    c.RollbackJob: _rollback_job, c.RegisterMachine: _register_machine, c.MachineDown: _machine_down,
+    c.MachineUp: _machine_up, c.DrainMachine: _drain_machine, c.ClaimEpoch: _claim_epoch,
+    c.Plan: _plan, c.PlacementUpdate: _placement_update, c.CreateToken: _create_token,
+    c.RevokeToken: _revoke_token, c.PutImage: _put_image, c.SetMember: _set_member,
+    c.RemoveMember: _remove_member,
+}

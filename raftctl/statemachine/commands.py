@@ -1,0 +1,271 @@
+"""Typed commands and their canonical CBOR wire form.
+
+Every command is a frozen dataclass with an ``OP`` from :class:`Op`. Op numbers
+are explicit and never reused: add new ones at the end, retire old ones by
+leaving them in ``RETIRED``. On the wire a command is the canonical CBOR map
+``{"v": 1, "op": <int>, "at": <ms>, "id": <request id>, ...fields}``; a log
+entry is a CBOR list of such maps (the proposer batches commands).
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import cbor2
+
+SCHEMA_VERSION = 1
+
+
+class Op(enum.IntEnum):
+    NOOP = 1
+    PUT_JOB = 2
+    DELETE_JOB = 3
+    SCALE_JOB = 4
+    ROLLBACK_JOB = 5
+    REGISTER_MACHINE = 10
+    MACHINE_DOWN = 11
+    MACHINE_UP = 12
+    DRAIN_MACHINE = 13
+    CLAIM_EPOCH = 20
+    PLAN = 21
+    PLACEMENT_UPDATE = 22
+    CREATE_TOKEN = 30
+    REVOKE_TOKEN = 31
+    PUT_IMAGE = 40
+    SET_MEMBER = 50
+    REMOVE_MEMBER = 51
+
+
+RETIRED: frozenset[int] = frozenset()
+
+
+class DecodeError(Exception):
+    """A wire command that cannot be turned into a typed command."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    """Fields every command carries: proposer time and request id."""
+
+    OP: ClassVar[Op]
+    at: int = 0
+    id: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Noop(Command):
+    """A read barrier: changes nothing, proves the log moved past this point."""
+
+    OP: ClassVar[Op] = Op.NOOP
+
+
+@dataclass(frozen=True, kw_only=True)
+class PutJob(Command):
+    OP: ClassVar[Op] = Op.PUT_JOB
+    spec: dict = field(default_factory=dict)
+    cas: int | None = None  # expected modify_index of the job; 0 = must not exist
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeleteJob(Command):
+    OP: ClassVar[Op] = Op.DELETE_JOB
+    name: str = ""
+    purge: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScaleJob(Command):
+    OP: ClassVar[Op] = Op.SCALE_JOB
+    name: str = ""
+    replicas: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RollbackJob(Command):
+    OP: ClassVar[Op] = Op.ROLLBACK_JOB
+    name: str = ""
+    version: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegisterMachine(Command):
+    OP: ClassVar[Op] = Op.REGISTER_MACHINE
+    machine: str = ""
+    address: str = ""
+    fault_domain: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+    resources: dict = field(default_factory=dict)
+    ports: list = field(default_factory=list)
+    runtime: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class MachineDown(Command):
+    OP: ClassVar[Op] = Op.MACHINE_DOWN
+    machine: str = ""
+    reason: str = ""
+    epoch: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class MachineUp(Command):
+    OP: ClassVar[Op] = Op.MACHINE_UP
+    machine: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DrainMachine(Command):
+    OP: ClassVar[Op] = Op.DRAIN_MACHINE
+    machines: list = field(default_factory=list)
+    drain: bool = True
+    deadline: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimEpoch(Command):
+    OP: ClassVar[Op] = Op.CLAIM_EPOCH
+    term: int = 0
+    node: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan(Command):
+    """Scheduler decisions computed at state ``index`` by the leader of ``epoch``."""
+
+    OP: ClassVar[Op] = Op.PLAN
+    epoch: int = 0
+    index: int = 0
+    place: list = field(default_factory=list)   # [{job, version, replica, machine, resources, ports}]
+    stop: list = field(default_factory=list)    # [{placement, reason}]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlacementUpdate(Command):
+    """An agent's observed-state transition of one placement."""
+
+    OP: ClassVar[Op] = Op.PLACEMENT_UPDATE
+    placement: str = ""
+    machine: str = ""
+    state: str = ""
+    health: str = ""
+    exit_code: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CreateToken(Command):
+    OP: ClassVar[Op] = Op.CREATE_TOKEN
+    hash: str = ""
+    role: str = ""
+    name: str = ""
+    machine: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RevokeToken(Command):
+    OP: ClassVar[Op] = Op.REVOKE_TOKEN
+    name: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PutImage(Command):
+    OP: ClassVar[Op] = Op.PUT_IMAGE
+    name: str = ""
+    digest: str = ""
+    size: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetMember(Command):
+    OP: ClassVar[Op] = Op.SET_MEMBER
+    raft: str = ""
+    api: str = ""
+    node: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemoveMember(Command):
+    OP: ClassVar[Op] = Op.REMOVE_MEMBER
+    raft: str = ""
+
+
+COMMANDS: dict[int, type[Command]] = {
+    cls.OP.value: cls
+    for cls in (Noop, PutJob, DeleteJob, ScaleJob, RollbackJob, RegisterMachine, MachineDown,
+                MachineUp, DrainMachine, ClaimEpoch, Plan, PlacementUpdate, CreateToken,
+                RevokeToken, PutImage, SetMember, RemoveMember)
+}
+assert set(COMMANDS) == {op.value for op in Op}, "every Op needs exactly one command class"
+
+_FIELDS: dict[type[Command], dict[str, dataclasses.Field]] = {
+    cls: {f.name: f for f in dataclasses.fields(cls)} for cls in COMMANDS.values()
+}
+
+# Python types each annotation accepts on decode (annotations are strings here).
+_ACCEPT: dict[str, tuple[type, ...]] = {
+    "int": (int,), "str": (str,), "bool": (bool,), "dict": (dict,), "list": (list,),
+    "int | None": (int, type(None)),
+}
+
+
+def to_wire(cmd: Command) -> dict[str, Any]:
+    """The canonical map form of a command (what goes into a log entry)."""
+    out: dict[str, Any] = {"v": SCHEMA_VERSION, "op": int(cmd.OP)}
+    for name in _FIELDS[type(cmd)]:
+        out[name] = getattr(cmd, name)
+    return out
+
+
+def from_wire(obj: Any) -> Command:
+    """Decode one wire map; raise :class:`DecodeError` (never anything else)."""
+    if not isinstance(obj, dict):
+        raise DecodeError("bad_command", "a command must be a map")
+    version = obj.get("v")
+    if version != SCHEMA_VERSION:
+        raise DecodeError("unknown_version", f"unknown command schema version {version!r}", "v")
+    op = obj.get("op")
+    if not isinstance(op, int) or isinstance(op, bool) or op not in COMMANDS:
+        raise DecodeError("unknown_op", f"unknown command op {op!r}", "op")
+    cls = COMMANDS[op]
+    fields = _FIELDS[cls]
+    kwargs: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key in ("v", "op"):
+            continue
+        f = fields.get(key)
+        if f is None:
+            raise DecodeError("bad_command", f"{cls.__name__} has no field {key!r}", key)
+        accepted = _ACCEPT[str(f.type)]
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+            raise DecodeError("bad_command", f"{cls.__name__}.{key} has the wrong type", key)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def encode_entry(cmds: list[Command]) -> bytes:
+    """A log entry: the canonical CBOR list of the batch's commands."""
+    return cbor2.dumps([to_wire(c) for c in cmds], canonical=True)
+
+
+def encode_wire_entry(wire: list[dict[str, Any]]) -> bytes:
+    return cbor2.dumps(wire, canonical=True)
+
+
+def decode_entry(data: bytes) -> list[Any]:
+    """The wire maps of an entry; a corrupt entry raises :class:`DecodeError`."""
+    try:
+        items = cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises several types for garbage
+        raise DecodeError("corrupt_entry", f"log entry is not CBOR: {exc}") from None
+    if not isinstance(items, list):
+        raise DecodeError("corrupt_entry", "log entry is not a list of commands")
+    return items

@@ -1,0 +1,123 @@
+"""The replicated state: tables, snapshot and restore.
+
+Records are plain CBOR-friendly dicts (shapes in docs/state.md). Derived
+indexes (placements by machine and by job) are rebuilt on restore and never
+written to a snapshot. A snapshot is the canonical CBOR of every table plus a
+schema version, so replicas that applied the same log hold byte-identical
+snapshots.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import cbor2
+
+SNAPSHOT_SCHEMA = 1
+TABLES = ("machines", "jobs", "placements", "deployments", "discovery", "images", "tokens",
+          "members", "events", "dedup")
+MAX_EVENTS = 2000
+MAX_DEDUP = 10000
+
+
+class State:
+    """All replicated tables plus counters. Mutated only by :mod:`apply`."""
+
+    def __init__(self) -> None:
+        self.machines: dict[str, dict] = {}
+        self.jobs: dict[str, dict] = {}
+        self.placements: dict[str, dict] = {}
+        self.deployments: dict[str, dict] = {}
+        self.discovery: dict[str, dict] = {}
+        self.images: dict[str, dict] = {}
+        self.tokens: dict[str, dict] = {}
+        self.members: dict[str, dict] = {}
+        self.events: list[dict] = []
+        self.dedup: dict[str, dict] = {}      # request id -> result of the command that carried it
+        self.index = 0                        # bumped by every command that changes something
+        self.epoch = 0                        # the term of the leader that last claimed leadership
+        self.epoch_node = ""
+        self.seq = {"placement": 0, "event": 0}
+        self.table_index = {t: 0 for t in TABLES}
+        self.entries = 0                      # log entries applied (including no-ops)
+        self.chain = ""                       # hash chain over applied entries
+        # derived, not in snapshots
+        self.by_machine: dict[str, set[str]] = {}
+        self.by_job: dict[str, set[str]] = {}
+
+    # -- snapshots -------------------------------------------------------
+    def to_obj(self) -> dict[str, Any]:
+        return {
+            "schema": SNAPSHOT_SCHEMA,
+            "machines": self.machines, "jobs": self.jobs, "placements": self.placements,
+            "deployments": self.deployments, "discovery": self.discovery, "images": self.images,
+            "tokens": self.tokens, "members": self.members, "events": self.events,
+            "dedup": self.dedup, "index": self.index, "epoch": self.epoch,
+            "epoch_node": self.epoch_node, "seq": self.seq, "table_index": self.table_index,
+            "entries": self.entries, "chain": self.chain,
+        }
+
+    def snapshot(self) -> bytes:
+        return cbor2.dumps(self.to_obj(), canonical=True)
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.snapshot()).hexdigest()
+
+    @classmethod
+    def restore(cls, data: bytes) -> "State":
+        obj = cbor2.loads(data)
+        if not isinstance(obj, dict) or obj.get("schema") != SNAPSHOT_SCHEMA:
+            raise ValueError(f"unknown snapshot schema {obj.get('schema') if isinstance(obj, dict) else None!r}")
+        s = cls()
+        for name in ("machines", "jobs", "placements", "deployments", "discovery", "images",
+                     "tokens", "members", "events", "dedup", "index", "epoch", "epoch_node",
+                     "seq", "table_index", "entries", "chain"):
+            setattr(s, name, obj[name])
+        s.rebuild_derived()
+        return s
+
+    def rebuild_derived(self) -> None:
+        self.by_machine = {}
+        self.by_job = {}
+        for pid, p in self.placements.items():
+            self.by_machine.setdefault(p["machine"], set()).add(pid)
+            self.by_job.setdefault(p["job"], set()).add(pid)
+
+    # -- small read helpers (pure) ----------------------------------------
+    def job_placements(self, job: str) -> list[dict]:
+        return [self.placements[p] for p in sorted(self.by_job.get(job, ()))]
+
+    def machine_placements(self, machine: str) -> list[dict]:
+        return [self.placements[p] for p in sorted(self.by_machine.get(machine, ()))]
+
+
+def placement_uses_resources(p: dict) -> bool:
+    """Whether a placement still holds its machine's resources."""
+    return p["state"] not in ("lost", "stopped")
+
+
+def machine_usage(state: State, machine: str) -> tuple[dict[str, int], set[int]]:
+    """Resources and host ports held on a machine by its live placements."""
+    used = {"cpu": 0, "memory": 0, "pids": 0}
+    ports: set[int] = set()
+    for pid in state.by_machine.get(machine, ()):
+        p = state.placements[pid]
+        if not placement_uses_resources(p):
+            continue
+        for k in used:
+            used[k] += int(p["resources"].get(k, 0))
+        ports.update(p["ports"].values())
+    return used, ports
+
+
+def machine_state(state: State, m: dict) -> str:
+    """The operator-facing state: active, draining, drained, down or maintenance."""
+    if m["status"] == "down":
+        return "down"
+    if m.get("drain"):
+        live = any(placement_uses_resources(state.placements[p])
+                   for p in state.by_machine.get(m["id"], ()))
+        return "draining" if live else "drained"
+    if not m.get("eligible", True):
+        return "maintenance"
+    return "active"
