@@ -20,6 +20,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MACHINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 PLACEMENT_STATES = ("pending", "starting", "running", "exited", "oom_killed", "lost", "stopped")
 HEALTH_STATES = ("unknown", "healthy", "unhealthy")
+MAX_VERSIONS = 20  # versions kept per job (Nomad keeps 6)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,12 @@ def _current_spec(job: dict) -> dict:
     raise Reject("internal", f"job {job['name']} has no version {job['version']}")
 
 
+def _prune_versions(job: dict) -> None:
+    """Keep the newest MAX_VERSIONS versions of a job (history for rollback)."""
+    if len(job["versions"]) > MAX_VERSIONS:
+        del job["versions"][: len(job["versions"]) - MAX_VERSIONS]
+
+
 def _unpublish(state: State, p: dict) -> bool:
     job = state.jobs.get(p["job"])
     service = _current_spec(job).get("service", p["job"]) if job else p["job"]
@@ -208,6 +215,7 @@ def _put_job(state: State, cmd: c.PutJob) -> dict:
         state.jobs[name] = job
     version = (job["versions"][-1]["version"] + 1) if job["versions"] else 1
     job["versions"].append({"version": version, "spec": spec, "submitted_at": cmd.at, "index": idx, "stable": False})
+    _prune_versions(job)
     job["version"] = version
     job["status"] = "running"
     job["replicas"] = spec["replicas"]
@@ -258,6 +266,7 @@ def _rollback_job(state: State, cmd: c.RollbackJob) -> dict:
     version = job["versions"][-1]["version"] + 1
     job["versions"].append({"version": version, "spec": old["spec"], "submitted_at": cmd.at,
                             "index": idx, "stable": False, "rollback_of": cmd.version})
+    _prune_versions(job)
     job["version"] = version
     job["status"] = "running"
     job["replicas"] = old["spec"]["replicas"]
@@ -405,7 +414,13 @@ def _plan(state: State, cmd: c.Plan) -> dict:
         _unpublish(state, p)
         _set_placement(state, p, cmd.at, desired="stop", reason=item.get("reason", ""))
         stopped.append(p["id"])
-    if placed:
+    for name, reason in sorted(cmd.pending.items()):
+        job = state.jobs.get(name)
+        if job is not None and job.get("pending_reason") != (reason or None):
+            job["pending_reason"] = reason or None
+            if reason:
+                _event(state, cmd.at, "job.pending", f"job {name} pending: {reason}", job=name)
+    if placed or stopped:
         _event(state, cmd.at, "plan", f"placed {len(placed)}, stopped {len(stopped)}, rejected {len(rejected)}")
     return {"placed": placed, "stopped": stopped, "rejected": rejected}
 

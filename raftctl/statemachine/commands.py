@@ -146,6 +146,7 @@ class Plan(Command):
     index: int = 0
     place: list = field(default_factory=list)   # [{job, version, replica, machine, resources, ports}]
     stop: list = field(default_factory=list)    # [{placement, reason}]
+    pending: dict = field(default_factory=dict)  # job -> why replicas could not be placed ("" = none)
 
 
 @dataclass(frozen=True, kw_only=True)

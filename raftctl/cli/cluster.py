@@ -1,0 +1,52 @@
+"""raftctl cluster status|add-member|remove-member."""
+from __future__ import annotations
+
+import click
+
+from raftctl.cli.output import emit
+
+
+def register(cli: click.Group) -> None:
+    from raftctl.cli.main import client
+
+    @cli.group()
+    def cluster() -> None:
+        """The control replicas: leader, term, lag, membership."""
+
+    @cluster.command("status")
+    @click.pass_context
+    def status(ctx: click.Context) -> None:
+        """Leader, term, commit/applied index and every member's lag."""
+        st = client(ctx).request("GET", "/v1/status")
+        rows = [(m.get("id") or "", m["raft"], m.get("api") or "", "leader" if m["leader"] else "follower",
+                 m.get("lag", ""), {True: "yes", False: "no"}.get(m.get("connected"), "")) for m in st["members"]]
+        text = (f"leader {st['leader']} term {st['term']} commit {st['commit_index']} applied {st['applied_index']} "
+                f"state index {st['index']} (answered by {st['node']}, {st['state']})")
+        emit(ctx, st, rows, ["id", "raft", "api", "role", "lag", "connected"], text=text)
+
+    @cluster.command("add-member")
+    @click.option("--raft", "raft_addr", required=True, help="The new replica's Raft host:port.")
+    @click.option("--api", default="", help="The new replica's API URL.")
+    @click.option("--id", "node_id", default="", help="The new replica's name.")
+    @click.pass_context
+    def add_member(ctx: click.Context, raft_addr: str, api: str, node_id: str) -> None:
+        """Add a replica (start it first with --peer listing the current members)."""
+        data = _to_leader(ctx).request("POST", "/v1/members", {"raft": raft_addr, "api": api, "id": node_id})
+        emit(ctx, data, text=f"member {raft_addr} added")
+
+    @cluster.command("remove-member")
+    @click.argument("raft_addr")
+    @click.pass_context
+    def remove_member(ctx: click.Context, raft_addr: str) -> None:
+        """Remove a replica by its Raft host:port."""
+        data = _to_leader(ctx).request("DELETE", f"/v1/members/{raft_addr}")
+        emit(ctx, data, text=f"member {raft_addr} removed")
+
+    def _to_leader(ctx: click.Context):  # type: ignore[no-untyped-def]
+        from raftctl.client import Client
+
+        c = client(ctx)
+        st = c.request("GET", "/v1/status")
+        if st.get("leader_api"):
+            return Client([st["leader_api"]] + c.servers, c.token)
+        return c

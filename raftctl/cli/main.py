@@ -1,0 +1,64 @@
+"""raftctl: the command line. One module per command group; all talk through raftctl.client."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from raftctl.client import Client
+from raftctl.errors import RaftctlError
+
+
+def split_servers(values: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        out.extend(s for s in v.replace(",", " ").split() if s)
+    return out
+
+
+class Group(click.Group):
+    """Turns raftctl errors into a one-line message and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except RaftctlError as exc:
+            click.echo(f"error: {exc.field + ': ' if exc.field else ''}{exc.message}", err=True)
+            sys.exit(2 if exc.http_status and 400 <= exc.http_status < 500 else 1)
+
+
+@click.group(cls=Group)
+@click.option("--server", "servers", multiple=True, envvar="RAFTCTL_SERVER",
+              help="API URL of a control replica (several allowed; failover between them).")
+@click.option("--token", envvar="RAFTCTL_TOKEN", help="Bearer token (or RAFTCTL_TOKEN).")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", help="Output format.")
+@click.pass_context
+def cli(ctx: click.Context, servers: tuple[str, ...], token: str | None, output: str) -> None:
+    """raftctl: run services as many isolated replicas on many machines."""
+    ctx.ensure_object(dict)
+    ctx.obj["servers"] = split_servers(servers)
+    ctx.obj["token"] = token
+    ctx.obj["output"] = output
+
+
+def client(ctx: click.Context) -> Client:
+    return Client(ctx.obj["servers"], ctx.obj["token"])
+
+
+def _register() -> None:
+    from raftctl.cli import cluster, job, server, token, up
+
+    for mod in (server, up, cluster, job, token):
+        mod.register(cli)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="raftctl", auto_envvar_prefix=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""raftctl server: run one control replica."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import click
+
+from raftctl.cli.output import fail
+
+
+def _read_secret(secret: str | None, secret_file: str | None) -> str | None:
+    if secret_file:
+        try:
+            with open(secret_file) as f:
+                value = f.read().strip()
+        except OSError as exc:
+            fail(f"--secret-file: cannot read {secret_file}: {exc.strerror}")
+        if not value:
+            fail(f"--secret-file: {secret_file} is empty")
+        return value
+    return secret
+
+
+def register(cli: click.Group) -> None:
+    @cli.command()
+    @click.option("--id", "node_id", required=True, help="This replica's name, e.g. n1.")
+    @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Journal, snapshots, tokens.")
+    @click.option("--raft", "raft_addr", required=True, help="host:port for Raft traffic (never 0.0.0.0 by default).")
+    @click.option("--peer", "peers", multiple=True, help="Raft host:port of another replica (repeat).")
+    @click.option("--api", "api_addr", required=True, help="host:port for the HTTP API.")
+    @click.option("--advertise-api", default=None, help="host:port others use to reach the API, if different.")
+    @click.option("--secret", envvar="RAFTCTL_SECRET", default=None, help="Cluster secret (or RAFTCTL_SECRET).")
+    @click.option("--secret-file", type=click.Path(dir_okay=False), default=None, help="File holding the cluster secret.")
+    @click.option("--insecure-dev", is_flag=True, help="Run Raft unencrypted and unauthenticated (never in production).")
+    @click.option("--dns-port", type=int, default=None, help="Answer DNS SRV/A for <service>.service.raftctl on this port.")
+    @click.option("--compact-entries", type=click.IntRange(2), default=20000, show_default=True,
+                  help="Snapshot and compact the Raft log once it holds this many entries.")
+    @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+    def server(node_id: str, data_dir: str, raft_addr: str, peers: tuple[str, ...], api_addr: str,
+               advertise_api: str | None, secret: str | None, secret_file: str | None, insecure_dev: bool,
+               dns_port: int | None, compact_entries: int, log_level: str) -> None:
+        """Run a control replica (Raft member + HTTP API; the leader runs the controllers)."""
+        from raftctl.node.replica import ServerConfig, serve
+
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if log_level != "debug":
+            logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+        value = _read_secret(secret, secret_file)
+        if value is None and not insecure_dev:
+            fail("no cluster secret: pass --secret-file or RAFTCTL_SECRET (Raft traffic is encrypted and "
+                 "authenticated with it); --insecure-dev runs without one, never do that on a shared machine")
+        for flag, addr in [("--raft", raft_addr), ("--api", api_addr)] + [("--peer", p) for p in peers]:
+            host, _, port = addr.rpartition(":")
+            if not host or not port.isdigit():
+                fail(f"{flag}: {addr!r} is not host:port")
+        cfg = ServerConfig(node_id=node_id, data_dir=os.path.abspath(data_dir), raft=raft_addr,
+                           peers=[p for p in peers if p != raft_addr], api=api_addr, secret=value,
+                           insecure_dev=insecure_dev, dns_port=dns_port, advertise_api=advertise_api,
+                           compact_entries=compact_entries)
+        asyncio.run(serve(cfg))

@@ -1,0 +1,53 @@
+"""raftctl up: a local cluster in the foreground (3 replicas on loopback)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import click
+
+
+def register(cli: click.Group) -> None:
+    @cli.command()
+    @click.option("--dir", "directory", default=".raftctl-dev", show_default=True, type=click.Path(file_okay=False),
+                  help="Where the cluster keeps its state; a second `up` on it resumes the same cluster.")
+    @click.option("--replicas", default=3, show_default=True, type=click.IntRange(1, 7))
+    def up(directory: str, replicas: int) -> None:
+        """Start a local cluster in the foreground; Ctrl-C stops everything cleanly."""
+        from raftctl.devcluster import LocalCluster
+
+        cluster = LocalCluster(directory, replicas=replicas)
+        stopping = False
+
+        def on_signal(signum: int, frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        click.echo(f"starting {len(cluster.servers)} control replicas in {cluster.dir} ...")
+        try:
+            cluster.start(timeout=60)
+        except Exception as exc:
+            cluster.stop()
+            raise click.ClickException(str(exc))
+        leader = cluster.leader()
+        env = os.path.join(cluster.dir, "env")
+        click.echo(f"cluster up: leader {leader.id if leader else '?'}")
+        for p in cluster.servers:
+            click.echo(f"  {p.id}  api {p.url}  raft {p.raft}  pid {p.pid}  data {p.data_dir}")
+        click.echo(f"\nin another shell:\n  source {env}\n  raftctl cluster status\n"
+                   f"  raftctl job run examples/web.yaml\n\nCtrl-C stops the cluster.")
+        try:
+            while not stopping:
+                for p in cluster.servers:
+                    if p.popen and p.popen.poll() is not None:
+                        click.echo(f"{p.id} exited with {p.popen.returncode}; restarting it "
+                                   f"(log: {p.data_dir}/server.log)", err=True)
+                        cluster.start_proc(p)
+                        cluster.write_files()
+                time.sleep(0.5)
+        finally:
+            click.echo("stopping ...")
+            cluster.stop()
+            click.echo("stopped")

@@ -1,0 +1,188 @@
+"""A local cluster of control replicas as subprocesses on loopback.
+
+Used by `raftctl up`, the integration tests and the benchmarks. Its layout on
+disk: ``DIR/secret`` (0600), ``DIR/cluster.json`` (each process's role, id,
+pid, URLs and data dir), ``DIR/env`` (``RAFTCTL_SERVER``/``RAFTCTL_TOKEN``),
+and one data dir per replica ``DIR/n1`` … A second start on the same DIR
+reuses the same ports and data dirs, so the cluster resumes its state.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from raftctl.node.auth import new_token, write_secret_file
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Proc:
+    role: str
+    id: str
+    data_dir: str
+    raft: str = ""
+    api: str = ""
+    extra_args: list[str] = field(default_factory=list)
+    popen: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return "http://" + self.api
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+
+class LocalCluster:
+    def __init__(self, directory: str, replicas: int = 3, host: str = "127.0.0.1",
+                 log_level: str = "info") -> None:
+        self.dir = os.path.abspath(directory)
+        self.host = host
+        self.log_level = log_level
+        os.makedirs(self.dir, exist_ok=True)
+        self.secret_path = os.path.join(self.dir, "secret")
+        if not os.path.exists(self.secret_path):
+            write_secret_file(self.secret_path, new_token())
+        self.procs: list[Proc] = self._load_or_plan(replicas)
+
+    # -- layout --------------------------------------------------------------
+    def _load_or_plan(self, replicas: int) -> list[Proc]:
+        path = os.path.join(self.dir, "cluster.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                data = json.load(f)
+            return [Proc(role=p["role"], id=p["id"], data_dir=p["data_dir"], raft=p.get("raft", ""),
+                         api=p.get("api", "").replace("http://", "")) for p in data["processes"]
+                    if p["role"] == "server"]
+        return [Proc(role="server", id=f"n{i + 1}", data_dir=os.path.join(self.dir, f"n{i + 1}"),
+                     raft=f"{self.host}:{free_port(self.host)}", api=f"{self.host}:{free_port(self.host)}")
+                for i in range(replicas)]
+
+    @property
+    def servers(self) -> list[Proc]:
+        return [p for p in self.procs if p.role == "server"]
+
+    @property
+    def urls(self) -> list[str]:
+        return [p.url for p in self.servers]
+
+    def write_files(self) -> None:
+        data = {"dir": self.dir, "processes": [
+            {"role": p.role, "id": p.id, "pid": p.pid, "raft": p.raft, "api": p.url, "data_dir": p.data_dir}
+            for p in self.procs]}
+        tmp = os.path.join(self.dir, "cluster.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, os.path.join(self.dir, "cluster.json"))
+        token = self.token()
+        env = f"export RAFTCTL_SERVER='{' '.join(self.urls)}'\n"
+        if token:
+            env += f"export RAFTCTL_TOKEN='{token}'\n"
+        write_secret_file(os.path.join(self.dir, "env"), env.rstrip("\n"))
+
+    def token(self) -> str | None:
+        for p in self.servers:
+            path = os.path.join(p.data_dir, "admin-token")
+            if os.path.exists(path):
+                with open(path) as f:
+                    return f.read().strip()
+        return None
+
+    # -- processes ---------------------------------------------------------
+    def server_argv(self, p: Proc) -> list[str]:
+        peers = [q.raft for q in self.servers if q is not p]
+        argv = [sys.executable, "-m", "raftctl.cli.main", "server", "--id", p.id, "--data-dir", p.data_dir,
+                "--raft", p.raft, "--api", p.api, "--secret-file", self.secret_path, "--log-level", self.log_level]
+        for peer in peers:
+            argv += ["--peer", peer]
+        return argv + p.extra_args
+
+    def start_proc(self, p: Proc) -> None:
+        os.makedirs(p.data_dir, exist_ok=True)
+        ready = os.path.join(p.data_dir, "ready")
+        if os.path.exists(ready):
+            os.unlink(ready)
+        log = open(os.path.join(p.data_dir, f"{p.role}.log"), "ab")
+        p.popen = subprocess.Popen(self.server_argv(p), stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+
+    def start(self, timeout: float = 30.0) -> None:
+        for p in self.servers:
+            self.start_proc(p)
+        self.wait_ready(timeout)
+        self.write_files()
+
+    def wait_ready(self, timeout: float = 30.0, procs: list[Proc] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        procs = procs or self.servers
+        while time.monotonic() < deadline:
+            for p in procs:
+                if p.popen and p.popen.poll() is not None:
+                    raise RuntimeError(f"{p.id} exited with {p.popen.returncode}; see {p.data_dir}/{p.role}.log")
+            if all(os.path.exists(os.path.join(p.data_dir, "ready")) for p in procs) and self.leader() is not None:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"cluster in {self.dir} not ready after {timeout}s")
+
+    def kill(self, p: Proc, sig: int = signal.SIGKILL) -> None:
+        if p.popen and p.popen.poll() is None:
+            p.popen.send_signal(sig)
+            p.popen.wait(timeout=30)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.popen and p.popen.poll() is None:
+                p.popen.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            if p.popen:
+                try:
+                    p.popen.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.popen.kill()
+                    p.popen.wait()
+
+    # -- observation ---------------------------------------------------------
+    def get(self, p: Proc, path: str, timeout: float = 2.0) -> Any:
+        req = urllib.request.Request(p.url + path, headers={"Authorization": f"Bearer {self.token() or ''}"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    def leader(self) -> Proc | None:
+        """The replica that says it leads and that a majority names as leader."""
+        votes: dict[str, int] = {}
+        for p in self.servers:
+            if not p.popen or p.popen.poll() is not None:
+                continue
+            try:
+                st = self.get(p, "/v1/status", timeout=1.0)
+            except Exception:
+                continue
+            if st.get("leader"):
+                votes[st["leader"]] = votes.get(st["leader"], 0) + 1
+        for raft, n in votes.items():
+            if n > len(self.servers) // 2:
+                return next((p for p in self.servers if p.raft == raft), None)
+        return None
+
+
+def add_server(cluster: LocalCluster, node_id: str) -> Proc:
+    """Plan one more replica (not started, not yet a member)."""
+    p = Proc(role="server", id=node_id, data_dir=os.path.join(cluster.dir, node_id),
+             raft=f"{cluster.host}:{free_port(cluster.host)}", api=f"{cluster.host}:{free_port(cluster.host)}")
+    cluster.procs.append(p)
+    return p

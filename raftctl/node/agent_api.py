@@ -1,0 +1,115 @@
+"""Agent-only endpoints under /v1/agent/: register, heartbeat, assignments, report."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from raftctl.errors import Forbidden, RaftctlError, Unavailable, ValidationError
+from raftctl.node.api import REPLICA, body, encode, perm, read_mode, result_value
+from raftctl.statemachine import commands as c
+
+
+def _own_machine(request: web.Request, machine: Any) -> str:
+    if not isinstance(machine, str) or not machine:
+        raise ValidationError("machine is required", field="machine")
+    token = request["token"]
+    if token["role"] == "agent" and token.get("machine") != machine:
+        raise Forbidden(f"agent token {token['name']!r} may only act for machine {token.get('machine')!r}",
+                        field="machine")
+    return machine
+
+
+@perm("agent")
+async def register(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    data = await body(request)
+    if not isinstance(data, dict):
+        raise ValidationError("body must be an object", field="body")
+    machine = _own_machine(request, data.get("machine"))
+    try:
+        cmd = c.RegisterMachine(machine=machine, address=str(data.get("address", "")),
+                                fault_domain=dict(data.get("fault_domain") or {}), labels=dict(data.get("labels") or {}),
+                                resources=dict(data.get("resources") or {}), ports=list(data.get("ports") or []),
+                                runtime=str(data.get("runtime", "")))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"bad registration: {exc}", field="body") from None
+    res = await replica.propose(cmd)
+    if replica.leadership is not None:
+        replica.leadership.heartbeat(machine)
+    return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
+
+
+@perm("agent")
+async def heartbeat(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    data = await body(request)
+    machine = _own_machine(request, data.get("machine") if isinstance(data, dict) else None)
+    lead = replica.leadership
+    if lead is None or not lead.heartbeat(machine):
+        st = replica.status()
+        raise RaftctlError("heartbeats go to the leader", code="not_leader", http_status=503,
+                           details={"leader_api": st.get("leader_api")})
+    status = replica.read(lambda s: s.machines.get(machine, {}).get("status"))
+    cfg = lead.failover_cfg
+    return encode(request, {"machine": machine, "status": status, "ttl_s": cfg.ttl_s,
+                            "interval_s": cfg.interval_s, "epoch": lead.epoch})
+
+
+def _assignments(s: Any, machine: str) -> dict[str, Any]:
+    out = []
+    for p in s.machine_placements(machine):
+        job = s.jobs.get(p["job"])
+        spec = None
+        if job is not None:
+            spec = next((v["spec"] for v in job["versions"] if v["version"] == p["version"]), None)
+        out.append({**p, "spec": spec})
+    m = s.machines.get(machine)
+    return {"machine": m, "placements": out}
+
+
+@perm("agent")
+async def assignments(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    machine = _own_machine(request, request.match_info["machine"])
+    index = await read_mode(request, lambda s: max(s.table_index["placements"], s.table_index["machines"]))
+    data = replica.read(lambda s: _assignments(s, machine))
+    return encode(request, {"index": index, **data}, index=index)
+
+
+@perm("agent")
+async def report(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    data = await body(request)
+    if not isinstance(data, dict) or not isinstance(data.get("updates"), list):
+        raise ValidationError("body must be {machine, updates: [...]}", field="updates")
+    machine = _own_machine(request, data.get("machine"))
+    cmds = []
+    for i, u in enumerate(data["updates"][:1000]):
+        if not isinstance(u, dict):
+            raise ValidationError("each update is an object", field=f"updates[{i}]")
+        code = u.get("exit_code")
+        if code is not None and (not isinstance(code, int) or isinstance(code, bool)):
+            raise ValidationError("exit_code must be an integer", field=f"updates[{i}].exit_code")
+        cmds.append(c.PlacementUpdate(placement=str(u.get("placement", "")), machine=machine,
+                                      state=str(u.get("state", "")), health=str(u.get("health", "")),
+                                      exit_code=code, reason=str(u.get("reason", ""))[:300]))
+    results = await asyncio.gather(*(replica.propose(cmd) for cmd in cmds), return_exceptions=True)
+    out = []
+    for cmd, res in zip(cmds, results):
+        if isinstance(res, Exception):
+            if not isinstance(res, (Unavailable, RaftctlError)):
+                raise res
+            out.append({"placement": cmd.placement, "ok": False, "error": str(res)})
+        else:
+            out.append({"placement": cmd.placement, "ok": res.ok, "error": res.error.message if res.error else None})
+    return encode(request, {"results": out})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/v1/agent/register", register)
+    r.add_post("/v1/agent/heartbeat", heartbeat)
+    r.add_get("/v1/agent/assignments/{machine}", assignments)
+    r.add_post("/v1/agent/report", report)

@@ -1,0 +1,359 @@
+"""The HTTP API (DESIGN §5). Handlers are thin: parse, validate, call one function, encode."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import Any, Awaitable, Callable
+
+import cbor2
+from aiohttp import web
+
+from raftctl.errors import NotFound, RaftctlError, ValidationError
+from raftctl.node import auth, views
+from raftctl.statemachine import commands as c
+from raftctl.statemachine.apply import Result
+from raftctl.statemachine.spec import validate_spec
+from raftctl.statemachine.units import parse_duration
+
+log = logging.getLogger("raftctl.api")
+REPLICA: web.AppKey = web.AppKey("replica", object)
+MAX_BODY = 1 << 20
+MAX_WAIT_S = 300.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+STATUS_FOR_CODE = {"not_found": 404, "conflict": 409, "cas_failed": 409, "stale_epoch": 409, "forbidden": 403,
+                   "unauthorized": 401, "invalid": 400, "invalid_spec": 400, "bad_command": 400,
+                   "unknown_op": 400, "unknown_version": 400, "internal": 500}
+
+
+# -- encoding ------------------------------------------------------------------
+
+def encode(request: web.Request, data: Any, *, status: int = 200, index: int | None = None) -> web.Response:
+    replica = request.app[REPLICA]
+    headers = {}
+    if index is not None:
+        headers["X-Raftctl-Index"] = str(index)
+    if replica.raft is not None:
+        leader = replica.raft.raft_status()["leader"]
+        headers["X-Raftctl-Leader"] = leader or ""
+    if "application/cbor" in request.headers.get("Accept", ""):
+        return web.Response(body=cbor2.dumps(data), status=status, content_type="application/cbor", headers=headers)
+    return web.Response(text=json.dumps(data, separators=(",", ":")), status=status,
+                        content_type="application/json", headers=headers)
+
+
+async def body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise ValidationError("request body is empty", field="body")
+    ctype = request.content_type
+    try:
+        if ctype == "application/cbor":
+            return cbor2.loads(raw)
+        return json.loads(raw)
+    except Exception as exc:
+        kind = "CBOR" if ctype == "application/cbor" else "JSON"
+        raise ValidationError(f"request body is not valid {kind}: {exc}", field="body") from None
+
+
+def result_value(res: Result) -> dict[str, Any]:
+    if res.ok:
+        return res.value
+    err = res.error
+    assert err is not None
+    raise RaftctlError(err.message, field=err.field, code=err.code, http_status=STATUS_FOR_CODE.get(err.code, 400))
+
+
+def request_id(request: web.Request) -> str:
+    rid = request.headers.get("X-Request-Id", "")
+    if rid and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", rid):
+        raise ValidationError("X-Request-Id must be 1-64 characters of [A-Za-z0-9._-]", field="X-Request-Id")
+    return rid
+
+
+async def read_mode(request: web.Request, index_fn: Callable[[Any], int]) -> int:
+    """Apply ?consistent=1 and ?index=N&wait=D; return the resource index to report."""
+    replica = request.app[REPLICA]
+    q = request.query
+    if q.get("consistent") in ("1", "true", "yes"):
+        await replica.barrier()
+    if "index" in q:
+        try:
+            after = int(q["index"])
+        except ValueError:
+            raise ValidationError(f"index {q['index']!r} is not an integer", field="index") from None
+        wait_s = 30.0
+        if "wait" in q:
+            try:
+                wait_s = parse_duration(q["wait"]) / 1000.0
+            except RaftctlError as exc:
+                raise ValidationError(str(exc.message), field="wait") from None
+        return await replica.wait_for(index_fn, after, min(max(wait_s, 0.0), MAX_WAIT_S))
+    return replica.read(index_fn)
+
+
+def perm(name: str) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        fn.perm = name  # type: ignore[attr-defined]
+        return fn
+    return deco
+
+
+# -- middleware ------------------------------------------------------------------
+
+@web.middleware
+async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.monotonic()
+    try:
+        required = getattr(handler, "perm", None)
+        if required is not None:
+            replica = request.app[REPLICA]
+            request["token"] = replica.read(lambda s: auth.authorize(s.tokens, request.headers.get("Authorization"), required))
+        return await handler(request)
+    except RaftctlError as exc:
+        return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
+        return web.json_response({"error": {"code": code, "message": exc.reason, "field": None}}, status=exc.status)
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return web.json_response({"error": {"code": "internal", "message": "internal error (a bug: see the server log)",
+                                            "field": None}}, status=500)
+    finally:
+        log.debug("%s %s %.1fms", request.method, request.path, (time.monotonic() - started) * 1000)
+
+
+# -- handlers ----------------------------------------------------------------------
+
+async def healthz(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    ready = replica.raft is not None and replica.raft.isReady()
+    return web.json_response({"ok": True, "ready": ready}, status=200)
+
+
+@perm("read")
+async def status(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    st = replica.status(with_hash=request.query.get("hash") in ("1", "true"))
+    return encode(request, st, index=st["index"])
+
+
+@perm("jobs:write")
+async def put_job(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    name = request.match_info["name"]
+    spec = validate_spec(await body(request), name=name)
+    cas = request.query.get("cas")
+    if cas is not None and not cas.isdigit():
+        raise ValidationError("cas must be a non-negative integer", field="cas")
+    res = await replica.propose(c.PutJob(spec=spec, cas=int(cas) if cas is not None else None, id=request_id(request)))
+    return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
+
+
+@perm("read")
+async def get_job(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    name = request.match_info["name"]
+    index = await read_mode(request, lambda s: views.job_index(s, name))
+    job = replica.read(lambda s: views.job(s, name))
+    if job is None:
+        raise NotFound(f"job {name!r} does not exist", field="name")
+    return encode(request, job, index=index)
+
+
+@perm("read")
+async def list_jobs(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    index = await read_mode(request, lambda s: s.table_index["jobs"])
+    return encode(request, {"index": index, "jobs": replica.read(views.jobs)}, index=index)
+
+
+@perm("jobs:write")
+async def delete_job(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    purge = request.query.get("purge") in ("1", "true")
+    res = await replica.propose(c.DeleteJob(name=request.match_info["name"], purge=purge, id=request_id(request)))
+    return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
+
+
+@perm("jobs:write")
+async def scale_job(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    data = await body(request)
+    replicas = data.get("replicas") if isinstance(data, dict) else None
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 10000:
+        raise ValidationError("replicas must be an integer from 0 to 10000", field="replicas")
+    reason = data.get("reason", "")
+    if not isinstance(reason, str):
+        raise ValidationError("reason must be a string", field="reason")
+    res = await replica.propose(c.ScaleJob(name=request.match_info["name"], replicas=replicas,
+                                           reason=reason[:200], id=request_id(request)))
+    return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
+
+
+@perm("read")
+async def job_placements(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    name = request.match_info["name"]
+    index = await read_mode(request, lambda s: s.table_index["placements"])
+    data = replica.read(lambda s: views.job_placements(s, name))
+    if data is None:
+        raise NotFound(f"job {name!r} does not exist", field="name")
+    return encode(request, {"index": index, "job": name, "placements": data}, index=index)
+
+
+@perm("read")
+async def job_versions(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    name = request.match_info["name"]
+    index = await read_mode(request, lambda s: views.job_index(s, name))
+    data = replica.read(lambda s: views.job_versions(s, name))
+    if data is None:
+        raise NotFound(f"job {name!r} does not exist", field="name")
+    return encode(request, {"index": index, "job": name, "versions": data}, index=index)
+
+
+@perm("jobs:write")
+async def rollback_job(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    data = await body(request)
+    version = data.get("version") if isinstance(data, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValidationError("version must be a positive integer", field="version")
+    res = await replica.propose(c.RollbackJob(name=request.match_info["name"], version=version, id=request_id(request)))
+    return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
+
+
+@perm("read")
+async def list_machines(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    index = await read_mode(request, lambda s: max(s.table_index["machines"], s.table_index["placements"]))
+    return encode(request, {"index": index, "machines": replica.read(views.machines)}, index=index)
+
+
+async def _drain(request: web.Request, drain: bool) -> web.Response:
+    replica = request.app[REPLICA]
+    mid = request.match_info["id"]
+    deadline = None
+    if drain and request.can_read_body:
+        data = await body(request)
+        if isinstance(data, dict) and data.get("deadline") is not None:
+            try:
+                deadline = int(time.time() * 1000) + parse_duration(data["deadline"])
+            except RaftctlError as exc:
+                raise ValidationError(exc.message, field="deadline") from None
+    res = await replica.propose(c.DrainMachine(machines=[mid], drain=drain, deadline=deadline, id=request_id(request)))
+    return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
+
+
+@perm("machines:write")
+async def drain_machine(request: web.Request) -> web.Response:
+    return await _drain(request, True)
+
+
+@perm("machines:write")
+async def undrain_machine(request: web.Request) -> web.Response:
+    return await _drain(request, False)
+
+
+@perm("read")
+async def discovery(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    service = request.match_info["service"]
+    index = await read_mode(request, lambda s: s.discovery.get(service, {}).get("index", 0))
+    data = replica.read(lambda s: views.discovery(s, service, request.query.get("near")))
+    return encode(request, data, index=index)
+
+
+@perm("read")
+async def events(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    q = request.query
+    after = 0
+    if "index" in q:
+        try:
+            after = int(q["index"])
+        except ValueError:
+            raise ValidationError("index must be an integer", field="index") from None
+    await read_mode(request, lambda s: s.seq["event"])
+    data = replica.read(lambda s: [e for e in s.events if e["seq"] > after])
+    last = data[-1]["seq"] if data else after
+    return encode(request, {"index": last, "events": data}, index=last)
+
+
+@perm("tokens")
+async def create_token(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    data = await body(request)
+    if not isinstance(data, dict):
+        raise ValidationError("body must be an object {role, name}", field="body")
+    role, name, machine = data.get("role"), data.get("name"), data.get("machine", "")
+    if role not in auth.PERMISSIONS:
+        raise ValidationError(f"role must be one of {', '.join(auth.PERMISSIONS)}", field="role")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+        raise ValidationError("name must be 1-64 characters of [A-Za-z0-9._-]", field="name")
+    if not isinstance(machine, str):
+        raise ValidationError("machine must be a string", field="machine")
+    token = auth.new_token()
+    res = await replica.propose(c.CreateToken(hash=auth.token_hash(token), role=role, name=name, machine=machine,
+                                              id=request_id(request)))
+    value = result_value(res)
+    return encode(request, {"index": res.index, **value, "token": token}, index=res.index)
+
+
+@perm("tokens")
+async def list_tokens(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    index = await read_mode(request, lambda s: s.table_index["tokens"])
+    return encode(request, {"index": index, "tokens": replica.read(views.tokens)}, index=index)
+
+
+@perm("tokens")
+async def revoke_token(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    res = await replica.propose(c.RevokeToken(name=request.match_info["name"], id=request_id(request)))
+    return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
+
+
+@perm("read")
+async def list_members(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    st = replica.status()
+    return encode(request, {"index": st["index"], "members": st["members"]}, index=st["index"])
+
+
+def make_app(replica: Any) -> web.Application:
+    from raftctl.node import agent_api, members, metrics
+
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
+    app[REPLICA] = replica
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/v1/status", status)
+    r.add_get("/v1/jobs", list_jobs)
+    r.add_put("/v1/jobs/{name}", put_job)
+    r.add_post("/v1/jobs/{name}", put_job)
+    r.add_get("/v1/jobs/{name}", get_job)
+    r.add_delete("/v1/jobs/{name}", delete_job)
+    r.add_post("/v1/jobs/{name}/scale", scale_job)
+    r.add_get("/v1/jobs/{name}/placements", job_placements)
+    r.add_get("/v1/jobs/{name}/versions", job_versions)
+    r.add_post("/v1/jobs/{name}/rollback", rollback_job)
+    r.add_get("/v1/machines", list_machines)
+    r.add_post("/v1/machines/{id}/drain", drain_machine)
+    r.add_post("/v1/machines/{id}/undrain", undrain_machine)
+    r.add_get("/v1/discovery/{service}", discovery)
+    r.add_get("/v1/events", events)
+    r.add_get("/v1/tokens", list_tokens)
+    r.add_post("/v1/tokens", create_token)
+    r.add_delete("/v1/tokens/{name}", revoke_token)
+    r.add_get("/v1/members", list_members)
+    r.add_post("/v1/members", members.add_member)
+    r.add_delete("/v1/members/{raft}", members.remove_member)
+    r.add_get("/metrics", metrics.handler)
+    agent_api.add_routes(app)
+    return app

@@ -1,0 +1,92 @@
+"""Leader-only work, switched on and off together on leadership change.
+
+When this replica becomes Raft leader it commits ``claim_epoch(term)``; once
+that is applied the controllers start, each carrying the epoch so the state
+machine rejects anything a deposed leader still proposes. When leadership is
+lost (or the epoch moves on) every controller is cancelled at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+from raftctl.node.failover import FailoverConfig, FailoverMonitor
+from raftctl.statemachine import commands as c
+
+log = logging.getLogger("raftctl.leader")
+
+ControllerFactory = Callable[[Any, int], Any]  # (replica, epoch) -> object with async run()
+
+
+class Leadership:
+    def __init__(self, replica: Any, failover: FailoverConfig, factories: list[ControllerFactory]) -> None:
+        self.replica = replica
+        self.failover_cfg = failover
+        self.factories = factories
+        self.epoch: int | None = None
+        self.failover: FailoverMonitor | None = None
+        self.controllers: list[Any] = []
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def active(self) -> bool:
+        return self.epoch is not None
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                self._stop()
+                raise
+            except Exception as exc:
+                log.warning("leadership step failed: %s", exc)
+                await asyncio.sleep(0.2)
+
+    async def _step(self) -> None:
+        rs = self.replica.raft.raft_status()
+        leading = rs["state"] == "leader"
+        state_epoch = self.replica.read(lambda s: s.epoch)
+        if self.epoch is not None and (not leading or state_epoch != self.epoch or rs["term"] != self.epoch):
+            log.info("leadership of epoch %s ended", self.epoch)
+            self._stop()
+        if leading and self.epoch is None:
+            term = rs["term"]
+            if state_epoch < term:
+                res = await self.replica.propose(c.ClaimEpoch(term=term, node=self.replica.cfg.node_id), timeout=3.0)
+                if not res.ok:
+                    return
+            if self.replica.read(lambda s: s.epoch) == term and self.replica.raft.raft_status()["term"] == term:
+                self._start(term)
+
+    def _start(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.failover = FailoverMonitor(self.replica, epoch, self.failover_cfg)
+        self.controllers = [self.failover] + [f(self.replica, epoch) for f in self.factories]
+        self._tasks = [asyncio.create_task(ctl.run(), name=type(ctl).__name__) for ctl in self.controllers]
+        log.info("leading epoch %d: %s", epoch, ", ".join(type(ctl).__name__ for ctl in self.controllers))
+
+    def _stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        self._tasks = []
+        self.controllers = []
+        self.failover = None
+        self.epoch = None
+
+    def heartbeat(self, machine: str) -> bool:
+        if self.failover is None:
+            return False
+        self.failover.heartbeat(machine)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"epoch": self.epoch, "controllers": [type(c_).__name__ for c_ in self.controllers]}
+        if self.failover is not None:
+            out["failover"] = self.failover.status()
+        for ctl in self.controllers:
+            if ctl is not self.failover and hasattr(ctl, "status"):
+                out[type(ctl).__name__] = ctl.status()
+        return out

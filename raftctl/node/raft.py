@@ -1,0 +1,178 @@
+"""pysyncobj glue: exactly one replicated method taking bytes.
+
+Only this module talks to pysyncobj. It fixes three of pysyncobj 0.3.17's sharp
+edges (DESIGN §11):
+
+* durability: the journal is written through mmap and never flushed, and the
+  meta file (term, vote) is never fsync'd. :class:`DurableJournal` msyncs every
+  appended entry before pysyncobj answers the append (so an acknowledged write
+  is on disk on a majority) and fsyncs the meta file. The proposer batches many
+  commands into one entry, so one msync covers a whole batch.
+* snapshots are canonical CBOR (our state plus pysyncobj's two boundary entries
+  and the cluster), never pickle, fsync'd before the atomic rename.
+* the replicated method catches everything: an exception there would wedge
+  ``last_applied`` on every replica.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Callable
+
+import cbor2
+import pysyncobj.journal as pjournal
+import pysyncobj.syncobj as psyncobj
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.node import TCPNode
+
+from raftctl.statemachine.apply import Rejection, Result, apply_entry
+from raftctl.statemachine.state import State
+
+log = logging.getLogger("raftctl.raft")
+
+SNAPSHOT_FORMAT = 1
+
+
+class DurableMetaStorer(pjournal.MetaStorer):
+    def storeMeta(self, meta: Any) -> None:  # noqa: N802 (pysyncobj's name)
+        path = self.getPath()
+        with open(path + ".tmp", "wb") as f:
+            f.write(pjournal.dumps(meta))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+        _fsync_dir(path)
+
+
+class DurableJournal(pjournal.FileJournal):
+    """FileJournal whose appends are on disk before pysyncobj acknowledges them."""
+
+    def __init__(self, journal_file: str) -> None:
+        super().__init__(journal_file)
+        self._FileJournal__metaStorer = DurableMetaStorer(journal_file + ".meta")  # type: ignore[attr-defined]
+        self.flushes = 0
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        super().add(command, idx, term)
+        self.flush()
+        self.flushes += 1
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803
+        super().deleteEntriesFrom(entryFrom)
+        self.flush()
+
+
+def _create_journal(journal_file: str | None = None) -> pjournal.Journal:
+    if journal_file is None:
+        return pjournal.MemoryJournal()
+    return DurableJournal(journal_file)
+
+
+# pysyncobj builds its journal through this module-level name; point it at ours.
+psyncobj.createJournal = _create_journal
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RaftNode(SyncObj):
+    """A control replica's Raft member holding the state machine."""
+
+    def __init__(self, self_addr: str, peers: list[str], data_dir: str, secret: str | None,
+                 on_applied: Callable[[], None], on_state_changed: Callable[[int, int], None] | None = None,
+                 *, dynamic_membership: bool = True, compact_entries: int = 20000) -> None:
+        self.state = State()
+        self.lock = threading.RLock()
+        self._on_applied = on_applied
+        os.makedirs(data_dir, exist_ok=True)
+        host = self_addr.rsplit(":", 1)[0]
+        conf = SyncObjConf(
+            password=secret,
+            bindAddress=self_addr if host else None,
+            journalFile=os.path.join(data_dir, "raft.journal"),
+            fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
+            serializer=self._serialize,
+            deserializer=self._deserialize,
+            appendEntriesUseBatch=False,
+            dynamicMembershipChange=dynamic_membership,
+            leaderFallbackTimeout=3.0,
+            raftMinTimeout=0.4,
+            raftMaxTimeout=1.2,
+            appendEntriesPeriod=0.1,
+            connectionTimeout=3.5,
+            logCompactionMinEntries=compact_entries,
+            logCompactionMinTime=120,
+            onStateChanged=on_state_changed,
+            commandsWaitLeader=True,
+            tcp_keepalive=(2, 1, 3),
+        )
+        super().__init__(self_addr, peers, conf)
+
+    # -- the one replicated method ---------------------------------------
+    @replicated
+    def apply_entry(self, data: bytes) -> list[Result]:
+        try:
+            with self.lock:
+                results = apply_entry(self.state, data)
+        except BaseException as exc:  # never let an exception wedge last_applied
+            log.exception("apply_entry failed")
+            results = [Result(False, self.state.index, error=Rejection("internal", repr(exc)))]
+        try:
+            self._on_applied()
+        except Exception:
+            log.exception("on_applied callback failed")
+        return results
+
+    # -- snapshots -------------------------------------------------------
+    def _serialize(self, filename: str, raw: tuple) -> None:
+        entry1, entry0, cluster = raw
+        with self.lock:
+            state_bytes = self.state.snapshot()
+        obj = {"format": SNAPSHOT_FORMAT,
+               "entries": [[bytes(e[0]), e[1], e[2]] for e in (entry1, entry0)],
+               "cluster": sorted(n.id if hasattr(n, "id") else str(n) for n in cluster),
+               "state": state_bytes}
+        with open(filename, "wb") as f:
+            cbor2.dump(obj, f, canonical=True)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(filename)
+
+    def _deserialize(self, filename: str) -> tuple:
+        with open(filename, "rb") as f:
+            obj = cbor2.load(f)
+        if obj.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown snapshot format {obj.get('format')!r}")
+        restored = State.restore(obj["state"])
+        with self.lock:
+            self.state = restored
+        try:
+            self._on_applied()
+        except Exception:
+            log.exception("on_applied callback failed")
+        e1, e0 = (tuple(e) for e in obj["entries"])
+        return e1, e0, [TCPNode(a) for a in obj["cluster"]]
+
+    # -- small read-only views -----------------------------------------------
+    def raft_status(self) -> dict[str, Any]:
+        st = self.getStatus()
+        leader = st.get("leader")
+        return {
+            "self": str(st.get("self")),
+            "state": {0: "follower", 1: "candidate", 2: "leader"}.get(st.get("state"), str(st.get("state"))),
+            "leader": str(leader) if leader is not None else None,
+            "term": st.get("raft_term"),
+            "commit_index": st.get("commit_idx"),
+            "applied_index": st.get("last_applied"),
+            "log_len": st.get("log_len"),
+            "has_quorum": st.get("has_quorum"),
+            "match_index": {k[len("match_idx_server_"):]: v for k, v in st.items() if k.startswith("match_idx_server_")},
+            "connected": {k[len("partner_node_status_server_"):]: v == 2 for k, v in st.items()
+                          if k.startswith("partner_node_status_server_")},
+        }

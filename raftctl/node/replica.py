@@ -1,0 +1,244 @@
+"""A control replica: Raft member + proposer + blocking-query plumbing + HTTP API."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+from aiohttp import web
+
+from raftctl.errors import Unavailable
+from raftctl.node import auth
+from raftctl.node.failover import FailoverConfig
+from raftctl.node.leader import Leadership
+from raftctl.node.proposer import Proposer
+from raftctl.node.raft import RaftNode
+from raftctl.statemachine import commands as c
+from raftctl.statemachine.apply import Result
+from raftctl.statemachine.state import State
+
+log = logging.getLogger("raftctl.node")
+T = TypeVar("T")
+
+
+@dataclass
+class ServerConfig:
+    node_id: str
+    data_dir: str
+    raft: str                      # host:port this replica's Raft listens on
+    peers: list[str]               # the other replicas' Raft addresses
+    api: str                       # host:port of the HTTP API
+    secret: str | None             # cluster secret; None only with insecure_dev
+    insecure_dev: bool = False
+    dns_port: int | None = None
+    advertise_api: str | None = None
+    compact_entries: int = 20000   # log entries kept before a snapshot compacts the log
+    heartbeat_ttl_s: float = 3.0
+    heartbeat_interval_s: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        return "http://" + (self.advertise_api or self.api)
+
+
+class Replica:
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.started_at = time.time()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.raft: RaftNode | None = None
+        self.proposer: Proposer | None = None
+        self._changed: asyncio.Condition | None = None
+        self._notify_pending = False
+        self.leader_changes = 0
+        self._role = "follower"
+        self._tasks: list[asyncio.Task] = []
+        self.runner: web.AppRunner | None = None
+        self.leadership: Leadership | None = None
+        self.controller_factories: list[Any] = []
+
+    # -- lifecycle -------------------------------------------------------
+    async def start(self) -> None:
+        from raftctl.node.api import make_app
+
+        self.loop = asyncio.get_running_loop()
+        self._changed = asyncio.Condition()
+        os.makedirs(self.cfg.data_dir, exist_ok=True)
+        self.raft = RaftNode(self.cfg.raft, self.cfg.peers, self.cfg.data_dir, self.cfg.secret,
+                             on_applied=self._on_applied_threadsafe, on_state_changed=self._on_raft_state,
+                             compact_entries=self.cfg.compact_entries)
+        self.proposer = Proposer(self.raft)
+        self.proposer.start()
+        app = make_app(self)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        host, port = self.cfg.api.rsplit(":", 1)
+        site = web.TCPSite(self.runner, host, int(port), reuse_address=True)
+        await site.start()
+        self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
+        self.leadership = Leadership(self, FailoverConfig(ttl_s=self.cfg.heartbeat_ttl_s,
+                                                          interval_s=self.cfg.heartbeat_interval_s),
+                                     self.controller_factories)
+        self._tasks.append(asyncio.create_task(self.leadership.run(), name="leadership"))
+        log.info("replica %s: raft %s, api %s", self.cfg.node_id, self.cfg.raft, self.cfg.api_url)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self.proposer:
+            await self.proposer.stop()
+        if self.runner:
+            await self.runner.cleanup()
+        if self.raft:
+            raft, self.raft = self.raft, None
+            await asyncio.get_running_loop().run_in_executor(None, raft.destroy_synchronous)
+
+    # -- state access ----------------------------------------------------
+    def read(self, fn: Callable[[State], T]) -> T:
+        """Run ``fn`` on the applied state under the apply lock (keep it short)."""
+        assert self.raft is not None
+        with self.raft.lock:
+            return fn(self.raft.state)
+
+    @property
+    def index(self) -> int:
+        assert self.raft is not None
+        return self.raft.state.index
+
+    async def propose(self, cmd: c.Command, timeout: float | None = None) -> Result:
+        if self.proposer is None:
+            raise Unavailable("replica is starting")
+        return await self.proposer.propose(cmd, timeout=timeout)
+
+    async def barrier(self, timeout: float | None = None) -> int:
+        if self.proposer is None:
+            raise Unavailable("replica is starting")
+        return await self.proposer.barrier(timeout=timeout)
+
+    async def wait_for(self, fn: Callable[[State], int], after: int, wait_s: float) -> int:
+        """Blocking query: wait until ``fn(state) > after`` or ``wait_s`` passes; return fn(state)."""
+        assert self._changed is not None
+        deadline = time.monotonic() + wait_s
+        async with self._changed:
+            while True:
+                current = self.read(fn)
+                left = deadline - time.monotonic()
+                if current > after or left <= 0:
+                    return current
+                try:
+                    await asyncio.wait_for(self._changed.wait(), left)
+                except asyncio.TimeoutError:
+                    pass
+
+    def _on_applied_threadsafe(self) -> None:
+        # runs on pysyncobj's tick thread: hop to the loop, coalescing bursts
+        if self.loop is None or self._notify_pending:
+            return
+        self._notify_pending = True
+        try:
+            self.loop.call_soon_threadsafe(self._notify)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+    def _notify(self) -> None:
+        self._notify_pending = False
+        assert self._changed is not None
+
+        async def wake() -> None:
+            async with self._changed:  # type: ignore[union-attr]
+                self._changed.notify_all()  # type: ignore[union-attr]
+        asyncio.ensure_future(wake())
+
+    def _on_raft_state(self, old: int, new: int) -> None:
+        self.leader_changes += 1
+        self._role = {0: "follower", 1: "candidate", 2: "leader"}.get(new, str(new))
+        log.info("replica %s: raft state %s -> %s", self.cfg.node_id, old, new)
+
+    # -- start-up chores -----------------------------------------------------
+    async def _bootstrap(self) -> None:
+        """Publish this member's API URL and the bootstrap admin token, retrying until done."""
+        path = os.path.join(self.cfg.data_dir, "admin-token")
+        if os.path.exists(path):
+            with open(path) as f:
+                token = f.read().strip()
+        else:
+            token = auth.new_token()
+            auth.write_secret_file(path + ".new", token)
+            os.replace(path + ".new", path)
+        digest = auth.token_hash(token)
+        todo = {"member", "token"}
+        while todo:
+            try:
+                if "member" in todo:
+                    res = await self.propose(c.SetMember(raft=self.cfg.raft, api=self.cfg.api_url,
+                                                         node=self.cfg.node_id))
+                    if res.ok:
+                        todo.discard("member")
+                if "token" in todo:
+                    if self.read(lambda s: digest in s.tokens):
+                        todo.discard("token")
+                    else:
+                        res = await self.propose(c.CreateToken(hash=digest, role="admin",
+                                                               name=f"bootstrap-{self.cfg.node_id}",
+                                                               id=f"bootstrap-{digest[:24]}"))
+                        if res.ok or (res.error and res.error.code == "conflict"):
+                            todo.discard("token")
+                        else:
+                            log.warning("bootstrap token rejected: %s", res.error)
+                            todo.discard("token")
+            except Exception as exc:  # no leader yet, timeouts: keep trying
+                log.debug("bootstrap retry: %s", exc)
+                await asyncio.sleep(0.3)
+        ready = os.path.join(self.cfg.data_dir, "ready")
+        with open(ready, "w") as f:
+            f.write(self.cfg.api_url + "\n")
+        log.info("replica %s ready", self.cfg.node_id)
+
+    # -- status ----------------------------------------------------------
+    def status(self, with_hash: bool = False) -> dict[str, Any]:
+        assert self.raft is not None
+        rs = self.raft.raft_status()
+        members_state = self.read(lambda s: {k: dict(v) for k, v in s.members.items()})
+        index, epoch, chain, entries = self.read(lambda s: (s.index, s.epoch, s.chain, s.entries))
+        members = []
+        addrs = sorted(set(members_state) | {self.cfg.raft} | set(rs["connected"]) | set(rs["match_index"]))
+        for addr in addrs:
+            m = members_state.get(addr, {})
+            entry: dict[str, Any] = {"raft": addr, "id": m.get("id"), "api": m.get("api"),
+                                     "leader": addr == rs["leader"], "self": addr == self.cfg.raft}
+            if addr in rs["match_index"]:
+                entry["match_index"] = rs["match_index"][addr]
+                entry["lag"] = max(0, (rs["commit_index"] or 0) - rs["match_index"][addr])
+            if addr in rs["connected"]:
+                entry["connected"] = rs["connected"][addr]
+            members.append(entry)
+        leader_api = members_state.get(rs["leader"] or "", {}).get("api")
+        return {
+            "node": self.cfg.node_id, "raft": self.cfg.raft, "api": self.cfg.api_url,
+            "state": rs["state"], "leader": rs["leader"], "leader_api": leader_api, "term": rs["term"],
+            "commit_index": rs["commit_index"], "applied_index": rs["applied_index"],
+            "log_len": rs["log_len"], "has_quorum": rs["has_quorum"], "ready": self.raft.isReady(),
+            "index": index, "epoch": epoch, "entries": entries, "chain": chain,
+            "members": members, "uptime_s": round(time.time() - self.started_at, 1),
+            "state_hash": self.read(lambda s: s.digest()) if with_hash else None,
+            "leadership": self.leadership.status() if self.leadership and self.leadership.active else None,
+        }
+
+
+async def serve(cfg: ServerConfig) -> None:
+    """Run a replica until cancelled (SIGINT/SIGTERM)."""
+    import signal
+
+    replica = Replica(cfg)
+    await replica.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("replica %s stopping", cfg.node_id)
+    await replica.stop()

@@ -1,0 +1,79 @@
+"""Read-only views of the state in the API's answer shapes (pure; run under the apply lock)."""
+from __future__ import annotations
+
+from typing import Any
+
+from raftctl.discovery.view import lookup, parse_near
+from raftctl.statemachine.state import State, machine_state, machine_usage, placement_uses_resources
+
+
+def job_index(s: State, name: str) -> int:
+    job = s.jobs.get(name)
+    return job["modify_index"] if job else 0
+
+
+def _counts(s: State, name: str) -> dict[str, int]:
+    out = {"running": 0, "healthy": 0, "pending": 0, "lost": 0}
+    for p in s.job_placements(name):
+        if p["desired"] != "run":
+            continue
+        if p["state"] == "running":
+            out["running"] += 1
+            if p["health"] == "healthy":
+                out["healthy"] += 1
+        elif p["state"] in ("pending", "starting"):
+            out["pending"] += 1
+        elif p["state"] == "lost":
+            out["lost"] += 1
+    return out
+
+
+def job(s: State, name: str) -> dict[str, Any] | None:
+    j = s.jobs.get(name)
+    if j is None:
+        return None
+    spec = next(v["spec"] for v in j["versions"] if v["version"] == j["version"])
+    return {"name": name, "version": j["version"], "status": j["status"], "replicas": j["replicas"],
+            "spec": spec, "pending_reason": j.get("pending_reason"), "counts": _counts(s, name),
+            "deployment": s.deployments.get(name),
+            "create_index": j["create_index"], "modify_index": j["modify_index"]}
+
+
+def jobs(s: State) -> list[dict[str, Any]]:
+    out = []
+    for name in sorted(s.jobs):
+        j = s.jobs[name]
+        out.append({"name": name, "version": j["version"], "status": j["status"], "replicas": j["replicas"],
+                    "counts": _counts(s, name), "modify_index": j["modify_index"]})
+    return out
+
+
+def job_placements(s: State, name: str) -> list[dict[str, Any]] | None:
+    if name not in s.jobs and name not in s.by_job:
+        return None
+    return [dict(p) for p in s.job_placements(name)]
+
+
+def job_versions(s: State, name: str) -> list[dict[str, Any]] | None:
+    j = s.jobs.get(name)
+    if j is None:
+        return None
+    return [{**v, "current": v["version"] == j["version"]} for v in j["versions"]]
+
+
+def machines(s: State) -> list[dict[str, Any]]:
+    out = []
+    for mid in sorted(s.machines):
+        m = s.machines[mid]
+        used, ports = machine_usage(s, mid)
+        live = sum(1 for p in s.by_machine.get(mid, ()) if placement_uses_resources(s.placements[p]))
+        out.append({**m, "state": machine_state(s, m), "allocated": used, "placements": live})
+    return out
+
+
+def discovery(s: State, service: str, near: str | None) -> dict[str, Any]:
+    return lookup(s.discovery, s.machines, service, parse_near(near) if near else None)
+
+
+def tokens(s: State) -> list[dict[str, Any]]:
+    return sorted(({k: v for k, v in t.items() if k != "hash"} for t in s.tokens.values()), key=lambda t: t["name"])

@@ -1,0 +1,118 @@
+"""The CLI against a real cluster, and `raftctl up` as a user runs it."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import wait_until
+
+pytestmark = pytest.mark.integration
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def raftctl(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "raftctl.cli.main", *args], capture_output=True, text=True,
+                       env={**os.environ, **(env or {})}, timeout=60, cwd=ROOT)
+    if check and p.returncode != 0:
+        raise AssertionError(f"raftctl {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def test_cli_job_lifecycle(cluster, tmp_path):
+    env = {"RAFTCTL_SERVER": " ".join(cluster.urls), "RAFTCTL_TOKEN": cluster.token()}
+    spec = tmp_path / "api.yaml"
+    spec.write_text("name: api\nimage: api:1\ncommand: [sleep, '100']\nreplicas: 2\nresources: {memory: 32Mi}\n")
+    out = raftctl("job", "run", str(spec), env=env).stdout
+    assert "job api version 1 submitted" in out
+    assert "unchanged" in raftctl("job", "run", str(spec), env=env).stdout
+    jobs = json.loads(raftctl("-o", "json", "job", "list", env=env).stdout)
+    assert "api" in [j["name"] for j in jobs["jobs"]]
+    table = raftctl("job", "list", env=env).stdout
+    assert table.splitlines()[0].split()[:3] == ["NAME", "STATUS", "VERSION"]
+    spec.write_text(spec.read_text().replace("api:1", "api:2"))
+    raftctl("job", "run", str(spec), env=env)
+    versions = json.loads(raftctl("-o", "json", "job", "versions", "api", env=env).stdout)["versions"]
+    assert [v["version"] for v in versions] == [1, 2]
+    assert "now version 3" in raftctl("job", "rollback", "api", "1", env=env).stdout
+    assert "scaled 2 -> 4" in raftctl("job", "scale", "api", "4", env=env).stdout
+    status = json.loads(raftctl("-o", "json", "job", "status", "api", env=env).stdout)
+    assert status["job"]["replicas"] == 4 and status["job"]["spec"]["image"] == "api:1"
+    assert "stopping" in raftctl("job", "stop", "api", env=env).stdout
+    st = json.loads(raftctl("-o", "json", "cluster", "status", env=env).stdout)
+    assert st["leader"] and len(st["members"]) == 3
+
+
+def test_cli_errors_are_one_line_and_nonzero(cluster, tmp_path):
+    env = {"RAFTCTL_SERVER": cluster.urls[0], "RAFTCTL_TOKEN": cluster.token()}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nimage: x:1\ncommand: [x]\nreplicas: many\n")
+    p = raftctl("job", "run", str(bad), env=env, check=False)
+    assert p.returncode == 2 and p.stderr.startswith("error: replicas") and len(p.stderr.strip().splitlines()) == 1
+    p = raftctl("job", "status", "nope", env=env, check=False)
+    assert p.returncode == 2 and "does not exist" in p.stderr
+    p = raftctl("job", "list", env={"RAFTCTL_SERVER": cluster.urls[0], "RAFTCTL_TOKEN": ""}, check=False)
+    assert p.returncode == 2 and "token" in p.stderr
+    p = raftctl("job", "list", env={"RAFTCTL_SERVER": "http://127.0.0.1:9", "RAFTCTL_TOKEN": "x"}, check=False)
+    assert p.returncode == 1 and "no replica answered" in p.stderr
+
+
+def test_cli_fails_over_between_servers(cluster):
+    env = {"RAFTCTL_SERVER": f"http://127.0.0.1:9 {cluster.urls[0]}", "RAFTCTL_TOKEN": cluster.token()}
+    assert json.loads(raftctl("-o", "json", "job", "list", env=env).stdout)["jobs"] is not None
+
+
+def test_token_create_and_reader_cannot_write(cluster, tmp_path):
+    env = {"RAFTCTL_SERVER": cluster.urls[0], "RAFTCTL_TOKEN": cluster.token()}
+    token = raftctl("token", "create", "--role", "reader", "--name", "cli-ro", env=env).stdout.strip()
+    assert token.startswith("rct_")
+    spec = tmp_path / "x.json"
+    spec.write_text(json.dumps({"name": "x", "image": "x:1", "command": ["x"]}))
+    p = raftctl("job", "run", str(spec), env={**env, "RAFTCTL_TOKEN": token}, check=False)
+    assert p.returncode == 2 and "role reader" in p.stderr
+
+
+def test_up_writes_env_stops_on_ctrl_c_and_resumes(tmp_path):
+    d = tmp_path / "dev"
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "raftctl.cli.main", "up", "--dir", str(d)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start()
+    try:
+        wait_until(lambda: (d / "env").exists() and "cluster up" in (d / "cluster.json").read_text() or
+                   (d / "env").exists(), timeout=60, what="env file")
+        env_text = (d / "env").read_text()
+        assert "RAFTCTL_SERVER=" in env_text and "RAFTCTL_TOKEN=" in env_text
+        assert oct((d / "env").stat().st_mode & 0o777) == "0o600"
+        layout = json.loads((d / "cluster.json").read_text())
+        assert [p["role"] for p in layout["processes"]] == ["server"] * 3 and all(p["pid"] for p in layout["processes"])
+        env = dict(line.replace("export ", "").split("=", 1) for line in env_text.splitlines())
+        env = {k: v.strip("'") for k, v in env.items()}
+        spec = tmp_path / "w.json"
+        spec.write_text(json.dumps({"name": "keep", "image": "k:1", "command": ["x"]}))
+        raftctl("job", "run", str(spec), env=env)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "stopped" in out
+    for p in layout["processes"]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(p["pid"], 0)
+    proc = start()
+    try:
+        wait_until(lambda: json.loads((d / "cluster.json").read_text())["processes"][0]["pid"] != layout["processes"][0]["pid"],
+                   timeout=60, what="second up")
+        time.sleep(0.2)
+        job = json.loads(raftctl("-o", "json", "job", "status", "keep", env=env).stdout)
+        assert job["job"]["spec"]["image"] == "k:1"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

@@ -1,0 +1,134 @@
+"""Three real replicas as subprocesses on loopback: writes, reads, failures, auth."""
+from __future__ import annotations
+
+import json
+import signal
+import urllib.error
+import urllib.request
+
+import pytest
+
+from raftctl.client import ApiError
+
+from .conftest import SPEC, client_for, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def raw(url: str, method: str = "GET", body: bytes | None = None, token: str | None = None,
+        ctype: str = "application/json") -> tuple[int, dict]:
+    headers = {"Content-Type": ctype}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def followers(cluster):
+    leader = wait_until(cluster.leader, what="a leader")
+    return leader, [p for p in cluster.servers if p is not leader]
+
+
+def test_write_through_follower_is_read_from_every_replica(cluster):
+    leader, (f1, _) = followers(cluster)
+    res = client_for(cluster, f1).request("PUT", "/v1/jobs/web", SPEC)
+    assert res["version"] == 1 and res["index"] > 0
+    for p in cluster.servers:
+        job = client_for(cluster, p).request("GET", "/v1/jobs/web", query={"consistent": "1"})
+        assert job["spec"]["image"] == "web:1" and job["version"] == 1
+        assert job["spec"]["resources"]["memory"] == 64 * 1024 * 1024  # normalized by the spec validator
+
+
+def test_blocking_query_wakes_on_write(cluster):
+    import threading
+    import time
+
+    c = client_for(cluster)
+    c.request("PUT", "/v1/jobs/blocky", {**SPEC, "name": "blocky"})
+    idx = c.request("GET", "/v1/jobs/blocky", query={"consistent": "1"})["modify_index"]
+    out: dict = {}
+
+    def watch() -> None:
+        t0 = time.monotonic()
+        out["job"] = c.request("GET", "/v1/jobs/blocky", query={"index": idx, "wait": "20s"}, timeout=30)
+        out["took"] = time.monotonic() - t0
+    t = threading.Thread(target=watch)
+    t.start()
+    time.sleep(0.5)
+    c.request("POST", "/v1/jobs/blocky/scale", {"replicas": 5})
+    t.join(30)
+    assert out["job"]["replicas"] == 5 and out["job"]["modify_index"] > idx
+    assert out["took"] < 5
+
+
+def test_bad_spec_is_400_naming_the_field_and_changes_nothing(cluster):
+    c = client_for(cluster)
+    before = c.request("GET", "/v1/status", query={"consistent": "1"})["index"]
+    status, body = raw(cluster.urls[0] + "/v1/jobs/bad", "PUT",
+                       json.dumps({**SPEC, "name": "bad", "resources": {"memory": "64MB"}}).encode(), cluster.token())
+    assert status == 400
+    assert body["error"]["field"] == "resources.memory"
+    assert "64Mi" in body["error"]["message"]
+    status, body = raw(cluster.urls[0] + "/v1/jobs/bad", "PUT", b"{not json", cluster.token())
+    assert status == 400 and body["error"]["field"] == "body"
+    after = c.request("GET", "/v1/status", query={"consistent": "1"})["index"]
+    assert after == before
+    with pytest.raises(ApiError) as exc:
+        c.request("GET", "/v1/jobs/bad")
+    assert exc.value.http_status == 404
+
+
+def test_cbor_bodies_are_accepted(cluster):
+    import cbor2
+
+    status, body = raw(cluster.urls[1] + "/v1/jobs/cbor-job", "PUT", cbor2.dumps({**SPEC, "name": "cbor-job"}),
+                       cluster.token(), ctype="application/cbor")
+    assert status == 200 and body["version"] == 1
+
+
+def test_auth_401_and_403(cluster):
+    url = cluster.urls[0]
+    status, body = raw(url + "/v1/jobs")
+    assert status == 401 and "token" in body["error"]["message"]
+    status, body = raw(url + "/v1/jobs", token="rct_not-a-real-token")
+    assert status == 401 and "unknown or revoked" in body["error"]["message"]
+    reader = client_for(cluster).request("POST", "/v1/tokens", {"role": "reader", "name": "ro"})["token"]
+    status, _ = raw(url + "/v1/jobs", token=reader)
+    assert status == 200
+    status, body = raw(url + "/v1/jobs/x", "PUT", json.dumps({**SPEC, "name": "x"}).encode(), reader)
+    assert status == 403
+    assert "reader" in body["error"]["message"] and "deployer" in body["error"]["message"]
+    status, _ = raw(url + "/healthz")
+    assert status == 200
+    client_for(cluster).request("DELETE", "/v1/tokens/ro")
+    wait_until(lambda: raw(url + "/v1/jobs", token=reader)[0] == 401, what="revoked token refused")
+
+
+def test_unknown_route_is_json_404(cluster):
+    status, body = raw(cluster.urls[0] + "/v1/nothing-here", token=cluster.token())
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+def test_kill_leader_new_leader_commits_and_restarted_replica_catches_up(cluster):
+    c = client_for(cluster)
+    for i in range(60):  # enough entries to pass the compaction threshold (40) more than once
+        c.request("POST", "/v1/jobs/web/scale", {"replicas": i % 4})
+    old = wait_until(cluster.leader, what="a leader")
+    cluster.kill(old, signal.SIGKILL)
+    new = wait_until(lambda: (lambda l: l if l is not None and l is not old else None)(cluster.leader()),
+                     timeout=20, what="a new leader")
+    assert new is not old
+    res = client_for(cluster).request("POST", "/v1/jobs/web/scale", {"replicas": 7})
+    assert res["replicas"] == 7
+    cluster.start_proc(old)
+
+    def same_state() -> bool:
+        sts = [cluster.get(p, "/v1/status?hash=1") for p in cluster.servers]
+        return len({(s["index"], s["state_hash"]) for s in sts}) == 1 and sts[0]["index"] >= res["index"]
+    wait_until(same_state, timeout=30, interval=0.3, what="all replicas at the same state hash")
+    job = client_for(cluster, old).request("GET", "/v1/jobs/web")
+    assert job["replicas"] == 7
