@@ -38,12 +38,10 @@ BARE = textwrap.dedent("""
             return self.n
     me, peers, role, seconds = sys.argv[1], sys.argv[2].split(","), sys.argv[3], float(sys.argv[4])
     c = Counter(me, peers)
-    if role != "driver":
-        time.sleep(seconds + 30); sys.exit(0)
-    while not c._isLeader():
+    while c._getLeader() is None:
         time.sleep(0.05)
-        if c._getLeader() is not None and not c._isLeader():
-            print("NOTLEADER", flush=True); time.sleep(seconds + 30); sys.exit(0)
+    if not c._isLeader():
+        time.sleep(seconds + 30); sys.exit(0)
     done = [0]; lock = threading.Semaphore(20000)
     def cb(res, err):
         if err == 0: done[0] += 1
@@ -59,32 +57,61 @@ BARE = textwrap.dedent("""
 """)
 
 
+BARE_HTTP = textwrap.dedent("""
+    import sys
+    from aiohttp import web
+    async def scale(request):
+        await request.read()
+        return web.json_response({"index": 1, "name": "b", "replicas": 1, "previous": 0})
+    app = web.Application()
+    app.router.add_post("/v1/jobs/{name}/scale", scale)
+    app.router.add_put("/v1/jobs/{name}", scale)
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+""")
+
+
+def bare_http(seconds: float, clients: int) -> dict:
+    """The same client against a bare aiohttp handler: the HTTP ceiling of this machine."""
+    port = free_port()
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(BARE_HTTP)
+        script = f.name
+    proc = subprocess.Popen([sys.executable, script, str(port)])
+    try:
+        time.sleep(1.0)
+        return asyncio.run(raftctl_http([f"http://127.0.0.1:{port}"], "x", seconds, clients))
+    finally:
+        proc.kill()
+        proc.wait()
+        os.unlink(script)
+
+
 def bare_pysyncobj(seconds: float) -> float:
     ports = [free_port() for _ in range(3)]
     addrs = [f"127.0.0.1:{p}" for p in ports]
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(BARE)
         script = f.name
+    # every process runs the same script; whichever wins the election drives and prints RATE
     procs = []
-    # the first process drives; the others follow. Whoever leads, we need the driver to lead:
-    # start followers with a short delay so the driver usually wins the first election.
-    driver = subprocess.Popen([sys.executable, script, addrs[0], ",".join(addrs[1:]), "driver", str(seconds)],
-                              stdout=subprocess.PIPE, text=True)
-    time.sleep(0.3)
-    for i in (1, 2):
+    for i in range(3):
         others = [a for j, a in enumerate(addrs) if j != i]
-        procs.append(subprocess.Popen([sys.executable, script, addrs[i], ",".join(others), "follower", str(seconds)],
-                                      stdout=subprocess.DEVNULL))
+        procs.append(subprocess.Popen([sys.executable, script, addrs[i], ",".join(others), "any", str(seconds)],
+                                      stdout=subprocess.PIPE, text=True))
     rate = 0.0
     try:
-        for line in driver.stdout:  # type: ignore[union-attr]
-            if line.startswith("RATE"):
-                rate = float(line.split()[1])
-                break
-            if line.startswith("NOTLEADER"):
-                break
+        import selectors
+        sel = selectors.DefaultSelector()
+        for p in procs:
+            sel.register(p.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        deadline = time.monotonic() + seconds + 30
+        while not rate and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=1.0):
+                line = key.fileobj.readline()  # type: ignore[union-attr]
+                if line.startswith("RATE"):
+                    rate = float(line.split()[1])
     finally:
-        for p in procs + [driver]:
+        for p in procs:
             p.kill()
             p.wait()
         os.unlink(script)
@@ -106,7 +133,7 @@ async def raftctl_http(urls: list[str], token: str, seconds: float, clients: int
         async def worker(i: int) -> None:
             nonlocal errors
             n = 0
-            url = urls[i % len(urls)]
+            url = urls[i % len(urls)] if not LEADER_ONLY else urls[0]
             while time.monotonic() < stop_at:
                 n += 1
                 t0 = time.monotonic()
@@ -125,6 +152,9 @@ async def raftctl_http(urls: list[str], token: str, seconds: float, clients: int
             "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1000 if lat else None, "errors": errors, "samples": len(lat)}
 
 
+LEADER_ONLY = os.environ.get("LEADER_ONLY") == "1"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=6.0)
@@ -132,11 +162,15 @@ def main() -> None:
     args = ap.parse_args()
     bare = bare_pysyncobj(args.seconds)
     print(f"bare pysyncobj counter, pipelined on the leader: {bare:,.0f} commits/s")
+    http = bare_http(args.seconds + 1.0, args.clients)
+    print(f"bare aiohttp handler, same client: {http['writes_per_s']:,.0f} requests/s, p50 {http['p50_ms']:.2f} ms")
     with tempfile.TemporaryDirectory() as d:
         cluster = LocalCluster(d, replicas=3, log_level="warning")
         cluster.start(timeout=30)
         try:
-            res = asyncio.run(raftctl_http(cluster.urls, cluster.token() or "", args.seconds + 1.0, args.clients))
+            leader = cluster.leader()
+            urls = [leader.url] + [u for u in cluster.urls if u != leader.url] if leader else cluster.urls
+            res = asyncio.run(raftctl_http(urls, cluster.token() or "", args.seconds + 1.0, args.clients))
             with open(os.path.join(cluster.servers[0].data_dir, "raft.journal.meta"), "rb"):
                 pass
         finally:
@@ -145,8 +179,11 @@ def main() -> None:
     print(f"raftctl HTTP API, {args.clients} clients over 3 replicas: {res['writes_per_s']:,.0f} writes/s, "
           f"p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, errors {res['errors']}")
     print(f"ratio raftctl / bare pysyncobj: {ratio:.3f}" if ratio else "ratio: n/a (baseline failed)")
+    http_ratio = res["writes_per_s"] / http["writes_per_s"] if http["writes_per_s"] else None
+    print(f"ratio raftctl / bare aiohttp (the HTTP ceiling here): {http_ratio:.3f}" if http_ratio else "")
     print(json.dumps({"bench": "raft_commit", "bare_commits_per_s": round(bare, 1), **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()},
-                      "ratio": round(ratio, 4) if ratio else None, "clients": args.clients}))
+                      "ratio": round(ratio, 4) if ratio else None, "bare_http_per_s": round(http["writes_per_s"], 1),
+                      "ratio_vs_bare_http": round(http_ratio, 4) if http_ratio else None, "clients": args.clients}))
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ def encode(request: web.Request, data: Any, *, status: int = 200, index: int | N
     if index is not None:
         headers["X-Raftctl-Index"] = str(index)
     if replica.raft is not None:
-        leader = replica.raft.raft_status()["leader"]
-        headers["X-Raftctl-Leader"] = leader or ""
+        leader = replica.raft._getLeader()
+        headers["X-Raftctl-Leader"] = str(leader) if leader is not None else ""
     if "application/cbor" in request.headers.get("Accept", ""):
         return web.Response(body=cbor2.dumps(data), status=status, content_type="application/cbor", headers=headers)
     return web.Response(text=json.dumps(data, separators=(",", ":")), status=status,
@@ -94,11 +94,45 @@ async def read_mode(request: web.Request, index_fn: Callable[[Any], int]) -> int
     return replica.read(index_fn)
 
 
-def perm(name: str) -> Callable[[Handler], Handler]:
+def perm(name: str, *, write: bool = False) -> Callable[[Handler], Handler]:
+    """Name the permission a route needs; ``write`` routes are forwarded to the leader."""
     def deco(fn: Handler) -> Handler:
         fn.perm = name  # type: ignore[attr-defined]
+        fn.write = write  # type: ignore[attr-defined]
         return fn
     return deco
+
+
+FORWARDED = "X-Raftctl-Forwarded"
+HOP_HEADERS = {"authorization", "content-type", "x-request-id", "accept"}
+
+
+async def forward_to_leader(request: web.Request) -> web.Response | None:
+    """Proxy a write to the leader's API so the leader batches it; None to handle it here."""
+    replica = request.app[REPLICA]
+    if request.headers.get(FORWARDED) or replica.raft is None:
+        return None
+    rs = replica.raft.raft_status()
+    if rs["state"] == "leader" or not rs["leader"]:
+        return None  # leading, or no leader known: pysyncobj queues the command until one is
+    leader_api = replica.read(lambda s: s.members.get(rs["leader"], {}).get("api"))
+    if not leader_api:
+        return None
+    headers = {k: v for k, v in request.headers.items() if k.lower() in HOP_HEADERS}
+    headers[FORWARDED] = replica.cfg.node_id
+    try:
+        async with replica.http.request(request.method, leader_api + request.rel_url.path_qs,
+                                        data=await request.read(), headers=headers) as resp:
+            payload = await resp.read()
+            out = web.Response(body=payload, status=resp.status,
+                               content_type=resp.content_type or "application/json")
+            for h in ("X-Raftctl-Index", "X-Raftctl-Leader"):
+                if h in resp.headers:
+                    out.headers[h] = resp.headers[h]
+            return out
+    except Exception as exc:  # the leader is unreachable from here: let pysyncobj route it
+        log.info("forward to leader %s failed (%s); proposing locally", leader_api, exc)
+        return None
 
 
 # -- middleware ------------------------------------------------------------------
@@ -111,6 +145,10 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         if required is not None:
             replica = request.app[REPLICA]
             request["token"] = replica.read(lambda s: auth.authorize(s.tokens, request.headers.get("Authorization"), required))
+            if getattr(handler, "write", False):
+                forwarded = await forward_to_leader(request)
+                if forwarded is not None:
+                    return forwarded
         return await handler(request)
     except RaftctlError as exc:
         return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
@@ -142,7 +180,7 @@ async def status(request: web.Request) -> web.Response:
     return encode(request, st, index=st["index"])
 
 
-@perm("jobs:write")
+@perm("jobs:write", write=True)
 async def put_job(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     name = request.match_info["name"]
@@ -172,7 +210,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     return encode(request, {"index": index, "jobs": replica.read(views.jobs)}, index=index)
 
 
-@perm("jobs:write")
+@perm("jobs:write", write=True)
 async def delete_job(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     purge = request.query.get("purge") in ("1", "true")
@@ -180,7 +218,7 @@ async def delete_job(request: web.Request) -> web.Response:
     return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
 
 
-@perm("jobs:write")
+@perm("jobs:write", write=True)
 async def scale_job(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     data = await body(request)
@@ -217,7 +255,7 @@ async def job_versions(request: web.Request) -> web.Response:
     return encode(request, {"index": index, "job": name, "versions": data}, index=index)
 
 
-@perm("jobs:write")
+@perm("jobs:write", write=True)
 async def rollback_job(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     data = await body(request)
@@ -250,12 +288,12 @@ async def _drain(request: web.Request, drain: bool) -> web.Response:
     return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
 
 
-@perm("machines:write")
+@perm("machines:write", write=True)
 async def drain_machine(request: web.Request) -> web.Response:
     return await _drain(request, True)
 
 
-@perm("machines:write")
+@perm("machines:write", write=True)
 async def undrain_machine(request: web.Request) -> web.Response:
     return await _drain(request, False)
 
@@ -285,7 +323,7 @@ async def events(request: web.Request) -> web.Response:
     return encode(request, {"index": last, "events": data}, index=last)
 
 
-@perm("tokens")
+@perm("tokens", write=True)
 async def create_token(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     data = await body(request)
@@ -312,7 +350,7 @@ async def list_tokens(request: web.Request) -> web.Response:
     return encode(request, {"index": index, "tokens": replica.read(views.tokens)}, index=index)
 
 
-@perm("tokens")
+@perm("tokens", write=True)
 async def revoke_token(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     res = await replica.propose(c.RevokeToken(name=request.match_info["name"], id=request_id(request)))

@@ -94,21 +94,27 @@ class Proposer:
                 data = c.encode_wire_entry([w for w, _ in batch])
                 self.entries += 1
                 self.commands += len(batch)
+                # a slot comes back on the callback or, if pysyncobj loses it, after the timeout
+                slot = _Slot(self._slots)
+                self._loop.call_later(self.timeout, slot.release)
                 try:
-                    self.raft.apply_entry(data, callback=self._callback(futures))
+                    self.raft.apply_entry(data, callback=self._callback(futures, slot))
                 except Exception as exc:  # queue full, destroyed
-                    self._slots.release()
+                    slot.release()
                     self._fail(futures, Unavailable(f"cannot submit to raft: {exc}"))
 
-    def _callback(self, futures: list[asyncio.Future]):
+    def _callback(self, futures: list[asyncio.Future], slot: "_Slot"):
         loop = self._loop
 
         def on_result(result: Any, err: Any) -> None:
-            loop.call_soon_threadsafe(self._resolve, futures, result, err)
+            try:
+                loop.call_soon_threadsafe(self._resolve, futures, slot, result, err)
+            except RuntimeError:  # the loop is closed: shutting down
+                pass
         return on_result
 
-    def _resolve(self, futures: list[asyncio.Future], result: Any, err: Any) -> None:
-        self._slots.release()
+    def _resolve(self, futures: list[asyncio.Future], slot: "_Slot", result: Any, err: Any) -> None:
+        slot.release()
         if err != FAIL_REASON.SUCCESS:
             if err in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL, FAIL_REASON.NOT_LEADER):
                 exc: Exception = Unavailable(f"no leader to take the write ({_reason(err)}); nothing was applied")
@@ -127,6 +133,19 @@ class Proposer:
             if not fut.done():
                 fut.set_exception(exc)
                 fut.exception()  # mark retrieved: a barrier nobody awaits must not warn
+
+
+class _Slot:
+    """One in-flight entry's claim on the semaphore, released exactly once."""
+
+    def __init__(self, sem: asyncio.Semaphore) -> None:
+        self.sem = sem
+        self.done = False
+
+    def release(self) -> None:
+        if not self.done:
+            self.done = True
+            self.sem.release()
 
 
 def _reason(err: Any) -> str:

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
+import aiohttp
 from aiohttp import web
 
 from raftctl.errors import Unavailable
@@ -59,6 +60,7 @@ class Replica:
         self._tasks: list[asyncio.Task] = []
         self.runner: web.AppRunner | None = None
         self.leadership: Leadership | None = None
+        self.http: aiohttp.ClientSession | None = None
         self.controller_factories: list[Any] = []
 
     # -- lifecycle -------------------------------------------------------
@@ -71,8 +73,9 @@ class Replica:
         self.raft = RaftNode(self.cfg.raft, self.cfg.peers, self.cfg.data_dir, self.cfg.secret,
                              on_applied=self._on_applied_threadsafe, on_state_changed=self._on_raft_state,
                              compact_entries=self.cfg.compact_entries)
-        self.proposer = Proposer(self.raft)
+        self.proposer = Proposer(self.raft, max_inflight=int(os.environ.get("RAFTCTL_MAX_INFLIGHT", "2")))
         self.proposer.start()
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
         app = make_app(self)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
@@ -93,6 +96,8 @@ class Replica:
             await self.proposer.stop()
         if self.runner:
             await self.runner.cleanup()
+        if self.http is not None:
+            await self.http.close()
         if self.raft:
             raft, self.raft = self.raft, None
             await asyncio.get_running_loop().run_in_executor(None, raft.destroy_synchronous)

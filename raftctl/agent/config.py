@@ -1,0 +1,64 @@
+"""The agent's configuration: identity, fault domain, labels, capacity (defaults from psutil)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import psutil
+
+from raftctl.errors import ValidationError
+
+LEVELS = ("region", "zone", "rack")
+
+
+@dataclass
+class AgentConfig:
+    machine: str
+    servers: list[str]
+    token: str
+    data_dir: str
+    address: str = "127.0.0.1"
+    fault_domain: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    cpu: int = 0          # millicores
+    memory: int = 0       # bytes
+    pids: int = 4096
+    ports: tuple[int, int] = (20000, 32767)
+    runtime: str = "process"
+    subnet: str | None = None
+    heartbeat_s: float = 1.0
+
+    def registration(self) -> dict:
+        return {"machine": self.machine, "address": self.address, "fault_domain": self.fault_domain,
+                "labels": self.labels, "resources": {"cpu": self.cpu, "memory": self.memory, "pids": self.pids},
+                "ports": list(self.ports), "runtime": self.runtime}
+
+
+def parse_pairs(values: list[str] | tuple[str, ...], flag: str, allowed: tuple[str, ...] | None = None) -> dict[str, str]:
+    """`k=v,k2=v2` (repeatable) into a dict, naming the flag on error."""
+    out: dict[str, str] = {}
+    for value in values:
+        for part in value.split(","):
+            if not part.strip():
+                continue
+            k, sep, v = part.partition("=")
+            k, v = k.strip(), v.strip()
+            if not sep or not k or not v:
+                raise ValidationError(f"{part!r} is not key=value", field=flag)
+            if allowed and k not in allowed:
+                raise ValidationError(f"{k!r} is not one of {', '.join(allowed)}", field=flag)
+            out[k] = v
+    return out
+
+
+def default_capacity() -> tuple[int, int]:
+    """Millicores and bytes this machine offers: every CPU, physical memory less 10 %."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (psutil.cpu_count() or 1)
+    return cpus * 1000, int(psutil.virtual_memory().total * 0.9)
+
+
+def parse_port_range(value: str) -> tuple[int, int]:
+    lo, sep, hi = value.partition("-")
+    if not sep or not lo.isdigit() or not hi.isdigit() or not 0 < int(lo) <= int(hi) < 65536:
+        raise ValidationError(f"{value!r} is not a port range like 20000-32767", field="--ports")
+    return int(lo), int(hi)

@@ -1,0 +1,87 @@
+"""The agent's link to the control plane: rotation across replicas, leader-following heartbeats."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+
+from raftctl.errors import Forbidden, RaftctlError, Unauthorized, Unavailable
+
+log = logging.getLogger("raftctl.agent.control")
+
+
+class ControlClient:
+    def __init__(self, servers: list[str], token: str, *, timeout: float = 10.0) -> None:
+        if not servers:
+            raise ValueError("at least one --server is required")
+        self.servers = [s if "://" in s else "http://" + s for s in servers]
+        self.token = token
+        self.timeout = timeout
+        self.leader: str | None = None
+        self._next = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "ControlClient":
+        self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.token}"})
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._session:
+            await self._session.close()
+
+    async def request(self, method: str, path: str, json: Any = None, *, params: dict | None = None,
+                      timeout: float | None = None, server: str | None = None) -> Any:
+        """Try ``server`` (or the replicas in turn) until one answers; raise Unavailable if none does."""
+        assert self._session is not None
+        order = [server] if server else [self.servers[(self._next + i) % len(self.servers)]
+                                         for i in range(len(self.servers))]
+        last: Exception | None = None
+        for url in order:
+            try:
+                async with self._session.request(method, url + path, json=json, params=params,
+                                                 timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as r:
+                    data = await r.json(content_type=None)
+                    if r.status == 200:
+                        if not server:
+                            self._next = self.servers.index(url)
+                        return data
+                    err = (data or {}).get("error") or {}
+                    if r.status == 401:
+                        raise Unauthorized(err.get("message", "unauthorized"))
+                    if r.status == 403:
+                        raise Forbidden(err.get("message", "forbidden"))
+                    if r.status == 503 and err.get("code") == "not_leader":
+                        self.leader = (err.get("details") or {}).get("leader_api")
+                    exc: Exception = RaftctlError(err.get("message", f"HTTP {r.status}"), code=err.get("code", "error"),
+                                                  field=err.get("field"), http_status=r.status,
+                                                  details=err.get("details"))
+                    if r.status < 500:
+                        raise exc
+                    last = exc
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                last = e
+            if not server:
+                self._next = (self._next + 1) % len(self.servers)
+        raise Unavailable(f"no control replica answered: {last}")
+
+    async def heartbeat(self, machine: str) -> dict[str, Any]:
+        """Heartbeat the leader, following it when a follower names another one."""
+        for _ in range(3):
+            target = self.leader
+            try:
+                if target:
+                    return await self.request("POST", "/v1/agent/heartbeat", {"machine": machine},
+                                              server=target, timeout=2.0)
+                return await self.request("POST", "/v1/agent/heartbeat", {"machine": machine}, timeout=2.0)
+            except RaftctlError as exc:
+                if exc.code == "not_leader":
+                    new = (exc.details or {}).get("leader_api") if isinstance(exc.details, dict) else None
+                    self.leader = new if new and new != target else None
+                    continue
+                if target:
+                    self.leader = None
+                    continue
+                raise
+        raise Unavailable("no leader took the heartbeat")
