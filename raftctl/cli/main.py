@@ -24,7 +24,9 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except RaftctlError as exc:
-            click.echo(f"error: {exc.field + ': ' if exc.field else ''}{exc.message}", err=True)
+            message = exc.message.replace("\n", "; ")
+            click.echo(f"error: {exc.field + ': ' if exc.field and not message.startswith(exc.field) else ''}{message}",
+                       err=True)
             sys.exit(2 if exc.http_status and 400 <= exc.http_status < 500 else 1)
 
 
