@@ -132,3 +132,30 @@ def test_kill_leader_new_leader_commits_and_restarted_replica_catches_up(cluster
     wait_until(same_state, timeout=30, interval=0.3, what="all replicas at the same state hash")
     job = client_for(cluster, old).request("GET", "/v1/jobs/web")
     assert job["replicas"] == 7
+
+
+def test_log_was_compacted_into_a_cbor_snapshot(cluster):
+    import os
+
+    import cbor2
+
+    c = client_for(cluster)
+    for i in range(50):
+        c.request("POST", "/v1/jobs/web/scale", {"replicas": i % 3})
+    snap = os.path.join(cluster.servers[0].data_dir, "raft.snapshot")
+    wait_until(lambda: os.path.exists(snap), timeout=20, what="a snapshot file")
+    with open(snap, "rb") as f:
+        obj = cbor2.load(f)
+    assert obj["format"] == 1 and len(obj["cluster"]) == 3
+    st = cbor2.loads(obj["state"])
+    assert st["schema"] == 1 and "web" in st["jobs"]
+
+
+def test_server_refuses_to_start_without_a_secret(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "raftctl.cli.main", "server", "--id", "x", "--data-dir", str(tmp_path),
+                        "--raft", "127.0.0.1:1", "--api", "127.0.0.1:2"], capture_output=True, text=True, timeout=30,
+                       env={k: v for k, v in __import__("os").environ.items() if k != "RAFTCTL_SECRET"})
+    assert p.returncode != 0 and "no cluster secret" in p.stderr and "--insecure-dev" in p.stderr
