@@ -365,7 +365,7 @@ async def list_members(request: web.Request) -> web.Response:
 
 
 def make_app(replica: Any) -> web.Application:
-    from raftctl.node import agent_api, members, metrics
+    from raftctl.node import agent_api, blobs, members, metrics
 
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
     app[REPLICA] = replica
@@ -394,4 +394,5 @@ def make_app(replica: Any) -> web.Application:
     r.add_delete("/v1/members/{raft}", members.remove_member)
     r.add_get("/metrics", metrics.handler)
     agent_api.add_routes(app)
+    blobs.add_routes(app)
     return app

@@ -1,0 +1,325 @@
+"""The agent's control loop: register, heartbeat, watch assignments, converge, supervise, report.
+
+Desired state comes from the control plane (the machine's placements, through
+a blocking query); observed state comes from the runtime driver. The agent
+converges one to the other and reports every observed transition, which the
+control plane commits. Containers outlive the agent: a new agent on the same
+data dir adopts what it finds running instead of restarting it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+
+from raftctl.agent import converge
+from raftctl.agent.config import AgentConfig
+from raftctl.agent.control import ControlClient
+from raftctl.agent.runtime.base import ContainerSpec, Driver, Observed
+from raftctl.errors import Forbidden, RaftctlError, Unauthorized
+
+log = logging.getLogger("raftctl.agent")
+
+
+@dataclass
+class Report:
+    placement: str
+    state: str
+    health: str = ""
+    exit_code: int | None = None
+    reason: str = ""
+
+
+@dataclass
+class Supervised:
+    placement: dict[str, Any]
+    task: asyncio.Task | None = None
+    restarts: int = 0
+    health: str = "unknown"
+    state: str = "pending"
+    pid: int | None = None
+    stopping: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+async def _call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    return await asyncio.to_thread(fn, *args, **kw)
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, driver: Driver, *, rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.driver = driver
+        self.rng = rng or random.Random()
+        self.containers: dict[str, Supervised] = {}
+        self.reports: list[Report] = []
+        self._report_wake = asyncio.Event()
+        self.control: ControlClient | None = None
+        self.index = 0
+        self.machine_status = "unknown"
+        self.http: aiohttp.ClientSession | None = None
+        self._converge_lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------
+    async def run(self) -> None:
+        os.makedirs(self.cfg.data_dir, exist_ok=True)
+        async with ControlClient(self.cfg.servers, self.cfg.token) as control, aiohttp.ClientSession() as http:
+            self.control, self.http = control, http
+            await self._adopt()
+            await self._register()
+            tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                     asyncio.create_task(self._watch_loop(), name="watch"),
+                     asyncio.create_task(self._report_loop(), name="report")]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for s in self.containers.values():
+                    if s.task:
+                        s.task.cancel()  # containers keep running; a new agent adopts them
+
+    async def _register(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.control.request("POST", "/v1/agent/register", self.cfg.registration())  # type: ignore[union-attr]
+                log.info("registered machine %s (%s)", self.cfg.machine, self.cfg.address)
+                return
+            except (Unauthorized, Forbidden):
+                raise
+            except RaftctlError as exc:
+                log.warning("register failed: %s; retrying", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _adopt(self) -> None:
+        """Containers that survived an agent restart: supervise them without restarting."""
+        for cid in await _call(self.driver.list_existing):
+            obs: Observed = await _call(self.driver.status, cid)
+            if obs.state == "running":
+                log.info("adopting running container %s (pid %s)", cid, obs.pid)
+                self.containers[cid] = Supervised(placement={"id": cid}, state="running", pid=obs.pid)
+            else:
+                await _call(self.driver.remove, cid)
+
+    # -- heartbeats --------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                ans = await self.control.heartbeat(self.cfg.machine)  # type: ignore[union-attr]
+                status = ans.get("status")
+                if status != "up":
+                    log.warning("control plane has machine %s as %s; re-registering", self.cfg.machine, status)
+                    await self._register()
+                self.machine_status = "up"
+            except (Unauthorized, Forbidden):
+                raise
+            except Exception as exc:
+                log.info("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.cfg.heartbeat_s)
+
+    # -- assignments -------------------------------------------------------
+    async def _watch_loop(self) -> None:
+        while True:
+            try:
+                ans = await self.control.request(  # type: ignore[union-attr]
+                    "GET", f"/v1/agent/assignments/{self.cfg.machine}",
+                    params={"index": str(self.index), "wait": "10s"}, timeout=20.0)
+                self.index = ans["index"]
+                await self.converge(ans["placements"])
+            except (Unauthorized, Forbidden):
+                raise
+            except Exception as exc:
+                log.info("assignment watch failed: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def converge(self, placements: list[dict[str, Any]]) -> None:
+        async with self._converge_lock:
+            by_id = {p["id"]: p for p in placements}
+            # adopted containers learn their placement records
+            for cid, sup in self.containers.items():
+                if cid in by_id and "job" not in sup.placement:
+                    sup.placement = by_id[cid]
+                    sup.task = asyncio.create_task(self._supervise(sup, adopted=True), name=f"sup-{cid}")
+            actions = converge.plan(placements, set(self.containers))
+            for p in actions.start:
+                sup = Supervised(placement=p)
+                self.containers[p["id"]] = sup
+                sup.task = asyncio.create_task(self._supervise(sup), name=f"sup-{p['id']}")
+            for cid in actions.stop:
+                asyncio.create_task(self._stop(cid, by_id.get(cid)))
+            for pid in actions.report_stopped:
+                self._report(Report(pid, "stopped", reason="not running on this machine"))
+
+    # -- one container -------------------------------------------------------
+    def _container_spec(self, p: dict[str, Any]) -> ContainerSpec:
+        spec = p["spec"]
+        rootfs = "/"
+        if self.driver.name == "runc":
+            rootfs = self.driver.prepare_image(spec["image"])
+        return ContainerSpec.from_placement(p, spec, rootfs=rootfs,
+                                            log_dir=os.path.join(self.cfg.data_dir, "logs", p["id"]))
+
+    async def _supervise(self, sup: Supervised, adopted: bool = False) -> None:
+        p = sup.placement
+        spec = p["spec"]
+        restart = spec["restart"]
+        backoff = restart["initial_ms"] / 1000
+        cid = p["id"]
+        while not sup.stopping:
+            if not adopted:
+                self._report(Report(cid, "starting"))
+                try:
+                    cs = await asyncio.to_thread(self._container_spec, p)
+                    await _call(self.driver.remove, cid)
+                    await _call(self.driver.create, cs)
+                    await _call(self.driver.start, cid)
+                except Exception as exc:
+                    log.warning("container %s failed to start: %s", cid, exc)
+                    self._report(Report(cid, "exited", exit_code=None, reason=f"start failed: {exc}"[:300]))
+                    if restart["policy"] == "never":
+                        return
+                    await asyncio.sleep(self._jitter(backoff))
+                    backoff = min(backoff * 2, restart["max_ms"] / 1000)
+                    continue
+            adopted = False
+            sup.started = time.monotonic()
+            self._report(Report(cid, "running", health="healthy" if not spec.get("health") else "unknown"))
+            sup.state, sup.health = "running", "unknown"
+            obs = await self._watch_container(sup)
+            if sup.stopping:
+                return
+            state = "oom_killed" if obs.state == "oom_killed" else "exited"
+            self._report(Report(cid, state, exit_code=obs.exit_code, reason=obs.reason or ""))
+            sup.state = state
+            if restart["policy"] == "never" or (restart["policy"] == "on-failure" and obs.exit_code == 0
+                                                and state != "oom_killed"):
+                return
+            if time.monotonic() - sup.started > restart["reset_ms"] / 1000:
+                backoff = restart["initial_ms"] / 1000
+            sup.restarts += 1
+            await asyncio.sleep(self._jitter(backoff))
+            backoff = min(backoff * 2, restart["max_ms"] / 1000)
+
+    def _jitter(self, seconds: float) -> float:
+        return seconds * (0.8 + 0.4 * self.rng.random())
+
+    async def _watch_container(self, sup: Supervised) -> Observed:
+        """Poll the container and run its health check; return when it is no longer running."""
+        p = sup.placement
+        health = p["spec"].get("health")
+        failures = 0
+        next_check = time.monotonic() + (health["grace_ms"] / 1000 if health else 0)
+        while True:
+            obs: Observed = await _call(self.driver.status, p["id"])
+            if obs.state != "running":
+                return obs
+            if sup.stopping:
+                return obs
+            now = time.monotonic()
+            if health and now >= next_check:
+                ok = await self._probe(p, health)
+                next_check = now + health["interval_ms"] / 1000
+                failures = 0 if ok else failures + 1
+                new = "healthy" if ok else ("unhealthy" if failures >= health["failures"] else sup.health)
+                if new != sup.health:
+                    sup.health = new
+                    self._report(Report(p["id"], "running", health=new))
+                if new == "unhealthy":
+                    log.warning("%s failed %d health checks: restarting", p["id"], failures)
+                    await _call(self.driver.stop, p["id"], 5.0)
+                    obs = await _call(self.driver.status, p["id"])
+                    obs.reason = f"failed {failures} health checks"
+                    if obs.state == "missing":
+                        obs.state = "exited"
+                    return obs
+            await asyncio.sleep(0.1 if not health else min(0.25, health["interval_ms"] / 1000))
+
+    async def _probe(self, p: dict[str, Any], health: dict[str, Any]) -> bool:
+        timeout = health["timeout_ms"] / 1000
+        host = self.cfg.address if p["spec"].get("network") != "bridge" else str(p["address"]).split("/")[0]
+        try:
+            if health["type"] == "exec":
+                code, _ = await _call(self.driver.exec, p["id"], health["command"], timeout)
+                return code == 0
+            port = p["ports"].get(health["port"])
+            if health["type"] == "tcp":
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+                writer.close()
+                return True
+            async with self.http.get(f"http://{host}:{port}{health['path']}",  # type: ignore[union-attr]
+                                     timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                await r.read()
+                return 200 <= r.status < 400
+        except Exception:
+            return False
+
+    async def _stop(self, cid: str, placement: dict[str, Any] | None) -> None:
+        sup = self.containers.get(cid)
+        if sup is None or sup.stopping:
+            return
+        sup.stopping = True
+        spec = (placement or sup.placement).get("spec") or {}
+        pre = (spec.get("lifecycle") or {}).get("pre_stop")
+        try:
+            if pre and sup.state == "running":
+                code, out = await _call(self.driver.exec, cid, pre["exec"], pre["timeout_ms"] / 1000)
+                log.info("%s pre-stop hook exited %s", cid, code)
+            await _call(self.driver.stop, cid, 10.0)
+            await _call(self.driver.remove, cid)
+        except Exception as exc:
+            log.warning("stopping %s: %s", cid, exc)
+        if sup.task:
+            sup.task.cancel()
+        self.containers.pop(cid, None)
+        if placement is not None:
+            self._report(Report(cid, "stopped", reason=placement.get("reason") or "stopped"))
+
+    # -- reports -------------------------------------------------------------
+    def _report(self, r: Report) -> None:
+        self.reports.append(r)
+        self._report_wake.set()
+
+    async def _report_loop(self) -> None:
+        while True:
+            await self._report_wake.wait()
+            self._report_wake.clear()
+            batch, self.reports = self.reports, []
+            if not batch:
+                continue
+            body = {"machine": self.cfg.machine, "updates": [r.__dict__ for r in batch]}
+            try:
+                await self.control.request("POST", "/v1/agent/report", body)  # type: ignore[union-attr]
+            except (Unauthorized, Forbidden):
+                raise
+            except Exception as exc:
+                log.info("report failed (%s); will retry", exc)
+                self.reports = batch + self.reports
+                await asyncio.sleep(0.5)
+                self._report_wake.set()
+
+
+async def run_agent(cfg: AgentConfig, driver: Driver) -> None:
+    import signal
+
+    agent = Agent(cfg, driver)
+    task = asyncio.create_task(agent.run())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    done, _ = await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
+    if task in done and task.exception() if not task.cancelled() else False:
+        raise task.exception()  # type: ignore[misc]

@@ -1,0 +1,84 @@
+"""raftctl agent: run the host agent for one machine (or many simulated ones)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import sys
+
+import click
+
+from raftctl.cli.output import fail
+
+
+def pick_runtime(requested: str | None) -> str:
+    """runc where root and runc exist, else process (which isolates nothing)."""
+    if requested:
+        return requested
+    if os.geteuid() == 0 and shutil.which("runc"):
+        return "runc"
+    return "process"
+
+
+def make_driver(runtime: str, data_dir: str):  # type: ignore[no-untyped-def]
+    if runtime == "runc":
+        from raftctl.agent.runtime.runc import RuncDriver
+        return RuncDriver(os.path.join(data_dir, "runc"))
+    if runtime == "process":
+        from raftctl.agent.runtime.process import ProcessDriver
+        return ProcessDriver(os.path.join(data_dir, "process"))
+    if runtime == "sim":
+        from raftctl.agent.runtime.sim import SimDriver
+        return SimDriver()
+    fail(f"--runtime: {runtime!r} must be runc, process or sim")
+
+
+def register(cli: click.Group) -> None:
+    @cli.command()
+    @click.option("--id", "machine", required=True, help="This machine's id.")
+    @click.option("--server", "servers", multiple=True, envvar="RAFTCTL_SERVER", required=True,
+                  help="API URL of a control replica (repeat; the agent follows the leader).")
+    @click.option("--token", envvar="RAFTCTL_AGENT_TOKEN", required=True, help="An agent token for this machine.")
+    @click.option("--data-dir", required=True, type=click.Path(file_okay=False))
+    @click.option("--fault-domain", "fault_domain", multiple=True, help="region=r,zone=z,rack=k")
+    @click.option("--label", "labels", multiple=True, help="k=v (repeat)")
+    @click.option("--cpu", default=None, help="CPU to offer, e.g. 2000m (default: every CPU).")
+    @click.option("--memory", default=None, help="Memory to offer, e.g. 4Gi (default: 90 % of RAM).")
+    @click.option("--pids", default=4096, show_default=True, type=int)
+    @click.option("--ports", "port_range", default="20000-32767", show_default=True, help="Host port range for jobs.")
+    @click.option("--advertise", default="127.0.0.1", show_default=True, help="Address clients reach containers on.")
+    @click.option("--runtime", type=click.Choice(["runc", "process", "sim"]), default=None,
+                  help="Default: runc when root and runc exist, else process.")
+    @click.option("--heartbeat", default="1s", show_default=True)
+    @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+    def agent(machine: str, servers: tuple[str, ...], token: str, data_dir: str, fault_domain: tuple[str, ...],
+              labels: tuple[str, ...], cpu: str | None, memory: str | None, pids: int, port_range: str,
+              advertise: str, runtime: str | None, heartbeat: str, log_level: str) -> None:
+        """Run the host agent: register, heartbeat, run assigned containers, report."""
+        from raftctl.agent.config import LEVELS, AgentConfig, default_capacity, parse_pairs, parse_port_range
+        from raftctl.agent.loop import run_agent
+        from raftctl.cli.main import split_servers
+        from raftctl.statemachine.units import parse_cpu, parse_duration, parse_size
+
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        rt = pick_runtime(runtime)
+        if rt == "process":
+            logging.getLogger("raftctl.agent").warning(
+                "runtime 'process': containers are plain child processes; NOTHING is isolated "
+                "(no namespaces, no cgroup limits). Use runc as root for real isolation.")
+        default_cpu, default_mem = default_capacity()
+        cfg = AgentConfig(
+            machine=machine, servers=split_servers(servers), token=token, data_dir=os.path.abspath(data_dir),
+            address=advertise, fault_domain=parse_pairs(fault_domain, "--fault-domain", LEVELS),
+            labels=parse_pairs(labels, "--label"),
+            cpu=parse_cpu(cpu, "--cpu") if cpu else default_cpu,
+            memory=parse_size(memory, "--memory") if memory else default_mem,
+            pids=pids, ports=parse_port_range(port_range), runtime=rt,
+            heartbeat_s=parse_duration(heartbeat, "--heartbeat") / 1000)
+        driver = make_driver(rt, cfg.data_dir)
+        try:
+            asyncio.run(run_agent(cfg, driver))
+        finally:
+            driver.close()
+        sys.exit(0)

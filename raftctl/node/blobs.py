@@ -1,0 +1,146 @@
+"""Image blobs on every control replica: content-addressed files, never in the Raft log.
+
+A blob pushed to one replica is verified against its sha256 digest, stored under
+``DATA_DIR/blobs/sha256/<hex>``, and copied to the other replicas before the push
+is acknowledged (a majority must hold it). A replica asked for a blob it lacks
+fetches it from a peer and verifies it. The log holds only name -> digest, size.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from raftctl.errors import NotFound, Unavailable, ValidationError
+from raftctl.node.api import FORWARDED, REPLICA, body, encode, perm, read_mode, result_value
+from raftctl.statemachine import commands as c
+
+log = logging.getLogger("raftctl.blobs")
+DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
+MAX_BLOB = 4 << 30
+CHUNK = 1 << 20
+
+
+def blob_path(data_dir: str, digest: str) -> str:
+    m = DIGEST_RE.match(digest)
+    if not m:
+        raise ValidationError("digest must be sha256:<64 hex>", field="digest")
+    return os.path.join(data_dir, "blobs", "sha256", m.group(1))
+
+
+async def _store(data_dir: str, digest: str, chunks: Any) -> int:
+    """Write a stream to the store if and only if it hashes to ``digest``; return its size."""
+    path = blob_path(data_dir, digest)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    h = hashlib.sha256()
+    size = 0
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".incoming-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > MAX_BLOB:
+                    raise ValidationError(f"blob larger than {MAX_BLOB} bytes", field="body")
+                h.update(chunk)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        if "sha256:" + h.hexdigest() != digest:
+            raise ValidationError(f"content hashes to sha256:{h.hexdigest()}, not {digest}", field="digest",
+                                  code="digest_mismatch")
+        os.replace(tmp, path)
+        return size
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _peers(replica: Any) -> list[str]:
+    return replica.read(lambda s: [m["api"] for a, m in sorted(s.members.items())
+                                   if m.get("api") and a != replica.cfg.raft])
+
+
+@perm("images:write")
+async def put_blob(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    digest = request.match_info["digest"]
+    path = blob_path(replica.cfg.data_dir, digest)
+    size = await _store(replica.cfg.data_dir, digest, request.content.iter_chunked(CHUNK))
+    holders = 1
+    if not request.headers.get(FORWARDED):
+        for peer in _peers(replica):
+            try:
+                with open(path, "rb") as f:
+                    async with replica.http.put(f"{peer}/v1/images/blobs/{digest}", data=f,
+                                                headers={"Authorization": request.headers["Authorization"],
+                                                         FORWARDED: replica.cfg.node_id,
+                                                         "Content-Type": "application/octet-stream"}) as r:
+                        if r.status == 200:
+                            holders += 1
+            except aiohttp.ClientError as exc:
+                log.info("copy of %s to %s failed: %s", digest, peer, exc)
+        members = len(_peers(replica)) + 1
+        if holders <= members // 2:
+            raise Unavailable(f"blob stored on {holders} of {members} replicas; a majority is needed")
+    return encode(request, {"digest": digest, "size": size, "replicas": holders})
+
+
+@perm("read")
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    replica = request.app[REPLICA]
+    digest = request.match_info["digest"]
+    path = blob_path(replica.cfg.data_dir, digest)
+    if not os.path.exists(path) and not request.headers.get(FORWARDED):
+        for peer in _peers(replica):
+            try:
+                async with replica.http.get(f"{peer}/v1/images/blobs/{digest}",
+                                            headers={"Authorization": request.headers["Authorization"],
+                                                     FORWARDED: replica.cfg.node_id}) as r:
+                    if r.status == 200:
+                        await _store(replica.cfg.data_dir, digest, r.content.iter_chunked(CHUNK))
+                        break
+            except (aiohttp.ClientError, ValidationError) as exc:
+                log.info("fetch of %s from %s failed: %s", digest, peer, exc)
+    if not os.path.exists(path):
+        raise NotFound(f"no blob {digest}", field="digest")
+    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream",
+                                           "Docker-Content-Digest": digest})
+
+
+@perm("images:write", write=True)
+async def put_image(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    name = request.match_info["name"]
+    data = await body(request)
+    digest = data.get("digest") if isinstance(data, dict) else None
+    size = data.get("size", 0) if isinstance(data, dict) else 0
+    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+        raise ValidationError("digest must be sha256:<64 hex>", field="digest")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValidationError("size must be a non-negative integer", field="size")
+    if not os.path.exists(blob_path(replica.cfg.data_dir, digest)):
+        raise ValidationError(f"push the manifest blob {digest} before tagging it", field="digest")
+    res = await replica.propose(c.PutImage(name=name, digest=digest, size=size))
+    return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
+
+
+@perm("read")
+async def list_images(request: web.Request) -> web.Response:
+    replica = request.app[REPLICA]
+    index = await read_mode(request, lambda s: s.table_index["images"])
+    images = replica.read(lambda s: [dict(v) for _, v in sorted(s.images.items())])
+    return encode(request, {"index": index, "images": images}, index=index)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_put("/v1/images/blobs/{digest}", put_blob)
+    r.add_get("/v1/images/blobs/{digest}", get_blob)
+    r.add_get("/v1/images", list_images)
+    r.add_put("/v1/images/{name:[^/]+}", put_image)
