@@ -49,15 +49,21 @@ class Proc:
 
 class LocalCluster:
     def __init__(self, directory: str, replicas: int = 3, host: str = "127.0.0.1",
-                 log_level: str = "info") -> None:
+                 log_level: str = "info", agents: int = 0, runtime: str | None = None,
+                 agent_args: list[str] | None = None) -> None:
         self.dir = os.path.abspath(directory)
         self.host = host
         self.log_level = log_level
+        self.runtime = runtime
+        self.agent_args = agent_args or []
         os.makedirs(self.dir, exist_ok=True)
         self.secret_path = os.path.join(self.dir, "secret")
         if not os.path.exists(self.secret_path):
             write_secret_file(self.secret_path, new_token())
         self.procs: list[Proc] = self._load_or_plan(replicas)
+        if not self.agents:
+            self.procs += [Proc(role="agent", id=f"m{i + 1}", data_dir=os.path.join(self.dir, f"m{i + 1}"),
+                                api=f"127.0.0.{i + 2}") for i in range(agents)]
 
     # -- layout --------------------------------------------------------------
     def _load_or_plan(self, replicas: int) -> list[Proc]:
@@ -66,8 +72,7 @@ class LocalCluster:
             with open(path) as f:
                 data = json.load(f)
             return [Proc(role=p["role"], id=p["id"], data_dir=p["data_dir"], raft=p.get("raft", ""),
-                         api=p.get("api", "").replace("http://", "")) for p in data["processes"]
-                    if p["role"] == "server"]
+                         api=p.get("api", "").replace("http://", "")) for p in data["processes"]]
         return [Proc(role="server", id=f"n{i + 1}", data_dir=os.path.join(self.dir, f"n{i + 1}"),
                      raft=f"{self.host}:{free_port(self.host)}", api=f"{self.host}:{free_port(self.host)}")
                 for i in range(replicas)]
@@ -77,12 +82,17 @@ class LocalCluster:
         return [p for p in self.procs if p.role == "server"]
 
     @property
+    def agents(self) -> list[Proc]:
+        return [p for p in self.procs if p.role == "agent"]
+
+    @property
     def urls(self) -> list[str]:
         return [p.url for p in self.servers]
 
     def write_files(self) -> None:
         data = {"dir": self.dir, "processes": [
-            {"role": p.role, "id": p.id, "pid": p.pid, "raft": p.raft, "api": p.url, "data_dir": p.data_dir}
+            {"role": p.role, "id": p.id, "pid": p.pid, "raft": p.raft,
+             "api": p.url if p.role == "server" else p.api, "data_dir": p.data_dir}
             for p in self.procs]}
         tmp = os.path.join(self.dir, "cluster.json.tmp")
         with open(tmp, "w") as f:
@@ -111,13 +121,48 @@ class LocalCluster:
             argv += ["--peer", peer]
         return argv + p.extra_args
 
+    def agent_argv(self, p: Proc) -> list[str]:
+        i = int(p.id[1:])
+        argv = [sys.executable, "-m", "raftctl.cli.main", "agent", "--id", p.id, "--data-dir", p.data_dir,
+                "--advertise", p.api, "--fault-domain", f"region=local,zone=z{(i - 1) % 3 + 1},rack=r{i}",
+                "--ports", f"{20000 + i * 1000}-{20000 + i * 1000 + 999}", "--cpu", "2000m", "--memory", "2Gi",
+                "--log-level", self.log_level]
+        for url in self.urls:
+            argv += ["--server", url]
+        if self.runtime:
+            argv += ["--runtime", self.runtime]
+        return argv + self.agent_args + p.extra_args
+
+    def agent_token(self, p: Proc) -> str:
+        """The agent's token, created once through the API and kept (0600) in its data dir."""
+        path = os.path.join(p.data_dir, "agent-token")
+        if os.path.exists(path):
+            with open(path) as f:
+                return f.read().strip()
+        body = json.dumps({"role": "agent", "name": f"agent-{p.id}", "machine": p.id}).encode()
+        server = self.leader() or self.servers[0]
+        req = urllib.request.Request(server.url + "/v1/tokens", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {self.token() or ''}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            token = json.loads(resp.read())["token"]
+        os.makedirs(p.data_dir, exist_ok=True)
+        write_secret_file(path, token)
+        return token
+
     def start_proc(self, p: Proc) -> None:
         os.makedirs(p.data_dir, exist_ok=True)
         ready = os.path.join(p.data_dir, "ready")
         if os.path.exists(ready):
             os.unlink(ready)
+        env = dict(os.environ)
+        if p.role == "agent":
+            argv = self.agent_argv(p)
+            env["RAFTCTL_AGENT_TOKEN"] = self.agent_token(p)
+        else:
+            argv = self.server_argv(p)
         log = open(os.path.join(p.data_dir, f"{p.role}.log"), "ab")
-        p.popen = subprocess.Popen(self.server_argv(p), stdout=log, stderr=subprocess.STDOUT,
+        p.popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
 
@@ -125,7 +170,23 @@ class LocalCluster:
         for p in self.servers:
             self.start_proc(p)
         self.wait_ready(timeout)
+        for p in self.agents:
+            self.start_proc(p)
         self.write_files()
+
+    def wait_agents(self, timeout: float = 30.0) -> None:
+        """Until every agent's machine is registered and up."""
+        deadline = time.monotonic() + timeout
+        want = {p.id for p in self.agents}
+        while time.monotonic() < deadline:
+            try:
+                ms = self.get(self.servers[0], "/v1/machines")["machines"]
+                if want <= {m["id"] for m in ms if m["status"] == "up"}:
+                    return
+            except Exception:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"agents {sorted(want)} not registered after {timeout}s")
 
     def wait_ready(self, timeout: float = 30.0, procs: list[Proc] | None = None) -> None:
         deadline = time.monotonic() + timeout
@@ -145,7 +206,7 @@ class LocalCluster:
             p.popen.wait(timeout=30)
 
     def stop(self) -> None:
-        for p in self.procs:
+        for p in self.agents + self.servers:
             if p.popen and p.popen.poll() is None:
                 p.popen.send_signal(signal.SIGTERM)
         for p in self.procs:

@@ -61,7 +61,8 @@ class Replica:
         self.runner: web.AppRunner | None = None
         self.leadership: Leadership | None = None
         self.http: aiohttp.ClientSession | None = None
-        self.controller_factories: list[Any] = []
+        from raftctl.node.scheduling import SchedulerLoop
+        self.controller_factories: list[Any] = [SchedulerLoop]
 
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:

@@ -1,0 +1,170 @@
+"""The scheduler as a specification: reconcile, filters, scorers, invariants."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from raftctl.scheduler import reconcile, schedule
+from raftctl.scheduler.pipeline import (attr_value, build_views, constraint_ok, explain, f_constraints, f_ports,
+                                        f_resources, f_schedulable, score_anti_affinity, score_binpack, score_spread)
+from raftctl.statemachine.spec import validate_spec
+
+GI = 1 << 30
+
+
+def machine(mid: str, zone: str = "z1", cpu: int = 4000, mem: int = 8 * GI, status: str = "up", drain=None,
+            labels: dict | None = None, ports=(20000, 20010), eligible: bool = True) -> dict:
+    return {"id": mid, "address": "10.0.0.1", "fault_domain": {"region": "r1", "zone": zone, "rack": f"k-{mid}"},
+            "labels": labels or {}, "resources": {"cpu": cpu, "memory": mem, "pids": 1000}, "ports": list(ports),
+            "status": status, "drain": drain, "eligible": eligible, "runtime": "sim"}
+
+
+def job(name: str = "web", replicas: int = 3, version: int = 1, status: str = "running", **spec) -> dict:
+    s = validate_spec({"name": name, "image": "x:1", "command": ["x"], "replicas": replicas,
+                       "resources": {"cpu": "500m", "memory": "1Gi"}, "ports": [{"name": "http"}], **spec})
+    return {"name": name, "version": version, "versions": [{"version": version, "spec": s}], "status": status,
+            "replicas": replicas}
+
+
+def placement(pid: str, slot: int, m: str, jobname: str = "web", version: int = 1, state: str = "running",
+              desired: str = "run", cpu: int = 500, mem: int = GI, port: int = 20000) -> dict:
+    return {"id": pid, "job": jobname, "version": version, "replica": slot, "machine": m, "desired": desired,
+            "state": state, "resources": {"cpu": cpu, "memory": mem, "pids": 256}, "ports": {"http": port}}
+
+
+MS = {m["id"]: m for m in [machine("a"), machine("b", status="down"), machine("c", drain={"since": 1})]}
+
+RECONCILE = [
+    ("empty job places every slot", job(replicas=3), [], [0, 1, 2], [], [], []),
+    ("scale down stops the high slots", job(replicas=1), [placement("p0", 0, "a"), placement("p1", 1, "a")],
+     [], [("p1", "scaled down")], [], []),
+    ("stopped job stops everything", job(status="dead"), [placement("p0", 0, "a")], [], [("p0", "job stopped")], [], []),
+    ("lost placement's slot is placed again", job(replicas=2), [placement("p0", 0, "a"), placement("p1", 1, "a", state="lost")],
+     [1], [], [], []),
+    ("machine down: wait for failover, place the slot", job(replicas=1), [placement("p0", 0, "b")], [0], [], [], []),
+    ("draining machine: migrate", job(replicas=1), [placement("p0", 0, "c")], [], [], ["p0"], []),
+    ("old version: update", job(replicas=1, version=2), [placement("p0", 0, "a", version=1)], [], [], [], ["p0"]),
+    ("duplicate slot: stop the extra", job(replicas=1), [placement("p0", 0, "a"), placement("p9", 0, "a", port=20001)],
+     [], [("p9", "duplicate of replica 0")], [], []),
+]
+
+
+@pytest.mark.parametrize("name,j,ps,place,stop,migrate,update", RECONCILE, ids=[r[0] for r in RECONCILE])
+def test_reconcile(name, j, ps, place, stop, migrate, update):
+    r = reconcile(j, ps, MS, now=0)
+    assert (r.place, r.stop, r.migrate, r.update) == (place, stop, migrate, update)
+
+
+SPEC = job()["versions"][0]["spec"]
+FILTER_CASES = [
+    (f_schedulable, machine("x"), SPEC, None),
+    (f_schedulable, machine("x", status="down"), SPEC, "down"),
+    (f_schedulable, machine("x", drain={"since": 1}), SPEC, "draining"),
+    (f_schedulable, machine("x", eligible=False), SPEC, "in maintenance"),
+    (f_resources, machine("x", mem=GI // 2), SPEC, "insufficient memory"),
+    (f_resources, machine("x", cpu=100), SPEC, "insufficient cpu"),
+    (f_ports, machine("x", ports=(20000, 19999)), SPEC, "no free ports"),
+    (f_constraints, machine("x", labels={"ssd": "true"}),
+     {**SPEC, "constraints": [{"attr": "labels.ssd", "op": "==", "value": "true"}]}, None),
+    (f_constraints, machine("x"), {**SPEC, "constraints": [{"attr": "labels.ssd", "op": "==", "value": "true"}]},
+     "constraint labels.ssd == true"),
+]
+
+
+@pytest.mark.parametrize("fn,m,spec,why", FILTER_CASES)
+def test_filters_explain(fn, m, spec, why):
+    v = build_views({m["id"]: m}, {})[m["id"]]
+    assert fn(v, spec) == why
+
+
+@pytest.mark.parametrize("op,value,expect", [("in", ["z1", "z2"], True), ("not_in", ["z1"], False), ("regex", "^z", True),
+                                             ("exists", None, True), ("not_exists", None, False), ("!=", "z1", False)])
+def test_constraint_ops(op, value, expect):
+    assert constraint_ok(machine("x"), {"attr": "fault_domain.zone", "op": op, "value": value}) is expect
+    assert attr_value(machine("x"), "labels.nope") is None
+
+
+def test_explain_summarises_why():
+    views = build_views({m["id"]: m for m in [machine("a", mem=GI // 2), machine("b", mem=GI // 2),
+                                              machine("c", drain={"since": 1})]}, {})
+    assert explain(list(views.values()), SPEC) == "3 machines: 2 insufficient memory, 1 draining"
+
+
+def test_scores_are_0_to_100_and_prefer_fuller_machines():
+    views = build_views({"a": machine("a"), "b": machine("b")}, {"p": placement("p", 0, "b", jobname="other")})
+    assert 0 <= score_binpack(views["a"], SPEC) < score_binpack(views["b"], SPEC) <= 100
+    assert score_anti_affinity(views["a"], "web", 1) == 100
+    views["a"].by_job[("web", 1)] = 3
+    assert score_anti_affinity(views["a"], "web", 1) == 25
+    assert score_spread(0, 2) > score_spread(2, 2)
+
+
+def test_binpack_stacks_onto_the_fewest_machines():
+    ms = {m: machine(m, cpu=4000, mem=8 * GI) for m in "abcd"}
+    plan = schedule({"web": job(replicas=6)}, {}, ms, index=1, now=0)
+    assert len(plan.place) == 6
+    assert len({p.machine for p in plan.place}) <= 2
+
+
+def test_hard_spread_over_two_zones_lands_3_and_3():
+    ms = {f"m{i}": machine(f"m{i}", zone=f"z{i % 2}") for i in range(4)}
+    plan = schedule({"web": job(replicas=6, spread=[{"level": "zone", "mode": "hard"}])}, {}, ms, index=1, now=0)
+    zones = Counter(ms[p.machine]["fault_domain"]["zone"] for p in plan.place)
+    assert zones == {"z0": 3, "z1": 3}
+
+
+def test_pending_says_why():
+    ms = {"a": machine("a", mem=GI // 2), "b": machine("b", drain={"since": 1})}
+    plan = schedule({"web": job(replicas=2)}, {}, ms, index=1, now=0)
+    assert plan.place == []
+    assert plan.pending["web"] == "2 replicas unplaced; 2 machines: 1 draining, 1 insufficient memory"
+
+
+def test_higher_priority_preempts_lower():
+    ms = {"a": machine("a", cpu=1000, mem=2 * GI)}
+    low = job("low", replicas=2, priority=10)
+    placements = {f"l{i}": placement(f"l{i}", i, "a", jobname="low", port=20000 + i) for i in range(2)}
+    plan = schedule({"low": low, "high": job("high", replicas=1, priority=90)}, placements, ms, index=5, now=0)
+    assert len(plan.preempt) == 1 and plan.preempt[0][1] == "high"
+    assert [p.job for p in plan.place] == ["high"]
+
+
+def test_same_state_same_plan():
+    ms = {f"m{i}": machine(f"m{i}", zone=f"z{i % 3}") for i in range(9)}
+    jobs = {n: job(n, replicas=5, spread=[{"level": "zone", "mode": "soft"}]) for n in ("a", "b", "c")}
+    assert schedule(jobs, {}, ms, index=7, now=0) == schedule(jobs, {}, ms, index=7, now=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(500, 4000), st.integers(1, 8)), min_size=1, max_size=6),
+       st.lists(st.tuples(st.integers(0, 12), st.sampled_from(["100m", "500m", "1", "2"]),
+                          st.sampled_from(["128Mi", "512Mi", "1Gi", "3Gi"]), st.sampled_from(["hard", "soft", None]),
+                          st.integers(0, 100)), min_size=1, max_size=5),
+       st.integers(0, 1000))
+def test_invariants_no_overcommit_hard_spread_determinism(mspecs, jspecs, index):
+    ms = {f"m{i}": machine(f"m{i}", zone=f"z{i % 3}", cpu=c, mem=g * GI, ports=(20000, 20003))
+          for i, (c, g) in enumerate(mspecs)}
+    jobs = {}
+    for i, (n, cpu, mem, spread, prio) in enumerate(jspecs):
+        jobs[f"j{i}"] = job(f"j{i}", replicas=n, resources={"cpu": cpu, "memory": mem}, priority=prio,
+                            spread=[{"level": "zone", "mode": spread}] if spread else [])
+    plan = schedule(jobs, {}, ms, index=index, now=0)
+    assert plan == schedule(jobs, {}, ms, index=index, now=0)
+    used = {m: Counter() for m in ms}
+    ports = {m: [] for m in ms}
+    for p in plan.place:
+        for k, v in p.resources.items():
+            used[p.machine][k] += v
+        ports[p.machine].extend(p.ports.values())
+    for m in ms:
+        assert all(used[m][k] <= ms[m]["resources"][k] for k in ("cpu", "memory", "pids"))
+        assert len(ports[m]) == len(set(ports[m]))
+        assert all(20000 <= x <= 20003 for x in ports[m])
+    for name, j in jobs.items():
+        spec = j["versions"][0]["spec"]
+        if spec["spread"] and spec["spread"][0]["mode"] == "hard":
+            zones = {ms[m]["fault_domain"]["zone"] for m in ms}
+            per = Counter(ms[p.machine]["fault_domain"]["zone"] for p in plan.place if p.job == name)
+            assert all(c <= -(-j["replicas"] // len(zones)) for c in per.values())
