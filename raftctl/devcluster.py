@@ -50,12 +50,13 @@ class Proc:
 class LocalCluster:
     def __init__(self, directory: str, replicas: int = 3, host: str = "127.0.0.1",
                  log_level: str = "info", agents: int = 0, runtime: str | None = None,
-                 agent_args: list[str] | None = None) -> None:
+                 agent_args: list[str] | None = None, zones: int = 3) -> None:
         self.dir = os.path.abspath(directory)
         self.host = host
         self.log_level = log_level
         self.runtime = runtime
         self.agent_args = agent_args or []
+        self.zones = zones
         os.makedirs(self.dir, exist_ok=True)
         self.secret_path = os.path.join(self.dir, "secret")
         if not os.path.exists(self.secret_path):
@@ -124,7 +125,7 @@ class LocalCluster:
     def agent_argv(self, p: Proc) -> list[str]:
         i = int(p.id[1:])
         argv = [sys.executable, "-m", "raftctl.cli.main", "agent", "--id", p.id, "--data-dir", p.data_dir,
-                "--advertise", p.api, "--fault-domain", f"region=local,zone=z{(i - 1) % 3 + 1},rack=r{i}",
+                "--advertise", p.api, "--fault-domain", f"region=local,zone=z{(i - 1) % self.zones + 1},rack=r{i}",
                 "--ports", f"{20000 + i * 1000}-{20000 + i * 1000 + 999}", "--cpu", "2000m", "--memory", "2Gi",
                 "--log-level", self.log_level]
         for url in self.urls:

@@ -161,7 +161,7 @@ class Agent:
     # -- one container -------------------------------------------------------
     def _container_spec(self, p: dict[str, Any]) -> ContainerSpec:
         spec = p["spec"]
-        rootfs = "/"
+        rootfs = ""  # process and sim drivers run without an image root
         if self.driver.name == "runc":
             rootfs = self.driver.prepare_image(spec["image"])
         return ContainerSpec.from_placement(p, spec, rootfs=rootfs,

@@ -1,0 +1,81 @@
+"""Scheduler and failover end to end: 3 replicas + 4 sim agents as real processes."""
+from __future__ import annotations
+
+import signal
+from collections import Counter
+
+import pytest
+
+from raftctl.devcluster import LocalCluster
+
+from .conftest import client_for, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def sim_job(name: str, replicas: int, **extra) -> dict:
+    return {"name": name, "image": "sim:1", "command": ["serve"], "replicas": replicas,
+            "resources": {"cpu": "100m", "memory": "64Mi"}, "ports": [{"name": "http"}], **extra}
+
+
+@pytest.fixture(scope="module")
+def sim_cluster(tmp_path_factory):
+    c = LocalCluster(str(tmp_path_factory.mktemp("sim")), replicas=3, agents=4, runtime="sim", zones=2,
+                     agent_args=["--heartbeat", "300ms"])
+    c.start(timeout=60)
+    c.wait_agents(30)
+    yield c
+    c.stop()
+
+
+def running(c, job: str) -> list[dict]:
+    pl = client_for(c).request("GET", f"/v1/jobs/{job}/placements")["placements"]
+    return [p for p in pl if p["desired"] == "run" and p["state"] == "running" and p["health"] == "healthy"]
+
+
+def test_hard_spread_over_two_zones_lands_three_and_three(sim_cluster):
+    c = sim_cluster
+    client_for(c).request("PUT", "/v1/jobs/spread", sim_job("spread", 6, spread=[{"level": "zone", "mode": "hard"}]))
+    placed = wait_until(lambda: (lambda r: r if len(r) == 6 else None)(running(c, "spread")), timeout=30,
+                        what="6 healthy replicas")
+    machines = {m["id"]: m for m in client_for(c).request("GET", "/v1/machines")["machines"]}
+    zones = Counter(machines[p["machine"]]["fault_domain"]["zone"] for p in placed)
+    assert zones == {"z1": 3, "z2": 3}
+    eps = client_for(c).request("GET", "/v1/discovery/spread")["endpoints"]
+    assert len(eps) == 6
+
+
+def test_machine_loss_moves_replicas_and_unpublishes_them(sim_cluster):
+    c = sim_cluster
+    client_for(c).request("PUT", "/v1/jobs/lossy", sim_job("lossy", 4))
+    before = wait_until(lambda: (lambda r: r if len(r) == 4 else None)(running(c, "lossy")), timeout=30,
+                        what="4 healthy replicas")
+    victim_id = Counter(p["machine"] for p in before).most_common(1)[0][0]
+    victim = next(p for p in c.agents if p.id == victim_id)
+    c.kill(victim, signal.SIGKILL)
+
+    def moved():
+        r = running(c, "lossy")
+        eps = client_for(c).request("GET", "/v1/discovery/lossy")["endpoints"]
+        ok = (len(r) == 4 and all(p["machine"] != victim_id for p in r)
+              and len(eps) == 4 and all(e["machine"] != victim_id for e in eps))
+        return r if ok else None
+    wait_until(moved, timeout=30, what="replicas healthy elsewhere and out of discovery")
+    machines = {m["id"]: m for m in client_for(c).request("GET", "/v1/machines")["machines"]}
+    assert machines[victim_id]["state"] == "down"
+    c.start_proc(victim)  # it comes back: re-registers and is up again
+    wait_until(lambda: {m["id"]: m for m in client_for(c).request("GET", "/v1/machines")["machines"]}[victim_id]["status"] == "up",
+               timeout=30, what="machine back up")
+
+
+def test_leader_killed_while_placing_fifty_ends_with_exactly_fifty(sim_cluster):
+    c = sim_cluster
+    client_for(c).request("PUT", "/v1/jobs/fifty", sim_job("fifty", 50, resources={"cpu": "10m", "memory": "8Mi"}))
+    leader = wait_until(c.leader, what="leader")
+    c.kill(leader, signal.SIGKILL)
+    wait_until(lambda: len(running(c, "fifty")) == 50, timeout=60, what="50 healthy replicas")
+    pl = client_for(c).request("GET", "/v1/jobs/fifty/placements")["placements"]
+    live = [p for p in pl if p["desired"] == "run" and p["state"] not in ("lost", "stopped")]
+    assert len(live) == 50
+    assert sorted(p["replica"] for p in live) == list(range(50))
+    c.start_proc(leader)
