@@ -23,6 +23,14 @@ def _read_secret(secret: str | None, secret_file: str | None) -> str | None:
     return secret
 
 
+def _seconds(parse, value: str, flag: str, error: type) -> float:  # type: ignore[no-untyped-def]
+    try:
+        return parse(value) / 1000
+    except error as exc:
+        fail(f"{flag}: {exc.message}")
+        raise
+
+
 def register(cli: click.Group) -> None:
     @cli.command()
     @click.option("--id", "node_id", required=True, help="This replica's name, e.g. n1.")
@@ -37,12 +45,18 @@ def register(cli: click.Group) -> None:
     @click.option("--dns-port", type=int, default=None, help="Answer DNS SRV/A for <service>.service.raftctl on this port.")
     @click.option("--compact-entries", type=click.IntRange(2), default=20000, show_default=True,
                   help="Snapshot and compact the Raft log once it holds this many entries.")
+    @click.option("--heartbeat-ttl", default="3s", show_default=True,
+                  help="A machine silent this long is declared down.")
+    @click.option("--heartbeat-interval", default="1s", show_default=True, help="What agents are told to heartbeat at.")
     @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
     def server(node_id: str, data_dir: str, raft_addr: str, peers: tuple[str, ...], api_addr: str,
                advertise_api: str | None, secret: str | None, secret_file: str | None, insecure_dev: bool,
-               dns_port: int | None, compact_entries: int, log_level: str) -> None:
+               dns_port: int | None, compact_entries: int, heartbeat_ttl: str, heartbeat_interval: str,
+               log_level: str) -> None:
         """Run a control replica (Raft member + HTTP API; the leader runs the controllers)."""
+        from raftctl.errors import ValidationError
         from raftctl.node.replica import ServerConfig, serve
+        from raftctl.statemachine.units import parse_duration
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if log_level != "debug":
@@ -58,5 +72,8 @@ def register(cli: click.Group) -> None:
         cfg = ServerConfig(node_id=node_id, data_dir=os.path.abspath(data_dir), raft=raft_addr,
                            peers=[p for p in peers if p != raft_addr], api=api_addr, secret=value,
                            insecure_dev=insecure_dev, dns_port=dns_port, advertise_api=advertise_api,
-                           compact_entries=compact_entries)
+                           compact_entries=compact_entries,
+                           heartbeat_ttl_s=_seconds(parse_duration, heartbeat_ttl, "--heartbeat-ttl", ValidationError),
+                           heartbeat_interval_s=_seconds(parse_duration, heartbeat_interval, "--heartbeat-interval",
+                                                         ValidationError))
         asyncio.run(serve(cfg))

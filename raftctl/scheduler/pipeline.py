@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 RESOURCES = ("cpu", "memory", "pids")
-WEIGHTS = {"binpack": 1.0, "spread": 0.7, "anti_affinity": 0.5}
+WEIGHTS = {"binpack": 1.0, "spread": 0.7, "anti_affinity": 0.02}  # anti-affinity breaks ties only
 
 
 # -- plan types ------------------------------------------------------------------
@@ -408,8 +408,8 @@ def schedule(jobs: dict[str, dict], placements: dict[str, dict], machines: dict[
     by_job: dict[str, list[dict]] = {}
     for p in placements.values():
         by_job.setdefault(p["job"], []).append(p)
-    names = sorted(job_names if job_names is not None else jobs,
-                   key=lambda n: (-current_spec(jobs[n]).get("priority", 50), n) if n in jobs else (0, n))
+    # highest priority first; within a priority, biggest replicas first (best-fit decreasing packs tighter)
+    names = sorted(job_names if job_names is not None else jobs, key=lambda n: _order(jobs.get(n), n))
     priorities = {n: current_spec(j).get("priority", 50) for n, j in jobs.items()}
     stopping: set[str] = set()
     for name in sorted(set(by_job) - set(jobs)):  # placements of purged jobs
@@ -453,6 +453,15 @@ def schedule(jobs: dict[str, dict], placements: dict[str, dict], machines: dict[
                 pending = None
         plan.pending[name] = pending or ""
     return plan
+
+
+def _order(job: dict[str, Any] | None, name: str) -> tuple:
+    if job is None:
+        return (0, 0.0, name)
+    spec = current_spec(job)
+    r = spec["resources"]
+    size = max(r["cpu"] / 1000 / 16, r["memory"] / (64 << 30))  # share of a typical 16-core / 64 GiB machine
+    return (-spec.get("priority", 50), -size, name)
 
 
 def _release(views: dict[str, MachineView], p: dict[str, Any]) -> None:
