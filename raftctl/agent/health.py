@@ -1,0 +1,155 @@
+"""Health checks: http / tcp / exec probes and the failure-threshold logic around them.
+
+The logic (``HealthTracker``) is pure and takes the time from its caller; the probes
+do the I/O; ``HealthMonitor`` runs one container's checks on an injected clock.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from raftctl.agent.runtime.base import ContainerSpec, Driver
+
+log = logging.getLogger("raftctl.agent.health")
+Probe = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class HealthPolicy:
+    type: str = "tcp"                   # http | tcp | exec
+    port: str | None = None
+    path: str = "/"
+    command: list[str] = field(default_factory=list)
+    interval_s: float = 1.0
+    timeout_s: float = 1.0
+    failures: int = 3
+    grace_s: float = 0.0
+
+    @classmethod
+    def from_spec(cls, h: dict[str, Any]) -> "HealthPolicy":
+        return cls(type=h["type"], port=h.get("port"), path=h.get("path") or "/", command=list(h.get("command") or []),
+                   interval_s=h.get("interval_ms", 1000) / 1000, timeout_s=h.get("timeout_ms", 1000) / 1000,
+                   failures=max(1, int(h.get("failures", 3))), grace_s=h.get("grace_ms", 0) / 1000)
+
+
+@dataclass
+class HealthTracker:
+    """unknown -> healthy after one success; -> unhealthy after ``failures`` consecutive
+    failures once the start grace is over (failures inside the grace do not count)."""
+    policy: HealthPolicy
+    started_at: float
+    status: str = "unknown"
+    consecutive_failures: int = 0
+    next_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.next_at = self.started_at
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_at
+
+    def in_grace(self, now: float) -> bool:
+        return now - self.started_at < self.policy.grace_s
+
+    def record(self, ok: bool, now: float) -> str | None:
+        """Feed one probe result; return the new status if it changed."""
+        self.next_at = now + self.policy.interval_s
+        old = self.status
+        if ok:
+            self.consecutive_failures = 0
+            self.status = "healthy"
+        elif not self.in_grace(now):
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= self.policy.failures:
+                self.status = "unhealthy"
+        return self.status if self.status != old else None
+
+
+async def probe_tcp(host: str, port: int, timeout: float) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), timeout)
+    except (OSError, asyncio.TimeoutError):
+        pass
+    return True
+
+
+async def probe_http(host: str, port: int, path: str, timeout: float) -> bool:
+    """GET ``path``; healthy on a 2xx or 3xx status line."""
+    async def go() -> bool:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: raftctl-health\r\n\r\n".encode())
+            await writer.drain()
+            line = await reader.readline()
+            parts = line.split()
+            return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] in (b"2", b"3")
+        finally:
+            writer.close()
+    try:
+        return await asyncio.wait_for(go(), timeout)
+    except (OSError, asyncio.TimeoutError, ValueError):
+        return False
+
+
+async def probe_exec(driver: Driver, id: str, argv: list[str], timeout: float) -> bool:
+    code, _ = await asyncio.to_thread(driver.exec, id, argv, timeout)
+    return code == 0
+
+
+def make_probe(policy: HealthPolicy, spec: ContainerSpec, driver: Driver, host: str = "127.0.0.1") -> Probe:
+    """The probe for one container: http/tcp go to its address (bridge) or ``host`` (host network)."""
+    healthy = getattr(driver, "healthy", None)
+    if driver.name == "sim" and healthy is not None:
+        async def sim() -> bool:
+            return bool(healthy(spec.id))
+        return sim
+    if policy.type == "exec":
+        return lambda: probe_exec(driver, spec.id, policy.command, policy.timeout_s)
+    addr = spec.address.split("/")[0] if spec.network == "bridge" and spec.address else host
+    if policy.port is None or policy.port not in spec.ports:
+        raise ValueError(f"health check port {policy.port!r} is not one of the container's ports {sorted(spec.ports)}")
+    port = spec.ports[policy.port]
+    if policy.type == "http":
+        return lambda: probe_http(addr, port, policy.path, policy.timeout_s)
+    if policy.type == "tcp":
+        return lambda: probe_tcp(addr, port, policy.timeout_s)
+    raise ValueError(f"health check type {policy.type!r} is not http, tcp or exec")
+
+
+class HealthMonitor:
+    """Runs one container's checks until cancelled, calling ``on_change(status)`` on transitions."""
+
+    def __init__(self, policy: HealthPolicy, probe: Probe, on_change: Callable[[str], Any], *,
+                 started_at: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        self.policy = policy
+        self.probe = probe
+        self.on_change = on_change
+        self.clock = clock
+        self.sleep = sleep
+        self.tracker = HealthTracker(policy, clock() if started_at is None else started_at)
+
+    async def check_once(self) -> str | None:
+        ok = await self.probe()
+        change = self.tracker.record(ok, self.clock())
+        if change:
+            result = self.on_change(change)
+            if asyncio.iscoroutine(result):
+                await result
+        return change
+
+    async def run(self) -> None:
+        while True:
+            now = self.clock()
+            if not self.tracker.due(now):
+                await self.sleep(self.tracker.next_at - now)
+                continue
+            await self.check_once()

@@ -1,0 +1,374 @@
+"""The image store: content-addressed blobs, name -> digest refs, OCI layout build and
+import, and unpacking each image once per digest with path safety.
+
+Layout under ``root``::
+
+    blobs/sha256/<hex>     every blob, verified by digest on the way in and on unpack
+    refs.json              {"name:tag": "sha256:<manifest hex>"}
+    rootfs/<hex>/          the unpacked image of manifest <hex> (a read-only btrfs subvolume on btrfs)
+"""
+from __future__ import annotations
+
+import fcntl
+import gzip
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+from contextlib import contextmanager
+from typing import IO, Iterator
+
+from raftctl.agent import oci, rootfs
+from raftctl.agent.oci import ImageError
+
+log = logging.getLogger("raftctl.agent.images")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9._-]{1,128})?$")
+BLOB_PATH_RE = re.compile(r"^blobs/sha256/[0-9a-f]{64}$")
+
+
+class ImageStore:
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.blobs = os.path.join(self.root, "blobs", "sha256")
+        self.unpacked = os.path.join(self.root, "rootfs")
+        os.makedirs(self.blobs, exist_ok=True)
+        os.makedirs(self.unpacked, exist_ok=True)
+
+    # -- blobs ------------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> str:
+        return os.path.join(self.blobs, oci.split_digest(digest))
+
+    def has_blob(self, digest: str) -> bool:
+        return os.path.exists(self.blob_path(digest))
+
+    def read_blob(self, digest: str) -> bytes:
+        """A small blob (manifest, config), verified."""
+        with open(self.blob_path(digest), "rb") as f:
+            data = f.read()
+        if oci.sha256_bytes(data) != digest:
+            raise ImageError(f"blob {digest} does not match its digest (tampered or corrupt)")
+        return data
+
+    def put_blob(self, stream: IO[bytes], expected: str | None = None) -> tuple[str, int]:
+        """Copy ``stream`` into the store; refuse it if it does not hash to ``expected``."""
+        fd, tmp = tempfile.mkstemp(dir=self.blobs, prefix=".in-")
+        try:
+            reader = oci.HashingReader(stream)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in iter(lambda: reader.read(oci.CHUNK), b""):
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = "sha256:" + reader.h.hexdigest()
+            if expected is not None and digest != expected:
+                raise ImageError(f"blob claimed {expected} but hashes to {digest}: refused")
+            os.replace(tmp, self.blob_path(digest))
+            return digest, reader.size
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def put_bytes(self, data: bytes) -> tuple[str, int]:
+        return self.put_blob(io.BytesIO(data), oci.sha256_bytes(data))
+
+    # -- refs -------------------------------------------------------------------------------
+    def refs(self) -> dict[str, str]:
+        try:
+            with open(os.path.join(self.root, "refs.json")) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+
+    def tag(self, name: str, digest: str) -> None:
+        if not NAME_RE.match(name):
+            raise ImageError(f"image name {name!r} is not like web:1")
+        oci.split_digest(digest)
+        with self._lock("refs"):
+            refs = self.refs()
+            refs[name] = digest
+            tmp = os.path.join(self.root, ".refs.json.tmp")
+            with open(tmp, "w") as f:
+                json.dump(refs, f, sort_keys=True, indent=1)
+            os.replace(tmp, os.path.join(self.root, "refs.json"))
+
+    def resolve(self, ref: str) -> str:
+        """``name:tag`` or ``sha256:<hex>`` -> manifest digest."""
+        if ref.startswith("sha256:"):
+            oci.split_digest(ref)
+            return ref
+        refs = self.refs()
+        if ref not in refs:
+            raise ImageError(f"no image named {ref!r}")
+        return refs[ref]
+
+    def list(self) -> list[dict]:
+        return [{"name": n, "digest": d, "size": self.image_size(d)} for n, d in sorted(self.refs().items())]
+
+    def manifest(self, digest: str) -> dict:
+        return oci.parse_manifest(self.read_blob(digest))
+
+    def image_size(self, digest: str) -> int:
+        try:
+            m = self.manifest(digest)
+        except (OSError, ImageError):
+            return 0
+        return sum(int(x.get("size", 0)) for x in [m["config"], *m["layers"]]) + os.path.getsize(self.blob_path(digest))
+
+    def base_of(self, digest: str) -> str:
+        return (self.manifest(digest).get("annotations") or {}).get(oci.BASE_LABEL, "scratch")
+
+    # -- build and import -----------------------------------------------------------------
+    def build(self, src_dir: str, name: str | None = None, base: str = "scratch") -> str:
+        """A one-layer image of ``src_dir``; the same directory always gives the same digest."""
+        if base not in ("host", "scratch"):
+            raise ImageError(f"base {base!r} is not host or scratch")
+        with tempfile.TemporaryFile(dir=self.blobs) as tmp:
+            oci.write_layer(src_dir, tmp)
+            tmp.seek(0)
+            layer_digest, layer_size = self.put_blob(tmp)
+        config = oci.canonical_json(oci.image_config(layer_digest, base))
+        cdig, csize = self.put_bytes(config)
+        man = oci.canonical_json(oci.manifest(oci.descriptor(oci.MT_CONFIG, cdig, csize),
+                                              [oci.descriptor(oci.MT_LAYER, layer_digest, layer_size)], base))
+        mdig, _ = self.put_bytes(man)
+        if name:
+            self.tag(name, mdig)
+        log.info("built image %s (%s) from %s", name or "", mdig, src_dir)
+        return mdig
+
+    def export_layout(self, digest: str, dest: str, name: str | None = None) -> None:
+        """Write an OCI image layout directory holding image ``digest``."""
+        m = self.manifest(digest)
+        os.makedirs(os.path.join(dest, "blobs", "sha256"), exist_ok=True)
+        for d in [digest, m["config"]["digest"], *(x["digest"] for x in m["layers"])]:
+            shutil.copyfile(self.blob_path(d), os.path.join(dest, "blobs", "sha256", oci.split_digest(d)))
+        ann = {oci.REF_NAME: name} if name else None
+        desc = oci.descriptor(oci.MT_MANIFEST, digest, os.path.getsize(self.blob_path(digest)), ann)
+        with open(os.path.join(dest, "index.json"), "wb") as f:
+            f.write(oci.canonical_json(oci.index(desc)))
+        with open(os.path.join(dest, "oci-layout"), "wb") as f:
+            f.write(oci.canonical_json(oci.LAYOUT_VERSION))
+
+    def import_archive(self, path: str, name: str | None = None) -> list[str]:
+        """Import an OCI layout archive (tar, optionally gzip); every blob is checked by digest."""
+        index_data: bytes | None = None
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                member_name = member.name
+                while member_name.startswith("./"):
+                    member_name = member_name[2:]
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise ImageError(f"{member.name}: only regular files belong in an image layout archive")
+                f = tar.extractfile(member)
+                assert f is not None
+                if member_name == "index.json":
+                    index_data = f.read(1 << 20)
+                elif member_name == "oci-layout":
+                    continue
+                elif BLOB_PATH_RE.match(member_name):
+                    self.put_blob(f, "sha256:" + member_name.rsplit("/", 1)[1])
+                else:
+                    raise ImageError(f"{member.name}: unexpected path in an image layout archive")
+        if index_data is None:
+            raise ImageError("archive has no index.json")
+        return self._register_index(index_data, name)
+
+    def import_layout(self, layout_dir: str, name: str | None = None) -> list[str]:
+        """Import an OCI layout directory; every blob is checked by digest."""
+        blob_dir = os.path.join(layout_dir, "blobs", "sha256")
+        for hexname in sorted(os.listdir(blob_dir)):
+            p = os.path.join(blob_dir, hexname)
+            if not os.path.isfile(p) or os.path.islink(p):
+                raise ImageError(f"{p}: not a regular file")
+            with open(p, "rb") as f:
+                self.put_blob(f, "sha256:" + hexname)
+        with open(os.path.join(layout_dir, "index.json"), "rb") as f:
+            return self._register_index(f.read(), name)
+
+    def _register_index(self, data: bytes, name: str | None) -> list[str]:
+        idx = json.loads(data)
+        digests = []
+        for desc in idx.get("manifests", []):
+            d = desc.get("digest", "")
+            m = self.manifest(d)     # verifies the manifest blob
+            self.read_blob(m["config"]["digest"])
+            for layer in m["layers"]:
+                if not self.has_blob(layer["digest"]):
+                    raise ImageError(f"layer {layer['digest']} is missing from the layout")
+                if oci.sha256_file(self.blob_path(layer["digest"])) != layer["digest"]:
+                    raise ImageError(f"layer {layer['digest']} does not match its digest: refused")
+            ref = name or (desc.get("annotations") or {}).get(oci.REF_NAME)
+            if ref:
+                self.tag(ref if ":" in ref else f"{ref}:latest", d)
+            digests.append(d)
+        if not digests:
+            raise ImageError("index.json lists no manifests")
+        return digests
+
+    # -- unpack -----------------------------------------------------------------------------
+    def unpacked_path(self, digest: str) -> str:
+        return os.path.join(self.unpacked, oci.split_digest(digest))
+
+    def unpack(self, digest: str) -> str:
+        """The unpacked root of image ``digest``, unpacking it the first time (once per digest)."""
+        final = self.unpacked_path(digest)
+        if os.path.isdir(final):
+            return final
+        with self._lock("unpack-" + oci.split_digest(digest)):
+            if os.path.isdir(final):
+                return final
+            m = self.manifest(digest)
+            tmp = final + ".tmp"
+            rootfs.remove_tree(tmp)
+            on_btrfs = rootfs.is_btrfs(self.unpacked)
+            if on_btrfs:
+                rootfs.btrfs_subvolume_create(tmp)
+            else:
+                os.mkdir(tmp, 0o755)
+            try:
+                for layer in m["layers"]:
+                    self._apply_layer(layer, tmp)
+                os.chmod(tmp, 0o755)
+                os.rename(tmp, final)
+            except BaseException:
+                rootfs.remove_tree(tmp)
+                raise
+            if on_btrfs:
+                rootfs.btrfs_set_readonly(final)
+            log.info("unpacked %s into %s%s", digest, final, " (btrfs subvolume)" if on_btrfs else "")
+            return final
+
+    def _apply_layer(self, layer: dict, dest: str) -> None:
+        with open(self.blob_path(layer["digest"]), "rb") as raw:
+            reader = oci.HashingReader(raw)
+            buffered = io.BufferedReader(reader, oci.CHUNK)
+            stream: IO[bytes] = gzip.GzipFile(fileobj=buffered) if layer["mediaType"] == oci.MT_LAYER_GZIP else buffered
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                dirs: list[tuple[str, int]] = []
+                for member in tar:
+                    extract_member(tar, member, dest, dirs)
+                for path, mtime in reversed(dirs):
+                    os.utime(path, (mtime, mtime), follow_symlinks=False)
+            if stream is not buffered:
+                stream.read()
+            for _ in iter(lambda: buffered.read(oci.CHUNK), b""):
+                pass
+            got = "sha256:" + reader.h.hexdigest()
+        if got != layer["digest"]:
+            raise ImageError(f"layer {layer['digest']} hashes to {got} (tampered or corrupt): refused")
+
+    def remove_unpacked(self, digest: str) -> None:
+        rootfs.remove_tree(self.unpacked_path(digest))
+
+    @contextmanager
+    def _lock(self, what: str) -> Iterator[None]:
+        path = os.path.join(self.root, f".lock-{what}")
+        with open(path, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# -- safe extraction ------------------------------------------------------------------------
+def safe_relpath(name: str) -> str:
+    """A layer entry name as a clean relative path; absolute paths and ``..`` are refused."""
+    if name.startswith("/"):
+        raise ImageError(f"{name!r}: absolute path in a layer")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts:
+        return ""
+    if any(p == ".." for p in parts):
+        raise ImageError(f"{name!r}: '..' in a layer path")
+    return "/".join(parts)
+
+
+def _parent_dirs_safe(dest: str, rel: str) -> str:
+    """Make the parents of ``rel`` under ``dest``, refusing to go through any symlink."""
+    cur = dest
+    for part in rel.split("/")[:-1]:
+        cur = os.path.join(cur, part)
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            os.mkdir(cur, 0o755)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise ImageError(f"{rel!r}: goes through the symlink {part!r} (escape refused)")
+        if not stat.S_ISDIR(st.st_mode):
+            raise ImageError(f"{rel!r}: parent {part!r} is not a directory")
+    return os.path.join(dest, rel)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str, dirs: list[tuple[str, int]]) -> None:
+    rel = safe_relpath(member.name)
+    if not rel:
+        return
+    path = _parent_dirs_safe(dest, rel)
+    base = os.path.basename(rel)
+    if base == ".wh..wh..opq":
+        parent = os.path.dirname(path)
+        for child in os.listdir(parent):
+            _remove(os.path.join(parent, child))
+        return
+    if base.startswith(".wh."):
+        _remove(os.path.join(os.path.dirname(path), base[4:]))
+        return
+    if member.isdir():
+        if os.path.lexists(path) and not (os.path.isdir(path) and not os.path.islink(path)):
+            _remove(path)
+        if not os.path.lexists(path):
+            os.mkdir(path, 0o700)
+        os.chmod(path, stat.S_IMODE(member.mode))
+        dirs.append((path, int(member.mtime)))
+    elif member.isfile():
+        if os.path.lexists(path):
+            _remove(path)
+        src = tar.extractfile(member)
+        assert src is not None
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(src, out, oci.CHUNK)
+        os.chmod(path, stat.S_IMODE(member.mode))
+        os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+    elif member.issym():
+        target = member.linkname
+        if not target.startswith("/"):
+            resolved = os.path.normpath(os.path.join(os.path.dirname(rel), target))
+            if resolved == ".." or resolved.startswith("../"):
+                raise ImageError(f"{rel!r} -> {target!r}: symlink points outside the image")
+        if os.path.lexists(path):
+            _remove(path)
+        os.symlink(target, path)
+        os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+    elif member.islnk():
+        target_rel = safe_relpath(member.linkname)
+        target = _parent_dirs_safe(dest, target_rel)
+        st = os.lstat(target)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"{rel!r}: hard link to {member.linkname!r}, which is not a regular file")
+        if os.path.lexists(path):
+            _remove(path)
+        os.link(target, path, follow_symlinks=False)
+    else:
+        raise ImageError(f"{rel!r}: device nodes, fifos and other special files are refused")
+    if os.geteuid() == 0:
+        os.lchown(path, member.uid, member.gid)
+        if member.isfile() and member.mode & 0o6000:
+            os.chmod(path, stat.S_IMODE(member.mode))   # chown clears setuid/setgid; put them back

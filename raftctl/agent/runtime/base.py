@@ -1,0 +1,190 @@
+"""The one interface every runtime driver implements, and the container spec it takes.
+
+Drivers are synchronous (they shell out to runc or touch files); the agent loop calls
+them through ``asyncio.to_thread``. A handle is the container id (the placement id).
+"""
+from __future__ import annotations
+
+import re
+import signal as _signal
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TypedDict
+
+State = Literal["created", "running", "exited", "oom_killed", "missing"]
+DEFAULT_UID = 65534
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class RuntimeError_(Exception):
+    """A driver could not do what it was asked (bad id, runc failure, missing image)."""
+
+
+@dataclass
+class Resources:
+    cpu: int = 0            # millicores; 0 = no quota
+    memory: int = 0         # bytes; 0 = no limit
+    pids: int = 0           # 0 = no limit
+
+
+@dataclass
+class ContainerSpec:
+    id: str
+    job: str
+    replica: int
+    image: str                          # "sha256:<hex>" digest of the image manifest
+    rootfs: str                         # unpacked image root (read-only lower layer)
+    command: list[str]
+    log_dir: str
+    base: str = "scratch"               # "host": host /usr,/lib*,/bin,/sbin,/etc read-only under the image
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None             # "uid[:gid]"; None = 65534:65534
+    resources: Resources = field(default_factory=Resources)
+    network: str = "host"               # "host" | "bridge"
+    ports: dict[str, int] = field(default_factory=dict)
+    address: str | None = None          # bridge mode: the container's IP (CIDR) from the machine's subnet
+    netns: str | None = None            # bridge mode: path of a prepared network namespace
+    version: int = 0
+    read_only_root: bool = True         # root mounted ro; /tmp (tmpfs) and /data (private) stay writable
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_keep: int = 3
+
+    def __post_init__(self) -> None:
+        if not ID_RE.match(self.id):
+            raise RuntimeError_(f"container id {self.id!r} is not [A-Za-z0-9_.-]{{1,128}}")
+        if not self.command:
+            raise RuntimeError_("command is empty")
+        if self.network not in ("host", "bridge"):
+            raise RuntimeError_(f"network {self.network!r} is not host or bridge")
+        if isinstance(self.resources, dict):
+            self.resources = Resources(**self.resources)
+        self.env.setdefault("PATH", DEFAULT_PATH)
+
+    @property
+    def uid_gid(self) -> tuple[int, int]:
+        if self.user is None or self.user == "":
+            return DEFAULT_UID, DEFAULT_UID
+        uid, _, gid = str(self.user).partition(":")
+        return int(uid), int(gid) if gid else int(uid)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ContainerSpec":
+        d = dict(d)
+        d["resources"] = Resources(**d.get("resources", {}))
+        return cls(**d)
+
+    @classmethod
+    def from_placement(cls, placement: dict[str, Any], spec: dict[str, Any], *, rootfs: str, log_dir: str,
+                       image: str | None = None, netns: str | None = None) -> "ContainerSpec":
+        """Build from a placement record and the normalized job spec (docs/state.md)."""
+        env = {"PATH": DEFAULT_PATH}
+        env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+        ports = {str(k): int(v) for k, v in (placement.get("ports") or {}).items()}
+        for name, port in ports.items():
+            env[port_env(name)] = str(port)
+        env["RAFTCTL_JOB"] = str(placement["job"])
+        env["RAFTCTL_REPLICA"] = str(placement["replica"])
+        env["RAFTCTL_PLACEMENT"] = str(placement["id"])
+        network = spec.get("network", "host")
+        address = placement.get("address") if network == "bridge" else None
+        if address:
+            env["RAFTCTL_ADDRESS"] = str(address).split("/")[0]
+        res = spec.get("resources") or {}
+        return cls(
+            id=str(placement["id"]), job=str(placement["job"]), replica=int(placement["replica"]),
+            image=image or str(spec["image"]), rootfs=rootfs, base=spec.get("base", "scratch"),
+            command=[expand(a, env) for a in spec["command"]], env=env, user=spec.get("user"),
+            resources=Resources(cpu=int(res.get("cpu", 0)), memory=int(res.get("memory", 0)),
+                                pids=int(res.get("pids", 0))),
+            network=network, ports=ports, address=address, netns=netns,
+            version=int(placement.get("version", 0)), log_dir=log_dir)
+
+
+def port_env(name: str) -> str:
+    return "PORT_" + re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand(arg: str, env: dict[str, str]) -> str:
+    """Replace ``${NAME}`` with env values (no shell involved); unknown names stay as they are."""
+    return _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), arg)
+
+
+@dataclass
+class Observed:
+    state: State
+    pid: int | None = None
+    exit_code: int | None = None
+    started_at: float | None = None     # wall-clock seconds
+    reason: str | None = None
+
+
+class Stats(TypedDict):
+    cpu_usage_ns: int
+    memory_bytes: int
+    memory_limit: int
+    pids: int
+    throttled_ns: int
+
+
+class Driver(ABC):
+    """A container runtime. Every method takes the container id as its handle."""
+
+    name: str = "abstract"
+    isolated: bool = False
+
+    @abstractmethod
+    def prepare_image(self, digest: str) -> str:
+        """Make the image ``digest`` available locally; return its unpacked root."""
+
+    @abstractmethod
+    def create(self, spec: ContainerSpec) -> str:
+        """Create (not start) a container; return its handle (the id)."""
+
+    @abstractmethod
+    def start(self, id: str) -> None:
+        """Start a created container."""
+
+    @abstractmethod
+    def stop(self, id: str, grace_s: float = 10.0) -> Observed:
+        """SIGTERM, wait up to ``grace_s``, then SIGKILL; return the final observation."""
+
+    @abstractmethod
+    def kill(self, id: str, sig: int = _signal.SIGKILL) -> None:
+        """Send ``sig`` to the container's init process."""
+
+    @abstractmethod
+    def status(self, id: str) -> Observed:
+        """What the container is doing now; ``missing`` if the driver does not know it."""
+
+    @abstractmethod
+    def stats(self, id: str) -> Stats:
+        """Resource usage from cgroups (or the best the driver has)."""
+
+    @abstractmethod
+    def exec(self, id: str, argv: list[str], timeout: float = 10.0) -> tuple[int, str]:
+        """Run ``argv`` inside the container; return (exit code, combined output). 124 on timeout."""
+
+    @abstractmethod
+    def list_existing(self) -> list[str]:
+        """Ids of every container this driver finds (running or not), for adoption after a restart."""
+
+    @abstractmethod
+    def remove(self, id: str) -> None:
+        """Delete a stopped container and everything it owns (idempotent)."""
+
+    def spec_of(self, id: str) -> ContainerSpec | None:
+        """The spec a container was created with, when the driver kept it."""
+        return None
+
+    def rotate_logs(self, id: str) -> None:
+        """Rotate the container's log files if they grew past their limit."""
+
+    def close(self) -> None:
+        """Release driver resources (containers keep running)."""

@@ -1,0 +1,98 @@
+"""The OCI runtime config (config.json) for one container (pure: no I/O)."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from raftctl.agent.runtime.base import ContainerSpec
+
+CPU_PERIOD = 100_000
+HOST_BASE_DIRS = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc")
+# Docker's default set minus NET_RAW, MKNOD and SETFCAP.
+ROOT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+             "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE"]
+MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+          "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"]
+READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+
+def hostname(spec: ContainerSpec) -> str:
+    return re.sub(r"[^a-z0-9-]", "-", f"{spec.job}-{spec.replica}".lower())[:63]
+
+
+def capabilities(uid: int) -> dict[str, list[str]]:
+    """Root gets the reduced set; any other uid gets none (only the bounding set is kept)."""
+    active = list(ROOT_CAPS) if uid == 0 else []
+    return {"bounding": list(ROOT_CAPS), "effective": active, "permitted": active,
+            "inheritable": [], "ambient": []}
+
+
+def mounts(spec: ContainerSpec, data_dir: str | None, host_binds: list[str], tmp_size: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "mode=1777", f"size={tmp_size}"]},
+    ]
+    if data_dir:
+        out.append({"destination": "/data", "type": "bind", "source": data_dir,
+                    "options": ["rbind", "rw", "nosuid", "nodev"]})
+    for path in host_binds:
+        out.append({"destination": path, "type": "bind", "source": path,
+                    "options": ["rbind", "ro", "nosuid", "nodev", "rprivate"]})
+    return out
+
+
+def resources(spec: ContainerSpec, memsw: bool) -> dict[str, Any]:
+    r: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    res = spec.resources
+    if res.memory > 0:
+        r["memory"] = {"limit": res.memory}
+        if memsw:
+            r["memory"]["swap"] = res.memory        # memory+swap = memory: no swapping past the limit
+    if res.cpu > 0:
+        r["cpu"] = {"quota": max(1000, res.cpu * CPU_PERIOD // 1000), "period": CPU_PERIOD,
+                    "shares": max(2, res.cpu * 1024 // 1000)}
+    if res.pids > 0:
+        r["pids"] = {"limit": res.pids}
+    return r
+
+
+def config(spec: ContainerSpec, *, cgroups_path: str, data_dir: str | None, host_binds: list[str],
+           memsw: bool, netns: str | None = None) -> dict[str, Any]:
+    uid, gid = spec.uid_gid
+    namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "mount", "uts", "ipc")]
+    if spec.network == "bridge":
+        namespaces.append({"type": "network", "path": netns} if netns else {"type": "network"})
+    tmp_size = min(spec.resources.memory, 256 << 20) if spec.resources.memory else 64 << 20
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": uid, "gid": gid},
+            "args": list(spec.command),
+            "env": [f"{k}={v}" for k, v in sorted(spec.env.items())],
+            "cwd": "/",
+            "capabilities": capabilities(uid),
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": spec.read_only_root},
+        "hostname": hostname(spec),
+        "mounts": mounts(spec, data_dir, host_binds, max(tmp_size, 1 << 20)),
+        "linux": {
+            "cgroupsPath": cgroups_path,
+            "resources": resources(spec, memsw),
+            "namespaces": namespaces,
+            "maskedPaths": MASKED,
+            "readonlyPaths": READONLY,
+        },
+        "annotations": {"raftctl.job": spec.job, "raftctl.replica": str(spec.replica),
+                        "raftctl.image": spec.image},
+    }

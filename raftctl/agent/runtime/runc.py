@@ -1,0 +1,408 @@
+"""The runc driver: an OCI bundle per container, driven through Debian's runc.
+
+Per container, under ``<data_dir>/containers/<id>/``: ``config.json``, ``spec.json``
+(the ContainerSpec, for adoption), ``rootfs/`` (btrfs snapshot or overlay mount of the
+unpacked image, with ``upper/`` + ``work/``), ``data/`` (the private writable /data),
+``init.pid``, ``started_at`` and, once the container has exited, ``exit.json`` written
+by its shim (see shim.py). runc keeps its own state under ``<data_dir>/runc``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from raftctl.agent import rootfs
+from raftctl.agent.images import ImageStore
+from raftctl.agent.runtime import bundle as oci_bundle
+from raftctl.agent.runtime import cgroups, logs
+from raftctl.agent.runtime.base import ID_RE, ContainerSpec, Driver, Observed, RuntimeError_, Stats
+
+log = logging.getLogger("raftctl.agent.runc")
+SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim.py")
+
+
+def runc_available(runc: str = "runc") -> bool:
+    return os.geteuid() == 0 and shutil.which(runc) is not None
+
+
+class RuncDriver(Driver):
+    name = "runc"
+    isolated = True
+
+    def __init__(self, data_dir: str, images: ImageStore | None = None, *, runc: str = "runc",
+                 cgroup_parent: str = "raftctl", python: str = sys.executable) -> None:
+        path = shutil.which(runc)
+        if path is None:
+            raise RuntimeError_(f"{runc} is not installed (apt-get install runc)")
+        if os.geteuid() != 0:
+            raise RuntimeError_("the runc driver needs root")
+        self.runc = path
+        self.data_dir = os.path.abspath(data_dir)
+        self.containers_dir = os.path.join(self.data_dir, "containers")
+        self.runc_root = os.path.join(self.data_dir, "runc")
+        os.makedirs(self.containers_dir, exist_ok=True)
+        os.makedirs(self.runc_root, exist_ok=True)
+        self.images = images or ImageStore(os.path.join(self.data_dir, "images"))
+        self.cgroup_parent = cgroup_parent.strip("/")
+        self.python = python
+        self.memsw = cgroups.memsw_available()
+        self.shims = ShimPool(python, os.path.join(self.data_dir, "shim.err"))
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _argv(self, *args: str) -> list[str]:
+        return [self.runc, "--root", self.runc_root, *args]
+
+    def _run(self, *args: str, timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run(self._argv(*args), capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise RuntimeError_(f"runc {args[0]} failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
+        return r
+
+    def bundle(self, id: str) -> str:
+        if not ID_RE.match(id):
+            raise RuntimeError_(f"container id {id!r} is not valid")
+        return os.path.join(self.containers_dir, id)
+
+    def cgroups_path(self, id: str) -> str:
+        return f"/{self.cgroup_parent}/{id}"
+
+    def cgroup(self, id: str) -> cgroups.Cgroup:
+        return cgroups.Cgroup.of(self.cgroups_path(id))
+
+    def _read(self, id: str, name: str) -> str | None:
+        try:
+            with open(os.path.join(self.bundle(id), name)) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def _exit_info(self, id: str) -> dict[str, Any] | None:
+        text = self._read(id, "exit.json")
+        return json.loads(text) if text else None
+
+    # -- images -------------------------------------------------------------------------------
+    def prepare_image(self, digest: str) -> str:
+        return self.images.unpack(self.images.resolve(digest))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def create(self, spec: ContainerSpec) -> str:
+        b = self.bundle(spec.id)
+        if os.path.exists(b):
+            raise RuntimeError_(f"container {spec.id} already exists")
+        if not os.path.isdir(spec.rootfs):
+            raise RuntimeError_(f"image root {spec.rootfs} is missing (prepare_image first)")
+        os.makedirs(b)
+        try:
+            return self._create(spec, b)
+        except BaseException:
+            self.remove(spec.id)
+            raise
+
+    def _create(self, spec: ContainerSpec, b: str) -> str:
+        with open(os.path.join(b, "spec.json"), "w") as f:
+            json.dump(spec.to_dict(), f, sort_keys=True)
+        rootfs.make_root(spec.rootfs, b)
+        root = os.path.join(b, "rootfs")
+        host_binds = self._host_base(root) if spec.base == "host" else []
+        uid, gid = spec.uid_gid
+        data_dir = None
+        if spec.read_only_root:
+            data_dir = os.path.join(b, "data")
+            os.makedirs(data_dir, exist_ok=True)
+            os.chown(data_dir, uid, gid)
+            os.chmod(data_dir, 0o750)
+        streams = logs.prepare(spec.log_dir)
+        cfg = oci_bundle.config(spec, cgroups_path=self.cgroups_path(spec.id), data_dir=data_dir,
+                                host_binds=host_binds, memsw=self.memsw, netns=spec.netns)
+        with open(os.path.join(b, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=1)
+        shim_cfg = {
+            "mode": "runc", "state_dir": b, "stdout": streams["stdout"], "stderr": streams["stderr"],
+            "pid_file": os.path.join(b, "init.pid"),
+            "memory_cgroup": self.cgroup(spec.id).memory_dir(),
+            "argv": self._argv("--log", os.path.join(b, "runc.log"), "create", "--bundle", b,
+                               "--pid-file", os.path.join(b, "init.pid"), spec.id),
+        }
+        pid = self.shims.run(b, shim_cfg)
+        if pid is None:
+            raise RuntimeError_(f"runc create {spec.id} failed: {self._runc_log_tail(spec.id)}")
+        stat = proc_stat(pid)
+        if stat:
+            with open(os.path.join(b, "init.start"), "w") as f:
+                f.write(stat[1])
+        log.info("created %s (init pid %d, job %s replica %d)", spec.id, pid, spec.job, spec.replica)
+        return spec.id
+
+    def _host_base(self, root: str) -> list[str]:
+        """Host dirs to bind read-only under the image; host symlinks (usrmerge) are copied as symlinks."""
+        binds = []
+        for path in oci_bundle.HOST_BASE_DIRS:
+            inside = os.path.join(root, path.lstrip("/"))
+            if os.path.islink(path):
+                if not os.path.lexists(inside):
+                    os.symlink(os.readlink(path), inside)
+            elif os.path.isdir(path):
+                if os.path.islink(inside):
+                    continue            # the image chose its own link; leave it
+                os.makedirs(inside, exist_ok=True)
+                binds.append(path)
+        return binds
+
+    def _runc_log_tail(self, id: str) -> str:
+        text = self._read(id, "runc.log") or ""
+        msgs = []
+        for line in text.splitlines()[-5:]:
+            try:
+                msgs.append(json.loads(line).get("msg", line))
+            except ValueError:
+                msgs.append(line)
+        return "; ".join(msgs) or "no runc log"
+
+    def start(self, id: str) -> None:
+        self._run("start", id)
+        with open(os.path.join(self.bundle(id), "started_at"), "w") as f:
+            f.write(repr(time.time()))
+        log.info("started %s", id)
+
+    def _fast_running(self, id: str, started_at: float | None) -> Observed | None:
+        """Running without asking runc: init.pid is alive, not a zombie, and has the start
+        time recorded at create (so a reused pid is not mistaken for the container)."""
+        pid_text, start_text = self._read(id, "init.pid"), self._read(id, "init.start")
+        if started_at is None or not pid_text or not start_text:
+            return None
+        pid = int(pid_text)
+        stat = proc_stat(pid)
+        if stat is None or stat[0] in ("Z", "X") or stat[1] != start_text.strip():
+            return None
+        return Observed("running", pid=pid, started_at=started_at)
+
+    def kill(self, id: str, sig: int = signal.SIGKILL) -> None:
+        r = self._run("kill", id, str(int(sig)), check=False)
+        if r.returncode != 0 and "not running" not in r.stderr and "process already finished" not in r.stderr:
+            raise RuntimeError_(f"runc kill {id} failed: {r.stderr.strip()}")
+
+    def _wait_exit(self, id: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        path = os.path.join(self.bundle(id), "exit.json")
+        while time.monotonic() < deadline:
+            if os.path.exists(path):
+                return True
+            time.sleep(0.02)
+        return os.path.exists(path)
+
+    def stop(self, id: str, grace_s: float = 10.0) -> Observed:
+        obs = self.status(id)
+        if obs.state not in ("running", "created"):
+            return obs
+        if obs.state == "running" and grace_s > 0:
+            self.kill(id, signal.SIGTERM)
+            if self._wait_exit(id, grace_s):
+                return self.status(id)
+            log.warning("%s ignored SIGTERM for %.1fs; sending SIGKILL", id, grace_s)
+        self.kill(id, signal.SIGKILL)
+        self._wait_exit(id, 5.0)
+        return self.status(id)
+
+    def status(self, id: str) -> Observed:
+        b = self.bundle(id)
+        if not os.path.isdir(b):
+            return Observed("missing")
+        started = self._read(id, "started_at")
+        started_at = float(started) if started else None
+        info = self._exit_info(id)
+        if info is None:
+            fast = self._fast_running(id, started_at)
+            if fast is not None:
+                return fast
+            r = self._run("state", id, check=False)
+            if r.returncode != 0:
+                return Observed("missing", reason="runc knows no such container")
+            st = json.loads(r.stdout)
+            state = st.get("status")
+            if state in ("running", "paused"):
+                return Observed("running", pid=st.get("pid"), started_at=started_at)
+            if state in ("created", "creating"):
+                return Observed("created", pid=st.get("pid"))
+            if self._wait_exit(id, 1.0):                         # the shim is writing exit.json
+                info = self._exit_info(id)
+        if info is None:
+            oom = self.cgroup(id).oom_kills() > 0
+            return Observed("oom_killed" if oom else "exited", started_at=started_at,
+                            reason="exit code unknown: the shim is gone")
+        oom = int(info.get("oom_kills") or 0) > 0 or self.cgroup(id).oom_kills() > 0
+        return Observed("oom_killed" if oom else "exited", pid=info.get("pid"), exit_code=info.get("code"),
+                        started_at=started_at, reason="OOM-killed at the memory limit" if oom else None)
+
+    def stats(self, id: str) -> Stats:
+        return self.cgroup(id).stats()
+
+    def exec(self, id: str, argv: list[str], timeout: float = 10.0) -> tuple[int, str]:
+        proc = subprocess.Popen(self._argv("exec", id, *argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+            return proc.returncode, out.decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            return 124, out.decode(errors="replace")
+
+    def list_existing(self) -> list[str]:
+        r = self._run("list", "--format", "json", check=False)
+        ids = set()
+        if r.returncode == 0 and r.stdout.strip() not in ("", "null"):
+            ids.update(c["id"] for c in json.loads(r.stdout))
+        for name in os.listdir(self.containers_dir):
+            if os.path.exists(os.path.join(self.containers_dir, name, "spec.json")):
+                ids.add(name)
+        return sorted(ids)
+
+    def spec_of(self, id: str) -> ContainerSpec | None:
+        text = self._read(id, "spec.json")
+        return ContainerSpec.from_dict(json.loads(text)) if text else None
+
+    def rotate_logs(self, id: str) -> None:
+        spec = self.spec_of(id)
+        if spec:
+            logs.rotate(spec.log_dir, spec.log_max_bytes, spec.log_keep)
+
+    def close(self) -> None:
+        self.shims.close()
+
+    def __del__(self) -> None:
+        try:
+            self.shims.close()
+        except Exception:
+            pass
+
+    def remove(self, id: str) -> None:
+        b = self.bundle(id)
+        r = self._run("delete", "--force", id, check=False)
+        if r.returncode != 0 and "does not exist" not in r.stderr and "not exist" not in r.stderr:
+            log.warning("runc delete %s: %s", id, r.stderr.strip())
+        if os.path.isdir(b):
+            if os.path.exists(os.path.join(b, "shim.pid")):
+                self._wait_exit(id, 2.0)                   # let the shim record the exit first
+            rootfs.release_root(b)
+            rootfs.remove_tree(b)
+        log.info("removed %s", id)
+
+
+def proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state letter, start time in clock ticks) of ``pid`` from /proc, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], fields[19]
+
+
+class ShimPool:
+    """Keeps one shim started ahead of time, so Python's start-up (tens of ms) is not on the
+    container start path. An idle shim exits when its command pipe closes."""
+
+    def __init__(self, python: str, err_path: str) -> None:
+        self.python = python
+        self.err_path = err_path
+        self.lock = threading.Lock()
+        self.idle: tuple[subprocess.Popen, int, int] | None = None
+        self._warm()
+
+    def _warm(self) -> None:
+        cmd_r, cmd_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        try:
+            with open(self.err_path, "ab") as err:
+                proc = subprocess.Popen([self.python, "-I", "-S", SHIM, "--warm", str(cmd_r), str(ready_w)],
+                                        pass_fds=(cmd_r, ready_w), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=err)
+        except BaseException:
+            for fd in (cmd_w, ready_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(cmd_r)
+            os.close(ready_w)
+        self.idle = (proc, cmd_w, ready_r)
+
+    def run(self, state_dir: str, cfg: dict[str, Any], timeout: float = 30.0) -> int | None:
+        cfg_path = os.path.join(state_dir, "shim.json")
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f)
+        with self.lock:
+            if self.idle is None:
+                self._warm()
+            assert self.idle is not None
+            proc, cmd_w, ready_r = self.idle
+            self.idle = None
+            try:
+                os.write(cmd_w, cfg_path.encode() + b"\n")
+            finally:
+                os.close(cmd_w)
+            self._warm()
+        proc.wait()
+        return read_ready(ready_r, state_dir, timeout)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.idle is not None:
+                proc, cmd_w, ready_r = self.idle
+                self.idle = None
+                os.close(cmd_w)
+                os.close(ready_r)
+                proc.wait()
+
+
+def spawn_shim(python: str, state_dir: str, cfg: dict[str, Any], timeout: float = 30.0) -> int | None:
+    """Start a detached shim (cold); return the container's init pid once it exists, None on failure."""
+    cfg_path = os.path.join(state_dir, "shim.json")
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f)
+    r, w = os.pipe()
+    try:
+        with open(os.path.join(state_dir, "shim.err"), "ab") as err:
+            proc = subprocess.Popen([python, "-I", "-S", SHIM, cfg_path, str(w)], pass_fds=(w,),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        os.close(w)
+        w = -1
+        proc.wait()
+    except BaseException:
+        os.close(r)
+        raise
+    finally:
+        if w >= 0:
+            os.close(w)
+    return read_ready(r, state_dir, timeout)
+
+
+def read_ready(r: int, state_dir: str, timeout: float) -> int | None:
+    """Read the shim's ``ok <pid>`` / ``err <why>`` line from fd ``r`` (and close it)."""
+    try:
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(r, 256)
+            if not chunk:
+                break
+            buf += chunk
+        msg = buf.decode().strip()
+        if msg.startswith("ok "):
+            return int(msg.split()[1])
+        log.error("shim for %s: %s", state_dir, msg or "no answer")
+        return None
+    finally:
+        os.close(r)

@@ -1,0 +1,87 @@
+"""Health-check threshold logic and restart backoff, on a fake clock."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from raftctl.agent.backoff import Backoff, should_restart
+from raftctl.agent.health import HealthMonitor, HealthPolicy, HealthTracker, make_probe, probe_http, probe_tcp
+from raftctl.agent.runtime.base import ContainerSpec
+from raftctl.agent.runtime.sim import SimDriver, SimScript
+
+
+def test_threshold_needs_consecutive_failures():
+    t = HealthTracker(HealthPolicy(interval_s=1, failures=3), started_at=0.0)
+    assert t.status == "unknown"
+    assert t.record(True, 0.0) == "healthy"
+    assert t.record(False, 1.0) is None and t.record(False, 2.0) is None
+    assert t.record(True, 3.0) is None                    # a success resets the count
+    assert [t.record(False, x) for x in (4.0, 5.0, 6.0)] == [None, None, "unhealthy"]
+    assert t.record(True, 7.0) == "healthy"
+    assert t.due(7.5) is False and t.due(8.0) is True
+
+
+def test_failures_inside_start_grace_do_not_count():
+    t = HealthTracker(HealthPolicy(failures=1, grace_s=5), started_at=100.0)
+    assert t.record(False, 101.0) is None and t.record(False, 104.9) is None
+    assert t.status == "unknown"
+    assert t.record(False, 105.0) == "unhealthy"
+
+
+def test_backoff_grows_caps_and_resets_after_a_stable_run():
+    b = Backoff(initial_s=0.1, max_s=1.0, reset_s=10.0)
+    delays = []
+    now = 0.0
+    for _ in range(6):
+        b.on_start(now)
+        now += 1.0                                         # crashes after 1 s each time
+        d = b.on_exit(now)
+        delays.append(d)
+        now += d
+    assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    b.on_start(now)
+    assert not b.stable(now + 9.9) and b.stable(now + 10.0)
+    assert b.on_exit(now + 10.0) == pytest.approx(0.1)     # stable run: back to the start
+    assert Backoff.from_spec({"initial_ms": 100, "max_ms": 10000, "reset_ms": 30000}).reset_s == 30.0
+
+
+def test_restart_policies():
+    assert should_restart("always", 0) and should_restart("always", 1)
+    assert not should_restart("on-failure", 0) and should_restart("on-failure", 2)
+    assert should_restart("on-failure", 0, oom_killed=True) and should_restart("on-failure", 0, unhealthy=True)
+    assert should_restart("on-failure", None)
+    assert not should_restart("never", 137, oom_killed=True)
+    with pytest.raises(ValueError):
+        should_restart("sometimes", 0)
+
+
+async def test_monitor_on_a_fake_clock_with_sim_health():
+    now = [0.0]
+    drv = SimDriver(clock=lambda: now[0], scripts={"web": SimScript(unhealthy_after_s=3.0)})
+    spec = ContainerSpec(id="p1", job="web", replica=0, image="sha256:" + "0" * 64, rootfs="/x", command=["x"],
+                         log_dir="/tmp/none")
+    drv.create(spec)
+    drv.start("p1")
+    changes = []
+    policy = HealthPolicy(type="exec", command=["true"], interval_s=1, failures=2)
+    mon = HealthMonitor(policy, make_probe(policy, spec, drv), changes.append, clock=lambda: now[0])
+    for _ in range(6):
+        await mon.check_once()
+        now[0] += 1.0
+    assert changes == ["healthy", "unhealthy"]             # fails at t=3, 4 -> unhealthy at the 2nd failure
+
+
+async def test_tcp_and_http_probes_on_loopback():
+    async def handle(reader, writer):
+        await reader.readline()
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        assert await probe_tcp("127.0.0.1", port, 1.0)
+        assert await probe_http("127.0.0.1", port, "/", 1.0)
+    assert not await probe_tcp("127.0.0.1", port, 0.5)
+    assert not await probe_http("127.0.0.1", port, "/", 0.5)

@@ -1,0 +1,208 @@
+"""Images: deterministic builds, digest verification, path safety, btrfs and overlay roots."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+
+import pytest
+
+from raftctl.agent import oci, rootfs
+from raftctl.agent.images import ImageStore
+from raftctl.agent.oci import ImageError
+from raftctl.agent.testimage import make_busybox_dir
+
+
+def tree_digest(root: str) -> str:
+    """Hash of every path, type, mode, owner, mtime, link target and content under ``root``."""
+    h = hashlib.sha256()
+    for rel, path in oci.walk_sorted(root):
+        st = os.lstat(path)
+        h.update(f"{rel}\0{st.st_mode:o}\0{st.st_uid}\0{st.st_gid}\0{int(st.st_mtime)}\0".encode())
+        if os.path.islink(path):
+            h.update(os.readlink(path).encode())
+        elif os.path.isfile(path):
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def src(tmp_path):
+    d = tmp_path / "src"
+    (d / "app" / "sub").mkdir(parents=True)
+    (d / "app" / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    os.chmod(d / "app" / "run.sh", 0o755)
+    (d / "app" / "sub" / "data.txt").write_text("data\n")
+    os.symlink("run.sh", d / "app" / "link")
+    os.symlink("/app/run.sh", d / "app" / "abslink")
+    return str(d)
+
+
+def test_same_source_same_digest_same_bytes_same_root(tmp_path, src):
+    a, b = ImageStore(str(tmp_path / "m1")), ImageStore(str(tmp_path / "m2"))
+    da = a.build(src, "web:1")
+    os.utime(os.path.join(src, "app", "run.sh"), (12345, 12345))      # mtimes never reach the layer
+    db = b.build(src, "web:1")
+    assert da == db and a.resolve("web:1") == da
+    assert sorted(os.listdir(a.blobs)) == sorted(os.listdir(b.blobs))
+    for name in os.listdir(a.blobs):
+        assert open(os.path.join(a.blobs, name), "rb").read() == open(os.path.join(b.blobs, name), "rb").read()
+    ra, rb = a.unpack(da), b.unpack(db)
+    assert tree_digest(ra) == tree_digest(rb)
+    assert a.unpack(da) == ra                                          # once per digest
+    assert open(os.path.join(ra, "app", "sub", "data.txt")).read() == "data\n"
+    assert os.readlink(os.path.join(ra, "app", "abslink")) == "/app/run.sh"
+    assert os.stat(os.path.join(ra, "app", "run.sh")).st_mode & 0o777 == 0o755
+
+
+def test_export_import_round_trip_and_archive(tmp_path, src):
+    a = ImageStore(str(tmp_path / "a"))
+    d = a.build(src, "web:1")
+    a.export_layout(d, str(tmp_path / "layout"), name="web:1")
+    archive = str(tmp_path / "web.tar")
+    with tarfile.open(archive, "w") as tar:
+        tar.add(str(tmp_path / "layout"), arcname=".")
+    b = ImageStore(str(tmp_path / "b"))
+    assert b.import_archive(archive) == [d]
+    assert b.resolve("web:1") == d
+    assert tree_digest(b.unpack(d)) == tree_digest(a.unpack(d))
+    c = ImageStore(str(tmp_path / "c"))
+    assert c.import_layout(str(tmp_path / "layout")) == [d]
+
+
+def test_tampered_blob_is_refused(tmp_path, src):
+    a = ImageStore(str(tmp_path / "a"))
+    d = a.build(src, "web:1")
+    layout = tmp_path / "layout"
+    a.export_layout(d, str(layout), name="web:1")
+    layer = a.manifest(d)["layers"][0]["digest"]
+    blob = layout / "blobs" / "sha256" / layer.split(":")[1]
+    data = bytearray(blob.read_bytes())
+    data[600] ^= 1
+    blob.write_bytes(bytes(data))
+    b = ImageStore(str(tmp_path / "b"))
+    with pytest.raises(ImageError, match="hashes to"):
+        b.import_layout(str(layout))
+    assert not b.refs()
+    # tampering inside a store after import is caught when unpacking
+    stored = a.blob_path(layer)
+    os.chmod(stored, 0o644)
+    with open(stored, "r+b") as f:
+        f.seek(600)
+        byte = f.read(1)
+        f.seek(600)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ImageError, match="tampered"):
+        a.unpack(d)
+    assert not os.path.exists(a.unpacked_path(d))
+    with pytest.raises(ImageError):
+        a.resolve("sha256:../../etc")
+
+
+def layer_store(tmp_path, entries) -> tuple[ImageStore, str]:
+    """An image whose single layer holds hand-made tar ``entries`` [(TarInfo, bytes|None)]."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in entries:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    store = ImageStore(str(tmp_path / "evil"))
+    ldig, lsize = store.put_bytes(buf.getvalue())
+    cdig, csize = store.put_bytes(oci.canonical_json(oci.image_config(ldig, "scratch")))
+    man = oci.manifest(oci.descriptor(oci.MT_CONFIG, cdig, csize), [oci.descriptor(oci.MT_LAYER, ldig, lsize)], "scratch")
+    mdig, _ = store.put_bytes(oci.canonical_json(man))
+    return store, mdig
+
+
+def ti(name, type=tarfile.REGTYPE, linkname="", mode=0o644):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = type, linkname, mode
+    return info
+
+
+@pytest.mark.parametrize("entries, why", [
+    ([(ti("../escape"), b"x")], "'..'"),
+    ([(ti("a/../../escape"), b"x")], "'..'"),
+    ([(ti("/etc/evil"), b"x")], "absolute"),
+    ([(ti("lnk", tarfile.SYMTYPE, "/tmp"), None), (ti("lnk/evil"), b"x")], "symlink"),
+    ([(ti("up", tarfile.SYMTYPE, "../../.."), None)], "outside"),
+    ([(ti("hard", tarfile.LNKTYPE, "../../etc/passwd"), None)], "'..'"),
+    ([(ti("dev/sda", tarfile.BLKTYPE), None)], "device"),
+    ([(ti("dev/null", tarfile.CHRTYPE), None)], "device"),
+])
+def test_path_escapes_are_refused(tmp_path, entries, why):
+    store, digest = layer_store(tmp_path, entries)
+    with pytest.raises(ImageError, match=why):
+        store.unpack(digest)
+    assert not os.path.exists(store.unpacked_path(digest))
+    assert not os.path.exists(str(tmp_path / "escape"))
+
+
+def test_whiteouts_apply(tmp_path):
+    store, digest = layer_store(tmp_path, [(ti("d", tarfile.DIRTYPE, mode=0o755), None), (ti("d/a"), b"a"),
+                                           (ti("d/b"), b"b"), (ti("d/.wh.a"), b"")])
+    root = store.unpack(digest)
+    assert sorted(os.listdir(os.path.join(root, "d"))) == ["b"]
+
+
+# -- container roots (root) --------------------------------------------------------------------
+@pytest.fixture
+def btrfs_dir(root_runc, tmp_path):
+    """A btrfs filesystem on a loop file, made and removed by the test."""
+    img = tmp_path / "btrfs.img"
+    with open(img, "wb") as f:
+        f.truncate(256 << 20)
+    subprocess.run(["mkfs.btrfs", "-q", str(img)], check=True, capture_output=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+    try:
+        yield str(mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.root
+def test_btrfs_store_gives_snapshot_roots(btrfs_dir, tmp_path, make_spec):
+    from raftctl.agent.runtime.runc import RuncDriver
+    store = ImageStore(os.path.join(btrfs_dir, "images"))
+    digest = store.build(make_busybox_dir(str(tmp_path / "bb")), "bb:1")
+    image_root = store.unpack(digest)
+    assert rootfs.is_subvolume(image_root)
+    drv = RuncDriver(btrfs_dir, store)
+    spec = make_spec(["sleep", "300"], rootfs=image_root, user="0", read_only_root=False)
+    drv.create(spec)
+    try:
+        assert open(os.path.join(drv.bundle(spec.id), rootfs.KIND_FILE)).read() == "btrfs"
+        drv.start(spec.id)
+        assert drv.exec(spec.id, ["sh", "-c", "echo snap > /new && cat /new"]) == (0, "snap\n")
+        assert os.path.exists(os.path.join(drv.bundle(spec.id), "rootfs", "new"))
+        assert not os.path.exists(os.path.join(image_root, "new"))
+    finally:
+        drv.remove(spec.id)
+        drv.close()
+    assert not os.path.exists(drv.bundle(spec.id))
+    store.remove_unpacked(digest)
+
+
+@pytest.mark.root
+def test_overlay_root_on_a_non_btrfs_store(runc_driver, make_spec, busybox_store):
+    store, digest = busybox_store
+    assert not rootfs.is_btrfs(store.root)
+    spec = make_spec(["sleep", "300"], user="0", read_only_root=False)
+    runc_driver.create(spec)
+    try:
+        b = runc_driver.bundle(spec.id)
+        assert open(os.path.join(b, rootfs.KIND_FILE)).read() == "overlay"
+        assert rootfs.fs_type(os.path.join(b, "rootfs")) == "overlay"
+        runc_driver.start(spec.id)
+        assert runc_driver.exec(spec.id, ["sh", "-c", "echo up > /new"])[0] == 0
+        assert open(os.path.join(b, "upper", "new")).read() == "up\n"
+        assert not os.path.exists(os.path.join(store.unpack(digest), "new"))
+    finally:
+        runc_driver.remove(spec.id)
+    assert not any(spec.id in line for line in open("/proc/self/mountinfo"))

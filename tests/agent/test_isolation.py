@@ -1,0 +1,167 @@
+"""Isolation with real runc (root): the §1 'Resource isolation' and 'Protection' promises."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from raftctl.agent.runtime.base import Resources
+from tests.agent.conftest import wait_for
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def run(runc_driver, make_spec):
+    started = []
+
+    def go(command, **kw):
+        spec = make_spec(command, **kw)
+        runc_driver.create(spec)
+        runc_driver.start(spec.id)
+        started.append(spec.id)
+        return spec
+    yield go
+    for id in started:
+        runc_driver.remove(id)
+
+
+def test_ps_shows_only_own_processes(runc_driver, run):
+    a = run(["sleep", "300"])
+    run(["sleep", "301"])
+    code, out = runc_driver.exec(a.id, ["ps", "-o", "pid,args"])
+    assert code == 0, out
+    lines = [l for l in out.splitlines()[1:] if l.strip()]
+    assert [l.split()[0] for l in lines][0] == "1"
+    assert any("sleep 300" in l for l in lines)
+    assert not any("sleep 301" in l for l in lines), out
+    assert len(lines) == 2, out                     # sleep + ps itself
+    code, out = runc_driver.exec(a.id, ["id", "-u"])
+    assert out.strip() == "65534"                   # non-root by default
+    code, out = runc_driver.exec(a.id, ["hostname"])
+    assert out.strip() == "job-0"                   # own UTS namespace
+
+
+def test_root_is_read_only_and_writes_stay_private(runc_driver, run, busybox_store):
+    store, digest = busybox_store
+    image_root = store.unpack(digest)
+    a = run(["sleep", "300"])
+    for target in ("/etc/x", "/x", "/bin/x"):
+        code, out = runc_driver.exec(a.id, ["sh", "-c", f"echo hi > {target}"])
+        assert code != 0 and "Read-only" in out, (target, out)
+    assert runc_driver.exec(a.id, ["sh", "-c", "echo hi > /data/x && echo hi > /tmp/y"])[0] == 0
+    assert open(os.path.join(runc_driver.bundle(a.id), "data", "x")).read() == "hi\n"
+    # a writable root (as root) still writes only into its private layer, never into the image
+    b = run(["sleep", "300"], user="0", read_only_root=False)
+    assert runc_driver.exec(b.id, ["sh", "-c", "echo mine > /etc/passwd && echo new > /new"]) == (0, "")
+    assert "nobody" in open(os.path.join(image_root, "etc", "passwd")).read()
+    assert not os.path.exists(os.path.join(image_root, "new"))
+    code, out = runc_driver.exec(a.id, ["cat", "/etc/passwd"])
+    assert "nobody" in out                          # a neighbour on the same image sees the original
+    assert not os.path.exists(os.path.join(runc_driver.bundle(a.id), "data", "new"))
+
+
+def test_memory_hog_is_oom_killed_not_its_neighbour(runc_driver, run):
+    neighbour = run(["sleep", "300"], resources=Resources(memory=32 << 20, pids=16))
+    hog = run(["dd", "if=/dev/zero", "of=/dev/null", "bs=96M", "count=4"],
+              resources=Resources(memory=32 << 20, pids=16))
+    obs = wait_for(lambda: (o := runc_driver.status(hog.id)).state in ("exited", "oom_killed") and o, what="hog exit")
+    assert obs.state == "oom_killed", obs
+    assert obs.exit_code == 137
+    assert runc_driver.status(neighbour.id).state == "running"
+    assert runc_driver.exec(neighbour.id, ["echo", "alive"]) == (0, "alive\n")
+
+
+def test_cpu_hog_is_held_to_its_quota(runc_driver, run):
+    hog = run(["sh", "-c", "while :; do :; done"], resources=Resources(cpu=250, memory=32 << 20, pids=16))
+    time.sleep(0.3)
+    s0, t0 = runc_driver.stats(hog.id), time.monotonic()
+    time.sleep(2.0)
+    s1, t1 = runc_driver.stats(hog.id), time.monotonic()
+    used = (s1["cpu_usage_ns"] - s0["cpu_usage_ns"]) / 1e9 / (t1 - t0)
+    assert 0.25 * 0.8 <= used <= 0.25 * 1.2, f"used {used:.3f} cores against a 250m quota"
+    assert s1["throttled_ns"] > s0["throttled_ns"]
+
+
+def test_fork_bomb_stops_at_the_pids_limit(runc_driver, run):
+    bomb = run(["sh", "-c", "i=0; while [ $i -lt 300 ]; do sleep 60 & i=$((i+1)); done; sleep 60"],
+               resources=Resources(memory=64 << 20, pids=20))
+    cg = runc_driver.cgroup(bomb.id)
+    wait_for(lambda: cg.pids_max_hits() > 0, what="the pids limit to be hit")
+    assert runc_driver.stats(bomb.id)["pids"] <= 20
+    pid = os.fork()                                  # the host can still fork
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def test_containers_cannot_signal_each_other(runc_driver, run):
+    a = run(["sleep", "300"], job="alpha")
+    b = run(["sleep", "300"], job="beta")
+    b_pid = runc_driver.status(b.id).pid
+    code, out = runc_driver.exec(a.id, ["kill", "-9", str(b_pid)])
+    assert code != 0, out
+    code, out = runc_driver.exec(a.id, ["ls", f"/proc/{b_pid}"])
+    assert code != 0
+    assert runc_driver.status(b.id).state == "running"
+
+
+def test_kill_9_is_seen_as_exited(runc_driver, run):
+    a = run(["sleep", "300"])
+    obs = runc_driver.status(a.id)
+    assert obs.state == "running" and obs.pid and obs.started_at
+    os.kill(obs.pid, 9)
+    obs = wait_for(lambda: (o := runc_driver.status(a.id)).state != "running" and o, what="exit")
+    assert obs.state == "exited" and obs.exit_code == 137
+
+
+def test_stop_with_grace_and_exit_code(runc_driver, run):
+    a = run(["sh", "-c", "trap 'exit 3' TERM; while :; do sleep 0.1; done"])
+    time.sleep(0.2)
+    obs = runc_driver.stop(a.id, grace_s=5)
+    assert obs.state == "exited" and obs.exit_code == 3
+    b = run(["sleep", "300"])                        # pid 1 ignores TERM: killed after the grace
+    t = time.monotonic()
+    obs = runc_driver.stop(b.id, grace_s=0.3)
+    assert obs.exit_code == 137 and time.monotonic() - t < 3
+
+
+def test_adoption_after_driver_restart(runc_driver, run, busybox_store):
+    from raftctl.agent.runtime.runc import RuncDriver
+    a = run(["sleep", "300"])
+    pid = runc_driver.status(a.id).pid
+    again = RuncDriver(runc_driver.data_dir, busybox_store[0])
+    assert a.id in again.list_existing()
+    obs = again.status(a.id)
+    assert obs.state == "running" and obs.pid == pid
+    assert again.spec_of(a.id).command == ["sleep", "300"]
+    assert again.exec(a.id, ["true"])[0] == 0
+    again.close()
+
+
+def test_logs_go_to_files_and_rotate(runc_driver, run):
+    a = run(["sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done; echo err >&2; sleep 300"],
+            log_max_bytes=4096, log_keep=2)
+    out = os.path.join(a.log_dir, "stdout.log")
+    wait_for(lambda: "line 1999" in open(out).read(), what="log lines")
+    assert open(os.path.join(a.log_dir, "stderr.log")).read() == "err\n"
+    runc_driver.rotate_logs(a.id)
+    assert os.path.getsize(out) == 0 and "line 1999" in open(out + ".1").read()
+
+
+def test_host_base_runs_an_app_only_image(runc_driver, make_spec, tmp_path):
+    store = runc_driver.images
+    app = tmp_path / "app"
+    (app / "app").mkdir(parents=True)
+    (app / "app" / "hello").write_text("hello from the app\n")
+    digest = store.build(str(app), "app:1", base="host")
+    spec = make_spec(["/usr/bin/cat", "/app/hello"], base="host", rootfs=runc_driver.prepare_image(digest))
+    runc_driver.create(spec)
+    try:
+        runc_driver.start(spec.id)
+        obs = wait_for(lambda: (o := runc_driver.status(spec.id)).state == "exited" and o, what="exit")
+        assert obs.exit_code == 0, open(os.path.join(spec.log_dir, "stderr.log")).read()
+        assert open(os.path.join(spec.log_dir, "stdout.log")).read() == "hello from the app\n"
+    finally:
+        runc_driver.remove(spec.id)
