@@ -72,6 +72,7 @@ class LocalCluster:
         if os.path.exists(path):
             with open(path) as f:
                 data = json.load(f)
+            self.runtime = self.runtime or data.get("runtime")
             return [Proc(role=p["role"], id=p["id"], data_dir=p["data_dir"], raft=p.get("raft", ""),
                          api=p.get("api", "").replace("http://", "")) for p in data["processes"]]
         return [Proc(role="server", id=f"n{i + 1}", data_dir=os.path.join(self.dir, f"n{i + 1}"),
@@ -94,7 +95,7 @@ class LocalCluster:
         data = {"dir": self.dir, "processes": [
             {"role": p.role, "id": p.id, "pid": p.pid, "raft": p.raft,
              "api": p.url if p.role == "server" else p.api, "data_dir": p.data_dir}
-            for p in self.procs]}
+            for p in self.procs], "runtime": self.runtime}
         tmp = os.path.join(self.dir, "cluster.json.tmp")
         with open(tmp, "w") as f:
             json.dump(data, f, indent=2)
@@ -206,7 +207,8 @@ class LocalCluster:
             p.popen.send_signal(sig)
             p.popen.wait(timeout=30)
 
-    def stop(self) -> None:
+    def stop(self, containers: bool = True) -> None:
+        """Stop every process; with ``containers``, also the containers the agents leave running."""
         for p in self.agents + self.servers:
             if p.popen and p.popen.poll() is None:
                 p.popen.send_signal(signal.SIGTERM)
@@ -217,6 +219,27 @@ class LocalCluster:
                 except subprocess.TimeoutExpired:
                     p.popen.kill()
                     p.popen.wait()
+        if containers:
+            for p in self.agents:
+                self.stop_containers(p)
+
+    def stop_containers(self, p: Proc) -> None:
+        """Containers outlive their agent by design (adoption); a dev cluster cleans them up."""
+        from raftctl.cli.agent import make_driver
+
+        runtime = self.runtime or __import__("raftctl.agent.runtime", fromlist=["default_runtime"]).default_runtime()
+        if runtime == "sim" or not os.path.isdir(os.path.join(p.data_dir, runtime)):
+            return
+        driver = make_driver(runtime, p.data_dir)
+        try:
+            for cid in driver.list_existing():
+                try:
+                    driver.stop(cid, 2.0)
+                    driver.remove(cid)
+                except Exception as exc:
+                    print(f"could not stop container {cid} of {p.id}: {exc}", file=sys.stderr)
+        finally:
+            driver.close()
 
     # -- observation ---------------------------------------------------------
     def get(self, p: Proc, path: str, timeout: float = 2.0) -> Any:

@@ -4,34 +4,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import sys
 
 import click
 
-from raftctl.cli.output import fail
-
-
-def pick_runtime(requested: str | None) -> str:
-    """runc where root and runc exist, else process (which isolates nothing)."""
-    if requested:
-        return requested
-    if os.geteuid() == 0 and shutil.which("runc"):
-        return "runc"
-    return "process"
-
 
 def make_driver(runtime: str, data_dir: str):  # type: ignore[no-untyped-def]
-    if runtime == "runc":
-        from raftctl.agent.runtime.runc import RuncDriver
-        return RuncDriver(os.path.join(data_dir, "runc"))
-    if runtime == "process":
-        from raftctl.agent.runtime.process import ProcessDriver
-        return ProcessDriver(os.path.join(data_dir, "process"))
-    if runtime == "sim":
-        from raftctl.agent.runtime.sim import SimDriver
-        return SimDriver()
-    fail(f"--runtime: {runtime!r} must be runc, process or sim")
+    from raftctl.agent.runtime import make_driver as make
+
+    return make(runtime, os.path.join(data_dir, runtime)) if runtime != "sim" else make("sim", data_dir)
 
 
 def register(cli: click.Group) -> None:
@@ -62,7 +43,9 @@ def register(cli: click.Group) -> None:
         from raftctl.statemachine.units import parse_cpu, parse_duration, parse_size
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        rt = pick_runtime(runtime)
+        from raftctl.agent.runtime import default_runtime
+
+        rt = runtime or default_runtime()
         if rt == "process":
             logging.getLogger("raftctl.agent").warning(
                 "runtime 'process': containers are plain child processes; NOTHING is isolated "
