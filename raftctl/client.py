@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -20,13 +21,14 @@ class ApiError(RaftctlError):
 
 class Client:
     def __init__(self, servers: list[str], token: str | None = None, *, timeout: float = 10.0,
-                 retry_for: float = 15.0) -> None:
+                 retry_for: float | None = None) -> None:
         if not servers:
             raise ApiError("no server given: pass --server or set RAFTCTL_SERVER", field="server", code="usage")
         self.servers = [s if "://" in s else "http://" + s for s in servers]
         self.token = token
         self.timeout = timeout
-        self.retry_for = retry_for
+        # how long to keep trying other replicas (leader elections take ~1-2 s)
+        self.retry_for = retry_for if retry_for is not None else float(os.environ.get("RAFTCTL_RETRY_FOR", "15"))
         self._preferred = 0
 
     def request(self, method: str, path: str, body: Any = None, *, query: dict[str, Any] | None = None,

@@ -13,11 +13,16 @@ def register(cli: click.Group) -> None:
     @click.option("--dir", "directory", default=".raftctl-dev", show_default=True, type=click.Path(file_okay=False),
                   help="Where the cluster keeps its state; a second `up` on it resumes the same cluster.")
     @click.option("--replicas", default=3, show_default=True, type=click.IntRange(1, 7))
-    def up(directory: str, replicas: int) -> None:
+    @click.option("--agents", default=3, show_default=True, type=click.IntRange(0, 50),
+                  help="Host agents, each a machine with its own fault domain and address 127.0.0.N.")
+    @click.option("--runtime", type=click.Choice(["runc", "process", "sim"]), default=None,
+                  help="Agents' runtime (default: runc when root and runc exist, else process).")
+    def up(directory: str, replicas: int, agents: int, runtime: str | None) -> None:
         """Start a local cluster in the foreground; Ctrl-C stops everything cleanly."""
+        from raftctl.agent.runtime import default_runtime
         from raftctl.devcluster import LocalCluster
 
-        cluster = LocalCluster(directory, replicas=replicas)
+        cluster = LocalCluster(directory, replicas=replicas, agents=agents, runtime=runtime or default_runtime())
         stopping = False
 
         def on_signal(signum: int, frame: object) -> None:
@@ -25,9 +30,12 @@ def register(cli: click.Group) -> None:
             stopping = True
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
-        click.echo(f"starting {len(cluster.servers)} control replicas in {cluster.dir} ...")
+        click.echo(f"starting {len(cluster.servers)} control replicas and {len(cluster.agents)} agents "
+                   f"({cluster.runtime}) in {cluster.dir} ...")
         try:
             cluster.start(timeout=60)
+            if cluster.agents:
+                cluster.wait_agents(60)
         except Exception as exc:
             cluster.stop()
             raise click.ClickException(str(exc))
@@ -36,14 +44,16 @@ def register(cli: click.Group) -> None:
         click.echo(f"cluster up: leader {leader.id if leader else '?'}")
         for p in cluster.servers:
             click.echo(f"  {p.id}  api {p.url}  raft {p.raft}  pid {p.pid}  data {p.data_dir}")
+        for p in cluster.agents:
+            click.echo(f"  {p.id}  agent at {p.api}  pid {p.pid}  data {p.data_dir}")
         click.echo(f"\nin another shell:\n  source {env}\n  raftctl cluster status\n"
                    f"  raftctl job run examples/web.yaml\n\nCtrl-C stops the cluster.")
         try:
             while not stopping:
-                for p in cluster.servers:
+                for p in cluster.procs:
                     if p.popen and p.popen.poll() is not None:
                         click.echo(f"{p.id} exited with {p.popen.returncode}; restarting it "
-                                   f"(log: {p.data_dir}/server.log)", err=True)
+                                   f"(log: {p.data_dir}/{p.role}.log)", err=True)
                         cluster.start_proc(p)
                         cluster.write_files()
                 time.sleep(0.5)

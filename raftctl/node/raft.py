@@ -105,7 +105,7 @@ class RaftNode(SyncObj):
             raftMinTimeout=0.4,
             raftMaxTimeout=1.2,
             appendEntriesPeriod=0.1,
-            connectionTimeout=3.5,
+            connectionTimeout=float(os.environ.get("RAFTCTL_CONN_TIMEOUT", "3.5")),
             logCompactionMinEntries=compact_entries,
             logCompactionMinTime=120,
             onStateChanged=on_state_changed,

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -58,7 +59,8 @@ def test_cli_errors_are_one_line_and_nonzero(cluster, tmp_path):
     assert p.returncode == 2 and "does not exist" in p.stderr
     p = raftctl("job", "list", env={"RAFTCTL_SERVER": cluster.urls[0], "RAFTCTL_TOKEN": ""}, check=False)
     assert p.returncode == 2 and "token" in p.stderr
-    p = raftctl("job", "list", env={"RAFTCTL_SERVER": "http://127.0.0.1:9", "RAFTCTL_TOKEN": "x"}, check=False)
+    p = raftctl("job", "list", env={"RAFTCTL_SERVER": "http://127.0.0.1:9", "RAFTCTL_TOKEN": "x",
+                                    "RAFTCTL_RETRY_FOR": "1"}, check=False)
     assert p.returncode == 1 and "no replica answered" in p.stderr
 
 
@@ -81,7 +83,8 @@ def test_up_writes_env_stops_on_ctrl_c_and_resumes(tmp_path):
     d = tmp_path / "dev"
 
     def start() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "raftctl.cli.main", "up", "--dir", str(d)], cwd=ROOT,
+        return subprocess.Popen([sys.executable, "-m", "raftctl.cli.main", "up", "--dir", str(d), "--runtime", "process"],
+                                cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc = start()
     try:
@@ -91,12 +94,21 @@ def test_up_writes_env_stops_on_ctrl_c_and_resumes(tmp_path):
         assert "RAFTCTL_SERVER=" in env_text and "RAFTCTL_TOKEN=" in env_text
         assert oct((d / "env").stat().st_mode & 0o777) == "0o600"
         layout = json.loads((d / "cluster.json").read_text())
-        assert [p["role"] for p in layout["processes"]] == ["server"] * 3 and all(p["pid"] for p in layout["processes"])
+        assert [p["role"] for p in layout["processes"]] == ["server"] * 3 + ["agent"] * 3
+        assert all(p["pid"] for p in layout["processes"])
         env = dict(line.replace("export ", "").split("=", 1) for line in env_text.splitlines())
         env = {k: v.strip("'") for k, v in env.items()}
         spec = tmp_path / "w.json"
-        spec.write_text(json.dumps({"name": "keep", "image": "k:1", "command": ["x"]}))
+        spec.write_text(json.dumps({"name": "keep", "image": "k:1", "command": ["python3", "-m", "http.server",
+                                                                                "${PORT_HTTP}"],
+                                    "ports": [{"name": "http"}], "replicas": 2,
+                                    "health": {"type": "http", "port": "http"}}))
         raftctl("job", "run", str(spec), env=env)
+        eps = wait_until(lambda: (lambda d: d["endpoints"] if len(d["endpoints"]) == 2 else None)(
+            json.loads(raftctl("-o", "json", "discover", "keep", env=env).stdout)), timeout=30, what="2 endpoints")
+        for e in eps:
+            with urllib.request.urlopen(f"http://{e['address']}:{e['port']}/", timeout=5) as r:
+                assert r.status == 200
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
