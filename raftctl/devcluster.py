@@ -23,9 +23,21 @@ from raftctl.node.auth import new_token, write_secret_file
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range, so an outgoing connection cannot take it
+    between now and the moment the replica binds it."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(10000, 19999)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 10000-19999")
 
 
 @dataclass

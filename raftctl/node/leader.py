@@ -28,6 +28,7 @@ class Leadership:
         self.failover: FailoverMonitor | None = None
         self.controllers: list[Any] = []
         self._tasks: list[asyncio.Task] = []
+        self._last_leader: str | None = None
 
     @property
     def active(self) -> bool:
@@ -47,6 +48,10 @@ class Leadership:
 
     async def _step(self) -> None:
         rs = self.replica.raft.raft_status()
+        if rs["leader"] != self._last_leader:
+            if self._last_leader is not None and self.replica.proposer is not None:
+                self.replica.proposer.leader_changed()
+            self._last_leader = rs["leader"]
         leading = rs["state"] == "leader"
         state_epoch = self.replica.read(lambda s: s.epoch)
         if self.epoch is not None and (not leading or state_epoch != self.epoch or rs["term"] != self.epoch):

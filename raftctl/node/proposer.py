@@ -26,7 +26,7 @@ log = logging.getLogger("raftctl.proposer")
 
 
 class Proposer:
-    def __init__(self, raft: Any, *, max_batch: int = 1024, max_inflight: int = 2, timeout: float = 5.0) -> None:
+    def __init__(self, raft: Any, *, max_batch: int = 1024, max_inflight: int = 4, timeout: float = 5.0) -> None:
         self.raft = raft
         self.max_batch = max_batch
         self.max_inflight = max_inflight
@@ -37,6 +37,7 @@ class Proposer:
         self._task: asyncio.Task | None = None
         self._loop = asyncio.get_running_loop()
         self._barrier: asyncio.Future | None = None
+        self._inflight: dict[int, tuple["_Slot", list[asyncio.Future]]] = {}
         self.entries = 0
         self.commands = 0
 
@@ -96,6 +97,8 @@ class Proposer:
                 self.commands += len(batch)
                 # a slot comes back on the callback or, if pysyncobj loses it, after the timeout
                 slot = _Slot(self._slots)
+                self._inflight[id(slot)] = (slot, futures)
+                slot.on_release = lambda s=slot: self._inflight.pop(id(s), None)
                 self._loop.call_later(self.timeout, slot.release)
                 try:
                     self.raft.apply_entry(data, callback=self._callback(futures, slot))
@@ -127,6 +130,17 @@ class Proposer:
             if not fut.done():
                 fut.set_result(res)
 
+    def leader_changed(self) -> None:
+        """The leader we submitted to is gone: entries in flight may never be answered.
+
+        Their outcome is unknown (they may still commit under the new leader); free their
+        slots at once so new writes do not queue behind callbacks that will never come.
+        """
+        for slot, futures in list(self._inflight.values()):
+            slot.release()
+            self._fail(futures, OutcomeUnknown("the leader changed while the write was in flight; it may or may "
+                                               "not have been applied (retry with the same request id is safe)"))
+
     @staticmethod
     def _fail(futures: list[asyncio.Future], exc: Exception) -> None:
         for fut in futures:
@@ -141,11 +155,14 @@ class _Slot:
     def __init__(self, sem: asyncio.Semaphore) -> None:
         self.sem = sem
         self.done = False
+        self.on_release: Any = None
 
     def release(self) -> None:
         if not self.done:
             self.done = True
             self.sem.release()
+            if self.on_release is not None:
+                self.on_release()
 
 
 def _reason(err: Any) -> str:
