@@ -17,11 +17,26 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def status(ctx: click.Context) -> None:
         """Leader, term, commit/applied index and every member's lag."""
-        st = client(ctx).request("GET", "/v1/status")
+        c = client(ctx)
+        st = c.request("GET", "/v1/status")
+        if st.get("leader_api") and not st.get("leadership"):
+            from raftctl.client import Client
+
+            try:  # the leader's view includes the controllers and the failover monitor
+                st = Client([st["leader_api"]], c.token, retry_for=2).request("GET", "/v1/status")
+            except Exception:
+                pass
         rows = [(m.get("id") or "", m["raft"], m.get("api") or "", "leader" if m["leader"] else "follower",
                  m.get("lag", ""), {True: "yes", False: "no"}.get(m.get("connected"), "")) for m in st["members"]]
         text = (f"leader {st['leader']} term {st['term']} commit {st['commit_index']} applied {st['applied_index']} "
                 f"state index {st['index']} (answered by {st['node']}, {st['state']})")
+        lead = st.get("leadership") or {}
+        fo = lead.get("failover")
+        if fo:
+            text += (f"\nfailover: ttl {fo['ttl_s']}s, mass-loss guard "
+                     + ("ACTIVE (re-placement rate-limited; silent: " + ", ".join(fo["silent"]) + ")"
+                        if fo["guard_active"] else "off")
+                     + (f", silent: {', '.join(fo['silent'])}" if fo["silent"] and not fo["guard_active"] else ""))
         emit(ctx, st, rows, ["id", "raft", "api", "role", "lag", "connected"], text=text)
 
     @cluster.command("add-member")

@@ -16,6 +16,18 @@ def _age(ms: int | None) -> str:
     return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
 
 
+def _read_spec(file: str) -> dict:
+    from raftctl.statemachine.spec import parse_spec
+
+    with open(file, "rb") as f:
+        text = f.read()
+    ext = os.path.splitext(file)[1].lstrip(".").lower()
+    raw = parse_spec(text, {"yml": "yaml"}.get(ext, ext) if ext in ("yaml", "yml", "json", "toml") else None)
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        fail(f"{file}: name: a job spec needs a name")
+    return raw
+
+
 def register(cli: click.Group) -> None:
     from raftctl.cli.main import client
 
@@ -29,20 +41,30 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def run(ctx: click.Context, file: str, cas: int | None) -> None:
         """Submit a job spec (YAML, JSON or TOML) as a new version."""
-        from raftctl.statemachine.spec import parse_spec
-
-        with open(file, "rb") as f:
-            text = f.read()
-        ext = os.path.splitext(file)[1].lstrip(".").lower()
-        raw = parse_spec(text, {"yml": "yaml"}.get(ext, ext) if ext in ("yaml", "yml", "json", "toml") else None)
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            fail(f"{file}: name: a job spec needs a name")
+        raw = _read_spec(file)
         data = client(ctx).request("PUT", f"/v1/jobs/{raw['name']}", raw, query={"cas": cas})
         if data.get("unchanged"):
             text_out = f"job {data['name']} unchanged (version {data['version']})"
         else:
             text_out = f"job {data['name']} version {data['version']} submitted (index {data['index']})"
         emit(ctx, data, text=text_out)
+
+    @job.command("plan")
+    @click.argument("file", type=click.Path(exists=True, dir_okay=False))
+    @click.pass_context
+    def plan(ctx: click.Context, file: str) -> None:
+        """Show what submitting FILE would place, stop and update, and where; writes nothing."""
+        raw = _read_spec(file)
+        data = client(ctx).request("POST", f"/v1/jobs/{raw['name']}/plan", raw)
+        rows = [("place", f"replica {p['replica']}", p["machine"], " ".join(f"{k}={v}" for k, v in p["ports"].items()))
+                for p in data["place"]]
+        rows += [("stop", p["placement"], "", p["reason"]) for p in data["stop"]]
+        rows += [("preempt", p["placement"], "", f"job {p['job']}") for p in data["preempt"]]
+        rows += [("update", p["placement"], p["machine"], f"version {p['from_version']} -> {data['version']}")
+                 for p in data["update"]]
+        text = (f"job {data['job']}: version {data['version']}" + (" (new)" if data["new_version"] else " (unchanged)")
+                + (f"\npending: {data['pending']}" if data["pending"] else ""))
+        emit(ctx, data, rows, ["action", "what", "machine", "detail"], text=text)
 
     @job.command("list")
     @click.pass_context

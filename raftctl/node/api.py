@@ -193,6 +193,16 @@ async def put_job(request: web.Request) -> web.Response:
 
 
 @perm("read")
+async def plan_job(request: web.Request) -> web.Response:
+    """A dry run: what submitting this spec would place, stop and update, and where. Writes nothing."""
+    replica = request.app[REPLICA]
+    name = request.match_info["name"]
+    spec = validate_spec(await body(request), name=name)
+    jobs, placements, machines, index = replica.read(lambda s: (dict(s.jobs), dict(s.placements), dict(s.machines), s.index))
+    return encode(request, views.dry_run(jobs, placements, machines, index, spec), index=index)
+
+
+@perm("read")
 async def get_job(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     name = request.match_info["name"]
@@ -380,6 +390,7 @@ def make_app(replica: Any) -> web.Application:
     r.add_post("/v1/jobs/{name}/scale", scale_job)
     r.add_get("/v1/jobs/{name}/placements", job_placements)
     r.add_get("/v1/jobs/{name}/versions", job_versions)
+    r.add_post("/v1/jobs/{name}/plan", plan_job)
     r.add_post("/v1/jobs/{name}/rollback", rollback_job)
     r.add_get("/v1/machines", list_machines)
     r.add_post("/v1/machines/{id}/drain", drain_machine)

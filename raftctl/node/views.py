@@ -77,3 +77,29 @@ def discovery(s: State, service: str, near: str | None) -> dict[str, Any]:
 
 def tokens(s: State) -> list[dict[str, Any]]:
     return sorted(({k: v for k, v in t.items() if k != "hash"} for t in s.tokens.values()), key=lambda t: t["name"])
+
+
+def dry_run(jobs: dict, placements: dict, machines: dict, index: int, spec: dict[str, Any]) -> dict[str, Any]:
+    """What the scheduler would do if ``spec`` were submitted now (pure)."""
+    from raftctl.scheduler import reconcile, schedule
+
+    name = spec["name"]
+    old = jobs.get(name)
+    if old is not None and old["status"] == "running" and \
+            next(v["spec"] for v in old["versions"] if v["version"] == old["version"]) == spec:
+        version = old["version"]
+    else:
+        version = (old["versions"][-1]["version"] + 1) if old and old["versions"] else 1
+    job = {"name": name, "version": version, "status": "running", "replicas": spec["replicas"],
+           "versions": [{"version": version, "spec": spec}], "pending_reason": None}
+    hypothetical = {**jobs, name: job}
+    plan = schedule(hypothetical, placements, machines, index=index, now=0, job_names=[name])
+    mine = [p for p in placements.values() if p["job"] == name]
+    rec = reconcile(job, mine, machines, now=0)
+    return {"job": name, "version": version, "new_version": old is None or version != old["version"],
+            "place": [{"replica": p.replica, "machine": p.machine, "ports": p.ports} for p in plan.place],
+            "stop": [{"placement": pid, "reason": why} for pid, why in plan.stop if placements[pid]["job"] == name],
+            "preempt": [{"placement": pid, "job": placements[pid]["job"]} for pid, _ in plan.preempt],
+            "update": [{"placement": pid, "machine": placements[pid]["machine"],
+                        "from_version": placements[pid]["version"]} for pid in rec.update],
+            "pending": plan.pending.get(name) or None}

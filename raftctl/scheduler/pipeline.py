@@ -220,7 +220,8 @@ FILTERS: list[tuple[str, Filter]] = [("schedulable", f_schedulable), ("constrain
                                      ("resources", f_resources), ("ports", f_ports)]
 
 
-def explain(views: list[MachineView], spec: dict[str, Any], extra: Counter | None = None) -> str:
+def explain(views: list[MachineView], spec: dict[str, Any], extra: Counter | None = None,
+            total: int | None = None) -> str:
     """`5 machines: 3 insufficient memory, 2 draining` (the first filter each machine fails)."""
     reasons: Counter = Counter(extra or {})
     for v in views:
@@ -229,12 +230,13 @@ def explain(views: list[MachineView], spec: dict[str, Any], extra: Counter | Non
             if why:
                 reasons[why] += 1
                 break
-    if not views:
+    total = len(views) if total is None else total
+    if not total:
         return "no machines registered"
     if not reasons:
-        return f"{len(views)} machines: all feasible"
+        return f"{total} machines: all feasible"
     parts = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
-    return f"{len(views)} machines: {parts}"
+    return f"{total} machines: {parts}"
 
 
 def allocate_ports(v: MachineView, spec: dict[str, Any]) -> dict[str, int]:
@@ -361,8 +363,7 @@ def place_job(name: str, job: dict[str, Any], spec: dict[str, Any], slots: list[
             if why:
                 rejected[why] += 1
         others = [v for v in views.values() if v not in candidates]
-        pending = f"{left} replicas unplaced; " + explain(others, spec, rejected).replace(
-            f"{len(others)} machines", f"{len(views)} machines", 1)
+        pending = f"{left} replicas unplaced; " + explain(others, spec, rejected, total=len(views))
     return out, pending
 
 

@@ -79,3 +79,27 @@ def test_leader_killed_while_placing_fifty_ends_with_exactly_fifty(sim_cluster):
     assert len(live) == 50
     assert sorted(p["replica"] for p in live) == list(range(50))
     c.start_proc(leader)
+
+
+def test_job_plan_shows_placements_and_writes_nothing(sim_cluster, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    c = sim_cluster
+    spec = tmp_path / "planned.json"
+    spec.write_text(json.dumps(sim_job("planned", 4)))
+    env = {"RAFTCTL_SERVER": " ".join(c.urls), "RAFTCTL_TOKEN": c.token()}
+    out = subprocess.run([sys.executable, "-m", "raftctl.cli.main", "-o", "json", "job", "plan", str(spec)],
+                         capture_output=True, text=True, env={**__import__("os").environ, **env}, timeout=30)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert len(data["place"]) == 4 and data["pending"] is None and data["new_version"]
+    assert all(p["machine"].startswith("m") for p in data["place"])
+    jobs = client_for(c).request("GET", "/v1/jobs", query={"consistent": "1"})["jobs"]
+    assert "planned" not in [j["name"] for j in jobs]
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps(sim_job("big", 1, resources={"cpu": "64", "memory": "64Mi"})))
+    out = subprocess.run([sys.executable, "-m", "raftctl.cli.main", "job", "plan", str(big)],
+                         capture_output=True, text=True, env={**__import__("os").environ, **env}, timeout=30)
+    assert "pending: 1 replicas unplaced" in out.stdout and "insufficient cpu" in out.stdout
