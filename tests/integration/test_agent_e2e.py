@@ -1,0 +1,102 @@
+"""The agent end to end (process driver): liveness restarts and adoption after agent kill -9."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from raftctl.cli.agent import make_driver
+from raftctl.devcluster import LocalCluster
+
+from .conftest import client_for, wait_until
+
+pytestmark = pytest.mark.integration
+
+WEB = {"name": "web", "image": "web:1", "command": [sys.executable, "-m", "http.server", "${PORT_HTTP}"],
+       "replicas": 2, "ports": [{"name": "http"}],
+       "health": {"type": "http", "port": "http", "interval": "200ms", "timeout": "500ms", "failures": 2},
+       "restart": {"policy": "always", "backoff": {"initial": "100ms", "max": "2s"}}}
+
+
+@pytest.fixture(scope="module")
+def one_agent(tmp_path_factory):
+    c = LocalCluster(str(tmp_path_factory.mktemp("agent")), replicas=3, agents=1, runtime="process",
+                     agent_args=["--heartbeat", "300ms"])
+    c.start(timeout=60)
+    c.wait_agents(30)
+    yield c
+    c.stop()
+
+
+def healthy(c, job: str) -> list[dict]:
+    pl = client_for(c).request("GET", f"/v1/jobs/{job}/placements")["placements"]
+    return [p for p in pl if p["desired"] == "run" and p["state"] == "running" and p["health"] == "healthy"]
+
+
+def pids(c) -> dict[str, int]:
+    d = make_driver("process", c.agents[0].data_dir)
+    return {cid: d.status(cid).pid for cid in d.list_existing() if d.status(cid).state == "running"}
+
+
+def test_killed_container_is_restarted_and_healthy_again(one_agent):
+    c = one_agent
+    client_for(c).request("PUT", "/v1/jobs/web", WEB)
+    wait_until(lambda: len(healthy(c, "web")) == 2, timeout=30, what="2 healthy replicas")
+    before = pids(c)
+    victim, pid = sorted(before.items())[0]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: pids(c).get(victim) not in (None, pid), timeout=30, what="a new process for the replica")
+    wait_until(lambda: len(healthy(c, "web")) == 2, timeout=30, what="healthy again")
+    events = client_for(c).request("GET", "/v1/events")["events"]
+    assert any(e["kind"] == "placement.exited" and victim in e["message"] for e in events)
+
+
+def test_agent_kill_leaves_containers_running_and_the_new_agent_adopts_them(one_agent):
+    c = one_agent
+    wait_until(lambda: len(healthy(c, "web")) == 2, timeout=30, what="2 healthy replicas")
+    before = pids(c)
+    assert len(before) == 2
+    agent = c.agents[0]
+    c.kill(agent, signal.SIGKILL)
+    time.sleep(0.5)
+    assert pids(c) == before  # nothing died with the agent
+    c.start_proc(agent)
+    time.sleep(3)  # the new agent adopts, health-checks and converges
+    assert pids(c) == before  # same pids: adopted, not restarted
+    assert len(healthy(c, "web")) == 2
+
+
+def test_failing_health_check_restarts_with_growing_backoff(one_agent, tmp_path):
+    c = one_agent
+    flag = tmp_path / "healthy"
+    flag.write_text("1")
+    script = tmp_path / "srv.py"
+    script.write_text(
+        "import http.server, os, sys\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        f"        ok = os.path.exists({str(flag)!r})\n"
+        "        self.send_response(200 if ok else 500); self.end_headers()\n"
+        "    def log_message(self, *a): pass\n"
+        "http.server.HTTPServer(('0.0.0.0', int(sys.argv[1])), H).serve_forever()\n")
+    spec = {**WEB, "name": "flaky", "replicas": 1, "command": [sys.executable, str(script), "${PORT_HTTP}"]}
+    client_for(c).request("PUT", "/v1/jobs/flaky", spec)
+    wait_until(lambda: len(healthy(c, "flaky")) == 1, timeout=30, what="healthy")
+    flag.unlink()  # the health endpoint starts failing: the agent restarts it, again and again
+    starts: list[float] = []
+    seen: set[int] = set()
+    deadline = time.monotonic() + 12
+    while time.monotonic() < deadline and len(starts) < 4:
+        for cid, pid in pids(c).items():
+            if cid.startswith("flaky") and pid not in seen:
+                seen.add(pid)
+                starts.append(time.monotonic())
+        time.sleep(0.05)
+    assert len(starts) >= 3, starts
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert gaps[-1] > gaps[0], gaps  # backoff grows
+    flag.write_text("1")
+    wait_until(lambda: len(healthy(c, "flaky")) == 1, timeout=30, what="healthy after the fix")
