@@ -19,6 +19,7 @@ from raftctl.statemachine.units import parse_duration
 
 log = logging.getLogger("raftctl.api")
 REPLICA: web.AppKey = web.AppKey("replica", object)
+DISCOVERY_CACHE: web.AppKey = web.AppKey("discovery_cache", dict)
 MAX_BODY = 1 << 20
 MAX_WAIT_S = 300.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -312,9 +313,28 @@ async def undrain_machine(request: web.Request) -> web.Response:
 async def discovery(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     service = request.match_info["service"]
+    near = request.query.get("near")
     index = await read_mode(request, lambda s: s.discovery.get(service, {}).get("index", 0))
-    data = replica.read(lambda s: views.discovery(s, service, request.query.get("near")))
-    return encode(request, data, index=index)
+    # answers change only when the service's index does: serve the encoded bytes from a cache
+    key = (service, index, near, "application/cbor" in request.headers.get("Accept", ""))
+    cache = request.app[DISCOVERY_CACHE]
+    resp = cache.get(key)
+    if resp is None:
+        data = replica.read(lambda s: views.discovery(s, service, near))
+        if data["index"] != index:  # moved on while we waited: answer what we read, do not cache it
+            return encode(request, data, index=data["index"])
+        resp = encode(request, data, index=index)
+        body_bytes, ctype = resp.body, resp.content_type
+        cache[key] = (body_bytes, ctype)
+        while len(cache) > 4096:
+            del cache[next(iter(cache))]
+        return resp
+    body_bytes, ctype = resp
+    out = web.Response(body=body_bytes, content_type=ctype)
+    out.headers["X-Raftctl-Index"] = str(index)
+    leader = replica.raft._getLeader() if replica.raft is not None else None
+    out.headers["X-Raftctl-Leader"] = str(leader) if leader is not None else ""
+    return out
 
 
 @perm("read")
@@ -379,6 +399,7 @@ def make_app(replica: Any) -> web.Application:
 
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
     app[REPLICA] = replica
+    app[DISCOVERY_CACHE] = {}
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/v1/status", status)

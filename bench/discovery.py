@@ -1,0 +1,163 @@
+"""Discovery benchmarks.
+
+(1) Lookups/s and p50/p99 latency of GET /v1/discovery/web on one follower with
+    64 concurrent keep-alive connections (wrk, 2 threads), beside a bare aiohttp
+    handler returning the same bytes on the same machine in the same run.
+    Aim: >= 0.8 x bare. (Falls back to an aiohttp client when wrk is missing.)
+(2) Staleness: a health transition committed (the agent report answered by the
+    leader) -> visible in a follower's lookup, p50/p99 over N transitions,
+    observed with blocking queries. Aim: p99 <= 250 ms.
+Prints figures and one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from raftctl.client import Client  # noqa: E402
+from raftctl.devcluster import LocalCluster, free_port  # noqa: E402
+
+BARE = textwrap.dedent("""
+    import sys
+    from aiohttp import web
+    body = open(sys.argv[2], "rb").read()
+    async def h(request):
+        return web.Response(body=body, content_type="application/json")
+    app = web.Application()
+    app.router.add_get("/v1/discovery/{service}", h)
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+""")
+
+
+def wrk(url: str, token: str | None, seconds: int) -> dict:
+    argv = ["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency", url]
+    if token:
+        argv[1:1] = ["-H", f"Authorization: Bearer {token}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"per_s": rate, "p50_ms": ms("50"), "p99_ms": ms("99"), "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def setup(cluster: LocalCluster) -> Client:
+    c = Client(cluster.urls, cluster.token())
+    for i in range(3):
+        c.request("POST", "/v1/agent/register", {"machine": f"m{i}", "address": f"127.0.0.{i + 2}",
+                                                 "fault_domain": {"zone": f"z{i}"}, "labels": {},
+                                                 "resources": {"cpu": 4000, "memory": 4 << 30, "pids": 1000},
+                                                 "ports": [20000, 20100], "runtime": "sim"})
+    c.request("PUT", "/v1/jobs/web", {"name": "web", "image": "web:1", "command": ["serve"], "replicas": 3,
+                                      "ports": [{"name": "http"}], "spread": [{"level": "zone", "mode": "hard"}]})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pl = c.request("GET", "/v1/jobs/web/placements")["placements"]
+        if len(pl) == 3:
+            break
+        time.sleep(0.1)
+    for p in pl:
+        c.request("POST", "/v1/agent/report", {"machine": p["machine"], "updates": [
+            {"placement": p["id"], "state": "running", "health": "healthy"}]})
+    return c
+
+
+def staleness(cluster: LocalCluster, c: Client, follower_url: str, n: int) -> list[float]:
+    pl = c.request("GET", "/v1/jobs/web/placements")["placements"][0]
+    leader = cluster.leader()
+    lc = Client([leader.url], cluster.token())
+    fc = Client([follower_url], cluster.token())
+    out = []
+    healthy = True
+    for _ in range(n):
+        start = fc.request("GET", "/v1/discovery/web")
+        seen: dict = {}
+
+        def watch() -> None:
+            ans = fc.request("GET", "/v1/discovery/web", query={"index": start["index"], "wait": "10s"}, timeout=15)
+            seen["t"] = time.monotonic()
+            seen["n"] = len(ans["endpoints"])
+        t = threading.Thread(target=watch)
+        t.start()
+        time.sleep(0.02)
+        healthy = not healthy
+        lc.request("POST", "/v1/agent/report", {"machine": pl["machine"], "updates": [
+            {"placement": pl["id"], "state": "running", "health": "healthy" if healthy else "unhealthy"}]})
+        committed = time.monotonic()
+        t.join()
+        out.append(max(0.0, seen["t"] - committed))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--transitions", type=int, default=50)
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk not found (apt-get install wrk); skipping the throughput part")
+    with tempfile.TemporaryDirectory() as d:
+        cluster = LocalCluster(d, replicas=3, log_level="warning")
+        for p in cluster.servers:
+            p.extra_args = ["--heartbeat-ttl", "1h"]
+        cluster.start(timeout=60)
+        try:
+            c = setup(cluster)
+            leader = cluster.leader()
+            follower = next(p for p in cluster.servers if p is not leader)
+            url = f"{follower.url}/v1/discovery/web"
+            req = urllib.request.Request(url, headers={"Authorization": f"Bearer {cluster.token()}"})
+            body = urllib.request.urlopen(req).read()
+            assert len(json.loads(body)["endpoints"]) == 3
+            real = wrk(url, cluster.token(), args.seconds) if shutil.which("wrk") else None
+            stale = staleness(cluster, c, follower.url, args.transitions)
+        finally:
+            cluster.stop()
+        bare = None
+        if shutil.which("wrk"):
+            with tempfile.NamedTemporaryFile("wb", delete=False) as bf, \
+                    tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as sf:
+                bf.write(body)
+                sf.write(BARE)
+            port = free_port()
+            proc = subprocess.Popen([sys.executable, sf.name, str(port), bf.name])
+            try:
+                time.sleep(1.0)
+                bare = wrk(f"http://127.0.0.1:{port}/v1/discovery/web", None, args.seconds)
+            finally:
+                proc.kill()
+                proc.wait()
+                os.unlink(sf.name)
+                os.unlink(bf.name)
+    stale.sort()
+    res = {"bench": "discovery", "lookup": real, "bare": bare,
+           "ratio": round(real["per_s"] / bare["per_s"], 3) if real and bare else None,
+           "staleness_p50_ms": round(statistics.median(stale) * 1000, 1),
+           "staleness_p99_ms": round(stale[min(len(stale) - 1, int(0.99 * len(stale)))] * 1000, 1)}
+    if real and bare:
+        print(f"lookups on a follower: {real['per_s']:,.0f}/s, p50 {real['p50_ms']:.2f} ms, p99 {real['p99_ms']:.2f} ms "
+              f"(non-2xx {real['non_2xx']}); bare aiohttp, same bytes: {bare['per_s']:,.0f}/s, p50 {bare['p50_ms']:.2f} ms; "
+              f"ratio {res['ratio']} (aim >= 0.8)")
+    print(f"health transition committed -> visible on a follower: p50 {res['staleness_p50_ms']} ms, "
+          f"p99 {res['staleness_p99_ms']} ms (aim p99 <= 250 ms)")
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
