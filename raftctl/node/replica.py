@@ -84,6 +84,14 @@ class Replica:
         site = web.TCPSite(self.runner, host, int(port), reuse_address=True)
         await site.start()
         self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
+        self.dns = None
+        if self.cfg.dns_port is not None:
+            from raftctl.discovery.dns import DnsServer
+            from raftctl.discovery.view import lookup
+
+            self.dns = DnsServer(lambda svc: self.read(lambda s: lookup(s.discovery, s.machines, svc)["endpoints"]),
+                                 host, self.cfg.dns_port)
+            await self.dns.start()
         self.leadership = Leadership(self, FailoverConfig(ttl_s=self.cfg.heartbeat_ttl_s,
                                                           interval_s=self.cfg.heartbeat_interval_s),
                                      self.controller_factories)
@@ -95,6 +103,8 @@ class Replica:
             t.cancel()
         if self.proposer:
             await self.proposer.stop()
+        if getattr(self, "dns", None) is not None:
+            await self.dns.stop()
         if self.runner:
             await self.runner.cleanup()
         if self.http is not None:
