@@ -61,8 +61,9 @@ class Replica:
         self.runner: web.AppRunner | None = None
         self.leadership: Leadership | None = None
         self.http: aiohttp.ClientSession | None = None
+        from raftctl.node.rollout import RolloutController
         from raftctl.node.scheduling import SchedulerLoop
-        self.controller_factories: list[Any] = [SchedulerLoop]
+        self.controller_factories: list[Any] = [SchedulerLoop, RolloutController]
 
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:

@@ -437,10 +437,12 @@ def _placement_update(state: State, cmd: c.PlacementUpdate) -> dict:
     health = cmd.health or p["health"]
     if cmd.state != "running":
         health = "unknown"
+    healthy_at = (p.get("healthy_at") or cmd.at) if health == "healthy" and p.get("health") == "healthy" else \
+        (cmd.at if health == "healthy" else None)
     _set_placement(state, p, cmd.at, state=cmd.state, health=health, exit_code=cmd.exit_code,
-                   reason=cmd.reason or p["reason"])
+                   reason=cmd.reason or p["reason"], healthy_at=healthy_at)
     job = state.jobs.get(p["job"])
-    if p["desired"] == "run" and health == "healthy" and job and job["status"] == "running":
+    if p["desired"] == "run" and health == "healthy" and job and job["status"] == "running" and not p.get("retiring_at"):
         spec = next((v["spec"] for v in job["versions"] if v["version"] == p["version"]), None)
         if spec is not None:
             _publish(state, p, spec)
@@ -454,6 +456,41 @@ def _placement_update(state: State, cmd: c.PlacementUpdate) -> dict:
         state.by_machine.get(p["machine"], set()).discard(p["id"])
         state.by_job.get(p["job"], set()).discard(p["id"])
     return {"placement": cmd.placement, "state": cmd.state, "health": health, "index": idx}
+
+
+def _retire(state: State, cmd: c.Retire) -> dict:
+    _need(cmd.epoch == state.epoch, "stale_epoch", f"from epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
+    for pid in cmd.placements:
+        _need(pid in state.placements, "not_found", f"placement {pid!r} does not exist", "placements")
+    _bump(state, "placements")
+    done = []
+    for pid in cmd.placements:
+        p = state.placements[pid]
+        if p.get("retiring_at") or p["desired"] != "run":
+            continue
+        _unpublish(state, p)
+        _set_placement(state, p, cmd.at, retiring_at=cmd.at, reason=cmd.reason)
+        done.append(pid)
+    if done:
+        _event(state, cmd.at, "placement.retire", f"unpublished {', '.join(done)} ahead of stop: {cmd.reason}",
+               job=state.placements[done[0]]["job"])
+    return {"retired": done}
+
+
+def _set_deployment(state: State, cmd: c.SetDeployment) -> dict:
+    _need(cmd.epoch == state.epoch, "stale_epoch", f"from epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
+    job = _job(state, cmd.job)
+    _bump(state, "deployments", "jobs")
+    dep = dict(cmd.deployment)
+    state.deployments[cmd.job] = dep
+    if dep.get("status") == "successful":
+        for v in job["versions"]:
+            if v["version"] == dep.get("version"):
+                v["stable"] = True
+    job["modify_index"] = state.index
+    if cmd.message:
+        _event(state, cmd.at, "deploy", cmd.message, job=cmd.job)
+    return {"job": cmd.job, "status": dep.get("status")}
 
 
 def _create_token(state: State, cmd: c.CreateToken) -> dict:
@@ -520,5 +557,5 @@ HANDLERS: dict[type, Callable[[State, Any], Any]] = {
     c.MachineUp: _machine_up, c.DrainMachine: _drain_machine, c.ClaimEpoch: _claim_epoch,
     c.Plan: _plan, c.PlacementUpdate: _placement_update, c.CreateToken: _create_token,
     c.RevokeToken: _revoke_token, c.PutImage: _put_image, c.SetMember: _set_member,
-    c.RemoveMember: _remove_member,
+    c.RemoveMember: _remove_member, c.Retire: _retire, c.SetDeployment: _set_deployment,
 }

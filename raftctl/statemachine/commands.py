@@ -36,6 +36,8 @@ class Op(enum.IntEnum):
     PUT_IMAGE = 40
     SET_MEMBER = 50
     REMOVE_MEMBER = 51
+    RETIRE = 23
+    SET_DEPLOYMENT = 24
 
 
 RETIRED: frozenset[int] = frozenset()
@@ -199,11 +201,30 @@ class RemoveMember(Command):
     raft: str = ""
 
 
+@dataclass(frozen=True, kw_only=True)
+class Retire(Command):
+    """Take placements out of discovery ahead of a planned stop (deploy, drain); they keep running."""
+
+    OP: ClassVar[Op] = Op.RETIRE
+    epoch: int = 0
+    placements: list = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetDeployment(Command):
+    OP: ClassVar[Op] = Op.SET_DEPLOYMENT
+    epoch: int = 0
+    job: str = ""
+    deployment: dict = field(default_factory=dict)
+    message: str = ""
+
+
 COMMANDS: dict[int, type[Command]] = {
     cls.OP.value: cls
     for cls in (Noop, PutJob, DeleteJob, ScaleJob, RollbackJob, RegisterMachine, MachineDown,
                 MachineUp, DrainMachine, ClaimEpoch, Plan, PlacementUpdate, CreateToken,
-                RevokeToken, PutImage, SetMember, RemoveMember)
+                RevokeToken, PutImage, SetMember, RemoveMember, Retire, SetDeployment)
 }
 assert set(COMMANDS) == {op.value for op in Op}, "every Op needs exactly one command class"
 
