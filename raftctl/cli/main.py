@@ -49,9 +49,9 @@ def client(ctx: click.Context) -> Client:
 
 
 def _register() -> None:
-    from raftctl.cli import agent, cluster, discover, job, server, token, up
+    from raftctl.cli import agent, cluster, discover, job, machine, server, token, up
 
-    for mod in (server, agent, up, cluster, job, discover, token):
+    for mod in (server, agent, up, cluster, job, machine, discover, token):
         mod.register(cli)
 
 

@@ -103,3 +103,27 @@ def test_job_plan_shows_placements_and_writes_nothing(sim_cluster, tmp_path):
     out = subprocess.run([sys.executable, "-m", "raftctl.cli.main", "job", "plan", str(big)],
                          capture_output=True, text=True, env={**__import__("os").environ, **env}, timeout=30)
     assert "pending: 1 replicas unplaced" in out.stdout and "insufficient cpu" in out.stdout
+
+
+def test_machine_cli_drain_by_domain_and_events(sim_cluster):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    c = sim_cluster
+    env = {**os.environ, "RAFTCTL_SERVER": " ".join(c.urls), "RAFTCTL_TOKEN": c.token()}
+
+    def cli(*args: str) -> str:
+        p = subprocess.run([sys.executable, "-m", "raftctl.cli.main", *args], capture_output=True, text=True,
+                           env=env, timeout=30)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+    ms = json.loads(cli("-o", "json", "machine", "list"))["machines"]
+    rack = ms[0]["fault_domain"]["rack"]
+    assert "draining" in cli("machine", "drain", "--domain", f"rack={rack}")
+    wait_until(lambda: {m["id"]: m for m in json.loads(cli("-o", "json", "machine", "list"))["machines"]}
+               [ms[0]["id"]]["state"] in ("draining", "drained"), what="draining state")
+    cli("machine", "undrain", "--domain", f"rack={rack}")
+    out = cli("events")
+    assert "machine.drain" in out and "machine.undrain" in out
