@@ -75,7 +75,8 @@ class Agent:
             await self._register()
             tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                      asyncio.create_task(self._watch_loop(), name="watch"),
-                     asyncio.create_task(self._report_loop(), name="report")]
+                     asyncio.create_task(self._report_loop(), name="report"),
+                     asyncio.create_task(self._stats_loop(), name="stats")]
             try:
                 await asyncio.gather(*tasks)
             finally:
@@ -281,6 +282,37 @@ class Agent:
         self.containers.pop(cid, None)
         if placement is not None:
             self._report(Report(cid, "stopped", reason=placement.get("reason") or "stopped"))
+
+    # -- stats for the autoscaler ----------------------------------------------
+    async def _stats_loop(self, every_s: float = 2.0) -> None:
+        last: dict[str, tuple[float, int]] = {}
+        while True:
+            await asyncio.sleep(every_s)
+            out = []
+            for cid, sup in list(self.containers.items()):
+                spec = sup.placement.get("spec")
+                if sup.state != "running" or not spec:
+                    continue
+                try:
+                    st = await _call(self.driver.stats, cid)
+                except Exception:
+                    continue
+                now = time.monotonic()
+                prev = last.get(cid)
+                last[cid] = (now, st["cpu_usage_ns"])
+                if prev is None or now <= prev[0]:
+                    continue
+                cores = spec["resources"]["cpu"] / 1000
+                util = (st["cpu_usage_ns"] - prev[1]) / 1e9 / (now - prev[0]) / cores
+                out.append({"placement": cid, "job": sup.placement["job"], "cpu": round(max(util, 0.0), 4)})
+            for cid in set(last) - set(self.containers):
+                del last[cid]
+            if out:
+                try:
+                    await self.control.request("POST", "/v1/agent/stats",  # type: ignore[union-attr]
+                                               {"machine": self.cfg.machine, "stats": out})
+                except Exception as exc:
+                    log.debug("stats report failed: %s", exc)
 
     # -- reports -------------------------------------------------------------
     def _report(self, r: Report) -> None:

@@ -107,9 +107,25 @@ async def report(request: web.Request) -> web.Response:
     return encode(request, {"results": out})
 
 
+@perm("agent", write=True)
+async def stats(request: web.Request) -> web.Response:
+    """Per-container CPU utilisation (of the requested CPU) for the autoscaler; kept in memory."""
+    replica = request.app[REPLICA]
+    data = await body(request)
+    if not isinstance(data, dict) or not isinstance(data.get("stats"), list):
+        raise ValidationError("body must be {machine, stats: [...]}", field="stats")
+    _own_machine(request, data.get("machine"))
+    for i, st in enumerate(data["stats"][:5000]):
+        if not isinstance(st, dict) or not isinstance(st.get("cpu"), (int, float)):
+            raise ValidationError("each stat is {placement, job, cpu}", field=f"stats[{i}]")
+        replica.metrics.add(str(st.get("job", "")), "cpu", float(st["cpu"]), key=str(st.get("placement", "")))
+    return encode(request, {"accepted": len(data["stats"])})
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/v1/agent/register", register)
     r.add_post("/v1/agent/heartbeat", heartbeat)
     r.add_get("/v1/agent/assignments/{machine}", assignments)
     r.add_post("/v1/agent/report", report)
+    r.add_post("/v1/agent/stats", stats)

@@ -353,6 +353,25 @@ async def events(request: web.Request) -> web.Response:
     return encode(request, {"index": last, "events": data}, index=last)
 
 
+@perm("metrics:write", write=True)
+async def push_metric(request: web.Request) -> web.Response:
+    """A service's custom metric for the autoscaler: the value per replica (e.g. requests/s)."""
+    replica = request.app[REPLICA]
+    name = request.match_info["name"]
+    data = await body(request)
+    if not isinstance(data, dict):
+        raise ValidationError("body must be {metric, value}", field="body")
+    metric, value = data.get("metric"), data.get("value")
+    if not isinstance(metric, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", metric) or metric == "cpu":
+        raise ValidationError("metric must be a custom metric name like requests_per_second", field="metric")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ValidationError("value must be a non-negative number", field="value")
+    if not replica.read(lambda s: name in s.jobs):
+        raise NotFound(f"job {name!r} does not exist", field="name")
+    replica.metrics.add(name, metric, float(value), key=str(data.get("source", ""))[:64])
+    return encode(request, {"job": name, "metric": metric, "value": value})
+
+
 @perm("tokens", write=True)
 async def create_token(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
@@ -418,6 +437,7 @@ def make_app(replica: Any) -> web.Application:
     r.add_post("/v1/machines/{id}/undrain", undrain_machine)
     r.add_get("/v1/discovery/{service}", discovery)
     r.add_get("/v1/events", events)
+    r.add_post("/v1/metrics/{name}", push_metric)
     r.add_get("/v1/tokens", list_tokens)
     r.add_post("/v1/tokens", create_token)
     r.add_delete("/v1/tokens/{name}", revoke_token)

@@ -61,9 +61,11 @@ class Replica:
         self.runner: web.AppRunner | None = None
         self.leadership: Leadership | None = None
         self.http: aiohttp.ClientSession | None = None
+        from raftctl.node.autoscale import Autoscaler, Metrics
         from raftctl.node.rollout import RolloutController
         from raftctl.node.scheduling import SchedulerLoop
-        self.controller_factories: list[Any] = [SchedulerLoop, RolloutController]
+        self.controller_factories: list[Any] = [SchedulerLoop, RolloutController, Autoscaler]
+        self.metrics = Metrics()
 
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:

@@ -1,0 +1,135 @@
+"""The autoscaler: replicas follow load (Kubernetes HPA's rule) between min and max.
+
+Metrics live in the leader's memory, not in the log: agents report each
+container's CPU utilisation (of its requested CPU, from cgroup stats) and
+services push custom metrics (``POST /v1/metrics/{job}``, the value per
+replica, e.g. requests/s). Every second, per job with ``autoscale``:
+``desired = ceil(current x value / target)``, unchanged inside the tolerance
+band, clamped to [min, max]; scale-ups wait for the cooldown since the last
+change, scale-downs take the highest recommendation of the stabilisation
+window. Every decision is a committed scale command whose reason is the event
+(``cpu 0.92 > target 0.6: 3 -> 5``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import Any
+
+from raftctl.statemachine import commands as c
+
+log = logging.getLogger("raftctl.autoscale")
+SAMPLE_WINDOW_MS = 15_000
+
+
+@dataclass
+class Verdict:
+    desired: int | None
+    reason: str
+
+
+def recommend(auto: dict[str, Any], current: int, value: float | None) -> tuple[int, str]:
+    """The HPA recommendation (pure)."""
+    if value is None or current == 0:
+        start = max(auto["min"], current)
+        return start, f"no {auto['metric']} samples"
+    ratio = value / auto["target"]
+    if abs(ratio - 1.0) <= auto["tolerance"]:
+        return current, f"{auto['metric']} {value:.2f} within tolerance of target {auto['target']:g}"
+    desired = math.ceil(current * ratio)
+    desired = max(auto["min"], min(auto["max"], desired))
+    cmp = ">" if value > auto["target"] else "<"
+    return desired, f"{auto['metric']} {value:.2f} {cmp} target {auto['target']:g}"
+
+
+def decide(auto: dict[str, Any], current: int, value: float | None, history: list[tuple[int, int]],
+           now: int, last_change: int | None) -> Verdict:
+    """Scale to what, and why (pure). ``history``: (time ms, recommendation) of earlier passes."""
+    rec, why = recommend(auto, current, value)
+    if current < auto["min"] or current > auto["max"]:
+        target = max(auto["min"], min(auto["max"], current))
+        return Verdict(target, f"replicas {current} outside autoscale range {auto['min']}..{auto['max']}")
+    if rec > current:
+        if last_change is not None and now - last_change < auto["cooldown_ms"]:
+            return Verdict(None, why + " (cooling down)")
+        return Verdict(rec, why)
+    if rec < current:
+        window = [r for t, r in history if now - t <= auto["stabilization_ms"]] + [rec]
+        stable = max(window)
+        if stable >= current:
+            return Verdict(None, why + " (stabilising before scaling down)")
+        if last_change is not None and now - last_change < auto["cooldown_ms"]:
+            return Verdict(None, why + " (cooling down)")
+        return Verdict(stable, why)
+    return Verdict(None, why)
+
+
+class Metrics:
+    """Recent samples per (job, metric), kept on every replica but used by the leader."""
+
+    def __init__(self) -> None:
+        self.samples: dict[tuple[str, str], deque] = defaultdict(lambda: deque(maxlen=2000))
+
+    def add(self, job: str, metric: str, value: float, key: str = "", now: int | None = None) -> None:
+        self.samples[(job, metric)].append((now or int(time.time() * 1000), key, float(value)))
+
+    def value(self, job: str, metric: str, now: int, live: set[str] | None = None) -> float | None:
+        """Mean over the window of each source's latest sample (per replica for cpu)."""
+        latest: dict[str, float] = {}
+        for t, key, v in self.samples.get((job, metric), ()):
+            if now - t <= SAMPLE_WINDOW_MS and (live is None or not key or key in live):
+                latest[key] = v
+        if not latest:
+            return None
+        return sum(latest.values()) / len(latest)
+
+
+class Autoscaler:
+    def __init__(self, replica: Any, epoch: int) -> None:
+        self.replica = replica
+        self.epoch = epoch
+        self.history: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        self.last_change: dict[str, int] = {}
+        self.last_reason: dict[str, str] = {}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("autoscaler tick failed: %s", exc)
+            await asyncio.sleep(1.0)
+
+    async def tick(self) -> None:
+        now = int(time.time() * 1000)
+
+        def view(s: Any) -> list[tuple[str, dict, int, set[str]]]:
+            out = []
+            for name, job in s.jobs.items():
+                spec = next(v["spec"] for v in job["versions"] if v["version"] == job["version"])
+                if job["status"] == "running" and spec.get("autoscale"):
+                    live = {p["id"] for p in s.job_placements(name) if p["desired"] == "run" and p["state"] == "running"}
+                    out.append((name, spec["autoscale"], job["replicas"], live))
+            return out
+        for name, auto, current, live in self.replica.read(view):
+            value = self.replica.metrics.value(name, auto["metric"], now, live if auto["metric"] == "cpu" else None)
+            v = decide(auto, current, value, self.history[name], now, self.last_change.get(name))
+            rec, _ = recommend(auto, current, value)
+            self.history[name] = [(t, r) for t, r in self.history[name] if now - t <= auto["stabilization_ms"]] + [(now, rec)]
+            self.last_reason[name] = v.reason
+            if v.desired is None or v.desired == current:
+                continue
+            reason = f"{v.reason}: {current} -> {v.desired}"
+            res = await self.replica.propose(c.ScaleJob(name=name, replicas=v.desired, reason=reason))
+            if res.ok:
+                log.info("autoscale %s: %s", name, reason)
+                self.last_change[name] = now
+
+    def status(self) -> dict[str, Any]:
+        return {"last_reason": dict(self.last_reason)}
