@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import click
@@ -38,9 +39,12 @@ def register(cli: click.Group) -> None:
     @job.command("run")
     @click.argument("file", type=click.Path(exists=True, dir_okay=False))
     @click.option("--cas", type=int, default=None, help="Only if the job is at this modify index (0: must not exist).")
+    @click.option("--wait/--detach", default=None,
+                  help="Follow the rollout until every replica is healthy (default: when on a terminal).")
+    @click.option("--timeout", "wait_timeout", default=600, show_default=True, help="Seconds to follow at most.")
     @click.pass_context
-    def run(ctx: click.Context, file: str, cas: int | None) -> None:
-        """Submit a job spec (YAML, JSON or TOML) as a new version."""
+    def run(ctx: click.Context, file: str, cas: int | None, wait: bool | None, wait_timeout: int) -> None:
+        """Submit a job spec (YAML, JSON or TOML) as a new version and follow its rollout."""
         raw = _read_spec(file)
         data = client(ctx).request("PUT", f"/v1/jobs/{raw['name']}", raw, query={"cas": cas})
         if data.get("unchanged"):
@@ -48,6 +52,15 @@ def register(cli: click.Group) -> None:
         else:
             text_out = f"job {data['name']} version {data['version']} submitted (index {data['index']})"
         emit(ctx, data, text=text_out)
+        if wait is None:
+            wait = sys.stdout.isatty() and ctx.obj.get("output") != "json"
+        if wait:
+            from raftctl.cli.progress import follow
+
+            ok = follow(client(ctx), raw["name"], data["version"], as_json=ctx.obj.get("output") == "json",
+                        timeout=wait_timeout)
+            if not ok:
+                sys.exit(1)
 
     @job.command("plan")
     @click.argument("file", type=click.Path(exists=True, dir_okay=False))

@@ -131,3 +131,24 @@ def test_drain_moves_replicas_within_budget_and_reports_blocks(c):
     wait_until(lambda: any("drain held back: job web" in e["message"]
                            for e in api.request("GET", "/v1/events")["events"]), timeout=20, what="held-back event")
     api.request("POST", f"/v1/machines/{target}/undrain")
+
+
+def test_job_run_wait_follows_the_rollout(c, tmp_path):
+    import json
+    import os
+    import subprocess
+
+    f = tmp_path / "web.json"
+    f.write_text(json.dumps(web("5")))
+    env = {**os.environ, "RAFTCTL_SERVER": " ".join(c.urls), "RAFTCTL_TOKEN": c.token()}
+    p = subprocess.run([sys.executable, "-m", "raftctl.cli.main", "-o", "json", "job", "run", "--wait", str(f)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines, text, dec = [], p.stdout.strip(), json.JSONDecoder()
+    while text:
+        obj, end = dec.raw_decode(text)
+        lines.append(obj)
+        text = text[end:].strip()
+    assert lines[0]["version"] >= 5
+    kinds = {e.get("kind") for e in lines[1:]}
+    assert "deploy" in kinds and "placement.retire" in kinds

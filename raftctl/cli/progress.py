@@ -1,0 +1,55 @@
+"""Follow a job's rollout: a progress bar for people, events as JSON lines for scripts."""
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from raftctl.client import Client
+
+
+def _state(c: Client, name: str) -> tuple[dict, int, int]:
+    job = c.request("GET", f"/v1/jobs/{name}")
+    pl = c.request("GET", f"/v1/jobs/{name}/placements")["placements"]
+    current = [p for p in pl if p["desired"] == "run" and p["version"] == job["version"]
+               and p["state"] == "running" and p["health"] == "healthy"]
+    return job, len(current), job["replicas"]
+
+
+def follow(c: Client, name: str, version: int, *, as_json: bool, timeout: float) -> bool:
+    """True when every replica of the version is healthy (or the deploy succeeded)."""
+    deadline = time.monotonic() + timeout
+    seq = c.request("GET", "/v1/events")["index"]
+    bar = None
+    if not as_json:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                       TimeElapsedColumn(), TextColumn("{task.fields[status]}"))
+        bar.start()
+        task = bar.add_task(f"{name} v{version}", total=1, status="")
+    try:
+        while time.monotonic() < deadline:
+            evs = c.request("GET", "/v1/events", query={"index": seq, "wait": "1s"}, timeout=10)
+            for e in evs["events"]:
+                if e.get("job") == name:
+                    if as_json:
+                        click.echo(json.dumps(e, sort_keys=True))
+                    elif bar is not None:
+                        bar.console.print(f"  {e['kind']}: {e['message']}")
+            seq = max(seq, evs["index"])
+            job, healthy, want = _state(c, name)
+            dep = job.get("deployment") or {}
+            status = dep.get("status", "") if dep.get("version") == job["version"] else ""
+            if bar is not None:
+                bar.update(task, completed=healthy, total=max(want, 1),
+                           status=status + (f" ({dep['held']})" if dep.get("held") else ""))
+            if status in ("failed", "reverted"):
+                return False
+            if healthy >= want and (not status or status == "successful") and job["version"] >= version:
+                return True
+        return False
+    finally:
+        if bar is not None:
+            bar.stop()
