@@ -355,3 +355,26 @@ async def run_agent(cfg: AgentConfig, driver: Driver) -> None:
         pass
     if task in done and task.exception() if not task.cancelled() else False:
         raise task.exception()  # type: ignore[misc]
+
+
+async def run_agents(cfg: AgentConfig, count: int) -> None:
+    """Many simulated machines in one process (like kubemark's hollow nodes), each with its own SimDriver."""
+    import dataclasses
+    import signal
+
+    from raftctl.agent.runtime.sim import SimDriver
+
+    agents = []
+    for i in range(count):
+        sub = dataclasses.replace(cfg, machine=f"{cfg.machine}-{i:04d}",
+                                  data_dir=os.path.join(cfg.data_dir, f"{i:04d}"))
+        agents.append(Agent(sub, SimDriver(), rng=random.Random(i)))
+    tasks = [asyncio.create_task(a.run()) for a in agents]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

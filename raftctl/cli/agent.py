@@ -32,10 +32,13 @@ def register(cli: click.Group) -> None:
     @click.option("--runtime", type=click.Choice(["runc", "process", "sim"]), default=None,
                   help="Default: runc when root and runc exist, else process.")
     @click.option("--heartbeat", default="1s", show_default=True)
+    @click.option("--count", default=1, show_default=True, type=click.IntRange(1, 5000),
+                  help="With --runtime sim: play this many machines from one process (ids ID-0000, ID-0001, ...; "
+                       "the agent token's machine must be 'ID-*').")
     @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
     def agent(machine: str, servers: tuple[str, ...], token: str, data_dir: str, fault_domain: tuple[str, ...],
               labels: tuple[str, ...], cpu: str | None, memory: str | None, pids: int, port_range: str,
-              advertise: str, runtime: str | None, heartbeat: str, log_level: str) -> None:
+              advertise: str, runtime: str | None, heartbeat: str, count: int, log_level: str) -> None:
         """Run the host agent: register, heartbeat, run assigned containers, report."""
         from raftctl.agent.config import LEVELS, AgentConfig, default_capacity, parse_pairs, parse_port_range
         from raftctl.agent.loop import run_agent
@@ -59,6 +62,13 @@ def register(cli: click.Group) -> None:
             memory=parse_size(memory, "--memory") if memory else default_mem,
             pids=pids, ports=parse_port_range(port_range), runtime=rt,
             heartbeat_s=parse_duration(heartbeat, "--heartbeat") / 1000)
+        if count > 1:
+            if rt != "sim":
+                raise click.UsageError("--count needs --runtime sim")
+            from raftctl.agent.loop import run_agents
+
+            asyncio.run(run_agents(cfg, count))
+            sys.exit(0)
         driver = make_driver(rt, cfg.data_dir)
         try:
             asyncio.run(run_agent(cfg, driver))

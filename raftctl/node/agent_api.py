@@ -15,7 +15,10 @@ def _own_machine(request: web.Request, machine: Any) -> str:
     if not isinstance(machine, str) or not machine:
         raise ValidationError("machine is required", field="machine")
     token = request["token"]
-    if token["role"] == "agent" and token.get("machine") != machine:
+    allowed = token.get("machine") or ""
+    if allowed.endswith("*") and machine.startswith(allowed[:-1]):
+        return machine  # a simulator's token covers every machine under its prefix
+    if token["role"] == "agent" and allowed != machine:
         raise Forbidden(f"agent token {token['name']!r} may only act for machine {token.get('machine')!r}",
                         field="machine")
     return machine

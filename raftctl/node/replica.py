@@ -81,7 +81,7 @@ class Replica:
         self.proposer.start()
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
         app = make_app(self)
-        self.runner = web.AppRunner(app, access_log=None)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)  # long polls must not hold shutdown
         await self.runner.setup()
         host, port = self.cfg.api.rsplit(":", 1)
         site = web.TCPSite(self.runner, host, int(port), reuse_address=True)

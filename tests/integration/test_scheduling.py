@@ -127,3 +127,29 @@ def test_machine_cli_drain_by_domain_and_events(sim_cluster):
     cli("machine", "undrain", "--domain", f"rack={rack}")
     out = cli("events")
     assert "machine.drain" in out and "machine.undrain" in out
+
+
+def test_one_process_plays_many_sim_machines(sim_cluster, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    c = sim_cluster
+    token = client_for(c).request("POST", "/v1/tokens", {"role": "agent", "name": "hollow", "machine": "hollow-*"})["token"]
+    argv = [sys.executable, "-m", "raftctl.cli.main", "agent", "--id", "hollow", "--count", "40", "--runtime", "sim",
+            "--data-dir", str(tmp_path), "--cpu", "1000m", "--memory", "1Gi", "--heartbeat", "1s",
+            "--fault-domain", "region=r,zone=hz", "--log-level", "warning"]
+    for u in c.urls:
+        argv += ["--server", u]
+    proc = subprocess.Popen(argv, env={**os.environ, "RAFTCTL_AGENT_TOKEN": token}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: sum(1 for m in client_for(c).request("GET", "/v1/machines")["machines"]
+                               if m["id"].startswith("hollow-") and m["status"] == "up") == 40,
+                   timeout=60, what="40 hollow machines up")
+        client_for(c).request("PUT", "/v1/jobs/hollowjob", sim_job(
+            "hollowjob", 80, constraints=[{"attr": "fault_domain.zone", "op": "==", "value": "hz"}]))
+        wait_until(lambda: len(running(c, "hollowjob")) == 80, timeout=60, what="80 healthy on hollow machines")
+    finally:
+        proc.terminate()
+        proc.wait(30)
