@@ -91,8 +91,6 @@ async def end_to_end(cluster: LocalCluster, n_machines: int, raws: list[dict], t
         submitted = time.perf_counter() - t0
         placed = 0
         while time.perf_counter() - t0 < timeout:
-            async with s.get(f"{url}/v1/jobs") as r:
-                jobs = (await r.json())["jobs"]
             async with s.get(f"{url}/metrics") as r:
                 text = await r.text()
             placed = int(float(next(l.split()[1] for l in text.splitlines() if l.startswith("raftctl_placements "))))

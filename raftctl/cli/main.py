@@ -1,7 +1,6 @@
 """raftctl: the command line. One module per command group; all talk through raftctl.client."""
 from __future__ import annotations
 
-import os
 import sys
 
 import click

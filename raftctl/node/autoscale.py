@@ -12,7 +12,6 @@ window. Every decision is a committed scale command whose reason is the event
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -20,6 +19,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
+from raftctl.node.leader import every
 from raftctl.statemachine import commands as c
 
 log = logging.getLogger("raftctl.autoscale")
@@ -97,14 +97,7 @@ class Autoscaler:
         self.last_reason: dict[str, str] = {}
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("autoscaler tick failed: %s", exc)
-            await asyncio.sleep(1.0)
+        await every(1.0, self.tick, "autoscaler")
 
     async def tick(self) -> None:
         now = int(time.time() * 1000)

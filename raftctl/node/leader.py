@@ -19,6 +19,18 @@ log = logging.getLogger("raftctl.leader")
 ControllerFactory = Callable[[Any, int], Any]  # (replica, epoch) -> object with async run()
 
 
+async def every(seconds: float, tick: Callable[[], Any], name: str) -> None:
+    """Run a controller's ``tick`` forever; a failed tick is logged and the loop goes on (level-triggered)."""
+    while True:
+        try:
+            await tick()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s tick failed: %s", name, exc)
+        await asyncio.sleep(seconds)
+
+
 class Leadership:
     def __init__(self, replica: Any, failover: FailoverConfig, factories: list[ControllerFactory]) -> None:
         self.replica = replica

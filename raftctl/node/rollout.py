@@ -13,12 +13,12 @@ draining machines; past the drain deadline the rest is forced.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from raftctl.node.leader import every
 from raftctl.statemachine import commands as c
 
 log = logging.getLogger("raftctl.rollout")
@@ -133,14 +133,7 @@ class RolloutController:
         self.held: dict[str, str] = {}
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("rollout tick failed: %s", exc)
-            await asyncio.sleep(0.2)
+        await every(0.2, self.tick, "rollout")
 
     async def tick(self) -> None:
         now = int(time.time() * 1000)

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from .conftest import client_for, wait_until
+from .conftest import client_for
 
 pytestmark = pytest.mark.integration
 
