@@ -46,8 +46,10 @@ def register(cli: click.Group) -> None:
             click.echo(f"  {p.id}  api {p.url}  raft {p.raft}  pid {p.pid}  data {p.data_dir}")
         for p in cluster.agents:
             click.echo(f"  {p.id}  agent at {p.api}  pid {p.pid}  data {p.data_dir}")
-        click.echo(f"\nin another shell:\n  source {env}\n  raftctl cluster status\n"
-                   f"  raftctl job run examples/web.yaml\n\nCtrl-C stops the cluster.")
+        build = ("  raftctl image build examples/web --name web:1 --base host\n"
+                 if cluster.runtime == "runc" else "")
+        click.echo(f"\nin another shell:\n  source {env}\n  raftctl cluster status\n{build}"
+                   f"  raftctl job run examples/web.yaml\n  raftctl discover web\n\nCtrl-C stops the cluster.")
         try:
             while not stopping:
                 for p in cluster.procs:
