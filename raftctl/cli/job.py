@@ -127,6 +127,14 @@ def register(cli: click.Group) -> None:
         data = client(ctx).request("POST", f"/v1/jobs/{name}/rollback", {"version": version})
         emit(ctx, data, text=f"job {name} rolled back to version {version} (now version {data['version']})")
 
+    @job.command("promote")
+    @click.argument("name")
+    @click.pass_context
+    def promote(ctx: click.Context, name: str) -> None:
+        """Promote a deploy's canaries; the rest rolls to the new version."""
+        data = client(ctx).request("POST", f"/v1/jobs/{name}/promote")
+        emit(ctx, data, text=f"job {name}: canaries promoted")
+
     @job.command("scale")
     @click.argument("name")
     @click.argument("replicas", type=int)

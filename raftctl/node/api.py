@@ -244,6 +244,24 @@ async def scale_job(request: web.Request) -> web.Response:
     return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
 
 
+@perm("jobs:write", write=True)
+async def promote_job(request: web.Request) -> web.Response:
+    """Promote a deploy's canaries: the rest of the job rolls to the new version."""
+    replica = request.app[REPLICA]
+    name = request.match_info["name"]
+    job, dep, epoch = replica.read(lambda s: (s.jobs.get(name), s.deployments.get(name), s.epoch))
+    if job is None:
+        raise NotFound(f"job {name!r} does not exist", field="name")
+    if not dep or dep.get("version") != job["version"] or dep.get("status") != "running" or not dep.get("canary"):
+        raise RaftctlError(f"job {name} has no canary deploy waiting", code="conflict", http_status=409, field="name")
+    if dep.get("promoted"):
+        return encode(request, {"job": name, "promoted": True, "already": True})
+    res = await replica.propose(c.SetDeployment(epoch=epoch, job=name, deployment={**dep, "promoted": True},
+                                                message=f"canaries of {name} version {job['version']} promoted by "
+                                                        f"{request['token']['name']}"))
+    return encode(request, {"index": res.index, **result_value(res), "promoted": True}, index=res.index)
+
+
 @perm("read")
 async def job_placements(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
@@ -432,6 +450,7 @@ def make_app(replica: Any) -> web.Application:
     r.add_get("/v1/jobs/{name}/versions", job_versions)
     r.add_post("/v1/jobs/{name}/plan", plan_job)
     r.add_post("/v1/jobs/{name}/rollback", rollback_job)
+    r.add_post("/v1/jobs/{name}/promote", promote_job)
     r.add_get("/v1/machines", list_machines)
     r.add_post("/v1/machines/{id}/drain", drain_machine)
     r.add_post("/v1/machines/{id}/undrain", undrain_machine)

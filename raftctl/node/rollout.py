@@ -66,18 +66,31 @@ def decide(job: dict[str, Any], placements: list[dict[str, Any]], machines: dict
     # 2. the deployment record: start, finish, fail, revert
     dep = deployment if deployment and deployment.get("version") == job["version"] else None
     if outdated and dep is None:
+        surge = max(upd["canary"], upd["max_surge"])
         dep = {"job": job["name"], "version": job["version"], "status": "running", "started_at": now,
-               "deadline": now + upd["deadline_ms"], "replaced": 0, "total": len(outdated)}
+               "deadline": now + upd["deadline_ms"], "total": len(outdated), "surge": surge,
+               "canary": upd["canary"], "promoted": upd["canary"] == 0}
+        how = (f"{upd['canary']} canaries first, then " if upd["canary"] else "") + \
+            f"{upd['max_unavailable']} at a time" + (f", {upd['max_surge']} extra" if upd["max_surge"] else "")
         out.commands.append(c.SetDeployment(epoch=epoch, job=job["name"], deployment=dep,
                                             message=f"deploy of {job['name']} version {job['version']} started: "
-                                                    f"{len(outdated)} replicas to replace, {upd['max_unavailable']} at a time"))
+                                                    f"{len(outdated)} replicas to replace, {how}"))
+        return out
+    surplus = [p for p in current if p["replica"] >= want]
     if dep is not None and dep["status"] == "running":
-        if not outdated and len(ready) >= want:
+        canaries_ready = [p for p in ready if p["replica"] >= want]
+        waiting_promotion = not dep.get("promoted") and len(canaries_ready) >= dep.get("canary", 0)
+        if not dep.get("promoted") and waiting_promotion and upd["auto_promote"]:
+            out.commands.append(c.SetDeployment(epoch=epoch, job=job["name"], deployment={**dep, "promoted": True},
+                                                message=f"{len(canaries_ready)} canaries of {job['name']} version "
+                                                        f"{job['version']} healthy: promoted automatically"))
+            return out
+        if not outdated and not surplus and len(ready) >= want:
             done = {**dep, "status": "successful", "finished_at": now}
             out.commands.append(c.SetDeployment(epoch=epoch, job=job["name"], deployment=done,
                                                 message=f"deploy of {job['name']} version {job['version']} succeeded"))
             return out
-        if now > dep["deadline"]:
+        if now > dep["deadline"] and not waiting_promotion:
             back = _last_stable(job, spec) if upd["auto_revert"] else None
             failed = {**dep, "status": "reverted" if back else "failed", "finished_at": now,
                       "reason": f"not healthy by the deadline ({upd['deadline_ms'] // 1000}s)"}
@@ -93,6 +106,16 @@ def decide(job: dict[str, Any], placements: list[dict[str, Any]], machines: dict
     retiring = [p for p in live if p.get("retiring_at")]
     candidates: list[tuple[dict, str]] = []
     budget = 0
+    if dep is not None and dep["status"] == "running" and not dep.get("promoted"):
+        return out  # canaries run beside the old version until promoted
+    if not outdated and surplus and dep is not None and dep["status"] == "running":
+        extra = [p for p in surplus if not p.get("retiring_at")]
+        if extra and not [p for p in current if p not in ready and p not in surplus]:
+            out.commands.append(c.Retire(epoch=epoch, placements=[p["id"] for p in extra],
+                                         reason=f"deploy of version {job['version']} done: extra replicas retire"))
+            # no more extra slots: the scheduler must not refill them
+            out.commands.append(c.SetDeployment(epoch=epoch, job=job["name"], deployment={**dep, "surge": 0}))
+        return out
     if outdated and dep is not None and dep["status"] == "running":
         # outdated replicas that are not serving cost nothing to replace: retire them at once
         idle = [p for p in outdated if p["health"] != "healthy" and not p.get("retiring_at")]
@@ -101,7 +124,7 @@ def decide(job: dict[str, Any], placements: list[dict[str, Any]], machines: dict
                                          reason=f"deploy of version {job['version']} (not serving)"))
         unready_current = [p for p in current if p not in ready]
         if not retiring and not unready_current:
-            budget = upd["max_unavailable"] - max(0, want - published)
+            budget = upd["max_unavailable"] + published - want  # surge replicas add to it
             candidates = [(p, f"deploy of version {job['version']}") for p in sorted(outdated, key=lambda p: p["id"])
                           if p not in idle]
     if draining and not candidates:

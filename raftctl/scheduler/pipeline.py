@@ -69,12 +69,15 @@ def reconcile(job: dict[str, Any], placements: list[dict[str, Any]], machines: d
     """What one job needs: slots to place, placements to stop, migrate and update."""
     out = Reconciled()
     want = job["replicas"] if job["status"] == "running" else 0
+    surge = job.get("surge", 0) if job["status"] == "running" else 0  # extra slots during a deploy (canaries, max_surge)
     covered: dict[int, dict] = {}
     for p in sorted(placements, key=lambda p: (p["replica"], -p["version"], p["id"])):
         if not live(p):
             continue
         m = machines.get(p["machine"])
-        if p["replica"] >= want:
+        if p["replica"] >= want + surge and p.get("retiring_at") and job["status"] == "running":
+            continue  # being retired by the rollout: it stops after its drain delay
+        if p["replica"] >= want + surge:
             out.stop.append((p["id"], "job stopped" if job["status"] != "running" else "scaled down"))
         elif p["replica"] in covered:
             out.stop.append((p["id"], f"duplicate of replica {p['replica']}"))
@@ -86,7 +89,7 @@ def reconcile(job: dict[str, Any], placements: list[dict[str, Any]], machines: d
                 out.migrate.append(p["id"])
             if p["version"] != job["version"]:
                 out.update.append(p["id"])
-    out.place = [slot for slot in range(want) if slot not in covered]
+    out.place = [slot for slot in range(want + surge) if slot not in covered]
     return out
 
 

@@ -388,7 +388,7 @@ def _plan(state: State, cmd: c.Plan) -> dict:
         slot_taken = any(p["replica"] == item["replica"] and p["desired"] == "run" and placement_uses_resources(p)
                          and p["version"] == item["version"]
                          for p in state.job_placements(job["name"]))
-        if slot_taken or item["replica"] >= job["replicas"] + int(item.get("surge", 0)):
+        if slot_taken or item["replica"] >= job["replicas"] + job.get("surge", 0):
             rejected.append({"item": i, "reason": f"replica {item['replica']} of {job['name']} is already placed or not wanted"})
             continue
         why = _fits(state, item["machine"], item["resources"], item["ports"])
@@ -483,6 +483,7 @@ def _set_deployment(state: State, cmd: c.SetDeployment) -> dict:
     _bump(state, "deployments", "jobs")
     dep = dict(cmd.deployment)
     state.deployments[cmd.job] = dep
+    job["surge"] = int(dep.get("surge", 0)) if dep.get("status") == "running" else 0
     if dep.get("status") == "successful":
         for v in job["versions"]:
             if v["version"] == dep.get("version"):

@@ -152,3 +152,35 @@ def test_job_run_wait_follows_the_rollout(c, tmp_path):
     assert lines[0]["version"] >= 5
     kinds = {e.get("kind") for e in lines[1:]}
     assert "deploy" in kinds and "placement.retire" in kinds
+
+
+def test_canary_waits_for_promotion_then_rolls(c):
+    api = client_for(c)
+    wait_until(lambda: len(healthy(c)) == 6, timeout=60, what="6 healthy")
+    v = api.request("GET", "/v1/jobs/web")["version"]
+    api.request("PUT", "/v1/jobs/web", web("canary", update={"max_unavailable": 1, "drain_delay": "300ms",
+                                                             "min_healthy": "300ms", "deadline": "60s", "canary": 1}))
+    wait_until(lambda: len(healthy(c)) == 7, timeout=30, what="a canary beside the 6")
+    time.sleep(1.5)
+    pl = healthy(c)
+    assert sorted(p["version"] for p in pl) == [v] * 6 + [v + 1]  # nothing else moves before promotion
+    assert len(client_for(c).request("GET", "/v1/discovery/web")["endpoints"]) == 7
+    api.request("POST", "/v1/jobs/web/promote")
+    wait_until(lambda: (api.request("GET", "/v1/jobs/web")["deployment"] or {}).get("status") == "successful",
+               timeout=90, what="deploy successful after promotion")
+    pl = healthy(c)
+    assert len(pl) == 6 and {p["version"] for p in pl} == {v + 1}
+
+
+def test_max_surge_starts_new_replicas_before_old_ones_stop(c):
+    api = client_for(c)
+    wait_until(lambda: len(healthy(c)) == 6, timeout=60, what="6 healthy")
+    with Load(c) as load:
+        api.request("PUT", "/v1/jobs/web", web("surge", update={"max_unavailable": 1, "max_surge": 2,
+                                                                "drain_delay": "300ms", "min_healthy": "300ms",
+                                                                "deadline": "60s"}))
+        wait_until(lambda: (api.request("GET", "/v1/jobs/web")["deployment"] or {}).get("status") == "successful",
+                   timeout=90, what="deploy successful")
+    assert load.failed == 0, load.errors[:5]
+    assert load.min_endpoints >= 6  # the surge kept full capacity throughout
+    assert len(healthy(c)) == 6
