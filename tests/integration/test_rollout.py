@@ -109,19 +109,43 @@ def test_broken_deploy_stops_at_first_batch_and_reverts(c):
 
 def test_drain_moves_replicas_within_budget_and_reports_blocks(c):
     api = client_for(c)
-    wait_until(lambda: len(healthy(c)) == 6, timeout=60, what="6 healthy")
-    on = {}
-    for p in healthy(c):
-        on.setdefault(p["machine"], []).append(p["id"])
+    for name in ("batch", "cache"):  # three jobs on the machine: web plus two without health checks
+        api.request("PUT", f"/v1/jobs/{name}", {
+            "name": name, "image": "x:1", "command": [sys.executable, "-c", "import time; time.sleep(3600)"],
+            "replicas": 3, "resources": {"cpu": "20m", "memory": "16Mi"},
+            "update": {"drain_delay": "200ms"}, "disruption": {"max_unavailable": 1}})
+    wait_until(lambda: len(healthy(c)) == 6 and len(healthy(c, "batch")) == 3 and len(healthy(c, "cache")) == 3,
+               timeout=60, what="all healthy")
+    on: dict = {}
+    for job in ("web", "batch", "cache"):
+        for p in healthy(c, job):
+            on.setdefault(p["machine"], set()).add(job)
     victim = max(on, key=lambda m: len(on[m]))
+    assert len(on[victim]) >= 2
+    lowest = {"web": 6, "batch": 3, "cache": 3}
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            for job in lowest:
+                try:
+                    lowest[job] = min(lowest[job], len(healthy(c, job)))
+                except Exception:
+                    pass
+            time.sleep(0.1)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     with Load(c) as load:
         api.request("POST", f"/v1/machines/{victim}/drain", {"deadline": "60s"})
         wait_until(lambda: {m["id"]: m for m in api.request("GET", "/v1/machines")["machines"]}[victim]["state"]
                    == "drained", timeout=60, what="machine drained")
+    sampling.set()
+    sampler.join(5)
     assert load.failed == 0, load.errors[:5]
     assert load.min_endpoints >= 5  # the budget: never more than one replica away at a time
+    assert lowest["web"] >= 5 and lowest["batch"] >= 2 and lowest["cache"] >= 2, lowest
     wait_until(lambda: len(healthy(c)) == 6, timeout=30, what="6 healthy elsewhere")
-    assert all(p["machine"] != victim for p in healthy(c))
+    assert all(p["machine"] != victim for job in lowest for p in healthy(c, job))
     api.request("POST", f"/v1/machines/{victim}/undrain")
     # a budget of 0 holds the drain back and says which job
     api.request("PUT", "/v1/jobs/web", web("2", disruption={"max_unavailable": 0}))
