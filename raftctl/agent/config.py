@@ -27,11 +27,14 @@ class AgentConfig:
     runtime: str = "process"
     subnet: str | None = None
     heartbeat_s: float = 1.0
+    http_port: int = 0          # the agent's log endpoint; 0 = any free port
+
+    api: str = ""
 
     def registration(self) -> dict:
         return {"machine": self.machine, "address": self.address, "fault_domain": self.fault_domain,
                 "labels": self.labels, "resources": {"cpu": self.cpu, "memory": self.memory, "pids": self.pids},
-                "ports": list(self.ports), "runtime": self.runtime}
+                "ports": list(self.ports), "runtime": self.runtime, "api": self.api}
 
 
 def parse_pairs(values: list[str] | tuple[str, ...], flag: str, allowed: tuple[str, ...] | None = None) -> dict[str, str]:

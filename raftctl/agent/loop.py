@@ -71,6 +71,9 @@ class Agent:
         os.makedirs(self.cfg.data_dir, exist_ok=True)
         async with ControlClient(self.cfg.servers, self.cfg.token) as control, aiohttp.ClientSession() as http:
             self.control, self.http = control, http
+            from raftctl.agent.logserver import start_log_server
+
+            runner = await start_log_server(self)
             await self._adopt()
             await self._register()
             tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -80,6 +83,7 @@ class Agent:
             try:
                 await asyncio.gather(*tasks)
             finally:
+                await runner.cleanup()
                 for t in tasks:
                     t.cancel()
                 for s in self.containers.values():

@@ -48,9 +48,9 @@ def client(ctx: click.Context) -> Client:
 
 
 def _register() -> None:
-    from raftctl.cli import agent, cluster, discover, job, machine, server, token, up
+    from raftctl.cli import agent, cluster, discover, job, logs, machine, server, token, up
 
-    for mod in (server, agent, up, cluster, job, machine, discover, token):
+    for mod in (server, agent, up, cluster, job, machine, discover, logs, token):
         mod.register(cli)
 
 

@@ -35,7 +35,7 @@ async def register(request: web.Request) -> web.Response:
         cmd = c.RegisterMachine(machine=machine, address=str(data.get("address", "")),
                                 fault_domain=dict(data.get("fault_domain") or {}), labels=dict(data.get("labels") or {}),
                                 resources=dict(data.get("resources") or {}), ports=list(data.get("ports") or []),
-                                runtime=str(data.get("runtime", "")))
+                                runtime=str(data.get("runtime", "")), api=str(data.get("api", ""))[:200])
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"bad registration: {exc}", field="body") from None
     res = await replica.propose(cmd)

@@ -287,7 +287,7 @@ def _register_machine(state: State, cmd: c.RegisterMachine) -> dict:
     idx = _bump(state, "machines")
     m = {"id": cmd.machine, "address": cmd.address, "fault_domain": dict(cmd.fault_domain),
          "labels": dict(cmd.labels), "resources": dict(cmd.resources), "ports": list(cmd.ports),
-         "runtime": cmd.runtime, "status": "up", "drain": old["drain"] if old else None,
+         "runtime": cmd.runtime, "api": cmd.api, "status": "up", "drain": old["drain"] if old else None,
          "eligible": old["eligible"] if old else True, "registered_at": cmd.at,
          "last_transition": cmd.at if not old or old["status"] != "up" else old["last_transition"],
          "create_index": old["create_index"] if old else idx, "modify_index": idx}

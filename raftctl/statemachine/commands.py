@@ -108,6 +108,7 @@ class RegisterMachine(Command):
     resources: dict = field(default_factory=dict)
     ports: list = field(default_factory=list)
     runtime: str = ""
+    api: str = ""           # the agent's own HTTP endpoint (logs)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 import signal
 import sys
 import time
@@ -100,3 +102,31 @@ def test_failing_health_check_restarts_with_growing_backoff(one_agent, tmp_path)
     assert gaps[-1] > gaps[0], gaps  # backoff grows
     flag.write_text("1")
     wait_until(lambda: len(healthy(c, "flaky")) == 1, timeout=30, what="healthy after the fix")
+
+
+def test_logs_of_a_replica_through_its_agent(one_agent):
+    import json
+    import subprocess
+
+    c = one_agent
+    client_for(c).request("PUT", "/v1/jobs/talker", {
+        "name": "talker", "image": "t:1", "replicas": 1, "resources": {"cpu": "10m", "memory": "16Mi"},
+        "command": [sys.executable, "-u", "-c", "import sys, time\nfor i in range(1000):\n"
+                    "    print('line', i); print('oops', i, file=sys.stderr); time.sleep(0.05)"]})
+    wait_until(lambda: len(healthy(c, "talker")) == 1, timeout=30, what="talker running")
+    env = {**os.environ, "RAFTCTL_SERVER": " ".join(c.urls), "RAFTCTL_TOKEN": c.token()}
+
+    def logs(*extra: str) -> str:
+        p = subprocess.run([sys.executable, "-m", "raftctl.cli.main", "logs", "talker", *extra],
+                           capture_output=True, text=True, env=env, timeout=30)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+    wait_until(lambda: "line 3" in logs(), timeout=20, what="stdout lines")
+    assert "oops" in logs("--stderr") and "oops" not in logs()
+    machines = client_for(c).request("GET", "/v1/machines")["machines"]
+    api = machines[0]["api"]
+    req = urllib.request.Request(f"{api}/v1/logs/nope", headers={"Authorization": "Bearer rct_bad"})
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req, timeout=10)
+    assert exc.value.code == 403
+    assert json.loads(exc.value.read())["error"]["code"] == "forbidden"

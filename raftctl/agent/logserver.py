@@ -1,0 +1,89 @@
+"""The agent's own small HTTP endpoint: container logs (`raftctl logs`).
+
+Callers present a control-plane token; the agent checks it by asking the
+control plane (``GET /v1/status`` with that token, cached for 30 s), so the
+agent holds no token database of its own.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from aiohttp import web
+
+from raftctl.agent.runtime import logs
+
+AGENT: web.AppKey = web.AppKey("agent", object)
+TOKEN_CACHE_S = 30.0
+
+
+async def _authorized(request: web.Request) -> None:
+    agent = request.app[AGENT]
+    header = request.headers.get("Authorization", "")
+    if not header.lower().startswith("bearer "):
+        raise web.HTTPUnauthorized(text='{"error": {"code": "unauthorized", "message": "a bearer token is needed"}}',
+                                   content_type="application/json")
+    cache: dict[str, float] = agent.__dict__.setdefault("_token_cache", {})
+    if cache.get(header, 0) > time.monotonic():
+        return
+    for server in agent.cfg.servers:
+        url = server if "://" in server else "http://" + server
+        try:
+            async with agent.http.get(f"{url}/v1/status", headers={"Authorization": header},
+                                      timeout=5) as r:  # type: ignore[union-attr]
+                if r.status == 200:
+                    cache[header] = time.monotonic() + TOKEN_CACHE_S
+                    return
+                if r.status in (401, 403):
+                    break
+        except Exception:
+            continue
+    raise web.HTTPForbidden(text='{"error": {"code": "forbidden", "message": "the control plane refused this token"}}',
+                            content_type="application/json")
+
+
+async def get_logs(request: web.Request) -> web.StreamResponse:
+    await _authorized(request)
+    agent = request.app[AGENT]
+    pid = request.match_info["placement"]
+    stream = request.query.get("stream", "stdout")
+    if stream not in logs.STREAMS:
+        raise web.HTTPBadRequest(text='{"error": {"code": "invalid", "message": "stream is stdout or stderr", '
+                                      '"field": "stream"}}', content_type="application/json")
+    log_dir = os.path.join(agent.cfg.data_dir, "logs", pid)
+    if os.path.basename(pid) != pid or not os.path.isdir(log_dir):
+        raise web.HTTPNotFound(text='{"error": {"code": "not_found", "message": "no logs for that placement here"}}',
+                               content_type="application/json")
+    path = logs.paths(log_dir)[stream]
+    tail = int(request.query.get("tail", "65536"))
+    resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await resp.prepare(request)
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - tail))
+        await resp.write(f.read())
+        while request.query.get("follow") in ("1", "true"):
+            chunk = f.read()
+            if chunk:
+                await resp.write(chunk)
+            else:
+                if os.path.getsize(path) < f.tell():  # rotated (truncated): start over
+                    f.seek(0)
+                await asyncio.sleep(0.2)
+    await resp.write_eof()
+    return resp
+
+
+async def start_log_server(agent: Any) -> web.AppRunner:
+    app = web.Application()
+    app[AGENT] = agent
+    app.router.add_get("/v1/logs/{placement}", get_logs)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, agent.cfg.address, agent.cfg.http_port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    agent.cfg.api = f"http://{agent.cfg.address}:{port}"
+    return runner
