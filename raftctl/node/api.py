@@ -141,6 +141,17 @@ async def forward_to_leader(request: web.Request) -> web.Response | None:
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.monotonic()
+    response = await _handle(request, handler)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    from raftctl.node.metrics import registry_for
+
+    _, api_metrics = registry_for(request.app[REPLICA])
+    api_metrics.observe(f"{request.method} {route}", response.status, time.monotonic() - started)
+    return response
+
+
+async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         required = getattr(handler, "perm", None)
         if required is not None:
@@ -162,8 +173,6 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         log.exception("internal error on %s %s", request.method, request.path)
         return web.json_response({"error": {"code": "internal", "message": "internal error (a bug: see the server log)",
                                             "field": None}}, status=500)
-    finally:
-        log.debug("%s %s %.1fms", request.method, request.path, (time.monotonic() - started) * 1000)
 
 
 # -- handlers ----------------------------------------------------------------------

@@ -2,10 +2,33 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from raftctl.node.api import REPLICA, perm
+
+
+class ApiMetrics:
+    """Request counts and latency per route and status code (fed by the API middleware)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("raftctl_api_requests", "API requests", ["route", "code"], registry=registry)
+        self.latency = Histogram("raftctl_api_request_seconds", "API request latency", ["route"], registry=registry,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
+
+    def observe(self, route: str, code: int, seconds: float) -> None:
+        self.requests.labels(route, str(code)).inc()
+        self.latency.labels(route).observe(seconds)
+
+
+def registry_for(replica: object) -> tuple[CollectorRegistry, ApiMetrics]:
+    reg = getattr(replica, "_metrics_registry", None)
+    if reg is None:
+        reg = CollectorRegistry()
+        reg.register(ReplicaCollector(replica))
+        replica._metrics_registry = reg  # type: ignore[attr-defined]
+        replica._api_metrics = ApiMetrics(reg)  # type: ignore[attr-defined]
+    return reg, replica._api_metrics  # type: ignore[attr-defined]
 
 
 class ReplicaCollector:
@@ -36,14 +59,61 @@ class ReplicaCollector:
             g = GaugeMetricFamily(name, f"Number of {name.split('_')[1]} in the state")
             g.add_metric([], value)
             yield g
+        from raftctl.node import views
+
+        def by_state(s):  # type: ignore[no-untyped-def]
+            machines: dict[str, int] = {}
+            for m in views.machines(s):
+                machines[m["state"]] = machines.get(m["state"], 0) + 1
+            placements: dict[tuple, int] = {}
+            for p in s.placements.values():
+                key = (p["state"], p["health"])
+                placements[key] = placements.get(key, 0) + 1
+            pending = sum(1 for j in s.jobs.values() if j.get("pending_reason"))
+            deploys: dict[str, int] = {}
+            for d in s.deployments.values():
+                deploys[d.get("status", "none")] = deploys.get(d.get("status", "none"), 0) + 1
+            endpoints = sum(len(v["endpoints"]) for v in s.discovery.values())
+            return machines, placements, pending, deploys, endpoints
+        machines, placements, pending, deploys, endpoints = r.read(by_state)
+        g = GaugeMetricFamily("raftctl_machines_by_state", "Machines by state", labels=["state"])
+        for k, v in sorted(machines.items()):
+            g.add_metric([k], v)
+        yield g
+        g = GaugeMetricFamily("raftctl_placements_by_state", "Placements by state and health", labels=["state", "health"])
+        for (st, h), v in sorted(placements.items()):
+            g.add_metric([st, h], v)
+        yield g
+        for name, value, doc in (("raftctl_jobs_pending", pending, "Jobs with replicas that cannot be placed"),
+                                 ("raftctl_discovery_endpoints", endpoints, "Published discovery endpoints")):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], value)
+            yield g
+        g = GaugeMetricFamily("raftctl_deployments", "Deployments by status", labels=["status"])
+        for k, v in sorted(deploys.items()):
+            g.add_metric([k], v)
+        yield g
+        lead = r.leadership.status() if r.leadership is not None and r.leadership.active else {}
+        fo = lead.get("failover")
+        if fo:
+            g = GaugeMetricFamily("raftctl_heartbeat_age_seconds", "Seconds since each machine's last heartbeat",
+                                  labels=["machine"])
+            for m, age in fo["heartbeat_age_s"].items():
+                g.add_metric([m], age)
+            yield g
+            g = GaugeMetricFamily("raftctl_failover_guard_active", "1 while the mass-loss guard rate-limits failover")
+            g.add_metric([], 1 if fo["guard_active"] else 0)
+            yield g
+        sched = lead.get("SchedulerLoop")
+        if sched:
+            for key, doc in (("passes", "Scheduler passes"), ("placed", "Placements committed by this leader"),
+                             ("rejected", "Plan items the state machine rejected")):
+                g = GaugeMetricFamily(f"raftctl_scheduler_{key}", doc)
+                g.add_metric([], sched[key])
+                yield g
 
 
 @perm("read")
 async def handler(request: web.Request) -> web.Response:
-    replica = request.app[REPLICA]
-    registry = getattr(replica, "_metrics_registry", None)
-    if registry is None:
-        registry = CollectorRegistry()
-        registry.register(ReplicaCollector(replica))
-        replica._metrics_registry = registry
+    registry, _ = registry_for(request.app[REPLICA])
     return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4"})
