@@ -299,6 +299,7 @@ class Agent:
                     continue
                 try:
                     st = await _call(self.driver.stats, cid)
+                    await _call(self.driver.rotate_logs, cid)  # copy-then-truncate past the size limit
                 except Exception:
                     continue
                 now = time.monotonic()
