@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 RESOURCES = ("cpu", "memory", "pids")
-WEIGHTS = {"binpack": 1.0, "spread": 0.7}  # anti-affinity is the first tie-breaker, not a weight
+WEIGHTS = {"binpack": 1.0, "spread": 0.7, "anti_affinity": 0.02}  # anti-affinity breaks ties only
 
 
 # -- plan types ------------------------------------------------------------------
@@ -311,7 +311,7 @@ def place_job(name: str, job: dict[str, Any], spec: dict[str, Any], slots: list[
     seed = f"{name}:{index}".encode()
 
     def score(v: MachineView) -> float:
-        total = WEIGHTS["binpack"] * score_binpack(v, spec)
+        total = WEIGHTS["binpack"] * score_binpack(v, spec) + WEIGHTS["anti_affinity"] * score_anti_affinity(v, name, version)
         for s in spread_levels:
             if s["mode"] == "soft":
                 c = counts[s["level"]]
@@ -330,19 +330,19 @@ def place_job(name: str, job: dict[str, Any], spec: dict[str, Any], slots: list[
     heap = []
     for v in candidates:
         if fits(v) is None:
-            heap.append((-score(v), -score_anti_affinity(v, name, version), tie(seed, v.id), v.id))
+            heap.append((-score(v), tie(seed, v.id), v.id))
     heapq.heapify(heap)
     out: list[NewPlacement] = []
     for slot in slots:
         chosen = None
         while heap:
-            neg, _aa, t, mid = heapq.heappop(heap)
+            neg, t, mid = heapq.heappop(heap)
             v = views[mid]
             if fits(v) is not None:
                 continue  # no longer fits (it only gets fuller within a pass)
-            fresh = (-score(v), -score_anti_affinity(v, name, version))
-            if heap and (fresh[0] > heap[0][0] + 1e-9 or (abs(fresh[0] - heap[0][0]) <= 1e-9 and fresh[1] > heap[0][1])):
-                heapq.heappush(heap, (*fresh, t, mid))  # stale: it ranks worse now
+            fresh = -score(v)
+            if heap and fresh > heap[0][0] + 1e-9:
+                heapq.heappush(heap, (fresh, t, mid))  # stale: it scores worse now
                 continue
             chosen = v
             break
@@ -357,8 +357,7 @@ def place_job(name: str, job: dict[str, Any], spec: dict[str, Any], slots: list[
         for s in spread_levels:
             counts[s["level"]][chosen.domain(s["level"])] += 1
         if fits(chosen) is None:
-            heapq.heappush(heap, (-score(chosen), -score_anti_affinity(chosen, name, version), tie(seed, chosen.id),
-                                  chosen.id))
+            heapq.heappush(heap, (-score(chosen), tie(seed, chosen.id), chosen.id))
     pending = None
     if len(out) < len(slots):
         left = len(slots) - len(out)
