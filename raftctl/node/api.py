@@ -10,7 +10,7 @@ from typing import Any, Awaitable, Callable
 import cbor2
 from aiohttp import web
 
-from raftctl.errors import NotFound, RaftctlError, ValidationError
+from raftctl.errors import NotFound, RaftctlError, Unauthorized, Unavailable, ValidationError
 from raftctl.node import auth, views
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import Result
@@ -156,7 +156,14 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         required = getattr(handler, "perm", None)
         if required is not None:
             replica = request.app[REPLICA]
-            request["token"] = replica.read(lambda s: auth.authorize(s.tokens, request.headers.get("Authorization"), required))
+            try:
+                request["token"] = replica.read(
+                    lambda s: auth.authorize(s.tokens, request.headers.get("Authorization"), required))
+            except Unauthorized:
+                if replica.raft is not None and not replica.raft.isReady():
+                    # a replica still replaying its log may not know the token yet: let the client retry elsewhere
+                    raise Unavailable("this replica is still catching up with the leader; try another") from None
+                raise
             if getattr(handler, "write", False):
                 forwarded = await forward_to_leader(request)
                 if forwarded is not None:
