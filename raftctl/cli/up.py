@@ -16,13 +16,14 @@ def register(cli: click.Group) -> None:
     @click.option("--agents", default=3, show_default=True, type=click.IntRange(0, 50),
                   help="Host agents, each a machine with its own fault domain and address 127.0.0.N.")
     @click.option("--runtime", type=click.Choice(["runc", "process", "sim"]), default=None,
-                  help="Agents' runtime (default: runc when root and runc exist, else process).")
+                  help="Agents' runtime (default: process; runc needs images pushed with `raftctl image build`, "
+                       "which is not in place yet).")
     def up(directory: str, replicas: int, agents: int, runtime: str | None) -> None:
         """Start a local cluster in the foreground; Ctrl-C stops everything cleanly."""
-        from raftctl.agent.runtime import default_runtime
         from raftctl.devcluster import LocalCluster
 
-        cluster = LocalCluster(directory, replicas=replicas, agents=agents, runtime=runtime or default_runtime())
+        # process until images can be pushed to the control plane: the sample then runs as it is
+        cluster = LocalCluster(directory, replicas=replicas, agents=agents, runtime=runtime or "process")
         stopping = False
 
         def on_signal(signum: int, frame: object) -> None:
