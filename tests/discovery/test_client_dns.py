@@ -33,13 +33,19 @@ def c(tmp_path_factory):
                                         "ports": [{"name": "http"}], "spread": [{"level": "zone", "mode": "hard"}]})
     import time
     for _ in range(100):
-        pl = api.request("GET", "/v1/jobs/web/placements")["placements"]
+        # read through the leader: a follower may not have applied the PUT yet
+        pl = api.request("GET", "/v1/jobs/web/placements", query={"consistent": "1"})["placements"]
         if len(pl) == 2:
             break
         time.sleep(0.1)
     for p in pl:
         api.request("POST", "/v1/agent/report", {"machine": p["machine"], "updates": [
             {"placement": p["id"], "state": "running", "health": "healthy"}]})
+    for url in cl.urls:  # every replica has applied the reports (tests read from followers too)
+        for _ in range(100):
+            if len(Api([url], cl.token()).request("GET", "/v1/discovery/web")["endpoints"]) == 2:
+                break
+            time.sleep(0.05)
     cl.api = api
     cl.placements = pl
     yield cl
