@@ -1,0 +1,207 @@
+"""Test hosts: one network namespace per host, joined through a bridge in a
+"switch" namespace, all inside a private `unshare --net --mount` made by the run.
+
+    n1..n5  control replicas   10.77.0.11-15
+    a1..a3  agents             10.77.0.21-23
+    c1      client / observer  10.77.0.31
+
+Nothing here touches the host's network: `reexec_private()` re-executes the run
+inside a fresh network + mount namespace (with /run on a private tmpfs, so even
+`ip netns` bookkeeping vanishes with the run), and `Network.setup()` refuses to
+run anywhere else. Partitions live in one nftables table in the switch namespace
+(see nemesis.py).
+
+    python hosts.py selftest [n1 n2 n3]   build hosts, isolate the first, verify, heal, verify
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, NoReturn, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SUBNET = "10.77.0"
+OCTETS = {"n1": 11, "n2": 12, "n3": 13, "n4": 14, "n5": 15, "a1": 21, "a2": 22, "a3": 23, "c1": 31}
+SWITCH = "sw"
+BRIDGE = "br0"
+PROBE_PORT = 7999
+PROBE_TIMEOUT_S = 0.5
+MARKER = "RAFTCTL_JEPSEN_PRIVATE_NETNS"
+
+
+def addr_of(name: str) -> str:
+    return f"{SUBNET}.{OCTETS[name]}"
+
+
+def missing_tools() -> list[str]:
+    return [t for t in ("unshare", "ip", "nft") if shutil.which(t) is None]
+
+
+def in_private_netns() -> bool:
+    """True when our network namespace differs from init's (pid 1 stays the host's init,
+    since the run does not unshare the pid namespace)."""
+    try:
+        return os.stat("/proc/self/ns/net").st_ino != os.stat("/proc/1/ns/net").st_ino \
+            and os.environ.get(MARKER) == "1"
+    except OSError:
+        return False
+
+
+def private_command(argv: Sequence[str]) -> list[str]:
+    """The command that runs `argv` (a python script and its arguments) in a fresh net+mount namespace."""
+    return ["unshare", "--net", "--mount", "--fork", "--propagation", "private", "--kill-child",
+            sys.executable, *argv]
+
+
+def reexec_private(argv: Sequence[str]) -> NoReturn:
+    """Replace this process by itself inside a fresh network and mount namespace."""
+    env = dict(os.environ, **{MARKER: "1"})
+    cmd = private_command(argv)
+    os.execvpe(cmd[0], cmd, env)
+
+
+def _sh(argv: Sequence[str], input: str | None = None, check: bool = True) -> str:
+    p = subprocess.run(list(argv), input=input, capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.strip()}")
+    return p.stdout
+
+
+@dataclass
+class Host:
+    name: str
+    addr: str
+
+    @property
+    def ns(self) -> str:
+        return self.name
+
+
+class Network:
+    """The switch and the test hosts. Use inside the private namespace only."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.hosts = {n: Host(n, addr_of(n)) for n in names}
+        self.probes: dict[str, subprocess.Popen[bytes]] = {}
+        self.ready = False
+
+    # -- building -------------------------------------------------------------------
+    def setup(self) -> None:
+        if not in_private_netns():
+            raise RuntimeError("refusing to build test hosts outside a private network namespace "
+                               "(run through hosts.reexec_private)")
+        # /run on a tmpfs private to this mount namespace: `ip netns add` writes nothing on the host.
+        _sh(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"])
+        os.makedirs("/run/netns", exist_ok=True)
+        _sh(["ip", "link", "set", "lo", "up"])
+        _sh(["ip", "netns", "add", SWITCH])
+        _sh(["ip", "-n", SWITCH, "link", "set", "lo", "up"])
+        _sh(["ip", "-n", SWITCH, "link", "add", BRIDGE, "type", "bridge"])
+        _sh(["ip", "-n", SWITCH, "link", "set", BRIDGE, "up"])
+        for h in self.hosts.values():
+            port = f"{h.name}-sw"
+            _sh(["ip", "netns", "add", h.ns])
+            _sh(["ip", "link", "add", port, "netns", SWITCH, "type", "veth", "peer", "name", "eth0", "netns", h.ns])
+            _sh(["ip", "-n", SWITCH, "link", "set", port, "master", BRIDGE, "up"])
+            _sh(["ip", "-n", h.ns, "link", "set", "lo", "up"])
+            _sh(["ip", "-n", h.ns, "addr", "add", f"{h.addr}/24", "dev", "eth0"])
+            _sh(["ip", "-n", h.ns, "link", "set", "eth0", "up"])
+        from nemesis import install_table
+        install_table()
+        self.ready = True
+
+    def teardown(self) -> None:
+        """Stop probes and delete the namespaces (all of it also vanishes when the run exits)."""
+        for p in self.probes.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.probes.clear()
+        for ns in [*self.hosts, SWITCH]:
+            _sh(["ip", "netns", "del", ns], check=False)
+        self.ready = False
+
+    # -- running things in a host -----------------------------------------------------
+    def command(self, host: str, argv: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.hosts[host].ns, *argv]
+
+    def spawn(self, host: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
+        """Start a process inside a host (`ip netns exec` execs, so the pid is the process's own)."""
+        return subprocess.Popen(self.command(host, argv), **kw)
+
+    def run(self, host: str, argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.command(host, argv), capture_output=True, text=True, timeout=timeout)
+
+    # -- probes -----------------------------------------------------------------------
+    def start_probes(self) -> None:
+        for h in self.hosts.values():
+            p = self.spawn(h.name, [sys.executable, os.path.join(HERE, "probe.py"), "listen", h.addr, str(PROBE_PORT)],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            self.probes[h.name] = p
+        for name, p in self.probes.items():
+            line = p.stdout.readline() if p.stdout else b""
+            if b"listening" not in line:
+                raise RuntimeError(f"probe listener on {name} did not start")
+
+    def reachability(self, sources: Iterable[str] | None = None,
+                     timeout: float = PROBE_TIMEOUT_S) -> dict[tuple[str, str], bool]:
+        """Can a TCP connection from each source to each other host's probe complete?
+        (Both directions must pass for a handshake, so a one-way block shows on both.)"""
+        names = list(self.hosts)
+        procs = {}
+        for src in sources or names:
+            targets = [f"{self.hosts[d].addr}:{PROBE_PORT}" for d in names if d != src]
+            procs[src] = self.spawn(src, [sys.executable, os.path.join(HERE, "probe.py"), "connect", str(timeout), *targets],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        by_addr = {h.addr: h.name for h in self.hosts.values()}
+        out: dict[tuple[str, str], bool] = {}
+        for src, p in procs.items():
+            stdout, stderr = p.communicate(timeout=timeout + 10)
+            if p.returncode != 0:
+                raise RuntimeError(f"probe from {src} failed: {stderr.decode().strip()}")
+            for target, ok in json.loads(stdout).items():
+                out[(src, by_addr[target.rpartition(":")[0]])] = ok
+        return out
+
+
+def selftest(names: list[str]) -> dict[str, Any]:
+    """Build hosts, isolate the first, check, heal, check. Returns what was observed."""
+    from nemesis import Partitioner, isolate
+
+    t0 = time.monotonic()
+    net = Network(names)
+    net.setup()
+    try:
+        net.start_probes()
+        part = Partitioner(net)
+        before = part.verify()
+        fault = part.apply(isolate(names[0], names))
+        during = net.reachability()
+        healed = part.heal()
+        after = net.reachability()
+        return {"ok": True, "before": before.ok, "fault": fault.to_json(), "healed": healed.ok,
+                "during": {f"{a}->{b}": v for (a, b), v in sorted(during.items())},
+                "after": {f"{a}->{b}": v for (a, b), v in sorted(after.items())},
+                "seconds": round(time.monotonic() - t0, 2)}
+    finally:
+        net.teardown()
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] != "selftest":
+        raise SystemExit(__doc__)
+    if missing_tools():
+        raise SystemExit(f"missing tools: {missing_tools()}")
+    if not in_private_netns():
+        reexec_private([os.path.abspath(__file__), *argv])
+    sys.path.insert(0, HERE)
+    print(json.dumps(selftest(argv[1:] or ["n1", "n2", "n3"])))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
