@@ -13,7 +13,7 @@ from aiohttp import web
 from raftctl.errors import NotFound, RaftctlError, Unauthorized, Unavailable, ValidationError
 from raftctl.node import auth, views
 from raftctl.statemachine import commands as c
-from raftctl.statemachine.apply import Result
+from raftctl.statemachine.apply import Result, resolve_image
 from raftctl.statemachine.spec import validate_spec
 from raftctl.statemachine.units import parse_duration
 
@@ -214,8 +214,9 @@ async def plan_job(request: web.Request) -> web.Response:
     """A dry run: what submitting this spec would place, stop and update, and where. Writes nothing."""
     replica = request.app[REPLICA]
     name = request.match_info["name"]
-    spec = validate_spec(await body(request), name=name)
-    jobs, placements, machines, index = replica.read(lambda s: (dict(s.jobs), dict(s.placements), dict(s.machines), s.index))
+    raw = validate_spec(await body(request), name=name)
+    spec, jobs, placements, machines, index = replica.read(lambda s: (
+        resolve_image(s.images, raw), dict(s.jobs), dict(s.placements), dict(s.machines), s.index))
     return encode(request, views.dry_run(jobs, placements, machines, index, spec), index=index)
 
 

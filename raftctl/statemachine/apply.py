@@ -192,12 +192,26 @@ def _noop(state: State, cmd: c.Noop) -> None:
     return None
 
 
+def resolve_image(images: dict[str, dict], spec: dict) -> dict:
+    """The spec as a job version stores it: ``image_digest`` is the manifest digest that ``image``
+    names in ``images`` now (a ``sha256:`` reference names itself; a name not pushed gives None).
+
+    Pure, so every replica resolves alike at apply time; a later re-tag does not change stored
+    versions, and a rollback returns to the old bytes. Any ``image_digest`` in the input is
+    replaced: clients cannot choose it."""
+    image = spec.get("image")
+    digest: str | None = None
+    if isinstance(image, str):
+        digest = image if image.startswith("sha256:") else (images.get(image) or {}).get("digest")
+    return {**spec, "image_digest": digest}
+
+
 def _put_job(state: State, cmd: c.PutJob) -> dict:
-    spec = cmd.spec
-    name = spec.get("name")
+    name = cmd.spec.get("name")
     _need(isinstance(name, str) and bool(NAME_RE.match(name)), "invalid", "job name must match [a-z0-9][a-z0-9-]{0,62}", "name")
     for key, typ in (("image", str), ("command", list), ("replicas", int), ("resources", dict)):
-        _need(isinstance(spec.get(key), typ), "invalid", f"spec field {key} is missing or has the wrong type", key)
+        _need(isinstance(cmd.spec.get(key), typ), "invalid", f"spec field {key} is missing or has the wrong type", key)
+    spec = resolve_image(state.images, cmd.spec)
     job = state.jobs.get(name)
     if cmd.cas is not None:
         current = job["modify_index"] if job else 0
@@ -206,7 +220,7 @@ def _put_job(state: State, cmd: c.PutJob) -> dict:
     if job is not None and job["status"] == "running" and _current_spec(job) == spec:
         # identical resubmission: nothing changes (like `nomad job run` of the same file)
         return Unchanged({"name": name, "version": job["version"], "job_index": job["modify_index"],
-                          "unchanged": True})
+                          "image_digest": spec["image_digest"], "unchanged": True})
     idx = _bump(state, "jobs")
     if job is None:
         job = {"name": name, "version": 0, "versions": [], "status": "running",
@@ -220,8 +234,10 @@ def _put_job(state: State, cmd: c.PutJob) -> dict:
     job["status"] = "running"
     job["replicas"] = spec["replicas"]
     job["modify_index"] = idx
-    _event(state, cmd.at, "job.version", f"job {name} version {version} submitted", job=name)
-    return {"name": name, "version": version, "job_index": idx}
+    image = spec["image"] if spec["image_digest"] in (None, spec["image"]) else f"{spec['image']} = {spec['image_digest']}"
+    _event(state, cmd.at, "job.version", f"job {name} version {version} submitted (image {image}"
+           + (", not pushed" if spec["image_digest"] is None else "") + ")", job=name)
+    return {"name": name, "version": version, "job_index": idx, "image_digest": spec["image_digest"]}
 
 
 def _delete_job(state: State, cmd: c.DeleteJob) -> dict:
