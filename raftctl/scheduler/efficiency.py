@@ -1,0 +1,236 @@
+"""The efficiency engineer's view (pure): capacity vs allocated vs used, idle and stranded capacity,
+and how many machines the current placements could fit into.
+
+Inputs are the state's records and the agents' latest usage per placement; no I/O, no clock.
+
+Definitions (all per resource, CPU in millicores and memory in bytes):
+
+- capacity: the resources of machines whose status is ``up``;
+- allocated: the sum of the requests of placements that still hold resources;
+- used: what the agents last reported for those placements (CPU utilisation x request, memory bytes),
+  summed over the placements that have a report (``reported`` counts them);
+- free: capacity - allocated (on up machines);
+- idle: allocated - used, over reported placements only: reserved but not used;
+- stranded: free capacity that no replica of the cluster could use because the other resource ran out
+  beside it: a machine's free CPU is stranded when its free memory is below the smallest memory request
+  of any live placement (and the reverse). Only schedulable (``active``) machines strand capacity;
+- fit: the live placements re-packed onto the up machines, ignoring spread, constraints and ports:
+  ``lower_bound`` is the fewest largest machines whose summed capacity covers the demand in every
+  resource (no packing can use fewer); ``first_fit_decreasing`` is what FFD achieves (largest
+  placements first, into the first machine with room, machines largest first).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+RESOURCES = ("cpu", "memory")
+LEVELS = ("region", "zone", "rack")
+DEFAULT_UNIT = {"cpu": 100, "memory": 64 << 20}   # the smallest useful slot when nothing runs
+
+
+@dataclass(frozen=True)
+class Usage:
+    """An agent's latest report for one placement: CPU in millicores, memory in bytes (None: not reported)."""
+
+    cpu: float | None = None
+    memory: int | None = None
+
+
+def _zero() -> dict[str, float]:
+    return {r: 0 for r in RESOURCES}
+
+
+def _live(p: Mapping[str, Any]) -> bool:
+    return p["state"] not in ("lost", "stopped")
+
+
+def _add(into: dict[str, Any], other: Mapping[str, Any]) -> None:
+    for k, v in other.items():
+        if isinstance(v, dict):
+            _add(into.setdefault(k, {}), v)
+        else:
+            into[k] = into.get(k, 0) + v
+
+
+def machine_state(m: Mapping[str, Any], live_here: int) -> str:
+    """The operator-facing machine state (as raftctl.statemachine.state.machine_state)."""
+    if m["status"] == "down":
+        return "down"
+    if m.get("drain"):
+        return "draining" if live_here else "drained"
+    if not m.get("eligible", True):
+        return "maintenance"
+    return "active"
+
+
+def smallest_unit(placements: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """The smallest request per resource among live placements (what a stranded remainder is measured against)."""
+    unit: dict[str, int] = {}
+    for p in placements:
+        if not _live(p):
+            continue
+        for r in RESOURCES:
+            v = int(p["resources"].get(r, 0))
+            if v > 0 and (r not in unit or v < unit[r]):
+                unit[r] = v
+    return {r: unit.get(r, DEFAULT_UNIT[r]) for r in RESOURCES}
+
+
+def _usage_of(p: Mapping[str, Any], usage: Mapping[str, Usage]) -> tuple[dict[str, float], dict[str, int]]:
+    u = usage.get(p["id"])
+    used, reported = _zero(), {r: 0 for r in RESOURCES}
+    if u is None:
+        return used, reported
+    for r in RESOURCES:
+        v = getattr(u, r)
+        if v is not None:
+            used[r] = v
+            reported[r] = 1
+    return used, reported
+
+
+def _summary(capacity: Mapping[str, float], allocated: Mapping[str, float], used: Mapping[str, float],
+             alloc_reported: Mapping[str, float], reported: Mapping[str, int]) -> dict[str, Any]:
+    return {"capacity": dict(capacity), "allocated": dict(allocated), "used": {r: round(used[r], 1) for r in RESOURCES},
+            "free": {r: max(0, capacity[r] - allocated[r]) for r in RESOURCES},
+            "idle": {r: round(max(0.0, alloc_reported[r] - used[r]), 1) for r in RESOURCES},
+            "reported": dict(reported)}
+
+
+def first_fit_decreasing(items: list[tuple[str, dict[str, int]]],
+                         bins: list[tuple[str, dict[str, int]]]) -> tuple[int, int]:
+    """(machines used, items that fit nowhere) when FFD packs ``items`` into ``bins`` (in the given order).
+
+    Items are sorted by their largest share of the biggest bin, then by id, so the result is deterministic.
+    """
+    if not bins:
+        return 0, len(items)
+    biggest = {r: max(b[1][r] for b in bins) or 1 for r in RESOURCES}
+    order = sorted(items, key=lambda it: (-max(it[1][r] / biggest[r] for r in RESOURCES),
+                                          -sum(it[1][r] / biggest[r] for r in RESOURCES), it[0]))
+    opened: list[dict[str, int]] = []
+    unplaced = 0
+    for _, need in order:
+        for room in opened:
+            if all(room[r] >= need[r] for r in RESOURCES):
+                for r in RESOURCES:
+                    room[r] -= need[r]
+                break
+        else:
+            for _, cap in bins[len(opened):]:
+                room = dict(cap)
+                opened.append(room)
+                if all(room[r] >= need[r] for r in RESOURCES):
+                    for r in RESOURCES:
+                        room[r] -= need[r]
+                    break
+            else:
+                unplaced += 1
+    # machines opened but left empty (too small for the items that came next) are not "used"
+    used = sum(1 for room, (_, cap) in zip(opened, bins) if room != cap)
+    return used, unplaced
+
+
+def lower_bound(demand: Mapping[str, int], capacities: list[dict[str, int]]) -> int | None:
+    """The fewest machines whose summed capacity covers ``demand`` in every resource (None: not even all)."""
+    need = 0
+    for r in RESOURCES:
+        if demand[r] <= 0:
+            continue
+        total, k = 0, 0
+        for cap in sorted((c[r] for c in capacities), reverse=True):
+            if total >= demand[r]:
+                break
+            total += cap
+            k += 1
+        if total < demand[r]:
+            return None
+        need = max(need, k)
+    return need
+
+
+def efficiency(machines: Mapping[str, Mapping[str, Any]], placements: Mapping[str, Mapping[str, Any]],
+               usage: Mapping[str, Usage]) -> dict[str, Any]:
+    """The whole view; ``usage`` maps placement id to its latest reported usage."""
+    live = [p for p in placements.values() if _live(p)]
+    unit = smallest_unit(live)
+    by_machine: dict[str, list[Mapping[str, Any]]] = {}
+    for p in live:
+        by_machine.setdefault(p["machine"], []).append(p)
+
+    machine_rows = []
+    for mid in sorted(machines):
+        m = machines[mid]
+        here = by_machine.get(mid, [])
+        state = machine_state(m, len(here))
+        capacity = {r: int(m["resources"].get(r, 0)) if m["status"] == "up" else 0 for r in RESOURCES}
+        allocated, used, alloc_reported = _zero(), _zero(), _zero()
+        reported = {r: 0 for r in RESOURCES}
+        for p in here:
+            req = {r: int(p["resources"].get(r, 0)) for r in RESOURCES}
+            u, rep = _usage_of(p, usage)
+            for r in RESOURCES:
+                allocated[r] += req[r]
+                used[r] += u[r]
+                reported[r] += rep[r]
+                alloc_reported[r] += req[r] if rep[r] else 0
+        row = _summary(capacity, allocated, used, alloc_reported, reported)
+        free = row["free"]
+        row["stranded"] = {r: 0 for r in RESOURCES}
+        if state == "active":
+            row["stranded"]["cpu"] = free["cpu"] if free["memory"] < unit["memory"] else 0
+            row["stranded"]["memory"] = free["memory"] if free["cpu"] < unit["cpu"] else 0
+        fd = m.get("fault_domain") or {}
+        machine_rows.append({"id": mid, "state": state, "fault_domain": {k: fd.get(k, "") for k in LEVELS},
+                             "placements": len(here), **row, "_alloc_reported": alloc_reported})
+
+    domains: dict[str, list[dict[str, Any]]] = {}
+    for depth, level in enumerate(LEVELS):
+        acc: dict[str, dict[str, Any]] = {}
+        for row in machine_rows:
+            key = "/".join(row["fault_domain"][lv] for lv in LEVELS[:depth + 1])
+            d = acc.setdefault(key, {"domain": key, "machines": 0, "placements": 0})
+            d["machines"] += 1
+            d["placements"] += row["placements"]
+            _add(d, {k: row[k] for k in ("capacity", "allocated", "used", "free", "idle", "stranded", "reported")})
+        domains[level] = [acc[k] for k in sorted(acc)]
+
+    jobs: dict[str, dict[str, Any]] = {}
+    for p in sorted(live, key=lambda p: p["id"]):
+        j = jobs.setdefault(p["job"], {"job": p["job"], "replicas": 0, "allocated": _zero(), "used": _zero(),
+                                       "idle": _zero(), "reported": {r: 0 for r in RESOURCES}})
+        j["replicas"] += 1
+        u, rep = _usage_of(p, usage)
+        for r in RESOURCES:
+            req = int(p["resources"].get(r, 0))
+            j["allocated"][r] += req
+            j["used"][r] += u[r]
+            j["reported"][r] += rep[r]
+            if rep[r]:
+                j["idle"][r] += max(0.0, req - u[r])
+    for j in jobs.values():
+        j["used"] = {r: round(v, 1) for r, v in j["used"].items()}
+        j["idle"] = {r: round(v, 1) for r, v in j["idle"].items()}
+        j["utilisation"] = {r: (round(j["used"][r] / j["allocated"][r], 4)
+                                if j["reported"][r] and j["allocated"][r] else None) for r in RESOURCES}
+
+    cluster: dict[str, Any] = {"machines": len(machine_rows), "placements": len(live)}
+    for k in ("capacity", "allocated", "used", "free", "idle", "stranded", "reported"):
+        cluster[k] = {r: sum(row[k][r] for row in machine_rows) for r in RESOURCES}
+    cluster["used"] = {r: round(v, 1) for r, v in cluster["used"].items()}
+    cluster["idle"] = {r: round(v, 1) for r, v in cluster["idle"].items()}
+    cluster["machines_in_use"] = sum(1 for row in machine_rows if row["placements"])
+
+    up = [(mid, {r: int(m["resources"].get(r, 0)) for r in RESOURCES})
+          for mid, m in sorted(machines.items()) if m["status"] == "up"]
+    up.sort(key=lambda b: (-b[1]["cpu"], -b[1]["memory"], b[0]))
+    items = [(p["id"], {r: int(p["resources"].get(r, 0)) for r in RESOURCES}) for p in live]
+    demand = {r: sum(it[1][r] for it in items) for r in RESOURCES}
+    ffd, unplaced = first_fit_decreasing(items, up)
+    cluster["fit"] = {"lower_bound": lower_bound(demand, [b[1] for b in up]), "first_fit_decreasing": ffd,
+                      "unplaceable": unplaced, "unit": unit}
+    for row in machine_rows:
+        del row["_alloc_reported"]
+    return {"cluster": cluster, "machines": machine_rows, "domains": domains,
+            "jobs": [jobs[k] for k in sorted(jobs)]}

@@ -1,0 +1,164 @@
+"""The efficiency view (pure): capacity, allocation, usage, idle and stranded capacity, packing figures."""
+from __future__ import annotations
+
+import pytest
+
+from raftctl.scheduler.efficiency import Usage, efficiency, first_fit_decreasing, lower_bound
+
+Mi = 1 << 20
+Gi = 1 << 30
+
+
+def machine(mid: str, cpu: int = 2000, memory: int = 2 * Gi, zone: str = "z1", rack: str = "r1",
+            status: str = "up", drain: dict | None = None) -> dict:
+    return {"id": mid, "status": status, "drain": drain, "eligible": True,
+            "fault_domain": {"region": "eu", "zone": zone, "rack": rack},
+            "resources": {"cpu": cpu, "memory": memory, "pids": 1000}}
+
+
+def placement(pid: str, mid: str, cpu: int, memory: int, job: str = "web", state: str = "running") -> dict:
+    return {"id": pid, "job": job, "machine": mid, "state": state, "resources": {"cpu": cpu, "memory": memory}}
+
+
+def by_id(*records: dict) -> dict:
+    return {r["id"]: r for r in records}
+
+
+def test_capacity_allocated_used_free_and_idle_per_machine():
+    ms = by_id(machine("a"), machine("b"))
+    ps = by_id(placement("p1", "a", 500, 256 * Mi), placement("p2", "a", 500, 256 * Mi),
+               placement("p3", "b", 1000, Gi, state="lost"))
+    view = efficiency(ms, ps, {"p1": Usage(cpu=100.0, memory=100 * Mi)})
+    a, b = view["machines"]
+    assert a["capacity"] == {"cpu": 2000, "memory": 2 * Gi}
+    assert a["allocated"] == {"cpu": 1000, "memory": 512 * Mi}
+    assert a["used"] == {"cpu": 100.0, "memory": 100 * Mi}
+    assert a["reported"] == {"cpu": 1, "memory": 1}
+    assert a["free"] == {"cpu": 1000, "memory": 2 * Gi - 512 * Mi}
+    # idle counts only reported placements: p1 holds 500m and uses 100m
+    assert a["idle"] == {"cpu": 400.0, "memory": 156 * Mi}
+    assert a["placements"] == 2
+    # a lost placement holds nothing
+    assert b["allocated"] == {"cpu": 0, "memory": 0} and b["placements"] == 0
+
+
+@pytest.mark.parametrize("free_cpu, free_mem, stranded_cpu, stranded_mem", [
+    # (free CPU, free memory) on one active machine; the smallest live request is 100m / 64Mi
+    (1000, 32 * Mi, 1000, 0),        # memory ran out: the free CPU is stranded
+    (50, 1 * Gi, 0, 1 * Gi),         # CPU ran out: the free memory is stranded
+    (1000, 1 * Gi, 0, 0),            # both free: nothing stranded
+    (50, 32 * Mi, 50, 32 * Mi),      # both below a slot: both stranded
+    (0, 0, 0, 0),                    # full
+])
+def test_stranded_capacity(free_cpu, free_mem, stranded_cpu, stranded_mem):
+    cap_cpu, cap_mem = 2000, 2 * Gi
+    ms = by_id(machine("a", cpu=cap_cpu, memory=cap_mem))
+    ps = by_id(placement("small", "a", 100, 64 * Mi),
+               placement("big", "a", cap_cpu - 100 - free_cpu, cap_mem - 64 * Mi - free_mem))
+    view = efficiency(ms, ps, {})
+    assert view["machines"][0]["free"] == {"cpu": free_cpu, "memory": free_mem}
+    assert view["machines"][0]["stranded"] == {"cpu": stranded_cpu, "memory": stranded_mem}
+
+
+@pytest.mark.parametrize("state_kw, state", [
+    ({"drain": {"since": 1}}, "draining"),
+    ({"status": "down"}, "down"),
+])
+def test_machines_that_take_no_work_strand_nothing(state_kw, state):
+    ms = by_id(machine("a", **state_kw))
+    ps = by_id(placement("p", "a", 1900, 100 * Mi))
+    row = efficiency(ms, ps, {})["machines"][0]
+    assert row["state"] == state
+    assert row["stranded"] == {"cpu": 0, "memory": 0}
+    if state == "down":
+        assert row["capacity"] == {"cpu": 0, "memory": 0}
+
+
+def test_fault_domains_sum_their_machines():
+    ms = by_id(machine("a", zone="z1", rack="r1"), machine("b", zone="z1", rack="r2"),
+               machine("c", zone="z2", rack="r3"))
+    ps = by_id(placement("p1", "a", 500, Gi), placement("p2", "b", 500, Gi), placement("p3", "c", 250, Gi))
+    view = efficiency(ms, ps, {"p1": Usage(cpu=250.0), "p3": Usage(cpu=250.0, memory=Gi)})
+    assert [d["domain"] for d in view["domains"]["region"]] == ["eu"]
+    zones = {d["domain"]: d for d in view["domains"]["zone"]}
+    assert zones["eu/z1"]["machines"] == 2 and zones["eu/z1"]["placements"] == 2
+    assert zones["eu/z1"]["capacity"] == {"cpu": 4000, "memory": 4 * Gi}
+    assert zones["eu/z1"]["allocated"] == {"cpu": 1000, "memory": 2 * Gi}
+    assert zones["eu/z1"]["used"] == {"cpu": 250.0, "memory": 0}
+    assert zones["eu/z1"]["reported"] == {"cpu": 1, "memory": 0}
+    assert zones["eu/z2"]["idle"] == {"cpu": 0.0, "memory": 0.0}
+    assert [d["domain"] for d in view["domains"]["rack"]] == ["eu/z1/r1", "eu/z1/r2", "eu/z2/r3"]
+    assert view["cluster"]["allocated"] == {"cpu": 1250, "memory": 3 * Gi}
+
+
+def test_jobs_allocation_usage_and_utilisation():
+    ms = by_id(machine("a"), machine("b"))
+    ps = by_id(placement("w1", "a", 500, Gi), placement("w2", "b", 500, Gi),
+               placement("d1", "a", 200, 100 * Mi, job="db"), placement("old", "b", 900, Gi, state="stopped"))
+    view = efficiency(ms, ps, {"w1": Usage(cpu=400.0, memory=Gi // 2), "w2": Usage(cpu=100.0, memory=Gi // 2)})
+    jobs = {j["job"]: j for j in view["jobs"]}
+    assert set(jobs) == {"web", "db"}
+    assert jobs["web"]["replicas"] == 2
+    assert jobs["web"]["allocated"] == {"cpu": 1000, "memory": 2 * Gi}
+    assert jobs["web"]["used"] == {"cpu": 500.0, "memory": Gi}
+    assert jobs["web"]["utilisation"] == {"cpu": 0.5, "memory": 0.5}
+    assert jobs["web"]["idle"] == {"cpu": 500.0, "memory": Gi}
+    assert jobs["db"]["utilisation"] == {"cpu": None, "memory": None}   # no report: unknown, not zero
+
+
+@pytest.mark.parametrize("items, bins, expect", [
+    # four half-machines fit into two machines
+    ([(500, 1)] * 4, [(1000, 10)] * 4, (2, 0)),
+    # three 60% items cannot share: three machines although the volume is 1.8
+    ([(600, 1)] * 3, [(1000, 10)] * 4, (3, 0)),
+    # FFD puts the big ones first, then fills the gaps: 70+30, 70+30, 40+40+20
+    ([(300, 1), (700, 1), (400, 1), (300, 1), (700, 1), (400, 1), (200, 1)], [(1000, 10)] * 5, (3, 0)),
+    # memory is the binding resource
+    ([(100, 6)] * 4, [(1000, 10)] * 4, (4, 0)),
+    # an item bigger than every machine fits nowhere
+    ([(2000, 1), (100, 1)], [(1000, 10)] * 2, (1, 1)),
+    # machines are tried largest first: one big machine holds everything
+    ([(500, 1)] * 3, [(4000, 10), (1000, 10), (1000, 10)], (1, 0)),
+    ([], [(1000, 10)], (0, 0)),
+])
+def test_first_fit_decreasing(items, bins, expect):
+    its = [(f"p{i}", {"cpu": c, "memory": m}) for i, (c, m) in enumerate(items)]
+    bs = sorted([(f"m{i}", {"cpu": c, "memory": m}) for i, (c, m) in enumerate(bins)],
+                key=lambda b: (-b[1]["cpu"], -b[1]["memory"], b[0]))
+    assert first_fit_decreasing(its, bs) == expect
+
+
+@pytest.mark.parametrize("demand, capacities, expect", [
+    ({"cpu": 1800, "memory": 1}, [{"cpu": 1000, "memory": 10}] * 4, 2),
+    ({"cpu": 1800, "memory": 25}, [{"cpu": 1000, "memory": 10}] * 4, 3),   # memory needs three
+    ({"cpu": 4000, "memory": 1}, [{"cpu": 3000, "memory": 10}, {"cpu": 1000, "memory": 10}], 2),
+    ({"cpu": 0, "memory": 0}, [{"cpu": 1000, "memory": 10}], 0),
+    ({"cpu": 5000, "memory": 1}, [{"cpu": 1000, "memory": 10}] * 2, None),  # more than the cluster has
+])
+def test_lower_bound(demand, capacities, expect):
+    assert lower_bound(demand, capacities) == expect
+
+
+def test_cluster_fit_figures_bound_the_current_spread():
+    # eight 250m replicas spread one per machine over eight machines could live on one
+    ms = by_id(*(machine(f"m{i}", cpu=2000, memory=2 * Gi) for i in range(8)))
+    ps = by_id(*(placement(f"p{i}", f"m{i}", 250, 128 * Mi) for i in range(8)))
+    fit = efficiency(ms, ps, {})["cluster"]["fit"]
+    assert efficiency(ms, ps, {})["cluster"]["machines_in_use"] == 8
+    assert fit["lower_bound"] == 1 and fit["first_fit_decreasing"] == 1 and fit["unplaceable"] == 0
+    assert fit["unit"] == {"cpu": 250, "memory": 128 * Mi}
+
+
+def test_down_machines_are_no_packing_target():
+    ms = by_id(machine("big", cpu=8000, memory=8 * Gi, status="down"), machine("a"), machine("b"))
+    ps = by_id(placement("p1", "a", 1500, Gi), placement("p2", "b", 1500, Gi))
+    fit = efficiency(ms, ps, {})["cluster"]["fit"]
+    assert fit == {"lower_bound": 2, "first_fit_decreasing": 2, "unplaceable": 0,
+                   "unit": {"cpu": 1500, "memory": Gi}}
+
+
+def test_the_view_is_deterministic():
+    ms = by_id(*(machine(f"m{i}", zone=f"z{i % 2}") for i in range(5)))
+    ps = by_id(*(placement(f"p{i}", f"m{i % 5}", 100 + i * 37, (64 + i) * Mi, job=f"j{i % 3}") for i in range(20)))
+    usage = {f"p{i}": Usage(cpu=float(i), memory=i * Mi) for i in range(0, 20, 2)}
+    assert efficiency(ms, ps, usage) == efficiency(dict(reversed(ms.items())), dict(reversed(ps.items())), usage)
