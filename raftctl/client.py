@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -21,15 +22,43 @@ class ApiError(RaftctlError):
 
 class Client:
     def __init__(self, servers: list[str], token: str | None = None, *, timeout: float = 10.0,
-                 retry_for: float | None = None) -> None:
+                 retry_for: float | None = None, ca: str | None = None) -> None:
         if not servers:
             raise ApiError("no server given: pass --server or set RAFTCTL_SERVER", field="server", code="usage")
         self.servers = [s if "://" in s else "http://" + s for s in servers]
         self.token = token
+        # https:// servers are verified against ``ca`` (the cluster's CA file) or the system trust store
+        self.ca = ca
+        self._ssl: ssl.SSLContext | None = None
         self.timeout = timeout
         # how long to keep trying other replicas (leader elections take ~1-2 s)
         self.retry_for = retry_for if retry_for is not None else float(os.environ.get("RAFTCTL_RETRY_FOR", "15"))
         self._preferred = 0
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            from raftctl.tls import client_context
+
+            self._ssl = client_context(self.ca)
+        return self._ssl
+
+    def urlopen(self, req: urllib.request.Request, timeout: float | None) -> Any:
+        """urllib's urlopen, verifying https:// peers with this client's CA."""
+        ctx = self.ssl_context if req.full_url.startswith("https://") else None
+        try:
+            return urllib.request.urlopen(req, timeout=timeout, context=ctx)
+        except (urllib.error.URLError, OSError) as exc:
+            from raftctl.tls import is_verify_error
+
+            if not is_verify_error(exc):
+                raise
+            reason = getattr(exc, "reason", exc)
+            hint = ("pass the cluster's CA with --tls-ca or RAFTCTL_CA_CERT" if self.ca is None
+                    else f"{self.ca} is not the CA that signed it")
+            raise ApiError(f"TLS: certificate verify failed for {req.full_url.split('/v1')[0]}: "
+                           f"{getattr(reason, 'verify_message', None) or reason}; {hint}",
+                           field="--tls-ca", code="tls_verify_failed") from None
 
     def request(self, method: str, path: str, body: Any = None, *, query: dict[str, Any] | None = None,
                 timeout: float | None = None) -> Any:
@@ -49,7 +78,7 @@ class Client:
             server = self.servers[(self._preferred + attempt) % len(self.servers)]
             req = urllib.request.Request(server + path, data=data, method=method, headers=headers)
             try:
-                with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
+                with self.urlopen(req, timeout or self.timeout) as resp:
                     self._preferred = (self._preferred + attempt) % len(self.servers)
                     raw = resp.read()
                     return json.loads(raw) if raw else None

@@ -49,10 +49,11 @@ class Proc:
     api: str = ""
     extra_args: list[str] = field(default_factory=list)
     popen: subprocess.Popen | None = None
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return "http://" + self.api
+        return ("https://" if self.tls else "http://") + self.api
 
     @property
     def pid(self) -> int | None:
@@ -62,8 +63,10 @@ class Proc:
 class LocalCluster:
     def __init__(self, directory: str, replicas: int = 3, host: str = "127.0.0.1",
                  log_level: str = "info", agents: int = 0, runtime: str | None = None,
-                 agent_args: list[str] | None = None, zones: int = 3) -> None:
+                 agent_args: list[str] | None = None, zones: int = 3, tls_dir: str | None = None) -> None:
         self.dir = os.path.abspath(directory)
+        # tls_dir: serve every API over HTTPS with certificates from `raftctl tls init` (made there if absent)
+        self.tls_dir = os.path.abspath(tls_dir) if tls_dir else None
         self.host = host
         self.log_level = log_level
         self.runtime = runtime
@@ -77,6 +80,25 @@ class LocalCluster:
         if not self.agents:
             self.procs += [Proc(role="agent", id=f"m{i + 1}", data_dir=os.path.join(self.dir, f"m{i + 1}"),
                                 api=f"127.0.0.{i + 2}") for i in range(agents)]
+        if self.tls_dir:
+            from raftctl.tls import init_tls
+
+            init_tls(self.tls_dir, server_ips=["127.0.0.1", self.host], server_names=["localhost"],
+                     agents=[f"{p.id}={p.api}" for p in self.agents])
+            for p in self.servers:
+                p.tls = True
+
+    @property
+    def ca(self) -> str | None:
+        return os.path.join(self.tls_dir, "ca.crt") if self.tls_dir else None
+
+    def _urlopen(self, req: urllib.request.Request, timeout: float) -> Any:
+        ctx = None
+        if self.ca:
+            from raftctl.tls import client_context
+
+            ctx = client_context(self.ca)
+        return urllib.request.urlopen(req, timeout=timeout, context=ctx)
 
     # -- layout --------------------------------------------------------------
     def _load_or_plan(self, replicas: int) -> list[Proc]:
@@ -86,7 +108,8 @@ class LocalCluster:
                 data = json.load(f)
             self.runtime = self.runtime or data.get("runtime")
             return [Proc(role=p["role"], id=p["id"], data_dir=p["data_dir"], raft=p.get("raft", ""),
-                         api=p.get("api", "").replace("http://", "")) for p in data["processes"]]
+                         api=p.get("api", "").replace("http://", "").replace("https://", ""))
+                    for p in data["processes"]]
         return [Proc(role="server", id=f"n{i + 1}", data_dir=os.path.join(self.dir, f"n{i + 1}"),
                      raft=f"{self.host}:{free_port(self.host)}", api=f"{self.host}:{free_port(self.host)}")
                 for i in range(replicas)]
@@ -116,6 +139,8 @@ class LocalCluster:
         env = f"export RAFTCTL_SERVER='{' '.join(self.urls)}'\n"
         if token:
             env += f"export RAFTCTL_TOKEN='{token}'\n"
+        if self.ca:
+            env += f"export RAFTCTL_CA_CERT='{self.ca}'\n"
         write_secret_file(os.path.join(self.dir, "env"), env.rstrip("\n"))
 
     def token(self) -> str | None:
@@ -133,6 +158,10 @@ class LocalCluster:
                 "--raft", p.raft, "--api", p.api, "--secret-file", self.secret_path, "--log-level", self.log_level]
         for peer in peers:
             argv += ["--peer", peer]
+        if self.tls_dir:
+            argv += ["--tls-cert", os.path.join(self.tls_dir, "server.crt"),
+                     "--tls-key", os.path.join(self.tls_dir, "server.key"),
+                     "--tls-ca", os.path.join(self.tls_dir, "ca.crt")]
         return argv + p.extra_args
 
     def agent_argv(self, p: Proc) -> list[str]:
@@ -145,6 +174,10 @@ class LocalCluster:
             argv += ["--server", url]
         if self.runtime:
             argv += ["--runtime", self.runtime]
+        if self.tls_dir:
+            argv += ["--tls-cert", os.path.join(self.tls_dir, f"agent-{p.id}.crt"),
+                     "--tls-key", os.path.join(self.tls_dir, f"agent-{p.id}.key"),
+                     "--tls-ca", os.path.join(self.tls_dir, "ca.crt")]
         return argv + self.agent_args + p.extra_args
 
     def agent_token(self, p: Proc) -> str:
@@ -158,7 +191,7 @@ class LocalCluster:
         req = urllib.request.Request(server.url + "/v1/tokens", data=body, method="POST",
                                      headers={"Authorization": f"Bearer {self.token() or ''}",
                                               "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with self._urlopen(req, 10) as resp:
             token = json.loads(resp.read())["token"]
         os.makedirs(p.data_dir, exist_ok=True)
         write_secret_file(path, token)
@@ -256,7 +289,7 @@ class LocalCluster:
     # -- observation ---------------------------------------------------------
     def get(self, p: Proc, path: str, timeout: float = 2.0) -> Any:
         req = urllib.request.Request(p.url + path, headers={"Authorization": f"Bearer {self.token() or ''}"})
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with self._urlopen(req, timeout) as resp:
             return json.loads(resp.read())
 
     def leader(self) -> Proc | None:
@@ -280,6 +313,7 @@ class LocalCluster:
 def add_server(cluster: LocalCluster, node_id: str) -> Proc:
     """Plan one more replica (not started, not yet a member)."""
     p = Proc(role="server", id=node_id, data_dir=os.path.join(cluster.dir, node_id),
-             raft=f"{cluster.host}:{free_port(cluster.host)}", api=f"{cluster.host}:{free_port(cluster.host)}")
+             raft=f"{cluster.host}:{free_port(cluster.host)}", api=f"{cluster.host}:{free_port(cluster.host)}",
+             tls=cluster.tls_dir is not None)
     cluster.procs.append(p)
     return p

@@ -28,6 +28,9 @@ class AgentConfig:
     subnet: str | None = None
     heartbeat_s: float = 1.0
     http_port: int = 0          # the agent's log endpoint; 0 = any free port
+    tls_cert: str | None = None  # serve the log endpoint over HTTPS with this certificate and key
+    tls_key: str | None = None
+    tls_ca: str | None = None    # verify https:// control replicas with this CA (default: system trust store)
 
     api: str = ""
 

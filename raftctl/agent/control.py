@@ -13,18 +13,20 @@ log = logging.getLogger("raftctl.agent.control")
 
 
 class ControlClient:
-    def __init__(self, servers: list[str], token: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, servers: list[str], token: str, *, timeout: float = 10.0, ssl: Any = None) -> None:
         if not servers:
             raise ValueError("at least one --server is required")
         self.servers = [s if "://" in s else "http://" + s for s in servers]
         self.token = token
         self.timeout = timeout
+        self.ssl = ssl  # an ssl.SSLContext verifying https:// replicas, or None for the default checks
         self.leader: str | None = None
         self._next = 0
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "ControlClient":
-        self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.token}"})
+        connector = aiohttp.TCPConnector(ssl=self.ssl) if self.ssl is not None else None
+        self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.token}"}, connector=connector)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

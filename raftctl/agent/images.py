@@ -21,7 +21,7 @@ import stat
 import tarfile
 import tempfile
 from contextlib import contextmanager
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator, Protocol, TypeVar
 
 from raftctl.agent import oci, rootfs
 from raftctl.agent.oci import ImageError
@@ -29,6 +29,16 @@ from raftctl.agent.oci import ImageError
 log = logging.getLogger("raftctl.agent.images")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9._-]{1,128})?$")
 BLOB_PATH_RE = re.compile(r"^blobs/sha256/[0-9a-f]{64}$")
+T = TypeVar("T")
+
+
+class BlobSource(Protocol):
+    """Where an agent pulls blobs from (the control replicas, see agent/control.py)."""
+
+    def fetch(self, digest: str, consume: Callable[[IO[bytes]], T]) -> T:
+        """Open blob ``digest`` and return ``consume(stream)``; try the next source when ``consume``
+        raises ImageError (a tampered copy) or the transfer fails; ImageError when none served it."""
+        ...
 
 
 class ImageStore:
@@ -122,6 +132,33 @@ class ImageStore:
 
     def base_of(self, digest: str) -> str:
         return (self.manifest(digest).get("annotations") or {}).get(oci.BASE_LABEL, "scratch")
+
+    # -- pull -----------------------------------------------------------------------------
+    def pull(self, digest: str, source: BlobSource) -> int:
+        """Fetch the manifest, config and layer blobs of image ``digest`` that the store lacks.
+        Each is verified against its digest on the way in, so a tampered blob is refused and
+        never stored. Returns the number of bytes fetched (0 when everything was here)."""
+        fetched = self._ensure_blob(digest, source, verify=True)
+        m = self.manifest(digest)
+        fetched += self._ensure_blob(m["config"]["digest"], source, verify=True)
+        for layer in m["layers"]:
+            fetched += self._ensure_blob(layer["digest"], source, verify=False)   # verified on unpack
+        if fetched:
+            log.info("pulled %s: %d bytes", digest, fetched)
+        return fetched
+
+    def _ensure_blob(self, digest: str, source: BlobSource, verify: bool) -> int:
+        if self.has_blob(digest):
+            if not verify:
+                return 0
+            try:
+                self.read_blob(digest)
+                return 0
+            except ImageError as exc:
+                log.warning("%s; fetching it again", exc)
+                os.unlink(self.blob_path(digest))
+        _, size = source.fetch(digest, lambda stream: self.put_blob(stream, digest))
+        return size
 
     # -- build and import -----------------------------------------------------------------
     def build(self, src_dir: str, name: str | None = None, base: str = "scratch") -> str:
@@ -247,23 +284,32 @@ class ImageStore:
             return final
 
     def _apply_layer(self, layer: dict, dest: str) -> None:
+        failure: Exception | None = None
         with open(self.blob_path(layer["digest"]), "rb") as raw:
             reader = oci.HashingReader(raw)
             buffered = io.BufferedReader(reader, oci.CHUNK)
             stream: IO[bytes] = gzip.GzipFile(fileobj=buffered) if layer["mediaType"] == oci.MT_LAYER_GZIP else buffered
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                dirs: list[tuple[str, int]] = []
-                for member in tar:
-                    extract_member(tar, member, dest, dirs)
-                for path, mtime in reversed(dirs):
-                    os.utime(path, (mtime, mtime), follow_symlinks=False)
-            if stream is not buffered:
-                stream.read()
+            try:
+                with tarfile.open(fileobj=stream, mode="r|") as tar:
+                    dirs: list[tuple[str, int]] = []
+                    for member in tar:
+                        extract_member(tar, member, dest, dirs)
+                    for path, mtime in reversed(dirs):
+                        os.utime(path, (mtime, mtime), follow_symlinks=False)
+                if stream is not buffered:
+                    stream.read()
+            except (tarfile.TarError, OSError, EOFError, ImageError) as exc:
+                failure = exc                  # a corrupt blob shows up here first: check the digest below
             for _ in iter(lambda: buffered.read(oci.CHUNK), b""):
                 pass
             got = "sha256:" + reader.h.hexdigest()
         if got != layer["digest"]:
+            os.unlink(self.blob_path(layer["digest"]))     # a later pull fetches a good copy
             raise ImageError(f"layer {layer['digest']} hashes to {got} (tampered or corrupt): refused")
+        if isinstance(failure, ImageError):
+            raise failure
+        if failure is not None:
+            raise ImageError(f"layer {layer['digest']} could not be unpacked: {failure}") from failure
 
     def remove_unpacked(self, digest: str) -> None:
         rootfs.remove_tree(self.unpacked_path(digest))

@@ -82,8 +82,13 @@ async def start_log_server(agent: Any) -> web.AppRunner:
     app.router.add_get("/v1/logs/{placement}", get_logs)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, agent.cfg.address, agent.cfg.http_port)
+    ssl_ctx = None
+    if agent.cfg.tls_cert:
+        from raftctl.tls import server_context
+
+        ssl_ctx = server_context(agent.cfg.tls_cert, agent.cfg.tls_key or "")
+    site = web.TCPSite(runner, agent.cfg.address, agent.cfg.http_port, ssl_context=ssl_ctx)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    agent.cfg.api = f"http://{agent.cfg.address}:{port}"
+    agent.cfg.api = f"{'https' if ssl_ctx else 'http'}://{agent.cfg.address}:{port}"
     return runner

@@ -69,7 +69,14 @@ class Agent:
     # -- lifecycle -------------------------------------------------------
     async def run(self) -> None:
         os.makedirs(self.cfg.data_dir, exist_ok=True)
-        async with ControlClient(self.cfg.servers, self.cfg.token) as control, aiohttp.ClientSession() as http:
+        ssl_ctx = None
+        if self.cfg.tls_ca or any(s.startswith("https://") for s in self.cfg.servers):
+            from raftctl.tls import client_context
+
+            ssl_ctx = client_context(self.cfg.tls_ca)
+        connector = aiohttp.TCPConnector(ssl=ssl_ctx) if ssl_ctx is not None else None
+        async with ControlClient(self.cfg.servers, self.cfg.token, ssl=ssl_ctx) as control, \
+                aiohttp.ClientSession(connector=connector) as http:
             self.control, self.http = control, http
             from raftctl.agent.logserver import start_log_server
 

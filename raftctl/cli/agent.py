@@ -16,11 +16,17 @@ def make_driver(runtime: str, data_dir: str):  # type: ignore[no-untyped-def]
 
 
 def register(cli: click.Group) -> None:
+    from raftctl.config import config_option
+
     @cli.command()
+    @config_option
     @click.option("--id", "machine", required=True, help="This machine's id.")
     @click.option("--server", "servers", multiple=True, envvar="RAFTCTL_SERVER", required=True,
                   help="API URL of a control replica (repeat; the agent follows the leader).")
-    @click.option("--token", envvar="RAFTCTL_AGENT_TOKEN", required=True, help="An agent token for this machine.")
+    @click.option("--token", envvar="RAFTCTL_AGENT_TOKEN", default=None,
+                  help="An agent token for this machine (or RAFTCTL_AGENT_TOKEN, or --token-file).")
+    @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+                  help="File holding the agent token (mode 0600).")
     @click.option("--data-dir", required=True, type=click.Path(file_okay=False))
     @click.option("--fault-domain", "fault_domain", multiple=True, help="region=r,zone=z,rack=k")
     @click.option("--label", "labels", multiple=True, help="k=v (repeat)")
@@ -35,10 +41,16 @@ def register(cli: click.Group) -> None:
     @click.option("--count", default=1, show_default=True, type=click.IntRange(1, 5000),
                   help="With --runtime sim: play this many machines from one process (ids ID-0000, ID-0001, ...; "
                        "the agent token's machine must be 'ID-*').")
+    @click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
+                  help="Serve the agent's endpoint (logs, metrics) over HTTPS with this certificate.")
+    @click.option("--tls-key", type=click.Path(dir_okay=False), default=None, help="The private key of --tls-cert.")
+    @click.option("--tls-ca", envvar="RAFTCTL_CA_CERT", type=click.Path(dir_okay=False), default=None,
+                  help="CA that https:// control replicas are verified with (or RAFTCTL_CA_CERT).")
     @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-    def agent(machine: str, servers: tuple[str, ...], token: str, data_dir: str, fault_domain: tuple[str, ...],
-              labels: tuple[str, ...], cpu: str | None, memory: str | None, pids: int, port_range: str,
-              advertise: str, runtime: str | None, heartbeat: str, count: int, log_level: str) -> None:
+    def agent(machine: str, servers: tuple[str, ...], token: str | None, token_file: str | None, data_dir: str,
+              fault_domain: tuple[str, ...], labels: tuple[str, ...], cpu: str | None, memory: str | None,
+              pids: int, port_range: str, advertise: str, runtime: str | None, heartbeat: str, count: int,
+              tls_cert: str | None, tls_key: str | None, tls_ca: str | None, log_level: str) -> None:
         """Run the host agent: register, heartbeat, run assigned containers, report."""
         from raftctl.agent.config import LEVELS, AgentConfig, default_capacity, parse_pairs, parse_port_range
         from raftctl.agent.loop import run_agent
@@ -47,6 +59,13 @@ def register(cli: click.Group) -> None:
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from raftctl.agent.runtime import default_runtime
+        from raftctl.cli.server import _read_secret
+
+        token = _read_secret(token, token_file, "--token-file")
+        if not token:
+            raise click.UsageError("no agent token: pass --token, --token-file or RAFTCTL_AGENT_TOKEN")
+        if bool(tls_cert) != bool(tls_key):
+            raise click.UsageError("--tls-cert and --tls-key go together")
 
         rt = runtime or default_runtime()
         if rt == "process":
@@ -61,7 +80,8 @@ def register(cli: click.Group) -> None:
             cpu=parse_cpu(cpu, "--cpu") if cpu else default_cpu,
             memory=parse_size(memory, "--memory") if memory else default_mem,
             pids=pids, ports=parse_port_range(port_range), runtime=rt,
-            heartbeat_s=parse_duration(heartbeat, "--heartbeat") / 1000)
+            heartbeat_s=parse_duration(heartbeat, "--heartbeat") / 1000,
+            tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
         if count > 1:
             if rt != "sim":
                 raise click.UsageError("--count needs --runtime sim")

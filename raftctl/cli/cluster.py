@@ -23,7 +23,7 @@ def register(cli: click.Group) -> None:
             from raftctl.client import Client
 
             try:  # the leader's view includes the controllers and the failover monitor
-                st = Client([st["leader_api"]], c.token, retry_for=2).request("GET", "/v1/status")
+                st = Client([st["leader_api"]], c.token, retry_for=2, ca=c.ca).request("GET", "/v1/status")
             except Exception:
                 pass
         rows = [(m.get("id") or "", m["raft"], m.get("api") or "", "leader" if m["leader"] else "follower",

@@ -32,7 +32,7 @@ def register(cli: click.Group) -> None:
         url = (f"{api}/v1/logs/{p['id']}?stream={'stderr' if stderr else 'stdout'}&tail={tail}"
                + ("&follow=1" if follow else ""))
         req = urllib.request.Request(url, headers={"Authorization": f"Bearer {c.token}"})
-        with urllib.request.urlopen(req, timeout=None if follow else 30) as r:
+        with c.urlopen(req, None if follow else 30) as r:
             while True:
                 chunk = r.read1(65536) if hasattr(r, "read1") else r.read(65536)
                 if not chunk:

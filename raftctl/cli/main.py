@@ -34,23 +34,26 @@ class Group(click.Group):
               help="API URL of a control replica (several allowed; failover between them).")
 @click.option("--token", envvar="RAFTCTL_TOKEN", help="Bearer token (or RAFTCTL_TOKEN).")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", help="Output format.")
+@click.option("--tls-ca", envvar="RAFTCTL_CA_CERT", default=None, type=click.Path(dir_okay=False),
+              help="CA certificate that https:// servers are verified with (or RAFTCTL_CA_CERT).")
 @click.pass_context
-def cli(ctx: click.Context, servers: tuple[str, ...], token: str | None, output: str) -> None:
+def cli(ctx: click.Context, servers: tuple[str, ...], token: str | None, output: str, tls_ca: str | None) -> None:
     """raftctl: run services as many isolated replicas on many machines."""
     ctx.ensure_object(dict)
     ctx.obj["servers"] = split_servers(servers)
     ctx.obj["token"] = token
     ctx.obj["output"] = output
+    ctx.obj["tls_ca"] = tls_ca
 
 
 def client(ctx: click.Context) -> Client:
-    return Client(ctx.obj["servers"], ctx.obj["token"])
+    return Client(ctx.obj["servers"], ctx.obj["token"], ca=ctx.obj.get("tls_ca"))
 
 
 def _register() -> None:
-    from raftctl.cli import agent, cluster, discover, job, logs, machine, server, token, up
+    from raftctl.cli import agent, cluster, discover, job, logs, machine, server, tls, token, up
 
-    for mod in (server, agent, up, cluster, job, machine, discover, logs, token):
+    for mod in (server, agent, up, cluster, job, machine, discover, logs, token, tls):
         mod.register(cli)
 
 

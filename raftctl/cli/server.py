@@ -10,15 +10,15 @@ import click
 from raftctl.cli.output import fail
 
 
-def _read_secret(secret: str | None, secret_file: str | None) -> str | None:
+def _read_secret(secret: str | None, secret_file: str | None, flag: str = "--secret-file") -> str | None:
     if secret_file:
         try:
             with open(secret_file) as f:
                 value = f.read().strip()
         except OSError as exc:
-            fail(f"--secret-file: cannot read {secret_file}: {exc.strerror}")
+            fail(f"{flag}: cannot read {secret_file}: {exc.strerror}")
         if not value:
-            fail(f"--secret-file: {secret_file} is empty")
+            fail(f"{flag}: {secret_file} is empty")
         return value
     return secret
 
@@ -32,7 +32,10 @@ def _seconds(parse, value: str, flag: str, error: type) -> float:  # type: ignor
 
 
 def register(cli: click.Group) -> None:
+    from raftctl.config import config_option
+
     @cli.command()
+    @config_option
     @click.option("--id", "node_id", required=True, help="This replica's name, e.g. n1.")
     @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Journal, snapshots, tokens.")
     @click.option("--raft", "raft_addr", required=True, help="host:port for Raft traffic (never 0.0.0.0 by default).")
@@ -48,11 +51,16 @@ def register(cli: click.Group) -> None:
     @click.option("--heartbeat-ttl", default="3s", show_default=True,
                   help="A machine silent this long is declared down.")
     @click.option("--heartbeat-interval", default="1s", show_default=True, help="What agents are told to heartbeat at.")
+    @click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
+                  help="Serve the HTTP API over HTTPS with this certificate (PEM; see `raftctl tls init`).")
+    @click.option("--tls-key", type=click.Path(dir_okay=False), default=None, help="The private key of --tls-cert.")
+    @click.option("--tls-ca", type=click.Path(dir_okay=False), default=None,
+                  help="CA that other replicas' certificates are verified with (default: the system's trust store).")
     @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
     def server(node_id: str, data_dir: str, raft_addr: str, peers: tuple[str, ...], api_addr: str,
                advertise_api: str | None, secret: str | None, secret_file: str | None, insecure_dev: bool,
                dns_port: int | None, compact_entries: int, heartbeat_ttl: str, heartbeat_interval: str,
-               log_level: str) -> None:
+               tls_cert: str | None, tls_key: str | None, tls_ca: str | None, log_level: str) -> None:
         """Run a control replica (Raft member + HTTP API; the leader runs the controllers)."""
         from raftctl.errors import ValidationError
         from raftctl.node.replica import ServerConfig, serve
@@ -69,11 +77,16 @@ def register(cli: click.Group) -> None:
             host, _, port = addr.rpartition(":")
             if not host or not port.isdigit():
                 fail(f"{flag}: {addr!r} is not host:port")
+        if bool(tls_cert) != bool(tls_key):
+            fail("--tls-cert and --tls-key go together")
+        if tls_ca and not tls_cert:
+            fail("--tls-ca: replicas verify each other only when they serve HTTPS; add --tls-cert and --tls-key")
         cfg = ServerConfig(node_id=node_id, data_dir=os.path.abspath(data_dir), raft=raft_addr,
                            peers=[p for p in peers if p != raft_addr], api=api_addr, secret=value,
                            insecure_dev=insecure_dev, dns_port=dns_port, advertise_api=advertise_api,
                            compact_entries=compact_entries,
                            heartbeat_ttl_s=_seconds(parse_duration, heartbeat_ttl, "--heartbeat-ttl", ValidationError),
                            heartbeat_interval_s=_seconds(parse_duration, heartbeat_interval, "--heartbeat-interval",
-                                                         ValidationError))
+                                                         ValidationError),
+                           tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
         asyncio.run(serve(cfg))

@@ -16,14 +16,19 @@ def register(cli: click.Group) -> None:
     @click.option("--agents", default=3, show_default=True, type=click.IntRange(0, 50),
                   help="Host agents, each a machine with its own fault domain and address 127.0.0.N.")
     @click.option("--runtime", type=click.Choice(["runc", "process", "sim"]), default=None,
-                  help="Agents' runtime (default: process; runc needs images pushed with `raftctl image build`, "
-                       "which is not in place yet).")
+                  help="Agents' runtime (default: runc when root and runc exist, else process, which isolates "
+                       "nothing).")
     def up(directory: str, replicas: int, agents: int, runtime: str | None) -> None:
         """Start a local cluster in the foreground; Ctrl-C stops everything cleanly."""
+        from raftctl.agent.runtime import default_runtime
         from raftctl.devcluster import LocalCluster
 
-        # process until images can be pushed to the control plane: the sample then runs as it is
-        cluster = LocalCluster(directory, replicas=replicas, agents=agents, runtime=runtime or "process")
+        cluster = LocalCluster(directory, replicas=replicas, agents=agents, runtime=runtime)
+        if cluster.runtime is None:             # a resumed cluster keeps the runtime it was made with
+            cluster.runtime = default_runtime()
+        if cluster.runtime == "process":
+            click.echo("warning: runtime 'process' (not root, or runc is missing): replicas are plain child "
+                       "processes; NOTHING is isolated and images are not used", err=True)
         stopping = False
 
         def on_signal(signum: int, frame: object) -> None:
@@ -47,8 +52,7 @@ def register(cli: click.Group) -> None:
             click.echo(f"  {p.id}  api {p.url}  raft {p.raft}  pid {p.pid}  data {p.data_dir}")
         for p in cluster.agents:
             click.echo(f"  {p.id}  agent at {p.api}  pid {p.pid}  data {p.data_dir}")
-        build = ("  raftctl image build examples/web --name web:1 --base host\n"
-                 if cluster.runtime == "runc" else "")
+        build = "  raftctl image build examples/web --name web:1 --base host\n"
         click.echo(f"\nin another shell:\n  source {env}\n  raftctl cluster status\n{build}"
                    f"  raftctl job run examples/web.yaml\n  raftctl discover web\n\nCtrl-C stops the cluster.")
         try:

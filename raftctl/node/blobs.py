@@ -96,7 +96,8 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     replica = request.app[REPLICA]
     digest = request.match_info["digest"]
     path = blob_path(replica.cfg.data_dir, digest)
-    if not os.path.exists(path) and not request.headers.get(FORWARDED):
+    # HEAD answers from this replica only: a pusher asking "do you have it?" re-pushes if not
+    if not os.path.exists(path) and not request.headers.get(FORWARDED) and request.method != "HEAD":
         for peer in _peers(replica):
             try:
                 async with replica.http.get(f"{peer}/v1/images/blobs/{digest}",

@@ -39,11 +39,14 @@ class ServerConfig:
     compact_entries: int = 20000   # log entries kept before a snapshot compacts the log
     heartbeat_ttl_s: float = 3.0
     heartbeat_interval_s: float = 1.0
+    tls_cert: str | None = None    # serve the API over HTTPS with this certificate and key
+    tls_key: str | None = None
+    tls_ca: str | None = None      # verify other replicas with this CA (default: the system trust store)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
-        return "http://" + (self.advertise_api or self.api)
+        return ("https://" if self.tls_cert else "http://") + (self.advertise_api or self.api)
 
 
 class Replica:
@@ -73,18 +76,27 @@ class Replica:
 
         self.loop = asyncio.get_running_loop()
         self._changed = asyncio.Condition()
+        server_ssl = client_ssl = None
+        if self.cfg.tls_cert:  # before Raft starts: a bad certificate stops the replica at once
+            from raftctl.tls import client_context, server_context
+
+            assert self.cfg.tls_key is not None
+            server_ssl = server_context(self.cfg.tls_cert, self.cfg.tls_key)
+            client_ssl = client_context(self.cfg.tls_ca)
         os.makedirs(self.cfg.data_dir, exist_ok=True)
         self.raft = RaftNode(self.cfg.raft, self.cfg.peers, self.cfg.data_dir, self.cfg.secret,
                              on_applied=self._on_applied_threadsafe, on_state_changed=self._on_raft_state,
                              compact_entries=self.cfg.compact_entries)
         self.proposer = Proposer(self.raft, max_inflight=int(os.environ.get("RAFTCTL_MAX_INFLIGHT", "2")))
         self.proposer.start()
-        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        # replica-to-replica calls (write forwarding, blob copies) verify the peer's certificate
+        connector = aiohttp.TCPConnector(ssl=client_ssl) if client_ssl is not None else None
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15), connector=connector)
         app = make_app(self)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)  # long polls must not hold shutdown
         await self.runner.setup()
         host, port = self.cfg.api.rsplit(":", 1)
-        site = web.TCPSite(self.runner, host, int(port), reuse_address=True)
+        site = web.TCPSite(self.runner, host, int(port), reuse_address=True, ssl_context=server_ssl)
         await site.start()
         self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
         self.dns = None

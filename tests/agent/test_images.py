@@ -149,6 +149,131 @@ def test_whiteouts_apply(tmp_path):
     assert sorted(os.listdir(os.path.join(root, "d"))) == ["b"]
 
 
+# -- pulling from the control replicas -----------------------------------------------------------
+class BlobServer:
+    """A loopback HTTP server answering GET /v1/images/blobs/<digest> from a dict, optionally
+    flipping one byte of every blob (a tampering replica). Records the requests it saw."""
+
+    def __init__(self, blobs: dict[str, bytes], tamper: bool = False) -> None:
+        import http.server
+        import threading
+
+        outer = self
+        self.seen: list[tuple[str, str | None]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.seen.append((self.path, self.headers.get("Authorization")))
+                digest = self.path.rsplit("/", 1)[-1]
+                data = blobs.get(digest)
+                if data is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                if tamper:
+                    data = bytes([data[0] ^ 1]) + data[1:]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def published(tmp_path, src):
+    """An image built on a 'workstation' store; its blobs keyed by digest, as the replicas hold them."""
+    ws = ImageStore(str(tmp_path / "workstation"))
+    digest = ws.build(src, "web:1")
+    m = ws.manifest(digest)
+    names = [digest, m["config"]["digest"], *(x["digest"] for x in m["layers"])]
+    return ws, digest, {d: open(ws.blob_path(d), "rb").read() for d in names}
+
+
+def test_pull_fetches_what_is_missing_verifies_it_and_unpacks_the_same_tree(tmp_path, published):
+    from raftctl.agent.control import BlobFetcher
+
+    ws, digest, blobs = published
+    good = BlobServer(blobs)
+    try:
+        agent = ImageStore(str(tmp_path / "agent"))
+        fetcher = BlobFetcher([good.url], "agent-token")
+        assert agent.pull(digest, fetcher) == sum(len(b) for b in blobs.values())
+        assert {p for p, _ in good.seen} == {f"/v1/images/blobs/{d}" for d in blobs}
+        assert {a for _, a in good.seen} == {"Bearer agent-token"}
+        assert agent.pull(digest, fetcher) == 0                         # everything is here: nothing fetched
+        assert len(good.seen) == len(blobs)
+        assert tree_digest(agent.unpack(digest)) == tree_digest(ws.unpack(digest))
+    finally:
+        good.close()
+
+
+def test_pull_refuses_a_tampered_copy_and_takes_the_next_replica(tmp_path, published):
+    from raftctl.agent.control import BlobFetcher
+
+    _, digest, blobs = published
+    evil, good = BlobServer(blobs, tamper=True), BlobServer(blobs)
+    try:
+        agent = ImageStore(str(tmp_path / "agent"))
+        agent.pull(digest, BlobFetcher([evil.url, good.url], "t"))
+        assert len(evil.seen) >= 1 and len(good.seen) >= 1
+        for d, data in blobs.items():
+            assert open(agent.blob_path(d), "rb").read() == data
+
+        only_evil = ImageStore(str(tmp_path / "agent2"))
+        with pytest.raises(ImageError, match="could not pull blob .*hashes to"):
+            only_evil.pull(digest, BlobFetcher([evil.url], "t"))
+        assert os.listdir(only_evil.blobs) == []                        # nothing tampered was stored
+    finally:
+        evil.close()
+        good.close()
+
+
+def test_pull_of_an_image_no_replica_has_says_so(tmp_path, published):
+    from raftctl.agent.control import BlobFetcher
+
+    _, digest, _ = published
+    empty = BlobServer({})
+    try:
+        with pytest.raises(ImageError, match=f"could not pull blob {digest}: .*HTTP 404"):
+            ImageStore(str(tmp_path / "agent")).pull(digest, BlobFetcher([empty.url, "http://127.0.0.1:9"], "t"))
+    finally:
+        empty.close()
+
+
+def test_a_tampered_local_layer_is_dropped_so_the_next_pull_replaces_it(tmp_path, published):
+    from raftctl.agent.control import BlobFetcher
+
+    _, digest, blobs = published
+    good = BlobServer(blobs)
+    try:
+        agent = ImageStore(str(tmp_path / "agent"))
+        fetcher = BlobFetcher([good.url], "t")
+        agent.pull(digest, fetcher)
+        layer = agent.manifest(digest)["layers"][0]["digest"]
+        path = agent.blob_path(layer)
+        os.chmod(path, 0o644)
+        with open(path, "r+b") as f:
+            f.write(b"X")
+        with pytest.raises(ImageError, match="tampered"):
+            agent.unpack(digest)
+        assert not agent.has_blob(layer)
+        assert agent.pull(digest, fetcher) == len(blobs[layer])
+        assert os.path.isdir(agent.unpack(digest))
+    finally:
+        good.close()
+
+
 # -- container roots (root) --------------------------------------------------------------------
 @pytest.fixture
 def btrfs_dir(root_runc, tmp_path):

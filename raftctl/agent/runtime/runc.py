@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from raftctl.agent import rootfs
-from raftctl.agent.images import ImageStore
+from raftctl.agent.images import BlobSource, ImageStore
 from raftctl.agent.runtime import bundle as oci_bundle
 from raftctl.agent.runtime import cgroups, logs
 from raftctl.agent.runtime.base import ID_RE, ContainerSpec, Driver, Observed, RuntimeError_, Stats
@@ -39,7 +39,8 @@ class RuncDriver(Driver):
     isolated = True
 
     def __init__(self, data_dir: str, images: ImageStore | None = None, *, runc: str = "runc",
-                 cgroup_parent: str = "raftctl", python: str = sys.executable) -> None:
+                 cgroup_parent: str = "raftctl", python: str = sys.executable,
+                 image_source: BlobSource | None = None) -> None:
         path = shutil.which(runc)
         if path is None:
             raise RuntimeError_(f"{runc} is not installed (apt-get install runc)")
@@ -52,6 +53,7 @@ class RuncDriver(Driver):
         os.makedirs(self.containers_dir, exist_ok=True)
         os.makedirs(self.runc_root, exist_ok=True)
         self.images = images or ImageStore(os.path.join(self.data_dir, "images"))
+        self.image_source = image_source      # where missing blobs are pulled from (the control plane)
         self.cgroup_parent = cgroup_parent.strip("/")
         self.python = python
         self.memsw = cgroups.memsw_available()
@@ -91,7 +93,11 @@ class RuncDriver(Driver):
 
     # -- images -------------------------------------------------------------------------------
     def prepare_image(self, digest: str) -> str:
-        return self.images.unpack(self.images.resolve(digest))
+        """The unpacked root of ``digest`` (or a local name), pulling the blobs it lacks first."""
+        digest = self.images.resolve(digest)
+        if self.image_source is not None and not os.path.isdir(self.images.unpacked_path(digest)):
+            self.images.pull(digest, self.image_source)
+        return self.images.unpack(digest)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def create(self, spec: ContainerSpec) -> str:
