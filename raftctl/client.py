@@ -9,11 +9,20 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from raftctl.errors import RaftctlError, Unavailable
 
 RETRYABLE = {502, 503, 504}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A request body streamed from a file (image blobs), not encoded as JSON."""
+
+    path: str
+    content_type: str = "application/octet-stream"
 
 
 class ApiError(RaftctlError):
@@ -65,10 +74,14 @@ class Client:
         """JSON in, JSON out. Writes carry one X-Request-Id across retries, so a retry never applies twice."""
         if query:
             path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-        data = json.dumps(body).encode() if body is not None else None
+        upload = body if isinstance(body, Upload) else None
+        data = json.dumps(body).encode() if body is not None and upload is None else None
         headers = {"Accept": "application/json", "X-Request-Id": uuid.uuid4().hex}
         if data is not None:
             headers["Content-Type"] = "application/json"
+        if upload is not None:
+            headers["Content-Type"] = upload.content_type
+            headers["Content-Length"] = str(os.path.getsize(upload.path))
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         deadline = time.monotonic() + self.retry_for
@@ -76,7 +89,8 @@ class Client:
         attempt = 0
         while True:
             server = self.servers[(self._preferred + attempt) % len(self.servers)]
-            req = urllib.request.Request(server + path, data=data, method=method, headers=headers)
+            stream = open(upload.path, "rb") if upload is not None else None
+            req = urllib.request.Request(server + path, data=stream or data, method=method, headers=headers)
             try:
                 with self.urlopen(req, timeout or self.timeout) as resp:
                     self._preferred = (self._preferred + attempt) % len(self.servers)
@@ -92,11 +106,30 @@ class Client:
                                    field=payload.get("field"), http_status=exc.code) from None
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
                 last = exc
+            finally:
+                if stream is not None:
+                    stream.close()
             attempt += 1
             if time.monotonic() > deadline:
                 raise Unavailable(f"no replica answered ({', '.join(self.servers)}): {last}") from None
             if attempt % len(self.servers) == 0:
                 time.sleep(0.3)
+
+    # -- image blobs -----------------------------------------------------------------------
+    def has_blob(self, digest: str) -> bool:
+        """Whether the replica that answers holds blob ``digest`` (HEAD: it does not ask its peers)."""
+        try:
+            self.request("HEAD", f"/v1/images/blobs/{digest}")
+            return True
+        except ApiError as exc:
+            if exc.http_status == 404:
+                return False
+            raise
+
+    def push_blob(self, digest: str, path: str) -> dict[str, Any]:
+        """Stream the file at ``path`` as blob ``digest``; the replica verifies the digest and copies
+        the blob to a majority of replicas before it answers."""
+        return self.request("PUT", f"/v1/images/blobs/{digest}", Upload(path), timeout=max(self.timeout, 120.0))
 
 
 def _error_payload(exc: urllib.error.HTTPError) -> dict[str, Any]:

@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
-from typing import Any
+import ssl
+import urllib.error
+import urllib.request
+from typing import IO, Any, Callable, TypeVar
 
 import aiohttp
 
+from raftctl.agent.oci import ImageError, split_digest
 from raftctl.errors import Forbidden, RaftctlError, Unauthorized, Unavailable
 
 log = logging.getLogger("raftctl.agent.control")
+T = TypeVar("T")
 
 
 class ControlClient:
@@ -87,3 +93,42 @@ class ControlClient:
                     continue
                 raise
         raise Unavailable("no leader took the heartbeat")
+
+
+class BlobFetcher:
+    """Pulls image blobs from the control replicas (``GET /v1/images/blobs/{digest}`` with the agent
+    token), rotating over them. Synchronous: the runc driver pulls on a worker thread, never on the
+    event loop. The consumer verifies the digest; a copy that fails it is refused and the next
+    replica is asked."""
+
+    def __init__(self, servers: list[str], token: str, *, timeout: float = 30.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        if not servers:
+            raise ValueError("at least one server is required")
+        self.servers = [s if "://" in s else "http://" + s for s in servers]
+        self.token = token
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        self._next = 0
+
+    def fetch(self, digest: str, consume: Callable[[IO[bytes]], T]) -> T:
+        split_digest(digest)                      # a digest, never a path
+        problems = []
+        for i in range(len(self.servers)):
+            url = self.servers[(self._next + i) % len(self.servers)]
+            req = urllib.request.Request(f"{url}/v1/images/blobs/{digest}",
+                                         headers={"Authorization": f"Bearer {self.token}"})
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout, context=self.ssl_context) as resp:
+                    out = consume(resp)
+                self._next = (self._next + i) % len(self.servers)
+                return out
+            except urllib.error.HTTPError as exc:
+                problems.append(f"{url}: HTTP {exc.code}")
+            except ImageError as exc:
+                log.warning("blob %s from %s refused: %s", digest, url, exc)
+                problems.append(f"{url}: {exc}")
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                problems.append(f"{url}: {exc}")
+        self._next = (self._next + 1) % len(self.servers)
+        raise ImageError(f"could not pull blob {digest}: {'; '.join(problems)}")

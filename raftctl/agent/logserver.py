@@ -1,4 +1,4 @@
-"""The agent's own small HTTP endpoint: container logs (`raftctl logs`).
+"""The agent's own small HTTP endpoint: container logs (`raftctl logs`) and Prometheus metrics (`/metrics`).
 
 Callers present a control-plane token; the agent checks it by asking the
 control plane (``GET /v1/status`` with that token, cached for 30 s), so the
@@ -76,10 +76,17 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def get_metrics(request: web.Request) -> web.Response:
+    await _authorized(request)
+    body = request.app[AGENT].metrics.text()  # type: ignore[attr-defined]
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
 async def start_log_server(agent: Any) -> web.AppRunner:
     app = web.Application()
     app[AGENT] = agent
     app.router.add_get("/v1/logs/{placement}", get_logs)
+    app.router.add_get("/metrics", get_metrics)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     ssl_ctx = None

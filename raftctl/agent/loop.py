@@ -20,6 +20,7 @@ import aiohttp
 
 from raftctl.agent import converge
 from raftctl.agent.config import AgentConfig
+from raftctl.agent.metrics import AgentMetrics
 from raftctl.agent.control import ControlClient
 from raftctl.agent.runtime.base import ContainerSpec, Driver, Observed
 from raftctl.errors import Forbidden, RaftctlError, Unauthorized
@@ -46,6 +47,7 @@ class Supervised:
     pid: int | None = None
     stopping: bool = False
     started: float = field(default_factory=time.monotonic)
+    stats: dict[str, int] | None = None      # the last stats pass's figures (for the agent's /metrics)
 
 
 async def _call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
@@ -65,6 +67,7 @@ class Agent:
         self.machine_status = "unknown"
         self.http: aiohttp.ClientSession | None = None
         self._converge_lock = asyncio.Lock()
+        self.metrics = AgentMetrics(self)
 
     # -- lifecycle -------------------------------------------------------
     async def run(self) -> None:
@@ -209,6 +212,7 @@ class Agent:
             if sup.stopping:
                 return
             state = "oom_killed" if obs.state == "oom_killed" else "exited"
+            self.metrics.exited(p["job"], oom=state == "oom_killed")
             self._report(Report(cid, state, exit_code=obs.exit_code, reason=obs.reason or ""))
             sup.state = state
             if restart["policy"] == "never" or (restart["policy"] == "on-failure" and obs.exit_code == 0
@@ -217,6 +221,7 @@ class Agent:
             if time.monotonic() - sup.started > restart["reset_ms"] / 1000:
                 backoff = restart["initial_ms"] / 1000
             sup.restarts += 1
+            self.metrics.restarted(p["job"])
             await asyncio.sleep(self._jitter(backoff))
             backoff = min(backoff * 2, restart["max_ms"] / 1000)
 
@@ -237,7 +242,9 @@ class Agent:
                 return obs
             now = time.monotonic()
             if health and now >= next_check:
+                probe_started = time.monotonic()
                 ok = await self._probe(p, health)
+                self.metrics.health_checked(health["type"], ok, time.monotonic() - probe_started)
                 next_check = now + health["interval_ms"] / 1000
                 failures = 0 if ok else failures + 1
                 new = "healthy" if ok else ("unhealthy" if failures >= health["failures"] else sup.health)
@@ -306,6 +313,7 @@ class Agent:
                     continue
                 try:
                     st = await _call(self.driver.stats, cid)
+                    sup.stats = dict(st)
                     await _call(self.driver.rotate_logs, cid)  # copy-then-truncate past the size limit
                 except Exception:
                     continue
@@ -316,7 +324,8 @@ class Agent:
                     continue
                 cores = spec["resources"]["cpu"] / 1000
                 util = (st["cpu_usage_ns"] - prev[1]) / 1e9 / (now - prev[0]) / cores
-                out.append({"placement": cid, "job": sup.placement["job"], "cpu": round(max(util, 0.0), 4)})
+                out.append({"placement": cid, "job": sup.placement["job"], "cpu": round(max(util, 0.0), 4),
+                            "memory": st["memory_bytes"]})
             for cid in set(last) - set(self.containers):
                 del last[cid]
             if out:

@@ -118,10 +118,15 @@ async def stats(request: web.Request) -> web.Response:
     if not isinstance(data, dict) or not isinstance(data.get("stats"), list):
         raise ValidationError("body must be {machine, stats: [...]}", field="stats")
     _own_machine(request, data.get("machine"))
+    from raftctl.node.efficiency import MEMORY_METRIC
+
     for i, st in enumerate(data["stats"][:5000]):
         if not isinstance(st, dict) or not isinstance(st.get("cpu"), (int, float)):
-            raise ValidationError("each stat is {placement, job, cpu}", field=f"stats[{i}]")
+            raise ValidationError("each stat is {placement, job, cpu[, memory]}", field=f"stats[{i}]")
         replica.metrics.add(str(st.get("job", "")), "cpu", float(st["cpu"]), key=str(st.get("placement", "")))
+        mem = st.get("memory")
+        if isinstance(mem, (int, float)) and not isinstance(mem, bool) and mem >= 0:  # for GET /v1/efficiency
+            replica.metrics.add(str(st.get("job", "")), MEMORY_METRIC, float(mem), key=str(st.get("placement", "")))
     return encode(request, {"accepted": len(data["stats"])})
 
 

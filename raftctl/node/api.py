@@ -449,7 +449,7 @@ async def list_members(request: web.Request) -> web.Response:
 
 
 def make_app(replica: Any) -> web.Application:
-    from raftctl.node import agent_api, blobs, members, metrics
+    from raftctl.node import agent_api, blobs, efficiency, members, metrics, ui
 
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
     app[REPLICA] = replica
@@ -483,4 +483,6 @@ def make_app(replica: Any) -> web.Application:
     r.add_get("/metrics", metrics.handler)
     agent_api.add_routes(app)
     blobs.add_routes(app)
+    efficiency.add_routes(app)
+    ui.add_routes(app)
     return app

@@ -111,6 +111,9 @@ class ReplicaCollector:
                 g = GaugeMetricFamily(f"raftctl_scheduler_{key}", doc)
                 g.add_metric([], sched[key])
                 yield g
+        from raftctl.node.efficiency import prometheus_families
+
+        yield from prometheus_families(r)
 
 
 @perm("read")

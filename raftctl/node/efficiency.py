@@ -1,0 +1,96 @@
+"""GET /v1/efficiency: the efficiency view (raftctl.scheduler.efficiency) over this replica's state and the
+agents' latest usage reports.
+
+Usage reports (POST /v1/agent/stats) are forwarded to the leader and kept in its memory only, so a
+follower forwards this read to the leader; with no leader known it answers from its own (usage-less)
+samples and says so (``usage_from``).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+from aiohttp import web
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from raftctl.node.api import REPLICA, encode, forward_to_leader, perm
+from raftctl.node.autoscale import SAMPLE_WINDOW_MS
+from raftctl.scheduler.efficiency import Usage, efficiency
+
+MEMORY_METRIC = "_memory_bytes"   # cannot collide with a pushed custom metric (those start with a letter)
+
+
+def latest_usage(samples: dict[tuple[str, str], Any], live: dict[str, int], now_ms: int) -> dict[str, Usage]:
+    """Each live placement's latest CPU (millicores, from utilisation x request) and memory sample.
+
+    ``live`` maps placement id to its CPU request; samples older than the autoscaler's window are ignored.
+    """
+    cpu: dict[str, float] = {}
+    mem: dict[str, int] = {}
+    for (_, metric), dq in list(samples.items()):
+        if metric not in ("cpu", MEMORY_METRIC):
+            continue
+        for t, key, value in list(dq):
+            if key not in live or now_ms - t > SAMPLE_WINDOW_MS:
+                continue
+            if metric == "cpu":
+                cpu[key] = value * live[key]
+            else:
+                mem[key] = int(value)
+    return {pid: Usage(cpu=cpu.get(pid), memory=mem.get(pid)) for pid in set(cpu) | set(mem)}
+
+
+def compute(replica: Any) -> dict[str, Any]:
+    """The view as this replica sees it now."""
+    machines, placements, index = replica.read(lambda s: (dict(s.machines), dict(s.placements), s.index))
+    live = {pid: int(p["resources"].get("cpu", 0)) for pid, p in placements.items()
+            if p["state"] not in ("lost", "stopped")}
+    usage = latest_usage(replica.metrics.samples, live, int(time.time() * 1000))
+    return {"index": index, **efficiency(machines, placements, usage)}
+
+
+@perm("read")
+async def get_efficiency(request: web.Request) -> web.StreamResponse:
+    forwarded = await forward_to_leader(request)
+    if forwarded is not None:
+        return forwarded
+    replica = request.app[REPLICA]
+    data = compute(replica)
+    rs = replica.raft.raft_status() if replica.raft is not None else {"state": "none"}
+    data["usage_from"] = {"node": replica.cfg.node_id, "leader": rs["state"] == "leader"}
+    return encode(request, data, index=data["index"])
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/efficiency", get_efficiency)
+
+
+def prometheus_families(replica: Any) -> Iterator[Metric]:
+    """The view as gauges for GET /metrics: cluster and per-zone figures by resource, and the packing figures.
+
+    Usage lives in the leader's memory, so ``used``/``idle`` are meaningful on the leader's scrape.
+    """
+    view = compute(replica)
+    cl = view["cluster"]
+    for kind in ("capacity", "allocated", "used", "free", "idle", "stranded"):
+        g = GaugeMetricFamily(f"raftctl_efficiency_{kind}", f"Cluster {kind} by resource (CPU millicores, bytes)",
+                              labels=["resource"])
+        for res, v in cl[kind].items():
+            g.add_metric([res], v)
+        yield g
+        z = GaugeMetricFamily(f"raftctl_efficiency_zone_{kind}", f"{kind.capitalize()} per zone by resource",
+                              labels=["zone", "resource"])
+        for d in view["domains"]["zone"]:
+            for res, v in d[kind].items():
+                z.add_metric([d["domain"], res], v)
+        yield z
+    for name, value, doc in (
+        ("raftctl_efficiency_machines_in_use", cl["machines_in_use"], "Machines holding at least one placement"),
+        ("raftctl_efficiency_fit_lower_bound", cl["fit"]["lower_bound"],
+         "Fewest machines the live placements could fit into (capacity bound; NaN: more than the cluster has)"),
+        ("raftctl_efficiency_fit_first_fit_decreasing", cl["fit"]["first_fit_decreasing"],
+         "Machines first-fit-decreasing packs the live placements into"),
+    ):
+        g = GaugeMetricFamily(name, doc)
+        g.add_metric([], float("nan") if value is None else value)
+        yield g
