@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 
 deps: system-deps $(STAMP)
 
-# Debian packages for the runc driver, images on btrfs, the jepsen-style harness and the dashboard's browser test.
+# Debian packages for the runc driver, images on btrfs, the jepsen-style harness, the dashboard's browser test
+# and systemd-analyze (deploy/systemd unit check).
 # Only as root, only where apt-get exists; otherwise the runc tests skip loudly.
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -27,6 +28,7 @@ system-deps:
 	  command -v mkfs.btrfs >/dev/null 2>&1 || missing="$$missing btrfs-progs"; \
 	  command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
 	  command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	  command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages:$$missing"; \
