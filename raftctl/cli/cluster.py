@@ -63,5 +63,5 @@ def register(cli: click.Group) -> None:
         c = client(ctx)
         st = c.request("GET", "/v1/status")
         if st.get("leader_api"):
-            return Client([st["leader_api"]] + c.servers, c.token)
+            return Client([st["leader_api"]] + c.servers, c.token, ca=c.ca)
         return c

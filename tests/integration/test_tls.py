@@ -147,3 +147,31 @@ def test_the_agent_registers_over_https_and_serves_its_endpoint_over_https(tls_c
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(bad, context=client_context(tls_cluster.ca), timeout=10)
     assert err.value.code == 403
+
+
+def test_a_replica_is_added_and_removed_with_the_cli_over_https(tls_cluster):
+    """The install guide's procedure: start the new replica, `cluster add-member`, later `cluster remove-member`."""
+    from raftctl.devcluster import add_server
+
+    env = {"RAFTCTL_TOKEN": tls_cluster.token(), "RAFTCTL_CA_CERT": tls_cluster.ca}
+    servers = ",".join(tls_cluster.urls)
+    p = add_server(tls_cluster, "n4")
+    try:
+        tls_cluster.start_proc(p)
+        out = run_cli(["--server", servers, "cluster", "add-member", "--raft", p.raft, "--api", p.url, "--id", "n4"],
+                      **env)
+        assert out.exit_code == 0, out.output
+        tls_cluster.wait_ready(60, procs=[p])
+        c = Client([p.url], tls_cluster.token(), ca=tls_cluster.ca, retry_for=30)
+        wait_until(lambda: len(c.request("GET", "/v1/status")["members"]) == 4, 30, what="4 members")
+        c.request("POST", "/v1/jobs/tls-web/scale", {"replicas": 2})  # through the new replica
+        out = run_cli(["--server", servers, "cluster", "remove-member", p.raft], **env)
+        assert out.exit_code == 0, out.output
+    finally:
+        tls_cluster.kill(p)
+        tls_cluster.procs.remove(p)
+    st = Client(tls_cluster.urls, tls_cluster.token(), ca=tls_cluster.ca).request("GET", "/v1/status")
+    assert sorted(m["raft"] for m in st["members"]) == sorted(q.raft for q in tls_cluster.servers)
+    job = Client(tls_cluster.urls, tls_cluster.token(), ca=tls_cluster.ca).request(
+        "GET", "/v1/jobs/tls-web", query={"consistent": "1"})
+    assert job["replicas"] == 2
