@@ -1,0 +1,78 @@
+"""The agent's GET /metrics (Prometheus text, parsed with prometheus-client): a crashing container's
+restarts and exits are counted, health checks land in the latency histogram, running containers report
+their CPU and memory. 3 replicas and one agent with the process driver, as real processes."""
+from __future__ import annotations
+
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from raftctl.devcluster import LocalCluster
+
+from .conftest import client_for, wait_until
+
+pytestmark = pytest.mark.integration
+
+CRASHY = {"name": "crashy", "image": "crashy:1", "replicas": 1,
+          "command": [sys.executable, "-c", "import time; time.sleep(0.3); raise SystemExit(3)"],
+          "restart": {"policy": "always", "backoff": {"initial": "100ms", "max": "200ms"}}}
+WEB = {"name": "web", "image": "web:1", "command": [sys.executable, "-m", "http.server", "${PORT_HTTP}"],
+       "replicas": 1, "ports": [{"name": "http"}],
+       "health": {"type": "http", "port": "http", "interval": "200ms", "timeout": "500ms", "failures": 2}}
+
+
+@pytest.fixture(scope="module")
+def metrics_agent(tmp_path_factory):
+    c = LocalCluster(str(tmp_path_factory.mktemp("agentmetrics")), replicas=3, agents=1, runtime="process",
+                     agent_args=["--heartbeat", "300ms"])
+    c.start(timeout=60)
+    c.wait_agents(30)
+    yield c
+    c.stop()
+
+
+def scrape(url: str, token: str | None) -> dict[tuple[str, tuple], float]:
+    req = urllib.request.Request(url + "/metrics", headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_agent_metrics_count_restarts_health_checks_and_usage(metrics_agent):
+    c = metrics_agent
+    client = client_for(c)
+    client.request("PUT", "/v1/jobs/crashy", CRASHY)
+    client.request("PUT", "/v1/jobs/web", WEB)
+    agent_url = wait_until(lambda: client.request("GET", "/v1/machines")["machines"][0].get("api"), what="agent api")
+
+    with pytest.raises(urllib.error.HTTPError) as err:
+        scrape(agent_url, None)
+    assert err.value.code == 401
+
+    def restarted_twice():
+        m = scrape(agent_url, c.token())
+        return m if m.get(("raftctl_agent_container_restarts_total", (("job", "crashy"),)), 0) >= 2 else None
+    m = wait_until(restarted_twice, timeout=60, what="two restarts of crashy counted")
+    assert m[("raftctl_agent_container_exits_total", (("job", "crashy"),))] >= 2
+    assert m.get(("raftctl_agent_oom_kills_total", (("job", "crashy"),)), 0) == 0
+    crashy = next(p for p in client.request("GET", "/v1/jobs/crashy/placements")["placements"]
+                  if p["desired"] == "run")
+    assert m[("raftctl_agent_container_restart_count", (("job", "crashy"), ("placement", crashy["id"])))] >= 2
+
+    def web_measured():
+        m = scrape(agent_url, c.token())
+        web = [k for k in m if k[0] == "raftctl_agent_container_memory_bytes" and ("job", "web") in k[1]]
+        checks = m.get(("raftctl_agent_health_check_seconds_count", (("result", "ok"), ("type", "http"))), 0)
+        return m if web and checks >= 3 else None
+    m = wait_until(web_measured, timeout=60, what="web's usage and health checks on /metrics")
+    web_id = next(p for p in client.request("GET", "/v1/jobs/web/placements")["placements"]
+                  if p["desired"] == "run" and p["state"] == "running")["id"]
+    labels = (("job", "web"), ("placement", web_id))
+    assert m[("raftctl_agent_container_memory_bytes", labels)] > 1 << 20   # a python http.server's RSS
+    assert m[("raftctl_agent_container_cpu_seconds_total", labels)] > 0
+    assert m[("raftctl_agent_containers", (("state", "running"),))] >= 1
+    assert m[("raftctl_agent_health_check_seconds_sum", (("result", "ok"), ("type", "http")))] > 0
