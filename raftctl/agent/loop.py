@@ -21,8 +21,8 @@ import aiohttp
 from raftctl.agent import converge
 from raftctl.agent.config import AgentConfig
 from raftctl.agent.metrics import AgentMetrics
-from raftctl.agent.control import ControlClient
-from raftctl.agent.runtime.base import ContainerSpec, Driver, Observed
+from raftctl.agent.control import BlobFetcher, ControlClient
+from raftctl.agent.runtime.base import ContainerSpec, Driver, Observed, RuntimeError_
 from raftctl.errors import Forbidden, RaftctlError, Unauthorized
 
 log = logging.getLogger("raftctl.agent")
@@ -48,6 +48,15 @@ class Supervised:
     stopping: bool = False
     started: float = field(default_factory=time.monotonic)
     stats: dict[str, int] | None = None      # the last stats pass's figures (for the agent's /metrics)
+
+
+def image_digest(p: dict[str, Any]) -> str | None:
+    """The manifest digest a placement's job version runs (resolved when the version was stored)."""
+    spec = p["spec"]
+    digest = spec.get("image_digest")
+    if digest is None and str(spec.get("image", "")).startswith("sha256:"):
+        digest = spec["image"]
+    return digest
 
 
 async def _call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
@@ -78,6 +87,10 @@ class Agent:
 
             ssl_ctx = client_context(self.cfg.tls_ca)
         connector = aiohttp.TCPConnector(ssl=ssl_ctx) if ssl_ctx is not None else None
+        if self.driver.name == "runc" and getattr(self.driver, "image_source", None) is None:
+            # image blobs are pulled from the control replicas (on the driver's worker thread)
+            self.driver.image_source = BlobFetcher(self.cfg.servers, self.cfg.token,  # type: ignore[attr-defined]
+                                                   ssl_context=ssl_ctx)
         async with ControlClient(self.cfg.servers, self.cfg.token, ssl=ssl_ctx) as control, \
                 aiohttp.ClientSession(connector=connector) as http:
             self.control, self.http = control, http
@@ -175,11 +188,17 @@ class Agent:
 
     # -- one container -------------------------------------------------------
     def _container_spec(self, p: dict[str, Any]) -> ContainerSpec:
+        """Runs on a worker thread: the runc driver may pull and unpack the image here."""
         spec = p["spec"]
         rootfs = ""  # process and sim drivers run without an image root
+        digest = image_digest(p)
         if self.driver.name == "runc":
-            rootfs = self.driver.prepare_image(spec["image"])
-        return ContainerSpec.from_placement(p, spec, rootfs=rootfs,
+            if digest is None:
+                raise RuntimeError_(
+                    f"image {spec['image']} is not pushed (job {p['job']} version {p['version']} was submitted "
+                    f"before it was): raftctl image build DIR --name {spec['image']}, then raftctl job run again")
+            rootfs = self.driver.prepare_image(digest)
+        return ContainerSpec.from_placement(p, spec, rootfs=rootfs, image=digest,
                                             log_dir=os.path.join(self.cfg.data_dir, "logs", p["id"]))
 
     async def _supervise(self, sup: Supervised, adopted: bool = False) -> None:
