@@ -41,6 +41,8 @@ def register(cli: click.Group) -> None:
     @click.option("--count", default=1, show_default=True, type=click.IntRange(1, 5000),
                   help="With --runtime sim: play this many machines from one process (ids ID-0000, ID-0001, ...; "
                        "the agent token's machine must be 'ID-*').")
+    @click.option("--http-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+                  help="Port of the agent's own endpoint (logs, metrics) on --advertise; 0: any free port.")
     @click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
                   help="Serve the agent's endpoint (logs, metrics) over HTTPS with this certificate.")
     @click.option("--tls-key", type=click.Path(dir_okay=False), default=None, help="The private key of --tls-cert.")
@@ -50,7 +52,7 @@ def register(cli: click.Group) -> None:
     def agent(machine: str, servers: tuple[str, ...], token: str | None, token_file: str | None, data_dir: str,
               fault_domain: tuple[str, ...], labels: tuple[str, ...], cpu: str | None, memory: str | None,
               pids: int, port_range: str, advertise: str, runtime: str | None, heartbeat: str, count: int,
-              tls_cert: str | None, tls_key: str | None, tls_ca: str | None, log_level: str) -> None:
+              http_port: int, tls_cert: str | None, tls_key: str | None, tls_ca: str | None, log_level: str) -> None:
         """Run the host agent: register, heartbeat, run assigned containers, report."""
         from raftctl.agent.config import LEVELS, AgentConfig, default_capacity, parse_pairs, parse_port_range
         from raftctl.agent.loop import run_agent
@@ -81,10 +83,12 @@ def register(cli: click.Group) -> None:
             memory=parse_size(memory, "--memory") if memory else default_mem,
             pids=pids, ports=parse_port_range(port_range), runtime=rt,
             heartbeat_s=parse_duration(heartbeat, "--heartbeat") / 1000,
-            tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+            http_port=http_port, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
         if count > 1:
             if rt != "sim":
                 raise click.UsageError("--count needs --runtime sim")
+            if http_port:
+                raise click.UsageError("--http-port: with --count each simulated machine takes a free port of its own")
             from raftctl.agent.loop import run_agents
 
             asyncio.run(run_agents(cfg, count))

@@ -71,12 +71,13 @@ labels = ["ssd=true", "gpu=false"]
 advertise = "10.0.1.11"
 runtime = "runc"
 pids = 8192
+http_port = 7100
 tls_cert = "/etc/raftctl/tls/agent-m1.crt"
 tls_key = "/etc/raftctl/tls/agent-m1.key"
 tls_ca = "/etc/raftctl/tls/ca.crt"
 """, {"machine": "m1", "servers": ("https://10.0.0.1:8000", "https://10.0.0.2:8000"),
       "token_file": "/etc/raftctl/agent-token", "fault_domain": ("region=eu,zone=z1,rack=r7",),
-      "labels": ("ssd=true", "gpu=false"), "runtime": "runc", "pids": 8192, "advertise": "10.0.1.11",
+      "labels": ("ssd=true", "gpu=false"), "runtime": "runc", "pids": 8192, "http_port": 7100, "advertise": "10.0.1.11",
       "tls_ca": "/etc/raftctl/tls/ca.crt"}),
 ])
 def test_a_good_file_gives_the_same_settings_as_the_flags(tmp_path, monkeypatch, command, text, expected):
