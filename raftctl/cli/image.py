@@ -54,9 +54,8 @@ def push_and_tag(c: Client, store: Any, name: str, digest: str) -> dict[str, Any
 
 
 def _summary(r: dict[str, Any]) -> str:
-    n = len(r["pushed"]) + len(r["present"])
     return (f"{r['name']}  {r['digest']}  {human_size(r['size'])}  "
-            f"(pushed {len(r['pushed'])} of {n} blobs; the control plane had the rest)")
+            f"({len(r['pushed'])} blobs pushed, {len(r['present'])} already on the control plane)")
 
 
 def human_size(n: int) -> str:
