@@ -63,16 +63,16 @@ def test_agent_metrics_count_restarts_health_checks_and_usage(metrics_agent):
                   if p["desired"] == "run")
     assert m[("raftctl_agent_container_restart_count", (("job", "crashy"), ("placement", crashy["id"])))] >= 2
 
-    def web_measured():
-        m = scrape(agent_url, c.token())
-        web = [k for k in m if k[0] == "raftctl_agent_container_memory_bytes" and ("job", "web") in k[1]]
-        checks = m.get(("raftctl_agent_health_check_seconds_count", (("result", "ok"), ("type", "http"))), 0)
-        return m if web and checks >= 3 else None
-    m = wait_until(web_measured, timeout=60, what="web's usage and health checks on /metrics")
-    web_id = next(p for p in client.request("GET", "/v1/jobs/web/placements")["placements"]
-                  if p["desired"] == "run" and p["state"] == "running")["id"]
+    web_id = wait_until(lambda: next((p["id"] for p in client.request("GET", "/v1/jobs/web/placements")["placements"]
+                                      if p["desired"] == "run" and p["state"] == "running"), None), what="web running")
     labels = (("job", "web"), ("placement", web_id))
-    assert m[("raftctl_agent_container_memory_bytes", labels)] > 1 << 20   # a python http.server's RSS
+
+    def web_measured():  # the figures of the agent's last stats pass (every 2 s)
+        m = scrape(agent_url, c.token())
+        checks = m.get(("raftctl_agent_health_check_seconds_count", (("result", "ok"), ("type", "http"))), 0)
+        rss = m.get(("raftctl_agent_container_memory_bytes", labels), 0)
+        return m if rss > 1 << 20 and checks >= 3 else None   # a python http.server's RSS is several MiB
+    m = wait_until(web_measured, timeout=60, what="web's memory and health checks on /metrics")
     assert m[("raftctl_agent_container_cpu_seconds_total", labels)] > 0
     assert m[("raftctl_agent_containers", (("state", "running"),))] >= 1
     assert m[("raftctl_agent_health_check_seconds_sum", (("result", "ok"), ("type", "http")))] > 0
