@@ -6,6 +6,7 @@ and refuse a server they cannot verify; plain HTTP to a TLS port gets nothing.
 """
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -20,6 +21,7 @@ from raftctl.cli.main import cli
 from raftctl.client import ApiError, Client
 from raftctl.devcluster import LocalCluster
 from raftctl.discovery.client import Client as DiscoveryClient
+from raftctl.discovery.client import SyncClient
 from raftctl.errors import Unavailable
 from raftctl.tls import client_context, init_tls
 from tests.integration.conftest import wait_until
@@ -126,6 +128,12 @@ async def test_the_discovery_client_verifies_the_control_plane(tls_cluster, tmp_
         assert "CERTIFICATE_VERIFY_FAILED" in err.value.message
     init_tls(str(tmp_path / "other"))
     other = client_context(str(tmp_path / "other" / "ca.crt"))
+    sync = await asyncio.to_thread(SyncClient, tls_cluster.urls, tls_cluster.token(),
+                                   ssl=client_context(tls_cluster.ca))
+    try:
+        assert (await asyncio.to_thread(sync.lookup, "nothing-here")).endpoints == []
+    finally:
+        await asyncio.to_thread(sync.close)
     async with DiscoveryClient(tls_cluster.urls, tls_cluster.token(), ssl=other, timeout=2) as dc:
         with pytest.raises(Unavailable) as err:
             await dc.lookup("nothing-here")
