@@ -273,8 +273,8 @@ function viewMachines() {
           return h("tr", { "data-machine": m.id },
             h("td", { class: "mono" }, m.id), h("td", {}, pill(m.state)),
             h("td", {}, (m.fault_domain || {}).rack || ""), h("td", { class: "mono" }, m.address),
-            h("td", {}, bar(m.allocated.cpu, m.resources.cpu), `${cpu(m.allocated.cpu)} / ${cpu(m.resources.cpu)}`),
-            h("td", {}, bar(m.allocated.memory, m.resources.memory), `${mem(m.allocated.memory)} / ${mem(m.resources.memory)}`),
+            h("td", { class: "res" }, bar(m.allocated.cpu, m.resources.cpu), `${cpu(m.allocated.cpu)} / ${cpu(m.resources.cpu)}`),
+            h("td", { class: "res" }, bar(m.allocated.memory, m.resources.memory), `${mem(m.allocated.memory)} / ${mem(m.resources.memory)}`),
             h("td", { class: "num" }, m.placements),
             h("td", {}, draining
               ? h("button", { class: "btn secondary", type: "button", "data-action": "undrain", onclick: () => drain(m.id, true) }, "Undrain")
@@ -354,7 +354,7 @@ function viewEvents() {
 
 function resCells(r) {
   const cell = (res, fmt) => [
-    h("td", {}, bar(r.allocated[res], r.capacity[res]), `${fmt(r.allocated[res])} / ${fmt(r.capacity[res])}`),
+    h("td", { class: "res" }, bar(r.allocated[res], r.capacity[res]), `${fmt(r.allocated[res])} / ${fmt(r.capacity[res])}`),
     h("td", { class: "num" }, r.reported[res] ? fmt(r.used[res]) : "?"),
     h("td", { class: "num" }, fmt(r.idle[res])),
     h("td", { class: "num" }, r.stranded[res] ? fmt(r.stranded[res]) : "–")];
@@ -371,7 +371,8 @@ function viewEfficiency() {
     h("h1", {}, "Efficiency"),
     h("div", { class: "cards" },
       card("CPU allocated", `${cpu(c.allocated.cpu)} / ${cpu(c.capacity.cpu)} (${pct(c.allocated.cpu, c.capacity.cpu)})`),
-      card("CPU used", c.reported.cpu ? `${cpu(c.used.cpu)} (${pct(c.used.cpu, c.allocated.cpu)} of alloc)` : "?",
+      card("CPU used", !c.reported.cpu ? "?" : c.reported.cpu === c.placements
+        ? `${cpu(c.used.cpu)} (${pct(c.used.cpu, c.allocated.cpu)} of alloc)` : cpu(c.used.cpu),
         `${c.reported.cpu} of ${c.placements} replicas reporting`),
       card("memory allocated", `${mem(c.allocated.memory)} / ${mem(c.capacity.memory)}`),
       card("memory used", c.reported.memory ? mem(c.used.memory) : "?", `${c.reported.memory} of ${c.placements} replicas reporting`),
