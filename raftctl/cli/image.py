@@ -12,7 +12,8 @@ import re
 import tarfile
 import tempfile
 import urllib.parse
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -53,6 +54,22 @@ def push_and_tag(c: Client, store: Any, name: str, digest: str) -> dict[str, Any
     return {"name": name, "digest": digest, "size": size, "index": res.get("index"), **sent}
 
 
+@contextmanager
+def loaded(path: str, field: str, load: Callable[[Any], object], what: str = "") -> Iterator[Any]:
+    """A throw-away local image store holding what ``load(store)`` put there; input it cannot use
+    becomes a ValidationError naming ``field``."""
+    from raftctl.agent.images import ImageStore
+    from raftctl.agent.oci import ImageError
+
+    with tempfile.TemporaryDirectory(prefix="raftctl-image-") as tmp:
+        store = ImageStore(tmp)
+        try:
+            load(store)
+        except (ImageError, tarfile.TarError, ValueError, KeyError, OSError) as exc:
+            raise ValidationError(f"{path}: {what}{exc}", field=field) from None
+        yield store
+
+
 def _summary(r: dict[str, Any]) -> str:
     return (f"{r['name']}  {r['digest']}  {human_size(r['size'])}  "
             f"({len(r['pushed'])} blobs pushed, {len(r['present'])} already on the control plane)")
@@ -68,8 +85,6 @@ def human_size(n: int) -> str:
 
 
 def register(cli: click.Group) -> None:
-    from raftctl.agent.images import ImageStore
-    from raftctl.agent.oci import ImageError
     from raftctl.cli.main import client
 
     @cli.group()
@@ -88,14 +103,8 @@ def register(cli: click.Group) -> None:
         check_name(name)
         if not os.path.isdir(directory):
             raise ValidationError(f"{directory}: no such directory", field="DIR")
-        c = client(ctx)
-        with tempfile.TemporaryDirectory(prefix="raftctl-image-") as tmp:
-            store = ImageStore(tmp)
-            try:
-                digest = store.build(directory, base=base)
-            except (ImageError, OSError) as exc:
-                raise ValidationError(f"{directory}: {exc}", field="DIR") from None
-            res = push_and_tag(c, store, name, digest)
+        with loaded(directory, "DIR", lambda store: store.build(directory, name, base=base)) as store:
+            res = push_and_tag(client(ctx), store, name, store.refs()[name])
         emit(ctx, res, text=_summary(res))
 
     @image.command("import")
@@ -109,19 +118,15 @@ def register(cli: click.Group) -> None:
             check_name(name)
         if not os.path.isfile(file):
             raise ValidationError(f"{file}: no such file", field="FILE")
-        c = client(ctx)
-        with tempfile.TemporaryDirectory(prefix="raftctl-image-") as tmp:
-            store = ImageStore(tmp)
-            try:
-                store.import_archive(file, name)
-            except (ImageError, tarfile.TarError, ValueError, KeyError, OSError) as exc:
-                raise ValidationError(f"{file}: not a valid OCI image layout archive: {exc}", field="FILE") from None
+        with loaded(file, "FILE", lambda store: store.import_archive(file, name),
+                    "not a valid OCI image layout archive: ") as store:
             refs = store.refs()
             if not refs:
                 raise ValidationError(f"{file}: its index.json names no image "
                                       "(org.opencontainers.image.ref.name); pass --name", field="--name")
             for ref in refs:
                 check_name(ref, field="FILE")
+            c = client(ctx)
             results = [push_and_tag(c, store, ref, digest) for ref, digest in sorted(refs.items())]
         emit(ctx, {"images": results}, text="\n".join(_summary(r) for r in results))
 

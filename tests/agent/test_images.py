@@ -191,6 +191,19 @@ class BlobServer:
 
 
 @pytest.fixture
+def serve():
+    """Start BlobServers on loopback for a test; all are closed when it ends."""
+    servers: list[BlobServer] = []
+
+    def start(blobs: dict[str, bytes], tamper: bool = False) -> BlobServer:
+        servers.append(BlobServer(blobs, tamper))
+        return servers[-1]
+    yield start
+    for srv in servers:
+        srv.close()
+
+
+@pytest.fixture
 def published(tmp_path, src):
     """An image built on a 'workstation' store; its blobs keyed by digest, as the replicas hold them."""
     ws = ImageStore(str(tmp_path / "workstation"))
@@ -200,78 +213,64 @@ def published(tmp_path, src):
     return ws, digest, {d: open(ws.blob_path(d), "rb").read() for d in names}
 
 
-def test_pull_fetches_what_is_missing_verifies_it_and_unpacks_the_same_tree(tmp_path, published):
+def test_pull_fetches_what_is_missing_verifies_it_and_unpacks_the_same_tree(tmp_path, published, serve):
     from raftctl.agent.control import BlobFetcher
 
     ws, digest, blobs = published
-    good = BlobServer(blobs)
-    try:
-        agent = ImageStore(str(tmp_path / "agent"))
-        fetcher = BlobFetcher([good.url], "agent-token")
-        assert agent.pull(digest, fetcher) == sum(len(b) for b in blobs.values())
-        assert {p for p, _ in good.seen} == {f"/v1/images/blobs/{d}" for d in blobs}
-        assert {a for _, a in good.seen} == {"Bearer agent-token"}
-        assert agent.pull(digest, fetcher) == 0                         # everything is here: nothing fetched
-        assert len(good.seen) == len(blobs)
-        assert tree_digest(agent.unpack(digest)) == tree_digest(ws.unpack(digest))
-    finally:
-        good.close()
+    good = serve(blobs)
+    agent = ImageStore(str(tmp_path / "agent"))
+    fetcher = BlobFetcher([good.url], "agent-token")
+    assert agent.pull(digest, fetcher) == sum(len(b) for b in blobs.values())
+    assert {p for p, _ in good.seen} == {f"/v1/images/blobs/{d}" for d in blobs}
+    assert {a for _, a in good.seen} == {"Bearer agent-token"}
+    assert agent.pull(digest, fetcher) == 0                         # everything is here: nothing fetched
+    assert len(good.seen) == len(blobs)
+    assert tree_digest(agent.unpack(digest)) == tree_digest(ws.unpack(digest))
 
 
-def test_pull_refuses_a_tampered_copy_and_takes_the_next_replica(tmp_path, published):
+def test_pull_refuses_a_tampered_copy_and_takes_the_next_replica(tmp_path, published, serve):
     from raftctl.agent.control import BlobFetcher
 
     _, digest, blobs = published
-    evil, good = BlobServer(blobs, tamper=True), BlobServer(blobs)
-    try:
-        agent = ImageStore(str(tmp_path / "agent"))
-        agent.pull(digest, BlobFetcher([evil.url, good.url], "t"))
-        assert len(evil.seen) >= 1 and len(good.seen) >= 1
-        for d, data in blobs.items():
-            assert open(agent.blob_path(d), "rb").read() == data
+    evil, good = serve(blobs, tamper=True), serve(blobs)
+    agent = ImageStore(str(tmp_path / "agent"))
+    agent.pull(digest, BlobFetcher([evil.url, good.url], "t"))
+    assert len(evil.seen) >= 1 and len(good.seen) >= 1
+    for d, data in blobs.items():
+        assert open(agent.blob_path(d), "rb").read() == data
 
-        only_evil = ImageStore(str(tmp_path / "agent2"))
-        with pytest.raises(ImageError, match="could not pull blob .*hashes to"):
-            only_evil.pull(digest, BlobFetcher([evil.url], "t"))
-        assert os.listdir(only_evil.blobs) == []                        # nothing tampered was stored
-    finally:
-        evil.close()
-        good.close()
+    only_evil = ImageStore(str(tmp_path / "agent2"))
+    with pytest.raises(ImageError, match="could not pull blob .*hashes to"):
+        only_evil.pull(digest, BlobFetcher([evil.url], "t"))
+    assert os.listdir(only_evil.blobs) == []                        # nothing tampered was stored
 
 
-def test_pull_of_an_image_no_replica_has_says_so(tmp_path, published):
+def test_pull_of_an_image_no_replica_has_says_so(tmp_path, published, serve):
     from raftctl.agent.control import BlobFetcher
 
     _, digest, _ = published
-    empty = BlobServer({})
-    try:
-        with pytest.raises(ImageError, match=f"could not pull blob {digest}: .*HTTP 404"):
-            ImageStore(str(tmp_path / "agent")).pull(digest, BlobFetcher([empty.url, "http://127.0.0.1:9"], "t"))
-    finally:
-        empty.close()
+    empty = serve({})
+    with pytest.raises(ImageError, match=f"could not pull blob {digest}: .*HTTP 404"):
+        ImageStore(str(tmp_path / "agent")).pull(digest, BlobFetcher([empty.url, "http://127.0.0.1:9"], "t"))
 
 
-def test_a_tampered_local_layer_is_dropped_so_the_next_pull_replaces_it(tmp_path, published):
+def test_a_tampered_local_layer_is_dropped_so_the_next_pull_replaces_it(tmp_path, published, serve):
     from raftctl.agent.control import BlobFetcher
 
     _, digest, blobs = published
-    good = BlobServer(blobs)
-    try:
-        agent = ImageStore(str(tmp_path / "agent"))
-        fetcher = BlobFetcher([good.url], "t")
-        agent.pull(digest, fetcher)
-        layer = agent.manifest(digest)["layers"][0]["digest"]
-        path = agent.blob_path(layer)
-        os.chmod(path, 0o644)
-        with open(path, "r+b") as f:
-            f.write(b"X")
-        with pytest.raises(ImageError, match="tampered"):
-            agent.unpack(digest)
-        assert not agent.has_blob(layer)
-        assert agent.pull(digest, fetcher) == len(blobs[layer])
-        assert os.path.isdir(agent.unpack(digest))
-    finally:
-        good.close()
+    fetcher = BlobFetcher([serve(blobs).url], "t")
+    agent = ImageStore(str(tmp_path / "agent"))
+    agent.pull(digest, fetcher)
+    layer = agent.manifest(digest)["layers"][0]["digest"]
+    path = agent.blob_path(layer)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.write(b"X")
+    with pytest.raises(ImageError, match="tampered"):
+        agent.unpack(digest)
+    assert not agent.has_blob(layer)
+    assert agent.pull(digest, fetcher) == len(blobs[layer])
+    assert os.path.isdir(agent.unpack(digest))
 
 
 # -- container roots (root) --------------------------------------------------------------------

@@ -9,14 +9,13 @@ import subprocess
 import sys
 import tarfile
 import urllib.request
-import warnings
 
 import pytest
 
 from raftctl.agent import oci
 from raftctl.agent.images import ImageStore
 from raftctl.devcluster import LocalCluster
-from tests.agent.conftest import root_runc_problem
+from tests.agent.conftest import root_runc  # noqa: F401  (the loud skip without root and runc)
 from tests.agent.test_images import tree_digest
 
 from .conftest import client_for, wait_until
@@ -109,13 +108,7 @@ def test_import_rejects_what_is_not_an_image_layout(cluster, tmp_path):
 # -- runc agents pull by digest and run the same bytes (root) --------------------------------
 
 @pytest.fixture(scope="module")
-def runc_cluster(tmp_path_factory):
-    problem = root_runc_problem()
-    if problem:
-        msg = f"!!! RUNC IMAGE E2E TEST SKIPPED: {problem}. Images are NOT being tested end to end. !!!"
-        print("\n" + msg, file=sys.stderr)
-        warnings.warn(msg)
-        pytest.skip(msg)
+def runc_cluster(root_runc, tmp_path_factory):
     c = LocalCluster(str(tmp_path_factory.mktemp("runc-images")), replicas=3, agents=2, runtime="runc",
                      agent_args=["--heartbeat", "300ms"])
     c.start(timeout=60)

@@ -12,19 +12,12 @@ import pytest
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import apply, resolve_image
 from raftctl.statemachine.state import State
+from tests.unit.test_statemachine import fresh
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
 SPEC = {"name": "web", "image": "web:1", "command": ["python3", "-m", "http.server"], "replicas": 2,
         "resources": {"cpu": 250, "memory": 64 << 20, "pids": 128}}
-
-
-def fresh(*cmds: c.Command) -> State:
-    s = State()
-    for cmd in cmds:
-        r = apply(s, cmd)
-        assert r.ok, r.error
-    return s
 
 
 def versions(s: State, job: str = "web") -> list[tuple[int, str, str | None]]:
