@@ -144,4 +144,4 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/v1/images/blobs/{digest}", put_blob)
     r.add_get("/v1/images/blobs/{digest}", get_blob)
     r.add_get("/v1/images", list_images)
-    r.add_put("/v1/images/{name:[^/]+}", put_image)
+    r.add_put("/v1/images/{name:.+}", put_image)       # names may hold a slash (team/web:1)

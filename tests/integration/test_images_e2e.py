@@ -57,6 +57,10 @@ def test_build_pushes_every_blob_once_and_tags(cluster, tmp_path):
     assert by_name["cli-web:1"]["size"] == out["size"] > 0
     table = cli(cluster, "image", "list").stdout
     assert table.splitlines()[0].split() == ["NAME", "DIGEST", "SIZE", "INDEX"] and "cli-web:1" in table
+    cli(cluster, "image", "build", src, "--name", "team/cli-web:1")   # names may hold a slash
+    images = client_for(cluster).request("GET", "/v1/images", query={"consistent": "1"})["images"]
+    assert {"name": "team/cli-web:1", "digest": out["digest"]}.items() <= {i["name"]: i for i in images}[
+        "team/cli-web:1"].items()
 
 
 def test_import_of_an_oci_layout_archive(cluster, tmp_path):
