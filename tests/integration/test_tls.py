@@ -183,3 +183,17 @@ def test_a_replica_is_added_and_removed_with_the_cli_over_https(tls_cluster):
     job = Client(tls_cluster.urls, tls_cluster.token(), ca=tls_cluster.ca).request(
         "GET", "/v1/jobs/tls-web", query={"consistent": "1"})
     assert job["replicas"] == 2
+
+
+def test_a_blob_pushed_to_one_replica_is_copied_to_the_others_over_https(tls_cluster, tmp_path):
+    import hashlib
+
+    data = os.urandom(300_000)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    first = tls_cluster.servers[1]
+    out = Client([first.url], tls_cluster.token(), ca=tls_cluster.ca).push_blob(digest, str(path))
+    assert out["replicas"] == 3  # the replica verified both peers' certificates and copied to each
+    for p in tls_cluster.servers:
+        assert Client([p.url], tls_cluster.token(), ca=tls_cluster.ca).has_blob(digest), p.id
