@@ -137,12 +137,14 @@ class ImageStore:
     def pull(self, digest: str, source: BlobSource) -> int:
         """Fetch the manifest, config and layer blobs of image ``digest`` that the store lacks.
         Each is verified against its digest on the way in, so a tampered blob is refused and
-        never stored. Returns the number of bytes fetched (0 when everything was here)."""
-        fetched = self._ensure_blob(digest, source, verify=True)
-        m = self.manifest(digest)
-        fetched += self._ensure_blob(m["config"]["digest"], source, verify=True)
-        for layer in m["layers"]:
-            fetched += self._ensure_blob(layer["digest"], source, verify=False)   # verified on unpack
+        never stored. Returns the number of bytes fetched (0 when everything was here).
+        Replicas of one job starting together on a machine wait for one pull, not each its own."""
+        with self._lock("pull-" + oci.split_digest(digest)):
+            fetched = self._ensure_blob(digest, source, verify=True)
+            m = self.manifest(digest)
+            fetched += self._ensure_blob(m["config"]["digest"], source, verify=True)
+            for layer in m["layers"]:
+                fetched += self._ensure_blob(layer["digest"], source, verify=False)   # verified on unpack
         if fetched:
             log.info("pulled %s: %d bytes", digest, fetched)
         return fetched

@@ -228,6 +228,20 @@ def test_pull_fetches_what_is_missing_verifies_it_and_unpacks_the_same_tree(tmp_
     assert tree_digest(agent.unpack(digest)) == tree_digest(ws.unpack(digest))
 
 
+def test_replicas_starting_together_share_one_pull(tmp_path, published, serve):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from raftctl.agent.control import BlobFetcher
+
+    _, digest, blobs = published
+    srv = serve(blobs)
+    agent = ImageStore(str(tmp_path / "agent"))
+    with ThreadPoolExecutor(4) as pool:
+        fetched = list(pool.map(lambda _: agent.pull(digest, BlobFetcher([srv.url], "t")), range(4)))
+    assert sorted(fetched) == [0, 0, 0, sum(len(b) for b in blobs.values())]
+    assert len(srv.seen) == len(blobs)                               # every blob fetched once
+
+
 def test_pull_refuses_a_tampered_copy_and_takes_the_next_replica(tmp_path, published, serve):
     from raftctl.agent.control import BlobFetcher
 
