@@ -51,9 +51,9 @@ def client(ctx: click.Context) -> Client:
 
 
 def _register() -> None:
-    from raftctl.cli import agent, cluster, discover, image, job, logs, machine, server, tls, token, top, up
+    from raftctl.cli import agent, cluster, discover, image, job, logs, machine, server, snapshot, tls, token, top, up
 
-    for mod in (server, agent, up, cluster, job, image, machine, discover, logs, token, top, tls):
+    for mod in (server, agent, up, cluster, job, image, machine, discover, logs, token, top, tls, snapshot):
         mod.register(cli)
 
 

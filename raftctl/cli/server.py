@@ -31,6 +31,20 @@ def _seconds(parse, value: str, flag: str, error: type) -> float:  # type: ignor
         raise
 
 
+def _body_limit(value: str) -> int:
+    from raftctl.errors import ValidationError
+    from raftctl.statemachine.units import parse_size
+
+    try:
+        limit = parse_size(value)
+    except ValidationError as exc:
+        fail(f"--max-body: {exc.message}")
+        raise
+    if limit < 1024:
+        fail(f"--max-body: {value!r} is below 1Ki; job specs alone need more")
+    return limit
+
+
 def register(cli: click.Group) -> None:
     from raftctl.config import config_option
 
@@ -51,6 +65,8 @@ def register(cli: click.Group) -> None:
     @click.option("--heartbeat-ttl", default="3s", show_default=True,
                   help="A machine silent this long is declared down.")
     @click.option("--heartbeat-interval", default="1s", show_default=True, help="What agents are told to heartbeat at.")
+    @click.option("--max-body", default="1Mi", show_default=True,
+                  help="Largest JSON/CBOR request body; larger ones get 413 too_large (blob uploads stream apart).")
     @click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
                   help="Serve the HTTP API over HTTPS with this certificate (PEM; see `raftctl tls init`).")
     @click.option("--tls-key", type=click.Path(dir_okay=False), default=None, help="The private key of --tls-cert.")
@@ -59,7 +75,7 @@ def register(cli: click.Group) -> None:
     @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
     def server(node_id: str, data_dir: str, raft_addr: str, peers: tuple[str, ...], api_addr: str,
                advertise_api: str | None, secret: str | None, secret_file: str | None, insecure_dev: bool,
-               dns_port: int | None, compact_entries: int, heartbeat_ttl: str, heartbeat_interval: str,
+               dns_port: int | None, compact_entries: int, heartbeat_ttl: str, heartbeat_interval: str, max_body: str,
                tls_cert: str | None, tls_key: str | None, tls_ca: str | None, log_level: str) -> None:
         """Run a control replica (Raft member + HTTP API; the leader runs the controllers)."""
         from raftctl.errors import ValidationError
@@ -84,7 +100,7 @@ def register(cli: click.Group) -> None:
         cfg = ServerConfig(node_id=node_id, data_dir=os.path.abspath(data_dir), raft=raft_addr,
                            peers=[p for p in peers if p != raft_addr], api=api_addr, secret=value,
                            insecure_dev=insecure_dev, dns_port=dns_port, advertise_api=advertise_api,
-                           compact_entries=compact_entries,
+                           compact_entries=compact_entries, max_body=_body_limit(max_body),
                            heartbeat_ttl_s=_seconds(parse_duration, heartbeat_ttl, "--heartbeat-ttl", ValidationError),
                            heartbeat_interval_s=_seconds(parse_duration, heartbeat_interval, "--heartbeat-interval",
                                                          ValidationError),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from typing import Any, Awaitable, Callable
@@ -20,7 +21,9 @@ from raftctl.statemachine.units import parse_duration
 log = logging.getLogger("raftctl.api")
 REPLICA: web.AppKey = web.AppKey("replica", object)
 DISCOVERY_CACHE: web.AppKey = web.AppKey("discovery_cache", dict)
-MAX_BODY = 1 << 20
+BODY_LIMIT: web.AppKey = web.AppKey("body_limit", int)
+MAX_BODY = 1 << 20  # default cap on JSON/CBOR request bodies (raftctl server --max-body)
+STREAMED_BODIES = {"/v1/images/blobs/{digest}"}  # streamed to disk with their own limit (blobs.MAX_BLOB)
 MAX_WAIT_S = 300.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -45,6 +48,40 @@ def encode(request: web.Request, data: Any, *, status: int = 200, index: int | N
                         content_type="application/json", headers=headers)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is out of range")
+    return value
+
+
+def _json_model(data: Any) -> Any:
+    """``data`` if it holds only what JSON can (so it can be stored, replicated and answered as JSON):
+    maps with string keys, arrays, strings, integers, finite floats, booleans and null. CBOR can also
+    carry bytes, tags, undefined, NaN..., which would poison the state or its JSON answers."""
+    stack = [data]
+    while stack:
+        v = stack.pop()
+        if v is None or isinstance(v, (str, bool, int)):
+            continue
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                raise ValueError(f"{v} is not a finite number")
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            if not all(isinstance(k, str) for k in v):
+                raise ValueError("map keys must be text strings")
+            stack.extend(v.values())
+        else:
+            raise ValueError(f"{type(v).__name__} values have no JSON equivalent")
+    return data
+
+
 async def body(request: web.Request) -> Any:
     raw = await request.read()
     if not raw:
@@ -52,8 +89,8 @@ async def body(request: web.Request) -> Any:
     ctype = request.content_type
     try:
         if ctype == "application/cbor":
-            return cbor2.loads(raw)
-        return json.loads(raw)
+            return _json_model(cbor2.loads(raw))
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
     except Exception as exc:
         kind = "CBOR" if ctype == "application/cbor" else "JSON"
         raise ValidationError(f"request body is not valid {kind}: {exc}", field="body") from None
@@ -121,9 +158,10 @@ async def forward_to_leader(request: web.Request) -> web.Response | None:
         return None
     headers = {k: v for k, v in request.headers.items() if k.lower() in HOP_HEADERS}
     headers[FORWARDED] = replica.cfg.node_id
+    payload_in = await request.read()  # outside the try: a body over --max-body is a 413, never half-read
     try:
         async with replica.http.request(request.method, leader_api + request.rel_url.path_qs,
-                                        data=await request.read(), headers=headers) as resp:
+                                        data=payload_in, headers=headers) as resp:
             payload = await resp.read()
             out = web.Response(body=payload, status=resp.status,
                                content_type=resp.content_type or "application/json")
@@ -151,8 +189,18 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
+def too_large(limit: int) -> RaftctlError:
+    return RaftctlError(f"the request body is larger than this server's limit of {limit} bytes (--max-body)",
+                        code="too_large", http_status=413, field="body")
+
+
 async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        resource = request.match_info.route.resource
+        limit = request.app[BODY_LIMIT]
+        if request.content_length is not None and request.content_length > limit and \
+                (resource is None or resource.canonical not in STREAMED_BODIES):
+            raise too_large(limit)  # before auth and before reading a byte of it
         required = getattr(handler, "perm", None)
         if required is not None:
             replica = request.app[REPLICA]
@@ -174,7 +222,9 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
+        if exc.status == 413:  # a chunked body that grew past client_max_size while being read
+            return web.json_response({"error": too_large(request.app[BODY_LIMIT]).to_dict()}, status=413)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         return web.json_response({"error": {"code": code, "message": exc.reason, "field": None}}, status=exc.status)
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
@@ -414,7 +464,7 @@ async def create_token(request: web.Request) -> web.Response:
     if not isinstance(data, dict):
         raise ValidationError("body must be an object {role, name}", field="body")
     role, name, machine = data.get("role"), data.get("name"), data.get("machine", "")
-    if role not in auth.PERMISSIONS:
+    if not isinstance(role, str) or role not in auth.PERMISSIONS:
         raise ValidationError(f"role must be one of {', '.join(auth.PERMISSIONS)}", field="role")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
         raise ValidationError("name must be 1-64 characters of [A-Za-z0-9._-]", field="name")
@@ -449,10 +499,11 @@ async def list_members(request: web.Request) -> web.Response:
 
 
 def make_app(replica: Any) -> web.Application:
-    from raftctl.node import agent_api, blobs, efficiency, members, metrics, ui
+    from raftctl.node import agent_api, blobs, efficiency, members, metrics, openapi, snapshot, ui
 
-    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=replica.cfg.max_body)
     app[REPLICA] = replica
+    app[BODY_LIMIT] = replica.cfg.max_body
     app[DISCOVERY_CACHE] = {}
     r = app.router
     r.add_get("/healthz", healthz)
@@ -481,6 +532,8 @@ def make_app(replica: Any) -> web.Application:
     r.add_post("/v1/members", members.add_member)
     r.add_delete("/v1/members/{raft}", members.remove_member)
     r.add_get("/metrics", metrics.handler)
+    r.add_get("/v1/openapi.json", openapi.handler)
+    r.add_get("/v1/snapshot", snapshot.handler)
     agent_api.add_routes(app)
     blobs.add_routes(app)
     efficiency.add_routes(app)

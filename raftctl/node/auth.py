@@ -10,7 +10,7 @@ from raftctl.errors import Forbidden, Unauthorized
 # What each role may do. Routes name one permission.
 PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": frozenset({"read", "jobs:write", "machines:write", "tokens", "members", "agent", "images:write",
-                        "metrics:write"}),
+                        "metrics:write", "snapshot"}),
     "deployer": frozenset({"read", "jobs:write", "images:write", "metrics:write"}),
     "operator": frozenset({"read", "machines:write"}),
     "reader": frozenset({"read"}),
@@ -23,7 +23,7 @@ ROLES_FOR: dict[str, list[str]] = {
 WHAT: dict[str, str] = {
     "read": "read cluster state", "jobs:write": "write jobs", "machines:write": "change machines",
     "tokens": "manage tokens", "members": "change cluster membership", "agent": "act as an agent",
-    "images:write": "push images", "metrics:write": "push metrics",
+    "images:write": "push images", "metrics:write": "push metrics", "snapshot": "take a snapshot of the state",
 }
 
 

@@ -81,6 +81,39 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+# A seeded log starts after these two no-op boundary entries. Index 3 (not 1) so that a replica
+# added later with an empty log (whose only entry is pysyncobj's no-op at index 1, term 0) cannot
+# match the leader's log start: the leader sends it the whole snapshot instead of entries.
+SEED_ENTRIES = ((psyncobj._bchr(psyncobj._COMMAND_TYPE.NO_OP), 3, 0), (psyncobj._bchr(psyncobj._COMMAND_TYPE.NO_OP), 2, 0))
+RAFT_FILES = ("raft.journal", "raft.journal.meta", "raft.snapshot")
+
+
+def seed_data_dir(data_dir: str, state_bytes: bytes, cluster: list[str]) -> str:
+    """Make an empty data dir start from ``state_bytes`` (a restored backup) as a member of ``cluster``.
+
+    Writes a pysyncobj snapshot file in our format, as log compaction would have, whose log ends at
+    :data:`SEED_ENTRIES`. Every replica of a new cluster seeded with the same bytes starts from the same
+    state and the same log position, so they agree from the first entry. Refuses a dir that already
+    holds Raft files: a replica's own log must never be overwritten.
+    """
+    present = [f for f in RAFT_FILES if os.path.exists(os.path.join(data_dir, f))]
+    if present:
+        raise FileExistsError(f"{data_dir} already holds Raft state ({', '.join(present)}); restore only into "
+                              "the empty data dir of a replica that has never started")
+    State.restore(state_bytes)  # refuse what would not load
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, "raft.snapshot")
+    obj = {"format": SNAPSHOT_FORMAT, "entries": [[bytes(e[0]), e[1], e[2]] for e in SEED_ENTRIES],
+           "cluster": sorted(set(cluster)), "state": state_bytes}
+    with open(path + ".tmp", "wb") as f:
+        cbor2.dump(obj, f, canonical=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    _fsync_dir(path)
+    return path
+
+
 class RaftNode(SyncObj):
     """A control replica's Raft member holding the state machine."""
 

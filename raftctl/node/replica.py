@@ -39,6 +39,7 @@ class ServerConfig:
     compact_entries: int = 20000   # log entries kept before a snapshot compacts the log
     heartbeat_ttl_s: float = 3.0
     heartbeat_interval_s: float = 1.0
+    max_body: int = 1 << 20        # cap on JSON/CBOR request bodies (blob uploads stream with their own limit)
     tls_cert: str | None = None    # serve the API over HTTPS with this certificate and key
     tls_key: str | None = None
     tls_ca: str | None = None      # verify other replicas with this CA (default: the system trust store)
@@ -214,7 +215,7 @@ class Replica:
                         todo.discard("token")
                     else:
                         res = await self.propose(c.CreateToken(hash=digest, role="admin",
-                                                               name=f"bootstrap-{self.cfg.node_id}",
+                                                               name=f"bootstrap-{self.cfg.node_id}-{digest[:8]}",
                                                                id=f"bootstrap-{digest[:24]}"))
                         if res.ok or (res.error and res.error.code == "conflict"):
                             todo.discard("token")

@@ -6,6 +6,7 @@ Sizes are bytes (`64Mi`, `1Gi`, `100M`, plain integers), CPU is millicores
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -18,14 +19,25 @@ _DUR_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DUR_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 
 
+_MAX = 2**53  # larger figures are typos (8 PiB, 285,000 years) and no longer exact as floats
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _bounded(x: int | float, value: Any, field: str | None) -> float:
+    """``x`` as a float, or a ValidationError for infinities, NaN and figures past 2**53."""
+    if (isinstance(x, int) and abs(x) > _MAX) or not math.isfinite(float(x)) or abs(float(x)) > _MAX:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ValidationError(f"{shown} is out of range", field=field)
+    return float(x)
 
 
 def parse_size(value: Any, field: str | None = None) -> int:
     """Bytes from `64Mi`, `1Gi`, `100M`, `1500` or an integer."""
     if _is_number(value):
-        if value < 0:
+        if _bounded(value, value, field) < 0:
             raise ValidationError(f"{value!r} is negative", field=field)
         return int(value)
     if not isinstance(value, str):
@@ -40,7 +52,7 @@ def parse_size(value: Any, field: str | None = None) -> int:
             hint = "; use e.g. 64Mi, 1Gi or a number of bytes"
         raise ValidationError(f"{value!r} is not a size{hint}", field=field)
     number, unit = m.group(1), (m.group(2) or "").lower()
-    result = float(number) * _SIZE_UNITS[unit]
+    result = _bounded(float(number) * _SIZE_UNITS[unit], value, field)
     if result != int(result):
         raise ValidationError(f"{value!r} is not a whole number of bytes", field=field)
     return int(result)
@@ -49,11 +61,11 @@ def parse_size(value: Any, field: str | None = None) -> int:
 def parse_cpu(value: Any, field: str | None = None) -> int:
     """Millicores from `250m`, `0.5`, `2` or a number of cores."""
     if _is_number(value):
-        cores = float(value)
+        cores = _bounded(value, value, field)
     elif isinstance(value, str) and re.fullmatch(r"\s*\d+m\s*", value):
-        return int(value.strip()[:-1])
+        return int(_bounded(int(value.strip()[:-1]), value, field))
     elif isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
-        cores = float(value)
+        cores = _bounded(float(value), value, field)
     else:
         raise ValidationError(f"{value!r} is not a CPU amount; use e.g. 250m or 0.5", field=field)
     if cores < 0:
@@ -67,14 +79,14 @@ def parse_cpu(value: Any, field: str | None = None) -> int:
 def parse_duration(value: Any, field: str | None = None) -> int:
     """Milliseconds from `500ms`, `1s`, `1m30s`, `2h`; a plain number means seconds."""
     if _is_number(value):
-        if value < 0:
+        if _bounded(value, value, field) < 0:
             raise ValidationError(f"{value!r} is negative", field=field)
-        return int(round(float(value) * 1000))
+        return int(round(_bounded(float(value) * 1000, value, field)))
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(f"{value!r} is not a duration; use e.g. 500ms, 1s, 1m30s", field=field)
     text = value.strip()
     if re.fullmatch(r"\d+(\.\d+)?", text):
-        return int(round(float(text) * 1000))
+        return int(round(_bounded(float(text) * 1000, value, field)))
     pos, total = 0, 0.0
     for m in _DUR_RE.finditer(text):
         if m.start() != pos:
@@ -83,7 +95,7 @@ def parse_duration(value: Any, field: str | None = None) -> int:
         pos = m.end()
     if pos != len(text) or pos == 0:
         raise ValidationError(f"{value!r} is not a duration; use e.g. 500ms, 1s, 1m30s", field=field)
-    return int(round(total))
+    return int(round(_bounded(total, value, field)))
 
 
 def format_size(n: int) -> str:
