@@ -91,23 +91,31 @@ async def put_blob(request: web.Request) -> web.Response:
     return encode(request, {"digest": digest, "size": size, "replicas": holders})
 
 
+async def _fetch_from_peers(replica: Any, request: web.Request, digest: str) -> None:
+    """Copy blob ``digest`` from the first peer that has it (verified by digest), if this replica lacks it.
+    The request to the peer says it is forwarded, so the peer answers from its own store only."""
+    if os.path.exists(blob_path(replica.cfg.data_dir, digest)):
+        return
+    for peer in _peers(replica):
+        try:
+            async with replica.http.get(f"{peer}/v1/images/blobs/{digest}",
+                                        headers={"Authorization": request.headers["Authorization"],
+                                                 FORWARDED: replica.cfg.node_id}) as r:
+                if r.status == 200:
+                    await _store(replica.cfg.data_dir, digest, r.content.iter_chunked(CHUNK))
+                    return
+        except (aiohttp.ClientError, ValidationError) as exc:
+            log.info("fetch of %s from %s failed: %s", digest, peer, exc)
+
+
 @perm("read")
 async def get_blob(request: web.Request) -> web.StreamResponse:
     replica = request.app[REPLICA]
     digest = request.match_info["digest"]
     path = blob_path(replica.cfg.data_dir, digest)
     # HEAD answers from this replica only: a pusher asking "do you have it?" re-pushes if not
-    if not os.path.exists(path) and not request.headers.get(FORWARDED) and request.method != "HEAD":
-        for peer in _peers(replica):
-            try:
-                async with replica.http.get(f"{peer}/v1/images/blobs/{digest}",
-                                            headers={"Authorization": request.headers["Authorization"],
-                                                     FORWARDED: replica.cfg.node_id}) as r:
-                    if r.status == 200:
-                        await _store(replica.cfg.data_dir, digest, r.content.iter_chunked(CHUNK))
-                        break
-            except (aiohttp.ClientError, ValidationError) as exc:
-                log.info("fetch of %s from %s failed: %s", digest, peer, exc)
+    if request.method != "HEAD" and not request.headers.get(FORWARDED):
+        await _fetch_from_peers(replica, request, digest)
     if not os.path.exists(path):
         raise NotFound(f"no blob {digest}", field="digest")
     return web.FileResponse(path, headers={"Content-Type": "application/octet-stream",
@@ -125,6 +133,7 @@ async def put_image(request: web.Request) -> web.Response:
         raise ValidationError("digest must be sha256:<64 hex>", field="digest")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ValidationError("size must be a non-negative integer", field="size")
+    await _fetch_from_peers(replica, request, digest)     # pushed through another replica while this one was away
     if not os.path.exists(blob_path(replica.cfg.data_dir, digest)):
         raise ValidationError(f"push the manifest blob {digest} before tagging it", field="digest")
     res = await replica.propose(c.PutImage(name=name, digest=digest, size=size))
