@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from raftctl.devcluster import LocalCluster, Proc
+from raftctl.devcluster import LocalCluster, Proc, add_server
 from raftctl.node.snapshot import decode
 
 from .conftest import SPEC, wait_until
@@ -146,6 +146,18 @@ def test_a_snapshot_restored_into_a_fresh_cluster_has_the_same_data_one_hash_and
         assert api(leader, "GET", "/v1/jobs/worker?consistent=1", admin).ok
         quiet(dst, admin)
         assert len(hashes(dst, admin)) == 1
+
+        # a replica added later starts empty: it must get the restored state from the leader's snapshot,
+        # never replay the new log onto an empty state
+        n4 = add_server(dst, "n4")
+        n4.extra_args = ["--heartbeat-ttl", "1h"]
+        dst.start_proc(n4)
+        assert api(leader, "POST", "/v1/members", admin, {"raft": n4.raft, "api": n4.url, "id": "n4"}).ok
+        dst.wait_ready(60, procs=[n4])
+        quiet(dst, admin)
+        states = hashes(dst, admin)
+        assert len(states) == 1, f"the added replica disagrees: {states}"
+        assert [j["name"] for j in api(n4, "GET", "/v1/jobs", admin).json()["jobs"]] == ["api", "web", "worker"]
     finally:
         dst.stop()
 
