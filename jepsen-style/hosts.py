@@ -42,14 +42,20 @@ def missing_tools() -> list[str]:
     return [t for t in ("unshare", "ip", "nft") if shutil.which(t) is None]
 
 
-def in_private_netns() -> bool:
-    """True when our network namespace differs from init's (pid 1 stays the host's init,
-    since the run does not unshare the pid namespace)."""
+def _netns_inode() -> int | None:
     try:
-        return os.stat("/proc/self/ns/net").st_ino != os.stat("/proc/1/ns/net").st_ino \
-            and os.environ.get(MARKER) == "1"
+        return os.stat("/proc/self/ns/net").st_ino
     except OSError:
-        return False
+        return None
+
+
+def in_private_netns() -> bool:
+    """True when this process was re-executed by `reexec_private` and its network namespace
+    differs from the one it was started in (recorded in the marker variable; /proc/1/ns may
+    not be readable, so init's namespace is not consulted)."""
+    origin = os.environ.get(MARKER, "")
+    here = _netns_inode()
+    return origin.isdigit() and here is not None and here != int(origin)
 
 
 def private_command(argv: Sequence[str]) -> list[str]:
@@ -60,7 +66,9 @@ def private_command(argv: Sequence[str]) -> list[str]:
 
 def reexec_private(argv: Sequence[str]) -> NoReturn:
     """Replace this process by itself inside a fresh network and mount namespace."""
-    env = dict(os.environ, **{MARKER: "1"})
+    if os.environ.get(MARKER):
+        raise RuntimeError("already re-executed once, yet not in a private network namespace")
+    env = dict(os.environ, **{MARKER: str(_netns_inode())})
     cmd = private_command(argv)
     os.execvpe(cmd[0], cmd, env)
 

@@ -210,6 +210,15 @@ class Partitioner:
 
 # -- processes -------------------------------------------------------------------------
 
+def die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the run dies, so a crashed run leaves no replica behind
+    (`ip netns exec` execs, so the setting reaches the replica itself)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class Proc:
     """A long-running command inside a test host, with kill -9 / restart / pause / resume."""
 
@@ -235,7 +244,8 @@ class Proc:
         self.log.write(f"\n=== start {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
         self.log.flush()
         env = dict(os.environ, **(self.env or {}))
-        self.popen = self.net.spawn(self.host, self.argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.popen = self.net.spawn(self.host, self.argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                    stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         self.paused = False
 
     def _signal(self, sig: int) -> None:

@@ -1,0 +1,118 @@
+"""Check a finished run and write its report.
+
+    python analyse.py RUN_DIR      results.json, report.md and timeline.svg in RUN_DIR; exit 0/1/2
+
+Checkers (see checkers/): linearizability per job register, no lost acknowledged write,
+at most one leader per term, replicas' hash chains agree, convergence after heal,
+discovery bound (answers read with ?consistent=1), no 5xx other than 503, every fault
+verified. A checker that cannot decide says "unknown" (never "pass").
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from checkers import chains, combine, convergence, discovery, leaders, linear, lost_writes  # noqa: E402
+from history import iter_json_lines, pair_ops, read_history  # noqa: E402
+
+CONVERGENCE_BOUND_S = 30.0
+DISCOVERY_BOUND_S = 6.0   # health checks (300 ms x 2) + the commit of the transition, with slack
+LINEAR_TIMEOUT_S = 120.0
+
+
+def _lines(run_dir: str, name: str) -> list[dict[str, Any]]:
+    path = os.path.join(run_dir, name)
+    return list(iter_json_lines(path)) if os.path.exists(path) else []
+
+
+def _load(run_dir: str, name: str) -> dict[str, Any]:
+    path = os.path.join(run_dir, name)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_run(run_dir: str) -> dict[str, Any]:
+    meta = _load(run_dir, "meta.json")
+    work = _load(run_dir, "workload.json")
+    results: dict[str, Any] = {}
+    if meta.get("harness_error"):
+        results["harness"] = {"valid": False, "error": meta["harness_error"]}
+    faults = _lines(run_dir, "faults.jsonl")
+    unverified = [f for f in faults if f.get("type") == "start"
+                  and isinstance(f["done"].get("verified"), dict) and f["done"]["verified"].get("ok") is False]
+    results["faults_verified"] = {"valid": not unverified and not meta.get("harness_error"),
+                                  "faults": sum(1 for f in faults if f.get("type") == "start"),
+                                  "unverified": unverified}
+    history = read_history(os.path.join(run_dir, "history.jsonl")) if os.path.exists(
+        os.path.join(run_dir, "history.jsonl")) else []
+    calls = pair_ops(history)
+    results["linearizable"] = linear.check(calls, timeout_s=LINEAR_TIMEOUT_S).to_json()
+    if "final_at_ns" in work:
+        final = lost_writes.final_reads(history, work["final_at_ns"])
+        results["no_lost_writes"] = lost_writes.check(calls, final).to_json()
+    else:
+        results["no_lost_writes"] = {"valid": "unknown", "why": "no final reads (the workload did not finish)"}
+    status = [s for s in _lines(run_dir, "status.jsonl") if s.get("ok")]
+    results["one_leader_per_term"] = leaders.check(status).to_json()
+    per_node: dict[str, list[tuple[int, str]]] = {}
+    for s in status:
+        if s.get("chain") is not None and s.get("entries") is not None:
+            per_node.setdefault(s["node"], []).append((s["entries"], s["chain"]))
+    results["hash_chains_agree"] = chains.check(per_node).to_json()
+    heal_ns = meta.get("heal_ns")
+    if heal_ns:
+        results["convergence"] = convergence.check(_lines(run_dir, "jobs.jsonl"), heal_ns, CONVERGENCE_BOUND_S).to_json()
+    else:
+        results["convergence"] = {"valid": "unknown", "why": "the run never healed"}
+    answers = _lines(run_dir, "answers.jsonl")
+    health = _lines(run_dir, "health.jsonl")
+    consistent = [dict(a, time=a.get("invoked", a["time"])) for a in answers if a.get("consistent")]
+    results["discovery_bound"] = discovery.check(consistent, health, DISCOVERY_BOUND_S).to_json()
+    plain = discovery.check([dict(a, time=a.get("invoked", a["time"])) for a in answers if not a.get("consistent")],
+                            health, DISCOVERY_BOUND_S).to_json()
+    plain["valid"] = "informational"  # plain reads may be stale by design (they say so in X-Raftctl-Index)
+    results["discovery_plain_reads"] = plain
+    bugs = work.get("bugs", [])
+    results["no_server_errors"] = {"valid": not bugs, "count": len(bugs), "examples": bugs[:5]}
+    ops = {"total": len(calls), "by_type": {}}
+    for c in calls:
+        ops["by_type"][f"{c.f}:{c.status}"] = ops["by_type"].get(f"{c.f}:{c.status}", 0) + 1
+    ops["fail"] = sum(1 for op in history if op.type == "fail")
+    verdicts = [r["valid"] for r in results.values() if r.get("valid") != "informational"]
+    return {"valid": combine(verdicts), "seed": meta.get("seed"), "nodes": meta.get("nodes"),
+            "duration": meta.get("duration"), "ops": ops, "workload": {k: work.get(k) for k in ("ops", "final_missing")},
+            "checkers": results}
+
+
+def exit_code(res: dict[str, Any]) -> int:
+    checks = res["checkers"]
+    if checks.get("harness") or checks["faults_verified"]["valid"] is False:
+        return 2
+    return 1 if res["valid"] is False else 0
+
+
+def analyse(run_dir: str) -> int:
+    res = check_run(run_dir)
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    import report
+
+    report.write(run_dir, res)
+    code = exit_code(res)
+    bad = [k for k, v in res["checkers"].items() if v.get("valid") is False]
+    print(f"  checkers: {'FAILED ' + ', '.join(bad) if bad else 'all passed or unknown'} (exit {code})", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__)
+    sys.exit(analyse(sys.argv[1]))
