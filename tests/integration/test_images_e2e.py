@@ -225,37 +225,3 @@ def test_runc_job_naming_an_unpushed_image_fails_its_placements_clearly(runc_clu
     assert "image ghost:1 is not pushed" in text and "raftctl image build" in text
     client_for(c).request("DELETE", "/v1/jobs/ghost")
 
-
-@pytest.mark.root
-def test_the_readme_quick_start_runs_as_written_with_runc(root_runc, tmp_path):
-    """`raftctl up` (runc by default as root), then the README's commands, from the repository root."""
-    import signal
-
-    from .test_cli import ROOT, raftctl
-
-    d = tmp_path / "dev"
-    up = subprocess.Popen([sys.executable, "-m", "raftctl.cli.main", "up", "--dir", str(d)], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_until(lambda: (d / "env").exists() and json.loads((d / "cluster.json").read_text())["runtime"],
-                   timeout=90, what="raftctl up")
-        assert json.loads((d / "cluster.json").read_text())["runtime"] == "runc"
-        env = dict(line.replace("export ", "").split("=", 1) for line in (d / "env").read_text().splitlines())
-        env = {k: v.strip("'") for k, v in env.items()}
-        wait_until(lambda: len(json.loads(raftctl("-o", "json", "machine", "list", env=env).stdout)["machines"]) == 3,
-                   timeout=60, what="3 machines")
-        raftctl("image", "build", "examples/web", "--name", "web:1", "--base", "host", env=env)
-        raftctl("job", "run", "--detach", "examples/web.yaml", env=env)
-        eps = wait_until(lambda: (lambda a: a["endpoints"] if len(a["endpoints"]) == 3 else None)(
-            json.loads(raftctl("-o", "json", "discover", "web", env=env).stdout)), timeout=90, what="3 endpoints")
-        for e in eps:
-            with urllib.request.urlopen(f"http://{e['address']}:{e['port']}/", timeout=5) as r:
-                assert "Hello from a raftctl replica" in r.read().decode()
-    finally:
-        up.send_signal(signal.SIGINT)
-        out, _ = up.communicate(timeout=120)
-    assert up.returncode == 0 and "stopped" in out, out
-    for m in ("m1", "m2", "m3"):
-        r = subprocess.run(["runc", "--root", str(d / m / "runc" / "runc"), "list", "-q"], capture_output=True,
-                           text=True)
-        assert r.stdout.strip() == "", f"containers left on {m}: {r.stdout}"
