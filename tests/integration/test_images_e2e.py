@@ -224,4 +224,3 @@ def test_runc_job_naming_an_unpushed_image_fails_its_placements_clearly(runc_clu
     text = wait_until(lambda: "is not pushed" in reason() and reason(), timeout=60, what="a clear failure")
     assert "image ghost:1 is not pushed" in text and "raftctl image build" in text
     client_for(c).request("DELETE", "/v1/jobs/ghost")
-
