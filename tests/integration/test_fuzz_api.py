@@ -50,6 +50,14 @@ TIMEOUT_S = 20.0  # a request slower than this is a hung replica
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
+@schemathesis.serializer("application/cbor")
+def _cbor(ctx: Any, value: Any) -> bytes:
+    """Bodies the document allows as CBOR are sent as CBOR too (schemathesis picks a media type per case)."""
+    import cbor2
+
+    return cbor2.dumps(value)
+
+
 class Fuzz:
     """The cluster under test, the token, and what the run saw."""
 
@@ -60,6 +68,7 @@ class Fuzz:
         self.session = requests.Session()
         self.requests = 0
         self.by_status: dict[int, int] = {}
+        self.by_media: dict[str, int] = {}
         self.rejected_checked = 0
         self.retried = 0
 
@@ -172,6 +181,9 @@ def test_schemathesis_requests_never_get_a_5xx_conform_to_the_document_and_rejec
                 headers = fuzz.auth()
                 case.headers = {**(case.headers or {}), **headers}  # auth is tested apart: always a valid token
 
+                if case.media_type:
+                    fuzz.by_media[case.media_type] = fuzz.by_media.get(case.media_type, 0) + 1
+
                 def send() -> int:
                     resp = case.call(base_url=fuzz.target.url, headers=headers, timeout=TIMEOUT_S,
                                      session=fuzz.session)
@@ -202,7 +214,8 @@ def test_schemathesis_requests_never_get_a_5xx_conform_to_the_document_and_rejec
                                 f"{str(exc)[:1500]}")
     elapsed = time.monotonic() - started
     print(f"\nschemathesis: {fuzz.requests} requests generated over {len(ops)} operations in {elapsed:.0f}s; "
-          f"status codes {dict(sorted(fuzz.by_status.items()))}; {fuzz.rejected_checked} rejections checked "
+          f"bodies {fuzz.by_media}; status codes {dict(sorted(fuzz.by_status.items()))}; "
+          f"{fuzz.rejected_checked} rejections checked "
           f"unchanged ({fuzz.retried} re-checked on a quiet cluster)")
     assert not failures, "\n\n".join(failures) + server_errors(fuzz.cluster)
     assert fuzz.by_status.get(500, 0) == 0
