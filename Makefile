@@ -1,6 +1,6 @@
 # raftctl: the two quick-start commands are `make up` and `make test`.
 # Both install everything they need (a virtualenv with the Python dependencies and,
-# when run as root on Debian/Ubuntu, runc, busybox-static, btrfs-progs and nftables).
+# when run as root on Debian/Ubuntu, runc, tini, busybox-static, btrfs-progs and nftables).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,14 +17,15 @@ $(STAMP): pyproject.toml
 
 deps: system-deps $(STAMP)
 
-# Debian packages for the runc driver, images on btrfs, the jepsen-style harness, the dashboard's browser test
-# and systemd-analyze (deploy/systemd unit check).
+# Debian packages for the runc driver (runc, and tini as each container's PID 1), images on btrfs,
+# the jepsen-style harness, the dashboard's browser test and systemd-analyze (deploy/systemd unit check).
 # Only as root, only where apt-get exists; otherwise the runc tests skip loudly.
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  missing=""; \
 	  command -v runc >/dev/null 2>&1 || missing="$$missing runc"; \
 	  [ -x /bin/busybox ] || missing="$$missing busybox-static"; \
+	  command -v tini-static >/dev/null 2>&1 || missing="$$missing tini"; \
 	  command -v mkfs.btrfs >/dev/null 2>&1 || missing="$$missing btrfs-progs"; \
 	  command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
 	  command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \

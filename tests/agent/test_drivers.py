@@ -37,6 +37,12 @@ def test_oci_config_limits_and_privileges():
     assert p["capabilities"]["effective"] == [] and "CAP_NET_RAW" not in p["capabilities"]["bounding"]
     assert cfg["root"]["readonly"] is True
     assert any(m["destination"] == "/usr" and "ro" in m["options"] for m in cfg["mounts"])
+    assert p["args"] == ["server", "--port", "31001"]      # no init given: the command is PID 1
+    with_init = bundle.config(s, cgroups_path="/x", data_dir=None, host_binds=[], memsw=False,
+                              init="/usr/bin/tini-static")
+    assert with_init["process"]["args"] == [bundle.INIT_PATH, "-g", "--", "server", "--port", "31001"]
+    assert {"destination": bundle.INIT_PATH, "type": "bind", "source": "/usr/bin/tini-static",
+            "options": ["bind", "ro", "nosuid", "nodev"]} in with_init["mounts"]
     bridged = ContainerSpec.from_dict({**s.to_dict(), "network": "bridge", "user": "0"})
     cfg = bundle.config(bridged, cgroups_path="/x", data_dir=None, host_binds=[], memsw=False, netns="/run/netns/n")
     assert {"type": "network", "path": "/run/netns/n"} in cfg["linux"]["namespaces"]

@@ -36,7 +36,10 @@ def test_ps_shows_only_own_processes(runc_driver, run):
     assert [l.split()[0] for l in lines][0] == "1"
     assert any("sleep 300" in l for l in lines)
     assert not any("sleep 301" in l for l in lines), out
-    assert len(lines) == 2, out                     # sleep + ps itself
+    if runc_driver.init:                            # init (tini) as PID 1 + sleep + ps itself
+        assert "/.raftctl-init" in lines[0] and len(lines) == 3, out
+    else:                                           # sleep as PID 1 + ps itself
+        assert len(lines) == 2, out
     code, out = runc_driver.exec(a.id, ["id", "-u"])
     assert out.strip() == "65534"                   # non-root by default
     code, out = runc_driver.exec(a.id, ["hostname"])
@@ -121,10 +124,23 @@ def test_stop_with_grace_and_exit_code(runc_driver, run):
     time.sleep(0.2)
     obs = runc_driver.stop(a.id, grace_s=5)
     assert obs.state == "exited" and obs.exit_code == 3
-    b = run(["sleep", "300"])                        # pid 1 ignores TERM: killed after the grace
+    b = run(["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"])  # ignores TERM: killed after the grace
+    time.sleep(0.2)
     t = time.monotonic()
     obs = runc_driver.stop(b.id, grace_s=0.3)
     assert obs.exit_code == 137 and time.monotonic() - t < 3
+
+
+def test_a_command_without_a_term_handler_stops_on_sigterm(runc_driver, run):
+    """The init runs the command as its child, so default signal actions apply: no wait for the grace."""
+    if not runc_driver.init:
+        pytest.skip("tini-static is not installed (apt-get install tini): the command runs as PID 1")
+    a = run(["sleep", "300"])
+    t = time.monotonic()
+    obs = runc_driver.stop(a.id, grace_s=20)
+    took = time.monotonic() - t
+    assert obs.state == "exited" and obs.exit_code == 143, obs   # 128 + SIGTERM, passed on by the init
+    assert took < 10, f"stop waited {took:.1f}s: SIGTERM did not reach the command"
 
 
 def test_adoption_after_driver_restart(runc_driver, run, busybox_store):

@@ -14,6 +14,10 @@ ROOT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_K
 MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
           "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"]
 READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+# Where the init (tini) is bind-mounted read-only. As PID 1 of its pid namespace a process gets no
+# default signal actions, so a service without a SIGTERM handler would ignore the graceful stop;
+# tini runs the command as its child and forwards signals to the child's process group (-g).
+INIT_PATH = "/.raftctl-init"
 
 
 def hostname(spec: ContainerSpec) -> str:
@@ -27,7 +31,8 @@ def capabilities(uid: int) -> dict[str, list[str]]:
             "inheritable": [], "ambient": []}
 
 
-def mounts(spec: ContainerSpec, data_dir: str | None, host_binds: list[str], tmp_size: int) -> list[dict[str, Any]]:
+def mounts(spec: ContainerSpec, data_dir: str | None, host_binds: list[str], tmp_size: int,
+           init: str | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -47,7 +52,15 @@ def mounts(spec: ContainerSpec, data_dir: str | None, host_binds: list[str], tmp
     for path in host_binds:
         out.append({"destination": path, "type": "bind", "source": path,
                     "options": ["rbind", "ro", "nosuid", "nodev", "rprivate"]})
+    if init:
+        out.append({"destination": INIT_PATH, "type": "bind", "source": init,
+                    "options": ["bind", "ro", "nosuid", "nodev"]})
     return out
+
+
+def process_args(command: list[str], init: str | None) -> list[str]:
+    """The container's argv: the command under the init when there is one (signals reach its whole group)."""
+    return [INIT_PATH, "-g", "--", *command] if init else list(command)
 
 
 def resources(spec: ContainerSpec, memsw: bool) -> dict[str, Any]:
@@ -66,7 +79,8 @@ def resources(spec: ContainerSpec, memsw: bool) -> dict[str, Any]:
 
 
 def config(spec: ContainerSpec, *, cgroups_path: str, data_dir: str | None, host_binds: list[str],
-           memsw: bool, netns: str | None = None) -> dict[str, Any]:
+           memsw: bool, netns: str | None = None, init: str | None = None) -> dict[str, Any]:
+    """``init``: host path of a static init binary (tini-static) to run as PID 1; None runs the command as PID 1."""
     uid, gid = spec.uid_gid
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "mount", "uts", "ipc")]
     if spec.network == "bridge":
@@ -77,7 +91,7 @@ def config(spec: ContainerSpec, *, cgroups_path: str, data_dir: str | None, host
         "process": {
             "terminal": False,
             "user": {"uid": uid, "gid": gid},
-            "args": list(spec.command),
+            "args": process_args(spec.command, init),
             "env": [f"{k}={v}" for k, v in sorted(spec.env.items())],
             "cwd": "/",
             "capabilities": capabilities(uid),
@@ -85,7 +99,7 @@ def config(spec: ContainerSpec, *, cgroups_path: str, data_dir: str | None, host
         },
         "root": {"path": "rootfs", "readonly": spec.read_only_root},
         "hostname": hostname(spec),
-        "mounts": mounts(spec, data_dir, host_binds, max(tmp_size, 1 << 20)),
+        "mounts": mounts(spec, data_dir, host_binds, max(tmp_size, 1 << 20), init),
         "linux": {
             "cgroupsPath": cgroups_path,
             "resources": resources(spec, memsw),

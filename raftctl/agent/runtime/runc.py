@@ -30,6 +30,12 @@ log = logging.getLogger("raftctl.agent.runc")
 SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim.py")
 
 
+def find_init() -> str | None:
+    """A static init (Debian's tini-static: no host libraries, so it runs in `base: scratch` images too)
+    to run as each container's PID 1, or None (then the command itself is PID 1)."""
+    return shutil.which("tini-static")
+
+
 def runc_available(runc: str = "runc") -> bool:
     return os.geteuid() == 0 and shutil.which(runc) is not None
 
@@ -58,6 +64,10 @@ class RuncDriver(Driver):
         self.python = python
         self.memsw = cgroups.memsw_available()
         self.shims = ShimPool(python, os.path.join(self.data_dir, "shim.err"))
+        self.init = find_init()
+        if self.init is None:
+            log.warning("tini-static not found (apt-get install tini): each container's command runs as PID 1, "
+                        "so one without a SIGTERM handler is stopped only by SIGKILL after its grace period")
 
     # -- helpers ------------------------------------------------------------------------------
     def _argv(self, *args: str) -> list[str]:
@@ -128,7 +138,8 @@ class RuncDriver(Driver):
             os.chmod(data_dir, 0o750)
         streams = logs.prepare(spec.log_dir)
         cfg = oci_bundle.config(spec, cgroups_path=self.cgroups_path(spec.id), data_dir=data_dir,
-                                host_binds=host_binds, memsw=self.memsw, netns=spec.netns)
+                                host_binds=host_binds, memsw=self.memsw, netns=spec.netns,
+                                init=self.init)
         with open(os.path.join(b, "config.json"), "w") as f:
             json.dump(cfg, f, indent=1)
         shim_cfg = {
