@@ -146,7 +146,8 @@ HOP_HEADERS = {"authorization", "content-type", "x-request-id", "accept"}
 
 
 async def forward_to_leader(request: web.Request) -> web.Response | None:
-    """Proxy a write to the leader's API so the leader batches it; None to handle it here."""
+    """Proxy a request to the leader's API (writes, so the leader batches them; requests with a token this
+    replica has not applied yet); None to handle it here (leading, no leader known, already forwarded)."""
     replica = request.app[REPLICA]
     if request.headers.get(FORWARDED) or replica.raft is None:
         return None
@@ -211,6 +212,13 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
                 if replica.raft is not None and not replica.raft.isReady():
                     # a replica still replaying its log may not know the token yet: let the client retry elsewhere
                     raise Unavailable("this replica is still catching up with the leader; try another") from None
+                if request.headers.get("Authorization"):
+                    # a token created a moment ago may be committed on the leader but not yet applied here
+                    # (Consul's followers likewise ask the leader about tokens they cannot resolve): the leader
+                    # decides, and a token it does not know either is refused there with the same 401
+                    forwarded = await forward_to_leader(request)
+                    if forwarded is not None:
+                        return forwarded
                 raise
             if getattr(handler, "write", False):
                 forwarded = await forward_to_leader(request)

@@ -108,6 +108,26 @@ def test_auth_401_and_403(cluster):
     wait_until(lambda: raw(url + "/v1/jobs", token=reader)[0] == 401, what="revoked token refused")
 
 
+def test_a_token_is_accepted_by_a_follower_that_has_not_applied_it_yet(cluster):
+    """Read-your-writes for tokens: a follower that does not know a token asks the leader, not 401."""
+    leader, (f1, _) = followers(cluster)
+    lead = client_for(cluster, leader)
+    lead.request("PUT", "/v1/jobs/tok", {**SPEC, "name": "tok"})
+    f1.popen.send_signal(signal.SIGSTOP)  # f1 misses what follows; the leader and f2 still commit
+    try:
+        for i in range(200):  # a backlog f1 must apply before it reaches the token
+            lead.request("POST", "/v1/jobs/tok/scale", {"replicas": i % 3})
+        fresh = lead.request("POST", "/v1/tokens", {"role": "reader", "name": "fresh"})["token"]
+    finally:
+        f1.popen.send_signal(signal.SIGCONT)
+    status, body = raw(f1.url + "/v1/jobs", token=fresh)
+    assert status == 200, body
+    status, body = raw(f1.url + "/v1/jobs", token="rct_never-issued")
+    assert status == 401 and "unknown or revoked" in body["error"]["message"]  # the leader refuses it too
+    client_for(cluster).request("DELETE", "/v1/tokens/fresh")
+    client_for(cluster).request("DELETE", "/v1/jobs/tok")
+
+
 def test_unknown_route_is_json_404(cluster):
     status, body = raw(cluster.urls[0] + "/v1/nothing-here", token=cluster.token())
     assert status == 404 and body["error"]["code"] == "not_found"
