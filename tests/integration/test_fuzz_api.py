@@ -165,53 +165,54 @@ def test_schemathesis_requests_never_get_a_5xx_conform_to_the_document_and_rejec
     ops = _operations()
     assert len(ops) >= 35
     started = time.monotonic()
-    per_op = max(5, int(os.environ.get("RAFTCTL_FUZZ_EXAMPLES", "25")))
+    per_op = max(5, int(os.environ.get("RAFTCTL_FUZZ_EXAMPLES", "40")))
     failures: list[str] = []
 
-    for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-        for op in ops:
-            if time.monotonic() - started > BUDGET_S:
-                break
+    # each operation valid then invalid before the next, so a cut by the time budget still covers both
+    for op, mode in [(op, m) for op in ops for m in (schemathesis.GenerationMode.POSITIVE,
+                                                      schemathesis.GenerationMode.NEGATIVE)]:
+        if time.monotonic() - started > BUDGET_S:
+            break
 
-            @settings(max_examples=per_op, deadline=None, database=None, derandomize=False,
-                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-            @given(case=op.as_strategy(generation_mode=mode))
-            def run(case: Any) -> None:
-                _bound_blocking_queries(case)
-                headers = fuzz.auth()
-                case.headers = {**(case.headers or {}), **headers}  # auth is tested apart: always a valid token
+        @settings(max_examples=per_op, deadline=None, database=None, derandomize=False,
+                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @given(case=op.as_strategy(generation_mode=mode))
+        def run(case: Any) -> None:
+            _bound_blocking_queries(case)
+            headers = fuzz.auth()
+            case.headers = {**(case.headers or {}), **headers}  # auth is tested apart: always a valid token
 
-                if case.media_type:
-                    fuzz.by_media[case.media_type] = fuzz.by_media.get(case.media_type, 0) + 1
+            if case.media_type:
+                fuzz.by_media[case.media_type] = fuzz.by_media.get(case.media_type, 0) + 1
 
-                def send() -> int:
-                    resp = case.call(base_url=fuzz.target.url, headers=headers, timeout=TIMEOUT_S,
-                                     session=fuzz.session)
-                    fuzz.record(resp.status_code)
-                    send.resp = resp  # type: ignore[attr-defined]
-                    return resp.status_code
+            def send() -> int:
+                resp = case.call(base_url=fuzz.target.url, headers=headers, timeout=TIMEOUT_S,
+                                 session=fuzz.session)
+                fuzz.record(resp.status_code)
+                send.resp = resp  # type: ignore[attr-defined]
+                return resp.status_code
 
-                before = fuzz.index()
-                status = send()
-                resp = send.resp  # type: ignore[attr-defined]
-                assert status < 500 or status == 503, f"{case.method} {case.formatted_path}: {status} {resp.text}"
-                case.validate_response(resp, checks=CHECKS, headers=headers)
-                if 400 <= status < 500:
-                    body = resp.json()
-                    assert set(body["error"]) >= {"code", "message", "field"}, body
-                    if fuzz.index() != before:
-                        fuzz.assert_rejection_changed_nothing(send, f"{case.method} {case.formatted_path} "
-                                                                    f"-> {status} {resp.text[:200]}")
-                    else:
-                        fuzz.rejected_checked += 1
+            before = fuzz.index()
+            status = send()
+            resp = send.resp  # type: ignore[attr-defined]
+            assert status < 500 or status == 503, f"{case.method} {case.formatted_path}: {status} {resp.text}"
+            case.validate_response(resp, checks=CHECKS, headers=headers)
+            if 400 <= status < 500:
+                body = resp.json()
+                assert set(body["error"]) >= {"code", "message", "field"}, body
+                if fuzz.index() != before:
+                    fuzz.assert_rejection_changed_nothing(send, f"{case.method} {case.formatted_path} "
+                                                                f"-> {status} {resp.text[:200]}")
+                else:
+                    fuzz.rejected_checked += 1
 
-            try:
-                run()
-            except Unsatisfiable:
-                pass  # nothing to make invalid (no parameters, no body)
-            except Exception as exc:  # collect every operation's failure, then report them all
-                failures.append(f"{mode.value} {op.method.upper()} {op.path}: {type(exc).__name__}: "
-                                f"{str(exc)[:1500]}")
+        try:
+            run()
+        except Unsatisfiable:
+            pass  # nothing to make invalid (no parameters, no body)
+        except Exception as exc:  # collect every operation's failure, then report them all
+            failures.append(f"{mode.value} {op.method.upper()} {op.path}: {type(exc).__name__}: "
+                            f"{str(exc)[:1500]}")
     elapsed = time.monotonic() - started
     print(f"\nschemathesis: {fuzz.requests} requests generated over {len(ops)} operations in {elapsed:.0f}s; "
           f"bodies {fuzz.by_media}; status codes {dict(sorted(fuzz.by_status.items()))}; "
@@ -273,7 +274,7 @@ def _raw(url: str, method: str, path: str, body: bytes, ctype: str, token: str) 
 def test_malformed_bodies_and_odd_names_never_get_a_5xx_and_change_nothing(fuzz: Fuzz) -> None:
     sent: list[int] = []
 
-    @settings(max_examples=int(os.environ.get("RAFTCTL_FUZZ_RAW_EXAMPLES", "250")), deadline=None, database=None,
+    @settings(max_examples=int(os.environ.get("RAFTCTL_FUZZ_RAW_EXAMPLES", "400")), deadline=None, database=None,
               phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
     @given(template=st.sampled_from(WRITE_PATHS), name=ODD_NAMES, body=BODIES,
            method=st.sampled_from(["POST", "PUT", "POST", "DELETE"]))
