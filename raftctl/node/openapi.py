@@ -331,6 +331,9 @@ def _paths() -> dict[str, Any]:
                        params=[_path_param("digest", DIGEST)], request_content=BLOB),
             "get": _op("Download a blob (fetched from a peer replica if missing here)", "read", None,
                        params=[_path_param("digest", DIGEST)], ok_content=BLOB),
+            "head": _op("Whether this replica holds the blob (it does not ask its peers; a pusher skips what a "
+                        "replica holds)", "read", None, params=[_path_param("digest", DIGEST)],
+                        ok_content={}),
         },
     }
 
