@@ -147,6 +147,14 @@ def test_a_snapshot_restored_into_a_fresh_cluster_has_the_same_data_one_hash_and
         quiet(dst, admin)
         assert len(hashes(dst, admin)) == 1
 
+        # a restored replica restarted (its log still starts at the seeded snapshot) replays to the same state
+        dst.kill(follower)
+        assert api(leader, "POST", "/v1/jobs/worker/scale", admin, {"replicas": 0, "reason": "while n down"}).ok
+        dst.start_proc(follower)
+        dst.wait_ready(60, procs=[follower])
+        quiet(dst, admin)
+        assert len(hashes(dst, admin)) == 1
+
         # a replica added later starts empty: it must get the restored state from the leader's snapshot,
         # never replay the new log onto an empty state
         n4 = add_server(dst, "n4")
