@@ -80,6 +80,7 @@ def check_run(run_dir: str) -> dict[str, Any]:
                             health, DISCOVERY_BOUND_S).to_json()
     plain["valid"] = "informational"  # plain reads may be stale by design (they say so in X-Raftctl-Index)
     results["discovery_plain_reads"] = plain
+    results["recovery"] = recovery(faults, _lines(run_dir, "status.jsonl"), meta.get("nodes") or [])
     bugs = work.get("bugs", [])
     results["no_server_errors"] = {"valid": not bugs, "count": len(bugs), "examples": bugs[:5]}
     ops = {"total": len(calls), "by_type": {}}
@@ -90,6 +91,32 @@ def check_run(run_dir: str) -> dict[str, Any]:
     return {"valid": combine(verdicts), "seed": meta.get("seed"), "nodes": meta.get("nodes"),
             "duration": meta.get("duration"), "ops": ops, "workload": {k: work.get(k) for k in ("ops", "final_missing")},
             "checkers": results}
+
+
+def recovery(faults: list[dict[str, Any]], status: list[dict[str, Any]], nodes: list[str]) -> dict[str, Any]:
+    """Informational: after each fault is undone, how long until every replica answers and names
+    the same leader in the same term."""
+    by_time: dict[int, dict[str, dict[str, Any]]] = {}
+    for s in status:
+        by_time.setdefault(s["time"], {})[s["node"]] = s
+    rounds = sorted(by_time.items())
+    out = []
+    for f in faults:
+        if f.get("type") not in ("end", "heal"):
+            continue
+        agreed = None
+        for t, ss in rounds:
+            if t < f["time"]:
+                continue
+            views = {(s.get("term"), s.get("leader")) for s in ss.values() if s.get("ok")}
+            if len(ss) == len(nodes) and all(s.get("ok") for s in ss.values()) and len(views) == 1 \
+                    and next(iter(views))[1]:
+                agreed = t
+                break
+        out.append({"after": f.get("kind", "heal"), "target": f.get("target"),
+                    "seconds": None if agreed is None else round((agreed - f["time"]) / 1e9, 2)})
+    secs = [o["seconds"] for o in out if o["seconds"] is not None]
+    return {"valid": "informational", "max_s": max(secs) if secs else None, "faults": out}
 
 
 def exit_code(res: dict[str, Any]) -> int:

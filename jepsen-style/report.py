@@ -140,7 +140,8 @@ def write(run_dir: str, res: dict[str, Any]) -> None:
              f"**Verdict: {_fmt(res['valid'])}**", "", picture, "",
              "| checker | verdict | detail |", "|---|---|---|"]
     for name, r in ck.items():
-        lines.append(f"| {name} | {_fmt(r.get('valid'))} | {_esc(_detail(name, r))} |")
+        detail = _detail(name, r).replace("|", "/")
+        lines.append(f"| {name} | {_fmt(r.get('valid'))} | {detail} |")
     lines += ["", "## Operations", "", "```", json.dumps(res.get("ops"), indent=1), "```", ""]
     faults = [f for f in _lines(run_dir, "faults.jsonl") if f.get("type") == "start"]
     meta_t0 = json.load(open(os.path.join(run_dir, "meta.json"))).get("t0_ns", 0)
@@ -175,6 +176,9 @@ def _detail(name: str, r: dict[str, Any]) -> str:
                          for j, v in (r.get("jobs") or {}).items()) or str(r.get("why", ""))
     if name.startswith("discovery"):
         return f"{r.get('answers')} answers; {r.get('violation_count')} violations"
+    if name == "recovery":
+        return (f"max {r.get('max_s')} s from a fault's end until every replica names one leader: " +
+                ", ".join(f"{f['after']} {f['seconds']}" for f in r.get("faults", [])))
     if name == "faults_verified":
         return f"{r.get('faults')} faults; unverified {len(r.get('unverified', []))}"
     if name == "no_server_errors":

@@ -331,7 +331,8 @@ class Nemesis:
             _sleep_until(t0 + ev["at"])
             start = now_ns()
             done, how = self.apply(ev)
-            print(f"  {time.monotonic() - t0:6.1f}s {ev['kind']} {done.get('target', '')}", flush=True)
+            what = done.get("target") or done.get("args") or ""
+            print(f"  {time.monotonic() - t0:6.1f}s {ev['kind']} {what} for {ev['duration']}s", flush=True)
             verified = done.get("verified", {})
             self.record({"type": "start", "time": start, "kind": ev["kind"], "event": ev, "done": done})
             if isinstance(verified, dict) and verified.get("ok") is False:
@@ -410,7 +411,7 @@ def run_one(schedule: dict[str, Any], out: str) -> tuple[int, str]:
         cfg = {"seed": seed, "run_dir": run_dir, "token": cluster.token,
                "apis": {n: cluster.api(n) for n in nodes}, "raft_alias": {cluster.raft(n): n for n in nodes},
                "agents": AGENTS, "container_python": sys.executable, "web_replicas": 3,
-               "workers": 6, "think_s": 0.15, "op_timeout_s": 10.0, "reg_keys": 3, "scale_keys": 1,
+               "workers": 9, "think_s": 0.2, "op_timeout_s": 10.0, "reg_keys": 3, "scale_keys": 1,
                "ops_per_key": 250}
         cfg_path = os.path.join(run_dir, "workload-config.json")
         with open(cfg_path, "w") as f:

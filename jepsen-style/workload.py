@@ -3,7 +3,7 @@
     workload.py setup CONFIG   wait for a leader, create agent tokens and the service jobs; print JSON
     workload.py run CONFIG     workers + observers until stop_at, then final reads; writes files in run_dir
 
-Workers are asyncio tasks; each op is one HTTP request to a random replica with a fresh
+Workers are asyncio tasks, each bound to one replica; each op is one HTTP request with a fresh
 X-Request-Id, so a write the API retries internally is applied at most once.
 
 History (history.jsonl, see history.py): writes are PUT /v1/jobs/{key} with env GEN=<unique
@@ -54,6 +54,7 @@ def scale_spec(key: str) -> dict[str, Any]:
 def web_spec(python: str, replicas: int) -> dict[str, Any]:
     return {"name": SERVICE, "image": "web:1", "command": [python, "-m", "http.server", "${PORT_HTTP}"],
             "replicas": replicas, "ports": [{"name": "http"}], "resources": {"cpu": "50m", "memory": "64Mi"},
+            "spread": [{"level": "zone", "mode": "soft"}],
             "health": {"type": "http", "port": "http", "interval": "300ms", "timeout": "500ms", "failures": 2},
             "restart": {"policy": "always", "backoff": {"initial": "100ms", "max": "2s"}}}
 
@@ -170,8 +171,8 @@ class Workload:
         return key
 
     # -- one operation ------------------------------------------------------------
-    async def op(self, api: Api, process: int, f: str, key: str, value: Any = None) -> str:
-        node = self.rng.choice(sorted(self.urls))
+    async def op(self, api: Api, process: int, f: str, key: str, value: Any = None, node: str | None = None) -> str:
+        node = node or self.rng.choice(sorted(self.urls))
         base = self.urls[node]
         hf = "write" if f == "scale" else f  # a scale writes the scale job's register (its replica count)
         self.history.write({"process": process, "type": "invoke", "f": hf, "key": key, "value": value,
@@ -242,11 +243,14 @@ class Workload:
 
     # -- tasks ------------------------------------------------------------------------
     async def worker(self, api: Api, w: int) -> None:
+        """Worker w talks to one replica (w mod replicas), as a Jepsen client is bound to a node:
+        a partitioned replica stalls only its own workers."""
         process = w
+        nodes = sorted(self.urls)
         while now_ns() < self.cfg["stop_at_ns"]:
             f, key, value = self._pick()
             self._count(key)
-            kind = await self.op(api, process, f, key, value)
+            kind = await self.op(api, process, f, key, value, node=nodes[w % len(nodes)])
             if kind == "info":  # the op may still be in flight: a new process takes over (Jepsen style)
                 process += self.cfg["workers"]
             await asyncio.sleep(self.rng.uniform(0, self.cfg["think_s"]))
@@ -330,6 +334,18 @@ class Workload:
                 await asyncio.sleep(1.0)
         self.final_missing = pending
 
+    async def save_events(self, api: Api) -> None:
+        """The cluster's event log and machines at the end (for diagnosis; not checked)."""
+        out: dict[str, Any] = {}
+        for path in ("/v1/events?index=0", "/v1/machines"):
+            for url in self.urls.values():
+                status, body, _ = await api.call("GET", url + path, timeout=5.0)
+                if status == 200:
+                    out[path] = body
+                    break
+        with open(os.path.join(self.cfg["run_dir"], "events.json"), "w") as f:
+            json.dump(out, f, indent=1)
+
     async def run(self) -> dict[str, Any]:
         self.done = False
         async with Api(self.cfg["token"], self.cfg["op_timeout_s"]) as api:
@@ -337,6 +353,7 @@ class Workload:
                                                           self.probe_endpoints(), self.poll_jobs(api))]
             await asyncio.gather(*(self.worker(api, w) for w in range(self.cfg["workers"])))
             await self.final_reads(api)
+            await self.save_events(api)
             self.done = True
             await asyncio.gather(*observers, return_exceptions=True)
         for w in (self.history, self.status, self.answers, self.health, self.jobs):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ import pysyncobj.journal as pjournal
 import pysyncobj.syncobj as psyncobj
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
+from pysyncobj.tcp_connection import TcpConnection
 
 from raftctl.statemachine.apply import Rejection, Result, apply_entry
 from raftctl.statemachine.state import State
@@ -71,6 +73,26 @@ def _create_journal(journal_file: str | None = None) -> pjournal.Journal:
 
 # pysyncobj builds its journal through this module-level name; point it at ours.
 psyncobj.createJournal = _create_journal
+
+# pysyncobj gives up a connect attempt only after connectionTimeout (60 s here, to keep idle
+# links) and a link with unacknowledged data only when TCP's retransmissions give up (minutes).
+# Across a partition that heals, the pending SYN or segment is retried on the kernel's backoff
+# (1, 2, 4, 8, 16 s ...), so a healed replica stayed cut off for up to ~30 s (jepsen-style seed 2:
+# 17 s after a 35 s leader isolation). TCP_USER_TIMEOUT bounds both: the socket errors out,
+# pysyncobj drops it and reconnects within connectionRetryTime.
+RAFT_TCP_USER_TIMEOUT_MS = 2500
+_original_set_keepalive = TcpConnection.setSockoptKeepalive
+
+
+def _keepalive_and_user_timeout(conn: TcpConnection) -> None:
+    """pysyncobj calls this on every Raft socket it creates or accepts."""
+    _original_set_keepalive(conn)
+    sock = conn._TcpConnection__socket  # type: ignore[attr-defined]
+    if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, RAFT_TCP_USER_TIMEOUT_MS)
+
+
+TcpConnection.setSockoptKeepalive = _keepalive_and_user_timeout  # type: ignore[method-assign]
 
 
 def _fsync_dir(path: str) -> None:
