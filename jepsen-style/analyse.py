@@ -18,12 +18,25 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from checkers import chains, combine, convergence, discovery, leaders, linear, lost_writes  # noqa: E402
+from checkers import chains, combine, convergence, discovery, fencing, leaders, linear, lost_writes  # noqa: E402
 from history import iter_json_lines, pair_ops, read_history  # noqa: E402
 
 CONVERGENCE_BOUND_S = 30.0
 DISCOVERY_BOUND_S = 6.0   # health checks (300 ms x 2) + the commit of the transition, with slack
 LINEAR_TIMEOUT_S = 120.0
+FENCING_BOUND_S = 15.0    # drain delay (1 s) + stop grace + the agent's next assignment read, with slack
+
+
+def _agent_cuts(faults: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """When agents could not reach the control plane (agent-cut faults)."""
+    out, start = [], None
+    for f in faults:
+        if f.get("kind") == "agent-cut" and f.get("type") == "start":
+            start = f["time"]
+        elif f.get("kind") == "agent-cut" and f.get("type") == "end" and start is not None:
+            out.append((start, f["time"]))
+            start = None
+    return out
 
 
 def _lines(run_dir: str, name: str) -> list[dict[str, Any]]:
@@ -80,6 +93,10 @@ def check_run(run_dir: str) -> dict[str, Any]:
                             health, DISCOVERY_BOUND_S).to_json()
     plain["valid"] = "informational"  # plain reads may be stale by design (they say so in X-Raftctl-Index)
     results["discovery_plain_reads"] = plain
+    cuts = _agent_cuts(faults)
+    results["fencing"] = fencing.check(_lines(run_dir, "placements.jsonl"),
+                                       [c for c in _lines(run_dir, "containers.jsonl") if "running" in c],
+                                       cuts, FENCING_BOUND_S).to_json()
     results["recovery"] = recovery(faults, _lines(run_dir, "status.jsonl"), meta.get("nodes") or [])
     bugs = work.get("bugs", [])
     results["no_server_errors"] = {"valid": not bugs, "count": len(bugs), "examples": bugs[:5]}

@@ -98,10 +98,12 @@ def timeline_svg(run_dir: str) -> str:
             color, yy = "#d62728", top + 4
         parts.append(f'<circle cx="{x(inv.time):.1f}" cy="{yy:.1f}" r="1.6" fill="{color}"/>')
     y = top + h + 20
+    grid = []
     for s in range(0, int(span / 1e9) + 1, step):
         xx = x(t0 + s * 1e9)
-        parts.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="25" y2="{y - 15}" stroke="#f3f3f3"/>')
+        grid.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="25" y2="{y - 15}" stroke="#eee"/>')
         parts.append(f'<text x="{xx - 8:.1f}" y="{y}" font-size="10">{s}s</text>')
+    parts[:0] = grid  # under the bars
     if heal:
         parts.append(f'<line x1="{x(heal):.1f}" x2="{x(heal):.1f}" y1="25" y2="{y - 15}" stroke="#000" '
                      f'stroke-dasharray="4,3"/><text x="{x(heal) + 3:.1f}" y="22" font-size="11">heal</text>')
@@ -110,7 +112,6 @@ def timeline_svg(run_dir: str) -> str:
     parts.append(f'<text x="{LEFT}" y="{y + 18}" font-size="11">{_esc(legend)}</text>')
     y += 30
     body = "\n".join(parts)
-    # grid lines first so that bars sit above them
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{y}" font-family="sans-serif">'
             f'<rect width="100%" height="100%" fill="white"/>'
             f'<text x="4" y="16" font-size="13" font-weight="bold">seed {_esc(meta.get("seed"))}, '
@@ -179,6 +180,9 @@ def _detail(name: str, r: dict[str, Any]) -> str:
     if name == "recovery":
         return (f"max {r.get('max_s')} s from a fault's end until every replica names one leader: " +
                 ", ".join(f"{f['after']} {f['seconds']}" for f in r.get("faults", [])))
+    if name == "fencing":
+        return (f"{r.get('given_up')} placements given up; {r.get('violation_count')} containers "
+                f"still running past the bound")
     if name == "faults_verified":
         return f"{r.get('faults')} faults; unverified {len(r.get('unverified', []))}"
     if name == "no_server_errors":

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -215,6 +216,32 @@ def kill_containers(cluster: Cluster, agent: str) -> list[int]:
         except ProcessLookupError:
             pass
     return pids
+
+
+class ContainerSampler(threading.Thread):
+    """Ground truth for the fencing checker: each agent's running containers, read from its
+    driver's state every second (containers.jsonl)."""
+
+    def __init__(self, cluster: Cluster, path: str) -> None:
+        super().__init__(daemon=True, name="containers")
+        self.cluster, self.path = cluster, path
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with open(self.path, "a") as f:
+            while not self.halt.wait(1.0):
+                for a in AGENTS:
+                    try:
+                        running = sorted(container_pids(self.cluster, a))
+                    except Exception as exc:  # a container dir being written or removed
+                        f.write(json.dumps({"time": now_ns(), "agent": a, "error": repr(exc)}) + "\n")
+                        continue
+                    f.write(json.dumps({"time": now_ns(), "agent": a, "running": running}) + "\n")
+                f.flush()
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(5)
 
 
 # -- the nemesis loop -------------------------------------------------------------------
@@ -432,6 +459,8 @@ def run_one(schedule: dict[str, Any], out: str) -> tuple[int, str]:
         workload = cluster.net.spawn(CLIENT, [sys.executable, os.path.join(HERE, "workload.py"), "run", cfg_path],
                                      stdout=open(cluster.log("workload"), "ab"), stderr=subprocess.STDOUT)
         nemesis = Nemesis(cluster, part, os.path.join(run_dir, "faults.jsonl"))
+        sampler = ContainerSampler(cluster, os.path.join(run_dir, "containers.jsonl"))
+        sampler.start()
         try:
             nemesis.run(schedule, t0)
         finally:
@@ -442,6 +471,7 @@ def run_one(schedule: dict[str, Any], out: str) -> tuple[int, str]:
             workload.wait(timeout=quiet + 200)
         except subprocess.TimeoutExpired:
             raise RuntimeError("the workload did not finish in time") from None
+        sampler.stop()
         if workload.returncode != 0:
             raise RuntimeError(f"the workload exited with {workload.returncode}; see logs/workload.log")
     except Exception as exc:

@@ -19,7 +19,7 @@ jobs (their register is the replica count). Outcomes:
   timeout / reset / other  -> info for writes, fail for reads
 Observers: /v1/status of every replica (status.jsonl), discovery answers (answers.jsonl),
 a TCP probe of every endpoint ever announced (health.jsonl), consistent job lists for
-convergence (jobs.jsonl).
+convergence (jobs.jsonl) and their placements (placements.jsonl).
 """
 from __future__ import annotations
 
@@ -153,6 +153,7 @@ class Workload:
         self.answers = Writer(os.path.join(d, "answers.jsonl"))
         self.health = Writer(os.path.join(d, "health.jsonl"))
         self.jobs = Writer(os.path.join(d, "jobs.jsonl"))
+        self.placements = Writer(os.path.join(d, "placements.jsonl"))
         self.keys_used: list[str] = []
         self.endpoints: set[str] = set()
         self.counter = 0
@@ -311,10 +312,20 @@ class Workload:
             status, body, _ = await api.call("GET", f"{self.urls[node]}/v1/jobs?consistent=1", timeout=3.0)
             t = now_ns()
             if status == 200 and isinstance(body, dict):
+                watched = []
                 for j in body.get("jobs", []):
                     if j["status"] == "running" and (j["name"] == SERVICE or j["name"].startswith("s")):
+                        watched.append(j["name"])
                         self.jobs.write({"time": t, "job": j["name"], "want": j["replicas"],
                                          "running": j["counts"]["running"], "node": node})
+                for name in watched:
+                    t = now_ns()
+                    status, body, _ = await api.call(
+                        "GET", f"{self.urls[node]}/v1/jobs/{name}/placements?consistent=1", timeout=3.0)
+                    if status == 200 and isinstance(body, dict):
+                        self.placements.write({"time": t, "job": name, "node": node, "placements": [
+                            {k: p.get(k) for k in ("id", "desired", "state", "machine", "health")}
+                            for p in body.get("placements", [])]})
             await asyncio.sleep(2.0)
 
     async def final_reads(self, api: Api) -> None:
@@ -356,7 +367,7 @@ class Workload:
             await self.save_events(api)
             self.done = True
             await asyncio.gather(*observers, return_exceptions=True)
-        for w in (self.history, self.status, self.answers, self.health, self.jobs):
+        for w in (self.history, self.status, self.answers, self.health, self.jobs, self.placements):
             w.close()
         return {"final_at_ns": self.final_at, "final_missing": self.final_missing, "keys": self.keys_used,
                 "ops": self.ops, "bugs": self.bugs}

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from checkers import chains, convergence, discovery, leaders, linear, lost_writes
+from checkers import chains, convergence, discovery, fencing, leaders, linear, lost_writes
 from history import INF, Op, pair_ops, read_history, write_history
 
 S = 1_000_000_000  # ns
@@ -357,3 +357,37 @@ def test_search_agrees_with_brute_force(spec: list[tuple[str, Any, Any, int, int
             h.cas("k", old, v if v is not None else "c", start, start + length, outcome)
     ops = h.ops()
     assert linear.check(ops).valid is brute_force(ops), [o.to_json() for o in ops]
+
+
+# -- fencing: containers of given-up placements -------------------------------------------
+
+def _pl(t: float, *ps: tuple[str, str, str]) -> dict[str, Any]:
+    return {"time": int(t * S), "job": "web",
+            "placements": [{"id": i, "desired": d, "state": st, "machine": "a1"} for i, d, st in ps]}
+
+
+def _ct(t: float, *running: str) -> dict[str, Any]:
+    return {"time": int(t * S), "agent": "a1", "running": list(running)}
+
+
+def test_container_of_a_lost_placement_running_past_the_bound_is_caught() -> None:
+    placements = [_pl(0, ("web-1", "run", "running")), _pl(10, ("web-1", "run", "lost"))]
+    containers = [_ct(5, "web-1"), _ct(20, "web-1"), _ct(30, "web-1")]
+    res = fencing.check(placements, containers, [], bound_s=15)
+    assert res.valid is False
+    assert res.violations[0]["container"] == "web-1" and res.violations[0]["late_s"] == 20.0
+    assert fencing.check(placements, containers[:2], [], bound_s=15).valid is True  # 10 s late: within
+
+
+def test_the_bound_starts_when_the_agent_can_hear_the_control_plane_again() -> None:
+    placements = [_pl(0, ("web-1", "run", "running")), _pl(10, ("web-1", "run", "lost"))]
+    containers = [_ct(30, "web-1"), _ct(40, "web-1")]
+    assert fencing.check(placements, containers, [(5 * S, 28 * S)], bound_s=15).valid is True
+    assert fencing.check(placements, containers + [_ct(50, "web-1")], [(5 * S, 28 * S)], bound_s=15).valid is False
+
+
+def test_stopped_or_vanished_placements_count_and_exited_ones_do_not() -> None:
+    placements = [_pl(0, ("web-1", "run", "running"), ("web-2", "run", "running"), ("web-3", "run", "exited")),
+                  _pl(10, ("web-1", "stop", "running"), ("web-3", "run", "running"))]
+    res = fencing.check(placements, [_ct(40, "web-1", "web-2", "web-3")], [], bound_s=15)
+    assert sorted(v["container"] for v in res.violations) == ["web-1", "web-2"]

@@ -54,7 +54,7 @@ def test_every_seed_passes_every_checker_with_verified_faults(runs: list[str]) -
         res = json.load(open(os.path.join(d, "results.json")))
         checks = res["checkers"]
         for name in ("linearizable", "no_lost_writes", "one_leader_per_term", "hash_chains_agree",
-                     "convergence", "discovery_bound", "no_server_errors", "faults_verified"):
+                     "convergence", "discovery_bound", "fencing", "no_server_errors", "faults_verified"):
             assert checks[name]["valid"] in (True, "unknown"), (d, name, checks[name])
         assert checks["faults_verified"]["faults"] >= 3
         assert checks["no_lost_writes"]["acknowledged"] > 100
