@@ -439,7 +439,7 @@ def run_one(schedule: dict[str, Any], out: str) -> tuple[int, str]:
                "apis": {n: cluster.api(n) for n in nodes}, "raft_alias": {cluster.raft(n): n for n in nodes},
                "agents": AGENTS, "container_python": sys.executable, "web_replicas": 3,
                "workers": 9, "think_s": 0.2, "op_timeout_s": 10.0, "reg_keys": 3, "scale_keys": 1,
-               "ops_per_key": 250}
+               "ops_per_key": 250, "anonymous_writes": schedule.get("anonymous_writes", 0.0)}
         cfg_path = os.path.join(run_dir, "workload-config.json")
         with open(cfg_path, "w") as f:
             json.dump(cfg, f)
@@ -504,6 +504,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--replay", help="a schedule.json to run again")
     ap.add_argument("--out", default=os.path.join(HERE, "runs"))
     ap.add_argument("--check", help="re-run the checkers and the report on a finished run directory")
+    ap.add_argument("--anonymous-writes", type=float, default=0.0,
+                    help="fraction of writes sent without X-Request-Id (as curl would), waiting up to 30 s")
     args = ap.parse_args(argv)
     if args.duration < 20:
         ap.error("--duration must be at least 20 s")
@@ -530,6 +532,9 @@ def main(argv: list[str]) -> int:
         nodes = [f"n{i + 1}" for i in range(args.nodes)]
         schedules = [make_schedule(s, args.duration, nodes)
                      for s in range(args.first_seed, args.first_seed + args.seeds)]
+    if args.anonymous_writes:
+        for sch in schedules:
+            sch["anonymous_writes"] = args.anonymous_writes
     worst = 0
     summary = []
     for sch in schedules:

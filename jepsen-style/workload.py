@@ -76,9 +76,11 @@ class Api:
         await self.session.close()
 
     async def call(self, method: str, url: str, body: Any = None, timeout: float | None = None,
-                   ) -> tuple[int | None, Any, str | None]:
+                   request_id: bool = True) -> tuple[int | None, Any, str | None]:
         assert self.session is not None
-        headers = {"Authorization": f"Bearer {self.token}", "X-Request-Id": uuid.uuid4().hex}
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if request_id:
+            headers["X-Request-Id"] = uuid.uuid4().hex
         to = aiohttp.ClientTimeout(total=timeout) if timeout else self.timeout
         try:
             async with self.session.request(method, url, json=body, headers=headers, timeout=to) as resp:
@@ -187,9 +189,12 @@ class Workload:
             else:
                 kind, out = "fail", None
         else:
+            # "anonymous" writes carry no X-Request-Id (as curl would) and wait longer (30 s)
+            anonymous = f == "write" and self.rng.random() < self.cfg.get("anonymous_writes", 0.0)
             if f == "write":
                 spec = scale_spec(key) if key.startswith("s") else reg_spec(key, value)
-                status, body, err = await api.call("PUT", f"{base}/v1/jobs/{key}", spec)
+                status, body, err = await api.call("PUT", f"{base}/v1/jobs/{key}", spec,
+                                                   timeout=30.0 if anonymous else None, request_id=not anonymous)
             elif f == "scale":
                 status, body, err = await api.call("POST", f"{base}/v1/jobs/{key}/scale", {"replicas": value})
             elif f == "delete":
@@ -203,6 +208,8 @@ class Workload:
             self.bugs.append({"time": now_ns(), "f": f, "key": key, "node": node, "status": status, "body": body})
         done: dict[str, Any] = {"process": process, "type": kind, "f": hf, "key": key, "value": out,
                                 "time": now_ns(), "node": node}
+        if f != "read" and anonymous:
+            done["anonymous"] = True
         if kind != "ok":
             done["error"] = error_code(body) or err or status
         elif isinstance(body, dict) and "index" in body:
