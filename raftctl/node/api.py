@@ -6,6 +6,7 @@ import logging
 import math
 import re
 import time
+import uuid
 from typing import Any, Awaitable, Callable
 
 import cbor2
@@ -105,7 +106,7 @@ def result_value(res: Result) -> dict[str, Any]:
 
 
 def request_id(request: web.Request) -> str:
-    rid = request.headers.get("X-Request-Id", "")
+    rid = request.headers.get("X-Request-Id", "") or request.get("generated_request_id", "")
     if rid and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", rid):
         raise ValidationError("X-Request-Id must be 1-64 characters of [A-Za-z0-9._-]", field="X-Request-Id")
     return rid
@@ -159,6 +160,11 @@ async def forward_to_leader(request: web.Request) -> web.Response | None:
         return None
     headers = {k: v for k, v in request.headers.items() if k.lower() in HOP_HEADERS}
     headers[FORWARDED] = replica.cfg.node_id
+    if not request.headers.get("X-Request-Id"):
+        # One id for the proxied copy and for the local fallback below: a proxy that timed out may still
+        # reach a paused leader later, and without an id that copy was applied a second time, after
+        # writes acknowledged in between (jepsen-style, writes without X-Request-Id).
+        request["generated_request_id"] = headers["X-Request-Id"] = uuid.uuid4().hex
     payload_in = await request.read()  # outside the try: a body over --max-body is a 413, never half-read
     try:
         async with replica.http.request(request.method, leader_api + request.rel_url.path_qs,
