@@ -320,7 +320,9 @@ def _paths() -> dict[str, Any]:
             _obj({"index": INT, "cluster": ANY_OBJ, "machines": {"type": "array"}, "domains": {},
                   "jobs": {"type": "array"}, "usage_from": ANY_OBJ}, ("index", "cluster")))},
         "/v1/images": {"get": _op("Image tags", "read", lst("images", "Image"), blocking=True)},
-        "/v1/images/{name}": {"put": _op("Tag an image: name -> manifest digest (the blob must be pushed first)",
+        "/v1/images/{name}": {"put": _op("Tag an image: name -> manifest digest. The leader first makes sure a "
+                                         "majority of replicas hold the manifest, its config and every layer "
+                                         "(400 blob_missing naming the digest when no replica holds one)",
                                          "images:write", _ref("WriteResult"), write=True,
                                          params=[_path_param("name", description="image name:tag")],
                                          body=_obj({"digest": {"type": "string", "pattern": DIGEST},

@@ -79,23 +79,28 @@ def test_import_of_an_oci_layout_archive(cluster, tmp_path):
     assert images["imp:1"] == images["imp:renamed"] == digest
 
 
-def test_tagging_on_a_replica_that_missed_the_push_fetches_the_manifest_from_a_peer(cluster):
-    """A replica that was away during a push (here: a blob stored on one follower only) still tags it."""
-    import hashlib
-
-    blob = os.urandom(1000)
-    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+def test_tagging_on_a_replica_that_missed_the_push_fetches_the_manifest_from_a_peer(cluster, tmp_path):
+    """A replica that was away during a push (here: every blob stored on one follower only) still tags it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(1000))
+    store = ImageStore(str(tmp_path / "store"))
+    digest = store.build(str(src))
+    m = store.manifest(digest)
     leader = cluster.leader()
     follower = next(p for p in cluster.servers if p is not leader)
-    req = urllib.request.Request(f"{follower.url}/v1/images/blobs/{digest}", data=blob, method="PUT",
-                                 headers={"Authorization": f"Bearer {cluster.token()}", "X-Raftctl-Forwarded": "test",
-                                          "Content-Type": "application/octet-stream"})
-    with urllib.request.urlopen(req, timeout=20) as r:
-        assert json.loads(r.read())["replicas"] == 1                 # stored there only
+    for d in (m["config"]["digest"], m["layers"][0]["digest"], digest):
+        req = urllib.request.Request(f"{follower.url}/v1/images/blobs/{d}", data=open(store.blob_path(d), "rb").read(),
+                                     method="PUT", headers={"Authorization": f"Bearer {cluster.token()}",
+                                                            "X-Raftctl-Forwarded": "test",
+                                                            "Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(req, timeout=20) as r:
+            assert json.loads(r.read())["replicas"] == 1                 # stored there only
     path = os.path.join(leader.data_dir, "blobs", "sha256", digest.split(":")[1])
     assert not os.path.exists(path)
-    res = client_for(cluster, leader).request("PUT", "/v1/images/away:1", {"digest": digest, "size": 1000})
-    assert res["digest"] == digest and open(path, "rb").read() == blob
+    size = store.image_size(digest)
+    res = client_for(cluster, leader).request("PUT", "/v1/images/away:1", {"digest": digest, "size": size})
+    assert res["digest"] == digest and open(path, "rb").read() == open(store.blob_path(digest), "rb").read()
 
 
 BAD = [
