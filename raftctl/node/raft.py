@@ -221,7 +221,15 @@ class RaftNode(SyncObj):
 
     # -- small read-only views -----------------------------------------------
     def raft_status(self) -> dict[str, Any]:
-        st = self.getStatus()
+        # getStatus() runs on the caller's thread while pysyncobj's tick thread moves on: it reads the
+        # state before the term, so a leader stepping down to a newer term could be reported as the
+        # leader of that newer term (jepsen-style seed 13: "n1 and n3 both lead term 13"). Accept a
+        # snapshot only if the term did not change while it was taken.
+        for _ in range(10):
+            term = self.raftCurrentTerm
+            st = self.getStatus()
+            if st.get("raft_term") == term == self.raftCurrentTerm:
+                break
         leader = st.get("leader")
         return {
             "self": str(st.get("self")),

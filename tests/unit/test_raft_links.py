@@ -1,4 +1,4 @@
-"""Raft links give up on a peer that stopped acknowledging within a bound (TCP_USER_TIMEOUT),
+"""Raft glue. Links give up on a peer that stopped acknowledging within a bound (TCP_USER_TIMEOUT),
 so a replica whose partition heals reconnects in seconds instead of waiting out TCP's
 SYN/retransmission backoff (found by jepsen-style seed 2: 17 s cut off after the heal)."""
 from __future__ import annotations
@@ -34,3 +34,29 @@ def test_outgoing_and_accepted_raft_sockets_carry_a_user_timeout() -> None:
 def test_the_user_timeout_is_shorter_than_an_election_round_trip_of_backoff() -> None:
     # a healed link must come back well before pysyncobj's 30 s leader fallback default
     assert 1000 <= raft.RAFT_TCP_USER_TIMEOUT_MS <= 5000
+
+
+class _Moving:
+    """A RaftNode stand-in whose term moves on while getStatus() runs, as pysyncobj's tick thread can."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.term = 11
+
+    @property
+    def raftCurrentTerm(self) -> int:  # noqa: N802 (pysyncobj's name)
+        return self.term
+
+    def getStatus(self) -> dict:  # noqa: N802
+        self.calls += 1
+        if self.calls == 1:  # state read as leader of term 11, then a term-13 message arrives
+            self.term = 13
+            return {"self": "n3", "state": 2, "leader": "n3", "raft_term": 13}
+        return {"self": "n3", "state": 0, "leader": "n1", "raft_term": 13}
+
+
+def test_status_never_pairs_a_leader_state_with_a_term_it_did_not_lead() -> None:
+    fake = _Moving()
+    st = raft.RaftNode.raft_status(fake)  # type: ignore[arg-type]
+    assert (st["state"], st["term"], st["leader"]) == ("follower", 13, "n1")
+    assert fake.calls == 2
