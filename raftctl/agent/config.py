@@ -31,6 +31,7 @@ class AgentConfig:
     tls_cert: str | None = None  # serve the log endpoint over HTTPS with this certificate and key
     tls_key: str | None = None
     tls_ca: str | None = None    # verify https:// control replicas with this CA (default: system trust store)
+    image_gc_after_s: float = 600.0  # remove images nothing on this machine used for this long; 0 = never
 
     api: str = ""
 

@@ -6,6 +6,10 @@ Layout under ``root``::
     blobs/sha256/<hex>     every blob, verified by digest on the way in and on unpack
     refs.json              {"name:tag": "sha256:<manifest hex>"}
     rootfs/<hex>/          the unpacked image of manifest <hex> (a read-only btrfs subvolume on btrfs)
+    used/<hex>             its mtime: when image <hex> was last pulled, unpacked or seen in use (for GC)
+
+Garbage collection (``gc``) removes an image's unpacked tree once nothing on the machine
+has used it for longer than a grace period, and then every blob no remaining image needs.
 """
 from __future__ import annotations
 
@@ -20,8 +24,9 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import time
 from contextlib import contextmanager
-from typing import IO, Callable, Iterator, Protocol, TypeVar
+from typing import IO, AbstractSet, Callable, Iterator, Mapping, Protocol, TypeVar
 
 from raftctl.agent import oci, rootfs
 from raftctl.agent.oci import ImageError
@@ -41,13 +46,25 @@ class BlobSource(Protocol):
         ...
 
 
+def images_to_collect(last_used: Mapping[str, float], in_use: AbstractSet[str], now: float,
+                      grace_s: float) -> list[str]:
+    """The images (manifest digests) garbage collection removes: nothing uses them now and their last use
+    (seconds, the same clock as ``now``) is more than ``grace_s`` ago. ``grace_s <= 0`` turns GC off."""
+    if grace_s <= 0:
+        return []
+    return sorted(d for d, t in last_used.items() if d not in in_use and now - t > grace_s)
+
+
 class ImageStore:
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, clock: Callable[[], float] = time.time) -> None:
         self.root = os.path.abspath(root)
         self.blobs = os.path.join(self.root, "blobs", "sha256")
         self.unpacked = os.path.join(self.root, "rootfs")
+        self.used = os.path.join(self.root, "used")
+        self.clock = clock
         os.makedirs(self.blobs, exist_ok=True)
         os.makedirs(self.unpacked, exist_ok=True)
+        os.makedirs(self.used, exist_ok=True)
 
     # -- blobs ------------------------------------------------------------------------------
     def blob_path(self, digest: str) -> str:
@@ -139,7 +156,8 @@ class ImageStore:
         Each is verified against its digest on the way in, so a tampered blob is refused and
         never stored. Returns the number of bytes fetched (0 when everything was here).
         Replicas of one job starting together on a machine wait for one pull, not each its own."""
-        with self._lock("pull-" + oci.split_digest(digest)):
+        with self._lock("pull-" + oci.split_digest(digest)), self._lock("blobs", shared=True):
+            self.touch(digest, self.clock())
             fetched = self._ensure_blob(digest, source, verify=True)
             m = self.manifest(digest)
             fetched += self._ensure_blob(m["config"]["digest"], source, verify=True)
@@ -167,6 +185,10 @@ class ImageStore:
         """A one-layer image of ``src_dir``; the same directory always gives the same digest."""
         if base not in ("host", "scratch"):
             raise ImageError(f"base {base!r} is not host or scratch")
+        with self._lock("blobs", shared=True):      # GC leaves the blobs alone until the image is recorded
+            return self._build(src_dir, name, base)
+
+    def _build(self, src_dir: str, name: str | None, base: str) -> str:
         with tempfile.TemporaryFile(dir=self.blobs) as tmp:
             oci.write_layer(src_dir, tmp)
             tmp.seek(0)
@@ -176,6 +198,7 @@ class ImageStore:
         man = oci.canonical_json(oci.manifest(oci.descriptor(oci.MT_CONFIG, cdig, csize),
                                               [oci.descriptor(oci.MT_LAYER, layer_digest, layer_size)], base))
         mdig, _ = self.put_bytes(man)
+        self.touch(mdig, self.clock())
         if name:
             self.tag(name, mdig)
         log.info("built image %s (%s) from %s", name or "", mdig, src_dir)
@@ -196,6 +219,10 @@ class ImageStore:
 
     def import_archive(self, path: str, name: str | None = None) -> list[str]:
         """Import an OCI layout archive (tar, optionally gzip); every blob is checked by digest."""
+        with self._lock("blobs", shared=True):      # GC leaves the blobs alone until the images are recorded
+            return self._import_archive(path, name)
+
+    def _import_archive(self, path: str, name: str | None) -> list[str]:
         index_data: bytes | None = None
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
@@ -222,6 +249,10 @@ class ImageStore:
 
     def import_layout(self, layout_dir: str, name: str | None = None) -> list[str]:
         """Import an OCI layout directory; every blob is checked by digest."""
+        with self._lock("blobs", shared=True):
+            return self._import_layout(layout_dir, name)
+
+    def _import_layout(self, layout_dir: str, name: str | None) -> list[str]:
         blob_dir = os.path.join(layout_dir, "blobs", "sha256")
         for hexname in sorted(os.listdir(blob_dir)):
             p = os.path.join(blob_dir, hexname)
@@ -244,6 +275,7 @@ class ImageStore:
                     raise ImageError(f"layer {layer['digest']} is missing from the layout")
                 if oci.sha256_file(self.blob_path(layer["digest"])) != layer["digest"]:
                     raise ImageError(f"layer {layer['digest']} does not match its digest: refused")
+            self.touch(d, self.clock())
             ref = name or (desc.get("annotations") or {}).get(oci.REF_NAME)
             if ref:
                 self.tag(ref if ":" in ref else f"{ref}:latest", d)
@@ -259,9 +291,9 @@ class ImageStore:
     def unpack(self, digest: str) -> str:
         """The unpacked root of image ``digest``, unpacking it the first time (once per digest)."""
         final = self.unpacked_path(digest)
-        if os.path.isdir(final):
-            return final
+        # under the lock even when unpacked: GC holds it while it removes a tree, and sees this use
         with self._lock("unpack-" + oci.split_digest(digest)):
+            self.touch(digest, self.clock())
             if os.path.isdir(final):
                 return final
             m = self.manifest(digest)
@@ -273,8 +305,9 @@ class ImageStore:
             else:
                 os.mkdir(tmp, 0o755)
             try:
-                for layer in m["layers"]:
-                    self._apply_layer(layer, tmp)
+                with self._lock("blobs", shared=True):
+                    for layer in m["layers"]:
+                        self._apply_layer(layer, tmp)
                 os.chmod(tmp, 0o755)
                 os.rename(tmp, final)
             except BaseException:
@@ -316,13 +349,115 @@ class ImageStore:
     def remove_unpacked(self, digest: str) -> None:
         rootfs.remove_tree(self.unpacked_path(digest))
 
+    # -- garbage collection ---------------------------------------------------------------
+    def touch(self, digest: str, at: float) -> None:
+        """Record that image ``digest`` was used at ``at`` (seconds since the epoch)."""
+        path = os.path.join(self.used, oci.split_digest(digest))
+        with open(path, "a"):
+            pass
+        os.utime(path, (at, at))
+
+    def last_used(self) -> dict[str, float]:
+        """Every image the store has pulled or unpacked -> when it was last used."""
+        out = {}
+        for name in os.listdir(self.used):
+            if re.fullmatch(r"[0-9a-f]{64}", name):
+                try:
+                    out["sha256:" + name] = os.stat(os.path.join(self.used, name)).st_mtime
+                except FileNotFoundError:
+                    continue
+        return out
+
+    def gc(self, in_use: AbstractSet[str], now: float, grace_s: float) -> list[str]:
+        """Remove the unpacked tree of every image ``images_to_collect`` picks, then every blob no remaining
+        image needs. ``in_use``: the manifest digests some container on
+        this machine runs or is assigned. An image being pulled or unpacked (its per-digest lock held) is
+        skipped this time, and one whose use was recorded after ``in_use`` was computed is kept. Images
+        tagged in this store (refs.json: local builds) are kept. Returns the images removed."""
+        if grace_s <= 0:
+            return []
+        keep = set(in_use) | set(self.refs().values())
+        for d in keep:
+            if self.has_blob(d) or os.path.isdir(self.unpacked_path(d)):
+                self.touch(d, now)
+        last = self.last_used()
+        for name in os.listdir(self.unpacked):
+            if re.fullmatch(r"[0-9a-f]{64}", name) and "sha256:" + name not in last:
+                self.touch("sha256:" + name, now)   # unpacked before GC existed: its grace starts now
+                last["sha256:" + name] = now
+        removed = []
+        for digest in images_to_collect(last, keep, now, grace_s):
+            hexname = oci.split_digest(digest)
+            with self._try_lock("pull-" + hexname) as pulling_free, self._try_lock("unpack-" + hexname) as free:
+                if not (pulling_free and free):
+                    continue                      # a pull or unpack of it is in progress
+                try:
+                    used_at = os.stat(os.path.join(self.used, hexname)).st_mtime
+                except FileNotFoundError:
+                    continue
+                if now - used_at <= grace_s:
+                    continue                      # used again since the list was made
+                rootfs.remove_tree(self.unpacked_path(digest))
+                os.unlink(os.path.join(self.used, hexname))
+            removed.append(digest)
+            log.info("image GC: removed %s (last used %.0f s ago)", digest, now - used_at)
+        self._gc_blobs()
+        return removed
+
+    def _needed_blobs(self) -> set[str]:
+        needed: set[str] = set(self.refs().values())
+        for digest in [*self.last_used(), *needed]:
+            needed.add(digest)
+            try:
+                m = self.manifest(digest)
+            except (OSError, ImageError):
+                continue
+            needed.update([m["config"]["digest"], *(x["digest"] for x in m["layers"])])
+        return needed
+
+    def _gc_blobs(self) -> int:
+        """Remove blobs no image recorded in the store (used/, refs.json) needs; skipped while a pull, unpack,
+        build or import holds the blobs (the next pass collects them). Returns the number removed."""
+        removed = 0
+        with self._try_lock("blobs") as free:
+            if not free:
+                return 0
+            needed = self._needed_blobs()
+            for name in os.listdir(self.blobs):
+                path = os.path.join(self.blobs, name)
+                if not re.fullmatch(r"[0-9a-f]{64}", name) or "sha256:" + name in needed:
+                    continue
+                try:
+                    os.unlink(path)
+                    removed += 1
+                except FileNotFoundError:
+                    continue
+        if removed:
+            log.info("image GC: removed %d blobs no image needs", removed)
+        return removed
+
     @contextmanager
-    def _lock(self, what: str) -> Iterator[None]:
+    def _lock(self, what: str, shared: bool = False) -> Iterator[None]:
         path = os.path.join(self.root, f".lock-{what}")
-        with open(path, "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             try:
                 yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _try_lock(self, what: str) -> Iterator[bool]:
+        """An exclusive lock if it is free now: yields whether it was taken."""
+        path = os.path.join(self.root, f".lock-{what}")
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 

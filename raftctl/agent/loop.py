@@ -77,6 +77,7 @@ class Agent:
         self.http: aiohttp.ClientSession | None = None
         self._converge_lock = asyncio.Lock()
         self.metrics = AgentMetrics(self)
+        self.assigned_images: set[str] = set()    # the images the last assignment answer names (for image GC)
 
     # -- lifecycle -------------------------------------------------------
     async def run(self) -> None:
@@ -170,6 +171,7 @@ class Agent:
 
     async def converge(self, placements: list[dict[str, Any]]) -> None:
         async with self._converge_lock:
+            self.assigned_images = {d for p in placements if p.get("spec") and (d := image_digest(p))}
             by_id = {p["id"]: p for p in placements}
             # adopted containers learn their placement records
             for cid, sup in self.containers.items():
@@ -323,8 +325,13 @@ class Agent:
     # -- stats for the autoscaler ----------------------------------------------
     async def _stats_loop(self, every_s: float = 2.0) -> None:
         last: dict[str, tuple[float, int]] = {}
+        gc_every = min(60.0, max(every_s, self.cfg.image_gc_after_s / 10))
+        next_gc = time.monotonic() + gc_every
         while True:
             await asyncio.sleep(every_s)
+            if self.cfg.image_gc_after_s > 0 and time.monotonic() >= next_gc:
+                next_gc = time.monotonic() + gc_every
+                await self.image_gc()
             out = []
             for cid, sup in list(self.containers.items()):
                 spec = sup.placement.get("spec")
@@ -353,6 +360,35 @@ class Agent:
                                                {"machine": self.cfg.machine, "stats": out})
                 except Exception as exc:
                     log.debug("stats report failed: %s", exc)
+
+    # -- image garbage collection ---------------------------------------------
+    def images_in_use(self) -> set[str] | None:
+        """The images containers on this machine run (or wait to restart with) or are assigned; None while a
+        container's image is not known (adopted after an agent restart, before its placement arrived)."""
+        in_use = set(self.assigned_images)
+        for sup in list(self.containers.values()):
+            if not sup.placement.get("spec"):
+                return None
+            digest = image_digest(sup.placement)
+            if digest is not None:
+                in_use.add(digest)
+        return in_use
+
+    async def image_gc(self, now: float | None = None) -> list[str]:
+        """Remove images no container here has used for ``image_gc_after_s`` (ImageStore.gc, on a worker
+        thread); the images removed. Failures are logged: the next pass tries again."""
+        store = getattr(self.driver, "images", None)
+        if store is None or self.cfg.image_gc_after_s <= 0:
+            return []
+        in_use = self.images_in_use()
+        if in_use is None:
+            log.info("image GC waits: a container's image is not known yet")
+            return []
+        try:
+            return await _call(store.gc, in_use, time.time() if now is None else now, self.cfg.image_gc_after_s)
+        except Exception as exc:
+            log.warning("image GC failed: %s", exc)
+            return []
 
     # -- reports -------------------------------------------------------------
     def _report(self, r: Report) -> None:

@@ -48,11 +48,15 @@ def register(cli: click.Group) -> None:
     @click.option("--tls-key", type=click.Path(dir_okay=False), default=None, help="The private key of --tls-cert.")
     @click.option("--tls-ca", envvar="RAFTCTL_CA_CERT", type=click.Path(dir_okay=False), default=None,
                   help="CA that https:// control replicas are verified with (or RAFTCTL_CA_CERT).")
+    @click.option("--image-gc-after", default="10m", show_default=True,
+                  help="Remove an unpacked image and its blobs once no container on this machine has used it "
+                       "for this long (runc); 0: never.")
     @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
     def agent(machine: str, servers: tuple[str, ...], token: str | None, token_file: str | None, data_dir: str,
               fault_domain: tuple[str, ...], labels: tuple[str, ...], cpu: str | None, memory: str | None,
               pids: int, port_range: str, advertise: str, runtime: str | None, heartbeat: str, count: int,
-              http_port: int, tls_cert: str | None, tls_key: str | None, tls_ca: str | None, log_level: str) -> None:
+              http_port: int, tls_cert: str | None, tls_key: str | None, tls_ca: str | None, image_gc_after: str,
+              log_level: str) -> None:
         """Run the host agent: register, heartbeat, run assigned containers, report."""
         from raftctl.agent.config import LEVELS, AgentConfig, default_capacity, parse_pairs, parse_port_range
         from raftctl.agent.loop import run_agent
@@ -83,7 +87,8 @@ def register(cli: click.Group) -> None:
             memory=parse_size(memory, "--memory") if memory else default_mem,
             pids=pids, ports=parse_port_range(port_range), runtime=rt,
             heartbeat_s=parse_duration(heartbeat, "--heartbeat") / 1000,
-            http_port=http_port, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+            http_port=http_port, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+            image_gc_after_s=parse_duration(image_gc_after, "--image-gc-after") / 1000)
         if count > 1:
             if rt != "sim":
                 raise click.UsageError("--count needs --runtime sim")

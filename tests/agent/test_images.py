@@ -344,3 +344,173 @@ def test_overlay_root_on_a_non_btrfs_store(runc_driver, make_spec, busybox_store
     finally:
         runc_driver.remove(spec.id)
     assert not any(spec.id in line for line in open("/proc/self/mountinfo"))
+
+
+# -- garbage collection ------------------------------------------------------------------------
+class Clock:
+    def __init__(self, t: float = 1_700_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def files(store: ImageStore) -> set[str]:
+    return {"sha256:" + n for n in os.listdir(store.blobs) if not n.startswith(".")}
+
+
+def image_blobs(store: ImageStore, digest: str) -> set[str]:
+    m = store.manifest(digest)
+    return {digest, m["config"]["digest"], *(x["digest"] for x in m["layers"])}
+
+
+def test_gc_removes_an_image_unused_past_the_grace_period_with_its_blobs(tmp_path, src):
+    clock = Clock()
+    store = ImageStore(str(tmp_path / "agent"), clock=clock)
+    digest = store.build(src)                 # untagged, as an agent's pulled images are
+    parts = image_blobs(store, digest)
+    root = store.unpack(digest)
+    assert store.gc(set(), clock.t + 599, 600) == [] and os.path.isdir(root)
+    assert store.gc(set(), clock.t + 601, 600) == [digest]
+    assert not os.path.exists(root) and files(store) & parts == set() and store.last_used() == {}
+    assert store.gc(set(), clock.t + 602, 600) == []
+
+
+def test_gc_keeps_what_is_in_use_and_restarts_its_grace_period(tmp_path, src):
+    clock = Clock()
+    store = ImageStore(str(tmp_path / "agent"), clock=clock)
+    digest = store.build(src)
+    root = store.unpack(digest)
+    assert store.gc({digest}, clock.t + 3600, 600) == [] and os.path.isdir(root)
+    assert store.last_used()[digest] == clock.t + 3600
+    assert store.gc(set(), clock.t + 3600 + 599, 600) == []        # stopped being used just now
+    assert store.gc(set(), clock.t + 3600 + 601, 600) == [digest]
+
+
+def test_gc_keeps_a_layer_another_image_still_needs(tmp_path, src):
+    clock = Clock()
+    store = ImageStore(str(tmp_path / "agent"), clock=clock)
+    old = store.build(src, base="scratch")
+    new = store.build(src, base="host")         # the same layer, another config and manifest
+    shared = image_blobs(store, old) & image_blobs(store, new)
+    assert len(shared) == 1
+    store.unpack(old)
+    clock.t += 1000
+    store.unpack(new)
+    assert store.gc(set(), clock.t + 1, 600) == [old]
+    assert files(store) == image_blobs(store, new)
+    assert os.path.isdir(store.unpacked_path(new)) and not os.path.exists(store.unpacked_path(old))
+
+
+def test_gc_keeps_images_tagged_in_the_store_and_is_off_with_grace_zero(tmp_path, src):
+    clock = Clock()
+    store = ImageStore(str(tmp_path / "agent"), clock=clock)
+    tagged = store.build(src, "web:1")
+    store.unpack(tagged)
+    untagged = store.build(src, base="host")
+    store.unpack(untagged)
+    assert store.gc(set(), clock.t + 10**6, 0) == []
+    assert store.gc(set(), clock.t + 10**6, 600) == [untagged]
+    assert os.path.isdir(store.unpacked_path(tagged)) and image_blobs(store, tagged) <= files(store)
+
+
+def test_gc_adopts_trees_unpacked_before_it_existed(tmp_path, src):
+    clock = Clock()
+    store = ImageStore(str(tmp_path / "agent"), clock=clock)
+    digest = store.build(src)
+    store.unpack(digest)
+    os.unlink(os.path.join(store.used, digest.split(":")[1]))        # an older agent left no record
+    assert store.gc(set(), clock.t + 10**6, 600) == []                # its grace starts now
+    assert store.gc(set(), clock.t + 10**6 + 601, 600) == [digest]
+
+
+def test_gc_never_removes_an_image_while_it_is_being_pulled(tmp_path, published, serve):
+    """A pull holds the image's lock: GC skips it (and the blobs it is fetching) until the pull is done."""
+    import threading
+
+    from raftctl.agent.control import BlobFetcher
+
+    _, digest, blobs = published
+    srv = serve(blobs)
+    clock = Clock()
+    store = ImageStore(str(tmp_path / "agent"), clock=clock)
+    store.touch(digest, clock.t - 10**6)          # pulled long ago, then lost its tree and blobs
+    started, release = threading.Event(), threading.Event()
+
+    class SlowSource:
+        def fetch(self, d, consume):
+            started.set()
+            release.wait(30)
+            return BlobFetcher([srv.url], "t").fetch(d, consume)
+
+    t = threading.Thread(target=lambda: store.pull(digest, SlowSource()))
+    t.start()
+    assert started.wait(30)
+    try:
+        assert store.gc(set(), clock.t + 10**6, 600) == []    # pull lock held: skipped
+    finally:
+        release.set()
+        t.join(30)
+    assert image_blobs(store, digest) <= files(store)
+    assert store.gc(set(), clock.t + 601, 600) == [digest]   # the pull counted as a use: grace from then
+
+
+def test_unpack_after_the_list_was_made_keeps_the_image(tmp_path, src):
+    """A container starting between GC's in-use snapshot and the removal: unpack records the use under the
+    image's lock, and GC re-checks under that lock."""
+    clock = Clock()
+    store = ImageStore(str(tmp_path / "agent"), clock=clock)
+    digest = store.build(src)
+    store.unpack(digest)
+    clock.t += 10**6
+    store.unpack(digest)                              # a new container (recorded at clock.t)
+    assert store.gc(set(), clock.t + 1, 600) == []
+    assert os.path.isdir(store.unpacked_path(digest))
+
+
+def test_agent_gc_keeps_images_its_containers_or_assignments_use(tmp_path, src):
+    """The agent's stats-pass hook: in use = containers it supervises + its last assignment answer; an
+    adopted container whose placement has not arrived yet makes GC wait."""
+    import asyncio
+
+    from raftctl.agent.config import AgentConfig
+    from raftctl.agent.loop import Agent, Supervised
+    from raftctl.agent.runtime.process import ProcessDriver
+
+    clock = Clock()
+    store = ImageStore(str(tmp_path / "images"), clock=clock)
+    running, assigned, stale = store.build(src), store.build(src, base="host"), None
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "f").write_text("x")
+    stale = store.build(str(other))
+    for d in (running, assigned, stale):
+        store.unpack(d)
+    cfg = AgentConfig(machine="m1", servers=["http://127.0.0.1:1"], token="t", data_dir=str(tmp_path / "agent"),
+                      image_gc_after_s=600)
+    agent = Agent(cfg, ProcessDriver(str(tmp_path / "proc"), store))
+    agent.containers["p1"] = Supervised(placement={"id": "p1", "job": "web", "spec": {"image_digest": running}})
+    agent.assigned_images = {assigned}
+    later = clock.t + 10**6
+
+    agent.containers["p0"] = Supervised(placement={"id": "p0"})      # adopted, placement not known yet
+    assert asyncio.run(agent.image_gc(later)) == []
+    del agent.containers["p0"]
+    assert asyncio.run(agent.image_gc(later)) == [stale]
+    assert {d for d in (running, assigned, stale) if os.path.isdir(store.unpacked_path(d))} == {running, assigned}
+    cfg.image_gc_after_s = 0
+    agent.assigned_images = set()
+    assert asyncio.run(agent.image_gc(later * 2)) == []
+
+
+@pytest.mark.root
+def test_gc_deletes_a_btrfs_image_subvolume(btrfs_dir, tmp_path, src):
+    clock = Clock()
+    store = ImageStore(os.path.join(btrfs_dir, "images"), clock=clock)
+    digest = store.build(src)
+    root = store.unpack(digest)
+    assert rootfs.is_subvolume(root)
+    assert store.gc(set(), clock.t + 601, 600) == [digest]
+    assert not os.path.exists(root)
+    out = subprocess.run(["btrfs", "subvolume", "list", btrfs_dir], capture_output=True, text=True, check=True)
+    assert digest.split(":")[1] not in out.stdout
