@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -39,3 +40,23 @@ def client_for(cluster: LocalCluster, proc: Any = None, token: str | None = None
 
 
 SPEC = {"name": "web", "image": "web:1", "command": ["python3", "-m", "http.server", "8080"], "replicas": 2}
+
+
+@contextlib.contextmanager
+def agents_cluster(tmp_path_factory: pytest.TempPathFactory, name: str, *, agents: int, runtime: str,
+                   zones: int = 3) -> Iterator[LocalCluster]:
+    """Three replicas and ``agents`` agents heartbeating every 300 ms, started and waited for; stopped after."""
+    c = LocalCluster(str(tmp_path_factory.mktemp(name)), replicas=3, agents=agents, runtime=runtime, zones=zones,
+                     agent_args=["--heartbeat", "300ms"])
+    try:
+        c.start(timeout=60)
+        c.wait_agents(30)
+        yield c
+    finally:
+        c.stop()
+
+
+def healthy(c: LocalCluster, job: str = "web") -> list[dict]:
+    """The job's placements that should run, run, and pass their health checks."""
+    pl = client_for(c).request("GET", f"/v1/jobs/{job}/placements")["placements"]
+    return [p for p in pl if p["desired"] == "run" and p["state"] == "running" and p["health"] == "healthy"]

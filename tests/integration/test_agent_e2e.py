@@ -11,9 +11,8 @@ import time
 import pytest
 
 from raftctl.cli.agent import make_driver
-from raftctl.devcluster import LocalCluster
 
-from .conftest import client_for, wait_until
+from .conftest import agents_cluster, client_for, healthy, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -25,17 +24,8 @@ WEB = {"name": "web", "image": "web:1", "command": [sys.executable, "-m", "http.
 
 @pytest.fixture(scope="module")
 def one_agent(tmp_path_factory):
-    c = LocalCluster(str(tmp_path_factory.mktemp("agent")), replicas=3, agents=1, runtime="process",
-                     agent_args=["--heartbeat", "300ms"])
-    c.start(timeout=60)
-    c.wait_agents(30)
-    yield c
-    c.stop()
-
-
-def healthy(c, job: str) -> list[dict]:
-    pl = client_for(c).request("GET", f"/v1/jobs/{job}/placements")["placements"]
-    return [p for p in pl if p["desired"] == "run" and p["state"] == "running" and p["health"] == "healthy"]
+    with agents_cluster(tmp_path_factory, "agent", agents=1, runtime="process") as c:
+        yield c
 
 
 def pids(c) -> dict[str, int]:

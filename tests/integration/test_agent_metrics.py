@@ -10,9 +10,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from raftctl.devcluster import LocalCluster
 
-from .conftest import client_for, wait_until
+from .conftest import agents_cluster, client_for, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +25,8 @@ WEB = {"name": "web", "image": "web:1", "command": [sys.executable, "-m", "http.
 
 @pytest.fixture(scope="module")
 def metrics_agent(tmp_path_factory):
-    c = LocalCluster(str(tmp_path_factory.mktemp("agentmetrics")), replicas=3, agents=1, runtime="process",
-                     agent_args=["--heartbeat", "300ms"])
-    c.start(timeout=60)
-    c.wait_agents(30)
-    yield c
-    c.stop()
+    with agents_cluster(tmp_path_factory, "agentmetrics", agents=1, runtime="process") as c:
+        yield c
 
 
 def scrape(url: str, token: str | None) -> dict[tuple[str, tuple], float]:

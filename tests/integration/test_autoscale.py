@@ -6,21 +6,15 @@ import time
 
 import pytest
 
-from raftctl.devcluster import LocalCluster
-
-from .conftest import client_for, wait_until
+from .conftest import agents_cluster, client_for, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory):
-    cl = LocalCluster(str(tmp_path_factory.mktemp("as")), replicas=3, agents=2, runtime="process",
-                      agent_args=["--heartbeat", "300ms"])
-    cl.start(timeout=60)
-    cl.wait_agents(30)
-    yield cl
-    cl.stop()
+    with agents_cluster(tmp_path_factory, "as", agents=2, runtime="process") as cl:
+        yield cl
 
 
 def replicas(c, job: str) -> int:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from raftctl.devcluster import LocalCluster
 
-from .conftest import client_for, wait_until
+from .conftest import agents_cluster, client_for, wait_until
 
 pytestmark = pytest.mark.integration
 Mi = 1 << 20
@@ -21,12 +21,8 @@ Mi = 1 << 20
 
 @pytest.fixture(scope="module")
 def eff_cluster(tmp_path_factory):
-    c = LocalCluster(str(tmp_path_factory.mktemp("eff")), replicas=3, agents=3, runtime="sim", zones=2,
-                     agent_args=["--heartbeat", "300ms"])
-    c.start(timeout=60)
-    c.wait_agents(30)
-    yield c
-    c.stop()
+    with agents_cluster(tmp_path_factory, "eff", agents=3, runtime="sim", zones=2) as c:
+        yield c
 
 
 def raftctl(c: LocalCluster, *args: str) -> str:

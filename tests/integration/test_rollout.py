@@ -8,10 +8,9 @@ import urllib.request
 
 import pytest
 
-from raftctl.devcluster import LocalCluster
 from raftctl.discovery.client import SyncClient
 
-from .conftest import client_for, wait_until
+from .conftest import agents_cluster, client_for, healthy, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -27,17 +26,8 @@ def web(version: str, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory):
-    cl = LocalCluster(str(tmp_path_factory.mktemp("roll")), replicas=3, agents=3, runtime="process",
-                      agent_args=["--heartbeat", "300ms"])
-    cl.start(timeout=60)
-    cl.wait_agents(30)
-    yield cl
-    cl.stop()
-
-
-def healthy(c, job: str = "web") -> list[dict]:
-    pl = client_for(c).request("GET", f"/v1/jobs/{job}/placements")["placements"]
-    return [p for p in pl if p["desired"] == "run" and p["state"] == "running" and p["health"] == "healthy"]
+    with agents_cluster(tmp_path_factory, "roll", agents=3, runtime="process") as cl:
+        yield cl
 
 
 class Load:

@@ -6,9 +6,7 @@ from collections import Counter
 
 import pytest
 
-from raftctl.devcluster import LocalCluster
-
-from .conftest import client_for, wait_until
+from .conftest import agents_cluster, client_for, healthy, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -20,23 +18,14 @@ def sim_job(name: str, replicas: int, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def sim_cluster(tmp_path_factory):
-    c = LocalCluster(str(tmp_path_factory.mktemp("sim")), replicas=3, agents=4, runtime="sim", zones=2,
-                     agent_args=["--heartbeat", "300ms"])
-    c.start(timeout=60)
-    c.wait_agents(30)
-    yield c
-    c.stop()
-
-
-def running(c, job: str) -> list[dict]:
-    pl = client_for(c).request("GET", f"/v1/jobs/{job}/placements")["placements"]
-    return [p for p in pl if p["desired"] == "run" and p["state"] == "running" and p["health"] == "healthy"]
+    with agents_cluster(tmp_path_factory, "sim", agents=4, runtime="sim", zones=2) as c:
+        yield c
 
 
 def test_hard_spread_over_two_zones_lands_three_and_three(sim_cluster):
     c = sim_cluster
     client_for(c).request("PUT", "/v1/jobs/spread", sim_job("spread", 6, spread=[{"level": "zone", "mode": "hard"}]))
-    placed = wait_until(lambda: (lambda r: r if len(r) == 6 else None)(running(c, "spread")), timeout=30,
+    placed = wait_until(lambda: (lambda r: r if len(r) == 6 else None)(healthy(c, "spread")), timeout=30,
                         what="6 healthy replicas")
     machines = {m["id"]: m for m in client_for(c).request("GET", "/v1/machines")["machines"]}
     zones = Counter(machines[p["machine"]]["fault_domain"]["zone"] for p in placed)
@@ -48,14 +37,14 @@ def test_hard_spread_over_two_zones_lands_three_and_three(sim_cluster):
 def test_machine_loss_moves_replicas_and_unpublishes_them(sim_cluster):
     c = sim_cluster
     client_for(c).request("PUT", "/v1/jobs/lossy", sim_job("lossy", 4))
-    before = wait_until(lambda: (lambda r: r if len(r) == 4 else None)(running(c, "lossy")), timeout=30,
+    before = wait_until(lambda: (lambda r: r if len(r) == 4 else None)(healthy(c, "lossy")), timeout=30,
                         what="4 healthy replicas")
     victim_id = Counter(p["machine"] for p in before).most_common(1)[0][0]
     victim = next(p for p in c.agents if p.id == victim_id)
     c.kill(victim, signal.SIGKILL)
 
     def moved():
-        r = running(c, "lossy")
+        r = healthy(c, "lossy")
         eps = client_for(c).request("GET", "/v1/discovery/lossy")["endpoints"]
         ok = (len(r) == 4 and all(p["machine"] != victim_id for p in r)
               and len(eps) == 4 and all(e["machine"] != victim_id for e in eps))
@@ -73,7 +62,7 @@ def test_leader_killed_while_placing_fifty_ends_with_exactly_fifty(sim_cluster):
     client_for(c).request("PUT", "/v1/jobs/fifty", sim_job("fifty", 50, resources={"cpu": "10m", "memory": "8Mi"}))
     leader = wait_until(c.leader, what="leader")
     c.kill(leader, signal.SIGKILL)
-    wait_until(lambda: len(running(c, "fifty")) == 50, timeout=60, what="50 healthy replicas")
+    wait_until(lambda: len(healthy(c, "fifty")) == 50, timeout=60, what="50 healthy replicas")
     pl = client_for(c).request("GET", "/v1/jobs/fifty/placements")["placements"]
     live = [p for p in pl if p["desired"] == "run" and p["state"] not in ("lost", "stopped")]
     assert len(live) == 50
@@ -149,7 +138,7 @@ def test_one_process_plays_many_sim_machines(sim_cluster, tmp_path):
                    timeout=60, what="40 hollow machines up")
         client_for(c).request("PUT", "/v1/jobs/hollowjob", sim_job(
             "hollowjob", 80, constraints=[{"attr": "fault_domain.zone", "op": "==", "value": "hz"}]))
-        wait_until(lambda: len(running(c, "hollowjob")) == 80, timeout=60, what="80 healthy on hollow machines")
+        wait_until(lambda: len(healthy(c, "hollowjob")) == 80, timeout=60, what="80 healthy on hollow machines")
     finally:
         proc.terminate()
         proc.wait(30)

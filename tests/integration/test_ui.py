@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from raftctl.devcluster import LocalCluster
-
-from .conftest import client_for, wait_until
+from .conftest import agents_cluster, client_for, healthy, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,17 +31,8 @@ def sim_job(name: str, replicas: int) -> dict:
 
 @pytest.fixture(scope="module")
 def ui_cluster(tmp_path_factory):
-    c = LocalCluster(str(tmp_path_factory.mktemp("ui")), replicas=3, agents=4, runtime="sim", zones=2,
-                     agent_args=["--heartbeat", "300ms"])
-    c.start(timeout=60)
-    c.wait_agents(30)
-    yield c
-    c.stop()
-
-
-def healthy(c: LocalCluster, job: str) -> list[dict]:
-    pl = client_for(c).request("GET", f"/v1/jobs/{job}/placements")["placements"]
-    return [p for p in pl if p["desired"] == "run" and p["state"] == "running" and p["health"] == "healthy"]
+    with agents_cluster(tmp_path_factory, "ui", agents=4, runtime="sim", zones=2) as c:
+        yield c
 
 
 def fetch(url: str, token: str | None = None) -> tuple[int, dict, bytes]:
