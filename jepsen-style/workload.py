@@ -275,7 +275,10 @@ class Workload:
                                        "commit_index": body.get("commit_index"),
                                        "applied_index": body.get("applied_index"), "index": body.get("index"),
                                        "entries": body.get("entries"), "chain": body.get("chain"),
-                                       "epoch": body.get("epoch"), "has_quorum": body.get("has_quorum")})
+                                       "epoch": body.get("epoch"), "has_quorum": body.get("has_quorum"),
+                                       "log_len": body.get("log_len"),
+                                       "connected": sorted(self.raft_alias.get(m["raft"], m["raft"])
+                                                           for m in body.get("members", []) if m.get("connected"))})
                 else:
                     self.status.write({"time": t, "node": node, "ok": False, "error": err or status})
             await asyncio.sleep(0.5)
