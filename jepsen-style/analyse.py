@@ -112,7 +112,8 @@ def check_run(run_dir: str) -> dict[str, Any]:
 
 def recovery(faults: list[dict[str, Any]], status: list[dict[str, Any]], nodes: list[str]) -> dict[str, Any]:
     """Informational: after each fault is undone, how long until every replica answers and names
-    the same leader in the same term."""
+    the same leader in the same term, and until every replica has applied what was committed
+    when the fault ended."""
     by_time: dict[int, dict[str, dict[str, Any]]] = {}
     for s in status:
         by_time.setdefault(s["time"], {})[s["node"]] = s
@@ -130,10 +131,22 @@ def recovery(faults: list[dict[str, Any]], status: list[dict[str, Any]], nodes: 
                     and next(iter(views))[1]:
                 agreed = t
                 break
+        # caught up: every replica has applied what the most advanced one had committed at the fault's end
+        before = [s for t, ss in rounds if t <= f["time"] for s in ss.values() if s.get("ok")]
+        target = max((s.get("commit_index") or 0 for s in before[-3 * len(nodes):]), default=0)
+        caught = None
+        for t, ss in rounds:
+            if t >= f["time"] and len(ss) == len(nodes) and all(
+                    s.get("ok") and (s.get("applied_index") or 0) >= target for s in ss.values()):
+                caught = t
+                break
         out.append({"after": f.get("kind", "heal"), "target": f.get("target"),
-                    "seconds": None if agreed is None else round((agreed - f["time"]) / 1e9, 2)})
+                    "seconds": None if agreed is None else round((agreed - f["time"]) / 1e9, 2),
+                    "caught_up_s": None if caught is None else round((caught - f["time"]) / 1e9, 2)})
     secs = [o["seconds"] for o in out if o["seconds"] is not None]
-    return {"valid": "informational", "max_s": max(secs) if secs else None, "faults": out}
+    caught_up = [o["caught_up_s"] for o in out if o["caught_up_s"] is not None]
+    return {"valid": "informational", "max_s": max(secs) if secs else None,
+            "max_caught_up_s": max(caught_up) if caught_up else None, "faults": out}
 
 
 def exit_code(res: dict[str, Any]) -> int:
