@@ -7,6 +7,7 @@ agent holds no token database of its own.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from typing import Any
@@ -17,14 +18,32 @@ from raftctl.agent.runtime import logs
 
 AGENT: web.AppKey = web.AppKey("agent", object)
 TOKEN_CACHE_S = 30.0
+MAX_TAIL = 64 << 20  # bytes a log request may ask to start back from the end
+
+
+def _fail(error: type[web.HTTPError], code: str, message: str, field: str | None = None) -> web.HTTPError:
+    """The API's error shape, ``{"error": {code, message, field}}``, as an aiohttp HTTP error to raise."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    return error(text=json.dumps({"error": body}), content_type="application/json")
+
+
+def _tail(value: str | None) -> int:
+    try:
+        tail = int(value) if value is not None else 65536
+    except ValueError:
+        tail = -1
+    if not 0 <= tail <= MAX_TAIL:
+        raise _fail(web.HTTPBadRequest, "invalid", f"tail must be a number of bytes from 0 to {MAX_TAIL}", "tail")
+    return tail
 
 
 async def _authorized(request: web.Request) -> None:
     agent = request.app[AGENT]
     header = request.headers.get("Authorization", "")
     if not header.lower().startswith("bearer "):
-        raise web.HTTPUnauthorized(text='{"error": {"code": "unauthorized", "message": "a bearer token is needed"}}',
-                                   content_type="application/json")
+        raise _fail(web.HTTPUnauthorized, "unauthorized", "a bearer token is needed", "Authorization")
     cache: dict[str, float] = agent.__dict__.setdefault("_token_cache", {})
     if cache.get(header, 0) > time.monotonic():
         return
@@ -40,8 +59,7 @@ async def _authorized(request: web.Request) -> None:
                     break
         except Exception:
             continue
-    raise web.HTTPForbidden(text='{"error": {"code": "forbidden", "message": "the control plane refused this token"}}',
-                            content_type="application/json")
+    raise _fail(web.HTTPForbidden, "forbidden", "the control plane refused this token", "Authorization")
 
 
 async def get_logs(request: web.Request) -> web.StreamResponse:
@@ -50,14 +68,12 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     pid = request.match_info["placement"]
     stream = request.query.get("stream", "stdout")
     if stream not in logs.STREAMS:
-        raise web.HTTPBadRequest(text='{"error": {"code": "invalid", "message": "stream is stdout or stderr", '
-                                      '"field": "stream"}}', content_type="application/json")
+        raise _fail(web.HTTPBadRequest, "invalid", "stream is stdout or stderr", "stream")
     log_dir = os.path.join(agent.cfg.data_dir, "logs", pid)
     if os.path.basename(pid) != pid or not os.path.isdir(log_dir):
-        raise web.HTTPNotFound(text='{"error": {"code": "not_found", "message": "no logs for that placement here"}}',
-                               content_type="application/json")
+        raise _fail(web.HTTPNotFound, "not_found", "no logs for that placement here", "placement")
     path = logs.paths(log_dir)[stream]
-    tail = int(request.query.get("tail", "65536"))
+    tail = _tail(request.query.get("tail"))
     resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await resp.prepare(request)
     with open(path, "rb") as f:

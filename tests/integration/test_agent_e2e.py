@@ -120,3 +120,10 @@ def test_logs_of_a_replica_through_its_agent(one_agent):
         urllib.request.urlopen(req, timeout=10)
     assert exc.value.code == 403
     assert json.loads(exc.value.read())["error"]["code"] == "forbidden"
+    pid = healthy(c, "talker")[0]["id"]
+    for tail in ("abc", "-1", str(1 << 40)):  # bad input is a 400 naming the field, never a 500
+        req = urllib.request.Request(f"{api}/v1/logs/{pid}?tail={tail}",
+                                     headers={"Authorization": f"Bearer {c.token()}"})
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(req, timeout=10)
+        assert exc.value.code == 400 and json.loads(exc.value.read())["error"]["field"] == "tail"
