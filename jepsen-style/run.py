@@ -190,7 +190,7 @@ class Cluster:
         for p in self.procs.values():
             p.stop(timeout=5.0)
         for a in AGENTS:  # containers outlive their agent by design (adoption): stop them here
-            kill_containers(self, a)
+            kill_containers(self, a, shims=True)
 
 
 def container_pids(cluster: Cluster, agent: str) -> dict[str, int]:
@@ -208,13 +208,25 @@ def container_pids(cluster: Cluster, agent: str) -> dict[str, int]:
     return out
 
 
-def kill_containers(cluster: Cluster, agent: str) -> list[int]:
+def kill_containers(cluster: Cluster, agent: str, shims: bool = False) -> list[int]:
+    """kill -9 the agent's running containers (their process groups); with `shims`, also every
+    container's shim, whatever its recorded state (the end of a run: nothing may outlive it)."""
     pids = list(container_pids(cluster, agent).values())
     for pid in pids:
         try:
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             pass
+    root = os.path.join(cluster.dirs(agent), "process", "processes")
+    if shims and os.path.isdir(root):
+        for cid in os.listdir(root):
+            for name in ("init.pid", "shim.pid"):
+                try:
+                    with open(os.path.join(root, cid, name)) as f:
+                        pid = int(f.read().split()[0])
+                    os.killpg(pid, signal.SIGKILL) if name == "init.pid" else os.kill(pid, signal.SIGKILL)
+                except (OSError, ValueError, IndexError):
+                    pass
     return pids
 
 
@@ -457,14 +469,15 @@ def run_one(schedule: dict[str, Any], out: str) -> tuple[int, str]:
             json.dump(cfg, f)
         meta.update(t0_ns=t0_ns, heal_at_ns=cfg["heal_at_ns"], stop_at_ns=cfg["stop_at_ns"], quiet_s=quiet)
         workload = cluster.net.spawn(CLIENT, [sys.executable, os.path.join(HERE, "workload.py"), "run", cfg_path],
-                                     stdout=open(cluster.log("workload"), "ab"), stderr=subprocess.STDOUT)
+                                     stdout=open(cluster.log("workload"), "ab"), stderr=subprocess.STDOUT,
+                                     preexec_fn=nem.die_with_parent)
         nemesis = Nemesis(cluster, part, os.path.join(run_dir, "faults.jsonl"))
         sampler = ContainerSampler(cluster, os.path.join(run_dir, "containers.jsonl"))
         sampler.start()
         try:
             nemesis.run(schedule, t0)
-        finally:
             _sleep_until(t0 + duration)
+        finally:
             meta["heal"] = nemesis.heal_all()
             meta["heal_ns"] = meta["heal"]["time"]
         try:
