@@ -79,11 +79,11 @@ def _output(c: Call) -> Any:
 
 
 def _observed(calls: list[Call]) -> set[Any]:
+    """Values some op may have depended on: ok reads' values, and every cas's expected value
+    (an info cas that took effect observed it too, so its writer must not be pruned)."""
     seen: set[Any] = set()
     for c in calls:
-        if c.status != "ok":
-            continue
-        if c.f == "read":
+        if c.f == "read" and c.status == "ok":
             seen.add(freeze(c.value))
         elif c.f == "cas":
             seen.add(freeze(c.value[0]))

@@ -391,3 +391,11 @@ def test_stopped_or_vanished_placements_count_and_exited_ones_do_not() -> None:
                   _pl(10, ("web-1", "stop", "running"), ("web-3", "run", "running"))]
     res = fencing.check(placements, [_ct(40, "web-1", "web-2", "web-3")], [], bound_s=15)
     assert sorted(v["container"] for v in res.violations) == ["web-1", "web-2"]
+
+
+def test_an_info_write_read_through_an_info_cas_is_not_pruned() -> None:
+    # found by hypothesis: v8 (info) -> cas v8->v9 (info) -> read v9 is linearizable; the info
+    # write of v8 must not be pruned as "never observed": the cas observed it
+    h = H().w("j1", "v8", 900, 900, outcome="info").cas("j1", "v8", "v9", 1000, 1000, outcome="info")
+    h.r("j1", "v9", 1100, 1100)
+    assert linear.check(h.ops()).valid is True
