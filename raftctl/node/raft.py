@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any, Callable
 
 import cbor2
@@ -221,15 +222,20 @@ class RaftNode(SyncObj):
 
     # -- small read-only views -----------------------------------------------
     def raft_status(self) -> dict[str, Any]:
-        # getStatus() runs on the caller's thread while pysyncobj's tick thread moves on: it reads the
-        # state before the term, so a leader stepping down to a newer term could be reported as the
-        # leader of that newer term (jepsen-style seed 13: "n1 and n3 both lead term 13"). Accept a
-        # snapshot only if the term did not change while it was taken.
-        for _ in range(10):
+        # getStatus() runs on the caller's thread while pysyncobj's tick thread moves on. On a message
+        # with a newer term the tick thread sets the term (and votedFor = None), persists it (an fsync:
+        # the GIL is free for milliseconds) and only then steps down, so a deposed leader was reported as
+        # the leader of the newer term (jepsen-style seeds 13 and 21: two leaders claimed for one term).
+        # A real leader voted for itself in its term: wait (at most ~100 ms) for a snapshot whose term
+        # held still and whose leader state agrees with the vote.
+        me = self.selfNode.id
+        for _ in range(50):
             term = self.raftCurrentTerm
             st = self.getStatus()
-            if st.get("raft_term") == term == self.raftCurrentTerm:
+            voted = self._SyncObj__votedForNodeId  # type: ignore[attr-defined]
+            if st.get("raft_term") == term == self.raftCurrentTerm and (st.get("state") != 2 or voted == me):
                 break
+            time.sleep(0.002)
         leader = st.get("leader")
         return {
             "self": str(st.get("self")),

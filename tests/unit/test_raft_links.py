@@ -37,26 +37,32 @@ def test_the_user_timeout_is_shorter_than_an_election_round_trip_of_backoff() ->
 
 
 class _Moving:
-    """A RaftNode stand-in whose term moves on while getStatus() runs, as pysyncobj's tick thread can."""
+    """A RaftNode stand-in caught between pysyncobj setting a newer term (votedFor cleared, then an
+    fsync) and stepping down, as its tick thread is while the API reads the status."""
 
-    def __init__(self) -> None:
+    def __init__(self, settle_after: int) -> None:
         self.calls = 0
-        self.term = 11
+        self.settle_after = settle_after
+        self.raftCurrentTerm = 13
+        self._SyncObj__votedForNodeId = None
+        self.selfNode = type("Node", (), {"id": "10.0.0.3:7000"})()
 
-    @property
-    def raftCurrentTerm(self) -> int:  # noqa: N802 (pysyncobj's name)
-        return self.term
-
-    def getStatus(self) -> dict:  # noqa: N802
+    def getStatus(self) -> dict:  # noqa: N802 (pysyncobj's name)
         self.calls += 1
-        if self.calls == 1:  # state read as leader of term 11, then a term-13 message arrives
-            self.term = 13
-            return {"self": "n3", "state": 2, "leader": "n3", "raft_term": 13}
-        return {"self": "n3", "state": 0, "leader": "n1", "raft_term": 13}
+        if self.calls < self.settle_after:  # still the old leader's state and leader, the new term
+            return {"self": "n3", "state": 2, "leader": "10.0.0.3:7000", "raft_term": 13}
+        return {"self": "n3", "state": 0, "leader": "10.0.0.1:7000", "raft_term": 13}
 
 
-def test_status_never_pairs_a_leader_state_with_a_term_it_did_not_lead() -> None:
-    fake = _Moving()
+def test_status_never_reports_leading_a_term_the_node_did_not_vote_for_itself_in() -> None:
+    fake = _Moving(settle_after=3)
     st = raft.RaftNode.raft_status(fake)  # type: ignore[arg-type]
-    assert (st["state"], st["term"], st["leader"]) == ("follower", 13, "n1")
-    assert fake.calls == 2
+    assert (st["state"], st["term"], st["leader"]) == ("follower", 13, "10.0.0.1:7000")
+    assert fake.calls == 3
+
+
+def test_a_real_leader_is_reported_at_once() -> None:
+    fake = _Moving(settle_after=99)
+    fake._SyncObj__votedForNodeId = "10.0.0.3:7000"  # it voted for itself in term 13: it leads
+    st = raft.RaftNode.raft_status(fake)  # type: ignore[arg-type]
+    assert (st["state"], st["term"]) == ("leader", 13) and fake.calls == 1
