@@ -41,10 +41,19 @@ class Leadership:
         self.controllers: list[Any] = []
         self._tasks: list[asyncio.Task] = []
         self._last_leader: str | None = None
+        self._leader_moved = asyncio.Event()  # set, and replaced by a fresh one, when the known leader changes
 
     @property
     def active(self) -> bool:
         return self.epoch is not None
+
+    def leader_moved(self, leader: str | None) -> asyncio.Event:
+        """An event set once the leader differs from ``leader`` (set already if it differs now)."""
+        event = self._leader_moved
+        if leader != self._last_leader:
+            event = asyncio.Event()
+            event.set()
+        return event
 
     async def run(self) -> None:
         while True:
@@ -64,6 +73,8 @@ class Leadership:
             if self._last_leader is not None and self.replica.proposer is not None:
                 self.replica.proposer.leader_changed()
             self._last_leader = rs["leader"]
+            self._leader_moved.set()
+            self._leader_moved = asyncio.Event()
         leading = rs["state"] == "leader"
         state_epoch = self.replica.read(lambda s: s.epoch)
         if self.epoch is not None and (not leading or state_epoch != self.epoch or rs["term"] != self.epoch):

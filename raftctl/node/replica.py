@@ -92,7 +92,7 @@ class Replica:
         self.proposer.start()
         # replica-to-replica calls (write forwarding, blob copies) verify the peer's certificate
         connector = aiohttp.TCPConnector(ssl=client_ssl) if client_ssl is not None else None
-        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15), connector=connector)
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15, sock_connect=2), connector=connector)
         app = make_app(self)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)  # long polls must not hold shutdown
         await self.runner.setup()
