@@ -16,6 +16,7 @@ from raftctl.errors import Forbidden, RaftctlError, Unauthorized, Unavailable
 
 log = logging.getLogger("raftctl.agent.control")
 T = TypeVar("T")
+CONNECT_S = 1.0   # a replica that does not accept within this is cut off (a blackholed SYN), whatever the read bound
 
 
 class ControlClient:
@@ -27,6 +28,8 @@ class ControlClient:
         self.timeout = timeout
         self.ssl = ssl  # an ssl.SSLContext verifying https:// replicas, or None for the default checks
         self.leader: str | None = None
+        self.live: str | None = None      # the replica that answered the last heartbeat (the leader)
+        self._live_changed = asyncio.Event()
         self._next = 0
         self._session: aiohttp.ClientSession | None = None
 
@@ -42,19 +45,54 @@ class ControlClient:
     async def request(self, method: str, path: str, json: Any = None, *, params: dict | None = None,
                       timeout: float | None = None, server: str | None = None) -> Any:
         """Try ``server`` (or the replicas in turn) until one answers; raise Unavailable if none does."""
+        data, _ = await self._request(method, path, json, params=params, timeout=timeout, server=server)
+        return data
+
+    async def watch(self, path: str, params: dict[str, str], *, timeout: float,
+                    server: str | None = None) -> tuple[Any, str]:
+        """A blocking GET on ``server`` (falling back to the replicas in turn if it does not answer);
+        the answer and the replica that gave it."""
+        if server:
+            try:
+                return await self._request("GET", path, params=params, timeout=timeout, server=server)
+            except RaftctlError as exc:
+                if exc.http_status is not None and exc.http_status < 500:
+                    raise
+                log.info("watch on %s failed (%s); asking the other replicas", server, exc)
+        return await self._request("GET", path, params=params, timeout=timeout)
+
+    def avoid(self, url: str) -> None:
+        """Rotate past ``url`` (it gave a stale answer): the next rotating request asks the replica after it."""
+        if url in self.servers and self.servers[self._next] == url:
+            self._next = (self._next + 1) % len(self.servers)
+
+    def _set_live(self, url: str) -> None:
+        if url != self.live:
+            self.live = url
+            self._live_changed.set()
+
+    async def live_moved_from(self, url: str | None) -> None:
+        """Return once a replica other than ``url`` answers heartbeats."""
+        while self.live is None or self.live == url:
+            self._live_changed.clear()
+            await self._live_changed.wait()
+
+    async def _request(self, method: str, path: str, json: Any = None, *, params: dict | None = None,
+                       timeout: float | None = None, server: str | None = None) -> tuple[Any, str]:
         assert self._session is not None
         order = [server] if server else [self.servers[(self._next + i) % len(self.servers)]
                                          for i in range(len(self.servers))]
         last: Exception | None = None
         for url in order:
             try:
-                async with self._session.request(method, url + path, json=json, params=params,
-                                                 timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as r:
+                total = timeout or self.timeout
+                bounds = aiohttp.ClientTimeout(total=total, sock_connect=min(CONNECT_S, total))
+                async with self._session.request(method, url + path, json=json, params=params, timeout=bounds) as r:
                     data = await r.json(content_type=None)
                     if r.status == 200:
                         if not server:
                             self._next = self.servers.index(url)
-                        return data
+                        return data, url
                     err = (data or {}).get("error") or {}
                     if r.status == 401:
                         raise Unauthorized(err.get("message", "unauthorized"))
@@ -79,10 +117,10 @@ class ControlClient:
         for _ in range(3):
             target = self.leader
             try:
-                if target:
-                    return await self.request("POST", "/v1/agent/heartbeat", {"machine": machine},
-                                              server=target, timeout=2.0)
-                return await self.request("POST", "/v1/agent/heartbeat", {"machine": machine}, timeout=2.0)
+                data, url = await self._request("POST", "/v1/agent/heartbeat", {"machine": machine},
+                                                server=target, timeout=2.0)
+                self._set_live(url)
+                return data
             except RaftctlError as exc:
                 if exc.code == "not_leader":
                     new = (exc.details or {}).get("leader_api") if isinstance(exc.details, dict) else None

@@ -1,32 +1,63 @@
-"""What the agent must do to make its machine match its assignments (pure)."""
+"""What the agent must do to make its machine match its assignments (pure).
+
+Level-triggered: every pass looks at the whole picture (the assignment, the containers the
+agent supervises, the containers the driver reports, the stops in flight) and answers what to
+do now, so a stop that was lost, hung or undone by a late start is started again on the next
+pass instead of being remembered as handled.
+"""
 from __future__ import annotations
 
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
 TERMINAL = ("lost", "stopped")
 
 
+@dataclass(frozen=True)
+class StopInFlight:
+    """A stop the agent is running for a container: how long this attempt has run, and its bound
+    (grace + hook timeout + slack) past which it is presumed hung."""
+    age_s: float
+    bound_s: float
+
+
 @dataclass
 class Actions:
     start: list[dict[str, Any]] = field(default_factory=list)   # placements to start here
-    stop: list[str] = field(default_factory=list)               # local containers to stop
+    stop: list[str] = field(default_factory=list)               # containers to stop (no stop in flight)
+    retry: list[str] = field(default_factory=list)              # stops past their bound: stop again, harder
     report_stopped: list[str] = field(default_factory=list)     # placements to report as stopped
 
 
-def plan(placements: list[dict[str, Any]], local: set[str]) -> Actions:
-    """Diff the machine's assigned placements against the containers it runs."""
+def wanted(p: dict[str, Any]) -> bool:
+    """A placement this machine should be running."""
+    return p["desired"] == "run" and p["state"] not in TERMINAL
+
+
+def plan(placements: list[dict[str, Any]], local: Set[str], *, existing: Set[str] = frozenset(),
+         stopping: Mapping[str, StopInFlight] | None = None) -> Actions:
+    """Diff the machine's assigned placements against what runs here.
+
+    ``local``: containers the agent supervises; ``existing``: containers the driver reports
+    (whatever the agent believes); ``stopping``: stops in flight. Every container that is local
+    or existing but not wanted is stopped, unless a stop for it is in flight and within its bound;
+    one past its bound is retried.
+    """
+    stopping = stopping or {}
     out = Actions()
-    assigned = set()
-    for p in placements:
-        pid = p["id"]
-        assigned.add(pid)
-        wanted = p["desired"] == "run" and p["state"] not in TERMINAL
-        if wanted and pid not in local and p.get("spec") is not None:
+    by_id = {p["id"]: p for p in placements}
+    keep = {pid for pid, p in by_id.items() if wanted(p)}
+    for pid, p in by_id.items():
+        if pid in keep and pid not in local and pid not in stopping and p.get("spec") is not None:
             out.start.append(p)
-        elif not wanted and pid in local:
-            out.stop.append(pid)
-        elif not wanted and pid not in local and p["desired"] == "stop" and p["state"] != "stopped":
+        elif (pid not in keep and pid not in local and pid not in existing and pid not in stopping
+              and p["desired"] == "stop" and p["state"] != "stopped"):
             out.report_stopped.append(pid)
-    out.stop.extend(sorted(local - assigned))
+    for cid in sorted((set(local) | set(existing) | set(stopping)) - keep):
+        inflight = stopping.get(cid)
+        if inflight is None:
+            out.stop.append(cid)
+        elif inflight.age_s > inflight.bound_s:
+            out.retry.append(cid)
     return out
