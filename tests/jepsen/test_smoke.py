@@ -81,10 +81,8 @@ def test_consistent_reads_continue_while_the_old_leader_is_isolated_past_30s(run
 
 
 def test_no_container_of_a_given_up_placement_keeps_running(runs: list[str]) -> None:
+    # jepsen-style/README.md finding 5 (fixed in the agent): containers of stopped placements kept running
     late = [(d, v) for d in runs for v in _checkers(d)["fencing"]["violations"]]
-    if late:
-        # a real raftctl agent bug, reported in jepsen-style/README.md (findings): kept visible, not hidden
-        pytest.xfail(f"KNOWN BUG (jepsen-style/README.md finding 5): containers of stopped placements kept "
-                     f"running: {late[:3]}")
+    assert not late, late[:3]
     for d in runs:
         assert _checkers(d)["fencing"]["valid"] is True
