@@ -1,7 +1,7 @@
 """A write without X-Request-Id is applied at most once, even when the follower that took it
-gives up proxying to a paused leader and proposes it itself (found by jepsen-style with
---anonymous-writes: the paused leader applied its proxied copy on resume, after a later
-acknowledged write, which was lost)."""
+gives up proxying to a paused leader (timeout, or the leader moved) and proposes it itself
+(found by jepsen-style with --anonymous-writes: the paused leader applied its proxied copy on
+resume, after a later acknowledged write, which was lost)."""
 from __future__ import annotations
 
 import json
