@@ -1,8 +1,9 @@
 """Agent fencing: a placement that is stopped stays stopped, promptly (jepsen-style findings 4 and 5).
 
 The first tests drive a real Agent with the process driver (real container processes) against a
-scripted control plane, so each fault is exact; the last one runs a 3-replica LocalCluster and
-SIGSTOPs the replica the agent's assignment watch is parked on.
+scripted control plane, so each fault is exact; then a 3-replica LocalCluster where the replica the
+agent's assignment watch is parked on is SIGSTOPped; last, the control client against a loopback
+listener that drops SYNs.
 """
 from __future__ import annotations
 
@@ -250,3 +251,49 @@ def test_a_paused_replica_holding_the_watch_delays_a_stop_by_seconds_not_the_wat
         print(f"\nwatch on {victim.id} ({url}), paused: scale-down committed {committed - paused:.1f}s after the "
               f"pause; containers gone {gone - committed:.1f}s after the commit")
         assert gone - committed <= 10.0
+
+
+# -- a replica whose SYNs go unanswered -----------------------------------------------------------------------
+
+async def test_a_replica_that_never_accepts_costs_a_request_one_connect_timeout(tmp_path):
+    """A listener whose accept queue is full drops SYNs, as a blackholed replica does: the client moves on to
+    the next replica after the connect bound (1 s), not after the request's whole timeout."""
+    import socket
+
+    from aiohttp import web
+
+    from raftctl.agent.control import CONNECT_S, ControlClient
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    fillers = []
+    for _ in range(4):  # fill the accept queue: later SYNs are dropped
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(hole.getsockname())
+        fillers.append(s)
+    await asyncio.sleep(0.2)
+
+    async def ping(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/v1/ping", ping)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with ControlClient([f"127.0.0.1:{hole.getsockname()[1]}", f"127.0.0.1:{port}"], "t") as ctl:
+            t0 = time.monotonic()
+            assert await ctl.request("GET", "/v1/ping", timeout=10.0) == {"ok": True}
+            took = time.monotonic() - t0
+        print(f"\nblackholed replica skipped in {took:.2f}s (connect bound {CONNECT_S}s, request timeout 10s)")
+        assert took < 5.0
+    finally:
+        await runner.cleanup()
+        for s in fillers:
+            s.close()
+        hole.close()
