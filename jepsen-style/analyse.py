@@ -24,7 +24,7 @@ from history import iter_json_lines, pair_ops, read_history  # noqa: E402
 CONVERGENCE_BOUND_S = 30.0
 DISCOVERY_BOUND_S = 6.0   # health checks (300 ms x 2) + the commit of the transition, with slack
 LINEAR_TIMEOUT_S = 120.0
-FENCING_BOUND_S = 45.0    # the agent's assignment watch waits up to 20 s per attempt on a silent replica (seen: 25.5 s)
+FENCING_BOUND_S = 20.0    # stop grace (10 s) + the agent's 1 s connect bound and 1 s level-triggered pass, with slack
 
 
 def _agent_cuts(faults: list[dict[str, Any]]) -> list[tuple[int, int]]:
