@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,6 +33,15 @@ BRIDGE = "br0"
 PROBE_PORT = 7999
 PROBE_TIMEOUT_S = 0.5
 MARKER = "RAFTCTL_JEPSEN_PRIVATE_NETNS"
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the run dies, so a crashed or killed run leaves no replica,
+    agent or probe behind (`ip netns exec` execs, and the setting survives exec)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def addr_of(name: str) -> str:
@@ -139,7 +149,8 @@ class Network:
         return ["ip", "netns", "exec", self.hosts[host].ns, *argv]
 
     def spawn(self, host: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
-        """Start a process inside a host (`ip netns exec` execs, so the pid is the process's own)."""
+        """Start a process inside a host (`ip netns exec` execs, so the pid is the process's own); it dies with the run."""
+        kw.setdefault("preexec_fn", die_with_parent)
         return subprocess.Popen(self.command(host, argv), **kw)
 
     def run(self, host: str, argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:

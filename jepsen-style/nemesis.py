@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterable, Sequence
 
-from hosts import SWITCH, Network, addr_of
+from hosts import SWITCH, Network, addr_of, die_with_parent  # noqa: F401 (run.py uses nem.die_with_parent)
 
 TABLE = "jepsen"
 Pair = tuple[str, str]
@@ -209,15 +209,6 @@ class Partitioner:
 
 
 # -- processes -------------------------------------------------------------------------
-
-def die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the run dies, so a crashed run leaves no replica behind
-    (`ip netns exec` execs, so the setting reaches the replica itself)."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
 
 class Proc:
     """A long-running command inside a test host, with kill -9 / restart / pause / resume."""
