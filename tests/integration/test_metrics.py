@@ -6,7 +6,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import SPEC, client_for
+from .conftest import SPEC, agents_cluster, client_for, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,3 +34,36 @@ def test_metrics_parse_and_move(cluster):
     assert value(after, "raftctl_api_requests_total", route="PUT /v1/jobs/{name}", code="200") >= 1
     assert value(after, "raftctl_api_request_seconds_count", route="PUT /v1/jobs/{name}") >= 1
     assert "raftctl_machines_by_state" in after and "raftctl_scheduler_passes" in after
+
+
+@pytest.fixture(scope="module")
+def sim3(tmp_path_factory):
+    with agents_cluster(tmp_path_factory, "metrics-sim", agents=3, runtime="sim") as c:
+        yield c
+
+
+def test_figures_move_with_placements_deploys_and_machine_loss(sim3):
+    c = sim3
+    job = {"name": "m", "image": "sim:1", "command": ["serve"], "replicas": 3,
+           "resources": {"cpu": "100m", "memory": "64Mi"}, "ports": [{"name": "http"}], "env": {"V": "1"}}
+
+    def fams() -> dict:
+        return scrape(c, wait_until(c.leader, what="a leader"))
+    before = fams()
+    assert value(before, "raftctl_machines_by_state", state="active") == 3
+    client_for(c).request("PUT", "/v1/jobs/m", job)
+    placed = wait_until(lambda: (lambda f: f if value(f, "raftctl_placements_by_state", state="running",
+                                                      health="healthy") >= 3 else None)(fams()),
+                        timeout=30, what="3 healthy placements in /metrics")
+    assert value(placed, "raftctl_discovery_endpoints") >= 3
+    assert value(placed, "raftctl_deployments") == 0  # a new job is placed, not deployed
+    client_for(c).request("PUT", "/v1/jobs/m", {**job, "env": {"V": "2"}})  # a rolling deploy
+    wait_until(lambda: value(fams(), "raftctl_deployments", status="running") == 1, timeout=30,
+               what="the deploy running in /metrics")
+    wait_until(lambda: value(fams(), "raftctl_deployments", status="successful") == 1, timeout=60,
+               what="the deploy successful in /metrics")
+    victim = c.agents[0]
+    c.kill(victim)
+    lost = wait_until(lambda: (lambda f: f if value(f, "raftctl_machines_by_state", state="down") == 1 else None)(
+        fams()), timeout=40, what="the killed machine down in /metrics")
+    assert value(lost, "raftctl_machines_by_state", state="active") == 2
