@@ -20,6 +20,7 @@ from typing import Any, Callable
 import aiohttp
 
 from raftctl.agent import converge
+from raftctl.aio import unless
 from raftctl.agent.config import AgentConfig
 from raftctl.agent.metrics import AgentMetrics
 from raftctl.agent.control import BlobFetcher, ControlClient
@@ -196,17 +197,10 @@ class Agent:
         assert control is not None
         while True:
             target = control.live
-            watch = asyncio.create_task(control.watch(
+            watch = await unless(control.watch(
                 f"/v1/agent/assignments/{self.cfg.machine}", {"index": str(self.index), "wait": "10s"},
-                timeout=20.0, server=target))
-            moved = asyncio.create_task(control.live_moved_from(target))
-            try:
-                await asyncio.wait({watch, moved}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                moved.cancel()
-                if not watch.done():
-                    watch.cancel()
-            if not watch.done() or watch.cancelled():
+                timeout=20.0, server=target), control.live_moved_from(target))
+            if watch is None:
                 log.info("assignment watch on %s abandoned: heartbeats are answered by %s",
                          target or "a rotating replica", control.live)
                 continue

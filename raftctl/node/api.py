@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable
 import cbor2
 from aiohttp import web
 
+from raftctl.aio import unless
 from raftctl.errors import NotFound, RaftctlError, Unauthorized, Unavailable, ValidationError
 from raftctl.node import auth, views
 from raftctl.statemachine import commands as c
@@ -184,15 +185,8 @@ async def forward_to_leader(request: web.Request) -> web.Response | None:
     # elected in ~1.5 s (jepsen-style finding 7): give up the proxy as soon as the leader moves, and handle the
     # request here (pysyncobj routes it to the new leader; the shared request id deduplicates a late copy).
     moved = replica.leadership.leader_moved(rs["leader"]) if replica.leadership is not None else asyncio.Event()
-    sent = asyncio.ensure_future(proxy())
-    watch = asyncio.ensure_future(moved.wait())
-    try:
-        await asyncio.wait({sent, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not sent.done():
-            sent.cancel()
-    if sent.cancelled() or not sent.done():
+    sent = await unless(proxy(), moved.wait())
+    if sent is None:
         log.info("leader moved away from %s while a request was proxied to it; handling it here", rs["leader"])
         return None
     exc = sent.exception()

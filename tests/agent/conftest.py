@@ -2,10 +2,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 import uuid
-import warnings
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from raftctl.agent.images import ImageStore
 from raftctl.agent.runtime.base import ContainerSpec, Resources
 from raftctl.agent.testimage import busybox_available, make_busybox_dir
+from tests.skips import skip_loudly
 
 
 def root_runc_problem() -> str | None:
@@ -33,10 +32,7 @@ def root_runc() -> None:
     """Skip LOUDLY when the isolation tests cannot run: they are the proof of §1's isolation."""
     problem = root_runc_problem()
     if problem:
-        msg = f"!!! RUNC ISOLATION TESTS SKIPPED: {problem}. Container isolation is NOT being tested. !!!"
-        print("\n" + msg, file=sys.stderr)
-        warnings.warn(msg)
-        pytest.skip(msg)
+        skip_loudly("RUNC ISOLATION TESTS", problem, "Container isolation")
 
 
 def wait_for(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
+import urllib.error
+import urllib.request
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -32,6 +35,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     c.start(timeout=60)
     yield c
     c.stop()
+
+
+def raw(url: str, method: str = "GET", body: bytes | None = None, token: str | None = None,
+        ctype: str = "application/json", timeout: float = 10.0) -> tuple[int, dict]:
+    """One HTTP request with no client-side retry or request id: (status, JSON body), errors included."""
+    headers = {"Content-Type": ctype}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 def client_for(cluster: LocalCluster, proc: Any = None, token: str | None = None) -> Client:

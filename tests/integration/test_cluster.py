@@ -3,29 +3,14 @@ from __future__ import annotations
 
 import json
 import signal
-import urllib.error
-import urllib.request
 
 import pytest
 
 from raftctl.client import ApiError
 
-from .conftest import SPEC, client_for, wait_until
+from .conftest import SPEC, client_for, raw, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def raw(url: str, method: str = "GET", body: bytes | None = None, token: str | None = None,
-        ctype: str = "application/json") -> tuple[int, dict]:
-    headers = {"Content-Type": ctype}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=body, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def followers(cluster):

@@ -9,11 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
-import warnings
 
 import pytest
 
 from history import read_history
+
+from tests.skips import skip_loudly
 
 RUN = os.path.join(os.path.dirname(__file__), "..", "..", "jepsen-style", "run.py")
 SEEDS, DURATION = 3, 90
@@ -35,10 +36,7 @@ def _problem() -> str | None:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     problem = _problem()
     if problem:
-        msg = f"!!! JEPSEN-STYLE SMOKE SKIPPED: {problem}. Fault tolerance is NOT being tested. !!!"
-        print("\n" + msg, file=sys.stderr)
-        warnings.warn(msg)
-        pytest.skip(msg)
+        skip_loudly("JEPSEN-STYLE SMOKE", problem, "Fault tolerance")
     out = tmp_path_factory.mktemp("jepsen")
     p = subprocess.run([sys.executable, RUN, "--seeds", str(SEEDS), "--duration", str(DURATION), "--out", str(out)],
                        capture_output=True, text=True, timeout=BUDGET_S)

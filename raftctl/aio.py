@@ -1,0 +1,24 @@
+"""Small asyncio helpers shared by the control replica and the agent."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, TypeVar
+
+T = TypeVar("T")
+
+
+async def unless(work: Awaitable[T], interrupt: Awaitable[Any]) -> "asyncio.Future[T] | None":
+    """Run ``work`` until it finishes or ``interrupt`` does first.
+
+    Returns the finished ``work`` future (its ``result()`` or ``exception()`` is the caller's to read), or
+    None when ``interrupt`` came first: ``work`` is then cancelled. ``interrupt`` is always cancelled.
+    """
+    job = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(interrupt)
+    try:
+        await asyncio.wait({job, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not job.done():
+            job.cancel()
+    return job if job.done() and not job.cancelled() else None
