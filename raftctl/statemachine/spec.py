@@ -23,6 +23,11 @@ PORT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 USER_RE = re.compile(r"^\d{1,10}(:\d{1,10})?$")
 LEVELS = ("region", "zone", "rack")
 CONSTRAINT_OPS = ("==", "!=", "in", "not_in", "exists", "not_exists", "regex")
+# The capabilities a job may ask for (Docker's default set); a job gets none unless it lists them.
+ALLOWED_CAPABILITIES = frozenset({
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID", "CAP_SETUID",
+    "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_CHROOT", "CAP_MKNOD", "CAP_AUDIT_WRITE",
+    "CAP_SETFCAP"})
 
 
 class SpecProblem(NamedTuple):
@@ -157,7 +162,7 @@ def _duration(ck: _Checker, d: dict, key: str, field: str, default: int) -> int 
 
 
 TOP = ("name", "image", "base", "command", "env", "user", "replicas", "resources", "network", "ports", "health",
-       "restart", "update", "spread", "constraints", "autoscale", "disruption", "lifecycle", "priority", "service")
+       "restart", "update", "spread", "constraints", "autoscale", "disruption", "lifecycle", "priority", "service", "capabilities")
 
 
 def validate_spec(raw: Any, *, name: str | None = None) -> dict[str, Any]:
@@ -221,9 +226,35 @@ def validate_spec(raw: Any, *, name: str | None = None) -> dict[str, Any]:
     out["priority"] = ck.integer(raw.get("priority", 50), "priority", 0, 100)
     service = raw.get("service", out["name"])
     out["service"] = ck.string(service, "service", NAME_RE, "must match [a-z0-9][a-z0-9-]{0,62}") if service is not None else None
+    out["capabilities"] = _capabilities(ck, raw.get("capabilities", []))
     if ck.problems:
         raise SpecError(ck.problems)
     return out
+
+
+def _capabilities(ck: _Checker, value: Any) -> list[str]:
+    """Linux capability names, with or without CAP_, any case: sorted, unique, CAP_-prefixed."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        ck.bad("capabilities", f"must be a list of capability names, not {_kind(value)}")
+        return []
+    if len(value) > len(ALLOWED_CAPABILITIES):
+        ck.bad("capabilities", f"lists {len(value)} names; at most {len(ALLOWED_CAPABILITIES)} may be asked for")
+        return []
+    out = set()
+    for i, c in enumerate(value):
+        if not isinstance(c, str):
+            ck.bad(f"capabilities[{i}]", f"must be a string, not {_kind(c)}")
+            continue
+        cap = c.upper()
+        cap = cap if cap.startswith("CAP_") else "CAP_" + cap
+        if cap not in ALLOWED_CAPABILITIES:
+            ck.bad(f"capabilities[{i}]", f"{c[:40]!r} is not an allowed capability "
+                                         f"({', '.join(sorted(x[4:] for x in ALLOWED_CAPABILITIES))})")
+            continue
+        out.add(cap)
+    return sorted(out)
 
 
 def _ports(ck: _Checker, value: Any) -> list[dict]:
@@ -434,4 +465,5 @@ def denormalize(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         out.pop("lifecycle", None)
     out["ports"] = [{k: v for k, v in p.items() if v is not None} for p in spec["ports"]]
+    out["capabilities"] = list(spec.get("capabilities") or [])
     return out

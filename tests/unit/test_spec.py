@@ -143,3 +143,34 @@ def test_normalize_denormalize_round_trip(raw):
     s = validate_spec(raw)
     assert validate_spec(denormalize(s)) == s
     assert validate_spec(json.loads(json.dumps(denormalize(s)))) == s
+
+
+# --- capabilities: an allow-list, normalized to sorted unique CAP_ names ---------------------------------------
+
+def test_capabilities_default_to_none():
+    assert validate_spec(BASE)["capabilities"] == []
+    assert denormalize(validate_spec(BASE))["capabilities"] == []
+
+
+def test_capabilities_are_normalized_sorted_and_unique():
+    s = validate_spec({**BASE, "capabilities": ["net_bind_service", "CAP_CHOWN", "Chown", "cap_kill"]})
+    assert s["capabilities"] == ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    assert denormalize(s)["capabilities"] == ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    assert validate_spec(denormalize(s)) == s
+
+
+@pytest.mark.parametrize("caps,field,reason", [
+    (["CAP_SYS_ADMIN"], "capabilities[0]", "not an allowed capability"),
+    (["chown", "sys_ptrace"], "capabilities[1]", "not an allowed capability"),
+    (["CAP_"], "capabilities[0]", "not an allowed capability"),
+    (["net_admin"], "capabilities[0]", "not an allowed capability"),
+    ([7], "capabilities[0]", "must be a string"),
+    ("CAP_CHOWN", "capabilities", "must be a list"),
+    (["chown"] * 15, "capabilities", "at most 14"),
+])
+def test_capabilities_outside_the_allow_list_are_refused(caps, field, reason):
+    with pytest.raises(SpecError) as exc:
+        validate_spec({**BASE, "capabilities": caps})
+    fields = {p.field: p.message for p in exc.value.problems}
+    assert field in fields, fields
+    assert reason in fields[field]
