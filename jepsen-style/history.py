@@ -7,20 +7,25 @@ One op per line:
 - "ok": the operation took effect (reads carry the value they saw; None = missing).
 - "fail": the operation certainly did not take effect (dropped by the checkers).
 - "info": indeterminate (timeout, 5xx after proposing): it may or may not have
-  taken effect; its completion is treated as happening at +infinity.
+  taken effect; its completion is treated as happening at +infinity (INF).
+
+Times are integer nanoseconds everywhere (history, calls, checkers), never floats:
+near 1.8e18 ns a float64 resolves only 256 ns, so two events 1 ns apart would
+compare as simultaneous (concurrent) and a stale read could pass.
 
 `pair_ops` turns a history into `Call`s (one per operation) for the checkers.
 """
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 TYPES = ("invoke", "ok", "fail", "info")
 FUNCTIONS = ("write", "read", "cas", "delete")
-INF = math.inf
+# "Never completes": an int later than any int64 nanosecond timestamp, so every
+# comparison stays exact integer arithmetic.
+INF = 1 << 63
 
 
 @dataclass
@@ -62,14 +67,21 @@ class Call:
     key: str
     value: Any          # input (write value, cas [expected, new]) or, for reads, the value read
     status: str         # "ok" or "info"
-    invoke: float       # ns
-    complete: float     # ns; INF for info
+    invoke: int         # ns
+    complete: int       # ns; INF for info
     index: int | None = None
 
     def describe(self) -> str:
-        end = "inf" if self.complete == INF else f"{self.complete / 1e9:.3f}s"
+        end = "inf" if self.complete == INF else seconds(self.complete)
         return (f"op#{self.id} p{self.process} {self.status} {self.f} {self.key}={self.value!r} "
-                f"[{self.invoke / 1e9:.3f}s .. {end}]")
+                f"[{seconds(self.invoke)} .. {end}]")
+
+
+def seconds(ns: int) -> str:
+    """Integer nanoseconds as seconds with millisecond digits, without a float."""
+    sign = "-" if ns < 0 else ""
+    whole, frac = divmod(abs(ns), 1_000_000_000)
+    return f"{sign}{whole}.{frac // 1_000_000:03d}s"
 
 
 def read_history(path: str) -> list[Op]:
@@ -106,12 +118,12 @@ def pair_ops(history: Iterable[Op]) -> list[Call]:
         if op.type == "fail":
             continue
         value = op.value if op.f == "read" else inv.value
-        complete = INF if op.type == "info" else float(op.time)
+        complete = INF if op.type == "info" else op.time
         calls.append(Call(id=len(calls), process=op.process, f=op.f, key=op.key, value=value,
-                          status=op.type, invoke=float(inv.time), complete=complete, index=op.index))
+                          status=op.type, invoke=inv.time, complete=complete, index=op.index))
     for inv in pending.values():
         calls.append(Call(id=len(calls), process=inv.process, f=inv.f, key=inv.key, value=inv.value,
-                          status="info", invoke=float(inv.time), complete=INF))
+                          status="info", invoke=inv.time, complete=INF))
     return calls
 
 

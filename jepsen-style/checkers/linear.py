@@ -112,7 +112,7 @@ def bound_info(calls: list[Call]) -> list[Call]:
     for c in calls:
         if c.f in ("write", "cas"):
             writers[_output(c)] = writers.get(_output(c), 0) + 1
-    first_seen: dict[Any, float] = {}
+    first_seen: dict[Any, int] = {}
     for c in calls:
         if c.status != "ok" or c.f not in ("read", "cas"):
             continue
@@ -159,7 +159,7 @@ def check_key(key: str, calls: list[Call], max_steps: int = DEFAULT_MAX_STEPS,
     is_call = [False] * (tail + 1)
     op_of = [0] * (tail + 1)
     match = [0] * (tail + 1)
-    ret_time = [0.0] * (tail + 1)
+    ret_time = [0] * (tail + 1)
     call_entry = [0] * n
     ret_entry = [0] * n
     for e, (t, kind, i) in enumerate(raw, start=1):

@@ -61,6 +61,21 @@ def test_stale_read_is_caught() -> None:
     assert res.to_json()["first_failure"]["key"] == "j1"
 
 
+def test_stale_read_one_nanosecond_after_the_write_is_caught() -> None:
+    # Wall-clock nanoseconds near 1.8e18: a float64 resolves only 256 ns there, so a
+    # checker that converts times to floats sees the write's ack and the read's invoke
+    # as simultaneous (concurrent) and lets the stale read pass.
+    t0 = 1_800_000_000_000_000_000
+    h = H().w("j1", "1", t0 - 2 * S, t0 - S).w("j1", "2", t0 - 1000, t0).r("j1", "1", t0 + 1, t0 + 1000)
+    res = linear.check(h.ops())
+    assert res.valid is False
+    assert res.keys["j1"].failing_op.value == "1"  # type: ignore[union-attr]
+    assert res.keys["j1"].states == ["2"]
+    calls = pair_ops(h.ops())
+    assert [(c.invoke, c.complete) for c in calls] == [(t0 - 2 * S, t0 - S), (t0 - 1000, t0), (t0 + 1, t0 + 1000)]
+    assert all(type(c.invoke) is int and type(c.complete) is int for c in calls)
+
+
 def test_read_of_never_written_value_is_caught() -> None:
     h = H().w("j1", "1", 0, 10).r("j1", "99", 20, 30)
     assert linear.check(h.ops()).valid is False
