@@ -142,7 +142,10 @@ class RaftNode(SyncObj):
 
     def __init__(self, self_addr: str, peers: list[str], data_dir: str, secret: str | None,
                  on_applied: Callable[[], None], on_state_changed: Callable[[int, int], None] | None = None,
-                 *, dynamic_membership: bool = True, compact_entries: int = 20000) -> None:
+                 *, dynamic_membership: bool = True, compact_entries: int = 20000,
+                 transport: Any = None, conf_overrides: dict[str, Any] | None = None) -> None:
+        # transport (a pysyncobj Transport; None = TCP) and conf_overrides (SyncObjConf fields, e.g.
+        # autoTick=False) exist for the deterministic simulation in tests/sim; production passes neither.
         self.state = State()
         self.lock = threading.RLock()
         self._on_applied = on_applied
@@ -173,7 +176,11 @@ class RaftNode(SyncObj):
             commandsWaitLeader=True,
             tcp_keepalive=(2, 1, 3),
         )
-        super().__init__(self_addr, peers, conf)
+        for key, value in (conf_overrides or {}).items():
+            if not hasattr(conf, key):
+                raise TypeError(f"conf_overrides: SyncObjConf has no field {key!r}")
+            setattr(conf, key, value)
+        super().__init__(self_addr, peers, conf, transport=transport)
 
     # -- the one replicated method ---------------------------------------
     @replicated
