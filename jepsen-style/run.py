@@ -193,13 +193,18 @@ class Cluster:
             kill_containers(self, a, shims=True)
 
 
+_drivers: dict[str, Any] = {}  # one process driver per agent dir, not one per sample
+
+
 def container_pids(cluster: Cluster, agent: str) -> dict[str, int]:
     from raftctl.agent.runtime import make_driver
 
     d = os.path.join(cluster.dirs(agent), "process")
     if not os.path.isdir(d):
         return {}
-    driver = make_driver("process", d)
+    driver = _drivers.get(d)
+    if driver is None:
+        driver = _drivers[d] = make_driver("process", d)
     out = {}
     for cid in driver.list_existing():
         st = driver.status(cid)

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -28,6 +29,15 @@ log = logging.getLogger("raftctl.agent.process")
 WARNING = ("runtime 'process': containers are plain processes; NOTHING IS ISOLATED "
            "(no namespaces, no cgroup limits, no read-only root, same user as the agent). Development only.")
 
+_warned = threading.Lock()  # held forever once the warning went out: once per process
+
+
+def warn_once() -> None:
+    """Say NOTHING IS ISOLATED once per process, however many drivers it builds: one log
+    record (logging's last-resort handler prints it on stderr when logging is not set up)."""
+    if _warned.acquire(blocking=False):
+        log.warning(WARNING)
+
 
 class ProcessDriver(Driver):
     name = "process"
@@ -39,8 +49,7 @@ class ProcessDriver(Driver):
         os.makedirs(self.containers_dir, exist_ok=True)
         self.images = images or ImageStore(os.path.join(self.data_dir, "images"))
         self.python = python
-        log.warning(WARNING)
-        print(f"WARNING: {WARNING}", file=sys.stderr)
+        warn_once()
 
     def dir(self, id: str) -> str:
         if not ID_RE.match(id):
