@@ -464,7 +464,9 @@ class ImageStore:
 
 # -- safe extraction ------------------------------------------------------------------------
 def safe_relpath(name: str) -> str:
-    """A layer entry name as a clean relative path; absolute paths and ``..`` are refused."""
+    """A layer entry name as a clean relative path; absolute paths, ``..`` and NUL bytes are refused."""
+    if "\x00" in name:
+        raise ImageError(f"{name!r}: NUL byte in a layer path")
     if name.startswith("/"):
         raise ImageError(f"{name!r}: absolute path in a layer")
     parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -473,6 +475,32 @@ def safe_relpath(name: str) -> str:
     if any(p == ".." for p in parts):
         raise ImageError(f"{name!r}: '..' in a layer path")
     return "/".join(parts)
+
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
+def whiteout_target(base: str) -> str | None:
+    """For a layer entry's last component: None if it is not a whiteout, "" for the opaque whiteout
+    (``.wh..wh..opq``: hide the directory's lower contents), else the plain file name it removes.
+    A whiteout names one plain entry of its own directory: ``.wh.`` alone, ``.wh..``, ``.wh...`` and other
+    ``.wh..wh.*`` names are refused (``.wh..`` used to remove the directory being unpacked, ``.wh...``
+    the directory holding every unpacked image)."""
+    if not base.startswith(WHITEOUT):
+        return None
+    if base == OPAQUE:
+        return ""
+    target = base[len(WHITEOUT):]
+    if target in ("", ".", "..") or "/" in target or target.startswith(WHITEOUT):
+        raise ImageError(f"{base!r}: a whiteout must name one plain file (.wh.<name>)")
+    return target
+
+
+def _inside(root: str, path: str) -> bool:
+    """``path`` is ``root`` or below it (both absolute; compared without following symlinks)."""
+    root, path = os.path.normpath(root), os.path.normpath(path)
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _parent_dirs_safe(dest: str, rel: str) -> str:
@@ -504,14 +532,20 @@ def extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str, dir
     if not rel:
         return
     path = _parent_dirs_safe(dest, rel)
+    parent = os.path.dirname(path)
+    if not (_inside(dest, parent) and _inside(dest, os.path.realpath(parent))):
+        raise ImageError(f"{member.name!r}: resolves outside the image root (escape refused)")
     base = os.path.basename(rel)
-    if base == ".wh..wh..opq":
-        parent = os.path.dirname(path)
+    gone = whiteout_target(base)
+    if gone == "":
         for child in os.listdir(parent):
             _remove(os.path.join(parent, child))
         return
-    if base.startswith(".wh."):
-        _remove(os.path.join(os.path.dirname(path), base[4:]))
+    if gone is not None:
+        victim = os.path.join(parent, gone)
+        if os.path.dirname(victim) != parent or not _inside(dest, victim) or victim == dest:
+            raise ImageError(f"{member.name!r}: whiteout outside its own directory (refused)")
+        _remove(victim)
         return
     if member.isdir():
         if os.path.lexists(path) and not (os.path.isdir(path) and not os.path.islink(path)):
@@ -532,6 +566,8 @@ def extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str, dir
         os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
     elif member.issym():
         target = member.linkname
+        if "\x00" in target or not target:
+            raise ImageError(f"{rel!r}: symlink with an empty target or a NUL byte")
         if not target.startswith("/"):
             resolved = os.path.normpath(os.path.join(os.path.dirname(rel), target))
             if resolved == ".." or resolved.startswith("../"):
@@ -542,8 +578,15 @@ def extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str, dir
         os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
     elif member.islnk():
         target_rel = safe_relpath(member.linkname)
+        if not target_rel:
+            raise ImageError(f"{rel!r}: hard link to the image root")
         target = _parent_dirs_safe(dest, target_rel)
-        st = os.lstat(target)
+        if not _inside(dest, os.path.realpath(os.path.dirname(target))):
+            raise ImageError(f"{rel!r}: hard link to {member.linkname!r} resolves outside the image")
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            raise ImageError(f"{rel!r}: hard link to {member.linkname!r}, which the layer does not hold") from None
         if not stat.S_ISREG(st.st_mode):
             raise ImageError(f"{rel!r}: hard link to {member.linkname!r}, which is not a regular file")
         if os.path.lexists(path):

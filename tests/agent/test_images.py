@@ -149,6 +149,47 @@ def test_whiteouts_apply(tmp_path):
     assert sorted(os.listdir(os.path.join(root, "d"))) == ["b"]
 
 
+@pytest.mark.parametrize("name", [".wh..", ".wh...", ".wh.", "d/.wh..", "d/.wh...", ".wh..wh.x"])
+def test_a_whiteout_that_is_not_a_plain_name_is_refused_and_the_store_survives(tmp_path, src, name):
+    """Item 8 of issue 12: ``.wh..`` removed the directory being unpacked and ``.wh...`` every unpacked image
+    on the machine (the lower dirs of running containers included)."""
+    store = ImageStore(str(tmp_path / "evil"))
+    neighbour = store.unpack(store.build(src, "web:1"))
+    before = tree_digest(neighbour)
+    evil_store, digest = layer_store(tmp_path, [(ti("d", tarfile.DIRTYPE, mode=0o755), None), (ti("d/a"), b"a"),
+                                                (ti(name), b"")])
+    assert evil_store.root == store.root
+    with pytest.raises(ImageError, match="whiteout"):
+        store.unpack(digest)
+    assert os.path.isdir(neighbour) and tree_digest(neighbour) == before
+    assert not os.path.exists(store.unpacked_path(digest))
+    assert os.path.isdir(store.unpacked)
+
+
+@pytest.mark.parametrize("entries, why", [
+    ([(ti("f"), b"x"), (ti("h", tarfile.LNKTYPE, "/etc/passwd"), None)], "absolute"),
+    ([(ti("h", tarfile.LNKTYPE, "."), None)], "image root"),
+    ([(ti("h", tarfile.LNKTYPE, "missing"), None)], "does not hold"),
+    ([(ti("l", tarfile.SYMTYPE, "/etc/passwd"), None), (ti("h", tarfile.LNKTYPE, "l"), None)], "not a regular"),
+    ([(ti("d", tarfile.SYMTYPE, ".."), None), (ti("h", tarfile.LNKTYPE, "d/x"), None)], "outside|symlink"),
+])
+def test_hard_links_and_odd_names_stay_inside_the_root(tmp_path, entries, why):
+    store, digest = layer_store(tmp_path, entries)
+    with pytest.raises(ImageError, match=why):
+        store.unpack(digest)
+    assert not os.path.exists(store.unpacked_path(digest))
+
+
+def test_plain_whiteouts_and_the_opaque_marker_still_apply(tmp_path):
+    store, digest = layer_store(tmp_path, [(ti("d", tarfile.DIRTYPE, mode=0o755), None), (ti("d/a"), b"a"),
+                                           (ti("d/..a"), b"x"), (ti("d/.wh...a"), b""),
+                                           (ti("e", tarfile.DIRTYPE, mode=0o755), None), (ti("e/x"), b"x"),
+                                           (ti("e/.wh..wh..opq"), b""), (ti("e/y"), b"y")])
+    root = store.unpack(digest)
+    assert sorted(os.listdir(os.path.join(root, "d"))) == ["a"]
+    assert sorted(os.listdir(os.path.join(root, "e"))) == ["y"]
+
+
 # -- pulling from the control replicas -----------------------------------------------------------
 class BlobServer:
     """A loopback HTTP server answering GET /v1/images/blobs/<digest> from a dict, optionally
