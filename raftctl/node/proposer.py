@@ -7,18 +7,24 @@ commit) while a lone write goes out at once. pysyncobj calls back on its tick
 thread; results cross to the loop with ``call_soon_threadsafe``. A callback can
 be lost (DESIGN §11), so every wait is bounded: a timeout or a leader change
 means the outcome is unknown, and command ids make retries safe.
+
+Nothing one caller sends can stop the write path: each command is encoded and
+decoded back on its caller's task before it joins a batch, so a command the log
+cannot carry (a lone surrogate, nesting too deep) is refused to that caller
+alone with a 400. The flusher is supervised: an exception fails only the batch
+it happened in (logged), and the loop goes on; a flusher task that dies anyway
+is started again.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-import uuid
 from typing import Any
 
 from pysyncobj import FAIL_REASON
 
-from raftctl.errors import OutcomeUnknown, Unavailable
+from raftctl.errors import OutcomeUnknown, RaftctlError, Unavailable, ValidationError
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import Result
 
@@ -31,20 +37,34 @@ class Proposer:
         self.max_batch = max_batch
         self.max_inflight = max_inflight
         self.timeout = timeout
-        self._queue: list[tuple[dict[str, Any], asyncio.Future]] = []
+        self._queue: list[tuple[bytes, asyncio.Future]] = []  # (encoded command, its caller's future)
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(max_inflight)
         self._task: asyncio.Task | None = None
         self._loop = asyncio.get_running_loop()
         self._barrier: asyncio.Future | None = None
         self._inflight: dict[int, tuple["_Slot", list[asyncio.Future]]] = {}
+        self._stopping = False
         self.entries = 0
         self.commands = 0
+        self.refused = 0          # commands refused before batching (cannot round-trip)
+        self.failed_batches = 0   # batches failed by an exception in the flusher
+        self.restarts = 0         # flusher restarts
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._flusher(), name="proposer")
+        self._stopping = False
+        self._task = asyncio.create_task(self._supervise(), name="proposer")
+        self._task.add_done_callback(self._on_task_done)
+
+    def _on_task_done(self, task: asyncio.Task) -> None:
+        if self._stopping or task.cancelled() or self._loop.is_closed():
+            return
+        self.restarts += 1
+        log.error("proposer: the flusher task died (%r); starting it again", task.exception())
+        self.start()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task:
             self._task.cancel()
             try:
@@ -57,10 +77,15 @@ class Proposer:
         wire = c.to_wire(cmd)
         if not wire["at"]:
             wire["at"] = int(time.time() * 1000)
-        if not wire["id"] and not isinstance(cmd, c.Noop):
-            wire["id"] = uuid.uuid4().hex
+        # No id is invented for a command that has none: only a caller that may retry (an API request
+        # with X-Request-Id, the bootstrap) has one, and the dedup table keeps room for those.
+        try:
+            item = round_trip(wire)
+        except ValidationError:
+            self.refused += 1
+            raise
         fut = self._loop.create_future()
-        self._queue.append((wire, fut))
+        self._queue.append((item, fut))
         self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout or self.timeout)
@@ -74,13 +99,24 @@ class Proposer:
         if self._barrier is None or self._barrier.done():
             fut = self._loop.create_future()
             self._barrier = fut
-            self._queue.append(({**c.to_wire(c.Noop()), "at": 0}, fut))
+            self._queue.append((round_trip({**c.to_wire(c.Noop()), "at": 0}), fut))
             self._wake.set()
         try:
             res = await asyncio.wait_for(asyncio.shield(self._barrier), timeout or self.timeout)
         except asyncio.TimeoutError:
             raise Unavailable("no quorum: the read barrier did not commit in time") from None
         return res.index
+
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                await self._flusher()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.restarts += 1
+                log.exception("proposer: the flusher failed; starting it again")
+                await asyncio.sleep(0.01)
 
     async def _flusher(self) -> None:
         while True:
@@ -92,19 +128,31 @@ class Proposer:
                 if self._barrier is not None and any(f is self._barrier for _, f in batch):
                     self._barrier = None  # later barriers must go into a later entry
                 futures = [f for _, f in batch]
-                data = c.encode_wire_entry([w for w, _ in batch])
-                self.entries += 1
-                self.commands += len(batch)
                 # a slot comes back on the callback or, if pysyncobj loses it, after the timeout
                 slot = _Slot(self._slots)
-                self._inflight[id(slot)] = (slot, futures)
-                slot.on_release = lambda s=slot: self._inflight.pop(id(s), None)
-                self._loop.call_later(self.timeout, slot.release)
                 try:
-                    self.raft.apply_entry(data, callback=self._callback(futures, slot))
-                except Exception as exc:  # queue full, destroyed
+                    self._submit([item for item, _ in batch], futures, slot)
+                except Exception as exc:
                     slot.release()
-                    self._fail(futures, Unavailable(f"cannot submit to raft: {exc}"))
+                    self.failed_batches += 1
+                    log.exception("proposer: a batch of %d commands failed before it reached raft", len(batch))
+                    self._fail(futures, RaftctlError(f"internal error in the write path ({type(exc).__name__}); "
+                                                     "nothing was applied", code="internal", http_status=500))
+
+    def _submit(self, items: list[bytes], futures: list[asyncio.Future], slot: "_Slot") -> None:
+        data = c.join_entry(items)
+        self.entries += 1
+        self.commands += len(items)
+        self._inflight[id(slot)] = (slot, futures)
+        slot.on_release = lambda s=slot: self._inflight.pop(id(s), None)
+        self._loop.call_later(self.timeout, slot.release)
+        try:
+            self.raft.apply_entry(data, callback=self._callback(futures, slot))
+        except Exception as exc:  # queue full, destroyed, or any bug below us: this batch only
+            slot.release()
+            self.failed_batches += 1
+            log.warning("proposer: raft refused a batch of %d commands: %r", len(items), exc)
+            self._fail(futures, Unavailable(f"cannot submit to raft: {exc}"))
 
     def _callback(self, futures: list[asyncio.Future], slot: "_Slot"):
         loop = self._loop
@@ -118,17 +166,34 @@ class Proposer:
 
     def _resolve(self, futures: list[asyncio.Future], slot: "_Slot", result: Any, err: Any) -> None:
         slot.release()
-        if err != FAIL_REASON.SUCCESS:
-            if err in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL, FAIL_REASON.NOT_LEADER):
-                exc: Exception = Unavailable(f"no leader to take the write ({_reason(err)}); nothing was applied")
+        try:
+            if err != FAIL_REASON.SUCCESS:
+                if err in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL, FAIL_REASON.NOT_LEADER):
+                    exc: Exception = Unavailable(f"no leader to take the write ({_reason(err)}); nothing was applied")
+                else:
+                    exc = OutcomeUnknown(f"raft could not confirm the write ({_reason(err)}); it may or may not "
+                                         "have been applied")
+                self._fail(futures, exc)
+                return
+            if isinstance(result, list) and len(result) == len(futures):
+                for fut, res in zip(futures, result):
+                    if not fut.done():
+                        fut.set_result(res)
+                return
+            # An entry rejected as a whole (one Result for many commands): every command of it shares
+            # that rejection, so none is left waiting for an answer that will not come.
+            log.error("proposer: an entry of %d commands came back with %r", len(futures), result)
+            if isinstance(result, list) and len(result) == 1 and isinstance(result[0], Result) and not result[0].ok:
+                for fut in futures:
+                    if not fut.done():
+                        fut.set_result(result[0])
             else:
-                exc = OutcomeUnknown(f"raft could not confirm the write ({_reason(err)}); it may or may not "
-                                     "have been applied")
-            self._fail(futures, exc)
-            return
-        for fut, res in zip(futures, result):
-            if not fut.done():
-                fut.set_result(res)
+                self._fail(futures, OutcomeUnknown("raft returned no result for this write; it may or may not "
+                                                   "have been applied"))
+        except Exception as exc:
+            log.exception("proposer: resolving a batch failed")
+            self._fail(futures, OutcomeUnknown(f"the write's result was lost ({type(exc).__name__}); it may or "
+                                               "may not have been applied"))
 
     def leader_changed(self) -> None:
         """The leader we submitted to is gone: entries in flight may never be answered.
@@ -163,6 +228,58 @@ class _Slot:
             self.sem.release()
             if self.on_release is not None:
                 self.on_release()
+
+
+MAX_DEPTH = 390  # nesting a command may reach inside an entry (cbor2 refuses to decode 400 levels)
+
+
+def round_trip(wire: dict[str, Any]) -> bytes:
+    """Encode one wire command and decode it back exactly as apply will; the encoded item, or a
+    :class:`ValidationError` naming the field that the log cannot carry."""
+    try:
+        item = c.encode_command(wire)
+        items = c.decode_entry(c.join_entry([item]))
+        if len(items) != 1:
+            raise c.DecodeError("corrupt_entry", "the command did not decode back to one command")
+        c.from_wire(items[0])
+    except c.DecodeError as exc:
+        field, why = _culprit(wire)
+        raise ValidationError(f"the command cannot be stored: {why or exc.message}",
+                              field=field or exc.field) from None
+    except Exception as exc:
+        field, why = _culprit(wire)
+        raise ValidationError(f"the command cannot be stored: {why or f'{type(exc).__name__}: {exc}'}",
+                              field=field) from None
+    return item
+
+
+def _culprit(wire: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The dotted path of the first value the log cannot hold, and why (None, None if not found)."""
+    stack: list[tuple[Any, str, int]] = [(v, k, 3) for k, v in reversed(list(wire.items()))]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return path.split(".")[0], f"nested deeper than {MAX_DEPTH} levels"
+        if isinstance(value, str):
+            if not _utf8(value):
+                return path, "a string holds a lone surrogate (not valid Unicode)"
+        elif isinstance(value, dict):
+            for k, v in reversed(list(value.items())):
+                if isinstance(k, str) and not _utf8(k):
+                    return path, "a key holds a lone surrogate (not valid Unicode)"
+                stack.append((v, f"{path}.{k}", depth + 1))
+        elif isinstance(value, (list, tuple)):
+            for i, v in reversed(list(enumerate(value))):
+                stack.append((v, f"{path}.{i}", depth + 1))
+    return None, None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _reason(err: Any) -> str:

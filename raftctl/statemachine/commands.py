@@ -292,3 +292,27 @@ def decode_entry(data: bytes) -> list[Any]:
     if not isinstance(items, list):
         raise DecodeError("corrupt_entry", "log entry is not a list of commands")
     return items
+
+
+def encode_command(wire: dict[str, Any]) -> bytes:
+    """The canonical CBOR of one wire command (an item of a log entry); may raise (a lone surrogate...)."""
+    return cbor2.dumps(wire, canonical=True)
+
+
+def join_entry(items: list[bytes]) -> bytes:
+    """A log entry from already-encoded commands: the CBOR array header, then the items.
+
+    Byte-identical to ``encode_wire_entry`` of the same commands (canonical CBOR encodes a list as
+    its length header followed by each element's own encoding)."""
+    n = len(items)
+    if n < 24:
+        head = bytes([0x80 + n])
+    elif n < 1 << 8:
+        head = bytes([0x98, n])
+    elif n < 1 << 16:
+        head = bytes([0x99]) + n.to_bytes(2, "big")
+    elif n < 1 << 32:
+        head = bytes([0x9A]) + n.to_bytes(4, "big")
+    else:
+        head = bytes([0x9B]) + n.to_bytes(8, "big")
+    return head + b"".join(items)

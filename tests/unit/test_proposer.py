@@ -1,0 +1,145 @@
+"""The proposer as a specification: nothing one caller sends stops the write path.
+
+A fake raft object stands in for pysyncobj (``apply_entry(data, callback)``) and applies each entry
+to a real State, so every answer below is what the state machine computed.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pysyncobj import FAIL_REASON
+
+from raftctl.errors import RaftctlError, Unavailable, ValidationError
+from raftctl.node import proposer as proposer_mod
+from raftctl.node.proposer import Proposer
+from raftctl.statemachine import apply as apply_mod
+from raftctl.statemachine import commands as c
+from raftctl.statemachine.state import State
+
+SPEC = {"name": "web", "image": "web:1", "command": ["true"], "replicas": 1,
+        "resources": {"cpu": 100, "memory": 1 << 20, "pids": 10}}
+
+
+class FakeRaft:
+    """Applies each entry at once to a real State; can be told to raise on the next submits."""
+
+    def __init__(self) -> None:
+        self.state = State()
+        self.entries: list[list[dict]] = []
+        self.raise_next = 0
+        self.answer: list | None = None  # a canned result list instead of applying
+
+    def apply_entry(self, data: bytes, callback) -> None:
+        if self.raise_next:
+            self.raise_next -= 1
+            raise RuntimeError("boom inside raft")
+        self.entries.append(c.decode_entry(data))
+        results = self.answer if self.answer is not None else apply_mod.apply_entry(self.state, data)
+        callback(results, FAIL_REASON.SUCCESS)
+
+
+@pytest.fixture
+async def prop():
+    raft = FakeRaft()
+    p = Proposer(raft, timeout=1.0)
+    p.start()
+    yield p
+    await p.stop()
+
+
+def job(name: str, **extra) -> c.PutJob:
+    return c.PutJob(spec={**SPEC, "name": name, **extra})
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def test_each_command_of_a_batch_gets_its_own_result(prop):
+    results = await asyncio.gather(*(prop.propose(job(f"j{i}")) for i in range(5)))
+    assert [r.value["name"] for r in results] == [f"j{i}" for i in range(5)]
+    assert len(prop.raft.entries) == 1 and len(prop.raft.entries[0]) == 5  # one group-commit entry
+
+
+async def test_a_lone_surrogate_is_refused_to_its_caller_while_the_batch_commits(prop):
+    bad = job("bad", env={"GREETING": "\ud800"})
+    results = await asyncio.gather(prop.propose(job("a")), prop.propose(bad), prop.propose(job("b")),
+                                   return_exceptions=True)
+    assert isinstance(results[1], ValidationError)
+    assert results[1].http_status == 400 and results[1].field == "spec.env.GREETING"
+    assert [results[0].value["name"], results[2].value["name"]] == ["a", "b"]
+    assert sorted(prop.raft.state.jobs) == ["a", "b"]
+    # and the write path is still alive
+    assert (await prop.propose(job("c"))).ok
+    assert await prop.barrier() >= 0
+
+
+async def test_a_command_nested_too_deep_to_decode_is_refused_alone(prop):
+    deep = job("deep", env={"X": nested(500)})
+    results = await asyncio.gather(prop.propose(job("a")), prop.propose(deep), prop.propose(job("b")),
+                                   return_exceptions=True)
+    assert isinstance(results[1], ValidationError) and results[1].field == "spec"
+    assert results[0].ok and results[2].ok
+    assert sorted(prop.raft.state.jobs) == ["a", "b"]
+    assert all(isinstance(cmd, dict) for entry in prop.raft.entries for cmd in entry)
+
+
+async def test_nesting_that_still_decodes_is_accepted(prop):
+    assert (await prop.propose(job("ok", env={"X": nested(300)}))).ok
+
+
+async def test_an_exception_inside_raft_fails_only_its_batch(prop):
+    prop.raft.raise_next = 1
+    results = await asyncio.gather(prop.propose(job("a")), prop.propose(job("b")), return_exceptions=True)
+    assert all(isinstance(r, Unavailable) for r in results)
+    assert prop.raft.state.jobs == {}
+    r = await prop.propose(job("c"))
+    assert r.ok and list(prop.raft.state.jobs) == ["c"]
+    assert prop.failed_batches == 1 and not prop._task.done()
+
+
+async def test_a_bug_in_the_flusher_fails_its_batch_and_the_flusher_goes_on(prop, monkeypatch):
+    real = c.join_entry
+    calls = {"n": 0}
+
+    def flaky(items):  # the first call checks the command (round trip), the second builds the batch
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise TypeError("a bug")
+        return real(items)
+    monkeypatch.setattr(c, "join_entry", flaky)
+    with pytest.raises(RaftctlError) as err:
+        await prop.propose(job("a"))
+    assert err.value.code == "internal" and err.value.http_status == 500
+    assert (await prop.propose(job("b"))).ok
+    assert list(prop.raft.state.jobs) == ["b"]
+
+
+async def test_an_entry_rejected_as_a_whole_answers_every_command(prop):
+    rejection = apply_mod.Result(False, 0, error=apply_mod.Rejection("corrupt_entry", "garbage"))
+    prop.raft.answer = [rejection]
+    results = await asyncio.gather(*(prop.propose(job(f"j{i}")) for i in range(3)))
+    assert [r.error.code for r in results] == ["corrupt_entry"] * 3  # none left to time out
+
+
+async def test_commands_without_an_id_get_none_invented(prop):
+    await prop.propose(job("a"))
+    await prop.propose(job("b", replicas=2), timeout=1.0)
+    await prop.propose(c.ScaleJob(name="a", replicas=3, id="req-7"))
+    assert [cmd["id"] for entry in prop.raft.entries for cmd in entry] == ["", "", "req-7"]
+
+
+def test_join_entry_is_the_canonical_encoding_of_the_batch():
+    for n in (0, 1, 23, 24, 255, 256, 1024):
+        wires = [{**c.to_wire(c.ScaleJob(name=f"j{i}", replicas=i)), "at": i} for i in range(n)]
+        assert c.join_entry([c.encode_command(w) for w in wires]) == c.encode_wire_entry(wires)
+
+
+def test_round_trip_names_the_field():
+    with pytest.raises(ValidationError) as err:
+        proposer_mod.round_trip(c.to_wire(c.ScaleJob(name="x", reason="\udfff")))
+    assert err.value.field == "reason"
