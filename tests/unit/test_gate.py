@@ -1,0 +1,181 @@
+"""The one gate for untrusted bytes (raftctl/gate.py, issue 12): every hostile document is a ValidationError
+naming its field (or ``body``), decided without building what the document describes; valid ones pass."""
+from __future__ import annotations
+
+import json
+import time
+
+import cbor2
+import pytest
+
+from raftctl import gate
+from raftctl.errors import ValidationError
+
+SELF_REFERENCE = bytes.fromhex("d81c81d81d00")  # 28([29(0)]): a list that contains itself
+
+
+def reference_bomb(levels: int = 40) -> bytes:
+    """Each level a list holding the previous level twice by shared reference: 2**levels leaves."""
+    value: list = [0]
+    for _ in range(levels):
+        value = [value, value]
+    return cbor2.dumps(value, value_sharing=True)
+
+
+def cbor_tagged(tag: int) -> bytes:
+    """``{"env": {"FOO": tag(...)}}`` for any tag, its content a small integer."""
+    return b"\xa1\x63env\xa1\x63FOO" + cbor2.dumps(cbor2.CBORTag(tag, 1))
+
+
+def cbor_text(raw: bytes) -> bytes:
+    """A CBOR text string header around bytes that may not be UTF-8 (cbor2 would refuse to encode them)."""
+    assert len(raw) < 24
+    return bytes([0x60 | len(raw)]) + raw
+
+
+LONE_SURROGATE_UTF8 = "\ud800".encode("utf-8", "surrogatepass")  # ed a0 80
+
+HOSTILE = [
+    # (id, format, document, field the error must name)
+    ("cbor-self-reference-6-bytes", "cbor", SELF_REFERENCE, "body"),
+    ("cbor-reference-bomb", "cbor", reference_bomb(), "body"),
+    ("cbor-stringref-namespace", "cbor", cbor2.dumps(["abc", "abc", "abc"], string_referencing=True), "body"),
+    ("cbor-depth-1000", "cbor", b"\x81" * 1000 + b"\x00", "[0]" * 64),
+    ("cbor-indefinite-depth-1000", "cbor", b"\x9f" * 1000, "[0]" * 64),
+    ("cbor-list-10**6", "cbor", b"\x9a" + (10**6).to_bytes(4, "big") + b"\x00" * 64, "body"),
+    ("cbor-list-10**6-filled", "cbor", cbor2.dumps([0] * 10**6), "body"),
+    ("cbor-surrogate-value", "cbor", b"\xa1\x63env\xa1\x63FOO" + cbor_text(LONE_SURROGATE_UTF8), "env.FOO"),
+    ("cbor-surrogate-key", "cbor", b"\xa1\x63env\xa1" + cbor_text(LONE_SURROGATE_UTF8) + b"\x61x", "env"),
+    ("cbor-2**64", "cbor", cbor2.dumps({"replicas": 2**64}), "replicas"),
+    ("cbor-2**64-1", "cbor", cbor2.dumps({"replicas": 2**64 - 1}), "replicas"),
+    ("cbor--2**64-1", "cbor", cbor2.dumps({"replicas": -2**64 - 1}), "replicas"),
+    ("cbor-2**63", "cbor", cbor2.dumps({"replicas": 2**63}), "replicas"),
+    ("cbor-nan", "cbor", cbor2.dumps({"value": float("nan")}), "value"),
+    ("cbor-infinity-half-float", "cbor", b"\xa1\x65value\xf9\x7c\x00", "value"),
+    ("cbor-undefined", "cbor", b"\xa1\x65value\xf7", "value"),
+    ("cbor-simple-value", "cbor", b"\xa1\x65value\xf8\x20", "value"),
+    ("cbor-bytes", "cbor", cbor2.dumps({"labels": {"a": b"\x00"}}), "labels.a"),
+    ("cbor-integer-key", "cbor", cbor2.dumps({1: "m9"}), "body"),
+    ("cbor-duplicate-key", "cbor", b"\xa2\x61a\x01\x61a\x02", "body"),
+    ("cbor-trailing-bytes", "cbor", b"\xa0\x00", "body"),
+    ("cbor-truncated", "cbor", b"\x82\x01", "body"),
+    ("cbor-huge-string-header", "cbor", b"\x7b" + b"\xff" * 8, "body"),
+    ("cbor-long-string", "cbor", cbor2.dumps({"env": {"A": "x" * (gate.MAX_STRING + 1)}}), "env.A"),
+    ("json-depth-1000", "json", b"[" * 1000 + b"]" * 1000, "body"),
+    ("json-depth-65", "json", b"[" * 65 + b"]" * 65, "[0]" * 64),
+    ("json-list-10**6", "json", json.dumps([0] * 10**6).encode(), "body"),
+    ("json-list-over-max-items", "json", json.dumps({"stats": [0] * (gate.MAX_ITEMS + 1)}).encode(), "stats"),
+    ("json-too-many-nodes", "json", json.dumps({"a": [[0] * 9000] * 12}).encode(), "body"),
+    ("json-surrogate-value", "json", b'{"env": {"FOO": "\\ud800"}}', "env.FOO"),
+    ("json-surrogate-low", "json", b'{"env": {"FOO": "a\\udfffb"}}', "env.FOO"),
+    ("json-surrogate-key", "json", b'{"env": {"\\ud800": "x"}}', "env"),
+    ("json-nan", "json", b'{"value": NaN}', "value"),
+    ("json-infinity", "json", b'{"value": -Infinity}', "value"),
+    ("json-1e999", "json", b'{"value": 1e999}', "value"),
+    ("json-2**64", "json", json.dumps({"replicas": 2**64}).encode(), "replicas"),
+    ("json--2**64-1", "json", json.dumps({"replicas": -2**64 - 1}).encode(), "replicas"),
+    ("json-5000-digits", "json", b'{"replicas": ' + b"9" * 5000 + b"}", "replicas"),
+    ("json-duplicate-key", "json", b'{"a": 1, "a": 2}', "body"),
+    ("json-not-utf8", "json", b'{"a": "\xff"}', "body"),
+    ("json-syntax", "json", b'{"a": ', "body"),
+    ("yaml-alias-bomb", "yaml", "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                                "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c]\n", "body"),
+    ("yaml-recursive-alias", "yaml", "a: &a [*a]\n", "body"),
+    ("yaml-python-object", "yaml", "a: !!python/object/apply:os.system ['true']\n", "body"),
+    ("yaml-python-name", "yaml", "a: !!python/name:os.system\n", "body"),
+    ("yaml-custom-tag", "yaml", "a: !secret x\n", "body"),
+    ("yaml-binary", "yaml", "a: !!binary aGVsbG8=\n", "body"),
+    ("yaml-set", "yaml", "a: !!set {x, y}\n", "body"),
+    ("yaml-depth-1000", "yaml", "[" * 1000 + "]" * 1000, "body"),
+    ("yaml-nan", "yaml", "resources: {cpu: .nan}\n", "resources.cpu"),
+    ("yaml-2**64", "yaml", f"replicas: {2**64}\n", "replicas"),
+    ("yaml-integer-key", "yaml", "labels: {1: x}\n", "labels"),
+    ("yaml-two-documents", "yaml", "a: 1\n---\nb: 2\n", "body"),
+    ("toml-datetime", "toml", "name = 1979-05-27T07:32:00Z\n", "name"),
+    ("toml-inf", "toml", "[resources]\ncpu = inf\n", "resources.cpu"),
+    ("toml-2**64", "toml", f"replicas = {2**64}\n", "replicas"),
+    ("toml-depth-1000", "toml", "a = " + "[" * 1000 + "]" * 1000 + "\n", "body"),
+    ("toml-syntax", "toml", "a = \n", "body"),
+    ("any-over-max-bytes", "json", b'{"pad": "' + b"x" * gate.MAX_BYTES + b'"}', "body"),
+]
+
+# every CBOR tag 0..300 (semantic ones included: 0/1 dates, 2/3 bignums, 25/256 string references, 28/29 shared
+# references, 258 sets...), each where a job's env value would be
+HOSTILE += [(f"cbor-tag-{tag}", "cbor", cbor_tagged(tag), "env.FOO") for tag in range(301)]
+
+DECODE_TIMES: dict[str, float] = {}
+
+
+@pytest.mark.parametrize("fmt,doc,field", [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
+def test_hostile_documents_are_refused_naming_the_field(fmt: str, doc: bytes | str, field: str,
+                                                       request: pytest.FixtureRequest) -> None:
+    started = time.perf_counter()
+    with pytest.raises(ValidationError) as exc:
+        gate.decode(doc, fmt)
+    DECODE_TIMES[request.node.callspec.id] = time.perf_counter() - started
+    assert exc.value.field == field, exc.value.message
+    assert exc.value.code == "invalid" and exc.value.http_status == 400
+    assert exc.value.message
+
+
+def test_report_slowest_refusals() -> None:
+    """Not an assertion on time (tests never time): prints what the refusals above measured."""
+    if DECODE_TIMES:
+        slow = sorted(DECODE_TIMES.items(), key=lambda kv: -kv[1])[:5]
+        print("\nslowest refusals: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in slow))
+
+
+VALID = [
+    ("json", b'{"name": "web", "replicas": 3, "env": {"A": "b\\u00e9\\ud83d\\ude00"}, "cpu": 0.25, "x": null,'
+             b' "ok": true, "n": -9223372036854775807}',
+     {"name": "web", "replicas": 3, "env": {"A": "b\u00e9\U0001F600"}, "cpu": 0.25, "x": None, "ok": True,
+      "n": -(2**63 - 1)}),
+    ("cbor", cbor2.dumps({"name": "web", "ports": [{"name": "http", "port": 8080}], "big": 2**63 - 1, "f": 1.5}),
+     {"name": "web", "ports": [{"name": "http", "port": 8080}], "big": 2**63 - 1, "f": 1.5}),
+    ("cbor", b"\xbf\x61a\x9f\x01\x02\xff\x61b\x7f\x61x\x61y\xff\xff", {"a": [1, 2], "b": "xy"}),  # indefinite lengths
+    ("cbor", cbor2.dumps({"half": 1.0}, canonical=True), {"half": 1.0}),  # a half-precision float
+    ("cbor", cbor2.dumps({"e": [], "m": {}, "s": ""}), {"e": [], "m": {}, "s": ""}),
+    ("yaml", "name: web\nlabels: {built: 2024-01-01}\ncommand: [python3, -m, http.server]\nenv: {A: !!str 3}\n",
+     {"name": "web", "labels": {"built": "2024-01-01"}, "command": ["python3", "-m", "http.server"],
+      "env": {"A": "3"}}),
+    ("toml", 'name = "web"\nreplicas = 2\n[resources]\nmemory = "128Mi"\n',
+     {"name": "web", "replicas": 2, "resources": {"memory": "128Mi"}}),
+    ("json", json.dumps({"stats": [{"job": "j", "cpu": 0.5}] * 5000}).encode(),
+     {"stats": [{"job": "j", "cpu": 0.5}] * 5000}),
+    ("json", b"[" * 64 + b"]" * 64, None),
+]
+
+
+@pytest.mark.parametrize("fmt,doc,expected", VALID, ids=[f"{v[0]}-{i}" for i, v in enumerate(VALID)])
+def test_valid_documents_pass_unchanged(fmt: str, doc: bytes | str, expected: object) -> None:
+    value = gate.decode(doc, fmt)
+    if expected is not None:
+        assert value == expected
+
+
+def test_decoded_values_share_nothing() -> None:
+    """Two equal subtrees are two objects: mutating one never changes the other."""
+    value = gate.decode(cbor2.dumps({"a": [1], "b": [1]}), "cbor")
+    value["a"].append(2)
+    assert value["b"] == [1]
+
+
+def test_the_walk_refuses_shared_and_cyclic_values_built_by_any_decoder() -> None:
+    shared = [1]
+    with pytest.raises(ValidationError, match="referenced twice") as exc:
+        gate.check({"a": shared, "b": shared})
+    assert exc.value.field in ("a", "b")
+    cyclic: list = []
+    cyclic.append(cyclic)
+    with pytest.raises(ValidationError):
+        gate.check({"x": cyclic})
+
+
+def test_body_uses_cbor_only_for_its_content_type() -> None:
+    assert gate.decode_body(b'{"a": 1}', "application/json") == {"a": 1}
+    assert gate.decode_body(cbor2.dumps({"a": 1}), "application/cbor") == {"a": 1}
+    with pytest.raises(ValidationError) as exc:
+        gate.decode_body(b"", "application/json")
+    assert exc.value.field == "body"
+    with pytest.raises(ValidationError, match="at most 100 bytes"):
+        gate.decode_body(b'{"a": "' + b"x" * 100 + b'"}', "application/json", max_bytes=100)
