@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable
+
+import re2  # google-re2: linear-time matching, no backtracking (pure computation)
 
 RESOURCES = ("cpu", "memory", "pids")
 WEIGHTS = {"binpack": 1.0, "spread": 0.7, "anti_affinity": 0.02}  # anti-affinity breaks ties only
@@ -157,6 +159,59 @@ def attr_value(m: dict[str, Any], attr: str) -> str | None:
     return None if isinstance(cur, (dict, list)) else str(cur)
 
 
+# -- regex constraints -------------------------------------------------------------
+# Patterns run on RE2 (time linear in the pattern and the text, never backtracking). Compiled patterns and
+# match results are cached, bounded, keyed by pattern (and text): the scheduler compiles a job's pattern once,
+# not once per machine, and many machines sharing one label value cost one match.
+
+MAX_REGEX_LENGTH = 256          # characters of a constraint pattern
+REGEX_MAX_MEM = 1 << 20         # bytes RE2 may use per compiled pattern (program + DFA cache)
+REGEX_CACHE = 128               # compiled patterns kept
+MATCH_CACHE = 4096              # (pattern, text) results kept
+
+
+class RegexError(ValueError):
+    """A constraint pattern RE2 cannot run (too long, backreference, look-around, too large...)."""
+
+
+def _re2_options() -> re2.Options:
+    opts = re2.Options()
+    opts.log_errors = False
+    opts.max_mem = REGEX_MAX_MEM
+    return opts
+
+
+_OPTIONS = _re2_options()
+
+
+@lru_cache(maxsize=REGEX_CACHE)
+def compile_regex(pattern: str) -> Any:
+    """The compiled RE2 pattern, or RegexError saying why it cannot be used."""
+    if not isinstance(pattern, str):
+        raise RegexError(f"must be a string, not {type(pattern).__name__}")
+    if len(pattern) > MAX_REGEX_LENGTH:
+        raise RegexError(f"is {len(pattern)} characters long; at most {MAX_REGEX_LENGTH} are allowed")
+    try:
+        return re2.compile(pattern, options=_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise RegexError(f"is not a regular expression RE2 accepts: {reason}") from None
+    except (UnicodeError, TypeError, ValueError) as exc:
+        raise RegexError(f"is not a regular expression RE2 accepts: {exc}") from None
+
+
+@lru_cache(maxsize=MATCH_CACHE)
+def regex_search(pattern: str, text: str) -> bool:
+    """Whether pattern occurs in text (re.search semantics). A pattern RE2 cannot run, e.g. one stored before
+    patterns were validated with RE2, matches nothing: the constraint fails closed."""
+    try:
+        return compile_regex(pattern).search(text) is not None
+    except (RegexError, UnicodeError):
+        return False
+
+
 def constraint_ok(m: dict[str, Any], c: dict[str, Any]) -> bool:
     v = attr_value(m, c["attr"])
     op, want = c["op"], c["value"]
@@ -173,7 +228,7 @@ def constraint_ok(m: dict[str, Any], c: dict[str, Any]) -> bool:
     if op == "not_in":
         return v not in want
     if op == "regex":
-        return v is not None and re.search(want, v) is not None
+        return v is not None and isinstance(want, str) and regex_search(want, v)
     return False
 
 

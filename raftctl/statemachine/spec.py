@@ -15,6 +15,7 @@ from typing import Any, Callable, NamedTuple
 import yaml
 
 from raftctl.errors import ValidationError
+from raftctl.scheduler.pipeline import RegexError, compile_regex
 from raftctl.statemachine.units import format_cpu, format_duration, format_size, parse_cpu, parse_duration, parse_size
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -382,11 +383,13 @@ def _constraints(ck: _Checker, value: Any) -> list[dict]:
         elif op in ("exists", "not_exists"):
             v = None
         elif op == "regex":
-            try:
-                re.compile(str(v))
-            except re.error as exc:
-                ck.bad(f"{f}.value", f"is not a regular expression: {exc}")
-            v = str(v)
+            if not isinstance(v, str):
+                ck.bad(f"{f}.value", f"regex needs a string pattern, not {_kind(v)}")
+            else:
+                try:
+                    compile_regex(v)
+                except RegexError as exc:
+                    ck.bad(f"{f}.value", str(exc))
         elif v is None:
             ck.bad(f"{f}.value", "is required")
         else:

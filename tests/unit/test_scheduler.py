@@ -168,3 +168,43 @@ def test_invariants_no_overcommit_hard_spread_determinism(mspecs, jspecs, index)
             zones = {ms[m]["fault_domain"]["zone"] for m in ms}
             per = Counter(ms[p.machine]["fault_domain"]["zone"] for p in plan.place if p.job == name)
             assert all(c <= -(-j["replicas"] // len(zones)) for c in per.values())
+
+
+# -- regex constraints run on RE2: linear time, compiled once per pattern ----------------------------------------
+
+CATASTROPHIC = "(.|.|.|.|.|.|.|.|.)*x"   # exponential on a backtracking engine
+
+
+@pytest.mark.timeout(60)  # not a timing assertion: a backtracking engine would never return
+def test_a_catastrophic_pattern_matches_a_10kb_value():
+    # On re (backtracking) this search never ends; RE2 answers from one linear scan.
+    no_x = machine("x", labels={"blob": "a" * 10_000})
+    with_x = machine("y", labels={"blob": "a" * 10_000 + "x"})
+    c = {"attr": "labels.blob", "op": "regex", "value": CATASTROPHIC}
+    assert constraint_ok(no_x, c) is False
+    assert constraint_ok(with_x, c) is True
+
+
+def test_the_scheduler_compiles_a_pattern_once_not_once_per_machine(monkeypatch):
+    from raftctl.scheduler import pipeline
+    pipeline.compile_regex.cache_clear()
+    pipeline.regex_search.cache_clear()
+    compiled = []
+    real = pipeline.re2.compile
+    monkeypatch.setattr(pipeline.re2, "compile", lambda p, *a, **k: compiled.append(p) or real(p, *a, **k))
+    ms = {f"m{i}": machine(f"m{i}", zone=f"z{i % 3}", labels={"disk": f"ssd-{i}" if i % 2 else f"hdd-{i}"})
+          for i in range(200)}
+    plan = schedule({"web": job(replicas=20, constraints=[{"attr": "labels.disk", "op": "regex", "value": "^ssd-"}])},
+                    {}, ms, index=1, now=0)
+    assert len(plan.place) == 20
+    assert all(int(p.machine[1:]) % 2 == 1 for p in plan.place)
+    assert compiled == ["^ssd-"]
+
+
+def test_a_stored_pattern_re2_cannot_run_matches_nothing():
+    # A spec stored before patterns were checked with RE2 may hold a backreference: the constraint fails
+    # closed instead of the scheduler pass raising.
+    c = {"attr": "labels.twice", "op": "regex", "value": r"(a)\1"}
+    assert constraint_ok(machine("x", labels={"twice": "aa"}), c) is False
+    v = build_views({"x": machine("x", labels={"twice": "aa"})}, {})["x"]
+    assert f_constraints(v, {**SPEC, "constraints": [c]}) == r"constraint labels.twice regex (a)\1"

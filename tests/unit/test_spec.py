@@ -174,3 +174,26 @@ def test_capabilities_outside_the_allow_list_are_refused(caps, field, reason):
     fields = {p.field: p.message for p in exc.value.problems}
     assert field in fields, fields
     assert reason in fields[field]
+
+
+# --- regex constraints: validated with RE2 ----------------------------------------------------------------------
+
+def test_a_catastrophic_regex_is_accepted_because_re2_runs_it_in_linear_time():
+    s = validate_spec({**BASE, "constraints": [{"attr": "labels.blob", "op": "regex", "value": "(.|.|.|.|.|.|.|.|.)*x"}]})
+    assert s["constraints"] == [{"attr": "labels.blob", "op": "regex", "value": "(.|.|.|.|.|.|.|.|.)*x"}]
+
+
+@pytest.mark.parametrize("pattern,reason", [
+    (r"(a)\1", "RE2"),                 # backreference
+    (r"(?=a)b", "RE2"),                # look-ahead
+    ("a" * 257, "at most 256"),
+    ("(a{1000}){1000}", "RE2"),        # a program too large to compile
+    (7, "string pattern"),
+])
+def test_a_regex_re2_cannot_run_is_refused(pattern, reason):
+    with pytest.raises(SpecError) as exc:
+        validate_spec({**BASE, "constraints": [{"attr": "labels.x", "op": "regex", "value": pattern}]})
+    fields = {p.field: p.message for p in exc.value.problems}
+    assert "constraints[0].value" in fields, fields
+    assert reason in fields["constraints[0].value"]
+    assert exc.value.http_status == 400
