@@ -5,7 +5,6 @@ import asyncio
 
 import json
 import logging
-import math
 import re
 import time
 import uuid
@@ -14,6 +13,7 @@ from typing import Any, Awaitable, Callable
 import cbor2
 from aiohttp import web
 
+from raftctl import gate
 from raftctl.aio import unless
 from raftctl.errors import NotFound, RaftctlError, Unauthorized, Unavailable, ValidationError
 from raftctl.node import auth, views
@@ -52,52 +52,11 @@ def encode(request: web.Request, data: Any, *, status: int = 200, index: int | N
                         content_type="application/json", headers=headers)
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:40]} is out of range")
-    return value
-
-
-def _json_model(data: Any) -> Any:
-    """``data`` if it holds only what JSON can (so it can be stored, replicated and answered as JSON):
-    maps with string keys, arrays, strings, integers, finite floats, booleans and null. CBOR can also
-    carry bytes, tags, undefined, NaN..., which would poison the state or its JSON answers."""
-    stack = [data]
-    while stack:
-        v = stack.pop()
-        if v is None or isinstance(v, (str, bool, int)):
-            continue
-        if isinstance(v, float):
-            if not math.isfinite(v):
-                raise ValueError(f"{v} is not a finite number")
-        elif isinstance(v, list):
-            stack.extend(v)
-        elif isinstance(v, dict):
-            if not all(isinstance(k, str) for k in v):
-                raise ValueError("map keys must be text strings")
-            stack.extend(v.values())
-        else:
-            raise ValueError(f"{type(v).__name__} values have no JSON equivalent")
-    return data
-
-
 async def body(request: web.Request) -> Any:
+    """The request body, decoded through the one gate for untrusted bytes (raftctl/gate.py): CBOR for
+    ``application/cbor``, JSON otherwise; anything a spec cannot hold is a 400 naming the field."""
     raw = await request.read()
-    if not raw:
-        raise ValidationError("request body is empty", field="body")
-    ctype = request.content_type
-    try:
-        if ctype == "application/cbor":
-            return _json_model(cbor2.loads(raw))
-        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
-    except Exception as exc:
-        kind = "CBOR" if ctype == "application/cbor" else "JSON"
-        raise ValidationError(f"request body is not valid {kind}: {exc}", field="body") from None
+    return gate.decode_body(raw, request.content_type, max_bytes=request.app[BODY_LIMIT])
 
 
 def result_value(res: Result) -> dict[str, Any]:

@@ -1,0 +1,84 @@
+"""Issue 12, items 1 and 2 (input side), through the real HTTP API of a 3-replica cluster: bodies that froze a
+replica or killed the write path are a 400 naming the field, and afterwards every replica answers /healthz
+within 1 s and a write commits within 2 s (the requests' own timeouts are the bounds)."""
+from __future__ import annotations
+
+import json
+import time
+
+import cbor2
+import pytest
+
+from .conftest import SPEC, raw, wait_until
+
+pytestmark = pytest.mark.integration
+
+SELF_REFERENCE = bytes.fromhex("d81c81d81d00")  # 28([29(0)]): a list that contains itself
+
+
+def reference_bomb(levels: int = 40) -> bytes:
+    value: list = [0]
+    for _ in range(levels):
+        value = [value, value]
+    return cbor2.dumps(value, value_sharing=True)
+
+
+def lone_surrogate_job_cbor() -> bytes:
+    """``{..SPEC, "env": {"FOO": <UTF-8 of U+D800>}}``: cbor2 will not encode a lone surrogate, so splice it."""
+    doc = cbor2.dumps({**SPEC, "env": {"FOO": "\x00\x00\x00"}})
+    return doc.replace(b"\x63\x00\x00\x00", b"\x63" + "\ud800".encode("utf-8", "surrogatepass"))
+
+
+@pytest.fixture(scope="module")
+def reader(cluster) -> str:
+    status, data = raw(cluster.servers[0].url + "/v1/tokens", "POST",
+                       json.dumps({"role": "reader", "name": "hostile-reader"}).encode(), cluster.token())
+    assert status == 200, data
+    return data["token"]
+
+
+def assert_live(cluster, tag: str) -> None:
+    """Every replica's /healthz within 1 s; a write through each replica commits within 2 s."""
+    for p in cluster.servers:
+        started = time.monotonic()
+        status, data = raw(p.url + "/healthz", timeout=1.0)
+        assert status == 200 and data["ok"], (p.id, data)
+        print(f"{tag}: {p.id} /healthz {1000 * (time.monotonic() - started):.0f} ms")
+    for i, p in enumerate(cluster.servers):
+        started = time.monotonic()
+        status, data = raw(p.url + f"/v1/jobs/live-{tag}-{i}", "PUT",
+                           json.dumps({**SPEC, "name": f"live-{tag}-{i}", "replicas": 0}).encode(),
+                           cluster.token(), timeout=2.0)
+        assert status == 200, (p.id, data)
+        print(f"{tag}: write through {p.id} committed in {1000 * (time.monotonic() - started):.0f} ms")
+
+
+@pytest.mark.parametrize("name,ctype,body,field", [
+    ("self-reference", "application/cbor", SELF_REFERENCE, "body"),
+    ("reference-bomb", "application/cbor", reference_bomb(), "body"),
+    ("lone-surrogate-json", "application/json",
+     json.dumps({**SPEC, "env": {"FOO": "\ud800"}}).encode(), "env.FOO"),
+    ("lone-surrogate-cbor", "application/cbor", lone_surrogate_job_cbor(), "env.FOO"),
+    ("lone-surrogate-key", "application/json", json.dumps({**SPEC, "env": {"\udc00": "x"}}).encode(), "env"),
+])
+def test_hostile_plan_body_is_a_400_and_every_replica_stays_live(cluster, reader, name, ctype, body, field):
+    leader = wait_until(cluster.leader, what="a leader")
+    for p in [leader] + [s for s in cluster.servers if s is not leader]:
+        started = time.monotonic()
+        status, data = raw(p.url + "/v1/jobs/x/plan", "POST", body, reader, ctype=ctype, timeout=2.0)
+        print(f"{name} -> {p.id}: {status} in {1000 * (time.monotonic() - started):.1f} ms")
+        assert status == 400, data
+        assert data["error"]["field"] == field, data
+    assert_live(cluster, name)
+
+
+def test_a_lone_surrogate_cannot_reach_the_write_path(cluster):
+    """Stored, a job whose env holds "\\ud800" made cbor2.dumps raise in the proposer's flusher: every later write
+    was outcome_unknown. Now the PUT is refused at the gate and writes keep committing."""
+    admin = cluster.token()
+    for p in cluster.servers:
+        for ctype, body in (("application/json", json.dumps({**SPEC, "env": {"FOO": "\ud800"}}).encode()),
+                            ("application/cbor", lone_surrogate_job_cbor())):
+            status, data = raw(p.url + "/v1/jobs/web", "PUT", body, admin, ctype=ctype, timeout=5.0)
+            assert status == 400 and data["error"]["field"] == "env.FOO", data
+    assert_live(cluster, "surrogate-put")
