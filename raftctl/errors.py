@@ -52,6 +52,12 @@ class Conflict(RaftctlError):
     http_status = 409
 
 
+class RequestIdConflict(Conflict):
+    """An X-Request-Id already applied to a different command (another op, or other fields)."""
+
+    code = "request_id_conflict"
+
+
 class Unauthorized(RaftctlError):
     code = "unauthorized"
     http_status = 401

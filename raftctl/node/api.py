@@ -32,6 +32,7 @@ MAX_WAIT_S = 300.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STATUS_FOR_CODE = {"not_found": 404, "conflict": 409, "cas_failed": 409, "stale_epoch": 409, "forbidden": 403,
+                   "request_id_conflict": 409,
                    "unauthorized": 401, "invalid": 400, "invalid_spec": 400, "bad_command": 400,
                    "unknown_op": 400, "unknown_version": 400, "internal": 500}
 

@@ -86,9 +86,26 @@ def apply_entry(state: State, data: bytes) -> list[Result]:
 
 
 def apply(state: State, cmd: c.Command) -> Result:
-    """Apply one command. Deterministic; a rejection leaves ``state`` untouched."""
-    if cmd.id and cmd.id in state.dedup:
-        return Result.from_obj(state.dedup[cmd.id])
+    """Apply one command. Deterministic; a rejection leaves ``state`` untouched.
+
+    A command with a request id is answered from the dedup table when that id was already applied
+    to the same command (same op, same digest); the id used for a different command is a
+    ``request_id_conflict`` rejection. See docs/state.md for the table's order and bound."""
+    digest = ""
+    if cmd.id:
+        try:
+            digest = c.command_digest(cmd)
+        except Exception as exc:  # a value decoded from the log that cannot be encoded again
+            return Result(False, state.index, error=Rejection("bad_command", f"the command cannot be hashed: {exc}"))
+        seen = state.dedup.get(cmd.id)
+        if seen is not None:
+            # entries restored from a snapshot of before op/digest were recorded dedup by id alone
+            if seen.get("op", int(cmd.OP)) != int(cmd.OP) or seen.get("digest", digest) != digest:
+                used = c.COMMANDS[seen["op"]].__name__ if seen.get("op") in c.COMMANDS else "another command"
+                return Result(False, state.index, error=Rejection(
+                    "request_id_conflict", f"request id {cmd.id!r} was already used by a different command "
+                    f"({used}); use a new id for a new request", "X-Request-Id"))
+            return Result.from_obj(seen)
     handler = HANDLERS.get(type(cmd))
     if handler is None:
         return Result(False, state.index, error=Rejection("unknown_op", f"no handler for {cmd.OP!r}", "op"))
@@ -104,10 +121,17 @@ def apply(state: State, cmd: c.Command) -> Result:
         return Result(True, state.index, value.value)
     result = Result(True, state.index, value)
     if cmd.id:
-        state.dedup[cmd.id] = result.to_obj()
-        while len(state.dedup) > MAX_DEDUP:
-            del state.dedup[next(iter(state.dedup))]
+        _remember(state, cmd, digest, result)
     return result
+
+
+def _remember(state: State, cmd: c.Command, digest: str, result: Result) -> None:
+    """Record an applied command's id. Eviction takes the lowest ``seq`` (a replicated counter), which
+    is also the dict's first key: entries are added in ``seq`` order and restore re-sorts them."""
+    state.seq["dedup"] = state.seq.get("dedup", 0) + 1
+    state.dedup[cmd.id] = {**result.to_obj(), "op": int(cmd.OP), "digest": digest, "seq": state.seq["dedup"]}
+    while len(state.dedup) > MAX_DEDUP:
+        del state.dedup[next(iter(state.dedup))]
 
 
 # -- helpers -----------------------------------------------------------------
@@ -132,6 +156,25 @@ def _event(state: State, at: int, kind: str, message: str, **refs: Any) -> None:
 def _need(cond: bool, code: str, message: str, field: str | None = None) -> None:
     if not cond:
         raise Reject(code, message, field)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _need_str_list(values: list, field: str) -> None:
+    for i, v in enumerate(values):
+        _need(isinstance(v, str), "invalid", f"{field}[{i}] must be a string", field)
+
+
+def _need_counts(obj: Any, field: str, *, lo: int = 0, hi: int | None = None) -> None:
+    """``obj`` is a map of text keys to integers within [lo, hi]."""
+    _need(isinstance(obj, dict), "invalid", f"{field} must be a map", field)
+    for k, v in obj.items():
+        _need(isinstance(k, str), "invalid", f"{field} keys must be strings", field)
+        _need(_is_int(v) and v >= lo and (hi is None or v <= hi), "invalid",
+              f"{field}.{k} must be an integer" + (f" within {lo}..{hi}" if hi is not None else f" >= {lo}"),
+              f"{field}.{k}")
 
 
 def _job(state: State, name: str) -> dict:
@@ -296,8 +339,8 @@ def _register_machine(state: State, cmd: c.RegisterMachine) -> dict:
     _need(bool(cmd.address), "invalid", "machine address is required", "address")
     for k in ("cpu", "memory", "pids"):
         v = cmd.resources.get(k)
-        _need(isinstance(v, int) and v > 0, "invalid", f"resources.{k} must be a positive integer", f"resources.{k}")
-    _need(len(cmd.ports) == 2 and all(isinstance(x, int) for x in cmd.ports) and 0 < cmd.ports[0] <= cmd.ports[1] < 65536,
+        _need(_is_int(v) and v > 0, "invalid", f"resources.{k} must be a positive integer", f"resources.{k}")
+    _need(len(cmd.ports) == 2 and all(_is_int(x) for x in cmd.ports) and 0 < cmd.ports[0] <= cmd.ports[1] < 65536,
           "invalid", "ports must be [lo, hi] within 1..65535", "ports")
     old = state.machines.get(cmd.machine)
     idx = _bump(state, "machines")
@@ -348,6 +391,7 @@ def _machine_up(state: State, cmd: c.MachineUp) -> dict:
 
 def _drain_machine(state: State, cmd: c.DrainMachine) -> dict:
     _need(bool(cmd.machines), "invalid", "no machines to drain", "machines")
+    _need_str_list(cmd.machines, "machines")
     for mid in cmd.machines:
         _need(mid in state.machines, "not_found", f"machine {mid!r} does not exist", "machine")
     idx = _bump(state, "machines")
@@ -391,9 +435,31 @@ def _fits(state: State, machine: str, resources: dict, ports: dict) -> str | Non
     return None
 
 
+def _check_plan(cmd: c.Plan) -> None:
+    """Every item's shape, before anything changes (a malformed item rejects the whole plan)."""
+    for i, item in enumerate(cmd.place):
+        f = f"place.{i}"
+        _need(isinstance(item, dict), "invalid", f"{f} must be a map", f)
+        for key, ok in (("job", isinstance(item.get("job"), str)), ("machine", isinstance(item.get("machine"), str)),
+                        ("version", _is_int(item.get("version"))),
+                        ("replica", _is_int(item.get("replica")) and item["replica"] >= 0)):
+            _need(ok, "invalid", f"{f}.{key} is missing or has the wrong type", f"{f}.{key}")
+        _need_counts(item.get("resources"), f"{f}.resources")
+        _need_counts(item.get("ports"), f"{f}.ports", lo=1, hi=65535)
+    for i, item in enumerate(cmd.stop):
+        f = f"stop.{i}"
+        _need(isinstance(item, dict) and isinstance(item.get("placement"), str), "invalid",
+              f"{f} must be a map naming a placement", f"{f}.placement")
+        _need(isinstance(item.get("reason", ""), str), "invalid", f"{f}.reason must be a string", f"{f}.reason")
+    for name, reason in cmd.pending.items():
+        _need(isinstance(name, str) and isinstance(reason, str), "invalid",
+              "pending must map job names to reasons (strings)", "pending")
+
+
 def _plan(state: State, cmd: c.Plan) -> dict:
     _need(cmd.epoch == state.epoch, "stale_epoch",
           f"plan from epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
+    _check_plan(cmd)
     idx = _bump(state, "placements")
     placed, rejected, stopped = [], [], []
     for i, item in enumerate(cmd.place):
@@ -476,6 +542,7 @@ def _placement_update(state: State, cmd: c.PlacementUpdate) -> dict:
 
 def _retire(state: State, cmd: c.Retire) -> dict:
     _need(cmd.epoch == state.epoch, "stale_epoch", f"from epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
+    _need_str_list(cmd.placements, "placements")
     for pid in cmd.placements:
         _need(pid in state.placements, "not_found", f"placement {pid!r} does not exist", "placements")
     _bump(state, "placements")
@@ -496,8 +563,13 @@ def _retire(state: State, cmd: c.Retire) -> dict:
 def _set_deployment(state: State, cmd: c.SetDeployment) -> dict:
     _need(cmd.epoch == state.epoch, "stale_epoch", f"from epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
     job = _job(state, cmd.job)
-    _bump(state, "deployments", "jobs")
     dep = dict(cmd.deployment)
+    _need(isinstance(dep.get("status"), str), "invalid", "deployment.status must be a string", "deployment.status")
+    _need(_is_int(dep.get("surge", 0)) and dep.get("surge", 0) >= 0, "invalid",
+          "deployment.surge must be an integer >= 0", "deployment.surge")
+    _need(dep.get("version") is None or _is_int(dep.get("version")), "invalid",
+          "deployment.version must be an integer", "deployment.version")
+    _bump(state, "deployments", "jobs")
     state.deployments[cmd.job] = dep
     job["surge"] = int(dep.get("surge", 0)) if dep.get("status") == "running" else 0
     if dep.get("status") == "successful":

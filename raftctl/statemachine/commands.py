@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -246,6 +247,13 @@ def to_wire(cmd: Command) -> dict[str, Any]:
     for name in _FIELDS[type(cmd)]:
         out[name] = getattr(cmd, name)
     return out
+
+
+def command_digest(cmd: Command) -> str:
+    """sha256 of the command's canonical CBOR without ``at`` and ``id``: what a request id is bound to
+    (a retry carries the same digest; another command under the same id does not)."""
+    body = {k: v for k, v in to_wire(cmd).items() if k not in ("at", "id")}
+    return hashlib.sha256(cbor2.dumps(body, canonical=True)).hexdigest()
 
 
 def from_wire(obj: Any) -> Command:

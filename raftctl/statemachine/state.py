@@ -33,11 +33,12 @@ class State:
         self.tokens: dict[str, dict] = {}
         self.members: dict[str, dict] = {}
         self.events: list[dict] = []
-        self.dedup: dict[str, dict] = {}      # request id -> result of the command that carried it
+        # request id -> {ok, index, value, error (the result), op, digest, seq}; dict order = seq order
+        self.dedup: dict[str, dict] = {}
         self.index = 0                        # bumped by every command that changes something
         self.epoch = 0                        # the term of the leader that last claimed leadership
         self.epoch_node = ""
-        self.seq = {"placement": 0, "event": 0}
+        self.seq = {"placement": 0, "event": 0, "dedup": 0}
         self.table_index = {t: 0 for t in TABLES}
         self.entries = 0                      # log entries applied (including no-ops)
         self.chain = ""                       # hash chain over applied entries
@@ -73,6 +74,7 @@ class State:
                      "tokens", "members", "events", "dedup", "index", "epoch", "epoch_node",
                      "seq", "table_index", "entries", "chain"):
             setattr(s, name, obj[name])
+        s.dedup = _ordered_dedup(s.dedup, s.seq)
         s.rebuild_derived()
         return s
 
@@ -89,6 +91,25 @@ class State:
 
     def machine_placements(self, machine: str) -> list[dict]:
         return [self.placements[p] for p in sorted(self.by_machine.get(machine, ()))]
+
+
+def _ordered_dedup(dedup: dict[str, dict], seq: dict[str, int]) -> dict[str, dict]:
+    """The dedup table in eviction order (lowest ``seq`` first), whatever order the snapshot's
+    canonical CBOR put its keys in.
+
+    Migration from snapshots written before entries carried ``seq``: those entries get seqs in key
+    order, below every newer entry, so every replica restoring the same snapshot evicts alike; they
+    have no ``op``/``digest`` and still deduplicate by id alone."""
+    old = sorted(k for k, e in dedup.items() if "seq" not in e)
+    if old:
+        newest = max((e["seq"] for e in dedup.values() if "seq" in e), default=0)
+        first = min((e["seq"] for e in dedup.values() if "seq" in e), default=len(old) + 1)
+        # old entries are older than any entry that has a seq
+        for i, k in enumerate(old):
+            dedup[k] = {**dedup[k], "seq": first - len(old) + i}
+        seq["dedup"] = max(seq.get("dedup", 0), newest)
+    seq.setdefault("dedup", max((e["seq"] for e in dedup.values()), default=0))
+    return dict(sorted(dedup.items(), key=lambda kv: (kv[1]["seq"], kv[0])))
 
 
 def placement_uses_resources(p: dict) -> bool:
