@@ -46,7 +46,10 @@ def test_oci_config_limits_and_privileges():
     bridged = ContainerSpec.from_dict({**s.to_dict(), "network": "bridge", "user": "0"})
     cfg = bundle.config(bridged, cgroups_path="/x", data_dir=None, host_binds=[], memsw=False, netns="/run/netns/n")
     assert {"type": "network", "path": "/run/netns/n"} in cfg["linux"]["namespaces"]
-    assert "CAP_KILL" in cfg["process"]["capabilities"]["effective"]
+    assert cfg["process"]["capabilities"]["effective"] == []        # root too gets no capability unless asked
+    asked = ContainerSpec.from_dict({**bridged.to_dict(), "capabilities": ["CAP_KILL"]})
+    cfg = bundle.config(asked, cgroups_path="/x", data_dir=None, host_binds=[], memsw=False)
+    assert cfg["process"]["capabilities"]["effective"] == ["CAP_KILL"]
 
 def test_process_driver_runs_reports_exit_and_adopts(tmp_path):
     drv = ProcessDriver(str(tmp_path))

@@ -49,6 +49,7 @@ class ContainerSpec:
     read_only_root: bool = True         # root mounted ro; /tmp (tmpfs) and /data (private) stay writable
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 3
+    capabilities: list[str] = field(default_factory=list)   # "CAP_X" the job asked for; none by default
 
     def __post_init__(self) -> None:
         if not ID_RE.match(self.id):
@@ -101,7 +102,8 @@ class ContainerSpec:
             resources=Resources(cpu=int(res.get("cpu", 0)), memory=int(res.get("memory", 0)),
                                 pids=int(res.get("pids", 0))),
             network=network, ports=ports, address=address, netns=netns,
-            version=int(placement.get("version", 0)), log_dir=log_dir)
+            version=int(placement.get("version", 0)), log_dir=log_dir,
+            capabilities=sorted({str(c) for c in (spec.get("capabilities") or [])}))
 
 
 def port_env(name: str) -> str:

@@ -46,7 +46,9 @@ class RuncDriver(Driver):
 
     def __init__(self, data_dir: str, images: ImageStore | None = None, *, runc: str = "runc",
                  cgroup_parent: str = "raftctl", python: str = sys.executable,
-                 image_source: BlobSource | None = None) -> None:
+                 image_source: BlobSource | None = None, private_paths: list[str] | tuple[str, ...] = ()) -> None:
+        """``private_paths``: the agent's own secrets (its data dir, token file, TLS key): a container may never
+        see them, so a `base: host` container whose host mounts would hold one is refused."""
         path = shutil.which(runc)
         if path is None:
             raise RuntimeError_(f"{runc} is not installed (apt-get install runc)")
@@ -54,6 +56,7 @@ class RuncDriver(Driver):
             raise RuntimeError_("the runc driver needs root")
         self.runc = path
         self.data_dir = os.path.abspath(data_dir)
+        self.private_paths = sorted({os.path.realpath(p) for p in (self.data_dir, *private_paths) if p})
         self.containers_dir = os.path.join(self.data_dir, "containers")
         self.runc_root = os.path.join(self.data_dir, "runc")
         os.makedirs(self.containers_dir, exist_ok=True)
@@ -128,8 +131,8 @@ class RuncDriver(Driver):
             json.dump(spec.to_dict(), f, sort_keys=True)
         rootfs.make_root(spec.rootfs, b)
         root = os.path.join(b, "rootfs")
-        host_binds = self._host_base(root) if spec.base == "host" else []
         uid, gid = spec.uid_gid
+        host_binds, files = self._host_base(root, b, uid, gid) if spec.base == "host" else ([], {})
         data_dir = None
         if spec.read_only_root:
             data_dir = os.path.join(b, "data")
@@ -139,7 +142,7 @@ class RuncDriver(Driver):
         streams = logs.prepare(spec.log_dir)
         cfg = oci_bundle.config(spec, cgroups_path=self.cgroups_path(spec.id), data_dir=data_dir,
                                 host_binds=host_binds, memsw=self.memsw, netns=spec.netns,
-                                init=self.init)
+                                init=self.init, files=files)
         with open(os.path.join(b, "config.json"), "w") as f:
             json.dump(cfg, f, indent=1)
         shim_cfg = {
@@ -159,8 +162,10 @@ class RuncDriver(Driver):
         log.info("created %s (init pid %d, job %s replica %d)", spec.id, pid, spec.job, spec.replica)
         return spec.id
 
-    def _host_base(self, root: str) -> list[str]:
-        """Host dirs to bind read-only under the image; host symlinks (usrmerge) are copied as symlinks."""
+    def _host_base(self, root: str, b: str, uid: int, gid: int) -> tuple[list[str], dict[str, str]]:
+        """`base: host`: the host dirs to bind read-only under the image (host symlinks, as with usrmerge, are
+        copied as symlinks), and the few /etc files programs need (container path -> host path), with a
+        generated passwd and group. Refuses when a bound tree would show one of the agent's private paths."""
         binds = []
         for path in oci_bundle.HOST_BASE_DIRS:
             inside = os.path.join(root, path.lstrip("/"))
@@ -172,7 +177,27 @@ class RuncDriver(Driver):
                     continue            # the image chose its own link; leave it
                 os.makedirs(inside, exist_ok=True)
                 binds.append(path)
-        return binds
+        files: dict[str, str] = {}
+        if not os.path.islink(os.path.join(root, "etc")):       # an image with its own /etc link keeps it
+            for name in oci_bundle.HOST_ETC:
+                host = os.path.realpath(os.path.join("/etc", name))
+                if os.path.exists(host):
+                    files["/etc/" + name] = host
+            passwd, group = oci_bundle.passwd_group(uid, gid)
+            for name, text in (("passwd", passwd), ("group", group)):
+                path = os.path.join(b, "etc-" + name)
+                with open(path, "w") as f:
+                    f.write(text)
+                os.chmod(path, 0o644)
+                files["/etc/" + name] = path
+        generated = {files["/etc/passwd"], files["/etc/group"]} if "/etc/passwd" in files else set()
+        for source in [os.path.realpath(p) for p in binds] + [p for p in files.values() if p not in generated]:
+            for private in self.private_paths:
+                if private == source or private.startswith(source.rstrip("/") + "/"):
+                    raise RuntimeError_(f"base: host would show {private} (private to the agent) inside the "
+                                        f"container through {source}: move the agent's data dir, token and keys "
+                                        "out of /usr, /lib*, /bin, /sbin")
+        return binds, files
 
     def _runc_log_tail(self, id: str) -> str:
         text = self._read(id, "runc.log") or ""
