@@ -96,7 +96,9 @@ def test_dns_srv_and_a_match_http(c):
     reply = DNSRecord.parse(DNSRecord.question("web.service.raftctl", "A").send("127.0.0.1", port, tcp=True, timeout=3))
     assert {str(r.rdata) for r in reply.rr} == {e["address"] for e in http["endpoints"]}
     reply = DNSRecord.parse(DNSRecord.question("nope.example.com", "A").send("127.0.0.1", port, timeout=3))
-    assert reply.header.rcode == 3  # NXDOMAIN
+    assert reply.header.rcode == 5 and not reply.header.ra  # REFUSED: authoritative for service.raftctl only
+    reply = DNSRecord.parse(DNSRecord.question("nope.service.raftctl", "A").send("127.0.0.1", port, timeout=3))
+    assert reply.header.rcode == 3 and reply.header.aa  # NXDOMAIN
 
 
 def test_last_known_good_when_every_replica_is_down(c):
