@@ -459,9 +459,12 @@ async def create_token(request: web.Request) -> web.Response:
         raise ValidationError("name must be 1-64 characters of [A-Za-z0-9._-]", field="name")
     if not isinstance(machine, str):
         raise ValidationError("machine must be a string", field="machine")
-    token = auth.new_token()
+    # With a request id the token is derived from it (auth.request_token), so a retried create is
+    # answered from the dedup table AND prints the same token, which works; without one, a fresh token.
+    rid = request_id(request)
+    token = auth.request_token(replica.cfg.secret, rid, role, name, machine) if rid else auth.new_token()
     res = await replica.propose(c.CreateToken(hash=auth.token_hash(token), role=role, name=name, machine=machine,
-                                              id=request_id(request)))
+                                              id=rid))
     value = result_value(res)
     return encode(request, {"index": res.index, **value, "token": token}, index=res.index)
 

@@ -1,7 +1,10 @@
 """Bearer tokens and roles. Only sha256 hashes of tokens are replicated."""
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import json
 import os
 import secrets
 
@@ -29,6 +32,20 @@ WHAT: dict[str, str] = {
 
 def new_token() -> str:
     return "rct_" + secrets.token_urlsafe(32)
+
+
+_PROCESS_KEY = secrets.token_bytes(32)  # without a cluster secret (insecure dev): this process only
+
+
+def request_token(secret: str | None, request_id: str, role: str, name: str, machine: str) -> str:
+    """The token a create request with ``request_id`` mints: HMAC of the request under the cluster
+    secret, so a retry of the same request (on any replica, after a lost answer) prints the same,
+    working token. Without a cluster secret the key is this process's own: a retry that reaches
+    another leader gets a different hash and is refused as a request id conflict (no dead token)."""
+    key = secret.encode() if secret else _PROCESS_KEY
+    msg = b"raftctl token v1\0" + json.dumps([request_id, role, name, machine]).encode()
+    digest = hmac.new(key, msg, hashlib.sha256).digest()
+    return "rct_" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def token_hash(token: str) -> str:
