@@ -3,17 +3,19 @@
 Only this module talks to pysyncobj. It fixes three of pysyncobj 0.3.17's sharp
 edges (DESIGN §11):
 
-* durability: the journal is written through mmap and never flushed, and the
-  meta file (term, vote) is never fsync'd. :class:`DurableJournal` msyncs every
-  appended entry before pysyncobj answers the append (so an acknowledged write
-  is on disk on a majority) and fsyncs the meta file. The proposer batches many
-  commands into one entry, so one msync covers a whole batch.
+* durability (journal.py, snapshot.py, on the file layer of disk.py): the journal
+  is a checksummed append-only log synced before pysyncobj acknowledges an append
+  (one fsync per batch), compacted and its term/vote file written by write-new,
+  fsync, rename, fsync-dir; a torn tail is cut back on open.
 * snapshots are canonical CBOR (our state plus pysyncobj's two boundary entries
-  and the cluster), never pickle, fsync'd before the atomic rename.
+  and the cluster), never pickle, encoded in a forked child off the tick thread,
+  fsync'd, renamed, the directory fsync'd; received ones the same before they count.
 * the replicated method catches everything: an exception there would wedge
   ``last_applied`` on every replica.
 """
 from __future__ import annotations
+
+from raftctl.node.raft import compat  # noqa: F401  (first: asserts the pinned pysyncobj and its private names)
 
 import logging
 import os
@@ -24,11 +26,16 @@ from typing import Any, Callable
 
 import cbor2
 import pysyncobj.journal as pjournal
+import pysyncobj.serializer as pserializer
 import pysyncobj.syncobj as psyncobj
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
 from pysyncobj.tcp_connection import TcpConnection
 
+from raftctl.node.raft.disk import Disk, OsDisk
+from raftctl.node.raft.journal import CheckedJournal, write_file_atomically
+from raftctl.node.raft.replication import ReplicationFixes
+from raftctl.node.raft.snapshot import SnapshotFiles
 from raftctl.statemachine.apply import Rejection, Result, apply_entry
 from raftctl.statemachine.state import State
 
@@ -37,43 +44,28 @@ log = logging.getLogger("raftctl.raft")
 SNAPSHOT_FORMAT = 1
 
 
-class DurableMetaStorer(pjournal.MetaStorer):
-    def storeMeta(self, meta: Any) -> None:  # noqa: N802 (pysyncobj's name)
-        path = self.getPath()
-        with open(path + ".tmp", "wb") as f:
-            f.write(pjournal.dumps(meta))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(path + ".tmp", path)
-        _fsync_dir(path)
-
-
-class DurableJournal(pjournal.FileJournal):
-    """FileJournal whose appends are on disk before pysyncobj acknowledges them."""
-
-    def __init__(self, journal_file: str) -> None:
-        super().__init__(journal_file)
-        self._FileJournal__metaStorer = DurableMetaStorer(journal_file + ".meta")  # type: ignore[attr-defined]
-        self.flushes = 0
-
-    def add(self, command: bytes, idx: int, term: int) -> None:
-        super().add(command, idx, term)
-        self.flush()
-        self.flushes += 1
-
-    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803
-        super().deleteEntriesFrom(entryFrom)
-        self.flush()
+# RaftNode registers the Disk of its journal file here just before SyncObj.__init__ builds the journal.
+_JOURNAL_DISKS: dict[str, Disk] = {}
 
 
 def _create_journal(journal_file: str | None = None) -> pjournal.Journal:
     if journal_file is None:
         return pjournal.MemoryJournal()
-    return DurableJournal(journal_file)
+    return CheckedJournal(journal_file, _JOURNAL_DISKS.pop(journal_file, None))
 
 
-# pysyncobj builds its journal through this module-level name; point it at ours.
+def _create_serializer(fileName: str | None, transmissionBatchSize: int, tryUseFork: bool,  # noqa: N803
+                       serializer: Any, deserializer: Any, serializeChecker: Any) -> Any:
+    """RaftNode passes its SnapshotFiles as ``serializer``: use it whole instead of pysyncobj's."""
+    if isinstance(serializer, SnapshotFiles):
+        return serializer
+    return pserializer.Serializer(fileName, transmissionBatchSize, tryUseFork, serializer, deserializer,
+                                  serializeChecker)
+
+
+# pysyncobj builds its journal and its snapshot serializer through these module-level names.
 psyncobj.createJournal = _create_journal
+psyncobj.Serializer = _create_serializer
 
 # pysyncobj gives up a connect attempt only after connectionTimeout (60 s here, to keep idle
 # links) and a link with unacknowledged data only when TCP's retransmissions give up (minutes).
@@ -94,14 +86,6 @@ def _keepalive_and_user_timeout(conn: TcpConnection) -> None:
 
 
 TcpConnection.setSockoptKeepalive = _keepalive_and_user_timeout  # type: ignore[method-assign]
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # A seeded log starts after these two no-op boundary entries. Index 3 (not 1) so that a replica
@@ -126,38 +110,54 @@ def seed_data_dir(data_dir: str, state_bytes: bytes, cluster: list[str]) -> str:
     State.restore(state_bytes)  # refuse what would not load
     os.makedirs(data_dir, exist_ok=True)
     path = os.path.join(data_dir, "raft.snapshot")
-    obj = {"format": SNAPSHOT_FORMAT, "entries": [[bytes(e[0]), e[1], e[2]] for e in SEED_ENTRIES],
-           "cluster": sorted(set(cluster)), "state": state_bytes}
-    with open(path + ".tmp", "wb") as f:
-        cbor2.dump(obj, f, canonical=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
-    _fsync_dir(path)
+    disk = OsDisk()
+    try:
+        write_file_atomically(disk, path, _snapshot_bytes(SEED_ENTRIES[0], SEED_ENTRIES[1], cluster, state_bytes),
+                              tmp_suffix=".part")
+    finally:
+        disk.close()
     return path
 
 
-class RaftNode(SyncObj):
+def _snapshot_bytes(entry1: tuple, entry0: tuple, cluster: Any, state_bytes: bytes) -> bytes:
+    return cbor2.dumps({"format": SNAPSHOT_FORMAT, "entries": [[bytes(e[0]), e[1], e[2]] for e in (entry1, entry0)],
+                        "cluster": sorted({n.id if hasattr(n, "id") else str(n) for n in cluster}),
+                        "state": state_bytes}, canonical=True)
+
+
+class RaftNode(ReplicationFixes, SyncObj):
     """A control replica's Raft member holding the state machine."""
 
     def __init__(self, self_addr: str, peers: list[str], data_dir: str, secret: str | None,
                  on_applied: Callable[[], None], on_state_changed: Callable[[int, int], None] | None = None,
                  *, dynamic_membership: bool = True, compact_entries: int = 20000,
-                 transport: Any = None, conf_overrides: dict[str, Any] | None = None) -> None:
+                 transport: Any = None, conf_overrides: dict[str, Any] | None = None,
+                 repair: bool = True, disk: Disk | None = None) -> None:
+        # repair=False runs pysyncobj's own AppendEntries handling (replication.py), for the simulation.
+        self._init_replication(repair)
         # transport (a pysyncobj Transport; None = TCP) and conf_overrides (SyncObjConf fields, e.g.
         # autoTick=False) exist for the deterministic simulation in tests/sim; production passes neither.
         self.state = State()
         self.lock = threading.RLock()
         self._on_applied = on_applied
-        os.makedirs(data_dir, exist_ok=True)
+        # disk: the file layer under the journal, meta and snapshot (None = the real one; the simulation
+        # passes a disk that drops unsynced writes on a crash).
+        self._disk: Disk = disk if disk is not None else OsDisk()
+        if disk is None:
+            os.makedirs(data_dir, exist_ok=True)
+        journal_file = os.path.join(data_dir, "raft.journal")
+        _JOURNAL_DISKS[journal_file] = self._disk
+        conf_batch = SyncObjConf().logCompactionBatchSize
+        self._snapshots = SnapshotFiles(os.path.join(data_dir, "raft.snapshot"), self._disk,
+                                        self._encode_snapshot, self._decode_snapshot, conf_batch)
         host = self_addr.rsplit(":", 1)[0]
         conf = SyncObjConf(
             password=secret,
             bindAddress=self_addr if host else None,
-            journalFile=os.path.join(data_dir, "raft.journal"),
+            journalFile=journal_file,
             fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
-            serializer=self._serialize,
-            deserializer=self._deserialize,
+            serializer=self._snapshots,  # taken whole by _create_serializer
+            deserializer=self._decode_snapshot,
             appendEntriesUseBatch=False,
             dynamicMembershipChange=dynamic_membership,
             leaderFallbackTimeout=3.0,
@@ -180,7 +180,10 @@ class RaftNode(SyncObj):
             if not hasattr(conf, key):
                 raise TypeError(f"conf_overrides: SyncObjConf has no field {key!r}")
             setattr(conf, key, value)
-        super().__init__(self_addr, peers, conf, transport=transport)
+        try:
+            super().__init__(self_addr, peers, conf, transport=transport)
+        finally:
+            _JOURNAL_DISKS.pop(journal_file, None)
 
     # -- the one replicated method ---------------------------------------
     @replicated
@@ -198,25 +201,15 @@ class RaftNode(SyncObj):
         return results
 
     # -- snapshots -------------------------------------------------------
-    def _serialize(self, filename: str, raw: tuple) -> None:
+    def _encode_snapshot(self, raw: tuple) -> bytes:
+        """In the forked child (see snapshot.py): the state is a copy-on-write image, no lock needed."""
         entry1, entry0, cluster = raw
-        with self.lock:
-            state_bytes = self.state.snapshot()
-        obj = {"format": SNAPSHOT_FORMAT,
-               "entries": [[bytes(e[0]), e[1], e[2]] for e in (entry1, entry0)],
-               "cluster": sorted(n.id if hasattr(n, "id") else str(n) for n in cluster),
-               "state": state_bytes}
-        with open(filename, "wb") as f:
-            cbor2.dump(obj, f, canonical=True)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(filename)
+        return _snapshot_bytes(entry1, entry0, cluster, self.state.snapshot())
 
-    def _deserialize(self, filename: str) -> tuple:
-        with open(filename, "rb") as f:
-            obj = cbor2.load(f)
-        if obj.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"unknown snapshot format {obj.get('format')!r}")
+    def _decode_snapshot(self, data: bytes) -> tuple:
+        obj = cbor2.loads(data)
+        if not isinstance(obj, dict) or obj.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown snapshot format {obj.get('format') if isinstance(obj, dict) else None!r}")
         restored = State.restore(obj["state"])
         with self.lock:
             self.state = restored
@@ -226,6 +219,22 @@ class RaftNode(SyncObj):
             log.exception("on_applied callback failed")
         e1, e0 = (tuple(e) for e in obj["entries"])
         return e1, e0, [TCPNode(a) for a in obj["cluster"]]
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 (pysyncobj's names)
+        # pysyncobj loads the snapshot at the first tick only if os.path.isfile() finds it; a simulated
+        # disk's file is not on the real file system, so load it here the same way.
+        if (self._SyncObj__needLoadDumpFile and self._SyncObj__transport.ready  # type: ignore[attr-defined]
+                and not os.path.isfile(self._snapshots.path) and self._snapshots.exists()):
+            self._SyncObj__loadDumpFile(clearJournal=False)  # type: ignore[attr-defined]
+            self._SyncObj__needLoadDumpFile = False
+        super()._onTick(timeToWait)
+
+    def _doDestroy(self) -> None:  # noqa: N802 (pysyncobj's name; runs on the tick thread at destroy())
+        super()._doDestroy()
+        self._snapshots.close()
+        close = getattr(self._disk, "close", None)
+        if close is not None:
+            close()
 
     # -- small read-only views -----------------------------------------------
     def raft_status(self) -> dict[str, Any]:

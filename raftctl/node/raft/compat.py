@@ -1,0 +1,90 @@
+"""The pysyncobj raftctl was written against, asserted at import.
+
+raftctl overrides and reads pysyncobj internals (name-mangled ``_SyncObj__*`` methods and attributes).
+A different pysyncobj could rename or change them silently, so importing raftctl.node.raft checks the
+pinned version and that every private name listed here still exists, and fails with a RuntimeError
+naming the installed version otherwise.
+
+One list for the whole package: a module that starts relying on another private name adds it below.
+"""
+from __future__ import annotations
+
+import pysyncobj.syncobj as psyncobj
+from pysyncobj.version import VERSION
+
+PINNED_VERSION = "0.3.17"
+
+# Methods of SyncObj that raftctl overrides or calls, with the leading parameter names raftctl relies on
+# (an override must keep the signature pysyncobj calls it with).
+SYNCOBJ_METHODS: dict[str, tuple[str, ...]] = {
+    # replication.py (H6): overridden
+    "_SyncObj__onMessageReceived": ("self", "node", "message"),
+    "_SyncObj__sendAppendEntries": ("self",),
+    # replication.py (H6): called
+    "_SyncObj__generateRaftTimeout": ("self",),
+    "_SyncObj__onLeaderChanged": ("self",),
+    "_SyncObj__setCurrentTerm": ("self", "term", "votedForNodeId"),
+    "_SyncObj__setState": ("self", "newState"),
+    "_SyncObj__getEntries": ("self", "fromIDx", "count", "maxSizeBytes"),
+    "_SyncObj__getPrevLogIndexTerm": ("self", "nextNodeIndex"),
+    "_SyncObj__deleteEntriesFrom": ("self", "fromIDx"),
+    "_SyncObj__parseChangeClusterRequest": ("self", "command"),
+    "_SyncObj__doChangeCluster": ("self", "request", "reverse"),
+    "_SyncObj__loadDumpFile": ("self", "clearJournal"),
+    "_getLeader": ("self",),
+    "_isLeader": ("self",),
+    "getStatus": ("self",),
+    "addOnTickCallback": ("self", "callback"),
+}
+
+# Instance attributes SyncObj.__init__ sets that raftctl reads or writes.
+SYNCOBJ_ATTRIBUTES: tuple[str, ...] = (
+    # replication.py (H6)
+    "_SyncObj__raftLog", "_SyncObj__raftCurrentTerm", "_SyncObj__raftState", "_SyncObj__raftLeader",
+    "_SyncObj__raftCommitIndex", "_SyncObj__raftLastApplied", "_SyncObj__raftNextIndex",
+    "_SyncObj__raftMatchIndex", "_SyncObj__lastResponseTime", "_SyncObj__leaderCommitIndex",
+    "_SyncObj__raftElectionDeadline", "_SyncObj__transferInProgress", "_SyncObj__recvTransmission",
+    "_SyncObj__transport", "_SyncObj__serializer", "_SyncObj__conf", "_SyncObj__otherNodes",
+    "_SyncObj__readonlyNodes", "_SyncObj__connectedNodes", "_SyncObj__newAppendEntriesTime",
+    "_SyncObj__selfNode",
+    # __init__.py raft_status
+    "_SyncObj__votedForNodeId",
+)
+
+# Module-level names of pysyncobj.syncobj raftctl uses or replaces.
+SYNCOBJ_MODULE_NAMES: tuple[str, ...] = (
+    "createJournal", "monotonicTime", "_RAFT_STATE", "_COMMAND_TYPE", "_bchr", "pickle",
+)
+
+
+def check(syncobj_module=psyncobj, version: str = VERSION) -> None:
+    """Raise RuntimeError naming ``version`` unless it is the pinned one and every name above exists."""
+    problems: list[str] = []
+    if version != PINNED_VERSION:
+        problems.append(f"version {version} is not the pinned {PINNED_VERSION}")
+    cls = getattr(syncobj_module, "SyncObj", None)
+    if cls is None:
+        problems.append("no SyncObj class")
+    else:
+        for name, params in SYNCOBJ_METHODS.items():
+            fn = getattr(cls, name, None)
+            code = getattr(fn, "__code__", None)
+            if code is None:
+                problems.append(f"missing method SyncObj.{name}")
+                continue
+            have = code.co_varnames[:code.co_argcount]
+            if have[:len(params)] != params:
+                problems.append(f"SyncObj.{name} takes {have}, expected {params}")
+        init_names = set(cls.__init__.__code__.co_names)
+        for attr in SYNCOBJ_ATTRIBUTES:
+            if attr not in init_names:
+                problems.append(f"SyncObj.__init__ no longer sets {attr}")
+    for name in SYNCOBJ_MODULE_NAMES:
+        if not hasattr(syncobj_module, name):
+            problems.append(f"pysyncobj.syncobj.{name} is gone")
+    if problems:
+        raise RuntimeError(f"raftctl needs pysyncobj {PINNED_VERSION} (installed: {version}): "
+                           + "; ".join(problems))
+
+
+check()

@@ -1,0 +1,429 @@
+"""Log replication done as the Raft paper (§5.3) says, over pysyncobj 0.3.17 (issue 13).
+
+pysyncobj's follower answers every AppendEntries by deleting everything after prevLogIdx and re-appending
+what the message carries, so a duplicate or late message truncates entries already acknowledged, applied and
+counted by the leader (jepsen-style finding 6). Its leader pipelines AppendEntries, advances nextIndex as it
+sends and lets the last reply win, so after a rejection every later pipelined message is rejected too and a
+divergent suffix is never repaired (finding 8).
+
+:class:`ReplicationFixes` is a mixin that RaftNode inherits before SyncObj. It overrides pysyncobj's
+name-mangled ``__onMessageReceived`` (the transport callback) and ``__sendAppendEntries``; with
+``repair=False`` pysyncobj's own code runs unchanged (the simulation uses that to show it finds the bugs).
+
+Follower: skip entries already held (same index and term), truncate only from the first conflicting entry,
+never at or below the commit index (refused and logged at ERROR), append the rest in one journal batch
+(one sync before the answer), commit = min(leaderCommit, index of the last new entry). A rejection carries
+a hint: the conflicting term and the first index the follower holds for it (above its commit index), or its
+last index + 1 when entries are missing.
+
+Leader: per-follower progress as etcd's tracker. PROBE: one AppendEntries at a time, resent after a
+heartbeat period without an answer. REPLICATE: pipelined, at most MAX_INFLIGHT messages unanswered.
+SNAPSHOT: pysyncobj's snapshot transmission, when the entries the follower needs were compacted. Every
+message carries a per-follower sequence number that the answer echoes; a rejection moves nextIndex to its
+hint only if it answers a message sent after the last reset and is newer than the last success, and
+nextIndex never goes below matchIndex + 1. Answers also carry the term: an answer from another term is
+ignored.
+
+Wire compatibility: new fields only ('seq' in requests; 'term', 'seq', 'conflict_term', 'conflict_index',
+'refused' in answers); the old ones keep their meaning, so a mixed cluster during an upgrade works.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+from typing import Any
+
+import pysyncobj.syncobj as psyncobj
+
+log = logging.getLogger("raftctl.raft.replication")
+
+_SyncObj = psyncobj.SyncObj
+_FOLLOWER = psyncobj._RAFT_STATE.FOLLOWER
+_LEADER = psyncobj._RAFT_STATE.LEADER
+
+PROBE, REPLICATE, SNAPSHOT = "probe", "replicate", "snapshot"
+MAX_INFLIGHT = 32            # unanswered AppendEntries per follower in REPLICATE
+MAX_ENTRIES_PER_MESSAGE = 4096
+
+
+def _now() -> float:
+    return psyncobj.monotonicTime()  # looked up at call time: the simulation replaces it
+
+
+class _Progress:
+    __slots__ = ("term", "state", "seq", "reset_seq", "success_seq", "inflight", "last_send", "sent_commit")
+
+    def __init__(self, term: int) -> None:
+        self.term = term
+        self.state = PROBE
+        self.seq = 0                 # last sequence number sent
+        self.reset_seq = 1           # answers to messages before this one are stale
+        self.success_seq = 0         # newest answered message that succeeded
+        self.inflight: collections.deque[tuple[int, float]] = collections.deque()  # (seq, sent at)
+        self.last_send = float("-inf")
+        self.sent_commit = -1
+
+    def reset(self, state: str = PROBE) -> None:
+        self.state = state
+        self.inflight.clear()
+        self.reset_seq = self.seq + 1
+
+
+class ReplicationFixes:
+    """Mixin for a SyncObj subclass; set ``self._repair`` before SyncObj.__init__ (the tick thread starts there)."""
+
+    _repair = True
+
+    def _init_replication(self, repair: bool) -> None:
+        """Call before SyncObj.__init__ (its tick thread may run at once)."""
+        self._repair = bool(repair)
+        self._replication_progress: dict[Any, _Progress] = {}
+
+    # ------------------------------------------------------------------ dispatch
+    def _SyncObj__onMessageReceived(self, node: Any, message: dict) -> None:  # noqa: N802 (pysyncobj's name)
+        if not self._repair:
+            return _SyncObj._SyncObj__onMessageReceived(self, node, message)  # type: ignore[attr-defined]
+        mtype = message.get("type")
+        if mtype == "append_entries":
+            if message["term"] >= self._SyncObj__raftCurrentTerm:
+                self._on_append_entries(node, message)
+            return None
+        if mtype == "next_node_idx":
+            if self._SyncObj__raftState == _LEADER and self._on_append_reply(node, message) \
+                    and node in self._SyncObj__connectedNodes:
+                # send what the answer allows now (the next probe, a wider window), not at the next tick
+                self._send_to(node, self._progress(node), _now(), self._SyncObj__conf.appendEntriesPeriod)
+            return None
+        return _SyncObj._SyncObj__onMessageReceived(self, node, message)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ follower
+    def _on_append_entries(self, node: Any, message: dict) -> None:
+        # Term and leader bookkeeping exactly as pysyncobj does it.
+        term = message["term"]
+        if term > self._SyncObj__raftCurrentTerm:
+            self._SyncObj__transferInProgress = False
+        if not self._SyncObj__transferInProgress:
+            self._SyncObj__raftElectionDeadline = _now() + self._SyncObj__generateRaftTimeout()
+        if self._SyncObj__raftLeader != node:
+            self._SyncObj__onLeaderChanged()
+        self._SyncObj__raftLeader = node
+        if term > self._SyncObj__raftCurrentTerm:
+            self._SyncObj__setCurrentTerm(term, None)
+        self._SyncObj__setState(_FOLLOWER)
+        self._SyncObj__leaderCommitIndex = leader_commit = message["commit_index"]
+
+        if "prevLogIdx" in message:
+            entries = message.get("entries", [])
+            transmission = message.get("transmission")
+            if transmission is not None:
+                entries = self._receive_chunk(node, message, transmission)
+                if entries is None:
+                    return
+            self._append(node, message, entries, leader_commit)
+            return
+
+        serialized = message.get("serialized")
+        if serialized is not None:  # install snapshot: pysyncobj's path, answered with the new fields
+            if self._SyncObj__serializer.setTransmissionData(serialized):
+                self._SyncObj__loadDumpFile(clearJournal=True)
+                last = self._SyncObj__raftLog[-1][1]
+                self._reply(node, message, success=True, next_idx=last + 1)
+            last = self._SyncObj__raftLog[-1][1]
+            if self._SyncObj__raftCommitIndex > last:
+                self._SyncObj__raftCommitIndex = last
+            if leader_commit > self._SyncObj__raftCommitIndex:
+                self._SyncObj__raftCommitIndex = min(leader_commit, last)
+            self._SyncObj__raftLog.setRaftCommitIndex(self._SyncObj__raftCommitIndex)
+
+    def _receive_chunk(self, node: Any, message: dict, transmission: str) -> list | None:
+        """One chunk of an entry too large for one message; the entry once the last chunk is in."""
+        data = message.get("data", b"")
+        if transmission == "start":
+            self._SyncObj__recvTransmission = data
+        elif transmission in ("process", "finish") and isinstance(self._SyncObj__recvTransmission, bytes):
+            self._SyncObj__recvTransmission += data
+        else:
+            log.warning("append_entries: chunk %r out of order from %s; dropped", transmission, node)
+            self._SyncObj__recvTransmission = ""
+            return None
+        if transmission != "finish":
+            self._reply(node, None, success=False, next_idx=self._SyncObj__raftLog[-1][1] + 1)
+            return None
+        try:
+            entry = psyncobj.pickle.loads(self._SyncObj__recvTransmission)
+        finally:
+            self._SyncObj__recvTransmission = ""
+        return [entry]
+
+    def _append(self, node: Any, message: dict, entries: list, leader_commit: int) -> None:
+        raft_log = self._SyncObj__raftLog
+        prev_idx, prev_term = message["prevLogIdx"], message["prevLogTerm"]
+        first, last = raft_log[0][1], raft_log[-1][1]
+        commit = self._SyncObj__raftCommitIndex
+        # Nothing at or below this is ever truncated: committed (and applied: after a crash the persisted
+        # commit index can lag the snapshot pysyncobj restored from).
+        protected = max(commit, self._SyncObj__raftLastApplied)
+
+        if prev_idx is None or prev_idx > last:  # missing entries: ask for what follows our last one
+            self._reply(node, message, success=False, next_idx=last + 1, reset=True,
+                        conflict_term=None, conflict_index=last + 1)
+            return
+        if entries and (entries[0][1] != prev_idx + 1 or entries[-1][1] != prev_idx + len(entries)):
+            log.error("append_entries from %s: entries %s..%s do not follow prevLogIdx %s; refused",
+                      node, entries[0][1], entries[-1][1], prev_idx)
+            self._reply(node, message, success=False, next_idx=last + 1, refused=True)
+            return
+        # prev_idx below our first entry: those entries are compacted, hence applied, hence committed, and the
+        # leader of this term holds the same ones (Leader Completeness): the prefix matches.
+        if prev_idx >= first:
+            my_term = raft_log[prev_idx - first][2]
+            if my_term != prev_term:
+                if prev_idx <= protected:
+                    self._refuse(node, message, prev_idx, my_term, prev_term)
+                    return
+                hint = prev_idx  # first index we hold for my_term, never at or below the commit index
+                while hint - 1 > protected and hint - 1 >= first and raft_log[hint - 1 - first][2] == my_term:
+                    hint -= 1
+                self._reply(node, message, success=False, next_idx=hint, reset=True,
+                            conflict_term=my_term, conflict_index=hint)
+                return
+
+        # Skip what we already hold; truncate only from the first conflicting entry.
+        i, n = 0, len(entries)
+        while i < n:
+            idx, entry_term = entries[i][1], entries[i][2]
+            if idx < first:
+                i += 1
+                continue
+            if idx > last:
+                break
+            my_term = raft_log[idx - first][2]
+            if my_term != entry_term:
+                if idx <= protected:
+                    self._refuse(node, message, idx, my_term, entry_term)
+                    return
+                self._truncate_from(idx)
+                break
+            i += 1
+        new = entries[i:]
+        if new:
+            batch = getattr(raft_log, "batch", None)
+            with batch() if batch is not None else contextlib.nullcontext():
+                for entry in new:
+                    raft_log.add(*entry)
+            if self._SyncObj__conf.dynamicMembershipChange:
+                for entry in new:
+                    request = self._SyncObj__parseChangeClusterRequest(entry[0])
+                    if request is not None:
+                        self._SyncObj__doChangeCluster(request)
+
+        last_new = prev_idx + n
+        if leader_commit > commit:
+            commit = min(leader_commit, last_new)
+            if commit > self._SyncObj__raftCommitIndex:
+                self._SyncObj__raftCommitIndex = commit
+                raft_log.setRaftCommitIndex(commit)
+        self._reply(node, message, success=True, next_idx=last_new + 1)
+
+    def _truncate_from(self, idx: int) -> None:
+        """Delete entries idx.. (all above the commit index), undoing the membership changes among them."""
+        if self._SyncObj__conf.dynamicMembershipChange:
+            for entry in reversed(self._SyncObj__getEntries(idx)):
+                request = self._SyncObj__parseChangeClusterRequest(entry[0])
+                if request is not None:
+                    self._SyncObj__doChangeCluster(request, reverse=True)
+        log.info("replacing a conflicting log suffix from index %d (last %d, commit %d)",
+                 idx, self._SyncObj__raftLog[-1][1], self._SyncObj__raftCommitIndex)
+        self._SyncObj__deleteEntriesFrom(idx)
+
+    def _refuse(self, node: Any, message: dict, idx: int, mine: int, theirs: int) -> None:
+        log.error("append_entries from %s (term %s) conflicts at index %d (term %s here, %s in the message) at or "
+                  "below the commit index %d: refused, nothing truncated (a committed entry would be lost)",
+                  node, message.get("term"), idx, mine, theirs, self._SyncObj__raftCommitIndex)
+        self._reply(node, message, success=False, next_idx=self._SyncObj__raftLog[-1][1] + 1, refused=True)
+
+    def _reply(self, node: Any, message: dict | None, *, success: bool, next_idx: int, reset: bool = False,
+               conflict_term: int | None = None, conflict_index: int | None = None, refused: bool = False) -> None:
+        reply: dict[str, Any] = {"type": "next_node_idx", "next_node_idx": next_idx, "reset": reset,
+                                 "success": success, "term": self._SyncObj__raftCurrentTerm}
+        if message is not None and "seq" in message:
+            reply["seq"] = message["seq"]
+        if conflict_index is not None:
+            reply["conflict_index"] = conflict_index
+            reply["conflict_term"] = conflict_term
+        if refused:
+            reply["refused"] = True
+        self._SyncObj__transport.send(node, reply)
+
+    # ------------------------------------------------------------------ leader
+    def _progress(self, node: Any) -> _Progress:
+        table = self.__dict__.setdefault("_replication_progress", {})
+        term = self._SyncObj__raftCurrentTerm
+        pr = table.get(node)
+        if pr is None or pr.term != term:
+            pr = table[node] = _Progress(term)
+        return pr
+
+    def replication_progress(self) -> dict[str, dict[str, Any]]:
+        """Per-follower progress (read-only view, for status and tests)."""
+        table = self.__dict__.get("_replication_progress", {})
+        next_idx, match_idx = self._SyncObj__raftNextIndex, self._SyncObj__raftMatchIndex
+        return {getattr(n, "id", str(n)): {"state": pr.state, "inflight": len(pr.inflight),
+                                           "next": next_idx.get(n), "match": match_idx.get(n)}
+                for n, pr in list(table.items())}
+
+    def _on_append_reply(self, node: Any, message: dict) -> bool:
+        """Account for one answer; True when it came from this term (worth sending more at once)."""
+        next_idx, match_idx = self._SyncObj__raftNextIndex, self._SyncObj__raftMatchIndex
+        if node not in next_idx or node not in match_idx:
+            return False
+        term = message.get("term")
+        if term is not None and term != self._SyncObj__raftCurrentTerm:
+            return False  # answers a leader of another term
+        self._SyncObj__lastResponseTime[node] = _now()
+        pr = self._progress(node)
+        success, hinted = message["success"], message["next_node_idx"]
+        leader_last = self._SyncObj__raftLog[-1][1]
+        seq = message.get("seq")
+
+        if success:  # a success is never stale within a term: the follower holds our entries up to it
+            if hinted - 1 > match_idx[node]:
+                match_idx[node] = min(hinted - 1, leader_last)
+            if next_idx[node] < match_idx[node] + 1:
+                next_idx[node] = match_idx[node] + 1
+            if seq is None:
+                pr.reset(REPLICATE)
+                return True
+            while pr.inflight and pr.inflight[0][0] <= seq:
+                pr.inflight.popleft()
+            pr.success_seq = max(pr.success_seq, seq)
+            if pr.state != REPLICATE and seq >= pr.reset_seq:
+                pr.state = REPLICATE
+            return True
+
+        if seq is None:  # an old follower: its hint, never below what it acknowledged
+            if message["reset"]:
+                next_idx[node] = max(min(hinted, leader_last + 1), match_idx[node] + 1)
+                pr.reset(PROBE)
+            return True
+        while pr.inflight and pr.inflight[0][0] <= seq:
+            pr.inflight.popleft()
+        if seq < pr.reset_seq or seq < pr.success_seq:
+            return True  # answers a message sent before the last reset or older than the last success
+        if message.get("refused"):
+            log.error("follower %s refused AppendEntries (seq %d): its committed log differs from ours", node, seq)
+            return True
+        if not message["reset"]:
+            return True
+        hint = message.get("conflict_index", hinted)
+        next_idx[node] = max(min(hint, leader_last + 1), match_idx[node] + 1)
+        pr.reset(PROBE)
+        return True
+
+    def _SyncObj__sendAppendEntries(self) -> None:  # noqa: N802 (pysyncobj's name)
+        if not self._repair:
+            return _SyncObj._SyncObj__sendAppendEntries(self)  # type: ignore[attr-defined]
+        conf = self._SyncObj__conf
+        start = _now()
+        period = conf.appendEntriesPeriod
+        self._SyncObj__newAppendEntriesTime = start + period
+        connected = self._SyncObj__connectedNodes
+        for node in self._SyncObj__otherNodes | self._SyncObj__readonlyNodes:
+            pr = self._progress(node)
+            if node not in connected:
+                self._SyncObj__serializer.cancelTransmisstion(node)
+                if pr.inflight or pr.state == REPLICATE:
+                    pr.reset(PROBE)
+                continue
+            self._send_to(node, pr, start, period)
+        return None
+
+    def _send_to(self, node: Any, pr: _Progress, start: float, period: float) -> None:
+        raft_log = self._SyncObj__raftLog
+        next_idx = self._SyncObj__raftNextIndex
+        match_idx = self._SyncObj__raftMatchIndex
+        if node not in next_idx:
+            next_idx[node] = raft_log[-1][1] + 1
+            match_idx.setdefault(node, 0)
+        resend_after = max(period, 0.05)
+        sent = False
+        while True:
+            now = _now()
+            nxt = next_idx[node]
+            if nxt <= raft_log[0][1]:  # compacted: the follower needs the snapshot
+                pr.state = SNAPSHOT
+                if not self._send_snapshot_chunk(node):
+                    return
+                if next_idx[node] > raft_log[0][1]:  # snapshot sent: wait for its answer
+                    pr.reset(PROBE)
+                    pr.inflight.append((pr.seq, now))
+                    pr.last_send = now
+                    return
+                if now - start > period:
+                    return
+                continue
+            if pr.state == SNAPSHOT:
+                pr.reset(PROBE)
+            last = raft_log[-1][1]
+            commit = self._SyncObj__raftCommitIndex
+            if pr.inflight and now - pr.inflight[0][1] > (resend_after if pr.state == PROBE else 5 * resend_after):
+                if pr.state == REPLICATE:  # answers lost: probe again from what the follower acknowledged
+                    next_idx[node] = match_idx[node] + 1
+                    nxt = next_idx[node]
+                pr.reset(PROBE)
+            window_open = not pr.inflight if pr.state == PROBE else len(pr.inflight) < MAX_INFLIGHT
+            if nxt <= last and window_open:
+                entries = self._SyncObj__getEntries(nxt, MAX_ENTRIES_PER_MESSAGE,
+                                                    self._SyncObj__conf.appendEntriesBatchSizeBytes)
+                if not entries:
+                    return
+                self._send_entries(node, pr, nxt, entries, now)
+                if pr.state == REPLICATE:
+                    next_idx[node] = entries[-1][1] + 1
+                    sent = True
+                    if _now() - start > period:
+                        return
+                    continue
+                return
+            due = now - pr.last_send >= period or pr.sent_commit != commit
+            if not sent and due and (pr.state == REPLICATE or window_open):
+                self._send_entries(node, pr, nxt, [], now)  # heartbeat (and, in PROBE, the probe)
+            return
+
+    def _send_entries(self, node: Any, pr: _Progress, nxt: int, entries: list, now: float) -> None:
+        prev_idx, prev_term = self._SyncObj__getPrevLogIndexTerm(nxt)
+        pr.seq += 1
+        base = {"type": "append_entries", "term": self._SyncObj__raftCurrentTerm,
+                "commit_index": self._SyncObj__raftCommitIndex, "prevLogIdx": prev_idx, "prevLogTerm": prev_term,
+                "seq": pr.seq}
+        transport = self._SyncObj__transport
+        batch_bytes = self._SyncObj__conf.appendEntriesBatchSizeBytes
+        if len(entries) == 1 and len(entries[0][0]) >= batch_bytes:  # one large entry: in chunks
+            data = psyncobj.pickle.dumps(entries[0])
+            # (pysyncobj decides 'finish' on the entry's length, not the pickled one: a chunk early when the
+            # pickling overhead crosses a chunk boundary.) The pickled entry is longer than one chunk.
+            for pos in range(0, len(data), batch_bytes):
+                kind = "start" if pos == 0 else ("finish" if pos + batch_bytes >= len(data) else "process")
+                transport.send(node, dict(base, transmission=kind, data=data[pos:pos + batch_bytes]))
+                if node not in self._SyncObj__connectedNodes:
+                    break
+        else:
+            transport.send(node, dict(base, entries=entries))
+        if entries:
+            pr.inflight.append((pr.seq, now))
+        elif pr.state == PROBE:
+            pr.inflight.append((pr.seq, now))
+        pr.last_send = now
+        pr.sent_commit = self._SyncObj__raftCommitIndex
+
+    def _send_snapshot_chunk(self, node: Any) -> bool:
+        """pysyncobj's snapshot transmission, one chunk; False when nothing could be sent."""
+        data = self._SyncObj__serializer.getTransmissionData(node)
+        self._SyncObj__transport.send(node, {"type": "append_entries", "term": self._SyncObj__raftCurrentTerm,
+                                             "commit_index": self._SyncObj__raftCommitIndex, "serialized": data})
+        if data is None or node not in self._SyncObj__connectedNodes:
+            return False
+        if data[2]:  # the last chunk
+            self._SyncObj__raftNextIndex[node] = self._SyncObj__raftLog[1][1] + 1
+        return True

@@ -1,0 +1,361 @@
+"""Raft log replication over pysyncobj (issue 13, jepsen-style findings 6 and 8).
+
+Two kinds of tests. A RaftNode driven by hand (no tick thread, a transport that records what it sends)
+receives crafted AppendEntries and answers: each test runs the same messages with repair=False too and
+asserts pysyncobj's own behaviour, so the test shows the bug and that raftctl's override fixes it. Then
+real RaftNodes on loopback: an old leader with a divergent tail of 3,000 or 20,000 entries catches up with
+the new leader.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import pysyncobj.syncobj as psyncobj
+import pytest
+from pysyncobj.node import TCPNode
+from pysyncobj.transport import Transport
+
+from raftctl.devcluster import free_port
+from raftctl.node import raft
+from raftctl.node.raft import compat
+from raftctl.node.raft.replication import PROBE, REPLICATE
+
+NOOP = psyncobj._COMMAND_TYPE.NO_OP
+MEMBERSHIP = psyncobj._COMMAND_TYPE.MEMBERSHIP
+LEADER = TCPNode("127.0.0.1:7002")
+OTHER = TCPNode("127.0.0.1:7003")
+
+
+def noop(i: int, term: int) -> tuple[bytes, int, int]:
+    return psyncobj._bchr(NOOP) + b"%d/%d" % (i, term), i, term
+
+
+class Recorder(Transport):
+    """Delivers nothing; keeps what the node sends."""
+
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:  # noqa: N803
+        super().__init__(syncObj, selfNode, otherNodes)
+        self.sent: list[tuple[Any, dict]] = []
+
+    def send(self, node: Any, message: dict) -> bool:
+        self.sent.append((node, message))
+        return True
+
+
+class Handle:
+    """A RaftNode with no tick thread, fed messages by the test."""
+
+    def __init__(self, path: Any, repair: bool) -> None:
+        self.transport = Recorder(None, None, [])
+        self.node = raft.RaftNode("127.0.0.1:7001", ["127.0.0.1:7002", "127.0.0.1:7003"], str(path), None,
+                                  on_applied=lambda: None, transport=self.transport, repair=repair,
+                                  conf_overrides={"autoTick": False})
+
+    def deliver(self, node: Any, message: dict) -> list[dict]:
+        assert self.transport is not None
+        before = len(self.transport.sent)
+        self.transport._onMessageReceived(node, message)
+        for _ in range(3):
+            self.node.doTick(0.0)
+        return [m for _, m in self.transport.sent[before:]]
+
+    def append(self, term: int, prev_idx: int, prev_term: int, entries: list, commit: int, **extra: Any) -> list[dict]:
+        msg = {"type": "append_entries", "term": term, "commit_index": commit, "prevLogIdx": prev_idx,
+               "prevLogTerm": prev_term, "entries": entries, **extra}
+        return [m for m in self.deliver(LEADER, msg) if m["type"] == "next_node_idx"]
+
+    @property
+    def log(self) -> list[tuple]:
+        j = self.node._SyncObj__raftLog  # type: ignore[attr-defined]
+        return [tuple(j[i]) for i in range(len(j))]
+
+    def follower_with(self, n: int, term: int = 1) -> None:
+        """Log 1..n (1 is pysyncobj's initial no-op), all committed and applied."""
+        self.append(term, 1, 0, [noop(i, term) for i in range(2, n + 1)], commit=n)
+        assert (len(self.log), self.node.raftCommitIndex, self.node.raftLastApplied) == (n, n, n)
+
+
+@pytest.fixture
+def handle(tmp_path: Any) -> Any:
+    made: list[Handle] = []
+
+    def build(repair: bool) -> Handle:
+        h = Handle(tmp_path / f"{len(made)}", repair)
+        made.append(h)
+        return h
+
+    yield build
+    for h in made:
+        h.node._doDestroy()
+
+
+# ---------------------------------------------------------------------------------------------- follower
+@pytest.mark.parametrize("repair", [True, False])
+def test_a_duplicate_append_entries_does_not_truncate_applied_entries(handle: Any, repair: bool) -> None:
+    h = handle(repair)
+    h.follower_with(50)
+    before = h.log
+    replies = h.append(1, 10, 1, [noop(i, 1) for i in range(11, 21)], commit=50)
+    if repair:
+        assert h.log == before and h.node.raftCommitIndex == 50
+        assert replies[-1]["success"] and replies[-1]["next_node_idx"] == 21
+    else:  # pysyncobj 0.3.17: everything after prevLogIdx deleted and re-appended
+        assert len(h.log) == 20 and h.node.raftCommitIndex == 20
+
+
+@pytest.mark.parametrize("repair", [True, False])
+def test_an_empty_heartbeat_with_an_old_prev_index_changes_nothing(handle: Any, repair: bool) -> None:
+    h = handle(repair)
+    h.follower_with(50)
+    before = h.log
+    replies = h.append(1, 5, 1, [], commit=50)
+    if repair:
+        assert h.log == before and h.node.raftCommitIndex == 50 and h.node.raftLastApplied == 50
+        assert replies[-1]["success"] and replies[-1]["next_node_idx"] == 6
+    else:
+        assert len(h.log) == 5 and h.node.raftCommitIndex == 5
+
+
+def test_a_conflicting_suffix_above_the_commit_index_is_replaced_from_the_first_conflict(handle: Any) -> None:
+    h = handle(True)
+    h.follower_with(30)
+    h.append(1, 30, 1, [noop(i, 1) for i in range(31, 51)], commit=30)  # 31..50 held, not committed
+    # the leader of term 2 holds 31..40 of term 1 and then its own 41..45
+    replies = h.append(2, 30, 1, [noop(i, 1) for i in range(31, 41)] + [noop(i, 2) for i in range(41, 46)],
+                       commit=43)
+    assert [e[2] for e in h.log[30:]] == [1] * 10 + [2] * 5 and len(h.log) == 45
+    assert h.node.raftCommitIndex == 43 and replies[-1]["success"] and replies[-1]["next_node_idx"] == 46
+
+
+def test_commit_never_covers_entries_the_message_did_not_check(handle: Any) -> None:
+    h = handle(True)
+    h.follower_with(10)
+    h.append(1, 10, 1, [noop(i, 1) for i in range(11, 41)], commit=10)  # 11..40 unchecked by the next leader
+    h.append(2, 12, 1, [], commit=40)  # heartbeat of a leader of term 2 that matched only up to 12
+    assert h.node.raftCommitIndex == 12 and len(h.log) == 40
+
+
+def test_a_conflict_at_or_below_the_commit_index_is_refused_loudly(handle: Any, caplog: Any) -> None:
+    h = handle(True)
+    h.follower_with(50)
+    before = h.log
+    with caplog.at_level(logging.ERROR, logger="raftctl.raft.replication"):
+        replies = h.append(2, 20, 1, [noop(i, 2) for i in range(21, 26)], commit=50)
+    assert h.log == before and h.node.raftCommitIndex == 50
+    assert replies[-1]["refused"] and not replies[-1]["success"] and not replies[-1]["reset"]
+    assert any("refused, nothing truncated" in r.getMessage() for r in caplog.records)
+
+
+def test_a_rejection_carries_the_conflicting_term_and_its_first_index(handle: Any) -> None:
+    h = handle(True)
+    h.follower_with(10)
+    h.append(2, 10, 1, [noop(i, 2) for i in range(11, 61)], commit=10, seq=7)
+    # a leader of term 3 whose entry 60 is of term 3
+    conflict = h.append(3, 60, 3, [], commit=10, seq=8)[-1]
+    assert (conflict["conflict_term"], conflict["conflict_index"], conflict["seq"], conflict["term"]) == (2, 11, 8, 3)
+    assert conflict["reset"] and not conflict["success"] and conflict["next_node_idx"] == 11  # old fields too
+    missing = h.append(3, 100, 3, [], commit=10, seq=9)[-1]
+    assert (missing["conflict_term"], missing["conflict_index"], missing["next_node_idx"]) == (None, 61, 61)
+    assert len(h.log) == 60  # a rejection truncates nothing
+
+
+def test_membership_entries_of_a_replaced_suffix_are_rolled_back_and_new_ones_applied(handle: Any) -> None:
+    h = handle(True)
+    h.follower_with(10)
+    added = TCPNode("127.0.0.1:7009")
+    add = psyncobj._bchr(MEMBERSHIP) + psyncobj.pickle.dumps(["add", added.id, added])
+    h.append(1, 10, 1, [(add, 11, 1), noop(12, 1)], commit=10)
+    assert added in h.node.otherNodes  # pysyncobj applies a membership change when it is appended
+    h.append(2, 10, 1, [noop(11, 2)], commit=10)  # the leader of term 2 never had it
+    assert added not in h.node.otherNodes and len(h.log) == 11
+    h.append(2, 11, 2, [(add, 12, 2)], commit=10)  # and now it does
+    assert added in h.node.otherNodes
+    h.append(2, 10, 1, [noop(11, 2), (add, 12, 2)], commit=12)  # duplicate: nothing applied twice or undone
+    assert added in h.node.otherNodes and len(h.log) == 12 and h.node.raftCommitIndex == 12
+
+
+# ---------------------------------------------------------------------------------------------- leader
+def _leader(h: Handle) -> None:
+    """Make the hand-driven node the leader of term 1 with both peers connected."""
+    for peer in (LEADER, OTHER):
+        h.transport._onNodeConnected(peer)
+    deadline = time.monotonic() + 5
+    while h.node.raftCurrentTerm == 0 and time.monotonic() < deadline:
+        h.node.doTick(0.01)
+    h.deliver(LEADER, {"type": "response_vote", "term": h.node.raftCurrentTerm})
+    assert h.node._isLeader()
+
+
+def _next_idx(h: Handle, peer: Any) -> int:
+    return h.node._SyncObj__raftNextIndex[peer]  # type: ignore[attr-defined]
+
+
+def _appends_to(h: Handle, peer: Any, since: int) -> list[dict]:
+    return [m for n, m in h.transport.sent[since:] if n == peer and m["type"] == "append_entries"]
+
+
+def test_a_rejection_older_than_a_success_does_not_move_next_index_back(handle: Any) -> None:
+    h = handle(True)
+    _leader(h)
+    term = h.node.raftCurrentTerm
+    for i in range(30):
+        h.node._SyncObj__raftLog.add(*noop(h.log[-1][1] + 1, term))  # type: ignore[attr-defined]
+    last = h.log[-1][1]
+    ok = {"type": "next_node_idx", "success": True, "reset": False, "term": term}
+    # the probe is answered; the leader pipelines the rest
+    mark = len(h.transport.sent)
+    probe = _appends_to(h, LEADER, 0)[-1]
+    h.deliver(LEADER, dict(ok, next_node_idx=probe["prevLogIdx"] + 1, seq=probe["seq"]))
+    h.node.doTick(0.0)
+    sent = _appends_to(h, LEADER, mark)
+    assert sent and h.node.replication_progress()[LEADER.id]["state"] == REPLICATE
+    newest = sent[-1]
+    h.deliver(LEADER, dict(ok, next_node_idx=last + 1, seq=newest["seq"]))
+    assert _next_idx(h, LEADER) == last + 1
+    # a rejection answering an older message arrives late: ignored
+    stale = {"type": "next_node_idx", "success": False, "reset": True, "term": term, "next_node_idx": 2,
+             "conflict_term": None, "conflict_index": 2, "seq": probe["seq"]}
+    h.deliver(LEADER, stale)
+    assert _next_idx(h, LEADER) == last + 1
+    assert h.node.replication_progress()[LEADER.id]["state"] == REPLICATE
+    # pysyncobj's leader takes it: nextIndex back to 2, below what the follower acknowledged
+    p = handle(False)
+    _leader(p)
+    p.deliver(LEADER, dict(ok, next_node_idx=p.log[-1][1] + 1))
+    p.deliver(LEADER, {"type": "next_node_idx", "success": False, "reset": True, "next_node_idx": 2})
+    assert _next_idx(p, LEADER) == 2
+
+
+def test_a_newer_rejection_moves_next_index_to_its_hint_but_never_below_match_plus_one(handle: Any) -> None:
+    h = handle(True)
+    _leader(h)
+    term = h.node.raftCurrentTerm
+    for i in range(100):
+        h.node._SyncObj__raftLog.add(*noop(h.log[-1][1] + 1, term))  # type: ignore[attr-defined]
+    probe = _appends_to(h, LEADER, 0)[-1]
+    h.deliver(LEADER, {"type": "next_node_idx", "success": True, "reset": False, "term": term,
+                       "next_node_idx": 41, "seq": probe["seq"]})  # the follower holds our 1..40
+    h.node.doTick(0.0)
+    seq = h.node._replication_progress[LEADER].seq
+    h.deliver(LEADER, {"type": "next_node_idx", "success": False, "reset": True, "term": term, "seq": seq,
+                       "next_node_idx": 60, "conflict_term": term - 1 if term > 1 else 0, "conflict_index": 60})
+    assert _next_idx(h, LEADER) == 60 and h.node.replication_progress()[LEADER.id]["state"] == PROBE
+    seq = h.node._replication_progress[LEADER].seq
+    h.deliver(LEADER, {"type": "next_node_idx", "success": False, "reset": True, "term": term, "seq": seq,
+                       "next_node_idx": 5, "conflict_term": 0, "conflict_index": 5})
+    assert _next_idx(h, LEADER) == 41  # match + 1
+    # an answer from another term is not counted at all
+    h.deliver(LEADER, {"type": "next_node_idx", "success": True, "reset": False, "term": term + 1,
+                       "next_node_idx": 90, "seq": seq + 50})
+    assert h.node._SyncObj__raftMatchIndex[LEADER] == 40  # type: ignore[attr-defined]
+
+
+def test_compat_names_the_installed_version_when_it_is_not_the_pinned_one() -> None:
+    compat.check()
+    with pytest.raises(RuntimeError, match=r"installed: 0\.4\.0"):
+        compat.check(version="0.4.0")
+
+    class Renamed:
+        SyncObj = type("SyncObj", (), {"__init__": lambda self: None})
+
+    with pytest.raises(RuntimeError, match="missing method SyncObj._SyncObj__onMessageReceived"):
+        compat.check(Renamed, version=compat.PINNED_VERSION)
+
+
+# ---------------------------------------------------------------------------------------------- loopback
+class Cluster:
+    """Three RaftNodes on loopback, each ticked by its own thread, logs prepared before the first tick."""
+
+    def __init__(self, tmp_path: Any, repair: bool, logs: list[list[tuple]], terms: list[int]) -> None:
+        ports = [free_port() for _ in logs]
+        addrs = [f"127.0.0.1:{p}" for p in ports]
+        self.nodes = []
+        for i, (entries, term) in enumerate(zip(logs, terms)):
+            node = raft.RaftNode(addrs[i], addrs, str(tmp_path / f"n{i}"), None, on_applied=lambda: None,
+                                 repair=repair, compact_entries=1_000_000, conf_overrides={"autoTick": False})
+            j = node._SyncObj__raftLog  # type: ignore[attr-defined]
+            batch = getattr(j, "batch", None)
+            with batch() if batch is not None else _nullcontext():
+                for e in entries:
+                    j.add(*e)
+            node._SyncObj__setCurrentTerm(term, None)  # type: ignore[attr-defined]
+            self.nodes.append(node)
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._tick, args=(n,), daemon=True) for n in self.nodes]
+        for t in self.threads:
+            t.start()
+
+    def _tick(self, node: Any) -> None:
+        while not self.stop.is_set():
+            node.doTick(0.005)
+
+    def leader(self) -> Any:
+        leaders = [n for n in self.nodes if n._isLeader()]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(5)
+        for n in self.nodes:
+            n._doDestroy()
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _log(node: Any) -> list[tuple]:
+    j = node._SyncObj__raftLog
+    return [tuple(e) for e in j[:]]
+
+
+def _diverged(tmp_path: Any, repair: bool, tail: int) -> Cluster:
+    common = [noop(i, 1) for i in range(2, 101)]
+    new = common + [noop(i, 3) for i in range(101, 151)]
+    old = common + [noop(i, 2) for i in range(101, 101 + tail)]
+    return Cluster(tmp_path, repair, [old, new, new], [2, 3, 3])
+
+
+def _time_to_converge(cluster: Cluster, timeout: float) -> float | None:
+    """Seconds from the first moment a leader exists until the old leader's log equals the leader's."""
+    old = cluster.nodes[0]
+    deadline = time.monotonic() + 30
+    while cluster.leader() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        leader = cluster.leader()
+        if leader is not None and leader is not old:
+            lj, oj = leader._SyncObj__raftLog, old._SyncObj__raftLog
+            if len(lj) == len(oj) and tuple(lj[-1]) == tuple(oj[-1]) and _log(leader) == _log(old):
+                return time.monotonic() - t0
+        time.sleep(0.002)
+    return None
+
+
+@pytest.mark.parametrize("tail", [3000, 20000])
+def test_an_old_leader_with_a_divergent_tail_converges(tmp_path: Any, tail: int) -> None:
+    cluster = _diverged(tmp_path, True, tail)
+    try:
+        took = _time_to_converge(cluster, 10.0)
+    finally:
+        cluster.close()
+    print(f"\ndivergent tail of {tail} entries: converged in {took if took is None else round(took, 3)} s")
+    assert took is not None and took < 10.0  # under 1 s on an idle box; generous for a loaded CI
+
+
+def test_pysyncobj_alone_does_not_repair_a_divergent_tail(tmp_path: Any) -> None:
+    cluster = _diverged(tmp_path, False, 3000)
+    try:
+        took = _time_to_converge(cluster, 3.0)
+    finally:
+        cluster.close()
+    assert took is None
