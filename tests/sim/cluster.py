@@ -1,0 +1,269 @@
+"""A cluster of real RaftNode objects driven by one seeded schedule.
+
+One step: the clock moves 5-60 ms; every message due is delivered; every live node is ticked once
+(``doTick(0)``, in a seeded order); then maybe a fault (partition, heal, crash, restart) and maybe a
+client command; then the invariants of checks.py. Every random choice comes from ``random.Random(seed)``,
+so a seed replays exactly; :attr:`SimResult.trace` hashes what happened (messages delivered, faults,
+acknowledgements, leaders) to prove it.
+
+Crashes keep only what the node had made durable. With RaftNode's ``disk=`` parameter (the durable
+journal on top of the Disk layer), each node gets a :class:`SimDisk`, and a crash drops its unsynced
+bytes. Without it, the node's pysyncobj journal object is kept across the crash as it was (a journal
+that syncs every append), which checks everything but the journal's own crash safety.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import pysyncobj.syncobj as psyncobj
+from pysyncobj.config import FAIL_REASON
+
+from raftctl.node.raft import RaftNode
+from raftctl.statemachine import commands as c
+
+try:
+    from raftctl.node.raft.journal import CheckedJournal
+except ImportError:  # before the durable journal (issue 13, H7) landed
+    CheckedJournal = None  # type: ignore[assignment,misc]
+
+from .checks import Checker, Violation, entries
+from .clock import SimClock, patched
+from .disk import SimDisk
+from .network import NetFaults, SimNetwork, SimTransport
+
+LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
+
+
+def raftnode_supports(name: str) -> bool:
+    return name in inspect.signature(RaftNode.__init__).parameters
+
+
+@dataclass
+class SimConfig:
+    seed: int
+    steps: int = 400
+    nodes: int = 3
+    repair: bool | None = None          # RaftNode(repair=...); None = its default
+    net: NetFaults = field(default_factory=NetFaults)
+    p_partition: float = 0.012
+    p_heal: float = 0.06
+    p_crash: float = 0.006
+    p_restart: float = 0.06
+    p_command: float = 0.35
+    torn: bool = False                  # crashes may keep part of an unsynced tail
+    dt: tuple[float, float] = (0.005, 0.06)
+
+    def replay_command(self) -> str:
+        cmd = f"python -m tests.sim --seed {self.seed} --steps {self.steps} --nodes {self.nodes}"
+        if self.repair is not None:
+            cmd += " --repair" if self.repair else " --no-repair"
+        if self.net == NetFaults.none():
+            cmd += " --no-net-faults"
+        if self.torn:
+            cmd += " --torn"
+        return cmd
+
+
+@dataclass
+class SimResult:
+    seed: int
+    steps: int
+    trace: str
+    faults: dict[str, int]
+    net: dict[str, int]
+    counts: dict[str, int]
+    violation: Violation | None = None
+    sim_seconds: float = 0.0
+    journal: str = ""
+
+
+class SimCluster:
+    def __init__(self, cfg: SimConfig) -> None:
+        if cfg.nodes < 1:
+            raise ValueError("nodes must be >= 1")
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.clock = SimClock()
+        self.trace = hashlib.sha256(b"raftctl-sim-1")
+        self.ids = [f"n{i}:{7000 + i}" for i in range(1, cfg.nodes + 1)]
+        self.net = SimNetwork(self.ids, self.rng, self.clock, cfg.net, self.trace)
+        self.checker = Checker(cfg.seed, cfg.replay_command())
+        self.nodes: dict[str, RaftNode] = {}
+        self.disks = {i: SimDisk() for i in self.ids}
+        self.journals: dict[str, Any] = {}               # without disk=: a node's journal object
+        self.use_disk = raftnode_supports("disk")
+        self.journal_kind = ("RaftNode(disk=SimDisk)" if self.use_disk else
+                             "CheckedJournal on SimDisk" if CheckedJournal is not None else "memory journal kept")
+        self.faults = {"partition": 0, "heal": 0, "crash": 0, "restart": 0, "commands": 0,
+                       "acked": 0, "unsynced_bytes_lost": 0}
+        self.cmd_seq = 0
+        self._tmp = ""
+        self._pending_acks: list[tuple[str, str, bytes, int]] = []
+
+    # -- nodes ----------------------------------------------------------------------
+    def _event(self, text: str) -> None:
+        self.trace.update(text.encode() + b"\n")
+
+    def _start(self, node_id: str) -> None:
+        data_dir = os.path.join(self._tmp, node_id.replace(":", "_"))
+        transport = SimTransport(self.net, node_id)
+        overrides: dict[str, Any] = {
+            "autoTick": False,
+            # no compaction inside a schedule: snapshots are not simulated (yet)
+            "logCompactionMinEntries": 10 ** 9,
+            "logCompactionMinTime": 10 ** 9,
+        }
+        kwargs: dict[str, Any] = {"transport": transport, "conf_overrides": overrides}
+        if self.cfg.repair is not None:
+            kwargs["repair"] = self.cfg.repair
+        holder: list[RaftNode] = []
+
+        def on_applied() -> None:
+            if holder:
+                st = holder[0].state
+                self.checker.applied(node_id, st.entries, st.chain)
+
+        def on_state_changed(old: int, new: int) -> None:
+            if new == LEADER and holder:
+                term = holder[0].raftCurrentTerm
+                self._event(f"leader {node_id} {term}")
+                self.checker.became_leader(node_id, term)
+
+        saved_create = psyncobj.createJournal
+        if self.use_disk:
+            kwargs["disk"] = self.disks[node_id]
+        elif CheckedJournal is not None:
+            # the durable journal exists but RaftNode does not take disk= yet: build it on the SimDisk
+            psyncobj.createJournal = lambda path, d=self.disks[node_id]: CheckedJournal(path, d)
+        else:
+            overrides["journalFile"] = None
+            journal = self.journals.get(node_id)
+            if journal is None:
+                journal = self.journals[node_id] = saved_create(None)
+            psyncobj.createJournal = lambda _path, j=journal: j
+        try:
+            node = RaftNode(node_id, [i for i in self.ids if i != node_id], data_dir, None,
+                            on_applied, on_state_changed, **kwargs)
+        finally:
+            psyncobj.createJournal = saved_create
+        holder.append(node)
+        self.nodes[node_id] = node
+        self.checker.node_started(node_id)
+        self.net.attach(transport)
+
+    def _crash(self, node_id: str) -> None:
+        self.nodes.pop(node_id)
+        self.net.detach(node_id)
+        lost = self.disks[node_id].crash(self.rng, self.cfg.torn)
+        self.faults["unsynced_bytes_lost"] += lost
+        self._pending_acks = [p for p in self._pending_acks if p[0] != node_id]
+
+    # -- client commands ---------------------------------------------------------------
+    def _submit(self) -> None:
+        node_id = self.rng.choice(sorted(self.nodes))
+        node = self.nodes[node_id]
+        self.cmd_seq += 1
+        cmd_id = f"s{self.cfg.seed}-c{self.cmd_seq}"
+        payload = c.encode_entry([c.Noop(id=cmd_id, at=self.cmd_seq)])
+        self.faults["commands"] += 1
+
+        def done(result: Any, err: int) -> None:
+            if err != FAIL_REASON.SUCCESS or self.nodes.get(node_id) is not node:
+                return
+            # called while the node applies the entry: it is the one after raftLastApplied
+            idx = node.raftLastApplied + 1
+            got = entries(node, idx, idx)
+            term = got[0][2] if got else -1
+            self.faults["acked"] += 1
+            self._event(f"ack {cmd_id} {idx} {term}")
+            self.checker.acknowledged(node_id, cmd_id, payload, idx, term, got[0][0] if got else None)
+
+        node.apply_entry(payload, callback=done)
+
+    # -- the schedule --------------------------------------------------------------------
+    def _faults(self) -> None:
+        cfg, rng = self.cfg, self.rng
+        r = rng.random()
+        if not self.net.partitioned and r < cfg.p_partition and len(self.ids) > 1:
+            ids = sorted(self.ids)
+            rng.shuffle(ids)
+            cut = rng.randint(1, len(ids) - 1)
+            groups = [sorted(ids[:cut]), sorted(ids[cut:])]
+            self._event(f"partition {groups}")
+            self.faults["partition"] += 1
+            self.net.partition(groups)
+        elif self.net.partitioned and r < cfg.p_heal:
+            self._event("heal")
+            self.faults["heal"] += 1
+            self.net.heal()
+        if rng.random() < cfg.p_crash and len(self.nodes) > 1:
+            # the leader half of the time: that is where acknowledged writes are at risk
+            leaders = sorted(i for i, n in self.nodes.items() if n._isLeader())
+            victim = rng.choice(leaders) if leaders and rng.random() < 0.5 else rng.choice(sorted(self.nodes))
+            self._event(f"crash {victim}")
+            self.faults["crash"] += 1
+            self._crash(victim)
+        for node_id in sorted(set(self.ids) - set(self.nodes)):
+            if rng.random() < cfg.p_restart:
+                self._event(f"restart {node_id}")
+                self.faults["restart"] += 1
+                self._start(node_id)
+        if self.nodes and rng.random() < cfg.p_command:
+            self._submit()
+            self.net.flush()
+
+    def _check(self) -> None:
+        for node_id in sorted(self.nodes):
+            node = self.nodes[node_id]
+            self.checker.check_node(node_id, node)
+            if node._isLeader():
+                self.checker.check_leader(node_id, node, node.raftCurrentTerm)
+
+    def step(self, n: int) -> None:
+        self.checker.step = n
+        self._event(f"step {n}")
+        self.clock.advance(self.rng.uniform(*self.cfg.dt))
+        self.net.deliver_due()
+        order = sorted(self.nodes)
+        self.rng.shuffle(order)
+        for node_id in order:
+            node = self.nodes.get(node_id)
+            if node is not None:
+                node.doTick(0.0)
+                self.net.flush()
+        self._faults()
+        self._check()
+
+    def run(self) -> SimResult:
+        self._tmp = tempfile.mkdtemp(prefix="raftctl-sim-")
+        violation = None
+        done = 0
+        start = self.clock.now
+        try:
+            with patched(self.clock, self.rng):
+                for node_id in self.ids:
+                    self._start(node_id)
+                for n in range(1, self.cfg.steps + 1):
+                    try:
+                        self.step(n)
+                    except Violation as exc:
+                        violation = exc
+                        break
+                    done = n
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        counts = dict(self.checker.counts)
+        counts["max_commit"] = max((v.max_commit for v in self.checker.views.values()), default=0)
+        return SimResult(self.cfg.seed, done, self.trace.hexdigest(), dict(self.faults),
+                         dict(self.net.stats), counts, violation, self.clock.now - start, self.journal_kind)
+
+
+def run_seed(cfg: SimConfig) -> SimResult:
+    return SimCluster(cfg).run()
