@@ -174,6 +174,11 @@ class LocalCluster:
             argv += ["--server", url]
         if self.runtime:
             argv += ["--runtime", self.runtime]
+        from raftctl.agent.runtime import default_runtime
+        if (self.runtime or default_runtime()) == "process":    # a dev cluster may run unisolated, and says so
+            print(f"!!! agent {p.id}: runtime 'process' (runc missing or not root): its jobs run as plain processes "
+                  "of this user, NOTHING is isolated (--allow-unisolated) !!!", file=sys.stderr)
+            argv += ["--allow-unisolated"]
         if self.tls_dir:
             argv += ["--tls-cert", os.path.join(self.tls_dir, f"agent-{p.id}.crt"),
                      "--tls-key", os.path.join(self.tls_dir, f"agent-{p.id}.key"),

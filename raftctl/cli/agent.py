@@ -9,10 +9,29 @@ import sys
 import click
 
 
-def make_driver(runtime: str, data_dir: str):  # type: ignore[no-untyped-def]
+def make_driver(runtime: str, data_dir: str, private_paths: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+    """``private_paths``: the agent's secrets (token file, TLS key...) that no container may see (runc)."""
     from raftctl.agent.runtime import make_driver as make
 
-    return make(runtime, os.path.join(data_dir, runtime)) if runtime != "sim" else make("sim", data_dir)
+    if runtime == "sim":
+        return make("sim", data_dir)
+    if runtime == "runc":
+        return make(runtime, os.path.join(data_dir, runtime),
+                    private_paths=tuple(os.path.abspath(p) for p in (data_dir, *private_paths) if p))
+    return make(runtime, os.path.join(data_dir, runtime))
+
+
+UNISOLATED_REFUSED = (
+    "refusing to run as root with runtime 'process': every job would run as a plain root process of this "
+    "machine, with nothing isolated (no namespaces, no cgroup limits, no seccomp, full access to the agent's "
+    "token and to every file). Install runc (apt-get install runc) to get containers, or pass "
+    "--allow-unisolated (allow_unisolated = true in the config file) to accept that.")
+
+
+def check_unisolated(runtime: str, euid: int, allowed: bool) -> None:
+    """No silent downgrade: root with the process runtime needs --allow-unisolated."""
+    if runtime == "process" and euid == 0 and not allowed:
+        raise click.UsageError(UNISOLATED_REFUSED)
 
 
 def register(cli: click.Group) -> None:
@@ -37,6 +56,9 @@ def register(cli: click.Group) -> None:
     @click.option("--advertise", default="127.0.0.1", show_default=True, help="Address clients reach containers on.")
     @click.option("--runtime", type=click.Choice(["runc", "process", "sim"]), default=None,
                   help="Default: runc when root and runc exist, else process.")
+    @click.option("--allow-unisolated", is_flag=True, default=False,
+                  help="Let an agent running as root use --runtime process (jobs then run as plain root processes, "
+                       "nothing isolated). Refused without it.")
     @click.option("--heartbeat", default="1s", show_default=True)
     @click.option("--count", default=1, show_default=True, type=click.IntRange(1, 5000),
                   help="With --runtime sim: play this many machines from one process (ids ID-0000, ID-0001, ...; "
@@ -54,7 +76,8 @@ def register(cli: click.Group) -> None:
     @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
     def agent(machine: str, servers: tuple[str, ...], token: str | None, token_file: str | None, data_dir: str,
               fault_domain: tuple[str, ...], labels: tuple[str, ...], cpu: str | None, memory: str | None,
-              pids: int, port_range: str, advertise: str, runtime: str | None, heartbeat: str, count: int,
+              pids: int, port_range: str, advertise: str, runtime: str | None, allow_unisolated: bool,
+              heartbeat: str, count: int,
               http_port: int, tls_cert: str | None, tls_key: str | None, tls_ca: str | None, image_gc_after: str,
               log_level: str) -> None:
         """Run the host agent: register, heartbeat, run assigned containers, report."""
@@ -74,6 +97,7 @@ def register(cli: click.Group) -> None:
             raise click.UsageError("--tls-cert and --tls-key go together")
 
         rt = runtime or default_runtime()
+        check_unisolated(rt, os.geteuid(), allow_unisolated)
         if rt == "process":
             logging.getLogger("raftctl.agent").warning(
                 "runtime 'process': containers are plain child processes; NOTHING is isolated "
@@ -98,7 +122,7 @@ def register(cli: click.Group) -> None:
 
             asyncio.run(run_agents(cfg, count))
             sys.exit(0)
-        driver = make_driver(rt, cfg.data_dir)
+        driver = make_driver(rt, cfg.data_dir, tuple(p for p in (token_file, tls_key, tls_cert) if p))
         try:
             asyncio.run(run_agent(cfg, driver))
         finally:

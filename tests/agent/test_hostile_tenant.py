@@ -295,3 +295,41 @@ def test_a_host_tree_holding_an_agent_secret_is_never_mounted(runc_driver, attac
         assert drv.status(spec.id).state == "missing"
     finally:
         drv.close()
+
+
+# -- no silent downgrade (item 10) -----------------------------------------------------------------------
+def test_root_with_the_process_runtime_is_refused_unless_allowed(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from raftctl.cli.main import cli
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    argv = ["agent", "--id", "m1", "--server", "http://127.0.0.1:9", "--token", "t", "--data-dir", str(tmp_path),
+            "--runtime", "process"]
+    r = CliRunner().invoke(cli, argv)
+    assert r.exit_code == 2 and "--allow-unisolated" in r.output and "NOTHING" not in r.output, r.output
+    assert "nothing isolated" in r.output
+    assert not os.path.exists(tmp_path / "process")             # refused before any driver was made
+    config = tmp_path / "agent.toml"
+    config.write_text('allow_unisolated = "yes"\n')
+    r = CliRunner().invoke(cli, ["agent", "--config", str(config), *argv[1:]])
+    assert r.exit_code != 0 and "allow_unisolated" in r.output, r.output
+
+
+def test_check_unisolated_table():
+    import click
+
+    from raftctl.cli.agent import check_unisolated
+    for runtime, euid, allowed in [("process", 1000, False), ("process", 0, True), ("runc", 0, False),
+                                   ("sim", 0, False)]:
+        check_unisolated(runtime, euid, allowed)
+    with pytest.raises(click.UsageError, match="allow-unisolated"):
+        check_unisolated("process", 0, False)
+
+
+def test_raftctl_up_passes_the_flag_only_for_the_process_runtime(tmp_path):
+    from raftctl.devcluster import LocalCluster, Proc
+    for runtime, flagged in [("process", True), ("sim", False), ("runc", False)]:
+        c = LocalCluster(str(tmp_path / runtime), replicas=1, agents=1, runtime=runtime)
+        agent = next(p for p in c.procs if p.role == "agent")
+        assert isinstance(agent, Proc)
+        assert ("--allow-unisolated" in c.agent_argv(agent)) is flagged, runtime
