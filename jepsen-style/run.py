@@ -145,7 +145,7 @@ class Cluster:
     def agent_argv(self, agent: str) -> list[str]:
         i = AGENTS.index(agent) + 1
         argv = [sys.executable, "-m", "raftctl.cli.main", "agent", "--id", agent, "--data-dir", self.dirs(agent),
-                "--advertise", addr_of(agent), "--runtime", "process", "--heartbeat", "500ms",
+                "--advertise", addr_of(agent), "--runtime", "process", "--allow-unisolated", "--heartbeat", "500ms",
                 "--fault-domain", f"region=r1,zone=z{i},rack=k{i}", "--ports", "31000-31999",
                 "--cpu", "2000m", "--memory", "2Gi", "--log-level", "info"]
         for node in self.nodes:
