@@ -7,13 +7,11 @@ in millicores. ``denormalize`` turns a normalized spec back into the user form.
 """
 from __future__ import annotations
 
-import json
+import math
 import re
-import tomllib
 from typing import Any, Callable, NamedTuple
 
-import yaml
-
+from raftctl import gate
 from raftctl.errors import ValidationError
 from raftctl.scheduler.pipeline import RegexError, compile_regex
 from raftctl.statemachine.units import format_cpu, format_duration, format_size, parse_cpu, parse_duration, parse_size
@@ -29,6 +27,63 @@ ALLOWED_CAPABILITIES = frozenset({
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID", "CAP_SETUID",
     "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_CHROOT", "CAP_MKNOD", "CAP_AUDIT_WRITE",
     "CAP_SETFCAP"})
+
+
+# -- bounds (docs/limits.md lists them; a change here changes that table) -------------------------------------
+# Every number a spec holds has a floor and a ceiling that protect the cluster: no restart storm (backoff >= 100ms),
+# no health probe storm (interval >= 100ms), no job larger than the scheduler plans in bounded time, no list or
+# string longer than any real job needs.
+
+SEC, MINUTE, HOUR = 1000, 60_000, 3_600_000
+MAX_REPLICAS = 10_000
+
+# field -> (floor ms, ceiling ms, default ms)
+DURATIONS: dict[str, tuple[int, int, int]] = {
+    "health.interval": (100, HOUR, SEC),
+    "health.timeout": (10, 5 * MINUTE, SEC),
+    "health.grace": (0, HOUR, 0),
+    "restart.backoff.initial": (100, 5 * MINUTE, 100),
+    "restart.backoff.max": (100, HOUR, 10 * SEC),
+    "restart.reset": (SEC, 24 * HOUR, MINUTE),
+    "update.min_healthy": (0, HOUR, SEC),
+    "update.deadline": (SEC, 24 * HOUR, 5 * MINUTE),
+    "update.drain_delay": (0, 10 * MINUTE, SEC),
+    "autoscale.cooldown": (SEC, 24 * HOUR, 30 * SEC),
+    "autoscale.stabilization": (0, 24 * HOUR, MINUTE),
+    "lifecycle.pre_stop.timeout": (100, 10 * MINUTE, 30 * SEC),
+}
+
+# field -> (floor, ceiling) for integers; cpu in millicores, memory in bytes
+INTEGERS: dict[str, tuple[int, int]] = {
+    "replicas": (0, MAX_REPLICAS),
+    "resources.cpu": (1, 1024 * 1000),
+    "resources.memory": (4 << 20, 16 << 40),
+    "resources.pids": (1, 1 << 22),
+    "ports[].static": (1, 65535),
+    "ports[].to": (1, 65535),
+    "health.failures": (1, 100),
+    "update.max_unavailable": (0, MAX_REPLICAS),
+    "update.max_surge": (0, MAX_REPLICAS),
+    "update.canary": (0, MAX_REPLICAS),
+    "autoscale.min": (0, MAX_REPLICAS),
+    "autoscale.max": (1, MAX_REPLICAS),
+    "disruption.max_unavailable": (0, MAX_REPLICAS),
+    "priority": (0, 100),
+}
+MAX_AUTOSCALE_TARGET = 1e9
+
+# how many entries each list (or mapping) may hold
+MAX_ITEMS: dict[str, int] = {
+    "command": 256, "env": 256, "ports": 32, "constraints": 32, "spread": 3, "health.command": 256,
+    "lifecycle.pre_stop.exec": 256, "constraints[].value": 256,
+}
+# how long each string may be, in characters
+MAX_CHARS: dict[str, int] = {
+    "argument": 4096,          # one argv entry of command, health.command, lifecycle.pre_stop.exec
+    "env.name": 256, "env.value": 32 * 1024,
+    "health.path": 1024,
+    "constraints[].attr": 256, "constraints[].value": 1024,
+}
 
 
 class SpecProblem(NamedTuple):
@@ -48,29 +103,24 @@ class SpecError(ValidationError):
 
 
 def parse_spec(text: str | bytes, fmt: str | None = None) -> Any:
-    """The raw mapping of a spec file; a syntax error names the line."""
+    """The raw mapping of a spec file, decoded through the one gate for untrusted bytes (raftctl/gate.py: bounded
+    size, depth and lengths; no YAML aliases or custom tags; no lone surrogates, NaN or huge integers). A syntax
+    error names the line, a refused value its field."""
     if isinstance(text, bytes):
         try:
             text = text.decode()
         except UnicodeDecodeError:
             raise SpecError([SpecProblem("", "the spec is not UTF-8 text")]) from None
+    if len(text) > gate.MAX_BYTES:  # before guessing the format: its regexes walk the whole text
+        raise SpecError([SpecProblem("", f"the spec is larger than {gate.MAX_BYTES} bytes")])
     fmt = (fmt or _guess(text)).lower()
+    fmt = {"yml": "yaml"}.get(fmt, fmt)
+    if fmt not in ("yaml", "json", "toml"):
+        raise SpecError([SpecProblem("", f"unknown spec format {fmt!r}; use yaml, json or toml")])
     try:
-        if fmt == "json":
-            return json.loads(text)
-        if fmt == "toml":
-            return tomllib.loads(text)
-        if fmt in ("yaml", "yml"):
-            return yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError([SpecProblem("", f"JSON syntax error at line {exc.lineno} column {exc.colno}: {exc.msg}")]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError([SpecProblem("", f"TOML syntax error: {exc}")]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise SpecError([SpecProblem("", f"YAML syntax error{where}: {getattr(exc, 'problem', exc)}")]) from None
-    raise SpecError([SpecProblem("", f"unknown spec format {fmt!r}; use yaml, json or toml")])
+        return gate.decode(text, fmt, root="")
+    except ValidationError as exc:
+        raise SpecError([SpecProblem(exc.field or "", exc.message)]) from None
 
 
 def _guess(text: str) -> str:
@@ -137,7 +187,30 @@ class _Checker:
         if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
             self.bad(field, "must be a non-empty list of strings")
             return None
-        return list(value)
+        if not self.few(value, field, MAX_ITEMS[field]):
+            return None
+        ok = True
+        for i, a in enumerate(value):
+            ok = self.short(a, f"{field}[{i}]", MAX_CHARS["argument"]) and ok
+        return list(value) if ok else None
+
+    def few(self, value: Any, field: str, most: int) -> bool:
+        """A list or mapping of at most ``most`` entries."""
+        if len(value) > most:
+            self.bad(field, f"has {len(value)} entries; at most {most} are allowed")
+            return False
+        return True
+
+    def short(self, value: str, field: str, most: int) -> bool:
+        if len(value) > most:
+            self.bad(field, f"is {len(value)} characters long; at most {most} are allowed")
+            return False
+        return True
+
+    def bounded(self, value: Any, field: str, key: str) -> int | None:
+        """An integer within INTEGERS[key]."""
+        lo, hi = INTEGERS[key]
+        return self.integer(value, field, lo, hi)
 
     def convert(self, fn: Callable[[Any], int], value: Any, field: str, *, already: str | None = None,
                 raw: dict | None = None) -> int | None:
@@ -153,13 +226,36 @@ def _kind(v: Any) -> str:
             dict: "a mapping", type(None): "null"}.get(type(v), type(v).__name__)
 
 
-def _duration(ck: _Checker, d: dict, key: str, field: str, default: int) -> int | None:
-    """Durations may be given as `key: 1s` or, normalized, `key_ms: 1000`."""
+def _duration(ck: _Checker, d: dict, key: str, field: str, *, bounds: str | None = None,
+              ms_at: str | None = None) -> int | None:
+    """Durations may be given as `key: 1s` or, normalized, `key_ms: 1000`, within DURATIONS[bounds] (default
+    ``field.key``); ``ms_at`` is the mapping that holds the `key_ms` form when it is not ``field``."""
+    name = bounds or f"{field}.{key}"
+    lo, hi, default = DURATIONS[name]
     if key + "_ms" in d:
-        return ck.integer(d[key + "_ms"], f"{field}.{key}_ms", 0, 10**10)
-    if key in d:
-        return ck.convert(parse_duration, d[key], f"{field}.{key}")
-    return default
+        where = f"{ms_at or field}.{key}_ms"
+        v = d[key + "_ms"]
+        if not isinstance(v, int) or isinstance(v, bool):
+            ck.bad(where, f"must be an integer number of milliseconds, not {_kind(v)}")
+            return None
+    elif key in d:
+        where = name
+        v = ck.convert(parse_duration, d[key], where)
+        if v is None:
+            return None
+    else:
+        return default
+    if v < lo:
+        ck.bad(where, f"{_ms(v)} is below the floor of {format_duration(lo)}")
+        return None
+    if v > hi:
+        ck.bad(where, f"{_ms(v)} is above the ceiling of {format_duration(hi)}")
+        return None
+    return v
+
+
+def _ms(v: int) -> str:
+    return format_duration(v) if v >= 0 else f"{v}ms"
 
 
 TOP = ("name", "image", "base", "command", "env", "user", "replicas", "resources", "network", "ports", "health",
@@ -188,28 +284,42 @@ def validate_spec(raw: Any, *, name: str | None = None) -> dict[str, Any]:
         ck.bad("env", f"must be a mapping of strings, not {_kind(env)}")
         env = {}
     out["env"] = {}
+    if not ck.few(env, "env", MAX_ITEMS["env"]):
+        env = {}
     for k, v in env.items():
         if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
-            ck.bad(f"env.{k}", "is not a valid variable name")
+            ck.bad(f"env.{str(k)[:64]}", "is not a valid variable name")
+        elif not ck.short(k, f"env.{k[:64]}", MAX_CHARS["env.name"]):
+            pass
+        elif isinstance(v, float) and not math.isfinite(v):
+            ck.bad(f"env.{k}", f"{v} is not a finite number")
         elif not isinstance(v, (str, int, float)) or isinstance(v, bool):
             ck.bad(f"env.{k}", f"must be a string, not {_kind(v)}")
-        else:
+        elif ck.short(str(v), f"env.{k}", MAX_CHARS["env.value"]):
             out["env"][k] = str(v)
     user = raw.get("user")
     out["user"] = None if user is None else ck.string(str(user) if isinstance(user, int) else user, "user",
                                                         USER_RE, "must be uid or uid:gid")
-    out["replicas"] = ck.integer(raw.get("replicas", 1), "replicas", 0, 10000)
+    out["replicas"] = ck.bounded(raw.get("replicas", 1), "replicas", "replicas")
 
     res = ck.mapping(raw.get("resources"), "resources", ("cpu", "memory", "pids"))
     out["resources"] = {
         "cpu": ck.convert(parse_cpu, res.get("cpu", "100m"), "resources.cpu"),
         "memory": ck.convert(parse_size, res.get("memory", "64Mi"), "resources.memory"),
-        "pids": ck.integer(res.get("pids", 256), "resources.pids", 1, 1 << 22),
+        "pids": ck.bounded(res.get("pids", 256), "resources.pids", "resources.pids"),
     }
-    if out["resources"]["cpu"] == 0:
+    cpu, memory = out["resources"]["cpu"], out["resources"]["memory"]
+    if cpu == 0:
         ck.bad("resources.cpu", "must be more than 0")
-    if out["resources"]["memory"] is not None and out["resources"]["memory"] < 4 * 1024 * 1024:
+    elif cpu is not None and cpu > INTEGERS["resources.cpu"][1]:
+        ck.bad("resources.cpu", f"{format_cpu(cpu)} is above the ceiling of {format_cpu(INTEGERS['resources.cpu'][1])}")
+        out["resources"]["cpu"] = None
+    if memory is not None and memory < INTEGERS["resources.memory"][0]:
         ck.bad("resources.memory", "must be at least 4Mi")
+    elif memory is not None and memory > INTEGERS["resources.memory"][1]:
+        ck.bad("resources.memory", f"{format_size(memory)} is above the ceiling of "
+                                   f"{format_size(INTEGERS['resources.memory'][1])}")
+        out["resources"]["memory"] = None
 
     out["network"] = raw.get("network", "host")
     if out["network"] not in ("host", "bridge"):
@@ -222,9 +332,10 @@ def validate_spec(raw: Any, *, name: str | None = None) -> dict[str, Any]:
     out["constraints"] = _constraints(ck, raw.get("constraints", []))
     out["autoscale"] = _autoscale(ck, raw.get("autoscale"), out["replicas"])
     dis = ck.mapping(raw.get("disruption"), "disruption", ("max_unavailable",))
-    out["disruption"] = {"max_unavailable": ck.integer(dis.get("max_unavailable", 1), "disruption.max_unavailable", 0, 10000)}
+    out["disruption"] = {"max_unavailable": ck.bounded(dis.get("max_unavailable", 1), "disruption.max_unavailable",
+                                                       "disruption.max_unavailable")}
     out["lifecycle"] = _lifecycle(ck, raw.get("lifecycle"))
-    out["priority"] = ck.integer(raw.get("priority", 50), "priority", 0, 100)
+    out["priority"] = ck.bounded(raw.get("priority", 50), "priority", "priority")
     service = raw.get("service", out["name"])
     out["service"] = ck.string(service, "service", NAME_RE, "must match [a-z0-9][a-z0-9-]{0,62}") if service is not None else None
     out["capabilities"] = _capabilities(ck, raw.get("capabilities", []))
@@ -264,6 +375,8 @@ def _ports(ck: _Checker, value: Any) -> list[dict]:
     if not isinstance(value, list):
         ck.bad("ports", f"must be a list, not {_kind(value)}")
         return []
+    if not ck.few(value, "ports", MAX_ITEMS["ports"]):
+        return []
     out, seen = [], set()
     for i, p in enumerate(value):
         f = f"ports[{i}]"
@@ -276,8 +389,8 @@ def _ports(ck: _Checker, value: Any) -> list[dict]:
         static = p.get("static")
         to = p.get("to")
         out.append({"name": pname,
-                    "static": None if static is None else ck.integer(static, f"{f}.static", 1, 65535),
-                    "to": None if to is None else ck.integer(to, f"{f}.to", 1, 65535)})
+                    "static": None if static is None else ck.bounded(static, f"{f}.static", "ports[].static"),
+                    "to": None if to is None else ck.bounded(to, f"{f}.to", "ports[].to")})
     return out
 
 
@@ -304,14 +417,14 @@ def _health(ck: _Checker, value: Any, ports: set) -> dict | None:
     path = h.get("path", "/")
     if not isinstance(path, str) or not path.startswith("/"):
         ck.bad("health.path", "must start with /")
+    elif not ck.short(path, "health.path", MAX_CHARS["health.path"]):
+        path = "/"
     out = {"type": kind, "port": port if kind in ("http", "tcp") else None, "path": path if kind == "http" else "/",
            "command": command or [],
-           "interval_ms": _duration(ck, h, "interval", "health", 1000),
-           "timeout_ms": _duration(ck, h, "timeout", "health", 1000),
-           "failures": ck.integer(h.get("failures", 3), "health.failures", 1, 100),
-           "grace_ms": _duration(ck, h, "grace", "health", 0)}
-    if out["interval_ms"] is not None and out["interval_ms"] < 100:
-        ck.bad("health.interval", "must be at least 100ms")
+           "interval_ms": _duration(ck, h, "interval", "health"),
+           "timeout_ms": _duration(ck, h, "timeout", "health"),
+           "failures": ck.bounded(h.get("failures", 3), "health.failures", "health.failures"),
+           "grace_ms": _duration(ck, h, "grace", "health")}
     return out
 
 
@@ -321,11 +434,14 @@ def _restart(ck: _Checker, value: Any) -> dict:
     if policy not in ("always", "on-failure", "never"):
         ck.bad("restart.policy", f"{policy!r} must be always, on-failure or never")
     b = ck.mapping(r.get("backoff"), "restart.backoff", ("initial", "max"))
-    initial = r["initial_ms"] if "initial_ms" in r else ck.convert(parse_duration, b.get("initial", "100ms"), "restart.backoff.initial")
-    maximum = r["max_ms"] if "max_ms" in r else ck.convert(parse_duration, b.get("max", "10s"), "restart.backoff.max")
-    reset = _duration(ck, r, "reset", "restart", 60_000)
+    # the normalized form keeps initial_ms/max_ms beside policy; the user form nests them under backoff
+    initial = _duration(ck, {**b, **{k: v for k, v in r.items() if k == "initial_ms"}}, "initial", "restart.backoff",
+                        ms_at="restart")
+    maximum = _duration(ck, {**b, **{k: v for k, v in r.items() if k == "max_ms"}}, "max", "restart.backoff",
+                        ms_at="restart")
+    reset = _duration(ck, r, "reset", "restart")
     if isinstance(initial, int) and isinstance(maximum, int) and initial > maximum:
-        ck.bad("restart.backoff.max", "must not be less than backoff.initial")
+        ck.bad("restart.backoff.max", f"{_ms(maximum)} is less than backoff.initial ({_ms(initial)})")
     return {"policy": policy, "initial_ms": initial, "max_ms": maximum, "reset_ms": reset}
 
 
@@ -335,13 +451,13 @@ UPDATE = ("max_unavailable", "max_surge", "min_healthy", "deadline", "auto_rever
 
 def _update(ck: _Checker, value: Any) -> dict:
     u = ck.mapping(value, "update", UPDATE)
-    out = {"max_unavailable": ck.integer(u.get("max_unavailable", 1), "update.max_unavailable", 0, 10000),
-           "max_surge": ck.integer(u.get("max_surge", 0), "update.max_surge", 0, 10000),
-           "min_healthy_ms": _duration(ck, u, "min_healthy", "update", 1000),
-           "deadline_ms": _duration(ck, u, "deadline", "update", 300_000),
+    out = {"max_unavailable": ck.bounded(u.get("max_unavailable", 1), "update.max_unavailable", "update.max_unavailable"),
+           "max_surge": ck.bounded(u.get("max_surge", 0), "update.max_surge", "update.max_surge"),
+           "min_healthy_ms": _duration(ck, u, "min_healthy", "update"),
+           "deadline_ms": _duration(ck, u, "deadline", "update"),
            "auto_revert": ck.boolean(u.get("auto_revert", True), "update.auto_revert"),
-           "drain_delay_ms": _duration(ck, u, "drain_delay", "update", 1000),
-           "canary": ck.integer(u.get("canary", 0), "update.canary", 0, 10000),
+           "drain_delay_ms": _duration(ck, u, "drain_delay", "update"),
+           "canary": ck.bounded(u.get("canary", 0), "update.canary", "update.canary"),
            "auto_promote": ck.boolean(u.get("auto_promote", False), "update.auto_promote")}
     if out["max_unavailable"] == 0 and out["max_surge"] == 0:
         ck.bad("update.max_unavailable", "max_unavailable and max_surge cannot both be 0 (a deploy could never progress)")
@@ -351,6 +467,8 @@ def _update(ck: _Checker, value: Any) -> dict:
 def _spread(ck: _Checker, value: Any) -> list[dict]:
     if not isinstance(value, list):
         ck.bad("spread", f"must be a list, not {_kind(value)}")
+        return []
+    if not ck.few(value, "spread", MAX_ITEMS["spread"]):
         return []
     out = []
     for i, s in enumerate(value):
@@ -368,18 +486,25 @@ def _constraints(ck: _Checker, value: Any) -> list[dict]:
     if not isinstance(value, list):
         ck.bad("constraints", f"must be a list, not {_kind(value)}")
         return []
+    if not ck.few(value, "constraints", MAX_ITEMS["constraints"]):
+        return []
     out = []
     for i, c in enumerate(value):
         f = f"constraints[{i}]"
         c = ck.mapping(c, f, ("attr", "op", "value"))
         attr = ck.string(c.get("attr"), f"{f}.attr")
+        if attr is not None:
+            ck.short(attr, f"{f}.attr", MAX_CHARS["constraints[].attr"])
         op = c.get("op", "==")
-        if op not in CONSTRAINT_OPS:
-            ck.bad(f"{f}.op", f"{op!r} must be one of {', '.join(CONSTRAINT_OPS)}")
+        if not isinstance(op, str) or op not in CONSTRAINT_OPS:
+            ck.bad(f"{f}.op", f"{str(op)[:20]!r} must be one of {', '.join(CONSTRAINT_OPS)}")
         v = c.get("value")
         if op in ("in", "not_in"):
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 ck.bad(f"{f}.value", f"{op} needs a list of strings")
+            elif ck.few(v, f"{f}.value", MAX_ITEMS["constraints[].value"]):
+                for j, x in enumerate(v):
+                    ck.short(x, f"{f}.value[{j}]", MAX_CHARS["constraints[].value"])
         elif op in ("exists", "not_exists"):
             v = None
         elif op == "regex":
@@ -392,8 +517,11 @@ def _constraints(ck: _Checker, value: Any) -> list[dict]:
                     ck.bad(f"{f}.value", str(exc))
         elif v is None:
             ck.bad(f"{f}.value", "is required")
+        elif isinstance(v, (list, dict)) or (isinstance(v, float) and not math.isfinite(v)):
+            ck.bad(f"{f}.value", f"{op} needs a string, not {_kind(v)}")
         else:
             v = str(v).lower() if isinstance(v, bool) else str(v)
+            ck.short(v, f"{f}.value", MAX_CHARS["constraints[].value"])
         out.append({"attr": attr, "op": op, "value": v})
     return out
 
@@ -403,8 +531,8 @@ def _autoscale(ck: _Checker, value: Any, replicas: int | None) -> dict | None:
         return None
     a = ck.mapping(value, "autoscale", ("min", "max", "metric", "target", "cooldown", "stabilization", "tolerance",
                                         "cooldown_ms", "stabilization_ms"))
-    lo = ck.integer(a.get("min", 1), "autoscale.min", 0, 10000)
-    hi = ck.integer(a.get("max"), "autoscale.max", 1, 10000) if "max" in a else (ck.bad("autoscale.max", "is required") or None)
+    lo = ck.bounded(a.get("min", 1), "autoscale.min", "autoscale.min")
+    hi = ck.bounded(a.get("max"), "autoscale.max", "autoscale.max") if "max" in a else (ck.bad("autoscale.max", "is required") or None)
     if lo is not None and hi is not None and lo > hi:
         ck.bad("autoscale.min", f"min {lo} is more than max {hi}")
     elif replicas is not None and lo is not None and hi is not None and not lo <= replicas <= hi:
@@ -413,16 +541,25 @@ def _autoscale(ck: _Checker, value: Any, replicas: int | None) -> dict | None:
     if not isinstance(metric, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", metric):
         ck.bad("autoscale.metric", "must be cpu or a custom metric name like requests_per_second")
     target = a.get("target")
-    if not isinstance(target, (int, float)) or isinstance(target, bool) or target <= 0:
-        ck.bad("autoscale.target", "must be a positive number")
+    if not _real(target) or not 0 < target <= MAX_AUTOSCALE_TARGET:
+        ck.bad("autoscale.target", f"must be a positive number up to {MAX_AUTOSCALE_TARGET:g}")
+        target = None
     tol = a.get("tolerance", 0.1)
-    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not 0 <= tol < 1:
+    if not _real(tol) or not 0 <= tol < 1:
         ck.bad("autoscale.tolerance", "must be a number from 0 to 1")
+        tol = None
     return {"min": lo, "max": hi, "metric": metric,
-            "target": float(target) if isinstance(target, (int, float)) and not isinstance(target, bool) else None,
-            "cooldown_ms": _duration(ck, a, "cooldown", "autoscale", 30_000),
-            "stabilization_ms": _duration(ck, a, "stabilization", "autoscale", 60_000),
-            "tolerance": float(tol) if isinstance(tol, (int, float)) else 0.1}
+            "target": float(target) if target is not None else None,
+            "cooldown_ms": _duration(ck, a, "cooldown", "autoscale"),
+            "stabilization_ms": _duration(ck, a, "stabilization", "autoscale"),
+            "tolerance": float(tol) if tol is not None else None}
+
+
+def _real(v: Any) -> bool:
+    """A finite int or float (not a boolean, NaN or infinity; ints past 2**53 are not exact as floats)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return abs(v) <= 2**53 if isinstance(v, int) else math.isfinite(v)
 
 
 def _lifecycle(ck: _Checker, value: Any) -> dict:
@@ -432,7 +569,36 @@ def _lifecycle(ck: _Checker, value: Any) -> dict:
         return {"pre_stop": None}
     p = ck.mapping(ps, "lifecycle.pre_stop", ("exec", "timeout", "timeout_ms"))
     return {"pre_stop": {"exec": ck.argv(p.get("exec"), "lifecycle.pre_stop.exec", required=True),
-                         "timeout_ms": _duration(ck, p, "timeout", "lifecycle.pre_stop", 30_000)}}
+                         "timeout_ms": _duration(ck, p, "timeout", "lifecycle.pre_stop")}}
+
+
+def runtime_restart(restart: Any) -> tuple[dict[str, Any], list[str]]:
+    """Restart settings an agent can act on whatever a stored spec holds, and a note for each value changed.
+
+    Specs stored before every number was validated may hold initial_ms/max_ms/reset_ms as strings, lists or
+    negatives: a value that is not an integer takes its default, an integer outside its bounds is clamped."""
+    r = restart if isinstance(restart, dict) else {}
+    notes: list[str] = [] if isinstance(restart, dict) else [f"restart {_kind(restart)} ignored; using the defaults"]
+    out: dict[str, Any] = {"policy": r.get("policy", "always")}
+    if out["policy"] not in ("always", "on-failure", "never"):
+        notes.append(f"restart.policy {str(out['policy'])[:40]!r} is not always, on-failure or never; using always")
+        out["policy"] = "always"
+    for key, bounds in (("initial_ms", "restart.backoff.initial"), ("max_ms", "restart.backoff.max"),
+                        ("reset_ms", "restart.reset")):
+        lo, hi, default = DURATIONS[bounds]
+        v = r.get(key, default)
+        if not isinstance(v, int) or isinstance(v, bool):
+            notes.append(f"restart.{key} {str(v)[:40]!r} is not an integer; using {format_duration(default)}")
+            v = default
+        elif not lo <= v <= hi:
+            clamped = min(max(v, lo), hi)
+            notes.append(f"restart.{key} {v} is outside {lo}..{hi}; using {format_duration(clamped)}")
+            v = clamped
+        out[key] = v
+    if out["max_ms"] < out["initial_ms"]:
+        notes.append(f"restart.max_ms {out['max_ms']} is less than initial_ms; using {out['initial_ms']}")
+        out["max_ms"] = out["initial_ms"]
+    return out, notes
 
 
 def load_spec(text: str | bytes, fmt: str | None = None, *, name: str | None = None) -> dict[str, Any]:
@@ -440,33 +606,45 @@ def load_spec(text: str | bytes, fmt: str | None = None, *, name: str | None = N
 
 
 def denormalize(spec: dict[str, Any]) -> dict[str, Any]:
-    """The user-facing form of a normalized spec (what `job inspect` would print)."""
+    """The user-facing form of a normalized spec (what `job inspect` would print).
+
+    A spec stored before every number was validated may hold a duration that is a string, a list or negative;
+    such a value is shown as stored instead of failing the whole view."""
     out = {k: v for k, v in spec.items() if v is not None}
-    out["resources"] = {"cpu": format_cpu(spec["resources"]["cpu"]), "memory": format_size(spec["resources"]["memory"]),
-                        "pids": spec["resources"]["pids"]}
+    res = spec.get("resources") or {}
+    out["resources"] = {"cpu": _shown(format_cpu, res.get("cpu")), "memory": _shown(format_size, res.get("memory")),
+                        "pids": res.get("pids")}
     if spec.get("health"):
         h = dict(spec["health"])
         for k in ("interval", "timeout", "grace"):
-            h[k] = format_duration(h.pop(k + "_ms"))
+            h[k] = _shown(format_duration, h.pop(k + "_ms", None))
         out["health"] = {k: v for k, v in h.items() if v not in (None, [])}
-    r = spec["restart"]
-    out["restart"] = {"policy": r["policy"], "backoff": {"initial": format_duration(r["initial_ms"]),
-                                                         "max": format_duration(r["max_ms"])},
-                      "reset": format_duration(r["reset_ms"])}
-    u = dict(spec["update"])
+    r = spec.get("restart") or {}
+    out["restart"] = {"policy": r.get("policy", "always"),
+                      "backoff": {"initial": _shown(format_duration, r.get("initial_ms")),
+                                  "max": _shown(format_duration, r.get("max_ms"))},
+                      "reset": _shown(format_duration, r.get("reset_ms"))}
+    u = dict(spec.get("update") or {})
     for k in ("min_healthy", "deadline", "drain_delay"):
-        u[k] = format_duration(u.pop(k + "_ms"))
+        u[k] = _shown(format_duration, u.pop(k + "_ms", None))
     out["update"] = u
     if spec.get("autoscale"):
         a = dict(spec["autoscale"])
         for k in ("cooldown", "stabilization"):
-            a[k] = format_duration(a.pop(k + "_ms"))
+            a[k] = _shown(format_duration, a.pop(k + "_ms", None))
         out["autoscale"] = a
-    if spec["lifecycle"]["pre_stop"]:
-        ps = spec["lifecycle"]["pre_stop"]
-        out["lifecycle"] = {"pre_stop": {"exec": ps["exec"], "timeout": format_duration(ps["timeout_ms"])}}
+    ps = (spec.get("lifecycle") or {}).get("pre_stop")
+    if ps:
+        out["lifecycle"] = {"pre_stop": {"exec": ps.get("exec"), "timeout": _shown(format_duration, ps.get("timeout_ms"))}}
     else:
         out.pop("lifecycle", None)
-    out["ports"] = [{k: v for k, v in p.items() if v is not None} for p in spec["ports"]]
+    out["ports"] = [{k: v for k, v in p.items() if v is not None} for p in spec.get("ports") or [] if isinstance(p, dict)]
     out["capabilities"] = list(spec.get("capabilities") or [])
     return out
+
+
+def _shown(fmt: Callable[[int], str], v: Any) -> Any:
+    """``fmt(v)`` for a non-negative integer; anything else (an old, unvalidated value) as stored."""
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return fmt(v)
+    return v

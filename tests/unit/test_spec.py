@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from raftctl.errors import ValidationError
-from raftctl.statemachine.spec import SpecError, denormalize, load_spec, parse_spec, validate_spec
+from raftctl.statemachine.spec import SpecError, denormalize, load_spec, parse_spec, runtime_restart, validate_spec
 from raftctl.statemachine.units import parse_cpu, parse_duration, parse_size
 
 BASE = {"name": "web", "image": "web:1", "command": ["python3", "-m", "http.server"]}
@@ -130,7 +130,7 @@ specs = st.fixed_dictionaries({
                                         "pids": st.integers(1, 1000)}),
     "ports": st.sampled_from([[], [{"name": "http"}], [{"name": "http"}, {"name": "admin", "static": 9000}]]),
     "update": st.fixed_dictionaries({"max_unavailable": st.integers(1, 3), "drain_delay": durations,
-                                     "deadline": durations}),
+                                     "deadline": st.sampled_from(["1s", "2s", "30s", "1m", "5m"])}),
     "spread": st.lists(st.fixed_dictionaries({"level": st.sampled_from(["region", "zone", "rack"]),
                                               "mode": st.sampled_from(["hard", "soft"])}), max_size=2),
     "priority": st.integers(0, 100),
@@ -197,3 +197,174 @@ def test_a_regex_re2_cannot_run_is_refused(pattern, reason):
     assert "constraints[0].value" in fields, fields
     assert reason in fields["constraints[0].value"]
     assert exc.value.http_status == 400
+
+
+# --- every number has a floor and a ceiling; every list and string a length limit (docs/limits.md) ---------------
+
+HEALTH = {"type": "tcp", "port": "p"}
+PORTS = [{"name": "p"}]
+AUTO = {"min": 1, "max": 3, "target": 0.5}
+BOUNDS = [
+    # restart backoff: the floor stops a restart storm; the _ms escape hatches are checked the same way
+    ({"restart": {"backoff": {"initial": "0s"}}}, "restart.backoff.initial", "0s is below the floor of 100ms"),
+    ({"restart": {"backoff": {"initial": "10ms"}}}, "restart.backoff.initial", "below the floor of 100ms"),
+    ({"restart": {"backoff": {"initial": "1h"}}}, "restart.backoff.initial", "above the ceiling of 5m"),
+    ({"restart": {"backoff": {"max": "50ms", "initial": "100ms"}}}, "restart.backoff.max", "below the floor of 100ms"),
+    ({"restart": {"backoff": {"max": "2h"}}}, "restart.backoff.max", "above the ceiling of 1h"),
+    ({"restart": {"backoff": {"initial": "5s", "max": "1s"}}}, "restart.backoff.max", "less than backoff.initial"),
+    ({"restart": {"backoff": {"initial": [1]}}}, "restart.backoff.initial", "not a duration"),
+    ({"restart": {"initial_ms": "5s"}}, "restart.initial_ms", "must be an integer number of milliseconds"),
+    ({"restart": {"initial_ms": [100]}}, "restart.initial_ms", "must be an integer"),
+    ({"restart": {"initial_ms": -5}}, "restart.initial_ms", "-5ms is below the floor of 100ms"),
+    ({"restart": {"initial_ms": 0}}, "restart.initial_ms", "0s is below the floor of 100ms"),
+    ({"restart": {"initial_ms": 100.0}}, "restart.initial_ms", "must be an integer"),
+    ({"restart": {"initial_ms": True}}, "restart.initial_ms", "must be an integer"),
+    ({"restart": {"max_ms": "10s"}}, "restart.max_ms", "must be an integer"),
+    ({"restart": {"max_ms": 10**12}}, "restart.max_ms", "above the ceiling of 1h"),
+    ({"restart": {"reset_ms": -1}}, "restart.reset_ms", "below the floor of 1s"),
+    ({"restart": {"reset": "100ms"}}, "restart.reset", "below the floor of 1s"),
+    ({"restart": {"reset": "2d"}}, "restart.reset", "not a duration"),
+    # replicas and resources
+    ({"replicas": -1}, "replicas", "outside 0..10000"),
+    ({"replicas": 2**70}, "replicas", "outside 0..10000"),
+    ({"replicas": 1.5}, "replicas", "must be an integer"),
+    ({"resources": {"cpu": "0m"}}, "resources.cpu", "more than 0"),
+    ({"resources": {"cpu": 2000}}, "resources.cpu", "above the ceiling of 1024"),
+    ({"resources": {"memory": "1Mi"}}, "resources.memory", "at least 4Mi"),
+    ({"resources": {"memory": "17Ti"}}, "resources.memory", "above the ceiling of 16Ti"),
+    ({"resources": {"pids": 0}}, "resources.pids", "outside"),
+    ({"resources": {"pids": 1 << 23}}, "resources.pids", "outside"),
+    # ports
+    ({"ports": [{"name": "p", "static": 0}]}, "ports[0].static", "outside 1..65535"),
+    ({"ports": [{"name": "p", "to": 65536}]}, "ports[0].to", "outside 1..65535"),
+    ({"ports": [{"name": f"p{i}"} for i in range(33)]}, "ports", "at most 32"),
+    # health
+    ({"ports": PORTS, "health": {**HEALTH, "interval": "10ms"}}, "health.interval", "below the floor of 100ms"),
+    ({"ports": PORTS, "health": {**HEALTH, "interval_ms": 0}}, "health.interval_ms", "below the floor of 100ms"),
+    ({"ports": PORTS, "health": {**HEALTH, "interval": "2h"}}, "health.interval", "above the ceiling of 1h"),
+    ({"ports": PORTS, "health": {**HEALTH, "timeout": "1ms"}}, "health.timeout", "below the floor of 10ms"),
+    ({"ports": PORTS, "health": {**HEALTH, "timeout": "10m"}}, "health.timeout", "above the ceiling of 5m"),
+    ({"ports": PORTS, "health": {**HEALTH, "timeout_ms": "1s"}}, "health.timeout_ms", "must be an integer"),
+    ({"ports": PORTS, "health": {**HEALTH, "grace": "2h"}}, "health.grace", "above the ceiling of 1h"),
+    ({"ports": PORTS, "health": {**HEALTH, "failures": 0}}, "health.failures", "outside 1..100"),
+    ({"ports": PORTS, "health": {**HEALTH, "failures": 101}}, "health.failures", "outside 1..100"),
+    ({"health": {"type": "exec", "command": ["x"] * 257}}, "health.command", "at most 256"),
+    ({"ports": PORTS, "health": {"type": "http", "port": "p", "path": "/" + "a" * 1024}}, "health.path", "at most 1024"),
+    # update
+    ({"update": {"max_unavailable": 10001}}, "update.max_unavailable", "outside 0..10000"),
+    ({"update": {"max_surge": -1}}, "update.max_surge", "outside 0..10000"),
+    ({"update": {"canary": 10001}}, "update.canary", "outside 0..10000"),
+    ({"update": {"deadline": "100ms"}}, "update.deadline", "below the floor of 1s"),
+    ({"update": {"deadline": "25h"}}, "update.deadline", "above the ceiling of 24h"),
+    ({"update": {"deadline_ms": "1s"}}, "update.deadline_ms", "must be an integer"),
+    ({"update": {"min_healthy": "2h"}}, "update.min_healthy", "above the ceiling of 1h"),
+    ({"update": {"min_healthy_ms": -1}}, "update.min_healthy_ms", "below the floor of 0s"),
+    ({"update": {"drain_delay": "11m"}}, "update.drain_delay", "above the ceiling of 10m"),
+    # autoscale
+    ({"autoscale": {**AUTO, "max": 10001}}, "autoscale.max", "outside 1..10000"),
+    ({"autoscale": {**AUTO, "min": -1}}, "autoscale.min", "outside 0..10000"),
+    ({"autoscale": {**AUTO, "target": float("nan")}}, "autoscale.target", "positive number"),
+    ({"autoscale": {**AUTO, "target": float("inf")}}, "autoscale.target", "positive number"),
+    ({"autoscale": {**AUTO, "target": 1e10}}, "autoscale.target", "up to 1e+09"),
+    ({"autoscale": {**AUTO, "target": "0.5"}}, "autoscale.target", "positive number"),
+    ({"autoscale": {**AUTO, "tolerance": float("nan")}}, "autoscale.tolerance", "from 0 to 1"),
+    ({"autoscale": {**AUTO, "cooldown": "0s"}}, "autoscale.cooldown", "below the floor of 1s"),
+    ({"autoscale": {**AUTO, "cooldown_ms": 10**15}}, "autoscale.cooldown_ms", "above the ceiling of 24h"),
+    ({"autoscale": {**AUTO, "stabilization": "48h"}}, "autoscale.stabilization", "above the ceiling of 24h"),
+    # disruption, lifecycle, priority
+    ({"disruption": {"max_unavailable": -1}}, "disruption.max_unavailable", "outside 0..10000"),
+    ({"disruption": {"max_unavailable": "1"}}, "disruption.max_unavailable", "must be an integer"),
+    ({"lifecycle": {"pre_stop": {"exec": ["x"], "timeout": "11m"}}}, "lifecycle.pre_stop.timeout",
+     "above the ceiling of 10m"),
+    ({"lifecycle": {"pre_stop": {"exec": ["x"], "timeout": "0s"}}}, "lifecycle.pre_stop.timeout",
+     "below the floor of 100ms"),
+    ({"lifecycle": {"pre_stop": {"exec": ["x"], "timeout_ms": [1]}}}, "lifecycle.pre_stop.timeout_ms",
+     "must be an integer"),
+    ({"lifecycle": {"pre_stop": {"exec": ["x"] * 257}}}, "lifecycle.pre_stop.exec", "at most 256"),
+    ({"priority": -1}, "priority", "outside 0..100"),
+    # list and string lengths
+    ({"command": ["x"] * 257}, "command", "at most 256"),
+    ({"command": ["x", "a" * 4097]}, "command[1]", "at most 4096"),
+    ({"env": {f"V{i}": "x" for i in range(257)}}, "env", "at most 256"),
+    ({"env": {"V": "x" * (32 * 1024 + 1)}}, "env.V", "at most 32768"),
+    ({"env": {"V" * 257: "x"}}, "env." + "V" * 64, "at most 256"),
+    ({"env": {"V": float("nan")}}, "env.V", "not a finite number"),
+    ({"constraints": [{"attr": "id", "op": "exists"}] * 33}, "constraints", "at most 32"),
+    ({"constraints": [{"attr": "a" * 257, "op": "exists"}]}, "constraints[0].attr", "at most 256"),
+    ({"constraints": [{"attr": "id", "op": "in", "value": ["x"] * 257}]}, "constraints[0].value", "at most 256"),
+    ({"constraints": [{"attr": "id", "op": "in", "value": ["x" * 1025]}]}, "constraints[0].value[0]", "at most 1024"),
+    ({"constraints": [{"attr": "id", "op": "==", "value": "x" * 1025}]}, "constraints[0].value", "at most 1024"),
+    ({"constraints": [{"attr": "id", "op": "==", "value": ["x"]}]}, "constraints[0].value", "needs a string"),
+    ({"constraints": [{"attr": "id", "op": ["=="]}]}, "constraints[0].op", "must be one of"),
+    ({"spread": [{"level": "zone"}] * 4}, "spread", "at most 3"),
+]
+
+
+@pytest.mark.parametrize("change,field,reason", BOUNDS, ids=[f"{b[1]}-{i}" for i, b in enumerate(BOUNDS)])
+def test_every_number_and_list_is_bounded(change, field, reason):
+    with pytest.raises(SpecError) as exc:
+        validate_spec({**BASE, **change})
+    fields = {p.field: p.message for p in exc.value.problems}
+    assert field in fields, fields
+    assert reason in fields[field], fields[field]
+    assert exc.value.http_status == 400
+
+
+@pytest.mark.parametrize("change,path,value", [
+    ({"restart": {"backoff": {"initial": "100ms", "max": "1h"}, "reset": "24h"}}, ("restart", "max_ms"), 3_600_000),
+    ({"restart": {"initial_ms": 250, "max_ms": 250}}, ("restart", "initial_ms"), 250),
+    ({"replicas": 10_000}, ("replicas",), 10_000),
+    ({"resources": {"cpu": 1024, "memory": "16Ti", "pids": 1 << 22}}, ("resources", "memory"), 16 << 40),
+    ({"update": {"min_healthy": "0s", "drain_delay": "0s", "deadline": "1s"}}, ("update", "deadline_ms"), 1000),
+    ({"autoscale": {**AUTO, "cooldown": "1s", "stabilization": "0s", "target": 1e9}}, ("autoscale", "target"), 1e9),
+    ({"ports": [{"name": f"p{i}"} for i in range(32)]}, ("ports",), [{"name": f"p{i}", "static": None, "to": None}
+                                                                      for i in range(32)]),
+    ({"command": ["x"] * 256}, ("command",), ["x"] * 256),
+])
+def test_values_at_the_bounds_are_accepted(change, path, value):
+    s = validate_spec({**BASE, **change})
+    for key in path:
+        s = s[key]
+    assert s == value
+
+
+# --- specs stored before these checks: shown and acted on, never a crash ----------------------------------------
+
+OLD = validate_spec(BASE)
+
+
+@pytest.mark.parametrize("initial,max_,shown", [
+    ("5s", [1, 2], {"initial": "5s", "max": [1, 2]}),
+    (-5, 10**15, {"initial": -5, "max": "1000000000000s"}),
+    (None, {"x": 1}, {"initial": None, "max": {"x": 1}}),
+    (True, 2.5, {"initial": True, "max": 2.5}),
+])
+def test_job_inspect_shows_an_old_unvalidated_backoff_as_stored(initial, max_, shown):
+    old = {**OLD, "restart": {**OLD["restart"], "initial_ms": initial, "max_ms": max_}}
+    assert denormalize(old)["restart"]["backoff"] == shown
+
+
+def test_job_inspect_of_a_spec_stored_before_capabilities_existed():
+    old = {k: v for k, v in OLD.items() if k != "capabilities"}
+    assert denormalize(old)["capabilities"] == []
+
+
+@pytest.mark.parametrize("stored,expected", [
+    ({"policy": "always", "initial_ms": "5s", "max_ms": [1], "reset_ms": -1},
+     {"policy": "always", "initial_ms": 100, "max_ms": 10_000, "reset_ms": 1000}),
+    ({"policy": "on-failure", "initial_ms": 0, "max_ms": 10**15, "reset_ms": 60_000},
+     {"policy": "on-failure", "initial_ms": 100, "max_ms": 3_600_000, "reset_ms": 60_000}),
+    ({"policy": "never", "initial_ms": 5000, "max_ms": 1000, "reset_ms": 60_000},
+     {"policy": "never", "initial_ms": 5000, "max_ms": 5000, "reset_ms": 60_000}),
+    ({"policy": 7}, {"policy": "always", "initial_ms": 100, "max_ms": 10_000, "reset_ms": 60_000}),
+    ("garbage", {"policy": "always", "initial_ms": 100, "max_ms": 10_000, "reset_ms": 60_000}),
+])
+def test_the_agent_gets_restart_settings_it_can_act_on(stored, expected):
+    got, notes = runtime_restart(stored)
+    assert got == expected
+    assert notes  # each correction is said (the agent logs it)
+
+
+def test_valid_restart_settings_reach_the_agent_unchanged():
+    s = validate_spec({**BASE, "restart": {"policy": "on-failure", "backoff": {"initial": "250ms", "max": "30s"}}})
+    assert runtime_restart(s["restart"]) == (s["restart"], [])
