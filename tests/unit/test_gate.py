@@ -179,3 +179,20 @@ def test_body_uses_cbor_only_for_its_content_type() -> None:
     assert exc.value.field == "body"
     with pytest.raises(ValidationError, match="at most 100 bytes"):
         gate.decode_body(b'{"a": "' + b"x" * 100 + b'"}', "application/json", max_bytes=100)
+
+
+@pytest.mark.parametrize("text,fmt,field", [
+    ("name: web\nenv: &e {A: b}\nlabels: *e\n", "yaml", ""),
+    ("name: web\nx: !!python/object/apply:os.system [true]\n", "yaml", ""),
+    ('{"name": "web", "env": {"FOO": "\\ud800"}}', "json", "env.FOO"),
+    ('name = "web"\n[env]\nFOO = nan\n', "toml", "env.FOO"),
+    ("name: web\nreplicas: 18446744073709551616\n", "yaml", "replicas"),
+    ("\n" * (gate.MAX_BYTES + 1), None, ""),
+])
+def test_spec_files_pass_the_gate(text: str, fmt: str | None, field: str) -> None:
+    from raftctl.statemachine.spec import SpecError, parse_spec
+
+    with pytest.raises(SpecError) as exc:
+        parse_spec(text, fmt)
+    assert exc.value.field in (field, None), exc.value.message
+    assert exc.value.problems[0].field == field
