@@ -253,7 +253,14 @@ def _put_job(state: State, cmd: c.PutJob) -> dict:
     name = cmd.spec.get("name")
     _need(isinstance(name, str) and bool(NAME_RE.match(name)), "invalid", "job name must match [a-z0-9][a-z0-9-]{0,62}", "name")
     for key, typ in (("image", str), ("command", list), ("replicas", int), ("resources", dict)):
-        _need(isinstance(cmd.spec.get(key), typ), "invalid", f"spec field {key} is missing or has the wrong type", key)
+        _need(isinstance(cmd.spec.get(key), typ) and not isinstance(cmd.spec.get(key), bool), "invalid",
+              f"spec field {key} is missing or has the wrong type", key)
+    # what apply itself reads later (publishing endpoints), checked now so nothing fails half-way then
+    _need(cmd.spec.get("service") is None or isinstance(cmd.spec["service"], str), "invalid",
+          "spec field service must be a string or null", "service")
+    ports = cmd.spec.get("ports", [])
+    _need(isinstance(ports, list) and all(isinstance(x, dict) and isinstance(x.get("name"), str) for x in ports),
+          "invalid", "spec field ports must be a list of maps with a name", "ports")
     spec = resolve_image(state.images, cmd.spec)
     job = state.jobs.get(name)
     if cmd.cas is not None:

@@ -55,6 +55,9 @@ PID = "web-00001"
 # (name, command, expected code, expected field); the command is applied to rich_state()
 REJECTED = [
     ("put job bad name", c.PutJob(spec={**SPEC, "name": "Bad"}), "invalid", "name"),
+    ("put job service a list", c.PutJob(spec={**SPEC, "service": ["web"]}), "invalid", "service"),
+    ("put job ports a map", c.PutJob(spec={**SPEC, "ports": {"http": 80}}), "invalid", "ports"),
+    ("put job bool replicas", c.PutJob(spec={**SPEC, "replicas": True}), "invalid", "replicas"),
     ("put job cas", c.PutJob(spec={**SPEC, "replicas": 3}, cas=999), "cas_failed", "cas"),
     ("delete missing job", c.DeleteJob(name="nope"), "not_found", "name"),
     ("scale stopped range", c.ScaleJob(name="web", replicas=-1), "invalid", "replicas"),

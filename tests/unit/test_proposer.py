@@ -143,3 +143,25 @@ def test_round_trip_names_the_field():
     with pytest.raises(ValidationError) as err:
         proposer_mod.round_trip(c.to_wire(c.ScaleJob(name="x", reason="\udfff")))
     assert err.value.field == "reason"
+
+
+class _Dies(BaseException):
+    """Not an Exception: escapes the supervisor loop and kills the task (what 'dies anyway' means)."""
+
+
+async def test_a_flusher_task_that_dies_anyway_is_started_again(prop, monkeypatch):
+    real = Proposer._flusher
+    deaths = {"n": 0}
+
+    async def dying(self):
+        if deaths["n"] == 0:
+            deaths["n"] += 1
+            raise _Dies()
+        await real(self)
+    monkeypatch.setattr(Proposer, "_flusher", dying)
+    await prop.stop()
+    prop.start()
+    first = prop._task
+    await asyncio.sleep(0.05)
+    assert first.done() and prop._task is not first and prop.restarts == 1
+    assert (await prop.propose(job("after"))).ok
