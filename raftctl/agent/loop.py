@@ -305,7 +305,10 @@ class Agent:
     async def _supervise(self, sup: Supervised, adopted: bool = False) -> None:
         p = sup.placement
         spec = p["spec"]
-        restart = spec["restart"]
+        from raftctl.statemachine.spec import runtime_restart  # a spec stored before bounds: clamp, never crash
+        restart, notes = runtime_restart(spec.get("restart"))
+        for note in notes:
+            log.warning("placement %s: stored spec: %s", p["id"], note)
         backoff = restart["initial_ms"] / 1000
         cid = p["id"]
         while not sup.stopping:
