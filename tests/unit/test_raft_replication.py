@@ -359,3 +359,26 @@ def test_pysyncobj_alone_does_not_repair_a_divergent_tail(tmp_path: Any) -> None
     finally:
         cluster.close()
     assert took is None
+
+
+# ---------------------------------------------------------------------------------------------- raft_status
+def test_raft_status_never_waits_on_the_callers_thread_while_a_term_change_is_half_done(handle: Any) -> None:
+    # issue 12 item 11: the API calls raft_status on the event loop; it used to retry getStatus() for up to
+    # ~100 ms while the tick thread was between setting a newer term (vote cleared) and stepping down.
+    h = handle(True)
+    _leader(h)
+    term = h.node.raftCurrentTerm
+    assert h.node.raft_status()["state"] == "leader"
+    # the tick thread half way through a newer term: term set and vote cleared, not stepped down yet
+    h.node._SyncObj__raftCurrentTerm = term + 1  # type: ignore[attr-defined]
+    h.node._SyncObj__votedForNodeId = None  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
+    st = h.node.raft_status()
+    took = time.perf_counter() - t0
+    assert took < 0.01, f"raft_status took {took * 1000:.1f} ms"
+    assert (st["state"], st["term"]) == ("leader", term)  # the last consistent view, not leader of term + 1
+    # once the tick thread has stepped down, the next tick publishes it
+    h.deliver(LEADER, {"type": "append_entries", "term": term + 1, "commit_index": 0, "prevLogIdx": 1,
+                       "prevLogTerm": 0, "entries": []})
+    st = h.node.raft_status()
+    assert (st["state"], st["term"], st["leader"]) == ("follower", term + 1, LEADER.id)

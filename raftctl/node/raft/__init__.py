@@ -184,6 +184,7 @@ class RaftNode(ReplicationFixes, SyncObj):
             super().__init__(self_addr, peers, conf, transport=transport)
         finally:
             _JOURNAL_DISKS.pop(journal_file, None)
+        self.addOnTickCallback(self._cache_status)  # raft_status() reads what the tick thread computed
 
     # -- the one replicated method ---------------------------------------
     @replicated
@@ -237,13 +238,31 @@ class RaftNode(ReplicationFixes, SyncObj):
             close()
 
     # -- small read-only views -----------------------------------------------
+    _status_cache: dict[str, Any] | None = None
+    _status_key: tuple = ()
+    _status_at = float("-inf")
+    STATUS_REFRESH_S = 0.005
+
+    def _cache_status(self) -> None:
+        """On the tick thread, between two messages, so never half way through a term change: pysyncobj sets
+        a newer term (votedFor cleared), persists it (an fsync: the GIL is free) and only then steps down,
+        and a status read from another thread in between showed a deposed leader leading the newer term
+        (jepsen-style seeds 13 and 21). Recomputed on any change of term, role or leader, else every 5 ms."""
+        key = (self.raftCurrentTerm, self._isLeader(), self._getLeader())
+        now = psyncobj.monotonicTime()
+        if key == self._status_key and now - self._status_at < self.STATUS_REFRESH_S:
+            return
+        self._status_cache = self._status_view(self.getStatus())
+        self._status_key, self._status_at = key, now
+
     def raft_status(self) -> dict[str, Any]:
-        # getStatus() runs on the caller's thread while pysyncobj's tick thread moves on. On a message
-        # with a newer term the tick thread sets the term (and votedFor = None), persists it (an fsync:
-        # the GIL is free for milliseconds) and only then steps down, so a deposed leader was reported as
-        # the leader of the newer term (jepsen-style seeds 13 and 21: two leaders claimed for one term).
-        # A real leader voted for itself in its term: wait (at most ~100 ms) for a snapshot whose term
-        # held still and whose leader state agrees with the vote.
+        """The status as of the tick thread's last tick; never blocks (the API calls it on the event loop)."""
+        cached = getattr(self, "_status_cache", None)
+        if cached is not None:
+            return cached
+        # Before the first tick only: read it here. A leader voted for itself in its term; a snapshot taken
+        # while the tick thread is between setting a newer term and stepping down is retried (this retry
+        # loop used to run on every call, sleeping on the event loop).
         me = self.selfNode.id
         for _ in range(50):
             term = self.raftCurrentTerm
@@ -252,6 +271,10 @@ class RaftNode(ReplicationFixes, SyncObj):
             if st.get("raft_term") == term == self.raftCurrentTerm and (st.get("state") != 2 or voted == me):
                 break
             time.sleep(0.002)
+        return RaftNode._status_view(st)
+
+    @staticmethod
+    def _status_view(st: dict[str, Any]) -> dict[str, Any]:
         leader = st.get("leader")
         return {
             "self": str(st.get("self")),
