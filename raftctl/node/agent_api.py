@@ -110,24 +110,45 @@ async def report(request: web.Request) -> web.Response:
     return encode(request, {"results": out})
 
 
+MAX_STATS = 5000
+"""Most samples one /v1/agent/stats request may carry."""
+
+
 @perm("agent", write=True)
 async def stats(request: web.Request) -> web.Response:
-    """Per-container CPU utilisation (of the requested CPU) for the autoscaler; kept in memory."""
+    """Per-container CPU utilisation (of the requested CPU) for the autoscaler; kept in memory. An agent reports
+    only placements assigned to its own machine, under their own job: anything else is refused naming the field,
+    before any sample of the request is recorded."""
     replica = request.app[REPLICA]
     data = await body(request)
     if not isinstance(data, dict) or not isinstance(data.get("stats"), list):
         raise ValidationError("body must be {machine, stats: [...]}", field="stats")
-    _own_machine(request, data.get("machine"))
+    machine = _own_machine(request, data.get("machine"))
+    if len(data["stats"]) > MAX_STATS:
+        raise ValidationError(f"at most {MAX_STATS} stats per request", field="stats")
     from raftctl.node.efficiency import MEMORY_METRIC
 
-    for i, st in enumerate(data["stats"][:5000]):
-        if not isinstance(st, dict) or not isinstance(st.get("cpu"), (int, float)):
-            raise ValidationError("each stat is {placement, job, cpu[, memory]}", field=f"stats[{i}]")
-        replica.metrics.add(str(st.get("job", "")), "cpu", float(st["cpu"]), key=str(st.get("placement", "")))
+    owned = replica.read(lambda s: {p["id"]: p["job"] for p in s.machine_placements(machine)})
+    samples = []
+    for i, st in enumerate(data["stats"]):
+        cpu = st.get("cpu") if isinstance(st, dict) else None
+        if not isinstance(cpu, (int, float)) or isinstance(cpu, bool) or cpu < 0:
+            raise ValidationError("each stat is {placement, job, cpu[, memory]} with cpu >= 0", field=f"stats[{i}]")
+        placement, job = st.get("placement"), st.get("job")
+        if not isinstance(placement, str) or placement not in owned:
+            raise Forbidden(f"placement {str(placement)[:80]!r} is not assigned to machine {machine!r}",
+                            field=f"stats[{i}].placement")
+        if job is not None and job != owned[placement]:
+            raise Forbidden(f"placement {placement!r} belongs to job {owned[placement]!r}, not {str(job)[:80]!r}",
+                            field=f"stats[{i}].job")
         mem = st.get("memory")
-        if isinstance(mem, (int, float)) and not isinstance(mem, bool) and mem >= 0:  # for GET /v1/efficiency
-            replica.metrics.add(str(st.get("job", "")), MEMORY_METRIC, float(mem), key=str(st.get("placement", "")))
-    return encode(request, {"accepted": len(data["stats"])})
+        mem_ok = isinstance(mem, (int, float)) and not isinstance(mem, bool) and mem >= 0  # for GET /v1/efficiency
+        samples.append((owned[placement], placement, float(cpu), float(mem) if mem_ok else None))
+    for job, placement, cpu, mem in samples:
+        replica.metrics.add(job, "cpu", cpu, key=placement)
+        if mem is not None:
+            replica.metrics.add(job, MEMORY_METRIC, mem, key=placement)
+    return encode(request, {"accepted": len(samples)})
 
 
 def add_routes(app: web.Application) -> None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
+from raftctl.errors import ValidationError
 from raftctl.node.leader import every
 from raftctl.statemachine import commands as c
 
@@ -68,14 +69,51 @@ def decide(auto: dict[str, Any], current: int, value: float | None, history: lis
     return Verdict(None, why)
 
 
+SAMPLES_PER_SERIES = 2000
+"""Most samples kept per (job, metric) series; the oldest go first."""
+METRICS_PER_JOB = 8
+"""Most metric series one job may have (cpu and memory included); a further metric name is a 400."""
+MAX_SAMPLES = 200_000
+"""Most samples kept in all; past it the least recently updated series lose their oldest samples."""
+
+
 class Metrics:
-    """Recent samples per (job, metric), kept on every replica but used by the leader."""
+    """Recent samples per (job, metric), kept on every replica but used by the leader. Bounded per series, per
+    job and in total, so that what agents and metric pushers send cannot grow without bound."""
 
     def __init__(self) -> None:
-        self.samples: dict[tuple[str, str], deque] = defaultdict(lambda: deque(maxlen=2000))
+        # least recently updated series first
+        self.samples: OrderedDict[tuple[str, str], deque] = OrderedDict()
+        self.per_job: dict[str, int] = {}
+        self.total = 0
 
     def add(self, job: str, metric: str, value: float, key: str = "", now: int | None = None) -> None:
-        self.samples[(job, metric)].append((now or int(time.time() * 1000), key, float(value)))
+        series = (job, metric)
+        dq = self.samples.get(series)
+        if dq is None:
+            if self.per_job.get(job, 0) >= METRICS_PER_JOB:
+                raise ValidationError(f"job {job[:64]!r} already has {METRICS_PER_JOB} metrics; "
+                                      f"{metric[:64]!r} would be one more", field="metric")
+            dq = self.samples[series] = deque(maxlen=SAMPLES_PER_SERIES)
+            self.per_job[job] = self.per_job.get(job, 0) + 1
+        else:
+            self.samples.move_to_end(series)
+        if len(dq) < SAMPLES_PER_SERIES:
+            self.total += 1
+        dq.append((now or int(time.time() * 1000), key, float(value)))
+        while self.total > MAX_SAMPLES:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        series, dq = next(iter(self.samples.items()))
+        if dq:
+            dq.popleft()
+            self.total -= 1
+        if not dq:
+            del self.samples[series]
+            self.per_job[series[0]] -= 1
+            if not self.per_job[series[0]]:
+                del self.per_job[series[0]]
 
     def value(self, job: str, metric: str, now: int, live: set[str] | None = None) -> float | None:
         """Mean over the window of each source's latest sample (per replica for cpu)."""
