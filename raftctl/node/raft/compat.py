@@ -35,6 +35,9 @@ SYNCOBJ_METHODS: dict[str, tuple[str, ...]] = {
     "_isLeader": ("self",),
     "getStatus": ("self",),
     "addOnTickCallback": ("self", "callback"),
+    # __init__.py (H7): overridden (snapshot load from a non-OS Disk; closing the snapshot writer)
+    "_onTick": ("self", "timeToWait"),
+    "_doDestroy": ("self",),
 }
 
 # Instance attributes SyncObj.__init__ sets that raftctl reads or writes.
@@ -49,11 +52,15 @@ SYNCOBJ_ATTRIBUTES: tuple[str, ...] = (
     "_SyncObj__selfNode",
     # __init__.py raft_status
     "_SyncObj__votedForNodeId",
+    # __init__.py _onTick (H7)
+    "_SyncObj__needLoadDumpFile",
 )
 
 # Module-level names of pysyncobj.syncobj raftctl uses or replaces.
 SYNCOBJ_MODULE_NAMES: tuple[str, ...] = (
     "createJournal", "monotonicTime", "_RAFT_STATE", "_COMMAND_TYPE", "_bchr", "pickle",
+    # __init__.py (H7): replaced by a factory returning snapshot.SnapshotFiles (same six methods)
+    "Serializer",
 )
 
 
