@@ -59,6 +59,9 @@ class Command:
     """Fields every command carries: proposer time and request id."""
 
     OP: ClassVar[Op]
+    # fields a replica computes from its own clock when it builds the command (like ``at``): a retry
+    # of the same request carries other values, so the request id is not bound to them
+    CLOCK_FIELDS: ClassVar[tuple[str, ...]] = ()
     at: int = 0
     id: str = ""
 
@@ -129,6 +132,7 @@ class MachineUp(Command):
 @dataclass(frozen=True, kw_only=True)
 class DrainMachine(Command):
     OP: ClassVar[Op] = Op.DRAIN_MACHINE
+    CLOCK_FIELDS: ClassVar[tuple[str, ...]] = ("deadline",)  # the API's now + the requested duration
     machines: list = field(default_factory=list)
     drain: bool = True
     deadline: int | None = None
@@ -250,9 +254,10 @@ def to_wire(cmd: Command) -> dict[str, Any]:
 
 
 def command_digest(cmd: Command) -> str:
-    """sha256 of the command's canonical CBOR without ``at`` and ``id``: what a request id is bound to
-    (a retry carries the same digest; another command under the same id does not)."""
-    body = {k: v for k, v in to_wire(cmd).items() if k not in ("at", "id")}
+    """sha256 of the command's canonical CBOR without ``at``, ``id`` and its ``CLOCK_FIELDS``: what a
+    request id is bound to (a retry carries the same digest; another command under the same id does not)."""
+    skip = ("at", "id") + cmd.CLOCK_FIELDS
+    body = {k: v for k, v in to_wire(cmd).items() if k not in skip}
     return hashlib.sha256(cbor2.dumps(body, canonical=True)).hexdigest()
 
 

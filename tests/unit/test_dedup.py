@@ -129,6 +129,16 @@ def test_a_retry_is_answered_from_the_table_even_at_another_time():
     assert r2.to_obj() == r1.to_obj() and s.snapshot() == snap
 
 
+def test_a_retried_drain_is_answered_from_the_table_though_its_deadline_was_computed_again():
+    s = rich_state()
+    r1 = apply(s, c.DrainMachine(machines=["m1"], deadline=1000 + 600_000, id="drain-1", at=1000))
+    snap = s.snapshot()
+    r2 = apply(s, c.DrainMachine(machines=["m1"], deadline=5000 + 600_000, id="drain-1", at=5000))
+    assert r2.to_obj() == r1.to_obj() and s.snapshot() == snap
+    r3 = apply(s, c.DrainMachine(machines=["m1"], drain=False, id="drain-1"))
+    assert r3.error.code == "request_id_conflict"
+
+
 def test_a_revoke_reusing_a_create_id_is_a_conflict_and_revokes_nothing():
     s = rich_state()
     r = apply(s, c.RevokeToken(name="r1", id="tok-1"))
