@@ -120,7 +120,8 @@ class Proposer:
 
     async def _flusher(self) -> None:
         while True:
-            await self._wake.wait()
+            if not self._queue:  # a restarted flusher first takes what queued while it was down
+                await self._wake.wait()
             self._wake.clear()
             while self._queue:
                 await self._slots.acquire()

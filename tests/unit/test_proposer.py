@@ -10,7 +10,7 @@ import asyncio
 import pytest
 from pysyncobj import FAIL_REASON
 
-from raftctl.errors import RaftctlError, Unavailable, ValidationError
+from raftctl.errors import OutcomeUnknown, RaftctlError, Unavailable, ValidationError
 from raftctl.node import proposer as proposer_mod
 from raftctl.node.proposer import Proposer
 from raftctl.statemachine import apply as apply_mod
@@ -165,3 +165,25 @@ async def test_a_flusher_task_that_dies_anyway_is_started_again(prop, monkeypatc
     await asyncio.sleep(0.05)
     assert first.done() and prop._task is not first and prop.restarts == 1
     assert (await prop.propose(job("after"))).ok
+
+
+async def test_writes_queued_when_the_flusher_died_are_sent_by_its_successor():
+    raft = FakeRaft()
+    p = Proposer(raft, timeout=1.0, max_batch=1)
+    real = c.join_entry
+    calls = {"n": 0}
+
+    def dies_on_first_batch(items):
+        calls["n"] += 1
+        if calls["n"] == 3:  # calls 1-2: the round trips of a and b; call 3: the first batch
+            raise _Dies()
+        return real(items)
+    c.join_entry = dies_on_first_batch
+    try:
+        p.start()
+        results = await asyncio.gather(p.propose(job("a")), p.propose(job("b")), return_exceptions=True)
+    finally:
+        c.join_entry = real
+        await p.stop()
+    assert isinstance(results[0], OutcomeUnknown)  # its batch died with the task: outcome unknown
+    assert results[1].ok and list(raft.state.jobs) == ["b"] and p.restarts == 1
