@@ -64,9 +64,11 @@ class _ContainerCollector:
         limit = GaugeMetricFamily("raftctl_agent_container_memory_limit_bytes", "Container memory limit (0: none)",
                                   labels=labels)
         pids = GaugeMetricFamily("raftctl_agent_container_pids", "Processes in the container", labels=labels)
-        restarts = GaugeMetricFamily("raftctl_agent_container_restart_count",
-                                     "Restarts of this container since the agent started supervising it",
-                                     labels=labels)
+        # Only grows while the agent supervises the placement: a counter (it starts again with the agent).
+        # Not `..._restart_count`: a _count suffix is reserved for histograms and summaries.
+        restarts = CounterMetricFamily("raftctl_agent_placement_restarts",
+                                       "Restarts of this placement's container since the agent started supervising it",
+                                       labels=labels)
         for cid, sup in sorted(containers):
             lv = [cid, str(sup.placement.get("job", ""))]
             restarts.add_metric(lv, sup.restarts)

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 
 from .conftest import agents_cluster, client_for, wait_until
+from .promlint import lint
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,7 @@ def test_agent_metrics_count_restarts_health_checks_and_usage(metrics_agent):
     assert m.get(("raftctl_agent_oom_kills_total", (("job", "crashy"),)), 0) == 0
     crashy = next(p for p in client.request("GET", "/v1/jobs/crashy/placements")["placements"]
                   if p["desired"] == "run")
-    assert m[("raftctl_agent_container_restart_count", (("job", "crashy"), ("placement", crashy["id"])))] >= 2
+    assert m[("raftctl_agent_placement_restarts_total", (("job", "crashy"), ("placement", crashy["id"])))] >= 2
 
     web_id = wait_until(lambda: next((p["id"] for p in client.request("GET", "/v1/jobs/web/placements")["placements"]
                                       if p["desired"] == "run" and p["state"] == "running"), None), what="web running")
@@ -71,3 +72,23 @@ def test_agent_metrics_count_restarts_health_checks_and_usage(metrics_agent):
     assert m[("raftctl_agent_container_cpu_seconds_total", labels)] > 0
     assert m[("raftctl_agent_containers", (("state", "running"),))] >= 1
     assert m[("raftctl_agent_health_check_seconds_sum", (("result", "ok"), ("type", "http")))] > 0
+
+
+def test_every_agent_family_passes_prometheus_naming_rules(metrics_agent):
+    c = metrics_agent
+    client = client_for(c)
+    client.request("PUT", "/v1/jobs/crashy", CRASHY)   # a restarting placement: every family has samples
+    client.request("PUT", "/v1/jobs/web", WEB)
+    agent_url = wait_until(lambda: client.request("GET", "/v1/machines")["machines"][0].get("api"), what="agent api")
+
+    def body() -> str | None:
+        req = urllib.request.Request(agent_url + "/metrics", headers={"Authorization": f"Bearer {c.token()}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            text = r.read().decode()
+        wanted = ("raftctl_agent_container_restarts_total{", "raftctl_agent_container_memory_bytes{",
+                  "raftctl_agent_health_check_seconds_bucket{")
+        return text if all(w in text for w in wanted) else None
+    text = wait_until(body, timeout=60, what="every agent family with samples")
+    assert lint(text) == []
+    assert "_restart_count" not in text
+

@@ -7,6 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import SPEC, agents_cluster, client_for, wait_until
+from .promlint import lint
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +35,16 @@ def test_metrics_parse_and_move(cluster):
     assert value(after, "raftctl_api_requests_total", route="PUT /v1/jobs/{name}", code="200") >= 1
     assert value(after, "raftctl_api_request_seconds_count", route="PUT /v1/jobs/{name}") >= 1
     assert "raftctl_machines_by_state" in after and "raftctl_scheduler_passes" in after
+
+
+def test_every_replica_family_passes_prometheus_naming_rules(cluster):
+    leader = cluster.leader()
+    client_for(cluster, leader).request("PUT", "/v1/jobs/linted", {**SPEC, "name": "linted"})  # API samples
+    for proc in [leader, *[p for p in cluster.servers if p is not leader][:1]]:  # a leader and a follower
+        req = urllib.request.Request(proc.url + "/metrics", headers={"Authorization": f"Bearer {cluster.token()}"})
+        text = urllib.request.urlopen(req, timeout=10).read().decode()
+        assert "raftctl_api_requests_total{" in text or proc is not leader
+        assert lint(text) == [], proc.url
 
 
 @pytest.fixture(scope="module")
