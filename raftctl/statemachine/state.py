@@ -95,20 +95,17 @@ class State:
 
 def _ordered_dedup(dedup: dict[str, dict], seq: dict[str, int]) -> dict[str, dict]:
     """The dedup table in eviction order (lowest ``seq`` first), whatever order the snapshot's
-    canonical CBOR put its keys in.
+    canonical CBOR put its keys in; ``seq["dedup"]`` is at least the highest ``seq`` held.
 
     Migration from snapshots written before entries carried ``seq``: those entries get seqs in key
     order, below every newer entry, so every replica restoring the same snapshot evicts alike; they
     have no ``op``/``digest`` and still deduplicate by id alone."""
     old = sorted(k for k, e in dedup.items() if "seq" not in e)
     if old:
-        newest = max((e["seq"] for e in dedup.values() if "seq" in e), default=0)
         first = min((e["seq"] for e in dedup.values() if "seq" in e), default=len(old) + 1)
-        # old entries are older than any entry that has a seq
         for i, k in enumerate(old):
             dedup[k] = {**dedup[k], "seq": first - len(old) + i}
-        seq["dedup"] = max(seq.get("dedup", 0), newest)
-    seq.setdefault("dedup", max((e["seq"] for e in dedup.values()), default=0))
+    seq["dedup"] = max([seq.get("dedup", 0)] + [e["seq"] for e in dedup.values()])
     return dict(sorted(dedup.items(), key=lambda kv: (kv[1]["seq"], kv[0])))
 
 

@@ -191,7 +191,13 @@ def test_old_snapshots_restore_with_a_deterministic_order_and_dedup_by_id():
         apply(b, c.ScaleJob(name="web", replicas=8, id="new-1"))
         apply(b, c.ScaleJob(name="web", replicas=9, id="new-2"))
         assert list(b.dedup) == ["m5", "z9", "new-1", "new-2"]
-        assert State.restore(b.snapshot()).snapshot() == b.snapshot()
+        again = State.restore(b.snapshot())
+        assert again.snapshot() == b.snapshot() and list(again.dedup) == list(b.dedup)
+        for rid in ("new-3", "new-4"):
+            for s in (b, again):
+                apply(s, c.ScaleJob(name="web", replicas=1, id=rid))
+        assert list(again.dedup) == list(b.dedup) == ["new-1", "new-2", "new-3", "new-4"]
+        assert again.digest() == b.digest()
 
 
 # -- the property: retries and snapshots never make replicas diverge ---------------------------
