@@ -358,3 +358,156 @@ def test_migrates_pysyncobj_filejournal_and_meta(tmp_path, caplog):
     assert not os.path.exists(path + ".compact") and not os.path.exists(path + ".meta.tmp")
     k = CheckedJournal(path)
     assert list(k) == es[:35] + [entry(36, term=5)] and k.getCurrentTerm() == 5
+
+
+# -- snapshots (snapshot.py) ---------------------------------------------------------------------
+
+from pysyncobj.config import SERIALIZER_STATE  # noqa: E402
+
+from raftctl.node.raft.snapshot import SnapshotFiles  # noqa: E402
+
+SPATH = "/data/raft.snapshot"
+RAW = ((b"\x00", 9, 2), (b"\x00", 10, 2), ["a:1", "b:2"])
+
+
+def snapshots(disk, encode=lambda raw: b"SNAP:" + repr(raw).encode(), use_fork=False, chunk=7):
+    return SnapshotFiles(SPATH if not isinstance(disk, OsDisk) else disk.base + "/raft.snapshot", disk, encode,
+                         lambda data: (data,), chunk, use_fork=use_fork)
+
+
+def run_to_end(s, timeout=10.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state, ident = s.checkSerializing()
+        if state not in (SERIALIZER_STATE.SERIALIZING,):
+            return state, ident
+        time.sleep(0.01)
+    raise AssertionError("snapshot never finished")
+
+
+def test_snapshot_encoding_runs_in_a_child_and_the_caller_returns_at_once(tmp_path):
+    import time
+    disk = OsDisk()
+    disk.base = str(tmp_path)
+
+    def slow(raw):
+        time.sleep(0.5)
+        return b"SNAP:" + repr(raw).encode()
+
+    s = snapshots(disk, slow, use_fork=True)
+    t0 = time.monotonic()
+    s.serialize((None,) + RAW, 10)
+    assert time.monotonic() - t0 < 0.3  # pysyncobj's own Serializer runs the 0.5 s encode right here
+    assert s.checkSerializing() == (SERIALIZER_STATE.SERIALIZING, 10)
+    assert s.getTransmissionData("n2") is None  # nothing sent while the file is being replaced
+    assert run_to_end(s) == (SERIALIZER_STATE.SUCCESS, 10)
+    assert s.checkSerializing() == (SERIALIZER_STATE.NOT_SERIALIZING, None)
+    assert open(s.path, "rb").read() == b"SNAP:" + repr(RAW).encode()
+    assert sorted(os.listdir(tmp_path)) == ["raft.snapshot"]
+    assert s.deserialize() == (None, b"SNAP:" + repr(RAW).encode())
+
+
+def test_a_failing_snapshot_child_reports_failed_and_keeps_the_old_file(tmp_path):
+    disk = OsDisk()
+    disk.base = str(tmp_path)
+    (tmp_path / "raft.snapshot").write_bytes(b"old")
+
+    def boom(raw):
+        raise RuntimeError("no")
+
+    s = snapshots(disk, boom, use_fork=True)
+    s.serialize((None,) + RAW, 10)
+    assert run_to_end(s) == (SERIALIZER_STATE.FAILED, 10)
+    assert sorted(os.listdir(tmp_path)) == ["raft.snapshot"] and (tmp_path / "raft.snapshot").read_bytes() == b"old"
+
+
+def test_taking_a_snapshot_is_crash_safe_and_durable_before_success_is_reported():
+    base = CrashDisk()
+    base.put(SPATH, b"old snapshot")
+    s = snapshots(base)
+    start = base.ops
+    s.serialize((None,) + RAW, 10)
+    steps = base.ops - start
+    assert s.checkSerializing() == (SERIALIZER_STATE.SUCCESS, 10)
+    new = base.read(SPATH)
+    base.crash()  # success was reported (pysyncobj now compacts the journal): the new file must survive
+    assert base.read(SPATH) == new != b"old snapshot"
+    for k in range(steps):
+        d = CrashDisk()
+        d.put(SPATH, b"old snapshot")
+        s = snapshots(d)
+        d.fail_at = d.ops + k
+        s.serialize((None,) + RAW, 10)  # caught and logged inside (pysyncobj expects no exception)
+        for writeback in range(3):
+            e = CrashDisk()
+            e.names, e.durable_names = dict(d.names), dict(d.durable_names)
+            e.crash(writeback)
+            assert e.read(SPATH) in (b"old snapshot", new), (k, writeback)
+
+
+def test_a_received_snapshot_is_durable_under_its_name_before_it_counts():
+    payload = b"leader's snapshot " * 10
+    chunks = [payload[i:i + 7] for i in range(0, len(payload), 7)]
+    base = CrashDisk()
+    base.put(SPATH, b"old snapshot")
+    s = snapshots(base)
+    results = [s.setTransmissionData((c, i == 0, False)) for i, c in enumerate(chunks)]
+    start = base.ops
+    assert results == [False] * len(chunks) and s.setTransmissionData((b"", False, True)) is True
+    steps = base.ops - start
+    base.crash()  # pysyncobj now loads it and clears the journal: it must survive
+    assert base.read(SPATH) == payload
+    for k in range(steps):
+        d = CrashDisk()
+        d.put(SPATH, b"old snapshot")
+        s = snapshots(d)
+        for i, c in enumerate(chunks):
+            s.setTransmissionData((c, i == 0, False))
+        d.fail_at = d.ops + k
+        with pytest.raises(Crash):
+            s.setTransmissionData((b"", False, True))
+        d.crash()
+        assert d.read(SPATH) in (b"old snapshot", payload), k
+
+
+def test_a_received_snapshot_supersedes_the_one_being_written(tmp_path):
+    import time
+    disk = OsDisk()
+    disk.base = str(tmp_path)
+
+    def slow(raw):
+        time.sleep(5)
+        return b"ours, older"
+
+    s = snapshots(disk, slow, use_fork=True)
+    s.serialize((None,) + RAW, 10)
+    assert s.setTransmissionData((b"theirs, newer", True, False)) is False
+    t0 = time.monotonic()
+    assert s.setTransmissionData((b"", False, True)) is True
+    assert time.monotonic() - t0 < 2
+    # never renamed over the newer one, and pysyncobj must not compact the journal to its index
+    assert s.checkSerializing() == (SERIALIZER_STATE.FAILED, 10)
+    assert open(s.path, "rb").read() == b"theirs, newer"
+    assert sorted(os.listdir(tmp_path)) == ["raft.snapshot"]
+
+
+def test_sending_a_snapshot_in_chunks_per_follower():
+    d = CrashDisk()
+    d.put(SPATH, b"0123456789abcdefghij")
+    s = snapshots(d, chunk=8)
+    got = [s.getTransmissionData("n2") for _ in range(4)]
+    assert got == [(b"01234567", True, False), (b"89abcdef", False, False), (b"ghij", False, False),
+                   (b"", False, True)]
+    assert s.getTransmissionData("n3") == (b"01234567", True, False)
+    s.cancelTransmisstion("n3")
+    assert s.getTransmissionData("n3") == (b"01234567", True, False)
+
+
+def test_leftovers_of_a_crashed_run_are_removed_never_installed():
+    d = CrashDisk()
+    d.put(SPATH, b"good")
+    for leftover in (".tmp", ".part", ".1.tmp"):
+        d.put(SPATH + leftover, b"half")
+    snapshots(d)
+    assert d.listdir("/data") == ["raft.snapshot"] and d.read(SPATH) == b"good"
