@@ -402,3 +402,119 @@ def test_regression_units_refuse_infinities_nan_and_absurd_figures() -> None:
             with pytest.raises(ValidationError, match="out of range"):
                 parse(value, "f")
     assert (parse_size("64Mi"), parse_cpu("250m"), parse_duration("1m30s")) == (64 << 20, 250, 90_000)
+
+
+# -- issue 12: hostile encodings in batches, with a liveness probe of every replica after each -----------------------
+
+SPEC_DOC = {"name": "x", "image": "web:1", "command": ["serve"], "replicas": 1}
+HOSTILE_PATHS = [("POST", "/v1/jobs/x/plan"), ("PUT", "/v1/jobs/x"), ("POST", "/v1/agent/register"),
+                 ("POST", "/v1/metrics/x")]
+
+
+def _cbor_env(value_cbor: bytes) -> bytes:
+    """SPEC_DOC with ``env: {"FOO": <value_cbor>}`` spliced in as raw CBOR (for values cbor2 will not encode)."""
+    import cbor2
+
+    doc = cbor2.dumps({**SPEC_DOC, "env": {"FOO": 0}})
+    assert doc.endswith(b"\x63FOO\x00")
+    return doc[:-1] + value_cbor
+
+
+def _hostile_batches() -> list[tuple[str, list[tuple[str, bytes]]]]:
+    import cbor2
+
+    surrogate = "\ud800".encode("utf-8", "surrogatepass")
+    tags = [("application/cbor", _cbor_env(cbor2.dumps(cbor2.CBORTag(t, 1)))) for t in range(301)]
+    batches = [(f"cbor tags {lo}-{lo + 49}", tags[lo:lo + 50]) for lo in range(0, 301, 50)]
+    batches.append(("shared references", [
+        ("application/cbor", bytes.fromhex("d81c81d81d00")),
+        ("application/cbor", _cbor_env(bytes.fromhex("d81c81d81d00"))),
+        ("application/cbor", cbor2.dumps(_doubling(40), value_sharing=True)),
+        ("application/cbor", cbor2.dumps({**SPEC_DOC, "command": ["serve"] * 50}, string_referencing=True)),
+    ]))
+    batches.append(("deep nesting", [
+        *[("application/cbor", b"\x81" * d + b"\x00") for d in (65, 400, 1000, 100_000)],
+        *[("application/cbor", b"\x9f" * d) for d in (65, 100_000)],
+        *[("application/cbor", b"\xa1\x61a" * d + b"\x00") for d in (65, 1000)],
+        *[("application/json", b"[" * d + b"]" * d) for d in (65, 1000, 100_000)],
+        *[("application/json", b'{"a":' * d + b"1" + b"}" * d) for d in (65, 1000)],
+    ]))
+    batches.append(("lone surrogates", [
+        ("application/json", json.dumps({**SPEC_DOC, "env": {"FOO": "\ud800"}}).encode()),
+        ("application/json", json.dumps({**SPEC_DOC, "env": {"\udfff": "x"}}).encode()),
+        ("application/json", json.dumps({**SPEC_DOC, "name": "a\udc80b"}).encode()),
+        ("application/json", json.dumps({"machine": "\ud83d", "metric": "rps", "value": 1}).encode()),
+        ("application/cbor", _cbor_env(b"\x63" + surrogate)),
+        ("application/cbor", _cbor_env(b"\xa1\x63" + surrogate + b"\x00")),
+        ("application/cbor", _cbor_env(b"\x7f\x63" + surrogate + b"\xff")),
+    ]))
+    batches.append(("huge integers", [
+        *[("application/json", json.dumps({**SPEC_DOC, "replicas": n}).encode())
+          for n in (2**63, 2**64, -2**63, -2**64 - 1, 10**400)],
+        ("application/json", b'{"metric": "rps", "value": ' + b"9" * 5000 + b"}"),
+        *[("application/cbor", cbor2.dumps({**SPEC_DOC, "replicas": n})) for n in (2**63, 2**64 - 1, 2**64, -2**64 - 1,
+                                                                                    10**400)],
+        ("application/cbor", cbor2.dumps({"metric": "rps", "value": 2**70})),
+    ]))
+    return batches
+
+
+def _doubling(levels: int) -> list:
+    value: list = [0]
+    for _ in range(levels):
+        value = [value, value]
+    return value
+
+
+def _probe(fuzz: Fuzz, n: int) -> list[str]:
+    """The replicas that are stuck: /healthz not answered within 1 s, or a write through them not committed in 2 s."""
+    stuck = []
+    for p in fuzz.cluster.servers:
+        try:
+            r = requests.get(p.url + "/healthz", timeout=1.0)
+            ok = r.status_code == 200 and r.json()["ok"]
+            if ok:
+                r = requests.put(p.url + f"/v1/jobs/probe-{p.id}", json={**SPEC_DOC, "name": f"probe-{p.id}",
+                                                                        "replicas": 0, "env": {"N": str(n)}},
+                                 headers=fuzz.auth(), timeout=2.0)
+                ok = r.status_code == 200
+        except requests.RequestException:
+            ok = False
+        if not ok:
+            stuck.append(p.id)
+    return stuck
+
+
+def test_hostile_encodings_in_batches_leave_every_replica_live(fuzz: Fuzz) -> None:
+    """CBOR with every tag 0-300, shared references, deep nesting, lone surrogates and huge integers, each sent to
+    every hostile path through every replica in turn; after each batch every replica must answer /healthz within
+    1 s and commit a write within 2 s. Counts: 0 stuck replicas, 0 5xx."""
+    started = time.monotonic()
+    sent = server_5xx = stuck_probes = 0
+    by_status: dict[int, int] = {}
+    stuck_log: list[str] = []
+    servers = fuzz.cluster.servers
+    for b, (label, bodies) in enumerate(_hostile_batches()):
+        for i, (ctype, raw) in enumerate(bodies):
+            method, path = HOSTILE_PATHS[i % len(HOSTILE_PATHS)]
+            target = servers[(b + i) % len(servers)]
+            try:
+                status, payload = _raw(target.url, method, path, raw, ctype, fuzz.token)
+            except OSError as exc:  # a timeout is a stuck replica, counted by the probe below
+                status, payload = 0, str(exc).encode()
+            sent += 1
+            by_status[status] = by_status.get(status, 0) + 1
+            if status >= 500 or status == 0:
+                server_5xx += status >= 500
+                stuck_log.append(f"{label}: {method} {path} via {target.id}: {status} {payload[:200]!r}")
+            elif status != 400:
+                stuck_log.append(f"{label}: {method} {path} via {target.id}: {status} (not a 400) {payload[:200]!r}")
+        stuck = _probe(fuzz, b)
+        stuck_probes += len(stuck)
+        if stuck:
+            stuck_log.append(f"after {label}: stuck replicas {stuck}")
+    elapsed = time.monotonic() - started
+    print(f"\nhostile encodings: {sent} requests in {elapsed:.1f}s; status codes {dict(sorted(by_status.items()))}; "
+          f"stuck replicas {stuck_probes}; 5xx {server_5xx}")
+    assert stuck_probes == 0 and server_5xx == 0, "\n".join(stuck_log) + server_errors(fuzz.cluster)
+    assert set(by_status) == {400}, "\n".join(stuck_log)
