@@ -1,23 +1,30 @@
 """The agent's own small HTTP endpoint: container logs (`raftctl logs`) and Prometheus metrics (`/metrics`).
 
 Callers present a control-plane token; the agent checks it by asking the
-control plane (``GET /v1/status`` with that token, cached for 30 s), so the
-agent holds no token database of its own.
+control plane (``GET /v1/status`` with that token), so the agent holds no token
+database of its own. A token the control plane accepted is trusted for
+``TOKEN_CACHE_S`` (1 s) and then asked about again, so a revoked token stops
+working here within 1 s of the revocation reaching the replica asked; a
+``follow`` stream re-checks its token at the same pace and ends once it is
+refused. The cache keeps at most ``TOKEN_CACHE_MAX`` entries, keyed by a hash
+of the token (never the token itself).
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
 from raftctl.agent.runtime import logs
 
 AGENT: web.AppKey = web.AppKey("agent", object)
-TOKEN_CACHE_S = 30.0
+TOKEN_CACHE_S = 1.0         # how long an accepted token is trusted before the control plane is asked again
+TOKEN_CACHE_MAX = 1024      # entries; the oldest are dropped first
 MAX_TAIL = 64 << 20  # bytes a log request may ask to start back from the end
 
 
@@ -39,27 +46,58 @@ def _tail(value: str | None) -> int:
     return tail
 
 
+class TokenCache:
+    """Tokens the control plane accepted, each until ``now + ttl``; bounded (oldest dropped first)."""
+
+    def __init__(self, ttl: float = TOKEN_CACHE_S, max_entries: int = TOKEN_CACHE_MAX,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.max_entries, self.clock = ttl, max_entries, clock
+        self.until: dict[str, float] = {}
+
+    @staticmethod
+    def key(header: str) -> str:
+        return hashlib.sha256(header.encode("utf-8", "surrogateescape")).hexdigest()
+
+    def valid(self, header: str) -> bool:
+        return self.until.get(self.key(header), 0.0) > self.clock()
+
+    def accept(self, header: str) -> None:
+        now = self.clock()
+        key = self.key(header)
+        self.until.pop(key, None)
+        if len(self.until) >= self.max_entries:
+            self.until = {k: t for k, t in self.until.items() if t > now}
+            while len(self.until) >= self.max_entries:
+                del self.until[next(iter(self.until))]
+        self.until[key] = now + self.ttl
+
+
 async def _authorized(request: web.Request) -> None:
     agent = request.app[AGENT]
     header = request.headers.get("Authorization", "")
     if not header.lower().startswith("bearer "):
         raise _fail(web.HTTPUnauthorized, "unauthorized", "a bearer token is needed", "Authorization")
-    cache: dict[str, float] = agent.__dict__.setdefault("_token_cache", {})
-    if cache.get(header, 0) > time.monotonic():
-        return
+    if not await _token_ok(agent, header):
+        raise _fail(web.HTTPForbidden, "forbidden", "the control plane refused this token", "Authorization")
+
+
+async def _token_ok(agent: Any, header: str) -> bool:
+    cache: TokenCache = agent.__dict__.setdefault("_token_cache", TokenCache())
+    if cache.valid(header):
+        return True
     for server in agent.cfg.servers:
         url = server if "://" in server else "http://" + server
         try:
             async with agent.http.get(f"{url}/v1/status", headers={"Authorization": header},
                                       timeout=5) as r:  # type: ignore[union-attr]
                 if r.status == 200:
-                    cache[header] = time.monotonic() + TOKEN_CACHE_S
-                    return
+                    cache.accept(header)
+                    return True
                 if r.status in (401, 403):
                     break
         except Exception:
             continue
-    raise _fail(web.HTTPForbidden, "forbidden", "the control plane refused this token", "Authorization")
+    return False
 
 
 async def get_logs(request: web.Request) -> web.StreamResponse:
@@ -80,7 +118,13 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
         f.seek(0, os.SEEK_END)
         f.seek(max(0, f.tell() - tail))
         await resp.write(f.read())
+        header = request.headers.get("Authorization", "")
+        checked = time.monotonic()
         while request.query.get("follow") in ("1", "true"):
+            if time.monotonic() - checked >= TOKEN_CACHE_S:
+                if not await _token_ok(agent, header):      # revoked while following: the stream ends
+                    break
+                checked = time.monotonic()
             chunk = f.read()
             if chunk:
                 await resp.write(chunk)

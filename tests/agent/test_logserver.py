@@ -1,0 +1,99 @@
+"""The agent's log and metrics endpoint trusts a token only as long as the control plane does (issue 12, 11c):
+a revoked token is refused within TOKEN_CACHE_S (1 s), and a `follow` stream it opened ends."""
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from raftctl.agent import logserver
+
+TOKEN_CACHE_S = 1.0       # the bound docs/security.md states (logserver.TOKEN_CACHE_S)
+
+
+class ControlPlane:
+    """A loopback stand-in for the control replicas: GET /v1/status answers 200 to live tokens, 401 otherwise."""
+
+    def __init__(self) -> None:
+        self.live = {"Bearer reader-token"}
+        self.asked = 0
+
+    async def status(self, request: web.Request) -> web.Response:
+        self.asked += 1
+        if request.headers.get("Authorization") in self.live:
+            return web.json_response({"ok": True})
+        return web.json_response({"error": {"code": "unauthorized"}}, status=401)
+
+
+@pytest.fixture
+async def endpoint(tmp_path):
+    cp = ControlPlane()
+    app = web.Application()
+    app.router.add_get("/v1/status", cp.status)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    (tmp_path / "logs" / "p1").mkdir(parents=True)
+    (tmp_path / "logs" / "p1" / "stdout.log").write_text("line 1\n")
+    http = aiohttp.ClientSession()
+    agent = SimpleNamespace(cfg=SimpleNamespace(servers=[f"http://127.0.0.1:{port}"], data_dir=str(tmp_path),
+                                                address="127.0.0.1", http_port=0, tls_cert=None, tls_key=None, api=""),
+                            http=http, metrics=SimpleNamespace(text=lambda: "raftctl_up 1\n"))
+    log_runner = await logserver.start_log_server(agent)
+    yield cp, agent
+    await log_runner.cleanup()
+    await http.close()
+    await runner.cleanup()
+
+
+async def get(agent, path, token="reader-token"):
+    async with agent.http.get(agent.cfg.api + path, headers={"Authorization": f"Bearer {token}"}) as r:
+        return r.status, await r.text()
+
+
+async def test_a_revoked_token_is_refused_within_the_cache_bound(endpoint):
+    cp, agent = endpoint
+    assert await get(agent, "/metrics") == (200, "raftctl_up 1\n")
+    assert (await get(agent, "/v1/logs/p1"))[0] == 200
+    assert cp.asked == 1                                   # cached for the second request
+    assert (await get(agent, "/metrics", "other"))[0] == 403
+    cp.live.clear()                                        # revoked
+    t = time.monotonic()
+    while (await get(agent, "/metrics"))[0] == 200:
+        assert time.monotonic() - t < TOKEN_CACHE_S + 0.5, "a revoked token still works past the stated bound"
+        await asyncio.sleep(0.05)
+    took = time.monotonic() - t
+    print(f"\nrevoked token refused after {took:.2f} s (bound {TOKEN_CACHE_S} s)")
+    assert took <= TOKEN_CACHE_S + 0.5
+
+
+async def test_a_follow_stream_ends_when_its_token_is_revoked(endpoint):
+    cp, agent = endpoint
+    async with agent.http.get(agent.cfg.api + "/v1/logs/p1?follow=1",
+                              headers={"Authorization": "Bearer reader-token"}) as r:
+        assert r.status == 200
+        assert await r.content.readline() == b"line 1\n"
+        cp.live.clear()
+        t = time.monotonic()
+        rest = await asyncio.wait_for(r.content.read(), timeout=TOKEN_CACHE_S + 3)
+        assert rest == b""
+        assert time.monotonic() - t <= TOKEN_CACHE_S + 1.0
+
+
+def test_the_cache_is_bounded_and_keeps_no_token():
+    from raftctl.agent.logserver import TokenCache
+    assert logserver.TOKEN_CACHE_S == TOKEN_CACHE_S
+    now = [0.0]
+    cache = TokenCache(ttl=1.0, max_entries=3, clock=lambda: now[0])
+    for i in range(10):
+        cache.accept(f"Bearer t{i}")
+    assert len(cache.until) == 3 and cache.valid("Bearer t9") and not cache.valid("Bearer t0")
+    assert not any("t9" in k for k in cache.until)
+    now[0] = 1.0
+    assert not cache.valid("Bearer t9")                    # expired exactly at the bound
