@@ -256,7 +256,9 @@ async def plan_job(request: web.Request) -> web.Response:
     raw = validate_spec(await body(request), name=name)
     spec, jobs, placements, machines, index = replica.read(lambda s: (
         resolve_image(s.images, raw), dict(s.jobs), dict(s.placements), dict(s.machines), s.index))
-    return encode(request, views.dry_run(jobs, placements, machines, index, spec), index=index)
+    from raftctl.node.scheduling import run_plan  # off the event loop, within PLAN_TIMEOUT_S or a 503
+    plan = await run_plan(lambda check: views.dry_run(jobs, placements, machines, index, spec, check=check))
+    return encode(request, plan, index=index)
 
 
 @perm("read")

@@ -1,7 +1,7 @@
 """Read-only views of the state in the API's answer shapes (pure; run under the apply lock)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from raftctl.discovery.view import lookup, parse_near
 from raftctl.statemachine.state import State, machine_state, machine_usage, placement_uses_resources
@@ -79,9 +79,12 @@ def tokens(s: State) -> list[dict[str, Any]]:
     return sorted(({k: v for k, v in t.items() if k != "hash"} for t in s.tokens.values()), key=lambda t: t["name"])
 
 
-def dry_run(jobs: dict, placements: dict, machines: dict, index: int, spec: dict[str, Any]) -> dict[str, Any]:
-    """What the scheduler would do if ``spec`` were submitted now (pure)."""
+def dry_run(jobs: dict, placements: dict, machines: dict, index: int, spec: dict[str, Any],
+            check: Callable[[], None] | None = None) -> dict[str, Any]:
+    """What the scheduler would do if ``spec`` were submitted now (pure). ``check`` is called between units of
+    the scheduler's work and may raise to give up (raftctl.node.scheduling.run_plan bounds a dry run's time)."""
     from raftctl.scheduler import reconcile, schedule
+    from raftctl.scheduler.pipeline import no_check
 
     name = spec["name"]
     old = jobs.get(name)
@@ -93,7 +96,7 @@ def dry_run(jobs: dict, placements: dict, machines: dict, index: int, spec: dict
     job = {"name": name, "version": version, "status": "running", "replicas": spec["replicas"],
            "versions": [{"version": version, "spec": spec}], "pending_reason": None}
     hypothetical = {**jobs, name: job}
-    plan = schedule(hypothetical, placements, machines, index=index, now=0, job_names=[name])
+    plan = schedule(hypothetical, placements, machines, index=index, now=0, job_names=[name], check=check or no_check)
     mine = [p for p in placements.values() if p["job"] == name]
     rec = reconcile(job, mine, machines, now=0)
     return {"job": name, "version": version, "new_version": old is None or version != old["version"],

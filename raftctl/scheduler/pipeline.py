@@ -23,6 +23,13 @@ RESOURCES = ("cpu", "memory", "pids")
 WEIGHTS = {"binpack": 1.0, "spread": 0.7, "anti_affinity": 0.02}  # anti-affinity breaks ties only
 
 
+Check = Callable[[], None]
+
+
+def no_check() -> None:
+    """The default ``check``: a scheduler pass on the leader always runs to its end."""
+
+
 # -- plan types ------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -279,10 +286,11 @@ FILTERS: list[tuple[str, Filter]] = [("schedulable", f_schedulable), ("constrain
 
 
 def explain(views: list[MachineView], spec: dict[str, Any], extra: Counter | None = None,
-            total: int | None = None) -> str:
+            total: int | None = None, check: Check = no_check) -> str:
     """`5 machines: 3 insufficient memory, 2 draining` (the first filter each machine fails)."""
     reasons: Counter = Counter(extra or {})
     for v in views:
+        check()
         for _, f in FILTERS:
             why = f(v, spec)
             if why:
@@ -345,12 +353,13 @@ def tie(seed: bytes, machine: str) -> int:
 # -- placing one job -----------------------------------------------------------------
 
 def place_job(name: str, job: dict[str, Any], spec: dict[str, Any], slots: list[int],
-              views: dict[str, MachineView], placements: list[dict[str, Any]], index: int
-              ) -> tuple[list[NewPlacement], str | None]:
+              views: dict[str, MachineView], placements: list[dict[str, Any]], index: int,
+              check: Check = no_check) -> tuple[list[NewPlacement], str | None]:
     version = job["version"]
     candidates = []
     rejected = Counter()
     for v in views.values():
+        check()
         why = f_schedulable(v, spec) or f_constraints(v, spec)
         if why is None:
             candidates.append(v)
@@ -389,6 +398,7 @@ def place_job(name: str, job: dict[str, Any], spec: dict[str, Any], slots: list[
     heapq.heapify(heap)
     out: list[NewPlacement] = []
     for slot in slots:
+        check()
         chosen = None
         while heap:
             neg, t, mid = heapq.heappop(heap)
@@ -421,14 +431,14 @@ def place_job(name: str, job: dict[str, Any], spec: dict[str, Any], slots: list[
             if why:
                 rejected[why] += 1
         others = [v for v in views.values() if v not in candidates]
-        pending = f"{left} replicas unplaced; " + explain(others, spec, rejected, total=len(views))
+        pending = f"{left} replicas unplaced; " + explain(others, spec, rejected, total=len(views), check=check)
     return out, pending
 
 
 # -- preemption ----------------------------------------------------------------------
 
 def preempt_for(name: str, spec: dict[str, Any], views: dict[str, MachineView], placements: dict[str, dict],
-                priorities: dict[str, int]) -> tuple[str, list[str]] | None:
+                priorities: dict[str, int], check: Check = no_check) -> tuple[str, list[str]] | None:
     """The machine where evicting the fewest lower-priority placements makes one replica fit."""
     prio = spec.get("priority", 50)
     best: tuple[int, int, str, list[str]] | None = None
@@ -437,6 +447,7 @@ def preempt_for(name: str, spec: dict[str, Any], views: dict[str, MachineView], 
         if live(p) and priorities.get(p["job"], 50) < prio:
             by_machine.setdefault(p["machine"], []).append(p)
     for mid, victims_all in sorted(by_machine.items()):
+        check()
         v = views.get(mid)
         if v is None or f_schedulable(v, spec) or f_constraints(v, spec):
             continue
@@ -460,8 +471,11 @@ def preempt_for(name: str, spec: dict[str, Any], views: dict[str, MachineView], 
 # -- the whole pass ------------------------------------------------------------------
 
 def schedule(jobs: dict[str, dict], placements: dict[str, dict], machines: dict[str, dict], *,
-             index: int, now: int, job_names: list[str] | None = None) -> Plan:
-    """One scheduling pass over ``job_names`` (default: every job), highest priority first."""
+             index: int, now: int, job_names: list[str] | None = None, check: Check = no_check) -> Plan:
+    """One scheduling pass over ``job_names`` (default: every job), highest priority first.
+
+    ``check`` is called between units of work (a machine filtered, a replica placed); a caller that must give
+    up (a dry run past its time bound) makes it raise, and the pass stops there."""
     plan = Plan(index=index)
     views = build_views(machines, placements)
     by_job: dict[str, list[dict]] = {}
@@ -476,6 +490,7 @@ def schedule(jobs: dict[str, dict], placements: dict[str, dict], machines: dict[
             if live(p):
                 plan.stop.append((p["id"], "job purged"))
     for name in names:
+        check()
         job = jobs.get(name)
         if job is None:
             continue
@@ -489,13 +504,14 @@ def schedule(jobs: dict[str, dict], placements: dict[str, dict], machines: dict[
         if job["status"] != "running" or not rec.place:
             plan.pending[name] = ""
             continue
-        placed, pending = place_job(name, job, spec, rec.place, views, by_job.get(name, []), index)
+        placed, pending = place_job(name, job, spec, rec.place, views, by_job.get(name, []), index, check)
         plan.place.extend(placed)
         if pending and spec.get("priority", 50) > 0:
             left = rec.place[len(placed):]
             for slot in left:
+                check()
                 got = preempt_for(name, spec, views, {k: v for k, v in placements.items() if k not in stopping},
-                                  priorities)
+                                  priorities, check)
                 if got is None:
                     break
                 mid, victims = got
@@ -505,7 +521,7 @@ def schedule(jobs: dict[str, dict], placements: dict[str, dict], machines: dict[
                     _release(views, placements[pid])
                 more, _ = place_job(name, job, {**spec, "constraints": spec.get("constraints", []) +
                                                 [{"attr": "id", "op": "==", "value": mid}]},
-                                    [slot], views, by_job.get(name, []), index)
+                                    [slot], views, by_job.get(name, []), index, check)
                 plan.place.extend(more)
                 placed = placed + more
             if len(placed) == len(rec.place):

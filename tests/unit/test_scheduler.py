@@ -208,3 +208,103 @@ def test_a_stored_pattern_re2_cannot_run_matches_nothing():
     assert constraint_ok(machine("x", labels={"twice": "aa"}), c) is False
     v = build_views({"x": machine("x", labels={"twice": "aa"})}, {})["x"]
     assert f_constraints(v, {**SPEC, "constraints": [c]}) == r"constraint labels.twice regex (a)\1"
+
+
+# -- dry runs: bounded work off the event loop (raftctl.node.scheduling.run_plan) --------------------------------
+
+def big_cluster(n: int) -> dict[str, dict]:
+    return {f"m{i:04d}": machine(f"m{i:04d}", zone=f"z{i % 3}", cpu=64000, mem=1 << 40, ports=(20000, 30000),
+                                 labels={"disk": f"ssd-{i}"}) for i in range(n)}
+
+
+def test_a_dry_run_consults_check_between_units_of_work_and_stops_when_it_raises():
+    from raftctl.node.views import dry_run
+    spec = job(replicas=500, constraints=[{"attr": "labels.disk", "op": "regex", "value": "^ssd-"}])["versions"][0]["spec"]
+    calls = []
+    out = dry_run({}, {}, big_cluster(300), 1, spec, check=lambda: calls.append(1))
+    assert len(out["place"]) == 500
+    assert len(calls) >= 300 + 500                    # every machine filtered, every replica placed
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_100():
+        calls.append(1)
+        if len(calls) > 100:
+            raise Stop()
+    calls.clear()
+    with pytest.raises(Stop):
+        dry_run({}, {}, big_cluster(300), 1, spec, check=stop_after_100)
+    assert len(calls) == 101
+
+
+async def test_run_plan_answers_off_the_event_loop():
+    import asyncio
+    import threading
+    from raftctl.node.scheduling import run_plan
+    loop_thread = threading.get_ident()
+    ran_on = []
+    assert await run_plan(lambda check: ran_on.append(threading.get_ident()) or 42) == 42
+    assert ran_on and ran_on[0] != loop_thread
+
+    # the loop keeps turning while a plan computes (with the dry run on the loop it could not turn at all)
+    ticks = 0
+    release = threading.Event()
+
+    async def ticker():
+        nonlocal ticks
+        while not release.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    t = asyncio.create_task(ticker())
+
+    def work(check):
+        while ticks < 50:                              # ends only if the loop turns while it runs
+            check()
+        release.set()
+        return "done"
+    assert await run_plan(work, timeout=30) == "done"
+    await t
+
+
+async def test_a_plan_past_its_bound_is_a_503_and_its_work_stops():
+    import threading
+    from raftctl.errors import Unavailable
+    from raftctl.node.scheduling import run_plan
+    stopped = threading.Event()
+
+    def forever(check):
+        try:
+            while True:
+                check()
+        finally:
+            stopped.set()
+    with pytest.raises(Unavailable) as exc:
+        await run_plan(forever, timeout=0.2)
+    assert exc.value.http_status == 503 and exc.value.code == "plan_timeout"
+    assert "0.2s" in exc.value.message
+    assert stopped.wait(10), "the abandoned plan kept running"
+
+
+async def test_plans_beyond_the_concurrency_limit_are_refused_not_queued():
+    import asyncio
+    import threading
+    from raftctl.errors import Unavailable
+    from raftctl.node import scheduling
+    gate = threading.Event()
+    started = []
+
+    def wait(check):
+        started.append(1)
+        gate.wait(10)
+        return "ok"
+    running = [asyncio.create_task(scheduling.run_plan(wait, timeout=30)) for _ in range(scheduling.PLAN_CONCURRENCY)]
+    while len(started) < scheduling.PLAN_CONCURRENCY:
+        await asyncio.sleep(0.01)
+    with pytest.raises(Unavailable) as exc:
+        await scheduling.run_plan(wait, timeout=30)
+    assert exc.value.http_status == 429 and exc.value.code == "plan_busy"
+    gate.set()
+    assert await asyncio.gather(*running) == ["ok"] * scheduling.PLAN_CONCURRENCY
+    assert await scheduling.run_plan(lambda check: "again") == "again"   # slots freed
