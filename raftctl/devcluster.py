@@ -5,6 +5,10 @@ disk: ``DIR/secret`` (0600), ``DIR/cluster.json`` (each process's role, id,
 pid, URLs and data dir), ``DIR/env`` (``RAFTCTL_SERVER``/``RAFTCTL_TOKEN``),
 and one data dir per replica ``DIR/n1`` … A second start on the same DIR
 reuses the same ports and data dirs, so the cluster resumes its state.
+
+With ``dns_port`` (``raftctl up``: 8600, Consul's habit) replica i also answers DNS
+(``<service>.service.raftctl``, UDP and TCP, no token) on ``host:dns_port + i``, or on a
+free port when that one is taken; ``Proc.dns`` and cluster.json say which.
 """
 from __future__ import annotations
 
@@ -40,6 +44,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free port in 10000-19999")
 
 
+def dns_port_free(host: str, port: int) -> bool:
+    """Both UDP and TCP ``host:port`` can be bound now (DNS needs both)."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as s:
+            if kind == socket.SOCK_STREAM:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_dns_port(host: str = "127.0.0.1") -> int:
+    for _ in range(200):
+        port = free_port(host)
+        if dns_port_free(host, port):
+            return port
+    raise RuntimeError("no port free for both UDP and TCP in 10000-19999")
+
+
 @dataclass
 class Proc:
     role: str
@@ -50,6 +75,7 @@ class Proc:
     extra_args: list[str] = field(default_factory=list)
     popen: subprocess.Popen | None = None
     tls: bool = False
+    dns: int | None = None  # the replica's DNS port (UDP and TCP on the API host), if it serves DNS
 
     @property
     def url(self) -> str:
@@ -63,7 +89,8 @@ class Proc:
 class LocalCluster:
     def __init__(self, directory: str, replicas: int = 3, host: str = "127.0.0.1",
                  log_level: str = "info", agents: int = 0, runtime: str | None = None,
-                 agent_args: list[str] | None = None, zones: int = 3, tls_dir: str | None = None) -> None:
+                 agent_args: list[str] | None = None, zones: int = 3, tls_dir: str | None = None,
+                 dns_port: int | None = None) -> None:
         self.dir = os.path.abspath(directory)
         # tls_dir: serve every API over HTTPS with certificates from `raftctl tls init` (made there if absent)
         self.tls_dir = os.path.abspath(tls_dir) if tls_dir else None
@@ -77,6 +104,11 @@ class LocalCluster:
         if not os.path.exists(self.secret_path):
             write_secret_file(self.secret_path, new_token())
         self.procs: list[Proc] = self._load_or_plan(replicas)
+        if dns_port is not None:
+            for i, p in enumerate(self.servers):
+                if p.dns is None:
+                    p.dns = dns_port + i if dns_port and dns_port_free(self.host, dns_port + i) else \
+                        free_dns_port(self.host)
         if not self.agents:
             self.procs += [Proc(role="agent", id=f"m{i + 1}", data_dir=os.path.join(self.dir, f"m{i + 1}"),
                                 api=f"127.0.0.{i + 2}") for i in range(agents)]
@@ -108,7 +140,7 @@ class LocalCluster:
                 data = json.load(f)
             self.runtime = self.runtime or data.get("runtime")
             return [Proc(role=p["role"], id=p["id"], data_dir=p["data_dir"], raft=p.get("raft", ""),
-                         api=p.get("api", "").replace("http://", "").replace("https://", ""))
+                         api=p.get("api", "").replace("http://", "").replace("https://", ""), dns=p.get("dns"))
                     for p in data["processes"]]
         return [Proc(role="server", id=f"n{i + 1}", data_dir=os.path.join(self.dir, f"n{i + 1}"),
                      raft=f"{self.host}:{free_port(self.host)}", api=f"{self.host}:{free_port(self.host)}")
@@ -129,7 +161,8 @@ class LocalCluster:
     def write_files(self) -> None:
         data = {"dir": self.dir, "processes": [
             {"role": p.role, "id": p.id, "pid": p.pid, "raft": p.raft,
-             "api": p.url if p.role == "server" else p.api, "data_dir": p.data_dir}
+             "api": p.url if p.role == "server" else p.api, "data_dir": p.data_dir,
+             **({"dns": p.dns} if p.dns is not None else {})}
             for p in self.procs], "runtime": self.runtime}
         tmp = os.path.join(self.dir, "cluster.json.tmp")
         with open(tmp, "w") as f:
@@ -158,6 +191,8 @@ class LocalCluster:
                 "--raft", p.raft, "--api", p.api, "--secret-file", self.secret_path, "--log-level", self.log_level]
         for peer in peers:
             argv += ["--peer", peer]
+        if p.dns is not None:
+            argv += ["--dns-port", str(p.dns)]
         if self.tls_dir:
             argv += ["--tls-cert", os.path.join(self.tls_dir, "server.crt"),
                      "--tls-key", os.path.join(self.tls_dir, "server.key"),

@@ -129,6 +129,8 @@ class Agent:
             from raftctl.agent.logserver import start_log_server
 
             runner = await start_log_server(self)
+            log.info("agent %s: endpoint %s (GET /metrics, GET /v1/logs/<placement>; bearer token)",
+                     self.cfg.machine, self.cfg.api)
             await self._adopt()
             await self._register()
             tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),

@@ -40,7 +40,8 @@ def register(cli: click.Group) -> None:
     @click.argument("file", type=click.Path(exists=True, dir_okay=False))
     @click.option("--cas", type=int, default=None, help="Only if the job is at this modify index (0: must not exist).")
     @click.option("--wait/--detach", default=None,
-                  help="Follow the rollout until every replica is healthy (default: when on a terminal).")
+                  help="Follow the rollout until every replica is healthy (default: follow, with a progress bar on "
+                       "a terminal and plain lines otherwise; with -o json, detach).")
     @click.option("--timeout", "wait_timeout", default=600, show_default=True, help="Seconds to follow at most.")
     @click.pass_context
     def run(ctx: click.Context, file: str, cas: int | None, wait: bool | None, wait_timeout: int) -> None:
@@ -53,7 +54,7 @@ def register(cli: click.Group) -> None:
             text_out = f"job {data['name']} version {data['version']} submitted (index {data['index']})"
         emit(ctx, data, text=text_out)
         if wait is None:
-            wait = sys.stdout.isatty() and ctx.obj.get("output") != "json"
+            wait = ctx.obj.get("output") != "json"
         if wait:
             from raftctl.cli.progress import follow
 

@@ -5,7 +5,7 @@ import time
 
 import click
 
-from raftctl.cli.output import emit
+from raftctl.cli.output import emit, wide
 from raftctl.statemachine.units import format_cpu, format_size
 
 
@@ -19,13 +19,15 @@ def register(cli: click.Group) -> None:
     @machine.command("list")
     @click.pass_context
     def list_(ctx: click.Context) -> None:
+        """Machines; `-o wide` adds each agent's own endpoint (GET /metrics, GET /v1/logs/<placement>)."""
         data = client(ctx).request("GET", "/v1/machines")
         rows = [(m["id"], m["state"], m["address"],
                  "/".join(m["fault_domain"].get(k, "") for k in ("region", "zone", "rack")),
                  f"{format_cpu(m['allocated']['cpu'])}/{format_cpu(m['resources']['cpu'])}",
                  f"{format_size(m['allocated']['memory'])}/{format_size(m['resources']['memory'])}",
-                 m["placements"]) for m in data["machines"]]
-        emit(ctx, data, rows, ["id", "state", "address", "fault domain", "cpu", "memory", "placements"])
+                 m["placements"]) + ((m.get("api") or "-",) if wide(ctx) else ()) for m in data["machines"]]
+        emit(ctx, data, rows, ["id", "state", "address", "fault domain", "cpu", "memory", "placements"]
+             + (["endpoint"] if wide(ctx) else []))
 
     @machine.command("drain")
     @click.argument("machine_id", required=False)

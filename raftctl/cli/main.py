@@ -33,7 +33,8 @@ class Group(click.Group):
 @click.option("--server", "servers", multiple=True, envvar="RAFTCTL_SERVER",
               help="API URL of a control replica (several allowed; failover between them).")
 @click.option("--token", envvar="RAFTCTL_TOKEN", help="Bearer token (or RAFTCTL_TOKEN).")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", help="Output format.")
+@click.option("-o", "--output", type=click.Choice(["table", "wide", "json"]), default="table",
+              help="Output format (wide: tables with more columns).")
 @click.option("--tls-ca", envvar="RAFTCTL_CA_CERT", default=None, type=click.Path(dir_okay=False),
               help="CA certificate that https:// servers are verified with (or RAFTCTL_CA_CERT).")
 @click.pass_context

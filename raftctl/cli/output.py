@@ -19,6 +19,11 @@ def emit(ctx: click.Context, data: Any, table: Sequence[Sequence[Any]] | None = 
         click.echo(format_table(headers, table))
 
 
+def wide(ctx: click.Context) -> bool:
+    """`-o wide`: a table with the extra columns a command offers."""
+    return ctx.obj.get("output") == "wide"
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h).upper() for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]

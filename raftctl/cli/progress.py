@@ -1,7 +1,9 @@
-"""Follow a job's rollout: a progress bar for people, events as JSON lines for scripts."""
+"""Follow a job's rollout: a progress bar on a terminal, plain progress lines when stdout is not one
+(a pipe, a log, CI), events as JSON lines for scripts."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import click
@@ -17,12 +19,22 @@ def _state(c: Client, name: str) -> tuple[dict, int, int]:
     return job, len(current), job["replicas"]
 
 
-def follow(c: Client, name: str, version: int, *, as_json: bool, timeout: float) -> bool:
-    """True when every replica of the version is healthy (or the deploy succeeded)."""
+def follow(c: Client, name: str, version: int, *, as_json: bool, timeout: float,
+           plain: bool | None = None) -> bool:
+    """True when every replica of the version is healthy (or the deploy succeeded). ``plain``
+    (default: stdout is not a terminal): one line per event and per change of progress."""
     deadline = time.monotonic() + timeout
     seq = c.request("GET", "/v1/events")["index"]
     bar = None
-    if not as_json:
+    if plain is None:
+        plain = not sys.stdout.isatty()
+    plain = plain and not as_json
+    last: tuple | None = None
+
+    def line(text: str) -> None:
+        click.echo(text)  # one whole line at a time (click flushes it)
+
+    if not as_json and not plain:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -36,19 +48,31 @@ def follow(c: Client, name: str, version: int, *, as_json: bool, timeout: float)
                 if e.get("job") == name:
                     if as_json:
                         click.echo(json.dumps(e, sort_keys=True))
+                    elif plain:
+                        line(f"  {e['kind']}: {e['message']}")
                     elif bar is not None:
                         bar.console.print(f"  {e['kind']}: {e['message']}")
             seq = max(seq, evs["index"])
             job, healthy, want = _state(c, name)
             dep = job.get("deployment") or {}
             status = dep.get("status", "") if dep.get("version") == job["version"] else ""
+            held = f" ({dep['held']})" if dep.get("held") else ""
             if bar is not None:
-                bar.update(task, completed=healthy, total=max(want, 1),
-                           status=status + (f" ({dep['held']})" if dep.get("held") else ""))
+                bar.update(task, completed=healthy, total=max(want, 1), status=status + held)
+            if plain and (healthy, want, status, held) != last:
+                last = (healthy, want, status, held)
+                line(f"{name} v{version}: {healthy}/{want} healthy" + (f", deployment {status}" if status else "")
+                     + held)
             if status in ("failed", "reverted"):
+                if plain:
+                    line(f"{name} v{version}: deployment {status}" + (f": {dep['reason']}" if dep.get("reason") else ""))
                 return False
             if healthy >= want and (not status or status == "successful") and job["version"] >= version:
+                if plain:
+                    line(f"{name} v{version}: rolled out, {healthy}/{want} healthy")
                 return True
+        if plain:
+            line(f"{name} v{version}: not rolled out after {timeout:g}s (still rolling; `raftctl job status {name}`)")
         return False
     finally:
         if bar is not None:

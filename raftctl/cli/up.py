@@ -18,12 +18,15 @@ def register(cli: click.Group) -> None:
     @click.option("--runtime", type=click.Choice(["runc", "process", "sim"]), default=None,
                   help="Agents' runtime (default: runc when root and runc exist, else process, which isolates "
                        "nothing).")
-    def up(directory: str, replicas: int, agents: int, runtime: str | None) -> None:
+    @click.option("--dns-port", default=8600, show_default=True, type=click.IntRange(0, 65535),
+                  help="Replica i answers DNS for <service>.service.raftctl on 127.0.0.1:PORT+i (a free port when "
+                       "taken; 0: any free port).")
+    def up(directory: str, replicas: int, agents: int, runtime: str | None, dns_port: int) -> None:
         """Start a local cluster in the foreground; Ctrl-C stops everything cleanly."""
         from raftctl.agent.runtime import default_runtime
         from raftctl.devcluster import LocalCluster
 
-        cluster = LocalCluster(directory, replicas=replicas, agents=agents, runtime=runtime)
+        cluster = LocalCluster(directory, replicas=replicas, agents=agents, runtime=runtime, dns_port=dns_port)
         if cluster.runtime is None:             # a resumed cluster keeps the runtime it was made with
             cluster.runtime = default_runtime()
         if cluster.runtime == "process":
@@ -49,12 +52,21 @@ def register(cli: click.Group) -> None:
         env = os.path.join(cluster.dir, "env")
         click.echo(f"cluster up: leader {leader.id if leader else '?'}")
         for p in cluster.servers:
-            click.echo(f"  {p.id}  api {p.url}  raft {p.raft}  pid {p.pid}  data {p.data_dir}")
+            click.echo(f"  {p.id}  api {p.url}  raft {p.raft}  dns {cluster.host}:{p.dns}  pid {p.pid}  "
+                       f"data {p.data_dir}")
+        try:  # each agent's own HTTP endpoint (GET /metrics, GET /v1/logs/<placement>), on a port it picked
+            endpoints = {m["id"]: m.get("api") for m in cluster.get(leader or cluster.servers[0], "/v1/machines",
+                                                                     timeout=10)["machines"]}
+        except Exception:
+            endpoints = {}
         for p in cluster.agents:
-            click.echo(f"  {p.id}  agent at {p.api}  pid {p.pid}  data {p.data_dir}")
+            click.echo(f"  {p.id}  agent at {p.api}  endpoint {endpoints.get(p.id) or '?'} (/metrics, /v1/logs)  "
+                       f"pid {p.pid}  data {p.data_dir}")
         build = "  raftctl image build examples/web --name web:1 --base host\n"
         click.echo(f"\nin another shell:\n  source {env}\n  raftctl cluster status\n{build}"
-                   f"  raftctl job run examples/web.yaml\n  raftctl discover web\n\nCtrl-C stops the cluster.")
+                   f"  raftctl job run examples/web.yaml\n  raftctl discover web\n"
+                   f"  dig @{cluster.host} -p {cluster.servers[0].dns} web.service.raftctl SRV\n\n"
+                   "Ctrl-C stops the cluster.")
         try:
             while not stopping:
                 for p in cluster.procs:

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 
+import dns.message as dmsg
+import dns.query as dquery
 import pytest
 
 from .conftest import wait_until
@@ -29,15 +32,15 @@ def test_cli_job_lifecycle(cluster, tmp_path):
     env = {"RAFTCTL_SERVER": " ".join(cluster.urls), "RAFTCTL_TOKEN": cluster.token()}
     spec = tmp_path / "api.yaml"
     spec.write_text("name: api\nimage: api:1\ncommand: [sleep, '100']\nreplicas: 2\nresources: {memory: 32Mi}\n")
-    out = raftctl("job", "run", str(spec), env=env).stdout
+    out = raftctl("job", "run", "--detach", str(spec), env=env).stdout  # no agents here: nothing would roll out
     assert "job api version 1 submitted" in out
-    assert "unchanged" in raftctl("job", "run", str(spec), env=env).stdout
+    assert "unchanged" in raftctl("job", "run", "--detach", str(spec), env=env).stdout
     jobs = json.loads(raftctl("-o", "json", "job", "list", env=env).stdout)
     assert "api" in [j["name"] for j in jobs["jobs"]]
     table = raftctl("job", "list", env=env).stdout
     assert table.splitlines()[0].split()[:3] == ["NAME", "STATUS", "VERSION"]
     spec.write_text(spec.read_text().replace("api:1", "api:2"))
-    raftctl("job", "run", str(spec), env=env)
+    raftctl("job", "run", "--detach", str(spec), env=env)
     versions = json.loads(raftctl("-o", "json", "job", "versions", "api", env=env).stdout)["versions"]
     assert [v["version"] for v in versions] == [1, 2]
     assert "now version 3" in raftctl("job", "rollback", "api", "1", env=env).stdout
@@ -103,17 +106,41 @@ def test_up_writes_env_stops_on_ctrl_c_and_resumes(tmp_path):
                                                                                 "${PORT_HTTP}"],
                                     "ports": [{"name": "http"}], "replicas": 2,
                                     "health": {"type": "http", "port": "http"}}))
-        raftctl("job", "run", str(spec), env=env)
-        eps = wait_until(lambda: (lambda d: d["endpoints"] if len(d["endpoints"]) == 2 else None)(
-            json.loads(raftctl("-o", "json", "discover", "keep", env=env).stdout)), timeout=30, what="2 endpoints")
+        # Without a terminal `job run` still follows the rollout, in plain lines, and returns once it is done.
+        run = raftctl("job", "run", str(spec), env=env).stdout
+        lines = run.splitlines()
+        assert lines[0].startswith("job keep version 1 submitted") and lines[-1] == "keep v1: rolled out, 2/2 healthy"
+        assert "keep v1: 2/2 healthy" in lines and all(  # progress lines, each a whole line
+            re.fullmatch(r"job keep .*|  \S+: .*|keep v1: [0-2]/2 healthy.*|keep v1: rolled out, 2/2 healthy", ln)
+            for ln in lines), run
+        assert "\x1b" not in run and "\r" not in run  # no bar, no terminal codes
+        eps = json.loads(raftctl("-o", "json", "discover", "keep", env=env).stdout)["endpoints"]
+        assert len(eps) == 2
         for e in eps:
             with urllib.request.urlopen(f"http://{e['address']}:{e['port']}/", timeout=5) as r:
                 assert r.status == 200
+        # DNS: on the fixed port (8600 unless taken), no token, the same endpoints as `discover`.
+        dns_port = json.loads((d / "cluster.json").read_text())["processes"][0]["dns"]
+        srv = dquery.udp(dmsg.make_query("keep.service.raftctl", "SRV"), "127.0.0.1", port=dns_port, timeout=3)
+        assert sorted((r.target.to_text(), r.port) for r in srv.answer[0]) == sorted(
+            (f"{e['placement']}.keep.service.raftctl.", e["port"]) for e in eps)
+        # Each agent's own endpoint: in `machine list -o wide`, and in one line of its log.
+        table = raftctl("-o", "wide", "machine", "list", env=env).stdout.splitlines()
+        assert table[0].split()[-1] == "ENDPOINT"
+        machines = json.loads(raftctl("-o", "json", "machine", "list", env=env).stdout)["machines"]
+        for m in machines:
+            assert m["api"].startswith("http://127.0.0.") and any(
+                ln.split()[0] == m["id"] and ln.split()[-1] == m["api"] for ln in table[1:]), (m, table)
+            log = (d / m["id"] / "agent.log").read_text()
+            assert f"agent {m['id']}: endpoint {m['api']} (GET /metrics" in log
+        assert "ENDPOINT" not in raftctl("machine", "list", env=env).stdout  # the plain table stays narrow
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "stopped" in out
+    assert f"dns 127.0.0.1:{dns_port}" in out and f"dig @127.0.0.1 -p {dns_port} web.service.raftctl SRV" in out
+    assert all(f"endpoint {m['api']} (/metrics, /v1/logs)" in out for m in machines), out
     for p in layout["processes"]:
         with pytest.raises(ProcessLookupError):
             os.kill(p["pid"], 0)
