@@ -333,3 +333,24 @@ def test_raftctl_up_passes_the_flag_only_for_the_process_runtime(tmp_path):
         agent = next(p for p in c.procs if p.role == "agent")
         assert isinstance(agent, Proc)
         assert ("--allow-unisolated" in c.agent_argv(agent)) is flagged, runtime
+
+
+@pytest.mark.root
+def test_a_submount_of_a_host_tree_stays_read_only(runc_driver, busybox_store, tmp_path, monkeypatch):
+    """`base: host` binds are recursively read-only (rro): a read-only bind of a tree used to leave the
+    mounts below it writable. The tree here is the test's own, with a tmpfs mounted inside it."""
+    from raftctl.agent import rootfs
+    store, digest = busybox_store
+    tree = tmp_path / "hosttree"
+    (tree / "sub").mkdir(parents=True)
+    rootfs.mount("tmpfs", str(tree / "sub"), "tmpfs", 0, "size=1m")
+    try:
+        monkeypatch.setattr(bundle, "HOST_BASE_DIRS", (str(tree),))
+        script = f"echo x > {tree}/x; echo top=$?; echo x > {tree}/sub/x; echo sub=$?"
+        job = {**JOB, "user": "0", "command": ["sh", "-c", script]}
+        code, out, err = run_job(runc_driver, digest, job, tmp_path)
+        assert code == 0 and "top=1" in out and "sub=1" in out, (out, err)
+        assert err.count("Read-only file system") == 2, err
+        assert not (tree / "x").exists() and not (tree / "sub" / "x").exists()
+    finally:
+        rootfs.umount(str(tree / "sub"))
