@@ -11,11 +11,15 @@ from typing import IO, Any, Callable, TypeVar
 
 import aiohttp
 
+from raftctl import gate
 from raftctl.agent.oci import ImageError, split_digest
-from raftctl.errors import Forbidden, RaftctlError, Unauthorized, Unavailable
+from raftctl.errors import Forbidden, RaftctlError, Unauthorized, Unavailable, ValidationError
 
 log = logging.getLogger("raftctl.agent.control")
 T = TypeVar("T")
+# Answers from the control plane pass the gate too (no NaN, lone surrogates, huge integers, absurd depth); bounds
+# wide enough for a machine's assignments with every spec.
+ANSWER_LIMITS = gate.Limits(max_bytes=64 << 20, max_items=1_000_000, max_string=1 << 20, max_nodes=20_000_000)
 CONNECT_S = 1.0   # a replica that does not accept within this is cut off (a blackholed SYN), whatever the read bound
 
 
@@ -88,7 +92,8 @@ class ControlClient:
                 total = timeout or self.timeout
                 bounds = aiohttp.ClientTimeout(total=total, sock_connect=min(CONNECT_S, total))
                 async with self._session.request(method, url + path, json=json, params=params, timeout=bounds) as r:
-                    data = await r.json(content_type=None)
+                    payload = await r.read()
+                    data = gate.decode_json(payload, limits=ANSWER_LIMITS, root="answer") if payload.strip() else None
                     if r.status == 200:
                         if not server:
                             self._next = self.servers.index(url)
@@ -106,8 +111,8 @@ class ControlClient:
                     if r.status < 500:
                         raise exc
                     last = exc
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-                last = e
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValidationError) as e:
+                last = e  # ValidationError: an answer the gate refused; that replica counts as not answering
             if not server:
                 self._next = (self._next + 1) % len(self.servers)
         raise Unavailable(f"no control replica answered: {last}")

@@ -196,3 +196,33 @@ def test_spec_files_pass_the_gate(text: str, fmt: str | None, field: str) -> Non
         parse_spec(text, fmt)
     assert exc.value.field in (field, None), exc.value.message
     assert exc.value.problems[0].field == field
+
+
+async def test_the_agent_treats_a_hostile_answer_as_a_replica_not_answering() -> None:
+    """raftctl/agent/control.py decodes the control plane's answers through the gate: an answer holding NaN, a lone
+    surrogate or 10,000 levels of nesting is not handed to the agent; the next replica is asked instead."""
+    from aiohttp import web
+
+    from raftctl.agent.control import ControlClient
+    from raftctl.errors import Unavailable
+
+    answers = [b'{"machine": NaN}', b'{"machine": "\\ud800"}', b"[" * 10_000 + b"]" * 10_000, b'{"ok": 1}']
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=answers[int(request.match_info["n"])], content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/{n}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with ControlClient([url], "t") as control:
+            for n in range(3):
+                with pytest.raises(Unavailable, match="answer"):
+                    await control.request("GET", f"/{n}")
+            assert await control.request("GET", "/3") == {"ok": 1}
+    finally:
+        await runner.cleanup()
