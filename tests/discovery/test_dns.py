@@ -348,3 +348,19 @@ def test_rate_limiter_refills_and_tracks_a_bounded_number_of_sources() -> None:
         rl.take((f"10.0.{i + 1}.1", 53))
     assert len(rl.table) == 3
     assert rl.take(("2001:db8::1", 53)) == "answer" and "2001:db8::/56" in rl.table
+
+
+def test_cutting_a_long_udp_answer_packs_a_few_times_not_once_per_record(monkeypatch) -> None:
+    from raftctl.discovery import dns as mod
+
+    eps = [endpoint(f"many-{i:04d}", f"m{i}", f"10.5.{i // 250}.{i % 250 + 1}", 30000 + i) for i in range(1000)]
+    q = DNSRecord.question("many.service.raftctl", "SRV")
+    q.add_ar(EDNS0(udp_len=4096))
+    reply = mod.answer(q, lambda svc: eps)
+    packs = []
+    real = DNSRecord.pack
+    monkeypatch.setattr(DNSRecord, "pack", lambda self: packs.append(1) or real(self))
+    data = mod.finish(q, reply, udp=True)
+    cut = DNSRecord.parse(data)
+    assert len(data) <= 1232 and cut.header.tc and 0 < len(cut.rr) < 1000
+    assert len(packs) <= 15, len(packs)  # bisection: ~log2(1000) + 2 (one pack per record dropped: ~1000)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import urllib.request
 
+import dns.message as dmsg
+import dns.query as dquery
 import pytest
 
 from tests.agent.conftest import root_runc  # noqa: F401  (the loud skip without root and runc)
@@ -38,12 +40,20 @@ def test_the_readme_quick_start_runs_as_written_with_runc(root_runc, tmp_path):
         wait_until(lambda: len(json.loads(raftctl("-o", "json", "machine", "list", env=env).stdout)["machines"]) == 3,
                    timeout=60, what="3 machines")
         raftctl("image", "build", "examples/web", "--name", "web:1", "--base", "host", env=env)
-        raftctl("job", "run", "--detach", "examples/web.yaml", env=env)
-        eps = wait_until(lambda: (lambda a: a["endpoints"] if len(a["endpoints"]) == 3 else None)(
-            json.loads(raftctl("-o", "json", "discover", "web", env=env).stdout)), timeout=90, what="3 endpoints")
+        run = raftctl("job", "run", "examples/web.yaml", env=env).stdout  # follows the rollout, no terminal here
+        assert run.splitlines()[-1] == "web v1: rolled out, 3/3 healthy", run
+        eps = json.loads(raftctl("-o", "json", "discover", "web", env=env).stdout)["endpoints"]
+        assert len(eps) == 3
         for e in eps:
             with urllib.request.urlopen(f"http://{e['address']}:{e['port']}/", timeout=5) as r:
                 assert "Hello from a raftctl replica" in r.read().decode()
+        # `dig @127.0.0.1 -p 8600 web.service.raftctl SRV` (dig is not installed here: dnspython asks the same)
+        port = json.loads((d / "cluster.json").read_text())["processes"][0]["dns"]
+        srv = dquery.udp(dmsg.make_query("web.service.raftctl", "SRV"), "127.0.0.1", port=port, timeout=3)
+        assert sorted((r.target.to_text(), r.port) for r in srv.answer[0]) == sorted(
+            (f"{e['placement']}.web.service.raftctl.", e["port"]) for e in eps)
+        wide = raftctl("-o", "wide", "machine", "list", env=env).stdout
+        assert wide.splitlines()[0].split()[-1] == "ENDPOINT" and wide.count("http://127.0.0.") == 3
     finally:
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=120)
