@@ -53,6 +53,7 @@ class Limits:
     max_items: int = MAX_ITEMS
     max_string: int = MAX_STRING
     max_nodes: int = MAX_NODES
+    bytes_ok: bool = False  # byte strings allowed (a snapshot file's state), each at most max_bytes long
 
 
 DEFAULT = Limits()
@@ -109,7 +110,7 @@ def check(value: Any, *, limits: Limits = DEFAULT, root: str = "body") -> Any:
             elif t is int:
                 if not -INT_BOUND < item < INT_BOUND:
                     _check_scalar(item, _child(path, k), root, limits)
-            elif item is None or t is bool or (t is float and math.isfinite(item)):
+            elif item is None or t is bool or (t is float and math.isfinite(item)) or (t is bytes and limits.bytes_ok):
                 continue
             else:
                 _check_scalar(item, _child(path, k), root, limits)
@@ -118,7 +119,7 @@ def check(value: Any, *, limits: Limits = DEFAULT, root: str = "body") -> Any:
 
 def _check_scalar(v: Any, path: str, root: str, limits: Limits) -> None:
     t = type(v)
-    if v is None or t is bool:
+    if v is None or t is bool or (t is bytes and limits.bytes_ok):
         return
     if t is str:
         _check_string(v, path, root, limits)
@@ -295,7 +296,25 @@ def _scan_cbor(data: bytes, limits: Limits, root: str) -> None:
             if arg + 1 >= INT_BOUND:
                 raise bad("integer out of range (|n| must be below 2**63)")
         elif major == 2:
-            raise bad("byte strings have no JSON equivalent")
+            if not limits.bytes_ok:
+                raise bad("byte strings have no JSON equivalent")
+            if ai == 31:
+                while True:
+                    need(1)
+                    if data[pos] == 0xFF:
+                        pos += 1
+                        break
+                    cib = data[pos]
+                    if cib >> 5 != 2 or (cib & 0x1F) >= 28:
+                        raise bad("not valid CBOR: an indefinite byte string holds a chunk that is not bytes")
+                    clen, pos = _arg(data, pos + 1, cib & 0x1F, n)
+                    if clen < 0:
+                        raise ValidationError("not valid CBOR: the body ends inside an item", field=root)
+                    need(clen)
+                    pos += clen
+            else:
+                need(arg)
+                pos += arg
         elif major == 3:
             if ai == 31:
                 chunks = []

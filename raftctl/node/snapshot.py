@@ -27,11 +27,14 @@ from typing import Any
 import cbor2
 from aiohttp import web
 
+from raftctl import gate
 from raftctl.errors import ValidationError
 from raftctl.node.api import REPLICA, perm
 from raftctl.statemachine.state import State
 
 FORMAT = "raftctl-snapshot"
+# The envelope passes the gate (no tags, bounded depth and entries); its state is bytes, at most 4 GiB.
+ENVELOPE_LIMITS = gate.Limits(max_bytes=4 << 30, max_items=64, max_nodes=256, bytes_ok=True)
 VERSION = 1
 
 
@@ -65,9 +68,9 @@ def take(state: State, node: str, now_ms: int) -> Backup:
 def decode(data: bytes) -> Backup:
     """Parse and verify a backup file: format, version, the state's sha256, and that the state restores."""
     try:
-        obj = cbor2.loads(data)
-    except Exception as exc:
-        raise ValidationError(f"not a raftctl snapshot (not CBOR: {exc})", field="file") from None
+        obj = gate.decode_cbor(data, limits=ENVELOPE_LIMITS, root="file")
+    except ValidationError as exc:
+        raise ValidationError(f"not a raftctl snapshot ({exc.message})", field="file") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValidationError("not a raftctl snapshot (no format: raftctl-snapshot)", field="file")
     if obj.get("version") != VERSION:

@@ -226,3 +226,20 @@ async def test_the_agent_treats_a_hostile_answer_as_a_replica_not_answering() ->
             assert await control.request("GET", "/3") == {"ok": 1}
     finally:
         await runner.cleanup()
+
+
+def test_a_snapshot_file_envelope_passes_the_gate() -> None:
+    """raftctl/node/snapshot.decode (raftctl snapshot inspect/restore): a valid backup still decodes; a tag,
+    a self-reference or deep nesting in the envelope is refused naming the file, before cbor2 builds anything."""
+    from raftctl.node import snapshot
+    from raftctl.statemachine.state import State
+
+    backup = snapshot.take(State(), "n1", 1_700_000_000_000)
+    assert snapshot.decode(backup.encode()) == backup
+    envelope = cbor2.loads(backup.encode())
+    for hostile in (SELF_REFERENCE, cbor2.dumps({**envelope, "node": cbor2.CBORTag(28, ["x"])}),
+                    cbor2.dumps({**envelope, "saved_at": 2**64}), b"\x81" * 100_000 + b"\x00",
+                    cbor2.dumps({**envelope, "state": b"x"})[:-1]):
+        with pytest.raises(ValidationError) as exc:
+            snapshot.decode(hostile)
+        assert exc.value.field == "file"
