@@ -364,3 +364,21 @@ def test_cutting_a_long_udp_answer_packs_a_few_times_not_once_per_record(monkeyp
     cut = DNSRecord.parse(data)
     assert len(data) <= 1232 and cut.header.tc and 0 < len(cut.rr) < 1000
     assert len(packs) <= 15, len(packs)  # bisection: ~log2(1000) + 2 (one pack per record dropped: ~1000)
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+async def test_bytes_dnslib_cannot_decode_after_a_header_get_formerr(dns: DnsServer, tcp: bool) -> None:
+    q = dmsg.make_query("web.service.raftctl", "A")
+    wire = q.to_wire()
+    for bad in (wire[:-3],                                   # the question cut short
+                wire[:12] + b"\xc0\x0c\x00\x01\x00\x01"):    # a name that points at itself (a loop)
+        if tcp:
+            reader, writer = await asyncio.open_connection("127.0.0.1", dns.port)
+            writer.write(struct.pack("!H", len(bad)) + bad)
+            size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 2))[0]
+            raw = await reader.readexactly(size)
+            writer.close()
+        else:
+            raw = await asyncio.to_thread(_udp_raw, dns.port, bad)
+        r = dmsg.from_wire(raw)
+        assert r.id == q.id and r.rcode() == drcode.FORMERR and r.flags & dflags.QR and not r.question, bad
