@@ -48,9 +48,9 @@ class Recorder(Transport):
 class Handle:
     """A RaftNode with no tick thread, fed messages by the test."""
 
-    def __init__(self, path: Any, repair: bool) -> None:
+    def __init__(self, path: Any, repair: bool, peers: int = 2) -> None:
         self.transport = Recorder(None, None, [])
-        self.node = raft.RaftNode("127.0.0.1:7001", ["127.0.0.1:7002", "127.0.0.1:7003"], str(path), None,
+        self.node = raft.RaftNode("127.0.0.1:7001", [f"127.0.0.1:{7002 + i}" for i in range(peers)], str(path), None,
                                   on_applied=lambda: None, transport=self.transport, repair=repair,
                                   conf_overrides={"autoTick": False})
 
@@ -82,8 +82,8 @@ class Handle:
 def handle(tmp_path: Any) -> Any:
     made: list[Handle] = []
 
-    def build(repair: bool) -> Handle:
-        h = Handle(tmp_path / f"{len(made)}", repair)
+    def build(repair: bool, peers: int = 2) -> Handle:
+        h = Handle(tmp_path / f"{len(made)}", repair, peers)
         made.append(h)
         return h
 
@@ -359,6 +359,30 @@ def test_pysyncobj_alone_does_not_repair_a_divergent_tail(tmp_path: Any) -> None
     finally:
         cluster.close()
     assert took is None
+
+
+# ---------------------------------------------------------------------------------------------- elections
+@pytest.mark.parametrize("repair", [True, False])
+def test_a_duplicated_vote_does_not_make_a_majority(handle: Any, repair: bool) -> None:
+    # 5 nodes: a candidate needs 3 votes, its own and two others'. One voter's response_vote delivered
+    # twice (a lossy, duplicating network; found by tests/sim) must count once.
+    h = handle(repair, peers=4)
+    peers = sorted(h.node.otherNodes, key=lambda n: n.id)
+    for peer in peers:
+        h.transport._onNodeConnected(peer)
+    deadline = time.monotonic() + 5
+    while h.node.raftCurrentTerm == 0 and time.monotonic() < deadline:
+        h.node.doTick(0.01)
+    term = h.node.raftCurrentTerm
+    vote = {"type": "response_vote", "term": term}
+    h.deliver(peers[0], vote)
+    h.deliver(peers[0], dict(vote))
+    if repair:
+        assert not h.node._isLeader() and h.node.raftCurrentTerm == term
+        h.deliver(peers[1], dict(vote))  # a second voter: now a majority
+        assert h.node._isLeader()
+    else:  # pysyncobj 0.3.17 counts messages: leader with 2 of 5 votes
+        assert h.node._isLeader()
 
 
 # ---------------------------------------------------------------------------------------------- raft_status

@@ -24,6 +24,9 @@ hint only if it answers a message sent after the last reset and is newer than th
 nextIndex never goes below matchIndex + 1. Answers also carry the term: an answer from another term is
 ignored.
 
+Elections: a candidate counts one response_vote per voter and term (pysyncobj counts messages, so a
+duplicated vote could elect a leader without a majority).
+
 Wire compatibility: new fields only ('seq' in requests; 'term', 'seq', 'conflict_term', 'conflict_index',
 'refused' in answers); the old ones keep their meaning, so a mixed cluster during an upgrade works.
 """
@@ -41,6 +44,7 @@ log = logging.getLogger("raftctl.raft.replication")
 _SyncObj = psyncobj.SyncObj
 _FOLLOWER = psyncobj._RAFT_STATE.FOLLOWER
 _LEADER = psyncobj._RAFT_STATE.LEADER
+_CANDIDATE = psyncobj._RAFT_STATE.CANDIDATE
 
 PROBE, REPLICATE, SNAPSHOT = "probe", "replicate", "snapshot"
 MAX_INFLIGHT = 32            # unanswered AppendEntries per follower in REPLICATE
@@ -79,6 +83,7 @@ class ReplicationFixes:
         """Call before SyncObj.__init__ (its tick thread may run at once)."""
         self._repair = bool(repair)
         self._replication_progress: dict[Any, _Progress] = {}
+        self._replication_voters: tuple[int | None, set] = (None, set())
 
     # ------------------------------------------------------------------ dispatch
     def _SyncObj__onMessageReceived(self, node: Any, message: dict) -> None:  # noqa: N802 (pysyncobj's name)
@@ -89,6 +94,8 @@ class ReplicationFixes:
             if message["term"] >= self._SyncObj__raftCurrentTerm:
                 self._on_append_entries(node, message)
             return None
+        if mtype == "response_vote" and not self._first_vote(node, message):
+            return None  # pysyncobj counts vote messages, not voters: a duplicate would count twice
         if mtype == "next_node_idx":
             if self._SyncObj__raftState == _LEADER and self._on_append_reply(node, message) \
                     and node in self._SyncObj__connectedNodes:
@@ -96,6 +103,21 @@ class ReplicationFixes:
                 self._send_to(node, self._progress(node), _now(), self._SyncObj__conf.appendEntriesPeriod)
             return None
         return _SyncObj._SyncObj__onMessageReceived(self, node, message)  # type: ignore[attr-defined]
+
+    def _first_vote(self, node: Any, message: dict) -> bool:
+        """False for a second response_vote from the same node in the same term (a duplicated message, as a
+        lossy network or a retransmitting transport makes): counting it could elect a leader without a
+        majority, one that lacks committed entries (found by the simulation in tests/sim)."""
+        if self._SyncObj__raftState != _CANDIDATE or message.get("term") != self._SyncObj__raftCurrentTerm:
+            return True  # pysyncobj ignores it anyway
+        term, voters = self.__dict__.get("_replication_voters", (None, set()))
+        if term != message["term"]:
+            term, voters = message["term"], set()
+            self._replication_voters = (term, voters)
+        if node in voters:
+            return False
+        voters.add(node)
+        return True
 
     # ------------------------------------------------------------------ follower
     def _on_append_entries(self, node: Any, message: dict) -> None:
