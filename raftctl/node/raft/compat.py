@@ -38,6 +38,8 @@ SYNCOBJ_METHODS: dict[str, tuple[str, ...]] = {
     # __init__.py (H7): overridden (snapshot load from a non-OS Disk; closing the snapshot writer)
     "_onTick": ("self", "timeToWait"),
     "_doDestroy": ("self",),
+    # tests/sim (H8): ticks the nodes itself (autoTick=False)
+    "doTick": ("self", "timeToWait"),
 }
 
 # Instance attributes SyncObj.__init__ sets that raftctl reads or writes.
@@ -61,6 +63,8 @@ SYNCOBJ_MODULE_NAMES: tuple[str, ...] = (
     "createJournal", "monotonicTime", "_RAFT_STATE", "_COMMAND_TYPE", "_bchr", "pickle",
     # __init__.py (H7): replaced by a factory returning snapshot.SnapshotFiles (same six methods)
     "Serializer",
+    # tests/sim (H8): patched during a simulated run (clock, election-timeout randomness, wake-up pipe)
+    "random", "PIPE_NOTIFIER_ENABLED",
 )
 
 
