@@ -237,8 +237,9 @@ def _scan_cbor(data: bytes, limits: Limits, root: str) -> None:
     n = len(data)
     pos = 0
     nodes = 0
-    # each open container: [is_map, remaining items (-1: indefinite), index, key of the current value, keys seen,
-    # path of the container]
+    max_nodes, max_string, max_items, max_depth = limits.max_nodes, limits.max_string, limits.max_items, limits.max_depth
+    # each open container: [is_map, items (-1: indefinite), items done, key of the current value, keys seen,
+    # path of the container, a key is due next]
     stack: list[list[Any]] = []
 
     def where() -> str:
@@ -252,15 +253,37 @@ def _scan_cbor(data: bytes, limits: Limits, root: str) -> None:
     def bad(msg: str) -> ValidationError:
         return ValidationError(msg, field=where())
 
-    def need(k: int) -> None:
-        if pos + k > n:
-            raise ValidationError("not valid CBOR: the body ends inside an item", field=root)
+    def truncated() -> ValidationError:
+        return ValidationError("not valid CBOR: the body ends inside an item", field=root)
+
+    def chunks(major: int) -> bytes:
+        """The chunks of an indefinite-length byte or text string, joined (each a definite string of ``major``)."""
+        nonlocal pos
+        out: list[bytes] = []
+        total = 0
+        while True:
+            if pos >= n:
+                raise truncated()
+            cib = data[pos]
+            pos += 1
+            if cib == 0xFF:
+                return b"".join(out)
+            if cib >> 5 != major or (cib & 0x1F) >= 28:
+                raise bad("not valid CBOR: an indefinite string holds a chunk of another kind")
+            clen, pos = _arg(data, pos, cib & 0x1F, n)
+            total += clen
+            if clen < 0 or pos + clen > n:
+                raise truncated()
+            if major == 3 and total > max_string:
+                raise bad(f"string longer than {max_string} bytes")
+            out.append(data[pos:pos + clen] if major == 3 else b"")
+            pos += clen
 
     while True:
-        need(1)
+        if pos >= n:
+            raise truncated()
         ib = data[pos]
         pos += 1
-        major, ai = ib >> 5, ib & 0x1F
         if ib == 0xFF:  # break: closes the innermost indefinite-length container
             if not stack or stack[-1][1] != -1 or (stack[-1][0] and not stack[-1][6]):
                 raise bad("not valid CBOR: unexpected break")
@@ -272,114 +295,113 @@ def _scan_cbor(data: bytes, limits: Limits, root: str) -> None:
                 break
             continue
         nodes += 1
-        if nodes > limits.max_nodes:
-            raise ValidationError(f"the document holds more than {limits.max_nodes} values", field=root)
-        if major == 6:
-            tag = _arg(data, pos, ai, n)[0] if ai < 28 else "?"
-            if tag in (2, 3):
-                raise bad(f"integer out of range (|n| must be below 2**63; CBOR tag {tag}, a bignum, is not allowed)")
-            raise bad(f"CBOR tags are not allowed (tag {tag})")
-        if ai >= 28 and not (ai == 31 and major in (2, 3, 4, 5)):
+        if nodes > max_nodes:
+            raise ValidationError(f"the document holds more than {max_nodes} values", field=root)
+        major = ib >> 5
+        ai = ib & 0x1F
+        if ai < 24:
+            arg = ai
+        elif ai < 28:
+            size = 1 << (ai - 24)
+            if pos + size > n:
+                raise truncated()
+            arg = int.from_bytes(data[pos:pos + size], "big")
+            pos += size
+        elif ai == 31 and 2 <= major <= 5:
+            arg = -1
+        elif major == 6:
+            arg = -1
+        else:
             raise bad("not valid CBOR: reserved or misplaced additional information")
-        arg = -1
-        if ai != 31:
-            arg, pos = _arg(data, pos, ai, n)
-            if arg < 0:
-                raise ValidationError("not valid CBOR: the body ends inside an item", field=root)
-        expecting_key = bool(stack) and stack[-1][0] and stack[-1][6]
-        if expecting_key and major != 3:
-            raise bad("map keys must be text strings")
+        top = stack[-1] if stack else None
+        if top is not None and top[6]:  # a map's key is due
+            if major != 3:
+                raise bad("map keys must be text strings")
+            raw = chunks(3) if arg < 0 else None
+            if raw is None:
+                if arg > max_string:
+                    raise bad(f"string of {arg} bytes; at most {max_string} are allowed")
+                if pos + arg > n:
+                    raise truncated()
+                raw = data[pos:pos + arg]
+                pos += arg
+            try:
+                key = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise bad("map key is not valid UTF-8 text (lone surrogates included)") from None
+            if key in top[4]:
+                raise bad(f"duplicate key {key[:64]!r}")
+            top[4].add(key)
+            top[3] = key
+            top[6] = False
+            continue  # the value of this key comes next
         if major == 0:
             if arg >= INT_BOUND:
                 raise bad("integer out of range (|n| must be below 2**63)")
         elif major == 1:
             if arg + 1 >= INT_BOUND:
                 raise bad("integer out of range (|n| must be below 2**63)")
-        elif major == 2:
-            if not limits.bytes_ok:
-                raise bad("byte strings have no JSON equivalent")
-            if ai == 31:
-                while True:
-                    need(1)
-                    if data[pos] == 0xFF:
-                        pos += 1
-                        break
-                    cib = data[pos]
-                    if cib >> 5 != 2 or (cib & 0x1F) >= 28:
-                        raise bad("not valid CBOR: an indefinite byte string holds a chunk that is not bytes")
-                    clen, pos = _arg(data, pos + 1, cib & 0x1F, n)
-                    if clen < 0:
-                        raise ValidationError("not valid CBOR: the body ends inside an item", field=root)
-                    need(clen)
-                    pos += clen
-            else:
-                need(arg)
-                pos += arg
         elif major == 3:
-            if ai == 31:
-                chunks = []
-                while True:
-                    need(1)
-                    if data[pos] == 0xFF:
-                        pos += 1
-                        break
-                    cib = data[pos]
-                    if cib >> 5 != 3 or (cib & 0x1F) >= 28:
-                        raise bad("not valid CBOR: an indefinite text string holds a chunk that is not text")
-                    clen, pos = _arg(data, pos + 1, cib & 0x1F, n)
-                    if clen < 0:
-                        raise ValidationError("not valid CBOR: the body ends inside an item", field=root)
-                    if sum(len(c) for c in chunks) + clen > limits.max_string:
-                        raise bad(f"string longer than {limits.max_string} bytes")
-                    need(clen)
-                    chunks.append(data[pos:pos + clen])
-                    pos += clen
-                raw = b"".join(chunks)
+            if arg < 0:
+                raw = chunks(3)
             else:
-                if arg > limits.max_string:
-                    raise bad(f"string of {arg} bytes; at most {limits.max_string} are allowed")
-                need(arg)
+                if arg > max_string:
+                    raise bad(f"string of {arg} bytes; at most {max_string} are allowed")
+                if pos + arg > n:
+                    raise truncated()
                 raw = data[pos:pos + arg]
                 pos += arg
             try:
-                key = raw.decode("utf-8")
+                raw.decode("utf-8")
             except UnicodeDecodeError:
-                what = "map key" if expecting_key else "string"
-                raise bad(f"{what} is not valid UTF-8 text (lone surrogates included)") from None
-            if expecting_key:
-                top = stack[-1]
-                if key in top[4]:
-                    top[3] = key
-                    raise bad(f"duplicate key {key[:64]!r}")
-                top[4].add(key)
-                top[3] = key
-                top[6] = False
-                continue  # the value of this key comes next
-        elif major in (4, 5):
-            if len(stack) + 1 > limits.max_depth:
-                raise bad(f"nested deeper than {limits.max_depth} levels")
-            if arg > limits.max_items:
-                raise bad(f"{arg} entries; at most {limits.max_items} are allowed")
-            path = where() if stack else ""
-            if arg == 0:
-                pass  # an empty container is a finished value
-            else:
-                stack.append([major == 5, arg, 0, None, set(), path, major == 5])
+                raise bad("string is not valid UTF-8 text (lone surrogates included)") from None
+        elif major == 4 or major == 5:
+            if len(stack) >= max_depth:
+                raise bad(f"nested deeper than {max_depth} levels")
+            if arg > max_items:
+                raise bad(f"{arg} entries; at most {max_items} are allowed")
+            if arg != 0:  # an empty container is a finished value
+                stack.append([major == 5, arg, 0, None, set(), where() if stack else "", major == 5])
                 continue
         elif major == 7:
-            if ai in _FLOAT:
-                size, fmt = _FLOAT[ai]
-                value = struct.unpack(fmt, data[pos - size:pos])[0]
+            if 25 <= ai <= 27:
+                size = 1 << (ai - 24)
+                value = struct.unpack(_FLOAT[ai][1], data[pos - size:pos])[0]
                 if not math.isfinite(value):
                     raise bad(f"{value} is not a finite number")
-            elif ai not in (20, 21, 22):
+            elif ai < 20 or ai > 22:
                 raise bad("CBOR simple values other than false, true and null are not allowed"
                           + (" (undefined)" if ai == 23 else ""))
-        if not stack:
+        elif major == 6:
+            tag = arg if arg >= 0 else "?"
+            if tag in (2, 3):
+                raise bad(f"integer out of range (|n| must be below 2**63; CBOR tag {tag}, a bignum, is not allowed)")
+            raise bad(f"CBOR tags are not allowed (tag {tag})")
+        else:  # major 2
+            if not limits.bytes_ok:
+                raise bad("byte strings have no JSON equivalent")
+            if arg < 0:
+                chunks(2)
+            else:
+                if pos + arg > n:
+                    raise truncated()
+                pos += arg
+        if top is None:
             break
-        _advance(stack, limits)
-        if not stack:
-            break
+        # one more value in the innermost container (inline: the common case)
+        if top[0]:
+            top[6] = True
+        top[2] += 1
+        if top[1] < 0:
+            if top[2] > max_items:
+                raise ValidationError(f"more than {max_items} entries", field=top[5] or root)
+        elif top[2] >= top[1]:
+            stack.pop()
+            if not stack:
+                break
+            _advance(stack, limits)
+            if not stack:
+                break
     if pos != n:
         raise ValidationError(f"not valid CBOR: {n - pos} bytes after the end of the value", field=root)
 

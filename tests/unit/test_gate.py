@@ -243,3 +243,33 @@ def test_a_snapshot_file_envelope_passes_the_gate() -> None:
         with pytest.raises(ValidationError) as exc:
             snapshot.decode(hostile)
         assert exc.value.field == "file"
+
+
+# -- properties: the gate accepts every value within its bounds, in both encodings, and never anything else -------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(2**63) + 1, max_value=2**63 - 1)
+           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
+VALUES = st.recursive(SCALARS, lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=8), kids,
+                                                                                          max_size=5), max_leaves=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=VALUES, canonical=st.booleans())
+def test_every_value_within_bounds_passes_in_cbor_and_json(value: object, canonical: bool) -> None:
+    assert gate.decode(cbor2.dumps(value, canonical=canonical), "cbor") == value
+    assert gate.decode(json.dumps(value).encode(), "json") == value
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.binary(max_size=64) | VALUES.map(lambda v: cbor2.dumps(v)).flatmap(
+    lambda b: st.integers(min_value=0, max_value=max(len(b) - 1, 0)).flatmap(
+        lambda i: st.integers(min_value=0, max_value=255).map(lambda x: b[:i] + bytes([x]) + b[i + 1:]))))
+def test_whatever_the_gate_accepts_cbor2_decodes_to_the_same_value(data: bytes) -> None:
+    """Random and mutated CBOR: the scan and cbor2 agree; the gate never raises anything but ValidationError."""
+    try:
+        value = gate.decode(data, "cbor")
+    except ValidationError:
+        return
+    assert value == cbor2.loads(data)
