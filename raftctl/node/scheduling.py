@@ -106,10 +106,17 @@ def _watch_key(s: Any) -> int:
     return max(s.table_index["jobs"], s.table_index["machines"], s.table_index["placements"])
 
 
+# At most this many new placements per Plan command: applying a Plan holds the state lock on every replica, and
+# its cost grows with the placements it adds (measured on today's apply: 2000 in 1.3 s, 5000 in 6.9 s, about
+# quadratic), so a 10000-replica job is placed in slices (the next pass starts as soon as one commits).
+MAX_PLACE_PER_PLAN = 100
+
+
 def plan_command(plan: Any, jobs: dict[str, dict], epoch: int) -> c.Plan | None:
-    """The Plan command for a scheduler plan, or None when it changes nothing."""
+    """The Plan command for a scheduler plan (its first MAX_PLACE_PER_PLAN placements), or None when it
+    changes nothing."""
     place = [{"job": n.job, "version": n.version, "replica": n.replica, "machine": n.machine,
-              "resources": dict(n.resources), "ports": dict(n.ports)} for n in plan.place]
+              "resources": dict(n.resources), "ports": dict(n.ports)} for n in plan.place[:MAX_PLACE_PER_PLAN]]
     stop = [{"placement": pid, "reason": reason} for pid, reason in plan.stop]
     stop += [{"placement": pid, "reason": f"preempted by higher-priority job {by}"} for pid, by in plan.preempt]
     pending = {}

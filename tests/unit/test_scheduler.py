@@ -308,3 +308,13 @@ async def test_plans_beyond_the_concurrency_limit_are_refused_not_queued():
     gate.set()
     assert await asyncio.gather(*running) == ["ok"] * scheduling.PLAN_CONCURRENCY
     assert await scheduling.run_plan(lambda check: "again") == "again"   # slots freed
+
+
+def test_a_huge_plan_is_proposed_in_slices():
+    # applying a Plan holds the state lock on every replica: a 10000-replica job is placed MAX_PLACE_PER_PLAN at a time
+    from raftctl.node.scheduling import MAX_PLACE_PER_PLAN, plan_command
+    jobs = {"web": job(replicas=3 * MAX_PLACE_PER_PLAN)}
+    plan = schedule(jobs, {}, big_cluster(200), index=1, now=0)
+    assert len(plan.place) == 3 * MAX_PLACE_PER_PLAN
+    cmd = plan_command(plan, jobs, epoch=1)
+    assert [p["replica"] for p in cmd.place] == [p.replica for p in plan.place[:MAX_PLACE_PER_PLAN]]
