@@ -35,7 +35,7 @@ except ImportError:  # before the durable journal (issue 13, H7) landed
 
 from .checks import Checker, Violation, entries
 from .clock import SimClock, patched
-from .disk import SimDisk
+from .disk import SimCrash, SimDisk
 from .network import NetFaults, SimNetwork, SimTransport
 
 LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
@@ -53,12 +53,21 @@ class SimConfig:
     repair: bool | None = None          # RaftNode(repair=...); None = its default
     net: NetFaults = field(default_factory=NetFaults)
     p_partition: float = 0.012
-    p_heal: float = 0.06
+    p_heal: float = 0.01
     p_crash: float = 0.006
     p_restart: float = 0.06
-    p_command: float = 0.35
+    p_command: float = 0.6
+    p_io_crash: float = 0.004           # arm a node's disk to lose power within its next few operations
     torn: bool = False                  # crashes may keep part of an unsynced tail
     dt: tuple[float, float] = (0.005, 0.06)
+    # Chaos, then calm: every chaos+calm seconds, partitions heal and crashed nodes restart, and for
+    # `calm` seconds only the network's message faults go on. By the end of a calm window every node
+    # must have applied what was committed `catch_up` seconds before (liveness: log repair converges).
+    chaos: float = 8.0
+    calm: float = 4.0
+    catch_up: float = 2.5
+    safety: bool = True                 # False: check liveness only (to show what it finds on its own)
+    initial_partition: list[list[int]] | None = None   # node numbers (1-based) per group, from the start
 
     def replay_command(self) -> str:
         cmd = f"python -m tests.sim --seed {self.seed} --steps {self.steps} --nodes {self.nodes}"
@@ -66,8 +75,12 @@ class SimConfig:
             cmd += " --repair" if self.repair else " --no-repair"
         if self.net == NetFaults.none():
             cmd += " --no-net-faults"
+        elif not self.net.duplicate_votes:
+            cmd += " --no-dup-votes"
         if self.torn:
             cmd += " --torn"
+        if not self.safety:
+            cmd += " --liveness-only"
         return cmd
 
 
@@ -101,8 +114,12 @@ class SimCluster:
         self.use_disk = raftnode_supports("disk")
         self.journal_kind = ("RaftNode(disk=SimDisk)" if self.use_disk else
                              "CheckedJournal on SimDisk" if CheckedJournal is not None else "memory journal kept")
-        self.faults = {"partition": 0, "heal": 0, "crash": 0, "restart": 0, "commands": 0,
-                       "acked": 0, "unsynced_bytes_lost": 0}
+        self.faults = {"partition": 0, "heal": 0, "crash": 0, "io_crash": 0, "restart": 0, "commands": 0,
+                       "acked": 0, "unsynced_bytes_lost": 0, "calm_windows": 0}
+        self.net.on_crash = self._io_crashed
+        self._start_time = self.clock.now
+        self._calm = False
+        self._target: int | None = None
         self.cmd_seq = 0
         self._tmp = ""
         self._pending_acks: list[tuple[str, str, bytes, int]] = []
@@ -158,6 +175,13 @@ class SimCluster:
         self.checker.node_started(node_id)
         self.net.attach(transport)
 
+    def _io_crashed(self, node_id: str) -> None:
+        """A node's disk lost power mid-operation (SimCrash): the node is gone from that instant."""
+        if node_id in self.nodes:
+            self._event(f"io-crash {node_id}")
+            self.faults["io_crash"] += 1
+            self._crash(node_id)
+
     def _crash(self, node_id: str) -> None:
         self.nodes.pop(node_id)
         self.net.detach(node_id)
@@ -166,8 +190,20 @@ class SimCluster:
         self._pending_acks = [p for p in self._pending_acks if p[0] != node_id]
 
     # -- client commands ---------------------------------------------------------------
-    def _submit(self) -> None:
-        node_id = self.rng.choice(sorted(self.nodes))
+    def _clients(self) -> None:
+        """A burst of 1-4 commands, to a node that believes it leads half of the time (as clients that
+        follow the leader do: an isolated old leader keeps taking writes until it steps down, which
+        gives it a divergent tail to repair after the heal), else to any node (it forwards them)."""
+        leaders = sorted(i for i, n in self.nodes.items() if n._isLeader())
+        if leaders and self.rng.random() < 0.5:
+            node_id = self.rng.choice(leaders)
+        else:
+            node_id = self.rng.choice(sorted(self.nodes))
+        for _ in range(self.rng.randint(1, 4)):
+            self._submit(node_id)
+        self.net.flush()
+
+    def _submit(self, node_id: str) -> None:
         node = self.nodes[node_id]
         self.cmd_seq += 1
         cmd_id = f"s{self.cfg.seed}-c{self.cmd_seq}"
@@ -188,8 +224,40 @@ class SimCluster:
         node.apply_entry(payload, callback=done)
 
     # -- the schedule --------------------------------------------------------------------
+    def _phase(self) -> None:
+        """Enter or leave a calm window; at its end, check that every node caught up."""
+        cfg = self.cfg
+        t = (self.clock.now - self._start_time) % (cfg.chaos + cfg.calm)
+        calm = t >= cfg.chaos
+        if calm and not self._calm:
+            self._calm = True
+            self._target = None
+            self.faults["calm_windows"] += 1
+            self._event("calm")
+            if self.net.partitioned:
+                self.faults["heal"] += 1
+                self.net.heal()
+            for node_id in sorted(set(self.ids) - set(self.nodes)):
+                self.faults["restart"] += 1
+                self._start(node_id)
+        elif calm and self._target is None and t >= cfg.chaos + cfg.calm - cfg.catch_up:
+            self._target = max((n.raftCommitIndex for n in self.nodes.values()), default=0)
+        elif not calm and self._calm:
+            self._calm = False
+            target = self._target
+            if target is not None:
+                behind = {i: n.raftLastApplied for i, n in sorted(self.nodes.items()) if n.raftLastApplied < target}
+                if behind:
+                    self.checker.fail("liveness", f"{cfg.calm:.1f} s after a heal with every node up, "
+                                      f"{behind} (last applied) still short of index {target}, "
+                                      f"committed {cfg.catch_up:.1f} s before")
+
     def _faults(self) -> None:
         cfg, rng = self.cfg, self.rng
+        if self._calm:
+            if self.nodes and rng.random() < cfg.p_command:
+                self._clients()
+            return
         r = rng.random()
         if not self.net.partitioned and r < cfg.p_partition and len(self.ids) > 1:
             ids = sorted(self.ids)
@@ -215,11 +283,15 @@ class SimCluster:
                 self._event(f"restart {node_id}")
                 self.faults["restart"] += 1
                 self._start(node_id)
+        if rng.random() < cfg.p_io_crash and self.nodes:
+            victim = rng.choice(sorted(self.nodes))
+            self.disks[victim].arm(rng.randint(1, 8))
         if self.nodes and rng.random() < cfg.p_command:
-            self._submit()
-            self.net.flush()
+            self._clients()
 
     def _check(self) -> None:
+        if not self.cfg.safety:
+            return
         for node_id in sorted(self.nodes):
             node = self.nodes[node_id]
             self.checker.check_node(node_id, node)
@@ -236,8 +308,13 @@ class SimCluster:
         for node_id in order:
             node = self.nodes.get(node_id)
             if node is not None:
-                node.doTick(0.0)
+                try:
+                    node.doTick(0.0)
+                except SimCrash:
+                    self.net.outbox = [m for m in self.net.outbox if m[0] != node_id]
+                    self._io_crashed(node_id)
                 self.net.flush()
+        self._phase()
         self._faults()
         self._check()
 
@@ -250,6 +327,8 @@ class SimCluster:
             with patched(self.clock, self.rng):
                 for node_id in self.ids:
                     self._start(node_id)
+                if self.cfg.initial_partition:
+                    self.net.partition([[self.ids[i - 1] for i in g] for g in self.cfg.initial_partition])
                 for n in range(1, self.cfg.steps + 1):
                     try:
                         self.step(n)

@@ -17,6 +17,12 @@ import posixpath
 import random
 
 
+class SimCrash(BaseException):
+    """The power goes out in the middle of a disk operation (raised by an armed SimDisk).
+
+    A BaseException so that no ``except Exception`` on the way up mistakes it for an I/O error."""
+
+
 class _Inode:
     __slots__ = ("data", "undo")
 
@@ -50,6 +56,20 @@ class SimDisk:
         self._durable: dict[str, _Inode] = {}    # path -> inode, as the last fsync_dir of its dir left it
         self.syncs = 0                           # fsync + fsync_dir calls (a cost figure)
         self.crashes = 0
+        self.armed: int | None = None            # crash at the armed-th mutating call from now
+
+    def arm(self, ops: int) -> None:
+        """Raise SimCrash instead of performing the ``ops``-th mutating call from now (1 = the next)."""
+        if ops < 1:
+            raise ValueError("ops must be >= 1")
+        self.armed = ops
+
+    def _op(self) -> None:
+        if self.armed is not None:
+            self.armed -= 1
+            if self.armed <= 0:
+                self.armed = None
+                raise SimCrash("power cut during a disk operation")
 
     # -- the Disk protocol -----------------------------------------------------
     def read(self, path: str) -> bytes | None:
@@ -57,6 +77,7 @@ class SimDisk:
         return None if ino is None else bytes(ino.data)
 
     def write(self, path: str, offset: int, data: bytes) -> None:
+        self._op()
         if offset < 0:
             raise ValueError("negative offset")
         ino = self._names.get(path)
@@ -69,6 +90,7 @@ class SimDisk:
         ino.data[offset:offset + len(data)] = data
 
     def truncate(self, path: str, size: int) -> None:
+        self._op()
         if size < 0:
             raise ValueError("negative size")
         ino = self._names.get(path)
@@ -86,6 +108,7 @@ class SimDisk:
         return -1 if ino is None else len(ino.data)
 
     def fsync(self, path: str) -> None:
+        self._op()
         ino = self._names.get(path)
         if ino is None:
             raise FileNotFoundError(path)
@@ -93,12 +116,14 @@ class SimDisk:
         self.syncs += 1
 
     def rename(self, src: str, dst: str) -> None:
+        self._op()
         ino = self._names.pop(src, None)
         if ino is None:
             raise FileNotFoundError(src)
         self._names[dst] = ino
 
     def fsync_dir(self, dirpath: str) -> None:
+        self._op()
         d = posixpath.normpath(dirpath or ".")
         for path in [p for p in self._durable if self._dir(p) == d]:
             del self._durable[path]
@@ -108,6 +133,7 @@ class SimDisk:
         self.syncs += 1
 
     def remove(self, path: str) -> None:
+        self._op()
         self._names.pop(path, None)
 
     def listdir(self, dirpath: str) -> list[str]:
@@ -136,5 +162,6 @@ class SimDisk:
         lost += sum(len(ino.data) for p, ino in self._names.items()
                     if p not in self._durable and id(ino) not in done)
         self._names = dict(self._durable)
+        self.armed = None
         self.crashes += 1
         return lost
