@@ -14,6 +14,9 @@ import stat
 import tarfile
 from typing import IO, Any, Iterator
 
+from raftctl import gate
+from raftctl.errors import ValidationError
+
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -48,6 +51,8 @@ def sha256_file(path: str) -> str:
 
 def split_digest(digest: str) -> str:
     """The hex part of ``sha256:<64 hex>``; anything else is refused (it names a path)."""
+    if not isinstance(digest, str):
+        raise ImageError(f"{str(digest)[:80]!r} is not a sha256 digest")
     alg, sep, hexpart = digest.partition(":")
     if alg != "sha256" or not sep or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
         raise ImageError(f"{digest!r} is not a sha256 digest")
@@ -114,13 +119,18 @@ def index(manifest_desc: dict) -> dict:
     return {"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": [manifest_desc]}
 
 
+MANIFEST_LIMITS = gate.Limits(max_bytes=4 << 20)
+"""A manifest is decoded through the gate (it comes from whoever pushed the image; the leader reads it)."""
+
+
 def parse_manifest(data: bytes) -> dict:
     try:
-        m = json.loads(data)
-    except ValueError as exc:
-        raise ImageError(f"manifest is not JSON: {exc}") from None
-    if not isinstance(m, dict) or m.get("schemaVersion") != 2 or not isinstance(m.get("layers"), list):
-        raise ImageError("manifest is not an OCI image manifest (schemaVersion 2 with layers)")
+        m = gate.decode_json(data, limits=MANIFEST_LIMITS, root="manifest")
+    except ValidationError as exc:
+        raise ImageError(f"manifest is not JSON a manifest can hold: {exc}") from None
+    if not isinstance(m, dict) or m.get("schemaVersion") != 2 or not isinstance(m.get("layers"), list) \
+            or not isinstance(m.get("config"), dict) or not all(isinstance(x, dict) for x in m["layers"]):
+        raise ImageError("manifest is not an OCI image manifest (schemaVersion 2 with a config and layers)")
     for layer in m["layers"]:
         if layer.get("mediaType") not in LAYER_TYPES:
             raise ImageError(f"layer media type {layer.get('mediaType')!r} is not supported")

@@ -273,3 +273,22 @@ def test_whatever_the_gate_accepts_cbor2_decodes_to_the_same_value(data: bytes) 
     except ValidationError:
         return
     assert value == cbor2.loads(data)
+
+
+@pytest.mark.parametrize("manifest", [
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"schemaVersion": 2, "layers": [], "config": {"digest": NaN}}',
+    b'{"schemaVersion": 2, "layers": [1], "config": {}}',
+    b'{"schemaVersion": 2, "layers": [], "config": "x"}',
+    b'{"schemaVersion": 2, "layers": [], "config": [1]}',
+    b'{"schemaVersion": 2, "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": 5}],'
+    b' "config": {"digest": "sha256:' + b"0" * 64 + b'"}}',
+    b'{"schemaVersion": 2, "layers": [], "config": {"digest": "\\ud800"}}',
+], ids=["deep", "nan", "layer-not-object", "config-string", "config-list", "digest-int", "surrogate"])
+def test_an_image_manifest_passes_the_gate_and_any_bad_shape_is_an_image_error(manifest: bytes) -> None:
+    """oci.parse_manifest runs on the leader for PUT /v1/images/{name} (blobs.ensure_image): a RecursionError or
+    AttributeError there was a 500; now every bad manifest is an ImageError (a 400 naming digest)."""
+    from raftctl.agent import oci
+
+    with pytest.raises(oci.ImageError):
+        oci.parse_manifest(manifest)
