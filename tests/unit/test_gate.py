@@ -39,6 +39,7 @@ HOSTILE = [
     # (id, format, document, field the error must name)
     ("cbor-self-reference-6-bytes", "cbor", SELF_REFERENCE, "body"),
     ("cbor-reference-bomb", "cbor", reference_bomb(), "body"),
+    ("cbor-reference-bomb-60-levels", "cbor", reference_bomb(60), "body"),  # 2**60 leaves in 401 bytes
     ("cbor-stringref-namespace", "cbor", cbor2.dumps(["abc", "abc", "abc"], string_referencing=True), "body"),
     ("cbor-depth-1000", "cbor", b"\x81" * 1000 + b"\x00", "[0]" * 64),
     ("cbor-indefinite-depth-1000", "cbor", b"\x9f" * 1000, "[0]" * 64),
@@ -292,3 +293,14 @@ def test_an_image_manifest_passes_the_gate_and_any_bad_shape_is_an_image_error(m
 
     with pytest.raises(oci.ImageError):
         oci.parse_manifest(manifest)
+
+
+def test_the_gate_is_pure() -> None:
+    """statemachine/spec.py imports it: no I/O, clock, randomness or event loop (the purity rule of DESIGN §3)."""
+    import ast
+    import pathlib
+
+    tree = ast.parse(pathlib.Path(gate.__file__).read_text())
+    mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    assert not mods & {"asyncio", "time", "random", "uuid", "os", "socket", "threading", "datetime", "aiohttp"}, mods
