@@ -90,6 +90,9 @@ SCHEMAS: dict[str, Any] = {
             "lifecycle": _obj({"pre_stop": _obj({"exec": {"type": "array", "items": STR}, "timeout": DURATION})}),
             "priority": {"type": "integer", "minimum": 0, "maximum": 100},
             "service": {"type": "string", "pattern": NAME},
+            "capabilities": {"type": "array", "maxItems": 14, "items": STR,
+                             "description": "Linux capabilities from Docker's default set (CHOWN, NET_BIND_SERVICE, ...), "
+                                            "with or without CAP_; none by default"},
         }, ("name", "image", "command")),
     },
     "WriteResult": _obj({"index": {"type": "integer", "description": "the state index after the write"}},

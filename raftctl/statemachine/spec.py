@@ -80,7 +80,7 @@ MAX_ITEMS: dict[str, int] = {
 # how long each string may be, in characters
 MAX_CHARS: dict[str, int] = {
     "argument": 4096,          # one argv entry of command, health.command, lifecycle.pre_stop.exec
-    "env.name": 256, "env.value": 32 * 1024,
+    "env.name": 256, "env.value": 64 * 1024,
     "health.path": 1024,
     "constraints[].attr": 256, "constraints[].value": 1024,
 }

@@ -286,7 +286,7 @@ BOUNDS = [
     ({"command": ["x"] * 257}, "command", "at most 256"),
     ({"command": ["x", "a" * 4097]}, "command[1]", "at most 4096"),
     ({"env": {f"V{i}": "x" for i in range(257)}}, "env", "at most 256"),
-    ({"env": {"V": "x" * (32 * 1024 + 1)}}, "env.V", "at most 32768"),
+    ({"env": {"V": "x" * (64 * 1024 + 1)}}, "env.V", "at most 65536"),
     ({"env": {"V" * 257: "x"}}, "env." + "V" * 64, "at most 256"),
     ({"env": {"V": float("nan")}}, "env.V", "not a finite number"),
     ({"constraints": [{"attr": "id", "op": "exists"}] * 33}, "constraints", "at most 32"),
