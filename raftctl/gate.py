@@ -473,6 +473,7 @@ def decode_yaml(raw: bytes | str, *, limits: Limits = DEFAULT, root: str = "body
     text = _text(raw, root, "YAML")
     depth = nodes = docs = 0
     counts: list[int] = []
+    keys: list[set[str] | None] = []  # per open collection: a mapping's scalar keys so far (None: a sequence)
     try:
         for ev in yaml.parse(text, Loader=_YamlLoader):
             if isinstance(ev, yaml.AliasEvent):
@@ -491,6 +492,11 @@ def decode_yaml(raw: bytes | str, *, limits: Limits = DEFAULT, root: str = "body
                                                            and tag[len(_STD_TAG):] in _ALLOWED_TAGS):
                     raise ValidationError(f"YAML tag {tag[:60]} is not allowed{_yaml_where(ev)}", field=root)
                 if counts:
+                    seen = keys[-1]
+                    if seen is not None and counts[-1] % 2 == 0 and isinstance(ev, yaml.ScalarEvent):
+                        if ev.value in seen:  # PyYAML would keep the last silently; JSON and CBOR refuse too
+                            raise ValidationError(f"duplicate key {ev.value[:64]!r}{_yaml_where(ev)}", field=root)
+                        seen.add(ev.value)
                     counts[-1] += 1
                     if counts[-1] > 2 * limits.max_items:  # a map's keys and values are both nodes
                         raise ValidationError(f"a collection holds more than {limits.max_items} entries"
@@ -504,9 +510,11 @@ def decode_yaml(raw: bytes | str, *, limits: Limits = DEFAULT, root: str = "body
                         raise ValidationError(f"nested deeper than {limits.max_depth} levels{_yaml_where(ev)}",
                                               field=root)
                     counts.append(0)
+                    keys.append(set() if isinstance(ev, yaml.MappingStartEvent) else None)
             elif isinstance(ev, yaml.CollectionEndEvent):
                 depth -= 1
                 counts.pop()
+                keys.pop()
         loader = _YamlLoader(text)
         try:
             value = loader.get_single_data()

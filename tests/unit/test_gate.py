@@ -92,6 +92,7 @@ HOSTILE = [
     ("yaml-2**64", "yaml", f"replicas: {2**64}\n", "replicas"),
     ("yaml-integer-key", "yaml", "labels: {1: x}\n", "labels"),
     ("yaml-two-documents", "yaml", "a: 1\n---\nb: 2\n", "body"),
+    ("yaml-duplicate-key", "yaml", "env:\n  A: x\n  B: y\n  A: z\n", "body"),
     ("toml-datetime", "toml", "name = 1979-05-27T07:32:00Z\n", "name"),
     ("toml-inf", "toml", "[resources]\ncpu = inf\n", "resources.cpu"),
     ("toml-2**64", "toml", f"replicas = {2**64}\n", "replicas"),
