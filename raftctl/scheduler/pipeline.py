@@ -175,6 +175,7 @@ MAX_REGEX_LENGTH = 256          # characters of a constraint pattern
 REGEX_MAX_MEM = 1 << 20         # bytes RE2 may use per compiled pattern (program + DFA cache)
 REGEX_CACHE = 128               # compiled patterns kept
 MATCH_CACHE = 4096              # (pattern, text) results kept
+MATCH_CACHE_TEXT = 1024         # ... for texts up to this many characters
 
 
 class RegexError(ValueError):
@@ -209,14 +210,22 @@ def compile_regex(pattern: str) -> Any:
         raise RegexError(f"is not a regular expression RE2 accepts: {exc}") from None
 
 
-@lru_cache(maxsize=MATCH_CACHE)
 def regex_search(pattern: str, text: str) -> bool:
     """Whether pattern occurs in text (re.search semantics). A pattern RE2 cannot run, e.g. one stored before
     patterns were validated with RE2, matches nothing: the constraint fails closed."""
+    if len(text) <= MATCH_CACHE_TEXT:
+        return _cached_search(pattern, text)
+    return _search(pattern, text)  # long values are not kept alive by the cache
+
+
+def _search(pattern: str, text: str) -> bool:
     try:
         return compile_regex(pattern).search(text) is not None
     except (RegexError, UnicodeError):
         return False
+
+
+_cached_search = lru_cache(maxsize=MATCH_CACHE)(_search)
 
 
 def constraint_ok(m: dict[str, Any], c: dict[str, Any]) -> bool:

@@ -188,7 +188,7 @@ def test_a_catastrophic_pattern_matches_a_10kb_value():
 def test_the_scheduler_compiles_a_pattern_once_not_once_per_machine(monkeypatch):
     from raftctl.scheduler import pipeline
     pipeline.compile_regex.cache_clear()
-    pipeline.regex_search.cache_clear()
+    pipeline._cached_search.cache_clear()
     compiled = []
     real = pipeline.re2.compile
     monkeypatch.setattr(pipeline.re2, "compile", lambda p, *a, **k: compiled.append(p) or real(p, *a, **k))
