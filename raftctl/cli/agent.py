@@ -8,6 +8,8 @@ import sys
 
 import click
 
+from raftctl.cli.base import split_servers
+
 
 def make_driver(runtime: str, data_dir: str, private_paths: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
     """``private_paths``: the agent's secrets (token file, TLS key...) that no container may see (runc)."""
@@ -37,7 +39,7 @@ def check_unisolated(runtime: str, euid: int, allowed: bool) -> None:
 def register(cli: click.Group) -> None:
     from raftctl.config import config_option
 
-    @cli.command()
+    @cli.command(global_options=False)
     @config_option
     @click.option("--id", "machine", required=True, help="This machine's id.")
     @click.option("--server", "servers", multiple=True, envvar="RAFTCTL_SERVER", required=True,
@@ -83,7 +85,6 @@ def register(cli: click.Group) -> None:
         """Run the host agent: register, heartbeat, run assigned containers, report."""
         from raftctl.agent.config import LEVELS, AgentConfig, default_capacity, parse_pairs, parse_port_range
         from raftctl.agent.loop import run_agent
-        from raftctl.cli.main import split_servers
         from raftctl.statemachine.units import parse_cpu, parse_duration, parse_size
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

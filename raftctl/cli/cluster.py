@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import click
 
+from raftctl.cli.base import client
 from raftctl.cli.output import emit
+from raftctl.client import Client
 
 
 def register(cli: click.Group) -> None:
-    from raftctl.cli.main import client
-
     @cli.group()
     def cluster() -> None:
         """The control replicas: leader, term, lag, membership."""
@@ -20,8 +20,6 @@ def register(cli: click.Group) -> None:
         c = client(ctx)
         st = c.request("GET", "/v1/status")
         if st.get("leader_api") and not st.get("leadership"):
-            from raftctl.client import Client
-
             try:  # the leader's view includes the controllers and the failover monitor
                 st = Client([st["leader_api"]], c.token, retry_for=2, ca=c.ca).request("GET", "/v1/status")
             except Exception:
@@ -58,8 +56,6 @@ def register(cli: click.Group) -> None:
         emit(ctx, data, text=f"member {raft_addr} removed")
 
     def _to_leader(ctx: click.Context):  # type: ignore[no-untyped-def]
-        from raftctl.client import Client
-
         c = client(ctx)
         st = c.request("GET", "/v1/status")
         if st.get("leader_api"):

@@ -1,11 +1,10 @@
 """raftctl discover SERVICE [--watch]: where is a service running?"""
 from __future__ import annotations
 
-import json
-
 import click
 
-from raftctl.cli.output import emit
+from raftctl.cli.base import client, structured
+from raftctl.cli.output import emit, record
 
 
 def _rows(ans: dict) -> list[tuple]:
@@ -14,8 +13,6 @@ def _rows(ans: dict) -> list[tuple]:
 
 
 def register(cli: click.Group) -> None:
-    from raftctl.cli.main import client
-
     @cli.command()
     @click.argument("service")
     @click.option("--watch", is_flag=True, help="Print the answer again every time it changes (blocking queries).")
@@ -29,8 +26,8 @@ def register(cli: click.Group) -> None:
         ans = c.request("GET", f"/v1/discovery/{service}", query=query)
         headers = ["address", "port", "machine", "placement", "version", "fault domain"]
         while True:
-            if watch and ctx.obj.get("output") == "json":
-                click.echo(json.dumps(ans, sort_keys=True))
+            if watch and structured(ctx):
+                record(ctx, ans)
             else:
                 emit(ctx, ans, _rows(ans), headers,
                      text=f"{service}: {len(ans['endpoints'])} endpoints (index {ans['index']})")

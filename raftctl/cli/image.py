@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
+from raftctl.cli.base import client
 from raftctl.cli.output import emit
 from raftctl.client import Client
 from raftctl.errors import ValidationError
@@ -85,8 +86,6 @@ def human_size(n: int) -> str:
 
 
 def register(cli: click.Group) -> None:
-    from raftctl.cli.main import client
-
     @cli.group()
     def image() -> None:
         """Build, import and list images (content-addressed; jobs run them by digest)."""

@@ -7,7 +7,9 @@ import time
 
 import click
 
+from raftctl.cli.base import client, output, structured
 from raftctl.cli.output import emit, fail
+from raftctl.cli.progress import follow
 
 
 def _age(ms: int | None) -> str:
@@ -32,8 +34,6 @@ def _read_spec(file: str) -> dict:
 
 
 def register(cli: click.Group) -> None:
-    from raftctl.cli.main import client
-
     @cli.group()
     def job() -> None:
         """Submit and inspect jobs (what to run, never where)."""
@@ -43,7 +43,7 @@ def register(cli: click.Group) -> None:
     @click.option("--cas", type=int, default=None, help="Only if the job is at this modify index (0: must not exist).")
     @click.option("--wait/--detach", default=None,
                   help="Follow the rollout until every replica is healthy (default: follow, with a progress bar on "
-                       "a terminal and plain lines otherwise; with -o json, detach).")
+                       "a terminal and plain lines otherwise; with -o json or -o yaml, detach).")
     @click.option("--timeout", "wait_timeout", default=600, show_default=True, help="Seconds to follow at most.")
     @click.pass_context
     def run(ctx: click.Context, file: str, cas: int | None, wait: bool | None, wait_timeout: int) -> None:
@@ -56,12 +56,9 @@ def register(cli: click.Group) -> None:
             text_out = f"job {data['name']} version {data['version']} submitted (index {data['index']})"
         emit(ctx, data, text=text_out)
         if wait is None:
-            wait = ctx.obj.get("output") != "json"
+            wait = not structured(ctx)
         if wait:
-            from raftctl.cli.progress import follow
-
-            ok = follow(client(ctx), raw["name"], data["version"], as_json=ctx.obj.get("output") == "json",
-                        timeout=wait_timeout)
+            ok = follow(client(ctx), raw["name"], data["version"], fmt=output(ctx), timeout=wait_timeout)
             if not ok:
                 sys.exit(1)
 

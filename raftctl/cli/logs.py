@@ -6,10 +6,10 @@ import urllib.request
 
 import click
 
+from raftctl.cli.base import client
+
 
 def register(cli: click.Group) -> None:
-    from raftctl.cli.main import client
-
     @cli.command()
     @click.argument("job")
     @click.option("--replica", default=0, show_default=True, type=int)

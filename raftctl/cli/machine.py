@@ -5,13 +5,12 @@ import time
 
 import click
 
-from raftctl.cli.output import emit, wide
+from raftctl.cli.base import client, structured
+from raftctl.cli.output import emit, record, wide
 from raftctl.statemachine.units import format_cpu, format_size
 
 
 def register(cli: click.Group) -> None:
-    from raftctl.cli.main import client
-
     @cli.group()
     def machine() -> None:
         """Machines: state, fault domain, allocation; drain for maintenance."""
@@ -98,9 +97,8 @@ def register(cli: click.Group) -> None:
             data = c.request("GET", "/v1/events", query={"index": after, "wait": "30s"} if follow and after else
                              ({"index": after} if after else None), timeout=40)
             for e in data["events"]:
-                if ctx.obj.get("output") == "json":
-                    import json
-                    click.echo(json.dumps(e, sort_keys=True))
+                if structured(ctx):
+                    record(ctx, e)
                 else:
                     stamp = time.strftime("%H:%M:%S", time.localtime(e["at"] / 1000))
                     click.echo(f"{stamp}  {e['kind']:<18} {e['message']}")

@@ -1,4 +1,4 @@
-"""Output for people (tables) and for scripts (-o json)."""
+"""Output for people (tables) and for scripts (-o json, -o yaml)."""
 from __future__ import annotations
 
 import json
@@ -6,12 +6,31 @@ import sys
 from typing import Any, Sequence
 
 import click
+import yaml
+
+from raftctl.cli.base import output
+
+
+def dump(fmt: str, data: Any) -> str:
+    """``data`` as one JSON value or one YAML document (keys sorted, block style)."""
+    if fmt == "yaml":
+        return yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True).rstrip("\n")
+    return json.dumps(data, indent=2, sort_keys=True)
+
+
+def record(ctx: click.Context, data: Any) -> None:
+    """One item of a stream (events, watch answers): a JSON line, or a YAML document after ``---``."""
+    if output(ctx) == "yaml":
+        click.echo("---\n" + dump("yaml", data))
+    else:
+        click.echo(json.dumps(data, sort_keys=True))
 
 
 def emit(ctx: click.Context, data: Any, table: Sequence[Sequence[Any]] | None = None,
          headers: Sequence[str] | None = None, text: str | None = None) -> None:
-    if ctx.obj.get("output") == "json":
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    fmt = output(ctx)
+    if fmt in ("json", "yaml"):
+        click.echo(dump(fmt, data))
         return
     if text is not None:
         click.echo(text)
@@ -21,7 +40,7 @@ def emit(ctx: click.Context, data: Any, table: Sequence[Sequence[Any]] | None = 
 
 def wide(ctx: click.Context) -> bool:
     """`-o wide`: a table with the extra columns a command offers."""
-    return ctx.obj.get("output") == "wide"
+    return output(ctx) == "wide"
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

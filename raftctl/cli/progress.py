@@ -1,5 +1,5 @@
 """Follow a job's rollout: a progress bar on a terminal, plain progress lines when stdout is not one
-(a pipe, a log, CI), events as JSON lines for scripts."""
+(a pipe, a log, CI), events as JSON lines or YAML documents for scripts (-o json, -o yaml)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ import time
 
 import click
 
+from raftctl.cli.output import dump
 from raftctl.client import Client
 
 
@@ -19,10 +20,12 @@ def _state(c: Client, name: str) -> tuple[dict, int, int]:
     return job, len(current), job["replicas"]
 
 
-def follow(c: Client, name: str, version: int, *, as_json: bool, timeout: float,
+def follow(c: Client, name: str, version: int, *, fmt: str = "table", timeout: float,
            plain: bool | None = None) -> bool:
-    """True when every replica of the version is healthy (or the deploy succeeded). ``plain``
-    (default: stdout is not a terminal): one line per event and per change of progress."""
+    """True when every replica of the version is healthy (or the deploy succeeded). ``fmt`` json or yaml:
+    the job's events, one JSON line or YAML document each. ``plain`` (default: stdout is not a terminal):
+    one line per event and per change of progress."""
+    as_json = fmt in ("json", "yaml")
     deadline = time.monotonic() + timeout
     seq = c.request("GET", "/v1/events")["index"]
     bar = None
@@ -47,7 +50,7 @@ def follow(c: Client, name: str, version: int, *, as_json: bool, timeout: float,
             for e in evs["events"]:
                 if e.get("job") == name:
                     if as_json:
-                        click.echo(json.dumps(e, sort_keys=True))
+                        click.echo(json.dumps(e, sort_keys=True) if fmt == "json" else "---\n" + dump("yaml", e))
                     elif plain:
                         line(f"  {e['kind']}: {e['message']}")
                     elif bar is not None:

@@ -48,7 +48,7 @@ def _body_limit(value: str) -> int:
 def register(cli: click.Group) -> None:
     from raftctl.config import config_option
 
-    @cli.command()
+    @cli.command(global_options=False)
     @config_option
     @click.option("--id", "node_id", required=True, help="This replica's name, e.g. n1.")
     @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Journal, snapshots, tokens.")

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from raftctl.cli.base import client
 from raftctl.cli.output import emit, fail
 from raftctl.client import RETRYABLE, ApiError, Client, _error_payload
 from raftctl.errors import RaftctlError, Unavailable
@@ -74,8 +75,6 @@ def _summary_text(s: dict[str, Any]) -> str:
 
 
 def register(cli: click.Group) -> None:
-    from raftctl.cli.main import client
-
     @cli.group()
     def snapshot() -> None:
         """Back up the replicated state and restore it into a fresh cluster."""

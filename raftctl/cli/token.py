@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import click
 
+from raftctl.cli.base import client
 from raftctl.cli.output import emit
 
 
 def register(cli: click.Group) -> None:
-    from raftctl.cli.main import client
-
     @cli.group()
     def token() -> None:
         """Manage API tokens (only their hashes are stored)."""

@@ -2,12 +2,13 @@
 fault domain, machine and job; idle and stranded capacity; how many machines the placements could fit into."""
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import click
 
+from raftctl.cli.base import client, output, structured
+from raftctl.cli.output import dump
 from raftctl.statemachine.units import format_cpu, format_size
 
 LEVELS = ("region", "zone", "rack")
@@ -88,8 +89,6 @@ def render(view: dict[str, Any], level: str, machines: bool) -> Any:
 
 
 def register(cli: click.Group) -> None:
-    from raftctl.cli.main import client
-
     @cli.command()
     @click.option("--by", "level", type=click.Choice(LEVELS), default="zone", show_default=True,
                   help="Fault-domain level to group machines by.")
@@ -101,8 +100,8 @@ def register(cli: click.Group) -> None:
         """Efficiency: capacity vs allocated vs used per fault domain, machine and job; idle and stranded
         capacity; how many machines the current placements could fit into."""
         c = client(ctx)
-        if ctx.obj.get("output") == "json":
-            click.echo(json.dumps(c.request("GET", "/v1/efficiency"), indent=2, sort_keys=True))
+        if structured(ctx):
+            click.echo(dump(output(ctx), c.request("GET", "/v1/efficiency")))
             return
         from rich.console import Console
 
