@@ -28,8 +28,10 @@ import time
 from contextlib import contextmanager
 from typing import IO, AbstractSet, Callable, Iterator, Mapping, Protocol, TypeVar
 
+from raftctl import gate
 from raftctl.agent import oci, rootfs
 from raftctl.agent.oci import ImageError
+from raftctl.errors import ValidationError
 
 log = logging.getLogger("raftctl.agent.images")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9._-]{1,128})?$")
@@ -264,9 +266,15 @@ class ImageStore:
             return self._register_index(f.read(), name)
 
     def _register_index(self, data: bytes, name: str | None) -> list[str]:
-        idx = json.loads(data)
+        try:  # an archive's index.json is untrusted bytes like any manifest: through the gate
+            idx = gate.decode_json(data, limits=oci.MANIFEST_LIMITS, root="index.json")
+        except ValidationError as exc:
+            raise ImageError(f"index.json: {exc}") from None
+        manifests = idx.get("manifests", []) if isinstance(idx, dict) else None
+        if not isinstance(manifests, list) or not all(isinstance(x, dict) for x in manifests):
+            raise ImageError("index.json is not an OCI image index (manifests: a list of descriptors)")
         digests = []
-        for desc in idx.get("manifests", []):
+        for desc in manifests:
             d = desc.get("digest", "")
             m = self.manifest(d)     # verifies the manifest blob
             self.read_blob(m["config"]["digest"])

@@ -305,3 +305,15 @@ def test_the_gate_is_pure() -> None:
     mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
     assert not mods & {"asyncio", "time", "random", "uuid", "os", "socket", "threading", "datetime", "aiohttp"}, mods
+
+
+@pytest.mark.parametrize("index", [b"[" * 100_000 + b"]" * 100_000, b"[1]", b'{"manifests": [1]}',
+                                   b'{"manifests": {"a": 1}}', b'{"manifests": [{"digest": NaN}]}'])
+def test_an_image_archive_index_passes_the_gate(tmp_path, index: bytes) -> None:
+    """raftctl image import: an archive's index.json is decoded through the gate and its shape checked; each of these
+    was a RecursionError/AttributeError traceback and is now an ImageError."""
+    from raftctl.agent.images import ImageStore
+    from raftctl.agent.oci import ImageError
+
+    with pytest.raises(ImageError):
+        ImageStore(str(tmp_path / "store"))._register_index(index, None)
