@@ -9,6 +9,9 @@
    odd, path-traversing names to the write endpoints, with the same rules.
 3. No replica hangs: every request answers within its timeout and every replica's /healthz answers
    at the end.
+4. Hostile encodings (issue 12) in batches: CBOR with every tag 0-300, shared references, deep nesting,
+   lone surrogates, huge integers; after each batch every replica answers /healthz within 1 s and
+   commits a write within 2 s. Prints the counts of stuck replicas and 5xx; both must be 0.
 
 The run is bounded by a time budget (RAFTCTL_FUZZ_SECONDS, 75 s by default) and prints how many
 requests it generated.
