@@ -72,9 +72,16 @@ class Checker:
         self.acks: list[tuple[str, int, int, bytes]] = []      # (command id, index, term, payload)
         self.views: dict[str, NodeView] = {}
         self.counts = {"leader_terms": 0, "acks": 0, "committed_checked": 0}
+        # The first violation, kept: checks that run inside a node's callbacks (applied, became_leader,
+        # acknowledged) raise through code that may catch and log exceptions (RaftNode.apply_entry
+        # does); the simulation re-raises this one after the step.
+        self.first: Violation | None = None
 
     def fail(self, invariant: str, detail: str) -> None:
-        raise Violation(invariant, detail, self.seed, self.step, self.replay)
+        v = Violation(invariant, detail, self.seed, self.step, self.replay)
+        if self.first is None:
+            self.first = v
+        raise v
 
     # -- events the cluster reports as they happen ----------------------------------
     def node_started(self, node_id: str) -> None:
@@ -111,6 +118,7 @@ class Checker:
         # The committed prefix is compared again from a little below where the last check stopped, and
         # whole every FULL_EVERY steps (so a change deep in the prefix is still caught, a bit later).
         lo = 1 if self.step % FULL_EVERY == 0 else max(1, view.verified - RECHECK)
+        lo = max(lo, node._SyncObj__raftLog[0][1])   # below the log's start: compacted into a snapshot
         held = entries(node, lo, top)
         if top > last:
             self.fail("state machine safety", f"{node_id} had committed up to {view.max_commit} but its "

@@ -68,17 +68,25 @@ class SimConfig:
     catch_up: float = 2.5
     safety: bool = True                 # False: check liveness only (to show what it finds on its own)
     initial_partition: list[list[int]] | None = None   # node numbers (1-based) per group, from the start
+    compact: int = 0                    # > 0: compact the log past this many entries (snapshots sent and
+                                        # installed); 0: no compaction
 
     def replay_command(self) -> str:
         cmd = f"python -m tests.sim --seed {self.seed} --steps {self.steps} --nodes {self.nodes}"
         if self.repair is not None:
             cmd += " --repair" if self.repair else " --no-repair"
-        if self.net == NetFaults.none():
-            cmd += " --no-net-faults"
-        elif not self.net.duplicate_votes:
+        default = NetFaults()
+        for name in ("loss", "duplicate", "reorder"):
+            if getattr(self.net, name) != getattr(default, name):
+                cmd += f" --{name} {getattr(self.net, name)}"
+        if not self.net.duplicate_votes:
             cmd += " --no-dup-votes"
+        if (self.net.latency, self.net.reorder_delay) != (default.latency, default.reorder_delay):
+            cmd += " (with non-default latencies: replay from Python)"
         if self.torn:
             cmd += " --torn"
+        if self.compact:
+            cmd += f" --compact {self.compact}"
         if not self.safety:
             cmd += " --liveness-only"
         return cmd
@@ -133,8 +141,7 @@ class SimCluster:
         transport = SimTransport(self.net, node_id)
         overrides: dict[str, Any] = {
             "autoTick": False,
-            # no compaction inside a schedule: snapshots are not simulated (yet)
-            "logCompactionMinEntries": 10 ** 9,
+            "logCompactionMinEntries": self.cfg.compact or 10 ** 9,
             "logCompactionMinTime": 10 ** 9,
         }
         kwargs: dict[str, Any] = {"transport": transport, "conf_overrides": overrides}
@@ -290,6 +297,8 @@ class SimCluster:
             self._clients()
 
     def _check(self) -> None:
+        if self.checker.first is not None:
+            raise self.checker.first
         if not self.cfg.safety:
             return
         for node_id in sorted(self.nodes):
