@@ -38,7 +38,11 @@ def recommend(auto: dict[str, Any], current: int, value: float | None) -> tuple[
     if value is None or current == 0:
         start = max(auto["min"], current)
         return start, f"no {auto['metric']} samples"
-    ratio = value / auto["target"]
+    target = auto["target"]
+    if not (isinstance(target, (int, float)) and math.isfinite(target) and target > 0) or not math.isfinite(value):
+        # a spec stored before targets were validated (NaN, 0, a string): hold, never raise every tick
+        return current, f"{auto['metric']} target {target!r} or value {value!r} is not a positive finite number"
+    ratio = value / target
     if abs(ratio - 1.0) <= auto["tolerance"]:
         return current, f"{auto['metric']} {value:.2f} within tolerance of target {auto['target']:g}"
     desired = math.ceil(current * ratio)
@@ -149,18 +153,24 @@ class Autoscaler:
                     out.append((name, spec["autoscale"], job["replicas"], live))
             return out
         for name, auto, current, live in self.replica.read(view):
-            value = self.replica.metrics.value(name, auto["metric"], now, live if auto["metric"] == "cpu" else None)
-            v = decide(auto, current, value, self.history[name], now, self.last_change.get(name))
-            rec, _ = recommend(auto, current, value)
-            self.history[name] = [(t, r) for t, r in self.history[name] if now - t <= auto["stabilization_ms"]] + [(now, rec)]
-            self.last_reason[name] = v.reason
-            if v.desired is None or v.desired == current:
-                continue
-            reason = f"{v.reason}: {current} -> {v.desired}"
-            res = await self.replica.propose(c.ScaleJob(name=name, replicas=v.desired, reason=reason))
-            if res.ok:
-                log.info("autoscale %s: %s", name, reason)
-                self.last_change[name] = now
+            try:
+                await self._tick_job(name, auto, current, live, now)
+            except Exception:  # one job's odd spec must not starve the others of autoscaling
+                log.exception("autoscale %s failed; the other jobs go on", name)
+
+    async def _tick_job(self, name: str, auto: dict[str, Any], current: int, live: set[str], now: int) -> None:
+        value = self.replica.metrics.value(name, auto["metric"], now, live if auto["metric"] == "cpu" else None)
+        v = decide(auto, current, value, self.history[name], now, self.last_change.get(name))
+        rec, _ = recommend(auto, current, value)
+        self.history[name] = [(t, r) for t, r in self.history[name] if now - t <= auto["stabilization_ms"]] + [(now, rec)]
+        self.last_reason[name] = v.reason
+        if v.desired is None or v.desired == current:
+            return
+        reason = f"{v.reason}: {current} -> {v.desired}"
+        res = await self.replica.propose(c.ScaleJob(name=name, replicas=v.desired, reason=reason))
+        if res.ok:
+            log.info("autoscale %s: %s", name, reason)
+            self.last_change[name] = now
 
     def status(self) -> dict[str, Any]:
         return {"last_reason": dict(self.last_reason)}

@@ -19,6 +19,14 @@ def test_recommend(current, value, want):
     assert recommend(AUTO, current, value)[0] == want
 
 
+@pytest.mark.parametrize("target", [float("nan"), float("inf"), 0, -0.5, "0.6"])
+def test_a_target_stored_before_validation_holds_instead_of_raising(target):
+    """Specs stored before targets were bounded can hold NaN, 0 or a string: the autoscaler holds the
+    current count and says why, rather than raising on every tick."""
+    desired, reason = recommend({**AUTO, "target": target}, 3, 0.9)
+    assert desired == 3 and "not a positive finite number" in reason
+
+
 def test_reason_reads_like_an_event():
     assert recommend(AUTO, 3, 0.92)[1] == "cpu 0.92 > target 0.6"
 
