@@ -1,7 +1,9 @@
 """The agent's configuration: identity, fault domain, labels, capacity (defaults from psutil)."""
 from __future__ import annotations
 
+import json
 import os
+import secrets
 from dataclasses import dataclass, field
 
 import psutil
@@ -69,3 +71,59 @@ def parse_port_range(value: str) -> tuple[int, int]:
     if not sep or not lo.isdigit() or not hi.isdigit() or not 0 < int(lo) <= int(hi) < 65536:
         raise ValidationError(f"{value!r} is not a port range like 20000-32767", field="--ports")
     return int(lo), int(hi)
+
+
+# -- the cluster this agent's data dir belongs to ---------------------------------------------------------
+IDENTITY_FILE = "identity.json"     # {"cluster": "<12 hex>", "machine": "<id>"} in the agent's data dir
+
+
+def read_identity(data_dir: str) -> dict[str, str] | None:
+    """The cluster (and machine) this data dir was first used for, or None if it has none yet."""
+    from raftctl.agent.runtime.base import CLUSTER_ID_RE
+
+    try:
+        with open(os.path.join(data_dir, IDENTITY_FILE)) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ValidationError(f"{IDENTITY_FILE} cannot be read: {exc}", field="--data-dir") from None
+    if not isinstance(data, dict) or not CLUSTER_ID_RE.match(str(data.get("cluster", ""))):
+        raise ValidationError(f"{os.path.join(data_dir, IDENTITY_FILE)} names no cluster id", field="--data-dir")
+    return {"cluster": str(data["cluster"]), "machine": str(data.get("machine", ""))}
+
+
+def write_identity(data_dir: str, cluster: str, machine: str) -> None:
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, IDENTITY_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"cluster": cluster, "machine": machine}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+
+
+def settle_cluster_id(data_dir: str, machine: str, answered: str | None, *, asked: bool = True) -> str:
+    """The cluster id this agent names its per-host things with, kept in ``<data_dir>/identity.json``.
+
+    ``answered``: the id the control plane gave at registration (None: a control plane without a secret,
+    ``--insecure-dev``, has none); ``asked=False``: no replica answered, so the kept id is used as it is. A data
+    dir first used for another cluster is refused (its containers are that cluster's, not to be adopted)."""
+    from raftctl.agent.runtime.base import CLUSTER_ID_RE
+
+    kept = read_identity(data_dir)
+    if answered is not None and not CLUSTER_ID_RE.match(str(answered)):
+        raise ValidationError(f"the control plane named cluster {answered!r}, not 12 hex characters",
+                              field="cluster")
+    if kept and answered and kept["cluster"] != answered:
+        raise ValidationError(
+            f"{data_dir} belongs to cluster {kept['cluster']}, but the control plane is cluster {answered}: its "
+            f"containers are not this cluster's. Use another --data-dir (or stop that cluster's containers and "
+            f"remove {IDENTITY_FILE})", field="--data-dir")
+    if kept and (not asked or answered is None or kept["machine"] == machine):
+        return kept["cluster"]
+    if not asked:
+        raise ValidationError("no control replica answered and the data dir names no cluster yet", field="--server")
+    cluster = answered or secrets.token_hex(6)     # no secret, no shared id: one of this data dir's own
+    write_identity(data_dir, cluster, machine)
+    return cluster

@@ -175,3 +175,29 @@ class BlobFetcher:
                 problems.append(f"{url}: {exc}")
         self._next = (self._next + 1) % len(self.servers)
         raise ImageError(f"could not pull blob {digest}: {'; '.join(problems)}")
+
+
+async def cluster_identity(servers: list[str], token: str, registration: dict[str, Any], *, ssl: Any = None,
+                           patience_s: float | None = None) -> tuple[bool, str | None]:
+    """Register once to learn the cluster's id (the register answer's ``cluster``): (True, id) once a replica
+    answered (id None from a control plane without a secret); (False, None) when none answered within
+    ``patience_s`` (None: keep asking). A refused token is raised."""
+    loop = asyncio.get_running_loop()
+    deadline = None if patience_s is None else loop.time() + patience_s
+    delay = 0.2
+    async with ControlClient(servers, token, ssl=ssl) as control:
+        while True:
+            try:
+                ans = await control.request("POST", "/v1/agent/register", registration, timeout=5.0)
+                cluster = ans.get("cluster") if isinstance(ans, dict) else None
+                return True, (str(cluster) if cluster is not None else None)
+            except (Unauthorized, Forbidden):
+                raise
+            except RaftctlError as exc:
+                if exc.http_status is not None and 400 <= exc.http_status < 500:
+                    raise
+                log.warning("asking the control plane for the cluster id: %s; retrying", exc)
+            if deadline is not None and loop.time() + delay > deadline:
+                return False, None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -11,14 +11,22 @@ import click
 from raftctl.cli.base import split_servers
 
 
-def make_driver(runtime: str, data_dir: str, private_paths: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
-    """``private_paths``: the agent's secrets (token file, TLS key...) that no container may see (runc)."""
+def make_driver(runtime: str, data_dir: str, private_paths: tuple[str, ...] = (),  # type: ignore[no-untyped-def]
+                cluster: str | None = None, machine: str | None = None):
+    """``private_paths``: the agent's secrets (token file, TLS key...) that no container may see (runc).
+    ``cluster``/``machine``: the names runc containers' cgroups carry (default: the data dir's identity.json)."""
     from raftctl.agent.runtime import make_driver as make
 
     if runtime == "sim":
         return make("sim", data_dir)
     if runtime == "runc":
-        return make(runtime, os.path.join(data_dir, runtime),
+        if cluster is None:
+            from raftctl.agent.config import read_identity
+
+            kept = read_identity(data_dir)
+            if kept:
+                cluster, machine = kept["cluster"], machine or kept["machine"]
+        return make(runtime, os.path.join(data_dir, runtime), cluster=cluster, machine=machine,
                     private_paths=tuple(os.path.abspath(p) for p in (data_dir, *private_paths) if p))
     return make(runtime, os.path.join(data_dir, runtime))
 
@@ -34,6 +42,32 @@ def check_unisolated(runtime: str, euid: int, allowed: bool) -> None:
     """No silent downgrade: root with the process runtime needs --allow-unisolated."""
     if runtime == "process" and euid == 0 and not allowed:
         raise click.UsageError(UNISOLATED_REFUSED)
+
+
+def learn_cluster(cfg) -> str:  # type: ignore[no-untyped-def]
+    """The cluster id the runc driver names cgroups with: asked of the control plane at registration and kept in
+    the data dir (config.settle_cluster_id). With a kept id, a control plane silent for 5 s does not hold up
+    adopting this cluster's containers; a data dir of another cluster is refused."""
+    from raftctl.agent.config import read_identity, settle_cluster_id
+    from raftctl.agent.control import cluster_identity
+    from raftctl.errors import RaftctlError
+
+    ssl_ctx = None
+    if cfg.tls_ca or any(s.startswith("https://") for s in cfg.servers):
+        from raftctl.tls import client_context
+
+        ssl_ctx = client_context(cfg.tls_ca)
+    try:
+        kept = read_identity(cfg.data_dir)
+        asked, answered = asyncio.run(cluster_identity(cfg.servers, cfg.token, cfg.registration(), ssl=ssl_ctx,
+                                                       patience_s=5.0 if kept else None))
+        cluster = settle_cluster_id(cfg.data_dir, cfg.machine, answered, asked=asked)
+    except RaftctlError as exc:
+        raise click.ClickException(str(exc)) from None
+    logging.getLogger("raftctl.agent").info("cluster %s%s: cgroups under /raftctl-%s/%s/", cluster,
+                                            "" if asked else " (kept; no control replica answered)", cluster,
+                                            cfg.machine)
+    return cluster
 
 
 def register(cli: click.Group) -> None:
@@ -123,7 +157,9 @@ def register(cli: click.Group) -> None:
 
             asyncio.run(run_agents(cfg, count))
             sys.exit(0)
-        driver = make_driver(rt, cfg.data_dir, tuple(p for p in (token_file, tls_key, tls_cert) if p))
+        cluster = learn_cluster(cfg) if rt == "runc" else None
+        driver = make_driver(rt, cfg.data_dir, tuple(p for p in (token_file, tls_key, tls_cert) if p),
+                             cluster=cluster, machine=machine)
         try:
             asyncio.run(run_agent(cfg, driver))
         finally:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from aiohttp import web
@@ -41,7 +42,16 @@ async def register(request: web.Request) -> web.Response:
     res = await replica.propose(cmd)
     if replica.leadership is not None:
         replica.leadership.heartbeat(machine)
-    return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
+    return encode(request, {"index": res.index, **result_value(res), "cluster": _cluster_id(replica.cfg.secret)},
+                  index=res.index)
+
+
+@functools.lru_cache(maxsize=4)
+def _cluster_id(secret: str | None) -> str | None:
+    """The cluster's id (from its secret; None without one, --insecure-dev): agents name their cgroups with it."""
+    from raftctl.agent.runtime.base import derive_cluster_id
+
+    return derive_cluster_id(secret) if secret else None
 
 
 @perm("agent")

@@ -21,6 +21,47 @@ class RuntimeError_(Exception):
     """A driver could not do what it was asked (bad id, runc failure, missing image)."""
 
 
+# -- per-host names ------------------------------------------------------------------------------
+# Placement ids are unique only within one cluster, and several clusters (the dev cluster, a test, a
+# benchmark) may run agents on one machine. Every name an agent creates outside its own data dir (cgroups
+# today; netns names once bridge mode is wired) therefore carries the cluster's identity and the machine's.
+CLUSTER_ID_RE = re.compile(r"^[0-9a-f]{12}$")
+_CLUSTER_SALT = b"raftctl cluster id v1"
+
+
+def derive_cluster_id(secret: str) -> str:
+    """The cluster's identity: 12 hex characters derived from the cluster secret (every replica holds the same
+    secret from the cluster's first start; two clusters generate different ones). scrypt, so the id, which
+    any local user can read in /proc/*/cgroup, costs a guesser ~50 ms per try of a (weak) secret."""
+    import hashlib
+
+    return hashlib.scrypt(secret.encode(), salt=_CLUSTER_SALT, n=1 << 14, r=8, p=1, dklen=6).hex()
+
+
+def check_cluster_id(value: object, field: str = "cluster") -> str:
+    if not isinstance(value, str) or not CLUSTER_ID_RE.match(value):
+        raise RuntimeError_(f"{field}: {value!r} is not a cluster id (12 lower-case hex characters)")
+    return value
+
+
+def host_scope(cluster: str, machine: str) -> str:
+    """The per-host name prefix of one machine of one cluster, e.g. ``raftctl-0123456789ab/m1``."""
+    check_cluster_id(cluster)
+    if not isinstance(machine, str) or not ID_RE.match(machine):
+        raise RuntimeError_(f"machine id {machine!r} is not [A-Za-z0-9][A-Za-z0-9_.-]* (a path component)")
+    return f"raftctl-{cluster}/{machine}"
+
+
+def cgroup_path(cluster: str | None, machine: str | None, id: str) -> str:
+    """A container's cgroupsPath: ``/raftctl-<cluster>/<machine>/<placement>`` (v1: under every controller's
+    hierarchy; v2: under the unified one). Without a cluster (a driver made by a test), ``/raftctl/<id>``."""
+    if not ID_RE.match(id):
+        raise RuntimeError_(f"container id {id!r} is not valid")
+    if cluster is None:
+        return f"/raftctl/{id}"
+    return f"/{host_scope(cluster, machine or '')}/{id}"
+
+
 @dataclass
 class Resources:
     cpu: int = 0            # millicores; 0 = no quota

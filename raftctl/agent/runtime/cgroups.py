@@ -64,7 +64,8 @@ def _kv(path: str) -> dict[str, int]:
 
 @dataclass
 class Cgroup:
-    """A container's cgroup, named by the runc ``cgroupsPath`` (e.g. ``/raftctl/web-0``)."""
+    """A container's cgroup, named by the runc ``cgroupsPath`` (``/raftctl-<cluster>/<machine>/<placement>``,
+    base.cgroup_path: under every controller's hierarchy with v1, under the unified one with v2)."""
     path: str
     v2: bool
     mounts: dict[str, str]
@@ -120,3 +121,35 @@ def memsw_available() -> bool:
     if is_v2():
         return os.path.exists(os.path.join(CGROUP_ROOT, "init.scope", "memory.swap.max"))
     return os.path.exists(os.path.join(v1_mounts().get("memory", CGROUP_ROOT + "/memory"), "memory.memsw.limit_in_bytes"))
+
+
+def children(path: str) -> list[str]:
+    """The cgroups directly under ``path`` (e.g. ``/raftctl-<cluster>/<machine>``: that machine's containers),
+    read from the memory hierarchy (v1) or the unified one (v2); [] when there is none."""
+    d = Cgroup.of(path).memory_dir()
+    try:
+        return sorted(e.name for e in os.scandir(d) if e.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def hierarchies() -> list[str]:
+    """Every mounted cgroup hierarchy (v1: one per controller set, named ones and the unified one; v2: one)."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = right.split()
+            if fields and fields[0] in ("cgroup", "cgroup2"):
+                out.append(left.split()[4])
+    return sorted(set(out))
+
+
+def remove_if_empty(path: str) -> None:
+    """rmdir the cgroup ``path`` in every hierarchy where it exists and holds no process and no child cgroup
+    (the kernel refuses otherwise: EBUSY/ENOTEMPTY, ignored)."""
+    for root in hierarchies():
+        try:
+            os.rmdir(root + "/" + path.strip("/"))
+        except OSError:
+            pass

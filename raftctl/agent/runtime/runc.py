@@ -3,11 +3,15 @@
 Per container, under ``<data_dir>/containers/<id>/``: ``config.json``, ``spec.json``
 (the ContainerSpec, for adoption), ``rootfs/`` (btrfs snapshot or overlay mount of the
 unpacked image, with ``upper/`` + ``work/``), ``data/`` (the private writable /data),
-``init.pid``, ``started_at`` and, once the container has exited, ``exit.json`` written
-by its shim (see shim.py). runc keeps its own state under ``<data_dir>/runc``.
+``init.pid``, ``started_at``, ``owner.json`` (the cluster and machine that created it) and, once the
+container has exited, ``exit.json`` written by its shim (see shim.py). runc keeps its own state under
+``<data_dir>/runc``. The one name outside the data dir, the container's cgroup, is
+``/raftctl-<cluster>/<machine>/<placement>`` (base.cgroup_path), so clusters sharing a machine never share one.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -24,10 +28,12 @@ from raftctl.agent import rootfs
 from raftctl.agent.images import BlobSource, ImageStore
 from raftctl.agent.runtime import bundle as oci_bundle
 from raftctl.agent.runtime import cgroups, logs
-from raftctl.agent.runtime.base import ID_RE, ContainerSpec, Driver, Observed, RuntimeError_, Stats
+from raftctl.agent.runtime.base import (ID_RE, ContainerSpec, Driver, Observed, RuntimeError_, Stats, cgroup_path,
+                                        host_scope)
 
 log = logging.getLogger("raftctl.agent.runc")
 SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim.py")
+SCOPE_LOCKS = "/run/raftctl"   # <cluster>.lock: creates hold it shared, pruning an empty cluster cgroup exclusively
 
 
 def find_init() -> str | None:
@@ -46,9 +52,14 @@ class RuncDriver(Driver):
 
     def __init__(self, data_dir: str, images: ImageStore | None = None, *, runc: str = "runc",
                  cgroup_parent: str = "raftctl", python: str = sys.executable,
-                 image_source: BlobSource | None = None, private_paths: list[str] | tuple[str, ...] = ()) -> None:
+                 image_source: BlobSource | None = None, private_paths: list[str] | tuple[str, ...] = (),
+                 cluster: str | None = None, machine: str | None = None) -> None:
         """``private_paths``: the agent's own secrets (its data dir, token file, TLS key): a container may never
-        see them, so a `base: host` container whose host mounts would hold one is refused."""
+        see them, so a `base: host` container whose host mounts would hold one is refused.
+        ``cluster``/``machine``: the identity every per-host name carries (the agent always gives both); a
+        container another cluster created in this data dir is never listed, so never adopted or removed."""
+        if cluster is not None:
+            host_scope(cluster, machine or "")          # both valid, or refuse to start
         path = shutil.which(runc)
         if path is None:
             raise RuntimeError_(f"{runc} is not installed (apt-get install runc)")
@@ -64,6 +75,9 @@ class RuncDriver(Driver):
         self.images = images or ImageStore(os.path.join(self.data_dir, "images"))
         self.image_source = image_source      # where missing blobs are pulled from (the control plane)
         self.cgroup_parent = cgroup_parent.strip("/")
+        self.cluster, self.machine = cluster, machine
+        self._cgroup_paths: dict[str, str] = {}
+        self._foreign: set[str] = set()                # other clusters' containers seen (warned once)
         self.python = python
         self.memsw = cgroups.memsw_available()
         self.shims = ShimPool(python, os.path.join(self.data_dir, "shim.err"))
@@ -88,10 +102,31 @@ class RuncDriver(Driver):
         return os.path.join(self.containers_dir, id)
 
     def cgroups_path(self, id: str) -> str:
-        return f"/{self.cgroup_parent}/{id}"
+        """The cgroup a new container ``id`` gets."""
+        if self.cluster is None and self.cgroup_parent != "raftctl":
+            return f"/{self.cgroup_parent}/{id}"
+        return cgroup_path(self.cluster, self.machine, id)
 
     def cgroup(self, id: str) -> cgroups.Cgroup:
-        return cgroups.Cgroup.of(self.cgroups_path(id))
+        """The container's cgroup: the path its config.json gave runc (a container created under another naming,
+        e.g. before an upgrade, keeps its own), else the path a new one gets."""
+        path = self._cgroup_paths.get(id)
+        if path is None:
+            try:
+                with open(os.path.join(self.bundle(id), "config.json")) as f:
+                    path = str(json.load(f)["linux"]["cgroupsPath"])
+                self._cgroup_paths[id] = path
+            except (OSError, ValueError, KeyError, TypeError):
+                path = self.cgroups_path(id)
+        return cgroups.Cgroup.of(path)
+
+    def owner(self, id: str) -> str | None:
+        """The cluster that created container ``id`` here (None: made before clusters were named)."""
+        text = self._read(id, "owner.json")
+        try:
+            return str(json.loads(text)["cluster"]) if text else None
+        except (ValueError, KeyError, TypeError):
+            return "?"                                   # unreadable: not provably ours
 
     def _read(self, id: str, name: str) -> str | None:
         try:
@@ -121,12 +156,46 @@ class RuncDriver(Driver):
             raise RuntimeError_(f"image root {spec.rootfs} is missing (prepare_image first)")
         os.makedirs(b)
         try:
-            return self._create(spec, b)
+            with self._scope_lock(exclusive=False):         # no prune of our cgroup parents while runc makes them
+                return self._create(spec, b)
         except BaseException:
             self.remove(spec.id)
             raise
 
+    @contextlib.contextmanager
+    def _scope_lock(self, exclusive: bool):  # type: ignore[no-untyped-def]
+        """A flock on ``/run/raftctl/<cluster>.lock``, shared by every agent of this cluster on this host; yields
+        whether it is held (an exclusive one is only tried, never waited for)."""
+        if self.cluster is None:
+            yield not exclusive
+            return
+        os.makedirs(SCOPE_LOCKS, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(SCOPE_LOCKS, f"{self.cluster}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    def _prune_scope(self) -> None:
+        """Remove ``/raftctl-<cluster>/<machine>`` and ``/raftctl-<cluster>`` once empty (the kernel refuses while
+        a container's cgroup is under them), unless a create of this cluster is making them right now."""
+        if self.cluster is None or not self.machine:
+            return
+        with self._scope_lock(exclusive=True) as held:
+            if held:
+                scope = host_scope(self.cluster, self.machine)
+                cgroups.remove_if_empty(scope)
+                cgroups.remove_if_empty(scope.split("/")[0])
+
     def _create(self, spec: ContainerSpec, b: str) -> str:
+        if self.cluster is not None:
+            with open(os.path.join(b, "owner.json"), "w") as f:
+                json.dump({"cluster": self.cluster, "machine": self.machine}, f)
         with open(os.path.join(b, "spec.json"), "w") as f:
             json.dump(spec.to_dict(), f, sort_keys=True)
         rootfs.make_root(spec.rootfs, b)
@@ -299,6 +368,8 @@ class RuncDriver(Driver):
             return 124, out.decode(errors="replace")
 
     def list_existing(self) -> list[str]:
+        """This cluster's containers in this data dir: a bundle another cluster's agent left here (the data dir
+        reused) is not listed, so it is never adopted, stopped or removed by this agent."""
         r = self._run("list", "--format", "json", check=False)
         ids = set()
         if r.returncode == 0 and r.stdout.strip() not in ("", "null"):
@@ -306,7 +377,19 @@ class RuncDriver(Driver):
         for name in os.listdir(self.containers_dir):
             if os.path.exists(os.path.join(self.containers_dir, name, "spec.json")):
                 ids.add(name)
-        return sorted(ids)
+        mine = []
+        for id in sorted(ids):
+            if not ID_RE.match(id):
+                continue
+            owner = self.owner(id)
+            if self.cluster is not None and owner is not None and owner != self.cluster:
+                if id not in self._foreign:
+                    self._foreign.add(id)
+                    log.warning("container %s in %s belongs to cluster %s, not %s: left alone", id,
+                                self.data_dir, owner, self.cluster)
+                continue
+            mine.append(id)
+        return mine
 
     def spec_of(self, id: str) -> ContainerSpec | None:
         text = self._read(id, "spec.json")
@@ -336,6 +419,8 @@ class RuncDriver(Driver):
                 self._wait_exit(id, 2.0)                   # let the shim record the exit first
             rootfs.release_root(b)
             rootfs.remove_tree(b)
+        self._cgroup_paths.pop(id, None)
+        self._prune_scope()
         log.info("removed %s", id)
 
 
