@@ -48,11 +48,14 @@ class Recorder(Transport):
 class Handle:
     """A RaftNode with no tick thread, fed messages by the test."""
 
-    def __init__(self, path: Any, repair: bool, peers: int = 2) -> None:
+    def __init__(self, path: Any, repair: bool, peers: int = 2, fast: bool = False) -> None:
         self.transport = Recorder(None, None, [])
+        conf: dict[str, Any] = {"autoTick": False}
+        if fast:  # elections 10x faster than raftctl's
+            conf.update(raftMinTimeout=0.04, raftMaxTimeout=0.12, appendEntriesPeriod=0.01)
         self.node = raft.RaftNode("127.0.0.1:7001", [f"127.0.0.1:{7002 + i}" for i in range(peers)], str(path), None,
                                   on_applied=lambda: None, transport=self.transport, repair=repair,
-                                  conf_overrides={"autoTick": False})
+                                  conf_overrides=conf)
 
     def deliver(self, node: Any, message: dict) -> list[dict]:
         assert self.transport is not None
@@ -82,8 +85,8 @@ class Handle:
 def handle(tmp_path: Any) -> Any:
     made: list[Handle] = []
 
-    def build(repair: bool, peers: int = 2) -> Handle:
-        h = Handle(tmp_path / f"{len(made)}", repair, peers)
+    def build(repair: bool, peers: int = 2, fast: bool = False) -> Handle:
+        h = Handle(tmp_path / f"{len(made)}", repair, peers, fast)
         made.append(h)
         return h
 
@@ -178,13 +181,27 @@ def test_membership_entries_of_a_replaced_suffix_are_rolled_back_and_new_ones_ap
 
 
 # ---------------------------------------------------------------------------------------------- leader
-def _leader(h: Handle) -> None:
-    """Make the hand-driven node the leader of term 1 with both peers connected."""
-    for peer in (LEADER, OTHER):
+def _campaign(h: Handle, grant: Any = None) -> None:
+    """Connect every peer and tick until the node starts an election (term 1), granting its pre-votes
+    (from the peers in ``grant``, default all)."""
+    peers = sorted(h.node.otherNodes, key=lambda n: n.id)
+    for peer in peers:
         h.transport._onNodeConnected(peer)
+    seen = len(h.transport.sent)
     deadline = time.monotonic() + 5
     while h.node.raftCurrentTerm == 0 and time.monotonic() < deadline:
         h.node.doTick(0.01)
+        asks = [(n, m) for n, m in h.transport.sent[seen:] if m["type"] == "pre_vote"]
+        seen = len(h.transport.sent)
+        for n, m in asks:
+            if grant is None or n in grant:
+                h.transport._onMessageReceived(n, {"type": "pre_vote_response", "term": m["term"], "granted": True})
+    assert h.node.raftCurrentTerm == 1
+
+
+def _leader(h: Handle) -> None:
+    """Make the hand-driven node the leader of term 1 with both peers connected."""
+    _campaign(h)
     h.deliver(LEADER, {"type": "response_vote", "term": h.node.raftCurrentTerm})
     assert h.node._isLeader()
 
@@ -368,11 +385,7 @@ def test_a_duplicated_vote_does_not_make_a_majority(handle: Any, repair: bool) -
     # twice (a lossy, duplicating network; found by tests/sim) must count once.
     h = handle(repair, peers=4)
     peers = sorted(h.node.otherNodes, key=lambda n: n.id)
-    for peer in peers:
-        h.transport._onNodeConnected(peer)
-    deadline = time.monotonic() + 5
-    while h.node.raftCurrentTerm == 0 and time.monotonic() < deadline:
-        h.node.doTick(0.01)
+    _campaign(h)
     term = h.node.raftCurrentTerm
     vote = {"type": "response_vote", "term": term}
     h.deliver(peers[0], vote)
@@ -383,6 +396,75 @@ def test_a_duplicated_vote_does_not_make_a_majority(handle: Any, repair: bool) -
         assert h.node._isLeader()
     else:  # pysyncobj 0.3.17 counts messages: leader with 2 of 5 votes
         assert h.node._isLeader()
+
+
+def _tick_for(h: Handle, seconds: float) -> list[tuple[Any, dict]]:
+    since = len(h.transport.sent)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        h.node.doTick(0.005)
+    return h.transport.sent[since:]
+
+
+@pytest.mark.parametrize("repair", [True, False])
+def test_a_replica_cut_off_from_its_peers_keeps_its_term_and_rejoins_without_an_election(handle: Any,
+                                                                                          repair: bool) -> None:
+    h = handle(repair, fast=True)
+    for peer in (LEADER, OTHER):
+        h.transport._onNodeConnected(peer)
+    h.append(1, 1, 0, [noop(2, 1)], commit=2, seq=1)  # a follower of LEADER in term 1
+    sent = _tick_for(h, 1.0)  # then nothing arrives for 1 s: 8 to 25 election timeouts
+    kinds = [m["type"] for _, m in sent]
+    if repair:
+        assert h.node.raftCurrentTerm == 1 and "request_vote" not in kinds and kinds.count("pre_vote") >= 3
+        replies = h.append(1, 2, 1, [], commit=2, seq=2)  # the link is back: the leader's next heartbeat
+        assert replies and replies[-1]["success"] and h.node._getLeader() == LEADER
+    else:  # pysyncobj: a new term per timeout; back on the link its requests depose the leader
+        assert h.node.raftCurrentTerm >= 3 and "request_vote" in kinds
+        assert not h.append(1, 2, 1, [], commit=2, seq=2)  # the leader's term is stale here now
+
+
+def test_a_pre_vote_is_granted_only_without_a_live_leader_and_for_an_up_to_date_log(handle: Any) -> None:
+    h = handle(True)
+    h.follower_with(10)  # LEADER leads term 1; we just heard from it
+
+    def ask(term: int, last_idx: int, last_term: int) -> bool:
+        replies = [m for m in h.deliver(OTHER, {"type": "pre_vote", "term": term, "last_log_index": last_idx,
+                                                "last_log_term": last_term}) if m["type"] == "pre_vote_response"]
+        assert replies[-1]["term"] == term
+        return replies[-1]["granted"]
+
+    assert not ask(2, 10, 1)  # the leader is alive: no
+    time.sleep(h.node._pre_vote_lease() + 0.05)
+    assert ask(2, 10, 1) and ask(2, 12, 1) and ask(3, 3, 2)
+    assert not ask(2, 9, 1) and not ask(2, 50, 0)  # a log behind ours: no
+    assert not ask(1, 10, 1)  # not a newer term: no
+    assert h.node.raftCurrentTerm == 1 and h.node._SyncObj__votedForNodeId is None  # a pre-vote changes nothing
+
+
+def test_peers_of_an_older_raftctl_that_never_answer_a_pre_vote_do_not_block_elections(handle: Any) -> None:
+    h = handle(True, fast=True)
+    for peer in (LEADER, OTHER):
+        h.transport._onNodeConnected(peer)
+    h.append(1, 1, 0, [noop(2, 1)], commit=2)  # no 'seq': LEADER runs a raftctl without pre-vote
+    sent = _tick_for(h, 1.0)
+    assert h.node.raftCurrentTerm >= 2 and any(m["type"] == "request_vote" for _, m in sent)
+
+
+def test_a_leader_steps_down_when_a_follower_answers_from_a_newer_term(handle: Any) -> None:
+    # A replica whose election failed (its vote requests lost) is in a newer term than the leader; with
+    # pre-vote it cannot start another one, so it must make the leader step down or stay behind forever
+    # (tests/sim seed 7103 --nodes 3 --torn: a replica 160 entries behind for 4 s of calm).
+    f = handle(True)
+    f.follower_with(10)
+    f.append(3, 10, 1, [], commit=10)  # now in term 3
+    answer = f.append(2, 10, 1, [noop(11, 2)], commit=10, seq=4)  # a leader of term 2
+    assert answer and not answer[-1]["success"] and answer[-1]["term"] == 3 and len(f.log) == 10
+    h = handle(True)
+    _leader(h)
+    assert h.node._isLeader() and h.node.raftCurrentTerm == 1
+    h.deliver(OTHER, dict(answer[-1], term=3))
+    assert not h.node._isLeader() and h.node.raftCurrentTerm == 3
 
 
 # ---------------------------------------------------------------------------------------------- raft_status

@@ -21,11 +21,18 @@ heartbeat period without an answer. REPLICATE: pipelined, at most MAX_INFLIGHT m
 SNAPSHOT: pysyncobj's snapshot transmission, when the entries the follower needs were compacted. Every
 message carries a per-follower sequence number that the answer echoes; a rejection moves nextIndex to its
 hint only if it answers a message sent after the last reset and is newer than the last success, and
-nextIndex never goes below matchIndex + 1. Answers also carry the term: an answer from another term is
-ignored.
+nextIndex never goes below matchIndex + 1. Answers also carry the term: an answer from an older term is
+ignored; one from a newer term makes the leader step down (a follower answers AppendEntries of an older
+term with its own term, where pysyncobj stays silent).
 
 Elections: a candidate counts one response_vote per voter and term (pysyncobj counts messages, so a
-duplicated vote could elect a leader without a majority).
+duplicated vote could elect a leader without a majority). Pre-vote (Raft thesis §9.6): when its election
+timer fires, a node first asks its peers whether they would vote for it in the next term, without changing
+any term; a peer says yes only if the log is up to date and it has not heard from a leader within
+PRE_VOTE_LEASE. Only with a majority of yeses does pysyncobj's election run, so a replica back from a
+partition (or a paused one) does not depose a healthy leader by bumping the term. A leadership transfer
+skips it. Peers known to run an older raftctl (their messages lack the new fields, or they ask for votes
+without a pre-vote) count as yes after three unanswered rounds, so a cluster mid-upgrade still elects.
 
 Wire compatibility: new fields only ('seq' in requests; 'term', 'seq', 'conflict_term', 'conflict_index',
 'refused' in answers); the old ones keep their meaning, so a mixed cluster during an upgrade works.
@@ -47,6 +54,7 @@ _LEADER = psyncobj._RAFT_STATE.LEADER
 _CANDIDATE = psyncobj._RAFT_STATE.CANDIDATE
 
 PROBE, REPLICATE, SNAPSHOT = "probe", "replicate", "snapshot"
+PRE_VOTE_SILENT_ROUNDS = 3   # unanswered pre-vote rounds before silent peers count as yes
 MAX_INFLIGHT = 32            # unanswered AppendEntries per follower in REPLICATE
 MAX_ENTRIES_PER_MESSAGE = 4096
 
@@ -84,15 +92,30 @@ class ReplicationFixes:
         self._repair = bool(repair)
         self._replication_progress: dict[Any, _Progress] = {}
         self._replication_voters: tuple[int | None, set] = (None, set())
+        self._pre_vote: dict[str, Any] | None = None   # the round in progress: term, granted, answered
+        self._pre_vote_passed = False
+        self._pre_vote_failed_rounds = 0
+        self._leader_heard_at = float("-inf")
+        self._old_peers: set = set()                   # peers whose messages show an older raftctl
+        self._pre_voted: dict[Any, int] = {}           # peer -> newest term it asked a pre-vote for
 
     # ------------------------------------------------------------------ dispatch
     def _SyncObj__onMessageReceived(self, node: Any, message: dict) -> None:  # noqa: N802 (pysyncobj's name)
         if not self._repair:
             return _SyncObj._SyncObj__onMessageReceived(self, node, message)  # type: ignore[attr-defined]
         mtype = message.get("type")
+        self._note_version(node, mtype, message)
         if mtype == "append_entries":
             if message["term"] >= self._SyncObj__raftCurrentTerm:
                 self._on_append_entries(node, message)
+            else:  # tell a leader of an older term about ours, so it steps down (pysyncobj stays silent)
+                self._reply(node, message, success=False, next_idx=self._SyncObj__raftLog[-1][1] + 1)
+            return None
+        if mtype == "pre_vote":
+            self._on_pre_vote(node, message)
+            return None
+        if mtype == "pre_vote_response":
+            self._on_pre_vote_response(node, message)
             return None
         if mtype == "response_vote" and not self._first_vote(node, message):
             return None  # pysyncobj counts vote messages, not voters: a duplicate would count twice
@@ -103,6 +126,93 @@ class ReplicationFixes:
                 self._send_to(node, self._progress(node), _now(), self._SyncObj__conf.appendEntriesPeriod)
             return None
         return _SyncObj._SyncObj__onMessageReceived(self, node, message)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ pre-vote
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N803 (pysyncobj's name)
+        if self._repair:
+            self._pre_vote_tick()
+        return _SyncObj._onTick(self, timeToWait)
+
+    def _pre_vote_lease(self) -> float:
+        conf = self._SyncObj__conf
+        # a follower of a live leader heard from it within one heartbeat before any peer's timer can fire
+        return max(conf.raftMinTimeout - 1.5 * conf.appendEntriesPeriod, conf.appendEntriesPeriod)
+
+    def _pre_vote_tick(self) -> None:
+        """Before pysyncobj's tick: hold its election back until a pre-vote round passed."""
+        if self._SyncObj__selfNode is None or self._SyncObj__raftState == _LEADER:
+            self._pre_vote = None
+            return
+        now = _now()
+        if self._SyncObj__raftElectionDeadline >= now or not self._SyncObj__connectedToAnyone():
+            return
+        others = self._SyncObj__otherNodes
+        if self._pre_vote_passed or self._SyncObj__transferInProgress or not others:
+            self._pre_vote_passed = False
+            self._pre_vote = None
+            return  # pysyncobj starts the election in this tick
+        last = self._pre_vote
+        if last is not None and last["term"] == self._SyncObj__raftCurrentTerm + 1:
+            self._pre_vote_failed_rounds += 1
+            silent = {n for n in others if n in self._SyncObj__connectedNodes and n not in last["answered"]
+                      and n in self._old_peers}
+            if (self._pre_vote_failed_rounds >= PRE_VOTE_SILENT_ROUNDS
+                    and 1 + len(last["granted"]) + len(silent) > (len(others) + 1) / 2):
+                log.warning("pre-vote: %d peer(s) of an older raftctl never answer one: electing without it",
+                            len(silent))
+                self._pre_vote_failed_rounds = 0
+                self._pre_vote = None
+                return
+        self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+        term = self._SyncObj__raftCurrentTerm + 1
+        self._pre_vote = {"term": term, "granted": set(), "answered": set()}
+        raft_log = self._SyncObj__raftLog
+        request = {"type": "pre_vote", "term": term, "last_log_index": raft_log[-1][1],
+                   "last_log_term": raft_log[-1][2]}
+        for node in others:
+            self._SyncObj__transport.send(node, request)
+
+    def _note_version(self, node: Any, mtype: Any, message: dict) -> None:
+        """Tell peers running an older raftctl (no pre-vote) from the messages they send."""
+        if mtype in ("pre_vote", "pre_vote_response"):
+            new = True
+            if mtype == "pre_vote" and isinstance(message.get("term"), int):
+                self._pre_voted[node] = max(self._pre_voted.get(node, 0), message["term"])
+        elif mtype == "append_entries" and "prevLogIdx" in message:
+            new = "seq" in message
+        elif mtype == "next_node_idx":
+            new = "term" in message
+        elif mtype == "request_vote":  # a new peer asks for a pre-vote first (a leadership transfer aside)
+            new = self._pre_voted.get(node, 0) >= message.get("term", 0)
+        else:
+            return
+        if new:
+            self._old_peers.discard(node)
+        else:
+            self._old_peers.add(node)
+
+    def _on_pre_vote(self, node: Any, message: dict) -> None:
+        term = message.get("term")
+        mine = self._SyncObj__raftLog[-1]
+        in_lease = self._SyncObj__raftState == _LEADER or (
+            self._SyncObj__raftLeader is not None and _now() - self._leader_heard_at < self._pre_vote_lease())
+        granted = (isinstance(term, int) and term > self._SyncObj__raftCurrentTerm and not in_lease
+                   and (message["last_log_term"], message["last_log_index"]) >= (mine[2], mine[1]))
+        self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": bool(granted)})
+
+    def _on_pre_vote_response(self, node: Any, message: dict) -> None:
+        rnd = self._pre_vote
+        if (rnd is None or message.get("term") != rnd["term"] or rnd["term"] != self._SyncObj__raftCurrentTerm + 1
+                or self._SyncObj__raftState == _LEADER):
+            return
+        rnd["answered"].add(node)
+        if message.get("granted"):
+            rnd["granted"].add(node)
+        if 1 + len(rnd["granted"]) > (len(self._SyncObj__otherNodes) + 1) / 2:
+            self._pre_vote = None
+            self._pre_vote_failed_rounds = 0
+            self._pre_vote_passed = True
+            self._SyncObj__raftElectionDeadline = 0  # pysyncobj's next tick starts the election
 
     def _first_vote(self, node: Any, message: dict) -> bool:
         """False for a second response_vote from the same node in the same term (a duplicated message, as a
@@ -130,6 +240,10 @@ class ReplicationFixes:
         if self._SyncObj__raftLeader != node:
             self._SyncObj__onLeaderChanged()
         self._SyncObj__raftLeader = node
+        self._leader_heard_at = _now()
+        self._pre_vote = None
+        self._pre_vote_passed = False
+        self._pre_vote_failed_rounds = 0
         if term > self._SyncObj__raftCurrentTerm:
             self._SyncObj__setCurrentTerm(term, None)
         self._SyncObj__setState(_FOLLOWER)
@@ -301,6 +415,15 @@ class ReplicationFixes:
         if node not in next_idx or node not in match_idx:
             return False
         term = message.get("term")
+        if term is not None and term > self._SyncObj__raftCurrentTerm:
+            # A peer is in a newer term: step down, as Raft says. Without this a peer whose election failed
+            # (its vote requests lost) stayed in a newer term than the leader's, ignoring its AppendEntries,
+            # while pre-vote kept it from ever starting the election that would let it rejoin.
+            log.info("stepping down: %s answered from term %d (ours %d)", node, term, self._SyncObj__raftCurrentTerm)
+            self._SyncObj__setCurrentTerm(term, None)
+            self._SyncObj__setState(_FOLLOWER)
+            self._SyncObj__raftLeader = None
+            return False
         if term is not None and term != self._SyncObj__raftCurrentTerm:
             return False  # answers a leader of another term
         self._SyncObj__lastResponseTime[node] = _now()
