@@ -7,6 +7,7 @@ import logging
 import ssl
 import urllib.error
 import urllib.request
+from urllib.parse import quote
 from typing import IO, Any, Callable, TypeVar
 
 import aiohttp
@@ -177,18 +178,19 @@ class BlobFetcher:
         raise ImageError(f"could not pull blob {digest}: {'; '.join(problems)}")
 
 
-async def cluster_identity(servers: list[str], token: str, registration: dict[str, Any], *, ssl: Any = None,
+async def cluster_identity(servers: list[str], token: str, machine: str, *, ssl: Any = None,
                            patience_s: float | None = None) -> tuple[bool, str | None]:
-    """Register once to learn the cluster's id (the register answer's ``cluster``): (True, id) once a replica
-    answered (id None from a control plane without a secret); (False, None) when none answered within
-    ``patience_s`` (None: keep asking). A refused token is raised."""
+    """The cluster's id, from the ``cluster`` field of the machine's assignment answer (a read: nothing is written
+    before the agent decided to run): (True, id) once a replica answered (id None from a control plane without a
+    secret); (False, None) when none answered within ``patience_s`` (None: keep asking). A refused token is
+    raised."""
     loop = asyncio.get_running_loop()
     deadline = None if patience_s is None else loop.time() + patience_s
     delay = 0.2
     async with ControlClient(servers, token, ssl=ssl) as control:
         while True:
             try:
-                ans = await control.request("POST", "/v1/agent/register", registration, timeout=5.0)
+                ans = await control.request("GET", f"/v1/agent/assignments/{quote(machine, safe='')}", timeout=5.0)
                 cluster = ans.get("cluster") if isinstance(ans, dict) else None
                 return True, (str(cluster) if cluster is not None else None)
             except (Unauthorized, Forbidden):

@@ -45,7 +45,7 @@ def check_unisolated(runtime: str, euid: int, allowed: bool) -> None:
 
 
 def learn_cluster(cfg) -> str:  # type: ignore[no-untyped-def]
-    """The cluster id the runc driver names cgroups with: asked of the control plane at registration and kept in
+    """The cluster id the runc driver names cgroups with: asked of the control plane (assignment answer) and kept in
     the data dir (config.settle_cluster_id). With a kept id, a control plane silent for 5 s does not hold up
     adopting this cluster's containers; a data dir of another cluster is refused."""
     from raftctl.agent.config import read_identity, settle_cluster_id
@@ -59,7 +59,7 @@ def learn_cluster(cfg) -> str:  # type: ignore[no-untyped-def]
         ssl_ctx = client_context(cfg.tls_ca)
     try:
         kept = read_identity(cfg.data_dir)
-        asked, answered = asyncio.run(cluster_identity(cfg.servers, cfg.token, cfg.registration(), ssl=ssl_ctx,
+        asked, answered = asyncio.run(cluster_identity(cfg.servers, cfg.token, cfg.machine, ssl=ssl_ctx,
                                                        patience_s=5.0 if kept else None))
         cluster = settle_cluster_id(cfg.data_dir, cfg.machine, answered, asked=asked)
     except RaftctlError as exc:

@@ -42,8 +42,7 @@ async def register(request: web.Request) -> web.Response:
     res = await replica.propose(cmd)
     if replica.leadership is not None:
         replica.leadership.heartbeat(machine)
-    return encode(request, {"index": res.index, **result_value(res), "cluster": _cluster_id(replica.cfg.secret)},
-                  index=res.index)
+    return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
 
 
 @functools.lru_cache(maxsize=4)
@@ -88,7 +87,7 @@ async def assignments(request: web.Request) -> web.Response:
     machine = _own_machine(request, request.match_info["machine"])
     index = await read_mode(request, lambda s: max(s.table_index["placements"], s.table_index["machines"]))
     data = replica.read(lambda s: _assignments(s, machine))
-    return encode(request, {"index": index, **data}, index=index)
+    return encode(request, {"index": index, **data, "cluster": _cluster_id(replica.cfg.secret)}, index=index)
 
 
 @perm("agent")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -129,6 +130,28 @@ def test_two_clusters_run_the_same_job_on_one_machine_without_touching_each_othe
             assert cgroups.children(f"/raftctl-{ident['cluster']}/m1") == ids
             assert runc_ids(c) == ids
         assert cluster[a.dir] != cluster[b.dir]
+
+        # an agent of A started on B's data dir is refused before it touches anything there
+        refused = subprocess.run(
+            [sys.executable, "-m", "raftctl.cli.main", "agent", "--id", "m1", "--data-dir", b.agents[0].data_dir,
+             "--runtime", "runc", "--advertise", "127.0.0.9", *[x for u in a.urls for x in ("--server", u)]],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+            env={**os.environ, "RAFTCTL_AGENT_TOKEN": a.agent_token(a.agents[0])})
+        assert refused.returncode != 0
+        assert f"--data-dir: {b.agents[0].data_dir} belongs to cluster {cluster[b.dir]}" in refused.stderr, \
+            refused.stderr
+        assert f"the control plane is cluster {cluster[a.dir]}" in refused.stderr
+        assert containers(b) == seen[b.dir]
+
+        # B's agent killed and started again adopts its containers (same pids) under the kept names
+        agent_log = os.path.join(b.agents[0].data_dir, "agent.log")
+        b.kill(b.agents[0], signal.SIGKILL)
+        b.start_proc(b.agents[0])
+        wait_until(lambda: open(agent_log).read().count(f"cluster {cluster[b.dir]}: cgroups under") == 2,
+                   timeout=30, what="B's agent started again")
+        wait_until(lambda: open(agent_log).read().count("adopting running container") == 2, timeout=30,
+                   what="B's containers adopted")
+        assert containers(b) == seen[b.dir]
 
         # deleting the job in A stops A's containers only: B's keep running, unrestarted, healthy and serving
         client_for(a).request("DELETE", "/v1/jobs/web")
