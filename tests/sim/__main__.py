@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                     net=NetFaults.none() if a.no_net_faults else NetFaults(
                         loss=a.loss, duplicate=a.duplicate, reorder=a.reorder, duplicate_votes=not a.no_dup_votes))
     res = run_seed(cfg)
-    print(f"seed {res.seed}: {res.steps} steps, {res.sim_seconds:.1f} s simulated, trace {res.trace[:16]}, journal: {res.journal}")
+    print(f"seed {res.seed}: {res.steps} steps, {res.sim_seconds:.1f} s simulated, trace {res.trace[:16]}")
     print(f"  faults {res.faults}")
     print(f"  network {res.net}")
     print(f"  checked {res.counts}")

@@ -6,32 +6,22 @@ client command; then the invariants of checks.py. Every random choice comes from
 so a seed replays exactly; :attr:`SimResult.trace` hashes what happened (messages delivered, faults,
 acknowledgements, leaders) to prove it.
 
-Crashes keep only what the node had made durable. With RaftNode's ``disk=`` parameter (the durable
-journal on top of the Disk layer), each node gets a :class:`SimDisk`, and a crash drops its unsynced
-bytes. Without it, the node's pysyncobj journal object is kept across the crash as it was (a journal
-that syncs every append), which checks everything but the journal's own crash safety.
+Crashes keep only what the node had made durable: each node's journal, meta and snapshot files live
+on its own :class:`SimDisk` (``RaftNode(disk=...)``), and a crash, between steps or in the middle of a
+disk operation, keeps only what was synced (``torn``: plus part of the unsynced tail).
 """
 from __future__ import annotations
 
 import hashlib
-import inspect
-import os
+import posixpath
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-import pysyncobj.syncobj as psyncobj
 from pysyncobj.config import FAIL_REASON
 
 from raftctl.node.raft import RaftNode
 from raftctl.statemachine import commands as c
-
-try:
-    from raftctl.node.raft.journal import CheckedJournal
-except ImportError:  # before the durable journal (issue 13, H7) landed
-    CheckedJournal = None  # type: ignore[assignment,misc]
 
 from .checks import Checker, Violation, entries
 from .clock import SimClock, patched
@@ -39,10 +29,7 @@ from .disk import SimCrash, SimDisk
 from .network import NetFaults, SimNetwork, SimTransport
 
 LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
-
-
-def raftnode_supports(name: str) -> bool:
-    return name in inspect.signature(RaftNode.__init__).parameters
+SIM_ROOT = "/raftctl-sim"
 
 
 @dataclass
@@ -102,7 +89,6 @@ class SimResult:
     counts: dict[str, int]
     violation: Violation | None = None
     sim_seconds: float = 0.0
-    journal: str = ""
 
 
 class SimCluster:
@@ -118,10 +104,6 @@ class SimCluster:
         self.checker = Checker(cfg.seed, cfg.replay_command())
         self.nodes: dict[str, RaftNode] = {}
         self.disks = {i: SimDisk() for i in self.ids}
-        self.journals: dict[str, Any] = {}               # without disk=: a node's journal object
-        self.use_disk = raftnode_supports("disk")
-        self.journal_kind = ("RaftNode(disk=SimDisk)" if self.use_disk else
-                             "CheckedJournal on SimDisk" if CheckedJournal is not None else "memory journal kept")
         self.faults = {"partition": 0, "heal": 0, "crash": 0, "io_crash": 0, "restart": 0, "commands": 0,
                        "acked": 0, "unsynced_bytes_lost": 0, "calm_windows": 0}
         self.net.on_crash = self._io_crashed
@@ -129,7 +111,6 @@ class SimCluster:
         self._calm = False
         self._target: int | None = None
         self.cmd_seq = 0
-        self._tmp = ""
         self._pending_acks: list[tuple[str, str, bytes, int]] = []
 
     # -- nodes ----------------------------------------------------------------------
@@ -137,14 +118,14 @@ class SimCluster:
         self.trace.update(text.encode() + b"\n")
 
     def _start(self, node_id: str) -> None:
-        data_dir = os.path.join(self._tmp, node_id.replace(":", "_"))
+        data_dir = posixpath.join(SIM_ROOT, node_id.replace(":", "_"))   # a path on the node's SimDisk only
         transport = SimTransport(self.net, node_id)
         overrides: dict[str, Any] = {
             "autoTick": False,
             "logCompactionMinEntries": self.cfg.compact or 10 ** 9,
             "logCompactionMinTime": 10 ** 9,
         }
-        kwargs: dict[str, Any] = {"transport": transport, "conf_overrides": overrides}
+        kwargs: dict[str, Any] = {"transport": transport, "conf_overrides": overrides, "disk": self.disks[node_id]}
         if self.cfg.repair is not None:
             kwargs["repair"] = self.cfg.repair
         holder: list[RaftNode] = []
@@ -160,23 +141,8 @@ class SimCluster:
                 self._event(f"leader {node_id} {term}")
                 self.checker.became_leader(node_id, term)
 
-        saved_create = psyncobj.createJournal
-        if self.use_disk:
-            kwargs["disk"] = self.disks[node_id]
-        elif CheckedJournal is not None:
-            # the durable journal exists but RaftNode does not take disk= yet: build it on the SimDisk
-            psyncobj.createJournal = lambda path, d=self.disks[node_id]: CheckedJournal(path, d)
-        else:
-            overrides["journalFile"] = None
-            journal = self.journals.get(node_id)
-            if journal is None:
-                journal = self.journals[node_id] = saved_create(None)
-            psyncobj.createJournal = lambda _path, j=journal: j
-        try:
-            node = RaftNode(node_id, [i for i in self.ids if i != node_id], data_dir, None,
-                            on_applied, on_state_changed, **kwargs)
-        finally:
-            psyncobj.createJournal = saved_create
+        node = RaftNode(node_id, [i for i in self.ids if i != node_id], data_dir, None,
+                        on_applied, on_state_changed, **kwargs)
         holder.append(node)
         self.nodes[node_id] = node
         self.checker.node_started(node_id)
@@ -328,29 +294,28 @@ class SimCluster:
         self._check()
 
     def run(self) -> SimResult:
-        self._tmp = tempfile.mkdtemp(prefix="raftctl-sim-")
         violation = None
         done = 0
         start = self.clock.now
-        try:
-            with patched(self.clock, self.rng):
-                for node_id in self.ids:
-                    self._start(node_id)
-                if self.cfg.initial_partition:
-                    self.net.partition([[self.ids[i - 1] for i in g] for g in self.cfg.initial_partition])
-                for n in range(1, self.cfg.steps + 1):
-                    try:
-                        self.step(n)
-                    except Violation as exc:
-                        violation = exc
-                        break
-                    done = n
-        finally:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+        with patched(self.clock, self.rng):
+            for node_id in self.ids:
+                self._start(node_id)
+            if self.cfg.initial_partition:
+                self.net.partition([[self.ids[i - 1] for i in g] for g in self.cfg.initial_partition])
+            for n in range(1, self.cfg.steps + 1):
+                try:
+                    self.step(n)
+                except Violation as exc:
+                    violation = exc
+                    break
+                done = n
         counts = dict(self.checker.counts)
         counts["max_commit"] = max((v.max_commit for v in self.checker.views.values()), default=0)
+        counts["nodes_with_snapshot"] = sum(
+            1 for i, d in self.disks.items()
+            if d.size(posixpath.join(SIM_ROOT, i.replace(":", "_"), "raft.snapshot")) > 0)
         return SimResult(self.cfg.seed, done, self.trace.hexdigest(), dict(self.faults),
-                         dict(self.net.stats), counts, violation, self.clock.now - start, self.journal_kind)
+                         dict(self.net.stats), counts, violation, self.clock.now - start)
 
 
 def run_seed(cfg: SimConfig) -> SimResult:

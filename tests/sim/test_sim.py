@@ -21,14 +21,11 @@ import pytest
 
 from .checks import Checker, Violation
 from .clock import SimClock, patched
-from .cluster import SimCluster, SimConfig, SimResult, raftnode_supports, run_seed
+from .cluster import SimCluster, SimConfig, SimResult, run_seed
 from .disk import SimDisk
 from .network import NetFaults
 
 ROOT = Path(__file__).resolve().parents[2]
-HAS_REPAIR = raftnode_supports("repair")
-needs_repair = pytest.mark.skipif(not HAS_REPAIR, reason="RaftNode(repair=...) (issue 13, replication overrides) "
-                                  "is not there: pysyncobj's own replication loses committed entries")
 
 
 # -- SimDisk: what survives a power cut -----------------------------------------------------
@@ -185,18 +182,22 @@ def test_replay_command_reproduces_the_trace_in_a_fresh_process_whatever_the_has
     assert all(f"trace {res.trace[:16]}" in o for o in outs), outs
 
 
-def test_no_real_socket_or_thread_is_started(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_real_socket_thread_or_file_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
     import threading
 
     def refuse(*a: object, **k: object) -> None:
-        raise AssertionError("the simulation opened a real socket or thread")
+        raise AssertionError("the simulation opened a real socket, thread or file")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "bind", refuse)
     monkeypatch.setattr(threading.Thread, "start", refuse)
-    res = run_seed(SimConfig(seed=3, steps=150, nodes=3, net=NetFaults.none()))
+    monkeypatch.setattr(os, "open", refuse)
+    monkeypatch.setattr(os, "makedirs", refuse)
+    monkeypatch.setattr(os, "fork", refuse)
+    res = run_seed(SimConfig(seed=3, steps=150, nodes=3, net=NetFaults.none(), compact=30))
     assert res.steps > 20 and res.net["delivered"] > 100 and res.faults["commands"] > 0
+    assert res.counts["nodes_with_snapshot"] > 0  # compaction ran, on the SimDisk
 
 
 # -- seeded schedules --------------------------------------------------------------------------------
@@ -212,7 +213,6 @@ def _schedules(n: int, steps: int, repair: bool | None, first_seed: int = 1000, 
             for i in range(n)]
 
 
-@needs_repair
 def test_seeded_schedules_find_no_violation(capsys: pytest.CaptureFixture[str]) -> None:
     """Every invariant of checks.py after every step, plus liveness at the end of every calm window."""
     n = int(os.environ.get("RAFTCTL_SIM_SCHEDULES", "160"))
@@ -242,11 +242,10 @@ def test_seeded_schedules_find_no_violation(capsys: pytest.CaptureFixture[str]) 
 
 def test_without_the_repair_it_finds_pysyncobj_losing_committed_entries() -> None:
     """pysyncobj's follower truncates after prevLogIdx on every AppendEntries (a duplicate or stale one
-    included): entries it had committed vanish. Some of 10 seeds must catch it; with the repair
-    (when RaftNode has the switch) the same seeds must be clean."""
-    repair_off = False if HAS_REPAIR else None
+    included): entries it had committed vanish. Some of 10 seeds must catch it; with the repair the
+    same seeds must be clean."""
     found = []
-    for cfg in _schedules(10, 400, repair=repair_off, first_seed=1, net=NO_DUP_VOTES):
+    for cfg in _schedules(10, 400, repair=False, first_seed=1, net=NO_DUP_VOTES):
         res = run_seed(cfg)
         if res.violation is not None:
             found.append((cfg, res.violation))
@@ -254,11 +253,10 @@ def test_without_the_repair_it_finds_pysyncobj_losing_committed_entries() -> Non
     assert all(v.invariant in ("state machine safety", "leader completeness", "applied hash chain")
                for _, v in found), [str(v) for _, v in found]
     assert all("--seed" in v.replay for _, v in found)
-    if HAS_REPAIR:
-        for cfg, _ in found:
-            cfg.repair = True
-            res = run_seed(cfg)
-            assert res.violation is None, res.violation
+    for cfg, _ in found:
+        cfg.repair = True
+        res = run_seed(cfg)
+        assert res.violation is None, res.violation
 
 
 def test_without_the_repair_it_finds_log_repair_that_does_not_converge() -> None:
@@ -266,8 +264,7 @@ def test_without_the_repair_it_finds_log_repair_that_does_not_converge() -> None
     with a divergent tail never catches up. With the safety checks off (so the truncation above does
     not stop the run first), a calm window must end with a node stuck behind; with the repair, the
     same schedule must pass every check."""
-    repair_off = False if HAS_REPAIR else None
-    for cfg in _schedules(24, 800, repair=repair_off, first_seed=1, net=NO_DUP_VOTES, safety=False):
+    for cfg in _schedules(24, 800, repair=False, first_seed=1, net=NO_DUP_VOTES, safety=False):
         res = run_seed(cfg)
         if res.violation is not None:
             break
@@ -275,10 +272,9 @@ def test_without_the_repair_it_finds_log_repair_that_does_not_converge() -> None
         pytest.fail("no seed found a replica that never caught up")
     assert res.violation.invariant == "liveness", str(res.violation)
     assert "--liveness-only" in res.violation.replay
-    if HAS_REPAIR:
-        cfg.repair, cfg.safety = True, True
-        again = run_seed(cfg)
-        assert again.violation is None, again.violation
+    cfg.repair, cfg.safety = True, True
+    again = run_seed(cfg)
+    assert again.violation is None, again.violation
 
 
 def test_without_the_repair_a_duplicated_vote_elects_a_leader_without_a_majority() -> None:
@@ -294,16 +290,14 @@ def test_without_the_repair_a_duplicated_vote_elects_a_leader_without_a_majority
         res = cluster.run()
         return res, {t: n for t, n in cluster.checker.leaders.items() if n in cluster.ids[:2]}
 
-    res, minority = run(False if HAS_REPAIR else None)
+    res, minority = run(False)
     assert minority and res.violation is not None and res.violation.invariant == "election safety"
-    if HAS_REPAIR:
-        res, minority = run(True)
-        assert res.violation is None and not minority, (str(res.violation), minority)
+    res, minority = run(True)
+    assert res.violation is None and not minority, (str(res.violation), minority)
 
 
 # Log compaction and snapshots: two bugs this simulation found that are not fixed yet. Each test replays
 # the schedule that found it; strict, so a fix makes them fail until the mark is removed.
-@needs_repair
 @pytest.mark.xfail(strict=True, reason="a follower handling a snapshot chunk sets commit = min(leaderCommit, "
                    "its own last index) without any log-matching check, so a restarted follower with an "
                    "uncommitted tail of an old term commits and applies it (applied chains diverge); "
@@ -314,7 +308,6 @@ def test_a_snapshot_chunk_never_commits_a_followers_own_divergent_tail() -> None
     assert res.violation is None, res.violation
 
 
-@needs_repair
 @pytest.mark.xfail(strict=True, reason="a delayed snapshot older than the follower's commit index is installed: "
                    "log and state go back from 320 to 299 (Raft: ignore a snapshot the log already covers)")
 def test_a_stale_snapshot_never_rolls_a_follower_back() -> None:
