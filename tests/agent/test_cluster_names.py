@@ -141,3 +141,23 @@ def test_a_driver_never_lists_another_clusters_container_in_its_data_dir(root_ru
         first.stop(spec.id, 1.0)
         first.remove(spec.id)
         first.close()
+
+
+def test_an_agent_with_a_kept_id_is_not_held_up_by_a_silent_control_plane(tmp_path):
+    """Containers of this cluster are adopted under the kept names even while no replica answers."""
+    import asyncio
+    import socket
+    import time
+
+    from raftctl.agent.control import cluster_identity
+    from raftctl.devcluster import free_port
+
+    with socket.socket() as s:                    # a port that refuses connections on loopback
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    t0 = time.monotonic()
+    asked, answered = asyncio.run(cluster_identity([url, f"http://127.0.0.1:{free_port()}"], "rct_x", "m1",
+                                                   patience_s=0.5))
+    assert (asked, answered) == (False, None) and time.monotonic() - t0 < 3
+    settle_cluster_id(str(tmp_path), "m1", A)
+    assert settle_cluster_id(str(tmp_path), "m1", answered, asked=asked) == A

@@ -22,7 +22,7 @@ from raftctl.cli.agent import make_driver
 from raftctl.devcluster import LocalCluster
 from tests.agent.conftest import root_runc  # noqa: F401  (the loud skip without root and runc)
 
-from .conftest import client_for, wait_until
+from .conftest import client_for, raw, wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -126,6 +126,9 @@ def test_two_clusters_run_the_same_job_on_one_machine_without_touching_each_othe
                 assert ident == {"cluster": derive_cluster_id(f.read().strip()), "machine": "m1"}
             assert CLUSTER_ID_RE.match(ident["cluster"])
             cluster[c.dir] = ident["cluster"]
+            for server in c.servers:                    # every replica hands out the same id
+                status, ans = raw(f"{server.url}/v1/agent/assignments/m1", token=c.agent_token(c.agents[0]))
+                assert status == 200 and ans["cluster"] == ident["cluster"]
             assert {p for _, p in seen[c.dir].values()} == {f"/raftctl-{ident['cluster']}/m1/{i}" for i in ids}
             assert cgroups.children(f"/raftctl-{ident['cluster']}/m1") == ids
             assert runc_ids(c) == ids
