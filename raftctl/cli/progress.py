@@ -12,10 +12,18 @@ from raftctl.cli.output import dump
 from raftctl.client import Client
 
 
-def _state(c: Client, name: str) -> tuple[dict, int, int]:
+def _state(c: Client, name: str, specs: dict[int, dict | None]) -> tuple[dict, int, int]:
+    """The job, its healthy current replicas and how many it wants. A replica is current when its version's
+    spec is the job's (as for the rollout controller: a version that returns to an earlier spec, e.g. a file
+    edited back, keeps the replicas already running it). ``specs``: version -> spec, filled as needed (a
+    version's spec never changes)."""
     job = c.request("GET", f"/v1/jobs/{name}")
+    specs[job["version"]] = job["spec"]
     pl = c.request("GET", f"/v1/jobs/{name}/placements")["placements"]
-    current = [p for p in pl if p["desired"] == "run" and p["version"] == job["version"]
+    if any(p["version"] not in specs for p in pl):
+        specs.update((v["version"], v["spec"]) for v in c.request("GET", f"/v1/jobs/{name}/versions")["versions"])
+        specs.update((p["version"], None) for p in pl if p["version"] not in specs)  # pruned: not current
+    current = [p for p in pl if p["desired"] == "run" and specs.get(p["version"]) == job["spec"]
                and p["state"] == "running" and p["health"] == "healthy"]
     return job, len(current), job["replicas"]
 
@@ -33,6 +41,7 @@ def follow(c: Client, name: str, version: int, *, fmt: str = "table", timeout: f
         plain = not sys.stdout.isatty()
     plain = plain and not as_json
     last: tuple | None = None
+    specs: dict[int, dict | None] = {}
 
     def line(text: str) -> None:
         click.echo(text)  # one whole line at a time (click flushes it)
@@ -56,7 +65,7 @@ def follow(c: Client, name: str, version: int, *, fmt: str = "table", timeout: f
                     elif bar is not None:
                         bar.console.print(f"  {e['kind']}: {e['message']}")
             seq = max(seq, evs["index"])
-            job, healthy, want = _state(c, name)
+            job, healthy, want = _state(c, name, specs)
             dep = job.get("deployment") or {}
             status = dep.get("status", "") if dep.get("version") == job["version"] else ""
             held = f" ({dep['held']})" if dep.get("held") else ""

@@ -14,7 +14,9 @@ import dns.message as dmsg
 import dns.query as dquery
 import pytest
 
-from .conftest import wait_until
+import yaml
+
+from .conftest import agents_cluster, wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -80,6 +82,51 @@ def test_token_create_and_reader_cannot_write(cluster, tmp_path):
     spec.write_text(json.dumps({"name": "x", "image": "x:1", "command": ["x"]}))
     p = raftctl("job", "run", str(spec), env={**env, "RAFTCTL_TOKEN": token}, check=False)
     assert p.returncode == 2 and "role reader" in p.stderr
+
+
+@pytest.fixture(scope="module")
+def sim_cluster(tmp_path_factory):
+    with agents_cluster(tmp_path_factory, "cli-sim", agents=2, runtime="sim", zones=2) as c:
+        yield c
+
+
+def test_job_run_follows_with_global_options_after_the_subcommand(sim_cluster, tmp_path):
+    """`job run FILE -o ... --server ... --token ...`: the options after the subcommand decide, as before it."""
+    c = sim_cluster
+    flags = ["--server", ",".join(c.urls), "--token", c.token()]
+    spec = tmp_path / "sim.yaml"
+    spec.write_text("name: simweb\nimage: sim:1\ncommand: [serve]\nreplicas: 2\nresources: {memory: 32Mi}\n")
+    # -o json before, -o wide after: wide wins, so no terminal -> it follows in plain progress lines
+    run = raftctl("-o", "json", "job", "run", str(spec), "-o", "wide", *flags, env={"RAFTCTL_SERVER": "",
+                                                                                  "RAFTCTL_TOKEN": ""}).stdout
+    lines = run.splitlines()
+    assert lines[0] == "job simweb version 1 submitted" + lines[0][len("job simweb version 1 submitted"):]
+    assert lines[-1] == "simweb v1: rolled out, 2/2 healthy", run
+    assert all(re.fullmatch(r"job simweb .*|  \S+: .*|simweb v1: [0-2]/2 healthy.*|simweb v1: rolled out, 2/2 healthy",
+                            ln) for ln in lines), run
+    assert "\x1b" not in run and "\r" not in run
+    # -o json after the subcommand: one JSON object, detached (nothing followed)
+    spec.write_text(spec.read_text().replace("replicas: 2", "replicas: 3"))
+    out = raftctl("job", "run", str(spec), "-o", "json", *flags).stdout
+    assert json.loads(out)["version"] == 2
+    # -o yaml after the subcommand with --wait: the submit answer, then the job's events, each a YAML document
+    spec.write_text(spec.read_text().replace("replicas: 3", "replicas: 2") + "env: {V: '3'}\n")
+    docs = list(yaml.safe_load_all(raftctl("job", "run", "--wait", "--timeout", "40", str(spec), *flags,
+                                           "-o", "yaml").stdout))
+    assert docs[0]["name"] == "simweb" and docs[0]["version"] == 3
+    assert {"deploy", "placement.retire"} <= {d["kind"] for d in docs[1:]} and all(
+        d["job"] == "simweb" for d in docs[1:]), docs
+    # Version 5 is version 3's spec again, submitted before version 4 rolled out: the replicas still running
+    # version 3 are current (as the rollout controller sees them), so following ends (it waited for replicas
+    # of version 5 until --timeout before)
+    v3 = spec.read_text()
+    spec.write_text(v3.replace("replicas: 2", "replicas: 3"))
+    assert json.loads(raftctl("job", "run", str(spec), *flags, "-o", "json").stdout)["version"] == 4
+    spec.write_text(v3)
+    run = raftctl("job", "run", "--timeout", "40", str(spec), *flags, "-o", "table").stdout
+    assert run.splitlines()[-1] == "simweb v5: rolled out, 2/2 healthy", run
+    status = yaml.safe_load(raftctl("job", "status", "simweb", *flags, "-o", "yaml").stdout)
+    assert status["job"]["version"] == 5 and status["job"]["counts"]["healthy"] == 2
 
 
 def test_up_writes_env_stops_on_ctrl_c_and_resumes(tmp_path):
