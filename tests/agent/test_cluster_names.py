@@ -12,8 +12,8 @@ import pytest
 
 from raftctl.agent.config import IDENTITY_FILE, read_identity, settle_cluster_id
 from raftctl.agent.runtime import cgroups
-from raftctl.agent.runtime.base import (CLUSTER_ID_RE, RuntimeError_, cgroup_path, derive_cluster_id,
-                                        host_scope)
+from raftctl.agent.runtime.base import (CLUSTER_ID_RE, Resources, RuntimeError_, cgroup_path,
+                                        derive_cluster_id, host_scope)
 from raftctl.errors import ValidationError
 
 from .conftest import wait_for
@@ -161,3 +161,28 @@ def test_an_agent_with_a_kept_id_is_not_held_up_by_a_silent_control_plane(tmp_pa
     assert (asked, answered) == (False, None) and time.monotonic() - t0 < 3
     settle_cluster_id(str(tmp_path), "m1", A)
     assert settle_cluster_id(str(tmp_path), "m1", answered, asked=asked) == A
+
+
+@pytest.mark.root
+def test_a_container_made_before_clusters_were_named_is_adopted_in_its_old_cgroup(root_runc, busybox_store,
+                                                                                   make_spec, tmp_path):
+    """After an upgrade the agent's own data dir holds containers with no owner.json, in /raftctl/<id>."""
+    from raftctl.agent.runtime.runc import RuncDriver
+
+    store, _ = busybox_store
+    old = RuncDriver(str(tmp_path), store)                              # no cluster: the old naming
+    spec = make_spec(["sleep", "300"], resources=Resources(memory=48 << 20))
+    try:
+        old.create(spec)
+        old.start(spec.id)
+        new = RuncDriver(str(tmp_path), store, cluster=A, machine="m1")
+        assert new.list_existing() == [spec.id]
+        cg = new.cgroup(spec.id)
+        assert cg.path == f"/raftctl/{spec.id}" and new.stats(spec.id)["memory_limit"] == 48 << 20
+        new.stop(spec.id, 1.0)
+        new.remove(spec.id)
+        assert not os.path.exists(cg.memory_dir()) and new.list_existing() == []
+        new.close()
+    finally:
+        old.remove(spec.id)
+        old.close()
