@@ -511,3 +511,58 @@ def test_leftovers_of_a_crashed_run_are_removed_never_installed():
         d.put(SPATH + leftover, b"half")
     snapshots(d)
     assert d.listdir("/data") == ["raft.snapshot"] and d.read(SPATH) == b"good"
+
+
+# -- RaftNode wiring (__init__.py) ---------------------------------------------------------------
+
+def _free_addr() -> str:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def _node(data_dir: str, disk=None):
+    from raftctl.node import raft
+    return raft.RaftNode(_free_addr(), [], data_dir, None, on_applied=lambda: None, disk=disk,
+                         conf_overrides={"autoTick": False})
+
+
+def test_a_replica_data_dir_from_before_issue_13_is_migrated_on_start(tmp_path):
+    old = pjournal.FileJournal(str(tmp_path / "raft.journal"))
+    es = [(b"\x00", 1, 0)] + [entry(i, term=3) for i in range(2, 30)]
+    for e in es:
+        old.add(*e)
+    old.setCurrentTerm(4, "127.0.0.1:9")
+    old._destroy()
+    node = _node(str(tmp_path))
+    try:
+        log_ = node._SyncObj__raftLog
+        assert isinstance(log_, CheckedJournal) and list(log_) == es
+        assert node.raftCurrentTerm == 4 and node._SyncObj__votedForNodeId == "127.0.0.1:9"
+    finally:
+        node.destroy()
+    assert open(tmp_path / "raft.journal", "rb").read().startswith(LOG_MAGIC)
+
+
+def test_a_node_on_a_given_disk_writes_nothing_to_the_real_file_system_and_loads_its_snapshot(tmp_path):
+    from raftctl.node import raft
+    from raftctl.statemachine import commands as c
+    from raftctl.statemachine.apply import apply
+    from raftctl.statemachine.state import State
+
+    st = State()
+    assert apply(st, c.ClaimEpoch(term=1)).ok
+    d = CrashDisk()
+    data_dir = str(tmp_path / "not-created")
+    d.put(data_dir + "/raft.snapshot",
+          raft._snapshot_bytes(raft.SEED_ENTRIES[0], raft.SEED_ENTRIES[1], [], st.snapshot()))
+    node = _node(data_dir, disk=d)
+    try:
+        node.doTick()  # pysyncobj's first tick loads the snapshot only if os.path.isfile() finds it
+        assert node.state.epoch == 1 and node.state.digest() == st.digest()
+        assert list(node._SyncObj__raftLog)[:2] == [raft.SEED_ENTRIES[1], raft.SEED_ENTRIES[0]]
+    finally:
+        node.destroy()
+    assert not os.path.exists(data_dir)
+    assert d.listdir(data_dir) == ["raft.journal", "raft.snapshot"]
