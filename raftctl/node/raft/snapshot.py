@@ -116,6 +116,8 @@ class SnapshotFiles:
             if rpid == 0:
                 return SERIALIZER_STATE.SERIALIZING, self._current_id
             ok = status == 0
+            if not ok:
+                log.warning("snapshot child for %s exited with wait status %s", self.path, status)
             if ok:
                 try:
                     self._install(self._part)
@@ -175,6 +177,8 @@ class SnapshotFiles:
         is_last = not chunk
         if is_last:
             self._transmissions.pop(transmissionID, None)
+            if not self._transmissions:
+                self._sending = None  # the next follower that needs it reads it again
         else:
             self._transmissions[transmissionID] = sent + len(chunk)
         return chunk, sent == 0, is_last
