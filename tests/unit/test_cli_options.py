@@ -224,6 +224,23 @@ def test_the_completion_script_is_answered():
     assert complete("raftctl completion ") == ["bash", "zsh", "fish"]
 
 
+
+def test_bash_completes_through_the_printed_script(tmp_path):
+    """The script `raftctl completion bash` prints, sourced in bash, completes by calling raftctl back."""
+    shim = tmp_path / "raftctl"  # raftctl on PATH, whatever the install
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'from raftctl.cli.main import main; main()' \"$@\"\n")
+    shim.chmod(0o755)
+    script = run(["completion", "bash"]).output
+    probe = script + """
+COMP_WORDS=(raftctl job list -o y); COMP_CWORD=4; _raftctl_completion raftctl; echo "1:${COMPREPLY[*]}"
+COMPREPLY=(); COMP_WORDS=(raftctl mach); COMP_CWORD=1; _raftctl_completion raftctl; echo "2:${COMPREPLY[*]}"
+complete -p raftctl
+"""
+    p = subprocess.run(["bash", "--norc", "--noprofile", "-c", probe], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PATH": f"{tmp_path}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["1:yaml", "2:machine", "complete -o nosort -F _raftctl_completion raftctl"]
+
 # the modules' imports: no cycle, main imported by nobody
 
 def _cli_imports(path: str) -> set[str]:
