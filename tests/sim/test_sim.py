@@ -296,20 +296,14 @@ def test_without_the_repair_a_duplicated_vote_elects_a_leader_without_a_majority
     assert res.violation is None and not minority, (str(res.violation), minority)
 
 
-# Log compaction and snapshots: two bugs this simulation found that are not fixed yet. Each test replays
-# the schedule that found it; strict, so a fix makes them fail until the mark is removed.
-@pytest.mark.xfail(strict=True, reason="a follower handling a snapshot chunk sets commit = min(leaderCommit, "
-                   "its own last index) without any log-matching check, so a restarted follower with an "
-                   "uncommitted tail of an old term commits and applies it (applied chains diverge); "
-                   "pysyncobj's append_entries 'serialized' branch, not yet in replication.py")
+# Log compaction and snapshots: two bugs this simulation found, fixed in replication.py (_on_snapshot_chunk).
+# Each test replays the schedule that found it.
 def test_a_snapshot_chunk_never_commits_a_followers_own_divergent_tail() -> None:
     cfg = SimConfig(seed=3, steps=600, nodes=4, repair=True, compact=60, net=NetFaults(duplicate=0, reorder=0))
     res = run_seed(cfg)
     assert res.violation is None, res.violation
 
 
-@pytest.mark.xfail(strict=True, reason="a delayed snapshot older than the follower's commit index is installed: "
-                   "log and state go back from 320 to 299 (Raft: ignore a snapshot the log already covers)")
 def test_a_stale_snapshot_never_rolls_a_follower_back() -> None:
     res = run_seed(SimConfig(seed=5, steps=600, nodes=5, repair=True, compact=60, torn=True))
     assert res.violation is None, res.violation

@@ -180,6 +180,32 @@ def test_membership_entries_of_a_replaced_suffix_are_rolled_back_and_new_ones_ap
     assert added in h.node.otherNodes and len(h.log) == 12 and h.node.raftCommitIndex == 12
 
 
+@pytest.mark.parametrize("repair", [True, False])
+def test_a_snapshot_chunk_does_not_commit_the_followers_own_tail(handle: Any, repair: bool) -> None:
+    h = handle(repair)
+    h.follower_with(5)
+    h.append(1, 5, 1, [noop(i, 1) for i in range(6, 11)], commit=5)  # 6..10 held, not committed
+    chunk = {"type": "append_entries", "term": 2, "commit_index": 50, "serialized": (b"part", True, False),
+             "snapshot_index": 40, "snapshot_term": 2}
+    h.deliver(LEADER, chunk)  # the first of several chunks of a leader's snapshot
+    if repair:
+        assert h.node.raftCommitIndex == 5 and h.node.raftLastApplied == 5
+    else:  # pysyncobj: commit = min(leaderCommit, own last index), its own unchecked tail applied
+        assert h.node.raftCommitIndex == 10 and h.node.raftLastApplied == 10
+
+
+def test_a_snapshot_the_committed_log_already_covers_is_not_installed(handle: Any) -> None:
+    h = handle(True)
+    h.follower_with(50)
+    before = h.log
+    replies = [m for m in h.deliver(LEADER, {"type": "append_entries", "term": 1, "commit_index": 50,
+                                             "serialized": (b"not even a snapshot", True, True),
+                                             "snapshot_index": 30, "snapshot_term": 1})
+               if m["type"] == "next_node_idx"]
+    assert h.log == before and h.node.raftCommitIndex == 50 and h.node.raftLastApplied == 50
+    assert replies[-1]["success"] and replies[-1]["next_node_idx"] == 31
+
+
 # ---------------------------------------------------------------------------------------------- leader
 def _campaign(h: Handle, grant: Any = None) -> None:
     """Connect every peer and tick until the node starts an election (term 1), granting its pre-votes
