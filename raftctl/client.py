@@ -131,6 +131,33 @@ class Client:
         the blob to a majority of replicas before it answers."""
         return self.request("PUT", f"/v1/images/blobs/{digest}", Upload(path), timeout=max(self.timeout, 120.0))
 
+    # -- binary downloads ------------------------------------------------------------------
+    def download(self, path: str, timeout: float = 60.0, accept: str = "application/cbor") -> bytes:
+        """GET ``path`` as bytes from the first replica that answers (a snapshot is binary CBOR)."""
+        headers = {"Accept": accept}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        deadline = time.monotonic() + self.retry_for
+        last: Exception | None = None
+        while True:
+            for server in self.servers:
+                req = urllib.request.Request(server + path, headers=headers, method="GET")
+                try:
+                    with self.urlopen(req, timeout) as resp:
+                        return resp.read()
+                except urllib.error.HTTPError as exc:
+                    payload = _error_payload(exc)
+                    err = ApiError(payload.get("message", str(exc)), code=payload.get("code", "error"),
+                                   field=payload.get("field"), http_status=exc.code)
+                    if exc.code not in RETRYABLE:
+                        raise err from None
+                    last = err
+                except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+                    last = exc
+            if time.monotonic() > deadline:
+                raise Unavailable(f"no replica answered ({', '.join(self.servers)}): {last}")
+            time.sleep(0.3)
+
 
 def _error_payload(exc: urllib.error.HTTPError) -> dict[str, Any]:
     try:

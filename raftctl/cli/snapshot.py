@@ -4,43 +4,13 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import click
 
 from raftctl.cli.base import client
 from raftctl.cli.output import emit, fail
-from raftctl.client import RETRYABLE, ApiError, Client, _error_payload
-from raftctl.errors import RaftctlError, Unavailable
-
-
-def download(client: Client, path: str, timeout: float = 60.0) -> bytes:
-    """GET ``path`` as bytes from the first replica that answers (the snapshot is binary CBOR)."""
-    headers = {"Accept": "application/cbor"}
-    if client.token:
-        headers["Authorization"] = f"Bearer {client.token}"
-    deadline = time.monotonic() + client.retry_for
-    last: Exception | None = None
-    while True:
-        for server in client.servers:
-            req = urllib.request.Request(server + path, headers=headers, method="GET")
-            try:
-                with client.urlopen(req, timeout) as resp:
-                    return resp.read()
-            except urllib.error.HTTPError as exc:
-                payload = _error_payload(exc)
-                err = ApiError(payload.get("message", str(exc)), code=payload.get("code", "error"),
-                               field=payload.get("field"), http_status=exc.code)
-                if exc.code not in RETRYABLE:
-                    raise err from None
-                last = err
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
-                last = exc
-        if time.monotonic() > deadline:
-            raise Unavailable(f"no replica answered ({', '.join(client.servers)}): {last}")
-        time.sleep(0.3)
+from raftctl.errors import RaftctlError
 
 
 def _write_private(path: str, data: bytes) -> None:
@@ -86,7 +56,7 @@ def register(cli: click.Group) -> None:
         """Save a consistent snapshot of the cluster's state to FILE (needs an admin token)."""
         from raftctl.node.snapshot import decode
 
-        data = download(client(ctx), "/v1/snapshot")
+        data = client(ctx).download("/v1/snapshot")
         backup = decode(data)  # verify before keeping it
         _write_private(file, data)
         summary = backup.summary()

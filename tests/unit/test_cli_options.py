@@ -276,3 +276,20 @@ def test_cli_modules_import_no_cycle_and_none_imports_main():
     for m in sorted(graph):
         if m not in state:
             visit(m, [])
+
+
+def test_the_cli_speaks_http_to_the_control_plane_only_through_the_client():
+    """No command module opens connections itself; logs.py reads an agent's own endpoint (not the control
+    plane), through the client's urlopen (its TLS settings)."""
+    net = ("urllib", "http", "socket", "aiohttp", "ssl")
+    found = {}
+    for f in sorted(os.listdir(CLI_DIR)):
+        if not f.endswith(".py"):
+            continue
+        for node in ast.walk(ast.parse(open(os.path.join(CLI_DIR, f)).read())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for n in names:
+                if n.split(".")[0] in net and n != "urllib.parse":  # quoting a path is no traffic
+                    found.setdefault(f, set()).add(n)
+    assert found == {"logs.py": {"urllib.request"}}
