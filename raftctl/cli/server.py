@@ -8,6 +8,7 @@ import os
 import click
 
 from raftctl.cli.output import fail
+from raftctl.config import config_option
 
 
 def _read_secret(secret: str | None, secret_file: str | None, flag: str = "--secret-file") -> str | None:
@@ -46,8 +47,6 @@ def _body_limit(value: str) -> int:
 
 
 def register(cli: click.Group) -> None:
-    from raftctl.config import config_option
-
     @cli.command(global_options=False)
     @config_option
     @click.option("--id", "node_id", required=True, help="This replica's name, e.g. n1.")
