@@ -566,3 +566,22 @@ def test_a_node_on_a_given_disk_writes_nothing_to_the_real_file_system_and_loads
         node.destroy()
     assert not os.path.exists(data_dir)
     assert d.listdir(data_dir) == ["raft.journal", "raft.snapshot"]
+
+
+def test_installing_a_snapshot_counts_as_hearing_from_the_leader(tmp_path):
+    """A big state takes seconds to restore on the tick thread; the election timer restarts after it."""
+    from raftctl.node import raft
+    from raftctl.statemachine.state import State
+
+    d = CrashDisk()
+    data_dir = str(tmp_path / "n")
+    d.put(data_dir + "/raft.snapshot",
+          raft._snapshot_bytes(raft.SEED_ENTRIES[0], raft.SEED_ENTRIES[1], [], State().snapshot()))
+    node = _node(data_dir, disk=d)
+    try:
+        term = node.raftCurrentTerm
+        node._SyncObj__raftElectionDeadline = 0  # as if the restore took longer than the election timeout
+        node.doTick()  # loads the snapshot, then checks the election deadline
+        assert node._SyncObj__raftState == 0 and node.raftCurrentTerm == term  # still a follower, same term
+    finally:
+        node.destroy()

@@ -214,6 +214,11 @@ class RaftNode(ReplicationFixes, SyncObj):
         restored = State.restore(obj["state"])
         with self.lock:
             self.state = restored
+        # Restoring a big state holds the tick thread for seconds (100,000 placements: 2.0-2.6 s); the
+        # leader's message that carried the snapshot counts as hearing from the leader, or this follower
+        # would start an election the moment it returns (the election check runs first in a tick).
+        self._SyncObj__raftElectionDeadline = (  # type: ignore[attr-defined]
+            psyncobj.monotonicTime() + self._SyncObj__generateRaftTimeout())  # type: ignore[attr-defined]
         try:
             self._on_applied()
         except Exception:
