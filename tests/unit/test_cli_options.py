@@ -30,13 +30,18 @@ MACHINES = {"index": 7, "machines": [{"id": "m1", "state": "ready", "address": "
                                       "allocated": {"cpu": 500, "memory": 2**20},
                                       "resources": {"cpu": 2000, "memory": 2**30}, "placements": 1}]}
 
+EVENTS = {"index": 9, "events": [{"seq": 1, "at": 1_700_000_000_000, "kind": "job.version", "job": "web",
+                                  "message": "job web version 3 submitted"},
+                                 {"seq": 2, "at": 1_700_000_001_000, "kind": "deploy", "job": "web",
+                                  "message": "deploy of web version 3 started: 2 to replace"}]}
+
 
 class FakeApi(BaseHTTPRequestHandler):
     seen: list[tuple[str, str | None]] = []
 
     def do_GET(self) -> None:  # noqa: N802
         FakeApi.seen.append((self.path, self.headers.get("Authorization")))
-        body = {"/v1/jobs": JOBS, "/v1/machines": MACHINES}.get(self.path.split("?")[0])
+        body = {"/v1/jobs": JOBS, "/v1/machines": MACHINES, "/v1/events": EVENTS}.get(self.path.split("?")[0])
         data = json.dumps(body if body is not None else {"code": "not_found", "message": "no"}).encode()
         self.send_response(200 if body is not None else 404)
         self.send_header("Content-Type", "application/json")
@@ -114,6 +119,16 @@ def test_a_bad_output_after_the_subcommand_is_a_usage_error_naming_it(api):
     assert r.exit_code == 2 and "-o" in r.output and "xml" in r.output
     assert FakeApi.seen == []
 
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_a_stream_is_one_json_line_or_one_yaml_document_per_item(api, fmt):
+    r = run(["events", "-o", fmt], RAFTCTL_SERVER=api, RAFTCTL_TOKEN="t")
+    assert r.exit_code == 0, r.output
+    items = ([json.loads(line) for line in r.output.splitlines()] if fmt == "json"
+             else list(yaml.safe_load_all(r.output)))
+    assert items == EVENTS["events"]
+    if fmt == "yaml":
+        assert r.output.count("---\n") == 2
 
 # --server and --token before or after the subcommand
 
