@@ -585,3 +585,23 @@ def test_installing_a_snapshot_counts_as_hearing_from_the_leader(tmp_path):
         assert node._SyncObj__raftState == 0 and node.raftCurrentTerm == term  # still a follower, same term
     finally:
         node.destroy()
+
+
+def test_a_followers_append_entries_costs_one_journal_sync_before_it_answers():
+    from raftctl.node import raft
+
+    d = CrashDisk()
+    node = raft.RaftNode(_free_addr(), [_free_addr()], "/data", None, on_applied=lambda: None, disk=d,
+                         conf_overrides={"autoTick": False})
+    try:
+        leader = next(iter(node._SyncObj__otherNodes))
+        d.fsyncs.clear()
+        entries = [entry(i, term=1) for i in range(2, 12)]
+        node._SyncObj__onMessageReceived(leader, {"type": "append_entries", "term": 1, "commit_index": 1,
+                                                  "entries": entries, "prevLogIdx": 1, "prevLogTerm": 0})
+        assert list(node._SyncObj__raftLog)[1:] == entries
+        assert d.fsyncs.count("/data/raft.journal") == 1  # (and the new term's meta file, once)
+        d.crash()  # the answer has been sent: all ten entries must survive
+        assert list(CheckedJournal("/data/raft.journal", d))[1:] == entries
+    finally:
+        node.destroy()
