@@ -279,6 +279,23 @@ def _scan_cbor(data: bytes, limits: Limits, root: str) -> None:
             out.append(data[pos:pos + clen] if major == 3 else b"")
             pos += clen
 
+    def text(arg: int, what: str) -> str:
+        """The text string whose header announced ``arg`` bytes (-1: indefinite), checked to be UTF-8."""
+        nonlocal pos
+        if arg < 0:
+            raw = chunks(3)
+        else:
+            if arg > max_string:
+                raise bad(f"string of {arg} bytes; at most {max_string} are allowed")
+            if pos + arg > n:
+                raise truncated()
+            raw = data[pos:pos + arg]
+            pos += arg
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad(f"{what} is not valid UTF-8 text (lone surrogates included)") from None
+
     while True:
         if pos >= n:
             raise truncated()
@@ -317,18 +334,7 @@ def _scan_cbor(data: bytes, limits: Limits, root: str) -> None:
         if top is not None and top[6]:  # a map's key is due
             if major != 3:
                 raise bad("map keys must be text strings")
-            raw = chunks(3) if arg < 0 else None
-            if raw is None:
-                if arg > max_string:
-                    raise bad(f"string of {arg} bytes; at most {max_string} are allowed")
-                if pos + arg > n:
-                    raise truncated()
-                raw = data[pos:pos + arg]
-                pos += arg
-            try:
-                key = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise bad("map key is not valid UTF-8 text (lone surrogates included)") from None
+            key = text(arg, "map key")
             if key in top[4]:
                 raise bad(f"duplicate key {key[:64]!r}")
             top[4].add(key)
@@ -342,19 +348,7 @@ def _scan_cbor(data: bytes, limits: Limits, root: str) -> None:
             if arg + 1 >= INT_BOUND:
                 raise bad("integer out of range (|n| must be below 2**63)")
         elif major == 3:
-            if arg < 0:
-                raw = chunks(3)
-            else:
-                if arg > max_string:
-                    raise bad(f"string of {arg} bytes; at most {max_string} are allowed")
-                if pos + arg > n:
-                    raise truncated()
-                raw = data[pos:pos + arg]
-                pos += arg
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise bad("string is not valid UTF-8 text (lone surrogates included)") from None
+            text(arg, "string")
         elif major == 4 or major == 5:
             if len(stack) >= max_depth:
                 raise bad(f"nested deeper than {max_depth} levels")

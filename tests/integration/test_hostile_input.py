@@ -10,17 +10,9 @@ import cbor2
 import pytest
 
 from .conftest import SPEC, raw, wait_until
+from tests.hostile import SELF_REFERENCE, reference_bomb
 
 pytestmark = pytest.mark.integration
-
-SELF_REFERENCE = bytes.fromhex("d81c81d81d00")  # 28([29(0)]): a list that contains itself
-
-
-def reference_bomb(levels: int = 40) -> bytes:
-    value: list = [0]
-    for _ in range(levels):
-        value = [value, value]
-    return cbor2.dumps(value, value_sharing=True)
 
 
 def lone_surrogate_job_cbor() -> bytes:
