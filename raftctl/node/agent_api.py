@@ -8,7 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from raftctl.errors import Forbidden, RaftctlError, Unavailable, ValidationError
-from raftctl.node.api import REPLICA, body, encode, perm, read_mode, result_value
+from raftctl.node.efficiency import MEMORY_METRIC
+from raftctl.node.http import REPLICA, body, encode, perm, read_mode, result_value
 from raftctl.statemachine import commands as c
 
 
@@ -135,8 +136,6 @@ async def stats(request: web.Request) -> web.Response:
     machine = _own_machine(request, data.get("machine"))
     if len(data["stats"]) > MAX_STATS:
         raise ValidationError(f"at most {MAX_STATS} stats per request", field="stats")
-    from raftctl.node.efficiency import MEMORY_METRIC
-
     owned = replica.read(lambda s: {p["id"]: p["job"] for p in s.machine_placements(machine)})
     samples = []
     for i, st in enumerate(data["stats"]):

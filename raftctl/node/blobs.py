@@ -23,7 +23,7 @@ from aiohttp import web
 from raftctl.agent import oci
 from raftctl.agent.oci import ImageError
 from raftctl.errors import NotFound, Unavailable, ValidationError
-from raftctl.node.api import FORWARDED, REPLICA, body, encode, perm, read_mode, result_value
+from raftctl.node.http import FORWARDED, REPLICA, body, encode, perm, read_mode, result_value
 from raftctl.statemachine import commands as c
 
 log = logging.getLogger("raftctl.blobs")

@@ -13,8 +13,8 @@ from typing import Any, Iterator
 from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from raftctl.node.api import REPLICA, encode, forward_to_leader, perm
 from raftctl.node.autoscale import SAMPLE_WINDOW_MS
+from raftctl.node.http import REPLICA, encode, forward_to_leader, perm
 from raftctl.scheduler.efficiency import Usage, efficiency
 
 MEMORY_METRIC = "_memory_bytes"   # cannot collide with a pushed custom metric (those start with a letter)

@@ -9,7 +9,7 @@ from aiohttp import web
 from pysyncobj import FAIL_REASON
 
 from raftctl.errors import RaftctlError, Unavailable, ValidationError
-from raftctl.node.api import REPLICA, body, encode, perm, result_value
+from raftctl.node.http import REPLICA, body, encode, perm, result_value
 from raftctl.statemachine import commands as c
 
 ADDR_RE = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$")

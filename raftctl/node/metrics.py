@@ -5,7 +5,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from raftctl.node.api import REPLICA, perm
+from raftctl.node import views
+from raftctl.node.efficiency import prometheus_families
+from raftctl.node.http import REPLICA, perm
 
 
 class ApiMetrics:
@@ -59,8 +61,6 @@ class ReplicaCollector:
             g = GaugeMetricFamily(name, f"Number of {name.split('_')[1]} in the state")
             g.add_metric([], value)
             yield g
-        from raftctl.node import views
-
         def by_state(s):  # type: ignore[no-untyped-def]
             machines: dict[str, int] = {}
             for m in views.machines(s):
@@ -111,8 +111,6 @@ class ReplicaCollector:
                 g = GaugeMetricFamily(f"raftctl_scheduler_{key}", doc)
                 g.add_metric([], sched[key])
                 yield g
-        from raftctl.node.efficiency import prometheus_families
-
         yield from prometheus_families(r)
 
 

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from raftctl import gate
 from raftctl.errors import ValidationError
-from raftctl.node.api import REPLICA, perm
+from raftctl.node.http import REPLICA, perm
 from raftctl.statemachine.state import State
 
 FORMAT = "raftctl-snapshot"

@@ -1,0 +1,154 @@
+"""What every HTTP handler module of a control replica shares (DESIGN §5): the app keys, encoding a reply,
+decoding a body through the gate, a command's result, the request id, read modes, the permission decorator and
+forwarding a write to the leader. api.py and each handler module (agent_api, blobs, efficiency, members, metrics,
+snapshot) import it at module level; api.make_app imports the handler modules, none of them imports api."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+from typing import Any, Awaitable, Callable
+
+import cbor2
+from aiohttp import web
+
+from raftctl import gate
+from raftctl.aio import unless
+from raftctl.errors import RaftctlError, ValidationError
+from raftctl.statemachine.apply import Result
+from raftctl.statemachine.units import parse_duration
+
+log = logging.getLogger("raftctl.api")
+REPLICA: web.AppKey = web.AppKey("replica", object)
+DISCOVERY_CACHE: web.AppKey = web.AppKey("discovery_cache", dict)
+BODY_LIMIT: web.AppKey = web.AppKey("body_limit", int)
+MAX_BODY = 1 << 20  # default cap on JSON/CBOR request bodies (raftctl server --max-body)
+STREAMED_BODIES = {"/v1/images/blobs/{digest}"}  # streamed to disk with their own limit (blobs.MAX_BLOB)
+MAX_WAIT_S = 300.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+STATUS_FOR_CODE = {"not_found": 404, "conflict": 409, "cas_failed": 409, "stale_epoch": 409, "forbidden": 403,
+                   "request_id_conflict": 409,
+                   "unauthorized": 401, "invalid": 400, "invalid_spec": 400, "bad_command": 400,
+                   "unknown_op": 400, "unknown_version": 400, "internal": 500}
+
+
+# -- encoding ------------------------------------------------------------------
+
+def encode(request: web.Request, data: Any, *, status: int = 200, index: int | None = None) -> web.Response:
+    replica = request.app[REPLICA]
+    headers = {}
+    if index is not None:
+        headers["X-Raftctl-Index"] = str(index)
+    if replica.raft is not None:
+        leader = replica.raft._getLeader()
+        headers["X-Raftctl-Leader"] = str(leader) if leader is not None else ""
+    if "application/cbor" in request.headers.get("Accept", ""):
+        return web.Response(body=cbor2.dumps(data), status=status, content_type="application/cbor", headers=headers)
+    return web.Response(text=json.dumps(data, separators=(",", ":")), status=status,
+                        content_type="application/json", headers=headers)
+
+
+async def body(request: web.Request) -> Any:
+    """The request body, decoded through the one gate for untrusted bytes (raftctl/gate.py): CBOR for
+    ``application/cbor``, JSON otherwise; anything a spec cannot hold is a 400 naming the field."""
+    raw = await request.read()
+    return gate.decode_body(raw, request.content_type, max_bytes=request.app[BODY_LIMIT])
+
+
+def result_value(res: Result) -> dict[str, Any]:
+    if res.ok:
+        return res.value
+    err = res.error
+    assert err is not None
+    raise RaftctlError(err.message, field=err.field, code=err.code, http_status=STATUS_FOR_CODE.get(err.code, 400))
+
+
+def request_id(request: web.Request) -> str:
+    rid = request.headers.get("X-Request-Id", "") or request.get("generated_request_id", "")
+    if rid and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", rid):
+        raise ValidationError("X-Request-Id must be 1-64 characters of [A-Za-z0-9._-]", field="X-Request-Id")
+    return rid
+
+
+async def read_mode(request: web.Request, index_fn: Callable[[Any], int]) -> int:
+    """Apply ?consistent=1 and ?index=N&wait=D; return the resource index to report."""
+    replica = request.app[REPLICA]
+    q = request.query
+    if q.get("consistent") in ("1", "true", "yes"):
+        await replica.barrier()
+    if "index" in q:
+        try:
+            after = int(q["index"])
+        except ValueError:
+            raise ValidationError(f"index {q['index']!r} is not an integer", field="index") from None
+        wait_s = 30.0
+        if "wait" in q:
+            try:
+                wait_s = parse_duration(q["wait"]) / 1000.0
+            except RaftctlError as exc:
+                raise ValidationError(str(exc.message), field="wait") from None
+        return await replica.wait_for(index_fn, after, min(max(wait_s, 0.0), MAX_WAIT_S))
+    return replica.read(index_fn)
+
+
+def perm(name: str, *, write: bool = False) -> Callable[[Handler], Handler]:
+    """Name the permission a route needs; ``write`` routes are forwarded to the leader."""
+    def deco(fn: Handler) -> Handler:
+        fn.perm = name  # type: ignore[attr-defined]
+        fn.write = write  # type: ignore[attr-defined]
+        return fn
+    return deco
+
+
+FORWARDED = "X-Raftctl-Forwarded"
+HOP_HEADERS = {"authorization", "content-type", "x-request-id", "accept"}
+
+
+async def forward_to_leader(request: web.Request) -> web.Response | None:
+    """Proxy a request to the leader's API (writes, so the leader batches them; requests with a token this
+    replica has not applied yet); None to handle it here (leading, no leader known, already forwarded)."""
+    replica = request.app[REPLICA]
+    if request.headers.get(FORWARDED) or replica.raft is None:
+        return None
+    rs = replica.raft.raft_status()
+    if rs["state"] == "leader" or not rs["leader"]:
+        return None  # leading, or no leader known: pysyncobj queues the command until one is
+    leader_api = replica.read(lambda s: s.members.get(rs["leader"], {}).get("api"))
+    if not leader_api:
+        return None
+    headers = {k: v for k, v in request.headers.items() if k.lower() in HOP_HEADERS}
+    headers[FORWARDED] = replica.cfg.node_id
+    if not request.headers.get("X-Request-Id"):
+        # One id for the proxied copy and for the local fallback below: a proxy that timed out may still
+        # reach a paused leader later, and without an id that copy was applied a second time, after
+        # writes acknowledged in between (jepsen-style, writes without X-Request-Id).
+        request["generated_request_id"] = headers["X-Request-Id"] = uuid.uuid4().hex
+    payload_in = await request.read()  # outside the try: a body over --max-body is a 413, never half-read
+
+    async def proxy() -> web.Response:
+        async with replica.http.request(request.method, leader_api + request.rel_url.path_qs,
+                                        data=payload_in, headers=headers) as resp:
+            payload = await resp.read()
+            out = web.Response(body=payload, status=resp.status,
+                               content_type=resp.content_type or "application/json")
+            for h in ("X-Raftctl-Index", "X-Raftctl-Leader"):
+                if h in resp.headers:
+                    out.headers[h] = resp.headers[h]
+            return out
+
+    # A paused or cut-off leader holds the proxy until the session's timeout (15 s) although a new leader is
+    # elected in ~1.5 s (jepsen-style finding 7): give up the proxy as soon as the leader moves, and handle the
+    # request here (pysyncobj routes it to the new leader; the shared request id deduplicates a late copy).
+    moved = replica.leadership.leader_moved(rs["leader"]) if replica.leadership is not None else asyncio.Event()
+    sent = await unless(proxy(), moved.wait())
+    if sent is None:
+        log.info("leader moved away from %s while a request was proxied to it; handling it here", rs["leader"])
+        return None
+    exc = sent.exception()
+    if exc is not None:  # the leader is unreachable from here: let pysyncobj route it
+        log.info("forward to leader %s failed (%s); proposing locally", leader_api, exc)
+        return None
+    return sent.result()
