@@ -13,8 +13,8 @@ from typing import IO, Any, Callable, TypeVar
 import aiohttp
 
 from raftctl import gate
-from raftctl.agent.oci import ImageError, split_digest
 from raftctl.errors import Forbidden, RaftctlError, Unauthorized, Unavailable, ValidationError
+from raftctl.oci import ImageError, split_digest
 
 log = logging.getLogger("raftctl.agent.control")
 T = TypeVar("T")

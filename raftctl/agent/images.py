@@ -28,10 +28,10 @@ import time
 from contextlib import contextmanager
 from typing import IO, AbstractSet, Callable, Iterator, Mapping, Protocol, TypeVar
 
-from raftctl import gate
-from raftctl.agent import oci, rootfs
-from raftctl.agent.oci import ImageError
+from raftctl import gate, oci
+from raftctl.agent import rootfs
 from raftctl.errors import ValidationError
+from raftctl.oci import ImageError
 
 log = logging.getLogger("raftctl.agent.images")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9._-]{1,128})?$")

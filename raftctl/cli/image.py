@@ -60,7 +60,7 @@ def loaded(path: str, field: str, load: Callable[[Any], object], what: str = "")
     """A throw-away local image store holding what ``load(store)`` put there; input it cannot use
     becomes a ValidationError naming ``field``."""
     from raftctl.agent.images import ImageStore
-    from raftctl.agent.oci import ImageError
+    from raftctl.oci import ImageError
 
     with tempfile.TemporaryDirectory(prefix="raftctl-image-") as tmp:
         store = ImageStore(tmp)

@@ -20,10 +20,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from raftctl.agent import oci
-from raftctl.agent.oci import ImageError
+from raftctl import oci
 from raftctl.errors import NotFound, Unavailable, ValidationError
 from raftctl.node.http import FORWARDED, REPLICA, body, encode, perm, read_mode, result_value
+from raftctl.oci import ImageError
 from raftctl.statemachine import commands as c
 
 log = logging.getLogger("raftctl.blobs")

@@ -9,10 +9,11 @@ import tarfile
 
 import pytest
 
-from raftctl.agent import oci, rootfs
+from raftctl import oci
+from raftctl.agent import rootfs
 from raftctl.agent.images import ImageStore
-from raftctl.agent.oci import ImageError
 from raftctl.agent.testimage import make_busybox_dir
+from raftctl.oci import ImageError
 
 
 def tree_digest(root: str) -> str:

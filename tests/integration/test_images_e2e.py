@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from raftctl.agent import oci
+from raftctl import oci
 from raftctl.agent.images import ImageStore
 from raftctl.devcluster import LocalCluster
 from tests.agent.conftest import root_runc  # noqa: F401  (the loud skip without root and runc)

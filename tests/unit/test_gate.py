@@ -281,7 +281,7 @@ def test_whatever_the_gate_accepts_cbor2_decodes_to_the_same_value(data: bytes) 
 def test_an_image_manifest_passes_the_gate_and_any_bad_shape_is_an_image_error(manifest: bytes) -> None:
     """oci.parse_manifest runs on the leader for PUT /v1/images/{name} (blobs.ensure_image): a RecursionError or
     AttributeError there was a 500; now every bad manifest is an ImageError (a 400 naming digest)."""
-    from raftctl.agent import oci
+    from raftctl import oci
 
     with pytest.raises(oci.ImageError):
         oci.parse_manifest(manifest)
@@ -304,7 +304,7 @@ def test_an_image_archive_index_passes_the_gate(tmp_path, index: bytes) -> None:
     """raftctl image import: an archive's index.json is decoded through the gate and its shape checked; each of these
     was a RecursionError/AttributeError traceback and is now an ImageError."""
     from raftctl.agent.images import ImageStore
-    from raftctl.agent.oci import ImageError
+    from raftctl.oci import ImageError
 
     with pytest.raises(ImageError):
         ImageStore(str(tmp_path / "store"))._register_index(index, None)
