@@ -54,7 +54,7 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def save(ctx: click.Context, file: str) -> None:
         """Save a consistent snapshot of the cluster's state to FILE (needs an admin token)."""
-        from raftctl.node.snapshot import decode
+        from raftctl.statemachine.backup import decode
 
         data = client(ctx).download("/v1/snapshot")
         backup = decode(data)  # verify before keeping it
@@ -67,7 +67,7 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def inspect(ctx: click.Context, file: str) -> None:
         """Verify FILE and say what it holds."""
-        from raftctl.node.snapshot import decode
+        from raftctl.statemachine.backup import decode
 
         summary = decode(_read(file)).summary()
         emit(ctx, {"file": file, **summary}, text=_summary_text(summary))
@@ -88,7 +88,7 @@ def register(cli: click.Group) -> None:
         tokens, discovery and every index are.
         """
         from raftctl.node.raft import seed_data_dir
-        from raftctl.node.snapshot import decode, for_new_cluster
+        from raftctl.statemachine.backup import decode, for_new_cluster
 
         for flag, addr in [("--raft", raft_addr)] + [("--peer", p) for p in peers]:
             host, _, port = addr.rpartition(":")

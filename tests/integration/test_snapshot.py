@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from raftctl.devcluster import LocalCluster, Proc, add_server
-from raftctl.node.snapshot import decode
+from raftctl.statemachine.backup import decode
 
 from .conftest import SPEC, wait_until
 

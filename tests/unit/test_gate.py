@@ -222,9 +222,9 @@ async def test_the_agent_treats_a_hostile_answer_as_a_replica_not_answering() ->
 
 
 def test_a_snapshot_file_envelope_passes_the_gate() -> None:
-    """raftctl/node/snapshot.decode (raftctl snapshot inspect/restore): a valid backup still decodes; a tag,
+    """raftctl/statemachine/backup.decode (raftctl snapshot inspect/restore): a valid backup still decodes; a tag,
     a self-reference or deep nesting in the envelope is refused naming the file, before cbor2 builds anything."""
-    from raftctl.node import snapshot
+    from raftctl.statemachine import backup as snapshot
     from raftctl.statemachine.state import State
 
     backup = snapshot.take(State(), "n1", 1_700_000_000_000)
