@@ -115,6 +115,7 @@ class Replica:
         log.info("replica %s: raft %s, api %s", self.cfg.node_id, self.cfg.raft, self.cfg.api_url)
 
     async def stop(self) -> None:
+        await self.hand_over_leadership()
         for t in self._tasks:
             t.cancel()
         if self.proposer:
@@ -128,6 +129,29 @@ class Replica:
         if self.raft:
             raft, self.raft = self.raft, None
             await asyncio.get_running_loop().run_in_executor(None, raft.destroy_synchronous)
+
+    TRANSFER_TIMEOUT_S = 2.0
+    _stopping: asyncio.Event | None = None
+
+    async def hand_over_leadership(self) -> str | None:
+        """A graceful stop of the leader: refuse new writes (they wait for the hand-over, then get a 503 that
+        says nothing was applied, and the client retries on another replica), let the ones in flight commit,
+        make the most up-to-date follower leader (TimeoutNow), and only then stop. A follower just stops.
+        Returns the new leader's Raft address, or None."""
+        raft = self.raft
+        self._stopping = asyncio.Event()
+        if raft is None or not raft._isLeader():
+            self._stopping.set()
+            return None
+        try:
+            started = time.monotonic()
+            new = await asyncio.get_running_loop().run_in_executor(None, raft.transfer_leadership,
+                                                                   self.TRANSFER_TIMEOUT_S)
+            log.info("replica %s stopping: leadership %s after %.0f ms", self.cfg.node_id,
+                     f"handed to {new}" if new else "not handed over", (time.monotonic() - started) * 1000)
+            return new
+        finally:
+            self._stopping.set()
 
     # -- state access ----------------------------------------------------
     def read(self, fn: Callable[[State], T]) -> T:
@@ -144,6 +168,10 @@ class Replica:
     async def propose(self, cmd: c.Command, timeout: float | None = None) -> Result:
         if self.proposer is None:
             raise Unavailable("replica is starting")
+        if self._stopping is not None:  # a graceful stop: not proposed here, so certainly not applied
+            await self._stopping.wait()  # answer once the hand-over is done: a retry then finds the new leader
+            raise Unavailable(f"replica {self.cfg.node_id} is stopping; the write was not proposed, nothing was "
+                              "applied (retry on another replica)")
         return await self.proposer.propose(cmd, timeout=timeout)
 
     async def barrier(self, timeout: float | None = None) -> int:

@@ -36,6 +36,7 @@ from raftctl.node.raft.disk import Disk, OsDisk
 from raftctl.node.raft.journal import CheckedJournal, write_file_atomically
 from raftctl.node.raft.replication import ReplicationFixes
 from raftctl.node.raft.snapshot import SnapshotFiles
+from raftctl.node.raft.transfer import choose_target, node_key, ready_to_ask
 from raftctl.statemachine.apply import Rejection, Result, apply_entry
 from raftctl.statemachine.state import State
 
@@ -86,6 +87,20 @@ def _keepalive_and_user_timeout(conn: TcpConnection) -> None:
 
 
 TcpConnection.setSockoptKeepalive = _keepalive_and_user_timeout  # type: ignore[method-assign]
+
+
+def _raft_timing(text: str | None) -> tuple[float, float, float]:
+    """(raftMinTimeout, raftMaxTimeout, appendEntriesPeriod); RAFTCTL_RAFT_TIMING="min,max,heartbeat" is for
+    benchmarks comparing settings back to back (bench/failover.py), not an operator knob."""
+    if not text:
+        return 0.4, 1.2, 0.1
+    lo, hi, beat = (float(x) for x in text.split(","))
+    if not (0 < 3 * beat < lo < hi):
+        raise ValueError(f"RAFTCTL_RAFT_TIMING={text!r}: need 0 < 3 * heartbeat < min < max")
+    return lo, hi, beat
+
+
+RAFT_TIMING = _raft_timing(os.environ.get("RAFTCTL_RAFT_TIMING"))
 
 
 # A seeded log starts after these two no-op boundary entries. Index 3 (not 1) so that a replica
@@ -161,9 +176,9 @@ class RaftNode(ReplicationFixes, SyncObj):
             appendEntriesUseBatch=False,
             dynamicMembershipChange=dynamic_membership,
             leaderFallbackTimeout=3.0,
-            raftMinTimeout=0.4,
-            raftMaxTimeout=1.2,
-            appendEntriesPeriod=0.1,
+            raftMinTimeout=RAFT_TIMING[0],
+            raftMaxTimeout=RAFT_TIMING[1],
+            appendEntriesPeriod=RAFT_TIMING[2],
             # pysyncobj drops a link that received nothing for connectionTimeout (follower<->follower
             # links are idle) and reconnects only every connectionRetryTime (5 s by default); a follower
             # with no live link cannot start an election, so a leader kill cost up to ~5 s. Keep idle
@@ -185,6 +200,61 @@ class RaftNode(ReplicationFixes, SyncObj):
         finally:
             _JOURNAL_DISKS.pop(journal_file, None)
         self.addOnTickCallback(self._cache_status)  # raft_status() reads what the tick thread computed
+        self.addOnTickCallback(self._transfer_tick)
+
+    # -- leadership transfer on a graceful stop (transfer.py) ----------------
+    _transfer_job: dict[str, Any] | None = None
+    TRANSFER_RESEND_S = 0.5   # TimeoutNow again if still leading after this (the message or the election lost)
+
+    def transfer_leadership(self, timeout: float = 2.0) -> str | None:
+        """Hand leadership to the most up-to-date follower and wait until another node leads (blocking: call
+        it off the tick thread and off the event loop). Returns the new leader's address, or None when this
+        node does not lead, has no connected voter, or ``timeout`` passed. The caller stops proposing first:
+        entries proposed meanwhile delay the transfer (they must be committed and on the target first)."""
+        if not self._isLeader() or not self._SyncObj__otherNodes:  # type: ignore[attr-defined]
+            return None
+        job: dict[str, Any] = {"deadline": psyncobj.monotonicTime() + timeout, "done": threading.Event(),
+                               "result": None, "target": None, "sent_at": None, "started": time.monotonic()}
+        self._transfer_job = job
+        job["done"].wait(timeout + 1.0)
+        self._transfer_job = None
+        return job["result"]
+
+    def _transfer_tick(self) -> None:
+        """On the tick thread (pysyncobj's state and transport are not thread-safe)."""
+        job = self._transfer_job
+        if job is None or job["done"].is_set():
+            return
+        now = psyncobj.monotonicTime()
+        if not self._isLeader():
+            leader = self._getLeader()
+            if leader is not None and leader != self.selfNode:
+                job["result"] = node_key(leader)
+                log.info("leadership transferred to %s in %.0f ms", job["result"],
+                         (time.monotonic() - job["started"]) * 1000)
+                job["done"].set()
+                return
+        if now > job["deadline"]:
+            log.warning("leadership transfer gave up after %.1f s (target %s)", time.monotonic() - job["started"],
+                        job["target"])
+            job["done"].set()
+            return
+        if not self._isLeader():
+            return  # stepped down: wait to hear who leads
+        if job["sent_at"] is not None and now - job["sent_at"] < self.TRANSFER_RESEND_S:
+            return
+        match = self._SyncObj__raftMatchIndex  # type: ignore[attr-defined]
+        target = choose_target(self._SyncObj__otherNodes, self._SyncObj__connectedNodes, match)  # type: ignore[attr-defined]
+        if target is None:  # nobody to hand over to (the whole cluster stopping): do not wait for the deadline
+            log.info("leadership transfer: no connected voter; stopping without one")
+            job["done"].set()
+            return
+        job["target"] = node_key(target)
+        if ready_to_ask(target, match, self._SyncObj__raftLog[-1][1], self._SyncObj__raftCommitIndex,  # type: ignore[attr-defined]
+                        self._SyncObj__raftLastApplied):  # type: ignore[attr-defined]
+            log.info("transferring leadership to %s (match %d)", job["target"], match.get(target, 0))
+            self.transferLeadership(target)
+            job["sent_at"] = now
 
     # -- the one replicated method ---------------------------------------
     @replicated
@@ -294,3 +364,14 @@ class RaftNode(ReplicationFixes, SyncObj):
             "connected": {k[len("partner_node_status_server_"):]: v == 2 for k, v in st.items()
                           if k.startswith("partner_node_status_server_")},
         }
+
+    # -- what handlers read (never pysyncobj's privates) -------------------------
+    def leader_address(self) -> str | None:
+        """The Raft address (host:port) of the leader this replica knows of; None while it knows none."""
+        leader = self._getLeader()
+        return str(leader) if leader is not None else None
+
+    def is_ready(self) -> bool:
+        """Whether this replica has applied its log up to where it stood when it started (pysyncobj's isReady):
+        until then it may not know a token or a job yet."""
+        return bool(self.isReady())
