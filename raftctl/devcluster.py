@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,14 +24,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from raftctl.agent.runtime import agent_driver, default_runtime
 from raftctl.node.auth import new_token, write_secret_file
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A free port below the kernel's ephemeral range, so an outgoing connection cannot take it
     between now and the moment the replica binds it."""
-    import random
-
     rng = random.Random()
     for _ in range(200):
         port = rng.randint(10000, 19999)
@@ -209,7 +209,6 @@ class LocalCluster:
             argv += ["--server", url]
         if self.runtime:
             argv += ["--runtime", self.runtime]
-        from raftctl.agent.runtime import default_runtime
         if (self.runtime or default_runtime()) == "process":    # a dev cluster may run unisolated, and says so
             print(f"!!! agent {p.id}: runtime 'process' (runc missing or not root): its jobs run as plain processes "
                   "of this user, NOTHING is isolated (--allow-unisolated) !!!", file=sys.stderr)
@@ -310,12 +309,10 @@ class LocalCluster:
 
     def stop_containers(self, p: Proc) -> None:
         """Containers outlive their agent by design (adoption); a dev cluster cleans them up."""
-        from raftctl.cli.agent import make_driver
-
-        runtime = self.runtime or __import__("raftctl.agent.runtime", fromlist=["default_runtime"]).default_runtime()
+        runtime = self.runtime or default_runtime()
         if runtime == "sim" or not os.path.isdir(os.path.join(p.data_dir, runtime)):
             return
-        driver = make_driver(runtime, p.data_dir)
+        driver = agent_driver(runtime, p.data_dir)
         try:
             for cid in driver.list_existing():
                 try:

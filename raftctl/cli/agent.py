@@ -11,26 +11,6 @@ import click
 from raftctl.cli.base import split_servers
 
 
-def make_driver(runtime: str, data_dir: str, private_paths: tuple[str, ...] = (),  # type: ignore[no-untyped-def]
-                cluster: str | None = None, machine: str | None = None):
-    """``private_paths``: the agent's secrets (token file, TLS key...) that no container may see (runc).
-    ``cluster``/``machine``: the names runc containers' cgroups carry (default: the data dir's identity.json)."""
-    from raftctl.agent.runtime import make_driver as make
-
-    if runtime == "sim":
-        return make("sim", data_dir)
-    if runtime == "runc":
-        if cluster is None:
-            from raftctl.agent.config import read_identity
-
-            kept = read_identity(data_dir)
-            if kept:
-                cluster, machine = kept["cluster"], machine or kept["machine"]
-        return make(runtime, os.path.join(data_dir, runtime), cluster=cluster, machine=machine,
-                    private_paths=tuple(os.path.abspath(p) for p in (data_dir, *private_paths) if p))
-    return make(runtime, os.path.join(data_dir, runtime))
-
-
 UNISOLATED_REFUSED = (
     "refusing to run as root with runtime 'process': every job would run as a plain root process of this "
     "machine, with nothing isolated (no namespaces, no cgroup limits, no seccomp, full access to the agent's "
@@ -122,7 +102,7 @@ def register(cli: click.Group) -> None:
         from raftctl.statemachine.units import parse_cpu, parse_duration, parse_size
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        from raftctl.agent.runtime import default_runtime
+        from raftctl.agent.runtime import agent_driver, default_runtime
         from raftctl.cli.server import _read_secret
 
         token = _read_secret(token, token_file, "--token-file")
@@ -158,8 +138,8 @@ def register(cli: click.Group) -> None:
             asyncio.run(run_agents(cfg, count))
             sys.exit(0)
         cluster = learn_cluster(cfg) if rt == "runc" else None
-        driver = make_driver(rt, cfg.data_dir, tuple(p for p in (token_file, tls_key, tls_cert) if p),
-                             cluster=cluster, machine=machine)
+        driver = agent_driver(rt, cfg.data_dir, tuple(p for p in (token_file, tls_key, tls_cert) if p),
+                              cluster=cluster, machine=machine)
         try:
             asyncio.run(run_agent(cfg, driver))
         finally:

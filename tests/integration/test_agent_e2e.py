@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from raftctl.cli.agent import make_driver
+from raftctl.agent.runtime import agent_driver as make_driver
 
 from .conftest import agents_cluster, client_for, healthy, wait_until
 

@@ -23,7 +23,7 @@ from raftctl.agent.config import AgentConfig
 from raftctl.agent.loop import Agent
 from raftctl.agent.runtime.base import ContainerSpec, Observed
 from raftctl.agent.runtime.process import ProcessDriver
-from raftctl.cli.agent import make_driver
+from raftctl.agent.runtime import agent_driver as make_driver
 from raftctl.statemachine.spec import validate_spec
 
 from .conftest import agents_cluster, client_for, wait_until
