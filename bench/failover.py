@@ -107,12 +107,14 @@ class CountingClient(Client):
     """raftctl.client.Client that counts the attempts it had to retry (errors it hid from the caller)."""
 
     retried = 0
+    kinds: Counter = Counter()
 
     def urlopen(self, req, timeout):  # type: ignore[no-untyped-def]
         try:
             return super().urlopen(req, timeout)
-        except Exception:
+        except Exception as exc:
             self.retried += 1
+            CountingClient.kinds[f"{type(exc).__name__} {getattr(exc, 'code', '')}".strip()] += 1
             raise
 
 
@@ -219,6 +221,7 @@ def main() -> None:
                 res["graceful_max_s"] = round(max(stalls), 3)
                 res["graceful_exit_p50_s"] = round(statistics.median(exits), 3)
                 res["graceful_failed"], res["graceful_retried"] = failed, retried
+                res["graceful_retried_kinds"] = dict(CountingClient.kinds)
         finally:
             cluster.stop()
     if "idle" in parts:

@@ -115,9 +115,9 @@ class Replica:
         log.info("replica %s: raft %s, api %s", self.cfg.node_id, self.cfg.raft, self.cfg.api_url)
 
     async def stop(self) -> None:
-        await self.hand_over_leadership()
-        for t in self._tasks:
+        for t in self._tasks:  # controllers first: they must not propose while leadership is handed over
             t.cancel()
+        await self.hand_over_leadership()
         if self.proposer:
             await self.proposer.stop()
         if getattr(self, "dns", None) is not None:
@@ -131,12 +131,16 @@ class Replica:
             await asyncio.get_running_loop().run_in_executor(None, raft.destroy_synchronous)
 
     TRANSFER_TIMEOUT_S = 2.0
+    HELD_WRITES_GRACE_S = 2.0
     _stopping: asyncio.Event | None = None
+    _handed_to: str | None = None
+    _held = 0
 
     async def hand_over_leadership(self) -> str | None:
-        """A graceful stop of the leader: refuse new writes (they wait for the hand-over, then get a 503 that
-        says nothing was applied, and the client retries on another replica), let the ones in flight commit,
-        make the most up-to-date follower leader (TimeoutNow), and only then stop. A follower just stops.
+        """A graceful stop of the leader: hold new writes back (not proposed here), let the ones in flight
+        commit, make the most up-to-date follower leader (TimeoutNow), then pass the held writes on to the new
+        leader (pysyncobj forwards a follower's commands) and wait for their answers, and only then stop.
+        Without a hand-over the held writes get a 503 saying nothing was applied. A follower just stops.
         Returns the new leader's Raft address, or None."""
         raft = self.raft
         self._stopping = asyncio.Event()
@@ -145,13 +149,17 @@ class Replica:
             return None
         try:
             started = time.monotonic()
-            new = await asyncio.get_running_loop().run_in_executor(None, raft.transfer_leadership,
-                                                                   self.TRANSFER_TIMEOUT_S)
+            self._handed_to = await asyncio.get_running_loop().run_in_executor(None, raft.transfer_leadership,
+                                                                               self.TRANSFER_TIMEOUT_S)
             log.info("replica %s stopping: leadership %s after %.0f ms", self.cfg.node_id,
-                     f"handed to {new}" if new else "not handed over", (time.monotonic() - started) * 1000)
-            return new
+                     f"handed to {self._handed_to}" if self._handed_to else "not handed over",
+                     (time.monotonic() - started) * 1000)
         finally:
             self._stopping.set()
+        deadline = time.monotonic() + self.HELD_WRITES_GRACE_S
+        while self._held and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self._handed_to
 
     # -- state access ----------------------------------------------------
     def read(self, fn: Callable[[State], T]) -> T:
@@ -168,10 +176,16 @@ class Replica:
     async def propose(self, cmd: c.Command, timeout: float | None = None) -> Result:
         if self.proposer is None:
             raise Unavailable("replica is starting")
-        if self._stopping is not None:  # a graceful stop: not proposed here, so certainly not applied
-            await self._stopping.wait()  # answer once the hand-over is done: a retry then finds the new leader
-            raise Unavailable(f"replica {self.cfg.node_id} is stopping; the write was not proposed, nothing was "
-                              "applied (retry on another replica)")
+        if self._stopping is not None:  # a graceful stop (hand_over_leadership): held until the hand-over
+            self._held += 1
+            try:
+                await self._stopping.wait()
+                if self._handed_to is None:  # not proposed here, so certainly not applied
+                    raise Unavailable(f"replica {self.cfg.node_id} is stopping; the write was not proposed, "
+                                      "nothing was applied (retry on another replica)")
+                return await self.proposer.propose(cmd, timeout=timeout)  # a follower now: goes to the new leader
+            finally:
+                self._held -= 1
         return await self.proposer.propose(cmd, timeout=timeout)
 
     async def barrier(self, timeout: float | None = None) -> int:
