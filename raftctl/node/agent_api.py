@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from raftctl.clusterid import derive_cluster_id
 from raftctl.errors import Forbidden, RaftctlError, Unavailable, ValidationError
 from raftctl.node.efficiency import MEMORY_METRIC
 from raftctl.node.http import REPLICA, body, encode, perm, read_mode, result_value
@@ -49,8 +50,6 @@ async def register(request: web.Request) -> web.Response:
 @functools.lru_cache(maxsize=4)
 def _cluster_id(secret: str | None) -> str | None:
     """The cluster's id (from its secret; None without one, --insecure-dev): agents name their cgroups with it."""
-    from raftctl.agent.runtime.base import derive_cluster_id
-
     return derive_cluster_id(secret) if secret else None
 
 

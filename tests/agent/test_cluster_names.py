@@ -12,8 +12,8 @@ import pytest
 
 from raftctl.agent.config import IDENTITY_FILE, read_identity, settle_cluster_id
 from raftctl.agent.runtime import cgroups
-from raftctl.agent.runtime.base import (CLUSTER_ID_RE, Resources, RuntimeError_, cgroup_path,
-                                        derive_cluster_id, host_scope)
+from raftctl.agent.runtime.base import Resources, RuntimeError_, cgroup_path, host_scope
+from raftctl.clusterid import CLUSTER_ID_RE, derive_cluster_id
 from raftctl.errors import ValidationError
 
 from .conftest import wait_for

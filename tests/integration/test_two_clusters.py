@@ -17,8 +17,8 @@ import urllib.request
 import pytest
 
 from raftctl.agent.runtime import cgroups
-from raftctl.agent.runtime.base import CLUSTER_ID_RE, derive_cluster_id
 from raftctl.agent.runtime import agent_driver as make_driver
+from raftctl.clusterid import CLUSTER_ID_RE, derive_cluster_id
 from raftctl.devcluster import LocalCluster
 from tests.agent.conftest import root_runc  # noqa: F401  (the loud skip without root and runc)
 

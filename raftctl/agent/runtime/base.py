@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypedDict
 
+from raftctl.clusterid import CLUSTER_ID_RE
+
 State = Literal["created", "running", "exited", "oom_killed", "missing"]
 DEFAULT_UID = 65534
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -25,17 +27,7 @@ class RuntimeError_(Exception):
 # Placement ids are unique only within one cluster, and several clusters (the dev cluster, a test, a
 # benchmark) may run agents on one machine. Every name an agent creates outside its own data dir (cgroups
 # today; netns names once bridge mode is wired) therefore carries the cluster's identity and the machine's.
-CLUSTER_ID_RE = re.compile(r"^[0-9a-f]{12}$")
-_CLUSTER_SALT = b"raftctl cluster id v1"
-
-
-def derive_cluster_id(secret: str) -> str:
-    """The cluster's identity: 12 hex characters derived from the cluster secret (every replica holds the same
-    secret from the cluster's first start; two clusters generate different ones). scrypt, so the id, which
-    any local user can read in /proc/*/cgroup, costs a guesser ~50 ms per try of a (weak) secret."""
-    import hashlib
-
-    return hashlib.scrypt(secret.encode(), salt=_CLUSTER_SALT, n=1 << 14, r=8, p=1, dklen=6).hex()
+# The cluster id itself (CLUSTER_ID_RE, derive_cluster_id) is in raftctl/clusterid.py: the node derives it.
 
 
 def check_cluster_id(value: object, field: str = "cluster") -> str:
