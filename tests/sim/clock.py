@@ -18,18 +18,33 @@ from typing import Iterator
 
 
 class SimClock:
-    """Seconds since the start of the simulation; moves only by :meth:`advance`."""
+    """Seconds since the start of the simulation; moves by :meth:`advance`, and by itself in a runaway loop.
 
-    def __init__(self, start: float = 1000.0) -> None:
+    Time stands still within a step, except for code that keeps reading the clock: pysyncobj bounds some
+    loops only by elapsed time (``__sendAppendEntries`` stops after ``appendEntriesPeriod``), so a
+    frozen clock would make such a loop spin forever. Past ``free_reads`` reads since the last advance,
+    every read costs ``read_cost`` seconds (deterministic: it depends only on the count of reads).
+    """
+
+    def __init__(self, start: float = 1000.0, free_reads: int = 2000, read_cost: float = 0.001) -> None:
         self.now = start
+        self.free_reads = free_reads
+        self.read_cost = read_cost
+        self.reads = 0
+        self.runaway_reads = 0
 
     def __call__(self) -> float:
+        self.reads += 1
+        if self.reads > self.free_reads:
+            self.now += self.read_cost
+            self.runaway_reads += 1
         return self.now
 
     def advance(self, dt: float) -> None:
         if dt < 0:
             raise ValueError("time does not go back")
         self.now += dt
+        self.reads = 0
 
 
 class _SeededRandomModule:

@@ -25,7 +25,7 @@ from raftctl.statemachine import commands as c
 
 from .checks import Checker, Violation, entries
 from .clock import SimClock, patched
-from .disk import SimCrash, SimDisk
+from .disk import SimDisk
 from .network import NetFaults, SimNetwork, SimTransport
 
 LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
@@ -107,6 +107,7 @@ class SimCluster:
         self.faults = {"partition": 0, "heal": 0, "crash": 0, "io_crash": 0, "restart": 0, "commands": 0,
                        "acked": 0, "unsynced_bytes_lost": 0, "calm_windows": 0}
         self.net.on_crash = self._io_crashed
+        self.net.powered_off = lambda node_id: self.disks[node_id].dead
         self._start_time = self.clock.now
         self._calm = False
         self._target: int | None = None
@@ -285,7 +286,10 @@ class SimCluster:
             if node is not None:
                 try:
                     node.doTick(0.0)
-                except SimCrash:
+                except BaseException:
+                    if not self.disks[node_id].dead:
+                        raise
+                if self.disks[node_id].dead:  # the power went out during the tick (SimCrash, maybe caught)
                     self.net.outbox = [m for m in self.net.outbox if m[0] != node_id]
                     self._io_crashed(node_id)
                 self.net.flush()
@@ -311,6 +315,7 @@ class SimCluster:
                 done = n
         counts = dict(self.checker.counts)
         counts["max_commit"] = max((v.max_commit for v in self.checker.views.values()), default=0)
+        counts["runaway_clock_reads"] = self.clock.runaway_reads
         counts["nodes_with_snapshot"] = sum(
             1 for i, d in self.disks.items()
             if d.size(posixpath.join(SIM_ROOT, i.replace(":", "_"), "raft.snapshot")) > 0)

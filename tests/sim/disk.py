@@ -57,6 +57,9 @@ class SimDisk:
         self.syncs = 0                           # fsync + fsync_dir calls (a cost figure)
         self.crashes = 0
         self.armed: int | None = None            # crash at the armed-th mutating call from now
+        # The power is out (SimCrash raised) until crash() is called: every further call raises too,
+        # even if the code on the way up caught the first SimCrash (pysyncobj has bare excepts).
+        self.dead = False
 
     def arm(self, ops: int) -> None:
         """Raise SimCrash instead of performing the ``ops``-th mutating call from now (1 = the next)."""
@@ -65,14 +68,19 @@ class SimDisk:
         self.armed = ops
 
     def _op(self) -> None:
+        if self.dead:
+            raise SimCrash("the power is out")
         if self.armed is not None:
             self.armed -= 1
             if self.armed <= 0:
                 self.armed = None
+                self.dead = True
                 raise SimCrash("power cut during a disk operation")
 
     # -- the Disk protocol -----------------------------------------------------
     def read(self, path: str) -> bytes | None:
+        if self.dead:
+            raise SimCrash("the power is out")
         ino = self._names.get(path)
         return None if ino is None else bytes(ino.data)
 
@@ -163,5 +171,6 @@ class SimDisk:
                     if p not in self._durable and id(ino) not in done)
         self._names = dict(self._durable)
         self.armed = None
+        self.dead = False
         self.crashes += 1
         return lost

@@ -24,7 +24,6 @@ from typing import Any, Callable
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import Transport
 
-from .disk import SimCrash
 
 
 @dataclass
@@ -110,6 +109,7 @@ class SimNetwork:
         self.queue: list[tuple[float, int, str, str, int, bytes]] = []
         self.outbox: list[tuple[str, str, bytes, str | None]] = []
         self.on_crash: Callable[[str], None] = lambda node_id: None   # a node's disk lost power (SimCrash)
+        self.powered_off: Callable[[str], bool] = lambda node_id: False  # its disk raised SimCrash
         self.seq = 0
         self.stats = {"sent": 0, "delivered": 0, "lost": 0, "duplicated": 0, "reordered": 0,
                       "dropped_by_link": 0}
@@ -203,8 +203,12 @@ class SimNetwork:
             self.trace.update(hashlib.sha256(data).digest())
             try:
                 t.deliver(src, pickle.loads(data))
-            except SimCrash:
-                # what it sent while handling this message was never on the wire
+            except BaseException:
+                if not self.powered_off(dst):
+                    raise
+            if self.powered_off(dst):
+                # the power went out while it handled this message (whatever caught the SimCrash on the
+                # way up): it is gone, and what it sent meanwhile was never on the wire
                 self.outbox = [m for m in self.outbox if m[0] != dst]
                 self.on_crash(dst)
             self.stats["delivered"] += 1

@@ -213,6 +213,13 @@ def _schedules(n: int, steps: int, repair: bool | None, first_seed: int = 1000, 
             for i in range(n)]
 
 
+def _with_compaction(cfgs: list[SimConfig]) -> list[SimConfig]:
+    """Half of the schedules compact their logs (past 40 or 120 entries): snapshots taken, sent, installed."""
+    for i, cfg in enumerate(cfgs):
+        cfg.compact = (0, 40, 0, 120)[i % 4]
+    return cfgs
+
+
 def test_seeded_schedules_find_no_violation(capsys: pytest.CaptureFixture[str]) -> None:
     """Every invariant of checks.py after every step, plus liveness at the end of every calm window."""
     n = int(os.environ.get("RAFTCTL_SIM_SCHEDULES", "160"))
@@ -307,3 +314,16 @@ def test_a_snapshot_chunk_never_commits_a_followers_own_divergent_tail() -> None
 def test_a_stale_snapshot_never_rolls_a_follower_back() -> None:
     res = run_seed(SimConfig(seed=5, steps=600, nodes=5, repair=True, compact=60, torn=True))
     assert res.violation is None, res.violation
+
+
+# The seeded schedules above do not compact (yet): with half of them compacting, three of the 160 fail
+# at this commit. Diagnosed for seed 1129: the last chunk of a snapshot up to 433 arrives after chunks of
+# an older transmission (messages lost and reordered; pysyncobj's chunks carry no transmission id or
+# offset), the follower installs what it assembled, a snapshot up to 92, and its log goes 438 -> 92.
+# When this passes, drop the mark and let test_seeded_schedules_find_no_violation use _with_compaction.
+@pytest.mark.xfail(strict=True, reason="a snapshot assembled from chunks of two transmissions is installed "
+                   "(seed 1129: committed log 433 -> 92); seeds 1141 and 1149 not diagnosed yet")
+def test_compacting_schedules_find_no_violation() -> None:
+    cfgs = {c.seed: c for c in _with_compaction(_schedules(160, 400, repair=True))}
+    failures = [str(r.violation) for r in (run_seed(cfgs[s]) for s in (1129, 1141, 1149)) if r.violation]
+    assert not failures, "\n".join(failures)
