@@ -22,7 +22,7 @@ import pytest
 from .checks import Checker, Violation
 from .clock import SimClock, patched
 from .cluster import SimCluster, SimConfig, SimResult, run_seed
-from .disk import SimDisk
+from .disk import SimCrash, SimDisk
 from .network import NetFaults
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +88,28 @@ def test_simdisk_torn_crash_keeps_only_a_prefix_of_what_was_written() -> None:
         assert got is not None and b"AAAABBBBCCCC".startswith(got) and got.startswith(b"AAAA")
         seen.add(len(got))
     assert len(seen) > 4  # some tails torn mid-write, some whole, some gone
+
+
+def test_simdisk_power_cut_mid_operation_is_final_until_the_crash() -> None:
+    d = SimDisk()
+    d.write("/d/j", 0, b"ok")
+    d.fsync("/d/j")
+    d.fsync_dir("/d")
+    d.arm(2)
+    d.write("/d/j", 2, b"+1")                 # the first call still happens
+    with pytest.raises(SimCrash):
+        d.fsync("/d/j")                       # the second loses power instead
+    with pytest.raises(SimCrash):             # and stays off, even if the first SimCrash was swallowed
+        d.read("/d/j")
+    d.crash()
+    assert d.read("/d/j") == b"ok" and not d.dead
+
+
+def test_simclock_stands_still_in_a_step_but_not_in_a_runaway_loop() -> None:
+    clock = SimClock(10.0, free_reads=3, read_cost=0.5)
+    assert [clock() for _ in range(5)] == [10.0, 10.0, 10.0, 10.5, 11.0]
+    clock.advance(1.0)
+    assert clock() == 12.0 and clock.runaway_reads == 2
 
 
 # -- the checker ------------------------------------------------------------------------------
