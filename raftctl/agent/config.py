@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from raftctl.clusterid import CLUSTER_ID_RE
 from raftctl.errors import ValidationError
 
 LEVELS = ("region", "zone", "rack")
@@ -79,8 +80,6 @@ IDENTITY_FILE = "identity.json"     # {"cluster": "<12 hex>", "machine": "<id>"}
 
 def read_identity(data_dir: str) -> dict[str, str] | None:
     """The cluster (and machine) this data dir was first used for, or None if it has none yet."""
-    from raftctl.clusterid import CLUSTER_ID_RE
-
     try:
         with open(os.path.join(data_dir, IDENTITY_FILE)) as f:
             data = json.load(f)
@@ -109,8 +108,6 @@ def settle_cluster_id(data_dir: str, machine: str, answered: str | None, *, aske
     ``answered``: the id the control plane gave at registration (None: a control plane without a secret,
     ``--insecure-dev``, has none); ``asked=False``: no replica answered, so the kept id is used as it is. A data
     dir first used for another cluster is refused (its containers are that cluster's, not to be adopted)."""
-    from raftctl.clusterid import CLUSTER_ID_RE
-
     kept = read_identity(data_dir)
     if answered is not None and not CLUSTER_ID_RE.match(str(answered)):
         raise ValidationError(f"the control plane named cluster {answered!r}, not 12 hex characters",

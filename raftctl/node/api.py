@@ -12,6 +12,7 @@ from raftctl.errors import NotFound, RaftctlError, Unauthorized, Unavailable, Va
 from raftctl.node import agent_api, auth, blobs, efficiency, members, metrics, openapi, snapshot, ui, views
 from raftctl.node.http import (BODY_LIMIT, DISCOVERY_CACHE, REPLICA, STREAMED_BODIES, Handler, body, encode,
                                forward_to_leader, perm, read_mode, request_id, result_value)
+from raftctl.node.scheduling import run_plan
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import resolve_image
 from raftctl.statemachine.spec import validate_spec
@@ -53,7 +54,7 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
                 request["token"] = replica.read(
                     lambda s: auth.authorize(s.tokens, request.headers.get("Authorization"), required))
             except Unauthorized:
-                if replica.raft is not None and not replica.raft.isReady():
+                if replica.raft is not None and not replica.raft.is_ready():
                     # a replica still replaying its log may not know the token yet: let the client retry elsewhere
                     raise Unavailable("this replica is still catching up with the leader; try another") from None
                 if request.headers.get("Authorization"):
@@ -88,7 +89,7 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def healthz(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
-    ready = replica.raft is not None and replica.raft.isReady()
+    ready = replica.raft is not None and replica.raft.is_ready()
     return web.json_response({"ok": True, "ready": ready}, status=200)
 
 
@@ -119,7 +120,7 @@ async def plan_job(request: web.Request) -> web.Response:
     raw = validate_spec(await body(request), name=name)
     spec, jobs, placements, machines, index = replica.read(lambda s: (
         resolve_image(s.images, raw), dict(s.jobs), dict(s.placements), dict(s.machines), s.index))
-    from raftctl.node.scheduling import run_plan  # off the event loop, within PLAN_TIMEOUT_S or a 503
+    # off the event loop, within PLAN_TIMEOUT_S or a 503
     plan = await run_plan(lambda check: views.dry_run(jobs, placements, machines, index, spec, check=check))
     return encode(request, plan, index=index)
 
@@ -271,8 +272,8 @@ async def discovery(request: web.Request) -> web.Response:
     body_bytes, ctype = resp
     out = web.Response(body=body_bytes, content_type=ctype)
     out.headers["X-Raftctl-Index"] = str(index)
-    leader = replica.raft._getLeader() if replica.raft is not None else None
-    out.headers["X-Raftctl-Leader"] = str(leader) if leader is not None else ""
+    leader = replica.raft.leader_address() if replica.raft is not None else None
+    out.headers["X-Raftctl-Leader"] = leader or ""
     return out
 
 

@@ -43,8 +43,7 @@ def encode(request: web.Request, data: Any, *, status: int = 200, index: int | N
     if index is not None:
         headers["X-Raftctl-Index"] = str(index)
     if replica.raft is not None:
-        leader = replica.raft._getLeader()
-        headers["X-Raftctl-Leader"] = str(leader) if leader is not None else ""
+        headers["X-Raftctl-Leader"] = replica.raft.leader_address() or ""
     if "application/cbor" in request.headers.get("Accept", ""):
         return web.Response(body=cbor2.dumps(data), status=status, content_type="application/cbor", headers=headers)
     return web.Response(text=json.dumps(data, separators=(",", ":")), status=status,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
@@ -11,12 +12,18 @@ from typing import Any, Callable, TypeVar
 import aiohttp
 from aiohttp import web
 
+from raftctl.discovery.dns import DnsServer
+from raftctl.discovery.view import lookup
 from raftctl.errors import Unavailable
 from raftctl.node import auth
+from raftctl.node.api import make_app
+from raftctl.node.autoscale import Autoscaler, Metrics
 from raftctl.node.failover import FailoverConfig
 from raftctl.node.leader import Leadership
 from raftctl.node.proposer import Proposer
 from raftctl.node.raft import RaftNode
+from raftctl.node.rollout import RolloutController
+from raftctl.node.scheduling import SchedulerLoop
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import Result
 from raftctl.statemachine.state import State
@@ -65,16 +72,11 @@ class Replica:
         self.runner: web.AppRunner | None = None
         self.leadership: Leadership | None = None
         self.http: aiohttp.ClientSession | None = None
-        from raftctl.node.autoscale import Autoscaler, Metrics
-        from raftctl.node.rollout import RolloutController
-        from raftctl.node.scheduling import SchedulerLoop
         self.controller_factories: list[Any] = [SchedulerLoop, RolloutController, Autoscaler]
         self.metrics = Metrics()
 
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:
-        from raftctl.node.api import make_app
-
         self.loop = asyncio.get_running_loop()
         self._changed = asyncio.Condition()
         server_ssl = client_ssl = None
@@ -102,9 +104,6 @@ class Replica:
         self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
         self.dns = None
         if self.cfg.dns_port is not None:
-            from raftctl.discovery.dns import DnsServer
-            from raftctl.discovery.view import lookup
-
             self.dns = DnsServer(lambda svc: self.read(lambda s: lookup(s.discovery, s.machines, svc)["endpoints"]),
                                  host, self.cfg.dns_port)
             await self.dns.start()
@@ -144,7 +143,7 @@ class Replica:
         Returns the new leader's Raft address, or None."""
         raft = self.raft
         self._stopping = asyncio.Event()
-        if raft is None or not raft._isLeader():
+        if raft is None or not raft.is_leader():
             self._stopping.set()
             return None
         try:
@@ -295,7 +294,7 @@ class Replica:
             "node": self.cfg.node_id, "raft": self.cfg.raft, "api": self.cfg.api_url,
             "state": rs["state"], "leader": rs["leader"], "leader_api": leader_api, "term": rs["term"],
             "commit_index": rs["commit_index"], "applied_index": rs["applied_index"],
-            "log_len": rs["log_len"], "has_quorum": rs["has_quorum"], "ready": self.raft.isReady(),
+            "log_len": rs["log_len"], "has_quorum": rs["has_quorum"], "ready": self.raft.is_ready(),
             "index": index, "epoch": epoch, "entries": entries, "chain": chain,
             "members": members, "uptime_s": round(time.time() - self.started_at, 1),
             "state_hash": self.read(lambda s: s.digest()) if with_hash else None,
@@ -305,8 +304,6 @@ class Replica:
 
 async def serve(cfg: ServerConfig) -> None:
     """Run a replica until cancelled (SIGINT/SIGTERM)."""
-    import signal
-
     replica = Replica(cfg)
     await replica.start()
     stop = asyncio.Event()

@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from raftctl.discovery.view import lookup, parse_near
+from raftctl.scheduler import reconcile, schedule
+from raftctl.scheduler.pipeline import no_check
 from raftctl.statemachine.state import State, machine_state, machine_usage, placement_uses_resources
 
 
@@ -83,9 +85,6 @@ def dry_run(jobs: dict, placements: dict, machines: dict, index: int, spec: dict
             check: Callable[[], None] | None = None) -> dict[str, Any]:
     """What the scheduler would do if ``spec`` were submitted now (pure). ``check`` is called between units of
     the scheduler's work and may raise to give up (raftctl.node.scheduling.run_plan bounds a dry run's time)."""
-    from raftctl.scheduler import reconcile, schedule
-    from raftctl.scheduler.pipeline import no_check
-
     name = spec["name"]
     old = jobs.get(name)
     if old is not None and old["status"] == "running" and \

@@ -375,3 +375,7 @@ class RaftNode(ReplicationFixes, SyncObj):
         """Whether this replica has applied its log up to where it stood when it started (pysyncobj's isReady):
         until then it may not know a token or a job yet."""
         return bool(self.isReady())
+
+    def is_leader(self) -> bool:
+        """Whether this replica leads its current term (pysyncobj's own view, not the cached raft_status)."""
+        return bool(self._isLeader())
