@@ -58,6 +58,8 @@ class SnapshotFiles:
         self._sending: bytes | None = None
         self._transmissions: dict[Any, int] = {}
         self._incoming_at: int | None = None
+        self._preloaded: tuple | None = None     # decoded by preload(), handed out by the next deserialize()
+        self.last_sent: tuple[int, int] | None = None  # (offset, file size) of the last chunk sent
         self.last_fork_ms: float | None = None
         self.last_total_ms: float | None = None
         # Leftovers of a run that crashed (``.tmp``: raftctl before issue 13): never the snapshot.
@@ -135,7 +137,17 @@ class SnapshotFiles:
         self._sending = None
         return SERIALIZER_STATE.SUCCESS, self._current_id
 
+    def preload(self) -> tuple:
+        """Decode the snapshot now (its boundary entries tell how to fix the journal before pysyncobj loads
+        it); the next deserialize() returns this without decoding again (decoding restores the state)."""
+        self._preloaded = None
+        self._preloaded = self.deserialize()
+        return self._preloaded
+
     def deserialize(self) -> tuple:
+        if self._preloaded is not None:
+            data, self._preloaded = self._preloaded, None
+            return data
         data = self._disk.read(self.path)
         if data is None:
             raise FileNotFoundError(self.path)
@@ -174,6 +186,7 @@ class SnapshotFiles:
                 return None
         sent = self._transmissions.get(transmissionID, 0)
         chunk = self._sending[sent:sent + self._chunk]
+        self.last_sent = (sent, len(self._sending))  # the leader tags the chunk with it (replication.py)
         is_last = not chunk
         if is_last:
             self._transmissions.pop(transmissionID, None)
@@ -187,6 +200,10 @@ class SnapshotFiles:
         self._transmissions.pop(id, None)
 
     # -- receiving one (follower) -----------------------------------------------------------
+    def abandon_incoming(self) -> None:
+        """Forget a half-received snapshot (its next chunk was lost, or it is no longer wanted)."""
+        self._incoming_at = None
+
     def setTransmissionData(self, data: Any) -> bool:  # noqa: N802
         """Returns True once the whole snapshot is durable under its name (then pysyncobj loads it)."""
         if data is None:
@@ -210,6 +227,7 @@ class SnapshotFiles:
             self._abandon_own()
             self._install(self._incoming)
             self._sending = None
+            self._transmissions = {}  # were we to lead: every follower starts over on the new file
             return True
         except OSError:
             log.exception("writing the snapshot received from the leader failed")
