@@ -206,6 +206,104 @@ def test_a_snapshot_the_committed_log_already_covers_is_not_installed(handle: An
     assert replies[-1]["success"] and replies[-1]["next_node_idx"] == 31
 
 
+def _snapshot_blob(upto: int, term: int = 1) -> bytes:
+    """A real raftctl snapshot file whose last applied entry is noop(upto)."""
+    return raft._snapshot_bytes(noop(upto, term), noop(upto - 1, term), ["127.0.0.1:7001", "127.0.0.1:7002",
+                                                                         "127.0.0.1:7003"], raft.State().snapshot())
+
+
+def _chunk(blob: bytes, start: int, end: int, upto: int, tagged: bool = True, term: int = 1) -> dict:
+    msg = {"type": "append_entries", "term": term, "commit_index": upto, "snapshot_index": upto,
+           "snapshot_term": 1, "serialized": (blob[start:end], start == 0, end >= len(blob))}
+    if tagged:
+        msg.update(snapshot_offset=start, snapshot_size=len(blob))
+    return msg
+
+
+@pytest.mark.parametrize("tagged", [True, False])
+def test_a_chunk_of_another_transmission_never_completes_the_snapshot_being_received(handle: Any,
+                                                                                      tagged: bool) -> None:
+    """Seed 1129 of tests/sim: the first chunk of a snapshot up to 20, then entries committed up to 30, then
+    (lost and reordered messages) the last chunk of another transmission, of a snapshot up to 60, whose bytes
+    happen to complete the first. Untagged (pysyncobj's chunks) the follower installs a snapshot up to 20 and
+    its log goes 30 -> 20; tagged, the stray chunk is dropped and the real transmission installs."""
+    h = handle(True)
+    h.follower_with(10)
+    old, new = _snapshot_blob(20), _snapshot_blob(60)
+    half = len(old) // 2
+    h.deliver(LEADER, _chunk(old, 0, half, 20, tagged))
+    h.append(1, 10, 1, [noop(i, 1) for i in range(11, 31)], commit=30)
+    stray = _chunk(old, half, len(old), 60, tagged)
+    if tagged:  # the last chunk of the transmission of `new`, carrying the bytes that complete `old`
+        stray.update(snapshot_offset=len(new) - (len(old) - half), snapshot_size=len(new))
+    stray["serialized"] = (old[half:], False, True)
+    if not tagged:
+        with pytest.raises(AssertionError):  # pysyncobj's way: installed, committed entries 21..30 gone
+            h.deliver(LEADER, stray)
+            assert h.log[-1][1] == 30 and h.node.raftCommitIndex == 30
+        return
+    h.deliver(LEADER, stray)
+    assert h.log[-1][1] == 30 and h.node.raftCommitIndex == 30 and h.node.raftLastApplied == 30
+    for start in range(0, len(new), 64):  # the whole transmission of `new` installs
+        h.deliver(LEADER, _chunk(new, start, start + 64, 60))
+    assert h.log[-1][1] == 60 and h.node.raftCommitIndex == 60 and h.node.raftLastApplied == 60
+
+
+def test_a_snapshot_the_log_was_committed_past_while_it_arrived_is_not_installed(handle: Any) -> None:
+    h = handle(True)
+    h.follower_with(10)
+    blob = _snapshot_blob(20)
+    half = len(blob) // 2
+    h.deliver(LEADER, _chunk(blob, 0, half, 20))  # 20 > commit 10: wanted when it started
+    h.append(1, 10, 1, [noop(i, 1) for i in range(11, 31)], commit=30)
+    replies = [m for m in h.deliver(LEADER, _chunk(blob, half, len(blob), 20)) if m["type"] == "next_node_idx"]
+    assert h.log[-1][1] == 30 and h.node.raftCommitIndex == 30 and h.node.raftLastApplied == 30
+    assert replies[-1]["success"] and replies[-1]["next_node_idx"] == 21
+
+
+def test_the_leader_tags_every_snapshot_chunk_with_its_transmission_and_offset(handle: Any) -> None:
+    h = handle(True)
+    blob = _snapshot_blob(20)
+    files = h.node._snapshots
+    files._disk.write(files.path, 0, blob)
+    files._chunk = 100
+    h.node._SyncObj__raftLog.clear()  # type: ignore[attr-defined]
+    for e in (noop(19, 1), noop(20, 1)):
+        h.node._SyncObj__raftLog.add(*e)  # type: ignore[attr-defined]
+    h.transport.sent.clear()
+    for _ in range(10):
+        h.node._send_snapshot_chunk(OTHER)
+        if h.transport.sent[-1][1]["serialized"][2]:
+            break
+    chunks = [m for _, m in h.transport.sent]
+    assert [m["snapshot_offset"] for m in chunks] == list(range(0, len(blob), 100)) + [len(blob)]
+    assert {(m["snapshot_index"], m["snapshot_term"], m["snapshot_size"]) for m in chunks} == {(20, 1, len(blob))}
+    assert b"".join(m["serialized"][0] for m in chunks) == blob
+
+
+@pytest.mark.parametrize("repair", [True, False])
+def test_a_restart_between_a_snapshot_and_the_compaction_keeps_the_entries_after_it(tmp_path: Any,
+                                                                                    repair: bool) -> None:
+    """Seed 1149 of tests/sim: the snapshot file (up to 20) is written, the journal (1..30, committed) not yet
+    compacted, the node stops. pysyncobj's load clears a journal whose first entries are not the snapshot's
+    boundary: committed entries 21..30 gone. raftctl compacts the journal to the boundary and keeps them."""
+    h = Handle(tmp_path, repair)
+    h.follower_with(30)
+    h.node._snapshots._disk.write(h.node._snapshots.path, 0, _snapshot_blob(20))
+    h.node._doDestroy()
+    again = Handle(tmp_path, repair)
+    try:
+        for _ in range(3):
+            again.node.doTick(0.0)
+        if repair:
+            assert again.log[0][1] == 19 and again.log[-1][1] == 30 and again.node.raftCommitIndex == 30
+            assert again.node.raftLastApplied == 30
+        else:
+            assert again.log[-1][1] == 20 and again.node.raftCommitIndex == 20
+    finally:
+        again.node._doDestroy()
+
+
 # ---------------------------------------------------------------------------------------------- leader
 def _campaign(h: Handle, grant: Any = None) -> None:
     """Connect every peer and tick until the node starts an election (term 1), granting its pre-votes
