@@ -48,14 +48,14 @@ class Recorder(Transport):
 class Handle:
     """A RaftNode with no tick thread, fed messages by the test."""
 
-    def __init__(self, path: Any, repair: bool, peers: int = 2, fast: bool = False) -> None:
+    def __init__(self, path: Any, repair: bool, peers: int = 2, fast: bool = False, disk: Any = None) -> None:
         self.transport = Recorder(None, None, [])
         conf: dict[str, Any] = {"autoTick": False}
         if fast:  # elections 10x faster than raftctl's
             conf.update(raftMinTimeout=0.04, raftMaxTimeout=0.12, appendEntriesPeriod=0.01)
         self.node = raft.RaftNode("127.0.0.1:7001", [f"127.0.0.1:{7002 + i}" for i in range(peers)], str(path), None,
                                   on_applied=lambda: None, transport=self.transport, repair=repair,
-                                  conf_overrides=conf)
+                                  conf_overrides=conf, disk=disk)
 
     def deliver(self, node: Any, message: dict) -> list[dict]:
         assert self.transport is not None
@@ -302,6 +302,46 @@ def test_a_restart_between_a_snapshot_and_the_compaction_keeps_the_entries_after
             assert again.log[-1][1] == 20 and again.node.raftCommitIndex == 20
     finally:
         again.node._doDestroy()
+
+
+def test_a_power_cut_while_installing_a_snapshot_never_leaves_a_commit_index_beyond_the_log(tmp_path: Any) -> None:
+    """Seed 1141 of tests/sim: pysyncobj installs the leader's snapshot by clearing the journal, then adding the
+    snapshot's two boundary entries; a power cut between left an empty journal beside the meta's commit index
+    (commit 10, log end 1 after the restart). A cut at every disk operation of the install in turn: the
+    restarted node holds its old log or the snapshot's boundary, and never a commit index beyond its log."""
+    from tests.sim.disk import SimCrash, SimDisk
+
+    blob = _snapshot_blob(60)
+    seen = set()
+    for cut in range(1, 60):
+        disk = SimDisk()
+        h = Handle(tmp_path, True, disk=disk)
+        h.follower_with(10)
+        h.node._SyncObj__raftLog.onOneSecondTimer()  # type: ignore[attr-defined]  (the meta's commit index: 10)
+        disk.arm(cut)
+        try:
+            for start in range(0, len(blob), 64):
+                h.deliver(LEADER, _chunk(blob, start, start + 64, 60))
+        except (SimCrash, RuntimeError):
+            pass
+        if not disk.dead:  # the whole install ran before the cut
+            disk.armed = None
+            assert h.log[-1][1] == 60 and cut > 5
+            h.node._doDestroy()
+            break
+        disk.crash()
+        again = Handle(tmp_path, True, disk=disk)
+        try:
+            assert again.node.raftCommitIndex <= again.log[-1][1], (cut, again.log, again.node.raftCommitIndex)
+            for _ in range(3):
+                again.node.doTick(0.0)
+            seen.add(again.log[-1][1])
+            assert again.log[-1][1] in (10, 60) and again.node.raftCommitIndex >= 10
+        finally:
+            again.node._doDestroy()
+    else:
+        pytest.fail("the install never completed")
+    assert seen == {10, 60}
 
 
 # ---------------------------------------------------------------------------------------------- leader
