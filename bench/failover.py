@@ -98,6 +98,8 @@ def leader_kill(cluster: LocalCluster, trials: int) -> list[float]:
             except Exception:
                 time.sleep(0.01)
         out.append(time.monotonic() - t0)
+        print(f"trial {i}: kill -9 {leader.id} at {time.time() - out[-1]:.3f}, next write committed after "
+              f"{out[-1]:.3f} s", file=sys.stderr)
         cluster.start_proc(leader)
         cluster.wait_ready(90, procs=[leader])
     return out
@@ -214,11 +216,13 @@ def main() -> None:
                 res["leader_kill_p50_s"] = round(statistics.median(lead), 3)
                 res["leader_kill_p99_s"] = round(pct(lead, 0.99), 3)
                 res["leader_kill_max_s"] = round(max(lead), 3)
+                res["leader_kill_s"] = [round(x, 3) for x in lead]
             if "graceful" in parts:
                 stalls, exits, failed, retried = graceful_stop(cluster, args.trials)
                 res["graceful_p50_s"] = round(statistics.median(stalls), 3)
                 res["graceful_p99_s"] = round(pct(stalls, 0.99), 3)
                 res["graceful_max_s"] = round(max(stalls), 3)
+                res["graceful_s"] = [round(x, 3) for x in stalls]
                 res["graceful_exit_p50_s"] = round(statistics.median(exits), 3)
                 res["graceful_failed"], res["graceful_retried"] = failed, retried
                 res["graceful_retried_kinds"] = dict(CountingClient.kinds)
