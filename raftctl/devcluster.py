@@ -12,12 +12,14 @@ free port when that one is taken; ``Proc.dns`` and cluster.json say which.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 import urllib.request
@@ -65,6 +67,41 @@ def free_dns_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError("no port free for both UDP and TCP in 10000-19999")
 
 
+# Host ports for the agents' containers (network: host). Containers of two dev clusters on one machine bind
+# the same wildcard ports, so each running cluster holds one of PORT_SLOTS slots: agent m<i> gets
+# AGENT_PORTS_FROM + i*1000 + slot*PORTS_PER_SLOT, PORTS_PER_SLOT ports (slot 0: m1 21000-21199, as the README
+# shows). A slot is held by an flock on a file of PORTS_REGISTRY while the cluster runs; a cluster that
+# resumes takes its previous slot again when it is free.
+AGENT_PORTS_FROM = 20000
+PORTS_PER_SLOT = 200
+PORT_SLOTS = 5
+PORTS_REGISTRY = os.environ.get("RAFTCTL_DEV_PORTS_DIR", os.path.join(tempfile.gettempdir(), "raftctl-dev-ports"))
+
+
+def claim_port_slot(preferred: int | None, registry: str) -> tuple[int, int | None]:
+    """(slot, fd holding its lock); the preferred slot first. With every slot held by a running cluster:
+    slot 0 without a lock, and a warning (ports may collide)."""
+    os.makedirs(registry, exist_ok=True)
+    order = ([preferred] if preferred in range(PORT_SLOTS) else []) + [k for k in range(PORT_SLOTS) if k != preferred]
+    for slot in order:
+        fd = os.open(os.path.join(registry, f"slot-{slot}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        return slot, fd
+    print(f"!!! every one of the {PORT_SLOTS} dev-cluster port slots is in use ({registry}): this cluster's "
+          "containers may collide with another's host ports !!!", file=sys.stderr)
+    return 0, None
+
+
+def agent_ports(i: int, slot: int) -> str:
+    """Host ports of agent m<i> in port slot ``slot``."""
+    lo = AGENT_PORTS_FROM + i * 1000 + slot * PORTS_PER_SLOT
+    return f"{lo}-{lo + PORTS_PER_SLOT - 1}"
+
+
 @dataclass
 class Proc:
     role: str
@@ -99,6 +136,8 @@ class LocalCluster:
         self.runtime = runtime
         self.agent_args = agent_args or []
         self.zones = zones
+        self.ports_slot: int | None = None  # the slot of the last run (cluster.json), claimed again on start
+        self._slot_fd: int | None = None
         os.makedirs(self.dir, exist_ok=True)
         self.secret_path = os.path.join(self.dir, "secret")
         if not os.path.exists(self.secret_path):
@@ -139,6 +178,7 @@ class LocalCluster:
             with open(path) as f:
                 data = json.load(f)
             self.runtime = self.runtime or data.get("runtime")
+            self.ports_slot = data.get("ports_slot")
             return [Proc(role=p["role"], id=p["id"], data_dir=p["data_dir"], raft=p.get("raft", ""),
                          api=p.get("api", "").replace("http://", "").replace("https://", ""), dns=p.get("dns"))
                     for p in data["processes"]]
@@ -163,7 +203,7 @@ class LocalCluster:
             {"role": p.role, "id": p.id, "pid": p.pid, "raft": p.raft,
              "api": p.url if p.role == "server" else p.api, "data_dir": p.data_dir,
              **({"dns": p.dns} if p.dns is not None else {})}
-            for p in self.procs], "runtime": self.runtime}
+            for p in self.procs], "runtime": self.runtime, "ports_slot": self.ports_slot}
         tmp = os.path.join(self.dir, "cluster.json.tmp")
         with open(tmp, "w") as f:
             json.dump(data, f, indent=2)
@@ -203,7 +243,7 @@ class LocalCluster:
         i = int(p.id[1:])
         argv = [sys.executable, "-m", "raftctl.cli.main", "agent", "--id", p.id, "--data-dir", p.data_dir,
                 "--advertise", p.api, "--fault-domain", f"region=local,zone=z{(i - 1) % self.zones + 1},rack=r{i}",
-                "--ports", f"{20000 + i * 1000}-{20000 + i * 1000 + 999}", "--cpu", "2000m", "--memory", "2Gi",
+                "--ports", agent_ports(i, self._port_slot()), "--cpu", "2000m", "--memory", "2Gi",
                 "--log-level", self.log_level]
         for url in self.urls:
             argv += ["--server", url]
@@ -235,6 +275,12 @@ class LocalCluster:
         os.makedirs(p.data_dir, exist_ok=True)
         write_secret_file(path, token)
         return token
+
+    def _port_slot(self) -> int:
+        if self._slot_fd is None:
+            self.ports_slot, self._slot_fd = claim_port_slot(self.ports_slot, PORTS_REGISTRY)
+        assert self.ports_slot is not None
+        return self.ports_slot
 
     def start_proc(self, p: Proc) -> None:
         os.makedirs(p.data_dir, exist_ok=True)
@@ -306,6 +352,9 @@ class LocalCluster:
         if containers:
             for p in self.agents:
                 self.stop_containers(p)
+        if self._slot_fd is not None:  # the agents are gone: their port slot is free for another cluster
+            os.close(self._slot_fd)
+            self._slot_fd = None
 
     def stop_containers(self, p: Proc) -> None:
         """Containers outlive their agent by design (adoption); a dev cluster cleans them up."""
