@@ -43,7 +43,8 @@ class Backoff:
         if self.started_at is not None and now - self.started_at >= self.reset_s:
             self.failures = 0
         delay = min(self.max_s, self.initial_s * self.factor ** self.failures)
-        self.failures += 1
+        if delay < self.max_s:   # at the cap the count stops: factor ** 1100 would overflow a float
+            self.failures += 1
         self.started_at = None
         return delay
 

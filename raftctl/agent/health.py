@@ -1,7 +1,8 @@
 """Health checks: http / tcp / exec probes and the failure-threshold logic around them.
 
 The logic (``HealthTracker``) is pure and takes the time from its caller; the probes
-do the I/O; ``HealthMonitor`` runs one container's checks on an injected clock.
+do the I/O; ``HealthMonitor`` runs one check at a time on an injected clock (the agent's
+supervisor, ``supervisor.py``, calls it when the tracker says a check is due).
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class HealthTracker:
     next_at: float = 0.0
 
     def __post_init__(self) -> None:
-        self.next_at = self.started_at
+        self.next_at = self.started_at + self.policy.grace_s   # the first check is due when the grace is over
 
     def due(self, now: float) -> bool:
         return now >= self.next_at
@@ -100,23 +101,28 @@ async def probe_http(host: str, port: int, path: str, timeout: float) -> bool:
 
 
 async def probe_exec(driver: Driver, id: str, argv: list[str], timeout: float) -> bool:
-    code, _ = await asyncio.to_thread(driver.exec, id, argv, timeout)
+    """Run ``argv`` in the container; healthy on exit code 0. The driver call is abandoned 5 s past the timeout
+    (a wedged runtime must not hold the check forever)."""
+    try:
+        code, _ = await asyncio.wait_for(asyncio.to_thread(driver.exec, id, argv, timeout), timeout + 5)
+    except asyncio.TimeoutError:
+        return False
     return code == 0
 
 
 def make_probe(policy: HealthPolicy, spec: ContainerSpec, driver: Driver, host: str = "127.0.0.1") -> Probe:
     """The probe for one container: http/tcp go to its address (bridge) or ``host`` (host network)."""
-    healthy = getattr(driver, "healthy", None)
-    if driver.name == "sim" and healthy is not None:
-        async def sim() -> bool:
-            return bool(healthy(spec.id))
-        return sim
-    if policy.type == "exec":
-        return lambda: probe_exec(driver, spec.id, policy.command, policy.timeout_s)
     addr = spec.address.split("/")[0] if spec.network == "bridge" and spec.address else host
-    if policy.port is None or policy.port not in spec.ports:
-        raise ValueError(f"health check port {policy.port!r} is not one of the container's ports {sorted(spec.ports)}")
-    port = spec.ports[policy.port]
+    return probe_for(policy, driver, spec.id, addr, spec.ports)
+
+
+def probe_for(policy: HealthPolicy, driver: Driver, id: str, addr: str, ports: dict[str, int]) -> Probe:
+    """The probe of container ``id``: exec through the driver, http/tcp to ``addr`` on the named port."""
+    if policy.type == "exec":
+        return lambda: probe_exec(driver, id, policy.command, policy.timeout_s)
+    if policy.port is None or policy.port not in ports:
+        raise ValueError(f"health check port {policy.port!r} is not one of the container's ports {sorted(ports)}")
+    port = int(ports[policy.port])
     if policy.type == "http":
         return lambda: probe_http(addr, port, policy.path, policy.timeout_s)
     if policy.type == "tcp":
@@ -125,31 +131,27 @@ def make_probe(policy: HealthPolicy, spec: ContainerSpec, driver: Driver, host: 
 
 
 class HealthMonitor:
-    """Runs one container's checks until cancelled, calling ``on_change(status)`` on transitions."""
+    """One container's checks on an injected clock, calling ``on_change(status)`` once per transition."""
 
     def __init__(self, policy: HealthPolicy, probe: Probe, on_change: Callable[[str], Any], *,
-                 started_at: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 started_at: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
         self.probe = probe
         self.on_change = on_change
         self.clock = clock
-        self.sleep = sleep
         self.tracker = HealthTracker(policy, clock() if started_at is None else started_at)
 
     async def check_once(self) -> str | None:
-        ok = await self.probe()
-        change = self.tracker.record(ok, self.clock())
+        """Probe now; the next check is due one interval after this one began. A probe that raises failed."""
+        began = self.clock()
+        try:
+            ok = bool(await self.probe())
+        except Exception as exc:
+            log.debug("health probe raised %r: failed", exc)
+            ok = False
+        change = self.tracker.record(ok, began)
         if change:
             result = self.on_change(change)
             if asyncio.iscoroutine(result):
                 await result
         return change
-
-    async def run(self) -> None:
-        while True:
-            now = self.clock()
-            if not self.tracker.due(now):
-                await self.sleep(self.tracker.next_at - now)
-                continue
-            await self.check_once()

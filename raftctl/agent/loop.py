@@ -9,13 +9,14 @@ data dir adopts what it finds running instead of restarting it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
 import signal
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -24,33 +25,15 @@ from raftctl.aio import unless
 from raftctl.agent.config import AgentConfig
 from raftctl.agent.metrics import AgentMetrics
 from raftctl.agent.control import BlobFetcher, ControlClient
+from raftctl.agent.logserver import start_log_server
 from raftctl.agent.runtime.base import ContainerSpec, Driver, Observed, RuntimeError_
+from raftctl.agent.runtime.sim import SimDriver
+from raftctl.agent.supervisor import (DRIVER_CALL_S, PREPARE_S, Clock, DriverTimeout, MonotonicClock, Report,
+                                      Supervised, Supervisor)
+from raftctl.agent.supervisor import call_driver as _call
 from raftctl.errors import Forbidden, RaftctlError, Unauthorized
 
 log = logging.getLogger("raftctl.agent")
-
-
-@dataclass
-class Report:
-    placement: str
-    state: str
-    health: str = ""
-    exit_code: int | None = None
-    reason: str = ""
-
-
-@dataclass
-class Supervised:
-    placement: dict[str, Any]
-    task: asyncio.Task | None = None
-    restarts: int = 0
-    health: str = "unknown"
-    state: str = "pending"
-    pid: int | None = None
-    stopping: bool = False
-    started: float = field(default_factory=time.monotonic)
-    stats: dict[str, int] | None = None      # the last stats pass's figures (for the agent's /metrics)
-    start_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # held while the supervisor starts it
 
 
 @dataclass
@@ -62,14 +45,10 @@ class StopAttempt:
     attempt: int         # 0: pre-stop hook, SIGTERM, grace, SIGKILL; 1+: SIGKILL at once
 
 
-DRIVER_CALL_S = 30.0    # bound on a driver call (runc and the process driver may hang on a wedged container)
-PREPARE_S = 900.0       # bound on pulling and unpacking an image before a start
+__all__ = ["Agent", "DriverTimeout", "Report", "Supervised", "image_digest", "run_agent", "run_agents"]
+
 STOP_GRACE_S = 10.0     # SIGTERM to SIGKILL
 STOP_SLACK_S = 15.0     # a stop attempt running past its grace (+ pre-stop hook) by this much is presumed hung
-
-
-class DriverTimeout(RuntimeError_):
-    """A driver call did not return within its bound (its worker thread is abandoned, not killed)."""
 
 
 def image_digest(p: dict[str, Any]) -> str | None:
@@ -81,19 +60,13 @@ def image_digest(p: dict[str, Any]) -> str | None:
     return digest
 
 
-async def _call(fn: Callable[..., Any], *args: Any, bound: float = DRIVER_CALL_S, **kw: Any) -> Any:
-    """Run a synchronous driver call on a worker thread, giving up on it after ``bound`` seconds."""
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kw), bound)
-    except asyncio.TimeoutError:
-        raise DriverTimeout(f"{getattr(fn, '__name__', fn)}{tuple(args)!r} did not return in {bound:g}s") from None
-
-
 class Agent:
-    def __init__(self, cfg: AgentConfig, driver: Driver, *, rng: random.Random | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, driver: Driver, *, rng: random.Random | None = None,
+                 clock: Clock | None = None) -> None:
         self.cfg = cfg
         self.driver = driver
         self.rng = rng or random.Random()
+        self.clock: Clock = clock or MonotonicClock()   # the supervisors' and the stops' time
         self.containers: dict[str, Supervised] = {}
         self.reports: list[Report] = []
         self._report_wake = asyncio.Event()
@@ -126,8 +99,6 @@ class Agent:
         async with ControlClient(self.cfg.servers, self.cfg.token, ssl=ssl_ctx) as control, \
                 aiohttp.ClientSession(connector=connector) as http:
             self.control, self.http = control, http
-            from raftctl.agent.logserver import start_log_server
-
             runner = await start_log_server(self)
             log.info("agent %s: endpoint %s (GET /metrics, GET /v1/logs/<placement>; bearer token)",
                      self.cfg.machine, self.cfg.api)
@@ -240,7 +211,7 @@ class Agent:
                     sup.placement = by_id[cid]
                     sup.task = asyncio.create_task(self._supervise(sup, adopted=True), name=f"sup-{cid}")
             existing = await self._observe()
-            now = time.monotonic()
+            now = self.clock.now()
             stopping = {cid: converge.StopInFlight(now - a.started, a.bound)
                         for cid, a in self.stops.items() if not a.task.done()}
             actions = converge.plan(placements, set(self.containers), existing=existing or set(),
@@ -304,119 +275,11 @@ class Agent:
         return ContainerSpec.from_placement(p, spec, rootfs=rootfs, image=digest,
                                             log_dir=os.path.join(self.cfg.data_dir, "logs", p["id"]))
 
-    async def _supervise(self, sup: Supervised, adopted: bool = False) -> None:
-        p = sup.placement
-        spec = p["spec"]
-        from raftctl.statemachine.spec import runtime_restart  # a spec stored before bounds: clamp, never crash
-        restart, notes = runtime_restart(spec.get("restart"))
-        for note in notes:
-            log.warning("placement %s: stored spec: %s", p["id"], note)
-        backoff = restart["initial_ms"] / 1000
-        cid = p["id"]
-        while not sup.stopping:
-            if not adopted:
-                self._report(Report(cid, "starting"))
-                try:
-                    # A stop waits for this block: a stop that ran beside it would find nothing to stop and
-                    # the start would then leave the container running, supervised by no one.
-                    async with sup.start_lock:
-                        if sup.stopping:
-                            return
-                        cs = await _call(self._container_spec, p, bound=PREPARE_S)
-                        await _call(self.driver.remove, cid)
-                        await _call(self.driver.create, cs)
-                        if sup.stopping:
-                            return
-                        await _call(self.driver.start, cid)
-                    if sup.stopping:
-                        return
-                except Exception as exc:
-                    log.warning("container %s failed to start: %s", cid, exc)
-                    self._report(Report(cid, "exited", exit_code=None, reason=f"start failed: {exc}"[:300]))
-                    if restart["policy"] == "never":
-                        return
-                    await asyncio.sleep(self._jitter(backoff))
-                    backoff = min(backoff * 2, restart["max_ms"] / 1000)
-                    continue
-            adopted = False
-            sup.started = time.monotonic()
-            self._report(Report(cid, "running", health="healthy" if not spec.get("health") else "unknown"))
-            sup.state, sup.health = "running", "unknown"
-            obs = await self._watch_container(sup)
-            if sup.stopping:
-                return
-            state = "oom_killed" if obs.state == "oom_killed" else "exited"
-            self.metrics.exited(p["job"], oom=state == "oom_killed")
-            self._report(Report(cid, state, exit_code=obs.exit_code, reason=obs.reason or ""))
-            sup.state = state
-            if restart["policy"] == "never" or (restart["policy"] == "on-failure" and obs.exit_code == 0
-                                                and state != "oom_killed"):
-                return
-            if time.monotonic() - sup.started > restart["reset_ms"] / 1000:
-                backoff = restart["initial_ms"] / 1000
-            sup.restarts += 1
-            self.metrics.restarted(p["job"])
-            await asyncio.sleep(self._jitter(backoff))
-            backoff = min(backoff * 2, restart["max_ms"] / 1000)
-
-    def _jitter(self, seconds: float) -> float:
-        return seconds * (0.8 + 0.4 * self.rng.random())
-
-    async def _watch_container(self, sup: Supervised) -> Observed:
-        """Poll the container and run its health check; return when it is no longer running."""
-        p = sup.placement
-        health = p["spec"].get("health")
-        failures = 0
-        next_check = time.monotonic() + (health["grace_ms"] / 1000 if health else 0)
-        while True:
-            try:
-                obs: Observed = await _call(self.driver.status, p["id"])
-            except DriverTimeout as exc:
-                log.warning("container %s: %s", p["id"], exc)
-                continue
-            if obs.state != "running":
-                return obs
-            if sup.stopping:
-                return obs
-            now = time.monotonic()
-            if health and now >= next_check:
-                probe_started = time.monotonic()
-                ok = await self._probe(p, health)
-                self.metrics.health_checked(health["type"], ok, time.monotonic() - probe_started)
-                next_check = now + health["interval_ms"] / 1000
-                failures = 0 if ok else failures + 1
-                new = "healthy" if ok else ("unhealthy" if failures >= health["failures"] else sup.health)
-                if new != sup.health:
-                    sup.health = new
-                    self._report(Report(p["id"], "running", health=new))
-                if new == "unhealthy":
-                    log.warning("%s failed %d health checks: restarting", p["id"], failures)
-                    await _call(self.driver.stop, p["id"], 5.0)
-                    obs = await _call(self.driver.status, p["id"])
-                    obs.reason = f"failed {failures} health checks"
-                    if obs.state == "missing":
-                        obs.state = "exited"
-                    return obs
-            await asyncio.sleep(0.1 if not health else min(0.25, health["interval_ms"] / 1000))
-
-    async def _probe(self, p: dict[str, Any], health: dict[str, Any]) -> bool:
-        timeout = health["timeout_ms"] / 1000
-        host = self.cfg.address if p["spec"].get("network") != "bridge" else str(p["address"]).split("/")[0]
-        try:
-            if health["type"] == "exec":
-                code, _ = await _call(self.driver.exec, p["id"], health["command"], timeout, bound=timeout + 5)
-                return code == 0
-            port = p["ports"].get(health["port"])
-            if health["type"] == "tcp":
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-                writer.close()
-                return True
-            async with self.http.get(f"http://{host}:{port}{health['path']}",  # type: ignore[union-attr]
-                                     timeout=aiohttp.ClientTimeout(total=timeout)) as r:
-                await r.read()
-                return 200 <= r.status < 400
-        except Exception:
-            return False
+    def _supervise(self, sup: Supervised, adopted: bool = False) -> Any:
+        """The coroutine that runs one container (supervisor.py): adopted ones are watched, not started."""
+        return Supervisor(sup, self.driver, report=self._report, metrics=self.metrics,
+                          container_spec=self._container_spec, host=self.cfg.address, clock=self.clock,
+                          rng=self.rng).run(adopted)
 
     def _begin_stop(self, cid: str, placement: dict[str, Any] | None) -> None:
         """Start a stop attempt; after a failed or hung one, the next escalates to SIGKILL at once."""
@@ -429,7 +292,7 @@ class Agent:
         pre = (spec.get("lifecycle") or {}).get("pre_stop") if attempt == 0 else None
         bound = STOP_GRACE_S + STOP_SLACK_S + (pre["timeout_ms"] / 1000 if pre else 0.0)
         task = asyncio.create_task(self._stop(cid, placement, attempt, pre), name=f"stop-{cid}")
-        self.stops[cid] = StopAttempt(task=task, started=time.monotonic(), bound=bound, attempt=attempt)
+        self.stops[cid] = StopAttempt(task=task, started=self.clock.now(), bound=bound, attempt=attempt)
 
     async def _stop(self, cid: str, placement: dict[str, Any] | None, attempt: int = 0,
                     pre: dict[str, Any] | None = None) -> None:
@@ -566,8 +429,6 @@ class Agent:
 
 
 async def run_agent(cfg: AgentConfig, driver: Driver) -> None:
-    import signal
-
     agent = Agent(cfg, driver)
     task = asyncio.create_task(agent.run())
     stop = asyncio.Event()
@@ -586,11 +447,6 @@ async def run_agent(cfg: AgentConfig, driver: Driver) -> None:
 
 async def run_agents(cfg: AgentConfig, count: int) -> None:
     """Many simulated machines in one process (like kubemark's hollow nodes), each with its own SimDriver."""
-    import dataclasses
-    import signal
-
-    from raftctl.agent.runtime.sim import SimDriver
-
     agents = []
     for i in range(count):
         sub = dataclasses.replace(cfg, machine=f"{cfg.machine}-{i:04d}",

@@ -85,3 +85,25 @@ async def test_tcp_and_http_probes_on_loopback():
         assert await probe_http("127.0.0.1", port, "/", 1.0)
     assert not await probe_tcp("127.0.0.1", port, 0.5)
     assert not await probe_http("127.0.0.1", port, "/", 0.5)
+
+
+def test_backoff_stays_at_its_max_however_long_a_container_crashes():
+    """A container crash-looping for hours: factor ** 1100 would overflow a float and end the supervisor."""
+    b = Backoff(initial_s=0.1, max_s=10.0, reset_s=60.0)
+    delays = [b.on_exit(float(i)) for i in range(2000)]
+    assert delays[:8] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0]) and set(delays[7:]) == {10.0}
+
+
+def test_the_first_check_is_due_when_the_start_grace_is_over():
+    t = HealthTracker(HealthPolicy(interval_s=1, grace_s=5), started_at=100.0)
+    assert not t.due(104.9) and t.due(105.0)
+    assert HealthTracker(HealthPolicy(interval_s=1), started_at=100.0).due(100.0)   # no grace: at once
+
+
+async def test_a_probe_that_raises_is_a_failed_check():
+    async def broken() -> bool:
+        raise RuntimeError("driver exec failed")
+    changes: list[str] = []
+    mon = HealthMonitor(HealthPolicy(failures=1), broken, changes.append, clock=lambda: 0.0)
+    assert await mon.check_once() == "unhealthy" and changes == ["unhealthy"]
+

@@ -1,0 +1,224 @@
+"""One container's supervisor: start it, watch it, health-check it, restart it with backoff, report.
+
+Built on the tested parts: the restart decision and the delays come from ``backoff.py``, the probes and the
+failure threshold from ``health.py``. Time is read and awaited only through an injected ``Clock`` (``now()`` and
+``async sleep(s)``), so a test drives a supervisor through crashes, backoffs and health checks without sleeping.
+The agent (``loop.py``) owns the containers and the stops; a supervisor owns one ``Supervised`` record's run loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from raftctl.agent.backoff import Backoff, should_restart
+from raftctl.agent.health import HealthMonitor, HealthPolicy, Probe, probe_for
+from raftctl.agent.runtime.base import ContainerSpec, Driver, Observed, RuntimeError_
+from raftctl.statemachine.spec import runtime_restart
+
+log = logging.getLogger("raftctl.agent")
+
+DRIVER_CALL_S = 30.0    # bound on a driver call (runc and the process driver may hang on a wedged container)
+PREPARE_S = 900.0       # bound on pulling and unpacking an image before a start
+UNHEALTHY_STOP_S = 5.0  # SIGTERM to SIGKILL when a container failed its health checks
+POLL_S = 0.1            # status poll of a container without a health check (with one: min(0.25, interval))
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class MonotonicClock:
+    """The real clock: time.monotonic and asyncio.sleep."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class Metrics(Protocol):
+    def exited(self, job: str, oom: bool) -> None: ...
+
+    def restarted(self, job: str) -> None: ...
+
+    def health_checked(self, kind: str, ok: bool, seconds: float) -> None: ...
+
+
+@dataclass
+class Report:
+    placement: str
+    state: str
+    health: str = ""
+    exit_code: int | None = None
+    reason: str = ""
+
+
+@dataclass
+class Supervised:
+    placement: dict[str, Any]
+    task: asyncio.Task | None = None
+    restarts: int = 0
+    health: str = "unknown"
+    state: str = "pending"
+    pid: int | None = None
+    stopping: bool = False
+    stats: dict[str, int] | None = None      # the last stats pass's figures (for the agent's /metrics)
+    start_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # held while the supervisor starts it
+
+
+class DriverTimeout(RuntimeError_):
+    """A driver call did not return within its bound (its worker thread is abandoned, not killed)."""
+
+
+async def call_driver(fn: Callable[..., Any], *args: Any, bound: float = DRIVER_CALL_S, **kw: Any) -> Any:
+    """Run a synchronous driver call on a worker thread, giving up on it after ``bound`` seconds."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kw), bound)
+    except asyncio.TimeoutError:
+        raise DriverTimeout(f"{getattr(fn, '__name__', fn)}{tuple(args)!r} did not return in {bound:g}s") from None
+
+
+def jittered(seconds: float, rng: random.Random) -> float:
+    """±20 % so that containers crashing together do not restart together."""
+    return seconds * (0.8 + 0.4 * rng.random())
+
+
+class Supervisor:
+    """Runs one placement's container until it is stopped (``sup.stopping``) or its restart policy gives up.
+
+    ``container_spec(placement)`` builds the driver's spec (on a worker thread: it may pull an image);
+    ``host`` is where http/tcp checks of a host-network container go."""
+
+    def __init__(self, sup: Supervised, driver: Driver, *, report: Callable[[Report], None], metrics: Metrics,
+                 container_spec: Callable[[dict[str, Any]], ContainerSpec], host: str,
+                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
+        self.sup = sup
+        self.driver = driver
+        self.report = report
+        self.metrics = metrics
+        self.container_spec = container_spec
+        self.host = host
+        self.clock: Clock = clock or MonotonicClock()
+        self.rng = rng or random.Random()
+
+    async def run(self, adopted: bool = False) -> None:
+        sup, p = self.sup, self.sup.placement
+        spec, cid = p["spec"], p["id"]
+        restart, notes = runtime_restart(spec.get("restart"))
+        for note in notes:   # a spec stored before its bounds were checked: clamped, never a crash
+            log.warning("placement %s: stored spec: %s", cid, note)
+        backoff = Backoff(initial_s=restart["initial_ms"] / 1000, max_s=restart["max_ms"] / 1000,
+                          reset_s=restart["reset_ms"] / 1000)
+        while not sup.stopping:
+            if not adopted:
+                try:
+                    if not await self._start():
+                        return
+                except Exception as exc:
+                    log.warning("container %s failed to start: %s", cid, exc)
+                    self.report(Report(cid, "exited", exit_code=None, reason=f"start failed: {exc}"[:300]))
+                    if not should_restart(restart["policy"], None):
+                        return
+                    await self.clock.sleep(jittered(backoff.on_exit(self.clock.now()), self.rng))
+                    continue
+            adopted = False
+            backoff.on_start(self.clock.now())
+            self.report(Report(cid, "running", health="healthy" if not spec.get("health") else "unknown"))
+            sup.state, sup.health = "running", "unknown"
+            obs = await self._watch()
+            if sup.stopping:
+                return
+            oom = obs.state == "oom_killed"
+            sup.state = "oom_killed" if oom else "exited"
+            self.metrics.exited(p["job"], oom=oom)
+            self.report(Report(cid, sup.state, exit_code=obs.exit_code, reason=obs.reason or ""))
+            if not should_restart(restart["policy"], obs.exit_code, oom_killed=oom):
+                return
+            delay = backoff.on_exit(self.clock.now())
+            sup.restarts += 1
+            self.metrics.restarted(p["job"])
+            await self.clock.sleep(jittered(delay, self.rng))
+
+    async def _start(self) -> bool:
+        """Create and start the container; False if a stop came first (the supervisor then ends)."""
+        sup, p = self.sup, self.sup.placement
+        cid = p["id"]
+        self.report(Report(cid, "starting"))
+        # A stop waits for this block: a stop that ran beside it would find nothing to stop and the start
+        # would then leave the container running, supervised by no one.
+        async with sup.start_lock:
+            if sup.stopping:
+                return False
+            cs = await call_driver(self.container_spec, p, bound=PREPARE_S)
+            await call_driver(self.driver.remove, cid)
+            await call_driver(self.driver.create, cs)
+            if sup.stopping:
+                return False
+            await call_driver(self.driver.start, cid)
+        return not sup.stopping
+
+    async def _watch(self) -> Observed:
+        """Poll the container and run its health check; return when it is no longer running (or a stop began).
+
+        The first check is due when the health grace has passed, then one every interval; the threshold's
+        failure stops the container (it ends "exited" with the reason) for the restart policy to judge."""
+        p = self.sup.placement
+        cid = p["id"]
+        h = p["spec"].get("health")
+        monitor: HealthMonitor | None = None
+        if h:
+            policy = HealthPolicy.from_spec(h)
+            monitor = HealthMonitor(policy, self._measured(policy, self._probe(policy)), self._health_changed,
+                                    clock=self.clock.now)
+        while True:
+            try:
+                obs: Observed = await call_driver(self.driver.status, cid)
+            except DriverTimeout as exc:
+                log.warning("container %s: %s", cid, exc)
+                continue
+            if obs.state != "running" or self.sup.stopping:
+                return obs
+            if monitor is not None and monitor.tracker.due(self.clock.now()):
+                await monitor.check_once()
+                if monitor.tracker.status == "unhealthy":
+                    failures = monitor.tracker.consecutive_failures
+                    log.warning("%s failed %d health checks: restarting", cid, failures)
+                    await call_driver(self.driver.stop, cid, UNHEALTHY_STOP_S)
+                    obs = await call_driver(self.driver.status, cid)
+                    obs.reason = f"failed {failures} health checks"
+                    if obs.state == "missing":
+                        obs.state = "exited"
+                    return obs
+            await self.clock.sleep(POLL_S if monitor is None else min(0.25, monitor.policy.interval_s))
+
+    def _health_changed(self, status: str) -> None:
+        self.sup.health = status
+        self.report(Report(self.sup.placement["id"], "running", health=status))
+
+    def _probe(self, policy: HealthPolicy) -> Probe:
+        p = self.sup.placement
+        bridge = p["spec"].get("network") == "bridge"
+        addr = str(p.get("address")).split("/")[0] if bridge else self.host
+        try:
+            return probe_for(policy, self.driver, p["id"], addr, p.get("ports") or {})
+        except ValueError as exc:   # a spec stored before its health check was validated: it fails, never crashes
+            log.warning("placement %s: %s; the check fails", p["id"], exc)
+
+            async def failing() -> bool:
+                return False
+            return failing
+
+    def _measured(self, policy: HealthPolicy, probe: Probe) -> Probe:
+        async def measured() -> bool:
+            started = self.clock.now()
+            ok = await probe()
+            self.metrics.health_checked(policy.type, ok, self.clock.now() - started)
+            return ok
+        return measured

@@ -1,0 +1,249 @@
+"""One container's supervisor on a fake clock and a fake driver: no sleeping, every delay measured exactly.
+
+The fake clock's ``sleep(s)`` moves time forward by ``s`` (trio's MockClock style); the fake driver decides
+from that time whether a container still runs and whether its health check passes. Past the clock's horizon
+the supervisor is told to stop, so a test runs a supervisor with policy "always" to its end.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pytest
+
+from raftctl.agent.runtime.base import ContainerSpec, Observed
+from raftctl.agent.supervisor import Report, Supervised, Supervisor
+
+
+class FakeClock:
+    def __init__(self, until: float) -> None:
+        self.t = 0.0
+        self.until = until
+        self.on_until: Callable[[], None] = lambda: None
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+        if self.t > self.until:
+            self.on_until()
+        if self.t > self.until + 100:     # a supervisor that ignores its stop fails here instead of spinning
+            raise AssertionError(f"the supervisor still runs {self.t - self.until:.0f}s after it was stopped")
+        await asyncio.sleep(0)
+
+
+@dataclass
+class Run:
+    """One start of the container as the fake driver scripts it."""
+    lifetime: float = 1e9            # exits this long after its start...
+    exit_code: int = 1               # ... with this code
+    oom: bool = False
+    healthy_for: float = 1e9         # its health check passes for this long after the start
+
+
+@dataclass
+class FakeDriver:
+    clock: FakeClock
+    runs: list[Run]
+    name: str = "fake"
+    starts: list[float] = field(default_factory=list)        # when each run started
+    exits_seen: list[float] = field(default_factory=list)    # when a status call first saw each run ended
+    stops: list[tuple[float, float]] = field(default_factory=list)  # (time, grace)
+    probes: list[float] = field(default_factory=list)        # when each exec check ran
+    fail_creates: int = 0
+    stopped_at: float | None = None
+
+    def run(self) -> Run:
+        return self.runs[min(len(self.starts), len(self.runs)) - 1]
+
+    def remove(self, id: str) -> None:
+        pass
+
+    def create(self, spec: ContainerSpec) -> str:
+        if self.fail_creates:
+            self.fail_creates -= 1
+            raise OSError("no space left on device")
+        return spec.id
+
+    def start(self, id: str) -> None:
+        self.starts.append(self.clock.now())
+        self.stopped_at = None
+
+    def status(self, id: str) -> Observed:
+        run, now = self.run(), self.clock.now()
+        if self.stopped_at is not None:
+            return Observed("exited", exit_code=143)
+        if now - self.starts[-1] < run.lifetime:
+            return Observed("running", pid=100 + len(self.starts))
+        if len(self.exits_seen) < len(self.starts):
+            self.exits_seen.append(now)
+        return Observed("oom_killed" if run.oom else "exited", exit_code=137 if run.oom else run.exit_code)
+
+    def stop(self, id: str, grace_s: float = 10.0) -> Observed:
+        self.stops.append((self.clock.now(), grace_s))
+        self.stopped_at = self.clock.now()
+        return Observed("exited", exit_code=143)
+
+    def exec(self, id: str, argv: list[str], timeout: float = 10.0) -> tuple[int, str]:
+        now = self.clock.now()
+        self.probes.append(now)
+        return (0, "") if now - self.starts[-1] < self.run().healthy_for else (1, "")
+
+
+class Half:
+    """An rng whose jitter factor is exactly 1 (0.8 + 0.4 * 0.5)."""
+
+    def random(self) -> float:
+        return 0.5
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def exited(self, job: str, oom: bool) -> None:
+        self.calls.append(("exited", job, oom))
+
+    def restarted(self, job: str) -> None:
+        self.calls.append(("restarted", job))
+
+    def health_checked(self, kind: str, ok: bool, seconds: float) -> None:
+        self.calls.append(("health", kind, ok))
+
+
+def placement(restart: dict[str, Any] | None = None, health: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec = {"image": "w:1", "command": ["w"], "restart": restart or {"policy": "always", "initial_ms": 100,
+                                                                     "max_ms": 2000, "reset_ms": 60_000}}
+    if health:
+        spec["health"] = health
+    return {"id": "w-1", "job": "w", "version": 1, "replica": 0, "ports": {}, "spec": spec}
+
+
+EXEC_CHECK = {"type": "exec", "command": ["check"], "interval_ms": 1000, "timeout_ms": 500, "failures": 3,
+              "grace_ms": 2000}
+
+
+async def supervise(runs: list[Run], *, until: float, fail_creates: int = 0, adopted: bool = False,
+                    **kw: Any) -> tuple[FakeDriver, list[Report], Supervised, Metrics]:
+    clock = FakeClock(until)
+    driver = FakeDriver(clock, runs, fail_creates=fail_creates)
+    if adopted:
+        driver.starts.append(0.0)
+    sup = Supervised(placement=placement(**kw))
+    clock.on_until = lambda: setattr(sup, "stopping", True)
+    reports: list[Report] = []
+    metrics = Metrics()
+    s = Supervisor(sup, driver, report=reports.append, metrics=metrics, host="127.0.0.1", clock=clock,
+                   rng=Half(),  # type: ignore[arg-type]
+                   container_spec=lambda p: ContainerSpec(id=p["id"], job=p["job"], replica=0, image="w:1",
+                                                          rootfs="", command=["w"], log_dir="/nonexistent"))
+    await asyncio.wait_for(s.run(adopted=adopted), 10)
+    return driver, reports, sup, metrics
+
+
+def backoffs(d: FakeDriver) -> list[float]:
+    """The wait between seeing each run end and starting the next."""
+    return [round(start - seen, 6) for seen, start in zip(d.exits_seen, d.starts[1:])]
+
+
+async def test_a_crash_is_reported_and_restarted_after_the_backoff():
+    d, reports, sup, metrics = await supervise([Run(lifetime=2.0, exit_code=3)], until=2.5)
+    assert [(r.state, r.health, r.exit_code) for r in reports[:4]] == [
+        ("starting", "", None), ("running", "healthy", None), ("exited", "", 3), ("starting", "", None)]
+    assert backoffs(d) == [0.1]
+    assert sup.restarts == 1 and ("restarted", "w") in metrics.calls and ("exited", "w", False) in metrics.calls
+
+
+async def test_backoff_doubles_up_to_its_max_and_resets_after_a_long_enough_run():
+    runs = [Run(lifetime=1.0)] * 7 + [Run(lifetime=61.0)] + [Run(lifetime=1.0)] * 2
+    d, _, sup, _ = await supervise(runs, until=100.0)
+    assert backoffs(d)[:10] == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0,   # doubling, capped at max (2 s)
+                                0.1, 0.2, 0.4]                      # the 61 s run (> reset 60 s): from the start
+    assert sup.restarts >= 10
+
+
+async def test_failed_health_checks_past_the_threshold_restart_the_container():
+    d, reports, sup, metrics = await supervise([Run(healthy_for=4.5), Run()], until=20.0, health=EXEC_CHECK)
+    # first check when the 2 s grace is over, then one a second; failures at 5, 6, 7 reach the threshold (3)
+    assert d.probes[:6] == pytest.approx([2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    assert d.stops[0] == (pytest.approx(7.0), 5.0)
+    ended = next(r for r in reports if r.state == "exited")
+    assert ended.reason == "failed 3 health checks" and ended.exit_code == 143
+    assert d.starts[1] == pytest.approx(7.1)                 # restarted after the initial backoff
+    assert sup.restarts == 1
+    assert [c for c in metrics.calls if c[0] == "health"][:6] == [("health", "exec", True)] * 3 + [
+        ("health", "exec", False)] * 3
+
+
+async def test_each_health_transition_is_reported_once():
+    d, reports, sup, _ = await supervise([Run(healthy_for=6.5), Run()], until=20.0, health=EXEC_CHECK)
+    health = [r.health for r in reports if r.state == "running"]
+    # run 1: unknown at start, healthy once (5 passing checks), unhealthy once; run 2: unknown, healthy once
+    assert health == ["unknown", "healthy", "unhealthy", "unknown", "healthy"]
+    assert sup.health == "healthy" and len(d.probes) > 15
+
+
+async def test_a_failure_below_the_threshold_changes_nothing():
+    class Flaky(FakeDriver):
+        def exec(self, id: str, argv: list[str], timeout: float = 10.0) -> tuple[int, str]:
+            self.probes.append(self.clock.now())
+            return (1, "") if len(self.probes) % 3 == 0 else (0, "")   # every third check fails
+    clock = FakeClock(30.0)
+    d = Flaky(clock, [Run()])
+    sup = Supervised(placement=placement(health=EXEC_CHECK))
+    clock.on_until = lambda: setattr(sup, "stopping", True)
+    reports: list[Report] = []
+    await Supervisor(sup, d, report=reports.append, metrics=Metrics(), host="127.0.0.1", clock=clock,
+                     container_spec=lambda p: ContainerSpec(id="w-1", job="w", replica=0, image="w:1", rootfs="",
+                                                            command=["w"], log_dir="/x")).run()
+    assert [r.health for r in reports if r.state == "running"] == ["unknown", "healthy"] and not d.stops
+
+
+@pytest.mark.parametrize("policy, run, restarted", [
+    ("on-failure", Run(lifetime=1.0, exit_code=0), False),
+    ("on-failure", Run(lifetime=1.0, exit_code=2), True),
+    ("on-failure", Run(lifetime=1.0, exit_code=0, oom=True), True),
+    ("never", Run(lifetime=1.0, exit_code=2), False),
+    ("always", Run(lifetime=1.0, exit_code=0), True),
+])
+async def test_restart_policy(policy, run, restarted):
+    restart = {"policy": policy, "initial_ms": 100, "max_ms": 1000, "reset_ms": 60_000}
+    d, reports, sup, metrics = await supervise([run], until=5.0, restart=restart)
+    assert (len(d.starts) > 1) is restarted
+    assert reports[2].state == ("oom_killed" if run.oom else "exited")
+    assert ("exited", "w", run.oom) in metrics.calls
+    if not restarted:
+        assert sup.state == reports[-1].state and len(reports) == 3    # starting, running, its end: nothing more
+
+
+async def test_a_failed_start_is_reported_and_retried_after_the_backoff():
+    d, reports, _, _ = await supervise([Run()], until=5.0, fail_creates=2)
+    assert [(r.state, r.reason) for r in reports[:5]] == [
+        ("starting", ""), ("exited", "start failed: no space left on device"),
+        ("starting", ""), ("exited", "start failed: no space left on device"), ("starting", "")]
+    assert d.starts == [pytest.approx(0.3)]                   # after 0.1 s, then 0.2 s
+
+
+async def test_a_failed_start_under_policy_never_gives_up():
+    restart = {"policy": "never", "initial_ms": 100, "max_ms": 1000, "reset_ms": 60_000}
+    d, reports, _, _ = await supervise([Run()], until=5.0, fail_creates=1, restart=restart)
+    assert [r.state for r in reports] == ["starting", "exited"] and d.starts == []
+
+
+async def test_an_adopted_container_is_watched_not_started():
+    d, reports, _, _ = await supervise([Run(lifetime=1.0)], until=3.0, adopted=True)
+    assert reports[0].state == "running" and len(d.starts) >= 2 and backoffs(d)[0] == 0.1
+
+
+async def test_a_stop_ends_the_supervisor_without_an_exit_report():
+    d, reports, sup, _ = await supervise([Run()], until=3.0)       # runs forever; stopped at the horizon
+    assert [r.state for r in reports] == ["starting", "running"] and sup.restarts == 0
+
+
+async def test_a_stored_spec_with_bad_restart_values_is_clamped_not_fatal():
+    d, _, _, _ = await supervise([Run(lifetime=1.0)], until=3.0, restart={"policy": "always", "initial_ms": "1s"})
+    assert backoffs(d)[0] == 0.1                               # initial_ms not an integer: the 100 ms default
