@@ -34,8 +34,14 @@ partition (or a paused one) does not depose a healthy leader by bumping the term
 skips it. Peers known to run an older raftctl (their messages lack the new fields, or they ask for votes
 without a pre-vote) count as yes after three unanswered rounds, so a cluster mid-upgrade still elects.
 
+Snapshots (found by tests/sim with compaction on): the leader tags every chunk with its snapshot (index, term,
+size) and byte offset, and the follower installs only a transmission it received whole and in order, never
+one its commit index passed; loading a snapshot keeps the journal's committed tail and replaces the journal
+crash-safely (see _chunk_continues and _SyncObj__loadDumpFile).
+
 Wire compatibility: new fields only ('seq' in requests; 'term', 'seq', 'conflict_term', 'conflict_index',
-'refused' in answers); the old ones keep their meaning, so a mixed cluster during an upgrade works.
+'refused' in answers; 'snapshot_offset', 'snapshot_size' in snapshot chunks); the old ones keep their
+meaning, so a mixed cluster during an upgrade works.
 """
 from __future__ import annotations
 
