@@ -169,6 +169,8 @@ async def test_a_stop_that_hangs_is_retried_with_sigkill(tmp_path, monkeypatch):
         async def body():
             await eventually(lambda: "s-1" not in d.list_existing(), timeout=20, what="the container removed")
             print(f"hung stop: container gone {time.monotonic() - t0:.1f}s after the stop was assigned")
+            # _stop removes the container, checks it is gone, and only then forgets it and reports "stopped"
+            await eventually(lambda: "s-1" not in a.containers, timeout=5, what="the agent done with the stop")
             assert a.stop_retries >= 1 and "s-1" not in a.containers
             assert [r.state for r in a.reports if r.placement == "s-1"][-1] == "stopped"
 
