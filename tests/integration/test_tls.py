@@ -178,8 +178,11 @@ def test_a_replica_is_added_and_removed_with_the_cli_over_https(tls_cluster):
     finally:
         tls_cluster.kill(p)
         tls_cluster.procs.remove(p)
-    st = Client(tls_cluster.urls, tls_cluster.token(), ca=tls_cluster.ca).request("GET", "/v1/status")
-    assert sorted(m["raft"] for m in st["members"]) == sorted(q.raft for q in tls_cluster.servers)
+    status = Client(tls_cluster.urls, tls_cluster.token(), ca=tls_cluster.ca)
+    want = sorted(q.raft for q in tls_cluster.servers)
+    # the removal is acknowledged by the leader; the replica that answers may apply it a moment later
+    wait_until(lambda: sorted(m["raft"] for m in status.request("GET", "/v1/status")["members"]) == want, 10,
+               what="3 members after the removal")
     job = Client(tls_cluster.urls, tls_cluster.token(), ca=tls_cluster.ca).request(
         "GET", "/v1/jobs/tls-web", query={"consistent": "1"})
     assert job["replicas"] == 2
