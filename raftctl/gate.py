@@ -279,6 +279,13 @@ def _scan_cbor(data: bytes, limits: Limits, root: str) -> None:
             out.append(data[pos:pos + clen] if major == 3 else b"")
             pos += clen
 
+    def close() -> bool:
+        """Close the innermost container, counting it in its parent; False when the document is complete."""
+        stack.pop()
+        if stack:
+            _advance(stack, limits)
+        return bool(stack)
+
     def text(arg: int, what: str) -> str:
         """The text string whose header announced ``arg`` bytes (-1: indefinite), checked to be UTF-8."""
         nonlocal pos
@@ -304,11 +311,7 @@ def _scan_cbor(data: bytes, limits: Limits, root: str) -> None:
         if ib == 0xFF:  # break: closes the innermost indefinite-length container
             if not stack or stack[-1][1] != -1 or (stack[-1][0] and not stack[-1][6]):
                 raise bad("not valid CBOR: unexpected break")
-            stack.pop()
-            if not stack:
-                break
-            _advance(stack, limits)
-            if not stack:
+            if not close():
                 break
             continue
         nodes += 1
@@ -390,11 +393,7 @@ def _scan_cbor(data: bytes, limits: Limits, root: str) -> None:
             if top[2] > max_items:
                 raise ValidationError(f"more than {max_items} entries", field=top[5] or root)
         elif top[2] >= top[1]:
-            stack.pop()
-            if not stack:
-                break
-            _advance(stack, limits)
-            if not stack:
+            if not close():
                 break
     if pos != n:
         raise ValidationError(f"not valid CBOR: {n - pos} bytes after the end of the value", field=root)

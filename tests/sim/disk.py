@@ -84,13 +84,18 @@ class SimDisk:
         ino = self._names.get(path)
         return None if ino is None else bytes(ino.data)
 
+    def _inode(self, path: str) -> "_Inode":
+        """The file at ``path``, created empty (not yet durable) if absent."""
+        ino = self._names.get(path)
+        if ino is None:
+            ino = self._names[path] = _Inode()
+        return ino
+
     def write(self, path: str, offset: int, data: bytes) -> None:
         self._op()
         if offset < 0:
             raise ValueError("negative offset")
-        ino = self._names.get(path)
-        if ino is None:
-            ino = self._names[path] = _Inode()
+        ino = self._inode(path)
         old_len = len(ino.data)
         ino.undo.append((offset, bytes(ino.data[offset:offset + len(data)]), old_len, len(data)))
         if old_len < offset:
@@ -101,9 +106,7 @@ class SimDisk:
         self._op()
         if size < 0:
             raise ValueError("negative size")
-        ino = self._names.get(path)
-        if ino is None:
-            ino = self._names[path] = _Inode()
+        ino = self._inode(path)
         old_len = len(ino.data)
         ino.undo.append((size, bytes(ino.data[size:]), old_len, 0))
         if old_len > size:
