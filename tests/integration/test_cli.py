@@ -132,10 +132,13 @@ def test_job_run_follows_with_global_options_after_the_subcommand(sim_cluster, t
 def test_up_writes_env_stops_on_ctrl_c_and_resumes(tmp_path):
     d = tmp_path / "dev"
 
+    up_out = tmp_path / "up.out"
+
     def start() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "raftctl.cli.main", "up", "--dir", str(d), "--runtime", "process"],
-                                cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # `up`'s output goes to a file, not a pipe nobody reads until the end: a full pipe would stall it
+        with open(up_out, "w") as out_file:
+            return subprocess.Popen([sys.executable, "-m", "raftctl.cli.main", "up", "--dir", str(d),
+                                     "--runtime", "process"], cwd=ROOT, stdout=out_file, stderr=subprocess.STDOUT)
     proc = start()
     try:
         wait_until(lambda: (d / "env").exists() and "cluster up" in (d / "cluster.json").read_text() or
@@ -183,7 +186,8 @@ def test_up_writes_env_stops_on_ctrl_c_and_resumes(tmp_path):
         assert "ENDPOINT" not in raftctl("machine", "list", env=env).stdout  # the plain table stays narrow
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+    out = up_out.read_text()
     assert proc.returncode == 0, out
     assert "stopped" in out
     assert f"dns 127.0.0.1:{dns_port}" in out and f"dig @127.0.0.1 -p {dns_port} web.service.raftctl SRV" in out
@@ -200,5 +204,5 @@ def test_up_writes_env_stops_on_ctrl_c_and_resumes(tmp_path):
         assert job["job"]["spec"]["image"] == "k:1"
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=30)
+        proc.wait(timeout=30)
     assert proc.returncode == 0
