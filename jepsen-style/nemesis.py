@@ -182,7 +182,7 @@ class Partitioner:
         p = p or self.current
         t0 = time.monotonic()
         mismatches: list[dict[str, Any]] = []
-        for attempt in range(attempts):
+        for _attempt in range(attempts):
             seen = self.net.reachability()
             mismatches = []
             for (a, b), ok in sorted(seen.items()):

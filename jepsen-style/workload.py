@@ -30,7 +30,7 @@ import random
 import sys
 import time
 import uuid
-from typing import Any, Iterable
+from typing import Any
 
 import aiohttp
 

@@ -12,5 +12,5 @@ def skip_loudly(what: str, problem: str, untested: str) -> NoReturn:
     """e.g. skip_loudly("RUNC ISOLATION TESTS", "not root", "Container isolation")."""
     msg = f"!!! {what} SKIPPED: {problem}. {untested} is NOT being tested. !!!"
     print("\n" + msg, file=sys.stderr)
-    warnings.warn(msg)
+    warnings.warn(msg, stacklevel=2)
     pytest.skip(msg)

@@ -47,7 +47,7 @@ def register(cli: click.Group) -> None:
                 cluster.wait_agents(60)
         except Exception as exc:
             cluster.stop()
-            raise click.ClickException(str(exc))
+            raise click.ClickException(str(exc)) from exc
         leader = cluster.leader()
         env = os.path.join(cluster.dir, "env")
         click.echo(f"cluster up: leader {leader.id if leader else '?'}")

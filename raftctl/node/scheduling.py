@@ -152,7 +152,7 @@ class SchedulerLoop:
             t0 = time.perf_counter()
             # the pure pass runs on a worker thread, never on the event loop; it is not abandoned (the leader
             # needs its plan) but offers the GIL to the loop as a dry run does
-            plan = await loop.run_in_executor(None, lambda: schedule(jobs, placements, machines, index=index,
+            plan = await loop.run_in_executor(None, lambda: schedule(jobs, placements, machines, index=index,  # noqa: B023
                                                                      now=int(time.time() * 1000), check=gil_offer()))
             self.last_pass_ms = (time.perf_counter() - t0) * 1000
             self.passes += 1

@@ -159,6 +159,6 @@ class HashingReader(io.RawIOBase):
         return n
 
     def drain(self) -> str:
-        for chunk in iter(lambda: self.read(CHUNK), b""):
+        for _chunk in iter(lambda: self.read(CHUNK), b""):
             pass
         return "sha256:" + self.h.hexdigest()

@@ -382,7 +382,7 @@ def test_a_rejection_older_than_a_success_does_not_move_next_index_back(handle: 
     h = handle(True)
     _leader(h)
     term = h.node.raftCurrentTerm
-    for i in range(30):
+    for _ in range(30):
         h.node._SyncObj__raftLog.add(*noop(h.log[-1][1] + 1, term))  # type: ignore[attr-defined]
     last = h.log[-1][1]
     ok = {"type": "next_node_idx", "success": True, "reset": False, "term": term}
@@ -414,7 +414,7 @@ def test_a_newer_rejection_moves_next_index_to_its_hint_but_never_below_match_pl
     h = handle(True)
     _leader(h)
     term = h.node.raftCurrentTerm
-    for i in range(100):
+    for _ in range(100):
         h.node._SyncObj__raftLog.add(*noop(h.log[-1][1] + 1, term))  # type: ignore[attr-defined]
     probe = _appends_to(h, LEADER, 0)[-1]
     h.deliver(LEADER, {"type": "next_node_idx", "success": True, "reset": False, "term": term,

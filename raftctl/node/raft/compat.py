@@ -32,7 +32,6 @@ SYNCOBJ_METHODS: dict[str, tuple[str, ...]] = {
     "_SyncObj__doChangeCluster": ("self", "request", "reverse"),
     "_SyncObj__loadDumpFile": ("self", "clearJournal"),
     "_SyncObj__connectedToAnyone": ("self",),
-    "_onTick": ("self", "timeToWait"),
     "_getLeader": ("self",),
     "_isLeader": ("self",),
     "getStatus": ("self",),
