@@ -82,7 +82,7 @@ def claim_port_slot(preferred: int | None, registry: str) -> tuple[int, int | No
     """(slot, fd holding its lock); the preferred slot first. With every slot held by a running cluster:
     slot 0 without a lock, and a warning (ports may collide)."""
     os.makedirs(registry, exist_ok=True)
-    order = ([preferred] if preferred in range(PORT_SLOTS) else []) + [k for k in range(PORT_SLOTS) if k != preferred]
+    order = ([preferred] if preferred is not None and 0 <= preferred < PORT_SLOTS else []) + [k for k in range(PORT_SLOTS) if k != preferred]
     for slot in order:
         fd = os.open(os.path.join(registry, f"slot-{slot}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:

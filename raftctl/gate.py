@@ -21,7 +21,7 @@ import re
 import struct
 import tomllib
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import cbor2
 import yaml
@@ -539,7 +539,7 @@ def decode_toml(raw: bytes | str, *, limits: Limits = DEFAULT, root: str = "body
 
 # -- one entry per use ------------------------------------------------------------------------------------------
 
-DECODERS = {"json": decode_json, "cbor": decode_cbor, "yaml": decode_yaml, "toml": decode_toml}
+DECODERS: dict[str, Callable[..., Any]] = {"json": decode_json, "cbor": decode_cbor, "yaml": decode_yaml, "toml": decode_toml}
 
 
 def decode(raw: bytes | str, fmt: str, *, limits: Limits = DEFAULT, root: str = "body") -> Any:

@@ -86,7 +86,7 @@ class Group(click.Group):
         if global_options:
             _add_global_options(self, root=root)
 
-    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except RaftctlError as exc:

@@ -1,6 +1,8 @@
 """raftctl cluster status|add-member|remove-member."""
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from raftctl.cli.base import client
@@ -55,7 +57,7 @@ def register(cli: click.Group) -> None:
         data = _to_leader(ctx).request("DELETE", f"/v1/members/{raft_addr}")
         emit(ctx, data, text=f"member {raft_addr} removed")
 
-    def _to_leader(ctx: click.Context):  # type: ignore[no-untyped-def]
+    def _to_leader(ctx: click.Context) -> Any:
         c = client(ctx)
         st = c.request("GET", "/v1/status")
         if st.get("leader_api"):

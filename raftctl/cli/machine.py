@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+from typing import Any
+
 import click
 
 from raftctl.cli.base import client, structured
@@ -53,7 +55,7 @@ def register(cli: click.Group) -> None:
             c.request("POST", f"/v1/machines/{mid}/undrain")
         emit(ctx, {"undrained": ids}, text=f"undrained {', '.join(ids)}")
 
-    def _select(c, machine_id: str | None, domain: str | None) -> list[str]:  # type: ignore[no-untyped-def]
+    def _select(c: Any, machine_id: str | None, domain: str | None) -> list[str]:
         if bool(machine_id) == bool(domain):
             raise click.UsageError("give a machine id or --domain level=value")
         if machine_id:

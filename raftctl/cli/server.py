@@ -4,10 +4,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Callable
 
 import click
 
 from raftctl.cli.output import fail
+from raftctl.errors import ValidationError
 from raftctl.config import config_option
 
 
@@ -24,7 +26,7 @@ def _read_secret(secret: str | None, secret_file: str | None, flag: str = "--sec
     return secret
 
 
-def _seconds(parse, value: str, flag: str, error: type) -> float:  # type: ignore[no-untyped-def]
+def _seconds(parse: Callable[[str], int], value: str, flag: str, error: type[ValidationError]) -> float:
     try:
         return parse(value) / 1000
     except error as exc:
@@ -33,7 +35,6 @@ def _seconds(parse, value: str, flag: str, error: type) -> float:  # type: ignor
 
 
 def _body_limit(value: str) -> int:
-    from raftctl.errors import ValidationError
     from raftctl.statemachine.units import parse_size
 
     try:
@@ -77,7 +78,6 @@ def register(cli: click.Group) -> None:
                dns_port: int | None, compact_entries: int, heartbeat_ttl: str, heartbeat_interval: str, max_body: str,
                tls_cert: str | None, tls_key: str | None, tls_ca: str | None, log_level: str) -> None:
         """Run a control replica (Raft member + HTTP API; the leader runs the controllers)."""
-        from raftctl.errors import ValidationError
         from raftctl.node.replica import ServerConfig, serve
         from raftctl.statemachine.units import parse_duration
 

@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator, Mapping
+from typing import Any, AsyncGenerator, Iterator, Mapping
 
 import aiohttp
 
@@ -192,7 +192,7 @@ class Client:
         self._good[key] = ans
 
     async def watch(self, service: str, near: Near = None, *, wait_s: float = 30.0,
-                    max_backoff_s: float = 5.0) -> AsyncIterator[Answer]:
+                    max_backoff_s: float = 5.0) -> AsyncGenerator[Answer, None]:
         """Yield the current answer, then a new one each time the service's endpoints change.
 
         Driven by blocking queries (`?index=N&wait=30s`). While no replica answers

@@ -54,7 +54,7 @@ def distance(fault_domain: Mapping[str, Any], near: Mapping[str, str] | None) ->
 def _endpoint(e: Mapping[str, Any], machines: Mapping[str, Any]) -> dict[str, Any]:
     fd = e.get("fault_domain")
     if not fd:  # older entries: fall back to the machine's record
-        fd = (machines.get(e.get("machine")) or {}).get("fault_domain") or {}
+        fd = (machines.get(str(e.get("machine"))) or {}).get("fault_domain") or {}
     return {"address": e.get("address"), "port": e.get("port"), "placement": e.get("placement"),
             "machine": e.get("machine"), "version": e.get("version"), "fault_domain": dict(fd)}
 

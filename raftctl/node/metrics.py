@@ -1,9 +1,11 @@
 """GET /metrics: Prometheus text format, one registry per replica."""
 from __future__ import annotations
 
+from typing import Any, Iterator
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from raftctl.node import views
 from raftctl.node.efficiency import prometheus_families
@@ -34,10 +36,10 @@ def registry_for(replica: object) -> tuple[CollectorRegistry, ApiMetrics]:
 
 
 class ReplicaCollector:
-    def __init__(self, replica: object) -> None:
+    def __init__(self, replica: Any) -> None:
         self.replica = replica
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         r = self.replica
         if getattr(r, "raft", None) is None:
             return
@@ -61,11 +63,11 @@ class ReplicaCollector:
             g = GaugeMetricFamily(name, f"Number of {name.split('_')[1]} in the state")
             g.add_metric([], value)
             yield g
-        def by_state(s):  # type: ignore[no-untyped-def]
+        def by_state(s: Any) -> tuple[dict[str, int], dict[tuple[str, str], int], int, dict[str, int], int]:
             machines: dict[str, int] = {}
             for m in views.machines(s):
                 machines[m["state"]] = machines.get(m["state"], 0) + 1
-            placements: dict[tuple, int] = {}
+            placements: dict[tuple[str, str], int] = {}
             for p in s.placements.values():
                 key = (p["state"], p["health"])
                 placements[key] = placements.get(key, 0) + 1

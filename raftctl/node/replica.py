@@ -119,7 +119,7 @@ class Replica:
         await self.hand_over_leadership()
         if self.proposer:
             await self.proposer.stop()
-        if getattr(self, "dns", None) is not None:
+        if self.dns is not None:
             await self.dns.stop()
         if self.runner:
             await self.runner.cleanup()
