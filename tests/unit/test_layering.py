@@ -46,7 +46,6 @@ NOT_YET: set[tuple[str, str]] = {
     ("raftctl.cli.agent", "raftctl.errors"),
     ("raftctl.cli.agent", "raftctl.config"),
     ("raftctl.cli.agent", "raftctl.cli.server"),
-    ("raftctl.cli.server", "raftctl.errors"),
 }
 
 PURE = ("raftctl.statemachine", "raftctl.scheduler")
