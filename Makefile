@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DIR ?= .raftctl-dev
 
-.PHONY: deps system-deps up test test-fast bench jepsen clean
+.PHONY: deps system-deps up test test-fast bench bench-deps jepsen clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,7 +45,21 @@ up: deps
 test: deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-bench: deps
+# What the benchmarks compare against: etcd 3.4 (bench/raft_commit.py) and wrk, the C load generator
+# (raft_commit.py, discovery.py). Only as root, only where apt-get exists; otherwise those parts print n/a.
+bench-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  missing=""; \
+	  command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	  command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	else echo "not root or no apt-get: wrk/etcd not installed; the benches print n/a for those parts"; fi
+
+bench: deps bench-deps
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 jepsen: deps

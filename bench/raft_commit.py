@@ -1,24 +1,38 @@
-"""Committed writes/s and latency through the HTTP API, beside bare pysyncobj.
+"""Committed writes/s and latency through the HTTP API, beside etcd 3.4 and bare pysyncobj, in one run.
 
-Baseline: three bare pysyncobj processes holding a replicated counter (pysyncobj
-defaults, in-memory journal), the leader submitting pipelined increments.
-raftctl: three `raftctl server` processes (durable journal, msync per entry),
-32 concurrent keep-alive HTTP clients each scaling its own job through a
-randomly chosen replica (so two thirds of writes are forwarded by a follower).
-Prints human figures and one JSON line; the ratio is raftctl / bare.
+Systems, each with 3 members on loopback and data in a temp dir on the same disk:
+- raftctl: three `raftctl server` processes (durable journal, fsync'd), clients scaling jobs
+  (POST /v1/jobs/b<i>/scale);
+- etcd 3.4 (Debian `etcd-server`, default fsync), clients putting keys (POST /v3/kv/put, the JSON gateway);
+- bare pysyncobj: a replicated counter, pipelined on the leader (in-memory journal): the Raft library's ceiling;
+- a bare aiohttp handler: the Python client's and aiohttp's ceiling on this machine.
+
+Two load generators against raftctl and etcd alike:
+- the same Python client (aiohttp, N keep-alive clients, client i on member i % 3, so two thirds of
+  writes are forwarded by a follower);
+- wrk (C) with a Lua script posting the same bodies: one wrk process per member, N/3 connections each,
+  so the Python client is not the ceiling. Rates add up; p99 is the worst of the three processes.
+
+Every process and temp dir is cleaned up. Prints human figures and one JSON line; ratios are raftctl / etcd.
+Without etcd or wrk installed (`make bench-deps` installs both as root on Debian) those parts print n/a.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
-import statistics
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
+from typing import Any, Callable
 
 import aiohttp
 
@@ -69,8 +83,139 @@ BARE_HTTP = textwrap.dedent("""
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """)
 
+# One request per call, taken round-robin from a table the bench writes in: (path, body) pairs.
+WRK_LUA = textwrap.dedent("""
+    local reqs = {%s}
+    local i = 0
+    init = function(args) i = tonumber(args[1]) or 0 end
+    request = function()
+      i = i + 1
+      local r = reqs[i %% #reqs + 1]
+      return wrk.format("POST", r[1], nil, r[2])
+    end
+""")
 
-def bare_http(seconds: float, clients: int) -> dict:
+Request = Callable[[int, int], tuple[str, dict[str, Any]]]   # (client, n) -> (path, JSON body)
+
+
+def raftctl_request(i: int, n: int) -> tuple[str, dict[str, Any]]:
+    return f"/v1/jobs/b{i}/scale", {"replicas": n % 3}
+
+
+def b64(s: str) -> str:
+    return base64.b64encode(s.encode()).decode()
+
+
+def etcd_request(i: int, n: int) -> tuple[str, dict[str, Any]]:
+    return "/v3/kv/put", {"key": b64(f"b{i}"), "value": b64(str(n % 3))}
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    return xs[min(len(xs) - 1, int(len(xs) * q))] * 1000 if xs else None
+
+
+async def http_load(urls: list[str], headers: dict[str, str], request: Request, seconds: float, clients: int,
+                    setup: Callable[[aiohttp.ClientSession], Any] | None = None) -> dict[str, Any]:
+    """N keep-alive clients, client i on urls[i % len(urls)], each posting request(i, n) in a loop; the first
+    second is warm-up. Writes/s counts answered 200s after the warm-up."""
+    lat: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=clients * 2)) as s:
+        if setup:
+            await setup(s)
+        stop_at = time.monotonic() + seconds
+        warm_until = time.monotonic() + 1.0
+
+        async def worker(i: int) -> None:
+            nonlocal errors
+            n = 0
+            url = urls[i % len(urls)] if not LEADER_ONLY else urls[0]
+            while time.monotonic() < stop_at:
+                n += 1
+                path, body = request(i, n)
+                t0 = time.monotonic()
+                async with s.post(url + path, json=body) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                        continue
+                if t0 > warm_until:
+                    lat.append(time.monotonic() - t0)
+
+        await asyncio.gather(*(worker(i) for i in range(clients)))
+    lat.sort()
+    return {"writes_per_s": len(lat) / (seconds - 1.0), "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99),
+            "errors": errors, "samples": len(lat)}
+
+
+def raftctl_setup(clients: int) -> Callable[[aiohttp.ClientSession], Any]:
+    async def setup(s: aiohttp.ClientSession) -> None:
+        spec = {"image": "bench:1", "command": ["sleep", "1"], "replicas": 0}
+        for i in range(clients):
+            async with s.put(f"{URLS[0]}/v1/jobs/b{i}", json={**spec, "name": f"b{i}"}) as r:
+                assert r.status == 200, await r.text()
+    return setup
+
+
+URLS: list[str] = []
+LEADER_ONLY = os.environ.get("LEADER_ONLY") == "1"
+
+
+# -- wrk ---------------------------------------------------------------------------------------------------------
+def _wrk_ms(out: str, label: str) -> float | None:
+    m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\b", out, re.M)
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)] if m else None
+
+
+def wrk_load(urls: list[str], headers: dict[str, str], request: Request, seconds: int, clients: int,
+             keys: int) -> dict[str, Any] | None:
+    """One wrk process per member (1 thread, clients/len(urls) connections), all at once, posting the bodies of
+    ``request`` round-robin. Rates add up; p50/p99: the worst of the processes."""
+    if not shutil.which("wrk"):
+        return None
+    rows = []
+    for n in range(3):
+        for i in range(keys):
+            path, body = request(i, n)
+            rows.append("{%s, %s}" % (json.dumps(path), json.dumps(json.dumps(body))))
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_LUA % ", ".join(rows))
+        script = f.name
+    conns = [clients // len(urls) + (k < clients % len(urls)) for k in range(len(urls))]
+    try:
+        procs = []
+        for k, url in enumerate(urls):
+            if not conns[k]:
+                continue
+            argv = ["wrk", "-t1", f"-c{conns[k]}", f"-d{seconds}s", "--latency", "-s", script]
+            for h, v in headers.items():
+                argv += ["-H", f"{h}: {v}"]
+            procs.append(subprocess.Popen(argv + [url, "--", str(k * 7)], stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+        outs = [p.communicate(timeout=seconds + 60)[0] for p in procs]
+    finally:
+        os.unlink(script)
+    rate, non2xx, p50s, p99s = 0.0, 0, [], []
+    for out in outs:
+        m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        if not m:
+            print("wrk failed:\n" + out, file=sys.stderr)
+            return None
+        rate += float(m.group(1))
+        e = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        non2xx += int(e.group(1)) if e else 0
+        p50s.append(_wrk_ms(out, "50"))
+        p99s.append(_wrk_ms(out, "99"))
+    ok = [p for p in p99s if p is not None]
+    ok50 = [p for p in p50s if p is not None]
+    # wrk counts non-2xx answers as requests: take them out of the rate
+    good = rate * (1 - non2xx / max(1.0, rate * seconds)) if rate else 0.0
+    return {"writes_per_s": good, "p50_ms": max(ok50) if ok50 else None, "p99_ms": max(ok) if ok else None,
+            "non_2xx": non2xx, "processes": len(outs), "connections": sum(conns)}
+
+
+# -- the systems -----------------------------------------------------------------------------------------------
+def bare_http(seconds: float, clients: int) -> dict[str, Any]:
     """The same client against a bare aiohttp handler: the HTTP ceiling of this machine."""
     port = free_port()
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
@@ -79,7 +224,7 @@ def bare_http(seconds: float, clients: int) -> dict:
     proc = subprocess.Popen([sys.executable, script, str(port)])
     try:
         time.sleep(1.0)
-        return asyncio.run(raftctl_http([f"http://127.0.0.1:{port}"], "x", seconds, clients))
+        return asyncio.run(http_load([f"http://127.0.0.1:{port}"], {}, raftctl_request, seconds, clients))
     finally:
         proc.kill()
         proc.wait()
@@ -87,6 +232,8 @@ def bare_http(seconds: float, clients: int) -> dict:
 
 
 def bare_pysyncobj(seconds: float) -> float:
+    import selectors
+
     ports = [free_port() for _ in range(3)]
     addrs = [f"127.0.0.1:{p}" for p in ports]
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
@@ -100,7 +247,6 @@ def bare_pysyncobj(seconds: float) -> float:
                                       stdout=subprocess.PIPE, text=True))
     rate = 0.0
     try:
-        import selectors
         sel = selectors.DefaultSelector()
         for p in procs:
             sel.register(p.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
@@ -118,72 +264,149 @@ def bare_pysyncobj(seconds: float) -> float:
     return rate
 
 
-async def raftctl_http(urls: list[str], token: str, seconds: float, clients: int) -> dict:
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    spec = {"image": "bench:1", "command": ["sleep", "1"], "replicas": 0}
-    lat: list[float] = []
-    errors = 0
-    async with aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=clients * 2)) as s:
-        for i in range(clients):
-            async with s.put(f"{urls[0]}/v1/jobs/b{i}", json={**spec, "name": f"b{i}"}) as r:
-                assert r.status == 200, await r.text()
-        stop_at = time.monotonic() + seconds
-        warm_until = time.monotonic() + 1.0
+class Etcd:
+    """Three etcd members on loopback ports, data under ``directory``; stop() kills them all."""
 
-        async def worker(i: int) -> None:
-            nonlocal errors
-            n = 0
-            url = urls[i % len(urls)] if not LEADER_ONLY else urls[0]
-            while time.monotonic() < stop_at:
-                n += 1
-                t0 = time.monotonic()
-                async with s.post(f"{url}/v1/jobs/b{i}/scale", json={"replicas": n % 3}) as r:
-                    await r.read()
-                    if r.status != 200:
-                        errors += 1
-                        continue
-                if t0 > warm_until:
-                    lat.append(time.monotonic() - t0)
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        self.members = [(f"e{i}", free_port(), free_port()) for i in range(3)]   # name, client, peer port
+        self.procs: list[subprocess.Popen] = []
 
-        await asyncio.gather(*(worker(i) for i in range(clients)))
-    measured = seconds - 1.0
-    lat.sort()
-    return {"writes_per_s": len(lat) / measured, "p50_ms": statistics.median(lat) * 1000 if lat else None,
-            "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1000 if lat else None, "errors": errors, "samples": len(lat)}
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{c}" for _, c, _ in self.members]
+
+    def start(self, timeout: float = 30.0) -> None:
+        cluster = ",".join(f"{n}=http://127.0.0.1:{p}" for n, _, p in self.members)
+        for name, client, peer in self.members:
+            data = os.path.join(self.dir, name)
+            log = open(os.path.join(self.dir, f"{name}.log"), "wb")
+            self.procs.append(subprocess.Popen(
+                ["etcd", "--name", name, "--data-dir", data,
+                 "--listen-client-urls", f"http://127.0.0.1:{client}",
+                 "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                 "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                 "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                 "--initial-cluster-token", f"bench-{os.getpid()}", "--logger", "zap", "--log-level", "error"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"etcd exited with {p.returncode}; see {self.dir}")
+            try:
+                if all(json.loads(urllib.request.urlopen(u + "/health", timeout=1).read()).get("health") == "true"
+                       for u in self.urls):
+                    return
+            except Exception:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("etcd not healthy")
+
+    def leader_first(self) -> list[str]:
+        for u in self.urls:
+            try:
+                req = urllib.request.Request(u + "/v3/maintenance/status", data=b"{}", method="POST")
+                st = json.loads(urllib.request.urlopen(req, timeout=2).read())
+                if st.get("leader") == st.get("header", {}).get("member_id"):
+                    return [u] + [x for x in self.urls if x != u]
+            except Exception:
+                continue
+        return self.urls
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
-LEADER_ONLY = os.environ.get("LEADER_ONLY") == "1"
+def run_etcd(seconds: float, clients: int, wrk_seconds: int) -> tuple[dict | None, dict | None]:
+    if not shutil.which("etcd"):
+        print("etcd not found (apt-get install etcd-server, or `make bench-deps`): the etcd part is skipped")
+        return None, None
+    with tempfile.TemporaryDirectory(prefix="bench-etcd-") as d:
+        etcd = Etcd(d)
+        try:
+            etcd.start()
+            urls = etcd.leader_first()
+            py = asyncio.run(http_load(urls, {}, etcd_request, seconds, clients))
+            wk = wrk_load(urls, {"Content-Type": "application/json"}, etcd_request, wrk_seconds, clients, clients)
+        finally:
+            etcd.stop()
+    return py, wk
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=6.0)
-    ap.add_argument("--clients", type=int, default=32)
-    args = ap.parse_args()
-    bare = bare_pysyncobj(args.seconds)
-    print(f"bare pysyncobj counter, pipelined on the leader: {bare:,.0f} commits/s")
-    http = bare_http(args.seconds + 1.0, args.clients)
-    print(f"bare aiohttp handler, same client: {http['writes_per_s']:,.0f} requests/s, p50 {http['p50_ms']:.2f} ms")
-    with tempfile.TemporaryDirectory() as d:
+def run_raftctl(seconds: float, clients: int, wrk_seconds: int) -> tuple[dict, dict | None]:
+    with tempfile.TemporaryDirectory(prefix="bench-raftctl-") as d:
         cluster = LocalCluster(d, replicas=3, log_level="warning")
         cluster.start(timeout=30)
         try:
             leader = cluster.leader()
             urls = [leader.url] + [u for u in cluster.urls if u != leader.url] if leader else cluster.urls
-            res = asyncio.run(raftctl_http(urls, cluster.token() or "", args.seconds + 1.0, args.clients))
-            with open(os.path.join(cluster.servers[0].data_dir, "raft.journal.meta"), "rb"):
-                pass
+            URLS[:] = urls
+            headers = {"Authorization": f"Bearer {cluster.token() or ''}", "Content-Type": "application/json"}
+            py = asyncio.run(http_load(urls, headers, raftctl_request, seconds, clients, raftctl_setup(clients)))
+            wk = wrk_load(urls, headers, raftctl_request, wrk_seconds, clients, clients)
         finally:
             cluster.stop()
-    ratio = res["writes_per_s"] / bare if bare else None
-    print(f"raftctl HTTP API, {args.clients} clients over 3 replicas: {res['writes_per_s']:,.0f} writes/s, "
-          f"p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, errors {res['errors']}")
-    print(f"ratio raftctl / bare pysyncobj: {ratio:.3f}" if ratio else "ratio: n/a (baseline failed)")
-    http_ratio = res["writes_per_s"] / http["writes_per_s"] if http["writes_per_s"] else None
-    print(f"ratio raftctl / bare aiohttp (the HTTP ceiling here): {http_ratio:.3f}" if http_ratio else "")
-    print(json.dumps({"bench": "raft_commit", "bare_commits_per_s": round(bare, 1), **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()},
-                      "ratio": round(ratio, 4) if ratio else None, "bare_http_per_s": round(http["writes_per_s"], 1),
-                      "ratio_vs_bare_http": round(http_ratio, 4) if http_ratio else None, "clients": args.clients}))
+    return py, wk
+
+
+def _fmt(r: dict | None) -> str:
+    if not r:
+        return "n/a"
+    return (f"{r['writes_per_s']:,.0f} writes/s, p50 {r['p50_ms'] or float('nan'):.2f} ms, "
+            f"p99 {r['p99_ms'] or float('nan'):.2f} ms, errors {r.get('errors', r.get('non_2xx'))}")
+
+
+def _ratio(a: dict | None, b: dict | None) -> float | None:
+    return round(a["writes_per_s"] / b["writes_per_s"], 3) if a and b and b["writes_per_s"] else None
+
+
+def _round(r: dict | None) -> dict | None:
+    return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} if r else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=7.0, help="Python-client run per system (1 s warm-up)")
+    ap.add_argument("--wrk-seconds", type=int, default=5)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--skip-bare", action="store_true", help="skip bare pysyncobj and bare aiohttp")
+    args = ap.parse_args()
+    load0 = os.getloadavg()[0]
+    bare = http = None
+    if not args.skip_bare:
+        bare = bare_pysyncobj(args.seconds - 1.0)
+        print(f"bare pysyncobj counter, pipelined on the leader: {bare:,.0f} commits/s")
+        http = bare_http(args.seconds, args.clients)
+        print(f"bare aiohttp handler, same client: {_fmt(http)}")
+    r_py, r_wrk = run_raftctl(args.seconds, args.clients, args.wrk_seconds)
+    e_py, e_wrk = run_etcd(args.seconds, args.clients, args.wrk_seconds)
+    print(f"raftctl, Python client ({args.clients} clients over 3 replicas): {_fmt(r_py)}")
+    print(f"etcd 3.4, Python client ({args.clients} clients over 3 members):  {_fmt(e_py)}")
+    print(f"raftctl, wrk ({args.clients} connections over 3 replicas): {_fmt(r_wrk)}")
+    print(f"etcd 3.4, wrk ({args.clients} connections over 3 members):  {_fmt(e_wrk)}")
+    res = {"bench": "raft_commit", "clients": args.clients, "load1_before": round(load0, 2),
+           "load1_after": round(os.getloadavg()[0], 2),
+           "raftctl": _round(r_py), "etcd": _round(e_py), "ratio_vs_etcd": _ratio(r_py, e_py),
+           "raftctl_wrk": _round(r_wrk), "etcd_wrk": _round(e_wrk), "ratio_vs_etcd_wrk": _ratio(r_wrk, e_wrk),
+           "bare_commits_per_s": round(bare, 1) if bare else None,
+           "ratio_vs_bare_pysyncobj": round(r_py["writes_per_s"] / bare, 4) if bare else None,
+           "bare_http_per_s": round(http["writes_per_s"], 1) if http else None,
+           "ratio_vs_bare_http": _ratio(r_py, http)}
+    print(f"ratio raftctl / etcd: Python client {res['ratio_vs_etcd']}, wrk {res['ratio_vs_etcd_wrk']} (aim >= 1.0)")
+    if http:
+        print(f"ratio raftctl / bare aiohttp (the Python client's ceiling here): {res['ratio_vs_bare_http']}")
+    print(json.dumps(res))
 
 
 if __name__ == "__main__":
