@@ -26,7 +26,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from raftctl.client import Client  # noqa: E402
+from raftctl.client import ApiError, Client  # noqa: E402
 from raftctl.devcluster import LocalCluster, free_port  # noqa: E402
 
 BARE = textwrap.dedent("""
@@ -67,8 +67,12 @@ def setup(cluster: LocalCluster) -> Client:
     c.request("PUT", "/v1/jobs/web", {"name": "web", "image": "web:1", "command": ["serve"], "replicas": 3,
                                       "ports": [{"name": "http"}], "spread": [{"level": "zone", "mode": "hard"}]})
     deadline = time.monotonic() + 30
+    pl: list = []
     while time.monotonic() < deadline:
-        pl = c.request("GET", "/v1/jobs/web/placements")["placements"]
+        try:   # a follower may not have applied the job yet (reads are local)
+            pl = c.request("GET", "/v1/jobs/web/placements")["placements"]
+        except ApiError:
+            pl = []
         if len(pl) == 3:
             break
         time.sleep(0.1)
@@ -110,8 +114,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--transitions", type=int, default=50)
     args = ap.parse_args()
+    load0 = os.getloadavg()[0]
     if not shutil.which("wrk"):
-        print("wrk not found (apt-get install wrk); skipping the throughput part")
+        print("wrk not found (apt-get install wrk, or `make bench-deps` as root); skipping the throughput part")
     with tempfile.TemporaryDirectory() as d:
         cluster = LocalCluster(d, replicas=3, log_level="warning")
         for p in cluster.servers:
@@ -149,7 +154,8 @@ def main() -> None:
     res = {"bench": "discovery", "lookup": real, "bare": bare,
            "ratio": round(real["per_s"] / bare["per_s"], 3) if real and bare else None,
            "staleness_p50_ms": round(statistics.median(stale) * 1000, 1),
-           "staleness_p99_ms": round(stale[min(len(stale) - 1, int(0.99 * len(stale)))] * 1000, 1)}
+           "staleness_p99_ms": round(stale[min(len(stale) - 1, int(0.99 * len(stale)))] * 1000, 1),
+           "load1_before": round(load0, 2), "load1_after": round(os.getloadavg()[0], 2)}
     if real and bare:
         print(f"lookups on a follower: {real['per_s']:,.0f}/s, p50 {real['p50_ms']:.2f} ms, p99 {real['p99_ms']:.2f} ms "
               f"(non-2xx {real['non_2xx']}); bare aiohttp, same bytes: {bare['per_s']:,.0f}/s, p50 {bare['p50_ms']:.2f} ms; "
