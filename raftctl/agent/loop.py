@@ -15,7 +15,6 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -28,7 +27,8 @@ from raftctl.agent.control import BlobFetcher, ControlClient
 from raftctl.agent.logserver import start_log_server
 from raftctl.agent.runtime.base import ContainerSpec, Driver, Observed, RuntimeError_
 from raftctl.agent.runtime.sim import SimDriver
-from raftctl.agent.supervisor import (DRIVER_CALL_S, PREPARE_S, Clock, DriverTimeout, MonotonicClock, Report,
+from raftctl.agent.stopping import Stopper
+from raftctl.agent.supervisor import (PREPARE_S, Clock, DriverTimeout, MonotonicClock, Report,
                                       Supervised, Supervisor)
 from raftctl.agent.supervisor import call_driver as _call
 from raftctl.errors import Forbidden, RaftctlError, Unauthorized
@@ -36,20 +36,7 @@ from raftctl.errors import Forbidden, RaftctlError, Unauthorized
 log = logging.getLogger("raftctl.agent")
 
 
-@dataclass
-class StopAttempt:
-    """One attempt at stopping a container; kept after a failure so the next attempt escalates."""
-    task: asyncio.Task
-    started: float       # monotonic
-    bound: float         # seconds past which the attempt is presumed hung
-    attempt: int         # 0: pre-stop hook, SIGTERM, grace, SIGKILL; 1+: SIGKILL at once
-
-
 __all__ = ["Agent", "DriverTimeout", "Report", "Supervised", "image_digest", "run_agent", "run_agents"]
-
-STOP_GRACE_S = 10.0     # SIGTERM to SIGKILL
-STOP_SLACK_S = 15.0     # a stop attempt running past its grace (+ pre-stop hook) by this much is presumed hung
-
 
 def image_digest(p: dict[str, Any]) -> str | None:
     """The manifest digest a placement's job version runs (resolved when the version was stored)."""
@@ -78,8 +65,7 @@ class Agent:
         self.metrics = AgentMetrics(self)
         self.assigned_images: set[str] = set()    # the images the last assignment answer names (for image GC)
         self.placements: list[dict[str, Any]] | None = None   # the last assignment answer (None before the first)
-        self.stops: dict[str, StopAttempt] = {}   # stops in flight or failed (until the container is gone)
-        self.stop_retries = 0                     # stops started again after one failed or hung
+        self.stopper = Stopper(driver, self.containers, self._report, self.clock)
         self.watch_server: str | None = None      # the replica the assignment watch is parked on
         self.reconcile_s = 1.0                    # level-triggered pass over the driver's containers
 
@@ -211,31 +197,18 @@ class Agent:
                     sup.placement = by_id[cid]
                     sup.task = asyncio.create_task(self._supervise(sup, adopted=True), name=f"sup-{cid}")
             existing = await self._observe()
-            now = self.clock.now()
-            stopping = {cid: converge.StopInFlight(now - a.started, a.bound)
-                        for cid, a in self.stops.items() if not a.task.done()}
             actions = converge.plan(placements, set(self.containers), existing=existing or set(),
-                                    stopping=stopping)
+                                    stopping=self.stopper.in_flight())
             if existing is not None:   # failed stops of containers that are gone since: forget them
-                for cid in [c for c, a in self.stops.items()
-                            if a.task.done() and c not in existing and c not in self.containers]:
-                    del self.stops[cid]
+                self.stopper.forget_gone(existing)
             for p in actions.start:
                 sup = Supervised(placement=p)
                 self.containers[p["id"]] = sup
                 sup.task = asyncio.create_task(self._supervise(sup), name=f"sup-{p['id']}")
             for cid in actions.stop:
-                if cid in self.stops:
-                    log.warning("%s is still there after a failed stop: stopping it again", cid)
-                elif cid not in self.containers:
-                    log.warning("%s runs but is not supervised here: stopping it", cid)
-                self._begin_stop(cid, by_id.get(cid))
+                self.stopper.stop(cid, by_id.get(cid))
             for cid in actions.retry:
-                a = self.stops[cid]
-                log.warning("stop of %s has run %.1fs, past its %.0fs bound: stopping it again with SIGKILL",
-                            cid, now - a.started, a.bound)
-                a.task.cancel()
-                self._begin_stop(cid, by_id.get(cid))
+                self.stopper.retry(cid, by_id.get(cid))
             if report:
                 for pid in actions.report_stopped:
                     self._report(Report(pid, "stopped", reason="not running on this machine"))
@@ -280,60 +253,6 @@ class Agent:
         return Supervisor(sup, self.driver, report=self._report, metrics=self.metrics,
                           container_spec=self._container_spec, host=self.cfg.address, clock=self.clock,
                           rng=self.rng).run(adopted)
-
-    def _begin_stop(self, cid: str, placement: dict[str, Any] | None) -> None:
-        """Start a stop attempt; after a failed or hung one, the next escalates to SIGKILL at once."""
-        prev = self.stops.get(cid)
-        attempt = prev.attempt + 1 if prev else 0
-        if attempt:
-            self.stop_retries += 1
-        sup = self.containers.get(cid)
-        spec = (placement or (sup.placement if sup else {})).get("spec") or {}
-        pre = (spec.get("lifecycle") or {}).get("pre_stop") if attempt == 0 else None
-        bound = STOP_GRACE_S + STOP_SLACK_S + (pre["timeout_ms"] / 1000 if pre else 0.0)
-        task = asyncio.create_task(self._stop(cid, placement, attempt, pre), name=f"stop-{cid}")
-        self.stops[cid] = StopAttempt(task=task, started=self.clock.now(), bound=bound, attempt=attempt)
-
-    async def _stop(self, cid: str, placement: dict[str, Any] | None, attempt: int = 0,
-                    pre: dict[str, Any] | None = None) -> None:
-        sup = self.containers.get(cid)
-        if sup is not None:
-            sup.stopping = True
-            try:   # let a start in flight finish (bounded), so it cannot start the container behind this stop
-                await asyncio.wait_for(sup.start_lock.acquire(), DRIVER_CALL_S)
-                locked = True
-            except asyncio.TimeoutError:
-                log.warning("stopping %s: its start has not returned in %.0fs; stopping anyway", cid, DRIVER_CALL_S)
-                locked = False
-            try:
-                if sup.task:
-                    sup.task.cancel()
-            finally:
-                if locked:
-                    sup.start_lock.release()
-        try:
-            if attempt == 0:
-                if pre and sup is not None and sup.state == "running":
-                    hook_s = pre["timeout_ms"] / 1000
-                    code, _ = await _call(self.driver.exec, cid, pre["exec"], hook_s, bound=hook_s + 5)
-                    log.info("%s pre-stop hook exited %s", cid, code)
-                await _call(self.driver.stop, cid, STOP_GRACE_S, bound=STOP_GRACE_S + 10)
-            else:
-                log.warning("stopping %s again (attempt %d): SIGKILL", cid, attempt + 1)
-                await _call(self.driver.kill, cid, signal.SIGKILL)
-                await _call(self.driver.stop, cid, 1.0)
-            await _call(self.driver.remove, cid)
-            obs: Observed = await _call(self.driver.status, cid)
-            if obs.state == "running":
-                raise RuntimeError_(f"still running (pid {obs.pid}) after stop and remove")
-        except Exception as exc:
-            log.warning("stopping %s (attempt %d) failed: %s; the next pass stops it again", cid, attempt + 1, exc)
-            return   # the attempt stays recorded: the next pass sees the container and escalates
-        self.stops.pop(cid, None)
-        if self.containers.get(cid) is sup:
-            self.containers.pop(cid, None)
-        if placement is not None:
-            self._report(Report(cid, "stopped", reason=placement.get("reason") or "stopped"))
 
     # -- stats for the autoscaler ----------------------------------------------
     async def _stats_loop(self, every_s: float = 2.0) -> None:

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from raftctl.agent import loop
 from raftctl.agent.config import AgentConfig
 from raftctl.agent.loop import Agent
 from raftctl.agent.runtime.base import ContainerSpec, Observed
@@ -96,7 +95,7 @@ async def run_for(agent: Agent, coro, body) -> None:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for t in [s.task for s in agent.containers.values() if s.task] + [a.task for a in agent.stops.values()]:
+        for t in [s.task for s in agent.containers.values() if s.task] + agent.stopper.tasks():
             t.cancel()
 
 
@@ -154,11 +153,10 @@ class HangingStop(ProcessDriver):
         return super().stop(id, grace_s)
 
 
-async def test_a_stop_that_hangs_is_retried_with_sigkill(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "STOP_GRACE_S", 0.5)
-    monkeypatch.setattr(loop, "STOP_SLACK_S", 1.0)
+async def test_a_stop_that_hangs_is_retried_with_sigkill(tmp_path):
     d = HangingStop(str(tmp_path / "proc"))
     a = Agent(AgentConfig(machine="m1", servers=["http://127.0.0.1:1"], token="t", data_dir=str(tmp_path / "a")), d)
+    a.stopper.grace_s, a.stopper.slack_s = 0.5, 1.0
     a.reconcile_s = 0.2
     try:
         await a.converge([placement("s-1")])
@@ -171,7 +169,7 @@ async def test_a_stop_that_hangs_is_retried_with_sigkill(tmp_path, monkeypatch):
             print(f"hung stop: container gone {time.monotonic() - t0:.1f}s after the stop was assigned")
             # _stop removes the container, checks it is gone, and only then forgets it and reports "stopped"
             await eventually(lambda: "s-1" not in a.containers, timeout=5, what="the agent done with the stop")
-            assert a.stop_retries >= 1 and "s-1" not in a.containers
+            assert a.stopper.retries >= 1 and "s-1" not in a.containers
             assert [r.state for r in a.reports if r.placement == "s-1"][-1] == "stopped"
 
         await run_for(a, asyncio.Event().wait(), body)
@@ -206,7 +204,7 @@ async def test_a_stop_during_the_start_waits_for_it_and_stops_what_it_started(tm
         await a.converge([placement("s-1", desired="stop", state="starting")])
         await asyncio.sleep(0.3)
         d.release.set()
-        await eventually(lambda: "s-1" not in a.stops and "s-1" not in a.containers, what="the stop done")
+        await eventually(lambda: "s-1" not in a.stopper.attempts and "s-1" not in a.containers, what="the stop done")
         assert "s-1" not in d.list_existing()
         await asyncio.sleep(0.5)
         assert "s-1" not in running(d)
