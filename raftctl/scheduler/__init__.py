@@ -1,4 +1,7 @@
-"""Pure scheduler: reconcile -> feasibility -> score -> plan (see pipeline.py)."""
-from raftctl.scheduler.pipeline import NewPlacement, Plan, Reconciled, explain, reconcile, schedule
+"""Pure scheduler: reconcile -> feasibility -> ranking -> plan (driver.py runs the pass; see docs/scheduler.md)."""
+from raftctl.scheduler.driver import schedule
+from raftctl.scheduler.feasibility import explain
+from raftctl.scheduler.plan import NewPlacement, Plan
+from raftctl.scheduler.reconcile import Reconciled, reconcile
 
 __all__ = ["NewPlacement", "Plan", "Reconciled", "explain", "reconcile", "schedule"]

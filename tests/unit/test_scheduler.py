@@ -7,8 +7,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from raftctl.scheduler import reconcile, schedule
-from raftctl.scheduler.pipeline import (attr_value, build_views, constraint_ok, explain, f_constraints, f_ports,
-                                        f_resources, f_schedulable, score_anti_affinity, score_binpack, score_spread)
+from raftctl.scheduler import constraints
+from raftctl.scheduler.constraints import attr_value, constraint_ok
+from raftctl.scheduler.feasibility import explain, f_constraints, f_ports, f_resources, f_schedulable
+from raftctl.scheduler.machines import build_views
+from raftctl.scheduler.ranking import score_anti_affinity, score_binpack, score_spread
 from raftctl.statemachine.spec import validate_spec
 
 GI = 1 << 30
@@ -186,12 +189,11 @@ def test_a_catastrophic_pattern_matches_a_10kb_value():
 
 
 def test_the_scheduler_compiles_a_pattern_once_not_once_per_machine(monkeypatch):
-    from raftctl.scheduler import pipeline
-    pipeline.compile_regex.cache_clear()
-    pipeline._cached_search.cache_clear()
+    constraints.compile_regex.cache_clear()
+    constraints._cached_search.cache_clear()
     compiled = []
-    real = pipeline.re2.compile
-    monkeypatch.setattr(pipeline.re2, "compile", lambda p, *a, **k: compiled.append(p) or real(p, *a, **k))
+    real = constraints.re2.compile
+    monkeypatch.setattr(constraints.re2, "compile", lambda p, *a, **k: compiled.append(p) or real(p, *a, **k))
     ms = {f"m{i}": machine(f"m{i}", zone=f"z{i % 3}", labels={"disk": f"ssd-{i}" if i % 2 else f"hdd-{i}"})
           for i in range(200)}
     plan = schedule({"web": job(replicas=20, constraints=[{"attr": "labels.disk", "op": "regex", "value": "^ssd-"}])},

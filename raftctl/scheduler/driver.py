@@ -1,0 +1,102 @@
+"""The scheduling pass: for each job, highest priority first, reconcile, then place its missing replicas
+(feasibility -> ranking), preempting lower-priority placements when nothing else fits. Pure: no I/O, clock or
+randomness; the same state gives the same plan."""
+from __future__ import annotations
+
+from raftctl.scheduler.machines import MachineView, build_views, release
+from raftctl.scheduler.place import place_job
+from raftctl.scheduler.plan import Check, NewPlacement, Plan, Record, no_check
+from raftctl.scheduler.preemption import preempt_for
+from raftctl.scheduler.reconcile import Reconciled, current_spec, live, reconcile
+
+
+def schedule(jobs: dict[str, Record], placements: dict[str, Record], machines: dict[str, Record], *,
+             index: int, now: int, job_names: list[str] | None = None, check: Check = no_check) -> Plan:
+    """One scheduling pass over ``job_names`` (default: every job), highest priority first.
+
+    ``check`` is called between units of work (a machine filtered, a replica placed); a caller that must give
+    up (a dry run past its time bound) makes it raise, and the pass stops there."""
+    pass_ = Pass(Plan(index=index), build_views(machines, placements), placements, machines, check)
+    for p in placements.values():
+        pass_.by_job.setdefault(p["job"], []).append(p)
+    # highest priority first; within a priority, biggest replicas first (best-fit decreasing packs tighter)
+    names = sorted(job_names if job_names is not None else jobs, key=lambda n: order(jobs.get(n), n))
+    pass_.priorities = {n: current_spec(j).get("priority", 50) for n, j in jobs.items()}
+    for name in sorted(set(pass_.by_job) - set(jobs)):  # placements of purged jobs
+        for p in pass_.by_job[name]:
+            if live(p):
+                pass_.plan.stop.append((p["id"], "job purged"))
+    for name in names:
+        check()
+        job = jobs.get(name)
+        if job is not None:
+            pass_.job(name, job, now)
+    return pass_.plan
+
+
+class Pass:
+    """The state of one pass: the plan so far, the machine views it updates, what it stops."""
+
+    def __init__(self, plan: Plan, views: dict[str, MachineView], placements: dict[str, Record],
+                 machines: dict[str, Record], check: Check) -> None:
+        self.plan = plan
+        self.views = views
+        self.placements = placements
+        self.machines = machines
+        self.check = check
+        self.by_job: dict[str, list[Record]] = {}
+        self.priorities: dict[str, int] = {}
+        self.stopping: set[str] = set()
+
+    def job(self, name: str, job: Record, now: int) -> None:
+        spec = current_spec(job)
+        rec = reconcile(job, self.by_job.get(name, []), self.machines, now)
+        for pid, reason in rec.stop:
+            if pid not in self.stopping:
+                self.plan.stop.append((pid, reason))
+                self.stopping.add(pid)
+                release(self.views, self.placements[pid])
+        if job["status"] != "running" or not rec.place:
+            self.plan.pending[name] = ""
+            return
+        placed, pending = place_job(name, job, spec, rec.place, self.views, self.by_job.get(name, []),
+                                    self.plan.index, self.check)
+        self.plan.place.extend(placed)
+        if pending and spec.get("priority", 50) > 0:
+            placed = placed + self.preempt(name, job, spec, rec, len(placed))
+            if len(placed) == len(rec.place):
+                pending = None
+        self.plan.pending[name] = pending or ""
+
+    def preempt(self, name: str, job: Record, spec: Record, rec: Reconciled, done: int) -> list[NewPlacement]:
+        """Place the slots past ``done`` by evicting lower-priority placements, one slot at a time."""
+        out: list[NewPlacement] = []
+        for slot in rec.place[done:]:
+            self.check()
+            got = preempt_for(name, spec, self.views,
+                              {k: v for k, v in self.placements.items() if k not in self.stopping},
+                              self.priorities, self.check)
+            if got is None:
+                break
+            mid, victims = got
+            for pid in victims:
+                self.plan.preempt.append((pid, name))
+                self.stopping.add(pid)
+                release(self.views, self.placements[pid])
+            pinned = {**spec, "constraints": spec.get("constraints", []) + [{"attr": "id", "op": "==", "value": mid}]}
+            more, _ = place_job(name, job, pinned, [slot], self.views, self.by_job.get(name, []), self.plan.index,
+                                self.check)
+            self.plan.place.extend(more)
+            out.extend(more)
+        return out
+
+
+def order(job: Record | None, name: str) -> tuple[int, float, str]:
+    """The pass's job order: priority descending, then the replica's size (its largest share of a typical
+    16-core / 64 GiB machine) descending, then name."""
+    if job is None:
+        return (0, 0.0, name)
+    spec = current_spec(job)
+    r = spec["resources"]
+    size = max(r["cpu"] / 1000 / 16, r["memory"] / (64 << 30))
+    return (-spec.get("priority", 50), -size, name)

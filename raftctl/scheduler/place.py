@@ -1,0 +1,103 @@
+"""Placing one job's replicas: a lazy-greedy heap of the feasible machines by score, re-scoring only what a
+placement changed; what cannot be placed says why."""
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass
+
+from raftctl.scheduler.feasibility import Spec, allocate_ports, explain, f_constraints, f_ports, f_resources, f_schedulable
+from raftctl.scheduler.machines import MachineView
+from raftctl.scheduler.plan import RESOURCES, Check, NewPlacement, Record, no_check
+from raftctl.scheduler.ranking import WEIGHTS, Spread, score_anti_affinity, score_binpack, tie
+
+HeapItem = tuple[float, int, str]   # (-score, tie-break, machine id)
+
+
+@dataclass
+class JobFit:
+    """One job's view of the machines during its placement: whether one more replica fits, and its score."""
+    name: str
+    version: int
+    spec: Spec
+    spread: Spread
+    seed: bytes
+
+    def fits(self, v: MachineView) -> str | None:
+        return f_resources(v, self.spec) or f_ports(v, self.spec) or self.spread.violation(v)
+
+    def score(self, v: MachineView) -> float:
+        total = (WEIGHTS["binpack"] * score_binpack(v, self.spec)
+                 + WEIGHTS["anti_affinity"] * score_anti_affinity(v, self.name, self.version))
+        return self.spread.score(total, v)
+
+    def entry(self, v: MachineView) -> HeapItem:
+        return (-self.score(v), tie(self.seed, v.id), v.id)
+
+    def take(self, v: MachineView, slot: int) -> NewPlacement:
+        """Place one replica in ``slot`` on ``v`` and account for it."""
+        ports = allocate_ports(v, self.spec)
+        for k in RESOURCES:
+            v.free[k] -= self.spec["resources"][k]
+        v.take_ports(ports)
+        v.by_job[(self.name, self.version)] += 1
+        self.spread.add(v)
+        return NewPlacement(self.name, self.version, slot, v.id, dict(self.spec["resources"]), ports)
+
+
+def candidates_for(views: dict[str, MachineView], spec: Spec, check: Check) -> list[MachineView]:
+    """The machines that are schedulable and meet the job's constraints."""
+    out = []
+    for v in views.values():
+        check()
+        if f_schedulable(v, spec) is None and f_constraints(v, spec) is None:
+            out.append(v)
+    return out
+
+
+def pop_best(heap: list[HeapItem], views: dict[str, MachineView], fit: JobFit) -> MachineView | None:
+    """The best machine that still fits one replica; stale heap entries are dropped or re-scored."""
+    while heap:
+        neg, t, mid = heapq.heappop(heap)
+        v = views[mid]
+        if fit.fits(v) is not None:
+            continue  # no longer fits (it only gets fuller within a pass)
+        fresh = -fit.score(v)
+        if heap and fresh > heap[0][0] + 1e-9:
+            heapq.heappush(heap, (fresh, t, mid))  # stale: it scores worse now
+            continue
+        return v
+    return None
+
+
+def place_job(name: str, job: Record, spec: Spec, slots: list[int], views: dict[str, MachineView],
+              placements: list[Record], index: int, check: Check = no_check) -> tuple[list[NewPlacement], str | None]:
+    """New placements for ``slots`` (as many as fit, in order) and, when some do not, why."""
+    candidates = candidates_for(views, spec, check)
+    fit = JobFit(name, job["version"], spec,
+                 Spread.of(spec, job["replicas"], job["version"], candidates, views, placements), f"{name}:{index}".encode())
+    heap = [fit.entry(v) for v in candidates if fit.fits(v) is None]
+    heapq.heapify(heap)
+    out: list[NewPlacement] = []
+    for slot in slots:
+        check()
+        chosen = pop_best(heap, views, fit)
+        if chosen is None:
+            break
+        out.append(fit.take(chosen, slot))
+        if fit.fits(chosen) is None:
+            heapq.heappush(heap, fit.entry(chosen))
+    if len(out) == len(slots):
+        return out, None
+    return out, unplaced_reason(len(slots) - len(out), fit, candidates, views, check)
+
+
+def unplaced_reason(left: int, fit: JobFit, candidates: list[MachineView], views: dict[str, MachineView],
+                    check: Check) -> str:
+    rejected: Counter[str] = Counter()
+    for v in candidates:
+        why = fit.fits(v)
+        if why:
+            rejected[why] += 1
+    others = [v for v in views.values() if v not in candidates]
+    return f"{left} replicas unplaced; " + explain(others, fit.spec, rejected, total=len(views), check=check)
