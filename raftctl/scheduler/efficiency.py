@@ -203,12 +203,12 @@ def efficiency(machines: Mapping[str, Mapping[str, Any]], placements: Mapping[st
         j["replicas"] += 1
         u, rep = _usage_of(p, usage)
         for r in RESOURCES:
-            req = int(p["resources"].get(r, 0))
-            j["allocated"][r] += req
+            asked = int(p["resources"].get(r, 0))
+            j["allocated"][r] += asked
             j["used"][r] += u[r]
             j["reported"][r] += rep[r]
             if rep[r]:
-                j["idle"][r] += max(0.0, req - u[r])
+                j["idle"][r] += max(0.0, asked - u[r])
     for j in jobs.values():
         j["used"] = {r: round(v, 1) for r, v in j["used"].items()}
         j["idle"] = {r: round(v, 1) for r, v in j["idle"].items()}
