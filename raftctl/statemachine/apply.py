@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from raftctl.statemachine import commands as c
+from raftctl.statemachine.records import (DIGEST_RE, HEALTH_STATES, IMAGE_NAME_RE, PLACEMENT_STATES, JobSpec,
+                                          RecordError, from_wire, spec_of)
 from raftctl.statemachine.state import MAX_DEDUP, MAX_EVENTS, State, machine_usage, placement_uses_resources
 
 ROLES = ("admin", "deployer", "operator", "reader", "agent")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MACHINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-PLACEMENT_STATES = ("pending", "starting", "running", "exited", "oom_killed", "lost", "stopped")
-HEALTH_STATES = ("unknown", "healthy", "unhealthy")
 MAX_VERSIONS = 20  # versions kept per job (Nomad keeps 6)
 
 
@@ -184,10 +183,10 @@ def _job(state: State, name: str) -> dict:
 
 
 def _current_spec(job: dict) -> dict:
-    for v in job["versions"]:
-        if v["version"] == job["version"]:
-            return v["spec"]
-    raise Reject("internal", f"job {job['name']} has no version {job['version']}")
+    spec = spec_of(job, job["version"])
+    if spec is None:
+        raise Reject("internal", f"job {job['name']} has no version {job['version']}")
+    return spec
 
 
 def _prune_versions(job: dict) -> None:
@@ -250,17 +249,14 @@ def resolve_image(images: dict[str, dict], spec: dict) -> dict:
 
 
 def _put_job(state: State, cmd: c.PutJob) -> dict:
-    name = cmd.spec.get("name")
-    _need(isinstance(name, str) and bool(NAME_RE.match(name)), "invalid", "job name must match [a-z0-9][a-z0-9-]{0,62}", "name")
-    for key, typ in (("image", str), ("command", list), ("replicas", int), ("resources", dict)):
-        _need(isinstance(cmd.spec.get(key), typ) and not isinstance(cmd.spec.get(key), bool), "invalid",
-              f"spec field {key} is missing or has the wrong type", key)
-    # what apply itself reads later (publishing endpoints), checked now so nothing fails half-way then
-    _need(cmd.spec.get("service") is None or isinstance(cmd.spec["service"], str), "invalid",
-          "spec field service must be a string or null", "service")
-    ports = cmd.spec.get("ports", [])
-    _need(isinstance(ports, list) and all(isinstance(x, dict) and isinstance(x.get("name"), str) for x in ports),
-          "invalid", "spec field ports must be a list of maps with a name", "ports")
+    # validate_spec checked the spec's values before it was proposed; a command read from the log is only
+    # checked for its shape (every field of the JobSpec record, its type, no unknown field), so nothing that
+    # apply, the scheduler or an agent reads later can fail half-way
+    try:
+        name = from_wire(JobSpec, cmd.spec).name
+    except RecordError as exc:
+        raise Reject("invalid", f"spec field {exc.field}: {exc.message}" if exc.field else exc.message,
+                     exc.field or "spec") from None
     spec = resolve_image(state.images, cmd.spec)
     job = state.jobs.get(name)
     if cmd.cas is not None:
@@ -539,7 +535,7 @@ def _placement_update(state: State, cmd: c.PlacementUpdate) -> dict:
                    reason=cmd.reason or p["reason"], healthy_at=healthy_at)
     job = state.jobs.get(p["job"])
     if p["desired"] == "run" and health == "healthy" and job and job["status"] == "running" and not p.get("retiring_at"):
-        spec = next((v["spec"] for v in job["versions"] if v["version"] == p["version"]), None)
+        spec = spec_of(job, p["version"])
         if spec is not None:
             _publish(state, p, spec)
     else:
@@ -622,9 +618,9 @@ def _revoke_token(state: State, cmd: c.RevokeToken) -> dict:
 
 
 def _put_image(state: State, cmd: c.PutImage) -> dict:
-    _need(bool(re.fullmatch(r"[a-z0-9][a-z0-9._/-]{0,127}:[A-Za-z0-9._-]{1,64}", cmd.name)), "invalid",
+    _need(bool(IMAGE_NAME_RE.fullmatch(cmd.name)), "invalid",
           "image name must be name:tag", "name")
-    _need(bool(re.fullmatch(r"sha256:[0-9a-f]{64}", cmd.digest)), "invalid", "digest must be sha256:<64 hex>", "digest")
+    _need(bool(DIGEST_RE.fullmatch(cmd.digest)), "invalid", "digest must be sha256:<64 hex>", "digest")
     _need(cmd.size >= 0, "invalid", "size must be >= 0", "size")
     old = state.images.get(cmd.name)
     idx = _bump(state, "images")

@@ -14,13 +14,11 @@ from typing import Any, Callable, NamedTuple
 from raftctl import gate
 from raftctl.errors import ValidationError
 from raftctl.scheduler.pipeline import RegexError, compile_regex
+from raftctl.statemachine.records import IMAGE_RE, LEVELS, NAME_RE
 from raftctl.statemachine.units import format_cpu, format_duration, format_size, parse_cpu, parse_duration, parse_size
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-IMAGE_RE = re.compile(r"^(sha256:[0-9a-f]{64}|[a-z0-9][a-z0-9._/-]{0,127}:[A-Za-z0-9._-]{1,64})$")
 PORT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 USER_RE = re.compile(r"^\d{1,10}(:\d{1,10})?$")
-LEVELS = ("region", "zone", "rack")
 CONSTRAINT_OPS = ("==", "!=", "in", "not_in", "exists", "not_exists", "regex")
 # The capabilities a job may ask for (Docker's default set); a job gets none unless it lists them.
 ALLOWED_CAPABILITIES = frozenset({

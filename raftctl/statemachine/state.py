@@ -13,6 +13,8 @@ from typing import Any
 
 import cbor2
 
+from raftctl.statemachine.records import holds_resources, machine_state_of
+
 SNAPSHOT_SCHEMA = 1
 TABLES = ("machines", "jobs", "placements", "deployments", "discovery", "images", "tokens",
           "members", "events", "dedup")
@@ -110,8 +112,8 @@ def _ordered_dedup(dedup: dict[str, dict], seq: dict[str, int]) -> dict[str, dic
 
 
 def placement_uses_resources(p: dict) -> bool:
-    """Whether a placement still holds its machine's resources."""
-    return p["state"] not in ("lost", "stopped")
+    """Whether a placement (a table dict) still holds its machine's resources (records.holds_resources)."""
+    return holds_resources(p["state"])
 
 
 def machine_usage(state: State, machine: str) -> tuple[dict[str, int], set[int]]:
@@ -129,13 +131,7 @@ def machine_usage(state: State, machine: str) -> tuple[dict[str, int], set[int]]
 
 
 def machine_state(state: State, m: dict) -> str:
-    """The operator-facing state: active, draining, drained, down or maintenance."""
-    if m["status"] == "down":
-        return "down"
-    if m.get("drain"):
-        live = any(placement_uses_resources(state.placements[p])
-                   for p in state.by_machine.get(m["id"], ()))
-        return "draining" if live else "drained"
-    if not m.get("eligible", True):
-        return "maintenance"
-    return "active"
+    """The operator-facing state: active, draining, drained, down or maintenance (records.machine_state_of)."""
+    live = bool(m.get("drain")) and m["status"] != "down" and any(
+        placement_uses_resources(state.placements[p]) for p in state.by_machine.get(m["id"], ()))
+    return machine_state_of(m["status"], bool(m.get("drain")), m.get("eligible", True), live)
