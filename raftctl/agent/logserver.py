@@ -11,7 +11,6 @@ of the token (never the token itself).
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -21,8 +20,10 @@ from typing import Any, Callable
 from aiohttp import web
 
 from raftctl.agent.runtime import logs
+from raftctl.agent.supervisor import Clock, MonotonicClock
 
-AGENT: web.AppKey = web.AppKey("agent", object)
+AGENT: web.AppKey[Any] = web.AppKey("agent")
+FOLLOW_POLL_S = 0.2         # a follow stream looks for new log bytes this often
 TOKEN_CACHE_S = 1.0         # how long an accepted token is trusted before the control plane is asked again
 TOKEN_CACHE_MAX = 1024      # entries; the oldest are dropped first
 MAX_TAIL = 64 << 20  # bytes a log request may ask to start back from the end
@@ -72,24 +73,28 @@ class TokenCache:
         self.until[key] = now + self.ttl
 
 
+TOKENS = web.AppKey("tokens", TokenCache)
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+
+
 async def _authorized(request: web.Request) -> None:
-    agent = request.app[AGENT]
     header = request.headers.get("Authorization", "")
     if not header.lower().startswith("bearer "):
         raise _fail(web.HTTPUnauthorized, "unauthorized", "a bearer token is needed", "Authorization")
-    if not await _token_ok(agent, header):
+    if not await _token_ok(request.app, header):
         raise _fail(web.HTTPForbidden, "forbidden", "the control plane refused this token", "Authorization")
 
 
-async def _token_ok(agent: Any, header: str) -> bool:
-    cache: TokenCache = agent.__dict__.setdefault("_token_cache", TokenCache())
+async def _token_ok(app: web.Application, header: str) -> bool:
+    agent: Any = app[AGENT]
+    cache = app[TOKENS]
     if cache.valid(header):
         return True
     for server in agent.cfg.servers:
         url = server if "://" in server else "http://" + server
         try:
             async with agent.http.get(f"{url}/v1/status", headers={"Authorization": header},
-                                      timeout=5) as r:  # type: ignore[union-attr]
+                                      timeout=5) as r:
                 if r.status == 200:
                     cache.accept(header)
                     return True
@@ -119,32 +124,37 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
         f.seek(max(0, f.tell() - tail))
         await resp.write(f.read())
         header = request.headers.get("Authorization", "")
-        checked = time.monotonic()
+        clock = request.app[CLOCK]
+        checked = clock.now()
         while request.query.get("follow") in ("1", "true"):
-            if time.monotonic() - checked >= TOKEN_CACHE_S:
-                if not await _token_ok(agent, header):      # revoked while following: the stream ends
+            if clock.now() - checked >= TOKEN_CACHE_S:
+                if not await _token_ok(request.app, header):      # revoked while following: the stream ends
                     break
-                checked = time.monotonic()
+                checked = clock.now()
             chunk = f.read()
             if chunk:
                 await resp.write(chunk)
             else:
                 if os.path.getsize(path) < f.tell():  # rotated (truncated): start over
                     f.seek(0)
-                await asyncio.sleep(0.2)
+                await clock.sleep(FOLLOW_POLL_S)
     await resp.write_eof()
     return resp
 
 
 async def get_metrics(request: web.Request) -> web.Response:
     await _authorized(request)
-    body = request.app[AGENT].metrics.text()  # type: ignore[attr-defined]
+    body = request.app[AGENT].metrics.text()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
-async def start_log_server(agent: Any) -> web.AppRunner:
+async def start_log_server(agent: Any, clock: Clock | None = None) -> web.AppRunner:
+    """Serve ``agent``'s logs and metrics; ``clock`` ages the token cache and paces follow streams."""
+    clock = clock or MonotonicClock()
     app = web.Application()
     app[AGENT] = agent
+    app[CLOCK] = clock
+    app[TOKENS] = TokenCache(clock=clock.now)
     app.router.add_get("/v1/logs/{placement}", get_logs)
     app.router.add_get("/metrics", get_metrics)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)

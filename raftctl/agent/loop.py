@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import signal
-import time
 from typing import Any
 
 import aiohttp
@@ -25,10 +24,12 @@ from raftctl.agent.config import AgentConfig
 from raftctl.agent.metrics import AgentMetrics
 from raftctl.agent.control import BlobFetcher, ControlClient
 from raftctl.agent.logserver import start_log_server
-from raftctl.agent.runtime.base import ContainerSpec, Driver, Observed, RuntimeError_
+from raftctl.agent.runtime.base import ContainerSpec, Driver, ImageNotPushed, Observed, RuntimeError_
 from raftctl.agent.runtime.sim import SimDriver
+from raftctl.agent.imagegc import ImageGC, image_digest
+from raftctl.agent.stats import StatsPass
 from raftctl.agent.stopping import Stopper
-from raftctl.agent.supervisor import (PREPARE_S, Clock, DriverTimeout, MonotonicClock, Report,
+from raftctl.agent.supervisor import (Clock, DriverTimeout, MonotonicClock, Report,
                                       Supervised, Supervisor)
 from raftctl.agent.supervisor import call_driver as _call
 from raftctl.errors import Forbidden, RaftctlError, Unauthorized
@@ -36,15 +37,7 @@ from raftctl.errors import Forbidden, RaftctlError, Unauthorized
 log = logging.getLogger("raftctl.agent")
 
 
-__all__ = ["Agent", "DriverTimeout", "Report", "Supervised", "image_digest", "run_agent", "run_agents"]
-
-def image_digest(p: dict[str, Any]) -> str | None:
-    """The manifest digest a placement's job version runs (resolved when the version was stored)."""
-    spec = p["spec"]
-    digest = spec.get("image_digest")
-    if digest is None and str(spec.get("image", "")).startswith("sha256:"):
-        digest = spec["image"]
-    return digest
+__all__ = ["Agent", "DriverTimeout", "Report", "Supervised", "run_agent", "run_agents"]
 
 
 class Agent:
@@ -53,7 +46,7 @@ class Agent:
         self.cfg = cfg
         self.driver = driver
         self.rng = rng or random.Random()
-        self.clock: Clock = clock or MonotonicClock()   # the supervisors' and the stops' time
+        self.clock: Clock = clock or MonotonicClock()   # every loop's, supervisor's and stop's time
         self.containers: dict[str, Supervised] = {}
         self.reports: list[Report] = []
         self._report_wake = asyncio.Event()
@@ -63,9 +56,10 @@ class Agent:
         self.http: aiohttp.ClientSession | None = None
         self._converge_lock = asyncio.Lock()
         self.metrics = AgentMetrics(self)
-        self.assigned_images: set[str] = set()    # the images the last assignment answer names (for image GC)
         self.placements: list[dict[str, Any]] | None = None   # the last assignment answer (None before the first)
         self.stopper = Stopper(driver, self.containers, self._report, self.clock)
+        self.stats = StatsPass(driver, self.containers, self.clock)
+        self.image_gc = ImageGC(driver, self.containers, cfg.image_gc_after_s, self.clock)
         self.watch_server: str | None = None      # the replica the assignment watch is parked on
         self.reconcile_s = 1.0                    # level-triggered pass over the driver's containers
 
@@ -78,14 +72,12 @@ class Agent:
 
             ssl_ctx = client_context(self.cfg.tls_ca)
         connector = aiohttp.TCPConnector(ssl=ssl_ctx) if ssl_ctx is not None else None
-        if self.driver.name == "runc" and getattr(self.driver, "image_source", None) is None:
-            # image blobs are pulled from the control replicas (on the driver's worker thread)
-            self.driver.image_source = BlobFetcher(self.cfg.servers, self.cfg.token,  # type: ignore[attr-defined]
-                                                   ssl_context=ssl_ctx)
+        # image blobs are pulled from the control replicas (on the driver's worker thread), by a driver that pulls
+        self.driver.use_image_source(BlobFetcher(self.cfg.servers, self.cfg.token, ssl_context=ssl_ctx))
         async with ControlClient(self.cfg.servers, self.cfg.token, ssl=ssl_ctx) as control, \
                 aiohttp.ClientSession(connector=connector) as http:
             self.control, self.http = control, http
-            runner = await start_log_server(self)
+            runner = await start_log_server(self, self.clock)
             log.info("agent %s: endpoint %s (GET /metrics, GET /v1/logs/<placement>; bearer token)",
                      self.cfg.machine, self.cfg.api)
             await self._adopt()
@@ -93,7 +85,8 @@ class Agent:
             tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                      asyncio.create_task(self._watch_loop(), name="watch"),
                      asyncio.create_task(self._report_loop(), name="report"),
-                     asyncio.create_task(self._stats_loop(), name="stats"),
+                     asyncio.create_task(self.stats.run(self._send_stats), name="stats"),
+                     asyncio.create_task(self.image_gc.run(), name="image-gc"),
                      asyncio.create_task(self._reconcile_loop(), name="reconcile")]
             try:
                 await asyncio.gather(*tasks)
@@ -116,7 +109,7 @@ class Agent:
                 raise
             except RaftctlError as exc:
                 log.warning("register failed: %s; retrying", exc)
-            await asyncio.sleep(delay)
+            await self.clock.sleep(delay)
             delay = min(delay * 2, 5.0)
 
     async def _adopt(self) -> None:
@@ -143,7 +136,7 @@ class Agent:
                 raise
             except Exception as exc:
                 log.info("heartbeat failed: %s", exc)
-            await asyncio.sleep(self.cfg.heartbeat_s)
+            await self.clock.sleep(self.cfg.heartbeat_s)
 
     # -- assignments -------------------------------------------------------
     async def _watch_loop(self) -> None:
@@ -174,7 +167,7 @@ class Agent:
                     log.warning("assignment answer from %s is at index %s, behind the %s already seen: a stale "
                                 "replica; asking another", server, ans["index"], self.index)
                     control.avoid(server)
-                    await asyncio.sleep(0.5)
+                    await self.clock.sleep(0.5)
                     continue
                 self.index = ans["index"]
                 await self.converge(ans["placements"])
@@ -182,14 +175,14 @@ class Agent:
                 raise
             except Exception as exc:
                 log.info("assignment watch failed: %s", exc)
-                await asyncio.sleep(0.5)
+                await self.clock.sleep(0.5)
 
     async def converge(self, placements: list[dict[str, Any]], *, report: bool = True) -> None:
         """One level-triggered pass: compare the assignment with the supervised containers, the
         containers the driver reports and the stops in flight, and act on the difference."""
         async with self._converge_lock:
             self.placements = placements
-            self.assigned_images = {d for p in placements if p.get("spec") and (d := image_digest(p))}
+            self.image_gc.note_assignment(placements)
             by_id = {p["id"]: p for p in placements}
             # adopted containers learn their placement records
             for cid, sup in self.containers.items():
@@ -225,7 +218,7 @@ class Agent:
         """Converge against the last assignment every ``reconcile_s``, between assignment answers, so a
         stop that failed, hung or was undone by a late start is noticed within a second or two."""
         while True:
-            await asyncio.sleep(self.reconcile_s)
+            await self.clock.sleep(self.reconcile_s)
             if self.placements is None:
                 continue  # before the first assignment answer adopted containers are left alone
             try:
@@ -235,16 +228,15 @@ class Agent:
 
     # -- one container -------------------------------------------------------
     def _container_spec(self, p: dict[str, Any]) -> ContainerSpec:
-        """Runs on a worker thread: the runc driver may pull and unpack the image here."""
+        """Runs on a worker thread: a driver that runs containers in their image's root pulls and unpacks it here."""
         spec = p["spec"]
-        rootfs = ""  # process and sim drivers run without an image root
         digest = image_digest(p)
-        if self.driver.name == "runc":
-            if digest is None:
-                raise RuntimeError_(
-                    f"image {spec['image']} is not pushed (job {p['job']} version {p['version']} was submitted "
-                    f"before it was): raftctl image build DIR --name {spec['image']}, then raftctl job run again")
-            rootfs = self.driver.prepare_image(digest)
+        try:
+            rootfs = self.driver.image_root(spec["image"], digest)
+        except ImageNotPushed as exc:
+            raise RuntimeError_(
+                f"{exc} (job {p['job']} version {p['version']} was submitted before it was): "
+                f"raftctl image build DIR --name {spec['image']}, then raftctl job run again") from None
         return ContainerSpec.from_placement(p, spec, rootfs=rootfs, image=digest,
                                             log_dir=os.path.join(self.cfg.data_dir, "logs", p["id"]))
 
@@ -254,74 +246,9 @@ class Agent:
                           container_spec=self._container_spec, host=self.cfg.address, clock=self.clock,
                           rng=self.rng).run(adopted)
 
-    # -- stats for the autoscaler ----------------------------------------------
-    async def _stats_loop(self, every_s: float = 2.0) -> None:
-        last: dict[str, tuple[float, int]] = {}
-        gc_every = min(60.0, max(every_s, self.cfg.image_gc_after_s / 10))
-        next_gc = time.monotonic() + gc_every
-        while True:
-            await asyncio.sleep(every_s)
-            if self.cfg.image_gc_after_s > 0 and time.monotonic() >= next_gc:
-                next_gc = time.monotonic() + gc_every
-                await self.image_gc()
-            out = []
-            for cid, sup in list(self.containers.items()):
-                spec = sup.placement.get("spec")
-                if sup.state != "running" or not spec:
-                    continue
-                try:
-                    st = await _call(self.driver.stats, cid)
-                    sup.stats = dict(st)
-                    await _call(self.driver.rotate_logs, cid)  # copy-then-truncate past the size limit
-                except Exception:
-                    continue
-                now = time.monotonic()
-                prev = last.get(cid)
-                last[cid] = (now, st["cpu_usage_ns"])
-                if prev is None or now <= prev[0]:
-                    continue
-                cores = spec["resources"]["cpu"] / 1000
-                util = (st["cpu_usage_ns"] - prev[1]) / 1e9 / (now - prev[0]) / cores
-                out.append({"placement": cid, "job": sup.placement["job"], "cpu": round(max(util, 0.0), 4),
-                            "memory": st["memory_bytes"]})
-            for cid in set(last) - set(self.containers):
-                del last[cid]
-            if out:
-                try:
-                    await self.control.request("POST", "/v1/agent/stats",  # type: ignore[union-attr]
-                                               {"machine": self.cfg.machine, "stats": out})
-                except Exception as exc:
-                    log.debug("stats report failed: %s", exc)
-
-    # -- image garbage collection ---------------------------------------------
-    def images_in_use(self) -> set[str] | None:
-        """The images containers on this machine run (or wait to restart with) or are assigned; None while a
-        container's image is not known (adopted after an agent restart, before its placement arrived)."""
-        in_use = set(self.assigned_images)
-        for sup in list(self.containers.values()):
-            if not sup.placement.get("spec"):
-                return None
-            digest = image_digest(sup.placement)
-            if digest is not None:
-                in_use.add(digest)
-        return in_use
-
-    async def image_gc(self, now: float | None = None) -> list[str]:
-        """Remove images no container here has used for ``image_gc_after_s`` (ImageStore.gc, on a worker
-        thread); the images removed. Failures are logged: the next pass tries again."""
-        store = getattr(self.driver, "images", None)
-        if store is None or self.cfg.image_gc_after_s <= 0:
-            return []
-        in_use = self.images_in_use()
-        if in_use is None:
-            log.info("image GC waits: a container's image is not known yet")
-            return []
-        try:
-            return await _call(store.gc, in_use, time.time() if now is None else now, self.cfg.image_gc_after_s,
-                             bound=PREPARE_S)
-        except Exception as exc:
-            log.warning("image GC failed: %s", exc)
-            return []
+    async def _send_stats(self, stats: list[dict[str, Any]]) -> None:
+        await self.control.request("POST", "/v1/agent/stats",  # type: ignore[union-attr]
+                                   {"machine": self.cfg.machine, "stats": stats})
 
     # -- reports -------------------------------------------------------------
     def _report(self, r: Report) -> None:
@@ -343,7 +270,7 @@ class Agent:
             except Exception as exc:
                 log.info("report failed (%s); will retry", exc)
                 self.reports = batch + self.reports
-                await asyncio.sleep(0.5)
+                await self.clock.sleep(0.5)
                 self._report_wake.set()
 
 

@@ -511,13 +511,14 @@ def test_unpack_after_the_list_was_made_keeps_the_image(tmp_path, src):
 
 
 def test_agent_gc_keeps_images_its_containers_or_assignments_use(tmp_path, src):
-    """The agent's stats-pass hook: in use = containers it supervises + its last assignment answer; an
-    adopted container whose placement has not arrived yet makes GC wait."""
+    """The agent's image GC (agent/imagegc.py) through the driver: in use = containers it supervises + its last
+    assignment answer; an adopted container whose placement has not arrived yet makes GC wait; the wall
+    clock is the image store's own (the one its last-use stamps were written with)."""
     import asyncio
 
-    from raftctl.agent.config import AgentConfig
-    from raftctl.agent.loop import Agent, Supervised
+    from raftctl.agent.imagegc import ImageGC
     from raftctl.agent.runtime.process import ProcessDriver
+    from raftctl.agent.supervisor import Supervised
 
     clock = Clock()
     store = ImageStore(str(tmp_path / "images"), clock=clock)
@@ -528,21 +529,22 @@ def test_agent_gc_keeps_images_its_containers_or_assignments_use(tmp_path, src):
     stale = store.build(str(other))
     for d in (running, assigned, stale):
         store.unpack(d)
-    cfg = AgentConfig(machine="m1", servers=["http://127.0.0.1:1"], token="t", data_dir=str(tmp_path / "agent"),
-                      image_gc_after_s=600)
-    agent = Agent(cfg, ProcessDriver(str(tmp_path / "proc"), store))
-    agent.containers["p1"] = Supervised(placement={"id": "p1", "job": "web", "spec": {"image_digest": running}})
-    agent.assigned_images = {assigned}
-    later = clock.t + 10**6
+    containers = {"p1": Supervised(placement={"id": "p1", "job": "web", "spec": {"image_digest": running}})}
+    gc = ImageGC(ProcessDriver(str(tmp_path / "proc"), store), containers, 600, clock=None)  # type: ignore[arg-type]
+    gc.note_assignment([{"id": "p2", "spec": {"image": "web:2", "image_digest": assigned}},
+                        {"id": "p3", "spec": None}])
+    assert gc.assigned == {assigned}
+    clock.t += 601
 
-    agent.containers["p0"] = Supervised(placement={"id": "p0"})      # adopted, placement not known yet
-    assert asyncio.run(agent.image_gc(later)) == []
-    del agent.containers["p0"]
-    assert asyncio.run(agent.image_gc(later)) == [stale]
+    containers["p0"] = Supervised(placement={"id": "p0"})      # adopted, placement not known yet
+    assert asyncio.run(gc.collect()) == []
+    del containers["p0"]
+    assert asyncio.run(gc.collect(clock.t - 2)) == []           # 599 s: within the grace
+    assert asyncio.run(gc.collect()) == [stale]                 # the store's clock: 601 s
     assert {d for d in (running, assigned, stale) if os.path.isdir(store.unpacked_path(d))} == {running, assigned}
-    cfg.image_gc_after_s = 0
-    agent.assigned_images = set()
-    assert asyncio.run(agent.image_gc(later * 2)) == []
+    gc.after_s = 0
+    gc.assigned = set()
+    assert asyncio.run(gc.collect(clock.t * 2)) == []
 
 
 @pytest.mark.root

@@ -29,8 +29,36 @@ class ControlPlane:
         return web.json_response({"error": {"code": "unauthorized"}}, status=401)
 
 
+class StepClock:
+    """A fake clock: stands still until a test moves it; once ``running``, each sleep moves it by the time slept."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.running = False
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        if self.running:
+            self.t += seconds
+        await asyncio.sleep(0.001)
+
+
 @pytest.fixture
 async def endpoint(tmp_path):
+    async for served in serve(tmp_path):
+        yield served
+
+
+@pytest.fixture
+async def on_clock(tmp_path):
+    clock = StepClock()
+    async for cp, agent in serve(tmp_path, clock):
+        yield cp, agent, clock
+
+
+async def serve(tmp_path, clock=None):
     cp = ControlPlane()
     app = web.Application()
     app.router.add_get("/v1/status", cp.status)
@@ -45,7 +73,7 @@ async def endpoint(tmp_path):
     agent = SimpleNamespace(cfg=SimpleNamespace(servers=[f"http://127.0.0.1:{port}"], data_dir=str(tmp_path),
                                                 address="127.0.0.1", http_port=0, tls_cert=None, tls_key=None, api=""),
                             http=http, metrics=SimpleNamespace(text=lambda: "raftctl_up 1\n"))
-    log_runner = await logserver.start_log_server(agent)
+    log_runner = await logserver.start_log_server(agent, clock)
     yield cp, agent
     await log_runner.cleanup()
     await http.close()
@@ -97,3 +125,25 @@ def test_the_cache_is_bounded_and_keeps_no_token():
     assert not any("t9" in k for k in cache.until)
     now[0] = 1.0
     assert not cache.valid("Bearer t9")                    # expired exactly at the bound
+
+
+async def test_the_token_cache_ages_on_the_injected_clock_only(on_clock):
+    cp, agent, clock = on_clock
+    assert (await get(agent, "/metrics"))[0] == 200
+    cp.live.clear()                                        # revoked
+    await asyncio.sleep(TOKEN_CACHE_S * 1.2)               # wall time passes; the agent's clock stands still
+    assert (await get(agent, "/metrics"))[0] == 200 and cp.asked == 1
+    clock.t += TOKEN_CACHE_S                               # the cache entry expires exactly at the bound
+    assert (await get(agent, "/metrics"))[0] == 403 and cp.asked == 2
+
+
+async def test_a_follow_stream_rechecks_its_token_each_cache_period_of_the_clock(on_clock):
+    cp, agent, clock = on_clock
+    async with agent.http.get(agent.cfg.api + "/v1/logs/p1?follow=1",
+                              headers={"Authorization": "Bearer reader-token"}) as r:
+        assert await r.content.readline() == b"line 1\n"
+        cp.live.clear()
+        clock.running = True
+        assert await asyncio.wait_for(r.content.read(), timeout=5) == b""
+    # the stream slept FOLLOW_POLL_S at a time and asked again once TOKEN_CACHE_S of the clock had passed
+    assert clock.t == pytest.approx(TOKEN_CACHE_S) and cp.asked == 2

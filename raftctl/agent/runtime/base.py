@@ -9,8 +9,10 @@ import re
 import signal as _signal
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from collections.abc import Set
 from typing import Any, Literal, TypedDict
 
+from raftctl.agent.images import BlobSource
 from raftctl.clusterid import CLUSTER_ID_RE
 
 State = Literal["created", "running", "exited", "oom_killed", "missing"]
@@ -21,6 +23,10 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 class RuntimeError_(Exception):
     """A driver could not do what it was asked (bad id, runc failure, missing image)."""
+
+
+class ImageNotPushed(RuntimeError_):
+    """The driver runs containers in their image's root, and this one's image has no manifest digest."""
 
 
 # -- per-host names ------------------------------------------------------------------------------
@@ -217,6 +223,23 @@ class Driver(ABC):
     def spec_of(self, id: str) -> ContainerSpec | None:
         """The spec a container was created with, when the driver kept it."""
         return None
+
+    # -- what the driver needs from the agent (defaults: a driver that runs without image roots) ------
+    def use_image_source(self, source: BlobSource) -> None:
+        """Where to pull the image blobs this machine lacks (the agent gives its control-plane fetcher).
+        A driver given its own source at construction keeps it; one that never pulls ignores this."""
+
+    def image_root(self, image: str, digest: str | None) -> str:
+        """The root a container of ``image`` (manifest ``digest``; None: the name was never pushed) runs in,
+        pulled and unpacked first; called on a worker thread. "" for a driver that runs commands without an
+        image root; ImageNotPushed when the driver needs one and ``digest`` is None."""
+        return ""
+
+    def collect_images(self, in_use: Set[str], grace_s: float, now: float | None = None) -> list[str]:
+        """Image garbage collection: remove the images not in ``in_use`` whose last use (wall-clock seconds:
+        ``now``, default the image store's clock) is more than ``grace_s`` ago; the images removed. A driver
+        that keeps no images removes nothing."""
+        return []
 
     def rotate_logs(self, id: str) -> None:
         """Rotate the container's log files if they grew past their limit."""

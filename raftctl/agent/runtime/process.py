@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import AbstractSet, Any
 
 import psutil
 
@@ -65,6 +65,9 @@ class ProcessDriver(Driver):
 
     def prepare_image(self, digest: str) -> str:
         return self.images.unpack(self.images.resolve(digest))
+
+    def collect_images(self, in_use: AbstractSet[str], grace_s: float, now: float | None = None) -> list[str]:
+        return self.images.gc(in_use, self.images.clock() if now is None else now, grace_s)
 
     def create(self, spec: ContainerSpec) -> str:
         d = self.dir(spec.id)

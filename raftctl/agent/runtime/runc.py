@@ -22,14 +22,14 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import AbstractSet, Any
 
 from raftctl.agent import rootfs
 from raftctl.agent.images import BlobSource, ImageStore
 from raftctl.agent.runtime import bundle as oci_bundle
 from raftctl.agent.runtime import cgroups, logs
-from raftctl.agent.runtime.base import (ID_RE, ContainerSpec, Driver, Observed, RuntimeError_, Stats, cgroup_path,
-                                        host_scope)
+from raftctl.agent.runtime.base import (ID_RE, ContainerSpec, Driver, ImageNotPushed, Observed, RuntimeError_, Stats,
+                                        cgroup_path, host_scope)
 
 log = logging.getLogger("raftctl.agent.runc")
 SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim.py")
@@ -140,6 +140,18 @@ class RuncDriver(Driver):
         return json.loads(text) if text else None
 
     # -- images -------------------------------------------------------------------------------
+    def use_image_source(self, source: BlobSource) -> None:
+        if self.image_source is None:
+            self.image_source = source
+
+    def image_root(self, image: str, digest: str | None) -> str:
+        if digest is None:
+            raise ImageNotPushed(f"image {image} is not pushed")
+        return self.prepare_image(digest)
+
+    def collect_images(self, in_use: AbstractSet[str], grace_s: float, now: float | None = None) -> list[str]:
+        return self.images.gc(in_use, self.images.clock() if now is None else now, grace_s)
+
     def prepare_image(self, digest: str) -> str:
         """The unpacked root of ``digest`` (or a local name), pulling the blobs it lacks first."""
         digest = self.images.resolve(digest)

@@ -1,0 +1,69 @@
+"""The stats pass: each running container's usage for the autoscaler, its log rotation, and the sweep of
+the figures of containers that are gone.
+
+Every ``every_s`` of the injected clock the pass asks the driver for each running container's figures (kept on
+its ``Supervised`` record for the agent's /metrics), rotates its logs past their size limit, and turns the CPU
+counter's growth since the last pass into utilisation of the container's CPU request (1.0: it used all it
+asked for). The containers' figures are sent in one report; a container that is gone is forgotten.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Mapping
+from typing import Any, Callable
+
+from raftctl.agent.runtime.base import Driver
+from raftctl.agent.supervisor import Clock, Supervised
+from raftctl.agent.supervisor import call_driver as _call
+
+log = logging.getLogger("raftctl.agent")
+
+STATS_EVERY_S = 2.0
+
+
+class StatsPass:
+    def __init__(self, driver: Driver, containers: Mapping[str, Supervised], clock: Clock,
+                 every_s: float = STATS_EVERY_S) -> None:
+        self.driver = driver
+        self.containers = containers
+        self.clock = clock
+        self.every_s = every_s
+        self.last: dict[str, tuple[float, int]] = {}   # container -> (clock time, CPU ns) at its last sample
+
+    async def sample(self) -> list[dict[str, Any]]:
+        """One pass: the usage of every running container sampled before (a first sample only sets the base)."""
+        out = []
+        for cid, sup in list(self.containers.items()):
+            spec = sup.placement.get("spec")
+            if sup.state != "running" or not spec:
+                continue
+            try:
+                st = await _call(self.driver.stats, cid)
+                sup.stats = dict(st)
+                await _call(self.driver.rotate_logs, cid)  # copy-then-truncate past the size limit
+            except Exception:
+                continue
+            now = self.clock.now()
+            prev = self.last.get(cid)
+            self.last[cid] = (now, st["cpu_usage_ns"])
+            if prev is None or now <= prev[0]:
+                continue
+            cores = spec["resources"]["cpu"] / 1000
+            util = (st["cpu_usage_ns"] - prev[1]) / 1e9 / (now - prev[0]) / cores
+            out.append({"placement": cid, "job": sup.placement["job"], "cpu": round(max(util, 0.0), 4),
+                        "memory": st["memory_bytes"]})
+        for cid in set(self.last) - set(self.containers):
+            del self.last[cid]
+        return out
+
+    async def run(self, send: Callable[[list[dict[str, Any]]], Awaitable[Any]]) -> None:
+        """Sample every ``every_s`` forever; ``send`` the figures when there are any (a failed send is dropped:
+        the next pass has fresher figures)."""
+        while True:
+            await self.clock.sleep(self.every_s)
+            out = await self.sample()
+            if out:
+                try:
+                    await send(out)
+                except Exception as exc:
+                    log.debug("stats report failed: %s", exc)

@@ -1,0 +1,102 @@
+"""Image GC's wiring (agent/imagegc.py): the in-use set, the period, and the collection through the driver,
+on a fake clock and a recording driver (the store's own GC is test_images.py's)."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from raftctl.agent.imagegc import ImageGC, assigned_images, gc_period, image_digest, images_in_use
+from raftctl.agent.runtime.base import Driver
+from raftctl.agent.supervisor import Supervised
+
+D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
+
+
+class FakeClock:
+    def __init__(self, stop_after: int) -> None:
+        self.t = 0.0
+        self.sleeps: list[float] = []
+        self.stop_after = stop_after
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        if len(self.sleeps) == self.stop_after:
+            raise asyncio.CancelledError
+        self.sleeps.append(seconds)
+        self.t += seconds
+        await asyncio.sleep(0)
+
+
+class Collecting:
+    def __init__(self, fail: int = 0) -> None:
+        self.calls: list[tuple[set[str], float, float | None]] = []
+        self.fail = fail
+
+    def collect_images(self, in_use: set[str], grace_s: float, now: float | None = None) -> list[str]:
+        self.calls.append((set(in_use), grace_s, now))
+        if self.fail:
+            self.fail -= 1
+            raise OSError("EIO")
+        return [D3]
+
+
+def sup(digest: str | None = None, spec: bool = True, image: str = "web:1") -> Supervised:
+    p: dict[str, Any] = {"id": "p", "job": "web"}
+    if spec:
+        p["spec"] = {"image": image, "image_digest": digest}
+    return Supervised(placement=p)
+
+
+def test_the_digest_is_the_resolved_one_or_an_image_named_by_digest():
+    assert image_digest({"spec": {"image": "web:1", "image_digest": D1}}) == D1
+    assert image_digest({"spec": {"image": D2}}) == D2
+    assert image_digest({"spec": {"image": "web:1", "image_digest": None}}) is None
+
+
+def test_in_use_is_the_assignment_and_the_containers_and_unknown_while_an_image_is():
+    assert assigned_images([{"spec": {"image": "a", "image_digest": D1}}, {"spec": None},
+                            {"spec": {"image": "b", "image_digest": None}}]) == {D1}
+    assert images_in_use({D1}, [sup(D2), sup(None)]) == {D1, D2}
+    assert images_in_use({D1}, [sup(D2), sup(spec=False)]) is None     # adopted, placement not arrived yet
+    assert images_in_use(set(), []) == set()
+
+
+@pytest.mark.parametrize("after_s, period", [(600, 60.0), (300, 30.0), (5, 2.0), (0, 2.0), (86400, 60.0)])
+def test_gc_runs_every_tenth_of_its_grace_between_2_and_60_seconds(after_s, period):
+    assert gc_period(after_s) == period
+
+
+async def test_the_loop_collects_every_period_with_the_in_use_set_and_survives_a_failure():
+    clock, driver = FakeClock(stop_after=3), Collecting(fail=1)
+    containers = {"p": sup(D2)}
+    gc = ImageGC(driver, containers, 300, clock)  # type: ignore[arg-type]
+    gc.note_assignment([{"spec": {"image": "a", "image_digest": D1}}])
+    with pytest.raises(asyncio.CancelledError):
+        await gc.run()
+    assert clock.sleeps == [30.0, 30.0, 30.0]
+    assert driver.calls == [({D1, D2}, 300, None)] * 3      # the first failed: logged, the next pass tries again
+    assert await gc.collect(123.0) == [D3] and driver.calls[-1] == ({D1, D2}, 300, 123.0)
+
+
+async def test_nothing_is_collected_while_gc_is_off_or_an_image_is_unknown():
+    driver = Collecting()
+    containers = {"p": sup(spec=False)}
+    gc = ImageGC(driver, containers, 300, FakeClock(0))  # type: ignore[arg-type]
+    assert await gc.collect() == [] and driver.calls == []
+    containers["p"] = sup(D2)
+    gc.after_s = 0
+    assert await gc.collect() == [] and driver.calls == []
+    gc.after_s = 1
+    assert await gc.collect() == [D3] and len(driver.calls) == 1
+
+
+def test_a_driver_that_keeps_no_images_collects_nothing_and_runs_without_an_image_root():
+    class Bare(Driver):
+        prepare_image = create = start = stop = kill = status = stats = exec = list_existing = remove = None  # type: ignore
+    d = Bare()
+    assert d.collect_images({D1}, 60) == [] and d.image_root("web:1", None) == "" and d.image_root("web:1", D1) == ""
+    d.use_image_source(object())  # type: ignore[arg-type]   # ignored
