@@ -11,7 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
+import msgspec
+
 from raftctl import __version__
+from raftctl.statemachine.records import Report
+from raftctl.statemachine.spec import JobSpecIn
 
 JSON = "application/json"
 CBOR = "application/cbor"
@@ -51,50 +55,6 @@ SCHEMAS: dict[str, Any] = {
                                                                "parameter, path parameter or header)"},
         "details": {"description": "extra data: every problem of a rejected spec, the leader's API URL, ..."},
     }, ("code", "message", "field"))}, ("error",)),
-    "JobSpec": {
-        "description": "A job spec (DESIGN §6, docs/state.md). Unknown fields are rejected; every problem is "
-                       "reported with its field path in error.details.",
-        **_obj({
-            "name": {"type": "string", "pattern": NAME, "description": "must equal the {name} in the path"},
-            "image": {"type": "string", "description": "an imported image `name:tag` or `sha256:<64 hex>`"},
-            "base": {"enum": ["host", "scratch"]},
-            "command": {"type": "array", "items": STR, "minItems": 1, "description": "argv, never a shell string"},
-            "env": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
-            "user": {"type": ["string", "integer"], "description": "uid or uid:gid"},
-            "replicas": {"type": "integer", "minimum": 0, "maximum": 10000},
-            "resources": _obj({"cpu": {"type": ["string", "number"], "description": "`250m` or cores"},
-                               "memory": {"type": ["string", "integer"], "description": "`64Mi`, `1Gi` or bytes"},
-                               "pids": {"type": "integer", "minimum": 1}}, extra=False),
-            "network": {"enum": ["host", "bridge"]},
-            "ports": {"type": "array", "items": _obj({"name": {"type": "string", "pattern": r"^[a-z][a-z0-9_]{0,31}$"},
-                                                      "static": {"type": "integer", "minimum": 1, "maximum": 65535},
-                                                      "to": {"type": "integer", "minimum": 1, "maximum": 65535}},
-                                                     ("name",), extra=False)},
-            "health": {"type": ["object", "null"], "properties": {
-                "type": {"enum": ["http", "tcp", "exec"]}, "port": STR, "path": STR,
-                "command": {"type": "array", "items": STR}, "interval": DURATION, "timeout": DURATION,
-                "grace": DURATION, "failures": {"type": "integer", "minimum": 1, "maximum": 100}}},
-            "restart": _obj({"policy": {"enum": ["always", "on-failure", "never"]},
-                             "backoff": _obj({"initial": DURATION, "max": DURATION}), "reset": DURATION}),
-            "update": _obj({"max_unavailable": INT, "max_surge": INT, "min_healthy": DURATION, "deadline": DURATION,
-                            "auto_revert": BOOL, "drain_delay": DURATION, "canary": INT, "auto_promote": BOOL}),
-            "spread": {"type": "array", "items": _obj({"level": {"enum": ["region", "zone", "rack"]},
-                                                       "mode": {"enum": ["hard", "soft"]}}, ("level",))},
-            "constraints": {"type": "array", "items": _obj({
-                "attr": STR, "op": {"enum": ["==", "!=", "in", "not_in", "exists", "not_exists", "regex"]},
-                "value": {}}, ("attr",))},
-            "autoscale": {"type": ["object", "null"], "properties": {
-                "min": INT, "max": INT, "metric": STR, "target": NUM, "cooldown": DURATION,
-                "stabilization": DURATION, "tolerance": NUM}},
-            "disruption": _obj({"max_unavailable": INT}),
-            "lifecycle": _obj({"pre_stop": _obj({"exec": {"type": "array", "items": STR}, "timeout": DURATION})}),
-            "priority": {"type": "integer", "minimum": 0, "maximum": 100},
-            "service": {"type": "string", "pattern": NAME},
-            "capabilities": {"type": "array", "maxItems": 14, "items": STR,
-                             "description": "Linux capabilities from Docker's default set (CHOWN, NET_BIND_SERVICE, ...), "
-                                            "with or without CAP_; none by default"},
-        }, ("name", "image", "command")),
-    },
     "WriteResult": _obj({"index": {"type": "integer", "description": "the state index after the write"}},
                         ("index",)),
     "Job": _obj({"name": STR, "version": INT, "status": STR, "replicas": INT, "spec": ANY_OBJ,
@@ -122,6 +82,36 @@ SCHEMAS: dict[str, Any] = {
                     "leadership": {"type": ["object", "null"]}}, ("node", "state", "index")),
     "Image": _obj({"name": STR, "digest": STR, "size": INT}),
 }
+
+# Generated from the type definitions the server converts with (msgspec Structs): the job spec a user writes
+# (raftctl.statemachine.spec.JobSpecIn, whose Meta carries the validator's bounds) and the agent's report
+# (raftctl.statemachine.records.Report). Component names: JobSpecIn -> JobSpec, HealthIn -> JobSpecHealth, ...
+GENERATED_NAMES = {"JobSpecIn": "JobSpec", "Report": "AgentReport", "ReportUpdate": "AgentReportUpdate"}
+
+
+def _generated_name(name: str) -> str:
+    return GENERATED_NAMES.get(name) or ("JobSpec" + name[:-2] if name.endswith("In") else name)
+
+
+def _generated() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components([JobSpecIn, Report], ref_template="#/components/schemas/{name}")
+
+    def rename(node: Any) -> Any:
+        if isinstance(node, list):
+            return [rename(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: rename(v) for k, v in node.items()}
+        if isinstance(node.get("$ref"), str):
+            out["$ref"] = _ref(_generated_name(node["$ref"].rsplit("/", 1)[1]))["$ref"]
+        if isinstance(node.get("title"), str):
+            out["title"] = _generated_name(node["title"])
+        return out
+
+    return {_generated_name(name): rename(schema) for name, schema in components.items()}
+
+
+SCHEMAS.update(_generated())
 
 PARAMS: dict[str, Any] = {
     "consistent": {"name": "consistent", "in": "query", "schema": {"enum": ["1", "true", "yes", "0"]},
@@ -196,9 +186,7 @@ REGISTER = _obj({"machine": STR, "address": STR, "fault_domain": FAULT_DOMAIN, "
                  "resources": _obj({"cpu": INT, "memory": INT, "pids": INT}),
                  "ports": {"type": "array", "items": INT, "minItems": 2, "maxItems": 2},
                  "runtime": STR, "api": STR}, ("machine", "address", "resources", "ports"))
-REPORT = _obj({"machine": STR, "updates": {"type": "array", "items": _obj({
-    "placement": STR, "state": STR, "health": STR, "exit_code": {"type": ["integer", "null"]}, "reason": STR})}},
-    ("machine", "updates"))
+REPORT = _ref("AgentReport")
 STATS = _obj({"machine": STR, "stats": {"type": "array", "items": _obj({"placement": STR, "job": STR, "cpu": NUM},
                                                                       ("cpu",))}}, ("machine", "stats"))
 BLOB = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}

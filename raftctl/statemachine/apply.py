@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.records import (DIGEST_RE, HEALTH_STATES, IMAGE_NAME_RE, PLACEMENT_STATES, JobSpec,
@@ -133,6 +133,9 @@ def _remember(state: State, cmd: c.Command, digest: str, result: Result) -> None
         del state.dedup[next(iter(state.dedup))]
 
 
+T = TypeVar("T")
+
+
 # -- helpers -----------------------------------------------------------------
 
 def _bump(state: State, *tables: str) -> int:
@@ -161,7 +164,14 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _need_str_list(values: list, field: str) -> None:
+def _found(value: T | None, code: str, message: str, field: str | None = None) -> T:
+    """``value`` if it is there, else a rejection."""
+    if value is None:
+        raise Reject(code, message, field)
+    return value
+
+
+def _need_str_list(values: list[Any], field: str) -> None:
     for i, v in enumerate(values):
         _need(isinstance(v, str), "invalid", f"{field}[{i}] must be a string", field)
 
@@ -176,26 +186,24 @@ def _need_counts(obj: Any, field: str, *, lo: int = 0, hi: int | None = None) ->
               f"{field}.{k}")
 
 
-def _job(state: State, name: str) -> dict:
-    job = state.jobs.get(name)
-    _need(job is not None, "not_found", f"job {name!r} does not exist", "name")
-    return job  # type: ignore[return-value]
+def _job(state: State, name: str) -> dict[str, Any]:
+    return _found(state.jobs.get(name), "not_found", f"job {name!r} does not exist", "name")
 
 
-def _current_spec(job: dict) -> dict:
+def _current_spec(job: dict[str, Any]) -> dict[str, Any]:
     spec = spec_of(job, job["version"])
     if spec is None:
         raise Reject("internal", f"job {job['name']} has no version {job['version']}")
     return spec
 
 
-def _prune_versions(job: dict) -> None:
+def _prune_versions(job: dict[str, Any]) -> None:
     """Keep the newest MAX_VERSIONS versions of a job (history for rollback)."""
     if len(job["versions"]) > MAX_VERSIONS:
         del job["versions"][: len(job["versions"]) - MAX_VERSIONS]
 
 
-def _unpublish(state: State, p: dict) -> bool:
+def _unpublish(state: State, p: dict[str, Any]) -> bool:
     job = state.jobs.get(p["job"])
     service = _current_spec(job).get("service", p["job"]) if job else p["job"]
     svc = state.discovery.get(service)
@@ -207,7 +215,7 @@ def _unpublish(state: State, p: dict) -> bool:
     return False
 
 
-def _publish(state: State, p: dict, spec: dict) -> None:
+def _publish(state: State, p: dict[str, Any], spec: dict[str, Any]) -> None:
     machine = state.machines.get(p["machine"], {})
     port = None
     if spec.get("ports"):
@@ -222,7 +230,7 @@ def _publish(state: State, p: dict, spec: dict) -> None:
     state.table_index["discovery"] = state.index
 
 
-def _set_placement(s: State, p: dict, at: int, **changes: Any) -> None:
+def _set_placement(s: State, p: dict[str, Any], at: int, **changes: Any) -> None:
     p.update(changes)
     p["updated_at"] = at
     p["modify_index"] = s.index
@@ -234,7 +242,7 @@ def _noop(state: State, cmd: c.Noop) -> None:
     return None
 
 
-def resolve_image(images: dict[str, dict], spec: dict) -> dict:
+def resolve_image(images: dict[str, dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
     """The spec as a job version stores it: ``image_digest`` is the manifest digest that ``image``
     names in ``images`` now (a ``sha256:`` reference names itself; a name not pushed gives None).
 
@@ -248,7 +256,7 @@ def resolve_image(images: dict[str, dict], spec: dict) -> dict:
     return {**spec, "image_digest": digest}
 
 
-def _put_job(state: State, cmd: c.PutJob) -> dict:
+def _put_job(state: State, cmd: c.PutJob) -> dict[str, Any] | Unchanged:
     # validate_spec checked the spec's values before it was proposed; a command read from the log is only
     # checked for its shape (every field of the JobSpec record, its type, no unknown field), so nothing that
     # apply, the scheduler or an agent reads later can fail half-way
@@ -286,7 +294,7 @@ def _put_job(state: State, cmd: c.PutJob) -> dict:
     return {"name": name, "version": version, "job_index": idx, "image_digest": spec["image_digest"]}
 
 
-def _delete_job(state: State, cmd: c.DeleteJob) -> dict:
+def _delete_job(state: State, cmd: c.DeleteJob) -> dict[str, Any]:
     job = _job(state, cmd.name)
     idx = _bump(state, "jobs", "placements")
     job["status"] = "dead"
@@ -306,7 +314,7 @@ def _delete_job(state: State, cmd: c.DeleteJob) -> dict:
     return {"name": cmd.name, "stopping": stopped}
 
 
-def _scale_job(state: State, cmd: c.ScaleJob) -> dict:
+def _scale_job(state: State, cmd: c.ScaleJob) -> dict[str, Any]:
     job = _job(state, cmd.name)
     _need(job["status"] == "running", "conflict", f"job {cmd.name} is stopped", "name")
     _need(0 <= cmd.replicas <= 10000, "invalid", "replicas must be between 0 and 10000", "replicas")
@@ -319,10 +327,10 @@ def _scale_job(state: State, cmd: c.ScaleJob) -> dict:
     return {"name": cmd.name, "replicas": cmd.replicas, "previous": before}
 
 
-def _rollback_job(state: State, cmd: c.RollbackJob) -> dict:
+def _rollback_job(state: State, cmd: c.RollbackJob) -> dict[str, Any]:
     job = _job(state, cmd.name)
     old = next((v for v in job["versions"] if v["version"] == cmd.version), None)
-    _need(old is not None, "not_found", f"job {cmd.name} has no version {cmd.version}", "version")
+    old = _found(old, "not_found", f"job {cmd.name} has no version {cmd.version}", "version")
     _need(cmd.version != job["version"], "conflict", f"version {cmd.version} is already current", "version")
     idx = _bump(state, "jobs")
     version = job["versions"][-1]["version"] + 1
@@ -337,12 +345,12 @@ def _rollback_job(state: State, cmd: c.RollbackJob) -> dict:
     return {"name": cmd.name, "version": version, "rollback_of": cmd.version}
 
 
-def _register_machine(state: State, cmd: c.RegisterMachine) -> dict:
+def _register_machine(state: State, cmd: c.RegisterMachine) -> dict[str, Any]:
     _need(bool(MACHINE_RE.match(cmd.machine)), "invalid", "machine id must match [A-Za-z0-9._-]{1,63}", "id")
     _need(bool(cmd.address), "invalid", "machine address is required", "address")
     for k in ("cpu", "memory", "pids"):
         v = cmd.resources.get(k)
-        _need(_is_int(v) and v > 0, "invalid", f"resources.{k} must be a positive integer", f"resources.{k}")
+        _need(isinstance(v, int) and not isinstance(v, bool) and v > 0, "invalid", f"resources.{k} must be a positive integer", f"resources.{k}")
     _need(len(cmd.ports) == 2 and all(_is_int(x) for x in cmd.ports) and 0 < cmd.ports[0] <= cmd.ports[1] < 65536,
           "invalid", "ports must be [lo, hi] within 1..65535", "ports")
     old = state.machines.get(cmd.machine)
@@ -359,9 +367,8 @@ def _register_machine(state: State, cmd: c.RegisterMachine) -> dict:
     return {"machine": cmd.machine}
 
 
-def _machine_down(state: State, cmd: c.MachineDown) -> dict:
-    m = state.machines.get(cmd.machine)
-    _need(m is not None, "not_found", f"machine {cmd.machine!r} does not exist", "machine")
+def _machine_down(state: State, cmd: c.MachineDown) -> dict[str, Any]:
+    m = _found(state.machines.get(cmd.machine), "not_found", f"machine {cmd.machine!r} does not exist", "machine")
     _need(cmd.epoch == 0 or cmd.epoch == state.epoch, "stale_epoch",
           f"proposed by the leader of epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
     _need(m["status"] != "down", "conflict", f"machine {cmd.machine} is already down", "machine")
@@ -380,9 +387,8 @@ def _machine_down(state: State, cmd: c.MachineDown) -> dict:
     return {"machine": cmd.machine, "lost": lost}
 
 
-def _machine_up(state: State, cmd: c.MachineUp) -> dict:
-    m = state.machines.get(cmd.machine)
-    _need(m is not None, "not_found", f"machine {cmd.machine!r} does not exist", "machine")
+def _machine_up(state: State, cmd: c.MachineUp) -> dict[str, Any]:
+    m = _found(state.machines.get(cmd.machine), "not_found", f"machine {cmd.machine!r} does not exist", "machine")
     _need(m["status"] != "up", "conflict", f"machine {cmd.machine} is already up", "machine")
     idx = _bump(state, "machines")
     m["status"] = "up"
@@ -392,7 +398,7 @@ def _machine_up(state: State, cmd: c.MachineUp) -> dict:
     return {"machine": cmd.machine}
 
 
-def _drain_machine(state: State, cmd: c.DrainMachine) -> dict:
+def _drain_machine(state: State, cmd: c.DrainMachine) -> dict[str, Any]:
     _need(bool(cmd.machines), "invalid", "no machines to drain", "machines")
     _need_str_list(cmd.machines, "machines")
     for mid in cmd.machines:
@@ -407,7 +413,7 @@ def _drain_machine(state: State, cmd: c.DrainMachine) -> dict:
     return {"machines": list(cmd.machines), "drain": cmd.drain}
 
 
-def _claim_epoch(state: State, cmd: c.ClaimEpoch) -> dict:
+def _claim_epoch(state: State, cmd: c.ClaimEpoch) -> dict[str, Any]:
     _need(cmd.term > state.epoch, "stale_epoch", f"term {cmd.term} is not newer than epoch {state.epoch}", "term")
     _bump(state)
     state.epoch = cmd.term
@@ -416,7 +422,7 @@ def _claim_epoch(state: State, cmd: c.ClaimEpoch) -> dict:
     return {"epoch": cmd.term}
 
 
-def _fits(state: State, machine: str, resources: dict, ports: dict) -> str | None:
+def _fits(state: State, machine: str, resources: dict[str, Any], ports: dict[str, Any]) -> str | None:
     """Why a new placement does not fit on ``machine`` now (None if it fits)."""
     m = state.machines.get(machine)
     if m is None:
@@ -459,7 +465,7 @@ def _check_plan(cmd: c.Plan) -> None:
               "pending must map job names to reasons (strings)", "pending")
 
 
-def _plan(state: State, cmd: c.Plan) -> dict:
+def _plan(state: State, cmd: c.Plan) -> dict[str, Any]:
     _need(cmd.epoch == state.epoch, "stale_epoch",
           f"plan from epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
     _check_plan(cmd)
@@ -500,12 +506,12 @@ def _plan(state: State, cmd: c.Plan) -> dict:
         slots.add((item["replica"], item["version"]))
         placed.append(pid)
     for item in cmd.stop:
-        p = state.placements.get(item.get("placement"))
-        if p is None or p["desired"] == "stop":
+        gone = state.placements.get(item.get("placement"))
+        if gone is None or gone["desired"] == "stop":
             continue
-        _unpublish(state, p)
-        _set_placement(state, p, cmd.at, desired="stop", reason=item.get("reason", ""))
-        stopped.append(p["id"])
+        _unpublish(state, gone)
+        _set_placement(state, gone, cmd.at, desired="stop", reason=item.get("reason", ""))
+        stopped.append(gone["id"])
     for name, reason in sorted(cmd.pending.items()):
         job = state.jobs.get(name)
         if job is not None and job.get("pending_reason") != (reason or None):
@@ -517,9 +523,9 @@ def _plan(state: State, cmd: c.Plan) -> dict:
     return {"placed": placed, "stopped": stopped, "rejected": rejected}
 
 
-def _placement_update(state: State, cmd: c.PlacementUpdate) -> dict:
-    p = state.placements.get(cmd.placement)
-    _need(p is not None, "not_found", f"placement {cmd.placement!r} does not exist", "placement")
+def _placement_update(state: State, cmd: c.PlacementUpdate) -> dict[str, Any]:
+    p = _found(state.placements.get(cmd.placement), "not_found", f"placement {cmd.placement!r} does not exist",
+               "placement")
     _need(p["machine"] == cmd.machine, "forbidden", f"placement {cmd.placement} is not on machine {cmd.machine}", "machine")
     _need(cmd.state in PLACEMENT_STATES, "invalid", f"unknown state {cmd.state!r}", "state")
     _need(cmd.health in HEALTH_STATES + ("",), "invalid", f"unknown health {cmd.health!r}", "health")
@@ -550,7 +556,7 @@ def _placement_update(state: State, cmd: c.PlacementUpdate) -> dict:
     return {"placement": cmd.placement, "state": cmd.state, "health": health, "index": idx}
 
 
-def _retire(state: State, cmd: c.Retire) -> dict:
+def _retire(state: State, cmd: c.Retire) -> dict[str, Any]:
     _need(cmd.epoch == state.epoch, "stale_epoch", f"from epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
     _need_str_list(cmd.placements, "placements")
     for pid in cmd.placements:
@@ -570,7 +576,7 @@ def _retire(state: State, cmd: c.Retire) -> dict:
     return {"retired": done}
 
 
-def _set_deployment(state: State, cmd: c.SetDeployment) -> dict:
+def _set_deployment(state: State, cmd: c.SetDeployment) -> dict[str, Any]:
     _need(cmd.epoch == state.epoch, "stale_epoch", f"from epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
     job = _job(state, cmd.job)
     dep = dict(cmd.deployment)
@@ -592,7 +598,7 @@ def _set_deployment(state: State, cmd: c.SetDeployment) -> dict:
     return {"job": cmd.job, "status": dep.get("status")}
 
 
-def _create_token(state: State, cmd: c.CreateToken) -> dict:
+def _create_token(state: State, cmd: c.CreateToken) -> dict[str, Any]:
     _need(bool(re.fullmatch(r"[0-9a-f]{64}", cmd.hash)), "invalid", "hash must be sha256 hex", "hash")
     _need(cmd.role in ROLES, "invalid", f"role must be one of {', '.join(ROLES)}", "role")
     _need(bool(cmd.name), "invalid", "token name is required", "name")
@@ -607,7 +613,7 @@ def _create_token(state: State, cmd: c.CreateToken) -> dict:
     return {"name": cmd.name, "role": cmd.role}
 
 
-def _revoke_token(state: State, cmd: c.RevokeToken) -> dict:
+def _revoke_token(state: State, cmd: c.RevokeToken) -> dict[str, Any]:
     found = [h for h, t in state.tokens.items() if t["name"] == cmd.name]
     _need(bool(found), "not_found", f"no token named {cmd.name!r}", "name")
     _bump(state, "tokens")
@@ -617,7 +623,7 @@ def _revoke_token(state: State, cmd: c.RevokeToken) -> dict:
     return {"name": cmd.name}
 
 
-def _put_image(state: State, cmd: c.PutImage) -> dict:
+def _put_image(state: State, cmd: c.PutImage) -> dict[str, Any]:
     _need(bool(IMAGE_NAME_RE.fullmatch(cmd.name)), "invalid",
           "image name must be name:tag", "name")
     _need(bool(DIGEST_RE.fullmatch(cmd.digest)), "invalid", "digest must be sha256:<64 hex>", "digest")
@@ -629,9 +635,9 @@ def _put_image(state: State, cmd: c.PutImage) -> dict:
     return {"name": cmd.name, "digest": cmd.digest}
 
 
-def _set_member(state: State, cmd: c.SetMember) -> dict | None:
+def _set_member(state: State, cmd: c.SetMember) -> dict[str, Any] | None:
     _need(bool(cmd.raft), "invalid", "raft address is required", "raft")
-    new = {"raft": cmd.raft, "api": cmd.api, "id": cmd.node}
+    new: dict[str, Any] = {"raft": cmd.raft, "api": cmd.api, "id": cmd.node}
     old = state.members.get(cmd.raft)
     if old is not None and {k: old[k] for k in new} == new:
         return None
@@ -642,7 +648,7 @@ def _set_member(state: State, cmd: c.SetMember) -> dict | None:
     return {"raft": cmd.raft}
 
 
-def _remove_member(state: State, cmd: c.RemoveMember) -> dict:
+def _remove_member(state: State, cmd: c.RemoveMember) -> dict[str, Any]:
     _need(cmd.raft in state.members, "not_found", f"no member {cmd.raft}", "raft")
     _bump(state, "members")
     del state.members[cmd.raft]

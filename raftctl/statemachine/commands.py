@@ -76,7 +76,7 @@ class Noop(Command):
 @dataclass(frozen=True, kw_only=True)
 class PutJob(Command):
     OP: ClassVar[Op] = Op.PUT_JOB
-    spec: dict = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict)
     cas: int | None = None  # expected modify_index of the job; 0 = must not exist
 
 
@@ -107,10 +107,10 @@ class RegisterMachine(Command):
     OP: ClassVar[Op] = Op.REGISTER_MACHINE
     machine: str = ""
     address: str = ""
-    fault_domain: dict = field(default_factory=dict)
-    labels: dict = field(default_factory=dict)
-    resources: dict = field(default_factory=dict)
-    ports: list = field(default_factory=list)
+    fault_domain: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
+    ports: list[Any] = field(default_factory=list)
     runtime: str = ""
     api: str = ""           # the agent's own HTTP endpoint (logs)
 
@@ -133,7 +133,7 @@ class MachineUp(Command):
 class DrainMachine(Command):
     OP: ClassVar[Op] = Op.DRAIN_MACHINE
     CLOCK_FIELDS: ClassVar[tuple[str, ...]] = ("deadline",)  # the API's now + the requested duration
-    machines: list = field(default_factory=list)
+    machines: list[Any] = field(default_factory=list)
     drain: bool = True
     deadline: int | None = None
 
@@ -152,9 +152,9 @@ class Plan(Command):
     OP: ClassVar[Op] = Op.PLAN
     epoch: int = 0
     index: int = 0
-    place: list = field(default_factory=list)   # [{job, version, replica, machine, resources, ports}]
-    stop: list = field(default_factory=list)    # [{placement, reason}]
-    pending: dict = field(default_factory=dict)  # job -> why replicas could not be placed ("" = none)
+    place: list[Any] = field(default_factory=list)   # [{job, version, replica, machine, resources, ports}]
+    stop: list[Any] = field(default_factory=list)    # [{placement, reason}]
+    pending: dict[str, Any] = field(default_factory=dict)  # job -> why replicas could not be placed ("" = none)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,7 +213,7 @@ class Retire(Command):
 
     OP: ClassVar[Op] = Op.RETIRE
     epoch: int = 0
-    placements: list = field(default_factory=list)
+    placements: list[Any] = field(default_factory=list)
     reason: str = ""
 
 
@@ -222,7 +222,7 @@ class SetDeployment(Command):
     OP: ClassVar[Op] = Op.SET_DEPLOYMENT
     epoch: int = 0
     job: str = ""
-    deployment: dict = field(default_factory=dict)
+    deployment: dict[str, Any] = field(default_factory=dict)
     message: str = ""
 
 
@@ -234,15 +234,18 @@ COMMANDS: dict[int, type[Command]] = {
 }
 assert set(COMMANDS) == {op.value for op in Op}, "every Op needs exactly one command class"
 
-_FIELDS: dict[type[Command], dict[str, dataclasses.Field]] = {
+_FIELDS: dict[type[Command], dict[str, dataclasses.Field[Any]]] = {
     cls: {f.name: f for f in dataclasses.fields(cls)} for cls in COMMANDS.values()
 }
 
 # Python types each annotation accepts on decode (annotations are strings here).
 _ACCEPT: dict[str, tuple[type, ...]] = {
-    "int": (int,), "str": (str,), "bool": (bool,), "dict": (dict,), "list": (list,),
+    "int": (int,), "str": (str,), "bool": (bool,), "dict[str, Any]": (dict,), "list[Any]": (list,),
     "int | None": (int, type(None)),
 }
+
+
+assert all(str(f.type) in _ACCEPT for fs in _FIELDS.values() for f in fs.values()), "a field type _ACCEPT lacks"
 
 
 def to_wire(cmd: Command) -> dict[str, Any]:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, NamedTuple
+from typing import Annotated, Any, Callable, Literal, NamedTuple
+
+import msgspec
+from msgspec import UNSET, UnsetType
 
 from raftctl import gate
 from raftctl.errors import ValidationError
@@ -82,6 +85,181 @@ MAX_CHARS: dict[str, int] = {
     "health.path": 1024,
     "constraints[].attr": 256, "constraints[].value": 1024,
 }
+
+
+# -- the user form as types (issue 14) ------------------------------------------------------------------------------
+# The job spec a user writes, as msgspec Structs whose Meta carries the bounds above: the OpenAPI document's JobSpec
+# schema is generated from them (raftctl/node/openapi.py), so the document and the validator share one definition.
+# Sizes, CPU and durations are unit types: text a person writes (`64Mi`, `250m`, `1m30s`) or a plain number; the
+# normalized form (raftctl.statemachine.records.JobSpec) holds bytes, millicores and Millis.
+
+def _range(key: str) -> msgspec.Meta:
+    lo, hi = INTEGERS[key]
+    return msgspec.Meta(ge=lo, le=hi)
+
+
+def _dur(key: str) -> msgspec.Meta:
+    lo, hi, default = DURATIONS[key]
+    return msgspec.Meta(description=f"a duration from {format_duration(lo)} to {format_duration(hi)} "
+                                    f"(default {format_duration(default)}): `500ms`, `1s`, `1m30s`, `2h`, or seconds",
+                        extra_json_schema={"x-minimum-ms": lo, "x-maximum-ms": hi, "x-default-ms": default})
+
+
+def _ms_meta(key: str) -> msgspec.Meta:
+    lo, hi, _ = DURATIONS[key]
+    return msgspec.Meta(ge=lo, le=hi, description=f"the normalized form of `{key.rsplit('.', 1)[1]}`, in milliseconds")
+
+
+def _items(key: str) -> msgspec.Meta:
+    return msgspec.Meta(max_length=MAX_ITEMS[key])
+
+
+def _chars(key: str, **kw: Any) -> msgspec.Meta:
+    return msgspec.Meta(max_length=MAX_CHARS[key], **kw)
+
+
+Argument = Annotated[str, _chars("argument")]
+DurationText = str | float
+SizeText = Annotated[str | int, msgspec.Meta(description="bytes: `64Mi`, `1Gi`, `100M` or a number of bytes")]
+CpuText = Annotated[str | float, msgspec.Meta(description="CPU: `250m` (millicores) or a number of cores (`0.5`)")]
+
+
+class _In(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of the user-form structs: no field they do not name."""
+
+
+class ResourcesIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    cpu: Annotated[CpuText, msgspec.Meta(extra_json_schema={"x-maximum-millicores": INTEGERS["resources.cpu"][1]})] = "100m"
+    memory: Annotated[SizeText, msgspec.Meta(extra_json_schema={"x-minimum-bytes": INTEGERS["resources.memory"][0],
+                                                                "x-maximum-bytes": INTEGERS["resources.memory"][1]})] = "64Mi"
+    pids: Annotated[int, _range("resources.pids")] = 256
+
+
+class PortIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(pattern=PORT_NAME_RE.pattern)]
+    static: Annotated[int, _range("ports[].static")] | None = None
+    to: Annotated[int, _range("ports[].to")] | None = None
+
+
+class HealthIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A health check: http and tcp name one of the job's ports; exec runs a command."""
+
+    type: Literal["http", "tcp", "exec"]
+    port: str | None = None
+    path: Annotated[str, _chars("health.path", pattern="^/")] = "/"
+    command: Annotated[list[Argument], _items("health.command")] | None = None
+    interval: Annotated[DurationText, _dur("health.interval")] | UnsetType = UNSET
+    timeout: Annotated[DurationText, _dur("health.timeout")] | UnsetType = UNSET
+    failures: Annotated[int, _range("health.failures")] = 3
+    grace: Annotated[DurationText, _dur("health.grace")] | UnsetType = UNSET
+    interval_ms: Annotated[int, _ms_meta("health.interval")] | UnsetType = UNSET
+    timeout_ms: Annotated[int, _ms_meta("health.timeout")] | UnsetType = UNSET
+    grace_ms: Annotated[int, _ms_meta("health.grace")] | UnsetType = UNSET
+
+
+class BackoffIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    initial: Annotated[DurationText, _dur("restart.backoff.initial")] | UnsetType = UNSET
+    max: Annotated[DurationText, _dur("restart.backoff.max")] | UnsetType = UNSET
+
+
+class RestartIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    policy: Literal["always", "on-failure", "never"] = "always"
+    backoff: BackoffIn | None = None
+    reset: Annotated[DurationText, _dur("restart.reset")] | UnsetType = UNSET
+    initial_ms: Annotated[int, _ms_meta("restart.backoff.initial")] | UnsetType = UNSET
+    max_ms: Annotated[int, _ms_meta("restart.backoff.max")] | UnsetType = UNSET
+    reset_ms: Annotated[int, _ms_meta("restart.reset")] | UnsetType = UNSET
+
+
+class UpdateIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Rolling deploys: max_unavailable and max_surge cannot both be 0."""
+
+    max_unavailable: Annotated[int, _range("update.max_unavailable")] = 1
+    max_surge: Annotated[int, _range("update.max_surge")] = 0
+    min_healthy: Annotated[DurationText, _dur("update.min_healthy")] | UnsetType = UNSET
+    deadline: Annotated[DurationText, _dur("update.deadline")] | UnsetType = UNSET
+    auto_revert: bool = True
+    drain_delay: Annotated[DurationText, _dur("update.drain_delay")] | UnsetType = UNSET
+    canary: Annotated[int, _range("update.canary")] = 0
+    auto_promote: bool = False
+    min_healthy_ms: Annotated[int, _ms_meta("update.min_healthy")] | UnsetType = UNSET
+    deadline_ms: Annotated[int, _ms_meta("update.deadline")] | UnsetType = UNSET
+    drain_delay_ms: Annotated[int, _ms_meta("update.drain_delay")] | UnsetType = UNSET
+
+
+class SpreadIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    level: Literal["region", "zone", "rack"]
+    mode: Literal["hard", "soft"] = "soft"
+
+
+class ConstraintIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`in`/`not_in` take a list of strings, `regex` an RE2 pattern, `exists`/`not_exists` no value."""
+
+    attr: Annotated[str, _chars("constraints[].attr")]
+    op: Literal["==", "!=", "in", "not_in", "exists", "not_exists", "regex"] = "=="
+    value: (Annotated[str, _chars("constraints[].value")]
+            | Annotated[list[Annotated[str, _chars("constraints[].value")]], _items("constraints[].value")]
+            | float | bool | None) = None
+
+
+class AutoscaleIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    min: Annotated[int, _range("autoscale.min")] = 1
+    max: Annotated[int, _range("autoscale.max")]
+    metric: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$")] = "cpu"
+    target: Annotated[float, msgspec.Meta(gt=0, le=MAX_AUTOSCALE_TARGET)]
+    cooldown: Annotated[DurationText, _dur("autoscale.cooldown")] | UnsetType = UNSET
+    stabilization: Annotated[DurationText, _dur("autoscale.stabilization")] | UnsetType = UNSET
+    tolerance: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
+    cooldown_ms: Annotated[int, _ms_meta("autoscale.cooldown")] | UnsetType = UNSET
+    stabilization_ms: Annotated[int, _ms_meta("autoscale.stabilization")] | UnsetType = UNSET
+
+
+class DisruptionIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    max_unavailable: Annotated[int, _range("disruption.max_unavailable")] = 1
+
+
+class PreStopIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    exec: Annotated[list[Argument], _items("lifecycle.pre_stop.exec"), msgspec.Meta(min_length=1)]
+    timeout: Annotated[DurationText, _dur("lifecycle.pre_stop.timeout")] | UnsetType = UNSET
+    timeout_ms: Annotated[int, _ms_meta("lifecycle.pre_stop.timeout")] | UnsetType = UNSET
+
+
+class LifecycleIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pre_stop: PreStopIn | None = None
+
+
+class JobSpecIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A job spec (DESIGN §6, docs/state.md) as a user writes it in YAML, JSON or TOML. Unknown fields are
+    rejected; every problem is reported with its field path in error.details."""
+
+    name: Annotated[str, msgspec.Meta(pattern=NAME_RE.pattern, description="must equal the {name} in the path")]
+    image: Annotated[str, msgspec.Meta(pattern=IMAGE_RE.pattern,
+                                       description="an imported image `name:tag` or `sha256:<64 hex>`")]
+    base: Literal["host", "scratch"] = "host"
+    command: Annotated[list[Argument], _items("command"), msgspec.Meta(min_length=1,
+                                                                       description="argv, never a shell string")]
+    env: Annotated[dict[Annotated[str, _chars("env.name", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")],
+                        Annotated[str, _chars("env.value")] | int | float], _items("env")] = {}
+    user: Annotated[str | int, msgspec.Meta(description="uid or uid:gid")] | None = None
+    replicas: Annotated[int, _range("replicas")] = 1
+    resources: ResourcesIn | None = None
+    network: Literal["host", "bridge"] = "host"
+    ports: Annotated[list[PortIn], _items("ports")] = []
+    health: HealthIn | None = None
+    restart: RestartIn | None = None
+    update: UpdateIn | None = None
+    spread: Annotated[list[SpreadIn], _items("spread")] = []
+    constraints: Annotated[list[ConstraintIn], _items("constraints")] = []
+    autoscale: AutoscaleIn | None = None
+    disruption: DisruptionIn | None = None
+    lifecycle: LifecycleIn | None = None
+    priority: Annotated[int, _range("priority")] = 50
+    service: Annotated[str, msgspec.Meta(pattern=NAME_RE.pattern, description="discovery name; the job's name "
+                                                                               "by default")] | None = None
+    capabilities: Annotated[list[str], msgspec.Meta(
+        max_length=len(ALLOWED_CAPABILITIES),
+        description="Linux capabilities from Docker's default set (CHOWN, NET_BIND_SERVICE, ...), with or without "
+                    "CAP_; none by default")] = []
 
 
 class SpecProblem(NamedTuple):

@@ -26,17 +26,17 @@ class State:
     """All replicated tables plus counters. Mutated only by :mod:`apply`."""
 
     def __init__(self) -> None:
-        self.machines: dict[str, dict] = {}
-        self.jobs: dict[str, dict] = {}
-        self.placements: dict[str, dict] = {}
-        self.deployments: dict[str, dict] = {}
-        self.discovery: dict[str, dict] = {}
-        self.images: dict[str, dict] = {}
-        self.tokens: dict[str, dict] = {}
-        self.members: dict[str, dict] = {}
-        self.events: list[dict] = []
+        self.machines: dict[str, dict[str, Any]] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.placements: dict[str, dict[str, Any]] = {}
+        self.deployments: dict[str, dict[str, Any]] = {}
+        self.discovery: dict[str, dict[str, Any]] = {}
+        self.images: dict[str, dict[str, Any]] = {}
+        self.tokens: dict[str, dict[str, Any]] = {}
+        self.members: dict[str, dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
         # request id -> {ok, index, value, error (the result), op, digest, seq}; dict order = seq order
-        self.dedup: dict[str, dict] = {}
+        self.dedup: dict[str, dict[str, Any]] = {}
         self.index = 0                        # bumped by every command that changes something
         self.epoch = 0                        # the term of the leader that last claimed leadership
         self.epoch_node = ""
@@ -88,14 +88,14 @@ class State:
             self.by_job.setdefault(p["job"], set()).add(pid)
 
     # -- small read helpers (pure) ----------------------------------------
-    def job_placements(self, job: str) -> list[dict]:
+    def job_placements(self, job: str) -> list[dict[str, Any]]:
         return [self.placements[p] for p in sorted(self.by_job.get(job, ()))]
 
-    def machine_placements(self, machine: str) -> list[dict]:
+    def machine_placements(self, machine: str) -> list[dict[str, Any]]:
         return [self.placements[p] for p in sorted(self.by_machine.get(machine, ()))]
 
 
-def _ordered_dedup(dedup: dict[str, dict], seq: dict[str, int]) -> dict[str, dict]:
+def _ordered_dedup(dedup: dict[str, dict[str, Any]], seq: dict[str, int]) -> dict[str, dict[str, Any]]:
     """The dedup table in eviction order (lowest ``seq`` first), whatever order the snapshot's
     canonical CBOR put its keys in; ``seq["dedup"]`` is at least the highest ``seq`` held.
 
@@ -111,7 +111,7 @@ def _ordered_dedup(dedup: dict[str, dict], seq: dict[str, int]) -> dict[str, dic
     return dict(sorted(dedup.items(), key=lambda kv: (kv[1]["seq"], kv[0])))
 
 
-def placement_uses_resources(p: dict) -> bool:
+def placement_uses_resources(p: dict[str, Any]) -> bool:
     """Whether a placement (a table dict) still holds its machine's resources (records.holds_resources)."""
     return holds_resources(p["state"])
 
@@ -130,7 +130,7 @@ def machine_usage(state: State, machine: str) -> tuple[dict[str, int], set[int]]
     return used, ports
 
 
-def machine_state(state: State, m: dict) -> str:
+def machine_state(state: State, m: dict[str, Any]) -> str:
     """The operator-facing state: active, draining, drained, down or maintenance (records.machine_state_of)."""
     live = bool(m.get("drain")) and m["status"] != "down" and any(
         placement_uses_resources(state.placements[p]) for p in state.by_machine.get(m["id"], ()))

@@ -63,6 +63,34 @@ def test_the_job_spec_schema_names_every_field_the_validator_accepts() -> None:
     assert set(document()["components"]["schemas"]["JobSpec"]["properties"]) == set(TOP)
 
 
+def test_the_job_spec_and_report_schemas_are_generated_from_the_types_the_server_converts_with() -> None:
+    from raftctl.statemachine.records import Report
+    from raftctl.statemachine.spec import INTEGERS, MAX_ITEMS, JobSpecIn
+
+    schemas = document()["components"]["schemas"]
+    spec = schemas["JobSpec"]
+    assert spec["additionalProperties"] is False and set(spec["required"]) == {"name", "image", "command"}
+    assert spec["properties"]["replicas"]["maximum"] == INTEGERS["replicas"][1]
+    assert spec["properties"]["ports"]["maxItems"] == MAX_ITEMS["ports"]
+    assert spec["properties"]["health"]["anyOf"][0] == {"$ref": "#/components/schemas/JobSpecHealth"}
+    assert schemas["JobSpecHealth"]["properties"]["interval"]["x-minimum-ms"] == 100
+    assert set(schemas["AgentReportUpdate"]["properties"]["state"]["enum"]) >= {"running", "exited", "stopped"}
+    assert JobSpecIn.__doc__ and Report.__doc__ and spec["description"].startswith("A job spec")
+    refs = {v for v in _walk(document()) if isinstance(v, str) and v.startswith("#/components/schemas/")}
+    assert {r.rsplit("/", 1)[1] for r in refs} <= set(schemas)
+
+
+def _walk(node: object):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk(v)
+    else:
+        yield node
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     c = LocalCluster(str(tmp_path_factory.mktemp("openapi")), replicas=3)

@@ -368,3 +368,53 @@ def test_the_agent_gets_restart_settings_it_can_act_on(stored, expected):
 def test_valid_restart_settings_reach_the_agent_unchanged():
     s = validate_spec({**BASE, "restart": {"policy": "on-failure", "backoff": {"initial": "250ms", "max": "30s"}}})
     assert runtime_restart(s["restart"]) == (s["restart"], [])
+
+
+# --- the user form as types: the OpenAPI schema and the validator share one definition ------------------------
+
+def test_every_spec_the_validator_accepts_converts_to_the_user_form_struct():
+    import msgspec
+
+    from raftctl.statemachine.spec import JobSpecIn
+
+    @settings(max_examples=100, deadline=None)
+    @given(specs)
+    def check(raw):
+        validate_spec(raw)
+        msgspec.convert(raw, JobSpecIn)
+
+    check()
+    msgspec.convert(denormalize(validate_spec(BASE)), JobSpecIn)
+
+
+@pytest.mark.parametrize("change,field,reason", [b for b in BOUNDS if isinstance(next(iter(b[0].values())), dict)
+                                                 or b[1] in ("replicas", "priority", "command", "spread")],
+                         ids=lambda v: v if isinstance(v, str) else None)
+def test_the_user_form_struct_refuses_what_its_bounds_refuse(change, field, reason):
+    import msgspec
+
+    from raftctl.statemachine.spec import JobSpecIn
+
+    raw = {**BASE, **change}
+    try:
+        msgspec.convert(raw, JobSpecIn)
+    except msgspec.ValidationError:
+        return
+    # what the types cannot say (units, cross-field checks) is left to validate_spec
+    assert any(word in reason for word in ("floor", "ceiling", "less than", "more than 0", "at least", "not a duration",
+                                          "must be an integer number", "not a finite", "at most 1024",
+                                          "needs a string", "positive number")), (field, reason)
+
+
+def test_the_bounds_tables_are_the_meta_of_the_user_form_fields():
+    import msgspec
+
+    from raftctl.statemachine.spec import DURATIONS, INTEGERS, MAX_ITEMS, JobSpecIn
+
+    _, comps = msgspec.json.schema_components([JobSpecIn])
+    top = comps["JobSpecIn"]["properties"]
+    assert (top["replicas"]["minimum"], top["replicas"]["maximum"]) == INTEGERS["replicas"]
+    assert top["ports"]["maxItems"] == MAX_ITEMS["ports"] and top["command"]["maxItems"] == MAX_ITEMS["command"]
+    interval = comps["HealthIn"]["properties"]["interval"]
+    assert (interval["x-minimum-ms"], interval["x-maximum-ms"], interval["x-default-ms"]) == DURATIONS["health.interval"]
+    assert comps["HealthIn"]["properties"]["interval_ms"]["minimum"] == DURATIONS["health.interval"][0]
