@@ -5,10 +5,14 @@ import asyncio
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from raftctl.cli.base import split_servers
+
+if TYPE_CHECKING:
+    from raftctl.agent.config import AgentConfig
 
 
 UNISOLATED_REFUSED = (
@@ -24,7 +28,7 @@ def check_unisolated(runtime: str, euid: int, allowed: bool) -> None:
         raise click.UsageError(UNISOLATED_REFUSED)
 
 
-def learn_cluster(cfg) -> str:  # type: ignore[no-untyped-def]
+def learn_cluster(cfg: AgentConfig) -> str:
     """The cluster id the runc driver names cgroups with: asked of the control plane (assignment answer) and kept in
     the data dir (config.settle_cluster_id). With a kept id, a control plane silent for 5 s does not hold up
     adopting this cluster's containers; a data dir of another cluster is refused."""
@@ -76,9 +80,9 @@ def register(cli: click.Group) -> None:
                   help="Let an agent running as root use --runtime process (jobs then run as plain root processes, "
                        "nothing isolated). Refused without it.")
     @click.option("--heartbeat", default="1s", show_default=True)
-    @click.option("--count", default=1, show_default=True, type=click.IntRange(1, 5000),
-                  help="With --runtime sim: play this many machines from one process (ids ID-0000, ID-0001, ...; "
-                       "the agent token's machine must be 'ID-*').")
+    @click.option("--count", default=None, type=click.IntRange(1, 5000),
+                  help="With --runtime sim: play this many machines from one process (ids ID-0000, ID-0001, ..., "
+                       "also for --count 1; the agent token's machine must be 'ID-*'). Without it: one machine, ID.")
     @click.option("--http-port", type=click.IntRange(0, 65535), default=0, show_default=True,
                   help="Port of the agent's own endpoint (logs, metrics) on --advertise; 0: any free port.")
     @click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
@@ -93,7 +97,7 @@ def register(cli: click.Group) -> None:
     def agent(machine: str, servers: tuple[str, ...], token: str | None, token_file: str | None, data_dir: str,
               fault_domain: tuple[str, ...], labels: tuple[str, ...], cpu: str | None, memory: str | None,
               pids: int, port_range: str, advertise: str, runtime: str | None, allow_unisolated: bool,
-              heartbeat: str, count: int,
+              heartbeat: str, count: int | None,
               http_port: int, tls_cert: str | None, tls_key: str | None, tls_ca: str | None, image_gc_after: str,
               log_level: str) -> None:
         """Run the host agent: register, heartbeat, run assigned containers, report."""
@@ -128,7 +132,7 @@ def register(cli: click.Group) -> None:
             heartbeat_s=parse_duration(heartbeat, "--heartbeat") / 1000,
             http_port=http_port, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
             image_gc_after_s=parse_duration(image_gc_after, "--image-gc-after") / 1000)
-        if count > 1:
+        if count is not None:
             if rt != "sim":
                 raise click.UsageError("--count needs --runtime sim")
             if http_port:

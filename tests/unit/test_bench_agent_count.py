@@ -1,0 +1,59 @@
+"""`raftctl agent --runtime sim --count N` (the scale test bed's hollow machines): --count always means
+"play N machines named ID-0000...", so a process of one simulated machine matches an 'ID-*' agent token too."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import raftctl.agent.loop as loop
+from raftctl.cli.main import cli
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    seen: list[tuple[str, Any]] = []
+
+    async def run_agents(cfg: Any, count: int) -> None:
+        seen.append(("many", (cfg.machine, count)))
+
+    async def run_agent(cfg: Any, driver: Any) -> None:
+        seen.append(("one", cfg.machine))
+
+    monkeypatch.setattr(loop, "run_agents", run_agents)
+    monkeypatch.setattr(loop, "run_agent", run_agent)
+    return seen
+
+
+def _agent(tmp_path: Any, *extra: str) -> Any:
+    return CliRunner().invoke(cli, ["agent", "--id", "v", "--server", "http://127.0.0.1:9", "--token", "t",
+                                    "--data-dir", str(tmp_path), "--runtime", "sim", *extra])
+
+
+@pytest.mark.parametrize("count", [1, 2, 2500])
+def test_count_plays_that_many_machines_named_id_dash_n(tmp_path: Any, calls: list, count: int) -> None:
+    res = _agent(tmp_path, "--count", str(count))
+    assert res.exit_code == 0, res.output
+    assert calls == [("many", ("v", count))]
+
+
+def test_without_count_one_machine_named_id(tmp_path: Any, calls: list) -> None:
+    res = _agent(tmp_path)
+    assert res.exit_code == 0, res.output
+    assert calls == [("one", "v")]
+
+
+def test_count_needs_the_sim_runtime(tmp_path: Any, calls: list) -> None:
+    res = CliRunner().invoke(cli, ["agent", "--id", "v", "--server", "http://127.0.0.1:9", "--token", "t",
+                                   "--data-dir", str(tmp_path), "--runtime", "process", "--allow-unisolated",
+                                   "--count", "3"])
+    assert res.exit_code == 2 and "--count needs --runtime sim" in res.output
+    assert calls == []
+
+
+@pytest.mark.parametrize("count", ["0", "5001"])
+def test_count_bounds(tmp_path: Any, calls: list, count: str) -> None:
+    res = _agent(tmp_path, "--count", count)
+    assert res.exit_code == 2 and "--count" in res.output
+    assert calls == []
