@@ -317,7 +317,12 @@ class _Checker:
     def bad(self, field: str, message: str) -> None:
         self.problems.append(SpecProblem(field, message))
 
-    def mapping(self, value: Any, field: str, allowed: tuple[str, ...]) -> dict:
+    def missing(self, field: str) -> Any:
+        """A required field is absent: a problem, and no value (None)."""
+        self.bad(field, "is required")
+        return None
+
+    def mapping(self, value: Any, field: str, allowed: tuple[str, ...]) -> dict[str, Any]:
         if value is None:
             return {}
         if not isinstance(value, dict):
@@ -343,7 +348,7 @@ class _Checker:
             return None
         return value
 
-    def string(self, value: Any, field: str, pattern: re.Pattern | None = None, what: str = "") -> str | None:
+    def string(self, value: Any, field: str, pattern: re.Pattern[str] | None = None, what: str = "") -> str | None:
         if not isinstance(value, str):
             self.bad(field, f"must be a string, not {_kind(value)}")
             return None
@@ -389,7 +394,7 @@ class _Checker:
         return self.integer(value, field, lo, hi)
 
     def convert(self, fn: Callable[[Any], int], value: Any, field: str, *, already: str | None = None,
-                raw: dict | None = None) -> int | None:
+                raw: dict[str, Any] | None = None) -> int | None:
         try:
             return fn(value)
         except ValidationError as exc:
@@ -402,7 +407,7 @@ def _kind(v: Any) -> str:
             dict: "a mapping", type(None): "null"}.get(type(v), type(v).__name__)
 
 
-def _duration(ck: _Checker, d: dict, key: str, field: str, *, bounds: str | None = None,
+def _duration(ck: _Checker, d: dict[str, Any], key: str, field: str, *, bounds: str | None = None,
               ms_at: str | None = None) -> int | None:
     """Durations may be given as `key: 1s` or, normalized, `key_ms: 1000`, within DURATIONS[bounds] (default
     ``field.key``); ``ms_at`` is the mapping that holds the `key_ms` form when it is not ``field``."""
@@ -446,11 +451,11 @@ def validate_spec(raw: Any, *, name: str | None = None) -> dict[str, Any]:
     ck.mapping(raw, "", TOP)
     out: dict[str, Any] = {}
     out["name"] = ck.string(raw.get("name"), "name", NAME_RE, "must match [a-z0-9][a-z0-9-]{0,62}") \
-        if "name" in raw else (ck.bad("name", "is required") or None)
+        if "name" in raw else ck.missing("name")
     if name is not None and out["name"] is not None and out["name"] != name:
         ck.bad("name", f"{out['name']!r} does not match the job {name!r} in the request path")
     out["image"] = ck.string(raw.get("image"), "image", IMAGE_RE, "is not name:tag or sha256:<64 hex>") \
-        if "image" in raw else (ck.bad("image", "is required") or None)
+        if "image" in raw else ck.missing("image")
     out["base"] = raw.get("base", "host")
     if out["base"] not in ("host", "scratch"):
         ck.bad("base", f"{out['base']!r} must be host or scratch")
@@ -545,7 +550,7 @@ def _capabilities(ck: _Checker, value: Any) -> list[str]:
     return sorted(out)
 
 
-def _ports(ck: _Checker, value: Any) -> list[dict]:
+def _ports(ck: _Checker, value: Any) -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -558,7 +563,7 @@ def _ports(ck: _Checker, value: Any) -> list[dict]:
         f = f"ports[{i}]"
         p = ck.mapping(p, f, ("name", "static", "to"))
         pname = ck.string(p.get("name"), f"{f}.name", PORT_NAME_RE, "must match [a-z][a-z0-9_]{0,31}") \
-            if "name" in p else (ck.bad(f"{f}.name", "is required") or None)
+            if "name" in p else ck.missing(f"{f}.name")
         if pname in seen:
             ck.bad(f"{f}.name", f"duplicate port name {pname!r}")
         seen.add(pname)
@@ -574,7 +579,7 @@ HEALTH = ("type", "port", "path", "command", "interval", "timeout", "failures", 
           "interval_ms", "timeout_ms", "grace_ms")
 
 
-def _health(ck: _Checker, value: Any, ports: set) -> dict | None:
+def _health(ck: _Checker, value: Any, ports: set[str | None]) -> dict[str, Any] | None:
     if value is None:
         return None
     h = ck.mapping(value, "health", HEALTH)
@@ -587,8 +592,11 @@ def _health(ck: _Checker, value: Any, ports: set) -> dict | None:
     if kind in ("http", "tcp"):
         if port is None:
             ck.bad("health.port", f"a {kind} check needs the name of a port")
+        elif not isinstance(port, str):
+            ck.bad("health.port", f"must be the name of a port, not {_kind(port)}")
         elif port not in ports:
-            ck.bad("health.port", f"{port!r} is not one of the job's ports ({', '.join(sorted(ports)) or 'none'})")
+            named = sorted(p for p in ports if isinstance(p, str))
+            ck.bad("health.port", f"{port[:40]!r} is not one of the job's ports ({', '.join(named) or 'none'})")
     command = ck.argv(h.get("command"), "health.command", required=kind == "exec") if kind == "exec" or "command" in h else None
     path = h.get("path", "/")
     if not isinstance(path, str) or not path.startswith("/"):
@@ -604,7 +612,7 @@ def _health(ck: _Checker, value: Any, ports: set) -> dict | None:
     return out
 
 
-def _restart(ck: _Checker, value: Any) -> dict:
+def _restart(ck: _Checker, value: Any) -> dict[str, Any]:
     r = ck.mapping(value, "restart", ("policy", "backoff", "initial_ms", "max_ms", "reset_ms", "reset"))
     policy = r.get("policy", "always")
     if policy not in ("always", "on-failure", "never"):
@@ -625,7 +633,7 @@ UPDATE = ("max_unavailable", "max_surge", "min_healthy", "deadline", "auto_rever
           "auto_promote", "min_healthy_ms", "deadline_ms", "drain_delay_ms")
 
 
-def _update(ck: _Checker, value: Any) -> dict:
+def _update(ck: _Checker, value: Any) -> dict[str, Any]:
     u = ck.mapping(value, "update", UPDATE)
     out = {"max_unavailable": ck.bounded(u.get("max_unavailable", 1), "update.max_unavailable", "update.max_unavailable"),
            "max_surge": ck.bounded(u.get("max_surge", 0), "update.max_surge", "update.max_surge"),
@@ -640,7 +648,7 @@ def _update(ck: _Checker, value: Any) -> dict:
     return out
 
 
-def _spread(ck: _Checker, value: Any) -> list[dict]:
+def _spread(ck: _Checker, value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         ck.bad("spread", f"must be a list, not {_kind(value)}")
         return []
@@ -658,7 +666,7 @@ def _spread(ck: _Checker, value: Any) -> list[dict]:
     return out
 
 
-def _constraints(ck: _Checker, value: Any) -> list[dict]:
+def _constraints(ck: _Checker, value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         ck.bad("constraints", f"must be a list, not {_kind(value)}")
         return []
@@ -702,13 +710,13 @@ def _constraints(ck: _Checker, value: Any) -> list[dict]:
     return out
 
 
-def _autoscale(ck: _Checker, value: Any, replicas: int | None) -> dict | None:
+def _autoscale(ck: _Checker, value: Any, replicas: int | None) -> dict[str, Any] | None:
     if value is None:
         return None
     a = ck.mapping(value, "autoscale", ("min", "max", "metric", "target", "cooldown", "stabilization", "tolerance",
                                         "cooldown_ms", "stabilization_ms"))
     lo = ck.bounded(a.get("min", 1), "autoscale.min", "autoscale.min")
-    hi = ck.bounded(a.get("max"), "autoscale.max", "autoscale.max") if "max" in a else (ck.bad("autoscale.max", "is required") or None)
+    hi = ck.bounded(a.get("max"), "autoscale.max", "autoscale.max") if "max" in a else ck.missing("autoscale.max")
     if lo is not None and hi is not None and lo > hi:
         ck.bad("autoscale.min", f"min {lo} is more than max {hi}")
     elif replicas is not None and lo is not None and hi is not None and not lo <= replicas <= hi:
@@ -716,11 +724,11 @@ def _autoscale(ck: _Checker, value: Any, replicas: int | None) -> dict | None:
     metric = a.get("metric", "cpu")
     if not isinstance(metric, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", metric):
         ck.bad("autoscale.metric", "must be cpu or a custom metric name like requests_per_second")
-    target = a.get("target")
+    target: Any = a.get("target")
     if not _real(target) or not 0 < target <= MAX_AUTOSCALE_TARGET:
         ck.bad("autoscale.target", f"must be a positive number up to {MAX_AUTOSCALE_TARGET:g}")
         target = None
-    tol = a.get("tolerance", 0.1)
+    tol: Any = a.get("tolerance", 0.1)
     if not _real(tol) or not 0 <= tol < 1:
         ck.bad("autoscale.tolerance", "must be a number from 0 to 1")
         tol = None
@@ -738,7 +746,7 @@ def _real(v: Any) -> bool:
     return abs(v) <= 2**53 if isinstance(v, int) else math.isfinite(v)
 
 
-def _lifecycle(ck: _Checker, value: Any) -> dict:
+def _lifecycle(ck: _Checker, value: Any) -> dict[str, Any]:
     lc = ck.mapping(value, "lifecycle", ("pre_stop",))
     ps = lc.get("pre_stop")
     if ps is None:

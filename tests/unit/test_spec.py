@@ -418,3 +418,16 @@ def test_the_bounds_tables_are_the_meta_of_the_user_form_fields():
     interval = comps["HealthIn"]["properties"]["interval"]
     assert (interval["x-minimum-ms"], interval["x-maximum-ms"], interval["x-default-ms"]) == DURATIONS["health.interval"]
     assert comps["HealthIn"]["properties"]["interval_ms"]["minimum"] == DURATIONS["health.interval"][0]
+
+
+@pytest.mark.parametrize("ports,health,reason", [
+    ([{"static": 8080}], {"type": "http", "port": "web"}, "not one of the job's ports (none)"),
+    ([{"name": "web"}], {"type": "http", "port": ["web"]}, "must be the name of a port, not a list"),
+    ([{"name": "web"}], {"type": "tcp", "port": {"a": 1}}, "must be the name of a port, not a mapping"),
+])
+def test_a_health_port_that_is_not_a_port_name_is_a_problem_not_a_crash(ports, health, reason):
+    # these raised TypeError (a 500 through the API): a nameless port in the set being joined, an unhashable port
+    with pytest.raises(SpecError) as exc:
+        validate_spec({**BASE, "ports": ports, "health": health})
+    fields = {p.field: p.message for p in exc.value.problems}
+    assert reason in fields["health.port"], fields
