@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+from raftctl.clock import SYSTEM, Clock
 from raftctl.statemachine import commands as c
 
 log = logging.getLogger("raftctl.failover")
@@ -52,13 +52,14 @@ def judge(up: list[str], last_seen: dict[str, float], now: float, cfg: FailoverC
 
 
 class FailoverMonitor:
-    def __init__(self, replica: Any, epoch: int, cfg: FailoverConfig,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    """Heartbeat ages on ``clock``'s monotonic seconds; ``judge`` every ``min(0.2, ttl / 5)`` seconds."""
+
+    def __init__(self, replica: Any, epoch: int, cfg: FailoverConfig, clock: Clock = SYSTEM) -> None:
         self.replica = replica
         self.epoch = epoch
         self.cfg = cfg
         self.clock = clock
-        now = clock()
+        now = clock.monotonic()
         # re-arm: every machine gets a fresh TTL from the moment this leader starts
         self.last_seen: dict[str, float] = {m: now for m in replica.read(lambda s: list(s.machines))}
         self.last_mass_down: float | None = None
@@ -66,11 +67,11 @@ class FailoverMonitor:
         self.silent: list[str] = []
 
     def heartbeat(self, machine: str) -> None:
-        self.last_seen[machine] = self.clock()
+        self.last_seen[machine] = self.clock.monotonic()
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(min(0.2, self.cfg.ttl_s / 5))
+            await self.clock.sleep(min(0.2, self.cfg.ttl_s / 5))
             try:
                 await self.tick()
             except asyncio.CancelledError:
@@ -79,7 +80,7 @@ class FailoverMonitor:
                 log.warning("failover tick failed: %s", exc)
 
     async def tick(self) -> None:
-        now = self.clock()
+        now = self.clock.monotonic()
         machines = self.replica.read(lambda s: {m: v["status"] for m, v in s.machines.items()})
         up = [m for m, st in machines.items() if st == "up"]
         for m in machines:
@@ -98,6 +99,6 @@ class FailoverMonitor:
                     self.last_mass_down = now
 
     def status(self) -> dict[str, Any]:
-        now = self.clock()
+        now = self.clock.monotonic()
         return {"ttl_s": self.cfg.ttl_s, "guard_active": self.guard_active, "silent": self.silent,
                 "heartbeat_age_s": {m: round(now - t, 2) for m, t in sorted(self.last_seen.items())}}

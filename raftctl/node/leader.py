@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import Any, Callable
 
+from raftctl.clock import SYSTEM, Clock
 from raftctl.node.failover import FailoverConfig, FailoverMonitor
 from raftctl.statemachine import commands as c
 
@@ -19,8 +20,9 @@ log = logging.getLogger("raftctl.leader")
 ControllerFactory = Callable[[Any, int], Any]  # (replica, epoch) -> object with async run()
 
 
-async def every(seconds: float, tick: Callable[[], Any], name: str) -> None:
-    """Run a controller's ``tick`` forever; a failed tick is logged and the loop goes on (level-triggered)."""
+async def every(seconds: float, tick: Callable[[], Any], name: str, clock: Clock = SYSTEM) -> None:
+    """Run a controller's ``tick`` forever, ``seconds`` apart on ``clock``; a failed tick is logged and the loop
+    goes on (level-triggered)."""
     while True:
         try:
             await tick()
@@ -28,12 +30,14 @@ async def every(seconds: float, tick: Callable[[], Any], name: str) -> None:
             raise
         except Exception as exc:
             log.warning("%s tick failed: %s", name, exc)
-        await asyncio.sleep(seconds)
+        await clock.sleep(seconds)
 
 
 class Leadership:
-    def __init__(self, replica: Any, failover: FailoverConfig, factories: list[ControllerFactory]) -> None:
+    def __init__(self, replica: Any, failover: FailoverConfig, factories: list[ControllerFactory],
+                 clock: Clock = SYSTEM) -> None:
         self.replica = replica
+        self.clock = clock
         self.failover_cfg = failover
         self.factories = factories
         self.epoch: int | None = None
@@ -57,7 +61,7 @@ class Leadership:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(0.05)
+            await self.clock.sleep(0.05)
             try:
                 await self._step()
             except asyncio.CancelledError:
@@ -65,7 +69,7 @@ class Leadership:
                 raise
             except Exception as exc:
                 log.warning("leadership step failed: %s", exc)
-                await asyncio.sleep(0.2)
+                await self.clock.sleep(0.2)
 
     async def _step(self) -> None:
         rs = self.replica.raft.raft_status()
@@ -91,7 +95,7 @@ class Leadership:
 
     def _start(self, epoch: int) -> None:
         self.epoch = epoch
-        self.failover = FailoverMonitor(self.replica, epoch, self.failover_cfg)
+        self.failover = FailoverMonitor(self.replica, epoch, self.failover_cfg, clock=self.clock)
         self.controllers = [self.failover] + [f(self.replica, epoch) for f in self.factories]
         self._tasks = [asyncio.create_task(ctl.run(), name=type(ctl).__name__) for ctl in self.controllers]
         log.info("leading epoch %d: %s", epoch, ", ".join(type(ctl).__name__ for ctl in self.controllers))

@@ -1,0 +1,304 @@
+"""The rollout's decision for one job, pass by pass (pure): a deploy's record (start, promote, succeed, fail,
+revert), its batches within max_unavailable/max_surge, drains within the disruption budget, and retired
+placements stopped after their drain delay. Each case is one observation and the commands it must produce."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+
+import pytest
+
+from raftctl.clock import FakeClock
+from raftctl.node.rollout import RolloutController
+from raftctl.statemachine import commands as c
+from raftctl.statemachine.apply import Result, apply
+from raftctl.statemachine.spec import validate_spec
+from raftctl.statemachine.state import State
+
+from .rollout_helpers import EPOCH, NEW, NOW, OLD, V1, V2, deployment, job, machines, p, retire, run, spec
+
+
+def test_a_job_that_is_not_running_is_left_alone():
+    assert run(job(V1, V2, status="stopped"), OLD).commands == []
+
+
+def test_a_steady_job_needs_nothing():
+    d = run(job(V1), [p("a", 0, 1), p("b", 1, 1), p("c", 2, 1)])
+    assert d.commands == [] and d.held is None
+
+
+def test_placements_that_are_not_live_do_not_count():
+    gone = [p("a", 0, 1, state="lost"), p("b", 1, 1, state="stopped"), {**p("c", 2, 1), "desired": "stop"}]
+    assert run(job(V1, V2), gone + NEW, dep=deployment()).commands[0].deployment["status"] == "successful"
+
+
+# -- retired placements are stopped once their drain delay is over --
+
+def test_a_retired_placement_is_stopped_after_the_drain_delay_with_its_reason():
+    pl = [p("a", 0, 2, retiring_at=NOW - 500, reason="deploy of version 2"), p("b", 1, 2, retiring_at=NOW - 499),
+          p("c", 2, 2, retiring_at=NOW - 9_000)]
+    d = run(job(V1, V2), pl, dep=deployment())
+    assert d.commands[0] == c.Plan(epoch=EPOCH, place=[], stop=[
+        {"placement": "a", "reason": "deploy of version 2"}, {"placement": "c", "reason": "retired"}])
+
+
+def test_the_stop_goes_first_and_the_pass_goes_on():
+    pl = [p("a", 0, 1, retiring_at=NOW - 600), p("b", 1, 1), p("c", 2, 1)]
+    d = run(job(V1, V2), pl)
+    assert [type(x) for x in d.commands] == [c.Plan, c.SetDeployment]
+
+
+# -- the deployment record --
+
+def test_a_new_version_starts_a_deployment_and_nothing_else_that_pass():
+    d = run(job(V1, V2), OLD)
+    assert d.commands == [c.SetDeployment(
+        epoch=EPOCH, job="web", message="deploy of web version 2 started: 3 replicas to replace, 1 at a time",
+        deployment={"job": "web", "version": 2, "status": "running", "started_at": NOW, "deadline": NOW + 20_000,
+                    "total": 3, "surge": 0, "canary": 0, "promoted": True})]
+
+
+def test_a_deployment_of_an_earlier_version_does_not_count():
+    d = run(job(V1, V2), OLD, dep=deployment(version=1, status="successful"))
+    assert [x.deployment["version"] for x in d.commands] == [2]
+
+
+def test_the_start_message_names_canaries_and_surge():
+    d = run(job(V1, spec("2", canary=1, max_surge=2)), OLD)
+    dep = d.commands[0].deployment
+    assert (dep["surge"], dep["canary"], dep["promoted"]) == (2, 1, False)
+    assert d.commands[0].message.endswith("3 replicas to replace, 1 canaries first, then 1 at a time, 2 extra")
+
+
+def test_every_replica_current_and_healthy_long_enough_is_success():
+    d = run(job(V1, V2), NEW, dep=deployment())
+    assert d.commands == [c.SetDeployment(epoch=EPOCH, job="web", message="deploy of web version 2 succeeded",
+                                          deployment={**deployment(), "status": "successful", "finished_at": NOW})]
+
+
+def test_healthy_for_less_than_min_healthy_is_not_yet_ready():
+    pl = NEW[:2] + [p("z", 2, 2, healthy_at=NOW - 299)]
+    assert run(job(V1, V2), pl, dep=deployment()).commands == []
+
+
+@pytest.mark.parametrize("stable,auto_revert,status,rollback", [
+    ((1,), True, "reverted", 1),
+    ((), True, "failed", None),
+    ((1,), False, "failed", None),
+])
+def test_past_the_deadline_the_deploy_fails_and_reverts_to_the_last_stable_version(stable, auto_revert, status,
+                                                                                   rollback):
+    v2 = spec("2", auto_revert=auto_revert)
+    pl = [p("a", 0, 1), p("b", 1, 1), p("x", 2, 2, health="unhealthy", healthy_at=None)]
+    d = run(job(V1, v2, stable=stable), pl, dep=deployment(deadline=NOW - 1))
+    msg = "deploy of web version 2 failed: not healthy by its deadline"
+    want: list[c.Command] = [c.SetDeployment(
+        epoch=EPOCH, job="web", message=msg + (f"; rolling back to version {rollback}" if rollback else ""),
+        deployment={**deployment(deadline=NOW - 1), "status": status, "finished_at": NOW,
+                    "reason": "not healthy by the deadline (20s)"})]
+    if rollback:
+        want.append(c.RollbackJob(name="web", version=rollback))
+    assert d.commands == want
+
+
+def test_at_the_deadline_is_not_yet_past_it():
+    pl = [p("a", 0, 1), p("b", 1, 1), p("x", 2, 2, health="unhealthy", healthy_at=None)]
+    assert all(not isinstance(x, c.SetDeployment) for x in run(job(V1, V2), pl, dep=deployment(deadline=NOW)).commands)
+
+
+def test_the_last_stable_version_is_one_whose_spec_differs_from_the_current():
+    # versions 1 and 3 are stable; 3 has the same spec as 4 (the current one): rolling back to it changes nothing
+    pl = [p("a", 0, 2), p("b", 1, 2), p("x", 2, 4, health="unhealthy", healthy_at=None)]
+    d = run(job(V1, spec("2"), V2, V2, stable=(1, 3)), pl, dep=deployment(version=4, deadline=NOW - 1))
+    assert d.commands[-1] == c.RollbackJob(name="web", version=1)
+
+
+# -- batches --
+
+def test_one_outdated_replica_at_a_time_lowest_id_first():
+    d = run(job(V1, V2), [OLD[2], OLD[0], OLD[1]], dep=deployment())
+    assert d.commands == [retire(["a"], "deploy of version 2")]
+
+
+def test_no_batch_while_one_is_retiring_or_a_new_replica_is_not_ready():
+    retiring = [p("a", 0, 1, retiring_at=NOW - 100), p("b", 1, 1), p("c", 2, 1)]
+    assert run(job(V1, V2), retiring, dep=deployment()).commands == []
+    starting = [p("x", 0, 2, state="starting", health="unknown", healthy_at=None), p("b", 1, 1), p("c", 2, 1)]
+    assert run(job(V1, V2), starting, dep=deployment()).commands == []
+
+
+@pytest.mark.parametrize("max_unavailable,published,retired", [
+    (1, 3, ["a"]),
+    (1, 2, []),                  # one endpoint already missing: the budget is spent
+    (2, 3, ["a", "b"]),
+    (2, 2, ["a"]),
+    (1, 5, ["a", "b", "c"]),     # two surge replicas serving add to the budget
+])
+def test_the_batch_size_is_max_unavailable_plus_serving_surge(max_unavailable, published, retired):
+    d = run(job(V1, spec("2", max_unavailable=max_unavailable)), OLD, dep=deployment(), published=published)
+    assert d.commands == ([retire(retired, "deploy of version 2")] if retired else [])
+
+
+def test_outdated_replicas_that_are_not_serving_are_retired_at_once():
+    pl = [p("a", 0, 1, health="unhealthy"), p("b", 1, 1), p("c", 2, 1)]
+    d = run(job(V1, V2), pl, dep=deployment())
+    assert d.commands == [retire(["a"], "deploy of version 2 (not serving)"), retire(["b"], "deploy of version 2")]
+
+
+def test_canaries_run_beside_the_old_version_until_promoted():
+    dep = deployment(canary=1, promoted=False)
+    pl = OLD + [p("k", 3, 2)]
+    assert run(job(V1, spec("2", canary=1)), pl, dep=dep, published=4).commands == []
+    # waiting for promotion, the deadline does not fail the deploy
+    assert run(job(V1, spec("2", canary=1)), pl, dep={**dep, "deadline": NOW - 1}, published=4).commands == []
+
+
+def test_healthy_canaries_are_promoted_automatically_when_asked():
+    dep = deployment(canary=1, promoted=False)
+    d = run(job(V1, spec("2", canary=1, auto_promote=True)), OLD + [p("k", 3, 2)], dep=dep, published=4)
+    assert d.commands == [c.SetDeployment(epoch=EPOCH, job="web", deployment={**dep, "promoted": True},
+                                          message="1 canaries of web version 2 healthy: promoted automatically")]
+
+
+def test_canaries_not_healthy_by_the_deadline_fail_the_deploy():
+    dep = deployment(canary=1, promoted=False, deadline=NOW - 1)
+    pl = OLD + [p("k", 3, 2, health="unhealthy", healthy_at=None)]
+    d = run(job(V1, spec("2", canary=1, auto_promote=True)), pl, dep=dep, published=3)
+    assert d.commands[0].deployment["status"] == "failed"
+
+
+def test_surge_replicas_retire_once_the_deploy_is_done():
+    pl = NEW + [p("s1", 3, 2), p("s2", 4, 2)]
+    dep = deployment(surge=2)
+    d = run(job(V1, V2), pl, dep=dep, published=5)
+    assert d.commands == [retire(["s1", "s2"], "deploy of version 2 done: extra replicas retire"),
+                          c.SetDeployment(epoch=EPOCH, job="web", deployment={**dep, "surge": 0})]
+    # not while a replica that stays is still unready, nor twice
+    unready = [p("x", 0, 2, healthy_at=NOW)] + NEW[1:] + [p("s1", 3, 2)]
+    assert run(job(V1, V2), unready, dep=dep, published=4).commands == []
+    retiring = NEW + [p("s1", 3, 2, retiring_at=NOW - 1)]
+    assert run(job(V1, V2), retiring, dep=dep, published=3).commands == []
+
+
+# -- drains --
+
+def test_a_drain_moves_one_replica_at_a_time_within_the_disruption_budget():
+    pl = [p("b", 1, 1, machine="m1"), p("a", 0, 1, machine="m1"), p("c", 2, 1, machine="m2")]
+    d = run(job(V1), pl, ms=machines(m1={"since": 0, "deadline": None}))
+    assert d.commands == [retire(["a"], "machine m1 draining")] and d.held is None
+
+
+def test_a_drain_at_the_budget_is_held_back_and_says_why():
+    pl = [p("a", 0, 1, machine="m1"), p("b", 1, 1, machine="m2"), p("c", 2, 1, machine="m2")]
+    d = run(job(V1), pl, published=2, ms=machines(m1={"since": 0, "deadline": None}))
+    assert d.commands == []
+    assert d.held == ("drain held back: job web is at its disruption budget (max_unavailable 1, "
+                      "1 of 3 replicas unavailable)")
+    d0 = run(job(spec("1", disruption=0)), pl, ms=machines(m1={"since": 0, "deadline": None}))
+    assert d0.commands == [] and d0.held is not None
+
+
+def test_past_the_drain_deadline_everything_left_on_the_machine_goes():
+    pl = [p("a", 0, 1, machine="m1"), p("b", 1, 1, machine="m1"), p("c", 2, 1, machine="m1", retiring_at=NOW - 1)]
+    d = run(job(V1), pl, published=1, ms=machines(m1={"since": 0, "deadline": NOW - 1}))
+    assert d.commands == [retire(["a", "b"], "machine m1 draining")] and d.held is None
+
+
+def test_a_drain_goes_on_while_a_deploy_waits_for_its_batch():
+    pl = [p("a", 0, 1, retiring_at=NOW - 100), p("b", 1, 1), p("x", 2, 2, machine="m2")]
+    d = run(job(V1, V2), pl, dep=deployment(), ms=machines(m2={"since": 0, "deadline": None}))
+    assert d.commands == [retire(["x"], "machine m2 draining")]
+
+
+def test_a_deploy_batch_goes_before_a_drain():
+    pl = [p("a", 0, 1), p("b", 1, 1), p("x", 2, 2, machine="m2")]
+    d = run(job(V1, V2), pl, dep=deployment(), ms=machines(m2={"since": 0, "deadline": None}))
+    assert d.commands == [retire(["a"], "deploy of version 2")]
+
+
+# -- the controller on a fake clock: the committed state and time alone drive it --
+
+class Replica:
+    """A replica without Raft: commands are stamped with the fake clock's time and applied at once."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.state = State()
+        self.proposed: list[c.Command] = []
+
+    def read(self, fn):
+        return fn(self.state)
+
+    async def propose(self, cmd: c.Command) -> Result:
+        cmd = dataclasses.replace(cmd, at=self.clock.now_ms())
+        self.proposed.append(cmd)
+        return apply(self.state, cmd)
+
+
+RAW = {"name": "web", "image": "web:1", "command": ["web"], "replicas": 3, "ports": [{"name": "http"}],
+       "resources": {"cpu": "50m", "memory": "32Mi"},
+       "update": {"max_unavailable": 1, "drain_delay": "500ms", "min_healthy": "1s", "deadline": "20s"}}
+M1 = dict(machine="m1", address="127.0.0.2", fault_domain={}, labels={},
+          resources={"cpu": 2000, "memory": 1 << 30, "pids": 1000}, ports=[31000, 31999], runtime="sim")
+
+
+async def started(clock: FakeClock) -> Replica:
+    """Version 1 of web on three healthy replicas, then version 2 submitted."""
+    r = Replica(clock)
+    v1 = validate_spec(RAW)
+    for cmd in (c.ClaimEpoch(term=EPOCH), c.RegisterMachine(**M1), c.PutJob(spec=v1)):
+        assert (await r.propose(cmd)).ok
+    items = [{"job": "web", "version": 1, "replica": i, "machine": "m1", "resources": v1["resources"],
+              "ports": {"http": 31000 + i}} for i in range(3)]
+    assert (await r.propose(c.Plan(epoch=EPOCH, place=items))).ok
+    for pl in r.state.job_placements("web"):
+        assert (await r.propose(c.PlacementUpdate(placement=pl["id"], machine="m1", state="running",
+                                                  health="healthy"))).ok
+    assert len(r.state.discovery["web"]["endpoints"]) == 3
+    clock.advance(60)
+    assert (await r.propose(c.PutJob(spec=validate_spec({**RAW, "env": {"V": "2"}})))).ok
+    return r
+
+
+async def test_the_deploy_deadline_passes_on_the_injected_clock():
+    clock = FakeClock()
+    r = await started(clock)
+    ctl = RolloutController(r, EPOCH, clock=clock)
+    await ctl.tick()
+    dep = r.state.deployments["web"]
+    assert dep["status"] == "running" and dep["deadline"] == clock.now_ms() + 20_000
+    await ctl.tick()                                  # the first batch: one replica leaves discovery
+    assert [type(x) for x in r.proposed[-1:]] == [c.Retire]
+    clock.advance(0.499)
+    await ctl.tick()
+    assert not isinstance(r.proposed[-1], c.Plan)     # its drain delay is not over
+    clock.advance(0.001)
+    await ctl.tick()
+    assert isinstance(r.proposed[-1], c.Plan) and r.proposed[-1].stop[0]["reason"] == "deploy of version 2"
+    # no replacement ever turns healthy (no scheduler here): the deploy fails at its deadline, not a ms before
+    clock.advance(19.499)
+    await ctl.tick()
+    assert r.state.deployments["web"]["status"] == "running"
+    clock.advance(0.002)
+    await ctl.tick()
+    assert r.state.deployments["web"]["status"] == "failed"  # version 1 was never marked stable: no revert
+
+
+async def test_the_controller_loop_waits_on_its_clock_not_on_real_time():
+    clock = FakeClock()
+    r = await started(clock)
+    ctl = RolloutController(r, EPOCH, clock=clock)
+    t0 = time.monotonic()
+    task = asyncio.create_task(ctl.run())
+    try:
+        while (r.state.deployments.get("web") or {}).get("status") != "failed":
+            assert time.monotonic() - t0 < 10, "the 20 s deadline should pass on the fake clock"
+            await asyncio.sleep(0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert clock.sleeps and set(clock.sleeps) == {0.2}        # one pass every 200 ms of the injected clock
+    assert 100 <= len(clock.sleeps) <= 110                    # 20 s of deadline, 0.5 s of drain delay
