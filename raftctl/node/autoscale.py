@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import OrderedDict, defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
+from raftctl.clock import SYSTEM, Clock
 from raftctl.errors import ValidationError
 from raftctl.node.leader import every
 from raftctl.statemachine import commands as c
@@ -83,9 +83,11 @@ MAX_SAMPLES = 200_000
 
 class Metrics:
     """Recent samples per (job, metric), kept on every replica but used by the leader. Bounded per series, per
-    job and in total, so that what agents and metric pushers send cannot grow without bound."""
+    job and in total, so that what agents and metric pushers send cannot grow without bound. A sample added without
+    a time is stamped with ``clock``'s wall milliseconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        self.clock = clock
         # least recently updated series first
         self.samples: OrderedDict[tuple[str, str], deque] = OrderedDict()
         self.per_job: dict[str, int] = {}
@@ -104,7 +106,7 @@ class Metrics:
             self.samples.move_to_end(series)
         if len(dq) < SAMPLES_PER_SERIES:
             self.total += 1
-        dq.append((now or int(time.time() * 1000), key, float(value)))
+        dq.append((self.clock.now_ms() if now is None else now, key, float(value)))
         while self.total > MAX_SAMPLES:
             self._drop_oldest()
 
@@ -131,18 +133,22 @@ class Metrics:
 
 
 class Autoscaler:
-    def __init__(self, replica: Any, epoch: int) -> None:
+    """Runs ``decide`` for every autoscaled job on the leader, every second of ``clock``; the cooldown, the
+    stabilisation window and the samples' window are measured on its wall milliseconds."""
+
+    def __init__(self, replica: Any, epoch: int, clock: Clock = SYSTEM) -> None:
         self.replica = replica
         self.epoch = epoch
+        self.clock = clock
         self.history: dict[str, list[tuple[int, int]]] = defaultdict(list)
         self.last_change: dict[str, int] = {}
         self.last_reason: dict[str, str] = {}
 
     async def run(self) -> None:
-        await every(1.0, self.tick, "autoscaler")
+        await every(1.0, self.tick, "autoscaler", self.clock)
 
     async def tick(self) -> None:
-        now = int(time.time() * 1000)
+        now = self.clock.now_ms()
 
         def view(s: Any) -> list[tuple[str, dict, int, set[str]]]:
             out = []

@@ -24,7 +24,10 @@ async def _change(replica: Any, method: str, addr: str, timeout: float = 10.0) -
     fut = loop.create_future()
 
     def done(result: Any, err: Any) -> None:
-        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(err))
+        def settle() -> None:
+            if not fut.done():
+                fut.set_result(err)
+        loop.call_soon_threadsafe(settle)
     getattr(raft, method)(addr, callback=done)
     try:
         err = await asyncio.wait_for(fut, timeout)

@@ -1,7 +1,15 @@
 """The autoscaler's decisions (HPA rule, tolerance, cooldown, stabilisation), table-driven."""
+import asyncio
+import contextlib
+
 import pytest
 
-from raftctl.node.autoscale import Metrics, decide, recommend
+from raftctl.clock import FakeClock
+from raftctl.node.autoscale import Autoscaler, Metrics, decide, recommend
+from raftctl.statemachine import commands as c
+from raftctl.statemachine.spec import validate_spec
+
+from .fake_replica import FakeReplica
 
 AUTO = {"min": 2, "max": 10, "metric": "cpu", "target": 0.6, "cooldown_ms": 30_000, "stabilization_ms": 60_000,
         "tolerance": 0.1}
@@ -54,3 +62,56 @@ def test_metrics_average_latest_per_source_within_window():
     m.add("web", "cpu", 9.9, key="gone", now=5_000)
     assert m.value("web", "cpu", 6_000, live={"a", "b"}) == pytest.approx(0.6)
     assert m.value("web", "cpu", 60_000) is None
+
+
+# -- the autoscaler on a fake clock --
+
+RPS = {"name": "web", "image": "web:1", "command": ["web"], "replicas": 2,
+       "autoscale": {"min": 1, "max": 10, "metric": "rps", "target": 10, "cooldown": "30s", "stabilization": "60s"}}
+
+
+def test_a_sample_without_a_time_is_stamped_by_the_injected_clock():
+    clock = FakeClock(wall_ms=50_000)
+    m = Metrics(clock)
+    m.add("web", "rps", 7.0)
+    m.add("web", "rps", 3.0, key="b", now=0)  # a given time is kept, even 0
+    assert [t for t, _, _ in m.samples[("web", "rps")]] == [50_000, 0]
+    assert m.value("web", "rps", clock.now_ms()) == 7.0
+    clock.advance(15.0)
+    assert m.value("web", "rps", clock.now_ms()) == 7.0
+    clock.advance(0.001)
+    assert m.value("web", "rps", clock.now_ms()) is None  # out of the 15 s window
+
+
+async def test_a_scale_up_waits_for_the_cooldown_on_the_injected_clock():
+    clock = FakeClock()
+    r = FakeReplica(clock)
+    assert (await r.propose(c.PutJob(spec=validate_spec(RPS)))).ok
+    scaler = Autoscaler(r, epoch=1, clock=clock)
+    r.metrics.add("web", "rps", 20.0)
+    await scaler.tick()
+    assert [(x.replicas, x.reason) for x in r.of(c.ScaleJob)] == [(4, "rps 20.00 > target 10: 2 -> 4")]
+    assert r.state.jobs["web"]["replicas"] == 4
+    for step in (1.0, 28.0, 0.999):       # 29.999 s after the change: still cooling down
+        clock.advance(step)
+        r.metrics.add("web", "rps", 30.0)
+        await scaler.tick()
+        assert len(r.of(c.ScaleJob)) == 1 and scaler.status()["last_reason"]["web"].endswith("(cooling down)")
+    clock.advance(0.001)
+    await scaler.tick()
+    assert [x.replicas for x in r.of(c.ScaleJob)] == [4, 10]   # ceil(4 * 30 / 10) = 12, clamped to max 10
+
+
+async def test_the_autoscaler_loop_passes_once_a_second_of_its_clock():
+    clock = FakeClock()
+    r = FakeReplica(clock)
+    assert (await r.propose(c.PutJob(spec=validate_spec(RPS)))).ok
+    task = asyncio.create_task(Autoscaler(r, epoch=1, clock=clock).run())
+    try:
+        for _ in range(50):
+            await asyncio.sleep(0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert len(clock.sleeps) >= 10 and set(clock.sleeps) == {1.0}

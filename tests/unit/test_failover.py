@@ -1,7 +1,15 @@
 """The failover monitor's pure decision: who is declared down, and the mass-loss guard."""
+import asyncio
+import contextlib
+import time
+
 import pytest
 
-from raftctl.node.failover import FailoverConfig, judge
+from raftctl.clock import FakeClock
+from raftctl.node.failover import FailoverConfig, FailoverMonitor, judge
+from raftctl.statemachine import commands as c
+
+from .fake_replica import FakeReplica, machine
 
 CFG = FailoverConfig(ttl_s=3.0, max_silent_fraction=0.5, mass_interval_s=10.0)
 UP = ["a", "b", "c", "d"]
@@ -25,3 +33,66 @@ def test_judge(name, seen, last_mass, down, guard):
 
 def test_new_machine_without_heartbeat_gets_a_fresh_ttl():
     assert judge(["a"], {}, now=100.0, cfg=CFG, last_mass_down=None).down == []
+
+
+# -- the monitor on a fake clock: TTLs measured on its monotonic seconds --
+
+async def fleet(clock: FakeClock, n: int = 4) -> FakeReplica:
+    r = FakeReplica(clock)
+    for cmd in [c.ClaimEpoch(term=3)] + [machine(f"m{i}") for i in range(1, n + 1)]:
+        assert (await r.propose(cmd)).ok
+    return r
+
+
+async def test_a_machine_silent_past_its_ttl_is_declared_down_and_the_others_are_not():
+    clock = FakeClock()
+    r = await fleet(clock)
+    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=3.0), clock=clock)  # a new leader: everyone's TTL re-armed
+    clock.advance(2.0)
+    for m in ("m1", "m2", "m3"):
+        mon.heartbeat(m)
+    clock.advance(1.0)                  # m4 silent for exactly the TTL: not yet
+    await mon.tick()
+    assert r.of(c.MachineDown) == []
+    assert mon.status()["heartbeat_age_s"] == {"m1": 1.0, "m2": 1.0, "m3": 1.0, "m4": 3.0}
+    clock.advance(0.001)
+    await mon.tick()
+    assert [(x.machine, x.reason) for x in r.of(c.MachineDown)] == [("m4", "no heartbeat for 3.0s (ttl 3s)")]
+    assert r.state.machines["m4"]["status"] == "down" and r.state.machines["m1"]["status"] == "up"
+
+
+async def test_the_mass_loss_guard_paces_itself_on_the_injected_clock():
+    clock = FakeClock()
+    r = await fleet(clock)
+    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=3.0, mass_interval_s=10.0), clock=clock)
+    clock.advance(1.0)
+    mon.heartbeat("m1")
+    clock.advance(2.5)                  # m2, m3, m4 silent 3.5 s: three of four, a partition more likely than a fire
+    await mon.tick()
+    assert [x.machine for x in r.of(c.MachineDown)] == ["m2"] and mon.guard_active
+    for _ in range(9):
+        clock.advance(1.0)
+        mon.heartbeat("m1")
+        await mon.tick()
+    assert len(r.of(c.MachineDown)) == 1  # 9 s later, still held back
+    clock.advance(1.0)
+    mon.heartbeat("m1")
+    await mon.tick()
+    assert [x.machine for x in r.of(c.MachineDown)] == ["m2", "m3"]
+
+
+async def test_the_monitor_loop_sleeps_on_its_clock():
+    clock = FakeClock()
+    r = await fleet(clock, n=1)
+    task = asyncio.create_task(FailoverMonitor(r, 3, FailoverConfig(ttl_s=3.0), clock=clock).run())
+    try:
+        t0 = time.monotonic()
+        while not r.of(c.MachineDown):
+            assert time.monotonic() - t0 < 10, "the 3 s TTL should pass on the fake clock"
+            await asyncio.sleep(0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert set(clock.sleeps) == {0.2}                     # min(0.2, ttl / 5)
+    assert 3.0 < sum(clock.sleeps) <= 3.2 + 1e-9          # down on the first pass past the TTL

@@ -1,0 +1,39 @@
+"""A replica without Raft for driving leader-side controllers in tests: the real state machine, commands stamped
+with an injected (fake) clock's wall time and applied at once, every proposal kept in order."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, TypeVar
+
+from raftctl.clock import Clock
+from raftctl.node.autoscale import Metrics
+from raftctl.statemachine import commands as c
+from raftctl.statemachine.apply import Result, apply
+from raftctl.statemachine.state import State
+
+T = TypeVar("T")
+
+
+class FakeReplica:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.state = State()
+        self.metrics = Metrics(clock)
+        self.proposed: list[c.Command] = []
+
+    def read(self, fn: Callable[[State], T]) -> T:
+        return fn(self.state)
+
+    async def propose(self, cmd: c.Command, timeout: float | None = None) -> Result:
+        cmd = dataclasses.replace(cmd, at=self.clock.now_ms())
+        self.proposed.append(cmd)
+        return apply(self.state, cmd)
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [x for x in self.proposed if isinstance(x, kind)]
+
+
+def machine(mid: str) -> c.RegisterMachine:
+    return c.RegisterMachine(machine=mid, address="127.0.0.2", fault_domain={}, labels={},
+                             resources={"cpu": 2000, "memory": 1 << 30, "pids": 1000}, ports=[31000, 31999],
+                             runtime="sim")
