@@ -22,6 +22,7 @@ from raftctl.clock import SYSTEM, Clock
 from raftctl.errors import ValidationError
 from raftctl.node.leader import every
 from raftctl.statemachine import commands as c
+from raftctl.statemachine.records import spec_of
 
 log = logging.getLogger("raftctl.autoscale")
 SAMPLE_WINDOW_MS = 15_000
@@ -153,7 +154,7 @@ class Autoscaler:
         def view(s: Any) -> list[tuple[str, dict, int, set[str]]]:
             out = []
             for name, job in s.jobs.items():
-                spec = next(v["spec"] for v in job["versions"] if v["version"] == job["version"])
+                spec = spec_of(job, job["version"]) or {}
                 if job["status"] == "running" and spec.get("autoscale"):
                     live = {p["id"] for p in s.job_placements(name) if p["desired"] == "run" and p["state"] == "running"}
                     out.append((name, spec["autoscale"], job["replicas"], live))

@@ -6,6 +6,7 @@ from typing import Any, Callable
 from raftctl.discovery.view import lookup, parse_near
 from raftctl.scheduler import reconcile, schedule
 from raftctl.scheduler.pipeline import no_check
+from raftctl.statemachine.records import spec_of
 from raftctl.statemachine.state import State, machine_state, machine_usage, placement_uses_resources
 
 
@@ -34,7 +35,7 @@ def job(s: State, name: str) -> dict[str, Any] | None:
     j = s.jobs.get(name)
     if j is None:
         return None
-    spec = next(v["spec"] for v in j["versions"] if v["version"] == j["version"])
+    spec = spec_of(j, j["version"])
     return {"name": name, "version": j["version"], "status": j["status"], "replicas": j["replicas"],
             "spec": spec, "pending_reason": j.get("pending_reason"), "counts": _counts(s, name),
             "deployment": s.deployments.get(name),
@@ -88,7 +89,7 @@ def dry_run(jobs: dict, placements: dict, machines: dict, index: int, spec: dict
     name = spec["name"]
     old = jobs.get(name)
     if old is not None and old["status"] == "running" and \
-            next(v["spec"] for v in old["versions"] if v["version"] == old["version"]) == spec:
+            spec_of(old, old["version"]) == spec:
         version = old["version"]
     else:
         version = (old["versions"][-1]["version"] + 1) if old and old["versions"] else 1

@@ -25,8 +25,9 @@ from typing import Any
 from raftctl.clock import SYSTEM, Clock
 from raftctl.node.leader import every
 from raftctl.node.rollout import deploy, drain, retire
-from raftctl.node.rollout.view import observe, spec_of
+from raftctl.node.rollout.view import observe
 from raftctl.statemachine import commands as c
+from raftctl.statemachine.records import spec_of
 
 log = logging.getLogger("raftctl.rollout")
 

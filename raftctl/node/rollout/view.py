@@ -8,9 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
-def spec_of(job: dict[str, Any], version: int) -> dict[str, Any] | None:
-    return next((v["spec"] for v in job["versions"] if v["version"] == version), None)
+from raftctl.statemachine.records import spec_of
 
 
 @dataclass(frozen=True)
