@@ -89,7 +89,7 @@ def parse_old_filejournal(data: bytes) -> list[tuple[bytes, int, int]]:
     """The entries of a pysyncobj FileJournal file (stopping at anything inconsistent)."""
     (end,) = struct.unpack_from("<I", data, _OLD_END_OFFSET_AT)
     end = min(end, len(data))
-    entries = []
+    entries: list[tuple[bytes, int, int]] = []
     pos = _OLD_FIRST_RECORD
     while pos + 4 <= end:
         (n,) = struct.unpack_from("<I", data, pos)

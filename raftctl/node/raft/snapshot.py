@@ -23,26 +23,121 @@ pysyncobj's ``Serializer`` (serializer.py of 0.3.17), with a custom serializer a
   directory, and only then does pysyncobj load it and clear the journal.
 * a snapshot received while our own is being written wins: the child is killed (its older snapshot
   would otherwise be renamed over the newer one, and the journal compacted to a point before its start).
+* **restoring a received one** (when built with ``prepare`` and ``adopt``, as RaftNode does with repair on):
+  decoding a big state held the tick thread for seconds (100,000 placements, a 26.7 MB snapshot:
+  2.0-2.6 s, more under load), longer than an election timeout. The heavy half (``prepare``: decode and
+  build the new State, no side effect) runs on a worker thread while the tick thread goes on answering
+  the leader; cbor2's C decoder would hold the GIL for the whole decode (1.2-3 s), so
+  :func:`restore_state` makes it call back into Python once per decoded map, where the interpreter can
+  hand the GIL over. Until it is done the file stays ``<dump>.1.tmp`` (fsync'd; a crash leaves the old
+  snapshot and journal, and the leftover is removed at the next start) and nothing is appended or
+  applied (replication.py answers the leader without taking entries). When :meth:`restore_poll` finds it
+  done, on the tick thread: rename, fsync the directory, and pysyncobj's load swaps the new state in
+  (``adopt``) and replaces the journal, in one tick. A Disk other than :class:`OsDisk` (the simulation's,
+  which must stay deterministic) runs the heavy half inline at the next poll instead of on a thread.
 """
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+import cbor2
+import pysyncobj.syncobj as psyncobj
 from pysyncobj.config import SERIALIZER_STATE
 
 from raftctl.node.raft.disk import Disk, OsDisk
+from raftctl.statemachine.state import TABLES, State
 
 log = logging.getLogger("raftctl.raft.snapshot")
+
+# The tables restore_state attaches after State.restore checked the rest (dedup stays: restore orders it).
+_BULK = tuple(t for t in TABLES if t != "dedup")
+
+
+def _handoff(first: Any, second: Any) -> Any:
+    """cbor2's object_hook: one Python call per decoded map, where the interpreter may hand the GIL to the
+    tick thread (cbor2's C decoder holds it otherwise for the whole decode: 1.2-3 s for 100,000 placements;
+    with the hook the tick thread waited at most tens of ms). It returns the map unchanged: cbor2 6 passes
+    (map, immutable), cbor2 5 (decoder, map)."""
+    return second if isinstance(first, cbor2.CBORDecoder) else first
+
+
+def restore_state(data: bytes) -> State:
+    """``State.restore(data)``, safe to run on a worker thread beside the tick thread (see :func:`_handoff`).
+
+    The bulk tables are decoded with the hook; ``State.restore`` then runs on the rest of the snapshot (its
+    schema check, the dedup table's order) with those tables empty, and they are attached after it, with the
+    derived indexes rebuilt. tests/unit/test_raft_snapshot.py holds it equal to ``State.restore``."""
+    obj = cbor2.loads(data, object_hook=_handoff)
+    if not isinstance(obj, dict):
+        raise ValueError("a snapshot's state must be a map")
+    empty = State().to_obj()
+    bulk = {}
+    for name in _BULK:
+        table = obj.get(name)
+        if type(table) is not type(empty[name]):
+            raise ValueError(f"snapshot table {name!r} is a {type(table).__name__}, not a {type(empty[name]).__name__}")
+        bulk[name] = table
+        obj[name] = empty[name]
+    state = State.restore(cbor2.dumps(obj, canonical=True))
+    for name, table in bulk.items():
+        setattr(state, name, table)
+    state.rebuild_derived()
+    return state
+
+
+# Without a thread (a small snapshot, or the simulation's disk) the restore runs inline at this poll: a few
+# ticks later, as a big state's restore would end, so that the ticks in between (AppendEntries answered
+# without their entries, an election, a power cut mid-restore) happen in the simulated schedules too.
+INLINE_RESTORE_POLLS = 3
+# A snapshot this small decodes in a few ms (100,000 placements: 26.7 MB in 1.2-3 s): not worth a thread.
+THREAD_MIN_BYTES = 1 << 20
+
+
+class _Restore:
+    """The heavy half of installing a received snapshot: on a worker thread, or (``threaded=False``) inline
+    at the INLINE_RESTORE_POLLS-th poll, which keeps a simulation deterministic."""
+
+    def __init__(self, work: Callable[[], Any], threaded: bool) -> None:
+        self._inline: Callable[[], Any] | None = None if threaded else work
+        self._polls = 0
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.started = time.monotonic()
+        if threaded:
+            threading.Thread(target=self._run, args=(work,), name="raftctl-snapshot-restore", daemon=True).start()
+
+    def _run(self, work: Callable[[], Any]) -> None:
+        try:
+            self.result = work()
+        except Exception as exc:  # noqa: BLE001 (reported by the poll, on the tick thread)
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def poll(self) -> bool:
+        self._polls += 1
+        if self._inline is not None and self._polls >= INLINE_RESTORE_POLLS:
+            work, self._inline = self._inline, None
+            self._run(work)
+        return self.done.is_set()
 
 
 class SnapshotFiles:
     """pysyncobj's Serializer interface for one snapshot file on a Disk."""
 
     def __init__(self, path: str, disk: Disk, encode: Callable[[tuple], bytes], decode: Callable[[bytes], tuple],
-                 chunk_size: int, use_fork: bool | None = None) -> None:
+                 chunk_size: int, use_fork: bool | None = None, *, prepare: Callable[[bytes], Any] | None = None,
+                 adopt: Callable[[Any], tuple] | None = None, restore_thread: bool | None = None) -> None:
+        """``decode(bytes) -> (entry1, entry0, cluster)`` loads a snapshot (swapping the state in); with
+        ``prepare`` and ``adopt`` (decode = adopt(prepare(bytes))) a received one is restored in the background:
+        ``prepare`` must have no side effect (it may run on a worker thread), ``adopt`` runs on the tick thread.
+        ``restore_thread``: None = a thread for a snapshot of THREAD_MIN_BYTES or more on the real disk, else
+        inline at the INLINE_RESTORE_POLLS-th poll; False = always inline (the simulation's disk)."""
         self.path = path
         self._disk = disk
         self._dir = os.path.dirname(os.path.abspath(path))
@@ -59,6 +154,12 @@ class SnapshotFiles:
         self._transmissions: dict[Any, int] = {}
         self._incoming_at: int | None = None
         self._preloaded: tuple | None = None     # decoded by preload(), handed out by the next deserialize()
+        self._prepare = prepare
+        self._adopt = adopt
+        self._restore_thread = False if restore_thread is None and not isinstance(disk, OsDisk) else restore_thread
+        self._restore: _Restore | None = None    # a received snapshot being restored (not yet installed)
+        self._restored: Any = None               # its prepared state, handed to adopt by the next deserialize()
+        self.last_restore_ms: float | None = None
         self.last_sent: tuple[int, int] | None = None  # (offset, file size) of the last chunk sent
         self.last_fork_ms: float | None = None
         self.last_total_ms: float | None = None
@@ -68,7 +169,7 @@ class SnapshotFiles:
 
     # -- taking a snapshot -------------------------------------------------------------------
     def serialize(self, data: tuple, id: Any) -> None:  # noqa: A002 (pysyncobj's name)
-        if self._pid != 0:
+        if self._pid != 0 or self._restore is not None:  # (the leader's snapshot, being restored, will replace it)
             return
         self._current_id = id
         self._started = time.monotonic()
@@ -146,8 +247,11 @@ class SnapshotFiles:
 
     def deserialize(self) -> tuple:
         if self._preloaded is not None:
-            data, self._preloaded = self._preloaded, None
-            return data
+            loaded, self._preloaded = self._preloaded, None
+            return loaded
+        if self._restored is not None and self._adopt is not None:
+            prepared, self._restored = self._restored, None
+            return (None,) + tuple(self._adopt(prepared))
         data = self._disk.read(self.path)
         if data is None:
             raise FileNotFoundError(self.path)
@@ -170,10 +274,13 @@ class SnapshotFiles:
             self._pid = -2
 
     def close(self) -> None:
-        """The node is stopping: a snapshot still being written is abandoned (the next start removes it)."""
+        """The node is stopping: a snapshot still being written or restored is abandoned (the next start
+        removes its file)."""
         if self._pid > 0:
             self._abandon_own()
         self._pid = 0
+        self._restore = None
+        self._restored = None
 
     # -- sending one (leader) --------------------------------------------------------------
     def getTransmissionData(self, transmissionID: Any) -> Any:  # noqa: N802,N803
@@ -205,8 +312,10 @@ class SnapshotFiles:
         self._incoming_at = None
 
     def setTransmissionData(self, data: Any) -> bool:  # noqa: N802
-        """Returns True once the whole snapshot is durable under its name (then pysyncobj loads it)."""
-        if data is None:
+        """Returns True once the whole snapshot is durable under its name (then pysyncobj loads it). With
+        ``prepare`` and ``adopt`` given, the last chunk starts the restore instead and returns False:
+        :meth:`restore_poll` says when to load it."""
+        if data is None or self._restore is not None:
             return False
         chunk, is_first, is_last = data
         if is_first:
@@ -225,11 +334,139 @@ class SnapshotFiles:
                 self._disk.write(self._incoming, 0, b"")
             self._disk.fsync(self._incoming)
             self._abandon_own()
-            self._install(self._incoming)
-            self._sending = None
-            self._transmissions = {}  # were we to lead: every follower starts over on the new file
+            if self._prepare is not None and self._adopt is not None:
+                prepare, disk, incoming = self._prepare, self._disk, self._incoming
+
+                def work() -> Any:
+                    blob = disk.read(incoming)
+                    if blob is None:
+                        raise FileNotFoundError(incoming)
+                    return prepare(blob)
+                self._restored = None
+                threaded = self._restore_thread
+                if threaded is None:
+                    threaded = self._disk.size(self._incoming) >= THREAD_MIN_BYTES
+                self._restore = _Restore(work, threaded)
+                return False
+            self._installed_received()
             return True
         except OSError:
             log.exception("writing the snapshot received from the leader failed")
             self._incoming_at = None
             return False
+
+    def _installed_received(self) -> None:
+        self._install(self._incoming)
+        self._sending = None
+        self._transmissions = {}  # were we to lead: every follower starts over on the new file
+
+    # -- restoring a received one in the background (see the module doc) ---------------------
+    @property
+    def restoring(self) -> bool:
+        """A received snapshot is being restored: nothing may be appended or applied until it is loaded."""
+        return self._restore is not None
+
+    def restore_poll(self) -> bool | None:
+        """On the tick thread. None: still restoring (or nothing to restore). True: the snapshot is now durable
+        under its name and the next deserialize() hands out the restored state: load it now (pysyncobj's
+        load). False: the restore failed; the file is dropped, the old snapshot and log stay (the leader
+        sends the snapshot again)."""
+        job = self._restore
+        if job is None or not job.poll():
+            return None
+        self._restore = None
+        self.last_restore_ms = (time.monotonic() - job.started) * 1000
+        if job.error is not None:
+            log.error("restoring the snapshot received from the leader failed: %r", job.error)
+            self._disk.remove(self._incoming)
+            return False
+        try:
+            self._installed_received()
+        except OSError:
+            log.exception("installing the snapshot received from the leader failed")
+            return False
+        self._restored = job.result
+        return True
+
+    def abandon_restore(self) -> None:
+        """Forget a snapshot being restored (this node is no longer a follower); a worker thread still decoding
+        finishes unobserved. The leader of a later term sends one again if it is still needed."""
+        if self._restore is not None:
+            self._restore = None
+            self._disk.remove(self._incoming)
+
+
+class RestoreInBackground:
+    """RaftNode's side of restoring a received snapshot in the background (a mixin placed before
+    ReplicationFixes, whose follower handling it wraps; only with ``repair``, as RaftNode passes ``prepare``
+    and ``adopt`` to :class:`SnapshotFiles` only then).
+
+    While a restore runs: AppendEntries are answered without taking their entries (success false, no reset:
+    the leader counts this follower as alive and changes none of its progress) and other snapshot chunks are
+    dropped, so nothing is appended, committed or applied to a state about to be replaced. Each tick, first
+    thing, polls it; when it is done, pysyncobj's load swaps the new state in and the journal is set to the
+    snapshot's boundary, then the leader gets the answer to its last chunk, as when the install was inline.
+    A node that stops being a follower (an election it started) abandons the restore."""
+
+    if TYPE_CHECKING:
+        _SyncObj__serializer: Any
+        _SyncObj__raftLog: Any
+        _SyncObj__raftState: int
+        _SyncObj__raftCommitIndex: int
+        _snapshot_rx: Any
+
+        def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None: ...  # noqa: N802,N803
+
+        def _reply(self, node: Any, message: dict | None, *, success: bool, next_idx: int, reset: bool = False,
+                   conflict_term: int | None = None, conflict_index: int | None = None,
+                   refused: bool = False) -> None: ...
+
+    _restore_answer: tuple[Any, dict] | None = None   # the last chunk's sender and message, answered when done
+
+    def _restoring_files(self) -> SnapshotFiles | None:
+        files = self._SyncObj__serializer
+        return files if isinstance(files, SnapshotFiles) and files.restoring else None
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 (pysyncobj's names)
+        self._restore_tick()
+        super()._onTick(timeToWait)  # type: ignore[misc]
+
+    def _append(self, node: Any, message: dict, entries: list, leader_commit: int) -> None:
+        if self._restoring_files() is not None:
+            self._reply(node, message, success=False, next_idx=self._SyncObj__raftLog[-1][1] + 1)
+            return
+        super()._append(node, message, entries, leader_commit)  # type: ignore[misc]
+
+    def _on_snapshot_chunk(self, node: Any, message: dict, serialized: Any) -> None:
+        if self._restoring_files() is not None:
+            return  # the leader starts a transmission again if it still wants one when we answer
+        super()._on_snapshot_chunk(node, message, serialized)  # type: ignore[misc]
+        if self._restoring_files() is not None:  # that was the last chunk: restoring from now on
+            self._restore_answer = (node, message)
+
+    def _restore_tick(self) -> None:
+        files = self._restoring_files()
+        if files is None:
+            return
+        if self._SyncObj__raftState != psyncobj._RAFT_STATE.FOLLOWER:
+            log.info("abandoning the snapshot being restored: no longer a follower")
+            files.abandon_restore()
+            self._restore_answer = None
+            return
+        done = files.restore_poll()
+        if done is None:
+            return
+        answer, self._restore_answer = self._restore_answer, None
+        if not done:
+            return
+        log.info("snapshot restored in %.0f ms beside the tick thread; loading it", files.last_restore_ms or 0.0)
+        self._snapshot_rx = None
+        self._SyncObj__loadDumpFile(clearJournal=True)
+        raft_log = self._SyncObj__raftLog
+        if len(raft_log) == 0:  # pysyncobj logs and swallows any error while loading
+            raise RuntimeError("installing the leader's snapshot failed after the journal was cleared")
+        last = raft_log[-1][1]  # the log is the snapshot's boundary now: all committed
+        self._SyncObj__raftCommitIndex = last
+        raft_log.setRaftCommitIndex(last)
+        if answer is not None:
+            self._reply(answer[0], answer[1], success=True, next_idx=last + 1)
