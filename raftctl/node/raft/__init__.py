@@ -35,7 +35,7 @@ from pysyncobj.tcp_connection import TcpConnection
 from raftctl.node.raft.disk import Disk, OsDisk
 from raftctl.node.raft.journal import CheckedJournal, write_file_atomically
 from raftctl.node.raft.replication import ReplicationFixes
-from raftctl.node.raft.snapshot import SnapshotFiles
+from raftctl.node.raft.snapshot import RestoreInBackground, SnapshotFiles, restore_state
 from raftctl.node.raft.transfer import choose_target, node_key, ready_to_ask
 from raftctl.statemachine.apply import Rejection, Result, apply_entry
 from raftctl.statemachine.state import State
@@ -147,7 +147,7 @@ def _snapshot_bytes(entry1: tuple, entry0: tuple, cluster: Any, state_bytes: byt
                         "state": state_bytes}, canonical=True)
 
 
-class RaftNode(ReplicationFixes, SyncObj):
+class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
     """A control replica's Raft member holding the state machine."""
 
     def __init__(self, self_addr: str, peers: list[str], data_dir: str, secret: str | None,
@@ -171,7 +171,12 @@ class RaftNode(ReplicationFixes, SyncObj):
         _JOURNAL_DISKS[journal_file] = self._disk
         conf_batch = SyncObjConf().logCompactionBatchSize
         self._snapshots = SnapshotFiles(os.path.join(data_dir, "raft.snapshot"), self._disk,
-                                        self._encode_snapshot, self._decode_snapshot, conf_batch)
+                                        self._encode_snapshot, self._decode_snapshot, conf_batch,
+                                        # a received snapshot is restored beside the tick thread
+                                        # (RestoreInBackground; with repair only: pysyncobj's own
+                                        # handling expects it loaded at the last chunk)
+                                        prepare=self._restore_snapshot if repair else None,
+                                        adopt=self._adopt_snapshot if repair else None)
         host = self_addr.rsplit(":", 1)[0]
         conf = SyncObjConf(
             password=secret,
@@ -285,23 +290,33 @@ class RaftNode(ReplicationFixes, SyncObj):
         return _snapshot_bytes(entry1, entry0, cluster, self.state.snapshot())
 
     def _decode_snapshot(self, data: bytes) -> tuple:
+        """Load a snapshot at once (at a start; a received one is restored in the background, snapshot.py)."""
+        return self._adopt_snapshot(self._restore_snapshot(data))
+
+    @staticmethod
+    def _restore_snapshot(data: bytes) -> tuple:
+        """The heavy half, with no side effect: runs on a worker thread for a received snapshot (snapshot.py)."""
         obj = cbor2.loads(data)
         if not isinstance(obj, dict) or obj.get("format") != SNAPSHOT_FORMAT:
             raise ValueError(f"unknown snapshot format {obj.get('format') if isinstance(obj, dict) else None!r}")
-        restored = State.restore(obj["state"])
+        e1, e0 = (tuple(e) for e in obj["entries"])
+        return e1, e0, list(obj["cluster"]), restore_state(obj["state"])
+
+    def _adopt_snapshot(self, prepared: tuple) -> tuple:
+        """On the tick thread, inside pysyncobj's load (which then sets the log to the snapshot's boundary)."""
+        e1, e0, cluster, restored = prepared
         with self.lock:
             self.state = restored
-        # Restoring a big state holds the tick thread for seconds (100,000 placements: 2.0-2.6 s); the
-        # leader's message that carried the snapshot counts as hearing from the leader, or this follower
-        # would start an election the moment it returns (the election check runs first in a tick).
+        # Restoring a big state at a start holds the tick thread for seconds (100,000 placements: 2.0-2.6 s);
+        # it counts as hearing from the leader, or this follower would start an election the moment it
+        # returns (the election check runs first in a tick).
         self._SyncObj__raftElectionDeadline = (  # type: ignore[attr-defined]
             psyncobj.monotonicTime() + self._SyncObj__generateRaftTimeout())  # type: ignore[attr-defined]
         try:
             self._on_applied()
         except Exception:
             log.exception("on_applied callback failed")
-        e1, e0 = (tuple(e) for e in obj["entries"])
-        return e1, e0, [TCPNode(a) for a in obj["cluster"]]
+        return e1, e0, [TCPNode(a) for a in cluster]
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 (pysyncobj's names)
         # pysyncobj loads the snapshot at the first tick only if os.path.isfile() finds it; a simulated
