@@ -1,0 +1,494 @@
+"""The scale test bed: N simulated machines, 10 replicas each, on one 3-replica control plane.
+
+Per size (``--sizes 1000,3000,10000``; the default is small so `make bench` finishes in a few minutes):
+machines are played by several ``raftctl agent --runtime sim --count K`` processes (K <= ``--per-process``),
+each machine heartbeating at the real rate (1 s, TTL 3 s), posting stats every 2 s and reporting its
+placements healthy, exactly as one real agent would. One extra agent process holds 1 % of the machines:
+freezing it (SIGSTOP) is the failover trial.
+
+Phases and figures (leader CPU and RSS from psutil; counts from the replicas' /metrics):
+1. register: all N machines up; leader CPU per agent request (heartbeats and stats) in a steady window,
+   net of the idle leader measured before any agent started;
+2. place: jobs of 500 replicas until 10 x N placements are healthy: time, placements/s, leader CPU, RSS
+   per placement (leader RSS growth / placements);
+3. API p99 under that load: 8 Python clients writing (scale) and 8 reading (GET a job) for a few seconds;
+4. snapshot: GET /v1/snapshot (a barrier, then the whole state) time and size; the Raft snapshot file's size;
+5. failover: SIGSTOP the 1 % process; time until each of its machines is down (p50/p99, against the TTL),
+   until every placement is healthy again, and machines declared down that were never frozen;
+6. a follower stopped, writes pushed past ``--compact-entries`` (so the leader compacts and must send a
+   snapshot), restarted: time to catch up (install); restarted again: time to ready (replay from disk).
+
+Every row goes to bench/out/scale.jsonl (gitignored); bench/out/scale.svg is the cost curve drawn by hand
+from the newest row per size. Prints a table and one JSON line per size.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import Any, Callable
+
+import aiohttp
+import psutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
+from raft_commit import http_load  # noqa: E402
+
+from raftctl.devcluster import LocalCluster, Proc  # noqa: E402
+
+OUT = os.path.join(HERE, "out")
+JOB_REPLICAS = 500
+METRIC_RE = re.compile(r'^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})?\s+([-+\deE.naNIf]+)$', re.M)
+
+
+class Stalled(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}", flush=True)
+
+
+def raise_fd_limit() -> None:
+    """The leader holds a few connections per simulated machine: 10,000 machines need more than 20,000 fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 262144
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Bed:
+    """A LocalCluster plus agent processes; every helper reads through urllib with the admin token."""
+
+    def __init__(self, directory: str, compact_entries: int) -> None:
+        self.cluster = LocalCluster(directory, replicas=3, log_level="warning")
+        for p in self.cluster.servers:
+            p.extra_args = ["--compact-entries", str(compact_entries)]
+        self.agents: list[tuple[str, int, subprocess.Popen]] = []   # (id, count, process)
+        self.dir = directory
+
+    def get(self, url: str, path: str, timeout: float = 30.0) -> Any:
+        req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {self.cluster.token()}"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            body = r.read()
+        return body
+
+    def call(self, method: str, path: str, body: Any = None, url: str | None = None) -> Any:
+        req = urllib.request.Request((url or self.leader.url) + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Authorization": f"Bearer {self.cluster.token()}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    def metrics(self, url: str) -> dict[tuple[str, str], float]:
+        text = self.get(url, "/metrics").decode()
+        return {(m.group(1), m.group(2) or ""): float(m.group(3)) for m in METRIC_RE.finditer(text)}
+
+    @property
+    def leader(self) -> Proc:
+        p = self.cluster.leader()
+        assert p is not None, "no leader"
+        return p
+
+    def followers(self) -> list[Proc]:
+        lead = self.leader
+        return [p for p in self.cluster.servers if p is not lead]
+
+    def start_agents(self, ident: str, count: int, zone: str) -> None:
+        tok = self.call("POST", "/v1/tokens", {"role": "agent", "name": f"agent-{ident}", "machine": f"{ident}-*"})
+        data = os.path.join(self.dir, ident)
+        os.makedirs(data, exist_ok=True)
+        argv = [sys.executable, "-m", "raftctl.cli.main", "agent", "--id", ident, "--data-dir", data,
+                "--runtime", "sim", "--count", str(count), "--cpu", "1100m", "--memory", "11Gi",
+                "--ports", "20000-20099", "--advertise", "127.0.0.1", "--fault-domain", f"zone={zone}",
+                "--log-level", "warning"]
+        for url in self.cluster.urls:
+            argv += ["--server", url]
+        out = open(os.path.join(data, "agent.log"), "ab")
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "RAFTCTL_AGENT_TOKEN": tok["token"]}, start_new_session=True)
+        out.close()
+        self.agents.append((ident, count, proc))
+
+    def stop(self) -> None:
+        for _, _, p in self.agents:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.send_signal(signal.SIGTERM)
+        for _, _, p in self.agents:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.cluster.stop()
+
+
+def counts(m: dict[tuple[str, str], float], name: str, **labels: str) -> float:
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(v for (n, lab), v in m.items() if n == name and all(w in lab for w in want))
+
+
+def cpu_s(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return t.user + t.system
+
+
+def wait_for(what: str, pred: Callable[[], Any], timeout: float, every: float = 0.5) -> float | None:
+    """Seconds until pred() is truthy, or None at the timeout."""
+    t0 = time.monotonic()
+    said: set[str] = set()
+    while time.monotonic() - t0 < timeout:
+        try:
+            if pred():
+                return time.monotonic() - t0
+        except Stalled:
+            raise
+        except Exception as exc:   # a replica busy past the read timeout, or still starting: poll again
+            if str(exc) not in said:
+                said.add(str(exc))
+                log(f"{what}: poll failed ({exc.__class__.__name__}: {exc})")
+        time.sleep(every)
+    log(f"{what}: not reached after {timeout:.0f} s")
+    return None
+
+
+async def read_load(urls: list[str], token: str, path: str, seconds: float, clients: int) -> dict[str, Any]:
+    lat: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as s:
+        stop_at = time.monotonic() + seconds
+
+        async def worker(i: int) -> None:
+            nonlocal errors
+            while time.monotonic() < stop_at:
+                t0 = time.monotonic()
+                async with s.get(urls[i % len(urls)] + path) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                        continue
+                lat.append(time.monotonic() - t0)
+        await asyncio.gather(*(worker(i) for i in range(clients)))
+    lat.sort()
+    return {"per_s": len(lat) / seconds, "p50_ms": lat[len(lat) // 2] * 1000 if lat else None,
+            "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else None, "errors": errors}
+
+
+async def api_under_load(bed: Bed, seconds: float, clients: int) -> tuple[dict, dict]:
+    urls = [bed.leader.url] + [p.url for p in bed.followers()]
+    token = bed.cluster.token() or ""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    writes, reads = await asyncio.gather(
+        http_load(urls, headers, lambda i, n: (f"/v1/jobs/w{i}/scale", {"replicas": 0}), seconds, clients),
+        read_load(urls, token, "/v1/jobs/s0", seconds, clients))
+    return writes, reads
+
+
+def dir_bytes(path: str, pattern: str) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files if re.search(pattern, f))
+    return total
+
+
+def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    res: dict[str, Any] = {"bench": "scale", "machines": n, "replicas_per_machine": args.per_machine,
+                           "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count()}
+    loads: dict[str, float] = {"start": round(os.getloadavg()[0], 2)}
+    total = n * args.per_machine
+    victims = max(1, n // 100)
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as d:
+        bed = Bed(d, args.compact_entries)
+        try:
+            bed.cluster.start(timeout=60)
+            leader = bed.leader
+            lp = psutil.Process(leader.pid)
+            follower = bed.followers()[0]
+            c0, t0 = cpu_s(lp), time.monotonic()
+            time.sleep(3.0)
+            idle_cores = (cpu_s(lp) - c0) / (time.monotonic() - t0)
+            rss0 = lp.memory_info().rss
+
+            # 1. register N machines and measure the steady heartbeat cost
+            rest = n - victims
+            procs = math.ceil(rest / args.per_process)
+            for i in range(procs):
+                k = rest // procs + (i < rest % procs)
+                bed.start_agents(f"g{i}", k, f"z{i % 3}")
+            bed.start_agents("v", victims, "zv")
+            log(f"{n} machines: {procs} agent processes + 1 of {victims} (the 1 %)")
+
+            def up() -> bool:
+                return counts(bed.metrics(follower.url), "raftctl_machines_by_state", state="active") >= n
+            res["register_s"] = wait_for("all machines up", up, 60 + n / 20)
+            loads["registered"] = round(os.getloadavg()[0], 2)
+            time.sleep(3.0)
+            m0, c0, t0 = bed.metrics(leader.url), cpu_s(lp), time.monotonic()
+            a0 = sum(cpu_s(psutil.Process(p.pid)) for _, _, p in bed.agents)
+            time.sleep(args.window)
+            m1, c1, t1 = bed.metrics(leader.url), cpu_s(lp), time.monotonic()
+            a1 = sum(cpu_s(psutil.Process(p.pid)) for _, _, p in bed.agents)
+            dt = t1 - t0
+            hb = (counts(m1, "raftctl_api_requests_total", route="POST /v1/agent/heartbeat")
+                  - counts(m0, "raftctl_api_requests_total", route="POST /v1/agent/heartbeat")) / dt
+            allreq = (counts(m1, "raftctl_api_requests_total") - counts(m0, "raftctl_api_requests_total")) / dt
+            steady = (c1 - c0) / dt
+            fm = bed.metrics(follower.url)
+            res["steady"] = {"heartbeats_per_s": round(hb, 1), "heartbeats_wanted_per_s": n,
+                             "machines_down_unfaulted": int(counts(fm, "raftctl_machines_by_state", state="down")),
+                             "leader_requests_per_s": round(allreq, 1),
+                             "leader_cores": round(steady, 3), "leader_idle_cores": round(idle_cores, 3),
+                             "leader_cpu_us_per_request": round((steady - idle_cores) / allreq * 1e6, 1) if allreq else None,
+                             "leader_cpu_us_per_heartbeat_if_all": round((steady - idle_cores) / hb * 1e6, 1) if hb else None,
+                             "agents_cores": round((a1 - a0) / dt, 3), "load1": round(os.getloadavg()[0], 2)}
+            log(f"steady: {res['steady']}")
+
+            # 2. place 10 x N replicas
+            bed.call("PUT", "/v1/jobs/w0", {"name": "w0", "image": "scale:1", "command": ["w"], "replicas": 0})
+            jobs = math.ceil(total / JOB_REPLICAS)
+            c0, tp = cpu_s(lp), time.monotonic()
+            for j in range(jobs):
+                reps = min(JOB_REPLICAS, total - j * JOB_REPLICAS)
+                bed.call("PUT", f"/v1/jobs/s{j}", {"name": f"s{j}", "image": "scale:1", "command": ["serve"],
+                                                   "replicas": reps,
+                                                   "resources": {"cpu": "100m", "memory": "64Mi", "pids": 16}})
+            res["submit_s"] = round(time.monotonic() - tp, 2)
+            seen: dict[str, float] = {"best": -1.0, "best_at": time.monotonic()}
+
+            def placed() -> bool:
+                m = bed.metrics(follower.url)
+                have = counts(m, "raftctl_placements_by_state")
+                healthy = counts(m, "raftctl_placements_by_state", health="healthy")
+                seen.update(have=have, healthy=healthy,
+                            down=counts(m, "raftctl_machines_by_state", state="down"))
+                if have >= total and "placed_s" not in res:
+                    res["placed_s"] = round(time.monotonic() - tp, 2)
+                if healthy > seen["best"]:
+                    seen.update(best=healthy, best_at=time.monotonic())
+                elif time.monotonic() - seen["best_at"] > args.stall:
+                    raise Stalled(f"healthy placements stuck at {healthy:.0f} of {total} for {args.stall:.0f} s "
+                                  f"({seen['down']:.0f} machines down)")
+                return healthy >= total
+            try:
+                took = wait_for("all placements healthy", placed, args.place_timeout, every=1.0)
+            except Stalled as exc:
+                log(str(exc))
+                took = None
+            cpu_place = cpu_s(lp) - c0
+            el = took if took is not None else time.monotonic() - tp
+            res["place"] = {"healthy_s": round(took, 2) if took is not None else None,
+                            "healthy_reached": int(seen.get("healthy", 0)), "total": total,
+                            "placed_s": res.pop("placed_s", None), "machines_down": int(seen.get("down", 0)),
+                            "placements_per_s": round(seen.get("healthy", 0) / el, 1),
+                            "leader_cores": round(cpu_place / el, 3), "load1": round(os.getloadavg()[0], 2)}
+            rss1 = lp.memory_info().rss
+            res["rss"] = {"leader_mib_before": round(rss0 / 2**20, 1), "leader_mib_after": round(rss1 / 2**20, 1),
+                          "leader_kib_per_placement": round((rss1 - rss0) / max(1, seen.get("have", 0)) / 1024, 2),
+                          "follower_mib": round(psutil.Process(follower.pid).memory_info().rss / 2**20, 1)}
+            log(f"place: {res['place']} rss {res['rss']}")
+
+            # 3. API p99 under the heartbeat + stats load
+            for i in range(args.api_clients):
+                bed.call("PUT", f"/v1/jobs/w{i}", {"name": f"w{i}", "image": "scale:1", "command": ["w"],
+                                                   "replicas": 0})
+            writes, reads = asyncio.run(api_under_load(bed, args.api_seconds, args.api_clients))
+            res["api"] = {"write_per_s": round(writes["writes_per_s"], 1), "write_p50_ms": writes["p50_ms"],
+                          "write_p99_ms": writes["p99_ms"], "write_errors": writes["errors"],
+                          "read_per_s": round(reads["per_s"], 1), "read_p50_ms": reads["p50_ms"],
+                          "read_p99_ms": reads["p99_ms"], "read_errors": reads["errors"],
+                          "load1": round(os.getloadavg()[0], 2)}
+            log(f"api: {res['api']}")
+
+            # 4. snapshot: take (backup through the API) and the Raft snapshot file
+            ts = time.monotonic()
+            snap = bed.get(leader.url, "/v1/snapshot", timeout=120)
+            res["snapshot"] = {"take_s": round(time.monotonic() - ts, 3), "bytes": len(snap),
+                               "raft_dump_bytes_leader": dir_bytes(leader.data_dir, r"dump|snap")}
+
+            # 5. failover: freeze the 1 % process
+            victim = next(p for ident, _, p in bed.agents if ident == "v")
+            m = bed.metrics(follower.url)
+            want = counts(m, "raftctl_placements_by_state", health="healthy")   # what was healthy before the fault
+            ms0 = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
+            before_down = {mm["id"] for mm in ms0 if mm.get("status") == "down"}
+            frozen = {mm["id"] for mm in ms0 if mm["id"].startswith("v-")} - before_down
+            down_at: dict[str, float] = {}
+            healthy_again: dict[str, float] = {}
+            victim.send_signal(signal.SIGSTOP)
+            tf = time.monotonic()
+
+            def failed_over() -> bool:
+                ms = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
+                now = time.monotonic() - tf
+                for mm in ms:
+                    if mm["id"] in frozen and mm.get("status") == "down":
+                        down_at.setdefault(mm["id"], now)
+                m = bed.metrics(follower.url)
+                healthy = counts(m, "raftctl_placements_by_state", health="healthy")
+                if len(down_at) >= len(frozen) and healthy >= want and "t" not in healthy_again:
+                    healthy_again["t"] = now
+                return "t" in healthy_again
+            wait_for("failover", failed_over, 3.0 + 90, every=0.25)
+            down_all = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
+            wrongly = [mm["id"] for mm in down_all if mm.get("status") != "up" and not mm["id"].startswith("v-")
+                       and mm["id"] not in before_down]
+            times = sorted(down_at.values())
+            res["failover"] = {"victims": victims, "frozen_while_up": len(frozen), "ttl_s": 3.0,
+                               "declared_down": len(times),
+                               "down_p50_s": round(times[len(times) // 2], 2) if times else None,
+                               "down_p99_s": round(times[min(len(times) - 1, int(len(times) * 0.99))], 2)
+                               if times and len(times) == len(frozen) else None,
+                               "replaced_healthy_s": round(healthy_again["t"], 2) if "t" in healthy_again else None,
+                               "never_frozen_but_down": len(wrongly), "down_before": len(before_down),
+                               "load1": round(os.getloadavg()[0], 2)}
+            victim.send_signal(signal.SIGCONT)
+            log(f"failover: {res['failover']}")
+
+            # 6. a follower restarted after the leader compacted past it: catch up (install), then replay
+            fol = follower
+            stopped_at = bed.call("GET", "/v1/status", url=fol.url)["applied_index"]
+            bed.cluster.kill(fol, signal.SIGTERM)
+            fol_index = None
+            urls = [leader.url]
+            headers = {"Authorization": f"Bearer {bed.cluster.token()}", "Content-Type": "application/json"}
+            pushed, tw = 0, time.monotonic()
+            # writes until the leader's log no longer reaches back to the stopped follower's index (compacted):
+            # the commands are batched into entries, so count entries, not writes
+            while time.monotonic() - tw < 120:
+                st = bed.call("GET", "/v1/status")
+                if st["commit_index"] - st["log_len"] > stopped_at + 1:
+                    break
+                r = asyncio.run(http_load(urls, headers, lambda i, k: (f"/v1/jobs/w{i % args.api_clients}/scale",
+                                                                        {"replicas": 0}), 3.0, 4))
+                pushed += r["samples"]
+            st = bed.call("GET", "/v1/status")
+            target = st["commit_index"]
+            res["restart"] = {"writes_while_down": pushed, "leader_log_len": st["log_len"], "commit_index": target,
+                              "follower_stopped_at": stopped_at,
+                              "compacted_past_it": st["commit_index"] - st["log_len"] > stopped_at + 1}
+            tc = time.monotonic()
+            bed.cluster.start_proc(fol)
+
+            def caught_up() -> bool:
+                s = bed.call("GET", "/v1/status", url=fol.url)
+                nonlocal fol_index
+                fol_index = s.get("applied_index")
+                return bool(s.get("ready")) and (s.get("applied_index") or 0) >= target
+            took = wait_for("restarted follower caught up", caught_up, 180, every=0.2)
+            res["restart"]["catch_up_s"] = round(took, 2) if took is not None else None
+            res["restart"]["raft_dump_bytes_follower"] = dir_bytes(fol.data_dir, r"dump|snap")
+            bed.cluster.kill(fol, signal.SIGTERM)
+            tc = time.monotonic()
+            bed.cluster.start_proc(fol)
+            took = wait_for("restarted follower ready (replay)", caught_up, 180, every=0.2)
+            res["restart"]["replay_ready_s"] = round(took, 2) if took is not None else None
+            res["restart"]["load1"] = round(os.getloadavg()[0], 2)
+            del tc
+            log(f"restart: {res['restart']}")
+        finally:
+            bed.stop()
+    res["load1"] = loads
+    return res
+
+
+# -- the picture -----------------------------------------------------------------------------------------------
+def svg(rows: list[dict[str, Any]], path: str) -> None:
+    """The cost curve, drawn by hand: per size, leader cores in the steady state (heartbeats + stats), leader cores
+    while placing, and placements/s; x is machines (log scale)."""
+    rows = sorted(rows, key=lambda r: r["machines"])
+    W, H, L, B = 720, 420, 70, 60
+    xs = [r["machines"] for r in rows]
+    lo, hi = math.log10(min(xs) / 1.5), math.log10(max(xs) * 1.5)
+
+    def X(v: float) -> float:
+        return L + (math.log10(v) - lo) / (hi - lo) * (W - L - 70)
+    series = [("leader cores, steady (heartbeats + stats)", "#c0392b", lambda r: r["steady"]["leader_cores"], 2.0),
+              ("leader cores while placing", "#e67e22", lambda r: r["place"]["leader_cores"], 2.0),
+              ("placements/s (right axis, / 1,000)", "#2471a3",
+               lambda r: r["place"]["placements_per_s"] / 1000, 2.0)]
+    ymax = max(2.0, max((f(r) or 0) for r in rows for _, _, f, _ in series) * 1.15)
+
+    def Y(v: float) -> float:
+        return H - B - v / ymax * (H - B - 40)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+           '<rect width="100%" height="100%" fill="white"/>',
+           f'<text x="{L}" y="20" font-size="14">raftctl, one Raft group (3 replicas): cost vs simulated machines '
+           f'(10 replicas each)</text>',
+           f'<line x1="{L}" y1="{H - B}" x2="{W - 70}" y2="{H - B}" stroke="black"/>',
+           f'<line x1="{L}" y1="{H - B}" x2="{L}" y2="30" stroke="black"/>',
+           f'<line x1="{L}" y1="{Y(os.cpu_count() or 2):.1f}" x2="{W - 70}" y2="{Y(os.cpu_count() or 2):.1f}" '
+           f'stroke="#888" stroke-dasharray="4 4"/>',
+           f'<text x="{W - 68}" y="{Y(os.cpu_count() or 2) + 4:.1f}" fill="#888">{os.cpu_count()} cores</text>']
+    for k in range(0, int(ymax) + 1):
+        out.append(f'<text x="{L - 8}" y="{Y(k) + 4:.1f}" text-anchor="end">{k}</text>')
+    for v in xs:
+        out.append(f'<text x="{X(v):.1f}" y="{H - B + 18}" text-anchor="middle">{v:,}</text>')
+    out.append(f'<text x="{(W - 70 + L) / 2}" y="{H - 15}" text-anchor="middle">machines (log scale)</text>')
+    for i, (name, color, f, _) in enumerate(series):
+        pts = [(X(r["machines"]), Y(f(r))) for r in rows if f(r) is not None]
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="'
+                   + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts) + '"/>')
+        out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in pts]
+        out.append(f'<text x="{L + 10}" y="{45 + 16 * i}" fill="{color}">{name}</text>')
+    out.append("</svg>")
+    with open(path, "w") as fh:
+        fh.write("\n".join(out) + "\n")
+
+
+def newest_rows() -> list[dict[str, Any]]:
+    rows: dict[int, dict[str, Any]] = {}
+    try:
+        with open(os.path.join(OUT, "scale.jsonl")) as f:
+            for line in f:
+                r = json.loads(line)
+                if r.get("steady") and r.get("place"):
+                    rows[r["machines"]] = r
+    except FileNotFoundError:
+        pass
+    return list(rows.values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="300", help="comma-separated machine counts, e.g. 1000,3000,10000")
+    ap.add_argument("--per-machine", type=int, default=10, help="replicas per machine")
+    ap.add_argument("--per-process", type=int, default=500, help="simulated machines per agent process")
+    ap.add_argument("--stall", type=float, default=60.0, help="give up placing when healthy stops growing this long")
+    ap.add_argument("--window", type=float, default=10.0, help="steady-state window (s)")
+    ap.add_argument("--place-timeout", type=float, default=600.0)
+    ap.add_argument("--api-seconds", type=float, default=6.0)
+    ap.add_argument("--api-clients", type=int, default=8)
+    ap.add_argument("--compact-entries", type=int, default=500,
+                    help="the replicas' --compact-entries (so the restart phase needs a snapshot)")
+    args = ap.parse_args()
+    raise_fd_limit()
+    os.makedirs(OUT, exist_ok=True)
+    for n in (int(s) for s in args.sizes.split(",")):
+        res = run_size(n, args)
+        with open(os.path.join(OUT, "scale.jsonl"), "a") as f:
+            f.write(json.dumps(res) + "\n")
+        print(json.dumps(res), flush=True)
+    rows = newest_rows()
+    if rows:
+        svg(rows, os.path.join(OUT, "scale.svg"))
+        print(f"cost curve: {os.path.join(OUT, 'scale.svg')} ({len(rows)} sizes)")
+
+
+if __name__ == "__main__":
+    main()
