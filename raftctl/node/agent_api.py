@@ -109,13 +109,24 @@ async def report(request: web.Request) -> web.Response:
                                       exit_code=code, reason=str(u.get("reason", ""))[:300]))
     results = await asyncio.gather(*(replica.propose(cmd) for cmd in cmds), return_exceptions=True)
     out = []
+    unsure: Unavailable | None = None
     for cmd, res in zip(cmds, results):
-        if isinstance(res, Exception):
+        if isinstance(res, BaseException):
             if not isinstance(res, (Unavailable, RaftctlError)):
                 raise res
+            if isinstance(res, Unavailable) and unsure is None:
+                unsure = res
             out.append({"placement": cmd.placement, "ok": False, "error": str(res)})
         else:
             out.append({"placement": cmd.placement, "ok": res.ok, "error": res.error.message if res.error else None})
+    if unsure is not None:
+        # An update that did not commit here must not look delivered: the agent reports each transition once,
+        # so a 200 would leave the placement's state stale until its next transition (a healthy container:
+        # never). A 503 makes the agent send the batch to another replica; an update that did commit sets the same
+        # state again.
+        n = sum(1 for r in results if isinstance(r, Unavailable))
+        raise Unavailable(f"{n} of {len(cmds)} updates were not committed ({unsure}); send them again",
+                          details={"results": out})
     return encode(request, {"results": out})
 
 

@@ -191,3 +191,80 @@ async def test_writes_queued_when_the_flusher_died_are_sent_by_its_successor():
         await p.stop()
     assert isinstance(results[0], OutcomeUnknown)  # its batch died with the task: outcome unknown
     assert results[1].ok and list(raft.state.jobs) == ["b"] and p.restarts == 1
+
+
+class LeaderlessRaft(FakeRaft):
+    """pysyncobj on a replica cut off from the others (commandsWaitLeader): while it knows no leader it keeps
+    what it is handed and applies it whenever it hears a leader again, however late."""
+
+    def __init__(self, leaders: list[str | None]) -> None:
+        super().__init__()
+        self.leaders = leaders       # what leader_address answers, call by call (the last one sticks)
+        self.held: list[tuple[bytes, object]] = []
+
+    def leader_address(self) -> str | None:
+        return self.leaders.pop(0) if len(self.leaders) > 1 else self.leaders[0]
+
+    def apply_entry(self, data: bytes, callback) -> None:
+        if self.leaders[0] is None:
+            self.held.append((data, callback))
+            return
+        super().apply_entry(data, callback)
+
+    def hear_leader(self) -> None:
+        self.leaders = ["10.0.0.1:7000"]
+        for data, callback in self.held:
+            super().apply_entry(data, callback)
+        self.held = []
+
+
+async def test_a_replica_that_knows_no_leader_refuses_writes_and_hands_raft_nothing():
+    # jepsen-style finding 9: agents' reports sent to a replica cut off for 35 s were answered "not applied"
+    # after 5 s, held by pysyncobj and applied 25-35 s late at the heal, over newer state
+    raft = LeaderlessRaft([None])
+    p = Proposer(raft, timeout=1.0)
+    p.leader_wait_s = 0.3  # how long a write waits for an election
+    p.start()
+    try:
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(Unavailable) as err:
+            await p.propose(job("stale"))
+        took = asyncio.get_running_loop().time() - t0
+        with pytest.raises(Unavailable):
+            await p.barrier()
+    finally:
+        await p.stop()
+    assert not isinstance(err.value, OutcomeUnknown), err.value  # certainly not applied, and says so
+    assert "nothing was applied" in str(err.value) and 0.25 <= took < 0.9
+    assert raft.held == [] and raft.entries == []
+    raft.hear_leader()  # the partition heals
+    assert "stale" not in raft.state.jobs
+
+
+async def test_a_write_waits_for_an_election_then_commits():
+    raft = LeaderlessRaft([None])
+    p = Proposer(raft, timeout=2.0)
+    p.leader_wait_s = 1.0
+    p.start()
+    try:
+        asyncio.get_running_loop().call_later(0.2, raft.hear_leader)
+        r = await p.propose(job("after-election"))
+    finally:
+        await p.stop()
+    assert r.ok and list(raft.state.jobs) == ["after-election"]
+
+
+async def test_a_batch_whose_replica_lost_its_leader_before_the_flush_is_refused_unsent():
+    raft = LeaderlessRaft(["10.0.0.1:7000", None])  # known when the write arrives, gone when the batch is sent
+    p = Proposer(raft, timeout=1.0)
+    p.leader_wait_s = 0.2
+    p.start()
+    try:
+        with pytest.raises(Unavailable) as err:
+            await p.propose(job("late"))
+        assert not isinstance(err.value, OutcomeUnknown)
+        raft.hear_leader()
+        assert raft.entries == [] and "late" not in raft.state.jobs
+        assert (await p.propose(job("next"))).ok  # the slot came back
+    finally:
+        await p.stop()
