@@ -20,6 +20,7 @@ SYNCOBJ_METHODS: dict[str, tuple[str, ...]] = {
     # replication.py (H6): overridden
     "_SyncObj__onMessageReceived": ("self", "node", "message"),
     "_SyncObj__sendAppendEntries": ("self",),
+    "_SyncObj__onNodeDisconnected": ("self", "node"),  # bound as the transport's callback in SyncObj.__init__
     # replication.py (H6): called
     "_SyncObj__generateRaftTimeout": ("self",),
     "_SyncObj__onLeaderChanged": ("self",),

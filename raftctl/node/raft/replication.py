@@ -48,7 +48,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pysyncobj.syncobj as psyncobj
 
@@ -92,6 +92,46 @@ class ReplicationFixes:
     """Mixin for a SyncObj subclass; set ``self._repair`` before SyncObj.__init__ (the tick thread starts there)."""
 
     _repair = True
+    _snapshot_rx: list[Any] | None   # the snapshot transmission being received: [its key, bytes so far]
+    _snapshot_skip: bool             # the one being received is not to be installed
+
+    if TYPE_CHECKING:
+        # What SyncObj (untyped, so Any to mypy) gives the mixin: the one typed list of pysyncobj's private
+        # names used here. compat.py asserts the same names exist at import (SYNCOBJ_ATTRIBUTES/METHODS);
+        # test_raft_replication checks the two lists agree.
+        _SyncObj__raftLog: Any                       # the journal: entries (command, index, term)
+        _SyncObj__raftCurrentTerm: int
+        _SyncObj__raftState: int                     # _RAFT_STATE
+        _SyncObj__raftLeader: Any                    # a Node or None
+        _SyncObj__raftCommitIndex: int
+        _SyncObj__raftLastApplied: int
+        _SyncObj__raftNextIndex: dict[Any, int]
+        _SyncObj__raftMatchIndex: dict[Any, int]
+        _SyncObj__lastResponseTime: dict[Any, float]
+        _SyncObj__leaderCommitIndex: int
+        _SyncObj__raftElectionDeadline: float
+        _SyncObj__transferInProgress: bool
+        _SyncObj__recvTransmission: bytes | str
+        _SyncObj__transport: Any
+        _SyncObj__serializer: Any
+        _SyncObj__conf: Any                          # SyncObjConf
+        _SyncObj__otherNodes: set[Any]
+        _SyncObj__readonlyNodes: set[Any]
+        _SyncObj__connectedNodes: set[Any]
+        _SyncObj__newAppendEntriesTime: float
+        _SyncObj__selfNode: Any
+
+        def _SyncObj__generateRaftTimeout(self) -> float: ...
+        def _SyncObj__onLeaderChanged(self) -> None: ...
+        def _SyncObj__setCurrentTerm(self, term: int, votedForNodeId: Any) -> None: ...
+        def _SyncObj__setState(self, newState: int) -> None: ...  # noqa: N803
+        def _SyncObj__getEntries(self, fromIDx: int, count: int | None = None,  # noqa: N803
+                                 maxSizeBytes: int | None = None) -> list[Any]: ...
+        def _SyncObj__getPrevLogIndexTerm(self, nextNodeIndex: int) -> tuple[int | None, int | None]: ...  # noqa: N803
+        def _SyncObj__deleteEntriesFrom(self, fromIDx: int) -> None: ...  # noqa: N803
+        def _SyncObj__parseChangeClusterRequest(self, command: bytes) -> Any: ...
+        def _SyncObj__doChangeCluster(self, request: Any, reverse: bool = False) -> bool: ...
+        def _SyncObj__connectedToAnyone(self) -> bool: ...
 
     def _init_replication(self, repair: bool) -> None:
         """Call before SyncObj.__init__ (its tick thread may run at once)."""
@@ -108,7 +148,7 @@ class ReplicationFixes:
     # ------------------------------------------------------------------ dispatch
     def _SyncObj__onMessageReceived(self, node: Any, message: dict) -> None:  # noqa: N802 (pysyncobj's name)
         if not self._repair:
-            return _SyncObj._SyncObj__onMessageReceived(self, node, message)  # type: ignore[attr-defined]
+            return _SyncObj._SyncObj__onMessageReceived(self, node, message)
         mtype = message.get("type")
         self._note_version(node, mtype, message)
         if mtype == "append_entries":
@@ -131,13 +171,68 @@ class ReplicationFixes:
                 # send what the answer allows now (the next probe, a wider window), not at the next tick
                 self._send_to(node, self._progress(node), _now(), self._SyncObj__conf.appendEntriesPeriod)
             return None
-        return _SyncObj._SyncObj__onMessageReceived(self, node, message)  # type: ignore[attr-defined]
+        return _SyncObj._SyncObj__onMessageReceived(self, node, message)
 
-    # ------------------------------------------------------------------ pre-vote
+    # ------------------------------------------------------------------ pre-vote, election timing
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N803 (pysyncobj's name)
-        if self._repair:
-            self._pre_vote_tick()
-        return _SyncObj._onTick(self, timeToWait)
+        if not self._repair:
+            return _SyncObj._onTick(self, timeToWait)
+        self._pre_vote_tick()
+        term = self._SyncObj__raftCurrentTerm
+        _SyncObj._onTick(self, self._until_election(timeToWait))
+        if self._SyncObj__raftState == _CANDIDATE and self._SyncObj__raftCurrentTerm > term:
+            # An election started in this tick. pysyncobj waits a whole election timeout (0.3-0.6 s) for its
+            # votes; they take a round trip. A split vote (both survivors candidates in the same term) was
+            # the tail of leader kill -> next write (1.2-1.6 s): retry sooner, at a fresh random time, so one
+            # of them asks first in the next round (a peer that has a leader by then refuses its pre-vote).
+            conf = self._SyncObj__conf
+            self._SyncObj__raftElectionDeadline = _now() + conf.appendEntriesPeriod + self._quick_timeout()
+        return None
+
+    def _quick_timeout(self) -> float:
+        """A random wait in [0, spread): the election timeout's randomisation without its floor (the floor is
+        there for a live leader's heartbeats to arrive). Drawn from pysyncobj's ``random``, as its own
+        timeouts are, so a simulated run stays reproducible."""
+        conf = self._SyncObj__conf
+        spread = max(conf.raftMaxTimeout - conf.raftMinTimeout, conf.appendEntriesPeriod)
+        return float(spread * psyncobj.random.random())
+
+    def _until_election(self, time_to_wait: float) -> float:
+        """How long this tick may wait for messages: no longer than until the election timer fires.
+        pysyncobj checks the timer once per tick and a silent node ticks every autoTickPeriod (0.05 s), so
+        timers fired up to 50 ms late, on each node's own tick grid: two timers apart by 40 ms could fire in
+        the same ms (a split vote)."""
+        if self._SyncObj__raftState == _LEADER or self._SyncObj__selfNode is None:
+            return time_to_wait
+        left = self._SyncObj__raftElectionDeadline - _now()
+        if 0 < left < time_to_wait:
+            return left + 0.0005  # the poller's timeout resolution is 1 ms: wake just after, not just before
+        return time_to_wait
+
+    def _SyncObj__onNodeDisconnected(self, node: Any) -> None:  # noqa: N802 (pysyncobj's name)
+        _SyncObj._SyncObj__onNodeDisconnected(self, node)
+        if (self._repair and node == self._SyncObj__raftLeader and self._SyncObj__raftState == _FOLLOWER
+                and self._SyncObj__selfNode is not None):
+            self._leader_lost(node)
+
+    def _leader_lost(self, node: Any) -> None:
+        """The connection to our leader closed. When its process dies (kill -9, a crash, OOM) the kernel
+        closes its sockets at once, so every follower learns it within a round trip, where the election
+        timeout (0.3-0.6 s after the last heartbeat) took the larger part of a failover. Forget the leader
+        and let the election timer fire after a short random wait; pre-vote still asks first, so if the
+        leader is alive (a link broke, a peer still hears it) nothing happens but a pre-vote round, and the
+        leader's next message, over the reconnected link, makes it our leader again.
+        Commands this node forwarded to it would never be answered: pysyncobj's leader-change hook fails
+        them now (the client retries; its request id keeps a retry from applying twice), and new ones wait
+        in pysyncobj's queue until a leader is known instead of going to a dead one."""
+        now = _now()
+        self._SyncObj__raftLeader = None
+        self._leader_heard_at = float("-inf")
+        self._SyncObj__onLeaderChanged()
+        deadline = min(self._SyncObj__raftElectionDeadline, now + self._quick_timeout())
+        self._SyncObj__raftElectionDeadline = deadline
+        log.info("leader %s disconnected: election timer in %.0f ms", getattr(node, "id", node),
+                 max(deadline - now, 0.0) * 1000)
 
     def _pre_vote_lease(self) -> float:
         conf = self._SyncObj__conf
@@ -171,6 +266,9 @@ class ReplicationFixes:
                 return
         self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
         term = self._SyncObj__raftCurrentTerm + 1
+        if self._pre_vote_failed_rounds == 0:  # the first round since we last heard from a leader
+            log.info("pre-vote: asking for term %d (leader %s)", term,
+                     getattr(self._SyncObj__raftLeader, "id", self._SyncObj__raftLeader))
         self._pre_vote = {"term": term, "granted": set(), "answered": set()}
         raft_log = self._SyncObj__raftLog
         request = {"type": "pre_vote", "term": term, "last_log_index": raft_log[-1][1],
@@ -202,9 +300,17 @@ class ReplicationFixes:
         mine = self._SyncObj__raftLog[-1]
         in_lease = self._SyncObj__raftState == _LEADER or (
             self._SyncObj__raftLeader is not None and _now() - self._leader_heard_at < self._pre_vote_lease())
-        granted = (isinstance(term, int) and term > self._SyncObj__raftCurrentTerm and not in_lease
-                   and (message["last_log_term"], message["last_log_index"]) >= (mine[2], mine[1]))
+        last_term, last_idx = message.get("last_log_term"), message.get("last_log_index")
+        asks_newer = (isinstance(term, int) and term > self._SyncObj__raftCurrentTerm and not in_lease
+                      and isinstance(last_term, int) and isinstance(last_idx, int))
+        up_to_date = asks_newer and (last_term, last_idx) >= (mine[2], mine[1])
+        granted = asks_newer and up_to_date
         self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": bool(granted)})
+        if asks_newer and not up_to_date and self._SyncObj__raftState == _FOLLOWER:
+            # No leader, and a peer whose log is behind ours wants an election it cannot win with our vote
+            # (after a leader dies, the follower the last entries had not reached yet): campaign now
+            # instead of at our own timer (our pre-vote still asks first).
+            self._SyncObj__raftElectionDeadline = min(self._SyncObj__raftElectionDeadline, _now())
 
     def _on_pre_vote_response(self, node: Any, message: dict) -> None:
         rnd = self._pre_vote
@@ -322,7 +428,7 @@ class ReplicationFixes:
         the leader's snapshot, pysyncobj clears the journal, then adds the two boundary entries: a crash
         between left an empty journal beside the meta's commit index (seed 1141: commit 52, log end 1); here
         the journal is replaced by the two entries in one crash-safe rewrite."""
-        base = _SyncObj._SyncObj__loadDumpFile  # type: ignore[attr-defined]
+        base = _SyncObj._SyncObj__loadDumpFile
         preload = getattr(self._SyncObj__serializer, "preload", None)
         if not self._repair or preload is None:
             return base(self, clearJournal)
@@ -575,7 +681,7 @@ class ReplicationFixes:
 
     def _SyncObj__sendAppendEntries(self) -> None:  # noqa: N802 (pysyncobj's name)
         if not self._repair:
-            return _SyncObj._SyncObj__sendAppendEntries(self)  # type: ignore[attr-defined]
+            return _SyncObj._SyncObj__sendAppendEntries(self)
         conf = self._SyncObj__conf
         start = _now()
         period = conf.appendEntriesPeriod
