@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Callable, Literal, NamedTuple
+from typing import Annotated, Any, Callable, Literal, NamedTuple, cast
 
 import msgspec
+import msgspec.inspect as mi
 from msgspec import UNSET, UnsetType
 
 from raftctl import gate
 from raftctl.errors import ValidationError
 from raftctl.scheduler.pipeline import RegexError, compile_regex
-from raftctl.statemachine.records import IMAGE_RE, LEVELS, NAME_RE
+from raftctl.statemachine.records import IMAGE_RE, NAME_RE, JobSpec, from_wire
 from raftctl.statemachine.units import format_cpu, format_duration, format_size, parse_cpu, parse_duration, parse_size
 
 PORT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -102,12 +103,14 @@ def _dur(key: str) -> msgspec.Meta:
     lo, hi, default = DURATIONS[key]
     return msgspec.Meta(description=f"a duration from {format_duration(lo)} to {format_duration(hi)} "
                                     f"(default {format_duration(default)}): `500ms`, `1s`, `1m30s`, `2h`, or seconds",
-                        extra_json_schema={"x-minimum-ms": lo, "x-maximum-ms": hi, "x-default-ms": default})
+                        extra_json_schema={"x-minimum-ms": lo, "x-maximum-ms": hi, "x-default-ms": default},
+                        extra={"unit": "duration", "bounds": key})
 
 
 def _ms_meta(key: str) -> msgspec.Meta:
     lo, hi, _ = DURATIONS[key]
-    return msgspec.Meta(ge=lo, le=hi, description=f"the normalized form of `{key.rsplit('.', 1)[1]}`, in milliseconds")
+    return msgspec.Meta(ge=lo, le=hi, description=f"the normalized form of `{key.rsplit('.', 1)[1]}`, in milliseconds",
+                        extra={"unit": "ms", "bounds": key})
 
 
 def _items(key: str) -> msgspec.Meta:
@@ -118,10 +121,24 @@ def _chars(key: str, **kw: Any) -> msgspec.Meta:
     return msgspec.Meta(max_length=MAX_CHARS[key], **kw)
 
 
+# ``extra`` tells the walker in validate_spec what the types alone cannot: a unit to parse, an argv list, a check
+# the normalization makes (it depends on other fields), the words for a pattern or a whole message
+ARGV = msgspec.Meta(extra={"argv": True})
+CUSTOM = msgspec.Meta(extra={"custom": True})
+NAME_WORDS = msgspec.Meta(extra={"what": "must match [a-z0-9][a-z0-9-]{0,62}"})
+
+
+def _words(what: str) -> msgspec.Meta:
+    """How a problem with this field's value is told (after the value): the words of a literal's choices in the
+    order people read them (msgspec.inspect sorts a Literal's values)."""
+    return msgspec.Meta(extra={"what": what})
+
 Argument = Annotated[str, _chars("argument")]
 DurationText = str | float
-SizeText = Annotated[str | int, msgspec.Meta(description="bytes: `64Mi`, `1Gi`, `100M` or a number of bytes")]
-CpuText = Annotated[str | float, msgspec.Meta(description="CPU: `250m` (millicores) or a number of cores (`0.5`)")]
+SizeText = Annotated[str | int, msgspec.Meta(description="bytes: `64Mi`, `1Gi`, `100M` or a number of bytes",
+                                             extra={"unit": "size"})]
+CpuText = Annotated[str | float, msgspec.Meta(description="CPU: `250m` (millicores) or a number of cores (`0.5`)",
+                                              extra={"unit": "cpu"})]
 
 
 class _In(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -136,7 +153,7 @@ class ResourcesIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 class PortIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(pattern=PORT_NAME_RE.pattern)]
+    name: Annotated[str, msgspec.Meta(pattern=PORT_NAME_RE.pattern, extra={"what": "must match [a-z][a-z0-9_]{0,31}"})]
     static: Annotated[int, _range("ports[].static")] | None = None
     to: Annotated[int, _range("ports[].to")] | None = None
 
@@ -144,10 +161,10 @@ class PortIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
 class HealthIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A health check: http and tcp name one of the job's ports; exec runs a command."""
 
-    type: Literal["http", "tcp", "exec"]
-    port: str | None = None
-    path: Annotated[str, _chars("health.path", pattern="^/")] = "/"
-    command: Annotated[list[Argument], _items("health.command")] | None = None
+    type: Annotated[Literal["http", "tcp", "exec"], _words("must be http, tcp or exec")]
+    port: Annotated[str, CUSTOM] | None = None
+    path: Annotated[str, _chars("health.path", pattern="^/", extra={"message": "must start with /"})] = "/"
+    command: Annotated[list[Argument], _items("health.command"), ARGV] | None = None
     interval: Annotated[DurationText, _dur("health.interval")] | UnsetType = UNSET
     timeout: Annotated[DurationText, _dur("health.timeout")] | UnsetType = UNSET
     failures: Annotated[int, _range("health.failures")] = 3
@@ -163,7 +180,7 @@ class BackoffIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 class RestartIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    policy: Literal["always", "on-failure", "never"] = "always"
+    policy: Annotated[Literal["always", "on-failure", "never"], _words("must be always, on-failure or never")] = "always"
     backoff: BackoffIn | None = None
     reset: Annotated[DurationText, _dur("restart.reset")] | UnsetType = UNSET
     initial_ms: Annotated[int, _ms_meta("restart.backoff.initial")] | UnsetType = UNSET
@@ -188,28 +205,30 @@ class UpdateIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 class SpreadIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    level: Literal["region", "zone", "rack"]
-    mode: Literal["hard", "soft"] = "soft"
+    level: Annotated[Literal["region", "zone", "rack"], _words("must be region, zone or rack")]
+    mode: Annotated[Literal["hard", "soft"], _words("must be hard or soft")] = "soft"
 
 
 class ConstraintIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`in`/`not_in` take a list of strings, `regex` an RE2 pattern, `exists`/`not_exists` no value."""
 
     attr: Annotated[str, _chars("constraints[].attr")]
-    op: Literal["==", "!=", "in", "not_in", "exists", "not_exists", "regex"] = "=="
-    value: (Annotated[str, _chars("constraints[].value")]
-            | Annotated[list[Annotated[str, _chars("constraints[].value")]], _items("constraints[].value")]
-            | float | bool | None) = None
+    op: Annotated[Literal["==", "!=", "in", "not_in", "exists", "not_exists", "regex"],
+                  msgspec.Meta(extra={"what": f"must be one of {', '.join(CONSTRAINT_OPS)}"})] = "=="
+    value: Annotated[Annotated[str, _chars("constraints[].value")]
+                     | Annotated[list[Annotated[str, _chars("constraints[].value")]], _items("constraints[].value")]
+                     | float | bool, CUSTOM] | None = None
 
 
 class AutoscaleIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
     min: Annotated[int, _range("autoscale.min")] = 1
     max: Annotated[int, _range("autoscale.max")]
-    metric: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$")] = "cpu"
-    target: Annotated[float, msgspec.Meta(gt=0, le=MAX_AUTOSCALE_TARGET)]
+    metric: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$", extra={
+        "message": "must be cpu or a custom metric name like requests_per_second"})] = "cpu"
+    target: Annotated[float, msgspec.Meta(gt=0, le=MAX_AUTOSCALE_TARGET), CUSTOM]
     cooldown: Annotated[DurationText, _dur("autoscale.cooldown")] | UnsetType = UNSET
     stabilization: Annotated[DurationText, _dur("autoscale.stabilization")] | UnsetType = UNSET
-    tolerance: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
+    tolerance: Annotated[float, msgspec.Meta(ge=0, lt=1), CUSTOM] = 0.1
     cooldown_ms: Annotated[int, _ms_meta("autoscale.cooldown")] | UnsetType = UNSET
     stabilization_ms: Annotated[int, _ms_meta("autoscale.stabilization")] | UnsetType = UNSET
 
@@ -219,7 +238,7 @@ class DisruptionIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 class PreStopIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    exec: Annotated[list[Argument], _items("lifecycle.pre_stop.exec"), msgspec.Meta(min_length=1)]
+    exec: Annotated[list[Argument], _items("lifecycle.pre_stop.exec"), msgspec.Meta(min_length=1), ARGV]
     timeout: Annotated[DurationText, _dur("lifecycle.pre_stop.timeout")] | UnsetType = UNSET
     timeout_ms: Annotated[int, _ms_meta("lifecycle.pre_stop.timeout")] | UnsetType = UNSET
 
@@ -232,19 +251,21 @@ class JobSpecIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A job spec (DESIGN §6, docs/state.md) as a user writes it in YAML, JSON or TOML. Unknown fields are
     rejected; every problem is reported with its field path in error.details."""
 
-    name: Annotated[str, msgspec.Meta(pattern=NAME_RE.pattern, description="must equal the {name} in the path")]
+    name: Annotated[str, msgspec.Meta(pattern=NAME_RE.pattern, description="must equal the {name} in the path"),
+                    NAME_WORDS]
     image: Annotated[str, msgspec.Meta(pattern=IMAGE_RE.pattern,
-                                       description="an imported image `name:tag` or `sha256:<64 hex>`")]
-    base: Literal["host", "scratch"] = "host"
+                                       description="an imported image `name:tag` or `sha256:<64 hex>`",
+                                       extra={"what": "is not name:tag or sha256:<64 hex>"})]
+    base: Annotated[Literal["host", "scratch"], _words("must be host or scratch")] = "host"
     command: Annotated[list[Argument], _items("command"), msgspec.Meta(min_length=1,
-                                                                       description="argv, never a shell string")]
+                                                                       description="argv, never a shell string"), ARGV]
     env: Annotated[dict[Annotated[str, _chars("env.name", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")],
-                        Annotated[str, _chars("env.value")] | int | float], _items("env")] = {}
-    user: Annotated[str | int, msgspec.Meta(description="uid or uid:gid")] | None = None
+                        Annotated[str, _chars("env.value")] | int | float], _items("env"), CUSTOM] = {}
+    user: Annotated[str | int, msgspec.Meta(description="uid or uid:gid"), CUSTOM] | None = None
     replicas: Annotated[int, _range("replicas")] = 1
     resources: ResourcesIn | None = None
-    network: Literal["host", "bridge"] = "host"
-    ports: Annotated[list[PortIn], _items("ports")] = []
+    network: Annotated[Literal["host", "bridge"], _words("must be host or bridge")] = "host"
+    ports: Annotated[list[PortIn], _items("ports")] | None = []
     health: HealthIn | None = None
     restart: RestartIn | None = None
     update: UpdateIn | None = None
@@ -255,8 +276,8 @@ class JobSpecIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
     lifecycle: LifecycleIn | None = None
     priority: Annotated[int, _range("priority")] = 50
     service: Annotated[str, msgspec.Meta(pattern=NAME_RE.pattern, description="discovery name; the job's name "
-                                                                               "by default")] | None = None
-    capabilities: Annotated[list[str], msgspec.Meta(
+                                                                               "by default"), NAME_WORDS] | None = None
+    capabilities: Annotated[list[str], CUSTOM, msgspec.Meta(
         max_length=len(ALLOWED_CAPABILITIES),
         description="Linux capabilities from Docker's default set (CHOWN, NET_BIND_SERVICE, ...), with or without "
                     "CAP_; none by default")] = []
@@ -308,224 +329,316 @@ def _guess(text: str) -> str:
     return "yaml"
 
 
-class _Checker:
-    """Collects problems while walking a raw spec."""
-
-    def __init__(self) -> None:
-        self.problems: list[SpecProblem] = []
-
-    def bad(self, field: str, message: str) -> None:
-        self.problems.append(SpecProblem(field, message))
-
-    def missing(self, field: str) -> Any:
-        """A required field is absent: a problem, and no value (None)."""
-        self.bad(field, "is required")
-        return None
-
-    def mapping(self, value: Any, field: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.bad(field, f"must be a mapping, not {_kind(value)}")
-            return {}
-        for key in value:
-            if key not in allowed:
-                self.bad(f"{field}.{key}" if field else str(key), "unknown field")
-        return value
-
-    def integer(self, value: Any, field: str, lo: int, hi: int) -> int | None:
-        if not isinstance(value, int) or isinstance(value, bool):
-            self.bad(field, f"must be an integer, not {_kind(value)}")
-            return None
-        if not lo <= value <= hi:
-            self.bad(field, f"{value} is outside {lo}..{hi}")
-            return None
-        return value
-
-    def boolean(self, value: Any, field: str) -> bool | None:
-        if not isinstance(value, bool):
-            self.bad(field, f"must be true or false, not {_kind(value)}")
-            return None
-        return value
-
-    def string(self, value: Any, field: str, pattern: re.Pattern[str] | None = None, what: str = "") -> str | None:
-        if not isinstance(value, str):
-            self.bad(field, f"must be a string, not {_kind(value)}")
-            return None
-        if pattern is not None and not pattern.match(value):
-            self.bad(field, f"{value!r} {what}")
-            return None
-        return value
-
-    def argv(self, value: Any, field: str, required: bool) -> list[str] | None:
-        if value is None:
-            if required:
-                self.bad(field, "is required")
-            return None
-        if isinstance(value, str):
-            self.bad(field, "must be a list of strings (argv); commands are argv lists, never shell strings")
-            return None
-        if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
-            self.bad(field, "must be a non-empty list of strings")
-            return None
-        if not self.few(value, field, MAX_ITEMS[field]):
-            return None
-        ok = True
-        for i, a in enumerate(value):
-            ok = self.short(a, f"{field}[{i}]", MAX_CHARS["argument"]) and ok
-        return list(value) if ok else None
-
-    def few(self, value: Any, field: str, most: int) -> bool:
-        """A list or mapping of at most ``most`` entries."""
-        if len(value) > most:
-            self.bad(field, f"has {len(value)} entries; at most {most} are allowed")
-            return False
-        return True
-
-    def short(self, value: str, field: str, most: int) -> bool:
-        if len(value) > most:
-            self.bad(field, f"is {len(value)} characters long; at most {most} are allowed")
-            return False
-        return True
-
-    def bounded(self, value: Any, field: str, key: str) -> int | None:
-        """An integer within INTEGERS[key]."""
-        lo, hi = INTEGERS[key]
-        return self.integer(value, field, lo, hi)
-
-    def convert(self, fn: Callable[[Any], int], value: Any, field: str, *, already: str | None = None,
-                raw: dict[str, Any] | None = None) -> int | None:
-        try:
-            return fn(value)
-        except ValidationError as exc:
-            self.bad(field, exc.message)
-            return None
-
-
 def _kind(v: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
             dict: "a mapping", type(None): "null"}.get(type(v), type(v).__name__)
-
-
-def _duration(ck: _Checker, d: dict[str, Any], key: str, field: str, *, bounds: str | None = None,
-              ms_at: str | None = None) -> int | None:
-    """Durations may be given as `key: 1s` or, normalized, `key_ms: 1000`, within DURATIONS[bounds] (default
-    ``field.key``); ``ms_at`` is the mapping that holds the `key_ms` form when it is not ``field``."""
-    name = bounds or f"{field}.{key}"
-    lo, hi, default = DURATIONS[name]
-    if key + "_ms" in d:
-        where = f"{ms_at or field}.{key}_ms"
-        v = d[key + "_ms"]
-        if not isinstance(v, int) or isinstance(v, bool):
-            ck.bad(where, f"must be an integer number of milliseconds, not {_kind(v)}")
-            return None
-    elif key in d:
-        where = name
-        v = ck.convert(parse_duration, d[key], where)
-        if v is None:
-            return None
-    else:
-        return default
-    if v < lo:
-        ck.bad(where, f"{_ms(v)} is below the floor of {format_duration(lo)}")
-        return None
-    if v > hi:
-        ck.bad(where, f"{_ms(v)} is above the ceiling of {format_duration(hi)}")
-        return None
-    return v
 
 
 def _ms(v: int) -> str:
     return format_duration(v) if v >= 0 else f"{v}ms"
 
 
-TOP = ("name", "image", "base", "command", "env", "user", "replicas", "resources", "network", "ports", "health",
-       "restart", "update", "spread", "constraints", "autoscale", "disruption", "lifecycle", "priority", "service", "capabilities")
+def _real(v: Any) -> bool:
+    """A finite int or float (not a boolean, NaN or infinity; ints past 2**53 are not exact as floats)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return abs(v) <= 2**53 if isinstance(v, int) else math.isfinite(v)
+
+
+def _shown_value(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _Bad:
+    """A value that had a problem (already recorded): later checks that need it are skipped."""
+
+    def __repr__(self) -> str:
+        return "BAD"
+
+
+BAD: Any = _Bad()
+
+
+Check = Callable[["_Walker", Any, str], Any]
+
+
+class _Walker:
+    """Collects the problems of one validation, each with its field path; a bad value becomes BAD."""
+
+    def __init__(self) -> None:
+        self.problems: list[SpecProblem] = []
+
+    def bad(self, field: str, message: str) -> Any:
+        self.problems.append(SpecProblem(field, message))
+        return BAD
+
+    def few(self, v: Any, most: int | None, path: str) -> bool:
+        """A list or mapping of at most ``most`` entries."""
+        if most is not None and len(v) > most:
+            self.bad(path, f"has {len(v)} entries; at most {most} are allowed")
+            return False
+        return True
+
+
+# The checks are compiled once from the user-form types (JobSpecIn and its parts, through msgspec.inspect): type,
+# bounds, lengths, patterns, literals, required and unknown fields come from the type definitions and their Meta;
+# ``extra`` on a Meta names a unit (cpu, size, duration, ms), an argv list, a check left to the normalization
+# (it depends on other fields), the words for a pattern or literal, or a whole message.
+
+def _compile(t: Any) -> Check:
+    extra: dict[str, Any] = {}
+    while isinstance(t, mi.Metadata):
+        extra.update(t.extra or {})
+        t = t.type
+    if isinstance(t, mi.UnionType) and any(isinstance(x, mi.NoneType) for x in t.types):
+        rest = [x for x in t.types if not isinstance(x, mi.NoneType)]
+        inner = _compile_bare(rest[0] if len(rest) == 1 else mi.UnionType(tuple(rest)), extra)
+        return lambda ck, v, path: None if v is None else inner(ck, v, path)
+    return _compile_bare(t, extra)
+
+
+def _compile_bare(t: Any, extra: dict[str, Any]) -> Check:
+    while isinstance(t, mi.Metadata):
+        extra = {**extra, **(t.extra or {})}
+        t = t.type
+    if "custom" in extra:
+        return lambda ck, v, path: v  # checked by the normalization
+    if "unit" in extra:
+        return _unit_check(extra["unit"], extra.get("bounds", ""))
+    message: str | None = extra.get("message")
+    if extra.get("argv"):
+        return _argv_check(_compile(t.item_type), t.max_length)
+    if isinstance(t, mi.StructType):
+        return _struct_check(t)
+    if isinstance(t, mi.ListType):
+        item, most = _compile(t.item_type), t.max_length
+
+        def check_list(ck: _Walker, v: Any, path: str) -> Any:
+            if not isinstance(v, list):
+                return ck.bad(path, f"must be a list, not {_kind(v)}")
+            if not ck.few(v, most, path):
+                return BAD
+            return [item(ck, x, f"{path}[{i}]") for i, x in enumerate(v)]
+        return check_list
+    if isinstance(t, mi.BoolType):
+        return lambda ck, v, path: v if isinstance(v, bool) else ck.bad(path, f"must be true or false, not {_kind(v)}")
+    if isinstance(t, mi.IntType):
+        lo, hi = t.ge, t.le
+
+        def check_int(ck: _Walker, v: Any, path: str) -> Any:
+            if not isinstance(v, int) or isinstance(v, bool):
+                return ck.bad(path, message or f"must be an integer, not {_kind(v)}")
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                return ck.bad(path, message or f"{v} is outside {lo}..{hi}")
+            return v
+        return check_int
+    if isinstance(t, mi.StrType):
+        longest, pattern = t.max_length, re.compile(t.pattern) if t.pattern else None
+        what = extra.get("what", "has the wrong form")
+
+        def check_str(ck: _Walker, v: Any, path: str) -> Any:
+            if not isinstance(v, str):
+                return ck.bad(path, message or f"must be a string, not {_kind(v)}")
+            if longest is not None and len(v) > longest:
+                return ck.bad(path, f"is {len(v)} characters long; at most {longest} are allowed")
+            if pattern is not None and not pattern.search(v):
+                return ck.bad(path, message or f"{_shown_value(v)} {what}")
+            return v
+        return check_str
+    if isinstance(t, mi.LiteralType):
+        values = frozenset(t.values)
+        names = [str(x) for x in t.values]
+        words = extra.get("what") or f"must be {', '.join(names[:-1])} or {names[-1]}"
+
+        def check_literal(ck: _Walker, v: Any, path: str) -> Any:
+            if isinstance(v, (str, int)) and not isinstance(v, bool) and v in values:
+                return v
+            return ck.bad(path, f"{repr(str(v)[:20]) if not isinstance(v, str) else _shown_value(v)} {words}")
+        return check_literal
+    raise TypeError(f"spec.py has no check for {t!r}")  # at import: a type the definitions should not use
+
+
+def _struct_check(t: Any) -> Check:
+    fields = [(f.encode_name, f.required, _compile(f.type)) for f in t.fields]
+    known = frozenset(name for name, _, _ in fields)
+
+    def check_struct(ck: _Walker, v: Any, path: str) -> Any:
+        if not isinstance(v, dict):
+            return ck.bad(path, f"must be a mapping, not {_kind(v)}")
+        prefix = f"{path}." if path else ""
+        for key in v:
+            if key not in known:
+                ck.bad(f"{prefix}{key}", "unknown field")
+        out: dict[str, Any] = {}
+        for name, required, check in fields:
+            if name in v:
+                out[name] = check(ck, v[name], prefix + name)
+            elif required:
+                out[name] = ck.bad(prefix + name, "is required")
+        return out
+    return check_struct
+
+
+def _argv_check(item: Check, most: int | None) -> Check:
+    def check_argv(ck: _Walker, v: Any, path: str) -> Any:
+        if isinstance(v, str):
+            return ck.bad(path, "must be a list of strings (argv); commands are argv lists, never shell strings")
+        if not isinstance(v, list) or not v or not all(isinstance(a, str) for a in v):
+            return ck.bad(path, "must be a non-empty list of strings")
+        if not ck.few(v, most, path):
+            return BAD
+        items = [item(ck, a, f"{path}[{i}]") for i, a in enumerate(v)]
+        return BAD if any(a is BAD for a in items) else items
+    return check_argv
+
+
+def _unit_check(unit: str, bounds: str) -> Check:
+    def check_unit(ck: _Walker, v: Any, path: str) -> Any:
+        if unit == "ms":
+            if not isinstance(v, int) or isinstance(v, bool):
+                return ck.bad(path, f"must be an integer number of milliseconds, not {_kind(v)}")
+            return _floor_ceiling(ck, v, bounds, path)
+        parse = {"duration": parse_duration, "cpu": parse_cpu, "size": parse_size}[unit]
+        try:
+            n = parse(v)
+        except ValidationError as exc:
+            return ck.bad(path, exc.message)
+        if unit == "duration":
+            return _floor_ceiling(ck, n, bounds, path)
+        if unit == "cpu":
+            hi = INTEGERS["resources.cpu"][1]
+            if n == 0:
+                return ck.bad(path, "must be more than 0")
+            if n > hi:
+                return ck.bad(path, f"{format_cpu(n)} is above the ceiling of {format_cpu(hi)}")
+            return n
+        lo, hi = INTEGERS["resources.memory"]
+        if n < lo:
+            return ck.bad(path, f"must be at least {format_size(lo)}")
+        if n > hi:
+            return ck.bad(path, f"{format_size(n)} is above the ceiling of {format_size(hi)}")
+        return n
+    return check_unit
+
+
+def _floor_ceiling(ck: _Walker, ms: int, key: str, path: str) -> Any:
+    lo, hi, _ = DURATIONS[key]
+    if ms < lo:
+        return ck.bad(path, f"{_ms(ms)} is below the floor of {format_duration(lo)}")
+    if ms > hi:
+        return ck.bad(path, f"{_ms(ms)} is above the ceiling of {format_duration(hi)}")
+    return ms
+
+
+_SPEC_TYPE = cast(mi.StructType, mi.type_info(JobSpecIn))
+_CHECK_SPEC = _struct_check(_SPEC_TYPE)
+TOP = tuple(f.encode_name for f in _SPEC_TYPE.fields)
+
+
+def _ok(*values: Any) -> bool:
+    """None of ``values`` had a problem."""
+    return all(v is not BAD for v in values)
+
+
+def _duration(d: dict[str, Any], key: str, bounds: str) -> Any:
+    """A duration given as `key_ms: 1000` (the normalized form) or `key: 1s`, else its default (DURATIONS)."""
+    if key + "_ms" in d:
+        return d[key + "_ms"]
+    if key in d:
+        return d[key]
+    return DURATIONS[bounds][2]
 
 
 def validate_spec(raw: Any, *, name: str | None = None) -> dict[str, Any]:
-    """The normalized spec, or SpecError listing every problem with its field path."""
-    ck = _Checker()
+    """The normalized spec (docs/state.md; :class:`raftctl.statemachine.records.JobSpec` on the wire), or SpecError
+    listing every problem with its field path.
+
+    Two passes: the walk over the user-form types (JobSpecIn: types, bounds, lengths, patterns, units, unknown
+    fields), then the normalization here: defaults, and the checks that relate fields (a health check's port, an
+    autoscale range around replicas, backoff initial <= max, ...). Every problem of both is reported at once."""
     if not isinstance(raw, dict):
         raise SpecError([SpecProblem("", f"a job spec must be a mapping, not {_kind(raw)}")])
-    ck.mapping(raw, "", TOP)
-    out: dict[str, Any] = {}
-    out["name"] = ck.string(raw.get("name"), "name", NAME_RE, "must match [a-z0-9][a-z0-9-]{0,62}") \
-        if "name" in raw else ck.missing("name")
-    if name is not None and out["name"] is not None and out["name"] != name:
+    ck = _Walker()
+    d = _CHECK_SPEC(ck, raw, "")
+    out: dict[str, Any] = {"name": d.get("name"), "image": d.get("image"), "base": d.get("base", "host"),
+                           "command": d.get("command")}
+    if name is not None and isinstance(out["name"], str) and out["name"] != name:
         ck.bad("name", f"{out['name']!r} does not match the job {name!r} in the request path")
-    out["image"] = ck.string(raw.get("image"), "image", IMAGE_RE, "is not name:tag or sha256:<64 hex>") \
-        if "image" in raw else ck.missing("image")
-    out["base"] = raw.get("base", "host")
-    if out["base"] not in ("host", "scratch"):
-        ck.bad("base", f"{out['base']!r} must be host or scratch")
-    out["command"] = ck.argv(raw.get("command"), "command", required=True)
-    env = raw.get("env", {}) or {}
-    if not isinstance(env, dict):
-        ck.bad("env", f"must be a mapping of strings, not {_kind(env)}")
-        env = {}
-    out["env"] = {}
-    if not ck.few(env, "env", MAX_ITEMS["env"]):
-        env = {}
-    for k, v in env.items():
-        if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
-            ck.bad(f"env.{str(k)[:64]}", "is not a valid variable name")
-        elif not ck.short(k, f"env.{k[:64]}", MAX_CHARS["env.name"]):
-            pass
-        elif isinstance(v, float) and not math.isfinite(v):
-            ck.bad(f"env.{k}", f"{v} is not a finite number")
-        elif not isinstance(v, (str, int, float)) or isinstance(v, bool):
-            ck.bad(f"env.{k}", f"must be a string, not {_kind(v)}")
-        elif ck.short(str(v), f"env.{k}", MAX_CHARS["env.value"]):
-            out["env"][k] = str(v)
-    user = raw.get("user")
-    out["user"] = None if user is None else ck.string(str(user) if isinstance(user, int) else user, "user",
-                                                        USER_RE, "must be uid or uid:gid")
-    out["replicas"] = ck.bounded(raw.get("replicas", 1), "replicas", "replicas")
-
-    res = ck.mapping(raw.get("resources"), "resources", ("cpu", "memory", "pids"))
-    out["resources"] = {
-        "cpu": ck.convert(parse_cpu, res.get("cpu", "100m"), "resources.cpu"),
-        "memory": ck.convert(parse_size, res.get("memory", "64Mi"), "resources.memory"),
-        "pids": ck.bounded(res.get("pids", 256), "resources.pids", "resources.pids"),
-    }
-    cpu, memory = out["resources"]["cpu"], out["resources"]["memory"]
-    if cpu == 0:
-        ck.bad("resources.cpu", "must be more than 0")
-    elif cpu is not None and cpu > INTEGERS["resources.cpu"][1]:
-        ck.bad("resources.cpu", f"{format_cpu(cpu)} is above the ceiling of {format_cpu(INTEGERS['resources.cpu'][1])}")
-        out["resources"]["cpu"] = None
-    if memory is not None and memory < INTEGERS["resources.memory"][0]:
-        ck.bad("resources.memory", "must be at least 4Mi")
-    elif memory is not None and memory > INTEGERS["resources.memory"][1]:
-        ck.bad("resources.memory", f"{format_size(memory)} is above the ceiling of "
-                                   f"{format_size(INTEGERS['resources.memory'][1])}")
-        out["resources"]["memory"] = None
-
-    out["network"] = raw.get("network", "host")
-    if out["network"] not in ("host", "bridge"):
-        ck.bad("network", f"{out['network']!r} must be host or bridge")
-    out["ports"] = _ports(ck, raw.get("ports", []))
-    out["health"] = _health(ck, raw.get("health"), {p["name"] for p in out["ports"]})
-    out["restart"] = _restart(ck, raw.get("restart"))
-    out["update"] = _update(ck, raw.get("update"))
-    out["spread"] = _spread(ck, raw.get("spread", []))
-    out["constraints"] = _constraints(ck, raw.get("constraints", []))
-    out["autoscale"] = _autoscale(ck, raw.get("autoscale"), out["replicas"])
-    dis = ck.mapping(raw.get("disruption"), "disruption", ("max_unavailable",))
-    out["disruption"] = {"max_unavailable": ck.bounded(dis.get("max_unavailable", 1), "disruption.max_unavailable",
-                                                       "disruption.max_unavailable")}
-    out["lifecycle"] = _lifecycle(ck, raw.get("lifecycle"))
-    out["priority"] = ck.bounded(raw.get("priority", 50), "priority", "priority")
-    service = raw.get("service", out["name"])
-    out["service"] = ck.string(service, "service", NAME_RE, "must match [a-z0-9][a-z0-9-]{0,62}") if service is not None else None
-    out["capabilities"] = _capabilities(ck, raw.get("capabilities", []))
+    out["env"] = _env(ck, d.get("env"))
+    user = d.get("user")
+    if isinstance(user, int) and not isinstance(user, bool):
+        user = str(user)
+    if user is not None and not isinstance(user, str):
+        ck.bad("user", f"must be a string, not {_kind(user)}")
+    elif user is not None and not USER_RE.match(user):
+        ck.bad("user", f"{user!r} must be uid or uid:gid")
+    out["user"] = user
+    out["replicas"] = d.get("replicas", 1)
+    res = _map(d.get("resources"))
+    out["resources"] = {"cpu": res.get("cpu", 100), "memory": res.get("memory", 64 << 20), "pids": res.get("pids", 256)}
+    out["network"] = d.get("network", "host")
+    out["ports"] = _ports(ck, _items_of(d.get("ports")))
+    out["health"] = _health(ck, d.get("health"), {p["name"] for p in out["ports"] if isinstance(p["name"], str)})
+    out["restart"] = _restart(ck, d.get("restart"))
+    out["update"] = _update(ck, d.get("update"))
+    out["spread"] = [{"level": s.get("level"), "mode": s.get("mode", "soft")} for _, s in _items_of(d.get("spread"))]
+    out["constraints"] = _constraints(ck, _items_of(d.get("constraints")))
+    out["autoscale"] = _autoscale(ck, d.get("autoscale"), out["replicas"])
+    out["disruption"] = {"max_unavailable": _map(d.get("disruption")).get("max_unavailable", 1)}
+    pre_stop = _map(d.get("lifecycle")).get("pre_stop")
+    out["lifecycle"] = {"pre_stop": None if pre_stop is None or pre_stop is BAD else {
+        "exec": pre_stop.get("exec"),
+        "timeout_ms": _duration(pre_stop, "timeout", "lifecycle.pre_stop.timeout")}}
+    out["priority"] = d.get("priority", 50)
+    out["service"] = d["service"] if "service" in d else out["name"]
+    out["capabilities"] = _capabilities(ck, d.get("capabilities"))
     if ck.problems:
         raise SpecError(ck.problems)
     return out
 
 
-def _capabilities(ck: _Checker, value: Any) -> list[str]:
+def validate_job_spec(raw: Any, *, name: str | None = None) -> JobSpec:
+    """The normalized spec as its record (durations in Millis, tuples for lists), or SpecError."""
+    return from_wire(JobSpec, validate_spec(raw, name=name))
+
+
+def _map(value: Any) -> dict[str, Any]:
+    """A checked mapping, or {} for one that is absent, null or had a problem."""
+    return value if isinstance(value, dict) else {}
+
+
+def _items_of(value: Any) -> list[tuple[int, dict[str, Any]]]:
+    """(index, entry) of the entries of a list of mappings that had no problem of their own."""
+    return [(i, x) for i, x in enumerate(value) if isinstance(x, dict)] if isinstance(value, list) else []
+
+
+def _env(ck: _Walker, env: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if not env:  # absent, null, or any empty value (as before: `env: []` meant no variables)
+        return out
+    if not isinstance(env, dict):
+        ck.bad("env", f"must be a mapping of strings, not {_kind(env)}")
+        return out
+    if not ck.few(env, MAX_ITEMS["env"], "env"):
+        return out
+    for k, v in env.items():
+        if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            ck.bad(f"env.{str(k)[:64]}", "is not a valid variable name")
+        elif len(k) > MAX_CHARS["env.name"]:
+            ck.bad(f"env.{k[:64]}", f"is {len(k)} characters long; at most {MAX_CHARS['env.name']} are allowed")
+        elif isinstance(v, float) and not math.isfinite(v):
+            ck.bad(f"env.{k}", f"{v} is not a finite number")
+        elif not isinstance(v, (str, int, float)) or isinstance(v, bool):
+            ck.bad(f"env.{k}", f"must be a string, not {_kind(v)}")
+        elif len(str(v)) > MAX_CHARS["env.value"]:
+            ck.bad(f"env.{k}", f"is {len(str(v))} characters long; at most {MAX_CHARS['env.value']} are allowed")
+        else:
+            out[k] = str(v)
+    return out
+
+
+def _capabilities(ck: _Walker, value: Any) -> list[str]:
     """Linux capability names, with or without CAP_, any case: sorted, unique, CAP_-prefixed."""
     if value is None:
         return []
@@ -550,44 +663,21 @@ def _capabilities(ck: _Checker, value: Any) -> list[str]:
     return sorted(out)
 
 
-def _ports(ck: _Checker, value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        ck.bad("ports", f"must be a list, not {_kind(value)}")
-        return []
-    if not ck.few(value, "ports", MAX_ITEMS["ports"]):
-        return []
+def _ports(ck: _Walker, ports: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
     out, seen = [], set()
-    for i, p in enumerate(value):
-        f = f"ports[{i}]"
-        p = ck.mapping(p, f, ("name", "static", "to"))
-        pname = ck.string(p.get("name"), f"{f}.name", PORT_NAME_RE, "must match [a-z][a-z0-9_]{0,31}") \
-            if "name" in p else ck.missing(f"{f}.name")
-        if pname in seen:
-            ck.bad(f"{f}.name", f"duplicate port name {pname!r}")
-        seen.add(pname)
-        static = p.get("static")
-        to = p.get("to")
-        out.append({"name": pname,
-                    "static": None if static is None else ck.bounded(static, f"{f}.static", "ports[].static"),
-                    "to": None if to is None else ck.bounded(to, f"{f}.to", "ports[].to")})
+    for i, p in ports:
+        pname = p.get("name")
+        if isinstance(pname, str) and pname in seen:
+            ck.bad(f"ports[{i}].name", f"duplicate port name {pname!r}")
+        seen.add(pname if isinstance(pname, str) else None)
+        out.append({"name": pname, "static": p.get("static"), "to": p.get("to")})
     return out
 
 
-HEALTH = ("type", "port", "path", "command", "interval", "timeout", "failures", "grace",
-          "interval_ms", "timeout_ms", "grace_ms")
-
-
-def _health(ck: _Checker, value: Any, ports: set[str | None]) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    h = ck.mapping(value, "health", HEALTH)
-    if not h and not isinstance(value, dict):
+def _health(ck: _Walker, h: Any, ports: set[str]) -> dict[str, Any] | None:
+    if h is None or h is BAD:
         return None
     kind = h.get("type")
-    if kind not in ("http", "tcp", "exec"):
-        ck.bad("health.type", f"{kind!r} must be http, tcp or exec")
     port = h.get("port")
     if kind in ("http", "tcp"):
         if port is None:
@@ -595,100 +685,56 @@ def _health(ck: _Checker, value: Any, ports: set[str | None]) -> dict[str, Any] 
         elif not isinstance(port, str):
             ck.bad("health.port", f"must be the name of a port, not {_kind(port)}")
         elif port not in ports:
-            named = sorted(p for p in ports if isinstance(p, str))
-            ck.bad("health.port", f"{port[:40]!r} is not one of the job's ports ({', '.join(named) or 'none'})")
-    command = ck.argv(h.get("command"), "health.command", required=kind == "exec") if kind == "exec" or "command" in h else None
+            ck.bad("health.port", f"{port[:40]!r} is not one of the job's ports ({', '.join(sorted(ports)) or 'none'})")
+    command = h.get("command")
+    if kind == "exec" and command is None:
+        ck.bad("health.command", "is required")
     path = h.get("path", "/")
-    if not isinstance(path, str) or not path.startswith("/"):
-        ck.bad("health.path", "must start with /")
-    elif not ck.short(path, "health.path", MAX_CHARS["health.path"]):
-        path = "/"
-    out = {"type": kind, "port": port if kind in ("http", "tcp") else None, "path": path if kind == "http" else "/",
-           "command": command or [],
-           "interval_ms": _duration(ck, h, "interval", "health"),
-           "timeout_ms": _duration(ck, h, "timeout", "health"),
-           "failures": ck.bounded(h.get("failures", 3), "health.failures", "health.failures"),
-           "grace_ms": _duration(ck, h, "grace", "health")}
-    return out
+    return {"type": kind, "port": port if kind in ("http", "tcp") else None,
+            "path": path if kind == "http" and isinstance(path, str) else "/",
+            "command": command or [],
+            "interval_ms": _duration(h, "interval", "health.interval"),
+            "timeout_ms": _duration(h, "timeout", "health.timeout"),
+            "failures": h.get("failures", 3),
+            "grace_ms": _duration(h, "grace", "health.grace")}
 
 
-def _restart(ck: _Checker, value: Any) -> dict[str, Any]:
-    r = ck.mapping(value, "restart", ("policy", "backoff", "initial_ms", "max_ms", "reset_ms", "reset"))
-    policy = r.get("policy", "always")
-    if policy not in ("always", "on-failure", "never"):
-        ck.bad("restart.policy", f"{policy!r} must be always, on-failure or never")
-    b = ck.mapping(r.get("backoff"), "restart.backoff", ("initial", "max"))
+def _restart(ck: _Walker, r: Any) -> dict[str, Any]:
+    r = r if isinstance(r, dict) else {}
+    b = r.get("backoff") if isinstance(r.get("backoff"), dict) else {}
     # the normalized form keeps initial_ms/max_ms beside policy; the user form nests them under backoff
-    initial = _duration(ck, {**b, **{k: v for k, v in r.items() if k == "initial_ms"}}, "initial", "restart.backoff",
-                        ms_at="restart")
-    maximum = _duration(ck, {**b, **{k: v for k, v in r.items() if k == "max_ms"}}, "max", "restart.backoff",
-                        ms_at="restart")
-    reset = _duration(ck, r, "reset", "restart")
+    initial = r["initial_ms"] if "initial_ms" in r else _duration(b, "initial", "restart.backoff.initial")
+    maximum = r["max_ms"] if "max_ms" in r else _duration(b, "max", "restart.backoff.max")
     if isinstance(initial, int) and isinstance(maximum, int) and initial > maximum:
         ck.bad("restart.backoff.max", f"{_ms(maximum)} is less than backoff.initial ({_ms(initial)})")
-    return {"policy": policy, "initial_ms": initial, "max_ms": maximum, "reset_ms": reset}
+    return {"policy": r.get("policy", "always"), "initial_ms": initial, "max_ms": maximum,
+            "reset_ms": _duration(r, "reset", "restart.reset")}
 
 
-UPDATE = ("max_unavailable", "max_surge", "min_healthy", "deadline", "auto_revert", "drain_delay", "canary",
-          "auto_promote", "min_healthy_ms", "deadline_ms", "drain_delay_ms")
-
-
-def _update(ck: _Checker, value: Any) -> dict[str, Any]:
-    u = ck.mapping(value, "update", UPDATE)
-    out = {"max_unavailable": ck.bounded(u.get("max_unavailable", 1), "update.max_unavailable", "update.max_unavailable"),
-           "max_surge": ck.bounded(u.get("max_surge", 0), "update.max_surge", "update.max_surge"),
-           "min_healthy_ms": _duration(ck, u, "min_healthy", "update"),
-           "deadline_ms": _duration(ck, u, "deadline", "update"),
-           "auto_revert": ck.boolean(u.get("auto_revert", True), "update.auto_revert"),
-           "drain_delay_ms": _duration(ck, u, "drain_delay", "update"),
-           "canary": ck.bounded(u.get("canary", 0), "update.canary", "update.canary"),
-           "auto_promote": ck.boolean(u.get("auto_promote", False), "update.auto_promote")}
+def _update(ck: _Walker, u: Any) -> dict[str, Any]:
+    u = u if isinstance(u, dict) else {}
+    out = {"max_unavailable": u.get("max_unavailable", 1), "max_surge": u.get("max_surge", 0),
+           "min_healthy_ms": _duration(u, "min_healthy", "update.min_healthy"),
+           "deadline_ms": _duration(u, "deadline", "update.deadline"),
+           "auto_revert": u.get("auto_revert", True),
+           "drain_delay_ms": _duration(u, "drain_delay", "update.drain_delay"),
+           "canary": u.get("canary", 0), "auto_promote": u.get("auto_promote", False)}
     if out["max_unavailable"] == 0 and out["max_surge"] == 0:
         ck.bad("update.max_unavailable", "max_unavailable and max_surge cannot both be 0 (a deploy could never progress)")
     return out
 
 
-def _spread(ck: _Checker, value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list):
-        ck.bad("spread", f"must be a list, not {_kind(value)}")
-        return []
-    if not ck.few(value, "spread", MAX_ITEMS["spread"]):
-        return []
+def _constraints(ck: _Walker, constraints: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
     out = []
-    for i, s in enumerate(value):
-        s = ck.mapping(s, f"spread[{i}]", ("level", "mode"))
-        level, mode = s.get("level"), s.get("mode", "soft")
-        if level not in LEVELS:
-            ck.bad(f"spread[{i}].level", f"{level!r} must be region, zone or rack")
-        if mode not in ("hard", "soft"):
-            ck.bad(f"spread[{i}].mode", f"{mode!r} must be hard or soft")
-        out.append({"level": level, "mode": mode})
-    return out
-
-
-def _constraints(ck: _Checker, value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list):
-        ck.bad("constraints", f"must be a list, not {_kind(value)}")
-        return []
-    if not ck.few(value, "constraints", MAX_ITEMS["constraints"]):
-        return []
-    out = []
-    for i, c in enumerate(value):
+    for i, c in constraints:
         f = f"constraints[{i}]"
-        c = ck.mapping(c, f, ("attr", "op", "value"))
-        attr = ck.string(c.get("attr"), f"{f}.attr")
-        if attr is not None:
-            ck.short(attr, f"{f}.attr", MAX_CHARS["constraints[].attr"])
-        op = c.get("op", "==")
-        if not isinstance(op, str) or op not in CONSTRAINT_OPS:
-            ck.bad(f"{f}.op", f"{str(op)[:20]!r} must be one of {', '.join(CONSTRAINT_OPS)}")
-        v = c.get("value")
+        op, v = c.get("op", "=="), c.get("value")
         if op in ("in", "not_in"):
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 ck.bad(f"{f}.value", f"{op} needs a list of strings")
-            elif ck.few(v, f"{f}.value", MAX_ITEMS["constraints[].value"]):
+            elif ck.few(v, MAX_ITEMS["constraints[].value"], f"{f}.value"):
                 for j, x in enumerate(v):
-                    ck.short(x, f"{f}.value[{j}]", MAX_CHARS["constraints[].value"])
+                    _short(ck, x, f"{f}.value[{j}]", MAX_CHARS["constraints[].value"])
         elif op in ("exists", "not_exists"):
             v = None
         elif op == "regex":
@@ -699,61 +745,45 @@ def _constraints(ck: _Checker, value: Any) -> list[dict[str, Any]]:
                     compile_regex(v)
                 except RegexError as exc:
                     ck.bad(f"{f}.value", str(exc))
+        elif op is BAD:
+            pass
         elif v is None:
             ck.bad(f"{f}.value", "is required")
         elif isinstance(v, (list, dict)) or (isinstance(v, float) and not math.isfinite(v)):
             ck.bad(f"{f}.value", f"{op} needs a string, not {_kind(v)}")
         else:
             v = str(v).lower() if isinstance(v, bool) else str(v)
-            ck.short(v, f"{f}.value", MAX_CHARS["constraints[].value"])
-        out.append({"attr": attr, "op": op, "value": v})
+            _short(ck, v, f"{f}.value", MAX_CHARS["constraints[].value"])
+        out.append({"attr": c.get("attr"), "op": op, "value": v})
     return out
 
 
-def _autoscale(ck: _Checker, value: Any, replicas: int | None) -> dict[str, Any] | None:
-    if value is None:
+def _short(ck: _Walker, value: str, field: str, most: int) -> None:
+    if len(value) > most:
+        ck.bad(field, f"is {len(value)} characters long; at most {most} are allowed")
+
+
+def _autoscale(ck: _Walker, a: Any, replicas: Any) -> dict[str, Any] | None:
+    if a is None or a is BAD:
         return None
-    a = ck.mapping(value, "autoscale", ("min", "max", "metric", "target", "cooldown", "stabilization", "tolerance",
-                                        "cooldown_ms", "stabilization_ms"))
-    lo = ck.bounded(a.get("min", 1), "autoscale.min", "autoscale.min")
-    hi = ck.bounded(a.get("max"), "autoscale.max", "autoscale.max") if "max" in a else ck.missing("autoscale.max")
-    if lo is not None and hi is not None and lo > hi:
+    lo, hi = a.get("min", 1), a.get("max")
+    if _ok(lo, hi) and hi is not None and lo > hi:
         ck.bad("autoscale.min", f"min {lo} is more than max {hi}")
-    elif replicas is not None and lo is not None and hi is not None and not lo <= replicas <= hi:
+    elif _ok(lo, hi, replicas) and hi is not None and not lo <= replicas <= hi:
         ck.bad("replicas", f"{replicas} is outside the autoscale range {lo}..{hi}")
-    metric = a.get("metric", "cpu")
-    if not isinstance(metric, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", metric):
-        ck.bad("autoscale.metric", "must be cpu or a custom metric name like requests_per_second")
     target: Any = a.get("target")
-    if not _real(target) or not 0 < target <= MAX_AUTOSCALE_TARGET:
+    if "target" in a and target is not BAD and (not _real(target) or not 0 < target <= MAX_AUTOSCALE_TARGET):
         ck.bad("autoscale.target", f"must be a positive number up to {MAX_AUTOSCALE_TARGET:g}")
-        target = None
+        target = BAD
     tol: Any = a.get("tolerance", 0.1)
     if not _real(tol) or not 0 <= tol < 1:
         ck.bad("autoscale.tolerance", "must be a number from 0 to 1")
-        tol = None
-    return {"min": lo, "max": hi, "metric": metric,
-            "target": float(target) if target is not None else None,
-            "cooldown_ms": _duration(ck, a, "cooldown", "autoscale"),
-            "stabilization_ms": _duration(ck, a, "stabilization", "autoscale"),
-            "tolerance": float(tol) if tol is not None else None}
-
-
-def _real(v: Any) -> bool:
-    """A finite int or float (not a boolean, NaN or infinity; ints past 2**53 are not exact as floats)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    return abs(v) <= 2**53 if isinstance(v, int) else math.isfinite(v)
-
-
-def _lifecycle(ck: _Checker, value: Any) -> dict[str, Any]:
-    lc = ck.mapping(value, "lifecycle", ("pre_stop",))
-    ps = lc.get("pre_stop")
-    if ps is None:
-        return {"pre_stop": None}
-    p = ck.mapping(ps, "lifecycle.pre_stop", ("exec", "timeout", "timeout_ms"))
-    return {"pre_stop": {"exec": ck.argv(p.get("exec"), "lifecycle.pre_stop.exec", required=True),
-                         "timeout_ms": _duration(ck, p, "timeout", "lifecycle.pre_stop")}}
+        tol = BAD
+    return {"min": lo, "max": hi, "metric": a.get("metric", "cpu"),
+            "target": float(target) if _real(target) else target,
+            "cooldown_ms": _duration(a, "cooldown", "autoscale.cooldown"),
+            "stabilization_ms": _duration(a, "stabilization", "autoscale.stabilization"),
+            "tolerance": float(tol) if _real(tol) else tol}
 
 
 def runtime_restart(restart: Any) -> tuple[dict[str, Any], list[str]]:

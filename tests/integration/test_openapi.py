@@ -71,7 +71,7 @@ def test_the_job_spec_and_report_schemas_are_generated_from_the_types_the_server
     spec = schemas["JobSpec"]
     assert spec["additionalProperties"] is False and set(spec["required"]) == {"name", "image", "command"}
     assert spec["properties"]["replicas"]["maximum"] == INTEGERS["replicas"][1]
-    assert spec["properties"]["ports"]["maxItems"] == MAX_ITEMS["ports"]
+    assert spec["properties"]["ports"]["anyOf"][0]["maxItems"] == MAX_ITEMS["ports"]
     assert spec["properties"]["health"]["anyOf"][0] == {"$ref": "#/components/schemas/JobSpecHealth"}
     assert schemas["JobSpecHealth"]["properties"]["interval"]["x-minimum-ms"] == 100
     assert set(schemas["AgentReportUpdate"]["properties"]["state"]["enum"]) >= {"running", "exited", "stopped"}

@@ -414,7 +414,7 @@ def test_the_bounds_tables_are_the_meta_of_the_user_form_fields():
     _, comps = msgspec.json.schema_components([JobSpecIn])
     top = comps["JobSpecIn"]["properties"]
     assert (top["replicas"]["minimum"], top["replicas"]["maximum"]) == INTEGERS["replicas"]
-    assert top["ports"]["maxItems"] == MAX_ITEMS["ports"] and top["command"]["maxItems"] == MAX_ITEMS["command"]
+    assert top["ports"]["anyOf"][0]["maxItems"] == MAX_ITEMS["ports"] and top["command"]["maxItems"] == MAX_ITEMS["command"]
     interval = comps["HealthIn"]["properties"]["interval"]
     assert (interval["x-minimum-ms"], interval["x-maximum-ms"], interval["x-default-ms"]) == DURATIONS["health.interval"]
     assert comps["HealthIn"]["properties"]["interval_ms"]["minimum"] == DURATIONS["health.interval"][0]
@@ -431,3 +431,37 @@ def test_a_health_port_that_is_not_a_port_name_is_a_problem_not_a_crash(ports, h
         validate_spec({**BASE, "ports": ports, "health": health})
     fields = {p.field: p.message for p in exc.value.problems}
     assert reason in fields["health.port"], fields
+
+
+def test_problems_after_a_bad_list_entry_keep_their_index():
+    with pytest.raises(SpecError) as exc:
+        validate_spec({**BASE, "ports": ["http", {"name": "a"}, {"name": "a"}],
+                       "constraints": [5, {"attr": "x", "op": "in", "value": "y"}]})
+    fields = {p.field: p.message for p in exc.value.problems}
+    assert "must be a mapping" in fields["ports[0]"] and "duplicate" in fields["ports[2].name"]
+    assert "needs a list of strings" in fields["constraints[1].value"], fields
+
+
+def test_the_normalized_spec_is_the_jobspec_record():
+    from raftctl.statemachine.records import JobSpec, to_wire
+    from raftctl.statemachine.spec import validate_job_spec
+
+    raw = {**BASE, "ports": [{"name": "http"}], "health": {"type": "http", "port": "http", "interval": "1m30s"}}
+    record = validate_job_spec(raw)
+    assert isinstance(record, JobSpec) and record.health is not None and record.health.interval == 90_000
+    assert to_wire(record) == validate_spec(raw)
+    with pytest.raises(SpecError):
+        validate_job_spec({**BASE, "replicas": -1})
+
+
+def test_type_problems_and_cross_field_problems_are_reported_together():
+    with pytest.raises(SpecError) as exc:
+        validate_spec({**BASE, "resources": {"memory": "64MB", "cpu": 0.0001}, "ports": [{"name": "http"}],
+                       "health": {"type": "http", "port": "admin", "interval": "5ms"},
+                       "restart": {"backoff": {"initial": "5s", "max": "1s"}, "colour": 1},
+                       "update": {"max_unavailable": 0, "max_surge": 0},
+                       "autoscale": {"min": 4, "max": 2, "target": "high"}})
+    fields = {p.field for p in exc.value.problems}
+    assert fields == {"resources.memory", "resources.cpu", "health.port", "health.interval", "restart.backoff.max",
+                      "restart.colour", "update.max_unavailable", "autoscale.min", "autoscale.target"}
+    assert exc.value.to_dict()["details"] == [{"field": p.field, "message": p.message} for p in exc.value.problems]
