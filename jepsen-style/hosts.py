@@ -32,6 +32,7 @@ SWITCH = "sw"
 BRIDGE = "br0"
 PROBE_PORT = 7999
 PROBE_TIMEOUT_S = 0.5
+PROBE_START_S = 60.0  # how long a probe process may take to start and answer beyond that (a loaded machine)
 MARKER = "RAFTCTL_JEPSEN_PRIVATE_NETNS"
 
 
@@ -180,7 +181,9 @@ class Network:
         by_addr = {h.addr: h.name for h in self.hosts.values()}
         out: dict[tuple[str, str], bool] = {}
         for src, p in procs.items():
-            stdout, stderr = p.communicate(timeout=timeout + 10)
+            # the probes connect in parallel within `timeout`; the rest is starting a Python process per host,
+            # which took over 10 s with the machine's load at 25 (a run stopped with exit 2 on that)
+            stdout, stderr = p.communicate(timeout=timeout + PROBE_START_S)
             if p.returncode != 0:
                 raise RuntimeError(f"probe from {src} failed: {stderr.decode().strip()}")
             for target, ok in json.loads(stdout).items():

@@ -179,8 +179,10 @@ def _detail(name: str, r: dict[str, Any]) -> str:
         return f"{r.get('answers')} answers; {r.get('violation_count')} violations"
     if name == "recovery":
         return (f"max {r.get('max_s')} s from a fault's end until every replica names one leader, "
-                f"max {r.get('max_caught_up_s')} s until every replica caught up: " +
-                ", ".join(f"{f['after']} {f['seconds']}/{f.get('caught_up_s')}" for f in r.get("faults", [])))
+                f"max {r.get('max_caught_up_s')} s until every replica caught up (before the next fault began): " +
+                ", ".join(f"{f['after']} {f['seconds']}/{f.get('caught_up_s')}"
+                          + (f" (next fault, {f['interrupted_by']['kind']}, at +{f['interrupted_by']['after_s']} s)"
+                             if f.get("interrupted_by") else "") for f in r.get("faults", [])))
     if name == "fencing":
         return (f"{r.get('given_up')} placements given up; {r.get('violation_count')} containers "
                 f"still running past the bound")

@@ -7,6 +7,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import analyse
 from checkers import chains, convergence, discovery, fencing, leaders, linear, lost_writes
 from history import INF, Op, pair_ops, read_history, write_history
 
@@ -414,3 +415,25 @@ def test_an_info_write_read_through_an_info_cas_is_not_pruned() -> None:
     h = H().w("j1", "v8", 900, 900, outcome="info").cas("j1", "v8", "v9", 1000, 1000, outcome="info")
     h.r("j1", "v9", 1100, 1100)
     assert linear.check(h.ops()).valid is True
+
+
+def _status(t: int, applied: dict[str, int | None]) -> list[dict[str, Any]]:
+    return [{"time": t, "node": n, "ok": a is not None, "term": 2, "leader": "n1",
+             "commit_index": a, "applied_index": a} for n, a in applied.items()]
+
+
+def test_recovery_that_the_next_fault_interrupts_is_listed_not_counted() -> None:
+    s = 1_000_000_000
+    faults = [{"type": "end", "time": 10 * s, "kind": "isolate"},          # n3 catches up 1 s later
+              {"type": "end", "time": 20 * s, "kind": "isolate-leader"},   # n3 killed 1 s after this heal...
+              {"type": "start", "time": 21 * s, "kind": "kill-leader"},
+              {"type": "end", "time": 31 * s, "kind": "kill-leader"}]      # ...restarts, caught up 2 s later
+    status = (_status(9 * s, {"n1": 100, "n2": 100, "n3": 50}) + _status(11 * s, {"n1": 110, "n2": 110, "n3": 110})
+              + _status(19 * s, {"n1": 200, "n2": 200, "n3": 150}) + _status(25 * s, {"n1": 260, "n2": 260, "n3": None})
+              + _status(33 * s, {"n1": 300, "n2": 300, "n3": 300}))
+    r = analyse.recovery(faults, status, ["n1", "n2", "n3"])
+    by_kind = {f["after"]: f for f in r["faults"]}
+    assert by_kind["isolate"]["caught_up_s"] == 1.0 and "interrupted_by" not in by_kind["isolate"]
+    assert by_kind["isolate-leader"]["caught_up_s"] == 13.0  # measured until n3 is back from the kill
+    assert by_kind["isolate-leader"]["interrupted_by"] == {"kind": "kill-leader", "after_s": 1.0}
+    assert r["max_caught_up_s"] == 2.0 and [f["after"] for f in r["interrupted"]] == ["isolate-leader"]
