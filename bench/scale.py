@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from typing import Any, Callable
 
@@ -44,13 +45,14 @@ import psutil
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
-from raft_commit import http_load  # noqa: E402
+from raft_commit import http_load, wrk_load  # noqa: E402
 
 from raftctl.devcluster import LocalCluster, Proc  # noqa: E402
 
 OUT = os.path.join(HERE, "out")
 JOB_REPLICAS = 500
-METRIC_RE = re.compile(r'^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})?\s+([-+\deE.naNIf]+)$', re.M)
+# name{labels} value; a label value may hold braces (route="GET /v1/agent/assignments/{machine}")
+METRIC_RE = re.compile(r'^([a-zA-Z_:][\w:]*)(?:\{((?:[^"}]|"(?:[^"\\]|\\.)*")*)\})?\s+([-+\deE.naNIf]+)$', re.M)
 
 
 class Stalled(Exception):
@@ -88,12 +90,21 @@ class Bed:
         return body
 
     def call(self, method: str, path: str, body: Any = None, url: str | None = None) -> Any:
-        req = urllib.request.Request((url or self.leader.url) + path, method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Bearer {self.cluster.token()}",
-                                              "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
+        """One API call; a 503 (outcome unknown, or no leader for a moment) is tried again: the bench's writes
+        are idempotent (PUT a job, scale to 0, create a token under a fixed name... once)."""
+        for attempt in range(6):
+            req = urllib.request.Request((url or self.leader.url) + path, method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Authorization": f"Bearer {self.cluster.token()}",
+                                                  "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return json.loads(r.read())
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503 or attempt == 5:
+                    raise
+                log(f"{method} {path}: 503 {exc.read()[:200]!r}; again")
+                time.sleep(0.5 * (attempt + 1))
 
     def metrics(self, url: str) -> dict[tuple[str, str], float]:
         text = self.get(url, "/metrics").decode()
@@ -207,12 +218,56 @@ def dir_bytes(path: str, pattern: str) -> int:
     return total
 
 
+def heartbeat_ceiling(n: int, seconds: int) -> dict[str, Any] | None:
+    """The leader's heartbeat handling alone, without the simulated agents' own cost: a fresh 3-replica cluster,
+    N machines registered through the API (one agent token 'h-*'), then wrk (32 connections, C) posting
+    heartbeats round-robin over them to the leader. Heartbeats/s at the ceiling is the number of machines a
+    leader could hold at a 1 s interval if it did nothing else; leader CPU / heartbeats is the cost of one."""
+    with tempfile.TemporaryDirectory(prefix="bench-scale-hb-") as d:
+        bed = Bed(d, 20000)
+        try:
+            bed.cluster.start(timeout=60)
+            leader = bed.leader
+            tok = bed.call("POST", "/v1/tokens", {"role": "agent", "name": "agent-h", "machine": "h-*"})["token"]
+            headers = {"Authorization": f"Bearer {tok}", "Content-Type": "application/json"}
+
+            async def register() -> None:
+                async with aiohttp.ClientSession(headers=headers) as s:
+                    sem = asyncio.Semaphore(32)
+
+                    async def one(i: int) -> None:
+                        body = {"machine": f"h-{i:05d}", "address": "127.0.0.1", "fault_domain": {"zone": "z"},
+                                "labels": {}, "resources": {"cpu": 1100, "memory": 11 << 30, "pids": 4096},
+                                "ports": [20000, 20099], "runtime": "sim"}
+                        async with sem, s.post(leader.url + "/v1/agent/register", json=body) as r:
+                            assert r.status == 200, await r.text()
+                    await asyncio.gather(*(one(i) for i in range(n)))
+            asyncio.run(register())
+            lp = psutil.Process(leader.pid)
+            c0, t0 = cpu_s(lp), time.monotonic()
+            out = wrk_load([leader.url], headers, lambda i, k: ("/v1/agent/heartbeat", {"machine": f"h-{i:05d}"}),
+                           seconds, 32, n)
+            cores = (cpu_s(lp) - c0) / (time.monotonic() - t0)
+        finally:
+            bed.stop()
+    if not out:
+        return None
+    return {"heartbeats_per_s": round(out["writes_per_s"], 1), "p50_ms": out["p50_ms"], "p99_ms": out["p99_ms"],
+            "non_2xx": out["non_2xx"], "leader_cores": round(cores, 3),
+            "leader_cpu_us_per_heartbeat": round(cores / out["writes_per_s"] * 1e6, 1) if out["writes_per_s"] else None,
+            "load1": round(os.getloadavg()[0], 2)}
+
+
 def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"bench": "scale", "machines": n, "replicas_per_machine": args.per_machine,
                            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count()}
     loads: dict[str, float] = {"start": round(os.getloadavg()[0], 2)}
     total = n * args.per_machine
     victims = max(1, n // 100)
+    res["heartbeat_ceiling"] = heartbeat_ceiling(n, args.wrk_seconds)
+    log(f"heartbeat ceiling (wrk, {n} machines registered, no agents): {res['heartbeat_ceiling']}")
+    if args.ceiling_only:
+        return res
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as d:
         bed = Bed(d, args.compact_entries)
         try:
@@ -279,10 +334,11 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                             down=counts(m, "raftctl_machines_by_state", state="down"))
                 if have >= total and "placed_s" not in res:
                     res["placed_s"] = round(time.monotonic() - tp, 2)
-                if healthy > seen["best"]:
-                    seen.update(best=healthy, best_at=time.monotonic())
+                if have + healthy > seen["best"]:   # progress: placements committed, then healthy
+                    seen.update(best=have + healthy, best_at=time.monotonic())
                 elif time.monotonic() - seen["best_at"] > args.stall:
-                    raise Stalled(f"healthy placements stuck at {healthy:.0f} of {total} for {args.stall:.0f} s "
+                    raise Stalled(f"placements stuck at {have:.0f} placed, {healthy:.0f} healthy of {total} for "
+                                  f"{args.stall:.0f} s "
                                   f"({seen['down']:.0f} machines down)")
                 return healthy >= total
             try:
@@ -418,11 +474,19 @@ def svg(rows: list[dict[str, Any]], path: str) -> None:
 
     def X(v: float) -> float:
         return L + (math.log10(v) - lo) / (hi - lo) * (W - L - 70)
-    series = [("leader cores, steady (heartbeats + stats)", "#c0392b", lambda r: r["steady"]["leader_cores"], 2.0),
-              ("leader cores while placing", "#e67e22", lambda r: r["place"]["leader_cores"], 2.0),
-              ("placements/s (right axis, / 1,000)", "#2471a3",
-               lambda r: r["place"]["placements_per_s"] / 1000, 2.0)]
-    ymax = max(2.0, max((f(r) or 0) for r in rows for _, _, f, _ in series) * 1.15)
+    def get(r: dict[str, Any], phase: str, key: str, scale: float = 1.0) -> float | None:
+        v = (r.get(phase) or {}).get(key)
+        return v / scale if isinstance(v, (int, float)) else None
+    series: list[tuple[str, str, Callable[[dict[str, Any]], float | None]]] = [
+        ("leader cores, steady (simulated agents: heartbeats + stats)", "#c0392b",
+         lambda r: get(r, "steady", "leader_cores")),
+        ("leader cores while placing", "#e67e22", lambda r: get(r, "place", "leader_cores")),
+        ("healthy placements/s (thousands)", "#2471a3", lambda r: get(r, "place", "placements_per_s", 1000)),
+        ("leader heartbeat ceiling, wrk (thousands/s)", "#117a65",
+         lambda r: get(r, "heartbeat_ceiling", "heartbeats_per_s", 1000)),
+        ("leader CPU per heartbeat, wrk (ms)", "#7d3c98",
+         lambda r: get(r, "heartbeat_ceiling", "leader_cpu_us_per_heartbeat", 1000))]
+    ymax = max(2.0, max((f(r) or 0) for r in rows for _, _, f in series) * 1.15)
 
     def Y(v: float) -> float:
         return H - B - v / ymax * (H - B - 40)
@@ -440,8 +504,9 @@ def svg(rows: list[dict[str, Any]], path: str) -> None:
     for v in xs:
         out.append(f'<text x="{X(v):.1f}" y="{H - B + 18}" text-anchor="middle">{v:,}</text>')
     out.append(f'<text x="{(W - 70 + L) / 2}" y="{H - 15}" text-anchor="middle">machines (log scale)</text>')
-    for i, (name, color, f, _) in enumerate(series):
-        pts = [(X(r["machines"]), Y(f(r))) for r in rows if f(r) is not None]
+    for i, (name, color, f) in enumerate(series):
+        vals = [(r["machines"], f(r)) for r in rows]
+        pts = [(X(m), Y(v)) for m, v in vals if v is not None]
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="'
                    + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts) + '"/>')
         out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in pts]
@@ -457,8 +522,8 @@ def newest_rows() -> list[dict[str, Any]]:
         with open(os.path.join(OUT, "scale.jsonl")) as f:
             for line in f:
                 r = json.loads(line)
-                if r.get("steady") and r.get("place"):
-                    rows[r["machines"]] = r
+                if r.get("steady") or r.get("heartbeat_ceiling"):
+                    rows[r["machines"]] = {**rows.get(r["machines"], {}), **r}
     except FileNotFoundError:
         pass
     return list(rows.values())
@@ -469,6 +534,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="300", help="comma-separated machine counts, e.g. 1000,3000,10000")
     ap.add_argument("--per-machine", type=int, default=10, help="replicas per machine")
     ap.add_argument("--per-process", type=int, default=500, help="simulated machines per agent process")
+    ap.add_argument("--wrk-seconds", type=int, default=5, help="the heartbeat-ceiling run (wrk)")
+    ap.add_argument("--ceiling-only", action="store_true",
+                    help="only the heartbeat ceiling (machines registered through the API, wrk), no agents")
     ap.add_argument("--stall", type=float, default=60.0, help="give up placing when healthy stops growing this long")
     ap.add_argument("--window", type=float, default=10.0, help="steady-state window (s)")
     ap.add_argument("--place-timeout", type=float, default=600.0)
