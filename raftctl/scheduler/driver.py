@@ -4,7 +4,8 @@ randomness; the same state gives the same plan."""
 from __future__ import annotations
 
 from raftctl.scheduler.machines import MachineView, build_views, release
-from raftctl.scheduler.place import place_job
+from raftctl.scheduler.packing import repair
+from raftctl.scheduler.place import JobFit, place_job, place_replicas
 from raftctl.scheduler.plan import Check, NewPlacement, Plan, Record, no_check
 from raftctl.scheduler.preemption import preempt_for
 from raftctl.scheduler.reconcile import Reconciled, current_spec, live, reconcile
@@ -31,6 +32,7 @@ def schedule(jobs: dict[str, Record], placements: dict[str, Record], machines: d
         job = jobs.get(name)
         if job is not None:
             pass_.job(name, job, now)
+    repair(pass_.plan, pass_.views, pass_.fits, pass_.opened, check)
     return pass_.plan
 
 
@@ -47,6 +49,8 @@ class Pass:
         self.by_job: dict[str, list[Record]] = {}
         self.priorities: dict[str, int] = {}
         self.stopping: set[str] = set()
+        self.fits: dict[str, JobFit] = {}           # jobs whose new placements the packing repair may move
+        self.opened = {mid for mid, v in views.items() if v.empty()}   # machines that held nothing before
 
     def job(self, name: str, job: Record, now: int) -> None:
         spec = current_spec(job)
@@ -59,11 +63,15 @@ class Pass:
         if job["status"] != "running" or not rec.place:
             self.plan.pending[name] = ""
             return
-        placed, pending = place_job(name, job, spec, rec.place, self.views, self.by_job.get(name, []),
-                                    self.plan.index, self.check)
+        placed, pending, fit = place_replicas(name, job, spec, rec.place, self.views, self.by_job.get(name, []),
+                                              self.plan.index, self.check)
         self.plan.place.extend(placed)
+        self.fits[name] = fit
         if pending and spec.get("priority", 50) > 0:
-            placed = placed + self.preempt(name, job, spec, rec, len(placed))
+            more = self.preempt(name, job, spec, rec, len(placed))
+            if more:
+                del self.fits[name]  # its replicas stay where their victims were evicted
+            placed = placed + more
             if len(placed) == len(rec.place):
                 pending = None
         self.plan.pending[name] = pending or ""

@@ -39,14 +39,16 @@ def f_resources(v: MachineView, spec: Spec) -> str | None:
 
 
 def f_ports(v: MachineView, spec: Spec) -> str | None:
-    dynamic = 0
+    lo, hi = v.record["ports"]
+    dynamic = statics_in_range = 0
     for p in spec.get("ports", []):
         if p.get("static") is not None:
             if p["static"] in v.ports:
                 return f"port {p['static']} in use"
+            statics_in_range += lo <= p["static"] <= hi
         else:
             dynamic += 1
-    if dynamic and v.free_ports < dynamic:
+    if dynamic and v.free_ports - statics_in_range < dynamic:  # the job's own static ports are not free for it
         return "no free ports"
     return None
 
@@ -78,7 +80,7 @@ def explain(views: list[MachineView], spec: Spec, extra: Counter[str] | None = N
 def allocate_ports(v: MachineView, spec: Spec) -> dict[str, int]:
     lo, hi = v.record["ports"]
     out: dict[str, int] = {}
-    taken = set(v.ports)
+    taken = set(v.ports) | {p["static"] for p in spec.get("ports", []) if p.get("static") is not None}
     nxt = lo
     for p in spec.get("ports", []):
         if p.get("static") is not None:

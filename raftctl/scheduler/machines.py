@@ -21,6 +21,10 @@ class MachineView:
     dom: dict[str, str] = field(default_factory=dict)
     free_ports: int = 0
 
+    def empty(self) -> bool:
+        """Holds nothing: all its resources free, no port taken."""
+        return self.free == self.capacity and not self.ports
+
     def domain(self, level: str) -> str:
         return self.dom.get(level, "")
 

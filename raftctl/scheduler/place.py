@@ -27,8 +27,9 @@ class JobFit:
         return f_resources(v, self.spec) or f_ports(v, self.spec) or self.spread.violation(v)
 
     def score(self, v: MachineView) -> float:
-        total = (WEIGHTS["binpack"] * score_binpack(v, self.spec)
-                 + WEIGHTS["anti_affinity"] * score_anti_affinity(v, self.name, self.version))
+        total = WEIGHTS["binpack"] * score_binpack(v, self.spec)
+        if not v.empty():  # a tie-breaker never opens a machine: spreading tiny replicas over empty machines
+            total += WEIGHTS["anti_affinity"] * score_anti_affinity(v, self.name, self.version)
         return self.spread.score(total, v)
 
     def entry(self, v: MachineView) -> HeapItem:
@@ -73,6 +74,14 @@ def pop_best(heap: list[HeapItem], views: dict[str, MachineView], fit: JobFit) -
 def place_job(name: str, job: Record, spec: Spec, slots: list[int], views: dict[str, MachineView],
               placements: list[Record], index: int, check: Check = no_check) -> tuple[list[NewPlacement], str | None]:
     """New placements for ``slots`` (as many as fit, in order) and, when some do not, why."""
+    out, pending, _ = place_replicas(name, job, spec, slots, views, placements, index, check)
+    return out, pending
+
+
+def place_replicas(name: str, job: Record, spec: Spec, slots: list[int], views: dict[str, MachineView],
+                   placements: list[Record], index: int,
+                   check: Check = no_check) -> tuple[list[NewPlacement], str | None, JobFit]:
+    """``place_job``, and the job's fit as the placements left it (the packing repair moves them with it)."""
     candidates = candidates_for(views, spec, check)
     fit = JobFit(name, job["version"], spec,
                  Spread.of(spec, job["replicas"], job["version"], candidates, views, placements), f"{name}:{index}".encode())
@@ -88,8 +97,8 @@ def place_job(name: str, job: Record, spec: Spec, slots: list[int], views: dict[
         if fit.fits(chosen) is None:
             heapq.heappush(heap, fit.entry(chosen))
     if len(out) == len(slots):
-        return out, None
-    return out, unplaced_reason(len(slots) - len(out), fit, candidates, views, check)
+        return out, None, fit
+    return out, unplaced_reason(len(slots) - len(out), fit, candidates, views, check), fit
 
 
 def unplaced_reason(left: int, fit: JobFit, candidates: list[MachineView], views: dict[str, MachineView],

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from raftctl.scheduler import reconcile, schedule
 from raftctl.scheduler import constraints
 from raftctl.scheduler.constraints import attr_value, constraint_ok
-from raftctl.scheduler.feasibility import explain, f_constraints, f_ports, f_resources, f_schedulable
+from raftctl.scheduler.feasibility import allocate_ports, explain, f_constraints, f_ports, f_resources, f_schedulable
 from raftctl.scheduler.machines import build_views
 from raftctl.scheduler.ranking import score_anti_affinity, score_binpack, score_spread
 from raftctl.statemachine.spec import validate_spec
@@ -80,6 +80,23 @@ FILTER_CASES = [
 def test_filters_explain(fn, m, spec, why):
     v = build_views({m["id"]: m}, {})[m["id"]]
     assert fn(v, spec) == why
+
+
+def test_a_dynamic_port_never_takes_the_jobs_own_static_port():
+    # five replicas hold 20000-20004; the last free port, 20005, is the new job's static one: its dynamic port
+    # has nowhere to go (the pass used to give it 20005 too, so one placement held the same port twice)
+    ms = {"a": machine("a", ports=(20000, 20005))}
+    jobs = {"five": job("five", replicas=5, resources={"cpu": "100m", "memory": "16Mi", "pids": 10}),
+            "web": job("web", replicas=1, resources={"cpu": "10m", "memory": "16Mi", "pids": 10},
+                       ports=[{"name": "http"}, {"name": "admin", "static": 20005}])}
+    plan = schedule(jobs, {}, ms, index=1, now=0)
+    assert sorted(p.ports["http"] for p in plan.place if p.job == "five") == [20000, 20001, 20002, 20003, 20004]
+    assert [p for p in plan.place if p.job == "web"] == []
+    assert plan.pending["web"] == "1 replicas unplaced; 1 machines: 1 no free ports"
+    v = build_views(ms, {})["a"]
+    web = jobs["web"]["versions"][0]["spec"]
+    assert allocate_ports(v, {**web, "ports": [{"name": "http"}, {"name": "admin", "static": 20000}]}) == \
+        {"http": 20001, "admin": 20000}
 
 
 @pytest.mark.parametrize("op,value,expect", [("in", ["z1", "z2"], True), ("not_in", ["z1"], False), ("regex", "^z", True),
