@@ -271,7 +271,7 @@ class Machine(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
     resources: dict[str, int]
     ports: tuple[int, int]
     runtime: str
-    api: str = ""
+    api: str | UnsetType = UNSET        # the agent's own endpoint (absent in machines registered before it existed)
     status: Literal["up", "down"]
     drain: Drain | None = None
     eligible: bool = True

@@ -297,3 +297,9 @@ def test_records_are_msgspec_structs_with_a_json_schema():
     (out,), components = msgspec.json.schema_components([r.JobSpec], ref_template="#/components/schemas/{name}")
     assert out == {"$ref": "#/components/schemas/JobSpec"}
     assert components["Health"]["properties"]["interval_ms"]["type"] == "integer"
+
+
+def test_a_machine_registered_before_api_existed_converts_unchanged():
+    s = build([], True)
+    old = {k: v for k, v in s.machines["m1"].items() if k != "api"}
+    assert canon(r.to_wire(r.from_wire(r.Machine, old))) == canon(old)
