@@ -13,6 +13,7 @@ from typing import IO, Any, Callable, TypeVar
 import aiohttp
 
 from raftctl import gate
+from raftctl.clock import SYSTEM, Clock
 from raftctl.errors import Forbidden, RaftctlError, Unauthorized, Unavailable, ValidationError
 from raftctl.oci import ImageError, split_digest
 
@@ -179,13 +180,12 @@ class BlobFetcher:
 
 
 async def cluster_identity(servers: list[str], token: str, machine: str, *, ssl: Any = None,
-                           patience_s: float | None = None) -> tuple[bool, str | None]:
+                           patience_s: float | None = None, clock: Clock = SYSTEM) -> tuple[bool, str | None]:
     """The cluster's id, from the ``cluster`` field of the machine's assignment answer (a read: nothing is written
     before the agent decided to run): (True, id) once a replica answered (id None from a control plane without a
     secret); (False, None) when none answered within ``patience_s`` (None: keep asking). A refused token is
-    raised."""
-    loop = asyncio.get_running_loop()
-    deadline = None if patience_s is None else loop.time() + patience_s
+    raised. The retries wait on ``clock``."""
+    deadline = None if patience_s is None else clock.monotonic() + patience_s
     delay = 0.2
     async with ControlClient(servers, token, ssl=ssl) as control:
         while True:
@@ -199,7 +199,7 @@ async def cluster_identity(servers: list[str], token: str, machine: str, *, ssl:
                 if exc.http_status is not None and 400 <= exc.http_status < 500:
                     raise
                 log.warning("asking the control plane for the cluster id: %s; retrying", exc)
-            if deadline is not None and loop.time() + delay > deadline:
+            if deadline is not None and clock.monotonic() + delay > deadline:
                 return False, None
-            await asyncio.sleep(delay)
+            await clock.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from raftctl.agent.runtime.base import ContainerSpec, Driver
+from raftctl.clock import SYSTEM
 
 log = logging.getLogger("raftctl.agent.health")
 Probe = Callable[[], Awaitable[bool]]
@@ -134,7 +134,7 @@ class HealthMonitor:
     """One container's checks on an injected clock, calling ``on_change(status)`` once per transition."""
 
     def __init__(self, policy: HealthPolicy, probe: Probe, on_change: Callable[[str], Any], *,
-                 started_at: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 started_at: float | None = None, clock: Callable[[], float] = SYSTEM.monotonic) -> None:
         self.policy = policy
         self.probe = probe
         self.on_change = on_change

@@ -4,7 +4,8 @@ In use: the images the containers supervised here run (or wait to restart with) 
 assignment answer names. While a container's image is not known (adopted after an agent restart, before its
 placement arrived) nothing is collected. The collection itself is the driver's (``Driver.collect_images``:
 the image store's last-use stamps and locks); it runs on a worker thread every ``every_s`` (a tenth of the grace,
-between the stats period and 60 s), waiting on the injected clock.
+between the stats period and 60 s), on the injected clock: its monotonic time paces the passes, its wall
+time is compared with the store's last-use stamps.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from raftctl.agent.runtime.base import Driver
-from raftctl.agent.supervisor import PREPARE_S, Clock, Supervised
+from raftctl.agent.supervisor import PREPARE_S, Supervised
 from raftctl.agent.supervisor import call_driver as _call
+from raftctl.clock import Clock
 
 log = logging.getLogger("raftctl.agent")
 
@@ -70,8 +72,8 @@ class ImageGC:
         return images_in_use(self.assigned, self.containers.values())
 
     async def collect(self, now: float | None = None) -> list[str]:
-        """One collection (``now``: wall-clock seconds, default the image store's clock); the images removed.
-        Failures are logged: the next pass tries again."""
+        """One collection (``now``: wall-clock seconds, default the clock's); the images removed. Failures are
+        logged: the next pass tries again."""
         if self.after_s <= 0:
             return []
         in_use = self.in_use()
@@ -79,7 +81,8 @@ class ImageGC:
             log.info("image GC waits: a container's image is not known yet")
             return []
         try:
-            removed: list[str] = await _call(self.driver.collect_images, in_use, self.after_s, now, bound=PREPARE_S)
+            at = self.clock.now_ms() / 1000 if now is None else now
+            removed: list[str] = await _call(self.driver.collect_images, in_use, self.after_s, at, bound=PREPARE_S)
             return removed
         except Exception as exc:
             log.warning("image GC failed: %s", exc)

@@ -13,6 +13,7 @@ has used it for longer than a grace period, and then every blob no remaining ima
 """
 from __future__ import annotations
 
+import builtins
 import fcntl
 import gzip
 import io
@@ -26,7 +27,7 @@ import tarfile
 import tempfile
 import time
 from contextlib import contextmanager
-from typing import IO, AbstractSet, Callable, Iterator, Mapping, Protocol, TypeVar
+from typing import IO, AbstractSet, Callable, Iterator, Mapping, Protocol, TypeVar, cast
 
 from raftctl import gate, oci
 from raftctl.agent import rootfs
@@ -219,12 +220,12 @@ class ImageStore:
         with open(os.path.join(dest, "oci-layout"), "wb") as f:
             f.write(oci.canonical_json(oci.LAYOUT_VERSION))
 
-    def import_archive(self, path: str, name: str | None = None) -> list[str]:
+    def import_archive(self, path: str, name: str | None = None) -> builtins.list[str]:
         """Import an OCI layout archive (tar, optionally gzip); every blob is checked by digest."""
         with self._lock("blobs", shared=True):      # GC leaves the blobs alone until the images are recorded
             return self._import_archive(path, name)
 
-    def _import_archive(self, path: str, name: str | None) -> list[str]:
+    def _import_archive(self, path: str, name: str | None) -> builtins.list[str]:
         index_data: bytes | None = None
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
@@ -249,12 +250,12 @@ class ImageStore:
             raise ImageError("archive has no index.json")
         return self._register_index(index_data, name)
 
-    def import_layout(self, layout_dir: str, name: str | None = None) -> list[str]:
+    def import_layout(self, layout_dir: str, name: str | None = None) -> builtins.list[str]:
         """Import an OCI layout directory; every blob is checked by digest."""
         with self._lock("blobs", shared=True):
             return self._import_layout(layout_dir, name)
 
-    def _import_layout(self, layout_dir: str, name: str | None) -> list[str]:
+    def _import_layout(self, layout_dir: str, name: str | None) -> builtins.list[str]:
         blob_dir = os.path.join(layout_dir, "blobs", "sha256")
         for hexname in sorted(os.listdir(blob_dir)):
             p = os.path.join(blob_dir, hexname)
@@ -265,7 +266,7 @@ class ImageStore:
         with open(os.path.join(layout_dir, "index.json"), "rb") as f:
             return self._register_index(f.read(), name)
 
-    def _register_index(self, data: bytes, name: str | None) -> list[str]:
+    def _register_index(self, data: bytes, name: str | None) -> builtins.list[str]:
         try:  # an archive's index.json is untrusted bytes like any manifest: through the gate
             idx = gate.decode_json(data, limits=oci.MANIFEST_LIMITS, root="index.json")
         except ValidationError as exc:
@@ -331,7 +332,8 @@ class ImageStore:
         with open(self.blob_path(layer["digest"]), "rb") as raw:
             reader = oci.HashingReader(raw)
             buffered = io.BufferedReader(reader, oci.CHUNK)
-            stream: IO[bytes] = gzip.GzipFile(fileobj=buffered) if layer["mediaType"] == oci.MT_LAYER_GZIP else buffered
+            stream: IO[bytes] = (cast(IO[bytes], gzip.GzipFile(fileobj=buffered))
+                                 if layer["mediaType"] == oci.MT_LAYER_GZIP else cast(IO[bytes], buffered))
             try:
                 with tarfile.open(fileobj=stream, mode="r|") as tar:
                     dirs: list[tuple[str, int]] = []
@@ -376,7 +378,7 @@ class ImageStore:
                     continue
         return out
 
-    def gc(self, in_use: AbstractSet[str], now: float, grace_s: float) -> list[str]:
+    def gc(self, in_use: AbstractSet[str], now: float, grace_s: float) -> builtins.list[str]:
         """Remove the unpacked tree of every image ``images_to_collect`` picks, then every blob no remaining
         image needs. ``in_use``: the manifest digests some container on
         this machine runs or is assigned. An image being pulled or unpacked (its per-digest lock held) is

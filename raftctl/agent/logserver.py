@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from typing import Any, Callable
 
 from aiohttp import web
 
 from raftctl.agent.runtime import logs
-from raftctl.agent.supervisor import Clock, MonotonicClock
+from raftctl.clock import SYSTEM, Clock
 
 AGENT: web.AppKey[Any] = web.AppKey("agent")
 FOLLOW_POLL_S = 0.2         # a follow stream looks for new log bytes this often
@@ -51,7 +50,7 @@ class TokenCache:
     """Tokens the control plane accepted, each until ``now + ttl``; bounded (oldest dropped first)."""
 
     def __init__(self, ttl: float = TOKEN_CACHE_S, max_entries: int = TOKEN_CACHE_MAX,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = SYSTEM.monotonic) -> None:
         self.ttl, self.max_entries, self.clock = ttl, max_entries, clock
         self.until: dict[str, float] = {}
 
@@ -125,12 +124,12 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
         await resp.write(f.read())
         header = request.headers.get("Authorization", "")
         clock = request.app[CLOCK]
-        checked = clock.now()
+        checked = clock.monotonic()
         while request.query.get("follow") in ("1", "true"):
-            if clock.now() - checked >= TOKEN_CACHE_S:
+            if clock.monotonic() - checked >= TOKEN_CACHE_S:
                 if not await _token_ok(request.app, header):      # revoked while following: the stream ends
                     break
-                checked = clock.now()
+                checked = clock.monotonic()
             chunk = f.read()
             if chunk:
                 await resp.write(chunk)
@@ -150,11 +149,11 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 async def start_log_server(agent: Any, clock: Clock | None = None) -> web.AppRunner:
     """Serve ``agent``'s logs and metrics; ``clock`` ages the token cache and paces follow streams."""
-    clock = clock or MonotonicClock()
+    clock = clock or SYSTEM
     app = web.Application()
     app[AGENT] = agent
     app[CLOCK] = clock
-    app[TOKENS] = TokenCache(clock=clock.now)
+    app[TOKENS] = TokenCache(clock=clock.monotonic)
     app.router.add_get("/v1/logs/{placement}", get_logs)
     app.router.add_get("/metrics", get_metrics)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)

@@ -29,9 +29,10 @@ from raftctl.agent.runtime.sim import SimDriver
 from raftctl.agent.imagegc import ImageGC, image_digest
 from raftctl.agent.stats import StatsPass
 from raftctl.agent.stopping import Stopper
-from raftctl.agent.supervisor import (Clock, DriverTimeout, MonotonicClock, Report,
+from raftctl.agent.supervisor import (DriverTimeout, Report,
                                       Supervised, Supervisor)
 from raftctl.agent.supervisor import call_driver as _call
+from raftctl.clock import SYSTEM, Clock
 from raftctl.errors import Forbidden, RaftctlError, Unauthorized
 
 log = logging.getLogger("raftctl.agent")
@@ -46,7 +47,7 @@ class Agent:
         self.cfg = cfg
         self.driver = driver
         self.rng = rng or random.Random()
-        self.clock: Clock = clock or MonotonicClock()   # every loop's, supervisor's and stop's time
+        self.clock: Clock = clock or SYSTEM   # every loop's, supervisor's and stop's time
         self.containers: dict[str, Supervised] = {}
         self.reports: list[Report] = []
         self._report_wake = asyncio.Event()

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import subprocess
+from typing import Any, Callable
 
 log = logging.getLogger("raftctl.agent.rootfs")
 
@@ -133,7 +134,7 @@ def remove_tree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=False, onerror=_on_rm_error)
 
 
-def _on_rm_error(func, path, exc_info) -> None:  # type: ignore[no-untyped-def]
+def _on_rm_error(func: Callable[..., Any], path: str, exc_info: Any) -> None:
     if is_subvolume(path):
         btrfs_subvolume_delete(path)
     elif os.path.isdir(path) and not os.path.islink(path):

@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Mapping
 from typing import Any, Callable
 
 from raftctl.agent.runtime.base import Driver
-from raftctl.agent.supervisor import Clock, Supervised
+from raftctl.agent.supervisor import Supervised
 from raftctl.agent.supervisor import call_driver as _call
+from raftctl.clock import Clock
 
 log = logging.getLogger("raftctl.agent")
 
@@ -43,7 +44,7 @@ class StatsPass:
                 await _call(self.driver.rotate_logs, cid)  # copy-then-truncate past the size limit
             except Exception:
                 continue
-            now = self.clock.now()
+            now = self.clock.monotonic()
             prev = self.last.get(cid)
             self.last[cid] = (now, st["cpu_usage_ns"])
             if prev is None or now <= prev[0]:

@@ -21,8 +21,9 @@ from typing import Any, Callable
 
 from raftctl.agent.converge import StopInFlight
 from raftctl.agent.runtime.base import Driver, Observed, RuntimeError_
-from raftctl.agent.supervisor import DRIVER_CALL_S, Clock, Report, Supervised
+from raftctl.agent.supervisor import DRIVER_CALL_S, Report, Supervised
 from raftctl.agent.supervisor import call_driver as _call
+from raftctl.clock import Clock
 
 log = logging.getLogger("raftctl.agent")
 
@@ -37,7 +38,7 @@ STOP_CALL_SLACK_S = 10.0  # the driver's stop call is abandoned this long after 
 class StopAttempt:
     """One attempt at stopping a container; kept after a failure so the next attempt escalates."""
     task: asyncio.Task[None]
-    started: float       # clock time
+    started: float       # the clock's monotonic seconds
     bound: float         # seconds past which the attempt is presumed hung
     attempt: int         # 0: pre-stop hook, SIGTERM, grace, SIGKILL; 1+: SIGKILL at once
 
@@ -66,7 +67,7 @@ class Stopper:
 
     def in_flight(self) -> dict[str, StopInFlight]:
         """The attempts still running, with how long each has run and its bound (for ``converge.plan``)."""
-        now = self.clock.now()
+        now = self.clock.monotonic()
         return {cid: StopInFlight(now - a.started, a.bound) for cid, a in self.attempts.items() if not a.task.done()}
 
     def forget_gone(self, existing: Set[str]) -> None:
@@ -87,7 +88,7 @@ class Stopper:
         """The attempt in flight for ``cid`` ran past its bound: abandon it and SIGKILL."""
         a = self.attempts[cid]
         log.warning("stop of %s has run %.1fs, past its %.0fs bound: stopping it again with SIGKILL",
-                    cid, self.clock.now() - a.started, a.bound)
+                    cid, self.clock.monotonic() - a.started, a.bound)
         a.task.cancel()
         self._begin(cid, placement)
 
@@ -103,7 +104,7 @@ class Stopper:
         pre = pre_stop_hook(placement or (sup.placement if sup else None)) if attempt == 0 else None
         bound = self.grace_s + self.slack_s + (pre["timeout_ms"] / 1000 if pre else 0.0)
         task = asyncio.create_task(self._run(cid, placement, attempt, pre), name=f"stop-{cid}")
-        self.attempts[cid] = StopAttempt(task=task, started=self.clock.now(), bound=bound, attempt=attempt)
+        self.attempts[cid] = StopAttempt(task=task, started=self.clock.monotonic(), bound=bound, attempt=attempt)
 
     async def _run(self, cid: str, placement: dict[str, Any] | None, attempt: int,
                    pre: dict[str, Any] | None) -> None:

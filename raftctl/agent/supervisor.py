@@ -1,7 +1,7 @@
 """One container's supervisor: start it, watch it, health-check it, restart it with backoff, report.
 
 Built on the tested parts: the restart decision and the delays come from ``backoff.py``, the probes and the
-failure threshold from ``health.py``. Time is read and awaited only through an injected ``Clock`` (``now()`` and
+failure threshold from ``health.py``. Time is read and awaited only through an injected ``raftctl.clock.Clock`` (``monotonic()`` and
 ``async sleep(s)``), so a test drives a supervisor through crashes, backoffs and health checks without sleeping.
 The agent (``loop.py``) owns the containers and the stops; a supervisor owns one ``Supervised`` record's run loop.
 """
@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from raftctl.agent.backoff import Backoff, should_restart
 from raftctl.agent.health import HealthMonitor, HealthPolicy, Probe, probe_for
 from raftctl.agent.runtime.base import ContainerSpec, Driver, Observed, RuntimeError_
+from raftctl.clock import SYSTEM, Clock
 from raftctl.statemachine.spec import runtime_restart
 
 log = logging.getLogger("raftctl.agent")
@@ -25,22 +25,6 @@ DRIVER_CALL_S = 30.0    # bound on a driver call (runc and the process driver ma
 PREPARE_S = 900.0       # bound on pulling and unpacking an image before a start
 UNHEALTHY_STOP_S = 5.0  # SIGTERM to SIGKILL when a container failed its health checks
 POLL_S = 0.1            # status poll of a container without a health check (with one: min(0.25, interval))
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class MonotonicClock:
-    """The real clock: time.monotonic and asyncio.sleep."""
-
-    def now(self) -> float:
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
 
 
 class Metrics(Protocol):
@@ -105,7 +89,7 @@ class Supervisor:
         self.metrics = metrics
         self.container_spec = container_spec
         self.host = host
-        self.clock: Clock = clock or MonotonicClock()
+        self.clock: Clock = clock or SYSTEM
         self.rng = rng or random.Random()
 
     async def run(self, adopted: bool = False) -> None:
@@ -126,10 +110,10 @@ class Supervisor:
                     self.report(Report(cid, "exited", exit_code=None, reason=f"start failed: {exc}"[:300]))
                     if not should_restart(restart["policy"], None):
                         return
-                    await self.clock.sleep(jittered(backoff.on_exit(self.clock.now()), self.rng))
+                    await self.clock.sleep(jittered(backoff.on_exit(self.clock.monotonic()), self.rng))
                     continue
             adopted = False
-            backoff.on_start(self.clock.now())
+            backoff.on_start(self.clock.monotonic())
             self.report(Report(cid, "running", health="healthy" if not spec.get("health") else "unknown"))
             sup.state, sup.health = "running", "unknown"
             obs = await self._watch()
@@ -141,7 +125,7 @@ class Supervisor:
             self.report(Report(cid, sup.state, exit_code=obs.exit_code, reason=obs.reason or ""))
             if not should_restart(restart["policy"], obs.exit_code, oom_killed=oom):
                 return
-            delay = backoff.on_exit(self.clock.now())
+            delay = backoff.on_exit(self.clock.monotonic())
             sup.restarts += 1
             self.metrics.restarted(p["job"])
             await self.clock.sleep(jittered(delay, self.rng))
@@ -176,7 +160,7 @@ class Supervisor:
         if h:
             policy = HealthPolicy.from_spec(h)
             monitor = HealthMonitor(policy, self._measured(policy, self._probe(policy)), self._health_changed,
-                                    clock=self.clock.now)
+                                    clock=self.clock.monotonic)
         while True:
             try:
                 obs: Observed = await call_driver(self.driver.status, cid)
@@ -185,7 +169,7 @@ class Supervisor:
                 continue
             if obs.state != "running" or self.sup.stopping:
                 return obs
-            if monitor is not None and monitor.tracker.due(self.clock.now()):
+            if monitor is not None and monitor.tracker.due(self.clock.monotonic()):
                 await monitor.check_once()
                 if monitor.tracker.status == "unhealthy":
                     failures = monitor.tracker.consecutive_failures
@@ -193,9 +177,7 @@ class Supervisor:
                     await call_driver(self.driver.stop, cid, UNHEALTHY_STOP_S)
                     obs = await call_driver(self.driver.status, cid)
                     obs.reason = f"failed {failures} health checks"
-                    if obs.state == "missing":
-                        obs.state = "exited"
-                    return obs
+                    return obs   # its end is reported "exited" (or "oom_killed"), whatever status says now
             await self.clock.sleep(POLL_S if monitor is None else min(0.25, monitor.policy.interval_s))
 
     def _health_changed(self, status: str) -> None:
@@ -217,8 +199,8 @@ class Supervisor:
 
     def _measured(self, policy: HealthPolicy, probe: Probe) -> Probe:
         async def measured() -> bool:
-            started = self.clock.now()
+            started = self.clock.monotonic()
             ok = await probe()
-            self.metrics.health_checked(policy.type, ok, self.clock.now() - started)
+            self.metrics.health_checked(policy.type, ok, self.clock.monotonic() - started)
             return ok
         return measured

@@ -186,3 +186,23 @@ def test_a_container_made_before_clusters_were_named_is_adopted_in_its_old_cgrou
     finally:
         old.remove(spec.id)
         old.close()
+
+
+def test_asking_for_the_cluster_id_backs_off_and_gives_up_on_the_injected_clock():
+    """A minute of patience against a refusing port, on a fake clock: the retries double from 0.2 s up to 5 s and
+    the ask gives up before the next wait would pass the patience, without a minute of real time."""
+    import asyncio
+    import socket
+    import time
+
+    from raftctl.agent.control import cluster_identity
+    from raftctl.clock import FakeClock
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    clock = FakeClock()
+    t0 = time.monotonic()
+    assert asyncio.run(cluster_identity([url], "rct_x", "m1", patience_s=60.0, clock=clock)) == (False, None)
+    assert clock.sleeps[:6] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0] and set(clock.sleeps[6:]) == {5.0}
+    assert 55.0 < sum(clock.sleeps) <= 60.0 and time.monotonic() - t0 < 10

@@ -41,4 +41,4 @@ def test_the_process_and_sim_drivers_run_without_an_image_root(tmp_path):
     for d in (ProcessDriver(str(tmp_path / "p")), SimDriver()):
         assert d.image_root("ghost:1", None) == "" and d.image_root("web:1", "sha256:" + "a" * 64) == ""
         d.use_image_source(Source())
-    assert SimDriver().collect_images(set(), 1.0) == []
+    assert SimDriver().collect_images(set(), 1.0, 0.0) == []

@@ -107,3 +107,26 @@ async def test_a_probe_that_raises_is_a_failed_check():
     mon = HealthMonitor(HealthPolicy(failures=1), broken, changes.append, clock=lambda: 0.0)
     assert await mon.check_once() == "unhealthy" and changes == ["unhealthy"]
 
+
+
+def test_exits_without_a_start_between_are_not_a_stable_run():
+    """A failed start calls on_exit with no on_start before it: however long after the last run ended, that
+    run's start must not count as a long stable run (it would reset the backoff of a crash loop)."""
+    b = Backoff(initial_s=0.1, max_s=10.0, reset_s=60.0)
+    b.on_start(0.0)
+    assert b.on_exit(1.0) == 0.1
+    assert not b.stable(100.0)
+    assert b.on_exit(100.0) == 0.2       # 99 s later, a start failed: the backoff keeps growing
+
+
+async def test_an_async_on_change_is_awaited_before_the_check_returns():
+    seen: list[str] = []
+
+    async def on_change(status: str) -> None:
+        await asyncio.sleep(0)
+        seen.append(status)
+
+    async def ok() -> bool:
+        return True
+    monitor = HealthMonitor(HealthPolicy(type="exec", command=["true"]), ok, on_change, clock=lambda: 5.0)
+    assert await monitor.check_once() == "healthy" and seen == ["healthy"]

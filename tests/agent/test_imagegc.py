@@ -20,8 +20,11 @@ class FakeClock:
         self.sleeps: list[float] = []
         self.stop_after = stop_after
 
-    def now(self) -> float:
+    def monotonic(self) -> float:
         return self.t
+
+    def now_ms(self) -> int:
+        return 1_700_000_000_000 + int(self.t * 1000)
 
     async def sleep(self, seconds: float) -> None:
         if len(self.sleeps) == self.stop_after:
@@ -33,10 +36,10 @@ class FakeClock:
 
 class Collecting:
     def __init__(self, fail: int = 0) -> None:
-        self.calls: list[tuple[set[str], float, float | None]] = []
+        self.calls: list[tuple[set[str], float, float]] = []
         self.fail = fail
 
-    def collect_images(self, in_use: set[str], grace_s: float, now: float | None = None) -> list[str]:
+    def collect_images(self, in_use: set[str], grace_s: float, now: float) -> list[str]:
         self.calls.append((set(in_use), grace_s, now))
         if self.fail:
             self.fail -= 1
@@ -78,7 +81,8 @@ async def test_the_loop_collects_every_period_with_the_in_use_set_and_survives_a
     with pytest.raises(asyncio.CancelledError):
         await gc.run()
     assert clock.sleeps == [30.0, 30.0, 30.0]
-    assert driver.calls == [({D1, D2}, 300, None)] * 3      # the first failed: logged, the next pass tries again
+    # every pass on the clock's wall time; the first failed: logged, the next pass tries again
+    assert driver.calls == [({D1, D2}, 300, 1_700_000_000.0 + t) for t in (30, 60, 90)]
     assert await gc.collect(123.0) == [D3] and driver.calls[-1] == ({D1, D2}, 300, 123.0)
 
 
@@ -98,5 +102,5 @@ def test_a_driver_that_keeps_no_images_collects_nothing_and_runs_without_an_imag
     class Bare(Driver):
         prepare_image = create = start = stop = kill = status = stats = exec = list_existing = remove = None  # type: ignore
     d = Bare()
-    assert d.collect_images({D1}, 60) == [] and d.image_root("web:1", None) == "" and d.image_root("web:1", D1) == ""
+    assert d.collect_images({D1}, 60, 0.0) == [] and d.image_root("web:1", None) == "" and d.image_root("web:1", D1) == ""
     d.use_image_source(object())  # type: ignore[arg-type]   # ignored

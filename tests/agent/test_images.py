@@ -512,16 +512,17 @@ def test_unpack_after_the_list_was_made_keeps_the_image(tmp_path, src):
 
 def test_agent_gc_keeps_images_its_containers_or_assignments_use(tmp_path, src):
     """The agent's image GC (agent/imagegc.py) through the driver: in use = containers it supervises + its last
-    assignment answer; an adopted container whose placement has not arrived yet makes GC wait; the wall
-    clock is the image store's own (the one its last-use stamps were written with)."""
+    assignment answer; an adopted container whose placement has not arrived yet makes GC wait; its wall time is
+    the agent clock's (the store stamps uses with the same clock here)."""
     import asyncio
 
     from raftctl.agent.imagegc import ImageGC
     from raftctl.agent.runtime.process import ProcessDriver
     from raftctl.agent.supervisor import Supervised
+    from raftctl.clock import FakeClock
 
-    clock = Clock()
-    store = ImageStore(str(tmp_path / "images"), clock=clock)
+    clock = FakeClock()
+    store = ImageStore(str(tmp_path / "images"), clock=lambda: clock.now_ms() / 1000)
     running, assigned, stale = store.build(src), store.build(src, base="host"), None
     other = tmp_path / "other"
     other.mkdir()
@@ -530,21 +531,21 @@ def test_agent_gc_keeps_images_its_containers_or_assignments_use(tmp_path, src):
     for d in (running, assigned, stale):
         store.unpack(d)
     containers = {"p1": Supervised(placement={"id": "p1", "job": "web", "spec": {"image_digest": running}})}
-    gc = ImageGC(ProcessDriver(str(tmp_path / "proc"), store), containers, 600, clock=None)  # type: ignore[arg-type]
+    gc = ImageGC(ProcessDriver(str(tmp_path / "proc"), store), containers, 600, clock)
     gc.note_assignment([{"id": "p2", "spec": {"image": "web:2", "image_digest": assigned}},
                         {"id": "p3", "spec": None}])
     assert gc.assigned == {assigned}
-    clock.t += 601
+    clock.advance(601)
 
     containers["p0"] = Supervised(placement={"id": "p0"})      # adopted, placement not known yet
     assert asyncio.run(gc.collect()) == []
     del containers["p0"]
-    assert asyncio.run(gc.collect(clock.t - 2)) == []           # 599 s: within the grace
-    assert asyncio.run(gc.collect()) == [stale]                 # the store's clock: 601 s
+    assert asyncio.run(gc.collect(clock.now_ms() / 1000 - 2)) == []   # 599 s: within the grace
+    assert asyncio.run(gc.collect()) == [stale]                       # the clock's wall time: 601 s
     assert {d for d in (running, assigned, stale) if os.path.isdir(store.unpacked_path(d))} == {running, assigned}
     gc.after_s = 0
     gc.assigned = set()
-    assert asyncio.run(gc.collect(clock.t * 2)) == []
+    assert asyncio.run(gc.collect(clock.now_ms() / 500)) == []
 
 
 @pytest.mark.root

@@ -36,7 +36,7 @@ class StepClock:
         self.t = 0.0
         self.running = False
 
-    def now(self) -> float:
+    def monotonic(self) -> float:
         return self.t
 
     async def sleep(self, seconds: float) -> None:

@@ -17,7 +17,7 @@ class FakeClock:
         self.sleeps: list[float] = []
         self.stop_after = stop_after
 
-    def now(self) -> float:
+    def monotonic(self) -> float:
         return self.t
 
     async def sleep(self, seconds: float) -> None:

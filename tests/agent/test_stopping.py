@@ -18,20 +18,9 @@ from raftctl.agent.converge import StopInFlight
 from raftctl.agent.runtime.base import Observed
 from raftctl.agent.stopping import STOP_GRACE_S, STOP_SLACK_S, Stopper
 from raftctl.agent.supervisor import Report, Supervised
+from raftctl.clock import FakeClock
 
 HOOK = {"exec": ["drain", "--now"], "timeout_ms": 3000}
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-        await asyncio.sleep(0)
 
 
 class Driver:
@@ -125,11 +114,11 @@ async def test_an_attempt_is_bounded_by_grace_slack_and_hook_and_ages_on_the_clo
         stopper.stop("w-1", placement())
         bound = STOP_GRACE_S + STOP_SLACK_S + 3.0
         assert stopper.in_flight() == {"w-1": StopInFlight(0.0, bound)}
-        clock.t += bound   # at the bound: still in flight, not retried
+        clock.advance(bound)   # at the bound: still in flight, not retried
         actions = converge.plan([placement()], set(stopper.containers), existing={"w-1"},
                                 stopping=stopper.in_flight())
         assert actions.stop == [] and actions.retry == []
-        clock.t += 0.5     # past it: presumed hung
+        clock.advance(0.5)     # past it: presumed hung
         actions = converge.plan([placement()], set(stopper.containers), existing={"w-1"},
                                 stopping=stopper.in_flight())
         assert stopper.in_flight()["w-1"].age_s == pytest.approx(bound + 0.5) and actions.retry == ["w-1"]
@@ -145,7 +134,7 @@ async def test_a_hung_stop_is_abandoned_and_retried_with_sigkill_without_the_hoo
     first = stopper.attempts["w-1"].task
     while ("stop", "w-1", STOP_GRACE_S) not in d.calls:
         await asyncio.sleep(0.01)
-    clock.t += 100
+    clock.advance(100)
     d.hang.set()
     d.calls.clear()
     stopper.retry("w-1", placement())

@@ -23,7 +23,7 @@ class FakeClock:
         self.on_until: Callable[[], None] = lambda: None
         self.sleeps: list[float] = []
 
-    def now(self) -> float:
+    def monotonic(self) -> float:
         return self.t
 
     async def sleep(self, seconds: float) -> None:
@@ -56,25 +56,30 @@ class FakeDriver:
     probes: list[float] = field(default_factory=list)        # when each exec check ran
     fail_creates: int = 0
     stopped_at: float | None = None
+    calls: list[str] = field(default_factory=list)           # remove/create/start, in order
+    on_create: Callable[[], None] = lambda: None
 
     def run(self) -> Run:
         return self.runs[min(len(self.starts), len(self.runs)) - 1]
 
     def remove(self, id: str) -> None:
-        pass
+        self.calls.append("remove")
 
     def create(self, spec: ContainerSpec) -> str:
+        self.calls.append("create")
+        self.on_create()
         if self.fail_creates:
             self.fail_creates -= 1
             raise OSError("no space left on device")
         return spec.id
 
     def start(self, id: str) -> None:
-        self.starts.append(self.clock.now())
+        self.calls.append("start")
+        self.starts.append(self.clock.monotonic())
         self.stopped_at = None
 
     def status(self, id: str) -> Observed:
-        run, now = self.run(), self.clock.now()
+        run, now = self.run(), self.clock.monotonic()
         if self.stopped_at is not None:
             return Observed("exited", exit_code=143)
         if now - self.starts[-1] < run.lifetime:
@@ -84,12 +89,12 @@ class FakeDriver:
         return Observed("oom_killed" if run.oom else "exited", exit_code=137 if run.oom else run.exit_code)
 
     def stop(self, id: str, grace_s: float = 10.0) -> Observed:
-        self.stops.append((self.clock.now(), grace_s))
-        self.stopped_at = self.clock.now()
+        self.stops.append((self.clock.monotonic(), grace_s))
+        self.stopped_at = self.clock.monotonic()
         return Observed("exited", exit_code=143)
 
     def exec(self, id: str, argv: list[str], timeout: float = 10.0) -> tuple[int, str]:
-        now = self.clock.now()
+        now = self.clock.monotonic()
         self.probes.append(now)
         return (0, "") if now - self.starts[-1] < self.run().healthy_for else (1, "")
 
@@ -128,6 +133,7 @@ EXEC_CHECK = {"type": "exec", "command": ["check"], "interval_ms": 1000, "timeou
 
 
 async def supervise(runs: list[Run], *, until: float, fail_creates: int = 0, adopted: bool = False,
+                    rng: Any = None, setup: Callable[[FakeDriver, Supervised], None] | None = None,
                     **kw: Any) -> tuple[FakeDriver, list[Report], Supervised, Metrics]:
     clock = FakeClock(until)
     driver = FakeDriver(clock, runs, fail_creates=fail_creates)
@@ -135,10 +141,12 @@ async def supervise(runs: list[Run], *, until: float, fail_creates: int = 0, ado
         driver.starts.append(0.0)
     sup = Supervised(placement=placement(**kw))
     clock.on_until = lambda: setattr(sup, "stopping", True)
+    if setup:
+        setup(driver, sup)
     reports: list[Report] = []
     metrics = Metrics()
     s = Supervisor(sup, driver, report=reports.append, metrics=metrics, host="127.0.0.1", clock=clock,
-                   rng=Half(),  # type: ignore[arg-type]
+                   rng=rng or Half(),
                    container_spec=lambda p: ContainerSpec(id=p["id"], job=p["job"], replica=0, image="w:1",
                                                           rootfs="", command=["w"], log_dir="/nonexistent"))
     await asyncio.wait_for(s.run(adopted=adopted), 10)
@@ -190,7 +198,7 @@ async def test_each_health_transition_is_reported_once():
 async def test_a_failure_below_the_threshold_changes_nothing():
     class Flaky(FakeDriver):
         def exec(self, id: str, argv: list[str], timeout: float = 10.0) -> tuple[int, str]:
-            self.probes.append(self.clock.now())
+            self.probes.append(self.clock.monotonic())
             return (1, "") if len(self.probes) % 3 == 0 else (0, "")   # every third check fails
     clock = FakeClock(30.0)
     d = Flaky(clock, [Run()])
@@ -247,3 +255,30 @@ async def test_a_stop_ends_the_supervisor_without_an_exit_report():
 async def test_a_stored_spec_with_bad_restart_values_is_clamped_not_fatal():
     d, _, _, _ = await supervise([Run(lifetime=1.0)], until=3.0, restart={"policy": "always", "initial_ms": "1s"})
     assert backoffs(d)[0] == 0.1                               # initial_ms not an integer: the 100 ms default
+
+
+class Fixed:
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+@pytest.mark.parametrize("draw, factor", [(0.0, 0.8), (1.0, 1.2)])
+async def test_restart_delays_are_jittered_by_up_to_20_percent_either_way(draw, factor):
+    d, _, _, _ = await supervise([Run(lifetime=1.0)], until=3.0, rng=Fixed(draw))
+    assert backoffs(d)[:2] == [pytest.approx(0.1 * factor), pytest.approx(0.2 * factor)]
+
+
+async def test_each_start_first_removes_what_an_earlier_run_left():
+    d, _, _, _ = await supervise([Run(lifetime=1.0)], until=2.5)
+    assert d.calls[:6] == ["remove", "create", "start", "remove", "create", "start"]
+
+
+async def test_a_stop_arriving_while_the_container_is_created_means_it_is_never_started():
+    def stop_during_create(d: FakeDriver, sup: Supervised) -> None:
+        d.on_create = lambda: setattr(sup, "stopping", True)
+    d, reports, _, _ = await supervise([Run()], until=5.0, setup=stop_during_create)
+    assert d.calls == ["remove", "create"] and d.starts == []
+    assert [r.state for r in reports] == ["starting"]

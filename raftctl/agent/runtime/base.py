@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import re
 import signal as _signal
+import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from collections.abc import Set
-from typing import Any, Literal, TypedDict
+from typing import Any, Callable, Literal, Protocol, TypedDict
 
 from raftctl.agent.images import BlobSource
 from raftctl.clusterid import CLUSTER_ID_RE
@@ -27,6 +28,40 @@ class RuntimeError_(Exception):
 
 class ImageNotPushed(RuntimeError_):
     """The driver runs containers in their image's root, and this one's image has no manifest digest."""
+
+
+class WaitClock(Protocol):
+    """The clock a driver's blocking waits read, on its worker thread: monotonic seconds and a blocking sleep
+    (``raftctl.clock.Clock`` is the event loop's: its sleep is async)."""
+
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemWaitClock:
+    """The real one: time.monotonic and time.sleep."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+SYSTEM_WAIT: WaitClock = SystemWaitClock()
+POLL_S = 0.02   # how often a driver's wait looks again
+
+
+def wait_until(done: Callable[[], bool], timeout: float, clock: WaitClock = SYSTEM_WAIT, every: float = POLL_S) -> bool:
+    """Ask ``done()`` every ``every`` seconds of ``clock`` until it says yes or ``timeout`` seconds have passed;
+    its last answer."""
+    deadline = clock.monotonic() + timeout
+    while clock.monotonic() < deadline:
+        if done():
+            return True
+        clock.sleep(every)
+    return done()
 
 
 # -- per-host names ------------------------------------------------------------------------------
@@ -179,6 +214,7 @@ class Driver(ABC):
 
     name: str = "abstract"
     isolated: bool = False
+    wait_clock: WaitClock = SYSTEM_WAIT    # what the driver's blocking waits (stop's grace, exit records) read
 
     @abstractmethod
     def prepare_image(self, digest: str) -> str:
@@ -235,10 +271,9 @@ class Driver(ABC):
         image root; ImageNotPushed when the driver needs one and ``digest`` is None."""
         return ""
 
-    def collect_images(self, in_use: Set[str], grace_s: float, now: float | None = None) -> list[str]:
-        """Image garbage collection: remove the images not in ``in_use`` whose last use (wall-clock seconds:
-        ``now``, default the image store's clock) is more than ``grace_s`` ago; the images removed. A driver
-        that keeps no images removes nothing."""
+    def collect_images(self, in_use: Set[str], grace_s: float, now: float) -> list[str]:
+        """Image garbage collection: remove the images not in ``in_use`` whose last use (wall-clock seconds, as
+        ``now``) is more than ``grace_s`` ago; the images removed. A driver that keeps no images removes nothing."""
         return []
 
     def rotate_logs(self, id: str) -> None:

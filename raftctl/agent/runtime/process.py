@@ -22,7 +22,8 @@ import psutil
 
 from raftctl.agent.images import ImageStore
 from raftctl.agent.runtime import logs
-from raftctl.agent.runtime.base import ID_RE, ContainerSpec, Driver, Observed, RuntimeError_, Stats
+from raftctl.agent.runtime.base import (ID_RE, ContainerSpec, Driver, Observed, RuntimeError_, Stats, WaitClock,
+                                        wait_until)
 from raftctl.agent.runtime.runc import spawn_shim
 
 log = logging.getLogger("raftctl.agent.process")
@@ -43,12 +44,15 @@ class ProcessDriver(Driver):
     name = "process"
     isolated = False
 
-    def __init__(self, data_dir: str, images: ImageStore | None = None, *, python: str = sys.executable) -> None:
+    def __init__(self, data_dir: str, images: ImageStore | None = None, *, python: str = sys.executable,
+                 wait_clock: WaitClock | None = None) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.containers_dir = os.path.join(self.data_dir, "processes")
         os.makedirs(self.containers_dir, exist_ok=True)
         self.images = images or ImageStore(os.path.join(self.data_dir, "images"))
         self.python = python
+        if wait_clock is not None:
+            self.wait_clock = wait_clock
         warn_once()
 
     def dir(self, id: str) -> str:
@@ -66,8 +70,8 @@ class ProcessDriver(Driver):
     def prepare_image(self, digest: str) -> str:
         return self.images.unpack(self.images.resolve(digest))
 
-    def collect_images(self, in_use: AbstractSet[str], grace_s: float, now: float | None = None) -> list[str]:
-        return self.images.gc(in_use, self.images.clock() if now is None else now, grace_s)
+    def collect_images(self, in_use: AbstractSet[str], grace_s: float, now: float) -> list[str]:
+        return self.images.gc(in_use, now, grace_s)
 
     def create(self, spec: ContainerSpec) -> str:
         d = self.dir(spec.id)
@@ -112,11 +116,8 @@ class ProcessDriver(Driver):
             pass
 
     def _wait_exit(self, id: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
         path = os.path.join(self.dir(id), "exit.json")
-        while time.monotonic() < deadline and not os.path.exists(path):
-            time.sleep(0.02)
-        return os.path.exists(path)
+        return wait_until(lambda: os.path.exists(path), timeout, self.wait_clock)
 
     def stop(self, id: str, grace_s: float = 10.0) -> Observed:
         if self.status(id).state != "running":

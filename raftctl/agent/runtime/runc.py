@@ -22,14 +22,14 @@ import subprocess
 import sys
 import threading
 import time
-from typing import AbstractSet, Any
+from typing import AbstractSet, Any, Iterator
 
 from raftctl.agent import rootfs
 from raftctl.agent.images import BlobSource, ImageStore
 from raftctl.agent.runtime import bundle as oci_bundle
 from raftctl.agent.runtime import cgroups, logs
 from raftctl.agent.runtime.base import (ID_RE, ContainerSpec, Driver, ImageNotPushed, Observed, RuntimeError_, Stats,
-                                        cgroup_path, host_scope)
+                                        WaitClock, cgroup_path, host_scope, wait_until)
 
 log = logging.getLogger("raftctl.agent.runc")
 SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim.py")
@@ -53,11 +53,13 @@ class RuncDriver(Driver):
     def __init__(self, data_dir: str, images: ImageStore | None = None, *, runc: str = "runc",
                  cgroup_parent: str = "raftctl", python: str = sys.executable,
                  image_source: BlobSource | None = None, private_paths: list[str] | tuple[str, ...] = (),
-                 cluster: str | None = None, machine: str | None = None) -> None:
+                 cluster: str | None = None, machine: str | None = None,
+                 wait_clock: WaitClock | None = None) -> None:
         """``private_paths``: the agent's own secrets (its data dir, token file, TLS key): a container may never
         see them, so a `base: host` container whose host mounts would hold one is refused.
         ``cluster``/``machine``: the identity every per-host name carries (the agent always gives both); a
-        container another cluster created in this data dir is never listed, so never adopted or removed."""
+        container another cluster created in this data dir is never listed, so never adopted or removed.
+        ``wait_clock``: what the blocking waits read (a test's fake clock; default the real one)."""
         if cluster is not None:
             host_scope(cluster, machine or "")          # both valid, or refuse to start
         path = shutil.which(runc)
@@ -66,6 +68,8 @@ class RuncDriver(Driver):
         if os.geteuid() != 0:
             raise RuntimeError_("the runc driver needs root")
         self.runc = path
+        if wait_clock is not None:
+            self.wait_clock = wait_clock
         self.data_dir = os.path.abspath(data_dir)
         self.private_paths = sorted({os.path.realpath(p) for p in (self.data_dir, *private_paths) if p})
         self.containers_dir = os.path.join(self.data_dir, "containers")
@@ -149,8 +153,8 @@ class RuncDriver(Driver):
             raise ImageNotPushed(f"image {image} is not pushed")
         return self.prepare_image(digest)
 
-    def collect_images(self, in_use: AbstractSet[str], grace_s: float, now: float | None = None) -> list[str]:
-        return self.images.gc(in_use, self.images.clock() if now is None else now, grace_s)
+    def collect_images(self, in_use: AbstractSet[str], grace_s: float, now: float) -> list[str]:
+        return self.images.gc(in_use, now, grace_s)
 
     def prepare_image(self, digest: str) -> str:
         """The unpacked root of ``digest`` (or a local name), pulling the blobs it lacks first."""
@@ -175,7 +179,7 @@ class RuncDriver(Driver):
             raise
 
     @contextlib.contextmanager
-    def _scope_lock(self, exclusive: bool):  # type: ignore[no-untyped-def]
+    def _scope_lock(self, exclusive: bool) -> Iterator[bool]:
         """A flock on ``/run/raftctl/<cluster>.lock``, shared by every agent of this cluster on this host; yields
         whether it is held (an exclusive one is only tried, never waited for)."""
         if self.cluster is None:
@@ -314,13 +318,8 @@ class RuncDriver(Driver):
             raise RuntimeError_(f"runc kill {id} failed: {r.stderr.strip()}")
 
     def _wait_exit(self, id: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
         path = os.path.join(self.bundle(id), "exit.json")
-        while time.monotonic() < deadline:
-            if os.path.exists(path):
-                return True
-            time.sleep(0.02)
-        return os.path.exists(path)
+        return wait_until(lambda: os.path.exists(path), timeout, self.wait_clock)
 
     def stop(self, id: str, grace_s: float = 10.0) -> Observed:
         obs = self.status(id)
@@ -383,7 +382,7 @@ class RuncDriver(Driver):
         """This cluster's containers in this data dir: a bundle another cluster's agent left here (the data dir
         reused) is not listed, so it is never adopted, stopped or removed by this agent."""
         r = self._run("list", "--format", "json", check=False)
-        ids = set()
+        ids: set[str] = set()
         if r.returncode == 0 and r.stdout.strip() not in ("", "null"):
             ids.update(c["id"] for c in json.loads(r.stdout))
         for name in os.listdir(self.containers_dir):
