@@ -5,6 +5,11 @@ a blocking query); observed state comes from the runtime driver. The agent
 converges one to the other and reports every observed transition, which the
 control plane commits. Containers outlive the agent: a new agent on the same
 data dir adopts what it finds running instead of restarting it.
+
+This module is the wiring; the parts are tested on their own: ``supervisor.py`` runs one container
+(start, watch, health, restart), ``stopping.py`` stops them, ``stats.py`` samples usage for the
+autoscaler, ``imagegc.py`` collects unused images, ``converge.py`` decides what to start and stop.
+Every loop reads and waits on the injected ``raftctl.clock.Clock``.
 """
 from __future__ import annotations
 
@@ -19,24 +24,22 @@ from typing import Any
 import aiohttp
 
 from raftctl.agent import converge
-from raftctl.aio import unless
 from raftctl.agent.config import AgentConfig
-from raftctl.agent.metrics import AgentMetrics
 from raftctl.agent.control import BlobFetcher, ControlClient
+from raftctl.agent.imagegc import ImageGC, image_digest
 from raftctl.agent.logserver import start_log_server
+from raftctl.agent.metrics import AgentMetrics
 from raftctl.agent.runtime.base import ContainerSpec, Driver, ImageNotPushed, Observed, RuntimeError_
 from raftctl.agent.runtime.sim import SimDriver
-from raftctl.agent.imagegc import ImageGC, image_digest
 from raftctl.agent.stats import StatsPass
 from raftctl.agent.stopping import Stopper
-from raftctl.agent.supervisor import (DriverTimeout, Report,
-                                      Supervised, Supervisor)
+from raftctl.agent.supervisor import DriverTimeout, Report, Supervised, Supervisor
 from raftctl.agent.supervisor import call_driver as _call
+from raftctl.aio import unless
 from raftctl.clock import SYSTEM, Clock
 from raftctl.errors import Forbidden, RaftctlError, Unauthorized
 
 log = logging.getLogger("raftctl.agent")
-
 
 __all__ = ["Agent", "DriverTimeout", "Report", "Supervised", "run_agent", "run_agents"]
 
