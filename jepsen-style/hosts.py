@@ -36,9 +36,16 @@ PROBE_START_S = 60.0  # how long a probe process may take to start and answer be
 MARKER = "RAFTCTL_JEPSEN_PRIVATE_NETNS"
 
 
+# Every process spawned in a host starts under `setpriv --pdeathsig KILL`: SIGKILL when the run dies, so a
+# crashed or killed run leaves no replica, agent or probe behind (setpriv and `ip netns exec` exec, and the
+# setting survives exec). It replaced a preexec_fn calling prctl through ctypes: Python code between fork and
+# exec in a process with threads (the container sampler, the nemesis) can deadlock on a lock another thread
+# held at the fork, and a run hung for minutes before its first fault with a forked child in futex_wait.
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
+
+
 def die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the run dies, so a crashed or killed run leaves no replica,
-    agent or probe behind (`ip netns exec` execs, and the setting survives exec)."""
+    """prctl(PR_SET_PDEATHSIG, SIGKILL) for a preexec_fn: only where setpriv is missing (see DIE_WITH_PARENT)."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1
@@ -150,9 +157,11 @@ class Network:
         return ["ip", "netns", "exec", self.hosts[host].ns, *argv]
 
     def spawn(self, host: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
-        """Start a process inside a host (`ip netns exec` execs, so the pid is the process's own); it dies with the run."""
-        kw.setdefault("preexec_fn", die_with_parent)
-        return subprocess.Popen(self.command(host, argv), **kw)
+        """Start a process inside a host (setpriv and `ip netns exec` exec, so the pid is the process's own); it
+        dies with the run."""
+        if shutil.which("setpriv"):
+            return subprocess.Popen([*DIE_WITH_PARENT, *self.command(host, argv)], **kw)
+        return subprocess.Popen(self.command(host, argv), preexec_fn=die_with_parent, **kw)
 
     def run(self, host: str, argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.command(host, argv), capture_output=True, text=True, timeout=timeout)

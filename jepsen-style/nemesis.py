@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterable, Sequence
 
-from hosts import SWITCH, Network, addr_of, die_with_parent  # noqa: F401 (run.py uses nem.die_with_parent)
+from hosts import SWITCH, Network, addr_of
 
 TABLE = "jepsen"
 Pair = tuple[str, str]
@@ -236,7 +236,7 @@ class Proc:
         self.log.flush()
         env = dict(os.environ, **(self.env or {}))
         self.popen = self.net.spawn(self.host, self.argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                    stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+                                    stdin=subprocess.DEVNULL)
         self.paused = False
 
     def _signal(self, sig: int) -> None:

@@ -473,8 +473,7 @@ def run_one(schedule: dict[str, Any], out: str) -> tuple[int, str]:
             json.dump(cfg, f)
         meta.update(t0_ns=t0_ns, heal_at_ns=cfg["heal_at_ns"], stop_at_ns=cfg["stop_at_ns"], quiet_s=quiet)
         workload = cluster.net.spawn(CLIENT, [sys.executable, os.path.join(HERE, "workload.py"), "run", cfg_path],
-                                     stdout=open(cluster.log("workload"), "ab"), stderr=subprocess.STDOUT,
-                                     preexec_fn=nem.die_with_parent)
+                                     stdout=open(cluster.log("workload"), "ab"), stderr=subprocess.STDOUT)
         nemesis = Nemesis(cluster, part, os.path.join(run_dir, "faults.jsonl"))
         sampler = ContainerSampler(cluster, os.path.join(run_dir, "containers.jsonl"))
         sampler.start()
