@@ -12,8 +12,10 @@ from raftctl.scheduler.reconcile import Reconciled, current_spec, live, reconcil
 
 
 def schedule(jobs: dict[str, Record], placements: dict[str, Record], machines: dict[str, Record], *,
-             index: int, now: int, job_names: list[str] | None = None, check: Check = no_check) -> Plan:
-    """One scheduling pass over ``job_names`` (default: every job), highest priority first.
+             index: int, now: int, job_names: list[str] | None = None, check: Check = no_check,
+             pack: bool = True) -> Plan:
+    """One scheduling pass over ``job_names`` (default: every job), highest priority first, then the packing
+    repair (``pack=False``: the greedy pass alone, for comparisons).
 
     ``check`` is called between units of work (a machine filtered, a replica placed); a caller that must give
     up (a dry run past its time bound) makes it raise, and the pass stops there."""
@@ -32,7 +34,8 @@ def schedule(jobs: dict[str, Record], placements: dict[str, Record], machines: d
         job = jobs.get(name)
         if job is not None:
             pass_.job(name, job, now)
-    repair(pass_.plan, pass_.views, pass_.fits, pass_.opened, check)
+    if pack:
+        repair(pass_.plan, pass_.views, pass_.fits, pass_.opened, check)
     return pass_.plan
 
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from raftctl.statemachine.records import LEVELS, holds_resources, machine_state_of
+
 RESOURCES = ("cpu", "memory")
-LEVELS = ("region", "zone", "rack")
 DEFAULT_UNIT = {"cpu": 100, "memory": 64 << 20}   # the smallest useful slot when nothing runs
 
 
@@ -41,10 +42,6 @@ def _zero() -> dict[str, float]:
     return {r: 0 for r in RESOURCES}
 
 
-def _live(p: Mapping[str, Any]) -> bool:
-    return p["state"] not in ("lost", "stopped")
-
-
 def _add(into: dict[str, Any], other: Mapping[str, Any]) -> None:
     for k, v in other.items():
         if isinstance(v, dict):
@@ -53,22 +50,11 @@ def _add(into: dict[str, Any], other: Mapping[str, Any]) -> None:
             into[k] = into.get(k, 0) + v
 
 
-def machine_state(m: Mapping[str, Any], live_here: int) -> str:
-    """The operator-facing machine state (as raftctl.statemachine.state.machine_state)."""
-    if m["status"] == "down":
-        return "down"
-    if m.get("drain"):
-        return "draining" if live_here else "drained"
-    if not m.get("eligible", True):
-        return "maintenance"
-    return "active"
-
-
 def smallest_unit(placements: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """The smallest request per resource among live placements (what a stranded remainder is measured against)."""
     unit: dict[str, int] = {}
     for p in placements:
-        if not _live(p):
+        if not holds_resources(p["state"]):
             continue
         for r in RESOURCES:
             v = int(p["resources"].get(r, 0))
@@ -153,7 +139,7 @@ def lower_bound(demand: Mapping[str, int], capacities: list[dict[str, int]]) -> 
 def efficiency(machines: Mapping[str, Mapping[str, Any]], placements: Mapping[str, Mapping[str, Any]],
                usage: Mapping[str, Usage]) -> dict[str, Any]:
     """The whole view; ``usage`` maps placement id to its latest reported usage."""
-    live = [p for p in placements.values() if _live(p)]
+    live = [p for p in placements.values() if holds_resources(p["state"])]
     unit = smallest_unit(live)
     by_machine: dict[str, list[Mapping[str, Any]]] = {}
     for p in live:
@@ -163,7 +149,7 @@ def efficiency(machines: Mapping[str, Mapping[str, Any]], placements: Mapping[st
     for mid in sorted(machines):
         m = machines[mid]
         here = by_machine.get(mid, [])
-        state = machine_state(m, len(here))
+        state = machine_state_of(m["status"], bool(m.get("drain")), m.get("eligible", True), bool(here))
         capacity = {r: int(m["resources"].get(r, 0)) if m["status"] == "up" else 0 for r in RESOURCES}
         allocated, used, alloc_reported = _zero(), _zero(), _zero()
         reported = {r: 0 for r in RESOURCES}

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from raftctl.scheduler.plan import RESOURCES, Record
-from raftctl.scheduler.reconcile import holds_resources
+from raftctl.statemachine.records import holds_resources
 
 
 @dataclass
@@ -54,7 +54,7 @@ def build_views(machines: dict[str, Record], placements: dict[str, Record]) -> d
                                  {k: str(v) for k, v in (m.get("fault_domain") or {}).items()}, hi - lo + 1)
     for p in placements.values():
         v = views.get(p["machine"])
-        if v is None or not holds_resources(p):
+        if v is None or not holds_resources(p["state"]):
             continue
         for k in RESOURCES:
             v.free[k] -= int(p["resources"].get(k, 0))
@@ -67,7 +67,7 @@ def build_views(machines: dict[str, Record], placements: dict[str, Record]) -> d
 def release(views: dict[str, MachineView], p: Record) -> None:
     """Give back what a stopped or preempted placement held."""
     v = views.get(p["machine"])
-    if v is None or not holds_resources(p):
+    if v is None or not holds_resources(p["state"]):
         return
     for k in RESOURCES:
         v.free[k] += int(p["resources"].get(k, 0))

@@ -13,11 +13,11 @@ from raftctl.scheduler.place import place_job
 from raftctl.scheduler.plan import RESOURCES, Check, NewPlacement, Plan, no_check
 from raftctl.scheduler.preemption import preempt_for
 from raftctl.scheduler.ranking import WEIGHTS, score_anti_affinity, score_binpack, score_spread, tie
-from raftctl.scheduler.reconcile import Reconciled, current_spec, holds_resources, live, reconcile
+from raftctl.scheduler.reconcile import Reconciled, reconcile
 
 __all__ = ["FILTERS", "MATCH_CACHE", "MATCH_CACHE_TEXT", "MAX_REGEX_LENGTH", "REGEX_CACHE", "REGEX_MAX_MEM",
            "RESOURCES", "WEIGHTS", "Check", "Filter", "MachineView", "NewPlacement", "Plan", "Reconciled", "RegexError",
-           "allocate_ports", "attr_value", "build_views", "compile_regex", "constraint_ok", "current_spec", "explain",
-           "f_constraints", "f_ports", "f_resources", "f_schedulable", "holds_resources", "live", "no_check",
+           "allocate_ports", "attr_value", "build_views", "compile_regex", "constraint_ok", "explain",
+           "f_constraints", "f_ports", "f_resources", "f_schedulable", "no_check",
            "place_job", "preempt_for", "reconcile", "regex_search", "schedule", "score_anti_affinity",
            "score_binpack", "score_spread", "tie"]

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raftctl.scheduler.plan import Record
+from raftctl.statemachine.records import holds_resources, spec_of
 
 
 @dataclass
@@ -16,16 +17,15 @@ class Reconciled:
 
 
 def live(p: Record) -> bool:
-    """A placement that holds resources and covers its slot."""
-    return bool(p["desired"] == "run" and p["state"] not in ("lost", "stopped"))
-
-
-def holds_resources(p: Record) -> bool:
-    return p["state"] not in ("lost", "stopped")
+    """records.Placement.is_live for a placement table dict: wanted and holding resources (it covers its slot)."""
+    return p["desired"] == "run" and holds_resources(p["state"])
 
 
 def current_spec(job: Record) -> dict[str, Any]:
-    spec: dict[str, Any] = next(v["spec"] for v in job["versions"] if v["version"] == job["version"])
+    """The spec of the job's current version (records.spec_of; the current version is never pruned)."""
+    spec = spec_of(job, job["version"])
+    if spec is None:
+        raise KeyError(f"job {job['name']!r} holds no spec for its current version {job['version']}")
     return spec
 
 
