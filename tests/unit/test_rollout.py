@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from raftctl.clock import FakeClock
 from raftctl.node.rollout import RolloutController
 from raftctl.statemachine import commands as c
-from raftctl.statemachine.apply import Result, apply
 from raftctl.statemachine.spec import validate_spec
-from raftctl.statemachine.state import State
 
+from .fake_replica import FakeReplica, machine
 from .rollout_helpers import EPOCH, NEW, NOW, OLD, V1, V2, deployment, job, machines, p, retire, run, spec
 
 
@@ -81,6 +80,8 @@ def test_every_replica_current_and_healthy_long_enough_is_success():
 def test_healthy_for_less_than_min_healthy_is_not_yet_ready():
     pl = NEW[:2] + [p("z", 2, 2, healthy_at=NOW - 299)]
     assert run(job(V1, V2), pl, dep=deployment()).commands == []
+    pl = NEW[:2] + [p("z", 2, 2, healthy_at=NOW - 300)]
+    assert run(job(V1, V2), pl, dep=deployment()).commands[0].deployment["status"] == "successful"
 
 
 @pytest.mark.parametrize("stable,auto_revert,status,rollback", [
@@ -220,35 +221,14 @@ def test_a_deploy_batch_goes_before_a_drain():
 
 # -- the controller on a fake clock: the committed state and time alone drive it --
 
-class Replica:
-    """A replica without Raft: commands are stamped with the fake clock's time and applied at once."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.state = State()
-        self.proposed: list[c.Command] = []
-
-    def read(self, fn):
-        return fn(self.state)
-
-    async def propose(self, cmd: c.Command) -> Result:
-        cmd = dataclasses.replace(cmd, at=self.clock.now_ms())
-        self.proposed.append(cmd)
-        return apply(self.state, cmd)
-
-
 RAW = {"name": "web", "image": "web:1", "command": ["web"], "replicas": 3, "ports": [{"name": "http"}],
        "resources": {"cpu": "50m", "memory": "32Mi"},
        "update": {"max_unavailable": 1, "drain_delay": "500ms", "min_healthy": "1s", "deadline": "20s"}}
-M1 = dict(machine="m1", address="127.0.0.2", fault_domain={}, labels={},
-          resources={"cpu": 2000, "memory": 1 << 30, "pids": 1000}, ports=[31000, 31999], runtime="sim")
-
-
-async def started(clock: FakeClock) -> Replica:
-    """Version 1 of web on three healthy replicas, then version 2 submitted."""
-    r = Replica(clock)
-    v1 = validate_spec(RAW)
-    for cmd in (c.ClaimEpoch(term=EPOCH), c.RegisterMachine(**M1), c.PutJob(spec=v1)):
+async def running(clock: FakeClock, raw: dict | None = None) -> FakeReplica:
+    """Version 1 of web on three healthy replicas of machine m1."""
+    r = FakeReplica(clock)
+    v1 = validate_spec(raw or RAW)
+    for cmd in (c.ClaimEpoch(term=EPOCH), machine("m1"), c.PutJob(spec=v1)):
         assert (await r.propose(cmd)).ok
     items = [{"job": "web", "version": 1, "replica": i, "machine": "m1", "resources": v1["resources"],
               "ports": {"http": 31000 + i}} for i in range(3)]
@@ -256,7 +236,12 @@ async def started(clock: FakeClock) -> Replica:
     for pl in r.state.job_placements("web"):
         assert (await r.propose(c.PlacementUpdate(placement=pl["id"], machine="m1", state="running",
                                                   health="healthy"))).ok
-    assert len(r.state.discovery["web"]["endpoints"]) == 3
+    assert len(r.state.discovery[v1.get("service") or "web"]["endpoints"]) == 3
+    return r
+
+
+async def deployed(clock: FakeClock) -> FakeReplica:
+    r = await running(clock)
     clock.advance(60)
     assert (await r.propose(c.PutJob(spec=validate_spec({**RAW, "env": {"V": "2"}})))).ok
     return r
@@ -264,7 +249,7 @@ async def started(clock: FakeClock) -> Replica:
 
 async def test_the_deploy_deadline_passes_on_the_injected_clock():
     clock = FakeClock()
-    r = await started(clock)
+    r = await deployed(clock)
     ctl = RolloutController(r, EPOCH, clock=clock)
     await ctl.tick()
     dep = r.state.deployments["web"]
@@ -288,7 +273,7 @@ async def test_the_deploy_deadline_passes_on_the_injected_clock():
 
 async def test_the_controller_loop_waits_on_its_clock_not_on_real_time():
     clock = FakeClock()
-    r = await started(clock)
+    r = await deployed(clock)
     ctl = RolloutController(r, EPOCH, clock=clock)
     t0 = time.monotonic()
     task = asyncio.create_task(ctl.run())
@@ -302,3 +287,53 @@ async def test_the_controller_loop_waits_on_its_clock_not_on_real_time():
             await task
     assert clock.sleeps and set(clock.sleeps) == {0.2}        # one pass every 200 ms of the injected clock
     assert 100 <= len(clock.sleeps) <= 110                    # 20 s of deadline, 0.5 s of drain delay
+
+
+async def test_a_held_drain_is_recorded_once_on_the_deployment_and_cleared_when_it_moves():
+    clock = FakeClock()
+    r = await running(clock, {**RAW, "disruption": {"max_unavailable": 0}})
+    done = {"job": "web", "version": 1, "status": "successful", "finished_at": 5}
+    assert (await r.propose(c.SetDeployment(epoch=EPOCH, job="web", deployment=done))).ok
+    assert (await r.propose(c.DrainMachine(machines=["m1"]))).ok
+    ctl = RolloutController(r, EPOCH, clock=clock)
+    for _ in range(3):
+        clock.advance(0.2)
+        await ctl.tick()
+    held = [x for x in r.of(c.SetDeployment) if x.deployment.get("held")]
+    assert len(held) == 1 and held[0].message.startswith("drain held back: job web is at its disruption budget")
+    assert held[0].deployment == {**done, "held": held[0].message}  # the deployment record keeps its fields
+    assert ctl.status() == {"held": {"web": held[0].message}}
+    assert r.of(c.Retire) == []
+    assert (await r.propose(c.PutJob(spec=validate_spec(RAW)))).ok  # the budget back to 1 (a new version)
+    r.proposed.clear()
+    await ctl.tick()
+    assert ctl.status() == {"held": {}}
+
+
+async def test_endpoints_are_counted_under_the_jobs_service_name():
+    clock = FakeClock()
+    r = await running(clock, {**RAW, "service": "api"})  # discovery holds api's endpoints, none under web
+    assert (await r.propose(c.DrainMachine(machines=["m1"]))).ok
+    ctl = RolloutController(r, EPOCH, clock=clock)
+    await ctl.tick()
+    assert [x.reason for x in r.of(c.Retire)] == ["machine m1 draining"] and ctl.status() == {"held": {}}
+
+
+async def test_after_a_rejected_command_the_rest_of_that_jobs_pass_waits_for_the_next():
+    clock = FakeClock()
+    r = await deployed(clock)
+    await RolloutController(r, EPOCH, clock=clock).tick()  # the deployment starts
+    await RolloutController(r, EPOCH, clock=clock).tick()  # a batch retires
+    clock.advance(0.5)
+    tried: list[c.Command] = []
+
+    class Refusing:
+        def read(self, fn):
+            return r.read(fn)
+
+        async def propose(self, cmd):
+            tried.append(cmd)
+            return SimpleNamespace(ok=False, error="refused", index=0, value={})
+    clock.advance(20)  # the drain delay is over and the deadline passed: a stop, then the deployment fails
+    await RolloutController(Refusing(), EPOCH, clock=clock).tick()
+    assert [type(x) for x in tried] == [c.Plan]
