@@ -26,11 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-dup-votes", action="store_true", help="never duplicate a response_vote message")
     p.add_argument("--compact", type=int, default=0, help="compact the log past this many entries")
     p.add_argument("--torn", action="store_true", help="crashes may keep part of an unsynced tail")
+    p.add_argument("--members", action="store_true", help="membership changes: add a replica, remove one")
     p.add_argument("--liveness-only", action="store_true", help="skip the safety checks (liveness only)")
     p.add_argument("-v", "--verbose", action="store_true", help="show pysyncobj's and raftctl's log")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.CRITICAL + 1, stream=sys.stderr)
     cfg = SimConfig(seed=a.seed, steps=a.steps, nodes=a.nodes, repair=a.repair, torn=a.torn, safety=not a.liveness_only, compact=a.compact,
+                    members=a.members,
                     net=NetFaults.none() if a.no_net_faults else NetFaults(
                         loss=a.loss, duplicate=a.duplicate, reorder=a.reorder, duplicate_votes=not a.no_dup_votes))
     res = run_seed(cfg)

@@ -9,6 +9,14 @@ acknowledgements, leaders) to prove it.
 Crashes keep only what the node had made durable: each node's journal, meta and snapshot files live
 on its own :class:`SimDisk` (``RaftNode(disk=...)``), and a crash, between steps or in the middle of a
 disk operation, keeps only what was synced (``torn``: plus part of the unsynced tail).
+
+Membership changes (``members=True``), as an operator makes them through raftctl/node/members.py: the
+leader's ``addNodeToCluster`` for a new replica (a spare id, started with an empty disk and the current
+members as its peers) or ``removeNodeFromCluster`` for a member other than the leader (live or crashed),
+one change at a time. The operator's view of the members follows the callbacks (and, if none came within
+MEMBER_TIMEOUT, the leader's configuration, as ``raftctl cluster status`` shows it): a removed replica is
+stopped, an addition that failed is stopped, and only members are restarted after crashes. Members stay
+between max(3, nodes - 1) and nodes + 1.
 """
 from __future__ import annotations
 
@@ -57,6 +65,8 @@ class SimConfig:
     initial_partition: list[list[int]] | None = None   # node numbers (1-based) per group, from the start
     compact: int = 0                    # > 0: compact the log past this many entries (snapshots sent and
                                         # installed); 0: no compaction
+    members: bool = False               # membership changes (add a replica, remove one) during the chaos
+    p_member: float = 0.03              # per chaos step, with members on and no change in flight
 
     def replay_command(self) -> str:
         cmd = f"python -m tests.sim --seed {self.seed} --steps {self.steps} --nodes {self.nodes}"
@@ -74,6 +84,8 @@ class SimConfig:
             cmd += " --torn"
         if self.compact:
             cmd += f" --compact {self.compact}"
+        if self.members:
+            cmd += " --members"
         if not self.safety:
             cmd += " --liveness-only"
         return cmd
@@ -99,19 +111,26 @@ class SimCluster:
         self.rng = random.Random(cfg.seed)
         self.clock = SimClock()
         self.trace = hashlib.sha256(b"raftctl-sim-1")
-        self.ids = [f"n{i}:{7000 + i}" for i in range(1, cfg.nodes + 1)]
+        # with membership changes, one spare id: a replica the operator may add (and remove again)
+        self.ids = [f"n{i}:{7000 + i}" for i in range(1, cfg.nodes + 1 + (1 if cfg.members else 0))]
+        self.members = set(self.ids[:cfg.nodes])          # the operator's view of the cluster
+        self.peers_of = {i: [j for j in sorted(self.members) if j != i] for i in self.members}
+        self._change: dict[str, Any] | None = None       # the membership change in flight
         self.net = SimNetwork(self.ids, self.rng, self.clock, cfg.net, self.trace)
         self.checker = Checker(cfg.seed, cfg.replay_command())
         self.nodes: dict[str, RaftNode] = {}
         self.disks = {i: SimDisk() for i in self.ids}
         self.faults = {"partition": 0, "heal": 0, "crash": 0, "io_crash": 0, "restart": 0, "commands": 0,
                        "acked": 0, "unsynced_bytes_lost": 0, "calm_windows": 0}
+        if cfg.members:
+            self.faults.update(member_add=0, member_remove=0, member_refused=0, member_timeout=0)
         self.net.on_crash = self._io_crashed
         self.net.powered_off = lambda node_id: self.disks[node_id].dead
         self._start_time = self.clock.now
         self._calm = False
         self._target: int | None = None
         self.cmd_seq = 0
+        self.snapshots_restored = 0     # received snapshots restored and loaded (SnapshotFiles.restored)
         self._pending_acks: list[tuple[str, str, bytes, int]] = []
 
     # -- nodes ----------------------------------------------------------------------
@@ -142,8 +161,7 @@ class SimCluster:
                 self._event(f"leader {node_id} {term}")
                 self.checker.became_leader(node_id, term)
 
-        node = RaftNode(node_id, [i for i in self.ids if i != node_id], data_dir, None,
-                        on_applied, on_state_changed, **kwargs)
+        node = RaftNode(node_id, self.peers_of[node_id], data_dir, None, on_applied, on_state_changed, **kwargs)
         holder.append(node)
         self.nodes[node_id] = node
         self.checker.node_started(node_id)
@@ -157,11 +175,79 @@ class SimCluster:
             self._crash(node_id)
 
     def _crash(self, node_id: str) -> None:
+        self.snapshots_restored += self.nodes[node_id]._snapshots.restored
         self.nodes.pop(node_id)
         self.net.detach(node_id)
         lost = self.disks[node_id].crash(self.rng, self.cfg.torn)
         self.faults["unsynced_bytes_lost"] += lost
         self._pending_acks = [p for p in self._pending_acks if p[0] != node_id]
+
+    def _down(self) -> list[str]:
+        """Members that are not running (restarted by the schedule)."""
+        return sorted(self.members - set(self.nodes))
+
+    # -- membership changes (members.py's calls) -----------------------------------------
+    MEMBER_TIMEOUT = 3.0
+
+    def _membership(self) -> None:
+        cfg, rng = self.cfg, self.rng
+        change = self._change
+        if change is not None:
+            if change["result"] is not None:
+                self._change_done(change, change["result"] == FAIL_REASON.SUCCESS)
+            elif self.clock.now - change["at"] > self.MEMBER_TIMEOUT:
+                leaders = sorted(i for i, n in self.nodes.items() if n._isLeader())
+                if leaders:  # no answer: the operator reads the configuration the leader shows
+                    self.faults["member_timeout"] += 1
+                    lead = self.nodes[leaders[0]]
+                    config = {leaders[0]} | {n.id for n in lead._SyncObj__otherNodes}
+                    self._change_done(change, (change["node"] in config) == (change["op"] == "add"))
+            return
+        if rng.random() >= cfg.p_member:
+            return
+        leaders = sorted(i for i, n in self.nodes.items() if n._isLeader())
+        if not leaders:
+            return
+        leader = rng.choice(leaders)
+        spares = sorted(set(self.ids) - self.members - set(self.nodes))
+        can_add = spares and len(self.members) < cfg.nodes + 1
+        can_remove = len(self.members) > max(3, cfg.nodes - 1)
+        if not (can_add or can_remove):
+            return
+        op = "add" if can_add and (not can_remove or rng.random() < 0.5) else "remove"
+        if op == "add":
+            target = rng.choice(spares)
+            self.disks[target] = SimDisk()          # a new replica: an empty data dir
+            self.peers_of[target] = sorted(self.members)
+            self._start(target)
+        else:
+            target = rng.choice(sorted(self.members - {leader}))
+        change: dict[str, Any] = {"op": op, "node": target, "at": self.clock.now, "result": None}
+        self._change = change
+        self._event(f"member {op} {target} via {leader}")
+
+        def done(result: Any, err: int) -> None:
+            change["result"] = err
+        node = self.nodes[leader]
+        (node.addNodeToCluster if op == "add" else node.removeNodeFromCluster)(target, callback=done)
+        self.net.flush()
+
+    def _change_done(self, change: dict[str, Any], applied: bool) -> None:
+        self._change = None
+        target = change["node"]
+        self._event(f"member {change['op']} {target} {'done' if applied else 'refused'}")
+        if not applied:
+            self.faults["member_refused"] += 1
+            if change["op"] == "add" and target in self.nodes:  # not added: the operator stops it
+                self._crash(target)
+            return
+        self.faults["member_" + change["op"]] += 1
+        if change["op"] == "add":
+            self.members.add(target)
+        else:
+            self.members.discard(target)
+            if target in self.nodes:  # removed: the operator stops it
+                self._crash(target)
 
     # -- client commands ---------------------------------------------------------------
     def _clients(self) -> None:
@@ -216,7 +302,7 @@ class SimCluster:
             if self.net.partitioned:
                 self.faults["heal"] += 1
                 self.net.heal()
-            for node_id in sorted(set(self.ids) - set(self.nodes)):
+            for node_id in self._down():
                 self.faults["restart"] += 1
                 self._start(node_id)
         elif calm and self._target is None and t >= cfg.chaos + cfg.calm - cfg.catch_up:
@@ -225,7 +311,8 @@ class SimCluster:
             self._calm = False
             target = self._target
             if target is not None:
-                behind = {i: n.raftLastApplied for i, n in sorted(self.nodes.items()) if n.raftLastApplied < target}
+                behind = {i: n.raftLastApplied for i, n in sorted(self.nodes.items())
+                          if n.raftLastApplied < target and i in self.members}
                 if behind:
                     self.checker.fail("liveness", f"{cfg.calm:.1f} s after a heal with every node up, "
                                       f"{behind} (last applied) still short of index {target}, "
@@ -234,6 +321,8 @@ class SimCluster:
     def _faults(self) -> None:
         cfg, rng = self.cfg, self.rng
         if self._calm:
+            if self._change is not None:
+                self._membership()  # only settles the change in flight
             if self.nodes and rng.random() < cfg.p_command:
                 self._clients()
             return
@@ -257,7 +346,7 @@ class SimCluster:
             self._event(f"crash {victim}")
             self.faults["crash"] += 1
             self._crash(victim)
-        for node_id in sorted(set(self.ids) - set(self.nodes)):
+        for node_id in self._down():
             if rng.random() < cfg.p_restart:
                 self._event(f"restart {node_id}")
                 self.faults["restart"] += 1
@@ -265,6 +354,8 @@ class SimCluster:
         if rng.random() < cfg.p_io_crash and self.nodes:
             victim = rng.choice(sorted(self.nodes))
             self.disks[victim].arm(rng.randint(1, 8))
+        if cfg.members:
+            self._membership()
         if self.nodes and rng.random() < cfg.p_command:
             self._clients()
 
@@ -307,7 +398,7 @@ class SimCluster:
         done = 0
         start = self.clock.now
         with patched(self.clock, self.rng):
-            for node_id in self.ids:
+            for node_id in sorted(self.members):
                 self._start(node_id)
             if self.cfg.initial_partition:
                 self.net.partition([[self.ids[i - 1] for i in g] for g in self.cfg.initial_partition])
@@ -321,6 +412,8 @@ class SimCluster:
         counts = dict(self.checker.counts)
         counts["max_commit"] = max((v.max_commit for v in self.checker.views.values()), default=0)
         counts["runaway_clock_reads"] = self.clock.runaway_reads
+        counts["snapshots_restored"] = self.snapshots_restored + sum(
+            n._snapshots.restored for n in self.nodes.values())
         counts["nodes_with_snapshot"] = sum(
             1 for i, d in self.disks.items()
             if d.size(posixpath.join(SIM_ROOT, i.replace(":", "_"), "raft.snapshot")) > 0)

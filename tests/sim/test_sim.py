@@ -254,32 +254,75 @@ def _with_compaction(cfgs: list[SimConfig]) -> list[SimConfig]:
     return cfgs
 
 
+def _with_membership(cfgs: list[SimConfig]) -> list[SimConfig]:
+    """Half of the schedules change the membership (5 replicas compacting past 40 entries, 3 not compacting):
+    replicas added (empty disks) and removed, one change at a time, through the leader."""
+    for i, cfg in enumerate(cfgs):
+        cfg.members = i % 4 in (1, 2)
+    return cfgs
+
+
+def summary(n: int, total_steps: int, took: float, faults: Counter[str], net: Counter[str],
+            counts: Counter[str], kinds: Counter[str]) -> str:
+    """The figures issue 13 asks for: schedules run, steps, faults injected by kind."""
+    injected = {"partition": faults["partition"], "heal": faults["heal"], "crash": faults["crash"],
+                "power cut mid-I/O": faults["io_crash"], "restart": faults["restart"],
+                "message lost": net["lost"], "message duplicated": net["duplicated"],
+                "message reordered": net["reordered"], "replica added": faults["member_add"],
+                "replica removed": faults["member_remove"]}
+    return (f"simulation: {n} schedules ({kinds['compacting']} compacting, {kinds['members']} changing the "
+            f"membership, {kinds['torn']} with torn writes), {total_steps} steps, {took:.1f} s\n"
+            f"  faults injected: " + ", ".join(f"{k} {v}" for k, v in injected.items()) + "\n"
+            f"  membership changes refused {faults['member_refused']}, unanswered {faults['member_timeout']}; "
+            f"unsynced bytes lost in crashes {faults['unsynced_bytes_lost']}\n"
+            f"  load: {faults['commands']} commands, {faults['acked']} acknowledged, {net['delivered']} messages "
+            f"delivered, {faults['calm_windows']} calm windows, {counts['snapshots_restored']} snapshots "
+            f"restored by followers, {counts['leader_terms']} leader terms")
+
+
+# Seeds of the main run that hit a bug still open, each replayed by its own strict-xfail test (which fails as soon
+# as the bug is fixed: then drop the seed here and the marker there).
+OPEN_BUGS = {1030: "test_a_replica_removed_and_added_again_in_one_term_catches_up"}
+
+
 def test_seeded_schedules_find_no_violation(capsys: pytest.CaptureFixture[str]) -> None:
     """Every invariant of checks.py after every step, plus liveness at the end of every calm window; half of
-    the schedules compact their logs (snapshots taken, sent in chunks, installed, reloaded after crashes)."""
+    the schedules compact their logs (snapshots taken, sent in chunks, installed, reloaded after crashes), half
+    change the membership (replicas added and removed through the leader, as members.py does)."""
     n = int(os.environ.get("RAFTCTL_SIM_SCHEDULES", "160"))
     steps = int(os.environ.get("RAFTCTL_SIM_STEPS", "400"))
     t0 = time.monotonic()
     faults: Counter[str] = Counter()
     net: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
     total_steps = 0
     failures = []
-    for cfg in _with_compaction(_schedules(n, steps, repair=True)):
+    cfgs = _with_membership(_with_compaction(_schedules(n, steps, repair=True)))
+    open_bugs = [cfg for cfg in cfgs if cfg.seed in OPEN_BUGS]
+    for cfg in cfgs:
+        if cfg in open_bugs:
+            continue
         res = run_seed(cfg)
         total_steps += res.steps
         faults.update(res.faults)
         net.update(res.net)
+        counts.update({k: v for k, v in res.counts.items() if k in ("snapshots_restored", "leader_terms")})
+        kinds.update(compacting=bool(cfg.compact), members=cfg.members, torn=cfg.torn)
         if res.violation is not None:
             failures.append(str(res.violation))
     took = time.monotonic() - t0
     with capsys.disabled():
-        print(f"\nsimulation: {n} schedules, {total_steps} steps, {took:.1f} s; faults {dict(faults)}; "
-              f"network {dict(net)}")
+        print("\n" + summary(n - len(open_bugs), total_steps, took, faults, net, counts, kinds))
+        for cfg in open_bugs:
+            print(f"  seed {cfg.seed} left to {OPEN_BUGS[cfg.seed]} (an open bug): {cfg.replay_command()}")
     assert not failures, "\n".join(failures)
-    assert total_steps == n * steps
+    assert total_steps == (n - len(open_bugs)) * steps
+    n -= len(open_bugs)
     assert faults["crash"] > n // 4 and faults["io_crash"] > n // 10 and faults["partition"] > n // 4
     assert faults["calm_windows"] >= n and faults["acked"] > n * 100
     assert net["lost"] and net["duplicated"] and net["reordered"]
+    assert faults["member_add"] > n // 4 and faults["member_remove"] > n // 4 and counts["snapshots_restored"] > n // 4
 
 
 def test_without_the_repair_it_finds_pysyncobj_losing_committed_entries() -> None:
@@ -363,3 +406,39 @@ def test_compacting_schedules_find_no_violation() -> None:
     cfgs = {c.seed: c for c in _with_compaction(_schedules(160, 400, repair=True))}
     failures = [str(r.violation) for r in (run_seed(cfgs[s]) for s in (1129, 1141, 1149)) if r.violation]
     assert not failures, "\n".join(failures)
+
+
+# Membership changes (SimConfig.members): replicas added with empty disks and removed through the leader, one
+# change at a time, under the same faults and the same checks after every step.
+def test_membership_changes_under_faults_keep_every_invariant() -> None:
+    cfgs = [SimConfig(seed=s, steps=400, nodes=n, members=True, compact=k)
+            for s, n, k in ((1, 3, 0), (2, 4, 40), (3, 5, 0), (4, 3, 120))]
+    results = [run_seed(cfg) for cfg in cfgs]
+    assert [str(r.violation) for r in results if r.violation] == []
+    assert sum(r.faults["member_add"] for r in results) >= 4 and sum(r.faults["member_remove"] for r in results) >= 4
+    assert all("--members" in cfg.replay_command() for cfg in cfgs)
+
+
+def test_membership_changes_replay_exactly() -> None:
+    cfg = dict(seed=11, steps=250, nodes=3, members=True)
+    a, b = run_seed(SimConfig(**cfg)), run_seed(SimConfig(**cfg))
+    assert a.faults["member_add"] + a.faults["member_remove"] > 0
+    assert a.trace == b.trace and a.faults == b.faults
+
+
+def test_without_membership_changes_the_schedules_are_unchanged() -> None:
+    """members=False draws nothing more from the seed: the replays of the seeds above stay what they were."""
+    plain = run_seed(SimConfig(seed=31, steps=200, nodes=3))
+    assert "member_add" not in plain.faults and len(SimCluster(SimConfig(seed=31)).ids) == 3
+
+
+@pytest.mark.xfail(strict=True, reason="replication.py keeps the leader's progress for a replica removed and added "
+                   "again in one term (REPLICATE, a message in flight); its first resend falls back to matchIndex + 1 "
+                   "= 1, below the uncompacted log's first entry, and the leader waits forever for a snapshot that "
+                   "does not exist ('no snapshot file to send'). Fix: /work/notes/s3/h2_for_h1.patch (H1's file); "
+                   "remove this marker with it")
+def test_a_replica_removed_and_added_again_in_one_term_catches_up() -> None:
+    """Found by the membership schedules: seed 1030 removes n1 and adds it back (an empty disk) 0.6 s later;
+    n1 stays at index 1 through the calm window (liveness)."""
+    res = run_seed(SimConfig(seed=1030, steps=400, nodes=3, repair=True, members=True))
+    assert res.violation is None, res.violation

@@ -160,6 +160,7 @@ class SnapshotFiles:
         self._restore: _Restore | None = None    # a received snapshot being restored (not yet installed)
         self._restored: Any = None               # its prepared state, handed to adopt by the next deserialize()
         self.last_restore_ms: float | None = None
+        self.restored = 0                        # received snapshots restored in the background and loaded
         self.last_sent: tuple[int, int] | None = None  # (offset, file size) of the last chunk sent
         self.last_fork_ms: float | None = None
         self.last_total_ms: float | None = None
@@ -386,6 +387,7 @@ class SnapshotFiles:
             log.exception("installing the snapshot received from the leader failed")
             return False
         self._restored = job.result
+        self.restored += 1
         return True
 
     def abandon_restore(self) -> None:
