@@ -12,6 +12,7 @@ from raftctl.errors import Forbidden, RaftctlError, Unavailable, ValidationError
 from raftctl.node.efficiency import MEMORY_METRIC
 from raftctl.node.http import REPLICA, body, encode, perm, read_mode, result_value
 from raftctl.statemachine import commands as c
+from raftctl.statemachine.records import spec_of
 
 
 def _own_machine(request: web.Request, machine: Any) -> str:
@@ -73,10 +74,7 @@ def _assignments(s: Any, machine: str) -> dict[str, Any]:
     out = []
     for p in s.machine_placements(machine):
         job = s.jobs.get(p["job"])
-        spec = None
-        if job is not None:
-            spec = next((v["spec"] for v in job["versions"] if v["version"] == p["version"]), None)
-        out.append({**p, "spec": spec})
+        out.append({**p, "spec": spec_of(job, p["version"]) if job is not None else None})
     m = s.machines.get(machine)
     return {"machine": m, "placements": out}
 
