@@ -381,14 +381,18 @@ class Nemesis:
             if isinstance(verified, dict) and verified.get("ok") is False:
                 raise nem.FaultNotVerified(f"{ev['kind']} not in effect: {verified}")
             _sleep_until(t0 + ev["at"] + ev["duration"])
+            # The fault ends when it is undone, not when the undo is verified (8-11 s of probes at load 20-25):
+            # recovery and convergence count from here.
+            lifted = now_ns()
             undone = self.undo(how)
-            self.record({"type": "end", "time": now_ns(), "kind": ev["kind"], "undone": undone,
-                         "target": done.get("target")})
+            self.record({"type": "end", "time": lifted, "verified_at": now_ns(), "kind": ev["kind"],
+                         "undone": undone, "target": done.get("target")})
             v = undone.get("verified") or undone.get("healed") or {}
             if v.get("ok") is False:
                 raise nem.FaultNotVerified(f"undoing {ev['kind']} did not take: {undone}")
 
     def heal_all(self) -> dict[str, Any]:
+        lifted = now_ns()
         healed = self.part.heal().to_json()
         for name, p in self.c.procs.items():
             if p.paused:
@@ -398,8 +402,8 @@ class Nemesis:
                 p.env = None if name in self.c.nodes else p.env
             if not p.alive():
                 p.start()
-        out = {"type": "heal", "time": now_ns(), "partition": healed,
-               "processes": {n: self._verify_process(n, "running") for n in self.c.procs}}
+        out = {"type": "heal", "time": lifted, "partition": healed,
+               "processes": {n: self._verify_process(n, "running") for n in self.c.procs}, "verified_at": now_ns()}
         self.record(out)
         return out
 

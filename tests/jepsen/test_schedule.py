@@ -1,6 +1,11 @@
 """The driver's seeded schedule and the workload's outcome rules (no root needed)."""
 from __future__ import annotations
 
+import json
+import time
+import types
+
+import nemesis as nem
 import run
 from workload import classify_write, register_value
 
@@ -50,3 +55,43 @@ def test_the_register_of_a_job_is_its_generation_or_none_when_dead() -> None:
     assert register_value("r0", job) == "1-5"
     assert register_value("s3", job) == 2
     assert register_value("r0", {**job, "status": "dead"}) is None
+
+
+class _Verified:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def to_json(self) -> dict:
+        return {"ok": True, "mismatches": [], "seconds": self.seconds}
+
+
+class _SlowProbes:
+    """A partitioner whose rules take effect at once and whose probes take `verify_s` to confirm it."""
+
+    def __init__(self, verify_s: float) -> None:
+        self.verify_s = verify_s
+
+    def apply(self, p):
+        class Applied:
+            def to_json(self_inner) -> dict:
+                return {"name": p.name, "verified": _Verified(0.0).to_json()}
+        return Applied()
+
+    def heal(self) -> _Verified:
+        time.sleep(self.verify_s)  # the rules are already gone; the probes are slow (a loaded machine)
+        return _Verified(self.verify_s)
+
+
+def test_a_fault_ends_when_it_is_undone_not_when_the_undo_is_verified(tmp_path) -> None:
+    cluster = types.SimpleNamespace(run_dir=str(tmp_path), nodes=["n1", "n2", "n3"], procs={})
+    faults = tmp_path / "faults.jsonl"
+    nemesis = run.Nemesis(cluster, _SlowProbes(0.4), str(faults))
+    ev = {"at": 0.0, "kind": "isolate", "duration": 0.1, "args": {},
+          "partition": nem.isolate("n1", ["n1", "n2", "n3"]).to_json()}
+    t0 = time.monotonic()
+    nemesis.run({"events": [ev]}, t0)
+    heal = nemesis.heal_all()
+    start, end = [json.loads(line) for line in faults.read_text().splitlines()][:2]
+    assert end["type"] == "end" and end["verified_at"] - end["time"] >= 0.35e9  # counted before the probes
+    assert end["time"] - start["time"] < 0.35e9
+    assert heal["verified_at"] - heal["time"] >= 0.35e9
