@@ -112,9 +112,15 @@ class Bed:
 
     @property
     def leader(self) -> Proc:
-        p = self.cluster.leader()
-        assert p is not None, "no leader"
-        return p
+        """The leader; a loaded machine may leave status answers late for a while, so ask for up to 60 s."""
+        deadline = time.monotonic() + 60
+        while True:
+            p = self.cluster.leader()
+            if p is not None:
+                return p
+            if time.monotonic() > deadline:
+                raise RuntimeError("no leader for 60 s")
+            time.sleep(0.5)
 
     def followers(self) -> list[Proc]:
         lead = self.leader
@@ -262,6 +268,15 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"bench": "scale", "machines": n, "replicas_per_machine": args.per_machine,
                            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count()}
     loads: dict[str, float] = {"start": round(os.getloadavg()[0], 2)}
+
+    def phase(name: str, fn: Callable[[], None]) -> None:
+        """One phase; a failure (a loaded machine can starve the replicas past any timeout) is recorded in the
+        row and the next phase still runs."""
+        try:
+            fn()
+        except Exception as exc:
+            log(f"phase {name} failed: {exc.__class__.__name__}: {exc}")
+            res.setdefault("failed", {})[name] = f"{exc.__class__.__name__}: {exc}"[:300]
     total = n * args.per_machine
     victims = max(1, n // 100)
     res["heartbeat_ceiling"] = heartbeat_ceiling(n, args.wrk_seconds)
@@ -346,6 +361,12 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             except Stalled as exc:
                 log(str(exc))
                 took = None
+                try:   # why the scheduler holds them, in its own words
+                    job = bed.call("GET", "/v1/jobs/s0")
+                    res["pending_reason"] = str(job.get("pending_reason") or job.get("status", {}).get("pending_reason"))[:300]
+                    log(f"job s0: pending_reason {res['pending_reason']}")
+                except Exception as exc2:
+                    log(f"job s0: {exc2}")
             cpu_place = cpu_s(lp) - c0
             el = took if took is not None else time.monotonic() - tp
             res["place"] = {"healthy_s": round(took, 2) if took is not None else None,
@@ -359,104 +380,116 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                           "follower_mib": round(psutil.Process(follower.pid).memory_info().rss / 2**20, 1)}
             log(f"place: {res['place']} rss {res['rss']}")
 
-            # 3. API p99 under the heartbeat + stats load
-            for i in range(args.api_clients):
-                bed.call("PUT", f"/v1/jobs/w{i}", {"name": f"w{i}", "image": "scale:1", "command": ["w"],
-                                                   "replicas": 0})
-            writes, reads = asyncio.run(api_under_load(bed, args.api_seconds, args.api_clients))
-            res["api"] = {"write_per_s": round(writes["writes_per_s"], 1), "write_p50_ms": writes["p50_ms"],
-                          "write_p99_ms": writes["p99_ms"], "write_errors": writes["errors"],
-                          "read_per_s": round(reads["per_s"], 1), "read_p50_ms": reads["p50_ms"],
-                          "read_p99_ms": reads["p99_ms"], "read_errors": reads["errors"],
-                          "load1": round(os.getloadavg()[0], 2)}
-            log(f"api: {res['api']}")
+            def api() -> None:
+                # 3. API p99 under the heartbeat + stats load
+                for i in range(args.api_clients):
+                    bed.call("PUT", f"/v1/jobs/w{i}", {"name": f"w{i}", "image": "scale:1", "command": ["w"],
+                                                       "replicas": 0})
+                writes, reads = asyncio.run(api_under_load(bed, args.api_seconds, args.api_clients))
+                res["api"] = {"write_per_s": round(writes["writes_per_s"], 1), "write_p50_ms": writes["p50_ms"],
+                              "write_p99_ms": writes["p99_ms"], "write_errors": writes["errors"],
+                              "read_per_s": round(reads["per_s"], 1), "read_p50_ms": reads["p50_ms"],
+                              "read_p99_ms": reads["p99_ms"], "read_errors": reads["errors"],
+                              "load1": round(os.getloadavg()[0], 2)}
+                log(f"api: {res['api']}")
 
-            # 4. snapshot: take (backup through the API) and the Raft snapshot file
-            ts = time.monotonic()
-            snap = bed.get(leader.url, "/v1/snapshot", timeout=120)
-            res["snapshot"] = {"take_s": round(time.monotonic() - ts, 3), "bytes": len(snap),
-                               "raft_dump_bytes_leader": dir_bytes(leader.data_dir, r"dump|snap")}
+            phase('api', api)
 
-            # 5. failover: freeze the 1 % process
-            victim = next(p for ident, _, p in bed.agents if ident == "v")
-            m = bed.metrics(follower.url)
-            want = counts(m, "raftctl_placements_by_state", health="healthy")   # what was healthy before the fault
-            ms0 = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
-            before_down = {mm["id"] for mm in ms0 if mm.get("status") == "down"}
-            frozen = {mm["id"] for mm in ms0 if mm["id"].startswith("v-")} - before_down
-            down_at: dict[str, float] = {}
-            healthy_again: dict[str, float] = {}
-            victim.send_signal(signal.SIGSTOP)
-            tf = time.monotonic()
+            def snapshot() -> None:
+                # 4. snapshot: take (backup through the API) and the Raft snapshot file
+                ts = time.monotonic()
+                snap = bed.get(leader.url, "/v1/snapshot", timeout=120)
+                res["snapshot"] = {"take_s": round(time.monotonic() - ts, 3), "bytes": len(snap),
+                                   "raft_dump_bytes_leader": dir_bytes(leader.data_dir, r"dump|snap")}
 
-            def failed_over() -> bool:
-                ms = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
-                now = time.monotonic() - tf
-                for mm in ms:
-                    if mm["id"] in frozen and mm.get("status") == "down":
-                        down_at.setdefault(mm["id"], now)
+            phase('snapshot', snapshot)
+
+            def failover() -> None:
+                # 5. failover: freeze the 1 % process
+                victim = next(p for ident, _, p in bed.agents if ident == "v")
                 m = bed.metrics(follower.url)
-                healthy = counts(m, "raftctl_placements_by_state", health="healthy")
-                if len(down_at) >= len(frozen) and healthy >= want and "t" not in healthy_again:
-                    healthy_again["t"] = now
-                return "t" in healthy_again
-            wait_for("failover", failed_over, 3.0 + 90, every=0.25)
-            down_all = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
-            wrongly = [mm["id"] for mm in down_all if mm.get("status") != "up" and not mm["id"].startswith("v-")
-                       and mm["id"] not in before_down]
-            times = sorted(down_at.values())
-            res["failover"] = {"victims": victims, "frozen_while_up": len(frozen), "ttl_s": 3.0,
-                               "declared_down": len(times),
-                               "down_p50_s": round(times[len(times) // 2], 2) if times else None,
-                               "down_p99_s": round(times[min(len(times) - 1, int(len(times) * 0.99))], 2)
-                               if times and len(times) == len(frozen) else None,
-                               "replaced_healthy_s": round(healthy_again["t"], 2) if "t" in healthy_again else None,
-                               "never_frozen_but_down": len(wrongly), "down_before": len(before_down),
-                               "load1": round(os.getloadavg()[0], 2)}
-            victim.send_signal(signal.SIGCONT)
-            log(f"failover: {res['failover']}")
+                want = counts(m, "raftctl_placements_by_state", health="healthy")   # what was healthy before the fault
+                ms0 = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
+                before_down = {mm["id"] for mm in ms0 if mm.get("status") == "down"}
+                frozen = {mm["id"] for mm in ms0 if mm["id"].startswith("v-")} - before_down
+                down_at: dict[str, float] = {}
+                healthy_again: dict[str, float] = {}
+                victim.send_signal(signal.SIGSTOP)
+                tf = time.monotonic()
 
-            # 6. a follower restarted after the leader compacted past it: catch up (install), then replay
-            fol = follower
-            stopped_at = bed.call("GET", "/v1/status", url=fol.url)["applied_index"]
-            bed.cluster.kill(fol, signal.SIGTERM)
-            fol_index = None
-            urls = [leader.url]
-            headers = {"Authorization": f"Bearer {bed.cluster.token()}", "Content-Type": "application/json"}
-            pushed, tw = 0, time.monotonic()
-            # writes until the leader's log no longer reaches back to the stopped follower's index (compacted):
-            # the commands are batched into entries, so count entries, not writes
-            while time.monotonic() - tw < 120:
+                def failed_over() -> bool:
+                    ms = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
+                    now = time.monotonic() - tf
+                    for mm in ms:
+                        if mm["id"] in frozen and mm.get("status") == "down":
+                            down_at.setdefault(mm["id"], now)
+                    m = bed.metrics(follower.url)
+                    healthy = counts(m, "raftctl_placements_by_state", health="healthy")
+                    if len(down_at) >= len(frozen) and healthy >= want and "t" not in healthy_again:
+                        healthy_again["t"] = now
+                    return "t" in healthy_again
+                wait_for("failover", failed_over, 3.0 + 90, every=0.25)
+                down_all = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
+                wrongly = [mm["id"] for mm in down_all if mm.get("status") != "up" and not mm["id"].startswith("v-")
+                           and mm["id"] not in before_down]
+                times = sorted(down_at.values())
+                res["failover"] = {"victims": victims, "frozen_while_up": len(frozen), "ttl_s": 3.0,
+                                   "declared_down": len(times),
+                                   "down_p50_s": round(times[len(times) // 2], 2) if times else None,
+                                   "down_p99_s": round(times[min(len(times) - 1, int(len(times) * 0.99))], 2)
+                                   if times and len(times) == len(frozen) else None,
+                                   "replaced_healthy_s": round(healthy_again["t"], 2) if "t" in healthy_again else None,
+                                   "never_frozen_but_down": len(wrongly), "down_before": len(before_down),
+                                   "load1": round(os.getloadavg()[0], 2)}
+                victim.send_signal(signal.SIGCONT)
+                log(f"failover: {res['failover']}")
+
+            phase('failover', failover)
+
+            def restart() -> None:
+                # 6. a follower restarted after the leader compacted past it: catch up (install), then replay
+                fol = follower
+                stopped_at = bed.call("GET", "/v1/status", url=fol.url)["applied_index"]
+                bed.cluster.kill(fol, signal.SIGTERM)
+                fol_index = None
+                urls = [leader.url]
+                headers = {"Authorization": f"Bearer {bed.cluster.token()}", "Content-Type": "application/json"}
+                pushed, tw = 0, time.monotonic()
+                # writes until the leader's log no longer reaches back to the stopped follower's index (compacted):
+                # the commands are batched into entries, so count entries, not writes
+                while time.monotonic() - tw < 120:
+                    st = bed.call("GET", "/v1/status")
+                    if st["commit_index"] - st["log_len"] > stopped_at + 1:
+                        break
+                    r = asyncio.run(http_load(urls, headers, lambda i, k: (f"/v1/jobs/w{i % args.api_clients}/scale",
+                                                                            {"replicas": 0}), 3.0, 4))
+                    pushed += r["samples"]
                 st = bed.call("GET", "/v1/status")
-                if st["commit_index"] - st["log_len"] > stopped_at + 1:
-                    break
-                r = asyncio.run(http_load(urls, headers, lambda i, k: (f"/v1/jobs/w{i % args.api_clients}/scale",
-                                                                        {"replicas": 0}), 3.0, 4))
-                pushed += r["samples"]
-            st = bed.call("GET", "/v1/status")
-            target = st["commit_index"]
-            res["restart"] = {"writes_while_down": pushed, "leader_log_len": st["log_len"], "commit_index": target,
-                              "follower_stopped_at": stopped_at,
-                              "compacted_past_it": st["commit_index"] - st["log_len"] > stopped_at + 1}
-            tc = time.monotonic()
-            bed.cluster.start_proc(fol)
+                target = st["commit_index"]
+                res["restart"] = {"writes_while_down": pushed, "leader_log_len": st["log_len"], "commit_index": target,
+                                  "follower_stopped_at": stopped_at,
+                                  "compacted_past_it": st["commit_index"] - st["log_len"] > stopped_at + 1}
+                tc = time.monotonic()
+                bed.cluster.start_proc(fol)
 
-            def caught_up() -> bool:
-                s = bed.call("GET", "/v1/status", url=fol.url)
-                nonlocal fol_index
-                fol_index = s.get("applied_index")
-                return bool(s.get("ready")) and (s.get("applied_index") or 0) >= target
-            took = wait_for("restarted follower caught up", caught_up, 180, every=0.2)
-            res["restart"]["catch_up_s"] = round(took, 2) if took is not None else None
-            res["restart"]["raft_dump_bytes_follower"] = dir_bytes(fol.data_dir, r"dump|snap")
-            bed.cluster.kill(fol, signal.SIGTERM)
-            tc = time.monotonic()
-            bed.cluster.start_proc(fol)
-            took = wait_for("restarted follower ready (replay)", caught_up, 180, every=0.2)
-            res["restart"]["replay_ready_s"] = round(took, 2) if took is not None else None
-            res["restart"]["load1"] = round(os.getloadavg()[0], 2)
-            del tc
-            log(f"restart: {res['restart']}")
+                def caught_up() -> bool:
+                    s = bed.call("GET", "/v1/status", url=fol.url)
+                    nonlocal fol_index
+                    fol_index = s.get("applied_index")
+                    return bool(s.get("ready")) and (s.get("applied_index") or 0) >= target
+                took = wait_for("restarted follower caught up", caught_up, 180, every=0.2)
+                res["restart"]["catch_up_s"] = round(took, 2) if took is not None else None
+                res["restart"]["raft_dump_bytes_follower"] = dir_bytes(fol.data_dir, r"dump|snap")
+                bed.cluster.kill(fol, signal.SIGTERM)
+                tc = time.monotonic()
+                bed.cluster.start_proc(fol)
+                took = wait_for("restarted follower ready (replay)", caught_up, 180, every=0.2)
+                res["restart"]["replay_ready_s"] = round(took, 2) if took is not None else None
+                res["restart"]["load1"] = round(os.getloadavg()[0], 2)
+                del tc
+                log(f"restart: {res['restart']}")
+            phase('restart', restart)
+
         finally:
             bed.stop()
     res["load1"] = loads
@@ -539,7 +572,7 @@ def main() -> None:
                     help="only the heartbeat ceiling (machines registered through the API, wrk), no agents")
     ap.add_argument("--stall", type=float, default=60.0, help="give up placing when healthy stops growing this long")
     ap.add_argument("--window", type=float, default=10.0, help="steady-state window (s)")
-    ap.add_argument("--place-timeout", type=float, default=600.0)
+    ap.add_argument("--place-timeout", type=float, default=300.0)
     ap.add_argument("--api-seconds", type=float, default=6.0)
     ap.add_argument("--api-clients", type=int, default=8)
     ap.add_argument("--compact-entries", type=int, default=500,
