@@ -21,6 +21,7 @@ from raftctl.statemachine import commands as c
 log = logging.getLogger("raftctl.scheduler")
 
 RESYNC_S = 5.0
+FAILED_PASS_PAUSE_S = 1.0   # before retrying a pass that raised
 
 # -- dry runs (POST /v1/jobs/{name}/plan): bounded work off the event loop ---------------------------------------
 # A dry run is pure computation on a worker thread of its own pool, never on the event loop. It answers within
@@ -136,6 +137,7 @@ class SchedulerLoop:
         self.passes = 0
         self.placed = 0
         self.rejected = 0
+        self.failed = 0
         self.last_pass_ms = 0.0
 
     async def run(self) -> None:
@@ -152,8 +154,15 @@ class SchedulerLoop:
             t0 = time.perf_counter()
             # the pure pass runs on a worker thread, never on the event loop; it is not abandoned (the leader
             # needs its plan) but offers the GIL to the loop as a dry run does
-            plan = await loop.run_in_executor(None, lambda: schedule(jobs, placements, machines, index=index,  # noqa: B023
-                                                                     now=int(time.time() * 1000), check=gil_offer()))
+            try:
+                plan = await loop.run_in_executor(None, lambda: schedule(jobs, placements, machines, index=index,  # noqa: B023
+                                                                         now=int(time.time() * 1000), check=gil_offer()))
+            except Exception:  # a bug (the pass is pure): say so and retry, never let the loop die unseen
+                log.exception("scheduler pass failed at index %d", index)
+                self.failed += 1
+                await asyncio.sleep(FAILED_PASS_PAUSE_S)
+                seen = -1
+                continue
             self.last_pass_ms = (time.perf_counter() - t0) * 1000
             self.passes += 1
             cmd = plan_command(plan, jobs, self.epoch)
@@ -176,5 +185,5 @@ class SchedulerLoop:
                 seen = -1  # recompute at once against the newer state
 
     def status(self) -> dict[str, Any]:
-        return {"passes": self.passes, "placed": self.placed, "rejected": self.rejected,
+        return {"passes": self.passes, "placed": self.placed, "rejected": self.rejected, "failed": self.failed,
                 "last_pass_ms": round(self.last_pass_ms, 2)}

@@ -93,7 +93,7 @@ class Repair:
         """Whether the machines in use are as few as the load allows (over the largest machine, per resource)."""
         need = 0
         for k in RESOURCES:
-            biggest = max(v.capacity[k] for v in self.views.values()) or 1
+            biggest = max((v.capacity[k] for v in self.views.values()), default=0) or 1
             need = max(need, math.ceil(sum(v.capacity[k] - v.free[k] for v in in_use) / biggest))
         return len(in_use) <= need
 
@@ -272,6 +272,8 @@ class Repair:
         return False
 
     def run(self) -> None:
+        if not self.plan.place:
+            return
         self.setup()
         while not self.spent():
             in_use = self.in_use()
