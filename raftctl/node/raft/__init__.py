@@ -81,12 +81,12 @@ _original_set_keepalive = TcpConnection.setSockoptKeepalive
 def _keepalive_and_user_timeout(conn: TcpConnection) -> None:
     """pysyncobj calls this on every Raft socket it creates or accepts."""
     _original_set_keepalive(conn)
-    sock = conn._TcpConnection__socket  # type: ignore[attr-defined]
+    sock = conn._TcpConnection__socket
     if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, RAFT_TCP_USER_TIMEOUT_MS)
 
 
-TcpConnection.setSockoptKeepalive = _keepalive_and_user_timeout  # type: ignore[method-assign]
+TcpConnection.setSockoptKeepalive = _keepalive_and_user_timeout
 
 
 def _raft_timing(text: str | None) -> tuple[float, float, float]:
@@ -223,7 +223,7 @@ class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
         it off the tick thread and off the event loop). Returns the new leader's address, or None when this
         node does not lead, has no connected voter, or ``timeout`` passed. The caller stops proposing first:
         entries proposed meanwhile delay the transfer (they must be committed and on the target first)."""
-        if not self._isLeader() or not self._SyncObj__otherNodes:  # type: ignore[attr-defined]
+        if not self._isLeader() or not self._SyncObj__otherNodes:
             return None
         job: dict[str, Any] = {"deadline": psyncobj.monotonicTime() + timeout, "done": threading.Event(),
                                "result": None, "target": None, "sent_at": None, "started": time.monotonic()}
@@ -255,15 +255,15 @@ class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
             return  # stepped down: wait to hear who leads
         if job["sent_at"] is not None and now - job["sent_at"] < self.TRANSFER_RESEND_S:
             return
-        match = self._SyncObj__raftMatchIndex  # type: ignore[attr-defined]
-        target = choose_target(self._SyncObj__otherNodes, self._SyncObj__connectedNodes, match)  # type: ignore[attr-defined]
+        match = self._SyncObj__raftMatchIndex
+        target = choose_target(self._SyncObj__otherNodes, self._SyncObj__connectedNodes, match)
         if target is None:  # nobody to hand over to (the whole cluster stopping): do not wait for the deadline
             log.info("leadership transfer: no connected voter; stopping without one")
             job["done"].set()
             return
         job["target"] = node_key(target)
-        if ready_to_ask(target, match, self._SyncObj__raftLog[-1][1], self._SyncObj__raftCommitIndex,  # type: ignore[attr-defined]
-                        self._SyncObj__raftLastApplied):  # type: ignore[attr-defined]
+        if ready_to_ask(target, match, self._SyncObj__raftLog[-1][1], self._SyncObj__raftCommitIndex,
+                        self._SyncObj__raftLastApplied):
             log.info("transferring leadership to %s (match %d)", job["target"], match.get(target, 0))
             self.transferLeadership(target)
             job["sent_at"] = now
@@ -310,8 +310,8 @@ class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
         # Restoring a big state at a start holds the tick thread for seconds (100,000 placements: 2.0-2.6 s);
         # it counts as hearing from the leader, or this follower would start an election the moment it
         # returns (the election check runs first in a tick).
-        self._SyncObj__raftElectionDeadline = (  # type: ignore[attr-defined]
-            psyncobj.monotonicTime() + self._SyncObj__generateRaftTimeout())  # type: ignore[attr-defined]
+        self._SyncObj__raftElectionDeadline = (
+            psyncobj.monotonicTime() + self._SyncObj__generateRaftTimeout())
         try:
             self._on_applied()
         except Exception:
@@ -321,9 +321,9 @@ class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 (pysyncobj's names)
         # pysyncobj loads the snapshot at the first tick only if os.path.isfile() finds it; a simulated
         # disk's file is not on the real file system, so load it here the same way.
-        if (self._SyncObj__needLoadDumpFile and self._SyncObj__transport.ready  # type: ignore[attr-defined]
+        if (self._SyncObj__needLoadDumpFile and self._SyncObj__transport.ready
                 and not os.path.isfile(self._snapshots.path) and self._snapshots.exists()):
-            self._SyncObj__loadDumpFile(clearJournal=False)  # type: ignore[attr-defined]
+            self._SyncObj__loadDumpFile(clearJournal=False)
             self._SyncObj__needLoadDumpFile = False
         super()._onTick(timeToWait)
 
@@ -364,18 +364,20 @@ class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
         for _ in range(50):
             term = self.raftCurrentTerm
             st = self.getStatus()
-            voted = self._SyncObj__votedForNodeId  # type: ignore[attr-defined]
+            voted = self._SyncObj__votedForNodeId
             if st.get("raft_term") == term == self.raftCurrentTerm and (st.get("state") != 2 or voted == me):
                 break
             time.sleep(0.002)
         return RaftNode._status_view(st)
+
+    ROLE_NAMES: dict[Any, str] = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj's _RAFT_STATE
 
     @staticmethod
     def _status_view(st: dict[str, Any]) -> dict[str, Any]:
         leader = st.get("leader")
         return {
             "self": str(st.get("self")),
-            "state": {0: "follower", 1: "candidate", 2: "leader"}.get(st.get("state"), str(st.get("state"))),
+            "state": RaftNode.ROLE_NAMES.get(st.get("state"), str(st.get("state"))),
             "leader": str(leader) if leader is not None else None,
             "term": st.get("raft_term"),
             "commit_index": st.get("commit_idx"),

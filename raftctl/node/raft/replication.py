@@ -96,9 +96,9 @@ class ReplicationFixes:
     _snapshot_skip: bool             # the one being received is not to be installed
 
     if TYPE_CHECKING:
-        # What SyncObj (untyped, so Any to mypy) gives the mixin: the one typed list of pysyncobj's private
-        # names used here. compat.py asserts the same names exist at import (SYNCOBJ_ATTRIBUTES/METHODS);
-        # test_raft_replication checks the two lists agree.
+        # What SyncObj (untyped, so Any to mypy) gives the mixin and RaftNode: the one typed list of pysyncobj's
+        # private names raftctl uses. compat.py asserts the same names exist at import (SYNCOBJ_ATTRIBUTES,
+        # SYNCOBJ_METHODS); test_raft_replication checks the two lists agree.
         _SyncObj__raftLog: Any                       # the journal: entries (command, index, term)
         _SyncObj__raftCurrentTerm: int
         _SyncObj__raftState: int                     # _RAFT_STATE
@@ -120,6 +120,8 @@ class ReplicationFixes:
         _SyncObj__connectedNodes: set[Any]
         _SyncObj__newAppendEntriesTime: float
         _SyncObj__selfNode: Any
+        _SyncObj__votedForNodeId: Any                # (__init__.py: raft_status)
+        _SyncObj__needLoadDumpFile: bool             # (__init__.py: _onTick)
 
         def _SyncObj__generateRaftTimeout(self) -> float: ...
         def _SyncObj__onLeaderChanged(self) -> None: ...
