@@ -11,7 +11,7 @@ from aiohttp import web
 from raftctl.errors import NotFound, RaftctlError, Unauthorized, Unavailable, ValidationError
 from raftctl.node import agent_api, auth, blobs, efficiency, members, metrics, openapi, snapshot, ui, views
 from raftctl.node.http import (BODY_LIMIT, DISCOVERY_CACHE, REPLICA, STREAMED_BODIES, Handler, body, encode,
-                               forward_to_leader, perm, read_mode, request_id, result_value)
+                               after_proxy, forward_to_leader, perm, read_mode, request_id, result_value)
 from raftctl.node.scheduling import run_plan
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import resolve_image
@@ -71,6 +71,7 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
                     return forwarded
         return await handler(request)
     except RaftctlError as exc:
+        exc = after_proxy(request, exc)
         return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
     except web.HTTPException as exc:
         if exc.status < 400:

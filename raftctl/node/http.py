@@ -11,12 +11,13 @@ import re
 import uuid
 from typing import Any, Awaitable, Callable
 
+import aiohttp
 import cbor2
 from aiohttp import web
 
 from raftctl import gate
 from raftctl.aio import unless
-from raftctl.errors import RaftctlError, ValidationError
+from raftctl.errors import OutcomeUnknown, RaftctlError, Unavailable, ValidationError
 from raftctl.statemachine.apply import Result
 from raftctl.statemachine.units import parse_duration
 
@@ -145,9 +146,27 @@ async def forward_to_leader(request: web.Request) -> web.Response | None:
     sent = await unless(proxy(), moved.wait())
     if sent is None:
         log.info("leader moved away from %s while a request was proxied to it; handling it here", rs["leader"])
+        request[PROXIED_TO] = leader_api
         return None
     exc = sent.exception()
     if exc is not None:  # the leader is unreachable from here: let pysyncobj route it
         log.info("forward to leader %s failed (%s); proposing locally", leader_api, exc)
+        if not isinstance(exc, aiohttp.ClientConnectorError):  # past the connect, the leader may have it
+            request[PROXIED_TO] = leader_api
         return None
     return sent.result()
+
+
+PROXIED_TO = "proxied_to"
+"""Request key: the leader API a write was proxied to without an answer before it was handled here."""
+
+
+def after_proxy(request: Any, exc: RaftctlError) -> RaftctlError:
+    """The error to answer for a write handled here after its proxied copy went unanswered: "not applied"
+    (503 unavailable) is true of the local attempt only, the leader may have applied the proxied copy (the
+    request id makes a retry safe), so it is an unknown outcome. Other errors pass through."""
+    leader_api = request.get(PROXIED_TO)
+    if leader_api is None or not isinstance(exc, Unavailable) or isinstance(exc, OutcomeUnknown):
+        return exc
+    return OutcomeUnknown(f"the write was sent to the leader at {leader_api}, which did not answer, and then {exc}; "
+                          "the leader may have applied it (retry with the same request id is safe)")
