@@ -8,7 +8,6 @@ the log. Jobs that name the image store its digest when they are submitted.
 from __future__ import annotations
 
 import os
-import re
 import tarfile
 import tempfile
 import urllib.parse
@@ -21,13 +20,12 @@ from raftctl.cli.base import client
 from raftctl.cli.output import emit
 from raftctl.client import Client
 from raftctl.errors import ValidationError
+from raftctl.statemachine.records import IMAGE_NAME_RE
 
-# the same rule as the state machine's PutImage (name:tag)
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,127}:[A-Za-z0-9._-]{1,64}$")
 
 
 def check_name(name: str, field: str = "--name") -> str:
-    if not NAME_RE.match(name):
+    if not IMAGE_NAME_RE.match(name):  # the state machine's PutImage rule (name:tag)
         raise ValidationError(f"{name!r} is not an image name like web:1 (lower-case name, a colon, a tag)",
                               field=field)
     return name

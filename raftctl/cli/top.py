@@ -9,9 +9,8 @@ import click
 
 from raftctl.cli.base import client, output, structured
 from raftctl.cli.output import dump
+from raftctl.statemachine.records import LEVELS
 from raftctl.statemachine.units import format_cpu, format_size
-
-LEVELS = ("region", "zone", "rack")
 
 
 def _cpu(v: float) -> str:

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from raftctl.errors import ValidationError
-
-LEVELS = ("region", "zone", "rack")  # widest first
+from raftctl.statemachine.records import LEVELS  # widest first
 
 
 def parse_near(value: str) -> dict[str, str]:
