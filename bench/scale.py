@@ -76,10 +76,10 @@ def raise_fd_limit() -> None:
 class Bed:
     """A LocalCluster plus agent processes; every helper reads through urllib with the admin token."""
 
-    def __init__(self, directory: str, compact_entries: int) -> None:
+    def __init__(self, directory: str, compact_entries: int, ttl: str = "3s") -> None:
         self.cluster = LocalCluster(directory, replicas=3, log_level="warning")
         for p in self.cluster.servers:
-            p.extra_args = ["--compact-entries", str(compact_entries)]
+            p.extra_args = ["--compact-entries", str(compact_entries), "--heartbeat-ttl", ttl]
         self.agents: list[tuple[str, int, subprocess.Popen]] = []   # (id, count, process)
         self.dir = directory
 
@@ -230,7 +230,7 @@ def heartbeat_ceiling(n: int, seconds: int) -> dict[str, Any] | None:
     heartbeats round-robin over them to the leader. Heartbeats/s at the ceiling is the number of machines a
     leader could hold at a 1 s interval if it did nothing else; leader CPU / heartbeats is the cost of one."""
     with tempfile.TemporaryDirectory(prefix="bench-scale-hb-") as d:
-        bed = Bed(d, 20000)
+        bed = Bed(d, 20000, ttl="1h")   # registering N takes longer than a 3 s TTL: nobody may go down meanwhile
         try:
             bed.cluster.start(timeout=60)
             leader = bed.leader
@@ -564,7 +564,7 @@ def newest_rows() -> list[dict[str, Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="300", help="comma-separated machine counts, e.g. 1000,3000,10000")
+    ap.add_argument("--sizes", default="100", help="comma-separated machine counts, e.g. 1000,3000,10000")
     ap.add_argument("--per-machine", type=int, default=10, help="replicas per machine")
     ap.add_argument("--per-process", type=int, default=500, help="simulated machines per agent process")
     ap.add_argument("--wrk-seconds", type=int, default=5, help="the heartbeat-ceiling run (wrk)")
