@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DIR ?= .raftctl-dev
 
-.PHONY: deps system-deps up test test-fast bench bench-deps jepsen clean
+.PHONY: deps system-deps up lint test test-fast bench bench-deps jepsen clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -42,7 +42,13 @@ system-deps:
 up: deps
 	$(BIN)/raftctl up --dir $(DIR)
 
-test: deps
+# lint (ruff: pyflakes, pycodestyle errors, bugbear) and types (mypy; strict on statemachine/ and scheduler/),
+# configured in pyproject.toml; then the suite
+lint: deps
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # What the benchmarks compare against: etcd 3.4 (bench/raft_commit.py) and wrk, the C load generator
