@@ -245,10 +245,17 @@ def heartbeat_ceiling(n: int, seconds: int) -> dict[str, Any] | None:
                         body = {"machine": f"h-{i:05d}", "address": "127.0.0.1", "fault_domain": {"zone": "z"},
                                 "labels": {}, "resources": {"cpu": 1100, "memory": 11 << 30, "pids": 4096},
                                 "ports": [20000, 20099], "runtime": "sim"}
-                        async with sem, s.post(leader.url + "/v1/agent/register", json=body) as r:
-                            assert r.status == 200, await r.text()
+                        for attempt in range(6):   # registering is idempotent: an unknown outcome is tried again
+                            async with sem, s.post(leader.url + "/v1/agent/register", json=body) as r:
+                                if r.status == 200:
+                                    return
+                                text = await r.text()
+                                if r.status != 503 or attempt == 5:
+                                    raise RuntimeError(f"register h-{i:05d}: {r.status} {text[:200]}")
+                            await asyncio.sleep(0.5 * (attempt + 1))
                     await asyncio.gather(*(one(i) for i in range(n)))
             asyncio.run(register())
+            leader = bed.leader   # registering 10,000 machines on a loaded machine may outlast a leadership
             lp = psutil.Process(leader.pid)
             c0, t0 = cpu_s(lp), time.monotonic()
             out = wrk_load([leader.url], headers, lambda i, k: ("/v1/agent/heartbeat", {"machine": f"h-{i:05d}"}),
