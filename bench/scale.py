@@ -256,6 +256,16 @@ def heartbeat_ceiling(n: int, seconds: int) -> dict[str, Any] | None:
                     await asyncio.gather(*(one(i) for i in range(n)))
             asyncio.run(register())
             leader = bed.leader   # registering 10,000 machines on a loaded machine may outlast a leadership
+
+            async def probe() -> list[str]:   # what one heartbeat answers before wrk sends thousands
+                async with aiohttp.ClientSession(headers=headers) as s:
+                    out = []
+                    for i in (0, n - 1):
+                        async with s.post(leader.url + "/v1/agent/heartbeat", json={"machine": f"h-{i:05d}"}) as r:
+                            out.append(f"h-{i:05d}: {r.status} {(await r.text())[:160]}")
+                    return out
+            probes = asyncio.run(probe())
+            log(f"heartbeat probes: {probes}")
             lp = psutil.Process(leader.pid)
             c0, t0 = cpu_s(lp), time.monotonic()
             out = wrk_load([leader.url], headers, lambda i, k: ("/v1/agent/heartbeat", {"machine": f"h-{i:05d}"}),
@@ -266,7 +276,7 @@ def heartbeat_ceiling(n: int, seconds: int) -> dict[str, Any] | None:
     if not out:
         return None
     return {"heartbeats_per_s": round(out["writes_per_s"], 1), "p50_ms": out["p50_ms"], "p99_ms": out["p99_ms"],
-            "non_2xx": out["non_2xx"], "leader_cores": round(cores, 3),
+            "non_2xx": out["non_2xx"], "probes": probes, "leader_cores": round(cores, 3),
             "leader_cpu_us_per_heartbeat": round(cores / out["writes_per_s"] * 1e6, 1) if out["writes_per_s"] else None,
             "load1": round(os.getloadavg()[0], 2)}
 
