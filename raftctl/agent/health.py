@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable
 
 from raftctl.agent.runtime.base import ContainerSpec, Driver
 from raftctl.clock import SYSTEM
+from raftctl.statemachine.records import HealthState
 
 log = logging.getLogger("raftctl.agent.health")
 Probe = Callable[[], Awaitable[bool]]
@@ -42,7 +43,7 @@ class HealthTracker:
     failures once the start grace is over (failures inside the grace do not count)."""
     policy: HealthPolicy
     started_at: float
-    status: str = "unknown"
+    status: HealthState = "unknown"
     consecutive_failures: int = 0
     next_at: float = 0.0
 
@@ -55,7 +56,7 @@ class HealthTracker:
     def in_grace(self, now: float) -> bool:
         return now - self.started_at < self.policy.grace_s
 
-    def record(self, ok: bool, now: float) -> str | None:
+    def record(self, ok: bool, now: float) -> HealthState | None:
         """Feed one probe result; return the new status if it changed."""
         self.next_at = now + self.policy.interval_s
         old = self.status
@@ -133,7 +134,7 @@ def probe_for(policy: HealthPolicy, driver: Driver, id: str, addr: str, ports: d
 class HealthMonitor:
     """One container's checks on an injected clock, calling ``on_change(status)`` once per transition."""
 
-    def __init__(self, policy: HealthPolicy, probe: Probe, on_change: Callable[[str], Any], *,
+    def __init__(self, policy: HealthPolicy, probe: Probe, on_change: Callable[[HealthState], Any], *,
                  started_at: float | None = None, clock: Callable[[], float] = SYSTEM.monotonic) -> None:
         self.policy = policy
         self.probe = probe
@@ -141,7 +142,7 @@ class HealthMonitor:
         self.clock = clock
         self.tracker = HealthTracker(policy, clock() if started_at is None else started_at)
 
-    async def check_once(self) -> str | None:
+    async def check_once(self) -> HealthState | None:
         """Probe now; the next check is due one interval after this one began. A probe that raises failed."""
         began = self.clock()
         try:

@@ -33,15 +33,19 @@ from raftctl.agent.runtime.base import ContainerSpec, Driver, ImageNotPushed, Ob
 from raftctl.agent.runtime.sim import SimDriver
 from raftctl.agent.stats import StatsPass
 from raftctl.agent.stopping import Stopper
-from raftctl.agent.supervisor import DriverTimeout, Report, Supervised, Supervisor
+from raftctl.agent.supervisor import DriverTimeout, Supervised, Supervisor, update
 from raftctl.agent.supervisor import call_driver as _call
 from raftctl.aio import unless
 from raftctl.clock import SYSTEM, Clock
 from raftctl.errors import Forbidden, RaftctlError, Unauthorized
+from raftctl.statemachine.records import Report, ReportUpdate, to_wire
 
 log = logging.getLogger("raftctl.agent")
 
-__all__ = ["Agent", "DriverTimeout", "Report", "Supervised", "run_agent", "run_agents"]
+__all__ = ["Agent", "DriverTimeout", "Supervised", "run_agent", "run_agents"]
+
+REPORT_CHUNK = 1000
+"""Most updates one POST /v1/agent/report carries (records.Report's bound: the API refuses a longer body)."""
 
 
 class Agent:
@@ -52,7 +56,7 @@ class Agent:
         self.rng = rng or random.Random()
         self.clock: Clock = clock or SYSTEM   # every loop's, supervisor's and stop's time
         self.containers: dict[str, Supervised] = {}
-        self.reports: list[Report] = []
+        self.reports: list[ReportUpdate] = []   # transitions not delivered yet, oldest first
         self._report_wake = asyncio.Event()
         self.control: ControlClient | None = None
         self.index = 0
@@ -208,7 +212,7 @@ class Agent:
                 self.stopper.retry(cid, by_id.get(cid))
             if report:
                 for pid in actions.report_stopped:
-                    self._report(Report(pid, "stopped", reason="not running on this machine"))
+                    self._report(update(pid, "stopped", reason="not running on this machine"))
 
     async def _observe(self) -> set[str] | None:
         """The containers the driver holds (running or not); None if it did not answer in time."""
@@ -255,27 +259,34 @@ class Agent:
                                    {"machine": self.cfg.machine, "stats": stats})
 
     # -- reports -------------------------------------------------------------
-    def _report(self, r: Report) -> None:
+    def _report(self, r: ReportUpdate) -> None:
         self.reports.append(r)
         self._report_wake.set()
 
     async def _report_loop(self) -> None:
+        """Deliver the pending transitions in order, at most ``REPORT_CHUNK`` per request; a chunk that was not
+        delivered goes back ahead of the rest and is sent again after a pause."""
         while True:
             await self._report_wake.wait()
             self._report_wake.clear()
-            batch, self.reports = self.reports, []
-            if not batch:
-                continue
-            body = {"machine": self.cfg.machine, "updates": [r.__dict__ for r in batch]}
-            try:
-                await self.control.request("POST", "/v1/agent/report", body)  # type: ignore[union-attr]
-            except (Unauthorized, Forbidden):
-                raise
-            except Exception as exc:
-                log.info("report failed (%s); will retry", exc)
-                self.reports = batch + self.reports
-                await self.clock.sleep(0.5)
-                self._report_wake.set()
+            while self.reports:
+                batch, self.reports = self.reports[:REPORT_CHUNK], self.reports[REPORT_CHUNK:]
+                body = to_wire(Report(machine=self.cfg.machine, updates=tuple(batch)))
+                try:
+                    await self.control.request("POST", "/v1/agent/report", body)  # type: ignore[union-attr]
+                except (Unauthorized, Forbidden):
+                    raise
+                except Exception as exc:
+                    if isinstance(exc, RaftctlError) and 400 <= (exc.http_status or 0) < 500:
+                        # refused for what it holds (a bug, never a fault): sent again it would be refused again
+                        # and hold back every later transition
+                        log.error("report of %d updates refused (%s); dropped", len(batch), exc)
+                        continue
+                    log.info("report failed (%s); will retry", exc)
+                    self.reports = batch + self.reports
+                    await self.clock.sleep(0.5)
+                    self._report_wake.set()
+                    break
 
 
 async def run_agent(cfg: AgentConfig, driver: Driver) -> None:

@@ -21,9 +21,10 @@ from typing import Any, Callable
 
 from raftctl.agent.converge import StopInFlight
 from raftctl.agent.runtime.base import Driver, Observed, RuntimeError_
-from raftctl.agent.supervisor import DRIVER_CALL_S, Report, Supervised
+from raftctl.agent.supervisor import DRIVER_CALL_S, Supervised, update
 from raftctl.agent.supervisor import call_driver as _call
 from raftctl.clock import Clock
+from raftctl.statemachine.records import ReportUpdate
 
 log = logging.getLogger("raftctl.agent")
 
@@ -54,7 +55,7 @@ class Stopper:
     """The stops of one agent: ``containers`` is the agent's own map of supervised containers (a stop that
     succeeded removes its entry); ``report`` takes the "stopped" reports."""
 
-    def __init__(self, driver: Driver, containers: dict[str, Supervised], report: Callable[[Report], None],
+    def __init__(self, driver: Driver, containers: dict[str, Supervised], report: Callable[[ReportUpdate], None],
                  clock: Clock, *, grace_s: float = STOP_GRACE_S, slack_s: float = STOP_SLACK_S) -> None:
         self.driver = driver
         self.containers = containers
@@ -133,7 +134,7 @@ class Stopper:
         if self.containers.get(cid) is sup:
             self.containers.pop(cid, None)
         if placement is not None:
-            self.report(Report(cid, "stopped", reason=placement.get("reason") or "stopped"))
+            self.report(update(cid, "stopped", reason=placement.get("reason") or "stopped"))
 
     @staticmethod
     async def _end_supervision(cid: str, sup: Supervised) -> None:

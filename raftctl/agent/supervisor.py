@@ -11,12 +11,13 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 from raftctl.agent.backoff import Backoff, should_restart
 from raftctl.agent.health import HealthMonitor, HealthPolicy, Probe, probe_for
 from raftctl.agent.runtime.base import ContainerSpec, Driver, Observed, RuntimeError_
 from raftctl.clock import SYSTEM, Clock
+from raftctl.statemachine.records import HealthState, PlacementState, ReportUpdate
 from raftctl.statemachine.spec import runtime_restart
 
 log = logging.getLogger("raftctl.agent")
@@ -35,13 +36,14 @@ class Metrics(Protocol):
     def health_checked(self, kind: str, ok: bool, seconds: float) -> None: ...
 
 
-@dataclass
-class Report:
-    placement: str
-    state: str
-    health: str = ""
-    exit_code: int | None = None
-    reason: str = ""
+REASON_MAX = 300       # records.ReportUpdate.reason's bound: a longer reason would have the whole report refused
+
+
+def update(placement: str, state: PlacementState, *, health: HealthState | Literal[""] = "",
+           exit_code: int | None = None, reason: str = "") -> ReportUpdate:
+    """One observed transition, as the record the agent reports (the reason cut to what the record holds)."""
+    return ReportUpdate(placement=placement, state=state, health=health, exit_code=exit_code,
+                        reason=reason[:REASON_MAX])
 
 
 @dataclass
@@ -80,7 +82,7 @@ class Supervisor:
     ``container_spec(placement)`` builds the driver's spec (on a worker thread: it may pull an image);
     ``host`` is where http/tcp checks of a host-network container go."""
 
-    def __init__(self, sup: Supervised, driver: Driver, *, report: Callable[[Report], None], metrics: Metrics,
+    def __init__(self, sup: Supervised, driver: Driver, *, report: Callable[[ReportUpdate], None], metrics: Metrics,
                  container_spec: Callable[[dict[str, Any]], ContainerSpec], host: str,
                  clock: Clock | None = None, rng: random.Random | None = None) -> None:
         self.sup = sup
@@ -107,14 +109,14 @@ class Supervisor:
                         return
                 except Exception as exc:
                     log.warning("container %s failed to start: %s", cid, exc)
-                    self.report(Report(cid, "exited", exit_code=None, reason=f"start failed: {exc}"[:300]))
+                    self.report(update(cid, "exited", exit_code=None, reason=f"start failed: {exc}"))
                     if not should_restart(restart["policy"], None):
                         return
                     await self.clock.sleep(jittered(backoff.on_exit(self.clock.monotonic()), self.rng))
                     continue
             adopted = False
             backoff.on_start(self.clock.monotonic())
-            self.report(Report(cid, "running", health="healthy" if not spec.get("health") else "unknown"))
+            self.report(update(cid, "running", health="healthy" if not spec.get("health") else "unknown"))
             sup.state, sup.health = "running", "unknown"
             obs = await self._watch()
             if sup.stopping:
@@ -122,7 +124,7 @@ class Supervisor:
             oom = obs.state == "oom_killed"
             sup.state = "oom_killed" if oom else "exited"
             self.metrics.exited(p["job"], oom=oom)
-            self.report(Report(cid, sup.state, exit_code=obs.exit_code, reason=obs.reason or ""))
+            self.report(update(cid, "oom_killed" if oom else "exited", exit_code=obs.exit_code, reason=obs.reason or ""))
             if not should_restart(restart["policy"], obs.exit_code, oom_killed=oom):
                 return
             delay = backoff.on_exit(self.clock.monotonic())
@@ -134,7 +136,7 @@ class Supervisor:
         """Create and start the container; False if a stop came first (the supervisor then ends)."""
         sup, p = self.sup, self.sup.placement
         cid = p["id"]
-        self.report(Report(cid, "starting"))
+        self.report(update(cid, "starting"))
         # A stop waits for this block: a stop that ran beside it would find nothing to stop and the start
         # would then leave the container running, supervised by no one.
         async with sup.start_lock:
@@ -180,9 +182,9 @@ class Supervisor:
                     return obs   # its end is reported "exited" (or "oom_killed"), whatever status says now
             await self.clock.sleep(POLL_S if monitor is None else min(0.25, monitor.policy.interval_s))
 
-    def _health_changed(self, status: str) -> None:
+    def _health_changed(self, status: HealthState) -> None:
         self.sup.health = status
-        self.report(Report(self.sup.placement["id"], "running", health=status))
+        self.report(update(self.sup.placement["id"], "running", health=status))
 
     def _probe(self, policy: HealthPolicy) -> Probe:
         p = self.sup.placement

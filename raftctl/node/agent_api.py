@@ -12,7 +12,7 @@ from raftctl.errors import Forbidden, RaftctlError, Unavailable, ValidationError
 from raftctl.node.efficiency import MEMORY_METRIC
 from raftctl.node.http import REPLICA, body, encode, perm, read_mode, result_value
 from raftctl.statemachine import commands as c
-from raftctl.statemachine.records import spec_of
+from raftctl.statemachine.records import Report, from_wire, spec_of
 
 
 def _own_machine(request: web.Request, machine: Any) -> str:
@@ -92,19 +92,14 @@ async def assignments(request: web.Request) -> web.Response:
 async def report(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     data = await body(request)
-    if not isinstance(data, dict) or not isinstance(data.get("updates"), list):
-        raise ValidationError("body must be {machine, updates: [...]}", field="updates")
-    machine = _own_machine(request, data.get("machine"))
-    cmds = []
-    for i, u in enumerate(data["updates"][:1000]):
-        if not isinstance(u, dict):
-            raise ValidationError("each update is an object", field=f"updates[{i}]")
-        code = u.get("exit_code")
-        if code is not None and (not isinstance(code, int) or isinstance(code, bool)):
-            raise ValidationError("exit_code must be an integer", field=f"updates[{i}].exit_code")
-        cmds.append(c.PlacementUpdate(placement=str(u.get("placement", "")), machine=machine,
-                                      state=str(u.get("state", "")), health=str(u.get("health", "")),
-                                      exit_code=code, reason=str(u.get("reason", ""))[:300]))
+    if not isinstance(data, dict):
+        raise ValidationError("body must be {machine, updates: [...]}", field="body")
+    # The one check of a report: its record (types, states, at most 1000 updates, reasons of at most 300
+    # characters, no unknown field); a refusal names the field (updates[3].state). apply checks the rest.
+    rep = from_wire(Report, data)
+    machine = _own_machine(request, rep.machine)
+    cmds = [c.PlacementUpdate(placement=u.placement, machine=machine, state=u.state, health=u.health,
+                              exit_code=u.exit_code, reason=u.reason) for u in rep.updates]
     results = await asyncio.gather(*(replica.propose(cmd) for cmd in cmds), return_exceptions=True)
     out = []
     unsure: Unavailable | None = None

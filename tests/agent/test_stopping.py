@@ -17,7 +17,8 @@ from raftctl.agent import converge
 from raftctl.agent.converge import StopInFlight
 from raftctl.agent.runtime.base import Observed
 from raftctl.agent.stopping import STOP_GRACE_S, STOP_SLACK_S, Stopper
-from raftctl.agent.supervisor import Report, Supervised
+from raftctl.agent.supervisor import Supervised
+from raftctl.statemachine.records import ReportUpdate
 from raftctl.clock import FakeClock
 
 HOOK = {"exec": ["drain", "--now"], "timeout_ms": 3000}
@@ -67,7 +68,7 @@ def placement(pid: str = "w-1", desired: str = "stop", hook: bool = True, reason
     return p
 
 
-def setup(state: str = "running", **kw: Any) -> tuple[Stopper, Driver, FakeClock, list[Report], Supervised]:
+def setup(state: str = "running", **kw: Any) -> tuple[Stopper, Driver, FakeClock, list[ReportUpdate], Supervised]:
     d, clock, reports = Driver(), FakeClock(), []  # type: ignore[var-annotated]
     sup = Supervised(placement=placement(desired="run", **kw), state=state)
     stopper = Stopper(d, {"w-1": sup}, reports.append, clock)  # type: ignore[arg-type]
@@ -85,7 +86,7 @@ async def test_the_first_stop_runs_the_hook_then_sigterm_with_the_grace_then_rem
     await finish(stopper)
     assert d.calls == [("exec", "w-1", ["drain", "--now"], 3.0), ("stop", "w-1", STOP_GRACE_S),
                        ("remove", "w-1"), ("status", "w-1")]
-    assert reports == [Report("w-1", "stopped", reason="drained")]
+    assert reports == [ReportUpdate(placement="w-1", state="stopped", reason="drained")]
     assert stopper.attempts == {} and stopper.containers == {} and stopper.retries == 0
     await asyncio.sleep(0)
     assert sup.stopping and sup.task.cancelled()
@@ -96,7 +97,7 @@ async def test_the_hook_runs_only_for_a_running_container_and_the_report_says_st
     stopper.stop("w-1", placement())
     await finish(stopper)
     assert [c[0] for c in d.calls] == ["stop", "remove", "status"]
-    assert reports == [Report("w-1", "stopped", reason="stopped")]
+    assert reports == [ReportUpdate(placement="w-1", state="stopped", reason="stopped")]
 
 
 async def test_the_hook_comes_from_the_supervised_placement_when_the_assignment_has_none():
@@ -144,7 +145,7 @@ async def test_a_hung_stop_is_abandoned_and_retried_with_sigkill_without_the_hoo
     await finish(stopper)
     assert ("kill", "w-1", signal.SIGKILL) in d.calls and ("stop", "w-1", 1.0) in d.calls
     assert not any(c[0] == "exec" for c in d.calls)
-    assert reports[-1] == Report("w-1", "stopped", reason="stopped") and stopper.attempts == {}
+    assert reports[-1] == ReportUpdate(placement="w-1", state="stopped", reason="stopped") and stopper.attempts == {}
 
 
 async def test_a_failed_stop_stays_recorded_and_the_next_pass_escalates():
@@ -161,7 +162,7 @@ async def test_a_failed_stop_stays_recorded_and_the_next_pass_escalates():
     stopper.stop("w-1", placement())
     await finish(stopper)
     assert [c[0] for c in d.calls] == ["kill", "stop", "remove", "status"] and stopper.retries == 1
-    assert reports == [Report("w-1", "stopped", reason="stopped")] and stopper.containers == {}
+    assert reports == [ReportUpdate(placement="w-1", state="stopped", reason="stopped")] and stopper.containers == {}
 
 
 async def test_a_container_still_running_after_stop_and_remove_is_not_reported_stopped():

@@ -13,7 +13,8 @@ from typing import Any, Callable
 import pytest
 
 from raftctl.agent.runtime.base import ContainerSpec, Observed
-from raftctl.agent.supervisor import Report, Supervised, Supervisor
+from raftctl.agent.supervisor import Supervised, Supervisor
+from raftctl.statemachine.records import ReportUpdate as Report
 
 
 class FakeClock:
