@@ -80,20 +80,27 @@ def apply_entry(state: State, data: bytes) -> list[Result]:
         except c.DecodeError as exc:
             results.append(Result(False, state.index, error=Rejection(exc.code, exc.message, exc.field)))
             continue
-        results.append(apply(state, cmd))
+        results.append(apply(state, cmd, item))
     return results
 
 
-def apply(state: State, cmd: c.Command) -> Result:
+def apply(state: State, cmd: c.Command, wire: dict[str, Any] | None = None) -> Result:
     """Apply one command. Deterministic; a rejection leaves ``state`` untouched.
 
     A command with a request id is answered from the dedup table when that id was already applied
     to the same command (same op, same digest); the id used for a different command is a
-    ``request_id_conflict`` rejection. See docs/state.md for the table's order and bound."""
+    ``request_id_conflict`` rejection. See docs/state.md for the table's order and bound.
+
+    ``wire`` is the map ``cmd`` was decoded from, when there is one: when it holds every field (entries the
+    proposer wrote do; an older entry may lack a field added since, whose default the digest covers) the digest
+    is taken from it without building the map again: ``from_wire`` copied its values unchanged."""
     digest = ""
     if cmd.id:
         try:
-            digest = c.command_digest(cmd)
+            if wire is not None and len(wire) == c.WIRE_SIZE[type(cmd)]:
+                digest = c.wire_digest(wire, cmd.CLOCK_FIELDS)
+            else:
+                digest = c.command_digest(cmd)
         except Exception as exc:  # a value decoded from the log that cannot be encoded again
             return Result(False, state.index, error=Rejection("bad_command", f"the command cannot be hashed: {exc}"))
         seen = state.dedup.get(cmd.id)

@@ -238,6 +238,9 @@ _FIELDS: dict[type[Command], dict[str, dataclasses.Field[Any]]] = {
     cls: {f.name: f for f in dataclasses.fields(cls)} for cls in COMMANDS.values()
 }
 
+# keys of a complete wire map ("v", "op" and every field)
+WIRE_SIZE: dict[type[Command], int] = {cls: len(fs) + 2 for cls, fs in _FIELDS.items()}
+
 # Python types each annotation accepts on decode (annotations are strings here).
 _ACCEPT: dict[str, tuple[type, ...]] = {
     "int": (int,), "str": (str,), "bool": (bool,), "dict[str, Any]": (dict,), "list[Any]": (list,),
@@ -256,12 +259,70 @@ def to_wire(cmd: Command) -> dict[str, Any]:
     return out
 
 
+class _Slow(Exception):
+    """A value :func:`_sorted` leaves to cbor2's own canonical encoder."""
+
+
+def _sort_key(key: str) -> tuple[int, bytes]:
+    raw = key.encode("utf-8")  # a lone surrogate raises: cbor2 says what is wrong
+    return len(raw), raw
+
+
+_LEAF = frozenset({str, int, bool, type(None), bytes})  # exact types plain and canonical CBOR encode alike
+_ORDERS: dict[tuple[Any, ...], tuple[str, ...]] = {}   # a map's keys -> their canonical order (commands repeat)
+MAX_ORDERS = 4096
+MAX_SORTED_DEPTH = 200
+
+
+def _sorted(obj: Any, depth: int = 0) -> Any:
+    """``obj`` with every map's keys in canonical CBOR order (length of the UTF-8 key first, then its bytes, as
+    cbor2's ``canonical=True`` sorts them), so that cbor2's plain encoder writes canonical CBOR; raises
+    :class:`_Slow` for what plain and canonical encodings may write differently (floats, non-text keys, sets,
+    subclasses, other types) and past MAX_SORTED_DEPTH levels."""
+    t = type(obj)
+    if depth > MAX_SORTED_DEPTH:
+        raise _Slow
+    if t is dict:
+        keys = tuple(obj)
+        order = _ORDERS.get(keys)
+        if order is None:
+            if any(type(k) is not str for k in keys):
+                raise _Slow
+            order = tuple(sorted(keys, key=_sort_key))
+            if len(_ORDERS) < MAX_ORDERS:
+                _ORDERS[keys] = order
+        return {k: (v if type(v := obj[k]) in _LEAF else _sorted(v, depth + 1)) for k in order}
+    if t is list or t is tuple:
+        return [v if type(v) in _LEAF else _sorted(v, depth + 1) for v in obj]
+    if t in _LEAF:
+        return obj
+    raise _Slow
+
+
+def canonical(obj: Any) -> bytes:
+    """``cbor2.dumps(obj, canonical=True)``, byte for byte, in a fraction of its time for the values commands and
+    states hold (maps with text keys, lists, text, integers, booleans, null: pre-sorted, then the plain encoder);
+    anything else (a float anywhere, a lone surrogate, deep nesting...) goes to cbor2's canonical encoder, which
+    encodes it or raises as it always did. cbor2 6's canonical mode costs ~4x its plain mode on a command
+    (16.6 vs 4.2 us for a ScaleJob, 183 vs 29 us for a PutJob's body)."""
+    try:
+        ready = _sorted(obj)
+    except (_Slow, UnicodeEncodeError, RecursionError):
+        return cbor2.dumps(obj, canonical=True)
+    return cbor2.dumps(ready)
+
+
 def command_digest(cmd: Command) -> str:
     """sha256 of the command's canonical CBOR without ``at``, ``id`` and its ``CLOCK_FIELDS``: what a
     request id is bound to (a retry carries the same digest; another command under the same id does not)."""
-    skip = ("at", "id") + cmd.CLOCK_FIELDS
-    body = {k: v for k, v in to_wire(cmd).items() if k not in skip}
-    return hashlib.sha256(cbor2.dumps(body, canonical=True)).hexdigest()
+    return wire_digest(to_wire(cmd), cmd.CLOCK_FIELDS)
+
+
+def wire_digest(wire: dict[str, Any], clock_fields: tuple[str, ...] = ()) -> str:
+    """:func:`command_digest` of a command from its wire map (as decoded from a log entry)."""
+    skip = ("at", "id") + clock_fields
+    body = {k: v for k, v in wire.items() if k not in skip}
+    return hashlib.sha256(canonical(body)).hexdigest()
 
 
 def from_wire(obj: Any) -> Command:
@@ -292,11 +353,11 @@ def from_wire(obj: Any) -> Command:
 
 def encode_entry(cmds: list[Command]) -> bytes:
     """A log entry: the canonical CBOR list of the batch's commands."""
-    return cbor2.dumps([to_wire(c) for c in cmds], canonical=True)
+    return canonical([to_wire(c) for c in cmds])
 
 
 def encode_wire_entry(wire: list[dict[str, Any]]) -> bytes:
-    return cbor2.dumps(wire, canonical=True)
+    return canonical(wire)
 
 
 def decode_entry(data: bytes) -> list[Any]:
@@ -312,7 +373,7 @@ def decode_entry(data: bytes) -> list[Any]:
 
 def encode_command(wire: dict[str, Any]) -> bytes:
     """The canonical CBOR of one wire command (an item of a log entry); may raise (a lone surrogate...)."""
-    return cbor2.dumps(wire, canonical=True)
+    return canonical(wire)
 
 
 def join_entry(items: list[bytes]) -> bytes:
