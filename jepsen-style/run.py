@@ -34,6 +34,7 @@ RAFT_PORT = 7000
 API_PORT = 8000
 AGENTS = ["a1", "a2", "a3"]
 CLIENT = "c1"
+VERIFY_PROCESS_S = 5.0  # how long a process may take to show the state a fault put it in (a loaded machine)
 LONG_LEADER_ISOLATION_S = 35.0   # longer than pysyncobj's default 30 s leader fallback (raftctl sets 3 s)
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 
@@ -304,14 +305,20 @@ class Nemesis:
         return None
 
     def _verify_process(self, name: str, want: str) -> dict[str, Any]:
+        """Whether the process is in the state a fault wants, waiting up to VERIFY_PROCESS_S for it: at load 27
+        a SIGSTOPped replica was not yet 'T' 0.1 s later and a sweep run stopped with exit 2."""
         p = self.c.procs[name]
-        if want == "dead":
-            ok = not p.alive()
-        elif want == "stopped":
-            ok = p.alive() and _proc_state(p.pid) == "T"
-        else:
-            ok = p.alive() and _proc_state(p.pid) not in ("T", None)
-        return {"ok": ok, "process": name, "want": want, "pid": p.pid}
+        deadline = time.monotonic() + VERIFY_PROCESS_S
+        while True:
+            if want == "dead":
+                ok = not p.alive()
+            elif want == "stopped":
+                ok = p.alive() and _proc_state(p.pid) == "T"
+            else:
+                ok = p.alive() and _proc_state(p.pid) not in ("T", None)
+            if ok or time.monotonic() >= deadline:
+                return {"ok": ok, "process": name, "want": want, "pid": p.pid}
+            time.sleep(0.05)
 
     def apply(self, ev: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         """Apply one fault; returns (what was done, how to undo it)."""

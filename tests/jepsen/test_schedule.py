@@ -95,3 +95,13 @@ def test_a_fault_ends_when_it_is_undone_not_when_the_undo_is_verified(tmp_path) 
     assert end["type"] == "end" and end["verified_at"] - end["time"] >= 0.35e9  # counted before the probes
     assert end["time"] - start["time"] < 0.35e9
     assert heal["verified_at"] - heal["time"] >= 0.35e9
+
+
+def test_a_pause_is_verified_once_the_process_shows_it_stopped(monkeypatch) -> None:
+    proc = types.SimpleNamespace(pid=4242, alive=lambda: True)
+    cluster = types.SimpleNamespace(run_dir="/nonexistent", nodes=["n1"], procs={"n1": proc})
+    nemesis = run.Nemesis.__new__(run.Nemesis)
+    nemesis.c = cluster
+    states = iter(["S", "S", "S", "T"])  # SIGSTOP takes a moment to show on a loaded machine
+    monkeypatch.setattr(run, "_proc_state", lambda pid: next(states, "T"))
+    assert nemesis._verify_process("n1", "stopped")["ok"] is True
