@@ -282,7 +282,7 @@ def summary(n: int, total_steps: int, took: float, faults: Counter[str], net: Co
 
 # Seeds of the main run that hit a bug still open, each replayed by its own strict-xfail test (which fails as soon
 # as the bug is fixed: then drop the seed here and the marker there).
-OPEN_BUGS = {1030: "test_a_replica_removed_and_added_again_in_one_term_catches_up"}
+OPEN_BUGS: dict[int, str] = {}
 
 
 def test_seeded_schedules_find_no_violation(capsys: pytest.CaptureFixture[str]) -> None:
@@ -432,13 +432,10 @@ def test_without_membership_changes_the_schedules_are_unchanged() -> None:
     assert "member_add" not in plain.faults and len(SimCluster(SimConfig(seed=31)).ids) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="replication.py keeps the leader's progress for a replica removed and added "
-                   "again in one term (REPLICATE, a message in flight); its first resend falls back to matchIndex + 1 "
-                   "= 1, below the uncompacted log's first entry, and the leader waits forever for a snapshot that "
-                   "does not exist ('no snapshot file to send'). Fix: /work/notes/s3/h2_for_h1.patch (H1's file); "
-                   "remove this marker with it")
 def test_a_replica_removed_and_added_again_in_one_term_catches_up() -> None:
     """Found by the membership schedules: seed 1030 removes n1 and adds it back (an empty disk) 0.6 s later;
-    n1 stays at index 1 through the calm window (liveness)."""
+    n1 stayed at index 1 through the calm window (liveness): the leader kept its old progress for n1 and
+    waited for a snapshot that did not exist. Fixed in replication.py (_SyncObj__doChangeCluster forgets the
+    progress; an uncompacted log is probed from entry 2)."""
     res = run_seed(SimConfig(seed=1030, steps=400, nodes=3, repair=True, members=True))
     assert res.violation is None, res.violation

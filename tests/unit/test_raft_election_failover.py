@@ -238,15 +238,13 @@ def test_the_client_tries_the_next_replica_at_once_and_pauses_briefly_only_after
     try:
         c = client_mod.Client([f"127.0.0.1:{free_port()}", f"127.0.0.1:{server.server_address[1]}"],
                               retry_for=10)
-        t0 = time.monotonic()
         assert c.request("POST", "/v1/x", {"a": 1}) == {"ok": True}
-        took = time.monotonic() - t0
     finally:
         server.shutdown()
         server.server_close()
-    # three failed rounds of two replicas: three pauses, short and growing (within their jitter); a fixed
-    # 0.3 s pause per round made this take 0.9 s
-    assert took < 0.5 and len(pauses) == 3 and max(pauses) < 0.3, (took, pauses)
+    # three failed rounds of two replicas: three pauses, short and growing (within their jitter); the old client
+    # slept a fixed 0.3 s per round (the pauses are recorded, not timed: the machine may be loaded)
+    assert len(pauses) == 3 and max(pauses) < 0.3, pauses
     assert pauses[0] <= client_mod.ROUND_PAUSE_S and all(p <= client_mod.ROUND_PAUSE_MAX_S for p in pauses)
     assert sum(pauses) <= 7 * client_mod.ROUND_PAUSE_S
 

@@ -132,7 +132,6 @@ class ReplicationFixes:
         def _SyncObj__getPrevLogIndexTerm(self, nextNodeIndex: int) -> tuple[int | None, int | None]: ...  # noqa: N803
         def _SyncObj__deleteEntriesFrom(self, fromIDx: int) -> None: ...  # noqa: N803
         def _SyncObj__parseChangeClusterRequest(self, command: bytes) -> Any: ...
-        def _SyncObj__doChangeCluster(self, request: Any, reverse: bool = False) -> bool: ...
         def _SyncObj__connectedToAnyone(self) -> bool: ...
 
     def _init_replication(self, repair: bool) -> None:
@@ -608,6 +607,17 @@ class ReplicationFixes:
         self._SyncObj__transport.send(node, reply)
 
     # ------------------------------------------------------------------ leader
+    def _SyncObj__doChangeCluster(self, request: Any, reverse: bool = False) -> bool:  # noqa: N802 (pysyncobj's)
+        """pysyncobj's membership change; the leader also forgets its progress for the node added or removed.
+        A replica removed and added again within one term kept its old progress (REPLICATE, a message in
+        flight): the first resend fell back to matchIndex + 1 = 1 (tests/sim seed 1030 --members)."""
+        changed = bool(_SyncObj._SyncObj__doChangeCluster(self, request, reverse))
+        if changed and self._repair:
+            table = self.__dict__.get("_replication_progress", {})
+            for node in [n for n in table if getattr(n, "id", n) == request[1]]:
+                del table[node]
+        return changed
+
     def _progress(self, node: Any) -> _Progress:
         table = self.__dict__.setdefault("_replication_progress", {})
         term = self._SyncObj__raftCurrentTerm
@@ -711,6 +721,11 @@ class ReplicationFixes:
         while True:
             now = _now()
             nxt = next_idx[node]
+            if nxt <= raft_log[0][1] == 1 and not self._SyncObj__serializer.exists():
+                # Not compacted: every log starts with pysyncobj's initial no-op (index 1, term 0), so probe
+                # from entry 2; a snapshot that does not exist was asked for forever ("no snapshot file to
+                # send": tests/sim seed 1030 --members, a replica removed and added again).
+                next_idx[node] = nxt = 2
             if nxt <= raft_log[0][1]:  # compacted: the follower needs the snapshot
                 pr.state = SNAPSHOT
                 if not self._send_snapshot_chunk(node):
