@@ -183,6 +183,16 @@ def _need_str_list(values: list[Any], field: str) -> None:
         _need(isinstance(v, str), "invalid", f"{field}[{i}] must be a string", field)
 
 
+def _counts_ok(obj: Any, lo: int = 0, hi: int | None = None) -> bool:
+    """Whether :func:`_need_counts` accepts ``obj``, without building its messages (a Plan checks two per item)."""
+    if not isinstance(obj, dict):
+        return False
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+            return False
+    return True
+
+
 def _need_counts(obj: Any, field: str, *, lo: int = 0, hi: int | None = None) -> None:
     """``obj`` is a map of text keys to integers within [lo, hi]."""
     _need(isinstance(obj, dict), "invalid", f"{field} must be a map", field)
@@ -429,8 +439,10 @@ def _claim_epoch(state: State, cmd: c.ClaimEpoch) -> dict[str, Any]:
     return {"epoch": cmd.term}
 
 
-def _fits(state: State, machine: str, resources: dict[str, Any], ports: dict[str, Any]) -> str | None:
-    """Why a new placement does not fit on ``machine`` now (None if it fits)."""
+def _fits(state: State, machine: str, resources: dict[str, Any], ports: dict[str, Any],
+          usage: dict[str, tuple[dict[str, int], set[int]]] | None = None) -> str | None:
+    """Why a new placement does not fit on ``machine`` now (None if it fits). ``usage`` caches
+    :func:`machine_usage` per machine across one plan's items (the plan adds to it as it places)."""
     m = state.machines.get(machine)
     if m is None:
         return f"machine {machine} does not exist"
@@ -438,7 +450,12 @@ def _fits(state: State, machine: str, resources: dict[str, Any], ports: dict[str
         return f"machine {machine} is down"
     if m.get("drain") or not m.get("eligible", True):
         return f"machine {machine} is not schedulable"
-    used, taken = machine_usage(state, machine)
+    if usage is None:
+        used, taken = machine_usage(state, machine)
+    else:
+        if machine not in usage:
+            usage[machine] = machine_usage(state, machine)
+        used, taken = usage[machine]
     for k in ("cpu", "memory", "pids"):
         if used[k] + int(resources.get(k, 0)) > m["resources"][k]:
             return f"insufficient {k} on {machine}"
@@ -453,15 +470,19 @@ def _fits(state: State, machine: str, resources: dict[str, Any], ports: dict[str
 
 def _check_plan(cmd: c.Plan) -> None:
     """Every item's shape, before anything changes (a malformed item rejects the whole plan)."""
+    # messages are built only for the item that fails (this runs for every item of every plan)
     for i, item in enumerate(cmd.place):
-        f = f"place.{i}"
-        _need(isinstance(item, dict), "invalid", f"{f} must be a map", f)
+        if not isinstance(item, dict):
+            raise Reject("invalid", f"place.{i} must be a map", f"place.{i}")
         for key, ok in (("job", isinstance(item.get("job"), str)), ("machine", isinstance(item.get("machine"), str)),
                         ("version", _is_int(item.get("version"))),
                         ("replica", _is_int(item.get("replica")) and item["replica"] >= 0)):
-            _need(ok, "invalid", f"{f}.{key} is missing or has the wrong type", f"{f}.{key}")
-        _need_counts(item.get("resources"), f"{f}.resources")
-        _need_counts(item.get("ports"), f"{f}.ports", lo=1, hi=65535)
+            if not ok:
+                raise Reject("invalid", f"place.{i}.{key} is missing or has the wrong type", f"place.{i}.{key}")
+        if not _counts_ok(item.get("resources")):
+            _need_counts(item.get("resources"), f"place.{i}.resources")
+        if not _counts_ok(item.get("ports"), lo=1, hi=65535):
+            _need_counts(item.get("ports"), f"place.{i}.ports", lo=1, hi=65535)
     for i, item in enumerate(cmd.stop):
         f = f"stop.{i}"
         _need(isinstance(item, dict) and isinstance(item.get("placement"), str), "invalid",
@@ -481,6 +502,9 @@ def _plan(state: State, cmd: c.Plan) -> dict[str, Any]:
     # (replica, version) slots held per job, computed once per plan and kept up to date as it places:
     # scanning the job's placements for every item made a plan of n items cost O(n^2) on the tick thread
     taken: dict[str, set[tuple[int, int]]] = {}
+    # each machine's usage, computed once per plan and added to as it places (machine_usage scans the machine's
+    # placements: once per item made a plan cost items x placements per machine)
+    usage: dict[str, tuple[dict[str, int], set[int]]] = {}
     for i, item in enumerate(cmd.place):
         job = state.jobs.get(item.get("job"))
         if job is None or job["status"] != "running":
@@ -495,7 +519,7 @@ def _plan(state: State, cmd: c.Plan) -> dict[str, Any]:
         if slot_taken or item["replica"] >= job["replicas"] + job.get("surge", 0):
             rejected.append({"item": i, "reason": f"replica {item['replica']} of {job['name']} is already placed or not wanted"})
             continue
-        why = _fits(state, item["machine"], item["resources"], item["ports"])
+        why = _fits(state, item["machine"], item["resources"], item["ports"], usage)
         if why:
             rejected.append({"item": i, "reason": why})
             continue
@@ -511,6 +535,11 @@ def _plan(state: State, cmd: c.Plan) -> dict[str, Any]:
         state.by_machine.setdefault(p["machine"], set()).add(pid)
         state.by_job.setdefault(p["job"], set()).add(pid)
         slots.add((item["replica"], item["version"]))
+        if placement_uses_resources(p):  # as machine_usage would count p now
+            used, ports_taken = usage[p["machine"]]
+            for k in used:
+                used[k] += int(p["resources"].get(k, 0))
+            ports_taken.update(p["ports"].values())
         placed.append(pid)
     for item in cmd.stop:
         gone = state.placements.get(item.get("placement"))
