@@ -5,11 +5,19 @@ leader runs. A new leader re-arms every TTL (everyone gets a fresh TTL) before
 judging anybody. When more than ``max_silent_fraction`` of the up machines are
 silent at once (more likely a partition than a fire), machines are declared
 down at most one per ``mass_interval_s``, and the guard shows in status.
+
+At fleet scale (issue 15) a tick costs O(changes), not O(machines): the up machines are kept in an
+ordered dict oldest heartbeat first (a heartbeat moves its machine to the end, the clock being
+monotonic), so the silent ones are a prefix of it; the machines table is re-read only when its table
+index moved. Every machine the verdict names is proposed at once (at most ``max_in_flight`` in
+flight, oldest silence first): the proposer batches concurrent commands into one log entry, so a
+tick waits about one commit, not one commit per silent machine.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,29 +34,47 @@ class FailoverConfig:
     max_silent_fraction: float = 0.5
     mass_interval_s: float = 10.0
     min_machines_for_guard: int = 3
+    max_in_flight: int = 256           # MachineDown proposals awaited at once by one tick
 
 
 @dataclass
 class Verdict:
-    down: list[str] = field(default_factory=list)
+    down: list[str] = field(default_factory=list)      # oldest silence first
     guard_active: bool = False
-    silent: list[str] = field(default_factory=list)
+    silent: list[str] = field(default_factory=list)    # by name
+
+
+def judge_silent(n_up: int, silent: list[tuple[float, str]], now: float, cfg: FailoverConfig,
+                 last_mass_down: float | None) -> Verdict:
+    """The verdict from the silent up machines, given as ``(last_seen, machine)`` sorted oldest first,
+    out of ``n_up`` up machines (pure)."""
+    if not silent:
+        return Verdict()
+    names = sorted(m for _, m in silent)
+    guard = n_up >= cfg.min_machines_for_guard and len(silent) / n_up > cfg.max_silent_fraction
+    if not guard:
+        return Verdict(down=[m for _, m in silent], silent=names)
+    if last_mass_down is not None and now - last_mass_down < cfg.mass_interval_s:
+        return Verdict(guard_active=True, silent=names)
+    # the longest-silent first, one at a time
+    return Verdict(down=[silent[0][1]], guard_active=True, silent=names)
 
 
 def judge(up: list[str], last_seen: dict[str, float], now: float, cfg: FailoverConfig,
           last_mass_down: float | None) -> Verdict:
-    """Which up machines to declare down now (pure)."""
-    silent = sorted(m for m in up if now - last_seen.get(m, now) > cfg.ttl_s)
-    if not silent:
-        return Verdict()
-    guard = (len(up) >= cfg.min_machines_for_guard and len(silent) / len(up) > cfg.max_silent_fraction)
-    if not guard:
-        return Verdict(down=silent, silent=silent)
-    if last_mass_down is not None and now - last_mass_down < cfg.mass_interval_s:
-        return Verdict(guard_active=True, silent=silent)
-    # the longest-silent first, one at a time
-    oldest = min(silent, key=lambda m: (last_seen.get(m, now), m))
-    return Verdict(down=[oldest], guard_active=True, silent=silent)
+    """Which up machines to declare down now, oldest silence first (pure)."""
+    silent = sorted((last_seen.get(m, now), m) for m in up if now - last_seen.get(m, now) > cfg.ttl_s)
+    return judge_silent(len(up), silent, now, cfg, last_mass_down)
+
+
+def _table_index(s: Any) -> int:
+    return int(s.table_index["machines"])
+
+
+def _machines_view(s: Any) -> tuple[int, list[str], list[str]]:
+    """The machines table's index, every machine, the up ones: one read, so the three agree."""
+    return (s.table_index["machines"], list(s.machines),
+            [m for m, v in s.machines.items() if v["status"] == "up"])
 
 
 class FailoverMonitor:
@@ -60,14 +86,20 @@ class FailoverMonitor:
         self.cfg = cfg
         self.clock = clock
         now = clock.monotonic()
+        index, machines, up = replica.read(_machines_view)
         # re-arm: every machine gets a fresh TTL from the moment this leader starts
-        self.last_seen: dict[str, float] = {m: now for m in replica.read(lambda s: list(s.machines))}
+        self.last_seen: dict[str, float] = {m: now for m in machines}
+        # the up machines, least recently heard first (values unused); rebuilt from the table on change
+        self._up: OrderedDict[str, None] = OrderedDict.fromkeys(up)
+        self._index: int = index
         self.last_mass_down: float | None = None
         self.guard_active = False
         self.silent: list[str] = []
 
     def heartbeat(self, machine: str) -> None:
         self.last_seen[machine] = self.clock.monotonic()
+        if machine in self._up:
+            self._up.move_to_end(machine)
 
     async def run(self) -> None:
         while True:
@@ -79,24 +111,78 @@ class FailoverMonitor:
             except Exception as exc:
                 log.warning("failover tick failed: %s", exc)
 
-    async def tick(self) -> None:
-        now = self.clock.monotonic()
-        machines = self.replica.read(lambda s: {m: v["status"] for m, v in s.machines.items()})
-        up = [m for m, st in machines.items() if st == "up"]
+    def _refresh(self, now: float) -> None:
+        """Follow the machines table if its index moved: O(machines), but only after a change."""
+        if self.replica.read(_table_index) == self._index:
+            return
+        index, machines, up = self.replica.read(_machines_view)
         for m in machines:
             self.last_seen.setdefault(m, now)
-        verdict = judge(up, self.last_seen, now, self.cfg, self.last_mass_down)
+        now_up = set(up)
+        order = self._up
+        for m in [m for m in order if m not in now_up]:
+            del order[m]
+        added = [m for m in up if m not in order]
+        # appending keeps the order only if none was heard before the newest one already in it
+        tail = self.last_seen[next(reversed(order))] if order else float("-inf")
+        if all(self.last_seen[m] >= tail for m in added):
+            order.update((m, None) for m in sorted(added, key=lambda m: (self.last_seen[m], m)))
+        else:
+            order = OrderedDict.fromkeys(sorted(now_up, key=lambda m: (self.last_seen[m], m)))
+        self._up, self._index = order, index   # assigned last: a tick killed above re-reads next time
+
+    def _silent(self, now: float) -> list[tuple[float, str]]:
+        """The up machines silent past the TTL, oldest first: a prefix of ``_up``, O(silent)."""
+        out = []
+        for m in self._up:
+            seen = self.last_seen[m]
+            if now - seen <= self.cfg.ttl_s:
+                break
+            out.append((seen, m))
+        out.sort()          # ties (same heartbeat instant) by name
+        return out
+
+    async def tick(self) -> None:
+        now = self.clock.monotonic()
+        self._refresh(now)
+        verdict = judge_silent(len(self._up), self._silent(now), now, self.cfg, self.last_mass_down)
         self.guard_active, self.silent = verdict.guard_active, verdict.silent
-        for m in verdict.down:
-            silent_for = now - self.last_seen.get(m, now)
+        if not verdict.down:
+            return
+        pending = iter(verdict.down)       # shared by the workers: taken oldest silence first
+
+        async def worker() -> None:
+            for m in pending:
+                await self._declare(m, now, verdict.guard_active)
+
+        n = min(max(1, self.cfg.max_in_flight), len(verdict.down))
+        if n == 1:
+            await worker()
+            return
+        async with asyncio.TaskGroup() as tg:   # cancelling the tick cancels every proposal in flight
+            for _ in range(n):
+                tg.create_task(worker())
+
+    async def _declare(self, m: str, now: float, guard: bool) -> None:
+        """Propose one MachineDown; a refusal or failure is logged and retried by a later tick (the machine
+        stays up and silent)."""
+        silent_for = now - self.last_seen.get(m, now)
+        try:
             res = await self.replica.propose(c.MachineDown(
                 machine=m, epoch=self.epoch,
                 reason=f"no heartbeat for {silent_for:.1f}s (ttl {self.cfg.ttl_s:g}s)"
-                + ("; mass-loss guard rate-limits re-placement" if verdict.guard_active else "")))
-            if res.ok:
-                log.warning("machine %s declared down: %d placements lost", m, len(res.value.get("lost", [])))
-                if verdict.guard_active:
-                    self.last_mass_down = now
+                + ("; mass-loss guard rate-limits re-placement" if guard else "")))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("declaring machine %s down failed (retried next tick): %s", m, exc)
+            return
+        if res.ok:
+            log.warning("machine %s declared down: %d placements lost", m, len(res.value.get("lost", [])))
+            if guard:
+                self.last_mass_down = now
+        else:
+            log.info("declaring machine %s down refused: %s", m, res.error)
 
     def status(self) -> dict[str, Any]:
         now = self.clock.monotonic()

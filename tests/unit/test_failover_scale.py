@@ -1,0 +1,292 @@
+"""The failover monitor at fleet scale (issue 15): many machines silent at once are declared down together.
+
+A tick proposes every machine the verdict names at once (at most ``max_in_flight`` in flight, oldest silence
+first), so the proposer batches them into one commit round; a failed proposal is retried by the next tick; a
+tick in which the machines table did not change does not read it. All on a FakeClock: no sleeping.
+"""
+import asyncio
+import contextlib
+from typing import Any, Callable
+
+from raftctl.clock import FakeClock
+from raftctl.errors import OutcomeUnknown
+from raftctl.node.failover import FailoverConfig, FailoverMonitor
+from raftctl.statemachine import commands as c
+from raftctl.statemachine.apply import Result
+
+from .fake_replica import FakeReplica, machine
+
+TTL = 3.0
+TICK = 0.2                                   # min(0.2, ttl / 5): the monitor's pass interval
+LATENCY = 0.05                               # one commit round of the batching replica, on the fake clock
+
+
+class BatchingReplica(FakeReplica):
+    """Like the real proposer: the commands proposed while a round is being gathered go into one log entry,
+    committed after ``latency`` seconds of the fake clock. ``rounds`` holds each round's size."""
+
+    def __init__(self, clock: FakeClock, latency: float = LATENCY) -> None:
+        super().__init__(clock)
+        self.latency = latency
+        self.rounds: list[int] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._pending: list[tuple[c.Command, asyncio.Future[Result]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def propose(self, cmd: c.Command, timeout: float | None = None) -> Result:
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending.append((cmd, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await fut
+        finally:
+            self.in_flight -= 1
+
+    async def _flush(self) -> None:
+        while self._pending:
+            for _ in range(3):                   # let the proposals made in the same turn join the round
+                await asyncio.sleep(0)
+            batch, self._pending = self._pending, []
+            await self.clock.sleep(self.latency)  # type: ignore[attr-defined]
+            self.rounds.append(len(batch))
+            for cmd, fut in batch:
+                res = await FakeReplica.propose(self, cmd)
+                if not fut.done():
+                    fut.set_result(res)
+
+
+async def register(r: FakeReplica, n: int) -> list[str]:
+    names = [f"m{i:05d}" for i in range(n)]
+    assert (await FakeReplica.propose(r, c.ClaimEpoch(term=3))).ok
+    for m in names:
+        assert (await FakeReplica.propose(r, machine(m))).ok
+    return names
+
+
+def down_machines(r: FakeReplica) -> list[str]:
+    return [x.machine for x in r.of(c.MachineDown)]
+
+
+async def test_one_percent_of_2000_machines_silent_together_are_down_within_ttl_and_one_tick_in_one_round():
+    clock = FakeClock()
+    r = BatchingReplica(clock)
+    names = await register(r, 2000)
+    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL), clock=clock)
+    frozen = set(names[::100])                 # 1 %: 20 machines, spread over the name range
+    healthy = [m for m in names if m not in frozen]
+    assert len(frozen) == 20
+    t0_ms = clock.now_ms()                     # their last heartbeat: the monitor's re-arm
+    while len(down_machines(r)) < len(frozen) and clock.now_ms() - t0_ms < 30_000:
+        await clock.sleep(TICK)
+        for m in healthy:
+            mon.heartbeat(m)
+        await mon.tick()
+    assert sorted(down_machines(r)) == sorted(frozen)
+    latest_ms = max(x.at for x in r.of(c.MachineDown))
+    # declared on the first pass past the TTL, in one commit round (20 rounds, 1 s more, before)
+    assert latest_ms - t0_ms <= (TTL + TICK + LATENCY) * 1000 + 1
+    assert r.rounds == [20]
+    assert all(r.state.machines[m]["status"] == "up" for m in healthy)
+
+
+async def test_a_slow_proposer_does_not_serialise_them_and_the_in_flight_bound_holds():
+    clock = FakeClock()
+    r = BatchingReplica(clock, latency=0.5)
+    names = await register(r, 100)
+    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL, max_in_flight=8), clock=clock)
+    clock.advance(TTL + 0.1)
+    for m in names[20:]:
+        mon.heartbeat(m)
+    started = clock.monotonic()
+    await mon.tick()
+    assert sorted(down_machines(r)) == names[:20]
+    assert r.peak_in_flight == 8                  # one at a time before
+    assert r.rounds == [8, 8, 4]                  # ceil(20 / 8) commit rounds, not 20
+    assert clock.monotonic() - started == 3 * 0.5
+
+
+async def test_the_longest_silent_are_proposed_first():
+    clock = FakeClock()
+    r = FakeReplica(clock)
+    names = await register(r, 30)
+    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL, max_in_flight=4), clock=clock)
+    # m00009 falls silent first, m00000 last (the reverse of name order); the others keep heartbeating
+    for m in reversed(names[:10]):
+        clock.advance(0.01)
+        for other in names:
+            if other != m and (other in names[10:] or names.index(other) < names.index(m)):
+                mon.heartbeat(other)
+    clock.advance(TTL + 0.05)
+    for m in names[10:]:
+        mon.heartbeat(m)
+    await mon.tick()
+    assert down_machines(r) == list(reversed(names[:10]))
+
+
+class FlakyReplica(FakeReplica):
+    """Fails the first proposal for each machine in ``fail``: an exception or a refusal."""
+
+    def __init__(self, clock: FakeClock, fail: dict[str, str]) -> None:
+        super().__init__(clock)
+        self.fail = dict(fail)
+
+    async def propose(self, cmd: c.Command, timeout: float | None = None) -> Result:
+        how = self.fail.pop(getattr(cmd, "machine", ""), None) if isinstance(cmd, c.MachineDown) else None
+        if how == "raise":
+            raise OutcomeUnknown("the write was proposed but not confirmed in time")
+        if how == "refuse":
+            self.proposed.append(cmd)
+            return Result(ok=False, index=0)
+        return await super().propose(cmd, timeout)
+
+
+async def test_a_failed_proposal_does_not_stop_the_others_and_is_retried_next_tick():
+    clock = FakeClock()
+    r = FlakyReplica(clock, {"m00002": "raise", "m00005": "refuse"})
+    names = await register(r, 100)
+    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL), clock=clock)
+    clock.advance(TTL + 0.1)
+    for m in names[10:]:
+        mon.heartbeat(m)
+    await mon.tick()                              # before: the exception ended the tick at m00002
+    status = {m: r.state.machines[m]["status"] for m in names[:10]}
+    assert status == {m: "up" if m in ("m00002", "m00005") else "down" for m in names[:10]}
+    clock.advance(TICK)
+    for m in names[10:]:
+        mon.heartbeat(m)
+    await mon.tick()
+    assert all(r.state.machines[m]["status"] == "down" for m in names[:10])
+    assert sorted(down_machines(r)) == sorted(names[:10] + ["m00005"])   # the refused one proposed twice
+
+
+class CountingReplica(FakeReplica):
+    """Counts the reads that look at the machines table."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.machine_reads = 0
+
+    def read(self, fn: Callable[[Any], Any]) -> Any:
+        replica = self
+
+        class Watched:
+            def __getattr__(self, name: str) -> Any:
+                if name == "machines":
+                    replica.machine_reads += 1
+                return getattr(replica.state, name)
+
+        return fn(Watched())
+
+
+async def test_a_tick_reads_the_machines_table_only_after_it_changed():
+    clock = FakeClock()
+    r = CountingReplica(clock)
+    names = await register(r, 50)
+    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL), clock=clock)
+    r.machine_reads = 0
+    for _ in range(10):
+        clock.advance(TICK)
+        for m in names:
+            mon.heartbeat(m)
+        await mon.tick()
+    assert r.machine_reads == 0                   # before: the whole table copied every tick
+    # a machine registered meanwhile: seen on the next tick, with a fresh TTL, and judged like the others
+    assert (await FakeReplica.propose(r, machine("late"))).ok
+    clock.advance(TICK)
+    for m in names:
+        mon.heartbeat(m)
+    await mon.tick()
+    assert r.machine_reads > 0 and "late" in mon.last_seen
+    for _ in range(int(TTL / TICK) + 1):
+        clock.advance(TICK)
+        for m in names:
+            mon.heartbeat(m)
+        await mon.tick()
+    assert down_machines(r) == ["late"]
+    # a machine taken down by someone else is not proposed again
+    assert (await FakeReplica.propose(r, c.MachineDown(machine=names[0], epoch=3))).ok
+    clock.advance(TTL + 1)
+    for m in names[1:]:
+        mon.heartbeat(m)
+    await mon.tick()
+    assert down_machines(r) == ["late", names[0]]
+
+
+async def test_a_machine_back_up_with_an_old_heartbeat_is_judged_on_it():
+    clock = FakeClock()
+    r = FakeReplica(clock)
+    names = await register(r, 10)
+    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL), clock=clock)
+    assert (await r.propose(c.MachineDown(machine="m00000", epoch=3))).ok
+    clock.advance(TICK)
+    await mon.tick()
+    clock.advance(2.0)
+    for m in names[1:]:
+        mon.heartbeat(m)
+    assert (await r.propose(c.MachineUp(machine="m00000"))).ok   # an operator, not a heartbeat
+    clock.advance(1.1)                            # m00000 last heard 3.3 s ago, the others 1.1 s
+    await mon.tick()
+    assert down_machines(r) == ["m00000", "m00000"]
+
+
+async def test_the_mass_loss_guard_still_paces_a_partition_of_2000_machines():
+    clock = FakeClock()
+    r = BatchingReplica(clock)
+    names = await register(r, 2000)
+    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL, mass_interval_s=10.0), clock=clock)
+    cut = names[:1100]                            # 55 % silent: more likely a partition than a fire
+    while not down_machines(r):
+        await clock.sleep(TICK)
+        for m in names[1100:]:
+            mon.heartbeat(m)
+        await mon.tick()
+    assert down_machines(r) == [cut[0]] and mon.guard_active and len(mon.silent) == 1100
+    for _ in range(40):                           # 8 s: still held back
+        await clock.sleep(TICK)
+        for m in names[1100:]:
+            mon.heartbeat(m)
+        await mon.tick()
+    assert len(down_machines(r)) == 1
+
+
+class StuckReplica(FakeReplica):
+    """Proposals that never complete until released."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.release = asyncio.Event()
+        self.in_flight = 0
+
+    async def propose(self, cmd: c.Command, timeout: float | None = None) -> Result:
+        if isinstance(cmd, c.MachineDown) and not self.release.is_set():
+            self.in_flight += 1
+            try:
+                await self.release.wait()
+            finally:
+                self.in_flight -= 1
+        return await super().propose(cmd, timeout)
+
+
+async def test_cancelling_a_tick_cancels_its_proposals_and_the_next_tick_declares_them():
+    clock = FakeClock()
+    r = StuckReplica(clock)
+    names = await register(r, 100)
+    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL), clock=clock)
+    clock.advance(TTL + 0.1)
+    for m in names[5:]:
+        mon.heartbeat(m)
+    task = asyncio.create_task(mon.tick())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert r.in_flight == 5
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert task.cancelled() and r.in_flight == 0  # no proposal left running behind the leader's back
+    r.release.set()
+    await mon.tick()
+    assert sorted(down_machines(r)) == names[:5]
