@@ -19,6 +19,7 @@ CASES = [
     ("one silent past the TTL", {"a": 90.0, "b": 99.0, "c": 99.0, "d": 99.0}, None, ["a"], False),
     ("exactly at the TTL is not yet down", {"a": 97.0, "b": 99.0, "c": 99.0, "d": 99.0}, None, [], False),
     ("half silent: not a mass loss", {"a": 90.0, "b": 90.0, "c": 99.0, "d": 99.0}, None, ["a", "b"], False),
+    ("the longest silent first", {"a": 91.0, "b": 90.0, "c": 99.0, "d": 99.0}, None, ["b", "a"], False),
     ("most silent: guard, oldest first", {"a": 91.0, "b": 90.0, "c": 92.0, "d": 99.0}, None, ["b"], True),
     ("guard holds the next one back", {"a": 91.0, "b": 90.0, "c": 92.0, "d": 99.0}, 95.0, [], True),
     ("guard lets one go after the interval", {"a": 91.0, "b": 90.0, "c": 92.0, "d": 99.0}, 89.0, ["b"], True),

@@ -5,12 +5,13 @@ first), so the proposer batches them into one commit round; a failed proposal is
 tick in which the machines table did not change does not read it. All on a FakeClock: no sleeping.
 """
 import asyncio
+import random
 import contextlib
 from typing import Any, Callable
 
 from raftctl.clock import FakeClock
 from raftctl.errors import OutcomeUnknown
-from raftctl.node.failover import FailoverConfig, FailoverMonitor
+from raftctl.node.failover import FailoverConfig, FailoverMonitor, judge
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import Result
 
@@ -290,3 +291,34 @@ async def test_cancelling_a_tick_cancels_its_proposals_and_the_next_tick_declare
     r.release.set()
     await mon.tick()
     assert sorted(down_machines(r)) == names[:5]
+
+
+async def test_the_monitor_decides_what_judge_decides_on_the_whole_table():
+    """The incremental bookkeeping (ordered up machines, table re-read on change) against the pure verdict on
+    the full table, over random heartbeats, registrations and transitions made by others."""
+    for seed in range(20):
+        rnd = random.Random(seed)
+        clock = FakeClock()
+        r = FakeReplica(clock)
+        names = await register(r, 12)
+        cfg = FailoverConfig(ttl_s=TTL, mass_interval_s=2.0)
+        mon = FailoverMonitor(r, 3, cfg, clock=clock)
+        for step in range(120):
+            clock.advance(rnd.choice([0.0, 0.1, TICK, 0.7]))
+            for m in rnd.sample(names, rnd.randrange(len(names))):
+                mon.heartbeat(m)
+            roll = rnd.random()
+            if roll < 0.05:
+                names.append(f"n{seed}-{step}")
+                assert (await FakeReplica.propose(r, machine(names[-1]))).ok
+            elif roll < 0.15:
+                m = rnd.choice(names)
+                up = r.state.machines[m]["status"] == "up"
+                await FakeReplica.propose(r, c.MachineDown(machine=m, epoch=3) if up else c.MachineUp(machine=m))
+            now = clock.monotonic()
+            up_now = [m for m, v in r.state.machines.items() if v["status"] == "up"]
+            want = judge(up_now, dict(mon.last_seen), now, cfg, mon.last_mass_down)
+            before = len(r.proposed)
+            await mon.tick()
+            got = [x.machine for x in r.proposed[before:]]
+            assert (got, mon.silent, mon.guard_active) == (want.down, want.silent, want.guard_active), (seed, step)
