@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from raftctl.statemachine.records import Restart, seconds
+from raftctl.statemachine.spec import DURATIONS
 
 POLICIES = ("always", "on-failure", "never")
 
@@ -30,10 +32,12 @@ class Backoff:
     started_at: float | None = None
 
     @classmethod
-    def from_spec(cls, restart: dict[str, Any]) -> "Backoff":
-        initial = restart.get("initial_ms", 100) / 1000
-        mx = restart.get("max_ms", 10_000) / 1000
-        return cls(initial_s=initial, max_s=mx, reset_s=restart.get("reset_ms", max(60_000, int(mx * 6000))) / 1000)
+    def from_spec(cls, restart: Restart) -> "Backoff":
+        """The backoff of a spec's restart settings. A value outside the validator's bounds (a spec stored before
+        they were checked) is clamped into them, and max is never below initial."""
+        initial = _within(restart.initial, "restart.backoff.initial")
+        mx = max(_within(restart.max, "restart.backoff.max"), initial)
+        return cls(initial_s=seconds(initial), max_s=seconds(mx), reset_s=seconds(_within(restart.reset, "restart.reset")))
 
     def on_start(self, now: float) -> None:
         self.started_at = now
@@ -50,3 +54,8 @@ class Backoff:
 
     def stable(self, now: float) -> bool:
         return self.started_at is not None and now - self.started_at >= self.reset_s
+
+
+def _within(ms: int, bounds: str) -> int:
+    lo, hi, _ = DURATIONS[bounds]
+    return min(max(ms, lo), hi)

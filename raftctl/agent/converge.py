@@ -11,6 +11,8 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
+from raftctl.statemachine.records import JobSpec, RecordError, from_wire
+
 TERMINAL = ("lost", "stopped")
 
 
@@ -28,6 +30,24 @@ class Actions:
     stop: list[str] = field(default_factory=list)               # containers to stop (no stop in flight)
     retry: list[str] = field(default_factory=list)              # stops past their bound: stop again, harder
     report_stopped: list[str] = field(default_factory=list)     # placements to report as stopped
+
+
+def typed(placements: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, RecordError]]:
+    """The agent's one conversion of what it is assigned: each placement with its ``spec`` as the
+    :class:`~raftctl.statemachine.records.JobSpec` record (None when the control plane sent none: its job is
+    gone). A spec that does not convert leaves ``spec`` None (never started, like a job that is gone) and its
+    error, which names the field, under the placement's id."""
+    out: list[dict[str, Any]] = []
+    refused: dict[str, RecordError] = {}
+    for p in placements:
+        spec: JobSpec | None = None
+        if p.get("spec") is not None:
+            try:
+                spec = from_wire(JobSpec, p["spec"])
+            except RecordError as exc:
+                refused[p["id"]] = exc
+        out.append({**p, "spec": spec})
+    return out, refused
 
 
 def wanted(p: dict[str, Any]) -> bool:

@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable
 
 from raftctl.agent.runtime.base import ContainerSpec, Driver
 from raftctl.clock import SYSTEM
-from raftctl.statemachine.records import HealthState
+from raftctl.statemachine.records import Health, HealthState, seconds
 
 log = logging.getLogger("raftctl.agent.health")
 Probe = Callable[[], Awaitable[bool]]
@@ -31,10 +31,11 @@ class HealthPolicy:
     grace_s: float = 0.0
 
     @classmethod
-    def from_spec(cls, h: dict[str, Any]) -> "HealthPolicy":
-        return cls(type=h["type"], port=h.get("port"), path=h.get("path") or "/", command=list(h.get("command") or []),
-                   interval_s=h.get("interval_ms", 1000) / 1000, timeout_s=h.get("timeout_ms", 1000) / 1000,
-                   failures=max(1, int(h.get("failures", 3))), grace_s=h.get("grace_ms", 0) / 1000)
+    def from_spec(cls, h: Health) -> "HealthPolicy":
+        """The policy of a spec's health check (its durations in seconds)."""
+        return cls(type=h.type, port=h.port, path=h.path or "/", command=list(h.command),
+                   interval_s=seconds(h.interval), timeout_s=seconds(h.timeout), failures=max(1, h.failures),
+                   grace_s=seconds(h.grace))
 
 
 @dataclass

@@ -17,6 +17,7 @@ from raftctl.agent.runtime.base import Driver
 from raftctl.agent.supervisor import PREPARE_S, Supervised
 from raftctl.agent.supervisor import call_driver as _call
 from raftctl.clock import Clock
+from raftctl.statemachine.records import JobSpec
 
 log = logging.getLogger("raftctl.agent")
 
@@ -25,23 +26,22 @@ GC_EVERY_MAX_S = 60.0
 
 def image_digest(p: Mapping[str, Any]) -> str | None:
     """The manifest digest a placement's job version runs (resolved when the version was stored)."""
-    spec = p["spec"]
-    digest = spec.get("image_digest")
-    if digest is None and str(spec.get("image", "")).startswith("sha256:"):
-        digest = spec["image"]
-    return digest if digest is None else str(digest)
+    spec: JobSpec = p["spec"]
+    if isinstance(spec.image_digest, str):
+        return spec.image_digest
+    return spec.image if spec.image.startswith("sha256:") else None
 
 
 def assigned_images(placements: Iterable[Mapping[str, Any]]) -> set[str]:
     """The images an assignment answer names."""
-    return {d for p in placements if p.get("spec") and (d := image_digest(p))}
+    return {d for p in placements if p.get("spec") is not None and (d := image_digest(p))}
 
 
 def images_in_use(assigned: set[str], containers: Iterable[Supervised]) -> set[str] | None:
     """``assigned`` and the images of the supervised ``containers``; None while a container's image is unknown."""
     in_use = set(assigned)
     for sup in list(containers):
-        if not sup.placement.get("spec"):
+        if sup.placement.get("spec") is None:
             return None
         digest = image_digest(sup.placement)
         if digest is not None:

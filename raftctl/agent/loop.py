@@ -38,7 +38,7 @@ from raftctl.agent.supervisor import call_driver as _call
 from raftctl.aio import unless
 from raftctl.clock import SYSTEM, Clock
 from raftctl.errors import Forbidden, RaftctlError, Unauthorized
-from raftctl.statemachine.records import Report, ReportUpdate, to_wire
+from raftctl.statemachine.records import JobSpec, Report, ReportUpdate, to_wire
 
 log = logging.getLogger("raftctl.agent")
 
@@ -64,7 +64,9 @@ class Agent:
         self.http: aiohttp.ClientSession | None = None
         self._converge_lock = asyncio.Lock()
         self.metrics = AgentMetrics(self)
-        self.placements: list[dict[str, Any]] | None = None   # the last assignment answer (None before the first)
+        # the last assignment answer, specs as JobSpec records (None before the first)
+        self.placements: list[dict[str, Any]] | None = None
+        self.refused: set[str] = set()   # assigned placements whose spec did not convert, already reported
         self.stopper = Stopper(driver, self.containers, self._report, self.clock)
         self.stats = StatsPass(driver, self.containers, self.clock)
         self.image_gc = ImageGC(driver, self.containers, cfg.image_gc_after_s, self.clock)
@@ -185,16 +187,38 @@ class Agent:
                 log.info("assignment watch failed: %s", exc)
                 await self.clock.sleep(0.5)
 
-    async def converge(self, placements: list[dict[str, Any]], *, report: bool = True) -> None:
-        """One level-triggered pass: compare the assignment with the supervised containers, the
-        containers the driver reports and the stops in flight, and act on the difference."""
+    async def converge(self, placements: list[dict[str, Any]]) -> None:
+        """An assignment answer (the placements as the control plane sent them): each spec becomes its JobSpec
+        record here, once, and then one pass. A placement whose spec does not convert is not started: it is
+        logged and reported "exited" once, its reason naming the field."""
+        assigned, refused = converge.typed(placements)
+        reported: set[str] = set()
+        for p in assigned:
+            pid = p["id"]
+            if pid not in refused:
+                continue
+            if pid in self.refused:
+                reported.add(pid)
+            elif converge.wanted(p) and pid not in self.containers:   # one it would have started
+                log.error("placement %s (job %s version %s) not started: its spec does not convert: %s",
+                          pid, p.get("job"), p.get("version"), refused[pid])
+                self._report(update(pid, "exited", reason=f"start failed: its spec does not convert: {refused[pid]}"))
+                reported.add(pid)
+        self.refused = reported
+        await self.converge_typed(assigned)
+
+    async def converge_typed(self, placements: list[dict[str, Any]], *, report: bool = True) -> None:
+        """One level-triggered pass over the assignment (specs as records, converge.typed): compare it with the
+        supervised containers, the containers the driver reports and the stops in flight, and act on the
+        difference."""
         async with self._converge_lock:
             self.placements = placements
             self.image_gc.note_assignment(placements)
             by_id = {p["id"]: p for p in placements}
-            # adopted containers learn their placement records
+            # adopted containers learn their placement records (a placement without a spec leaves its container
+            # running unsupervised)
             for cid, sup in self.containers.items():
-                if cid in by_id and "job" not in sup.placement and not sup.stopping:
+                if cid in by_id and "job" not in sup.placement and not sup.stopping and by_id[cid]["spec"] is not None:
                     sup.placement = by_id[cid]
                     sup.task = asyncio.create_task(self._supervise(sup, adopted=True), name=f"sup-{cid}")
             existing = await self._observe()
@@ -230,21 +254,21 @@ class Agent:
             if self.placements is None:
                 continue  # before the first assignment answer adopted containers are left alone
             try:
-                await self.converge(self.placements, report=False)
+                await self.converge_typed(self.placements, report=False)
             except Exception as exc:
                 log.warning("reconcile pass failed: %s", exc)
 
     # -- one container -------------------------------------------------------
     def _container_spec(self, p: dict[str, Any]) -> ContainerSpec:
         """Runs on a worker thread: a driver that runs containers in their image's root pulls and unpacks it here."""
-        spec = p["spec"]
+        spec: JobSpec = p["spec"]
         digest = image_digest(p)
         try:
-            rootfs = self.driver.image_root(spec["image"], digest)
+            rootfs = self.driver.image_root(spec.image, digest)
         except ImageNotPushed as exc:
             raise RuntimeError_(
                 f"{exc} (job {p['job']} version {p['version']} was submitted before it was): "
-                f"raftctl image build DIR --name {spec['image']}, then raftctl job run again") from None
+                f"raftctl image build DIR --name {spec.image}, then raftctl job run again") from None
         return ContainerSpec.from_placement(p, spec, rootfs=rootfs, image=digest,
                                             log_dir=os.path.join(self.cfg.data_dir, "logs", p["id"]))
 

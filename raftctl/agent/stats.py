@@ -16,6 +16,7 @@ from raftctl.agent.runtime.base import Driver
 from raftctl.agent.supervisor import Supervised
 from raftctl.agent.supervisor import call_driver as _call
 from raftctl.clock import Clock
+from raftctl.statemachine.records import JobSpec
 
 log = logging.getLogger("raftctl.agent")
 
@@ -35,8 +36,8 @@ class StatsPass:
         """One pass: the usage of every running container sampled before (a first sample only sets the base)."""
         out = []
         for cid, sup in list(self.containers.items()):
-            spec = sup.placement.get("spec")
-            if sup.state != "running" or not spec:
+            spec: JobSpec | None = sup.placement.get("spec")
+            if sup.state != "running" or spec is None:
                 continue
             try:
                 st = await _call(self.driver.stats, cid)
@@ -49,7 +50,7 @@ class StatsPass:
             self.last[cid] = (now, st["cpu_usage_ns"])
             if prev is None or now <= prev[0]:
                 continue
-            cores = spec["resources"]["cpu"] / 1000
+            cores = spec.resources.cpu / 1000   # millicores
             util = (st["cpu_usage_ns"] - prev[1]) / 1e9 / (now - prev[0]) / cores
             out.append({"placement": cid, "job": sup.placement["job"], "cpu": round(max(util, 0.0), 4),
                         "memory": st["memory_bytes"]})

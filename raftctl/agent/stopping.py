@@ -24,7 +24,7 @@ from raftctl.agent.runtime.base import Driver, Observed, RuntimeError_
 from raftctl.agent.supervisor import DRIVER_CALL_S, Supervised, update
 from raftctl.agent.supervisor import call_driver as _call
 from raftctl.clock import Clock
-from raftctl.statemachine.records import ReportUpdate
+from raftctl.statemachine.records import JobSpec, PreStop, ReportUpdate, seconds
 
 log = logging.getLogger("raftctl.agent")
 
@@ -44,11 +44,10 @@ class StopAttempt:
     attempt: int         # 0: pre-stop hook, SIGTERM, grace, SIGKILL; 1+: SIGKILL at once
 
 
-def pre_stop_hook(placement: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The placement's pre-stop hook (``spec.lifecycle.pre_stop``: ``exec`` argv, ``timeout_ms``), or None."""
-    spec = (placement or {}).get("spec") or {}
-    hook = (spec.get("lifecycle") or {}).get("pre_stop")
-    return hook if hook else None
+def pre_stop_hook(placement: dict[str, Any] | None) -> PreStop | None:
+    """The placement's pre-stop hook (``spec.lifecycle.pre_stop``), or None (none, or no spec)."""
+    spec: JobSpec | None = (placement or {}).get("spec")
+    return spec.lifecycle.pre_stop if spec is not None else None
 
 
 class Stopper:
@@ -103,20 +102,20 @@ class Stopper:
             self.retries += 1
         sup = self.containers.get(cid)
         pre = pre_stop_hook(placement or (sup.placement if sup else None)) if attempt == 0 else None
-        bound = self.grace_s + self.slack_s + (pre["timeout_ms"] / 1000 if pre else 0.0)
+        bound = self.grace_s + self.slack_s + (seconds(pre.timeout) if pre else 0.0)
         task = asyncio.create_task(self._run(cid, placement, attempt, pre), name=f"stop-{cid}")
         self.attempts[cid] = StopAttempt(task=task, started=self.clock.monotonic(), bound=bound, attempt=attempt)
 
     async def _run(self, cid: str, placement: dict[str, Any] | None, attempt: int,
-                   pre: dict[str, Any] | None) -> None:
+                   pre: PreStop | None) -> None:
         sup = self.containers.get(cid)
         if sup is not None:
             await self._end_supervision(cid, sup)
         try:
             if attempt == 0:
                 if pre and sup is not None and sup.state == "running":
-                    hook_s = pre["timeout_ms"] / 1000
-                    code, _ = await _call(self.driver.exec, cid, pre["exec"], hook_s, bound=hook_s + HOOK_SLACK_S)
+                    hook_s = seconds(pre.timeout)
+                    code, _ = await _call(self.driver.exec, cid, list(pre.exec), hook_s, bound=hook_s + HOOK_SLACK_S)
                     log.info("%s pre-stop hook exited %s", cid, code)
                 await _call(self.driver.stop, cid, self.grace_s, bound=self.grace_s + STOP_CALL_SLACK_S)
             else:

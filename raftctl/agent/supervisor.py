@@ -17,8 +17,7 @@ from raftctl.agent.backoff import Backoff, should_restart
 from raftctl.agent.health import HealthMonitor, HealthPolicy, Probe, probe_for
 from raftctl.agent.runtime.base import ContainerSpec, Driver, Observed, RuntimeError_
 from raftctl.clock import SYSTEM, Clock
-from raftctl.statemachine.records import HealthState, PlacementState, ReportUpdate
-from raftctl.statemachine.spec import runtime_restart
+from raftctl.statemachine.records import HealthState, JobSpec, PlacementState, ReportUpdate
 
 log = logging.getLogger("raftctl.agent")
 
@@ -48,7 +47,7 @@ def update(placement: str, state: PlacementState, *, health: HealthState | Liter
 
 @dataclass
 class Supervised:
-    placement: dict[str, Any]
+    placement: dict[str, Any]    # as assigned, its "spec" a JobSpec record (converge.typed); {"id"} while adopted
     task: asyncio.Task | None = None
     restarts: int = 0
     health: str = "unknown"
@@ -96,12 +95,9 @@ class Supervisor:
 
     async def run(self, adopted: bool = False) -> None:
         sup, p = self.sup, self.sup.placement
-        spec, cid = p["spec"], p["id"]
-        restart, notes = runtime_restart(spec.get("restart"))
-        for note in notes:   # a spec stored before its bounds were checked: clamped, never a crash
-            log.warning("placement %s: stored spec: %s", cid, note)
-        backoff = Backoff(initial_s=restart["initial_ms"] / 1000, max_s=restart["max_ms"] / 1000,
-                          reset_s=restart["reset_ms"] / 1000)
+        spec: JobSpec = p["spec"]
+        cid, policy = p["id"], spec.restart.policy
+        backoff = Backoff.from_spec(spec.restart)
         while not sup.stopping:
             if not adopted:
                 try:
@@ -110,13 +106,13 @@ class Supervisor:
                 except Exception as exc:
                     log.warning("container %s failed to start: %s", cid, exc)
                     self.report(update(cid, "exited", exit_code=None, reason=f"start failed: {exc}"))
-                    if not should_restart(restart["policy"], None):
+                    if not should_restart(policy, None):
                         return
                     await self.clock.sleep(jittered(backoff.on_exit(self.clock.monotonic()), self.rng))
                     continue
             adopted = False
             backoff.on_start(self.clock.monotonic())
-            self.report(update(cid, "running", health="healthy" if not spec.get("health") else "unknown"))
+            self.report(update(cid, "running", health="healthy" if spec.health is None else "unknown"))
             sup.state, sup.health = "running", "unknown"
             obs = await self._watch()
             if sup.stopping:
@@ -125,7 +121,7 @@ class Supervisor:
             sup.state = "oom_killed" if oom else "exited"
             self.metrics.exited(p["job"], oom=oom)
             self.report(update(cid, "oom_killed" if oom else "exited", exit_code=obs.exit_code, reason=obs.reason or ""))
-            if not should_restart(restart["policy"], obs.exit_code, oom_killed=oom):
+            if not should_restart(policy, obs.exit_code, oom_killed=oom):
                 return
             delay = backoff.on_exit(self.clock.monotonic())
             sup.restarts += 1
@@ -157,9 +153,9 @@ class Supervisor:
         failure stops the container (it ends "exited" with the reason) for the restart policy to judge."""
         p = self.sup.placement
         cid = p["id"]
-        h = p["spec"].get("health")
+        h = p["spec"].health
         monitor: HealthMonitor | None = None
-        if h:
+        if h is not None:
             policy = HealthPolicy.from_spec(h)
             monitor = HealthMonitor(policy, self._measured(policy, self._probe(policy)), self._health_changed,
                                     clock=self.clock.monotonic)
@@ -188,7 +184,7 @@ class Supervisor:
 
     def _probe(self, policy: HealthPolicy) -> Probe:
         p = self.sup.placement
-        bridge = p["spec"].get("network") == "bridge"
+        bridge = p["spec"].network == "bridge"
         addr = str(p.get("address")).split("/")[0] if bridge else self.host
         try:
             return probe_for(policy, self.driver, p["id"], addr, p.get("ports") or {})

@@ -11,7 +11,14 @@ import pytest
 from raftctl.agent.images import ImageStore
 from raftctl.agent.runtime.base import ContainerSpec, Resources
 from raftctl.agent.testimage import busybox_available, make_busybox_dir
+from raftctl.statemachine.records import JobSpec, from_wire
 from tests.skips import skip_loudly
+
+
+def job_spec(**fields: Any) -> JobSpec:
+    """A job spec record, as the agent holds it once an assignment arrived: a small job with ``fields`` (in their
+    wire form: ``interval_ms``, ``{"exec": [...], "timeout_ms": 3000}``) over it."""
+    return from_wire(JobSpec, {"name": "w", "image": "w:1", "command": ["w"], "replicas": 1, **fields})
 
 
 def root_runc_problem() -> str | None:

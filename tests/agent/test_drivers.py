@@ -9,11 +9,11 @@ from raftctl.agent.runtime import bundle
 from raftctl.agent.runtime.base import ContainerSpec, Resources
 from raftctl.agent.runtime.process import ProcessDriver
 from raftctl.agent.runtime.sim import SimDriver, SimScript, SimWorld
-from tests.agent.conftest import wait_for
+from tests.agent.conftest import job_spec, wait_for
 
-JOB = {"name": "web", "image": "web:1", "base": "host", "command": ["server", "--port", "${PORT_HTTP}"],
-       "env": {"MODE": "prod"}, "user": None, "resources": {"cpu": 250, "memory": 64 << 20, "pids": 128},
-       "network": "host", "ports": [{"name": "http", "static": None, "to": None}]}
+JOB = job_spec(name="web", image="web:1", base="host", command=["server", "--port", "${PORT_HTTP}"],
+               env={"MODE": "prod"}, user=None, resources={"cpu": 250, "memory": 64 << 20, "pids": 128},
+               network="host", ports=[{"name": "http", "static": None, "to": None}])
 PLACEMENT = {"id": "web-3-a1", "job": "web", "version": 2, "replica": 3, "ports": {"http": 31001}}
 
 def test_spec_from_placement():

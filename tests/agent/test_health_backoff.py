@@ -9,6 +9,7 @@ from raftctl.agent.backoff import Backoff, should_restart
 from raftctl.agent.health import HealthMonitor, HealthPolicy, HealthTracker, make_probe, probe_http, probe_tcp
 from raftctl.agent.runtime.base import ContainerSpec
 from raftctl.agent.runtime.sim import SimDriver, SimScript
+from raftctl.statemachine.records import Health, Restart
 
 
 def test_threshold_needs_consecutive_failures():
@@ -43,7 +44,8 @@ def test_backoff_grows_caps_and_resets_after_a_stable_run():
     b.on_start(now)
     assert not b.stable(now + 9.9) and b.stable(now + 10.0)
     assert b.on_exit(now + 10.0) == pytest.approx(0.1)     # stable run: back to the start
-    assert Backoff.from_spec({"initial_ms": 100, "max_ms": 10000, "reset_ms": 30000}).reset_s == 30.0
+    b = Backoff.from_spec(Restart(initial=250, max=30_000, reset=120_000))
+    assert (b.initial_s, b.max_s, b.reset_s) == (0.25, 30.0, 120.0)
 
 
 def test_restart_policies():
@@ -130,3 +132,17 @@ async def test_an_async_on_change_is_awaited_before_the_check_returns():
         return True
     monitor = HealthMonitor(HealthPolicy(type="exec", command=["true"]), ok, on_change, clock=lambda: 5.0)
     assert await monitor.check_once() == "healthy" and seen == ["healthy"]
+
+
+def test_a_health_policy_is_the_spec_records_check_with_its_durations_in_seconds():
+    p = HealthPolicy.from_spec(Health(type="http", port="web", path="/ok", interval=2500, timeout=300, grace=10_000,
+                                      failures=0))
+    assert (p.type, p.port, p.path, p.interval_s, p.timeout_s, p.grace_s) == ("http", "web", "/ok", 2.5, 0.3, 10.0)
+    assert p.failures == 1                                  # a stored 0 would never turn unhealthy: at least 1
+    e = HealthPolicy.from_spec(Health(type="exec", command=("check", "-q")))
+    assert (e.command, e.interval_s, e.timeout_s, e.grace_s, e.failures) == (["check", "-q"], 1.0, 1.0, 0.0, 3)
+
+
+def test_a_backoff_clamps_a_stored_restart_outside_the_validators_bounds():
+    b = Backoff.from_spec(Restart(initial=-5, max=50, reset=10))
+    assert (b.initial_s, b.max_s, b.reset_s) == (0.1, 0.1, 1.0)

@@ -20,7 +20,7 @@ import pytest
 
 from raftctl.agent.runtime import bundle, seccomp
 from raftctl.agent.runtime.base import ContainerSpec, RuntimeError_
-from tests.agent.conftest import wait_for
+from tests.agent.conftest import job_spec, wait_for
 
 JOB: dict[str, Any] = {"name": "evil", "image": "evil:1", "base": "host", "command": ["true"], "env": {},
                        "user": None, "resources": {"cpu": 500, "memory": 96 << 20, "pids": 32}, "network": "host",
@@ -29,7 +29,7 @@ JOB: dict[str, Any] = {"name": "evil", "image": "evil:1", "base": "host", "comma
 
 def spec_of(job: dict[str, Any], rootfs: str = "/img", log_dir: str = "/logs") -> ContainerSpec:
     placement = {"id": f"evil-{uuid.uuid4().hex[:8]}", "job": job["name"], "version": 1, "replica": 0, "ports": {}}
-    return ContainerSpec.from_placement(placement, job, rootfs=rootfs, log_dir=log_dir, image="sha256:" + "e" * 64)
+    return ContainerSpec.from_placement(placement, job_spec(**job), rootfs=rootfs, log_dir=log_dir, image="sha256:" + "e" * 64)
 
 
 def config_of(job: dict[str, Any], **kw: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import pytest
 from raftctl.agent.imagegc import ImageGC, assigned_images, gc_period, image_digest, images_in_use
 from raftctl.agent.runtime.base import Driver
 from raftctl.agent.supervisor import Supervised
+from tests.agent.conftest import job_spec
 
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
 
@@ -50,19 +51,20 @@ class Collecting:
 def sup(digest: str | None = None, spec: bool = True, image: str = "web:1") -> Supervised:
     p: dict[str, Any] = {"id": "p", "job": "web"}
     if spec:
-        p["spec"] = {"image": image, "image_digest": digest}
+        p["spec"] = job_spec(image=image, image_digest=digest)
     return Supervised(placement=p)
 
 
 def test_the_digest_is_the_resolved_one_or_an_image_named_by_digest():
-    assert image_digest({"spec": {"image": "web:1", "image_digest": D1}}) == D1
-    assert image_digest({"spec": {"image": D2}}) == D2
-    assert image_digest({"spec": {"image": "web:1", "image_digest": None}}) is None
+    assert image_digest({"spec": job_spec(image="web:1", image_digest=D1)}) == D1
+    assert image_digest({"spec": job_spec(image=D2)}) == D2
+    assert image_digest({"spec": job_spec(image="web:1", image_digest=None)}) is None
+    assert image_digest({"spec": job_spec(image="web:1")}) is None
 
 
 def test_in_use_is_the_assignment_and_the_containers_and_unknown_while_an_image_is():
-    assert assigned_images([{"spec": {"image": "a", "image_digest": D1}}, {"spec": None},
-                            {"spec": {"image": "b", "image_digest": None}}]) == {D1}
+    assert assigned_images([{"spec": job_spec(image="a", image_digest=D1)}, {"spec": None},
+                            {"spec": job_spec(image="b", image_digest=None)}]) == {D1}
     assert images_in_use({D1}, [sup(D2), sup(None)]) == {D1, D2}
     assert images_in_use({D1}, [sup(D2), sup(spec=False)]) is None     # adopted, placement not arrived yet
     assert images_in_use(set(), []) == set()
@@ -77,7 +79,7 @@ async def test_the_loop_collects_every_period_with_the_in_use_set_and_survives_a
     clock, driver = FakeClock(stop_after=3), Collecting(fail=1)
     containers = {"p": sup(D2)}
     gc = ImageGC(driver, containers, 300, clock)  # type: ignore[arg-type]
-    gc.note_assignment([{"spec": {"image": "a", "image_digest": D1}}])
+    gc.note_assignment([{"spec": job_spec(image="a", image_digest=D1)}])
     with pytest.raises(asyncio.CancelledError):
         await gc.run()
     assert clock.sleeps == [30.0, 30.0, 30.0]

@@ -14,6 +14,7 @@ from raftctl.agent import rootfs
 from raftctl.agent.images import ImageStore
 from raftctl.agent.testimage import make_busybox_dir
 from raftctl.oci import ImageError
+from tests.agent.conftest import job_spec
 
 
 def tree_digest(root: str) -> str:
@@ -530,9 +531,9 @@ def test_agent_gc_keeps_images_its_containers_or_assignments_use(tmp_path, src):
     stale = store.build(str(other))
     for d in (running, assigned, stale):
         store.unpack(d)
-    containers = {"p1": Supervised(placement={"id": "p1", "job": "web", "spec": {"image_digest": running}})}
+    containers = {"p1": Supervised(placement={"id": "p1", "job": "web", "spec": job_spec(image_digest=running)})}
     gc = ImageGC(ProcessDriver(str(tmp_path / "proc"), store), containers, 600, clock)
-    gc.note_assignment([{"id": "p2", "spec": {"image": "web:2", "image_digest": assigned}},
+    gc.note_assignment([{"id": "p2", "spec": job_spec(image="web:2", image_digest=assigned)},
                         {"id": "p3", "spec": None}])
     assert gc.assigned == {assigned}
     clock.advance(601)

@@ -9,6 +9,7 @@ import pytest
 
 from raftctl.agent.stats import StatsPass
 from raftctl.agent.supervisor import Supervised
+from tests.agent.conftest import job_spec
 
 
 class FakeClock:
@@ -47,7 +48,7 @@ class Driver:
 def sup(job: str, cpu: int = 500, state: str = "running", spec: bool = True) -> Supervised:
     p: dict[str, Any] = {"id": job + "-1", "job": job}
     if spec:
-        p["spec"] = {"resources": {"cpu": cpu, "memory": 1 << 20}}
+        p["spec"] = job_spec(resources={"cpu": cpu, "memory": 1 << 20})
     return Supervised(placement=p, state=state)
 
 

@@ -20,6 +20,7 @@ from raftctl.agent.stopping import STOP_GRACE_S, STOP_SLACK_S, Stopper
 from raftctl.agent.supervisor import Supervised
 from raftctl.statemachine.records import ReportUpdate
 from raftctl.clock import FakeClock
+from tests.agent.conftest import job_spec
 
 HOOK = {"exec": ["drain", "--now"], "timeout_ms": 3000}
 
@@ -59,9 +60,7 @@ class Driver:
 
 
 def placement(pid: str = "w-1", desired: str = "stop", hook: bool = True, reason: str = "") -> dict[str, Any]:
-    spec: dict[str, Any] = {"image": "w:1", "command": ["w"]}
-    if hook:
-        spec["lifecycle"] = {"pre_stop": HOOK}
+    spec = job_spec(lifecycle={"pre_stop": HOOK} if hook else {})
     p = {"id": pid, "job": "w", "version": 1, "replica": 0, "desired": desired, "state": "running", "spec": spec}
     if reason:
         p["reason"] = reason

@@ -18,11 +18,13 @@ from typing import Any
 
 import pytest
 
+from raftctl.agent import converge
 from raftctl.agent.config import AgentConfig
 from raftctl.agent.loop import Agent
 from raftctl.agent.runtime.base import ContainerSpec, Observed
 from raftctl.agent.runtime.process import ProcessDriver
 from raftctl.agent.runtime import agent_driver as make_driver
+from raftctl.statemachine.records import JobSpec, from_wire
 from raftctl.statemachine.spec import validate_spec
 
 from .conftest import agents_cluster, client_for, wait_until
@@ -126,7 +128,7 @@ async def test_a_container_running_behind_the_agents_back_is_stopped(agent):
     after the stop, an agent that forgot it); the next pass stops it, with no new assignment answer."""
     d = agent.driver
     await agent.converge([placement("s-1", desired="stop", state="stopped")])
-    spec = ContainerSpec.from_placement(placement("s-1"), SLEEPER, rootfs="",
+    spec = ContainerSpec.from_placement(placement("s-1"), from_wire(JobSpec, SLEEPER), rootfs="",
                                         log_dir=os.path.join(agent.cfg.data_dir, "logs", "s-1"))
     d.create(spec)
     d.start("s-1")
@@ -161,7 +163,7 @@ async def test_a_stop_that_hangs_is_retried_with_sigkill(tmp_path):
     try:
         await a.converge([placement("s-1")])
         await eventually(lambda: "s-1" in running(d), what="s-1 running")
-        a.placements = [placement("s-1", desired="stop")]
+        a.placements = converge.typed([placement("s-1", desired="stop")])[0]   # as the reconcile pass holds it
         t0 = time.monotonic()
 
         async def body():

@@ -15,6 +15,7 @@ from typing import Any, Callable, Literal, Protocol, TypedDict
 
 from raftctl.agent.images import BlobSource
 from raftctl.clusterid import CLUSTER_ID_RE
+from raftctl.statemachine.records import JobSpec
 
 State = Literal["created", "running", "exited", "oom_killed", "missing"]
 DEFAULT_UID = 65534
@@ -153,31 +154,30 @@ class ContainerSpec:
         return cls(**d)
 
     @classmethod
-    def from_placement(cls, placement: dict[str, Any], spec: dict[str, Any], *, rootfs: str, log_dir: str,
+    def from_placement(cls, placement: dict[str, Any], spec: JobSpec, *, rootfs: str, log_dir: str,
                        image: str | None = None, netns: str | None = None) -> "ContainerSpec":
-        """Build from a placement record and the normalized job spec (docs/state.md)."""
+        """Build from a placement record and its job version's spec record."""
         env = {"PATH": DEFAULT_PATH}
-        env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+        env.update(spec.env)
         ports = {str(k): int(v) for k, v in (placement.get("ports") or {}).items()}
         for name, port in ports.items():
             env[port_env(name)] = str(port)
         env["RAFTCTL_JOB"] = str(placement["job"])
         env["RAFTCTL_REPLICA"] = str(placement["replica"])
         env["RAFTCTL_PLACEMENT"] = str(placement["id"])
-        network = spec.get("network", "host")
+        network = spec.network
         address = placement.get("address") if network == "bridge" else None
         if address:
             env["RAFTCTL_ADDRESS"] = str(address).split("/")[0]
-        res = spec.get("resources") or {}
+        res = spec.resources
         return cls(
             id=str(placement["id"]), job=str(placement["job"]), replica=int(placement["replica"]),
-            image=image or str(spec["image"]), rootfs=rootfs, base=spec.get("base", "scratch"),
-            command=[expand(a, env) for a in spec["command"]], env=env, user=spec.get("user"),
-            resources=Resources(cpu=int(res.get("cpu", 0)), memory=int(res.get("memory", 0)),
-                                pids=int(res.get("pids", 0))),
+            image=image or spec.image, rootfs=rootfs, base=spec.base,
+            command=[expand(a, env) for a in spec.command], env=env, user=spec.user,
+            resources=Resources(cpu=res.cpu, memory=res.memory, pids=res.pids),
             network=network, ports=ports, address=address, netns=netns,
             version=int(placement.get("version", 0)), log_dir=log_dir,
-            capabilities=sorted({str(c) for c in (spec.get("capabilities") or [])}))
+            capabilities=sorted(set(spec.capabilities)))
 
 
 def port_env(name: str) -> str:

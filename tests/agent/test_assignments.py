@@ -1,0 +1,82 @@
+"""Where assignments arrive: each placement's spec becomes its JobSpec record once (converge.typed), and a spec
+that does not convert is reported and skipped, never crashing the agent's loop."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from raftctl.agent import converge
+from raftctl.agent.config import AgentConfig
+from raftctl.agent.loop import Agent
+from raftctl.agent.runtime.base import ContainerSpec
+from raftctl.agent.runtime.sim import SimDriver
+from raftctl.statemachine.records import JobSpec, ReportUpdate, seconds
+from raftctl.statemachine.spec import validate_spec
+
+WEB = validate_spec({"name": "web", "image": "web:1", "command": ["web"], "ports": [{"name": "http"}],
+                     "health": {"type": "tcp", "port": "http", "interval": "2500ms", "grace": "10s"},
+                     "restart": {"policy": "on-failure", "backoff": {"initial": "250ms", "max": "30s"}}})
+BAD = {**WEB, "restart": {**WEB["restart"], "initial_ms": "1s"}}   # stored before restart's types were checked
+
+
+def placement(pid: str, spec: Any, desired: str = "run", state: str = "pending") -> dict[str, Any]:
+    return {"id": pid, "job": "web", "version": 1, "replica": 0, "machine": "m1", "ports": {"http": 31001},
+            "resources": {}, "desired": desired, "state": state, "spec": spec}
+
+
+def test_each_spec_becomes_its_record_and_the_parts_read_typed_durations():
+    assigned, refused = converge.typed([placement("web-1", WEB)])
+    spec = assigned[0]["spec"]
+    assert isinstance(spec, JobSpec) and refused == {}
+    assert spec.health is not None and seconds(spec.health.interval) == 2.5 and seconds(spec.health.grace) == 10.0
+    assert (spec.restart.policy, seconds(spec.restart.initial), seconds(spec.restart.max)) == ("on-failure", 0.25, 30.0)
+    assert {k: v for k, v in assigned[0].items() if k != "spec"} == {k: v for k, v in placement("web-1", WEB).items()
+                                                                     if k != "spec"}
+
+
+def test_a_spec_that_does_not_convert_is_left_out_naming_its_field_and_a_missing_one_stays_missing():
+    assigned, refused = converge.typed([placement("web-1", BAD), placement("web-2", None), placement("web-3", WEB)])
+    assert [p["spec"] is None for p in assigned] == [True, True, False]
+    assert list(refused) == ["web-1"] and refused["web-1"].field == "restart.initial_ms"
+    assert [p for p in converge.plan(assigned, set()).start] == [assigned[2]]    # only the one that converted
+
+
+def agent(tmp_path) -> tuple[Agent, SimDriver]:
+    cfg = AgentConfig(machine="m1", servers=["http://127.0.0.1:1"], token="t", data_dir=str(tmp_path))
+    driver = SimDriver()
+    return Agent(cfg, driver), driver
+
+
+async def settle(a: Agent) -> None:
+    for t in [s.task for s in a.containers.values() if s.task]:
+        t.cancel()
+    await asyncio.gather(*[s.task for s in a.containers.values() if s.task], return_exceptions=True)
+
+
+async def test_a_placement_whose_spec_does_not_convert_is_reported_once_and_the_others_still_start(tmp_path):
+    a, driver = agent(tmp_path)
+    try:
+        await a.converge([placement("web-1", BAD), placement("web-3", WEB)])
+        assert set(a.containers) == {"web-3"} and isinstance(a.containers["web-3"].placement["spec"], JobSpec)
+        assert [r for r in a.reports if r.placement == "web-1"] == [ReportUpdate(
+            placement="web-1", state="exited",
+            reason="start failed: its spec does not convert: restart.initial_ms: Expected `int`, got `str`")]
+        await a.converge([placement("web-1", BAD, state="exited"), placement("web-3", WEB)])   # the next answer
+        assert len([r for r in a.reports if r.placement == "web-1"]) == 1 and set(a.containers) == {"web-3"}
+    finally:
+        await settle(a)
+
+
+async def test_an_adopted_container_whose_spec_does_not_convert_is_neither_stopped_nor_reported(tmp_path):
+    a, driver = agent(tmp_path)
+    cs = converge.typed([placement("web-1", WEB)])[0][0]
+    driver.create(ContainerSpec.from_placement(cs, cs["spec"], rootfs="", log_dir=str(tmp_path)))
+    driver.start("web-1")
+    await a._adopt()
+    try:
+        await a.converge([placement("web-1", BAD, state="running")])
+        await asyncio.sleep(0.05)
+        assert driver.status("web-1").state == "running" and a.stopper.attempts == {}
+        assert a.reports == [] and a.containers["web-1"].task is None    # running, unsupervised: nothing to act on
+    finally:
+        await settle(a)
