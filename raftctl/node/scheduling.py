@@ -107,17 +107,24 @@ def _watch_key(s: Any) -> int:
     return max(s.table_index["jobs"], s.table_index["machines"], s.table_index["placements"])
 
 
-# At most this many new placements per Plan command: applying a Plan holds the state lock on every replica, and
-# its cost grows with the placements it adds (measured on today's apply: 2000 in 1.3 s, 5000 in 6.9 s, about
-# quadratic), so a 10000-replica job is placed in slices (the next pass starts as soon as one commits).
-MAX_PLACE_PER_PLAN = 100
+# At most this many new placements per Plan command (one log entry). A replica applies an entry on its raft tick
+# thread, which sends no heartbeat and answers no vote meanwhile: at 60-200 us per placement (bench of the apply on
+# this loaded 2-core machine), 1,000 per entry held it long enough to depose the leader (election timeout 0.3-0.6 s)
+# in bench/schedule.py; 250 keeps an apply near 50 ms. A pass's whole plan is proposed, slice after slice, before
+# the next pass: proposing one 100-placement slice per pass made a 20,000-replica backlog cost 200 full passes,
+# each over every replica still unplaced.
+MAX_PLACE_PER_PLAN = 250
 
 
-def plan_command(plan: Any, jobs: dict[str, dict], epoch: int) -> c.Plan | None:
-    """The Plan command for a scheduler plan (its first MAX_PLACE_PER_PLAN placements), or None when it
-    changes nothing."""
+def plan_commands(plan: Any, jobs: dict[str, dict], epoch: int) -> list[c.Plan]:
+    """The Plan commands for a scheduler plan, in order: its new placements in slices of MAX_PLACE_PER_PLAN; the
+    first command also carries the plan's stops, preemptions and pending reasons. Empty when it changes nothing.
+
+    Each command carries the plan's index and this leader's epoch; the state machine re-checks every item of each
+    slice against the state it is applied to, so a slice applied after others (or after another write) is as safe
+    as the first one: what no longer fits is rejected, and the next pass recomputes."""
     place = [{"job": n.job, "version": n.version, "replica": n.replica, "machine": n.machine,
-              "resources": dict(n.resources), "ports": dict(n.ports)} for n in plan.place[:MAX_PLACE_PER_PLAN]]
+              "resources": dict(n.resources), "ports": dict(n.ports)} for n in plan.place]
     stop = [{"placement": pid, "reason": reason} for pid, reason in plan.stop]
     stop += [{"placement": pid, "reason": f"preempted by higher-priority job {by}"} for pid, by in plan.preempt]
     pending = {}
@@ -126,8 +133,16 @@ def plan_command(plan: Any, jobs: dict[str, dict], epoch: int) -> c.Plan | None:
         if (job.get("pending_reason") or "") != want:
             pending[name] = want
     if not place and not stop and not pending:
-        return None
-    return c.Plan(epoch=epoch, index=plan.index, place=place, stop=stop, pending=pending)
+        return []
+    slices = [place[i:i + MAX_PLACE_PER_PLAN] for i in range(0, len(place), MAX_PLACE_PER_PLAN)] or [[]]
+    return [c.Plan(epoch=epoch, index=plan.index, place=sl, stop=stop if i == 0 else [],
+                   pending=pending if i == 0 else {}) for i, sl in enumerate(slices)]
+
+
+def plan_command(plan: Any, jobs: dict[str, dict], epoch: int) -> c.Plan | None:
+    """The first of ``plan_commands`` (its first MAX_PLACE_PER_PLAN placements), or None when it changes nothing."""
+    cmds = plan_commands(plan, jobs, epoch)
+    return cmds[0] if cmds else None
 
 
 class SchedulerLoop:
@@ -139,6 +154,10 @@ class SchedulerLoop:
         self.rejected = 0
         self.failed = 0
         self.last_pass_ms = 0.0
+        self.pass_ms = 0.0        # all passes' time (the pure pass on its worker thread)
+        self.commit_ms = 0.0      # all time spent proposing and awaiting the apply of Plan commands
+        self.commands = 0         # Plan commands proposed
+        self.largest_plan = 0     # most new placements one pass planned
 
     async def run(self) -> None:
         seen = -1
@@ -164,26 +183,43 @@ class SchedulerLoop:
                 seen = -1
                 continue
             self.last_pass_ms = (time.perf_counter() - t0) * 1000
+            self.pass_ms += self.last_pass_ms
             self.passes += 1
-            cmd = plan_command(plan, jobs, self.epoch)
-            if cmd is None:
-                continue
+            self.largest_plan = max(self.largest_plan, len(plan.place))
+            t1 = time.perf_counter()
+            outcome = await self.commit(plan_commands(plan, jobs, self.epoch))
+            self.commit_ms += (time.perf_counter() - t1) * 1000
+            if outcome == "deposed":
+                return  # leadership is over; Leadership stops us
+            if outcome == "failed":
+                await asyncio.sleep(0.2)
+            if outcome in ("failed", "rejected"):
+                seen = -1  # recompute at once against the newer state (a refused command waits for a change)
+
+    async def commit(self, cmds: list[c.Plan]) -> str:
+        """Propose a pass's commands in order, each once the one before it is applied (so a log entry holds one
+        slice and the apply lock is held for one slice at a time). "ok"; "rejected" when the state machine
+        rejected an item; "refused" when it rejected a whole command; "failed" when one was not committed;
+        "deposed" on a stale epoch. What is left of the plan after a failure or a refusal is dropped: the next
+        pass recomputes it."""
+        outcome = "ok"
+        for cmd in cmds:
+            self.commands += 1
             try:
                 res = await self.replica.propose(cmd, timeout=10.0)
             except Exception as exc:
                 log.warning("plan not committed: %s", exc)
-                await asyncio.sleep(0.2)
-                continue
+                return "failed"
             if not res.ok:
                 log.info("plan rejected: %s", res.error)
-                if res.error and res.error.code == "stale_epoch":
-                    return  # leadership is over; Leadership stops us
-                continue
+                return "deposed" if res.error and res.error.code == "stale_epoch" else "refused"
             self.placed += len(res.value.get("placed", []))
             self.rejected += len(res.value.get("rejected", []))
             if res.value.get("rejected"):
-                seen = -1  # recompute at once against the newer state
+                outcome = "rejected"
+        return outcome
 
     def status(self) -> dict[str, Any]:
         return {"passes": self.passes, "placed": self.placed, "rejected": self.rejected, "failed": self.failed,
-                "last_pass_ms": round(self.last_pass_ms, 2)}
+                "last_pass_ms": round(self.last_pass_ms, 2), "pass_ms": round(self.pass_ms, 1),
+                "commit_ms": round(self.commit_ms, 1), "commands": self.commands, "largest_plan": self.largest_plan}

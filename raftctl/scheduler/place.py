@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from raftctl.scheduler.feasibility import Spec, allocate_ports, explain, f_constraints, f_ports, f_resources, f_schedulable
+from raftctl.scheduler.feasibility import Spec, allocate_ports, explain, f_constraints, f_ports, f_schedulable
 from raftctl.scheduler.machines import MachineView
 from raftctl.scheduler.plan import RESOURCES, Check, NewPlacement, Record, no_check
 from raftctl.scheduler.ranking import WEIGHTS, Spread, score_anti_affinity, score_binpack, tie
@@ -22,9 +22,28 @@ class JobFit:
     spec: Spec
     spread: Spread
     seed: bytes
+    # what ``fits`` asks of every machine, taken from the spec once (it runs for every heap entry a pass pops)
+    want: tuple[tuple[str, int], ...] = field(init=False)
+    dynamic_ports: int | None = field(init=False)   # None: the spec has static ports (f_ports decides)
+
+    def __post_init__(self) -> None:
+        self.want = tuple((k, int(self.spec["resources"][k])) for k in RESOURCES)
+        ports = self.spec.get("ports", [])
+        self.dynamic_ports = None if any(p.get("static") is not None for p in ports) else len(ports)
 
     def fits(self, v: MachineView) -> str | None:
-        return f_resources(v, self.spec) or f_ports(v, self.spec) or self.spread.violation(v)
+        """f_resources, then f_ports, then the hard spread rules: the first reason ``v`` cannot take one more."""
+        free = v.free
+        for k, need in self.want:
+            if free[k] < need:
+                return f"insufficient {k}"
+        if self.dynamic_ports is None:
+            why = f_ports(v, self.spec)
+            if why:
+                return why
+        elif self.dynamic_ports and v.free_ports < self.dynamic_ports:
+            return "no free ports"
+        return self.spread.violation(v) if self.spread.limit else None
 
     def score(self, v: MachineView) -> float:
         total = WEIGHTS["binpack"] * score_binpack(v, self.spec)

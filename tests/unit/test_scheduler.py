@@ -329,14 +329,99 @@ async def test_plans_beyond_the_concurrency_limit_are_refused_not_queued():
     assert await scheduling.run_plan(lambda check: "again") == "again"   # slots freed
 
 
-def test_a_huge_plan_is_proposed_in_slices():
-    # applying a Plan holds the state lock on every replica: a 10000-replica job is placed MAX_PLACE_PER_PLAN at a time
-    from raftctl.node.scheduling import MAX_PLACE_PER_PLAN, plan_command
-    jobs = {"web": job(replicas=3 * MAX_PLACE_PER_PLAN)}
-    plan = schedule(jobs, {}, big_cluster(200), index=1, now=0)
-    assert len(plan.place) == 3 * MAX_PLACE_PER_PLAN
-    cmd = plan_command(plan, jobs, epoch=1)
-    assert [p["replica"] for p in cmd.place] == [p.replica for p in plan.place[:MAX_PLACE_PER_PLAN]]
+def roomy_cluster(n: int) -> dict[str, dict]:
+    """big_cluster with room for 100s of replicas per machine (pids too)."""
+    ms = big_cluster(n)
+    for m in ms.values():
+        m["resources"]["pids"] = 1 << 20
+    return ms
+
+
+def test_a_huge_plan_is_proposed_in_slices_that_cover_it_in_order():
+    # applying a Plan holds the state lock on every replica: a big plan goes to the log MAX_PLACE_PER_PLAN at a
+    # time, every slice of it (not only the first), the stops and pending reasons with the first slice
+    from raftctl.node.scheduling import MAX_PLACE_PER_PLAN, plan_command, plan_commands
+    jobs = {"web": job(replicas=2 * MAX_PLACE_PER_PLAN + 7), "gone": job("gone", replicas=1, status="stopped")}
+    placements = {"gone-1": placement("gone-1", 0, "m0000", jobname="gone")}
+    plan = schedule(jobs, placements, roomy_cluster(100), index=1, now=0)
+    assert len(plan.place) == 2 * MAX_PLACE_PER_PLAN + 7 and plan.stop
+    cmds = plan_commands(plan, jobs, epoch=4)
+    assert [len(cmd.place) for cmd in cmds] == [MAX_PLACE_PER_PLAN, MAX_PLACE_PER_PLAN, 7]
+    assert [p["replica"] for cmd in cmds for p in cmd.place] == [p.replica for p in plan.place]
+    assert [p["placement"] for p in cmds[0].stop] == ["gone-1"] and not cmds[1].stop and not cmds[2].stop
+    assert all(cmd.epoch == 4 and cmd.index == 1 for cmd in cmds)
+    assert plan_command(plan, jobs, epoch=4) == cmds[0]
+
+
+def test_a_plan_that_changes_nothing_proposes_nothing():
+    from raftctl.node.scheduling import plan_commands
+    jobs = {"web": {**job(replicas=1), "pending_reason": None}}
+    placements = {"web-1": placement("web-1", 0, "a")}
+    plan = schedule(jobs, placements, {"a": machine("a")}, index=1, now=0)
+    assert plan_commands(plan, jobs, epoch=1) == []
+
+
+async def test_the_scheduler_loop_commits_a_whole_pass_slice_after_slice():
+    # one pass places a backlog of 2.5 slices: the loop proposes all of it, in order and one slice per proposal,
+    # without a pass per slice (it used to propose the first slice only and recompute the whole pass for the next)
+    import asyncio
+    from types import SimpleNamespace
+    from raftctl.node import scheduling
+
+    n = 2 * scheduling.MAX_PLACE_PER_PLAN + scheduling.MAX_PLACE_PER_PLAN // 2
+    state = SimpleNamespace(jobs={"web": job(replicas=n)}, placements={}, machines=roomy_cluster(100), index=3,
+                            table_index={"jobs": 1, "machines": 1, "placements": 1})
+    proposed = []
+
+    class Replica:
+        def read(self, fn):
+            return fn(state)
+
+        async def wait_for(self, fn, key, timeout):
+            await asyncio.sleep(0.01)
+
+        async def propose(self, cmd, timeout):
+            proposed.append(cmd)   # the state is left unchanged: a second pass would propose the slices again
+            return SimpleNamespace(ok=True, error=None, value={"placed": [p["replica"] for p in cmd.place]})
+
+    loop = scheduling.SchedulerLoop(Replica(), epoch=1)
+    task = asyncio.create_task(loop.run())
+    for _ in range(3000):
+        if loop.placed >= n:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    assert loop.status()["passes"] == 1 and loop.placed == n
+    assert [len(cmd.place) for cmd in proposed] == [scheduling.MAX_PLACE_PER_PLAN] * 2 + [n - 2 * scheduling.MAX_PLACE_PER_PLAN]
+    assert sorted(p["replica"] for cmd in proposed for p in cmd.place) == list(range(n))
+
+
+async def test_the_scheduler_loop_stops_at_the_first_slice_refused_for_a_stale_epoch():
+    import asyncio
+    from types import SimpleNamespace
+    from raftctl.errors import RaftctlError
+    from raftctl.node import scheduling
+
+    n = 3 * scheduling.MAX_PLACE_PER_PLAN
+    state = SimpleNamespace(jobs={"web": job(replicas=n)}, placements={}, machines=roomy_cluster(100), index=3,
+                            table_index={"jobs": 1, "machines": 1, "placements": 1})
+    proposed = []
+
+    class Replica:
+        def read(self, fn):
+            return fn(state)
+
+        async def wait_for(self, fn, key, timeout):
+            await asyncio.sleep(0.01)
+
+        async def propose(self, cmd, timeout):
+            proposed.append(cmd)
+            return SimpleNamespace(ok=False, value=None,
+                                   error=RaftctlError("plan from epoch 1, current epoch is 2", code="stale_epoch"))
+
+    loop = scheduling.SchedulerLoop(Replica(), epoch=1)
+    await asyncio.wait_for(loop.run(), 30)   # returns: leadership is over
+    assert len(proposed) == 1 and loop.placed == 0
 
 
 async def test_the_scheduler_loop_outlives_a_failing_pass(monkeypatch, caplog):
