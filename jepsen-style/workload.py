@@ -35,6 +35,7 @@ from typing import Any
 import aiohttp
 
 SERVICE = "web"
+ENDPOINT_PROBE_S = 2.0  # a TCP connect to an endpoint; at 0.5 s a starved prober (load 30) saw every endpoint dead
 REG_IMAGE = "reg:1"
 
 
@@ -308,7 +309,7 @@ class Workload:
         async def one(ep: str) -> bool:
             host, _, port = ep.rpartition(":")
             try:
-                _, w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 0.5)
+                _, w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), ENDPOINT_PROBE_S)
             except (OSError, asyncio.TimeoutError):
                 return False
             w.close()
