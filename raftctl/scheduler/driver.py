@@ -3,6 +3,8 @@
 randomness; the same state gives the same plan."""
 from __future__ import annotations
 
+from typing import Callable
+
 from raftctl.scheduler.machines import MachineView, build_views, release
 from raftctl.scheduler.packing import repair
 from raftctl.scheduler.place import JobFit, place_job, place_replicas
@@ -13,9 +15,12 @@ from raftctl.scheduler.reconcile import Reconciled, current_spec, live, reconcil
 
 def schedule(jobs: dict[str, Record], placements: dict[str, Record], machines: dict[str, Record], *,
              index: int, now: int, job_names: list[str] | None = None, check: Check = no_check,
-             pack: bool = True) -> Plan:
+             pack: bool = True, emit: Callable[[list[NewPlacement]], None] | None = None) -> Plan:
     """One scheduling pass over ``job_names`` (default: every job), highest priority first, then the packing
     repair (``pack=False``: the greedy pass alone, for comparisons).
+
+    ``emit``, when given, is called after each job with the new placements the pass has just added to the plan
+    (so a caller can commit them while the pass goes on); they are final, so such a pass runs no packing repair.
 
     ``check`` is called between units of work (a machine filtered, a replica placed); a caller that must give
     up (a dry run past its time bound) makes it raise, and the pass stops there."""
@@ -33,8 +38,11 @@ def schedule(jobs: dict[str, Record], placements: dict[str, Record], machines: d
         check()
         job = jobs.get(name)
         if job is not None:
+            before = len(pass_.plan.place)
             pass_.job(name, job, now)
-    if pack:
+            if emit is not None and len(pass_.plan.place) > before:
+                emit(pass_.plan.place[before:])
+    if pack and emit is None:
         repair(pass_.plan, pass_.views, pass_.fits, pass_.opened, check)
     return pass_.plan
 

@@ -465,3 +465,66 @@ async def test_the_scheduler_loop_outlives_a_failing_pass(monkeypatch, caplog):
     task.cancel()
     assert proposed and [p["machine"] for p in proposed[0].place] == ["a"]
     assert loop.status()["failed"] == 1 and "scheduler pass failed" in caplog.text
+
+
+def test_a_pass_hands_over_each_jobs_new_placements_as_it_goes_and_then_runs_no_repair():
+    jobs = {f"j{i}": job(f"j{i}", replicas=30) for i in range(5)}
+    emitted = []
+    plan = schedule(jobs, {}, roomy_cluster(20), index=7, now=0, emit=lambda items: emitted.append(list(items)))
+    assert [{p.job for p in part} for part in emitted] == [{f"j{i}"} for i in range(5)]
+    assert [p for part in emitted for p in part] == plan.place
+    assert plan == schedule(jobs, {}, roomy_cluster(20), index=7, now=0, pack=False)
+
+
+async def test_a_big_backlog_is_committed_while_its_pass_still_runs(monkeypatch):
+    # the pass is held after its first job until that job's first slice is proposed: without streaming the
+    # proposal would only come after the pass, and the hold times out
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+    from raftctl.node import scheduling
+
+    per_job = scheduling.MAX_PLACE_PER_PLAN + 10
+    n_jobs = scheduling.STREAM_ABOVE // per_job + 2
+    state = SimpleNamespace(jobs={f"j{i}": {**job(f"j{i}", replicas=per_job), "pending_reason": None}
+                                  for i in range(n_jobs)},
+                            placements={"old-1": placement("old-1", 0, "m0000", jobname="gone")},
+                            machines=roomy_cluster(100), index=3, table_index={"jobs": 1, "machines": 1, "placements": 1})
+    proposed, first_proposed, held = [], threading.Event(), []
+
+    class Replica:
+        def read(self, fn):
+            return fn(state)
+
+        async def wait_for(self, fn, key, timeout):
+            await asyncio.sleep(0.01)
+
+        async def propose(self, cmd, timeout):
+            proposed.append(cmd)
+            first_proposed.set()
+            return SimpleNamespace(ok=True, error=None, value={"placed": [p["replica"] for p in cmd.place]})
+
+    real = scheduling.schedule
+
+    def held_after_first_job(*a, emit, **k):
+        def hold(items):
+            emit(items)
+            if not held:
+                held.append(first_proposed.wait(10))
+        return real(*a, emit=hold, **k)
+
+    monkeypatch.setattr(scheduling, "schedule", held_after_first_job)
+    loop = scheduling.SchedulerLoop(Replica(), epoch=1)
+    task = asyncio.create_task(loop.run())
+    for _ in range(3000):
+        if loop.placed >= per_job * n_jobs:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    assert held == [True]   # the first slice was proposed while the pass was held inside it
+    assert loop.status()["passes"] == 1 and loop.placed == per_job * n_jobs
+    assert all(len(cmd.place) <= scheduling.MAX_PLACE_PER_PLAN for cmd in proposed)
+    got = sorted((p["job"], p["replica"]) for cmd in proposed for p in cmd.place)
+    assert got == sorted((f"j{i}", r) for i in range(n_jobs) for r in range(per_job))   # each once
+    assert [s["placement"] for cmd in proposed for s in cmd.stop] == ["old-1"]   # the stop goes with the tail
+    assert not proposed[0].stop and proposed[-1].stop
