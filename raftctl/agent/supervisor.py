@@ -17,7 +17,7 @@ from raftctl.agent.backoff import Backoff, should_restart
 from raftctl.agent.health import HealthMonitor, HealthPolicy, Probe, probe_for
 from raftctl.agent.runtime.base import ContainerSpec, Driver, Observed, RuntimeError_
 from raftctl.clock import SYSTEM, Clock
-from raftctl.statemachine.records import HealthState, JobSpec, PlacementState, ReportUpdate
+from raftctl.statemachine.records import REASON_MAX, HealthState, JobSpec, PlacementState, ReportUpdate
 
 log = logging.getLogger("raftctl.agent")
 
@@ -35,7 +35,6 @@ class Metrics(Protocol):
     def health_checked(self, kind: str, ok: bool, seconds: float) -> None: ...
 
 
-REASON_MAX = 300       # records.ReportUpdate.reason's bound: a longer reason would have the whole report refused
 
 
 def update(placement: str, state: PlacementState, *, health: HealthState | Literal[""] = "",

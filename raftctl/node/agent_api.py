@@ -12,7 +12,7 @@ from raftctl.errors import Forbidden, RaftctlError, Unavailable, ValidationError
 from raftctl.node.efficiency import MEMORY_METRIC
 from raftctl.node.http import REPLICA, body, encode, perm, read_mode, result_value
 from raftctl.statemachine import commands as c
-from raftctl.statemachine.records import Report, from_wire, spec_of
+from raftctl.statemachine.records import REASON_MAX, Report, from_wire, spec_of
 
 
 def _own_machine(request: web.Request, machine: Any) -> str:
@@ -94,8 +94,14 @@ async def report(request: web.Request) -> web.Response:
     data = await body(request)
     if not isinstance(data, dict):
         raise ValidationError("body must be {machine, updates: [...]}", field="body")
-    # The one check of a report: its record (types, states, at most 1000 updates, reasons of at most 300
-    # characters, no unknown field); a refusal names the field (updates[3].state). apply checks the rest.
+    # The one check of a report: its record (types, states, at most 1000 updates, no unknown field); a refusal names the field (updates[3].state). apply checks the rest.
+    updates = data.get("updates")
+    if isinstance(updates, list):
+        # agents released before the records cut nothing: their reasons (a driver's error text) are cut here,
+        # as the API did for them, so a rolling upgrade of the control plane does not refuse their reports
+        data = {**data, "updates": [{**u, "reason": u["reason"][:REASON_MAX]}
+                                    if isinstance(u, dict) and isinstance(u.get("reason"), str) else u
+                                    for u in updates]}
     rep = from_wire(Report, data)
     machine = _own_machine(request, rep.machine)
     cmds = [c.PlacementUpdate(placement=u.placement, machine=machine, state=u.state, health=u.health,

@@ -42,6 +42,8 @@ HEALTH_STATES: Final = ("unknown", "healthy", "unhealthy")
 RELEASED_STATES: Final = frozenset({"lost", "stopped"})         # placements that no longer hold resources
 MACHINE_STATES: Final = ("active", "draining", "drained", "down", "maintenance")
 
+REASON_MAX: Final = 300                                          # characters of a report's reason
+
 # integer milliseconds: the one duration unit of every record
 Millis = Annotated[int, Meta(description="milliseconds")]
 
@@ -335,7 +337,7 @@ class ReportUpdate(Record, frozen=True, kw_only=True, forbid_unknown_fields=True
     state: PlacementState
     health: HealthState | Literal[""] = ""
     exit_code: int | None = None
-    reason: Annotated[str, Meta(max_length=300)] = ""
+    reason: Annotated[str, Meta(max_length=REASON_MAX)] = ""
 
 
 class Report(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
