@@ -75,7 +75,7 @@ class Leadership:
         rs = self.replica.raft.raft_status()
         if rs["leader"] != self._last_leader:
             if self._last_leader is not None and self.replica.proposer is not None:
-                self.replica.proposer.leader_changed()
+                self.replica.proposer.leader_changed(rs["leader"])
             self._last_leader = rs["leader"]
             self._leader_moved.set()
             self._leader_moved = asyncio.Event()

@@ -52,7 +52,7 @@ class Proposer:
         self._task: asyncio.Task | None = None
         self._loop = asyncio.get_running_loop()
         self._barrier: asyncio.Future | None = None
-        self._inflight: dict[int, tuple["_Slot", list[asyncio.Future]]] = {}
+        self._inflight: dict[int, tuple["_Slot", list[asyncio.Future], str | None]] = {}  # + the leader handed to
         self._stopping = False
         self.entries = 0
         self.commands = 0
@@ -104,10 +104,13 @@ class Proposer:
             raise OutcomeUnknown("the write was proposed but not confirmed in time; it may or may not have "
                                  "been applied (retry with the same request id is safe)") from None
 
-    def _knows_leader(self) -> bool:
-        """Whether raft names a leader now (a raft object without ``leader_address`` always does)."""
+    def _leader(self) -> str | None:
+        """The leader raft names now (a raft object without ``leader_address`` names "self")."""
         leader_address = getattr(self.raft, "leader_address", None)
-        return leader_address is None or leader_address() is not None
+        return "self" if leader_address is None else leader_address()
+
+    def _knows_leader(self) -> bool:
+        return self._leader() is not None
 
     async def _wait_for_leader(self, bound: float) -> bool:
         """Wait up to ``bound`` seconds (an election) until raft names a leader."""
@@ -181,7 +184,9 @@ class Proposer:
         data = c.join_entry(items)
         self.entries += 1
         self.commands += len(items)
-        self._inflight[id(slot)] = (slot, futures)
+        # the leader this replica knows as it hands the entry over (itself when it leads): leader_changed()
+        # fails only entries handed to a leader other than the new one
+        self._inflight[id(slot)] = (slot, futures, self._leader())
         slot.on_release = lambda s=slot: self._inflight.pop(id(s), None)
         self._loop.call_later(self.timeout, slot.release)
         try:
@@ -233,13 +238,18 @@ class Proposer:
             self._fail(futures, OutcomeUnknown(f"the write's result was lost ({type(exc).__name__}); it may or "
                                                "may not have been applied"))
 
-    def leader_changed(self) -> None:
-        """The leader we submitted to is gone: entries in flight may never be answered.
+    def leader_changed(self, leader: str | None = None) -> None:
+        """The leader moved to ``leader`` (its Raft address; None: none known): entries handed to another
+        leader may never be answered.
 
-        Their outcome is unknown (they may still commit under the new leader); free their
-        slots at once so new writes do not queue behind callbacks that will never come.
+        Their outcome is unknown (they may still commit under the new leader); free their slots at once so
+        new writes do not queue behind callbacks that will never come. Entries handed to ``leader`` itself
+        stay: a replica that has just become leader proposed them to itself in the moments before it noticed
+        (failing them made clients retry writes that were committing normally).
         """
-        for slot, futures in list(self._inflight.values()):
+        for slot, futures, to in list(self._inflight.values()):
+            if leader is not None and to == leader:
+                continue
             slot.release()
             self._fail(futures, OutcomeUnknown("the leader changed while the write was in flight; it may or may "
                                                "not have been applied (retry with the same request id is safe)"))

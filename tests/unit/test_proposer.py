@@ -268,3 +268,44 @@ async def test_a_batch_whose_replica_lost_its_leader_before_the_flush_is_refused
         assert (await p.propose(job("next"))).ok  # the slot came back
     finally:
         await p.stop()
+
+
+class SlowRaft(FakeRaft):
+    """Holds each entry until told to commit it; names ``leader`` as the leader."""
+
+    def __init__(self, leader: str) -> None:
+        super().__init__()
+        self.leader = leader
+        self.pending: list[tuple[bytes, object]] = []
+
+    def leader_address(self) -> str | None:
+        return self.leader
+
+    def apply_entry(self, data: bytes, callback) -> None:
+        self.pending.append((data, callback))
+
+    def commit_all(self) -> None:
+        for data, callback in self.pending:
+            super().apply_entry(data, callback)
+        self.pending = []
+
+
+async def test_a_leader_change_fails_writes_handed_to_the_old_leader_and_keeps_those_handed_to_the_new_one():
+    # H1's SIGTERM trials: the replica that had just become leader failed the writes it had proposed to itself
+    # (503 "the leader changed while the write was in flight") in the moments before it noticed its new role
+    raft = SlowRaft("old:7000")
+    p = Proposer(raft, timeout=2.0)
+    p.start()
+    try:
+        to_old = asyncio.ensure_future(p.propose(job("a")))
+        await asyncio.sleep(0.02)
+        raft.leader = "me:7000"          # this replica won the election
+        to_me = asyncio.ensure_future(p.propose(job("b")))
+        await asyncio.sleep(0.02)
+        p.leader_changed("me:7000")      # Leadership._step noticed the new leader
+        with pytest.raises(OutcomeUnknown):
+            await to_old
+        raft.commit_all()
+        assert (await to_me).ok
+    finally:
+        await p.stop()
