@@ -395,19 +395,30 @@ async def setup(cfg: dict[str, Any]) -> dict[str, Any]:
     deadline = time.monotonic() + 90
     async with Api(cfg["token"], 10.0) as api:
         async def post(path: str, body: Any, method: str = "POST") -> Any:
+            """The answer, or None for a 409 (the request was applied by an attempt whose answer was lost)."""
             last: Any = None
             while time.monotonic() < deadline:
                 for url in cfg["apis"].values():
                     status, data, err = await api.call(method, url + path, body)
                     if status == 200:
                         return data
+                    if status == 409:
+                        return None
                     last = (status, data, err)
                 await asyncio.sleep(0.5)
             raise SystemExit(f"setup: {method} {path} failed: {last}")
 
         for agent in cfg["agents"]:
-            data = await post("/v1/tokens", {"role": "agent", "name": f"agent-{agent}", "machine": agent})
-            out["agent_tokens"][agent] = data["token"]
+            # A token's secret is in its creation answer only: if an attempt created it but its answer was lost,
+            # the retry is a 409 (name taken; a sweep at load 25 stopped there with exit 2), so take a new name.
+            for n in range(10):
+                data = await post("/v1/tokens", {"role": "agent", "name": f"agent-{agent}" + (f"-{n}" if n else ""),
+                                                 "machine": agent})
+                if data is not None:
+                    out["agent_tokens"][agent] = data["token"]
+                    break
+            else:
+                raise SystemExit(f"setup: no token for {agent}: every name taken")
         await post(f"/v1/jobs/{SERVICE}", web_spec(cfg["container_python"], cfg["web_replicas"]), "PUT")
     return out
 
