@@ -83,7 +83,10 @@ def _assignments(s: Any, machine: str) -> dict[str, Any]:
 async def assignments(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     machine = _own_machine(request, request.match_info["machine"])
-    index = await read_mode(request, lambda s: max(s.table_index["placements"], s.table_index["machines"]))
+    # waits on this machine's own change index, woken only by commits that change its assignments (issue 15);
+    # the index's meaning across replicas: Replica.wait_for_machine
+    index = await read_mode(request, lambda s: s.machine_change_index(machine),
+                            wait=lambda after, wait_s: replica.wait_for_machine(machine, after, wait_s))
     data = replica.read(lambda s: _assignments(s, machine))
     return encode(request, {"index": index, **data, "cluster": _cluster_id(replica.cfg.secret)}, index=index)
 

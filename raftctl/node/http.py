@@ -73,8 +73,10 @@ def request_id(request: web.Request) -> str:
     return rid
 
 
-async def read_mode(request: web.Request, index_fn: Callable[[Any], int]) -> int:
-    """Apply ?consistent=1 and ?index=N&wait=D; return the resource index to report."""
+async def read_mode(request: web.Request, index_fn: Callable[[Any], int],
+                    wait: Callable[[int, float], Awaitable[int]] | None = None) -> int:
+    """Apply ?consistent=1 and ?index=N&wait=D; return the resource index to report. ``wait(after, wait_s)``
+    replaces the generic blocking query (Replica.wait_for on index_fn), e.g. a machine's own watch."""
     replica = request.app[REPLICA]
     q = request.query
     if q.get("consistent") in ("1", "true", "yes"):
@@ -90,7 +92,10 @@ async def read_mode(request: web.Request, index_fn: Callable[[Any], int]) -> int
                 wait_s = parse_duration(q["wait"]) / 1000.0
             except RaftctlError as exc:
                 raise ValidationError(str(exc.message), field="wait") from None
-        return await replica.wait_for(index_fn, after, min(max(wait_s, 0.0), MAX_WAIT_S))
+        wait_s = min(max(wait_s, 0.0), MAX_WAIT_S)
+        if wait is not None:
+            return await wait(after, wait_s)
+        return await replica.wait_for(index_fn, after, wait_s)
     return replica.read(index_fn)
 
 

@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
@@ -66,6 +67,14 @@ class Replica:
         self.proposer: Proposer | None = None
         self._changed: asyncio.Condition | None = None
         self._notify_pending = False
+        # machine watches (GET /v1/agent/assignments/{machine}?index=N): machine -> the parked watches' futures.
+        # A commit wakes only the watches of the machines it changed (State.changed_machines, taken on the tick
+        # thread into _woken under _woken_lock and handed to the loop by the coalesced _notify).
+        self._machine_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._woken: set[str] = set()
+        self._woken_all = False
+        self._woken_lock = threading.Lock()
+        self.machine_wakes = 0                # watches woken (for benchmarks and tests)
         self.leader_changes = 0
         self._role = "follower"
         self._tasks: list[asyncio.Task] = []
@@ -207,18 +216,75 @@ class Replica:
                 except asyncio.TimeoutError:
                     pass
 
+    async def wait_for_machine(self, machine: str, after: int, wait_s: float) -> int:
+        """Blocking query on one machine's assignments: wait until its change index (State.machine_change_index)
+        exceeds ``after`` or ``wait_s`` passes. Parks one future in the machine's registry: a commit that does
+        not change this machine does not wake it.
+
+        Returns the index the answer carries: the machine's change index, or ``after`` when that is higher and
+        this replica has applied at least to state index ``after``. Why that is exact, and why the index stays
+        monotonic for an agent that moves between replicas: a change index is always a value of state.index,
+        which every replica computes alike for the same log position (it is in snapshots). An agent's ``after``
+        came from some replica's answer, which showed the machine's assignments with every change up to state
+        index ``after`` and none after it (a live replica: its last change is <= after; a restored one: its
+        floor is its own state.index). So a replica whose state.index >= after and whose change index <= after
+        holds those same assignments, and may answer ``after`` (a live replica holds lower values than one that
+        restored a snapshot, whose values are its restored index: without this the agent would read the live
+        replica's answer as older and take it for a stale replica). A replica behind ``after`` answers its own,
+        lower, index: the agent's stale-replica check sees it. Any later change gets a state index above every
+        earlier one, so it is never missed."""
+        assert self.loop is not None
+        deadline = time.monotonic() + wait_s
+        while True:
+            current, applied = self.read(lambda s: (s.machine_change_index(machine), s.index))
+            left = deadline - time.monotonic()
+            if current > after or left <= 0:
+                return max(current, after) if applied >= after >= 0 else current
+            # no await between the read above and the registration: a commit's _notify runs on this loop, after it
+            fut: asyncio.Future[None] = self.loop.create_future()
+            waiters = self._machine_waiters.setdefault(machine, set())
+            waiters.add(fut)
+            try:
+                await asyncio.wait_for(fut, left)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                waiters.discard(fut)
+                if not waiters and self._machine_waiters.get(machine) is waiters:
+                    del self._machine_waiters[machine]
+
     def _on_applied_threadsafe(self) -> None:
-        # runs on pysyncobj's tick thread: hop to the loop, coalescing bursts
-        if self.loop is None or self._notify_pending:
-            return
-        self._notify_pending = True
+        # runs on pysyncobj's tick thread (the only writer of the state): take the machines the entries applied
+        # since the last call changed, then hop to the loop, coalescing bursts
+        raft = self.raft
+        state = raft.state if raft is not None else None
+        with self._woken_lock:
+            if state is None or state.changed_all:  # a restore (or a load before self.raft is set): all machines
+                self._woken_all = True
+                if state is not None:
+                    state.changed_all = False
+                    state.changed_machines = set()
+            elif state.changed_machines:
+                self._woken |= state.changed_machines
+                state.changed_machines = set()
+            if self.loop is None or self._notify_pending:
+                return
+            self._notify_pending = True
         try:
             self.loop.call_soon_threadsafe(self._notify)
         except RuntimeError:  # loop closed during shutdown
             pass
 
     def _notify(self) -> None:
-        self._notify_pending = False
+        with self._woken_lock:  # the flag first: a commit after this takes schedules a new _notify
+            self._notify_pending = False
+            woken, self._woken = self._woken, set()
+            every, self._woken_all = self._woken_all, False
+        for machine in (list(self._machine_waiters) if every else woken):
+            for fut in self._machine_waiters.get(machine, ()):
+                if not fut.done():
+                    fut.set_result(None)
+                    self.machine_wakes += 1
         assert self._changed is not None
 
         async def wake() -> None:

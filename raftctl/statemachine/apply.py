@@ -214,10 +214,21 @@ def _current_spec(job: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def _prune_versions(job: dict[str, Any]) -> None:
-    """Keep the newest MAX_VERSIONS versions of a job (history for rollback)."""
+def _prune_versions(state: State, job: dict[str, Any]) -> None:
+    """Keep the newest MAX_VERSIONS versions of a job (history for rollback). A placement of a pruned version
+    loses its spec in its agent's assignments: its machine changed."""
     if len(job["versions"]) > MAX_VERSIONS:
+        gone = {v["version"] for v in job["versions"][: len(job["versions"]) - MAX_VERSIONS]}
         del job["versions"][: len(job["versions"]) - MAX_VERSIONS]
+        _touch_versions(state, job["name"], gone)
+
+
+def _touch_versions(state: State, name: str, versions: set[int]) -> None:
+    """The machines of job ``name``'s placements of ``versions`` changed: their specs came or went."""
+    for pid in state.by_job.get(name, ()):
+        p = state.placements[pid]
+        if p["version"] in versions:
+            state.touch_machine(p["machine"])
 
 
 def _unpublish(state: State, p: dict[str, Any]) -> bool:
@@ -251,6 +262,7 @@ def _set_placement(s: State, p: dict[str, Any], at: int, **changes: Any) -> None
     p.update(changes)
     p["updated_at"] = at
     p["modify_index"] = s.index
+    s.touch_machine(p["machine"])
 
 
 # -- handlers ------------------------------------------------------------------
@@ -300,7 +312,8 @@ def _put_job(state: State, cmd: c.PutJob) -> dict[str, Any] | Unchanged:
         state.jobs[name] = job
     version = (job["versions"][-1]["version"] + 1) if job["versions"] else 1
     job["versions"].append({"version": version, "spec": spec, "submitted_at": cmd.at, "index": idx, "stable": False})
-    _prune_versions(job)
+    _touch_versions(state, name, {version})  # a plan may have placed a version before it existed (none normally)
+    _prune_versions(state, job)
     job["version"] = version
     job["status"] = "running"
     job["replicas"] = spec["replicas"]
@@ -323,7 +336,9 @@ def _delete_job(state: State, cmd: c.DeleteJob) -> dict[str, Any]:
             _unpublish(state, p)
             _set_placement(state, p, cmd.at, desired="stop", reason="job stopped")
             stopped += 1
-    if cmd.purge:
+    if cmd.purge:  # every placement of the job loses its spec in its agent's assignments
+        for p in state.job_placements(cmd.name):
+            state.touch_machine(p["machine"])
         del state.jobs[cmd.name]
         state.deployments.pop(cmd.name, None)
     _event(state, cmd.at, "job.stop", f"job {cmd.name} stopped ({stopped} replicas to stop)"
@@ -353,7 +368,8 @@ def _rollback_job(state: State, cmd: c.RollbackJob) -> dict[str, Any]:
     version = job["versions"][-1]["version"] + 1
     job["versions"].append({"version": version, "spec": old["spec"], "submitted_at": cmd.at,
                             "index": idx, "stable": False, "rollback_of": cmd.version})
-    _prune_versions(job)
+    _touch_versions(state, cmd.name, {version})
+    _prune_versions(state, job)
     job["version"] = version
     job["status"] = "running"
     job["replicas"] = old["spec"]["replicas"]
@@ -379,6 +395,7 @@ def _register_machine(state: State, cmd: c.RegisterMachine) -> dict[str, Any]:
          "last_transition": cmd.at if not old or old["status"] != "up" else old["last_transition"],
          "create_index": old["create_index"] if old else idx, "modify_index": idx}
     state.machines[cmd.machine] = m
+    state.touch_machine(cmd.machine)
     if old is None or old["status"] != "up":
         _event(state, cmd.at, "machine.up", f"machine {cmd.machine} registered and up", machine=cmd.machine)
     return {"machine": cmd.machine}
@@ -393,6 +410,7 @@ def _machine_down(state: State, cmd: c.MachineDown) -> dict[str, Any]:
     m["status"] = "down"
     m["last_transition"] = cmd.at
     m["modify_index"] = idx
+    state.touch_machine(cmd.machine)
     lost = []
     for p in state.machine_placements(cmd.machine):
         if placement_uses_resources(p):
@@ -411,6 +429,7 @@ def _machine_up(state: State, cmd: c.MachineUp) -> dict[str, Any]:
     m["status"] = "up"
     m["last_transition"] = cmd.at
     m["modify_index"] = idx
+    state.touch_machine(cmd.machine)
     _event(state, cmd.at, "machine.up", f"machine {cmd.machine} back up", machine=cmd.machine)
     return {"machine": cmd.machine}
 
@@ -425,6 +444,7 @@ def _drain_machine(state: State, cmd: c.DrainMachine) -> dict[str, Any]:
         m = state.machines[mid]
         m["drain"] = {"since": cmd.at, "deadline": cmd.deadline} if cmd.drain else None
         m["modify_index"] = idx
+        state.touch_machine(mid)
         _event(state, cmd.at, "machine.drain" if cmd.drain else "machine.undrain",
                f"machine {mid} {'draining' if cmd.drain else 'undrained'}", machine=mid)
     return {"machines": list(cmd.machines), "drain": cmd.drain}
@@ -534,6 +554,7 @@ def _plan(state: State, cmd: c.Plan) -> dict[str, Any]:
         state.placements[pid] = p
         state.by_machine.setdefault(p["machine"], set()).add(pid)
         state.by_job.setdefault(p["job"], set()).add(pid)
+        state.touch_machine(p["machine"])
         slots.add((item["replica"], item["version"]))
         if placement_uses_resources(p):  # as machine_usage would count p now
             used, ports_taken = usage[p["machine"]]

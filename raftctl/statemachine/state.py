@@ -47,6 +47,16 @@ class State:
         # derived, not in snapshots
         self.by_machine: dict[str, set[str]] = {}
         self.by_job: dict[str, set[str]] = {}
+        # Per machine, the state index of the last command that changed what that machine's agent is assigned
+        # (a placement on it added, changed or removed, its job's spec of that placement's version gone, or the
+        # machine's own record). Derived, never in a snapshot: a restore cannot know the true values, so every
+        # machine reads as changed at the restored index (machine_floor; at most one spurious wake, never a
+        # missed one). changed_machines collects the machines apply touched since the replica last took them
+        # (it wakes only their watches); changed_all says "every machine" (a restore).
+        self.machine_index: dict[str, int] = {}
+        self.machine_floor = 0
+        self.changed_machines: set[str] = set()
+        self.changed_all = False
 
     # -- snapshots -------------------------------------------------------
     def to_obj(self) -> dict[str, Any]:
@@ -83,9 +93,23 @@ class State:
     def rebuild_derived(self) -> None:
         self.by_machine = {}
         self.by_job = {}
+        self.machine_index = {}
+        self.machine_floor = self.index
+        self.changed_machines = set()
+        self.changed_all = True
         for pid, p in self.placements.items():
             self.by_machine.setdefault(p["machine"], set()).add(pid)
             self.by_job.setdefault(p["job"], set()).add(pid)
+
+    # -- the per-machine change index ---------------------------------------
+    def touch_machine(self, machine: str) -> None:
+        """Record that ``machine``'s assignments changed at the current index (call after the command's bump)."""
+        self.machine_index[machine] = self.index
+        self.changed_machines.add(machine)
+
+    def machine_change_index(self, machine: str) -> int:
+        """The index of the last change to ``machine``'s assignments (the restored index at least)."""
+        return max(self.machine_index.get(machine, 0), self.machine_floor)
 
     # -- small read helpers (pure) ----------------------------------------
     def job_placements(self, job: str) -> list[dict[str, Any]]:

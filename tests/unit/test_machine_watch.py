@@ -1,0 +1,242 @@
+"""A machine's assignment watch (GET /v1/agent/assignments/{machine}?index=N) waits on that machine's own change
+index: a commit wakes only the watches of the machines whose assignments it changed (issue 15).
+
+The state half: State.machine_change_index(m) rises whenever _assignments(s, m) changes, apply names m in
+State.changed_machines, and a restored state's index is never below the live one's. The replica half: the real
+Replica's registry and notify path, the real agent routes, on loopback, with the state machine applied on
+another thread as pysyncobj's tick thread does."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import threading
+from typing import Any, AsyncIterator
+from unittest import mock
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given, settings, strategies as st
+
+from raftctl.errors import RaftctlError
+from raftctl.node.agent_api import _assignments, add_routes
+from raftctl.node.http import BODY_LIMIT, REPLICA
+from raftctl.node.replica import Replica, ServerConfig
+from raftctl.statemachine import apply as apply_mod
+from raftctl.statemachine import commands as c
+from raftctl.statemachine.apply import apply
+from raftctl.statemachine.state import State
+
+from .fake_replica import machine
+from .test_statemachine import SPEC, place
+
+MACHINES = ["m1", "m2", "m3"]
+names = st.sampled_from(["web", "api"])
+machines = st.sampled_from(MACHINES)
+pids = st.builds(lambda i, j: f"{j}-{i:05d}", st.integers(1, 8), names)
+# every command that touches placements or machines, and some that do not
+command_st = st.one_of(
+    st.builds(lambda n, r, e: c.PutJob(spec={**SPEC, "name": n, "replicas": r, "env": {"E": str(e)}}),
+              names, st.integers(0, 3), st.integers(0, 5)),
+    st.builds(lambda n, r: c.ScaleJob(name=n, replicas=r), names, st.integers(0, 4)),
+    st.builds(lambda n, p: c.DeleteJob(name=n, purge=p), names, st.booleans()),
+    st.builds(lambda n, v: c.RollbackJob(name=n, version=v), names, st.integers(1, 6)),
+    st.builds(lambda m, a: c.RegisterMachine(**{**machine(m).__dict__, "address": a}), machines,
+              st.sampled_from(["127.0.0.2", "127.0.0.3"])),
+    st.builds(lambda m: c.MachineDown(machine=m, reason="ttl"), machines),
+    st.builds(lambda m: c.MachineUp(machine=m), machines),
+    st.builds(lambda m, d: c.DrainMachine(machines=[m], drain=d), machines, st.booleans()),
+    st.builds(lambda t: c.ClaimEpoch(term=t), st.integers(1, 2)),  # term 2: later plans of epoch 1 are refused
+    st.builds(lambda n, rep, m, port, v, e: c.Plan(epoch=e, place=[place(n, rep, m, port, version=v)]),
+              names, st.integers(0, 3), machines, st.integers(31000, 31003), st.integers(1, 4), st.just(1)),
+    st.builds(lambda p: c.Plan(epoch=1, stop=[{"placement": p, "reason": "x"}]), pids),
+    st.builds(lambda p: c.Retire(epoch=1, placements=[p], reason="deploy"), pids),
+    st.builds(lambda p, m, s, h: c.PlacementUpdate(placement=p, machine=m, state=s, health=h),
+              pids, machines, st.sampled_from(["running", "exited", "stopped", "lost"]),
+              st.sampled_from(["healthy", "unhealthy", ""])),
+    st.builds(lambda n, s: c.SetDeployment(epoch=1, job=n, deployment={"status": s, "version": 1}),
+              names, st.sampled_from(["running", "successful"])),
+    st.just(c.Noop()),
+)
+
+
+PREFIX = [c.ClaimEpoch(term=1)] + [machine(m) for m in MACHINES] + [
+    c.PutJob(spec={**SPEC, "name": n, "replicas": 3}) for n in ("web", "api")]
+
+
+def view(s: State, m: str) -> dict[str, Any]:
+    return copy.deepcopy(_assignments(s, m))  # apply mutates records in place
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(command_st, max_size=60), st.integers(1, 59))
+def test_a_machines_assignments_never_change_without_its_index_rising(cmds, cut):
+    # two versions kept, so that pruning (a placement's spec gone from its assignments) happens in short runs
+    with mock.patch.object(apply_mod, "MAX_VERSIONS", 2):
+        s = State()
+        for cmd in PREFIX:  # machines, an epoch and two running jobs, so that most plans place something
+            assert apply(s, cmd).ok
+        restored: State | None = None
+        for i, cmd in enumerate(cmds):
+            before = {m: (view(s, m), s.machine_change_index(m)) for m in MACHINES}
+            apply(s, cmd)
+            changed, s.changed_machines = s.changed_machines, set()
+            for m in MACHINES:
+                old_view, old_index = before[m]
+                if view(s, m) != old_view:
+                    assert s.machine_change_index(m) > old_index, (i, cmd, m)
+                    assert m in changed, (i, cmd, m)
+                    assert s.machine_change_index(m) == s.index  # the index of the command that changed it
+                assert s.machine_change_index(m) <= s.index
+            if restored is not None:  # a restored replica applying the same log: never below the live one
+                apply(restored, cmd)
+                for m in MACHINES + ["unknown"]:
+                    assert restored.machine_change_index(m) >= s.machine_change_index(m)
+                    assert view(restored, m) == view(s, m)
+            if i == cut:
+                restored = State.restore(s.snapshot())
+                assert restored.changed_all
+                for m in MACHINES + ["unknown"]:
+                    assert restored.machine_change_index(m) == s.index >= s.machine_change_index(m)
+
+
+def test_the_derived_index_is_not_in_snapshots():
+    s = State()
+    for cmd in (c.ClaimEpoch(term=1), machine("m1"), c.PutJob(spec=SPEC), c.Plan(epoch=1, place=[place()])):
+        assert apply(s, cmd).ok
+    assert s.machine_change_index("m1") == s.index
+    plain = State.restore(s.snapshot())
+    assert plain.snapshot() == s.snapshot()
+    assert "machine_index" not in s.to_obj() and "changed_machines" not in s.to_obj()
+
+
+# -- the replica: registry, notify, the route -------------------------------------------------------------------
+
+class TickRaft:
+    """What Replica reads of RaftNode (lock, state), applying each command on its own thread as the tick thread
+    does, then calling the replica's on_applied."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.lock = threading.RLock()
+        self.state = State()
+        self.replica = replica
+
+    def _apply(self, cmd: c.Command) -> Any:
+        with self.lock:
+            res = apply(self.state, cmd)
+        self.replica._on_applied_threadsafe()
+        return res
+
+    def _adopt(self, state: State) -> None:
+        with self.lock:
+            self.state = state
+        self.replica._on_applied_threadsafe()
+
+    async def commit(self, cmd: c.Command) -> Any:
+        res = await asyncio.get_running_loop().run_in_executor(None, self._apply, cmd)
+        assert res.ok, res.error
+        return res
+
+    async def install(self, state: State) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._adopt, state)
+
+    def leader_address(self) -> str:
+        return "127.0.0.1:1"
+
+
+def bare_replica() -> tuple[Replica, TickRaft]:
+    r = Replica(ServerConfig(node_id="n1", data_dir="/nonexistent", raft="127.0.0.1:1", peers=[],
+                             api="127.0.0.1:0", secret=None, insecure_dev=True))
+    r.loop = asyncio.get_running_loop()
+    r._changed = asyncio.Condition()
+    raft = TickRaft(r)
+    r.raft = raft  # type: ignore[assignment]
+    return r, raft
+
+
+@web.middleware
+async def as_sim_agent(request: web.Request, handler: Any) -> web.StreamResponse:
+    request["token"] = {"name": "sim", "role": "agent", "machine": "m*"}  # a simulator's token: every m*
+    try:
+        return await handler(request)
+    except RaftctlError as exc:
+        return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
+
+
+@contextlib.asynccontextmanager
+async def agent_api(n: int) -> AsyncIterator[tuple[TestClient, Replica, TickRaft]]:
+    """A replica with machines m0..m{n-1} and a running job, and a client of its agent routes on loopback."""
+    r, raft = bare_replica()
+    for cmd in [c.ClaimEpoch(term=1), c.PutJob(spec=SPEC)] + [machine(f"m{i}") for i in range(n)]:
+        await raft.commit(cmd)
+    app = web.Application(middlewares=[as_sim_agent])
+    app[REPLICA] = r
+    app[BODY_LIMIT] = 1 << 20
+    add_routes(app)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        yield client, r, raft
+
+
+async def watch(client: TestClient, m: str, index: int, wait: str = "10s") -> dict[str, Any]:
+    resp = await client.get(f"/v1/agent/assignments/{m}", params={"index": str(index), "wait": wait})
+    assert resp.status == 200, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
+async def parked(r: Replica, n: int) -> None:
+    for _ in range(500):
+        if sum(len(w) for w in r._machine_waiters.values()) >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{n} watches did not park")
+
+
+async def test_a_commit_answers_only_the_watches_of_the_machines_it_changed():
+    async with agent_api(20) as (client, r, raft):
+        first = {m: await watch(client, m, 0) for m in (f"m{i}" for i in range(20))}
+        tasks = {m: asyncio.create_task(watch(client, m, first[m]["index"])) for m in first}
+        await parked(r, 20)
+        res = await raft.commit(c.Plan(epoch=1, place=[place(machine="m3")]))
+        got = await asyncio.wait_for(tasks.pop("m3"), 5)
+        assert [p["id"] for p in got["placements"]] == res.value["placed"]
+        assert got["index"] == res.index > first["m3"]["index"]
+        await raft.commit(c.ScaleJob(name="web", replicas=3))  # a job-only change: nobody's assignments
+        await raft.commit(c.MachineDown(machine="m5", reason="ttl"))  # m5's own record
+        got5 = await asyncio.wait_for(tasks.pop("m5"), 5)
+        assert got5["machine"]["status"] == "down"
+        await asyncio.sleep(0.2)
+        assert not any(t.done() for t in tasks.values())  # 18 watches still parked
+        assert r.machine_wakes == 2
+        for t in tasks.values():
+            t.cancel()
+
+
+async def test_a_restore_wakes_every_watch_once_and_the_index_never_goes_back():
+    async with agent_api(3) as (client, r, raft):
+        tasks = [asyncio.create_task(watch(client, m, (await watch(client, m, 0))["index"])) for m in ("m0", "m1")]
+        await parked(r, 2)
+        live = raft.state
+        await raft.commit(c.Noop())  # a no-op: nothing
+        restored = State.restore(live.snapshot())
+        await raft.install(restored)
+        answers = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert [a["index"] for a in answers] == [restored.index] * 2  # at most one spurious wake: the restore
+        # an agent that saw the restored replica's index asks one that applied the same log live (lower values):
+        # that replica answers the same assignments and an index no lower than the one the agent sent
+        other, other_raft = bare_replica()
+        other_raft.state = copy.deepcopy(live)
+        other_raft.state.changed_machines = set()
+        assert other_raft.state.machine_change_index("m0") < restored.index
+        assert await other.wait_for_machine("m0", restored.index, 0.05) == restored.index
+        # a replica behind what the agent saw answers its own lower index: the agent's stale-replica check sees it
+        assert await other.wait_for_machine("m0", restored.index + 5, 0.05) < restored.index
+
+
+async def test_other_blocking_queries_still_wake_on_any_commit():
+    async with agent_api(1) as (_client, r, raft):
+        after = raft.state.table_index["jobs"]
+        waiting = asyncio.create_task(r.wait_for(lambda s: s.table_index["jobs"], after, 5))
+        await asyncio.sleep(0.05)
+        await raft.commit(c.ScaleJob(name="web", replicas=4))
+        assert await asyncio.wait_for(waiting, 5) > after
