@@ -33,7 +33,7 @@ FAILED_PASS_PAUSE_S = 1.0   # before retrying a pass that raised
 # readers cannot queue up CPU-heavy work behind each other.
 PLAN_TIMEOUT_S = 2.0
 PLAN_CONCURRENCY = 2
-YIELD_EVERY = 32     # check() calls between two offers of the GIL to the event loop
+GIL_OFFER_S = 0.002  # at most this long between two offers of the GIL to the event loop by a pass's check()
 
 _plan_pool = ThreadPoolExecutor(max_workers=PLAN_CONCURRENCY, thread_name_prefix="raftctl-plan")
 _plans_running = 0
@@ -82,16 +82,20 @@ async def run_plan(work: Callable[[Callable[[], None]], T], *, timeout: float | 
 
 
 def gil_offer() -> Callable[[], None]:
-    """A scheduler ``check`` that, every YIELD_EVERY calls, offers the GIL to the event loop's thread: a pass on a
-    worker thread otherwise keeps it for a whole switch interval each time the loop needs it (measured: /healthz
-    max 160-240 ms during a 2 s plan without, 47-64 ms with)."""
-    calls = 0
+    """A scheduler ``check`` that, once GIL_OFFER_S has passed since its last offer, offers the GIL to the event
+    loop's thread: a pass on a worker thread otherwise keeps it for a whole switch interval each time the loop needs
+    it (measured: /healthz max 160-240 ms during a 2 s plan without, 47-64 ms with an offer every 32 calls). Offering
+    every 32 calls made the leader's pass several times slower than the same pass alone: each offer can wait a
+    switch interval for the GIL to come back, and a pass filters every machine for every job (py-spy, leader
+    during bench/schedule.py: the check in candidates_for was 58 % of the pass)."""
+    last = time.monotonic()
 
     def offer() -> None:
-        nonlocal calls
-        calls += 1
-        if calls % YIELD_EVERY == 0:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= GIL_OFFER_S:
             time.sleep(0)
+            last = time.monotonic()
     return offer
 
 

@@ -528,3 +528,20 @@ async def test_a_big_backlog_is_committed_while_its_pass_still_runs(monkeypatch)
     assert got == sorted((f"j{i}", r) for i in range(n_jobs) for r in range(per_job))   # each once
     assert [s["placement"] for cmd in proposed for s in cmd.stop] == ["old-1"]   # the stop goes with the tail
     assert not proposed[0].stop and proposed[-1].stop
+
+
+def test_a_pass_offers_the_gil_by_time_not_by_count(monkeypatch):
+    # every 32 checks cost the leader's pass a switch interval per offer under load (the check in candidates_for
+    # was 58 % of the pass in py-spy); now at most one offer per GIL_OFFER_S
+    from raftctl.node import scheduling
+    clock, sleeps = [100.0], []
+    monkeypatch.setattr(scheduling.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(scheduling.time, "sleep", lambda s: sleeps.append(s))
+    offer = scheduling.gil_offer()
+    for _ in range(10_000):
+        offer()
+    assert sleeps == []
+    clock[0] += 1.5 * scheduling.GIL_OFFER_S
+    offer()
+    offer()
+    assert sleeps == [0]
