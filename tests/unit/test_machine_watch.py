@@ -14,6 +14,7 @@ import threading
 from typing import Any, AsyncIterator
 from unittest import mock
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings, strategies as st
@@ -173,7 +174,8 @@ async def agent_api(n: int) -> AsyncIterator[tuple[TestClient, Replica, TickRaft
     app[REPLICA] = r
     app[BODY_LIMIT] = 1 << 20
     add_routes(app)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    # no cap on connections: every watch holds one
+    async with TestClient(TestServer(app, host="127.0.0.1"), connector=aiohttp.TCPConnector(limit=0)) as client:
         yield client, r, raft
 
 
@@ -210,6 +212,7 @@ async def test_a_commit_answers_only_the_watches_of_the_machines_it_changed():
         assert r.machine_wakes == 2
         for t in tasks.values():
             t.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
 
 
 async def test_a_restore_wakes_every_watch_once_and_the_index_never_goes_back():
@@ -240,3 +243,119 @@ async def test_other_blocking_queries_still_wake_on_any_commit():
         await asyncio.sleep(0.05)
         await raft.commit(c.ScaleJob(name="web", replicas=4))
         assert await asyncio.wait_for(waiting, 5) > after
+
+
+async def test_a_thousand_parked_watches_one_commit_one_answer():
+    async with agent_api(1000) as (client, r, raft):
+        index = raft.state.index  # at or above every machine's change index: each watch parks
+        tasks = {f"m{i}": asyncio.create_task(watch(client, f"m{i}", index)) for i in range(1000)}
+        await parked(r, 1000)
+        await raft.commit(c.Plan(epoch=1, place=[place(machine="m7")]))
+        await asyncio.wait_for(tasks.pop("m7"), 5)
+        await asyncio.sleep(0.1)
+        assert r.machine_wakes == 1 and not any(t.done() for t in tasks.values())
+        for t in tasks.values():
+            t.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+# -- measurement: python -m tests.unit.test_machine_watch [watches] [commits] ------------------------------------
+
+def measure(n: int = 1000, commits: int = 20, gap: float = 1.0) -> None:
+    """Answers per commit and the server loop's CPU per commit with ``n`` parked watches (one agent loop each:
+    answer -> ask again with the new index), commits of one placement on one machine, ``gap`` s apart (time for
+    every answer; the loop's idle CPU over that gap is taken off). 'before' serves the route
+    as HEAD~1 did (the generic blocking query on max(table_index placements, machines)); 'after' is the route."""
+    from raftctl.node.http import read_mode, perm
+
+    @perm("agent")
+    async def old_assignments(request: web.Request) -> web.Response:  # the route before issue 15's change
+        from raftctl.node.http import encode
+        replica = request.app[REPLICA]
+        m = request.match_info["machine"]
+        index = await read_mode(request, lambda s: max(s.table_index["placements"], s.table_index["machines"]))
+        data = replica.read(lambda s: _assignments(s, m))
+        return encode(request, {"index": index, **data, "cluster": None}, index=index)
+
+    for mode in ("before", "after"):
+        ready: dict[str, Any] = {}
+        started = threading.Event()
+        stop_server = threading.Event()
+
+        def server() -> None:
+            async def run() -> None:
+                r, raft = bare_replica()
+                for cmd in [c.ClaimEpoch(term=1), c.PutJob(spec={**SPEC, "replicas": 10000, "ports": []})] + [
+                        machine(f"m{i}") for i in range(n)]:
+                    raft._apply(cmd)
+                app = web.Application(middlewares=[as_sim_agent])
+                app[REPLICA] = r
+                app[BODY_LIMIT] = 1 << 20
+                if mode == "before":
+                    app.router.add_get("/v1/agent/assignments/{machine}", old_assignments)
+                else:
+                    add_routes(app)
+                runner = web.AppRunner(app, access_log=None)
+                await runner.setup()
+                site = web.TCPSite(runner, "127.0.0.1", 0)
+                await site.start()
+                ready.update(r=r, raft=raft, loop=asyncio.get_running_loop(),
+                             port=runner.addresses[0][1])
+                started.set()
+                while not stop_server.is_set():
+                    await asyncio.sleep(0.05)
+                await runner.cleanup()
+            asyncio.run(run())
+
+        th = threading.Thread(target=server, daemon=True)
+        th.start()
+        started.wait()
+        loop, raft, port = ready["loop"], ready["raft"], ready["port"]
+
+        def loop_cpu() -> float:
+            return asyncio.run_coroutine_threadsafe(_thread_time(), loop).result()
+
+        async def clients() -> tuple[float, float]:
+            answers = 0
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+                async def agent(m: str) -> None:
+                    nonlocal answers
+                    index = 0
+                    while True:
+                        async with http.get(f"http://127.0.0.1:{port}/v1/agent/assignments/{m}",
+                                            params={"index": str(index), "wait": "60s"}) as resp:
+                            index = (await resp.json())["index"]
+                        answers += 1
+                agents = [asyncio.create_task(agent(f"m{i}")) for i in range(n)]
+                while answers < n:
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(1.0)
+                base_answers, t0 = answers, loop_cpu()
+                await asyncio.sleep(1.0)
+                idle = loop_cpu() - t0
+                base_answers, t0 = answers, loop_cpu()
+                for k in range(commits):
+                    item = {**place(machine="m7", replica=k), "ports": {}, "resources": {"cpu": 1, "memory": 1, "pids": 1}}
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, raft._apply, c.Plan(epoch=1, place=[item]))
+                    await asyncio.sleep(gap)
+                cpu = loop_cpu() - t0 - idle * commits * gap
+                per_commit = (answers - base_answers) / commits
+                for a in agents:
+                    a.cancel()
+                return per_commit, cpu / commits
+        per_commit, cpu = asyncio.run(clients())
+        stop_server.set()
+        th.join()
+        print(f"{mode}: {n} parked watches, {commits} commits on one machine: {per_commit:.1f} answers/commit, "
+              f"server loop CPU {cpu * 1000:.2f} ms/commit")
+
+
+async def _thread_time() -> float:
+    import time
+    return time.thread_time()
+
+
+if __name__ == "__main__":
+    import sys
+    measure(*(int(a) for a in sys.argv[1:3]))
