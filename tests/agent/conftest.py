@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -11,8 +12,23 @@ import pytest
 from raftctl.agent.images import ImageStore
 from raftctl.agent.runtime.base import ContainerSpec, Resources
 from raftctl.agent.testimage import busybox_available, make_busybox_dir
+from raftctl.clock import FakeClock
 from raftctl.statemachine.records import JobSpec, from_wire
 from tests.skips import skip_loudly
+
+
+class CountedClock(FakeClock):
+    """raftctl's FakeClock that ends the loop under test: its sleep number ``stop_after`` (counting from 0)
+    raises CancelledError instead of sleeping."""
+
+    def __init__(self, stop_after: int = 10**9) -> None:
+        super().__init__()
+        self.stop_after = stop_after
+
+    async def sleep(self, seconds: float) -> None:
+        if len(self.sleeps) == self.stop_after:
+            raise asyncio.CancelledError
+        await super().sleep(seconds)
 
 
 def job_spec(**fields: Any) -> JobSpec:

@@ -10,29 +10,9 @@ import pytest
 from raftctl.agent.imagegc import ImageGC, assigned_images, gc_period, image_digest, images_in_use
 from raftctl.agent.runtime.base import Driver
 from raftctl.agent.supervisor import Supervised
-from tests.agent.conftest import job_spec
+from tests.agent.conftest import CountedClock, job_spec
 
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
-
-
-class FakeClock:
-    def __init__(self, stop_after: int) -> None:
-        self.t = 0.0
-        self.sleeps: list[float] = []
-        self.stop_after = stop_after
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def now_ms(self) -> int:
-        return 1_700_000_000_000 + int(self.t * 1000)
-
-    async def sleep(self, seconds: float) -> None:
-        if len(self.sleeps) == self.stop_after:
-            raise asyncio.CancelledError
-        self.sleeps.append(seconds)
-        self.t += seconds
-        await asyncio.sleep(0)
 
 
 class Collecting:
@@ -76,7 +56,7 @@ def test_gc_runs_every_tenth_of_its_grace_between_2_and_60_seconds(after_s, peri
 
 
 async def test_the_loop_collects_every_period_with_the_in_use_set_and_survives_a_failure():
-    clock, driver = FakeClock(stop_after=3), Collecting(fail=1)
+    clock, driver = CountedClock(stop_after=3), Collecting(fail=1)
     containers = {"p": sup(D2)}
     gc = ImageGC(driver, containers, 300, clock)  # type: ignore[arg-type]
     gc.note_assignment([{"spec": job_spec(image="a", image_digest=D1)}])
@@ -91,7 +71,7 @@ async def test_the_loop_collects_every_period_with_the_in_use_set_and_survives_a
 async def test_nothing_is_collected_while_gc_is_off_or_an_image_is_unknown():
     driver = Collecting()
     containers = {"p": sup(spec=False)}
-    gc = ImageGC(driver, containers, 300, FakeClock(0))  # type: ignore[arg-type]
+    gc = ImageGC(driver, containers, 300, CountedClock(0))  # type: ignore[arg-type]
     assert await gc.collect() == [] and driver.calls == []
     containers["p"] = sup(D2)
     gc.after_s = 0

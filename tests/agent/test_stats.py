@@ -9,24 +9,7 @@ import pytest
 
 from raftctl.agent.stats import StatsPass
 from raftctl.agent.supervisor import Supervised
-from tests.agent.conftest import job_spec
-
-
-class FakeClock:
-    def __init__(self, stop_after: int = 10**9) -> None:
-        self.t = 50.0
-        self.sleeps: list[float] = []
-        self.stop_after = stop_after
-
-    def monotonic(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        if len(self.sleeps) == self.stop_after:
-            raise asyncio.CancelledError
-        self.sleeps.append(seconds)
-        self.t += seconds
-        await asyncio.sleep(0)
+from tests.agent.conftest import CountedClock, job_spec
 
 
 class Driver:
@@ -53,32 +36,32 @@ def sup(job: str, cpu: int = 500, state: str = "running", spec: bool = True) -> 
 
 
 async def test_utilisation_is_cpu_used_over_clock_time_over_the_request():
-    d, clock = Driver(), FakeClock()
+    d, clock = Driver(), CountedClock()
     containers = {"a-1": sup("a", cpu=500), "b-1": sup("b", cpu=2000)}
     d.cpu_ns = {"a-1": 10**9, "b-1": 0}
     s = StatsPass(d, containers, clock)  # type: ignore[arg-type]
     assert await s.sample() == []                      # first sample: the base only
     assert d.rotated == ["a-1", "b-1"] and containers["a-1"].stats["cpu_usage_ns"] == 10**9
-    clock.t += 4.0
+    clock.advance(4.0)
     d.cpu_ns = {"a-1": 3 * 10**9, "b-1": 2 * 10**9}    # a: 2 s of CPU in 4 s = 0.5 core of its 0.5; b: 0.5 of 2
     assert await s.sample() == [{"placement": "a-1", "job": "a", "cpu": 1.0, "memory": 1003},
                                 {"placement": "b-1", "job": "b", "cpu": 0.25, "memory": 1003}]
 
 
 async def test_a_counter_going_back_is_zero_and_no_clock_progress_is_no_figure():
-    d, clock = Driver(), FakeClock()
+    d, clock = Driver(), CountedClock()
     containers = {"a-1": sup("a")}
     d.cpu_ns = {"a-1": 5 * 10**9}
     s = StatsPass(d, containers, clock)  # type: ignore[arg-type]
     await s.sample()
     assert await s.sample() == []          # same clock time: no rate
-    clock.t += 1
+    clock.advance(1)
     d.cpu_ns["a-1"] = 0                    # counter reset (a restart in the same cgroup)
     assert [o["cpu"] for o in await s.sample()] == [0.0]
 
 
 async def test_not_running_unknown_and_failing_containers_are_skipped_and_gone_ones_forgotten():
-    d, clock = Driver(), FakeClock()
+    d, clock = Driver(), CountedClock()
     containers = {"a-1": sup("a"), "b-1": sup("b", state="exited"), "c-1": sup("c", spec=False),
                   "e-1": sup("e")}
     d.cpu_ns = {"a-1": 0, "b-1": 0, "c-1": 0, "e-1": 0}
@@ -92,7 +75,7 @@ async def test_not_running_unknown_and_failing_containers_are_skipped_and_gone_o
 
 
 async def test_the_loop_sends_each_period_only_when_there_are_figures_and_survives_a_failed_send():
-    d, clock = Driver(), FakeClock(stop_after=4)
+    d, clock = Driver(), CountedClock(stop_after=4)
     containers = {"a-1": sup("a")}
     d.cpu_ns = {"a-1": 0}
     sent: list[list[dict[str, Any]]] = []
