@@ -1,11 +1,17 @@
 """The scheduler as a specification: reconcile, filters, scorers, invariants."""
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections import Counter
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from raftctl.errors import RaftctlError
+from raftctl.node import scheduling
 from raftctl.scheduler import reconcile, schedule
 from raftctl.scheduler import constraints
 from raftctl.scheduler.constraints import attr_value, constraint_ok
@@ -258,8 +264,6 @@ def test_a_dry_run_consults_check_between_units_of_work_and_stops_when_it_raises
 
 
 async def test_run_plan_answers_off_the_event_loop():
-    import asyncio
-    import threading
     from raftctl.node.scheduling import run_plan
     loop_thread = threading.get_ident()
     ran_on = []
@@ -288,7 +292,6 @@ async def test_run_plan_answers_off_the_event_loop():
 
 
 async def test_a_plan_past_its_bound_is_a_503_and_its_work_stops():
-    import threading
     from raftctl.errors import Unavailable
     from raftctl.node.scheduling import run_plan
     stopped = threading.Event()
@@ -307,8 +310,6 @@ async def test_a_plan_past_its_bound_is_a_503_and_its_work_stops():
 
 
 async def test_plans_beyond_the_concurrency_limit_are_refused_not_queued():
-    import asyncio
-    import threading
     from raftctl.errors import Unavailable
     from raftctl.node import scheduling
     gate = threading.Event()
@@ -361,30 +362,43 @@ def test_a_plan_that_changes_nothing_proposes_nothing():
     assert plan_commands(plan, jobs, epoch=1) == []
 
 
+def loop_state(jobs: dict, machines: dict, placements: dict | None = None) -> SimpleNamespace:
+    """What SchedulerLoop reads of a replica's state (its inputs and the table indexes it watches)."""
+    return SimpleNamespace(jobs=jobs, placements=placements or {}, machines=machines, index=3,
+                           table_index={"jobs": 1, "machines": 1, "placements": 1})
+
+
+class LoopReplica:
+    """The replica SchedulerLoop runs on: reads ``state`` (left unchanged, so a second pass would propose the
+    same plan again), records every proposed command and answers it with ``answer(cmd)``."""
+
+    def __init__(self, state: SimpleNamespace, answer: Callable[[Any], SimpleNamespace]) -> None:
+        self.state = state
+        self.answer = answer
+        self.proposed: list[Any] = []
+
+    def read(self, fn):
+        return fn(self.state)
+
+    async def wait_for(self, fn, key, timeout):
+        await asyncio.sleep(0.01)
+
+    async def propose(self, cmd, timeout):
+        self.proposed.append(cmd)
+        return self.answer(cmd)
+
+
+def placed_all(cmd) -> SimpleNamespace:
+    return SimpleNamespace(ok=True, error=None, value={"placed": [p["replica"] for p in cmd.place]})
+
+
 async def test_the_scheduler_loop_commits_a_whole_pass_slice_after_slice():
     # one pass places a backlog of 2.5 slices: the loop proposes all of it, in order and one slice per proposal,
     # without a pass per slice (it used to propose the first slice only and recompute the whole pass for the next)
-    import asyncio
-    from types import SimpleNamespace
-    from raftctl.node import scheduling
-
     n = 2 * scheduling.MAX_PLACE_PER_PLAN + scheduling.MAX_PLACE_PER_PLAN // 2
-    state = SimpleNamespace(jobs={"web": job(replicas=n)}, placements={}, machines=roomy_cluster(100), index=3,
-                            table_index={"jobs": 1, "machines": 1, "placements": 1})
-    proposed = []
-
-    class Replica:
-        def read(self, fn):
-            return fn(state)
-
-        async def wait_for(self, fn, key, timeout):
-            await asyncio.sleep(0.01)
-
-        async def propose(self, cmd, timeout):
-            proposed.append(cmd)   # the state is left unchanged: a second pass would propose the slices again
-            return SimpleNamespace(ok=True, error=None, value={"placed": [p["replica"] for p in cmd.place]})
-
-    loop = scheduling.SchedulerLoop(Replica(), epoch=1)
+    replica = LoopReplica(loop_state({"web": job(replicas=n)}, roomy_cluster(100)), placed_all)
+    proposed = replica.proposed   # the state is left unchanged: a second pass would propose the slices again
+    loop = scheduling.SchedulerLoop(replica, epoch=1)
     task = asyncio.create_task(loop.run())
     for _ in range(3000):
         if loop.placed >= n:
@@ -397,29 +411,12 @@ async def test_the_scheduler_loop_commits_a_whole_pass_slice_after_slice():
 
 
 async def test_the_scheduler_loop_stops_at_the_first_slice_refused_for_a_stale_epoch():
-    import asyncio
-    from types import SimpleNamespace
-    from raftctl.errors import RaftctlError
-    from raftctl.node import scheduling
-
     n = 3 * scheduling.MAX_PLACE_PER_PLAN
-    state = SimpleNamespace(jobs={"web": job(replicas=n)}, placements={}, machines=roomy_cluster(100), index=3,
-                            table_index={"jobs": 1, "machines": 1, "placements": 1})
-    proposed = []
-
-    class Replica:
-        def read(self, fn):
-            return fn(state)
-
-        async def wait_for(self, fn, key, timeout):
-            await asyncio.sleep(0.01)
-
-        async def propose(self, cmd, timeout):
-            proposed.append(cmd)
-            return SimpleNamespace(ok=False, value=None,
-                                   error=RaftctlError("plan from epoch 1, current epoch is 2", code="stale_epoch"))
-
-    loop = scheduling.SchedulerLoop(Replica(), epoch=1)
+    stale = SimpleNamespace(ok=False, value=None,
+                            error=RaftctlError("plan from epoch 1, current epoch is 2", code="stale_epoch"))
+    replica = LoopReplica(loop_state({"web": job(replicas=n)}, roomy_cluster(100)), lambda cmd: stale)
+    proposed = replica.proposed
+    loop = scheduling.SchedulerLoop(replica, epoch=1)
     await asyncio.wait_for(loop.run(), 30)   # returns: leadership is over
     assert len(proposed) == 1 and loop.placed == 0
 
@@ -427,25 +424,9 @@ async def test_the_scheduler_loop_stops_at_the_first_slice_refused_for_a_stale_e
 async def test_the_scheduler_loop_outlives_a_failing_pass(monkeypatch, caplog):
     # a pass that raises (a bug: the pass is pure) is logged and retried; the loop used to die unseen (its task's
     # exception never retrieved) and nothing was placed again until the next leader
-    import asyncio
-    from types import SimpleNamespace
-    from raftctl.node import scheduling
-
-    state = SimpleNamespace(jobs={"web": job(replicas=1)}, placements={}, machines={"a": machine("a")}, index=3,
-                            table_index={"jobs": 1, "machines": 1, "placements": 1})
-    proposed = []
-
-    class Replica:
-        def read(self, fn):
-            return fn(state)
-
-        async def wait_for(self, fn, key, timeout):
-            await asyncio.sleep(0.01)
-
-        async def propose(self, cmd, timeout):
-            proposed.append(cmd)
-            return SimpleNamespace(ok=True, error=None, value={"placed": [1]})
-
+    replica = LoopReplica(loop_state({"web": job(replicas=1)}, {"a": machine("a")}),
+                          lambda cmd: SimpleNamespace(ok=True, error=None, value={"placed": [1]}))
+    proposed = replica.proposed
     calls = []
     real = scheduling.schedule
 
@@ -456,7 +437,7 @@ async def test_the_scheduler_loop_outlives_a_failing_pass(monkeypatch, caplog):
         return real(*a, **k)
     monkeypatch.setattr(scheduling, "schedule", flaky)
     monkeypatch.setattr(scheduling, "FAILED_PASS_PAUSE_S", 0.01)
-    loop = scheduling.SchedulerLoop(Replica(), epoch=1)
+    loop = scheduling.SchedulerLoop(replica, epoch=1)
     task = asyncio.create_task(loop.run())
     for _ in range(500):
         if proposed:
@@ -479,30 +460,17 @@ def test_a_pass_hands_over_each_jobs_new_placements_as_it_goes_and_then_runs_no_
 async def test_a_big_backlog_is_committed_while_its_pass_still_runs(monkeypatch):
     # the pass is held after its first job until that job's first slice is proposed: without streaming the
     # proposal would only come after the pass, and the hold times out
-    import asyncio
-    import threading
-    from types import SimpleNamespace
-    from raftctl.node import scheduling
-
     per_job = scheduling.MAX_PLACE_PER_PLAN + 10
     n_jobs = scheduling.STREAM_ABOVE // per_job + 2
-    state = SimpleNamespace(jobs={f"j{i}": {**job(f"j{i}", replicas=per_job), "pending_reason": None}
-                                  for i in range(n_jobs)},
-                            placements={"old-1": placement("old-1", 0, "m0000", jobname="gone")},
-                            machines=roomy_cluster(100), index=3, table_index={"jobs": 1, "machines": 1, "placements": 1})
-    proposed, first_proposed, held = [], threading.Event(), []
+    first_proposed, held = threading.Event(), []
 
-    class Replica:
-        def read(self, fn):
-            return fn(state)
-
-        async def wait_for(self, fn, key, timeout):
-            await asyncio.sleep(0.01)
-
-        async def propose(self, cmd, timeout):
-            proposed.append(cmd)
-            first_proposed.set()
-            return SimpleNamespace(ok=True, error=None, value={"placed": [p["replica"] for p in cmd.place]})
+    def answer(cmd):
+        first_proposed.set()
+        return placed_all(cmd)
+    replica = LoopReplica(loop_state({f"j{i}": {**job(f"j{i}", replicas=per_job), "pending_reason": None}
+                                      for i in range(n_jobs)}, roomy_cluster(100),
+                                     {"old-1": placement("old-1", 0, "m0000", jobname="gone")}), answer)
+    proposed = replica.proposed
 
     real = scheduling.schedule
 
@@ -514,7 +482,7 @@ async def test_a_big_backlog_is_committed_while_its_pass_still_runs(monkeypatch)
         return real(*a, emit=hold, **k)
 
     monkeypatch.setattr(scheduling, "schedule", held_after_first_job)
-    loop = scheduling.SchedulerLoop(Replica(), epoch=1)
+    loop = scheduling.SchedulerLoop(replica, epoch=1)
     task = asyncio.create_task(loop.run())
     for _ in range(3000):
         if loop.placed >= per_job * n_jobs:
