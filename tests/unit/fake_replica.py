@@ -2,7 +2,9 @@
 with an injected (fake) clock's wall time and applied at once, every proposal kept in order."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from typing import Any, Callable, TypeVar
 
 from raftctl.clock import Clock
@@ -37,3 +39,12 @@ def machine(mid: str) -> c.RegisterMachine:
     return c.RegisterMachine(machine=mid, address="127.0.0.2", fault_domain={}, labels={},
                              resources={"cpu": 2000, "memory": 1 << 30, "pids": 1000}, ports=[31000, 31999],
                              runtime="sim")
+
+
+async def until(cond: Callable[[], Any], what: str) -> None:
+    """Yield to the loop until ``cond()`` holds; ``what`` happens on the fake clock, so 10 s of real time is a
+    hang, not slowness."""
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < 10, f"{what} should happen on the fake clock"
+        await asyncio.sleep(0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,7 +12,7 @@ from raftctl.node.failover import FailoverConfig
 from raftctl.node.leader import Leadership, every
 from raftctl.statemachine import commands as c
 
-from .fake_replica import FakeReplica, machine
+from .fake_replica import FakeReplica, machine, until
 
 
 class Raft:
@@ -22,13 +21,6 @@ class Raft:
 
     def raft_status(self) -> dict[str, Any]:
         return dict(self.status)
-
-
-async def until(cond, what: str) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < 10, f"{what} should happen on the fake clock"
-        await asyncio.sleep(0)
 
 
 async def test_the_leader_claims_its_epoch_and_its_failover_monitor_runs_on_the_same_clock():
