@@ -104,13 +104,9 @@ class Proposer:
             raise OutcomeUnknown("the write was proposed but not confirmed in time; it may or may not have "
                                  "been applied (retry with the same request id is safe)") from None
 
-    def _leader(self) -> str | None:
-        """The leader raft names now (a raft object without ``leader_address`` names "self")."""
-        leader_address = getattr(self.raft, "leader_address", None)
-        return "self" if leader_address is None else leader_address()
-
     def _knows_leader(self) -> bool:
-        return self._leader() is not None
+        """Whether raft names a leader now."""
+        return self.raft.leader_address() is not None
 
     async def _wait_for_leader(self, bound: float) -> bool:
         """Wait up to ``bound`` seconds (an election) until raft names a leader."""
@@ -186,7 +182,7 @@ class Proposer:
         self.commands += len(items)
         # the leader this replica knows as it hands the entry over (itself when it leads): leader_changed()
         # fails only entries handed to a leader other than the new one
-        self._inflight[id(slot)] = (slot, futures, self._leader())
+        self._inflight[id(slot)] = (slot, futures, self.raft.leader_address())
         slot.on_release = lambda s=slot: self._inflight.pop(id(s), None)
         self._loop.call_later(self.timeout, slot.release)
         try:

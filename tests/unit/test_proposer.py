@@ -30,6 +30,9 @@ class FakeRaft:
         self.raise_next = 0
         self.answer: list | None = None  # a canned result list instead of applying
 
+    def leader_address(self) -> str | None:
+        return "10.0.0.1:7000"
+
     def apply_entry(self, data: bytes, callback) -> None:
         if self.raise_next:
             self.raise_next -= 1
