@@ -17,12 +17,22 @@ $(STAMP): pyproject.toml
 
 deps: system-deps $(STAMP)
 
+# The two Debian-package targets below share this frame: as root where apt-get exists, collect what is
+# missing into $missing (the lines between APT_MISSING and APT_INSTALL), install it in one apt-get; otherwise
+# say what will not run.
+APT_MISSING = if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then missing="";
+APT_INSTALL = if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	else echo "not root or no apt-get:"
+
 # Debian packages for the runc driver (runc, and tini as each container's PID 1), images on btrfs,
 # the jepsen-style harness, the dashboard's browser test and systemd-analyze (deploy/systemd unit check).
 # Only as root, only where apt-get exists; otherwise the runc tests skip loudly.
 system-deps:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  missing=""; \
+	@$(APT_MISSING) \
 	  command -v runc >/dev/null 2>&1 || missing="$$missing runc"; \
 	  [ -x /bin/busybox ] || missing="$$missing busybox-static"; \
 	  command -v tini-static >/dev/null 2>&1 || missing="$$missing tini"; \
@@ -32,12 +42,7 @@ system-deps:
 	  command -v faketime >/dev/null 2>&1 || missing="$$missing faketime"; \
 	  command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
-	  if [ -n "$$missing" ]; then \
-	    echo "installing Debian packages:$$missing"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  fi; \
-	else echo "not root or no apt-get: runc/btrfs/nftables not installed; those tests will skip"; fi
+	$(APT_INSTALL) "runc/btrfs/nftables not installed; those tests will skip"; fi
 
 up: deps
 	$(BIN)/raftctl up --dir $(DIR)
@@ -54,16 +59,10 @@ test: lint
 # What the benchmarks compare against: etcd 3.4 (bench/raft_commit.py) and wrk, the C load generator
 # (raft_commit.py, discovery.py). Only as root, only where apt-get exists; otherwise those parts print n/a.
 bench-deps:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  missing=""; \
+	@$(APT_MISSING) \
 	  command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
 	  command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
-	  if [ -n "$$missing" ]; then \
-	    echo "installing Debian packages:$$missing"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  fi; \
-	else echo "not root or no apt-get: wrk/etcd not installed; the benches print n/a for those parts"; fi
+	$(APT_INSTALL) "wrk/etcd not installed; the benches print n/a for those parts"; fi
 
 bench: deps bench-deps
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
