@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING
 import click
 
 from raftctl.cli.base import split_servers
+from raftctl.cli.output import read_secret
+from raftctl.config import config_option
+from raftctl.errors import RaftctlError
 
 if TYPE_CHECKING:
     from raftctl.agent.config import AgentConfig
@@ -34,7 +37,6 @@ def learn_cluster(cfg: AgentConfig) -> str:
     adopting this cluster's containers; a data dir of another cluster is refused."""
     from raftctl.agent.config import read_identity, settle_cluster_id
     from raftctl.agent.control import cluster_identity
-    from raftctl.errors import RaftctlError
 
     ssl_ctx = None
     if cfg.tls_ca or any(s.startswith("https://") for s in cfg.servers):
@@ -55,8 +57,6 @@ def learn_cluster(cfg: AgentConfig) -> str:
 
 
 def register(cli: click.Group) -> None:
-    from raftctl.config import config_option
-
     @cli.command(global_options=False)
     @config_option
     @click.option("--id", "machine", required=True, help="This machine's id.")
@@ -107,9 +107,8 @@ def register(cli: click.Group) -> None:
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from raftctl.agent.runtime import agent_driver, default_runtime
-        from raftctl.cli.server import _read_secret
 
-        token = _read_secret(token, token_file, "--token-file")
+        token = read_secret(token, token_file, "--token-file")
         if not token:
             raise click.UsageError("no agent token: pass --token, --token-file or RAFTCTL_AGENT_TOKEN")
         if bool(tls_cert) != bool(tls_key):

@@ -52,3 +52,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def fail(message: str, code: int = 1) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def read_secret(secret: str | None, secret_file: str | None, flag: str = "--secret-file") -> str | None:
+    """The secret given on the command line, or the stripped contents of ``secret_file`` (``flag`` names it
+    in the error: unreadable or empty files fail)."""
+    if secret_file:
+        try:
+            with open(secret_file) as f:
+                value = f.read().strip()
+        except OSError as exc:
+            fail(f"{flag}: cannot read {secret_file}: {exc.strerror}")
+        if not value:
+            fail(f"{flag}: {secret_file} is empty")
+        return value
+    return secret

@@ -8,22 +8,9 @@ from typing import Callable
 
 import click
 
-from raftctl.cli.output import fail
+from raftctl.cli.output import fail, read_secret
 from raftctl.errors import ValidationError
 from raftctl.config import config_option
-
-
-def _read_secret(secret: str | None, secret_file: str | None, flag: str = "--secret-file") -> str | None:
-    if secret_file:
-        try:
-            with open(secret_file) as f:
-                value = f.read().strip()
-        except OSError as exc:
-            fail(f"{flag}: cannot read {secret_file}: {exc.strerror}")
-        if not value:
-            fail(f"{flag}: {secret_file} is empty")
-        return value
-    return secret
 
 
 def _seconds(parse: Callable[[str], int], value: str, flag: str, error: type[ValidationError]) -> float:
@@ -84,7 +71,7 @@ def register(cli: click.Group) -> None:
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if log_level != "debug":
             logging.getLogger("pysyncobj").setLevel(logging.WARNING)
-        value = _read_secret(secret, secret_file)
+        value = read_secret(secret, secret_file)
         if value is None and not insecure_dev:
             fail("no cluster secret: pass --secret-file or RAFTCTL_SECRET (Raft traffic is encrypted and "
                  "authenticated with it); --insecure-dev runs without one, never do that on a shared machine")

@@ -308,3 +308,19 @@ def test_the_cli_speaks_http_to_the_control_plane_only_through_the_client():
                 if n.split(".")[0] in net and n != "urllib.parse":  # quoting a path is no traffic
                     found.setdefault(f, set()).add(n)
     assert found == {"logs.py": {"urllib.request"}}
+
+
+def test_a_secret_file_is_read_stripped_and_a_bad_one_names_its_flag(tmp_path, capsys) -> None:
+    from raftctl.cli.output import read_secret
+
+    good = tmp_path / "token"
+    good.write_text("  s3cret\n")
+    assert read_secret(None, str(good), "--token-file") == "s3cret"
+    assert read_secret("given", None, "--token-file") == "given"
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for path, says in ((empty, "is empty"), (tmp_path / "absent", "cannot read")):
+        with pytest.raises(SystemExit):
+            read_secret(None, str(path), "--token-file")
+        err = capsys.readouterr().err
+        assert err.startswith("error: --token-file: ") and says in err

@@ -35,14 +35,6 @@ LAZY: dict[tuple[str, str], str] = {
     ("raftctl.agent.runtime", "raftctl.agent.runtime."): "a runtime driver (runc: ~85 ms) is loaded when chosen",
 }
 
-# Light modules still imported inside functions by files other changes own today (agent/loop.py is being
-# rewritten into the agent's parts; the CLI's lazy-loading pass kept these): this list may only shrink.
-NOT_YET: set[tuple[str, str]] = {
-    ("raftctl.cli.agent", "raftctl.errors"),
-    ("raftctl.cli.agent", "raftctl.config"),
-    ("raftctl.cli.agent", "raftctl.cli.server"),
-}
-
 PURE = ("raftctl.statemachine", "raftctl.scheduler")
 OUTER = ("raftctl.node", "raftctl.agent", "raftctl.cli", "raftctl.discovery", "raftctl.devcluster", "raftctl.client")
 
@@ -195,7 +187,6 @@ def test_the_cli_imports_the_node_only_to_run_a_replica_or_seed_its_data_dir() -
 
 def test_function_level_imports_only_of_heavy_optional_modules() -> None:
     _, imports = graph()
-    seen_not_yet = set()
     unexplained = []
     for i in imports:
         if not i.in_function:
@@ -203,12 +194,8 @@ def test_function_level_imports_only_of_heavy_optional_modules() -> None:
         if any(i.importer.startswith(who) and (i.target == what or i.target.startswith(what.rstrip(".") + "."))
                for who, what in LAZY):
             continue
-        if (i.importer, i.target) in NOT_YET:
-            seen_not_yet.add((i.importer, i.target))
-            continue
         unexplained.append(f"{i.importer}:{i.lineno} imports {i.target} inside a function")
     assert unexplained == []
-    print(f"\nfunction-level imports not on LAZY, left to their owners: {len(seen_not_yet)} of {len(NOT_YET)}")
 
 
 PYSYNCOBJ_PRIVATE = ("_getLeader", "_isLeader", "isReady", "getStatus", "_SyncObj__")
