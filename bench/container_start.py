@@ -11,6 +11,9 @@ For each of N containers (a busybox httpd on loopback, host network):
           pushed with `raftctl image build`; each of N one-replica jobs is timed from its PUT to its
           placement healthy in the API (scheduler, agent watch, pull once per digest, create, start, a
           100 ms tcp health check), the first (which pulls the image) reported apart.
+  breakdown: where an end-to-end start's time goes, from the agent's start trace (raftctl/agent/trace.py,
+          RAFTCTL_START_TRACE) and the placement's created_at (Plan proposed) and healthy_at (healthy report
+          proposed): the median ms from the PUT to each step, and the median of each step's own share.
 Prints human figures and one JSON line. Needs root, runc and busybox-static.
 """
 from __future__ import annotations
@@ -36,6 +39,8 @@ from raftctl.agent.runtime.runc import RuncDriver, runc_available  # noqa: E402
 from raftctl.agent.testimage import busybox_available, make_busybox_dir  # noqa: E402
 
 N = int(os.environ.get("N", "20"))
+TRACE_ENV = "RAFTCTL_START_TRACE"   # raftctl/agent/trace.py's (spelled here so the bench runs on older revisions)
+DUMP = os.environ.get("DUMP")       # a file for each end-to-end start's steps (JSON), if set
 
 
 def free_port() -> int:
@@ -59,14 +64,54 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def end_to_end(work: str, n: int) -> tuple[float, list[float]]:
-    """Seconds from PUT /v1/jobs to the placement healthy: the first job (image pull) and the next n."""
+STEPS = [  # (label, the step's key in a start's record): in the order a start passes them
+    ("PUT answered", "put"), ("Plan proposed (created_at)", "plan"), ("assignment answer at the agent", "assigned"),
+    ("converge pass began", "converge"), ("image root ready", "prepared"), ("runc create done", "created"),
+    ("runc start done", "started"), ("first probe failed", "probe_failed"), ("first probe ok", "probe_ok"),
+    ("healthy report sent", "report_sent:running/healthy"), ("healthy report proposed (healthy_at)", "healthy_at"),
+    ("healthy report answered", "report_done:running/healthy"), ("API shows healthy", "api")]
+
+
+def breakdown(starts: list[dict[str, float]]) -> list[tuple[str, float, float, int]]:
+    """Per step: (label, median ms from the PUT, median ms since the step before it that the start recorded,
+    how many starts recorded it)."""
+    out = []
+    for i, (label, key) in enumerate(STEPS):
+        have = [s for s in starts if key in s]
+        if not have:
+            continue
+        shares = []
+        for s in have:
+            before = [s[k] for _, k in STEPS[:i] if k in s] or [s["t0"]]
+            shares.append(s[key] - before[-1])
+        out.append((label, statistics.median(s[key] - s["t0"] for s in have), statistics.median(shares), len(have)))
+    return out
+
+
+def read_trace(path: str) -> dict[str, dict[str, float]]:
+    """placement -> step -> wall ms of the step's first record."""
+    steps: dict[str, dict[str, float]] = {}
+    if os.path.exists(path):
+        for line in open(path):
+            r = json.loads(line)
+            steps.setdefault(r["p"], {}).setdefault(r["step"], float(r["ms"]))
+    return steps
+
+
+def end_to_end(work: str, n: int) -> tuple[float, list[float], list[dict[str, float]]]:
+    """Seconds from PUT /v1/jobs to the placement healthy: the first job (image pull) and the next n; and each of
+    the n starts' steps (wall ms)."""
     from raftctl.client import ApiError, Client
     from raftctl.devcluster import LocalCluster
 
     cl = LocalCluster(os.path.join(work, "cluster"), replicas=3, agents=1, runtime="runc", log_level="warning",
                       agent_args=["--heartbeat", "300ms"])
-    cl.start(timeout=60)
+    trace_path = os.path.join(work, "start-trace.jsonl")
+    os.environ[TRACE_ENV] = trace_path   # the agent (a child process) inherits it
+    try:
+        cl.start(timeout=60)
+    finally:
+        del os.environ[TRACE_ENV]
     try:
         cl.wait_agents(30)
         env = {**os.environ, "RAFTCTL_SERVER": " ".join(cl.urls), "RAFTCTL_TOKEN": cl.token() or ""}
@@ -75,26 +120,35 @@ def end_to_end(work: str, n: int) -> tuple[float, list[float]]:
                        env=env, check=True, capture_output=True)
         api = Client(cl.urls, cl.token(), retry_for=20.0)
         times: list[float] = []
+        starts: list[dict[str, float]] = []
         for i in range(n + 1):
             job = {"name": f"s{i}", "image": "bb:1", "base": "scratch", "replicas": 1,
                    "command": ["httpd", "-f", "-p", "${PORT_HTTP}", "-h", "/www"],
                    "resources": {"cpu": "50m", "memory": "32Mi", "pids": 32}, "ports": [{"name": "http"}],
                    "health": {"type": "tcp", "port": "http", "interval": "100ms", "timeout": "500ms", "failures": 3}}
-            t0 = time.monotonic()
+            t0, w0 = time.monotonic(), time.time() * 1000
             api.request("PUT", f"/v1/jobs/s{i}", job)
+            rec = {"t0": w0, "put": time.time() * 1000}
             deadline = t0 + 60
             while True:
                 try:
                     pl = api.request("GET", f"/v1/jobs/s{i}/placements")["placements"]
                 except ApiError:  # a follower that has not applied the PUT yet
                     pl = []
-                if any(p["state"] == "running" and p["health"] == "healthy" for p in pl):
+                ok = [p for p in pl if p["state"] == "running" and p["health"] == "healthy"]
+                if ok:
+                    rec.update(api=time.time() * 1000, plan=float(ok[0]["created_at"]),
+                               healthy_at=float(ok[0].get("healthy_at") or "nan"), id=ok[0]["id"])  # type: ignore
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"job s{i} never became healthy: {pl}")
                 time.sleep(0.01)
             times.append(time.monotonic() - t0)
-        return times[0], times[1:]
+            starts.append(rec)
+        trace = read_trace(trace_path)
+        for rec in starts:
+            rec.update(trace.get(rec.pop("id"), {}))  # type: ignore[call-overload]
+        return times[0], times[1:], starts[1:]
     finally:
         cl.stop()
 
@@ -164,7 +218,7 @@ def main() -> int:
 
     e2e_work = tempfile.mkdtemp(prefix="raftctl-bench-e2e-")
     try:
-        first, e2e = end_to_end(e2e_work, N)
+        first, e2e, starts = end_to_end(e2e_work, N)
     finally:
         shutil.rmtree(e2e_work, ignore_errors=True)
     res["e2e_healthy"] = e2e
@@ -182,13 +236,23 @@ def main() -> int:
           f"p50 {e[0]:.1f} ms  p99 {e[1]:.1f} ms (first job, pulling the image: {first * 1000:.0f} ms); "
           f"beside bare runc to tcp p50 {b[0]:.1f} ms: {e2e_ratio:.1f}x -> "
           f"{'OK' if e2e_ratio <= 2 else 'MISSED'} (aim 2x)")
+    if DUMP:
+        with open(DUMP, "w") as f:
+            json.dump(starts, f)
+    steps = breakdown(starts)
+    print(f"where an end-to-end start's time goes (median of {N} starts, ms; load {os.getloadavg()[0]:.1f}):")
+    print(f"  {'step':<38} {'from PUT':>9} {'this step':>10}")
+    for label, since, share, count in steps:
+        print(f"  {label:<38} {since:9.1f} {share:10.1f}" + (f"   ({count} of {N} starts)" if count != N else ""))
     print(json.dumps({"bench": "container_start", "n": N,
                       **{f"{k}_p50_ms": round(v[0], 2) for k, v in ms.items()},
                       **{f"{k}_p99_ms": round(v[1], 2) for k, v in ms.items()},
                       "ratio_run_p50": round(ms["drv_run"][0] / ms["bare_run"][0], 3),
                       "ratio_tcp_p50": round(ratio, 3),
                       "ratio_http_p50": round(ms["drv_http"][0] / ms["bare_http"][0], 3),
-                      "e2e_first_ms": round(first * 1000, 1), "ratio_e2e_p50": round(e2e_ratio, 2)}))
+                      "e2e_first_ms": round(first * 1000, 1), "ratio_e2e_p50": round(e2e_ratio, 2),
+                      "breakdown_ms": {label: round(since, 1) for label, since, _, _ in steps},
+                      "load1": os.getloadavg()[0]}))
     return 0
 
 

@@ -38,15 +38,25 @@ class HealthPolicy:
                    grace_s=seconds(h.grace))
 
 
+STARTUP_RETRY_S = 0.01
+"""Until a container's first successful check, a failed one is tried again after this, doubling up to the interval:
+a service that listens 20 ms after its start is healthy then, not one interval (1 s by default) later."""
+
+
 @dataclass
 class HealthTracker:
     """unknown -> healthy after one success; -> unhealthy after ``failures`` consecutive
-    failures once the start grace is over (failures inside the grace do not count)."""
+    failures once the start grace is over (failures inside the grace do not count).
+
+    Until the first success a failed check is retried sooner (``STARTUP_RETRY_S``, doubling up to the interval);
+    of those retries a failure counts once per interval, so the threshold still takes ``failures`` intervals."""
     policy: HealthPolicy
     started_at: float
     status: HealthState = "unknown"
     consecutive_failures: int = 0
     next_at: float = 0.0
+    retry_s: float = 0.0          # the last startup retry's delay (0: none yet)
+    counts_from: float = 0.0      # a failure before this is a startup retry's and does not count
 
     def __post_init__(self) -> None:
         self.next_at = self.started_at + self.policy.grace_s   # the first check is due when the grace is over
@@ -59,12 +69,18 @@ class HealthTracker:
 
     def record(self, ok: bool, now: float) -> HealthState | None:
         """Feed one probe result; return the new status if it changed."""
-        self.next_at = now + self.policy.interval_s
+        interval = self.policy.interval_s
+        self.next_at = now + interval
         old = self.status
         if ok:
             self.consecutive_failures = 0
             self.status = "healthy"
-        elif not self.in_grace(now):
+            return self.status if self.status != old else None
+        if self.status == "unknown":
+            self.retry_s = min(interval, self.retry_s * 2 if self.retry_s else STARTUP_RETRY_S)
+            self.next_at = now + self.retry_s
+        if not self.in_grace(now) and now >= self.counts_from:
+            self.counts_from = now + interval
             self.consecutive_failures += 1
             if self.consecutive_failures >= self.policy.failures:
                 self.status = "unhealthy"

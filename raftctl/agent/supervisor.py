@@ -16,6 +16,7 @@ from typing import Any, Callable, Literal, Protocol
 from raftctl.agent.backoff import Backoff, should_restart
 from raftctl.agent.health import HealthMonitor, HealthPolicy, Probe, probe_for
 from raftctl.agent.runtime.base import ContainerSpec, Driver, Observed, RuntimeError_
+from raftctl.agent.trace import OFF, StartTrace
 from raftctl.clock import SYSTEM, Clock
 from raftctl.statemachine.records import REASON_MAX, HealthState, JobSpec, PlacementState, ReportUpdate
 
@@ -82,7 +83,7 @@ class Supervisor:
 
     def __init__(self, sup: Supervised, driver: Driver, *, report: Callable[[ReportUpdate], None], metrics: Metrics,
                  container_spec: Callable[[dict[str, Any]], ContainerSpec], host: str,
-                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
+                 clock: Clock | None = None, rng: random.Random | None = None, trace: StartTrace = OFF) -> None:
         self.sup = sup
         self.driver = driver
         self.report = report
@@ -91,8 +92,12 @@ class Supervisor:
         self.host = host
         self.clock: Clock = clock or SYSTEM
         self.rng = rng or random.Random()
+        self.trace = trace
 
-    async def run(self, adopted: bool = False) -> None:
+    async def run(self, adopted: bool = False, *, fresh: bool = False) -> None:
+        """``fresh``: the driver held no container of this id when the agent decided to start it, so the first
+        start skips removing what an earlier run left (a ``runc delete`` on the start's path); every restart
+        removes first."""
         sup, p = self.sup, self.sup.placement
         spec: JobSpec = p["spec"]
         cid, policy = p["id"], spec.restart.policy
@@ -100,7 +105,7 @@ class Supervisor:
         while not sup.stopping:
             if not adopted:
                 try:
-                    if not await self._start():
+                    if not await self._start(remove=not fresh):
                         return
                 except Exception as exc:
                     log.warning("container %s failed to start: %s", cid, exc)
@@ -109,11 +114,20 @@ class Supervisor:
                         return
                     await self.clock.sleep(jittered(backoff.on_exit(self.clock.monotonic()), self.rng))
                     continue
+                finally:
+                    fresh = False
             adopted = False
             backoff.on_start(self.clock.monotonic())
-            self.report(update(cid, "running", health="healthy" if spec.health is None else "unknown"))
             sup.state, sup.health = "running", "unknown"
-            obs = await self._watch()
+            monitor = self._monitor()
+            if monitor is not None and monitor.tracker.due(self.clock.monotonic()):
+                # the first check right after the start (no grace): a container that already answers is reported
+                # running and healthy at once (its health change reports it), not running, then healthy one report
+                # commit later
+                await monitor.check_once()
+            if sup.health == "unknown":   # else the check's health change reported it running
+                self.report(update(cid, "running", health="healthy" if spec.health is None else "unknown"))
+            obs = await self._watch(monitor)
             if sup.stopping:
                 return
             oom = obs.state == "oom_killed"
@@ -127,8 +141,9 @@ class Supervisor:
             self.metrics.restarted(p["job"])
             await self.clock.sleep(jittered(delay, self.rng))
 
-    async def _start(self) -> bool:
-        """Create and start the container; False if a stop came first (the supervisor then ends)."""
+    async def _start(self, remove: bool = True) -> bool:
+        """Create and start the container (removing what an earlier run left first, if ``remove``); False if a
+        stop came first (the supervisor then ends)."""
         sup, p = self.sup, self.sup.placement
         cid = p["id"]
         self.report(update(cid, "starting"))
@@ -137,27 +152,34 @@ class Supervisor:
         async with sup.start_lock:
             if sup.stopping:
                 return False
+            self.trace(cid, "prepare")
             cs = await call_driver(self.container_spec, p, bound=PREPARE_S)
-            await call_driver(self.driver.remove, cid)
+            self.trace(cid, "prepared")
+            if remove:
+                await call_driver(self.driver.remove, cid)
             await call_driver(self.driver.create, cs)
+            self.trace(cid, "created")
             if sup.stopping:
                 return False
             await call_driver(self.driver.start, cid)
+            self.trace(cid, "started")
         return not sup.stopping
 
-    async def _watch(self) -> Observed:
+    def _monitor(self) -> HealthMonitor | None:
+        """The health check of a run that starts now (None without one)."""
+        h = self.sup.placement["spec"].health
+        if h is None:
+            return None
+        policy = HealthPolicy.from_spec(h)
+        return HealthMonitor(policy, self._measured(policy, self._probe(policy)), self._health_changed,
+                             clock=self.clock.monotonic)
+
+    async def _watch(self, monitor: HealthMonitor | None) -> Observed:
         """Poll the container and run its health check; return when it is no longer running (or a stop began).
 
         The first check is due when the health grace has passed, then one every interval; the threshold's
         failure stops the container (it ends "exited" with the reason) for the restart policy to judge."""
-        p = self.sup.placement
-        cid = p["id"]
-        h = p["spec"].health
-        monitor: HealthMonitor | None = None
-        if h is not None:
-            policy = HealthPolicy.from_spec(h)
-            monitor = HealthMonitor(policy, self._measured(policy, self._probe(policy)), self._health_changed,
-                                    clock=self.clock.monotonic)
+        cid = self.sup.placement["id"]
         while True:
             try:
                 obs: Observed = await call_driver(self.driver.status, cid)
@@ -166,8 +188,9 @@ class Supervisor:
                 continue
             if obs.state != "running" or self.sup.stopping:
                 return obs
-            if monitor is not None and monitor.tracker.due(self.clock.monotonic()):
-                await monitor.check_once()
+            if monitor is not None:
+                if monitor.tracker.due(self.clock.monotonic()):
+                    await monitor.check_once()
                 if monitor.tracker.status == "unhealthy":
                     failures = monitor.tracker.consecutive_failures
                     log.warning("%s failed %d health checks: restarting", cid, failures)
@@ -175,7 +198,11 @@ class Supervisor:
                     obs = await call_driver(self.driver.status, cid)
                     obs.reason = f"failed {failures} health checks"
                     return obs   # its end is reported "exited" (or "oom_killed"), whatever status says now
-            await self.clock.sleep(POLL_S if monitor is None else min(0.25, monitor.policy.interval_s))
+            if monitor is None:
+                await self.clock.sleep(POLL_S)
+            else:   # until the next check is due (sooner while a starting container's check is retried)
+                wait = monitor.tracker.next_at - self.clock.monotonic()
+                await self.clock.sleep(min(0.25, monitor.policy.interval_s, max(0.005, wait)))
 
     def _health_changed(self, status: HealthState) -> None:
         self.sup.health = status
@@ -199,5 +226,7 @@ class Supervisor:
             started = self.clock.monotonic()
             ok = await probe()
             self.metrics.health_checked(policy.type, ok, self.clock.monotonic() - started)
+            if self.sup.health != "healthy":
+                self.trace(self.sup.placement["id"], "probe_ok" if ok else "probe_failed")
             return ok
         return measured

@@ -6,7 +6,8 @@ import asyncio
 import pytest
 
 from raftctl.agent.backoff import Backoff, should_restart
-from raftctl.agent.health import HealthMonitor, HealthPolicy, HealthTracker, make_probe, probe_http, probe_tcp
+from raftctl.agent.health import (STARTUP_RETRY_S, HealthMonitor, HealthPolicy, HealthTracker, make_probe, probe_http,
+                                  probe_tcp)
 from raftctl.agent.runtime.base import ContainerSpec
 from raftctl.agent.runtime.sim import SimDriver, SimScript
 from raftctl.statemachine.records import Health, Restart
@@ -146,3 +147,29 @@ def test_a_health_policy_is_the_spec_records_check_with_its_durations_in_seconds
 def test_a_backoff_clamps_a_stored_restart_outside_the_validators_bounds():
     b = Backoff.from_spec(Restart(initial=-5, max=50, reset=10))
     assert (b.initial_s, b.max_s, b.reset_s) == (0.1, 0.1, 1.0)
+
+
+def test_until_the_first_success_a_failed_check_is_retried_sooner_and_counts_once_per_interval():
+    t = HealthTracker(HealthPolicy(interval_s=1, failures=3), started_at=0.0)
+    now, retries, last = 0.0, [], 0.0
+    while t.status == "unknown":
+        t.record(False, now)
+        retries.append(round(t.next_at - now, 6))
+        last, now = now, t.next_at
+    # 10 ms doubling up to the interval; the threshold still takes three intervals of failures, not three retries
+    assert retries[:8] == pytest.approx([STARTUP_RETRY_S * 2 ** i for i in range(7)] + [1.0])
+    assert t.status == "unhealthy" and 2.0 <= last < 3.0
+
+
+def test_once_healthy_a_failed_check_waits_the_interval():
+    t = HealthTracker(HealthPolicy(interval_s=1, failures=3), started_at=0.0)
+    t.record(True, 0.0)
+    assert t.record(False, 1.0) is None and t.next_at == 2.0
+
+
+def test_startup_retries_inside_the_grace_do_not_count():
+    t = HealthTracker(HealthPolicy(interval_s=1, failures=1, grace_s=0.5), started_at=0.0)
+    now = 0.5
+    assert t.record(False, now) == "unhealthy"     # the grace is over: the first failure counts
+    t = HealthTracker(HealthPolicy(interval_s=1, failures=1, grace_s=0.5), started_at=0.0)
+    assert t.record(False, 0.1) is None and t.next_at == pytest.approx(0.11) and t.consecutive_failures == 0

@@ -134,9 +134,10 @@ EXEC_CHECK = {"type": "exec", "command": ["check"], "interval_ms": 1000, "timeou
 
 async def supervise(runs: list[Run], *, until: float, fail_creates: int = 0, adopted: bool = False,
                     rng: Any = None, setup: Callable[[FakeDriver, Supervised], None] | None = None,
+                    fresh: bool = False, driver_class: type[FakeDriver] | None = None,
                     **kw: Any) -> tuple[FakeDriver, list[Report], Supervised, Metrics]:
     clock = FakeClock(until)
-    driver = FakeDriver(clock, runs, fail_creates=fail_creates)
+    driver = (driver_class or FakeDriver)(clock, runs, fail_creates=fail_creates)
     if adopted:
         driver.starts.append(0.0)
     sup = Supervised(placement=placement(**kw))
@@ -149,7 +150,7 @@ async def supervise(runs: list[Run], *, until: float, fail_creates: int = 0, ado
                    rng=rng or Half(),
                    container_spec=lambda p: ContainerSpec(id=p["id"], job=p["job"], replica=0, image="w:1",
                                                           rootfs="", command=["w"], log_dir="/nonexistent"))
-    await asyncio.wait_for(s.run(adopted=adopted), 10)
+    await asyncio.wait_for(s.run(adopted=adopted, fresh=fresh), 10)
     return driver, reports, sup, metrics
 
 
@@ -285,3 +286,38 @@ async def test_a_stop_arriving_while_the_container_is_created_means_it_is_never_
     d, reports, _, _ = await supervise([Run()], until=5.0, setup=stop_during_create)
     assert d.calls == ["remove", "create"] and d.starts == []
     assert [r.state for r in reports] == ["starting"]
+
+
+# -- the start's path (issue 15: job PUT -> placement healthy) ------------------------------------------------------
+
+QUICK_CHECK = {**EXEC_CHECK, "grace_ms": 0}     # the first check due right at the start
+
+
+async def test_a_container_healthy_at_its_first_check_is_reported_running_and_healthy_at_once():
+    """The first check runs right after the start, before "running" is reported: one report (one commit) to
+    healthy, not "running" and then "healthy" queued behind its commit."""
+    d, reports, sup, _ = await supervise([Run()], until=3.0, health=QUICK_CHECK)
+    assert [(r.state, r.health) for r in reports] == [("starting", ""), ("running", "healthy")]
+    assert d.probes[0] == d.starts[0] == 0.0
+
+
+async def test_a_container_failing_its_first_check_is_reported_running_then_healthy():
+    class LateListener(FakeDriver):
+        def exec(self, id: str, argv: list[str], timeout: float = 10.0) -> tuple[int, str]:
+            self.probes.append(self.clock.monotonic())
+            return (0, "") if self.clock.monotonic() - self.starts[-1] >= 0.05 else (1, "")
+    d, reports, _, _ = await supervise([Run()], until=3.0, health=QUICK_CHECK, driver_class=LateListener)
+    assert [(r.state, r.health) for r in reports] == [("starting", ""), ("running", "unknown"), ("running", "healthy")]
+    # retried 10 ms after the failed first check, then 20, 40 ms later: healthy at 70 ms, not one interval (1 s)
+    assert d.probes[:4] == pytest.approx([0.0, 0.01, 0.03, 0.07])
+    assert d.probes[4] == pytest.approx(1.07)          # then one per interval
+
+
+async def test_a_fresh_start_skips_the_remove_and_every_restart_removes_first():
+    d, _, _, _ = await supervise([Run(lifetime=1.0)], until=2.5, fresh=True)
+    assert d.calls[:5] == ["create", "start", "remove", "create", "start"]
+
+
+async def test_a_fresh_start_that_failed_removes_before_it_tries_again():
+    d, _, _, _ = await supervise([Run()], until=2.5, fresh=True, fail_creates=1)
+    assert d.calls[:4] == ["create", "remove", "create", "start"]

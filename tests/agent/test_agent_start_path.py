@@ -1,0 +1,99 @@
+"""The agent's side of a start's path (issue 15: job PUT -> placement healthy): an assignment answer starts its
+new placements without waiting for the driver's listing, and a placement the driver holds no container of is
+created without a remove first."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from raftctl.agent.config import AgentConfig
+from raftctl.agent.loop import Agent
+from raftctl.agent.runtime.base import ContainerSpec
+from raftctl.agent.runtime.sim import SimDriver
+from tests.agent.test_assignments import WEB, placement
+
+LISTING_PATIENCE_S = 5.0   # a guard against a hang, never a measurement
+
+
+class Recording(SimDriver):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str]] = []
+        self.created = threading.Event()
+        self.listing_waits = False
+        self.created_while_listing: list[bool] = []
+
+    def create(self, spec: ContainerSpec) -> str:
+        self.calls.append(("create", spec.id))
+        out = super().create(spec)
+        self.created.set()
+        return out
+
+    def remove(self, id: str) -> None:
+        self.calls.append(("remove", id))
+        super().remove(id)
+
+    def list_existing(self) -> list[str]:
+        if self.listing_waits:    # a slow `runc list`: does the start go on meanwhile?
+            self.created_while_listing.append(self.created.wait(LISTING_PATIENCE_S))
+        return super().list_existing()
+
+
+def agent(tmp_path: Any) -> tuple[Agent, Recording]:
+    cfg = AgentConfig(machine="m1", servers=["http://127.0.0.1:1"], token="t", data_dir=str(tmp_path))
+    driver = Recording()
+    return Agent(cfg, driver), driver
+
+
+async def settle(a: Agent) -> None:
+    tasks = [s.task for s in a.containers.values() if s.task]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def until_created(driver: Recording, pid: str) -> None:
+    for _ in range(1000):
+        if ("create", pid) in driver.calls:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{pid} was never created: {driver.calls}")
+
+
+async def test_a_new_placement_is_created_while_the_drivers_listing_is_still_running(tmp_path):
+    a, driver = agent(tmp_path)
+    await a._adopt()
+    driver.listing_waits = True
+    try:
+        await a.converge([placement("web-1", WEB)])
+        assert driver.created_while_listing == [True]
+    finally:
+        await settle(a)
+
+
+async def test_a_placement_without_a_container_is_created_without_a_remove(tmp_path):
+    a, driver = agent(tmp_path)
+    await a._adopt()
+    try:
+        await a.converge([placement("web-1", WEB)])
+        await until_created(driver, "web-1")
+        assert [c for c in driver.calls if c[1] == "web-1"][:1] == [("create", "web-1")]
+    finally:
+        await settle(a)
+
+
+async def test_a_placement_whose_container_the_driver_lists_is_removed_before_it_is_created(tmp_path):
+    a, driver = agent(tmp_path)
+    await a._adopt()
+    # a container of web-2 appeared after the agent's start (listed by the next reconcile pass)
+    driver.create(ContainerSpec(id="web-2", job="web", replica=0, image="w", rootfs="", command=["w"],
+                                log_dir=str(tmp_path)))
+    await a._observe()
+    driver.calls.clear()
+    try:
+        await a.converge([placement("web-2", WEB)])
+        await until_created(driver, "web-2")
+        assert [c for c in driver.calls if c[1] == "web-2"][:2] == [("remove", "web-2"), ("create", "web-2")]
+    finally:
+        await settle(a)
