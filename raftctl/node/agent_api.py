@@ -13,6 +13,7 @@ from raftctl.node.efficiency import MEMORY_METRIC
 from raftctl.node.http import REPLICA, body, encode, perm, read_mode, result_value
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.records import REASON_MAX, Report, from_wire, spec_of
+from raftctl.statemachine.subnets import gateway
 
 
 def _own_machine(request: web.Request, machine: Any) -> str:
@@ -39,7 +40,8 @@ async def register(request: web.Request) -> web.Response:
         cmd = c.RegisterMachine(machine=machine, address=str(data.get("address", "")),
                                 fault_domain=dict(data.get("fault_domain") or {}), labels=dict(data.get("labels") or {}),
                                 resources=dict(data.get("resources") or {}), ports=list(data.get("ports") or []),
-                                runtime=str(data.get("runtime", "")), api=str(data.get("api", ""))[:200])
+                                runtime=str(data.get("runtime", "")), api=str(data.get("api", ""))[:200],
+                                pool=str(data.get("pool") or "")[:64])
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"bad registration: {exc}", field="body") from None
     res = await replica.propose(cmd)
@@ -76,7 +78,17 @@ def _assignments(s: Any, machine: str) -> dict[str, Any]:
         job = s.jobs.get(p["job"])
         out.append({**p, "spec": spec_of(job, p["version"]) if job is not None else None})
     m = s.machines.get(machine)
-    return {"machine": m, "placements": out}
+    return {"machine": m, "placements": out, "network": _network(s, m)}
+
+
+def _network(s: Any, m: dict[str, Any] | None) -> dict[str, Any]:
+    """This machine's container subnet and its bridge's address, and every other machine's subnet with the
+    address to route it through (host-gw). A machine that registers or changes address wakes every watch."""
+    subnet = m.get("subnet") if m else None
+    peers = [{"machine": o["id"], "address": o["address"], "subnet": o["subnet"]}
+             for o in s.machines.values() if o.get("subnet") and (m is None or o["id"] != m["id"])]
+    return {"subnet": subnet, "gateway": gateway(subnet) if subnet else None,
+            "peers": sorted(peers, key=lambda p: p["machine"])}
 
 
 @perm("agent")

@@ -14,8 +14,9 @@ from typing import Any, Callable, TypeVar
 
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.records import (DIGEST_RE, HEALTH_STATES, IMAGE_NAME_RE, PLACEMENT_STATES, JobSpec,
-                                          RecordError, from_wire, spec_of)
+                                          RecordError, container_port, from_wire, spec_of)
 from raftctl.statemachine.state import MAX_DEDUP, MAX_EVENTS, State, machine_usage, placement_uses_resources
+from raftctl.statemachine.subnets import DEFAULT_POOL, PoolError, allocate_address, allocate_subnet, subnet_key
 
 ROLES = ("admin", "deployer", "operator", "reader", "agent")
 MACHINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -248,6 +249,8 @@ def _publish(state: State, p: dict[str, Any], spec: dict[str, Any]) -> None:
     port = None
     if spec.get("ports"):
         port = p["ports"].get(spec["ports"][0]["name"])
+        if port is not None and spec.get("network") == "bridge":  # reached at the container's own address
+            port = container_port(spec["ports"][0], port)
     service = spec.get("service", p["job"])
     svc = state.discovery.setdefault(service, {"index": state.index, "endpoints": {}})
     svc["endpoints"][p["id"]] = {
@@ -387,18 +390,30 @@ def _register_machine(state: State, cmd: c.RegisterMachine) -> dict[str, Any]:
     _need(len(cmd.ports) == 2 and all(_is_int(x) for x in cmd.ports) and 0 < cmd.ports[0] <= cmd.ports[1] < 65536,
           "invalid", "ports must be [lo, hi] within 1..65535", "ports")
     old = state.machines.get(cmd.machine)
+    subnet = old.get("subnet") if old else None
+    if subnet is None:  # new, registered before subnets existed, or the pool was exhausted when it registered
+        try:
+            subnet = allocate_subnet(cmd.pool or DEFAULT_POOL, state.subnets)
+        except PoolError as exc:
+            raise Reject("invalid", f"pool: {exc}", "pool") from None
     idx = _bump(state, "machines")
+    key = subnet_key(subnet) if subnet else None
+    if key is not None:
+        state.subnets.add(key)
     m = {"id": cmd.machine, "address": cmd.address, "fault_domain": dict(cmd.fault_domain),
          "labels": dict(cmd.labels), "resources": dict(cmd.resources), "ports": list(cmd.ports),
-         "runtime": cmd.runtime, "api": cmd.api, "status": "up", "drain": old["drain"] if old else None,
+         "runtime": cmd.runtime, "api": cmd.api, "subnet": subnet, "status": "up", "drain": old["drain"] if old else None,
          "eligible": old["eligible"] if old else True, "registered_at": cmd.at,
          "last_transition": cmd.at if not old or old["status"] != "up" else old["last_transition"],
          "create_index": old["create_index"] if old else idx, "modify_index": idx}
     state.machines[cmd.machine] = m
     state.touch_machine(cmd.machine)
+    if subnet and (old is None or (old.get("subnet"), old["address"]) != (subnet, cmd.address)):
+        for other in state.machines:  # their agents route to this machine's subnet through its address
+            state.touch_machine(other)
     if old is None or old["status"] != "up":
         _event(state, cmd.at, "machine.up", f"machine {cmd.machine} registered and up", machine=cmd.machine)
-    return {"machine": cmd.machine}
+    return {"machine": cmd.machine, "subnet": subnet}
 
 
 def _machine_down(state: State, cmd: c.MachineDown) -> dict[str, Any]:
@@ -488,6 +503,25 @@ def _fits(state: State, machine: str, resources: dict[str, Any], ports: dict[str
     return None
 
 
+def _container_address(state: State, m: dict[str, Any], addresses: dict[str, set[str]]) -> tuple[str, str]:
+    """("", the lowest free address of machine ``m``'s subnet) for a new bridge placement, added to ``addresses``
+    (held per machine, computed once per plan), or (why not, "")."""
+    subnet = m.get("subnet")
+    if not subnet:
+        return (f"machine {m['id']} has no container subnet (the subnet pool was exhausted when it registered, or it "
+                "registered before subnets existed): it gets one when its agent registers again"), ""
+    held = addresses.get(m["id"])
+    if held is None:
+        held = addresses[m["id"]] = {
+            p["address"] for p in (state.placements[pid] for pid in state.by_machine.get(m["id"], ()))
+            if placement_uses_resources(p)}
+    address = allocate_address(subnet, held)
+    if address is None:
+        return f"no free container address left in {m['id']}'s subnet {subnet}", ""
+    held.add(address)
+    return "", address
+
+
 def _check_plan(cmd: c.Plan) -> None:
     """Every item's shape, before anything changes (a malformed item rejects the whole plan)."""
     # messages are built only for the item that fails (this runs for every item of every plan)
@@ -525,6 +559,7 @@ def _plan(state: State, cmd: c.Plan) -> dict[str, Any]:
     # each machine's usage, computed once per plan and added to as it places (machine_usage scans the machine's
     # placements: once per item made a plan cost items x placements per machine)
     usage: dict[str, tuple[dict[str, int], set[int]]] = {}
+    addresses: dict[str, set[str]] = {}  # container addresses held per machine, as usage
     for i, item in enumerate(cmd.place):
         job = state.jobs.get(item.get("job"))
         if job is None or job["status"] != "running":
@@ -543,12 +578,19 @@ def _plan(state: State, cmd: c.Plan) -> dict[str, Any]:
         if why:
             rejected.append({"item": i, "reason": why})
             continue
+        m = state.machines[item["machine"]]
+        address = m["address"]
+        spec = spec_of(job, item["version"])
+        if spec is not None and spec.get("network") == "bridge":
+            why, address = _container_address(state, m, addresses)
+            if why:
+                rejected.append({"item": i, "reason": why})
+                continue
         state.seq["placement"] += 1
         pid = f"{job['name']}-{state.seq['placement']:05d}"
-        m = state.machines[item["machine"]]
         p = {"id": pid, "job": job["name"], "version": item["version"], "replica": item["replica"],
              "machine": item["machine"], "resources": dict(item["resources"]), "ports": dict(item["ports"]),
-             "address": m["address"], "desired": "run", "state": "pending", "health": "unknown",
+             "address": address, "desired": "run", "state": "pending", "health": "unknown",
              "exit_code": None, "reason": "", "created_at": cmd.at, "updated_at": cmd.at,
              "create_index": idx, "modify_index": idx}
         state.placements[pid] = p

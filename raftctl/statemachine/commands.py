@@ -113,6 +113,7 @@ class RegisterMachine(Command):
     ports: list[Any] = field(default_factory=list)
     runtime: str = ""
     api: str = ""           # the agent's own HTTP endpoint (logs)
+    pool: str = ""          # where its container subnet comes from ("": subnets.DEFAULT_POOL)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -96,6 +96,14 @@ class Port(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     static: int | None = None
     to: int | None = None
+    publish: bool = False        # bridge jobs: DNAT the host port on the machine address to the container
+
+
+def container_port(port: Mapping[str, Any], allocated: int) -> int:
+    """The port a bridge container listens on for ``port`` (a spec's port dict): its ``to``, else the host port
+    the scheduler allocated (the number its PORT_<NAME> variable holds)."""
+    to = port.get("to")
+    return int(to) if isinstance(to, int) and not isinstance(to, bool) else allocated
 
 
 class Health(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -175,6 +183,7 @@ class JobSpec(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
     replicas: int
     resources: Resources = Resources()
     network: Literal["host", "bridge"] = "host"
+    egress: Literal["masquerade", "none"] = "masquerade"
     ports: tuple[Port, ...] = ()
     health: Health | None = None
     restart: Restart = Restart()
@@ -274,6 +283,8 @@ class Machine(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
     ports: tuple[int, int]
     runtime: str
     api: str | UnsetType = UNSET        # the agent's own endpoint (absent in machines registered before it existed)
+    subnet: str | None | UnsetType = UNSET   # its container /24: None while the pool was exhausted at registration,
+                                             # absent in machines registered before subnets (both: next registration)
     status: Literal["up", "down"]
     drain: Drain | None = None
     eligible: bool = True

@@ -156,6 +156,8 @@ class PortIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(pattern=PORT_NAME_RE.pattern, extra={"what": "must match [a-z][a-z0-9_]{0,31}"})]
     static: Annotated[int, _range("ports[].static")] | None = None
     to: Annotated[int, _range("ports[].to")] | None = None
+    publish: Annotated[bool, msgspec.Meta(description="network: bridge only: forward the allocated host port on the "
+                                                      "machine's address to the container (nftables DNAT)")] = False
 
 
 class HealthIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -265,6 +267,9 @@ class JobSpecIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
     replicas: Annotated[int, _range("replicas")] = 1
     resources: ResourcesIn | None = None
     network: Annotated[Literal["host", "bridge"], _words("must be host or bridge")] = "host"
+    egress: Annotated[Literal["masquerade", "none"], _words("must be masquerade or none"), msgspec.Meta(
+        description="network: bridge only: masquerade reaches outside the machine, none reaches only containers")
+    ] = "masquerade"
     ports: Annotated[list[PortIn], _items("ports")] | None = []
     health: HealthIn | None = None
     restart: RestartIn | None = None
@@ -578,7 +583,15 @@ def validate_spec(raw: Any, *, name: str | None = None) -> dict[str, Any]:
     res = _map(d.get("resources"))
     out["resources"] = {"cpu": res.get("cpu", 100), "memory": res.get("memory", 64 << 20), "pids": res.get("pids", 256)}
     out["network"] = d.get("network", "host")
+    out["egress"] = d.get("egress", "masquerade")
     out["ports"] = _ports(ck, _items_of(d.get("ports")))
+    if out["network"] != "bridge":
+        for i, p in _items_of(d.get("ports")):
+            if p.get("publish"):
+                ck.bad(f"ports[{i}].publish", "only a network: bridge job publishes ports (a host job's port "
+                                              "already is the machine's)")
+        if "egress" in d and out["egress"] != "masquerade":
+            ck.bad("egress", "only a network: bridge job can be cut off (a host job uses the machine's network)")
     out["health"] = _health(ck, d.get("health"), {p["name"] for p in out["ports"] if isinstance(p["name"], str)})
     out["restart"] = _restart(ck, d.get("restart"))
     out["update"] = _update(ck, d.get("update"))
@@ -670,7 +683,7 @@ def _ports(ck: _Walker, ports: list[tuple[int, dict[str, Any]]]) -> list[dict[st
         if isinstance(pname, str) and pname in seen:
             ck.bad(f"ports[{i}].name", f"duplicate port name {pname!r}")
         seen.add(pname if isinstance(pname, str) else None)
-        out.append({"name": pname, "static": p.get("static"), "to": p.get("to")})
+        out.append({"name": pname, "static": p.get("static"), "to": p.get("to"), "publish": p.get("publish", False)})
     return out
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import cbor2
 
 from raftctl.statemachine.records import holds_resources, machine_state_of
+from raftctl.statemachine.subnets import subnet_key
 
 SNAPSHOT_SCHEMA = 1
 TABLES = ("machines", "jobs", "placements", "deployments", "discovery", "images", "tokens",
@@ -47,6 +48,7 @@ class State:
         # derived, not in snapshots
         self.by_machine: dict[str, set[str]] = {}
         self.by_job: dict[str, set[str]] = {}
+        self.subnets: set[int] = set()        # container subnets held by machines (subnets.subnet_key)
         # Per machine, the state index of the last command that changed what that machine's agent is assigned
         # (a placement on it added, changed or removed, its job's spec of that placement's version gone, or the
         # machine's own record). Derived, never in a snapshot: a restore cannot know the true values, so every
@@ -97,6 +99,7 @@ class State:
         self.machine_floor = self.index
         self.changed_machines = set()
         self.changed_all = True
+        self.subnets = {k for m in self.machines.values() if (k := subnet_key(m.get("subnet") or "")) is not None}
         for pid, p in self.placements.items():
             self.by_machine.setdefault(p["machine"], set()).add(pid)
             self.by_job.setdefault(p["job"], set()).add(pid)

@@ -168,7 +168,9 @@ async def as_sim_agent(request: web.Request, handler: Any) -> web.StreamResponse
 async def agent_api(n: int) -> AsyncIterator[tuple[TestClient, Replica, TickRaft]]:
     """A replica with machines m0..m{n-1} and a running job, and a client of its agent routes on loopback."""
     r, raft = bare_replica()
-    for cmd in [c.ClaimEpoch(term=1), c.PutJob(spec=SPEC)] + [machine(f"m{i}") for i in range(n)]:
+    # the job after the machines: a machine's registration wakes every machine (issue 16: peer subnets), so the
+    # state index must move past the last registration for a machine's own change index to be below it
+    for cmd in [c.ClaimEpoch(term=1)] + [machine(f"m{i}") for i in range(n)] + [c.PutJob(spec=SPEC)]:
         await raft.commit(cmd)
     app = web.Application(middlewares=[as_sim_agent])
     app[REPLICA] = r

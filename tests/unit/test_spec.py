@@ -317,7 +317,7 @@ def test_every_number_and_list_is_bounded(change, field, reason):
     ({"resources": {"cpu": 1024, "memory": "16Ti", "pids": 1 << 22}}, ("resources", "memory"), 16 << 40),
     ({"update": {"min_healthy": "0s", "drain_delay": "0s", "deadline": "1s"}}, ("update", "deadline_ms"), 1000),
     ({"autoscale": {**AUTO, "cooldown": "1s", "stabilization": "0s", "target": 1e9}}, ("autoscale", "target"), 1e9),
-    ({"ports": [{"name": f"p{i}"} for i in range(32)]}, ("ports",), [{"name": f"p{i}", "static": None, "to": None}
+    ({"ports": [{"name": f"p{i}"} for i in range(32)]}, ("ports",), [{"name": f"p{i}", "static": None, "to": None, "publish": False}
                                                                       for i in range(32)]),
     ({"command": ["x"] * 256}, ("command",), ["x"] * 256),
 ])
