@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -173,3 +174,26 @@ def test_startup_retries_inside_the_grace_do_not_count():
     assert t.record(False, now) == "unhealthy"     # the grace is over: the first failure counts
     t = HealthTracker(HealthPolicy(interval_s=1, failures=1, grace_s=0.5), started_at=0.0)
     assert t.record(False, 0.1) is None and t.next_at == pytest.approx(0.11) and t.consecutive_failures == 0
+
+
+async def test_tcp_probe_by_ipv6_address_by_host_name_and_to_nothing_listening():
+    server = await asyncio.start_server(lambda r, w: w.close(), "localhost", 0)
+    ports = {s.getsockname()[0]: s.getsockname()[1] for s in server.sockets}
+    async with server:
+        for addr, port in ports.items():        # 127.0.0.1 and ::1 where the host has them
+            assert await probe_tcp(addr, port, 1.0)
+        assert await probe_tcp("localhost", next(iter(ports.values())), 1.0)
+    assert not await probe_tcp("127.0.0.1", ports.get("127.0.0.1", 1), 0.5)
+    assert not await probe_tcp("no-such-host.invalid", 80, 0.5)
+
+
+async def test_a_tcp_probe_leaves_no_socket_open():
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    fds = len(os.listdir("/proc/self/fd"))
+    async with server:
+        for _ in range(50):
+            assert await probe_tcp("127.0.0.1", port, 1.0)
+            assert not await probe_tcp("127.0.0.1", 1, 1.0)
+        await asyncio.sleep(0.05)                 # the server's side of the last connections closes
+    assert len(os.listdir("/proc/self/fd")) <= fds
