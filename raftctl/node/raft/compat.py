@@ -21,6 +21,7 @@ SYNCOBJ_METHODS: dict[str, tuple[str, ...]] = {
     "_SyncObj__onMessageReceived": ("self", "node", "message"),
     "_SyncObj__sendAppendEntries": ("self",),
     "_SyncObj__onNodeDisconnected": ("self", "node"),  # bound as the transport's callback in SyncObj.__init__
+    "_checkCommandsToApply": ("self",),  # group commit: one journal batch and one send per tick (D, s4)
     # replication.py (H6): called
     "_SyncObj__generateRaftTimeout": ("self",),
     "_SyncObj__onLeaderChanged": ("self",),

@@ -180,7 +180,13 @@ class ReplicationFixes:
             return _SyncObj._onTick(self, timeToWait)
         self._pre_vote_tick()
         term = self._SyncObj__raftCurrentTerm
-        _SyncObj._onTick(self, self._until_election(timeToWait))
+        # Group commit (see _checkCommandsToApply): AppendEntries asked for before the tick's proposals are
+        # appended (the commit index after applying, a heartbeat) wait for them and go out once.
+        self._defer_sends = True
+        try:
+            _SyncObj._onTick(self, self._until_election(timeToWait))
+        finally:
+            self._flush_deferred_sends()  # a tick that returned early (transport not ready) never got there
         if self._SyncObj__raftState == _CANDIDATE and self._SyncObj__raftCurrentTerm > term:
             # An election started in this tick. pysyncobj waits a whole election timeout (0.3-0.6 s) for its
             # votes; they take a round trip. A split vote (both survivors candidates in the same term) was
@@ -691,9 +697,47 @@ class ReplicationFixes:
         pr.reset(PROBE)
         return True
 
+    # ------------------------------------------------------------------ group commit (leader)
+    # pysyncobj's leader appends each proposed entry with its own fsync and sends AppendEntries after each
+    # one, then again with the new commit index once it applies. In a tick, raftctl appends all the entries
+    # proposed since the last tick in one journal batch (one fsync) and sends each follower one message
+    # carrying them and the commit index, after that fsync: the leader still has an entry on its own disk
+    # before any follower hears of it, and counts itself for it only at the next tick's commit check.
+    _defer_sends = False
+    _send_pending = False
+    appends_batched = 0   # journal batches of the leader's proposals (one fsync each)
+    entries_batched = 0   # entries appended in them
+
+    def _checkCommandsToApply(self) -> None:  # noqa: N802 (pysyncobj's name)
+        if not self._repair:
+            return _SyncObj._checkCommandsToApply(self)
+        raft_log = self._SyncObj__raftLog
+        batch = getattr(raft_log, "batch", None)
+        before = len(raft_log)
+        try:
+            with batch() if batch is not None else contextlib.nullcontext():
+                _SyncObj._checkCommandsToApply(self)
+        finally:
+            added = len(raft_log) - before
+            if added > 0:
+                self.appends_batched += 1
+                self.entries_batched += added
+            self._flush_deferred_sends()
+        return None
+
+    def _flush_deferred_sends(self) -> None:
+        self._defer_sends = False
+        if self._send_pending:
+            self._send_pending = False
+            if self._SyncObj__raftState == _LEADER:
+                self._SyncObj__sendAppendEntries()
+
     def _SyncObj__sendAppendEntries(self) -> None:  # noqa: N802 (pysyncobj's name)
         if not self._repair:
             return _SyncObj._SyncObj__sendAppendEntries(self)
+        if self._defer_sends:
+            self._send_pending = True
+            return None
         conf = self._SyncObj__conf
         start = _now()
         period = conf.appendEntriesPeriod

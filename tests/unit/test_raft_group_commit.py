@@ -1,0 +1,68 @@
+"""Group commit on the leader (replication.py, issue 15): what is proposed between two ticks is appended
+with one fsync and reaches each follower in one AppendEntries, sent only after that fsync."""
+from __future__ import annotations
+
+from typing import Any
+
+from tests.unit.test_raft_replication import LEADER, OTHER, Handle, _appends_to, _leader, handle  # noqa: F401
+
+
+def _replicating(h: Handle) -> None:
+    """Answer each follower's probe so both are in REPLICATE (pipelined) with everything matched."""
+    term = h.node.raftCurrentTerm
+    for peer in (LEADER, OTHER):
+        probe = _appends_to(h, peer, 0)[-1]
+        h.deliver(peer, {"type": "next_node_idx", "success": True, "reset": False, "term": term,
+                         "next_node_idx": h.log[-1][1] + 1, "seq": probe["seq"]})
+    assert {p["state"] for p in h.node.replication_progress().values()} == {"replicate"}
+
+
+def test_proposals_between_two_ticks_cost_one_fsync_and_one_message_per_follower(handle: Any) -> None:  # noqa: F811
+    h = handle(True)
+    _leader(h)
+    _replicating(h)
+    journal = h.node._SyncObj__raftLog  # type: ignore[attr-defined]
+    unsynced_at_send: list[bool] = []
+    record = h.transport.send
+
+    def send(node: Any, message: dict) -> bool:
+        if message.get("type") == "append_entries" and message.get("entries"):
+            unsynced_at_send.append(journal._dirty)
+        return record(node, message)
+
+    h.transport.send = send  # type: ignore[method-assign]
+    syncs, mark, last = journal.syncs, len(h.transport.sent), h.log[-1][1]
+    answers: list[Any] = []
+    for i in range(5):
+        h.node.apply_entry(b"cmd-%d" % i, callback=lambda res, err: answers.append(err))
+    h.node.doTick(0.0)
+    assert [e[1] for e in h.log[-5:]] == list(range(last + 1, last + 6))
+    assert journal.syncs - syncs == 1                     # pysyncobj: one fsync per entry (5)
+    for peer in (LEADER, OTHER):
+        sent = [m for m in _appends_to(h, peer, mark) if m["entries"]]
+        assert len(sent) == 1                             # pysyncobj: one message per entry
+        assert [e[1] for e in sent[0]["entries"]] == list(range(last + 1, last + 6))
+    assert unsynced_at_send and not any(unsynced_at_send)  # no entry left before the leader's own fsync
+    assert answers == []                                   # nothing is answered before a majority has it
+
+
+def test_the_commit_index_after_applying_rides_with_the_next_entries(handle: Any) -> None:  # noqa: F811
+    """A commit reached in a tick that also appends proposals goes out in the same message as them."""
+    h = handle(True)
+    _leader(h)
+    _replicating(h)
+    term = h.node.raftCurrentTerm
+    h.node.apply_entry(b"first", callback=None)
+    h.node.doTick(0.0)
+    first = h.log[-1][1]
+    for peer in (LEADER, OTHER):
+        seq = h.node._replication_progress[peer].seq
+        h.transport._onMessageReceived(peer, {"type": "next_node_idx", "success": True, "reset": False,
+                                              "term": term, "next_node_idx": first + 1, "seq": seq})
+    mark = len(h.transport.sent)
+    h.node.apply_entry(b"second", callback=None)
+    h.node.doTick(0.0)  # commits and applies `first`, appends `second`
+    assert h.node.raftCommitIndex == first
+    for peer in (LEADER, OTHER):
+        sent = _appends_to(h, peer, mark)
+        assert len(sent) == 1 and sent[0]["commit_index"] == first and [e[1] for e in sent[0]["entries"]] == [first + 1]
