@@ -52,8 +52,9 @@ def distance(fault_domain: Mapping[str, Any], near: Mapping[str, str] | None) ->
 
 def _endpoint(e: Mapping[str, Any], machines: Mapping[str, Any]) -> dict[str, Any]:
     fd = e.get("fault_domain")
-    if not fd:  # older entries: fall back to the machine's record
-        fd = (machines.get(str(e.get("machine"))) or {}).get("fault_domain") or {}
+    if not fd:  # older entries: fall back to the machine's record (a dict, or a records.Machine)
+        m = machines.get(str(e.get("machine")))
+        fd = (m.get("fault_domain") if isinstance(m, Mapping) else getattr(m, "fault_domain", None)) or {}
     return {"address": e.get("address"), "port": e.get("port"), "placement": e.get("placement"),
             "machine": e.get("machine"), "version": e.get("version"), "fault_domain": dict(fd)}
 

@@ -1,15 +1,17 @@
 """What every HTTP handler module of a control replica shares (DESIGN §5): the app keys, encoding a reply,
-decoding a body through the gate, a command's result, the request id, read modes, the permission decorator and
-forwarding a write to the leader. api.py and each handler module (agent_api, blobs, efficiency, members, metrics,
-snapshot) import it at module level; api.make_app imports the handler modules, none of them imports api."""
+decoding a body through the gate, a command's result, the request id, read modes, the permission decorator,
+forwarding a write to the leader and the middleware every request goes through (limits, token, forwarding,
+errors, metrics). api.py and each handler module (agent_api, blobs, efficiency, members, metrics, snapshot)
+import it at module level; api.make_app imports the handler modules, none of them imports api."""
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
 import re
+import time
 import uuid
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 import aiohttp
 import cbor2
@@ -17,7 +19,8 @@ from aiohttp import web
 
 from raftctl import gate
 from raftctl.aio import unless
-from raftctl.errors import OutcomeUnknown, RaftctlError, Unavailable, ValidationError
+from raftctl.errors import OutcomeUnknown, RaftctlError, Unauthorized, Unavailable, ValidationError
+from raftctl.node import auth
 from raftctl.statemachine.apply import Result
 from raftctl.statemachine.units import parse_duration
 
@@ -99,9 +102,13 @@ async def read_mode(request: web.Request, index_fn: Callable[[Any], int],
     return replica.read(index_fn)
 
 
-def perm(name: str, *, write: bool = False) -> Callable[[Handler], Handler]:
-    """Name the permission a route needs; ``write`` routes are forwarded to the leader."""
-    def deco(fn: Handler) -> Handler:
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def perm(name: str, *, write: bool = False) -> Callable[[F], F]:
+    """Name the permission a route needs; ``write`` routes are forwarded to the leader. (On a method, a bound
+    method reads its function's attributes, so ``Lookups(replica).handle`` carries its ``perm``.)"""
+    def deco(fn: F) -> F:
         fn.perm = name  # type: ignore[attr-defined]
         fn.write = write  # type: ignore[attr-defined]
         return fn
@@ -175,3 +182,103 @@ def after_proxy(request: Any, exc: RaftctlError) -> RaftctlError:
         return exc
     return OutcomeUnknown(f"the write was sent to the leader at {leader_api}, which did not answer, and then {exc}; "
                           "the leader may have applied it (retry with the same request id is safe)")
+
+
+# -- the middleware ----------------------------------------------------------------
+
+Observe = Callable[[str, int, float], None]
+"""``observe(route, status, seconds)``: where the middleware reports each request (metrics.ApiMetrics.observe)."""
+
+
+def too_large(limit: int) -> RaftctlError:
+    return RaftctlError(f"the request body is larger than this server's limit of {limit} bytes (--max-body)",
+                        code="too_large", http_status=413, field="body")
+
+
+class TokenMemo:
+    """The sha256 of an Authorization header that named a known token, remembered (at most ``limit`` headers,
+    forgotten all at once when full): a client sends the same header on every request, and hashing it was a
+    tenth of a cached lookup's cost. Only the hash is remembered; the record is read from the replicated
+    tokens table on every request, so a revoked token is refused at once."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self._hashes: dict[str, str] = {}
+
+    def authorize(self, tokens: dict[str, dict], header: str | None, perm: str) -> dict:
+        """What auth.authorize answers (the record, or its 401/403), without hashing a header seen before."""
+        digest = self._hashes.get(header) if header is not None else None
+        if digest is not None:
+            record = tokens.get(digest)
+            if record is not None and perm in auth.PERMISSIONS.get(record["role"], ()):
+                return record
+        record = auth.authorize(tokens, header, perm)  # raises the 401/403 with its message
+        if header is not None:
+            if len(self._hashes) >= self.limit:
+                self._hashes.clear()
+            self._hashes[header] = auth.token_hash(auth.bearer(header))
+        return record
+
+
+def middleware(replica: Any, observe: Observe, limit: int) -> Any:
+    """The middleware of one replica's API (api.make_app): a body over ``limit`` is a 413 before auth; the
+    token must hold the route's permission (``perm``); writes, and tokens this replica has not applied yet,
+    are forwarded to the leader; errors become ``{"error": ...}`` JSON; every request is observed (route,
+    status, seconds). The replica, the limit and the token memo are bound here, once, not looked up per
+    request."""
+    tokens = TokenMemo()
+
+    async def handle(request: web.Request, handler: Handler, resource: Any) -> web.StreamResponse:
+        try:
+            if request.content_length is not None and request.content_length > limit and \
+                    (resource is None or resource.canonical not in STREAMED_BODIES):
+                raise too_large(limit)  # before auth and before reading a byte of it
+            required = getattr(handler, "perm", None)
+            if required is not None:
+                header = request.headers.get("Authorization")
+                try:
+                    request["token"] = replica.read(lambda s: tokens.authorize(s.tokens, header, required))
+                except Unauthorized:
+                    if replica.raft is not None and not replica.raft.is_ready():
+                        # a replica still replaying its log may not know the token yet: let the client retry
+                        raise Unavailable("this replica is still catching up with the leader; try another") from None
+                    if header:
+                        # a token created a moment ago may be committed on the leader but not yet applied here
+                        # (Consul's followers likewise ask the leader about tokens they cannot resolve): the
+                        # leader decides, and a token it does not know either is refused there with the same 401
+                        forwarded = await forward_to_leader(request)
+                        if forwarded is not None:
+                            return forwarded
+                    raise
+                if getattr(handler, "write", False):
+                    forwarded = await forward_to_leader(request)
+                    if forwarded is not None:
+                        return forwarded
+            return await handler(request)
+        except RaftctlError as exc:
+            exc = after_proxy(request, exc)
+            return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            if exc.status == 413:  # a chunked body that grew past client_max_size while being read
+                return web.json_response({"error": too_large(limit).to_dict()}, status=413)
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+            return web.json_response({"error": {"code": code, "message": exc.reason, "field": None}},
+                                     status=exc.status)
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path)
+            return web.json_response({"error": {"code": "internal",
+                                                "message": "internal error (a bug: see the server log)",
+                                                "field": None}}, status=500)
+
+    @web.middleware
+    async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.monotonic()
+        resource = request.match_info.route.resource
+        response = await handle(request, handler, resource)
+        observe(f"{request.method} {resource.canonical if resource is not None else 'unmatched'}",
+                response.status, time.monotonic() - started)
+        return response
+
+    return errors_and_auth

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 
@@ -86,3 +87,12 @@ def test_lookup_fills_a_missing_fault_domain_from_the_machine() -> None:
     e["fault_domain"] = {}
     ans = lookup({"x": {"index": 3, "endpoints": {"x-1": e}}}, MACHINES, "x", {"zone": "z9"})
     assert ans["endpoints"][0]["fault_domain"] == {"region": "r9", "zone": "z9", "rack": "k9"}
+
+
+def test_an_entry_without_a_fault_domain_takes_its_machines_as_a_dict_or_a_record() -> None:
+    old = {"address": "127.0.0.2", "port": 1, "placement": "p1", "machine": "m1", "version": 1}
+    table = {"web": {"index": 3, "endpoints": {"p1": old}}}
+    fd = {"region": "r1", "zone": "z1", "rack": "k1"}
+    for machine in ({"fault_domain": fd}, SimpleNamespace(fault_domain=fd)):   # records.Machine has the attribute
+        assert lookup(table, {"m1": machine}, "web")["endpoints"][0]["fault_domain"] == fd
+    assert lookup(table, {}, "web")["endpoints"][0]["fault_domain"] == {}
