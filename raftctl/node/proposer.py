@@ -98,11 +98,13 @@ class Proposer:
         fut = self._loop.create_future()
         self._queue.append((item, fut))
         self._wake.set()
+        # One timer per command that fails its own future (the future is this caller's alone): wait_for +
+        # shield cost two more futures and a task switch per write on the event loop (issue 15).
+        timer = self._loop.call_later(timeout or self.timeout, _expire, fut)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout or self.timeout)
-        except asyncio.TimeoutError:
-            raise OutcomeUnknown("the write was proposed but not confirmed in time; it may or may not have "
-                                 "been applied (retry with the same request id is safe)") from None
+            return await fut
+        finally:
+            timer.cancel()
 
     def _knows_leader(self) -> bool:
         """Whether raft names a leader now."""
@@ -256,6 +258,12 @@ class Proposer:
             if not fut.done():
                 fut.set_exception(exc)
                 fut.exception()  # mark retrieved: a barrier nobody awaits must not warn
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(OutcomeUnknown("the write was proposed but not confirmed in time; it may or may not "
+                                         "have been applied (retry with the same request id is safe)"))
 
 
 class _Slot:

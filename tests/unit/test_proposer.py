@@ -312,3 +312,52 @@ async def test_a_leader_change_fails_writes_handed_to_the_old_leader_and_keeps_t
         assert (await to_me).ok
     finally:
         await p.stop()
+
+
+class SilentRaft(FakeRaft):
+    """Takes entries and keeps their callbacks (pysyncobj lost them, or they come later)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.callbacks: list = []
+
+    def apply_entry(self, data: bytes, callback) -> None:
+        self.entries.append(c.decode_entry(data))
+        self.callbacks.append((data, callback))
+
+
+async def test_a_write_raft_never_answers_is_outcome_unknown_and_a_late_answer_breaks_nothing():
+    raft = SilentRaft()
+    p = Proposer(raft, timeout=5.0)
+    p.start()
+    try:
+        with pytest.raises(OutcomeUnknown, match="not confirmed in time"):
+            await p.propose(job("lost"), timeout=0.05)
+        data, callback = raft.callbacks.pop()
+        callback(apply_mod.apply_entry(raft.state, data), FAIL_REASON.SUCCESS)  # the answer after the timeout
+        await asyncio.sleep(0.01)
+        assert "lost" in raft.state.jobs  # it was applied after all: "unknown" was the honest answer
+    finally:
+        await p.stop()
+
+
+async def test_a_caller_that_goes_away_leaves_the_rest_of_its_entry_answered():
+    raft = SilentRaft()
+    p = Proposer(raft, timeout=5.0, max_inflight=1)
+    p.start()
+    try:
+        first = asyncio.create_task(p.propose(job("first")))
+        await asyncio.sleep(0.01)  # `first` is in flight alone; the next two share the next entry
+        gone = asyncio.create_task(p.propose(job("gone")))
+        kept = asyncio.create_task(p.propose(job("kept")))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # e.g. its HTTP client disconnected
+        for _ in range(2):
+            while not raft.callbacks:
+                await asyncio.sleep(0.005)
+            data, callback = raft.callbacks.pop(0)
+            callback(apply_mod.apply_entry(raft.state, data), FAIL_REASON.SUCCESS)
+        assert (await first).ok and (await kept).ok
+        assert gone.cancelled() and {"first", "gone", "kept"} <= set(raft.state.jobs)
+    finally:
+        await p.stop()
