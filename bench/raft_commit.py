@@ -110,6 +110,33 @@ def etcd_request(i: int, n: int) -> tuple[str, dict[str, Any]]:
     return "/v3/kv/put", {"key": b64(f"b{i}"), "value": b64(str(n % 3))}
 
 
+def proc_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system, all threads) the processes ``pids`` have used so far."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / hz
+    return total
+
+
+def with_cpu(run: Callable[[], dict[str, Any] | None], pids: list[int]) -> dict[str, Any] | None:
+    """Run one load and add the members' CPU per committed write (ms), a figure a busy machine shifts far
+    less than writes/s: each system's members share the same two cores with everything else running."""
+    before = proc_cpu(pids)
+    out = run()
+    used = proc_cpu(pids) - before
+    if out is not None:
+        writes = out.pop("_writes")
+        out["cpu_ms_per_write"] = round(used * 1000 / writes, 3) if writes else None
+        out["members_cpu_cores"] = used / out.pop("_wall")
+    return out
+
+
 def pct(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(len(xs) * q))] * 1000 if xs else None
 
@@ -120,6 +147,7 @@ async def http_load(urls: list[str], headers: dict[str, str], request: Request, 
     second is warm-up. Writes/s counts answered 200s after the warm-up."""
     lat: list[float] = []
     errors = 0
+    answered = 0  # 200s including the warm-up (for with_cpu)
     async with aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=clients * 2)) as s:
         if setup:
             await setup(s)
@@ -127,7 +155,7 @@ async def http_load(urls: list[str], headers: dict[str, str], request: Request, 
         warm_until = time.monotonic() + 1.0
 
         async def worker(i: int) -> None:
-            nonlocal errors
+            nonlocal errors, answered
             n = 0
             url = urls[i % len(urls)] if not LEADER_ONLY else urls[0]
             while time.monotonic() < stop_at:
@@ -139,13 +167,17 @@ async def http_load(urls: list[str], headers: dict[str, str], request: Request, 
                     if r.status != 200:
                         errors += 1
                         continue
+                answered += 1
                 if t0 > warm_until:
                     lat.append(time.monotonic() - t0)
 
+        started = time.monotonic()
         await asyncio.gather(*(worker(i) for i in range(clients)))
+        wall = time.monotonic() - started
     lat.sort()
+    # _seconds/_wall: for with_cpu (all answered writes over the whole run, warm-up included)
     return {"writes_per_s": len(lat) / (seconds - 1.0), "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99),
-            "errors": errors, "samples": len(lat)}
+            "errors": errors, "samples": len(lat), "_writes": answered, "_wall": wall}
 
 
 def raftctl_setup(clients: int) -> Callable[[aiohttp.ClientSession], Any]:
@@ -192,7 +224,9 @@ def wrk_load(urls: list[str], headers: dict[str, str], request: Request, seconds
                 argv += ["-H", f"{h}: {v}"]
             procs.append(subprocess.Popen(argv + [url, "--", str(k * 7)], stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True))
+        started = time.monotonic()
         outs = [p.communicate(timeout=seconds + 60)[0] for p in procs]
+        wall = time.monotonic() - started
     finally:
         os.unlink(script)
     rate, non2xx, p50s, p99s = 0.0, 0, [], []
@@ -211,11 +245,12 @@ def wrk_load(urls: list[str], headers: dict[str, str], request: Request, seconds
     # wrk counts non-2xx answers as requests: take them out of the rate
     good = max(0.0, rate - non2xx / seconds)
     return {"writes_per_s": good, "p50_ms": max(ok50) if ok50 else None, "p99_ms": max(ok) if ok else None,
-            "non_2xx": non2xx, "processes": len(outs), "connections": sum(conns)}
+            "non_2xx": non2xx, "processes": len(outs), "connections": sum(conns), "_writes": good * seconds,
+            "_wall": wall}
 
 
 # -- the systems -----------------------------------------------------------------------------------------------
-def bare_http(seconds: float, clients: int) -> dict[str, Any]:
+def bare_http(seconds: float, clients: int) -> dict[str, Any] | None:
     """The same client against a bare aiohttp handler: the HTTP ceiling of this machine."""
     port = free_port()
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
@@ -224,7 +259,8 @@ def bare_http(seconds: float, clients: int) -> dict[str, Any]:
     proc = subprocess.Popen([sys.executable, script, str(port)])
     try:
         time.sleep(1.0)
-        return asyncio.run(http_load([f"http://127.0.0.1:{port}"], {}, raftctl_request, seconds, clients))
+        return with_cpu(lambda: asyncio.run(http_load([f"http://127.0.0.1:{port}"], {}, raftctl_request, seconds,
+                                                      clients)), [proc.pid])
     finally:
         proc.kill()
         proc.wait()
@@ -337,24 +373,42 @@ def run_etcd(seconds: float, clients: int, wrk_seconds: int) -> tuple[dict | Non
         try:
             etcd.start()
             urls = etcd.leader_first()
-            py = asyncio.run(http_load(urls, {}, etcd_request, seconds, clients))
-            wk = wrk_load(urls, {"Content-Type": "application/json"}, etcd_request, wrk_seconds, clients, clients)
+            pids = [p.pid for p in etcd.procs]
+            py = with_cpu(lambda: asyncio.run(http_load(urls, {}, etcd_request, seconds, clients)), pids)
+            wk = with_cpu(lambda: wrk_load(urls, {"Content-Type": "application/json"}, etcd_request, wrk_seconds,
+                                           clients, clients), pids)
         finally:
             etcd.stop()
     return py, wk
 
 
-def run_raftctl(seconds: float, clients: int, wrk_seconds: int) -> tuple[dict, dict | None]:
+def run_raftctl(seconds: float, clients: int, wrk_seconds: int,
+                tree: str | None = None) -> tuple[dict | None, dict | None]:
+    """``tree``: run the replicas from another checkout of raftctl (a baseline measured in the same run)."""
     with tempfile.TemporaryDirectory(prefix="bench-raftctl-") as d:
         cluster = LocalCluster(d, replicas=3, log_level="warning")
-        cluster.start(timeout=30)
+        saved = os.environ.get("PYTHONPATH"), os.getcwd()
+        if tree:  # the replicas run `python -m raftctl.cli.main`: the checkout first on their path
+            os.environ["PYTHONPATH"] = os.path.abspath(tree)
+            os.chdir(tree)
+        try:
+            cluster.start(timeout=30)
+        finally:
+            if tree:
+                if saved[0] is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = saved[0]
+                os.chdir(saved[1])
         try:
             leader = cluster.leader()
             urls = [leader.url] + [u for u in cluster.urls if u != leader.url] if leader else cluster.urls
             URLS[:] = urls
             headers = {"Authorization": f"Bearer {cluster.token() or ''}", "Content-Type": "application/json"}
-            py = asyncio.run(http_load(urls, headers, raftctl_request, seconds, clients, raftctl_setup(clients)))
-            wk = wrk_load(urls, headers, raftctl_request, wrk_seconds, clients, clients)
+            pids = [p.pid for p in cluster.servers if p.pid is not None]
+            asyncio.run(http_load(urls, headers, raftctl_request, 1.5, clients, raftctl_setup(clients)))  # jobs, warm
+            py = with_cpu(lambda: asyncio.run(http_load(urls, headers, raftctl_request, seconds, clients)), pids)
+            wk = with_cpu(lambda: wrk_load(urls, headers, raftctl_request, wrk_seconds, clients, clients), pids)
         finally:
             cluster.stop()
     return py, wk
@@ -364,11 +418,18 @@ def _fmt(r: dict | None) -> str:
     if not r:
         return "n/a"
     return (f"{r['writes_per_s']:,.0f} writes/s, p50 {r['p50_ms'] or float('nan'):.2f} ms, "
-            f"p99 {r['p99_ms'] or float('nan'):.2f} ms, errors {r.get('errors', r.get('non_2xx'))}")
+            f"p99 {r['p99_ms'] or float('nan'):.2f} ms, errors {r.get('errors', r.get('non_2xx'))}, "
+            f"members' CPU {r.get('cpu_ms_per_write') or float('nan'):.2f} ms/write "
+            f"({r.get('members_cpu_cores') or float('nan'):.2f} cores)")
 
 
 def _ratio(a: dict | None, b: dict | None) -> float | None:
     return round(a["writes_per_s"] / b["writes_per_s"], 3) if a and b and b["writes_per_s"] else None
+
+
+def _cpu_ratio(a: dict | None, b: dict | None) -> float | None:
+    x, y = (a or {}).get("cpu_ms_per_write"), (b or {}).get("cpu_ms_per_write")
+    return round(x / y, 2) if x and y else None
 
 
 def _round(r: dict | None) -> dict | None:
@@ -381,6 +442,9 @@ def main() -> None:
     ap.add_argument("--wrk-seconds", type=int, default=5)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--skip-bare", action="store_true", help="skip bare pysyncobj and bare aiohttp")
+    ap.add_argument("--baseline", metavar="DIR", help="also run raftctl from this checkout (e.g. a clone at an older "
+                    "commit), alternated with this tree and etcd: before/after in one run")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat raftctl (and the baseline) and etcd this often")
     args = ap.parse_args()
     load0 = os.getloadavg()[0]
     bare = http = None
@@ -389,8 +453,22 @@ def main() -> None:
         print(f"bare pysyncobj counter, pipelined on the leader: {bare:,.0f} commits/s")
         http = bare_http(args.seconds, args.clients)
         print(f"bare aiohttp handler, same client: {_fmt(http)}")
-    r_py, r_wrk = run_raftctl(args.seconds, args.clients, args.wrk_seconds)
-    e_py, e_wrk = run_etcd(args.seconds, args.clients, args.wrk_seconds)
+    for n in range(args.rounds):
+        if args.baseline:
+            b_py, b_wrk = run_raftctl(args.seconds, args.clients, args.wrk_seconds, args.baseline)
+            print(f"round {n + 1} baseline {args.baseline}: Python client {_fmt(b_py)}; wrk {_fmt(b_wrk)} "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+            print(json.dumps({"round": n + 1, "system": "baseline", "raftctl": _round(b_py),
+                              "raftctl_wrk": _round(b_wrk), "load1": round(os.getloadavg()[0], 2)}), flush=True)
+        r_py, r_wrk = run_raftctl(args.seconds, args.clients, args.wrk_seconds)
+        e_py, e_wrk = run_etcd(args.seconds, args.clients, args.wrk_seconds)
+        if args.rounds > 1:
+            print(f"round {n + 1} this tree: Python client {_fmt(r_py)}; wrk {_fmt(r_wrk)}", flush=True)
+            print(f"round {n + 1} etcd: Python client {_fmt(e_py)}; wrk {_fmt(e_wrk)} "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+            print(json.dumps({"round": n + 1, "system": "this tree", "raftctl": _round(r_py),
+                              "raftctl_wrk": _round(r_wrk), "etcd": _round(e_py), "etcd_wrk": _round(e_wrk),
+                              "load1": round(os.getloadavg()[0], 2)}), flush=True)
     print(f"raftctl, Python client ({args.clients} clients over 3 replicas): {_fmt(r_py)}")
     print(f"etcd 3.4, Python client ({args.clients} clients over 3 members):  {_fmt(e_py)}")
     print(f"raftctl, wrk ({args.clients} connections over 3 replicas): {_fmt(r_wrk)}")
@@ -399,11 +477,14 @@ def main() -> None:
            "load1_after": round(os.getloadavg()[0], 2),
            "raftctl": _round(r_py), "etcd": _round(e_py), "ratio_vs_etcd": _ratio(r_py, e_py),
            "raftctl_wrk": _round(r_wrk), "etcd_wrk": _round(e_wrk), "ratio_vs_etcd_wrk": _ratio(r_wrk, e_wrk),
+           "cpu_per_write_vs_etcd": _cpu_ratio(r_py, e_py), "cpu_per_write_vs_etcd_wrk": _cpu_ratio(r_wrk, e_wrk),
            "bare_commits_per_s": round(bare, 1) if bare else None,
-           "ratio_vs_bare_pysyncobj": round(r_py["writes_per_s"] / bare, 4) if bare else None,
+           "ratio_vs_bare_pysyncobj": round(r_py["writes_per_s"] / bare, 4) if bare and r_py else None,
            "bare_http_per_s": round(http["writes_per_s"], 1) if http else None,
            "ratio_vs_bare_http": _ratio(r_py, http)}
     print(f"ratio raftctl / etcd: Python client {res['ratio_vs_etcd']}, wrk {res['ratio_vs_etcd_wrk']} (aim >= 1.0)")
+    print(f"members' CPU per write, raftctl / etcd: Python client {res['cpu_per_write_vs_etcd']}, "
+          f"wrk {res['cpu_per_write_vs_etcd_wrk']}")
     if http:
         print(f"ratio raftctl / bare aiohttp (the Python client's ceiling here): {res['ratio_vs_bare_http']}")
     print(json.dumps(res))
