@@ -8,10 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from raftctl.errors import NotFound, RaftctlError, Unauthorized, Unavailable, ValidationError
+from raftctl.discovery.handler import Lookups
+from raftctl.errors import NotFound, RaftctlError, ValidationError
 from raftctl.node import agent_api, auth, blobs, efficiency, members, metrics, openapi, snapshot, ui, views
-from raftctl.node.http import (BODY_LIMIT, DISCOVERY_CACHE, REPLICA, STREAMED_BODIES, Handler, body, encode,
-                               after_proxy, forward_to_leader, perm, read_mode, request_id, result_value)
+from raftctl.node.http import (BODY_LIMIT, REPLICA, body, encode, middleware, perm, read_mode, request_id,
+                               result_value)
 from raftctl.node.scheduling import run_plan
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import resolve_image
@@ -20,70 +21,6 @@ from raftctl.statemachine.units import parse_duration
 
 log = logging.getLogger("raftctl.api")
 
-
-
-# -- middleware ------------------------------------------------------------------
-
-@web.middleware
-async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.monotonic()
-    response = await _handle(request, handler)
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    _, api_metrics = metrics.registry_for(request.app[REPLICA])
-    api_metrics.observe(f"{request.method} {route}", response.status, time.monotonic() - started)
-    return response
-
-
-def too_large(limit: int) -> RaftctlError:
-    return RaftctlError(f"the request body is larger than this server's limit of {limit} bytes (--max-body)",
-                        code="too_large", http_status=413, field="body")
-
-
-async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        resource = request.match_info.route.resource
-        limit = request.app[BODY_LIMIT]
-        if request.content_length is not None and request.content_length > limit and \
-                (resource is None or resource.canonical not in STREAMED_BODIES):
-            raise too_large(limit)  # before auth and before reading a byte of it
-        required = getattr(handler, "perm", None)
-        if required is not None:
-            replica = request.app[REPLICA]
-            try:
-                request["token"] = replica.read(
-                    lambda s: auth.authorize(s.tokens, request.headers.get("Authorization"), required))
-            except Unauthorized:
-                if replica.raft is not None and not replica.raft.is_ready():
-                    # a replica still replaying its log may not know the token yet: let the client retry elsewhere
-                    raise Unavailable("this replica is still catching up with the leader; try another") from None
-                if request.headers.get("Authorization"):
-                    # a token created a moment ago may be committed on the leader but not yet applied here
-                    # (Consul's followers likewise ask the leader about tokens they cannot resolve): the leader
-                    # decides, and a token it does not know either is refused there with the same 401
-                    forwarded = await forward_to_leader(request)
-                    if forwarded is not None:
-                        return forwarded
-                raise
-            if getattr(handler, "write", False):
-                forwarded = await forward_to_leader(request)
-                if forwarded is not None:
-                    return forwarded
-        return await handler(request)
-    except RaftctlError as exc:
-        exc = after_proxy(request, exc)
-        return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if exc.status == 413:  # a chunked body that grew past client_max_size while being read
-            return web.json_response({"error": too_large(request.app[BODY_LIMIT]).to_dict()}, status=413)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        return web.json_response({"error": {"code": code, "message": exc.reason, "field": None}}, status=exc.status)
-    except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
-        return web.json_response({"error": {"code": "internal", "message": "internal error (a bug: see the server log)",
-                                            "field": None}}, status=500)
 
 
 # -- handlers ----------------------------------------------------------------------
@@ -251,34 +188,6 @@ async def undrain_machine(request: web.Request) -> web.Response:
 
 
 @perm("read")
-async def discovery(request: web.Request) -> web.Response:
-    replica = request.app[REPLICA]
-    service = request.match_info["service"]
-    near = request.query.get("near")
-    index = await read_mode(request, lambda s: s.discovery.get(service, {}).get("index", 0))
-    # answers change only when the service's index does: serve the encoded bytes from a cache
-    key = (service, index, near, "application/cbor" in request.headers.get("Accept", ""))
-    cache = request.app[DISCOVERY_CACHE]
-    resp = cache.get(key)
-    if resp is None:
-        data = replica.read(lambda s: views.discovery(s, service, near))
-        if data["index"] != index:  # moved on while we waited: answer what we read, do not cache it
-            return encode(request, data, index=data["index"])
-        resp = encode(request, data, index=index)
-        body_bytes, ctype = resp.body, resp.content_type
-        cache[key] = (body_bytes, ctype)
-        while len(cache) > 4096:
-            del cache[next(iter(cache))]
-        return resp
-    body_bytes, ctype = resp
-    out = web.Response(body=body_bytes, content_type=ctype)
-    out.headers["X-Raftctl-Index"] = str(index)
-    leader = replica.raft.leader_address() if replica.raft is not None else None
-    out.headers["X-Raftctl-Leader"] = leader or ""
-    return out
-
-
-@perm("read")
 async def events(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     q = request.query
@@ -358,10 +267,11 @@ async def list_members(request: web.Request) -> web.Response:
 
 
 def make_app(replica: Any) -> web.Application:
-    app = web.Application(middlewares=[errors_and_auth], client_max_size=replica.cfg.max_body)
+    _, api_metrics = metrics.registry_for(replica)
+    app = web.Application(middlewares=[middleware(replica, api_metrics.observe, replica.cfg.max_body)],
+                          client_max_size=replica.cfg.max_body)
     app[REPLICA] = replica
     app[BODY_LIMIT] = replica.cfg.max_body
-    app[DISCOVERY_CACHE] = {}
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/v1/status", status)
@@ -379,7 +289,7 @@ def make_app(replica: Any) -> web.Application:
     r.add_get("/v1/machines", list_machines)
     r.add_post("/v1/machines/{id}/drain", drain_machine)
     r.add_post("/v1/machines/{id}/undrain", undrain_machine)
-    r.add_get("/v1/discovery/{service}", discovery)
+    r.add_get("/v1/discovery/{service}", Lookups(replica).handle)
     r.add_get("/v1/events", events)
     r.add_post("/v1/metrics/{name}", push_metric)
     r.add_get("/v1/tokens", list_tokens)
