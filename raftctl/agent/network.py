@@ -1,32 +1,42 @@
-"""Bridge-mode networking with pyroute2: a network namespace per container, a veth pair
-to the ``raftctl0`` bridge, an address from the machine's subnet and a default route via
-the bridge's address; host-gw routes to other machines' subnets.
+"""Bridge-mode networking with pyroute2 (issue 16): a network namespace per container, a veth pair to the
+machine's bridge, an address from the machine's subnet, loopback, a default route via the bridge's address; and
+host-gw routes to the other machines' subnets.
 
-Namespaces are bind-mounted at ``<run_dir>/<container id>`` (``/var/run/netns`` by
-default, so ``ip netns`` shows them) and that path goes into the OCI config.
+Every name this creates outside the agent's data dir carries the cluster and the machine (:class:`Names`), so two
+clusters, or two agents of one cluster (``raftctl up``), on one host never touch each other's: the bridge, the
+veths, the namespaces (bind-mounted at ``<netns dir>/<prefix><container id>``, so ``ip netns`` shows them) and the
+host-gw routes (kept in ``<data dir>/routes.json``: the routes this agent added, so it removes exactly those).
+Only what this module made is ever removed.
 """
 from __future__ import annotations
 
-import hashlib
+import errno
 import ipaddress
+import json
 import logging
 import os
 
 from pyroute2 import IPRoute, netns
 
+from raftctl.agent.netnames import BRIDGE, RUN_DIR, SUBNET_PREFIX, Names
+
 log = logging.getLogger("raftctl.agent.network")
-BRIDGE = "raftctl0"
-RUN_DIR = "/var/run/netns"
+ROUTE_PROTO = 211           # the rtm_protocol of raftctl's host-gw routes (shown by `ip route` as "proto 211")
+__all__ = ["BRIDGE", "RUN_DIR", "SUBNET_PREFIX", "Names"]
 
 
 def netns_path(id: str, run_dir: str = RUN_DIR) -> str:
-    return os.path.join(run_dir, f"raftctl-{id}")
+    return Names(run_dir=run_dir).netns(id)
 
 
 def veth_names(id: str) -> tuple[str, str]:
-    """Host-side and (temporary) container-side interface names; at most 15 characters."""
-    h = hashlib.sha256(id.encode()).hexdigest()[:10]
-    return f"rv{h}", f"rp{h}"
+    return Names().veths(id)
+
+
+def gateway_of(address: str) -> str:
+    """The bridge's address (``.1``) of the /24 holding ``address``."""
+    net = ipaddress.ip_interface(f"{address.split('/')[0]}/{SUBNET_PREFIX}").network
+    return str(net.network_address + 1)
 
 
 def _first(ipr: IPRoute, ifname: str) -> int | None:
@@ -34,28 +44,54 @@ def _first(ipr: IPRoute, ifname: str) -> int | None:
     return found[0] if found else None
 
 
+def _sysctl(path: str, value: str) -> None:
+    try:
+        with open(path) as f:
+            if f.read().strip() == value:
+                return
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as exc:
+        log.warning("cannot set %s to %s: %s", path, value, exc)
+
+
 def ensure_bridge(gateway_cidr: str, name: str = BRIDGE) -> int:
-    """Create the bridge (idempotent) with the gateway address, e.g. ``10.88.1.1/24``; return its index."""
+    """Create the bridge (idempotent) with the gateway address, e.g. ``10.88.1.1/24``; return its index. Turns on
+    IPv4 forwarding (containers reach other machines and the outside through the host) and, on the bridge only,
+    route_localnet (a published port answers a connection to 127.0.0.1 from the host itself)."""
     iface = ipaddress.ip_interface(gateway_cidr)
     with IPRoute() as ipr:
         idx = _first(ipr, name)
         if idx is None:
-            ipr.link("add", ifname=name, kind="bridge")
+            try:
+                ipr.link("add", ifname=name, kind="bridge")
+            except Exception as exc:  # another thread of this agent made it first
+                if getattr(exc, "code", None) != errno.EEXIST:
+                    raise
             idx = _first(ipr, name)
-            assert idx is not None
+            if idx is None:
+                raise OSError(f"bridge {name} could not be created")
         have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx)}
         if (str(iface.ip), iface.network.prefixlen) not in have:
             ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
         ipr.link("set", index=idx, state="up")
+    _sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+    _sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
     return idx
 
 
-def attach(id: str, address_cidr: str, gateway: str, *, bridge: str = BRIDGE, run_dir: str = RUN_DIR) -> str:
-    """Make the container's netns with ``eth0`` = ``address_cidr`` on ``bridge``; return the netns path."""
+def attach(id: str, address_cidr: str, gateway: str, *, bridge: str = BRIDGE, run_dir: str = RUN_DIR,
+           names: Names | None = None) -> str:
+    """Make the container's netns with ``eth0`` = ``address_cidr`` on ``bridge``, loopback up and a default
+    route via ``gateway``; return the netns path. On failure nothing of it is left."""
+    names = names or Names(run_dir=run_dir)
+    if names.bridge != BRIDGE:
+        bridge = names.bridge
     iface = ipaddress.ip_interface(address_cidr)
-    path = netns_path(id, run_dir)
-    host_if, peer_if = veth_names(id)
-    os.makedirs(run_dir, exist_ok=True)
+    path = names.netns(id)
+    host_if, peer_if = names.veths(id)
+    os.makedirs(names.run_dir, exist_ok=True)
+    detach(id, names=names)                  # a leftover of a create that died half-way
     netns.create(path)
     try:
         with IPRoute() as ipr:
@@ -75,33 +111,91 @@ def attach(id: str, address_cidr: str, gateway: str, *, bridge: str = BRIDGE, ru
             ns.link("set", index=idx, state="up")
             ns.route("add", dst="0.0.0.0/0", gateway=gateway)
     except BaseException:
-        detach(id, run_dir=run_dir)
+        detach(id, names=names)
         raise
     log.info("netns %s: eth0 %s via %s on %s", path, address_cidr, gateway, bridge)
     return path
 
 
-def detach(id: str, *, run_dir: str = RUN_DIR) -> None:
-    """Remove the veth pair and the namespace (idempotent)."""
-    host_if, _ = veth_names(id)
+def detach(id: str, *, run_dir: str = RUN_DIR, names: Names | None = None) -> bool:
+    """Remove the veth pair and the namespace (idempotent); whether there was anything to remove."""
+    names = names or Names(run_dir=run_dir)
+    host_if, _ = names.veths(id)
+    found = False
     with IPRoute() as ipr:
         idx = _first(ipr, host_if)
         if idx is not None:
             ipr.link("del", index=idx)
-    path = netns_path(id, run_dir)
-    if os.path.exists(path):
-        netns.remove(path)
+            found = True
+    path = names.netns(id)
+    if os.path.lexists(path):
+        try:
+            netns.remove(path)
+        except OSError:
+            os.unlink(path)
+        found = True
+    return found
 
 
-def set_peer_routes(routes: dict[str, str]) -> None:
-    """host-gw: route each other machine's container subnet via that machine's address."""
+def host_veths(names: Names) -> list[str]:
+    """The host-side veths enslaved to this agent's bridge."""
     with IPRoute() as ipr:
-        for subnet, via in sorted(routes.items()):
-            ipr.route("replace", dst=subnet, gateway=via)
+        br = _first(ipr, names.bridge)
+        if br is None:
+            return []
+        return sorted(str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()
+                      if link.get_attr("IFLA_MASTER") == br)
 
 
-def delete_bridge(name: str = BRIDGE) -> None:
+def delete_link(name: str) -> bool:
     with IPRoute() as ipr:
         idx = _first(ipr, name)
         if idx is not None:
             ipr.link("del", index=idx)
+            return True
+    return False
+
+
+def delete_bridge(name: str = BRIDGE) -> bool:
+    with IPRoute() as ipr:
+        idx = _first(ipr, name)
+        if idx is not None:
+            ipr.link("del", index=idx)
+            return True
+    return False
+
+
+def local_addresses() -> set[str]:
+    with IPRoute() as ipr:
+        return {str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}
+
+
+def set_peer_routes(routes: dict[str, str], state_file: str | None = None) -> dict[str, str]:
+    """host-gw: route each other machine's container subnet via that machine's address (``{subnet: via}``),
+    and remove the routes this agent added before (kept in ``state_file``) that are no longer wanted. A peer
+    whose address is this host's own (several agents on one host) needs no route: its bridge is here. Returns
+    the routes now in place."""
+    before: dict[str, str] = {}
+    if state_file and os.path.exists(state_file):
+        try:
+            with open(state_file) as f:
+                before = {str(k): str(v) for k, v in json.load(f).items()}
+        except (OSError, ValueError, AttributeError):
+            before = {}
+    mine = local_addresses()
+    wanted = {s: via for s, via in routes.items() if via not in mine}
+    with IPRoute() as ipr:
+        for subnet in sorted(set(before) - set(wanted)):
+            try:
+                ipr.route("del", dst=subnet, gateway=before[subnet], proto=ROUTE_PROTO)
+            except Exception as exc:
+                log.info("route %s via %s already gone (%s)", subnet, before[subnet], exc)
+        for subnet, via in sorted(wanted.items()):
+            if before.get(subnet) != via:
+                ipr.route("replace", dst=subnet, gateway=via, proto=ROUTE_PROTO)
+    if state_file:
+        tmp = state_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(wanted, f, sort_keys=True)
+        os.replace(tmp, state_file)
+    return wanted

@@ -125,6 +125,8 @@ class ContainerSpec:
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 3
     capabilities: list[str] = field(default_factory=list)   # "CAP_X" the job asked for; none by default
+    egress: str = "masquerade"          # bridge mode: "masquerade" (reaches outside) | "none" (containers only)
+    publish: list[list[int]] = field(default_factory=list)  # bridge mode: [host port, container port] to DNAT
 
     def __post_init__(self) -> None:
         if not ID_RE.match(self.id):
@@ -133,6 +135,8 @@ class ContainerSpec:
             raise RuntimeError_("command is empty")
         if self.network not in ("host", "bridge"):
             raise RuntimeError_(f"network {self.network!r} is not host or bridge")
+        if self.egress not in ("masquerade", "none"):
+            raise RuntimeError_(f"egress {self.egress!r} is not masquerade or none")
         if isinstance(self.resources, dict):
             self.resources = Resources(**self.resources)
         self.env.setdefault("PATH", DEFAULT_PATH)
@@ -167,8 +171,15 @@ class ContainerSpec:
         env["RAFTCTL_PLACEMENT"] = str(placement["id"])
         network = spec.network
         address = placement.get("address") if network == "bridge" else None
+        publish: list[list[int]] = []
         if address:
             env["RAFTCTL_ADDRESS"] = str(address).split("/")[0]
+            for named in spec.ports:       # in its own namespace it listens on the port it names, else the host's
+                if named.name in ports:
+                    inside = named.to if named.to is not None else ports[named.name]
+                    env[port_env(named.name)] = str(inside)
+                    if named.publish:
+                        publish.append([ports[named.name], inside])
         res = spec.resources
         return cls(
             id=str(placement["id"]), job=str(placement["job"]), replica=int(placement["replica"]),
@@ -177,7 +188,7 @@ class ContainerSpec:
             resources=Resources(cpu=res.cpu, memory=res.memory, pids=res.pids),
             network=network, ports=ports, address=address, netns=netns,
             version=int(placement.get("version", 0)), log_dir=log_dir,
-            capabilities=sorted(set(spec.capabilities)))
+            capabilities=sorted(set(spec.capabilities)), egress=spec.egress, publish=publish)
 
 
 def port_env(name: str) -> str:
@@ -278,6 +289,12 @@ class Driver(ABC):
 
     def rotate_logs(self, id: str) -> None:
         """Rotate the container's log files if they grew past their limit."""
+
+    def configure_network(self, network: dict[str, Any]) -> None:
+        """What the control plane says of this machine's network on each assignment answer (``network`` of
+        GET /v1/agent/assignments: subnet, gateway, peers): a driver with bridge mode routes to the peers'
+        subnets (host-gw). Level-triggered: the whole picture every time. A driver without bridge mode ignores
+        it."""
 
     def close(self) -> None:
         """Release driver resources (containers keep running)."""

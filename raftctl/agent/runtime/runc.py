@@ -22,16 +22,21 @@ import subprocess
 import sys
 import threading
 import time
-from typing import AbstractSet, Any, Iterator
+from typing import TYPE_CHECKING, AbstractSet, Any, Iterator
 
-from raftctl.agent import rootfs
+from raftctl.agent import nft, rootfs
+from raftctl.agent.netnames import RUN_DIR, Names
 from raftctl.agent.images import BlobSource, ImageStore
 from raftctl.agent.runtime import bundle as oci_bundle
 from raftctl.agent.runtime import cgroups, logs
 from raftctl.agent.runtime.base import (ID_RE, ContainerSpec, Driver, ImageNotPushed, Observed, RuntimeError_, Stats,
                                         WaitClock, cgroup_path, host_scope, wait_until)
 
+if TYPE_CHECKING:
+    from raftctl.agent.runtime.bridge import BridgeNet
+
 log = logging.getLogger("raftctl.agent.runc")
+SWEEP_EVERY_S = 30.0   # network leftovers of vanished containers are looked for at most this often
 SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim.py")
 SCOPE_LOCKS = "/run/raftctl"   # <cluster>.lock: creates hold it shared, pruning an empty cluster cgroup exclusively
 
@@ -54,12 +59,13 @@ class RuncDriver(Driver):
                  cgroup_parent: str = "raftctl", python: str = sys.executable,
                  image_source: BlobSource | None = None, private_paths: list[str] | tuple[str, ...] = (),
                  cluster: str | None = None, machine: str | None = None,
-                 wait_clock: WaitClock | None = None) -> None:
+                 wait_clock: WaitClock | None = None, netns_dir: str = RUN_DIR) -> None:
         """``private_paths``: the agent's own secrets (its data dir, token file, TLS key): a container may never
         see them, so a `base: host` container whose host mounts would hold one is refused.
         ``cluster``/``machine``: the identity every per-host name carries (the agent always gives both); a
         container another cluster created in this data dir is never listed, so never adopted or removed.
-        ``wait_clock``: what the blocking waits read (a test's fake clock; default the real one)."""
+        ``wait_clock``: what the blocking waits read (a test's fake clock; default the real one).
+        ``netns_dir``: where bridge containers' network namespaces are bind-mounted (``ip netns`` reads /run/netns)."""
         if cluster is not None:
             host_scope(cluster, machine or "")          # both valid, or refuse to start
         path = shutil.which(runc)
@@ -85,6 +91,9 @@ class RuncDriver(Driver):
         self.python = python
         self.memsw = cgroups.memsw_available()
         self.shims = ShimPool(python, os.path.join(self.data_dir, "shim.err"))
+        self.net_names = Names(cluster, machine, netns_dir)
+        self._bridge: BridgeNet | None = None
+        self._swept_at: float | None = None
         self.init = find_init()
         if self.init is None:
             log.warning("tini-static not found (apt-get install tini): each container's command runs as PID 1, "
@@ -104,6 +113,43 @@ class RuncDriver(Driver):
         if not ID_RE.match(id):
             raise RuntimeError_(f"container id {id!r} is not valid")
         return os.path.join(self.containers_dir, id)
+
+    def bridge_net(self) -> "BridgeNet":
+        """The bridge-mode network code, loaded on first use (pyroute2 costs ~0.5 s to import)."""
+        if self._bridge is None:
+            from raftctl.agent.runtime.bridge import BridgeNet
+            self._bridge = BridgeNet(self.data_dir, self.cluster, self.machine, self.net_names.run_dir)
+        return self._bridge
+
+    def _bridge_specs(self, ids: AbstractSet[str] | None = None) -> list[ContainerSpec]:
+        """The specs of this driver's bridge containers (those with a bundle and a spec.json)."""
+        out = []
+        for id in sorted(ids if ids is not None else os.listdir(self.containers_dir)):
+            if not ID_RE.match(id):
+                continue
+            try:
+                spec = self.spec_of(id)
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("spec.json of %s unreadable: %s", id, exc)
+                continue
+            if spec is not None and spec.network == "bridge" and spec.address:
+                out.append(spec)
+        return out
+
+    def _sync_bridge(self, ids: AbstractSet[str] | None = None) -> None:
+        """The agent's nftables table for exactly the bridge containers it has now (none: no table, no bridge)."""
+        net = self.bridge_net()
+        net.sync(nft.Endpoint(id=s.id, address=str(s.address).split("/")[0], egress=s.egress,
+                              publish=tuple((int(h), int(c)) for h, c in s.publish))
+                 for s in self._bridge_specs(ids))
+
+    def configure_network(self, network: dict[str, Any]) -> None:
+        if not isinstance(network, dict) or not (network.get("subnet") or network.get("peers")
+                                                 or self._bridge is not None):
+            return
+        net = self.bridge_net()
+        if net.configure(network) and self._bridge_specs():
+            self._sync_bridge()
 
     def cgroups_path(self, id: str) -> str:
         """The cgroup a new container ``id`` gets."""
@@ -216,6 +262,12 @@ class RuncDriver(Driver):
             json.dump(spec.to_dict(), f, sort_keys=True)
         rootfs.make_root(spec.rootfs, b)
         root = os.path.join(b, "rootfs")
+        netns = spec.netns
+        if spec.network == "bridge" and netns is None:
+            if not spec.address:
+                raise RuntimeError_(f"container {spec.id}: network bridge without an address")
+            netns = self.bridge_net().attach(spec.id, str(spec.address))
+            self._sync_bridge()               # its published ports and egress before it runs
         uid, gid = spec.uid_gid
         host_binds, files = self._host_base(root, b, uid, gid) if spec.base == "host" else ([], {})
         data_dir = None
@@ -226,7 +278,7 @@ class RuncDriver(Driver):
             os.chmod(data_dir, 0o750)
         streams = logs.prepare(spec.log_dir)
         cfg = oci_bundle.config(spec, cgroups_path=self.cgroups_path(spec.id), data_dir=data_dir,
-                                host_binds=host_binds, memsw=self.memsw, netns=spec.netns,
+                                host_binds=host_binds, memsw=self.memsw, netns=netns,
                                 init=self.init, files=files)
         with open(os.path.join(b, "config.json"), "w") as f:
             json.dump(cfg, f, indent=1)
@@ -400,7 +452,23 @@ class RuncDriver(Driver):
                                 self.data_dir, owner, self.cluster)
                 continue
             mine.append(id)
+        now = time.monotonic()
+        if self._swept_at is None or now - self._swept_at >= SWEEP_EVERY_S:
+            self._swept_at = now
+            self._sweep_network(set(mine))
         return mine
+
+    def _sweep_network(self, live: set[str]) -> None:
+        """Level-triggered repair after a crash or restart: namespaces and veths of containers that are gone are
+        removed, and the table is rewritten for the bridge containers there are (no import of pyroute2 when this
+        agent never made a bridge container)."""
+        if self._bridge is None and not self.net_names.ids_in_run_dir() and not self._bridge_specs(live):
+            return
+        try:
+            self.bridge_net().sweep(live)
+            self._sync_bridge(live)
+        except Exception as exc:          # the containers' own life cycle goes on; the next sweep tries again
+            log.warning("network sweep failed: %s", exc)
 
     def spec_of(self, id: str) -> ContainerSpec | None:
         text = self._read(id, "spec.json")
@@ -422,6 +490,9 @@ class RuncDriver(Driver):
 
     def remove(self, id: str) -> None:
         b = self.bundle(id)
+        spec = None
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            spec = self.spec_of(id)
         r = self._run("delete", "--force", id, check=False)
         if r.returncode != 0 and "does not exist" not in r.stderr and "not exist" not in r.stderr:
             log.warning("runc delete %s: %s", id, r.stderr.strip())
@@ -432,6 +503,11 @@ class RuncDriver(Driver):
             rootfs.remove_tree(b)
         self._cgroup_paths.pop(id, None)
         self._prune_scope()
+        if (spec is not None and spec.network == "bridge" and spec.netns is None) or \
+                os.path.lexists(self.net_names.netns(id)):
+            net = self.bridge_net()
+            net.detach(id)
+            self._sync_bridge()
         log.info("removed %s", id)
 
 
