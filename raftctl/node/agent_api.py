@@ -12,7 +12,8 @@ from raftctl.errors import Forbidden, RaftctlError, Unavailable, ValidationError
 from raftctl.node.efficiency import MEMORY_METRIC
 from raftctl.node.http import REPLICA, body, encode, perm, read_mode, result_value
 from raftctl.statemachine import commands as c
-from raftctl.statemachine.records import REASON_MAX, Report, from_wire, spec_of
+from raftctl.statemachine.records import (REASON_MAX, JobSpec, Machine, Registration, Report, from_wire, list_to_wire,
+                                          to_wire)
 from raftctl.statemachine.subnets import gateway
 
 
@@ -35,15 +36,13 @@ async def register(request: web.Request) -> web.Response:
     data = await body(request)
     if not isinstance(data, dict):
         raise ValidationError("body must be an object", field="body")
-    machine = _own_machine(request, data.get("machine"))
-    try:
-        cmd = c.RegisterMachine(machine=machine, address=str(data.get("address", "")),
-                                fault_domain=dict(data.get("fault_domain") or {}), labels=dict(data.get("labels") or {}),
-                                resources=dict(data.get("resources") or {}), ports=list(data.get("ports") or []),
-                                runtime=str(data.get("runtime", "")), api=str(data.get("api", ""))[:200],
-                                pool=str(data.get("pool") or "")[:64])
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"bad registration: {exc}", field="body") from None
+    # the one check of a registration's shape: its record (types, no unknown field); a refusal names the field
+    # (resources.cpu, ports); apply checks the values
+    reg = from_wire(Registration, data)
+    machine = _own_machine(request, reg.machine)
+    cmd = c.RegisterMachine(machine=machine, address=reg.address, fault_domain=dict(reg.fault_domain),
+                            labels=dict(reg.labels), resources=dict(reg.resources), ports=list(reg.ports),
+                            runtime=reg.runtime, api=reg.api[:200], pool=reg.pool[:64])
     res = await replica.propose(cmd)
     if replica.leadership is not None:
         replica.leadership.heartbeat(machine)
@@ -66,27 +65,35 @@ async def heartbeat(request: web.Request) -> web.Response:
         st = replica.status()
         raise RaftctlError("heartbeats go to the leader", code="not_leader", http_status=503,
                            details={"leader_api": st.get("leader_api")})
-    status = replica.read(lambda s: s.machines.get(machine, {}).get("status"))
+    status = replica.read(lambda s: s.machines[machine].status if machine in s.machines else None)
     cfg = lead.failover_cfg
     return encode(request, {"machine": machine, "status": status, "ttl_s": cfg.ttl_s,
                             "interval_s": cfg.interval_s, "epoch": lead.epoch})
 
 
 def _assignments(s: Any, machine: str) -> dict[str, Any]:
-    out = []
-    for p in s.machine_placements(machine):
-        job = s.jobs.get(p["job"])
-        out.append({**p, "spec": spec_of(job, p["version"]) if job is not None else None})
+    """The machine's record and its placements, each with the spec of its version (None if pruned or its job
+    purged), in their wire form: the answer an agent reads."""
+    placements = s.machine_placements(machine)
+    specs: dict[tuple[str, int], dict[str, Any] | None] = {}   # one conversion per (job, version)
+    out = list_to_wire(placements)
+    for p, row in zip(placements, out):
+        key = (p.job, p.version)
+        if key not in specs:
+            job = s.jobs.get(p.job)
+            spec: JobSpec | None = job.spec_of(p.version) if job is not None else None
+            specs[key] = to_wire(spec) if spec is not None else None
+        row["spec"] = specs[key]
     m = s.machines.get(machine)
-    return {"machine": m, "placements": out, "network": _network(s, m)}
+    return {"machine": to_wire(m) if m is not None else None, "placements": out, "network": _network(s, m)}
 
 
-def _network(s: Any, m: dict[str, Any] | None) -> dict[str, Any]:
+def _network(s: Any, m: Machine | None) -> dict[str, Any]:
     """This machine's container subnet and its bridge's address, and every other machine's subnet with the
     address to route it through (host-gw). A machine that registers or changes address wakes every watch."""
-    subnet = m.get("subnet") if m else None
-    peers = [{"machine": o["id"], "address": o["address"], "subnet": o["subnet"]}
-             for o in s.machines.values() if o.get("subnet") and (m is None or o["id"] != m["id"])]
+    subnet = m.subnet if m is not None and isinstance(m.subnet, str) else None
+    peers = [{"machine": o.id, "address": o.address, "subnet": o.subnet}
+             for o in s.machines.values() if isinstance(o.subnet, str) and o.subnet and (m is None or o.id != m.id)]
     return {"subnet": subnet, "gateway": gateway(subnet) if subnet else None,
             "peers": sorted(peers, key=lambda p: p["machine"])}
 
@@ -160,7 +167,7 @@ async def stats(request: web.Request) -> web.Response:
     machine = _own_machine(request, data.get("machine"))
     if len(data["stats"]) > MAX_STATS:
         raise ValidationError(f"at most {MAX_STATS} stats per request", field="stats")
-    owned = replica.read(lambda s: {p["id"]: p["job"] for p in s.machine_placements(machine)})
+    owned = replica.read(lambda s: {p.id: p.job for p in s.machine_placements(machine)})
     samples = []
     for i, st in enumerate(data["stats"]):
         cpu = st.get("cpu") if isinstance(st, dict) else None

@@ -16,6 +16,7 @@ from raftctl.node.http import (BODY_LIMIT, REPLICA, body, encode, middleware, pe
 from raftctl.node.scheduling import run_plan
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import resolve_image
+from raftctl.statemachine.records import JobSpec, from_wire, to_wire
 from raftctl.statemachine.spec import validate_spec
 from raftctl.statemachine.units import parse_duration
 
@@ -55,7 +56,7 @@ async def plan_job(request: web.Request) -> web.Response:
     """A dry run: what submitting this spec would place, stop and update, and where. Writes nothing."""
     replica = request.app[REPLICA]
     name = request.match_info["name"]
-    raw = validate_spec(await body(request), name=name)
+    raw = from_wire(JobSpec, validate_spec(await body(request), name=name))
     spec, jobs, placements, machines, index = replica.read(lambda s: (
         resolve_image(s.images, raw), dict(s.jobs), dict(s.placements), dict(s.machines), s.index))
     # off the event loop, within PLAN_TIMEOUT_S or a 503
@@ -112,12 +113,12 @@ async def promote_job(request: web.Request) -> web.Response:
     job, dep, epoch = replica.read(lambda s: (s.jobs.get(name), s.deployments.get(name), s.epoch))
     if job is None:
         raise NotFound(f"job {name!r} does not exist", field="name")
-    if not dep or dep.get("version") != job["version"] or dep.get("status") != "running" or not dep.get("canary"):
+    if not dep or dep.version != job.version or dep.status != "running" or not dep.canary:
         raise RaftctlError(f"job {name} has no canary deploy waiting", code="conflict", http_status=409, field="name")
-    if dep.get("promoted"):
+    if dep.promoted:
         return encode(request, {"job": name, "promoted": True, "already": True})
-    res = await replica.propose(c.SetDeployment(epoch=epoch, job=name, deployment={**dep, "promoted": True},
-                                                message=f"canaries of {name} version {job['version']} promoted by "
+    res = await replica.propose(c.SetDeployment(epoch=epoch, job=name, deployment={**to_wire(dep), "promoted": True},
+                                                message=f"canaries of {name} version {job.version} promoted by "
                                                         f"{request['token']['name']}"))
     return encode(request, {"index": res.index, **result_value(res), "promoted": True}, index=res.index)
 

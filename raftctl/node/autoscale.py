@@ -22,7 +22,7 @@ from raftctl.clock import SYSTEM, Clock
 from raftctl.errors import ValidationError
 from raftctl.node.leader import every
 from raftctl.statemachine import commands as c
-from raftctl.statemachine.records import spec_of
+from raftctl.statemachine.records import Autoscale
 
 log = logging.getLogger("raftctl.autoscale")
 SAMPLE_WINDOW_MS = 15_000
@@ -34,41 +34,41 @@ class Verdict:
     reason: str
 
 
-def recommend(auto: dict[str, Any], current: int, value: float | None) -> tuple[int, str]:
+def recommend(auto: Autoscale, current: int, value: float | None) -> tuple[int, str]:
     """The HPA recommendation (pure)."""
     if value is None or current == 0:
-        start = max(auto["min"], current)
-        return start, f"no {auto['metric']} samples"
-    target = auto["target"]
+        start = max(auto.min, current)
+        return start, f"no {auto.metric} samples"
+    target = auto.target
     if not (isinstance(target, (int, float)) and math.isfinite(target) and target > 0) or not math.isfinite(value):
         # a spec stored before targets were validated (NaN, 0, a string): hold, never raise every tick
-        return current, f"{auto['metric']} target {target!r} or value {value!r} is not a positive finite number"
+        return current, f"{auto.metric} target {target!r} or value {value!r} is not a positive finite number"
     ratio = value / target
-    if abs(ratio - 1.0) <= auto["tolerance"]:
-        return current, f"{auto['metric']} {value:.2f} within tolerance of target {auto['target']:g}"
+    if abs(ratio - 1.0) <= auto.tolerance:
+        return current, f"{auto.metric} {value:.2f} within tolerance of target {auto.target:g}"
     desired = math.ceil(current * ratio)
-    desired = max(auto["min"], min(auto["max"], desired))
-    cmp = ">" if value > auto["target"] else "<"
-    return desired, f"{auto['metric']} {value:.2f} {cmp} target {auto['target']:g}"
+    desired = max(auto.min, min(auto.max, desired))
+    cmp = ">" if value > auto.target else "<"
+    return desired, f"{auto.metric} {value:.2f} {cmp} target {auto.target:g}"
 
 
-def decide(auto: dict[str, Any], current: int, value: float | None, history: list[tuple[int, int]],
+def decide(auto: Autoscale, current: int, value: float | None, history: list[tuple[int, int]],
            now: int, last_change: int | None) -> Verdict:
     """Scale to what, and why (pure). ``history``: (time ms, recommendation) of earlier passes."""
     rec, why = recommend(auto, current, value)
-    if current < auto["min"] or current > auto["max"]:
-        target = max(auto["min"], min(auto["max"], current))
-        return Verdict(target, f"replicas {current} outside autoscale range {auto['min']}..{auto['max']}")
+    if current < auto.min or current > auto.max:
+        target = max(auto.min, min(auto.max, current))
+        return Verdict(target, f"replicas {current} outside autoscale range {auto.min}..{auto.max}")
     if rec > current:
-        if last_change is not None and now - last_change < auto["cooldown_ms"]:
+        if last_change is not None and now - last_change < auto.cooldown:
             return Verdict(None, why + " (cooling down)")
         return Verdict(rec, why)
     if rec < current:
-        window = [r for t, r in history if now - t <= auto["stabilization_ms"]] + [rec]
+        window = [r for t, r in history if now - t <= auto.stabilization] + [rec]
         stable = max(window)
         if stable >= current:
             return Verdict(None, why + " (stabilising before scaling down)")
-        if last_change is not None and now - last_change < auto["cooldown_ms"]:
+        if last_change is not None and now - last_change < auto.cooldown:
             return Verdict(None, why + " (cooling down)")
         return Verdict(stable, why)
     return Verdict(None, why)
@@ -151,13 +151,13 @@ class Autoscaler:
     async def tick(self) -> None:
         now = self.clock.now_ms()
 
-        def view(s: Any) -> list[tuple[str, dict, int, set[str]]]:
+        def view(s: Any) -> list[tuple[str, Autoscale, int, set[str]]]:
             out = []
             for name, job in s.jobs.items():
-                spec = spec_of(job, job["version"]) or {}
-                if job["status"] == "running" and spec.get("autoscale"):
-                    live = {p["id"] for p in s.job_placements(name) if p["desired"] == "run" and p["state"] == "running"}
-                    out.append((name, spec["autoscale"], job["replicas"], live))
+                spec = job.current_spec
+                if job.status == "running" and spec is not None and spec.autoscale is not None:
+                    live = {p.id for p in s.job_placements(name) if p.desired == "run" and p.state == "running"}
+                    out.append((name, spec.autoscale, job.replicas, live))
             return out
         for name, auto, current, live in self.replica.read(view):
             try:
@@ -165,11 +165,11 @@ class Autoscaler:
             except Exception:  # one job's odd spec must not starve the others of autoscaling
                 log.exception("autoscale %s failed; the other jobs go on", name)
 
-    async def _tick_job(self, name: str, auto: dict[str, Any], current: int, live: set[str], now: int) -> None:
-        value = self.replica.metrics.value(name, auto["metric"], now, live if auto["metric"] == "cpu" else None)
+    async def _tick_job(self, name: str, auto: Autoscale, current: int, live: set[str], now: int) -> None:
+        value = self.replica.metrics.value(name, auto.metric, now, live if auto.metric == "cpu" else None)
         v = decide(auto, current, value, self.history[name], now, self.last_change.get(name))
         rec, _ = recommend(auto, current, value)
-        self.history[name] = [(t, r) for t, r in self.history[name] if now - t <= auto["stabilization_ms"]] + [(now, rec)]
+        self.history[name] = [(t, r) for t, r in self.history[name] if now - t <= auto.stabilization] + [(now, rec)]
         self.last_reason[name] = v.reason
         if v.desired is None or v.desired == current:
             return

@@ -25,6 +25,7 @@ from raftctl.errors import NotFound, Unavailable, ValidationError
 from raftctl.node.http import FORWARDED, REPLICA, body, encode, perm, read_mode, result_value
 from raftctl.oci import ImageError
 from raftctl.statemachine import commands as c
+from raftctl.statemachine.records import list_to_wire
 
 log = logging.getLogger("raftctl.blobs")
 DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
@@ -219,7 +220,7 @@ async def ensure_image(replica: Any, auth: str, digest: str) -> None:
 async def list_images(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     index = await read_mode(request, lambda s: s.table_index["images"])
-    images = replica.read(lambda s: [dict(v) for _, v in sorted(s.images.items())])
+    images = replica.read(lambda s: list_to_wire(v for _, v in sorted(s.images.items())))
     return encode(request, {"index": index, "images": images}, index=index)
 
 

@@ -43,8 +43,7 @@ def latest_usage(samples: dict[tuple[str, str], Any], live: dict[str, int], now_
 def compute(replica: Any) -> dict[str, Any]:
     """The view as this replica sees it now."""
     machines, placements, index = replica.read(lambda s: (dict(s.machines), dict(s.placements), s.index))
-    live = {pid: int(p["resources"].get("cpu", 0)) for pid, p in placements.items()
-            if p["state"] not in ("lost", "stopped")}
+    live = {pid: p.resources.get("cpu", 0) for pid, p in placements.items() if p.holds_resources()}
     usage = latest_usage(replica.metrics.samples, live, int(time.time() * 1000))
     return {"index": index, **efficiency(machines, placements, usage)}
 

@@ -74,7 +74,7 @@ def _table_index(s: Any) -> int:
 def _machines_view(s: Any) -> tuple[int, list[str], list[str]]:
     """The machines table's index, every machine, the up ones: one read, so the three agree."""
     return (s.table_index["machines"], list(s.machines),
-            [m for m, v in s.machines.items() if v["status"] == "up"])
+            [m for m, v in s.machines.items() if v.status == "up"])
 
 
 class FailoverMonitor:

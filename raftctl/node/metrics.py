@@ -9,7 +9,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.utils import floatToGoString
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from raftctl.node import views
 from raftctl.node.efficiency import prometheus_families
 from raftctl.node.http import REPLICA, perm
 
@@ -91,16 +90,17 @@ class ReplicaCollector:
             yield g
         def by_state(s: Any) -> tuple[dict[str, int], dict[tuple[str, str], int], int, dict[str, int], int]:
             machines: dict[str, int] = {}
-            for m in views.machines(s):
-                machines[m["state"]] = machines.get(m["state"], 0) + 1
+            for m in s.machines.values():
+                state = s.machine_state(m)
+                machines[state] = machines.get(state, 0) + 1
             placements: dict[tuple[str, str], int] = {}
             for p in s.placements.values():
-                key = (p["state"], p["health"])
+                key = (p.state, p.health)
                 placements[key] = placements.get(key, 0) + 1
-            pending = sum(1 for j in s.jobs.values() if j.get("pending_reason"))
+            pending = sum(1 for j in s.jobs.values() if j.pending_reason)
             deploys: dict[str, int] = {}
             for d in s.deployments.values():
-                deploys[d.get("status", "none")] = deploys.get(d.get("status", "none"), 0) + 1
+                deploys[d.status] = deploys.get(d.status, 0) + 1
             endpoints = sum(len(v["endpoints"]) for v in s.discovery.values())
             return machines, placements, pending, deploys, endpoints
         machines, placements, pending, deploys, endpoints = r.read(by_state)

@@ -14,7 +14,7 @@ from aiohttp import web
 import msgspec
 
 from raftctl import __version__
-from raftctl.statemachine.records import Report
+from raftctl.statemachine.records import Registration, Report
 from raftctl.statemachine.spec import JobSpecIn
 
 JSON = "application/json"
@@ -85,8 +85,10 @@ SCHEMAS: dict[str, Any] = {
 
 # Generated from the type definitions the server converts with (msgspec Structs): the job spec a user writes
 # (raftctl.statemachine.spec.JobSpecIn, whose Meta carries the validator's bounds) and the agent's report
-# (raftctl.statemachine.records.Report). Component names: JobSpecIn -> JobSpec, HealthIn -> JobSpecHealth, ...
-GENERATED_NAMES = {"JobSpecIn": "JobSpec", "Report": "AgentReport", "ReportUpdate": "AgentReportUpdate"}
+# and registration (raftctl.statemachine.records.Report, Registration). Component names: JobSpecIn -> JobSpec,
+# HealthIn -> JobSpecHealth, ...
+GENERATED_NAMES = {"JobSpecIn": "JobSpec", "Report": "AgentReport", "ReportUpdate": "AgentReportUpdate",
+                   "Registration": "AgentRegistration"}
 
 
 def _generated_name(name: str) -> str:
@@ -94,7 +96,8 @@ def _generated_name(name: str) -> str:
 
 
 def _generated() -> dict[str, Any]:
-    _, components = msgspec.json.schema_components([JobSpecIn, Report], ref_template="#/components/schemas/{name}")
+    _, components = msgspec.json.schema_components([JobSpecIn, Report, Registration],
+                                                   ref_template="#/components/schemas/{name}")
 
     def rename(node: Any) -> Any:
         if isinstance(node, list):
@@ -182,10 +185,7 @@ TOKEN_REQ = _obj({"role": {"enum": ["admin", "deployer", "operator", "reader", "
                   "name": {"type": "string", "pattern": TOKEN_NAME},
                   "machine": {"type": "string", "description": "an agent token's machine (a trailing * covers a "
                                                                "prefix)"}}, ("role", "name"))
-REGISTER = _obj({"machine": STR, "address": STR, "fault_domain": FAULT_DOMAIN, "labels": ANY_OBJ,
-                 "resources": _obj({"cpu": INT, "memory": INT, "pids": INT}),
-                 "ports": {"type": "array", "items": INT, "minItems": 2, "maxItems": 2},
-                 "runtime": STR, "api": STR}, ("machine", "address", "resources", "ports"))
+REGISTER = _ref("AgentRegistration")
 REPORT = _ref("AgentReport")
 STATS = _obj({"machine": STR, "stats": {"type": "array", "items": _obj({"placement": STR, "job": STR, "cpu": NUM},
                                                                       ("cpu",))}}, ("machine", "stats"))

@@ -13,12 +13,12 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from raftctl.errors import Unavailable
 from raftctl.scheduler import schedule
-from raftctl.scheduler.reconcile import live
 from raftctl.statemachine import commands as c
+from raftctl.statemachine.records import Job, Machine, Placement, list_to_wire
 
 log = logging.getLogger("raftctl.scheduler")
 
@@ -104,7 +104,7 @@ def _swallow(fut: asyncio.Future) -> None:
         fut.exception()  # retrieved: an abandoned plan's PlanAbandoned is expected, not "never retrieved"
 
 
-def _inputs(s: Any) -> tuple[dict, dict, dict, int]:
+def _inputs(s: Any) -> tuple[dict[str, Job], dict[str, Placement], dict[str, Machine], int]:
     # shallow copies under the apply lock (cheap); the pure scheduler runs outside it
     return dict(s.jobs), dict(s.placements), dict(s.machines), s.index
 
@@ -122,21 +122,20 @@ def _watch_key(s: Any) -> int:
 MAX_PLACE_PER_PLAN = 250
 
 
-def plan_commands(plan: Any, jobs: dict[str, dict], epoch: int) -> list[c.Plan]:
+def plan_commands(plan: Any, jobs: Mapping[str, Job], epoch: int) -> list[c.Plan]:
     """The Plan commands for a scheduler plan, in order: its new placements in slices of MAX_PLACE_PER_PLAN; the
     first command also carries the plan's stops, preemptions and pending reasons. Empty when it changes nothing.
 
     Each command carries the plan's index and this leader's epoch; the state machine re-checks every item of each
     slice against the state it is applied to, so a slice applied after others (or after another write) is as safe
     as the first one: what no longer fits is rejected, and the next pass recomputes."""
-    place = [{"job": n.job, "version": n.version, "replica": n.replica, "machine": n.machine,
-              "resources": dict(n.resources), "ports": dict(n.ports)} for n in plan.place]
+    place = list_to_wire(plan.place)
     stop = [{"placement": pid, "reason": reason} for pid, reason in plan.stop]
     stop += [{"placement": pid, "reason": f"preempted by higher-priority job {by}"} for pid, by in plan.preempt]
     pending = {}
     for name, job in jobs.items():
         want = plan.pending.get(name) or ""
-        if (job.get("pending_reason") or "") != want:
+        if (job.pending_reason or "") != want:
             pending[name] = want
     if not place and not stop and not pending:
         return []
@@ -145,7 +144,7 @@ def plan_commands(plan: Any, jobs: dict[str, dict], epoch: int) -> list[c.Plan]:
                    pending=pending if i == 0 else {}) for i, sl in enumerate(slices)]
 
 
-def plan_command(plan: Any, jobs: dict[str, dict], epoch: int) -> c.Plan | None:
+def plan_command(plan: Any, jobs: Mapping[str, Job], epoch: int) -> c.Plan | None:
     """The first of ``plan_commands`` (its first MAX_PLACE_PER_PLAN placements), or None when it changes nothing."""
     cmds = plan_commands(plan, jobs, epoch)
     return cmds[0] if cmds else None
@@ -159,10 +158,10 @@ def plan_command(plan: Any, jobs: dict[str, dict], epoch: int) -> c.Plan | None:
 STREAM_ABOVE = 4 * MAX_PLACE_PER_PLAN
 
 
-def backlog(jobs: dict[str, dict], placements: dict[str, dict]) -> int:
+def backlog(jobs: Mapping[str, Job], placements: Mapping[str, Placement]) -> int:
     """How many more replicas the running jobs want than they have live placements (roughly: the pass's work)."""
-    want = sum(j.get("replicas", 0) for j in jobs.values() if j.get("status") == "running")
-    have = sum(1 for p in placements.values() if p.get("desired") == "run" and live(p))
+    want = sum(j.replicas for j in jobs.values() if j.status == "running")
+    have = sum(1 for p in placements.values() if p.is_live())
     return want - have
 
 
@@ -190,8 +189,7 @@ class Streamed:
             self.held.extend(items)
             while len(self.held) >= MAX_PLACE_PER_PLAN and self.outcome == "ok":
                 part, self.held = self.held[:MAX_PLACE_PER_PLAN], self.held[MAX_PLACE_PER_PLAN:]
-                place = [{"job": n.job, "version": n.version, "replica": n.replica, "machine": n.machine,
-                          "resources": dict(n.resources), "ports": dict(n.ports)} for n in part]
+                place = list_to_wire(part)
                 got = await self.sched.commit([c.Plan(epoch=self.sched.epoch, index=self.index, place=place,
                                                       stop=[], pending={})])
                 if got == "rejected":

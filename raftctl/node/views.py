@@ -1,32 +1,35 @@
-"""Read-only views of the state in the API's answer shapes (pure; run under the apply lock)."""
+"""Read-only views of the state in the API's answer shapes (pure; run under the apply lock).
+
+The state's tables hold records; an answer holds their wire form (records.to_wire, here at the edge), so the
+JSON a client reads is what it was when the tables held dicts."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from raftctl.discovery.view import lookup, parse_near
 from raftctl.scheduler import reconcile, schedule
 from raftctl.scheduler.pipeline import no_check
-from raftctl.statemachine.records import spec_of
-from raftctl.statemachine.state import State, machine_state, machine_usage, placement_uses_resources
+from raftctl.statemachine.records import Job, JobSpec, JobVersion, Machine, Placement, list_to_wire, to_wire
+from raftctl.statemachine.state import State, machine_usage
 
 
 def job_index(s: State, name: str) -> int:
     job = s.jobs.get(name)
-    return job["modify_index"] if job else 0
+    return job.modify_index if job else 0
 
 
 def _counts(s: State, name: str) -> dict[str, int]:
     out = {"running": 0, "healthy": 0, "pending": 0, "lost": 0}
     for p in s.job_placements(name):
-        if p["desired"] != "run":
+        if p.desired != "run":
             continue
-        if p["state"] == "running":
+        if p.state == "running":
             out["running"] += 1
-            if p["health"] == "healthy":
+            if p.health == "healthy":
                 out["healthy"] += 1
-        elif p["state"] in ("pending", "starting"):
+        elif p.state in ("pending", "starting"):
             out["pending"] += 1
-        elif p["state"] == "lost":
+        elif p.state == "lost":
             out["lost"] += 1
     return out
 
@@ -35,42 +38,45 @@ def job(s: State, name: str) -> dict[str, Any] | None:
     j = s.jobs.get(name)
     if j is None:
         return None
-    spec = spec_of(j, j["version"])
-    return {"name": name, "version": j["version"], "status": j["status"], "replicas": j["replicas"],
-            "spec": spec, "pending_reason": j.get("pending_reason"), "counts": _counts(s, name),
-            "deployment": s.deployments.get(name),
-            "create_index": j["create_index"], "modify_index": j["modify_index"]}
+    spec = j.spec_of(j.version)
+    dep = s.deployments.get(name)
+    return {"name": name, "version": j.version, "status": j.status, "replicas": j.replicas,
+            "spec": to_wire(spec) if spec is not None else None, "pending_reason": j.pending_reason,
+            "counts": _counts(s, name), "deployment": to_wire(dep) if dep is not None else None,
+            "create_index": j.create_index, "modify_index": j.modify_index}
 
 
 def jobs(s: State) -> list[dict[str, Any]]:
     out = []
     for name in sorted(s.jobs):
         j = s.jobs[name]
-        out.append({"name": name, "version": j["version"], "status": j["status"], "replicas": j["replicas"],
-                    "counts": _counts(s, name), "modify_index": j["modify_index"]})
+        out.append({"name": name, "version": j.version, "status": j.status, "replicas": j.replicas,
+                    "counts": _counts(s, name), "modify_index": j.modify_index})
     return out
 
 
 def job_placements(s: State, name: str) -> list[dict[str, Any]] | None:
     if name not in s.jobs and name not in s.by_job:
         return None
-    return [dict(p) for p in s.job_placements(name)]
+    return list_to_wire(s.job_placements(name))
 
 
 def job_versions(s: State, name: str) -> list[dict[str, Any]] | None:
     j = s.jobs.get(name)
     if j is None:
         return None
-    return [{**v, "current": v["version"] == j["version"]} for v in j["versions"]]
+    return [{**v, "current": v["version"] == j.version} for v in list_to_wire(j.versions)]
 
 
 def machines(s: State) -> list[dict[str, Any]]:
     out = []
-    for mid in sorted(s.machines):
+    rows = list_to_wire(s.machines[mid] for mid in sorted(s.machines))
+    for row in rows:
+        mid = row["id"]
         m = s.machines[mid]
-        used, ports = machine_usage(s, mid)
-        live = sum(1 for p in s.by_machine.get(mid, ()) if placement_uses_resources(s.placements[p]))
-        out.append({**m, "state": machine_state(s, m), "allocated": used, "placements": live})
+        used, _ = machine_usage(s, mid)
+        live = sum(1 for p in s.by_machine.get(mid, ()) if s.placements[p].holds_resources())
+        out.append({**row, "state": m.state(live > 0), "allocated": used, "placements": live})
     return out
 
 
@@ -82,27 +88,27 @@ def tokens(s: State) -> list[dict[str, Any]]:
     return sorted(({k: v for k, v in t.items() if k != "hash"} for t in s.tokens.values()), key=lambda t: t["name"])
 
 
-def dry_run(jobs: dict, placements: dict, machines: dict, index: int, spec: dict[str, Any],
-            check: Callable[[], None] | None = None) -> dict[str, Any]:
+def dry_run(jobs: Mapping[str, Job], placements: Mapping[str, Placement], machines: Mapping[str, Machine],
+            index: int, spec: JobSpec, check: Callable[[], None] | None = None) -> dict[str, Any]:
     """What the scheduler would do if ``spec`` were submitted now (pure). ``check`` is called between units of
     the scheduler's work and may raise to give up (raftctl.node.scheduling.run_plan bounds a dry run's time)."""
-    name = spec["name"]
+    name = spec.name
     old = jobs.get(name)
-    if old is not None and old["status"] == "running" and \
-            spec_of(old, old["version"]) == spec:
-        version = old["version"]
+    if old is not None and old.status == "running" and old.spec_of(old.version) == spec:
+        version = old.version
     else:
-        version = (old["versions"][-1]["version"] + 1) if old and old["versions"] else 1
-    job = {"name": name, "version": version, "status": "running", "replicas": spec["replicas"],
-           "versions": [{"version": version, "spec": spec}], "pending_reason": None}
+        version = (old.versions[-1].version + 1) if old and old.versions else 1
+    job = Job(name=name, version=version, status="running", replicas=spec.replicas, pending_reason=None,
+              versions=(JobVersion(version=version, spec=spec, submitted_at=0, index=index),),
+              create_index=0, modify_index=0)
     hypothetical = {**jobs, name: job}
     plan = schedule(hypothetical, placements, machines, index=index, now=0, job_names=[name], check=check or no_check)
-    mine = [p for p in placements.values() if p["job"] == name]
+    mine = [p for p in placements.values() if p.job == name]
     rec = reconcile(job, mine, machines, now=0)
-    return {"job": name, "version": version, "new_version": old is None or version != old["version"],
+    return {"job": name, "version": version, "new_version": old is None or version != old.version,
             "place": [{"replica": p.replica, "machine": p.machine, "ports": p.ports} for p in plan.place],
-            "stop": [{"placement": pid, "reason": why} for pid, why in plan.stop if placements[pid]["job"] == name],
-            "preempt": [{"placement": pid, "job": placements[pid]["job"]} for pid, _ in plan.preempt],
-            "update": [{"placement": pid, "machine": placements[pid]["machine"],
-                        "from_version": placements[pid]["version"]} for pid in rec.update],
+            "stop": [{"placement": pid, "reason": why} for pid, why in plan.stop if placements[pid].job == name],
+            "preempt": [{"placement": pid, "job": placements[pid].job} for pid, _ in plan.preempt],
+            "update": [{"placement": pid, "machine": placements[pid].machine,
+                        "from_version": placements[pid].version} for pid in rec.update],
             "pending": plan.pending.get(name) or None}

@@ -8,9 +8,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+import msgspec
 import re2  # google-re2: linear-time matching, no backtracking (pure computation)
 
-from raftctl.scheduler.plan import Record
+from raftctl.statemachine.records import Constraint, Machine
 
 MAX_REGEX_LENGTH = 256          # characters of a constraint pattern
 REGEX_MAX_MEM = 1 << 20         # bytes RE2 may use per compiled pattern (program + DFA cache)
@@ -23,14 +24,25 @@ class RegexError(ValueError):
     """A constraint pattern RE2 cannot run (too long, backreference, look-around, too large...)."""
 
 
-def attr_value(m: Record, attr: str) -> str | None:
-    """`labels.ssd`, `fault_domain.zone`, `id`, `address`, `runtime`."""
-    cur: Any = m
-    for part in attr.split("."):
-        if not isinstance(cur, dict) or part not in cur:
+MACHINE_FIELDS = frozenset(Machine.__struct_fields__)
+
+
+def attr_value(m: Machine, attr: str) -> str | None:
+    """`labels.ssd`, `fault_domain.zone`, `id`, `address`, `runtime` (a field of the machine's wire form)."""
+    head, _, rest = attr.partition(".")
+    if head not in MACHINE_FIELDS:
+        return None
+    cur: Any = getattr(m, head)
+    for part in rest.split(".") if rest else ():
+        if isinstance(cur, msgspec.Struct):
+            cur = getattr(cur, part, msgspec.UNSET) if part in cur.__struct_fields__ else msgspec.UNSET
+        elif isinstance(cur, dict):
+            cur = cur.get(part, msgspec.UNSET)
+        else:
             return None
-        cur = cur[part]
-    return None if isinstance(cur, (dict, list)) else str(cur)
+    if cur is msgspec.UNSET or isinstance(cur, (dict, list, tuple, msgspec.Struct)):
+        return None
+    return str(cur)
 
 
 def _re2_options() -> Any:
@@ -79,9 +91,9 @@ def _search(pattern: str, text: str) -> bool:
 _cached_search = lru_cache(maxsize=MATCH_CACHE)(_search)
 
 
-def constraint_ok(m: Record, c: Record) -> bool:
-    v = attr_value(m, c["attr"])
-    op, want = c["op"], c["value"]
+def constraint_ok(m: Machine, c: Constraint) -> bool:
+    v = attr_value(m, c.attr)
+    op, want = c.op, c.value
     if op == "exists":
         return v is not None
     if op == "not_exists":
@@ -90,10 +102,9 @@ def constraint_ok(m: Record, c: Record) -> bool:
         return bool(v == want)
     if op == "!=":
         return bool(v != want)
-    if op == "in":
-        return v in want
-    if op == "not_in":
-        return v not in want
+    if op in ("in", "not_in"):
+        found = isinstance(want, tuple) and v in want
+        return found if op == "in" else not found
     if op == "regex":
         return v is not None and isinstance(want, str) and regex_search(want, v)
     return False

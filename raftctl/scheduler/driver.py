@@ -3,17 +3,20 @@
 randomness; the same state gives the same plan."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
+
+from msgspec.structs import replace
 
 from raftctl.scheduler.machines import MachineView, build_views, release
 from raftctl.scheduler.packing import repair
 from raftctl.scheduler.place import JobFit, place_job, place_replicas
-from raftctl.scheduler.plan import Check, NewPlacement, Plan, Record, no_check
+from raftctl.scheduler.plan import Check, NewPlacement, Plan, no_check
 from raftctl.scheduler.preemption import preempt_for
-from raftctl.scheduler.reconcile import Reconciled, current_spec, live, reconcile
+from raftctl.scheduler.reconcile import Reconciled, current_spec, reconcile
+from raftctl.statemachine.records import Constraint, Job, JobSpec, Machine, Placement
 
 
-def schedule(jobs: dict[str, Record], placements: dict[str, Record], machines: dict[str, Record], *,
+def schedule(jobs: Mapping[str, Job], placements: Mapping[str, Placement], machines: Mapping[str, Machine], *,
              index: int, now: int, job_names: list[str] | None = None, check: Check = no_check,
              pack: bool = True, emit: Callable[[list[NewPlacement]], None] | None = None) -> Plan:
     """One scheduling pass over ``job_names`` (default: every job), highest priority first, then the packing
@@ -26,14 +29,14 @@ def schedule(jobs: dict[str, Record], placements: dict[str, Record], machines: d
     up (a dry run past its time bound) makes it raise, and the pass stops there."""
     pass_ = Pass(Plan(index=index), build_views(machines, placements), placements, machines, check)
     for p in placements.values():
-        pass_.by_job.setdefault(p["job"], []).append(p)
+        pass_.by_job.setdefault(p.job, []).append(p)
     # highest priority first; within a priority, biggest replicas first (best-fit decreasing packs tighter)
     names = sorted(job_names if job_names is not None else jobs, key=lambda n: order(jobs.get(n), n))
-    pass_.priorities = {n: current_spec(j).get("priority", 50) for n, j in jobs.items()}
+    pass_.priorities = {n: current_spec(j).priority for n, j in jobs.items()}
     for name in sorted(set(pass_.by_job) - set(jobs)):  # placements of purged jobs
         for p in pass_.by_job[name]:
-            if live(p):
-                pass_.plan.stop.append((p["id"], "job purged"))
+            if p.is_live():
+                pass_.plan.stop.append((p.id, "job purged"))
     for name in names:
         check()
         job = jobs.get(name)
@@ -50,20 +53,20 @@ def schedule(jobs: dict[str, Record], placements: dict[str, Record], machines: d
 class Pass:
     """The state of one pass: the plan so far, the machine views it updates, what it stops."""
 
-    def __init__(self, plan: Plan, views: dict[str, MachineView], placements: dict[str, Record],
-                 machines: dict[str, Record], check: Check) -> None:
+    def __init__(self, plan: Plan, views: dict[str, MachineView], placements: Mapping[str, Placement],
+                 machines: Mapping[str, Machine], check: Check) -> None:
         self.plan = plan
         self.views = views
         self.placements = placements
         self.machines = machines
         self.check = check
-        self.by_job: dict[str, list[Record]] = {}
+        self.by_job: dict[str, list[Placement]] = {}
         self.priorities: dict[str, int] = {}
         self.stopping: set[str] = set()
         self.fits: dict[str, JobFit] = {}           # jobs whose new placements the packing repair may move
         self.opened = {mid for mid, v in views.items() if v.empty()}   # machines that held nothing before
 
-    def job(self, name: str, job: Record, now: int) -> None:
+    def job(self, name: str, job: Job, now: int) -> None:
         spec = current_spec(job)
         rec = reconcile(job, self.by_job.get(name, []), self.machines, now)
         for pid, reason in rec.stop:
@@ -71,14 +74,14 @@ class Pass:
                 self.plan.stop.append((pid, reason))
                 self.stopping.add(pid)
                 release(self.views, self.placements[pid])
-        if job["status"] != "running" or not rec.place:
+        if job.status != "running" or not rec.place:
             self.plan.pending[name] = ""
             return
         placed, pending, fit = place_replicas(name, job, spec, rec.place, self.views, self.by_job.get(name, []),
                                               self.plan.index, self.check)
         self.plan.place.extend(placed)
         self.fits[name] = fit
-        if pending and spec.get("priority", 50) > 0:
+        if pending and spec.priority > 0:
             more = self.preempt(name, job, spec, rec, len(placed))
             if more:
                 del self.fits[name]  # its replicas stay where their victims were evicted
@@ -87,7 +90,7 @@ class Pass:
                 pending = None
         self.plan.pending[name] = pending or ""
 
-    def preempt(self, name: str, job: Record, spec: Record, rec: Reconciled, done: int) -> list[NewPlacement]:
+    def preempt(self, name: str, job: Job, spec: JobSpec, rec: Reconciled, done: int) -> list[NewPlacement]:
         """Place the slots past ``done`` by evicting lower-priority placements, one slot at a time."""
         out: list[NewPlacement] = []
         for slot in rec.place[done:]:
@@ -102,7 +105,7 @@ class Pass:
                 self.plan.preempt.append((pid, name))
                 self.stopping.add(pid)
                 release(self.views, self.placements[pid])
-            pinned = {**spec, "constraints": spec.get("constraints", []) + [{"attr": "id", "op": "==", "value": mid}]}
+            pinned = replace(spec, constraints=spec.constraints + (Constraint(attr="id", op="==", value=mid),))
             more, _ = place_job(name, job, pinned, [slot], self.views, self.by_job.get(name, []), self.plan.index,
                                 self.check)
             self.plan.place.extend(more)
@@ -110,12 +113,12 @@ class Pass:
         return out
 
 
-def order(job: Record | None, name: str) -> tuple[int, float, str]:
+def order(job: Job | None, name: str) -> tuple[int, float, str]:
     """The pass's job order: priority descending, then the replica's size (its largest share of a typical
     16-core / 64 GiB machine) descending, then name."""
     if job is None:
         return (0, 0.0, name)
     spec = current_spec(job)
-    r = spec["resources"]
-    size = max(r["cpu"] / 1000 / 16, r["memory"] / (64 << 30))
-    return (-spec.get("priority", 50), -size, name)
+    r = spec.resources
+    size = max(r.cpu / 1000 / 16, r.memory / (64 << 30))
+    return (-spec.priority, -size, name)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from raftctl.statemachine.records import LEVELS, holds_resources, machine_state_of
+from raftctl.statemachine.records import LEVELS, Machine, Placement
 
 RESOURCES = ("cpu", "memory")
 DEFAULT_UNIT = {"cpu": 100, "memory": 64 << 20}   # the smallest useful slot when nothing runs
@@ -50,21 +50,21 @@ def _add(into: dict[str, Any], other: Mapping[str, Any]) -> None:
             into[k] = into.get(k, 0) + v
 
 
-def smallest_unit(placements: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+def smallest_unit(placements: Iterable[Placement]) -> dict[str, int]:
     """The smallest request per resource among live placements (what a stranded remainder is measured against)."""
     unit: dict[str, int] = {}
     for p in placements:
-        if not holds_resources(p["state"]):
+        if not p.holds_resources():
             continue
         for r in RESOURCES:
-            v = int(p["resources"].get(r, 0))
+            v = p.resources.get(r, 0)
             if v > 0 and (r not in unit or v < unit[r]):
                 unit[r] = v
     return {r: unit.get(r, DEFAULT_UNIT[r]) for r in RESOURCES}
 
 
-def _usage_of(p: Mapping[str, Any], usage: Mapping[str, Usage]) -> tuple[dict[str, float], dict[str, int]]:
-    u = usage.get(p["id"])
+def _usage_of(p: Placement, usage: Mapping[str, Usage]) -> tuple[dict[str, float], dict[str, int]]:
+    u = usage.get(p.id)
     used, reported = _zero(), {r: 0 for r in RESOURCES}
     if u is None:
         return used, reported
@@ -136,25 +136,25 @@ def lower_bound(demand: Mapping[str, int], capacities: list[dict[str, int]]) -> 
     return need
 
 
-def efficiency(machines: Mapping[str, Mapping[str, Any]], placements: Mapping[str, Mapping[str, Any]],
+def efficiency(machines: Mapping[str, Machine], placements: Mapping[str, Placement],
                usage: Mapping[str, Usage]) -> dict[str, Any]:
     """The whole view; ``usage`` maps placement id to its latest reported usage."""
-    live = [p for p in placements.values() if holds_resources(p["state"])]
+    live = [p for p in placements.values() if p.holds_resources()]
     unit = smallest_unit(live)
-    by_machine: dict[str, list[Mapping[str, Any]]] = {}
+    by_machine: dict[str, list[Placement]] = {}
     for p in live:
-        by_machine.setdefault(p["machine"], []).append(p)
+        by_machine.setdefault(p.machine, []).append(p)
 
     machine_rows = []
     for mid in sorted(machines):
         m = machines[mid]
         here = by_machine.get(mid, [])
-        state = machine_state_of(m["status"], bool(m.get("drain")), m.get("eligible", True), bool(here))
-        capacity = {r: int(m["resources"].get(r, 0)) if m["status"] == "up" else 0 for r in RESOURCES}
+        state = m.state(bool(here))
+        capacity = {r: m.resources.get(r, 0) if m.status == "up" else 0 for r in RESOURCES}
         allocated, used, alloc_reported = _zero(), _zero(), _zero()
         reported = {r: 0 for r in RESOURCES}
         for p in here:
-            req = {r: int(p["resources"].get(r, 0)) for r in RESOURCES}
+            req = {r: p.resources.get(r, 0) for r in RESOURCES}
             u, rep = _usage_of(p, usage)
             for r in RESOURCES:
                 allocated[r] += req[r]
@@ -167,7 +167,7 @@ def efficiency(machines: Mapping[str, Mapping[str, Any]], placements: Mapping[st
         if state == "active":
             row["stranded"]["cpu"] = free["cpu"] if free["memory"] < unit["memory"] else 0
             row["stranded"]["memory"] = free["memory"] if free["cpu"] < unit["cpu"] else 0
-        fd = m.get("fault_domain") or {}
+        fd = m.fault_domain
         machine_rows.append({"id": mid, "state": state, "fault_domain": {k: fd.get(k, "") for k in LEVELS},
                              "placements": len(here), **row, "_alloc_reported": alloc_reported})
 
@@ -183,13 +183,13 @@ def efficiency(machines: Mapping[str, Mapping[str, Any]], placements: Mapping[st
         domains[level] = [acc[k] for k in sorted(acc)]
 
     jobs: dict[str, dict[str, Any]] = {}
-    for p in sorted(live, key=lambda p: p["id"]):
-        j = jobs.setdefault(p["job"], {"job": p["job"], "replicas": 0, "allocated": _zero(), "used": _zero(),
+    for p in sorted(live, key=lambda p: p.id):
+        j = jobs.setdefault(p.job, {"job": p.job, "replicas": 0, "allocated": _zero(), "used": _zero(),
                                        "idle": _zero(), "reported": {r: 0 for r in RESOURCES}})
         j["replicas"] += 1
         u, rep = _usage_of(p, usage)
         for r in RESOURCES:
-            asked = int(p["resources"].get(r, 0))
+            asked = p.resources.get(r, 0)
             j["allocated"][r] += asked
             j["used"][r] += u[r]
             j["reported"][r] += rep[r]
@@ -208,10 +208,10 @@ def efficiency(machines: Mapping[str, Mapping[str, Any]], placements: Mapping[st
     cluster["idle"] = {r: round(v, 1) for r, v in cluster["idle"].items()}
     cluster["machines_in_use"] = sum(1 for row in machine_rows if row["placements"])
 
-    up = [(mid, {r: int(m["resources"].get(r, 0)) for r in RESOURCES})
-          for mid, m in sorted(machines.items()) if m["status"] == "up"]
+    up = [(mid, {r: m.resources.get(r, 0) for r in RESOURCES})
+          for mid, m in sorted(machines.items()) if m.status == "up"]
     up.sort(key=lambda b: (-b[1]["cpu"], -b[1]["memory"], b[0]))
-    items = [(p["id"], {r: int(p["resources"].get(r, 0)) for r in RESOURCES}) for p in live]
+    items = [(p.id, {r: p.resources.get(r, 0) for r in RESOURCES}) for p in live]
     demand = {r: sum(it[1][r] for it in items) for r in RESOURCES}
     ffd, unplaced = first_fit_decreasing(items, up)
     cluster["fit"] = {"lower_bound": lower_bound(demand, [b[1] for b in up]), "first_fit_decreasing": ffd,

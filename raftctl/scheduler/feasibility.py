@@ -3,49 +3,56 @@ the reasons up (`3 machines: 2 insufficient memory, 1 draining`). Port allocatio
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable
+from typing import Callable
 
 from raftctl.scheduler.constraints import constraint_ok
 from raftctl.scheduler.machines import MachineView
-from raftctl.scheduler.plan import RESOURCES, Check, no_check
+from raftctl.scheduler.plan import Check, no_check
+from raftctl.statemachine.records import Constraint, JobSpec
 
-Spec = dict[str, Any]
+Spec = JobSpec
 Filter = Callable[[MachineView, Spec], "str | None"]
 
 
 def f_schedulable(v: MachineView, spec: Spec) -> str | None:
     m = v.record
-    if m["status"] != "up":
+    if m.status != "up":
         return "down"
-    if m.get("drain"):
+    if m.drain is not None:
         return "draining"
-    if not m.get("eligible", True):
+    if not m.eligible:
         return "in maintenance"
     return None
 
 
+def _shown(c: Constraint) -> str:
+    """A constraint as a reason names it (its value as the spec's JSON list when it is one)."""
+    value = list(c.value) if isinstance(c.value, tuple) else c.value
+    return f"constraint {c.attr} {c.op} {value if value is not None else ''}".rstrip()
+
+
 def f_constraints(v: MachineView, spec: Spec) -> str | None:
-    for c in spec.get("constraints", []):
+    for c in spec.constraints:
         if not constraint_ok(v.record, c):
-            return f"constraint {c['attr']} {c['op']} {c['value'] if c['value'] is not None else ''}".rstrip()
+            return _shown(c)
     return None
 
 
 def f_resources(v: MachineView, spec: Spec) -> str | None:
-    for k in RESOURCES:
-        if v.free[k] < spec["resources"][k]:
+    for k, need in spec.resources.amounts().items():
+        if v.free[k] < need:
             return f"insufficient {k}"
     return None
 
 
 def f_ports(v: MachineView, spec: Spec) -> str | None:
-    lo, hi = v.record["ports"]
+    lo, hi = v.record.ports
     dynamic = statics_in_range = 0
-    for p in spec.get("ports", []):
-        if p.get("static") is not None:
-            if p["static"] in v.ports:
-                return f"port {p['static']} in use"
-            statics_in_range += lo <= p["static"] <= hi
+    for p in spec.ports:
+        if p.static is not None:
+            if p.static in v.ports:
+                return f"port {p.static} in use"
+            statics_in_range += lo <= p.static <= hi
         else:
             dynamic += 1
     if dynamic and v.free_ports - statics_in_range < dynamic:  # the job's own static ports are not free for it
@@ -78,19 +85,19 @@ def explain(views: list[MachineView], spec: Spec, extra: Counter[str] | None = N
 
 
 def allocate_ports(v: MachineView, spec: Spec) -> dict[str, int]:
-    lo, hi = v.record["ports"]
+    lo, hi = v.record.ports
     out: dict[str, int] = {}
-    taken = set(v.ports) | {p["static"] for p in spec.get("ports", []) if p.get("static") is not None}
+    taken = set(v.ports) | {p.static for p in spec.ports if p.static is not None}
     nxt = lo
-    for p in spec.get("ports", []):
-        if p.get("static") is not None:
-            out[p["name"]] = p["static"]
-            taken.add(p["static"])
+    for p in spec.ports:
+        if p.static is not None:
+            out[p.name] = p.static
+            taken.add(p.static)
             continue
         while nxt in taken:
             nxt += 1
         if nxt > hi:
             raise ValueError("no free port")
-        out[p["name"]] = nxt
+        out[p.name] = nxt
         taken.add(nxt)
     return out

@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from raftctl.scheduler.plan import RESOURCES, Record
-from raftctl.statemachine.records import holds_resources
+from typing import Mapping
+
+from raftctl.scheduler.plan import RESOURCES
+from raftctl.statemachine.records import Machine, Placement
 
 
 @dataclass
 class MachineView:
     id: str
-    record: Record
+    record: Machine
     free: dict[str, int]
     capacity: dict[str, int]
     ports: set[int]
@@ -29,7 +31,7 @@ class MachineView:
         return self.dom.get(level, "")
 
     def take_ports(self, ports: dict[str, int]) -> None:
-        lo, hi = self.record["ports"]
+        lo, hi = self.record.ports
         for port in ports.values():
             if port not in self.ports:
                 self.ports.add(port)
@@ -37,7 +39,7 @@ class MachineView:
                     self.free_ports -= 1
 
     def give_ports(self, ports: dict[str, int]) -> None:
-        lo, hi = self.record["ports"]
+        lo, hi = self.record.ports
         for port in ports.values():
             if port in self.ports:
                 self.ports.discard(port)
@@ -45,32 +47,33 @@ class MachineView:
                     self.free_ports += 1
 
 
-def build_views(machines: dict[str, Record], placements: dict[str, Record]) -> dict[str, MachineView]:
+def build_views(machines: Mapping[str, Machine], placements: Mapping[str, Placement]) -> dict[str, MachineView]:
     views = {}
     for mid in sorted(machines):
         m = machines[mid]
-        lo, hi = m["ports"]
-        views[mid] = MachineView(mid, m, dict(m["resources"]), dict(m["resources"]), set(), Counter(),
-                                 {k: str(v) for k, v in (m.get("fault_domain") or {}).items()}, hi - lo + 1)
+        lo, hi = m.ports
+        views[mid] = MachineView(mid, m, dict(m.resources), dict(m.resources), set(), Counter(),
+                                 dict(m.fault_domain), hi - lo + 1)
     for p in placements.values():
-        v = views.get(p["machine"])
-        if v is None or not holds_resources(p["state"]):
+        v = views.get(p.machine)
+        if v is None or not p.holds_resources():
             continue
+        res = p.resources
         for k in RESOURCES:
-            v.free[k] -= int(p["resources"].get(k, 0))
-        v.take_ports(p["ports"])
-        if p["desired"] == "run":
-            v.by_job[(p["job"], p["version"])] += 1
+            v.free[k] -= res.get(k, 0)
+        v.take_ports(p.ports)
+        if p.desired == "run":
+            v.by_job[(p.job, p.version)] += 1
     return views
 
 
-def release(views: dict[str, MachineView], p: Record) -> None:
+def release(views: dict[str, MachineView], p: Placement) -> None:
     """Give back what a stopped or preempted placement held."""
-    v = views.get(p["machine"])
-    if v is None or not holds_resources(p["state"]):
+    v = views.get(p.machine)
+    if v is None or not p.holds_resources():
         return
     for k in RESOURCES:
-        v.free[k] += int(p["resources"].get(k, 0))
-    v.give_ports(p["ports"])
-    if p["desired"] == "run":
-        v.by_job[(p["job"], p["version"])] -= 1
+        v.free[k] += p.resources.get(k, 0)
+    v.give_ports(p.ports)
+    if p.desired == "run":
+        v.by_job[(p.job, p.version)] -= 1

@@ -28,7 +28,9 @@ its time bound stops here too.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+
+from msgspec.structs import replace
 
 from raftctl.scheduler.feasibility import allocate_ports, f_constraints, f_ports, f_resources, f_schedulable
 from raftctl.scheduler.machines import MachineView

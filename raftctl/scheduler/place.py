@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from raftctl.scheduler.feasibility import Spec, allocate_ports, explain, f_constraints, f_ports, f_schedulable
 from raftctl.scheduler.machines import MachineView
-from raftctl.scheduler.plan import RESOURCES, Check, NewPlacement, Record, no_check
+from raftctl.scheduler.plan import Check, NewPlacement, no_check
 from raftctl.scheduler.ranking import WEIGHTS, Spread, score_anti_affinity, score_binpack, tie
+from raftctl.statemachine.records import Job, Placement
 
 HeapItem = tuple[float, int, str]   # (-score, tie-break, machine id)
 
@@ -27,9 +28,9 @@ class JobFit:
     dynamic_ports: int | None = field(init=False)   # None: the spec has static ports (f_ports decides)
 
     def __post_init__(self) -> None:
-        self.want = tuple((k, int(self.spec["resources"][k])) for k in RESOURCES)
-        ports = self.spec.get("ports", [])
-        self.dynamic_ports = None if any(p.get("static") is not None for p in ports) else len(ports)
+        self.want = tuple(self.spec.resources.amounts().items())
+        ports = self.spec.ports
+        self.dynamic_ports = None if any(p.static is not None for p in ports) else len(ports)
 
     def fits(self, v: MachineView) -> str | None:
         """f_resources, then f_ports, then the hard spread rules: the first reason ``v`` cannot take one more."""
@@ -57,12 +58,13 @@ class JobFit:
     def take(self, v: MachineView, slot: int) -> NewPlacement:
         """Place one replica in ``slot`` on ``v`` and account for it."""
         ports = allocate_ports(v, self.spec)
-        for k in RESOURCES:
-            v.free[k] -= self.spec["resources"][k]
+        for k, need in self.want:
+            v.free[k] -= need
         v.take_ports(ports)
         v.by_job[(self.name, self.version)] += 1
         self.spread.add(v)
-        return NewPlacement(self.name, self.version, slot, v.id, dict(self.spec["resources"]), ports)
+        return NewPlacement(job=self.name, version=self.version, replica=slot, machine=v.id,
+                            resources=dict(self.want), ports=ports)
 
 
 def candidates_for(views: dict[str, MachineView], spec: Spec, check: Check) -> list[MachineView]:
@@ -90,20 +92,20 @@ def pop_best(heap: list[HeapItem], views: dict[str, MachineView], fit: JobFit) -
     return None
 
 
-def place_job(name: str, job: Record, spec: Spec, slots: list[int], views: dict[str, MachineView],
-              placements: list[Record], index: int, check: Check = no_check) -> tuple[list[NewPlacement], str | None]:
+def place_job(name: str, job: Job, spec: Spec, slots: list[int], views: dict[str, MachineView],
+              placements: list[Placement], index: int, check: Check = no_check) -> tuple[list[NewPlacement], str | None]:
     """New placements for ``slots`` (as many as fit, in order) and, when some do not, why."""
     out, pending, _ = place_replicas(name, job, spec, slots, views, placements, index, check)
     return out, pending
 
 
-def place_replicas(name: str, job: Record, spec: Spec, slots: list[int], views: dict[str, MachineView],
-                   placements: list[Record], index: int,
+def place_replicas(name: str, job: Job, spec: Spec, slots: list[int], views: dict[str, MachineView],
+                   placements: list[Placement], index: int,
                    check: Check = no_check) -> tuple[list[NewPlacement], str | None, JobFit]:
     """``place_job``, and the job's fit as the placements left it (the packing repair moves them with it)."""
     candidates = candidates_for(views, spec, check)
-    fit = JobFit(name, job["version"], spec,
-                 Spread.of(spec, job["replicas"], job["version"], candidates, views, placements), f"{name}:{index}".encode())
+    fit = JobFit(name, job.version, spec,
+                 Spread.of(spec, job.replicas, job.version, candidates, views, placements), f"{name}:{index}".encode())
     heap = [fit.entry(v) for v in candidates if fit.fits(v) is None]
     heapq.heapify(heap)
     out: list[NewPlacement] = []

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
-Record = dict[str, Any]   # a job, placement or machine as the replicated state holds it
+from raftctl.statemachine.records import PlanItem
+
 Check = Callable[[], None]
 
 RESOURCES = ("cpu", "memory", "pids")
@@ -14,14 +15,7 @@ def no_check() -> None:
     """The default ``check``: a scheduler pass on the leader always runs to its end."""
 
 
-@dataclass(frozen=True)
-class NewPlacement:
-    job: str
-    version: int
-    replica: int
-    machine: str
-    resources: dict[str, int]
-    ports: dict[str, int]
+NewPlacement = PlanItem   # one type: what a pass places is what a Plan command carries (records.PlanItem)
 
 
 @dataclass

@@ -1,39 +1,41 @@
 """Preemption: the machine where evicting the fewest lower-priority placements makes one replica fit."""
 from __future__ import annotations
 
+from typing import Mapping
+
 from raftctl.scheduler.feasibility import Spec, f_constraints, f_schedulable
 from raftctl.scheduler.machines import MachineView
-from raftctl.scheduler.plan import RESOURCES, Check, Record, no_check
-from raftctl.scheduler.reconcile import live
+from raftctl.scheduler.plan import RESOURCES, Check, no_check
+from raftctl.statemachine.records import Placement
 
 
-def _victims(v: MachineView, spec: Spec, lower: list[Record], priorities: dict[str, int]) -> list[str] | None:
+def _victims(v: MachineView, spec: Spec, lower: list[Placement], priorities: dict[str, int]) -> list[str] | None:
     """The placements to evict from ``v`` (lowest priority, then largest memory, first) so that one replica of
     ``spec`` fits, or None when evicting all of ``lower`` is not enough (or nothing needs evicting)."""
-    want = spec["resources"]
+    want = spec.resources.amounts()
     free = dict(v.free)
     chosen: list[str] = []
-    for p in sorted(lower, key=lambda p: (priorities.get(p["job"], 50), -p["resources"]["memory"], p["id"])):
+    for p in sorted(lower, key=lambda p: (priorities.get(p.job, 50), -p.resources.get("memory", 0), p.id)):
         if all(free[k] >= want[k] for k in RESOURCES):
             break
-        chosen.append(p["id"])
+        chosen.append(p.id)
         for k in RESOURCES:
-            free[k] += p["resources"][k]
+            free[k] += p.resources.get(k, 0)
     if all(free[k] >= want[k] for k in RESOURCES) and chosen:
         return chosen
     return None
 
 
-def preempt_for(name: str, spec: Spec, views: dict[str, MachineView], placements: dict[str, Record],
+def preempt_for(name: str, spec: Spec, views: dict[str, MachineView], placements: Mapping[str, Placement],
                 priorities: dict[str, int], check: Check = no_check) -> tuple[str, list[str]] | None:
     """The machine where evicting the fewest lower-priority placements makes one replica fit, and the victims
     (ties: the lower highest victim priority, then the machine id)."""
-    prio = spec.get("priority", 50)
+    prio = spec.priority
     best: tuple[int, int, str, list[str]] | None = None
-    by_machine: dict[str, list[Record]] = {}
+    by_machine: dict[str, list[Placement]] = {}
     for p in placements.values():
-        if live(p) and priorities.get(p["job"], 50) < prio:
-            by_machine.setdefault(p["machine"], []).append(p)
+        if p.is_live() and priorities.get(p.job, 50) < prio:
+            by_machine.setdefault(p.machine, []).append(p)
     for mid, lower in sorted(by_machine.items()):
         check()
         v = views.get(mid)
@@ -41,7 +43,7 @@ def preempt_for(name: str, spec: Spec, views: dict[str, MachineView], placements
             continue
         chosen = _victims(v, spec, lower, priorities)
         if chosen is not None:
-            key = (len(chosen), max(priorities.get(placements[c]["job"], 50) for c in chosen), mid, chosen)
+            key = (len(chosen), max(priorities.get(placements[c].job, 50) for c in chosen), mid, chosen)
             if best is None or key[:3] < best[:3]:
                 best = key
     return (best[2], best[3]) if best else None

@@ -13,19 +13,18 @@ from collections import Counter
 from dataclasses import dataclass
 
 from raftctl.scheduler.machines import MachineView
-from raftctl.scheduler.plan import RESOURCES, Record
-from raftctl.scheduler.reconcile import live
+from raftctl.statemachine.records import JobSpec, Placement
 
 WEIGHTS = {"binpack": 1.0, "spread": 0.7, "anti_affinity": 0.02}  # anti-affinity breaks ties only
 
 
-def score_binpack(v: MachineView, spec: Record) -> float:
+def score_binpack(v: MachineView, spec: JobSpec) -> float:
     """Best fit on the dominant resource: the fuller the machine after placing, the better."""
     fullest = 0.0
-    want, cap_, free = spec["resources"], v.capacity, v.free
-    for k in RESOURCES:
+    r, cap_, free = spec.resources, v.capacity, v.free
+    for k, want in (("cpu", r.cpu), ("memory", r.memory), ("pids", r.pids)):
         cap = cap_[k] or 1
-        used = (cap - free[k] + want[k]) / cap
+        used = (cap - free[k] + want) / cap
         if used > fullest:
             fullest = used
     return 100.0 * (fullest if fullest < 1.0 else 1.0)
@@ -52,14 +51,14 @@ class Spread:
     limit: dict[str, int]                         # hard levels -> replicas allowed per domain
 
     @classmethod
-    def of(cls, spec: Record, replicas: int, version: int, candidates: list[MachineView],
-           views: dict[str, MachineView], placements: list[Record]) -> Spread:
-        rules = [(s["level"], s["mode"]) for s in spec.get("spread", []) if s.get("level")]
+    def of(cls, spec: JobSpec, replicas: int, version: int, candidates: list[MachineView],
+           views: dict[str, MachineView], placements: list[Placement]) -> Spread:
+        rules: list[tuple[str, str]] = [(s.level, s.mode) for s in spec.spread if s.level]
         counts: dict[str, Counter[str]] = {level: Counter() for level, _ in rules}
         for p in placements:
-            if live(p) and p["version"] == version and p["machine"] in views:
+            if p.is_live() and p.version == version and p.machine in views:
                 for level, _ in rules:
-                    counts[level][views[p["machine"]].domain(level)] += 1
+                    counts[level][views[p.machine].domain(level)] += 1
         domains = {level: {v.domain(level) for v in candidates} for level, _ in rules}
         limit = {level: math.ceil(replicas / max(1, len(domains[level]))) for level, mode in rules if mode == "hard"}
         return cls(rules, counts, limit)

@@ -10,12 +10,16 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
+
+import msgspec
+from msgspec.structs import replace
 
 from raftctl.statemachine import commands as c
-from raftctl.statemachine.records import (DIGEST_RE, HEALTH_STATES, IMAGE_NAME_RE, PLACEMENT_STATES, JobSpec,
-                                          RecordError, container_port, from_wire, spec_of)
-from raftctl.statemachine.state import MAX_DEDUP, MAX_EVENTS, State, machine_usage, placement_uses_resources
+from raftctl.statemachine.records import (DIGEST_RE, HEALTH_STATES, IMAGE_NAME_RE, PLACEMENT_STATES, Deployment, Drain,
+                                          Image, Job, JobSpec, JobVersion, Machine, Placement, PlanItem, PlanStop,
+                                          RecordError, container_port, from_wire, list_from_wire)
+from raftctl.statemachine.state import MAX_DEDUP, MAX_EVENTS, State, machine_usage
 from raftctl.statemachine.subnets import DEFAULT_POOL, PoolError, allocate_address, allocate_subnet, subnet_key
 
 ROLES = ("admin", "deployer", "operator", "reader", "agent")
@@ -142,6 +146,7 @@ def _remember(state: State, cmd: c.Command, digest: str, result: Result) -> None
 
 
 T = TypeVar("T")
+R = TypeVar("R", bound=msgspec.Struct)
 
 
 # -- helpers -----------------------------------------------------------------
@@ -184,88 +189,69 @@ def _need_str_list(values: list[Any], field: str) -> None:
         _need(isinstance(v, str), "invalid", f"{field}[{i}] must be a string", field)
 
 
-def _counts_ok(obj: Any, lo: int = 0, hi: int | None = None) -> bool:
-    """Whether :func:`_need_counts` accepts ``obj``, without building its messages (a Plan checks two per item)."""
-    if not isinstance(obj, dict):
-        return False
-    for k, v in obj.items():
-        if not isinstance(k, str) or not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
-            return False
-    return True
-
-
-def _need_counts(obj: Any, field: str, *, lo: int = 0, hi: int | None = None) -> None:
-    """``obj`` is a map of text keys to integers within [lo, hi]."""
-    _need(isinstance(obj, dict), "invalid", f"{field} must be a map", field)
-    for k, v in obj.items():
-        _need(isinstance(k, str), "invalid", f"{field} keys must be strings", field)
-        _need(_is_int(v) and v >= lo and (hi is None or v <= hi), "invalid",
-              f"{field}.{k} must be an integer" + (f" within {lo}..{hi}" if hi is not None else f" >= {lo}"),
-              f"{field}.{k}")
-
-
-def _job(state: State, name: str) -> dict[str, Any]:
+def _job(state: State, name: str) -> Job:
     return _found(state.jobs.get(name), "not_found", f"job {name!r} does not exist", "name")
 
 
-def _current_spec(job: dict[str, Any]) -> dict[str, Any]:
-    spec = spec_of(job, job["version"])
+def _current_spec(job: Job) -> JobSpec:
+    spec = job.spec_of(job.version)
     if spec is None:
-        raise Reject("internal", f"job {job['name']} has no version {job['version']}")
+        raise Reject("internal", f"job {job.name} has no version {job.version}")
     return spec
 
 
-def _prune_versions(state: State, job: dict[str, Any]) -> None:
-    """Keep the newest MAX_VERSIONS versions of a job (history for rollback). A placement of a pruned version
+def _pruned(state: State, job: Job) -> Job:
+    """``job`` keeping its newest MAX_VERSIONS versions (history for rollback). A placement of a pruned version
     loses its spec in its agent's assignments: its machine changed."""
-    if len(job["versions"]) > MAX_VERSIONS:
-        gone = {v["version"] for v in job["versions"][: len(job["versions"]) - MAX_VERSIONS]}
-        del job["versions"][: len(job["versions"]) - MAX_VERSIONS]
-        _touch_versions(state, job["name"], gone)
+    extra = len(job.versions) - MAX_VERSIONS
+    if extra <= 0:
+        return job
+    _touch_versions(state, job.name, {v.version for v in job.versions[:extra]})
+    return replace(job, versions=job.versions[extra:])
 
 
 def _touch_versions(state: State, name: str, versions: set[int]) -> None:
     """The machines of job ``name``'s placements of ``versions`` changed: their specs came or went."""
     for pid in state.by_job.get(name, ()):
         p = state.placements[pid]
-        if p["version"] in versions:
-            state.touch_machine(p["machine"])
+        if p.version in versions:
+            state.touch_machine(p.machine)
 
 
-def _unpublish(state: State, p: dict[str, Any]) -> bool:
-    job = state.jobs.get(p["job"])
-    service = _current_spec(job).get("service", p["job"]) if job else p["job"]
+def _unpublish(state: State, p: Placement) -> bool:
+    job = state.jobs.get(p.job)
+    service = _current_spec(job).service_name if job else p.job
     svc = state.discovery.get(service)
-    if svc and p["id"] in svc["endpoints"]:
-        del svc["endpoints"][p["id"]]
+    if svc and p.id in svc["endpoints"]:
+        del svc["endpoints"][p.id]
         svc["index"] = state.index
         state.table_index["discovery"] = state.index
         return True
     return False
 
 
-def _publish(state: State, p: dict[str, Any], spec: dict[str, Any]) -> None:
-    machine = state.machines.get(p["machine"], {})
+def _publish(state: State, p: Placement, spec: JobSpec) -> None:
+    machine = state.machines.get(p.machine)
     port = None
-    if spec.get("ports"):
-        port = p["ports"].get(spec["ports"][0]["name"])
-        if port is not None and spec.get("network") == "bridge":  # reached at the container's own address
-            port = container_port(spec["ports"][0], port)
-    service = spec.get("service", p["job"])
-    svc = state.discovery.setdefault(service, {"index": state.index, "endpoints": {}})
-    svc["endpoints"][p["id"]] = {
-        "address": p["address"], "port": port, "placement": p["id"], "machine": p["machine"],
-        "version": p["version"], "fault_domain": dict(machine.get("fault_domain", {})),
+    if spec.ports:
+        port = p.ports.get(spec.ports[0].name)
+        if port is not None and spec.network == "bridge":  # reached at the container's own address
+            port = container_port(spec.ports[0], port)
+    svc = state.discovery.setdefault(spec.service_name, {"index": state.index, "endpoints": {}})
+    svc["endpoints"][p.id] = {
+        "address": p.address, "port": port, "placement": p.id, "machine": p.machine,
+        "version": p.version, "fault_domain": dict(machine.fault_domain) if machine else {},
     }
     svc["index"] = state.index
     state.table_index["discovery"] = state.index
 
 
-def _set_placement(s: State, p: dict[str, Any], at: int, **changes: Any) -> None:
-    p.update(changes)
-    p["updated_at"] = at
-    p["modify_index"] = s.index
-    s.touch_machine(p["machine"])
+def _set_placement(s: State, p: Placement, at: int, **changes: Any) -> Placement:
+    """Store ``p`` with ``changes`` (and its update time and index); the stored record."""
+    new = replace(p, updated_at=at, modify_index=s.index, **changes)
+    s.placements[p.id] = new
+    s.touch_machine(p.machine)
+    return new
 
 
 # -- handlers ------------------------------------------------------------------
@@ -274,18 +260,17 @@ def _noop(state: State, cmd: c.Noop) -> None:
     return None
 
 
-def resolve_image(images: dict[str, dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
+def resolve_image(images: Mapping[str, Image], spec: JobSpec) -> JobSpec:
     """The spec as a job version stores it: ``image_digest`` is the manifest digest that ``image``
     names in ``images`` now (a ``sha256:`` reference names itself; a name not pushed gives None).
 
     Pure, so every replica resolves alike at apply time; a later re-tag does not change stored
     versions, and a rollback returns to the old bytes. Any ``image_digest`` in the input is
     replaced: clients cannot choose it."""
-    image = spec.get("image")
-    digest: str | None = None
-    if isinstance(image, str):
-        digest = image if image.startswith("sha256:") else (images.get(image) or {}).get("digest")
-    return {**spec, "image_digest": digest}
+    image = spec.image
+    found = images.get(image)
+    digest = image if image.startswith("sha256:") else (found.digest if found is not None else None)
+    return replace(spec, image_digest=digest)
 
 
 def _put_job(state: State, cmd: c.PutJob) -> dict[str, Any] | Unchanged:
@@ -293,55 +278,52 @@ def _put_job(state: State, cmd: c.PutJob) -> dict[str, Any] | Unchanged:
     # checked for its shape (every field of the JobSpec record, its type, no unknown field), so nothing that
     # apply, the scheduler or an agent reads later can fail half-way
     try:
-        name = from_wire(JobSpec, cmd.spec).name
+        spec = resolve_image(state.images, from_wire(JobSpec, cmd.spec))
     except RecordError as exc:
         raise Reject("invalid", f"spec field {exc.field}: {exc.message}" if exc.field else exc.message,
                      exc.field or "spec") from None
-    spec = resolve_image(state.images, cmd.spec)
+    name = spec.name
     job = state.jobs.get(name)
     if cmd.cas is not None:
-        current = job["modify_index"] if job else 0
+        current = job.modify_index if job else 0
         _need(current == cmd.cas, "cas_failed",
               f"job {name} is at index {current}, not {cmd.cas}", "cas")
-    if job is not None and job["status"] == "running" and _current_spec(job) == spec:
+    if job is not None and job.status == "running" and _current_spec(job) == spec:
         # identical resubmission: nothing changes (like `nomad job run` of the same file)
-        return Unchanged({"name": name, "version": job["version"], "job_index": job["modify_index"],
-                          "image_digest": spec["image_digest"], "unchanged": True})
+        return Unchanged({"name": name, "version": job.version, "job_index": job.modify_index,
+                          "image_digest": spec.image_digest, "unchanged": True})
     idx = _bump(state, "jobs")
-    if job is None:
-        job = {"name": name, "version": 0, "versions": [], "status": "running",
-               "replicas": spec["replicas"], "pending_reason": None,
-               "create_index": idx, "modify_index": idx}
-        state.jobs[name] = job
-    version = (job["versions"][-1]["version"] + 1) if job["versions"] else 1
-    job["versions"].append({"version": version, "spec": spec, "submitted_at": cmd.at, "index": idx, "stable": False})
+    versions = job.versions if job is not None else ()
+    version = (versions[-1].version + 1) if versions else 1
+    versions += (JobVersion(version=version, spec=spec, submitted_at=cmd.at, index=idx, stable=False),)
     _touch_versions(state, name, {version})  # a plan may have placed a version before it existed (none normally)
-    _prune_versions(state, job)
-    job["version"] = version
-    job["status"] = "running"
-    job["replicas"] = spec["replicas"]
-    job["modify_index"] = idx
-    image = spec["image"] if spec["image_digest"] in (None, spec["image"]) else f"{spec['image']} = {spec['image_digest']}"
+    if job is None:
+        job = Job(name=name, version=version, versions=versions, status="running", replicas=spec.replicas,
+                  pending_reason=None, create_index=idx, modify_index=idx)
+    else:
+        job = replace(job, version=version, versions=versions, status="running", replicas=spec.replicas,
+                      modify_index=idx)
+    state.jobs[name] = _pruned(state, job)
+    digest = spec.image_digest
+    image = spec.image if digest in (None, spec.image) else f"{spec.image} = {digest}"
     _event(state, cmd.at, "job.version", f"job {name} version {version} submitted (image {image}"
-           + (", not pushed" if spec["image_digest"] is None else "") + ")", job=name)
-    return {"name": name, "version": version, "job_index": idx, "image_digest": spec["image_digest"]}
+           + (", not pushed" if digest is None else "") + ")", job=name)
+    return {"name": name, "version": version, "job_index": idx, "image_digest": digest}
 
 
 def _delete_job(state: State, cmd: c.DeleteJob) -> dict[str, Any]:
     job = _job(state, cmd.name)
     idx = _bump(state, "jobs", "placements")
-    job["status"] = "dead"
-    job["replicas"] = 0
-    job["modify_index"] = idx
+    state.jobs[cmd.name] = replace(job, status="dead", replicas=0, modify_index=idx)
     stopped = 0
     for p in state.job_placements(cmd.name):
-        if p["desired"] == "run":
+        if p.desired == "run":
             _unpublish(state, p)
             _set_placement(state, p, cmd.at, desired="stop", reason="job stopped")
             stopped += 1
     if cmd.purge:  # every placement of the job loses its spec in its agent's assignments
         for p in state.job_placements(cmd.name):
-            state.touch_machine(p["machine"])
+            state.touch_machine(p.machine)
         del state.jobs[cmd.name]
         state.deployments.pop(cmd.name, None)
     _event(state, cmd.at, "job.stop", f"job {cmd.name} stopped ({stopped} replicas to stop)"
@@ -351,12 +333,11 @@ def _delete_job(state: State, cmd: c.DeleteJob) -> dict[str, Any]:
 
 def _scale_job(state: State, cmd: c.ScaleJob) -> dict[str, Any]:
     job = _job(state, cmd.name)
-    _need(job["status"] == "running", "conflict", f"job {cmd.name} is stopped", "name")
+    _need(job.status == "running", "conflict", f"job {cmd.name} is stopped", "name")
     _need(0 <= cmd.replicas <= 10000, "invalid", "replicas must be between 0 and 10000", "replicas")
-    before = job["replicas"]
+    before = job.replicas
     idx = _bump(state, "jobs")
-    job["replicas"] = cmd.replicas
-    job["modify_index"] = idx
+    state.jobs[cmd.name] = replace(job, replicas=cmd.replicas, modify_index=idx)
     _event(state, cmd.at, "job.scale", f"job {cmd.name} scaled {before} -> {cmd.replicas}"
            + (f": {cmd.reason}" if cmd.reason else ""), job=cmd.name)
     return {"name": cmd.name, "replicas": cmd.replicas, "previous": before}
@@ -364,19 +345,16 @@ def _scale_job(state: State, cmd: c.ScaleJob) -> dict[str, Any]:
 
 def _rollback_job(state: State, cmd: c.RollbackJob) -> dict[str, Any]:
     job = _job(state, cmd.name)
-    old = next((v for v in job["versions"] if v["version"] == cmd.version), None)
+    old = next((v for v in job.versions if v.version == cmd.version), None)
     old = _found(old, "not_found", f"job {cmd.name} has no version {cmd.version}", "version")
-    _need(cmd.version != job["version"], "conflict", f"version {cmd.version} is already current", "version")
+    _need(cmd.version != job.version, "conflict", f"version {cmd.version} is already current", "version")
     idx = _bump(state, "jobs")
-    version = job["versions"][-1]["version"] + 1
-    job["versions"].append({"version": version, "spec": old["spec"], "submitted_at": cmd.at,
-                            "index": idx, "stable": False, "rollback_of": cmd.version})
+    version = job.versions[-1].version + 1
+    new = JobVersion(version=version, spec=old.spec, submitted_at=cmd.at, index=idx, stable=False,
+                     rollback_of=cmd.version)
     _touch_versions(state, cmd.name, {version})
-    _prune_versions(state, job)
-    job["version"] = version
-    job["status"] = "running"
-    job["replicas"] = old["spec"]["replicas"]
-    job["modify_index"] = idx
+    state.jobs[cmd.name] = _pruned(state, replace(job, version=version, versions=job.versions + (new,),
+                                                  status="running", replicas=old.spec.replicas, modify_index=idx))
     _event(state, cmd.at, "job.rollback", f"job {cmd.name} rolled back to version {cmd.version} as {version}", job=cmd.name)
     return {"name": cmd.name, "version": version, "rollback_of": cmd.version}
 
@@ -390,28 +368,33 @@ def _register_machine(state: State, cmd: c.RegisterMachine) -> dict[str, Any]:
     _need(len(cmd.ports) == 2 and all(_is_int(x) for x in cmd.ports) and 0 < cmd.ports[0] <= cmd.ports[1] < 65536,
           "invalid", "ports must be [lo, hi] within 1..65535", "ports")
     old = state.machines.get(cmd.machine)
-    subnet = old.get("subnet") if old else None
+    subnet = old.subnet if old is not None and isinstance(old.subnet, str) else None
     if subnet is None:  # new, registered before subnets existed, or the pool was exhausted when it registered
         try:
             subnet = allocate_subnet(cmd.pool or DEFAULT_POOL, state.subnets)
         except PoolError as exc:
             raise Reject("invalid", f"pool: {exc}", "pool") from None
+    wire = {"id": cmd.machine, "address": cmd.address, "fault_domain": cmd.fault_domain, "labels": cmd.labels,
+            "resources": cmd.resources, "ports": cmd.ports, "runtime": cmd.runtime, "api": cmd.api, "subnet": subnet,
+            "status": "up", "registered_at": cmd.at, "create_index": 0, "modify_index": 0,
+            "last_transition": cmd.at if not old or old.status != "up" else old.last_transition}
+    try:  # the record's types (a label's value is text...): a snapshot must restore what apply stored
+        m = from_wire(Machine, wire)
+    except RecordError as exc:
+        raise Reject("invalid", f"{exc.field}: {exc.message}", exc.field) from None
     idx = _bump(state, "machines")
     key = subnet_key(subnet) if subnet else None
     if key is not None:
         state.subnets.add(key)
-    m = {"id": cmd.machine, "address": cmd.address, "fault_domain": dict(cmd.fault_domain),
-         "labels": dict(cmd.labels), "resources": dict(cmd.resources), "ports": list(cmd.ports),
-         "runtime": cmd.runtime, "api": cmd.api, "subnet": subnet, "status": "up", "drain": old["drain"] if old else None,
-         "eligible": old["eligible"] if old else True, "registered_at": cmd.at,
-         "last_transition": cmd.at if not old or old["status"] != "up" else old["last_transition"],
-         "create_index": old["create_index"] if old else idx, "modify_index": idx}
+    m = replace(m, create_index=old.create_index if old else idx, modify_index=idx)
+    if old is not None:
+        m = replace(m, drain=old.drain, eligible=old.eligible)
     state.machines[cmd.machine] = m
     state.touch_machine(cmd.machine)
-    if subnet and (old is None or (old.get("subnet"), old["address"]) != (subnet, cmd.address)):
+    if subnet and (old is None or (old.subnet, old.address) != (subnet, cmd.address)):
         for other in state.machines:  # their agents route to this machine's subnet through its address
             state.touch_machine(other)
-    if old is None or old["status"] != "up":
+    if old is None or old.status != "up":
         _event(state, cmd.at, "machine.up", f"machine {cmd.machine} registered and up", machine=cmd.machine)
     return {"machine": cmd.machine, "subnet": subnet}
 
@@ -420,18 +403,16 @@ def _machine_down(state: State, cmd: c.MachineDown) -> dict[str, Any]:
     m = _found(state.machines.get(cmd.machine), "not_found", f"machine {cmd.machine!r} does not exist", "machine")
     _need(cmd.epoch == 0 or cmd.epoch == state.epoch, "stale_epoch",
           f"proposed by the leader of epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
-    _need(m["status"] != "down", "conflict", f"machine {cmd.machine} is already down", "machine")
+    _need(m.status != "down", "conflict", f"machine {cmd.machine} is already down", "machine")
     idx = _bump(state, "machines", "placements")
-    m["status"] = "down"
-    m["last_transition"] = cmd.at
-    m["modify_index"] = idx
+    state.machines[cmd.machine] = replace(m, status="down", last_transition=cmd.at, modify_index=idx)
     state.touch_machine(cmd.machine)
     lost = []
     for p in state.machine_placements(cmd.machine):
-        if placement_uses_resources(p):
+        if p.holds_resources():
             _unpublish(state, p)
             _set_placement(state, p, cmd.at, state="lost", health="unknown", reason=f"machine down: {cmd.reason}")
-            lost.append(p["id"])
+            lost.append(p.id)
     _event(state, cmd.at, "machine.down", f"machine {cmd.machine} down ({cmd.reason}); {len(lost)} placements lost",
            machine=cmd.machine)
     return {"machine": cmd.machine, "lost": lost}
@@ -439,11 +420,9 @@ def _machine_down(state: State, cmd: c.MachineDown) -> dict[str, Any]:
 
 def _machine_up(state: State, cmd: c.MachineUp) -> dict[str, Any]:
     m = _found(state.machines.get(cmd.machine), "not_found", f"machine {cmd.machine!r} does not exist", "machine")
-    _need(m["status"] != "up", "conflict", f"machine {cmd.machine} is already up", "machine")
+    _need(m.status != "up", "conflict", f"machine {cmd.machine} is already up", "machine")
     idx = _bump(state, "machines")
-    m["status"] = "up"
-    m["last_transition"] = cmd.at
-    m["modify_index"] = idx
+    state.machines[cmd.machine] = replace(m, status="up", last_transition=cmd.at, modify_index=idx)
     state.touch_machine(cmd.machine)
     _event(state, cmd.at, "machine.up", f"machine {cmd.machine} back up", machine=cmd.machine)
     return {"machine": cmd.machine}
@@ -456,9 +435,8 @@ def _drain_machine(state: State, cmd: c.DrainMachine) -> dict[str, Any]:
         _need(mid in state.machines, "not_found", f"machine {mid!r} does not exist", "machine")
     idx = _bump(state, "machines")
     for mid in cmd.machines:
-        m = state.machines[mid]
-        m["drain"] = {"since": cmd.at, "deadline": cmd.deadline} if cmd.drain else None
-        m["modify_index"] = idx
+        drain = Drain(since=cmd.at, deadline=cmd.deadline) if cmd.drain else None
+        state.machines[mid] = replace(state.machines[mid], drain=drain, modify_index=idx)
         state.touch_machine(mid)
         _event(state, cmd.at, "machine.drain" if cmd.drain else "machine.undrain",
                f"machine {mid} {'draining' if cmd.drain else 'undrained'}", machine=mid)
@@ -474,16 +452,16 @@ def _claim_epoch(state: State, cmd: c.ClaimEpoch) -> dict[str, Any]:
     return {"epoch": cmd.term}
 
 
-def _fits(state: State, machine: str, resources: dict[str, Any], ports: dict[str, Any],
+def _fits(state: State, machine: str, resources: dict[str, int], ports: dict[str, int],
           usage: dict[str, tuple[dict[str, int], set[int]]] | None = None) -> str | None:
     """Why a new placement does not fit on ``machine`` now (None if it fits). ``usage`` caches
     :func:`machine_usage` per machine across one plan's items (the plan adds to it as it places)."""
     m = state.machines.get(machine)
     if m is None:
         return f"machine {machine} does not exist"
-    if m["status"] != "up":
+    if m.status != "up":
         return f"machine {machine} is down"
-    if m.get("drain") or not m.get("eligible", True):
+    if m.drain is not None or not m.eligible:
         return f"machine {machine} is not schedulable"
     if usage is None:
         used, taken = machine_usage(state, machine)
@@ -491,10 +469,11 @@ def _fits(state: State, machine: str, resources: dict[str, Any], ports: dict[str
         if machine not in usage:
             usage[machine] = machine_usage(state, machine)
         used, taken = usage[machine]
+    capacity = m.resources
     for k in ("cpu", "memory", "pids"):
-        if used[k] + int(resources.get(k, 0)) > m["resources"][k]:
+        if used[k] + resources.get(k, 0) > capacity[k]:
             return f"insufficient {k} on {machine}"
-    lo, hi = m["ports"]
+    lo, hi = m.ports
     for port in ports.values():
         if port in taken:
             return f"port {port} already in use on {machine}"
@@ -503,56 +482,43 @@ def _fits(state: State, machine: str, resources: dict[str, Any], ports: dict[str
     return None
 
 
-def _container_address(state: State, m: dict[str, Any], addresses: dict[str, set[str]]) -> tuple[str, str]:
+def _container_address(state: State, m: Machine, addresses: dict[str, set[str]]) -> tuple[str, str]:
     """("", the lowest free address of machine ``m``'s subnet) for a new bridge placement, added to ``addresses``
     (held per machine, computed once per plan), or (why not, "")."""
-    subnet = m.get("subnet")
+    subnet = m.subnet if isinstance(m.subnet, str) else None
     if not subnet:
-        return (f"machine {m['id']} has no container subnet (the subnet pool was exhausted when it registered, or it "
+        return (f"machine {m.id} has no container subnet (the subnet pool was exhausted when it registered, or it "
                 "registered before subnets existed): it gets one when its agent registers again"), ""
-    held = addresses.get(m["id"])
+    held = addresses.get(m.id)
     if held is None:
-        held = addresses[m["id"]] = {
-            p["address"] for p in (state.placements[pid] for pid in state.by_machine.get(m["id"], ()))
-            if placement_uses_resources(p)}
+        held = addresses[m.id] = {
+            p.address for p in (state.placements[pid] for pid in state.by_machine.get(m.id, ())) if p.holds_resources()}
     address = allocate_address(subnet, held)
     if address is None:
-        return f"no free container address left in {m['id']}'s subnet {subnet}", ""
+        return f"no free container address left in {m.id}'s subnet {subnet}", ""
     held.add(address)
     return "", address
 
 
-def _check_plan(cmd: c.Plan) -> None:
-    """Every item's shape, before anything changes (a malformed item rejects the whole plan)."""
-    # messages are built only for the item that fails (this runs for every item of every plan)
-    for i, item in enumerate(cmd.place):
-        if not isinstance(item, dict):
-            raise Reject("invalid", f"place.{i} must be a map", f"place.{i}")
-        for key, ok in (("job", isinstance(item.get("job"), str)), ("machine", isinstance(item.get("machine"), str)),
-                        ("version", _is_int(item.get("version"))),
-                        ("replica", _is_int(item.get("replica")) and item["replica"] >= 0)):
-            if not ok:
-                raise Reject("invalid", f"place.{i}.{key} is missing or has the wrong type", f"place.{i}.{key}")
-        if not _counts_ok(item.get("resources")):
-            _need_counts(item.get("resources"), f"place.{i}.resources")
-        if not _counts_ok(item.get("ports"), lo=1, hi=65535):
-            _need_counts(item.get("ports"), f"place.{i}.ports", lo=1, hi=65535)
-    for i, item in enumerate(cmd.stop):
-        f = f"stop.{i}"
-        _need(isinstance(item, dict) and isinstance(item.get("placement"), str), "invalid",
-              f"{f} must be a map naming a placement", f"{f}.placement")
-        _need(isinstance(item.get("reason", ""), str), "invalid", f"{f}.reason must be a string", f"{f}.reason")
-    for name, reason in cmd.pending.items():
-        _need(isinstance(name, str) and isinstance(reason, str), "invalid",
-              "pending must map job names to reasons (strings)", "pending")
+def _items(kind: type[R], items: list[Any], name: str) -> list[R]:
+    """A command's list of ``kind`` records, from_wire at the command's boundary (a malformed item rejects it)."""
+    try:
+        return list_from_wire(kind, items, name)
+    except RecordError as exc:
+        raise Reject("invalid", str(exc), exc.field) from None
 
 
 def _plan(state: State, cmd: c.Plan) -> dict[str, Any]:
     _need(cmd.epoch == state.epoch, "stale_epoch",
           f"plan from epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
-    _check_plan(cmd)
+    place = _items(PlanItem, cmd.place, "place")
+    stop = _items(PlanStop, cmd.stop, "stop")
+    for name, reason in cmd.pending.items():
+        _need(isinstance(name, str) and isinstance(reason, str), "invalid",
+              "pending must map job names to reasons (strings)", "pending")
     idx = _bump(state, "placements")
     placed, rejected, stopped = [], [], []
+    placements, jobs, by_job, by_machine = state.placements, state.jobs, state.by_job, state.by_machine
     # (replica, version) slots held per job, computed once per plan and kept up to date as it places:
     # scanning the job's placements for every item made a plan of n items cost O(n^2) on the tick thread
     taken: dict[str, set[tuple[int, int]]] = {}
@@ -560,61 +526,58 @@ def _plan(state: State, cmd: c.Plan) -> dict[str, Any]:
     # placements: once per item made a plan cost items x placements per machine)
     usage: dict[str, tuple[dict[str, int], set[int]]] = {}
     addresses: dict[str, set[str]] = {}  # container addresses held per machine, as usage
-    for i, item in enumerate(cmd.place):
-        job = state.jobs.get(item.get("job"))
-        if job is None or job["status"] != "running":
-            rejected.append({"item": i, "reason": f"job {item.get('job')} is not running"})
+    for i, item in enumerate(place):
+        job = jobs.get(item.job)
+        if job is None or job.status != "running":
+            rejected.append({"item": i, "reason": f"job {item.job} is not running"})
             continue
-        slots = taken.get(job["name"])
+        slots = taken.get(job.name)
         if slots is None:
-            slots = taken[job["name"]] = {
-                (p["replica"], p["version"]) for p in (state.placements[pid] for pid in state.by_job.get(job["name"], ()))
-                if p["desired"] == "run" and placement_uses_resources(p)}
-        slot_taken = (item["replica"], item["version"]) in slots
-        if slot_taken or item["replica"] >= job["replicas"] + job.get("surge", 0):
-            rejected.append({"item": i, "reason": f"replica {item['replica']} of {job['name']} is already placed or not wanted"})
+            slots = taken[job.name] = {
+                (p.replica, p.version) for p in (placements[pid] for pid in by_job.get(job.name, ()))
+                if p.desired == "run" and p.holds_resources()}
+        if (item.replica, item.version) in slots or item.replica >= job.replicas + job.surge_slots:
+            rejected.append({"item": i, "reason": f"replica {item.replica} of {job.name} is already placed or not wanted"})
             continue
-        why = _fits(state, item["machine"], item["resources"], item["ports"], usage)
+        why = _fits(state, item.machine, item.resources, item.ports, usage)
         if why:
             rejected.append({"item": i, "reason": why})
             continue
-        m = state.machines[item["machine"]]
-        address = m["address"]
-        spec = spec_of(job, item["version"])
-        if spec is not None and spec.get("network") == "bridge":
+        m = state.machines[item.machine]
+        address = m.address
+        spec = job.spec_of(item.version)
+        if spec is not None and spec.network == "bridge":
             why, address = _container_address(state, m, addresses)
             if why:
                 rejected.append({"item": i, "reason": why})
                 continue
         state.seq["placement"] += 1
-        pid = f"{job['name']}-{state.seq['placement']:05d}"
-        p = {"id": pid, "job": job["name"], "version": item["version"], "replica": item["replica"],
-             "machine": item["machine"], "resources": dict(item["resources"]), "ports": dict(item["ports"]),
-             "address": address, "desired": "run", "state": "pending", "health": "unknown",
-             "exit_code": None, "reason": "", "created_at": cmd.at, "updated_at": cmd.at,
-             "create_index": idx, "modify_index": idx}
-        state.placements[pid] = p
-        state.by_machine.setdefault(p["machine"], set()).add(pid)
-        state.by_job.setdefault(p["job"], set()).add(pid)
-        state.touch_machine(p["machine"])
-        slots.add((item["replica"], item["version"]))
-        if placement_uses_resources(p):  # as machine_usage would count p now
-            used, ports_taken = usage[p["machine"]]
-            for k in used:
-                used[k] += int(p["resources"].get(k, 0))
-            ports_taken.update(p["ports"].values())
+        pid = f"{job.name}-{state.seq['placement']:05d}"
+        p = Placement(id=pid, job=job.name, version=item.version, replica=item.replica, machine=item.machine,
+                      resources=item.resources, ports=item.ports, address=address,
+                      desired="run", state="pending", health="unknown", exit_code=None, reason="",
+                      created_at=cmd.at, updated_at=cmd.at, create_index=idx, modify_index=idx)
+        placements[pid] = p
+        by_machine.setdefault(p.machine, set()).add(pid)
+        by_job.setdefault(p.job, set()).add(pid)
+        state.touch_machine(p.machine)
+        slots.add((item.replica, item.version))
+        used, ports_taken = usage[p.machine]  # a new placement holds resources: as machine_usage would count it
+        for k in used:
+            used[k] += p.resources.get(k, 0)
+        ports_taken.update(p.ports.values())
         placed.append(pid)
-    for item in cmd.stop:
-        gone = state.placements.get(item.get("placement"))
-        if gone is None or gone["desired"] == "stop":
+    for s in stop:
+        gone = placements.get(s.placement)
+        if gone is None or gone.desired == "stop":
             continue
         _unpublish(state, gone)
-        _set_placement(state, gone, cmd.at, desired="stop", reason=item.get("reason", ""))
-        stopped.append(gone["id"])
+        _set_placement(state, gone, cmd.at, desired="stop", reason=s.reason)
+        stopped.append(gone.id)
     for name, reason in sorted(cmd.pending.items()):
-        job = state.jobs.get(name)
-        if job is not None and job.get("pending_reason") != (reason or None):
-            job["pending_reason"] = reason or None
+        job = jobs.get(name)
+        if job is not None and job.pending_reason != (reason or None):
+            jobs[name] = replace(job, pending_reason=reason or None)
             if reason:
                 _event(state, cmd.at, "job.pending", f"job {name} pending: {reason}", job=name)
     if placed or stopped:
@@ -625,33 +588,37 @@ def _plan(state: State, cmd: c.Plan) -> dict[str, Any]:
 def _placement_update(state: State, cmd: c.PlacementUpdate) -> dict[str, Any]:
     p = _found(state.placements.get(cmd.placement), "not_found", f"placement {cmd.placement!r} does not exist",
                "placement")
-    _need(p["machine"] == cmd.machine, "forbidden", f"placement {cmd.placement} is not on machine {cmd.machine}", "machine")
+    _need(p.machine == cmd.machine, "forbidden", f"placement {cmd.placement} is not on machine {cmd.machine}", "machine")
     _need(cmd.state in PLACEMENT_STATES, "invalid", f"unknown state {cmd.state!r}", "state")
     _need(cmd.health in HEALTH_STATES + ("",), "invalid", f"unknown health {cmd.health!r}", "health")
-    _need(p["state"] not in ("lost", "stopped") or cmd.state == "stopped", "conflict",
-          f"placement {cmd.placement} is {p['state']}", "placement")
+    _need(p.state not in ("lost", "stopped") or cmd.state == "stopped", "conflict",
+          f"placement {cmd.placement} is {p.state}", "placement")
     idx = _bump(state, "placements")
-    health = cmd.health or p["health"]
+    health = cmd.health or p.health
     if cmd.state != "running":
         health = "unknown"
-    healthy_at = (p.get("healthy_at") or cmd.at) if health == "healthy" and p.get("health") == "healthy" else \
-        (cmd.at if health == "healthy" else None)
-    _set_placement(state, p, cmd.at, state=cmd.state, health=health, exit_code=cmd.exit_code,
-                   reason=cmd.reason or p["reason"], healthy_at=healthy_at)
-    job = state.jobs.get(p["job"])
-    if p["desired"] == "run" and health == "healthy" and job and job["status"] == "running" and not p.get("retiring_at"):
-        spec = spec_of(job, p["version"])
+    if health != "healthy":
+        healthy_at = None
+    elif p.health == "healthy":
+        healthy_at = p.healthy_at or cmd.at   # UNSET and None are false
+    else:
+        healthy_at = cmd.at
+    p = _set_placement(state, p, cmd.at, state=cmd.state, health=health, exit_code=cmd.exit_code,
+                       reason=cmd.reason or p.reason, healthy_at=healthy_at)
+    job = state.jobs.get(p.job)
+    if p.desired == "run" and health == "healthy" and job and job.status == "running" and not p.retiring_at:
+        spec = job.spec_of(p.version)
         if spec is not None:
             _publish(state, p, spec)
     else:
         _unpublish(state, p)
     if cmd.state in ("exited", "oom_killed", "stopped"):
-        _event(state, cmd.at, f"placement.{cmd.state}", f"{p['id']} on {p['machine']} {cmd.state}"
-               + (f" (code {cmd.exit_code})" if cmd.exit_code is not None else ""), job=p["job"], machine=p["machine"])
-    if cmd.state == "stopped" and p["desired"] == "stop":
-        del state.placements[p["id"]]
-        state.by_machine.get(p["machine"], set()).discard(p["id"])
-        state.by_job.get(p["job"], set()).discard(p["id"])
+        _event(state, cmd.at, f"placement.{cmd.state}", f"{p.id} on {p.machine} {cmd.state}"
+               + (f" (code {cmd.exit_code})" if cmd.exit_code is not None else ""), job=p.job, machine=p.machine)
+    if cmd.state == "stopped" and p.desired == "stop":
+        del state.placements[p.id]
+        state.by_machine.get(p.machine, set()).discard(p.id)
+        state.by_job.get(p.job, set()).discard(p.id)
     return {"placement": cmd.placement, "state": cmd.state, "health": health, "index": idx}
 
 
@@ -664,37 +631,36 @@ def _retire(state: State, cmd: c.Retire) -> dict[str, Any]:
     done = []
     for pid in cmd.placements:
         p = state.placements[pid]
-        if p.get("retiring_at") or p["desired"] != "run":
+        if p.retiring_at or p.desired != "run":
             continue
         _unpublish(state, p)
         _set_placement(state, p, cmd.at, retiring_at=cmd.at, reason=cmd.reason)
         done.append(pid)
     if done:
         _event(state, cmd.at, "placement.retire", f"unpublished {', '.join(done)} ahead of stop: {cmd.reason}",
-               job=state.placements[done[0]]["job"])
+               job=state.placements[done[0]].job)
     return {"retired": done}
 
 
 def _set_deployment(state: State, cmd: c.SetDeployment) -> dict[str, Any]:
     _need(cmd.epoch == state.epoch, "stale_epoch", f"from epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
     job = _job(state, cmd.job)
-    dep = dict(cmd.deployment)
-    _need(isinstance(dep.get("status"), str), "invalid", "deployment.status must be a string", "deployment.status")
-    _need(_is_int(dep.get("surge", 0)) and dep.get("surge", 0) >= 0, "invalid",
-          "deployment.surge must be an integer >= 0", "deployment.surge")
-    _need(dep.get("version") is None or _is_int(dep.get("version")), "invalid",
-          "deployment.version must be an integer", "deployment.version")
+    try:
+        dep = from_wire(Deployment, cmd.deployment)
+    except RecordError as exc:
+        where = f"deployment.{exc.field}" if exc.field else "deployment"
+        raise Reject("invalid", f"{where}: {exc.message}", where) from None
+    _need(dep.surge_slots >= 0, "invalid", "deployment.surge must be an integer >= 0", "deployment.surge")
     _bump(state, "deployments", "jobs")
     state.deployments[cmd.job] = dep
-    job["surge"] = int(dep.get("surge", 0)) if dep.get("status") == "running" else 0
-    if dep.get("status") == "successful":
-        for v in job["versions"]:
-            if v["version"] == dep.get("version"):
-                v["stable"] = True
-    job["modify_index"] = state.index
+    versions = job.versions
+    if dep.status == "successful":
+        versions = tuple(replace(v, stable=True) if v.version == dep.version else v for v in versions)
+    state.jobs[cmd.job] = replace(job, surge=dep.surge_slots if dep.status == "running" else 0, versions=versions,
+                                  modify_index=state.index)
     if cmd.message:
         _event(state, cmd.at, "deploy", cmd.message, job=cmd.job)
-    return {"job": cmd.job, "status": dep.get("status")}
+    return {"job": cmd.job, "status": dep.status}
 
 
 def _create_token(state: State, cmd: c.CreateToken) -> dict[str, Any]:
@@ -729,8 +695,8 @@ def _put_image(state: State, cmd: c.PutImage) -> dict[str, Any]:
     _need(cmd.size >= 0, "invalid", "size must be >= 0", "size")
     old = state.images.get(cmd.name)
     idx = _bump(state, "images")
-    state.images[cmd.name] = {"name": cmd.name, "digest": cmd.digest, "size": cmd.size,
-                              "create_index": old["create_index"] if old else idx, "modify_index": idx}
+    state.images[cmd.name] = Image(name=cmd.name, digest=cmd.digest, size=cmd.size,
+                                   create_index=old.create_index if old else idx, modify_index=idx)
     return {"name": cmd.name, "digest": cmd.digest}
 
 

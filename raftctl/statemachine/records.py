@@ -10,13 +10,14 @@ suffix of the stored shape (``interval_ms``); in Python the attribute is the pla
 (``spec.health.interval``), so no consumer re-derives the unit from a key name.
 
 The shared knowledge that used to be copied between packages lives here once: :data:`LEVELS`,
-:data:`NAME_RE`, :data:`IMAGE_RE`, :func:`holds_resources`, :func:`machine_state_of`, :func:`spec_of`.
-Plain-dict readers (the tables still hold dicts) use those functions; record holders use the methods.
+:data:`NAME_RE`, :data:`IMAGE_RE`, :func:`holds_resources` and the records' methods (``Job.spec_of``,
+``Placement.holds_resources``, ``Machine.state``). The state's tables hold these records (state.py); the wire
+form is for snapshots, commands and API answers only.
 """
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Final, Literal, Mapping, TypeVar
+from typing import Annotated, Any, Final, Iterable, Literal, Mapping, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType, field
@@ -58,26 +59,6 @@ def holds_resources(placement_state: str) -> bool:
     return placement_state not in RELEASED_STATES
 
 
-def machine_state_of(status: str, draining: bool, eligible: bool, live_here: bool) -> str:
-    """The operator-facing machine state: down, draining/drained, maintenance or active."""
-    if status == "down":
-        return "down"
-    if draining:
-        return "draining" if live_here else "drained"
-    if not eligible:
-        return "maintenance"
-    return "active"
-
-
-def spec_of(job: Mapping[str, Any], version: int) -> dict[str, Any] | None:
-    """The stored spec of version ``version`` of a job table dict (None if that version was pruned)."""
-    for v in job["versions"]:
-        if v["version"] == version:
-            spec: dict[str, Any] = v["spec"]
-            return spec
-    return None
-
-
 # -- records ---------------------------------------------------------------------------------------------------
 
 class Record(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -91,6 +72,10 @@ class Resources(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
     memory: Annotated[int, Meta(description="bytes")] = 64 << 20
     pids: int = 256
 
+    def amounts(self) -> dict[str, int]:
+        """``{cpu, memory, pids}``: what a placement of this spec holds (its ``resources``)."""
+        return {"cpu": self.cpu, "memory": self.memory, "pids": self.pids}
+
 
 class Port(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
@@ -99,11 +84,10 @@ class Port(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
     publish: bool = False        # bridge jobs: DNAT the host port on the machine address to the container
 
 
-def container_port(port: Mapping[str, Any], allocated: int) -> int:
-    """The port a bridge container listens on for ``port`` (a spec's port dict): its ``to``, else the host port
-    the scheduler allocated (the number its PORT_<NAME> variable holds)."""
-    to = port.get("to")
-    return int(to) if isinstance(to, int) and not isinstance(to, bool) else allocated
+def container_port(port: Port, allocated: int) -> int:
+    """The port a bridge container listens on for ``port`` (a spec's port): its ``to``, else the host port the
+    scheduler allocated (the number its PORT_<NAME> variable holds)."""
+    return port.to if port.to is not None else allocated
 
 
 class Health(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -239,6 +223,11 @@ class Job(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
     def current_spec(self) -> JobSpec | None:
         return self.spec_of(self.version)
 
+    @property
+    def surge_slots(self) -> int:
+        """Extra replica slots of a running deploy (0 when no deploy set any)."""
+        return 0 if isinstance(self.surge, UnsetType) else self.surge
+
 
 class Placement(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: str
@@ -294,8 +283,15 @@ class Machine(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
     modify_index: int
 
     def state(self, live_here: bool) -> str:
-        """The operator-facing state, given whether a placement still holds resources here."""
-        return machine_state_of(self.status, self.drain is not None, self.eligible, live_here)
+        """The operator-facing state (down, draining/drained, maintenance or active), given whether a placement
+        still holds resources here."""
+        if self.status == "down":
+            return "down"
+        if self.drain is not None:
+            return "draining" if live_here else "drained"
+        if not self.eligible:
+            return "maintenance"
+        return "active"
 
 
 class Deployment(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -313,6 +309,10 @@ class Deployment(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
     finished_at: int | UnsetType = UNSET
     reason: str | UnsetType = UNSET
     held: str | None | UnsetType = UNSET
+
+    @property
+    def surge_slots(self) -> int:
+        return 0 if isinstance(self.surge, UnsetType) else self.surge
 
 
 class Image(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -358,6 +358,20 @@ class Report(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
     updates: Annotated[tuple[ReportUpdate, ...], Meta(max_length=1000)]
 
 
+class Registration(Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST /v1/agent/register``: the agent's machine as it registers (apply checks the values)."""
+
+    machine: str
+    address: str
+    fault_domain: dict[str, str] = {}
+    labels: dict[str, str] = {}
+    resources: dict[str, int]
+    ports: tuple[int, int]
+    runtime: str = ""
+    api: str = ""          # the agent's own endpoint (cut to 200 characters)
+    pool: str = ""         # where its container subnet comes from ("": subnets.DEFAULT_POOL; cut to 64)
+
+
 # -- the boundary ----------------------------------------------------------------------------------------------
 
 T = TypeVar("T")
@@ -371,10 +385,9 @@ class RecordError(ValidationError):
 
 def _path(message: str) -> tuple[str, str]:
     """(field path, message) from a msgspec error text ``... - at `$.a.b[0]```."""
-    text, sep, where = message.rpartition(" - at `$")
-    if not sep:
-        text, where = message, ""
-    path = where.rstrip("`").lstrip(".")
+    m = re.match(r"^(.*) - at `(key` in `)?\$(.*)`$", message, re.S)
+    text, where = (m.group(1) + (" (a key)" if m.group(2) else ""), m.group(3)) if m else (message, "")
+    path = where.lstrip(".")
     for pattern, reason in ((r"Object contains unknown field `(.*)`$", "unknown field"),
                             (r"Object missing required field `(.*)`$", "is required")):
         m = re.match(pattern, text)
@@ -396,6 +409,57 @@ def to_wire(record: msgspec.Struct) -> dict[str, Any]:
     """The dict a table (and canonical CBOR) holds for ``record``: lists where the record holds tuples, no
     field left UNSET (msgpack's round trip in C: faster than walking to_builtins' output for tuples)."""
     out: dict[str, Any] = _unpack(_pack(record))
+    return out
+
+
+def table_to_wire(table: Mapping[str, msgspec.Struct]) -> dict[str, dict[str, Any]]:
+    """:func:`to_wire` of every record of a table at once (one encode and decode in C: a snapshot's tables)."""
+    out: dict[str, dict[str, Any]] = _unpack(_pack(table))
+    return out
+
+
+def list_to_wire(records: Iterable[msgspec.Struct]) -> list[dict[str, Any]]:
+    """:func:`to_wire` of each record, in one call (an API answer's list, a Plan command's items)."""
+    out: list[dict[str, Any]] = _unpack(_pack(list(records)))
+    return out
+
+
+R = TypeVar("R", bound=msgspec.Struct)
+
+
+TABLE_CHUNK: Final = 2048   # rows per conversion call of a big table
+
+
+def table_from_wire(kind: type[R], obj: Any) -> dict[str, R]:
+    """A whole table (``{key: wire dict}``) as records of ``kind``, strictly (restore's boundary). A big table is
+    converted a chunk of rows per call, so a restore on a worker thread returns to the interpreter (which may
+    hand the GIL to the raft tick thread) every few ms rather than once."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"a table must be a map, not {type(obj).__name__}")
+    kind_table = dict[str, kind]  # type: ignore[valid-type]
+    try:
+        if len(obj) <= TABLE_CHUNK:
+            out: dict[str, R] = msgspec.convert(obj, kind_table)
+            return out
+        items = list(obj.items())
+        out = {}
+        for i in range(0, len(items), TABLE_CHUNK):
+            out.update(msgspec.convert(dict(items[i:i + TABLE_CHUNK]), kind_table))
+        return out
+    except msgspec.ValidationError as exc:
+        where, message = _path(str(exc))
+        raise RecordError(message, field=where or None) from None
+
+
+def list_from_wire(kind: type[R], obj: Any, name: str) -> list[R]:
+    """A list of records of ``kind`` (a command's items), strictly; the error's field is ``name.<i>.<path>``."""
+    try:
+        out: list[R] = msgspec.convert(obj, list[kind])  # type: ignore[valid-type]
+    except msgspec.ValidationError as exc:
+        where, message = _path(str(exc))
+        m = re.match(r"\[(\d+)\]\.?(.*)$", where)
+        field_ = f"{name}.{m.group(1)}" + (f".{m.group(2)}" if m.group(2) else "") if m else (where or name)
+        raise RecordError(message, field=field_) from None
     return out
 
 

@@ -1,22 +1,29 @@
 """The replicated state: tables, snapshot and restore.
 
-Records are plain CBOR-friendly dicts (shapes in docs/state.md). Derived
-indexes (placements by machine and by job) are rebuilt on restore and never
-written to a snapshot. A snapshot is the canonical CBOR of every table plus a
-schema version, so replicas that applied the same log hold byte-identical
-snapshots.
+The tables ``images``, ``machines``, ``deployments``, ``jobs`` and ``placements`` hold immutable records
+(raftctl/statemachine/records.py); apply replaces a record to change it. ``tokens``, ``members``, ``events``,
+``dedup`` and ``discovery`` hold plain dicts (shapes in docs/state.md). Derived indexes (placements by machine and
+by job) are rebuilt on restore and never written to a snapshot. A snapshot is the canonical CBOR of every table's
+wire form (records.to_wire, at the one boundary in :meth:`State.to_obj`) plus a schema version, so replicas that
+applied the same log hold byte-identical snapshots; restore converts back through records.from_wire.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Final
 
 import cbor2
 
-from raftctl.statemachine.records import holds_resources, machine_state_of
+from raftctl.statemachine.records import (Deployment, Image, Job, Machine, Placement, RecordError, table_from_wire,
+                                          table_to_wire)
 from raftctl.statemachine.subnets import subnet_key
 
-SNAPSHOT_SCHEMA = 1
+# 2: the tables hold records, written with every field of their record (a job spec stored by schema 1 may lack one
+# added since, e.g. ``egress``); 1 restores through the same records, a missing field taking its record default
+SNAPSHOT_SCHEMA = 2
+READABLE_SCHEMAS: Final = (1, 2)     # snapshot schemas restore accepts (older ones are migrated)
+RECORD_TABLES: Final = {"images": Image, "machines": Machine, "deployments": Deployment, "jobs": Job,
+                        "placements": Placement}
 TABLES = ("machines", "jobs", "placements", "deployments", "discovery", "images", "tokens",
           "members", "events", "dedup")
 MAX_EVENTS = 2000
@@ -27,12 +34,12 @@ class State:
     """All replicated tables plus counters. Mutated only by :mod:`apply`."""
 
     def __init__(self) -> None:
-        self.machines: dict[str, dict[str, Any]] = {}
-        self.jobs: dict[str, dict[str, Any]] = {}
-        self.placements: dict[str, dict[str, Any]] = {}
-        self.deployments: dict[str, dict[str, Any]] = {}
+        self.machines: dict[str, Machine] = {}
+        self.jobs: dict[str, Job] = {}
+        self.placements: dict[str, Placement] = {}
+        self.deployments: dict[str, Deployment] = {}
         self.discovery: dict[str, dict[str, Any]] = {}
-        self.images: dict[str, dict[str, Any]] = {}
+        self.images: dict[str, Image] = {}
         self.tokens: dict[str, dict[str, Any]] = {}
         self.members: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
@@ -64,8 +71,9 @@ class State:
     def to_obj(self) -> dict[str, Any]:
         return {
             "schema": SNAPSHOT_SCHEMA,
-            "machines": self.machines, "jobs": self.jobs, "placements": self.placements,
-            "deployments": self.deployments, "discovery": self.discovery, "images": self.images,
+            "machines": table_to_wire(self.machines), "jobs": table_to_wire(self.jobs),
+            "placements": table_to_wire(self.placements), "deployments": table_to_wire(self.deployments),
+            "discovery": self.discovery, "images": table_to_wire(self.images),
             "tokens": self.tokens, "members": self.members, "events": self.events,
             "dedup": self.dedup, "index": self.index, "epoch": self.epoch,
             "epoch_node": self.epoch_node, "seq": self.seq, "table_index": self.table_index,
@@ -81,28 +89,43 @@ class State:
     @classmethod
     def restore(cls, data: bytes) -> "State":
         obj = cbor2.loads(data)
-        if not isinstance(obj, dict) or obj.get("schema") != SNAPSHOT_SCHEMA:
+        if not isinstance(obj, dict) or obj.get("schema") not in READABLE_SCHEMAS:
             raise ValueError(f"unknown snapshot schema {obj.get('schema') if isinstance(obj, dict) else None!r}")
         s = cls()
-        for name in ("machines", "jobs", "placements", "deployments", "discovery", "images",
-                     "tokens", "members", "events", "dedup", "index", "epoch", "epoch_node",
+        for name in ("discovery", "tokens", "members", "events", "dedup", "index", "epoch", "epoch_node",
                      "seq", "table_index", "entries", "chain"):
+            setattr(s, name, obj[name])
+        for name in RECORD_TABLES:
             setattr(s, name, obj[name])
         s.dedup = _ordered_dedup(s.dedup, s.seq)
         s.rebuild_derived()
         return s
 
+    def _adopt_wire_tables(self) -> None:
+        """Convert a record table that holds wire dicts (as restore sets them, or a caller that decoded a snapshot's
+        tables itself and attached them: raftctl/node/raft/snapshot.py) into its records: the one boundary, where
+        a field an older schema lacked gets its record default. ValueError names a row that is not a record."""
+        for name, kind in RECORD_TABLES.items():
+            table = getattr(self, name)
+            if table and not isinstance(next(iter(table.values())), kind):
+                try:
+                    setattr(self, name, table_from_wire(kind, table))
+                except RecordError as exc:
+                    raise ValueError(f"snapshot table {name}: a row is not a valid record: {exc}") from None
+
     def rebuild_derived(self) -> None:
+        self._adopt_wire_tables()
         self.by_machine = {}
         self.by_job = {}
         self.machine_index = {}
         self.machine_floor = self.index
         self.changed_machines = set()
         self.changed_all = True
-        self.subnets = {k for m in self.machines.values() if (k := subnet_key(m.get("subnet") or "")) is not None}
+        self.subnets = {k for m in self.machines.values()
+                        if isinstance(m.subnet, str) and (k := subnet_key(m.subnet)) is not None}
         for pid, p in self.placements.items():
-            self.by_machine.setdefault(p["machine"], set()).add(pid)
-            self.by_job.setdefault(p["job"], set()).add(pid)
+            self.by_machine.setdefault(p.machine, set()).add(pid)
+            self.by_job.setdefault(p.job, set()).add(pid)
 
     # -- the per-machine change index ---------------------------------------
     def touch_machine(self, machine: str) -> None:
@@ -115,11 +138,19 @@ class State:
         return max(self.machine_index.get(machine, 0), self.machine_floor)
 
     # -- small read helpers (pure) ----------------------------------------
-    def job_placements(self, job: str) -> list[dict[str, Any]]:
+    def job_placements(self, job: str) -> list[Placement]:
         return [self.placements[p] for p in sorted(self.by_job.get(job, ()))]
 
-    def machine_placements(self, machine: str) -> list[dict[str, Any]]:
+    def machine_placements(self, machine: str) -> list[Placement]:
         return [self.placements[p] for p in sorted(self.by_machine.get(machine, ()))]
+
+    def machine_live(self, machine: str) -> bool:
+        """Whether a placement on ``machine`` still holds its resources (what Machine.state asks)."""
+        return any(self.placements[p].holds_resources() for p in self.by_machine.get(machine, ()))
+
+    def machine_state(self, m: Machine) -> str:
+        """The operator-facing state of machine ``m``: active, draining, drained, down or maintenance."""
+        return m.state(m.drain is not None and m.status != "down" and self.machine_live(m.id))
 
 
 def _ordered_dedup(dedup: dict[str, dict[str, Any]], seq: dict[str, int]) -> dict[str, dict[str, Any]]:
@@ -138,27 +169,17 @@ def _ordered_dedup(dedup: dict[str, dict[str, Any]], seq: dict[str, int]) -> dic
     return dict(sorted(dedup.items(), key=lambda kv: (kv[1]["seq"], kv[0])))
 
 
-def placement_uses_resources(p: dict[str, Any]) -> bool:
-    """Whether a placement (a table dict) still holds its machine's resources (records.holds_resources)."""
-    return holds_resources(p["state"])
-
-
 def machine_usage(state: State, machine: str) -> tuple[dict[str, int], set[int]]:
     """Resources and host ports held on a machine by its live placements."""
     used = {"cpu": 0, "memory": 0, "pids": 0}
     ports: set[int] = set()
+    placements = state.placements
     for pid in state.by_machine.get(machine, ()):
-        p = state.placements[pid]
-        if not placement_uses_resources(p):
+        p = placements[pid]
+        if not p.holds_resources():
             continue
+        res = p.resources
         for k in used:
-            used[k] += int(p["resources"].get(k, 0))
-        ports.update(p["ports"].values())
+            used[k] += res.get(k, 0)
+        ports.update(p.ports.values())
     return used, ports
-
-
-def machine_state(state: State, m: dict[str, Any]) -> str:
-    """The operator-facing state: active, draining, drained, down or maintenance (records.machine_state_of)."""
-    live = bool(m.get("drain")) and m["status"] != "down" and any(
-        placement_uses_resources(state.placements[p]) for p in state.by_machine.get(m["id"], ()))
-    return machine_state_of(m["status"], bool(m.get("drain")), m.get("eligible", True), live)

@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from raftctl.client import ApiError
+from raftctl.statemachine.state import SNAPSHOT_SCHEMA
 
 from .conftest import SPEC, client_for, raw, wait_until
 
@@ -153,7 +154,7 @@ def test_log_was_compacted_into_a_cbor_snapshot(cluster):
         obj = cbor2.load(f)
     assert obj["format"] == 1 and len(obj["cluster"]) == 3
     st = cbor2.loads(obj["state"])
-    assert st["schema"] == 1 and "web" in st["jobs"]
+    assert st["schema"] == SNAPSHOT_SCHEMA and "web" in st["jobs"]
 
 
 def test_server_refuses_to_start_without_a_secret(tmp_path):

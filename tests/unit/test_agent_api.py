@@ -14,7 +14,7 @@ from raftctl.node.agent_api import _assignments, add_routes
 from raftctl.node.http import BODY_LIMIT, REPLICA
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.spec import validate_spec
-from raftctl.statemachine.records import REASON_MAX
+from raftctl.statemachine.records import REASON_MAX, to_wire
 
 from .fake_replica import FakeReplica, machine
 
@@ -29,7 +29,7 @@ async def test_each_placement_comes_with_the_spec_of_its_own_version():
     item = {"job": "web", "version": 1, "replica": 0, "machine": "m1", "resources": v1["resources"], "ports": {}}
     assert (await r.propose(c.Plan(epoch=1, place=[item]))).ok
     assert (await r.propose(c.PutJob(spec=v2))).ok  # version 2 is current; the placement still runs version 1
-    stored = {v["version"]: v["spec"] for v in r.state.jobs["web"]["versions"]}
+    stored = {v.version: to_wire(v.spec) for v in r.state.jobs["web"].versions}
     got = r.read(lambda s: _assignments(s, "m1"))
     assert got["machine"]["id"] == "m1"
     assert [(p["job"], p["version"], p["spec"]) for p in got["placements"]] == [("web", 1, stored[1])]
@@ -80,7 +80,7 @@ async def test_a_report_is_applied_update_by_update():
         status, body = await post_report(client, [{"placement": pid, "state": "running", "health": "unknown"},
                                                   {"placement": pid, "state": "running", "health": "healthy"}])
         assert status == 200 and [x["ok"] for x in body["results"]] == [True, True]
-        assert (r.state.placements[pid]["state"], r.state.placements[pid]["health"]) == ("running", "healthy")
+        assert (r.state.placements[pid].state, r.state.placements[pid].health) == ("running", "healthy")
 
 
 async def test_a_report_of_more_than_1000_updates_is_refused_whole_never_answered_200_with_its_tail_dropped():

@@ -3,16 +3,18 @@ import asyncio
 import contextlib
 
 import pytest
+from msgspec.structs import replace
 
 from raftctl.clock import FakeClock
 from raftctl.node.autoscale import Autoscaler, Metrics, decide, recommend
+from raftctl.statemachine.records import Autoscale, from_wire
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.spec import validate_spec
 
 from .fake_replica import FakeReplica
 
-AUTO = {"min": 2, "max": 10, "metric": "cpu", "target": 0.6, "cooldown_ms": 30_000, "stabilization_ms": 60_000,
-        "tolerance": 0.1}
+AUTO = from_wire(Autoscale, {"min": 2, "max": 10, "metric": "cpu", "target": 0.6, "cooldown_ms": 30_000,
+                             "stabilization_ms": 60_000, "tolerance": 0.1})
 
 
 @pytest.mark.parametrize("current,value,want", [
@@ -31,7 +33,7 @@ def test_recommend(current, value, want):
 def test_a_target_stored_before_validation_holds_instead_of_raising(target):
     """Specs stored before targets were bounded can hold NaN, 0 or a string: the autoscaler holds the
     current count and says why, rather than raising on every tick."""
-    desired, reason = recommend({**AUTO, "target": target}, 3, 0.9)
+    desired, reason = recommend(replace(AUTO, target=target), 3, 0.9)
     assert desired == 3 and "not a positive finite number" in reason
 
 
@@ -91,7 +93,7 @@ async def test_a_scale_up_waits_for_the_cooldown_on_the_injected_clock():
     r.metrics.add("web", "rps", 20.0)
     await scaler.tick()
     assert [(x.replicas, x.reason) for x in r.of(c.ScaleJob)] == [(4, "rps 20.00 > target 10: 2 -> 4")]
-    assert r.state.jobs["web"]["replicas"] == 4
+    assert r.state.jobs["web"].replicas == 4
     for step in (1.0, 28.0, 0.999):       # 29.999 s after the change: still cooling down
         clock.advance(step)
         r.metrics.add("web", "rps", 30.0)

@@ -4,24 +4,27 @@ from __future__ import annotations
 import pytest
 
 from raftctl.scheduler.efficiency import Usage, efficiency, first_fit_decreasing, lower_bound
+from raftctl.statemachine.records import Machine, Placement
+from tests.unit.record_fixtures import as_machine, as_placement
 
 Mi = 1 << 20
 Gi = 1 << 30
 
 
 def machine(mid: str, cpu: int = 2000, memory: int = 2 * Gi, zone: str = "z1", rack: str = "r1",
-            status: str = "up", drain: dict | None = None) -> dict:
-    return {"id": mid, "status": status, "drain": drain, "eligible": True,
-            "fault_domain": {"region": "eu", "zone": zone, "rack": rack},
-            "resources": {"cpu": cpu, "memory": memory, "pids": 1000}}
+            status: str = "up", drain: dict | None = None) -> Machine:
+    return as_machine({"id": mid, "status": status, "drain": drain, "eligible": True,
+                       "fault_domain": {"region": "eu", "zone": zone, "rack": rack},
+                       "resources": {"cpu": cpu, "memory": memory, "pids": 1000}})
 
 
-def placement(pid: str, mid: str, cpu: int, memory: int, job: str = "web", state: str = "running") -> dict:
-    return {"id": pid, "job": job, "machine": mid, "state": state, "resources": {"cpu": cpu, "memory": memory}}
+def placement(pid: str, mid: str, cpu: int, memory: int, job: str = "web", state: str = "running") -> Placement:
+    return as_placement({"id": pid, "job": job, "version": 1, "replica": 0, "machine": mid, "state": state,
+                         "resources": {"cpu": cpu, "memory": memory}})
 
 
-def by_id(*records: dict) -> dict:
-    return {r["id"]: r for r in records}
+def by_id(*records: Machine | Placement) -> dict:
+    return {r.id: r for r in records}
 
 
 def test_capacity_allocated_used_free_and_idle_per_machine():

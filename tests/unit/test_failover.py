@@ -58,7 +58,7 @@ async def test_a_machine_silent_past_its_ttl_is_declared_down_and_the_others_are
     clock.advance(0.001)
     await mon.tick()
     assert [(x.machine, x.reason) for x in r.of(c.MachineDown)] == [("m4", "no heartbeat for 3.0s (ttl 3s)")]
-    assert r.state.machines["m4"]["status"] == "down" and r.state.machines["m1"]["status"] == "up"
+    assert r.state.machines["m4"].status == "down" and r.state.machines["m1"].status == "up"
 
 
 async def test_the_mass_loss_guard_paces_itself_on_the_injected_clock():

@@ -91,7 +91,7 @@ async def test_one_percent_of_2000_machines_silent_together_are_down_within_ttl_
     # declared on the first pass past the TTL, in one commit round (20 rounds, 1 s more, before)
     assert latest_ms - t0_ms <= (TTL + TICK + LATENCY) * 1000 + 1
     assert r.rounds == [20]
-    assert all(r.state.machines[m]["status"] == "up" for m in healthy)
+    assert all(r.state.machines[m].status == "up" for m in healthy)
 
 
 async def test_a_slow_proposer_does_not_serialise_them_and_the_in_flight_bound_holds():
@@ -154,13 +154,13 @@ async def test_a_failed_proposal_does_not_stop_the_others_and_is_retried_next_ti
     for m in names[10:]:
         mon.heartbeat(m)
     await mon.tick()                              # before: the exception ended the tick at m00002
-    status = {m: r.state.machines[m]["status"] for m in names[:10]}
+    status = {m: r.state.machines[m].status for m in names[:10]}
     assert status == {m: "up" if m in ("m00002", "m00005") else "down" for m in names[:10]}
     clock.advance(TICK)
     for m in names[10:]:
         mon.heartbeat(m)
     await mon.tick()
-    assert all(r.state.machines[m]["status"] == "down" for m in names[:10])
+    assert all(r.state.machines[m].status == "down" for m in names[:10])
     assert sorted(down_machines(r)) == sorted(names[:10] + ["m00005"])   # the refused one proposed twice
 
 
@@ -313,10 +313,10 @@ async def test_the_monitor_decides_what_judge_decides_on_the_whole_table():
                 assert (await FakeReplica.propose(r, machine(names[-1]))).ok
             elif roll < 0.15:
                 m = rnd.choice(names)
-                up = r.state.machines[m]["status"] == "up"
+                up = r.state.machines[m].status == "up"
                 await FakeReplica.propose(r, c.MachineDown(machine=m, epoch=3) if up else c.MachineUp(machine=m))
             now = clock.monotonic()
-            up_now = [m for m, v in r.state.machines.items() if v["status"] == "up"]
+            up_now = [m for m, v in r.state.machines.items() if v.status == "up"]
             want = judge(up_now, dict(mon.last_seen), now, cfg, mon.last_mass_down)
             before = len(r.proposed)
             await mon.tick()

@@ -8,9 +8,12 @@ the old bytes. A name that is not pushed is accepted (the agent fails at pull ti
 from __future__ import annotations
 
 import pytest
+from msgspec import UNSET
+from msgspec.structs import replace
 
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import apply, resolve_image
+from raftctl.statemachine.records import Image, JobSpec, from_wire
 from raftctl.statemachine.state import State
 from tests.unit.test_statemachine import fresh
 
@@ -21,7 +24,7 @@ SPEC = {"name": "web", "image": "web:1", "command": ["python3", "-m", "http.serv
 
 
 def versions(s: State, job: str = "web") -> list[tuple[int, str, str | None]]:
-    return [(v["version"], v["spec"]["image"], v["spec"]["image_digest"]) for v in s.jobs[job]["versions"]]
+    return [(v.version, v.spec.image, v.spec.image_digest) for v in s.jobs[job].versions]
 
 
 RESOLVE = [
@@ -36,10 +39,11 @@ RESOLVE = [
 
 @pytest.mark.parametrize("case,images,image,digest", RESOLVE, ids=[r[0] for r in RESOLVE])
 def test_resolve_image(case, images, image, digest):
-    table = {n: {"name": n, "digest": d, "size": 1} for n, d in images.items()}
-    out = resolve_image(table, {**SPEC, "image": image})
-    assert out["image_digest"] == digest
-    assert {k: v for k, v in out.items() if k != "image_digest"} == {**SPEC, "image": image}
+    table = {n: Image(name=n, digest=d, size=1, create_index=1, modify_index=1) for n, d in images.items()}
+    spec = from_wire(JobSpec, {**SPEC, "image": image})
+    out = resolve_image(table, spec)
+    assert out.image_digest == digest
+    assert replace(out, image_digest=UNSET) == spec
 
 
 def test_a_client_cannot_choose_the_digest():

@@ -1,19 +1,20 @@
 """Typed records (raftctl/statemachine/records.py): one vocabulary, converted at one boundary.
 
-The records match today's stored shapes exactly: for every table record of any state the commands can build,
-the canonical CBOR of ``to_wire(from_wire(T, x))`` is the canonical CBOR of ``x`` (so snapshots stay
-byte-identical when the tables hold records)."""
+The state's tables hold these records; their wire form is the shape the tables held as dicts before: for every
+table record of any state the commands can build, ``from_wire(T, to_wire(x)) == x`` and the wire form converts
+back to the same canonical CBOR (snapshots are the canonical CBOR of the wire form)."""
 from __future__ import annotations
 
 import cbor2
 import msgspec
+from msgspec.structs import replace
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from raftctl.statemachine import apply as apply_mod, commands as c, records as r, spec as spec_mod
 from raftctl.statemachine.apply import apply
 from raftctl.statemachine.spec import validate_spec
-from raftctl.statemachine.state import State, machine_state, placement_uses_resources
+from raftctl.statemachine.state import State
 
 D1 = "sha256:" + "1" * 64
 
@@ -138,12 +139,14 @@ def build(cmds: list, full: bool) -> State:
 def test_every_stored_record_converts_to_the_same_canonical_cbor(cmds, full):
     s = build(cmds, full)
     for table, kind in TABLE_RECORDS:
-        for key, stored in getattr(s, table).items():
-            record = r.from_wire(kind, stored)
-            assert canon(r.to_wire(record)) == canon(stored), (table, key)
+        for key, record in getattr(s, table).items():
+            assert type(record) is kind, (table, key)
+            wire = r.to_wire(record)
+            assert r.from_wire(kind, wire) == record, (table, key)
+            assert canon(r.to_wire(r.from_wire(kind, cbor2.loads(canon(wire))))) == canon(wire), (table, key)
     for job in s.jobs.values():
-        for v in job["versions"]:
-            assert canon(r.to_wire(r.from_wire(r.JobSpec, v["spec"]))) == canon(v["spec"])
+        for v in job.versions:
+            assert r.from_wire(r.JobSpec, r.to_wire(v.spec)) == v.spec
 
 
 @settings(max_examples=200, deadline=None)
@@ -226,10 +229,13 @@ def test_apply_refuses_a_put_job_whose_spec_is_not_a_jobspec(change, field):
     assert s.snapshot() == before
 
 
-def test_apply_stores_a_minimal_spec_as_given():
+def test_apply_stores_a_minimal_spec_as_its_record():
     s = State()
     assert apply(s, c.PutJob(spec=MINIMAL, at=5)).ok
-    assert s.jobs["web"]["versions"][0]["spec"] == {**MINIMAL, "image_digest": None}
+    spec = s.jobs["web"].versions[0].spec
+    assert spec == r.from_wire(r.JobSpec, {**MINIMAL, "image_digest": None})
+    assert r.to_wire(spec) == {**r.to_wire(r.JobSpec(name="web", image="x", command=(), replicas=0)), **MINIMAL,
+                               "image_digest": None}   # every field, the record's defaults filled in
 
 
 # -- one home for each piece of shared knowledge ------------------------------------------------------------------
@@ -242,21 +248,25 @@ def test_shared_definitions_have_one_home():
 
 @pytest.mark.parametrize("state", r.PLACEMENT_STATES)
 def test_holds_resources_everywhere_alike(state):
-    p = {"state": state, "desired": "run"}
+    s = build([c.PutJob(spec=SPEC), c.Plan(epoch=1, place=[{"job": "web", "version": 1, "replica": 0, "machine": "m1",
+                                                              "resources": {"cpu": 1}, "ports": {"http": 31000}}])],
+              True)
+    p = replace(next(iter(s.placements.values())), state=state)
     expected = state not in ("lost", "stopped")
-    assert r.holds_resources(state) is placement_uses_resources(p) is expected
+    assert r.holds_resources(state) is p.holds_resources() is expected
+    assert p.is_live() is expected
 
 
 def test_placement_and_job_methods():
     s = build([c.PutJob(spec={**SPEC, "replicas": 1}), c.PutJob(spec={**SPEC, "replicas": 2}),
                c.Plan(epoch=1, place=[{"job": "web", "version": 1, "replica": 0, "machine": "m1",
                                        "resources": {"cpu": 1}, "ports": {"http": 31000}}])], True)
-    job = r.from_wire(r.Job, s.jobs["web"])
+    job = s.jobs["web"]
     spec1, spec2 = job.spec_of(1), job.spec_of(2)
     assert spec1 is not None and spec2 is not None and (spec1.replicas, spec2.replicas) == (1, 2)
     assert job.spec_of(3) is None and job.current_spec == spec2
-    assert r.to_wire(spec1) == r.spec_of(s.jobs["web"], 1)
-    p = r.from_wire(r.Placement, next(iter(s.placements.values())))
+    assert r.to_wire(spec1) == r.to_wire(job.versions[0])["spec"]
+    p = next(iter(s.placements.values()))
     assert p.holds_resources() and p.is_live()
     assert spec2.service_name == "web" and spec2.first_port == "http"
 
@@ -269,14 +279,12 @@ def test_placement_and_job_methods():
     ("up", False, True, True, "active"),
 ])
 def test_machine_state_is_defined_once(status, drain, eligible, live, expected):
-    assert r.machine_state_of(status, drain, eligible, live) == expected
     s = build([c.PutJob(spec=SPEC)] + ([c.Plan(epoch=1, place=[{
         "job": "web", "version": 1, "replica": 0, "machine": "m1", "resources": {"cpu": 1},
         "ports": {"http": 31000}}])] if live else []) + ([c.DrainMachine(machines=["m1"])] if drain else [])
         + ([c.MachineDown(machine="m1")] if status == "down" else []), True)
-    s.machines["m1"]["eligible"] = eligible
-    m = r.from_wire(r.Machine, s.machines["m1"])
-    assert m.state(live) == machine_state(s, s.machines["m1"]) == expected
+    s.machines["m1"] = m = replace(s.machines["m1"], eligible=eligible)
+    assert m.state(live) == s.machine_state(m) == expected
 
 
 def test_plan_items_and_reports_are_records():
@@ -301,5 +309,5 @@ def test_records_are_msgspec_structs_with_a_json_schema():
 
 def test_a_machine_registered_before_api_existed_converts_unchanged():
     s = build([], True)
-    old = {k: v for k, v in s.machines["m1"].items() if k != "api"}
+    old = {k: v for k, v in r.to_wire(s.machines["m1"]).items() if k != "api"}
     assert canon(r.to_wire(r.from_wire(r.Machine, old))) == canon(old)

@@ -19,7 +19,7 @@ from .rollout_helpers import EPOCH, NEW, NOW, OLD, V1, V2, deployment, job, mach
 
 
 def test_a_job_that_is_not_running_is_left_alone():
-    assert run(job(V1, V2, status="stopped"), OLD).commands == []
+    assert run(job(V1, V2, status="dead"), OLD).commands == []
 
 
 def test_a_steady_job_needs_nothing():
@@ -233,7 +233,7 @@ async def running(clock: FakeClock, raw: dict | None = None) -> FakeReplica:
               "ports": {"http": 31000 + i}} for i in range(3)]
     assert (await r.propose(c.Plan(epoch=EPOCH, place=items))).ok
     for pl in r.state.job_placements("web"):
-        assert (await r.propose(c.PlacementUpdate(placement=pl["id"], machine="m1", state="running",
+        assert (await r.propose(c.PlacementUpdate(placement=pl.id, machine="m1", state="running",
                                                   health="healthy"))).ok
     assert len(r.state.discovery[v1.get("service") or "web"]["endpoints"]) == 3
     return r
@@ -252,7 +252,7 @@ async def test_the_deploy_deadline_passes_on_the_injected_clock():
     ctl = RolloutController(r, EPOCH, clock=clock)
     await ctl.tick()
     dep = r.state.deployments["web"]
-    assert dep["status"] == "running" and dep["deadline"] == clock.now_ms() + 20_000
+    assert dep.status == "running" and dep.deadline == clock.now_ms() + 20_000
     await ctl.tick()                                  # the first batch: one replica leaves discovery
     assert [type(x) for x in r.proposed[-1:]] == [c.Retire]
     clock.advance(0.499)
@@ -264,10 +264,10 @@ async def test_the_deploy_deadline_passes_on_the_injected_clock():
     # no replacement ever turns healthy (no scheduler here): the deploy fails at its deadline, not a ms before
     clock.advance(19.499)
     await ctl.tick()
-    assert r.state.deployments["web"]["status"] == "running"
+    assert r.state.deployments["web"].status == "running"
     clock.advance(0.002)
     await ctl.tick()
-    assert r.state.deployments["web"]["status"] == "failed"  # version 1 was never marked stable: no revert
+    assert r.state.deployments["web"].status == "failed"  # version 1 was never marked stable: no revert
 
 
 async def test_the_controller_loop_waits_on_its_clock_not_on_real_time():
@@ -276,7 +276,7 @@ async def test_the_controller_loop_waits_on_its_clock_not_on_real_time():
     ctl = RolloutController(r, EPOCH, clock=clock)
     task = asyncio.create_task(ctl.run())
     try:
-        await until(lambda: (r.state.deployments.get("web") or {}).get("status") == "failed",
+        await until(lambda: "web" in r.state.deployments and r.state.deployments["web"].status == "failed",
                     "the 20 s deadline passing")
     finally:
         task.cancel()

@@ -7,6 +7,7 @@ import pytest
 
 from raftctl.node.rollout import deploy
 
+from .record_fixtures import as_job
 from .rollout_helpers import EPOCH, NEW, NOW, OLD, V1, V2, deployment, job, p, seen, spec
 
 
@@ -22,7 +23,7 @@ def summary(step: deploy.Step) -> tuple:
             cmds.append(f"retire {','.join(cmd.placements)}")
         elif kind == "RollbackJob":
             cmds.append(f"rollback to {cmd.version}")
-    return cmds, step.final, [x["id"] for x, _ in step.batch.candidates], step.batch.budget
+    return cmds, step.final, [x.id for x, _ in step.batch.candidates], step.batch.budget
 
 
 CANARY = spec("2", canary=1)
@@ -86,5 +87,5 @@ STABLE = [
 
 @pytest.mark.parametrize("case,tags,stable,want", STABLE, ids=[x[0] for x in STABLE])
 def test_last_stable(case, tags, stable, want):
-    j = job(*(spec(t) for t in tags), stable=stable)
-    assert deploy.last_stable(j, j["versions"][-1]["spec"]) == want
+    j = as_job(job(*(spec(t) for t in tags), stable=stable))
+    assert deploy.last_stable(j, j.versions[-1].spec) == want

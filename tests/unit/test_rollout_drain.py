@@ -39,8 +39,8 @@ def test_drain_batch(case, pl, drains, published, disruption, budget, candidates
     placements = [p(pid, i, 1 if old else 2, machine=m, **({"retiring_at": NOW - 1} if r else {}))
                   for i, (pid, m, old, r) in enumerate(pl)]
     batch, why = drain.batch(seen(j, placements, published=published, ms=machines(**drains)))
-    assert [x["id"] for x, _ in batch.candidates] == candidates
-    assert all(reason == f"machine {x['machine']} draining" for x, reason in batch.candidates)
+    assert [x.id for x, _ in batch.candidates] == candidates
+    assert all(reason == f"machine {x.machine} draining" for x, reason in batch.candidates)
     if drains:
         assert batch.budget == budget
     assert (why is not None) == held

@@ -7,6 +7,7 @@ from raftctl.node.rollout import retire
 from raftctl.node.rollout.view import Batch
 from raftctl.statemachine import commands as c
 
+from .record_fixtures import as_placement
 from .rollout_helpers import EPOCH, NOW, V1, V2, job, p, seen, spec
 
 STOP = [
@@ -52,5 +53,5 @@ RETIRE = [
 
 @pytest.mark.parametrize("case,candidates,budget,retired", RETIRE, ids=[r[0] for r in RETIRE])
 def test_retire_a_batch_within_its_budget(case, candidates, budget, retired):
-    cmds = retire.retire(Batch([(x, f"why {x['id']}") for x in candidates], budget), EPOCH)
+    cmds = retire.retire(Batch([(as_placement(x), f"why {x['id']}") for x in candidates], budget), EPOCH)
     assert cmds == ([c.Retire(epoch=EPOCH, placements=retired, reason=f"why {retired[0]}")] if retired else [])

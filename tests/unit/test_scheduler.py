@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from msgspec.structs import replace
 
 from raftctl.errors import RaftctlError
 from raftctl.node import scheduling
@@ -18,32 +19,35 @@ from raftctl.scheduler.constraints import attr_value, constraint_ok
 from raftctl.scheduler.feasibility import allocate_ports, explain, f_constraints, f_ports, f_resources, f_schedulable
 from raftctl.scheduler.machines import build_views
 from raftctl.scheduler.ranking import score_anti_affinity, score_binpack, score_spread
+from raftctl.statemachine.records import Job, Machine, Placement
 from raftctl.statemachine.spec import validate_spec
+from tests.unit.record_fixtures import as_constraint, as_job, as_machine, as_placement, with_spec
 
 GI = 1 << 30
 
 
 def machine(mid: str, zone: str = "z1", cpu: int = 4000, mem: int = 8 * GI, status: str = "up", drain=None,
-            labels: dict | None = None, ports=(20000, 20010), eligible: bool = True) -> dict:
-    return {"id": mid, "address": "10.0.0.1", "fault_domain": {"region": "r1", "zone": zone, "rack": f"k-{mid}"},
-            "labels": labels or {}, "resources": {"cpu": cpu, "memory": mem, "pids": 1000}, "ports": list(ports),
-            "status": status, "drain": drain, "eligible": eligible, "runtime": "sim"}
+            labels: dict | None = None, ports=(20000, 20010), eligible: bool = True) -> Machine:
+    return as_machine({"id": mid, "address": "10.0.0.1", "fault_domain": {"region": "r1", "zone": zone, "rack": f"k-{mid}"},
+                       "labels": labels or {}, "resources": {"cpu": cpu, "memory": mem, "pids": 1000},
+                       "ports": list(ports), "status": status, "drain": drain, "eligible": eligible, "runtime": "sim"})
 
 
-def job(name: str = "web", replicas: int = 3, version: int = 1, status: str = "running", **spec) -> dict:
+def job(name: str = "web", replicas: int = 3, version: int = 1, status: str = "running", **spec) -> Job:
     s = validate_spec({"name": name, "image": "x:1", "command": ["x"], "replicas": replicas,
                        "resources": {"cpu": "500m", "memory": "1Gi"}, "ports": [{"name": "http"}], **spec})
-    return {"name": name, "version": version, "versions": [{"version": version, "spec": s}], "status": status,
-            "replicas": replicas}
+    return as_job({"name": name, "version": version, "versions": [{"version": version, "spec": s}], "status": status,
+                   "replicas": replicas})
 
 
 def placement(pid: str, slot: int, m: str, jobname: str = "web", version: int = 1, state: str = "running",
-              desired: str = "run", cpu: int = 500, mem: int = GI, port: int = 20000) -> dict:
-    return {"id": pid, "job": jobname, "version": version, "replica": slot, "machine": m, "desired": desired,
-            "state": state, "resources": {"cpu": cpu, "memory": mem, "pids": 256}, "ports": {"http": port}}
+              desired: str = "run", cpu: int = 500, mem: int = GI, port: int = 20000) -> Placement:
+    return as_placement({"id": pid, "job": jobname, "version": version, "replica": slot, "machine": m,
+                         "desired": desired, "state": state, "resources": {"cpu": cpu, "memory": mem, "pids": 256},
+                         "ports": {"http": port}})
 
 
-MS = {m["id"]: m for m in [machine("a"), machine("b", status="down"), machine("c", drain={"since": 1})]}
+MS = {m.id: m for m in [machine("a"), machine("b", status="down"), machine("c", drain={"since": 1})]}
 
 RECONCILE = [
     ("empty job places every slot", job(replicas=3), [], [0, 1, 2], [], [], []),
@@ -66,7 +70,7 @@ def test_reconcile(name, j, ps, place, stop, migrate, update):
     assert (r.place, r.stop, r.migrate, r.update) == (place, stop, migrate, update)
 
 
-SPEC = job()["versions"][0]["spec"]
+SPEC = job().versions[0].spec
 FILTER_CASES = [
     (f_schedulable, machine("x"), SPEC, None),
     (f_schedulable, machine("x", status="down"), SPEC, "down"),
@@ -76,15 +80,15 @@ FILTER_CASES = [
     (f_resources, machine("x", cpu=100), SPEC, "insufficient cpu"),
     (f_ports, machine("x", ports=(20000, 19999)), SPEC, "no free ports"),
     (f_constraints, machine("x", labels={"ssd": "true"}),
-     {**SPEC, "constraints": [{"attr": "labels.ssd", "op": "==", "value": "true"}]}, None),
-    (f_constraints, machine("x"), {**SPEC, "constraints": [{"attr": "labels.ssd", "op": "==", "value": "true"}]},
+     with_spec(SPEC, constraints=[{"attr": "labels.ssd", "op": "==", "value": "true"}]), None),
+    (f_constraints, machine("x"), with_spec(SPEC, constraints=[{"attr": "labels.ssd", "op": "==", "value": "true"}]),
      "constraint labels.ssd == true"),
 ]
 
 
 @pytest.mark.parametrize("fn,m,spec,why", FILTER_CASES)
 def test_filters_explain(fn, m, spec, why):
-    v = build_views({m["id"]: m}, {})[m["id"]]
+    v = build_views({m.id: m}, {})[m.id]
     assert fn(v, spec) == why
 
 
@@ -100,20 +104,20 @@ def test_a_dynamic_port_never_takes_the_jobs_own_static_port():
     assert [p for p in plan.place if p.job == "web"] == []
     assert plan.pending["web"] == "1 replicas unplaced; 1 machines: 1 no free ports"
     v = build_views(ms, {})["a"]
-    web = jobs["web"]["versions"][0]["spec"]
-    assert allocate_ports(v, {**web, "ports": [{"name": "http"}, {"name": "admin", "static": 20000}]}) == \
+    web = jobs["web"].versions[0].spec
+    assert allocate_ports(v, with_spec(web, ports=[{"name": "http"}, {"name": "admin", "static": 20000}])) == \
         {"http": 20001, "admin": 20000}
 
 
 @pytest.mark.parametrize("op,value,expect", [("in", ["z1", "z2"], True), ("not_in", ["z1"], False), ("regex", "^z", True),
                                              ("exists", None, True), ("not_exists", None, False), ("!=", "z1", False)])
 def test_constraint_ops(op, value, expect):
-    assert constraint_ok(machine("x"), {"attr": "fault_domain.zone", "op": op, "value": value}) is expect
+    assert constraint_ok(machine("x"), as_constraint({"attr": "fault_domain.zone", "op": op, "value": value})) is expect
     assert attr_value(machine("x"), "labels.nope") is None
 
 
 def test_explain_summarises_why():
-    views = build_views({m["id"]: m for m in [machine("a", mem=GI // 2), machine("b", mem=GI // 2),
+    views = build_views({m.id: m for m in [machine("a", mem=GI // 2), machine("b", mem=GI // 2),
                                               machine("c", drain={"since": 1})]}, {})
     assert explain(list(views.values()), SPEC) == "3 machines: 2 insufficient memory, 1 draining"
 
@@ -137,7 +141,7 @@ def test_binpack_stacks_onto_the_fewest_machines():
 def test_hard_spread_over_two_zones_lands_3_and_3():
     ms = {f"m{i}": machine(f"m{i}", zone=f"z{i % 2}") for i in range(4)}
     plan = schedule({"web": job(replicas=6, spread=[{"level": "zone", "mode": "hard"}])}, {}, ms, index=1, now=0)
-    zones = Counter(ms[p.machine]["fault_domain"]["zone"] for p in plan.place)
+    zones = Counter(ms[p.machine].fault_domain["zone"] for p in plan.place)
     assert zones == {"z0": 3, "z1": 3}
 
 
@@ -185,15 +189,15 @@ def test_invariants_no_overcommit_hard_spread_determinism(mspecs, jspecs, index)
             used[p.machine][k] += v
         ports[p.machine].extend(p.ports.values())
     for m in ms:
-        assert all(used[m][k] <= ms[m]["resources"][k] for k in ("cpu", "memory", "pids"))
+        assert all(used[m][k] <= ms[m].resources[k] for k in ("cpu", "memory", "pids"))
         assert len(ports[m]) == len(set(ports[m]))
         assert all(20000 <= x <= 20003 for x in ports[m])
     for name, j in jobs.items():
-        spec = j["versions"][0]["spec"]
-        if spec["spread"] and spec["spread"][0]["mode"] == "hard":
-            zones = {ms[m]["fault_domain"]["zone"] for m in ms}
-            per = Counter(ms[p.machine]["fault_domain"]["zone"] for p in plan.place if p.job == name)
-            assert all(c <= -(-j["replicas"] // len(zones)) for c in per.values())
+        spec = j.versions[0].spec
+        if spec.spread and spec.spread[0].mode == "hard":
+            zones = {ms[m].fault_domain["zone"] for m in ms}
+            per = Counter(ms[p.machine].fault_domain["zone"] for p in plan.place if p.job == name)
+            assert all(c <= -(-j.replicas // len(zones)) for c in per.values())
 
 
 # -- regex constraints run on RE2: linear time, compiled once per pattern ----------------------------------------
@@ -206,7 +210,7 @@ def test_a_catastrophic_pattern_matches_a_10kb_value():
     # On re (backtracking) this search never ends; RE2 answers from one linear scan.
     no_x = machine("x", labels={"blob": "a" * 10_000})
     with_x = machine("y", labels={"blob": "a" * 10_000 + "x"})
-    c = {"attr": "labels.blob", "op": "regex", "value": CATASTROPHIC}
+    c = as_constraint({"attr": "labels.blob", "op": "regex", "value": CATASTROPHIC})
     assert constraint_ok(no_x, c) is False
     assert constraint_ok(with_x, c) is True
 
@@ -229,22 +233,23 @@ def test_the_scheduler_compiles_a_pattern_once_not_once_per_machine(monkeypatch)
 def test_a_stored_pattern_re2_cannot_run_matches_nothing():
     # A spec stored before patterns were checked with RE2 may hold a backreference: the constraint fails
     # closed instead of the scheduler pass raising.
-    c = {"attr": "labels.twice", "op": "regex", "value": r"(a)\1"}
+    c = as_constraint({"attr": "labels.twice", "op": "regex", "value": r"(a)\1"})
     assert constraint_ok(machine("x", labels={"twice": "aa"}), c) is False
     v = build_views({"x": machine("x", labels={"twice": "aa"})}, {})["x"]
-    assert f_constraints(v, {**SPEC, "constraints": [c]}) == r"constraint labels.twice regex (a)\1"
+    assert f_constraints(v, with_spec(SPEC, constraints=[{"attr": "labels.twice", "op": "regex", "value": r"(a)\1"}])) \
+        == r"constraint labels.twice regex (a)\1"
 
 
 # -- dry runs: bounded work off the event loop (raftctl.node.scheduling.run_plan) --------------------------------
 
-def big_cluster(n: int) -> dict[str, dict]:
+def big_cluster(n: int) -> dict[str, Machine]:
     return {f"m{i:04d}": machine(f"m{i:04d}", zone=f"z{i % 3}", cpu=64000, mem=1 << 40, ports=(20000, 30000),
                                  labels={"disk": f"ssd-{i}"}) for i in range(n)}
 
 
 def test_a_dry_run_consults_check_between_units_of_work_and_stops_when_it_raises():
     from raftctl.node.views import dry_run
-    spec = job(replicas=500, constraints=[{"attr": "labels.disk", "op": "regex", "value": "^ssd-"}])["versions"][0]["spec"]
+    spec = job(replicas=500, constraints=[{"attr": "labels.disk", "op": "regex", "value": "^ssd-"}]).versions[0].spec
     calls = []
     out = dry_run({}, {}, big_cluster(300), 1, spec, check=lambda: calls.append(1))
     assert len(out["place"]) == 500
@@ -330,19 +335,16 @@ async def test_plans_beyond_the_concurrency_limit_are_refused_not_queued():
     assert await scheduling.run_plan(lambda check: "again") == "again"   # slots freed
 
 
-def roomy_cluster(n: int) -> dict[str, dict]:
+def roomy_cluster(n: int) -> dict[str, Machine]:
     """big_cluster with room for 100s of replicas per machine (pids too)."""
-    ms = big_cluster(n)
-    for m in ms.values():
-        m["resources"]["pids"] = 1 << 20
-    return ms
+    return {mid: replace(m, resources={**m.resources, "pids": 1 << 20}) for mid, m in big_cluster(n).items()}
 
 
 def test_a_huge_plan_is_proposed_in_slices_that_cover_it_in_order():
     # applying a Plan holds the state lock on every replica: a big plan goes to the log MAX_PLACE_PER_PLAN at a
     # time, every slice of it (not only the first), the stops and pending reasons with the first slice
     from raftctl.node.scheduling import MAX_PLACE_PER_PLAN, plan_command, plan_commands
-    jobs = {"web": job(replicas=2 * MAX_PLACE_PER_PLAN + 7), "gone": job("gone", replicas=1, status="stopped")}
+    jobs = {"web": job(replicas=2 * MAX_PLACE_PER_PLAN + 7), "gone": job("gone", replicas=1, status="dead")}
     placements = {"gone-1": placement("gone-1", 0, "m0000", jobname="gone")}
     plan = schedule(jobs, placements, roomy_cluster(100), index=1, now=0)
     assert len(plan.place) == 2 * MAX_PLACE_PER_PLAN + 7 and plan.stop
@@ -356,7 +358,7 @@ def test_a_huge_plan_is_proposed_in_slices_that_cover_it_in_order():
 
 def test_a_plan_that_changes_nothing_proposes_nothing():
     from raftctl.node.scheduling import plan_commands
-    jobs = {"web": {**job(replicas=1), "pending_reason": None}}
+    jobs = {"web": job(replicas=1)}
     placements = {"web-1": placement("web-1", 0, "a")}
     plan = schedule(jobs, placements, {"a": machine("a")}, index=1, now=0)
     assert plan_commands(plan, jobs, epoch=1) == []
@@ -467,7 +469,7 @@ async def test_a_big_backlog_is_committed_while_its_pass_still_runs(monkeypatch)
     def answer(cmd):
         first_proposed.set()
         return placed_all(cmd)
-    replica = LoopReplica(loop_state({f"j{i}": {**job(f"j{i}", replicas=per_job), "pending_reason": None}
+    replica = LoopReplica(loop_state({f"j{i}": job(f"j{i}", replicas=per_job)
                                       for i in range(n_jobs)}, roomy_cluster(100),
                                      {"old-1": placement("old-1", 0, "m0000", jobname="gone")}), answer)
     proposed = replica.proposed

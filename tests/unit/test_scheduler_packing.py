@@ -11,28 +11,31 @@ from hypothesis import given, settings, strategies as st
 
 from raftctl.scheduler import driver, packing, schedule
 from raftctl.scheduler.machines import build_views
+from raftctl.statemachine.records import Job, Machine
 from raftctl.statemachine.spec import validate_spec
+from tests.unit.record_fixtures import as_job, as_machine, as_placement
 
 GI = 1 << 30
 RESOURCES = ("cpu", "memory", "pids")
 
 
 def machine(mid: str, zone: str = "z1", cpu: int = 4000, mem: int = 8 * GI, pids: int = 100_000,
-            ports: tuple[int, int] = (20000, 20100)) -> dict:
-    return {"id": mid, "address": "10.0.0.1", "fault_domain": {"region": "r1", "zone": zone, "rack": f"k-{mid}"},
-            "labels": {}, "resources": {"cpu": cpu, "memory": mem, "pids": pids}, "ports": list(ports),
-            "status": "up", "drain": None, "eligible": True, "runtime": "sim"}
+            ports: tuple[int, int] = (20000, 20100), rack: str | None = None) -> Machine:
+    return as_machine({"id": mid, "address": "10.0.0.1",
+                       "fault_domain": {"region": "r1", "zone": zone, "rack": rack or f"k-{mid}"},
+                       "labels": {}, "resources": {"cpu": cpu, "memory": mem, "pids": pids}, "ports": list(ports),
+                       "status": "up", "drain": None, "eligible": True, "runtime": "sim"})
 
 
-def job(name: str, replicas: int, cpu: str, mem: str, **spec) -> dict:
+def job(name: str, replicas: int, cpu: str, mem: str, **spec) -> Job:
     s = validate_spec({"name": name, "image": "x:1", "command": ["x"], "replicas": replicas,
                        "resources": {"cpu": cpu, "memory": mem}, **spec})
-    return {"name": name, "version": 1, "versions": [{"version": 1, "spec": s}], "status": "running",
-            "replicas": replicas}
+    return as_job({"name": name, "version": 1, "versions": [{"version": 1, "spec": s}], "status": "running",
+                   "replicas": replicas})
 
 
 def lower_bound(plan, ms: dict) -> int:
-    cap = next(iter(ms.values()))["resources"]
+    cap = next(iter(ms.values())).resources
     return max(math.ceil(sum(p.resources[k] for p in plan.place) / cap[k]) for k in ("cpu", "memory"))
 
 
@@ -76,9 +79,9 @@ def test_a_pass_with_no_machines_or_nothing_placed_says_why_and_does_not_raise()
 def test_existing_placements_never_move_and_machines_in_use_are_not_emptied():
     # m0 runs a replica already: the repair moves only this pass's placements
     ms = {f"m{i}": machine(f"m{i}") for i in range(4)}
-    existing = {"p0": {"id": "p0", "job": "old", "version": 1, "replica": 0, "machine": "m0", "desired": "run",
-                       "state": "running", "resources": {"cpu": 100, "memory": GI // 4, "pids": 256},
-                       "ports": {}}}
+    existing = {"p0": as_placement({"id": "p0", "job": "old", "version": 1, "replica": 0, "machine": "m0",
+                                    "desired": "run", "state": "running",
+                                    "resources": {"cpu": 100, "memory": GI // 4, "pids": 256}, "ports": {}})}
     js = {"old": job("old", 1, "100m", "256Mi"), "j0": job("j0", 2, "2", "1Gi"), "j1": job("j1", 2, "500m", "6Gi")}
     plan = schedule(js, existing, ms, index=1, now=0)
     assert all(p.job != "old" for p in plan.place) and plan.stop == [] and plan.preempt == []
@@ -106,17 +109,17 @@ def assert_valid(plan, jobs: dict, ms: dict, existing: dict) -> None:
     ports = {m: [] for m in ms}
     for p in existing.values():
         for k in RESOURCES:
-            used[p["machine"]][k] += p["resources"][k]
-        ports[p["machine"]].extend(p["ports"].values())
+            used[p.machine][k] += p.resources[k]
+        ports[p.machine].extend(p.ports.values())
     for p in plan.place:
         for k, v in p.resources.items():
             used[p.machine][k] += v
         ports[p.machine].extend(p.ports.values())
-        assert jobs[p.job]["versions"][0]["spec"]["resources"] == p.resources
+        assert jobs[p.job].versions[0].spec.resources.amounts() == p.resources
     for m in ms:
-        assert all(used[m][k] <= ms[m]["resources"][k] for k in RESOURCES), (m, used[m])
+        assert all(used[m][k] <= ms[m].resources[k] for k in RESOURCES), (m, used[m])
         assert len(ports[m]) == len(set(ports[m]))
-        lo, hi = ms[m]["ports"]
+        lo, hi = ms[m].ports
         assert all(lo <= x <= hi for x in ports[m])
 
 
@@ -125,9 +128,10 @@ def repair_then_recount(ms: dict):
     repaired plan (free resources, ports taken, replicas per job)."""
     def run(plan, views, fits, opened, check):
         work = packing.repair(plan, views, fits, opened, check)
-        as_state = {f"new{i}": {"id": f"new{i}", "job": p.job, "version": p.version, "replica": p.replica,
-                                "machine": p.machine, "desired": "run", "state": "pending",
-                                "resources": p.resources, "ports": p.ports} for i, p in enumerate(plan.place)}
+        as_state = {f"new{i}": as_placement({"id": f"new{i}", "job": p.job, "version": p.version, "replica": p.replica,
+                                             "machine": p.machine, "desired": "run", "state": "pending",
+                                             "resources": p.resources, "ports": p.ports})
+                    for i, p in enumerate(plan.place)}
         fresh = build_views(ms, as_state)
         for mid, v in views.items():
             assert (v.free, v.ports, v.free_ports) == (fresh[mid].free, fresh[mid].ports, fresh[mid].free_ports)
@@ -138,8 +142,8 @@ def repair_then_recount(ms: dict):
 
 def spread_gap(plan, ms: dict, name: str, level: str) -> int:
     """The most minus the fewest of the job's replicas in one domain of ``level`` (every domain counted)."""
-    per = Counter({ms[m]["fault_domain"][level]: 0 for m in ms})
-    per.update(ms[p.machine]["fault_domain"][level] for p in plan.place if p.job == name)
+    per = Counter({ms[m].fault_domain[level]: 0 for m in ms})
+    per.update(ms[p.machine].fault_domain[level] for p in plan.place if p.job == name)
     return max(per.values(), default=0) - min(per.values(), default=0)
 
 
@@ -155,10 +159,8 @@ def most_on_one_machine(plan, name: str) -> int:
                           st.booleans()), min_size=1, max_size=5),
        st.integers(0, 1000))
 def test_the_repair_never_overcommits_nor_breaks_spread_or_anti_affinity(mspecs, jspecs, index):
-    ms = {f"m{i}": machine(f"m{i}", zone=f"z{i % 3}", cpu=c, mem=g * GI, ports=(20000, 20005))
+    ms = {f"m{i}": machine(f"m{i}", zone=f"z{i % 3}", cpu=c, mem=g * GI, ports=(20000, 20005), rack=f"k{i % 2}")
           for i, (c, g) in enumerate(mspecs)}
-    for i, m in enumerate(ms.values()):
-        m["fault_domain"]["rack"] = f"k{i % 2}"
     jobs = {}
     for i, (n, cpu, mem, mode, level, static) in enumerate(jspecs):
         ports = [{"name": "http"}] + ([{"name": "admin", "static": 20005}] if static else [])
@@ -173,11 +175,11 @@ def test_the_repair_never_overcommits_nor_breaks_spread_or_anti_affinity(mspecs,
     assert [(p.job, p.replica) for p in plan.place] == [(p.job, p.replica) for p in greedy.place]
     assert len({p.machine for p in plan.place}) <= len({p.machine for p in greedy.place})
     for name, j in jobs.items():
-        spec = j["versions"][0]["spec"]
+        spec = j.versions[0].spec
         assert most_on_one_machine(plan, name) <= most_on_one_machine(greedy, name)
-        for rule in spec["spread"]:
-            assert spread_gap(plan, ms, name, rule["level"]) <= spread_gap(greedy, ms, name, rule["level"])
-            if rule["mode"] == "hard":
-                domains = {m[rule["level"]] for m in (x["fault_domain"] for x in ms.values())}
-                per = Counter(ms[p.machine]["fault_domain"][rule["level"]] for p in plan.place if p.job == name)
-                assert all(c <= -(-j["replicas"] // len(domains)) for c in per.values())
+        for rule in spec.spread:
+            assert spread_gap(plan, ms, name, rule.level) <= spread_gap(greedy, ms, name, rule.level)
+            if rule.mode == "hard":
+                domains = {m[rule.level] for m in (x.fault_domain for x in ms.values())}
+                per = Counter(ms[p.machine].fault_domain[rule.level] for p in plan.place if p.job == name)
+                assert all(c <= -(-j.replicas // len(domains)) for c in per.values())

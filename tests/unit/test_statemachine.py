@@ -70,18 +70,18 @@ def test_rejections_leave_state_byte_identical(name, setup, cmd, code, field):
 
 def test_put_job_versions_and_identical_resubmit():
     s = fresh(c.PutJob(spec=SPEC, at=1))
-    assert s.jobs["web"]["version"] == 1
+    assert s.jobs["web"].version == 1
     r = apply(s, c.PutJob(spec=SPEC, at=2))
-    assert r.ok and r.value["unchanged"] and s.jobs["web"]["version"] == 1
+    assert r.ok and r.value["unchanged"] and s.jobs["web"].version == 1
     r = apply(s, c.PutJob(spec={**SPEC, "image": "web:2"}, at=3))
-    assert r.value["version"] == 2 and len(s.jobs["web"]["versions"]) == 2
+    assert r.value["version"] == 2 and len(s.jobs["web"].versions) == 2
     r = apply(s, c.RollbackJob(name="web", version=1, at=4))
-    assert r.value["version"] == 3 and s.jobs["web"]["versions"][-1]["spec"]["image"] == "web:1"
+    assert r.value["version"] == 3 and s.jobs["web"].versions[-1].spec.image == "web:1"
 
 
 def test_cas_write():
     s = fresh(c.PutJob(spec=SPEC, cas=0))
-    idx = s.jobs["web"]["modify_index"]
+    idx = s.jobs["web"].modify_index
     assert not apply(s, c.PutJob(spec={**SPEC, "replicas": 3}, cas=idx + 7)).ok
     assert apply(s, c.PutJob(spec={**SPEC, "replicas": 3}, cas=idx)).ok
 
@@ -117,7 +117,7 @@ def test_health_publishes_and_machine_down_unpublishes():
     assert s.discovery["web"]["endpoints"] == {}
     apply(s, c.PlacementUpdate(placement=pid, machine="m1", state="running", health="healthy"))
     r = apply(s, c.MachineDown(machine="m1", reason="ttl"))
-    assert r.value["lost"] == [pid] and s.placements[pid]["state"] == "lost"
+    assert r.value["lost"] == [pid] and s.placements[pid].state == "lost"
     assert s.discovery["web"]["endpoints"] == {}
 
 
@@ -209,8 +209,8 @@ def test_no_machine_overcommitted_after_any_sequence(cmds):
     from raftctl.statemachine.state import machine_usage
     for mid, m in s.machines.items():
         used, _ = machine_usage(s, mid)
-        assert all(used[k] <= m["resources"][k] for k in used)
-        ports = [port for p in s.machine_placements(mid) if p["state"] not in ("lost", "stopped") for port in p["ports"].values()]
+        assert all(used[k] <= m.resources[k] for k in used)
+        ports = [port for p in s.machine_placements(mid) if p.state not in ("lost", "stopped") for port in p.ports.values()]
         assert len(ports) == len(set(ports))
 
 

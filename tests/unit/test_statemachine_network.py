@@ -15,7 +15,9 @@ import pytest
 from raftctl.node.agent_api import _assignments
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import apply
-from raftctl.statemachine.records import Machine, from_wire
+from msgspec import UNSET
+
+from raftctl.statemachine.records import to_wire
 from raftctl.statemachine.spec import SpecError, validate_spec
 from raftctl.statemachine.state import State
 from raftctl.statemachine.subnets import allocate_address, allocate_subnet, gateway, parse_pool, PoolError
@@ -57,12 +59,12 @@ def item(replica: int, mid: str = "m1", port: int = 31000, job: str = "web") -> 
 ])
 def test_each_machine_gets_the_lowest_free_subnet_and_keeps_it(steps, expected):
     s = state_with(*(register(m, pool=p) for m, p in steps))
-    assert {m: rec["subnet"] for m, rec in s.machines.items()} == expected
+    assert {m: rec.subnet for m, rec in s.machines.items()} == expected
 
 
 def test_a_re_registration_from_a_new_address_keeps_the_subnet():
     s = state_with(register("m1", "192.0.2.1"), register("m2"), register("m1", "192.0.2.99"))
-    assert (s.machines["m1"]["address"], s.machines["m1"]["subnet"]) == ("192.0.2.99", "10.88.0.0/24")
+    assert (s.machines["m1"].address, s.machines["m1"].subnet) == ("192.0.2.99", "10.88.0.0/24")
 
 
 def test_the_registration_answer_holds_the_subnet_and_an_exhausted_pool_says_none():
@@ -87,8 +89,8 @@ def test_a_machine_from_an_old_snapshot_restores_and_gets_a_subnet_at_its_next_r
     del obj["machines"]["m1"]["subnet"]          # as written before subnets existed
     obj["machines"]["m2"]["subnet"] = "10.88.0.0/24"  # and another machine holds the lowest /24
     old = State.restore(cbor2.dumps(obj, canonical=True))
-    assert "subnet" not in old.machines["m1"]
-    from_wire(Machine, old.machines["m1"])        # still a valid record
+    assert old.machines["m1"].subnet is UNSET     # still a valid record, without a subnet
+    assert "subnet" not in to_wire(old.machines["m1"])
     r = apply(old, c.Plan(epoch=1, place=[item(0)]))
     assert r.ok and r.value["placed"] == []
     assert "m1 has no container subnet" in r.value["rejected"][0]["reason"]
@@ -116,15 +118,15 @@ def test_bridge_placements_get_the_lowest_free_addresses_and_host_placements_the
     r = apply(s, c.Plan(epoch=1, place=[item(0), item(1, port=31001), item(0, job="db", port=31002),
                                         item(2, port=31003)]))
     assert r.ok and len(r.value["placed"]) == 4
-    addr = {(p["job"], p["replica"]): p["address"] for p in s.placements.values()}
+    addr = {(p.job, p.replica): p.address for p in s.placements.values()}
     assert addr == {("web", 0): "10.88.0.2", ("web", 1): "10.88.0.3", ("db", 0): "192.0.2.1",
                     ("web", 2): "10.88.0.4"}
     # a stopped placement frees its address; a lost one too (it holds no resources)
-    first = next(p for p in s.placements.values() if p["address"] == "10.88.0.2")
-    assert apply(s, c.Plan(epoch=1, stop=[{"placement": first["id"]}])).ok
-    assert apply(s, c.PlacementUpdate(placement=first["id"], machine="m1", state="stopped")).ok
+    first = next(p for p in s.placements.values() if p.address == "10.88.0.2")
+    assert apply(s, c.Plan(epoch=1, stop=[{"placement": first.id}])).ok
+    assert apply(s, c.PlacementUpdate(placement=first.id, machine="m1", state="stopped")).ok
     assert apply(s, c.Plan(epoch=1, place=[item(3, port=31004)])).ok
-    assert sorted(p["address"] for p in s.placements.values() if p["job"] == "web") == \
+    assert sorted(p.address for p in s.placements.values() if p.job == "web") == \
         ["10.88.0.2", "10.88.0.3", "10.88.0.4"]
 
 

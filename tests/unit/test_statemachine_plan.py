@@ -46,7 +46,7 @@ def outcome(s: State, value: dict, n: int) -> list:
             out.append(reasons[i])
         else:
             p = s.placements[next(placed)]
-            out.append((p["job"], p["replica"], p["machine"], p["resources"], p["ports"]))
+            out.append((p.job, p.replica, p.machine, p.resources, p.ports))
     return out
 
 
@@ -57,7 +57,7 @@ def test_items_of_one_plan_see_the_resources_and_ports_earlier_items_took():
     assert r.ok, r.error
     assert len(r.value["placed"]) == 3
     assert [x["reason"] for x in r.value["rejected"]] == ["insufficient cpu on m1", "port 31000 already in use on m1"]
-    assert sorted(s.placements[p]["machine"] for p in r.value["placed"]) == ["m1", "m1", "m2"]
+    assert sorted(s.placements[p].machine for p in r.value["placed"]) == ["m1", "m1", "m2"]
 
 
 @settings(max_examples=150, deadline=None)
@@ -76,14 +76,15 @@ def test_one_plan_places_what_one_plan_per_item_places(items):
 
 def test_a_malformed_item_rejects_the_plan_naming_its_field():
     cases = [
-        ([item(0), "x"], "place.1 must be a map", "place.1"),
-        ([{**item(0), "replica": -1}], "place.0.replica is missing or has the wrong type", "place.0.replica"),
-        ([item(0), {**item(1), "resources": {"cpu": True}}], "place.1.resources.cpu must be an integer >= 0",
-         "place.1.resources.cpu"),
-        ([{**item(0), "resources": [1]}], "place.0.resources must be a map", "place.0.resources"),
-        ([{**item(0), "ports": {"http": 70000}}], "place.0.ports.http must be an integer within 1..65535",
-         "place.0.ports.http"),
-        ([{**item(0), "ports": {1: 31000}}], "place.0.ports keys must be strings", "place.0.ports"),
+        ([item(0), "x"], "place.1: Expected `object`, got `str`", "place.1"),
+        ([{**item(0), "replica": -1}], "place.0.replica: Expected `int` >= 0", "place.0.replica"),
+        ([{k: v for k, v in item(0).items() if k != "job"}], "place.0.job: is required", "place.0.job"),
+        ([item(0), {**item(1), "resources": {"cpu": True}}], "place.1.resources[...]: Expected `int`, got `bool`",
+         "place.1.resources[...]"),
+        ([{**item(0), "resources": [1]}], "place.0.resources: Expected `object`, got `array`", "place.0.resources"),
+        ([{**item(0), "ports": {"http": 70000}}], "place.0.ports[...]: Expected `int` <= 65535", "place.0.ports[...]"),
+        ([{**item(0), "ports": {1: 31000}}], "place.0.ports: Expected `str`, got `int` (a key)", "place.0.ports"),
+        ([{**item(0), "colour": "red"}], "place.0.colour: unknown field", "place.0.colour"),
     ]
     for place, message, field in cases:
         s = cluster()

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from raftctl.clock import SYSTEM, Clock
 from raftctl.node.leader import every
 from raftctl.node.rollout import deploy, drain, retire
 from raftctl.node.rollout.view import observe
 from raftctl.statemachine import commands as c
-from raftctl.statemachine.records import spec_of
+from raftctl.statemachine.records import Deployment, Job, Machine, Placement, to_wire
 
 log = logging.getLogger("raftctl.rollout")
 
@@ -38,12 +38,12 @@ class Decision:
     held: str | None = None          # why retirements wait (shown in events and job status)
 
 
-def decide(job: dict[str, Any], placements: list[dict[str, Any]], machines: dict[str, dict],
-           deployment: dict[str, Any] | None, published: int, now: int, epoch: int) -> Decision:
+def decide(job: Job, placements: list[Placement], machines: Mapping[str, Machine],
+           deployment: Deployment | None, published: int, now: int, epoch: int) -> Decision:
     """What to do next for one job (pure): stop what is due, move the deploy on, then retire one batch (the
     deploy's, or else the drain's)."""
     out = Decision()
-    if job["status"] != "running":
+    if job.status != "running":
         return out
     o = observe(job, placements, machines, deployment, published, now)
     out.commands += retire.stop(o, epoch)
@@ -73,30 +73,32 @@ class RolloutController:
     async def tick(self) -> None:
         now = self.clock.now_ms()
 
-        def snapshot(s: Any) -> list[tuple]:
+        def snapshot(s: Any) -> list[tuple[Job, list[Placement], Deployment | None, int]]:
             out = []
             for name, job in s.jobs.items():
-                service = spec_of(job, job["version"]) or {}
-                published = len(s.discovery.get(service.get("service", name), {}).get("endpoints", {}))
-                out.append((job, [dict(p) for p in s.job_placements(name)], s.deployments.get(name), published))
+                spec = job.current_spec
+                service = spec.service_name if spec is not None else name
+                published = len(s.discovery.get(service, {}).get("endpoints", {}))
+                out.append((job, s.job_placements(name), s.deployments.get(name), published))
             return out
         rows = self.replica.read(snapshot)
         machines = self.replica.read(lambda s: dict(s.machines))
         for job, placements, dep, published in rows:
             d = decide(job, placements, machines, dep, published, now, self.epoch)
-            if d.held and self.held.get(job["name"]) != d.held:
+            if d.held and self.held.get(job.name) != d.held:
                 log.warning(d.held)
                 await self.replica.propose(c.SetDeployment(
-                    epoch=self.epoch, job=job["name"],
-                    deployment={**(dep or {}), "job": job["name"], "held": d.held}, message=d.held))
+                    epoch=self.epoch, job=job.name,
+                    deployment={**(to_wire(dep) if dep is not None else {}), "job": job.name, "held": d.held},
+                    message=d.held))
             if d.held:
-                self.held[job["name"]] = d.held
+                self.held[job.name] = d.held
             else:
-                self.held.pop(job["name"], None)
+                self.held.pop(job.name, None)
             for cmd in d.commands:
                 res = await self.replica.propose(cmd)
                 if not res.ok:
-                    log.info("rollout command for %s rejected: %s", job["name"], res.error)
+                    log.info("rollout command for %s rejected: %s", job.name, res.error)
                     break
 
     def status(self) -> dict[str, Any]:

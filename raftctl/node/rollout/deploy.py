@@ -14,6 +14,7 @@ from typing import Any
 
 from raftctl.node.rollout.view import NO_BATCH, Batch, Observed
 from raftctl.statemachine import commands as c
+from raftctl.statemachine.records import Deployment, Job, JobSpec, to_wire
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,12 @@ def step(o: Observed, epoch: int) -> Step:
     dep = o.deployment
     if o.outdated and dep is None:
         return Step([start(o, epoch)], final=True)
-    if dep is None or dep["status"] != "running":
+    if dep is None or dep.status != "running":
         return Step()
     changed = record(o, dep, epoch)
     if changed:
         return Step(changed, final=True)
-    if not dep.get("promoted"):
+    if not dep.promoted:
         return Step(final=True)  # canaries run beside the old version until promoted
     if not o.outdated:
         return Step(retire_surplus(o, dep, epoch), final=True) if o.surplus else Step()
@@ -43,35 +44,36 @@ def step(o: Observed, epoch: int) -> Step:
 def start(o: Observed, epoch: int) -> c.SetDeployment:
     upd = o.update
     dep = {"job": o.name, "version": o.version, "status": "running", "started_at": o.now,
-           "deadline": o.now + upd["deadline_ms"], "total": len(o.outdated), "surge": max(upd["canary"], upd["max_surge"]),
-           "canary": upd["canary"], "promoted": upd["canary"] == 0}
-    how = (f"{upd['canary']} canaries first, then " if upd["canary"] else "") + \
-        f"{upd['max_unavailable']} at a time" + (f", {upd['max_surge']} extra" if upd["max_surge"] else "")
+           "deadline": o.now + upd.deadline, "total": len(o.outdated), "surge": max(upd.canary, upd.max_surge),
+           "canary": upd.canary, "promoted": upd.canary == 0}
+    how = (f"{upd.canary} canaries first, then " if upd.canary else "") + \
+        f"{upd.max_unavailable} at a time" + (f", {upd.max_surge} extra" if upd.max_surge else "")
     return c.SetDeployment(epoch=epoch, job=o.name, deployment=dep,
                            message=f"deploy of {o.name} version {o.version} started: "
                                    f"{len(o.outdated)} replicas to replace, {how}")
 
 
-def record(o: Observed, dep: dict[str, Any], epoch: int) -> list[c.Command]:
+def record(o: Observed, dep: Deployment, epoch: int) -> list[c.Command]:
     """A running deployment's record moves on: promoted, successful, or failed (and maybe reverted)."""
-    canaries_ready = [p for p in o.ready if p["replica"] >= o.want]
-    waiting_promotion = not dep.get("promoted") and len(canaries_ready) >= dep.get("canary", 0)
-    if waiting_promotion and o.update["auto_promote"]:
-        return [c.SetDeployment(epoch=epoch, job=o.name, deployment={**dep, "promoted": True},
+    canaries_ready = [p for p in o.ready if p.replica >= o.want]
+    waiting_promotion = not dep.promoted and len(canaries_ready) >= (dep.canary or 0)
+    if waiting_promotion and o.update.auto_promote:
+        return [c.SetDeployment(epoch=epoch, job=o.name, deployment={**to_wire(dep), "promoted": True},
                                 message=f"{len(canaries_ready)} canaries of {o.name} version {o.version} healthy: "
                                         "promoted automatically")]
     if not o.outdated and not o.surplus and len(o.ready) >= o.want:
-        return [c.SetDeployment(epoch=epoch, job=o.name, deployment={**dep, "status": "successful", "finished_at": o.now},
+        return [c.SetDeployment(epoch=epoch, job=o.name,
+                                deployment={**to_wire(dep), "status": "successful", "finished_at": o.now},
                                 message=f"deploy of {o.name} version {o.version} succeeded")]
-    if o.now > dep["deadline"] and not waiting_promotion:
+    if o.now > (dep.deadline or 0) and not waiting_promotion:
         return fail(o, dep, epoch)
     return []
 
 
-def fail(o: Observed, dep: dict[str, Any], epoch: int) -> list[c.Command]:
-    back = last_stable(o.job, o.spec) if o.update["auto_revert"] else None
-    failed = {**dep, "status": "reverted" if back else "failed", "finished_at": o.now,
-              "reason": f"not healthy by the deadline ({o.update['deadline_ms'] // 1000}s)"}
+def fail(o: Observed, dep: Deployment, epoch: int) -> list[c.Command]:
+    back = last_stable(o.job, o.spec) if o.update.auto_revert else None
+    failed: dict[str, Any] = {**to_wire(dep), "status": "reverted" if back else "failed", "finished_at": o.now,
+                              "reason": f"not healthy by the deadline ({o.update.deadline // 1000}s)"}
     msg = f"deploy of {o.name} version {o.version} failed: not healthy by its deadline"
     if not back:
         return [c.SetDeployment(epoch=epoch, job=o.name, deployment=failed, message=msg)]
@@ -79,35 +81,35 @@ def fail(o: Observed, dep: dict[str, Any], epoch: int) -> list[c.Command]:
             c.RollbackJob(name=o.name, version=back)]
 
 
-def last_stable(job: dict[str, Any], current_spec: dict[str, Any]) -> int | None:
+def last_stable(job: Job, current_spec: JobSpec) -> int | None:
     """The latest version marked stable whose spec is not the current one (rolling back to it changes something)."""
-    for v in reversed(job["versions"]):
-        if v.get("stable") and v["spec"] != current_spec:
-            return int(v["version"])
+    for v in reversed(job.versions):
+        if v.stable and v.spec != current_spec:
+            return v.version
     return None
 
 
-def retire_surplus(o: Observed, dep: dict[str, Any], epoch: int) -> list[c.Command]:
+def retire_surplus(o: Observed, dep: Deployment, epoch: int) -> list[c.Command]:
     """Every replica is current: the surge replicas retire once the ones that stay are all ready, and the
     deployment's surge drops to 0 so that the scheduler does not refill their slots."""
-    extra = [p for p in o.surplus if not p.get("retiring_at")]
+    extra = [p for p in o.surplus if not p.retiring_at]
     if not extra or [p for p in o.current if p not in o.ready and p not in o.surplus]:
         return []
-    return [c.Retire(epoch=epoch, placements=[p["id"] for p in extra],
+    return [c.Retire(epoch=epoch, placements=[p.id for p in extra],
                      reason=f"deploy of version {o.version} done: extra replicas retire"),
-            c.SetDeployment(epoch=epoch, job=o.name, deployment={**dep, "surge": 0})]
+            c.SetDeployment(epoch=epoch, job=o.name, deployment={**to_wire(dep), "surge": 0})]
 
 
 def next_batch(o: Observed, epoch: int) -> Step:
     """Outdated replicas not serving retire at once; the next batch waits for the previous one to be ready."""
-    idle = [p for p in o.outdated if p["health"] != "healthy" and not p.get("retiring_at")]
+    idle = [p for p in o.outdated if p.health != "healthy" and not p.retiring_at]
     now: list[c.Command] = []
     if idle:
-        now.append(c.Retire(epoch=epoch, placements=[p["id"] for p in idle],
+        now.append(c.Retire(epoch=epoch, placements=[p.id for p in idle],
                             reason=f"deploy of version {o.version} (not serving)"))
     if o.retiring or any(p not in o.ready for p in o.current):
         return Step(now)
-    budget = o.update["max_unavailable"] + o.published - o.want  # surge replicas serving add to it
-    candidates = [(p, f"deploy of version {o.version}") for p in sorted(o.outdated, key=lambda p: p["id"])
+    budget = o.update.max_unavailable + o.published - o.want  # surge replicas serving add to it
+    candidates = [(p, f"deploy of version {o.version}") for p in sorted(o.outdated, key=lambda p: p.id)
                   if p not in idle]
     return Step(now, batch=Batch(candidates, budget))

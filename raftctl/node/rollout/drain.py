@@ -14,19 +14,20 @@ def batch(o: Observed) -> tuple[Batch, str | None]:
     if _deadline_passed(o):
         budget = len(o.draining)
     else:
-        budget = o.spec["disruption"]["max_unavailable"] - max(0, o.want - o.published)
-    candidates = [(p, f"machine {p['machine']} draining") for p in sorted(o.draining, key=lambda p: p["id"])
-                  if not p.get("retiring_at")]
+        budget = o.spec.disruption.max_unavailable - max(0, o.want - o.published)
+    candidates = [(p, f"machine {p.machine} draining") for p in sorted(o.draining, key=lambda p: p.id)
+                  if not p.retiring_at]
     held = None
     if candidates and budget <= 0:
         held = (f"drain held back: job {o.name} is at its disruption budget "
-                f"(max_unavailable {o.spec['disruption']['max_unavailable']}, {o.want - o.published} of {o.want} replicas unavailable)")
+                f"(max_unavailable {o.spec.disruption.max_unavailable}, {o.want - o.published} of {o.want} replicas unavailable)")
     return Batch(candidates, budget), held
 
 
 def _deadline_passed(o: Observed) -> bool:
     for p in o.draining:
-        deadline = o.machines[p["machine"]]["drain"].get("deadline")
+        drain = o.machines[p.machine].drain
+        deadline = drain.deadline if drain is not None else None
         if deadline and o.now > deadline:
             return True
     return False

@@ -14,16 +14,15 @@ from raftctl.statemachine import commands as c
 
 def stop(o: Observed, epoch: int) -> list[c.Command]:
     """Stop the retired placements whose drain delay is over."""
-    due = [p for p in o.retiring if o.now - p["retiring_at"] >= o.update["drain_delay_ms"]]
+    due = [p for p in o.retiring if isinstance(p.retiring_at, int) and o.now - p.retiring_at >= o.update.drain_delay]
     if not due:
         return []
-    return [c.Plan(epoch=epoch, place=[], stop=[{"placement": p["id"], "reason": p.get("reason") or "retired"}
-                                                for p in due])]
+    return [c.Plan(epoch=epoch, place=[], stop=[{"placement": p.id, "reason": p.reason or "retired"} for p in due])]
 
 
 def retire(batch: Batch, epoch: int) -> list[c.Command]:
     """Retire the first ``budget`` candidates of the batch (none if the budget is spent)."""
-    take = [(p, why) for p, why in batch.candidates[:max(0, batch.budget)] if not p.get("retiring_at")]
+    take = [(p, why) for p, why in batch.candidates[:max(0, batch.budget)] if not p.retiring_at]
     if not take:
         return []
-    return [c.Retire(epoch=epoch, placements=[p["id"] for p, _ in take], reason=take[0][1])]
+    return [c.Retire(epoch=epoch, placements=[p.id for p, _ in take], reason=take[0][1])]

@@ -6,67 +6,72 @@ committed state and ``now``; none of them reads anything else.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Mapping
 
-from raftctl.statemachine.records import spec_of
+from raftctl.statemachine.records import Deployment, Job, JobSpec, Machine, Placement, Update
 
 
 @dataclass(frozen=True)
 class Observed:
-    job: dict[str, Any]
-    spec: dict[str, Any]                      # the current version's
-    machines: dict[str, dict]
-    deployment: dict[str, Any] | None         # the record of the current version's deploy, if there is one
+    job: Job
+    spec: JobSpec                             # the current version's
+    machines: Mapping[str, Machine]
+    deployment: Deployment | None             # the record of the current version's deploy, if there is one
     published: int                            # endpoints in discovery (surge replicas included)
     now: int
-    live: list[dict[str, Any]]                # to run and not lost or stopped
-    outdated: list[dict[str, Any]]            # live, of a version whose spec is not the current one
-    current: list[dict[str, Any]]             # live, the current spec
-    ready: list[dict[str, Any]]               # current, running, healthy for min_healthy, not retiring
-    draining: list[dict[str, Any]]            # current, on a draining machine
-    retiring: list[dict[str, Any]]            # live, retired (unpublished), waiting for their stop
-    surplus: list[dict[str, Any]]             # current, replica index past the wanted count (surge, canaries)
+    live: list[Placement]                     # to run and not lost or stopped
+    outdated: list[Placement]                 # live, of a version whose spec is not the current one
+    current: list[Placement]                  # live, the current spec
+    ready: list[Placement]                    # current, running, healthy for min_healthy, not retiring
+    draining: list[Placement]                 # current, on a draining machine
+    retiring: list[Placement]                 # live, retired (unpublished), waiting for their stop
+    surplus: list[Placement]                  # current, replica index past the wanted count (surge, canaries)
 
     @property
     def name(self) -> str:
-        return str(self.job["name"])
+        return self.job.name
 
     @property
     def version(self) -> int:
-        return int(self.job["version"])
+        return self.job.version
 
     @property
     def want(self) -> int:
-        return int(self.job["replicas"])
+        return self.job.replicas
 
     @property
-    def update(self) -> dict[str, Any]:
-        upd: dict[str, Any] = self.spec["update"]
-        return upd
+    def update(self) -> Update:
+        return self.spec.update
 
 
-def observe(job: dict[str, Any], placements: list[dict[str, Any]], machines: dict[str, dict],
-            deployment: dict[str, Any] | None, published: int, now: int) -> Observed:
-    spec = spec_of(job, job["version"]) or {}
-    min_healthy = spec["update"]["min_healthy_ms"]
-    live = [p for p in placements if p["desired"] == "run" and p["state"] not in ("lost", "stopped")]
-    outdated = [p for p in live if spec_of(job, p["version"]) != spec]
+def observe(job: Job, placements: list[Placement], machines: Mapping[str, Machine],
+            deployment: Deployment | None, published: int, now: int) -> Observed:
+    spec = job.spec_of(job.version)
+    if spec is None:
+        raise KeyError(f"job {job.name!r} holds no spec for its current version {job.version}")
+    min_healthy = spec.update.min_healthy
+    live = [p for p in placements if p.is_live()]
+    outdated = [p for p in live if job.spec_of(p.version) != spec]
     current = [p for p in live if p not in outdated]
-    ready = [p for p in current if p["health"] == "healthy" and p["state"] == "running" and not p.get("retiring_at")
-             and now - (p.get("healthy_at") or now) >= min_healthy]
+    ready = [p for p in current if p.health == "healthy" and p.state == "running" and not p.retiring_at
+             and now - (p.healthy_at or now) >= min_healthy]
+    draining = []
+    for p in current:
+        m = machines.get(p.machine)
+        if m is not None and m.drain is not None:
+            draining.append(p)
     return Observed(
         job=job, spec=spec, machines=machines, published=published, now=now,
-        deployment=deployment if deployment and deployment.get("version") == job["version"] else None,
-        live=live, outdated=outdated, current=current, ready=ready,
-        draining=[p for p in current if machines.get(p["machine"], {}).get("drain")],
-        retiring=[p for p in live if p.get("retiring_at")],
-        surplus=[p for p in current if p["replica"] >= job["replicas"]])
+        deployment=deployment if deployment is not None and deployment.version == job.version else None,
+        live=live, outdated=outdated, current=current, ready=ready, draining=draining,
+        retiring=[p for p in live if p.retiring_at],
+        surplus=[p for p in current if p.replica >= job.replicas])
 
 
 @dataclass(frozen=True)
 class Batch:
     """Placements that may be retired this pass, in order, each with why, and how many of them may go."""
-    candidates: list[tuple[dict[str, Any], str]]
+    candidates: list[tuple[Placement, str]]
     budget: int
 
 
