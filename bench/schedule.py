@@ -34,6 +34,7 @@ import aiohttp
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from raftctl.devcluster import LocalCluster  # noqa: E402
 from raftctl.scheduler import schedule  # noqa: E402
+from raftctl.statemachine.records import Job, Machine, from_wire  # noqa: E402
 from raftctl.statemachine.spec import validate_spec  # noqa: E402
 
 GI = 1 << 30
@@ -54,18 +55,26 @@ def raw_jobs(n_jobs: int, replicas: int, seed: int) -> list[dict]:
              "ports": [{"name": "http"}], "spread": [{"level": "zone", "mode": "soft"}]} for j in range(n_jobs)]
 
 
-def as_jobs(raws: list[dict]) -> dict[str, dict]:
+def as_machines(ms: dict[str, dict]) -> dict[str, Machine]:
+    """The machines as the state's table holds them (records, as the scheduler reads them)."""
+    return {mid: from_wire(Machine, {**m, "registered_at": 0, "last_transition": 0, "create_index": 0,
+                                     "modify_index": 0}) for mid, m in ms.items()}
+
+
+def as_jobs(raws: list[dict]) -> dict[str, Job]:
     out = {}
     for r in raws:
         s = validate_spec(r)
-        out[s["name"]] = {"name": s["name"], "version": 1, "versions": [{"version": 1, "spec": s}],
-                          "status": "running", "replicas": s["replicas"], "pending_reason": None}
+        out[s["name"]] = from_wire(Job, {
+            "name": s["name"], "version": 1, "versions": [{"version": 1, "spec": s, "submitted_at": 0, "index": 0}],
+            "status": "running", "replicas": s["replicas"], "pending_reason": None, "create_index": 0,
+            "modify_index": 0})
     return out
 
 
 def pure(n_machines: int, raws: list[dict], rounds: int = 3) -> dict:
     """The pure pass with and without the packing repair, alternated ``rounds`` times; the best of each."""
-    jobs, ms = as_jobs(raws), machines_for(n_machines)
+    jobs, ms = as_jobs(raws), as_machines(machines_for(n_machines))
     best = {True: math.inf, False: math.inf}
     used = {}
     for _ in range(rounds):
@@ -169,7 +178,7 @@ def binpack(seed: int) -> dict:
                      "resources": {"cpu": f"{rng.choice([100, 250, 500, 1000, 2000, 4000])}m",
                                    "memory": f"{rng.choice([128, 256, 512, 1024, 2048, 4096, 8192])}Mi"}})
     jobs = as_jobs(raws)
-    ms = machines_for(400, cpu=cap[0], mem=cap[1])
+    ms = as_machines(machines_for(400, cpu=cap[0], mem=cap[1]))
     t0 = time.perf_counter()
     greedy = schedule(jobs, {}, ms, index=seed, now=0, pack=False)
     t1 = time.perf_counter()
