@@ -217,35 +217,27 @@ class Agent:
     async def converge_typed(self, placements: list[dict[str, Any]], *, report: bool = True) -> None:
         """One level-triggered pass over the assignment (specs as records, converge.typed): compare it with the
         supervised containers, the containers the driver reports and the stops in flight, and act on the
-        difference."""
+        difference.
+
+        Starts come first and take no lock: what to start does not depend on the driver's listing (a `runc list`,
+        20-50 ms under load), and a start must not wait behind another pass that awaits its listing (the
+        reconcile pass holds the lock through one every second). Starting awaits nothing, so it is never half
+        done when another pass looks. The stops are decided under the lock on a fresh listing, against the
+        latest assignment (another may have arrived while the listing ran)."""
         began_ms = self.clock.now_ms() if self.trace.on else 0
+        self.placements = placements
+        self.image_gc.note_assignment(placements)
+        self._start_new(placements, began_ms)
         async with self._converge_lock:
-            self.placements = placements
-            self.image_gc.note_assignment(placements)
-            by_id = {p["id"]: p for p in placements}
-            # adopted containers learn their placement records (a placement without a spec leaves its container
-            # running unsupervised)
-            for cid, sup in self.containers.items():
-                if cid in by_id and "job" not in sup.placement and not sup.stopping and by_id[cid]["spec"] is not None:
-                    sup.placement = by_id[cid]
-                    sup.task = asyncio.create_task(self._supervise(sup, adopted=True), name=f"sup-{cid}")
-            # Starts first: what to start does not depend on the driver's listing (a `runc list` on the start's
-            # path, 20-40 ms under load); the stops do, and are decided on a fresh listing right after.
-            for p in converge.plan(placements, set(self.containers), stopping=self.stopper.in_flight()).start:
-                if self.trace.on:
-                    self.trace(p["id"], "assigned", self._answered_ms)
-                    self.trace(p["id"], "converge", began_ms)
-                sup = Supervised(placement=p)
-                self.containers[p["id"]] = sup
-                # fresh: no container of this id in the last listing. Only a supervisor creates one, and a
-                # placement is started once, so it cannot have appeared since.
-                fresh = self.existing is not None and p["id"] not in self.existing
-                sup.task = asyncio.create_task(self._supervise(sup, fresh=fresh), name=f"sup-{p['id']}")
             existing = await self._observe()
+            placements = self.placements
+            by_id = {p["id"]: p for p in placements}
             actions = converge.plan(placements, set(self.containers), existing=existing or set(),
                                     stopping=self.stopper.in_flight())
             if existing is not None:   # failed stops of containers that are gone since: forget them
                 self.stopper.forget_gone(existing)
+            for p in actions.start:    # none unless a start was held back since _start_new
+                self._start_one(p, began_ms)
             for cid in actions.stop:
                 self.stopper.stop(cid, by_id.get(cid))
             for cid in actions.retry:
@@ -253,6 +245,29 @@ class Agent:
             if report:
                 for pid in actions.report_stopped:
                     self._report(update(pid, "stopped", reason="not running on this machine"))
+
+    def _start_new(self, placements: list[dict[str, Any]], began_ms: int) -> None:
+        """Supervise what the assignment adds (never awaits)."""
+        by_id = {p["id"]: p for p in placements}
+        # adopted containers learn their placement records (a placement without a spec leaves its container
+        # running unsupervised)
+        for cid, sup in self.containers.items():
+            if cid in by_id and "job" not in sup.placement and not sup.stopping and by_id[cid]["spec"] is not None:
+                sup.placement = by_id[cid]
+                sup.task = asyncio.create_task(self._supervise(sup, adopted=True), name=f"sup-{cid}")
+        for p in converge.plan(placements, set(self.containers), stopping=self.stopper.in_flight()).start:
+            self._start_one(p, began_ms)
+
+    def _start_one(self, p: dict[str, Any], began_ms: int) -> None:
+        if self.trace.on:
+            self.trace(p["id"], "assigned", self._answered_ms)
+            self.trace(p["id"], "converge", began_ms)
+        sup = Supervised(placement=p)
+        self.containers[p["id"]] = sup
+        # fresh: no container of this id in the last listing. Only a supervisor creates one, and a placement is
+        # started once, so it cannot have appeared since.
+        fresh = self.existing is not None and p["id"] not in self.existing
+        sup.task = asyncio.create_task(self._supervise(sup, fresh=fresh), name=f"sup-{p['id']}")
 
     async def _observe(self) -> set[str] | None:
         """The containers the driver holds (running or not), kept as ``existing``; None if it did not answer in

@@ -97,3 +97,21 @@ async def test_a_placement_whose_container_the_driver_lists_is_removed_before_it
         assert [c for c in driver.calls if c[1] == "web-2"][:2] == [("remove", "web-2"), ("create", "web-2")]
     finally:
         await settle(a)
+
+
+async def test_a_start_is_not_held_back_by_another_pass_awaiting_its_listing(tmp_path):
+    """The reconcile pass holds the converge lock through a listing every second: an assignment answer arriving
+    meanwhile starts its placement at once, and the listing pass, deciding its stops after, keeps it running."""
+    a, driver = agent(tmp_path)
+    await a._adopt()
+    driver.listing_waits = True
+    try:
+        reconcile = asyncio.create_task(a.converge_typed([], report=False))   # parks in its listing
+        await asyncio.sleep(0)
+        await a.converge([placement("web-1", WEB)])
+        await reconcile
+        assert driver.created_while_listing[0] is True
+        assert a.stopper.in_flight() == {} and a.containers["web-1"].task is not None
+        assert not a.containers["web-1"].task.done() and driver.status("web-1").state in ("created", "running")
+    finally:
+        await settle(a)

@@ -7,13 +7,15 @@ the supervisor is told to stop, so a test runs a supervisor with policy "always"
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pytest
 
 from raftctl.agent.runtime.base import ContainerSpec, Observed
-from raftctl.agent.supervisor import Supervised, Supervisor
+from raftctl.agent.supervisor import DriverTimeout, Supervised, Supervisor, call_driver
 from raftctl.statemachine.records import ReportUpdate as Report
 from tests.agent.conftest import job_spec
 
@@ -321,3 +323,45 @@ async def test_a_fresh_start_skips_the_remove_and_every_restart_removes_first():
 async def test_a_fresh_start_that_failed_removes_before_it_tries_again():
     d, _, _, _ = await supervise([Run()], until=2.5, fresh=True, fail_creates=1)
     assert d.calls[:4] == ["create", "remove", "create", "start"]
+
+
+async def test_a_cancelled_driver_call_ends_cancelled_even_when_the_call_had_just_returned():
+    """Python 3.11's wait_for returned the result of a call that finished just before the cancel (the supervisor
+    then went on running, cancelled); the bound on a driver call must not swallow a cancellation. The cancel
+    comes 0-5 loop turns after the call returned on its thread: every cancel accepted must end the task."""
+    accepted = 0
+    for turns in range(6):
+        go, returned = threading.Event(), threading.Event()
+
+        def call() -> str:
+            go.wait(5)            # noqa: B023
+            returned.set()        # noqa: B023
+            return "done"
+        task = asyncio.create_task(call_driver(call))
+        for _ in range(10):
+            await asyncio.sleep(0)             # the call is on its worker thread, waiting for go
+        go.set()
+        assert returned.wait(5)                # (blocking the loop: the result cannot reach the task yet)
+        time.sleep(0.01)                       # its hand-over to the loop is queued
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        if task.cancel():
+            accepted += 1
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        else:
+            assert await task == "done"
+    assert accepted >= 1
+
+
+async def test_a_driver_call_past_its_bound_is_a_driver_timeout_and_its_own_timeout_error_stays_one():
+    release = threading.Event()
+    with pytest.raises(DriverTimeout):
+        await call_driver(release.wait, 5, bound=0.05)
+    release.set()
+
+    def raises() -> None:
+        raise TimeoutError("the registry did not answer")
+    with pytest.raises(TimeoutError, match="registry") as info:
+        await call_driver(raises)
+    assert not isinstance(info.value, DriverTimeout)
