@@ -369,6 +369,7 @@ class LocalCluster:
                     driver.remove(cid)
                 except Exception as exc:
                     print(f"could not stop container {cid} of {p.id}: {exc}", file=sys.stderr)
+            driver.release_network()      # routes, nft table and bridge of bridge-mode containers
         finally:
             driver.close()
 

@@ -15,18 +15,20 @@ import ipaddress
 import json
 import logging
 import os
+import subprocess
 
 from pyroute2 import IPRoute, netns
 
 from raftctl.agent.netnames import BRIDGE, RUN_DIR, SUBNET_PREFIX, Names
 
 log = logging.getLogger("raftctl.agent.network")
+IP_TIMEOUT_S = 20.0
 ROUTE_PROTO = 211           # the rtm_protocol of raftctl's host-gw routes (shown by `ip route` as "proto 211")
 __all__ = ["BRIDGE", "RUN_DIR", "SUBNET_PREFIX", "Names"]
 
 
-def netns_path(id: str, run_dir: str = RUN_DIR) -> str:
-    return Names(run_dir=run_dir).netns(id)
+def netns_path(id: str) -> str:
+    return Names().netns(id)
 
 
 def veth_names(id: str) -> tuple[str, str]:
@@ -80,36 +82,38 @@ def ensure_bridge(gateway_cidr: str, name: str = BRIDGE) -> int:
     return idx
 
 
-def attach(id: str, address_cidr: str, gateway: str, *, bridge: str = BRIDGE, run_dir: str = RUN_DIR,
-           names: Names | None = None) -> str:
+def _ip(*args: str, batch: str | None = None) -> None:
+    """Run iproute2's ``ip`` (a subprocess: pyroute2's namespace helpers fork the agent through multiprocessing,
+    and a forked copy of an asyncio process can deliver a signal to the parent's loop)."""
+    r = subprocess.run(["ip", *args], input=batch, capture_output=True, text=True, timeout=IP_TIMEOUT_S)
+    if r.returncode != 0:
+        raise OSError(f"ip {' '.join(args)}: {(r.stderr or r.stdout).strip()[:300]}")
+
+
+def attach(id: str, address_cidr: str, gateway: str, *, bridge: str = BRIDGE, names: Names | None = None) -> str:
     """Make the container's netns with ``eth0`` = ``address_cidr`` on ``bridge``, loopback up and a default
-    route via ``gateway``; return the netns path. On failure nothing of it is left."""
-    names = names or Names(run_dir=run_dir)
+    route via ``gateway``; return the netns path. On failure nothing of it is left. The namespace is made by
+    ``ip netns add``, so it lives in /run/netns (``names.run_dir`` must be that)."""
+    names = names or Names()
     if names.bridge != BRIDGE:
         bridge = names.bridge
     iface = ipaddress.ip_interface(address_cidr)
     path = names.netns(id)
+    name = os.path.basename(path)
+    if os.path.dirname(path) != RUN_DIR:
+        raise OSError(f"network namespaces live in {RUN_DIR}, not {os.path.dirname(path)}")
     host_if, peer_if = names.veths(id)
-    os.makedirs(names.run_dir, exist_ok=True)
     detach(id, names=names)                  # a leftover of a create that died half-way
-    netns.create(path)
     try:
-        with IPRoute() as ipr:
-            br = _first(ipr, bridge)
-            if br is None:
-                raise OSError(f"bridge {bridge} does not exist (ensure_bridge first)")
-            ipr.link("add", ifname=host_if, kind="veth", peer=peer_if)
-            host_idx, peer_idx = _first(ipr, host_if), _first(ipr, peer_if)
-            ipr.link("set", index=peer_idx, net_ns_fd=path)
-            ipr.link("set", index=host_idx, master=br, state="up")
-        with IPRoute(netns=path) as ns:
-            lo = _first(ns, "lo")
-            ns.link("set", index=lo, state="up")
-            idx = _first(ns, peer_if)
-            ns.link("set", index=idx, ifname="eth0")
-            ns.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-            ns.link("set", index=idx, state="up")
-            ns.route("add", dst="0.0.0.0/0", gateway=gateway)
+        _ip("netns", "add", name)
+        _ip("-batch", "-", batch=f"link add {host_if} type veth peer name {peer_if} netns {name}\n"
+                                f"link set {host_if} master {bridge} up\n")
+        _ip("-netns", name, "-batch", "-", batch=(
+            "link set lo up\n"
+            f"link set {peer_if} name eth0\n"
+            f"addr add {iface.ip}/{iface.network.prefixlen} dev eth0\n"
+            "link set eth0 up\n"
+            f"route add default via {gateway}\n"))
     except BaseException:
         detach(id, names=names)
         raise
@@ -117,9 +121,9 @@ def attach(id: str, address_cidr: str, gateway: str, *, bridge: str = BRIDGE, ru
     return path
 
 
-def detach(id: str, *, run_dir: str = RUN_DIR, names: Names | None = None) -> bool:
+def detach(id: str, *, names: Names | None = None) -> bool:
     """Remove the veth pair and the namespace (idempotent); whether there was anything to remove."""
-    names = names or Names(run_dir=run_dir)
+    names = names or Names()
     host_if, _ = names.veths(id)
     found = False
     with IPRoute() as ipr:
@@ -165,9 +169,15 @@ def delete_bridge(name: str = BRIDGE) -> bool:
     return False
 
 
-def local_addresses() -> set[str]:
-    with IPRoute() as ipr:
-        return {str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}
+RTN_LOCAL = 2
+
+
+def is_local(ipr: IPRoute, address: str) -> bool:
+    """Whether ``address`` is this host's own (its route is local: 127.0.0.2 of ``raftctl up`` too)."""
+    try:
+        return any(r["type"] == RTN_LOCAL for r in ipr.route("get", dst=address))
+    except Exception:
+        return False
 
 
 def set_peer_routes(routes: dict[str, str], state_file: str | None = None) -> dict[str, str]:
@@ -182,9 +192,8 @@ def set_peer_routes(routes: dict[str, str], state_file: str | None = None) -> di
                 before = {str(k): str(v) for k, v in json.load(f).items()}
         except (OSError, ValueError, AttributeError):
             before = {}
-    mine = local_addresses()
-    wanted = {s: via for s, via in routes.items() if via not in mine}
     with IPRoute() as ipr:
+        wanted = {s: via for s, via in routes.items() if not is_local(ipr, via)}
         for subnet in sorted(set(before) - set(wanted)):
             try:
                 ipr.route("del", dst=subnet, gateway=before[subnet], proto=ROUTE_PROTO)

@@ -290,6 +290,10 @@ class Driver(ABC):
     def rotate_logs(self, id: str) -> None:
         """Rotate the container's log files if they grew past their limit."""
 
+    def release_network(self) -> None:
+        """Remove what the driver made on the host for bridge mode (routes, rules, bridge) when it holds no
+        container any more (``raftctl up`` stopping); nothing while containers remain."""
+
     def configure_network(self, network: dict[str, Any]) -> None:
         """What the control plane says of this machine's network on each assignment answer (``network`` of
         GET /v1/agent/assignments: subnet, gateway, peers): a driver with bridge mode routes to the peers'

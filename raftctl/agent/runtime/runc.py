@@ -151,6 +151,12 @@ class RuncDriver(Driver):
         if net.configure(network) and self._bridge_specs():
             self._sync_bridge()
 
+    def release_network(self) -> None:
+        if self.list_existing():
+            return
+        if self._bridge is not None or os.path.exists(os.path.join(self.data_dir, "routes.json")):
+            self.bridge_net().release()
+
     def cgroups_path(self, id: str) -> str:
         """The cgroup a new container ``id`` gets."""
         if self.cluster is None and self.cgroup_parent != "raftctl":
