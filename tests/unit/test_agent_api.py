@@ -133,3 +133,42 @@ async def test_an_agent_reports_only_for_its_own_machine():
     async with report_api() as (client, r, pid):
         status, body = await post_report(client, [{"placement": pid, "state": "running"}], machine="m2")
         assert (status, body["error"]["field"]) == (403, "machine") and r.of(c.PlacementUpdate) == []
+
+
+# -- POST /v1/agent/register: the body is one records.Registration, converted once --------------------------------
+
+REGISTRATION = {"machine": "m1", "address": "127.0.0.2", "fault_domain": {"zone": "z1"}, "labels": {"ssd": "true"},
+                "resources": {"cpu": 2000, "memory": 1 << 30, "pids": 1000}, "ports": [31000, 31999],
+                "runtime": "sim", "api": "http://127.0.0.2:9000"}
+
+
+async def test_a_registration_registers_the_machine_it_names():
+    async with report_api() as (client, r, _):
+        resp = await client.post("/v1/agent/register", json={**REGISTRATION, "labels": {"ssd": "false"}})
+        assert resp.status == 200, await resp.text()
+        m = r.state.machines["m1"]
+        assert (m.labels, m.ports, m.api, m.status) == ({"ssd": "false"}, (31000, 31999), "http://127.0.0.2:9000", "up")
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"labels": {"ssd": True}}, "labels[...]"),          # before: stored as given, then unrestorable
+    ({"fault_domain": "z1"}, "fault_domain"),
+    ({"resources": {"cpu": "2"}}, "resources[...]"),     # before: "bad registration" naming the body
+    ({"ports": [31000]}, "ports"),
+    ({"ports": "31000-31999"}, "ports"),
+    ({"address": 7}, "address"),                         # before: turned into the string "7"
+    ({"colour": "red"}, "colour"),                       # before: ignored
+    ({"machine": None}, "machine"),
+])
+async def test_a_bad_registration_is_a_400_naming_its_field_and_registers_nothing(change, field):
+    async with report_api() as (client, r, _):
+        before = r.state.snapshot()
+        resp = await client.post("/v1/agent/register", json={**REGISTRATION, **change})
+        assert (resp.status, (await resp.json())["error"]["field"]) == (400, field)
+        assert r.state.snapshot() == before
+
+
+async def test_a_registration_for_another_machine_is_forbidden():
+    async with report_api() as (client, _, _):
+        resp = await client.post("/v1/agent/register", json={**REGISTRATION, "machine": "m2"})
+        assert (resp.status, (await resp.json())["error"]["field"]) == (403, "machine")
