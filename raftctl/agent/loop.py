@@ -187,6 +187,11 @@ class Agent:
                     continue
                 self.index = ans["index"]
                 self._answered_ms = self.clock.now_ms() if self.trace.on else 0
+                if ans.get("network") is not None:     # host-gw routes and subnets before any bridge container
+                    try:
+                        await _call(self.driver.configure_network, ans["network"])
+                    except Exception as exc:
+                        log.warning("network configuration failed: %s; containers start anyway", exc)
                 await self.converge(ans["placements"])
             except (Unauthorized, Forbidden):
                 raise

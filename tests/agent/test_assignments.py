@@ -80,3 +80,53 @@ async def test_an_adopted_container_whose_spec_does_not_convert_is_neither_stopp
         assert a.reports == [] and a.containers["web-1"].task is None    # running, unsupervised: nothing to act on
     finally:
         await settle(a)
+
+
+class OneAnswerControl:
+    """The control-plane side of the watch loop: one assignment answer, then the watch parks until cancelled."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.live = "http://r1"
+        self.answers = [answer]
+
+    async def watch(self, path: str, params: dict[str, str], *, timeout: float, server: str | None = None):
+        if self.answers:
+            return self.answers.pop(), "http://r1"
+        await asyncio.Event().wait()
+
+    async def live_moved_from(self, url: str | None) -> None:
+        await asyncio.Event().wait()
+
+
+class NetworkSim(SimDriver):
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.fail = fail
+        self.networks: list[dict[str, Any]] = []
+
+    def configure_network(self, network: dict[str, Any]) -> None:
+        self.networks.append(network)
+        if self.fail:
+            raise OSError("nft: permission denied")
+
+
+async def test_each_assignment_answer_hands_its_network_to_the_driver_before_converging(tmp_path):
+    network = {"subnet": "10.88.1.0/24", "gateway": "10.88.1.1",
+               "peers": [{"machine": "m2", "address": "127.0.0.3", "subnet": "10.88.2.0/24"}]}
+    for fail in (False, True):      # a failed network configuration is logged: the placements still start
+        cfg = AgentConfig(machine="m1", servers=["http://r1"], token="t", data_dir=str(tmp_path / str(fail)))
+        driver = NetworkSim(fail)
+        a = Agent(cfg, driver)
+        a.control = OneAnswerControl({"index": 5, "placements": [placement("web-3", WEB)],  # type: ignore[assignment]
+                                      "network": network})
+        task = asyncio.create_task(a._watch_loop())
+        try:
+            for _ in range(200):
+                if "web-3" in a.containers:
+                    break
+                await asyncio.sleep(0.01)
+            assert driver.networks == [network] and a.index == 5 and "web-3" in a.containers
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await settle(a)
