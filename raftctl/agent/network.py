@@ -102,15 +102,19 @@ def attach(id: str, address_cidr: str, gateway: str, *, bridge: str = BRIDGE, na
     name = os.path.basename(path)
     if os.path.dirname(path) != RUN_DIR:
         raise OSError(f"network namespaces live in {RUN_DIR}, not {os.path.dirname(path)}")
-    host_if, peer_if = names.veths(id)
-    detach(id, names=names)                  # a leftover of a create that died half-way
+    host_if, _ = names.veths(id)
+    if os.path.lexists(path):
+        detach(id, names=names)              # a leftover of a create that died half-way
     try:
-        _ip("netns", "add", name)
-        _ip("-batch", "-", batch=f"link add {host_if} type veth peer name {peer_if} netns {name}\n"
-                                f"link set {host_if} master {bridge} up\n")
+        try:
+            _ip("-batch", "-", batch=f"netns add {name}\nlink add {host_if} type veth peer name eth0 netns {name}\n"
+                                    f"link set {host_if} master {bridge} up\n")
+        except OSError:                      # a veth left without its namespace: once more after a clean-up
+            detach(id, names=names)
+            _ip("-batch", "-", batch=f"netns add {name}\nlink add {host_if} type veth peer name eth0 netns {name}\n"
+                                    f"link set {host_if} master {bridge} up\n")
         _ip("-netns", name, "-batch", "-", batch=(
             "link set lo up\n"
-            f"link set {peer_if} name eth0\n"
             f"addr add {iface.ip}/{iface.network.prefixlen} dev eth0\n"
             "link set eth0 up\n"
             f"route add default via {gateway}\n"))
@@ -149,6 +153,11 @@ def host_veths(names: Names) -> list[str]:
             return []
         return sorted(str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()
                       if link.get_attr("IFLA_MASTER") == br)
+
+
+def bridge_exists(name: str) -> bool:
+    with IPRoute() as ipr:
+        return _first(ipr, name) is not None
 
 
 def delete_link(name: str) -> bool:

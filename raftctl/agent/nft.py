@@ -68,7 +68,7 @@ def render(table: str, bridge: str, subnet: str, peers: Iterable[str], endpoints
         raise NftError(f"bridge: {bridge!r} is not an interface name")
     own = _net(subnet, "subnet")
     nets = sorted({own, *(_net(p, "peers") for p in peers)}, key=lambda n: ipaddress.IPv4Network(n))
-    dnat, snat, drop = [], [], []
+    dnat, drop = [], []
     for e in sorted(endpoints, key=lambda e: e.id):
         ip, c = _ip(e.address, f"{e.id}.address"), _comment(e.id)
         for host_port, port in e.publish:
@@ -77,8 +77,6 @@ def render(table: str, bridge: str, subnet: str, peers: Iterable[str], endpoints
                 dnat.append(f"fib daddr type local {proto} dport {hp} dnat to {ip}:{cp} comment {c}")
         if e.egress == "none":
             drop.append(f"ip saddr {ip} ip daddr != @subnets drop comment {c}")
-        else:
-            snat.append(f"ip saddr {ip} ip daddr != @subnets masquerade comment {c}")
     lines = [
         f"table ip {table}",             # so that the delete below never fails
         f"delete table ip {table}",
@@ -100,7 +98,9 @@ def render(table: str, bridge: str, subnet: str, peers: Iterable[str], endpoints
         "    type nat hook postrouting priority srcnat; policy accept;",
         f'    oifname "{bridge}" ip saddr 127.0.0.0/8 masquerade',             # a published port from the host
         f'    oifname "{bridge}" ip saddr {own} ct status dnat masquerade',    # ... from a container beside it
-        *(f"    {r}" for r in snat),
+        # egress: every container of the subnet leaves with the machine's address (those with egress none never get
+        # here: forward drops them), so a plain container changes nothing in the table
+        f"    ip saddr {own} ip daddr != @subnets masquerade",
         "  }",
         "  chain forward {",
         "    type filter hook forward priority filter; policy accept;",

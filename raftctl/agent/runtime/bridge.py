@@ -29,6 +29,8 @@ class BridgeNet:
         self.lock = threading.RLock()
         self.subnet: str | None = None
         self.peers: dict[str, str] = {}
+        self._bridge_up: str | None = None      # the gateway the bridge was last seen holding
+        self._table: str | None = None          # the script last applied (nothing to do when it would not change)
         self._load()
 
     def _load(self) -> None:
@@ -56,8 +58,18 @@ class BridgeNet:
             if self.subnet != subnet:
                 self.subnet = subnet
                 self._save()
-            network.ensure_bridge(f"{gateway}/{network.SUBNET_PREFIX}", self.names.bridge)
-            return network.attach(id, f"{ip}/{network.SUBNET_PREFIX}", gateway, names=self.names)
+            if self._bridge_up != gateway:
+                network.ensure_bridge(f"{gateway}/{network.SUBNET_PREFIX}", self.names.bridge)
+                self._bridge_up = gateway
+            try:
+                return network.attach(id, f"{ip}/{network.SUBNET_PREFIX}", gateway, names=self.names)
+            except OSError:
+                if network.bridge_exists(self.names.bridge):
+                    raise
+                self._bridge_up = None                 # removed behind our back: once more, with a bridge
+                network.ensure_bridge(f"{gateway}/{network.SUBNET_PREFIX}", self.names.bridge)
+                self._bridge_up = gateway
+                return network.attach(id, f"{ip}/{network.SUBNET_PREFIX}", gateway, names=self.names)
 
     def detach(self, id: str) -> bool:
         with self.lock:
@@ -66,19 +78,25 @@ class BridgeNet:
     def netns(self, id: str) -> str:
         return self.names.netns(id)
 
-    def sync(self, endpoints: Iterable[nft.Endpoint]) -> None:
+    def sync(self, endpoints: Iterable[nft.Endpoint], force: bool = True) -> None:
         """The table for exactly ``endpoints`` (every bridge container this agent has); none left: no table and
-        no bridge."""
+        no bridge. ``force`` False skips the nft call when the table would not change since this process last
+        applied it (a container that publishes nothing and may leave: the common start)."""
         eps = list(endpoints)
         with self.lock:
             if not eps:
+                self._table = None
                 if nft.exists(self.names.table):
                     nft.delete(self.names.table)
                 if network.host_veths(self.names) == [] and network.delete_bridge(self.names.bridge):
+                    self._bridge_up = None
                     log.info("bridge %s removed: no bridge container left", self.names.bridge)
                 return
             subnet = self.subnet or f"{eps[0].address.rsplit('.', 1)[0]}.0/{network.SUBNET_PREFIX}"
-            nft.apply(nft.render(self.names.table, self.names.bridge, subnet, self.peers, eps))
+            script = nft.render(self.names.table, self.names.bridge, subnet, self.peers, eps)
+            if force or script != self._table:
+                nft.apply(script)
+                self._table = script
 
     def sweep(self, live: set[str]) -> list[str]:
         """Remove the namespaces and veths of containers not in ``live`` (a crash between create and remove, a

@@ -136,12 +136,13 @@ class RuncDriver(Driver):
                 out.append(spec)
         return out
 
-    def _sync_bridge(self, ids: AbstractSet[str] | None = None) -> None:
-        """The agent's nftables table for exactly the bridge containers it has now (none: no table, no bridge)."""
+    def _sync_bridge(self, ids: AbstractSet[str] | None = None, force: bool = True) -> None:
+        """The agent's nftables table for exactly the bridge containers it has now (none: no table, no bridge);
+        ``force`` False: no nft call when it would not change (starts and removes; sweeps force it)."""
         net = self.bridge_net()
-        net.sync(nft.Endpoint(id=s.id, address=str(s.address).split("/")[0], egress=s.egress,
-                              publish=tuple((int(h), int(c)) for h, c in s.publish))
-                 for s in self._bridge_specs(ids))
+        net.sync((nft.Endpoint(id=s.id, address=str(s.address).split("/")[0], egress=s.egress,
+                               publish=tuple((int(h), int(c)) for h, c in s.publish))
+                  for s in self._bridge_specs(ids)), force=force)
 
     def configure_network(self, network: dict[str, Any]) -> None:
         if not isinstance(network, dict) or not (network.get("subnet") or network.get("peers")
@@ -273,7 +274,7 @@ class RuncDriver(Driver):
             if not spec.address:
                 raise RuntimeError_(f"container {spec.id}: network bridge without an address")
             netns = self.bridge_net().attach(spec.id, str(spec.address))
-            self._sync_bridge()               # its published ports and egress before it runs
+            self._sync_bridge(force=False)    # its published ports and egress before it runs
         uid, gid = spec.uid_gid
         host_binds, files = self._host_base(root, b, uid, gid) if spec.base == "host" else ([], {})
         data_dir = None
@@ -513,7 +514,7 @@ class RuncDriver(Driver):
                 os.path.lexists(self.net_names.netns(id)):
             net = self.bridge_net()
             net.detach(id)
-            self._sync_bridge()
+            self._sync_bridge(force=False)
         log.info("removed %s", id)
 
 
