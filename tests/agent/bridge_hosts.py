@@ -153,6 +153,7 @@ def wait_answer(fn: Any, want: str, timeout: float = 15.0) -> str:
     deadline = time.monotonic() + timeout
     got = fn()
     while got != want and time.monotonic() < deadline:
+        print(f"retrying after {got!r}", file=sys.stderr)
         time.sleep(0.2)
         got = fn()
     return str(got)
@@ -178,7 +179,11 @@ def _checks(hosts: Hosts) -> None:
     hosts.step("hB", "run", id="b1", address="10.88.1.2", command=HTTPD.format(text="hello-b1", port=8080))
     for h, other in (("hA", "hB"), ("hB", "hA")):
         hosts.step(h, "configure", network={"subnet": SUBNETS[h], "peers": [
-            {"machine": other, "address": HOSTS[other], "subnet": SUBNETS[other]}]})
+            {"machine": other, "address": HOSTS[other], "subnet": SUBNETS[other]},
+            # a peer at one of this host's own addresses (agents sharing a host, as `raftctl up`'s): no route
+            {"machine": "beside", "address": "127.0.0.5", "subnet": "10.88.9.0/24"}]})
+    routes = hosts.in_host("hA", "ip", "route").stdout
+    assert "10.88.1.0/24 via 10.77.0.2" in routes and "10.88.9.0" not in routes, routes
     # containers on two machines talk by address (host-gw routes)
     got = wait_answer(lambda: hosts.from_container("hB", "b1", "http://10.88.0.2:8080/"), "hello-a1")
     assert got == "hello-a1", got
@@ -206,7 +211,8 @@ def _checks(hosts: Hosts) -> None:
     try:
         eq(wait_answer(lambda: hosts.wget("hB", "http://10.77.0.2:9000/"), "host-b"), "host-b")
         hosts.step("hA", "run", id="a3", address="10.88.0.4", egress="none", command="exec sleep 300")
-        eq(hosts.from_container("hA", "a1", "http://10.77.0.2:9000/"), "host-b")
+        # (retried: one run in three, at load 12-16, timed out its first connect; see the report of issue 16)
+        eq(wait_answer(lambda: hosts.from_container("hA", "a1", "http://10.77.0.2:9000/"), "host-b"), "host-b")
         assert hosts.from_container("hA", "a3", "http://10.77.0.2:9000/").startswith("<failed")
         eq(hosts.from_container("hA", "a3", "http://10.88.1.2:8080/"), "hello-b1")
     finally:

@@ -28,3 +28,6 @@ def test_two_machines_bridge_mode_end_to_end(root_runc, busybox_store, tmp_path)
                        capture_output=True, text=True, timeout=600, cwd=REPO,
                        env={**os.environ, "RAFTCTL_BRIDGE_PRIVATE": "1"})
     assert "BRIDGE-OK" in r.stdout, r.stdout[-3000:] + r.stderr[-6000:]
+    for line in r.stderr.splitlines():      # the retries the scenario needed (pytest -s shows them)
+        if line.startswith("retrying"):
+            print(line)
