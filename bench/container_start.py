@@ -2,7 +2,8 @@
 """Container start latency: raftctl's runc driver beside bare `runc run -d` of the same bundle, and
 end to end through the control plane (job submitted -> replica healthy).
 
-For each of N containers (a busybox httpd on loopback, host network):
+For each of N containers (a busybox httpd on loopback, host network; with ``--network bridge|both`` a
+busybox httpd in its own network namespace on the driver's bridge, alternated with host starts in the same run):
   driver: create (overlay root, config.json, shim, runc create) + start -> status running,
           then -> first successful tcp connect and first HTTP 200;
   bare:   `runc run -d` of a bundle holding the same config.json on a root prepared
@@ -14,10 +15,15 @@ For each of N containers (a busybox httpd on loopback, host network):
   breakdown: where an end-to-end start's time goes, from the agent's start trace (raftctl/agent/trace.py,
           RAFTCTL_START_TRACE) and the placement's created_at (Plan proposed) and healthy_at (healthy report
           proposed): the median ms from the PUT to each step, and the median of each step's own share.
+  bridge (--network bridge|both): the driver's start of a `network: bridge` container (namespace, veth,
+          address, nftables table rewritten) -> running, first tcp / HTTP success at the container's address:
+          what the namespace costs per start, beside the host starts of the same run. The whole bench then
+          runs in a private `unshare --net --mount` (bridges, routes and rules stay there).
 Prints human figures and one JSON line. Needs root, runc and busybox-static.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -49,10 +55,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_probe(port: int, http: bool, timeout: float = 10.0) -> float:
+def wait_probe(port: int, http: bool, timeout: float = 10.0, host: str = "127.0.0.1") -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ok = asyncio.run(probe_http("127.0.0.1", port, "/index.html", 0.5) if http else probe_tcp("127.0.0.1", port, 0.5))
+        ok = asyncio.run(probe_http(host, port, "/index.html", 0.5) if http else probe_tcp(host, port, 0.5))
         if ok:
             return time.monotonic()
         time.sleep(0.002)
@@ -122,7 +128,7 @@ def end_to_end(work: str, n: int) -> tuple[float, list[float], list[dict[str, fl
         times: list[float] = []
         starts: list[dict[str, float]] = []
         for i in range(n + 1):
-            job = {"name": f"s{i}", "image": "bb:1", "base": "scratch", "replicas": 1,
+            job = {"name": f"s{i}", "image": "bb:1", "base": "scratch", "replicas": 1, "network": "host",
                    "command": ["httpd", "-f", "-p", "${PORT_HTTP}", "-h", "/www"],
                    "resources": {"cpu": "50m", "memory": "32Mi", "pids": 32}, "ports": [{"name": "http"}],
                    "health": {"type": "tcp", "port": "http", "interval": "100ms", "timeout": "500ms", "failures": 3}}
@@ -159,18 +165,41 @@ def end_to_end(work: str, n: int) -> tuple[float, list[float], list[dict[str, fl
         cl.stop()
 
 
+PRIVATE = "RAFTCTL_BENCH_PRIVATE_NETNS"
+
+
+def private_netns() -> None:
+    """Re-run in a fresh network + mount namespace, or set that namespace up (lo, private /run/netns)."""
+    if os.environ.get(PRIVATE) != "1":
+        os.environ[PRIVATE] = "1"
+        sys.exit(subprocess.run(["unshare", "--net", "--mount", "--propagation", "private", sys.executable,
+                                 *sys.argv]).returncode)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    for d in ("/run/netns", "/run/raftctl"):
+        os.makedirs(d, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", d], check=True)
+
+
 def main() -> int:
+    ap = argparse.ArgumentParser(description="container start latency")
+    ap.add_argument("--network", choices=["host", "bridge", "both"], default="host",
+                    help="bridge|both: also time bridge-mode starts (alternated with host ones)")
+    args = ap.parse_args()
+    bridge = args.network in ("bridge", "both")
     if not runc_available() or not busybox_available():
         print("container_start: needs root, runc and /usr/bin/busybox; skipped", file=sys.stderr)
         print(json.dumps({"bench": "container_start", "skipped": True}))
         return 0
+    if bridge:
+        private_netns()
     work = tempfile.mkdtemp(prefix="raftctl-bench-")
     store = ImageStore(os.path.join(work, "images"))
     digest = store.build(make_busybox_dir(os.path.join(work, "src")), "busybox:bench")
     drv = RuncDriver(os.path.join(work, "agent"), store)
     image_root = drv.prepare_image(digest)
     bare_root = os.path.join(work, "bare-runc")
-    res: dict[str, list[float]] = {k: [] for k in ("drv_run", "drv_tcp", "drv_http", "bare_run", "bare_tcp", "bare_http")}
+    res: dict[str, list[float]] = {k: [] for k in ("drv_run", "drv_tcp", "drv_http", "bare_run", "bare_tcp", "bare_http")
+                                   + (("br_run", "br_tcp", "br_http") if bridge else ())}
     ids: list[str] = []
     bare: list[tuple[str, str]] = []
     try:
@@ -192,6 +221,25 @@ def main() -> int:
             res["drv_run"].append(t_run - t0)
             res["drv_tcp"].append(t_tcp - t0)
             res["drv_http"].append(t_http - t0)
+            if bridge:   # -- the same through the driver in bridge mode: its own namespace and address ----------
+                port = free_port()
+                addr = f"10.88.0.{2 + i % 250}"
+                bspec = ContainerSpec(id=f"bench-{os.getpid()}-b{i}", job="bench", replica=i, image=digest,
+                                     rootfs=image_root, command=["httpd", "-f", "-p", str(port), "-h", "/www"],
+                                     log_dir=os.path.join(work, "logs", f"b{i}"), ports={"http": port},
+                                     resources=Resources(cpu=250, memory=32 << 20, pids=32), network="bridge",
+                                     address=addr)
+                t0 = time.monotonic()
+                drv.create(bspec)
+                drv.start(bspec.id)
+                assert drv.status(bspec.id).state == "running"
+                t_run = time.monotonic()
+                t_tcp = wait_probe(port, http=False, host=addr)
+                t_http = wait_probe(port, http=True, host=addr)
+                ids.append(bspec.id)
+                res["br_run"].append(t_run - t0)
+                res["br_tcp"].append(t_tcp - t0)
+                res["br_http"].append(t_http - t0)
             # -- bare runc run -d of the same config, root prepared beforehand ----------------
             port = free_port()
             bid = f"bare-{os.getpid()}-{i}"
@@ -236,6 +284,14 @@ def main() -> int:
               f"   ratio p50 {d[0] / b[0]:.2f}x")
     ratio = ms["drv_tcp"][0] / ms["bare_tcp"][0]
     print(f"  aim: driver p50 <= 2x bare (to first tcp success): {ratio:.2f}x -> {'OK' if ratio <= 2 else 'MISSED'}")
+    bridge_ratios = {}
+    if bridge:
+        print("bridge mode through the driver (own namespace, veth, address, nft table), alternated with host:")
+        for what in ("run", "tcp", "http"):
+            br, d = ms[f"br_{what}"], ms[f"drv_{what}"]
+            bridge_ratios[f"ratio_bridge_{what}_p50"] = round(br[0] / d[0], 3)
+            print(f"  to {what:<5} bridge p50 {br[0]:7.1f} ms  p99 {br[1]:7.1f} ms   host p50 {d[0]:7.1f} ms"
+                  f"   bridge/host p50 {br[0] / d[0]:.2f}x (+{br[0] - d[0]:.1f} ms)")
     e, b = ms["e2e_healthy"], ms["bare_tcp"]
     e2e_ratio = e[0] / b[0]
     print(f"end to end, job PUT -> placement healthy in the API ({N} jobs, 1 runc agent, 3 replicas): "
@@ -255,7 +311,8 @@ def main() -> int:
                       **{f"{k}_p99_ms": round(v[1], 2) for k, v in ms.items()},
                       "ratio_run_p50": round(ms["drv_run"][0] / ms["bare_run"][0], 3),
                       "ratio_tcp_p50": round(ratio, 3),
-                      "ratio_http_p50": round(ms["drv_http"][0] / ms["bare_http"][0], 3),
+                      "ratio_http_p50": round(ms["drv_http"][0] / ms["bare_http"][0], 3), **bridge_ratios,
+                      "network": args.network,
                       "e2e_first_ms": round(first * 1000, 1), "ratio_e2e_p50": round(e2e_ratio, 2),
                       "breakdown_ms": {label: round(since, 1) for label, since, _, _ in steps},
                       "load1": os.getloadavg()[0]}))
