@@ -61,7 +61,7 @@ def holds_resources(placement_state: str) -> bool:
 
 # -- records ---------------------------------------------------------------------------------------------------
 
-class Record(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Record(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """Base of every record: immutable, keyword-only, and no field the record does not know."""
 
 

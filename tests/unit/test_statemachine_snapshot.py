@@ -78,6 +78,8 @@ def test_restored_and_applied_replicas_hold_identical_snapshots():
     applied = build()
     restored = State.restore(applied.snapshot())
     assert restored.snapshot() == applied.snapshot()
+    # snapshot() encodes the records as it reaches them: the same bytes as the wire form of to_obj()
+    assert applied.snapshot() == cbor2.dumps(applied.to_obj(), canonical=True)
     more = [c.PlacementUpdate(placement="web-00002", machine="m1", state="running", health="healthy", at=9),
             c.MachineUp(machine="m0", at=10), c.PutJob(spec=to_wire(applied.jobs["web"].versions[0].spec), at=11),
             c.Plan(epoch=1, stop=[{"placement": "batch-00003", "reason": "x"}], at=12),
