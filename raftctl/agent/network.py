@@ -208,10 +208,9 @@ def set_peer_routes(routes: dict[str, str], state_file: str | None = None) -> di
                 ipr.route("del", dst=subnet, gateway=before[subnet], proto=ROUTE_PROTO)
             except Exception as exc:
                 log.info("route %s via %s already gone (%s)", subnet, before[subnet], exc)
-        for subnet, via in sorted(wanted.items()):
-            if before.get(subnet) != via:
-                ipr.route("replace", dst=subnet, gateway=via, proto=ROUTE_PROTO)
-    if state_file:
+        for subnet, via in sorted(wanted.items()):   # every time: a route deleted behind our back comes back
+            ipr.route("replace", dst=subnet, gateway=via, proto=ROUTE_PROTO)
+    if state_file and wanted != before:
         tmp = state_file + ".tmp"
         with open(tmp, "w") as f:
             json.dump(wanted, f, sort_keys=True)
