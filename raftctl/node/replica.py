@@ -13,6 +13,7 @@ from typing import Any, Callable, TypeVar
 import aiohttp
 from aiohttp import web
 
+from raftctl.clock import SYSTEM, Clock
 from raftctl.discovery.dns import DnsServer
 from raftctl.discovery.view import lookup
 from raftctl.errors import Unavailable
@@ -61,6 +62,7 @@ class ServerConfig:
 class Replica:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
+        self.clock: Clock = SYSTEM   # the one clock of this replica's handlers and loops (tests inject a fake)
         self.started_at = time.time()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.raft: RaftNode | None = None
