@@ -136,41 +136,58 @@ def lower_bound(demand: Mapping[str, int], capacities: list[dict[str, int]]) -> 
     return need
 
 
-def efficiency(machines: Mapping[str, Machine], placements: Mapping[str, Placement],
-               usage: Mapping[str, Usage]) -> dict[str, Any]:
-    """The whole view; ``usage`` maps placement id to its latest reported usage."""
-    live = [p for p in placements.values() if p.holds_resources()]
-    unit = smallest_unit(live)
+Resources = dict[str, Any]   # resource name -> figure
+SUMMED = ("capacity", "allocated", "used", "free", "idle", "stranded", "reported")
+
+
+def _request(p: Placement) -> dict[str, int]:
+    return {r: p.resources.get(r, 0) for r in RESOURCES}
+
+
+def _tally(here: list[Placement], usage: Mapping[str, Usage]) -> tuple[Resources, Resources, Resources, Resources]:
+    """(allocated, used, allocated over reported placements, reported counts) of the placements ``here``."""
+    allocated, used, alloc_reported = _zero(), _zero(), _zero()
+    reported = {r: 0 for r in RESOURCES}
+    for p in here:
+        req = _request(p)
+        u, rep = _usage_of(p, usage)
+        for r in RESOURCES:
+            allocated[r] += req[r]
+            used[r] += u[r]
+            reported[r] += rep[r]
+            alloc_reported[r] += req[r] if rep[r] else 0
+    return allocated, used, alloc_reported, reported
+
+
+def _stranded(state: str, free: Mapping[str, float], unit: Mapping[str, int]) -> dict[str, float]:
+    """Free capacity of an active machine beside a resource that ran out below the smallest request."""
+    if state != "active":
+        return {r: 0 for r in RESOURCES}
+    return {"cpu": free["cpu"] if free["memory"] < unit["memory"] else 0,
+            "memory": free["memory"] if free["cpu"] < unit["cpu"] else 0}
+
+
+def _machine_row(mid: str, m: Machine, here: list[Placement], usage: Mapping[str, Usage],
+                 unit: Mapping[str, int]) -> dict[str, Any]:
+    state = m.state(bool(here))
+    capacity = {r: m.resources.get(r, 0) if m.status == "up" else 0 for r in RESOURCES}
+    row = _summary(capacity, *_tally(here, usage))
+    row["stranded"] = _stranded(state, row["free"], unit)
+    fd = m.fault_domain
+    return {"id": mid, "state": state, "fault_domain": {k: fd.get(k, "") for k in LEVELS},
+            "placements": len(here), **row}
+
+
+def _machine_rows(machines: Mapping[str, Machine], live: list[Placement], usage: Mapping[str, Usage],
+                  unit: Mapping[str, int]) -> list[dict[str, Any]]:
     by_machine: dict[str, list[Placement]] = {}
     for p in live:
         by_machine.setdefault(p.machine, []).append(p)
+    return [_machine_row(mid, machines[mid], by_machine.get(mid, []), usage, unit) for mid in sorted(machines)]
 
-    machine_rows = []
-    for mid in sorted(machines):
-        m = machines[mid]
-        here = by_machine.get(mid, [])
-        state = m.state(bool(here))
-        capacity = {r: m.resources.get(r, 0) if m.status == "up" else 0 for r in RESOURCES}
-        allocated, used, alloc_reported = _zero(), _zero(), _zero()
-        reported = {r: 0 for r in RESOURCES}
-        for p in here:
-            req = {r: p.resources.get(r, 0) for r in RESOURCES}
-            u, rep = _usage_of(p, usage)
-            for r in RESOURCES:
-                allocated[r] += req[r]
-                used[r] += u[r]
-                reported[r] += rep[r]
-                alloc_reported[r] += req[r] if rep[r] else 0
-        row = _summary(capacity, allocated, used, alloc_reported, reported)
-        free = row["free"]
-        row["stranded"] = {r: 0 for r in RESOURCES}
-        if state == "active":
-            row["stranded"]["cpu"] = free["cpu"] if free["memory"] < unit["memory"] else 0
-            row["stranded"]["memory"] = free["memory"] if free["cpu"] < unit["cpu"] else 0
-        fd = m.fault_domain
-        machine_rows.append({"id": mid, "state": state, "fault_domain": {k: fd.get(k, "") for k in LEVELS},
-                             "placements": len(here), **row, "_alloc_reported": alloc_reported})
 
+def _domains(machine_rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The machine rows summed per fault domain at every level (region, region/zone, ...)."""
     domains: dict[str, list[dict[str, Any]]] = {}
     for depth, level in enumerate(LEVELS):
         acc: dict[str, dict[str, Any]] = {}
@@ -179,44 +196,72 @@ def efficiency(machines: Mapping[str, Machine], placements: Mapping[str, Placeme
             d = acc.setdefault(key, {"domain": key, "machines": 0, "placements": 0})
             d["machines"] += 1
             d["placements"] += row["placements"]
-            _add(d, {k: row[k] for k in ("capacity", "allocated", "used", "free", "idle", "stranded", "reported")})
+            _add(d, {k: row[k] for k in SUMMED})
         domains[level] = [acc[k] for k in sorted(acc)]
+    return domains
 
-    jobs: dict[str, dict[str, Any]] = {}
-    for p in sorted(live, key=lambda p: p.id):
-        j = jobs.setdefault(p.job, {"job": p.job, "replicas": 0, "allocated": _zero(), "used": _zero(),
-                                       "idle": _zero(), "reported": {r: 0 for r in RESOURCES}})
-        j["replicas"] += 1
+
+def _rounded(figures: Mapping[str, float]) -> dict[str, float]:
+    return {r: round(v, 1) for r, v in figures.items()}
+
+
+def _job_row(job: str, ps: list[Placement], usage: Mapping[str, Usage]) -> dict[str, Any]:
+    allocated, used, idle = _zero(), _zero(), _zero()
+    reported = {r: 0 for r in RESOURCES}
+    for p in ps:
         u, rep = _usage_of(p, usage)
         for r in RESOURCES:
             asked = p.resources.get(r, 0)
-            j["allocated"][r] += asked
-            j["used"][r] += u[r]
-            j["reported"][r] += rep[r]
+            allocated[r] += asked
+            used[r] += u[r]
+            reported[r] += rep[r]
             if rep[r]:
-                j["idle"][r] += max(0.0, asked - u[r])
-    for j in jobs.values():
-        j["used"] = {r: round(v, 1) for r, v in j["used"].items()}
-        j["idle"] = {r: round(v, 1) for r, v in j["idle"].items()}
-        j["utilisation"] = {r: (round(j["used"][r] / j["allocated"][r], 4)
-                                if j["reported"][r] and j["allocated"][r] else None) for r in RESOURCES}
+                idle[r] += max(0.0, asked - u[r])
+    used, idle = _rounded(used), _rounded(idle)
+    utilisation = {r: (round(used[r] / allocated[r], 4) if reported[r] and allocated[r] else None)
+                   for r in RESOURCES}
+    return {"job": job, "replicas": len(ps), "allocated": allocated, "used": used, "idle": idle,
+            "reported": reported, "utilisation": utilisation}
 
-    cluster: dict[str, Any] = {"machines": len(machine_rows), "placements": len(live)}
-    for k in ("capacity", "allocated", "used", "free", "idle", "stranded", "reported"):
-        cluster[k] = {r: sum(row[k][r] for row in machine_rows) for r in RESOURCES}
-    cluster["used"] = {r: round(v, 1) for r, v in cluster["used"].items()}
-    cluster["idle"] = {r: round(v, 1) for r, v in cluster["idle"].items()}
-    cluster["machines_in_use"] = sum(1 for row in machine_rows if row["placements"])
 
-    up = [(mid, {r: m.resources.get(r, 0) for r in RESOURCES})
-          for mid, m in sorted(machines.items()) if m.status == "up"]
+def _jobs(live: list[Placement], usage: Mapping[str, Usage]) -> list[dict[str, Any]]:
+    by_job: dict[str, list[Placement]] = {}
+    for p in sorted(live, key=lambda p: p.id):
+        by_job.setdefault(p.job, []).append(p)
+    return [_job_row(job, by_job[job], usage) for job in sorted(by_job)]
+
+
+def _fit(machines: Mapping[str, Machine], live: list[Placement], unit: dict[str, int]) -> dict[str, Any]:
+    up = [(mid, _machine_capacity(m)) for mid, m in sorted(machines.items()) if m.status == "up"]
     up.sort(key=lambda b: (-b[1]["cpu"], -b[1]["memory"], b[0]))
-    items = [(p.id, {r: p.resources.get(r, 0) for r in RESOURCES}) for p in live]
+    items = [(p.id, _request(p)) for p in live]
     demand = {r: sum(it[1][r] for it in items) for r in RESOURCES}
     ffd, unplaced = first_fit_decreasing(items, up)
-    cluster["fit"] = {"lower_bound": lower_bound(demand, [b[1] for b in up]), "first_fit_decreasing": ffd,
-                      "unplaceable": unplaced, "unit": unit}
-    for row in machine_rows:
-        del row["_alloc_reported"]
-    return {"cluster": cluster, "machines": machine_rows, "domains": domains,
-            "jobs": [jobs[k] for k in sorted(jobs)]}
+    return {"lower_bound": lower_bound(demand, [b[1] for b in up]), "first_fit_decreasing": ffd,
+            "unplaceable": unplaced, "unit": unit}
+
+
+def _machine_capacity(m: Machine) -> dict[str, int]:
+    return {r: m.resources.get(r, 0) for r in RESOURCES}
+
+
+def _cluster(machine_rows: list[dict[str, Any]], live: list[Placement]) -> dict[str, Any]:
+    cluster: dict[str, Any] = {"machines": len(machine_rows), "placements": len(live)}
+    for k in SUMMED:
+        cluster[k] = {r: sum(row[k][r] for row in machine_rows) for r in RESOURCES}
+    cluster["used"] = _rounded(cluster["used"])
+    cluster["idle"] = _rounded(cluster["idle"])
+    cluster["machines_in_use"] = sum(1 for row in machine_rows if row["placements"])
+    return cluster
+
+
+def efficiency(machines: Mapping[str, Machine], placements: Mapping[str, Placement],
+               usage: Mapping[str, Usage]) -> dict[str, Any]:
+    """The whole view; ``usage`` maps placement id to its latest reported usage."""
+    live = [p for p in placements.values() if p.holds_resources()]
+    unit = smallest_unit(live)
+    machine_rows = _machine_rows(machines, live, usage, unit)
+    cluster = _cluster(machine_rows, live)
+    cluster["fit"] = _fit(machines, live, unit)
+    return {"cluster": cluster, "machines": machine_rows, "domains": _domains(machine_rows),
+            "jobs": _jobs(live, usage)}
