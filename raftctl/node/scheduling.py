@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping, TypeVar
 
+from raftctl.clock import Clock
 from raftctl.errors import Unavailable
 from raftctl.scheduler import schedule
 from raftctl.statemachine import commands as c
@@ -199,9 +200,14 @@ class Streamed:
 
 
 class SchedulerLoop:
-    def __init__(self, replica: Any, epoch: int) -> None:
+    """The leader's passes. Its time (the resync period, the pauses, the ``now`` a pass plans at) is the replica's
+    clock (``replica.clock``, or ``clock`` when given); a pass's own duration is measured on the real perf counter
+    (a figure for status and metrics, not a decision)."""
+
+    def __init__(self, replica: Any, epoch: int, clock: Clock | None = None) -> None:
         self.replica = replica
         self.epoch = epoch
+        self.clock: Clock = replica.clock if clock is None else clock
         self.passes = 0
         self.placed = 0
         self.rejected = 0
@@ -218,11 +224,12 @@ class SchedulerLoop:
         loop = asyncio.get_running_loop()
         while True:
             key = self.replica.read(_watch_key)
-            if key == seen and time.monotonic() - last_resync < RESYNC_S:
+            if key == seen and self.clock.monotonic() - last_resync < RESYNC_S:
                 await self.replica.wait_for(_watch_key, key, 1.0)
                 continue
-            seen, last_resync = key, time.monotonic()
+            seen, last_resync = key, self.clock.monotonic()
             jobs, placements, machines, index = self.replica.read(_inputs)
+            now = self.clock.now_ms()
             t0 = time.perf_counter()
             stream = backlog(jobs, placements) > STREAM_ABOVE
             streamed = Streamed(self, loop, index) if stream else None
@@ -231,7 +238,7 @@ class SchedulerLoop:
             # its placements over job by job, and they are committed while it goes on (no packing repair then).
             try:
                 fut = loop.run_in_executor(None, lambda: schedule(  # noqa: B023
-                    jobs, placements, machines, index=index, now=int(time.time() * 1000), check=gil_offer(),  # noqa: B023
+                    jobs, placements, machines, index=index, now=now, check=gil_offer(),  # noqa: B023
                     pack=not stream, emit=streamed.emit if streamed else None))  # noqa: B023
                 if streamed is not None:
                     fut.add_done_callback(lambda _: streamed.queue.put_nowait(None))  # noqa: B023
@@ -240,7 +247,7 @@ class SchedulerLoop:
             except Exception:  # a bug (the pass is pure): say so and retry, never let the loop die unseen
                 log.exception("scheduler pass failed at index %d", index)
                 self.failed += 1
-                await asyncio.sleep(FAILED_PASS_PAUSE_S)
+                await self.clock.sleep(FAILED_PASS_PAUSE_S)
                 seen = -1
                 continue
             self.last_pass_ms = (time.perf_counter() - t0) * 1000
@@ -262,7 +269,7 @@ class SchedulerLoop:
             if outcome == "deposed":
                 return  # leadership is over; Leadership stops us
             if outcome == "failed":
-                await asyncio.sleep(0.2)
+                await self.clock.sleep(0.2)
             if outcome in ("failed", "rejected"):
                 seen = -1  # recompute at once against the newer state (a refused command waits for a change)
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from msgspec.structs import replace
 
+from raftctl.clock import SYSTEM, Clock, FakeClock
 from raftctl.errors import RaftctlError
 from raftctl.node import scheduling
 from raftctl.scheduler import reconcile, schedule
@@ -374,16 +375,22 @@ class LoopReplica:
     """The replica SchedulerLoop runs on: reads ``state`` (left unchanged, so a second pass would propose the
     same plan again), records every proposed command and answers it with ``answer(cmd)``."""
 
-    def __init__(self, state: SimpleNamespace, answer: Callable[[Any], SimpleNamespace]) -> None:
+    def __init__(self, state: SimpleNamespace, answer: Callable[[Any], SimpleNamespace],
+                 clock: Clock = SYSTEM) -> None:
         self.state = state
         self.answer = answer
+        self.clock = clock
         self.proposed: list[Any] = []
 
     def read(self, fn):
         return fn(self.state)
 
     async def wait_for(self, fn, key, timeout):
-        await asyncio.sleep(0.01)
+        # nothing changes: the wait times out (on a fake clock, at once, the clock moved by ``timeout``)
+        if isinstance(self.clock, FakeClock):
+            await self.clock.sleep(timeout)
+        else:
+            await asyncio.sleep(0.01)
 
     async def propose(self, cmd, timeout):
         self.proposed.append(cmd)
@@ -429,16 +436,16 @@ async def test_the_scheduler_loop_outlives_a_failing_pass(monkeypatch, caplog):
     replica = LoopReplica(loop_state({"web": job(replicas=1)}, {"a": machine("a")}),
                           lambda cmd: SimpleNamespace(ok=True, error=None, value={"placed": [1]}))
     proposed = replica.proposed
+    replica.clock = clock = FakeClock()
     calls = []
     real = scheduling.schedule
 
     def flaky(*a, **k):
-        calls.append(1)
+        calls.append(list(clock.sleeps))   # the clock's sleeps so far
         if len(calls) == 1:
             raise ValueError("boom")
         return real(*a, **k)
     monkeypatch.setattr(scheduling, "schedule", flaky)
-    monkeypatch.setattr(scheduling, "FAILED_PASS_PAUSE_S", 0.01)
     loop = scheduling.SchedulerLoop(replica, epoch=1)
     task = asyncio.create_task(loop.run())
     for _ in range(500):
@@ -448,6 +455,31 @@ async def test_the_scheduler_loop_outlives_a_failing_pass(monkeypatch, caplog):
     task.cancel()
     assert proposed and [p["machine"] for p in proposed[0].place] == ["a"]
     assert loop.status()["failed"] == 1 and "scheduler pass failed" in caplog.text
+    assert calls[1] == [scheduling.FAILED_PASS_PAUSE_S]   # the pause before the retry was on the replica's clock
+
+
+async def test_the_scheduler_loop_plans_at_and_resyncs_on_the_replicas_clock(monkeypatch):
+    # issue 14: the loop's time is the replica's clock. Nothing changes in the state, so the second pass is the
+    # periodic resync, RESYNC_S later on the (fake) clock; each pass plans at the clock's wall time
+    clock = FakeClock()
+    replica = LoopReplica(loop_state({"web": job(replicas=1)}, {"a": machine("a")}),
+                          lambda cmd: SimpleNamespace(ok=True, error=None, value={"placed": []}), clock)
+    t0 = clock.now_ms()
+    nows: list[int] = []
+    real = scheduling.schedule
+
+    def recording(*a, now, **k):
+        nows.append(now)
+        return real(*a, now=now, **k)
+    monkeypatch.setattr(scheduling, "schedule", recording)
+    loop = scheduling.SchedulerLoop(replica, epoch=1)
+    task = asyncio.create_task(loop.run())
+    for _ in range(300):   # 3 s of real time at most; the resync is due after RESYNC_S of the fake clock
+        if len(nows) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    assert nows[:2] == [t0, t0 + int(scheduling.RESYNC_S * 1000)]
 
 
 def test_a_pass_hands_over_each_jobs_new_placements_as_it_goes_and_then_runs_no_repair():
