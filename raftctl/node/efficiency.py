@@ -4,15 +4,19 @@ agents' latest usage reports.
 Usage reports (POST /v1/agent/stats) are forwarded to the leader and kept in its memory only, so a
 follower forwards this read to the leader; with no leader known it answers from its own (usage-less)
 samples and says so (``usage_from``).
+
+The view is computed once per state change: :class:`ViewCache` keeps the last one, keyed by the state's index
+and a fingerprint of the usage samples (they arrive outside the log), and for at most ``MAX_AGE_S`` of the
+replica's clock (samples also leave the window as time passes), so repeated scrapes compute nothing.
 """
 from __future__ import annotations
 
-import time
-from typing import Any, Iterator
+from typing import Any, Hashable, Iterator
 
 from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from raftctl.clock import Clock
 from raftctl.node.autoscale import SAMPLE_WINDOW_MS
 from raftctl.node.http import REPLICA, encode, forward_to_leader, perm
 from raftctl.scheduler.efficiency import Usage, efficiency
@@ -40,12 +44,59 @@ def latest_usage(samples: dict[tuple[str, str], Any], live: dict[str, int], now_
     return {pid: Usage(cpu=cpu.get(pid), memory=mem.get(pid)) for pid in set(cpu) | set(mem)}
 
 
+MAX_AGE_S = 1.0   # the longest a view is served for the same index and samples (samples age out of the window)
+
+
+def usage_fingerprint(samples: dict[tuple[str, str], Any]) -> tuple[Hashable, ...]:
+    """Changes when a CPU or memory sample is added: each such series' length and newest sample."""
+    return tuple((series, len(dq), dq[-1] if dq else None) for series, dq in list(samples.items())
+                 if series[1] in ("cpu", MEMORY_METRIC))
+
+
+def clock_of(replica: Any) -> Clock:
+    """The replica's clock (its samples' clock until the replica carries one)."""
+    clock: Clock = getattr(replica, "clock", None) or replica.metrics.clock
+    return clock
+
+
+class ViewCache:
+    """The last view computed on one replica; ``computed`` counts the views actually computed."""
+
+    def __init__(self, max_age_s: float = MAX_AGE_S) -> None:
+        self.max_age_s = max_age_s
+        self.computed = 0
+        self._key: tuple[int, tuple[Hashable, ...]] | None = None
+        self._at = 0.0
+        self._view: dict[str, Any] = {}
+
+    def view(self, replica: Any) -> dict[str, Any]:
+        clock = clock_of(replica)
+        now = clock.monotonic()
+        fingerprint = usage_fingerprint(replica.metrics.samples)
+        index = replica.read(lambda s: s.index)
+        if (index, fingerprint) == self._key and now - self._at <= self.max_age_s:
+            return self._view
+        machines, placements, index = replica.read(lambda s: (dict(s.machines), dict(s.placements), s.index))
+        live = {pid: p.resources.get("cpu", 0) for pid, p in placements.items() if p.holds_resources()}
+        usage = latest_usage(replica.metrics.samples, live, clock.now_ms())
+        self._view = {"index": index, **efficiency(machines, placements, usage)}
+        self._key, self._at = (index, fingerprint), now
+        self.computed += 1
+        return self._view
+
+
+def cache_of(replica: Any) -> ViewCache:
+    cache = getattr(replica, "_efficiency_cache", None)
+    if cache is None:
+        cache = replica._efficiency_cache = ViewCache()
+    assert isinstance(cache, ViewCache)
+    return cache
+
+
 def compute(replica: Any) -> dict[str, Any]:
-    """The view as this replica sees it now."""
-    machines, placements, index = replica.read(lambda s: (dict(s.machines), dict(s.placements), s.index))
-    live = {pid: p.resources.get("cpu", 0) for pid, p in placements.items() if p.holds_resources()}
-    usage = latest_usage(replica.metrics.samples, live, int(time.time() * 1000))
-    return {"index": index, **efficiency(machines, placements, usage)}
+    """The view as this replica sees it now (shared with later callers until the state or the samples change:
+    do not modify it)."""
+    return cache_of(replica).view(replica)
 
 
 @perm("read")
@@ -54,7 +105,7 @@ async def get_efficiency(request: web.Request) -> web.StreamResponse:
     if forwarded is not None:
         return forwarded
     replica = request.app[REPLICA]
-    data = compute(replica)
+    data = {**compute(replica)}
     rs = replica.raft.raft_status() if replica.raft is not None else {"state": "none"}
     data["usage_from"] = {"node": replica.cfg.node_id, "leader": rs["state"] == "leader"}
     return encode(request, data, index=data["index"])

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import pytest
 
+from raftctl.clock import FakeClock
+from raftctl.node.autoscale import SAMPLE_WINDOW_MS, Metrics
+from raftctl.node.efficiency import MAX_AGE_S, MEMORY_METRIC, cache_of, compute, prometheus_families
 from raftctl.scheduler.efficiency import Usage, efficiency, first_fit_decreasing, lower_bound
 from raftctl.statemachine.records import Machine, Placement
+from raftctl.statemachine.state import State
 from tests.unit.record_fixtures import as_machine, as_placement
 
 Mi = 1 << 20
@@ -165,3 +169,74 @@ def test_the_view_is_deterministic():
     ps = by_id(*(placement(f"p{i}", f"m{i % 5}", 100 + i * 37, (64 + i) * Mi, job=f"j{i % 3}") for i in range(20)))
     usage = {f"p{i}": Usage(cpu=float(i), memory=i * Mi) for i in range(0, 20, 2)}
     assert efficiency(ms, ps, usage) == efficiency(dict(reversed(ms.items())), dict(reversed(ps.items())), usage)
+
+
+# -- the node's view is computed once per state change -------------------------------------------------------
+
+class FakeReplica:
+    """What node/efficiency.py reads of a replica: its state (through ``read``), its samples and its clock."""
+
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+        self.metrics = Metrics(self.clock)
+        self.state = State()
+
+    def read(self, fn):
+        return fn(self.state)
+
+    def put(self, *records: Machine | Placement) -> None:
+        """Stands for an applied command: the records change and the index moves."""
+        for r in records:
+            (self.state.machines if isinstance(r, Machine) else self.state.placements)[r.id] = r
+        self.state.index += 1
+
+
+def test_repeated_reads_at_one_index_compute_the_view_once():
+    rep = FakeReplica()
+    rep.put(machine("a"), placement("p1", "a", 500, 256 * Mi))
+    first = compute(rep)
+    assert compute(rep) is first
+    list(prometheus_families(rep))          # a /metrics scrape reads the same view
+    assert cache_of(rep).computed == 1
+    assert first["cluster"]["allocated"] == {"cpu": 500, "memory": 256 * Mi}
+
+
+def test_a_read_after_a_command_sees_it():
+    rep = FakeReplica()
+    rep.put(machine("a"))
+    assert compute(rep)["cluster"]["placements"] == 0
+    rep.put(placement("p1", "a", 500, 256 * Mi))
+    view = compute(rep)
+    assert view["cluster"]["placements"] == 1 and view["index"] == rep.state.index
+    gauges = {f.name: f.samples for f in prometheus_families(rep)}
+    assert {s.labels["resource"]: s.value for s in gauges["raftctl_efficiency_allocated"]}["cpu"] == 500
+    assert cache_of(rep).computed == 2
+
+
+def test_a_usage_sample_at_the_same_index_is_seen():
+    rep = FakeReplica()
+    rep.put(machine("a"), placement("p1", "a", 500, 256 * Mi, job="web"))
+    assert compute(rep)["cluster"]["reported"] == {"cpu": 0, "memory": 0}
+    rep.metrics.add("web", "cpu", 0.5, key="p1")
+    assert compute(rep)["cluster"]["used"]["cpu"] == 250.0
+    rep.metrics.add("web", MEMORY_METRIC, 100 * Mi, key="p1")
+    assert compute(rep)["cluster"]["used"] == {"cpu": 250.0, "memory": 100 * Mi}
+    # a newer sample of the same value and series length still moves the fingerprint (its time)
+    rep.clock.advance(0.5)
+    rep.metrics.add("web", "cpu", 0.2, key="p1")
+    assert compute(rep)["cluster"]["used"]["cpu"] == 100.0
+    assert cache_of(rep).computed == 4
+
+
+def test_a_view_is_served_for_at_most_max_age():
+    rep = FakeReplica()
+    rep.put(machine("a"), placement("p1", "a", 500, 256 * Mi, job="web"))
+    rep.metrics.add("web", "cpu", 0.5, key="p1")
+    assert compute(rep)["cluster"]["reported"]["cpu"] == 1
+    rep.clock.advance(MAX_AGE_S / 2)
+    compute(rep)
+    assert cache_of(rep).computed == 1
+    # nothing changed in the state or the samples, but the sample left the window as time passed
+    rep.clock.advance(SAMPLE_WINDOW_MS / 1000)
+    assert compute(rep)["cluster"]["reported"]["cpu"] == 0
+    assert cache_of(rep).computed == 2
