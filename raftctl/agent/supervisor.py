@@ -18,7 +18,8 @@ from raftctl.agent.health import HealthMonitor, HealthPolicy, Probe, probe_for
 from raftctl.agent.runtime.base import ContainerSpec, Driver, Observed, RuntimeError_
 from raftctl.agent.trace import OFF, StartTrace
 from raftctl.clock import SYSTEM, Clock
-from raftctl.statemachine.records import REASON_MAX, HealthState, JobSpec, PlacementState, ReportUpdate
+from raftctl.statemachine.records import (REASON_MAX, HealthState, JobSpec, PlacementState, ReportUpdate,
+                                          container_port)
 
 log = logging.getLogger("raftctl.agent")
 
@@ -222,7 +223,10 @@ class Supervisor:
         bridge = p["spec"].network == "bridge"
         addr = str(p.get("address")).split("/")[0] if bridge else self.host
         try:
-            return probe_for(policy, self.driver, p["id"], addr, p.get("ports") or {})
+            ports = dict(p.get("ports") or {})
+            if bridge:   # a bridge container listens on each port's `to` in its namespace (records.container_port)
+                ports.update({pt.name: container_port(pt, ports[pt.name]) for pt in p["spec"].ports if pt.name in ports})
+            return probe_for(policy, self.driver, p["id"], addr, ports)
         except ValueError as exc:   # a spec stored before its health check was validated: it fails, never crashes
             log.warning("placement %s: %s; the check fails", p["id"], exc)
 

@@ -365,3 +365,28 @@ async def test_a_driver_call_past_its_bound_is_a_driver_timeout_and_its_own_time
     with pytest.raises(TimeoutError, match="registry") as info:
         await call_driver(raises)
     assert not isinstance(info.value, DriverTimeout)
+
+
+@pytest.mark.parametrize("network, to, probed", [
+    ("bridge", 8080, ("10.88.1.5", 8080)),     # in its own namespace it listens on the port's `to`
+    ("bridge", None, ("10.88.1.5", 31001)),    # no `to`: the allocated number (its PORT_HTTP)
+    ("host", None, ("127.0.0.2", 31001)),      # host network: the machine's address and the allocated port
+])
+async def test_a_tcp_check_goes_where_the_container_listens(monkeypatch, network, to, probed):
+    from raftctl.agent import health
+    from raftctl.agent.health import HealthPolicy
+
+    seen: list[tuple[str, int]] = []
+
+    async def probe_tcp(addr: str, port: int, timeout: float) -> bool:
+        seen.append((addr, port))
+        return True
+
+    monkeypatch.setattr(health, "probe_tcp", probe_tcp)
+    port: dict[str, Any] = {"name": "http"} if to is None else {"name": "http", "to": to}
+    spec = job_spec(network=network, ports=[port], health={"type": "tcp", "port": "http"})
+    sup = Supervised({"id": "w-1", "spec": spec, "ports": {"http": 31001}, "address": "10.88.1.5"})
+    s = Supervisor(sup, driver=None, report=lambda u: None, metrics=None,  # type: ignore[arg-type]
+                   container_spec=lambda p: None, host="127.0.0.2")       # type: ignore[arg-type,return-value]
+    assert await s._probe(HealthPolicy.from_spec(spec.health))() is True
+    assert seen == [probed]
