@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from pysyncobj import FAIL_REASON
 
+from raftctl.clock import SYSTEM, Clock
 from raftctl.errors import OutcomeUnknown, RaftctlError, Unavailable, ValidationError
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import Result
@@ -40,8 +40,9 @@ LEADER_POLL_S = 0.02  # how often a write waiting for an election looks again
 
 class Proposer:
     def __init__(self, raft: Any, *, max_batch: int = 1024, max_inflight: int = 4, timeout: float = 5.0,
-                 leader_wait_s: float = 3.0) -> None:
+                 leader_wait_s: float = 3.0, clock: Clock = SYSTEM) -> None:
         self.raft = raft
+        self.clock = clock  # stamps commands' ``at``, times the wait for a leader and the flusher's restart pause
         self.leader_wait_s = leader_wait_s  # how long a write waits for an election before it is refused
         self.max_batch = max_batch
         self.max_inflight = max_inflight
@@ -85,7 +86,7 @@ class Proposer:
         """Commit one command and return its result; raises OutcomeUnknown/Unavailable."""
         wire = c.to_wire(cmd)
         if not wire["at"]:
-            wire["at"] = int(time.time() * 1000)
+            wire["at"] = self.clock.now_ms()
         # No id is invented for a command that has none: only a caller that may retry (an API request
         # with X-Request-Id, the bootstrap) has one, and the dedup table keeps room for those.
         try:
@@ -112,11 +113,11 @@ class Proposer:
 
     async def _wait_for_leader(self, bound: float) -> bool:
         """Wait up to ``bound`` seconds (an election) until raft names a leader."""
-        deadline = self._loop.time() + bound
+        deadline = self.clock.monotonic() + bound
         while not self._knows_leader():
-            if self._loop.time() >= deadline:
+            if self.clock.monotonic() >= deadline:
                 return False
-            await asyncio.sleep(LEADER_POLL_S)
+            await self.clock.sleep(LEADER_POLL_S)
         return True
 
     def _no_leader(self, waited: bool = True) -> Unavailable:
@@ -147,7 +148,7 @@ class Proposer:
             except Exception:
                 self.restarts += 1
                 log.exception("proposer: the flusher failed; starting it again")
-                await asyncio.sleep(0.01)
+                await self.clock.sleep(0.01)
 
     async def _flusher(self) -> None:
         while True:

@@ -10,6 +10,7 @@ import asyncio
 import pytest
 from pysyncobj import FAIL_REASON
 
+from raftctl.clock import FakeClock
 from raftctl.errors import OutcomeUnknown, RaftctlError, Unavailable, ValidationError
 from raftctl.node import proposer as proposer_mod
 from raftctl.node.proposer import Proposer
@@ -225,23 +226,39 @@ async def test_a_replica_that_knows_no_leader_refuses_writes_and_hands_raft_noth
     # jepsen-style finding 9: agents' reports sent to a replica cut off for 35 s were answered "not applied"
     # after 5 s, held by pysyncobj and applied 25-35 s late at the heal, over newer state
     raft = LeaderlessRaft([None])
-    p = Proposer(raft, timeout=1.0)
-    p.leader_wait_s = 0.3  # how long a write waits for an election
+    clock = FakeClock()
+    p = Proposer(raft, timeout=1.0, clock=clock)
+    p.leader_wait_s = 0.3  # how long a write waits for an election, on the proposer's clock
     p.start()
     try:
-        t0 = asyncio.get_running_loop().time()
+        t0 = clock.monotonic()
         with pytest.raises(Unavailable) as err:
             await p.propose(job("stale"))
-        took = asyncio.get_running_loop().time() - t0
+        took = clock.monotonic() - t0
         with pytest.raises(Unavailable):
             await p.barrier()
     finally:
         await p.stop()
     assert not isinstance(err.value, OutcomeUnknown), err.value  # certainly not applied, and says so
-    assert "nothing was applied" in str(err.value) and 0.25 <= took < 0.9
+    # the wait polled the clock until leader_wait_s had passed on it, and no longer
+    assert "nothing was applied" in str(err.value)
+    assert 0.3 <= took < 0.3 + proposer_mod.LEADER_POLL_S + 1e-9 and set(clock.sleeps) == {proposer_mod.LEADER_POLL_S}
     assert raft.held == [] and raft.entries == []
     raft.hear_leader()  # the partition heals
     assert "stale" not in raft.state.jobs
+
+
+async def test_a_command_without_a_time_is_stamped_with_the_proposers_clock():
+    clock = FakeClock(wall_ms=1_234_000)
+    raft = FakeRaft()
+    p = Proposer(raft, timeout=1.0, clock=clock)
+    p.start()
+    try:
+        await p.propose(job("stamped"))
+        await p.propose(c.PutJob(spec={**SPEC, "name": "dated"}, at=99))
+    finally:
+        await p.stop()
+    assert [cmd["at"] for entry in raft.entries for cmd in entry] == [1_234_000, 99]
 
 
 async def test_a_write_waits_for_an_election_then_commits():
