@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from typing import Any
 
 from aiohttp import web
@@ -171,7 +170,7 @@ async def _drain(request: web.Request, drain: bool) -> web.Response:
         data = await body(request)
         if isinstance(data, dict) and data.get("deadline") is not None:
             try:
-                deadline = int(time.time() * 1000) + parse_duration(data["deadline"])
+                deadline = replica.clock.now_ms() + parse_duration(data["deadline"])
             except RaftctlError as exc:
                 raise ValidationError(exc.message, field="deadline") from None
     res = await replica.propose(c.DrainMachine(machines=[mid], drain=drain, deadline=deadline, id=request_id(request)))

@@ -3,8 +3,6 @@ in the backup file's envelope (raftctl/statemachine/backup.py, the codec the CLI
 """
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
 from raftctl.node.http import REPLICA, perm
@@ -15,6 +13,7 @@ from raftctl.statemachine.backup import take
 async def handler(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     await replica.barrier()  # linearizable: everything committed before this call is in the snapshot
-    backup = replica.read(lambda s: take(s, replica.cfg.node_id, int(time.time() * 1000)))
+    now = replica.clock.now_ms()   # the backup's taken_at: the replica's clock
+    backup = replica.read(lambda s: take(s, replica.cfg.node_id, now))
     return web.Response(body=backup.encode(), content_type="application/cbor",
                         headers={"X-Raftctl-Index": str(backup.index), "X-Raftctl-Snapshot-Sha256": backup.sha256})
