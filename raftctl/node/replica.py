@@ -101,7 +101,8 @@ class Replica:
         self.raft = RaftNode(self.cfg.raft, self.cfg.peers, self.cfg.data_dir, self.cfg.secret,
                              on_applied=self._on_applied_threadsafe, on_state_changed=self._on_raft_state,
                              compact_entries=self.cfg.compact_entries)
-        self.proposer = Proposer(self.raft, max_inflight=int(os.environ.get("RAFTCTL_MAX_INFLIGHT", "2")))
+        self.proposer = Proposer(self.raft, max_inflight=int(os.environ.get("RAFTCTL_MAX_INFLIGHT", "2")),
+                                 clock=self.clock)
         self.proposer.start()
         # replica-to-replica calls (write forwarding, blob copies) verify the peer's certificate
         connector = aiohttp.TCPConnector(ssl=client_ssl) if client_ssl is not None else None
@@ -120,7 +121,7 @@ class Replica:
             await self.dns.start()
         self.leadership = Leadership(self, FailoverConfig(ttl_s=self.cfg.heartbeat_ttl_s,
                                                           interval_s=self.cfg.heartbeat_interval_s),
-                                     self.controller_factories)
+                                     self.controller_factories, clock=self.clock)
         self._tasks.append(asyncio.create_task(self.leadership.run(), name="leadership"))
         log.info("replica %s: raft %s, api %s", self.cfg.node_id, self.cfg.raft, self.cfg.api_url)
 
