@@ -235,7 +235,7 @@ def _publish(state: State, p: Placement, spec: JobSpec) -> None:
     port = None
     if spec.ports:
         port = p.ports.get(spec.ports[0].name)
-        if port is not None and spec.network == "bridge":  # reached at the container's own address
+        if port is not None and machine is not None and _bridged(spec, machine):  # at the container's own address
             port = container_port(spec.ports[0], port)
     svc = state.discovery.setdefault(spec.service_name, {"index": state.index, "endpoints": {}})
     svc["endpoints"][p.id] = {
@@ -482,6 +482,13 @@ def _fits(state: State, machine: str, resources: dict[str, int], ports: dict[str
     return None
 
 
+def _bridged(spec: JobSpec, machine: Machine) -> bool:
+    """Whether a placement of ``spec`` on ``machine`` gets a network namespace and an address of its own: a bridge
+    job on a machine whose runtime makes namespaces (runc). The process and sim runtimes run every job on the
+    machine's network (the process driver says loudly at start that it isolates nothing)."""
+    return spec.network == "bridge" and machine.runtime == "runc"
+
+
 def _container_address(state: State, m: Machine, addresses: dict[str, set[str]]) -> tuple[str, str]:
     """("", the lowest free address of machine ``m``'s subnet) for a new bridge placement, added to ``addresses``
     (held per machine, computed once per plan), or (why not, "")."""
@@ -546,7 +553,7 @@ def _plan(state: State, cmd: c.Plan) -> dict[str, Any]:
         m = state.machines[item.machine]
         address = m.address
         spec = job.spec_of(item.version)
-        if spec is not None and spec.network == "bridge":
+        if spec is not None and _bridged(spec, m):
             why, address = _container_address(state, m, addresses)
             if why:
                 rejected.append({"item": i, "reason": why})

@@ -266,7 +266,7 @@ class JobSpecIn(_In, frozen=True, kw_only=True, forbid_unknown_fields=True):
     user: Annotated[str | int, msgspec.Meta(description="uid or uid:gid"), CUSTOM] | None = None
     replicas: Annotated[int, _range("replicas")] = 1
     resources: ResourcesIn | None = None
-    network: Annotated[Literal["host", "bridge"], _words("must be host or bridge")] = "host"
+    network: Annotated[Literal["host", "bridge"], _words("must be host or bridge")] = "bridge"
     egress: Annotated[Literal["masquerade", "none"], _words("must be masquerade or none"), msgspec.Meta(
         description="network: bridge only: masquerade reaches outside the machine, none reaches only containers")
     ] = "masquerade"
@@ -582,7 +582,7 @@ def validate_spec(raw: Any, *, name: str | None = None) -> dict[str, Any]:
     out["replicas"] = d.get("replicas", 1)
     res = _map(d.get("resources"))
     out["resources"] = {"cpu": res.get("cpu", 100), "memory": res.get("memory", 64 << 20), "pids": res.get("pids", 256)}
-    out["network"] = d.get("network", "host")
+    out["network"] = d.get("network", "bridge")
     out["egress"] = d.get("egress", "masquerade")
     out["ports"] = _ports(ck, _items_of(d.get("ports")))
     if out["network"] != "bridge":

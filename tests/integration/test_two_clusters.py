@@ -27,11 +27,15 @@ from .conftest import client_for, raw, wait_until
 pytestmark = pytest.mark.integration
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-WEB = {"name": "web", "image": "web:1", "base": "host",
+# network: host: runc agents on this machine's own network namespace; bridge mode would make bridges, routes
+# and nftables rules there (tests/agent/test_bridge.py tests it in namespaces of its own)
+WEB = {"name": "web", "image": "web:1", "base": "host", "network": "host",
        "command": ["python3", "-m", "http.server", "${PORT_HTTP}"], "replicas": 2,
        "resources": {"cpu": "100m", "memory": "64Mi", "pids": 64}, "ports": [{"name": "http"}],
+       # 20 failed checks (6 s) before a restart: python under a 100m CPU quota needs ~0.6 s of wall time to
+       # start on an idle machine and several seconds on a loaded one (3 failures restarted it forever at load 5)
        "health": {"type": "http", "port": "http", "path": "/", "interval": "300ms", "timeout": "500ms",
-                  "failures": 3},
+                  "failures": 20},
        "update": {"max_unavailable": 1, "min_healthy": "300ms", "drain_delay": "200ms", "deadline": "60s"}}
 
 

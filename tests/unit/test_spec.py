@@ -46,7 +46,7 @@ def test_parse_duration_rejects(text):
 
 def test_defaults_are_filled_in():
     s = validate_spec(BASE)
-    assert s["replicas"] == 1 and s["base"] == "host" and s["network"] == "host"
+    assert s["replicas"] == 1 and s["base"] == "host" and s["network"] == "bridge"
     assert s["resources"] == {"cpu": 100, "memory": 64 << 20, "pids": 256}
     assert s["update"]["max_unavailable"] == 1 and s["update"]["deadline_ms"] == 300_000
     assert s["restart"] == {"policy": "always", "initial_ms": 100, "max_ms": 10_000, "reset_ms": 60_000}

@@ -26,10 +26,10 @@ RAW = {"name": "web", "image": "web:1", "command": ["web"], "replicas": 10, "net
        "resources": {"cpu": "10m", "memory": "8Mi"}, "ports": [{"name": "http"}]}
 
 
-def register(mid: str, address: str = "", pool: str = "") -> c.RegisterMachine:
+def register(mid: str, address: str = "", pool: str = "", runtime: str = "runc") -> c.RegisterMachine:
     return c.RegisterMachine(machine=mid, address=address or f"192.0.2.{len(mid)}", fault_domain={}, labels={},
                              resources={"cpu": 1000, "memory": 1 << 30, "pids": 1000}, ports=[31000, 31999],
-                             runtime="sim", pool=pool)
+                             runtime=runtime, pool=pool)
 
 
 def state_with(*cmds: c.Command) -> State:
@@ -130,6 +130,17 @@ def test_bridge_placements_get_the_lowest_free_addresses_and_host_placements_the
         ["10.88.0.2", "10.88.0.3", "10.88.0.4"]
 
 
+@pytest.mark.parametrize("runtime", ["process", "sim"])
+def test_a_machine_whose_runtime_makes_no_namespaces_runs_bridge_jobs_on_its_own_address(runtime):
+    s = state_with(register("m1", "192.0.2.1", runtime=runtime),
+                   c.PutJob(spec=validate_spec({**RAW, "ports": [{"name": "http", "to": 8080}]})))
+    pid = apply(s, c.Plan(epoch=1, place=[item(0)])).value["placed"][0]
+    assert s.placements[pid].address == "192.0.2.1"
+    assert apply(s, c.PlacementUpdate(placement=pid, machine="m1", state="running", health="healthy")).ok
+    (endpoint,) = s.discovery["web"]["endpoints"].values()
+    assert (endpoint["address"], endpoint["port"]) == ("192.0.2.1", 31000)
+
+
 def test_a_full_subnet_rejects_the_item_saying_so():
     s = state_with(register("m1"), c.PutJob(spec=validate_spec({**RAW, "replicas": 300, "ports": []})))
     plan = [{**item(i), "ports": {}, "resources": {"cpu": 1, "memory": 1, "pids": 1}} for i in range(254)]
@@ -188,8 +199,8 @@ def test_subnet_helpers():
 def test_egress_and_publish_defaults():
     spec = validate_spec(RAW)
     assert (spec["network"], spec["egress"], spec["ports"][0]["publish"]) == ("bridge", "masquerade", False)
-    host = validate_spec({k: v for k, v in RAW.items() if k != "network"})
-    assert host["network"] == "host"              # phase 1: the default is still host
+    default = validate_spec({k: v for k, v in RAW.items() if k != "network"})
+    assert default["network"] == "bridge"         # isolation is the default; host is asked for
     spec = validate_spec({**RAW, "egress": "none", "ports": [{"name": "http", "publish": True}]})
     assert (spec["egress"], spec["ports"][0]["publish"]) == ("none", True)
 
