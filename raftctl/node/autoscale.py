@@ -137,10 +137,10 @@ class Autoscaler:
     """Runs ``decide`` for every autoscaled job on the leader, every second of ``clock``; the cooldown, the
     stabilisation window and the samples' window are measured on its wall milliseconds."""
 
-    def __init__(self, replica: Any, epoch: int, clock: Clock = SYSTEM) -> None:
+    def __init__(self, replica: Any, epoch: int, clock: Clock | None = None) -> None:
         self.replica = replica
         self.epoch = epoch
-        self.clock = clock
+        self.clock: Clock = clock if clock is not None else replica.clock   # Leadership passes (replica, epoch)
         self.history: dict[str, list[tuple[int, int]]] = defaultdict(list)
         self.last_change: dict[str, int] = {}
         self.last_reason: dict[str, str] = {}

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from raftctl.clock import FakeClock
+from raftctl.node.autoscale import Autoscaler
 from raftctl.node.rollout import RolloutController
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.spec import validate_spec
@@ -334,3 +335,10 @@ async def test_after_a_rejected_command_the_rest_of_that_jobs_pass_waits_for_the
     clock.advance(20)  # the drain delay is over and the deadline passed: a stop, then the deployment fails
     await RolloutController(Refusing(), EPOCH, clock=clock).tick()
     assert [type(x) for x in tried] == [c.Plan]
+
+
+def test_the_controllers_leadership_builds_run_on_the_replicas_clock():
+    """Leadership calls each controller factory with (replica, epoch): the controller's time is the replica's."""
+    clock = FakeClock()
+    r = FakeReplica(clock)
+    assert RolloutController(r, EPOCH).clock is clock and Autoscaler(r, 1).clock is clock

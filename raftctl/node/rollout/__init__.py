@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from raftctl.clock import SYSTEM, Clock
+from raftctl.clock import Clock
 from raftctl.node.leader import every
 from raftctl.node.rollout import deploy, drain, retire
 from raftctl.node.rollout.view import observe
@@ -61,10 +61,10 @@ def decide(job: Job, placements: list[Placement], machines: Mapping[str, Machine
 class RolloutController:
     """Runs ``decide`` for every job on the leader, on changes and every 200 ms."""
 
-    def __init__(self, replica: Any, epoch: int, clock: Clock = SYSTEM) -> None:
+    def __init__(self, replica: Any, epoch: int, clock: Clock | None = None) -> None:
         self.replica = replica
         self.epoch = epoch
-        self.clock = clock
+        self.clock: Clock = clock if clock is not None else replica.clock   # Leadership passes (replica, epoch)
         self.held: dict[str, str] = {}
 
     async def run(self) -> None:
