@@ -5,13 +5,15 @@ Usage reports (POST /v1/agent/stats) are forwarded to the leader and kept in its
 follower forwards this read to the leader; with no leader known it answers from its own (usage-less)
 samples and says so (``usage_from``).
 
-The view is computed once per state change: :class:`ViewCache` keeps the last one, keyed by the state's index
-and a fingerprint of the usage samples (they arrive outside the log), and for at most ``MAX_AGE_S`` of the
-replica's clock (samples also leave the window as time passes), so repeated scrapes compute nothing.
+The view is computed once per state change: :class:`ViewCache` keeps the last one, keyed by the state's index,
+for at most ``MAX_AGE_S`` of the replica's clock, so repeated scrapes compute nothing and a read after a command
+sees it. Usage samples arrive outside the log (every agent posts every 2 s: with many machines a new one lands
+between any two scrapes, so keying on them would recompute on every scrape): a new sample, or one leaving the
+window, shows in the view within ``MAX_AGE_S``.
 """
 from __future__ import annotations
 
-from typing import Any, Hashable, Iterator
+from typing import Any, Iterator
 
 from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -44,13 +46,7 @@ def latest_usage(samples: dict[tuple[str, str], Any], live: dict[str, int], now_
     return {pid: Usage(cpu=cpu.get(pid), memory=mem.get(pid)) for pid in set(cpu) | set(mem)}
 
 
-MAX_AGE_S = 1.0   # the longest a view is served for the same index and samples (samples age out of the window)
-
-
-def usage_fingerprint(samples: dict[tuple[str, str], Any]) -> tuple[Hashable, ...]:
-    """Changes when a CPU or memory sample is added: each such series' length and newest sample."""
-    return tuple((series, len(dq), dq[-1] if dq else None) for series, dq in list(samples.items())
-                 if series[1] in ("cpu", MEMORY_METRIC))
+MAX_AGE_S = 1.0   # the longest a view is served for one index (how late a usage sample may show)
 
 
 def clock_of(replica: Any) -> Clock:
@@ -65,22 +61,22 @@ class ViewCache:
     def __init__(self, max_age_s: float = MAX_AGE_S) -> None:
         self.max_age_s = max_age_s
         self.computed = 0
-        self._key: tuple[int, tuple[Hashable, ...]] | None = None
+        self._index: int | None = None
         self._at = 0.0
         self._view: dict[str, Any] = {}
 
     def view(self, replica: Any) -> dict[str, Any]:
         clock = clock_of(replica)
         now = clock.monotonic()
-        fingerprint = usage_fingerprint(replica.metrics.samples)
         index = replica.read(lambda s: s.index)
-        if (index, fingerprint) == self._key and now - self._at <= self.max_age_s:
+        if index == self._index and now - self._at <= self.max_age_s:
             return self._view
         machines, placements, index = replica.read(lambda s: (dict(s.machines), dict(s.placements), s.index))
         live = {pid: p.resources.get("cpu", 0) for pid, p in placements.items() if p.holds_resources()}
         usage = latest_usage(replica.metrics.samples, live, clock.now_ms())
         self._view = {"index": index, **efficiency(machines, placements, usage)}
-        self._key, self._at = (index, fingerprint), now
+        # aged from when it was ready: a view that takes longer than MAX_AGE_S to compute is still reused
+        self._index, self._at = index, clock.monotonic()
         self.computed += 1
         return self._view
 
