@@ -84,6 +84,15 @@ def _summary(capacity: Mapping[str, float], allocated: Mapping[str, float], used
             "reported": dict(reported)}
 
 
+def _take(room: dict[str, int], need: Mapping[str, int], usable: list[dict[str, int]],
+          smallest: Mapping[str, float]) -> None:
+    """Put ``need`` into ``room``; a room left too small for any item leaves ``usable`` (FFD would skip it)."""
+    for r in RESOURCES:
+        room[r] -= need[r]
+    if any(room[r] < smallest[r] for r in RESOURCES):
+        del usable[next(i for i, u in enumerate(usable) if u is room)]   # by identity: rooms may be equal
+
+
 def first_fit_decreasing(items: list[tuple[str, dict[str, int]]],
                          bins: list[tuple[str, dict[str, int]]]) -> tuple[int, int]:
     """(machines used, items that fit nowhere) when FFD packs ``items`` into ``bins`` (in the given order).
@@ -95,21 +104,22 @@ def first_fit_decreasing(items: list[tuple[str, dict[str, int]]],
     biggest = {r: max(b[1][r] for b in bins) or 1 for r in RESOURCES}
     order = sorted(items, key=lambda it: (-max(it[1][r] / biggest[r] for r in RESOURCES),
                                           -sum(it[1][r] / biggest[r] for r in RESOURCES), it[0]))
+    smallest = {r: min(it[1][r] for it in items) for r in RESOURCES} if items else _zero()
     opened: list[dict[str, int]] = []
+    usable: list[dict[str, int]] = []    # opened machines with room for the smallest request in every resource
     unplaced = 0
     for _, need in order:
-        for room in opened:
+        for room in usable:
             if all(room[r] >= need[r] for r in RESOURCES):
-                for r in RESOURCES:
-                    room[r] -= need[r]
+                _take(room, need, usable, smallest)
                 break
         else:
             for _, cap in bins[len(opened):]:
                 room = dict(cap)
                 opened.append(room)
+                usable.append(room)
                 if all(room[r] >= need[r] for r in RESOURCES):
-                    for r in RESOURCES:
-                        room[r] -= need[r]
+                    _take(room, need, usable, smallest)
                     break
             else:
                 unplaced += 1
