@@ -1,6 +1,8 @@
 """The efficiency view (pure): capacity, allocation, usage, idle and stranded capacity, packing figures."""
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from raftctl.clock import FakeClock
@@ -238,3 +240,34 @@ def test_a_view_is_served_for_at_most_max_age():
     rep.clock.advance(SAMPLE_WINDOW_MS / 1000)
     assert compute(rep)["cluster"]["reported"]["cpu"] == 0
     assert cache_of(rep).computed == 2
+
+
+def plain_first_fit_decreasing(items, bins):
+    """The textbook FFD over every opened machine (first_fit_decreasing skips machines too full for any item)."""
+    if not bins:
+        return 0, len(items)
+    biggest = {r: max(b[1][r] for b in bins) or 1 for r in ("cpu", "memory")}
+    order = sorted(items, key=lambda it: (-max(it[1][r] / biggest[r] for r in biggest),
+                                          -sum(it[1][r] / biggest[r] for r in biggest), it[0]))
+    opened, unplaced = [], 0
+    for _, need in order:
+        fits = [room for room in opened if all(room[r] >= need[r] for r in need)]
+        while not fits and len(opened) < len(bins):
+            opened.append(dict(bins[len(opened)][1]))
+            fits = [opened[-1]] if all(opened[-1][r] >= need[r] for r in need) else []
+        if not fits:
+            unplaced += 1
+            continue
+        for r in need:
+            fits[0][r] -= need[r]
+    return sum(1 for room, (_, cap) in zip(opened, bins) if room != cap), unplaced
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_first_fit_decreasing_matches_plain_ffd(seed):
+    rng = random.Random(seed)
+    items = [(f"i{k}", {"cpu": rng.randint(0, 9) * 100, "memory": rng.randint(0, 9)}) for k in range(rng.randint(0, 60))]
+    bins = [(f"b{k}", {"cpu": rng.choice([500, 1000, 2000]), "memory": rng.choice([5, 10, 20])})
+            for k in range(rng.randint(0, 15))]
+    bins.sort(key=lambda b: (-b[1]["cpu"], -b[1]["memory"], b[0]))
+    assert first_fit_decreasing(items, bins) == plain_first_fit_decreasing(items, bins)
