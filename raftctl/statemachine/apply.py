@@ -90,7 +90,8 @@ def apply_entry(state: State, data: bytes) -> list[Result]:
 
 
 def apply(state: State, cmd: c.Command, wire: dict[str, Any] | None = None) -> Result:
-    """Apply one command. Deterministic; a rejection leaves ``state`` untouched.
+    """Apply one command. Deterministic; a rejection leaves ``state`` untouched but for the dedup entry of a
+    command that carries a request id.
 
     A command with a request id is answered from the dedup table when that id was already applied
     to the same command (same op, same digest); the id used for a different command is a
@@ -117,6 +118,18 @@ def apply(state: State, cmd: c.Command, wire: dict[str, Any] | None = None) -> R
                     "request_id_conflict", f"request id {cmd.id!r} was already used by a different command "
                     f"({used}); use a new id for a new request", "X-Request-Id"))
             return Result.from_obj(seen)
+    result = _run(state, cmd)
+    if cmd.id:
+        # every answer to an id is remembered, a rejection or a no-op too: a copy of the request applied later
+        # (a retry, or a proxied copy a paused replica proposes after the client was answered) must get the same
+        # answer, not run again against a state that changed meanwhile (jepsen-style seed 5: a delete answered
+        # not_found, then applied 7 s later by the copy a paused leader still held, deleted a job written since)
+        _remember(state, cmd, digest, result)
+    return result
+
+
+def _run(state: State, cmd: c.Command) -> Result:
+    """The command's handler on ``state``: its answer (a rejection leaves ``state`` untouched)."""
     handler = HANDLERS.get(type(cmd))
     if handler is None:
         return Result(False, state.index, error=Rejection("unknown_op", f"no handler for {cmd.OP!r}", "op"))
@@ -130,10 +143,7 @@ def apply(state: State, cmd: c.Command, wire: dict[str, Any] | None = None) -> R
         return Result(True, state.index)
     if isinstance(value, Unchanged):
         return Result(True, state.index, value.value)
-    result = Result(True, state.index, value)
-    if cmd.id:
-        _remember(state, cmd, digest, result)
-    return result
+    return Result(True, state.index, value)
 
 
 def _remember(state: State, cmd: c.Command, digest: str, result: Result) -> None:

@@ -4,7 +4,8 @@
   evicts exactly what a replica that replayed the log evicts.
 - An id is bound to its operation and the digest of its command: a retry is answered from the table,
   the same id on a different command is ``request_id_conflict`` (409 on X-Request-Id).
-- Every op: a rejected command leaves ``state.snapshot()`` byte-identical.
+- Every op: a rejected command leaves ``state.snapshot()`` byte-identical (one with a request id adds only its
+  dedup entry: a rejection and a no-op are answers like any other, and a later copy of the request gets them).
 """
 from __future__ import annotations
 
@@ -120,6 +121,39 @@ def test_a_rejected_command_leaves_the_snapshot_byte_identical(name, cmd, code, 
 
 
 # -- binding an id to its command ------------------------------------------------------------
+
+def test_a_rejected_request_applied_again_later_gets_its_rejection_and_changes_nothing():
+    """jepsen-style seed 5: a delete answered not_found; the copy a paused leader still held was proposed 7 s
+    later, after the job had been written, and deleted it: a client told "failed" saw its delete happen."""
+    s = State()
+    assert not apply(s, c.DeleteJob(name="web", id="del-1", at=1)).ok       # no such job: not_found
+    assert apply(s, c.PutJob(spec=SPEC, id="put-1", at=2)).ok
+    before = s.snapshot()
+    late = apply(s, c.DeleteJob(name="web", id="del-1", at=3))              # the same request, applied again
+    assert (late.ok, late.error and late.error.code) == (False, "not_found")
+    assert s.snapshot() == before and s.jobs["web"].status == "running"
+
+
+def test_a_no_op_request_applied_again_later_gets_its_answer_and_changes_nothing():
+    s = State()
+    assert apply(s, c.PutJob(spec=SPEC, id="put-1", at=1)).ok
+    same = apply(s, c.PutJob(spec=SPEC, id="put-2", at=2))                   # nothing to change
+    assert same.ok and s.jobs["web"].version == 1
+    assert apply(s, c.PutJob(spec={**SPEC, "replicas": 3}, id="put-3", at=3)).ok
+    before = s.snapshot()
+    late = apply(s, c.PutJob(spec=SPEC, id="put-2", at=4))                   # put-2 again: answered, not re-run
+    assert late.to_obj() == same.to_obj() and s.snapshot() == before
+    assert (s.jobs["web"].version, s.jobs["web"].replicas) == (2, 3)
+
+
+def test_a_rejection_with_an_id_adds_only_its_dedup_entry():
+    s = rich_state()
+    before = cbor2.loads(s.snapshot())
+    r = apply(s, c.DeleteJob(name="nope", id="del-9", at=5))
+    after = cbor2.loads(s.snapshot())
+    assert not r.ok and after["dedup"].pop("del-9")["error"]["code"] == "not_found"
+    assert after["seq"].pop("dedup") == before["seq"].pop("dedup") + 1
+    assert after == before
 
 def test_a_retry_is_answered_from_the_table_even_at_another_time():
     s = rich_state()
