@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Final, Mapping, TypeVar
 
 import msgspec
 from msgspec.structs import replace
@@ -25,6 +25,10 @@ from raftctl.statemachine.subnets import DEFAULT_POOL, PoolError, allocate_addre
 ROLES = ("admin", "deployer", "operator", "reader", "agent")
 MACHINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_VERSIONS = 20  # versions kept per job (Nomad keeps 6)
+
+
+# runtimes that give a bridge placement a network namespace of its own (the process and sim runtimes do not)
+BRIDGE_RUNTIMES: Final = ("runc",)
 
 
 @dataclass(frozen=True)
@@ -379,7 +383,9 @@ def _register_machine(state: State, cmd: c.RegisterMachine) -> dict[str, Any]:
           "invalid", "ports must be [lo, hi] within 1..65535", "ports")
     old = state.machines.get(cmd.machine)
     subnet = old.subnet if old is not None and isinstance(old.subnet, str) else None
-    if subnet is None:  # new, registered before subnets existed, or the pool was exhausted when it registered
+    # new, registered before subnets existed, or the pool was exhausted when it registered; only a machine whose
+    # runtime makes network namespaces routes containers (a sim or process fleet takes no subnet and wakes no one)
+    if subnet is None and cmd.runtime in BRIDGE_RUNTIMES:
         try:
             subnet = allocate_subnet(cmd.pool or DEFAULT_POOL, state.subnets)
         except PoolError as exc:
@@ -402,8 +408,9 @@ def _register_machine(state: State, cmd: c.RegisterMachine) -> dict[str, Any]:
     state.machines[cmd.machine] = m
     state.touch_machine(cmd.machine)
     if subnet and (old is None or (old.subnet, old.address) != (subnet, cmd.address)):
-        for other in state.machines:  # their agents route to this machine's subnet through its address
-            state.touch_machine(other)
+        for other, om in state.machines.items():  # their agents route to this machine's subnet through its address
+            if om.runtime in BRIDGE_RUNTIMES:
+                state.touch_machine(other)
     if old is None or old.status != "up":
         _event(state, cmd.at, "machine.up", f"machine {cmd.machine} registered and up", machine=cmd.machine)
     return {"machine": cmd.machine, "subnet": subnet}
@@ -496,7 +503,7 @@ def _bridged(spec: JobSpec, machine: Machine) -> bool:
     """Whether a placement of ``spec`` on ``machine`` gets a network namespace and an address of its own: a bridge
     job on a machine whose runtime makes namespaces (runc). The process and sim runtimes run every job on the
     machine's network (the process driver says loudly at start that it isolates nothing)."""
-    return spec.network == "bridge" and machine.runtime == "runc"
+    return spec.network == "bridge" and machine.runtime in BRIDGE_RUNTIMES
 
 
 def _container_address(state: State, m: Machine, addresses: dict[str, set[str]]) -> tuple[str, str]:

@@ -215,3 +215,16 @@ def test_bad_network_fields_are_refused_naming_the_field(change, field):
     with pytest.raises(SpecError) as e:
         validate_spec({**RAW, **change})
     assert [p.field for p in e.value.problems] == [field]
+
+
+def test_only_machines_that_make_namespaces_take_a_subnet_and_are_woken_by_a_new_one():
+    """A sim or process fleet (bench/scale.py's 10,000 simulated machines) takes no subnet: its registrations
+    wake no other machine's assignment watch, and a runc machine's new subnet wakes only the runc machines
+    (they route to it); a machine registering again as runc takes its subnet then."""
+    s = state_with(register("s1", runtime="sim"), register("p1", runtime="process"), register("r1"))
+    assert (s.machines["s1"].subnet, s.machines["p1"].subnet, s.machines["r1"].subnet) == (None, None, "10.88.0.0/24")
+    s.changed_machines.clear()
+    assert apply(s, register("s2", runtime="sim")).ok and s.changed_machines == {"s2"}
+    s.changed_machines.clear()
+    assert apply(s, register("r2")).ok and s.changed_machines == {"r1", "r2"}
+    assert apply(s, register("s1", runtime="runc")).ok and s.machines["s1"].subnet == "10.88.2.0/24"
