@@ -168,8 +168,20 @@ def scenario(store: str, digest: str, tmp: str) -> None:
         _checks(hosts)
     except BaseException:
         print(hosts.diag(), file=sys.stderr)
+        _remove_all(hosts)
         raise
     print("BRIDGE-OK")
+
+
+def _remove_all(hosts: Hosts) -> None:
+    """After a failed check: remove every container the hosts still hold (their processes would outlive the
+    private namespace the test ran in)."""
+    for h in HOSTS:
+        try:
+            for id in hosts.step(h, "list", check=False) or []:
+                hosts.step(h, "remove", check=False, id=id)
+        except Exception as exc:  # report, and go on with the other host
+            print(f"cleanup of {h} failed: {exc}", file=sys.stderr)
 
 
 def _checks(hosts: Hosts) -> None:
