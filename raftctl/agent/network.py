@@ -27,14 +27,6 @@ ROUTE_PROTO = 211           # the rtm_protocol of raftctl's host-gw routes (show
 __all__ = ["BRIDGE", "RUN_DIR", "SUBNET_PREFIX", "Names"]
 
 
-def netns_path(id: str) -> str:
-    return Names().netns(id)
-
-
-def veth_names(id: str) -> tuple[str, str]:
-    return Names().veths(id)
-
-
 def gateway_of(address: str) -> str:
     """The bridge's address (``.1``) of the /24 holding ``address``."""
     net = ipaddress.ip_interface(f"{address.split('/')[0]}/{SUBNET_PREFIX}").network

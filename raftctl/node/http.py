@@ -26,7 +26,6 @@ from raftctl.statemachine.units import parse_duration
 
 log = logging.getLogger("raftctl.api")
 REPLICA: web.AppKey = web.AppKey("replica", object)
-DISCOVERY_CACHE: web.AppKey = web.AppKey("discovery_cache", dict)
 BODY_LIMIT: web.AppKey = web.AppKey("body_limit", int)
 MAX_BODY = 1 << 20  # default cap on JSON/CBOR request bodies (raftctl server --max-body)
 STREAMED_BODIES = {"/v1/images/blobs/{digest}"}  # streamed to disk with their own limit (blobs.MAX_BLOB)
