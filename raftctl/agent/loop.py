@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import random
 import signal
@@ -46,6 +47,8 @@ log = logging.getLogger("raftctl.agent")
 __all__ = ["Agent", "DriverTimeout", "Supervised", "run_agent", "run_agents"]
 
 REPORT_CHUNK = 1000
+HEARTBEAT_MAX_S = 60.0
+"""The longest heartbeat interval an agent follows, whatever the control plane answers."""
 """Most updates one POST /v1/agent/report carries (records.Report's bound: the API refuses a longer body)."""
 
 
@@ -76,6 +79,7 @@ class Agent:
         self.trace = StartTrace.from_env(self.clock)   # each start's steps, when RAFTCTL_START_TRACE names a file
         self._answered_ms = 0                     # when the last assignment answer arrived (for the trace)
         self.existing: set[str] | None = None     # the driver's containers at its last listing
+        self.heartbeat_s = cfg.heartbeat_s         # the interval followed: the leader's answer, bounded
 
     # -- lifecycle -------------------------------------------------------
     async def run(self) -> None:
@@ -140,10 +144,36 @@ class Agent:
 
     # -- heartbeats --------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
+        """Heartbeat at the interval the leader answers (its heartbeat budget: the interval grows with the
+        fleet), bounded by ``followed_interval``; the stats pass stretches with it. The first heartbeat, and the
+        next one after the interval changed, come after a random part of the interval (registering counted as
+        one), so agents started together, or told a new interval together, do not beat in phase. A failed one is
+        tried again after half the interval (at least the agent's own): two more tries within the TTL."""
+        delay = self.rng.uniform(0, self.heartbeat_s)
         while True:
+            await self.clock.sleep(delay)
             try:
                 ans = await self.control.heartbeat(self.cfg.machine)  # type: ignore[union-attr]
-                status = ans.get("status")
+            except (Unauthorized, Forbidden):
+                raise
+            except Exception as exc:
+                log.info("heartbeat failed: %s", exc)
+                delay = max(self.cfg.heartbeat_s, self.heartbeat_s / 2)
+                continue
+            delay = self.heartbeat_s
+            interval = followed_interval(ans.get("interval_s") if isinstance(ans, dict) else None,
+                                         self.cfg.heartbeat_s)
+            if interval is None:
+                log.warning("heartbeat answer's interval_s %r is not a positive number of seconds; keeping %gs",
+                            ans.get("interval_s") if isinstance(ans, dict) else ans, self.heartbeat_s)
+            elif interval != self.heartbeat_s:
+                log.info("heartbeat interval %gs -> %gs (told %r, ttl %r)", self.heartbeat_s, interval,
+                         ans.get("interval_s"), ans.get("ttl_s"))
+                self.heartbeat_s = interval
+                self.stats.follow_heartbeat(interval)
+                delay = self.rng.uniform(0, interval)
+            status = ans.get("status") if isinstance(ans, dict) else None
+            try:
                 if status != "up":
                     log.warning("control plane has machine %s as %s; re-registering", self.cfg.machine, status)
                     await self._register()
@@ -151,8 +181,7 @@ class Agent:
             except (Unauthorized, Forbidden):
                 raise
             except Exception as exc:
-                log.info("heartbeat failed: %s", exc)
-            await self.clock.sleep(self.cfg.heartbeat_s)
+                log.info("re-registering failed: %s", exc)
 
     # -- assignments -------------------------------------------------------
     async def _watch_loop(self) -> None:
@@ -360,6 +389,14 @@ class Agent:
         if self.trace.on:
             for r in batch:
                 self.trace(r.placement, f"{step}:{r.state}/{r.health}")
+
+
+def followed_interval(told: Any, minimum: float, maximum: float = HEARTBEAT_MAX_S) -> float | None:
+    """The heartbeat interval to follow from an answer's ``interval_s``: bounded to ``[minimum, maximum]`` (the
+    agent's own interval is its floor); None when it is not a finite number above 0 (kept as it was)."""
+    if isinstance(told, bool) or not isinstance(told, (int, float)) or not math.isfinite(told) or told <= 0:
+        return None
+    return float(min(max(told, minimum), max(minimum, maximum)))
 
 
 def unrepeated(reports: list[ReportUpdate]) -> list[ReportUpdate]:

@@ -21,6 +21,9 @@ from raftctl.statemachine.records import JobSpec
 log = logging.getLogger("raftctl.agent")
 
 STATS_EVERY_S = 2.0
+HEARTBEATS_PER_PASS = 2          # 2 s at the default 1 s heartbeat
+STATS_MAX_EVERY_S = 10.0
+"""The longest a stretched pass waits: the autoscaler reads the samples of its last 15 s (SAMPLE_WINDOW_MS)."""
 
 
 class StatsPass:
@@ -30,6 +33,7 @@ class StatsPass:
         self.containers = containers
         self.clock = clock
         self.every_s = every_s
+        self.period_s = every_s        # every_s, longer while heartbeats are (``follow_heartbeat``)
         self.last: dict[str, tuple[float, int]] = {}   # container -> (clock time, CPU ns) at its last sample
 
     async def sample(self) -> list[dict[str, Any]]:
@@ -58,11 +62,17 @@ class StatsPass:
             del self.last[cid]
         return out
 
+    def follow_heartbeat(self, interval_s: float) -> None:
+        """Pass at most once per ``HEARTBEATS_PER_PASS`` heartbeats of ``interval_s`` (the interval the control
+        plane told: stats are posted to the leader, so they slow down with the heartbeats and never cost more
+        requests than they), never more often than ``every_s`` nor less often than ``STATS_MAX_EVERY_S``."""
+        self.period_s = min(max(self.every_s, STATS_MAX_EVERY_S), max(self.every_s, HEARTBEATS_PER_PASS * interval_s))
+
     async def run(self, send: Callable[[list[dict[str, Any]]], Awaitable[Any]]) -> None:
-        """Sample every ``every_s`` forever; ``send`` the figures when there are any (a failed send is dropped:
+        """Sample every ``period_s`` forever; ``send`` the figures when there are any (a failed send is dropped:
         the next pass has fresher figures)."""
         while True:
-            await self.clock.sleep(self.every_s)
+            await self.clock.sleep(self.period_s)
             out = await self.sample()
             if out:
                 try:

@@ -61,14 +61,17 @@ async def heartbeat(request: web.Request) -> web.Response:
     data = await body(request)
     machine = _own_machine(request, data.get("machine") if isinstance(data, dict) else None)
     lead = replica.leadership
-    if lead is None or not lead.heartbeat(machine):
+    told = lead.heartbeat(machine) if lead is not None else None
+    if lead is None or told is None:
         st = replica.status()
         raise RaftctlError("heartbeats go to the leader", code="not_leader", http_status=503,
                            details={"leader_api": st.get("leader_api")})
     status = replica.read(lambda s: s.machines[machine].status if machine in s.machines else None)
-    cfg = lead.failover_cfg
-    return encode(request, {"machine": machine, "status": status, "ttl_s": cfg.ttl_s,
-                            "interval_s": cfg.interval_s, "epoch": lead.epoch})
+    # the interval follows the fleet (the leader's heartbeat budget, failover.told_interval); the TTL told is
+    # the one this machine is judged by until its next heartbeat
+    interval_s, ttl_s = told
+    return encode(request, {"machine": machine, "status": status, "ttl_s": ttl_s,
+                            "interval_s": interval_s, "epoch": lead.epoch})
 
 
 def _assignments(s: Any, machine: str) -> dict[str, Any]:

@@ -12,12 +12,22 @@ monotonic), so the silent ones are a prefix of it; the machines table is re-read
 index moved. Every machine the verdict names is proposed at once (at most ``max_in_flight`` in
 flight, oldest silence first): the proposer batches concurrent commands into one log entry, so a
 tick waits about one commit, not one commit per silent machine.
+
+The heartbeat budget (issue 15, Nomad's ``max_heartbeats_per_second``): the interval told to agents is
+``max(interval_s, up machines / max_heartbeats_per_s)`` (``told_interval``, in 0.1 s steps, at most
+``max_interval_s``), and the TTL the same multiple of it as ``ttl_s`` is of ``interval_s``. It grows at once
+when the fleet grows and shrinks only when the fleet fell by more than ``hysteresis``, so it does not flap.
+Each machine is judged by the larger of the TTL told with its last heartbeat answer and the current one, so
+a shrinking interval never declares a machine down before the TTL it was told. A new leader re-arms every
+machine with the TTL of the interval for the whole machines table (up or not): the largest a leader with the
+same flags could have told, since every interval told was computed from a count of up machines no larger.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +45,31 @@ class FailoverConfig:
     mass_interval_s: float = 10.0
     min_machines_for_guard: int = 3
     max_in_flight: int = 256           # MachineDown proposals awaited at once by one tick
+    # the heartbeat budget: agents are told an interval that keeps the fleet's heartbeats under this rate
+    # (0: no budget, always interval_s). 2,000/s x ~150 us of leader CPU per heartbeat (docs/scaling.md,
+    # the wrk ceiling at 1,000-3,000 machines) = 0.3 leader core; 10,000 machines beat every 5 s, TTL 15 s
+    max_heartbeats_per_s: int = 2000
+    max_interval_s: float = 60.0       # the longest interval ever told (agents cap what they follow at 60 s too)
+    hysteresis: float = 0.2            # the interval shrinks only when the fleet's asks for 20 % less
+
+
+def told_interval(n_up: int, cfg: FailoverConfig, current: float | None = None) -> float:
+    """The heartbeat interval to tell agents with ``n_up`` up machines (pure): ``max(interval_s, n_up / budget)``
+    rounded up to 0.1 s, at most ``max_interval_s``. From ``current`` it grows at once (over budget) and shrinks
+    only below ``current * (1 - hysteresis)``."""
+    want = cfg.interval_s
+    if cfg.max_heartbeats_per_s > 0 and n_up > 0:
+        tenths = -(-(n_up * 10) // cfg.max_heartbeats_per_s)          # ceil, in integers: no float residue
+        want = max(want, tenths / 10)
+    want = min(want, max(cfg.interval_s, cfg.max_interval_s))
+    if current is None or want > current or want < current * (1 - cfg.hysteresis):
+        return want
+    return current
+
+
+def ttl_for(interval_s: float, cfg: FailoverConfig) -> float:
+    """The TTL told with ``interval_s``: the configured multiple (``ttl_s / interval_s``, 3 s / 1 s) of it."""
+    return interval_s * cfg.ttl_s / cfg.interval_s
 
 
 @dataclass
@@ -61,9 +96,14 @@ def judge_silent(n_up: int, silent: list[tuple[float, str]], now: float, cfg: Fa
 
 
 def judge(up: list[str], last_seen: dict[str, float], now: float, cfg: FailoverConfig,
-          last_mass_down: float | None) -> Verdict:
-    """Which up machines to declare down now, oldest silence first (pure)."""
-    silent = sorted((last_seen.get(m, now), m) for m in up if now - last_seen.get(m, now) > cfg.ttl_s)
+          last_mass_down: float | None, *, ttl_s: float | None = None,
+          told: Mapping[str, float] | None = None) -> Verdict:
+    """Which up machines to declare down now, oldest silence first (pure). A machine is silent past the larger
+    of ``ttl_s`` (the current TTL; default ``cfg.ttl_s``) and the TTL it was ``told`` with its last heartbeat."""
+    floor = cfg.ttl_s if ttl_s is None else ttl_s
+    told = told or {}
+    silent = sorted((last_seen.get(m, now), m) for m in up
+                    if now - last_seen.get(m, now) > max(floor, told.get(m, floor)))
     return judge_silent(len(up), silent, now, cfg, last_mass_down)
 
 
@@ -78,7 +118,10 @@ def _machines_view(s: Any) -> tuple[int, list[str], list[str]]:
 
 
 class FailoverMonitor:
-    """Heartbeat ages on ``clock``'s monotonic seconds; ``judge`` every ``min(0.2, ttl / 5)`` seconds."""
+    """Heartbeat ages on ``clock``'s monotonic seconds; ``judge`` every ``min(0.2, ttl / 5)`` seconds.
+
+    ``interval_s``/``ttl_s`` are what a heartbeat answered now tells (they follow the up machines' count when
+    the table changes); ``told`` is the TTL each machine was told with its last heartbeat."""
 
     def __init__(self, replica: Any, epoch: int, cfg: FailoverConfig, clock: Clock = SYSTEM) -> None:
         self.replica = replica
@@ -87,8 +130,13 @@ class FailoverMonitor:
         self.clock = clock
         now = clock.monotonic()
         index, machines, up = replica.read(_machines_view)
-        # re-arm: every machine gets a fresh TTL from the moment this leader starts
+        # re-arm: every machine gets a fresh TTL from the moment this leader starts, the longest one the last
+        # leader could have told (the interval for every machine in the table, up or not)
+        self.rearm_ttl_s = ttl_for(told_interval(len(machines), cfg), cfg)
         self.last_seen: dict[str, float] = {m: now for m in machines}
+        self.told: dict[str, float] = dict.fromkeys(machines, self.rearm_ttl_s)
+        self.interval_s = told_interval(len(up), cfg)
+        self.ttl_s = ttl_for(self.interval_s, cfg)
         # the up machines, least recently heard first (values unused); rebuilt from the table on change
         self._up: OrderedDict[str, None] = OrderedDict.fromkeys(up)
         self._index: int = index
@@ -96,10 +144,13 @@ class FailoverMonitor:
         self.guard_active = False
         self.silent: list[str] = []
 
-    def heartbeat(self, machine: str) -> None:
+    def heartbeat(self, machine: str) -> tuple[float, float]:
+        """Note ``machine``'s heartbeat; the interval and TTL its answer tells (the TTL it is judged by)."""
         self.last_seen[machine] = self.clock.monotonic()
+        self.told[machine] = self.ttl_s
         if machine in self._up:
             self._up.move_to_end(machine)
+        return self.interval_s, self.ttl_s
 
     async def run(self) -> None:
         while True:
@@ -130,15 +181,25 @@ class FailoverMonitor:
         else:
             order = OrderedDict.fromkeys(sorted(now_up, key=lambda m: (self.last_seen[m], m)))
         self._up, self._index = order, index   # assigned last: a tick killed above re-reads next time
+        interval = told_interval(len(order), self.cfg, self.interval_s)
+        if interval != self.interval_s:
+            log.info("heartbeat interval %gs -> %gs (ttl %gs): %d up machines, budget %d/s", self.interval_s,
+                     interval, ttl_for(interval, self.cfg), len(order), self.cfg.max_heartbeats_per_s)
+            self.interval_s, self.ttl_s = interval, ttl_for(interval, self.cfg)
 
     def _silent(self, now: float) -> list[tuple[float, str]]:
-        """The up machines silent past the TTL, oldest first: a prefix of ``_up``, O(silent)."""
+        """The up machines silent past their TTL, oldest first. The current TTL is every machine's floor, so
+        the candidates are a prefix of ``_up``: O(silent), plus, for about one old interval after the interval
+        shrank, the machines told a longer TTL than the current one."""
         out = []
+        floor, told = self.ttl_s, self.told
         for m in self._up:
             seen = self.last_seen[m]
-            if now - seen <= self.cfg.ttl_s:
+            age = now - seen
+            if age <= floor:
                 break
-            out.append((seen, m))
+            if age > told.get(m, floor):
+                out.append((seen, m))
         out.sort()          # ties (same heartbeat instant) by name
         return out
 
@@ -167,10 +228,11 @@ class FailoverMonitor:
         """Propose one MachineDown; a refusal or failure is logged and retried by a later tick (the machine
         stays up and silent)."""
         silent_for = now - self.last_seen.get(m, now)
+        ttl = max(self.ttl_s, self.told.get(m, self.ttl_s))
         try:
             res = await self.replica.propose(c.MachineDown(
                 machine=m, epoch=self.epoch,
-                reason=f"no heartbeat for {silent_for:.1f}s (ttl {self.cfg.ttl_s:g}s)"
+                reason=f"no heartbeat for {silent_for:.1f}s (ttl {ttl:g}s)"
                 + ("; mass-loss guard rate-limits re-placement" if guard else "")))
         except asyncio.CancelledError:
             raise
@@ -186,5 +248,6 @@ class FailoverMonitor:
 
     def status(self) -> dict[str, Any]:
         now = self.clock.monotonic()
-        return {"ttl_s": self.cfg.ttl_s, "guard_active": self.guard_active, "silent": self.silent,
+        return {"ttl_s": self.ttl_s, "interval_s": self.interval_s,
+                "max_heartbeats_per_s": self.cfg.max_heartbeats_per_s, "guard_active": self.guard_active, "silent": self.silent,
                 "heartbeat_age_s": {m: round(now - t, 2) for m, t in sorted(self.last_seen.items())}}

@@ -8,6 +8,7 @@ lost (or the epoch moves on) every controller is cancelled at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any, Callable
 
@@ -16,6 +17,9 @@ from raftctl.node.failover import FailoverConfig, FailoverMonitor
 from raftctl.statemachine import commands as c
 
 log = logging.getLogger("raftctl.leader")
+
+MAX_HEARTBEATS_KEY = "max_heartbeats_per_s"
+"""The key of ServerConfig.extra that holds the leader's heartbeat budget (FailoverConfig.max_heartbeats_per_s)."""
 
 ControllerFactory = Callable[[Any, int], Any]  # (replica, epoch) -> object with async run()
 
@@ -38,6 +42,10 @@ class Leadership:
                  clock: Clock = SYSTEM) -> None:
         self.replica = replica
         self.clock = clock
+        # the heartbeat budget comes from `raftctl server --max-heartbeats-per-second` through ServerConfig.extra
+        budget = getattr(getattr(replica, "cfg", None), "extra", {}).get(MAX_HEARTBEATS_KEY)
+        if isinstance(budget, int) and not isinstance(budget, bool) and budget >= 0:
+            failover = dataclasses.replace(failover, max_heartbeats_per_s=budget)
         self.failover_cfg = failover
         self.factories = factories
         self.epoch: int | None = None
@@ -108,11 +116,11 @@ class Leadership:
         self.failover = None
         self.epoch = None
 
-    def heartbeat(self, machine: str) -> bool:
+    def heartbeat(self, machine: str) -> tuple[float, float] | None:
+        """Note a heartbeat: the interval and TTL to answer it with, or None when this replica does not lead."""
         if self.failover is None:
-            return False
-        self.failover.heartbeat(machine)
-        return True
+            return None
+        return self.failover.heartbeat(machine)
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"epoch": self.epoch, "controllers": [type(c_).__name__ for c_ in self.controllers]}

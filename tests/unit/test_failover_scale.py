@@ -6,12 +6,14 @@ tick in which the machines table did not change does not read it. All on a FakeC
 """
 import asyncio
 import random
+
+import pytest
 import contextlib
 from typing import Any, Callable
 
 from raftctl.clock import FakeClock
 from raftctl.errors import OutcomeUnknown
-from raftctl.node.failover import FailoverConfig, FailoverMonitor, judge
+from raftctl.node.failover import FailoverConfig, FailoverMonitor, judge, told_interval, ttl_for
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import Result
 
@@ -293,15 +295,18 @@ async def test_cancelling_a_tick_cancels_its_proposals_and_the_next_tick_declare
     assert sorted(down_machines(r)) == names[:5]
 
 
-async def test_the_monitor_decides_what_judge_decides_on_the_whole_table():
-    """The incremental bookkeeping (ordered up machines, table re-read on change) against the pure verdict on
-    the full table, over random heartbeats, registrations and transitions made by others."""
+@pytest.mark.parametrize("budget", [2000, 3], ids=["fixed interval", "interval follows the fleet"])
+async def test_the_monitor_decides_what_judge_decides_on_the_whole_table(budget):
+    """The incremental bookkeeping (ordered up machines, table re-read on change, per-machine told TTLs) against
+    the pure verdict on the full table, over random heartbeats, registrations and transitions made by others;
+    with a budget of 3 heartbeats/s the interval (and TTL) told moves with the up machines' count."""
+    intervals = set()
     for seed in range(20):
         rnd = random.Random(seed)
         clock = FakeClock()
         r = FakeReplica(clock)
         names = await register(r, 12)
-        cfg = FailoverConfig(ttl_s=TTL, mass_interval_s=2.0)
+        cfg = FailoverConfig(ttl_s=TTL, mass_interval_s=2.0, max_heartbeats_per_s=budget)
         mon = FailoverMonitor(r, 3, cfg, clock=clock)
         for step in range(120):
             clock.advance(rnd.choice([0.0, 0.1, TICK, 0.7]))
@@ -317,8 +322,11 @@ async def test_the_monitor_decides_what_judge_decides_on_the_whole_table():
                 await FakeReplica.propose(r, c.MachineDown(machine=m, epoch=3) if up else c.MachineUp(machine=m))
             now = clock.monotonic()
             up_now = [m for m, v in r.state.machines.items() if v.status == "up"]
-            want = judge(up_now, dict(mon.last_seen), now, cfg, mon.last_mass_down)
+            ttl = ttl_for(told_interval(len(up_now), cfg, mon.interval_s), cfg)   # what the tick will use
+            want = judge(up_now, dict(mon.last_seen), now, cfg, mon.last_mass_down, ttl_s=ttl, told=dict(mon.told))
             before = len(r.proposed)
             await mon.tick()
             got = [x.machine for x in r.proposed[before:]]
             assert (got, mon.silent, mon.guard_active) == (want.down, want.silent, want.guard_active), (seed, step)
+            intervals.add(mon.interval_s)
+    assert len(intervals) == 1 if budget == 2000 else len(intervals) >= 3, sorted(intervals)

@@ -1,0 +1,102 @@
+"""The agent follows the heartbeat interval the leader answers (issue 15), bounded, and ignores bad values.
+
+``followed_interval`` table-driven; the real heartbeat loop of an Agent against a scripted control plane on
+loopback (real ControlClient, real HTTP), on a fake clock that ends the loop after the script."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from raftctl.agent.config import AgentConfig
+from raftctl.agent.control import ControlClient
+from raftctl.agent.loop import HEARTBEAT_MAX_S, Agent, followed_interval
+from raftctl.agent.runtime.sim import SimDriver
+from raftctl.agent.stats import STATS_EVERY_S, STATS_MAX_EVERY_S
+from tests.agent.conftest import CountedClock
+
+FOLLOWED = [
+    # name, told, the agent's own interval, followed (None: ignored, kept as it was)
+    ("a longer interval is followed", 5, 1.0, 5.0),
+    ("a float", 2.5, 1.0, 2.5),
+    ("never below the agent's own", 0.1, 1.0, 1.0),
+    ("never above 60 s", 1e9, 1.0, HEARTBEAT_MAX_S),
+    ("an agent whose own is above 60 s keeps its own", 5, 90.0, 90.0),
+    ("zero: ignored", 0, 1.0, None),
+    ("negative: ignored", -3, 1.0, None),
+    ("a string: ignored", "5", 1.0, None),
+    ("missing: ignored", None, 1.0, None),
+    ("a boolean: ignored", True, 1.0, None),
+    ("NaN: ignored", math.nan, 1.0, None),
+    ("infinity: ignored", math.inf, 1.0, None),
+    ("a list: ignored", [5], 1.0, None),
+]
+
+
+@pytest.mark.parametrize("name,told,own,want", FOLLOWED, ids=[x[0] for x in FOLLOWED])
+def test_the_interval_followed(name, told, own, want):
+    assert followed_interval(told, own) == want
+
+
+# the leader's answers, in order: every one says the machine is up
+SCRIPT: list[Any] = [5, "5", None, -1, {"s": 5}, 1e9, 0.1, 1]
+
+
+async def test_the_heartbeat_loop_follows_the_answered_interval_and_ignores_bad_ones(tmp_path, caplog):
+    asked: list[str] = []
+
+    async def heartbeat(request: web.Request) -> web.Response:
+        asked.append((await request.json())["machine"])
+        told = SCRIPT[min(len(asked), len(SCRIPT)) - 1]   # the last one again for the heartbeat after it
+        body = {"machine": "m1", "status": "up", "ttl_s": 3.0, "epoch": 2}
+        if told is not None:
+            body["interval_s"] = told
+        return web.Response(body=json.dumps(body), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/agent/heartbeat", heartbeat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    clock = CountedClock(stop_after=len(SCRIPT) + 1)   # the first sleep, one after each answer, one more
+    agent = Agent(AgentConfig(machine="m1", servers=[url], token="t", data_dir=str(tmp_path), heartbeat_s=1.0),
+                  SimDriver(), rng=random.Random(7), clock=clock)
+    periods = []
+    real_follow = agent.stats.follow_heartbeat
+
+    def follow(interval_s: float) -> None:
+        real_follow(interval_s)
+        periods.append(agent.stats.period_s)
+    agent.stats.follow_heartbeat = follow  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO, logger="raftctl.agent")
+    try:
+        async with ControlClient([url], "t") as control:
+            agent.control = control
+            with pytest.raises(asyncio.CancelledError):
+                await agent._heartbeat_loop()
+    finally:
+        await runner.cleanup()
+    assert asked == ["m1"] * (len(SCRIPT) + 1)
+    s = clock.sleeps
+    # the first heartbeat comes after a random part of the agent's own interval (registering counted as one)
+    assert 0 <= s[0] < 1.0
+    # 5: followed; the next one after a random part of it (told together, agents do not beat in phase)
+    assert 0 <= s[1] < 5.0
+    # "5", missing, -1 and an object: ignored, the agent keeps beating every 5 s
+    assert s[2:6] == [5.0, 5.0, 5.0, 5.0]
+    # 1e9: bounded to 60 s; 0.1: bounded to the agent's own 1 s; 1: unchanged
+    assert 0 <= s[6] < HEARTBEAT_MAX_S and 0 <= s[7] < 1.0 and s[8] == 1.0
+    assert agent.heartbeat_s == 1.0
+    # the stats pass stretches with the heartbeats: every 2 heartbeats, at most every 10 s (the autoscaler's
+    # 15 s sample window), never more often than its own 2 s
+    assert periods == [10.0, STATS_MAX_EVERY_S, STATS_EVERY_S]
+    ignored = [r.getMessage() for r in caplog.records if "not a positive number" in r.getMessage()]
+    assert len(ignored) == 4 and "'5'" in ignored[0] and "keeping 5s" in ignored[0]
