@@ -19,12 +19,13 @@ deps: system-deps $(STAMP)
 
 # The two Debian-package targets below share this frame: as root where apt-get exists, collect what is
 # missing into $missing (the lines between APT_MISSING and APT_INSTALL), install it in one apt-get; otherwise
-# say what will not run.
+# say what will not run. apt-get waits up to 5 min for another apt's lock (a machine's own boot-time
+# apt, or `make up` and `make test` started together) instead of failing at once.
 APT_MISSING = if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then missing="";
 APT_INSTALL = if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages:$$missing"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq $$missing >/dev/null; \
 	  fi; \
 	else echo "not root or no apt-get:"
 
