@@ -373,6 +373,38 @@ class LocalCluster:
         finally:
             driver.close()
 
+    def network_leftovers(self) -> list[str]:
+        """What bridge mode of this cluster's runc agents still holds on the host (call after :meth:`stop`): each
+        agent's bridge (with the veths on it), the namespaces under its prefix, its nftables table and the
+        host-gw routes it recorded. Empty when nothing is left; the names are the agents' own (netnames.Names),
+        so another cluster's objects are never reported."""
+        if (self.runtime or default_runtime()) != "runc":
+            return []
+        from raftctl.agent import nft
+        from raftctl.agent.config import read_identity
+        from raftctl.agent.netnames import Names
+
+        left: list[str] = []
+        for p in self.agents:
+            ident = read_identity(p.data_dir)
+            if not ident:
+                continue                    # never registered: it made nothing
+            names = Names(ident["cluster"], ident["machine"] or p.id)
+            brif = os.path.join("/sys/class/net", names.bridge, "brif")
+            if os.path.exists(os.path.join("/sys/class/net", names.bridge)):
+                veths = sorted(os.listdir(brif)) if os.path.isdir(brif) else []
+                left.append(f"{p.id}: bridge {names.bridge}" + (f" with {', '.join(veths)}" if veths else ""))
+            left += [f"{p.id}: netns {names.netns(i)}" for i in names.ids_in_run_dir()]
+            if nft.exists(names.table):
+                left.append(f"{p.id}: nft table ip {names.table}")
+            try:
+                with open(os.path.join(p.data_dir, "runc", "routes.json")) as f:
+                    routes = json.load(f)
+            except (OSError, ValueError):
+                routes = {}
+            left += [f"{p.id}: route {subnet} via {via}" for subnet, via in sorted(dict(routes).items())]
+        return left
+
     # -- observation ---------------------------------------------------------
     def get(self, p: Proc, path: str, timeout: float = 2.0) -> Any:
         req = urllib.request.Request(p.url + path, headers={"Authorization": f"Bearer {self.token() or ''}"})

@@ -32,6 +32,10 @@ def register(cli: click.Group) -> None:
         if cluster.runtime == "process":
             click.echo("warning: runtime 'process' (not root, or runc is missing): replicas are plain child "
                        "processes; NOTHING is isolated and images are not used", err=True)
+            click.echo("warning: runtime 'process' makes NO network namespaces: network: bridge jobs (the default, "
+                       "examples/web.yaml) run on the machine's network with the machine's address and bind their "
+                       "allocated port there; nothing keeps one job off another's ports (docs/networking.md)",
+                       err=True)
         stopping = False
 
         def on_signal(signum: int, frame: object) -> None:
@@ -55,17 +59,22 @@ def register(cli: click.Group) -> None:
             click.echo(f"  {p.id}  api {p.url}  raft {p.raft}  dns {cluster.host}:{p.dns}  pid {p.pid}  "
                        f"data {p.data_dir}")
         try:  # each agent's own HTTP endpoint (GET /metrics, GET /v1/logs/<placement>), on a port it picked
-            endpoints = {m["id"]: m.get("api") for m in cluster.get(leader or cluster.servers[0], "/v1/machines",
-                                                                     timeout=10)["machines"]}
+            machines = {m["id"]: m for m in cluster.get(leader or cluster.servers[0], "/v1/machines",
+                                                        timeout=10)["machines"]}
         except Exception:
-            endpoints = {}
+            machines = {}
         for p in cluster.agents:
-            click.echo(f"  {p.id}  agent at {p.api}  endpoint {endpoints.get(p.id) or '?'} (/metrics, /v1/logs)  "
+            m = machines.get(p.id) or {}
+            # runc machines get a container subnet when they register (bridge mode); process/sim ones none
+            net = f"  subnet {m['subnet']}" if m.get("subnet") else ""
+            click.echo(f"  {p.id}  agent at {p.api}{net}  endpoint {m.get('api') or '?'} (/metrics, /v1/logs)  "
                        f"pid {p.pid}  data {p.data_dir}")
         build = "  raftctl image build examples/web --name web:1 --base host\n"
         click.echo(f"\nin another shell:\n  source {env}\n  raftctl cluster status\n{build}"
                    f"  raftctl job run examples/web.yaml\n  raftctl discover web\n"
-                   f"  dig @{cluster.host} -p {cluster.servers[0].dns} web.service.raftctl SRV\n\n"
+                   f"  dig @{cluster.host} -p {cluster.servers[0].dns} web.service.raftctl SRV\n"
+                   "  curl http://ADDRESS:PORT/   (an endpoint `discover` prints; published ports answer on "
+                   "the machines' 127.0.0.N too)\n\n"
                    "Ctrl-C stops the cluster.")
         try:
             while not stopping:
@@ -79,4 +88,8 @@ def register(cli: click.Group) -> None:
         finally:
             click.echo("stopping ...")
             cluster.stop()
+            left = cluster.network_leftovers()
+            if left:                # bridges, namespaces, tables, routes of bridge mode: nothing may stay
+                raise click.ClickException("stopped, but this cluster's network objects are still on the host: "
+                                           + "; ".join(left))
             click.echo("stopped")
