@@ -427,7 +427,8 @@ def _checks(c: Cluster) -> dict[str, Any]:
     before, before_hb = c.listing("ha"), c.listing("hb")
     from raftctl.agent.config import read_identity
     from raftctl.agent.netnames import Names
-    names = Names((read_identity(c.data("ha")) or {})["cluster"], "ha")
+    cluster = (read_identity(c.data("ha")) or {})["cluster"]
+    names = Names(cluster, "ha")
     made = sorted([names.bridge, *(names.veths(id)[0] for id in (ids["ha"], sq["id"]))])
     eq(sorted(x for x in before["links"] if x not in ("lo", "eth0")), made, "ha's bridge and veths")
     assert any(f"dport {hport['ha']}" in line for line in before["rules"]), before["rules"]
@@ -478,6 +479,10 @@ def _checks(c: Cluster) -> dict[str, Any]:
     note(f"left after the jobs and the agents stopped: {left}")
     for h in HOSTS:
         eq(left[h], {"links": [], "routes": [], "tables": [], "netns": []}, f"left in {h}")
+    # nor a cgroup: the machines' scopes /raftctl-<cluster>/<machine> and the cluster's, in every hierarchy
+    from raftctl.agent.runtime import cgroups
+    scopes = sorted(p for root in cgroups.hierarchies() if os.path.isdir(p := f"{root}/raftctl-{cluster}"))
+    eq(scopes, [], "cgroup scopes left")
     figures["total_s"] = round(time.monotonic() - T0, 1)
     return figures
 
