@@ -155,6 +155,7 @@ class RuncDriver(Driver):
     def release_network(self) -> None:
         if self.list_existing():
             return
+        self._prune_scope()             # the agent leaving with no container: its cgroup scope goes too
         if self._bridge is not None or os.path.exists(os.path.join(self.data_dir, "routes.json")):
             self.bridge_net().release()
 
@@ -250,12 +251,27 @@ class RuncDriver(Driver):
         finally:
             os.close(fd)
 
+    @contextlib.contextmanager
+    def _prune_turn(self) -> Iterator[None]:
+        """A blocking flock on ``/run/raftctl/<cluster>.prune``: the prunes of one cluster's agents on this host take
+        turns (each holds it for a few rmdirs)."""
+        assert self.cluster is not None
+        os.makedirs(SCOPE_LOCKS, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(SCOPE_LOCKS, f"{self.cluster}.prune"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def _prune_scope(self) -> None:
         """Remove ``/raftctl-<cluster>/<machine>`` and ``/raftctl-<cluster>`` once empty (the kernel refuses while
-        a container's cgroup is under them), unless a create of this cluster is making them right now."""
+        a container's cgroup is under them), unless a create of this cluster is making them right now. Prunes take
+        turns: two machines of the cluster whose last containers go at once both prune (the second used to find
+        the first one's exclusive lock, skip, and leave its machine's scope and the cluster's behind)."""
         if self.cluster is None or not self.machine:
             return
-        with self._scope_lock(exclusive=True) as held:
+        with self._prune_turn(), self._scope_lock(exclusive=True) as held:
             if held:
                 scope = host_scope(self.cluster, self.machine)
                 cgroups.remove_if_empty(scope)
