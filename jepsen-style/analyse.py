@@ -5,7 +5,7 @@
 Checkers (see checkers/): linearizability per job register, no lost acknowledged write,
 at most one leader per term, replicas' hash chains agree, convergence after heal,
 discovery bound (answers read with ?consistent=1), no 5xx other than 503, every fault
-verified. A checker that cannot decide says "unknown" (never "pass").
+verified, nothing of bridge mode left behind. A checker that cannot decide says "unknown" (never "pass").
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from checkers import chains, combine, convergence, discovery, fencing, leaders, linear, lost_writes  # noqa: E402
+from checkers import chains, combine, convergence, discovery, fencing, leaders, leftovers, linear, lost_writes  # noqa: E402,E501
 from history import iter_json_lines, pair_ops, read_history  # noqa: E402
 
 CONVERGENCE_BOUND_S = 30.0
@@ -27,13 +27,18 @@ LINEAR_TIMEOUT_S = 120.0
 FENCING_BOUND_S = 20.0    # stop grace (10 s) + the agent's 1 s connect bound and 1 s level-triggered pass, with slack
 
 
+AGENT_OUT = ("agent-cut", "kill-agent", "pause-agent")
+
+
 def _agent_cuts(faults: list[dict[str, Any]]) -> list[tuple[int, int]]:
-    """When agents could not reach the control plane (agent-cut faults)."""
+    """When an agent could not reach the control plane or act (agent-cut; an agent killed or paused: its
+    containers run on and it learns nothing until it is back). One list for every agent: an agent's fault
+    also widens the bound for the other agents' containers during it."""
     out, start = [], None
     for f in faults:
-        if f.get("kind") == "agent-cut" and f.get("type") == "start":
+        if f.get("kind") in AGENT_OUT and f.get("type") == "start":
             start = f["time"]
-        elif f.get("kind") == "agent-cut" and f.get("type") == "end" and start is not None:
+        elif f.get("kind") in AGENT_OUT and f.get("type") == "end" and start is not None:
             out.append((start, f["time"]))
             start = None
     return out
@@ -97,6 +102,7 @@ def check_run(run_dir: str) -> dict[str, Any]:
     results["fencing"] = fencing.check(_lines(run_dir, "placements.jsonl"),
                                        [c for c in _lines(run_dir, "containers.jsonl") if "running" in c],
                                        cuts, FENCING_BOUND_S).to_json()
+    results["no_network_leftovers"] = leftovers.check(meta)
     results["recovery"] = recovery(faults, _lines(run_dir, "status.jsonl"), meta.get("nodes") or [])
     bugs = work.get("bugs", [])
     results["no_server_errors"] = {"valid": not bugs, "count": len(bugs), "examples": bugs[:5]}

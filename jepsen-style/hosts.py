@@ -34,6 +34,7 @@ PROBE_PORT = 7999
 PROBE_TIMEOUT_S = 2.0  # a TCP connect between hosts; 0.5 s failed whole sources at load 27 (a starved prober)
 PROBE_START_S = 60.0  # how long a probe process may take to start and answer beyond that (a loaded machine)
 MARKER = "RAFTCTL_JEPSEN_PRIVATE_NETNS"
+CONTAINER_NETS = "10.88."  # raftctl's default container subnet pool, 10.88.0.0/16 (machine subnets are /24s in it)
 
 
 # Every process spawned in a host starts under `setpriv --pdeathsig KILL`: SIGKILL when the run dies, so a
@@ -57,7 +58,7 @@ def addr_of(name: str) -> str:
 
 
 def missing_tools() -> list[str]:
-    return [t for t in ("unshare", "ip", "nft") if shutil.which(t) is None]
+    return [t for t in ("unshare", "ip", "nft", "nsenter") if shutil.which(t) is None]
 
 
 def _netns_inode() -> int | None:
@@ -96,6 +97,14 @@ def _sh(argv: Sequence[str], input: str | None = None, check: bool = True) -> st
     if check and p.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.strip()}")
     return p.stdout
+
+
+def container_netns() -> list[str]:
+    """Container network namespaces raftctl bind-mounted under /run/netns (the run's private tmpfs)."""
+    try:
+        return sorted(n for n in os.listdir("/run/netns") if n.startswith("raftctl"))
+    except FileNotFoundError:
+        return []
 
 
 @dataclass
@@ -153,18 +162,46 @@ class Network:
         self.ready = False
 
     # -- running things in a host -----------------------------------------------------
-    def command(self, host: str, argv: Sequence[str]) -> list[str]:
+    def command(self, host: str, argv: Sequence[str], share_mounts: bool = False) -> list[str]:
+        """`ip netns exec` gives the command a mount namespace of its own (a slave copy, /sys remounted);
+        `share_mounts` enters only the host's network namespace instead (nsenter), for a runc agent: the
+        namespaces it bind-mounts for its containers under /run/netns must stay visible to the run (its leftover
+        checks) and to the same agent restarted after a kill -9, which would otherwise find them gone."""
+        if share_mounts:
+            return ["nsenter", f"--net=/run/netns/{self.hosts[host].ns}", "--", *argv]
         return ["ip", "netns", "exec", self.hosts[host].ns, *argv]
 
-    def spawn(self, host: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
-        """Start a process inside a host (setpriv and `ip netns exec` exec, so the pid is the process's own); it
-        dies with the run."""
+    def spawn(self, host: str, argv: Sequence[str], share_mounts: bool = False, **kw: Any) -> subprocess.Popen[bytes]:
+        """Start a process inside a host (setpriv and `ip netns exec` or nsenter exec, so the pid is the process's
+        own); it dies with the run."""
         if shutil.which("setpriv"):
-            return subprocess.Popen([*DIE_WITH_PARENT, *self.command(host, argv)], **kw)
-        return subprocess.Popen(self.command(host, argv), preexec_fn=die_with_parent, **kw)
+            return subprocess.Popen([*DIE_WITH_PARENT, *self.command(host, argv, share_mounts)], **kw)
+        return subprocess.Popen(self.command(host, argv, share_mounts), preexec_fn=die_with_parent, **kw)
 
-    def run(self, host: str, argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.command(host, argv), capture_output=True, text=True, timeout=timeout)
+    def run(self, host: str, argv: Sequence[str], timeout: float = 30,
+            share_mounts: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.command(host, argv, share_mounts), capture_output=True, text=True, timeout=timeout)
+
+    # -- what raftctl left in the hosts -----------------------------------------------------
+    def leftovers(self, host: str) -> dict[str, list[str]]:
+        """Every network object raftctl can make in a host (bridge mode, issue 16): links beside lo and the
+        host's own eth0 (bridges, veths), routes to container subnets (10.88.0.0/16 by default), nftables tables
+        named raftctl*, and the containers' namespaces bind-mounted under /run/netns (shared by every host of
+        the run, so listed by name: every raftctl-* there)."""
+        return {"links": [x for x in self.links(host) if x not in ("lo", "eth0")],
+                "routes": [r for r in self._sh_in(host, ["ip", "route"]).splitlines() if r.startswith(CONTAINER_NETS)],
+                "tables": [t for t in self._sh_in(host, ["nft", "list", "tables"]).splitlines() if "raftctl" in t],
+                "netns": container_netns()}
+
+    def links(self, host: str | None) -> list[str]:
+        """Link names in a host (None: the run's own namespace, outside every host)."""
+        out = self._sh_in(host, ["ip", "-o", "link"])
+        return sorted(line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line)
+
+    def _sh_in(self, host: str | None, argv: list[str]) -> str:
+        if host is not None:
+            argv = self.command(host, argv, share_mounts=True)
+        return _sh(argv, check=False)
 
     # -- probes -----------------------------------------------------------------------
     def start_probes(self) -> None:

@@ -214,9 +214,10 @@ class Proc:
     """A long-running command inside a test host, with kill -9 / restart / pause / resume."""
 
     def __init__(self, net: Network, host: str, argv: Sequence[str], log_path: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, share_mounts: bool = False) -> None:
         self.net, self.host, self.argv, self.log_path = net, host, list(argv), log_path
         self.env = env
+        self.share_mounts = share_mounts  # see Network.command (a runc agent)
         self.popen: subprocess.Popen[bytes] | None = None
         self.log: IO[bytes] | None = None
         self.paused = False
@@ -235,8 +236,8 @@ class Proc:
         self.log.write(f"\n=== start {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
         self.log.flush()
         env = dict(os.environ, **(self.env or {}))
-        self.popen = self.net.spawn(self.host, self.argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                    stdin=subprocess.DEVNULL)
+        self.popen = self.net.spawn(self.host, self.argv, self.share_mounts, stdout=self.log,
+                                    stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
         self.paused = False
 
     def _signal(self, sig: int) -> None:

@@ -190,6 +190,14 @@ def _detail(name: str, r: dict[str, Any]) -> str:
         return f"{r.get('faults')} faults; unverified {len(r.get('unverified', []))}"
     if name == "no_server_errors":
         return f"{r.get('count')} non-503 5xx answers"
+    if name == "no_network_leftovers":
+        if r.get("valid") == "unknown":
+            return str(r.get("why", ""))
+        swept = r.get("swept_during_wait") or {}
+        return (f"agents' runtime {r.get('runtime')}; after the faults "
+                f"{'checked' if r.get('after_faults_checked') else 'not checked (no runc)'}"
+                f"{f' (swept while waiting: {swept})' if swept else ''}; "
+                f"{len(r.get('violations', []))} leftovers")
     return json.dumps(r, default=str)[:200]
 
 

@@ -26,6 +26,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import containers  # noqa: E402
 import hosts  # noqa: E402
 import nemesis as nem  # noqa: E402
 from hosts import Network, addr_of  # noqa: E402
@@ -36,6 +37,7 @@ AGENTS = ["a1", "a2", "a3"]
 CLIENT = "c1"
 VERIFY_PROCESS_S = 5.0  # how long a process may take to show the state a fault put it in (a loaded machine)
 LONG_LEADER_ISOLATION_S = 35.0   # longer than pysyncobj's default 30 s leader fallback (raftctl sets 3 s)
+UNACCOUNTED_WAIT_S = 45.0  # an agent sweeps its vanished containers' network objects every 30 s (runc.SWEEP_EVERY_S)
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 
 
@@ -53,7 +55,8 @@ def quiet_for(duration: float) -> float:
 def nemesis_kinds(nodes: list[str]) -> list[tuple[str, int]]:
     """(kind, weight). Leader-relative kinds pick their target when they fire."""
     kinds = [("halves", 3), ("isolate", 2), ("isolate-leader", 3), ("bridge", 2), ("lossy", 2), ("kill", 2),
-             ("kill-leader", 2), ("pause", 1), ("pause-leader", 2), ("agent-cut", 1), ("kill-containers", 1)]
+             ("kill-leader", 2), ("pause", 1), ("pause-leader", 2), ("agent-cut", 1), ("kill-containers", 1),
+             ("kill-agent", 1), ("pause-agent", 1)]
     if len(nodes) >= 5:
         kinds.append(("majorities-ring", 2))
     if os.path.exists(FAKETIME_LIB):
@@ -80,7 +83,7 @@ def make_event(kind: str, nodes: list[str], rng: random.Random, at: float, durat
         ev["partition"] = nem.cut(AGENTS, nodes, "agent-cut").to_json()
     elif kind in ("kill", "pause", "clock"):
         ev["args"]["node"] = rng.choice(nodes)
-    elif kind == "kill-containers":
+    elif kind in ("kill-containers", "kill-agent", "pause-agent"):
         ev["args"]["agent"] = rng.choice(AGENTS)
     return ev
 
@@ -96,6 +99,9 @@ def make_schedule(seed: int, duration: float, nodes: list[str]) -> dict[str, Any
     t = rng.uniform(2.0, 5.0)
     while t < duration - 6:
         if long_at is not None and t >= long_at:
+            # the gap after the previous event may carry t up to 5 s past long_at: still end 1 s before the heal
+            # (the previous event ended by long_at - 1 <= duration - LONG - 4, so this one starts after it)
+            t = min(t, duration - LONG_LEADER_ISOLATION_S - 1.0)
             events.append(make_event("isolate-leader", nodes, rng, t, LONG_LEADER_ISOLATION_S))
             events[-1]["args"]["long"] = True
             t += LONG_LEADER_ISOLATION_S + rng.uniform(3.0, 6.0)
@@ -119,6 +125,7 @@ class Cluster:
     net: Network
     run_dir: str
     nodes: list[str]
+    runtime: str = "process"   # the agents' (see choose_runtime): runc runs the workload in network: bridge
     procs: dict[str, nem.Proc] = field(default_factory=dict)
     token: str = ""
 
@@ -144,8 +151,9 @@ class Cluster:
 
     def agent_argv(self, agent: str) -> list[str]:
         i = AGENTS.index(agent) + 1
+        unisolated = ["--allow-unisolated"] if self.runtime == "process" else []
         argv = [sys.executable, "-m", "raftctl.cli.main", "agent", "--id", agent, "--data-dir", self.dirs(agent),
-                "--advertise", addr_of(agent), "--runtime", "process", "--allow-unisolated", "--heartbeat", "500ms",
+                "--advertise", addr_of(agent), "--runtime", self.runtime, *unisolated, "--heartbeat", "500ms",
                 "--fault-domain", f"region=r1,zone=z{i},rack=k{i}", "--ports", "31000-31999",
                 "--cpu", "2000m", "--memory", "2Gi", "--log-level", "info"]
         for node in self.nodes:
@@ -181,58 +189,87 @@ class Cluster:
     def start_agents(self, tokens: dict[str, str]) -> None:
         for a in AGENTS:
             self.procs[a] = nem.Proc(self.net, a, self.agent_argv(a), self.log(a),
-                                     env={"RAFTCTL_AGENT_TOKEN": tokens[a]})
+                                     env={"RAFTCTL_AGENT_TOKEN": tokens[a]}, share_mounts=self.runtime == "runc")
             self.procs[a].start()
 
-    def stop_all(self) -> None:
+    def stop_all(self) -> dict[str, Any]:
+        """Stop every process, then every container (containers outlive their agent by design: adoption).
+        Returns what the container clean-up did, per agent, and how long each part took."""
+        t0 = time.monotonic()
         for p in self.procs.values():
             p.resume()
+            p._signal(signal.SIGTERM)  # all at once: each stop below then waits for one already under way
         for p in self.procs.values():
             p.stop(timeout=5.0)
-        for a in AGENTS:  # containers outlive their agent by design (adoption): stop them here
-            kill_containers(self, a, shims=True)
+        out: dict[str, Any] = {"processes_s": round(time.monotonic() - t0, 1)}
+        if self.runtime == "process":
+            for a in AGENTS:
+                kill_containers(self, a)
+                containers.kill_process_shims(self.dirs(a))
+            return out
+        t1 = time.monotonic()
 
+        def clean(a: str) -> None:
+            # the agent's own driver, in the agent's host: containers, their namespaces, veths, the bridge,
+            # host-gw routes and the nft table go the way the agent removes them
+            r = self.net.run(a, [sys.executable, os.path.join(HERE, "containers.py"), "clean", self.dirs(a)],
+                             timeout=180, share_mounts=True)
+            try:
+                out[a] = json.loads(r.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                out[a] = {"error": f"exit {r.returncode}: {r.stderr.strip()[-1500:]}"}
+            if r.returncode != 0 or out[a].get("failed"):
+                out[a]["forced"] = containers.force_remove(self.dirs(a))  # no container may outlive the run
 
-_drivers: dict[str, Any] = {}  # one process driver per agent dir, not one per sample
+        threads = [threading.Thread(target=clean, args=(a,), name=f"clean-{a}") for a in AGENTS]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        out["containers_s"] = round(time.monotonic() - t1, 1)
+        return out
+
+    def leftovers(self) -> dict[str, Any]:
+        """After stop_all: what is left in the agents' hosts and in the run's own namespace (nothing may be)."""
+        out: dict[str, Any] = {a: self.net.leftovers(a) for a in AGENTS}
+        root_links = [x for x in self.net.links(None) if x != "lo"]
+        tables = [t for t in hosts._sh(["nft", "list", "tables"], check=False).splitlines() if "raftctl" in t]
+        out["run_namespace"] = {"links": root_links, "tables": tables}
+        out["containers"] = {a: [c["id"] for c in containers.runc_list(self.dirs(a))] for a in AGENTS} \
+            if self.runtime == "runc" else {}
+        return {k: v for k, v in out.items() if any(v.values())}
+
+    def unaccounted(self) -> dict[str, Any]:
+        """Network objects of a runc agent that none of its containers accounts for (see containers.unaccounted)."""
+        netns = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+        out = {}
+        for a in AGENTS:
+            tables = [t for t in self.net.run(a, ["nft", "list", "tables"]).stdout.splitlines() if "raftctl" in t]
+            u = containers.unaccounted(self.dirs(a), netns, self.net.links(a), tables)
+            if any(u.values()):
+                out[a] = u
+        return out
+
+    def wait_accounted(self, timeout: float = UNACCOUNTED_WAIT_S) -> dict[str, Any]:
+        """The end of the faults: every namespace, veth and link of a runc agent belongs to one of its containers,
+        waiting up to `timeout` (the agent sweeps what a vanished container left every 30 s)."""
+        if self.runtime != "runc":
+            return {"checked": False}
+        t0 = time.monotonic()
+        first = left = self.unaccounted()
+        while left and time.monotonic() - t0 < timeout:
+            time.sleep(2.0)
+            left = self.unaccounted()
+        return {"checked": True, "first_seen": first, "left": left, "waited_s": round(time.monotonic() - t0, 1)}
 
 
 def container_pids(cluster: Cluster, agent: str) -> dict[str, int]:
-    from raftctl.agent.runtime import make_driver
-
-    d = os.path.join(cluster.dirs(agent), "process")
-    if not os.path.isdir(d):
-        return {}
-    driver = _drivers.get(d)
-    if driver is None:
-        driver = _drivers[d] = make_driver("process", d)
-    out = {}
-    for cid in driver.list_existing():
-        st = driver.status(cid)
-        if st.state == "running" and st.pid:
-            out[cid] = st.pid
-    return out
+    return containers.running(cluster.runtime, cluster.dirs(agent))
 
 
-def kill_containers(cluster: Cluster, agent: str, shims: bool = False) -> list[int]:
-    """kill -9 the agent's running containers (their process groups); with `shims`, also every
-    container's shim, whatever its recorded state (the end of a run: nothing may outlive it)."""
-    pids = list(container_pids(cluster, agent).values())
-    for pid in pids:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    root = os.path.join(cluster.dirs(agent), "process", "processes")
-    if shims and os.path.isdir(root):
-        for cid in os.listdir(root):
-            for name in ("init.pid", "shim.pid"):
-                try:
-                    with open(os.path.join(root, cid, name)) as f:
-                        pid = int(f.read().split()[0])
-                    os.killpg(pid, signal.SIGKILL) if name == "init.pid" else os.kill(pid, signal.SIGKILL)
-                except (OSError, ValueError, IndexError):
-                    pass
-    return pids
+def kill_containers(cluster: Cluster, agent: str) -> list[int]:
+    """kill -9 the agent's running containers (process: their process groups; runc: each one's init)."""
+    return containers.kill_running(cluster.runtime, cluster.dirs(agent))
 
 
 class ContainerSampler(threading.Thread):
@@ -324,7 +361,7 @@ class Nemesis:
         """Apply one fault; returns (what was done, how to undo it)."""
         kind = ev["kind"]
         nodes = self.c.nodes
-        target = ev["args"].get("node")
+        target = ev["args"].get("node") or ev["args"].get("agent")
         if kind.endswith("-leader"):
             target = self._wait_leader()
             if target is None:
@@ -333,10 +370,10 @@ class Nemesis:
             p = nem.isolate(target, nodes) if kind == "isolate-leader" else nem.Partition.from_json(ev["partition"])
             applied = self.part.apply(p)
             return {"target": target, **applied.to_json()}, ("partition", None)
-        if kind in ("kill", "kill-leader"):
+        if kind in ("kill", "kill-leader", "kill-agent"):
             self.c.procs[target].kill9()
             return {"target": target, "verified": self._verify_process(target, "dead")}, ("restart", target)
-        if kind in ("pause", "pause-leader"):
+        if kind in ("pause", "pause-leader", "pause-agent"):
             self.c.procs[target].pause()
             time.sleep(0.1)
             return {"target": target, "verified": self._verify_process(target, "stopped")}, ("resume", target)
@@ -442,7 +479,41 @@ def _sleep_until(t: float) -> None:
 
 # -- one run ------------------------------------------------------------------------
 
-def run_one(schedule: dict[str, Any], out: str) -> tuple[int, str]:
+def choose_runtime(asked: str) -> tuple[str, str | None]:
+    """The agents' runtime and, when it is not runc, why (said loudly: the workload then makes no container
+    network namespace, so bridge mode goes unexercised). `asked`: auto, runc or process."""
+    from raftctl.agent.runtime.runc import runc_available
+    from raftctl.agent.testimage import busybox_available
+
+    if asked == "process":
+        return "process", "--runtime process asked for"
+    problems = [why for bad, why in ((os.geteuid() != 0, "not root"),
+                                     (not runc_available(), "runc is not installed (apt-get install runc)"),
+                                     (not busybox_available(), "busybox-static is not installed"))
+                if bad]
+    if not problems:
+        return "runc", None
+    if asked == "runc":
+        raise SystemExit(f"--runtime runc: {'; '.join(problems)}")
+    return "process", "; ".join(problems)
+
+
+def start_service(cluster: Cluster, cfg_path: str) -> dict[str, str]:
+    """Once every agent registered, create the service job (workload.py service) and, for runc agents, route
+    each agent's container subnet via the agent in the client host: the observers probe the container addresses
+    discovery returns. Returns agent -> subnet."""
+    r = cluster.net.run(CLIENT, [sys.executable, os.path.join(HERE, "workload.py"), "service", cfg_path], timeout=150)
+    if r.returncode != 0:
+        raise RuntimeError(f"the service job: {r.stderr.strip()[-2000:]}")
+    subnets: dict[str, str] = json.loads(r.stdout)["subnets"]
+    for agent, subnet in subnets.items():
+        if not subnet.startswith(hosts.CONTAINER_NETS):  # traffic only to the namespaces this run made
+            raise RuntimeError(f"{agent}'s subnet {subnet} is outside {hosts.CONTAINER_NETS}0.0/16")
+        hosts._sh(["ip", "-n", CLIENT, "route", "replace", subnet, "via", addr_of(agent)])
+    return subnets
+
+
+def run_one(schedule: dict[str, Any], out: str, runtime: str = "process") -> tuple[int, str]:
     seed, duration, nodes = schedule["seed"], float(schedule["duration"]), schedule["nodes"]
     run_dir = os.path.join(os.path.abspath(out), f"{time.strftime('%Y%m%d-%H%M%S')}-seed{seed}-n{len(nodes)}")
     os.makedirs(run_dir)
@@ -450,8 +521,9 @@ def run_one(schedule: dict[str, Any], out: str) -> tuple[int, str]:
         json.dump(schedule, f, indent=1)
     print(f"seed {seed}: {len(schedule['events'])} faults over {duration:.0f}s -> {run_dir}", flush=True)
     net = Network([*nodes, *AGENTS, CLIENT])
-    cluster = Cluster(net, run_dir, nodes)
-    meta: dict[str, Any] = {"seed": seed, "duration": duration, "nodes": nodes, "started": now_ns()}
+    cluster = Cluster(net, run_dir, nodes, runtime)
+    meta: dict[str, Any] = {"seed": seed, "duration": duration, "nodes": nodes, "started": now_ns(),
+                            "runtime": runtime}
     workload: subprocess.Popen[bytes] | None = None
     harness_error = None
     try:
@@ -466,7 +538,7 @@ def run_one(schedule: dict[str, Any], out: str) -> tuple[int, str]:
                "apis": {n: cluster.api(n) for n in nodes}, "raft_alias": {cluster.raft(n): n for n in nodes},
                "agents": AGENTS, "container_python": sys.executable, "web_replicas": 3,
                "workers": 9, "think_s": 0.2, "op_timeout_s": 10.0, "reg_keys": 3, "scale_keys": 1,
-               "ops_per_key": 250, "anonymous_writes": schedule.get("anonymous_writes", 0.0)}
+               "ops_per_key": 250, "anonymous_writes": schedule.get("anonymous_writes", 0.0), "runtime": runtime}
         cfg_path = os.path.join(run_dir, "workload-config.json")
         with open(cfg_path, "w") as f:
             json.dump(cfg, f)
@@ -474,7 +546,8 @@ def run_one(schedule: dict[str, Any], out: str) -> tuple[int, str]:
         if setup.returncode != 0:
             raise RuntimeError(f"workload setup failed: {setup.stderr[-2000:]}")
         cluster.start_agents(json.loads(setup.stdout)["agent_tokens"])
-        time.sleep(5.0)  # agents register, the service job places
+        meta["subnets"] = start_service(cluster, cfg_path)
+        time.sleep(5.0)  # the service job places
         t0 = time.monotonic()
         t0_ns = now_ns()
         quiet = quiet_for(duration)
@@ -501,6 +574,7 @@ def run_one(schedule: dict[str, Any], out: str) -> tuple[int, str]:
         sampler.stop()
         if workload.returncode != 0:
             raise RuntimeError(f"the workload exited with {workload.returncode}; see logs/workload.log")
+        meta["after_faults"] = cluster.wait_accounted()
     except Exception as exc:
         harness_error = f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
@@ -509,9 +583,18 @@ def run_one(schedule: dict[str, Any], out: str) -> tuple[int, str]:
             workload.kill()
             workload.wait()
         try:
-            cluster.stop_all()
+            t = time.monotonic()
+            meta["cleanup"] = cluster.stop_all()
+            meta["cleanup_s"] = round(time.monotonic() - t, 1)
+            if net.ready:
+                meta["leftovers"] = cluster.leftovers()
+        except Exception as exc:
+            traceback.print_exc()
+            harness_error = harness_error or f"clean-up: {type(exc).__name__}: {exc}"
         finally:
             net.teardown()
+            if hosts.container_netns():  # the hosts are gone: nothing of theirs may be left in /run/netns
+                meta.setdefault("leftovers", {})["after_teardown"] = {"netns": hosts.container_netns()}
     meta["harness_error"] = harness_error
     meta["ended"] = now_ns()
     with open(os.path.join(run_dir, "meta.json"), "w") as f:
@@ -531,6 +614,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--replay", help="a schedule.json to run again")
     ap.add_argument("--out", default=os.path.join(HERE, "runs"))
     ap.add_argument("--check", help="re-run the checkers and the report on a finished run directory")
+    ap.add_argument("--runtime", choices=["auto", "runc", "process"], default="auto",
+                    help="the agents' runtime; auto: runc (the workload in network: bridge) where root, runc and "
+                         "busybox-static are, else process, said loudly")
     ap.add_argument("--anonymous-writes", type=float, default=0.0,
                     help="fraction of writes sent without X-Request-Id (as curl would), waiting up to 30 s")
     args = ap.parse_args(argv)
@@ -562,11 +648,15 @@ def main(argv: list[str]) -> int:
     if args.anonymous_writes:
         for sch in schedules:
             sch["anonymous_writes"] = args.anonymous_writes
+    runtime, why_not_runc = choose_runtime(args.runtime)
+    if why_not_runc:
+        print(f"jepsen-style: agents run --runtime process ({why_not_runc}): NO CONTAINER NETWORK NAMESPACE, bridge "
+              "mode is not exercised", file=sys.stderr, flush=True)
     worst = 0
     summary = []
     for sch in schedules:
-        code, run_dir = run_one(sch, args.out)
-        summary.append({"seed": sch["seed"], "exit": code, "run": run_dir})
+        code, run_dir = run_one(sch, args.out, runtime)
+        summary.append({"seed": sch["seed"], "exit": code, "run": run_dir, "runtime": runtime})
         print(f"seed {sch['seed']}: exit {code}: {os.path.join(run_dir, 'report.md')}", flush=True)
         worst = max(worst, code)
     print(json.dumps({"runs": summary, "exit": worst}))

@@ -1,6 +1,8 @@
 """Clients and observers, run inside the client host (c1) by run.py.
 
-    workload.py setup CONFIG   wait for a leader, create agent tokens and the service jobs; print JSON
+    workload.py setup CONFIG   wait for a leader, create agent tokens (runc agents: push the image); print JSON
+    workload.py service CONFIG once every agent registered (runc: with a subnet), create the service job; print
+                               JSON {"subnets": agent -> subnet}
     workload.py run CONFIG     workers + observers until stop_at, then final reads; writes files in run_dir
 
 Workers are asyncio tasks, each bound to one replica; each op is one HTTP request with a fresh
@@ -37,6 +39,7 @@ import aiohttp
 SERVICE = "web"
 ENDPOINT_PROBE_S = 2.0  # a TCP connect to an endpoint; at 0.5 s a starved prober (load 30) saw every endpoint dead
 REG_IMAGE = "reg:1"
+IMAGES = ("web:1", REG_IMAGE, "scale:1")
 
 
 def now_ns() -> int:
@@ -52,12 +55,42 @@ def scale_spec(key: str) -> dict[str, Any]:
             "resources": {"cpu": "10m", "memory": "16Mi"}}
 
 
-def web_spec(python: str, replicas: int) -> dict[str, Any]:
-    return {"name": SERVICE, "image": "web:1", "command": [python, "-m", "http.server", "${PORT_HTTP}"],
-            "replicas": replicas, "ports": [{"name": "http"}], "resources": {"cpu": "50m", "memory": "64Mi"},
-            "spread": [{"level": "zone", "mode": "soft"}],
-            "health": {"type": "http", "port": "http", "interval": "300ms", "timeout": "500ms", "failures": 2},
-            "restart": {"policy": "always", "backoff": {"initial": "100ms", "max": "2s"}}}
+def web_spec(python: str, replicas: int, runtime: str = "process") -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": SERVICE, "image": "web:1", "command": [python, "-m", "http.server", "${PORT_HTTP}"],
+        "replicas": replicas, "ports": [{"name": "http"}], "resources": {"cpu": "50m", "memory": "64Mi"},
+        "spread": [{"level": "zone", "mode": "soft"}], "network": "bridge",
+        "health": {"type": "http", "port": "http", "interval": "300ms", "timeout": "500ms", "failures": 2},
+        "restart": {"policy": "always", "backoff": {"initial": "100ms", "max": "2s"}}}
+    if runtime == "runc":
+        # in its own network namespace (bridge) and root: the host's python3 under the image (base: host), with a
+        # CPU quota python can start under (50m took seconds), and failed checks counted after 10 s of start
+        spec.update(base="host", command=["python3", "-m", "http.server", "${PORT_HTTP}"],
+                    resources={"cpu": "200m", "memory": "64Mi", "pids": 64})
+        spec["health"] = {**spec["health"], "grace": "10s"}
+    return spec
+
+
+def push_images(cfg: dict[str, Any]) -> dict[str, str]:
+    """runc agents run images pulled from the control plane: one small image (base: host, so python3 and sleep
+    come from the host's /usr and /bin read-only), built here without network access and pushed under the names
+    the jobs use. Returns name -> digest."""
+    from raftctl.agent.images import ImageStore
+    from raftctl.cli.image import push_and_tag
+    from raftctl.client import Client
+
+    src = os.path.join(cfg["run_dir"], "image", "src")
+    os.makedirs(src, exist_ok=True)
+    with open(os.path.join(src, "index.html"), "w") as f:
+        f.write("jepsen-style web\n")
+    store = ImageStore(os.path.join(cfg["run_dir"], "image", "store"))
+    digest = store.build(src, IMAGES[0], base="host")
+    client = Client(list(cfg["apis"].values()), cfg["token"], retry_for=60.0)
+    out = {}
+    for name in IMAGES:
+        store.tag(name, digest)
+        out[name] = push_and_tag(client, store, name, digest)["digest"]
+    return out
 
 
 class Api:
@@ -419,17 +452,50 @@ async def setup(cfg: dict[str, Any]) -> dict[str, Any]:
                     break
             else:
                 raise SystemExit(f"setup: no token for {agent}: every name taken")
-        await post(f"/v1/jobs/{SERVICE}", web_spec(cfg["container_python"], cfg["web_replicas"]), "PUT")
+        if cfg.get("runtime") == "runc":
+            out["images"] = await asyncio.to_thread(push_images, cfg)
     return out
 
 
+async def service(cfg: dict[str, Any], timeout_s: float = 90.0) -> dict[str, Any]:
+    """Once every agent has registered (a runc one with its container subnet), create the service job, so its
+    replicas spread over the agents (created before, they all went to the first agent to register). Returns
+    {"subnets": agent -> subnet (runc agents)}."""
+    deadline = time.monotonic() + timeout_s
+    runc = cfg.get("runtime") == "runc"
+    last: Any = None
+    have: dict[str, Any] = {}
+    async with Api(cfg["token"], 5.0) as api:
+        while time.monotonic() < deadline and not all(a in have and (not runc or have[a]) for a in cfg["agents"]):
+            await asyncio.sleep(0.5)
+            for url in cfg["apis"].values():
+                status, body, err = await api.call("GET", url + "/v1/machines?consistent=1")
+                last = have if status == 200 else (status, body, err)
+                if status == 200 and isinstance(body, dict):
+                    have = {m.get("id"): m.get("subnet") if isinstance(m.get("subnet"), str) else None
+                            for m in body.get("machines", [])}
+                    break
+        if not all(a in have and (not runc or have[a]) for a in cfg["agents"]):
+            raise SystemExit(f"service: not every agent registered{' with a subnet' if runc else ''} after "
+                             f"{timeout_s:.0f} s: {last}")
+        spec = web_spec(cfg["container_python"], cfg["web_replicas"], cfg.get("runtime", "process"))
+        while time.monotonic() < deadline:
+            for url in cfg["apis"].values():
+                status, data, err = await api.call("PUT", f"{url}/v1/jobs/{SERVICE}", spec)
+                if status in (200, 409):  # 409: applied by an attempt whose answer was lost
+                    return {"subnets": {a: have[a] for a in cfg["agents"]} if runc else {}}
+                last = (status, data, err)
+            await asyncio.sleep(0.5)
+    raise SystemExit(f"service: PUT /v1/jobs/{SERVICE} failed: {last}")
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) != 2 or argv[0] not in ("setup", "run"):
+    if len(argv) != 2 or argv[0] not in ("setup", "run", "service"):
         raise SystemExit(__doc__)
     with open(argv[1]) as f:
         cfg = json.load(f)
-    if argv[0] == "setup":
-        print(json.dumps(asyncio.run(setup(cfg))))
+    if argv[0] in ("setup", "service"):
+        print(json.dumps(asyncio.run(setup(cfg) if argv[0] == "setup" else service(cfg))))
         return
     result = asyncio.run(Workload(cfg).run())
     with open(os.path.join(cfg["run_dir"], "workload.json"), "w") as f:

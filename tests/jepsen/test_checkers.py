@@ -437,3 +437,42 @@ def test_recovery_that_the_next_fault_interrupts_is_listed_not_counted() -> None
     assert by_kind["isolate-leader"]["caught_up_s"] == 13.0  # measured until n3 is back from the kill
     assert by_kind["isolate-leader"]["interrupted_by"] == {"kind": "kill-leader", "after_s": 1.0}
     assert r["max_caught_up_s"] == 2.0 and [f["after"] for f in r["interrupted"]] == ["isolate-leader"]
+
+
+# -- bridge mode leaves nothing behind (issue 16) --------------------------------------------------------------
+
+def test_leftovers_checker_fails_on_anything_left_and_is_unknown_without_a_check() -> None:
+    from checkers import leftovers
+
+    clean = {"runtime": "runc", "after_faults": {"checked": True, "left": {}, "first_seen": {}, "waited_s": 0.0},
+             "leftovers": {}}
+    assert leftovers.check(clean)["valid"] is True
+    assert leftovers.check({"runtime": "runc"})["valid"] == "unknown"          # no check recorded: never a pass
+    stale = {**clean, "after_faults": {"checked": True, "left": {"a2": {"netns": ["raftctl-x-web-1"]}},
+                                       "waited_s": 45.0}}
+    res = leftovers.check(stale)
+    assert res["valid"] is False and res["violations"][0]["left"] == {"a2": {"netns": ["raftctl-x-web-1"]}}
+    after = {**clean, "leftovers": {"a1": {"links": ["rv0123456789"], "routes": [], "tables": [], "netns": []}}}
+    assert leftovers.check(after)["valid"] is False
+    # swept while the run waited for the agent's sweep: reported, not a failure
+    swept = {**clean, "after_faults": {"checked": True, "left": {}, "first_seen": {"a1": {"netns": ["n"]}}}}
+    assert leftovers.check(swept)["valid"] is True and leftovers.check(swept)["swept_during_wait"]
+
+
+def test_unaccounted_names_only_what_no_container_of_the_agent_explains(tmp_path: Any) -> None:
+    import containers
+    from raftctl.agent.config import write_identity
+    from raftctl.agent.netnames import Names
+
+    agent = str(tmp_path / "a1")
+    write_identity(agent, "0123456789ab", "a1")
+    os.makedirs(os.path.join(agent, "runc", "containers", "web-00001"))
+    names, other = Names("0123456789ab", "a1"), Names("0123456789ab", "a2")
+    live, gone = names.netns_prefix + "web-00001", names.netns_prefix + "web-00002"
+    netns = [live, gone, other.netns_prefix + "web-00003"]          # a2's namespace is a2's business
+    links = ["lo", "eth0", names.bridge, names.veths("web-00001")[0], names.veths("web-00002")[0], "dummy0"]
+    tables = [f"table ip {names.table}", "table ip raftctl_other"]
+    got = containers.unaccounted(agent, netns, links, tables)
+    assert got == {"netns": [gone], "links": sorted([names.veths("web-00002")[0], "dummy0"]),
+                   "tables": ["table ip raftctl_other"]}
+    assert containers.unaccounted(agent, [live], links[:4], tables[:1]) == {"netns": [], "links": [], "tables": []}

@@ -105,3 +105,40 @@ def test_a_pause_is_verified_once_the_process_shows_it_stopped(monkeypatch) -> N
     states = iter(["S", "S", "S", "T"])  # SIGSTOP takes a moment to show on a loaded machine
     monkeypatch.setattr(run, "_proc_state", lambda pid: next(states, "T"))
     assert nemesis._verify_process("n1", "stopped")["ok"] is True
+
+
+def test_agent_faults_target_agents_and_widen_the_fencing_bound_while_they_last() -> None:
+    import analyse
+
+    events = [e for s in range(40) for e in run.make_schedule(s, 600, NODES)["events"]
+              if e["kind"] in ("kill-agent", "pause-agent")]
+    assert {e["kind"] for e in events} == {"kill-agent", "pause-agent"}
+    assert {e["args"]["agent"] for e in events} == set(run.AGENTS)
+    faults = [{"type": "start", "kind": "kill-agent", "time": 10}, {"type": "end", "kind": "kill-agent", "time": 20},
+              {"type": "start", "kind": "kill", "time": 30}, {"type": "end", "kind": "kill", "time": 40},
+              {"type": "start", "kind": "pause-agent", "time": 50}, {"type": "end", "kind": "pause-agent", "time": 55}]
+    assert analyse._agent_cuts(faults) == [(10, 20), (50, 55)]
+
+
+def test_a_killed_agent_is_restarted_when_its_fault_is_undone() -> None:
+    calls = []
+    proc = types.SimpleNamespace(pid=4242, alive=lambda: not calls or calls[-1] == "start",
+                                 kill9=lambda: calls.append("kill9"), start=lambda: calls.append("start"))
+    cluster = types.SimpleNamespace(run_dir="/nonexistent", nodes=["n1"], procs={"a2": proc})
+    nemesis = run.Nemesis.__new__(run.Nemesis)
+    nemesis.c = cluster
+    done, how = nemesis.apply({"kind": "kill-agent", "args": {"agent": "a2"}, "duration": 1})
+    assert done["target"] == "a2" and done["verified"]["ok"] is True and how == ("restart", "a2")
+    assert calls == ["kill9"]
+
+
+def test_the_runtime_is_runc_only_where_it_can_be_and_process_is_said_loudly() -> None:
+    from raftctl.agent.runtime.runc import runc_available
+    from raftctl.agent.testimage import busybox_available
+
+    assert run.choose_runtime("process") == ("process", "--runtime process asked for")
+    runtime, why = run.choose_runtime("auto")
+    if runc_available() and busybox_available():
+        assert (runtime, why) == ("runc", None)
+    else:
+        assert runtime == "process" and why

@@ -1,9 +1,11 @@
 """Smoke of the jepsen-style harness: 3 seeds x 90 s of faults against a real 3-replica cluster
 in network namespaces made by the run. Every checker must pass (or say "unknown"), every fault
 must be verified, and the old leader's isolation for longer than 30 s must not stop
-`?consistent=1` reads on the majority side."""
+`?consistent=1` reads on the majority side. Where runc is, the agents run it and the service runs
+in network: bridge (issue 16): discovery serves container addresses, and nothing is left behind."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -57,7 +59,7 @@ def test_every_seed_passes_every_checker_with_verified_faults(runs: list[str]) -
     for d in runs:
         checks = _checkers(d)
         for name in ("linearizable", "no_lost_writes", "one_leader_per_term", "hash_chains_agree",
-                     "convergence", "discovery_bound", "no_server_errors", "faults_verified"):
+                     "convergence", "discovery_bound", "no_server_errors", "faults_verified", "no_network_leftovers"):
             assert checks[name]["valid"] in (True, "unknown"), (d, name, checks[name])
         assert checks["faults_verified"]["faults"] >= 3
         assert checks["no_lost_writes"]["acknowledged"] > 100
@@ -84,3 +86,29 @@ def test_no_container_of_a_given_up_placement_keeps_running(runs: list[str]) -> 
     assert not late, late[:3]
     for d in runs:
         assert _checkers(d)["fencing"]["valid"] is True
+
+
+def test_runc_agents_serve_the_service_from_container_addresses_and_leave_nothing(runs: list[str]) -> None:
+    from raftctl.agent.runtime.runc import runc_available
+    from raftctl.agent.testimage import busybox_available
+
+    if not (runc_available() and busybox_available()):
+        skip_loudly("JEPSEN-STYLE BRIDGE MODE", "runc or busybox-static is missing (the run fell back to --runtime "
+                    "process)", "Bridge mode under faults")
+    for d in runs:
+        meta = json.load(open(os.path.join(d, "meta.json")))
+        assert meta["runtime"] == "runc", (d, meta.get("runtime"))
+        subnets = {a: ipaddress.ip_network(s) for a, s in meta["subnets"].items()}
+        assert sorted(subnets) == ["a1", "a2", "a3"] and len(set(subnets.values())) == 3, meta["subnets"]
+        answers = [json.loads(line) for line in open(os.path.join(d, "answers.jsonl"))]
+        eps = {e for a in answers if a["consistent"] for e in a["endpoints"]}
+        agents_serving = {a for e in eps for a, net in subnets.items()
+                          if ipaddress.ip_address(e.rpartition(":")[0]) in net}
+        assert eps and all(any(ipaddress.ip_address(e.rpartition(":")[0]) in net for net in subnets.values())
+                           for e in eps), sorted(eps)         # container addresses, never a machine's
+        assert len(agents_serving) >= 2, (d, sorted(eps))    # containers on more than one machine
+        healthy = {h["endpoint"] for h in map(json.loads, open(os.path.join(d, "health.jsonl"))) if h["healthy"]}
+        assert eps & healthy, (d, sorted(eps))                # reached from the client host by address
+        left = _checkers(d)["no_network_leftovers"]
+        assert left["valid"] is True and left["after_faults_checked"] is True, left
+        assert meta["leftovers"] == {} and meta["after_faults"]["left"] == {}, (meta["leftovers"], meta["after_faults"])
