@@ -10,6 +10,21 @@ RUN_DIR = "/run/netns"
 SUBNET_PREFIX = 24          # every machine subnet is a /24 (raftctl/statemachine/subnets.py)
 
 
+def bridge_mac(bridge: str) -> str:
+    """The fixed MAC address of the bridge named ``bridge``: locally administered unicast (``02:`` and 5 bytes of a
+    hash of the name), so the same bridge always has the same address, also when it is made again.
+
+    A bridge without an address of its own takes the lowest MAC among its ports and changes it whenever a port
+    with a lower one joins or the lowest one leaves. A container that resolved its gateway (``.1``) to the old
+    address keeps sending to it (its neighbour entry stays valid 15-45 s, then 5 s of delay and unicast probes);
+    a frame for the MAC of another port enters through the container's veth as PACKET_OTHERHOST and IP drops
+    it: every connection of that container through the gateway times out for up to ~50 s (issue 16's flaky
+    egress check: a1's SYNs reached the bridge addressed to a2's veth after a3 joined with a lower MAC). An
+    address set explicitly is never recalculated."""
+    h = hashlib.sha256(f"raftctl-bridge-mac/{bridge}".encode()).hexdigest()
+    return "02:" + ":".join(h[i:i + 2] for i in range(0, 10, 2))
+
+
 class Names:
     """The host-wide names of one agent's network objects: ``cluster``/``machine`` None (a test) gives the plain
     ``raftctl0`` bridge and ``raftctl-<id>`` namespaces."""

@@ -19,7 +19,7 @@ import subprocess
 
 from pyroute2 import IPRoute, netns
 
-from raftctl.agent.netnames import BRIDGE, RUN_DIR, SUBNET_PREFIX, Names
+from raftctl.agent.netnames import BRIDGE, RUN_DIR, SUBNET_PREFIX, Names, bridge_mac
 
 log = logging.getLogger("raftctl.agent.network")
 IP_TIMEOUT_S = 20.0
@@ -52,19 +52,28 @@ def _sysctl(path: str, value: str) -> None:
 def ensure_bridge(gateway_cidr: str, name: str = BRIDGE) -> int:
     """Create the bridge (idempotent) with the gateway address, e.g. ``10.88.1.1/24``; return its index. Turns on
     IPv4 forwarding (containers reach other machines and the outside through the host) and, on the bridge only,
-    route_localnet (a published port answers a connection to 127.0.0.1 from the host itself)."""
+    route_localnet (a published port answers a connection to 127.0.0.1 from the host itself). The bridge has the
+    fixed address :func:`~raftctl.agent.netnames.bridge_mac` (set again on a bridge that has another one): the
+    kernel's default, the lowest MAC of its ports, changes when a container comes or goes and cuts off the
+    containers that resolved the gateway before."""
     iface = ipaddress.ip_interface(gateway_cidr)
+    mac = bridge_mac(name)
     with IPRoute() as ipr:
         idx = _first(ipr, name)
         if idx is None:
             try:
-                ipr.link("add", ifname=name, kind="bridge")
+                ipr.link("add", ifname=name, kind="bridge", address=mac)
             except Exception as exc:  # another thread of this agent made it first
                 if getattr(exc, "code", None) != errno.EEXIST:
                     raise
             idx = _first(ipr, name)
             if idx is None:
                 raise OSError(f"bridge {name} could not be created")
+        if str(ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")).lower() != mac:
+            # made without one (an older agent, by hand): its containers learn the new address from the
+            # gratuitous ARP that arp_notify sends on the change, instead of timing out on the old one
+            _sysctl(f"/proc/sys/net/ipv4/conf/{name}/arp_notify", "1")
+            ipr.link("set", index=idx, address=mac)
         have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx)}
         if (str(iface.ip), iface.network.prefixlen) not in have:
             ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
