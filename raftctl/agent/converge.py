@@ -30,6 +30,8 @@ class Actions:
     stop: list[str] = field(default_factory=list)               # containers to stop (no stop in flight)
     retry: list[str] = field(default_factory=list)              # stops past their bound: stop again, harder
     report_stopped: list[str] = field(default_factory=list)     # placements to report as stopped
+    held: dict[str, str] = field(default_factory=dict)          # bridge starts held back: the container whose
+                                                                # address they were given, still here
 
 
 def typed(placements: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, RecordError]]:
@@ -55,6 +57,11 @@ def wanted(p: dict[str, Any]) -> bool:
     return p["desired"] == "run" and p["state"] not in TERMINAL
 
 
+def _network(spec: Any) -> Any:
+    """A placement's ``network`` (its spec a JobSpec record, or its wire form)."""
+    return spec.get("network") if isinstance(spec, Mapping) else getattr(spec, "network", None)
+
+
 def plan(placements: list[dict[str, Any]], local: Set[str], *, existing: Set[str] = frozenset(),
          stopping: Mapping[str, StopInFlight] | None = None) -> Actions:
     """Diff the machine's assigned placements against what runs here.
@@ -63,13 +70,26 @@ def plan(placements: list[dict[str, Any]], local: Set[str], *, existing: Set[str
     (whatever the agent believes); ``stopping``: stops in flight. Every container that is local
     or existing but not wanted is stopped, unless a stop for it is in flight and within its bound;
     one past its bound is retried.
+
+    A bridge placement is not started while a container that is not wanted still holds its address (a
+    placement declared lost while its machine was down gives its address back, and the control plane may give
+    it to a new placement here before this agent, back, has stopped the old container): two namespaces with one
+    address on the bridge would answer each other's traffic and health checks. It is started by a later pass,
+    once that container is gone (``held`` says which one it waits for).
     """
     stopping = stopping or {}
     out = Actions()
     by_id = {p["id"]: p for p in placements}
     keep = {pid for pid, p in by_id.items() if wanted(p)}
+    going = (set(local) | set(existing) | set(stopping)) - keep
+    holders = {str(by_id[cid]["address"]): cid for cid in sorted(going)
+               if cid in by_id and by_id[cid].get("address")}
     for pid, p in by_id.items():
         if pid in keep and pid not in local and pid not in stopping and p.get("spec") is not None:
+            holder = holders.get(str(p.get("address") or ""))
+            if holder is not None and _network(p["spec"]) == "bridge":
+                out.held[pid] = holder
+                continue
             out.start.append(p)
         elif (pid not in keep and pid not in local and pid not in existing and pid not in stopping
               and p["desired"] == "stop" and p["state"] != "stopped"):
