@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import http.client
 import logging
 import ssl
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from urllib.parse import quote
-from typing import IO, Any, Callable, TypeVar
+from typing import IO, Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import aiohttp
 
@@ -23,6 +26,48 @@ T = TypeVar("T")
 # wide enough for a machine's assignments with every spec.
 ANSWER_LIMITS = gate.Limits(max_bytes=64 << 20, max_items=1_000_000, max_string=1 << 20, max_nodes=20_000_000)
 CONNECT_S = 1.0   # a replica that does not accept within this is cut off (a blackholed SYN), whatever the read bound
+POOL_KEEPALIVE_S = 60.0
+"""How long the shared pool keeps an idle connection (aiohttp's default 15 s closed and reopened connections
+of a pool reused oldest first; a replica's server keeps one 75 s)."""
+HEARTBEAT_S = 2.0   # bound on one heartbeat request of a lone agent
+
+
+Fetch = Callable[[str, str, Any, "dict | None", "dict[str, str]", float, float], Awaitable[tuple[int, bytes]]]
+"""fetch(method, url, json body or None, query params or None, headers, total bound, connect bound) -> (status,
+body): one HTTP exchange; raises OSError or TimeoutError when it did not complete."""
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A connection pool shared by every ControlClient opened in its context, with the bounds they use; ``lean``:
+    a leaner HTTP client used instead of the aiohttp session (the fleet's, for http:// replicas)."""
+    session: aiohttp.ClientSession
+    connect_s: float = CONNECT_S
+    heartbeat_s: float = HEARTBEAT_S
+    lean: Fetch | None = None
+
+
+SHARED_POOL: contextvars.ContextVar[Pool | None] = contextvars.ContextVar("raftctl_agent_shared_pool", default=None)
+"""The pool every ControlClient opened in this context uses instead of its own session (``shared_pool``)."""
+
+
+@contextlib.asynccontextmanager
+async def shared_pool(ssl: Any = None, *, connect_s: float = CONNECT_S, heartbeat_s: float = HEARTBEAT_S,
+                      lean: Fetch | None = None) -> AsyncIterator[Pool]:
+    """One keep-alive connection pool for every ControlClient opened inside (the tasks created meanwhile carry
+    the context): a process playing thousands of machines reuses idle connections across them instead of
+    holding a pool per machine, and has no cap on connections (each parked assignment watch holds one).
+    ``connect_s`` and ``heartbeat_s`` replace the lone agent's bounds: a process of thousands of machines
+    answers its sockets late by its own event loop's lag, and a connect given up after 1 s under that lag
+    was tried again, closed and reopened for ever (a reconnect storm past a replica's 128-deep accept queue)."""
+    connector = aiohttp.TCPConnector(limit=0, ssl=ssl if ssl is not None else True, keepalive_timeout=POOL_KEEPALIVE_S)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        pool = Pool(session, connect_s=connect_s, heartbeat_s=heartbeat_s, lean=lean)
+        token = SHARED_POOL.set(pool)
+        try:
+            yield pool
+        finally:
+            SHARED_POOL.reset(token)
 
 
 class ControlClient:
@@ -38,14 +83,24 @@ class ControlClient:
         self._live_changed = asyncio.Event()
         self._next = 0
         self._session: aiohttp.ClientSession | None = None
+        self._owned = False           # the session is this client's own (not the context's shared pool)
+        self._auth = {"Authorization": f"Bearer {token}"}
+        self.connect_s = CONNECT_S
+        self.heartbeat_s = HEARTBEAT_S
+        self._lean: Fetch | None = None
 
     async def __aenter__(self) -> "ControlClient":
+        pool = SHARED_POOL.get()
+        if pool is not None:
+            self._session, self.connect_s, self.heartbeat_s = pool.session, pool.connect_s, pool.heartbeat_s
+            self._lean = pool.lean
+            return self
         connector = aiohttp.TCPConnector(ssl=self.ssl) if self.ssl is not None else None
-        self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.token}"}, connector=connector)
+        self._session, self._owned = aiohttp.ClientSession(connector=connector), True
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        if self._session:
+        if self._session and self._owned:
             await self._session.close()
 
     async def request(self, method: str, path: str, json: Any = None, *, params: dict | None = None,
@@ -83,36 +138,42 @@ class ControlClient:
             self._live_changed.clear()
             await self._live_changed.wait()
 
+    async def _fetch(self, method: str, url: str, json: Any, params: dict | None, total: float) -> tuple[int, bytes]:
+        """One HTTP exchange: the status and the body (through the pool's lean client when it has one)."""
+        connect = min(self.connect_s, total)
+        if self._lean is not None:
+            return await self._lean(method, url, json, params, self._auth, total, connect)
+        assert self._session is not None
+        bounds = aiohttp.ClientTimeout(total=total, sock_connect=connect)
+        async with self._session.request(method, url, json=json, params=params, timeout=bounds,
+                                         headers=self._auth) as r:
+            return r.status, await r.read()
+
     async def _request(self, method: str, path: str, json: Any = None, *, params: dict | None = None,
                        timeout: float | None = None, server: str | None = None) -> tuple[Any, str]:
-        assert self._session is not None
         order = [server] if server else [self.servers[(self._next + i) % len(self.servers)]
                                          for i in range(len(self.servers))]
         last: Exception | None = None
         for url in order:
             try:
-                total = timeout or self.timeout
-                bounds = aiohttp.ClientTimeout(total=total, sock_connect=min(CONNECT_S, total))
-                async with self._session.request(method, url + path, json=json, params=params, timeout=bounds) as r:
-                    payload = await r.read()
-                    data = gate.decode_json(payload, limits=ANSWER_LIMITS, root="answer") if payload.strip() else None
-                    if r.status == 200:
-                        if not server:
-                            self._next = self.servers.index(url)
-                        return data, url
-                    err = (data or {}).get("error") or {}
-                    if r.status == 401:
-                        raise Unauthorized(err.get("message", "unauthorized"))
-                    if r.status == 403:
-                        raise Forbidden(err.get("message", "forbidden"))
-                    if r.status == 503 and err.get("code") == "not_leader":
-                        self.leader = (err.get("details") or {}).get("leader_api")
-                    exc: Exception = RaftctlError(err.get("message", f"HTTP {r.status}"), code=err.get("code", "error"),
-                                                  field=err.get("field"), http_status=r.status,
-                                                  details=err.get("details"))
-                    if r.status < 500:
-                        raise exc
-                    last = exc
+                status, payload = await self._fetch(method, url + path, json, params, timeout or self.timeout)
+                data = gate.decode_json(payload, limits=ANSWER_LIMITS, root="answer") if payload.strip() else None
+                if status == 200:
+                    if not server:
+                        self._next = self.servers.index(url)
+                    return data, url
+                err = (data or {}).get("error") or {}
+                if status == 401:
+                    raise Unauthorized(err.get("message", "unauthorized"))
+                if status == 403:
+                    raise Forbidden(err.get("message", "forbidden"))
+                if status == 503 and err.get("code") == "not_leader":
+                    self.leader = (err.get("details") or {}).get("leader_api")
+                exc: Exception = RaftctlError(err.get("message", f"HTTP {status}"), code=err.get("code", "error"),
+                                              field=err.get("field"), http_status=status, details=err.get("details"))
+                if status < 500:
+                    raise exc
+                last = exc
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValidationError) as e:
                 last = e  # ValidationError: an answer the gate refused; that replica counts as not answering
             if not server:
@@ -125,7 +186,7 @@ class ControlClient:
             target = self.leader
             try:
                 data, url = await self._request("POST", "/v1/agent/heartbeat", {"machine": machine},
-                                                server=target, timeout=2.0)
+                                                server=target, timeout=self.heartbeat_s)
                 self._set_live(url)
                 return data
             except RaftctlError as exc:

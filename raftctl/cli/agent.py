@@ -136,7 +136,7 @@ def register(cli: click.Group) -> None:
                 raise click.UsageError("--count needs --runtime sim")
             if http_port:
                 raise click.UsageError("--http-port: with --count each simulated machine takes a free port of its own")
-            from raftctl.agent.loop import run_agents
+            from raftctl.agent.fleet import run_agents
 
             asyncio.run(run_agents(cfg, count))
             sys.exit(0)

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+import raftctl.agent.fleet as fleet
 import raftctl.agent.loop as loop
 from raftctl.cli.main import cli
 
@@ -21,7 +22,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
     async def run_agent(cfg: Any, driver: Any) -> None:
         seen.append(("one", cfg.machine))
 
-    monkeypatch.setattr(loop, "run_agents", run_agents)
+    monkeypatch.setattr(fleet, "run_agents", run_agents)
     monkeypatch.setattr(loop, "run_agent", run_agent)
     return seen
 

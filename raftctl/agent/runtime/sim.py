@@ -1,11 +1,17 @@
 """The sim driver: containers that exist only in memory, with scripted behaviour.
 
-One process can play hundreds of machines (like kubemark's hollow nodes). Time comes
+One process can play thousands of machines (like kubemark's hollow nodes). Time comes
 from an injected clock; what each container does comes from a ``SimScript`` chosen by
 container id, then job name, then the default.
+
+The driver is in memory, so the agent calls it on the event loop (``inline``: no worker thread,
+supervisor.call_driver), and a supervisor need not poll a container whose status can change only through
+a driver call (``quiet``): it awaits ``next_change`` instead, which the next create, start, kill, stop or
+remove of that container resolves. A simulated machine then costs nothing between its own requests.
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import signal
 import time
@@ -41,11 +47,14 @@ class SimWorld:
     """What outlives one SimDriver object (a re-created driver adopts from it)."""
     containers: dict[str, SimContainer] = field(default_factory=dict)
     pids: itertools.count = field(default_factory=lambda: itertools.count(1000))
+    # container id -> futures of the supervisors waiting for its next change (next_change)
+    waiters: dict[str, list[asyncio.Future[None]]] = field(default_factory=dict)
 
 
 class SimDriver(Driver):
     name = "sim"
     isolated = False
+    inline = True   # in memory and never blocking: called on the event loop, not on a worker thread
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, scripts: dict[str, SimScript] | None = None,
                  default: SimScript | None = None, world: SimWorld | None = None) -> None:
@@ -63,6 +72,34 @@ class SimDriver(Driver):
             raise RuntimeError_(f"no container {id}")
         return c
 
+    def _changed(self, id: str) -> None:
+        """Wake whoever waits for this container's next change (called on the event loop: the driver is inline)."""
+        for fut in self.world.waiters.pop(id, ()):
+            if not fut.done():
+                try:
+                    fut.set_result(None)
+                except RuntimeError:   # its event loop is closed (a test's): nobody waits any more
+                    pass
+
+    def quiet(self, id: str) -> bool:
+        """True when the container's status can change only through a driver call: it is missing, created and
+        not started, ended, or running with no scripted exit or OOM ahead (a scripted start delay, exit or OOM
+        changes it as time passes: those are polled)."""
+        c = self.world.containers.get(id)
+        if c is None or c.ended or c.started_at is None:
+            return True
+        self._settle(c)
+        if c.ended:
+            return True
+        s = self.script(c)
+        return self.clock() >= c.started_at and s.exit_after_s is None and s.oom_after_s is None
+
+    def next_change(self, id: str) -> asyncio.Future[None]:
+        """A future the next create, start, kill, stop or remove of ``id`` resolves (on the running loop)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.world.waiters.setdefault(id, []).append(fut)
+        return fut
+
     def prepare_image(self, digest: str) -> str:
         return f"/sim/images/{digest}"
 
@@ -70,11 +107,13 @@ class SimDriver(Driver):
         if spec.id in self.world.containers:
             raise RuntimeError_(f"container {spec.id} already exists")
         self.world.containers[spec.id] = SimContainer(spec, next(self.world.pids), self.clock())
+        self._changed(spec.id)
         return spec.id
 
     def start(self, id: str) -> None:
         c = self._get(id)
         c.started_at = self.clock() + self.script(c).start_delay_s
+        self._changed(id)
 
     def _settle(self, c: SimContainer) -> None:
         now = self.clock()
@@ -103,12 +142,14 @@ class SimDriver(Driver):
         self._settle(c)
         if not c.ended and c.started_at is not None:
             c.ended = ("exited", 128 + int(sig), self.clock())
+            self._changed(id)
 
     def stop(self, id: str, grace_s: float = 10.0) -> Observed:
         c = self._get(id)
         self._settle(c)
         if not c.ended:
             c.ended = ("exited", 0, self.clock())
+            self._changed(id)
         return self.status(id)
 
     def healthy(self, id: str) -> bool:
@@ -141,4 +182,5 @@ class SimDriver(Driver):
         return c.spec if c else None
 
     def remove(self, id: str) -> None:
-        self.world.containers.pop(id, None)
+        if self.world.containers.pop(id, None) is not None:
+            self._changed(id)
