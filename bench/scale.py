@@ -81,6 +81,7 @@ class Bed:
         for p in self.cluster.servers:
             p.extra_args = ["--compact-entries", str(compact_entries), "--heartbeat-ttl", ttl]
         self.agents: list[tuple[str, int, subprocess.Popen]] = []   # (id, count, process)
+        self.tokens: dict[str, str] = {}                               # agent process id -> its agent token
         self.dir = directory
 
     def get(self, url: str, path: str, timeout: float = 30.0) -> Any:
@@ -128,6 +129,7 @@ class Bed:
 
     def start_agents(self, ident: str, count: int, zone: str) -> None:
         tok = self.call("POST", "/v1/tokens", {"role": "agent", "name": f"agent-{ident}", "machine": f"{ident}-*"})
+        self.tokens[ident] = tok["token"]
         data = os.path.join(self.dir, ident)
         os.makedirs(data, exist_ok=True)
         argv = [sys.executable, "-m", "raftctl.cli.main", "agent", "--id", ident, "--data-dir", data,
@@ -141,6 +143,17 @@ class Bed:
                                 env={**os.environ, "RAFTCTL_AGENT_TOKEN": tok["token"]}, start_new_session=True)
         out.close()
         self.agents.append((ident, count, proc))
+
+    def told(self, ident: str) -> dict[str, Any]:
+        """What the leader tells agents now (interval_s, ttl_s: its heartbeat budget), from one heartbeat of
+        machine ``ident``-0000 (already up: the beat only renews it)."""
+        req = urllib.request.Request(self.leader.url + "/v1/agent/heartbeat", method="POST",
+                                     data=json.dumps({"machine": f"{ident}-0000"}).encode(),
+                                     headers={"Authorization": f"Bearer {self.tokens[ident]}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            ans = json.loads(r.read())
+        return {"interval_s": ans.get("interval_s"), "ttl_s": ans.get("ttl_s")}
 
     def stop(self) -> None:
         for _, _, p in self.agents:
@@ -296,8 +309,9 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             res.setdefault("failed", {})[name] = f"{exc.__class__.__name__}: {exc}"[:300]
     total = n * args.per_machine
     victims = max(1, n // 100)
-    res["heartbeat_ceiling"] = heartbeat_ceiling(n, args.wrk_seconds)
-    log(f"heartbeat ceiling (wrk, {n} machines registered, no agents): {res['heartbeat_ceiling']}")
+    if not args.skip_ceiling:
+        res["heartbeat_ceiling"] = heartbeat_ceiling(n, args.wrk_seconds)
+        log(f"heartbeat ceiling (wrk, {n} machines registered, no agents): {res['heartbeat_ceiling']}")
     if args.ceiling_only:
         return res
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as d:
@@ -326,6 +340,9 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             res["register_s"] = wait_for("all machines up", up, 60 + n / 20)
             loads["registered"] = round(os.getloadavg()[0], 2)
             time.sleep(3.0)
+            told = bed.told("g0")
+            res["told"] = told
+            interval = float(told["interval_s"] or 1.0)
             m0, c0, t0 = bed.metrics(leader.url), cpu_s(lp), time.monotonic()
             a0 = sum(cpu_s(psutil.Process(p.pid)) for _, _, p in bed.agents)
             time.sleep(args.window)
@@ -337,13 +354,16 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             allreq = (counts(m1, "raftctl_api_requests_total") - counts(m0, "raftctl_api_requests_total")) / dt
             steady = (c1 - c0) / dt
             fm = bed.metrics(follower.url)
-            res["steady"] = {"heartbeats_per_s": round(hb, 1), "heartbeats_wanted_per_s": n,
+            res["steady"] = {"heartbeats_per_s": round(hb, 1), "heartbeats_wanted_per_s": round(n / interval, 1),
                              "machines_down_unfaulted": int(counts(fm, "raftctl_machines_by_state", state="down")),
                              "leader_requests_per_s": round(allreq, 1),
                              "leader_cores": round(steady, 3), "leader_idle_cores": round(idle_cores, 3),
                              "leader_cpu_us_per_request": round((steady - idle_cores) / allreq * 1e6, 1) if allreq else None,
                              "leader_cpu_us_per_heartbeat_if_all": round((steady - idle_cores) / hb * 1e6, 1) if hb else None,
-                             "agents_cores": round((a1 - a0) / dt, 3), "load1": round(os.getloadavg()[0], 2)}
+                             "agents_cores": round((a1 - a0) / dt, 3), "agent_processes": len(bed.agents),
+                             "agents_rss_mib": round(sum(psutil.Process(p.pid).memory_info().rss
+                                                         for _, _, p in bed.agents) / 2**20),
+                             "load1": round(os.getloadavg()[0], 2)}
             log(f"steady: {res['steady']}")
 
             # 2. place 10 x N replicas
@@ -431,6 +451,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 frozen = {mm["id"] for mm in ms0 if mm["id"].startswith("v-")} - before_down
                 down_at: dict[str, float] = {}
                 healthy_again: dict[str, float] = {}
+                ttl = float(bed.told("g0")["ttl_s"] or 3.0)   # the TTL in force at this size (heartbeat budget)
                 victim.send_signal(signal.SIGSTOP)
                 tf = time.monotonic()
 
@@ -445,12 +466,14 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                     if len(down_at) >= len(frozen) and healthy >= want and "t" not in healthy_again:
                         healthy_again["t"] = now
                     return "t" in healthy_again
-                wait_for("failover", failed_over, 3.0 + 90, every=0.25)
+                wait_for("failover", failed_over, ttl + 90, every=0.25)
                 down_all = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
                 wrongly = [mm["id"] for mm in down_all if mm.get("status") != "up" and not mm["id"].startswith("v-")
                            and mm["id"] not in before_down]
                 times = sorted(down_at.values())
-                res["failover"] = {"victims": victims, "frozen_while_up": len(frozen), "ttl_s": 3.0,
+                p99 = times[min(len(times) - 1, int(len(times) * 0.99))] if times and len(times) == len(frozen) else None
+                res["failover"] = {"victims": victims, "frozen_while_up": len(frozen), "ttl_s": ttl,
+                                   "p99_within_ttl_plus_2s": p99 is not None and p99 <= ttl + 2.0,
                                    "declared_down": len(times),
                                    "down_p50_s": round(times[len(times) // 2], 2) if times else None,
                                    "down_p99_s": round(times[min(len(times) - 1, int(len(times) * 0.99))], 2)
@@ -531,6 +554,7 @@ def svg(rows: list[dict[str, Any]], path: str) -> None:
         ("leader cores, steady (simulated agents: heartbeats + stats)", "#c0392b",
          lambda r: get(r, "steady", "leader_cores")),
         ("leader cores while placing", "#e67e22", lambda r: get(r, "place", "leader_cores")),
+        ("simulated agents' cores, steady (all agent processes)", "#7f8c8d", lambda r: get(r, "steady", "agents_cores")),
         ("healthy placements/s (thousands)", "#2471a3", lambda r: get(r, "place", "placements_per_s", 1000)),
         ("leader heartbeat ceiling, wrk (thousands/s)", "#117a65",
          lambda r: get(r, "heartbeat_ceiling", "heartbeats_per_s", 1000)),
@@ -585,6 +609,7 @@ def main() -> None:
     ap.add_argument("--per-machine", type=int, default=10, help="replicas per machine")
     ap.add_argument("--per-process", type=int, default=500, help="simulated machines per agent process")
     ap.add_argument("--wrk-seconds", type=int, default=5, help="the heartbeat-ceiling run (wrk)")
+    ap.add_argument("--skip-ceiling", action="store_true", help="no heartbeat-ceiling run (wrk) before the agents")
     ap.add_argument("--ceiling-only", action="store_true",
                     help="only the heartbeat ceiling (machines registered through the API, wrk), no agents")
     ap.add_argument("--stall", type=float, default=60.0, help="give up placing when healthy stops growing this long")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import hashlib
 import http.client
 import logging
 import ssl
@@ -88,6 +89,7 @@ class ControlClient:
         self.connect_s = CONNECT_S
         self.heartbeat_s = HEARTBEAT_S
         self._lean: Fetch | None = None
+        self._memo: tuple[tuple[int, bytes], Any] | None = None   # the last watch answer: (length, hash), value
 
     async def __aenter__(self) -> "ControlClient":
         pool = SHARED_POOL.get()
@@ -112,15 +114,20 @@ class ControlClient:
     async def watch(self, path: str, params: dict[str, str], *, timeout: float,
                     server: str | None = None) -> tuple[Any, str]:
         """A blocking GET on ``server`` (falling back to the replicas in turn if it does not answer);
-        the answer and the replica that gave it."""
+        the answer and the replica that gave it.
+
+        An answer byte for byte the same as this client's previous watch answer is not decoded again: the
+        previous value is returned (the same object: callers read it, never change it). A watch that timed out
+        with nothing changed answers the same bytes, and decoding a machine's assignments through the gate
+        was 72 % of a simulated fleet's CPU (1,000 machines, 10 placements each, renewed every 10 s)."""
         if server:
             try:
-                return await self._request("GET", path, params=params, timeout=timeout, server=server)
+                return await self._request("GET", path, params=params, timeout=timeout, server=server, memo=True)
             except RaftctlError as exc:
                 if exc.http_status is not None and exc.http_status < 500:
                     raise
                 log.info("watch on %s failed (%s); asking the other replicas", server, exc)
-        return await self._request("GET", path, params=params, timeout=timeout)
+        return await self._request("GET", path, params=params, timeout=timeout, memo=True)
 
     def avoid(self, url: str) -> None:
         """Rotate past ``url`` (it gave a stale answer): the next rotating request asks the replica after it."""
@@ -149,15 +156,28 @@ class ControlClient:
                                          headers=self._auth) as r:
             return r.status, await r.read()
 
+    def _decode(self, payload: bytes, memo: bool) -> Any:
+        if not payload.strip():
+            return None
+        if not memo:
+            return gate.decode_json(payload, limits=ANSWER_LIMITS, root="answer")
+        digest = (len(payload), hashlib.blake2b(payload, digest_size=16).digest())
+        if self._memo is not None and self._memo[0] == digest:
+            return self._memo[1]
+        data = gate.decode_json(payload, limits=ANSWER_LIMITS, root="answer")
+        self._memo = (digest, data)
+        return data
+
     async def _request(self, method: str, path: str, json: Any = None, *, params: dict | None = None,
-                       timeout: float | None = None, server: str | None = None) -> tuple[Any, str]:
+                       timeout: float | None = None, server: str | None = None,
+                       memo: bool = False) -> tuple[Any, str]:
         order = [server] if server else [self.servers[(self._next + i) % len(self.servers)]
                                          for i in range(len(self.servers))]
         last: Exception | None = None
         for url in order:
             try:
                 status, payload = await self._fetch(method, url + path, json, params, timeout or self.timeout)
-                data = gate.decode_json(payload, limits=ANSWER_LIMITS, root="answer") if payload.strip() else None
+                data = self._decode(payload, memo and status == 200)
                 if status == 200:
                     if not server:
                         self._next = self.servers.index(url)

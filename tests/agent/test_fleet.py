@@ -358,3 +358,26 @@ async def test_a_fleet_registers_and_heartbeats_every_machine_over_a_few_connect
         stop.set()
         await asyncio.wait_for(task, 10.0)
         await srv.stop()
+
+
+async def test_a_watch_answer_the_same_as_the_last_is_not_decoded_again() -> None:
+    answers = [b'{"index": 5, "placements": [{"id": "a"}]}'] * 2 + [b'{"index": 6, "placements": []}',
+                                                                     b'{"index": 6, "placements": [1e999]}']
+
+    async def watch(request: web.Request) -> web.Response:
+        return web.Response(body=answers.pop(0), content_type="application/json")
+    srv = await Server().start([web.get("/w", watch), web.get("/plain", watch)])
+    try:
+        async with ControlClient([srv.url], "t") as c:
+            first, _ = await c.watch("/w", {}, timeout=5.0)
+            again, _ = await c.watch("/w", {}, timeout=5.0)
+            changed, _ = await c.watch("/w", {}, timeout=5.0)
+            assert first == {"index": 5, "placements": [{"id": "a"}]} and again is first
+            assert changed == {"index": 6, "placements": []}
+            with pytest.raises(Unavailable):        # a changed answer still passes the gate (1e999: infinite)
+                await c.watch("/w", {}, timeout=5.0)
+            answers[:] = [b'{"x": 1}', b'{"x": 1}']
+            one, two = await c.request("GET", "/plain"), await c.request("GET", "/plain")
+            assert one == two and one is not two    # only watches are remembered
+    finally:
+        await srv.stop()

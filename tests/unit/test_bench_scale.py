@@ -40,7 +40,7 @@ def test_counts_sum_the_series_whose_labels_match() -> None:
 
 
 def row(n: int, cores: float, ceiling: float | None) -> dict[str, Any]:
-    r: dict[str, Any] = {"machines": n, "steady": {"leader_cores": cores},
+    r: dict[str, Any] = {"machines": n, "steady": {"leader_cores": cores, "agents_cores": cores / 3},
                          "place": {"leader_cores": cores / 2, "placements_per_s": 100.0 * n / 1000}}
     if ceiling is not None:
         r["heartbeat_ceiling"] = {"heartbeats_per_s": ceiling, "leader_cpu_us_per_heartbeat": 150.0}
@@ -53,9 +53,9 @@ def test_the_cost_curve_has_a_point_per_size_and_series(tmp_path: Any) -> None:
     root = ET.parse(path).getroot()
     ns = "{http://www.w3.org/2000/svg}"
     lines = root.findall(f"{ns}polyline")
-    assert len(lines) == 5
+    assert len(lines) == 6
     npoints = [len(pl.get("points", "").split()) for pl in lines]
-    assert npoints == [2, 2, 2, 1, 1]   # the 1,000 row has no ceiling: those two series skip it
+    assert npoints == [2, 2, 2, 2, 1, 1]   # the 1,000 row has no ceiling: those two series skip it
     xs = [float(p.split(",")[0]) for p in lines[0].get("points", "").split()]
     assert xs == sorted(xs)             # drawn in machine order whatever the row order
     labels = [t.text for t in root.findall(f"{ns}text")]
