@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -314,7 +315,12 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         log(f"heartbeat ceiling (wrk, {n} machines registered, no agents): {res['heartbeat_ceiling']}")
     if args.ceiling_only:
         return res
-    with tempfile.TemporaryDirectory(prefix="bench-scale-") as d:
+    with contextlib.ExitStack() as stack:
+        if args.keep_dir:   # kept for its logs (agents' and replicas'), one sub-directory per size
+            d = os.path.join(args.keep_dir, f"n{n}-{time.strftime('%H%M%S')}")
+            os.makedirs(d)
+        else:
+            d = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-scale-"))
         bed = Bed(d, args.compact_entries)
         try:
             bed.cluster.start(timeout=60)
@@ -609,6 +615,7 @@ def main() -> None:
     ap.add_argument("--per-machine", type=int, default=10, help="replicas per machine")
     ap.add_argument("--per-process", type=int, default=500, help="simulated machines per agent process")
     ap.add_argument("--wrk-seconds", type=int, default=5, help="the heartbeat-ceiling run (wrk)")
+    ap.add_argument("--keep-dir", default=None, help="run the cluster and agents under this directory and keep it")
     ap.add_argument("--skip-ceiling", action="store_true", help="no heartbeat-ceiling run (wrk) before the agents")
     ap.add_argument("--ceiling-only", action="store_true",
                     help="only the heartbeat ceiling (machines registered through the API, wrk), no agents")

@@ -41,11 +41,13 @@ body): one HTTP exchange; raises OSError or TimeoutError when it did not complet
 @dataclass(frozen=True)
 class Pool:
     """A connection pool shared by every ControlClient opened in its context, with the bounds they use; ``lean``:
-    a leaner HTTP client used instead of the aiohttp session (the fleet's, for http:// replicas)."""
+    a leaner HTTP client used instead of the aiohttp session (the fleet's, for http:// replicas); ``decode``: the
+    answers' decoder instead of gate.decode_json (the fleet's: it trusts its own control plane on loopback)."""
     session: aiohttp.ClientSession
     connect_s: float = CONNECT_S
     heartbeat_s: float = HEARTBEAT_S
     lean: Fetch | None = None
+    decode: Callable[[bytes], Any] | None = None   # answers' decoder instead of the gate (the fleet's)
 
 
 SHARED_POOL: contextvars.ContextVar[Pool | None] = contextvars.ContextVar("raftctl_agent_shared_pool", default=None)
@@ -54,7 +56,7 @@ SHARED_POOL: contextvars.ContextVar[Pool | None] = contextvars.ContextVar("raftc
 
 @contextlib.asynccontextmanager
 async def shared_pool(ssl: Any = None, *, connect_s: float = CONNECT_S, heartbeat_s: float = HEARTBEAT_S,
-                      lean: Fetch | None = None) -> AsyncIterator[Pool]:
+                      lean: Fetch | None = None, decode: Callable[[bytes], Any] | None = None) -> AsyncIterator[Pool]:
     """One keep-alive connection pool for every ControlClient opened inside (the tasks created meanwhile carry
     the context): a process playing thousands of machines reuses idle connections across them instead of
     holding a pool per machine, and has no cap on connections (each parked assignment watch holds one).
@@ -63,7 +65,7 @@ async def shared_pool(ssl: Any = None, *, connect_s: float = CONNECT_S, heartbea
     was tried again, closed and reopened for ever (a reconnect storm past a replica's 128-deep accept queue)."""
     connector = aiohttp.TCPConnector(limit=0, ssl=ssl if ssl is not None else True, keepalive_timeout=POOL_KEEPALIVE_S)
     async with aiohttp.ClientSession(connector=connector) as session:
-        pool = Pool(session, connect_s=connect_s, heartbeat_s=heartbeat_s, lean=lean)
+        pool = Pool(session, connect_s=connect_s, heartbeat_s=heartbeat_s, lean=lean, decode=decode)
         token = SHARED_POOL.set(pool)
         try:
             yield pool
@@ -89,13 +91,14 @@ class ControlClient:
         self.connect_s = CONNECT_S
         self.heartbeat_s = HEARTBEAT_S
         self._lean: Fetch | None = None
+        self._decoder: Callable[[bytes], Any] = self._gated
         self._memo: tuple[tuple[int, bytes], Any] | None = None   # the last watch answer: (length, hash), value
 
     async def __aenter__(self) -> "ControlClient":
         pool = SHARED_POOL.get()
         if pool is not None:
             self._session, self.connect_s, self.heartbeat_s = pool.session, pool.connect_s, pool.heartbeat_s
-            self._lean = pool.lean
+            self._lean, self._decoder = pool.lean, pool.decode or self._gated
             return self
         connector = aiohttp.TCPConnector(ssl=self.ssl) if self.ssl is not None else None
         self._session, self._owned = aiohttp.ClientSession(connector=connector), True
@@ -156,15 +159,19 @@ class ControlClient:
                                          headers=self._auth) as r:
             return r.status, await r.read()
 
+    @staticmethod
+    def _gated(payload: bytes) -> Any:
+        return gate.decode_json(payload, limits=ANSWER_LIMITS, root="answer")
+
     def _decode(self, payload: bytes, memo: bool) -> Any:
         if not payload.strip():
             return None
         if not memo:
-            return gate.decode_json(payload, limits=ANSWER_LIMITS, root="answer")
+            return self._decoder(payload)
         digest = (len(payload), hashlib.blake2b(payload, digest_size=16).digest())
         if self._memo is not None and self._memo[0] == digest:
             return self._memo[1]
-        data = gate.decode_json(payload, limits=ANSWER_LIMITS, root="answer")
+        data = self._decoder(payload)
         self._memo = (digest, data)
         return data
 

@@ -10,7 +10,9 @@ makes a simulated machine cheap enough to play thousands of them on one core (is
 - every machine's ControlClient uses one keep-alive connection pool (control.shared_pool), not a pool each,
   with bounds for a process whose event loop answers late (10 s to connect, 10 s for a heartbeat), and
   talks to http:// replicas through ``LeanHTTP`` (the same requests; aiohttp's client cost 200-300 µs of
-  CPU per request here, as much as the leader spends answering it);
+  CPU per request here, as much as the leader spends answering it), and decodes the answers with msgspec
+  instead of the gate (``trusted_json``: a 34 KB assignment answer took 1.8 ms through the gate, 0.14 ms so;
+  the fleet's control plane is its own, on loopback);
 - machines start spread over ``spread_s`` (the first heartbeats and registrations are not in phase);
 - the level-triggered reconcile pass runs every ``reconcile_s`` (10 s, not the real agent's 1 s: it sends
   nothing to the control plane unless a stop failed, and a sim stop cannot fail or hang).
@@ -28,14 +30,17 @@ import time
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+import msgspec
+
 from raftctl.agent.config import AgentConfig
 from raftctl.agent.control import shared_pool
 from raftctl.agent.loop import Agent
 from raftctl.agent.runtime.sim import SimDriver
+from raftctl.errors import ValidationError
 
 log = logging.getLogger("raftctl.agent.fleet")
 
-__all__ = ["LeanHTTP", "FLEET_CONNECT_S", "FLEET_HEARTBEAT_S", "FLEET_RECONCILE_S", "START_PER_S", "machines", "run_agents"]
+__all__ = ["LeanHTTP", "trusted_json", "FLEET_CONNECT_S", "FLEET_HEARTBEAT_S", "FLEET_RECONCILE_S", "START_PER_S", "machines", "run_agents"]
 
 FLEET_RECONCILE_S = 10.0
 FLEET_CONNECT_S = 10.0
@@ -46,6 +51,14 @@ while a heartbeat given up and sent again costs both sides a new connection."""
 START_PER_S = 100.0
 """Machines a fleet process starts per second at most (each registers, a Raft write, and opens connections), so
 one process of 500 machines spreads its start over 5 s."""
+
+
+def trusted_json(payload: bytes) -> Any:
+    """An answer of the fleet's own control plane, decoded without the gate's checks (a real agent keeps them)."""
+    try:
+        return msgspec.json.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"not valid JSON: {exc}", field="answer") from None
 
 
 class LeanHTTP:
@@ -182,7 +195,8 @@ async def run_agents(cfg: AgentConfig, count: int, *, reconcile_s: float = FLEET
             log.error("simulated machine %s stopped: %s: %s", a.cfg.machine, exc.__class__.__name__, exc)
 
     lean = None if ssl_ctx is not None else LeanHTTP()
-    async with shared_pool(ssl_ctx, connect_s=FLEET_CONNECT_S, heartbeat_s=FLEET_HEARTBEAT_S, lean=lean):   # the tasks below carry the pool in their context
+    async with shared_pool(ssl_ctx, connect_s=FLEET_CONNECT_S, heartbeat_s=FLEET_HEARTBEAT_S, lean=lean,
+                           decode=trusted_json):   # the tasks below carry the pool in their context
         tasks = [asyncio.create_task(one(i, a), name=f"machine-{a.cfg.machine}") for i, a in enumerate(agents)]
         await stop.wait()
         for t in tasks:

@@ -381,3 +381,24 @@ async def test_a_watch_answer_the_same_as_the_last_is_not_decoded_again() -> Non
             assert one == two and one is not two    # only watches are remembered
     finally:
         await srv.stop()
+
+
+async def test_a_pools_decoder_replaces_the_gate_and_a_bad_answer_still_counts_as_no_answer() -> None:
+    from raftctl.agent.fleet import trusted_json
+    answers = [b'{"a": 1, "a": 2}', b'{"x": ']
+
+    async def h(request: web.Request) -> web.Response:
+        return web.Response(body=answers.pop(0), content_type="application/json")
+    srv = await Server().start([web.get("/x", h)])
+    try:
+        async with shared_pool(lean=LeanHTTP(), decode=trusted_json):
+            async with ControlClient([srv.url], "t") as c:
+                assert await c.request("GET", "/x") == {"a": 2}    # the gate would refuse the duplicate key
+                with pytest.raises(Unavailable, match="not valid JSON"):
+                    await c.request("GET", "/x")
+        answers.append(b'{"a": 1, "a": 2}')
+        async with ControlClient([srv.url], "t") as alone:
+            with pytest.raises(Unavailable, match="duplicate key"):
+                await alone.request("GET", "/x")
+    finally:
+        await srv.stop()
