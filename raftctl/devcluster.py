@@ -26,6 +26,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from raftctl.agent import nft
+from raftctl.agent.config import read_identity
+from raftctl.agent.netnames import Names
 from raftctl.agent.runtime import agent_driver, default_runtime
 from raftctl.node.auth import new_token, write_secret_file
 
@@ -380,10 +383,6 @@ class LocalCluster:
         so another cluster's objects are never reported."""
         if (self.runtime or default_runtime()) != "runc":
             return []
-        from raftctl.agent import nft
-        from raftctl.agent.config import read_identity
-        from raftctl.agent.netnames import Names
-
         left: list[str] = []
         for p in self.agents:
             ident = read_identity(p.data_dir)

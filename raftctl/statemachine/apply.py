@@ -265,6 +265,7 @@ def _set_placement(s: State, p: Placement, at: int, **changes: Any) -> Placement
     new = replace(p, updated_at=at, modify_index=s.index, **changes)
     s.placements[p.id] = new
     s.touch_machine(p.machine)
+    s.touch_job(p.job)
     return new
 
 
@@ -585,6 +586,7 @@ def _plan(state: State, cmd: c.Plan) -> dict[str, Any]:
         by_machine.setdefault(p.machine, set()).add(pid)
         by_job.setdefault(p.job, set()).add(pid)
         state.touch_machine(p.machine)
+        state.touch_job(p.job)
         slots.add((item.replica, item.version))
         used, ports_taken = usage[p.machine]  # a new placement holds resources: as machine_usage would count it
         for k in used:
@@ -643,6 +645,7 @@ def _placement_update(state: State, cmd: c.PlacementUpdate) -> dict[str, Any]:
         del state.placements[p.id]
         state.by_machine.get(p.machine, set()).discard(p.id)
         state.by_job.get(p.job, set()).discard(p.id)
+        state.touch_job(p.job)
     return {"placement": cmd.placement, "state": cmd.state, "health": health, "index": idx}
 
 

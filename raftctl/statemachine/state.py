@@ -67,6 +67,11 @@ class State:
         self.machine_floor = 0
         self.changed_machines: set[str] = set()
         self.changed_all = False
+        # Per job, the index of the last command that added, changed or removed one of its placements (derived,
+        # never in a snapshot: after a restore every job reads as changed at the restored index, job_floor).
+        # The rollout controller skips a job whose record, deployment, placements and machines have not moved.
+        self.job_index: dict[str, int] = {}
+        self.job_floor = 0
 
     # -- snapshots -------------------------------------------------------
     def to_obj(self) -> dict[str, Any]:
@@ -127,6 +132,8 @@ class State:
         self.machine_floor = self.index
         self.changed_machines = set()
         self.changed_all = True
+        self.job_index = {}
+        self.job_floor = self.index
         self.subnets = {k for m in self.machines.values()
                         if isinstance(m.subnet, str) and (k := subnet_key(m.subnet)) is not None}
         for pid, p in self.placements.items():
@@ -142,6 +149,14 @@ class State:
     def machine_change_index(self, machine: str) -> int:
         """The index of the last change to ``machine``'s assignments (the restored index at least)."""
         return max(self.machine_index.get(machine, 0), self.machine_floor)
+
+    def touch_job(self, job: str) -> None:
+        """Record that one of ``job``'s placements was added, changed or removed at the current index."""
+        self.job_index[job] = self.index
+
+    def job_change_index(self, job: str) -> int:
+        """The index of the last change to ``job``'s placements (the restored index at least)."""
+        return max(self.job_index.get(job, 0), self.job_floor)
 
     # -- small read helpers (pure) ----------------------------------------
     def job_placements(self, job: str) -> list[Placement]:

@@ -300,12 +300,12 @@ async def test_a_held_drain_is_recorded_once_on_the_deployment_and_cleared_when_
     held = [x for x in r.of(c.SetDeployment) if x.deployment.get("held")]
     assert len(held) == 1 and held[0].message.startswith("drain held back: job web is at its disruption budget")
     assert held[0].deployment == {**done, "held": held[0].message}  # the deployment record keeps its fields
-    assert ctl.status() == {"held": {"web": held[0].message}}
+    assert ctl.status()["held"] == {"web": held[0].message}
     assert r.of(c.Retire) == []
     assert (await r.propose(c.PutJob(spec=validate_spec(RAW)))).ok  # the budget back to 1 (a new version)
     r.proposed.clear()
     await ctl.tick()
-    assert ctl.status() == {"held": {}}
+    assert ctl.status()["held"] == {}
 
 
 async def test_endpoints_are_counted_under_the_jobs_service_name():
@@ -314,7 +314,7 @@ async def test_endpoints_are_counted_under_the_jobs_service_name():
     assert (await r.propose(c.DrainMachine(machines=["m1"]))).ok
     ctl = RolloutController(r, EPOCH, clock=clock)
     await ctl.tick()
-    assert [x.reason for x in r.of(c.Retire)] == ["machine m1 draining"] and ctl.status() == {"held": {}}
+    assert [x.reason for x in r.of(c.Retire)] == ["machine m1 draining"] and ctl.status()["held"] == {}
 
 
 async def test_after_a_rejected_command_the_rest_of_that_jobs_pass_waits_for_the_next():
@@ -342,3 +342,78 @@ def test_the_controllers_leadership_builds_run_on_the_replicas_clock():
     clock = FakeClock()
     r = FakeReplica(clock)
     assert RolloutController(r, EPOCH).clock is clock and Autoscaler(r, 1).clock is clock
+
+
+# -- a pass decides only the jobs whose inputs moved (or whose decision reads the clock) --
+
+async def test_a_settled_job_is_decided_once_until_one_of_its_inputs_moves():
+    clock = FakeClock()
+    r = await running(clock)
+    ctl = RolloutController(r, EPOCH, clock=clock)
+    await ctl.tick()
+    assert ctl.decided == 1 and ctl.status()["quiet_jobs"] == 1
+    for _ in range(5):                                   # nothing changed: not decided again, however late
+        clock.advance(60)
+        await ctl.tick()
+    assert ctl.decided == 1
+    pl = r.state.job_placements("web")[0]               # a placement of the job changes: decided again
+    for health in ("unhealthy", "healthy"):
+        assert (await r.propose(c.PlacementUpdate(placement=pl.id, machine="m1", state="running",
+                                                  health=health))).ok
+        await ctl.tick()
+        await ctl.tick()
+    assert ctl.decided == 3
+    assert (await r.propose(machine("m2"))).ok          # a machine changes: every job is decided again
+    await ctl.tick()
+    assert ctl.decided == 4
+    assert (await r.propose(c.DrainMachine(machines=["m1"]))).ok   # and a drain is acted on at once
+    await ctl.tick()
+    assert [x.reason for x in r.of(c.Retire)] == ["machine m1 draining"]
+
+
+async def test_a_new_version_and_a_running_deploy_are_decided_every_pass():
+    clock = FakeClock()
+    r = await deployed(clock)
+    ctl = RolloutController(r, EPOCH, clock=clock)
+    await ctl.tick()                                     # the deployment starts (a command: not quiet)
+    assert r.state.deployments["web"].status == "running" and ctl.status()["quiet_jobs"] == 0
+    n = ctl.decided
+    for _ in range(3):
+        clock.advance(0.2)
+        await ctl.tick()
+    assert ctl.decided == n + 3                          # a running deploy reads the clock: every pass
+
+
+async def test_a_skipped_pass_loses_no_work_against_a_fresh_controller():
+    """The memo is only a shortcut: after each change, a pass of the memoizing controller proposes what a
+    controller without a memo (a new leader's) would propose on the same state."""
+    clock = FakeClock()
+    r = await running(clock)
+    ctl = RolloutController(r, EPOCH, clock=clock)
+
+    class Recorder:                                      # reads the same state, proposes nothing
+        tried: list[c.Command] = []
+
+        def read(self, fn):
+            return r.read(fn)
+
+        async def propose(self, cmd):
+            self.tried.append(cmd)
+            return SimpleNamespace(ok=True, error=None, index=0, value={})
+    steps = [machine("m2"), c.PutJob(spec=validate_spec({**RAW, "env": {"V": "2"}})), c.DrainMachine(machines=["m2"]),
+             c.DrainMachine(machines=["m1"])]
+    seen = []
+    for step in steps:
+        await ctl.tick()
+        await ctl.tick()
+        assert (await r.propose(step)).ok
+        clock.advance(1)
+        rec = Recorder()
+        rec.tried = []
+        await RolloutController(rec, EPOCH, clock=clock).tick()
+        before = len(r.proposed)
+        await ctl.tick()
+        mine = [type(x).__name__ for x in r.proposed[before:]]
+        assert mine == [type(x).__name__ for x in rec.tried], step
+        seen += mine
+    assert "SetDeployment" in seen and "Plan" in seen     # the steps made work to do

@@ -36,16 +36,22 @@ log = logging.getLogger("raftctl.rollout")
 class Decision:
     commands: list[c.Command] = field(default_factory=list)
     held: str | None = None          # why retirements wait (shown in events and job status)
+    timed: bool = False              # a later ``now`` alone could change this decision (see ``decide``)
 
 
 def decide(job: Job, placements: list[Placement], machines: Mapping[str, Machine],
            deployment: Deployment | None, published: int, now: int, epoch: int) -> Decision:
     """What to do next for one job (pure): stop what is due, move the deploy on, then retire one batch (the
-    deploy's, or else the drain's)."""
+    deploy's, or else the drain's).
+
+    ``timed`` says whether the clock alone may change the answer for the same inputs: only retiring placements
+    (their drain delay), draining machines (their deadlines) and a running deployment (its deadline, the
+    ``min_healthy`` of its replicas) read ``now``; without them the decision is a function of the records alone."""
     out = Decision()
     if job.status != "running":
         return out
     o = observe(job, placements, machines, deployment, published, now)
+    out.timed = bool(o.retiring or o.draining or (o.deployment is not None and o.deployment.status == "running"))
     out.commands += retire.stop(o, epoch)
     dep = deploy.step(o, epoch)
     out.commands += dep.commands
@@ -59,32 +65,30 @@ def decide(job: Job, placements: list[Placement], machines: Mapping[str, Machine
 
 
 class RolloutController:
-    """Runs ``decide`` for every job on the leader, on changes and every 200 ms."""
+    """Runs ``decide`` for every job on the leader, every 200 ms, skipping a job whose last decision was to do
+    nothing, read no clock, and whose inputs have not moved since: the same job and deployment records, no
+    placement of it added, changed or removed (the state's per-job change index), the same published count and
+    no machine changed. A pass thus costs O(jobs) plus the placements of the jobs that moved, not O(placements)
+    (20,000 placements: 60 ms of the event loop every 200 ms before). The memo lives only in this leadership:
+    a new leader decides every job once."""
 
     def __init__(self, replica: Any, epoch: int, clock: Clock | None = None) -> None:
         self.replica = replica
         self.epoch = epoch
         self.clock: Clock = clock if clock is not None else replica.clock   # Leadership passes (replica, epoch)
         self.held: dict[str, str] = {}
+        self.quiet: dict[str, tuple[Any, ...]] = {}      # job -> the inputs of a do-nothing, untimed decision
+        self.decided = 0                                  # decide calls, for status (and tests)
 
     async def run(self) -> None:
         await every(0.2, self.tick, "rollout", self.clock)
 
     async def tick(self) -> None:
         now = self.clock.now_ms()
-
-        def snapshot(s: Any) -> list[tuple[Job, list[Placement], Deployment | None, int]]:
-            out = []
-            for name, job in s.jobs.items():
-                spec = job.current_spec
-                service = spec.service_name if spec is not None else name
-                published = len(s.discovery.get(service, {}).get("endpoints", {}))
-                out.append((job, s.job_placements(name), s.deployments.get(name), published))
-            return out
-        rows = self.replica.read(snapshot)
-        machines = self.replica.read(lambda s: dict(s.machines))
-        for job, placements, dep, published in rows:
+        rows, machines = self.replica.read(self._snapshot)
+        for job, placements, dep, published, key in rows:
             d = decide(job, placements, machines, dep, published, now, self.epoch)
+            self.decided += 1
             if d.held and self.held.get(job.name) != d.held:
                 log.warning(d.held)
                 await self.replica.propose(c.SetDeployment(
@@ -95,11 +99,35 @@ class RolloutController:
                 self.held[job.name] = d.held
             else:
                 self.held.pop(job.name, None)
+            if d.commands or d.held or d.timed:
+                self.quiet.pop(job.name, None)
+            else:
+                self.quiet[job.name] = key
             for cmd in d.commands:
                 res = await self.replica.propose(cmd)
                 if not res.ok:
                     log.info("rollout command for %s rejected: %s", job.name, res.error)
                     break
 
+    def _snapshot(self, s: Any) -> tuple[list[tuple[Job, list[Placement], Deployment | None, int, tuple[Any, ...]]],
+                                         dict[str, Machine]]:
+        """The jobs to decide this pass, each with its inputs and their key, and the machines (read in the
+        state's lock)."""
+        machines_at = s.table_index["machines"]
+        out = []
+        for name, job in s.jobs.items():
+            spec = job.current_spec
+            service = spec.service_name if spec is not None else name
+            published = len(s.discovery.get(service, {}).get("endpoints", {}))
+            dep = s.deployments.get(name)
+            key = (job, dep, published, s.job_change_index(name), machines_at)
+            memo = self.quiet.get(name)
+            if memo is not None and memo[0] is job and memo[1] is dep and memo[2:] == key[2:]:
+                continue            # records are replaced, never changed in place: identity is equality here
+            out.append((job, s.job_placements(name), dep, published, key))
+        for name in [n for n in self.quiet if n not in s.jobs]:
+            del self.quiet[name]
+        return out, (dict(s.machines) if out else {})
+
     def status(self) -> dict[str, Any]:
-        return {"held": dict(self.held)}
+        return {"held": dict(self.held), "quiet_jobs": len(self.quiet), "decided": self.decided}
