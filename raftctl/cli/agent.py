@@ -146,5 +146,9 @@ def register(cli: click.Group) -> None:
         try:
             asyncio.run(run_agent(cfg, driver))
         finally:
+            try:   # stopped with no container left: no route, nft table or bridge of bridge mode stays behind
+                driver.release_network()
+            except Exception as exc:  # the agent is leaving anyway; say what stays
+                logging.getLogger("raftctl.agent").warning("bridge network not released: %s", exc)
             driver.close()
         sys.exit(0)
