@@ -143,6 +143,20 @@ def test_a_command_without_a_term_handler_stops_on_sigterm(runc_driver, run):
     assert took < 10, f"stop waited {took:.1f}s: SIGTERM did not reach the command"
 
 
+def test_a_stop_right_after_the_start_of_a_throttled_container_still_stops_it_on_sigterm(runc_driver, run):
+    """A SIGTERM that reaches PID 1 before the init has exec'd and blocked its signals is dropped (PID 1 of a pid
+    namespace ignores what it has no handler for); under a 10m CPU quota that window lasts long enough that 3 of 8
+    stops right after a start waited out the whole grace and ended in SIGKILL (the jepsen-style scale jobs). The
+    stop sends SIGTERM again during the grace."""
+    if not runc_driver.init:
+        pytest.skip("tini-static is not installed (apt-get install tini): the command runs as PID 1")
+    codes = []
+    for _ in range(6):
+        a = run(["sleep", "300"], resources=Resources(cpu=10, memory=16 << 20, pids=16))
+        codes.append(runc_driver.stop(a.id, grace_s=8).exit_code)
+    assert codes == [143] * 6, codes        # 128 + SIGTERM every time, never 137 (SIGKILL after the grace)
+
+
 def test_adoption_after_driver_restart(runc_driver, run, busybox_store):
     from raftctl.agent.runtime.runc import RuncDriver
     a = run(["sleep", "300"])
