@@ -17,6 +17,8 @@ LISTING_PATIENCE_S = 5.0   # a guard against a hang, never a measurement
 
 
 class Recording(SimDriver):
+    inline = False   # its listing blocks like a slow `runc list`: called on a worker thread, as runc's is
+
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[tuple[str, str]] = []
