@@ -73,7 +73,6 @@ def register(cli: click.Group) -> None:
                max_body: str,
                tls_cert: str | None, tls_key: str | None, tls_ca: str | None, log_level: str) -> None:
         """Run a control replica (Raft member + HTTP API; the leader runs the controllers)."""
-        from raftctl.node.leader import MAX_HEARTBEATS_KEY
         from raftctl.node.replica import ServerConfig, serve
         from raftctl.statemachine.units import parse_duration
 
@@ -105,5 +104,5 @@ def register(cli: click.Group) -> None:
                            compact_entries=compact_entries, max_body=_body_limit(max_body),
                            heartbeat_ttl_s=ttl_s, heartbeat_interval_s=interval_s,
                            tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
-                           extra={MAX_HEARTBEATS_KEY: max_heartbeats})
+                           extra={"failover": {"max_heartbeats_per_s": max_heartbeats}})   # leader.Leadership
         asyncio.run(serve(cfg))

@@ -18,9 +18,6 @@ from raftctl.statemachine import commands as c
 
 log = logging.getLogger("raftctl.leader")
 
-MAX_HEARTBEATS_KEY = "max_heartbeats_per_s"
-"""The key of ServerConfig.extra that holds the leader's heartbeat budget (FailoverConfig.max_heartbeats_per_s)."""
-
 ControllerFactory = Callable[[Any, int], Any]  # (replica, epoch) -> object with async run()
 
 
@@ -42,10 +39,11 @@ class Leadership:
                  clock: Clock = SYSTEM) -> None:
         self.replica = replica
         self.clock = clock
-        # the heartbeat budget comes from `raftctl server --max-heartbeats-per-second` through ServerConfig.extra
-        budget = getattr(getattr(replica, "cfg", None), "extra", {}).get(MAX_HEARTBEATS_KEY)
-        if isinstance(budget, int) and not isinstance(budget, bool) and budget >= 0:
-            failover = dataclasses.replace(failover, max_heartbeats_per_s=budget)
+        # FailoverConfig fields set by `raftctl server` flags that ServerConfig has no field of its own for
+        # (--max-heartbeats-per-second): ServerConfig.extra["failover"], by field name (an unknown one is a TypeError)
+        overrides = getattr(getattr(replica, "cfg", None), "extra", {}).get("failover")
+        if overrides:
+            failover = dataclasses.replace(failover, **overrides)
         self.failover_cfg = failover
         self.factories = factories
         self.epoch: int | None = None
