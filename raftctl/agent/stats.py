@@ -1,7 +1,8 @@
 """The stats pass: each running container's usage for the autoscaler, its log rotation, and the sweep of
 the figures of containers that are gone.
 
-Every ``every_s`` of the injected clock the pass asks the driver for each running container's figures (kept on
+Every ``period_s`` of the injected clock (``every_s``, stretched while the control plane tells a longer
+heartbeat interval: ``follow_heartbeat``) the pass asks the driver for each running container's figures (kept on
 its ``Supervised`` record for the agent's /metrics), rotates its logs past their size limit, and turns the CPU
 counter's growth since the last pass into utilisation of the container's CPU request (1.0: it used all it
 asked for). The containers' figures are sent in one report; a container that is gone is forgotten.
