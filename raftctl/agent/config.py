@@ -28,7 +28,7 @@ class AgentConfig:
     pids: int = 4096
     ports: tuple[int, int] = (20000, 32767)
     runtime: str = "process"
-    subnet: str | None = None
+    pool: str = ""                # the network its container /24 comes from ("": the cluster's default 10.88.0.0/16)
     heartbeat_s: float = 1.0
     http_port: int = 0          # the agent's log endpoint; 0 = any free port
     tls_cert: str | None = None  # serve the log endpoint over HTTPS with this certificate and key
@@ -41,7 +41,8 @@ class AgentConfig:
     def registration(self) -> dict:
         return {"machine": self.machine, "address": self.address, "fault_domain": self.fault_domain,
                 "labels": self.labels, "resources": {"cpu": self.cpu, "memory": self.memory, "pids": self.pids},
-                "ports": list(self.ports), "runtime": self.runtime, "api": self.api}
+                "ports": list(self.ports), "runtime": self.runtime, "api": self.api,
+                **({"pool": self.pool} if self.pool else {})}
 
 
 def parse_pairs(values: list[str] | tuple[str, ...], flag: str, allowed: tuple[str, ...] | None = None) -> dict[str, str]:

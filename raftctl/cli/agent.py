@@ -13,6 +13,7 @@ from raftctl.cli.base import split_servers
 from raftctl.cli.output import read_secret
 from raftctl.config import config_option
 from raftctl.errors import RaftctlError
+from raftctl.statemachine.subnets import PoolError, parse_pool
 
 if TYPE_CHECKING:
     from raftctl.agent.config import AgentConfig
@@ -76,6 +77,10 @@ def register(cli: click.Group) -> None:
     @click.option("--advertise", default="127.0.0.1", show_default=True, help="Address clients reach containers on.")
     @click.option("--runtime", type=click.Choice(["runc", "process", "sim"]), default=None,
                   help="Default: runc when root and runc exist, else process.")
+    @click.option("--subnet-pool", "pool", default="", metavar="CIDR",
+                  help="IPv4 network this machine's container /24 is allocated from (runc, bridge mode; default "
+                       "10.88.0.0/16). Give every machine of a cluster the same pool, one that no route of the "
+                       "network already uses.")
     @click.option("--allow-unisolated", is_flag=True, default=False,
                   help="Let an agent running as root use --runtime process (jobs then run as plain root processes, "
                        "nothing isolated). Refused without it.")
@@ -96,7 +101,7 @@ def register(cli: click.Group) -> None:
     @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
     def agent(machine: str, servers: tuple[str, ...], token: str | None, token_file: str | None, data_dir: str,
               fault_domain: tuple[str, ...], labels: tuple[str, ...], cpu: str | None, memory: str | None,
-              pids: int, port_range: str, advertise: str, runtime: str | None, allow_unisolated: bool,
+              pids: int, port_range: str, advertise: str, runtime: str | None, pool: str, allow_unisolated: bool,
               heartbeat: str, count: int | None,
               http_port: int, tls_cert: str | None, tls_key: str | None, tls_ca: str | None, image_gc_after: str,
               log_level: str) -> None:
@@ -114,6 +119,11 @@ def register(cli: click.Group) -> None:
         if bool(tls_cert) != bool(tls_key):
             raise click.UsageError("--tls-cert and --tls-key go together")
 
+        if pool:
+            try:
+                pool = str(parse_pool(pool))
+            except PoolError as exc:
+                raise click.BadParameter(str(exc), param_hint="--subnet-pool") from None
         rt = runtime or default_runtime()
         check_unisolated(rt, os.geteuid(), allow_unisolated)
         if rt == "process":
@@ -127,7 +137,7 @@ def register(cli: click.Group) -> None:
             labels=parse_pairs(labels, "--label"),
             cpu=parse_cpu(cpu, "--cpu") if cpu else default_cpu,
             memory=parse_size(memory, "--memory") if memory else default_mem,
-            pids=pids, ports=parse_port_range(port_range), runtime=rt,
+            pids=pids, ports=parse_port_range(port_range), runtime=rt, pool=pool,
             heartbeat_s=parse_duration(heartbeat, "--heartbeat") / 1000,
             http_port=http_port, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
             image_gc_after_s=parse_duration(image_gc_after, "--image-gc-after") / 1000)
