@@ -14,7 +14,6 @@ Every loop reads and waits on the injected ``raftctl.clock.Clock``.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 import os
@@ -31,7 +30,6 @@ from raftctl.agent.imagegc import ImageGC, image_digest
 from raftctl.agent.logserver import start_log_server
 from raftctl.agent.metrics import AgentMetrics
 from raftctl.agent.runtime.base import ContainerSpec, Driver, ImageNotPushed, Observed, RuntimeError_
-from raftctl.agent.runtime.sim import SimDriver
 from raftctl.agent.stats import StatsPass
 from raftctl.agent.stopping import Stopper
 from raftctl.agent.supervisor import DriverTimeout, Supervised, Supervisor, update
@@ -44,8 +42,10 @@ from raftctl.statemachine.records import JobSpec, Report, ReportUpdate, to_wire
 
 log = logging.getLogger("raftctl.agent")
 
-__all__ = ["Agent", "DriverTimeout", "Supervised", "run_agent", "run_agents"]
+__all__ = ["Agent", "DriverTimeout", "Supervised", "run_agent", "watch_wait"]
 
+WATCH_HEARTBEATS = 10
+WATCH_WAIT_MAX_S = 120.0
 REPORT_CHUNK = 1000
 HEARTBEAT_MAX_S = 60.0
 """The longest heartbeat interval an agent follows, whatever the control plane answers."""
@@ -194,9 +194,10 @@ class Agent:
         assert control is not None
         while True:
             target = control.live
+            wait_s = watch_wait(self.heartbeat_s)
             watch = await unless(control.watch(
-                f"/v1/agent/assignments/{self.cfg.machine}", {"index": str(self.index), "wait": "10s"},
-                timeout=20.0, server=target), control.live_moved_from(target))
+                f"/v1/agent/assignments/{self.cfg.machine}", {"index": str(self.index), "wait": f"{wait_s:g}s"},
+                timeout=wait_s + 10.0, server=target), control.live_moved_from(target))
             if watch is None:
                 log.info("assignment watch on %s abandoned: heartbeats are answered by %s",
                          target or "a rotating replica", control.live)
@@ -399,6 +400,15 @@ def followed_interval(told: Any, minimum: float, maximum: float = HEARTBEAT_MAX_
     return float(min(max(told, minimum), max(minimum, maximum)))
 
 
+def watch_wait(heartbeat_s: float) -> float:
+    """How long a parked assignment watch waits for a change: WATCH_HEARTBEATS heartbeat intervals, 10 s at
+    the default 1 s and never more than WATCH_WAIT_MAX_S. A renewal that found nothing costs the leader a full
+    answer (every placement of the machine with its spec) and the agent its decoding: 10,000 machines renewing
+    every 10 s were 1,000 such answers a second while the heartbeat budget held heartbeats to 2,000. A watch
+    parked on a replica that stops answering heartbeats is abandoned at once (_watch_loop), not after it."""
+    return min(WATCH_WAIT_MAX_S, max(10.0, WATCH_HEARTBEATS * heartbeat_s))
+
+
 def unrepeated(reports: list[ReportUpdate]) -> list[ReportUpdate]:
     """The reports in order, one dropped when the last one kept for its placement says the same (so running,
     exited, running stays whole: the exit before a restart is an event of its own)."""
@@ -426,21 +436,3 @@ async def run_agent(cfg: AgentConfig, driver: Driver) -> None:
         pass
     if task in done and task.exception() if not task.cancelled() else False:
         raise task.exception()  # type: ignore[misc]
-
-
-async def run_agents(cfg: AgentConfig, count: int) -> None:
-    """Many simulated machines in one process (like kubemark's hollow nodes), each with its own SimDriver."""
-    agents = []
-    for i in range(count):
-        sub = dataclasses.replace(cfg, machine=f"{cfg.machine}-{i:04d}",
-                                  data_dir=os.path.join(cfg.data_dir, f"{i:04d}"))
-        agents.append(Agent(sub, SimDriver(), rng=random.Random(i)))
-    tasks = [asyncio.create_task(a.run()) for a in agents]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)

@@ -100,3 +100,9 @@ async def test_the_heartbeat_loop_follows_the_answered_interval_and_ignores_bad_
     assert periods == [10.0, STATS_MAX_EVERY_S, STATS_EVERY_S]
     ignored = [r.getMessage() for r in caplog.records if "not a positive number" in r.getMessage()]
     assert len(ignored) == 4 and "'5'" in ignored[0] and "keeping 5s" in ignored[0]
+
+
+@pytest.mark.parametrize("heartbeat_s, wait_s", [(0.3, 10.0), (1.0, 10.0), (5.0, 50.0), (12.0, 120.0), (60.0, 120.0)])
+def test_a_parked_watch_waits_ten_heartbeats_between_10_s_and_120_s(heartbeat_s: float, wait_s: float) -> None:
+    from raftctl.agent.loop import watch_wait
+    assert watch_wait(heartbeat_s) == wait_s
