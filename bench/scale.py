@@ -110,6 +110,11 @@ class Bed:
                     raise
                 log(f"{method} {path}: 503 {exc.read()[:200]!r}; again")
                 time.sleep(0.5 * (attempt + 1))
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:   # not accepted / no answer in 30 s
+                if attempt == 5:
+                    raise
+                log(f"{method} {path}: {exc}; again")
+                time.sleep(0.5 * (attempt + 1))
 
     def metrics(self, url: str) -> dict[tuple[str, str], float]:
         text = self.get(url, "/metrics").decode()
@@ -300,8 +305,11 @@ def heartbeat_ceiling(n: int, seconds: int) -> dict[str, Any] | None:
 
 def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"bench": "scale", "machines": n, "replicas_per_machine": args.per_machine,
-                           "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count()}
+                           "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
+                           "raft_timing": os.environ.get("RAFTCTL_RAFT_TIMING") or "default",
+                           "per_process": args.per_process}
     loads: dict[str, float] = {"start": round(os.getloadavg()[0], 2)}
+    terms: dict[str, Any] = res.setdefault("raft_term", {})   # elections during the run: the term's growth
 
     def phase(name: str, fn: Callable[[], None]) -> None:
         """One phase; a failure (a loaded machine can starve the replicas past any timeout) is recorded in the
@@ -318,236 +326,245 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         log(f"heartbeat ceiling (wrk, {n} machines registered, no agents): {res['heartbeat_ceiling']}")
     if args.ceiling_only:
         return res
-    with contextlib.ExitStack() as stack:
-        if args.keep_dir:   # kept for its logs (agents' and replicas'), one sub-directory per size
-            d = os.path.join(args.keep_dir, f"n{n}-{time.strftime('%H%M%S')}")
-            os.makedirs(d)
-        else:
-            d = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-scale-"))
-        bed = Bed(d, args.compact_entries)
-        try:
-            bed.cluster.start(timeout=60)
-            leader = bed.leader
-            lp = psutil.Process(leader.pid)
-            follower = bed.followers()[0]
-            c0, t0 = cpu_s(lp), time.monotonic()
-            time.sleep(3.0)
-            idle_cores = (cpu_s(lp) - c0) / (time.monotonic() - t0)
-            rss0 = lp.memory_info().rss
-
-            # 1. register N machines and measure the steady heartbeat cost
-            rest = n - victims
-            procs = math.ceil(rest / args.per_process)
-            for i in range(procs):
-                k = rest // procs + (i < rest % procs)
-                bed.start_agents(f"g{i}", k, f"z{i % 3}")
-            bed.start_agents("v", victims, "zv")
-            log(f"{n} machines: {procs} agent processes + 1 of {victims} (the 1 %)")
-
-            def up() -> bool:
-                return counts(bed.metrics(follower.url), "raftctl_machines_by_state", state="active") >= n
-            res["register_s"] = wait_for("all machines up", up, 60 + n / 20)
-            loads["registered"] = round(os.getloadavg()[0], 2)
-            time.sleep(3.0)
-            told = bed.told("g0")
-            res["told"] = told
-            interval = float(told["interval_s"] or 1.0)
-            m0, c0, t0 = bed.metrics(leader.url), cpu_s(lp), time.monotonic()
-            a0 = sum(cpu_s(psutil.Process(p.pid)) for _, _, p in bed.agents)
-            time.sleep(args.window)
-            m1, c1, t1 = bed.metrics(leader.url), cpu_s(lp), time.monotonic()
-            a1 = sum(cpu_s(psutil.Process(p.pid)) for _, _, p in bed.agents)
-            dt = t1 - t0
-            hb = (counts(m1, "raftctl_api_requests_total", route="POST /v1/agent/heartbeat")
-                  - counts(m0, "raftctl_api_requests_total", route="POST /v1/agent/heartbeat")) / dt
-            allreq = (counts(m1, "raftctl_api_requests_total") - counts(m0, "raftctl_api_requests_total")) / dt
-            steady = (c1 - c0) / dt
-            fm = bed.metrics(follower.url)
-            res["steady"] = {"heartbeats_per_s": round(hb, 1), "heartbeats_wanted_per_s": round(n / interval, 1),
-                             "machines_down_unfaulted": int(counts(fm, "raftctl_machines_by_state", state="down")),
-                             "leader_requests_per_s": round(allreq, 1),
-                             "leader_cores": round(steady, 3), "leader_idle_cores": round(idle_cores, 3),
-                             "leader_cpu_us_per_request": round((steady - idle_cores) / allreq * 1e6, 1) if allreq else None,
-                             "leader_cpu_us_per_heartbeat_if_all": round((steady - idle_cores) / hb * 1e6, 1) if hb else None,
-                             "agents_cores": round((a1 - a0) / dt, 3), "agent_processes": len(bed.agents),
-                             "agents_rss_mib": round(sum(psutil.Process(p.pid).memory_info().rss
-                                                         for _, _, p in bed.agents) / 2**20),
-                             "load1": round(os.getloadavg()[0], 2)}
-            log(f"steady: {res['steady']}")
-
-            # 2. place 10 x N replicas
-            bed.call("PUT", "/v1/jobs/w0", {"name": "w0", "image": "scale:1", "command": ["w"], "replicas": 0})
-            jobs = math.ceil(total / JOB_REPLICAS)
-            c0, tp = cpu_s(lp), time.monotonic()
-            for j in range(jobs):
-                reps = min(JOB_REPLICAS, total - j * JOB_REPLICAS)
-                bed.call("PUT", f"/v1/jobs/s{j}", {"name": f"s{j}", "image": "scale:1", "command": ["serve"],
-                                                   "replicas": reps,
-                                                   "resources": {"cpu": "100m", "memory": "64Mi", "pids": 16}})
-            res["submit_s"] = round(time.monotonic() - tp, 2)
-            seen: dict[str, float] = {"best": -1.0, "best_at": time.monotonic()}
-
-            def placed() -> bool:
-                m = bed.metrics(follower.url)
-                have = counts(m, "raftctl_placements_by_state")
-                healthy = counts(m, "raftctl_placements_by_state", health="healthy")
-                seen.update(have=have, healthy=healthy,
-                            down=counts(m, "raftctl_machines_by_state", state="down"))
-                if have >= total and "placed_s" not in res:
-                    res["placed_s"] = round(time.monotonic() - tp, 2)
-                if have + healthy > seen["best"]:   # progress: placements committed, then healthy
-                    seen.update(best=have + healthy, best_at=time.monotonic())
-                elif time.monotonic() - seen["best_at"] > args.stall:
-                    raise Stalled(f"placements stuck at {have:.0f} placed, {healthy:.0f} healthy of {total} for "
-                                  f"{args.stall:.0f} s "
-                                  f"({seen['down']:.0f} machines down)")
-                return healthy >= total
+    try:   # a size whose control plane stops answering (no leader for 60 s) still leaves its row
+        with contextlib.ExitStack() as stack:
+            if args.keep_dir:   # kept for its logs (agents' and replicas'), one sub-directory per size
+                d = os.path.join(args.keep_dir, f"n{n}-{time.strftime('%H%M%S')}")
+                os.makedirs(d)
+            else:
+                d = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-scale-"))
+            bed = Bed(d, args.compact_entries)
             try:
-                took = wait_for("all placements healthy", placed, args.place_timeout, every=1.0)
-            except Stalled as exc:
-                log(str(exc))
-                took = None
-                try:   # why the scheduler holds them, in its own words
-                    job = bed.call("GET", "/v1/jobs/s0")
-                    res["pending_reason"] = str(job.get("pending_reason") or job.get("status", {}).get("pending_reason"))[:300]
-                    log(f"job s0: pending_reason {res['pending_reason']}")
-                except Exception as exc2:
-                    log(f"job s0: {exc2}")
-            cpu_place = cpu_s(lp) - c0
-            # from the first job PUT (the wait above starts once all are submitted, submit_s later)
-            el = time.monotonic() - tp
-            took = el if took is not None else None
-            res["place"] = {"healthy_s": round(took, 2) if took is not None else None,
-                            "submit_s": res.pop("submit_s", None),
-                            "healthy_reached": int(seen.get("healthy", 0)), "total": total,
-                            "placed_s": res.pop("placed_s", None), "machines_down": int(seen.get("down", 0)),
-                            "placements_per_s": round(seen.get("healthy", 0) / el, 1),
-                            "leader_cores": round(cpu_place / el, 3), "load1": round(os.getloadavg()[0], 2)}
-            rss1 = lp.memory_info().rss
-            res["rss"] = {"leader_mib_before": round(rss0 / 2**20, 1), "leader_mib_after": round(rss1 / 2**20, 1),
-                          "leader_kib_per_placement": round((rss1 - rss0) / max(1, seen.get("have", 0)) / 1024, 2),
-                          "follower_mib": round(psutil.Process(follower.pid).memory_info().rss / 2**20, 1)}
-            log(f"place: {res['place']} rss {res['rss']}")
+                bed.cluster.start(timeout=60)
+                leader = bed.leader
+                lp = psutil.Process(leader.pid)
+                follower = bed.followers()[0]
+                c0, t0 = cpu_s(lp), time.monotonic()
+                time.sleep(3.0)
+                idle_cores = (cpu_s(lp) - c0) / (time.monotonic() - t0)
+                rss0 = lp.memory_info().rss
 
-            def api() -> None:
-                # 3. API p99 under the heartbeat + stats load
-                for i in range(args.api_clients):
-                    bed.call("PUT", f"/v1/jobs/w{i}", {"name": f"w{i}", "image": "scale:1", "command": ["w"],
-                                                       "replicas": 0})
-                writes, reads = asyncio.run(api_under_load(bed, args.api_seconds, args.api_clients))
-                res["api"] = {"write_per_s": round(writes["writes_per_s"], 1), "write_p50_ms": writes["p50_ms"],
-                              "write_p99_ms": writes["p99_ms"], "write_errors": writes["errors"],
-                              "read_per_s": round(reads["per_s"], 1), "read_p50_ms": reads["p50_ms"],
-                              "read_p99_ms": reads["p99_ms"], "read_errors": reads["errors"],
-                              "load1": round(os.getloadavg()[0], 2)}
-                log(f"api: {res['api']}")
+                # 1. register N machines and measure the steady heartbeat cost
+                rest = n - victims
+                procs = math.ceil(rest / args.per_process)
+                for i in range(procs):
+                    k = rest // procs + (i < rest % procs)
+                    bed.start_agents(f"g{i}", k, f"z{i % 3}")
+                bed.start_agents("v", victims, "zv")
+                log(f"{n} machines: {procs} agent processes + 1 of {victims} (the 1 %)")
 
+                def up() -> bool:
+                    return counts(bed.metrics(follower.url), "raftctl_machines_by_state", state="active") >= n
+                res["register_s"] = wait_for("all machines up", up, 60 + n / 20)
+                loads["registered"] = round(os.getloadavg()[0], 2)
+                time.sleep(3.0)
+                told = bed.told("g0")
+                res["told"] = told
+                terms["registered"] = bed.call("GET", "/v1/status").get("term")
+                interval = float(told["interval_s"] or 1.0)
+                m0, c0, t0 = bed.metrics(leader.url), cpu_s(lp), time.monotonic()
+                a0 = sum(cpu_s(psutil.Process(p.pid)) for _, _, p in bed.agents)
+                time.sleep(args.window)
+                m1, c1, t1 = bed.metrics(leader.url), cpu_s(lp), time.monotonic()
+                a1 = sum(cpu_s(psutil.Process(p.pid)) for _, _, p in bed.agents)
+                dt = t1 - t0
+                hb = (counts(m1, "raftctl_api_requests_total", route="POST /v1/agent/heartbeat")
+                      - counts(m0, "raftctl_api_requests_total", route="POST /v1/agent/heartbeat")) / dt
+                allreq = (counts(m1, "raftctl_api_requests_total") - counts(m0, "raftctl_api_requests_total")) / dt
+                steady = (c1 - c0) / dt
+                fm = bed.metrics(follower.url)
+                res["steady"] = {"heartbeats_per_s": round(hb, 1), "heartbeats_wanted_per_s": round(n / interval, 1),
+                                 "machines_down_unfaulted": int(counts(fm, "raftctl_machines_by_state", state="down")),
+                                 "leader_requests_per_s": round(allreq, 1),
+                                 "leader_cores": round(steady, 3), "leader_idle_cores": round(idle_cores, 3),
+                                 "leader_cpu_us_per_request": round((steady - idle_cores) / allreq * 1e6, 1) if allreq else None,
+                                 "leader_cpu_us_per_heartbeat_if_all": round((steady - idle_cores) / hb * 1e6, 1) if hb else None,
+                                 "agents_cores": round((a1 - a0) / dt, 3), "agent_processes": len(bed.agents),
+                                 "agents_rss_mib": round(sum(psutil.Process(p.pid).memory_info().rss
+                                                             for _, _, p in bed.agents) / 2**20),
+                                 "load1": round(os.getloadavg()[0], 2)}
+                log(f"steady: {res['steady']}")
 
-            def snapshot() -> None:
-                # 4. snapshot: take (backup through the API) and the Raft snapshot file
-                ts = time.monotonic()
-                snap = bed.get(leader.url, "/v1/snapshot", timeout=120)
-                res["snapshot"] = {"take_s": round(time.monotonic() - ts, 3), "bytes": len(snap),
-                                   "raft_dump_bytes_leader": dir_bytes(leader.data_dir, r"dump|snap")}
+                # 2. place 10 x N replicas
+                bed.call("PUT", "/v1/jobs/w0", {"name": "w0", "image": "scale:1", "command": ["w"], "replicas": 0})
+                jobs = math.ceil(total / JOB_REPLICAS)
+                c0, tp = cpu_s(lp), time.monotonic()
+                for j in range(jobs):
+                    reps = min(JOB_REPLICAS, total - j * JOB_REPLICAS)
+                    bed.call("PUT", f"/v1/jobs/s{j}", {"name": f"s{j}", "image": "scale:1", "command": ["serve"],
+                                                       "replicas": reps,
+                                                       "resources": {"cpu": "100m", "memory": "64Mi", "pids": 16}})
+                res["submit_s"] = round(time.monotonic() - tp, 2)
+                seen: dict[str, float] = {"best": -1.0, "best_at": time.monotonic()}
 
-
-            def failover() -> None:
-                # 5. failover: freeze the 1 % process
-                victim = next(p for ident, _, p in bed.agents if ident == "v")
-                m = bed.metrics(follower.url)
-                want = counts(m, "raftctl_placements_by_state", health="healthy")   # what was healthy before the fault
-                ms0 = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
-                before_down = {mm["id"] for mm in ms0 if mm.get("status") == "down"}
-                frozen = {mm["id"] for mm in ms0 if mm["id"].startswith("v-")} - before_down
-                down_at: dict[str, float] = {}
-                healthy_again: dict[str, float] = {}
-                ttl = float(bed.told("g0")["ttl_s"] or 3.0)   # the TTL in force at this size (heartbeat budget)
-                victim.send_signal(signal.SIGSTOP)
-                tf = time.monotonic()
-
-                def failed_over() -> bool:
-                    ms = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
-                    now = time.monotonic() - tf
-                    for mm in ms:
-                        if mm["id"] in frozen and mm.get("status") == "down":
-                            down_at.setdefault(mm["id"], now)
+                def placed() -> bool:
                     m = bed.metrics(follower.url)
+                    have = counts(m, "raftctl_placements_by_state")
                     healthy = counts(m, "raftctl_placements_by_state", health="healthy")
-                    if len(down_at) >= len(frozen) and healthy >= want and "t" not in healthy_again:
-                        healthy_again["t"] = now
-                    return "t" in healthy_again
-                wait_for("failover", failed_over, ttl + 90, every=0.25)
-                down_all = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
-                wrongly = [mm["id"] for mm in down_all if mm.get("status") != "up" and not mm["id"].startswith("v-")
-                           and mm["id"] not in before_down]
-                times = sorted(down_at.values())
-                p99 = times[min(len(times) - 1, int(len(times) * 0.99))] if times and len(times) == len(frozen) else None
-                res["failover"] = {"victims": victims, "frozen_while_up": len(frozen), "ttl_s": ttl,
-                                   "p99_within_ttl_plus_2s": p99 is not None and p99 <= ttl + 2.0,
-                                   "declared_down": len(times),
-                                   "down_p50_s": round(times[len(times) // 2], 2) if times else None,
-                                   "down_p99_s": round(times[min(len(times) - 1, int(len(times) * 0.99))], 2)
-                                   if times and len(times) == len(frozen) else None,
-                                   "replaced_healthy_s": round(healthy_again["t"], 2) if "t" in healthy_again else None,
-                                   "never_frozen_but_down": len(wrongly), "down_before": len(before_down),
-                                   "load1": round(os.getloadavg()[0], 2)}
-                victim.send_signal(signal.SIGCONT)
-                log(f"failover: {res['failover']}")
+                    seen.update(have=have, healthy=healthy,
+                                down=counts(m, "raftctl_machines_by_state", state="down"))
+                    if have >= total and "placed_s" not in res:
+                        res["placed_s"] = round(time.monotonic() - tp, 2)
+                    if have + healthy > seen["best"]:   # progress: placements committed, then healthy
+                        seen.update(best=have + healthy, best_at=time.monotonic())
+                    elif time.monotonic() - seen["best_at"] > args.stall:
+                        raise Stalled(f"placements stuck at {have:.0f} placed, {healthy:.0f} healthy of {total} for "
+                                      f"{args.stall:.0f} s "
+                                      f"({seen['down']:.0f} machines down)")
+                    return healthy >= total
+                try:
+                    took = wait_for("all placements healthy", placed, args.place_timeout, every=1.0)
+                except Stalled as exc:
+                    log(str(exc))
+                    took = None
+                    try:   # why the scheduler holds them, in its own words
+                        job = bed.call("GET", "/v1/jobs/s0")
+                        res["pending_reason"] = str(job.get("pending_reason") or job.get("status", {}).get("pending_reason"))[:300]
+                        log(f"job s0: pending_reason {res['pending_reason']}")
+                    except Exception as exc2:
+                        log(f"job s0: {exc2}")
+                cpu_place = cpu_s(lp) - c0
+                # from the first job PUT (the wait above starts once all are submitted, submit_s later)
+                el = time.monotonic() - tp
+                took = el if took is not None else None
+                res["place"] = {"healthy_s": round(took, 2) if took is not None else None,
+                                "submit_s": res.pop("submit_s", None),
+                                "healthy_reached": int(seen.get("healthy", 0)), "total": total,
+                                "placed_s": res.pop("placed_s", None), "machines_down": int(seen.get("down", 0)),
+                                "placements_per_s": round(seen.get("healthy", 0) / el, 1),
+                                "leader_cores": round(cpu_place / el, 3), "load1": round(os.getloadavg()[0], 2)}
+                rss1 = lp.memory_info().rss
+                res["rss"] = {"leader_mib_before": round(rss0 / 2**20, 1), "leader_mib_after": round(rss1 / 2**20, 1),
+                              "leader_kib_per_placement": round((rss1 - rss0) / max(1, seen.get("have", 0)) / 1024, 2),
+                              "follower_mib": round(psutil.Process(follower.pid).memory_info().rss / 2**20, 1)}
+                log(f"place: {res['place']} rss {res['rss']}")
+                with contextlib.suppress(Exception):
+                    terms["placed"] = bed.call("GET", "/v1/status").get("term")
+
+                def api() -> None:
+                    # 3. API p99 under the heartbeat + stats load
+                    for i in range(args.api_clients):
+                        bed.call("PUT", f"/v1/jobs/w{i}", {"name": f"w{i}", "image": "scale:1", "command": ["w"],
+                                                           "replicas": 0})
+                    writes, reads = asyncio.run(api_under_load(bed, args.api_seconds, args.api_clients))
+                    res["api"] = {"write_per_s": round(writes["writes_per_s"], 1), "write_p50_ms": writes["p50_ms"],
+                                  "write_p99_ms": writes["p99_ms"], "write_errors": writes["errors"],
+                                  "read_per_s": round(reads["per_s"], 1), "read_p50_ms": reads["p50_ms"],
+                                  "read_p99_ms": reads["p99_ms"], "read_errors": reads["errors"],
+                                  "load1": round(os.getloadavg()[0], 2)}
+                    log(f"api: {res['api']}")
 
 
-            def restart() -> None:
-                # 6. a follower restarted after the leader compacted past it: catch up (install), then replay
-                fol = follower
-                stopped_at = bed.call("GET", "/v1/status", url=fol.url)["applied_index"]
-                bed.cluster.kill(fol, signal.SIGTERM)
-                fol_index = None
-                urls = [leader.url]
-                headers = {"Authorization": f"Bearer {bed.cluster.token()}", "Content-Type": "application/json"}
-                pushed, tw = 0, time.monotonic()
-                # writes until the leader's log no longer reaches back to the stopped follower's index (compacted):
-                # the commands are batched into entries, so count entries, not writes
-                while time.monotonic() - tw < 120:
+                def snapshot() -> None:
+                    # 4. snapshot: take (backup through the API) and the Raft snapshot file
+                    ts = time.monotonic()
+                    snap = bed.get(leader.url, "/v1/snapshot", timeout=120)
+                    res["snapshot"] = {"take_s": round(time.monotonic() - ts, 3), "bytes": len(snap),
+                                       "raft_dump_bytes_leader": dir_bytes(leader.data_dir, r"dump|snap")}
+
+
+                def failover() -> None:
+                    # 5. failover: freeze the 1 % process
+                    victim = next(p for ident, _, p in bed.agents if ident == "v")
+                    m = bed.metrics(follower.url)
+                    want = counts(m, "raftctl_placements_by_state", health="healthy")   # what was healthy before the fault
+                    ms0 = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
+                    before_down = {mm["id"] for mm in ms0 if mm.get("status") == "down"}
+                    frozen = {mm["id"] for mm in ms0 if mm["id"].startswith("v-")} - before_down
+                    down_at: dict[str, float] = {}
+                    healthy_again: dict[str, float] = {}
+                    ttl = float(bed.told("g0")["ttl_s"] or 3.0)   # the TTL in force at this size (heartbeat budget)
+                    victim.send_signal(signal.SIGSTOP)
+                    tf = time.monotonic()
+
+                    def failed_over() -> bool:
+                        ms = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
+                        now = time.monotonic() - tf
+                        for mm in ms:
+                            if mm["id"] in frozen and mm.get("status") == "down":
+                                down_at.setdefault(mm["id"], now)
+                        m = bed.metrics(follower.url)
+                        healthy = counts(m, "raftctl_placements_by_state", health="healthy")
+                        if len(down_at) >= len(frozen) and healthy >= want and "t" not in healthy_again:
+                            healthy_again["t"] = now
+                        return "t" in healthy_again
+                    wait_for("failover", failed_over, ttl + 90, every=0.25)
+                    down_all = bed.call("GET", "/v1/machines", url=follower.url)["machines"]
+                    wrongly = [mm["id"] for mm in down_all if mm.get("status") != "up" and not mm["id"].startswith("v-")
+                               and mm["id"] not in before_down]
+                    times = sorted(down_at.values())
+                    p99 = times[min(len(times) - 1, int(len(times) * 0.99))] if times and len(times) == len(frozen) else None
+                    res["failover"] = {"victims": victims, "frozen_while_up": len(frozen), "ttl_s": ttl,
+                                       "p99_within_ttl_plus_2s": p99 is not None and p99 <= ttl + 2.0,
+                                       "declared_down": len(times),
+                                       "down_p50_s": round(times[len(times) // 2], 2) if times else None,
+                                       "down_p99_s": round(times[min(len(times) - 1, int(len(times) * 0.99))], 2)
+                                       if times and len(times) == len(frozen) else None,
+                                       "replaced_healthy_s": round(healthy_again["t"], 2) if "t" in healthy_again else None,
+                                       "never_frozen_but_down": len(wrongly), "down_before": len(before_down),
+                                       "load1": round(os.getloadavg()[0], 2)}
+                    victim.send_signal(signal.SIGCONT)
+                    log(f"failover: {res['failover']}")
+
+
+                def restart() -> None:
+                    # 6. a follower restarted after the leader compacted past it: catch up (install), then replay
+                    fol = follower
+                    stopped_at = bed.call("GET", "/v1/status", url=fol.url)["applied_index"]
+                    bed.cluster.kill(fol, signal.SIGTERM)
+                    fol_index = None
+                    urls = [leader.url]
+                    headers = {"Authorization": f"Bearer {bed.cluster.token()}", "Content-Type": "application/json"}
+                    pushed, tw = 0, time.monotonic()
+                    # writes until the leader's log no longer reaches back to the stopped follower's index (compacted):
+                    # the commands are batched into entries, so count entries, not writes
+                    while time.monotonic() - tw < 120:
+                        st = bed.call("GET", "/v1/status")
+                        if st["commit_index"] - st["log_len"] > stopped_at + 1:
+                            break
+                        r = asyncio.run(http_load(urls, headers, lambda i, k: (f"/v1/jobs/w{i % args.api_clients}/scale",
+                                                                                {"replicas": 0}), 3.0, 4))
+                        pushed += r["samples"]
                     st = bed.call("GET", "/v1/status")
-                    if st["commit_index"] - st["log_len"] > stopped_at + 1:
-                        break
-                    r = asyncio.run(http_load(urls, headers, lambda i, k: (f"/v1/jobs/w{i % args.api_clients}/scale",
-                                                                            {"replicas": 0}), 3.0, 4))
-                    pushed += r["samples"]
-                st = bed.call("GET", "/v1/status")
-                target = st["commit_index"]
-                res["restart"] = {"writes_while_down": pushed, "leader_log_len": st["log_len"], "commit_index": target,
-                                  "follower_stopped_at": stopped_at,
-                                  "compacted_past_it": st["commit_index"] - st["log_len"] > stopped_at + 1}
-                tc = time.monotonic()
-                bed.cluster.start_proc(fol)
+                    target = st["commit_index"]
+                    res["restart"] = {"writes_while_down": pushed, "leader_log_len": st["log_len"], "commit_index": target,
+                                      "follower_stopped_at": stopped_at,
+                                      "compacted_past_it": st["commit_index"] - st["log_len"] > stopped_at + 1}
+                    tc = time.monotonic()
+                    bed.cluster.start_proc(fol)
 
-                def caught_up() -> bool:
-                    s = bed.call("GET", "/v1/status", url=fol.url)
-                    nonlocal fol_index
-                    fol_index = s.get("applied_index")
-                    return bool(s.get("ready")) and (s.get("applied_index") or 0) >= target
-                took = wait_for("restarted follower caught up", caught_up, 180, every=0.2)
-                res["restart"]["catch_up_s"] = round(took, 2) if took is not None else None
-                res["restart"]["raft_dump_bytes_follower"] = dir_bytes(fol.data_dir, r"dump|snap")
-                bed.cluster.kill(fol, signal.SIGTERM)
-                tc = time.monotonic()
-                bed.cluster.start_proc(fol)
-                took = wait_for("restarted follower ready (replay)", caught_up, 180, every=0.2)
-                res["restart"]["replay_ready_s"] = round(took, 2) if took is not None else None
-                res["restart"]["load1"] = round(os.getloadavg()[0], 2)
-                del tc
-                log(f"restart: {res['restart']}")
-            # the failover trial before the API load: 16 clients writing and reading as fast as they can are the
-            # most disruptive phase (at 1,000 machines their writes took 5 s each and heartbeats answered late
-            # enough for hundreds of machines to be declared down), and failover is judged on a settled cluster
-            phase('snapshot', snapshot)
-            time.sleep(args.settle)
-            phase('failover', failover)
-            phase('api', api)
-            phase('restart', restart)
+                    def caught_up() -> bool:
+                        s = bed.call("GET", "/v1/status", url=fol.url)
+                        nonlocal fol_index
+                        fol_index = s.get("applied_index")
+                        return bool(s.get("ready")) and (s.get("applied_index") or 0) >= target
+                    took = wait_for("restarted follower caught up", caught_up, 180, every=0.2)
+                    res["restart"]["catch_up_s"] = round(took, 2) if took is not None else None
+                    res["restart"]["raft_dump_bytes_follower"] = dir_bytes(fol.data_dir, r"dump|snap")
+                    bed.cluster.kill(fol, signal.SIGTERM)
+                    tc = time.monotonic()
+                    bed.cluster.start_proc(fol)
+                    took = wait_for("restarted follower ready (replay)", caught_up, 180, every=0.2)
+                    res["restart"]["replay_ready_s"] = round(took, 2) if took is not None else None
+                    res["restart"]["load1"] = round(os.getloadavg()[0], 2)
+                    del tc
+                    log(f"restart: {res['restart']}")
+                # the failover trial before the API load: 16 clients writing and reading as fast as they can are the
+                # most disruptive phase (at 1,000 machines their writes took 5 s each and heartbeats answered late
+                # enough for hundreds of machines to be declared down), and failover is judged on a settled cluster
+                phase('snapshot', snapshot)
+                time.sleep(args.settle)
+                phase('failover', failover)
+                phase('api', api)
+                phase('restart', restart)
+                with contextlib.suppress(Exception):
+                    terms["end"] = bed.call("GET", "/v1/status").get("term")
 
-        finally:
-            bed.stop()
+            finally:
+                bed.stop()
+    except Exception as exc:
+        log(f"run of {n} machines ended: {exc.__class__.__name__}: {exc}")
+        res.setdefault("failed", {})["run"] = f"{exc.__class__.__name__}: {exc}"[:300]
     res["load1"] = loads
     return res
 
@@ -625,6 +642,9 @@ def main() -> None:
     ap.add_argument("--per-machine", type=int, default=10, help="replicas per machine")
     ap.add_argument("--per-process", type=int, default=500, help="simulated machines per agent process")
     ap.add_argument("--wrk-seconds", type=int, default=5, help="the heartbeat-ceiling run (wrk)")
+    ap.add_argument("--raft-timing", default=None,
+                    help="RAFTCTL_RAFT_TIMING for the replicas, 'min,max,heartbeat' seconds (default: the product's "
+                         "0.3,0.6,0.075); recorded in each row")
     ap.add_argument("--keep-dir", default=None, help="run the cluster and agents under this directory and keep it")
     ap.add_argument("--skip-ceiling", action="store_true", help="no heartbeat-ceiling run (wrk) before the agents")
     ap.add_argument("--ceiling-only", action="store_true",
@@ -638,6 +658,8 @@ def main() -> None:
     ap.add_argument("--compact-entries", type=int, default=500,
                     help="the replicas' --compact-entries (so the restart phase needs a snapshot)")
     args = ap.parse_args()
+    if args.raft_timing:   # the replicas inherit it (raftctl/node/raft RAFT_TIMING: a benchmark override)
+        os.environ["RAFTCTL_RAFT_TIMING"] = args.raft_timing
     raise_fd_limit()
     os.makedirs(OUT, exist_ok=True)
     for n in (int(s) for s in args.sizes.split(",")):
