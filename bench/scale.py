@@ -136,12 +136,13 @@ class Bed:
         lead = self.leader
         return [p for p in self.cluster.servers if p is not lead]
 
-    def start_agents(self, ident: str, count: int, zone: str) -> None:
+    def start_agents(self, ident: str, count: int, zone: str, nice: int = 0) -> None:
         tok = self.call("POST", "/v1/tokens", {"role": "agent", "name": f"agent-{ident}", "machine": f"{ident}-*"})
         self.tokens[ident] = tok["token"]
         data = os.path.join(self.dir, ident)
         os.makedirs(data, exist_ok=True)
-        argv = [sys.executable, "-m", "raftctl.cli.main", "agent", "--id", ident, "--data-dir", data,
+        argv = (["nice", "-n", str(nice)] if nice else []) + [
+                sys.executable, "-m", "raftctl.cli.main", "agent", "--id", ident, "--data-dir", data,
                 "--runtime", "sim", "--count", str(count), "--cpu", "1100m", "--memory", "11Gi",
                 "--ports", "20000-20099", "--advertise", "127.0.0.1", "--fault-domain", f"zone={zone}",
                 "--log-level", "warning"]
@@ -307,7 +308,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"bench": "scale", "machines": n, "replicas_per_machine": args.per_machine,
                            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
                            "raft_timing": os.environ.get("RAFTCTL_RAFT_TIMING") or "default",
-                           "per_process": args.per_process}
+                           "per_process": args.per_process, "agent_nice": args.agent_nice}
     loads: dict[str, float] = {"start": round(os.getloadavg()[0], 2)}
     terms: dict[str, Any] = res.setdefault("raft_term", {})   # elections during the run: the term's growth
 
@@ -349,13 +350,13 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 procs = math.ceil(rest / args.per_process)
                 for i in range(procs):
                     k = rest // procs + (i < rest % procs)
-                    bed.start_agents(f"g{i}", k, f"z{i % 3}")
-                bed.start_agents("v", victims, "zv")
+                    bed.start_agents(f"g{i}", k, f"z{i % 3}", nice=args.agent_nice)
+                bed.start_agents("v", victims, "zv", nice=args.agent_nice)
                 log(f"{n} machines: {procs} agent processes + 1 of {victims} (the 1 %)")
 
                 def up() -> bool:
                     return counts(bed.metrics(follower.url), "raftctl_machines_by_state", state="active") >= n
-                res["register_s"] = wait_for("all machines up", up, 60 + n / 20)
+                res["register_s"] = wait_for("all machines up", up, args.up_timeout or 60 + n / 20)
                 loads["registered"] = round(os.getloadavg()[0], 2)
                 time.sleep(3.0)
                 told = bed.told("g0")
@@ -645,6 +646,11 @@ def main() -> None:
     ap.add_argument("--raft-timing", default=None,
                     help="RAFTCTL_RAFT_TIMING for the replicas, 'min,max,heartbeat' seconds (default: the product's "
                          "0.3,0.6,0.075); recorded in each row")
+    ap.add_argument("--agent-nice", type=int, default=0,
+                    help="run the agent processes under nice -n N (the replicas keep their priority: on a small "
+                         "machine the load generator otherwise takes the CPU the control plane is measured on)")
+    ap.add_argument("--up-timeout", type=float, default=None, help="wait this long for all machines up (default "
+                    "60 s + N / 20)")
     ap.add_argument("--keep-dir", default=None, help="run the cluster and agents under this directory and keep it")
     ap.add_argument("--skip-ceiling", action="store_true", help="no heartbeat-ceiling run (wrk) before the agents")
     ap.add_argument("--ceiling-only", action="store_true",
