@@ -182,6 +182,25 @@ def test_assignments_carry_the_machine_subnet_and_its_peers_routes():
     assert [p["machine"] for p in _assignments(s, "m3")["network"]["peers"]] == ["m1", "m2"]
 
 
+def test_the_peers_follow_every_machine_change_and_each_state_object_its_own():
+    """The peer list is kept per machines-table index (agent_api._SubnetHolders): it must still move with each
+    registration, address change and restore, and two states never share one."""
+    s = state_with(register("m1", "192.0.2.1"), register("m2", "192.0.2.2"))
+    other = state_with(register("m1", "192.0.2.1"), register("m2", "192.0.2.9"))   # same table index
+    assert s.table_index["machines"] == other.table_index["machines"]
+    peers = lambda st, m: [(p["machine"], p["address"]) for p in _assignments(st, m)["network"]["peers"]]  # noqa: E731
+    assert peers(s, "m1") == [("m2", "192.0.2.2")] and peers(other, "m1") == [("m2", "192.0.2.9")]
+    assert peers(s, "m1") == [("m2", "192.0.2.2")]
+    apply(s, register("m3", "192.0.2.3"))
+    assert peers(s, "m1") == [("m2", "192.0.2.2"), ("m3", "192.0.2.3")]
+    apply(s, register("m2", "192.0.2.22"))                                          # a new address
+    assert peers(s, "m3") == [("m1", "192.0.2.1"), ("m2", "192.0.2.22")]
+    r = State.restore(s.snapshot())
+    apply(s, register("m4", "192.0.2.4"))
+    assert peers(r, "m1") == [("m2", "192.0.2.22"), ("m3", "192.0.2.3")]
+    assert peers(s, "m1")[-1] == ("m4", "192.0.2.4")
+
+
 # -- the pure helpers ----------------------------------------------------------------------------------------
 
 def test_subnet_helpers():
