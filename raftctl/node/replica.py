@@ -30,6 +30,11 @@ from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import Result
 from raftctl.statemachine.state import State
 
+API_BACKLOG = 4096
+"""The API socket's listen backlog (the kernel caps it at net.core.somaxconn; Go's listeners, etcd's included, take
+somaxconn). aiohttp's default is 128: at 10,000 simulated machines every replica's accept queue sat full at 128
+with 8,700-10,800 agents' connections in SYN-SENT, each retried after 1 s, 3 s, 7 s... (docs/scaling.md)."""
+
 log = logging.getLogger("raftctl.node")
 T = TypeVar("T")
 
@@ -111,7 +116,8 @@ class Replica:
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)  # long polls must not hold shutdown
         await self.runner.setup()
         host, port = self.cfg.api.rsplit(":", 1)
-        site = web.TCPSite(self.runner, host, int(port), reuse_address=True, ssl_context=server_ssl)
+        site = web.TCPSite(self.runner, host, int(port), reuse_address=True, ssl_context=server_ssl,
+                           backlog=API_BACKLOG)
         await site.start()
         self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
         self.dns = None

@@ -165,3 +165,19 @@ def test_server_refuses_to_start_without_a_secret(tmp_path):
                         "--raft", "127.0.0.1:1", "--api", "127.0.0.1:2"], capture_output=True, text=True, timeout=30,
                        env={k: v for k, v in __import__("os").environ.items() if k != "RAFTCTL_SECRET"})
     assert p.returncode != 0 and "no cluster secret" in p.stderr and "--insecure-dev" in p.stderr
+
+
+def test_every_api_socket_listens_with_a_deep_backlog(cluster):
+    """aiohttp's default backlog of 128 filled up at 10,000 simulated machines (docs/scaling.md): each replica's API
+    socket is listening with min(API_BACKLOG, net.core.somaxconn), as `ss` reports it (Send-Q of a listener)."""
+    import shutil
+    import subprocess
+
+    from raftctl.node.replica import API_BACKLOG
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) missing")
+    want = min(API_BACKLOG, int(open("/proc/sys/net/core/somaxconn").read()))
+    for p in cluster.servers:
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{p.api.rsplit(':', 1)[1]}"], capture_output=True, text=True,
+                             timeout=10).stdout.split()
+        assert out and int(out[2]) == want, (p.api, out)
