@@ -103,6 +103,5 @@ def register(cli: click.Group) -> None:
                            insecure_dev=insecure_dev, dns_port=dns_port, advertise_api=advertise_api,
                            compact_entries=compact_entries, max_body=_body_limit(max_body),
                            heartbeat_ttl_s=ttl_s, heartbeat_interval_s=interval_s,
-                           tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
-                           extra={"failover": {"max_heartbeats_per_s": max_heartbeats}})   # leader.Leadership
+                           max_heartbeats_per_s=max_heartbeats, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
         asyncio.run(serve(cfg))

@@ -8,7 +8,6 @@ lost (or the epoch moves on) every controller is cancelled at once.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from typing import Any, Callable
 
@@ -39,11 +38,6 @@ class Leadership:
                  clock: Clock = SYSTEM) -> None:
         self.replica = replica
         self.clock = clock
-        # FailoverConfig fields set by `raftctl server` flags that ServerConfig has no field of its own for
-        # (--max-heartbeats-per-second): ServerConfig.extra["failover"], by field name (an unknown one is a TypeError)
-        overrides = getattr(getattr(replica, "cfg", None), "extra", {}).get("failover")
-        if overrides:
-            failover = dataclasses.replace(failover, **overrides)
         self.failover_cfg = failover
         self.factories = factories
         self.epoch: int | None = None

@@ -53,6 +53,7 @@ class ServerConfig:
     compact_entries: int = 20000   # log entries kept before a snapshot compacts the log
     heartbeat_ttl_s: float = 3.0
     heartbeat_interval_s: float = 1.0
+    max_heartbeats_per_s: int = 2000      # the leader's heartbeat budget (failover.told_interval); 0: none
     max_body: int = 1 << 20        # cap on JSON/CBOR request bodies (blob uploads stream with their own limit)
     tls_cert: str | None = None    # serve the API over HTTPS with this certificate and key
     tls_key: str | None = None
@@ -126,7 +127,8 @@ class Replica:
                                  host, self.cfg.dns_port)
             await self.dns.start()
         self.leadership = Leadership(self, FailoverConfig(ttl_s=self.cfg.heartbeat_ttl_s,
-                                                          interval_s=self.cfg.heartbeat_interval_s),
+                                                          interval_s=self.cfg.heartbeat_interval_s,
+                                                          max_heartbeats_per_s=self.cfg.max_heartbeats_per_s),
                                      self.controller_factories, clock=self.clock)
         self._tasks.append(asyncio.create_task(self.leadership.run(), name="leadership"))
         log.info("replica %s: raft %s, api %s", self.cfg.node_id, self.cfg.raft, self.cfg.api_url)
