@@ -143,6 +143,22 @@ def test_a_command_without_a_term_handler_stops_on_sigterm(runc_driver, run):
     assert took < 10, f"stop waited {took:.1f}s: SIGTERM did not reach the command"
 
 
+def test_a_stop_waits_for_runc_init_to_exec_the_command_before_its_sigterm(runc_driver, make_spec):
+    """A container is "running" a moment before runc's own init (a Go program) execs the command; a SIGTERM then
+    made the Go runtime exit 2 as PID 1 (a CI run: [143, 143, 143, 143, 143, 2]). The stop waits for the exec."""
+    spec = make_spec(["sleep", "300"])
+    runc_driver.create(spec)
+    try:
+        pid = runc_driver.status(spec.id).pid
+        assert pid and open(f"/proc/{pid}/comm").read().startswith("runc:")
+        assert runc_driver._wait_init_exec(pid, 0.3) is False          # created: runc init waits on its fifo
+        runc_driver.start(spec.id)
+        assert runc_driver._wait_init_exec(pid, 5.0) is True
+        assert not open(f"/proc/{pid}/comm").read().startswith("runc:")
+    finally:
+        runc_driver.remove(spec.id)
+
+
 def test_a_stop_right_after_the_start_of_a_throttled_container_still_stops_it_on_sigterm(runc_driver, run):
     """A SIGTERM that reaches PID 1 before the init has exec'd and blocked its signals is dropped (PID 1 of a pid
     namespace ignores what it has no handler for); under a 10m CPU quota that window lasts long enough that 3 of 8

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("raftctl.agent.runc")
 TERM_AGAIN_S = 1.0     # a stop sends SIGTERM again this often during its grace (see stop)
+INIT_EXEC_WAIT_S = 2.0  # a stop waits at most this long for runc init to exec the command (see _wait_init_exec)
 SWEEP_EVERY_S = 30.0   # network leftovers of vanished containers are looked for at most this often
 SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim.py")
 SCOPE_LOCKS = "/run/raftctl"   # <cluster>.lock: creates hold it shared, pruning an empty cluster cgroup exclusively
@@ -397,6 +398,22 @@ class RuncDriver(Driver):
         path = os.path.join(self.bundle(id), "exit.json")
         return wait_until(lambda: os.path.exists(path), timeout, self.wait_clock)
 
+    def _wait_init_exec(self, pid: int | None, timeout: float) -> bool:
+        """Wait (at most ``timeout``) until the container's PID 1 is no longer runc's own init ("runc:[2:INIT]"):
+        a container is "running" as soon as `runc start` opened its exec fifo, a moment before runc init execs the
+        command. A SIGTERM in that moment reaches the Go runtime, which as PID 1 cannot die of it and exits 2
+        (1 of 6 stops right after a start in a CI run), so the container's exit code said 2, not 143."""
+        if not pid:
+            return True
+
+        def exec_done() -> bool:
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    return not f.read().startswith("runc:")
+            except OSError:
+                return True                                     # gone: nothing to wait for
+        return wait_until(exec_done, timeout, self.wait_clock)
+
     def stop(self, id: str, grace_s: float = 10.0) -> Observed:
         obs = self.status(id)
         if obs.state not in ("running", "created"):
@@ -408,6 +425,7 @@ class RuncDriver(Driver):
             # grace (10 s; 10 of 327 removals in the jepsen-style runc runs of issue 16). A program that takes a
             # second SIGTERM as "now" (a few do) gives up the rest of its grace.
             deadline = self.wait_clock.monotonic() + grace_s
+            self._wait_init_exec(obs.pid, min(grace_s, INIT_EXEC_WAIT_S))
             while True:
                 self.kill(id, signal.SIGTERM)
                 left = deadline - self.wait_clock.monotonic()
