@@ -222,7 +222,10 @@ class ControlClient:
                     self.leader = new if new and new != target else None
                     continue
                 if target:
+                    # the leader did not answer (paused, cut off, gone): ask the others, not it again first (the
+                    # rotation could point at it; two 2 s bounds on it outlived a new leader's TTL)
                     self.leader = None
+                    self.avoid(target)
                     continue
                 raise
         raise Unavailable("no leader took the heartbeat")

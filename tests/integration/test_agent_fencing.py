@@ -299,3 +299,52 @@ async def test_a_replica_that_never_accepts_costs_a_request_one_connect_timeout(
         for s in fillers:
             s.close()
         hole.close()
+
+
+# -- a paused leader ------------------------------------------------------------------------------------------
+
+async def test_a_heartbeat_the_paused_leader_never_answers_goes_to_the_other_replicas_not_to_it_again():
+    """The leader accepts and never answers (SIGSTOPped): after the heartbeat's bound the agent asks the other
+    replicas, starting past the silent one, and follows a follower's not_leader to the new leader. Asking the
+    silent one a second time cost another 2 s bound: a 4 s leader pause outlived the new leader's 3 s TTL and all
+    3 machines were declared down (jepsen-style seed 1)."""
+    from aiohttp import web
+
+    from raftctl.agent.control import ControlClient
+
+    hits = {"paused": 0, "follower": 0, "leader": 0}
+    urls: dict[str, str] = {}
+
+    async def paused(request: web.Request) -> web.Response:
+        hits["paused"] += 1
+        await asyncio.sleep(60)
+        raise AssertionError("unreachable")
+
+    async def follower(request: web.Request) -> web.Response:
+        hits["follower"] += 1
+        return web.json_response({"error": {"code": "not_leader", "message": "not the leader",
+                                            "details": {"leader_api": urls["leader"]}}}, status=503)
+
+    async def leader(request: web.Request) -> web.Response:
+        hits["leader"] += 1
+        return web.json_response({"status": "up", "interval_s": 1.0, "ttl_s": 3.0})
+
+    runners = []
+    for name, handler in (("paused", paused), ("follower", follower), ("leader", leader)):
+        app = web.Application()
+        app.router.add_post("/v1/agent/heartbeat", handler)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        urls[name] = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        runners.append(runner)
+    try:
+        async with ControlClient([urls["paused"], urls["follower"], urls["leader"]], "t") as ctl:
+            ctl.leader = urls["paused"]                 # the last heartbeat went to it; the rotation points at it
+            assert (await ctl.heartbeat("m1"))["status"] == "up"
+            assert ctl.live == urls["leader"]
+        assert hits == {"paused": 1, "follower": 1, "leader": 1}, hits
+    finally:
+        for runner in runners:
+            await runner.cleanup()

@@ -47,24 +47,25 @@ async def fleet(clock: FakeClock, n: int = 4) -> FakeReplica:
 async def test_a_machine_silent_past_its_ttl_is_declared_down_and_the_others_are_not():
     clock = FakeClock()
     r = await fleet(clock)
-    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=3.0), clock=clock)  # a new leader: everyone's TTL re-armed
-    clock.advance(2.0)
+    # a new leader: everyone's TTL re-armed, with the grace to find this leader on top
+    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=3.0, leader_grace_s=2.0), clock=clock)
+    clock.advance(4.0)
     for m in ("m1", "m2", "m3"):
         mon.heartbeat(m)
-    clock.advance(1.0)                  # m4 silent for exactly the TTL: not yet
+    clock.advance(1.0)                  # m4 silent for exactly the TTL and the grace: not yet
     await mon.tick()
     assert r.of(c.MachineDown) == []
-    assert mon.status()["heartbeat_age_s"] == {"m1": 1.0, "m2": 1.0, "m3": 1.0, "m4": 3.0}
+    assert mon.status()["heartbeat_age_s"] == {"m1": 1.0, "m2": 1.0, "m3": 1.0, "m4": 5.0}
     clock.advance(0.001)
     await mon.tick()
-    assert [(x.machine, x.reason) for x in r.of(c.MachineDown)] == [("m4", "no heartbeat for 3.0s (ttl 3s)")]
+    assert [(x.machine, x.reason) for x in r.of(c.MachineDown)] == [("m4", "no heartbeat for 5.0s (ttl 5s)")]
     assert r.state.machines["m4"].status == "down" and r.state.machines["m1"].status == "up"
 
 
 async def test_the_mass_loss_guard_paces_itself_on_the_injected_clock():
     clock = FakeClock()
     r = await fleet(clock)
-    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=3.0, mass_interval_s=10.0), clock=clock)
+    mon = FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=3.0, mass_interval_s=10.0), clock=clock)
     clock.advance(1.0)
     mon.heartbeat("m1")
     clock.advance(2.5)                  # m2, m3, m4 silent 3.5 s: three of four, a partition more likely than a fire
@@ -84,7 +85,7 @@ async def test_the_mass_loss_guard_paces_itself_on_the_injected_clock():
 async def test_the_monitor_loop_sleeps_on_its_clock():
     clock = FakeClock()
     r = await fleet(clock, n=1)
-    task = asyncio.create_task(FailoverMonitor(r, 3, FailoverConfig(ttl_s=3.0), clock=clock).run())
+    task = asyncio.create_task(FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=3.0), clock=clock).run())
     try:
         await until(lambda: r.of(c.MachineDown), "the 3 s TTL passing")
     finally:

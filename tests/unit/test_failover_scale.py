@@ -78,7 +78,7 @@ async def test_one_percent_of_2000_machines_silent_together_are_down_within_ttl_
     clock = FakeClock()
     r = BatchingReplica(clock)
     names = await register(r, 2000)
-    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL), clock=clock)
+    mon = FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=TTL), clock=clock)
     frozen = set(names[::100])                 # 1 %: 20 machines, spread over the name range
     healthy = [m for m in names if m not in frozen]
     assert len(frozen) == 20
@@ -100,7 +100,7 @@ async def test_a_slow_proposer_does_not_serialise_them_and_the_in_flight_bound_h
     clock = FakeClock()
     r = BatchingReplica(clock, latency=0.5)
     names = await register(r, 100)
-    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL, max_in_flight=8), clock=clock)
+    mon = FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=TTL, max_in_flight=8), clock=clock)
     clock.advance(TTL + 0.1)
     for m in names[20:]:
         mon.heartbeat(m)
@@ -116,7 +116,7 @@ async def test_the_longest_silent_are_proposed_first():
     clock = FakeClock()
     r = FakeReplica(clock)
     names = await register(r, 30)
-    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL, max_in_flight=4), clock=clock)
+    mon = FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=TTL, max_in_flight=4), clock=clock)
     # m00009 falls silent first, m00000 last (the reverse of name order); the others keep heartbeating
     for m in reversed(names[:10]):
         clock.advance(0.01)
@@ -151,7 +151,7 @@ async def test_a_failed_proposal_does_not_stop_the_others_and_is_retried_next_ti
     clock = FakeClock()
     r = FlakyReplica(clock, {"m00002": "raise", "m00005": "refuse"})
     names = await register(r, 100)
-    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL), clock=clock)
+    mon = FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=TTL), clock=clock)
     clock.advance(TTL + 0.1)
     for m in names[10:]:
         mon.heartbeat(m)
@@ -189,7 +189,7 @@ async def test_a_tick_reads_the_machines_table_only_after_it_changed():
     clock = FakeClock()
     r = CountingReplica(clock)
     names = await register(r, 50)
-    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL), clock=clock)
+    mon = FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=TTL), clock=clock)
     r.machine_reads = 0
     for _ in range(10):
         clock.advance(TICK)
@@ -223,7 +223,7 @@ async def test_a_machine_back_up_with_an_old_heartbeat_is_judged_on_it():
     clock = FakeClock()
     r = FakeReplica(clock)
     names = await register(r, 10)
-    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL), clock=clock)
+    mon = FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=TTL), clock=clock)
     assert (await r.propose(c.MachineDown(machine="m00000", epoch=3))).ok
     clock.advance(TICK)
     await mon.tick()
@@ -240,7 +240,7 @@ async def test_the_mass_loss_guard_still_paces_a_partition_of_2000_machines():
     clock = FakeClock()
     r = BatchingReplica(clock)
     names = await register(r, 2000)
-    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL, mass_interval_s=10.0), clock=clock)
+    mon = FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=TTL, mass_interval_s=10.0), clock=clock)
     cut = names[:1100]                            # 55 % silent: more likely a partition than a fire
     while not down_machines(r):
         await clock.sleep(TICK)
@@ -278,7 +278,7 @@ async def test_cancelling_a_tick_cancels_its_proposals_and_the_next_tick_declare
     clock = FakeClock()
     r = StuckReplica(clock)
     names = await register(r, 100)
-    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL), clock=clock)
+    mon = FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=TTL), clock=clock)
     clock.advance(TTL + 0.1)
     for m in names[5:]:
         mon.heartbeat(m)
@@ -306,7 +306,7 @@ async def test_the_monitor_decides_what_judge_decides_on_the_whole_table(budget)
         clock = FakeClock()
         r = FakeReplica(clock)
         names = await register(r, 12)
-        cfg = FailoverConfig(ttl_s=TTL, mass_interval_s=2.0, max_heartbeats_per_s=budget)
+        cfg = FailoverConfig(leader_grace_s=0.0, ttl_s=TTL, mass_interval_s=2.0, max_heartbeats_per_s=budget)
         mon = FailoverMonitor(r, 3, cfg, clock=clock)
         for step in range(120):
             clock.advance(rnd.choice([0.0, 0.1, TICK, 0.7]))

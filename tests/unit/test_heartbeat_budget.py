@@ -149,18 +149,57 @@ async def test_a_new_leader_re_arms_with_the_largest_ttl_it_could_have_told():
     for i in range(2, 10):                             # 2 up of 10: a leader before could have told 5 s / 15 s
         assert (await r.propose(c.MachineDown(machine=f"m{i:02d}", epoch=3))).ok
     mon = FailoverMonitor(r, 3, cfg, clock=clock)
-    assert (mon.interval_s, mon.ttl_s, mon.rearm_ttl_s) == (1.0, 3.0, 15.0)
+    assert (mon.interval_s, mon.ttl_s, mon.rearm_ttl_s) == (1.0, 3.0, 15.0 + cfg.leader_grace_s)
     before = len(downs(r))
-    clock.advance(15.0)                                # neither m00 nor m01 heard since the re-arm
+    clock.advance(15.0 + cfg.leader_grace_s)           # neither m00 nor m01 heard since the re-arm
     await mon.tick()
     assert downs(r)[before:] == []
     clock.advance(0.1)
     await mon.tick()
-    assert downs(r)[before:] == ["m00", "m01"]
+    assert downs(r)[before:] == ["m00"]                # both up ones silent: the mass-loss guard takes one
 
 
 async def test_without_a_budget_the_monitor_keeps_the_configured_ttl():
     clock = FakeClock()
     r = await fleet(clock, 10)
     mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=3.0, max_heartbeats_per_s=0), clock=clock)
-    assert mon.rearm_ttl_s == 3.0 and mon.heartbeat("m00") == (1.0, 3.0)
+    assert mon.rearm_ttl_s == 3.0 + mon.cfg.leader_grace_s and mon.heartbeat("m00") == (1.0, 3.0)
+
+
+async def test_a_new_leader_gives_every_machine_the_grace_to_find_it_and_then_only_the_ttl():
+    """An agent whose heartbeat was parked on the old leader needs a few seconds to find the new one: the re-arm
+    adds leader_grace_s. A machine heard once by this leader is judged by the TTL it was told, grace gone."""
+    clock = FakeClock()
+    cfg = FailoverConfig(ttl_s=3.0, interval_s=1.0, max_heartbeats_per_s=0, leader_grace_s=5.0)
+    r = await fleet(clock, 6)
+    mon = FailoverMonitor(r, 3, cfg, clock=clock)
+    mon.heartbeat("m05")
+    clock.advance(3.1)
+    await mon.tick()
+    assert downs(r) == ["m05"]                          # heard by this leader: its 3 s TTL, no grace
+    clock.advance(4.9)                                  # 8.0 s = TTL 3 s + grace 5 s since the election
+    await mon.tick()
+    assert downs(r) == ["m05"]
+    clock.advance(0.1)
+    await mon.tick()                                    # 4 of 5 up silent: the mass-loss guard takes one
+    assert downs(r) == ["m05", "m00"]
+
+
+async def test_the_mass_loss_guard_counts_the_machines_in_the_table_not_the_ones_still_up():
+    """3 machines, all silent: one is declared down, then the guard holds the other two for mass_interval_s.
+    Counted on the up machines (2 < min_machines_for_guard), the first down switched the guard off and all 3 went
+    down within 0.21 s (jepsen-style seed 1, a 4 s pause of the leader)."""
+    clock = FakeClock()
+    cfg = FailoverConfig(ttl_s=3.0, interval_s=1.0, max_heartbeats_per_s=0, leader_grace_s=0.0, mass_interval_s=10.0)
+    r = await fleet(clock, 3)
+    mon = FailoverMonitor(r, 3, cfg, clock=clock)
+    clock.advance(3.1)
+    await mon.tick()
+    assert downs(r) == ["m00"] and mon.guard_active
+    for _ in range(5):
+        clock.advance(0.2)
+        await mon.tick()
+    assert downs(r) == ["m00"] and mon.guard_active and mon.silent == ["m01", "m02"]
+    clock.advance(10.0)
+    await mon.tick()
+    assert downs(r) == ["m00", "m01"]
