@@ -21,7 +21,7 @@ from raftctl.node import auth
 from raftctl.node.api import make_app
 from raftctl.node.autoscale import Autoscaler, Metrics
 from raftctl.node.failover import FailoverConfig
-from raftctl.node.leader import Leadership
+from raftctl.node.leader import Leadership, every
 from raftctl.node.proposer import Proposer
 from raftctl.node.raft import RaftNode
 from raftctl.node.rollout import RolloutController
@@ -34,6 +34,7 @@ API_BACKLOG = 4096
 """The API socket's listen backlog (the kernel caps it at net.core.somaxconn; Go's listeners, etcd's included, take
 somaxconn). aiohttp's default is 128: at 10,000 simulated machines every replica's accept queue sat full at 128
 with 8,700-10,800 agents' connections in SYN-SENT, each retried after 1 s, 3 s, 7 s... (docs/scaling.md)."""
+CELL_TIMING_EVERY_S = 1.0   # how often the election timeout follows the machines table (_follow_cell)
 
 log = logging.getLogger("raftctl.node")
 T = TypeVar("T")
@@ -70,6 +71,7 @@ class Replica:
         self.cfg = cfg
         self.clock: Clock = SYSTEM   # the one clock of this replica's handlers and loops (tests inject a fake)
         self.started_at = time.time()
+        self.election_timeout_s: tuple[float, float] | None = None   # the Raft election timeout in force
         self.loop: asyncio.AbstractEventLoop | None = None
         self.raft: RaftNode | None = None
         self.proposer: Proposer | None = None
@@ -131,7 +133,15 @@ class Replica:
                                                           max_heartbeats_per_s=self.cfg.max_heartbeats_per_s),
                                      self.controller_factories, clock=self.clock)
         self._tasks.append(asyncio.create_task(self.leadership.run(), name="leadership"))
+        self._tasks.append(asyncio.create_task(every(CELL_TIMING_EVERY_S, self._follow_cell, "cell timing",
+                                                     self.clock), name="cell timing"))
         log.info("replica %s: raft %s, api %s", self.cfg.node_id, self.cfg.raft, self.cfg.api_url)
+
+    async def _follow_cell(self) -> None:
+        """The election timeout follows the machines table's size (raft.cell_election_timeout): every replica,
+        as any of them may have to campaign."""
+        if self.raft is not None:
+            self.election_timeout_s = self.raft.follow_cell(self.read(lambda s: len(s.machines)))
 
     async def stop(self) -> None:
         for t in self._tasks:  # controllers first: they must not propose while leadership is handed over
@@ -374,6 +384,7 @@ class Replica:
             "log_len": rs["log_len"], "has_quorum": rs["has_quorum"], "ready": self.raft.is_ready(),
             "index": index, "epoch": epoch, "entries": entries, "chain": chain,
             "members": members, "uptime_s": round(time.time() - self.started_at, 1),
+            "election_timeout_s": list(self.election_timeout_s) if self.election_timeout_s else None,
             "state_hash": self.read(lambda s: s.digest()) if with_hash else None,
             "leadership": self.leadership.status() if self.leadership and self.leadership.active else None,
         }
