@@ -207,12 +207,14 @@ class ControlClient:
                 self._next = (self._next + 1) % len(self.servers)
         raise Unavailable(f"no control replica answered: {last}")
 
-    async def heartbeat(self, machine: str) -> dict[str, Any]:
-        """Heartbeat the leader, following it when a follower names another one."""
+    async def heartbeat(self, machine: str, stats: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Heartbeat the leader, following it when a follower names another one; ``stats``: usage samples that
+        ride on it (the answer's ``stats_accepted`` says the leader took them)."""
+        payload: dict[str, Any] = {"machine": machine} if not stats else {"machine": machine, "stats": stats}
         for _ in range(3):
             target = self.leader
             try:
-                data, url = await self._request("POST", "/v1/agent/heartbeat", {"machine": machine},
+                data, url = await self._request("POST", "/v1/agent/heartbeat", payload,
                                                 server=target, timeout=self.heartbeat_s)
                 self._set_live(url)
                 return data

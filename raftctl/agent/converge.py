@@ -34,21 +34,60 @@ class Actions:
                                                                 # address they were given, still here
 
 
-def typed(placements: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, RecordError]]:
+def typed(placements: list[dict[str, Any]], specs: Mapping[str, Any] | None = None, *,
+          known: dict[str, tuple[Any, JobSpec]] | None = None) -> tuple[list[dict[str, Any]], dict[str, RecordError]]:
     """The agent's one conversion of what it is assigned: each placement with its ``spec`` as the
     :class:`~raftctl.statemachine.records.JobSpec` record (None when the control plane sent none: its job is
     gone). A spec that does not convert leaves ``spec`` None (never started, like a job that is gone) and its
-    error, which names the field, under the placement's id."""
+    error, which names the field, under the placement's id.
+
+    ``specs``: the answer's ``{"job@version": spec or None}`` map (``?specs=ref``): each placement names its spec
+    by ``spec_ref`` and each spec is converted once, however many placements share it; a placement whose
+    ``spec_ref`` is missing or not in the map is refused naming ``spec_ref``. Without it (an answer of a control
+    plane of the previous release) each placement carries its ``spec`` inline. ``known``: the conversions of the
+    previous answer (key -> (wire form, record)), kept by the caller and updated here to this answer's: a spec
+    whose wire form is equal to the one converted then is not converted again."""
     out: list[dict[str, Any]] = []
     refused: dict[str, RecordError] = {}
-    for p in placements:
-        spec: JobSpec | None = None
-        if p.get("spec") is not None:
-            try:
-                spec = from_wire(JobSpec, p["spec"])
-            except RecordError as exc:
-                refused[p["id"]] = exc
-        out.append({**p, "spec": spec})
+    converted: dict[str, tuple[Any, JobSpec | RecordError | None]] = {}
+
+    def convert(key: str, wire: Any) -> JobSpec | RecordError | None:
+        done = converted.get(key)
+        if done is not None:
+            return done[1]
+        got: JobSpec | RecordError | None = None
+        if wire is not None:
+            before = known.get(key) if known is not None and specs is not None else None
+            if before is not None and before[0] == wire:
+                got = before[1]
+            else:
+                try:
+                    got = from_wire(JobSpec, wire)
+                except RecordError as exc:
+                    got = exc
+        converted[key] = (wire, got)
+        return got
+
+    for i, p in enumerate(placements):
+        if specs is None:
+            # inline (a control plane of the previous release): each row's spec converted on its own, as before
+            got = convert(f"#{i}", p.get("spec"))
+        else:
+            ref = p.get("spec_ref")
+            if not isinstance(specs, Mapping):
+                got = RecordError(f"specs must be a map of job@version to spec, not {type(specs).__name__}",
+                                  field="specs")
+            elif not isinstance(ref, str) or ref not in specs:
+                got = RecordError(f"spec_ref {str(ref)[:80]!r} names no spec of the answer", field="spec_ref")
+            else:
+                got = convert(ref, specs[ref])
+        if isinstance(got, RecordError):
+            refused[p["id"]] = got
+            got = None
+        out.append({**p, "spec": got})
+    if known is not None and specs is not None:
+        known.clear()
+        known.update({k: (w, r) for k, (w, r) in converted.items() if isinstance(r, JobSpec)})
     return out, refused
 
 

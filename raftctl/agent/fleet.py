@@ -12,7 +12,8 @@ makes a simulated machine cheap enough to play thousands of them on one core (is
   talks to http:// replicas through ``LeanHTTP`` (the same requests; aiohttp's client cost 200-300 µs of
   CPU per request here, as much as the leader spends answering it), and decodes the answers with msgspec
   instead of the gate (``trusted_json``: a 34 KB assignment answer took 1.8 ms through the gate, 0.14 ms so;
-  the fleet's control plane is its own, on loopback);
+  the fleet's control plane is its own, on loopback), and like any agent asks for each job version's spec once
+  per answer (``?specs=ref``; loop.Agent converts each once, converge.typed);
 - machines start spread over ``spread_s`` (the first heartbeats and registrations are not in phase);
 - the level-triggered reconcile pass runs every ``reconcile_s`` (10 s, not the real agent's 1 s: it sends
   nothing to the control plane unless a stop failed, and a sim stop cannot fail or hang).

@@ -71,6 +71,7 @@ class Agent:
         # the last assignment answer, specs as JobSpec records (None before the first)
         self.placements: list[dict[str, Any]] | None = None
         self.refused: set[str] = set()   # assigned placements whose spec did not convert, already reported
+        self.spec_records: dict[str, Any] = {}   # the last answer's specs: job@version -> (wire form, JobSpec)
         self.stopper = Stopper(driver, self.containers, self._report, self.clock)
         self.stats = StatsPass(driver, self.containers, self.clock)
         self.image_gc = ImageGC(driver, self.containers, cfg.image_gc_after_s, self.clock)
@@ -80,6 +81,8 @@ class Agent:
         self._answered_ms = 0                     # when the last assignment answer arrived (for the trace)
         self.existing: set[str] | None = None     # the driver's containers at its last listing
         self.heartbeat_s = cfg.heartbeat_s         # the interval followed: the leader's answer, bounded
+        self.pending_stats: list[dict[str, Any]] | None = None   # the stats pass's latest samples, for the next heartbeat
+        self._stats_posts: set[asyncio.Task[None]] = set()    # samples posted on their own to an older leader
 
     # -- lifecycle -------------------------------------------------------
     async def run(self) -> None:
@@ -103,7 +106,7 @@ class Agent:
             tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                      asyncio.create_task(self._watch_loop(), name="watch"),
                      asyncio.create_task(self._report_loop(), name="report"),
-                     asyncio.create_task(self.stats.run(self._send_stats), name="stats"),
+                     asyncio.create_task(self.stats.run(self._offer_stats), name="stats"),
                      asyncio.create_task(self.image_gc.run(), name="image-gc"),
                      asyncio.create_task(self._reconcile_loop(), name="reconcile")]
             try:
@@ -148,19 +151,25 @@ class Agent:
         fleet), bounded by ``followed_interval``; the stats pass stretches with it. The first heartbeat, and the
         next one after the interval changed, come after a random part of the interval (registering counted as
         one), so agents started together, or told a new interval together, do not beat in phase. A failed one is
-        tried again after half the interval (at least the agent's own): two more tries within the TTL."""
+        tried again after half the interval (at least the agent's own): two more tries within the TTL.
+
+        The stats pass's latest samples ride on the next heartbeat (``_ride_stats``): one request to the leader
+        where there were two."""
         delay = self.rng.uniform(0, self.heartbeat_s)
         while True:
             await self.clock.sleep(delay)
+            stats, self.pending_stats = self.pending_stats, None
             try:
-                ans = await self.control.heartbeat(self.cfg.machine)  # type: ignore[union-attr]
+                ans = await self.control.heartbeat(self.cfg.machine, stats)  # type: ignore[union-attr]
             except (Unauthorized, Forbidden):
                 raise
             except Exception as exc:
-                log.info("heartbeat failed: %s", exc)
+                log.info("heartbeat failed: %s", exc)   # its samples are dropped: the next pass has fresher ones
                 delay = max(self.cfg.heartbeat_s, self.heartbeat_s / 2)
                 continue
             delay = self.heartbeat_s
+            if stats:
+                self._ride_stats(stats, ans)
             interval = followed_interval(ans.get("interval_s") if isinstance(ans, dict) else None,
                                          self.cfg.heartbeat_s)
             if interval is None:
@@ -196,7 +205,8 @@ class Agent:
             target = control.live
             wait_s = watch_wait(self.heartbeat_s)
             watch = await unless(control.watch(
-                f"/v1/agent/assignments/{self.cfg.machine}", {"index": str(self.index), "wait": f"{wait_s:g}s"},
+                f"/v1/agent/assignments/{self.cfg.machine}",
+                {"index": str(self.index), "wait": f"{wait_s:g}s", "specs": "ref"},   # each job version's spec once
                 timeout=wait_s + 10.0, server=target), control.live_moved_from(target))
             if watch is None:
                 log.info("assignment watch on %s abandoned: heartbeats are answered by %s",
@@ -222,18 +232,20 @@ class Agent:
                         await _call(self.driver.configure_network, ans["network"])
                     except Exception as exc:
                         log.warning("network configuration failed: %s; containers start anyway", exc)
-                await self.converge(ans["placements"])
+                await self.converge(ans["placements"], ans.get("specs"))
             except (Unauthorized, Forbidden):
                 raise
             except Exception as exc:
                 log.info("assignment watch failed: %s", exc)
                 await self.clock.sleep(0.5)
 
-    async def converge(self, placements: list[dict[str, Any]]) -> None:
-        """An assignment answer (the placements as the control plane sent them): each spec becomes its JobSpec
-        record here, once, and then one pass. A placement whose spec does not convert is not started: it is
-        logged and reported "exited" once, its reason naming the field."""
-        assigned, refused = converge.typed(placements)
+    async def converge(self, placements: list[dict[str, Any]], specs: Any = None) -> None:
+        """An assignment answer (the placements as the control plane sent them, and its ``specs`` map when the
+        control plane sends each job version's spec once): each spec becomes its JobSpec record here, once per
+        job version (and not again while the next answers carry it unchanged), and then one pass. A placement
+        whose spec does not convert, or whose ``spec_ref`` names no spec, is not started: it is logged and
+        reported "exited" once, its reason naming the field."""
+        assigned, refused = converge.typed(placements, specs, known=self.spec_records)
         reported: set[str] = set()
         for p in assigned:
             pid = p["id"]
@@ -347,9 +359,31 @@ class Agent:
                           container_spec=self._container_spec, host=self.cfg.address, clock=self.clock,
                           rng=self.rng, trace=self.trace).run(adopted, fresh=fresh)
 
+    async def _offer_stats(self, stats: list[dict[str, Any]]) -> None:
+        """The stats pass's samples: sent on the next heartbeat (replacing any it has not sent yet)."""
+        self.pending_stats = stats
+
+    def _ride_stats(self, stats: list[dict[str, Any]], ans: Any) -> None:
+        """After a heartbeat that carried ``stats``: a leader that took them says ``stats_accepted`` (and names the
+        refused field in ``stats_error``: logged, the samples dropped; the heartbeat counted); one of the previous
+        release ignores them, and they are posted to /v1/agent/stats on their own, as before."""
+        if isinstance(ans, dict) and "stats_accepted" in ans:
+            err = ans.get("stats_error")
+            if err:
+                log.warning("the leader refused %d usage samples: %s: %s", len(stats),
+                            err.get("field") if isinstance(err, dict) else None,
+                            err.get("message") if isinstance(err, dict) else err)
+            return
+        task = asyncio.create_task(self._send_stats(stats), name="stats-post")
+        self._stats_posts.add(task)
+        task.add_done_callback(self._stats_posts.discard)
+
     async def _send_stats(self, stats: list[dict[str, Any]]) -> None:
-        await self.control.request("POST", "/v1/agent/stats",  # type: ignore[union-attr]
-                                   {"machine": self.cfg.machine, "stats": stats})
+        try:
+            await self.control.request("POST", "/v1/agent/stats",  # type: ignore[union-attr]
+                                       {"machine": self.cfg.machine, "stats": stats})
+        except Exception as exc:     # dropped: the next pass has fresher figures
+            log.debug("stats report failed: %s", exc)
 
     # -- reports -------------------------------------------------------------
     def _report(self, r: ReportUpdate) -> None:

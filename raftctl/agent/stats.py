@@ -5,7 +5,8 @@ Every ``period_s`` of the injected clock (``every_s``, stretched while the contr
 heartbeat interval: ``follow_heartbeat``) the pass asks the driver for each running container's figures (kept on
 its ``Supervised`` record for the agent's /metrics), rotates its logs past their size limit, and turns the CPU
 counter's growth since the last pass into utilisation of the container's CPU request (1.0: it used all it
-asked for). The containers' figures are sent in one report; a container that is gone is forgotten.
+asked for). The containers' figures are handed over in one batch, which the agent sends on its next heartbeat
+(loop.Agent._offer_stats); a container that is gone is forgotten.
 """
 from __future__ import annotations
 
@@ -65,8 +66,9 @@ class StatsPass:
 
     def follow_heartbeat(self, interval_s: float) -> None:
         """Pass at most once per ``HEARTBEATS_PER_PASS`` heartbeats of ``interval_s`` (the interval the control
-        plane told: stats are posted to the leader, so they slow down with the heartbeats and never cost more
-        requests than they), never more often than ``every_s`` nor less often than ``STATS_MAX_EVERY_S``."""
+        plane told: the samples ride on heartbeats, and a leader of the previous release takes them in a request
+        of their own, so they slow down with the heartbeats and never cost more requests than they), never more
+        often than ``every_s`` nor less often than ``STATS_MAX_EVERY_S``."""
         self.period_s = min(max(self.every_s, STATS_MAX_EVERY_S), max(self.every_s, HEARTBEATS_PER_PASS * interval_s))
 
     async def run(self, send: Callable[[list[dict[str, Any]]], Awaitable[Any]]) -> None:

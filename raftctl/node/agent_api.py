@@ -58,6 +58,14 @@ def _cluster_id(secret: str | None) -> str | None:
 
 @perm("agent")
 async def heartbeat(request: web.Request) -> web.Response:
+    """Note the machine's heartbeat (leader only). The body may carry the agent's latest usage samples,
+    ``"stats": [...]`` (the items of POST /v1/agent/stats, checked by the same ``_take_stats``), so a machine with
+    containers sends the leader one request where it sent two. The heartbeat is noted first; samples that are
+    refused (another machine's placement, a bad item) record nothing and do not make the heartbeat fail: the
+    answer is still the heartbeat's (200, its interval, TTL and status, which the agent must not miss) with
+    ``stats_accepted: 0`` and ``stats_error`` naming the field (``stats[3].placement``). A body with stats is
+    answered ``stats_accepted: n``; an agent that sees no ``stats_accepted`` (a leader of the previous release)
+    posts them to /v1/agent/stats."""
     replica = request.app[REPLICA]
     data = await body(request)
     machine = _own_machine(request, data.get("machine") if isinstance(data, dict) else None)
@@ -71,25 +79,54 @@ async def heartbeat(request: web.Request) -> web.Response:
     # the interval follows the fleet (the leader's heartbeat budget, failover.told_interval); the TTL told is
     # the one this machine is judged by until its next heartbeat
     interval_s, ttl_s = told
-    return encode(request, {"machine": machine, "status": status, "ttl_s": ttl_s,
-                            "interval_s": interval_s, "epoch": lead.epoch})
+    out: dict[str, Any] = {"machine": machine, "status": status, "ttl_s": ttl_s, "interval_s": interval_s,
+                           "epoch": lead.epoch}
+    assert isinstance(data, dict)
+    if "stats" in data:
+        try:
+            out["stats_accepted"] = _take_stats(replica, machine, data["stats"])
+        except RaftctlError as exc:
+            out["stats_accepted"] = 0
+            out["stats_error"] = exc.to_dict()
+    return encode(request, out)
 
 
-def _assignments(s: Any, machine: str) -> dict[str, Any]:
+SPECS_INLINE, SPECS_REF = "inline", "ref"
+"""The two forms of an assignment answer (``?specs=``): each placement row with its ``spec`` (the default: agents
+of the previous release), or each row with a ``spec_ref`` into the answer's ``specs`` map, one spec per job
+version."""
+
+
+def spec_key(job: str, version: int) -> str:
+    """A job version's key in an answer's ``specs`` map: ``job@version``. Job names match NAME_RE
+    (``[a-z0-9][a-z0-9-]{0,62}``) and versions are integers, so no two versions share a key."""
+    return f"{job}@{version}"
+
+
+def _assignments(s: Any, machine: str, specs: str = SPECS_INLINE) -> dict[str, Any]:
     """The machine's record and its placements, each with the spec of its version (None if pruned or its job
-    purged), in their wire form: the answer an agent reads."""
+    purged), in their wire form: the answer an agent reads. ``specs="ref"``: each spec once, in ``specs``
+    (``{"job@version": spec or None}``), and each placement with its ``spec_ref`` instead (34 KB -> 5 KB for 10
+    placements of one version, docs/scaling.md)."""
     placements = s.machine_placements(machine)
-    specs: dict[tuple[str, int], dict[str, Any] | None] = {}   # one conversion per (job, version)
+    by_key: dict[str, dict[str, Any] | None] = {}   # one conversion per (job, version)
     out = list_to_wire(placements)
+    ref = specs == SPECS_REF
     for p, row in zip(placements, out):
-        key = (p.job, p.version)
-        if key not in specs:
+        key = spec_key(p.job, p.version)
+        if key not in by_key:
             job = s.jobs.get(p.job)
             spec: JobSpec | None = job.spec_of(p.version) if job is not None else None
-            specs[key] = to_wire(spec) if spec is not None else None
-        row["spec"] = specs[key]
+            by_key[key] = to_wire(spec) if spec is not None else None
+        if ref:
+            row["spec_ref"] = key
+        else:
+            row["spec"] = by_key[key]
     m = s.machines.get(machine)
-    return {"machine": to_wire(m) if m is not None else None, "placements": out, "network": _network(s, m)}
+    answer = {"machine": to_wire(m) if m is not None else None, "placements": out, "network": _network(s, m)}
+    if ref:
+        answer["specs"] = by_key
+    return answer
 
 
 class _SubnetHolders:
@@ -132,7 +169,10 @@ async def assignments(request: web.Request) -> web.Response:
     # the index's meaning across replicas: Replica.wait_for_machine
     index = await read_mode(request, lambda s: s.machine_change_index(machine),
                             wait=lambda after, wait_s: replica.wait_for_machine(machine, after, wait_s))
-    data = replica.read(lambda s: _assignments(s, machine))
+    form = request.query.get("specs", SPECS_INLINE)
+    if form not in (SPECS_INLINE, SPECS_REF):
+        raise ValidationError(f"specs must be {SPECS_INLINE!r} or {SPECS_REF!r}, not {form[:40]!r}", field="specs")
+    data = replica.read(lambda s: _assignments(s, machine, form))
     return encode(request, {"index": index, **data, "cluster": _cluster_id(replica.cfg.secret)}, index=index)
 
 
@@ -181,21 +221,18 @@ MAX_STATS = 5000
 """Most samples one /v1/agent/stats request may carry."""
 
 
-@perm("agent", write=True)
-async def stats(request: web.Request) -> web.Response:
-    """Per-container CPU utilisation (of the requested CPU) for the autoscaler; kept in memory. An agent reports
-    only placements assigned to its own machine, under their own job: anything else is refused naming the field,
-    before any sample of the request is recorded."""
-    replica = request.app[REPLICA]
-    data = await body(request)
-    if not isinstance(data, dict) or not isinstance(data.get("stats"), list):
-        raise ValidationError("body must be {machine, stats: [...]}", field="stats")
-    machine = _own_machine(request, data.get("machine"))
-    if len(data["stats"]) > MAX_STATS:
+def _take_stats(replica: Any, machine: str, items: Any) -> int:
+    """Check and record an agent's usage samples (POST /v1/agent/stats, or riding on its heartbeat): per-container
+    CPU utilisation (of the requested CPU) for the autoscaler, and memory for the efficiency view, kept in the
+    leader's memory. Only placements assigned to ``machine``, under their own job: anything else is refused
+    naming the field (``stats[3].placement``) before any sample is recorded. The number recorded."""
+    if not isinstance(items, list):
+        raise ValidationError("stats must be a list of {placement, job, cpu[, memory]}", field="stats")
+    if len(items) > MAX_STATS:
         raise ValidationError(f"at most {MAX_STATS} stats per request", field="stats")
     owned = replica.read(lambda s: {p.id: p.job for p in s.machine_placements(machine)})
     samples = []
-    for i, st in enumerate(data["stats"]):
+    for i, st in enumerate(items):
         cpu = st.get("cpu") if isinstance(st, dict) else None
         if not isinstance(cpu, (int, float)) or isinstance(cpu, bool) or cpu < 0:
             raise ValidationError("each stat is {placement, job, cpu[, memory]} with cpu >= 0", field=f"stats[{i}]")
@@ -213,7 +250,19 @@ async def stats(request: web.Request) -> web.Response:
         replica.metrics.add(job, "cpu", cpu, key=placement)
         if mem is not None:
             replica.metrics.add(job, MEMORY_METRIC, mem, key=placement)
-    return encode(request, {"accepted": len(samples)})
+    return len(samples)
+
+
+@perm("agent", write=True)
+async def stats(request: web.Request) -> web.Response:
+    """Usage samples for the autoscaler (``_take_stats``), posted on their own: agents since session 6 send them on
+    their heartbeat and post here only to a leader that does not take them there."""
+    replica = request.app[REPLICA]
+    data = await body(request)
+    if not isinstance(data, dict) or not isinstance(data.get("stats"), list):
+        raise ValidationError("body must be {machine, stats: [...]}", field="stats")
+    machine = _own_machine(request, data.get("machine"))
+    return encode(request, {"accepted": _take_stats(replica, machine, data["stats"])})
 
 
 def add_routes(app: web.Application) -> None:
