@@ -113,7 +113,7 @@ class Agent:
                 await asyncio.gather(*tasks)
             finally:
                 await runner.cleanup()
-                for t in tasks:
+                for t in [*tasks, *self._stats_posts]:
                     t.cancel()
                 for s in self.containers.values():
                     if s.task:
