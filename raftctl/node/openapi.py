@@ -292,14 +292,21 @@ def _paths() -> dict[str, Any]:
         "/v1/agent/register": {"post": _op("Register (or re-register) the agent's machine", "agent",
                                            _ref("WriteResult"), body=REGISTER)},
         "/v1/agent/heartbeat": {"post": _op("Heartbeat (leader only: elsewhere 503 not_leader with "
-                                            "details.leader_api)", "agent",
+                                            "details.leader_api); may carry the machine's usage samples (the "
+                                            "items of /v1/agent/stats): stats_accepted says how many were taken, "
+                                            "stats_error names the field of a refused item", "agent",
                                             _obj({"machine": STR, "status": NULLABLE_STR, "ttl_s": NUM,
-                                                  "interval_s": NUM, "epoch": INT}),
-                                            body=_obj({"machine": STR}, ("machine",)))},
-        "/v1/agent/assignments/{machine}": {"get": _op("The machine's placements with their specs", "agent",
-                                                       _obj({"index": INT, "machine": {"type": ["object", "null"]},
-                                                             "placements": {"type": "array"}}),
-                                                       params=[_path_param("machine")], blocking=True)},
+                                                  "interval_s": NUM, "epoch": INT, "stats_accepted": INT,
+                                                  "stats_error": ANY_OBJ}),
+                                            body=_obj({"machine": STR, "stats": STATS["properties"]["stats"]},
+                                                      ("machine",)))},
+        "/v1/agent/assignments/{machine}": {"get": _op(
+            "The machine's placements with their specs: inline on each placement, or with specs=ref each job "
+            "version's spec once in specs ({\"job@version\": spec or null}) and a spec_ref on each placement",
+            "agent", _obj({"index": INT, "machine": {"type": ["object", "null"]}, "placements": {"type": "array"},
+                           "specs": {"type": "object"}}),
+            params=[_path_param("machine"), {"name": "specs", "in": "query", "schema": {"enum": ["inline", "ref"]}}],
+            blocking=True)},
         "/v1/agent/report": {"post": _op("Observed-state transitions of placements", "agent",
                                          _obj({"results": {"type": "array"}}), body=REPORT)},
         "/v1/agent/stats": {"post": _op("Per-container CPU utilisation for the autoscaler", "agent",
