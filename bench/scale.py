@@ -441,6 +441,10 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 log(f"place: {res['place']} rss {res['rss']}")
                 with contextlib.suppress(Exception):
                     terms["placed"] = bed.call("GET", "/v1/status").get("term")
+                if args.hold:
+                    log(f"holding {args.hold:g} s for probes: leader {bed.leader.url} pid {bed.leader.pid}, "
+                        f"token in {bed.dir}")
+                    time.sleep(args.hold)
 
                 def api() -> None:
                     # 3. API p99 under the heartbeat + stats load
@@ -659,6 +663,8 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=10.0, help="steady-state window (s)")
     ap.add_argument("--place-timeout", type=float, default=300.0)
     ap.add_argument("--api-seconds", type=float, default=6.0)
+    ap.add_argument("--hold", type=float, default=0.0,
+                    help="after placing, keep the loaded cluster this long (s) for a profiler or probes")
     ap.add_argument("--settle", type=float, default=10.0, help="pause after placing, before the failover trial (s)")
     ap.add_argument("--api-clients", type=int, default=8)
     ap.add_argument("--compact-entries", type=int, default=500,

@@ -53,12 +53,12 @@ def register(cli: click.Group) -> None:
                   help="A machine silent this long is declared down.")
     @click.option("--heartbeat-interval", default="1s", show_default=True,
                   help="The shortest interval agents are told to heartbeat at (the budget lengthens it).")
-    @click.option("--max-heartbeats-per-second", "max_heartbeats", type=click.IntRange(0), default=2000,
+    @click.option("--max-heartbeats-per-second", "max_heartbeats", type=click.IntRange(0), default=1000,
                   show_default=True,
                   help="The leader's heartbeat budget: agents are told max(--heartbeat-interval, up machines / this) "
-                       "and a TTL of the same multiple (Nomad's max_heartbeats_per_second). 2,000/s x ~150 us of "
-                       "leader CPU per heartbeat (docs/scaling.md) = 0.3 core; 10,000 machines beat every 5 s. "
-                       "0: no budget. Every replica takes the same value.")
+                       "and a TTL of the same multiple (Nomad's max_heartbeats_per_second). 1,000/s x ~230-260 us "
+                       "of leader CPU per agent request (docs/scaling.md) = a quarter of its core; 3,000 machines "
+                       "beat every 3 s, 10,000 every 10 s. 0: no budget. Every replica takes the same value.")
     @click.option("--max-body", default="1Mi", show_default=True,
                   help="Largest JSON/CBOR request body; larger ones get 413 too_large (blob uploads stream apart).")
     @click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
