@@ -21,4 +21,6 @@ async def unless(work: Awaitable[T], interrupt: Awaitable[Any]) -> "asyncio.Futu
         stop.cancel()
         if not job.done():
             job.cancel()
+        elif not job.cancelled():
+            job.exception()     # retrieved: a caller cancelled as the work failed never reads it (it is logged)
     return job if job.done() and not job.cancelled() else None
