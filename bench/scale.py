@@ -136,7 +136,7 @@ class Bed:
         lead = self.leader
         return [p for p in self.cluster.servers if p is not lead]
 
-    def start_agents(self, ident: str, count: int, zone: str, nice: int = 0) -> None:
+    def start_agents(self, ident: str, count: int, zone: str, nice: int = 0, spread_s: float | None = None) -> None:
         tok = self.call("POST", "/v1/tokens", {"role": "agent", "name": f"agent-{ident}", "machine": f"{ident}-*"})
         self.tokens[ident] = tok["token"]
         data = os.path.join(self.dir, ident)
@@ -145,7 +145,7 @@ class Bed:
                 sys.executable, "-m", "raftctl.cli.main", "agent", "--id", ident, "--data-dir", data,
                 "--runtime", "sim", "--count", str(count), "--cpu", "1100m", "--memory", "11Gi",
                 "--ports", "20000-20099", "--advertise", "127.0.0.1", "--fault-domain", f"zone={zone}",
-                "--log-level", "warning"]
+                "--log-level", "warning"] + (["--start-spread", f"{spread_s:g}s"] if spread_s else [])
         for url in self.cluster.urls:
             argv += ["--server", url]
         out = open(os.path.join(data, "agent.log"), "ab")
@@ -348,10 +348,12 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 # 1. register N machines and measure the steady heartbeat cost
                 rest = n - victims
                 procs = math.ceil(rest / args.per_process)
+                spread = n / args.start_rate if args.start_rate > 0 else None   # the whole fleet over this long
+                res["start_spread_s"] = spread
                 for i in range(procs):
                     k = rest // procs + (i < rest % procs)
-                    bed.start_agents(f"g{i}", k, f"z{i % 3}", nice=args.agent_nice)
-                bed.start_agents("v", victims, "zv", nice=args.agent_nice)
+                    bed.start_agents(f"g{i}", k, f"z{i % 3}", nice=args.agent_nice, spread_s=spread)
+                bed.start_agents("v", victims, "zv", nice=args.agent_nice, spread_s=spread)
                 log(f"{n} machines: {procs} agent processes + 1 of {victims} (the 1 %)")
 
                 def up() -> bool:
@@ -663,6 +665,9 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=10.0, help="steady-state window (s)")
     ap.add_argument("--place-timeout", type=float, default=300.0)
     ap.add_argument("--api-seconds", type=float, default=6.0)
+    ap.add_argument("--start-rate", type=float, default=0.0,
+                    help="machines started per second across the whole fleet (each agent process spreads its start "
+                         "over N / this); 0: each process's default (at most 100 a second each, 5 s for 500)")
     ap.add_argument("--hold", type=float, default=0.0,
                     help="after placing, keep the loaded cluster this long (s) for a profiler or probes")
     ap.add_argument("--settle", type=float, default=10.0, help="pause after placing, before the failover trial (s)")

@@ -88,6 +88,10 @@ def register(cli: click.Group) -> None:
     @click.option("--count", default=None, type=click.IntRange(1, 5000),
                   help="With --runtime sim: play this many machines from one process (ids ID-0000, ID-0001, ..., "
                        "also for --count 1; the agent token's machine must be 'ID-*'). Without it: one machine, ID.")
+    @click.option("--start-spread", default=None,
+                  help="With --count: start the machines evenly over this long (e.g. 60s; default: the heartbeat "
+                       "interval, or longer so at most 100 start a second). A fleet of many processes started at "
+                       "once otherwise registers faster than a control plane can answer.")
     @click.option("--http-port", type=click.IntRange(0, 65535), default=0, show_default=True,
                   help="Port of the agent's own endpoint (logs, metrics) on --advertise; 0: any free port.")
     @click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
@@ -102,7 +106,7 @@ def register(cli: click.Group) -> None:
     def agent(machine: str, servers: tuple[str, ...], token: str | None, token_file: str | None, data_dir: str,
               fault_domain: tuple[str, ...], labels: tuple[str, ...], cpu: str | None, memory: str | None,
               pids: int, port_range: str, advertise: str, runtime: str | None, pool: str, allow_unisolated: bool,
-              heartbeat: str, count: int | None,
+              heartbeat: str, count: int | None, start_spread: str | None,
               http_port: int, tls_cert: str | None, tls_key: str | None, tls_ca: str | None, image_gc_after: str,
               log_level: str) -> None:
         """Run the host agent: register, heartbeat, run assigned containers, report."""
@@ -148,7 +152,8 @@ def register(cli: click.Group) -> None:
                 raise click.UsageError("--http-port: with --count each simulated machine takes a free port of its own")
             from raftctl.agent.fleet import run_agents
 
-            asyncio.run(run_agents(cfg, count))
+            spread = parse_duration(start_spread, "--start-spread") / 1000 if start_spread is not None else None
+            asyncio.run(run_agents(cfg, count, spread_s=spread))
             sys.exit(0)
         cluster = learn_cluster(cfg) if rt == "runc" else None
         driver = agent_driver(rt, cfg.data_dir, tuple(p for p in (token_file, tls_key, tls_cert) if p),
