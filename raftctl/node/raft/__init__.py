@@ -125,7 +125,7 @@ def cell_election_timeout(machines: int, base: tuple[float, float, float] = RAFT
     price: a dead leader of a large cell is replaced after 1-2 s instead of 0.3-0.6 s."""
     lo, hi, _ = base
     floor = min(max(lo, machines * ELECTION_S_PER_MACHINE), max(lo, ELECTION_MIN_CAP_S))
-    return floor, floor * (hi / lo)
+    return round(floor, 3), round(floor * (hi / lo), 3)
 
 
 # A seeded log starts after these two no-op boundary entries. Index 3 (not 1) so that a replica
