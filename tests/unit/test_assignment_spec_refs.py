@@ -21,12 +21,13 @@ from raftctl.agent.control import ControlClient
 from raftctl.agent.loop import Agent
 from raftctl.agent.runtime.sim import SimDriver
 from raftctl.clock import FakeClock
-from raftctl.errors import RaftctlError
 from raftctl.node.agent_api import _assignments, add_routes
 from raftctl.node.http import BODY_LIMIT, REPLICA
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.records import JobSpec, ReportUpdate, to_wire
 from raftctl.statemachine.spec import validate_spec
+
+from tests.unit.test_agent_api import as_agent_m1
 
 from .fake_replica import FakeReplica, machine
 
@@ -61,15 +62,6 @@ async def web_on_m1(versions: int = 1, per_version: int = 10) -> WatchReplica:
                   "resources": spec["resources"], "ports": {}} for i in range(per_version)]
         assert (await r.propose(c.Plan(epoch=1, place=items))).ok
     return r
-
-
-@web.middleware
-async def as_agent_m1(request: web.Request, handler: Any) -> web.StreamResponse:
-    request["token"] = {"name": "agent-m1", "role": "agent", "machine": "m1"}
-    try:
-        return await handler(request)
-    except RaftctlError as exc:
-        return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
 
 
 @contextlib.asynccontextmanager

@@ -21,7 +21,6 @@ from raftctl.agent.control import ControlClient
 from raftctl.agent.loop import Agent
 from raftctl.agent.runtime.sim import SimDriver
 from raftctl.clock import FakeClock
-from raftctl.errors import RaftctlError
 from raftctl.node.agent_api import add_routes
 from raftctl.node.efficiency import MEMORY_METRIC
 from raftctl.node.failover import FailoverConfig, FailoverMonitor
@@ -29,6 +28,7 @@ from raftctl.node.http import BODY_LIMIT, REPLICA
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.spec import validate_spec
 from tests.agent.conftest import CountedClock
+from tests.unit.test_agent_api import as_agent_m1
 
 from .fake_replica import FakeReplica, machine
 
@@ -49,15 +49,6 @@ async def leader_with_web() -> tuple[FakeReplica, list[str]]:
     r.cfg = types.SimpleNamespace(secret=None)  # type: ignore[attr-defined]
     r.leadership = FailoverMonitor(r, 1, FailoverConfig(ttl_s=3.0, interval_s=1.0), clock=clock)  # type: ignore[attr-defined]
     return r, sorted(r.state.placements)
-
-
-@web.middleware
-async def as_agent_m1(request: web.Request, handler: Any) -> web.StreamResponse:
-    request["token"] = {"name": "agent-m1", "role": "agent", "machine": "m1"}
-    try:
-        return await handler(request)
-    except RaftctlError as exc:
-        return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
 
 
 @contextlib.asynccontextmanager
