@@ -16,8 +16,10 @@ from raftctl.cli.main import cli
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
     seen: list[tuple[str, Any]] = []
 
-    async def run_agents(cfg: Any, count: int) -> None:
+    async def run_agents(cfg: Any, count: int, spread_s: float | None = None) -> None:
         seen.append(("many", (cfg.machine, count)))
+        if spread_s is not None:
+            seen.append(("spread", spread_s))
 
     async def run_agent(cfg: Any, driver: Any) -> None:
         seen.append(("one", cfg.machine))
@@ -37,6 +39,14 @@ def test_count_plays_that_many_machines_named_id_dash_n(tmp_path: Any, calls: li
     res = _agent(tmp_path, "--count", str(count))
     assert res.exit_code == 0, res.output
     assert calls == [("many", ("v", count))]
+
+
+def test_start_spread_is_passed_in_seconds(tmp_path: Any, calls: list) -> None:
+    res = _agent(tmp_path, "--count", "500", "--start-spread", "90s")
+    assert res.exit_code == 0, res.output
+    assert calls == [("many", ("v", 500)), ("spread", 90.0)]
+    res = _agent(tmp_path, "--count", "500", "--start-spread", "soon")
+    assert res.exit_code != 0 and "--start-spread" in res.output
 
 
 def test_without_count_one_machine_named_id(tmp_path: Any, calls: list) -> None:
