@@ -230,7 +230,8 @@ def fence_running(c) -> set[str]:
 
 def watch_server(c) -> str | None:
     with open(os.path.join(c.agents[0].data_dir, "agent.log"), errors="replace") as f:
-        found = re.findall(r"assignment watch on (\S+)", f.read())
+        # "assignment watch on X abandoned: ..." lines name the replica left, or "a rotating replica": not a watch
+        found = re.findall(r"assignment watch on (\S+)$", f.read(), re.M)
     return found[-1] if found else None
 
 
