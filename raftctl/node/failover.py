@@ -171,7 +171,7 @@ class FailoverMonitor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("failover tick failed: %s", exc)
+                log.warning("failover tick failed: %s: %s", type(exc).__name__, exc)
 
     def _refresh(self, now: float) -> None:
         """Follow the machines table if its index moved: O(machines), but only after a change."""

@@ -29,7 +29,7 @@ async def every(seconds: float, tick: Callable[[], Any], name: str, clock: Clock
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("%s tick failed: %s", name, exc)
+            log.warning("%s tick failed: %s: %s", name, type(exc).__name__, exc)
         await clock.sleep(seconds)
 
 
