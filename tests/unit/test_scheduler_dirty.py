@@ -1,0 +1,114 @@
+"""Which jobs a change gives work to (scheduler/dirty.py), and the promise the leader's loop relies on: after a
+settled pass, a pass over just those jobs plans exactly what a pass over every job would."""
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+from msgspec.structs import replace
+
+from raftctl.scheduler import schedule
+from raftctl.scheduler.dirty import affected_jobs
+from raftctl.statemachine.records import Job, Machine, Placement
+from tests.unit.record_fixtures import as_placement
+from tests.unit.test_scheduler import GI, job, machine, placement
+
+M = {"a": machine("a"), "b": machine("b")}
+J = {"web": job("web", replicas=2), "db": job("db", replicas=1), "idle": job("idle", replicas=0)}
+P = {"w0": placement("w0", 0, "a"), "w1": placement("w1", 1, "b"), "d0": placement("d0", 0, "b", jobname="db", port=20001)}
+BASE = (J, P, M)
+
+
+def changed(jobs=None, placements=None, machines=None):
+    return ({**J, **(jobs or {})}, {**P, **(placements or {})}, {**M, **(machines or {})})
+
+
+def without(table: dict, key: str) -> dict:
+    return {k: v for k, v in table.items() if k != key}
+
+
+CASES = [
+    ("nothing changed", BASE, set()),
+    ("an equal but new copy of nothing: still nothing", (dict(J), dict(P), dict(M)), set()),
+    ("a job's record replaced (a scale, even to the same count)", changed(jobs={"idle": replace(J["idle"])}), {"idle"}),
+    ("a job added", changed(jobs={"new": job("new")}), {"new"}),
+    ("a job deleted", (without(J, "db"), P, M), {"db"}),
+    ("a placement's record replaced (a health report)", changed(placements={"d0": replace(P["d0"], health="healthy")}),
+     {"db"}),
+    ("a placement gone", (J, without(P, "w0"), M), {"web"}),
+    ("a machine changed: every job with a placement there", changed(machines={"b": replace(M["b"], status="down")}),
+     {"web", "db"}),
+    ("a machine added: nobody's work unless a job waits for room", changed(machines={"c": machine("c")}), set()),
+]
+
+
+def test_affected_jobs_table():
+    for name, after, want in CASES:
+        assert affected_jobs(BASE, after) == want, name
+
+
+def test_a_job_waiting_for_room_is_affected_by_any_change():
+    waiting = {**J, "big": replace(job("big", replicas=1), pending_reason="1 replicas unplaced")}
+    before = (waiting, P, M)
+    assert affected_jobs(before, (waiting, P, M)) == set()
+    assert affected_jobs(before, (waiting, P, {**M, "c": machine("c")})) == {"big"}
+    assert affected_jobs(before, (waiting, without(P, "w1"), M)) == {"big", "web"}
+
+
+# -- the promise: settle, change one thing, compare a pass over the affected jobs with a full pass ---------------
+
+def settle(jobs: dict[str, Job], placements: dict[str, Placement], machines: dict[str, Machine]):
+    """Run full passes, applying each plan as the state machine would, until a pass has nothing to do."""
+    n = 0
+    for round_ in range(6):
+        plan = schedule(jobs, placements, machines, index=round_, now=0)
+        if not plan.place and not plan.stop and not plan.preempt and all(
+                (jobs[k].pending_reason or "") == v for k, v in plan.pending.items()):
+            return jobs, placements
+        for pid, _ in plan.stop + plan.preempt:
+            placements[pid] = replace(placements[pid], desired="stop", state="stopped")
+        for item in plan.place:
+            n += 1
+            pid = f"{item.job}-{round_}-{n}"
+            placements[pid] = as_placement({"id": pid, "job": item.job, "version": item.version, "replica": item.replica,
+                                            "machine": item.machine, "desired": "run", "state": "running",
+                                            "resources": dict(item.resources), "ports": dict(item.ports)})
+        jobs = {k: replace(j, pending_reason=plan.pending.get(k) or None) for k, j in jobs.items()}
+    raise AssertionError("did not settle in 6 passes")
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.lists(st.tuples(st.integers(1000, 4000), st.integers(2, 8)), min_size=1, max_size=5),
+       st.lists(st.tuples(st.integers(0, 6), st.sampled_from(["500m", "1", "2"]), st.sampled_from(["512Mi", "1Gi", "3Gi"]),
+                          st.integers(0, 100)), min_size=1, max_size=4),
+       st.sampled_from(["scale", "machine down", "drain", "machine added", "placement lost", "job deleted"]),
+       st.integers(0, 50))
+def test_a_pass_over_the_affected_jobs_plans_what_a_full_pass_plans(mspecs, jspecs, change, pick):
+    machines = {f"m{i}": machine(f"m{i}", zone=f"z{i % 2}", cpu=c, mem=g * GI, ports=(20000, 20005))
+                for i, (c, g) in enumerate(mspecs)}
+    jobs = {f"j{i}": job(f"j{i}", replicas=n, resources={"cpu": cpu, "memory": mem}, priority=prio)
+            for i, (n, cpu, mem, prio) in enumerate(jspecs)}
+    jobs, placements = settle(jobs, {}, machines)
+    before = (dict(jobs), dict(placements), dict(machines))
+    names, mids = sorted(jobs), sorted(machines)
+    live = sorted(pid for pid, p in placements.items() if p.is_live())
+    if change == "scale":
+        name = names[pick % len(names)]
+        jobs[name] = replace(jobs[name], replicas=(jobs[name].replicas + 1 + pick) % 7)
+    elif change == "machine down":
+        mid = mids[pick % len(mids)]
+        machines[mid] = replace(machines[mid], status="down")
+    elif change == "drain":
+        mid = mids[pick % len(mids)]
+        machines[mid] = replace(machines[mid], drain={"since": 1})
+    elif change == "machine added":
+        machines["new"] = machine("new", zone="z9")
+    elif change == "placement lost" and live:
+        pid = live[pick % len(live)]
+        placements[pid] = replace(placements[pid], state="lost")
+    elif change == "job deleted":
+        del jobs[names[pick % len(names)]]
+    after = (jobs, placements, machines)
+    full = schedule(jobs, placements, machines, index=99, now=0)
+    some = schedule(jobs, placements, machines, index=99, now=0, job_names=sorted(affected_jobs(before, after)))
+    assert (some.place, some.stop, some.preempt) == (full.place, full.stop, full.preempt)
+    for name, reason in full.pending.items():   # a job the partial pass left out has no new reason to wait
+        assert some.pending.get(name, jobs[name].pending_reason or "") == reason
