@@ -167,11 +167,26 @@ def backlog(jobs: Mapping[str, Job], placements: Mapping[str, Placement]) -> int
     return want - have
 
 
+def _touched(s: Any, since: int | None) -> set[str] | None:
+    """The jobs whose placements changed after index ``since`` (None: not known, compare the placements)."""
+    if since is None or s.job_floor > since:   # a restore since: the state cannot tell
+        return None
+    return {job for job, at in s.job_index.items() if at > since}
+
+
 def _scope(before: tuple[Mapping[str, Job], Mapping[str, Placement], Mapping[str, Machine]] | None,
-           after: tuple[Mapping[str, Job], Mapping[str, Placement], Mapping[str, Machine]]) -> tuple[list[str] | None, int]:
-    """The jobs a pass covers (None: every job, when there is no ``before`` to compare with) and the backlog."""
-    names = None if before is None else sorted(affected_jobs(before, after))
-    return names, backlog(after[0], after[1])
+           after: tuple[Mapping[str, Job], Mapping[str, Placement], Mapping[str, Machine]],
+           touched: set[str] | None) -> tuple[list[str] | None, int]:
+    """The jobs a pass covers (None: every job, when there is no ``before`` to compare with) and its backlog
+    (for a pass over some jobs, 0 when they cannot want more than STREAM_ABOVE replicas: no walk then)."""
+    jobs, placements, _ = after
+    if before is None:
+        return None, backlog(jobs, placements)
+    names = sorted(affected_jobs(before, after, touched))
+    covered = {n: jobs[n] for n in names if n in jobs}
+    if sum(j.replicas + j.surge_slots for j in covered.values() if j.status == "running") <= STREAM_ABOVE:
+        return names, 0
+    return names, backlog(covered, {k: p for k, p in placements.items() if p.job in covered})
 
 
 class Streamed:
@@ -227,11 +242,13 @@ class SchedulerLoop:
         self.largest_plan = 0     # most new placements one pass planned
         self.full_passes = 0      # passes over every job (the first, each resync, after a failed or refused one)
         self.skipped = 0          # changes no job could have work from: no pass
+        self.at_index = 0         # the state index of the last pass's inputs, set once its plan is committed
 
     async def run(self) -> None:
         seen = -1
         last_resync = 0.0
         last: tuple[dict[str, Job], dict[str, Placement], dict[str, Machine]] | None = None  # the last pass's inputs
+        last_index = 0                                                                     # and their state index
         loop = asyncio.get_running_loop()
         while True:
             key = self.replica.read(_watch_key)
@@ -240,7 +257,9 @@ class SchedulerLoop:
                 await self.replica.wait_for(_watch_key, key, 1.0)
                 continue
             seen = key
-            jobs, placements, machines, index = self.replica.read(_inputs)
+            since = None if last is None or resync else last_index
+            jobs, placements, machines, index, touched = self.replica.read(
+                lambda s: (*_inputs(s), _touched(s, since)))  # noqa: B023
             # Between two resyncs a pass covers only the jobs the change can give work to (dirty.py); a resync,
             # the first pass and the pass after a failed or refused one cover every job.
             # Both scans of every placement (which jobs, how big a backlog) run on a worker thread too: at 30,000
@@ -249,10 +268,11 @@ class SchedulerLoop:
             if before is None:
                 last_resync = self.clock.monotonic()
                 self.full_passes += 1
-            last = (jobs, placements, machines)
-            names, behind = await loop.run_in_executor(None, _scope, before, last)
+            last, last_index = (jobs, placements, machines), index
+            names, behind = await loop.run_in_executor(None, _scope, before, last, touched)
             if names == []:
                 self.skipped += 1
+                self.at_index = index
                 continue
             now = self.clock.now_ms()
             t0 = time.perf_counter()
@@ -299,6 +319,7 @@ class SchedulerLoop:
                 seen = -1  # recompute at once against the newer state (a refused command waits for a change)
             if outcome != "ok":
                 last = None  # and over every job: what the plan left undone is no change the next diff would see
+            self.at_index = index
 
     async def commit(self, cmds: list[c.Plan]) -> str:
         """Propose a pass's commands in order, each once the one before it is applied (so a log entry holds one

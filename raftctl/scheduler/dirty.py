@@ -9,17 +9,22 @@ same object" and the comparison is one identity test per row.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from raftctl.statemachine.records import Job, Machine, Placement
 
 
 def affected_jobs(before: tuple[Mapping[str, Job], Mapping[str, Placement], Mapping[str, Machine]],
-                  after: tuple[Mapping[str, Job], Mapping[str, Placement], Mapping[str, Machine]]) -> set[str]:
+                  after: tuple[Mapping[str, Job], Mapping[str, Placement], Mapping[str, Machine]],
+                  touched: Iterable[str] | None = None) -> set[str]:
     """The jobs that may have work after the inputs went from ``before`` to ``after`` (jobs, placements,
     machines): a job whose record changed, came or went; the job of every placement that changed, came or went;
     every job with a placement on a machine that changed, came or went; and every job still waiting for room
-    (a pending reason), since any of these changes may have made room."""
+    (a pending reason), since any of these changes may have made room.
+
+    ``touched``, when given, names the jobs whose placements changed (the state machine keeps that index, see
+    ``State.job_change_index``), so the placements are not compared one by one: at 30,000 placements that
+    walk cost more than the pass it saved."""
     jobs0, placements0, machines0 = before
     jobs, placements, machines = after
     out: set[str] = set()
@@ -27,13 +32,16 @@ def affected_jobs(before: tuple[Mapping[str, Job], Mapping[str, Placement], Mapp
         if jobs0.get(name) is not job:
             out.add(name)
     out.update(name for name in jobs0 if name not in jobs)
-    for pid, p in placements.items():
-        old = placements0.get(pid)
-        if old is not p:
-            out.add(p.job)
-            if old is not None:
-                out.add(old.job)
-    out.update(p.job for pid, p in placements0.items() if pid not in placements)
+    if touched is not None:
+        out.update(touched)
+    else:
+        for pid, p in placements.items():
+            old = placements0.get(pid)
+            if old is not p:
+                out.add(p.job)
+                if old is not None:
+                    out.add(old.job)
+        out.update(p.job for pid, p in placements0.items() if pid not in placements)
     moved = {mid for mid, m in machines.items() if machines0.get(mid) is not m}
     moved.update(mid for mid in machines0 if mid not in machines)
     if moved:

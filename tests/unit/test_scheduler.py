@@ -393,7 +393,7 @@ def test_a_plan_that_changes_nothing_proposes_nothing():
 def loop_state(jobs: dict, machines: dict, placements: dict | None = None) -> SimpleNamespace:
     """What SchedulerLoop reads of a replica's state (its inputs and the table indexes it watches)."""
     return SimpleNamespace(jobs=jobs, placements=placements or {}, machines=machines, index=3,
-                           table_index={"jobs": 1, "machines": 1, "placements": 1})
+                           table_index={"jobs": 1, "machines": 1, "placements": 1}, job_index={}, job_floor=0)
 
 
 class LoopReplica:

@@ -112,3 +112,60 @@ def test_a_pass_over_the_affected_jobs_plans_what_a_full_pass_plans(mspecs, jspe
     assert (some.place, some.stop, some.preempt) == (full.place, full.stop, full.preempt)
     for name, reason in full.pending.items():   # a job the partial pass left out has no new reason to wait
         assert some.pending.get(name, jobs[name].pending_reason or "") == reason
+
+
+# -- the loop on the real state machine: the jobs a placement change touches come from the state's job index ------
+
+async def test_the_loop_on_the_state_machine_replaces_a_lost_placement_in_a_pass_over_its_job_alone(monkeypatch):
+    import asyncio
+
+    from raftctl.clock import SYSTEM
+    from raftctl.node import scheduling
+    from raftctl.statemachine import commands as c
+    from raftctl.statemachine.spec import validate_spec
+    from tests.unit.fake_replica import FakeReplica
+    from tests.unit.fake_replica import machine as register
+
+    class Replica(FakeReplica):
+        async def wait_for(self, fn, key, timeout):
+            await asyncio.sleep(0.01)
+
+    monkeypatch.setattr(scheduling, "RESYNC_S", 60.0)   # no resync within the test: every later pass is partial
+    r = Replica(SYSTEM)
+    for cmd in (c.ClaimEpoch(term=1), register("m1"), register("m2"),
+                c.PutJob(spec=validate_spec({"name": "web", "image": "x:1", "command": ["x"], "replicas": 2,
+                                             "resources": {"cpu": "100m", "memory": "64Mi"}})),
+                c.PutJob(spec=validate_spec({"name": "db", "image": "x:1", "command": ["x"], "replicas": 1,
+                                             "resources": {"cpu": "100m", "memory": "64Mi"}}))):
+        assert (await r.propose(cmd)).ok
+    covered: list[list[str] | None] = []
+    real = scheduling.schedule
+
+    def recording(*a, job_names=None, **k):
+        covered.append(job_names)
+        return real(*a, job_names=job_names, **k)
+    monkeypatch.setattr(scheduling, "schedule", recording)
+    loop = scheduling.SchedulerLoop(r, epoch=1)
+    task = asyncio.create_task(loop.run())
+
+    async def until(pred) -> None:
+        for _ in range(500):
+            if pred():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("not reached")
+    try:
+        await until(lambda: len(r.state.placements) == 3)
+        for pid, p in list(r.state.placements.items()):
+            assert (await r.propose(c.PlacementUpdate(placement=pid, machine=p.machine, state="running"))).ok
+        await until(lambda: loop.at_index >= r.state.index)   # the loop has seen the reports
+        lost = next(pid for pid, p in r.state.placements.items() if p.job == "web")
+        passes, before = len(covered), r.state.index
+        assert (await r.propose(c.PlacementUpdate(placement=lost, machine=r.state.placements[lost].machine,
+                                                  state="lost"))).ok
+        assert scheduling._touched(r.state, before) == {"web"}   # from the state's job index, no walk
+        await until(lambda: sum(1 for p in r.state.placements.values() if p.job == "web" and p.is_live()) == 2)
+    finally:
+        task.cancel()
+    assert covered[0] is None and ["web"] in covered[passes:]
+    assert all(names is not None and "db" not in names for names in covered[passes:])
