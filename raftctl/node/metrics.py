@@ -126,7 +126,7 @@ class ReplicaCollector:
         if fo:
             g = GaugeMetricFamily("raftctl_heartbeat_age_seconds", "Seconds since each machine's last heartbeat",
                                   labels=["machine"])
-            for m, age in fo["heartbeat_age_s"].items():
+            for m, age in r.leadership.failover.ages().items():
                 g.add_metric([m], age)
             yield g
             g = GaugeMetricFamily("raftctl_failover_guard_active", "1 while the mass-loss guard rate-limits failover")

@@ -67,6 +67,8 @@ def test_figures_move_with_placements_deploys_and_machine_loss(sim3):
         return scrape(c, wait_until(c.leader, what="a leader"))
     before = fams()
     assert value(before, "raftctl_machines_by_state", state="active") == 3
+    # every machine's heartbeat age (GET /v1/status lists only the oldest few)
+    assert len({s.labels["machine"] for s in before["raftctl_heartbeat_age_seconds"]}) == 3
     client_for(c).request("PUT", "/v1/jobs/m", job)
     placed = wait_until(lambda: (lambda f: f if value(f, "raftctl_placements_by_state", state="running",
                                                       health="healthy") >= 3 else None)(fams()),

@@ -94,3 +94,19 @@ async def test_the_monitor_loop_sleeps_on_its_clock():
             await task
     assert set(clock.sleeps) == {0.2}                     # min(0.2, ttl / 5)
     assert 3.0 < sum(clock.sleeps) <= 3.2 + 1e-9          # down on the first pass past the TTL
+
+
+async def test_status_lists_the_machines_heard_from_longest_ago_and_the_metric_all_of_them():
+    # at 3,000 machines every GET /v1/status carried a 3,000-entry map of heartbeat ages
+    from raftctl.node.failover import STATUS_OLDEST
+    clock = FakeClock()
+    n = STATUS_OLDEST + 5
+    r = await fleet(clock, n)
+    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=60.0), clock=clock)
+    for i in range(1, n + 1):   # m1 first (the oldest), m25 last
+        mon.heartbeat(f"m{i}")
+        clock.advance(0.1)
+    st = mon.status()
+    assert st["machines_heard"] == n and len(mon.ages()) == n
+    assert sorted(st["heartbeat_age_s"], key=lambda m: int(m[1:])) == [f"m{i}" for i in range(1, STATUS_OLDEST + 1)]
+    assert st["heartbeat_age_s"]["m1"] == mon.ages()["m1"] == 2.5
