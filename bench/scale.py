@@ -141,10 +141,14 @@ class Bed:
         self.tokens[ident] = tok["token"]
         data = os.path.join(self.dir, ident)
         os.makedirs(data, exist_ok=True)
+        # each agent process its own loopback address, for its machines' endpoints and its connections to the
+        # replicas: one address's ephemeral ports (28,232) ran out at 10,000 machines (fleet.LeanHTTP)
+        addr = f"127.0.{len(self.agents) + 1}.1"
         argv = (["nice", "-n", str(nice)] if nice else []) + [
                 sys.executable, "-m", "raftctl.cli.main", "agent", "--id", ident, "--data-dir", data,
                 "--runtime", "sim", "--count", str(count), "--cpu", "1100m", "--memory", "11Gi",
-                "--ports", "20000-20099", "--advertise", "127.0.0.1", "--fault-domain", f"zone={zone}",
+                "--ports", "20000-20099", "--advertise", addr, "--source-address", addr,
+                "--fault-domain", f"zone={zone}",
                 "--log-level", "warning"] + (["--start-spread", f"{spread_s:g}s"] if spread_s else [])
         for url in self.cluster.urls:
             argv += ["--server", url]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import sys
@@ -12,7 +13,7 @@ import click
 from raftctl.cli.base import split_servers
 from raftctl.cli.output import read_secret
 from raftctl.config import config_option
-from raftctl.errors import RaftctlError
+from raftctl.errors import RaftctlError, ValidationError
 from raftctl.statemachine.subnets import PoolError, parse_pool
 
 if TYPE_CHECKING:
@@ -92,6 +93,9 @@ def register(cli: click.Group) -> None:
                   help="With --count: start the machines evenly over this long (e.g. 60s; default: the heartbeat "
                        "interval, or longer so at most 100 start a second). A fleet of many processes started at "
                        "once otherwise registers faster than a control plane can answer.")
+    @click.option("--source-address", default=None, metavar="IP",
+                  help="With --count: connect to the replicas from this local address (e.g. 127.0.3.1 on "
+                       "loopback), so a fleet process has its own range of ephemeral ports.")
     @click.option("--http-port", type=click.IntRange(0, 65535), default=0, show_default=True,
                   help="Port of the agent's own endpoint (logs, metrics) on --advertise; 0: any free port.")
     @click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
@@ -106,7 +110,7 @@ def register(cli: click.Group) -> None:
     def agent(machine: str, servers: tuple[str, ...], token: str | None, token_file: str | None, data_dir: str,
               fault_domain: tuple[str, ...], labels: tuple[str, ...], cpu: str | None, memory: str | None,
               pids: int, port_range: str, advertise: str, runtime: str | None, pool: str, allow_unisolated: bool,
-              heartbeat: str, count: int | None, start_spread: str | None,
+              heartbeat: str, count: int | None, start_spread: str | None, source_address: str | None,
               http_port: int, tls_cert: str | None, tls_key: str | None, tls_ca: str | None, image_gc_after: str,
               log_level: str) -> None:
         """Run the host agent: register, heartbeat, run assigned containers, report."""
@@ -145,6 +149,14 @@ def register(cli: click.Group) -> None:
             heartbeat_s=parse_duration(heartbeat, "--heartbeat") / 1000,
             http_port=http_port, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
             image_gc_after_s=parse_duration(image_gc_after, "--image-gc-after") / 1000)
+        if source_address is not None:
+            if count is None:
+                raise click.UsageError("--source-address needs --count (the simulated fleet's client)")
+            try:
+                ipaddress.ip_address(source_address)
+            except ValueError:
+                raise click.BadParameter(f"{source_address!r} is not an IP address",
+                                         param_hint="--source-address") from None
         if count is not None:
             if rt != "sim":
                 raise click.UsageError("--count needs --runtime sim")
@@ -153,7 +165,10 @@ def register(cli: click.Group) -> None:
             from raftctl.agent.fleet import run_agents
 
             spread = parse_duration(start_spread, "--start-spread") / 1000 if start_spread is not None else None
-            asyncio.run(run_agents(cfg, count, spread_s=spread))
+            try:
+                asyncio.run(run_agents(cfg, count, spread_s=spread, source=source_address))
+            except ValidationError as exc:
+                raise click.BadParameter(str(exc), param_hint="--source-address") from None
             sys.exit(0)
         cluster = learn_cluster(cfg) if rt == "runc" else None
         driver = agent_driver(rt, cfg.data_dir, tuple(p for p in (token_file, tls_key, tls_cert) if p),

@@ -18,7 +18,7 @@ from raftctl.agent.runtime.base import ContainerSpec
 from raftctl.agent.runtime.sim import SimDriver, SimScript
 from raftctl.agent.supervisor import Supervised, Supervisor, call_driver
 from raftctl.clock import SYSTEM
-from raftctl.errors import Unavailable
+from raftctl.errors import Unavailable, ValidationError
 from tests.agent.conftest import job_spec
 
 
@@ -92,6 +92,23 @@ async def test_lean_sends_what_an_agent_sends_and_keeps_one_connection_alive(ser
         ("POST", "/echo", "Bearer tok", "application/json")}
     assert server.seen[0]["query"] == {"index": "7", "wait": "10s"}
     assert lean.opened == 1 and len(server.peers) == 1     # keep-alive: one connection for the three
+
+
+async def test_lean_connects_from_its_source_address(server: Server) -> None:
+    """A fleet process given its own loopback address (bench/scale.py: 127.0.K.1) is seen by the server from it,
+    so its ports come from that address's range and not the one shared by every other process."""
+    lean = LeanHTTP(source="127.0.7.1")
+    for _i in range(2):
+        status, _ = await lean("GET", server.url + "/echo", None, None, {}, 5.0, 1.0)
+        assert status == 200
+    assert {p[0] for p in server.peers} == {"127.0.7.1"} and lean.opened == 1
+
+
+async def test_a_fleet_with_a_source_address_refuses_https_replicas_naming_the_flag(tmp_path: Any) -> None:
+    cfg = AgentConfig(machine="g0", servers=["https://127.0.0.1:9"], token="t", data_dir=str(tmp_path))
+    with pytest.raises(ValidationError) as exc:
+        await run_agents(cfg, 2, source="127.0.7.1", stop=asyncio.Event())
+    assert exc.value.field == "--source-address"
 
 
 async def test_lean_reads_a_chunked_answer_and_a_get_without_body(server: Server) -> None:

@@ -16,10 +16,12 @@ from raftctl.cli.main import cli
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
     seen: list[tuple[str, Any]] = []
 
-    async def run_agents(cfg: Any, count: int, spread_s: float | None = None) -> None:
+    async def run_agents(cfg: Any, count: int, spread_s: float | None = None, source: str | None = None) -> None:
         seen.append(("many", (cfg.machine, count)))
         if spread_s is not None:
             seen.append(("spread", spread_s))
+        if source is not None:
+            seen.append(("source", source))
 
     async def run_agent(cfg: Any, driver: Any) -> None:
         seen.append(("one", cfg.machine))
@@ -67,4 +69,16 @@ def test_count_needs_the_sim_runtime(tmp_path: Any, calls: list) -> None:
 def test_count_bounds(tmp_path: Any, calls: list, count: str) -> None:
     res = _agent(tmp_path, "--count", count)
     assert res.exit_code == 2 and "--count" in res.output
+    assert calls == []
+
+
+def test_source_address_reaches_the_fleet_and_a_bad_one_is_refused_naming_the_flag(tmp_path: Any, calls: list) -> None:
+    res = _agent(tmp_path, "--count", "500", "--source-address", "127.0.3.1")
+    assert res.exit_code == 0, res.output
+    assert calls == [("many", ("v", 500)), ("source", "127.0.3.1")]
+    calls.clear()
+    res = _agent(tmp_path, "--count", "500", "--source-address", "127.0.3")
+    assert res.exit_code == 2 and "--source-address" in res.output and "not an IP address" in res.output
+    res = _agent(tmp_path, "--source-address", "127.0.3.1")       # one machine: its client is not the fleet's
+    assert res.exit_code == 2 and "--source-address needs --count" in res.output
     assert calls == []
