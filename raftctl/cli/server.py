@@ -59,6 +59,10 @@ def register(cli: click.Group) -> None:
                        "and a TTL of the same multiple (Nomad's max_heartbeats_per_second). 1,000/s x ~230-260 us "
                        "of leader CPU per agent request (docs/scaling.md) = a quarter of its core; 3,000 machines "
                        "beat every 3 s, 10,000 every 10 s. 0: no budget. Every replica takes the same value.")
+    @click.option("--max-connections", type=click.IntRange(0), default=0, show_default=True,
+                  help="Open API connections at most; past it a new connection is answered 503 overloaded and closed, "
+                       "so clients cannot take the descriptors the Raft log needs. 0: the open-files limit (raised "
+                       "to its hard limit at start) minus 512.")
     @click.option("--max-body", default="1Mi", show_default=True,
                   help="Largest JSON/CBOR request body; larger ones get 413 too_large (blob uploads stream apart).")
     @click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
@@ -70,7 +74,7 @@ def register(cli: click.Group) -> None:
     def server(node_id: str, data_dir: str, raft_addr: str, peers: tuple[str, ...], api_addr: str,
                advertise_api: str | None, secret: str | None, secret_file: str | None, insecure_dev: bool,
                dns_port: int | None, compact_entries: int, heartbeat_ttl: str, heartbeat_interval: str, max_heartbeats: int,
-               max_body: str,
+               max_connections: int, max_body: str,
                tls_cert: str | None, tls_key: str | None, tls_ca: str | None, log_level: str) -> None:
         """Run a control replica (Raft member + HTTP API; the leader runs the controllers)."""
         from raftctl.node.replica import ServerConfig, serve
@@ -103,5 +107,6 @@ def register(cli: click.Group) -> None:
                            insecure_dev=insecure_dev, dns_port=dns_port, advertise_api=advertise_api,
                            compact_entries=compact_entries, max_body=_body_limit(max_body),
                            heartbeat_ttl_s=ttl_s, heartbeat_interval_s=interval_s,
-                           max_heartbeats_per_s=max_heartbeats, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+                           max_heartbeats_per_s=max_heartbeats, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                           max_connections=max_connections)
         asyncio.run(serve(cfg))

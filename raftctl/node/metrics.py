@@ -83,6 +83,18 @@ class ReplicaCollector:
             g = GaugeMetricFamily(name, doc)
             g.add_metric([], value)
             yield g
+        admitting = r.runner.admitting if getattr(r, "runner", None) is not None else None
+        if admitting is not None:
+            for name, value, doc in (
+                    ("raftctl_api_connections", admitting.live, "API connections open on this replica"),
+                    ("raftctl_api_connections_limit", admitting.limit, "Open API connections allowed "
+                     "(--max-connections; past it a new connection is answered 503 overloaded and closed)")):
+                g = GaugeMetricFamily(name, doc)
+                g.add_metric([], value)
+                yield g
+            refused = CounterMetricFamily("raftctl_api_connections_refused", "API connections refused over the limit")
+            refused.add_metric([], admitting.refused)
+            yield refused
         counts = r.read(lambda s: (len(s.jobs), len(s.placements), len(s.machines)))
         for name, value in zip(("raftctl_jobs", "raftctl_placements", "raftctl_machines"), counts):
             g = GaugeMetricFamily(name, f"Number of {name.split('_')[1]} in the state")

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 import aiohttp
-from aiohttp import web
 
 from raftctl.clock import SYSTEM, Clock
 from raftctl.discovery.dns import DnsServer
@@ -25,6 +24,7 @@ from raftctl.node.leader import Leadership, every
 from raftctl.node.proposer import Proposer
 from raftctl.node.raft import RaftNode
 from raftctl.node.rollout import RolloutController
+from raftctl.node.admission import AdmittingRunner, Listener, default_limit, raise_fd_limit
 from raftctl.node.scheduling import SchedulerLoop
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import Result
@@ -59,6 +59,7 @@ class ServerConfig:
     tls_cert: str | None = None    # serve the API over HTTPS with this certificate and key
     tls_key: str | None = None
     tls_ca: str | None = None      # verify other replicas with this CA (default: the system trust store)
+    max_connections: int = 0       # open API connections at most (admission.py); 0: the open-files limit - reserve
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -88,7 +89,8 @@ class Replica:
         self.leader_changes = 0
         self._role = "follower"
         self._tasks: list[asyncio.Task] = []
-        self.runner: web.AppRunner | None = None
+        self.runner: AdmittingRunner | None = None
+        self.listener: Listener | None = None
         self.leadership: Leadership | None = None
         self.http: aiohttp.ClientSession | None = None
         self.controller_factories: list[Any] = [SchedulerLoop, RolloutController, Autoscaler]
@@ -116,12 +118,13 @@ class Replica:
         connector = aiohttp.TCPConnector(ssl=client_ssl) if client_ssl is not None else None
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15, sock_connect=2), connector=connector)
         app = make_app(self)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)  # long polls must not hold shutdown
+        limit = self.cfg.max_connections or default_limit(raise_fd_limit())
+        self.runner = AdmittingRunner(app, limit=limit, access_log=None,
+                                      shutdown_timeout=1.0)  # long polls must not hold shutdown
         await self.runner.setup()
         host, port = self.cfg.api.rsplit(":", 1)
-        site = web.TCPSite(self.runner, host, int(port), reuse_address=True, ssl_context=server_ssl,
-                           backlog=API_BACKLOG)
-        await site.start()
+        self.listener = Listener(self.runner, host, int(port), ssl=server_ssl, backlog=API_BACKLOG)
+        await self.listener.start()
         self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
         self.dns = None
         if self.cfg.dns_port is not None:
@@ -151,6 +154,8 @@ class Replica:
             await self.proposer.stop()
         if self.dns is not None:
             await self.dns.stop()
+        if self.listener is not None:
+            await self.listener.stop()
         if self.runner:
             await self.runner.cleanup()
         if self.http is not None:

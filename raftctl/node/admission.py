@@ -1,0 +1,176 @@
+"""A bound on the API's open connections, so a flood of clients cannot take the file descriptors the Raft log needs.
+
+At 10,000 simulated machines every replica reached its 20,000 descriptors in two minutes (clients that gave up
+and tried again, each on a new connection): ``accept()`` failed with EMFILE ~1,000 times a minute, and so did the
+Raft thread's write of the term/vote file (``raft.journal.meta.tmp``), in the middle of elections. Every client
+can open connections; none may make the durable journal fail.
+
+``Listener`` is the API's accept loop: it takes one connection at a time and, while ``limit`` connections are open
+(``AdmittingServer.live``), answers the new one at once with ``503 overloaded`` (``Retry-After: 1``,
+``Connection: close``; over TLS it is only closed) and closes it, before reading anything, so a refused
+connection holds its descriptor for one write. asyncio's own accept loop (what aiohttp's TCPSite uses) accepts up
+to the backlog's worth of connections per wake-up before any protocol sees one, so a check in the protocol
+factory comes after the descriptors are gone. An accept that fails (EMFILE, ENFILE, ENOBUFS) is retried after a
+pause, never ends the loop. The limit's default leaves ``RESERVE_FDS`` of the process's descriptor limit to the
+journal, snapshots, the Raft peers' sockets and outbound HTTP (``default_limit``); ``raise_fd_limit`` first lifts
+the soft limit to the hard one, as Go's runtime does for every Go server (etcd's included).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import socket
+import ssl as ssl_module
+import time
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+log = logging.getLogger("raftctl.node")
+
+__all__ = ["AdmittingRunner", "AdmittingServer", "Listener", "RESERVE_FDS", "default_limit", "raise_fd_limit",
+           "refusal"]
+
+RESERVE_FDS = 512
+"""Descriptors kept from the API: the journal and its meta file, snapshots being written or sent, the Raft
+peers' connections, outbound HTTP (write forwarding, blob copies), the DNS socket, logs."""
+
+
+def raise_fd_limit() -> int:
+    """Lift this process's soft RLIMIT_NOFILE to its hard limit; the soft limit in force afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d to %d: %s", soft, want, exc)
+    return soft
+
+
+def default_limit(fd_limit: int) -> int:
+    """The API's connection limit for a process allowed ``fd_limit`` descriptors (at least 64)."""
+    return max(64, fd_limit - RESERVE_FDS)
+
+
+def refusal() -> bytes:
+    """The answer to a connection over the limit (an API error body, like every other)."""
+    body = json.dumps({"error": {"code": "overloaded", "message": "too many open connections to this replica; "
+                                 "try another replica or again in a second", "details": {}}}).encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+            b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+class AdmittingServer(web.Server):
+    """aiohttp's Server counting the connections whose transport is open (``live``); ``Listener`` refuses new
+    ones while ``live`` is at ``limit`` (``refused`` counts them)."""
+
+    limit: int
+    live: int
+    refused: int
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        self.live += 1
+        super().connection_made(handler, transport)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        self.live -= 1
+        super().connection_lost(handler, exc)
+
+
+class AdmittingRunner(web.AppRunner):
+    """An AppRunner whose server is an :class:`AdmittingServer` with this ``limit``."""
+
+    def __init__(self, app: web.Application, *, limit: int, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.limit = limit
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # the application builds its own Server (its handler, request factory and the runner's keywords); the
+        # subclass only adds the counting, so the instance changes class rather than being built a second way
+        server.__class__ = AdmittingServer
+        assert isinstance(server, AdmittingServer)
+        server.limit, server.live, server.refused = self.limit, 0, 0
+        return server
+
+    @property
+    def admitting(self) -> AdmittingServer | None:
+        server = self.server
+        return server if isinstance(server, AdmittingServer) else None
+
+
+class Listener:
+    """The accept loop of ``runner``'s API on ``host:port`` (see the module's docstring)."""
+
+    RETRY_S = 0.1        # pause after a failed accept (EMFILE and the like)
+
+    def __init__(self, runner: AdmittingRunner, host: str, port: int, *, ssl: ssl_module.SSLContext | None = None,
+                 backlog: int = 128) -> None:
+        self.runner, self.host, self.port, self.ssl, self.backlog = runner, host, port, ssl, backlog
+        self.sock: socket.socket | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.pending: set[asyncio.Task[None]] = set()   # accepted, not yet handed to the server (TLS handshakes)
+        self.failed_accepts = 0
+        self._last_warning = 0.0
+
+    async def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self.sock = socket.create_server((self.host, self.port), family=family, backlog=self.backlog)
+        self.sock.setblocking(False)
+        self.task = asyncio.create_task(self._serve(), name=f"api-accept-{self.host}:{self.port}")
+
+    async def stop(self) -> None:
+        for t in [self.task, *self.pending]:
+            if t is not None:
+                t.cancel()
+        await asyncio.gather(*[t for t in [self.task, *self.pending] if t is not None], return_exceptions=True)
+        if self.sock is not None:
+            self.sock.close()
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        server = self.runner.admitting
+        assert self.sock is not None and server is not None
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:       # out of descriptors or buffers: the connections in the queue wait
+                self.failed_accepts += 1
+                if time.monotonic() - self._last_warning > 10:
+                    self._last_warning = time.monotonic()
+                    log.warning("API accept failed (%d so far): %s; %d connections open, limit %d",
+                                self.failed_accepts, exc, server.live, server.limit)
+                await asyncio.sleep(self.RETRY_S)
+                continue
+            if server.live + len(self.pending) >= server.limit:
+                server.refused += 1
+                self._refuse(conn)
+                continue
+            # a task per connection: a TLS handshake must not hold the accept loop (nor a slow client's)
+            task = asyncio.create_task(self._connect(loop, conn))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+        try:
+            await loop.connect_accepted_socket(self.runner.server, conn, ssl=self.ssl)  # type: ignore[arg-type]
+        except Exception as exc:         # a TLS handshake that failed, a peer already gone: this connection only
+            log.debug("API connection dropped before its first request: %s", exc)
+            conn.close()
+
+    def _refuse(self, conn: socket.socket) -> None:
+        try:
+            if self.ssl is None:
+                conn.setblocking(False)
+                conn.send(refusal())     # a fresh socket's send buffer takes it whole
+        except OSError:
+            pass
+        finally:
+            conn.close()
