@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from raftctl.agent.runtime.base import Resources
+from raftctl.agent.runtime.base import Resources, RuntimeError_
 from tests.agent.conftest import wait_for
 
 pytestmark = pytest.mark.root
@@ -143,20 +143,62 @@ def test_a_command_without_a_term_handler_stops_on_sigterm(runc_driver, run):
     assert took < 10, f"stop waited {took:.1f}s: SIGTERM did not reach the command"
 
 
-def test_a_stop_waits_for_runc_init_to_exec_the_command_before_its_sigterm(runc_driver, make_spec):
+def test_a_stop_waits_for_runc_init_to_exec_the_command_before_its_sigterm(runc_driver, make_spec, tmp_path):
     """A container is "running" a moment before runc's own init (a Go program) execs the command; a SIGTERM then
-    made the Go runtime exit 2 as PID 1 (a CI run: [143, 143, 143, 143, 143, 2]). The stop waits for the exec."""
+    made the Go runtime exit 2 as PID 1 (a CI run: [143, 143, 143, 143, 143, 2]). The stop waits for the exec:
+    _wait_init_exec is False while the pid's comm is runc's init (here a process named so, exec'ing 0.5 s later)
+    and True once it exec'd, and a started container's pid is its command, not runc's init, once it returned."""
+    import subprocess
+    import sys
+    named = subprocess.Popen([sys.executable, "-c", (
+        "import ctypes, os, time; ctypes.CDLL(None).prctl(15, b'runc:[2:INIT]', 0, 0, 0); time.sleep(0.5); "
+        "os.execv('/bin/sleep', ['sleep', '30'])")])
+    try:
+        wait_for(lambda: open(f"/proc/{named.pid}/comm").read().startswith("runc:"), what="the name")
+        assert runc_driver._wait_init_exec(named.pid, 0.2) is False
+        assert runc_driver._wait_init_exec(named.pid, 5.0) is True
+        assert open(f"/proc/{named.pid}/comm").read() == "sleep\n"
+    finally:
+        named.kill()
+        named.wait()
     spec = make_spec(["sleep", "300"])
     runc_driver.create(spec)
     try:
-        pid = runc_driver.status(spec.id).pid
-        assert pid and open(f"/proc/{pid}/comm").read().startswith("runc:")
-        assert runc_driver._wait_init_exec(pid, 0.3) is False          # created: runc init waits on its fifo
         runc_driver.start(spec.id)
+        pid = runc_driver.status(spec.id).pid
         assert runc_driver._wait_init_exec(pid, 5.0) is True
         assert not open(f"/proc/{pid}/comm").read().startswith("runc:")
     finally:
         runc_driver.remove(spec.id)
+
+
+def test_a_created_container_runs_nothing_until_its_start_and_stops_and_removes_before_it(runc_driver, make_spec):
+    """create makes the bundle, root and config; start runs it (one `runc run --detach` in the shim). Until then
+    runc knows no container and no process of it exists: it is "created", a stop or kill has nothing to signal,
+    a remove leaves nothing; a second start of a started container is refused."""
+    spec = make_spec(["sleep", "300"])
+    runc_driver.create(spec)
+    try:
+        obs = runc_driver.status(spec.id)
+        assert (obs.state, obs.pid) == ("created", None)
+        assert runc_driver._run("state", spec.id, check=False).returncode != 0      # runc knows none yet
+        runc_driver.kill(spec.id)
+        assert runc_driver.stop(spec.id, grace_s=5).state == "created"
+        assert spec.id in runc_driver.list_existing()
+    finally:
+        runc_driver.remove(spec.id)
+    assert runc_driver.status(spec.id).state == "missing" and spec.id not in runc_driver.list_existing()
+    again = make_spec(["sleep", "300"])
+    runc_driver.create(again)
+    try:
+        runc_driver.start(again.id)
+        obs = runc_driver.status(again.id)
+        assert obs.state == "running" and obs.pid
+        with pytest.raises(RuntimeError_, match="not a created one"):
+            runc_driver.start(again.id)
+        assert runc_driver.stop(again.id, grace_s=5).exit_code == 143
+    finally:
+        runc_driver.remove(again.id)
 
 
 def test_a_stop_right_after_the_start_of_a_throttled_container_still_stops_it_on_sigterm(runc_driver, run):

@@ -3,6 +3,7 @@
 Per container, under ``<data_dir>/containers/<id>/``: ``config.json``, ``spec.json``
 (the ContainerSpec, for adoption), ``rootfs/`` (btrfs snapshot or overlay mount of the
 unpacked image, with ``upper/`` + ``work/``), ``data/`` (the private writable /data),
+``shim.json`` (what the shim runs: ``runc run --detach``; written by create, handed to a shim by start),
 ``init.pid``, ``started_at``, ``owner.json`` (the cluster and machine that created it) and, once the
 container has exited, ``exit.json`` written by its shim (see shim.py). runc keeps its own state under
 ``<data_dir>/runc``. The one name outside the data dir, the container's cgroup, is
@@ -40,6 +41,7 @@ TERM_AGAIN_S = 1.0     # a stop sends SIGTERM again this often during its grace 
 INIT_EXEC_WAIT_S = 2.0  # a stop waits at most this long for runc init to exec the command (see _wait_init_exec)
 SWEEP_EVERY_S = 30.0   # network leftovers of vanished containers are looked for at most this often
 SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim.py")
+SHIM_CFG = "shim.json"   # the shim's config, written by create; its shim.pid says it was handed to a shim (start)
 SCOPE_LOCKS = "/run/raftctl"   # <cluster>.lock: creates hold it shared, pruning an empty cluster cgroup exclusively
 
 
@@ -311,17 +313,12 @@ class RuncDriver(Driver):
             "mode": "runc", "state_dir": b, "stdout": streams["stdout"], "stderr": streams["stderr"],
             "pid_file": os.path.join(b, "init.pid"),
             "memory_cgroup": self.cgroup(spec.id).memory_dir(),
-            "argv": self._argv("--log", os.path.join(b, "runc.log"), "create", "--bundle", b,
+            "argv": self._argv("--log", os.path.join(b, "runc.log"), "run", "--detach", "--bundle", b,
                                "--pid-file", os.path.join(b, "init.pid"), spec.id),
         }
-        pid = self.shims.run(b, shim_cfg)
-        if pid is None:
-            raise RuntimeError_(f"runc create {spec.id} failed: {self._runc_log_tail(spec.id)}")
-        stat = proc_stat(pid)
-        if stat:
-            with open(os.path.join(b, "init.start"), "w") as f:
-                f.write(stat[1])
-        log.info("created %s (init pid %d, job %s replica %d)", spec.id, pid, spec.job, spec.replica)
+        with open(os.path.join(b, SHIM_CFG), "w") as f:
+            json.dump(shim_cfg, f)
+        log.info("created %s (bundle ready, job %s replica %d)", spec.id, spec.job, spec.replica)
         return spec.id
 
     def _host_base(self, root: str, b: str, uid: int, gid: int) -> tuple[list[str], dict[str, str]]:
@@ -372,10 +369,26 @@ class RuncDriver(Driver):
         return "; ".join(msgs) or "no runc log"
 
     def start(self, id: str) -> None:
-        self._run("start", id)
-        with open(os.path.join(self.bundle(id), "started_at"), "w") as f:
+        """Hand the created bundle to a shim, which runs it with one `runc run --detach` (one runc process where
+        `runc create` + `runc start` were two: a Go runtime start-up less on every start) and stays its parent."""
+        b = self.bundle(id)
+        if not self._waiting(id):
+            raise RuntimeError_(f"container {id} is not a created one waiting for its start")
+        pid = self.shims.run(b)
+        if pid is None:
+            raise RuntimeError_(f"runc run {id} failed: {self._runc_log_tail(id)}")
+        stat = proc_stat(pid)
+        if stat:
+            with open(os.path.join(b, "init.start"), "w") as f:
+                f.write(stat[1])
+        with open(os.path.join(b, "started_at"), "w") as f:
             f.write(repr(time.time()))
-        log.info("started %s", id)
+        log.info("started %s (init pid %d)", id, pid)
+
+    def _waiting(self, id: str) -> bool:
+        """Created and not yet handed to a shim: no runc container and no process exist for it yet."""
+        b = self.bundle(id)
+        return os.path.exists(os.path.join(b, SHIM_CFG)) and not os.path.exists(os.path.join(b, "shim.pid"))
 
     def _fast_running(self, id: str, started_at: float | None) -> Observed | None:
         """Running without asking runc: init.pid is alive, not a zombie, and has the start
@@ -390,6 +403,8 @@ class RuncDriver(Driver):
         return Observed("running", pid=pid, started_at=started_at)
 
     def kill(self, id: str, sig: int = signal.SIGKILL) -> None:
+        if self._waiting(id):
+            return                                              # nothing runs yet
         r = self._run("kill", id, str(int(sig)), check=False)
         if r.returncode != 0 and "not running" not in r.stderr and "process already finished" not in r.stderr:
             raise RuntimeError_(f"runc kill {id} failed: {r.stderr.strip()}")
@@ -416,8 +431,8 @@ class RuncDriver(Driver):
 
     def stop(self, id: str, grace_s: float = 10.0) -> Observed:
         obs = self.status(id)
-        if obs.state not in ("running", "created"):
-            return obs
+        if obs.state not in ("running", "created") or obs.pid is None and self._waiting(id):
+            return obs                                          # nothing runs (a created one is never started)
         if obs.state == "running" and grace_s > 0:
             # SIGTERM again every TERM_AGAIN_S of the grace: one that reaches the container's PID 1 before it has
             # exec'd tini (or before tini blocked its signals) is dropped, as PID 1 of a pid namespace ignores
@@ -449,6 +464,8 @@ class RuncDriver(Driver):
             fast = self._fast_running(id, started_at)
             if fast is not None:
                 return fast
+            if self._waiting(id):
+                return Observed("created")
             r = self._run("state", id, check=False)
             if r.returncode != 0:
                 return Observed("missing", reason="runc knows no such container")
@@ -583,6 +600,7 @@ class ShimPool:
         self.err_path = err_path
         self.lock = threading.Lock()
         self.idle: tuple[subprocess.Popen, int, int] | None = None
+        self.closed = False
         self._warm()
 
     def _warm(self) -> None:
@@ -602,10 +620,10 @@ class ShimPool:
             os.close(ready_w)
         self.idle = (proc, cmd_w, ready_r)
 
-    def run(self, state_dir: str, cfg: dict[str, Any], timeout: float = 30.0) -> int | None:
-        cfg_path = os.path.join(state_dir, "shim.json")
-        with open(cfg_path, "w") as f:
-            json.dump(cfg, f)
+    def run(self, state_dir: str, timeout: float = 30.0) -> int | None:
+        """Hand ``<state_dir>/shim.json`` to the idle shim; the container's init pid, None on failure. The next
+        shim is started once this one answered, so its Python start-up does not compete with the container's."""
+        cfg_path = os.path.join(state_dir, SHIM_CFG)
         with self.lock:
             if self.idle is None:
                 self._warm()
@@ -616,12 +634,17 @@ class ShimPool:
                 os.write(cmd_w, cfg_path.encode() + b"\n")
             finally:
                 os.close(cmd_w)
-            self._warm()
-        proc.wait()
-        return read_ready(ready_r, state_dir, timeout)
+        try:
+            proc.wait()
+            return read_ready(ready_r, state_dir, timeout)
+        finally:
+            with self.lock:
+                if self.idle is None and not self.closed:
+                    self._warm()
 
     def close(self) -> None:
         with self.lock:
+            self.closed = True
             if self.idle is not None:
                 proc, cmd_w, ready_r = self.idle
                 self.idle = None

@@ -6,8 +6,9 @@ CMD_FD so Python's start-up is off the container start path (EOF = exit quietly)
 detaches (double fork + setsid) so it outlives the agent, becomes a child subreaper,
 points stdout/stderr at the container's log files (opened O_APPEND, so the agent can
 rotate them by copy-truncate and a slow disk never blocks on a pipe), then either
-``runc create``s the container (mode "runc") or starts the command itself (mode
-"process"). It writes ``ok <pid>`` or ``err <message>`` to READY_FD, reaps orphans
+runs the container with ``runc run --detach`` (mode "runc": the container's init is
+reparented to the shim when runc exits) or starts the command itself (mode "process").
+It writes ``ok <pid>`` or ``err <message>`` to READY_FD, reaps orphans
 until the container's init exits, and writes ``exit.json`` ({code, signal, oom_kills, at}).
 """
 import ctypes
@@ -84,6 +85,8 @@ def main():
     if os.fork() != 0:
         os._exit(0)                                     # the agent reaps this one at once
     os.setsid()
+    libc = ctypes.CDLL(None, use_errno=True)            # before the command arrives: off the start path
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     if warm:
         buf = b""
         while not buf.endswith(b"\n"):
@@ -95,8 +98,6 @@ def main():
         cfg_path = buf.decode().strip()
     with open(cfg_path) as f:
         cfg = json.load(f)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     null = os.open("/dev/null", os.O_RDONLY)
     os.dup2(null, 0)
     for fd, path in ((1, cfg["stdout"]), (2, cfg["stderr"])):
@@ -118,7 +119,7 @@ def main():
         creator = _spawn(cfg["argv"])
         _, status = os.waitpid(creator, 0)
         if os.waitstatus_to_exitcode(status) != 0:
-            ready(f"err runc create exited {os.waitstatus_to_exitcode(status)}")
+            ready(f"err runc exited {os.waitstatus_to_exitcode(status)}")
             return 1
         with open(cfg["pid_file"]) as f:
             pid = int(f.read().strip())
