@@ -21,6 +21,7 @@ from raftctl.scheduler import schedule
 from raftctl.scheduler.dirty import affected_jobs
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.records import Job, Machine, Placement, list_to_wire
+from raftctl.statemachine.state import MachineUsage
 
 log = logging.getLogger("raftctl.scheduler")
 
@@ -106,9 +107,13 @@ def _swallow(fut: asyncio.Future) -> None:
         fut.exception()  # retrieved: an abandoned plan's PlanAbandoned is expected, not "never retrieved"
 
 
-def _inputs(s: Any) -> tuple[dict[str, Job], dict[str, Placement], dict[str, Machine], int]:
-    # shallow copies under the apply lock (cheap); the pure scheduler runs outside it
-    return dict(s.jobs), dict(s.placements), dict(s.machines), s.index
+def _inputs(s: Any) -> tuple[dict[str, Job], dict[str, Placement], dict[str, Machine], int,
+                            dict[str, MachineUsage] | None]:
+    # shallow copies under the apply lock (cheap); the pure scheduler runs outside it. Each machine's usage entry is
+    # immutable (apply replaces it), so the copy of State.usage matches the copy of the placements. A stand-in
+    # state without that index (tests/unit/test_scheduler.py's loop_state) gives None: the pass computes it
+    usage = getattr(s, "usage", None)
+    return dict(s.jobs), dict(s.placements), dict(s.machines), s.index, None if usage is None else dict(usage)
 
 
 def _watch_key(s: Any) -> int:
@@ -258,7 +263,7 @@ class SchedulerLoop:
                 continue
             seen = key
             since = None if last is None or resync else last_index
-            jobs, placements, machines, index, touched = self.replica.read(
+            jobs, placements, machines, index, usage, touched = self.replica.read(
                 lambda s: (*_inputs(s), _touched(s, since)))  # noqa: B023
             # Between two resyncs a pass covers only the jobs the change can give work to (dirty.py); a resync,
             # the first pass and the pass after a failed or refused one cover every job.
@@ -284,7 +289,8 @@ class SchedulerLoop:
             try:
                 fut = loop.run_in_executor(None, lambda: schedule(  # noqa: B023
                     jobs, placements, machines, index=index, now=now, check=gil_offer(),  # noqa: B023
-                    job_names=names, pack=not stream, emit=streamed.emit if streamed else None))  # noqa: B023
+                    job_names=names, pack=not stream, emit=streamed.emit if streamed else None,  # noqa: B023
+                    usage=usage))  # noqa: B023
                 if streamed is not None:
                     fut.add_done_callback(lambda _: streamed.queue.put_nowait(None))  # noqa: B023
                     await streamed.consume()

@@ -74,8 +74,8 @@ def machines(s: State) -> list[dict[str, Any]]:
     for row in rows:
         mid = row["id"]
         m = s.machines[mid]
-        used, _ = machine_usage(s, mid)
-        live = sum(1 for p in s.by_machine.get(mid, ()) if s.placements[p].holds_resources())
+        used, _ = machine_usage(s, mid)   # both read the state's usage index: no walk of the machine's placements
+        live = s.usage[mid].held if mid in s.usage else 0
         out.append({**row, "state": m.state(live > 0), "allocated": used, "placements": live})
     return out
 

@@ -14,11 +14,13 @@ from raftctl.scheduler.plan import Check, NewPlacement, Plan, no_check
 from raftctl.scheduler.preemption import preempt_for
 from raftctl.scheduler.reconcile import Reconciled, current_spec, reconcile
 from raftctl.statemachine.records import Constraint, Job, JobSpec, Machine, Placement
+from raftctl.statemachine.state import MachineUsage
 
 
 def schedule(jobs: Mapping[str, Job], placements: Mapping[str, Placement], machines: Mapping[str, Machine], *,
              index: int, now: int, job_names: list[str] | None = None, check: Check = no_check,
-             pack: bool = True, emit: Callable[[list[NewPlacement]], None] | None = None) -> Plan:
+             pack: bool = True, emit: Callable[[list[NewPlacement]], None] | None = None,
+             usage: Mapping[str, MachineUsage] | None = None) -> Plan:
     """One scheduling pass over ``job_names`` (default: every job), highest priority first, then the packing
     repair (``pack=False``: the greedy pass alone, for comparisons).
 
@@ -26,8 +28,11 @@ def schedule(jobs: Mapping[str, Job], placements: Mapping[str, Placement], machi
     (so a caller can commit them while the pass goes on); they are final, so such a pass runs no packing repair.
 
     ``check`` is called between units of work (a machine filtered, a replica placed); a caller that must give
-    up (a dry run past its time bound) makes it raise, and the pass stops there."""
-    pass_ = Pass(Plan(index=index), placements, machines, check)
+    up (a dry run past its time bound) makes it raise, and the pass stops there.
+
+    ``usage``, when given, is each machine's usage by ``placements`` (``State.usage``, copied with them): the
+    machine views are built from it without a walk over every placement."""
+    pass_ = Pass(Plan(index=index), placements, machines, check, usage)
     for p in placements.values():
         pass_.by_job.setdefault(p.job, []).append(p)
     # highest priority first; within a priority, biggest replicas first (best-fit decreasing packs tighter)
@@ -59,9 +64,10 @@ class Pass:
     placements; issue 15). Stops decided before then are released into the views as they are built."""
 
     def __init__(self, plan: Plan, placements: Mapping[str, Placement], machines: Mapping[str, Machine],
-                 check: Check) -> None:
+                 check: Check, usage: Mapping[str, MachineUsage] | None = None) -> None:
         self.plan = plan
         self.placements = placements
+        self.usage = usage
         self.machines = machines
         self.check = check
         self.by_job: dict[str, list[Placement]] = {}
@@ -74,7 +80,7 @@ class Pass:
     @property
     def views(self) -> dict[str, MachineView]:
         if self._views is None:
-            views = build_views(self.machines, self.placements)
+            views = build_views(self.machines, self.placements, self.usage)
             self._opened = {mid for mid, v in views.items() if v.empty()}   # machines that held nothing before
             for pid in sorted(self.stopping):   # stopped or preempted so far (a purged job's stops hold nothing)
                 release(views, self.placements[pid])

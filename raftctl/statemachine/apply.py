@@ -19,7 +19,7 @@ from raftctl.statemachine import commands as c
 from raftctl.statemachine.records import (DIGEST_RE, HEALTH_STATES, IMAGE_NAME_RE, PLACEMENT_STATES, Deployment, Drain,
                                           Image, Job, JobSpec, JobVersion, Machine, Placement, PlanItem, PlanStop,
                                           RecordError, container_port, from_wire, list_from_wire)
-from raftctl.statemachine.state import MAX_DEDUP, MAX_EVENTS, State, machine_usage
+from raftctl.statemachine.state import MAX_DEDUP, MAX_EVENTS, NO_USAGE, State
 from raftctl.statemachine.subnets import DEFAULT_POOL, PoolError, allocate_address, allocate_subnet, subnet_key
 
 ROLES = ("admin", "deployer", "operator", "reader", "agent")
@@ -263,7 +263,7 @@ def _publish(state: State, p: Placement, spec: JobSpec) -> None:
 def _set_placement(s: State, p: Placement, at: int, **changes: Any) -> Placement:
     """Store ``p`` with ``changes`` (and its update time and index); the stored record."""
     new = replace(p, updated_at=at, modify_index=s.index, **changes)
-    s.placements[p.id] = new
+    s.put_placement(new)
     s.touch_machine(p.machine)
     s.touch_job(p.job)
     return new
@@ -470,10 +470,9 @@ def _claim_epoch(state: State, cmd: c.ClaimEpoch) -> dict[str, Any]:
     return {"epoch": cmd.term}
 
 
-def _fits(state: State, machine: str, resources: dict[str, int], ports: dict[str, int],
-          usage: dict[str, tuple[dict[str, int], set[int]]] | None = None) -> str | None:
-    """Why a new placement does not fit on ``machine`` now (None if it fits). ``usage`` caches
-    :func:`machine_usage` per machine across one plan's items (the plan adds to it as it places)."""
+def _fits(state: State, machine: str, resources: dict[str, int], ports: dict[str, int]) -> str | None:
+    """Why a new placement does not fit on ``machine`` now (None if it fits), from the machine's usage index
+    (``State.usage``, which each placement a plan adds is counted in at once)."""
     m = state.machines.get(machine)
     if m is None:
         return f"machine {machine} does not exist"
@@ -481,16 +480,12 @@ def _fits(state: State, machine: str, resources: dict[str, int], ports: dict[str
         return f"machine {machine} is down"
     if m.drain is not None or not m.eligible:
         return f"machine {machine} is not schedulable"
-    if usage is None:
-        used, taken = machine_usage(state, machine)
-    else:
-        if machine not in usage:
-            usage[machine] = machine_usage(state, machine)
-        used, taken = usage[machine]
+    u = state.usage.get(machine, NO_USAGE)
     capacity = m.resources
-    for k in ("cpu", "memory", "pids"):
-        if used[k] + resources.get(k, 0) > capacity[k]:
+    for k, used in (("cpu", u.cpu), ("memory", u.memory), ("pids", u.pids)):
+        if used + resources.get(k, 0) > capacity[k]:
             return f"insufficient {k} on {machine}"
+    taken = u.ports
     lo, hi = m.ports
     for port in ports.values():
         if port in taken:
@@ -543,13 +538,10 @@ def _plan(state: State, cmd: c.Plan) -> dict[str, Any]:
               "pending must map job names to reasons (strings)", "pending")
     idx = _bump(state, "placements")
     placed, rejected, stopped = [], [], []
-    placements, jobs, by_job, by_machine = state.placements, state.jobs, state.by_job, state.by_machine
+    placements, jobs, by_job = state.placements, state.jobs, state.by_job
     # (replica, version) slots held per job, computed once per plan and kept up to date as it places:
     # scanning the job's placements for every item made a plan of n items cost O(n^2) on the tick thread
     taken: dict[str, set[tuple[int, int]]] = {}
-    # each machine's usage, computed once per plan and added to as it places (machine_usage scans the machine's
-    # placements: once per item made a plan cost items x placements per machine)
-    usage: dict[str, tuple[dict[str, int], set[int]]] = {}
     addresses: dict[str, set[str]] = {}  # container addresses held per machine, as usage
     for i, item in enumerate(place):
         job = jobs.get(item.job)
@@ -564,7 +556,7 @@ def _plan(state: State, cmd: c.Plan) -> dict[str, Any]:
         if (item.replica, item.version) in slots or item.replica >= job.replicas + job.surge_slots:
             rejected.append({"item": i, "reason": f"replica {item.replica} of {job.name} is already placed or not wanted"})
             continue
-        why = _fits(state, item.machine, item.resources, item.ports, usage)
+        why = _fits(state, item.machine, item.resources, item.ports)
         if why:
             rejected.append({"item": i, "reason": why})
             continue
@@ -582,16 +574,10 @@ def _plan(state: State, cmd: c.Plan) -> dict[str, Any]:
                       resources=item.resources, ports=item.ports, address=address,
                       desired="run", state="pending", health="unknown", exit_code=None, reason="",
                       created_at=cmd.at, updated_at=cmd.at, create_index=idx, modify_index=idx)
-        placements[pid] = p
-        by_machine.setdefault(p.machine, set()).add(pid)
-        by_job.setdefault(p.job, set()).add(pid)
+        state.put_placement(p)   # counted in the machine's usage at once: the next item's _fits sees it
         state.touch_machine(p.machine)
         state.touch_job(p.job)
         slots.add((item.replica, item.version))
-        used, ports_taken = usage[p.machine]  # a new placement holds resources: as machine_usage would count it
-        for k in used:
-            used[k] += p.resources.get(k, 0)
-        ports_taken.update(p.ports.values())
         placed.append(pid)
     for s in stop:
         gone = placements.get(s.placement)
@@ -642,9 +628,7 @@ def _placement_update(state: State, cmd: c.PlacementUpdate) -> dict[str, Any]:
         _event(state, cmd.at, f"placement.{cmd.state}", f"{p.id} on {p.machine} {cmd.state}"
                + (f" (code {cmd.exit_code})" if cmd.exit_code is not None else ""), job=p.job, machine=p.machine)
     if cmd.state == "stopped" and p.desired == "stop":
-        del state.placements[p.id]
-        state.by_machine.get(p.machine, set()).discard(p.id)
-        state.by_job.get(p.job, set()).discard(p.id)
+        state.drop_placement(p.id)
         state.touch_job(p.job)
     return {"placement": cmd.placement, "state": cmd.state, "health": health, "index": idx}
 

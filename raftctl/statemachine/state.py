@@ -3,20 +3,20 @@
 The tables ``images``, ``machines``, ``deployments``, ``jobs`` and ``placements`` hold immutable records
 (raftctl/statemachine/records.py); apply replaces a record to change it. ``tokens``, ``members``, ``events``,
 ``dedup`` and ``discovery`` hold plain dicts (shapes in docs/state.md). Derived indexes (placements by machine and
-by job) are rebuilt on restore and never written to a snapshot. A snapshot is the canonical CBOR of every table's
+by job, each machine's usage) are rebuilt on restore and never written to a snapshot. A snapshot is the canonical CBOR of every table's
 wire form (records.to_wire, at the one boundary in :meth:`State.to_obj`) plus a schema version, so replicas that
 applied the same log hold byte-identical snapshots; restore converts back through records.from_wire.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Final
+from typing import Any, Final, Iterable
 
 import cbor2
 import msgspec
 
-from raftctl.statemachine.records import (Deployment, Image, Job, Machine, Placement, RecordError, table_from_wire,
-                                          table_to_wire)
+from raftctl.statemachine.records import (RELEASED_STATES, Deployment, Image, Job, Machine, Placement, RecordError,
+                                          table_from_wire, table_to_wire)
 from raftctl.statemachine.subnets import subnet_key
 
 # 2: the tables hold records, written with every field of their record (a job spec stored by schema 1 may lack one
@@ -29,6 +29,28 @@ TABLES = ("machines", "jobs", "placements", "deployments", "discovery", "images"
           "members", "events", "dedup")
 MAX_EVENTS = 2000
 MAX_DEDUP = 10000
+
+
+class MachineUsage(msgspec.Struct, frozen=True, gc=False):
+    """What the placements on one machine that hold resources (``Placement.holds_resources``) use: the sums of
+    their resources, the host ports they hold, how many they are, and per (job, version) how many of them are
+    wanted running (``runs``: ((job, version), count) pairs, sorted, no zero count). What a scheduling pass's machine
+    views and apply's fit check start from.
+
+    Immutable: :meth:`State.put_placement` and :meth:`State.drop_placement` replace a machine's entry, so a
+    shallow ``dict(state.usage)`` taken under the apply lock is a consistent snapshot another thread can read
+    while apply goes on (raftctl/node/scheduling.py). A machine none of whose placements holds resources has
+    no entry."""
+
+    cpu: int = 0
+    memory: int = 0
+    pids: int = 0
+    ports: frozenset[int] = frozenset()
+    runs: tuple[tuple[tuple[str, int], int], ...] = ()
+    held: int = 0
+
+
+NO_USAGE: Final = MachineUsage()
 
 
 class State:
@@ -56,6 +78,10 @@ class State:
         # derived, not in snapshots
         self.by_machine: dict[str, set[str]] = {}
         self.by_job: dict[str, set[str]] = {}
+        # per machine, what its placements that hold resources use (MachineUsage, replaced on change); every
+        # placement is stored and removed through put_placement / drop_placement, which keep it (and by_machine,
+        # by_job) in step
+        self.usage: dict[str, MachineUsage] = {}
         self.subnets: set[int] = set()        # container subnets held by machines (subnets.subnet_key)
         # Per machine, the state index of the last command that changed what that machine's agent is assigned
         # (a placement on it added, changed or removed, its job's spec of that placement's version gone, or the
@@ -139,6 +165,48 @@ class State:
         for pid, p in self.placements.items():
             self.by_machine.setdefault(p.machine, set()).add(pid)
             self.by_job.setdefault(p.job, set()).add(pid)
+        self.usage = usage_of(self.placements.values())
+
+    # -- the one way to store or remove a placement ---------------------------
+    def put_placement(self, p: Placement) -> None:
+        """Store placement ``p``, new or replacing the one with its id, keeping the derived indexes in step
+        (placements by machine and by job, each machine's usage)."""
+        old = self.placements.get(p.id)
+        self.placements[p.id] = p
+        if old is None or old.machine != p.machine:
+            if old is not None:
+                self.by_machine.get(old.machine, set()).discard(p.id)
+            self.by_machine.setdefault(p.machine, set()).add(p.id)
+        if old is None or old.job != p.job:
+            if old is not None:
+                self.by_job.get(old.job, set()).discard(p.id)
+            self.by_job.setdefault(p.job, set()).add(p.id)
+        self._recount(old, p)
+
+    def drop_placement(self, pid: str) -> Placement:
+        """Remove placement ``pid`` (it must exist) and its share of the derived indexes; the removed record."""
+        p = self.placements.pop(pid)
+        self.by_machine.get(p.machine, set()).discard(pid)
+        self.by_job.get(p.job, set()).discard(pid)
+        self._recount(p, None)
+        return p
+
+    def _recount(self, old: Placement | None, new: Placement | None) -> None:
+        """Move ``old``'s share of its machine's usage out and ``new``'s in (either may be None or hold nothing)."""
+        old = old if old is not None and old.holds_resources() else None
+        new = new if new is not None and new.holds_resources() else None
+        if old is None and new is None or old is not None and new is not None and _share(old) == _share(new):
+            return   # the common change (a health or state report): the same share, the same entry
+        if old is not None:
+            self._set_usage(old.machine, _moved(self.usage.get(old.machine, NO_USAGE), old, -1))
+        if new is not None:
+            self._set_usage(new.machine, _moved(self.usage.get(new.machine, NO_USAGE), new, 1))
+
+    def _set_usage(self, machine: str, u: MachineUsage) -> None:
+        if u.held:
+            self.usage[machine] = u
+        else:
+            self.usage.pop(machine, None)
 
     # -- the per-machine change index ---------------------------------------
     def touch_machine(self, machine: str) -> None:
@@ -167,7 +235,7 @@ class State:
 
     def machine_live(self, machine: str) -> bool:
         """Whether a placement on ``machine`` still holds its resources (what Machine.state asks)."""
-        return any(self.placements[p].holds_resources() for p in self.by_machine.get(machine, ()))
+        return machine in self.usage
 
     def machine_state(self, m: Machine) -> str:
         """The operator-facing state of machine ``m``: active, draining, drained, down or maintenance."""
@@ -199,16 +267,57 @@ def _ordered_dedup(dedup: dict[str, dict[str, Any]], seq: dict[str, int]) -> dic
 
 
 def machine_usage(state: State, machine: str) -> tuple[dict[str, int], set[int]]:
-    """Resources and host ports held on a machine by its live placements."""
-    used = {"cpu": 0, "memory": 0, "pids": 0}
-    ports: set[int] = set()
-    placements = state.placements
-    for pid in state.by_machine.get(machine, ()):
-        p = placements[pid]
-        if not p.holds_resources():
+    """Resources and host ports held on a machine by its live placements (from ``state.usage``)."""
+    u = state.usage.get(machine, NO_USAGE)
+    return {"cpu": u.cpu, "memory": u.memory, "pids": u.pids}, set(u.ports)
+
+
+def _share(p: Placement) -> tuple[str, str, int, bool, dict[str, int], dict[str, int]]:
+    """What a placement that holds resources adds to its machine's usage (and the key it adds under)."""
+    return (p.machine, p.job, p.version, p.desired == "run", p.resources, p.ports)
+
+
+def _moved(u: MachineUsage, p: Placement, sign: int) -> MachineUsage:
+    """``u`` with placement ``p`` (which holds resources) added (``sign`` 1) or taken out (-1)."""
+    res = p.resources
+    ports = u.ports
+    if p.ports:
+        ports = ports.union(p.ports.values()) if sign > 0 else ports.difference(p.ports.values())
+    runs = u.runs
+    if p.desired == "run":
+        counts = dict(runs)
+        key = (p.job, p.version)
+        n = counts.get(key, 0) + sign
+        if n:
+            counts[key] = n
+        else:
+            counts.pop(key, None)
+        runs = tuple(sorted(counts.items()))
+    return MachineUsage(cpu=u.cpu + sign * res.get("cpu", 0), memory=u.memory + sign * res.get("memory", 0),
+                        pids=u.pids + sign * res.get("pids", 0), ports=ports, runs=runs, held=u.held + sign)
+
+
+def usage_of(placements: Iterable[Placement]) -> dict[str, MachineUsage]:
+    """Each machine's usage computed from scratch from ``placements``: what :meth:`State.rebuild_derived` builds
+    the index with, and what a scheduling pass given no index computes (raftctl/scheduler/machines.py)."""
+    acc: dict[str, tuple[list[int], set[int], dict[tuple[str, int], int]]] = {}
+    for p in placements:
+        if p.state in RELEASED_STATES:   # not Placement.holds_resources: the same test, without two calls each
             continue
+        a = acc.get(p.machine)
+        if a is None:
+            a = acc[p.machine] = ([0, 0, 0, 0], set(), {})
+        sums, ports, runs = a
         res = p.resources
-        for k in used:
-            used[k] += res.get(k, 0)
-        ports.update(p.ports.values())
-    return used, ports
+        sums[0] += res.get("cpu", 0)
+        sums[1] += res.get("memory", 0)
+        sums[2] += res.get("pids", 0)
+        sums[3] += 1
+        if p.ports:
+            ports.update(p.ports.values())
+        if p.desired == "run":
+            key = (p.job, p.version)
+            runs[key] = runs.get(key, 0) + 1
+    return {mid: MachineUsage(cpu=sums[0], memory=sums[1], pids=sums[2], ports=frozenset(ports),
+                              runs=tuple(sorted(runs.items())), held=sums[3])
+            for mid, (sums, ports, runs) in acc.items()}
