@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import json
 import os
 import shutil
@@ -72,8 +73,8 @@ def pct(xs: list[float], p: float) -> float:
 
 STEPS = [  # (label, the step's key in a start's record): in the order a start passes them
     ("PUT answered", "put"), ("Plan proposed (created_at)", "plan"), ("assignment answer at the agent", "assigned"),
-    ("converge pass began", "converge"), ("image root ready", "prepared"), ("runc create done", "created"),
-    ("runc start done", "started"), ("first probe failed", "probe_failed"), ("first probe ok", "probe_ok"),
+    ("converge pass began", "converge"), ("image root ready", "prepared"), ("driver create done", "created"),
+    ("driver start done (runc)", "started"), ("first probe failed", "probe_failed"), ("first probe ok", "probe_ok"),
     ("healthy report sent", "report_sent:running/healthy"), ("healthy report proposed (healthy_at)", "healthy_at"),
     ("healthy report answered", "report_done:running/healthy"), ("API shows healthy", "api")]
 
@@ -104,9 +105,22 @@ def read_trace(path: str) -> dict[str, dict[str, float]]:
     return steps
 
 
-def end_to_end(work: str, n: int) -> tuple[float, list[float], list[dict[str, float]]]:
+def cpu_throttled(placement: str) -> tuple[int, float] | None:
+    """(periods throttled, ms throttled) of the container of ``placement`` (its cgroup is
+    /raftctl-<cluster>/<machine>/<placement>, cgroup v1 or v2), or None if it is not found."""
+    for path in glob.glob(f"/sys/fs/cgroup/cpu/raftctl-*/*/{placement}/cpu.stat") + \
+            glob.glob(f"/sys/fs/cgroup/raftctl-*/*/{placement}/cpu.stat"):
+        stat = dict(line.split() for line in open(path) if line.strip())
+        if "throttled_usec" in stat:
+            return int(stat["nr_throttled"]), int(stat["throttled_usec"]) / 1000
+        return int(stat["nr_throttled"]), int(stat["throttled_time"]) / 1e6
+    return None
+
+
+def end_to_end(work: str, n: int, cpu: int) -> tuple[float, list[float], list[dict[str, float]]]:
     """Seconds from PUT /v1/jobs to the placement healthy: the first job (image pull) and the next n; and each of
-    the n starts' steps (wall ms)."""
+    the n starts' steps (wall ms), with the container's CPU throttling so far (``throttled``: periods,
+    ``throttled_ms``)."""
     from raftctl.client import ApiError, Client
     from raftctl.devcluster import LocalCluster
 
@@ -130,7 +144,7 @@ def end_to_end(work: str, n: int) -> tuple[float, list[float], list[dict[str, fl
         for i in range(n + 1):
             job = {"name": f"s{i}", "image": "bb:1", "base": "scratch", "replicas": 1, "network": "host",
                    "command": ["httpd", "-f", "-p", "${PORT_HTTP}", "-h", "/www"],
-                   "resources": {"cpu": "50m", "memory": "32Mi", "pids": 32}, "ports": [{"name": "http"}],
+                   "resources": {"cpu": f"{cpu}m", "memory": "32Mi", "pids": 32}, "ports": [{"name": "http"}],
                    "health": {"type": "tcp", "port": "http", "interval": "100ms", "timeout": "500ms", "failures": 3}}
             t0, w0 = time.monotonic(), time.time() * 1000
             api.request("PUT", f"/v1/jobs/s{i}", job)
@@ -159,7 +173,11 @@ def end_to_end(work: str, n: int) -> tuple[float, list[float], list[dict[str, fl
                 break
             time.sleep(0.01)
         for rec in starts:
-            rec.update(trace.get(rec.pop("id"), {}))  # type: ignore[call-overload]
+            pid = rec.pop("id")
+            rec.update(trace.get(pid, {}))  # type: ignore[call-overload]
+            throttled = cpu_throttled(pid)  # type: ignore[arg-type]
+            if throttled is not None:
+                rec["throttled"], rec["throttled_ms"] = throttled
         return times[0], times[1:], starts[1:]
     finally:
         cl.stop()
@@ -184,6 +202,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="container start latency")
     ap.add_argument("--network", choices=["host", "bridge", "both"], default="host",
                     help="bridge|both: also time bridge-mode starts (alternated with host ones)")
+    ap.add_argument("--cpu", type=int, default=50, metavar="MILLICORES",
+                    help="every container's CPU quota, the same for the driver's, bare runc's and the end-to-end "
+                         "jobs' (until 2026-12-03 the end-to-end jobs had 50m and the others 250m); the N+1 "
+                         "end-to-end jobs must fit on the one agent machine (2 cores: N=20 at most ~90m)")
     args = ap.parse_args()
     bridge = args.network in ("bridge", "both")
     if not runc_available() or not busybox_available():
@@ -209,7 +231,7 @@ def main() -> int:
             spec = ContainerSpec(id=f"bench-{os.getpid()}-{i}", job="bench", replica=i, image=digest, rootfs=image_root,
                                  command=["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/www"],
                                  log_dir=os.path.join(work, "logs", str(i)), ports={"http": port},
-                                 resources=Resources(cpu=250, memory=32 << 20, pids=32))
+                                 resources=Resources(cpu=args.cpu, memory=32 << 20, pids=32))
             t0 = time.monotonic()
             drv.create(spec)
             drv.start(spec.id)
@@ -227,7 +249,7 @@ def main() -> int:
                 bspec = ContainerSpec(id=f"bench-{os.getpid()}-b{i}", job="bench", replica=i, image=digest,
                                      rootfs=image_root, command=["httpd", "-f", "-p", str(port), "-h", "/www"],
                                      log_dir=os.path.join(work, "logs", f"b{i}"), ports={"http": port},
-                                     resources=Resources(cpu=250, memory=32 << 20, pids=32), network="bridge",
+                                     resources=Resources(cpu=args.cpu, memory=32 << 20, pids=32), network="bridge",
                                      address=addr)
                 t0 = time.monotonic()
                 drv.create(bspec)
@@ -272,12 +294,13 @@ def main() -> int:
 
     e2e_work = tempfile.mkdtemp(prefix="raftctl-bench-e2e-")
     try:
-        first, e2e, starts = end_to_end(e2e_work, N)
+        first, e2e, starts = end_to_end(e2e_work, N, args.cpu)
     finally:
         shutil.rmtree(e2e_work, ignore_errors=True)
     res["e2e_healthy"] = e2e
     ms = {k: (statistics.median(v) * 1000, pct(v, 99) * 1000) for k, v in res.items()}
-    print(f"container start, {N} busybox httpd containers, runc driver vs bare `runc run -d` (same config.json)")
+    print(f"container start, {N} busybox httpd containers ({args.cpu}m CPU each), runc driver vs bare `runc run -d` "
+          "(same config.json)")
     for what in ("run", "tcp", "http"):
         d, b = ms[f"drv_{what}"], ms[f"bare_{what}"]
         print(f"  to {what:<5} driver p50 {d[0]:7.1f} ms  p99 {d[1]:7.1f} ms   bare p50 {b[0]:7.1f} ms  p99 {b[1]:7.1f} ms"
@@ -302,6 +325,11 @@ def main() -> int:
         with open(DUMP, "w") as f:
             json.dump(starts, f)
     steps = breakdown(starts)
+    throttled = [s for s in starts if "throttled" in s]
+    if throttled:
+        print(f"CPU quota ({args.cpu}m) throttled {sum(1 for s in throttled if s['throttled'])} of {len(throttled)} "
+              f"end-to-end containers by the end of the run (median "
+              f"{statistics.median(s['throttled_ms'] for s in throttled):.1f} ms each)")
     print(f"where an end-to-end start's time goes (median of {N} starts, ms; load {os.getloadavg()[0]:.1f}):")
     print(f"  {'step':<38} {'from PUT':>9} {'this step':>10}")
     for label, since, share, count in steps:
@@ -312,7 +340,7 @@ def main() -> int:
                       "ratio_run_p50": round(ms["drv_run"][0] / ms["bare_run"][0], 3),
                       "ratio_tcp_p50": round(ratio, 3),
                       "ratio_http_p50": round(ms["drv_http"][0] / ms["bare_http"][0], 3), **bridge_ratios,
-                      "network": args.network,
+                      "network": args.network, "cpu_m": args.cpu,
                       "e2e_first_ms": round(first * 1000, 1), "ratio_e2e_p50": round(e2e_ratio, 2),
                       "breakdown_ms": {label: round(since, 1) for label, since, _, _ in steps},
                       "load1": os.getloadavg()[0]}))
