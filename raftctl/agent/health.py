@@ -40,9 +40,13 @@ class HealthPolicy:
                    grace_s=seconds(h.grace))
 
 
-STARTUP_RETRY_S = 0.01
-"""Until a container's first successful check, a failed one is tried again after this, doubling up to the interval:
-a service that listens 20 ms after its start is healthy then, not one interval (1 s by default) later."""
+STARTUP_RETRY_S = 0.005
+STARTUP_RETRY_GROWTH = 1.5
+"""Until a container's first successful check, a failed one is tried again after STARTUP_RETRY_S, each retry's delay
+STARTUP_RETRY_GROWTH times the last, up to the interval: a service that listens 20 ms after its start is healthy
+then, not one interval (1 s by default) later. Retries at 5, 12.5, 24, 41, 66, 104, 161 ms... after the first
+check find a service at most half as late again as it began to listen (doubling from 10 ms: 10, 30, 70, 150 ms,
+up to twice as late; in the start bench 7 of 10 first checks failed and the next success came 12-150 ms later)."""
 
 
 @dataclass
@@ -50,7 +54,8 @@ class HealthTracker:
     """unknown -> healthy after one success; -> unhealthy after ``failures`` consecutive
     failures once the start grace is over (failures inside the grace do not count).
 
-    Until the first success a failed check is retried sooner (``STARTUP_RETRY_S``, doubling up to the interval);
+    Until the first success a failed check is retried sooner (``STARTUP_RETRY_S``, growing by
+    ``STARTUP_RETRY_GROWTH`` up to the interval);
     of those retries a failure counts once per interval, so the threshold still takes ``failures`` intervals."""
     policy: HealthPolicy
     started_at: float
@@ -79,7 +84,7 @@ class HealthTracker:
             self.status = "healthy"
             return self.status if self.status != old else None
         if self.status == "unknown":
-            self.retry_s = min(interval, self.retry_s * 2 if self.retry_s else STARTUP_RETRY_S)
+            self.retry_s = min(interval, self.retry_s * STARTUP_RETRY_GROWTH if self.retry_s else STARTUP_RETRY_S)
             self.next_at = now + self.retry_s
         if not self.in_grace(now) and now >= self.counts_from:
             self.counts_from = now + interval

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from raftctl.agent.backoff import Backoff, should_restart
-from raftctl.agent.health import (STARTUP_RETRY_S, HealthMonitor, HealthPolicy, HealthTracker, make_probe, probe_http,
-                                  probe_tcp)
+from raftctl.agent.health import (STARTUP_RETRY_GROWTH, STARTUP_RETRY_S, HealthMonitor, HealthPolicy, HealthTracker,
+                                  make_probe, probe_http, probe_tcp)
 from raftctl.agent.runtime.base import ContainerSpec
 from raftctl.agent.runtime.sim import SimDriver, SimScript
 from raftctl.statemachine.records import Health, Restart
@@ -157,8 +157,11 @@ def test_until_the_first_success_a_failed_check_is_retried_sooner_and_counts_onc
         t.record(False, now)
         retries.append(round(t.next_at - now, 6))
         last, now = now, t.next_at
-    # 10 ms doubling up to the interval; the threshold still takes three intervals of failures, not three retries
-    assert retries[:8] == pytest.approx([STARTUP_RETRY_S * 2 ** i for i in range(7)] + [1.0])
+    # 5 ms growing by half up to the interval; the threshold still takes three intervals of failures, not retries
+    grown = [STARTUP_RETRY_S * STARTUP_RETRY_GROWTH ** i for i in range(14)]
+    assert grown[-1] < 1.0 < grown[-1] * STARTUP_RETRY_GROWTH
+    assert retries[:15] == pytest.approx(grown + [1.0], abs=1e-6)
+    assert retries[:3] == pytest.approx([0.005, 0.0075, 0.01125])
     assert t.status == "unhealthy" and 2.0 <= last < 3.0
 
 
@@ -173,7 +176,7 @@ def test_startup_retries_inside_the_grace_do_not_count():
     now = 0.5
     assert t.record(False, now) == "unhealthy"     # the grace is over: the first failure counts
     t = HealthTracker(HealthPolicy(interval_s=1, failures=1, grace_s=0.5), started_at=0.0)
-    assert t.record(False, 0.1) is None and t.next_at == pytest.approx(0.11) and t.consecutive_failures == 0
+    assert t.record(False, 0.1) is None and t.next_at == pytest.approx(0.105) and t.consecutive_failures == 0
 
 
 async def test_tcp_probe_by_ipv6_address_by_host_name_and_to_nothing_listening():

@@ -310,9 +310,10 @@ async def test_a_container_failing_its_first_check_is_reported_running_then_heal
             return (0, "") if self.clock.monotonic() - self.starts[-1] >= 0.05 else (1, "")
     d, reports, _, _ = await supervise([Run()], until=3.0, health=QUICK_CHECK, driver_class=LateListener)
     assert [(r.state, r.health) for r in reports] == [("starting", ""), ("running", "unknown"), ("running", "healthy")]
-    # retried 10 ms after the failed first check, then 20, 40 ms later: healthy at 70 ms, not one interval (1 s)
-    assert d.probes[:4] == pytest.approx([0.0, 0.01, 0.03, 0.07])
-    assert d.probes[4] == pytest.approx(1.07)          # then one per interval
+    # retried 5 ms after the failed first check, then 7.5, 11.25, 16.9, 25.3 ms later (health.STARTUP_RETRY_GROWTH):
+    # healthy at 66 ms (listening from 50 ms), not one interval (1 s) later
+    assert d.probes[:6] == pytest.approx([0.0, 0.005, 0.0125, 0.02375, 0.040625, 0.0659375])
+    assert d.probes[6] == pytest.approx(1.0659375)     # then one per interval
 
 
 async def test_a_fresh_start_skips_the_remove_and_every_restart_removes_first():
