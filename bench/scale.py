@@ -188,6 +188,22 @@ def counts(m: dict[tuple[str, str], float], name: str, **labels: str) -> float:
     return sum(v for (n, lab), v in m.items() if n == name and all(w in lab for w in want))
 
 
+def gc_share(bed: "Bed", res: dict[str, Any]) -> None:
+    """Each replica's cyclic-GC time so far (raftctl_gc_seconds_total) against its process CPU time: the collector's
+    share of what the replica spent (raftctl/node/gcstats.py)."""
+    lead = bed.leader
+    out = {}
+    for p in bed.cluster.servers:
+        m = bed.metrics(p.url)
+        gc_s = counts(m, "raftctl_gc_seconds_total")
+        cpu = cpu_s(psutil.Process(p.pid)) if p.pid else 0.0
+        out["leader" if p is lead else p.id] = {
+            "gc_s": round(gc_s, 2), "cpu_s": round(cpu, 1), "gc_share": round(gc_s / cpu, 3) if cpu else None,
+            "collections": [int(counts(m, "raftctl_gc_collections_total", generation=str(g))) for g in range(3)]}
+    res["gc"] = {"thresholds": os.environ.get("RAFTCTL_GC_THRESHOLDS", "default"), **out}
+    log(f"gc: {res['gc']}")
+
+
 def cpu_s(p: psutil.Process) -> float:
     t = p.cpu_times()
     return t.user + t.system
@@ -578,6 +594,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(args.settle)
                 phase('failover', failover)
                 phase('api', api)
+                phase('gc', lambda: gc_share(bed, res))
                 phase('restart', restart)
                 with contextlib.suppress(Exception):
                     terms["end"] = bed.call("GET", "/v1/status").get("term")

@@ -95,6 +95,17 @@ class ReplicaCollector:
             refused = CounterMetricFamily("raftctl_api_connections_refused", "API connections refused over the limit")
             refused.add_metric([], admitting.refused)
             yield refused
+        stats = getattr(r, "gc_stats", None)
+        if stats is not None:
+            runs = CounterMetricFamily("raftctl_gc_collections", "Cyclic GC collections in this replica's process",
+                                       labels=["generation"])
+            spent = CounterMetricFamily("raftctl_gc_seconds", "Time spent in cyclic GC collections",
+                                        labels=["generation"])
+            for gen in range(3):
+                runs.add_metric([str(gen)], stats.collections[gen])
+                spent.add_metric([str(gen)], stats.seconds[gen])
+            yield runs
+            yield spent
         counts = r.read(lambda s: (len(s.jobs), len(s.placements), len(s.machines)))
         for name, value in zip(("raftctl_jobs", "raftctl_placements", "raftctl_machines"), counts):
             g = GaugeMetricFamily(name, f"Number of {name.split('_')[1]} in the state")

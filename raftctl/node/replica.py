@@ -24,6 +24,7 @@ from raftctl.node.leader import Leadership, every
 from raftctl.node.proposer import Proposer
 from raftctl.node.raft import RaftNode
 from raftctl.node.rollout import RolloutController
+from raftctl.node.gcstats import GcStats, freeze, thresholds_from_env, tune
 from raftctl.node.admission import AdmittingRunner, Listener, default_limit, raise_fd_limit
 from raftctl.node.scheduling import SchedulerLoop
 from raftctl.statemachine import commands as c
@@ -91,6 +92,7 @@ class Replica:
         self._tasks: list[asyncio.Task] = []
         self.runner: AdmittingRunner | None = None
         self.listener: Listener | None = None
+        self.gc_stats: GcStats | None = None   # set by serve(): the collector's cost in this replica's process
         self.leadership: Leadership | None = None
         self.http: aiohttp.ClientSession | None = None
         self.controller_factories: list[Any] = [SchedulerLoop, RolloutController, Autoscaler]
@@ -397,8 +399,11 @@ class Replica:
 
 async def serve(cfg: ServerConfig) -> None:
     """Run a replica until cancelled (SIGINT/SIGTERM)."""
+    tune(thresholds_from_env())          # process-wide: only a replica process of its own (gcstats.py)
     replica = Replica(cfg)
+    replica.gc_stats = GcStats().install()
     await replica.start()
+    freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
