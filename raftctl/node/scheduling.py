@@ -107,13 +107,10 @@ def _swallow(fut: asyncio.Future) -> None:
         fut.exception()  # retrieved: an abandoned plan's PlanAbandoned is expected, not "never retrieved"
 
 
-def _inputs(s: Any) -> tuple[dict[str, Job], dict[str, Placement], dict[str, Machine], int,
-                            dict[str, MachineUsage] | None]:
+def _inputs(s: Any) -> tuple[dict[str, Job], dict[str, Placement], dict[str, Machine], int, dict[str, MachineUsage]]:
     # shallow copies under the apply lock (cheap); the pure scheduler runs outside it. Each machine's usage entry is
-    # immutable (apply replaces it), so the copy of State.usage matches the copy of the placements. A stand-in
-    # state without that index (tests/unit/test_scheduler.py's loop_state) gives None: the pass computes it
-    usage = getattr(s, "usage", None)
-    return dict(s.jobs), dict(s.placements), dict(s.machines), s.index, None if usage is None else dict(usage)
+    # immutable (apply replaces it), so the copy of State.usage matches the copy of the placements
+    return dict(s.jobs), dict(s.placements), dict(s.machines), s.index, dict(s.usage)
 
 
 def _watch_key(s: Any) -> int:

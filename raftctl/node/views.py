@@ -10,7 +10,7 @@ from raftctl.discovery.view import lookup, parse_near
 from raftctl.scheduler import reconcile, schedule
 from raftctl.scheduler.pipeline import no_check
 from raftctl.statemachine.records import Job, JobSpec, JobVersion, Machine, Placement, list_to_wire, to_wire
-from raftctl.statemachine.state import State, machine_usage
+from raftctl.statemachine.state import MachineUsage, State, machine_usage
 
 
 def job_index(s: State, name: str) -> int:
@@ -89,9 +89,11 @@ def tokens(s: State) -> list[dict[str, Any]]:
 
 
 def dry_run(jobs: Mapping[str, Job], placements: Mapping[str, Placement], machines: Mapping[str, Machine],
-            index: int, spec: JobSpec, check: Callable[[], None] | None = None) -> dict[str, Any]:
+            index: int, spec: JobSpec, check: Callable[[], None] | None = None,
+            usage: Mapping[str, MachineUsage] | None = None) -> dict[str, Any]:
     """What the scheduler would do if ``spec`` were submitted now (pure). ``check`` is called between units of
-    the scheduler's work and may raise to give up (raftctl.node.scheduling.run_plan bounds a dry run's time)."""
+    the scheduler's work and may raise to give up (raftctl.node.scheduling.run_plan bounds a dry run's time).
+    ``usage``: the state's usage index copied with ``placements`` (else the pass computes it from them)."""
     name = spec.name
     old = jobs.get(name)
     if old is not None and old.status == "running" and old.spec_of(old.version) == spec:
@@ -102,7 +104,8 @@ def dry_run(jobs: Mapping[str, Job], placements: Mapping[str, Placement], machin
               versions=(JobVersion(version=version, spec=spec, submitted_at=0, index=index),),
               create_index=0, modify_index=0)
     hypothetical = {**jobs, name: job}
-    plan = schedule(hypothetical, placements, machines, index=index, now=0, job_names=[name], check=check or no_check)
+    plan = schedule(hypothetical, placements, machines, index=index, now=0, job_names=[name], check=check or no_check,
+                    usage=usage)
     mine = [p for p in placements.values() if p.job == name]
     rec = reconcile(job, mine, machines, now=0)
     return {"job": name, "version": version, "new_version": old is None or version != old.version,

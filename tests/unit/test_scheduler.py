@@ -22,6 +22,7 @@ from raftctl.scheduler.machines import build_views
 from raftctl.scheduler.ranking import score_anti_affinity, score_binpack, score_spread
 from raftctl.statemachine.records import Job, Machine, Placement
 from raftctl.statemachine.spec import validate_spec
+from raftctl.statemachine.state import usage_of
 from tests.unit.record_fixtures import as_constraint, as_job, as_machine, as_placement, with_spec
 
 GI = 1 << 30
@@ -391,8 +392,10 @@ def test_a_plan_that_changes_nothing_proposes_nothing():
 
 
 def loop_state(jobs: dict, machines: dict, placements: dict | None = None) -> SimpleNamespace:
-    """What SchedulerLoop reads of a replica's state (its inputs and the table indexes it watches)."""
-    return SimpleNamespace(jobs=jobs, placements=placements or {}, machines=machines, index=3,
+    """What SchedulerLoop reads of a replica's state (its inputs, its usage index and the table indexes it watches)."""
+    placements = placements or {}
+    return SimpleNamespace(jobs=jobs, placements=placements, machines=machines, index=3,
+                           usage=usage_of(placements.values()),
                            table_index={"jobs": 1, "machines": 1, "placements": 1}, job_index={}, job_floor=0)
 
 
