@@ -200,7 +200,7 @@ def gc_share(bed: "Bed", res: dict[str, Any]) -> None:
         out["leader" if p is lead else p.id] = {
             "gc_s": round(gc_s, 2), "cpu_s": round(cpu, 1), "gc_share": round(gc_s / cpu, 3) if cpu else None,
             "collections": [int(counts(m, "raftctl_gc_collections_total", generation=str(g))) for g in range(3)]}
-    res["gc"] = {"thresholds": os.environ.get("RAFTCTL_GC_THRESHOLDS", "default"), **out}
+    res["gc"] = {"thresholds": os.environ.get("RAFTCTL_GC_THRESHOLDS") or "raftctl 50000,20,20", **out}
     log(f"gc: {res['gc']}")
 
 
