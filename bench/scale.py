@@ -190,7 +190,7 @@ def counts(m: dict[tuple[str, str], float], name: str, **labels: str) -> float:
 
 def gc_share(bed: "Bed", res: dict[str, Any]) -> None:
     """Each replica's cyclic-GC time so far (raftctl_gc_seconds_total) against its process CPU time: the collector's
-    share of what the replica spent (raftctl/node/gcstats.py)."""
+    share of what the replica spent (raftctl/gcstats.py)."""
     lead = bed.leader
     out = {}
     for p in bed.cluster.servers:

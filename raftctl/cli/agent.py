@@ -14,6 +14,7 @@ from raftctl.cli.base import split_servers
 from raftctl.cli.output import read_secret
 from raftctl.config import config_option
 from raftctl.errors import RaftctlError, ValidationError
+from raftctl.gcstats import thresholds_from_env, tune
 from raftctl.statemachine.subnets import PoolError, parse_pool
 
 if TYPE_CHECKING:
@@ -165,6 +166,7 @@ def register(cli: click.Group) -> None:
             from raftctl.agent.fleet import run_agents
 
             spread = parse_duration(start_spread, "--start-spread") / 1000 if start_spread is not None else None
+            tune(thresholds_from_env())   # a fleet process holds thousands of machines' loops (raftctl/gcstats.py)
             try:
                 asyncio.run(run_agents(cfg, count, spread_s=spread, source=source_address))
             except ValidationError as exc:

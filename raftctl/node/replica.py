@@ -24,7 +24,7 @@ from raftctl.node.leader import Leadership, every
 from raftctl.node.proposer import Proposer
 from raftctl.node.raft import RaftNode
 from raftctl.node.rollout import RolloutController
-from raftctl.node.gcstats import GcStats, freeze, thresholds_from_env, tune
+from raftctl.gcstats import GcStats, freeze, thresholds_from_env, tune
 from raftctl.node.admission import AdmittingRunner, Listener, default_limit, raise_fd_limit
 from raftctl.node.scheduling import SchedulerLoop
 from raftctl.statemachine import commands as c

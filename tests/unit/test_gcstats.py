@@ -5,7 +5,7 @@ import gc
 
 import pytest
 
-from raftctl.node.gcstats import GC_THRESHOLDS, GcStats, thresholds_from_env
+from raftctl.gcstats import GC_THRESHOLDS, GcStats, thresholds_from_env
 
 
 @pytest.mark.parametrize("env,want", [

@@ -1,4 +1,4 @@
-"""The cyclic garbage collector of a replica process: what it costs (``/metrics``) and how often it runs.
+"""The cyclic garbage collector of a replica or fleet process: what it costs (a replica's ``/metrics``) and how often it runs.
 
 py-spy of a follower in the 10,000-machine bed (issue 15) put 17 % of its samples in ``gc_collect_main``: every
 connection and request makes container objects (handlers, transports, futures, tasks) that live long enough to be
