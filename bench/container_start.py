@@ -11,7 +11,8 @@ busybox httpd in its own network namespace on the driver's bridge, alternated wi
   end to end: a 3-replica cluster on loopback with one runc agent; the busybox image is built and
           pushed with `raftctl image build`; each of N one-replica jobs is timed from its PUT to its
           placement healthy in the API (scheduler, agent watch, pull once per digest, create, start, a
-          100 ms tcp health check), the first (which pulls the image) reported apart.
+          100 ms tcp health check; seen through blocking queries, or --observe poll), the first (which pulls the
+          image) reported apart.
   breakdown: where an end-to-end start's time goes, from the agent's start trace (raftctl/agent/trace.py,
           RAFTCTL_START_TRACE) and the placement's created_at (Plan proposed) and healthy_at (healthy report
           proposed): the median ms from the PUT to each step, and the median of each step's own share.
@@ -117,10 +118,11 @@ def cpu_throttled(placement: str) -> tuple[int, float] | None:
     return None
 
 
-def end_to_end(work: str, n: int, cpu: int) -> tuple[float, list[float], list[dict[str, float]]]:
+def end_to_end(work: str, n: int, cpu: int, watch: bool = True) -> tuple[float, list[float], list[dict[str, float]]]:
     """Seconds from PUT /v1/jobs to the placement healthy: the first job (image pull) and the next n; and each of
     the n starts' steps (wall ms), with the container's CPU throttling so far (``throttled``: periods,
-    ``throttled_ms``)."""
+    ``throttled_ms``). ``watch``: the job's placements are read with blocking queries (``?index=N``: answered at
+    their next change), else polled every 10 ms (~100 requests a second on the replicas during every start)."""
     from raftctl.client import ApiError, Client
     from raftctl.devcluster import LocalCluster
 
@@ -149,12 +151,14 @@ def end_to_end(work: str, n: int, cpu: int) -> tuple[float, list[float], list[di
             t0, w0 = time.monotonic(), time.time() * 1000
             api.request("PUT", f"/v1/jobs/s{i}", job)
             rec = {"t0": w0, "put": time.time() * 1000}
-            deadline = t0 + 60
+            deadline, index = t0 + 60, 0
             while True:
                 try:
-                    pl = api.request("GET", f"/v1/jobs/s{i}/placements")["placements"]
+                    got = api.request("GET", f"/v1/jobs/s{i}/placements",
+                                      query={"index": index, "wait": "2s"} if watch and index else None)
+                    pl, index = got["placements"], int(got.get("index") or 0)
                 except ApiError:  # a follower that has not applied the PUT yet
-                    pl = []
+                    pl, index = [], 0
                 ok = [p for p in pl if p["state"] == "running" and p["health"] == "healthy"]
                 if ok:
                     rec.update(api=time.time() * 1000, plan=float(ok[0]["created_at"]),
@@ -162,7 +166,8 @@ def end_to_end(work: str, n: int, cpu: int) -> tuple[float, list[float], list[di
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"job s{i} never became healthy: {pl}")
-                time.sleep(0.01)
+                if not (watch and index):
+                    time.sleep(0.01)
             times.append(time.monotonic() - t0)
             starts.append(rec)
         last = starts[-1]["id"] if starts else None
@@ -202,6 +207,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="container start latency")
     ap.add_argument("--network", choices=["host", "bridge", "both"], default="host",
                     help="bridge|both: also time bridge-mode starts (alternated with host ones)")
+    ap.add_argument("--observe", choices=["watch", "poll"], default="watch",
+                    help="how the end-to-end phase sees a placement healthy: blocking queries on the job's placements "
+                         "(default) or a GET every 10 ms (until 2026-12-03)")
     ap.add_argument("--cpu", type=int, default=50, metavar="MILLICORES",
                     help="every container's CPU quota, the same for the driver's, bare runc's and the end-to-end "
                          "jobs' (until 2026-12-03 the end-to-end jobs had 50m and the others 250m); the N+1 "
@@ -294,7 +302,7 @@ def main() -> int:
 
     e2e_work = tempfile.mkdtemp(prefix="raftctl-bench-e2e-")
     try:
-        first, e2e, starts = end_to_end(e2e_work, N, args.cpu)
+        first, e2e, starts = end_to_end(e2e_work, N, args.cpu, watch=args.observe == "watch")
     finally:
         shutil.rmtree(e2e_work, ignore_errors=True)
     res["e2e_healthy"] = e2e
@@ -340,7 +348,7 @@ def main() -> int:
                       "ratio_run_p50": round(ms["drv_run"][0] / ms["bare_run"][0], 3),
                       "ratio_tcp_p50": round(ratio, 3),
                       "ratio_http_p50": round(ms["drv_http"][0] / ms["bare_http"][0], 3), **bridge_ratios,
-                      "network": args.network, "cpu_m": args.cpu,
+                      "network": args.network, "cpu_m": args.cpu, "observe": args.observe,
                       "e2e_first_ms": round(first * 1000, 1), "ratio_e2e_p50": round(e2e_ratio, 2),
                       "breakdown_ms": {label: round(since, 1) for label, since, _, _ in steps},
                       "load1": os.getloadavg()[0]}))
