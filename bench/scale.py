@@ -161,13 +161,25 @@ class Bed:
     def told(self, ident: str) -> dict[str, Any]:
         """What the leader tells agents now (interval_s, ttl_s: its heartbeat budget), from one heartbeat of
         machine ``ident``-0000 (already up: the beat only renews it)."""
-        req = urllib.request.Request(self.leader.url + "/v1/agent/heartbeat", method="POST",
-                                     data=json.dumps({"machine": f"{ident}-0000"}).encode(),
-                                     headers={"Authorization": f"Bearer {self.tokens[ident]}",
-                                              "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            ans = json.loads(r.read())
-        return {"interval_s": ans.get("interval_s"), "ttl_s": ans.get("ttl_s")}
+        for attempt in range(10):   # a 503 (a leader change: not_leader; a full replica: overloaded) is asked again
+            req = urllib.request.Request(self.leader.url + "/v1/agent/heartbeat", method="POST",
+                                         data=json.dumps({"machine": f"{ident}-0000"}).encode(),
+                                         headers={"Authorization": f"Bearer {self.tokens[ident]}",
+                                                  "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    ans = json.loads(r.read())
+                return {"interval_s": ans.get("interval_s"), "ttl_s": ans.get("ttl_s")}
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503 or attempt == 9:
+                    raise
+                log(f"told: 503 {exc.read()[:200]!r}; again")
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                if attempt == 9:
+                    raise
+                log(f"told: {exc}; again")
+            time.sleep(2.0)
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         for _, _, p in self.agents:
