@@ -89,10 +89,18 @@ class Bed:
         self.dir = directory
 
     def get(self, url: str, path: str, timeout: float = 30.0) -> Any:
-        req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {self.cluster.token()}"})
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            body = r.read()
-        return body
+        """One GET; a 503 (a replica catching up, or at its connection limit: overloaded) is asked again."""
+        for attempt in range(6):
+            req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {self.cluster.token()}"})
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as r:
+                    return r.read()
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503 or attempt == 5:
+                    raise
+                log(f"GET {path}: 503 {exc.read()[:200]!r}; again")
+            time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def call(self, method: str, path: str, body: Any = None, url: str | None = None) -> Any:
         """One API call; a 503 (outcome unknown, or no leader for a moment) is tried again: the bench's writes
