@@ -29,10 +29,12 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from raftctl.errors import RaftctlError
+
 log = logging.getLogger("raftctl.node")
 
 __all__ = ["AdmittingRunner", "AdmittingServer", "Listener", "RESERVE_FDS", "default_limit", "raise_fd_limit",
-           "refusal"]
+           "REFUSAL", "refusal"]
 
 RESERVE_FDS = 512
 """Descriptors kept from the API: the journal and its meta file, snapshots being written or sent, the Raft
@@ -58,11 +60,17 @@ def default_limit(fd_limit: int) -> int:
 
 
 def refusal() -> bytes:
-    """The answer to a connection over the limit (an API error body, like every other)."""
-    body = json.dumps({"error": {"code": "overloaded", "message": "too many open connections to this replica; "
-                                 "try another replica or again in a second", "details": {}}}).encode()
+    """The answer to a connection over the limit: an API error like every other (``{"error": {code, message,
+    field}}``, the middleware's shape), 503 ``overloaded``."""
+    error = RaftctlError("too many open connections to this replica; try another replica or again in a second",
+                         code="overloaded", http_status=503)
+    body = json.dumps({"error": error.to_dict()}).encode()
     return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
             b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+REFUSAL = refusal()
+"""Built once: a flood is when it is sent most."""
 
 
 class AdmittingServer(web.Server):
@@ -169,7 +177,7 @@ class Listener:
         try:
             if self.ssl is None:
                 conn.setblocking(False)
-                conn.send(refusal())     # a fresh socket's send buffer takes it whole
+                conn.send(REFUSAL)       # a fresh socket's send buffer takes it whole
         except OSError:
             pass
         finally:
