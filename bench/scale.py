@@ -77,6 +77,25 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def again(what: str, send: Callable[[], bytes], *, attempts: int, pause: Callable[[int], float],
+          unreachable_too: bool = True) -> bytes:
+    """``send()``'s answer; a 503 (and, with ``unreachable_too``, no connection or no answer in time) is logged and
+    asked again after ``pause(attempt)`` s, at most ``attempts`` times in all: the last failure is raised."""
+    for attempt in range(attempts):
+        try:
+            return send()
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or attempt == attempts - 1:
+                raise
+            log(f"{what}: 503 {exc.read()[:200]!r}; again")
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:   # not accepted / no answer
+            if not unreachable_too or attempt == attempts - 1:
+                raise
+            log(f"{what}: {exc}; again")
+        time.sleep(pause(attempt))
+    raise AssertionError("unreachable")
+
+
 class Bed:
     """A LocalCluster plus agent processes; every helper reads through urllib with the admin token."""
 
@@ -90,39 +109,23 @@ class Bed:
 
     def get(self, url: str, path: str, timeout: float = 30.0) -> Any:
         """One GET; a 503 (a replica catching up, or at its connection limit: overloaded) is asked again."""
-        for attempt in range(6):
+        def send() -> bytes:
             req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {self.cluster.token()}"})
-            try:
-                with urllib.request.urlopen(req, timeout=timeout) as r:
-                    return r.read()
-            except urllib.error.HTTPError as exc:
-                if exc.code != 503 or attempt == 5:
-                    raise
-                log(f"GET {path}: 503 {exc.read()[:200]!r}; again")
-            time.sleep(0.5 * (attempt + 1))
-        raise AssertionError("unreachable")
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.read()
+        return again(f"GET {path}", send, attempts=6, pause=lambda i: 0.5 * (i + 1), unreachable_too=False)
 
     def call(self, method: str, path: str, body: Any = None, url: str | None = None) -> Any:
-        """One API call; a 503 (outcome unknown, or no leader for a moment) is tried again: the bench's writes
-        are idempotent (PUT a job, scale to 0, create a token under a fixed name... once)."""
-        for attempt in range(6):
+        """One API call; a 503 (outcome unknown, or no leader for a moment) or no answer in 30 s is tried again:
+        the bench's writes are idempotent (PUT a job, scale to 0, create a token under a fixed name... once)."""
+        def send() -> bytes:
             req = urllib.request.Request((url or self.leader.url) + path, method=method,
                                          data=json.dumps(body).encode() if body is not None else None,
                                          headers={"Authorization": f"Bearer {self.cluster.token()}",
                                                   "Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=30) as r:
-                    return json.loads(r.read())
-            except urllib.error.HTTPError as exc:
-                if exc.code != 503 or attempt == 5:
-                    raise
-                log(f"{method} {path}: 503 {exc.read()[:200]!r}; again")
-                time.sleep(0.5 * (attempt + 1))
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:   # not accepted / no answer in 30 s
-                if attempt == 5:
-                    raise
-                log(f"{method} {path}: {exc}; again")
-                time.sleep(0.5 * (attempt + 1))
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.read()
+        return json.loads(again(f"{method} {path}", send, attempts=6, pause=lambda i: 0.5 * (i + 1)))
 
     def metrics(self, url: str) -> dict[tuple[str, str], float]:
         text = self.get(url, "/metrics").decode()
@@ -169,25 +172,15 @@ class Bed:
     def told(self, ident: str) -> dict[str, Any]:
         """What the leader tells agents now (interval_s, ttl_s: its heartbeat budget), from one heartbeat of
         machine ``ident``-0000 (already up: the beat only renews it)."""
-        for attempt in range(10):   # a 503 (a leader change: not_leader; a full replica: overloaded) is asked again
+        def send() -> bytes:   # the leader asked anew each time: a 503 can be a leader change (not_leader)
             req = urllib.request.Request(self.leader.url + "/v1/agent/heartbeat", method="POST",
                                          data=json.dumps({"machine": f"{ident}-0000"}).encode(),
                                          headers={"Authorization": f"Bearer {self.tokens[ident]}",
                                                   "Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=30) as r:
-                    ans = json.loads(r.read())
-                return {"interval_s": ans.get("interval_s"), "ttl_s": ans.get("ttl_s")}
-            except urllib.error.HTTPError as exc:
-                if exc.code != 503 or attempt == 9:
-                    raise
-                log(f"told: 503 {exc.read()[:200]!r}; again")
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                if attempt == 9:
-                    raise
-                log(f"told: {exc}; again")
-            time.sleep(2.0)
-        raise AssertionError("unreachable")
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.read()
+        ans = json.loads(again("told", send, attempts=10, pause=lambda i: 2.0))
+        return {"interval_s": ans.get("interval_s"), "ttl_s": ans.get("ttl_s")}
 
     def stop(self) -> None:
         for _, _, p in self.agents:
