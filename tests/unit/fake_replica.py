@@ -41,10 +41,26 @@ def machine(mid: str) -> c.RegisterMachine:
                              runtime="sim")
 
 
-async def until(cond: Callable[[], Any], what: str) -> None:
-    """Yield to the loop until ``cond()`` holds; ``what`` happens on the fake clock, so 10 s of real time is a
-    hang, not slowness."""
+async def until(cond: Callable[[], Any], what: str, *, within: float = 10.0, every: float = 0.0) -> None:
+    """Yield to the loop (``every`` s at a time) until ``cond()`` holds; ``within`` s of real time is a hang, not
+    slowness (by default ``what`` happens on the fake clock)."""
     t0 = time.monotonic()
     while not cond():
-        assert time.monotonic() - t0 < 10, f"{what} should happen on the fake clock"
-        await asyncio.sleep(0)
+        assert time.monotonic() - t0 < within, f"{what} not reached within {within} s"
+        await asyncio.sleep(every)
+
+
+def record_passes(monkeypatch: Any) -> list[list[str] | None]:
+    """The ``job_names`` of every scheduling pass the scheduler loop runs from now on (None: a pass over every job);
+    each pass still runs the real ``schedule``."""
+    from raftctl.node import scheduling
+
+    covered: list[list[str] | None] = []
+    real = scheduling.schedule
+
+    def recording(*a: Any, job_names: list[str] | None = None, **k: Any) -> Any:
+        covered.append(job_names)
+        return real(*a, job_names=job_names, **k)
+    monkeypatch.setattr(scheduling, "schedule", recording)
+    return covered
+

@@ -23,6 +23,7 @@ from raftctl.scheduler.ranking import score_anti_affinity, score_binpack, score_
 from raftctl.statemachine.records import Job, Machine, Placement
 from raftctl.statemachine.spec import validate_spec
 from raftctl.statemachine.state import usage_of
+from tests.unit.fake_replica import record_passes, until
 from tests.unit.record_fixtures import as_constraint, as_job, as_machine, as_placement, with_spec
 
 GI = 1 << 30
@@ -520,30 +521,17 @@ async def test_between_resyncs_the_scheduler_loop_passes_only_the_jobs_a_change_
     placements = {"w0": placement("w0", 0, "a"), "d0": placement("d0", 0, "b", jobname="db")}
     state = loop_state({"web": job("web", replicas=1), "db": job("db", replicas=1)}, ms, placements)
     replica = LoopReplica(state, placed_all, clock)
-    covered: list[list[str] | None] = []
-    real = scheduling.schedule
-
-    def recording(*a, job_names=None, **k):
-        covered.append(job_names)
-        return real(*a, job_names=job_names, **k)
-    monkeypatch.setattr(scheduling, "schedule", recording)
+    covered = record_passes(monkeypatch)
     loop = scheduling.SchedulerLoop(replica, epoch=1)
     task = asyncio.create_task(loop.run())
-
-    async def until(pred) -> None:
-        for _ in range(600):
-            if pred():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("not reached")
-    await until(lambda: len(covered) == 1)
+    await until(lambda: len(covered) == 1, "the first pass", within=6.0, every=0.01)
     state.jobs = {**state.jobs, "web": job("web", replicas=2)}
     state.table_index = {**state.table_index, "jobs": 2}
-    await until(lambda: len(covered) == 2)
+    await until(lambda: len(covered) == 2, "the pass after the scale", within=6.0, every=0.01)
     state.jobs = dict(state.jobs)
     state.table_index = {**state.table_index, "jobs": 3}
-    await until(lambda: loop.skipped == 1)
-    await until(lambda: len(covered) == 3)   # the resync, RESYNC_S later on the fake clock
+    await until(lambda: loop.skipped == 1, "the skipped change", within=6.0, every=0.01)
+    await until(lambda: len(covered) == 3, "the resync", within=6.0, every=0.01)  # RESYNC_S later
     task.cancel()
     assert covered == [None, ["web"], None]
     assert [[p["job"] for p in cmd.place] for cmd in replica.proposed][:1] == [["web"]]

@@ -123,7 +123,7 @@ async def test_the_loop_on_the_state_machine_replaces_a_lost_placement_in_a_pass
     from raftctl.node import scheduling
     from raftctl.statemachine import commands as c
     from raftctl.statemachine.spec import validate_spec
-    from tests.unit.fake_replica import FakeReplica
+    from tests.unit.fake_replica import FakeReplica, record_passes, until
     from tests.unit.fake_replica import machine as register
 
     class Replica(FakeReplica):
@@ -138,33 +138,21 @@ async def test_the_loop_on_the_state_machine_replaces_a_lost_placement_in_a_pass
                 c.PutJob(spec=validate_spec({"name": "db", "image": "x:1", "command": ["x"], "replicas": 1,
                                              "resources": {"cpu": "100m", "memory": "64Mi"}}))):
         assert (await r.propose(cmd)).ok
-    covered: list[list[str] | None] = []
-    real = scheduling.schedule
-
-    def recording(*a, job_names=None, **k):
-        covered.append(job_names)
-        return real(*a, job_names=job_names, **k)
-    monkeypatch.setattr(scheduling, "schedule", recording)
+    covered = record_passes(monkeypatch)
     loop = scheduling.SchedulerLoop(r, epoch=1)
     task = asyncio.create_task(loop.run())
-
-    async def until(pred) -> None:
-        for _ in range(500):
-            if pred():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("not reached")
     try:
-        await until(lambda: len(r.state.placements) == 3)
+        await until(lambda: len(r.state.placements) == 3, "3 placements", within=5.0, every=0.01)
         for pid, p in list(r.state.placements.items()):
             assert (await r.propose(c.PlacementUpdate(placement=pid, machine=p.machine, state="running"))).ok
-        await until(lambda: loop.at_index >= r.state.index)   # the loop has seen the reports
+        await until(lambda: loop.at_index >= r.state.index, "the loop seeing the reports", within=5.0, every=0.01)
         lost = next(pid for pid, p in r.state.placements.items() if p.job == "web")
         passes, before = len(covered), r.state.index
         assert (await r.propose(c.PlacementUpdate(placement=lost, machine=r.state.placements[lost].machine,
                                                   state="lost"))).ok
         assert scheduling._touched(r.state, before) == {"web"}   # from the state's job index, no walk
-        await until(lambda: sum(1 for p in r.state.placements.values() if p.job == "web" and p.is_live()) == 2)
+        await until(lambda: sum(1 for p in r.state.placements.values() if p.job == "web" and p.is_live()) == 2,
+                    "2 live web placements", within=5.0, every=0.01)
     finally:
         task.cancel()
     assert covered[0] is None and ["web"] in covered[passes:]
