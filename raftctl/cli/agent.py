@@ -169,8 +169,10 @@ def register(cli: click.Group) -> None:
             tune(thresholds_from_env())   # a fleet process holds thousands of machines' loops (raftctl/gcstats.py)
             try:
                 asyncio.run(run_agents(cfg, count, spread_s=spread, source=source_address))
-            except ValidationError as exc:
-                raise click.BadParameter(str(exc), param_hint="--source-address") from None
+            except ValidationError as exc:   # only the fleet's refusal of the flag is the flag's fault
+                if exc.field != "--source-address":
+                    raise
+                raise click.BadParameter(exc.message, param_hint="--source-address") from None
             sys.exit(0)
         cluster = learn_cluster(cfg) if rt == "runc" else None
         driver = agent_driver(rt, cfg.data_dir, tuple(p for p in (token_file, tls_key, tls_cert) if p),
