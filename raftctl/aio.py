@@ -24,3 +24,15 @@ async def unless(work: Awaitable[T], interrupt: Awaitable[Any]) -> "asyncio.Futu
         elif not job.cancelled():
             job.exception()     # retrieved: a caller cancelled as the work failed never reads it (it is logged)
     return job if job.done() and not job.cancelled() else None
+
+
+async def first_of(*aws: Awaitable[Any]) -> None:
+    """Return when the first of ``aws`` finishes (raising its exception, if it failed); the others are cancelled."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            t.result()
+    finally:
+        for t in tasks:
+            t.cancel()

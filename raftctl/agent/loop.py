@@ -35,7 +35,8 @@ from raftctl.agent.stopping import Stopper
 from raftctl.agent.supervisor import DriverTimeout, Supervised, Supervisor, update
 from raftctl.agent.supervisor import call_driver as _call
 from raftctl.agent.trace import StartTrace
-from raftctl.aio import unless
+from raftctl.agent.watchtarget import FOLLOWER_GRACE_S, SHUN_S, WatchTarget
+from raftctl.aio import first_of, unless
 from raftctl.clock import SYSTEM, Clock
 from raftctl.errors import Forbidden, RaftctlError, Unauthorized
 from raftctl.statemachine.records import JobSpec, Report, ReportUpdate, to_wire
@@ -76,6 +77,7 @@ class Agent:
         self.stats = StatsPass(driver, self.containers, self.clock)
         self.image_gc = ImageGC(driver, self.containers, cfg.image_gc_after_s, self.clock)
         self.watch_server: str | None = None      # the replica the assignment watch is parked on
+        self.target = WatchTarget(cfg.machine, self.clock)   # which replica that is, fenced by the leader's word
         self.reconcile_s = 1.0                    # level-triggered pass over the driver's containers
         self.trace = StartTrace.from_env(self.clock)   # each start's steps, when RAFTCTL_START_TRACE names a file
         self._answered_ms = 0                     # when the last assignment answer arrived (for the trace)
@@ -168,6 +170,7 @@ class Agent:
                 delay = max(self.cfg.heartbeat_s, self.heartbeat_s / 2)
                 continue
             delay = self.heartbeat_s
+            self.target.note(ans.get("assignments_index") if isinstance(ans, dict) else None)
             if stats:
                 self._ride_stats(stats, ans)
             interval = followed_interval(ans.get("interval_s") if isinstance(ans, dict) else None,
@@ -194,35 +197,38 @@ class Agent:
 
     # -- assignments -------------------------------------------------------
     async def _watch_loop(self) -> None:
-        """The blocking assignment watch, parked on the replica that answers heartbeats (the leader).
+        """The blocking assignment watch, parked on a follower chosen by the machine's hash (watchtarget.py; on
+        the leader when the leader does not tell its ``assignments_index``, or no follower is left).
 
-        When heartbeats move to another replica the watch's replica may be paused or cut off, and a
-        parked watch would hold the agent's stops for its whole read timeout (jepsen-style finding 4):
-        the watch is abandoned and issued again on the replica that answers."""
+        A parked watch is abandoned and issued again when the choice moves with the leader, or when the leader's
+        heartbeat answers have told a change it did not bring within the grace: a paused or cut-off replica
+        must not hold the agent's stops for the watch's whole wait (jepsen-style finding 4)."""
         control = self.control
         assert control is not None
         while True:
-            target = control.live
+            live = control.live
+            target = self.target.choose(control.servers, live)
             wait_s = watch_wait(self.heartbeat_s)
             watch = await unless(control.watch(
                 f"/v1/agent/assignments/{self.cfg.machine}",
                 {"index": str(self.index), "wait": f"{wait_s:g}s", "specs": "ref"},   # each job version's spec once
-                timeout=wait_s + 10.0, server=target), control.live_moved_from(target))
+                timeout=wait_s + 10.0, server=target), self._leave(target, live))
             if watch is None:
-                log.info("assignment watch on %s abandoned: heartbeats are answered by %s",
-                         target or "a rotating replica", control.live)
                 continue
             try:
                 ans, server = watch.result()
                 if server != self.watch_server:
                     log.info("assignment watch on %s", server)
                     self.watch_server = server
+                if target is not None and server != target:
+                    self.target.shun(target)     # it did not answer: the client asked the others in turn
                 if ans["index"] < self.index and server != control.live:
                     # A replica cut off from the others answers a timed-out watch with its old state: acting on
                     # it would start placements that were stopped since (and, parked there, keep them running).
                     log.warning("assignment answer from %s is at index %s, behind the %s already seen: a stale "
                                 "replica; asking another", server, ans["index"], self.index)
                     control.avoid(server)
+                    self.target.shun(server)
                     await self.clock.sleep(0.5)
                     continue
                 self.index = ans["index"]
@@ -238,6 +244,35 @@ class Agent:
             except Exception as exc:
                 log.info("assignment watch failed: %s", exc)
                 await self.clock.sleep(0.5)
+
+    async def _leave(self, target: str | None, live: str | None) -> None:
+        """Return when the watch parked on ``target`` (chosen while ``live`` answered heartbeats) is to be left."""
+        control = self.control
+        assert control is not None
+
+        async def choice_moved() -> None:
+            seen = live
+            while True:
+                await control.live_moved_from(seen)
+                seen = control.live
+                now = self.target.choose(control.servers, seen)
+                if now != target:
+                    log.info("assignment watch on %s abandoned: heartbeats are answered by %s, watch on %s",
+                             target or "a rotating replica", seen, now)
+                    return
+
+        async def follower_behind() -> None:
+            told = await self.target.leader_ahead(self.index)
+            log.warning("assignment watch on %s abandoned: the leader has this machine's assignments at index %s, "
+                        "the watch brought %s within %gs; passed over for %gs", target, told, self.index,
+                        FOLLOWER_GRACE_S, SHUN_S)
+            assert target is not None
+            self.target.shun(target)
+
+        if target is None or target == live:
+            await choice_moved()
+        else:
+            await first_of(choice_moved(), follower_behind())
 
     async def converge(self, placements: list[dict[str, Any]], specs: Any = None) -> None:
         """An assignment answer (the placements as the control plane sent them, and its ``specs`` map when the

@@ -75,12 +75,15 @@ async def heartbeat(request: web.Request) -> web.Response:
         st = replica.status()
         raise RaftctlError("heartbeats go to the leader", code="not_leader", http_status=503,
                            details={"leader_api": st.get("leader_api")})
-    status = replica.read(lambda s: s.machines[machine].status if machine in s.machines else None)
+    status, assigned = replica.read(lambda s: (s.machines[machine].status if machine in s.machines else None,
+                                               s.machine_change_index(machine)))
     # the interval follows the fleet (the leader's heartbeat budget, failover.told_interval); the TTL told is
-    # the one this machine is judged by until its next heartbeat
+    # the one this machine is judged by until its next heartbeat. assignments_index: the machine's change index
+    # here, the leader's; an agent whose assignment watch is parked on a follower that does not bring it soon
+    # leaves that follower (agent/watchtarget.py)
     interval_s, ttl_s = told
     out: dict[str, Any] = {"machine": machine, "status": status, "ttl_s": ttl_s, "interval_s": interval_s,
-                           "epoch": lead.epoch}
+                           "epoch": lead.epoch, "assignments_index": assigned}
     assert isinstance(data, dict)
     if "stats" in data:
         try:

@@ -296,7 +296,8 @@ def _paths() -> dict[str, Any]:
                                             "items of /v1/agent/stats): stats_accepted says how many were taken, "
                                             "stats_error names the field of a refused item", "agent",
                                             _obj({"machine": STR, "status": NULLABLE_STR, "ttl_s": NUM,
-                                                  "interval_s": NUM, "epoch": INT, "stats_accepted": INT,
+                                                  "interval_s": NUM, "epoch": INT, "assignments_index": INT,
+                                                  "stats_accepted": INT,
                                                   "stats_error": ANY_OBJ}),
                                             body=_obj({"machine": STR, "stats": STATS["properties"]["stats"]},
                                                       ("machine",)))},

@@ -87,6 +87,7 @@ class OneAnswerControl:
 
     def __init__(self, answer: dict[str, Any]) -> None:
         self.live = "http://r1"
+        self.servers = ["http://r1"]
         self.answers = [answer]
 
     async def watch(self, path: str, params: dict[str, str], *, timeout: float, server: str | None = None):

@@ -60,6 +60,7 @@ class ScriptedControl:
     def __init__(self, answers: list[tuple[dict[str, Any], str]], live: str) -> None:
         self.answers = list(answers)
         self.live = live
+        self.servers = sorted({live, *(server for _, server in answers)})
         self.asked: list[str | None] = []
         self.avoided: list[str] = []
 
@@ -242,6 +243,7 @@ def test_a_paused_replica_holding_the_watch_delays_a_stop_by_seconds_not_the_wat
         url = wait_until(lambda: watch_server(c), timeout=20, what="the agent's watch replica in its log")
         victim = next(p for p in c.servers if url.rstrip("/").endswith(":" + p.api.rsplit(":", 1)[1]))
         other = next(p for p in c.servers if p is not victim)
+        assert c.leader() is not victim, "the watch is parked on a follower, not on the leader (watchtarget.py)"
         os.kill(victim.pid, signal.SIGSTOP)
         try:
             paused = time.monotonic()

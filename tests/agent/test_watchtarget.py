@@ -1,0 +1,189 @@
+"""Where an agent parks its assignment watch: a follower by the machine's hash, fenced by the index the leader's
+heartbeat answers tell (watchtarget.py); the leader when the leader does not tell it or no follower is left."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from raftctl.agent.config import AgentConfig
+from raftctl.agent.loop import Agent
+from raftctl.agent.runtime.sim import SimDriver
+from raftctl.agent.watchtarget import FOLLOWER_GRACE_S, SHUN_S, WatchTarget
+from raftctl.clock import FakeClock
+
+R1, R2, R3 = "http://r1", "http://r2", "http://r3"
+SERVERS = [R1, R2, R3]
+
+
+def told(value: Any) -> WatchTarget:
+    t = WatchTarget("m1", FakeClock())
+    t.note(value)
+    return t
+
+
+@pytest.mark.parametrize("value, kept", [
+    (7, 7), (0, 0), (None, None), (-1, None), (True, None), (7.0, None), ("7", None), ({"index": 7}, None),
+])
+def test_only_a_non_negative_integer_is_the_leaders_word(value, kept):
+    assert told(value).told == kept
+
+
+@pytest.mark.parametrize("told_index, live, shunned, want", [
+    (None, R1, [], R1),              # a leader that does not tell its index (the previous release): on the leader
+    (5, None, [], None),             # no heartbeat answered yet: the replicas in turn
+    (5, R1, [R2, R3], R1),           # no follower left: the leader
+    (5, R2, [R1, R3], R2),
+    (5, R1, [R1], "follower"),       # the leader shunned as a follower once: it is still not a follower now
+])
+def test_the_choice(told_index, live, shunned, want):
+    t = told(told_index)
+    for url in shunned:
+        t.shun(url)
+    got = t.choose(SERVERS, live)
+    if want == "follower":
+        assert got in (R2, R3)
+    else:
+        assert got == want
+
+
+def test_machines_spread_over_the_followers_and_each_keeps_its_own():
+    picks = [WatchTarget(f"m{i}", FakeClock()) for i in range(3000)]
+    for t in picks:
+        t.note(1)
+    chosen = [t.choose(SERVERS, R1) for t in picks]
+    share = chosen.count(R2) / len(chosen)
+    assert R1 not in chosen and 0.45 < share < 0.55
+    assert chosen == [t.choose(SERVERS, R1) for t in picks]          # stable between watches
+    # the leader moves to r2: every machine's watch is on r1 or r3, and those that were on r3 ... stay there
+    moved = [t.choose(SERVERS, R2) for t in picks]
+    assert R2 not in moved and all(m == R3 for c, m in zip(chosen, moved) if c == R3)
+
+
+def test_a_shunned_follower_is_passed_over_for_its_while_then_chosen_again():
+    clock = FakeClock()
+    t = WatchTarget("m1", clock)
+    t.note(3)
+    first = t.choose(SERVERS, R1)
+    assert first is not None
+    t.shun(first)
+    other = t.choose(SERVERS, R1)
+    assert other not in (first, R1)
+    clock.advance(SHUN_S - 0.1)
+    assert t.choose(SERVERS, R1) == other
+    clock.advance(0.2)
+    assert t.choose(SERVERS, R1) == first and t.shunned == {}
+
+
+async def test_leader_ahead_returns_only_after_the_grace_and_only_if_still_ahead():
+    clock = FakeClock()
+    t = WatchTarget("m1", clock)
+    t.note(10)
+    waiting = asyncio.create_task(t.leader_ahead(10))
+    await asyncio.sleep(0)
+    assert not waiting.done()                       # the leader has nothing the agent lacks
+    t.note(12)
+    assert await waiting == 12
+    assert clock.sleeps == [FOLLOWER_GRACE_S]
+
+    class Caught(FakeClock):   # the watch brings the change during the grace: the heartbeat after says 10 again
+        async def sleep(self, seconds: float) -> None:
+            self.sleeps.append(seconds)
+            if len(self.sleeps) == 1:
+                t2.note(10)
+            await asyncio.sleep(0)
+
+    t2 = WatchTarget("m1", Caught())
+    t2.note(11)
+    pending = asyncio.create_task(t2.leader_ahead(10))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not pending.done()
+    pending.cancel()
+
+
+class Replicas:
+    """The control client's side of the watch loop: r1 leads; ``silent`` replicas park a watch for ever (paused,
+    cut off), ``stale`` ones answer an old index; the others answer ``answer``."""
+
+    def __init__(self, answer: dict[str, Any], silent: frozenset[str] = frozenset(),
+                 stale: frozenset[str] = frozenset()) -> None:
+        self.live = R1
+        self.servers = SERVERS
+        self.answer = answer
+        self.silent, self.stale = set(silent), set(stale)
+        self.asked: list[str | None] = []
+
+    async def watch(self, path: str, params: dict[str, str], *, timeout: float, server: str | None = None):
+        self.asked.append(server)
+        if server in self.silent:
+            await asyncio.Event().wait()
+        if server in self.stale:
+            return {"index": 3, "placements": []}, server
+        if int(params["index"]) >= self.answer["index"]:
+            await asyncio.Event().wait()      # nothing newer: parks
+        return self.answer, server
+
+    async def live_moved_from(self, url: str | None) -> None:
+        await asyncio.Event().wait()
+
+    def avoid(self, url: str) -> None:
+        pass
+
+
+class TurnsClock(FakeClock):
+    """A fake clock whose sleeps take 20 turns of the event loop: a replica that answers at once answers before
+    a grace runs out; one that never answers does not."""
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.advance(seconds)
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+
+async def watched(replicas: Replicas, leader_told: int | None, until: Any) -> Agent:
+    clock = TurnsClock()
+    a = Agent(AgentConfig(machine="m1", servers=SERVERS, token="t", data_dir="/nonexistent"), SimDriver(), clock=clock)
+    a.control = replicas  # type: ignore[assignment]
+    a.index = 10
+    a.target.note(leader_told)
+    task = asyncio.create_task(a._watch_loop())
+    try:
+        for _ in range(2000):
+            if until(a):
+                break
+            await asyncio.sleep(0)
+        else:
+            raise AssertionError(f"the watch loop never got there: asked {replicas.asked}, index {a.index}")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return a
+
+
+async def test_a_follower_that_does_not_bring_the_leaders_change_is_left_after_the_grace():
+    """The paused replica of jepsen-style finding 4, now a follower: the leader's heartbeat told index 12, the
+    watch parked on the follower brought nothing; after the grace the agent asks the other follower."""
+    first = str(told(12).choose(SERVERS, R1))
+    replicas = Replicas({"index": 12, "placements": []}, silent=frozenset({first}))
+    a = await watched(replicas, 12, lambda a: a.index == 12)
+    other = ({R2, R3} - {first}).pop()
+    assert replicas.asked[:2] == [first, other] and set(replicas.asked[2:]) <= {other}
+    assert list(a.target.shunned) == [first]
+    assert a.clock.sleeps[0] == FOLLOWER_GRACE_S     # type: ignore[attr-defined]
+
+
+async def test_a_follower_answering_below_what_was_seen_is_passed_over():
+    first = str(told(10).choose(SERVERS, R1))
+    replicas = Replicas({"index": 12, "placements": []}, stale=frozenset({first}))
+    a = await watched(replicas, 10, lambda a: a.index == 12)
+    assert replicas.asked[0] == first and set(replicas.asked[1:]) == {({R2, R3} - {first}).pop()}
+    assert list(a.target.shunned) == [first]
+
+
+async def test_a_leader_that_does_not_tell_its_index_keeps_the_watches():
+    replicas = Replicas({"index": 12, "placements": []})
+    await watched(replicas, None, lambda a: a.index == 12)
+    assert set(replicas.asked) == {R1}
