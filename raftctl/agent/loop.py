@@ -262,10 +262,13 @@ class Agent:
                     return
 
         async def follower_behind() -> None:
-            told = await self.target.leader_ahead(self.index)
+            # half the heartbeat interval when longer: a fleet told 10 s heartbeats has followers applying a
+            # placement storm a few seconds late, and passing them all over would park every watch on the leader
+            grace = max(FOLLOWER_GRACE_S, self.heartbeat_s / 2)
+            told = await self.target.leader_ahead(self.index, grace)
             log.warning("assignment watch on %s abandoned: the leader has this machine's assignments at index %s, "
                         "the watch brought %s within %gs; passed over for %gs", target, told, self.index,
-                        FOLLOWER_GRACE_S, SHUN_S)
+                        grace, SHUN_S)
             assert target is not None
             self.target.shun(target)
 

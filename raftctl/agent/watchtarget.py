@@ -6,9 +6,9 @@ wait. At 10,000 machines that put ~10,000 parked connections on the leader besid
 its connection limit (docs/scaling.md, session 8). Watches are now spread over the followers, one per machine by a
 stable hash, and fenced by the leader's own word instead: every heartbeat answer carries ``assignments_index``,
 the leader's change index of the machine's assignments (State.machine_change_index). A watch parked on a
-follower that has not brought an index that high ``FOLLOWER_GRACE_S`` after the leader told it is abandoned, and
-that follower is passed over for ``SHUN_S`` (the next watch goes to another follower, or to the leader when none
-is left). A follower that answers an index below one already seen (a stale replica) is passed over the same way.
+follower that has not brought an index that high ``FOLLOWER_GRACE_S`` (or half the heartbeat interval) after the
+leader told it is abandoned, and that follower is passed over for ``SHUN_S`` (the next watch goes to another
+follower, or to the leader when none is left). A follower that answers an index below one already seen (a stale replica) is passed over the same way.
 
 A leader that does not tell ``assignments_index`` (the previous release) gets the watches parked on itself, as
 before. The index alone is exact enough: a change index is a value of the state index, which every replica
@@ -25,7 +25,8 @@ from typing import Any
 from raftctl.clock import Clock
 
 FOLLOWER_GRACE_S = 2.0
-"""How long a watch parked on a follower may lag a change the leader's heartbeat answer told."""
+"""How long a watch parked on a follower may lag a change the leader's heartbeat answer told (the agent gives
+half its heartbeat interval when that is longer)."""
 SHUN_S = 30.0
 """How long a follower that lagged, answered stale or did not answer is passed over."""
 
