@@ -452,6 +452,7 @@ def _drain_machine(state: State, cmd: c.DrainMachine) -> dict[str, Any]:
     for mid in cmd.machines:
         _need(mid in state.machines, "not_found", f"machine {mid!r} does not exist", "machine")
     idx = _bump(state, "machines")
+    state.drain_index = idx
     for mid in cmd.machines:
         drain = Drain(since=cmd.at, deadline=cmd.deadline) if cmd.drain else None
         state.machines[mid] = replace(state.machines[mid], drain=drain, modify_index=idx)

@@ -95,9 +95,14 @@ class State:
         self.changed_all = False
         # Per job, the index of the last command that added, changed or removed one of its placements (derived,
         # never in a snapshot: after a restore every job reads as changed at the restored index, job_floor).
-        # The rollout controller skips a job whose record, deployment, placements and machines have not moved.
+        # The rollout controller skips a job whose record, deployment, placements and drains have not moved.
         self.job_index: dict[str, int] = {}
         self.job_floor = 0
+        # The index of the last command that set or cleared a machine's drain (derived, never in a snapshot: the
+        # restored index after a restore). A rollout decision reads the machines only for their drains, so a
+        # machine registered, lost or back does not make every job be decided again: at 10,000 machines and
+        # 100,000 placements that was 76-88 ms of the leader's event loop per MachineDown (issue 15).
+        self.drain_index = 0
 
     # -- snapshots -------------------------------------------------------
     def to_obj(self) -> dict[str, Any]:
@@ -160,6 +165,7 @@ class State:
         self.changed_all = True
         self.job_index = {}
         self.job_floor = self.index
+        self.drain_index = self.index
         self.subnets = {k for m in self.machines.values()
                         if isinstance(m.subnet, str) and (k := subnet_key(m.subnet)) is not None}
         for pid, p in self.placements.items():

@@ -48,3 +48,22 @@ def test_each_placement_change_bumps_its_own_job_only_and_a_restore_floors_them_
     assert s.job_change_index("b") == placed
     r = State.restore(s.snapshot())
     assert r.job_change_index("b") == r.job_change_index("zzz") == s.index
+
+
+def test_only_a_drain_moves_the_drain_index_and_a_restore_floors_it() -> None:
+    """State.drain_index (derived): the rollout controller's memo keys on it instead of the machines table, so a
+    machine registered, lost or back leaves settled jobs undecided, and a drain or undrain does not."""
+    s = State()
+    for cmd in (c.ClaimEpoch(term=EPOCH), machine("m1"), machine("m2")):
+        ok(s, cmd)
+    assert s.drain_index == 0
+    ok(s, c.DrainMachine(machines=["m1"]))
+    drained = s.index
+    assert s.drain_index == drained
+    for cmd in (machine("m3"), c.MachineDown(machine="m2", reason="x"), c.MachineUp(machine="m2"), machine("m1")):
+        ok(s, cmd)
+        assert s.drain_index == drained, cmd
+    ok(s, c.DrainMachine(machines=["m1"], drain=False))
+    assert s.drain_index == s.index > drained
+    ok(s, machine("m4"))
+    assert State.restore(s.snapshot()).drain_index == s.index

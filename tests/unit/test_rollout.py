@@ -363,10 +363,14 @@ async def test_a_settled_job_is_decided_once_until_one_of_its_inputs_moves():
         await ctl.tick()
         await ctl.tick()
     assert ctl.decided == 3
-    assert (await r.propose(machine("m2"))).ok          # a machine changes: every job is decided again
+    assert (await r.propose(machine("m2"))).ok          # a machine registered, lost or back: not an input
+    assert (await r.propose(c.MachineDown(machine="m2", reason="test"))).ok
     await ctl.tick()
-    assert ctl.decided == 4
-    assert (await r.propose(c.DrainMachine(machines=["m1"]))).ok   # and a drain is acted on at once
+    assert ctl.decided == 3
+    assert (await r.propose(c.DrainMachine(machines=["m2"]))).ok   # a drain: every job is decided again
+    await ctl.tick()
+    assert ctl.decided == 4 and r.of(c.Retire) == []
+    assert (await r.propose(c.DrainMachine(machines=["m1"]))).ok   # and a drain of its machine is acted on at once
     await ctl.tick()
     assert [x.reason for x in r.of(c.Retire)] == ["machine m1 draining"]
 

@@ -113,14 +113,14 @@ class RolloutController:
                                          dict[str, Machine]]:
         """The jobs to decide this pass, each with its inputs and their key, and the machines (read in the
         state's lock)."""
-        machines_at = s.table_index["machines"]
+        drains_at = s.drain_index      # the machines matter to a decision only through their drains
         out = []
         for name, job in s.jobs.items():
             spec = job.current_spec
             service = spec.service_name if spec is not None else name
             published = len(s.discovery.get(service, {}).get("endpoints", {}))
             dep = s.deployments.get(name)
-            key = (job, dep, published, s.job_change_index(name), machines_at)
+            key = (job, dep, published, s.job_change_index(name), drains_at)
             memo = self.quiet.get(name)
             if memo is not None and memo[0] is job and memo[1] is dep and memo[2:] == key[2:]:
                 continue            # records are replaced, never changed in place: identity is equality here
