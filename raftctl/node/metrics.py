@@ -95,6 +95,16 @@ class ReplicaCollector:
             refused = CounterMetricFamily("raftctl_api_connections_refused", "API connections refused over the limit")
             refused.add_metric([], admitting.refused)
             yield refused
+        lag = getattr(r, "loop_lag", None)
+        if lag is not None:
+            late = HistogramMetricFamily("raftctl_event_loop_lag_seconds", "How much later than asked the replica's "
+                                         "event loop woke a task that asks every 0.1 s (the loop held: a long "
+                                         "computation, the GIL, the GC, no CPU)")
+            late.add_metric([], lag.cumulative(), lag.sum)
+            yield late
+            worst = GaugeMetricFamily("raftctl_event_loop_lag_max_seconds", "The longest such lag since start")
+            worst.add_metric([], lag.worst)
+            yield worst
         stats = getattr(r, "gc_stats", None)
         if stats is not None:
             runs = CounterMetricFamily("raftctl_gc_collections", "Cyclic GC collections in this replica's process",

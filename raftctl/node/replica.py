@@ -25,6 +25,7 @@ from raftctl.node.proposer import Proposer
 from raftctl.node.raft import RaftNode
 from raftctl.node.rollout import RolloutController
 from raftctl.gcstats import GcStats, freeze, thresholds_from_env, tune
+from raftctl.node.looplag import LoopLag
 from raftctl.node.admission import AdmittingRunner, Listener, default_limit, raise_fd_limit
 from raftctl.node.scheduling import SchedulerLoop
 from raftctl.statemachine import commands as c
@@ -93,6 +94,7 @@ class Replica:
         self.runner: AdmittingRunner | None = None
         self.listener: Listener | None = None
         self.gc_stats: GcStats | None = None   # set by serve(): the collector's cost in this replica's process
+        self.loop_lag = LoopLag()              # how late its event loop wakes (looplag.py), run once started
         self.leadership: Leadership | None = None
         self.http: aiohttp.ClientSession | None = None
         self.controller_factories: list[Any] = [SchedulerLoop, RolloutController, Autoscaler]
@@ -128,6 +130,7 @@ class Replica:
         self.listener = Listener(self.runner, host, int(port), ssl=server_ssl, backlog=API_BACKLOG)
         await self.listener.start()
         self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
+        self._tasks.append(asyncio.create_task(self.loop_lag.run(), name="loop lag"))
         self.dns = None
         if self.cfg.dns_port is not None:
             self.dns = DnsServer(lambda svc: self.read(lambda s: lookup(s.discovery, s.machines, svc)["endpoints"]),

@@ -44,6 +44,10 @@ def test_metrics_parse_and_move(cluster):
     assert value(after, "raftctl_gc_collections_total", generation="2") >= 1   # the one before the freeze, at least
     assert value(after, "raftctl_gc_seconds_total") > 0
     assert 1 <= value(after, "raftctl_api_connections") <= value(after, "raftctl_api_connections_limit")
+    # and how late its event loop wakes (looplag.py): a wake-up every 0.1 s since start, each in some bucket
+    wakes = value(after, "raftctl_event_loop_lag_seconds_count")
+    assert wakes >= 1 and value(after, "raftctl_event_loop_lag_seconds_bucket", le="+Inf") == wakes
+    assert value(after, "raftctl_event_loop_lag_max_seconds") >= 0
 
 
 def test_every_replica_family_passes_prometheus_naming_rules(cluster):
