@@ -217,6 +217,21 @@ def gc_share(bed: "Bed", res: dict[str, Any]) -> None:
     log(f"gc: {res['gc']}")
 
 
+LAG_BOUNDS = ("0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "+Inf")
+
+
+def loop_lag(m0: dict[tuple[str, str], float], m1: dict[tuple[str, str], float]) -> dict[str, Any]:
+    """The replica's event-loop lag between two scrapes (raftctl_event_loop_lag_seconds, a wake-up asked every
+    0.1 s): how many wake-ups, the bucket bound 99 % of them stayed within, how many were a second or more late,
+    and the longest lag since the replica started."""
+    def cum(m: dict[tuple[str, str], float], le: str) -> float:
+        return counts(m, "raftctl_event_loop_lag_seconds_bucket", le=le)
+    wakes = cum(m1, "+Inf") - cum(m0, "+Inf")
+    p99 = next((le for le in LAG_BOUNDS if cum(m1, le) - cum(m0, le) >= 0.99 * wakes), "+Inf") if wakes else None
+    return {"wakes": int(wakes), "p99_within_s": p99, "over_1s": int(wakes - (cum(m1, "1.0") - cum(m0, "1.0"))),
+            "max_since_start_s": round(counts(m1, "raftctl_event_loop_lag_max_seconds"), 2)}
+
+
 def roles(bed: "Bed") -> tuple[Proc, psutil.Process, Proc]:
     """The leader now, its process, and a follower: asked again before each measured window, as a leader change
     (elections while 10,000 machines register) leaves the first leader a follower."""
@@ -434,7 +449,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                                  "agents_cores": round((a1 - a0) / dt, 3), "agent_processes": len(bed.agents),
                                  "agents_rss_mib": round(sum(psutil.Process(p.pid).memory_info().rss
                                                              for _, _, p in bed.agents) / 2**20),
-                                 "load1": round(os.getloadavg()[0], 2)}
+                                 "leader_loop_lag": loop_lag(m0, m1), "load1": round(os.getloadavg()[0], 2)}
                 log(f"steady: {res['steady']}")
 
                 # 2. place 10 x N replicas
@@ -445,7 +460,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 if leader is not first:   # the idle RSS was another replica's: count from this one's before placing
                     rss0 = lp.memory_info().rss
                     res["rss_from"] = "placing (leader changed since idle)"
-                c0, tp = cpu_s(lp), time.monotonic()
+                c0, tp, mp0 = cpu_s(lp), time.monotonic(), bed.metrics(leader.url)
                 for j in range(jobs):
                     reps = min(JOB_REPLICAS, total - j * JOB_REPLICAS)
                     bed.call("PUT", f"/v1/jobs/s{j}", {"name": f"s{j}", "image": "scale:1", "command": ["serve"],
@@ -490,6 +505,8 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                                 "placed_s": res.pop("placed_s", None), "machines_down": int(seen.get("down", 0)),
                                 "placements_per_s": round(seen.get("healthy", 0) / el, 1),
                                 "leader_cores": round(cpu_place / el, 3), "load1": round(os.getloadavg()[0], 2)}
+                with contextlib.suppress(Exception):   # the leader's loop while placing (it may have changed since)
+                    res["place"]["leader_loop_lag"] = loop_lag(mp0, bed.metrics(leader.url))
                 rss1 = lp.memory_info().rss
                 res["rss"] = {"leader_mib_before": round(rss0 / 2**20, 1), "leader_mib_after": round(rss1 / 2**20, 1),
                               "leader_kib_per_placement": round((rss1 - rss0) / max(1, seen.get("have", 0)) / 1024, 2),
@@ -535,6 +552,8 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                     down_at: dict[str, float] = {}
                     healthy_again: dict[str, float] = {}
                     ttl = float(bed.told("g0")["ttl_s"] or 3.0)   # the TTL in force at this size (heartbeat budget)
+                    lead_f = bed.leader
+                    mf0 = bed.metrics(lead_f.url)
                     victim.send_signal(signal.SIGSTOP)
                     tf = time.monotonic()
                     tf_ms = time.time() * 1000   # the leader stamps MachineDown's time (last_transition) in wall ms
@@ -575,6 +594,8 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                                        "replaced_healthy_s": round(healthy_again["t"], 2) if "t" in healthy_again else None,
                                        "never_frozen_but_down": len(wrongly), "down_before": len(before_down),
                                        "load1": round(os.getloadavg()[0], 2)}
+                    with contextlib.suppress(Exception):   # the leader's loop from the freeze to replaced
+                        res["failover"]["leader_loop_lag"] = loop_lag(mf0, bed.metrics(lead_f.url))
                     victim.send_signal(signal.SIGCONT)
                     log(f"failover: {res['failover']}")
 

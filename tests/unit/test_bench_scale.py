@@ -60,3 +60,37 @@ def test_the_cost_curve_has_a_point_per_size_and_series(tmp_path: Any) -> None:
     assert xs == sorted(xs)             # drawn in machine order whatever the row order
     labels = [t.text for t in root.findall(f"{ns}text")]
     assert "1,000" in labels and "3,000" in labels
+
+
+def lag_text(lags: list[float]) -> dict[tuple[str, str], float]:
+    """A replica's loop-lag families as /metrics writes them, after ``lags`` (the replica's own LoopLag)."""
+    from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+    from prometheus_client.registry import Collector, CollectorRegistry
+    from prometheus_client import generate_latest
+
+    from raftctl.node.looplag import LoopLag
+    lag = LoopLag()
+    for x in lags:
+        lag.observe(x)
+
+    class One(Collector):
+        def collect(self) -> list[Any]:
+            h = HistogramMetricFamily("raftctl_event_loop_lag_seconds", "lag")
+            h.add_metric([], lag.cumulative(), lag.sum)
+            g = GaugeMetricFamily("raftctl_event_loop_lag_max_seconds", "max")
+            g.add_metric([], lag.worst)
+            return [h, g]
+    registry = CollectorRegistry()
+    registry.register(One())
+    text = generate_latest(registry).decode()
+    return {(m.group(1), m.group(2) or ""): float(m.group(3)) for m in scale.METRIC_RE.finditer(text)}
+
+
+def test_the_loop_lag_between_two_scrapes() -> None:
+    before = [0.001] * 50
+    during = [0.002] * 90 + [0.3] * 8 + [1.5, 6.0]
+    got = scale.loop_lag(lag_text(before), lag_text(before + during))
+    assert got == {"wakes": 100, "p99_within_s": "2.5", "over_1s": 2, "max_since_start_s": 6.0}
+    quiet = scale.loop_lag(lag_text(before), lag_text(before + [0.002] * 100))
+    assert quiet["p99_within_s"] == "0.005" and quiet["over_1s"] == 0
+    assert scale.loop_lag(lag_text(before), lag_text(before))["p99_within_s"] is None
