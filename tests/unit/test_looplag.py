@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from raftctl.node.looplag import BUCKETS, LoopLag
+from raftctl.node.looplag import BUCKETS, HELD_S, LoopLag
 
 
 @pytest.mark.parametrize("late, bucket", [
@@ -35,3 +35,23 @@ async def test_a_held_loop_shows_as_lag():
         task.cancel()
     assert lag.worst >= 0.3 and dict(lag.cumulative())["+Inf"] >= 3
     assert dict(lag.cumulative())["0.25"] < dict(lag.cumulative())["+Inf"]
+
+
+async def test_a_loop_held_past_the_bound_is_logged_once_with_the_stack_that_holds_it(caplog):
+    lag = LoopLag()
+    task = asyncio.create_task(lag.run())
+    try:
+        await asyncio.sleep(0.25)
+        with caplog.at_level("WARNING", logger="raftctl.looplag"):
+            hold_the_loop(HELD_S + 1.5)
+            await asyncio.sleep(0.25)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    held = [r.getMessage() for r in caplog.records if "event loop held" in r.getMessage()]
+    assert len(held) == 1 and lag.held_reports == 1
+    assert "--- event loop" in held[0] and "hold_the_loop" in held[0]
+
+
+def hold_the_loop(seconds: float) -> None:
+    time.sleep(seconds)
