@@ -19,7 +19,9 @@ Phases and figures (leader CPU and RSS from psutil; counts from the replicas' /m
 5. API p99 under that load: 8 Python clients writing (scale) and 8 reading (GET a job) for a few seconds (after
    the failover trial: it is the most disruptive phase);
 6. a follower stopped, writes pushed past ``--compact-entries`` (so the leader compacts and must send a
-   snapshot), restarted: time to catch up (install); restarted again: time to ready (replay from disk).
+   snapshot), restarted: time to catch up (install); restarted again: time to ready (replay from disk);
+7. the leader killed (SIGKILL): time until another replica leads and until a write commits, and the machines
+   declared down in the TTL + 30 s after (every agent must find the new leader within the TTL it re-arms).
 
 Every row goes to bench/out/scale.jsonl (gitignored); bench/out/scale.svg is the cost curve drawn by hand
 from the newest row per size. Prints a table and one JSON line per size.
@@ -642,6 +644,29 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                     res["restart"]["load1"] = round(os.getloadavg()[0], 2)
                     del tc
                     log(f"restart: {res['restart']}")
+                def leader_kill() -> None:
+                    # 7. the leader killed (-9): how soon a new one commits a write, and whether every agent finds it
+                    #    within the TTL it re-arms (told TTL + leader grace): machines declared down meanwhile were up
+                    old = bed.leader
+                    before = {mm["id"] for mm in bed.call("GET", "/v1/machines", url=follower.url)["machines"]
+                              if mm.get("status") == "down"}
+                    tk = time.monotonic()
+                    bed.cluster.kill(old, signal.SIGKILL)
+                    new = wait_for("a new leader", lambda: bed.cluster.leader() not in (None, old), 60, every=0.2)
+                    bed.call("PUT", "/v1/jobs/w0", {"name": "w0", "image": "scale:1", "command": ["w"], "replicas": 0})
+                    wrote = time.monotonic() - tk
+                    ttl = float(bed.told("g0")["ttl_s"] or 3.0)
+                    watch_s = ttl + 30.0       # past the re-armed TTL (ttl + the 5 s leader grace), with a margin
+                    time.sleep(max(0.0, watch_s - (time.monotonic() - tk)))
+                    fol = next(p for p in bed.cluster.servers if p is not old)
+                    after = {mm["id"] for mm in bed.call("GET", "/v1/machines", url=fol.url)["machines"]
+                             if mm.get("status") == "down"}
+                    res["leader_kill"] = {"new_leader_s": round(new, 2) if new is not None else None,
+                                          "first_write_s": round(wrote, 2), "watched_s": round(watch_s, 1),
+                                          "machines_declared_down": len(after - before),
+                                          "load1": round(os.getloadavg()[0], 2)}
+                    bed.cluster.start_proc(old)
+                    log(f"leader kill: {res['leader_kill']}")
                 # the failover trial before the API load: 16 clients writing and reading as fast as they can are the
                 # most disruptive phase (at 1,000 machines their writes took 5 s each and heartbeats answered late
                 # enough for hundreds of machines to be declared down), and failover is judged on a settled cluster
@@ -651,6 +676,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 phase('api', api)
                 phase('gc', lambda: gc_share(bed, res))
                 phase('restart', restart)
+                phase('leader_kill', leader_kill)
                 with contextlib.suppress(Exception):
                     terms["end"] = bed.call("GET", "/v1/status").get("term")
 
