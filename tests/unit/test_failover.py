@@ -96,6 +96,60 @@ async def test_the_monitor_loop_sleeps_on_its_clock():
     assert 3.0 < sum(clock.sleeps) <= 3.2 + 1e-9          # down on the first pass past the TTL
 
 
+# -- local health awareness: time the leader itself was held is not counted against the machines --
+
+@pytest.mark.parametrize("late, counted_as", [
+    (0.0, 0.0), (0.9, 0.0), (1.0, 0.0),     # up to held_free_s (1 s) late: the leader was merely busy
+    (1.5, 0.5), (10.0, 9.0),                # past it: the rest was the leader's own hold
+])
+async def test_a_held_leader_does_not_count_its_own_hold_against_the_machines(late, counted_as):
+    clock = FakeClock()
+    r = await fleet(clock, n=2)
+    mon = FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=3.0), clock=clock)
+    mon.heartbeat("m1")
+    mon.heartbeat("m2")
+    clock.advance(2.0)
+    mon.heartbeat("m2")
+    clock.advance(late)                   # the leader's loop held: m1's heartbeat 2 + late s ago in real time
+    mon.was_held(late)
+    await mon.tick()
+    silent = 2.0 + late - counted_as
+    assert mon.held_s == counted_as and mon.ages()["m1"] == round(silent, 2)
+    assert [x.machine for x in r.of(c.MachineDown)] == (["m1"] if silent > 3.0 else [])
+    clock.advance(max(0.0, 3.0 - silent) + 0.01)     # just past m1's TTL on the observed clock: m1 only
+    await mon.tick()
+    assert [x.machine for x in r.of(c.MachineDown)] == ["m1"]
+
+
+class HeldOnce(FakeClock):
+    """A fake clock whose 10th sleep overshoots by ``extra`` s (the loop held past the monitor's wake-up)."""
+
+    def __init__(self, extra: float) -> None:
+        super().__init__()
+        self.extra = extra
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds)
+        if len(self.sleeps) == 10:
+            self.advance(self.extra)
+
+
+async def test_the_monitor_loop_measures_its_own_lateness():
+    clock = HeldOnce(extra=6.0)
+    r = await fleet(clock, n=1)
+    mon = FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=3.0), clock=clock)
+    task = asyncio.create_task(mon.run())
+    try:
+        await until(lambda: r.of(c.MachineDown), "the 3 s TTL passing on the observed clock")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert mon.held_s == pytest.approx(5.0) and mon.status()["held_s"] == 5.0
+    # 3 s of observed silence: 8 s of real time, 5 of them the leader's own hold
+    assert 8.0 < sum(clock.sleeps) + 6.0 <= 8.2 + 1e-9
+
+
 async def test_status_lists_the_machines_heard_from_longest_ago_and_the_metric_all_of_them():
     # at 3,000 machines every GET /v1/status carried a 3,000-entry map of heartbeat ages
     from raftctl.node.failover import STATUS_OLDEST
