@@ -82,16 +82,23 @@ async def test_the_mass_loss_guard_paces_itself_on_the_injected_clock():
     assert [x.machine for x in r.of(c.MachineDown)] == ["m2", "m3"]
 
 
-async def test_the_monitor_loop_sleeps_on_its_clock():
-    clock = FakeClock()
+async def run_until_down(clock: FakeClock) -> FailoverMonitor:
+    """A one-machine fleet's monitor loop on ``clock``, run until it declares the silent machine down."""
     r = await fleet(clock, n=1)
-    task = asyncio.create_task(FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=3.0), clock=clock).run())
+    mon = FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=3.0), clock=clock)
+    task = asyncio.create_task(mon.run())
     try:
-        await until(lambda: r.of(c.MachineDown), "the 3 s TTL passing")
+        await until(lambda: r.of(c.MachineDown), "the 3 s TTL passing (on the monitor's clock)")
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    return mon
+
+
+async def test_the_monitor_loop_sleeps_on_its_clock():
+    clock = FakeClock()
+    await run_until_down(clock)
     assert set(clock.sleeps) == {0.2}                     # min(0.2, ttl / 5)
     assert 3.0 < sum(clock.sleeps) <= 3.2 + 1e-9          # down on the first pass past the TTL
 
@@ -136,15 +143,7 @@ class HeldOnce(FakeClock):
 
 async def test_the_monitor_loop_measures_its_own_lateness():
     clock = HeldOnce(extra=6.0)
-    r = await fleet(clock, n=1)
-    mon = FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=3.0), clock=clock)
-    task = asyncio.create_task(mon.run())
-    try:
-        await until(lambda: r.of(c.MachineDown), "the 3 s TTL passing on the observed clock")
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    mon = await run_until_down(clock)
     assert mon.held_s == pytest.approx(5.0) and mon.status()["held_s"] == 5.0
     # 3 s of observed silence: 8 s of real time, 5 of them the leader's own hold
     assert 8.0 < sum(clock.sleeps) + 6.0 <= 8.2 + 1e-9
