@@ -35,7 +35,7 @@ from raftctl.agent.stopping import Stopper
 from raftctl.agent.supervisor import DriverTimeout, Supervised, Supervisor, update
 from raftctl.agent.supervisor import call_driver as _call
 from raftctl.agent.trace import StartTrace
-from raftctl.agent.watchtarget import FOLLOWER_GRACE_S, SHUN_S, WatchTarget
+from raftctl.agent.watchtarget import SHUN_S, WatchTarget, follower_grace
 from raftctl.aio import first_of, unless
 from raftctl.clock import SYSTEM, Clock
 from raftctl.errors import Forbidden, RaftctlError, Unauthorized
@@ -262,9 +262,7 @@ class Agent:
                     return
 
         async def follower_behind() -> None:
-            # half the heartbeat interval when longer: a fleet told 10 s heartbeats has followers applying a
-            # placement storm a few seconds late, and passing them all over would park every watch on the leader
-            grace = max(FOLLOWER_GRACE_S, self.heartbeat_s / 2)
+            grace = follower_grace(self.heartbeat_s)
             told = await self.target.leader_ahead(self.index, grace)
             log.warning("assignment watch on %s abandoned: the leader has this machine's assignments at index %s, "
                         "the watch brought %s within %gs; passed over for %gs", target, told, self.index,

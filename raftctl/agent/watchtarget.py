@@ -25,10 +25,17 @@ from typing import Any
 from raftctl.clock import Clock
 
 FOLLOWER_GRACE_S = 2.0
-"""How long a watch parked on a follower may lag a change the leader's heartbeat answer told (the agent gives
-half its heartbeat interval when that is longer)."""
+"""How long a watch parked on a follower may lag a change the leader's heartbeat answer told, at the least
+(``follower_grace``)."""
 SHUN_S = 30.0
 """How long a follower that lagged, answered stale or did not answer is passed over."""
+
+
+def follower_grace(heartbeat_s: float) -> float:
+    """FOLLOWER_GRACE_S, or half the heartbeat interval when longer: a fleet told 10 s heartbeats has followers
+    applying a placement storm a few seconds late, and passing them all over would park every watch on the
+    leader again."""
+    return max(FOLLOWER_GRACE_S, heartbeat_s / 2)
 
 
 class WatchTarget:

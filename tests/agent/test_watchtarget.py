@@ -10,7 +10,7 @@ import pytest
 from raftctl.agent.config import AgentConfig
 from raftctl.agent.loop import Agent
 from raftctl.agent.runtime.sim import SimDriver
-from raftctl.agent.watchtarget import FOLLOWER_GRACE_S, SHUN_S, WatchTarget
+from raftctl.agent.watchtarget import FOLLOWER_GRACE_S, SHUN_S, WatchTarget, follower_grace
 from raftctl.clock import FakeClock
 
 R1, R2, R3 = "http://r1", "http://r2", "http://r3"
@@ -187,3 +187,9 @@ async def test_a_leader_that_does_not_tell_its_index_keeps_the_watches():
     replicas = Replicas({"index": 12, "placements": []})
     await watched(replicas, None, lambda a: a.index == 12)
     assert set(replicas.asked) == {R1}
+
+
+@pytest.mark.parametrize("heartbeat_s, grace", [(0.3, FOLLOWER_GRACE_S), (1.0, FOLLOWER_GRACE_S), (4.0, 2.0),
+                                                (10.0, 5.0), (60.0, 30.0)])
+def test_a_followers_grace_is_two_seconds_or_half_the_heartbeat_interval(heartbeat_s, grace):
+    assert follower_grace(heartbeat_s) == grace
