@@ -647,9 +647,11 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 def leader_kill() -> None:
                     # 7. the leader killed (-9): how soon a new one commits a write, and whether every agent finds it
                     #    within the TTL it re-arms (told TTL + leader grace): machines declared down meanwhile were up
+                    def down(url: str) -> set[str]:
+                        return {mm["id"] for mm in bed.call("GET", "/v1/machines", url=url)["machines"]
+                                if mm.get("status") == "down"}
                     old = bed.leader
-                    before = {mm["id"] for mm in bed.call("GET", "/v1/machines", url=follower.url)["machines"]
-                              if mm.get("status") == "down"}
+                    before = down(follower.url)
                     tk = time.monotonic()
                     bed.cluster.kill(old, signal.SIGKILL)
                     new = wait_for("a new leader", lambda: bed.cluster.leader() not in (None, old), 60, every=0.2)
@@ -658,9 +660,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                     ttl = float(bed.told("g0")["ttl_s"] or 3.0)
                     watch_s = ttl + 30.0       # past the re-armed TTL (ttl + the 5 s leader grace), with a margin
                     time.sleep(max(0.0, watch_s - (time.monotonic() - tk)))
-                    fol = next(p for p in bed.cluster.servers if p is not old)
-                    after = {mm["id"] for mm in bed.call("GET", "/v1/machines", url=fol.url)["machines"]
-                             if mm.get("status") == "down"}
+                    after = down(next(p for p in bed.cluster.servers if p is not old).url)
                     res["leader_kill"] = {"new_leader_s": round(new, 2) if new is not None else None,
                                           "first_write_s": round(wrote, 2), "watched_s": round(watch_s, 1),
                                           "machines_declared_down": len(after - before),
