@@ -208,6 +208,9 @@ class Agent:
         while True:
             live = control.live
             target = self.target.choose(control.servers, live)
+            if target is not None and target != self.watch_server:
+                log.info("assignment watch on %s", target)   # where it is parked (the rotation: once answered)
+                self.watch_server = target
             wait_s = watch_wait(self.heartbeat_s)
             watch = await unless(control.watch(
                 f"/v1/agent/assignments/{self.cfg.machine}",
