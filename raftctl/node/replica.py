@@ -202,15 +202,21 @@ class Replica:
 
     # -- state access ----------------------------------------------------
     def read(self, fn: Callable[[State], T]) -> T:
-        """Run ``fn`` on the applied state under the apply lock (keep it short)."""
-        assert self.raft is not None
-        with self.raft.lock:
-            return fn(self.raft.state)
+        """Run ``fn`` on the applied state under the apply lock (keep it short). Before the replica started
+        Raft and once it stopped it (``stop``: a parked watch may wake after that) there is no state to read:
+        Unavailable (503, try another replica), not an internal error."""
+        raft = self.raft
+        if raft is None:
+            raise Unavailable("this replica is starting or stopping; try another")
+        with raft.lock:
+            return fn(raft.state)
 
     @property
     def index(self) -> int:
-        assert self.raft is not None
-        return self.raft.state.index
+        raft = self.raft
+        if raft is None:
+            raise Unavailable("this replica is starting or stopping; try another")
+        return raft.state.index
 
     async def propose(self, cmd: c.Command, timeout: float | None = None) -> Result:
         if self.proposer is None:
