@@ -294,7 +294,8 @@ class FailoverMonitor:
         """The monitor for GET /v1/status: the STATUS_OLDEST machines heard from longest ago, not every machine
         (at 3,000 machines every status answer carried a 3,000-entry map; the metric has them all)."""
         now = self.observed()
-        oldest = heapq.nsmallest(STATUS_OLDEST, self.last_seen.items(), key=lambda kv: (kv[1], kv[0]))
+        # a copy first (one C call): a /metrics scrape reads this on a worker thread while heartbeats add machines
+        oldest = heapq.nsmallest(STATUS_OLDEST, list(self.last_seen.items()), key=lambda kv: (kv[1], kv[0]))
         return {"ttl_s": self.ttl_s, "interval_s": self.interval_s,
                 "max_heartbeats_per_s": self.cfg.max_heartbeats_per_s, "guard_active": self.guard_active, "silent": self.silent,
                 "machines_heard": len(self.last_seen), "held_s": round(self.held_s, 1),

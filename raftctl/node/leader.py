@@ -115,10 +115,12 @@ class Leadership:
         return self.failover.heartbeat(machine)
 
     def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"epoch": self.epoch, "controllers": [type(c_).__name__ for c_ in self.controllers]}
-        if self.failover is not None:
-            out["failover"] = self.failover.status()
-        for ctl in self.controllers:
-            if ctl is not self.failover and hasattr(ctl, "status"):
+        # each attribute read once: a /metrics scrape calls this on a worker thread while leadership may end
+        failover, controllers = self.failover, self.controllers
+        out: dict[str, Any] = {"epoch": self.epoch, "controllers": [type(c_).__name__ for c_ in controllers]}
+        if failover is not None:
+            out["failover"] = failover.status()
+        for ctl in controllers:
+            if ctl is not failover and hasattr(ctl, "status"):
                 out[type(ctl).__name__] = ctl.status()
         return out

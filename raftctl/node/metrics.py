@@ -1,6 +1,7 @@
 """GET /metrics: Prometheus text format, one registry per replica."""
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
 from typing import Any, Iterator
 
@@ -154,12 +155,15 @@ class ReplicaCollector:
         for k, v in sorted(deploys.items()):
             g.add_metric([k], v)
         yield g
-        lead = r.leadership.status() if r.leadership is not None and r.leadership.active else {}
+        # collected on a worker thread: leadership may end meanwhile (failover None), so each is read once
+        leadership = r.leadership
+        lead = leadership.status() if leadership is not None and leadership.active else {}
         fo = lead.get("failover")
-        if fo:
+        monitor = leadership.failover if leadership is not None else None
+        if fo and monitor is not None:
             g = GaugeMetricFamily("raftctl_heartbeat_age_seconds", "Seconds since each machine's last heartbeat",
                                   labels=["machine"])
-            for m, age in r.leadership.failover.ages().items():
+            for m, age in monitor.ages().items():
                 g.add_metric([m], age)
             yield g
             g = GaugeMetricFamily("raftctl_failover_guard_active", "1 while the mass-loss guard rate-limits failover")
@@ -177,5 +181,10 @@ class ReplicaCollector:
 
 @perm("read")
 async def handler(request: web.Request) -> web.Response:
+    """The scrape is collected on a worker thread, not on the event loop: at 10,000 machines it walks every
+    placement and machine (the efficiency view alone ~1.3 s of CPU, the heartbeat ages 10,000 series), and on the
+    loop that held the leader's heartbeats as long. The collectors read the state under its lock and take copies
+    of what the loop changes (a dict copied in one C call: no "changed size during iteration")."""
     registry, _ = registry_for(request.app[REPLICA])
-    return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4"})
+    body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

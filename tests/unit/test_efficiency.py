@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 
 from raftctl.clock import FakeClock
 from raftctl.node.autoscale import SAMPLE_WINDOW_MS, Metrics
-from raftctl.node.efficiency import MAX_AGE_S, MEMORY_METRIC, cache_of, compute, prometheus_families
+from raftctl.node.efficiency import (COSTLY_S, MAX_AGE_S, MEMORY_METRIC, REUSE_FACTOR, ViewCache, cache_of, compute,
+                                     prometheus_families)
 from raftctl.scheduler.efficiency import Usage, efficiency, first_fit_decreasing, lower_bound
 from raftctl.statemachine.records import Machine, Placement
 from raftctl.statemachine.state import State
@@ -240,6 +242,81 @@ def test_a_view_is_served_for_at_most_max_age():
     rep.clock.advance(SAMPLE_WINDOW_MS / 1000)
     assert compute(rep)["cluster"]["reported"]["cpu"] == 0
     assert cache_of(rep).computed == 2
+
+
+class SteppingTimer:
+    """A timer for ViewCache: each reading is ``step`` seconds after the one before (a view's computation, between
+    two readings, "takes" ``step``)."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_a_scrape_reuses_a_costly_view_for_ten_times_its_cost_and_the_route_never_does():
+    rep = FakeReplica()
+    timer = SteppingTimer(COSTLY_S * 2)               # every view "costs" 2 x COSTLY_S
+    rep._efficiency_cache = ViewCache(timer=timer)
+    rep.put(machine("a"))
+    list(prometheus_families(rep))
+    cache = cache_of(rep)
+    assert cache.computed == 1 and cache.cost_s == pytest.approx(COSTLY_S * 2)
+    rep.put(placement("p1", "a", 500, 256 * Mi))       # a command: a new index
+    gauges = {f.name: f.samples for f in prometheus_families(rep)}
+    assert cache.computed == 1                          # the scrape took the costly view as it was
+    assert {s.labels["resource"]: s.value for s in gauges["raftctl_efficiency_allocated"]}["cpu"] == 0
+    assert compute(rep)["cluster"]["placements"] == 1   # GET /v1/efficiency: the current index, always
+    assert cache.computed == 2
+    rep.put(placement("p2", "a", 100, 64 * Mi))
+    timer.now += REUSE_FACTOR * cache.cost_s            # the window is over
+    gauges = {f.name: f.samples for f in prometheus_families(rep)}
+    assert cache.computed == 3
+    assert {s.labels["resource"]: s.value for s in gauges["raftctl_efficiency_allocated"]}["cpu"] == 600
+
+
+def test_a_cheap_view_is_not_reused_across_commands_by_a_scrape():
+    rep = FakeReplica()
+    rep._efficiency_cache = ViewCache(timer=SteppingTimer(COSTLY_S / 10))
+    rep.put(machine("a"))
+    list(prometheus_families(rep))
+    rep.put(placement("p1", "a", 500, 256 * Mi))
+    list(prometheus_families(rep))
+    assert cache_of(rep).computed == 2
+
+
+async def test_a_metrics_scrape_is_collected_off_the_event_loop():
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import GaugeMetricFamily
+
+    from raftctl.node import metrics
+    from raftctl.node.http import REPLICA
+
+    threads: list[threading.Thread] = []
+
+    class Recording:
+        def collect(self):
+            threads.append(threading.current_thread())
+            g = GaugeMetricFamily("raftctl_probe", "where the scrape ran")
+            g.add_metric([], 1)
+            yield g
+
+    class Replica:
+        _metrics_registry = CollectorRegistry()
+        _api_metrics = None
+
+    Replica._metrics_registry.register(Recording())
+    app = web.Application()
+    app[REPLICA] = Replica()
+    app.router.add_get("/metrics", metrics.handler)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await client.get("/metrics")
+        assert resp.status == 200 and "raftctl_probe 1.0" in await resp.text()
+    assert threads and threads[0] is not threading.current_thread()
 
 
 def plain_first_fit_decreasing(items, bins):
