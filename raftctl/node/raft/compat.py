@@ -54,7 +54,7 @@ SYNCOBJ_ATTRIBUTES: tuple[str, ...] = (
     "_SyncObj__raftElectionDeadline", "_SyncObj__transferInProgress", "_SyncObj__recvTransmission",
     "_SyncObj__transport", "_SyncObj__serializer", "_SyncObj__conf", "_SyncObj__otherNodes",
     "_SyncObj__readonlyNodes", "_SyncObj__connectedNodes", "_SyncObj__newAppendEntriesTime",
-    "_SyncObj__selfNode",
+    "_SyncObj__selfNode", "_poller",
     # __init__.py raft_status
     "_SyncObj__votedForNodeId",
     # __init__.py _onTick (H7)

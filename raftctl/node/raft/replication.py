@@ -120,6 +120,7 @@ class ReplicationFixes:
         _SyncObj__connectedNodes: set[Any]
         _SyncObj__newAppendEntriesTime: float
         _SyncObj__selfNode: Any
+        _poller: Any                                 # the sockets' poller (_read_before_falling_back)
         _SyncObj__votedForNodeId: Any                # (__init__.py: raft_status)
         _SyncObj__needLoadDumpFile: bool             # (__init__.py: _onTick)
 
@@ -179,6 +180,7 @@ class ReplicationFixes:
         if not self._repair:
             return _SyncObj._onTick(self, timeToWait)
         self._pre_vote_tick()
+        self._read_before_falling_back()
         term = self._SyncObj__raftCurrentTerm
         # Group commit (see _checkCommandsToApply): AppendEntries asked for before the tick's proposals are
         # appended (the commit index after applying, a heartbeat) wait for them and go out once.
@@ -195,6 +197,20 @@ class ReplicationFixes:
             conf = self._SyncObj__conf
             self._SyncObj__raftElectionDeadline = _now() + conf.appendEntriesPeriod + self._quick_timeout()
         return None
+
+    def _read_before_falling_back(self) -> None:
+        """pysyncobj's leader steps down when fewer than a majority answered within leaderFallbackTimeout (3 s),
+        and judges it at the start of its tick, before the tick reads its sockets. After the tick thread stalled
+        that long (a long apply, the GIL, a process starved of CPU: the 10,000-machine bench on this 2-core box
+        went from term 1 to 12 while placing), the followers' answers that came meanwhile sit unread and a live
+        leader steps down: an election, and every agent sent to a new leader. Read what has arrived first."""
+        if self._SyncObj__raftState != _LEADER:
+            return
+        others = self._SyncObj__otherNodes
+        deadline = _now() - self._SyncObj__conf.leaderFallbackTimeout
+        heard = 1 + sum(1 for n in others if self._SyncObj__lastResponseTime.get(n, float("-inf")) > deadline)
+        if heard <= (len(others) + 1) / 2:
+            self._poller.poll(0)
 
     def _quick_timeout(self) -> float:
         """A random wait in [0, spread): the election timeout's randomisation without its floor (the floor is
