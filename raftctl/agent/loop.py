@@ -273,7 +273,16 @@ class Agent:
             assert target is not None
             self.target.shun(target)
 
-        if target is None or target == live:
+        async def index_told() -> None:
+            # parked on the leader (or in turn) because no heartbeat had told the index yet: the agent's first
+            # watch, issued before its first heartbeat was answered, stayed on the leader for its whole wait
+            await self.target.telling()
+            log.info("assignment watch on %s abandoned: the leader tells this machine's assignments index now, "
+                     "watch on %s", target or "a rotating replica", self.target.choose(control.servers, control.live))
+
+        if (target is None or target == live) and self.target.told is None:
+            await first_of(choice_moved(), index_told())
+        elif target is None or target == live:
             await choice_moved()
         else:
             await first_of(choice_moved(), follower_behind())

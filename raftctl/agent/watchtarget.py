@@ -73,6 +73,13 @@ class WatchTarget:
         """Pass ``url`` over for SHUN_S."""
         self.shunned[url] = self.clock.monotonic() + SHUN_S
 
+    async def telling(self) -> None:
+        """Return once the leader tells its index (a watch parked on the leader before the first heartbeat
+        answer, or while a previous-release leader led, then moves to a follower)."""
+        while self.told is None:
+            self._told_moved.clear()
+            await self._told_moved.wait()
+
     async def leader_ahead(self, index: int, grace_s: float = FOLLOWER_GRACE_S) -> int:
         """Return the leader's told index once it has been above ``index`` for ``grace_s`` (the watch brought
         nothing that high meanwhile: the caller cancels this when it does)."""

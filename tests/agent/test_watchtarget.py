@@ -189,6 +189,30 @@ async def test_a_leader_that_does_not_tell_its_index_keeps_the_watches():
     assert set(replicas.asked) == {R1}
 
 
+async def test_a_watch_parked_on_the_leader_before_the_index_was_told_moves_to_a_follower_when_it_is():
+    """An agent's first watch goes out before its first heartbeat is answered, so to the leader; once a heartbeat
+    answer tells the index, that watch is left for the follower the machine's hash names (it stayed on the leader
+    for its whole wait, and the paused-watch-replica integration test then found its watch on the leader)."""
+    replicas = Replicas({"index": 10, "placements": []})    # nothing newer than the agent's index: every watch parks
+    clock = TurnsClock()
+    a = Agent(AgentConfig(machine="m1", servers=SERVERS, token="t", data_dir="/nonexistent"), SimDriver(), clock=clock)
+    a.control = replicas  # type: ignore[assignment]
+    a.index = 10
+    task = asyncio.create_task(a._watch_loop())
+    try:
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert replicas.asked == [R1]                           # parked on the leader: nothing told yet
+        a.target.note(10)                                       # the first heartbeat answer
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert replicas.asked == [R1, told(10).choose(SERVERS, R1)]
+        assert replicas.asked[1] != R1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 @pytest.mark.parametrize("heartbeat_s, grace", [(0.3, FOLLOWER_GRACE_S), (1.0, FOLLOWER_GRACE_S), (4.0, 2.0),
                                                 (10.0, 5.0), (60.0, 30.0)])
 def test_a_followers_grace_is_two_seconds_or_half_the_heartbeat_interval(heartbeat_s, grace):
