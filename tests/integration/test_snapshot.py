@@ -160,6 +160,9 @@ def test_a_snapshot_restored_into_a_fresh_cluster_has_the_same_data_one_hash_and
         n4 = add_server(dst, "n4")
         n4.extra_args = ["--heartbeat-ttl", "1h"]
         dst.start_proc(n4)
+        # the leader now: restarting a follower may have cost an election on a loaded machine (a fresh-clone CI
+        # run saw the restarted replica grant a pre-vote to the other follower, and the old leader answered 503)
+        leader = wait_until(dst.leader, what="a leader")
         assert api(leader, "POST", "/v1/members", admin, {"raft": n4.raft, "api": n4.url, "id": "n4"}).ok
         dst.wait_ready(60, procs=[n4])
         quiet(dst, admin)
