@@ -254,14 +254,19 @@ class Agent:
         assert control is not None
 
         async def choice_moved() -> None:
+            # the choice moves with the leader, and once the leader tells the index: a watch parked on the leader
+            # (or in turn) before any heartbeat told it, as an agent's first watch is, then moves to its follower
             seen = live
             while True:
-                await control.live_moved_from(seen)
+                if self.target.told is None:
+                    await first_of(control.live_moved_from(seen), self.target.telling())
+                else:
+                    await control.live_moved_from(seen)
                 seen = control.live
                 now = self.target.choose(control.servers, seen)
                 if now != target:
-                    log.info("assignment watch on %s abandoned: heartbeats are answered by %s, watch on %s",
-                             target or "a rotating replica", seen, now)
+                    log.info("assignment watch on %s abandoned: heartbeats are answered by %s (index told: %s), "
+                             "watch on %s", target or "a rotating replica", seen, self.target.told, now)
                     return
 
         async def follower_behind() -> None:
@@ -273,16 +278,7 @@ class Agent:
             assert target is not None
             self.target.shun(target)
 
-        async def index_told() -> None:
-            # parked on the leader (or in turn) because no heartbeat had told the index yet: the agent's first
-            # watch, issued before its first heartbeat was answered, stayed on the leader for its whole wait
-            await self.target.telling()
-            log.info("assignment watch on %s abandoned: the leader tells this machine's assignments index now, "
-                     "watch on %s", target or "a rotating replica", self.target.choose(control.servers, control.live))
-
-        if (target is None or target == live) and self.target.told is None:
-            await first_of(choice_moved(), index_told())
-        elif target is None or target == live:
+        if target is None or target == live:
             await choice_moved()
         else:
             await first_of(choice_moved(), follower_behind())

@@ -205,18 +205,19 @@ class Replica:
         """Run ``fn`` on the applied state under the apply lock (keep it short). Before the replica started
         Raft and once it stopped it (``stop``: a parked watch may wake after that) there is no state to read:
         Unavailable (503, try another replica), not an internal error."""
-        raft = self.raft
-        if raft is None:
-            raise Unavailable("this replica is starting or stopping; try another")
+        raft = self._running_raft()
         with raft.lock:
             return fn(raft.state)
 
     @property
     def index(self) -> int:
+        return self._running_raft().state.index
+
+    def _running_raft(self) -> RaftNode:
         raft = self.raft
         if raft is None:
             raise Unavailable("this replica is starting or stopping; try another")
-        return raft.state.index
+        return raft
 
     async def propose(self, cmd: c.Command, timeout: float | None = None) -> Result:
         if self.proposer is None:
