@@ -101,8 +101,8 @@ def again(what: str, send: Callable[[], bytes], *, attempts: int, pause: Callabl
 class Bed:
     """A LocalCluster plus agent processes; every helper reads through urllib with the admin token."""
 
-    def __init__(self, directory: str, compact_entries: int, ttl: str = "3s") -> None:
-        self.cluster = LocalCluster(directory, replicas=3, log_level="warning")
+    def __init__(self, directory: str, compact_entries: int, ttl: str = "3s", log_level: str = "warning") -> None:
+        self.cluster = LocalCluster(directory, replicas=3, log_level=log_level)
         for p in self.cluster.servers:
             p.extra_args = ["--compact-entries", str(compact_entries), "--heartbeat-ttl", ttl]
         self.agents: list[tuple[str, int, subprocess.Popen]] = []   # (id, count, process)
@@ -214,7 +214,9 @@ def gc_share(bed: "Bed", res: dict[str, Any]) -> None:
         cpu = cpu_s(psutil.Process(p.pid)) if p.pid else 0.0
         out["leader" if p is lead else p.id] = {
             "gc_s": round(gc_s, 2), "cpu_s": round(cpu, 1), "gc_share": round(gc_s / cpu, 3) if cpu else None,
-            "collections": [int(counts(m, "raftctl_gc_collections_total", generation=str(g))) for g in range(3)]}
+            "collections": [int(counts(m, "raftctl_gc_collections_total", generation=str(g))) for g in range(3)],
+            "seconds": [round(counts(m, "raftctl_gc_seconds_total", generation=str(g)), 2) for g in range(3)],
+            "longest_s": [round(counts(m, "raftctl_gc_longest_seconds", generation=str(g)), 3) for g in range(3)]}
     res["gc"] = {"thresholds": os.environ.get("RAFTCTL_GC_THRESHOLDS") or "raftctl 50000,20,20", **out}
     log(f"gc: {res['gc']}")
 
@@ -391,7 +393,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 os.makedirs(d)
             else:
                 d = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-scale-"))
-            bed = Bed(d, args.compact_entries)
+            bed = Bed(d, args.compact_entries, log_level=args.replica_log_level)
             try:
                 bed.cluster.start(timeout=60)
                 leader = bed.leader
@@ -785,6 +787,8 @@ def main() -> None:
                     help="after placing, keep the loaded cluster this long (s) for a profiler or probes")
     ap.add_argument("--settle", type=float, default=10.0, help="pause after placing, before the failover trial (s)")
     ap.add_argument("--api-clients", type=int, default=8)
+    ap.add_argument("--replica-log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                    help="the replicas' --log-level (info: each election and late failover wake-up in server.log)")
     ap.add_argument("--compact-entries", type=int, default=500,
                     help="the replicas' --compact-entries (so the restart phase needs a snapshot)")
     args = ap.parse_args()

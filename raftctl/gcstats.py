@@ -54,6 +54,7 @@ class GcStats:
         self.collections = [0, 0, 0]
         self.seconds = [0.0, 0.0, 0.0]
         self.collected = [0, 0, 0]
+        self.longest = [0.0, 0.0, 0.0]     # the longest single collection: every thread waited that long (the GIL)
         self._started = 0.0
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
@@ -61,8 +62,10 @@ class GcStats:
             self._started = time.perf_counter()
             return
         g = info.get("generation", 2)
+        took = time.perf_counter() - self._started
         self.collections[g] += 1
-        self.seconds[g] += time.perf_counter() - self._started
+        self.seconds[g] += took
+        self.longest[g] = max(self.longest[g], took)
         self.collected[g] += info.get("collected", 0)
 
     def install(self) -> "GcStats":

@@ -112,11 +112,16 @@ class ReplicaCollector:
                                        labels=["generation"])
             spent = CounterMetricFamily("raftctl_gc_seconds", "Time spent in cyclic GC collections",
                                         labels=["generation"])
+            longest = GaugeMetricFamily("raftctl_gc_longest_seconds", "The longest single cyclic GC collection "
+                                        "since start (every thread of the process, Raft's too, waited for it)",
+                                        labels=["generation"])
             for gen in range(3):
                 runs.add_metric([str(gen)], stats.collections[gen])
                 spent.add_metric([str(gen)], stats.seconds[gen])
+                longest.add_metric([str(gen)], stats.longest[gen])
             yield runs
             yield spent
+            yield longest
         counts = r.read(lambda s: (len(s.jobs), len(s.placements), len(s.machines)))
         for name, value in zip(("raftctl_jobs", "raftctl_placements", "raftctl_machines"), counts):
             g = GaugeMetricFamily(name, f"Number of {name.split('_')[1]} in the state")
