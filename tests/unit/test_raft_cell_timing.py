@@ -16,8 +16,10 @@ CASES = [
     ("1,000 machines: still the base", 1000, DEFAULT, (0.3, 0.6)),
     ("2,000 machines: 0.3 ms each", 2000, DEFAULT, (0.6, 1.2)),
     ("3,000 machines", 3000, DEFAULT, (0.9, 1.8)),
-    ("10,000 machines: capped at 1 s", 10000, DEFAULT, (1.0, 2.0)),
-    ("a longer base is never shortened", 10000, (1.5, 3.0, 0.1), (1.5, 3.0)),
+    ("3,333 machines", 3333, DEFAULT, (1.0, 2.0)),
+    ("10,000 machines: 3-6 s", 10000, DEFAULT, (3.0, 6.0)),
+    ("20,000 machines: capped at 3 s", 20000, DEFAULT, (3.0, 6.0)),
+    ("a longer base is never shortened", 3000, (1.5, 3.0, 0.1), (1.5, 3.0)),
     ("the base's max/min ratio is kept", 3000, (0.4, 0.6, 0.05), (0.9, 1.35)),
 ]
 
@@ -37,9 +39,13 @@ def test_a_node_following_its_cell_draws_its_election_timeouts_from_the_new_boun
         draws = [node._SyncObj__generateRaftTimeout() for _ in range(200)]
         assert 0.3 <= min(draws) and max(draws) <= 0.6
         assert node.follow_cell(3000) == pytest.approx((0.9, 1.8))
+        assert node._SyncObj__conf.leaderFallbackTimeout == raft.LEADER_FALLBACK_S   # 3 s: longer than 1.8
         draws = [node._SyncObj__generateRaftTimeout() for _ in range(200)]
         assert 0.9 <= min(draws) and max(draws) <= 1.8
+        assert node.follow_cell(10000) == pytest.approx((3.0, 6.0))
+        assert node._SyncObj__conf.leaderFallbackTimeout == 6.0   # not before a follower could elect another
         assert node.follow_cell(500) == pytest.approx((0.3, 0.6))      # the cell shrank: back to the base
+        assert node._SyncObj__conf.leaderFallbackTimeout == raft.LEADER_FALLBACK_S
         draws = [node._SyncObj__generateRaftTimeout() for _ in range(200)]
         assert 0.3 <= min(draws) and max(draws) <= 0.6
         monkeypatch.setattr(raft, "TIMING_PINNED", True)                # RAFTCTL_RAFT_TIMING set: left alone

@@ -113,16 +113,23 @@ RAFT_TIMING = _raft_timing(os.environ.get("RAFTCTL_RAFT_TIMING"))
 TIMING_PINNED = bool(os.environ.get("RAFTCTL_RAFT_TIMING"))   # an explicit timing does not follow the cell
 
 ELECTION_S_PER_MACHINE = 0.0003   # the election timeout's floor grows 0.3 ms per machine in the table ...
-ELECTION_MIN_CAP_S = 1.0          # ... up to 1 s (max: twice the floor, as the default's 0.3-0.6 s)
+ELECTION_MIN_CAP_S = 3.0          # ... up to 3 s (max: twice the floor, as the default's 0.3-0.6 s)
+LEADER_FALLBACK_S = 3.0           # a leader no majority answered for this long steps down (pysyncobj's
+                                  # leaderFallbackTimeout); never sooner than the cell's longest election timeout
 
 
 def cell_election_timeout(machines: int, base: tuple[float, float, float] = RAFT_TIMING) -> tuple[float, float]:
     """The election timeout (min, max) for a cell of ``machines`` (pure): the base (0.3-0.6 s) up to 1,000
-    machines, then a floor of 0.3 ms per machine, at most 1 s, with the base's max/min ratio. bench/scale.py at
+    machines, then a floor of 0.3 ms per machine, at most 3 s (10,000 machines: 3-6 s), with the base's max/min
+    ratio. bench/scale.py at
     3,000 simulated machines on this 2-core machine: with 0.3-0.6 s the loaded leader missed its heartbeats for
     more than 0.3 s often enough to lose leadership every ~2.5 s (term 97 after 4 minutes, every election sending
     all agents to a new leader); with 1-2 s, 0 elections at 3,000 and term 6 through 10,000 registrations. The
-    price: a dead leader of a large cell is replaced after 1-2 s instead of 0.3-0.6 s."""
+    price: a dead leader of a large cell is replaced after 1-2 s instead of 0.3-0.6 s. The cap was 1 s until session
+    11: at 10,000 machines the leader's process was held 2.2-2.5 s at a time (a cyclic GC pass over every
+    connection's objects holds the GIL, the tick thread's heartbeats too) and leaderships ended every 10-30 s
+    while registering and placing (terms 1 -> 12, 8 -> 16). A killed leader is still replaced in well under a
+    second: its followers see its connections close (replication.py), they do not wait out this timeout."""
     lo, hi, _ = base
     floor = min(max(lo, machines * ELECTION_S_PER_MACHINE), max(lo, ELECTION_MIN_CAP_S))
     return round(floor, 3), round(floor * (hi / lo), 3)
@@ -205,7 +212,7 @@ class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
             deserializer=self._decode_snapshot,
             appendEntriesUseBatch=False,
             dynamicMembershipChange=dynamic_membership,
-            leaderFallbackTimeout=3.0,
+            leaderFallbackTimeout=LEADER_FALLBACK_S,
             raftMinTimeout=RAFT_TIMING[0],
             raftMaxTimeout=RAFT_TIMING[1],
             appendEntriesPeriod=RAFT_TIMING[2],
@@ -379,6 +386,10 @@ class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
         if TIMING_PINNED:
             return conf.raftMinTimeout, conf.raftMaxTimeout
         lo, hi = cell_election_timeout(machines, (self._base_timing[0], self._base_timing[1], 0.0))
+        # etcd's CheckQuorum: a leader steps down when it heard no majority for an election timeout; pysyncobj's
+        # fixed 3 s was shorter than a large cell's (3-6 s), and a leader that steps down before a follower could
+        # have elected another leaves the cell without one until a follower's timer fires
+        conf.leaderFallbackTimeout = max(LEADER_FALLBACK_S, hi)
         if (lo, hi) != (conf.raftMinTimeout, conf.raftMaxTimeout):
             if lo > conf.raftMinTimeout:
                 conf.raftMaxTimeout, conf.raftMinTimeout = hi, lo
