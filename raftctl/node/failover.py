@@ -21,6 +21,13 @@ Each machine is judged by the larger of the TTL told with its last heartbeat ans
 a shrinking interval never declares a machine down before the TTL it was told. A new leader re-arms every
 machine with the TTL of the interval for the whole machines table (up or not): the largest a leader with the
 same flags could have told, since every interval told was computed from a count of up machines no larger.
+
+Silence survives a leader change (session 11): the leader commits ``MachinesSilent``, the up machines it has not
+heard from for half a TTL with how long, every ``silence_every_s`` while there is one (or one to clear). A new leader starts those machines' TTLs that far along (``credit``): re-armed afresh, a frozen machine was
+never declared down while leaders changed faster than the TTL (10,000 machines, TTL 30 s: 0 of 100 in 120 s). It
+still gives each of them ``leader_grace_s`` plus one interval to find it, so a live machine that could not reach the
+old leader is not declared down before it can beat here. The age is as of the commit (no clock of another replica
+is compared with ours): the time between that commit and this leader's start is not credited.
 """
 from __future__ import annotations
 
@@ -65,6 +72,11 @@ class FailoverConfig:
     # TTL, as heartbeats sent meanwhile sat unread in its queues or timed out at the agent. At 10,000 machines
     # on 2 cores the leader's loop was held up to 8.9 s while placing and it declared 960 live machines down.
     held_free_s: float = 1.0
+    # silence that survives a leader change: machines silent past silence_after (a fraction of the TTL) are
+    # committed with their age (MachinesSilent) this often while there are any (or a list to clear)
+    silence_after: float = 0.5
+    silence_every_s: float = 2.0
+    max_silence_listed: int = 1000     # the longest-silent ones (apply's MAX_SILENT)
 
 
 def told_interval(n_up: int, cfg: FailoverConfig, current: float | None = None) -> float:
@@ -134,6 +146,27 @@ def _machines_view(s: Any) -> tuple[int, list[str], list[str]]:
             [m for m, v in s.machines.items() if v.status == "up"])
 
 
+def credit(silence_ms: Mapping[str, int], up: set[str], now: float, ttl_s: float,
+           floor_s: float) -> dict[str, tuple[float, float]]:
+    """A new leader's start for the up machines the last leader committed as silent (pure): machine -> (last
+    seen, TTL to judge by) on the monitor's clock at ``now``. Declared down once silent ``ttl_s`` counting the
+    committed silence, but not sooner than ``floor_s`` from now (time to find this leader; never later than a
+    fresh re-arm, ``ttl_s`` + grace, since the floor, grace + one interval, is not more than that)."""
+    out = {}
+    for m, ms in silence_ms.items():
+        if m not in up or ms <= 0:
+            continue
+        silent = ms / 1000
+        out[m] = (now - silent, silent + max(ttl_s - silent, floor_s))
+    return out
+
+
+def silence_due(listed: Mapping[str, float], committed: set[str], since_commit: float, every_s: float) -> bool:
+    """Whether to commit the silent list ``listed`` (pure): at most every ``every_s``, and only when there is
+    something to say (machines silent now, or a list committed before that must be cleared)."""
+    return since_commit >= every_s and bool(listed or committed)
+
+
 class FailoverMonitor:
     """Heartbeat ages on ``clock``'s monotonic seconds; ``judge`` every ``min(0.2, ttl / 5)`` seconds.
 
@@ -155,8 +188,20 @@ class FailoverMonitor:
         self.told: dict[str, float] = dict.fromkeys(machines, self.rearm_ttl_s)
         self.interval_s = told_interval(len(up), cfg)
         self.ttl_s = ttl_for(self.interval_s, cfg)
+        # what the last leader committed as silent: those TTLs start that far along
+        silence = replica.read(lambda s: dict(s.silence))
+        full_ttl = self.rearm_ttl_s - cfg.leader_grace_s
+        self.credited = credit(silence, set(up), now, full_ttl,
+                               cfg.leader_grace_s + told_interval(len(machines), cfg))
+        for m, (seen, ttl) in self.credited.items():
+            self.last_seen[m], self.told[m] = seen, ttl
+        if self.credited:
+            log.info("%d machines were silent under the last leader (up to %.1fs): their TTLs go on from there",
+                     len(self.credited), max(now - seen for seen, _ in self.credited.values()))
         # the up machines, least recently heard first (values unused); rebuilt from the table on change
-        self._up: OrderedDict[str, None] = OrderedDict.fromkeys(up)
+        self._up: OrderedDict[str, None] = OrderedDict.fromkeys(sorted(up, key=lambda m: (self.last_seen[m], m)))
+        self._silence_sent: set[str] = set(silence)    # the machines last committed as silent
+        self._silence_sent_at = now
         self._index: int = index
         self._n_machines = len(machines)
         self.last_mass_down: float | None = None
@@ -240,6 +285,30 @@ class FailoverMonitor:
         out.sort()          # ties (same heartbeat instant) by name
         return out
 
+    def _listed(self, now: float) -> dict[str, float]:
+        """The up machines silent past ``silence_after`` of the TTL, longest first (at most max_silence_listed):
+        seconds each. A prefix of ``_up``."""
+        after = self.ttl_s * self.cfg.silence_after
+        out: dict[str, float] = {}
+        for m in self._up:
+            age = now - self.last_seen[m]
+            if age <= after or len(out) >= self.cfg.max_silence_listed:
+                break
+            out[m] = age
+        return out
+
+    async def _commit_silence(self, now: float) -> None:
+        """Commit MachinesSilent when due (silence_due); a failure is retried by a later tick."""
+        listed = self._listed(now)
+        if not silence_due(listed, self._silence_sent, now - self._silence_sent_at, self.cfg.silence_every_s):
+            return
+        res = await self.replica.propose(c.MachinesSilent(
+            epoch=self.epoch, silent={m: int(age * 1000) for m, age in listed.items()}))
+        if res.ok:
+            self._silence_sent, self._silence_sent_at = set(listed), now
+        else:
+            log.info("committing the silent machines refused: %s", res.error)
+
     async def tick(self) -> None:
         now = self.observed()
         self._refresh(now)
@@ -247,6 +316,7 @@ class FailoverMonitor:
                                self._n_machines)
         self.guard_active, self.silent = verdict.guard_active, verdict.silent
         if not verdict.down:
+            await self._commit_silence(now)
             return
         pending = iter(verdict.down)       # shared by the workers: taken oldest silence first
 
@@ -257,10 +327,11 @@ class FailoverMonitor:
         n = min(max(1, self.cfg.max_in_flight), len(verdict.down))
         if n == 1:
             await worker()
-            return
-        async with asyncio.TaskGroup() as tg:   # cancelling the tick cancels every proposal in flight
-            for _ in range(n):
-                tg.create_task(worker())
+        else:
+            async with asyncio.TaskGroup() as tg:   # cancelling the tick cancels every proposal in flight
+                for _ in range(n):
+                    tg.create_task(worker())
+        await self._commit_silence(now)
 
     async def _declare(self, m: str, now: float, guard: bool) -> None:
         """Propose one MachineDown; a refusal or failure is logged and retried by a later tick (the machine
@@ -299,4 +370,5 @@ class FailoverMonitor:
         return {"ttl_s": self.ttl_s, "interval_s": self.interval_s,
                 "max_heartbeats_per_s": self.cfg.max_heartbeats_per_s, "guard_active": self.guard_active, "silent": self.silent,
                 "machines_heard": len(self.last_seen), "held_s": round(self.held_s, 1),
+                "credited": len(self.credited), "silence_committed": len(self._silence_sent),
                 "heartbeat_age_s": {m: round(now - t, 2) for m, t in sorted(oldest)}}

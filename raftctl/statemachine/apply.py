@@ -423,6 +423,7 @@ def _machine_down(state: State, cmd: c.MachineDown) -> dict[str, Any]:
           f"proposed by the leader of epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
     _need(m.status != "down", "conflict", f"machine {cmd.machine} is already down", "machine")
     idx = _bump(state, "machines", "placements")
+    state.silence.pop(cmd.machine, None)
     state.machines[cmd.machine] = replace(m, status="down", last_transition=cmd.at, modify_index=idx)
     state.touch_machine(cmd.machine)
     lost = []
@@ -434,6 +435,24 @@ def _machine_down(state: State, cmd: c.MachineDown) -> dict[str, Any]:
     _event(state, cmd.at, "machine.down", f"machine {cmd.machine} down ({cmd.reason}); {len(lost)} placements lost",
            machine=cmd.machine)
     return {"machine": cmd.machine, "lost": lost}
+
+
+MAX_SILENT = 1000   # machines one MachinesSilent lists (the failover monitor sends the longest-silent ones)
+
+
+def _machines_silent(state: State, cmd: c.MachinesSilent) -> dict[str, Any]:
+    _need(cmd.epoch == state.epoch, "stale_epoch",
+          f"proposed by the leader of epoch {cmd.epoch}, current epoch is {state.epoch}", "epoch")
+    _need(len(cmd.silent) <= MAX_SILENT, "invalid", f"at most {MAX_SILENT} machines, not {len(cmd.silent)}", "silent")
+    for mid, ms in cmd.silent.items():
+        _need(isinstance(mid, str) and _is_int(ms) and ms >= 0, "invalid",
+              "silent maps a machine id to a whole number of milliseconds (>= 0)", f"silent.{mid}")
+    # a machine declared down (or gone) since the leader looked is left out: only up machines are judged
+    silence = {mid: cmd.silent[mid] for mid in sorted(cmd.silent)
+               if (m := state.machines.get(mid)) is not None and m.status == "up"}
+    _bump(state)
+    state.silence, state.silence_at = silence, cmd.at
+    return {"machines": len(silence)}
 
 
 def _machine_up(state: State, cmd: c.MachineUp) -> dict[str, Any]:
@@ -736,7 +755,7 @@ def _remove_member(state: State, cmd: c.RemoveMember) -> dict[str, Any]:
 HANDLERS: dict[type, Callable[[State, Any], Any]] = {
     c.Noop: _noop, c.PutJob: _put_job, c.DeleteJob: _delete_job, c.ScaleJob: _scale_job,
     c.RollbackJob: _rollback_job, c.RegisterMachine: _register_machine, c.MachineDown: _machine_down,
-    c.MachineUp: _machine_up, c.DrainMachine: _drain_machine, c.ClaimEpoch: _claim_epoch,
+    c.MachinesSilent: _machines_silent, c.MachineUp: _machine_up, c.DrainMachine: _drain_machine, c.ClaimEpoch: _claim_epoch,
     c.Plan: _plan, c.PlacementUpdate: _placement_update, c.CreateToken: _create_token,
     c.RevokeToken: _revoke_token, c.PutImage: _put_image, c.SetMember: _set_member,
     c.RemoveMember: _remove_member, c.Retire: _retire, c.SetDeployment: _set_deployment,

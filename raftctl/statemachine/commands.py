@@ -29,6 +29,7 @@ class Op(enum.IntEnum):
     MACHINE_DOWN = 11
     MACHINE_UP = 12
     DRAIN_MACHINE = 13
+    MACHINES_SILENT = 14
     CLAIM_EPOCH = 20
     PLAN = 21
     PLACEMENT_UPDATE = 22
@@ -121,6 +122,17 @@ class MachineDown(Command):
     OP: ClassVar[Op] = Op.MACHINE_DOWN
     machine: str = ""
     reason: str = ""
+    epoch: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class MachinesSilent(Command):
+    """The leader's failover monitor: the up machines it has not heard from for a while, each with how long (ms)
+    as of this command. It replaces the whole list; a later leader starts their TTLs that far along instead of
+    afresh (raftctl/node/failover.py)."""
+
+    OP: ClassVar[Op] = Op.MACHINES_SILENT
+    silent: dict[str, Any] = field(default_factory=dict)
     epoch: int = 0
 
 
@@ -229,7 +241,7 @@ class SetDeployment(Command):
 
 COMMANDS: dict[int, type[Command]] = {
     cls.OP.value: cls
-    for cls in (Noop, PutJob, DeleteJob, ScaleJob, RollbackJob, RegisterMachine, MachineDown,
+    for cls in (Noop, PutJob, DeleteJob, ScaleJob, RollbackJob, RegisterMachine, MachineDown, MachinesSilent,
                 MachineUp, DrainMachine, ClaimEpoch, Plan, PlacementUpdate, CreateToken,
                 RevokeToken, PutImage, SetMember, RemoveMember, Retire, SetDeployment)
 }

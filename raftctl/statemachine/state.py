@@ -68,6 +68,10 @@ class State:
         self.events: list[dict[str, Any]] = []
         # request id -> {ok, index, value, error (the result), op, digest, seq}; dict order = seq order
         self.dedup: dict[str, dict[str, Any]] = {}
+        # the up machines the last leader's failover monitor had not heard from for a while: machine -> ms silent
+        # as of ``silence_at`` (MachinesSilent; a new leader's TTLs start that far along)
+        self.silence: dict[str, int] = {}
+        self.silence_at = 0
         self.index = 0                        # bumped by every command that changes something
         self.epoch = 0                        # the term of the leader that last claimed leadership
         self.epoch_node = ""
@@ -122,7 +126,7 @@ class State:
             "schema": SNAPSHOT_SCHEMA, "discovery": self.discovery, "tokens": self.tokens, "members": self.members,
             "events": self.events, "dedup": self.dedup, "index": self.index, "epoch": self.epoch,
             "epoch_node": self.epoch_node, "seq": self.seq, "table_index": self.table_index,
-            "entries": self.entries, "chain": self.chain,
+            "entries": self.entries, "chain": self.chain, "silence": self.silence, "silence_at": self.silence_at,
         }
 
     def digest(self) -> str:
@@ -137,6 +141,7 @@ class State:
         for name in ("discovery", "tokens", "members", "events", "dedup", "index", "epoch", "epoch_node",
                      "seq", "table_index", "entries", "chain"):
             setattr(s, name, obj[name])
+        s.silence, s.silence_at = obj.get("silence", {}), obj.get("silence_at", 0)   # absent before session 11
         for name in RECORD_TABLES:
             setattr(s, name, obj[name])
         s.dedup = _ordered_dedup(s.dedup, s.seq)

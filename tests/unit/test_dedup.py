@@ -67,6 +67,8 @@ REJECTED = [
     ("register bool cpu", c.RegisterMachine(**{**M1, "resources": {"cpu": True, "memory": 1, "pids": 1}}),
      "invalid", "resources.cpu"),
     ("down stale epoch", c.MachineDown(machine="m1", epoch=9), "stale_epoch", "epoch"),
+    ("silent stale epoch", c.MachinesSilent(silent={"m1": 1}, epoch=9), "stale_epoch", "epoch"),
+    ("silent age not whole ms", c.MachinesSilent(silent={"m1": 1.5}, epoch=1), "invalid", "silent.m1"),
     ("up while up", c.MachineUp(machine="m1"), "conflict", "machine"),
     ("drain unknown", c.DrainMachine(machines=["m1", "zz"]), "not_found", "machine"),
     ("drain unhashable id", c.DrainMachine(machines=["m1", ["m1"]]), "invalid", "machines"),

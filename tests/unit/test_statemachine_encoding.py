@@ -73,6 +73,7 @@ ONE_OF_EACH = [
     c.RegisterMachine(machine="m1", address="10.0.0.1", fault_domain={"zone": "z"}, labels={"é": "x"},
                       resources={"cpu": 1}, ports=[1, 2], runtime="sim", api="http://x"),
     c.MachineDown(machine="m1", reason="ttl", epoch=2), c.MachineUp(machine="m1"),
+    c.MachinesSilent(silent={"m2": 15000, "m1": 20000}, epoch=2),
     c.DrainMachine(machines=["m1"], drain=True, deadline=123), c.ClaimEpoch(term=2, node="n1"),
     c.Plan(epoch=1, index=2, place=[{"job": "web", "ports": {"http": 1}}], stop=[], pending={"web": ""}),
     c.PlacementUpdate(placement="p", machine="m1", state="running", health="healthy", exit_code=None),
