@@ -14,10 +14,22 @@ factory comes after the descriptors are gone. An accept that fails (EMFILE, ENFI
 pause, never ends the loop. The limit's default leaves ``RESERVE_FDS`` of the process's descriptor limit to the
 journal, snapshots, the Raft peers' sockets and outbound HTTP (``default_limit``); ``raise_fd_limit`` first lifts
 the soft limit to the hard one, as Go's runtime does for every Go server (etcd's included).
+
+At the limit, idle keep-alive connections make room before anyone is refused (session 11): the connections that
+wait for a request (between an agent's heartbeats, or opened and never used) are closed, the longest idle first,
+``EVICT_SHARE`` of the limit at a time, and the new connection is admitted. HTTP lets either end close an idle
+persistent connection at any time (RFC 9112, 9.5); a client whose request crossed the close sends it again on a new
+connection (the fleet's client does so at once, the agent's tries again). At 10,000 machines the leader's slots were
+held by the agents' pools (each keeps what a burst opened, reused newest first, for 60 s): the operator's job PUT
+was answered 503 overloaded again and again and the bench gave up. Only connections with a request in progress (a
+parked watch, a write being committed) are never closed to make room; when none is idle the new one is refused as
+before, and the idle ones are not looked for again for ``RESCAN_S``, so a flood over a limit of parked requests
+costs one scan a second, not one per connection.
 """
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import resource
@@ -33,8 +45,8 @@ from raftctl.errors import RaftctlError
 
 log = logging.getLogger("raftctl.node")
 
-__all__ = ["AdmittingRunner", "AdmittingServer", "Listener", "RESERVE_FDS", "default_limit", "raise_fd_limit",
-           "REFUSAL", "refusal"]
+__all__ = ["AdmittingRunner", "AdmittingServer", "EVICT_SHARE", "Listener", "RESERVE_FDS", "default_limit",
+           "idle_since", "raise_fd_limit", "REFUSAL", "refusal"]
 
 RESERVE_FDS = 512
 """Descriptors kept from the API: the journal and its meta file, snapshots being written or sent, the Raft
@@ -73,13 +85,30 @@ REFUSAL = refusal()
 """Built once: a flood is when it is sent most."""
 
 
+EVICT_SHARE = 0.01   # idle connections closed per scan, as a share of the limit (at least one)
+RESCAN_S = 1.0       # after a scan found none idle, refuse without scanning for this long
+
+
+def idle_since(handler: RequestHandler) -> float | None:
+    """When ``handler``'s connection went idle (loop time its keep-alive timer counts from, less the timeout), or
+    None while it has a request in progress or queued: aiohttp's own test for an idle connection
+    (``RequestHandler._process_keepalive``: waiting for the next message)."""
+    waiter = handler._waiter
+    if waiter is None or waiter.done() or handler._messages:
+        return None
+    return handler._next_keepalive_close_time - handler.keepalive_timeout
+
+
 class AdmittingServer(web.Server):
-    """aiohttp's Server counting the connections whose transport is open (``live``); ``Listener`` refuses new
-    ones while ``live`` is at ``limit`` (``refused`` counts them)."""
+    """aiohttp's Server counting the connections whose transport is open (``live``); ``Listener`` makes room by
+    closing idle ones (``evicted`` counts them), else refuses new ones while ``live`` is at ``limit`` (``refused``
+    counts them)."""
 
     limit: int
     live: int
     refused: int
+    evicted: int
+    closing: set[RequestHandler]    # closed to make room, their connection_lost not yet seen (still in ``live``)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         self.live += 1
@@ -87,7 +116,13 @@ class AdmittingServer(web.Server):
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         self.live -= 1
+        self.closing.discard(handler)
         super().connection_lost(handler, exc)
+
+    @property
+    def taken(self) -> int:
+        """The slots in use: live connections less those already closed to make room."""
+        return self.live - len(self.closing)
 
 
 class AdmittingRunner(web.AppRunner):
@@ -103,7 +138,8 @@ class AdmittingRunner(web.AppRunner):
         # subclass only adds the counting, so the instance changes class rather than being built a second way
         server.__class__ = AdmittingServer
         assert isinstance(server, AdmittingServer)
-        server.limit, server.live, server.refused = self.limit, 0, 0
+        server.limit, server.live, server.refused, server.evicted = self.limit, 0, 0, 0
+        server.closing = set()
         return server
 
     @property
@@ -116,6 +152,7 @@ class Listener:
     """The accept loop of ``runner``'s API on ``host:port`` (see the module's docstring)."""
 
     RETRY_S = 0.1        # pause after a failed accept (EMFILE and the like)
+    RESCAN_S = RESCAN_S
 
     def __init__(self, runner: AdmittingRunner, host: str, port: int, *, ssl: ssl_module.SSLContext | None = None,
                  backlog: int = 128) -> None:
@@ -125,6 +162,7 @@ class Listener:
         self.pending: set[asyncio.Task[None]] = set()   # accepted, not yet handed to the server (TLS handshakes)
         self.failed_accepts = 0
         self._last_warning = 0.0
+        self._no_idle_until = 0.0      # a scan found none idle: refuse without scanning until then
 
     async def start(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -157,7 +195,7 @@ class Listener:
                                 self.failed_accepts, exc, server.live, server.limit)
                 await asyncio.sleep(self.RETRY_S)
                 continue
-            if server.live + len(self.pending) >= server.limit:
+            if server.taken + len(self.pending) >= server.limit and not self._make_room(server):
                 server.refused += 1
                 self._refuse(conn)
                 continue
@@ -172,6 +210,26 @@ class Listener:
         except Exception as exc:         # a TLS handshake that failed, a peer already gone: this connection only
             log.debug("API connection dropped before its first request: %s", exc)
             conn.close()
+
+    def _make_room(self, server: AdmittingServer) -> bool:
+        """Close the longest-idle keep-alive connections (EVICT_SHARE of the limit) so the one accepted now can be
+        admitted; False when none is idle. A close is seen (``live`` falls) a loop turn later: the connections
+        being closed (``server.closing``) are not counted meanwhile."""
+        now = time.monotonic()
+        if now < self._no_idle_until:
+            return False
+        idle = [(since, h) for h in server.connections
+                if h not in server.closing and (since := idle_since(h)) is not None]
+        if not idle:
+            self._no_idle_until = now + self.RESCAN_S
+            return False
+        want = max(1, int(server.limit * EVICT_SHARE))
+        oldest = heapq.nsmallest(want, idle, key=lambda pair: pair[0])
+        for _, handler in oldest:
+            server.closing.add(handler)
+            handler.force_close()
+        server.evicted += len(oldest)
+        return True
 
     def _refuse(self, conn: socket.socket) -> None:
         try:

@@ -89,13 +89,18 @@ class ReplicaCollector:
             for name, value, doc in (
                     ("raftctl_api_connections", admitting.live, "API connections open on this replica"),
                     ("raftctl_api_connections_limit", admitting.limit, "Open API connections allowed "
-                     "(--max-connections; past it a new connection is answered 503 overloaded and closed)")):
+                     "(--max-connections; at it idle ones are closed to make room, else a new one is answered 503 "
+                     "overloaded and closed)")):
                 g = GaugeMetricFamily(name, doc)
                 g.add_metric([], value)
                 yield g
             refused = CounterMetricFamily("raftctl_api_connections_refused", "API connections refused over the limit")
             refused.add_metric([], admitting.refused)
             yield refused
+            evicted = CounterMetricFamily("raftctl_api_connections_evicted", "Idle keep-alive API connections closed "
+                                          "to make room for a new one at the limit")
+            evicted.add_metric([], admitting.evicted)
+            yield evicted
         lag = getattr(r, "loop_lag", None)
         if lag is not None:
             late = HistogramMetricFamily("raftctl_event_loop_lag_seconds", "How much later than asked the replica's "

@@ -1,0 +1,111 @@
+"""At the connection limit, idle keep-alive connections make room before a new one is refused
+(raftctl/node/admission.py). At 10,000 machines the agents' idle pooled connections held the leader's slots and
+the operator's job PUT was answered 503 overloaded until the bench gave up. A real AdmittingRunner and Listener on
+loopback with a limit of 4; raw sockets as clients."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiohttp import web
+
+from raftctl.node.admission import AdmittingRunner, Listener
+
+LIMIT = 4
+
+
+@contextlib.asynccontextmanager
+async def serving():
+    release = asyncio.Event()
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def park(request: web.Request) -> web.Response:   # a request in progress: a parked watch
+        await release.wait()
+        return web.Response(text="released")
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    app.router.add_get("/park", park)
+    runner = AdmittingRunner(app, limit=LIMIT, access_log=None)
+    await runner.setup()
+    listener = Listener(runner, "127.0.0.1", 0)
+    await listener.start()
+    assert listener.sock is not None
+    try:
+        yield runner.admitting, listener.sock.getsockname()[1], release
+    finally:
+        release.set()
+        await listener.stop()
+        await runner.cleanup()
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def get(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], path: str) -> bytes:
+    reader, writer = conn
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    return head + await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def closed_by_server(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> bool:
+    try:
+        return await asyncio.wait_for(conn[0].read(1), 2) == b""
+    except (TimeoutError, asyncio.TimeoutError):
+        return False
+    except ConnectionResetError:
+        return True
+
+
+async def turns(n: int = 20) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0.01)
+
+
+async def test_a_new_connection_at_the_limit_closes_the_longest_idle_one_and_is_served():
+    async with serving() as (server, port, _):
+        conns = [await connect(port) for _ in range(LIMIT)]
+        for conn in conns:
+            assert (await get(conn, "/ok")).startswith(b"HTTP/1.1 200")
+        assert (await get(conns[0], "/ok")).startswith(b"HTTP/1.1 200")   # conns[0] used last: conns[1] idle longest
+        await turns()
+        assert server.live == LIMIT
+        newcomer = await connect(port)
+        assert (await get(newcomer, "/ok")).startswith(b"HTTP/1.1 200")
+        assert await closed_by_server(conns[1])
+        assert not await closed_by_server(conns[0])
+        assert (server.evicted, server.refused) == (1, 0)
+        await turns()
+        assert server.live == LIMIT and server.taken == LIMIT
+
+
+async def test_connections_with_a_request_in_progress_are_never_closed_and_the_new_one_is_refused():
+    async with serving() as (server, port, release):
+        conns = [await connect(port) for _ in range(LIMIT)]
+        parked = [asyncio.create_task(get(conn, "/park")) for conn in conns]
+        await turns()
+        assert server.live == LIMIT
+        for _ in range(3):                     # refused: one scan, then none for RESCAN_S
+            newcomer = await connect(port)
+            answer = await asyncio.wait_for(newcomer[0].read(), 5)
+            assert answer.startswith(b"HTTP/1.1 503") and b'"overloaded"' in answer
+        assert (server.evicted, server.refused) == (0, 3)
+        release.set()
+        assert all(a.startswith(b"HTTP/1.1 200") and a.endswith(b"released") for a in await asyncio.gather(*parked))
+
+
+async def test_a_flood_of_never_used_connections_keeps_the_limit_and_the_newest_are_served():
+    """Connections opened and never used (a slowloris) are idle too: a flood of them rotates through the limit."""
+    async with serving() as (server, port, _):
+        flood = [await connect(port) for _ in range(3 * LIMIT)]
+        await turns()
+        assert server.live <= LIMIT
+        assert (await get(flood[-1], "/ok")).startswith(b"HTTP/1.1 200")
+        assert server.evicted >= 2 * LIMIT and server.refused == 0
+        for _, w in flood:
+            w.close()
