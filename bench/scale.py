@@ -214,8 +214,10 @@ def gc_share(bed: "Bed", res: dict[str, Any]) -> None:
         cpu = cpu_s(psutil.Process(p.pid)) if p.pid else 0.0
         out["leader" if p is lead else p.id] = {
             "gc_s": round(gc_s, 2), "cpu_s": round(cpu, 1), "gc_share": round(gc_s / cpu, 3) if cpu else None,
+            "gc_cpu_share": round(counts(m, "raftctl_gc_cpu_seconds_total") / cpu, 3) if cpu else None,
             "collections": [int(counts(m, "raftctl_gc_collections_total", generation=str(g))) for g in range(3)],
             "seconds": [round(counts(m, "raftctl_gc_seconds_total", generation=str(g)), 2) for g in range(3)],
+            "cpu_seconds": [round(counts(m, "raftctl_gc_cpu_seconds_total", generation=str(g)), 2) for g in range(3)],
             "longest_s": [round(counts(m, "raftctl_gc_longest_seconds", generation=str(g)), 3) for g in range(3)]}
     res["gc"] = {"thresholds": os.environ.get("RAFTCTL_GC_THRESHOLDS") or "raftctl 50000,20,20", **out}
     log(f"gc: {res['gc']}")

@@ -55,14 +55,21 @@ class GcStats:
         self.seconds = [0.0, 0.0, 0.0]
         self.collected = [0, 0, 0]
         self.longest = [0.0, 0.0, 0.0]     # the longest single collection: every thread waited that long (the GIL)
+        # CPU time the collecting thread spent (time.thread_time): ``seconds`` is wall time, which on a busy machine
+        # includes the time the process waited for a CPU while holding the GIL (10,000 machines on 2 cores: young
+        # collections of 140-214 ms on average in the replicas, 5-25 ms in a quiet process holding the same state)
+        self.cpu_seconds = [0.0, 0.0, 0.0]
         self._started = 0.0
+        self._started_cpu = 0.0
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
+            self._started_cpu = time.thread_time()
             return
         g = info.get("generation", 2)
         took = time.perf_counter() - self._started
+        self.cpu_seconds[g] += time.thread_time() - self._started_cpu
         self.collections[g] += 1
         self.seconds[g] += took
         self.longest[g] = max(self.longest[g], took)

@@ -115,17 +115,21 @@ class ReplicaCollector:
         if stats is not None:
             runs = CounterMetricFamily("raftctl_gc_collections", "Cyclic GC collections in this replica's process",
                                        labels=["generation"])
-            spent = CounterMetricFamily("raftctl_gc_seconds", "Time spent in cyclic GC collections",
-                                        labels=["generation"])
+            spent = CounterMetricFamily("raftctl_gc_seconds", "Time spent in cyclic GC collections (wall time: "
+                                        "with the process waiting for a CPU meanwhile)", labels=["generation"])
+            cpu = CounterMetricFamily("raftctl_gc_cpu_seconds", "CPU time the collecting thread spent in cyclic GC "
+                                      "collections", labels=["generation"])
             longest = GaugeMetricFamily("raftctl_gc_longest_seconds", "The longest single cyclic GC collection "
                                         "since start (every thread of the process, Raft's too, waited for it)",
                                         labels=["generation"])
             for gen in range(3):
                 runs.add_metric([str(gen)], stats.collections[gen])
                 spent.add_metric([str(gen)], stats.seconds[gen])
+                cpu.add_metric([str(gen)], stats.cpu_seconds[gen])
                 longest.add_metric([str(gen)], stats.longest[gen])
             yield runs
             yield spent
+            yield cpu
             yield longest
         counts = r.read(lambda s: (len(s.jobs), len(s.placements), len(s.machines)))
         for name, value in zip(("raftctl_jobs", "raftctl_placements", "raftctl_machines"), counts):

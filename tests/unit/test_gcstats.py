@@ -40,6 +40,7 @@ def test_stats_count_collections_per_generation_and_their_time() -> None:
         assert stats.collections[0] >= before[0] + 1 and stats.collections[2] >= before[2] + 1
         assert stats.seconds[2] > 0 and stats.collected[0] + stats.collected[2] >= 2
         assert 0 < stats.longest[2] <= stats.seconds[2]
+        assert 0 < stats.cpu_seconds[2] <= stats.seconds[2] + 0.01   # CPU time of the collecting thread
     finally:
         stats.remove()
     n = stats.collections[2]
