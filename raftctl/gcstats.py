@@ -57,7 +57,8 @@ class GcStats:
         self.longest = [0.0, 0.0, 0.0]     # the longest single collection: every thread waited that long (the GIL)
         # CPU time the collecting thread spent (time.thread_time): ``seconds`` is wall time, which on a busy machine
         # includes the time the process waited for a CPU while holding the GIL (10,000 machines on 2 cores: young
-        # collections of 140-214 ms on average in the replicas, 5-25 ms in a quiet process holding the same state)
+        # collections of 140-214 ms of wall time on average in the replicas, 40-65 ms of CPU; 5-25 ms in a quiet
+        # process holding the same state)
         self.cpu_seconds = [0.0, 0.0, 0.0]
         self._started = 0.0
         self._started_cpu = 0.0
