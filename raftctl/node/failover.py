@@ -202,6 +202,7 @@ class FailoverMonitor:
         self._up: OrderedDict[str, None] = OrderedDict.fromkeys(sorted(up, key=lambda m: (self.last_seen[m], m)))
         self._silence_sent: set[str] = set(silence)    # the machines last committed as silent
         self._silence_sent_at = now
+        self._silence_task: asyncio.Task[None] | None = None
         self._index: int = index
         self._n_machines = len(machines)
         self.last_mass_down: float | None = None
@@ -232,16 +233,20 @@ class FailoverMonitor:
 
     async def run(self) -> None:
         period = min(0.2, self.cfg.ttl_s / 5)
-        while True:
-            asked = self.clock.monotonic() + period
-            await self.clock.sleep(period)
-            self.was_held(self.clock.monotonic() - asked)
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("failover tick failed: %s: %s", type(exc).__name__, exc)
+        try:
+            while True:
+                asked = self.clock.monotonic() + period
+                await self.clock.sleep(period)
+                self.was_held(self.clock.monotonic() - asked)
+                try:
+                    await self.tick()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("failover tick failed: %s: %s", type(exc).__name__, exc)
+        finally:
+            if self._silence_task is not None:   # the leadership ended: its list is not proposed after it
+                self._silence_task.cancel()
 
     def _refresh(self, now: float) -> None:
         """Follow the machines table if its index moved: O(machines), but only after a change."""
@@ -297,17 +302,33 @@ class FailoverMonitor:
             out[m] = age
         return out
 
-    async def _commit_silence(self, now: float) -> None:
-        """Commit MachinesSilent when due (silence_due); a failure is retried by a later tick."""
+    def _commit_silence(self, now: float) -> None:
+        """Propose MachinesSilent when due (silence_due), beside the ticks: a tick never waits for its commit (under
+        load a commit takes seconds, and the next verdict must not wait behind it). One in flight at a time; a
+        failure is logged and the list proposed again when next due."""
+        if self._silence_task is not None and not self._silence_task.done():
+            return
         listed = self._listed(now)
         if not silence_due(listed, self._silence_sent, now - self._silence_sent_at, self.cfg.silence_every_s):
             return
-        res = await self.replica.propose(c.MachinesSilent(
-            epoch=self.epoch, silent={m: int(age * 1000) for m, age in listed.items()}))
+        self._silence_task = asyncio.get_running_loop().create_task(self._propose_silence(listed, now),
+                                                                    name="failover silence")
+
+    async def _propose_silence(self, listed: dict[str, float], now: float) -> None:
+        try:
+            res = await self.replica.propose(c.MachinesSilent(
+                epoch=self.epoch, silent={m: int(age * 1000) for m, age in listed.items()}))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.info("committing the silent machines failed (proposed again when next due): %s", exc)
+            self._silence_sent_at = now
+            return
         if res.ok:
-            self._silence_sent, self._silence_sent_at = set(listed), now
+            self._silence_sent = set(listed)
         else:
             log.info("committing the silent machines refused: %s", res.error)
+        self._silence_sent_at = now
 
     async def tick(self) -> None:
         now = self.observed()
@@ -315,8 +336,8 @@ class FailoverMonitor:
         verdict = judge_silent(len(self._up), self._silent(now), now, self.cfg, self.last_mass_down,
                                self._n_machines)
         self.guard_active, self.silent = verdict.guard_active, verdict.silent
+        self._commit_silence(now)
         if not verdict.down:
-            await self._commit_silence(now)
             return
         pending = iter(verdict.down)       # shared by the workers: taken oldest silence first
 
@@ -331,7 +352,6 @@ class FailoverMonitor:
             async with asyncio.TaskGroup() as tg:   # cancelling the tick cancels every proposal in flight
                 for _ in range(n):
                     tg.create_task(worker())
-        await self._commit_silence(now)
 
     async def _declare(self, m: str, now: float, guard: bool) -> None:
         """Propose one MachineDown; a refusal or failure is logged and retried by a later tick (the machine

@@ -43,12 +43,13 @@ class BatchingReplica(FakeReplica):
         self._pending.append((cmd, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        self.in_flight += 1
+        down = isinstance(cmd, c.MachineDown)        # the bound is on MachineDown proposals (not MachinesSilent)
+        self.in_flight += down
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             return await fut
         finally:
-            self.in_flight -= 1
+            self.in_flight -= down
 
     async def _flush(self) -> None:
         while self._pending:

@@ -3,6 +3,8 @@ new leader's TTLs for them go on from there, so leaders changing faster than the
 (10,000 machines, TTL 30 s, session 10: 0 of 100 frozen machines declared down in 120 s while the term went 8 -> 16)."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from raftctl.clock import FakeClock
@@ -97,6 +99,8 @@ async def _run(mon: FailoverMonitor, clock: FakeClock, seconds: float, alive: li
         for m in alive:
             mon.heartbeat(m)
         await mon.tick()
+        for _ in range(3):               # the silence proposal runs beside the ticks: let it commit
+            await asyncio.sleep(0)
 
 
 def _down_at(r: FakeReplica, m: str) -> int | None:
@@ -152,6 +156,32 @@ async def test_a_live_machine_listed_by_the_last_leader_gets_the_floor_to_find_t
     assert _down_at(r, "m1") is None
     # the list this leader commits no longer has it
     assert r.state.silence == {}
+
+
+async def test_a_tick_does_not_wait_for_the_silence_commit():
+    """Under load a commit takes seconds: the next verdict must not wait behind the silence list's."""
+    clock = FakeClock()
+    r = FakeReplica(clock)
+    for m in ("m1", "m2"):
+        assert (await r.propose(machine(m))).ok
+    assert (await r.propose(c.ClaimEpoch(term=2, node="n2"))).ok
+    release = asyncio.Event()
+    real = r.propose
+
+    async def propose(cmd, timeout=None):
+        if isinstance(cmd, c.MachinesSilent):
+            await release.wait()
+        return await real(cmd, timeout)
+    r.propose = propose  # type: ignore[method-assign]
+    mon = FailoverMonitor(r, 2, FailoverConfig(ttl_s=TTL, interval_s=1.0, leader_grace_s=1.0, max_heartbeats_per_s=0),
+                          clock=clock)
+    await _run(mon, clock, 3.0, ["m2"])          # m1 silent: listed (a proposal stuck), then past its TTL
+    await _run(mon, clock, 2.0, ["m2"])
+    assert _down_at(r, "m1") is not None         # declared while the silence proposal still waits
+    assert r.state.silence == {}
+    release.set()
+    await _run(mon, clock, 2.4, ["m2"])
+    assert mon.status()["silence_committed"] == 0   # m1 is down: the list that committed no longer has it
 
 
 async def test_a_frozen_machine_listed_by_the_last_leader_is_declared_at_the_floor_not_a_full_ttl_later():
