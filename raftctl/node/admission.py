@@ -195,7 +195,7 @@ class Listener:
                                 self.failed_accepts, exc, server.live, server.limit)
                 await asyncio.sleep(self.RETRY_S)
                 continue
-            if server.taken + len(self.pending) >= server.limit and not self._make_room(server):
+            if server.taken + len(self.pending) >= server.limit and not self._room_made(server):
                 server.refused += 1
                 self._refuse(conn)
                 continue
@@ -210,6 +210,17 @@ class Listener:
         except Exception as exc:         # a TLS handshake that failed, a peer already gone: this connection only
             log.debug("API connection dropped before its first request: %s", exc)
             conn.close()
+
+    def _room_made(self, server: AdmittingServer) -> bool:
+        """``_make_room``, which reads aiohttp's private handler state: should that ever fail, the newcomer is
+        refused (the limit still holds) and the accept loop goes on."""
+        try:
+            return self._make_room(server)
+        except Exception as exc:  # noqa: BLE001 (logged; the connection is refused as without this feature)
+            if time.monotonic() - self._last_warning > 10:
+                self._last_warning = time.monotonic()
+                log.warning("closing idle connections to make room failed: %s: %s", type(exc).__name__, exc)
+            return False
 
     def _make_room(self, server: AdmittingServer) -> bool:
         """Close the longest-idle keep-alive connections (EVICT_SHARE of the limit) so the one accepted now can be

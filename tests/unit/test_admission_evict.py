@@ -109,3 +109,22 @@ async def test_a_flood_of_never_used_connections_keeps_the_limit_and_the_newest_
         assert server.evicted >= 2 * LIMIT and server.refused == 0
         for _, w in flood:
             w.close()
+
+
+async def test_if_finding_idle_connections_fails_the_newcomer_is_refused_and_the_listener_goes_on(monkeypatch):
+    from raftctl.node import admission
+
+    def broken(handler):
+        raise AttributeError("_waiter")        # as if aiohttp renamed its handler's state
+    monkeypatch.setattr(admission, "idle_since", broken)
+    async with serving() as (server, port, _):
+        conns = [await connect(port) for _ in range(LIMIT)]
+        for conn in conns:
+            assert (await get(conn, "/ok")).startswith(b"HTTP/1.1 200")
+        newcomer = await connect(port)
+        answer = await asyncio.wait_for(newcomer[0].read(), 5)
+        assert answer.startswith(b"HTTP/1.1 503") and server.refused == 1
+        conns[0][1].close()
+        await turns()
+        late = await connect(port)                  # the accept loop is still there
+        assert (await get(late, "/ok")).startswith(b"HTTP/1.1 200")
