@@ -23,7 +23,7 @@ connection (the fleet's client does so at once, the agent's tries again). At 10,
 held by the agents' pools (each keeps what a burst opened, reused newest first, for 60 s): the operator's job PUT
 was answered 503 overloaded again and again and the bench gave up. Only connections with a request in progress (a
 parked watch, a write being committed) are never closed to make room; when none is idle the new one is refused as
-before, and the idle ones are not looked for again for ``RESCAN_S``, so a flood over a limit of parked requests
+before, and the idle ones are not looked for again for ``Listener.RESCAN_S``, so a flood over a limit of parked requests
 costs one scan a second, not one per connection.
 """
 from __future__ import annotations
@@ -86,7 +86,6 @@ REFUSAL = refusal()
 
 
 EVICT_SHARE = 0.01   # idle connections closed per scan, as a share of the limit (at least one)
-RESCAN_S = 1.0       # after a scan found none idle, refuse without scanning for this long
 
 
 def idle_since(handler: RequestHandler) -> float | None:
@@ -152,7 +151,7 @@ class Listener:
     """The accept loop of ``runner``'s API on ``host:port`` (see the module's docstring)."""
 
     RETRY_S = 0.1        # pause after a failed accept (EMFILE and the like)
-    RESCAN_S = RESCAN_S
+    RESCAN_S = 1.0       # after a scan found none idle, refuse without scanning for this long
 
     def __init__(self, runner: AdmittingRunner, host: str, port: int, *, ssl: ssl_module.SSLContext | None = None,
                  backlog: int = 128) -> None:

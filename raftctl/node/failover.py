@@ -41,6 +41,7 @@ from typing import Any
 
 from raftctl.clock import SYSTEM, Clock
 from raftctl.statemachine import commands as c
+from raftctl.statemachine.apply import MAX_SILENT
 
 log = logging.getLogger("raftctl.failover")
 
@@ -76,7 +77,7 @@ class FailoverConfig:
     # committed with their age (MachinesSilent) this often while there are any (or a list to clear)
     silence_after: float = 0.5
     silence_every_s: float = 2.0
-    max_silence_listed: int = 1000     # the longest-silent ones (apply's MAX_SILENT)
+    max_silence_listed: int = MAX_SILENT   # the longest-silent ones (what apply takes in one list)
 
 
 def told_interval(n_up: int, cfg: FailoverConfig, current: float | None = None) -> float:
@@ -183,16 +184,15 @@ class FailoverMonitor:
         # re-arm: every machine gets a fresh TTL from the moment this leader starts, the longest one the last
         # leader could have told (the interval for every machine in the table, up or not), plus the time an
         # agent needs to find this leader (leader_grace_s)
-        self.rearm_ttl_s = ttl_for(told_interval(len(machines), cfg), cfg) + cfg.leader_grace_s
+        widest = told_interval(len(machines), cfg)
+        self.rearm_ttl_s = ttl_for(widest, cfg) + cfg.leader_grace_s
         self.last_seen: dict[str, float] = {m: now for m in machines}
         self.told: dict[str, float] = dict.fromkeys(machines, self.rearm_ttl_s)
         self.interval_s = told_interval(len(up), cfg)
         self.ttl_s = ttl_for(self.interval_s, cfg)
         # what the last leader committed as silent: those TTLs start that far along
         silence = replica.read(lambda s: dict(s.silence))
-        full_ttl = self.rearm_ttl_s - cfg.leader_grace_s
-        self.credited = credit(silence, set(up), now, full_ttl,
-                               cfg.leader_grace_s + told_interval(len(machines), cfg))
+        self.credited = credit(silence, set(up), now, ttl_for(widest, cfg), cfg.leader_grace_s + widest)
         for m, (seen, ttl) in self.credited.items():
             self.last_seen[m], self.told[m] = seen, ttl
         if self.credited:

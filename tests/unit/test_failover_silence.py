@@ -137,18 +137,25 @@ async def test_leaders_changing_faster_than_the_ttl_still_declare_a_frozen_machi
     assert all(r.state.machines[m].status == "up" for m in ("m1", "m2", "m3"))
 
 
-async def test_a_live_machine_listed_by_the_last_leader_gets_the_floor_to_find_the_new_one():
-    """The last leader listed m1 silent for 9 s (of a 3 s TTL: it could not reach that leader); a new leader gives
-    it grace + one interval (2 s) to beat here, and its heartbeat then keeps it up."""
+CFG = FailoverConfig(ttl_s=TTL, interval_s=1.0, leader_grace_s=1.0, max_heartbeats_per_s=0)
+
+
+async def _leader_after_silence(silent_ms: dict[str, int]) -> tuple[FakeClock, FakeReplica, FailoverMonitor]:
+    """Machines m1 and m2; the leader of epoch 2 committed ``silent_ms``; the monitor of epoch 3's new leader."""
     clock = FakeClock()
     r = FakeReplica(clock)
     for m in ("m1", "m2"):
         assert (await r.propose(machine(m))).ok
     assert (await r.propose(c.ClaimEpoch(term=2, node="n2"))).ok
-    assert (await r.propose(c.MachinesSilent(silent={"m1": 9000}, epoch=2))).ok
+    assert (await r.propose(c.MachinesSilent(silent=silent_ms, epoch=2))).ok
     assert (await r.propose(c.ClaimEpoch(term=3, node="n3"))).ok
-    cfg = FailoverConfig(ttl_s=TTL, interval_s=1.0, leader_grace_s=1.0, max_heartbeats_per_s=0)
-    mon = FailoverMonitor(r, 3, cfg, clock=clock)
+    return clock, r, FailoverMonitor(r, 3, CFG, clock=clock)
+
+
+async def test_a_live_machine_listed_by_the_last_leader_gets_the_floor_to_find_the_new_one():
+    """The last leader listed m1 silent for 9 s (of a 3 s TTL: it could not reach that leader); a new leader gives
+    it grace + one interval (2 s) to beat here, and its heartbeat then keeps it up."""
+    clock, r, mon = await _leader_after_silence({"m1": 9000})
     assert mon.status()["credited"] == 1
     await _run(mon, clock, 1.8, ["m2"])                        # silent 1.8 s under this leader: still up
     assert _down_at(r, "m1") is None
@@ -173,8 +180,7 @@ async def test_a_tick_does_not_wait_for_the_silence_commit():
             await release.wait()
         return await real(cmd, timeout)
     r.propose = propose  # type: ignore[method-assign]
-    mon = FailoverMonitor(r, 2, FailoverConfig(ttl_s=TTL, interval_s=1.0, leader_grace_s=1.0, max_heartbeats_per_s=0),
-                          clock=clock)
+    mon = FailoverMonitor(r, 2, CFG, clock=clock)
     await _run(mon, clock, 3.0, ["m2"])          # m1 silent: listed (a proposal stuck), then past its TTL
     await _run(mon, clock, 2.0, ["m2"])
     assert _down_at(r, "m1") is not None         # declared while the silence proposal still waits
@@ -185,16 +191,8 @@ async def test_a_tick_does_not_wait_for_the_silence_commit():
 
 
 async def test_a_frozen_machine_listed_by_the_last_leader_is_declared_at_the_floor_not_a_full_ttl_later():
-    clock = FakeClock()
-    r = FakeReplica(clock)
-    for m in ("m1", "m2"):
-        assert (await r.propose(machine(m))).ok
-    assert (await r.propose(c.ClaimEpoch(term=2, node="n2"))).ok
-    assert (await r.propose(c.MachinesSilent(silent={"m1": 2500}, epoch=2))).ok
-    assert (await r.propose(c.ClaimEpoch(term=3, node="n3"))).ok
+    clock, r, mon = await _leader_after_silence({"m1": 2500})
     start_ms = clock.now_ms()
-    mon = FailoverMonitor(r, 3, FailoverConfig(ttl_s=TTL, interval_s=1.0, leader_grace_s=1.0, max_heartbeats_per_s=0),
-                          clock=clock)
     await _run(mon, clock, 6.0, ["m2"])
     at = _down_at(r, "m1")
     # floor: grace 1 + interval 1 = 2 s (the rest of its TTL, 0.5 s, is shorter); a fresh re-arm: 3 + 1 = 4 s
