@@ -12,6 +12,7 @@ free port when that one is taken; ``Proc.dns`` and cluster.json say which.
 """
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import os
@@ -33,18 +34,26 @@ from raftctl.agent.runtime import agent_driver, default_runtime
 from raftctl.node.auth import new_token, write_secret_file
 
 
+# Ports this process has handed out, newest last: a cluster's six addresses are chosen before any is bound,
+# so a free port can be drawn twice (1 in ~700 clusters of 3 when drawing at random: a CI run starts ~100).
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=4000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A free port below the kernel's ephemeral range, so an outgoing connection cannot take it
-    between now and the moment the replica binds it."""
+    between now and the moment the replica binds it; never one this process handed out lately."""
     rng = random.Random()
     for _ in range(200):
         port = rng.randint(10000, 19999)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError:
                 continue
+            _HANDED_OUT.append(port)
             return port
     raise RuntimeError("no free port in 10000-19999")
 

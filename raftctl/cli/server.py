@@ -77,6 +77,7 @@ def register(cli: click.Group) -> None:
                max_connections: int, max_body: str,
                tls_cert: str | None, tls_key: str | None, tls_ca: str | None, log_level: str) -> None:
         """Run a control replica (Raft member + HTTP API; the leader runs the controllers)."""
+        from raftctl.node.admission import cannot_listen
         from raftctl.node.replica import ServerConfig, serve
         from raftctl.statemachine.units import parse_duration
 
@@ -91,6 +92,12 @@ def register(cli: click.Group) -> None:
             host, _, port = addr.rpartition(":")
             if not host or not port.isdigit():
                 fail(f"{flag}: {addr!r} is not host:port")
+        if raft_addr == api_addr:
+            fail(f"--api: {api_addr} is also --raft; Raft and the HTTP API each need a port of their own")
+        for flag, addr in (("--raft", raft_addr), ("--api", api_addr)):
+            problem = cannot_listen(addr)
+            if problem:
+                fail(f"{flag}: cannot listen on {addr}: {problem}")
         if bool(tls_cert) != bool(tls_key):
             fail("--tls-cert and --tls-key go together")
         if tls_ca and not tls_cert:

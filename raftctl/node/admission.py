@@ -250,3 +250,23 @@ class Listener:
             pass
         finally:
             conn.close()
+
+
+def cannot_listen(addr: str) -> str | None:
+    """Why nothing can listen on ``host:port`` now (address in use, not this machine's), or None. Checked before
+    the replica starts: pysyncobj retries a failed bind forever and says nothing, so a replica whose Raft port
+    another process holds would run deaf to its peers."""
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as both listeners do: TIME_WAIT is no obstacle
+        try:
+            s.bind(sockaddr)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
