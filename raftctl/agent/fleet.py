@@ -21,6 +21,7 @@ makes a simulated machine cheap enough to play thousands of them on one core (is
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import logging
@@ -82,6 +83,10 @@ class LeanHTTP:
         self.source = source   # the local address connections are made from (None: the kernel's choice)
         self.idle: dict[tuple[str, int], list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         self.opened = 0    # connections opened (for tests and the bench)
+        # connections closed, by (why, "host:port"): "timeout" (the request's bound passed), "cancelled" (its
+        # caller gave up: an abandoned watch), "server" (the answer said close), "cut" (closed or garbled
+        # mid-answer), "aged" (idle past idle_s)
+        self.closed: collections.Counter[tuple[str, str]] = collections.Counter()
 
     async def __call__(self, method: str, url: str, body: Any, params: dict | None, headers: dict[str, str],
                        total: float, connect: float) -> tuple[int, bytes]:
@@ -95,48 +100,72 @@ class LeanHTTP:
             head.append("Content-Type: application/json")
         head.append(f"Content-Length: {len(data)}")
         message = ("\r\n".join(head) + "\r\n\r\n").encode() + data
-        async with asyncio.timeout(total):
+        where = f"{host}:{port}"
+        async with asyncio.timeout(total) as bound:
             while True:
                 conn = self._take((host, port))
                 reused = conn is not None
                 if conn is None:
-                    async with asyncio.timeout(connect):
-                        conn = await asyncio.open_connection(
-                            host, port, local_addr=(self.source, 0) if self.source else None)
+                    try:
+                        async with asyncio.timeout(connect):
+                            conn = await asyncio.open_connection(
+                                host, port, local_addr=(self.source, 0) if self.source else None)
+                    except (OSError, TimeoutError):
+                        self.closed["not opened", where] += 1
+                        raise
                     self.opened += 1
                 reader, writer = conn
                 keep = False
+                why = "cut"
                 try:
                     writer.write(message)
                     try:
                         line = await reader.readuntil(b"\r\n\r\n")
                     except asyncio.IncompleteReadError as exc:
                         if reused and not exc.partial:
+                            why = "server"
                             continue     # the server closed it while idle: once more on a new connection
                         raise ConnectionResetError("connection closed before the answer's head") from None
                     status, keep, payload = await self._answer(line, reader)
+                    why = "server"
                     return status, payload
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
                     raise ConnectionError(f"bad or cut HTTP answer from {host}:{port}: {exc}") from None
+                except asyncio.CancelledError:
+                    why = "timeout" if bound.expired() else "cancelled"
+                    raise
                 finally:
                     if keep:
                         self.idle.setdefault((host, port), []).append((time.monotonic(), reader, writer))
                     else:
                         writer.close()
+                        self.closed[why, where] += 1
 
     def _take(self, key: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         conns = self.idle.get(key)
         now = time.monotonic()
+        where = f"{key[0]}:{key[1]}"
         while conns:
             at, reader, writer = conns.pop()
             if now - at < self.idle_s and not writer.is_closing() and not reader.at_eof():
                 return reader, writer
             writer.close()
-        if conns is not None:
+            self.closed["aged" if now - at >= self.idle_s else "server", where] += 1
+        if conns:
             for _, _, w in conns:   # older than the one just dropped: aged out too
                 w.close()
+            self.closed["aged", where] += len(conns)
             conns.clear()
         return None
+
+    def summary(self, since: tuple[int, collections.Counter[tuple[str, str]]]) -> tuple[str, bool]:
+        """(one line of what changed since ``since`` = (opened, closed) taken earlier, whether any connection
+        was opened or closed in it: a steady fleet reuses its connections and does neither)."""
+        opened, closed = since
+        delta = self.closed - closed
+        parts = [f"{where} {why} {n}" for (why, where), n in sorted(delta.items(), key=lambda kv: kv[0][::-1])]
+        return (f"connections opened {self.opened - opened}, closed: {', '.join(parts) or 'none'}",
+                bool(delta) or self.opened != opened)
 
     @staticmethod
     async def _answer(head: bytes, reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
@@ -184,7 +213,9 @@ async def run_agents(cfg: AgentConfig, count: int, *, reconcile_s: float = FLEET
     """Play ``count`` machines until SIGINT/SIGTERM (or ``stop`` is set). Machine i starts at
     ``i / count * spread_s`` (default: the heartbeat interval, or longer so at most START_PER_S start a second).
     ``source``: the local address every connection to the replicas is made from (LeanHTTP; http:// only).
-    One machine's agent failing (a refused token) is logged by its task and does not end the others."""
+    One machine's agent failing (a refused token) is logged by its task and does not end the others. Every
+    SUMMARY_S the connections opened and closed (why, to which replica) are logged, at warning when there
+    were any (connection churn costs the replicas an accept and a handshake each)."""
     agents = machines(cfg, count, reconcile_s=reconcile_s)
     spread = spread_s if spread_s is not None else max(cfg.heartbeat_s, count / START_PER_S)
     if stop is None:
@@ -211,7 +242,25 @@ async def run_agents(cfg: AgentConfig, count: int, *, reconcile_s: float = FLEET
     async with shared_pool(ssl_ctx, connect_s=FLEET_CONNECT_S, heartbeat_s=FLEET_HEARTBEAT_S, lean=lean,
                            decode=trusted_json):   # the tasks below carry the pool in their context
         tasks = [asyncio.create_task(one(i, a), name=f"machine-{a.cfg.machine}") for i, a in enumerate(agents)]
+        if lean is not None:
+            tasks.append(asyncio.create_task(_summaries(lean), name="connection summaries"))
         await stop.wait()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+SUMMARY_S = 30.0
+
+
+async def _summaries(lean: LeanHTTP) -> None:
+    """Log the fleet's connection churn every SUMMARY_S (one bad pass is logged; the next one goes on)."""
+    since = (lean.opened, collections.Counter(lean.closed))
+    while True:
+        await asyncio.sleep(SUMMARY_S)
+        try:
+            line, churn = lean.summary(since)
+            log.log(logging.WARNING if churn else logging.INFO, "%s", line)
+            since = (lean.opened, collections.Counter(lean.closed))
+        except Exception:
+            log.exception("connection summary failed")

@@ -4,6 +4,7 @@ aiohttp servers on loopback."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 import threading
 from typing import Any, AsyncIterator
@@ -178,6 +179,51 @@ async def test_lean_bounds_the_exchange_and_refuses_what_is_not_http(server: Ser
     finally:
         t.join()
         sock.close()
+
+
+async def test_lean_counts_each_close_by_why_and_by_replica(server: Server) -> None:
+    """The fleet's connection churn names its cause: a request past its bound, a caller that gave up (an
+    abandoned watch), a server that closed, a connection that aged out, a replica that did not take it."""
+    where = server.url.removeprefix("http://")
+    lean = LeanHTTP(idle_s=0.2)
+    with pytest.raises(TimeoutError):
+        await lean("GET", server.url + "/slow", None, None, {}, 0.2, 0.2)
+    waiting = asyncio.create_task(lean("GET", server.url + "/slow", None, None, {}, 5.0, 1.0))
+    await asyncio.sleep(0.2)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert (await lean("GET", server.url + "/echo", None, None, {}, 5.0, 1.0))[0] == 200   # kept idle
+    await asyncio.sleep(0.3)
+    assert (await lean("GET", server.url + "/echo", None, None, {}, 5.0, 1.0))[0] == 200   # the idle one aged out
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))                   # bound, not listening: the connection is refused
+    gone = "127.0.0.1:%d" % dead.getsockname()[1]
+    with pytest.raises(OSError):
+        await lean("GET", f"http://{gone}/x", None, None, {}, 1.0, 1.0)
+    dead.close()
+    assert dict(lean.closed) == {("timeout", where): 1, ("cancelled", where): 1, ("aged", where): 1,
+                                 ("not opened", gone): 1}
+    assert lean.opened == 4
+    line, churn = lean.summary((0, collections.Counter()))
+    assert churn and line.startswith("connections opened 4, closed: ") and f"{where} timeout 1" in line
+    assert lean.summary((lean.opened, collections.Counter(lean.closed))) == (
+        "connections opened 0, closed: none", False)
+
+
+async def test_a_connection_the_server_closed_is_counted_once_as_the_servers() -> None:
+    port, t, sock = one_answer_per_connection(2)
+    lean = LeanHTTP()
+    try:
+        await lean("POST", f"http://127.0.0.1:{port}/x", {}, None, {}, 5.0, 1.0)
+        await asyncio.sleep(0.1)
+        await lean("POST", f"http://127.0.0.1:{port}/x", {}, None, {}, 5.0, 1.0)
+    finally:
+        t.join(5)
+        sock.close()
+    assert dict(lean.closed) == {("server", f"127.0.0.1:{port}"): 1}
+    assert lean.summary((1, collections.Counter())) == (f"connections opened 1, closed: 127.0.0.1:{port} server 1",
+                                                        True)
 
 
 # -- the shared pool -----------------------------------------------------------------------------------------
