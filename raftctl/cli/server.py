@@ -77,7 +77,6 @@ def register(cli: click.Group) -> None:
                max_connections: int, max_body: str,
                tls_cert: str | None, tls_key: str | None, tls_ca: str | None, log_level: str) -> None:
         """Run a control replica (Raft member + HTTP API; the leader runs the controllers)."""
-        from raftctl.node.admission import cannot_listen
         from raftctl.node.replica import ServerConfig, serve
         from raftctl.statemachine.units import parse_duration
 
@@ -94,10 +93,6 @@ def register(cli: click.Group) -> None:
                 fail(f"{flag}: {addr!r} is not host:port")
         if raft_addr == api_addr:
             fail(f"--api: {api_addr} is also --raft; Raft and the HTTP API each need a port of their own")
-        for flag, addr in (("--raft", raft_addr), ("--api", api_addr)):
-            problem = cannot_listen(addr)
-            if problem:
-                fail(f"{flag}: cannot listen on {addr}: {problem}")
         if bool(tls_cert) != bool(tls_key):
             fail("--tls-cert and --tls-key go together")
         if tls_ca and not tls_cert:
@@ -116,4 +111,7 @@ def register(cli: click.Group) -> None:
                            heartbeat_ttl_s=ttl_s, heartbeat_interval_s=interval_s,
                            max_heartbeats_per_s=max_heartbeats, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
                            max_connections=max_connections)
-        asyncio.run(serve(cfg))
+        try:
+            asyncio.run(serve(cfg))
+        except ValidationError as exc:   # what the replica refused before it started (a port it cannot listen on)
+            fail(f"--{exc.field}: {exc.message}" if exc.field else exc.message)

@@ -15,7 +15,7 @@ import aiohttp
 from raftctl.clock import SYSTEM, Clock
 from raftctl.discovery.dns import DnsServer
 from raftctl.discovery.view import lookup
-from raftctl.errors import Unavailable
+from raftctl.errors import Unavailable, ValidationError
 from raftctl.node import auth
 from raftctl.node.api import make_app
 from raftctl.node.autoscale import Autoscaler, Metrics
@@ -26,7 +26,7 @@ from raftctl.node.raft import RaftNode
 from raftctl.node.rollout import RolloutController
 from raftctl.gcstats import GcStats, freeze, thresholds_from_env, tune
 from raftctl.node.looplag import LoopLag
-from raftctl.node.admission import AdmittingRunner, Listener, default_limit, raise_fd_limit
+from raftctl.node.admission import AdmittingRunner, Listener, cannot_listen, default_limit, raise_fd_limit
 from raftctl.node.scheduling import SchedulerLoop
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import Result
@@ -102,6 +102,10 @@ class Replica:
 
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:
+        for name, addr in (("raft", self.cfg.raft), ("api", self.cfg.api)):
+            problem = cannot_listen(addr)
+            if problem:   # pysyncobj would retry a taken Raft port forever, silently: stop here instead
+                raise ValidationError(f"cannot listen on {addr}: {problem}", field=name)
         self.loop = asyncio.get_running_loop()
         self._changed = asyncio.Condition()
         server_ssl = client_ssl = None
