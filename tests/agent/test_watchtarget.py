@@ -213,6 +213,68 @@ async def test_a_watch_parked_on_the_leader_before_the_index_was_told_moves_to_a
         await asyncio.gather(task, return_exceptions=True)
 
 
+class NotYetLive(Replicas):
+    """No heartbeat answered yet: ``answered()`` plays the first answer (r1 leads and tells index 10)."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__(answer)
+        self.live = None   # type: ignore[assignment]
+        self._moved = asyncio.Event()
+
+    def answered(self, target: WatchTarget) -> None:
+        self.live = R1
+        target.note(10)
+        self._moved.set()
+
+    async def live_moved_from(self, url: str | None) -> None:
+        if url is not None:
+            await asyncio.Event().wait()     # r1 leads from its first answer on
+        await self._moved.wait()
+
+
+def _starting(replicas: Replicas, clock: FakeClock) -> tuple[Agent, asyncio.Task]:
+    a = Agent(AgentConfig(machine="m1", servers=SERVERS, token="t", data_dir="/nonexistent"), SimDriver(), clock=clock)
+    a.control = replicas  # type: ignore[assignment]
+    a.index = 10
+    return a, asyncio.create_task(a._watch_loop())
+
+
+async def test_the_first_watch_waits_for_the_first_heartbeat_answer_and_goes_to_its_follower():
+    """Sent before it, the first watch went to the replicas in turn and was left as soon as the answer came: one
+    wasted connection and parked watch per starting machine."""
+    class Stopped(FakeClock):   # its sleeps never end: only the heartbeat answer lets the watch go
+        async def sleep(self, seconds: float) -> None:
+            self.sleeps.append(seconds)
+            await asyncio.Event().wait()
+
+    replicas = NotYetLive({"index": 10, "placements": []})
+    a, task = _starting(replicas, Stopped())
+    try:
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert replicas.asked == []
+        replicas.answered(a.target)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert replicas.asked == [told(10).choose(SERVERS, R1)] and replicas.asked[0] != R1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_with_no_heartbeat_answered_in_two_intervals_the_first_watch_goes_in_turn():
+    replicas = NotYetLive({"index": 10, "placements": []})
+    clock = TurnsClock()
+    a, task = _starting(replicas, clock)
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert replicas.asked == [None] and clock.sleeps[0] == 2 * a.cfg.heartbeat_s
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 @pytest.mark.parametrize("heartbeat_s, grace", [(0.3, FOLLOWER_GRACE_S), (1.0, FOLLOWER_GRACE_S), (4.0, 2.0),
                                                 (10.0, 5.0), (60.0, 30.0)])
 def test_a_followers_grace_is_two_seconds_or_half_the_heartbeat_interval(heartbeat_s, grace):
