@@ -152,6 +152,7 @@ class Listener:
 
     RETRY_S = 0.1        # pause after a failed accept (EMFILE and the like)
     RESCAN_S = 1.0       # after a scan found none idle, refuse without scanning for this long
+    CLOSES_S = 0.05      # how long a newcomer waits for the closes that make room for it to be seen
 
     def __init__(self, runner: AdmittingRunner, host: str, port: int, *, ssl: ssl_module.SSLContext | None = None,
                  backlog: int = 128) -> None:
@@ -194,7 +195,7 @@ class Listener:
                                 self.failed_accepts, exc, server.live, server.limit)
                 await asyncio.sleep(self.RETRY_S)
                 continue
-            if server.taken + len(self.pending) >= server.limit and not self._room_made(server):
+            if server.live + len(self.pending) >= server.limit and not await self._room_for(server):
                 server.refused += 1
                 self._refuse(conn)
                 continue
@@ -209,6 +210,21 @@ class Listener:
         except Exception as exc:         # a TLS handshake that failed, a peer already gone: this connection only
             log.debug("API connection dropped before its first request: %s", exc)
             conn.close()
+
+    async def _room_for(self, server: AdmittingServer) -> bool:
+        """Whether the connection just accepted can have a slot: idle ones closed to make room when every slot is
+        taken, then their closes seen (a loop turn or two, at most CLOSES_S) before it is admitted. A connection
+        closed to make room holds its descriptor until then, and the accept loop does not yield while the
+        backlog holds connections: admitted at once, a burst took one descriptor more per newcomer (a replica
+        with 400 descriptors and a limit of 250 ran out with 152 connections open)."""
+        if server.taken + len(self.pending) >= server.limit and not self._room_made(server):
+            return False
+        deadline = time.monotonic() + self.CLOSES_S
+        while server.live + len(self.pending) >= server.limit and server.closing:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0)
+        return server.live + len(self.pending) < server.limit
 
     def _room_made(self, server: AdmittingServer) -> bool:
         """``_make_room``, which reads aiohttp's private handler state: should that ever fail, the newcomer is
