@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import weakref
 from typing import Any
 
@@ -50,9 +49,10 @@ async def register(request: web.Request) -> web.Response:
     return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
 
 
-@functools.lru_cache(maxsize=4)
 def _cluster_id(secret: str | None) -> str | None:
-    """The cluster's id (from its secret; None without one, --insecure-dev): agents name their cgroups with it."""
+    """The cluster's id (from its secret; None without one, --insecure-dev): agents name their cgroups with it.
+    Derived once per process (scrypt, 50 ms of CPU: up to 0.5 s of a loaded leader's loop on its first
+    assignment answer), at the replica's start, on a worker thread."""
     return derive_cluster_id(secret) if secret else None
 
 

@@ -15,6 +15,7 @@ import aiohttp
 from raftctl.clock import SYSTEM, Clock
 from raftctl.discovery.dns import DnsServer
 from raftctl.discovery.view import lookup
+from raftctl.clusterid import derive_cluster_id
 from raftctl.errors import Unavailable, ValidationError
 from raftctl.node import auth
 from raftctl.node.api import make_app
@@ -116,6 +117,8 @@ class Replica:
             server_ssl = server_context(self.cfg.tls_cert, self.cfg.tls_key)
             client_ssl = client_context(self.cfg.tls_ca)
         os.makedirs(self.cfg.data_dir, exist_ok=True)
+        if self.cfg.secret:   # scrypt, kept per secret: not on the loop at the first assignment answer
+            await asyncio.to_thread(derive_cluster_id, self.cfg.secret)
         self.raft = RaftNode(self.cfg.raft, self.cfg.peers, self.cfg.data_dir, self.cfg.secret,
                              on_applied=self._on_applied_threadsafe, on_state_changed=self._on_raft_state,
                              compact_entries=self.cfg.compact_entries)

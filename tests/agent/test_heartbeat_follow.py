@@ -1,6 +1,7 @@
 """Whom a heartbeat goes to: the leader, or the one the others name when it does not answer, and never the
 same silent leader twice in one heartbeat (an overloaded leader must not get each heartbeat again at once on a
-new connection). Three scripted replicas on loopback, the real ControlClient and its real HTTP."""
+new connection); and where a watch goes when its follower is gone: another follower, the leader last. Three
+scripted replicas on loopback, the real ControlClient and its real HTTP."""
 from __future__ import annotations
 
 import asyncio
@@ -23,7 +24,12 @@ class Replica:
         self.delay = 0.0
         self.names: str | None = None
         self.asked = 0
+        self.watched = 0
         self.runner: web.AppRunner | None = None
+
+    async def assignments(self, request: web.Request) -> web.Response:
+        self.watched += 1
+        return web.json_response({"index": 7, "placements": []})
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         self.asked += 1
@@ -35,7 +41,8 @@ class Replica:
 
     async def start(self) -> None:
         app = web.Application()
-        app.add_routes([web.post("/v1/agent/heartbeat", self.heartbeat)])
+        app.add_routes([web.post("/v1/agent/heartbeat", self.heartbeat),
+                        web.get("/v1/agent/assignments/{machine}", self.assignments)])
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -107,3 +114,22 @@ async def test_with_no_leader_known_the_replicas_are_asked_in_turn(replicas: lis
     lead(replicas, 2)
     ans, c = await beat(replicas, None)
     assert ans["status"] == "up" and c.live == replicas[2].url and replicas[2].asked == 1
+
+
+@pytest.mark.parametrize("rotation_at", [0, 1, 2])
+async def test_a_watch_whose_follower_is_gone_goes_to_the_other_follower_not_the_leader(
+        replicas: list[Replica], rotation_at: int) -> None:
+    import socket
+
+    gone = socket.socket()
+    gone.bind(("127.0.0.1", 0))          # bound, not listening: the follower died with the old leader
+    dead = "http://127.0.0.1:%d" % gone.getsockname()[1]
+    try:
+        async with ControlClient([dead, replicas[0].url, replicas[1].url], "tok") as c:
+            c._next = rotation_at          # wherever the rotation stands, the leader is asked last
+            c.live = replicas[0].url       # replicas[0] leads
+            ans, server = await c.watch("/v1/agent/assignments/m1", {"index": "0"}, timeout=2.0, server=dead)
+    finally:
+        gone.close()
+    assert ans["index"] == 7 and server == replicas[1].url
+    assert (replicas[0].watched, replicas[1].watched) == (0, 1)
