@@ -245,9 +245,10 @@ class ControlClient:
             except RaftctlError as exc:
                 if exc.http_status is not None and exc.http_status < 500:
                     raise
-                if target is not None and target not in self._followers_said:
-                    # it did not answer (paused, cut off, gone, overloaded): ask the others who leads, never
-                    # it again in this call (two 2 s bounds on it outlived a new leader's TTL)
+                if target is not None and (target not in self._followers_said or self.leader == target):
+                    # it did not answer (paused, cut off, gone, overloaded, just elected and not leading yet, or
+                    # named itself): ask the others who leads, never it again in this call (two 2 s bounds on
+                    # it outlived a new leader's TTL)
                     silent = target
                     self.avoid(target)
                 if self.leader is not None and self.leader == silent:

@@ -25,6 +25,7 @@ class Replica:
         self.names: str | None = None
         self.asked = 0
         self.watched = 0
+        self.not_yet = False
         self.runner: web.AppRunner | None = None
 
     async def assignments(self, request: web.Request) -> web.Response:
@@ -33,6 +34,8 @@ class Replica:
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         self.asked += 1
+        if self.not_yet:       # just elected, its epoch not claimed: the replica's answer since session 12
+            return web.json_response({"error": {"code": "unavailable", "message": "not leading yet"}}, status=503)
         if not self.leads:
             return web.json_response({"error": {"code": "not_leader", "message": "not the leader",
                                                 "details": {"leader_api": self.names}}}, status=503)
@@ -133,3 +136,16 @@ async def test_a_watch_whose_follower_is_gone_goes_to_the_other_follower_not_the
         gone.close()
     assert ans["index"] == 7 and server == replicas[1].url
     assert (replicas[0].watched, replicas[1].watched) == (0, 1)
+
+
+@pytest.mark.parametrize("answer", ["not leading yet", "names itself"])
+async def test_a_replica_just_elected_is_asked_once_and_the_heartbeat_waits_for_the_next_try(
+        replicas: list[Replica], answer: str) -> None:
+    lead(replicas, 1)
+    if answer == "not leading yet":
+        replicas[1].not_yet = True
+    else:                                    # a replica of the previous release: not_leader naming itself
+        replicas[1].leads = False
+    with pytest.raises(Unavailable, match="still name it"):
+        await beat(replicas, replicas[1].url)
+    assert replicas[1].asked == 1
