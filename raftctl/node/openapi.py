@@ -292,7 +292,8 @@ def _paths() -> dict[str, Any]:
         "/v1/agent/register": {"post": _op("Register (or re-register) the agent's machine", "agent",
                                            _ref("WriteResult"), body=REGISTER)},
         "/v1/agent/heartbeat": {"post": _op("Heartbeat (leader only: elsewhere 503 not_leader with "
-                                            "details.leader_api); may carry the machine's usage samples (the "
+                                            "details.leader_api, 503 unavailable on a replica just elected and "
+                                            "not leading yet); may carry the machine's usage samples (the "
                                             "items of /v1/agent/stats): stats_accepted says how many were taken, "
                                             "stats_error names the field of a refused item", "agent",
                                             _obj({"machine": STR, "status": NULLABLE_STR, "ttl_s": NUM,
