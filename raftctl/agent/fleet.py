@@ -83,9 +83,10 @@ class LeanHTTP:
         self.source = source   # the local address connections are made from (None: the kernel's choice)
         self.idle: dict[tuple[str, int], list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         self.opened = 0    # connections opened (for tests and the bench)
-        # connections closed, by (why, "host:port"): "timeout" (the request's bound passed), "cancelled" (its
-        # caller gave up: an abandoned watch), "server" (the answer said close), "cut" (closed or garbled
-        # mid-answer), "aged" (idle past idle_s)
+        # connections closed, by (why, "host:port request"; "host:port" alone for an idle one): "timeout" (the
+        # request's bound passed), "cancelled" (its caller gave up: an abandoned watch), "server" (the answer
+        # said close, or found closed), "cut" (closed or garbled mid-answer), "aged" (idle past idle_s), "not
+        # opened"
         self.closed: collections.Counter[tuple[str, str]] = collections.Counter()
 
     async def __call__(self, method: str, url: str, body: Any, params: dict | None, headers: dict[str, str],
@@ -100,7 +101,9 @@ class LeanHTTP:
             head.append("Content-Type: application/json")
         head.append(f"Content-Length: {len(data)}")
         message = ("\r\n".join(head) + "\r\n\r\n").encode() + data
-        where = f"{host}:{port}"
+        segs = (parts.path or "/").strip("/").split("/")
+        # which request a close cut: /v1/agent/heartbeat -> heartbeat, /v1/agent/assignments/m -> assignments
+        where = f"{host}:{port} {segs[2] if segs[:2] == ['v1', 'agent'] and len(segs) > 2 else segs[-1]}"
         async with asyncio.timeout(total) as bound:
             while True:
                 conn = self._take((host, port))

@@ -202,11 +202,11 @@ async def test_lean_counts_each_close_by_why_and_by_replica(server: Server) -> N
     with pytest.raises(OSError):
         await lean("GET", f"http://{gone}/x", None, None, {}, 1.0, 1.0)
     dead.close()
-    assert dict(lean.closed) == {("timeout", where): 1, ("cancelled", where): 1, ("aged", where): 1,
-                                 ("not opened", gone): 1}
+    assert dict(lean.closed) == {("timeout", where + " slow"): 1, ("cancelled", where + " slow"): 1,
+                                 ("aged", where): 1, ("not opened", gone + " x"): 1}
     assert lean.opened == 4
     line, churn = lean.summary((0, collections.Counter()))
-    assert churn and line.startswith("connections opened 4, closed: ") and f"{where} timeout 1" in line
+    assert churn and line.startswith("connections opened 4, closed: ") and f"{where} slow timeout 1" in line
     assert lean.summary((lean.opened, collections.Counter(lean.closed))) == (
         "connections opened 0, closed: none", False)
 
