@@ -275,6 +275,59 @@ async def test_with_no_heartbeat_answered_in_two_intervals_the_first_watch_goes_
         await asyncio.gather(task, return_exceptions=True)
 
 
+class Moving(Replicas):
+    """r1 leads until ``move_to`` names another leader; every watch parks (nothing newer than the agent's index)."""
+
+    def __init__(self) -> None:
+        super().__init__({"index": 10, "placements": []})
+        self._moved = asyncio.Event()
+
+    def move_to(self, url: str) -> None:
+        self.live = url
+        self._moved.set()
+
+    async def live_moved_from(self, url: str | None) -> None:
+        while self.live == url:
+            self._moved.clear()
+            await self._moved.wait()
+
+
+def _machine_whose_choice_moves(before: str, live_after: str, after: str) -> str:
+    """A machine name whose watch goes to ``before`` while r1 leads and to ``after`` once ``live_after`` does."""
+    for i in range(1000):
+        t = WatchTarget(f"m{i}", FakeClock())
+        t.note(10)
+        if t.choose(SERVERS, R1) == before and t.choose(SERVERS, live_after) == after:
+            return f"m{i}"
+    raise AssertionError("no such machine")
+
+
+@pytest.mark.parametrize("before, live_after, after, left", [
+    (R2, R3, R1, False),   # its follower r2 is still a follower: the watch stays (the next one goes to r1)
+    (R3, R3, R2, True),    # its follower r3 now leads: the watch moves to a follower
+])
+async def test_a_new_leader_leaves_a_watch_on_a_follower_that_still_is_one(before, live_after, after, left):
+    machine = _machine_whose_choice_moves(before, live_after, after)
+    replicas = Moving()
+    a = Agent(AgentConfig(machine=machine, servers=SERVERS, token="t", data_dir="/nonexistent"), SimDriver(),
+              clock=TurnsClock())
+    a.control = replicas  # type: ignore[assignment]
+    a.index = 10
+    a.target.note(10)
+    task = asyncio.create_task(a._watch_loop())
+    try:
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert replicas.asked == [before]
+        replicas.move_to(live_after)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert replicas.asked == ([before, after] if left else [before])
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 @pytest.mark.parametrize("heartbeat_s, grace", [(0.3, FOLLOWER_GRACE_S), (1.0, FOLLOWER_GRACE_S), (4.0, 2.0),
                                                 (10.0, 5.0), (60.0, 30.0)])
 def test_a_followers_grace_is_two_seconds_or_half_the_heartbeat_interval(heartbeat_s, grace):
