@@ -117,17 +117,20 @@ class Bed:
                 return r.read()
         return again(f"GET {path}", send, attempts=6, pause=lambda i: 0.5 * (i + 1), unreachable_too=False)
 
+    def send(self, method: str, path: str, body: Any, url: str, timeout: float) -> bytes:
+        """One API request to ``url`` with the admin token, not tried again; the answer's body."""
+        req = urllib.request.Request(url + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Authorization": f"Bearer {self.cluster.token()}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.read()
+
     def call(self, method: str, path: str, body: Any = None, url: str | None = None) -> Any:
         """One API call; a 503 (outcome unknown, or no leader for a moment) or no answer in 30 s is tried again:
         the bench's writes are idempotent (PUT a job, scale to 0, create a token under a fixed name... once)."""
-        def send() -> bytes:
-            req = urllib.request.Request((url or self.leader.url) + path, method=method,
-                                         data=json.dumps(body).encode() if body is not None else None,
-                                         headers={"Authorization": f"Bearer {self.cluster.token()}",
-                                                  "Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.read()
-        return json.loads(again(f"{method} {path}", send, attempts=6, pause=lambda i: 0.5 * (i + 1)))
+        return json.loads(again(f"{method} {path}", lambda: self.send(method, path, body, url or self.leader.url, 30),
+                                attempts=6, pause=lambda i: 0.5 * (i + 1)))
 
     def metrics(self, url: str) -> dict[tuple[str, str], float]:
         text = self.get(url, "/metrics").decode()
@@ -255,7 +258,6 @@ def kill_to_write(bed: "Bed", survivors: list[Proc], t0: float, limit_s: float =
     None for one not reached within ``limit_s``."""
     elected: float | None = None
     leader: Proc | None = None
-    body = json.dumps({"name": "w0", "image": "scale:1", "command": ["w"], "replicas": 0}).encode()
     while time.monotonic() - t0 < limit_s:
         if leader is None:
             for p in survivors:
@@ -266,12 +268,9 @@ def kill_to_write(bed: "Bed", survivors: list[Proc], t0: float, limit_s: float =
                 except Exception:
                     pass
         if leader is not None:
-            req = urllib.request.Request(leader.url + "/v1/jobs/w0", method="PUT", data=body,
-                                         headers={"Authorization": f"Bearer {bed.cluster.token()}",
-                                                  "Content-Type": "application/json"})
             try:
-                with urllib.request.urlopen(req, timeout=10) as r:
-                    r.read()
+                bed.send("PUT", "/v1/jobs/w0", {"name": "w0", "image": "scale:1", "command": ["w"], "replicas": 0},
+                         leader.url, 10)
                 return elected, time.monotonic() - t0
             except Exception:
                 leader = None       # not taken (no longer the leader, or too slow): ask who leads again

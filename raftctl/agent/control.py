@@ -232,9 +232,7 @@ class ControlClient:
         payload: dict[str, Any] = {"machine": machine} if not stats else {"machine": machine, "stats": stats}
         silent: str | None = None    # the leader that did not answer in this call
         for _ in range(3):
-            target = self.leader
-            if silent is not None and target == silent:
-                raise Unavailable(f"the leader {silent} did not take the heartbeat and the others still name it")
+            target = self.leader     # never ``silent``: an answer naming it ends the call below
             self.leader = None       # a follower's not_leader answer in this try names the leader here
             try:
                 data, url = await self._request("POST", "/v1/agent/heartbeat", payload,
