@@ -10,7 +10,7 @@ from aiohttp import web
 from raftctl.clusterid import derive_cluster_id
 from raftctl.errors import Forbidden, RaftctlError, Unavailable, ValidationError
 from raftctl.node.efficiency import MEMORY_METRIC
-from raftctl.node.http import REPLICA, body, encode, perm, read_mode, result_value
+from raftctl.node.http import REPLICA, body, encode, perm, read_mode, result_value, routes
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.records import (REASON_MAX, JobSpec, Machine, Registration, Report, from_wire, list_to_wire,
                                           to_wire)
@@ -282,7 +282,7 @@ async def stats(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    r = app.router
+    r = routes(app)
     r.add_post("/v1/agent/register", register)
     r.add_post("/v1/agent/heartbeat", heartbeat)
     r.add_get("/v1/agent/assignments/{machine}", assignments)

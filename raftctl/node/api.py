@@ -10,8 +10,8 @@ from aiohttp import web
 from raftctl.discovery.handler import Lookups
 from raftctl.errors import NotFound, RaftctlError, ValidationError
 from raftctl.node import agent_api, auth, blobs, efficiency, members, metrics, openapi, snapshot, ui, views
-from raftctl.node.http import (BODY_LIMIT, REPLICA, body, encode, middleware, perm, read_mode, request_id,
-                               result_value)
+from raftctl.node.http import (BODY_LIMIT, GUARD, REPLICA, Guard, add_unmatched, body, encode, perm, read_mode,
+                               request_id, result_value, routes)
 from raftctl.node.scheduling import run_plan
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import resolve_image
@@ -269,11 +269,11 @@ async def list_members(request: web.Request) -> web.Response:
 
 def make_app(replica: Any) -> web.Application:
     _, api_metrics = metrics.registry_for(replica)
-    app = web.Application(middlewares=[middleware(replica, api_metrics.observe, replica.cfg.max_body)],
-                          client_max_size=replica.cfg.max_body)
+    app = web.Application(client_max_size=replica.cfg.max_body)
     app[REPLICA] = replica
     app[BODY_LIMIT] = replica.cfg.max_body
-    r = app.router
+    app[GUARD] = Guard(replica, api_metrics.observe, replica.cfg.max_body)
+    r = routes(app)
     r.add_get("/healthz", healthz)
     r.add_get("/v1/status", status)
     r.add_get("/v1/jobs", list_jobs)
@@ -306,4 +306,5 @@ def make_app(replica: Any) -> web.Application:
     blobs.add_routes(app)
     efficiency.add_routes(app)
     ui.add_routes(app)
+    add_unmatched(app)
     return app

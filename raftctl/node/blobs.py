@@ -22,7 +22,7 @@ from aiohttp import web
 
 from raftctl import oci
 from raftctl.errors import NotFound, Unavailable, ValidationError
-from raftctl.node.http import FORWARDED, REPLICA, body, encode, perm, read_mode, result_value
+from raftctl.node.http import FORWARDED, REPLICA, body, encode, perm, read_mode, result_value, routes
 from raftctl.oci import ImageError
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.records import list_to_wire
@@ -225,7 +225,7 @@ async def list_images(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    r = app.router
+    r = routes(app)
     r.add_put("/v1/images/blobs/{digest}", put_blob)
     r.add_get("/v1/images/blobs/{digest}", get_blob)
     r.add_get("/v1/images", list_images)

@@ -29,7 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from raftctl.clock import Clock
 from raftctl.node.autoscale import SAMPLE_WINDOW_MS
-from raftctl.node.http import REPLICA, encode, forward_to_leader, perm
+from raftctl.node.http import REPLICA, encode, forward_to_leader, perm, routes
 from raftctl.scheduler.efficiency import Usage, efficiency
 
 MEMORY_METRIC = "_memory_bytes"   # cannot collide with a pushed custom metric (those start with a letter)
@@ -135,7 +135,7 @@ async def get_efficiency(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/efficiency", get_efficiency)
+    routes(app).add_get("/v1/efficiency", get_efficiency)
 
 
 def prometheus_families(replica: Any) -> Iterator[Metric]:

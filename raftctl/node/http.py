@@ -1,8 +1,9 @@
 """What every HTTP handler module of a control replica shares (DESIGN §5): the app keys, encoding a reply,
 decoding a body through the gate, a command's result, the request id, read modes, the permission decorator,
-forwarding a write to the leader and the middleware every request goes through (limits, token, forwarding,
-errors, metrics). api.py and each handler module (agent_api, blobs, efficiency, members, metrics, snapshot)
-import it at module level; api.make_app imports the handler modules, none of them imports api."""
+forwarding a write to the leader, and the Guard every route's handler is wrapped in when it is added (limits,
+token, forwarding, errors, metrics). api.py and each handler module (agent_api, blobs, efficiency, members,
+metrics, snapshot, ui) import it at module level; api.make_app imports the handler modules, none of them imports
+api."""
 from __future__ import annotations
 
 import asyncio
@@ -219,65 +220,143 @@ class TokenMemo:
         return record
 
 
-def middleware(replica: Any, observe: Observe, limit: int) -> Any:
-    """The middleware of one replica's API (api.make_app): a body over ``limit`` is a 413 before auth; the
-    token must hold the route's permission (``perm``); writes, and tokens this replica has not applied yet,
-    are forwarded to the leader; errors become ``{"error": ...}`` JSON; every request is observed (route,
-    status, seconds). The replica, the limit and the token memo are bound here, once, not looked up per
-    request."""
-    tokens = TokenMemo()
+class Guard:
+    """What every route of one replica's API runs around its handler (api.make_app): a body over ``limit`` is
+    a 413 before auth; the token must hold the route's permission (``perm``); writes, and tokens this replica
+    has not applied yet, are forwarded to the leader; errors become ``{"error": ...}`` JSON; every request is
+    observed (route, status, seconds).
 
-    async def handle(request: web.Request, handler: Handler, resource: Any) -> web.StreamResponse:
-        try:
-            if request.content_length is not None and request.content_length > limit and \
-                    (resource is None or resource.canonical not in STREAMED_BODIES):
-                raise too_large(limit)  # before auth and before reading a byte of it
-            required = getattr(handler, "perm", None)
-            if required is not None:
-                header = request.headers.get("Authorization")
-                try:
-                    request["token"] = replica.read(lambda s: tokens.authorize(s.tokens, header, required))
-                except Unauthorized:
-                    if replica.raft is not None and not replica.raft.is_ready():
-                        # a replica still replaying its log may not know the token yet: let the client retry
-                        raise Unavailable("this replica is still catching up with the leader; try another") from None
-                    if header:
-                        # a token created a moment ago may be committed on the leader but not yet applied here
-                        # (Consul's followers likewise ask the leader about tokens they cannot resolve): the
-                        # leader decides, and a token it does not know either is refused there with the same 401
-                        forwarded = await forward_to_leader(request)
-                        if forwarded is not None:
-                            return forwarded
-                    raise
-                if getattr(handler, "write", False):
-                    forwarded = await forward_to_leader(request)
-                    if forwarded is not None:
-                        return forwarded
-            return await handler(request)
-        except RaftctlError as exc:
+    It wraps each handler once, when its route is added (``routes``), and is not an aiohttp middleware: a
+    middleware is looked up and awaited per request behind aiohttp's own current-app middleware, three
+    coroutine layers around a discovery lookup where a bare handler has none. What a route needs (its
+    permission, whether it writes, its body limit, its metrics label) is read when it is added. A request no
+    route matches gets the same JSON 404 or 405 from the catch-all route ``add_unmatched`` adds last."""
+
+    def __init__(self, replica: Any, observe: Observe, limit: int) -> None:
+        self.replica = replica
+        self.observe = observe
+        self.limit = limit
+        self.tokens = TokenMemo()
+
+    def wrap(self, handler: Handler, method: str, name: str) -> Handler:
+        """``handler`` behind the guard; ``method name`` is its metrics label (``name``: the route's path)."""
+        replica, observe, tokens = self.replica, self.observe, self.tokens
+        limit = None if name in STREAMED_BODIES else self.limit  # streamed to disk with their own limit
+        required = getattr(handler, "perm", None)
+        write = bool(getattr(handler, "write", False))
+        labels = {method: f"{method} {name}"}
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            started = time.monotonic()
+            try:
+                if limit is not None and request.content_length is not None and request.content_length > limit:
+                    raise too_large(limit)  # before auth and before reading a byte of it
+                response = None
+                if required is not None:
+                    header = request.headers.get("Authorization")
+                    try:
+                        request["token"] = replica.read(lambda s: tokens.authorize(s.tokens, header, required))
+                    except Unauthorized as refused:
+                        response = await self.unknown_token(request, header, refused)
+                    else:
+                        if write:
+                            response = await forward_to_leader(request)
+                if response is None:
+                    response = await handler(request)
+            except Exception as exc:  # noqa: BLE001 -- every error is a JSON answer (an unexpected one is logged)
+                response = self.error(request, exc)
+            m = request.method
+            observe(labels.get(m) or labels.setdefault(m, f"{m} {name}"), response.status, time.monotonic() - started)
+            return response
+        guarded.__name__ = getattr(handler, "__name__", "guarded")
+        guarded.__doc__ = handler.__doc__
+        return guarded
+
+    async def unknown_token(self, request: web.Request, header: str | None,
+                            refused: Unauthorized) -> web.StreamResponse:
+        """The answer to a request whose token this replica does not know, or that lacks the permission."""
+        replica = self.replica
+        if replica.raft is not None and not replica.raft.is_ready():
+            # a replica still replaying its log may not know the token yet: let the client retry
+            raise Unavailable("this replica is still catching up with the leader; try another")
+        if header:
+            # a token created a moment ago may be committed on the leader but not yet applied here (Consul's
+            # followers likewise ask the leader about tokens they cannot resolve): the leader decides, and a
+            # token it does not know either is refused there with the same 401
+            forwarded = await forward_to_leader(request)
+            if forwarded is not None:
+                return forwarded
+        raise refused
+
+    def error(self, request: web.Request, exc: Exception) -> web.StreamResponse:
+        """The JSON answer for what a guarded handler raised (a redirect is raised on, for aiohttp to send)."""
+        if isinstance(exc, RaftctlError):
             exc = after_proxy(request, exc)
             return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
-        except web.HTTPException as exc:
+        if isinstance(exc, web.HTTPException):
             if exc.status < 400:
-                raise
+                raise exc
             if exc.status == 413:  # a chunked body that grew past client_max_size while being read
-                return web.json_response({"error": too_large(limit).to_dict()}, status=413)
+                return web.json_response({"error": too_large(self.limit).to_dict()}, status=413)
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return web.json_response({"error": {"code": code, "message": exc.reason, "field": None}},
-                                     status=exc.status)
-        except Exception:
-            log.exception("internal error on %s %s", request.method, request.path)
-            return web.json_response({"error": {"code": "internal",
-                                                "message": "internal error (a bug: see the server log)",
-                                                "field": None}}, status=500)
+                                     status=exc.status, headers=allow)
+        log.error("internal error on %s %s", request.method, request.path, exc_info=exc)
+        return web.json_response({"error": {"code": "internal",
+                                            "message": "internal error (a bug: see the server log)",
+                                            "field": None}}, status=500)
 
-    @web.middleware
-    async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.monotonic()
-        resource = request.match_info.route.resource
-        response = await handle(request, handler, resource)
-        observe(f"{request.method} {resource.canonical if resource is not None else 'unmatched'}",
-                response.status, time.monotonic() - started)
-        return response
 
-    return errors_and_auth
+GUARD: web.AppKey = web.AppKey("guard", Guard)
+
+
+class Routes:
+    """Where a handler module adds its routes (``routes(app)``): each handler behind the app's Guard when
+    api.make_app set one, as given otherwise (a test's app with its own middleware)."""
+
+    def __init__(self, router: web.UrlDispatcher, guard: Guard | None) -> None:
+        self.router = router
+        self.guard = guard
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        """``handler`` for ``method path`` (GET also answers HEAD, as aiohttp's add_get)."""
+        resource = self.router.add_resource(path)
+        if self.guard is not None:
+            handler = self.guard.wrap(handler, method, resource.canonical)
+        if method == "GET":
+            resource.add_route("HEAD", handler)
+        resource.add_route(method, handler)
+
+    def add_get(self, path: str, handler: Handler) -> None:
+        self.add("GET", path, handler)
+
+    def add_put(self, path: str, handler: Handler) -> None:
+        self.add("PUT", path, handler)
+
+    def add_post(self, path: str, handler: Handler) -> None:
+        self.add("POST", path, handler)
+
+    def add_delete(self, path: str, handler: Handler) -> None:
+        self.add("DELETE", path, handler)
+
+
+def routes(app: web.Application) -> Routes:
+    """The app's routes, guarded when the app has a Guard (``app[GUARD]``, set by api.make_app)."""
+    return Routes(app.router, app.get(GUARD))
+
+
+def add_unmatched(app: web.Application) -> None:
+    """The catch-all route, added after every other: a request no route matches is a JSON 404, or a 405 naming
+    the methods its path has (Allow), through the app's Guard like any other answer."""
+    async def unmatched(request: web.Request) -> web.StreamResponse:
+        allowed: set[str] = set()
+        own = request.match_info.route.resource
+        for resource in request.app.router.resources():
+            if resource is not own:
+                _, methods = await resource.resolve(request)
+                allowed |= methods
+        if allowed:
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
+        raise web.HTTPNotFound()
+    app.router.add_route("*", "/{tail:.*}", app[GUARD].wrap(unmatched, "*", "unmatched"))

@@ -11,6 +11,8 @@ from importlib import resources
 
 from aiohttp import web
 
+from raftctl.node.http import routes
+
 FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -45,7 +47,7 @@ def _serve(name: str) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    r = app.router
+    r = routes(app)
     r.add_get("/ui", redirect)
     r.add_get("/ui/", index)
     r.add_get("/ui/{file}", static)

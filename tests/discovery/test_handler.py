@@ -1,5 +1,5 @@
 """GET /v1/discovery/{service} as a replica serves it (raftctl.discovery.handler behind raftctl.node.http's
-middleware), over a fake replica holding a real State: the answer is view.lookup's, encoded once per change of
+Guard), over a fake replica holding a real State: the answer is view.lookup's, encoded once per change of
 the service's index; the token is checked on every request (a revoked one at once); metrics see every request."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from raftctl.discovery.handler import Answers, Lookups
 from raftctl.discovery.view import lookup
 from raftctl.node import auth
-from raftctl.node.http import BODY_LIMIT, REPLICA, TokenMemo, middleware
+from raftctl.node.http import BODY_LIMIT, GUARD, REPLICA, Guard, TokenMemo, add_unmatched, routes
 from raftctl.statemachine.state import State
 
 TOKEN = "rct_discovery_reader"
@@ -45,7 +45,7 @@ class FakeRaft:
 
 
 class FakeReplica:
-    """What the handler and the middleware use of a Replica: read under the lock, blocking queries."""
+    """What the handler and the Guard use of a Replica: read under the lock, blocking queries."""
 
     def __init__(self) -> None:
         s = State()
@@ -83,11 +83,13 @@ class FakeReplica:
 async def served() -> AsyncIterator[tuple[TestClient, FakeReplica, Lookups, list[tuple[str, int, float]]]]:
     replica = FakeReplica()
     seen: list[tuple[str, int, float]] = []
-    app = web.Application(middlewares=[middleware(replica, lambda r, c, s: seen.append((r, c, s)), LIMIT)])
+    app = web.Application()
     app[REPLICA] = replica
     app[BODY_LIMIT] = LIMIT
+    app[GUARD] = Guard(replica, lambda r, c, s: seen.append((r, c, s)), LIMIT)
     lookups = Lookups(replica)
-    app.router.add_get("/v1/discovery/{service}", lookups.handle)
+    routes(app).add_get("/v1/discovery/{service}", lookups.handle)
+    add_unmatched(app)
     async with TestClient(TestServer(app)) as client:
         yield client, replica, lookups, seen
 
