@@ -65,6 +65,8 @@ async def test_a_guarded_handler_sees_the_checked_token_and_is_observed_under_it
 @pytest.mark.parametrize(("method", "path", "status", "code", "allow"), [
     ("GET", "/v1/nothing", 404, "not_found", None),
     ("GET", "/", 404, "not_found", None),
+    ("PUT", "/v1/jobs/a%0Ab/c", 404, "not_found", None),       # a newline in the path (found by the API fuzzer)
+    ("GET", "/v1/jobs/a%2Fb/%0D", 404, "not_found", None),
     ("PUT", "/v1/jobs/web", 405, "method_not_allowed", {"GET", "HEAD", "DELETE"}),
     ("POST", "/v1/broken", 405, "method_not_allowed", {"GET", "HEAD"}),
 ])
