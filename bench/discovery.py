@@ -2,7 +2,10 @@
 
 (1) Lookups/s and p50/p99 latency of GET /v1/discovery/web on one follower with
     64 concurrent keep-alive connections (wrk, 2 threads), beside a bare aiohttp
-    handler returning the same bytes on the same machine in the same run: both
+    handler returning the same bytes on the same machine in the same run (the same
+    request, Authorization header included, and the same answer: body, content type
+    and X-Raftctl headers; before session 13 the bare handler got no token and sent
+    only the body, a few hundred bytes less to parse and write per lookup): both
     servers run at once and are measured in alternated rounds (--rounds), so a
     change in the machine's load hits both; the ratio is of the medians, and the
     server CPU per request (from /proc) is printed beside it, a figure the load
@@ -34,11 +37,12 @@ from raftctl.client import ApiError, Client  # noqa: E402
 from raftctl.devcluster import LocalCluster, free_port  # noqa: E402
 
 BARE = textwrap.dedent("""
-    import sys
+    import json, sys
     from aiohttp import web
     body = open(sys.argv[2], "rb").read()
+    headers = json.loads(sys.argv[3])
     async def h(request):
-        return web.Response(body=body, content_type="application/json")
+        return web.Response(body=body, headers=headers)
     app = web.Application()
     app.router.add_get("/v1/discovery/{service}", h)
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
@@ -73,14 +77,15 @@ def wrk(url: str, token: str | None, seconds: int, pid: int | None = None) -> di
     return res
 
 
-def start_bare(body: bytes) -> tuple[subprocess.Popen, str, list[str]]:
-    """A bare aiohttp server answering every GET /v1/discovery/{service} with ``body``; (process, url, files)."""
+def start_bare(body: bytes, headers: dict[str, str]) -> tuple[subprocess.Popen, str, list[str]]:
+    """A bare aiohttp server answering every GET /v1/discovery/{service} with ``body`` and ``headers``;
+    (process, url, files)."""
     with tempfile.NamedTemporaryFile("wb", delete=False) as bf, \
             tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as sf:
         bf.write(body)
         sf.write(BARE)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, sf.name, str(port), bf.name])
+    proc = subprocess.Popen([sys.executable, sf.name, str(port), bf.name, json.dumps(headers)])
     url = f"http://127.0.0.1:{port}/v1/discovery/web"
     deadline = time.monotonic() + 30
     while True:
@@ -98,14 +103,16 @@ def median_of(runs: list[dict]) -> dict:
     return {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
 
 
-def lookups(url: str, token: str | None, pid: int | None, body: bytes, seconds: int, rounds: int) -> dict:
-    """Alternated wrk rounds against the follower and a bare handler serving ``body``, both running."""
-    bare_proc, bare_url, files = start_bare(body)
+def lookups(url: str, token: str | None, pid: int | None, body: bytes, headers: dict[str, str], seconds: int,
+            rounds: int) -> dict:
+    """Alternated wrk rounds against the follower and a bare handler serving ``body`` with ``headers``, both
+    running, each sent the same requests (the token too)."""
+    bare_proc, bare_url, files = start_bare(body, headers)
     real: list[dict] = []
     bare: list[dict] = []
     try:
         for i in range(rounds):  # alternate which goes first, so neither always follows the other
-            order = [("real", url, token, pid), ("bare", bare_url, None, bare_proc.pid)]
+            order = [("real", url, token, pid), ("bare", bare_url, token, bare_proc.pid)]
             for name, u, tok, p in order if i % 2 == 0 else order[::-1]:
                 (real if name == "real" else bare).append(wrk(u, tok, seconds, p))
     finally:
@@ -189,9 +196,11 @@ def main() -> None:
             follower = next(p for p in cluster.servers if p is not leader)
             url = f"{follower.url}/v1/discovery/web"
             req = urllib.request.Request(url, headers={"Authorization": f"Bearer {cluster.token()}"})
-            body = urllib.request.urlopen(req).read()
+            answer = urllib.request.urlopen(req)
+            body = answer.read()
             assert len(json.loads(body)["endpoints"]) == 3
-            runs = lookups(url, cluster.token(), follower.pid, body, args.seconds, args.rounds) \
+            headers = {h: answer.headers[h] for h in ("Content-Type", "X-Raftctl-Index", "X-Raftctl-Leader")}
+            runs = lookups(url, cluster.token(), follower.pid, body, headers, args.seconds, args.rounds) \
                 if shutil.which("wrk") else None
             stale = staleness(cluster, c, follower.url, args.transitions)
         finally:
