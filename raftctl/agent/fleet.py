@@ -161,9 +161,13 @@ class LeanHTTP:
             conns.clear()
         return None
 
+    def mark(self) -> tuple[int, collections.Counter[tuple[str, str]]]:
+        """What ``summary`` counts from: (connections opened, a copy of the closed ones) as of now."""
+        return self.opened, collections.Counter(self.closed)
+
     def summary(self, since: tuple[int, collections.Counter[tuple[str, str]]]) -> tuple[str, bool]:
-        """(one line of what changed since ``since`` = (opened, closed) taken earlier, whether any connection
-        was opened or closed in it: a steady fleet reuses its connections and does neither)."""
+        """(one line of what changed since ``since`` = a ``mark`` taken earlier, whether any connection was
+        opened or closed in it: a steady fleet reuses its connections and does neither)."""
         opened, closed = since
         delta = self.closed - closed
         parts = [f"{where} {why} {n}" for (why, where), n in sorted(delta.items(), key=lambda kv: kv[0][::-1])]
@@ -258,12 +262,12 @@ SUMMARY_S = 30.0
 
 async def _summaries(lean: LeanHTTP) -> None:
     """Log the fleet's connection churn every SUMMARY_S (one bad pass is logged; the next one goes on)."""
-    since = (lean.opened, collections.Counter(lean.closed))
+    since = lean.mark()
     while True:
         await asyncio.sleep(SUMMARY_S)
         try:
             line, churn = lean.summary(since)
             log.log(logging.WARNING if churn else logging.INFO, "%s", line)
-            since = (lean.opened, collections.Counter(lean.closed))
+            since = lean.mark()
         except Exception:
             log.exception("connection summary failed")
