@@ -117,3 +117,76 @@ async def test_a_start_is_not_held_back_by_another_pass_awaiting_its_listing(tmp
         assert not a.containers["web-1"].task.done() and driver.status("web-1").state in ("created", "running")
     finally:
         await settle(a)
+
+
+class Answers:
+    """The control client's side of the watch loop: the first watch is answered with ``first``; every later one
+    is recorded (with whether the driver's listing was still running when it went out) and parks."""
+
+    def __init__(self, first: dict[str, Any], driver: "BlockedListing") -> None:
+        self.live, self.servers = "http://r1", ["http://r1"]
+        self.first, self.driver = first, driver
+        self.asked: list[bool] = []        # per watch after the first: was the listing still running?
+
+    async def watch(self, path: str, params: dict[str, str], *, timeout: float, server: str | None = None):
+        if int(params["index"]) < self.first["index"]:
+            return self.first, server
+        self.asked.append(self.driver.running)
+        await asyncio.Event().wait()
+
+    async def live_moved_from(self, url: str | None) -> None:
+        await asyncio.Event().wait()
+
+    def avoid(self, url: str) -> None:
+        pass
+
+
+class BlockedListing(SimDriver):
+    inline = False   # listed on a worker thread, as runc is
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = False            # from the first answer on (not while the agent adopts at its start)
+        self.running = False           # a listing is under way
+        self.release = threading.Event()
+
+    def list_existing(self) -> list[str]:
+        if self.blocks:
+            self.running = True
+            self.release.wait(LISTING_PATIENCE_S)
+            self.running = False
+        return super().list_existing()
+
+
+async def test_the_next_watch_is_parked_while_the_answers_stops_still_await_the_listing(tmp_path):
+    """An answer's starts go at once and its stops wait for a listing of the driver's containers (a `runc list`,
+    20-50 ms under load): the watch for the next change goes out before that listing returns, so a change
+    committed meanwhile (the next job's Plan) is answered when it is applied, not after the listing."""
+    cfg = AgentConfig(machine="m1", servers=["http://r1"], token="t", data_dir=str(tmp_path))
+    driver = BlockedListing()
+    a = Agent(cfg, driver)
+    await a._adopt()
+    driver.blocks = True
+    control = Answers({"index": 11, "placements": [placement("web-1", WEB)]}, driver)
+    a.control = control  # type: ignore[assignment]
+    a.index = 10
+    a.target.note(None)
+    task = asyncio.create_task(a._watch_loop())
+    try:
+        for _ in range(1000):
+            if control.asked:
+                break
+            await asyncio.sleep(0.005)
+        assert control.asked == [True]          # the second watch went out while the listing ran
+        assert a.index == 11 and "web-1" in a.containers   # the answer's start did not wait either
+        driver.release.set()
+        for _ in range(1000):                   # and the stops half still ran, once the listing returned
+            if a._settler is not None and a._settler.done():
+                break
+            await asyncio.sleep(0.005)
+        assert a._settler is not None and a._settler.done() and a.existing is not None
+    finally:
+        driver.release.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await settle(a)
