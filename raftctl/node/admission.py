@@ -98,10 +98,38 @@ def idle_since(handler: RequestHandler) -> float | None:
     return handler._next_keepalive_close_time - handler.keepalive_timeout
 
 
+class JsonErrors(RequestHandler):
+    """aiohttp's request handler, whose own error answers are the API's ``{"error": {code, message, field}}``
+    JSON, not text/plain: a request its HTTP parser refuses (``400``: Content-Length beside Transfer-Encoding, a
+    header line too long, a bad method) never reaches a handler or the guard. The API fuzzer sent one (a
+    ``transfer-encoding`` header) and got ``text/plain`` where the document says JSON. The connection is closed
+    after it, as aiohttp does."""
+
+    __slots__ = ()   # aiohttp's handler has slots: a subclass with a __dict__ could not take its place
+    CODES = {400: "invalid", 413: "too_large", 431: "too_large"}
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)   # logs it; raises if an answer began
+        if status >= 500:
+            code, text = "internal", "internal error (a bug: see the server log)"
+        else:
+            code, text = self.CODES.get(status, "http_error"), (message or plain.reason or "").strip()
+        answer = web.json_response({"error": {"code": code, "message": text[:500], "field": None}},
+                                   status=plain.status)
+        answer.force_close()
+        return answer
+
+
 class AdmittingServer(web.Server):
     """aiohttp's Server counting the connections whose transport is open (``live``); ``Listener`` makes room by
     closing idle ones (``evicted`` counts them), else refuses new ones while ``live`` is at ``limit`` (``refused``
-    counts them)."""
+    counts them). Its connections' handlers answer their own errors as JSON (``JsonErrors``)."""
+
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = JsonErrors   # built by aiohttp with the runner's keywords; only its errors differ
+        return handler
 
     limit: int
     live: int
