@@ -7,6 +7,7 @@ api."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -246,6 +247,7 @@ class Guard:
         write = bool(getattr(handler, "write", False))
         labels = {method: f"{method} {name}"}
 
+        @functools.wraps(handler)
         async def guarded(request: web.Request) -> web.StreamResponse:
             started = time.monotonic()
             try:
@@ -268,8 +270,6 @@ class Guard:
             m = request.method
             observe(labels.get(m) or labels.setdefault(m, f"{m} {name}"), response.status, time.monotonic() - started)
             return response
-        guarded.__name__ = getattr(handler, "__name__", "guarded")
-        guarded.__doc__ = handler.__doc__
         return guarded
 
     async def unknown_token(self, request: web.Request, header: str | None,

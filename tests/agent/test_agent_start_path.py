@@ -12,6 +12,7 @@ from raftctl.agent.loop import Agent
 from raftctl.agent.runtime.base import ContainerSpec
 from raftctl.agent.runtime.sim import SimDriver
 from tests.agent.test_assignments import WEB, placement
+from tests.agent.test_watchtarget import watching
 
 LISTING_PATIENCE_S = 5.0   # a guard against a hang, never a measurement
 
@@ -168,10 +169,7 @@ async def test_the_next_watch_is_parked_while_the_answers_stops_still_await_the_
     await a._adopt()
     driver.blocks = True
     control = Answers({"index": 11, "placements": [placement("web-1", WEB)]}, driver)
-    a.control = control  # type: ignore[assignment]
-    a.index = 10
-    a.target.note(None)
-    task = asyncio.create_task(a._watch_loop())
+    task = watching(a, control)
     try:
         for _ in range(1000):
             if control.asked:

@@ -143,13 +143,18 @@ class TurnsClock(FakeClock):
             await asyncio.sleep(0)
 
 
+def watching(a: Agent, control: Any, told: int | None = None) -> asyncio.Task:
+    """``a``'s watch loop started against a fake control client, from index 10, the leader telling ``told``."""
+    a.control = control
+    a.index = 10
+    a.target.note(told)
+    return asyncio.create_task(a._watch_loop())
+
+
 async def watched(replicas: Replicas, leader_told: int | None, until: Any) -> Agent:
     clock = TurnsClock()
     a = Agent(AgentConfig(machine="m1", servers=SERVERS, token="t", data_dir="/nonexistent"), SimDriver(), clock=clock)
-    a.control = replicas  # type: ignore[assignment]
-    a.index = 10
-    a.target.note(leader_told)
-    task = asyncio.create_task(a._watch_loop())
+    task = watching(a, replicas, leader_told)
     try:
         for _ in range(2000):
             if until(a):
@@ -196,9 +201,7 @@ async def test_a_watch_parked_on_the_leader_before_the_index_was_told_moves_to_a
     replicas = Replicas({"index": 10, "placements": []})    # nothing newer than the agent's index: every watch parks
     clock = TurnsClock()
     a = Agent(AgentConfig(machine="m1", servers=SERVERS, token="t", data_dir="/nonexistent"), SimDriver(), clock=clock)
-    a.control = replicas  # type: ignore[assignment]
-    a.index = 10
-    task = asyncio.create_task(a._watch_loop())
+    task = watching(a, replicas)
     try:
         for _ in range(50):
             await asyncio.sleep(0)
@@ -234,9 +237,7 @@ class NotYetLive(Replicas):
 
 def _starting(replicas: Replicas, clock: FakeClock) -> tuple[Agent, asyncio.Task]:
     a = Agent(AgentConfig(machine="m1", servers=SERVERS, token="t", data_dir="/nonexistent"), SimDriver(), clock=clock)
-    a.control = replicas  # type: ignore[assignment]
-    a.index = 10
-    return a, asyncio.create_task(a._watch_loop())
+    return a, watching(a, replicas)
 
 
 async def test_the_first_watch_waits_for_the_first_heartbeat_answer_and_goes_to_its_follower():
@@ -311,10 +312,7 @@ async def test_a_new_leader_leaves_a_watch_on_a_follower_that_still_is_one(befor
     replicas = Moving()
     a = Agent(AgentConfig(machine=machine, servers=SERVERS, token="t", data_dir="/nonexistent"), SimDriver(),
               clock=TurnsClock())
-    a.control = replicas  # type: ignore[assignment]
-    a.index = 10
-    a.target.note(10)
-    task = asyncio.create_task(a._watch_loop())
+    task = watching(a, replicas, 10)
     try:
         for _ in range(50):
             await asyncio.sleep(0)
