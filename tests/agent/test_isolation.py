@@ -228,6 +228,22 @@ def test_adoption_after_driver_restart(runc_driver, run, busybox_store):
     again.close()
 
 
+def test_the_listing_reads_runcs_state_without_starting_runc(runc_driver, run, monkeypatch):
+    """list_existing names the containers runc keeps state for (a running one whose bundle lost its spec.json
+    too) from runc's --root directory: no `runc list` (10 ms of CPU with 15 containers, on every assignment
+    answer); a container runc never ran is named from its bundle."""
+    import subprocess
+
+    a, b = run(["sleep", "300"]), run(["sleep", "300"])
+    os.remove(os.path.join(runc_driver.bundle(b.id), "spec.json"))
+
+    def no_process(*args, **kw):
+        raise AssertionError(f"the listing started a process: {args[0]}")
+    monkeypatch.setattr(subprocess, "run", no_process)
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    assert {a.id, b.id} <= set(runc_driver.list_existing())
+
+
 def test_logs_go_to_files_and_rotate(runc_driver, run):
     a = run(["sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done; echo err >&2; sleep 300"],
             log_max_bytes=4096, log_keep=2)

@@ -502,10 +502,7 @@ class RuncDriver(Driver):
     def list_existing(self) -> list[str]:
         """This cluster's containers in this data dir: a bundle another cluster's agent left here (the data dir
         reused) is not listed, so it is never adopted, stopped or removed by this agent."""
-        r = self._run("list", "--format", "json", check=False)
-        ids: set[str] = set()
-        if r.returncode == 0 and r.stdout.strip() not in ("", "null"):
-            ids.update(c["id"] for c in json.loads(r.stdout))
+        ids = self._runc_ids()
         for name in os.listdir(self.containers_dir):
             if os.path.exists(os.path.join(self.containers_dir, name, "spec.json")):
                 ids.add(name)
@@ -526,6 +523,17 @@ class RuncDriver(Driver):
             self._swept_at = now
             self._sweep_network(set(mine))
         return mine
+
+    def _runc_ids(self) -> set[str]:
+        """The containers runc keeps state for under its ``--root``: a directory per container holding its
+        ``state.json``, which is what ``runc list`` reads. Read here without starting runc: a ``runc list`` cost
+        10 ms of CPU with 15 containers (measured), and the agent lists after every assignment answer, beside
+        the start the answer asked for."""
+        try:
+            names = os.listdir(self.runc_root)
+        except FileNotFoundError:
+            return set()
+        return {n for n in names if os.path.isfile(os.path.join(self.runc_root, n, "state.json"))}
 
     def _sweep_network(self, live: set[str]) -> None:
         """Level-triggered repair after a crash or restart: namespaces and veths of containers that are gone are
