@@ -49,6 +49,8 @@ WATCH_HEARTBEATS = 10
 WATCH_WAIT_MAX_S = 120.0
 REPORT_CHUNK = 1000
 HEARTBEAT_MAX_S = 60.0
+NETWORK_REASSERT_S = 30.0   # an unchanged network is handed to the driver again this often (routes deleted behind
+                            # the agent's back come back), on the reconcile loop
 """The longest heartbeat interval an agent follows, whatever the control plane answers."""
 """Most updates one POST /v1/agent/report carries (records.Report's bound: the API refuses a longer body)."""
 
@@ -85,6 +87,9 @@ class Agent:
         self.trace = StartTrace.from_env(self.clock)   # each start's steps, when RAFTCTL_START_TRACE names a file
         self._answered_ms = 0                     # when the last assignment answer arrived (for the trace)
         self.existing: set[str] | None = None     # the driver's containers at its last listing
+        self.network: dict[str, Any] | None = None   # the last answer's network
+        self._network_ok_at: float | None = None     # when the driver took it (monotonic); None: not yet, or it failed
+        self._network_failing = False                # the last hand-over failed (logged as a warning once)
         self.heartbeat_s = cfg.heartbeat_s         # the interval followed: the leader's answer, bounded
         self.pending_stats: list[dict[str, Any]] | None = None   # the stats pass's latest samples, for the next heartbeat
         self._stats_posts: set[asyncio.Task[None]] = set()    # samples posted on their own to an older leader
@@ -246,11 +251,11 @@ class Agent:
                     continue
                 self.index = ans["index"]
                 self._answered_ms = self.clock.now_ms() if self.trace.on else 0
-                if ans.get("network") is not None:     # host-gw routes and subnets before any bridge container
-                    try:
-                        await _call(self.driver.configure_network, ans["network"])
-                    except Exception as exc:
-                        log.warning("network configuration failed: %s; containers start anyway", exc)
+                if ans.get("network") is not None and (ans["network"] != self.network or self._network_ok_at is None):
+                    # host-gw routes and subnets before any bridge container; the same network again is not
+                    # handed over on the start's path (a netlink socket and a route per peer, 4 ms of a worker
+                    # thread on every answer) but every NETWORK_REASSERT_S by the reconcile loop
+                    await self._configure_network(ans["network"])
                 # the starts now; the stops (a listing of the driver's containers first) on their own, so the
                 # next watch is parked at once: behind the listing (20-50 ms under load, and the reconcile pass
                 # holds the lock through one every second) the next job's Plan reached the agent 16.5-17.5 ms
@@ -418,11 +423,34 @@ class Agent:
             log.warning("listing containers failed: %s", exc)
             return None
 
+    async def _configure_network(self, network: dict[str, Any]) -> None:
+        """Hand the assignment's network to the driver. A failure is logged (the first of a run of them as a
+        warning): containers start anyway, and the reconcile loop tries again on its next pass."""
+        self.network, self._network_ok_at = network, None
+        try:
+            await _call(self.driver.configure_network, network)
+        except Exception as exc:
+            log.log(logging.DEBUG if self._network_failing else logging.WARNING,
+                    "network configuration failed: %s; containers start anyway", exc)
+            self._network_failing = True
+            return
+        if self.network is network:   # not replaced by a newer answer's meanwhile
+            self._network_ok_at, self._network_failing = self.clock.monotonic(), False
+
+    async def _reassert_network(self) -> None:
+        """The reconcile loop's part for the network: the last one again, when the driver refused it or took it
+        NETWORK_REASSERT_S ago."""
+        ok_at = self._network_ok_at
+        if self.network is not None and (ok_at is None or self.clock.monotonic() - ok_at >= NETWORK_REASSERT_S):
+            await self._configure_network(self.network)
+
     async def _reconcile_loop(self) -> None:
         """Converge against the last assignment every ``reconcile_s``, between assignment answers, so a
-        stop that failed, hung or was undone by a late start is noticed within a second or two."""
+        stop that failed, hung or was undone by a late start is noticed within a second or two; and hand the
+        last network to the driver again every NETWORK_REASSERT_S."""
         while True:
             await self.clock.sleep(self.reconcile_s)
+            await self._reassert_network()
             if self.placements is None:
                 continue  # before the first assignment answer adopted containers are left alone
             try:

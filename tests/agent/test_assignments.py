@@ -131,3 +131,85 @@ async def test_each_assignment_answer_hands_its_network_to_the_driver_before_con
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await settle(a)
+
+
+class Answers:
+    """The control-plane side of the watch loop: these answers in turn (index 5, 6, ...), then the watch parks."""
+
+    def __init__(self, answers: list[dict[str, Any]]) -> None:
+        self.live = "http://r1"
+        self.servers = ["http://r1"]
+        self.answers = list(answers)
+        self.index = 4
+
+    async def watch(self, path: str, params: dict[str, str], *, timeout: float, server: str | None = None):
+        if self.answers:
+            self.index += 1
+            return {"index": self.index, **self.answers.pop(0)}, "http://r1"
+        await asyncio.Event().wait()
+
+    async def live_moved_from(self, url: str | None) -> None:
+        await asyncio.Event().wait()
+
+
+async def until(cond: Any, turns: int = 2000) -> None:
+    for _ in range(turns):
+        if cond():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("not reached")
+
+
+async def test_the_same_network_again_is_not_handed_over_on_the_start_path_but_every_reassert_period(tmp_path):
+    """An answer's network goes to the driver before its starts when it is new or changed; the same one again
+    (every answer carries it) is handed over by the reconcile loop every NETWORK_REASSERT_S, so a route deleted
+    behind the agent's back still comes back (bench/container_start.py: 4 ms of a worker thread per answer)."""
+    from raftctl.agent.loop import NETWORK_REASSERT_S
+    from raftctl.clock import FakeClock
+
+    network = {"subnet": "10.88.1.0/24", "gateway": "10.88.1.1",
+               "peers": [{"machine": "m2", "address": "127.0.0.3", "subnet": "10.88.2.0/24"}]}
+    moved = {**network, "peers": [{"machine": "m2", "address": "127.0.0.4", "subnet": "10.88.2.0/24"}]}
+    clock = FakeClock()
+    driver = NetworkSim()
+    a = Agent(AgentConfig(machine="m1", servers=["http://r1"], token="t", data_dir=str(tmp_path)), driver, clock=clock)
+    # no placements: a supervisor's sleeps would move the fake clock as well
+    a.control = Answers([{"placements": [], "network": network}, {"placements": [], "network": network},  # type: ignore[assignment]
+                         {"placements": [], "network": moved}])
+    task = asyncio.create_task(a._watch_loop())
+    try:
+        await until(lambda: a.index == 7)
+        assert driver.networks == [network, moved]
+        clock.advance(NETWORK_REASSERT_S - 1)
+        await a._reassert_network()            # what each reconcile pass does
+        assert driver.networks == [network, moved]
+        clock.advance(1)
+        await a._reassert_network()
+        await a._reassert_network()
+        assert driver.networks == [network, moved, moved]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await settle(a)
+
+
+async def test_a_network_the_driver_refused_is_handed_over_again_on_the_next_reconcile_pass(tmp_path):
+    from raftctl.clock import FakeClock
+
+    network = {"subnet": "10.88.1.0/24", "gateway": "10.88.1.1", "peers": []}
+    clock = FakeClock()
+    driver = NetworkSim(fail=True)
+    a = Agent(AgentConfig(machine="m1", servers=["http://r1"], token="t", data_dir=str(tmp_path)), driver, clock=clock)
+    a.control = Answers([{"placements": [], "network": network}, {"placements": [], "network": network}])  # type: ignore[assignment]
+    task = asyncio.create_task(a._watch_loop())
+    try:
+        await until(lambda: a.index == 6)
+        assert driver.networks == [network, network]    # refused: the same network again is handed over again
+        driver.fail = False
+        await a._reassert_network()                     # the next reconcile pass, at once
+        await a._reassert_network()
+        assert driver.networks == [network] * 3
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await settle(a)
