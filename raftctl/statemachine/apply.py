@@ -16,9 +16,10 @@ import msgspec
 from msgspec.structs import replace
 
 from raftctl.statemachine import commands as c
-from raftctl.statemachine.records import (DIGEST_RE, HEALTH_STATES, IMAGE_NAME_RE, PLACEMENT_STATES, Deployment, Drain,
-                                          Image, Job, JobSpec, JobVersion, Machine, Placement, PlanItem, PlanStop,
-                                          RecordError, container_port, from_wire, list_from_wire)
+from raftctl.statemachine.records import (AGENT_TOLD_STATES, DIGEST_RE, HEALTH_STATES, IMAGE_NAME_RE,
+                                          PLACEMENT_STATES, Deployment, Drain, Image, Job, JobSpec, JobVersion,
+                                          Machine, Placement, PlanItem, PlanStop, RecordError, container_port,
+                                          from_wire, list_from_wire)
 from raftctl.statemachine.state import MAX_DEDUP, MAX_EVENTS, NO_USAGE, State
 from raftctl.statemachine.subnets import DEFAULT_POOL, PoolError, allocate_address, allocate_subnet, subnet_key
 
@@ -264,9 +265,25 @@ def _set_placement(s: State, p: Placement, at: int, **changes: Any) -> Placement
     """Store ``p`` with ``changes`` (and its update time and index); the stored record."""
     new = replace(p, updated_at=at, modify_index=s.index, **changes)
     s.put_placement(new)
-    s.touch_machine(p.machine)
+    if _wakes_agent(p, new):
+        s.touch_machine(p.machine)
     s.touch_job(p.job)
     return new
+
+
+# A placement's fields that its agent reports (with its state, below): a change to these alone is news to no agent
+_REPORTED: Final = ("health", "exit_code", "reason", "updated_at", "healthy_at", "modify_index")
+
+
+def _wakes_agent(old: Placement, new: Placement) -> bool:
+    """Whether the machine's agent acts on the change from ``old`` to ``new`` (its assignment watch is woken):
+    anything but what the agent reports itself. A state into or out of AGENT_TOLD_STATES (lost, stopped) is acted
+    on; starting, running, healthy, exited are what the agent just said. Each start used to wake the
+    agent's watch three times (the Plan, then its own "starting" and "running, healthy" reports), each answer
+    the machine's whole assignment encoded on a replica and decoded by the agent."""
+    if old.state != new.state and (old.state in AGENT_TOLD_STATES or new.state in AGENT_TOLD_STATES):
+        return True
+    return replace(old, state=new.state, **{f: getattr(new, f) for f in _REPORTED}) != new
 
 
 # -- handlers ------------------------------------------------------------------

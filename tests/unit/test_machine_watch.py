@@ -1,8 +1,10 @@
 """A machine's assignment watch (GET /v1/agent/assignments/{machine}?index=N) waits on that machine's own change
-index: a commit wakes only the watches of the machines whose assignments it changed (issue 15).
+index: a commit wakes only the watches of the machines whose assignments it changed in what their agent acts on
+(issue 15): not what the agent reports itself (a placement's state other than lost or stopped, its health, exit
+code, reason and times).
 
-The state half: State.machine_change_index(m) rises whenever _assignments(s, m) changes, apply names m in
-State.changed_machines, and a restored state's index is never below the live one's. The replica half: the real
+The state half: State.machine_change_index(m) rises whenever _assignments(s, m) changes in what the agent acts
+on, apply names m in State.changed_machines, and a restored state's index is never below the live one's. The replica half: the real
 Replica's registry and notify path, the real agent routes, on loopback, with the state machine applied on
 another thread as pysyncobj's tick thread does."""
 from __future__ import annotations
@@ -69,6 +71,21 @@ def view(s: State, m: str) -> dict[str, Any]:
     return copy.deepcopy(_assignments(s, m))  # apply mutates records in place
 
 
+REPORTED = ("health", "exit_code", "reason", "updated_at", "healthy_at", "modify_index")   # the agent's own word
+TOLD = ("lost", "stopped")   # the states an agent is told, never reports: not to run
+
+
+def agent_view(s: State, m: str) -> dict[str, Any]:
+    """The machine's assignment as its agent acts on it: without what the agent reported itself."""
+    v = view(s, m)
+    for row in v["placements"]:
+        for f in REPORTED:
+            row.pop(f, None)
+        if row["state"] not in TOLD:
+            row["state"] = "as the agent reported"
+    return v
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(command_st, max_size=60), st.integers(1, 59))
 def test_a_machines_assignments_never_change_without_its_index_rising(cmds, cut):
@@ -79,12 +96,12 @@ def test_a_machines_assignments_never_change_without_its_index_rising(cmds, cut)
             assert apply(s, cmd).ok
         restored: State | None = None
         for i, cmd in enumerate(cmds):
-            before = {m: (view(s, m), s.machine_change_index(m)) for m in MACHINES}
+            before = {m: (agent_view(s, m), s.machine_change_index(m)) for m in MACHINES}
             apply(s, cmd)
             changed, s.changed_machines = s.changed_machines, set()
             for m in MACHINES:
                 old_view, old_index = before[m]
-                if view(s, m) != old_view:
+                if agent_view(s, m) != old_view:
                     assert s.machine_change_index(m) > old_index, (i, cmd, m)
                     assert m in changed, (i, cmd, m)
                     assert s.machine_change_index(m) == s.index  # the index of the command that changed it
@@ -99,6 +116,26 @@ def test_a_machines_assignments_never_change_without_its_index_rising(cmds, cut)
                 assert restored.changed_all
                 for m in MACHINES + ["unknown"]:
                     assert restored.machine_change_index(m) == s.index >= s.machine_change_index(m)
+
+
+def test_what_the_agent_reports_itself_does_not_wake_its_watch_and_what_it_is_told_does():
+    s = State()
+    for cmd in (c.ClaimEpoch(term=1), machine("m1"), c.PutJob(spec=SPEC), c.Plan(epoch=1, place=[place()])):
+        assert apply(s, cmd).ok
+    pid = next(iter(s.placements))
+    planned = s.machine_change_index("m1")
+    for state, health, wakes in [("starting", "", False), ("running", "unknown", False), ("running", "healthy", False),
+                                 ("exited", "", False), ("running", "unhealthy", False)]:
+        before = s.machine_change_index("m1")
+        s.changed_machines = set()
+        assert apply(s, c.PlacementUpdate(placement=pid, machine="m1", state=state, health=health)).ok
+        assert (s.placements[pid].state, s.placements[pid].health) == (state, health or "unknown")
+        assert (s.machine_change_index("m1") > before) == wakes and (s.changed_machines == {"m1"}) == wakes, state
+    assert s.machine_change_index("m1") == planned
+    assert apply(s, c.Plan(epoch=1, stop=[{"placement": pid, "reason": "x"}])).ok   # desired stop: told
+    assert s.machine_change_index("m1") == s.index
+    assert apply(s, c.PlacementUpdate(placement=pid, machine="m1", state="stopped")).ok   # into stopped: told
+    assert s.machine_change_index("m1") == s.index
 
 
 def test_the_derived_index_is_not_in_snapshots():
