@@ -244,6 +244,22 @@ def test_the_listing_reads_runcs_state_without_starting_runc(runc_driver, run, m
     assert {a.id, b.id} <= set(runc_driver.list_existing())
 
 
+def test_the_exit_descriptor_is_the_inits_pidfd_and_turns_readable_when_it_exits(runc_driver, run):
+    import select
+    import signal
+
+    a = run(["sleep", "300"])
+    fd = runc_driver.exit_fd(a.id)
+    assert fd is not None and runc_driver.exit_fd("nothing-here") is None
+    try:
+        assert select.select([fd], [], [], 0.2)[0] == []          # running: not readable
+        runc_driver.kill(a.id, signal.SIGKILL)
+        assert select.select([fd], [], [], 5.0)[0] == [fd]        # the init exited
+        assert runc_driver.exit_fd(a.id) is None                  # an ended init is never watched
+    finally:
+        os.close(fd)
+
+
 def test_logs_go_to_files_and_rotate(runc_driver, run):
     a = run(["sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done; echo err >&2; sleep 300"],
             log_max_bytes=4096, log_keep=2)

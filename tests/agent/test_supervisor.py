@@ -7,6 +7,7 @@ the supervisor is told to stop, so a test runs a supervisor with policy "always"
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -254,6 +255,42 @@ async def test_a_start_still_under_way_after_a_while_is_reported_starting_and_a_
     assert [r.state for r in reports] == ["starting", "running"]
     d, reports, _, _ = await supervise([Run()], until=3.0)
     assert [r.state for r in reports] == ["running"]
+
+
+async def test_with_an_exit_descriptor_the_status_is_asked_when_it_turns_readable_not_on_every_poll():
+    """A driver that gives the init's exit as a descriptor (the runc driver's pidfd) is asked for the status when
+    it turns readable (and at most every STATUS_EVERY_S besides): before, a container without a health check was
+    polled every POLL_S (0.1 s), one with a check at every check."""
+    r, w = os.pipe()
+
+    class ExitFd(FakeDriver):
+        statuses = 0
+        ended = False
+
+        def status(self, id: str) -> Observed:
+            self.statuses += 1
+            return Observed("exited", exit_code=0) if self.ended else Observed("running", pid=101)
+
+        def exit_fd(self, id: str) -> int:
+            return os.dup(r)
+
+    async def end_later(d: ExitFd) -> None:
+        await asyncio.sleep(0.5)
+        assert d.statuses == 1       # asked once after the start: 0.5 s of polling every 0.1 s was 5 more
+        d.ended = True
+        os.write(w, b"x")            # the init exits: the descriptor turns readable
+    ends: list[asyncio.Task[None]] = []
+    try:
+        restart = {"policy": "on-failure", "initial_ms": 100, "max_ms": 1000, "reset_ms": 60_000}
+        t0 = time.monotonic()
+        d, reports, _, _ = await supervise([Run()], until=60.0, driver_class=ExitFd, restart=restart,
+                                           setup=lambda d, sup: ends.append(asyncio.ensure_future(end_later(d))))
+        await ends[0]
+        assert [r.state for r in reports] == ["running", "exited"] and d.statuses == 2
+        assert time.monotonic() - t0 < 0.5 + 0.5     # noticed when it fired, not STATUS_EVERY_S (1 s) later
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 async def test_a_failed_start_under_policy_never_gives_up():

@@ -300,5 +300,11 @@ class Driver(ABC):
         subnets (host-gw). Level-triggered: the whole picture every time. A driver without bridge mode ignores
         it."""
 
+    def exit_fd(self, id: str) -> int | None:
+        """A file descriptor that turns readable when the running container's init exits (a pidfd), for the
+        supervisor to wait on instead of polling ``status``; the caller closes it. None when the driver cannot
+        give one (then the supervisor polls)."""
+        return None
+
     def close(self) -> None:
         """Release driver resources (containers keep running)."""

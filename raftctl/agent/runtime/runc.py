@@ -402,6 +402,23 @@ class RuncDriver(Driver):
             return None
         return Observed("running", pid=pid, started_at=started_at)
 
+    def exit_fd(self, id: str) -> int | None:
+        """A pidfd of the container's init, checked to be the init this driver started (its start time, read
+        again after the pidfd was opened, is the one recorded at the start: a reused pid is never watched)."""
+        pid_text, start_text = self._read(id, "init.pid"), self._read(id, "init.start")
+        if not pid_text or not start_text or not hasattr(os, "pidfd_open"):
+            return None
+        pid = int(pid_text)
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        stat = proc_stat(pid)
+        if stat is None or stat[0] in ("Z", "X") or stat[1] != start_text.strip():
+            os.close(fd)
+            return None
+        return fd
+
     def kill(self, id: str, sig: int = signal.SIGKILL) -> None:
         if self._waiting(id):
             return                                              # nothing runs yet
