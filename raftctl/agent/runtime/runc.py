@@ -390,31 +390,34 @@ class RuncDriver(Driver):
         b = self.bundle(id)
         return os.path.exists(os.path.join(b, SHIM_CFG)) and not os.path.exists(os.path.join(b, "shim.pid"))
 
-    def _fast_running(self, id: str, started_at: float | None) -> Observed | None:
-        """Running without asking runc: init.pid is alive, not a zombie, and has the start
-        time recorded at create (so a reused pid is not mistaken for the container)."""
+    def _live_init(self, id: str) -> int | None:
+        """The pid of the container's init if it is alive, not a zombie, and has the start time recorded when it
+        started (so a reused pid is not mistaken for the container)."""
         pid_text, start_text = self._read(id, "init.pid"), self._read(id, "init.start")
-        if started_at is None or not pid_text or not start_text:
+        if not pid_text or not start_text:
             return None
         pid = int(pid_text)
         stat = proc_stat(pid)
         if stat is None or stat[0] in ("Z", "X") or stat[1] != start_text.strip():
             return None
-        return Observed("running", pid=pid, started_at=started_at)
+        return pid
+
+    def _fast_running(self, id: str, started_at: float | None) -> Observed | None:
+        """Running without asking runc: its init is live (``_live_init``)."""
+        pid = self._live_init(id) if started_at is not None else None
+        return Observed("running", pid=pid, started_at=started_at) if pid is not None else None
 
     def exit_fd(self, id: str) -> int | None:
-        """A pidfd of the container's init, checked to be the init this driver started (its start time, read
-        again after the pidfd was opened, is the one recorded at the start: a reused pid is never watched)."""
-        pid_text, start_text = self._read(id, "init.pid"), self._read(id, "init.start")
-        if not pid_text or not start_text or not hasattr(os, "pidfd_open"):
+        """A pidfd of the container's init, checked to be the init this driver started (``_live_init`` again after
+        the pidfd was opened: a reused pid is never watched)."""
+        pid = self._live_init(id)
+        if pid is None or not hasattr(os, "pidfd_open"):
             return None
-        pid = int(pid_text)
         try:
             fd = os.pidfd_open(pid)
         except OSError:
             return None
-        stat = proc_stat(pid)
-        if stat is None or stat[0] in ("Z", "X") or stat[1] != start_text.strip():
+        if self._live_init(id) != pid:
             os.close(fd)
             return None
         return fd
