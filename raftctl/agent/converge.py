@@ -11,9 +11,9 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from raftctl.statemachine.records import AGENT_TOLD_STATES, JobSpec, RecordError, from_wire
+from raftctl.statemachine.records import RELEASED_STATES, JobSpec, RecordError, from_wire
 
-TERMINAL = AGENT_TOLD_STATES
+TERMINAL = RELEASED_STATES   # not to run here: lost or stopped
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import msgspec
 from msgspec.structs import replace
 
 from raftctl.statemachine import commands as c
-from raftctl.statemachine.records import (AGENT_TOLD_STATES, DIGEST_RE, HEALTH_STATES, IMAGE_NAME_RE,
-                                          PLACEMENT_STATES, Deployment, Drain, Image, Job, JobSpec, JobVersion,
+from raftctl.statemachine.records import (DIGEST_RE, HEALTH_STATES, IMAGE_NAME_RE, PLACEMENT_STATES,
+                                          RELEASED_STATES, Deployment, Drain, Image, Job, JobSpec, JobVersion,
                                           Machine, Placement, PlanItem, PlanStop, RecordError, container_port,
                                           from_wire, list_from_wire)
 from raftctl.statemachine.state import MAX_DEDUP, MAX_EVENTS, NO_USAGE, State
@@ -277,11 +277,11 @@ _REPORTED: Final = ("health", "exit_code", "reason", "updated_at", "healthy_at",
 
 def _wakes_agent(old: Placement, new: Placement) -> bool:
     """Whether the machine's agent acts on the change from ``old`` to ``new`` (its assignment watch is woken):
-    anything but what the agent reports itself. A state into or out of AGENT_TOLD_STATES (lost, stopped) is acted
+    anything but what the agent reports itself. A state into or out of RELEASED_STATES (lost, stopped) is acted
     on; starting, running, healthy, exited are what the agent just said. Each start used to wake the
     agent's watch three times (the Plan, then its own "starting" and "running, healthy" reports), each answer
     the machine's whole assignment encoded on a replica and decoded by the agent."""
-    if old.state != new.state and (old.state in AGENT_TOLD_STATES or new.state in AGENT_TOLD_STATES):
+    if old.state != new.state and (old.state in RELEASED_STATES or new.state in RELEASED_STATES):
         return True
     return replace(old, state=new.state, **{f: getattr(new, f) for f in _REPORTED}) != new
 

@@ -40,12 +40,11 @@ PlacementState = Literal["pending", "starting", "running", "exited", "oom_killed
 HealthState = Literal["unknown", "healthy", "unhealthy"]
 PLACEMENT_STATES: Final = ("pending", "starting", "running", "exited", "oom_killed", "lost", "stopped")
 HEALTH_STATES: Final = ("unknown", "healthy", "unhealthy")
-RELEASED_STATES: Final = frozenset({"lost", "stopped"})         # placements that no longer hold resources
-# The placement states its machine's agent acts on (agent/converge.py): lost (declared gone by the control plane)
-# and stopped (nothing more to run or to report). A change into or out of them wakes the agent's assignment
-# watch; the other states, health, exit code, reason and times are the agent's own reports, and a change to
-# those alone does not (apply._wakes_agent).
-AGENT_TOLD_STATES: Final = ("lost", "stopped")
+# Placements that no longer hold resources: lost (declared gone by the control plane) and stopped (nothing more to
+# run or to report). Their machine's agent does not run them (agent/converge.py), so a change into or out of them
+# wakes its assignment watch; the other states, health, exit code, reason and times are the agent's own reports,
+# and a change to those alone does not (apply._wakes_agent).
+RELEASED_STATES: Final = frozenset({"lost", "stopped"})
 MACHINE_STATES: Final = ("active", "draining", "drained", "down", "maintenance")
 
 REASON_MAX: Final = 300                                          # characters of a report's reason
