@@ -38,7 +38,7 @@ async def status(request: web.Request) -> web.Response:
     return encode(request, st, index=st["index"])
 
 
-@perm("jobs:write", write=True)
+@perm("jobs:write", write=True, forward=False)
 async def put_job(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     name = request.match_info["name"]
@@ -82,7 +82,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     return encode(request, {"index": index, "jobs": replica.read(views.jobs)}, index=index)
 
 
-@perm("jobs:write", write=True)
+@perm("jobs:write", write=True, forward=False)
 async def delete_job(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     purge = request.query.get("purge") in ("1", "true")
@@ -90,7 +90,7 @@ async def delete_job(request: web.Request) -> web.Response:
     return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
 
 
-@perm("jobs:write", write=True)
+@perm("jobs:write", write=True, forward=False)
 async def scale_job(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     data = await body(request)
@@ -145,7 +145,7 @@ async def job_versions(request: web.Request) -> web.Response:
     return encode(request, {"index": index, "job": name, "versions": data}, index=index)
 
 
-@perm("jobs:write", write=True)
+@perm("jobs:write", write=True, forward=False)
 async def rollback_job(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     data = await body(request)
@@ -223,7 +223,7 @@ async def push_metric(request: web.Request) -> web.Response:
     return encode(request, {"job": name, "metric": metric, "value": value})
 
 
-@perm("tokens", write=True)
+@perm("tokens", write=True, forward=False)
 async def create_token(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     data = await body(request)
@@ -253,7 +253,7 @@ async def list_tokens(request: web.Request) -> web.Response:
     return encode(request, {"index": index, "tokens": replica.read(views.tokens)}, index=index)
 
 
-@perm("tokens", write=True)
+@perm("tokens", write=True, forward=False)
 async def revoke_token(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     res = await replica.propose(c.RevokeToken(name=request.match_info["name"], id=request_id(request)))

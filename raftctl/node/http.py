@@ -106,12 +106,16 @@ async def read_mode(request: web.Request, index_fn: Callable[[Any], int],
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def perm(name: str, *, write: bool = False) -> Callable[[F], F]:
-    """Name the permission a route needs; ``write`` routes are forwarded to the leader. (On a method, a bound
+def perm(name: str, *, write: bool = False, forward: bool = True) -> Callable[[F], F]:
+    """Name the permission a route needs. A ``write`` route is forwarded to the leader (its HTTP request proxied
+    there) unless ``forward=False``: a handler that builds its command from the request alone (it reads nothing of
+    the replica's state or memory) proposes it where the request arrived, and pysyncobj carries the command to the
+    leader inside Raft, as etcd's followers do (docs/raft.md, Writes through a follower). (On a method, a bound
     method reads its function's attributes, so ``Lookups(replica).handle`` carries its ``perm``.)"""
     def deco(fn: F) -> F:
         fn.perm = name  # type: ignore[attr-defined]
         fn.write = write  # type: ignore[attr-defined]
+        fn.forward = write and forward  # type: ignore[attr-defined]  # what the Guard proxies to the leader
         return fn
     return deco
 
@@ -223,8 +227,8 @@ class TokenMemo:
 
 class Guard:
     """What every route of one replica's API runs around its handler (api.make_app): a body over ``limit`` is
-    a 413 before auth; the token must hold the route's permission (``perm``); writes, and tokens this replica
-    has not applied yet, are forwarded to the leader; errors become ``{"error": ...}`` JSON; every request is
+    a 413 before auth; the token must hold the route's permission (``perm``); writes that read the replica's
+    state (``perm(forward=True)``), and tokens this replica has not applied yet, are forwarded to the leader; errors become ``{"error": ...}`` JSON; every request is
     observed (route, status, seconds).
 
     It wraps each handler once, when its route is added (``routes``), and is not an aiohttp middleware: a
@@ -244,7 +248,7 @@ class Guard:
         replica, observe, tokens = self.replica, self.observe, self.tokens
         limit = None if name in STREAMED_BODIES else self.limit  # streamed to disk with their own limit
         required = getattr(handler, "perm", None)
-        write = bool(getattr(handler, "write", False))
+        forward = bool(getattr(handler, "forward", False))
         labels = {method: f"{method} {name}"}
 
         @functools.wraps(handler)
@@ -261,7 +265,7 @@ class Guard:
                     except Unauthorized as refused:
                         response = await self.unknown_token(request, header, refused)
                     else:
-                        if write:
+                        if forward:
                             response = await forward_to_leader(request)
                 if response is None:
                     response = await handler(request)

@@ -29,6 +29,35 @@ def test_write_through_follower_is_read_from_every_replica(cluster):
         assert job["spec"]["resources"]["memory"] == 64 * 1024 * 1024  # normalized by the spec validator
 
 
+def requests_answered(cluster, p, route: str) -> float:
+    """How many requests for ``route`` replica ``p`` has answered (raftctl_api_requests_total on its /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    import urllib.request
+    req = urllib.request.Request(p.url + "/metrics", headers={"Authorization": f"Bearer {cluster.token()}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        text = r.read().decode()
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "raftctl_api_requests_total" and s.labels.get("route") == route)
+
+
+def test_a_follower_proposes_a_job_write_itself_and_answers_after_applying_it(cluster):
+    """A write whose handler reads no state (put, scale, stop, rollback, tokens) is not proxied to the leader over
+    HTTP: the follower proposes the command and pysyncobj carries it to the leader inside Raft. The follower
+    answers once it applied the entry, so its own plain read (no ?consistent) shows the write at once."""
+    leader, (f1, _) = followers(cluster)
+    routes = ("PUT /v1/jobs/{name}", "POST /v1/jobs/{name}/scale")
+    before = {r: requests_answered(cluster, leader, r) for r in routes}
+    c = client_for(cluster, f1)
+    put = c.request("PUT", "/v1/jobs/local", {**SPEC, "name": "local"})
+    scaled = c.request("POST", "/v1/jobs/local/scale", {"replicas": 4})
+    assert scaled["index"] > put["index"] > 0
+    assert {r: requests_answered(cluster, leader, r) for r in routes} == before  # the leader saw no HTTP request
+    job = c.request("GET", "/v1/jobs/local")  # this follower's own state, no barrier
+    assert job["replicas"] == 4 and job["modify_index"] >= scaled["index"]
+    on_leader = client_for(cluster, leader).request("GET", "/v1/jobs/local", query={"consistent": "1"})
+    assert on_leader["replicas"] == 4 and on_leader["version"] == 1
+
+
 def test_blocking_query_wakes_on_write(cluster):
     import threading
     import time

@@ -44,15 +44,15 @@ def run_cli(args: list[str], **env: str | None):
     return CliRunner().invoke(cli, args, env={**clean, "RAFTCTL_RETRY_FOR": "3", **env})
 
 
-def forwarded_puts(cluster: LocalCluster, p) -> float:
-    """How many `PUT /v1/jobs/{name}` replica ``p`` has answered (from its /metrics)."""
+def answered(cluster: LocalCluster, p, route: str) -> float:
+    """How many requests for ``route`` (e.g. ``POST /v1/metrics/{name}``) replica ``p`` has answered (its /metrics)."""
     req = urllib.request.Request(p.url + "/metrics", headers={"Authorization": f"Bearer {cluster.token()}"})
     with urllib.request.urlopen(req, context=client_context(cluster.ca), timeout=5) as r:
         text = r.read().decode()
     total = 0.0
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            if s.name == "raftctl_api_requests_total" and s.labels.get("route") == "PUT /v1/jobs/{name}":
+            if s.name == "raftctl_api_requests_total" and s.labels.get("route") == route:
                 total += s.value
     return total
 
@@ -70,13 +70,16 @@ def test_every_replica_serves_https_and_publishes_an_https_url(tls_cluster):
 def test_a_write_to_a_follower_is_forwarded_to_the_leader_over_https(tls_cluster):
     leader = wait_until(tls_cluster.leader, 30, what="a leader")
     follower = next(p for p in tls_cluster.servers if p is not leader)
-    before = forwarded_puts(tls_cluster, leader)
     c = Client([follower.url], tls_cluster.token(), ca=tls_cluster.ca)
     out = c.request("PUT", "/v1/jobs/tls-web", {"name": "tls-web", "image": "web:1", "command": ["true"],
                                                 "replicas": 1})
     assert out["name"] == "tls-web" and out["version"] == 1
-    # the leader answered the PUT itself: the follower proxied it over HTTPS, verifying the leader's certificate
-    assert forwarded_puts(tls_cluster, leader) == before + 1
+    # a custom metric lives in the leader's memory (the autoscaler's input), so its route is proxied to the leader
+    route = "POST /v1/metrics/{name}"
+    before = answered(tls_cluster, leader, route)
+    assert c.request("POST", "/v1/metrics/tls-web", {"metric": "rps", "value": 3})["value"] == 3
+    # the leader answered it itself: the follower proxied it over HTTPS, verifying the leader's certificate
+    assert answered(tls_cluster, leader, route) == before + 1
     with open(os.path.join(follower.data_dir, "server.log")) as f:
         assert "forward to leader" not in f.read()
     assert c.request("GET", "/v1/jobs/tls-web", query={"consistent": "1"})["name"] == "tls-web"
