@@ -120,6 +120,24 @@ def perm(name: str, *, write: bool = False, forward: bool = True) -> Callable[[F
     return deco
 
 
+BEHIND_ENTRIES = 1000
+"""A replica whose applied index trails the commit index it knows of by more than this proxies even the writes it
+would propose itself: it answers a write it proposes only once it has applied it, which a replica still replaying
+a long log (a restart, a snapshot install) would do only after seconds."""
+
+
+def behind(raft: Any) -> bool:
+    """Whether the replica of ``raft`` (a RaftNode, or None before it started) is too far behind its log to
+    propose a write itself: not ready yet (still replaying what it held at start) or more than BEHIND_ENTRIES
+    entries behind the commit index it knows of. Never blocks (the status is the tick thread's last)."""
+    if raft is None:
+        return False
+    if not raft.is_ready():
+        return True
+    rs = raft.raft_status()
+    return (rs.get("commit_index") or 0) - (rs.get("applied_index") or 0) > BEHIND_ENTRIES
+
+
 FORWARDED = "X-Raftctl-Forwarded"
 HOP_HEADERS = {"authorization", "content-type", "x-request-id", "accept"}
 
@@ -228,7 +246,8 @@ class TokenMemo:
 class Guard:
     """What every route of one replica's API runs around its handler (api.make_app): a body over ``limit`` is
     a 413 before auth; the token must hold the route's permission (``perm``); writes that read the replica's
-    state (``perm(forward=True)``), and tokens this replica has not applied yet, are forwarded to the leader; errors become ``{"error": ...}`` JSON; every request is
+    state (``perm(write=True)``), every write while this replica is ``behind`` its log, and tokens this replica
+    has not applied yet, are forwarded to the leader; errors become ``{"error": ...}`` JSON; every request is
     observed (route, status, seconds).
 
     It wraps each handler once, when its route is added (``routes``), and is not an aiohttp middleware: a
@@ -248,7 +267,8 @@ class Guard:
         replica, observe, tokens = self.replica, self.observe, self.tokens
         limit = None if name in STREAMED_BODIES else self.limit  # streamed to disk with their own limit
         required = getattr(handler, "perm", None)
-        forward = bool(getattr(handler, "forward", False))
+        write = bool(getattr(handler, "write", False))
+        forward = bool(getattr(handler, "forward", write))
         labels = {method: f"{method} {name}"}
 
         @functools.wraps(handler)
@@ -265,7 +285,7 @@ class Guard:
                     except Unauthorized as refused:
                         response = await self.unknown_token(request, header, refused)
                     else:
-                        if forward:
+                        if forward or (write and behind(replica.raft)):
                             response = await forward_to_leader(request)
                 if response is None:
                     response = await handler(request)

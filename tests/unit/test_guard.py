@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from raftctl.node.api import make_app
-from raftctl.node.http import BODY_LIMIT, GUARD, REPLICA, Guard, add_unmatched, perm, routes
+from raftctl.node.http import BEHIND_ENTRIES, BODY_LIMIT, GUARD, REPLICA, Guard, add_unmatched, behind, perm, routes
 from raftctl.node.replica import Replica, ServerConfig
 from tests.discovery.test_handler import AUTH, FakeReplica
 
@@ -108,3 +108,72 @@ def test_every_route_of_a_replica_is_guarded_and_the_catch_all_comes_last() -> N
     assert handlers[-1][:2] == ("*", "/{tail}")
     unguarded = [(m, p) for m, p, h in handlers if h.__code__ is not handlers[-1][2].__code__]
     assert unguarded == []
+
+
+# -- which writes are proxied to the leader, which are proposed where they arrive -------------------------------
+
+class StatusRaft:
+    """A raft whose readiness and status a case sets."""
+
+    def __init__(self, ready: bool, commit: int | None, applied: int | None) -> None:
+        self.ready, self.status = ready, {"state": "follower", "leader": "127.0.0.1:7001",
+                                          "commit_index": commit, "applied_index": applied}
+
+    def is_ready(self) -> bool:
+        return self.ready
+
+    def raft_status(self) -> dict[str, Any]:
+        return self.status
+
+
+@pytest.mark.parametrize("raft, is_behind", [
+    (None, False),                                           # before raft started: the proposer refuses it anyway
+    (StatusRaft(False, 10, 10), True),                       # still replaying the log it held at start
+    (StatusRaft(True, 5_000, 5_000), False),                 # caught up
+    (StatusRaft(True, 5_000, 5_000 - BEHIND_ENTRIES), False),  # at the bound
+    (StatusRaft(True, 5_000, 3_999), True),                  # past it: a write proposed here would wait for the replay
+    (StatusRaft(True, None, None), False),                   # no status yet (before the first tick)
+], ids=["no raft", "not ready", "caught up", "at the bound", "past the bound", "no status"])
+def test_a_replica_is_behind_when_not_ready_or_more_than_the_bound_behind_its_commit_index(raft: Any,
+                                                                                          is_behind: bool) -> None:
+    assert behind(raft) is is_behind
+
+
+@perm("jobs:write", write=True)
+async def reads_then_writes(request: web.Request) -> web.Response:
+    return web.json_response({"here": True})
+
+
+@perm("jobs:write", write=True, forward=False)
+async def writes_only(request: web.Request) -> web.Response:
+    return web.json_response({"here": True})
+
+
+@pytest.mark.parametrize("handler, ready, forwarded", [
+    (reads_then_writes, True, True),      # reads the replica's state before it proposes: the leader's state decides
+    (writes_only, True, False),           # proposed where it arrived; pysyncobj carries it to the leader
+    (writes_only, False, True),           # ... unless this replica is behind its log: proxied, answered by the leader
+], ids=["forwarded route", "proposed here", "proposed here but behind"])
+async def test_which_writes_the_guard_proxies_to_the_leader(monkeypatch: pytest.MonkeyPatch, handler: Any,
+                                                            ready: bool, forwarded: bool) -> None:
+    import raftctl.node.http as http
+    proxied: list[str] = []
+
+    async def forward(request: web.Request) -> web.Response:
+        proxied.append(request.path)
+        return web.json_response({"here": False})
+    monkeypatch.setattr(http, "forward_to_leader", forward)
+    replica = FakeReplica()
+    replica.raft.is_ready = lambda: ready  # type: ignore[method-assign]
+    tokens = replica.raft.state.tokens
+    for record in tokens.values():
+        record["role"] = "admin"
+    app = web.Application()
+    app[REPLICA] = replica
+    app[BODY_LIMIT] = LIMIT
+    app[GUARD] = Guard(replica, lambda route, code, s: None, LIMIT)
+    routes(app).add("POST", "/v1/jobs/{name}/x", handler)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/v1/jobs/web/x", headers=AUTH, json={})
+        assert resp.status == 200 and (await resp.json())["here"] is not forwarded
+    assert proxied == (["/v1/jobs/web/x"] if forwarded else [])
