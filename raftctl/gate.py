@@ -15,6 +15,7 @@ Pure: no I/O, no clock, no randomness (imported by node/, cli/ and statemachine/
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -209,12 +210,17 @@ class _Refused(ValueError):
     pass
 
 
+_JSON = json.JSONDecoder(parse_constant=_no_constant, parse_float=_json_float, parse_int=_json_int,
+                         object_pairs_hook=_pairs)
+"""One decoder for every document: ``json.loads`` with these hooks built a new decoder and scanner per call."""
+
+
 def decode_json(raw: bytes | str, *, limits: Limits = DEFAULT, root: str = "body") -> Any:
+    """A JSON document within ``limits`` (a ValidationError naming the field otherwise)."""
     _size(raw, limits, root)
     text = _text(raw, root, "JSON")
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_json_float, parse_int=_json_int,
-                           object_pairs_hook=_pairs)
+        value = _JSON.decode(text)
     except RecursionError:
         raise ValidationError(f"not valid JSON: nested deeper than {limits.max_depth} levels", field=root) from None
     except json.JSONDecodeError as exc:
@@ -551,9 +557,15 @@ def decode(raw: bytes | str, fmt: str, *, limits: Limits = DEFAULT, root: str = 
     return decoder(raw, limits=limits, root=root)
 
 
+@functools.lru_cache(maxsize=16)
+def _body_limits(max_bytes: int) -> Limits:
+    """The default limits with this body size (one server has one --max-body: built once, not per request)."""
+    return replace(DEFAULT, max_bytes=max_bytes)
+
+
 def decode_body(raw: bytes, content_type: str, *, max_bytes: int | None = None) -> Any:
     """An HTTP request body: CBOR for ``application/cbor``, JSON otherwise."""
-    limits = DEFAULT if max_bytes is None else replace(DEFAULT, max_bytes=max_bytes)
+    limits = DEFAULT if max_bytes is None else _body_limits(max_bytes)
     if not raw:
         raise ValidationError("request body is empty", field="body")
     if content_type == "application/cbor":

@@ -42,6 +42,9 @@ STATUS_FOR_CODE = {"not_found": 404, "conflict": 409, "cas_failed": 409, "stale_
 
 # -- encoding ------------------------------------------------------------------
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with separators built an encoder per answer
+
+
 def encode(request: web.Request, data: Any, *, status: int = 200, index: int | None = None) -> web.Response:
     replica = request.app[REPLICA]
     headers = {}
@@ -51,7 +54,7 @@ def encode(request: web.Request, data: Any, *, status: int = 200, index: int | N
         headers["X-Raftctl-Leader"] = replica.raft.leader_address() or ""
     if "application/cbor" in request.headers.get("Accept", ""):
         return web.Response(body=cbor2.dumps(data), status=status, content_type="application/cbor", headers=headers)
-    return web.Response(text=json.dumps(data, separators=(",", ":")), status=status,
+    return web.Response(text=_COMPACT.encode(data), status=status,
                         content_type="application/json", headers=headers)
 
 

@@ -262,6 +262,9 @@ _ACCEPT: dict[str, tuple[type, ...]] = {
 
 
 assert all(str(f.type) in _ACCEPT for fs in _FIELDS.values() for f in fs.values()), "a field type _ACCEPT lacks"
+_ACCEPTS: dict[type[Command], dict[str, tuple[type, ...]]] = {
+    cls: {name: _ACCEPT[str(f.type)] for name, f in fs.items()} for cls, fs in _FIELDS.items()}
+"""Per command type, each field's accepted Python types (what from_wire checks, looked up once per type)."""
 
 
 def to_wire(cmd: Command) -> dict[str, Any]:
@@ -349,16 +352,15 @@ def from_wire(obj: Any) -> Command:
     if not isinstance(op, int) or isinstance(op, bool) or op not in COMMANDS:
         raise DecodeError("unknown_op", f"unknown command op {op!r}", "op")
     cls = COMMANDS[op]
-    fields = _FIELDS[cls]
+    fields = _ACCEPTS[cls]
     kwargs: dict[str, Any] = {}
     for key, value in obj.items():
-        if key in ("v", "op"):
+        if key == "v" or key == "op":
             continue
-        f = fields.get(key)
-        if f is None:
+        accepted = fields.get(key)
+        if accepted is None:
             raise DecodeError("bad_command", f"{cls.__name__} has no field {key!r}", key)
-        accepted = _ACCEPT[str(f.type)]
-        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+        if not isinstance(value, accepted) or (value is True or value is False) and bool not in accepted:
             raise DecodeError("bad_command", f"{cls.__name__}.{key} has the wrong type", key)
         kwargs[key] = value
     return cls(**kwargs)
