@@ -23,6 +23,7 @@ from raftctl import gate
 from raftctl.aio import unless
 from raftctl.errors import OutcomeUnknown, RaftctlError, Unauthorized, Unavailable, ValidationError
 from raftctl.node import auth
+from raftctl.node.proposer import RefusedByRaft
 from raftctl.statemachine.apply import Result
 from raftctl.statemachine.units import parse_duration
 
@@ -195,6 +196,67 @@ async def forward_to_leader(request: web.Request) -> web.Response | None:
     return sent.result()
 
 
+PROPOSE_ATTEMPTS = 3
+"""How often a write handled where it arrived (perm(forward=False)) is proposed when the leader it was handed to
+loses leadership before answering: the first time and twice more, each to the leader after it."""
+
+
+LEADER_MOVE_WAIT_S = 2.0
+"""How long a write the leader refused as "not the leader" (handing over) waits for the next leader before it is
+answered 503 unavailable (nothing applied; the client may retry)."""
+
+
+async def propose_here(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Run the handler of a write that is proposed where it arrived (pysyncobj carries its entry to the leader).
+
+    When the leader it went to lost leadership before answering (paused, cut off, handing over on SIGTERM), the
+    write is proposed again, to the next leader, up to PROPOSE_ATTEMPTS in all, as the proxy did when the leader
+    moved under it:
+    - outcome unknown and the leader moved: proposed again under the same request id, so the dedup table applies
+      it at most once whichever copy commits; a replica that is not the leader invents an id when the client sent
+      none, as forward_to_leader does for what it proxies (the leader's own anonymous writes are not retried);
+    - refused as not applied by a leader handing over (NOT_LEADER): proposed again once the leader moved (at most
+      LEADER_MOVE_WAIT_S later), with or without an id, since nothing was applied."""
+    replica = request.app[REPLICA]
+    raft = replica.raft
+    if raft is None:
+        return await handler(request)
+    has_id = bool(request.headers.get("X-Request-Id") or request.get("generated_request_id"))
+    if not has_id and not raft.is_leader():
+        request["generated_request_id"] = uuid.uuid4().hex
+        has_id = True
+    for attempt in range(1, PROPOSE_ATTEMPTS + 1):
+        leader = raft.leader_address()
+        try:
+            return await handler(request)
+        except Unavailable as exc:
+            if attempt == PROPOSE_ATTEMPTS or leader is None:
+                raise
+            if isinstance(exc, OutcomeUnknown):
+                if not has_id or raft.leader_address() == leader:
+                    raise
+            elif isinstance(exc, RefusedByRaft):
+                if raft.leader_address() == leader and not await _leader_moves(replica, leader):
+                    raise
+            else:
+                raise
+            log.info("the leader moved from %s while a write was proposed through it (%s); proposing it again "
+                     "(attempt %d of %d)", leader, exc.message, attempt + 1, PROPOSE_ATTEMPTS)
+    raise AssertionError("unreachable")
+
+
+async def _leader_moves(replica: Any, leader: str) -> bool:
+    """Wait until the leader is no longer ``leader`` (at most LEADER_MOVE_WAIT_S); whether it moved."""
+    if replica.leadership is None:
+        return False
+    moved = replica.leadership.leader_moved(leader)
+    try:
+        await asyncio.wait_for(moved.wait(), LEADER_MOVE_WAIT_S)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
 PROXIED_TO = "proxied_to"
 """Request key: the leader API a write was proxied to without an answer before it was handled here."""
 
@@ -290,6 +352,8 @@ class Guard:
                     else:
                         if forward or (write and behind(replica.raft)):
                             response = await forward_to_leader(request)
+                        elif write:
+                            response = await propose_here(request, handler)
                 if response is None:
                     response = await handler(request)
             except Exception as exc:  # noqa: BLE001 -- every error is a JSON answer (an unexpected one is logged)

@@ -38,6 +38,11 @@ log = logging.getLogger("raftctl.proposer")
 LEADER_POLL_S = 0.02  # how often a write waiting for an election looks again
 
 
+class RefusedByRaft(Unavailable):
+    """Raft refused the entry (no leader, its queue full, or the leader it went to is not leading: a leader
+    handing over refuses what followers forward): nothing was applied (503 unavailable)."""
+
+
 class Proposer:
     def __init__(self, raft: Any, *, max_batch: int = 1024, max_inflight: int = 4, timeout: float = 5.0,
                  leader_wait_s: float = 3.0, clock: Clock = SYSTEM) -> None:
@@ -211,7 +216,8 @@ class Proposer:
         try:
             if err != FAIL_REASON.SUCCESS:
                 if err in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL, FAIL_REASON.NOT_LEADER):
-                    exc: Exception = Unavailable(f"no leader to take the write ({_reason(err)}); nothing was applied")
+                    exc: Exception = RefusedByRaft(f"no leader to take the write ({_reason(err)}); nothing was "
+                                                   "applied")
                 else:
                     exc = OutcomeUnknown(f"raft could not confirm the write ({_reason(err)}); it may or may not "
                                          "have been applied")

@@ -40,6 +40,9 @@ class FakeRaft:
     def is_ready(self) -> bool:
         return True
 
+    def is_leader(self) -> bool:
+        return True
+
     def raft_status(self) -> dict[str, Any]:
         return {"state": "leader", "leader": "127.0.0.1:7001"}   # leading: an unknown token is refused here
 

@@ -177,3 +177,117 @@ async def test_which_writes_the_guard_proxies_to_the_leader(monkeypatch: pytest.
         resp = await client.post("/v1/jobs/web/x", headers=AUTH, json={})
         assert resp.status == 200 and (await resp.json())["here"] is not forwarded
     assert proxied == (["/v1/jobs/web/x"] if forwarded else [])
+
+
+class MovingRaft:
+    """A follower's raft whose leader moves to the next of ``leaders`` each time a proposal fails."""
+
+    def __init__(self, state: Any, lock: Any, leaders: list[str | None]) -> None:
+        self.state, self.lock, self.leaders = state, lock, leaders
+
+    def leader_address(self) -> str | None:
+        return self.leaders[0]
+
+    def is_ready(self) -> bool:
+        return True
+
+    def is_leader(self) -> bool:
+        return False
+
+    def raft_status(self) -> dict[str, Any]:
+        return {"state": "follower", "leader": self.leaders[0], "commit_index": 1, "applied_index": 1}
+
+
+@pytest.mark.parametrize("leaders, fails, header, status, attempts", [
+    # the leader moved after each of two failures: proposed a third time, to the leader after them
+    (["a", "b", "c"], 2, None, 200, 3),
+    # three leader moves: the third failure is the answer (503 outcome_unknown), no fourth attempt
+    (["a", "b", "c", "d"], 3, None, 503, 3),
+    # the same leader before and after the failure (a timeout, not a leader change): not proposed again
+    (["a", "a"], 1, None, 503, 1),
+    # the client's own request id is the one every attempt carries
+    (["a", "b"], 1, "client-id-1", 200, 2),
+], ids=["two moves", "three moves", "same leader", "client id"])
+async def test_a_write_proposed_here_is_proposed_again_when_the_leader_moved_under_it(
+        leaders: list[str | None], fails: int, header: str | None, status: int, attempts: int) -> None:
+    from raftctl.errors import OutcomeUnknown
+    from raftctl.node.http import request_id
+    replica = FakeReplica()
+    for record in replica.raft.state.tokens.values():
+        record["role"] = "admin"
+    raft = MovingRaft(replica.raft.state, replica.raft.lock, list(leaders))
+    replica.raft = raft  # type: ignore[assignment]
+    ids: list[str] = []
+
+    @perm("jobs:write", write=True, forward=False)
+    async def flaky(request: web.Request) -> web.Response:
+        ids.append(request_id(request))
+        if len(ids) <= fails:
+            raft.leaders.pop(0)   # pysyncobj lost the entry's leader: outcome unknown
+            raise OutcomeUnknown("the leader changed while the write was in flight")
+        return web.json_response({"attempt": len(ids)})
+
+    app = web.Application()
+    app[REPLICA] = replica
+    app[BODY_LIMIT] = LIMIT
+    app[GUARD] = Guard(replica, lambda route, code, s: None, LIMIT)
+    routes(app).add("POST", "/v1/jobs/{name}/x", flaky)
+    headers = {**AUTH, **({"X-Request-Id": header} if header else {})}
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/v1/jobs/web/x", headers=headers, json={})
+        assert resp.status == status, await resp.text()
+    assert len(ids) == attempts
+    assert len(set(ids)) == 1 and ids[0]            # one request id across the attempts, invented when none came
+    if header:
+        assert ids[0] == header
+
+
+class Moves:
+    """Replica.leadership's leader_moved: an event set once ``raft``'s leader differs from the one given."""
+
+    def __init__(self, raft: MovingRaft, after_s: float) -> None:
+        self.raft, self.after_s = raft, after_s
+
+    def leader_moved(self, leader: str | None) -> Any:
+        import asyncio
+        ev = asyncio.Event()
+
+        def move() -> None:
+            if self.raft.leaders[0] == leader and len(self.raft.leaders) > 1:
+                self.raft.leaders.pop(0)
+            ev.set()
+        asyncio.get_running_loop().call_later(self.after_s, move)
+        return ev
+
+
+@pytest.mark.parametrize("moves_after_s, status, attempts", [
+    (0.05, 200, 2),    # the leader handing over refused it; the next leader took it
+    (5.0, 503, 1),     # no next leader within LEADER_MOVE_WAIT_S: answered 503, nothing applied
+], ids=["leader moves", "leader stays"])
+async def test_a_write_refused_by_a_leader_handing_over_waits_for_the_next_leader(
+        moves_after_s: float, status: int, attempts: int) -> None:
+    from raftctl.node.proposer import RefusedByRaft
+    replica = FakeReplica()
+    for record in replica.raft.state.tokens.values():
+        record["role"] = "admin"
+    raft = MovingRaft(replica.raft.state, replica.raft.lock, ["a", "b"])
+    replica.raft = raft  # type: ignore[assignment]
+    replica.leadership = Moves(raft, moves_after_s)  # type: ignore[attr-defined]
+    calls: list[str | None] = []
+
+    @perm("jobs:write", write=True, forward=False)
+    async def refused_once(request: web.Request) -> web.Response:
+        calls.append(raft.leader_address())
+        if len(calls) == 1:
+            raise RefusedByRaft("no leader to take the write (not_leader); nothing was applied")
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app[REPLICA] = replica
+    app[BODY_LIMIT] = LIMIT
+    app[GUARD] = Guard(replica, lambda route, code, s: None, LIMIT)
+    routes(app).add("POST", "/v1/jobs/{name}/x", refused_once)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/v1/jobs/web/x", headers=AUTH, json={})
+        assert resp.status == status, await resp.text()
+    assert calls == ["a", "b"][:attempts]

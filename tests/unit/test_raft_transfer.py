@@ -53,3 +53,51 @@ def test_ask_only_when_everything_is_committed_applied_and_on_the_target():
     assert not ready_to_ask(A, {A: 50}, last_index=50, commit_index=49, last_applied=49)  # a write in flight
     assert not ready_to_ask(A, {A: 50}, last_index=50, commit_index=50, last_applied=48)  # not answered yet
     assert not ready_to_ask(A, {}, last_index=50, commit_index=50, last_applied=50)
+
+
+# -- what a leader handing over does with the commands its followers forward ------------------------------------
+
+class Sent:
+    """pysyncobj's transport, recording what is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[object, dict]] = []
+
+    def send(self, node: object, message: dict) -> None:
+        self.sent.append((node, message))
+
+
+def leader_node(transferring: bool):  # type: ignore[no-untyped-def]
+    """A RaftNode in the leader state, handing over or not, with a recording transport (no sockets)."""
+    import pysyncobj.syncobj as psyncobj
+
+    from raftctl.node.raft import RaftNode
+    node = RaftNode.__new__(RaftNode)
+    node._SyncObj__raftState = psyncobj._RAFT_STATE.LEADER
+    node._SyncObj__transport = Sent()
+    node._transfer_job = {"done": None} if transferring else None
+    return node
+
+
+def test_a_leader_handing_over_refuses_a_forwarded_command_as_not_the_leader() -> None:
+    from pysyncobj import FAIL_REASON
+    node = leader_node(transferring=True)
+    node._SyncObj__onMessageReceived(B, {"type": "apply_command", "command": b"x", "request_id": 7})
+    assert node._SyncObj__transport.sent == [(B, {"type": "apply_command_response", "request_id": 7,
+                                                  "error": FAIL_REASON.NOT_LEADER})]
+    node._SyncObj__onMessageReceived(B, {"type": "apply_command", "command": b"x"})  # no answer asked for
+    assert len(node._SyncObj__transport.sent) == 1
+
+
+def test_a_leader_not_handing_over_passes_forwarded_commands_and_everything_else_on(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from raftctl.node.raft.replication import ReplicationFixes
+    seen: list[str] = []
+    monkeypatch.setattr(ReplicationFixes, "_SyncObj__onMessageReceived",
+                        lambda self, node, message: seen.append(message["type"]))
+    node = leader_node(transferring=False)
+    node._SyncObj__onMessageReceived(B, {"type": "apply_command", "command": b"x", "request_id": 7})
+    handing = leader_node(transferring=True)
+    handing._SyncObj__onMessageReceived(B, {"type": "next_node_idx", "next_node_idx": 3, "reset": False,
+                                            "success": True})
+    assert seen == ["apply_command", "next_node_idx"]
+    assert node._SyncObj__transport.sent == [] and handing._SyncObj__transport.sent == []

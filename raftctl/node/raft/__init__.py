@@ -258,6 +258,20 @@ class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
         self._transfer_job = None
         return job["result"]
 
+    def _SyncObj__onMessageReceived(self, node: Any, message: dict) -> None:  # noqa: N802 (pysyncobj's name)
+        """A command a follower forwards (``apply_command``) while this leader hands leadership over is refused
+        with pysyncobj's NOT_LEADER, not appended: an entry appended after the target acknowledged the log would
+        leave the target's log behind the others' and cost its election (the target lost, the transfer chose
+        again). The follower answers its write "not applied" and proposes it again to the next leader
+        (http.propose_here); the leader's own writes are held by Replica.propose meanwhile."""
+        if self._transfer_job is not None and message.get("type") == "apply_command" and self._isLeader():
+            if "request_id" in message:
+                self._SyncObj__transport.send(node, {"type": "apply_command_response",
+                                                     "request_id": message["request_id"],
+                                                     "error": psyncobj.FAIL_REASON.NOT_LEADER})
+            return None
+        return super()._SyncObj__onMessageReceived(node, message)
+
     def _transfer_tick(self) -> None:
         """On the tick thread (pysyncobj's state and transport are not thread-safe)."""
         job = self._transfer_job
