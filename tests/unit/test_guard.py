@@ -112,6 +112,21 @@ def test_every_route_of_a_replica_is_guarded_and_the_catch_all_comes_last() -> N
 
 # -- which writes are proxied to the leader, which are proposed where they arrive -------------------------------
 
+def make_admin(replica: FakeReplica) -> None:
+    """The fake replica's token may write (the write routes below need jobs:write)."""
+    for record in replica.raft.state.tokens.values():
+        record["role"] = "admin"
+
+
+def one_route(replica: Any, handler: Any) -> web.Application:
+    """An app serving ``handler`` at POST /v1/jobs/{name}/x behind the Guard of ``replica``."""
+    app = web.Application()
+    app[REPLICA] = replica
+    app[BODY_LIMIT] = LIMIT
+    app[GUARD] = Guard(replica, lambda route, code, s: None, LIMIT)
+    routes(app).add("POST", "/v1/jobs/{name}/x", handler)
+    return app
+
 class StatusRaft:
     """A raft whose readiness and status a case sets."""
 
@@ -165,14 +180,8 @@ async def test_which_writes_the_guard_proxies_to_the_leader(monkeypatch: pytest.
     monkeypatch.setattr(http, "forward_to_leader", forward)
     replica = FakeReplica()
     replica.raft.is_ready = lambda: ready  # type: ignore[method-assign]
-    tokens = replica.raft.state.tokens
-    for record in tokens.values():
-        record["role"] = "admin"
-    app = web.Application()
-    app[REPLICA] = replica
-    app[BODY_LIMIT] = LIMIT
-    app[GUARD] = Guard(replica, lambda route, code, s: None, LIMIT)
-    routes(app).add("POST", "/v1/jobs/{name}/x", handler)
+    make_admin(replica)
+    app = one_route(replica, handler)
     async with TestClient(TestServer(app)) as client:
         resp = await client.post("/v1/jobs/web/x", headers=AUTH, json={})
         assert resp.status == 200 and (await resp.json())["here"] is not forwarded
@@ -213,8 +222,7 @@ async def test_a_write_proposed_here_is_proposed_again_when_the_leader_moved_und
     from raftctl.errors import OutcomeUnknown
     from raftctl.node.http import request_id
     replica = FakeReplica()
-    for record in replica.raft.state.tokens.values():
-        record["role"] = "admin"
+    make_admin(replica)
     raft = MovingRaft(replica.raft.state, replica.raft.lock, list(leaders))
     replica.raft = raft  # type: ignore[assignment]
     ids: list[str] = []
@@ -227,11 +235,7 @@ async def test_a_write_proposed_here_is_proposed_again_when_the_leader_moved_und
             raise OutcomeUnknown("the leader changed while the write was in flight")
         return web.json_response({"attempt": len(ids)})
 
-    app = web.Application()
-    app[REPLICA] = replica
-    app[BODY_LIMIT] = LIMIT
-    app[GUARD] = Guard(replica, lambda route, code, s: None, LIMIT)
-    routes(app).add("POST", "/v1/jobs/{name}/x", flaky)
+    app = one_route(replica, flaky)
     headers = {**AUTH, **({"X-Request-Id": header} if header else {})}
     async with TestClient(TestServer(app)) as client:
         resp = await client.post("/v1/jobs/web/x", headers=headers, json={})
@@ -268,8 +272,7 @@ async def test_a_write_refused_by_a_leader_handing_over_waits_for_the_next_leade
         moves_after_s: float, status: int, attempts: int) -> None:
     from raftctl.node.proposer import RefusedByRaft
     replica = FakeReplica()
-    for record in replica.raft.state.tokens.values():
-        record["role"] = "admin"
+    make_admin(replica)
     raft = MovingRaft(replica.raft.state, replica.raft.lock, ["a", "b"])
     replica.raft = raft  # type: ignore[assignment]
     replica.leadership = Moves(raft, moves_after_s)  # type: ignore[attr-defined]
@@ -282,11 +285,7 @@ async def test_a_write_refused_by_a_leader_handing_over_waits_for_the_next_leade
             raise RefusedByRaft("no leader to take the write (not_leader); nothing was applied")
         return web.json_response({"ok": True})
 
-    app = web.Application()
-    app[REPLICA] = replica
-    app[BODY_LIMIT] = LIMIT
-    app[GUARD] = Guard(replica, lambda route, code, s: None, LIMIT)
-    routes(app).add("POST", "/v1/jobs/{name}/x", refused_once)
+    app = one_route(replica, refused_once)
     async with TestClient(TestServer(app)) as client:
         resp = await client.post("/v1/jobs/web/x", headers=AUTH, json={})
         assert resp.status == status, await resp.text()
