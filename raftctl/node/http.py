@@ -225,20 +225,24 @@ async def propose_here(request: web.Request, handler: Handler) -> web.StreamResp
     if not has_id and not raft.is_leader():
         request["generated_request_id"] = uuid.uuid4().hex
         has_id = True
+    unknown: OutcomeUnknown | None = None   # an earlier attempt whose fate is unknown: it may have been applied
     for attempt in range(1, PROPOSE_ATTEMPTS + 1):
         leader = raft.leader_address()
         try:
             return await handler(request)
         except Unavailable as exc:
-            if attempt == PROPOSE_ATTEMPTS or leader is None:
-                raise
             if isinstance(exc, OutcomeUnknown):
-                if not has_id or raft.leader_address() == leader:
-                    raise
-            elif isinstance(exc, RefusedByRaft):
-                if raft.leader_address() == leader and not await _leader_moves(replica, leader):
-                    raise
-            else:
+                unknown = exc
+            retry = attempt < PROPOSE_ATTEMPTS and leader is not None and (
+                (isinstance(exc, OutcomeUnknown) and has_id and raft.leader_address() != leader)
+                or (isinstance(exc, RefusedByRaft)
+                    and (raft.leader_address() != leader or await _leader_moves(replica, leader))))
+            if not retry:
+                if unknown is not None and not isinstance(exc, OutcomeUnknown):
+                    # "nothing was applied" is true of this attempt only: an earlier one may have been
+                    raise OutcomeUnknown(f"{unknown.message}; proposed again, and then {exc.message}; the first "
+                                         "attempt may have been applied (retry with the same request id is safe)"
+                                         ) from None
                 raise
             log.info("the leader moved from %s while a write was proposed through it (%s); proposing it again "
                      "(attempt %d of %d)", leader, exc.message, attempt + 1, PROPOSE_ATTEMPTS)

@@ -290,3 +290,34 @@ async def test_a_write_refused_by_a_leader_handing_over_waits_for_the_next_leade
         resp = await client.post("/v1/jobs/web/x", headers=AUTH, json={})
         assert resp.status == status, await resp.text()
     assert calls == ["a", "b"][:attempts]
+
+
+@pytest.mark.parametrize("second", ["refused", "no leader"])
+async def test_a_write_whose_first_attempt_is_unknown_is_never_answered_not_applied(second: str) -> None:
+    """The first attempt's fate is unknown (its leader moved) and the next attempt is refused as not applied: the
+    answer is outcome_unknown, never "nothing was applied" (jepsen-style seed 1 in CI: a write answered
+    `unavailable` had been applied, and a later read saw it)."""
+    from raftctl.errors import OutcomeUnknown, Unavailable
+    from raftctl.node.proposer import RefusedByRaft
+    replica = FakeReplica()
+    make_admin(replica)
+    raft = MovingRaft(replica.raft.state, replica.raft.lock, ["a", "b"])
+    replica.raft = raft  # type: ignore[assignment]
+    replica.leadership = Moves(raft, 5.0)  # type: ignore[attr-defined]  # the leader stays: no third attempt
+    calls: list[int] = []
+
+    @perm("jobs:write", write=True, forward=False)
+    async def unknown_then_refused(request: web.Request) -> web.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            raft.leaders.pop(0)
+            raise OutcomeUnknown("the leader changed while the write was in flight")
+        if second == "refused":
+            raise RefusedByRaft("no leader to take the write (not_leader); nothing was applied")
+        raise Unavailable("this replica has known no leader for 3 s; nothing was applied")
+
+    async with TestClient(TestServer(one_route(replica, unknown_then_refused))) as client:
+        resp = await client.post("/v1/jobs/web/x", headers=AUTH, json={})
+        body = await resp.json()
+    assert resp.status == 503 and body["error"]["code"] == "outcome_unknown", body
+    assert len(calls) == 2
