@@ -48,9 +48,9 @@ __all__ = ["Agent", "DriverTimeout", "Supervised", "run_agent", "watch_wait"]
 WATCH_HEARTBEATS = 10
 WATCH_WAIT_MAX_S = 120.0
 REPORT_CHUNK = 1000
+"""Most updates one POST /v1/agent/report carries (records.Report's bound: the API refuses a longer body)."""
 HEARTBEAT_MAX_S = 60.0
 """The longest heartbeat interval an agent follows, whatever the control plane answers."""
-"""Most updates one POST /v1/agent/report carries (records.Report's bound: the API refuses a longer body)."""
 NETWORK_REASSERT_S = 30.0   # an unchanged network is handed to the driver again this often (routes deleted behind
                             # the agent's back come back), on the reconcile loop
 
