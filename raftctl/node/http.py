@@ -185,13 +185,13 @@ async def forward_to_leader(request: web.Request) -> web.Response | None:
     sent = await unless(proxy(), moved.wait())
     if sent is None:
         log.info("leader moved away from %s while a request was proxied to it; handling it here", rs["leader"])
-        request[UNANSWERED] = f"the write was sent to the leader at {leader_api}, which did not answer"
+        request[PROXIED_TO] = leader_api
         return None
     exc = sent.exception()
     if exc is not None:  # the leader is unreachable from here: let pysyncobj route it
         log.info("forward to leader %s failed (%s); proposing locally", leader_api, exc)
         if not isinstance(exc, aiohttp.ClientConnectorError):  # past the connect, the leader may have it
-            request[UNANSWERED] = f"the write was sent to the leader at {leader_api}, which did not answer"
+            request[PROXIED_TO] = leader_api
         return None
     return sent.result()
 
@@ -225,23 +225,27 @@ async def propose_here(request: web.Request, handler: Handler) -> web.StreamResp
     if not has_id and not raft.is_leader():
         request["generated_request_id"] = uuid.uuid4().hex
         has_id = True
+    unknown: OutcomeUnknown | None = None   # an earlier attempt whose fate is unknown: it may have been applied
     for attempt in range(1, PROPOSE_ATTEMPTS + 1):
         leader = raft.leader_address()
-        last = attempt == PROPOSE_ATTEMPTS or leader is None
         try:
             return await handler(request)
-        except OutcomeUnknown as exc:
-            # a later "nothing was applied" is true of that attempt only: after_proxy answers outcome unknown
-            request[UNANSWERED] = f"the write was proposed through the leader at {leader} ({exc.message})"
-            if last or not has_id or raft.leader_address() == leader:
+        except Unavailable as exc:
+            if isinstance(exc, OutcomeUnknown):
+                unknown = exc
+            retry = attempt < PROPOSE_ATTEMPTS and leader is not None and (
+                (isinstance(exc, OutcomeUnknown) and has_id and raft.leader_address() != leader)
+                or (isinstance(exc, RefusedByRaft)
+                    and (raft.leader_address() != leader or await _leader_moves(replica, leader))))
+            if not retry:
+                if unknown is not None and not isinstance(exc, OutcomeUnknown):
+                    # "nothing was applied" is true of this attempt only: an earlier one may have been
+                    raise OutcomeUnknown(f"{unknown.message}; proposed again, and then {exc.message}; the first "
+                                         "attempt may have been applied (retry with the same request id is safe)"
+                                         ) from None
                 raise
-            why = exc.message
-        except RefusedByRaft as exc:
-            if last or (raft.leader_address() == leader and not await _leader_moves(replica, leader)):
-                raise
-            why = exc.message
-        log.info("the leader moved from %s while a write was proposed through it (%s); proposing it again "
-                 "(attempt %d of %d)", leader, why, attempt + 1, PROPOSE_ATTEMPTS)
+            log.info("the leader moved from %s while a write was proposed through it (%s); proposing it again "
+                     "(attempt %d of %d)", leader, exc.message, attempt + 1, PROPOSE_ATTEMPTS)
     raise AssertionError("unreachable")
 
 
@@ -257,20 +261,19 @@ async def _leader_moves(replica: Any, leader: str) -> bool:
     return True
 
 
-UNANSWERED = "unanswered"
-"""Request key: an earlier attempt at this write whose fate is unknown (proxied to a leader that did not answer,
-proposed through a leader that lost leadership), said in words, before the attempt that is answered."""
+PROXIED_TO = "proxied_to"
+"""Request key: the leader API a write was proxied to without an answer before it was handled here."""
 
 
 def after_proxy(request: Any, exc: RaftctlError) -> RaftctlError:
-    """The error to answer for a write after an earlier attempt at it went unanswered (``UNANSWERED``): "not
-    applied" (503 unavailable) is true of the last attempt only, the earlier one may have been applied (the
+    """The error to answer for a write handled here after its proxied copy went unanswered: "not applied"
+    (503 unavailable) is true of the local attempt only, the leader may have applied the proxied copy (the
     request id makes a retry safe), so it is an unknown outcome. Other errors pass through."""
-    earlier = request.get(UNANSWERED)
-    if earlier is None or not isinstance(exc, Unavailable) or isinstance(exc, OutcomeUnknown):
+    leader_api = request.get(PROXIED_TO)
+    if leader_api is None or not isinstance(exc, Unavailable) or isinstance(exc, OutcomeUnknown):
         return exc
-    return OutcomeUnknown(f"{earlier}, and then {exc}; the earlier attempt may have been applied (retry with the "
-                          "same request id is safe)")
+    return OutcomeUnknown(f"the write was sent to the leader at {leader_api}, which did not answer, and then {exc}; "
+                          "the leader may have applied it (retry with the same request id is safe)")
 
 
 # -- the middleware ----------------------------------------------------------------
