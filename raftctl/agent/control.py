@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import logging
 import ssl
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -183,9 +184,10 @@ class ControlClient:
     async def _request(self, method: str, path: str, json: Any = None, *, params: dict | None = None,
                        timeout: float | None = None, server: str | None = None,
                        memo: bool = False, skip: str | None = None,
-                       at_end: str | None = None) -> tuple[Any, str]:
+                       at_end: str | None = None, stamp: str | None = None) -> tuple[Any, str]:
         """``server``, or the replicas in turn from the last one that answered, without ``skip``, ``at_end``
-        asked last."""
+        asked last. ``stamp``: a key of the ``json`` object set to this process's monotonic clock in ms as each
+        copy is sent (a heartbeat's ``sent_ms``: the leader counts the heartbeat from then)."""
         order = [server] if server else [self.servers[(self._next + i) % len(self.servers)]
                                          for i in range(len(self.servers))
                                          if self.servers[(self._next + i) % len(self.servers)] != skip]
@@ -196,7 +198,8 @@ class ControlClient:
         self._followers_said = set()
         for url in order:
             try:
-                status, payload = await self._fetch(method, url + path, json, params, timeout or self.timeout)
+                sent = json if stamp is None else {**json, stamp: int(time.monotonic() * 1000)}
+                status, payload = await self._fetch(method, url + path, sent, params, timeout or self.timeout)
                 data = self._decode(payload, memo and status == 200)
                 if status == 200:
                     if not server:
@@ -223,7 +226,8 @@ class ControlClient:
 
     async def heartbeat(self, machine: str, stats: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Heartbeat the leader, following it when a follower names another one; ``stats``: usage samples that
-        ride on it (the answer's ``stats_accepted`` says the leader took them).
+        ride on it (the answer's ``stats_accepted`` says the leader took them). Each copy sent carries
+        ``sent_ms`` (this process's monotonic clock): the leader counts it from then, not from when it read it.
 
         A leader that did not answer is not asked again in this call: the others are asked who leads, and when
         they still name it the heartbeat is given up (the loop tries again after half the interval). Sending
@@ -235,8 +239,8 @@ class ControlClient:
             target = self.leader     # never ``silent``: an answer naming it ends the call below
             self.leader = None       # a follower's not_leader answer in this try names the leader here
             try:
-                data, url = await self._request("POST", "/v1/agent/heartbeat", payload,
-                                                server=target, timeout=self.heartbeat_s, skip=silent)
+                data, url = await self._request("POST", "/v1/agent/heartbeat", payload, server=target,
+                                                timeout=self.heartbeat_s, skip=silent, stamp="sent_ms")
                 self.leader = url
                 self._set_live(url)
                 return data

@@ -65,14 +65,17 @@ async def heartbeat(request: web.Request) -> web.Response:
     answer is still the heartbeat's (200, its interval, TTL and status, which the agent must not miss) with
     ``stats_accepted: 0`` and ``stats_error`` naming the field (``stats[3].placement``). A body with stats is
     answered ``stats_accepted: n``; an agent that sees no ``stats_accepted`` (a leader of the previous release)
-    posts them to /v1/agent/stats."""
+    posts them to /v1/agent/stats. ``sent_ms`` (agents since session 16): the agent's monotonic clock when it
+    sent this copy, so the time it waited here is not counted as the machine's life (failover.FailoverMonitor)."""
     replica = request.app[REPLICA]
     if replica.leadership is None:     # answered before the body is read (a flood of them meets a new leader)
         raise _not_leading(replica)
     data = await body(request)
     machine = _own_machine(request, data.get("machine") if isinstance(data, dict) else None)
+    assert isinstance(data, dict)
+    sent_ms = _sent_ms(data.get("sent_ms"))
     lead = replica.leadership
-    told = lead.heartbeat(machine) if lead is not None else None
+    told = lead.heartbeat(machine, sent_ms) if lead is not None else None
     if lead is None or told is None:
         raise _not_leading(replica)
     status, assigned = replica.read(lambda s: (s.machines[machine].status if machine in s.machines else None,
@@ -84,7 +87,6 @@ async def heartbeat(request: web.Request) -> web.Response:
     interval_s, ttl_s = told
     out: dict[str, Any] = {"machine": machine, "status": status, "ttl_s": ttl_s, "interval_s": interval_s,
                            "epoch": lead.epoch, "assignments_index": assigned}
-    assert isinstance(data, dict)
     if "stats" in data:
         try:
             out["stats_accepted"] = _take_stats(replica, machine, data["stats"])
@@ -92,6 +94,19 @@ async def heartbeat(request: web.Request) -> web.Response:
             out["stats_accepted"] = 0
             out["stats_error"] = exc.to_dict()
     return encode(request, out)
+
+
+SENT_MS_MAX = 2 ** 53
+
+
+def _sent_ms(value: Any) -> int | None:
+    """A heartbeat's ``sent_ms`` (the agent's monotonic clock in ms when it sent it; absent from agents before
+    session 16): a whole number in [0, 2**53), else refused naming the field."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SENT_MS_MAX:
+        raise ValidationError("sent_ms must be a whole number of milliseconds in [0, 2**53)", field="sent_ms")
+    return value
 
 
 def _not_leading(replica: Any) -> RaftctlError:

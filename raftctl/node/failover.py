@@ -8,7 +8,7 @@ down at most one per ``mass_interval_s``, and the guard shows in status.
 
 At fleet scale (issue 15) a tick costs O(changes), not O(machines): the up machines are kept in an
 ordered dict oldest heartbeat first (a heartbeat moves its machine to the end, the clock being
-monotonic), so the silent ones are a prefix of it; the machines table is re-read only when its table
+monotonic), so the silent ones are a prefix of it (give or take the heartbeat credit below); the machines table is re-read only when its table
 index moved. Every machine the verdict names is proposed at once (at most ``max_in_flight`` in
 flight, oldest silence first): the proposer batches concurrent commands into one log entry, so a
 tick waits about one commit, not one commit per silent machine.
@@ -28,6 +28,12 @@ never declared down while leaders changed faster than the TTL (10,000 machines, 
 still gives each of them ``leader_grace_s`` plus one interval to find it, so a live machine that could not reach the
 old leader is not declared down before it can beat here. The age is as of the commit (no clock of another replica
 is compared with ours): the time between that commit and this leader's start is not credited.
+
+A heartbeat counts from when it was sent (session 16): agents stamp it with their monotonic clock (``sent_ms``),
+and the time it waited in this leader's queues past the quickest heartbeat from that machine lately (the offset
+between the two clocks cancels out) is taken off its age, up to a cap, less any time the leader was held meanwhile
+(already left out of every age). A machine frozen right after a heartbeat that was read seconds later is declared
+down a TTL after it sent that heartbeat, not a TTL after the leader got to it.
 """
 from __future__ import annotations
 
@@ -78,6 +84,13 @@ class FailoverConfig:
     silence_after: float = 0.5
     silence_every_s: float = 2.0
     max_silence_listed: int = MAX_SILENT   # the longest-silent ones (what apply takes in one list)
+    # a heartbeat is counted from when the agent sent it (its ``sent_ms``), not from when this leader got to it:
+    # the time it waited in the leader's queues past the quickest one from that machine lately is credited back,
+    # at most credit_max_s and credit_max_ttl of the TTL (0.3 s at a 3 s TTL, 2 s at 30 s). At 10,000 machines
+    # the heartbeats a frozen machine sent just before the freeze were read up to 2 s later, and it was declared
+    # down 31.96 s after the freeze (TTL 30 s), the whole margin of the aim (bench/scale.py, session 15)
+    credit_max_s: float = 2.0
+    credit_max_ttl: float = 0.1
 
 
 def told_interval(n_up: int, cfg: FailoverConfig, current: float | None = None) -> float:
@@ -135,6 +148,36 @@ def judge(up: list[str], last_seen: dict[str, float], now: float, cfg: FailoverC
     silent = sorted((last_seen.get(m, now), m) for m in up
                     if now - last_seen.get(m, now) > max(floor, told.get(m, floor)))
     return judge_silent(len(up), silent, now, cfg, last_mass_down, len(last_seen))
+
+
+SENT_FLOOR_RISE = 0.001
+"""How fast a machine's lowest recent ``receive - sent`` may rise (s per s): its clock may run slower than ours
+(monotonic clocks of two hosts drift; 1,000 ppm is ten times what NTP-less quartz does)."""
+SENT_RESET_S = 10.0
+"""A ``receive - sent`` this far above the machine's floor is a new clock (the host rebooted, a new agent on
+another host under the same name), not a wait: the floor starts over from it and nothing is credited."""
+
+
+def queued_for(sample: float, floor: tuple[float, float] | None, now: float) -> tuple[float, tuple[float, float]]:
+    """How long a heartbeat waited past the quickest one from its machine lately, and the new floor (pure).
+
+    ``sample``: the time it was read here less the agent's send time (two clocks: a constant offset plus the
+    wait); ``floor``: ``(the lowest recent sample, when)``, allowed to rise by SENT_FLOOR_RISE per second since
+    then, or None for the machine's first heartbeat under this leader (nothing credited)."""
+    if floor is None:
+        return 0.0, (sample, now)
+    low, at = floor
+    low = min(sample, low + SENT_FLOOR_RISE * max(0.0, now - at))
+    waited = sample - low
+    if waited > SENT_RESET_S:
+        return 0.0, (sample, now)
+    return waited, (low, now)
+
+
+def heartbeat_credit(waited: float, held: float, cap: float) -> float:
+    """Seconds a heartbeat is counted earlier than it was read (pure): the wait less the part of it the leader
+    was held (``held``, already left out of every machine's age), between 0 and ``cap``."""
+    return max(0.0, min(waited - held, cap))
 
 
 def _table_index(s: Any) -> int:
@@ -207,6 +250,10 @@ class FailoverMonitor:
         self._n_machines = len(machines)
         self.last_mass_down: float | None = None
         self.held_s = 0.0                 # time the leader was held, not counted (was_held)
+        self._held_log: list[tuple[float, float]] = []   # (monotonic wake-up, held_s after it), the recent ones
+        self._floor: dict[str, tuple[float, float]] = {}    # machine -> (lowest recent receive - sent, when)
+        self.credited_heartbeats = 0
+        self.credit_max_given = 0.0
         self.guard_active = False
         self.silent: list[str] = []
 
@@ -220,12 +267,45 @@ class FailoverMonitor:
         over = late_s - self.cfg.held_free_s
         if over > 0:
             self.held_s += over
+            log_ = self._held_log
+            log_.append((self.clock.monotonic(), self.held_s))
+            if len(log_) > 64:
+                del log_[:32]
             log.info("failover monitor woke %.1fs late: the leader was held; %.1fs not counted against any "
                      "machine's TTL (%.1fs so far)", late_s, over, self.held_s)
 
-    def heartbeat(self, machine: str) -> tuple[float, float]:
-        """Note ``machine``'s heartbeat; the interval and TTL its answer tells (the TTL it is judged by)."""
-        self.last_seen[machine] = self.observed()
+    def credit_cap(self) -> float:
+        """The most a heartbeat is counted earlier than it was read: credit_max_s, at most credit_max_ttl of the
+        TTL told now. Also how far past the first young machine ``_silent`` looks (a credited heartbeat's
+        machine moves to the end of ``_up`` seen up to this much earlier than the ones before it)."""
+        return max(0.0, min(self.cfg.credit_max_s, self.cfg.credit_max_ttl * self.ttl_s))
+
+    def _held_since(self, t: float) -> float:
+        """The time the leader was held (counted in held_s) at wake-ups after monotonic ``t``; all of held_s when
+        ``t`` is older than every wake-up kept (the most it can be)."""
+        for at, total in reversed(self._held_log):
+            if at <= t:
+                return self.held_s - total
+        return self.held_s
+
+    def heartbeat(self, machine: str, sent_ms: int | None = None) -> tuple[float, float]:
+        """Note ``machine``'s heartbeat; the interval and TTL its answer tells (the TTL it is judged by).
+        ``sent_ms``: the agent's monotonic clock when it sent it (agents since session 16): the time it waited
+        here past the quickest one from that machine lately is credited back (``queued_for``,
+        ``heartbeat_credit``), so a machine frozen right after sending is judged from its send."""
+        mono = self.clock.monotonic()
+        seen = mono - self.held_s
+        cap = self.credit_cap()
+        if sent_ms is not None and cap > 0:
+            waited, self._floor[machine] = queued_for(mono - sent_ms / 1000, self._floor.get(machine), mono)
+            if waited > 0:
+                given = heartbeat_credit(waited, self._held_since(mono - waited), cap)
+                if given > 0:
+                    seen -= given
+                    self.credited_heartbeats += 1
+                    self.credit_max_given = max(self.credit_max_given, given)
+        last = self.last_seen.get(machine)
+        self.last_seen[machine] = seen if last is None or seen > last else last
         self.told[machine] = self.ttl_s
         if machine in self._up:
             self._up.move_to_end(machine)
@@ -276,16 +356,18 @@ class FailoverMonitor:
 
     def _silent(self, now: float) -> list[tuple[float, str]]:
         """The up machines silent past their TTL, oldest first. The current TTL is every machine's floor, so
-        the candidates are a prefix of ``_up``: O(silent), plus, for about one old interval after the interval
-        shrank, the machines told a longer TTL than the current one."""
+        the candidates are a prefix of ``_up`` (up to the heartbeat credit cap younger than the TTL: a credited
+        heartbeat's machine may sit behind younger ones): O(silent + machines heard within the cap), plus, for
+        about one old interval after the interval shrank, the machines told a longer TTL than the current one."""
         out = []
         floor, told = self.ttl_s, self.told
+        edge = floor - self.credit_cap()   # a credited heartbeat's machine may sit behind younger ones
         for m in self._up:
             seen = self.last_seen[m]
             age = now - seen
-            if age <= floor:
+            if age <= edge:
                 break
-            if age > told.get(m, floor):
+            if age > floor and age > told.get(m, floor):
                 out.append((seen, m))
         out.sort()          # ties (same heartbeat instant) by name
         return out
@@ -294,12 +376,14 @@ class FailoverMonitor:
         """The up machines silent past ``silence_after`` of the TTL, longest first (at most max_silence_listed):
         seconds each. A prefix of ``_up``."""
         after = self.ttl_s * self.cfg.silence_after
+        edge = after - self.credit_cap()
         out: dict[str, float] = {}
         for m in self._up:
             age = now - self.last_seen[m]
-            if age <= after or len(out) >= self.cfg.max_silence_listed:
+            if age <= edge or len(out) >= self.cfg.max_silence_listed:
                 break
-            out[m] = age
+            if age > after:
+                out[m] = age
         return out
 
     def _commit_silence(self, now: float) -> None:
@@ -391,4 +475,6 @@ class FailoverMonitor:
                 "max_heartbeats_per_s": self.cfg.max_heartbeats_per_s, "guard_active": self.guard_active, "silent": self.silent,
                 "machines_heard": len(self.last_seen), "held_s": round(self.held_s, 1),
                 "credited": len(self.credited), "silence_committed": len(self._silence_sent),
+                "heartbeat_credit": {"cap_s": round(self.credit_cap(), 2), "heartbeats": self.credited_heartbeats,
+                                     "max_s": round(self.credit_max_given, 3)},
                 "heartbeat_age_s": {m: round(now - t, 2) for m, t in sorted(oldest)}}

@@ -108,11 +108,12 @@ class Leadership:
         self.failover = None
         self.epoch = None
 
-    def heartbeat(self, machine: str) -> tuple[float, float] | None:
-        """Note a heartbeat: the interval and TTL to answer it with, or None when this replica does not lead."""
+    def heartbeat(self, machine: str, sent_ms: int | None = None) -> tuple[float, float] | None:
+        """Note a heartbeat (``sent_ms``: the agent's clock when it sent it): the interval and TTL to answer it
+        with, or None when this replica does not lead."""
         if self.failover is None:
             return None
-        return self.failover.heartbeat(machine)
+        return self.failover.heartbeat(machine, sent_ms)
 
     def status(self) -> dict[str, Any]:
         # each attribute read once: a /metrics scrape calls this on a worker thread while leadership may end
