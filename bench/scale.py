@@ -630,6 +630,11 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                                        "load1": round(os.getloadavg()[0], 2)}
                     with contextlib.suppress(Exception):   # the leader's loop from the freeze to replaced
                         res["failover"]["leader_loop_lag"] = loop_lag(mf0, bed.metrics(lead_f.url))
+                    with contextlib.suppress(Exception):   # heartbeats counted from their send (session 16)
+                        st = bed.call("GET", "/v1/status", url=lead_f.url)
+                        credit = ((st.get("leadership") or {}).get("failover") or {}).get("heartbeat_credit")
+                        if credit is not None:
+                            res["failover"]["heartbeat_credit"] = credit
                     victim.send_signal(signal.SIGCONT)
                     log(f"failover: {res['failover']}")
 

@@ -615,6 +615,33 @@ def test_a_replica_cut_off_from_its_peers_keeps_its_term_and_rejoins_without_an_
         assert not h.append(1, 2, 1, [], commit=2, seq=2)  # the leader's term is stale here now
 
 
+def test_an_election_timer_that_fires_between_the_pre_vote_check_and_pysyncobjs_starts_no_election(
+        handle: Any, monkeypatch: Any) -> None:
+    # pysyncobj checks the timer a moment after _pre_vote_tick did: a timer that fired in between (the tick
+    # thread preempted there) started an election with no pre-vote (the test above failed once under CI load)
+    h = handle(True)
+    for peer in (LEADER, OTHER):
+        h.transport._onNodeConnected(peer)
+    h.append(1, 1, 0, [noop(2, 1)], commit=2, seq=1)
+    now = [psyncobj.monotonicTime()]
+    monkeypatch.setattr(psyncobj, "monotonicTime", lambda: now[0])
+    h.node._SyncObj__raftElectionDeadline = now[0] + 0.001
+    checked = h.node._pre_vote_tick
+
+    def then_the_timer_fires() -> bool:
+        allowed = checked()
+        now[0] += 0.002
+        return allowed
+
+    monkeypatch.setattr(h.node, "_pre_vote_tick", then_the_timer_fires)
+    since = len(h.transport.sent)
+    h.node.doTick(0.0)
+    assert h.node.raftCurrentTerm == 1 and not h.transport.sent[since:]
+    h.node.doTick(0.0)     # the next tick finds the timer fired: a pre-vote round, not an election
+    kinds = [m["type"] for _, m in h.transport.sent[since:]]
+    assert h.node.raftCurrentTerm == 1 and kinds == ["pre_vote", "pre_vote"]
+
+
 def test_a_pre_vote_is_granted_only_without_a_live_leader_and_for_an_up_to_date_log(handle: Any) -> None:
     h = handle(True)
     h.follower_with(10)  # LEADER leads term 1; we just heard from it

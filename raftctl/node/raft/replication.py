@@ -133,7 +133,6 @@ class ReplicationFixes:
         def _SyncObj__getPrevLogIndexTerm(self, nextNodeIndex: int) -> tuple[int | None, int | None]: ...  # noqa: N803
         def _SyncObj__deleteEntriesFrom(self, fromIDx: int) -> None: ...  # noqa: N803
         def _SyncObj__parseChangeClusterRequest(self, command: bytes) -> Any: ...
-        def _SyncObj__connectedToAnyone(self) -> bool: ...
 
     def _init_replication(self, repair: bool) -> None:
         """Call before SyncObj.__init__ (its tick thread may run at once)."""
@@ -144,6 +143,7 @@ class ReplicationFixes:
         self._pre_vote_passed = False
         self._pre_vote_failed_rounds = 0
         self._leader_heard_at = float("-inf")
+        self._election_held = False                    # pysyncobj's tick may not start an election now
         self._old_peers: set = set()                   # peers whose messages show an older raftctl
         self._pre_voted: dict[Any, int] = {}           # peer -> newest term it asked a pre-vote for
 
@@ -179,15 +179,18 @@ class ReplicationFixes:
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N803 (pysyncobj's name)
         if not self._repair:
             return _SyncObj._onTick(self, timeToWait)
-        self._pre_vote_tick()
+        held = not self._pre_vote_tick()
         self._read_before_falling_back()
         term = self._SyncObj__raftCurrentTerm
         # Group commit (see _checkCommandsToApply): AppendEntries asked for before the tick's proposals are
         # appended (the commit index after applying, a heartbeat) wait for them and go out once.
         self._defer_sends = True
+        wait = self._until_election(timeToWait)
+        self._election_held = held
         try:
-            _SyncObj._onTick(self, self._until_election(timeToWait))
+            _SyncObj._onTick(self, wait)
         finally:
+            self._election_held = False
             self._flush_deferred_sends()  # a tick that returned early (transport not ready) never got there
         if self._SyncObj__raftState == _CANDIDATE and self._SyncObj__raftCurrentTerm > term:
             # An election started in this tick. pysyncobj waits a whole election timeout (0.3-0.6 s) for its
@@ -262,19 +265,28 @@ class ReplicationFixes:
         # a follower of a live leader heard from it within one heartbeat before any peer's timer can fire
         return max(conf.raftMinTimeout - 1.5 * conf.appendEntriesPeriod, conf.appendEntriesPeriod)
 
-    def _pre_vote_tick(self) -> None:
-        """Before pysyncobj's tick: hold its election back until a pre-vote round passed."""
+    def _SyncObj__connectedToAnyone(self) -> bool:  # noqa: N802 (pysyncobj's name)
+        """pysyncobj asks this only where its tick starts an election: not while ``_election_held``. Its timer
+        check comes a moment after ``_pre_vote_tick``'s: a timer that fired in between (a thread preempted
+        there, the tick woken just before its timer) started an election with no pre-vote, a new term from a
+        replica cut off from its peers (tests/unit/test_raft_replication.py, seen under CI load)."""
+        return not self._election_held and _SyncObj._SyncObj__connectedToAnyone(self)
+
+    def _pre_vote_tick(self) -> bool:
+        """Before pysyncobj's tick: hold its election back until a pre-vote round passed. Whether pysyncobj's
+        tick may start an election (otherwise ``_onTick`` holds it: ``_election_held``)."""
         if self._SyncObj__selfNode is None or self._SyncObj__raftState == _LEADER:
             self._pre_vote = None
-            return
+            return True
         now = _now()
-        if self._SyncObj__raftElectionDeadline >= now or not self._SyncObj__connectedToAnyone():
-            return
+        if (self._SyncObj__raftElectionDeadline >= now
+                or not _SyncObj._SyncObj__connectedToAnyone(self)):  # type: ignore[attr-defined]
+            return False
         others = self._SyncObj__otherNodes
         if self._pre_vote_passed or self._SyncObj__transferInProgress or not others:
             self._pre_vote_passed = False
             self._pre_vote = None
-            return  # pysyncobj starts the election in this tick
+            return True  # pysyncobj starts the election in this tick
         last = self._pre_vote
         if last is not None and last["term"] == self._SyncObj__raftCurrentTerm + 1:
             self._pre_vote_failed_rounds += 1
@@ -286,7 +298,7 @@ class ReplicationFixes:
                             len(silent))
                 self._pre_vote_failed_rounds = 0
                 self._pre_vote = None
-                return
+                return True
         self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
         term = self._SyncObj__raftCurrentTerm + 1
         if self._pre_vote_failed_rounds == 0:  # the first round since we last heard from a leader
@@ -298,6 +310,7 @@ class ReplicationFixes:
                    "last_log_term": raft_log[-1][2]}
         for node in others:
             self._SyncObj__transport.send(node, request)
+        return False
 
     def _note_version(self, node: Any, mtype: Any, message: dict) -> None:
         """Tell peers running an older raftctl (no pre-vote) from the messages they send."""
