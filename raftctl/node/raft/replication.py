@@ -280,7 +280,7 @@ class ReplicationFixes:
             return True
         now = _now()
         if (self._SyncObj__raftElectionDeadline >= now
-                or not _SyncObj._SyncObj__connectedToAnyone(self)):  # type: ignore[attr-defined]
+                or not _SyncObj._SyncObj__connectedToAnyone(self)):
             return False
         others = self._SyncObj__otherNodes
         if self._pre_vote_passed or self._SyncObj__transferInProgress or not others:
