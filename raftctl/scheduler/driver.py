@@ -3,13 +3,13 @@
 randomness; the same state gives the same plan."""
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from msgspec.structs import replace
 
 from raftctl.scheduler.machines import MachineView, build_views, release
 from raftctl.scheduler.packing import repair
-from raftctl.scheduler.place import JobFit, place_job, place_replicas
+from raftctl.scheduler.place import JobFit, candidates_for, place_job, place_replicas
 from raftctl.scheduler.plan import Check, NewPlacement, Plan, no_check
 from raftctl.scheduler.preemption import preempt_for
 from raftctl.scheduler.reconcile import Reconciled, current_spec, reconcile
@@ -76,6 +76,7 @@ class Pass:
         self.fits: dict[str, JobFit] = {}           # jobs whose new placements the packing repair may move
         self._views: dict[str, MachineView] | None = None
         self._opened: set[str] = set()
+        self._candidates: dict[Any, list[MachineView]] = {}   # spec.constraints -> candidates_for (see candidates)
 
     @property
     def views(self) -> dict[str, MachineView]:
@@ -91,6 +92,20 @@ class Pass:
     def opened(self) -> set[str]:
         self.views  # noqa: B018 (builds them, and with them the set)
         return self._opened
+
+    def candidates(self, spec: JobSpec) -> list[MachineView]:
+        """The machines that pass the filters (schedulable, the spec's constraints), in the views' order: they depend
+        only on the machine records, fixed for the pass, and on the constraints, so jobs with the same constraints
+        share one list. After 100 machines were lost at 10,000, each of the 200 jobs' passes filtered all 10,000
+        (19 % of the re-placement's CPU, py-spy, session 16)."""
+        key = spec.constraints
+        try:
+            got = self._candidates.get(key)
+        except TypeError:             # a constraint value that does not hash: not shared
+            return candidates_for(self.views, spec, self.check)
+        if got is None:
+            got = self._candidates[key] = candidates_for(self.views, spec, self.check)
+        return got
 
     def _release(self, pid: str) -> None:
         if self._views is not None:
@@ -108,7 +123,7 @@ class Pass:
             self.plan.pending[name] = ""
             return
         placed, pending, fit = place_replicas(name, job, spec, rec.place, self.views, self.by_job.get(name, []),
-                                              self.plan.index, self.check)
+                                              self.plan.index, self.check, self.candidates(spec))
         self.plan.place.extend(placed)
         self.fits[name] = fit
         if pending and spec.priority > 0:
