@@ -9,7 +9,7 @@ from msgspec.structs import replace
 
 from raftctl.scheduler.machines import MachineView, build_views, release
 from raftctl.scheduler.packing import repair
-from raftctl.scheduler.place import JobFit, candidates_for, place_job, place_replicas
+from raftctl.scheduler.place import Candidates, JobFit, candidates_for, place_job, place_replicas
 from raftctl.scheduler.plan import Check, NewPlacement, Plan, no_check
 from raftctl.scheduler.preemption import preempt_for
 from raftctl.scheduler.reconcile import Reconciled, current_spec, reconcile
@@ -76,7 +76,7 @@ class Pass:
         self.fits: dict[str, JobFit] = {}           # jobs whose new placements the packing repair may move
         self._views: dict[str, MachineView] | None = None
         self._opened: set[str] = set()
-        self._candidates: dict[Any, list[MachineView]] = {}   # spec.constraints -> candidates_for (see candidates)
+        self._candidates: dict[Any, Candidates] = {}   # spec.constraints -> candidates_for (see candidates)
 
     @property
     def views(self) -> dict[str, MachineView]:
@@ -93,7 +93,7 @@ class Pass:
         self.views  # noqa: B018 (builds them, and with them the set)
         return self._opened
 
-    def candidates(self, spec: JobSpec) -> list[MachineView]:
+    def candidates(self, spec: JobSpec) -> Candidates:
         """The machines that pass the filters (schedulable, the spec's constraints), in the views' order: they depend
         only on the machine records, fixed for the pass, and on the constraints, so jobs with the same constraints
         share one list. After 100 machines were lost at 10,000, each of the 200 jobs' passes filtered all 10,000

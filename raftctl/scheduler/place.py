@@ -67,14 +67,30 @@ class JobFit:
                             resources=dict(self.want), ports=ports)
 
 
-def candidates_for(views: dict[str, MachineView], spec: Spec, check: Check) -> list[MachineView]:
+class Candidates(list[MachineView]):
+    """The machines that pass a job's filters (``candidates_for``), and the number of fault domains they span at
+    each level, counted once: a hard spread rule's cap per domain (``Spread.of``), which every job with the same
+    constraints in a pass shares (it was 18 % of a re-placement pass at 5,000 machines, cProfile, session 16)."""
+
+    def __init__(self, views: list[MachineView]) -> None:
+        super().__init__(views)
+        self._domains: dict[str, int] = {}
+
+    def domains(self, level: str) -> int:
+        n = self._domains.get(level)
+        if n is None:
+            n = self._domains[level] = len({v.domain(level) for v in self})
+        return n
+
+
+def candidates_for(views: dict[str, MachineView], spec: Spec, check: Check) -> Candidates:
     """The machines that are schedulable and meet the job's constraints."""
     out = []
     for v in views.values():
         check()
         if f_schedulable(v, spec) is None and f_constraints(v, spec) is None:
             out.append(v)
-    return out
+    return Candidates(out)
 
 
 def pop_best(heap: list[HeapItem], views: dict[str, MachineView], fit: JobFit) -> MachineView | None:
@@ -101,7 +117,7 @@ def place_job(name: str, job: Job, spec: Spec, slots: list[int], views: dict[str
 
 def place_replicas(name: str, job: Job, spec: Spec, slots: list[int], views: dict[str, MachineView],
                    placements: list[Placement], index: int, check: Check = no_check,
-                   candidates: list[MachineView] | None = None) -> tuple[list[NewPlacement], str | None, JobFit]:
+                   candidates: Candidates | None = None) -> tuple[list[NewPlacement], str | None, JobFit]:
     """``place_job``, and the job's fit as the placements left it (the packing repair moves them with it).
     ``candidates``: ``candidates_for(views, spec)`` when the caller has it (it depends only on the machine records
     and the spec's constraints, so one pass computes it once per set of constraints)."""

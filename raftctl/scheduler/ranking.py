@@ -11,9 +11,13 @@ import hashlib
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from raftctl.scheduler.machines import MachineView
 from raftctl.statemachine.records import JobSpec, Placement
+
+if TYPE_CHECKING:
+    from raftctl.scheduler.place import Candidates
 
 WEIGHTS = {"binpack": 1.0, "spread": 0.7, "anti_affinity": 0.02}  # anti-affinity breaks ties only
 
@@ -51,7 +55,7 @@ class Spread:
     limit: dict[str, int]                         # hard levels -> replicas allowed per domain
 
     @classmethod
-    def of(cls, spec: JobSpec, replicas: int, version: int, candidates: list[MachineView],
+    def of(cls, spec: JobSpec, replicas: int, version: int, candidates: Candidates,
            views: dict[str, MachineView], placements: list[Placement]) -> Spread:
         rules: list[tuple[str, str]] = [(s.level, s.mode) for s in spec.spread if s.level]
         counts: dict[str, Counter[str]] = {level: Counter() for level, _ in rules}
@@ -59,8 +63,8 @@ class Spread:
             if p.is_live() and p.version == version and p.machine in views:
                 for level, _ in rules:
                     counts[level][views[p.machine].domain(level)] += 1
-        domains = {level: {v.domain(level) for v in candidates} for level, _ in rules}
-        limit = {level: math.ceil(replicas / max(1, len(domains[level]))) for level, mode in rules if mode == "hard"}
+        limit = {level: math.ceil(replicas / max(1, candidates.domains(level))) for level, mode in rules
+                 if mode == "hard"}
         return cls(rules, counts, limit)
 
     def score(self, total: float, v: MachineView) -> float:
