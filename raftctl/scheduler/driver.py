@@ -7,9 +7,9 @@ from typing import Any, Callable, Mapping
 
 from msgspec.structs import replace
 
-from raftctl.scheduler.machines import MachineView, build_views, release
+from raftctl.scheduler.machines import Candidates, MachineView, build_views, release
 from raftctl.scheduler.packing import repair
-from raftctl.scheduler.place import Candidates, JobFit, candidates_for, place_job, place_replicas
+from raftctl.scheduler.place import JobFit, candidates_for, place_job, place_replicas
 from raftctl.scheduler.plan import Check, NewPlacement, Plan, no_check
 from raftctl.scheduler.preemption import preempt_for
 from raftctl.scheduler.reconcile import Reconciled, current_spec, reconcile

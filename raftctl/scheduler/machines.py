@@ -49,6 +49,22 @@ class MachineView:
                     self.free_ports += 1
 
 
+class Candidates(list[MachineView]):
+    """The machines that pass a job's filters (``candidates_for``), and the number of fault domains they span at
+    each level, counted once: a hard spread rule's cap per domain (``Spread.of``), which every job with the same
+    constraints in a pass shares (it was 18 % of a re-placement pass at 5,000 machines, cProfile, session 16)."""
+
+    def __init__(self, views: list[MachineView]) -> None:
+        super().__init__(views)
+        self._domains: dict[str, int] = {}
+
+    def domains(self, level: str) -> int:
+        n = self._domains.get(level)
+        if n is None:
+            n = self._domains[level] = len({v.domain(level) for v in self})
+        return n
+
+
 def build_views(machines: Mapping[str, Machine], placements: Mapping[str, Placement],
                 usage: Mapping[str, MachineUsage] | None = None) -> dict[str, MachineView]:
     """Every machine's view. ``usage`` is each machine's usage by the placements that hold resources among

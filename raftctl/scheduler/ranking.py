@@ -11,13 +11,9 @@ import hashlib
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from raftctl.scheduler.machines import MachineView
+from raftctl.scheduler.machines import Candidates, MachineView
 from raftctl.statemachine.records import JobSpec, Placement
-
-if TYPE_CHECKING:
-    from raftctl.scheduler.place import Candidates
 
 WEIGHTS = {"binpack": 1.0, "spread": 0.7, "anti_affinity": 0.02}  # anti-affinity breaks ties only
 
