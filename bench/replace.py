@@ -88,7 +88,9 @@ def measure(n: int, rounds: int) -> dict[str, Any]:
         un = schedule(js_huge, placements, after, index=2, now=0, job_names=["huge"], usage=usage)
         best["unplaceable"] = min(best["unplaceable"], time.perf_counter() - t0)
         assert un.pending["huge"], "the huge job must not fit"
-    return {"machines": n, "placements": len(plan.place), "first_pass_s": round(first_s, 2), "lost": n_lost,
+    return {"machines": n, "placements": len(plan.place), "first_pass_s": round(first_s, 2),
+            "first_pass_machines": len({p.machine for p in plan.place}),
+            "machines_bound": -(-sum(p.resources["cpu"] for p in plan.place) // 1100), "lost": n_lost,
             "replaced": placed, "replace_pass_ms": round(best["replace"] * 1000, 1),
             "unplaceable_pass_ms": round(best["unplaceable"] * 1000, 1)}
 
@@ -128,11 +130,14 @@ def main() -> None:
 
     row = mine[0]
     print(f"re-placement at {row['machines']:,} machines: {row['placements']:,} placed by one pass in "
-          f"{row['first_pass_s']} s; 1 % down, {row['lost']:,} lost, {row['replaced']:,} placed again in "
+          f"{row['first_pass_s']} s on {row['first_pass_machines']:,} machines (lower bound "
+          f"{row['machines_bound']:,}); 1 % down, {row['lost']:,} lost, {row['replaced']:,} placed again in "
           f"{best(mine, 'replace_pass_ms')} ms; a job that fits nowhere: {best(mine, 'unplaceable_pass_ms')} ms a pass")
     out: dict[str, Any] = {"bench": "replace", **row, "replace_pass_ms": best(mine, "replace_pass_ms"),
                            "unplaceable_pass_ms": best(mine, "unplaceable_pass_ms")}
     if base:
+        print(f"  baseline: first pass {base[0]['first_pass_s']} s on {base[0]['first_pass_machines']:,} machines; "
+              f"{base[0]['lost']:,} lost")
         for key in ("replace_pass_ms", "unplaceable_pass_ms"):
             b, m = best(base, key), best(mine, key)
             out[f"baseline_{key}"] = b

@@ -57,6 +57,26 @@ class Candidates(list[MachineView]):
     def __init__(self, views: list[MachineView]) -> None:
         super().__init__(views)
         self._domains: dict[str, int] = {}
+        self._by_use: tuple[list[MachineView], list[MachineView]] | None = None
+        # machines this pass's placements opened (they were empty when a job chose them), in that order
+        self.opened: list[MachineView] = []
+        self.opened_ids: set[str] = set()
+
+    def by_use(self) -> tuple[list[MachineView], list[MachineView]]:
+        """The candidates that held something and the empty ones, as they were when first asked (later jobs
+        of the pass add the machines they open to ``opened``)."""
+        if self._by_use is None:
+            used: list[MachineView] = []
+            empty: list[MachineView] = []
+            for v in self:
+                (empty if v.empty() else used).append(v)
+            self._by_use = (used, empty)
+        return self._by_use
+
+    def note_opened(self, v: MachineView) -> None:
+        if v.id not in self.opened_ids:
+            self.opened_ids.add(v.id)
+            self.opened.append(v)
 
     def domains(self, level: str) -> int:
         n = self._domains.get(level)

@@ -190,23 +190,23 @@ class Repair:
             seen.setdefault((p.job, p.version), i)
         return sorted(seen.values(), key=lambda i: (-self.size(i), i))
 
-    def hopeless(self, target: MachineView, others: list[MachineView]) -> bool:
+    def hopeless(self, target: MachineView, pool: FreePool) -> bool:
         """The cheap test first: the other machines' free resources, summed or on the roomiest one, cannot take
         what ``target``'s new placements hold (or its smallest one)."""
         mine = [self.plan.place[i].resources for i in self.on.get(target.id, [])]
         for k in RESOURCES:
             self.spend()
-            if sum(v.free[k] for v in others) < sum(r[k] for r in mine) or \
-                    max((v.free[k] for v in others), default=0) < min(r[k] for r in mine):
+            total, roomiest = pool.others(target, k)
+            if total < sum(r[k] for r in mine) or roomiest < min(r[k] for r in mine):
                 return True
         return False
 
-    def empty(self, target: MachineView, dests: list[MachineView]) -> bool:
-        """Move every new placement off ``target``; all or nothing."""
+    def empty(self, target: MachineView, dests: list[MachineView], pool: FreePool) -> bool:
+        """Move every new placement off ``target``; all or nothing (``pool``: the free resources of ``dests``)."""
         journal: list[tuple[int, str, dict[str, int]]] = []
-        others = [v for v in dests if v is not target]
-        if self.hopeless(target, others):
+        if self.hopeless(target, pool):
             return False
+        others = [v for v in dests if v is not target]
         for i in sorted(self.on.get(target.id, []), key=lambda i: (-self.size(i), i)):
             if not self.spent() and (self.move(i, others, journal) or self.eject_for(i, others, journal)):
                 continue
@@ -290,7 +290,8 @@ class Repair:
             dests = sorted(in_use, key=lambda v: (-self.load(v), v.id))
             targets = sorted((v for v in in_use if v.id in self.opened and self.on.get(v.id)),
                              key=lambda v: (self.load(v), v.id))[:TARGETS]
-            if any(self.empty(t, dests) for t in targets):
+            pool = FreePool.of(dests)   # an emptying that fails is undone: the same for every target
+            if any(self.empty(t, dests, pool) for t in targets):
                 self.emptied += 1
                 continue
             steps = 0
@@ -298,6 +299,35 @@ class Repair:
                 steps += 1
             if not steps:
                 return
+
+
+@dataclass
+class FreePool:
+    """The free resources of a round's machines in use, per resource: their sum and the two roomiest machines,
+    so the test that one machine's placements cannot fit on all the others is O(1) per machine (it summed all
+    10,000 machines per target: 40 % of the repair after a re-placement at 10,000 machines, cProfile)."""
+    total: dict[str, int]
+    top: dict[str, list[tuple[int, str]]]     # resource -> [(free, machine id)] of the two roomiest
+
+    @classmethod
+    def of(cls, machines: list[MachineView]) -> FreePool:
+        total = {k: 0 for k in RESOURCES}
+        top: dict[str, list[tuple[int, str]]] = {k: [] for k in RESOURCES}
+        for v in machines:
+            for k in RESOURCES:
+                f = v.free[k]
+                total[k] += f
+                t = top[k]
+                if len(t) < 2 or f > t[-1][0]:
+                    t.append((f, v.id))
+                    t.sort(key=lambda e: -e[0])
+                    del t[2:]
+        return cls(total, top)
+
+    def others(self, v: MachineView, k: str) -> tuple[int, int]:
+        """The sum of resource ``k`` free on every machine but ``v`` (one of them), and the most on one."""
+        roomiest = next((f for f, mid in self.top[k] if mid != v.id), 0)
+        return self.total[k] - v.free[k], roomiest
 
 
 def repair(plan: Plan, views: dict[str, MachineView], fits: dict[str, JobFit], opened: set[str],

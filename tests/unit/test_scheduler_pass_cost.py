@@ -6,9 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from raftctl.scheduler import driver
 from raftctl.scheduler.driver import schedule
-from raftctl.scheduler.machines import MachineView
+from raftctl.scheduler.machines import MachineView, build_views
+from raftctl.scheduler.packing import FreePool
+from raftctl.scheduler.plan import RESOURCES
 
 from .test_scheduler import job, machine
 
@@ -79,3 +84,19 @@ def test_constraints_that_do_not_hash_are_filtered_for_that_job_alone() -> None:
     p = Pass(Plan(index=1), {}, MACHINES, no_check)
     assert [v.id for v in p.candidates(listed)] == [v.id for v in p.candidates(spec)]
     assert sorted(v.id for v in p.candidates(spec)) == sorted(m for m in MACHINES if MACHINES[m].labels["disk"] == "ssd")
+
+
+@settings(max_examples=50, deadline=None)
+@given(frees=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 8 << 30), st.integers(0, 1000)),
+                      min_size=1, max_size=12))
+def test_the_repairs_free_pool_answers_as_summing_every_other_machine(frees: list[tuple[int, int, int]]) -> None:
+    views = []
+    for i, (cpu, mem, pids) in enumerate(frees):
+        v = build_views({f"m{i}": machine(f"m{i}")}, {})[f"m{i}"]
+        v.free.update(cpu=cpu, memory=mem, pids=pids)
+        views.append(v)
+    pool = FreePool.of(views)
+    for v in views:
+        for k in RESOURCES:
+            others = [o.free[k] for o in views if o is not v]
+            assert pool.others(v, k) == (sum(others), max(others, default=0))
