@@ -240,9 +240,8 @@ async def propose_here(request: web.Request, handler: Handler) -> web.StreamResp
             if not retry:
                 if unknown is not None and not isinstance(exc, OutcomeUnknown):
                     # "nothing was applied" is true of this attempt only: an earlier one may have been
-                    raise OutcomeUnknown(f"{unknown.message}; proposed again, and then {exc.message}; the first "
-                                         "attempt may have been applied (retry with the same request id is safe)"
-                                         ) from None
+                    raise unknown_after(f"{unknown.message}; proposed again", exc.message,
+                                        "the first attempt may have been applied") from None
                 raise
             log.info("the leader moved from %s while a write was proposed through it (%s); proposing it again "
                      "(attempt %d of %d)", leader, exc.message, attempt + 1, PROPOSE_ATTEMPTS)
@@ -272,8 +271,14 @@ def after_proxy(request: Any, exc: RaftctlError) -> RaftctlError:
     leader_api = request.get(PROXIED_TO)
     if leader_api is None or not isinstance(exc, Unavailable) or isinstance(exc, OutcomeUnknown):
         return exc
-    return OutcomeUnknown(f"the write was sent to the leader at {leader_api}, which did not answer, and then {exc}; "
-                          "the leader may have applied it (retry with the same request id is safe)")
+    return unknown_after(f"the write was sent to the leader at {leader_api}, which did not answer", exc,
+                         "the leader may have applied it")
+
+
+def unknown_after(before: str, then: object, maybe: str) -> OutcomeUnknown:
+    """The answer for a write whose last attempt was refused (nothing applied by it) after an earlier attempt's
+    fate was left unknown (``before``): the outcome is unknown, and the request id makes a retry safe."""
+    return OutcomeUnknown(f"{before}, and then {then}; {maybe} (retry with the same request id is safe)")
 
 
 # -- the middleware ----------------------------------------------------------------

@@ -12,8 +12,6 @@ import hashlib
 import heapq
 import math
 from collections import Counter
-from itertools import islice
-from typing import Iterator
 from dataclasses import dataclass, field
 
 from raftctl.scheduler.feasibility import Spec, allocate_ports, explain, f_constraints, f_ports, f_schedulable
@@ -113,15 +111,6 @@ def stride_for(n: int) -> int:
     return step
 
 
-def permuted(items: list[MachineView], start: int) -> Iterator[MachineView]:
-    """Every item once, from ``start`` (mod their number) in ``stride_for`` steps."""
-    n = len(items)
-    if n:
-        offset, stride = start % n, stride_for(n)
-        for i in range(n):
-            yield items[(offset + i * stride) % n]
-
-
 class Scan:
     """The candidates in the order one job's placement looks at them, taken a sample at a time. When it scores
     all of them, in list order. Otherwise machines in use first (those that held something when the pass began,
@@ -134,37 +123,45 @@ class Scan:
     def __init__(self, candidates: Candidates, fit: JobFit, bound: int) -> None:
         self.fit, self.bound = fit, max(1, bound)
         self.scanned = 0    # candidates looked at (fits called), for the tests' and the bench's counts
-        self._left = len(candidates)
-        self._order = iter(candidates) if self.bound >= len(candidates) else self._permuted(candidates)
-
-    def _permuted(self, candidates: Candidates) -> Iterator[MachineView]:
+        # what is left to look at: (machines, next position, end position, offset, stride), in order
+        self._parts: list[tuple[list[MachineView], int, int, int, int]] = []
+        if self.bound >= len(candidates):
+            self._parts.append((candidates, 0, len(candidates), 0, 1))
+            return
         used, empty = candidates.by_use()
         opened = candidates.opened_ids
         first = used + candidates.opened
         rest = [v for v in empty if v.id not in opened] if opened else empty
-        self._left = len(first) + len(rest)
-        start = int.from_bytes(hashlib.blake2b(self.fit.seed + b"/scan", digest_size=8).digest(), "big")
-        in_use = permuted(first, start)
-        yield from islice(in_use, LOOK_IN_USE)
-        yield from permuted(rest, start)
-        yield from in_use
+        start = int.from_bytes(hashlib.blake2b(fit.seed + b"/scan", digest_size=8).digest(), "big")
+        look = min(LOOK_IN_USE, len(first))
+        for items, lo, hi in ((first, 0, look), (rest, 0, len(rest)), (first, look, len(first))):
+            if lo < hi:
+                self._parts.append((items, lo, hi, start % len(items), stride_for(len(items))))
 
     def done(self) -> bool:
-        return self._left <= 0
+        return not self._parts
 
     def more(self) -> list[HeapItem]:
         """Heap entries for the next ``bound`` candidates that fit one replica ([] once all were looked at)."""
         out: list[HeapItem] = []
-        fit, bound, looked = self.fit, self.bound, 0
-        for v in self._order:
-            looked += 1
-            if fit.fits(v) is None:
-                out.append(fit.entry(v))
-                if len(out) >= bound:
-                    break
-        else:
-            self._left = 0
-        self.scanned += looked
+        fit, bound, parts = self.fit, self.bound, self._parts
+        while parts:
+            items, i, hi, offset, stride = parts[0]
+            n, lo = len(items), i
+            while i < hi:
+                v = items[(offset + i * stride) % n]
+                i += 1
+                if fit.fits(v) is None:
+                    out.append(fit.entry(v))
+                    if len(out) >= bound:
+                        break
+            self.scanned += i - lo
+            if i < hi:
+                parts[0] = (items, i, hi, offset, stride)
+                return out
+            parts.pop(0)
+            if len(out) >= bound:
+                return out
         return out
 
 
