@@ -138,11 +138,13 @@ class Pass:
     def preempt(self, name: str, job: Job, spec: JobSpec, rec: Reconciled, done: int) -> list[NewPlacement]:
         """Place the slots past ``done`` by evicting lower-priority placements, one slot at a time."""
         out: list[NewPlacement] = []
+        # the placements not stopped so far: a copy only when some are (100,000 placements copied per slot were
+        # a quarter of a pass with a job that fits nowhere at 10,000 machines, cProfile)
+        left: Mapping[str, Placement] = self.placements if not self.stopping else \
+            {k: v for k, v in self.placements.items() if k not in self.stopping}
         for slot in rec.place[done:]:
             self.check()
-            got = preempt_for(name, spec, self.views,
-                              {k: v for k, v in self.placements.items() if k not in self.stopping},
-                              self.priorities, self.check)
+            got = preempt_for(name, spec, self.views, left, self.priorities, self.check)
             if got is None:
                 break
             mid, victims = got
@@ -150,6 +152,7 @@ class Pass:
                 self.plan.preempt.append((pid, name))
                 self.stopping.add(pid)
                 self._release(pid)
+            left = {k: v for k, v in left.items() if k not in self.stopping}
             pinned = replace(spec, constraints=spec.constraints + (Constraint(attr="id", op="==", value=mid),))
             more, _ = place_job(name, job, pinned, [slot], self.views, self.by_job.get(name, []), self.plan.index,
                                 self.check)

@@ -4,6 +4,7 @@ Views are built once per pass from each machine's usage (the state's index, ``St
 placements by the same function) and updated in place as the pass places, stops and preempts."""
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -63,14 +64,15 @@ class Candidates(list[MachineView]):
         self.opened_ids: set[str] = set()
 
     def by_use(self) -> tuple[list[MachineView], list[MachineView]]:
-        """The candidates that held something and the empty ones, as they were when first asked (later jobs
-        of the pass add the machines they open to ``opened``)."""
+        """The candidates that held something and the empty ones, as they were when first asked, each in a
+        ``stride_for`` order (far apart in registration order; every job that samples them starts at its own
+        offset). Later jobs of the pass add the machines they open to ``opened``."""
         if self._by_use is None:
             used: list[MachineView] = []
             empty: list[MachineView] = []
             for v in self:
                 (empty if v.empty() else used).append(v)
-            self._by_use = (used, empty)
+            self._by_use = (strided(used), strided(empty))
         return self._by_use
 
     def note_opened(self, v: MachineView) -> None:
@@ -83,6 +85,23 @@ class Candidates(list[MachineView]):
         if n is None:
             n = self._domains[level] = len({v.domain(level) for v in self})
         return n
+
+
+def stride_for(n: int) -> int:
+    """A step through ``n`` items that visits each once (coprime with ``n``) and lands far from the last one
+    (near n / golden ratio), so a sample is not a run of machines registered together (one rack, one zone)."""
+    if n <= 2:
+        return 1
+    step = int(n * 0.6180339887) | 1
+    while math.gcd(step, n) != 1:
+        step += 1
+    return step
+
+
+def strided(items: list[MachineView]) -> list[MachineView]:
+    n = len(items)
+    step = stride_for(n)
+    return [items[i * step % n] for i in range(n)]
 
 
 def build_views(machines: Mapping[str, Machine], placements: Mapping[str, Placement],

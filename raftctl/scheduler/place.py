@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import math
 from collections import Counter
+from itertools import chain, islice
+from typing import Iterator
 from dataclasses import dataclass, field
 
 from raftctl.scheduler.feasibility import Spec, allocate_ports, explain, f_constraints, f_ports, f_schedulable
@@ -100,43 +101,30 @@ def to_score(candidates: int, slots: int) -> int:
     return max(SCORE_AT_LEAST, 2 * slots)
 
 
-def stride_for(n: int) -> int:
-    """A step through ``n`` items that visits each once (coprime with ``n``) and lands far from the last one
-    (near n / golden ratio), so a sample is not a run of machines registered together (one rack, one zone)."""
-    if n <= 2:
-        return 1
-    step = int(n * 0.6180339887) | 1
-    while math.gcd(step, n) != 1:
-        step += 1
-    return step
-
-
 class Scan:
     """The candidates in the order one job's placement looks at them, taken a sample at a time. When it scores
-    all of them, in list order. Otherwise machines in use first (those that held something when the pass began,
-    then those this pass opened), at most ``LOOK_IN_USE`` of them, then the empty ones, then the rest of those
-    in use: best fit never prefers an empty machine to one in use that fits, so a sample must not miss the few
-    machines in use of a fleet that is mostly empty, nor look at all 10,000 of a fleet that is full to find the
-    empty ones. Each part is visited in a permuted order, from an offset hashed from the job's seed with a
-    ``stride_for`` step. ``more`` scores the next ``bound`` machines that fit one replica."""
+    all of them, in list order. Otherwise machines in use first (those this pass opened, the latest first, then
+    those that held something when the pass began), at most ``LOOK_IN_USE`` of them, then the empty ones, then
+    the rest of those in use: best fit never prefers an empty machine to one in use that fits, so a sample must
+    not miss the few machines in use of a fleet that is mostly empty, nor look at all 10,000 of a fleet that is
+    full to find the empty ones. The machines in use and the empty ones are each in a ``stride_for`` order
+    (``Candidates.by_use``), which each job starts at an offset hashed from its seed; a machine this pass opened
+    is also among the empty ones (looked at twice: harmless, ``pop_best`` checks every entry it pops).
+    ``more`` scores the next ``bound`` machines that fit one replica."""
 
     def __init__(self, candidates: Candidates, fit: JobFit, bound: int) -> None:
         self.fit, self.bound = fit, max(1, bound)
         self.scanned = 0    # candidates looked at (fits called), for the tests' and the bench's counts
-        # what is left to look at: (machines, next position, end position, offset, stride), in order
-        self._parts: list[tuple[list[MachineView], int, int, int, int]] = []
+        self._parts: list[Iterator[MachineView]]    # what is left to look at, in order
         if self.bound >= len(candidates):
-            self._parts.append((candidates, 0, len(candidates), 0, 1))
+            self._parts = [iter(candidates)]
             return
         used, empty = candidates.by_use()
-        opened = candidates.opened_ids
-        first = used + candidates.opened
-        rest = [v for v in empty if v.id not in opened] if opened else empty
         start = int.from_bytes(hashlib.blake2b(fit.seed + b"/scan", digest_size=8).digest(), "big")
-        look = min(LOOK_IN_USE, len(first))
-        for items, lo, hi in ((first, 0, look), (rest, 0, len(rest)), (first, look, len(first))):
-            if lo < hi:
-                self._parts.append((items, lo, hi, start % len(items), stride_for(len(items))))
+        u = start % len(used) if used else 0
+        e = start % len(empty) if empty else 0
+        in_use = chain(reversed(candidates.opened[:]), used[u:], used[:u])
+        self._parts = [islice(in_use, LOOK_IN_USE), chain(empty[e:], empty[:e]), in_use]
 
     def done(self) -> bool:
         return not self._parts
@@ -145,23 +133,17 @@ class Scan:
         """Heap entries for the next ``bound`` candidates that fit one replica ([] once all were looked at)."""
         out: list[HeapItem] = []
         fit, bound, parts = self.fit, self.bound, self._parts
+        looked = 0
         while parts:
-            items, i, hi, offset, stride = parts[0]
-            n, lo = len(items), i
-            while i < hi:
-                v = items[(offset + i * stride) % n]
-                i += 1
+            for v in parts[0]:
+                looked += 1
                 if fit.fits(v) is None:
                     out.append(fit.entry(v))
                     if len(out) >= bound:
-                        break
-            self.scanned += i - lo
-            if i < hi:
-                parts[0] = (items, i, hi, offset, stride)
-                return out
+                        self.scanned += looked
+                        return out    # the part's iterator goes on from here next time
             parts.pop(0)
-            if len(out) >= bound:
-                return out
+        self.scanned += looked
         return out
 
 

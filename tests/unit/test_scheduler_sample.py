@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from raftctl.scheduler import place
 from raftctl.scheduler.driver import schedule
-from raftctl.scheduler.machines import build_views
-from raftctl.scheduler.place import JobFit, Scan, candidates_for, stride_for, to_score
+from raftctl.scheduler.machines import build_views, stride_for
+from raftctl.scheduler.place import JobFit, Scan, candidates_for, to_score
 from raftctl.scheduler.ranking import Spread
 from raftctl.scheduler.reconcile import current_spec
 
