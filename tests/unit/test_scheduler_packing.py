@@ -183,3 +183,22 @@ def test_the_repair_never_overcommits_nor_breaks_spread_or_anti_affinity(mspecs,
                 domains = {m[rule.level] for m in (x.fault_domain for x in ms.values())}
                 per = Counter(ms[p.machine].fault_domain[rule.level] for p in plan.place if p.job == name)
                 assert all(c <= -(-j.replicas // len(domains)) for c in per.values())
+
+
+def test_the_lower_bound_the_repair_stops_at_does_not_move_with_its_moves(monkeypatch):
+    # computed once per repair (session 17): what a move lifts off one machine it drops on another
+    seen = []
+    real = packing.Repair.run
+
+    def run(self):
+        before = self.lower_bound()
+        real(self)
+        seen.append((before, self.lower_bound(), self.emptied))
+
+    monkeypatch.setattr(packing.Repair, "run", run)
+    for _, jobs, machines in WASTES_ONE:
+        ms = {f"m{i}": machine(f"m{i}") for i in range(6)}
+        plan = schedule({n: job(n, *v) for n, v in jobs.items()}, {}, ms, index=1, now=0)
+        assert len({p.machine for p in plan.place}) == machines
+    assert len(seen) == len(WASTES_ONE)
+    assert all(before == after for before, after, _ in seen) and any(emptied for _, _, emptied in seen)

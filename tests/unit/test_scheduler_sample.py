@@ -85,7 +85,7 @@ def test_the_sample_spans_the_fleet_not_the_machines_registered_first() -> None:
 
 def test_a_mostly_empty_fleet_fills_the_machines_in_use_before_opening_others(monkeypatch: Any) -> None:
     # 150 replicas of 500m / 1Gi in a fresh fleet of 3,000 machines of 4 CPUs / 8 GiB: 19 machines at the least.
-    # Sampled from the whole fleet, each job's sample misses most of the machines the jobs before it opened (27
+    # Sampled from the whole fleet, each job's sample misses most of the machines the jobs before it opened (26
     # machines); the machines in use are looked at first, so the plan uses 19, as scoring every machine does.
     ms = fleet(3000, zone=lambda i: f"z{i % 4}")
     jobs = {f"j{k}": job(f"j{k}", replicas=3 + k % 5, resources={"cpu": "500m", "memory": "1Gi", "pids": 16})
