@@ -60,8 +60,7 @@ class Candidates(list[MachineView]):
         self._domains: dict[str, int] = {}
         self._by_use: tuple[list[MachineView], list[MachineView]] | None = None
         # machines this pass's placements opened (they were empty when a job chose them), in that order
-        self.opened: list[MachineView] = []
-        self.opened_ids: set[str] = set()
+        self.opened: dict[str, MachineView] = {}
 
     def by_use(self) -> tuple[list[MachineView], list[MachineView]]:
         """The candidates that held something and the empty ones, as they were when first asked, each in a
@@ -76,9 +75,7 @@ class Candidates(list[MachineView]):
         return self._by_use
 
     def note_opened(self, v: MachineView) -> None:
-        if v.id not in self.opened_ids:
-            self.opened_ids.add(v.id)
-            self.opened.append(v)
+        self.opened.setdefault(v.id, v)
 
     def domains(self, level: str) -> int:
         n = self._domains.get(level)

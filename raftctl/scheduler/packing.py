@@ -59,12 +59,13 @@ class Repair:
     most: dict[tuple[str, int], int] = field(default_factory=dict)   # job key -> most replicas on one machine
     feasible: dict[tuple[str, str], bool] = field(default_factory=dict)
     weight: dict[str, float] = field(default_factory=dict)          # resource -> how scarce it is
-    need: int | None = None                                         # lower_bound(), once
+    need: int = 0                                                   # lower_bound(), once per repair
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
         self.budget = REPAIR_WORK_BASE + REPAIR_WORK_PER_PLACEMENT * len(self.plan.place)
+        self.need = self.lower_bound()
         for i, p in enumerate(self.plan.place):
             if p.job in self.fits:
                 self.on.setdefault(p.machine, []).append(i)
@@ -105,8 +106,6 @@ class Repair:
 
     def at_bound(self, in_use: list[MachineView]) -> bool:
         """Whether the machines in use are as few as the load allows."""
-        if self.need is None:
-            self.need = self.lower_bound()
         return len(in_use) <= self.need
 
     # -- one placement: lift it off its machine, drop it on another ----------------------------------------------

@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections import Counter
+from dataclasses import dataclass, field
 from itertools import chain, islice
 from typing import Iterator
-from dataclasses import dataclass, field
 
 from raftctl.scheduler.feasibility import Spec, allocate_ports, explain, f_constraints, f_ports, f_schedulable
 from raftctl.scheduler.machines import Candidates, MachineView
@@ -123,7 +123,7 @@ class Scan:
         start = int.from_bytes(hashlib.blake2b(fit.seed + b"/scan", digest_size=8).digest(), "big")
         u = start % len(used) if used else 0
         e = start % len(empty) if empty else 0
-        in_use = chain(reversed(candidates.opened[:]), used[u:], used[:u])
+        in_use = chain(list(candidates.opened.values())[::-1], used[u:], used[:u])   # a copy: it grows meanwhile
         self._parts = [islice(in_use, LOOK_IN_USE), chain(empty[e:], empty[:e]), in_use]
 
     def done(self) -> bool:
