@@ -19,6 +19,7 @@ from raftctl.clock import Clock
 from raftctl.errors import Unavailable
 from raftctl.scheduler import schedule
 from raftctl.scheduler.dirty import affected_jobs
+from raftctl.scheduler.machines import ViewCache
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.records import Job, Machine, Placement, list_to_wire
 from raftctl.statemachine.state import MachineUsage
@@ -245,6 +246,9 @@ class SchedulerLoop:
         self.full_passes = 0      # passes over every job (the first, each resync, after a failed or refused one)
         self.skipped = 0          # changes no job could have work from: no pass
         self.at_index = 0         # the state index of the last pass's inputs, set once its plan is committed
+        # the machine views of the last pass, kept for the next (only changed machines' views are built again);
+        # the passes below run one after another, which the cache needs
+        self.views = ViewCache()
 
     async def run(self) -> None:
         seen = -1
@@ -287,7 +291,7 @@ class SchedulerLoop:
                 fut = loop.run_in_executor(None, lambda: schedule(  # noqa: B023
                     jobs, placements, machines, index=index, now=now, check=gil_offer(),  # noqa: B023
                     job_names=names, pack=not stream, emit=streamed.emit if streamed else None,  # noqa: B023
-                    usage=usage))  # noqa: B023
+                    usage=usage, cache=self.views))  # noqa: B023
                 if streamed is not None:
                     fut.add_done_callback(lambda _: streamed.queue.put_nowait(None))  # noqa: B023
                     await streamed.consume()
@@ -295,6 +299,7 @@ class SchedulerLoop:
             except Exception:  # a bug (the pass is pure): say so and retry, never let the loop die unseen
                 log.exception("scheduler pass failed at index %d", index)
                 self.failed += 1
+                self.views = ViewCache()   # the failed pass's thread may still hold the old one
                 await self.clock.sleep(FAILED_PASS_PAUSE_S)
                 seen, last = -1, None
                 continue
@@ -351,4 +356,5 @@ class SchedulerLoop:
         return {"passes": self.passes, "placed": self.placed, "rejected": self.rejected, "failed": self.failed,
                 "last_pass_ms": round(self.last_pass_ms, 2), "pass_ms": round(self.pass_ms, 1),
                 "commit_ms": round(self.commit_ms, 1), "commands": self.commands, "largest_plan": self.largest_plan,
-                "full_passes": self.full_passes, "skipped": self.skipped}
+                "full_passes": self.full_passes, "skipped": self.skipped,
+                "views_built": self.views.built, "views_reused": self.views.reused}

@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping
 
 from msgspec.structs import replace
 
-from raftctl.scheduler.machines import Candidates, MachineView, build_views, release
+from raftctl.scheduler.machines import Candidates, MachineView, ViewCache, build_views, release
 from raftctl.scheduler.packing import repair
 from raftctl.scheduler.place import JobFit, candidates_for, place_job, place_replicas
 from raftctl.scheduler.plan import Check, NewPlacement, Plan, no_check
@@ -20,7 +20,7 @@ from raftctl.statemachine.state import MachineUsage
 def schedule(jobs: Mapping[str, Job], placements: Mapping[str, Placement], machines: Mapping[str, Machine], *,
              index: int, now: int, job_names: list[str] | None = None, check: Check = no_check,
              pack: bool = True, emit: Callable[[list[NewPlacement]], None] | None = None,
-             usage: Mapping[str, MachineUsage] | None = None) -> Plan:
+             usage: Mapping[str, MachineUsage] | None = None, cache: ViewCache | None = None) -> Plan:
     """One scheduling pass over ``job_names`` (default: every job), highest priority first, then the packing
     repair (``pack=False``: the greedy pass alone, for comparisons).
 
@@ -31,8 +31,9 @@ def schedule(jobs: Mapping[str, Job], placements: Mapping[str, Placement], machi
     up (a dry run past its time bound) makes it raise, and the pass stops there.
 
     ``usage``, when given, is each machine's usage by ``placements`` (``State.usage``, copied with them): the
-    machine views are built from it without a walk over every placement."""
-    pass_ = Pass(Plan(index=index), placements, machines, check, usage)
+    machine views are built from it without a walk over every placement; with ``cache`` too (the caller's
+    passes one at a time), only the views of machines that changed since the cache's last pass are built."""
+    pass_ = Pass(Plan(index=index), placements, machines, check, usage, cache)
     for p in placements.values():
         pass_.by_job.setdefault(p.job, []).append(p)
     # highest priority first; within a priority, biggest replicas first (best-fit decreasing packs tighter)
@@ -64,8 +65,10 @@ class Pass:
     placements; issue 15). Stops decided before then are released into the views as they are built."""
 
     def __init__(self, plan: Plan, placements: Mapping[str, Placement], machines: Mapping[str, Machine],
-                 check: Check, usage: Mapping[str, MachineUsage] | None = None) -> None:
+                 check: Check, usage: Mapping[str, MachineUsage] | None = None,
+                 cache: ViewCache | None = None) -> None:
         self.plan = plan
+        self.cache = cache
         self.placements = placements
         self.usage = usage
         self.machines = machines
@@ -81,7 +84,10 @@ class Pass:
     @property
     def views(self) -> dict[str, MachineView]:
         if self._views is None:
-            views = build_views(self.machines, self.placements, self.usage)
+            if self.cache is not None and self.usage is not None:
+                views = self.cache.views(self.machines, self.usage)
+            else:
+                views = build_views(self.machines, self.placements, self.usage)
             self._opened = {mid for mid, v in views.items() if v.empty()}   # machines that held nothing before
             for pid in sorted(self.stopping):   # stopped or preempted so far (a purged job's stops hold nothing)
                 release(views, self.placements[pid])

@@ -113,10 +113,7 @@ class Repair:
     def lift(self, i: int) -> MachineView:
         p = self.plan.place[i]
         v, fit = self.views[p.machine], self.fits[p.job]
-        for k in RESOURCES:
-            v.free[k] += p.resources[k]
-        v.give_ports(p.ports)
-        v.by_job[(p.job, p.version)] -= 1
+        v.give({k: p.resources[k] for k in RESOURCES}, p.ports, (p.job, p.version))
         for level, _ in fit.spread.rules:
             fit.spread.counts[level][v.domain(level)] -= 1
         self.on[v.id].remove(i)
@@ -126,10 +123,7 @@ class Repair:
         p = self.plan.place[i]
         fit = self.fits[p.job]
         ports = allocate_ports(v, fit.spec) if ports is None else ports
-        for k in RESOURCES:
-            v.free[k] -= p.resources[k]
-        v.take_ports(ports)
-        v.by_job[(p.job, p.version)] += 1
+        v.take({k: p.resources[k] for k in RESOURCES}, ports, (p.job, p.version))
         fit.spread.add(v)
         self.on.setdefault(v.id, []).append(i)
         self.plan.place[i] = replace(p, machine=v.id, ports=ports)

@@ -67,13 +67,11 @@ class JobFit:
     def take(self, v: MachineView, slot: int) -> NewPlacement:
         """Place one replica in ``slot`` on ``v`` and account for it."""
         ports = allocate_ports(v, self.spec)
-        for k, need in self.want:
-            v.free[k] -= need
-        v.take_ports(ports)
-        v.by_job[(self.name, self.version)] += 1
+        resources = dict(self.want)
+        v.take(resources, ports, (self.name, self.version))
         self.spread.add(v)
         return NewPlacement(job=self.name, version=self.version, replica=slot, machine=v.id,
-                            resources=dict(self.want), ports=ports)
+                            resources=resources, ports=ports)
 
 
 def candidates_for(views: dict[str, MachineView], spec: Spec, check: Check) -> Candidates:
