@@ -635,6 +635,9 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                         credit = ((st.get("leadership") or {}).get("failover") or {}).get("heartbeat_credit")
                         if credit is not None:
                             res["failover"]["heartbeat_credit"] = credit
+                        sched = (st.get("leadership") or {}).get("SchedulerLoop") or {}
+                        res["failover"]["scheduler_since_elected"] = {k: sched[k] for k in (
+                            "passes", "pass_ms", "commit_ms", "views_built", "views_reused") if k in sched}
                     victim.send_signal(signal.SIGCONT)
                     log(f"failover: {res['failover']}")
 
