@@ -191,9 +191,11 @@ def test_the_lower_bound_the_repair_stops_at_does_not_move_with_its_moves(monkey
     real = packing.Repair.run
 
     def run(self):
-        before = self.lower_bound()
+        self.measure()
+        before = self.need
         real(self)
-        seen.append((before, self.lower_bound(), self.emptied))
+        self.measure()
+        seen.append((before, self.need, self.emptied))
 
     monkeypatch.setattr(packing.Repair, "run", run)
     for _, jobs, machines in WASTES_ONE:
@@ -202,3 +204,24 @@ def test_the_lower_bound_the_repair_stops_at_does_not_move_with_its_moves(monkey
         assert len({p.machine for p in plan.place}) == machines
     assert len(seen) == len(WASTES_ONE)
     assert all(before == after for before, after, _ in seen) and any(emptied for _, _, emptied in seen)
+
+
+def test_a_pass_already_at_the_bound_skips_the_rest_of_the_repairs_setup(monkeypatch):
+    # session 18: most passes of a full fleet (every one after a failover) leave as few machines in use as the
+    # load allows; the setup's walks over every machine (weights, the most replicas per job) are then not done
+    setups = []
+    real = packing.Repair.setup
+
+    def setup(self, in_use):
+        setups.append(len(in_use))
+        real(self, in_use)
+
+    monkeypatch.setattr(packing.Repair, "setup", setup)
+    ms = {f"m{i}": machine(f"m{i}") for i in range(6)}
+    at_bound = schedule({"j0": job("j0", 4, "2", "1Gi")}, {}, ms, index=1, now=0)
+    assert len({p.machine for p in at_bound.place}) == lower_bound(at_bound, ms) == 2
+    assert setups == []
+    _, jobs, machines = WASTES_ONE[0]
+    plan = schedule({n: job(n, *v) for n, v in jobs.items()}, {}, ms, index=1, now=0)
+    assert len({p.machine for p in plan.place}) == machines
+    assert setups == [machines + 1]    # the greedy's machines in use, one more than the bound: repaired
