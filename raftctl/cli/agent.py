@@ -15,6 +15,7 @@ from raftctl.cli.output import read_secret
 from raftctl.config import config_option
 from raftctl.errors import RaftctlError, ValidationError
 from raftctl.gcstats import thresholds_from_env, tune
+from raftctl.gil import switch_interval_from_env, tune_switch_interval
 from raftctl.statemachine.subnets import PoolError, parse_pool
 
 if TYPE_CHECKING:
@@ -167,6 +168,7 @@ def register(cli: click.Group) -> None:
 
             spread = parse_duration(start_spread, "--start-spread") / 1000 if start_spread is not None else None
             tune(thresholds_from_env())   # a fleet process holds thousands of machines' loops (raftctl/gcstats.py)
+            tune_switch_interval(switch_interval_from_env())   # its loops' waits for the GIL (raftctl/gil.py)
             try:
                 asyncio.run(run_agents(cfg, count, spread_s=spread, source=source_address))
             except ValidationError as exc:   # only the fleet's refusal of the flag is the flag's fault
@@ -177,6 +179,7 @@ def register(cli: click.Group) -> None:
         cluster = learn_cluster(cfg) if rt == "runc" else None
         driver = agent_driver(rt, cfg.data_dir, tuple(p for p in (token_file, tls_key, tls_cert) if p),
                               cluster=cluster, machine=machine)
+        tune_switch_interval(switch_interval_from_env())   # the loop's waits for the GIL beside runtime calls (gil.py)
         try:
             asyncio.run(run_agent(cfg, driver))
         finally:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from bisect import bisect_left
 from typing import Any, Iterator
 
@@ -131,6 +132,10 @@ class ReplicaCollector:
             yield spent
             yield cpu
             yield longest
+            switch = GaugeMetricFamily("raftctl_gil_switch_interval_seconds", "How long a computing thread of this "
+                                       "replica's process keeps the GIL when the event loop waits for it (gil.py)")
+            switch.add_metric([], sys.getswitchinterval())
+            yield switch
         counts = r.read(lambda s: (len(s.jobs), len(s.placements), len(s.machines)))
         for name, value in zip(("raftctl_jobs", "raftctl_placements", "raftctl_machines"), counts):
             g = GaugeMetricFamily(name, f"Number of {name.split('_')[1]} in the state")

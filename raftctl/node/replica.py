@@ -26,6 +26,7 @@ from raftctl.node.proposer import Proposer
 from raftctl.node.raft import RaftNode
 from raftctl.node.rollout import RolloutController
 from raftctl.gcstats import GcStats, freeze, thresholds_from_env, tune
+from raftctl.gil import switch_interval_from_env, tune_switch_interval
 from raftctl.node.looplag import LoopLag
 from raftctl.node.admission import AdmittingRunner, Listener, cannot_listen, default_limit, raise_fd_limit
 from raftctl.node.scheduling import SchedulerLoop
@@ -417,6 +418,7 @@ class Replica:
 async def serve(cfg: ServerConfig) -> None:
     """Run a replica until cancelled (SIGINT/SIGTERM)."""
     tune(thresholds_from_env())          # process-wide: only a replica process of its own (gcstats.py)
+    tune_switch_interval(switch_interval_from_env())   # the event loop's waits for the GIL (raftctl/gil.py)
     replica = Replica(cfg)
     replica.gc_stats = GcStats().install()
     await replica.start()
