@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict, defaultdict, deque
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,22 +75,27 @@ def decide(auto: Autoscale, current: int, value: float | None, history: list[tup
 
 
 SAMPLES_PER_SERIES = 2000
-"""Most samples kept per (job, metric) series; the oldest go first."""
+"""Most sources (placements, pushers) kept per (job, metric) series; the least recently heard from go first."""
 METRICS_PER_JOB = 8
 """Most metric series one job may have (cpu and memory included); a further metric name is a 400."""
 MAX_SAMPLES = 200_000
-"""Most samples kept in all; past it the least recently updated series lose their oldest samples."""
+"""Most samples kept in all (one per source and series); past it the least recently updated series lose their
+least recently heard-from sources."""
 
 
 class Metrics:
-    """Recent samples per (job, metric), kept on every replica but used by the leader. Bounded per series, per
-    job and in total, so that what agents and metric pushers send cannot grow without bound. A sample added without
-    a time is stamped with ``clock``'s wall milliseconds."""
+    """The latest sample of each source (a placement, a pusher's ``source``) per (job, metric), kept on every
+    replica but used by the leader: what the autoscaler (``value``) and the efficiency view (``latest_usage``) read
+    is each source's latest sample in the window, so an older one is never kept. (Until session 18 each series was
+    a deque of its last 2,000 samples, and at 10,000 machines the store sat at its total bound, so every sample a
+    heartbeat carried dropped another: that drop was half of recording, 265 of the leader's 2,191 heartbeat
+    samples in py-spy.) Bounded per series, per job and in total, so that what agents and metric pushers send
+    cannot grow without bound. A sample added without a time is stamped with ``clock``'s wall milliseconds."""
 
     def __init__(self, clock: Clock = SYSTEM) -> None:
         self.clock = clock
-        # least recently updated series first
-        self.samples: OrderedDict[tuple[str, str], deque] = OrderedDict()
+        # least recently updated series first; in each, source -> (ms, value), least recently heard from first
+        self.samples: OrderedDict[tuple[str, str], dict[str, tuple[int, float]]] = OrderedDict()
         self.per_job: dict[str, int] = {}
         self.total = 0
 
@@ -101,20 +106,23 @@ class Metrics:
             if self.per_job.get(job, 0) >= METRICS_PER_JOB:
                 raise ValidationError(f"job {job[:64]!r} already has {METRICS_PER_JOB} metrics; "
                                       f"{metric[:64]!r} would be one more", field="metric")
-            dq = self.samples[series] = deque(maxlen=SAMPLES_PER_SERIES)
+            dq = self.samples[series] = {}
             self.per_job[job] = self.per_job.get(job, 0) + 1
         else:
             self.samples.move_to_end(series)
-        if len(dq) < SAMPLES_PER_SERIES:
-            self.total += 1
-        dq.append((self.clock.now_ms() if now is None else now, key, float(value)))
+        if dq.pop(key, None) is None:      # re-inserted last: the source heard from most recently
+            if len(dq) >= SAMPLES_PER_SERIES:
+                del dq[next(iter(dq))]
+            else:
+                self.total += 1
+        dq[key] = (self.clock.now_ms() if now is None else now, float(value))
         while self.total > MAX_SAMPLES:
             self._drop_oldest()
 
     def _drop_oldest(self) -> None:
         series, dq = next(iter(self.samples.items()))
         if dq:
-            dq.popleft()
+            del dq[next(iter(dq))]
             self.total -= 1
         if not dq:
             del self.samples[series]
@@ -122,15 +130,17 @@ class Metrics:
             if not self.per_job[series[0]]:
                 del self.per_job[series[0]]
 
+    def latest(self, series: tuple[str, str]) -> list[tuple[int, str, float]]:
+        """The series' samples, (ms, source, value), one per source, least recently heard from first."""
+        return [(t, key, v) for key, (t, v) in list(self.samples.get(series, {}).items())]
+
     def value(self, job: str, metric: str, now: int, live: set[str] | None = None) -> float | None:
         """Mean over the window of each source's latest sample (per replica for cpu)."""
-        latest: dict[str, float] = {}
-        for t, key, v in self.samples.get((job, metric), ()):
-            if now - t <= SAMPLE_WINDOW_MS and (live is None or not key or key in live):
-                latest[key] = v
+        latest = [v for key, (t, v) in list(self.samples.get((job, metric), {}).items())
+                  if now - t <= SAMPLE_WINDOW_MS and (live is None or not key or key in live)]
         if not latest:
             return None
-        return sum(latest.values()) / len(latest)
+        return sum(latest) / len(latest)
 
 
 class Autoscaler:

@@ -35,17 +35,18 @@ from raftctl.scheduler.efficiency import Usage, efficiency
 MEMORY_METRIC = "_memory_bytes"   # cannot collide with a pushed custom metric (those start with a letter)
 
 
-def latest_usage(samples: dict[tuple[str, str], Any], live: dict[str, int], now_ms: int) -> dict[str, Usage]:
+def latest_usage(samples: dict[tuple[str, str], dict[str, tuple[int, float]]], live: dict[str, int],
+                 now_ms: int) -> dict[str, Usage]:
     """Each live placement's latest CPU (millicores, from utilisation x request) and memory sample.
 
     ``live`` maps placement id to its CPU request; samples older than the autoscaler's window are ignored.
     """
     cpu: dict[str, float] = {}
     mem: dict[str, int] = {}
-    for (_, metric), dq in list(samples.items()):
+    for (_, metric), latest in list(samples.items()):
         if metric not in ("cpu", MEMORY_METRIC):
             continue
-        for t, key, value in list(dq):
+        for key, (t, value) in list(latest.items()):
             if key not in live or now_ms - t > SAMPLE_WINDOW_MS:
                 continue
             if metric == "cpu":
