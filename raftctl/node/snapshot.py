@@ -19,6 +19,7 @@ from aiohttp import web
 
 from raftctl.errors import RaftctlError
 from raftctl.node.http import REPLICA, perm
+from raftctl.node.raft.disk import write_all
 from raftctl.statemachine.backup import take
 from raftctl.statemachine.state import State
 
@@ -70,18 +71,12 @@ def _fork_encoder(state: State, node: str, now: int, r: int, w: int) -> int:
         try:
             os.close(r)
             b = take(state, node, now)
-            _write_all(w, json.dumps({"index": b.index, "sha256": b.sha256}).encode() + b"\n")
-            _write_all(w, b.encode())
+            write_all(w, json.dumps({"index": b.index, "sha256": b.sha256}).encode() + b"\n")
+            write_all(w, b.encode())
             code = 0
         finally:
             os._exit(code)
     return pid
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _read_all(fd: int) -> bytes:

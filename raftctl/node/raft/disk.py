@@ -18,6 +18,13 @@ import threading
 from typing import Protocol
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (a pipe or a file opened by a forked child: no ``Disk`` there)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class Disk(Protocol):
     def read(self, path: str) -> bytes | None:
         """The whole file as last written (None if absent)."""

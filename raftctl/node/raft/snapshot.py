@@ -48,7 +48,7 @@ import cbor2
 import pysyncobj.syncobj as psyncobj
 from pysyncobj.config import SERIALIZER_STATE
 
-from raftctl.node.raft.disk import Disk, OsDisk
+from raftctl.node.raft.disk import Disk, OsDisk, write_all
 from raftctl.statemachine.state import TABLES, State
 
 log = logging.getLogger("raftctl.raft.snapshot")
@@ -184,9 +184,7 @@ class SnapshotFiles:
                 try:
                     blob = self._encode(raw)
                     fd = os.open(self._part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o600)
-                    view = memoryview(blob)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    write_all(fd, blob)
                     os.fsync(fd)
                     os.close(fd)
                     code = 0
