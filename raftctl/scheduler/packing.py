@@ -109,7 +109,7 @@ class Repair:
                 if c > biggest[k]:
                     biggest[k] = c
                 used[k] += c - free[k]
-            if free != cap or v.ports:     # not MachineView.empty()
+            if not v.empty():
                 in_use.append(v)
         self.need = max((math.ceil(used[k] / (biggest[k] or 1)) for k in RESOURCES), default=0)
         return in_use
@@ -123,7 +123,7 @@ class Repair:
     def lift(self, i: int) -> MachineView:
         p = self.plan.place[i]
         v, fit = self.views[p.machine], self.fits[p.job]
-        v.give({k: p.resources[k] for k in RESOURCES}, p.ports, (p.job, p.version))
+        v.give(p.resources, p.ports, (p.job, p.version))   # this pass's placement: {cpu, memory, pids} (JobFit.take)
         for level, _ in fit.spread.rules:
             fit.spread.counts[level][v.domain(level)] -= 1
         self.on[v.id].remove(i)
@@ -133,7 +133,7 @@ class Repair:
         p = self.plan.place[i]
         fit = self.fits[p.job]
         ports = allocate_ports(v, fit.spec) if ports is None else ports
-        v.take({k: p.resources[k] for k in RESOURCES}, ports, (p.job, p.version))
+        v.take(p.resources, ports, (p.job, p.version))
         fit.spread.add(v)
         self.on.setdefault(v.id, []).append(i)
         self.plan.place[i] = replace(p, machine=v.id, ports=ports)
