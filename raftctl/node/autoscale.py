@@ -101,38 +101,34 @@ class Metrics:
 
     def add(self, job: str, metric: str, value: float, key: str = "", now: int | None = None) -> None:
         series = (job, metric)
-        dq = self.samples.get(series)
-        if dq is None:
+        sources = self.samples.get(series)
+        if sources is None:
             if self.per_job.get(job, 0) >= METRICS_PER_JOB:
                 raise ValidationError(f"job {job[:64]!r} already has {METRICS_PER_JOB} metrics; "
                                       f"{metric[:64]!r} would be one more", field="metric")
-            dq = self.samples[series] = {}
+            sources = self.samples[series] = {}
             self.per_job[job] = self.per_job.get(job, 0) + 1
         else:
             self.samples.move_to_end(series)
-        if dq.pop(key, None) is None:      # re-inserted last: the source heard from most recently
-            if len(dq) >= SAMPLES_PER_SERIES:
-                del dq[next(iter(dq))]
+        if sources.pop(key, None) is None:      # re-inserted last: the source heard from most recently
+            if len(sources) >= SAMPLES_PER_SERIES:
+                del sources[next(iter(sources))]
             else:
                 self.total += 1
-        dq[key] = (self.clock.now_ms() if now is None else now, float(value))
+        sources[key] = (self.clock.now_ms() if now is None else now, float(value))
         while self.total > MAX_SAMPLES:
             self._drop_oldest()
 
     def _drop_oldest(self) -> None:
-        series, dq = next(iter(self.samples.items()))
-        if dq:
-            del dq[next(iter(dq))]
+        series, sources = next(iter(self.samples.items()))
+        if sources:
+            del sources[next(iter(sources))]
             self.total -= 1
-        if not dq:
+        if not sources:
             del self.samples[series]
             self.per_job[series[0]] -= 1
             if not self.per_job[series[0]]:
                 del self.per_job[series[0]]
-
-    def latest(self, series: tuple[str, str]) -> list[tuple[int, str, float]]:
-        """The series' samples, (ms, source, value), one per source, least recently heard from first."""
-        return [(t, key, v) for key, (t, v) in list(self.samples.get(series, {}).items())]
 
     def value(self, job: str, metric: str, now: int, live: set[str] | None = None) -> float | None:
         """Mean over the window of each source's latest sample (per replica for cpu)."""

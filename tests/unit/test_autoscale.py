@@ -77,7 +77,7 @@ def test_a_sample_without_a_time_is_stamped_by_the_injected_clock():
     m = Metrics(clock)
     m.add("web", "rps", 7.0)
     m.add("web", "rps", 3.0, key="b", now=0)  # a given time is kept, even 0
-    assert [t for t, _, _ in m.latest(("web", "rps"))] == [50_000, 0]
+    assert [t for t, _ in m.samples[("web", "rps")].values()] == [50_000, 0]
     assert m.value("web", "rps", clock.now_ms()) == 7.0
     clock.advance(15.0)
     assert m.value("web", "rps", clock.now_ms()) == 7.0

@@ -78,7 +78,7 @@ async def api(r: FakeReplica, *, old_heartbeat: bool = False,
 
 
 def recorded(r: FakeReplica, metric: str = "cpu") -> list[tuple[str, float]]:
-    return [(key, value) for _, key, value in r.metrics.latest(("web", metric))]
+    return [(key, value) for key, (_, value) in r.metrics.samples.get(("web", metric), {}).items()]
 
 
 async def test_a_heartbeat_with_stats_records_them_for_the_autoscaler_and_says_how_many():

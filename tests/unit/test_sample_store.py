@@ -14,14 +14,14 @@ def test_a_series_keeps_each_sources_latest_sample_only() -> None:
     m = Metrics()
     for i in range(500):   # one placement reporting again and again: one sample, its latest
         m.add("web", "cpu", float(i), key="web-00001", now=1_000 + i)
-    assert m.latest(("web", "cpu")) == [(1_499, "web-00001", 499.0)] and m.total == 1
+    assert list(m.samples[("web", "cpu")].items()) == [("web-00001", (1_499, 499.0))] and m.total == 1
     for i in range(autoscale.SAMPLES_PER_SERIES + 5):   # more sources than a series keeps
         m.add("web", "cpu", 1.0, key=f"p{i}", now=2_000 + i)
-    got = m.latest(("web", "cpu"))
+    got = list(m.samples[("web", "cpu")])
     assert len(got) == autoscale.SAMPLES_PER_SERIES == m.total
-    assert got[0][1] == "p5" and got[-1][1] == f"p{autoscale.SAMPLES_PER_SERIES + 4}"   # least recently heard first
+    assert got[0] == "p5" and got[-1] == f"p{autoscale.SAMPLES_PER_SERIES + 4}"   # least recently heard first
     m.add("web", "cpu", 2.0, key="p5", now=9_000)   # heard from again: the most recent, nothing dropped
-    assert m.latest(("web", "cpu"))[-1] == (9_000, "p5", 2.0) and m.total == autoscale.SAMPLES_PER_SERIES
+    assert list(m.samples[("web", "cpu")].items())[-1] == ("p5", (9_000, 2.0)) and m.total == autoscale.SAMPLES_PER_SERIES
 
 
 def test_the_mean_is_over_each_sources_latest_sample_in_the_window() -> None:
@@ -55,8 +55,8 @@ def test_the_store_is_bounded_in_total_and_drops_the_stalest_series_first(monkey
         for i in range(20):
             m.add(f"job{j}", "cpu", 1.0, key=f"s{i}", now=1000 + i)
     assert m.total == sum(len(dq) for dq in m.samples.values()) == 1000
-    old = m.latest(("old", "cpu"))
-    assert len(old) == 600 - 200 and old[0][1] == "o200"   # the least recently updated series paid, oldest first
+    old = list(m.samples[("old", "cpu")])
+    assert len(old) == 600 - 200 and old[0] == "o200"   # the least recently updated series paid, oldest first
     for j in range(500):
         m.add(f"new{j}", "cpu", 1.0, key="x", now=5000)
     assert ("old", "cpu") not in m.samples and "old" not in m.per_job
