@@ -16,7 +16,6 @@ one, best of ``--rounds`` each) and prints the ratio. Prints figures and one JSO
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import subprocess
@@ -69,13 +68,7 @@ def measure(n: int, rounds: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     plan = schedule(js, {}, ms, index=1, now=0)
     first_s = time.perf_counter() - t0
-    placements: dict[str, Placement] = {}
-    for i, p in enumerate(plan.place):
-        placements[f"p{i}"] = from_wire(Placement, {
-            "id": f"p{i}", "job": p.job, "version": p.version, "replica": p.replica, "machine": p.machine,
-            "resources": dict(p.resources), "ports": dict(p.ports), "address": "10.0.0.1", "desired": "run",
-            "state": "running", "health": "healthy", "exit_code": None, "reason": "", "created_at": 0,
-            "updated_at": 0, "create_index": 1, "modify_index": 1})
+    placements = {f"p{i}": running(f"p{i}", p, 1) for i, p in enumerate(plan.place)}
     lost = {f"m{i:05d}" for i in range(0, n, 100)}      # 1 %
     after = machines(n, down=lost)
     for pid, p in list(placements.items()):
@@ -109,22 +102,17 @@ def next_pass(js: dict[str, Job], placements: dict[str, Placement], after: dict[
     """Best of ``rounds``: the re-placement pass (as the leader runs it, with its view cache when it has one),
     its plan committed into a state (the usage index replaces only the entries that changed, as apply does),
     another 1 % of the machines down (their records replaced, the rest the same objects), and the next pass."""
-    cached = ViewCache is not None and "cache" in inspect.signature(schedule).parameters
+    cached = ViewCache is not None
     best = float("inf")
     placed = 0
     for _ in range(rounds):
         s = State()
         for p in placements.values():
             s.put_placement(p)
-        cache = ViewCache() if cached else None
-        kw: dict[str, Any] = {"cache": cache} if cached else {}
+        kw: dict[str, Any] = {"cache": ViewCache()} if ViewCache is not None else {}
         first = schedule(js, s.placements, after, index=2, now=0, usage=dict(s.usage), **kw)
         for i, p in enumerate(first.place):
-            s.put_placement(from_wire(Placement, {
-                "id": f"r{i}", "job": p.job, "version": p.version, "replica": p.replica, "machine": p.machine,
-                "resources": dict(p.resources), "ports": dict(p.ports), "address": "10.0.0.1", "desired": "run",
-                "state": "running", "health": "healthy", "exit_code": None, "reason": "", "created_at": 0,
-                "updated_at": 0, "create_index": 2, "modify_index": 2}))
+            s.put_placement(running(f"r{i}", p, 2))
         n = len(after)
         lost = {f"m{i:05d}" for i in range(50, n, 100)}
         now_down = dict(after)
@@ -137,6 +125,15 @@ def next_pass(js: dict[str, Job], placements: dict[str, Placement], after: dict[
         best = min(best, time.perf_counter() - t0)
         placed = len(second.place)
     return {"next_pass_ms": round(best * 1000, 1), "next_replaced": placed, "view_cache": cached}
+
+
+def running(pid: str, p: Any, index: int) -> Placement:
+    """Plan item ``p`` committed as placement ``pid`` at ``index``, running and healthy."""
+    return from_wire(Placement, {
+        "id": pid, "job": p.job, "version": p.version, "replica": p.replica, "machine": p.machine,
+        "resources": dict(p.resources), "ports": dict(p.ports), "address": "10.0.0.1", "desired": "run",
+        "state": "running", "health": "healthy", "exit_code": None, "reason": "", "created_at": 0,
+        "updated_at": 0, "create_index": index, "modify_index": index})
 
 
 def _wire(p: Placement | Machine) -> dict[str, Any]:
