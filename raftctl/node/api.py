@@ -56,11 +56,12 @@ async def plan_job(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     name = request.match_info["name"]
     raw = from_wire(JobSpec, validate_spec(await body(request), name=name))
-    spec, jobs, placements, machines, index, usage = replica.read(lambda s: (
-        resolve_image(s.images, raw), dict(s.jobs), dict(s.placements), dict(s.machines), s.index, dict(s.usage)))
+    spec, jobs, placements, machines, index, usage, groups = replica.read(lambda s: (
+        resolve_image(s.images, raw), dict(s.jobs), dict(s.placements), dict(s.machines), s.index, dict(s.usage),
+        s.job_groups()))
     # off the event loop, within PLAN_TIMEOUT_S or a 503
     plan = await run_plan(lambda check: views.dry_run(jobs, placements, machines, index, spec, check=check,
-                                                      usage=usage))
+                                                      usage=usage, groups=groups))
     return encode(request, plan, index=index)
 
 

@@ -108,10 +108,12 @@ def _swallow(fut: asyncio.Future) -> None:
         fut.exception()  # retrieved: an abandoned plan's PlanAbandoned is expected, not "never retrieved"
 
 
-def _inputs(s: Any) -> tuple[dict[str, Job], dict[str, Placement], dict[str, Machine], int, dict[str, MachineUsage]]:
+def _inputs(s: Any) -> tuple[dict[str, Job], dict[str, Placement], dict[str, Machine], int, dict[str, MachineUsage],
+                            dict[str, tuple[str, ...]]]:
     # shallow copies under the apply lock (cheap); the pure scheduler runs outside it. Each machine's usage entry is
-    # immutable (apply replaces it), so the copy of State.usage matches the copy of the placements
-    return dict(s.jobs), dict(s.placements), dict(s.machines), s.index, dict(s.usage)
+    # immutable (apply replaces it), so the copy of State.usage matches the copy of the placements, and so do the
+    # per-job id tuples (State.job_groups)
+    return dict(s.jobs), dict(s.placements), dict(s.machines), s.index, dict(s.usage), s.job_groups()
 
 
 def _watch_key(s: Any) -> int:
@@ -264,7 +266,7 @@ class SchedulerLoop:
                 continue
             seen = key
             since = None if last is None or resync else last_index
-            jobs, placements, machines, index, usage, touched = self.replica.read(
+            jobs, placements, machines, index, usage, groups, touched = self.replica.read(
                 lambda s: (*_inputs(s), _touched(s, since)))  # noqa: B023
             # Between two resyncs a pass covers only the jobs the change can give work to (dirty.py); a resync,
             # the first pass and the pass after a failed or refused one cover every job.
@@ -291,7 +293,7 @@ class SchedulerLoop:
                 fut = loop.run_in_executor(None, lambda: schedule(  # noqa: B023
                     jobs, placements, machines, index=index, now=now, check=gil_offer(),  # noqa: B023
                     job_names=names, pack=not stream, emit=streamed.emit if streamed else None,  # noqa: B023
-                    usage=usage, cache=self.views))  # noqa: B023
+                    usage=usage, cache=self.views, groups=groups))  # noqa: B023
                 if streamed is not None:
                     fut.add_done_callback(lambda _: streamed.queue.put_nowait(None))  # noqa: B023
                     await streamed.consume()

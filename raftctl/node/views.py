@@ -4,7 +4,7 @@ The state's tables hold records; an answer holds their wire form (records.to_wir
 JSON a client reads is what it was when the tables held dicts."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from raftctl.discovery.view import lookup, parse_near
 from raftctl.scheduler import reconcile, schedule
@@ -90,10 +90,12 @@ def tokens(s: State) -> list[dict[str, Any]]:
 
 def dry_run(jobs: Mapping[str, Job], placements: Mapping[str, Placement], machines: Mapping[str, Machine],
             index: int, spec: JobSpec, check: Callable[[], None] | None = None,
-            usage: Mapping[str, MachineUsage] | None = None) -> dict[str, Any]:
+            usage: Mapping[str, MachineUsage] | None = None,
+            groups: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """What the scheduler would do if ``spec`` were submitted now (pure). ``check`` is called between units of
     the scheduler's work and may raise to give up (raftctl.node.scheduling.run_plan bounds a dry run's time).
-    ``usage``: the state's usage index copied with ``placements`` (else the pass computes it from them)."""
+    ``usage``: the state's usage index copied with ``placements`` (else the pass computes it from them); ``groups``:
+    each job's placement ids read with them (``State.job_groups``; else the job's are found by a walk)."""
     name = spec.name
     old = jobs.get(name)
     if old is not None and old.status == "running" and old.spec_of(old.version) == spec:
@@ -105,8 +107,9 @@ def dry_run(jobs: Mapping[str, Job], placements: Mapping[str, Placement], machin
               create_index=0, modify_index=0)
     hypothetical = {**jobs, name: job}
     plan = schedule(hypothetical, placements, machines, index=index, now=0, job_names=[name], check=check or no_check,
-                    usage=usage)
-    mine = [p for p in placements.values() if p.job == name]
+                    usage=usage, groups=groups)
+    mine = [p for p in placements.values() if p.job == name] if groups is None else \
+        [placements[pid] for pid in groups.get(name, ())]
     rec = reconcile(job, mine, machines, now=0)
     return {"job": name, "version": version, "new_version": old is None or version != old.version,
             "place": [{"replica": p.replica, "machine": p.machine, "ports": p.ports} for p in plan.place],

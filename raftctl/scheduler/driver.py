@@ -3,7 +3,7 @@
 randomness; the same state gives the same plan."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from msgspec.structs import replace
 
@@ -20,7 +20,8 @@ from raftctl.statemachine.state import MachineUsage
 def schedule(jobs: Mapping[str, Job], placements: Mapping[str, Placement], machines: Mapping[str, Machine], *,
              index: int, now: int, job_names: list[str] | None = None, check: Check = no_check,
              pack: bool = True, emit: Callable[[list[NewPlacement]], None] | None = None,
-             usage: Mapping[str, MachineUsage] | None = None, cache: ViewCache | None = None) -> Plan:
+             usage: Mapping[str, MachineUsage] | None = None, cache: ViewCache | None = None,
+             groups: Mapping[str, Sequence[str]] | None = None) -> Plan:
     """One scheduling pass over ``job_names`` (default: every job), highest priority first, then the packing
     repair (``pack=False``: the greedy pass alone, for comparisons).
 
@@ -32,15 +33,23 @@ def schedule(jobs: Mapping[str, Job], placements: Mapping[str, Placement], machi
 
     ``usage``, when given, is each machine's usage by ``placements`` (``State.usage``, copied with them): the
     machine views are built from it without a walk over every placement; with ``cache`` too (the caller's
-    passes one at a time), only the views of machines that changed since the cache's last pass are built."""
-    pass_ = Pass(Plan(index=index), placements, machines, check, usage, cache)
-    for p in placements.values():
-        pass_.by_job.setdefault(p.job, []).append(p)
+    passes one at a time), only the views of machines that changed since the cache's last pass are built.
+
+    ``groups``, when given, is each job's placement ids (``State.job_groups``, read with ``placements``): a pass
+    over some jobs reads theirs, not every placement (at 100,000 placements a one-job pass went from 8.3 to 0.4
+    ms: grouping them all was the pass). A pass over every job walks them all anyway: it walks them in their
+    order, which is cheaper than looking each id up (62 vs 103 ms at 100,000: the ids' order is a set's)."""
+    if job_names is None:
+        groups = None
+    pass_ = Pass(Plan(index=index), placements, machines, check, usage, cache, groups)
+    if groups is None:
+        for p in placements.values():
+            pass_.by_job.setdefault(p.job, []).append(p)
     # highest priority first; within a priority, biggest replicas first (best-fit decreasing packs tighter)
     names = sorted(job_names if job_names is not None else jobs, key=lambda n: order(jobs.get(n), n))
     pass_.priorities = {n: current_spec(j).priority for n, j in jobs.items()}
-    for name in sorted(set(pass_.by_job) - set(jobs)):  # placements of purged jobs
-        for p in pass_.by_job[name]:
+    for name in sorted(set(groups if groups is not None else pass_.by_job) - set(jobs)):  # purged jobs' placements
+        for p in sorted(pass_.placements_of(name), key=lambda p: p.id):   # one order, however they were read
             if p.is_live():
                 pass_.plan.stop.append((p.id, "job purged"))
     for name in names:
@@ -66,14 +75,15 @@ class Pass:
 
     def __init__(self, plan: Plan, placements: Mapping[str, Placement], machines: Mapping[str, Machine],
                  check: Check, usage: Mapping[str, MachineUsage] | None = None,
-                 cache: ViewCache | None = None) -> None:
+                 cache: ViewCache | None = None, groups: Mapping[str, Sequence[str]] | None = None) -> None:
         self.plan = plan
+        self.groups = groups
         self.cache = cache
         self.placements = placements
         self.usage = usage
         self.machines = machines
         self.check = check
-        self.by_job: dict[str, list[Placement]] = {}
+        self.by_job: dict[str, list[Placement]] = {}   # every job's, or (with groups) those read so far
         self.priorities: dict[str, int] = {}
         self.stopping: set[str] = set()
         self.fits: dict[str, JobFit] = {}           # jobs whose new placements the packing repair may move
@@ -113,13 +123,21 @@ class Pass:
             got = self._candidates[key] = candidates_for(self.views, spec, self.check)
         return got
 
+    def placements_of(self, name: str) -> list[Placement]:
+        """Job ``name``'s placements (any order: what reads them counts or sorts them)."""
+        got = self.by_job.get(name)
+        if got is None:
+            got = [] if self.groups is None else [self.placements[pid] for pid in self.groups.get(name, ())]
+            self.by_job[name] = got
+        return got
+
     def _release(self, pid: str) -> None:
         if self._views is not None:
             release(self._views, self.placements[pid])
 
     def job(self, name: str, job: Job, now: int) -> None:
         spec = current_spec(job)
-        rec = reconcile(job, self.by_job.get(name, []), self.machines, now)
+        rec = reconcile(job, self.placements_of(name), self.machines, now)
         for pid, reason in rec.stop:
             if pid not in self.stopping:
                 self.plan.stop.append((pid, reason))
@@ -128,7 +146,7 @@ class Pass:
         if job.status != "running" or not rec.place:
             self.plan.pending[name] = ""
             return
-        placed, pending, fit = place_replicas(name, job, spec, rec.place, self.views, self.by_job.get(name, []),
+        placed, pending, fit = place_replicas(name, job, spec, rec.place, self.views, self.placements_of(name),
                                               self.plan.index, self.check, self.candidates(spec))
         self.plan.place.extend(placed)
         self.fits[name] = fit
@@ -160,7 +178,7 @@ class Pass:
                 self._release(pid)
             left = {k: v for k, v in left.items() if k not in self.stopping}
             pinned = replace(spec, constraints=spec.constraints + (Constraint(attr="id", op="==", value=mid),))
-            more, _ = place_job(name, job, pinned, [slot], self.views, self.by_job.get(name, []), self.plan.index,
+            more, _ = place_job(name, job, pinned, [slot], self.views, self.placements_of(name), self.plan.index,
                                 self.check)
             self.plan.place.extend(more)
             out.extend(more)

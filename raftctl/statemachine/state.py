@@ -82,6 +82,9 @@ class State:
         # derived, not in snapshots
         self.by_machine: dict[str, set[str]] = {}
         self.by_job: dict[str, set[str]] = {}
+        # per job, its placements' ids as a tuple, built when asked (job_groups) and dropped whenever the job's set
+        # changes: a scheduler pass over a few jobs reads theirs, not a walk over every placement
+        self._groups: dict[str, tuple[str, ...]] = {}
         # per machine, what its placements that hold resources use (MachineUsage, replaced on change); every
         # placement is stored and removed through put_placement / drop_placement, which keep it (and by_machine,
         # by_job) in step
@@ -164,6 +167,7 @@ class State:
         self._adopt_wire_tables()
         self.by_machine = {}
         self.by_job = {}
+        self._groups = {}
         self.machine_index = {}
         self.machine_floor = self.index
         self.changed_machines = set()
@@ -191,7 +195,9 @@ class State:
         if old is None or old.job != p.job:
             if old is not None:
                 self.by_job.get(old.job, set()).discard(p.id)
+                self._groups.pop(old.job, None)
             self.by_job.setdefault(p.job, set()).add(p.id)
+            self._groups.pop(p.job, None)
         self._recount(old, p)
 
     def drop_placement(self, pid: str) -> Placement:
@@ -199,6 +205,7 @@ class State:
         p = self.placements.pop(pid)
         self.by_machine.get(p.machine, set()).discard(pid)
         self.by_job.get(p.job, set()).discard(pid)
+        self._groups.pop(p.job, None)
         self._recount(p, None)
         return p
 
@@ -240,6 +247,22 @@ class State:
     # -- small read helpers (pure) ----------------------------------------
     def job_placements(self, job: str) -> list[Placement]:
         return [self.placements[p] for p in sorted(self.by_job.get(job, ()))]
+
+    def job_groups(self) -> dict[str, tuple[str, ...]]:
+        """Each job that has placements: their ids in a tuple, in no particular order (the set's, which differs
+        between processes: a reader must not depend on it). The dict is new and the tuples immutable, so a reader
+        may keep them beside a copy of ``placements`` taken in the same read. Only the tuples of jobs whose set
+        changed since the last call are built again (not sorted: the reader is the event loop, under the apply
+        lock; sorting all 100,000 ids of 10,000 machines took 25 ms)."""
+        out: dict[str, tuple[str, ...]] = {}
+        groups = self._groups
+        for job, pids in self.by_job.items():
+            if pids:
+                g = groups.get(job)
+                if g is None:
+                    g = groups[job] = tuple(pids)
+                out[job] = g
+        return out
 
     def machine_placements(self, machine: str) -> list[Placement]:
         return [self.placements[p] for p in sorted(self.by_machine.get(machine, ()))]

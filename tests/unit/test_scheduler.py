@@ -393,10 +393,14 @@ def test_a_plan_that_changes_nothing_proposes_nothing():
 
 
 def loop_state(jobs: dict, machines: dict, placements: dict | None = None) -> SimpleNamespace:
-    """What SchedulerLoop reads of a replica's state (its inputs, its usage index and the table indexes it watches)."""
+    """What SchedulerLoop reads of a replica's state (its inputs, its usage and per-job indexes and the table indexes
+    it watches)."""
     placements = placements or {}
+    groups: dict[str, tuple[str, ...]] = {}
+    for pid, p in placements.items():
+        groups[p.job] = groups.get(p.job, ()) + (pid,)
     return SimpleNamespace(jobs=jobs, placements=placements, machines=machines, index=3,
-                           usage=usage_of(placements.values()),
+                           usage=usage_of(placements.values()), job_groups=lambda: dict(groups),
                            table_index={"jobs": 1, "machines": 1, "placements": 1}, job_index={}, job_floor=0)
 
 
