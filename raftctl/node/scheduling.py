@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from raftctl.clock import Clock
 from raftctl.errors import Unavailable
@@ -181,9 +181,10 @@ def _touched(s: Any, since: int | None) -> set[str] | None:
 
 def _scope(before: tuple[Mapping[str, Job], Mapping[str, Placement], Mapping[str, Machine]] | None,
            after: tuple[Mapping[str, Job], Mapping[str, Placement], Mapping[str, Machine]],
-           touched: set[str] | None) -> tuple[list[str] | None, int]:
+           touched: set[str] | None, groups: Mapping[str, Sequence[str]] | None = None) -> tuple[list[str] | None, int]:
     """The jobs a pass covers (None: every job, when there is no ``before`` to compare with) and its backlog
-    (for a pass over some jobs, 0 when they cannot want more than STREAM_ABOVE replicas: no walk then)."""
+    (for a pass over some jobs, 0 when they cannot want more than STREAM_ABOVE replicas: no count then; else
+    counted over their placements, found through ``groups`` (State.job_groups) when given, not a walk over all)."""
     jobs, placements, _ = after
     if before is None:
         return None, backlog(jobs, placements)
@@ -191,7 +192,11 @@ def _scope(before: tuple[Mapping[str, Job], Mapping[str, Placement], Mapping[str
     covered = {n: jobs[n] for n in names if n in jobs}
     if sum(j.replicas + j.surge_slots for j in covered.values() if j.status == "running") <= STREAM_ABOVE:
         return names, 0
-    return names, backlog(covered, {k: p for k, p in placements.items() if p.job in covered})
+    if groups is not None:
+        theirs = {pid: placements[pid] for n in covered for pid in groups.get(n, ())}
+    else:
+        theirs = {k: p for k, p in placements.items() if p.job in covered}
+    return names, backlog(covered, theirs)
 
 
 class Streamed:
@@ -277,7 +282,7 @@ class SchedulerLoop:
                 last_resync = self.clock.monotonic()
                 self.full_passes += 1
             last, last_index = (jobs, placements, machines), index
-            names, behind = await loop.run_in_executor(None, _scope, before, last, touched)
+            names, behind = await loop.run_in_executor(None, _scope, before, last, touched, groups)
             if names == []:
                 self.skipped += 1
                 self.at_index = index

@@ -6,7 +6,11 @@ ids per job, and a pass given them plans what a pass grouping every placement pl
 few of them."""
 from __future__ import annotations
 
+from unittest import mock
+
 from hypothesis import given, settings, strategies as st
+
+from raftctl.node import scheduling
 
 from raftctl.node.scheduling import plan_command
 from raftctl.node.views import dry_run
@@ -56,7 +60,25 @@ def test_the_groups_are_the_placements_per_job_and_a_pass_given_them_plans_the_s
         assert a_pass(s, names, True, reverse=True) == walk
 
 
-def test_a_group_is_sorted_again_only_when_its_job_placements_change():
+@settings(max_examples=100, deadline=None)
+@given(setup_st, st.lists(command_st, min_size=2, max_size=30), st.data())
+def test_the_loop_counts_a_backlog_through_the_groups_as_through_a_walk(setup, steps, data):
+    s = State()
+    for cmd in setup:
+        assert apply(s, cmd).ok
+    cut = data.draw(st.integers(0, len(steps)))
+    before = None
+    for i, step in enumerate(steps):
+        if i == cut:
+            before = (dict(s.jobs), dict(s.placements), dict(s.machines))
+        s = run(s, step)
+    after = (dict(s.jobs), dict(s.placements), dict(s.machines))
+    with mock.patch.object(scheduling, "STREAM_ABOVE", 0):   # every scope's backlog is counted
+        walk = scheduling._scope(before, after, None)
+        assert scheduling._scope(before, after, None, s.job_groups()) == walk
+
+
+def test_a_group_is_built_again_only_when_its_job_placements_change():
     s = State()
     for cmd in setup_fixed():
         assert apply(s, cmd).ok
