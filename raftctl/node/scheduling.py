@@ -19,6 +19,7 @@ from raftctl.clock import Clock
 from raftctl.errors import Unavailable
 from raftctl.scheduler import schedule
 from raftctl.scheduler.dirty import affected_jobs
+from raftctl.scheduler.driver import placements_of_jobs
 from raftctl.scheduler.machines import ViewCache
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.records import Job, Machine, Placement, list_to_wire
@@ -192,11 +193,7 @@ def _scope(before: tuple[Mapping[str, Job], Mapping[str, Placement], Mapping[str
     covered = {n: jobs[n] for n in names if n in jobs}
     if sum(j.replicas + j.surge_slots for j in covered.values() if j.status == "running") <= STREAM_ABOVE:
         return names, 0
-    if groups is not None:
-        theirs = {pid: placements[pid] for n in covered for pid in groups.get(n, ())}
-    else:
-        theirs = {k: p for k, p in placements.items() if p.job in covered}
-    return names, backlog(covered, theirs)
+    return names, backlog(covered, placements_of_jobs(placements, covered, groups))
 
 
 class Streamed:

@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from raftctl.discovery.view import lookup, parse_near
 from raftctl.scheduler import reconcile, schedule
+from raftctl.scheduler.driver import placements_of_jobs
 from raftctl.scheduler.pipeline import no_check
 from raftctl.statemachine.records import Job, JobSpec, JobVersion, Machine, Placement, list_to_wire, to_wire
 from raftctl.statemachine.state import MachineUsage, State, machine_usage
@@ -108,8 +109,7 @@ def dry_run(jobs: Mapping[str, Job], placements: Mapping[str, Placement], machin
     hypothetical = {**jobs, name: job}
     plan = schedule(hypothetical, placements, machines, index=index, now=0, job_names=[name], check=check or no_check,
                     usage=usage, groups=groups)
-    mine = [p for p in placements.values() if p.job == name] if groups is None else \
-        [placements[pid] for pid in groups.get(name, ())]
+    mine = list(placements_of_jobs(placements, (name,), groups).values())
     rec = reconcile(job, mine, machines, now=0)
     return {"job": name, "version": version, "new_version": old is None or version != old.version,
             "place": [{"replica": p.replica, "machine": p.machine, "ports": p.ports} for p in plan.place],

@@ -3,7 +3,7 @@
 randomness; the same state gives the same plan."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from msgspec.structs import replace
 
@@ -126,8 +126,8 @@ class Pass:
     def placements_of(self, name: str) -> list[Placement]:
         """Job ``name``'s placements (any order: what reads them counts or sorts them)."""
         got = self.by_job.get(name)
-        if got is None:
-            got = [] if self.groups is None else [self.placements[pid] for pid in self.groups.get(name, ())]
+        if got is None:   # with groups (else by_job holds every job's, from the walk in schedule)
+            got = [] if self.groups is None else list(placements_of_jobs(self.placements, (name,), self.groups).values())
             self.by_job[name] = got
         return got
 
@@ -183,6 +183,15 @@ class Pass:
             self.plan.place.extend(more)
             out.extend(more)
         return out
+
+
+def placements_of_jobs(placements: Mapping[str, Placement], names: Collection[str],
+                       groups: Mapping[str, Sequence[str]] | None = None) -> dict[str, Placement]:
+    """The placements of the jobs ``names``: through ``groups`` (``State.job_groups``, read with ``placements``)
+    when given, else by a walk over every placement. Their order is not the walk's: a reader counts or sorts them."""
+    if groups is not None:
+        return {pid: placements[pid] for n in names for pid in groups.get(n, ())}
+    return {k: p for k, p in placements.items() if p.job in names}
 
 
 def order(job: Job | None, name: str) -> tuple[int, float, str]:
