@@ -63,6 +63,11 @@ def register(cli: click.Group) -> None:
                   help="Open API connections at most; past it a new connection is answered 503 overloaded and closed, "
                        "so clients cannot take the descriptors the Raft log needs. 0: the open-files limit (raised "
                        "to its hard limit at start) minus 512.")
+    @click.option("--reserved-connections", type=click.IntRange(0), default=None,
+                  help="Of --max-connections, the last ones kept for admin and operator tokens: a connection admitted "
+                       "into them serves only those (any other request is answered 503 overloaded and the connection "
+                       "closed), so a fleet holding every other slot cannot lock operators out. Default: an eighth "
+                       "of the limit, at most 32.")
     @click.option("--max-body", default="1Mi", show_default=True,
                   help="Largest JSON/CBOR request body; larger ones get 413 too_large (blob uploads stream apart).")
     @click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
@@ -74,7 +79,7 @@ def register(cli: click.Group) -> None:
     def server(node_id: str, data_dir: str, raft_addr: str, peers: tuple[str, ...], api_addr: str,
                advertise_api: str | None, secret: str | None, secret_file: str | None, insecure_dev: bool,
                dns_port: int | None, compact_entries: int, heartbeat_ttl: str, heartbeat_interval: str, max_heartbeats: int,
-               max_connections: int, max_body: str,
+               max_connections: int, reserved_connections: int | None, max_body: str,
                tls_cert: str | None, tls_key: str | None, tls_ca: str | None, log_level: str) -> None:
         """Run a control replica (Raft member + HTTP API; the leader runs the controllers)."""
         from raftctl.node.replica import ServerConfig, serve
@@ -110,7 +115,7 @@ def register(cli: click.Group) -> None:
                            compact_entries=compact_entries, max_body=_body_limit(max_body),
                            heartbeat_ttl_s=ttl_s, heartbeat_interval_s=interval_s,
                            max_heartbeats_per_s=max_heartbeats, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
-                           max_connections=max_connections)
+                           max_connections=max_connections, reserved_connections=reserved_connections)
         try:
             asyncio.run(serve(cfg))
         except ValidationError as exc:   # what the replica refused before it started (a port it cannot listen on)

@@ -25,6 +25,17 @@ was answered 503 overloaded again and again and the bench gave up. Only connecti
 parked watch, a write being committed) are never closed to make room; when none is idle the new one is refused as
 before, and the idle ones are not looked for again for ``Listener.RESCAN_S``, so a flood over a limit of parked requests
 costs one scan a second, not one per connection.
+
+Connections kept for operators (session 20): the first 10,000-machine run of session 19 stopped because every slot
+was held by the agents' requests in progress (parked watches, heartbeats behind a held loop), so the operator's
+``GET /v1/status`` was refused ``overloaded`` for a minute: the people who could fix the cluster could not see it.
+The last ``reserve`` slots of the limit (``--reserved-connections``; by default ``default_reserve``: an eighth of
+the limit, at most 32) are kept for ``RESERVED_ROLES``, as Kubernetes' API priority and fairness keeps seats for
+its exempt level. Who calls is known only from a request's token, after the connection is accepted: a connection
+accepted into those slots is served by a ``Reserved`` handler, and its requests are answered (the Guard, in
+raftctl/node/http.py) only when their token's role is one of them; any other request on it is answered
+``503 overloaded`` with ``Retry-After: 1`` and the connection is closed, which gives the slot back at once. A
+newcomer takes a reserved slot only after no idle connection could make room for it.
 """
 from __future__ import annotations
 
@@ -45,8 +56,9 @@ from raftctl.errors import RaftctlError
 
 log = logging.getLogger("raftctl.node")
 
-__all__ = ["AdmittingRunner", "AdmittingServer", "EVICT_SHARE", "Listener", "RESERVE_FDS", "default_limit",
-           "idle_since", "raise_fd_limit", "REFUSAL", "refusal"]
+__all__ = ["AdmittingRunner", "AdmittingServer", "EVICT_SHARE", "Listener", "RESERVE_FDS", "RESERVED_ROLES",
+           "Reserved", "default_limit", "default_reserve", "idle_since", "raise_fd_limit", "REFUSAL", "refusal",
+           "reserved_refusal"]
 
 RESERVE_FDS = 512
 """Descriptors kept from the API: the journal and its meta file, snapshots being written or sent, the Raft
@@ -69,6 +81,25 @@ def raise_fd_limit() -> int:
 def default_limit(fd_limit: int) -> int:
     """The API's connection limit for a process allowed ``fd_limit`` descriptors (at least 64)."""
     return max(64, fd_limit - RESERVE_FDS)
+
+
+RESERVED_ROLES = frozenset({"admin", "operator"})
+"""The roles whose requests are served on a connection admitted into the slots kept for them (``Reserved``)."""
+
+MAX_DEFAULT_RESERVE = 32
+
+
+def default_reserve(limit: int) -> int:
+    """The slots of ``limit`` kept for RESERVED_ROLES when ``--reserved-connections`` is not given: an eighth of
+    the limit, at most MAX_DEFAULT_RESERVE (none below a limit of 8)."""
+    return min(MAX_DEFAULT_RESERVE, limit // 8)
+
+
+def reserved_refusal() -> RaftctlError:
+    """The answer to a request on a reserved connection whose token's role is not one of RESERVED_ROLES."""
+    return RaftctlError("too many open connections to this replica: this one was admitted from those kept for "
+                        f"{' and '.join(sorted(RESERVED_ROLES))} tokens; try another replica or again in a second",
+                        code="overloaded", http_status=503)
 
 
 def refusal() -> bytes:
@@ -121,20 +152,37 @@ class JsonErrors(RequestHandler):
         return answer
 
 
+class Reserved(JsonErrors):
+    """The handler of a connection admitted into the slots kept for RESERVED_ROLES: the Guard serves its requests
+    only for those roles (``type(request.protocol) is Reserved``, one test per request)."""
+
+    __slots__ = ()
+
+
 class AdmittingServer(web.Server):
     """aiohttp's Server counting the connections whose transport is open (``live``); ``Listener`` makes room by
-    closing idle ones (``evicted`` counts them), else refuses new ones while ``live`` is at ``limit`` (``refused``
-    counts them). Its connections' handlers answer their own errors as JSON (``JsonErrors``)."""
+    closing idle ones (``evicted`` counts them), else admits a new one into the last ``reserve`` slots of ``limit``
+    as ``Reserved`` (``reserved`` counts them), else refuses it (``refused`` counts them). Its connections' handlers
+    answer their own errors as JSON (``JsonErrors``)."""
 
     def __call__(self) -> RequestHandler:
         handler = super().__call__()
         handler.__class__ = JsonErrors   # built by aiohttp with the runner's keywords; only its errors differ
         return handler
 
+    def reserved_handler(self) -> RequestHandler:
+        """The protocol factory of a connection admitted into the reserved slots."""
+        handler = super().__call__()
+        handler.__class__ = Reserved
+        self.reserved += 1
+        return handler
+
     limit: int
+    reserve: int      # the last slots of ``limit``, kept for RESERVED_ROLES
     live: int
     refused: int
     evicted: int
+    reserved: int
     closing: set[RequestHandler]    # closed to make room, their connection_lost not yet seen (still in ``live``)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
@@ -153,11 +201,15 @@ class AdmittingServer(web.Server):
 
 
 class AdmittingRunner(web.AppRunner):
-    """An AppRunner whose server is an :class:`AdmittingServer` with this ``limit``."""
+    """An AppRunner whose server is an :class:`AdmittingServer` with this ``limit``, of which ``reserve`` slots
+    are kept for RESERVED_ROLES."""
 
-    def __init__(self, app: web.Application, *, limit: int, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, *, limit: int, reserve: int = 0, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
+        if not 0 <= reserve < limit:
+            raise ValueError(f"reserve: {reserve} must be at least 0 and less than the limit {limit}")
         self.limit = limit
+        self.reserve = reserve
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -165,7 +217,8 @@ class AdmittingRunner(web.AppRunner):
         # subclass only adds the counting, so the instance changes class rather than being built a second way
         server.__class__ = AdmittingServer
         assert isinstance(server, AdmittingServer)
-        server.limit, server.live, server.refused, server.evicted = self.limit, 0, 0, 0
+        server.limit, server.reserve = self.limit, self.reserve
+        server.live, server.refused, server.evicted, server.reserved = 0, 0, 0, 0
         server.closing = set()
         return server
 
@@ -223,36 +276,43 @@ class Listener:
                                 self.failed_accepts, exc, server.live, server.limit)
                 await asyncio.sleep(self.RETRY_S)
                 continue
-            if server.live + len(self.pending) >= server.limit and not await self._room_for(server):
-                server.refused += 1
-                self._refuse(conn)
-                continue
+            shared = server.limit - server.reserve
+            reserved = False
+            if server.live + len(self.pending) >= shared and not await self._room_for(server, shared):
+                if server.live + len(self.pending) >= server.limit:
+                    server.refused += 1
+                    self._refuse(conn)
+                    continue
+                reserved = True      # served only for RESERVED_ROLES (the Guard)
             # a task per connection: a TLS handshake must not hold the accept loop (nor a slow client's)
-            task = asyncio.create_task(self._connect(loop, conn))
+            task = asyncio.create_task(self._connect(loop, conn, reserved))
             self.pending.add(task)
             task.add_done_callback(self.pending.discard)
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    async def _connect(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, reserved: bool = False) -> None:
+        server = self.runner.admitting
+        assert server is not None
+        factory = server.reserved_handler if reserved else server
         try:
-            await loop.connect_accepted_socket(self.runner.server, conn, ssl=self.ssl)  # type: ignore[arg-type]
+            await loop.connect_accepted_socket(factory, conn, ssl=self.ssl)
         except Exception as exc:         # a TLS handshake that failed, a peer already gone: this connection only
             log.debug("API connection dropped before its first request: %s", exc)
             conn.close()
 
-    async def _room_for(self, server: AdmittingServer) -> bool:
-        """Whether the connection just accepted can have a slot: idle ones closed to make room when every slot is
-        taken, then their closes seen (a loop turn or two, at most CLOSES_S) before it is admitted. A connection
+    async def _room_for(self, server: AdmittingServer, limit: int) -> bool:
+        """Whether the connection just accepted can have one of ``limit``'s slots: idle ones closed to make room
+        when every slot is taken, then their closes seen (a loop turn or two, at most CLOSES_S) before it is admitted. A connection
         closed to make room holds its descriptor until then, and the accept loop does not yield while the
         backlog holds connections: admitted at once, a burst took one descriptor more per newcomer (a replica
         with 400 descriptors and a limit of 250 ran out with 152 connections open)."""
-        if server.taken + len(self.pending) >= server.limit and not self._room_made(server):
+        if server.taken + len(self.pending) >= limit and not self._room_made(server):
             return False
         deadline = time.monotonic() + self.CLOSES_S
-        while server.live + len(self.pending) >= server.limit and server.closing:
+        while server.live + len(self.pending) >= limit and server.closing:
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0)
-        return server.live + len(self.pending) < server.limit
+        return server.live + len(self.pending) < limit
 
     def _room_made(self, server: AdmittingServer) -> bool:
         """``_make_room``, which reads aiohttp's private handler state: should that ever fail, the newcomer is

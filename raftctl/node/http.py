@@ -23,6 +23,7 @@ from raftctl import gate
 from raftctl.aio import unless
 from raftctl.errors import OutcomeUnknown, RaftctlError, Unauthorized, Unavailable, ValidationError
 from raftctl.node import auth
+from raftctl.node.admission import RESERVED_ROLES, Reserved, reserved_refusal
 from raftctl.node.proposer import RefusedByRaft
 from raftctl.statemachine.apply import Result
 from raftctl.statemachine.units import parse_duration
@@ -322,7 +323,8 @@ class Guard:
     a 413 before auth; the token must hold the route's permission (``perm``); writes that read the replica's
     state (``perm(write=True)``), every write while this replica is ``behind`` its log, and tokens this replica
     has not applied yet, are forwarded to the leader; errors become ``{"error": ...}`` JSON; every request is
-    observed (route, status, seconds).
+    observed (route, status, seconds). On a connection admitted into the slots kept for admin and operator tokens
+    (``admission.Reserved``) only their requests are served; any other is answered 503 overloaded (``not_kept_for``).
 
     It wraps each handler once, when its route is added (``routes``), and is not an aiohttp middleware: a
     middleware is looked up and awaited per request behind aiohttp's own current-app middleware, three
@@ -335,6 +337,7 @@ class Guard:
         self.observe = observe
         self.limit = limit
         self.tokens = TokenMemo()
+        self.reserved_refused = 0   # requests refused on a reserved connection (not_kept_for)
 
     def wrap(self, handler: Handler, method: str, name: str) -> Handler:
         """``handler`` behind the guard; ``method name`` is its metrics label (``name``: the route's path)."""
@@ -352,17 +355,22 @@ class Guard:
                 if limit is not None and request.content_length is not None and request.content_length > limit:
                     raise too_large(limit)  # before auth and before reading a byte of it
                 response = None
+                kept = type(request.protocol) is Reserved   # admitted into the slots kept for RESERVED_ROLES
                 if required is not None:
                     header = request.headers.get("Authorization")
                     try:
                         request["token"] = replica.read(lambda s: tokens.authorize(s.tokens, header, required))
                     except Unauthorized as refused:
-                        response = await self.unknown_token(request, header, refused)
+                        response = self.not_kept_for() if kept else await self.unknown_token(request, header, refused)
                     else:
-                        if forward or (write and behind(replica.raft)):
+                        if kept and request["token"]["role"] not in RESERVED_ROLES:
+                            response = self.not_kept_for()
+                        elif forward or (write and behind(replica.raft)):
                             response = await forward_to_leader(request)
                         elif write:
                             response = await propose_here(request, handler)
+                elif kept:
+                    response = self.not_kept_for()
                 if response is None:
                     response = await handler(request)
             except Exception as exc:  # noqa: BLE001 -- every error is a JSON answer (an unexpected one is logged)
@@ -371,6 +379,16 @@ class Guard:
             observe(labels.get(m) or labels.setdefault(m, f"{m} {name}"), response.status, time.monotonic() - started)
             return response
         return guarded
+
+    def not_kept_for(self) -> web.StreamResponse:
+        """The answer to a request on a connection admitted into the slots kept for RESERVED_ROLES when its token
+        has none of them (or no token, or one not known here): 503 overloaded, ``Retry-After: 1``, and the
+        connection closed so that the slot is free again at once (raftctl/node/admission.py)."""
+        self.reserved_refused += 1
+        response = web.json_response({"error": reserved_refusal().to_dict()}, status=503,
+                                     headers={"Retry-After": "1"})
+        response.force_close()
+        return response
 
     async def unknown_token(self, request: web.Request, header: str | None,
                             refused: Unauthorized) -> web.StreamResponse:

@@ -12,7 +12,7 @@ from prometheus_client.utils import floatToGoString
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from raftctl.node.efficiency import prometheus_families
-from raftctl.node.http import REPLICA, perm
+from raftctl.node.http import GUARD, REPLICA, perm
 
 
 class ApiMetrics:
@@ -102,6 +102,19 @@ class ReplicaCollector:
                                           "to make room for a new one at the limit")
             evicted.add_metric([], admitting.evicted)
             yield evicted
+            kept = GaugeMetricFamily("raftctl_api_connections_reserved_slots", "Of the limit, the slots kept for "
+                                     "admin and operator tokens (--reserved-connections)")
+            kept.add_metric([], admitting.reserve)
+            yield kept
+            reserved = CounterMetricFamily("raftctl_api_connections_reserved", "API connections admitted into the "
+                                           "slots kept for admin and operator tokens")
+            reserved.add_metric([], admitting.reserved)
+            yield reserved
+            guard = r.runner.app.get(GUARD) if r.runner.app is not None else None
+            not_kept = CounterMetricFamily("raftctl_api_reserved_refused", "Requests refused 503 overloaded on a "
+                                           "reserved connection (their token not an admin's or operator's)")
+            not_kept.add_metric([], guard.reserved_refused if guard is not None else 0)
+            yield not_kept
         lag = getattr(r, "loop_lag", None)
         if lag is not None:
             late = HistogramMetricFamily("raftctl_event_loop_lag_seconds", "How much later than asked the replica's "

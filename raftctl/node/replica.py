@@ -28,7 +28,8 @@ from raftctl.node.rollout import RolloutController
 from raftctl.gcstats import GcStats, freeze, thresholds_from_env, tune
 from raftctl.gil import switch_interval_from_env, tune_switch_interval
 from raftctl.node.looplag import LoopLag
-from raftctl.node.admission import AdmittingRunner, Listener, cannot_listen, default_limit, raise_fd_limit
+from raftctl.node.admission import (AdmittingRunner, Listener, cannot_listen, default_limit, default_reserve,
+                                    raise_fd_limit)
 from raftctl.node.scheduling import SchedulerLoop
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import Result
@@ -64,6 +65,7 @@ class ServerConfig:
     tls_key: str | None = None
     tls_ca: str | None = None      # verify other replicas with this CA (default: the system trust store)
     max_connections: int = 0       # open API connections at most (admission.py); 0: the open-files limit - reserve
+    reserved_connections: int | None = None  # of max_connections, kept for admin/operator tokens; None: default_reserve
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -108,6 +110,11 @@ class Replica:
             problem = cannot_listen(addr)
             if problem:   # pysyncobj would retry a taken Raft port forever, silently: stop here instead
                 raise ValidationError(f"cannot listen on {addr}: {problem}", field=name)
+        limit = self.cfg.max_connections or default_limit(raise_fd_limit())
+        reserve = default_reserve(limit) if self.cfg.reserved_connections is None else self.cfg.reserved_connections
+        if not 0 <= reserve < limit:
+            raise ValidationError(f"{reserve} connections cannot be kept for admin and operator tokens out of a limit "
+                                  f"of {limit}: give fewer than --max-connections", field="reserved-connections")
         self.loop = asyncio.get_running_loop()
         self._changed = asyncio.Condition()
         server_ssl = client_ssl = None
@@ -130,8 +137,7 @@ class Replica:
         connector = aiohttp.TCPConnector(ssl=client_ssl) if client_ssl is not None else None
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15, sock_connect=2), connector=connector)
         app = make_app(self)
-        limit = self.cfg.max_connections or default_limit(raise_fd_limit())
-        self.runner = AdmittingRunner(app, limit=limit, access_log=None,
+        self.runner = AdmittingRunner(app, limit=limit, reserve=reserve, access_log=None,
                                       shutdown_timeout=1.0)  # long polls must not hold shutdown
         await self.runner.setup()
         host, port = self.cfg.api.rsplit(":", 1)

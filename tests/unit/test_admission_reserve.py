@@ -1,0 +1,104 @@
+"""The last slots of the connection limit are kept for admin and operator tokens (raftctl/node/admission.py).
+
+Session 19's first 10,000-machine run stopped because every slot was held by the agents' requests in progress, so
+the operator's status call was refused ``overloaded`` for a minute. A real AdmittingRunner and Listener on loopback,
+a limit of 4 with 1 slot kept: a connection admitted there is served by a ``Reserved`` handler (the Guard decides
+per request, tests/integration/test_admission_reserve.py); past the whole limit, a connection is refused as before;
+an idle connection is still closed to make room before a reserved slot is used."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from aiohttp import web
+
+from raftctl.node.admission import AdmittingRunner, Listener, default_reserve
+from tests.unit.test_admission_evict import closed_by_server, connect, get, turns
+
+LIMIT, RESERVE = 4, 1
+
+
+@contextlib.asynccontextmanager
+async def serving(reserve: int = RESERVE):
+    release = asyncio.Event()
+
+    async def kind(request: web.Request) -> web.Response:   # which handler class serves this connection
+        return web.Response(text=type(request.protocol).__name__)
+
+    async def park(request: web.Request) -> web.Response:   # a request in progress: a parked watch
+        await release.wait()
+        return web.Response(text="released")
+
+    app = web.Application()
+    app.router.add_get("/kind", kind)
+    app.router.add_get("/park", park)
+    runner = AdmittingRunner(app, limit=LIMIT, reserve=reserve, access_log=None)
+    await runner.setup()
+    listener = Listener(runner, "127.0.0.1", 0)
+    await listener.start()
+    assert listener.sock is not None
+    try:
+        yield runner.admitting, listener.sock.getsockname()[1], release
+    finally:
+        release.set()
+        await listener.stop()
+        await runner.cleanup()
+
+
+async def test_past_the_shared_slots_a_connection_is_admitted_as_reserved_and_past_the_limit_refused():
+    async with serving() as (server, port, release):
+        parked = []
+        for _ in range(LIMIT - RESERVE):          # every shared slot held by a request in progress
+            conn = await connect(port)
+            assert (await get(conn, "/kind")).endswith(b"JsonErrors")
+            parked.append(asyncio.create_task(get(conn, "/park")))
+        await turns()
+        kept = await connect(port)
+        assert (await get(kept, "/kind")).endswith(b"Reserved")
+        assert server.reserved == 1 and server.refused == 0
+        parked.append(asyncio.create_task(get(kept, "/park")))
+        await turns()
+        over = await connect(port)                 # the whole limit held: refused at once, as without a reserve
+        answer = await asyncio.wait_for(over[0].read(), 5)
+        assert answer.startswith(b"HTTP/1.1 503") and b'"overloaded"' in answer
+        assert server.refused == 1 and server.live == LIMIT
+        release.set()
+        assert all(a.endswith(b"released") for a in await asyncio.gather(*parked))
+
+
+async def test_an_idle_connection_makes_room_before_a_reserved_slot_is_used():
+    async with serving() as (server, port, _):
+        conns = [await connect(port) for _ in range(LIMIT - RESERVE)]
+        for conn in conns:
+            assert (await get(conn, "/kind")).endswith(b"JsonErrors")
+        await turns()
+        newcomer = await connect(port)             # the shared slots are taken, but by idle connections
+        assert (await get(newcomer, "/kind")).endswith(b"JsonErrors")
+        assert await closed_by_server(conns[0])
+        assert (server.evicted, server.reserved) == (1, 0)
+
+
+async def test_without_a_reserve_the_limit_behaves_as_before():
+    async with serving(reserve=0) as (server, port, release):
+        parked = []
+        for _ in range(LIMIT):
+            conn = await connect(port)
+            parked.append(asyncio.create_task(get(conn, "/park")))
+        await turns()
+        over = await connect(port)
+        assert (await asyncio.wait_for(over[0].read(), 5)).startswith(b"HTTP/1.1 503")
+        assert (server.reserved, server.refused) == (0, 1)
+        release.set()
+        await asyncio.gather(*parked)
+
+
+@pytest.mark.parametrize("limit, reserve", [(4, 0), (7, 0), (8, 1), (250, 31), (256, 32), (19_488, 32)])
+def test_the_default_reserve_is_an_eighth_of_the_limit_at_most_32(limit, reserve):
+    assert default_reserve(limit) == reserve
+
+
+@pytest.mark.parametrize("reserve", [-1, 4, 5])
+def test_a_reserve_that_leaves_no_shared_slot_is_refused(reserve):
+    with pytest.raises(ValueError, match="reserve"):
+        AdmittingRunner(web.Application(), limit=4, reserve=reserve)
