@@ -632,9 +632,14 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                         res["failover"]["leader_loop_lag"] = loop_lag(mf0, bed.metrics(lead_f.url))
                     with contextlib.suppress(Exception):   # heartbeats counted from their send (session 16)
                         st = bed.call("GET", "/v1/status", url=lead_f.url)
-                        credit = ((st.get("leadership") or {}).get("failover") or {}).get("heartbeat_credit")
+                        fo_st = (st.get("leadership") or {}).get("failover") or {}
+                        credit = fo_st.get("heartbeat_credit")
                         if credit is not None:
                             res["failover"]["heartbeat_credit"] = credit
+                        # the monitor's own pace since elected (session 20): ticks, the longest gap between two,
+                        # and the most a machine was silent past its TTL when proposed down (observed time)
+                        res["failover"]["monitor"] = {k: fo_st[k] for k in (
+                            "ticks", "tick_gap_max_s", "declared_late_max_s") if k in fo_st}
                         sched = (st.get("leadership") or {}).get("SchedulerLoop") or {}
                         res["failover"]["scheduler_since_elected"] = {k: sched[k] for k in (
                             "passes", "pass_ms", "commit_ms", "views_built", "views_reused") if k in sched}

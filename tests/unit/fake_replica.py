@@ -64,3 +64,9 @@ def record_passes(monkeypatch: Any) -> list[list[str] | None]:
     monkeypatch.setattr(scheduling, "schedule", recording)
     return covered
 
+
+
+async def tick(monitor: Any) -> None:
+    """One failover tick and the MachineDown proposals it started, answered: the monitor runs them beside its next
+    ticks (FailoverMonitor.tick returns them)."""
+    await asyncio.gather(*await monitor.tick())

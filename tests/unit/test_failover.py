@@ -8,7 +8,7 @@ from raftctl.clock import FakeClock
 from raftctl.node.failover import FailoverConfig, FailoverMonitor, judge
 from raftctl.statemachine import commands as c
 
-from .fake_replica import FakeReplica, machine, until
+from .fake_replica import FakeReplica, machine, until, tick
 
 CFG = FailoverConfig(ttl_s=3.0, max_silent_fraction=0.5, mass_interval_s=10.0)
 UP = ["a", "b", "c", "d"]
@@ -53,11 +53,11 @@ async def test_a_machine_silent_past_its_ttl_is_declared_down_and_the_others_are
     for m in ("m1", "m2", "m3"):
         mon.heartbeat(m)
     clock.advance(1.0)                  # m4 silent for exactly the TTL and the grace: not yet
-    await mon.tick()
+    await tick(mon)
     assert r.of(c.MachineDown) == []
     assert mon.status()["heartbeat_age_s"] == {"m1": 1.0, "m2": 1.0, "m3": 1.0, "m4": 5.0}
     clock.advance(0.001)
-    await mon.tick()
+    await tick(mon)
     assert [(x.machine, x.reason) for x in r.of(c.MachineDown)] == [("m4", "no heartbeat for 5.0s (ttl 5s)")]
     assert r.state.machines["m4"].status == "down" and r.state.machines["m1"].status == "up"
 
@@ -69,26 +69,27 @@ async def test_the_mass_loss_guard_paces_itself_on_the_injected_clock():
     clock.advance(1.0)
     mon.heartbeat("m1")
     clock.advance(2.5)                  # m2, m3, m4 silent 3.5 s: three of four, a partition more likely than a fire
-    await mon.tick()
+    await tick(mon)
     assert [x.machine for x in r.of(c.MachineDown)] == ["m2"] and mon.guard_active
     for _ in range(9):
         clock.advance(1.0)
         mon.heartbeat("m1")
-        await mon.tick()
+        await tick(mon)
     assert len(r.of(c.MachineDown)) == 1  # 9 s later, still held back
     clock.advance(1.0)
     mon.heartbeat("m1")
-    await mon.tick()
+    await tick(mon)
     assert [x.machine for x in r.of(c.MachineDown)] == ["m2", "m3"]
 
 
 async def run_until_down(clock: FakeClock) -> FailoverMonitor:
-    """A one-machine fleet's monitor loop on ``clock``, run until it declares the silent machine down."""
+    """A one-machine fleet's monitor loop on ``clock``, run until it proposes the silent machine down (the proposal
+    runs beside the next ticks, which advance the fake clock while it is answered)."""
     r = await fleet(clock, n=1)
     mon = FailoverMonitor(r, 3, FailoverConfig(leader_grace_s=0.0, ttl_s=3.0), clock=clock)
     task = asyncio.create_task(mon.run())
     try:
-        await until(lambda: r.of(c.MachineDown), "the 3 s TTL passing (on the monitor's clock)")
+        await until(lambda: mon.declaring or r.of(c.MachineDown), "the 3 s TTL passing (on the monitor's clock)")
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -119,12 +120,12 @@ async def test_a_held_leader_does_not_count_its_own_hold_against_the_machines(la
     mon.heartbeat("m2")
     clock.advance(late)                   # the leader's loop held: m1's heartbeat 2 + late s ago in real time
     mon.was_held(late)
-    await mon.tick()
+    await tick(mon)
     silent = 2.0 + late - counted_as
     assert mon.held_s == counted_as and mon.ages()["m1"] == round(silent, 2)
     assert [x.machine for x in r.of(c.MachineDown)] == (["m1"] if silent > 3.0 else [])
     clock.advance(max(0.0, 3.0 - silent) + 0.01)     # just past m1's TTL on the observed clock: m1 only
-    await mon.tick()
+    await tick(mon)
     assert [x.machine for x in r.of(c.MachineDown)] == ["m1"]
 
 

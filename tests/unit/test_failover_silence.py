@@ -13,7 +13,7 @@ from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import apply
 from raftctl.statemachine.state import State
 
-from .fake_replica import FakeReplica, machine
+from .fake_replica import FakeReplica, machine, tick
 
 TTL = 3.0
 TICK = 0.2
@@ -98,7 +98,7 @@ async def _run(mon: FailoverMonitor, clock: FakeClock, seconds: float, alive: li
         clock.advance(TICK)
         for m in alive:
             mon.heartbeat(m)
-        await mon.tick()
+        await tick(mon)
         for _ in range(3):               # the silence proposal runs beside the ticks: let it commit
             await asyncio.sleep(0)
 

@@ -10,7 +10,7 @@ from raftctl.clock import FakeClock
 from raftctl.node.failover import FailoverConfig, FailoverMonitor, judge, told_interval, ttl_for
 from raftctl.statemachine import commands as c
 
-from .fake_replica import FakeReplica, machine
+from .fake_replica import FakeReplica, machine, tick
 
 BUDGET = FailoverConfig(ttl_s=3.0, interval_s=1.0, max_heartbeats_per_s=2000)
 
@@ -94,7 +94,7 @@ async def test_heartbeats_are_answered_with_the_interval_of_the_fleet_and_it_fol
     assert mon.heartbeat("m00") == (1.0, 3.0)          # 2 machines at 2/s
     for i in range(2, 10):
         assert (await r.propose(machine(f"m{i:02d}"))).ok
-    await mon.tick()                                   # the table moved: 10 up machines at 2/s
+    await tick(mon)                                   # the table moved: 10 up machines at 2/s
     assert mon.heartbeat("m00") == (5.0, 15.0)
     assert mon.status()["interval_s"] == 5.0 and mon.status()["ttl_s"] == 15.0
 
@@ -110,7 +110,7 @@ async def test_no_early_down_when_the_fleet_shrinks_for_a_machine_told_a_long_tt
     # 7 machines leave (declared down by others): 3 up want 1.5 s, past the band, so the TTL falls to 4.5 s
     for m in names[3:]:
         assert (await r.propose(c.MachineDown(machine=m, epoch=3))).ok
-    await mon.tick()
+    await tick(mon)
     assert (mon.interval_s, mon.ttl_s) == (1.5, 4.5)
     # m00 (told 15 s) falls silent; m01 and m02 heartbeat at the new interval and are told 4.5 s
     told_at = mon.last_seen["m00"]
@@ -118,11 +118,11 @@ async def test_no_early_down_when_the_fleet_shrinks_for_a_machine_told_a_long_tt
         clock.advance(0.5)
         for m in ("m01", "m02"):
             assert mon.heartbeat(m) == (1.5, 4.5)
-        await mon.tick()
+        await tick(mon)
         assert downs(r) == names[3:], f"m00 down {clock.monotonic() - told_at:.1f} s after " \
                                       "its last heartbeat, told 15 s"
     clock.advance(0.5)
-    await mon.tick()
+    await tick(mon)
     assert downs(r) == names[3:] + ["m00"]
     assert r.of(c.MachineDown)[-1].reason == "no heartbeat for 15.5s (ttl 15s)"
 
@@ -138,7 +138,7 @@ async def test_a_machine_told_a_short_ttl_is_judged_by_the_current_longer_one():
     for m in [f"m{i:02d}" for i in range(1, 10)]:
         mon.heartbeat(m)
     clock.advance(4.0)                                 # m00 silent past the 3 s it was told
-    await mon.tick()                                   # ... but the interval grew: TTL 15 s now
+    await tick(mon)                                   # ... but the interval grew: TTL 15 s now
     assert mon.ttl_s == 15.0 and downs(r) == []
 
 
@@ -152,10 +152,10 @@ async def test_a_new_leader_re_arms_with_the_largest_ttl_it_could_have_told():
     assert (mon.interval_s, mon.ttl_s, mon.rearm_ttl_s) == (1.0, 3.0, 15.0 + cfg.leader_grace_s)
     before = len(downs(r))
     clock.advance(15.0 + cfg.leader_grace_s)           # neither m00 nor m01 heard since the re-arm
-    await mon.tick()
+    await tick(mon)
     assert downs(r)[before:] == []
     clock.advance(0.1)
-    await mon.tick()
+    await tick(mon)
     assert downs(r)[before:] == ["m00"]                # both up ones silent: the mass-loss guard takes one
 
 
@@ -175,13 +175,13 @@ async def test_a_new_leader_gives_every_machine_the_grace_to_find_it_and_then_on
     mon = FailoverMonitor(r, 3, cfg, clock=clock)
     mon.heartbeat("m05")
     clock.advance(3.1)
-    await mon.tick()
+    await tick(mon)
     assert downs(r) == ["m05"]                          # heard by this leader: its 3 s TTL, no grace
     clock.advance(4.9)                                  # 8.0 s = TTL 3 s + grace 5 s since the election
-    await mon.tick()
+    await tick(mon)
     assert downs(r) == ["m05"]
     clock.advance(0.1)
-    await mon.tick()                                    # 4 of 5 up silent: the mass-loss guard takes one
+    await tick(mon)                                    # 4 of 5 up silent: the mass-loss guard takes one
     assert downs(r) == ["m05", "m00"]
 
 
@@ -194,12 +194,12 @@ async def test_the_mass_loss_guard_counts_the_machines_in_the_table_not_the_ones
     r = await fleet(clock, 3)
     mon = FailoverMonitor(r, 3, cfg, clock=clock)
     clock.advance(3.1)
-    await mon.tick()
+    await tick(mon)
     assert downs(r) == ["m00"] and mon.guard_active
     for _ in range(5):
         clock.advance(0.2)
-        await mon.tick()
+        await tick(mon)
     assert downs(r) == ["m00"] and mon.guard_active and mon.silent == ["m01", "m02"]
     clock.advance(10.0)
-    await mon.tick()
+    await tick(mon)
     assert downs(r) == ["m00", "m01"]

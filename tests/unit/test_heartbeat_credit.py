@@ -20,7 +20,7 @@ from raftctl.node.failover import (SENT_FLOOR_RISE, SENT_RESET_S, FailoverConfig
                                    heartbeat_credit, queued_for)
 from raftctl.statemachine import commands as c
 
-from .fake_replica import FakeReplica, machine
+from .fake_replica import FakeReplica, machine, tick
 from .test_heartbeat_stats import api, leader_with_web
 
 # (name, sample, floor, now, waited, new floor)
@@ -85,7 +85,7 @@ async def declared_after_freeze(credit: bool) -> float:
     while not r.of(c.MachineDown):
         mon.heartbeat("m2", stamp(0.0))
         clock.advance(0.2)
-        await mon.tick()
+        await tick(mon)
     return clock.monotonic() - frozen_at
 
 
@@ -149,7 +149,7 @@ async def test_a_credited_machine_behind_younger_ones_is_still_found_silent():
     clock.advance(0.1)
     mon.heartbeat("m1", sent(clock, 1.6))              # counted from 1.5 s before m2's
     clock.advance(30.0 - 1.5 + 0.05)                    # m1 silent 30.05 s, m2 28.55 s
-    await mon.tick()
+    await tick(mon)
     assert [x.machine for x in r.of(c.MachineDown)] == ["m1"]
 
 

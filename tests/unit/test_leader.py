@@ -45,7 +45,8 @@ async def test_the_leader_claims_its_epoch_and_its_failover_monitor_runs_on_the_
         assert lead.failover is not None and lead.failover.clock is clock
         assert lead.status()["controllers"] == ["FailoverMonitor", "Probe"]
         t0 = clock.monotonic()
-        await until(lambda: r.of(c.MachineDown), "m1 declared down")
+        monitor = lead.failover
+        await until(lambda: monitor.declaring or r.of(c.MachineDown), "m1 proposed down")
         grace = lead.failover.cfg.leader_grace_s
         assert 3.0 + grace < clock.monotonic() - t0 <= 3.3 + grace   # TTL + grace, on the injected clock
         r.raft.status = {"leader": "n2", "state": "follower", "term": 6}
