@@ -87,34 +87,26 @@ class ReplicaCollector:
             yield g
         admitting = r.runner.admitting if getattr(r, "runner", None) is not None else None
         if admitting is not None:
-            for name, value, doc in (
-                    ("raftctl_api_connections", admitting.live, "API connections open on this replica"),
-                    ("raftctl_api_connections_limit", admitting.limit, "Open API connections allowed "
-                     "(--max-connections; at it idle ones are closed to make room, else a new one is answered 503 "
-                     "overloaded and closed)")):
-                g = GaugeMetricFamily(name, doc)
-                g.add_metric([], value)
-                yield g
-            refused = CounterMetricFamily("raftctl_api_connections_refused", "API connections refused over the limit")
-            refused.add_metric([], admitting.refused)
-            yield refused
-            evicted = CounterMetricFamily("raftctl_api_connections_evicted", "Idle keep-alive API connections closed "
-                                          "to make room for a new one at the limit")
-            evicted.add_metric([], admitting.evicted)
-            yield evicted
-            kept = GaugeMetricFamily("raftctl_api_connections_reserved_slots", "Of the limit, the slots kept for "
-                                     "admin and operator tokens (--reserved-connections)")
-            kept.add_metric([], admitting.reserve)
-            yield kept
-            reserved = CounterMetricFamily("raftctl_api_connections_reserved", "API connections admitted into the "
-                                           "slots kept for admin and operator tokens")
-            reserved.add_metric([], admitting.reserved)
-            yield reserved
             guard = r.runner.app.get(GUARD) if r.runner.app is not None else None
-            not_kept = CounterMetricFamily("raftctl_api_reserved_refused", "Requests refused 503 overloaded on a "
-                                           "reserved connection (their token not an admin's or operator's)")
-            not_kept.add_metric([], guard.reserved_refused if guard is not None else 0)
-            yield not_kept
+            for family, name, value, doc in (
+                    (GaugeMetricFamily, "raftctl_api_connections", admitting.live, "API connections open on this replica"),
+                    (GaugeMetricFamily, "raftctl_api_connections_limit", admitting.limit, "Open API connections "
+                     "allowed (--max-connections; at it idle ones are closed to make room, else a new one is answered "
+                     "503 overloaded and closed)"),
+                    (GaugeMetricFamily, "raftctl_api_connections_reserved_slots", admitting.reserve, "Of the limit, "
+                     "the slots kept for admin and operator tokens (--reserved-connections)"),
+                    (CounterMetricFamily, "raftctl_api_connections_refused", admitting.refused,
+                     "API connections refused over the limit"),
+                    (CounterMetricFamily, "raftctl_api_connections_evicted", admitting.evicted, "Idle keep-alive API "
+                     "connections closed to make room for a new one at the limit"),
+                    (CounterMetricFamily, "raftctl_api_connections_reserved", admitting.reserved, "API connections "
+                     "admitted into the slots kept for admin and operator tokens"),
+                    (CounterMetricFamily, "raftctl_api_reserved_refused", guard.reserved_refused if guard else 0,
+                     "Requests refused 503 overloaded on a reserved connection (their token not an admin's or "
+                     "operator's)")):
+                metric = family(name, doc)
+                metric.add_metric([], value)
+                yield metric
         lag = getattr(r, "loop_lag", None)
         if lag is not None:
             late = HistogramMetricFamily("raftctl_event_loop_lag_seconds", "How much later than asked the replica's "

@@ -15,11 +15,15 @@ LIMIT = 4
 
 
 @contextlib.asynccontextmanager
-async def serving():
+async def serving(reserve: int = 0):
+    """The listener and its server on loopback, with ``reserve`` of LIMIT's slots kept (test_admission_reserve)."""
     release = asyncio.Event()
 
     async def ok(request: web.Request) -> web.Response:
         return web.Response(text="ok")
+
+    async def kind(request: web.Request) -> web.Response:   # which handler class serves this connection
+        return web.Response(text=type(request.protocol).__name__)
 
     async def park(request: web.Request) -> web.Response:   # a request in progress: a parked watch
         await release.wait()
@@ -27,8 +31,9 @@ async def serving():
 
     app = web.Application()
     app.router.add_get("/ok", ok)
+    app.router.add_get("/kind", kind)
     app.router.add_get("/park", park)
-    runner = AdmittingRunner(app, limit=LIMIT, access_log=None)
+    runner = AdmittingRunner(app, limit=LIMIT, reserve=reserve, access_log=None)
     await runner.setup()
     listener = Listener(runner, "127.0.0.1", 0)
     await listener.start()

@@ -8,42 +8,19 @@ an idle connection is still closed to make room before a reserved slot is used."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 from aiohttp import web
 
-from raftctl.node.admission import AdmittingRunner, Listener, default_reserve
-from tests.unit.test_admission_evict import closed_by_server, connect, get, turns
+from raftctl.node.admission import AdmittingRunner, default_reserve
+from tests.unit import test_admission_evict as evict
+from tests.unit.test_admission_evict import LIMIT, closed_by_server, connect, get, turns
 
-LIMIT, RESERVE = 4, 1
+RESERVE = 1
 
 
-@contextlib.asynccontextmanager
-async def serving(reserve: int = RESERVE):
-    release = asyncio.Event()
-
-    async def kind(request: web.Request) -> web.Response:   # which handler class serves this connection
-        return web.Response(text=type(request.protocol).__name__)
-
-    async def park(request: web.Request) -> web.Response:   # a request in progress: a parked watch
-        await release.wait()
-        return web.Response(text="released")
-
-    app = web.Application()
-    app.router.add_get("/kind", kind)
-    app.router.add_get("/park", park)
-    runner = AdmittingRunner(app, limit=LIMIT, reserve=reserve, access_log=None)
-    await runner.setup()
-    listener = Listener(runner, "127.0.0.1", 0)
-    await listener.start()
-    assert listener.sock is not None
-    try:
-        yield runner.admitting, listener.sock.getsockname()[1], release
-    finally:
-        release.set()
-        await listener.stop()
-        await runner.cleanup()
+def serving(reserve: int = RESERVE):
+    return evict.serving(reserve)
 
 
 async def test_past_the_shared_slots_a_connection_is_admitted_as_reserved_and_past_the_limit_refused():
