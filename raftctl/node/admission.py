@@ -47,7 +47,7 @@ import resource
 import socket
 import ssl as ssl_module
 import time
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -172,7 +172,7 @@ class AdmittingServer(web.Server):
 
     def reserved_handler(self) -> RequestHandler:
         """The protocol factory of a connection admitted into the reserved slots."""
-        handler = super().__call__()
+        handler = self()
         handler.__class__ = Reserved
         self.reserved += 1
         return handler
@@ -285,14 +285,13 @@ class Listener:
                     continue
                 reserved = True      # served only for RESERVED_ROLES (the Guard)
             # a task per connection: a TLS handshake must not hold the accept loop (nor a slow client's)
-            task = asyncio.create_task(self._connect(loop, conn, reserved))
+            task = asyncio.create_task(self._connect(loop, conn, server.reserved_handler if reserved else server))
             self.pending.add(task)
             task.add_done_callback(self.pending.discard)
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, reserved: bool = False) -> None:
-        server = self.runner.admitting
-        assert server is not None
-        factory = server.reserved_handler if reserved else server
+    async def _connect(self, loop: asyncio.AbstractEventLoop, conn: socket.socket,
+                       factory: Callable[[], RequestHandler]) -> None:
+        """Hand ``conn`` to the server through ``factory`` (the server itself, or its ``reserved_handler``)."""
         try:
             await loop.connect_accepted_socket(factory, conn, ssl=self.ssl)
         except Exception as exc:         # a TLS handshake that failed, a peer already gone: this connection only

@@ -147,10 +147,10 @@ async def test_a_burst_in_the_backlog_never_holds_more_descriptors_than_the_limi
     peak = [0]
     real = Listener._connect
 
-    def counted(self, loop, conn, reserved=False):   # called in the accept loop, as the newcomer is admitted
+    def counted(self, loop, conn, factory):   # called in the accept loop, as the newcomer is admitted
         server = self.runner.admitting
         peak[0] = max(peak[0], server.live + len(self.pending) + 1)
-        return real(self, loop, conn, reserved)
+        return real(self, loop, conn, factory)
     monkeypatch.setattr(Listener, "_connect", counted)
     async with serving() as (server, port, _):
         first = [await connect(port) for _ in range(LIMIT)]
