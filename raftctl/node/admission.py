@@ -35,7 +35,10 @@ its exempt level. Who calls is known only from a request's token, after the conn
 accepted into those slots is served by a ``Reserved`` handler, and its requests are answered (the Guard, in
 raftctl/node/http.py) only when their token's role is one of them; any other request on it is answered
 ``503 overloaded`` with ``Retry-After: 1`` and the connection is closed, which gives the slot back at once. A
-newcomer takes a reserved slot only after no idle connection could make room for it.
+newcomer takes a reserved slot only after no idle connection could make room for it. Idle connections may hold
+the kept slots too (a flood's newcomers that never sent a request): a shared slot is made by closing as many idle
+ones as bring the slots taken under the shared count, not one (the fresh-clone CI at f9ad462 found each newcomer
+admitted as ``Reserved`` after one close left the shared slots full, and an ordinary request refused).
 """
 from __future__ import annotations
 
@@ -304,7 +307,7 @@ class Listener:
         closed to make room holds its descriptor until then, and the accept loop does not yield while the
         backlog holds connections: admitted at once, a burst took one descriptor more per newcomer (a replica
         with 400 descriptors and a limit of 250 ran out with 152 connections open)."""
-        if server.taken + len(self.pending) >= limit and not self._room_made(server):
+        if server.taken + len(self.pending) >= limit and not self._room_made(server, limit):
             return False
         deadline = time.monotonic() + self.CLOSES_S
         while server.live + len(self.pending) >= limit and server.closing:
@@ -313,30 +316,33 @@ class Listener:
             await asyncio.sleep(0)
         return server.live + len(self.pending) < limit
 
-    def _room_made(self, server: AdmittingServer) -> bool:
+    def _room_made(self, server: AdmittingServer, limit: int) -> bool:
         """``_make_room``, which reads aiohttp's private handler state: should that ever fail, the newcomer is
         refused (the limit still holds) and the accept loop goes on."""
         try:
-            return self._make_room(server)
+            return self._make_room(server, limit)
         except Exception as exc:  # noqa: BLE001 (logged; the connection is refused as without this feature)
             if time.monotonic() - self._last_warning > 10:
                 self._last_warning = time.monotonic()
                 log.warning("closing idle connections to make room failed: %s: %s", type(exc).__name__, exc)
             return False
 
-    def _make_room(self, server: AdmittingServer) -> bool:
-        """Close the longest-idle keep-alive connections (EVICT_SHARE of the limit) so the one accepted now can be
-        admitted; False when none is idle. A close is seen (``live`` falls) a loop turn later: the connections
+    def _make_room(self, server: AdmittingServer, limit: int) -> bool:
+        """Close the longest-idle keep-alive connections so the one accepted now can have one of ``limit``'s slots:
+        as many as it takes to bring the slots taken under ``limit`` (the kept slots may hold idle connections
+        too: a flood that filled them left the shared slots full after one close), at least EVICT_SHARE of the
+        limit; False when too few are idle. A close is seen (``live`` falls) a loop turn later: the connections
         being closed (``server.closing``) are not counted meanwhile."""
         now = time.monotonic()
         if now < self._no_idle_until:
             return False
+        need = server.taken + len(self.pending) - limit + 1
         idle = [(since, h) for h in server.connections
                 if h not in server.closing and (since := idle_since(h)) is not None]
-        if not idle:
+        if len(idle) < need:
             self._no_idle_until = now + self.RESCAN_S
             return False
-        want = max(1, int(server.limit * EVICT_SHARE))
+        want = max(need, int(server.limit * EVICT_SHARE), 1)
         oldest = heapq.nsmallest(want, idle, key=lambda pair: pair[0])
         for _, handler in oldest:
             server.closing.add(handler)

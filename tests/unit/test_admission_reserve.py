@@ -12,7 +12,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from raftctl.node.admission import AdmittingRunner, default_reserve
+from raftctl.node.admission import AdmittingRunner, Listener, default_reserve
 from tests.unit import test_admission_evict as evict
 from tests.unit.test_admission_evict import LIMIT, closed_by_server, connect, get, turns
 
@@ -54,6 +54,28 @@ async def test_an_idle_connection_makes_room_before_a_reserved_slot_is_used():
         assert (await get(newcomer, "/kind")).endswith(b"JsonErrors")
         assert await closed_by_server(conns[0])
         assert (server.evicted, server.reserved) == (1, 0)
+
+
+async def test_with_every_slot_held_by_idle_connections_a_newcomer_gets_a_shared_slot(monkeypatch):
+    # the fresh-clone CI at f9ad462: a flood left the reserved slots held by connections that never sent a
+    # request; closing one idle connection then still left the shared slots full, so every newcomer was admitted
+    # as Reserved and an agent's request refused. Enough idle connections are closed to free a shared slot.
+    monkeypatch.setattr(Listener, "RESCAN_S", 0.0)   # the kept slot's scan found none idle: look again at once
+    async with serving() as (server, port, release):
+        conns, parked = [], []
+        for _ in range(LIMIT - RESERVE):
+            conns.append(await connect(port))
+            parked.append(asyncio.create_task(get(conns[-1], "/park")))
+        await turns()
+        kept = await connect(port)
+        assert (await get(kept, "/kind")).endswith(b"Reserved")
+        release.set()                              # now every slot, shared and kept, is held by an idle connection
+        await asyncio.gather(*parked)
+        await turns()
+        newcomer = await connect(port)
+        assert (await get(newcomer, "/kind")).endswith(b"JsonErrors")
+        assert (server.reserved, server.refused, server.evicted) == (1, 0, 2)
+        assert await closed_by_server(kept) and await closed_by_server(conns[0])   # the two idle longest
 
 
 async def test_without_a_reserve_the_limit_behaves_as_before():
