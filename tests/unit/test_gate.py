@@ -308,3 +308,62 @@ def test_an_image_archive_index_passes_the_gate(tmp_path, index: bytes) -> None:
 
     with pytest.raises(ImageError):
         ImageStore(str(tmp_path / "store"))._register_index(index, None)
+
+
+# -- the quick lane: a JSON document that cannot hold anything the walk refuses skips the walk ---------------------
+
+HEARTBEAT = json.dumps({"machine": "m-004217", "sent_ms": 123456789, "stats": [
+    {"placement": f"web-{i:03d}-7f3a", "job": "web", "cpu": 0.1234567 * i, "memory": 12345678 + i}
+    for i in range(10)]}).encode()
+
+
+@pytest.mark.parametrize("doc, quick", [
+    (HEARTBEAT, True),                                   # what every machine sends the leader, a kilobyte
+    (b'{"a": [1, -2.5e10, "x", null, true]}', True),
+    (b'{"value": NaN}', True),                           # the C scanner's hook sends it back to the walk
+    (b'{"a": 1, "a": 2}', True),                         # refused in the quick lane too (its pairs hook)
+    (b'{"a": "\\u00e9"}', False),                        # any \u escape: it could be a lone surrogate
+    (b'{"a": "\\ud800"}', False),
+    (json.dumps({"n": 2**63}).encode(), False),          # 19 digits
+    (b'{"id": "1234567890123456789"}', False),           # 19 digits in a string: walked, not refused
+    (b'{"v": 1e308}', False), (b'{"v": 1.5E+400}', False), (b'{"v": 1e-400}', False),   # three-digit exponents
+    (b"[" * 65 + b"]" * 65, False),                      # more brackets than levels allowed
+    (json.dumps([0] * gate.MAX_ITEMS).encode(), False),  # longer than the smallest count bound
+    ('{"a": 1}', False),                                 # a str: always walked
+])
+def test_which_documents_take_the_quick_lane(doc: bytes | str, quick: bool) -> None:
+    assert gate.quick(doc, gate.DEFAULT) is quick
+
+
+def _outcome(decode, *args) -> object:
+    try:
+        return ("value", decode(*args))
+    except ValidationError as exc:
+        return ("refused", exc.field)
+
+
+RISKY = st.sampled_from([b"NaN", b"-Infinity", b"1e999", b"-1e-999", b"9" * 19, b"-" + b"9" * 19, b'"\\ud800"',
+                         b'"\\udfff"', b'"\\u00e9"', b'"a"', b"[]", b"{}", b"0", b"1e99", b"9" * 18, b'{"a":1,"a":2}'])
+
+
+WIDE = st.recursive(
+    SCALARS | st.integers() | st.floats() | st.sampled_from([2**63, -(2**63), 2**63 - 1, 10**19, 1e300, 1e-300])
+    | st.text(alphabet=st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010), max_size=3),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=4), kids, max_size=4), max_leaves=12)
+"""Values past the gate's bounds too (integers of any size, NaN and infinities, lone surrogates) as JSON text."""
+
+
+@settings(max_examples=600, deadline=None)
+@given(data=WIDE.flatmap(lambda v: st.sampled_from([json.dumps(v), json.dumps(v, ensure_ascii=False)]))
+       .map(lambda t: t.encode("utf-8", "surrogatepass")).flatmap(
+    lambda b: st.integers(min_value=0, max_value=len(b)).flatmap(
+        lambda i: st.one_of(st.just(b), RISKY.map(lambda r: b[:i] + r + b[i:]),
+                            st.binary(min_size=1, max_size=1).map(lambda x: b[:i] + x + b[i + 1:]))))
+       | st.binary(max_size=64))
+def test_the_quick_lane_and_the_walk_agree_on_every_document(data: bytes) -> None:
+    """Valid, mutated and spliced documents: the same value, or refused naming the same field, either way."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    assert _outcome(gate.decode_json, data) == _outcome(gate.walked_json, text)
