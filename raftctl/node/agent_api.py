@@ -9,7 +9,6 @@ from aiohttp import web
 
 from raftctl.clusterid import derive_cluster_id
 from raftctl.errors import Forbidden, RaftctlError, Unavailable, ValidationError
-from raftctl.node.efficiency import MEMORY_METRIC
 from raftctl.node.http import REPLICA, body, encode, perm, read_mode, result_value, routes
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.records import (REASON_MAX, JobSpec, Machine, Registration, Report, from_wire, list_to_wire,
@@ -277,10 +276,7 @@ def _take_stats(replica: Any, machine: str, items: Any) -> int:
         mem = st.get("memory")
         mem_ok = isinstance(mem, (int, float)) and not isinstance(mem, bool) and mem >= 0  # for GET /v1/efficiency
         samples.append((owned[placement], placement, float(cpu), float(mem) if mem_ok else None))
-    for job, placement, cpu, mem in samples:
-        replica.metrics.add(job, "cpu", cpu, key=placement)
-        if mem is not None:
-            replica.metrics.add(job, MEMORY_METRIC, mem, key=placement)
+    replica.metrics.add_usage(samples)
     return len(samples)
 
 

@@ -28,12 +28,9 @@ from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from raftctl.clock import Clock
-from raftctl.node.autoscale import SAMPLE_WINDOW_MS
+from raftctl.node.autoscale import MEMORY_METRIC, SAMPLE_WINDOW_MS
 from raftctl.node.http import REPLICA, encode, forward_to_leader, perm, routes
 from raftctl.scheduler.efficiency import Usage, efficiency
-
-MEMORY_METRIC = "_memory_bytes"   # cannot collide with a pushed custom metric (those start with a letter)
-
 
 def latest_usage(samples: dict[tuple[str, str], dict[str, tuple[int, float]]], live: dict[str, int],
                  now_ms: int) -> dict[str, Usage]:

@@ -63,3 +63,25 @@ def test_the_store_is_bounded_in_total_and_drops_the_stalest_series_first(monkey
     assert ("job4", "cpu") not in m.samples and len(m.samples[("job5", "cpu")]) == 20  # then the next stalest
     assert m.total == sum(len(dq) for dq in m.samples.values()) == 1000
     assert m.value("new499", "cpu", 5000) == 1.0
+
+
+class CountingClock:
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def now_ms(self) -> int:
+        self.reads += 1
+        return 5_000 + self.reads
+
+
+def test_a_machines_usage_is_stored_as_its_samples_one_by_one_with_one_clock_reading() -> None:
+    rows = [("web", "web-1", 0.5, 1e8), ("web", "web-2", 0.25, None), ("db", "db-1", 1.0, 2e9)]
+    batched, single = Metrics(CountingClock()), Metrics(CountingClock())
+    batched.add_usage(rows)
+    for job, placement, cpu, mem in rows:
+        single.add(job, "cpu", cpu, key=placement, now=5_001)
+        if mem is not None:
+            single.add(job, autoscale.MEMORY_METRIC, mem, key=placement, now=5_001)
+    assert batched.samples == single.samples and list(batched.samples) == list(single.samples)
+    assert (batched.total, batched.per_job) == (single.total, single.per_job) == (5, {"web": 2, "db": 2})
+    assert batched.clock.reads == 1
