@@ -639,7 +639,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                         # the monitor's own pace since elected (session 20): ticks, the longest gap between two,
                         # and the most a machine was silent past its TTL when proposed down (observed time)
                         res["failover"]["monitor"] = {k: fo_st[k] for k in (
-                            "ticks", "tick_gap_max_s", "declared_late_max_s", "stretch", "stretch_changes", "interval_s", "ttl_s") if k in fo_st}
+                            "ticks", "tick_gap_max_s", "declared_late_max_s") if k in fo_st}
                         sched = (st.get("leadership") or {}).get("SchedulerLoop") or {}
                         res["failover"]["scheduler_since_elected"] = {k: sched[k] for k in (
                             "passes", "pass_ms", "commit_ms", "views_built", "views_reused") if k in sched}

@@ -71,15 +71,6 @@ class FailoverConfig:
     max_heartbeats_per_s: int = 1000
     max_interval_s: float = 60.0       # the longest interval ever told (agents cap what they follow at 60 s too)
     hysteresis: float = 0.2            # the interval shrinks only when the fleet's asks for 20 % less
-    # the budget follows the leader's own load (session 21): each time its monitor wakes more than held_free_s
-    # late (its loop held, its process out of CPU), at most once per interval told, the interval is stretched
-    # by stretch_step, up to stretch_max times the fleet's (at most the TTL's multiple of the interval, so a new
-    # leader's re-arm TTL still covers one stretched interval); after calm_s with no such wake it shrinks one
-    # step. At 10,000 machines on 2 cores the leader's loop was 89 % busy answering 1,000 heartbeats/s with
-    # their stats, and a few held seconds grew a queue that never drained (agents timed out and reconnected)
-    stretch_step: float = 1.5
-    stretch_max: float = 3.0
-    calm_s: float = 60.0
     # a new leader gives every machine this long on top of the re-arm TTL to find it: an agent whose heartbeat
     # was parked on the old leader (paused, cut off) waits out its request bound (2 s) before it tries the
     # other replicas; without it a 4 s pause of the leader had all 3 machines declared down 3.0 s after the
@@ -104,37 +95,18 @@ class FailoverConfig:
     credit_max_ttl: float = 0.1
 
 
-def told_interval(n_up: int, cfg: FailoverConfig, current: float | None = None, stretch: float = 1.0) -> float:
+def told_interval(n_up: int, cfg: FailoverConfig, current: float | None = None) -> float:
     """The heartbeat interval to tell agents with ``n_up`` up machines (pure): ``max(interval_s, n_up / budget)``
-    rounded up to 0.1 s, the budget divided by ``stretch`` (``stretched``: the leader's load), at most
-    ``max_interval_s``. From ``current`` it grows at once (over budget) and shrinks only below
-    ``current * (1 - hysteresis)``."""
+    rounded up to 0.1 s, at most ``max_interval_s``. From ``current`` it grows at once (over budget) and shrinks
+    only below ``current * (1 - hysteresis)``."""
     want = cfg.interval_s
     if cfg.max_heartbeats_per_s > 0 and n_up > 0:
         tenths = -(-(n_up * 10) // cfg.max_heartbeats_per_s)          # ceil, in integers: no float residue
         want = max(want, tenths / 10)
-        if stretch > 1:
-            want = max(want, -(-round(n_up * 10 * stretch) // cfg.max_heartbeats_per_s) / 10)
     want = min(want, max(cfg.interval_s, cfg.max_interval_s))
     if current is None or want > current or want < current * (1 - cfg.hysteresis):
         return want
     return current
-
-
-def stretched(stretch: float, now: float, held_at: float | None, changed_at: float | None, wait_s: float,
-              cfg: FailoverConfig) -> float:
-    """The budget's stretch at ``now`` (pure): one ``stretch_step`` up when the leader was held since the last
-    change (``held_at`` after ``changed_at``) and that change is ``wait_s`` old (one interval told: the fleet has
-    followed it), up to ``stretch_max`` (and the TTL's multiple of the interval); one step down, to 1 at least,
-    once neither a hold nor a change happened for ``calm_s``."""
-    top = max(1.0, min(cfg.stretch_max, cfg.ttl_s / cfg.interval_s))
-    settled = changed_at is None or now - changed_at >= wait_s
-    if held_at is not None and (changed_at is None or held_at > changed_at) and settled and stretch < top:
-        return min(top, stretch * cfg.stretch_step)
-    quiet_since = max(t for t in (held_at, changed_at, float("-inf")) if t is not None)
-    if stretch > 1 and now - quiet_since >= cfg.calm_s:
-        return max(1.0, stretch / cfg.stretch_step)
-    return stretch
 
 
 def ttl_for(interval_s: float, cfg: FailoverConfig) -> float:
@@ -290,10 +262,6 @@ class FailoverMonitor:
         self.tick_gap_max_s = 0.0         # the longest time between two ticks' starts (the period + the loop's lag)
         self._last_tick_at: float | None = None
         self.late_max_s = 0.0             # the most a machine was silent past its TTL when proposed down
-        self.stretch = 1.0                # the budget divided by this: the leader's load (``stretched``)
-        self._held_at: float | None = None       # monotonic: the last wake-up past held_free_s
-        self._stretch_changed_at: float | None = None
-        self.stretch_changes = 0
         self.guard_active = False
         self.silent: list[str] = []
 
@@ -306,7 +274,6 @@ class FailoverMonitor:
         """The monitor woke ``late_s`` after it asked: past held_free_s, that time is not counted against anyone."""
         over = late_s - self.cfg.held_free_s
         if over > 0:
-            self._held_at = self.clock.monotonic()
             self.held_s += over
             log_ = self._held_log
             log_.append((self.clock.monotonic(), self.held_s))
@@ -391,25 +358,11 @@ class FailoverMonitor:
             order = OrderedDict.fromkeys(sorted(now_up, key=lambda m: (self.last_seen[m], m)))
         self._n_machines = len(machines)
         self._up, self._index = order, index   # assigned last: a tick killed above re-reads next time
-        self._tell(told_interval(len(order), self.cfg, self.interval_s, self.stretch))
-
-    def _tell(self, interval: float) -> None:
+        interval = told_interval(len(order), self.cfg, self.interval_s)
         if interval != self.interval_s:
-            log.info("heartbeat interval %gs -> %gs (ttl %gs): %d up machines, budget %d/s, stretched %gx",
-                     self.interval_s, interval, ttl_for(interval, self.cfg), len(self._up),
-                     self.cfg.max_heartbeats_per_s, self.stretch)
+            log.info("heartbeat interval %gs -> %gs (ttl %gs): %d up machines, budget %d/s", self.interval_s,
+                     interval, ttl_for(interval, self.cfg), len(order), self.cfg.max_heartbeats_per_s)
             self.interval_s, self.ttl_s = interval, ttl_for(interval, self.cfg)
-
-    def _follow_load(self, mono: float) -> None:
-        """Stretch the heartbeat budget while the leader is held, give it back once calm (``stretched``)."""
-        stretch = stretched(self.stretch, mono, self._held_at, self._stretch_changed_at, self.interval_s, self.cfg)
-        if stretch == self.stretch:
-            return
-        log.warning("heartbeat budget stretched %gx -> %gx: the leader was %s", self.stretch, stretch,
-                    "held" if stretch > self.stretch else f"not held for {self.cfg.calm_s:g}s")
-        self.stretch, self._stretch_changed_at = stretch, mono
-        self.stretch_changes += 1
-        self._tell(told_interval(len(self._up), self.cfg, self.interval_s, stretch))
 
     def _silent(self, now: float) -> list[tuple[float, str]]:
         """The up machines silent past their TTL, oldest first. The current TTL is every machine's floor, so
@@ -490,7 +443,6 @@ class FailoverMonitor:
         self.ticks += 1
         now = self.observed()
         self._refresh(now)
-        self._follow_load(mono)
         verdict = judge_silent(len(self._up), self._silent(now), now, self.cfg, self.last_mass_down,
                                self._n_machines)
         self.guard_active, self.silent = verdict.guard_active, verdict.silent
@@ -561,5 +513,4 @@ class FailoverMonitor:
                                      "max_s": round(self.credit_max_given, 3)},
                 "ticks": self.ticks, "tick_gap_max_s": round(self.tick_gap_max_s, 2),
                 "declaring": len(self._declaring), "declared_late_max_s": round(self.late_max_s, 2),
-                "stretch": self.stretch, "stretch_changes": self.stretch_changes,
                 "heartbeat_age_s": {m: round(now - t, 2) for m, t in sorted(oldest)}}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from raftctl.clock import FakeClock
-from raftctl.node.failover import FailoverConfig, FailoverMonitor, judge, stretched, told_interval, ttl_for
+from raftctl.node.failover import FailoverConfig, FailoverMonitor, judge, told_interval, ttl_for
 from raftctl.statemachine import commands as c
 
 from .fake_replica import FakeReplica, machine, tick
@@ -203,72 +203,3 @@ async def test_the_mass_loss_guard_counts_the_machines_in_the_table_not_the_ones
     clock.advance(10.0)
     await tick(mon)
     assert downs(r) == ["m00", "m01"]
-
-
-# -- the budget follows the leader's load (session 21) ----------------------------------------------------------
-
-STRETCHED = [
-    # name, up machines, current interval, stretch, interval told
-    ("10,000 machines, not stretched", 10_000, None, 1.0, 5.0),
-    ("stretched 1.5x: the budget a third lower", 10_000, 5.0, 1.5, 7.5),
-    ("stretched 3x", 10_000, 7.5, 3.0, 15.0),
-    ("back to 1x from 3x: shrinks past the band", 10_000, 15.0, 1.0, 5.0),
-    ("under the stretched budget too: the base interval", 500, None, 3.0, 1.0),
-    ("under the budget, over the stretched one", 1_000, None, 3.0, 1.5),
-    ("just over budget, stretched: rounded up to 0.1 s", 2_001, None, 1.5, 1.6),
-    ("stretched past max_interval_s: stops there", 10**6, None, 3.0, 60.0),
-]
-
-
-@pytest.mark.parametrize("name,n_up,current,stretch,want", STRETCHED, ids=[x[0] for x in STRETCHED])
-def test_a_stretched_budget_tells_a_longer_interval(name, n_up, current, stretch, want):
-    assert told_interval(n_up, BUDGET, current, stretch) == want
-
-
-STEPS = [
-    # name, stretch, now, held at, changed at, wait (the interval told), new stretch
-    ("calm, not stretched", 1.0, 100.0, None, None, 5.0, 1.0),
-    ("held: one step up", 1.0, 100.0, 99.0, None, 5.0, 1.5),
-    ("held again after the fleet followed: another", 1.5, 100.0, 99.0, 90.0, 7.5, 2.25),
-    ("held again within one interval of the change: wait", 1.5, 100.0, 99.0, 95.0, 7.5, 1.5),
-    ("held before the change only: no step", 1.5, 100.0, 80.0, 90.0, 7.5, 1.5),
-    ("at most stretch_max", 2.25, 100.0, 99.0, 80.0, 10.0, 3.0),
-    ("at the top: stays", 3.0, 100.0, 99.0, 80.0, 15.0, 3.0),
-    ("calm for calm_s since the hold and the change: one step down", 3.0, 200.0, 130.0, 140.0, 15.0, 2.0),
-    ("calm, but changed less than calm_s ago: kept", 2.0, 200.0, 100.0, 150.0, 10.0, 2.0),
-    ("the last step down stops at 1", 1.5, 300.0, 100.0, 200.0, 7.5, 1.0),
-]
-
-
-@pytest.mark.parametrize("name,stretch,now,held_at,changed_at,wait_s,want", STEPS, ids=[x[0] for x in STEPS])
-def test_the_stretch_follows_the_leaders_holds(name, stretch, now, held_at, changed_at, wait_s, want):
-    assert stretched(stretch, now, held_at, changed_at, wait_s, FailoverConfig(calm_s=60.0)) == pytest.approx(want)
-
-
-def test_the_stretch_never_passes_the_ttls_multiple_of_the_interval():
-    cfg = FailoverConfig(ttl_s=2.0, interval_s=1.0, stretch_max=3.0)   # a new leader's re-arm covers 2 intervals
-    assert stretched(1.5, 100.0, 99.0, 50.0, 1.0, cfg) == 2.0
-
-
-async def test_a_held_leader_tells_a_longer_interval_and_gives_it_back_once_calm():
-    clock = FakeClock()
-    cfg = FailoverConfig(ttl_s=3.0, interval_s=1.0, max_heartbeats_per_s=2, max_silent_fraction=0.9, calm_s=60.0)
-    r = await fleet(clock, 10)
-    mon = FailoverMonitor(r, 3, cfg, clock=clock)
-    names = [f"m{i:02d}" for i in range(10)]
-    assert mon.heartbeat("m00") == (5.0, 15.0)
-    mon.was_held(4.0)                                  # the monitor woke 4 s late: held
-    await tick(mon)
-    assert mon.heartbeat("m00") == (7.5, 22.5) and mon.status()["stretch"] == 1.5
-    mon.was_held(4.0)                                  # held again before the fleet followed: no second step
-    await tick(mon)
-    assert mon.interval_s == 7.5
-    for _ in range(60 * 2):                            # every machine heartbeats at its interval for 60 s
-        clock.advance(0.5)
-        if clock.monotonic() % 5 == 0:
-            for m in names:
-                mon.heartbeat(m)
-        await tick(mon)
-    assert downs(r) == []
-    assert (mon.stretch, mon.interval_s, mon.ttl_s) == (1.0, 5.0, 15.0)   # calm for 60 s: given back
-    assert mon.status()["stretch_changes"] == 2
