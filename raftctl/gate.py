@@ -9,7 +9,8 @@ path where there is one (``env.FOO``, ``ports[0]``) and otherwise the document (
 The bounds are checked before the decoder builds anything it cannot bound itself: CBOR is scanned header by
 header (so no tag ever reaches cbor2, whose shared-reference and string-reference tags 28/29/25/256 build
 cyclic and aliased objects without calling a ``tag_hook``), YAML is parsed to events first (aliases and
-custom tags refused, depth and node count bounded), JSON and TOML are bounded by size and then walked.
+custom tags refused, depth and node count bounded), JSON and TOML are bounded by size and then walked (a small
+JSON document whose bytes show it cannot hold anything the walk refuses skips the walk: ``quick``).
 
 Pure: no I/O, no clock, no randomness (imported by node/, cli/ and statemachine/spec.py).
 """
