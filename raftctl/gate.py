@@ -227,6 +227,7 @@ def _constant_falls_back(name: str) -> Any:
 _QUICK = json.JSONDecoder(parse_constant=_constant_falls_back, object_pairs_hook=_pairs)
 """The C scanner with no per-number hook: only what ``quick`` proved harmless reaches it."""
 
+
 def _number_shapes() -> bytes:
     table = bytearray(b" " * 256)
     for digit in b"0123456789":
@@ -248,7 +249,7 @@ def quick(raw: bytes | str, limits: Limits) -> bool:
     past 2**63) and no exponent of three digits (a float that overflows to infinity). Digits inside a string
     count too: such a document is only walked, not refused. NaN and Infinity, which the C scanner hands to a
     hook, send it back to the walk. A text (``str``) is always walked. The heartbeat of a machine with ten
-    containers (a kilobyte) decodes in a third of the walked time."""
+    containers (a kilobyte) decodes in 0.4 of the walked time (24 us against 59 us here)."""
     if type(raw) is not bytes or len(raw) > min(limits.max_string, limits.max_items, limits.max_nodes):
         return False
     if raw.count(b"[") + raw.count(b"{") > limits.max_depth or b"\\u" in raw:

@@ -32,6 +32,7 @@ from raftctl.node.autoscale import MEMORY_METRIC, SAMPLE_WINDOW_MS
 from raftctl.node.http import REPLICA, encode, forward_to_leader, perm, routes
 from raftctl.scheduler.efficiency import Usage, efficiency
 
+
 def latest_usage(samples: dict[tuple[str, str], dict[str, tuple[int, float]]], live: dict[str, int],
                  now_ms: int) -> dict[str, Usage]:
     """Each live placement's latest CPU (millicores, from utilisation x request) and memory sample.
