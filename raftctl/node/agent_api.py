@@ -9,7 +9,7 @@ from aiohttp import web
 
 from raftctl.clusterid import derive_cluster_id
 from raftctl.errors import Forbidden, RaftctlError, Unavailable, ValidationError
-from raftctl.node.http import REPLICA, body, encode, perm, read_mode, result_value, routes
+from raftctl.node.http import REPLICA, body, client_gone, encode, gone_answer, perm, read_mode, result_value, routes
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.records import (REASON_MAX, JobSpec, Machine, Registration, Report, from_wire, list_to_wire,
                                           to_wire)
@@ -65,7 +65,12 @@ async def heartbeat(request: web.Request) -> web.Response:
     ``stats_accepted: 0`` and ``stats_error`` naming the field (``stats[3].placement``). A body with stats is
     answered ``stats_accepted: n``; an agent that sees no ``stats_accepted`` (a leader of the previous release)
     posts them to /v1/agent/stats. ``sent_ms`` (agents since session 16): the agent's monotonic clock when it
-    sent this copy, so the time it waited here is not counted as the machine's life (failover.FailoverMonitor)."""
+    sent this copy, so the time it waited here is not counted as the machine's life (failover.FailoverMonitor).
+
+    A heartbeat whose agent gave up waiting before it was read (``client_gone``: an overloaded leader) still
+    counts for the machine's life, but its samples are not recorded and it is not answered: the agent has moved
+    on (a fresher heartbeat follows). An overloaded leader at 10,000 machines found about half its heartbeats
+    abandoned, and storing their samples and writing their answers kept it overloaded."""
     replica = request.app[REPLICA]
     if replica.leadership is None:     # answered before the body is read (a flood of them meets a new leader)
         raise _not_leading(replica)
@@ -77,6 +82,8 @@ async def heartbeat(request: web.Request) -> web.Response:
     told = lead.heartbeat(machine, sent_ms) if lead is not None else None
     if lead is None or told is None:
         raise _not_leading(replica)
+    if client_gone(request):
+        return gone_answer(request)
     status, assigned = replica.read(lambda s: (s.machines[machine].status if machine in s.machines else None,
                                                s.machine_change_index(machine)))
     # the interval follows the fleet (the leader's heartbeat budget, failover.told_interval); the TTL told is

@@ -7,10 +7,13 @@ api."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
 import functools
 import json
 import logging
 import re
+import socket
 import time
 import uuid
 from typing import Any, Awaitable, Callable, TypeVar
@@ -65,6 +68,45 @@ async def body(request: web.Request) -> Any:
     ``application/cbor``, JSON otherwise; anything a spec cannot hold is a 400 naming the field."""
     raw = await request.read()
     return gate.decode_body(raw, request.content_type, max_bytes=request.app[BODY_LIMIT])
+
+
+CLIENT_GONE = 499
+"""The status a request whose client closed before its answer is logged with (nginx's 499); never sent."""
+
+
+def client_gone(request: web.Request) -> bool:
+    """True when the client has closed its side of the connection and nothing of it is left unread: it gave up
+    waiting (nginx's 499 check, one non-blocking ``recv(MSG_PEEK)``). The transport's own state cannot tell in
+    time: a request read together with the client's FIN runs its handler before the loop reads the FIN. A
+    half-closed client that still waits for its answer is taken for gone too (no agent does that). TLS: a
+    close_notify still unread counts as data, so such a client is not detected (the check only saves work, never
+    changes state). The peek is called holding the GIL (``_PEEK``): through ``socket.recv``, which lets it go, it
+    waited for the scheduler's thread to hand it back, a quarter of the heartbeat handler in py-spy (session 22)."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return True
+    raw = transport.get_extra_info("socket")
+    if raw is None:
+        return False
+    n = _PEEK(raw.fileno(), _PEEKED, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    if n != -1:
+        return n == 0            # 0: the client's FIN and nothing before it; > 0: a request still unread
+    return ctypes.get_errno() in (errno.ECONNRESET, errno.ENOTCONN, errno.EPIPE)   # EAGAIN: open, waiting
+
+
+_PEEK = ctypes.PyDLL(None, use_errno=True).recv      # PyDLL: called without releasing the GIL
+_PEEK.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_PEEK.restype = ctypes.c_ssize_t
+_PEEKED = ctypes.create_string_buffer(1)
+
+
+def gone_answer(request: web.Request) -> web.Response:
+    """The answer to a request whose client is gone (``client_gone``): the connection is closed without writing
+    (the API metrics count it under ``CLIENT_GONE``)."""
+    protocol = request.protocol
+    if protocol is not None:
+        protocol.force_close()
+    return web.Response(status=CLIENT_GONE)
 
 
 def result_value(res: Result) -> dict[str, Any]:
