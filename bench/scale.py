@@ -101,10 +101,12 @@ def again(what: str, send: Callable[[], bytes], *, attempts: int, pause: Callabl
 class Bed:
     """A LocalCluster plus agent processes; every helper reads through urllib with the admin token."""
 
-    def __init__(self, directory: str, compact_entries: int, ttl: str = "3s", log_level: str = "warning") -> None:
+    def __init__(self, directory: str, compact_entries: int, ttl: str = "3s", log_level: str = "warning",
+                 max_heartbeats: int | None = None) -> None:
         self.cluster = LocalCluster(directory, replicas=3, log_level=log_level)
+        budget = [] if max_heartbeats is None else ["--max-heartbeats-per-second", str(max_heartbeats)]
         for p in self.cluster.servers:
-            p.extra_args = ["--compact-entries", str(compact_entries), "--heartbeat-ttl", ttl]
+            p.extra_args = ["--compact-entries", str(compact_entries), "--heartbeat-ttl", ttl, *budget]
         self.agents: list[tuple[str, int, subprocess.Popen]] = []   # (id, count, process)
         self.tokens: dict[str, str] = {}                               # agent process id -> its agent token
         self.dir = directory
@@ -423,7 +425,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 os.makedirs(d)
             else:
                 d = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-scale-"))
-            bed = Bed(d, args.compact_entries, log_level=args.replica_log_level)
+            bed = Bed(d, args.compact_entries, log_level=args.replica_log_level, max_heartbeats=args.max_heartbeats)
             try:
                 bed.cluster.start(timeout=60)
                 leader = bed.leader
@@ -837,6 +839,8 @@ def main() -> None:
                     help="the replicas' --log-level (info: each election and late failover wake-up in server.log)")
     ap.add_argument("--compact-entries", type=int, default=500,
                     help="the replicas' --compact-entries (so the restart phase needs a snapshot)")
+    ap.add_argument("--max-heartbeats-per-second", dest="max_heartbeats", type=int, default=None,
+                    help="the replicas' heartbeat budget (default: the server's own)")
     args = ap.parse_args()
     if args.raft_timing:   # the replicas inherit it (raftctl/node/raft RAFT_TIMING: a benchmark override)
         os.environ["RAFTCTL_RAFT_TIMING"] = args.raft_timing
