@@ -53,12 +53,13 @@ def register(cli: click.Group) -> None:
                   help="A machine silent this long is declared down.")
     @click.option("--heartbeat-interval", default="1s", show_default=True,
                   help="The shortest interval agents are told to heartbeat at (the budget lengthens it).")
-    @click.option("--max-heartbeats-per-second", "max_heartbeats", type=click.IntRange(0), default=1000,
+    @click.option("--max-heartbeats-per-second", "max_heartbeats", type=click.IntRange(0), default=500,
                   show_default=True,
                   help="The leader's heartbeat budget: agents are told max(--heartbeat-interval, up machines / this) "
-                       "and a TTL of the same multiple (Nomad's max_heartbeats_per_second). 1,000/s x ~230-260 us "
-                       "of leader CPU per agent request (docs/scaling.md) = a quarter of its core; 3,000 machines "
-                       "beat every 3 s, 10,000 every 10 s. 0: no budget. Every replica takes the same value.")
+                       "and a TTL of the same multiple (Nomad's max_heartbeats_per_second, default 50). 500/s x "
+                       "~300-420 us of leader CPU per heartbeat at 10,000 machines (docs/scaling.md) = a sixth of its "
+                       "core; 3,000 machines beat every 6 s, 10,000 every 20 s (TTL 60 s). 0: no budget. Every "
+                       "replica takes the same value.")
     @click.option("--max-connections", type=click.IntRange(0), default=0, show_default=True,
                   help="Open API connections at most; past it a new connection is answered 503 overloaded and closed, "
                        "so clients cannot take the descriptors the Raft log needs. 0: the open-files limit (raised "

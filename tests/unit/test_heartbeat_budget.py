@@ -29,6 +29,8 @@ INTERVALS = [
     ("past the band: shrinks to what the fleet asks", 7_000, 5.0, BUDGET, 3.5),
     ("fleet gone: back to the base", 10, 5.0, BUDGET, 1.0),
     ("budget 0: no budget, always the base", 10**6, None, FailoverConfig(max_heartbeats_per_s=0), 1.0),
+    ("the default budget (500/s): 10,000 machines beat every 20 s", 10_000, None, FailoverConfig(), 20.0),
+    ("the default budget: 500 machines keep the base", 500, None, FailoverConfig(), 1.0),
     ("a longer base is the floor", 1000, None, FailoverConfig(ttl_s=6.0, interval_s=2.0), 2.0),
     ("a base above max_interval_s is still the floor", 10, None,
      FailoverConfig(ttl_s=300.0, interval_s=100.0, max_interval_s=60.0), 100.0),
