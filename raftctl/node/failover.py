@@ -68,7 +68,8 @@ class FailoverConfig:
     # (0: no budget, always interval_s). 2,000/s until session 6: at 3,000 machines (1.5 s) the leader's event loop
     # was ~90 % busy at 226-261 us per agent request (heartbeats carry stats). 1,000/s until session 22: at 10,000
     # machines (10 s, TTL 30 s) the leader's loop was ~90 % busy after placing (py-spy, session 21) and a failover's
-    # re-placing tipped it into a spiral in 20 of 34 runs. 500/s: 10,000 machines beat every 20 s, TTL 60 s
+    # re-placing (or the placing) tipped it into a spiral in 8 of 11 runs (sessions 20-21). 500/s: 10,000 machines
+    # beat every 20 s, TTL 60 s
     max_heartbeats_per_s: int = 500
     max_interval_s: float = 60.0       # the longest interval ever told (agents cap what they follow at 60 s too)
     hysteresis: float = 0.2            # the interval shrinks only when the fleet's asks for 20 % less
