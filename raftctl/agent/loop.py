@@ -160,7 +160,7 @@ class Agent:
         """Heartbeat at the interval the leader answers (its heartbeat budget: the interval grows with the
         fleet), bounded by ``followed_interval``; the stats pass stretches with it. The first heartbeat, and the
         next one after the interval changed, come after a random part of the interval (registering counted as
-        one), so agents started together, or told a new interval together, do not beat in phase. A failed one is
+        one; ``first_wait``), so agents started together, or told a new interval together, do not beat in phase. A failed one is
         tried again after half the interval (at least the agent's own): two more tries within the TTL.
 
         The stats pass's latest samples ride on the next heartbeat (``_ride_stats``): one request to the leader
@@ -189,9 +189,9 @@ class Agent:
             elif interval != self.heartbeat_s:
                 log.info("heartbeat interval %gs -> %gs (told %r, ttl %r)", self.heartbeat_s, interval,
                          ans.get("interval_s"), ans.get("ttl_s"))
+                delay = first_wait(self.heartbeat_s, interval, self.rng)
                 self.heartbeat_s = interval
                 self.stats.follow_heartbeat(interval)
-                delay = self.rng.uniform(0, interval)
             status = ans.get("status") if isinstance(ans, dict) else None
             try:
                 if status != "up":
@@ -552,6 +552,15 @@ def followed_interval(told: Any, minimum: float, maximum: float = HEARTBEAT_MAX_
     if isinstance(told, bool) or not isinstance(told, (int, float)) or not math.isfinite(told) or told <= 0:
         return None
     return float(min(max(told, minimum), max(minimum, maximum)))
+
+
+def first_wait(previous: float, interval: float, rng: random.Random) -> float:
+    """The wait before the first heartbeat at a new interval: a random part of it, so agents told a new interval
+    together do not beat in phase; when it grew, never less than the previous interval. A fleet that grows has its
+    interval grow in small steps (at 500 heartbeats/s, 0.1 s per 50 machines): a wait anywhere in the new
+    interval made each step a heartbeat after half an interval on average, and the 10,000-machine bed's leader
+    got 847-867 heartbeats/s against a budget of 500 (session 22)."""
+    return rng.uniform(previous if interval > previous else 0.0, interval)
 
 
 def watch_wait(heartbeat_s: float) -> float:

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from raftctl.agent.config import AgentConfig
 from raftctl.agent.control import ControlClient
-from raftctl.agent.loop import HEARTBEAT_MAX_S, Agent, followed_interval
+from raftctl.agent.loop import HEARTBEAT_MAX_S, Agent, first_wait, followed_interval
 from raftctl.agent.runtime.sim import SimDriver
 from raftctl.agent.stats import STATS_EVERY_S, STATS_MAX_EVERY_S
 from tests.agent.conftest import CountedClock
@@ -42,6 +42,49 @@ FOLLOWED = [
 @pytest.mark.parametrize("name,told,own,want", FOLLOWED, ids=[x[0] for x in FOLLOWED])
 def test_the_interval_followed(name, told, own, want):
     assert followed_interval(told, own) == want
+
+
+FIRST_WAIT = [
+    # name, previous interval, new interval, the range the first wait at the new one falls in
+    ("it grew: between the two", 19.9, 20.0, (19.9, 20.0)),
+    ("a big step up: anywhere past the old one", 1.0, 20.0, (1.0, 20.0)),
+    ("it shrank: anywhere in the new one", 20.0, 15.0, (0.0, 15.0)),
+]
+
+
+@pytest.mark.parametrize("name,previous,interval,bounds", FIRST_WAIT, ids=[x[0] for x in FIRST_WAIT])
+def test_the_first_wait_at_a_new_interval(name, previous, interval, bounds):
+    waits = [first_wait(previous, interval, random.Random(seed)) for seed in range(200)]
+    assert all(bounds[0] <= w <= bounds[1] for w in waits)
+    assert max(waits) - min(waits) > 0.5 * (bounds[1] - bounds[0])     # spread over the range, not one point
+
+
+def fleet_heartbeats(wait: Any) -> tuple[int, float]:
+    """500 machines while the interval told grows 0.1 s each second from 10 s to 20 s (the budget's steps while
+    the fleet grows), each agent following the interval its answer tells with ``wait(previous, new, rng)`` before
+    its first heartbeat at a changed one: the heartbeats sent in 100 s, and what the intervals allow (the sum of
+    N / interval over the seconds)."""
+    rng = random.Random(3)
+    told = lambda t: min(20.0, 10.0 + 0.1 * int(t))        # noqa: E731
+    sent = 0
+    for _ in range(500):
+        t, interval = rng.uniform(0, 10.0), 10.0
+        while t < 100:
+            sent += 1
+            new = told(t)
+            t += wait(interval, new, rng) if new != interval else new
+            interval = new
+    return sent, sum(500 / told(t) for t in range(100))
+
+
+def test_a_fleet_whose_interval_grows_in_small_steps_beats_within_its_budget():
+    sent, allowed = fleet_heartbeats(first_wait)
+    # each answer tells an interval up to 2 s longer than the last (it grew while the agent waited): the wait
+    # between the two keeps the fleet within 10 % of the budget
+    assert sent <= 1.1 * allowed
+    # a wait anywhere in the new interval (until session 22) sent about twice as many (1.95x)
+    before, _ = fleet_heartbeats(lambda previous, new, rng: rng.uniform(0, new))
+    assert before >= 1.5 * allowed
 
 
 # the leader's answers, in order: every one says the machine is up
@@ -88,12 +131,13 @@ async def test_the_heartbeat_loop_follows_the_answered_interval_and_ignores_bad_
     s = clock.sleeps
     # the first heartbeat comes after a random part of the agent's own interval (registering counted as one)
     assert 0 <= s[0] < 1.0
-    # 5: followed; the next one after a random part of it (told together, agents do not beat in phase)
-    assert 0 <= s[1] < 5.0
+    # 5: followed; the next one after a random part of it (told together, agents do not beat in phase), never
+    # sooner than the interval it grew from
+    assert 1.0 <= s[1] < 5.0
     # "5", missing, -1 and an object: ignored, the agent keeps beating every 5 s
     assert s[2:6] == [5.0, 5.0, 5.0, 5.0]
     # 1e9: bounded to 60 s; 0.1: bounded to the agent's own 1 s; 1: unchanged
-    assert 0 <= s[6] < HEARTBEAT_MAX_S and 0 <= s[7] < 1.0 and s[8] == 1.0
+    assert 5.0 <= s[6] < HEARTBEAT_MAX_S and 0 <= s[7] < 1.0 and s[8] == 1.0
     assert agent.heartbeat_s == 1.0
     # the stats pass stretches with the heartbeats: every 2 heartbeats, at most every 10 s (the autoscaler's
     # 15 s sample window), never more often than its own 2 s
