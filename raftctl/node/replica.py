@@ -59,7 +59,7 @@ class ServerConfig:
     compact_entries: int = 20000   # log entries kept before a snapshot compacts the log
     heartbeat_ttl_s: float = 3.0
     heartbeat_interval_s: float = 1.0
-    max_heartbeats_per_s: int = 500       # the leader's heartbeat budget (failover.told_interval); 0: none
+    max_heartbeats_per_s: int = FailoverConfig.max_heartbeats_per_s   # the leader's heartbeat budget; 0: none
     max_body: int = 1 << 20        # cap on JSON/CBOR request bodies (blob uploads stream with their own limit)
     tls_cert: str | None = None    # serve the API over HTTPS with this certificate and key
     tls_key: str | None = None

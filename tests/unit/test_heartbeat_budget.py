@@ -205,3 +205,12 @@ async def test_the_mass_loss_guard_counts_the_machines_in_the_table_not_the_ones
     clock.advance(10.0)
     await tick(mon)
     assert downs(r) == ["m00", "m01"]
+
+
+def test_the_servers_flag_and_config_default_to_the_monitors_budget():
+    """`raftctl server --max-heartbeats-per-second` (a literal: the CLI imports the node lazily) and ServerConfig
+    default to FailoverConfig's budget, the one place it is decided."""
+    from raftctl.cli.main import cli
+    from raftctl.node.replica import ServerConfig
+    flag = next(p for p in cli.commands["server"].params if p.name == "max_heartbeats")
+    assert flag.default == ServerConfig.max_heartbeats_per_s == FailoverConfig().max_heartbeats_per_s
