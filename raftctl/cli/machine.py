@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from urllib.parse import urlencode
 
 from typing import Any
 
@@ -18,10 +19,12 @@ def register(cli: click.Group) -> None:
         """Machines: state, fault domain, allocation; drain for maintenance."""
 
     @machine.command("list")
+    @click.option("--state", "states", default=None, metavar="STATE[,STATE]",
+                  help="Only machines in these states: active, draining, drained, down, maintenance.")
     @click.pass_context
-    def list_(ctx: click.Context) -> None:
+    def list_(ctx: click.Context, states: str | None) -> None:
         """Machines; `-o wide` adds each agent's own endpoint (GET /metrics, GET /v1/logs/<placement>)."""
-        data = client(ctx).request("GET", "/v1/machines")
+        data = client(ctx).request("GET", "/v1/machines" + (f"?{urlencode({'state': states})}" if states else ""))
         rows = [(m["id"], m["state"], m["address"],
                  "/".join(m["fault_domain"].get(k, "") for k in ("region", "zone", "rack")),
                  f"{format_cpu(m['allocated']['cpu'])}/{format_cpu(m['resources']['cpu'])}",

@@ -15,7 +15,7 @@ from raftctl.node.http import (BODY_LIMIT, GUARD, REPLICA, Guard, add_unmatched,
 from raftctl.node.scheduling import run_plan
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import resolve_image
-from raftctl.statemachine.records import JobSpec, from_wire, to_wire
+from raftctl.statemachine.records import MACHINE_STATES, JobSpec, from_wire, to_wire
 from raftctl.statemachine.spec import validate_spec
 from raftctl.statemachine.units import parse_duration
 
@@ -157,11 +157,26 @@ async def rollback_job(request: web.Request) -> web.Response:
     return encode(request, {"index": res.index, **result_value(res)}, index=res.index)
 
 
+def machine_states(raw: str | None) -> frozenset[str] | None:
+    """``?state=down`` or ``?state=draining,drained``: the derived states a machine list keeps (None: every
+    machine); an unknown one is refused naming the field."""
+    if raw is None:
+        return None
+    states = frozenset(x.strip() for x in raw.split(","))
+    unknown = sorted(states - set(MACHINE_STATES))
+    if unknown:
+        raise ValidationError(f"state must be one or more of {', '.join(MACHINE_STATES)} (comma-separated), "
+                              f"not {unknown[0]!r}", field="state")
+    return states
+
+
 @perm("read")
 async def list_machines(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
+    states = machine_states(request.query.get("state"))
     index = await read_mode(request, lambda s: max(s.table_index["machines"], s.table_index["placements"]))
-    return encode(request, {"index": index, "machines": replica.read(views.machines)}, index=index)
+    return encode(request, {"index": index, "machines": replica.read(lambda s: views.machines(s, states))},
+                  index=index)
 
 
 async def _drain(request: web.Request, drain: bool) -> web.Response:

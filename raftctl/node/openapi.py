@@ -14,7 +14,7 @@ from aiohttp import web
 import msgspec
 
 from raftctl import __version__
-from raftctl.statemachine.records import Registration, Report
+from raftctl.statemachine.records import MACHINE_STATES, Registration, Report
 from raftctl.statemachine.spec import JobSpecIn
 
 JSON = "application/json"
@@ -244,7 +244,10 @@ def _paths() -> dict[str, Any]:
         "/v1/jobs/{name}/promote": {"post": _op("Promote a canary deploy", "jobs:write", _obj({"promoted": BOOL}),
                                                 params=[NAME_P], write=True)},
         "/v1/machines": {"get": _op("Machines with derived state and allocation", "read", lst("machines", "Machine"),
-                                    blocking=True)},
+                                    blocking=True, params=[{
+                                        "name": "state", "in": "query", "schema": STR, "example": "down",
+                                        "description": "only machines in these derived states, comma-separated: "
+                                                       + ", ".join(MACHINE_STATES)}])},
         "/v1/machines/{id}/drain": {"post": _op(
             "Drain a machine: move its replicas away within disruption budgets", "machines:write",
             _ref("WriteResult"), params=[_path_param("id", description="machine id")], write=True,

@@ -69,15 +69,21 @@ def job_versions(s: State, name: str) -> list[dict[str, Any]] | None:
     return [{**v, "current": v["version"] == j.version} for v in list_to_wire(j.versions)]
 
 
-def machines(s: State) -> list[dict[str, Any]]:
-    out = []
-    rows = list_to_wire(s.machines[mid] for mid in sorted(s.machines))
-    for row in rows:
-        mid = row["id"]
+def machines(s: State, states: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """Every machine with its derived state and allocation, by id; with ``states``, only the machines in one of
+    them (GET /v1/machines?state=down): only those are turned into rows. At 10,000 machines the whole list is
+    4.6 MB of JSON, ~80 ms of this replica's apply lock and ~80 ms more to encode."""
+    kept: list[tuple[Machine, str, int]] = []
+    for mid in sorted(s.machines):
         m = s.machines[mid]
-        used, _ = machine_usage(s, mid)   # both read the state's usage index: no walk of the machine's placements
         live = s.usage[mid].held if mid in s.usage else 0
-        out.append({**row, "state": m.state(live > 0), "allocated": used, "placements": live})
+        state = m.state(live > 0)
+        if states is None or state in states:
+            kept.append((m, state, live))
+    out = []
+    for row, (m, state, live) in zip(list_to_wire(m for m, _, _ in kept), kept):
+        used, _ = machine_usage(s, m.id)   # both read the state's usage index: no walk of the machine's placements
+        out.append({**row, "state": state, "allocated": used, "placements": live})
     return out
 
 

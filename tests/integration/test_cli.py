@@ -184,6 +184,11 @@ def test_up_writes_env_stops_on_ctrl_c_and_resumes(tmp_path):
             log = (d / m["id"] / "agent.log").read_text()
             assert f"agent {m['id']}: endpoint {m['api']} (GET /metrics" in log
         assert "ENDPOINT" not in raftctl("machine", "list", env=env).stdout  # the plain table stays narrow
+        # --state keeps the machines in those states (every machine here is active; none is down)
+        assert json.loads(raftctl("-o", "json", "machine", "list", "--state", "active", env=env).stdout)[
+            "machines"] == machines
+        assert json.loads(raftctl("-o", "json", "machine", "list", "--state", "down", env=env).stdout)[
+            "machines"] == []
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from raftctl.devcluster import LocalCluster
+from raftctl.errors import RaftctlError
 
 from .conftest import client_for, wait_until
 
@@ -78,6 +79,15 @@ def test_the_agent_follows_the_interval_the_fleet_asks_for(tmp_path_factory):
                    what="the agent to follow the 3 s interval of 3 up machines")
         machines = {m["id"]: m["status"] for m in api.request("GET", "/v1/machines")["machines"]}
         assert machines == {"m1": "up", "x1": "up", "x2": "up", "x3": "down", "x4": "down"}, machines
+        # the list filtered by derived state (what bench/scale.py polls during its failover at 10,000 machines)
+        down = api.request("GET", "/v1/machines?state=down")["machines"]
+        assert [(m["id"], m["state"], m["status"]) for m in down] == [("x3", "down", "down"), ("x4", "down", "down")]
+        assert [m["id"] for m in api.request("GET", "/v1/machines?state=active,drained")["machines"]] == [
+            "m1", "x1", "x2"]
+        with pytest.raises(RaftctlError) as bad:
+            api.request("GET", "/v1/machines?state=down,gone")
+        assert (bad.value.http_status, bad.value.code, bad.value.field) == (400, "invalid", "state")
+        assert "'gone'" in bad.value.message
         fo = c.get(lead, "/v1/status")["leadership"]["failover"]
         assert (fo["interval_s"], fo["ttl_s"], fo["max_heartbeats_per_s"]) == (3.0, 9.0, 1)
     finally:

@@ -1,0 +1,60 @@
+"""GET /v1/machines?state=...: the machine list kept to some derived states (the view under the apply lock, and the
+query's parse at the edge). A filtered row is the same row the whole list has for that machine."""
+from __future__ import annotations
+
+import pytest
+
+from raftctl.errors import ValidationError
+from raftctl.node.api import machine_states
+from raftctl.node.views import machines
+from raftctl.statemachine import commands as c
+from raftctl.statemachine.apply import apply
+from raftctl.statemachine.state import State
+
+
+def register(mid: str) -> c.RegisterMachine:
+    return c.RegisterMachine(machine=mid, address="127.0.0.2", fault_domain={"zone": "z1"}, labels={},
+                             resources={"cpu": 1000, "memory": 1 << 30, "pids": 100}, ports=[31000, 31099],
+                             runtime="sim")
+
+
+def fleet() -> State:
+    """m1 active, m2 down, m3 drained (nothing on it), m4 active."""
+    s = State()
+    for cmd in (register("m1"), register("m2"), register("m3"), register("m4"), c.MachineDown(machine="m2"),
+                c.DrainMachine(machines=["m3"], drain=True)):
+        r = apply(s, cmd)
+        assert r.ok, r.error
+    return s
+
+
+@pytest.mark.parametrize("states, ids", [
+    (None, ["m1", "m2", "m3", "m4"]),
+    (frozenset({"down"}), ["m2"]),
+    (frozenset({"active"}), ["m1", "m4"]),
+    (frozenset({"down", "drained"}), ["m2", "m3"]),
+    (frozenset({"maintenance"}), []),
+])
+def test_the_list_keeps_the_machines_in_the_states_asked(states, ids):
+    s = fleet()
+    every = {row["id"]: row for row in machines(s)}
+    kept = machines(s, states)
+    assert [row["id"] for row in kept] == ids
+    assert all(row == every[row["id"]] for row in kept)      # the same rows, not a lighter form
+
+
+@pytest.mark.parametrize("raw, want", [
+    (None, None),
+    ("down", frozenset({"down"})),
+    ("down,drained", frozenset({"down", "drained"})),
+    (" draining , active", frozenset({"draining", "active"})),
+])
+def test_the_state_query_parses(raw, want):
+    assert machine_states(raw) == want
+
+
+@pytest.mark.parametrize("raw, named", [("gone", "'gone'"), ("down,", "''"), ("DOWN", "'DOWN'"), ("", "''")])
+def test_an_unknown_state_is_refused_naming_the_field(raw, named):
+    with pytest.raises(ValidationError) as bad:
+        machine_states(raw)
+    assert bad.value.field == "state" and named in bad.value.message
