@@ -176,6 +176,8 @@ class Bed:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, "RAFTCTL_AGENT_TOKEN": tok["token"]}, start_new_session=True)
         out.close()
+        if nice:
+            lower_autogroup(proc.pid, nice)
         self.agents.append((ident, count, proc))
 
     def told(self, ident: str) -> dict[str, Any]:
@@ -243,6 +245,22 @@ def loop_lag(m0: dict[tuple[str, str], float], m1: dict[tuple[str, str], float])
     p99 = next((le for le in LAG_BOUNDS if cum(m1, le) - cum(m0, le) >= 0.99 * wakes), "+Inf") if wakes else None
     return {"wakes": int(wakes), "p99_within_s": p99, "over_1s": int(wakes - (cum(m1, "1.0") - cum(m0, "1.0"))),
             "max_since_start_s": round(counts(m1, "raftctl_event_loop_lag_max_seconds"), 2)}
+
+
+def lower_autogroup(pid: int, nice: int) -> bool:
+    """Give the scheduling autogroup of ``pid`` (a session leader: its own group) the nice value ``nice``; whether
+    it was set. With autogroups (``kernel.sched_autogroup_enabled``, on by default on desktop and many server
+    kernels) a process in a session of its own is a group of its own, CPU is shared between groups first, and a
+    process's own nice only weighs inside its group: ``nice -n 19`` alone gave each agent process the share of a
+    replica (measured on this machine, session 23: two CPU hogs on one core, each in its own session, one under
+    nice 19, got 24 and 24 ticks; with its group at nice 19, 166 and 2). Every --agent-nice run before session 23
+    ran its agents at the replicas' priority."""
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(nice))
+        return True
+    except OSError:   # no autogroups (the file is absent or the kernel has them off): nice -n is enough
+        return False
 
 
 def roles(bed: "Bed") -> tuple[Proc, psutil.Process, Proc]:
@@ -830,8 +848,9 @@ def main() -> None:
                     help="RAFTCTL_RAFT_TIMING for the replicas, 'min,max,heartbeat' seconds (default: the product's "
                          "0.3,0.6,0.075); recorded in each row")
     ap.add_argument("--agent-nice", type=int, default=0,
-                    help="run the agent processes under nice -n N (the replicas keep their priority: on a small "
-                         "machine the load generator otherwise takes the CPU the control plane is measured on)")
+                    help="run the agent processes under nice -n N, their scheduling autogroups too (the replicas "
+                         "keep their priority: on a small machine the load generator otherwise takes the CPU the "
+                         "control plane is measured on)")
     ap.add_argument("--up-timeout", type=float, default=None, help="wait this long for all machines up (default "
                     "60 s + N / 20)")
     ap.add_argument("--keep-dir", default=None, help="run the cluster and agents under this directory and keep it")

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from typing import Any
+
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
 import scale  # noqa: E402
@@ -94,3 +97,21 @@ def test_the_loop_lag_between_two_scrapes() -> None:
     quiet = scale.loop_lag(lag_text(before), lag_text(before + [0.002] * 100))
     assert quiet["p99_within_s"] == "0.005" and quiet["over_1s"] == 0
     assert scale.loop_lag(lag_text(before), lag_text(before))["p99_within_s"] is None
+
+
+def test_an_agent_process_in_a_session_of_its_own_gets_its_autogroup_lowered() -> None:
+    """--agent-nice must lower the agents below the replicas: with autogroups a process started in a session of
+    its own (as the bed starts its agents) is weighed as a group of its own, which ``nice -n`` alone leaves at 0."""
+    if not os.path.exists("/proc/self/autogroup"):
+        pytest.skip("this kernel has no scheduling autogroups: nice -n alone weighs across processes")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        before = open(f"/proc/{proc.pid}/autogroup").read()
+        assert scale.lower_autogroup(proc.pid, 19)
+        after = open(f"/proc/{proc.pid}/autogroup").read()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert before.split("nice")[0] == after.split("nice")[0]         # the same group, its own
+    assert after.split()[-1] == "19", after
+    assert not scale.lower_autogroup(proc.pid, 19)                    # gone: said so, no exception
