@@ -166,7 +166,7 @@ def machine_states(raw: str | None) -> frozenset[str] | None:
     unknown = sorted(states - set(MACHINE_STATES))
     if unknown:
         raise ValidationError(f"state must be one or more of {', '.join(MACHINE_STATES)} (comma-separated), "
-                              f"not {unknown[0]!r}", field="state")
+                              f"not {unknown[0][:40]!r}", field="state")
     return states
 
 
