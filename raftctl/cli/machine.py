@@ -10,6 +10,7 @@ import click
 
 from raftctl.cli.base import client, structured
 from raftctl.cli.output import emit, record, wide
+from raftctl.statemachine.records import MACHINE_STATES
 from raftctl.statemachine.units import format_cpu, format_size
 
 
@@ -20,7 +21,7 @@ def register(cli: click.Group) -> None:
 
     @machine.command("list")
     @click.option("--state", "states", default=None, metavar="STATE[,STATE]",
-                  help="Only machines in these states: active, draining, drained, down, maintenance.")
+                  help=f"Only machines in these states: {', '.join(MACHINE_STATES)}.")
     @click.pass_context
     def list_(ctx: click.Context, states: str | None) -> None:
         """Machines; `-o wide` adds each agent's own endpoint (GET /metrics, GET /v1/logs/<placement>)."""
