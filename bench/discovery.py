@@ -5,11 +5,15 @@
     handler returning the same bytes on the same machine in the same run (the same
     request, Authorization header included, and the same answer: body, content type
     and X-Raftctl headers; before session 13 the bare handler got no token and sent
-    only the body, a few hundred bytes less to parse and write per lookup): both
-    servers run at once and are measured in alternated rounds (--rounds), so a
-    change in the machine's load hits both; the ratio is of the medians, and the
-    server CPU per request (from /proc) is printed beside it, a figure the load
-    of other processes moves less than requests/s. Aim: >= 0.8 x bare.
+    only the body, a few hundred bytes less to parse and write per lookup). The
+    bare handler runs twice: on asyncio's loop (a plain aiohttp service, the aim's
+    baseline) and on uvloop's (the loop a replica runs since session 24,
+    raftctl/aio.py; the ratio to it is raftctl's own cost on the same loop). All
+    three servers run at once and are measured in rounds whose order turns
+    (--rounds), so a change in the machine's load hits each; the ratios are of the
+    medians, and the server CPU per request (from /proc) is printed beside them, a
+    figure the load of other processes moves less than requests/s. Aim: >= 0.8 x
+    bare (asyncio). RAFTCTL_EVENT_LOOP=asyncio runs the replicas on asyncio.
     (Skipped when wrk is missing: `make bench-deps`.)
 (2) Staleness: a health transition committed (the agent report answered by the
     leader) -> visible in a follower's lookup, p50/p99 over N transitions,
@@ -33,6 +37,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from raftctl.aio import event_loop_from_env  # noqa: E402
 from raftctl.client import ApiError, Client  # noqa: E402
 from raftctl.devcluster import LocalCluster, free_port  # noqa: E402
 
@@ -45,8 +50,15 @@ BARE = textwrap.dedent("""
         return web.Response(body=body, headers=headers)
     app = web.Application()
     app.router.add_get("/v1/discovery/{service}", h)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+    loop = None
+    if sys.argv[4] == "uvloop":
+        import uvloop
+        loop = uvloop.new_event_loop()
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=loop)
 """)
+BARES = ("asyncio", "uvloop")
+"""The bare handler's event loops: asyncio's, the aim's baseline (a plain aiohttp service), and uvloop's, the loop a
+replica runs (raftctl/aio.py), so the ratio to it is raftctl's own cost on the same loop."""
 
 
 def cpu_s(pid: int) -> float:
@@ -77,15 +89,15 @@ def wrk(url: str, token: str | None, seconds: int, pid: int | None = None) -> di
     return res
 
 
-def start_bare(body: bytes, headers: dict[str, str]) -> tuple[subprocess.Popen, str, list[str]]:
-    """A bare aiohttp server answering every GET /v1/discovery/{service} with ``body`` and ``headers``;
-    (process, url, files)."""
+def start_bare(body: bytes, headers: dict[str, str], loop: str = "asyncio") -> tuple[subprocess.Popen, str, list[str]]:
+    """A bare aiohttp server on ``loop`` (BARES) answering every GET /v1/discovery/{service} with ``body`` and
+    ``headers``; (process, url, files)."""
     with tempfile.NamedTemporaryFile("wb", delete=False) as bf, \
             tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as sf:
         bf.write(body)
         sf.write(BARE)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, sf.name, str(port), bf.name, json.dumps(headers)])
+    proc = subprocess.Popen([sys.executable, sf.name, str(port), bf.name, json.dumps(headers), loop])
     url = f"http://127.0.0.1:{port}/v1/discovery/web"
     deadline = time.monotonic() + 30
     while True:
@@ -105,23 +117,27 @@ def median_of(runs: list[dict]) -> dict:
 
 def lookups(url: str, token: str | None, pid: int | None, body: bytes, headers: dict[str, str], seconds: int,
             rounds: int) -> dict:
-    """Alternated wrk rounds against the follower and a bare handler serving ``body`` with ``headers``, both
-    running, each sent the same requests (the token too)."""
-    bare_proc, bare_url, files = start_bare(body, headers)
-    real: list[dict] = []
-    bare: list[dict] = []
+    """Alternated wrk rounds against the follower and a bare handler on each of BARES serving ``body`` with
+    ``headers``, all running, each sent the same requests (the token too). The order turns every round, so none
+    always follows another."""
+    bares = {loop: start_bare(body, headers, loop) for loop in BARES}
+    runs: dict[str, list[dict]] = {"real": [], **{loop: [] for loop in BARES}}
+    targets = [("real", url, pid)] + [(loop, b_url, proc.pid) for loop, (proc, b_url, _) in bares.items()]
     try:
-        for i in range(rounds):  # alternate which goes first, so neither always follows the other
-            order = [("real", url, token, pid), ("bare", bare_url, token, bare_proc.pid)]
-            for name, u, tok, p in order if i % 2 == 0 else order[::-1]:
-                (real if name == "real" else bare).append(wrk(u, tok, seconds, p))
+        for i in range(rounds):
+            k = i % len(targets)
+            for name, u, p in targets[k:] + targets[:k]:
+                runs[name].append(wrk(u, token, seconds, p))
     finally:
-        bare_proc.kill()
-        bare_proc.wait()
-        for f in files:
-            os.unlink(f)
-    return {"lookup": median_of(real), "bare": median_of(bare),
-            "ratios": [round(r["per_s"] / b["per_s"], 3) for r, b in zip(real, bare)]}
+        for proc, _, files in bares.values():
+            proc.kill()
+            proc.wait()
+            for f in files:
+                os.unlink(f)
+    real = runs["real"]
+    return {"lookup": median_of(real), **{f"bare_{loop}": median_of(runs[loop]) for loop in BARES},
+            **{f"ratios_{loop}": [round(r["per_s"] / b["per_s"], 3) for r, b in zip(real, runs[loop])]
+               for loop in BARES}}
 
 
 def setup(cluster: LocalCluster) -> Client:
@@ -205,24 +221,33 @@ def main() -> None:
             stale = staleness(cluster, c, follower.url, args.transitions)
         finally:
             cluster.stop()
-    real, bare = (runs["lookup"], runs["bare"]) if runs else (None, None)
+    real = runs["lookup"] if runs else None
     stale.sort()
-    res = {"bench": "discovery", "lookup": real, "bare": bare,
-           "ratio": round(real["per_s"] / bare["per_s"], 3) if real and bare else None,
-           "ratios": runs["ratios"] if runs else None,
-           # bare CPU per request / the follower's: less moved by the other processes on the machine than req/s
-           "cpu_ratio": round(bare["cpu_us_per_req"] / real["cpu_us_per_req"], 3)
-           if real and bare and "cpu_us_per_req" in real and "cpu_us_per_req" in bare else None,
-           "staleness_p50_ms": round(statistics.median(stale) * 1000, 1),
-           "staleness_p99_ms": round(stale[min(len(stale) - 1, int(0.99 * len(stale)))] * 1000, 1),
-           "load1_before": round(load0, 2), "load1_after": round(os.getloadavg()[0], 2)}
-    if real and bare:
-        print(f"lookups on a follower: {real['per_s']:,.0f}/s, p50 {real['p50_ms']:.2f} ms, p99 {real['p99_ms']:.2f} ms "
-              f"(non-2xx {real['non_2xx']:.0f}), {real.get('cpu_us_per_req', float('nan')):.0f} us CPU/request; "
-              f"bare aiohttp, same bytes: {bare['per_s']:,.0f}/s, p50 {bare['p50_ms']:.2f} ms, p99 {bare['p99_ms']:.2f} ms, "
-              f"{bare.get('cpu_us_per_req', float('nan')):.0f} us CPU/request; "
-              f"ratio {res['ratio']} (medians of {args.rounds} alternated rounds; per round {res['ratios']}; aim >= 0.8); "
-              f"CPU per request, bare / follower: {res['cpu_ratio']}")
+    res: dict = {"bench": "discovery", "replica_loop": event_loop_from_env(), "lookup": real}
+    for loop in BARES:   # the keys without a suffix are the aim's baseline (asyncio), as before uvloop came in
+        bare = runs[f"bare_{loop}"] if runs else None
+        sfx = "" if loop == "asyncio" else f"_{loop}"
+        res[f"bare{sfx}"] = bare
+        res[f"ratio{sfx}"] = round(real["per_s"] / bare["per_s"], 3) if real and bare else None
+        res[f"ratios{sfx}"] = runs[f"ratios_{loop}"] if runs else None
+        # bare CPU per request / the follower's: less moved by the other processes on the machine than req/s
+        res[f"cpu_ratio{sfx}"] = round(bare["cpu_us_per_req"] / real["cpu_us_per_req"], 3) \
+            if real and bare and "cpu_us_per_req" in real and "cpu_us_per_req" in bare else None
+    res.update({"staleness_p50_ms": round(statistics.median(stale) * 1000, 1),
+                "staleness_p99_ms": round(stale[min(len(stale) - 1, int(0.99 * len(stale)))] * 1000, 1),
+                "load1_before": round(load0, 2), "load1_after": round(os.getloadavg()[0], 2)})
+    if real:
+        print(f"lookups on a follower ({res['replica_loop']}): {real['per_s']:,.0f}/s, p50 {real['p50_ms']:.2f} ms, "
+              f"p99 {real['p99_ms']:.2f} ms (non-2xx {real['non_2xx']:.0f}), "
+              f"{real.get('cpu_us_per_req', float('nan')):.0f} us CPU/request")
+        for loop in BARES:
+            sfx = "" if loop == "asyncio" else f"_{loop}"
+            bare = res[f"bare{sfx}"]
+            print(f"bare aiohttp on {loop}, same bytes: {bare['per_s']:,.0f}/s, p50 {bare['p50_ms']:.2f} ms, "
+                  f"p99 {bare['p99_ms']:.2f} ms, {bare.get('cpu_us_per_req', float('nan')):.0f} us CPU/request; "
+                  f"ratio {res[f'ratio{sfx}']} (medians of {args.rounds} alternated rounds; per round "
+                  f"{res[f'ratios{sfx}']}{'; aim >= 0.8' if not sfx else ''}); CPU per request, bare / follower: "
+                  f"{res[f'cpu_ratio{sfx}']}")
     print(f"health transition committed -> visible on a follower: p50 {res['staleness_p50_ms']} ms, "
           f"p99 {res['staleness_p99_ms']} ms (aim p99 <= 250 ms)")
     print(json.dumps(res))

@@ -5,7 +5,9 @@ For each interval (CPython's 5 ms first, the baseline; then raftctl's 1 ms and 0
 small JSON POST (the shape of an agent's heartbeat) while a second thread runs pure-Python work, as a replica's
 event loop runs beside a scheduler pass; wrk (32 connections, C) loads the handler. Printed per interval: requests/s,
 p50 and p99 latency, the computing thread's progress, each as a ratio to the 5 ms baseline; then one JSON line.
-Also with no computing thread, the handler's own ceiling. Needs wrk (`make bench-deps`).
+Also with no computing thread, the handler's own ceiling. Then the same at raftctl's 1 ms on each event loop
+(``--loops``; asyncio's selector loop first, the baseline): a replica runs on uvloop (raftctl/aio.py), whose reads
+and writes keep the GIL. Needs wrk (`make bench-deps`).
 """
 from __future__ import annotations
 
@@ -26,8 +28,10 @@ LUA = ('wrk.method = "POST"; wrk.headers["Content-Type"] = "application/json"; '
        'wrk.body = \'{"machine":"m1","placements":[{"id":"p1","state":"running","health":"healthy"}]}\'\n')
 
 
-def serve(interval: float, port: int, compute: bool, report: str) -> None:
+def serve(interval: float, port: int, compute: bool, report: str, loop: str = "asyncio") -> None:
     from aiohttp import web
+
+    from raftctl import aio
 
     sys.setswitchinterval(interval)
     count = [0]
@@ -61,7 +65,7 @@ def serve(interval: float, port: int, compute: bool, report: str) -> None:
     if compute:
         threading.Thread(target=burn, daemon=True).start()
     threading.Thread(target=measure, daemon=True).start()
-    asyncio.run(main())
+    aio.run(main(), loop)
 
 
 def free_port() -> int:
@@ -75,12 +79,12 @@ def ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def one(interval: float, compute: bool, seconds: int, work: str) -> dict[str, float]:
+def one(interval: float, compute: bool, seconds: int, work: str, loop: str = "asyncio") -> dict[str, float]:
     port = free_port()
     report = os.path.join(work, f"report-{port}")
     script = os.path.join(work, "hb.lua")
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", str(interval), str(port),
-                             "1" if compute else "0", report], env={**os.environ, "GIL_BENCH_SECONDS": str(seconds - 1)})
+                             "1" if compute else "0", report, loop], env={**os.environ, "GIL_BENCH_SECONDS": str(seconds - 1)})
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -106,11 +110,12 @@ def one(interval: float, compute: bool, seconds: int, work: str) -> dict[str, fl
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        serve(float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5])
+        serve(float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5], sys.argv[6])
         return 0
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--intervals-ms", default="5,1,0.5", help="the first is the baseline")
+    ap.add_argument("--loops", default="asyncio,uvloop", help="event loops compared at 1 ms; the first is the baseline")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         print("gil_switch: wrk is missing (make bench-deps); skipped")
@@ -121,6 +126,7 @@ def main() -> int:
             f.write(LUA)
         alone = one(intervals[0], False, args.seconds, work)
         rows = [(i, one(i, True, args.seconds, work)) for i in intervals]
+        loops = [(name, one(0.001, True, args.seconds, work, name)) for name in args.loops.split(",")]
     print(f"handler alone ({intervals[0] * 1000:g} ms): {alone['requests_per_s']:,.0f} requests/s, "
           f"p50 {alone['p50_ms']:.2f} ms, p99 {alone['p99_ms']:.2f} ms")
     base = rows[0][1]
@@ -129,8 +135,15 @@ def main() -> int:
               f"requests/s ({r['requests_per_s'] / base['requests_per_s']:.2f} x), p50 {r['p50_ms']:.1f} ms, "
               f"p99 {r['p99_ms']:.1f} ms; the thread's work {r['compute_per_s']:,.0f}/s "
               f"({r['compute_per_s'] / base['compute_per_s']:.2f} x)")
+    first = loops[0][1]
+    for name, r in loops:
+        print(f"beside a computing thread, 1 ms, {name}: {r['requests_per_s']:,.0f} requests/s "
+              f"({r['requests_per_s'] / first['requests_per_s']:.2f} x), p50 {r['p50_ms']:.1f} ms, "
+              f"p99 {r['p99_ms']:.1f} ms; the thread's work {r['compute_per_s']:,.0f}/s "
+              f"({r['compute_per_s'] / first['compute_per_s']:.2f} x)")
     print(json.dumps({"bench": "gil_switch", "alone": alone,
-                      "rows": [{"interval_ms": i * 1000, **r} for i, r in rows]}))
+                      "rows": [{"interval_ms": i * 1000, **r} for i, r in rows],
+                      "loops": [{"loop": name, **r} for name, r in loops]}))
     return 0
 
 

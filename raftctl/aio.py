@@ -1,10 +1,40 @@
-"""Small asyncio helpers shared by the control replica and the agent."""
+"""Small asyncio helpers shared by the control replica and the agent, and the event loop a replica runs (uvloop)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, TypeVar
+import os
+from typing import Any, Awaitable, Coroutine, Mapping, TypeVar
 
 T = TypeVar("T")
+
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def event_loop_from_env(env: Mapping[str, str] | None = None) -> str:
+    """``RAFTCTL_EVENT_LOOP`` (``uvloop``, the default, or ``asyncio``: a benchmark's baseline); ValueError names
+    the variable."""
+    raw = (os.environ if env is None else env).get("RAFTCTL_EVENT_LOOP") or EVENT_LOOPS[0]
+    if raw not in EVENT_LOOPS:
+        raise ValueError(f"RAFTCTL_EVENT_LOOP: {raw!r} is not one of {', '.join(EVENT_LOOPS)}")
+    return raw
+
+
+def run(main: Coroutine[Any, Any, T], loop: str | None = None) -> T:
+    """``asyncio.run(main)`` on uvloop's event loop (``loop``: default ``event_loop_from_env()``). Why: a control
+    replica's loop runs beside Raft's tick thread and the scheduler's pass; asyncio's selector loop gives the GIL
+    up at each send and receive (and waits a switch interval to get it back while a thread computes, raftctl/gil.py),
+    uvloop's reads and writes do not. bench/gil_switch.py (one aiohttp handler beside one computing thread, wrk, 1 ms
+    switch interval): 809 requests/s on asyncio, 2,097 on uvloop (2.6 x), p99 53.9 -> 26.8 ms (session 24; session
+    22: 1.7-2.1 x). The rest of what was measured: docs/control-plane.md, "The event loop"."""
+    if (loop or event_loop_from_env()) == "uvloop":
+        import uvloop
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """``loop``'s kind: ``uvloop`` or ``asyncio`` (what ``run`` started; a test's loop is asyncio's)."""
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
 async def unless(work: Awaitable[T], interrupt: Awaitable[Any]) -> "asyncio.Future[T] | None":

@@ -1,13 +1,13 @@
 """raftctl server: run one control replica."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import Callable
 
 import click
 
+from raftctl import aio
 from raftctl.cli.output import fail, read_secret
 from raftctl.errors import ValidationError
 from raftctl.config import config_option
@@ -118,6 +118,10 @@ def register(cli: click.Group) -> None:
                            max_heartbeats_per_s=max_heartbeats, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
                            max_connections=max_connections, reserved_connections=reserved_connections)
         try:
-            asyncio.run(serve(cfg))
+            loop = aio.event_loop_from_env()
+        except ValueError as exc:
+            fail(str(exc))
+        try:
+            aio.run(serve(cfg), loop)
         except ValidationError as exc:   # what the replica refused before it started (a port it cannot listen on)
             fail(f"--{exc.field}: {exc.message}" if exc.field else exc.message)

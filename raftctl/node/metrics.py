@@ -141,6 +141,12 @@ class ReplicaCollector:
                                        "replica's process keeps the GIL when the event loop waits for it (gil.py)")
             switch.add_metric([], sys.getswitchinterval())
             yield switch
+        if getattr(r, "event_loop", None) is not None:
+            running = GaugeMetricFamily("raftctl_event_loop_info", "The event loop this replica's process runs "
+                                        "(aio.py: uvloop by default, asyncio with RAFTCTL_EVENT_LOOP=asyncio)",
+                                        labels=["loop"])
+            running.add_metric([r.event_loop], 1)
+            yield running
         counts = r.read(lambda s: (len(s.jobs), len(s.placements), len(s.machines)))
         for name, value in zip(("raftctl_jobs", "raftctl_placements", "raftctl_machines"), counts):
             g = GaugeMetricFamily(name, f"Number of {name.split('_')[1]} in the state")

@@ -12,6 +12,7 @@ from typing import Any, Callable, TypeVar
 
 import aiohttp
 
+from raftctl.aio import loop_name
 from raftctl.clock import SYSTEM, Clock
 from raftctl.discovery.dns import DnsServer
 from raftctl.discovery.view import lookup
@@ -99,6 +100,7 @@ class Replica:
         self.listener: Listener | None = None
         self.gc_stats: GcStats | None = None   # set by serve(): the collector's cost in this replica's process
         self.loop_lag = LoopLag()              # how late its event loop wakes (looplag.py), run once started
+        self.event_loop: str | None = None     # set by serve(): uvloop or asyncio (aio.run)
         self.leadership: Leadership | None = None
         self.http: aiohttp.ClientSession | None = None
         self.controller_factories: list[Any] = [SchedulerLoop, RolloutController, Autoscaler]
@@ -427,6 +429,7 @@ async def serve(cfg: ServerConfig) -> None:
     tune_switch_interval(switch_interval_from_env())   # the event loop's waits for the GIL (raftctl/gil.py)
     replica = Replica(cfg)
     replica.gc_stats = GcStats().install()
+    replica.event_loop = loop_name(asyncio.get_running_loop())
     await replica.start()
     freeze()
     stop = asyncio.Event()

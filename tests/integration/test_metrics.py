@@ -44,6 +44,7 @@ def test_metrics_parse_and_move(cluster):
     assert value(after, "raftctl_gc_collections_total", generation="2") >= 1   # the one before the freeze, at least
     assert value(after, "raftctl_gc_seconds_total") > 0
     assert value(after, "raftctl_gil_switch_interval_seconds") == pytest.approx(0.001)   # gil.py, not CPython's 5 ms
+    assert value(after, "raftctl_event_loop_info", loop="uvloop") == 1      # aio.py's default for a replica
     assert 1 <= value(after, "raftctl_api_connections") <= value(after, "raftctl_api_connections_limit")
     # and how late its event loop wakes (looplag.py): a wake-up every 0.1 s since start, each in some bucket
     wakes = value(after, "raftctl_event_loop_lag_seconds_count")
