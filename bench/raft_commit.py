@@ -37,6 +37,7 @@ from typing import Any, Callable
 import aiohttp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from raftctl.aio import event_loop_from_env  # noqa: E402
 from raftctl.devcluster import LocalCluster, free_port  # noqa: E402
 
 BARE = textwrap.dedent("""
@@ -473,7 +474,8 @@ def main() -> None:
     print(f"etcd 3.4, Python client ({args.clients} clients over 3 members):  {_fmt(e_py)}")
     print(f"raftctl, wrk ({args.clients} connections over 3 replicas): {_fmt(r_wrk)}")
     print(f"etcd 3.4, wrk ({args.clients} connections over 3 members):  {_fmt(e_wrk)}")
-    res = {"bench": "raft_commit", "clients": args.clients, "load1_before": round(load0, 2),
+    res = {"bench": "raft_commit", "clients": args.clients, "replica_loop": event_loop_from_env(),
+           "load1_before": round(load0, 2),
            "load1_after": round(os.getloadavg()[0], 2),
            "raftctl": _round(r_py), "etcd": _round(e_py), "ratio_vs_etcd": _ratio(r_py, e_py),
            "raftctl_wrk": _round(r_wrk), "etcd_wrk": _round(e_wrk), "ratio_vs_etcd_wrk": _ratio(r_wrk, e_wrk),

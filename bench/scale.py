@@ -55,6 +55,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 from raft_commit import http_load, wrk_load  # noqa: E402
 
+from raftctl.aio import event_loop_from_env  # noqa: E402
 from raftctl.devcluster import LocalCluster, Proc  # noqa: E402
 
 OUT = os.path.join(HERE, "out")
@@ -419,6 +420,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"bench": "scale", "machines": n, "replicas_per_machine": args.per_machine,
                            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
                            "raft_timing": os.environ.get("RAFTCTL_RAFT_TIMING") or "default",
+                           "replica_loop": event_loop_from_env(),
                            "per_process": args.per_process, "agent_nice": args.agent_nice}
     loads: dict[str, float] = {"start": round(os.getloadavg()[0], 2)}
     terms: dict[str, Any] = res.setdefault("raft_term", {})   # elections during the run: the term's growth
