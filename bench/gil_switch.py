@@ -108,6 +108,16 @@ def one(interval: float, compute: bool, seconds: int, work: str, loop: str = "as
             "compute_per_s": progress}
 
 
+def beside(rows: list[tuple[str, dict[str, float]]]) -> None:
+    """Print each (label, result) beside a computing thread, as ratios to the first row's."""
+    base = rows[0][1]
+    for label, r in rows:
+        print(f"beside a computing thread, {label}: {r['requests_per_s']:,.0f} requests/s "
+              f"({r['requests_per_s'] / base['requests_per_s']:.2f} x), p50 {r['p50_ms']:.1f} ms, "
+              f"p99 {r['p99_ms']:.1f} ms; the thread's work {r['compute_per_s']:,.0f}/s "
+              f"({r['compute_per_s'] / base['compute_per_s']:.2f} x)")
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
         serve(float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5], sys.argv[6])
@@ -129,18 +139,8 @@ def main() -> int:
         loops = [(name, one(0.001, True, args.seconds, work, name)) for name in args.loops.split(",")]
     print(f"handler alone ({intervals[0] * 1000:g} ms): {alone['requests_per_s']:,.0f} requests/s, "
           f"p50 {alone['p50_ms']:.2f} ms, p99 {alone['p99_ms']:.2f} ms")
-    base = rows[0][1]
-    for interval, r in rows:
-        print(f"beside a computing thread, switch interval {interval * 1000:g} ms: {r['requests_per_s']:,.0f} "
-              f"requests/s ({r['requests_per_s'] / base['requests_per_s']:.2f} x), p50 {r['p50_ms']:.1f} ms, "
-              f"p99 {r['p99_ms']:.1f} ms; the thread's work {r['compute_per_s']:,.0f}/s "
-              f"({r['compute_per_s'] / base['compute_per_s']:.2f} x)")
-    first = loops[0][1]
-    for name, r in loops:
-        print(f"beside a computing thread, 1 ms, {name}: {r['requests_per_s']:,.0f} requests/s "
-              f"({r['requests_per_s'] / first['requests_per_s']:.2f} x), p50 {r['p50_ms']:.1f} ms, "
-              f"p99 {r['p99_ms']:.1f} ms; the thread's work {r['compute_per_s']:,.0f}/s "
-              f"({r['compute_per_s'] / first['compute_per_s']:.2f} x)")
+    beside([(f"switch interval {i * 1000:g} ms", r) for i, r in rows])
+    beside([(f"1 ms, {name}", r) for name, r in loops])
     print(json.dumps({"bench": "gil_switch", "alone": alone,
                       "rows": [{"interval_ms": i * 1000, **r} for i, r in rows],
                       "loops": [{"loop": name, **r} for name, r in loops]}))
