@@ -24,8 +24,8 @@ def run(main: Coroutine[Any, Any, T], loop: str | None = None) -> T:
     replica's loop runs beside Raft's tick thread and the scheduler's pass; asyncio's selector loop gives the GIL
     up at each send and receive (and waits a switch interval to get it back while a thread computes, raftctl/gil.py),
     uvloop's reads and writes do not. bench/gil_switch.py (one aiohttp handler beside one computing thread, wrk, 1 ms
-    switch interval): 809 requests/s on asyncio, 2,097 on uvloop (2.6 x), p99 53.9 -> 26.8 ms (session 24; session
-    22: 1.7-2.1 x). The rest of what was measured: docs/control-plane.md, "The event loop"."""
+    switch interval), two runs: 809 and 1,120 requests/s on asyncio, 2,097 and 2,085 on uvloop (2.6 and 1.9 x), p99
+    54 -> 27 ms (session 24; session 22: 1.7-2.1 x). The rest of what was measured: docs/control-plane.md, "The event loop"."""
     if (loop or event_loop_from_env()) == "uvloop":
         import uvloop
         return uvloop.run(main)
