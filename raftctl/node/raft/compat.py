@@ -10,6 +10,7 @@ One list for the whole package: a module that starts relying on another private 
 from __future__ import annotations
 
 import pysyncobj.syncobj as psyncobj
+import pysyncobj.tcp_connection as ptcp
 from pysyncobj.version import VERSION
 
 PINNED_VERSION = "0.3.17"
@@ -71,7 +72,13 @@ SYNCOBJ_MODULE_NAMES: tuple[str, ...] = (
 )
 
 
-def check(syncobj_module=psyncobj, version: str = VERSION) -> None:
+# Module-level names of pysyncobj.tcp_connection raftctl replaces.
+TCP_CONNECTION_MODULE_NAMES: tuple[str, ...] = (
+    "zlib",   # wire.py: what TcpConnection.send compresses with and its parser decompresses with
+)
+
+
+def check(syncobj_module=psyncobj, version: str = VERSION, tcp_module=ptcp) -> None:
     """Raise RuntimeError naming ``version`` unless it is the pinned one and every name above exists."""
     problems: list[str] = []
     if version != PINNED_VERSION:
@@ -96,6 +103,9 @@ def check(syncobj_module=psyncobj, version: str = VERSION) -> None:
     for name in SYNCOBJ_MODULE_NAMES:
         if not hasattr(syncobj_module, name):
             problems.append(f"pysyncobj.syncobj.{name} is gone")
+    for name in TCP_CONNECTION_MODULE_NAMES:
+        if not hasattr(tcp_module, name):
+            problems.append(f"pysyncobj.tcp_connection.{name} is gone")
     if problems:
         raise RuntimeError(f"raftctl needs pysyncobj {PINNED_VERSION} (installed: {version}): "
                            + "; ".join(problems))
