@@ -84,6 +84,7 @@ class Replica:
         self.raft: RaftNode | None = None
         self.proposer: Proposer | None = None
         self._changed: asyncio.Condition | None = None
+        self._blocking_reads = 0   # wait_for calls under way (on the loop): _notify wakes _changed only for them
         self._notify_pending = False
         # machine watches (GET /v1/agent/assignments/{machine}?index=N): machine -> the parked watches' futures.
         # A commit wakes only the watches of the machines it changed (State.changed_machines, taken on the tick
@@ -259,16 +260,20 @@ class Replica:
         """Blocking query: wait until ``fn(state) > after`` or ``wait_s`` passes; return fn(state)."""
         assert self._changed is not None
         deadline = time.monotonic() + wait_s
-        async with self._changed:
-            while True:
-                current = self.read(fn)
-                left = deadline - time.monotonic()
-                if current > after or left <= 0:
-                    return current
-                try:
-                    await asyncio.wait_for(self._changed.wait(), left)
-                except asyncio.TimeoutError:
-                    pass
+        self._blocking_reads += 1   # before the first read: an entry applied after it is always notified
+        try:
+            async with self._changed:
+                while True:
+                    current = self.read(fn)
+                    left = deadline - time.monotonic()
+                    if current > after or left <= 0:
+                        return current
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), left)
+                    except asyncio.TimeoutError:
+                        pass
+        finally:
+            self._blocking_reads -= 1
 
     async def wait_for_machine(self, machine: str, after: int, wait_s: float) -> int:
         """Blocking query on one machine's assignments: wait until its change index (State.machine_change_index)
@@ -340,6 +345,10 @@ class Replica:
                     fut.set_result(None)
                     self.machine_wakes += 1
         assert self._changed is not None
+        if not self._blocking_reads:
+            # nobody is in wait_for: no task to take the condition's lock (one per applied entry under write load;
+            # a wait_for that starts later reads the state this entry is already in)
+            return
 
         async def wake() -> None:
             async with self._changed:  # type: ignore[union-attr]

@@ -299,6 +299,26 @@ async def test_other_blocking_queries_still_wake_on_any_commit():
         assert await asyncio.wait_for(waiting, 5) > after
 
 
+async def test_commits_with_no_blocking_query_start_no_wake_and_a_later_one_still_wakes():
+    # under write load every applied entry took a task to notify the condition nobody waited on
+    async with agent_api(1) as (_client, r, raft):
+        def wake_tasks() -> int:
+            return sum(1 for t in asyncio.all_tasks() if t.get_coro().__qualname__.endswith("_notify.<locals>.wake"))
+        for replicas in (2, 3, 4):
+            await raft.commit(c.ScaleJob(name="web", replicas=replicas))
+            await asyncio.sleep(0)   # the notify the commit scheduled has run
+            assert r._blocking_reads == 0 and wake_tasks() == 0
+        after = raft.state.table_index["jobs"]
+        waiting = asyncio.create_task(r.wait_for(lambda s: s.table_index["jobs"], after, 5))
+        await asyncio.sleep(0.05)
+        assert r._blocking_reads == 1
+        await raft.commit(c.ScaleJob(name="web", replicas=5))
+        assert await asyncio.wait_for(waiting, 5) > after
+        assert r._blocking_reads == 0
+        timed_out = await r.wait_for(lambda s: s.table_index["jobs"], after + 100, 0.05)   # a wait that runs out
+        assert timed_out <= after + 100 and r._blocking_reads == 0
+
+
 async def test_a_thousand_parked_watches_one_commit_one_answer():
     async with agent_api(1000) as (client, r, raft):
         index = raft.state.index  # at or above every machine's change index: each watch parks
