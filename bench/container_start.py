@@ -118,16 +118,19 @@ def cpu_throttled(placement: str) -> tuple[int, float] | None:
     return None
 
 
-def end_to_end(work: str, n: int, cpu: int, watch: bool = True) -> tuple[float, list[float], list[dict[str, float]]]:
+def end_to_end(work: str, n: int, cpu: int, watch: bool = True,
+               agent_loop: str | None = None) -> tuple[float, list[float], list[dict[str, float]]]:
     """Seconds from PUT /v1/jobs to the placement healthy: the first job (image pull) and the next n; and each of
     the n starts' steps (wall ms), with the container's CPU throttling so far (``throttled``: periods,
     ``throttled_ms``). ``watch``: the job's placements are read with blocking queries (``?index=N``: answered at
-    their next change), else polled every 10 ms (~100 requests a second on the replicas during every start)."""
+    their next change), else polled every 10 ms (~100 requests a second on the replicas during every start).
+    ``agent_loop``: the agent's RAFTCTL_EVENT_LOOP (None: this process's; the replicas always take this process's)."""
     from raftctl.client import ApiError, Client
     from raftctl.devcluster import LocalCluster
 
     cl = LocalCluster(os.path.join(work, "cluster"), replicas=3, agents=1, runtime="runc", log_level="warning",
-                      agent_args=["--heartbeat", "300ms"])
+                      agent_args=["--heartbeat", "300ms"],
+                      agent_env={"RAFTCTL_EVENT_LOOP": agent_loop} if agent_loop else None)
     trace_path = os.path.join(work, "start-trace.jsonl")
     os.environ[TRACE_ENV] = trace_path   # the agent (a child process) inherits it
     try:
@@ -214,6 +217,9 @@ def main() -> int:
                     help="every container's CPU quota, the same for the driver's, bare runc's and the end-to-end "
                          "jobs' (until 2026-12-03 the end-to-end jobs had 50m and the others 250m); the N+1 "
                          "end-to-end jobs must fit on the one agent machine (2 cores: N=20 at most ~90m)")
+    ap.add_argument("--agent-loop", choices=["uvloop", "asyncio"], default=None,
+                    help="the end-to-end agent's event loop (RAFTCTL_EVENT_LOOP for the agent alone; default: what "
+                         "this process's environment says, uvloop when unset); alternate runs to compare")
     args = ap.parse_args()
     bridge = args.network in ("bridge", "both")
     if not runc_available() or not busybox_available():
@@ -302,7 +308,8 @@ def main() -> int:
 
     e2e_work = tempfile.mkdtemp(prefix="raftctl-bench-e2e-")
     try:
-        first, e2e, starts = end_to_end(e2e_work, N, args.cpu, watch=args.observe == "watch")
+        first, e2e, starts = end_to_end(e2e_work, N, args.cpu, watch=args.observe == "watch",
+                                           agent_loop=args.agent_loop)
     finally:
         shutil.rmtree(e2e_work, ignore_errors=True)
     res["e2e_healthy"] = e2e
@@ -349,6 +356,7 @@ def main() -> int:
                       "ratio_tcp_p50": round(ratio, 3),
                       "ratio_http_p50": round(ms["drv_http"][0] / ms["bare_http"][0], 3), **bridge_ratios,
                       "network": args.network, "cpu_m": args.cpu, "observe": args.observe,
+                      "agent_loop": args.agent_loop or os.environ.get("RAFTCTL_EVENT_LOOP") or "uvloop",
                       "e2e_first_ms": round(first * 1000, 1), "ratio_e2e_p50": round(e2e_ratio, 2),
                       "breakdown_ms": {label: round(since, 1) for label, since, _, _ in steps},
                       "load1": os.getloadavg()[0]}))

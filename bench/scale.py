@@ -105,8 +105,11 @@ class Bed:
     """A LocalCluster plus agent processes; every helper reads through urllib with the admin token."""
 
     def __init__(self, directory: str, compact_entries: int, ttl: str = "3s", log_level: str = "warning",
-                 max_heartbeats: int | None = None) -> None:
+                 max_heartbeats: int | None = None, fleet_loop: str | None = None) -> None:
         self.cluster = LocalCluster(directory, replicas=3, log_level=log_level)
+        # the fleet processes' RAFTCTL_EVENT_LOOP (None: this process's, uvloop when unset); the replicas take this
+        # process's
+        self.fleet_env = {"RAFTCTL_EVENT_LOOP": fleet_loop} if fleet_loop else {}
         budget = [] if max_heartbeats is None else ["--max-heartbeats-per-second", str(max_heartbeats)]
         for p in self.cluster.servers:
             p.extra_args = ["--compact-entries", str(compact_entries), "--heartbeat-ttl", ttl, *budget]
@@ -175,7 +178,8 @@ class Bed:
             argv += ["--server", url]
         out = open(os.path.join(data, "agent.log"), "ab")
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "RAFTCTL_AGENT_TOKEN": tok["token"]}, start_new_session=True)
+                                env={**os.environ, **self.fleet_env, "RAFTCTL_AGENT_TOKEN": tok["token"]},
+                                start_new_session=True)
         out.close()
         if nice:
             lower_autogroup(proc.pid, nice)
@@ -421,6 +425,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
                            "raft_timing": os.environ.get("RAFTCTL_RAFT_TIMING") or "default",
                            "replica_loop": event_loop_from_env(),
+                           "fleet_loop": args.fleet_loop or event_loop_from_env(),
                            "per_process": args.per_process, "agent_nice": args.agent_nice}
     loads: dict[str, float] = {"start": round(os.getloadavg()[0], 2)}
     terms: dict[str, Any] = res.setdefault("raft_term", {})   # elections during the run: the term's growth
@@ -447,7 +452,8 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 os.makedirs(d)
             else:
                 d = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-scale-"))
-            bed = Bed(d, args.compact_entries, log_level=args.replica_log_level, max_heartbeats=args.max_heartbeats)
+            bed = Bed(d, args.compact_entries, log_level=args.replica_log_level, max_heartbeats=args.max_heartbeats,
+                      fleet_loop=args.fleet_loop)
             try:
                 bed.cluster.start(timeout=60)
                 leader = bed.leader
@@ -849,6 +855,9 @@ def main() -> None:
     ap.add_argument("--raft-timing", default=None,
                     help="RAFTCTL_RAFT_TIMING for the replicas, 'min,max,heartbeat' seconds (default: the product's "
                          "0.3,0.6,0.075); recorded in each row")
+    ap.add_argument("--fleet-loop", choices=["uvloop", "asyncio"], default=None,
+                    help="the agent processes' event loop (RAFTCTL_EVENT_LOOP for them alone; default: this "
+                         "process's environment, uvloop when unset; the replicas always take this process's)")
     ap.add_argument("--agent-nice", type=int, default=0,
                     help="run the agent processes under nice -n N, their scheduling autogroups too (the replicas "
                          "keep their priority: on a small machine the load generator otherwise takes the CPU the "

@@ -1,4 +1,4 @@
-"""Small asyncio helpers shared by the control replica and the agent, and the event loop a replica runs (uvloop)."""
+"""Small asyncio helpers shared by the control replica and the agent, and the event loop both run (uvloop)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,8 +11,8 @@ EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 def event_loop_from_env(env: Mapping[str, str] | None = None) -> str:
-    """``RAFTCTL_EVENT_LOOP`` (``uvloop``, the default, or ``asyncio``: a benchmark's baseline); ValueError names
-    the variable."""
+    """``RAFTCTL_EVENT_LOOP`` (``uvloop``, the default, or ``asyncio``: a benchmark's baseline) for `raftctl server`
+    and `raftctl agent`; ValueError names the variable."""
     raw = (os.environ if env is None else env).get("RAFTCTL_EVENT_LOOP") or EVENT_LOOPS[0]
     if raw not in EVENT_LOOPS:
         raise ValueError(f"RAFTCTL_EVENT_LOOP: {raw!r} is not one of {', '.join(EVENT_LOOPS)}")

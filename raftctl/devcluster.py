@@ -139,7 +139,7 @@ class LocalCluster:
     def __init__(self, directory: str, replicas: int = 3, host: str = "127.0.0.1",
                  log_level: str = "info", agents: int = 0, runtime: str | None = None,
                  agent_args: list[str] | None = None, zones: int = 3, tls_dir: str | None = None,
-                 dns_port: int | None = None) -> None:
+                 dns_port: int | None = None, agent_env: dict[str, str] | None = None) -> None:
         self.dir = os.path.abspath(directory)
         # tls_dir: serve every API over HTTPS with certificates from `raftctl tls init` (made there if absent)
         self.tls_dir = os.path.abspath(tls_dir) if tls_dir else None
@@ -147,6 +147,7 @@ class LocalCluster:
         self.log_level = log_level
         self.runtime = runtime
         self.agent_args = agent_args or []
+        self.agent_env = dict(agent_env or {})   # on top of this process's environment, for the agents only
         self.zones = zones
         self.ports_slot: int | None = None  # the slot of the last run (cluster.json), claimed again on start
         self._slot_fd: int | None = None
@@ -302,6 +303,7 @@ class LocalCluster:
         env = dict(os.environ)
         if p.role == "agent":
             argv = self.agent_argv(p)
+            env.update(self.agent_env)
             env["RAFTCTL_AGENT_TOKEN"] = self.agent_token(p)
         else:
             argv = self.server_argv(p)

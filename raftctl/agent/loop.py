@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from raftctl.aio import loop_name
 from raftctl.agent import converge
 from raftctl.agent.config import AgentConfig
 from raftctl.agent.control import BlobFetcher, ControlClient
@@ -92,10 +93,12 @@ class Agent:
         self._network_failing = False                # the last hand-over failed (logged as a warning once)
         self.heartbeat_s = cfg.heartbeat_s         # the interval followed: the leader's answer, bounded
         self.pending_stats: list[dict[str, Any]] | None = None   # the stats pass's latest samples, for the next heartbeat
+        self.event_loop: str | None = None        # set by run(): uvloop or asyncio (raftctl.aio.run)
         self._stats_posts: set[asyncio.Task[None]] = set()    # samples posted on their own to an older leader
 
     # -- lifecycle -------------------------------------------------------
     async def run(self) -> None:
+        self.event_loop = loop_name(asyncio.get_running_loop())
         os.makedirs(self.cfg.data_dir, exist_ok=True)
         ssl_ctx = None
         if self.cfg.tls_ca or any(s.startswith("https://") for s in self.cfg.servers):

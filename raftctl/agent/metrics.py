@@ -57,6 +57,11 @@ class _ContainerCollector:
         for state in sorted(set(by_state) | {"running"}):
             g.add_metric([state], by_state.get(state, 0))
         yield g
+        if getattr(self.agent, "event_loop", None) is not None:
+            running = GaugeMetricFamily("raftctl_agent_event_loop_info", "The event loop this agent's process runs "
+                                        "(RAFTCTL_EVENT_LOOP: uvloop, the default, or asyncio)", labels=["loop"])
+            running.add_metric([self.agent.event_loop], 1)
+            yield running
         labels = ["placement", "job"]
         cpu = CounterMetricFamily("raftctl_agent_container_cpu_seconds", "Container CPU time (cgroup or psutil)",
                                   labels=labels)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from raftctl import aio
 from raftctl.cli.base import split_servers
 from raftctl.cli.output import read_secret
 from raftctl.config import config_option
@@ -136,6 +137,10 @@ def register(cli: click.Group) -> None:
                 raise click.BadParameter(str(exc), param_hint="--subnet-pool") from None
         rt = runtime or default_runtime()
         check_unisolated(rt, os.geteuid(), allow_unisolated)
+        try:
+            loop = aio.event_loop_from_env()   # uvloop unless RAFTCTL_EVENT_LOOP=asyncio (a benchmark's baseline)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
         if rt == "process":
             logging.getLogger("raftctl.agent").warning(
                 "runtime 'process': containers are plain child processes; NOTHING is isolated "
@@ -170,7 +175,7 @@ def register(cli: click.Group) -> None:
             tune(thresholds_from_env())   # a fleet process holds thousands of machines' loops (raftctl/gcstats.py)
             tune_switch_interval(switch_interval_from_env())   # its loops' waits for the GIL (raftctl/gil.py)
             try:
-                asyncio.run(run_agents(cfg, count, spread_s=spread, source=source_address))
+                aio.run(run_agents(cfg, count, spread_s=spread, source=source_address), loop)
             except ValidationError as exc:   # only the fleet's refusal of the flag is the flag's fault
                 if exc.field != "--source-address":
                     raise
@@ -181,7 +186,7 @@ def register(cli: click.Group) -> None:
                               cluster=cluster, machine=machine)
         tune_switch_interval(switch_interval_from_env())   # the loop's waits for the GIL beside runtime calls (gil.py)
         try:
-            asyncio.run(run_agent(cfg, driver))
+            aio.run(run_agent(cfg, driver), loop)
         finally:
             try:   # stopped with no container left: no route, nft table or bridge of bridge mode stays behind
                 driver.release_network()

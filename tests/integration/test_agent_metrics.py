@@ -1,6 +1,6 @@
 """The agent's GET /metrics (Prometheus text, parsed with prometheus-client): a crashing container's
 restarts and exits are counted, health checks land in the latency histogram, running containers report
-their CPU and memory. 3 replicas and one agent with the process driver, as real processes."""
+their CPU and memory, and the agent says it runs on uvloop. 3 replicas and one agent with the process driver, as real processes."""
 from __future__ import annotations
 
 import sys
@@ -71,6 +71,7 @@ def test_agent_metrics_count_restarts_health_checks_and_usage(metrics_agent):
     m = wait_until(web_measured, timeout=60, what="web's memory and health checks on /metrics")
     assert m[("raftctl_agent_container_cpu_seconds_total", labels)] > 0
     assert m[("raftctl_agent_containers", (("state", "running"),))] >= 1
+    assert m[("raftctl_agent_event_loop_info", (("loop", "uvloop"),))] == 1   # `raftctl agent` runs on uvloop
     assert m[("raftctl_agent_health_check_seconds_sum", (("result", "ok"), ("type", "http")))] > 0
 
 

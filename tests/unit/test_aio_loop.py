@@ -1,6 +1,7 @@
-"""Which event loop a control replica runs (raftctl/aio.py): uvloop by default, asyncio's when a benchmark asks
-(RAFTCTL_EVENT_LOOP=asyncio). That a served replica runs on uvloop is tests/integration/test_metrics.py's
-(``raftctl_event_loop_info``)."""
+"""Which event loop a control replica and an agent run (raftctl/aio.py): uvloop by default, asyncio's when a
+benchmark asks (RAFTCTL_EVENT_LOOP=asyncio). That a served replica runs on uvloop is tests/integration/
+test_metrics.py's (``raftctl_event_loop_info``), that a served agent does is test_agent_metrics.py's
+(``raftctl_agent_event_loop_info``)."""
 from __future__ import annotations
 
 import asyncio
