@@ -297,10 +297,13 @@ def round_trip(wire: dict[str, Any]) -> bytes:
     :class:`ValidationError` naming the field that the log cannot carry."""
     try:
         item = c.encode_command(wire)
-        items = c.decode_entry(c.join_entry([item]))
-        if len(items) != 1:
-            raise c.DecodeError("corrupt_entry", "the command did not decode back to one command")
-        c.from_wire(items[0])
+        if c.flat(wire):
+            # leaves only (a scale, a delete, a report...): what encoded decodes back equal, so what is left to
+            # check is what from_wire checks, on the map itself (tests/unit/test_proposer.py: same verdicts).
+            # A scale's check: 9.1 -> 6.2-6.3 us (best of 7 x 50,000, two runs, session 25)
+            c.from_wire(wire)
+        else:
+            decodes_back(item)
     except c.DecodeError as exc:
         field, why = _culprit(wire)
         raise ValidationError(f"the command cannot be stored: {why or exc.message}",
@@ -310,6 +313,14 @@ def round_trip(wire: dict[str, Any]) -> bytes:
         raise ValidationError(f"the command cannot be stored: {why or f'{type(exc).__name__}: {exc}'}",
                               field=field) from None
     return item
+
+
+def decodes_back(item: bytes) -> None:
+    """Decode one encoded command as apply will (in an entry of its own); DecodeError if apply would refuse it."""
+    items = c.decode_entry(c.join_entry([item]))
+    if len(items) != 1:
+        raise c.DecodeError("corrupt_entry", "the command did not decode back to one command")
+    c.from_wire(items[0])
 
 
 def _culprit(wire: dict[str, Any]) -> tuple[str | None, str | None]:

@@ -386,6 +386,16 @@ def decode_entry(data: bytes) -> list[Any]:
     return items
 
 
+def flat(wire: dict[str, Any]) -> bool:
+    """Whether every value of ``wire`` is a leaf of an exact type CBOR carries unchanged (str, int, bool, None,
+    bytes): once it has encoded, it decodes back to equal values of the same types, so a check of what the log
+    will hold needs no decode (``proposer.round_trip``)."""
+    for value in wire.values():
+        if type(value) not in _LEAF:
+            return False
+    return True
+
+
 def encode_command(wire: dict[str, Any]) -> bytes:
     """The canonical CBOR of one wire command (an item of a log entry); may raise (a lone surrogate...)."""
     return canonical(wire)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pysyncobj import FAIL_REASON
 
 from raftctl.clock import FakeClock
@@ -151,6 +153,63 @@ def test_round_trip_names_the_field():
     with pytest.raises(ValidationError) as err:
         proposer_mod.round_trip(c.to_wire(c.ScaleJob(name="x", reason="\udfff")))
     assert err.value.field == "reason"
+
+
+_leaves = st.one_of(st.text(max_size=8), st.integers(min_value=-(1 << 70), max_value=1 << 70), st.booleans(),
+                   st.none(), st.binary(max_size=8))
+
+
+@st.composite
+def _flat_wires(draw: st.DrawFn) -> dict:
+    """A wire map of leaves only: a command's fields (some of them, maybe one it lacks), each any leaf type."""
+    op = draw(st.sampled_from(sorted(c.COMMANDS)))
+    names = sorted(c._FIELDS[c.COMMANDS[op]]) + ["nope"]
+    wire = {"v": draw(st.sampled_from([c.SCHEMA_VERSION, c.SCHEMA_VERSION + 1])), "op": op}
+    for name in draw(st.lists(st.sampled_from(names), unique=True)):
+        wire[name] = draw(_leaves)
+    return wire
+
+
+@settings(max_examples=400, deadline=None)
+@given(_flat_wires())
+def test_a_flat_command_gets_the_verdict_a_full_decode_gives(wire: dict) -> None:
+    # round_trip checks a map of leaves without decoding it: it must refuse exactly what the decode refuses
+    assert c.flat(wire)
+    try:
+        item = c.encode_command(wire)
+    except Exception:
+        return   # refused before either check (a lone surrogate): test_round_trip_names_the_field
+    try:
+        proposer_mod.decodes_back(item)
+        full = None
+    except c.DecodeError as exc:
+        full = (exc.code, exc.field)
+    try:
+        assert proposer_mod.round_trip(wire) == item
+        fast = None
+    except ValidationError as exc:
+        fast = ("refused", exc.field)
+    assert (fast is None) == (full is None)
+    if full is not None:
+        assert fast is not None
+        if full[1] in ("v", "op"):   # checked first on both paths
+            assert fast[1] == full[1]
+        else:   # the first bad field in the map's own order, or in canonical CBOR's: a field bad on its own either way
+            def refused_alone(key: str) -> bool:
+                try:
+                    c.from_wire({"v": wire["v"], "op": wire["op"], key: wire[key]})
+                except c.DecodeError:
+                    return True
+                return False
+            bad = {k for k in wire if k not in ("v", "op") and refused_alone(k)}
+            assert full[1] in bad and fast[1] in bad
+
+
+def test_nested_commands_still_decode_back() -> None:
+    wire = c.to_wire(c.PutJob(spec={"name": "x", "nested": [[[]]]}))
+    assert not c.flat(wire)
+    assert proposer_mod.round_trip(wire) == c.encode_command(wire)
+    assert c.flat(c.to_wire(c.ScaleJob(name="x", replicas=2)))
 
 
 class _Dies(BaseException):
