@@ -455,19 +455,28 @@ def main() -> None:
         http = bare_http(args.seconds, args.clients)
         print(f"bare aiohttp handler, same client: {_fmt(http)}")
     for n in range(args.rounds):
-        if args.baseline:
-            b_py, b_wrk = run_raftctl(args.seconds, args.clients, args.wrk_seconds, args.baseline)
-            print(f"round {n + 1} baseline {args.baseline}: Python client {_fmt(b_py)}; wrk {_fmt(b_wrk)} "
-                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
-            print(json.dumps({"round": n + 1, "system": "baseline", "raftctl": _round(b_py),
-                              "raftctl_wrk": _round(b_wrk), "load1": round(os.getloadavg()[0], 2)}), flush=True)
-        r_py, r_wrk = run_raftctl(args.seconds, args.clients, args.wrk_seconds)
-        e_py, e_wrk = run_etcd(args.seconds, args.clients, args.wrk_seconds)
+        # the order turns every round (baseline, this tree, etcd; then etcd, this tree, baseline): whichever runs
+        # later in a round meets a warmer, often busier machine (docs/scaling.md: the second of a pair placed faster)
+        order = (["baseline"] if args.baseline else []) + ["tree", "etcd"]
+        if n % 2:
+            order.reverse()
+        for system in order:
+            if system == "baseline":
+                b_py, b_wrk = run_raftctl(args.seconds, args.clients, args.wrk_seconds, args.baseline)
+                print(f"round {n + 1} baseline {args.baseline}: Python client {_fmt(b_py)}; wrk {_fmt(b_wrk)} "
+                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
+                print(json.dumps({"round": n + 1, "system": "baseline", "raftctl": _round(b_py),
+                                  "raftctl_wrk": _round(b_wrk), "load1": round(os.getloadavg()[0], 2)}), flush=True)
+            elif system == "tree":
+                r_py, r_wrk = run_raftctl(args.seconds, args.clients, args.wrk_seconds)
+            else:
+                e_py, e_wrk = run_etcd(args.seconds, args.clients, args.wrk_seconds)
         if args.rounds > 1:
-            print(f"round {n + 1} this tree: Python client {_fmt(r_py)}; wrk {_fmt(r_wrk)}", flush=True)
+            print(f"round {n + 1} ({', '.join(order)}) this tree: Python client {_fmt(r_py)}; wrk {_fmt(r_wrk)}",
+                  flush=True)
             print(f"round {n + 1} etcd: Python client {_fmt(e_py)}; wrk {_fmt(e_wrk)} "
                   f"(load {os.getloadavg()[0]:.1f})", flush=True)
-            print(json.dumps({"round": n + 1, "system": "this tree", "raftctl": _round(r_py),
+            print(json.dumps({"round": n + 1, "system": "this tree", "order": order, "raftctl": _round(r_py),
                               "raftctl_wrk": _round(r_wrk), "etcd": _round(e_py), "etcd_wrk": _round(e_wrk),
                               "load1": round(os.getloadavg()[0], 2)}), flush=True)
     print(f"raftctl, Python client ({args.clients} clients over 3 replicas): {_fmt(r_py)}")
