@@ -5,6 +5,7 @@ resume, after a later acknowledged write, which was lost)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 import urllib.error
@@ -33,6 +34,15 @@ def _req(c: LocalCluster, url: str, method: str, path: str, body: Any = None, re
         return e.code, json.loads(e.read())
 
 
+def _log_tail(data_dir: str, lines: int = 30) -> str:
+    """The end of a replica's log, for an assertion's message (the cluster's directory is gone afterwards)."""
+    try:
+        with open(os.path.join(data_dir, "server.log"), errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError as exc:
+        return f"(no log: {exc})"
+
+
 def _spec(gen: str) -> dict[str, Any]:
     return {"name": "dup", "image": "x:1", "command": ["sleep", "1"], "replicas": 0, "env": {"GEN": gen}}
 
@@ -48,8 +58,10 @@ def test_a_write_proxied_to_a_paused_leader_is_not_applied_again_when_it_resumes
         leader.popen.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
         try:
             # no X-Request-Id: the follower proxies to the paused leader, times out, proposes it itself
-            status, _ = _req(c, follower.url, "PUT", "/v1/jobs/dup", _spec("B"), request_id=False)
-            assert status == 200
+            started = time.monotonic()
+            status, answer = _req(c, follower.url, "PUT", "/v1/jobs/dup", _spec("B"), request_id=False)
+            assert status == 200, (f"{status} after {time.monotonic() - started:.1f} s: {answer}; the follower's "
+                                   f"log: {_log_tail(follower.data_dir)}")
             assert _req(c, follower.url, "PUT", "/v1/jobs/dup", _spec("C"))[0] == 200
         finally:
             leader.popen.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
