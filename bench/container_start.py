@@ -40,6 +40,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raftctl.agent import rootfs  # noqa: E402
+from raftctl.aio import event_loop_from_env  # noqa: E402
 from raftctl.agent.health import probe_http, probe_tcp  # noqa: E402
 from raftctl.agent.images import ImageStore  # noqa: E402
 from raftctl.agent.runtime.base import ContainerSpec, Resources  # noqa: E402
@@ -356,7 +357,7 @@ def main() -> int:
                       "ratio_tcp_p50": round(ratio, 3),
                       "ratio_http_p50": round(ms["drv_http"][0] / ms["bare_http"][0], 3), **bridge_ratios,
                       "network": args.network, "cpu_m": args.cpu, "observe": args.observe,
-                      "agent_loop": args.agent_loop or os.environ.get("RAFTCTL_EVENT_LOOP") or "uvloop",
+                      "agent_loop": args.agent_loop or event_loop_from_env(),
                       "e2e_first_ms": round(first * 1000, 1), "ratio_e2e_p50": round(e2e_ratio, 2),
                       "breakdown_ms": {label: round(since, 1) for label, since, _, _ in steps},
                       "load1": os.getloadavg()[0]}))

@@ -59,6 +59,8 @@ BARE = textwrap.dedent("""
 BARES = ("asyncio", "uvloop")
 """The bare handler's event loops: asyncio's, the aim's baseline (a plain aiohttp service), and uvloop's, the loop a
 replica runs (raftctl/aio.py), so the ratio to it is raftctl's own cost on the same loop."""
+KEY_SUFFIX = {loop: "" if loop == "asyncio" else f"_{loop}" for loop in BARES}
+"""Each bare loop's suffix on the JSON keys: none for the aim's baseline (asyncio), as before uvloop came in."""
 
 
 def cpu_s(pid: int) -> float:
@@ -224,9 +226,8 @@ def main() -> None:
     real = runs["lookup"] if runs else None
     stale.sort()
     res: dict = {"bench": "discovery", "replica_loop": event_loop_from_env(), "lookup": real}
-    for loop in BARES:   # the keys without a suffix are the aim's baseline (asyncio), as before uvloop came in
+    for loop, sfx in KEY_SUFFIX.items():
         bare = runs[f"bare_{loop}"] if runs else None
-        sfx = "" if loop == "asyncio" else f"_{loop}"
         res[f"bare{sfx}"] = bare
         res[f"ratio{sfx}"] = round(real["per_s"] / bare["per_s"], 3) if real and bare else None
         res[f"ratios{sfx}"] = runs[f"ratios_{loop}"] if runs else None
@@ -240,8 +241,7 @@ def main() -> None:
         print(f"lookups on a follower ({res['replica_loop']}): {real['per_s']:,.0f}/s, p50 {real['p50_ms']:.2f} ms, "
               f"p99 {real['p99_ms']:.2f} ms (non-2xx {real['non_2xx']:.0f}), "
               f"{real.get('cpu_us_per_req', float('nan')):.0f} us CPU/request")
-        for loop in BARES:
-            sfx = "" if loop == "asyncio" else f"_{loop}"
+        for loop, sfx in KEY_SUFFIX.items():
             bare = res[f"bare{sfx}"]
             print(f"bare aiohttp on {loop}, same bytes: {bare['per_s']:,.0f}/s, p50 {bare['p50_ms']:.2f} ms, "
                   f"p99 {bare['p99_ms']:.2f} ms, {bare.get('cpu_us_per_req', float('nan')):.0f} us CPU/request; "

@@ -33,7 +33,8 @@ LAZY: dict[tuple[str, str], str] = {
     ("raftctl.cli.", "raftctl.gate"): "the same, for `raftctl job run` (~25 ms)",
     ("raftctl.cli.", "raftctl.oci"): "the image format (tarfile, gate), only `raftctl image`",
     ("raftctl.agent.runtime", "raftctl.agent.runtime."): "a runtime driver (runc: ~85 ms) is loaded when chosen",
-    ("raftctl.aio", "uvloop"): "the replica's event loop (~70-90 ms), only `raftctl server` runs on it (aio.run)",
+    ("raftctl.aio", "uvloop"): "the daemons' event loop (~70-90 ms): only `raftctl server` and `raftctl agent` run "
+                              "on it (aio.run), not every CLI command",
 }
 
 PURE = ("raftctl.statemachine", "raftctl.scheduler")
