@@ -12,6 +12,7 @@ from prometheus_client.utils import floatToGoString
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from raftctl.node.efficiency import prometheus_families
+from raftctl.node.raft import frames
 from raftctl.node.http import GUARD, REPLICA, perm
 
 
@@ -107,6 +108,14 @@ class ReplicaCollector:
                 metric = family(name, doc)
                 metric.add_metric([], value)
                 yield metric
+        dropped = CounterMetricFamily("raftctl_raft_port_dropped", "Raft connections this process dropped "
+                                      "(frames.py): before the peer proved the cluster secret, a frame announced over "
+                                      "the bound, one that did not decrypt, or the oldest of too many waiting; at "
+                                      "any time, a negative frame length",
+                                      labels=["reason"])
+        for reason, n in frames.DROPPED.items():
+            dropped.add_metric([reason], n)
+        yield dropped
         lag = getattr(r, "loop_lag", None)
         if lag is not None:
             late = HistogramMetricFamily("raftctl_event_loop_lag_seconds", "How much later than asked the replica's "

@@ -59,6 +59,22 @@ def client_for(cluster: LocalCluster, proc: Any = None, token: str | None = None
 SPEC = {"name": "web", "image": "web:1", "command": ["python3", "-m", "http.server", "8080"], "replicas": 2}
 
 
+def assert_live(cluster, tag: str) -> None:
+    """Every replica's /healthz within 1 s; a write through each replica commits within 2 s."""
+    for p in cluster.servers:
+        started = time.monotonic()
+        status, data = raw(p.url + "/healthz", timeout=1.0)
+        assert status == 200 and data["ok"], (p.id, data)
+        print(f"{tag}: {p.id} /healthz {1000 * (time.monotonic() - started):.0f} ms")
+    for i, p in enumerate(cluster.servers):
+        started = time.monotonic()
+        status, data = raw(p.url + f"/v1/jobs/live-{tag}-{i}", "PUT",
+                           json.dumps({**SPEC, "name": f"live-{tag}-{i}", "replicas": 0}).encode(),
+                           cluster.token(), timeout=2.0)
+        assert status == 200, (p.id, data)
+        print(f"{tag}: write through {p.id} committed in {1000 * (time.monotonic() - started):.0f} ms")
+
+
 @contextlib.contextmanager
 def agents_cluster(tmp_path_factory: pytest.TempPathFactory, name: str, *, agents: int, runtime: str,
                    zones: int = 3) -> Iterator[LocalCluster]:

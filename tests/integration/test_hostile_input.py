@@ -9,7 +9,7 @@ import time
 import cbor2
 import pytest
 
-from .conftest import SPEC, raw, wait_until
+from .conftest import SPEC, assert_live, raw, wait_until
 from tests.hostile import SELF_REFERENCE, reference_bomb
 
 pytestmark = pytest.mark.integration
@@ -27,22 +27,6 @@ def reader(cluster) -> str:
                        json.dumps({"role": "reader", "name": "hostile-reader"}).encode(), cluster.token())
     assert status == 200, data
     return data["token"]
-
-
-def assert_live(cluster, tag: str) -> None:
-    """Every replica's /healthz within 1 s; a write through each replica commits within 2 s."""
-    for p in cluster.servers:
-        started = time.monotonic()
-        status, data = raw(p.url + "/healthz", timeout=1.0)
-        assert status == 200 and data["ok"], (p.id, data)
-        print(f"{tag}: {p.id} /healthz {1000 * (time.monotonic() - started):.0f} ms")
-    for i, p in enumerate(cluster.servers):
-        started = time.monotonic()
-        status, data = raw(p.url + f"/v1/jobs/live-{tag}-{i}", "PUT",
-                           json.dumps({**SPEC, "name": f"live-{tag}-{i}", "replicas": 0}).encode(),
-                           cluster.token(), timeout=2.0)
-        assert status == 200, (p.id, data)
-        print(f"{tag}: write through {p.id} committed in {1000 * (time.monotonic() - started):.0f} ms")
 
 
 @pytest.mark.parametrize("name,ctype,body,field", [

@@ -37,7 +37,7 @@ from raftctl.node.raft.journal import CheckedJournal, write_file_atomically
 from raftctl.node.raft.replication import ReplicationFixes
 from raftctl.node.raft.snapshot import RestoreInBackground, SnapshotFiles, restore_state
 from raftctl.node.raft.transfer import choose_target, node_key, ready_to_ask
-from raftctl.node.raft import wire
+from raftctl.node.raft import frames, wire
 from raftctl.statemachine.apply import Rejection, Result, apply_entry
 from raftctl.statemachine.state import State
 
@@ -91,6 +91,9 @@ TcpConnection.setSockoptKeepalive = _keepalive_and_user_timeout
 
 # Every Raft message leaves in zlib's stored form, readable by any pysyncobj, instead of compressed (wire.py).
 wire.install()
+# A Raft port reads little from a peer until it has proven the cluster secret, and no peer holds the tick
+# thread (frames.py).
+frames.install()
 
 
 def _raft_timing(text: str | None) -> tuple[float, float, float]:

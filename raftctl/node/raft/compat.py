@@ -9,6 +9,8 @@ One list for the whole package: a module that starts relying on another private 
 """
 from __future__ import annotations
 
+import importlib
+
 import pysyncobj.syncobj as psyncobj
 import pysyncobj.tcp_connection as ptcp
 from pysyncobj.version import VERSION
@@ -72,10 +74,34 @@ SYNCOBJ_MODULE_NAMES: tuple[str, ...] = (
 )
 
 
-# Module-level names of pysyncobj.tcp_connection raftctl replaces.
+# Module-level names of pysyncobj.tcp_connection raftctl replaces or uses.
 TCP_CONNECTION_MODULE_NAMES: tuple[str, ...] = (
     "zlib",   # wire.py: what TcpConnection.send compresses with and its parser decompresses with
+    "monotonicTime",   # frames.py: the clock TcpConnection times reads with
 )
+
+# Methods of TcpConnection that raftctl overrides or calls (frames.py, __init__.py), with their parameters.
+TCP_CONNECTION_METHODS: dict[str, tuple[str, ...]] = {
+    "_TcpConnection__tryReadBuffer": ("self",),        # frames.py: overridden (a read budget, bounds checked)
+    "_TcpConnection__processRead": ("self",),          # frames.py: called (one recv into the read buffer)
+    "_TcpConnection__processParseMessage": ("self",),  # frames.py: overridden (bounds; proof of the secret)
+    "disconnect": ("self",),                           # frames.py: overridden
+    "setSockoptKeepalive": (),   # __init__.py: replaced (by then the check above sees the replacement)
+}
+
+# Instance attributes TcpConnection.__init__ sets that raftctl reads or writes.
+TCP_CONNECTION_ATTRIBUTES: tuple[str, ...] = (
+    "_TcpConnection__readBuffer", "_TcpConnection__lastReadTime", "_TcpConnection__poller",  # frames.py
+    "_TcpConnection__socket",  # __init__.py
+    "recvRandKey", "encryptor",  # frames.py: what proves the secret
+)
+
+# Modules that build connections by the name TcpConnection, replaced by frames.BoundedConnection.
+CONNECTION_BUILDERS: tuple[str, ...] = ("pysyncobj.tcp_server", "pysyncobj.transport")
+
+# What frames.py wraps of TcpServer: its bind (then listens again with a longer backlog) and the socket it binds.
+TCP_SERVER_METHODS: tuple[str, ...] = ("bind",)
+TCP_SERVER_ATTRIBUTES: tuple[str, ...] = ("_TcpServer__socket",)
 
 
 def check(syncobj_module=psyncobj, version: str = VERSION, tcp_module=ptcp) -> None:
@@ -106,6 +132,31 @@ def check(syncobj_module=psyncobj, version: str = VERSION, tcp_module=ptcp) -> N
     for name in TCP_CONNECTION_MODULE_NAMES:
         if not hasattr(tcp_module, name):
             problems.append(f"pysyncobj.tcp_connection.{name} is gone")
+    conn = getattr(tcp_module, "TcpConnection", None)
+    if conn is None:
+        problems.append("no TcpConnection class")
+    else:
+        for name, params in TCP_CONNECTION_METHODS.items():
+            code = getattr(getattr(conn, name, None), "__code__", None)
+            if code is None:
+                problems.append(f"missing method TcpConnection.{name}")
+            elif code.co_varnames[:code.co_argcount][:len(params)] != params:
+                problems.append(f"TcpConnection.{name} takes {code.co_varnames[:code.co_argcount]}, "
+                                f"expected {params}")
+        init_names = set(conn.__init__.__code__.co_names)
+        for attr in TCP_CONNECTION_ATTRIBUTES:
+            if attr not in init_names:
+                problems.append(f"TcpConnection.__init__ no longer sets {attr}")
+    server = getattr(importlib.import_module("pysyncobj.tcp_server"), "TcpServer", None)
+    if server is None:
+        problems.append("no TcpServer class")
+    else:
+        problems += [f"missing method TcpServer.{m}" for m in TCP_SERVER_METHODS if not hasattr(server, m)]
+        problems += [f"TcpServer.__init__ no longer sets {a}" for a in TCP_SERVER_ATTRIBUTES
+                     if a not in server.__init__.__code__.co_names]
+    for module in CONNECTION_BUILDERS:
+        if not hasattr(importlib.import_module(module), "TcpConnection"):
+            problems.append(f"{module} no longer builds connections by the name TcpConnection")
     if problems:
         raise RuntimeError(f"raftctl needs pysyncobj {PINNED_VERSION} (installed: {version}): "
                            + "; ".join(problems))

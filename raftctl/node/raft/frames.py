@@ -1,0 +1,156 @@
+"""Bounds on what a Raft port reads before the peer has proven it holds the cluster secret.
+
+pysyncobj's TcpConnection reads a 4-byte frame length, then buffers until that many bytes have arrived, and only
+then decrypts (Fernet: the HMAC proves the sender holds the secret). Its read loop also drains the socket before
+parsing, appending each 8 KiB ``recv`` to one ``bytes`` (a copy of everything read so far). So anyone who could
+reach a replica's Raft port could announce a 2 GiB frame and stream: measured on this 2-core machine, 52 MiB sent
+to the leader for 20 s kept its tick thread copying, every write answered 503 and another replica took over
+(``tests/integration/test_raft_port_hostile.py``).
+
+``BoundedConnection`` replaces pysyncobj's TcpConnection (in ``pysyncobj.tcp_server``, which makes incoming
+connections, and ``pysyncobj.transport``, which makes outgoing ones):
+
+* **Before the peer has proven the secret** its next frame may be at most ``PRE_AUTH_FRAME`` bytes, or the
+  connection is dropped as soon as the frame's length is read. What a peer sends then is a 32-byte random key and
+  its address (~200 bytes encrypted each); a frame that does not decrypt drops the connection once it is in, so
+  an unproven connection buffers at most one such frame and one read budget. Proven means: a message decoded that carried this connection's own
+  random key (``recvRandKey``: a fresh one per connection, so a replayed recording does not count). Without a
+  secret (``--insecure-dev``) the first decoded message counts.
+* **At most ``PRE_AUTH_CONNECTIONS`` incoming connections per replica wait to prove it**; one more drops the
+  oldest waiting (a peer's handshake takes one round trip, an idle flood does not hold the port).
+* **A frame length below 0 drops the connection** at any time (pysyncobj would slice with it).
+* **One readable event reads at most ``READ_BUDGET`` bytes**, then the tick thread goes on (the poller is
+  level-triggered: the rest is read on the next tick), so no peer holds the thread that sends heartbeats.
+
+* **The port's accept queue holds ``ACCEPT_BACKLOG`` connections**, not pysyncobj's 5: connections arriving faster
+  than the tick thread accepts them (one per readable event) overflowed it, and the kernel dropped the SYN of the
+  next one, a peer's reconnect included, which retried only after 1 s (then 3 s, 7 s ...). Measured: 300 connects
+  one after another took 44 s (kernel counters: ListenOverflows); see the test below for the figure after.
+
+After the proof a peer is trusted: it holds the secret that lets it run code as the control plane (pickles,
+docs/security.md), and its frames are not bounded here.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+import weakref
+from collections import OrderedDict
+from typing import Any
+
+import pysyncobj.tcp_connection as ptcp
+import pysyncobj.tcp_server as pserver
+import pysyncobj.transport as ptransport
+
+log = logging.getLogger(__name__)
+
+PRE_AUTH_FRAME = 16 << 10
+PRE_AUTH_CONNECTIONS = 64
+READ_BUDGET = 256 << 10
+ACCEPT_BACKLOG = 128
+
+_LENGTH = struct.Struct("i")   # pysyncobj's frame header: native int (signed, 4 bytes)
+
+# connections dropped in this process, by reason (/metrics: raftctl_raft_port_dropped)
+DROPPED: dict[str, int] = {"frame_too_large": 0, "negative_length": 0, "waiting_evicted": 0, "undecryptable": 0}
+LOG_EVERY_S = 10.0   # a drop is logged at most this often (with the count since the last line): no log flood
+_last_log = [-LOG_EVERY_S, 0]   # (when, drops not logged since)
+
+# per poller (one per replica), the incoming connections still to prove the secret, oldest first
+_waiting: weakref.WeakKeyDictionary[Any, OrderedDict[int, BoundedConnection]] = weakref.WeakKeyDictionary()
+
+
+class BoundedConnection(ptcp.TcpConnection):
+    """pysyncobj's TcpConnection with the bounds above."""
+
+    def __init__(self, poller: Any, *args: Any, **kwargs: Any) -> None:
+        self.proven = False
+        self.dropped: str | None = None   # why this side dropped the connection last (tests and logs)
+        super().__init__(poller, *args, **kwargs)
+        if kwargs.get("socket") is not None:   # accepted by our Raft port
+            waiting = _waiting.setdefault(poller, OrderedDict())
+            waiting[id(self)] = self
+            while len(waiting) > PRE_AUTH_CONNECTIONS:
+                _, oldest = waiting.popitem(last=False)
+                oldest._drop("waiting_evicted",
+                             "one of more than %d connections waiting to prove the secret" % PRE_AUTH_CONNECTIONS)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def _TcpConnection__tryReadBuffer(self) -> None:  # noqa: N802 (pysyncobj's name)
+        budget = READ_BUDGET
+        while budget > 0:
+            before = len(self._TcpConnection__readBuffer)
+            if not self._TcpConnection__processRead():
+                break
+            budget -= len(self._TcpConnection__readBuffer) - before
+            why = self._violation()
+            if why:
+                self._drop(*why)
+                return
+        self._TcpConnection__lastReadTime = ptcp.monotonicTime()
+
+    def _TcpConnection__processParseMessage(self) -> Any:  # noqa: N802 (pysyncobj's name)
+        why = self._violation()
+        if why:
+            self._drop(*why)
+            return None
+        proves = self.encryptor is None or self.recvRandKey is not None
+        message = super()._TcpConnection__processParseMessage()
+        if message is None and not self.proven and self.state == ptcp.CONNECTION_STATE.DISCONNECTED:
+            DROPPED["undecryptable"] += 1   # pysyncobj dropped it: the frame did not decrypt or lacked our key
+        elif message is not None and proves and not self.proven:
+            self.proven = True
+            self._unwait()
+        return message
+
+    def _violation(self) -> tuple[str, str] | None:
+        """(reason, what) when the frame at the head of the buffer breaks a bound, else None."""
+        buf = self._TcpConnection__readBuffer
+        if len(buf) >= 4:
+            length = _LENGTH.unpack_from(buf)[0]
+            if length < 0:
+                return "negative_length", "a negative frame length (%d)" % length
+            if not self.proven and length > PRE_AUTH_FRAME:
+                return ("frame_too_large",
+                        "a frame of %d bytes before proving the secret (at most %d)" % (length, PRE_AUTH_FRAME))
+        return None
+
+    # -- dropping --------------------------------------------------------------------------------------------
+    def _drop(self, reason: str, why: str) -> None:
+        self.dropped = why
+        DROPPED[reason] += 1
+        now = ptcp.monotonicTime()
+        if now - _last_log[0] >= LOG_EVERY_S:
+            log.warning("raft port: dropped a connection: %s (%d more dropped since the last such line)",
+                        why, _last_log[1])
+            _last_log[:] = [now, 0]
+        else:
+            _last_log[1] += 1
+        self.disconnect()
+
+    def _unwait(self) -> None:
+        waiting = _waiting.get(self._TcpConnection__poller)
+        if waiting is not None:
+            waiting.pop(id(self), None)
+
+    def disconnect(self) -> None:
+        self._unwait()
+        self.proven = False   # an outgoing connection is reused: it proves the secret again after connect()
+        super().disconnect()
+
+
+_original_bind = pserver.TcpServer.bind
+
+
+def _bind_with_backlog(server: pserver.TcpServer) -> None:
+    """pysyncobj's bind, then a longer accept queue (listen again on a listening socket changes its backlog)."""
+    _original_bind(server)
+    server._TcpServer__socket.listen(ACCEPT_BACKLOG)
+
+
+def install() -> None:
+    """Make pysyncobj build BoundedConnection for incoming and outgoing Raft connections, and listen with
+    ACCEPT_BACKLOG."""
+    pserver.TcpConnection = BoundedConnection
+    ptransport.TcpConnection = BoundedConnection
+    pserver.TcpServer.bind = _bind_with_backlog
