@@ -224,3 +224,37 @@ def test_the_raft_port_queues_a_burst_of_connections_the_tick_thread_has_not_acc
         for c in clients:
             c.close()
         server.unbind()
+
+
+@pytest.mark.parametrize("bounded", [True, False], ids=["raftctl", "pysyncobj"])
+def test_what_the_socket_did_not_take_goes_out_without_another_send(port: Port, bounded: bool) -> None:
+    # pysyncobj's send() writes what the socket takes and keeps the rest until the next send() on that connection:
+    # a sender that then goes quiet (a follower's proposal, a snapshot's last chunk) left it there. raftctl's
+    # connection asks the poller for writability while anything is left.
+    import pysyncobj.tcp_connection as ptcp
+    cls = frames.BoundedConnection if bounded else ptcp.TcpConnection
+    sender = cls(port.poller, sendBufferSize=1 << 16, recvBufferSize=1 << 16)
+    assert sender.connect("127.0.0.1", port.listener.getsockname()[1])
+    peer, _ = port.listener.accept()
+    peer.setblocking(False)
+    port.peers.append(peer)
+    port.poll_until(lambda: sender.state == CONNECTION_STATE.CONNECTED)
+    sender.send(b"hello")   # sent whole; the next writable event finds nothing left and stops asking for more
+    for _ in range(5):
+        port.poller.poll(0.01)
+    sender.send(b"m" * (4 << 20))   # one message, far more than the kernel buffers hold
+    want = 4 << 20   # the message's bytes; the frames are a few hundred more
+    got = 0
+    deadline = time.monotonic() + (5 if bounded else 1)
+    while got < want and time.monotonic() < deadline:
+        port.poller.poll(0.01)
+        try:
+            while chunk := peer.recv(1 << 20):
+                got += len(chunk)
+        except BlockingIOError:
+            pass
+    if bounded:
+        assert got >= want and sender.getSendBufferSize() == 0
+    else:
+        assert got < want and sender.getSendBufferSize() > 0   # pysyncobj alone: stuck until it sends again
+    sender.disconnect()

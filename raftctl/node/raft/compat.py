@@ -86,12 +86,15 @@ TCP_CONNECTION_METHODS: dict[str, tuple[str, ...]] = {
     "_TcpConnection__processRead": ("self",),          # frames.py: called (one recv into the read buffer)
     "_TcpConnection__processParseMessage": ("self",),  # frames.py: overridden (bounds; proof of the secret)
     "disconnect": ("self",),                           # frames.py: overridden
+    "send": ("self", "message"),                       # frames.py: overridden (asks for writability)
+    "_TcpConnection__processConnection": ("self", "descr", "eventType"),  # frames.py: subscribed again
     "setSockoptKeepalive": (),   # __init__.py: replaced (by then the check above sees the replacement)
 }
 
 # Instance attributes TcpConnection.__init__ sets that raftctl reads or writes.
 TCP_CONNECTION_ATTRIBUTES: tuple[str, ...] = (
     "_TcpConnection__readBuffer", "_TcpConnection__lastReadTime", "_TcpConnection__poller",  # frames.py
+    "_TcpConnection__writeBuffer", "_TcpConnection__fileno",  # frames.py
     "_TcpConnection__socket",  # __init__.py
     "recvRandKey", "encryptor",  # frames.py: what proves the secret
 )
