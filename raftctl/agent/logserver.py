@@ -8,9 +8,17 @@ working here within 1 s of the revocation reaching the replica asked; a
 ``follow`` stream re-checks its token at the same pace and ends once it is
 refused. The cache keeps at most ``TOKEN_CACHE_MAX`` entries, keyed by a hash
 of the token (never the token itself).
+
+Whoever reaches the endpoint chooses the tokens it presents, so each unknown one would have made the agent ask
+the control plane: a refused token is remembered for the same ``TOKEN_CACHE_S`` (no second question), and at
+most ``CHECKS_AT_ONCE`` questions are in flight per agent; past that a request with a token not in the cache is
+answered 503 ``overloaded`` at once, and a cached token still works. A log is read off the event loop in pieces
+of ``READ_PIECE`` bytes, so a request holds at most one piece in memory and never stalls the loop that
+heartbeats.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -26,6 +34,9 @@ FOLLOW_POLL_S = 0.2         # a follow stream looks for new log bytes this often
 TOKEN_CACHE_S = 1.0         # how long an accepted token is trusted before the control plane is asked again
 TOKEN_CACHE_MAX = 1024      # entries; the oldest are dropped first
 MAX_TAIL = 64 << 20  # bytes a log request may ask to start back from the end
+CHECKS_AT_ONCE = 8          # control-plane token checks in flight per agent; more are answered 503 at once
+READ_PIECE = 1 << 20        # bytes of a log read (on a worker thread) and sent at a time
+FOLLOW_MAX_BYTES = 8 << 20  # a follow stream sends at most this much between two checks of its token
 
 
 def _fail(error: type[web.HTTPError], code: str, message: str, field: str | None = None) -> web.HTTPError:
@@ -47,12 +58,15 @@ def _tail(value: str | None) -> int:
 
 
 class TokenCache:
-    """Tokens the control plane accepted, each until ``now + ttl``; bounded (oldest dropped first)."""
+    """What the control plane said of each token, for ``ttl``: accepted (``until``) or refused (``refused``);
+    each bounded (oldest dropped first)."""
 
     def __init__(self, ttl: float = TOKEN_CACHE_S, max_entries: int = TOKEN_CACHE_MAX,
                  clock: Callable[[], float] = SYSTEM.monotonic) -> None:
         self.ttl, self.max_entries, self.clock = ttl, max_entries, clock
         self.until: dict[str, float] = {}
+        self.refused: dict[str, float] = {}
+        self.checking = 0   # control-plane checks in flight
 
     @staticmethod
     def key(header: str) -> str:
@@ -61,15 +75,28 @@ class TokenCache:
     def valid(self, header: str) -> bool:
         return self.until.get(self.key(header), 0.0) > self.clock()
 
+    def refused_recently(self, header: str) -> bool:
+        return self.refused.get(self.key(header), 0.0) > self.clock()
+
     def accept(self, header: str) -> None:
+        self.refused.pop(self.key(header), None)
+        self._put(self.until, header)
+
+    def refuse(self, header: str) -> None:
+        self.until.pop(self.key(header), None)
+        self._put(self.refused, header)
+
+    def _put(self, table: dict[str, float], header: str) -> None:
         now = self.clock()
         key = self.key(header)
-        self.until.pop(key, None)
-        if len(self.until) >= self.max_entries:
-            self.until = {k: t for k, t in self.until.items() if t > now}
-            while len(self.until) >= self.max_entries:
-                del self.until[next(iter(self.until))]
-        self.until[key] = now + self.ttl
+        table.pop(key, None)
+        if len(table) >= self.max_entries:
+            kept = {k: t for k, t in table.items() if t > now}
+            table.clear()
+            table.update(kept)
+            while len(table) >= self.max_entries:
+                del table[next(iter(table))]
+        table[key] = now + self.ttl
 
 
 TOKENS = web.AppKey("tokens", TokenCache)
@@ -80,28 +107,56 @@ async def _authorized(request: web.Request) -> None:
     header = request.headers.get("Authorization", "")
     if not header.lower().startswith("bearer "):
         raise _fail(web.HTTPUnauthorized, "unauthorized", "a bearer token is needed", "Authorization")
-    if not await _token_ok(request.app, header):
+    ok = await _token_ok(request.app, header)
+    if ok is None:
+        raise _fail(web.HTTPServiceUnavailable, "overloaded", f"{CHECKS_AT_ONCE} token checks are under way on "
+                    "this agent; retry in a moment", "Authorization")
+    if not ok:
         raise _fail(web.HTTPForbidden, "forbidden", "the control plane refused this token", "Authorization")
 
 
-async def _token_ok(app: web.Application, header: str) -> bool:
+async def _token_ok(app: web.Application, header: str) -> bool | None:
+    """True if the control plane accepts the token (cached for TOKEN_CACHE_S), False if it refused it (cached
+    too) or could not be asked, None when CHECKS_AT_ONCE checks are already in flight."""
     agent: Any = app[AGENT]
     cache = app[TOKENS]
     if cache.valid(header):
         return True
-    for server in agent.cfg.servers:
-        url = server if "://" in server else "http://" + server
-        try:
-            async with agent.http.get(f"{url}/v1/status", headers={"Authorization": header},
-                                      timeout=5) as r:
-                if r.status == 200:
-                    cache.accept(header)
-                    return True
-                if r.status in (401, 403):
-                    break
-        except Exception:
-            continue
-    return False
+    if cache.refused_recently(header):
+        return False
+    if cache.checking >= CHECKS_AT_ONCE:
+        return None
+    cache.checking += 1
+    try:
+        for server in agent.cfg.servers:
+            url = server if "://" in server else "http://" + server
+            try:
+                async with agent.http.get(f"{url}/v1/status", headers={"Authorization": header},
+                                          timeout=5) as r:
+                    if r.status == 200:
+                        cache.accept(header)
+                        return True
+                    if r.status in (401, 403):
+                        cache.refuse(header)
+                        break
+            except Exception:
+                continue
+        return False
+    finally:
+        cache.checking -= 1
+
+
+async def _copy(resp: web.StreamResponse, f: Any, limit: int) -> int:
+    """Send at most ``limit`` bytes of ``f`` from where it is, READ_PIECE at a time, each read on a worker
+    thread; the bytes sent."""
+    sent = 0
+    while sent < limit:
+        piece = await asyncio.to_thread(f.read, min(READ_PIECE, limit - sent))
+        if not piece:
+            break
+        await resp.write(piece)
+        sent += len(piece)
+    return sent
 
 
 async def get_logs(request: web.Request) -> web.StreamResponse:
@@ -121,18 +176,15 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
         f.seek(max(0, f.tell() - tail))
-        await resp.write(f.read())
+        await _copy(resp, f, tail)
         header = request.headers.get("Authorization", "")
         clock = request.app[CLOCK]
         while request.query.get("follow") in ("1", "true"):
             # answered by the cache until the token's entry expires, then by the control plane: a token revoked
-            # while following ends the stream within TOKEN_CACHE_S
+            # while following ends the stream within TOKEN_CACHE_S (and so does one this agent cannot check now)
             if not await _token_ok(request.app, header):
                 break
-            chunk = f.read()
-            if chunk:
-                await resp.write(chunk)
-            else:
+            if not await _copy(resp, f, FOLLOW_MAX_BYTES):
                 if os.path.getsize(path) < f.tell():  # rotated (truncated): start over
                     f.seek(0)
                 await clock.sleep(FOLLOW_POLL_S)

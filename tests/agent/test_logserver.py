@@ -21,9 +21,12 @@ class ControlPlane:
     def __init__(self) -> None:
         self.live = {"Bearer reader-token"}
         self.asked = 0
+        self.gate = asyncio.Event()   # cleared: every question waits until it is set (a slow control plane)
+        self.gate.set()
 
     async def status(self, request: web.Request) -> web.Response:
         self.asked += 1
+        await self.gate.wait()
         if request.headers.get("Authorization") in self.live:
             return web.json_response({"ok": True})
         return web.json_response({"error": {"code": "unauthorized"}}, status=401)
@@ -147,3 +150,39 @@ async def test_a_follow_stream_rechecks_its_token_each_cache_period_of_the_clock
         assert await asyncio.wait_for(r.content.read(), timeout=5) == b""
     # the stream slept FOLLOW_POLL_S at a time and asked again once TOKEN_CACHE_S of the clock had passed
     assert clock.t == pytest.approx(TOKEN_CACHE_S) and cp.asked == 2
+
+
+async def test_a_refused_token_is_asked_about_once_per_cache_period(endpoint):
+    cp, agent = endpoint
+    for _ in range(20):
+        assert (await get(agent, "/metrics", "forged"))[0] == 403
+    assert cp.asked == 1
+    assert (await get(agent, "/metrics"))[0] == 200 and cp.asked == 2   # a good token is still asked about
+
+
+async def test_unknown_tokens_past_the_checks_in_flight_are_answered_503_and_cached_ones_still_work(endpoint):
+    cp, agent = endpoint
+    assert (await get(agent, "/metrics"))[0] == 200                     # cached from now on
+    cp.gate.clear()                                                      # the control plane stops answering
+    waiting = [asyncio.create_task(get(agent, "/metrics", f"forged-{i}"))
+               for i in range(logserver.CHECKS_AT_ONCE)]
+    while cp.asked < 1 + logserver.CHECKS_AT_ONCE:
+        await asyncio.sleep(0.01)
+    status, body = await asyncio.wait_for(get(agent, "/metrics", "one-more"), 5)   # at once, not after the others
+    assert status == 503 and '"overloaded"' in body and '"Authorization"' in body
+    assert await asyncio.wait_for(get(agent, "/metrics"), 5) == (200, "raftctl_up 1\n")   # a cached token: no wait
+    assert cp.asked == 1 + logserver.CHECKS_AT_ONCE                      # nothing more was asked
+    cp.gate.set()
+    assert [s for s, _ in await asyncio.gather(*waiting)] == [403] * logserver.CHECKS_AT_ONCE
+    assert (await get(agent, "/metrics", "one-more"))[0] == 403          # room again: asked, refused
+
+
+async def test_a_tail_larger_than_a_read_piece_is_the_logs_last_bytes(endpoint, tmp_path):
+    cp, agent = endpoint
+    data = bytes(range(256)) * ((3 * logserver.READ_PIECE) // 256 + 7)
+    (tmp_path / "logs" / "p1" / "stdout.log").write_bytes(data)
+    want = 2 * logserver.READ_PIECE + 12345
+    async with agent.http.get(agent.cfg.api + f"/v1/logs/p1?tail={want}",
+                              headers={"Authorization": "Bearer reader-token"}) as r:
+        assert r.status == 200
+        assert await r.read() == data[-want:]
