@@ -34,7 +34,10 @@ async def healthz(request: web.Request) -> web.Response:
 @perm("read")
 async def status(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
-    st = replica.status(with_hash=request.query.get("hash") in ("1", "true"))
+    digest = await snapshot.state_digest(replica) if request.query.get("hash") in ("1", "true") else None
+    st = replica.status()
+    if digest is not None:
+        st["state_hash_index"], st["state_hash"] = digest
     return encode(request, st, index=st["index"])
 
 

@@ -79,6 +79,8 @@ SCHEMAS: dict[str, Any] = {
                     "ready": BOOL, "members": {"type": "array", "items": _ref("Member")},
                     "state_hash": {"type": ["string", "null"], "description": "sha256 of the canonical snapshot "
                                                                               "(with ?hash=1)"},
+                    "state_hash_index": {"type": ["integer", "null"], "description": "the state index state_hash "
+                                                                                    "was taken at (with ?hash=1)"},
                     "leadership": {"type": ["object", "null"]}}, ("node", "state", "index")),
     "Image": _obj({"name": STR, "digest": STR, "size": INT}),
 }

@@ -95,6 +95,7 @@ class Replica:
         self._woken_lock = threading.Lock()
         self.machine_wakes = 0                # watches woken (for benchmarks and tests)
         self.leader_changes = 0
+        self.digest_inflight: Any = None   # the state hash being computed (snapshot.state_digest), shared
         self._role = "follower"
         self._tasks: list[asyncio.Task] = []
         self.runner: AdmittingRunner | None = None
@@ -401,7 +402,7 @@ class Replica:
         log.info("replica %s ready", self.cfg.node_id)
 
     # -- status ----------------------------------------------------------
-    def status(self, with_hash: bool = False) -> dict[str, Any]:
+    def status(self) -> dict[str, Any]:
         assert self.raft is not None
         rs = self.raft.raft_status()
         members_state = self.read(lambda s: {k: dict(v) for k, v in s.members.items()})
@@ -427,7 +428,7 @@ class Replica:
             "index": index, "epoch": epoch, "entries": entries, "chain": chain,
             "members": members, "uptime_s": round(time.time() - self.started_at, 1),
             "election_timeout_s": list(self.election_timeout_s) if self.election_timeout_s else None,
-            "state_hash": self.read(lambda s: s.digest()) if with_hash else None,
+            "state_hash": None, "state_hash_index": None,   # ?hash=1 fills them (api.status, snapshot.state_digest)
             "leadership": self.leadership.status() if self.leadership and self.leadership.active else None,
         }
 

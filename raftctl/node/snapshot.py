@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 import signal
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -39,9 +39,49 @@ async def encoded(replica: Any, node: str, now: int) -> tuple[int, str, bytes]:
     if not hasattr(os, "fork"):
         b = replica.read(lambda s: take(s, node, now))
         return b.index, b.sha256, b.encode()
+
+    def produce(state: State, w: int) -> None:
+        b = take(state, node, now)
+        write_all(w, json.dumps({"index": b.index, "sha256": b.sha256}).encode() + b"\n")
+        write_all(w, b.encode())
+
+    data = await _in_child(replica, produce)
+    head, sep, body = data.partition(b"\n")
+    if not sep:
+        raise RaftctlError("the snapshot could not be encoded (no header)", code="internal", http_status=500)
+    meta = json.loads(head)
+    return int(meta["index"]), str(meta["sha256"]), body
+
+
+async def state_digest(replica: Any) -> tuple[int, str]:
+    """(index, sha256 of the canonical state at that index): what ``GET /v1/status?hash=1`` reports. Encoding the
+    state to hash it takes as long as a backup's (seconds in a large cell); it ran on the event loop under the
+    apply lock for any reader token until session 26. Now a forked child hashes it, as a backup is encoded, and
+    requests that arrive while one is computed share its answer (one child at a time per replica)."""
+    running = replica.digest_inflight
+    if running is None:
+        running = replica.digest_inflight = asyncio.ensure_future(_digest(replica))
+        running.add_done_callback(lambda _: setattr(replica, "digest_inflight", None))
+    return await asyncio.shield(running)
+
+
+async def _digest(replica: Any) -> tuple[int, str]:
+    if not hasattr(os, "fork"):
+        return replica.read(lambda s: (s.index, s.digest()))
+
+    def produce(state: State, w: int) -> None:
+        write_all(w, json.dumps({"index": state.index, "sha256": state.digest()}).encode())
+
+    meta = json.loads(await _in_child(replica, produce))
+    return int(meta["index"]), str(meta["sha256"])
+
+
+async def _in_child(replica: Any, produce: Callable[[State, int], None]) -> bytes:
+    """What ``produce(state, fd)`` writes, run in a child forked under the apply lock (its copy-on-write image of
+    the state is the one at that moment); this process reads the pipe on a worker thread."""
     r, w = os.pipe()
     try:
-        pid = replica.read(lambda s: _fork_encoder(s, node, now, r, w))
+        pid = replica.read(lambda s: _fork(s, produce, r, w))
     except BaseException:
         os.close(r)
         raise
@@ -54,25 +94,20 @@ async def encoded(replica: Any, node: str, now: int) -> tuple[int, str, bytes]:
         _kill(pid)
         raise
     _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
-    head, sep, body = data.partition(b"\n")
-    if status != 0 or not sep:
-        raise RaftctlError(f"the snapshot could not be encoded (encoder exit status {status})", code="internal",
+    if status != 0:
+        raise RaftctlError(f"the state could not be encoded (encoder exit status {status})", code="internal",
                            http_status=500)
-    meta = json.loads(head)
-    return int(meta["index"]), str(meta["sha256"]), body
+    return data
 
 
-def _fork_encoder(state: State, node: str, now: int, r: int, w: int) -> int:
-    """Fork a child that writes a JSON line (index, sha256) and the encoded backup of ``state`` to ``w`` (call under
-    the apply lock: the child's image of the state is the one at this moment)."""
+def _fork(state: State, produce: Callable[[State, int], None], r: int, w: int) -> int:
+    """Fork a child that runs ``produce(state, w)`` and exits (call under the apply lock)."""
     pid = os.fork()
     if pid == 0:   # the child: no locks, no logging, no return into the server
         code = 1
         try:
             os.close(r)
-            b = take(state, node, now)
-            write_all(w, json.dumps({"index": b.index, "sha256": b.sha256}).encode() + b"\n")
-            write_all(w, b.encode())
+            produce(state, w)
             code = 0
         finally:
             os._exit(code)

@@ -163,7 +163,7 @@ def test_kill_leader_new_leader_commits_and_restarted_replica_catches_up(cluster
 
     def same_state() -> bool:
         sts = [cluster.get(p, "/v1/status?hash=1") for p in cluster.servers]
-        return len({(s["index"], s["state_hash"]) for s in sts}) == 1 and sts[0]["index"] >= res["index"]
+        return len({(s["state_hash_index"], s["state_hash"]) for s in sts}) == 1 and sts[0]["index"] >= res["index"]
     wait_until(same_state, timeout=30, interval=0.3, what="all replicas at the same state hash")
     job = client_for(cluster, old).request("GET", "/v1/jobs/web")
     assert job["replicas"] == 7

@@ -44,7 +44,7 @@ def quiet(cluster: LocalCluster, token: str, hold: float = 1.5) -> int:
 
 
 def hashes(cluster: LocalCluster, token: str) -> set[tuple[int, str]]:
-    return {(st["index"], st["state_hash"]) for st in
+    return {(st["state_hash_index"], st["state_hash"]) for st in
             (api(p, "GET", "/v1/status?hash=1", token).json() for p in cluster.servers)}
 
 

@@ -22,6 +22,7 @@ class FakeReplica:
         self.state = State()
         self.metrics = Metrics(clock)
         self.proposed: list[c.Command] = []
+        self.digest_inflight: Any = None   # as Replica's (raftctl/node/snapshot.state_digest)
 
     def read(self, fn: Callable[[State], T]) -> T:
         return fn(self.state)

@@ -1,6 +1,7 @@
 """``GET /v1/snapshot`` encodes the state in a forked child (session 17): at 100,000 placements encoding took 3.5 s
 on the leader's event loop under the apply lock. The answer is the backup encoding it here gives, it is made in
-another process, a child that fails is a 500 naming no field, and a request that goes away kills its child."""
+another process, a child that fails is a 500 naming no field, and a request that goes away kills its child.
+``GET /v1/status?hash=1`` hashes the same encoding the same way (session 26), one child at a time per replica."""
 from __future__ import annotations
 
 import asyncio
@@ -48,13 +49,13 @@ async def test_the_state_is_encoded_in_another_process(monkeypatch: Any) -> None
 
 def forks_seen(monkeypatch: Any) -> list[int]:
     pids: list[int] = []
-    real_fork = snapshot._fork_encoder
+    real_fork = snapshot._fork
 
     def fork(*args: Any) -> int:
         pids.append(real_fork(*args))
         return pids[-1]
 
-    monkeypatch.setattr(snapshot, "_fork_encoder", fork)
+    monkeypatch.setattr(snapshot, "_fork", fork)
     return pids
 
 
@@ -87,3 +88,22 @@ async def test_a_request_that_goes_away_kills_its_encoder(monkeypatch: Any) -> N
         await task
     with pytest.raises(ChildProcessError):   # killed and reaped
         os.waitpid(pids[0], os.WNOHANG)
+
+
+async def test_the_state_hash_is_the_one_computed_here_in_one_child_for_requests_at_once(monkeypatch: Any) -> None:
+    pids = forks_seen(monkeypatch)
+    r = await replica_with_machines(20)
+    answers = await asyncio.gather(*(snapshot.state_digest(r) for _ in range(5)))
+    assert answers == [r.read(lambda s: (s.index, s.digest()))] * 5
+    assert len(pids) == 1 and r.digest_inflight is None
+    assert (await r.propose(machine("m-late"))).ok
+    index, digest = await snapshot.state_digest(r)          # a later request: a new child, the newer state
+    assert len(pids) == 2 and (index, digest) == r.read(lambda s: (s.index, s.digest()))
+
+
+async def test_the_state_hash_is_computed_in_another_process(monkeypatch: Any) -> None:
+    from raftctl.statemachine.state import State
+    monkeypatch.setattr(State, "digest", lambda self: f"pid {os.getpid()}")
+    r = await replica_with_machines(1)
+    _, digest = await snapshot.state_digest(r)
+    assert digest.startswith("pid ") and digest != f"pid {os.getpid()}"
