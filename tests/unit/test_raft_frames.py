@@ -258,3 +258,28 @@ def test_what_the_socket_did_not_take_goes_out_without_another_send(port: Port, 
     else:
         assert got < want and sender.getSendBufferSize() > 0   # pysyncobj alone: stuck until it sends again
     sender.disconnect()
+
+
+def test_one_readable_event_accepts_every_waiting_connection_up_to_the_bound() -> None:
+    # pysyncobj accepted one connection per readable event of its listening socket, so the queue filled whenever
+    # connections came faster than the tick thread went round
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    poller = createPoller("auto")
+    accepted: list[Any] = []
+    server = pserver.TcpServer(poller, "127.0.0.1", port, onNewConnection=accepted.append)
+    server.bind()
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(frames.ACCEPTS_PER_EVENT + 6)]
+    try:
+        poller.poll(1.0)   # one readable event of the listening socket
+        assert len(accepted) == frames.ACCEPTS_PER_EVENT
+        poller.poll(1.0)
+        assert len(accepted) == len(clients)
+    finally:
+        for conn in accepted:
+            conn.disconnect()
+        for c in clients:
+            c.close()
+        server.unbind()

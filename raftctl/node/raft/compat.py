@@ -102,9 +102,10 @@ TCP_CONNECTION_ATTRIBUTES: tuple[str, ...] = (
 # Modules that build connections by the name TcpConnection, replaced by frames.BoundedConnection.
 CONNECTION_BUILDERS: tuple[str, ...] = ("pysyncobj.tcp_server", "pysyncobj.transport")
 
-# What frames.py wraps of TcpServer: its bind (then listens again with a longer backlog) and the socket it binds.
-TCP_SERVER_METHODS: tuple[str, ...] = ("bind",)
-TCP_SERVER_ATTRIBUTES: tuple[str, ...] = ("_TcpServer__socket",)
+# What frames.py wraps of TcpServer: its bind (then listens again with a longer backlog), its accept (repeated while
+# connections wait) and the socket it binds.
+TCP_SERVER_METHODS: tuple[str, ...] = ("bind", "_TcpServer__onNewConnection")   # frames.py wraps both
+TCP_SERVER_ATTRIBUTES: tuple[str, ...] = ("_TcpServer__socket", "_TcpServer__fileno")
 
 
 def check(syncobj_module=psyncobj, version: str = VERSION, tcp_module=ptcp) -> None:
