@@ -12,7 +12,9 @@ of the token (never the token itself).
 Whoever reaches the endpoint chooses the tokens it presents, so each unknown one would have made the agent ask
 the control plane: a refused token is remembered for the same ``TOKEN_CACHE_S`` (no second question), and at
 most ``CHECKS_AT_ONCE`` questions are in flight per agent; past that a request with a token not in the cache is
-answered 503 ``overloaded`` at once, and a cached token still works. A log is read off the event loop in pieces
+answered 503 ``overloaded`` at once, and a cached token still works. At most ``FOLLOW_STREAMS_MAX`` follow streams
+are open at once (each holds a file and a connection for as long as it follows); past that, 503 ``overloaded``
+naming ``follow``. A log is read off the event loop in pieces
 of ``READ_PIECE`` bytes, so a request holds at most one piece in memory and never stalls the loop that
 heartbeats.
 """
@@ -37,6 +39,7 @@ MAX_TAIL = 64 << 20  # bytes a log request may ask to start back from the end
 CHECKS_AT_ONCE = 8          # control-plane token checks in flight per agent; more are answered 503 at once
 READ_PIECE = 1 << 20        # bytes of a log read (on a worker thread) and sent at a time
 FOLLOW_MAX_BYTES = 8 << 20  # a follow stream sends at most this much between two checks of its token
+FOLLOW_STREAMS_MAX = 32     # follow streams open at once per agent (each holds a file and a connection); more: 503
 
 
 def _fail(error: type[web.HTTPError], code: str, message: str, field: str | None = None) -> web.HTTPError:
@@ -99,7 +102,15 @@ class TokenCache:
         table[key] = now + self.ttl
 
 
+class Streams:
+    """How many follow streams are open on this agent."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+
 TOKENS = web.AppKey("tokens", TokenCache)
+STREAMS = web.AppKey("streams", Streams)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 
 
@@ -171,6 +182,19 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
         raise _fail(web.HTTPNotFound, "not_found", "no logs for that placement here", "placement")
     path = logs.paths(log_dir)[stream]
     tail = _tail(request.query.get("tail"))
+    follow = request.query.get("follow") in ("1", "true")
+    streams = request.app[STREAMS]
+    if follow and streams.open >= FOLLOW_STREAMS_MAX:
+        raise _fail(web.HTTPServiceUnavailable, "overloaded", f"{FOLLOW_STREAMS_MAX} follow streams are open on this "
+                    "agent; retry later or read without follow", "follow")
+    streams.open += follow
+    try:
+        return await _stream(request, path, tail, follow)
+    finally:
+        streams.open -= follow
+
+
+async def _stream(request: web.Request, path: str, tail: int, follow: bool) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await resp.prepare(request)
     with open(path, "rb") as f:
@@ -179,7 +203,11 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
         await _copy(resp, f, tail)
         header = request.headers.get("Authorization", "")
         clock = request.app[CLOCK]
-        while request.query.get("follow") in ("1", "true"):
+        while follow:
+            # a client that went away: aiohttp does not cancel the handler, and with nothing new to write the
+            # stream would hold its file and its place among FOLLOW_STREAMS_MAX until the log grew
+            if request.transport is None or request.transport.is_closing():
+                break
             # answered by the cache until the token's entry expires, then by the control plane: a token revoked
             # while following ends the stream within TOKEN_CACHE_S (and so does one this agent cannot check now)
             if not await _token_ok(request.app, header):
@@ -205,6 +233,7 @@ async def start_log_server(agent: Any, clock: Clock | None = None) -> web.AppRun
     app[AGENT] = agent
     app[CLOCK] = clock
     app[TOKENS] = TokenCache(clock=clock.monotonic)
+    app[STREAMS] = Streams()
     app.router.add_get("/v1/logs/{placement}", get_logs)
     app.router.add_get("/metrics", get_metrics)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)

@@ -186,3 +186,29 @@ async def test_a_tail_larger_than_a_read_piece_is_the_logs_last_bytes(endpoint, 
                               headers={"Authorization": "Bearer reader-token"}) as r:
         assert r.status == 200
         assert await r.read() == data[-want:]
+
+
+async def test_follow_streams_past_the_bound_are_answered_503_and_a_closed_one_gives_its_place_back(endpoint):
+    cp, agent = endpoint
+    headers = {"Authorization": "Bearer reader-token"}
+    opened = []
+    try:
+        for _ in range(logserver.FOLLOW_STREAMS_MAX):
+            r = await agent.http.get(agent.cfg.api + "/v1/logs/p1?follow=1", headers=headers)
+            assert r.status == 200 and await r.content.readline() == b"line 1\n"
+            opened.append(r)
+        status, body = await get(agent, "/v1/logs/p1?follow=1")
+        assert status == 503 and '"overloaded"' in body and '"follow"' in body
+        assert (await get(agent, "/v1/logs/p1"))[0] == 200            # without follow: answered
+        opened.pop().close()
+        for _ in range(100):                                           # the server sees the close
+            r = await agent.http.get(agent.cfg.api + "/v1/logs/p1?follow=1", headers=headers)
+            if r.status == 200:
+                opened.append(r)
+                break
+            r.close()
+            await asyncio.sleep(0.05)
+        assert opened[-1].status == 200 and len(opened) == logserver.FOLLOW_STREAMS_MAX
+    finally:
+        for r in opened:
+            r.close()
