@@ -216,7 +216,8 @@ async def _stream(request: web.Request, path: str, tail: int, follow: bool) -> w
                 if os.path.getsize(path) < f.tell():  # rotated (truncated): start over
                     f.seek(0)
                 await clock.sleep(FOLLOW_POLL_S)
-    await resp.write_eof()
+    if request.transport is not None and not request.transport.is_closing():   # else nobody to tell
+        await resp.write_eof()
     return resp
 
 
