@@ -6,9 +6,9 @@ from __future__ import annotations
 import socket
 
 from pysyncobj.poller import createPoller
-from pysyncobj.tcp_connection import TcpConnection
 
 from raftctl.node import raft
+from raftctl.node.raft import frames
 
 
 def test_outgoing_and_accepted_raft_sockets_carry_a_user_timeout() -> None:
@@ -17,13 +17,13 @@ def test_outgoing_and_accepted_raft_sockets_carry_a_user_timeout() -> None:
     listener.listen(1)
     poller = createPoller("auto")
     try:
-        out = TcpConnection(poller, keepalive=(2, 1, 3))
+        out = frames.BoundedConnection(poller, keepalive=(2, 1, 3))
         assert out.connect("127.0.0.1", listener.getsockname()[1])
         accepted, _ = listener.accept()
-        incoming = TcpConnection(poller, socket=accepted, keepalive=(2, 1, 3))
+        incoming = frames.BoundedConnection(poller, socket=accepted, keepalive=(2, 1, 3))
         for conn in (out, incoming):
             sock = conn._TcpConnection__socket  # type: ignore[attr-defined]
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == raft.RAFT_TCP_USER_TIMEOUT_MS
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == frames.USER_TIMEOUT_MS
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         out.disconnect()
         incoming.disconnect()
@@ -33,7 +33,7 @@ def test_outgoing_and_accepted_raft_sockets_carry_a_user_timeout() -> None:
 
 def test_the_user_timeout_is_shorter_than_an_election_round_trip_of_backoff() -> None:
     # a healed link must come back well before pysyncobj's 30 s leader fallback default
-    assert 1000 <= raft.RAFT_TCP_USER_TIMEOUT_MS <= 5000
+    assert 1000 <= frames.USER_TIMEOUT_MS <= 5000
 
 
 class _Moving:

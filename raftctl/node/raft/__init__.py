@@ -19,7 +19,6 @@ from raftctl.node.raft import compat  # noqa: F401  (first: asserts the pinned p
 
 import logging
 import os
-import socket
 import threading
 import time
 from typing import Any, Callable
@@ -30,7 +29,6 @@ import pysyncobj.serializer as pserializer
 import pysyncobj.syncobj as psyncobj
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
-from pysyncobj.tcp_connection import TcpConnection
 
 from raftctl.node.raft.disk import Disk, OsDisk
 from raftctl.node.raft.journal import CheckedJournal, write_file_atomically
@@ -68,26 +66,6 @@ def _create_serializer(fileName: str | None, transmissionBatchSize: int, tryUseF
 # pysyncobj builds its journal and its snapshot serializer through these module-level names.
 psyncobj.createJournal = _create_journal
 psyncobj.Serializer = _create_serializer
-
-# pysyncobj gives up a connect attempt only after connectionTimeout (60 s here, to keep idle
-# links) and a link with unacknowledged data only when TCP's retransmissions give up (minutes).
-# Across a partition that heals, the pending SYN or segment is retried on the kernel's backoff
-# (1, 2, 4, 8, 16 s ...), so a healed replica stayed cut off for up to ~30 s (jepsen-style seed 2:
-# 17 s after a 35 s leader isolation). TCP_USER_TIMEOUT bounds both: the socket errors out,
-# pysyncobj drops it and reconnects within connectionRetryTime.
-RAFT_TCP_USER_TIMEOUT_MS = 2500
-_original_set_keepalive = TcpConnection.setSockoptKeepalive
-
-
-def _keepalive_and_user_timeout(conn: TcpConnection) -> None:
-    """pysyncobj calls this on every Raft socket it creates or accepts."""
-    _original_set_keepalive(conn)
-    sock = conn._TcpConnection__socket
-    if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, RAFT_TCP_USER_TIMEOUT_MS)
-
-
-TcpConnection.setSockoptKeepalive = _keepalive_and_user_timeout
 
 # Every Raft message leaves in zlib's stored form, readable by any pysyncobj, instead of compressed (wire.py).
 wire.install()

@@ -80,7 +80,7 @@ TCP_CONNECTION_MODULE_NAMES: tuple[str, ...] = (
     "monotonicTime",   # frames.py: the clock TcpConnection times reads with
 )
 
-# Methods of TcpConnection that raftctl overrides or calls (frames.py, __init__.py), with their parameters.
+# Methods of TcpConnection that raftctl overrides or calls (frames.py), with their parameters.
 TCP_CONNECTION_METHODS: dict[str, tuple[str, ...]] = {
     "_TcpConnection__tryReadBuffer": ("self",),        # frames.py: overridden (a read budget, bounds checked)
     "_TcpConnection__processRead": ("self",),          # frames.py: called (one recv into the read buffer)
@@ -88,14 +88,14 @@ TCP_CONNECTION_METHODS: dict[str, tuple[str, ...]] = {
     "disconnect": ("self",),                           # frames.py: overridden
     "send": ("self", "message"),                       # frames.py: overridden (asks for writability)
     "_TcpConnection__processConnection": ("self", "descr", "eventType"),  # frames.py: subscribed again
-    "setSockoptKeepalive": (),   # __init__.py: replaced (by then the check above sees the replacement)
+    "setSockoptKeepalive": ("self",),                  # frames.py: overridden (adds TCP_USER_TIMEOUT)
 }
 
 # Instance attributes TcpConnection.__init__ sets that raftctl reads or writes.
 TCP_CONNECTION_ATTRIBUTES: tuple[str, ...] = (
     "_TcpConnection__readBuffer", "_TcpConnection__lastReadTime", "_TcpConnection__poller",  # frames.py
     "_TcpConnection__writeBuffer", "_TcpConnection__fileno",  # frames.py
-    "_TcpConnection__socket",  # __init__.py
+    "_TcpConnection__socket",  # frames.py: the user timeout
     "recvRandKey", "encryptor",  # frames.py: what proves the secret
 )
 
