@@ -43,6 +43,7 @@ from raftctl.agent import rootfs  # noqa: E402
 from raftctl.aio import event_loop_from_env  # noqa: E402
 from raftctl.agent.health import probe_http, probe_tcp  # noqa: E402
 from raftctl.agent.images import ImageStore  # noqa: E402
+from raftctl.agent.runtime import bundle as oci_bundle  # noqa: E402
 from raftctl.agent.runtime.base import ContainerSpec, Resources  # noqa: E402
 from raftctl.agent.runtime.runc import RuncDriver, runc_available  # noqa: E402
 from raftctl.agent.testimage import busybox_available, make_busybox_dir  # noqa: E402
@@ -286,6 +287,9 @@ def main() -> int:
             cfg = json.load(open(os.path.join(drv.bundle(spec.id), "config.json")))
             cfg["process"]["args"] = ["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/www"]
             cfg["linux"]["cgroupsPath"] = f"/raftctl-bench/{bid}"
+            # bare runc applies the CPU quota from config.json, before its init runs (raftctl's shim writes it
+            # once runc has handed over to the command, so the driver's config.json has none)
+            cfg["linux"]["resources"]["cpu"] = oci_bundle.resources(spec, memsw=False)["cpu"]
             cfg["mounts"] = [m for m in cfg["mounts"] if m["destination"] != "/data"]
             json.dump(cfg, open(os.path.join(b, "config.json"), "w"))
             with open(os.path.join(b, "out.log"), "ab") as out:

@@ -1,6 +1,7 @@
 """Isolation with real runc (root): the §1 'Resource isolation' and 'Protection' promises."""
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -85,6 +86,63 @@ def test_cpu_hog_is_held_to_its_quota(runc_driver, run):
     used = (s1["cpu_usage_ns"] - s0["cpu_usage_ns"]) / 1e9 / (t1 - t0)
     assert 0.25 * 0.8 <= used <= 0.25 * 1.2, f"used {used:.3f} cores against a 250m quota"
     assert s1["throttled_ns"] > s0["throttled_ns"]
+
+
+def _quota_file(runc_driver, id):
+    cg = runc_driver.cgroup(id)
+    return os.path.join(cg.dir(""), "cpu.max") if cg.v2 else os.path.join(cg.dir("cpu"), "cpu.cfs_quota_us")
+
+
+def test_the_cpu_quota_is_written_once_runc_has_handed_over_not_charged_with_runcs_init(runc_driver, make_spec):
+    """config.json carries no CPU quota (runc would apply it before its own init is done: 11-16 ms of CPU that a
+    50m quota then made the command pay for, 30-80 ms late to listen); the shim writes it after `runc run`
+    returned, and the cgroup holds it from then on (the hog test above: held to it). A sleeping command's cgroup
+    was never throttled: with the quota in config.json runc's init was, in 4 of 20 bare starts at 50m and 18 of
+    20 end-to-end ones."""
+    spec = make_spec(["sleep", "300"], resources=Resources(cpu=50, memory=16 << 20, pids=16))
+    runc_driver.create(spec)
+    try:
+        b = runc_driver.bundle(spec.id)
+        with open(os.path.join(b, "config.json")) as f:
+            cpu = json.load(f)["linux"]["resources"]["cpu"]
+        assert "quota" not in cpu and cpu["period"] == 100_000
+        with open(os.path.join(b, "shim.json")) as f:
+            assert json.load(f)["cpu_limit"]["file"] == _quota_file(runc_driver, spec.id)
+        runc_driver.start(spec.id)
+        with open(_quota_file(runc_driver, spec.id)) as f:
+            assert f.read().split()[0] == "5000"
+        time.sleep(0.3)
+        assert runc_driver.stats(spec.id)["throttled_ns"] == 0
+    finally:
+        runc_driver.remove(spec.id)
+
+
+def _gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"    # a zombie not reaped yet
+    except OSError:
+        return True
+
+
+def test_a_container_whose_cpu_quota_cannot_be_written_is_killed_and_its_start_fails(runc_driver, make_spec):
+    """Nothing runs without its quota: a shim that cannot write it kills the container's init and answers err."""
+    spec = make_spec(["sleep", "300"], resources=Resources(cpu=50, memory=16 << 20, pids=16))
+    runc_driver.create(spec)
+    try:
+        path = os.path.join(runc_driver.bundle(spec.id), "shim.json")
+        with open(path) as f:
+            cfg = json.load(f)
+        cfg["cpu_limit"]["file"] = "/nonexistent-raftctl-test/cpu.cfs_quota_us"
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        with pytest.raises(RuntimeError_):
+            runc_driver.start(spec.id)
+        with open(os.path.join(runc_driver.bundle(spec.id), "init.pid")) as f:
+            pid = int(f.read())
+        wait_for(lambda: _gone(pid), what="the container's init to be killed")
+    finally:
+        runc_driver.remove(spec.id)
 
 
 def test_fork_bomb_stops_at_the_pids_limit(runc_driver, run):

@@ -7,7 +7,9 @@ detaches (double fork + setsid) so it outlives the agent, becomes a child subrea
 points stdout/stderr at the container's log files (opened O_APPEND, so the agent can
 rotate them by copy-truncate and a slow disk never blocks on a pipe), then either
 runs the container with ``runc run --detach`` (mode "runc": the container's init is
-reparented to the shim when runc exits) or starts the command itself (mode "process").
+reparented to the shim when runc exits; the shim then writes the container's CPU quota,
+which config.json leaves out so that runc's own init is not charged to it, and kills the
+container if it cannot) or starts the command itself (mode "process").
 It writes ``ok <pid>`` or ``err <message>`` to READY_FD, reaps orphans
 until the container's init exits, and writes ``exit.json`` ({code, signal, oom_kills, at}).
 """
@@ -59,6 +61,19 @@ def _spawn(argv, env=None, cwd=None, own_group=False):
             os.write(2, f"raftctl shim: cannot exec {argv[0]}: {exc}\n".encode())
         os._exit(127)
     return pid
+
+
+def _limit_cpu(limit):
+    """Write the container's CPU quota ({file, value}: cpu.cfs_quota_us or cpu.max), which config.json leaves out
+    so that runc's own init is not charged to it; why it could not be written, or None."""
+    if not limit:
+        return None
+    try:
+        with open(limit["file"], "w") as f:
+            f.write(limit["value"])
+    except OSError as exc:
+        return f"cannot set the CPU quota ({limit['file']}: {exc})"
+    return None
 
 
 def _wait_for(pid):
@@ -123,6 +138,11 @@ def main():
             return 1
         with open(cfg["pid_file"]) as f:
             pid = int(f.read().strip())
+        why = _limit_cpu(cfg.get("cpu_limit"))
+        if why:
+            os.kill(pid, 9)                             # nothing runs without its quota
+            ready(f"err {why}; the container was killed")
+            return 1
     else:
         pid = _spawn(cfg["argv"], cfg.get("env"), cfg.get("cwd"), own_group=True)
         with open(cfg["pid_file"], "w") as f:
