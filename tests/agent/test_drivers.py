@@ -102,3 +102,25 @@ def test_sim_scale_500_containers():
                                  command=["x"], log_dir="/tmp/none"))
         drv.start(f"c{i}")
     assert sum(drv.status(f"c{i}").state == "running" for i in range(500)) == 500
+
+
+def test_the_v1_cgroup_mounts_are_read_once(monkeypatch, tmp_path):
+    """/proc/self/mountinfo is read once per process (the hierarchies are mounted at boot), not on every
+    Cgroup.of: twice per container create and once per container per stats pass. An empty answer is read again."""
+    from raftctl.agent.runtime import cgroups
+    info = tmp_path / "mountinfo"
+    info.write_text("30 25 0:26 / /sys/fs/cgroup/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu\n"
+                    "31 25 0:27 / /sys/fs/cgroup/memory rw,relatime shared:10 - cgroup cgroup rw,memory\n")
+    real_open, reads = open, []
+
+    def counting_open(path, *a, **kw):
+        if path == "/proc/self/mountinfo":
+            reads.append(path)
+            path = str(info) if len(reads) > 1 else os.devnull    # the first read finds nothing mounted
+        return real_open(path, *a, **kw)
+    monkeypatch.setattr(cgroups, "_v1_mounts", {})
+    monkeypatch.setattr("builtins.open", counting_open)
+    assert cgroups.v1_mounts() == {}
+    for _ in range(3):
+        assert cgroups.v1_mounts() == {"cpu": "/sys/fs/cgroup/cpu", "memory": "/sys/fs/cgroup/memory"}
+    assert len(reads) == 2

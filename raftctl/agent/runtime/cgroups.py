@@ -14,8 +14,15 @@ def is_v2(root: str = CGROUP_ROOT) -> bool:
     return os.path.exists(os.path.join(root, "cgroup.controllers"))
 
 
+_v1_mounts: dict[str, str] = {}
+
+
 def v1_mounts() -> dict[str, str]:
-    """controller -> mount point, from /proc/self/mountinfo."""
+    """controller -> mount point, from /proc/self/mountinfo. Read once (the hierarchies are mounted at boot; an
+    empty answer is read again): it was read twice per container create and once per container per stats pass,
+    about 1 ms each, 43 % of a create (cProfile, 30 creates). Callers must not change the dict."""
+    if _v1_mounts:
+        return _v1_mounts
     out: dict[str, str] = {}
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -27,6 +34,7 @@ def v1_mounts() -> dict[str, str]:
             for opt in fields[2].split(","):
                 if opt in ("cpu", "cpuacct", "memory", "pids", "freezer", "cpuset", "devices", "blkio"):
                     out.setdefault(opt, point)
+    _v1_mounts.update(out)
     return out
 
 
