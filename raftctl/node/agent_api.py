@@ -9,7 +9,7 @@ from aiohttp import web
 
 from raftctl.clusterid import derive_cluster_id
 from raftctl.errors import Forbidden, RaftctlError, Unavailable, ValidationError
-from raftctl.node.http import REPLICA, body, client_gone, encode, gone_answer, perm, read_mode, result_value, routes
+from raftctl.node.http import REPLICA, TOKEN, body, client_gone, encode, gone_answer, perm, read_mode, result_value, routes
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.records import (REASON_MAX, JobSpec, Machine, Registration, Report, from_wire, list_to_wire,
                                           to_wire)
@@ -19,7 +19,7 @@ from raftctl.statemachine.subnets import gateway
 def _own_machine(request: web.Request, machine: Any) -> str:
     if not isinstance(machine, str) or not machine:
         raise ValidationError("machine is required", field="machine")
-    token = request["token"]
+    token = request[TOKEN]
     allowed = token.get("machine") or ""
     if allowed.endswith("*") and machine.startswith(allowed[:-1]):
         return machine  # a simulator's token covers every machine under its prefix

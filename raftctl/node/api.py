@@ -10,7 +10,7 @@ from aiohttp import web
 from raftctl.discovery.handler import Lookups
 from raftctl.errors import NotFound, RaftctlError, ValidationError
 from raftctl.node import agent_api, auth, blobs, efficiency, members, metrics, openapi, snapshot, ui, views
-from raftctl.node.http import (BODY_LIMIT, GUARD, REPLICA, Guard, add_unmatched, body, encode, perm, read_mode,
+from raftctl.node.http import (BODY_LIMIT, GUARD, REPLICA, TOKEN, Guard, add_unmatched, body, encode, perm, read_mode,
                                request_id, result_value, routes)
 from raftctl.node.scheduling import run_plan
 from raftctl.statemachine import commands as c
@@ -123,7 +123,7 @@ async def promote_job(request: web.Request) -> web.Response:
         return encode(request, {"job": name, "promoted": True, "already": True})
     res = await replica.propose(c.SetDeployment(epoch=epoch, job=name, deployment={**to_wire(dep), "promoted": True},
                                                 message=f"canaries of {name} version {job.version} promoted by "
-                                                        f"{request['token']['name']}"))
+                                                        f"{request[TOKEN]['name']}"))
     return encode(request, {"index": res.index, **result_value(res), "promoted": True}, index=res.index)
 
 

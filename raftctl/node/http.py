@@ -34,6 +34,11 @@ from raftctl.statemachine.units import parse_duration
 log = logging.getLogger("raftctl.api")
 REPLICA: web.AppKey = web.AppKey("replica", object)
 BODY_LIMIT: web.AppKey = web.AppKey("body_limit", int)
+# What the Guard and the forwarding keep on a request (aiohttp's typed request storage: a str key warns).
+TOKEN: web.RequestKey = web.RequestKey("token", dict)
+"""The caller's token record (name, role, machine), set by the Guard once the token holds the route's permission."""
+GENERATED_REQUEST_ID: web.RequestKey = web.RequestKey("generated_request_id", str)
+"""The request id a replica invented for a write that came without X-Request-Id, so a retry is applied once."""
 MAX_BODY = 1 << 20  # default cap on JSON/CBOR request bodies (raftctl server --max-body)
 STREAMED_BODIES = {"/v1/images/blobs/{digest}"}  # streamed to disk with their own limit (blobs.MAX_BLOB)
 MAX_WAIT_S = 300.0
@@ -118,7 +123,7 @@ def result_value(res: Result) -> dict[str, Any]:
 
 
 def request_id(request: web.Request) -> str:
-    rid = request.headers.get("X-Request-Id", "") or request.get("generated_request_id", "")
+    rid = request.headers.get("X-Request-Id", "") or request.get(GENERATED_REQUEST_ID, "")
     if rid and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", rid):
         raise ValidationError("X-Request-Id must be 1-64 characters of [A-Za-z0-9._-]", field="X-Request-Id")
     return rid
@@ -207,7 +212,7 @@ async def forward_to_leader(request: web.Request) -> web.Response | None:
         # One id for the proxied copy and for the local fallback below: a proxy that timed out may still
         # reach a paused leader later, and without an id that copy was applied a second time, after
         # writes acknowledged in between (jepsen-style, writes without X-Request-Id).
-        request["generated_request_id"] = headers["X-Request-Id"] = uuid.uuid4().hex
+        request[GENERATED_REQUEST_ID] = headers["X-Request-Id"] = uuid.uuid4().hex
     payload_in = await request.read()  # outside the try: a body over --max-body is a 413, never half-read
 
     async def proxy() -> web.Response:
@@ -264,9 +269,9 @@ async def propose_here(request: web.Request, handler: Handler) -> web.StreamResp
     raft = replica.raft
     if raft is None:
         return await handler(request)
-    has_id = bool(request.headers.get("X-Request-Id") or request.get("generated_request_id"))
+    has_id = bool(request.headers.get("X-Request-Id") or request.get(GENERATED_REQUEST_ID))
     if not has_id and not raft.is_leader():
-        request["generated_request_id"] = uuid.uuid4().hex
+        request[GENERATED_REQUEST_ID] = uuid.uuid4().hex
         has_id = True
     unknown: OutcomeUnknown | None = None   # an earlier attempt whose fate is unknown: it may have been applied
     for attempt in range(1, PROPOSE_ATTEMPTS + 1):
@@ -303,8 +308,8 @@ async def _leader_moves(replica: Any, leader: str) -> bool:
     return True
 
 
-PROXIED_TO = "proxied_to"
-"""Request key: the leader API a write was proxied to without an answer before it was handled here."""
+PROXIED_TO: web.RequestKey = web.RequestKey("proxied_to", str)
+"""The leader API a write was proxied to without an answer before it was handled here."""
 
 
 def after_proxy(request: Any, exc: RaftctlError) -> RaftctlError:
@@ -401,11 +406,11 @@ class Guard:
                 if required is not None:
                     header = request.headers.get("Authorization")
                     try:
-                        request["token"] = replica.read(lambda s: tokens.authorize(s.tokens, header, required))
+                        request[TOKEN] = replica.read(lambda s: tokens.authorize(s.tokens, header, required))
                     except Unauthorized as refused:
                         response = self.not_kept_for() if kept else await self.unknown_token(request, header, refused)
                     else:
-                        if kept and request["token"]["role"] not in RESERVED_ROLES:
+                        if kept and request[TOKEN]["role"] not in RESERVED_ROLES:
                             response = self.not_kept_for()
                         elif forward or (write and behind(replica.raft)):
                             response = await forward_to_leader(request)

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from raftctl.clock import FakeClock
 from raftctl.errors import RaftctlError
 from raftctl.node.agent_api import _assignments, add_routes
-from raftctl.node.http import BODY_LIMIT, REPLICA
+from raftctl.node.http import BODY_LIMIT, REPLICA, TOKEN
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.spec import validate_spec
 from raftctl.statemachine.records import REASON_MAX, to_wire
@@ -44,7 +44,7 @@ async def test_each_placement_comes_with_the_spec_of_its_own_version():
 @web.middleware
 async def as_agent_m1(request: web.Request, handler: Any) -> web.StreamResponse:
     """What the API's middleware does around the handler: the caller is m1's agent; an error is its JSON."""
-    request["token"] = {"name": "agent-m1", "role": "agent", "machine": "m1"}
+    request[TOKEN] = {"name": "agent-m1", "role": "agent", "machine": "m1"}
     try:
         return await handler(request)
     except RaftctlError as exc:

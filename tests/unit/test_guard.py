@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from raftctl.node.api import make_app
-from raftctl.node.http import BEHIND_ENTRIES, BODY_LIMIT, GUARD, REPLICA, Guard, add_unmatched, behind, perm, routes
+from raftctl.node.http import BEHIND_ENTRIES, BODY_LIMIT, GUARD, REPLICA, TOKEN, Guard, add_unmatched, behind, perm, routes
 from raftctl.node.replica import Replica, ServerConfig
 from tests.discovery.test_handler import AUTH, FakeReplica
 
@@ -21,7 +21,7 @@ Seen = list[tuple[str, int]]
 
 @perm("read")
 async def job(request: web.Request) -> web.Response:
-    return web.json_response({"name": request.match_info["name"], "token": request["token"]["name"]})
+    return web.json_response({"name": request.match_info["name"], "token": request[TOKEN]["name"]})
 
 
 @perm("read")

@@ -23,7 +23,7 @@ from hypothesis import given, settings, strategies as st
 
 from raftctl.errors import RaftctlError
 from raftctl.node.agent_api import _assignments, add_routes
-from raftctl.node.http import BODY_LIMIT, REPLICA
+from raftctl.node.http import BODY_LIMIT, REPLICA, TOKEN
 from raftctl.node.replica import Replica, ServerConfig
 from raftctl.statemachine import apply as apply_mod
 from raftctl.statemachine import commands as c
@@ -194,7 +194,7 @@ def bare_replica() -> tuple[Replica, TickRaft]:
 
 @web.middleware
 async def as_sim_agent(request: web.Request, handler: Any) -> web.StreamResponse:
-    request["token"] = {"name": "sim", "role": "agent", "machine": "m*"}  # a simulator's token: every m*
+    request[TOKEN] = {"name": "sim", "role": "agent", "machine": "m*"}  # a simulator's token: every m*
     try:
         return await handler(request)
     except RaftctlError as exc:
