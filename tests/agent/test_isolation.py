@@ -136,7 +136,7 @@ def test_a_container_whose_cpu_quota_cannot_be_written_is_killed_and_its_start_f
         cfg["cpu_limit"]["file"] = "/nonexistent-raftctl-test/cpu.cfs_quota_us"
         with open(path, "w") as f:
             json.dump(cfg, f)
-        with pytest.raises(RuntimeError_):
+        with pytest.raises(RuntimeError_, match="cannot set the CPU quota .*the container was killed"):
             runc_driver.start(spec.id)
         with open(os.path.join(runc_driver.bundle(spec.id), "init.pid")) as f:
             pid = int(f.read())

@@ -99,8 +99,9 @@ class ProcessDriver(Driver):
                                "cwd": spec.rootfs if os.path.isdir(spec.rootfs) else d}
         with open(os.path.join(d, "started_at"), "w") as f:
             f.write(repr(time.time()))
-        if spawn_shim(self.python, d, cfg) is None:
-            raise RuntimeError_(f"could not start {id}: {logs.tail(spec.log_dir, 'stderr', 2000)}")
+        pid = spawn_shim(self.python, d, cfg)
+        if isinstance(pid, str):
+            raise RuntimeError_(f"could not start {id}: {pid}: {logs.tail(spec.log_dir, 'stderr', 2000)}")
 
     def _pid(self, id: str) -> int | None:
         text = self._read(id, "init.pid")

@@ -392,8 +392,8 @@ class RuncDriver(Driver):
         if not self._waiting(id):
             raise RuntimeError_(f"container {id} is not a created one waiting for its start")
         pid = self.shims.run(b)
-        if pid is None:
-            raise RuntimeError_(f"runc run {id} failed: {self._runc_log_tail(id)}")
+        if isinstance(pid, str):   # the shim's own word (a CPU quota it could not write) before runc's log
+            raise RuntimeError_(f"runc run {id} failed: {pid}: {self._runc_log_tail(id)}")
         stat = proc_stat(pid)
         if stat:
             with open(os.path.join(b, "init.start"), "w") as f:
@@ -665,8 +665,8 @@ class ShimPool:
             os.close(ready_w)
         self.idle = (proc, cmd_w, ready_r)
 
-    def run(self, state_dir: str, timeout: float = 30.0) -> int | None:
-        """Hand ``<state_dir>/shim.json`` to the idle shim; the container's init pid, None on failure. The next
+    def run(self, state_dir: str, timeout: float = 30.0) -> int | str:
+        """Hand ``<state_dir>/shim.json`` to the idle shim; the container's init pid, or why not. The next
         shim is started once this one answered, so its Python start-up does not compete with the container's."""
         cfg_path = os.path.join(state_dir, SHIM_CFG)
         with self.lock:
@@ -698,8 +698,8 @@ class ShimPool:
                 proc.wait()
 
 
-def spawn_shim(python: str, state_dir: str, cfg: dict[str, Any], timeout: float = 30.0) -> int | None:
-    """Start a detached shim (cold); return the container's init pid once it exists, None on failure."""
+def spawn_shim(python: str, state_dir: str, cfg: dict[str, Any], timeout: float = 30.0) -> int | str:
+    """Start a detached shim (cold); return the container's init pid once it exists, or why not."""
     cfg_path = os.path.join(state_dir, "shim.json")
     with open(cfg_path, "w") as f:
         json.dump(cfg, f)
@@ -720,8 +720,8 @@ def spawn_shim(python: str, state_dir: str, cfg: dict[str, Any], timeout: float 
     return read_ready(r, state_dir, timeout)
 
 
-def read_ready(r: int, state_dir: str, timeout: float) -> int | None:
-    """Read the shim's ``ok <pid>`` / ``err <why>`` line from fd ``r`` (and close it)."""
+def read_ready(r: int, state_dir: str, timeout: float) -> int | str:
+    """Read the shim's ``ok <pid>`` / ``err <why>`` line from fd ``r`` (and close it): the pid, or why not."""
     try:
         buf = b""
         deadline = time.monotonic() + timeout
@@ -736,7 +736,8 @@ def read_ready(r: int, state_dir: str, timeout: float) -> int | None:
         msg = buf.decode().strip()
         if msg.startswith("ok "):
             return int(msg.split()[1])
-        log.error("shim for %s: %s", state_dir, msg or "no answer")
-        return None
+        why = msg.removeprefix("err ") or "the shim did not answer"
+        log.error("shim for %s: %s", state_dir, why)
+        return why
     finally:
         os.close(r)
