@@ -7,7 +7,9 @@ busybox httpd in its own network namespace on the driver's bridge, alternated wi
   driver: create (overlay root, config.json, shim, runc create) + start -> status running,
           then -> first successful tcp connect and first HTTP 200;
   bare:   `runc run -d` of a bundle holding the same config.json on a root prepared
-          beforehand (so only runc's own work is timed) -> first tcp / HTTP success.
+          beforehand (so only runc's own work is timed) -> first tcp / HTTP success. The CPU quota is in
+          bare's config.json, as plain runc applies it; the driver's shim writes it once runc has handed
+          over to the command (since session 27: runc's init is not charged to it).
   end to end: a 3-replica cluster on loopback with one runc agent; the busybox image is built and
           pushed with `raftctl image build`; each of N one-replica jobs is timed from its PUT to its
           placement healthy in the API (scheduler, agent watch, pull once per digest, create, start, a
@@ -320,7 +322,7 @@ def main() -> int:
     res["e2e_healthy"] = e2e
     ms = {k: (statistics.median(v) * 1000, pct(v, 99) * 1000) for k, v in res.items()}
     print(f"container start, {N} busybox httpd containers ({args.cpu}m CPU each), runc driver vs bare `runc run -d` "
-          "(same config.json)")
+          "(same config.json; bare's with the CPU quota in it)")
     for what in ("run", "tcp", "http"):
         d, b = ms[f"drv_{what}"], ms[f"bare_{what}"]
         print(f"  to {what:<5} driver p50 {d[0]:7.1f} ms  p99 {d[1]:7.1f} ms   bare p50 {b[0]:7.1f} ms  p99 {b[1]:7.1f} ms"
