@@ -304,16 +304,19 @@ class RuncDriver(Driver):
             os.chown(data_dir, uid, gid)
             os.chmod(data_dir, 0o750)
         streams = logs.prepare(spec.log_dir)
-        cfg = oci_bundle.config(spec, cgroups_path=self.cgroups_path(spec.id), data_dir=data_dir,
+        path = self.cgroups_path(spec.id)
+        cfg = oci_bundle.config(spec, cgroups_path=path, data_dir=data_dir,
                                 host_binds=host_binds, memsw=self.memsw, netns=netns,
                                 init=self.init, files=files)
-        cpu_limit = self._cpu_limit_later(cfg)
+        self._cgroup_paths[spec.id] = path   # what cgroup() would read back from config.json
+        cg = self.cgroup(spec.id)
+        cpu_limit = self._cpu_limit_later(cfg, cg)
         with open(os.path.join(b, "config.json"), "w") as f:
             json.dump(cfg, f, indent=1)
         shim_cfg = {
             "mode": "runc", "state_dir": b, "stdout": streams["stdout"], "stderr": streams["stderr"],
             "pid_file": os.path.join(b, "init.pid"),
-            "memory_cgroup": self.cgroup(spec.id).memory_dir(),
+            "memory_cgroup": cg.memory_dir(),
             "argv": self._argv("--log", os.path.join(b, "runc.log"), "run", "--detach", "--bundle", b,
                                "--pid-file", os.path.join(b, "init.pid"), spec.id),
             "cpu_limit": cpu_limit,
@@ -324,16 +327,15 @@ class RuncDriver(Driver):
         return spec.id
 
     @staticmethod
-    def _cpu_limit_later(cfg: dict[str, Any]) -> dict[str, str] | None:
-        """Take the CPU quota out of ``cfg`` and say where the shim writes it once ``runc run`` has handed over to
-        the command ({file, value}; None without a quota). runc applies config.json's quota before its own init
+    def _cpu_limit_later(cfg: dict[str, Any], cg: cgroups.Cgroup) -> dict[str, str] | None:
+        """Take the CPU quota out of ``cfg`` and say where in ``cg`` the shim writes it once ``runc run`` has handed
+        over to the command ({file, value}; None without a quota). runc applies config.json's quota before its own init
         has finished (11-16 ms of CPU per start), and a small quota then throttled the command's first
         milliseconds: 18 of 20 end-to-end starts at 50m, each held back 30-80 ms (docs/security.md)."""
         cpu = cfg["linux"].get("resources", {}).get("cpu", {})
         quota = cpu.pop("quota", None)
         if quota is None:
             return None
-        cg = cgroups.Cgroup.of(cfg["linux"]["cgroupsPath"])
         if cg.v2:
             return {"file": os.path.join(cg.dir(""), "cpu.max"), "value": f"{quota} {cpu['period']}"}
         return {"file": os.path.join(cg.dir("cpu"), "cpu.cfs_quota_us"), "value": str(quota)}

@@ -16,6 +16,7 @@ until the container's init exits, and writes ``exit.json`` ({code, signal, oom_k
 import ctypes
 import json
 import os
+import signal
 import sys
 import time
 
@@ -140,7 +141,7 @@ def main():
             pid = int(f.read().strip())
         why = _limit_cpu(cfg.get("cpu_limit"))
         if why:
-            os.kill(pid, 9)                             # nothing runs without its quota
+            os.kill(pid, signal.SIGKILL)                # nothing runs without its quota
             ready(f"err {why}; the container was killed")
             return 1
     else:
