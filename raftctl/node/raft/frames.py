@@ -189,12 +189,14 @@ def _accept_waiting(server: pserver.TcpServer, descr: int, event: int) -> None:
     """pysyncobj's readable-event handler of the listening socket accepts one connection; call it again while
     more wait, up to ACCEPTS_PER_EVENT."""
     _original_accept(server, descr, event)
+    sock = server._TcpServer__socket
+    if sock is None:
+        return
+    ready = select.poll()
+    ready.register(sock, select.POLLIN)
     for _ in range(ACCEPTS_PER_EVENT - 1):
-        sock = server._TcpServer__socket
-        if server._TcpServer__fileno is None or sock is None:   # unbound (an error on the socket)
+        if server._TcpServer__fileno is None or server._TcpServer__socket is not sock:   # unbound (a socket error)
             return
-        ready = select.poll()
-        ready.register(sock, select.POLLIN)
         if not ready.poll(0):
             return
         _original_accept(server, descr, event)
