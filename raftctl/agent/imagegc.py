@@ -10,7 +10,7 @@ time is compared with the store's last-use stamps.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from raftctl.agent.runtime.base import Driver
@@ -64,9 +64,14 @@ class ImageGC:
         self.after_s = after_s
         self.clock = clock
         self.assigned: set[str] = set()
+        self._noted: Sequence[Mapping[str, Any]] | None = None   # the answer ``assigned`` was computed from
 
-    def note_assignment(self, placements: Iterable[Mapping[str, Any]]) -> None:
-        self.assigned = assigned_images(placements)
+    def note_assignment(self, placements: Sequence[Mapping[str, Any]]) -> None:
+        """Take the images an assignment answer names; the same answer again (every reconcile pass hands the last
+        one over) is not walked again."""
+        if placements is not self._noted:
+            self.assigned = assigned_images(placements)
+            self._noted = placements
 
     def in_use(self) -> set[str] | None:
         return images_in_use(self.assigned, self.containers.values())

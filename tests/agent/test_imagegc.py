@@ -86,3 +86,15 @@ def test_a_driver_that_keeps_no_images_collects_nothing_and_runs_without_an_imag
     d = Bare()
     assert d.collect_images({D1}, 60, 0.0) == [] and d.image_root("web:1", None) == "" and d.image_root("web:1", D1) == ""
     d.use_image_source(object())  # type: ignore[arg-type]   # ignored
+
+
+def test_the_same_answer_again_is_not_walked_again_and_a_new_one_is():
+    gc = ImageGC(Collecting(), {}, 300, CountedClock())  # type: ignore[arg-type]
+    answer = [{"spec": job_spec(image="a", image_digest=D1)}]
+    gc.note_assignment(answer)
+    assert gc.assigned == {D1}
+    answer[0] = {"spec": job_spec(image="b", image_digest=D2)}   # never done by the agent: shows the skip
+    gc.note_assignment(answer)                                    # the reconcile pass hands the same list over
+    assert gc.assigned == {D1}
+    gc.note_assignment([{"spec": job_spec(image="b", image_digest=D2)}])   # a new answer
+    assert gc.assigned == {D2}

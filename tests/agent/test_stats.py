@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from raftctl.agent.stats import StatsPass
+from raftctl.agent.stats import STATS_MAX_EVERY_S, StatsPass, rotations_per_sample, stats_period
 from raftctl.agent.supervisor import Supervised
 from tests.agent.conftest import CountedClock, job_spec
 
@@ -91,3 +91,53 @@ async def test_the_loop_sends_each_period_only_when_there_are_figures_and_surviv
         await s.run(send)
     assert clock.sleeps == [2.0] * 4
     assert len(sent) == 3 and [o[0]["cpu"] for o in sent] == [0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("interval_s, period_s, passes", [
+    (1.0, 2.0, 1),      # the default heartbeat: every 2 heartbeats
+    (0.5, 2.0, 1),      # never more often than the pass's own 2 s
+    (5.0, 10.0, 1),     # 2 heartbeats would be 10 s: the cap
+    (8.0, 10.0, 1),     # capped at 10 s, still more than one heartbeat
+    (20.0, 20.0, 2),    # 10,000 machines: once per heartbeat, logs rotated halfway
+    (25.0, 25.0, 3),    # passes of 8.3 s: the logs never wait more than 10 s
+    (60.0, 60.0, 6),    # 30,000 machines: one sample a minute, six rotations
+])
+def test_samples_follow_the_heartbeats_and_logs_are_rotated_every_10_s(interval_s, period_s, passes):
+    assert stats_period(interval_s) == period_s
+    assert rotations_per_sample(period_s) == passes
+    assert period_s / passes <= STATS_MAX_EVERY_S
+
+
+class NoLogs(Driver):
+    rotates_logs = False
+
+
+@pytest.mark.parametrize("driver, rotations", [(Driver, 11), (NoLogs, 0)])
+async def test_at_a_60_s_heartbeat_one_pass_in_six_samples_and_the_others_only_rotate(driver, rotations):
+    d, clock = driver(), CountedClock(stop_after=13)
+    containers = {"a-1": sup("a")}
+    d.cpu_ns = {"a-1": 0}
+    sent: list[list[dict[str, Any]]] = []
+    samples: list[float] = []
+    real_stats = d.stats
+
+    def stats(id: str) -> dict[str, int]:
+        samples.append(clock.monotonic())
+        d.cpu_ns["a-1"] += 3 * 10**9            # 3 s of CPU between two samples
+        return real_stats(id)
+
+    d.stats = stats  # type: ignore[method-assign]
+
+    async def send(out: list[dict[str, Any]]) -> None:
+        sent.append(out)
+
+    s = StatsPass(d, containers, clock)  # type: ignore[arg-type]
+    s.follow_heartbeat(60.0)
+    t0 = clock.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        await s.run(send)
+    assert clock.sleeps == [10.0] * 13
+    assert [t - t0 for t in samples] == [60.0, 120.0]             # not 13 samples, of which 11 would never be sent
+    assert len(sent) == 1 and sent[0][0]["cpu"] == pytest.approx(3.0 / 60 / 0.5)   # 3 s of CPU over the minute
+    # the logs: with each of the 2 samples, and alone in the 11 other passes (a driver that keeps none: never)
+    assert d.rotated.count("a-1") == 2 + rotations

@@ -140,8 +140,9 @@ async def test_the_heartbeat_loop_follows_the_answered_interval_and_ignores_bad_
     assert 5.0 <= s[6] < HEARTBEAT_MAX_S and 0 <= s[7] < 1.0 and s[8] == 1.0
     assert agent.heartbeat_s == 1.0
     # the stats pass stretches with the heartbeats: every 2 heartbeats, at most every 10 s (the autoscaler's
-    # 15 s sample window), never more often than its own 2 s
-    assert periods == [10.0, STATS_MAX_EVERY_S, STATS_EVERY_S]
+    # 15 s sample window) unless heartbeats go less often (60 s: its samples ride on them), never more often
+    # than its own 2 s
+    assert periods == [STATS_MAX_EVERY_S, 60.0, STATS_EVERY_S]
     ignored = [r.getMessage() for r in caplog.records if "not a positive number" in r.getMessage()]
     assert len(ignored) == 4 and "'5'" in ignored[0] and "keeping 5s" in ignored[0]
 

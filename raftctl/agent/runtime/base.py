@@ -225,6 +225,7 @@ class Driver(ABC):
 
     name: str = "abstract"
     isolated: bool = False
+    rotates_logs: bool = True              # keeps container logs that rotate_logs bounds (the stats pass asks)
     wait_clock: WaitClock = SYSTEM_WAIT    # what the driver's blocking waits (stop's grace, exit records) read
 
     @abstractmethod

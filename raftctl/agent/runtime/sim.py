@@ -55,6 +55,7 @@ class SimDriver(Driver):
     name = "sim"
     isolated = False
     inline = True   # in memory and never blocking: called on the event loop, not on a worker thread
+    rotates_logs = False   # keeps no logs: no rotation passes between two samples
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, scripts: dict[str, SimScript] | None = None,
                  default: SimScript | None = None, world: SimWorld | None = None) -> None:
