@@ -10,8 +10,9 @@ heartbeat (loop.Agent._offer_stats); a container that is gone is forgotten.
 
 The samples are never taken more often than heartbeats go (session 28): the newest batch replaces one not sent
 yet, so at 30,000 machines (heartbeats every 60 s) five passes in six were thrown away, and the stats pass was
-36 % of a fleet process's CPU (py-spy). The logs are still rotated at least every ``STATS_MAX_EVERY_S``, in
-passes of their own between two samples, by drivers that keep logs (``rotates_logs``).
+42 % of a fleet process's samples (py-spy). The agent's own /metrics figures of its containers are as old as the
+last sample (up to a minute then). The logs are still rotated at least every ``STATS_MAX_EVERY_S``, in passes of
+their own between two samples, by drivers that keep logs (``rotates_logs``).
 """
 from __future__ import annotations
 
