@@ -285,6 +285,7 @@ def kill_to_write(bed: "Bed", survivors: list[Proc], t0: float, limit_s: float =
     None for one not reached within ``limit_s``."""
     elected: float | None = None
     leader: Proc | None = None
+    said: set[str] = set()
     while time.monotonic() - t0 < limit_s:
         if leader is None:
             for p in survivors:
@@ -292,8 +293,11 @@ def kill_to_write(bed: "Bed", survivors: list[Proc], t0: float, limit_s: float =
                     if bed.cluster.get(p, "/v1/status", timeout=5.0).get("leader") == p.raft:
                         leader, elected = p, time.monotonic() - t0
                         break
-                except Exception:
-                    pass
+                except Exception as exc:   # each survivor's kind of failure once (session 28: 26 s unexplained)
+                    why = f"{p.id}: {exc.__class__.__name__}: {str(exc)[:120]}"
+                    if why not in said:
+                        said.add(why)
+                        log(f"leader kill: status of {why} ({time.monotonic() - t0:.1f} s after the kill)")
         if leader is not None:
             try:
                 bed.send("PUT", "/v1/jobs/w0", {"name": "w0", "image": "scale:1", "command": ["w"], "replicas": 0},
