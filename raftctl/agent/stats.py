@@ -59,12 +59,10 @@ class StatsPass:
         self.every_s = every_s
         self.period_s = every_s        # every_s, longer while heartbeats are (``follow_heartbeat``)
         self.last: dict[str, tuple[float, int]] = {}   # container -> (clock time, CPU ns) at its last sample
-        self._since_sample = 0         # passes since the last sample (``run``)
 
     async def sample(self) -> list[dict[str, Any]]:
         """One pass: the usage of every running container sampled before (a first sample only sets the base)."""
         out = []
-        self._since_sample = 0
         for cid, sup in list(self.containers.items()):
             spec: JobSpec | None = sup.placement.get("spec")
             if sup.state != "running" or spec is None:
@@ -107,14 +105,16 @@ class StatsPass:
         """Sample every ``period_s`` forever, in ``rotations_per_sample`` passes (the ones between two samples
         rotate logs, when the driver keeps any); ``send`` the figures when there are any (a failed send is
         dropped: the next pass has fresher figures)."""
+        since_sample = 0               # passes since the last sample
         while True:
             n = rotations_per_sample(self.period_s, self.every_s)
             await self.clock.sleep(self.period_s / n)
-            self._since_sample += 1
-            if self._since_sample < rotations_per_sample(self.period_s, self.every_s):   # told meanwhile: anew
+            since_sample += 1
+            if since_sample < rotations_per_sample(self.period_s, self.every_s):   # told meanwhile: anew
                 if getattr(self.driver, "rotates_logs", True):
                     await self.rotate()
                 continue
+            since_sample = 0
             out = await self.sample()
             if out:
                 try:
