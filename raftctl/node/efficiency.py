@@ -15,11 +15,14 @@ The view is computed off the event loop (the route and GET /metrics run it on a 
 machines and 100,000 placements it costs ~1.3 s of CPU, which held the loop, heartbeats included, for that long at
 every scrape. A /metrics scrape also reuses a costly view (``COSTLY_S`` or more) while it is younger than
 ``REUSE_FACTOR`` times its cost, whatever changed since, so a busy cluster's scrapes spend at most about a tenth
-of a core on it; GET /v1/efficiency always answers the current index.
+of a core on it; GET /v1/efficiency always answers the current index. Past that window a scrape still answers
+with the view it has and starts a new one on a thread of its own (session 29: at 30,000 machines the view cost
+~6 s of CPU, and a scrape of the loaded leader that waited for it timed out after 30 s).
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -31,6 +34,8 @@ from raftctl.clock import Clock
 from raftctl.node.autoscale import MEMORY_METRIC, SAMPLE_WINDOW_MS
 from raftctl.node.http import REPLICA, encode, forward_to_leader, perm, routes
 from raftctl.scheduler.efficiency import Usage, efficiency
+
+log = logging.getLogger("raftctl.efficiency")
 
 
 def latest_usage(samples: dict[tuple[str, str], dict[str, tuple[int, float]]], live: dict[str, int],
@@ -68,43 +73,74 @@ def clock_of(replica: Any) -> Clock:
 class ViewCache:
     """The last view computed on one replica; ``computed`` counts the views actually computed, ``cost_s`` what
     the last one took (``timer``'s seconds: real time, so a view computed on a loaded replica counts as costlier).
-    Safe to call from several threads: one computes, the others wait for its view."""
+    Safe to call from several threads: one computes, the others wait for its view; a scrape's refresh runs on a
+    thread of its own (``refresher``), one at a time."""
 
     def __init__(self, max_age_s: float = MAX_AGE_S, timer: Callable[[], float] = time.monotonic) -> None:
         self.max_age_s = max_age_s
         self.timer = timer
         self.computed = 0
         self.cost_s = 0.0
+        self.refresher: threading.Thread | None = None   # the last refresh started for a scrape
         self._index: int | None = None
         self._at = 0.0
         self._ready = 0.0     # timer() when the last view was ready
         self._view: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._starting = threading.Lock()
 
     def view(self, replica: Any, *, reuse_costly: bool = False) -> dict[str, Any]:
-        """The view at the replica's current index (at most ``max_age_s`` old); with ``reuse_costly`` (a /metrics
-        scrape), also the last view if it cost ``COSTLY_S`` or more and is younger than ``REUSE_FACTOR`` times
-        that cost."""
+        """The view at the replica's current index (at most ``max_age_s`` old). With ``reuse_costly`` (a /metrics
+        scrape), the last view as it is when it cost ``COSTLY_S`` or more: while it is younger than
+        ``REUSE_FACTOR`` times that cost nothing more happens; after that a new one is computed on a thread of its
+        own for the next scrape. A scrape never waits for a costly view (bench/efficiency.py: 30,000 machines and
+        300,000 placements cost ~2 s of CPU; on a leader under load a scrape took over 30 s, three times
+        Prometheus' default scrape timeout)."""
+        if reuse_costly and self._index is not None and self.cost_s >= COSTLY_S:
+            last = self._view
+            if self.timer() - self._ready > REUSE_FACTOR * self.cost_s and not self._fresh(replica):
+                self._refresh(replica)
+            return last
         with self._lock:
-            clock = clock_of(replica)
-            now = clock.monotonic()
-            index = replica.read(lambda s: s.index)
-            if index == self._index and now - self._at <= self.max_age_s:
+            if self._fresh(replica):
                 return self._view
-            if reuse_costly and self._index is not None and self.cost_s >= COSTLY_S and \
-                    self.timer() - self._ready <= REUSE_FACTOR * self.cost_s:
-                return self._view
-            began = self.timer()
-            machines, placements, index = replica.read(lambda s: (dict(s.machines), dict(s.placements), s.index))
-            live = {pid: p.resources.get("cpu", 0) for pid, p in placements.items() if p.holds_resources()}
-            usage = latest_usage(replica.metrics.samples, live, clock.now_ms())
-            self._view = {"index": index, **efficiency(machines, placements, usage)}
-            # aged from when it was ready: a view that takes longer than MAX_AGE_S to compute is still reused
-            self._index, self._at = index, clock.monotonic()
-            self._ready = self.timer()
-            self.cost_s = self._ready - began
-            self.computed += 1
-            return self._view
+            return self._compute(replica)
+
+    def _fresh(self, replica: Any) -> bool:
+        """Whether the last view is at the replica's index and at most ``max_age_s`` old."""
+        return self._index == replica.read(lambda s: s.index) and \
+            clock_of(replica).monotonic() - self._at <= self.max_age_s
+
+    def _refresh(self, replica: Any) -> None:
+        with self._starting:   # not _lock: a view being computed holds that one, and a scrape never waits
+            if self.refresher is not None and self.refresher.is_alive():
+                return
+            self.refresher = threading.Thread(target=self._refresh_now, args=(replica,), daemon=True,
+                                              name="raftctl-efficiency-view")
+            self.refresher.start()
+
+    def _refresh_now(self, replica: Any) -> None:
+        try:
+            with self._lock:
+                if not self._fresh(replica):
+                    self._compute(replica)
+        except Exception:  # noqa: BLE001 -- a scrape's background work: logged, the next scrape tries again
+            log.exception("the efficiency view could not be computed")
+
+    def _compute(self, replica: Any) -> dict[str, Any]:
+        """A new view, under ``_lock``."""
+        clock = clock_of(replica)
+        began = self.timer()
+        machines, placements, index = replica.read(lambda s: (dict(s.machines), dict(s.placements), s.index))
+        live = {pid: p.resources.get("cpu", 0) for pid, p in placements.items() if p.holds_resources()}
+        usage = latest_usage(replica.metrics.samples, live, clock.now_ms())
+        self._view = {"index": index, **efficiency(machines, placements, usage)}
+        # aged from when it was ready: a view that takes longer than MAX_AGE_S to compute is still reused
+        self._index, self._at = index, clock.monotonic()
+        self._ready = self.timer()
+        self.cost_s = self._ready - began
+        self.computed += 1
+        return self._view
 
 
 def cache_of(replica: Any) -> ViewCache:

@@ -271,10 +271,55 @@ def test_a_scrape_reuses_a_costly_view_for_ten_times_its_cost_and_the_route_neve
     assert compute(rep)["cluster"]["placements"] == 1   # GET /v1/efficiency: the current index, always
     assert cache.computed == 2
     rep.put(placement("p2", "a", 100, 64 * Mi))
-    timer.now += REUSE_FACTOR * cache.cost_s            # the window is over
-    gauges = {f.name: f.samples for f in prometheus_families(rep)}
+    timer.now += REUSE_FACTOR * cache.cost_s            # the window is over: this scrape still answers at once,
+    gauges = {f.name: f.samples for f in prometheus_families(rep)}   # with the view it has, and starts a new one
+    assert {s.labels["resource"]: s.value for s in gauges["raftctl_efficiency_allocated"]}["cpu"] == 500
+    assert cache.refresher is not None and cache.refresher.name == "raftctl-efficiency-view"
+    cache.refresher.join(5)
     assert cache.computed == 3
+    gauges = {f.name: f.samples for f in prometheus_families(rep)}   # the next scrape has it
     assert {s.labels["resource"]: s.value for s in gauges["raftctl_efficiency_allocated"]}["cpu"] == 600
+    assert cache.computed == 3
+
+
+def test_a_scrape_never_waits_for_a_costly_view_being_computed():
+    rep = FakeReplica()
+    timer = SteppingTimer(COSTLY_S * 2)
+    rep._efficiency_cache = cache = ViewCache(timer=timer)
+    rep.put(machine("a"), placement("p1", "a", 500, 256 * Mi))
+    list(prometheus_families(rep))
+    rep.put(placement("p2", "a", 100, 64 * Mi))
+    timer.now += REUSE_FACTOR * cache.cost_s
+    with cache._lock:                                   # a view being computed (GET /v1/efficiency) holds it
+        done = threading.Event()
+        scrape = threading.Thread(target=lambda: (list(prometheus_families(rep)), done.set()))
+        scrape.start()
+        assert done.wait(5), "the scrape waited for the view being computed"
+        assert cache.refresher is not None and cache.refresher.is_alive()   # waiting for its turn
+        list(prometheus_families(rep))                  # another scrape meanwhile starts no second refresh
+        refreshers = [t for t in threading.enumerate() if t.name == "raftctl-efficiency-view"]
+        assert refreshers == [cache.refresher]
+    cache.refresher.join(5)
+    assert cache.computed == 2
+    assert compute(rep)["cluster"]["placements"] == 2
+
+
+def test_a_failed_refresh_is_logged_and_the_next_scrape_tries_again(caplog):
+    rep = FakeReplica()
+    timer = SteppingTimer(COSTLY_S * 2)
+    rep._efficiency_cache = cache = ViewCache(timer=timer)
+    rep.put(machine("a"))
+    list(prometheus_families(rep))
+    rep.put(placement("p1", "a", 500, 256 * Mi))
+    timer.now += REUSE_FACTOR * cache.cost_s
+    samples, rep.metrics.samples = rep.metrics.samples, None     # the usage read fails once
+    list(prometheus_families(rep))
+    cache.refresher.join(5)
+    assert cache.computed == 1 and "could not be computed" in caplog.text
+    rep.metrics.samples = samples
+    list(prometheus_families(rep))
+    cache.refresher.join(5)
+    assert cache.computed == 2
 
 
 def test_a_cheap_view_is_not_reused_across_commands_by_a_scrape():
@@ -346,5 +391,20 @@ def test_first_fit_decreasing_matches_plain_ffd(seed):
     items = [(f"i{k}", {"cpu": rng.randint(0, 9) * 100, "memory": rng.randint(0, 9)}) for k in range(rng.randint(0, 60))]
     bins = [(f"b{k}", {"cpu": rng.choice([500, 1000, 2000]), "memory": rng.choice([5, 10, 20])})
             for k in range(rng.randint(0, 15))]
+    bins.sort(key=lambda b: (-b[1]["cpu"], -b[1]["memory"], b[0]))
+    assert first_fit_decreasing(items, bins) == plain_first_fit_decreasing(items, bins)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_first_fit_decreasing_of_many_alike_matches_plain_ffd(seed):
+    # a fleet's placements: a few requests asked by many replicas each, in ids that interleave, with pairs whose
+    # shares of the biggest machine tie ((200, 1) and (100, 2) of (1000, 10)) and zero requests
+    rng = random.Random(seed)
+    pool = [(200, 1), (100, 2), (300, 3), (0, 0), (500, 0), (0, 4), (1000, 10), (100, 1)]
+    sizes = rng.sample(pool, rng.randint(1, len(pool)))
+    items = [(f"i{rng.randrange(10 ** 6):07d}", dict(zip(("cpu", "memory"), rng.choice(sizes))))
+             for _ in range(rng.randint(0, 300))]
+    bins = [(f"b{k}", {"cpu": rng.choice([500, 1000]), "memory": rng.choice([5, 10])})
+            for k in range(rng.randint(0, 40))]
     bins.sort(key=lambda b: (-b[1]["cpu"], -b[1]["memory"], b[0]))
     assert first_fit_decreasing(items, bins) == plain_first_fit_decreasing(items, bins)
