@@ -10,8 +10,8 @@ from aiohttp import web
 from raftctl.discovery.handler import Lookups
 from raftctl.errors import NotFound, RaftctlError, ValidationError
 from raftctl.node import agent_api, auth, blobs, efficiency, members, metrics, openapi, snapshot, ui, views
-from raftctl.node.http import (BODY_LIMIT, GUARD, REPLICA, TOKEN, Guard, add_unmatched, body, encode, perm, read_mode,
-                               request_id, result_value, routes)
+from raftctl.node.http import (BODY_LIMIT, GUARD, REPLICA, TOKEN, Guard, add_unmatched, body, encode, encode_off_loop,
+                               perm, read_mode, request_id, result_value, routes)
 from raftctl.node.scheduling import run_plan
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import resolve_image
@@ -178,8 +178,9 @@ async def list_machines(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
     states = machine_states(request.query.get("state"))
     index = await read_mode(request, lambda s: max(s.table_index["machines"], s.table_index["placements"]))
-    return encode(request, {"index": index, "machines": replica.read(lambda s: views.machines(s, states))},
-                  index=index)
+    tables = replica.read(views.machine_tables)
+    return await encode_off_loop(request, lambda: {"index": index, "machines": views.machines(tables, states)},
+                                 index=index)
 
 
 async def _drain(request: web.Request, drain: bool) -> web.Response:

@@ -56,16 +56,38 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with separators
 
 
 def encode(request: web.Request, data: Any, *, status: int = 200, index: int | None = None) -> web.Response:
+    headers = _answer_headers(request, index)
+    if "application/cbor" in request.headers.get("Accept", ""):
+        return web.Response(body=cbor2.dumps(data), status=status, content_type="application/cbor", headers=headers)
+    return web.Response(text=_COMPACT.encode(data), status=status,
+                        content_type="application/json", headers=headers)
+
+
+async def encode_off_loop(request: web.Request, build: Callable[[], Any], *, index: int | None = None) -> web.Response:
+    """``encode(request, build(), index=index)`` with ``build()`` and the encoding on a worker thread: for answers
+    that grow with the fleet. At 30,000 machines GET /v1/machines is 13.7 MB of JSON: its rows took 0.3-0.7 s and
+    the encoding 0.2-0.3 s more (session 29, one process on an idle machine), on the event loop that answers
+    heartbeats. ``build`` must not read the live state: give it copies taken under the apply lock."""
+    cbor = "application/cbor" in request.headers.get("Accept", "")
+
+    def work() -> bytes:
+        data = build()
+        return cbor2.dumps(data) if cbor else _COMPACT.encode(data).encode()
+    body = await asyncio.get_running_loop().run_in_executor(None, work)
+    headers = _answer_headers(request, index)
+    if cbor:
+        return web.Response(body=body, content_type="application/cbor", headers=headers)
+    return web.Response(body=body, content_type="application/json", charset="utf-8", headers=headers)
+
+
+def _answer_headers(request: web.Request, index: int | None) -> dict[str, str]:
     replica = request.app[REPLICA]
     headers = {}
     if index is not None:
         headers["X-Raftctl-Index"] = str(index)
     if replica.raft is not None:
         headers["X-Raftctl-Leader"] = replica.raft.leader_address() or ""
-    if "application/cbor" in request.headers.get("Accept", ""):
-        return web.Response(body=cbor2.dumps(data), status=status, content_type="application/cbor", headers=headers)
-    return web.Response(text=_COMPACT.encode(data), status=status,
-                        content_type="application/json", headers=headers)
+    return headers
 
 
 async def body(request: web.Request) -> Any:

@@ -300,12 +300,6 @@ def _ordered_dedup(dedup: dict[str, dict[str, Any]], seq: dict[str, int]) -> dic
     return dict(sorted(dedup.items(), key=lambda kv: (kv[1]["seq"], kv[0])))
 
 
-def machine_usage(state: State, machine: str) -> tuple[dict[str, int], set[int]]:
-    """Resources and host ports held on a machine by its live placements (from ``state.usage``)."""
-    u = state.usage.get(machine, NO_USAGE)
-    return {"cpu": u.cpu, "memory": u.memory, "pids": u.pids}, set(u.ports)
-
-
 def _share(p: Placement) -> tuple[str, str, int, bool, dict[str, int], dict[str, int]]:
     """What a placement that holds resources adds to its machine's usage (and the key it adds under)."""
     return (p.machine, p.job, p.version, p.desired == "run", p.resources, p.ports)

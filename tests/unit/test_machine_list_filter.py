@@ -1,12 +1,15 @@
-"""GET /v1/machines?state=...: the machine list kept to some derived states (the view under the apply lock, and the
+"""GET /v1/machines?state=...: the machine list kept to some derived states (the view built from copies of the tables, and the
 query's parse at the edge). A filtered row is the same row the whole list has for that machine."""
 from __future__ import annotations
 
+import threading
+
+import cbor2
 import pytest
 
 from raftctl.errors import ValidationError
 from raftctl.node.api import machine_states
-from raftctl.node.views import machines
+from raftctl.node.views import machine_tables, machines
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import apply
 from raftctl.statemachine.state import State
@@ -59,3 +62,49 @@ def test_an_unknown_state_is_refused_naming_the_field(raw, named):
     with pytest.raises(ValidationError) as bad:
         machine_states(raw)
     assert bad.value.field == "state" and named in bad.value.message and len(bad.value.message) < 200
+
+
+def test_the_rows_from_the_copied_tables_are_the_rows_of_the_state():
+    s = fleet()
+    assert machines(machine_tables(s)) == machines(s)
+    assert machines(machine_tables(s), frozenset({"down"})) == machines(s, frozenset({"down"}))
+
+
+async def test_the_list_is_built_and_encoded_off_the_event_loop_outside_the_apply_lock(monkeypatch):
+    # at 30,000 machines the rows took 0.3-0.7 s and their JSON 0.2-0.3 s: under the apply lock they held Raft's
+    # apply, and on the event loop every heartbeat
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from raftctl.node import api, views
+    from raftctl.node.http import REPLICA
+
+    s = fleet()
+    lock = threading.Lock()
+
+    class Replica:
+        raft = None
+
+        def read(self, fn):
+            with lock:
+                return fn(s)
+
+    built = []
+    real = views.machines
+
+    def spy(tables, states=None):
+        built.append((threading.current_thread() is threading.main_thread(), lock.locked()))
+        return real(tables, states)
+
+    monkeypatch.setattr(views, "machines", spy)
+    app = web.Application()
+    app[REPLICA] = Replica()
+    app.router.add_get("/v1/machines", api.list_machines)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await client.get("/v1/machines")
+        assert resp.status == 200 and resp.headers["Content-Type"] == "application/json; charset=utf-8"
+        assert [m["id"] for m in (await resp.json())["machines"]] == ["m1", "m2", "m3", "m4"]
+        down = await client.get("/v1/machines?state=down", headers={"Accept": "application/cbor"})
+        assert down.headers["Content-Type"] == "application/cbor"
+        assert [m["id"] for m in cbor2.loads(await down.read())["machines"]] == ["m2"]
+    assert built == [(False, False), (False, False)]    # a worker thread, the lock free

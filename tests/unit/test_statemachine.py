@@ -206,10 +206,10 @@ def test_no_machine_overcommitted_after_any_sequence(cmds):
     s = State()
     for cmd in cmds:
         apply(s, cmd)
-    from raftctl.statemachine.state import machine_usage
+    from raftctl.statemachine.state import NO_USAGE
     for mid, m in s.machines.items():
-        used, _ = machine_usage(s, mid)
-        assert all(used[k] <= m.resources[k] for k in used)
+        u = s.usage.get(mid, NO_USAGE)
+        assert u.cpu <= m.resources["cpu"] and u.memory <= m.resources["memory"] and u.pids <= m.resources["pids"]
         ports = [port for p in s.machine_placements(mid) if p.state not in ("lost", "stopped") for port in p.ports.values()]
         assert len(ports) == len(set(ports))
 
