@@ -183,9 +183,11 @@ Resources = dict[str, Any]   # resource name -> figure
 SUMMED = ("capacity", "allocated", "used", "free", "idle", "stranded", "reported")
 
 
-def _tally(here: list[Placement], usage: Mapping[str, Usage]) -> tuple[Resources, Resources, Resources, Resources]:
-    """(allocated, used, allocated over reported placements, reported counts) of the placements ``here``."""
-    allocated, used, alloc_reported = _zero(), _zero(), _zero()
+def _tally(here: list[Placement], usage: Mapping[str, Usage]) -> tuple[Resources, Resources, Resources, Resources,
+                                                                       Resources]:
+    """(allocated, used, allocated over reported placements, reported counts, idle: per reported placement its
+    request less its use, at least 0, summed) of the placements ``here``."""
+    allocated, used, alloc_reported, idle = _zero(), _zero(), _zero(), _zero()
     reported = {r: 0 for r in RESOURCES}
     for p in here:
         asked = p.resources
@@ -198,7 +200,8 @@ def _tally(here: list[Placement], usage: Mapping[str, Usage]) -> tuple[Resources
                 used[r] += v
                 reported[r] += 1
                 alloc_reported[r] += a
-    return allocated, used, alloc_reported, reported
+                idle[r] += max(0.0, a - v)
+    return allocated, used, alloc_reported, reported, idle
 
 
 def _stranded(state: str, free: Mapping[str, float], unit: Mapping[str, int]) -> dict[str, float]:
@@ -213,7 +216,8 @@ def _machine_row(mid: str, m: Machine, here: list[Placement], usage: Mapping[str
                  unit: Mapping[str, int]) -> dict[str, Any]:
     state = m.state(bool(here))
     capacity = {r: m.resources.get(r, 0) if m.status == "up" else 0 for r in RESOURCES}
-    row = _summary(capacity, *_tally(here, usage))
+    allocated, used, alloc_reported, reported, _ = _tally(here, usage)
+    row = _summary(capacity, allocated, used, alloc_reported, reported)
     row["stranded"] = _stranded(state, row["free"], unit)
     fd = m.fault_domain
     return {"id": mid, "state": state, "fault_domain": {k: fd.get(k, "") for k in LEVELS},
@@ -260,19 +264,7 @@ def _rounded(figures: Mapping[str, float]) -> dict[str, float]:
 
 
 def _job_row(job: str, ps: list[Placement], usage: Mapping[str, Usage]) -> dict[str, Any]:
-    allocated, used, idle = _zero(), _zero(), _zero()
-    reported = {r: 0 for r in RESOURCES}
-    for p in ps:
-        resources = p.resources
-        u = usage.get(p.id) if usage else None
-        for r in RESOURCES:
-            asked = resources.get(r, 0)
-            allocated[r] += asked
-            v = getattr(u, r) if u is not None else None
-            if v is not None:
-                used[r] += v
-                reported[r] += 1
-                idle[r] += max(0.0, asked - v)
+    allocated, used, _, reported, idle = _tally(ps, usage)
     used, idle = _rounded(used), _rounded(idle)
     utilisation = {r: (round(used[r] / allocated[r], 4) if reported[r] and allocated[r] else None)
                    for r in RESOURCES}
