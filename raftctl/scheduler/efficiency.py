@@ -233,30 +233,31 @@ def _machine_rows(machines: Mapping[str, Machine], live: list[Placement], usage:
 
 
 def _domains(machine_rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The machine rows summed per fault domain at every level (region, region/zone, ...): the finest level from
-    the rows, each coarser one from the level below it (a few hundred domains, not every machine again)."""
-    levels: list[dict[str, dict[str, Any]]] = []
-    rows: list[tuple[tuple[str, ...], dict[str, Any]]] = [
-        (tuple(row["fault_domain"][lv] for lv in LEVELS), row) for row in machine_rows]
-    for depth in range(len(LEVELS), 0, -1):
-        acc: dict[str, dict[str, Any]] = {}
-        finer = levels[-1] if levels else None
-        parts = rows if finer is None else [(d["_path"], d) for d in finer.values()]
-        for path, part in parts:
-            key = "/".join(path[:depth])
-            d = acc.get(key)
-            if d is None:
-                d = acc[key] = {"domain": key, "machines": 0, "placements": 0, "_path": path[:depth],
-                                **{k: {} for k in SUMMED}}
-            d["machines"] += part["machines"] if finer is not None else 1
-            d["placements"] += part["placements"]
-            for k in SUMMED:
-                _add(d[k], part[k])
-        levels.append(acc)
+    """The machine rows summed per fault domain at every level (region, region/zone, ...). The rows are summed
+    once per whole path (region, zone, rack), and every level from those sums: a few hundred, not every machine
+    again per level."""
+    paths: dict[tuple[str, ...], dict[str, Any]] = {}
+    for row in machine_rows:
+        path = tuple(row["fault_domain"][lv] for lv in LEVELS)
+        _sum_into(paths, path, row, 1)
     domains: dict[str, list[dict[str, Any]]] = {}
-    for level, acc in zip(reversed(LEVELS), levels):
-        domains[level] = [{k: v for k, v in acc[key].items() if k != "_path"} for key in sorted(acc)]
-    return {level: domains[level] for level in LEVELS}
+    for depth, level in enumerate(LEVELS, 1):
+        acc: dict[str, dict[str, Any]] = {}
+        for path, part in paths.items():
+            _sum_into(acc, "/".join(path[:depth]), part, part["machines"])
+        domains[level] = [{"domain": key, **acc[key]} for key in sorted(acc)]
+    return domains
+
+
+def _sum_into(acc: dict[Any, dict[str, Any]], key: Any, part: Mapping[str, Any], machines: int) -> None:
+    """Add ``part``'s placements and SUMMED figures, and ``machines``, to ``acc[key]`` (made when missing)."""
+    d = acc.get(key)
+    if d is None:
+        d = acc[key] = {"machines": 0, "placements": 0, **{k: {} for k in SUMMED}}
+    d["machines"] += machines
+    d["placements"] += part["placements"]
+    for k in SUMMED:
+        _add(d[k], part[k])
 
 
 def _rounded(figures: Mapping[str, float]) -> dict[str, float]:

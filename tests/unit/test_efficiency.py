@@ -10,8 +10,8 @@ from raftctl.clock import FakeClock
 from raftctl.node.autoscale import SAMPLE_WINDOW_MS, Metrics
 from raftctl.node.efficiency import (COSTLY_S, MAX_AGE_S, MEMORY_METRIC, REUSE_FACTOR, ViewCache, cache_of, compute,
                                      prometheus_families)
-from raftctl.scheduler.efficiency import Usage, efficiency, first_fit_decreasing, lower_bound
-from raftctl.statemachine.records import Machine, Placement
+from raftctl.scheduler.efficiency import SUMMED, Usage, _domains, efficiency, first_fit_decreasing, lower_bound
+from raftctl.statemachine.records import LEVELS, Machine, Placement
 from raftctl.statemachine.state import State
 from tests.unit.record_fixtures import as_machine, as_placement
 
@@ -408,3 +408,32 @@ def test_first_fit_decreasing_of_many_alike_matches_plain_ffd(seed):
             for k in range(rng.randint(0, 40))]
     bins.sort(key=lambda b: (-b[1]["cpu"], -b[1]["memory"], b[0]))
     assert first_fit_decreasing(items, bins) == plain_first_fit_decreasing(items, bins)
+
+
+def plain_domains(rows):
+    """Every level summed from the machine rows themselves, each row keyed by its own path's prefix."""
+    domains = {}
+    for depth, level in enumerate(LEVELS):
+        acc = {}
+        for row in rows:
+            key = "/".join(row["fault_domain"][lv] for lv in LEVELS[:depth + 1])
+            d = acc.setdefault(key, {"domain": key, "machines": 0, "placements": 0, **{k: {} for k in SUMMED}})
+            d["machines"] += 1
+            d["placements"] += row["placements"]
+            for k in SUMMED:
+                for r, v in row[k].items():
+                    d[k][r] = d[k].get(r, 0) + v
+        domains[level] = [acc[k] for k in sorted(acc)]
+    return domains
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_fault_domains_match_the_rows_summed_per_level(seed):
+    # values may hold "/" or be empty: ("a/b", "c") and ("a", "b/c") are one zone "a/b/c" but two regions, so a
+    # coarser level must come from each machine's own path, not from the finer level's joined names
+    rng = random.Random(seed)
+    values = ["a", "b", "a/b", "b/c", ""]
+    rows = [{"fault_domain": {lv: rng.choice(values) for lv in LEVELS}, "placements": rng.randint(0, 5),
+             **{k: {"cpu": rng.randint(0, 9), "memory": rng.randint(0, 9)} for k in SUMMED}}
+            for _ in range(rng.randint(0, 40))]
+    assert _domains(rows) == plain_domains(rows)
