@@ -58,11 +58,8 @@ _ENCODE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="raftctl-enc
 
 
 def encode(request: web.Request, data: Any, *, status: int = 200, index: int | None = None) -> web.Response:
-    headers = _answer_headers(request, index)
-    if "application/cbor" in request.headers.get("Accept", ""):
-        return web.Response(body=cbor2.dumps(data), status=status, content_type="application/cbor", headers=headers)
-    return web.Response(text=_COMPACT.encode(data), status=status,
-                        content_type="application/json", headers=headers)
+    cbor = _wants_cbor(request)
+    return _answer(request, _encoded(data, cbor), cbor, status=status, index=index)
 
 
 async def encode_off_loop(request: web.Request, build: Callable[[], Any], *, index: int | None = None) -> web.Response:
@@ -72,26 +69,31 @@ async def encode_off_loop(request: web.Request, build: Callable[[], Any], *, ind
     heartbeats. ``build`` must not read the live state: give it copies taken under the apply lock. The work runs on
     a pool of its own (``_ENCODE_POOL``, 2 threads): many clients listing at once queue there, not in the default
     pool where the scheduler's passes and the /metrics scrapes run."""
-    cbor = "application/cbor" in request.headers.get("Accept", "")
-
-    def work() -> bytes:
-        data = build()
-        return cbor2.dumps(data) if cbor else _COMPACT.encode(data).encode()
-    body = await asyncio.get_running_loop().run_in_executor(_ENCODE_POOL, work)
-    headers = _answer_headers(request, index)
-    if cbor:
-        return web.Response(body=body, content_type="application/cbor", headers=headers)
-    return web.Response(body=body, content_type="application/json", charset="utf-8", headers=headers)
+    cbor = _wants_cbor(request)
+    body = await asyncio.get_running_loop().run_in_executor(_ENCODE_POOL, lambda: _encoded(build(), cbor))
+    return _answer(request, body, cbor, index=index)
 
 
-def _answer_headers(request: web.Request, index: int | None) -> dict[str, str]:
+def _wants_cbor(request: web.Request) -> bool:
+    return "application/cbor" in request.headers.get("Accept", "")
+
+
+def _encoded(data: Any, cbor: bool) -> bytes:
+    return cbor2.dumps(data) if cbor else _COMPACT.encode(data).encode()
+
+
+def _answer(request: web.Request, body: bytes, cbor: bool, *, status: int = 200,
+            index: int | None = None) -> web.Response:
+    """The answer holding ``body`` (``_encoded``), with the index and leader headers."""
     replica = request.app[REPLICA]
     headers = {}
     if index is not None:
         headers["X-Raftctl-Index"] = str(index)
     if replica.raft is not None:
         headers["X-Raftctl-Leader"] = replica.raft.leader_address() or ""
-    return headers
+    if cbor:
+        return web.Response(body=body, status=status, content_type="application/cbor", headers=headers)
+    return web.Response(body=body, status=status, content_type="application/json", charset="utf-8", headers=headers)
 
 
 async def body(request: web.Request) -> Any:
