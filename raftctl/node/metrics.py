@@ -166,10 +166,7 @@ class ReplicaCollector:
             for m in s.machines.values():
                 state = s.machine_state(m)
                 machines[state] = machines.get(state, 0) + 1
-            placements: dict[tuple[str, str], int] = {}
-            for p in s.placements.values():
-                key = (p.state, p.health)
-                placements[key] = placements.get(key, 0) + 1
+            placements = dict(s.placement_counts)   # kept at apply time (State.put_placement)
             pending = sum(1 for j in s.jobs.values() if j.pending_reason)
             deploys: dict[str, int] = {}
             for d in s.deployments.values():

@@ -89,6 +89,9 @@ class State:
         # placement is stored and removed through put_placement / drop_placement, which keep it (and by_machine,
         # by_job) in step
         self.usage: dict[str, MachineUsage] = {}
+        # placements by (state, health), kept by put_placement / drop_placement: what /metrics reports, read
+        # under the apply lock without a walk over every placement (42-77 ms at 300,000, session 29)
+        self.placement_counts: dict[tuple[str, str], int] = {}
         self.subnets: set[int] = set()        # container subnets held by machines (subnets.subnet_key)
         # Per machine, the state index of the last command that changed what that machine's agent is assigned
         # (a placement on it added, changed or removed, its job's spec of that placement's version gone, or the
@@ -177,9 +180,12 @@ class State:
         self.drain_index = self.index
         self.subnets = {k for m in self.machines.values()
                         if isinstance(m.subnet, str) and (k := subnet_key(m.subnet)) is not None}
+        self.placement_counts = {}
         for pid, p in self.placements.items():
             self.by_machine.setdefault(p.machine, set()).add(pid)
             self.by_job.setdefault(p.job, set()).add(pid)
+            key = (p.state, p.health)
+            self.placement_counts[key] = self.placement_counts.get(key, 0) + 1
         self.usage = usage_of(self.placements.values())
 
     # -- the one way to store or remove a placement ---------------------------
@@ -199,6 +205,10 @@ class State:
             self.by_job.setdefault(p.job, set()).add(p.id)
             self._groups.pop(p.job, None)
         self._recount(old, p)
+        if old is None or old.state != p.state or old.health != p.health:
+            if old is not None:
+                self._count(old, -1)
+            self._count(p, 1)
 
     def drop_placement(self, pid: str) -> Placement:
         """Remove placement ``pid`` (it must exist) and its share of the derived indexes; the removed record."""
@@ -207,7 +217,16 @@ class State:
         self.by_job.get(p.job, set()).discard(pid)
         self._groups.pop(p.job, None)
         self._recount(p, None)
+        self._count(p, -1)
         return p
+
+    def _count(self, p: Placement, by: int) -> None:
+        key = (p.state, p.health)
+        n = self.placement_counts.get(key, 0) + by
+        if n:
+            self.placement_counts[key] = n
+        else:
+            del self.placement_counts[key]
 
     def _recount(self, old: Placement | None, new: Placement | None) -> None:
         """Move ``old``'s share of its machine's usage out and ``new``'s in (either may be None or hold nothing)."""

@@ -175,6 +175,9 @@ def check(s: State) -> None:
     assert {pid for pids in s.by_job.values() for pid in pids} == set(s.placements)
     assert all(s.placements[pid].machine == mid for mid, pids in s.by_machine.items() for pid in pids)
     assert all(s.placements[pid].job == job for job, pids in s.by_job.items() for pid in pids)
+    # the placements by (state, health) that /metrics reports
+    assert s.placement_counts == Counter((p.state, p.health) for p in s.placements.values())
+    assert 0 not in s.placement_counts.values()
 
 
 @settings(max_examples=200, deadline=None)
@@ -227,3 +230,32 @@ def test_a_plan_counts_each_placement_at_once_so_the_next_item_sees_it() -> None
                                          runs=((("web", 1), 1),), held=1)
     assert apply(s, c.MachineDown(machine="m1", reason="ttl")).ok
     assert "m1" not in s.usage and not s.machine_live("m1")
+
+
+def test_placement_counts_follow_a_placement_through_its_life():
+    """/metrics' placements by (state, health) after each step of one placement's life and a neighbour's, ending
+    with the placement removed (a stop the agent reported done)."""
+    s = State()
+    for cmd in [c.ClaimEpoch(term=EPOCH), register("m1", False), c.PutJob(spec=spec("web", 2, 100, 0))]:
+        assert apply(s, cmd).ok
+    assert apply(s, c.Plan(epoch=EPOCH, place=[item("web", 1, 0, "m1", 100, []),
+                                               item("web", 1, 1, "m1", 100, [])])).ok
+    first, second = sorted(s.placements)
+    steps = [
+        (None, {("pending", "unknown"): 2}),
+        (c.PlacementUpdate(placement=first, machine="m1", state="running", health="healthy"),
+         {("pending", "unknown"): 1, ("running", "healthy"): 1}),
+        (c.PlacementUpdate(placement=second, machine="m1", state="running", health="unhealthy"),
+         {("running", "healthy"): 1, ("running", "unhealthy"): 1}),
+        (c.PlacementUpdate(placement=second, machine="m1", state="running", health="healthy"),
+         {("running", "healthy"): 2}),
+        (c.Plan(epoch=EPOCH, place=[], stop=[{"placement": first, "reason": "x"}]), {("running", "healthy"): 2}),
+        (c.PlacementUpdate(placement=first, machine="m1", state="stopped", health=""),
+         {("running", "healthy"): 1}),
+    ]
+    for cmd, want in steps:
+        if cmd is not None:
+            assert apply(s, cmd).ok
+        assert s.placement_counts == want
+        assert State.restore(s.snapshot()).placement_counts == want
+    assert set(s.placements) == {second}

@@ -62,6 +62,7 @@ def test_restore_state_gives_what_state_restore_gives() -> None:
     assert got.snapshot() == want.snapshot() == data
     assert list(got.dedup) == list(want.dedup)                       # eviction order kept
     assert (got.by_machine, got.by_job) == (want.by_machine, want.by_job) != ({}, {})
+    assert got.placement_counts == want.placement_counts == {("pending", "unknown"): 4}
     assert len(got.placements) == 4 and got.events and got.dedup
 
 

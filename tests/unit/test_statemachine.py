@@ -186,6 +186,7 @@ def test_same_log_gives_byte_identical_snapshots(cmds):
     r = State.restore(a.snapshot())
     assert r.snapshot() == a.snapshot()
     assert r.by_machine == a.by_machine and r.by_job == a.by_job
+    assert r.placement_counts == a.placement_counts
 
 
 @settings(max_examples=150, deadline=None)
