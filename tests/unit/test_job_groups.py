@@ -15,6 +15,7 @@ from raftctl.node import scheduling
 from raftctl.node.scheduling import plan_command
 from raftctl.node.views import dry_run
 from raftctl.scheduler import schedule
+from raftctl.scheduler.dirty import affected_jobs
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import apply
 from raftctl.statemachine.records import JobSpec, from_wire
@@ -73,9 +74,10 @@ def test_the_loop_counts_a_backlog_through_the_groups_as_through_a_walk(setup, s
             before = (dict(s.jobs), dict(s.placements), dict(s.machines))
         s = run(s, step)
     after = (dict(s.jobs), dict(s.placements), dict(s.machines))
+    names = None if before is None else sorted(affected_jobs(before, after))
     with mock.patch.object(scheduling, "STREAM_ABOVE", 0):   # every scope's backlog is counted
-        walk = scheduling._scope(before, after, None)
-        assert scheduling._scope(before, after, None, s.job_groups()) == walk
+        walk = scheduling._backlog(names, *after[:2])
+        assert scheduling._backlog(names, *after[:2], s.job_groups()) == walk
 
 
 def test_a_group_is_built_again_only_when_its_job_placements_change():

@@ -148,9 +148,12 @@ async def test_the_loop_on_the_state_machine_replaces_a_lost_placement_in_a_pass
         await until(lambda: loop.at_index >= r.state.index, "the loop seeing the reports", within=5.0, every=0.01)
         lost = next(pid for pid, p in r.state.placements.items() if p.job == "web")
         passes, before = len(covered), r.state.index
+        seen = (dict(r.state.jobs), dict(r.state.machines))
         assert (await r.propose(c.PlacementUpdate(placement=lost, machine=r.state.placements[lost].machine,
                                                   state="lost"))).ok
-        assert scheduling._touched(r.state, before) == {"web"}   # from the state's job index, no walk
+        # from the state's job index, no walk; and the pass reads web's placements alone
+        _, placements, *_, names = scheduling._inputs(r.state, seen, before)
+        assert names == ["web"] and {p.job for p in placements.values()} == {"web"}
         await until(lambda: sum(1 for p in r.state.placements.values() if p.job == "web" and p.is_live()) == 2,
                     "2 live web placements", within=5.0, every=0.01)
     finally:
