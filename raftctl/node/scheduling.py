@@ -111,7 +111,7 @@ def _swallow(fut: asyncio.Future) -> None:
 
 
 Inputs = tuple[dict[str, Job], dict[str, Placement], dict[str, Machine], int, dict[str, MachineUsage],
-               dict[str, tuple[str, ...]], "list[str] | None"]
+               dict[str, tuple[str, ...]], list[str] | None]
 
 
 def _inputs(s: Any, before: tuple[dict[str, Job], dict[str, Machine]] | None, since: int | None) -> Inputs:
@@ -136,7 +136,7 @@ def _inputs(s: Any, before: tuple[dict[str, Job], dict[str, Machine]] | None, si
 
     def jobs_on(moved: set[str]) -> set[str]:
         return {s.placements[pid].job for mid in moved for pid in s.by_machine.get(mid, ())}
-    names = sorted(affected_jobs((jobs0, {}, machines0), (jobs, {}, machines), touched, jobs_on))
+    names = sorted(affected_jobs(jobs0, jobs, machines0, machines, touched, jobs_on))
     purged = [n for n in groups if n not in jobs]
     if may_preempt(jobs, names, bool(purged)):
         return jobs, dict(s.placements), machines, index, usage, groups, names

@@ -11,49 +11,33 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Mapping
 
-from raftctl.statemachine.records import Job, Machine, Placement
+from raftctl.statemachine.records import Job, Machine
 
 
-def affected_jobs(before: tuple[Mapping[str, Job], Mapping[str, Placement], Mapping[str, Machine]],
-                  after: tuple[Mapping[str, Job], Mapping[str, Placement], Mapping[str, Machine]],
-                  touched: Iterable[str] | None = None,
-                  jobs_on: Callable[[set[str]], Iterable[str]] | None = None) -> set[str]:
-    """The jobs that may have work after the inputs went from ``before`` to ``after`` (jobs, placements,
-    machines): a job whose record changed, came or went; the job of every placement that changed, came or went;
-    every job with a placement on a machine that changed, came or went; and every job still waiting for room
-    (a pending reason), since any of these changes may have made room.
+def affected_jobs(jobs0: Mapping[str, Job], jobs: Mapping[str, Job], machines0: Mapping[str, Machine],
+                  machines: Mapping[str, Machine], touched: Iterable[str],
+                  jobs_on: Callable[[set[str]], Iterable[str]]) -> set[str]:
+    """The jobs that may have work after the jobs and machines went from ``jobs0``, ``machines0`` to ``jobs``,
+    ``machines``: a job whose record changed, came or went; every job of ``touched``, the jobs whose placements
+    changed, came or went (the state machine keeps that index: ``State.job_index``); every job ``jobs_on`` names
+    for the machines that changed, came or went, those with a placement on one of them (``State.by_machine``); and
+    every job still waiting for room (a pending reason), since any of these changes may have made room. The same
+    mapping of machines on both sides means no machine moved (the loop's read says so).
 
-    ``touched``, when given, names the jobs whose placements changed (the state machine keeps that index, see
-    ``State.job_change_index``), so the placements are not compared one by one: at 30,000 placements that
-    walk cost more than the pass it saved. ``jobs_on``, when given, names the jobs with a placement on any of the
-    machines it is given (the state's per-machine index), so neither mapping of placements is read at all (the
-    leader's loop then copies only the placements of the jobs this returns)."""
-    jobs0, placements0, machines0 = before
-    jobs, placements, machines = after
+    No placement is compared or walked here: at 30,000 placements comparing them cost more than the pass it saved,
+    and the leader's loop copies only the placements of the jobs this returns (``scheduling._inputs``)."""
     out: set[str] = set()
     for name, job in jobs.items():
         if jobs0.get(name) is not job:
             out.add(name)
     out.update(name for name in jobs0 if name not in jobs)
-    if touched is not None:
-        out.update(touched)
-    else:
-        for pid, p in placements.items():
-            old = placements0.get(pid)
-            if old is not p:
-                out.add(p.job)
-                if old is not None:
-                    out.add(old.job)
-        out.update(p.job for pid, p in placements0.items() if pid not in placements)
+    out.update(touched)
     moved: set[str] = set()
-    if machines0 is not machines:   # the same mapping on both sides: no machine moved (the loop's read says so)
+    if machines0 is not machines:
         moved = {mid for mid, m in machines.items() if machines0.get(mid) is not m}
         moved.update(mid for mid in machines0 if mid not in machines)
     if moved:
-        if jobs_on is not None:
-            out.update(jobs_on(moved))
-        else:
-            out.update(p.job for p in placements.values() if p.machine in moved)
+        out.update(jobs_on(moved))
     if out or moved:
         out.update(name for name, job in jobs.items() if job.pending_reason)
     return out

@@ -15,12 +15,12 @@ from raftctl.node import scheduling
 from raftctl.node.scheduling import plan_command
 from raftctl.node.views import dry_run
 from raftctl.scheduler import schedule
-from raftctl.scheduler.dirty import affected_jobs
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import apply
 from raftctl.statemachine.records import JobSpec, from_wire
 from raftctl.statemachine.spec import validate_spec
 from raftctl.statemachine.state import State
+from tests.unit.test_scheduler_dirty import walked as walked_jobs
 from tests.unit.test_machine_usage_index import EPOCH, JOBS, command_st, register, run, setup_st, spec
 
 
@@ -74,7 +74,7 @@ def test_the_loop_counts_a_backlog_through_the_groups_as_through_a_walk(setup, s
             before = (dict(s.jobs), dict(s.placements), dict(s.machines))
         s = run(s, step)
     after = (dict(s.jobs), dict(s.placements), dict(s.machines))
-    names = None if before is None else sorted(affected_jobs(before, after))
+    names = None if before is None else sorted(walked_jobs(before, after))
     with mock.patch.object(scheduling, "STREAM_ABOVE", 0):   # every scope's backlog is counted
         walk = scheduling._backlog(names, *after[:2])
         assert scheduling._backlog(names, *after[:2], s.job_groups()) == walk

@@ -11,11 +11,11 @@ from hypothesis import given, settings, strategies as st
 
 from raftctl.node import scheduling
 from raftctl.scheduler import schedule
-from raftctl.scheduler.dirty import affected_jobs
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import apply
 from raftctl.statemachine.state import State
 from tests.unit.test_machine_usage_index import JOBS, command_st, run, setup_st, spec
+from tests.unit.test_scheduler_dirty import walked
 
 # half the time one priority for all (no pass can preempt: its read is partial), else some above others
 priorities_st = st.one_of(st.just([50] * len(JOBS)),
@@ -43,7 +43,7 @@ def test_a_pass_over_some_jobs_plans_the_same_from_their_placements_alone(setup,
     if names is None:   # a restore since: the per-job index cannot tell, every job and placement is read
         assert s.job_floor > since and placements == s.placements
         return
-    assert affected_jobs(before, (s.jobs, s.placements, s.machines)) <= set(names)
+    assert walked(before, (s.jobs, s.placements, s.machines)) <= set(names)
     if not scheduling.may_preempt(jobs, names, any(n not in jobs for n in groups)):
         assert set(placements) == {pid for n in groups if n in names or n not in jobs for pid in groups[n]}
     whole = schedule(s.jobs, s.placements, s.machines, index=s.index, now=0, usage=dict(s.usage),
