@@ -184,8 +184,7 @@ class State:
         for pid, p in self.placements.items():
             self.by_machine.setdefault(p.machine, set()).add(pid)
             self.by_job.setdefault(p.job, set()).add(pid)
-            key = (p.state, p.health)
-            self.placement_counts[key] = self.placement_counts.get(key, 0) + 1
+            self._count(p, 1)
         self.usage = usage_of(self.placements.values())
 
     # -- the one way to store or remove a placement ---------------------------
