@@ -15,44 +15,24 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
 
+from trees import alternated, run_inner, trees
+
 
 def inner(machines: int, jobs: int, replicas: int, seconds: float) -> dict[str, Any]:
-    """One round against the raftctl of the current directory (a checkout): its figures."""
-    here = os.getcwd()
-    sys.path[:0] = [os.path.join(here, "bench"), here]
-    import aiohttp
+    """One round against the raftctl of the working directory (the tree under test: its replicas run it); the
+    bench's own helpers (bench/scale.py) are this checkout's."""
     import scale
 
     with tempfile.TemporaryDirectory(prefix="bench-api-scale-") as d:
         bed = scale.Bed(d, 20000, ttl="1h")
         try:
             bed.cluster.start(timeout=60)
+            scale.register_machines(bed, machines, lambda i: f"z{i % 10}")
             leader = bed.leader
-            tok = bed.call("POST", "/v1/tokens", {"role": "agent", "name": "agent-h", "machine": "h-*"})["token"]
-
-            async def register() -> None:
-                async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {tok}"}) as s:
-                    sem = asyncio.Semaphore(32)
-
-                    async def one(i: int) -> None:
-                        body = {"machine": f"h-{i:05d}", "address": "127.0.0.1", "fault_domain": {"zone": f"z{i % 10}"},
-                                "labels": {}, "resources": {"cpu": 1100, "memory": 11 << 30, "pids": 4096},
-                                "ports": [20000, 20099], "runtime": "sim"}
-                        for attempt in range(6):   # registering is idempotent: an unknown outcome is tried again
-                            async with sem, s.post(leader.url + "/v1/agent/register", json=body) as r:
-                                if r.status == 200:
-                                    return
-                            await asyncio.sleep(0.5 * (attempt + 1))
-                        raise RuntimeError(f"register h-{i:05d} failed")
-                    await asyncio.gather(*(one(i) for i in range(machines)))
-            asyncio.run(register())
             for j in range(jobs):
                 bed.call("PUT", f"/v1/jobs/s{j}", {"name": f"s{j}", "image": "scale:1", "command": ["s"],
                                                    "replicas": replicas, "resources": {"cpu": "100m", "memory": "64Mi"}})
@@ -79,14 +59,6 @@ def inner(machines: int, jobs: int, replicas: int, seconds: float) -> dict[str, 
             "passes_per_s": round(passes / seconds, 1), "load1": round(os.getloadavg()[0], 2)}
 
 
-def run_round(tree: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--inner", "--machines", str(args.machines), "--jobs",
-           str(args.jobs), "--replicas", str(args.replicas), "--seconds", str(args.seconds)]
-    done = subprocess.run(cmd, cwd=tree, env={**os.environ, "PYTHONPATH": tree}, capture_output=True, text=True,
-                          check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--machines", type=int, default=10000)
@@ -100,18 +72,14 @@ def main() -> None:
     if args.inner:
         print(json.dumps(inner(args.machines, args.jobs, args.replicas, args.seconds)))
         return
-    here = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-    trees = {"this tree": here} | ({"baseline": os.path.abspath(args.baseline)} if args.baseline else {})
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
-    for r in range(args.rounds):
-        order = list(trees) if r % 2 == 0 else list(reversed(trees))
-        for name in order:
-            row = run_round(trees[name], args)
-            runs[name].append(row)
-            print(f"round {r + 1}, {name}: {row['write_per_s']:,} writes/s (p50 {row['write_p50_ms']} ms, p99 "
-                  f"{row['write_p99_ms']} ms), {row['read_per_s']:,} reads/s, {row['passes_per_s']} scheduler "
-                  f"passes/s (load {row['load1']})", flush=True)
-    medians = {name: {k: statistics.median(row[k] for row in rows) for k in rows[0]} for name, rows in runs.items()}
+    argv = ["--machines", str(args.machines), "--jobs", str(args.jobs), "--replicas", str(args.replicas),
+            "--seconds", str(args.seconds)]
+
+    def show(r: int, name: str, row: dict[str, Any]) -> None:
+        print(f"round {r}, {name}: {row['write_per_s']:,} writes/s (p50 {row['write_p50_ms']} ms, p99 "
+              f"{row['write_p99_ms']} ms), {row['read_per_s']:,} reads/s, {row['passes_per_s']} scheduler "
+              f"passes/s (load {row['load1']})", flush=True)
+    medians = alternated(trees(args.baseline), args.rounds, lambda tree: run_inner(__file__, tree, argv), show)
     for name, m in medians.items():
         print(f"{name}: {m['write_per_s']:,.1f} writes/s, p99 {m['write_p99_ms']} ms, {m['read_per_s']:,.1f} reads/s "
               f"({args.machines:,} machines, {args.jobs * args.replicas:,} placements; medians of {args.rounds})")

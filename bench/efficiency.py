@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
-import sys
 import time
 from typing import Any
+
+from trees import alternated, run_inner, trees
 
 
 def inner(machines: int, per_machine: int, jobs: int) -> dict[str, float]:
@@ -95,14 +94,6 @@ def inner(machines: int, per_machine: int, jobs: int) -> dict[str, float]:
     return out
 
 
-def run_round(tree: str, args: argparse.Namespace) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": tree}
-    cmd = [sys.executable, os.path.abspath(__file__), "--inner", "--machines", str(args.machines),
-           "--per-machine", str(args.per_machine), "--jobs", str(args.jobs)]
-    done = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--machines", type=int, default=30000)
@@ -115,15 +106,11 @@ def main() -> None:
     if args.inner:
         print(json.dumps(inner(args.machines, args.per_machine, args.jobs)))
         return
-    here = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-    trees = {"this tree": here} | ({"baseline": os.path.abspath(args.baseline)} if args.baseline else {})
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
-    for r in range(args.rounds):
-        for name, tree in (trees.items() if r % 2 == 0 else reversed(trees.items())):
-            got = run_round(tree, args)
-            runs[name].append(got)
-            print(f"round {r + 1}, {name}: " + ", ".join(f"{k} {v:.3f} s" for k, v in got.items()), flush=True)
-    medians = {name: {k: statistics.median(x[k] for x in rows) for k in rows[0]} for name, rows in runs.items()}
+    argv = ["--machines", str(args.machines), "--per-machine", str(args.per_machine), "--jobs", str(args.jobs)]
+    medians = alternated(
+        trees(args.baseline), args.rounds, lambda tree: run_inner(__file__, tree, argv),
+        lambda r, name, got: print(f"round {r}, {name}: " + ", ".join(f"{k} {v:.3f} s" for k, v in got.items()),
+                                   flush=True))
     result: dict[str, Any] = {"bench": "efficiency", "machines": args.machines,
                               "placements": args.machines * args.per_machine, "jobs": args.jobs,
                               "rounds": args.rounds, "load1": round(os.getloadavg()[0], 2), "medians_s": medians}

@@ -367,6 +367,34 @@ def dir_bytes(path: str, pattern: str) -> int:
     return total
 
 
+def register_machines(bed: Bed, n: int, zone: Callable[[int], str]) -> str:
+    """Register machines h-00000.. h-<n-1> (1,100m, 11 GiB each; machine i in ``zone(i)``) through the leader's
+    API with one agent token for them all, 32 at a time, as agents that never heartbeat (give the bed a long TTL);
+    the token."""
+    leader = bed.leader
+    tok = bed.call("POST", "/v1/tokens", {"role": "agent", "name": "agent-h", "machine": "h-*"})["token"]
+
+    async def register() -> None:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {tok}"}) as s:
+            sem = asyncio.Semaphore(32)
+
+            async def one(i: int) -> None:
+                body = {"machine": f"h-{i:05d}", "address": "127.0.0.1", "fault_domain": {"zone": zone(i)},
+                        "labels": {}, "resources": {"cpu": 1100, "memory": 11 << 30, "pids": 4096},
+                        "ports": [20000, 20099], "runtime": "sim"}
+                for attempt in range(6):   # registering is idempotent: an unknown outcome is tried again
+                    async with sem, s.post(leader.url + "/v1/agent/register", json=body) as r:
+                        if r.status == 200:
+                            return
+                        text = await r.text()
+                        if r.status != 503 or attempt == 5:
+                            raise RuntimeError(f"register h-{i:05d}: {r.status} {text[:200]}")
+                    await asyncio.sleep(0.5 * (attempt + 1))
+            await asyncio.gather(*(one(i) for i in range(n)))
+    asyncio.run(register())
+    return tok
+
+
 def heartbeat_ceiling(n: int, seconds: int) -> dict[str, Any] | None:
     """The leader's heartbeat handling alone, without the simulated agents' own cost: a fresh 3-replica cluster,
     N machines registered through the API (one agent token 'h-*'), then wrk (32 connections, C) posting
@@ -376,28 +404,8 @@ def heartbeat_ceiling(n: int, seconds: int) -> dict[str, Any] | None:
         bed = Bed(d, 20000, ttl="1h")   # registering N takes longer than a 3 s TTL: nobody may go down meanwhile
         try:
             bed.cluster.start(timeout=60)
-            leader = bed.leader
-            tok = bed.call("POST", "/v1/tokens", {"role": "agent", "name": "agent-h", "machine": "h-*"})["token"]
+            tok = register_machines(bed, n, lambda i: "z")
             headers = {"Authorization": f"Bearer {tok}", "Content-Type": "application/json"}
-
-            async def register() -> None:
-                async with aiohttp.ClientSession(headers=headers) as s:
-                    sem = asyncio.Semaphore(32)
-
-                    async def one(i: int) -> None:
-                        body = {"machine": f"h-{i:05d}", "address": "127.0.0.1", "fault_domain": {"zone": "z"},
-                                "labels": {}, "resources": {"cpu": 1100, "memory": 11 << 30, "pids": 4096},
-                                "ports": [20000, 20099], "runtime": "sim"}
-                        for attempt in range(6):   # registering is idempotent: an unknown outcome is tried again
-                            async with sem, s.post(leader.url + "/v1/agent/register", json=body) as r:
-                                if r.status == 200:
-                                    return
-                                text = await r.text()
-                                if r.status != 503 or attempt == 5:
-                                    raise RuntimeError(f"register h-{i:05d}: {r.status} {text[:200]}")
-                            await asyncio.sleep(0.5 * (attempt + 1))
-                    await asyncio.gather(*(one(i) for i in range(n)))
-            asyncio.run(register())
             leader = bed.leader   # registering 10,000 machines on a loaded machine may outlast a leadership
 
             async def probe() -> list[str]:   # what one heartbeat answers before wrk sends thousands
