@@ -73,6 +73,9 @@ class Unavailable(RaftctlError):
 
     code = "unavailable"
     http_status = 503
+    handed_to: str | None = None
+    """Set by the proposer on a write it had handed to raft: the Raft address of the leader raft named then (the
+    leader whose move makes proposing it again worthwhile); None when it never reached raft or is not known."""
 
 
 class OutcomeUnknown(Unavailable):

@@ -292,7 +292,9 @@ async def propose_here(request: web.Request, handler: Handler) -> web.StreamResp
       it at most once whichever copy commits; a replica that is not the leader invents an id when the client sent
       none, as forward_to_leader does for what it proxies (the leader's own anonymous writes are not retried);
     - refused as not applied by a leader handing over (NOT_LEADER): proposed again once the leader moved (at most
-      LEADER_MOVE_WAIT_S later), with or without an id, since nothing was applied."""
+      LEADER_MOVE_WAIT_S later), with or without an id, since nothing was applied.
+    "The leader it went to" is the one the proposer handed it to (``Unavailable.handed_to``), which differs from
+    the one named when the attempt began when it began during an election."""
     replica = request.app[REPLICA]
     raft = replica.raft
     if raft is None:
@@ -309,6 +311,10 @@ async def propose_here(request: web.Request, handler: Handler) -> web.StreamResp
         except Unavailable as exc:
             if isinstance(exc, OutcomeUnknown):
                 unknown = exc
+            # the leader the write was handed to: an attempt begun during an election waits for its winner
+            # (the proposer) and is handed to it; with none named here at the start, a move of that winner
+            # was answered 503 instead of proposing the write again (a flaky test in CI, twice)
+            leader = exc.handed_to or leader
             retry = attempt < PROPOSE_ATTEMPTS and leader is not None and (
                 (isinstance(exc, OutcomeUnknown) and has_id and raft.leader_address() != leader)
                 or (isinstance(exc, RefusedByRaft)

@@ -212,15 +212,17 @@ class Proposer:
         return on_result
 
     def _resolve(self, futures: list[asyncio.Future], slot: "_Slot", result: Any, err: Any) -> None:
+        handed = self._inflight.get(id(slot))
         slot.release()
         try:
             if err != FAIL_REASON.SUCCESS:
                 if err in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL, FAIL_REASON.NOT_LEADER):
-                    exc: Exception = RefusedByRaft(f"no leader to take the write ({_reason(err)}); nothing was "
-                                                   "applied")
+                    exc: Unavailable = RefusedByRaft(f"no leader to take the write ({_reason(err)}); nothing was "
+                                                     "applied")
                 else:
                     exc = OutcomeUnknown(f"raft could not confirm the write ({_reason(err)}); it may or may not "
                                          "have been applied")
+                exc.handed_to = handed[2] if handed is not None else None
                 self._fail(futures, exc)
                 return
             if isinstance(result, list) and len(result) == len(futures):
@@ -251,13 +253,21 @@ class Proposer:
         new writes do not queue behind callbacks that will never come. Entries handed to ``leader`` itself
         stay: a replica that has just become leader proposed them to itself in the moments before it noticed
         (failing them made clients retry writes that were committing normally).
+
+        Nor are entries handed to the leader raft names now: ``leader`` is what Leadership._step read from the
+        status the tick thread cached, which can trail raft by an election (CI: a write proposed again once
+        waited out an election, was handed to the leader that won it, and was then failed by a step that saw
+        the election's "no leader" late; with no leader known at its start, it was answered 503).
         """
+        now = self.raft.leader_address()
         for slot, futures, to in list(self._inflight.values()):
-            if leader is not None and to == leader:
+            if to is not None and to in (leader, now):
                 continue
             slot.release()
-            self._fail(futures, OutcomeUnknown("the leader changed while the write was in flight; it may or may "
-                                               "not have been applied (retry with the same request id is safe)"))
+            exc = OutcomeUnknown("the leader changed while the write was in flight; it may or may not have been "
+                                 "applied (retry with the same request id is safe)")
+            exc.handed_to = to
+            self._fail(futures, exc)
 
     @staticmethod
     def _fail(futures: list[asyncio.Future], exc: Exception) -> None:

@@ -246,6 +246,38 @@ async def test_a_write_proposed_here_is_proposed_again_when_the_leader_moved_und
         assert ids[0] == header
 
 
+async def test_a_write_proposed_again_during_an_election_is_proposed_again_when_its_winner_moves() -> None:
+    """CI, twice (tests/jepsen/test_proxy_duplicate.py): attempt 1's leader was paused; attempt 2 began while no
+    leader was named, waited for the election's winner, was handed to it, and the winner lost its term: the
+    leader to compare with is the winner the attempt was handed to, not the None seen before the wait."""
+    from raftctl.errors import OutcomeUnknown
+    replica = FakeReplica()
+    make_admin(replica)
+    raft = MovingRaft(replica.raft.state, replica.raft.lock, ["a"])
+    replica.raft = raft  # type: ignore[assignment]
+    seen: list[str | None] = []
+
+    @perm("jobs:write", write=True, forward=False)
+    async def elections(request: web.Request) -> web.Response:
+        seen.append(raft.leader_address())
+        if len(seen) == 1:
+            raft.leaders = [None]              # "a" paused: an election is on
+            exc = OutcomeUnknown("raft could not confirm the write (leader_changed)")
+            exc.handed_to = "a"
+            raise exc
+        if len(seen) == 2:
+            raft.leaders = ["c"]               # handed to "b", the winner (the proposer's wait); then "c" won
+            exc = OutcomeUnknown("the leader changed while the write was in flight")
+            exc.handed_to = "b"
+            raise exc
+        return web.json_response({"attempt": len(seen)})
+
+    async with TestClient(TestServer(one_route(replica, elections))) as client:
+        resp = await client.post("/v1/jobs/web/x", headers=AUTH, json={})
+        assert resp.status == 200, await resp.text()
+    assert seen == ["a", None, "c"]
+
+
 class Moves:
     """Replica.leadership's leader_moved: an event set once ``raft``'s leader differs from the one given."""
 

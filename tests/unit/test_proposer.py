@@ -382,10 +382,69 @@ async def test_a_leader_change_fails_writes_handed_to_the_old_leader_and_keeps_t
         to_me = asyncio.ensure_future(p.propose(job("b")))
         await asyncio.sleep(0.02)
         p.leader_changed("me:7000")      # Leadership._step noticed the new leader
-        with pytest.raises(OutcomeUnknown):
+        with pytest.raises(OutcomeUnknown) as err:
             await to_old
+        assert err.value.handed_to == "old:7000"  # what the API's retry compares with the leader after
         raft.commit_all()
         assert (await to_me).ok
+    finally:
+        await p.stop()
+
+
+async def test_a_step_that_saw_an_election_late_keeps_writes_handed_to_the_leader_raft_names_now():
+    # CI, twice: a write proposed again after its first leader was paused waited out the election, was handed
+    # to its winner, and was failed by a Leadership step that read "no leader" from a status cached before it
+    raft = SlowRaft("winner:7000")
+    p = Proposer(raft, timeout=2.0)
+    p.start()
+    try:
+        handed = asyncio.ensure_future(p.propose(job("a")))
+        await asyncio.sleep(0.02)
+        p.leader_changed(None)           # the step's status still showed the election
+        await asyncio.sleep(0.02)
+        assert not handed.done()
+        raft.commit_all()
+        assert (await handed).ok
+    finally:
+        await p.stop()
+
+
+async def test_a_write_begun_during_an_election_names_the_winner_it_was_handed_to():
+    raft = SlowRaft(None)  # type: ignore[arg-type]  # no leader known when the write arrives
+    p = Proposer(raft, timeout=2.0)
+    p.start()
+    try:
+        write = asyncio.ensure_future(p.propose(job("a")))
+        await asyncio.sleep(0.05)
+        assert not write.done() and raft.pending == []  # waiting for the election, not handed to raft
+        raft.leader = "winner:7000"
+        await asyncio.sleep(0.05)
+        assert len(raft.pending) == 1
+        raft.leader = "next:7000"         # the winner lost its term before answering
+        p.leader_changed("next:7000")
+        with pytest.raises(OutcomeUnknown) as err:
+            await write
+        assert err.value.handed_to == "winner:7000"
+    finally:
+        await p.stop()
+
+
+@pytest.mark.parametrize("reason, refused", [(FAIL_REASON.LEADER_CHANGED, False), (FAIL_REASON.NOT_LEADER, True)])
+async def test_a_write_raft_fails_names_the_leader_it_was_handed_to(reason: int, refused: bool) -> None:
+    raft = SlowRaft("a:7000")
+    p = Proposer(raft, timeout=2.0)
+    p.start()
+    try:
+        write = asyncio.ensure_future(p.propose(job("a")))
+        await asyncio.sleep(0.02)
+        raft.leader = "b:7000"
+        (_, callback), = raft.pending
+        callback(None, reason)
+        with pytest.raises(Unavailable) as err:
+            await write
+        assert isinstance(err.value, proposer_mod.RefusedByRaft) == refused
+        assert isinstance(err.value, OutcomeUnknown) != refused
+        assert err.value.handed_to == "a:7000"
     finally:
         await p.stop()
 
