@@ -13,9 +13,10 @@ computing thread kept 85 % and 76 % of its speed; 1 ms is the middle of that tra
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Mapping
+
+from raftctl.tuning import millis_from_env
 
 __all__ = ["SWITCH_INTERVAL_S", "switch_interval_from_env", "tune_switch_interval"]
 
@@ -25,16 +26,7 @@ SWITCH_INTERVAL_S = 0.001
 def switch_interval_from_env(env: Mapping[str, str] | None = None) -> float:
     """``RAFTCTL_SWITCH_INTERVAL_MS`` (milliseconds, 0.05 to 100) in seconds, or :data:`SWITCH_INTERVAL_S`;
     ValueError names the variable."""
-    raw = (os.environ if env is None else env).get("RAFTCTL_SWITCH_INTERVAL_MS")
-    if not raw:
-        return SWITCH_INTERVAL_S
-    try:
-        ms = float(raw)
-    except ValueError:
-        raise ValueError(f"RAFTCTL_SWITCH_INTERVAL_MS: {raw!r} is not a number of milliseconds") from None
-    if not 0.05 <= ms <= 100:
-        raise ValueError(f"RAFTCTL_SWITCH_INTERVAL_MS: {raw!r} is outside 0.05-100 ms")
-    return ms / 1000
+    return millis_from_env("RAFTCTL_SWITCH_INTERVAL_MS", SWITCH_INTERVAL_S, 0.05, 100, env)
 
 
 def tune_switch_interval(seconds: float) -> None:

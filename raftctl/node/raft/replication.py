@@ -48,10 +48,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 from typing import TYPE_CHECKING, Any, Mapping
 
 import pysyncobj.syncobj as psyncobj
+
+from raftctl.tuning import millis_from_env
 
 log = logging.getLogger("raftctl.raft.replication")
 
@@ -66,18 +67,9 @@ MAX_INFLIGHT = 32            # unanswered AppendEntries per follower in REPLICAT
 MAX_ENTRIES_PER_MESSAGE = 4096
 
 
-def _group_commit_wait(env: Mapping[str, str] = os.environ) -> float:
-    """``RAFTCTL_GROUP_COMMIT_MS`` (0 to 50; 0 turns the wait off) in seconds, else 2 ms; ValueError names it."""
-    raw = env.get("RAFTCTL_GROUP_COMMIT_MS")
-    if not raw:
-        return 0.002
-    try:
-        ms = float(raw)
-    except ValueError:
-        raise ValueError(f"RAFTCTL_GROUP_COMMIT_MS: {raw!r} is not a number of milliseconds") from None
-    if not 0 <= ms <= 50:
-        raise ValueError(f"RAFTCTL_GROUP_COMMIT_MS: {raw!r} is outside 0-50 ms")
-    return ms / 1000
+def _group_commit_wait(env: Mapping[str, str] | None = None) -> float:
+    """``RAFTCTL_GROUP_COMMIT_MS`` (0 to 50; 0 turns the hold off) in seconds, else 2 ms; ValueError names it."""
+    return millis_from_env("RAFTCTL_GROUP_COMMIT_MS", 0.002, 0, 50, env)
 
 
 GROUP_COMMIT_WAIT_S = _group_commit_wait()
