@@ -108,6 +108,16 @@ class ReplicaCollector:
                 metric = family(name, doc)
                 metric.add_metric([], value)
                 yield metric
+        raft = r.raft
+        for name, value, doc in (
+                ("raftctl_raft_leader_batches", raft.appends_batched, "Batches of proposals this replica appended "
+                 "while leading, one fdatasync each (group commit, replication.py)"),
+                ("raftctl_raft_leader_batch_entries", raft.entries_batched, "Log entries in those batches"),
+                ("raftctl_raft_leader_held_ticks", raft.appends_held, "Leader ticks that held the queued proposals "
+                 "for the next batch (RAFTCTL_GROUP_COMMIT_MS after a batch of two or more entries)")):
+            counter = CounterMetricFamily(name, doc)
+            counter.add_metric([], value)
+            yield counter
         dropped = CounterMetricFamily("raftctl_raft_port_dropped", "Raft connections this process dropped "
                                       "(frames.py): before the peer proved the cluster secret, a frame announced over "
                                       "the bound, one that did not decrypt, or the oldest of too many waiting; at "

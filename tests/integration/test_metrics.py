@@ -40,6 +40,10 @@ def test_metrics_parse_and_move(cluster):
     assert value(after, "raftctl_api_requests_total", route="PUT /v1/jobs/{name}", code="200") >= 1
     assert value(after, "raftctl_api_request_seconds_count", route="PUT /v1/jobs/{name}") >= 1
     assert "raftctl_machines_by_state" in after and "raftctl_scheduler_passes" in after
+    # the leader's group commit: its batches (one fdatasync each) and the entries in them
+    batches = value(after, "raftctl_raft_leader_batches_total")
+    assert batches >= 1 and value(after, "raftctl_raft_leader_batch_entries_total") >= batches
+    assert value(after, "raftctl_raft_leader_held_ticks_total") >= 0
     # a replica process says what its garbage collector and its connections cost (gcstats.py, admission.py)
     assert value(after, "raftctl_gc_collections_total", generation="2") >= 1   # the one before the freeze, at least
     assert value(after, "raftctl_gc_seconds_total") > 0
