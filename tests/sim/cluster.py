@@ -196,11 +196,15 @@ class SimCluster:
             if change["result"] is not None:
                 self._change_done(change, change["result"] == FAIL_REASON.SUCCESS)
             elif self.clock.now - change["at"] > self.MEMBER_TIMEOUT:
-                leaders = sorted(i for i, n in self.nodes.items() if n._isLeader())
-                if leaders:  # no answer: the operator reads the configuration the leader shows
+                leaders = [i for i, n in self.nodes.items() if n._isLeader()]
+                # no answer: the operator reads the configuration the leader of the newest term shows, once that
+                # leader has committed its whole log (a change still pending anywhere may yet commit: seeds 5081,
+                # 5517, 5713 counted a replica removed later by a pending change as a member, "short of the log")
+                newest = max(leaders, key=lambda i: (self.nodes[i].raftCurrentTerm, i)) if leaders else None
+                lead = self.nodes[newest] if newest is not None else None
+                if lead is not None and lead.raftCommitIndex >= lead._SyncObj__raftLog[-1][1]:
                     self.faults["member_timeout"] += 1
-                    lead = self.nodes[leaders[0]]
-                    config = {leaders[0]} | {n.id for n in lead._SyncObj__otherNodes}
+                    config = {newest} | {n.id for n in lead._SyncObj__otherNodes}
                     self._change_done(change, (change["node"] in config) == (change["op"] == "add"))
             return
         if rng.random() >= cfg.p_member:
