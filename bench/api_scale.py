@@ -19,7 +19,7 @@ import tempfile
 import time
 from typing import Any
 
-from trees import alternated, run_inner, trees
+from trees import add_options, alternated, run_inner, trees
 
 
 def inner(machines: int, jobs: int, replicas: int, seconds: float) -> dict[str, Any]:
@@ -65,9 +65,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--replicas", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--baseline", metavar="DIR", help="also run the raftctl of this checkout, alternated")
-    ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    add_options(ap, rounds=2)
     args = ap.parse_args()
     if args.inner:
         print(json.dumps(inner(args.machines, args.jobs, args.replicas, args.seconds)))

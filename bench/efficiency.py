@@ -21,7 +21,7 @@ import os
 import time
 from typing import Any
 
-from trees import alternated, run_inner, trees
+from trees import add_options, alternated, run_inner, trees
 
 
 def inner(machines: int, per_machine: int, jobs: int) -> dict[str, float]:
@@ -99,9 +99,7 @@ def main() -> None:
     ap.add_argument("--machines", type=int, default=30000)
     ap.add_argument("--per-machine", type=int, default=10)
     ap.add_argument("--jobs", type=int, default=600)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--baseline", metavar="DIR", help="also run the raftctl of this checkout, alternated")
-    ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    add_options(ap, rounds=3)
     args = ap.parse_args()
     if args.inner:
         print(json.dumps(inner(args.machines, args.per_machine, args.jobs)))

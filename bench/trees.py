@@ -3,6 +3,7 @@ the benches that take ``--baseline DIR`` that way (bench/efficiency.py, bench/ap
 run alone (``make bench`` runs every script here) it does nothing."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -16,6 +17,14 @@ HERE = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 def trees(baseline: str | None) -> dict[str, str]:
     """``{"this tree": <this checkout>}``, and ``"baseline": baseline`` when one is given."""
     return {"this tree": HERE} | ({"baseline": os.path.abspath(baseline)} if baseline else {})
+
+
+def add_options(ap: argparse.ArgumentParser, rounds: int) -> None:
+    """The options every bench driven from here takes: ``--rounds`` (``rounds`` by default), ``--baseline DIR`` and
+    the hidden ``--inner`` that :func:`run_inner` passes to run one round in the process it starts."""
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--baseline", metavar="DIR", help="also run the raftctl of this checkout, alternated")
+    ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
 
 
 def run_inner(script: str, tree: str, argv: list[str]) -> dict[str, Any]:
