@@ -35,6 +35,8 @@ class AgentConfig:
     tls_key: str | None = None
     tls_ca: str | None = None    # verify https:// control replicas with this CA (default: system trust store)
     image_gc_after_s: float = 600.0  # remove images nothing on this machine used for this long; 0 = never
+    disk_reserve: tuple[str, float] = ("percent", 10.0)   # evict the largest writers below this free space (diskguard)
+    disk_check_s: float = 10.0       # how often the disk pressure check runs
 
     api: str = ""
 

@@ -27,6 +27,7 @@ from raftctl.aio import loop_name
 from raftctl.agent import converge
 from raftctl.agent.config import AgentConfig
 from raftctl.agent.control import BlobFetcher, ControlClient
+from raftctl.agent.diskguard import DiskGuard
 from raftctl.agent.imagegc import ImageGC, image_digest
 from raftctl.agent.logserver import start_log_server
 from raftctl.agent.metrics import AgentMetrics
@@ -82,6 +83,12 @@ class Agent:
         self.stopper = Stopper(driver, self.containers, self._report, self.clock)
         self.stats = StatsPass(driver, self.containers, self.clock)
         self.image_gc = ImageGC(driver, self.containers, cfg.image_gc_after_s, self.clock)
+        # disk pressure: only for a driver whose containers write to this machine's disk (not the sim driver)
+        self.disk: DiskGuard | None = None
+        if type(driver).writable_paths is not Driver.writable_paths:
+            self.disk = DiskGuard(driver.writable_paths, self.containers, cfg.data_dir, cfg.disk_reserve, self.clock,
+                                  every_s=cfg.disk_check_s,
+                                  on_evict=lambda sup, _: self.metrics.disk_evicted(str(sup.placement.get("job", ""))))
         self.watch_server: str | None = None      # the replica the assignment watch is parked on
         self.target = WatchTarget(cfg.machine, self.clock)   # which replica that is, fenced by the leader's word
         self.reconcile_s = 1.0                    # level-triggered pass over the driver's containers
@@ -121,7 +128,8 @@ class Agent:
                      asyncio.create_task(self._report_loop(), name="report"),
                      asyncio.create_task(self.stats.run(self._offer_stats), name="stats"),
                      asyncio.create_task(self.image_gc.run(), name="image-gc"),
-                     asyncio.create_task(self._reconcile_loop(), name="reconcile")]
+                     asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+                     *([asyncio.create_task(self.disk.run(), name="disk")] if self.disk is not None else [])]
             try:
                 await asyncio.gather(*tasks)
             finally:

@@ -23,6 +23,9 @@ class AgentMetrics:
                                  registry=self.registry)
         self.exits = Counter("raftctl_agent_container_exits", "Containers that ended on their own (any exit)",
                              ["job"], registry=self.registry)
+        self.disk_evictions = Counter("raftctl_agent_disk_evictions", "Containers evicted for disk pressure "
+                                      "(the largest writers, when free space fell below --disk-reserve)", ["job"],
+                                      registry=self.registry)
         self.health = Histogram("raftctl_agent_health_check_seconds", "Health-check latency", ["type", "result"],
                                 buckets=HEALTH_BUCKETS, registry=self.registry)
         self.registry.register(_ContainerCollector(agent))
@@ -31,6 +34,9 @@ class AgentMetrics:
         self.exits.labels(job).inc()
         if oom:
             self.oom_kills.labels(job).inc()
+
+    def disk_evicted(self, job: str) -> None:
+        self.disk_evictions.labels(job).inc()
 
     def restarted(self, job: str) -> None:
         self.restarts.labels(job).inc()
@@ -62,6 +68,15 @@ class _ContainerCollector:
                                         "(RAFTCTL_EVENT_LOOP: uvloop, the default, or asyncio)", labels=["loop"])
             running.add_metric([self.agent.event_loop], 1)
             yield running
+        disk = getattr(self.agent, "disk", None)
+        if disk is not None and disk.last_fs is not None:
+            free = GaugeMetricFamily("raftctl_agent_disk_free_bytes", "Free space on the data dir's filesystem at "
+                                     "the last disk pressure check")
+            free.add_metric([], disk.last_fs.free)
+            total = GaugeMetricFamily("raftctl_agent_disk_total_bytes", "Size of the data dir's filesystem")
+            total.add_metric([], disk.last_fs.total)
+            yield free
+            yield total
         labels = ["placement", "job"]
         cpu = CounterMetricFamily("raftctl_agent_container_cpu_seconds", "Container CPU time (cgroup or psutil)",
                                   labels=labels)
@@ -71,12 +86,17 @@ class _ContainerCollector:
         pids = GaugeMetricFamily("raftctl_agent_container_pids", "Processes in the container", labels=labels)
         # Only grows while the agent supervises the placement: a counter (it starts again with the agent).
         # Not `..._restart_count`: a _count suffix is reserved for histograms and summaries.
+        written = GaugeMetricFamily("raftctl_agent_container_disk_bytes", "What the container holds in /data and "
+                                    "its root's writable layer, at the last disk pressure check", labels=labels)
+        usage = disk.last_usage if disk is not None else {}
         restarts = CounterMetricFamily("raftctl_agent_placement_restarts",
                                        "Restarts of this placement's container since the agent started supervising it",
                                        labels=labels)
         for cid, sup in sorted(containers):
             lv = [cid, str(sup.placement.get("job", ""))]
             restarts.add_metric(lv, sup.restarts)
+            if cid in usage:
+                written.add_metric(lv, usage[cid].bytes)
             st = getattr(sup, "stats", None)
             if st is None or sup.state != "running":
                 continue
@@ -84,4 +104,4 @@ class _ContainerCollector:
             mem.add_metric(lv, st["memory_bytes"])
             limit.add_metric(lv, st["memory_limit"])
             pids.add_metric(lv, st["pids"])
-        yield from (cpu, mem, limit, pids, restarts)
+        yield from (cpu, mem, limit, pids, restarts, written)

@@ -111,6 +111,7 @@ class Supervised:
     pid: int | None = None
     stopping: bool = False
     stats: dict[str, int] | None = None      # the last stats pass's figures (for the agent's /metrics)
+    evict: str | None = None                 # set by the disk pressure check (diskguard.py): stop it, with this reason
     start_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # held while the supervisor starts it
 
 
@@ -213,6 +214,14 @@ class Supervisor:
             sup.state = "oom_killed" if oom else "exited"
             self.metrics.exited(p["job"], oom=oom)
             self.report(update(cid, "oom_killed" if oom else "exited", exit_code=obs.exit_code, reason=obs.reason or ""))
+            if sup.evict is not None:
+                # evicted for disk pressure: its writable layers go now, not at its restart (after the backoff, or
+                # never under its policy), so the space is back before the next check
+                sup.evict = None
+                try:
+                    await call_driver(self.driver.remove, cid)
+                except Exception as exc:   # the restart removes it again; never the end of this supervisor
+                    log.warning("container %s: evicted, but its removal failed: %s", cid, exc)
             if not should_restart(policy, obs.exit_code, oom_killed=oom):
                 return
             delay = backoff.on_exit(self.clock.monotonic())
@@ -285,6 +294,12 @@ class Supervisor:
                         return obs
                     if not opened:   # once per run: a driver without descriptors is not asked again
                         opened, exits = True, await ExitWatch.open(self.driver, cid)
+                if self.sup.evict is not None:
+                    log.warning("%s %s: stopping it", cid, self.sup.evict)
+                    await call_driver(self.driver.stop, cid, UNHEALTHY_STOP_S)
+                    obs = await call_driver(self.driver.status, cid)
+                    obs.reason = self.sup.evict
+                    return obs
                 if monitor is not None:
                     if monitor.tracker.due(self.clock.monotonic()):
                         await monitor.check_once()

@@ -109,15 +109,19 @@ def register(cli: click.Group) -> None:
     @click.option("--image-gc-after", default="10m", show_default=True,
                   help="Remove an unpacked image and its blobs once no container on this machine has used it "
                        "for this long (runc); 0: never.")
+    @click.option("--disk-reserve", default="10%", show_default=True,
+                  help="Free space kept on the filesystem of --data-dir: below it the agent evicts the containers "
+                       "that wrote the most to /data and their root (a percentage, or a size like 2Gi; 0: never).")
     @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
     def agent(machine: str, servers: tuple[str, ...], token: str | None, token_file: str | None, data_dir: str,
               fault_domain: tuple[str, ...], labels: tuple[str, ...], cpu: str | None, memory: str | None,
               pids: int, port_range: str, advertise: str, runtime: str | None, pool: str, allow_unisolated: bool,
               heartbeat: str, count: int | None, start_spread: str | None, source_address: str | None,
               http_port: int, tls_cert: str | None, tls_key: str | None, tls_ca: str | None, image_gc_after: str,
-              log_level: str) -> None:
+              disk_reserve: str, log_level: str) -> None:
         """Run the host agent: register, heartbeat, run assigned containers, report."""
         from raftctl.agent.config import LEVELS, AgentConfig, default_capacity, parse_pairs, parse_port_range
+        from raftctl.agent.diskguard import parse_reserve
         from raftctl.agent.loop import run_agent
         from raftctl.statemachine.units import parse_cpu, parse_duration, parse_size
 
@@ -155,7 +159,8 @@ def register(cli: click.Group) -> None:
             pids=pids, ports=parse_port_range(port_range), runtime=rt, pool=pool,
             heartbeat_s=parse_duration(heartbeat, "--heartbeat") / 1000,
             http_port=http_port, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
-            image_gc_after_s=parse_duration(image_gc_after, "--image-gc-after") / 1000)
+            image_gc_after_s=parse_duration(image_gc_after, "--image-gc-after") / 1000,
+            disk_reserve=parse_reserve(disk_reserve))
         if source_address is not None:
             if count is None:
                 raise click.UsageError("--source-address needs --count (the simulated fleet's client)")

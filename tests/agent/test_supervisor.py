@@ -191,6 +191,26 @@ async def test_failed_health_checks_past_the_threshold_restart_the_container():
         ("health", "exec", False)] * 3
 
 
+async def test_an_evicted_container_is_stopped_reported_removed_at_once_and_restarted_by_its_policy():
+    def setup(d: FakeDriver, sup: Supervised) -> None:
+        status = d.status
+
+        def marked(id: str) -> Observed:   # the disk pressure check (diskguard.py) marks it 3 s into its first run
+            if len(d.starts) == 1 and d.clock.monotonic() >= 3.0 and not d.stops:
+                sup.evict = "evicted: disk pressure on the machine"
+            return status(id)
+        d.status = marked  # type: ignore[method-assign]
+
+    d, reports, sup, _ = await supervise([Run()], until=10.0, health=EXEC_CHECK, setup=setup)
+    assert d.stops[0] == (pytest.approx(3.0), 5.0)
+    ended = next(r for r in reports if r.state == "exited")
+    assert ended.reason == "evicted: disk pressure on the machine" and ended.exit_code == 143
+    # removed right after the stop (its /data and writable root give their space back now), then again as every
+    # restart does, before the new run's create
+    assert d.calls[:7] == ["remove", "create", "start", "remove", "remove", "create", "start"]
+    assert d.starts[1] == pytest.approx(3.1) and sup.restarts == 1 and sup.evict is None
+
+
 async def test_each_health_transition_is_reported_once():
     d, reports, sup, _ = await supervise([Run(healthy_for=6.5), Run()], until=20.0, health=EXEC_CHECK)
     health = [r.health for r in reports if r.state == "running"]

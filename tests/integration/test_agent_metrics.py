@@ -1,6 +1,6 @@
 """The agent's GET /metrics (Prometheus text, parsed with prometheus-client): a crashing container's
 restarts and exits are counted, health checks land in the latency histogram, running containers report
-their CPU and memory, and the agent says it runs on uvloop. 3 replicas and one agent with the process driver, as real processes."""
+their CPU and memory, the disk pressure check's figures show, and the agent says it runs on uvloop. 3 replicas and one agent with the process driver, as real processes."""
 from __future__ import annotations
 
 import sys
@@ -73,6 +73,8 @@ def test_agent_metrics_count_restarts_health_checks_and_usage(metrics_agent):
     assert m[("raftctl_agent_containers", (("state", "running"),))] >= 1
     assert m[("raftctl_agent_event_loop_info", (("loop", "uvloop"),))] == 1   # `raftctl agent` runs on uvloop
     assert m[("raftctl_agent_health_check_seconds_sum", (("result", "ok"), ("type", "http")))] > 0
+    # the disk pressure check (diskguard.py) ran at the agent's start: the data dir's filesystem as it saw it
+    assert 0 < m[("raftctl_agent_disk_free_bytes", ())] <= m[("raftctl_agent_disk_total_bytes", ())]
 
 
 def test_every_agent_family_passes_prometheus_naming_rules(metrics_agent):

@@ -291,6 +291,11 @@ class Driver(ABC):
     def rotate_logs(self, id: str) -> None:
         """Rotate the container's log files if they grew past their limit."""
 
+    def writable_paths(self, id: str) -> list[str]:
+        """The directories on the agent's disk a container writes to (its /data, its root's writable layer): what
+        the agent's disk pressure check (diskguard.py) counts against it. A driver that writes nowhere: none."""
+        return []
+
     def release_network(self) -> None:
         """Remove what the driver made on the host for bridge mode (routes, rules, bridge) when it holds no
         container any more (``raftctl up`` stopping); nothing while containers remain."""

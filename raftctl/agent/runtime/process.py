@@ -67,6 +67,11 @@ class ProcessDriver(Driver):
         except FileNotFoundError:
             return None
 
+    def writable_paths(self, id: str) -> list[str]:
+        """Its directory (the working directory of a command without an image root); the process runtime is not
+        isolated, so what it writes elsewhere is not counted."""
+        return [self.dir(id)]
+
     def prepare_image(self, digest: str) -> str:
         return self.images.unpack(self.images.resolve(digest))
 

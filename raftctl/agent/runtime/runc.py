@@ -590,6 +590,12 @@ class RuncDriver(Driver):
         text = self._read(id, "spec.json")
         return ContainerSpec.from_dict(json.loads(text)) if text else None
 
+    def writable_paths(self, id: str) -> list[str]:
+        """Its private /data and, for a writable root on overlay, the upper directory (a writable root on a btrfs
+        snapshot shares its blocks with the image and is not counted: docs/security.md)."""
+        b = self.bundle(id)
+        return [os.path.join(b, "data"), os.path.join(b, "upper")]
+
     def rotate_logs(self, id: str) -> None:
         spec = self.spec_of(id)
         if spec:
