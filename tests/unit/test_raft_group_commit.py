@@ -1,5 +1,6 @@
 """Group commit on the leader (replication.py, issue 15): what is proposed between two ticks is appended
-with one fsync and reaches each follower in one AppendEntries, sent only after that fsync."""
+with one fsync and reaches each follower in one AppendEntries, sent once written, before that fsync (the
+followers sync theirs meanwhile); the leader counts itself for the entries only after it."""
 from __future__ import annotations
 
 from typing import Any
@@ -46,8 +47,13 @@ def test_proposals_between_two_ticks_cost_one_fsync_and_one_message_per_follower
         sent = [m for m in _appends_to(h, peer, mark) if m["entries"]]
         assert len(sent) == 1                             # pysyncobj: one message per entry
         assert [e[1] for e in sent[0]["entries"]] == list(range(last + 1, last + 6))
-    assert unsynced_at_send and not any(unsynced_at_send)  # no entry left before the leader's own fsync
-    assert answers == []                                   # nothing is answered before a majority has it
+    assert unsynced_at_send == [True, True]   # sent before the leader's own fsync (session 31: after it)
+    assert not journal._dirty                 # ... which the tick did before it ended
+    assert answers == [] and h.node.raftCommitIndex < last + 1    # nothing is answered before a majority has it
+    h.deliver(LEADER, {"type": "next_node_idx", "success": True, "reset": False, "term": h.node.raftCurrentTerm,
+                       "next_node_idx": last + 6, "seq": h.node._replication_progress[LEADER].seq})
+    h.node.doTick(0.0)                        # one follower's answer and the leader's own synced copy: 2 of 3
+    assert h.node.raftCommitIndex == last + 5 and answers == [psyncobj.FAIL_REASON.SUCCESS] * 5
 
 
 def test_the_commit_index_after_applying_rides_with_the_next_entries(handle: Any) -> None:  # noqa: F811

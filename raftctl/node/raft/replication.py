@@ -746,8 +746,9 @@ class ReplicationFixes:
     # pysyncobj's leader appends each proposed entry with its own fsync and sends AppendEntries after each
     # one, then again with the new commit index once it applies. In a tick, raftctl appends all the entries
     # proposed since the last tick in one journal batch (one fsync) and sends each follower one message
-    # carrying them and the commit index, after that fsync: the leader still has an entry on its own disk
-    # before any follower hears of it, and counts itself for it only at the next tick's commit check.
+    # carrying them and the commit index, written but before that fsync (session 32; the followers sync theirs
+    # while the leader syncs its own): the leader counts itself for an entry only at a later tick's commit
+    # check, after its own fsync returned.
     #
     # A batch costs about the same whatever it holds: the leader's fsync, one AppendEntries to each follower, their
     # fsyncs and answers, the commit index sent on, a tick on every replica for each. Under load the leader used to
@@ -789,6 +790,11 @@ class ReplicationFixes:
         try:
             with batch() if batch is not None else contextlib.nullcontext():
                 _SyncObj._checkCommandsToApply(self)
+                if len(raft_log) > before and self._SyncObj__raftState == _LEADER:
+                    # the new entries go out before this leader's own fdatasync (Raft thesis 10.2.1): the followers
+                    # write and sync theirs meanwhile. It counts itself for them only at a later tick's commit
+                    # check, after the sync below returned (this thread reads the followers' answers, too)
+                    self._flush_deferred_sends()
         finally:
             added = len(raft_log) - before
             if added > 0:
