@@ -195,6 +195,14 @@ def plan_command(plan: Any, jobs: Mapping[str, Job], epoch: int) -> c.Plan | Non
     return cmds[0] if cmds else None
 
 
+# A pass that changes nothing but jobs' pending reasons ("3 replicas unplaced; ...": what `raftctl job status` says
+# of replicas that wait) does not propose them at once: they are held, the next passes' reasons for the same jobs
+# replacing them, and proposed PENDING_HOLD_S after the first was held, or with the next pass that places or stops.
+# Each scale of a job that cannot be placed changed its reason, so every such write was followed by the scheduler's
+# own Plan entry through Raft (a sequential client through the leader: p50 2.52-3.25 ms with it, 1.94-2.77 without;
+# through a follower 3.35-4.59 and 2.37-3.81 ms; session 32).
+PENDING_HOLD_S = 0.25
+
 # A pass whose backlog (replicas wanted by running jobs minus their live placements) exceeds this streams its plan:
 # each job's new placements are committed, a slice at a time, while the pass goes on with the next jobs (measured
 # on bench/schedule.py: the pass and the commit of 20,000 placements took 11.0 s and 4.2 s one after the other).
@@ -279,6 +287,31 @@ class SchedulerLoop:
         # the machine views of the last pass, kept for the next (only changed machines' views are built again);
         # the passes below run one after another, which the cache needs
         self.views = ViewCache()
+        self.held_reasons: dict[str, str] = {}   # job -> its latest pending reason, not proposed yet (PENDING_HOLD_S)
+        self.held_due: float | None = None      # when the held reasons are proposed (the clock's monotonic time)
+        self.held_plan: Any = None              # the latest pass's plan (its index goes with the held reasons)
+        self.held_commands = 0                  # Plan commands that carried only held reasons
+
+    def _hold(self, plan: Any) -> None:
+        """Keep a pass's pending reasons (every job it covered, changed or not: a newer pass's word replaces an
+        older one's) to propose later."""
+        self.held_reasons.update(plan.pending)
+        self.held_plan = plan
+        if self.held_due is None and self.held_reasons:
+            self.held_due = self.clock.monotonic() + PENDING_HOLD_S
+
+    def _with_held(self, plan: Any) -> Any:
+        """``plan`` carrying the held reasons as well (its own, newer, win); nothing is held after it."""
+        held, self.held_reasons, self.held_due = self.held_reasons, {}, None
+        return dataclasses.replace(plan, pending={**held, **plan.pending}) if held else plan
+
+    async def _propose_held(self) -> str:
+        """Propose the held reasons that differ from the jobs' stored ones (read now); the commit's outcome."""
+        plan = self._with_held(dataclasses.replace(self.held_plan, place=[], stop=[], preempt=[], pending={}))
+        jobs = self.replica.read(lambda s: {n: s.jobs[n] for n in plan.pending if n in s.jobs})
+        cmds = plan_commands(plan, jobs, self.epoch)
+        self.held_commands += len(cmds)
+        return await self.commit(cmds)
 
     async def run(self) -> None:
         seen = -1
@@ -287,10 +320,17 @@ class SchedulerLoop:
         last_index = 0                                                # and their state index
         loop = asyncio.get_running_loop()
         while True:
+            if self.held_due is not None and self.clock.monotonic() >= self.held_due:
+                outcome = await self._propose_held()
+                if outcome == "deposed":
+                    return
+                if outcome != "ok":
+                    last = None   # a reason not stored: the next pass covers every job and says it again
             key = self.replica.read(_watch_key)
             resync = self.clock.monotonic() - last_resync >= RESYNC_S
             if key == seen and not resync:
-                await self.replica.wait_for(_watch_key, key, 1.0)
+                wait = 1.0 if self.held_due is None else max(0.0, min(1.0, self.held_due - self.clock.monotonic()))
+                await self.replica.wait_for(_watch_key, key, wait)
                 continue
             seen = key
             # Between two resyncs a pass covers only the jobs the change can give work to (dirty.py), with only
@@ -337,13 +377,17 @@ class SchedulerLoop:
             self.passes += 1
             self.largest_plan = max(self.largest_plan, len(plan.place))
             t1 = time.perf_counter()
-            if streamed is None:
-                outcome = await self.commit(plan_commands(plan, jobs, self.epoch))
+            if streamed is None and not plan.place and not plan.stop and not plan.preempt:
+                self._hold(plan)   # reasons only: proposed PENDING_HOLD_S later, or with the next pass's work
+                outcome = "ok"
+            elif streamed is None:
+                outcome = await self.commit(plan_commands(self._with_held(plan), jobs, self.epoch))
             elif streamed.outcome != "ok":
                 outcome = streamed.outcome   # the rest of the plan is dropped; the next pass recomputes it
             else:
                 rest = plan.place[streamed.received:]
-                tail = plan_commands(dataclasses.replace(plan, place=streamed.held + rest), jobs, self.epoch)
+                tail = plan_commands(self._with_held(dataclasses.replace(plan, place=streamed.held + rest)), jobs,
+                                     self.epoch)
                 outcome = await self.commit(tail)
                 if streamed.rejected and outcome == "ok":
                     outcome = "rejected"
@@ -385,5 +429,5 @@ class SchedulerLoop:
         return {"passes": self.passes, "placed": self.placed, "rejected": self.rejected, "failed": self.failed,
                 "last_pass_ms": round(self.last_pass_ms, 2), "pass_ms": round(self.pass_ms, 1),
                 "commit_ms": round(self.commit_ms, 1), "commands": self.commands, "largest_plan": self.largest_plan,
-                "full_passes": self.full_passes, "skipped": self.skipped,
+                "full_passes": self.full_passes, "skipped": self.skipped, "held_commands": self.held_commands,
                 "views_built": self.views.built, "views_reused": self.views.reused}

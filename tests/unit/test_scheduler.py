@@ -607,3 +607,71 @@ def test_a_pass_offers_the_gil_by_time_not_by_count(monkeypatch):
     offer()
     offer()
     assert sleeps == [0]
+
+
+def _ok(cmd) -> SimpleNamespace:
+    return SimpleNamespace(ok=True, error=None, value={"placed": [p["replica"] for p in cmd.place]})
+
+
+async def test_a_pass_that_only_changes_pending_reasons_is_proposed_after_the_hold():
+    # no machine: the pass places nothing and says why; that goes to the log PENDING_HOLD_S later, not at once
+    replica = LoopReplica(loop_state({"web": job(replicas=2)}, {}), _ok)
+    loop = scheduling.SchedulerLoop(replica, epoch=1)
+    task = asyncio.create_task(loop.run())
+    try:
+        await asyncio.sleep(scheduling.PENDING_HOLD_S / 3)
+        assert loop.passes == 1 and replica.proposed == []
+        for _ in range(200):
+            if replica.proposed:
+                break
+            await asyncio.sleep(0.01)
+        [cmd] = replica.proposed
+        assert cmd.place == [] and cmd.stop == [] and list(cmd.pending) == ["web"]
+        assert cmd.pending["web"].startswith("2 replicas unplaced")
+        assert loop.held_reasons == {} and loop.held_due is None and loop.status()["held_commands"] == 1
+    finally:
+        task.cancel()
+
+
+async def test_held_reasons_ride_with_the_next_pass_that_places_and_a_newer_reason_wins():
+    state = loop_state({"web": job(replicas=2)}, {})
+    replica = LoopReplica(state, _ok)
+    loop = scheduling.SchedulerLoop(replica, epoch=1)
+    task = asyncio.create_task(loop.run())
+    try:
+        await asyncio.sleep(0.02)
+        assert loop.passes == 1 and replica.proposed == [] and loop.held_reasons["web"].startswith("2 replicas")
+        # a machine arrives, and a job that fits nowhere on it: the next pass places web and holds nothing back
+        state.jobs = {**state.jobs, "big": job("big", replicas=1, resources={"cpu": "64", "memory": "1Gi"})}
+        state.machines = {"a": machine("a")}
+        state.index, state.table_index, state.job_index = 5, {"jobs": 4, "machines": 4, "placements": 1}, {"big": 4}
+        state.job_floor = 5   # (this fake state has no per-machine index: a pass over every job)
+        for _ in range(100):
+            if replica.proposed:
+                break
+            await asyncio.sleep(0.01)
+        first = replica.proposed[0]
+        assert sorted(p["job"] for p in first.place) == ["web", "web"]
+        # the held word on web (2 unplaced) gave way to this pass's (nothing pending); big's reason rides along
+        assert first.pending.get("web", "") == "" and first.pending["big"].startswith("1 replicas unplaced")
+        assert loop.held_reasons == {} and loop.held_due is None
+    finally:
+        task.cancel()
+
+
+async def test_a_pass_with_nothing_to_say_holds_nothing_and_never_spins_the_loop():
+    # a pass over no job has no reasons: nothing is held (a hold of nothing once left its due time set, and the loop
+    # proposed nothing over and over without yielding: the leader's event loop held for seconds)
+    replica = LoopReplica(loop_state({}, {}), _ok)
+    loop = scheduling.SchedulerLoop(replica, epoch=1)
+    task = asyncio.create_task(loop.run())
+    ticks = 0
+    try:
+        for _ in range(40):   # 0.4 s, past PENDING_HOLD_S
+            await asyncio.sleep(0.01)
+            ticks += 1
+            assert loop.passes <= 1 and loop.held_due is None
+        assert loop.passes == 1 and loop.held_due is None and replica.proposed == []
+    finally:
+        task.cancel()
+    assert ticks == 40
