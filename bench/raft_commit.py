@@ -378,10 +378,32 @@ class Etcd:
                 p.wait()
 
 
-def run_etcd(seconds: float, clients: int, wrk_seconds: int) -> tuple[dict | None, dict | None]:
+def sequential(urls: list[str], headers: dict[str, str], request: Request, seconds: float) -> dict[str, Any] | None:
+    """One client writing one request at a time, first through the leader (``urls[0]``), then through a follower:
+    the latency of a write with nothing queued ahead of it (session 32's trace: raftctl 2.7 ms, etcd 1.6 ms)."""
+    if seconds <= 0:
+        return None
+    lead = asyncio.run(http_load(urls[:1], headers, request, seconds, 1))
+    follow = asyncio.run(http_load(urls[1:2], headers, request, seconds, 1))
+    return {"leader_p50_ms": lead["p50_ms"], "leader_p99_ms": lead["p99_ms"],
+            "follower_p50_ms": follow["p50_ms"], "follower_p99_ms": follow["p99_ms"],
+            "errors": lead["errors"] + follow["errors"]}
+
+
+def _fmt_seq(r: dict | None) -> str:
+    if not r:
+        return "n/a"
+    return (f"one client p50 {r['leader_p50_ms'] or float('nan'):.2f} ms through the leader, "
+            f"{r['follower_p50_ms'] or float('nan'):.2f} ms through a follower")
+
+
+Results = tuple[dict | None, dict | None, dict | None]   # Python client, wrk, one sequential client
+
+
+def run_etcd(seconds: float, clients: int, wrk_seconds: int, seq_seconds: float = 0.0) -> Results:
     if not shutil.which("etcd"):
         print("etcd not found (apt-get install etcd-server, or `make bench-deps`): the etcd part is skipped")
-        return None, None
+        return None, None, None
     with tempfile.TemporaryDirectory(prefix="bench-etcd-") as d:
         etcd = Etcd(d)
         try:
@@ -391,13 +413,14 @@ def run_etcd(seconds: float, clients: int, wrk_seconds: int) -> tuple[dict | Non
             py = with_cpu(lambda: asyncio.run(http_load(urls, {}, etcd_request, seconds, clients)), pids)
             wk = with_cpu(lambda: wrk_load(urls, {"Content-Type": "application/json"}, etcd_request, wrk_seconds,
                                            clients, clients), pids)
+            seq = sequential(urls, {}, etcd_request, seq_seconds)
         finally:
             etcd.stop()
-    return py, wk
+    return py, wk, seq
 
 
-def run_raftctl(seconds: float, clients: int, wrk_seconds: int,
-                tree: str | None = None) -> tuple[dict | None, dict | None]:
+def run_raftctl(seconds: float, clients: int, wrk_seconds: int, tree: str | None = None,
+                seq_seconds: float = 0.0) -> Results:
     """``tree``: run the replicas from another checkout of raftctl (a baseline measured in the same run)."""
     with tempfile.TemporaryDirectory(prefix="bench-raftctl-") as d:
         cluster = LocalCluster(d, replicas=3, log_level="warning")
@@ -423,9 +446,10 @@ def run_raftctl(seconds: float, clients: int, wrk_seconds: int,
             asyncio.run(http_load(urls, headers, raftctl_request, 1.5, clients, raftctl_setup(clients)))  # jobs, warm
             py = with_cpu(lambda: asyncio.run(http_load(urls, headers, raftctl_request, seconds, clients)), pids)
             wk = with_cpu(lambda: wrk_load(urls, headers, raftctl_request, wrk_seconds, clients, clients), pids)
+            seq = sequential(urls, headers, raftctl_request, seq_seconds)
         finally:
             cluster.stop()
-    return py, wk
+    return py, wk, seq
 
 
 def _fmt(r: dict | None) -> str:
@@ -459,6 +483,9 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="DIR", help="also run raftctl from this checkout (e.g. a clone at an older "
                     "commit), alternated with this tree and etcd: before/after in one run")
     ap.add_argument("--rounds", type=int, default=1, help="repeat raftctl (and the baseline) and etcd this often")
+    ap.add_argument("--sequential-seconds", type=float, default=4.0,
+                    help="one client, one write at a time, through the leader and then a follower, this long each "
+                         "(0: skip)")
     args = ap.parse_args()
     load0 = os.getloadavg()[0]
     bare = http = None
@@ -475,33 +502,39 @@ def main() -> None:
             order.reverse()
         for system in order:
             if system == "baseline":
-                b_py, b_wrk = run_raftctl(args.seconds, args.clients, args.wrk_seconds, args.baseline)
-                print(f"round {n + 1} baseline {args.baseline}: Python client {_fmt(b_py)}; wrk {_fmt(b_wrk)} "
-                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
+                b_py, b_wrk, b_seq = run_raftctl(args.seconds, args.clients, args.wrk_seconds, args.baseline,
+                                                 args.sequential_seconds)
+                print(f"round {n + 1} baseline {args.baseline}: Python client {_fmt(b_py)}; wrk {_fmt(b_wrk)}; "
+                      f"{_fmt_seq(b_seq)} (load {os.getloadavg()[0]:.1f})", flush=True)
                 print(json.dumps({"round": n + 1, "system": "baseline", "raftctl": _round(b_py),
-                                  "raftctl_wrk": _round(b_wrk), "load1": round(os.getloadavg()[0], 2)}), flush=True)
+                                  "raftctl_wrk": _round(b_wrk), "raftctl_sequential": _round(b_seq),
+                                  "load1": round(os.getloadavg()[0], 2)}), flush=True)
             elif system == "tree":
-                r_py, r_wrk = run_raftctl(args.seconds, args.clients, args.wrk_seconds)
+                r_py, r_wrk, r_seq = run_raftctl(args.seconds, args.clients, args.wrk_seconds,
+                                                 seq_seconds=args.sequential_seconds)
             else:
-                e_py, e_wrk = run_etcd(args.seconds, args.clients, args.wrk_seconds)
+                e_py, e_wrk, e_seq = run_etcd(args.seconds, args.clients, args.wrk_seconds, args.sequential_seconds)
         if args.rounds > 1:
-            print(f"round {n + 1} ({', '.join(order)}) this tree: Python client {_fmt(r_py)}; wrk {_fmt(r_wrk)}",
-                  flush=True)
-            print(f"round {n + 1} etcd: Python client {_fmt(e_py)}; wrk {_fmt(e_wrk)} "
+            print(f"round {n + 1} ({', '.join(order)}) this tree: Python client {_fmt(r_py)}; wrk {_fmt(r_wrk)}; "
+                  f"{_fmt_seq(r_seq)}", flush=True)
+            print(f"round {n + 1} etcd: Python client {_fmt(e_py)}; wrk {_fmt(e_wrk)}; {_fmt_seq(e_seq)} "
                   f"(load {os.getloadavg()[0]:.1f})", flush=True)
             print(json.dumps({"round": n + 1, "system": "this tree", "order": order, "raftctl": _round(r_py),
-                              "raftctl_wrk": _round(r_wrk), "etcd": _round(e_py), "etcd_wrk": _round(e_wrk),
+                              "raftctl_wrk": _round(r_wrk), "raftctl_sequential": _round(r_seq), "etcd": _round(e_py),
+                              "etcd_wrk": _round(e_wrk), "etcd_sequential": _round(e_seq),
                               "load1": round(os.getloadavg()[0], 2)}), flush=True)
     print(f"raftctl, Python client ({args.clients} clients over 3 replicas): {_fmt(r_py)}")
     print(f"etcd 3.4, Python client ({args.clients} clients over 3 members):  {_fmt(e_py)}")
     print(f"raftctl, wrk ({args.clients} connections over 3 replicas): {_fmt(r_wrk)}")
     print(f"etcd 3.4, wrk ({args.clients} connections over 3 members):  {_fmt(e_wrk)}")
+    print(f"raftctl, {_fmt_seq(r_seq)}; etcd 3.4, {_fmt_seq(e_seq)}")
     res = {"bench": "raft_commit", "clients": args.clients, "replica_loop": event_loop_from_env(),
            "load1_before": round(load0, 2),
            "load1_after": round(os.getloadavg()[0], 2),
            "raftctl": _round(r_py), "etcd": _round(e_py), "ratio_vs_etcd": _ratio(r_py, e_py),
            "raftctl_wrk": _round(r_wrk), "etcd_wrk": _round(e_wrk), "ratio_vs_etcd_wrk": _ratio(r_wrk, e_wrk),
            "cpu_per_write_vs_etcd": _cpu_ratio(r_py, e_py), "cpu_per_write_vs_etcd_wrk": _cpu_ratio(r_wrk, e_wrk),
+           "raftctl_sequential": _round(r_seq), "etcd_sequential": _round(e_seq),
            "bare_commits_per_s": round(bare, 1) if bare else None,
            "ratio_vs_bare_pysyncobj": round(r_py["writes_per_s"] / bare, 4) if bare and r_py else None,
            "bare_http_per_s": round(http["writes_per_s"], 1) if http else None,
