@@ -33,7 +33,6 @@ log = logging.getLogger("raftctl.agent.disk")
 MAX_ENTRIES = 200_000        # directory entries one container's walk looks at, at most
 EVICT_FLOOR = 1 << 20        # a container that wrote less than this is never evicted: it would free nothing
 CHECK_EVERY_S = 10.0         # the kubelet's housekeeping period
-DEFAULT_RESERVE = "10%"      # the kubelet's default hard eviction threshold for nodefs.available
 
 
 @dataclass(frozen=True)

@@ -296,20 +296,14 @@ class Supervisor:
                         opened, exits = True, await ExitWatch.open(self.driver, cid)
                 if self.sup.evict is not None:
                     log.warning("%s %s: stopping it", cid, self.sup.evict)
-                    await call_driver(self.driver.stop, cid, UNHEALTHY_STOP_S)
-                    obs = await call_driver(self.driver.status, cid)
-                    obs.reason = self.sup.evict
-                    return obs
+                    return await self._stopped_for(cid, self.sup.evict)
                 if monitor is not None:
                     if monitor.tracker.due(self.clock.monotonic()):
                         await monitor.check_once()
                     if monitor.tracker.status == "unhealthy":
                         failures = monitor.tracker.consecutive_failures
                         log.warning("%s failed %d health checks: restarting", cid, failures)
-                        await call_driver(self.driver.stop, cid, UNHEALTHY_STOP_S)
-                        obs = await call_driver(self.driver.status, cid)
-                        obs.reason = f"failed {failures} health checks"
-                        return obs   # its end is reported "exited" (or "oom_killed"), whatever status says now
+                        return await self._stopped_for(cid, f"failed {failures} health checks")
                 # (once the exit fired, status is polled as without a descriptor until it says the container ended)
                 watching = exits if exits is not None and not exits.fired.is_set() else None
                 if monitor is None:
@@ -327,6 +321,15 @@ class Supervisor:
         finally:
             if exits is not None:
                 exits.close()
+
+    async def _stopped_for(self, cid: str, reason: str) -> Observed:
+        """Stop the container the supervisor itself ends (failed health checks, an eviction; SIGKILL after
+        UNHEALTHY_STOP_S) and say how it ended, with ``reason``: it is reported "exited" (or "oom_killed"), whatever
+        status says now."""
+        await call_driver(self.driver.stop, cid, UNHEALTHY_STOP_S)
+        obs: Observed = await call_driver(self.driver.status, cid)
+        obs.reason = reason
+        return obs
 
     async def _until_changed(self, cid: str) -> None:
         """Until the container's status may differ: POLL_S, or, for an inline driver whose container can change
