@@ -77,6 +77,7 @@ SYNCOBJ_MODULE_NAMES: tuple[str, ...] = (
 # Module-level names of pysyncobj.tcp_connection raftctl replaces or uses.
 TCP_CONNECTION_MODULE_NAMES: tuple[str, ...] = (
     "zlib",   # wire.py: what TcpConnection.send compresses with and its parser decompresses with
+    "pickle",   # wire.py: what TcpConnection.send pickles with (protocol 4) and its parser unpickles with
     "monotonicTime",   # frames.py: the clock TcpConnection times reads with
 )
 

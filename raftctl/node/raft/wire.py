@@ -1,4 +1,5 @@
-"""Raft messages on the wire: zlib's stored form instead of compressing every message.
+"""Raft messages on the wire: zlib's stored form instead of compressing every message, and pickle protocol 4
+instead of pysyncobj's protocol 2.
 
 pysyncobj sends every message as ``zlib.compress(pickle.dumps(message), 3)``, Fernet-encrypted, and reads it back
 with ``zlib.decompress``. Compressing the ~800-byte pickle of an AppendEntries that carries one group-committed entry
@@ -12,13 +13,25 @@ so a replica of an older raftctl (or plain pysyncobj) reads what this one sends,
 compressed messages as before; nothing is negotiated. A message costs ~1.6 us to frame and is 6 bytes, plus 5 per
 65,535, larger than the pickle it carries (Raft peers share a datacenter; a snapshot's chunks cross it in
 the time deflate would take to shrink them).
+
+pysyncobj also pickles every message, and wraps every log entry's command (``(method id, args, kwargs)``), with
+protocol 2 (``pysyncobj/pickle.py``, kept for Python 2 peers). Protocol 2 has no opcode for ``bytes``: each one is
+pickled as a call to ``codecs.encode`` of its latin-1 text, so a byte above 0x7F takes two bytes (UTF-8), and
+unpickling looks that function up and calls it for every entry. raftctl's entries are CBOR, mostly such bytes.
+Replicas now pickle with protocol 4 (``PICKLE_PROTOCOL``: BINBYTES, the bytes as they are); ``pickle.loads`` reads
+every protocol, so a replica of an older raftctl reads what this one sends and the other way round, and a journal
+or snapshot written before holds protocol 2 entries that still apply. Measured here (session 33, one process): an
+AppendEntries carrying three 300-byte entries pickles to 470 bytes instead of 1,007, in 0.57 us instead of 2.51, and
+unpickles in 1.00 us instead of 2.66; the command wrapper of one entry 0.36 / 0.39 us instead of 1.81 / 1.57.
 """
 from __future__ import annotations
 
+import pickle
 import struct
 import zlib
 from typing import Any
 
+import pysyncobj.syncobj as psyncobj
 import pysyncobj.tcp_connection as ptcp
 
 ZLIB_HEADER = b"\x78\x01"   # deflate, 32 KiB window, "fastest" level hint; (0x78 * 256 + 0x01) % 31 == 0
@@ -53,6 +66,24 @@ class StoredZlib:
     decompress = staticmethod(zlib.decompress)
 
 
+PICKLE_PROTOCOL = 4   # BINBYTES (protocol 3 on) and framing; read by every Python 3.4 and later
+
+
+class Pickle:
+    """What pysyncobj's syncobj and tcp_connection modules call ``pickle`` (they use ``dumps`` and ``loads``
+    alone): protocol 4 whatever they ask, and ``pickle.loads``, which reads any protocol. (pysyncobj's own
+    ``loads`` retried a failed load with the pure-Python unpickler, for Python 2 peers.)"""
+
+    @staticmethod
+    def dumps(obj: Any, protocol: int | None = None) -> bytes:
+        return pickle.dumps(obj, PICKLE_PROTOCOL)
+
+    loads = staticmethod(pickle.loads)
+
+
 def install() -> None:
-    """Make pysyncobj's TcpConnection send stored-block zlib (its only use of the name ``zlib``)."""
+    """Make pysyncobj's TcpConnection send stored-block zlib (its only use of the name ``zlib``), and pysyncobj
+    pickle its messages and its entries' commands with protocol 4."""
     ptcp.zlib = StoredZlib()
+    ptcp.pickle = Pickle
+    psyncobj.pickle = Pickle
