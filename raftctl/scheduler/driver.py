@@ -11,7 +11,7 @@ from raftctl.scheduler.machines import Candidates, MachineView, ViewCache, build
 from raftctl.scheduler.packing import repair
 from raftctl.scheduler.place import JobFit, candidates_for, place_job, place_replicas
 from raftctl.scheduler.plan import Check, NewPlacement, Plan, no_check
-from raftctl.scheduler.preemption import preempt_for
+from raftctl.scheduler.preemption import Priorities, preempt_for
 from raftctl.scheduler.reconcile import Reconciled, current_spec, reconcile
 from raftctl.statemachine.records import Constraint, Job, JobSpec, Machine, Placement
 from raftctl.statemachine.state import MachineUsage
@@ -47,8 +47,8 @@ def schedule(jobs: Mapping[str, Job], placements: Mapping[str, Placement], machi
             pass_.by_job.setdefault(p.job, []).append(p)
     # highest priority first; within a priority, biggest replicas first (best-fit decreasing packs tighter)
     names = sorted(job_names if job_names is not None else jobs, key=lambda n: order(jobs.get(n), n))
-    pass_.priorities = {n: current_spec(j).priority for n, j in jobs.items()}
-    for name in sorted(set(groups if groups is not None else pass_.by_job) - set(jobs)):  # purged jobs' placements
+    pass_.priorities = Priorities(jobs)   # read by preemption alone: not built for every job of every pass
+    for name in sorted(n for n in (groups if groups is not None else pass_.by_job) if n not in jobs):  # purged jobs
         for p in sorted(pass_.placements_of(name), key=lambda p: p.id):   # one order, however they were read
             if p.is_live():
                 pass_.plan.stop.append((p.id, "job purged"))
@@ -84,7 +84,7 @@ class Pass:
         self.machines = machines
         self.check = check
         self.by_job: dict[str, list[Placement]] = {}   # every job's, or (with groups) those read so far
-        self.priorities: dict[str, int] = {}
+        self.priorities: Mapping[str, int] = {}
         self.stopping: set[str] = set()
         self.fits: dict[str, JobFit] = {}           # jobs whose new placements the packing repair may move
         self._views: dict[str, MachineView] | None = None

@@ -169,7 +169,9 @@ async def test_the_loop_on_the_state_machine_replaces_a_lost_placement_in_a_pass
         assert (await r.propose(c.PlacementUpdate(placement=lost, machine=r.state.placements[lost].machine,
                                                   state="lost"))).ok
         # from the state's job index, no walk; and the pass reads web's placements alone
-        _, placements, *_, names = scheduling._inputs(r.state, seen, before)
+        priorities = scheduling.JobPriorities()
+        priorities.sync(seen[0], None)
+        _, placements, *_, names = scheduling._inputs(r.state, seen, before, priorities)
         assert names == ["web"] and {p.job for p in placements.values()} == {"web"}
         await until(lambda: sum(1 for p in r.state.placements.values() if p.job == "web" and p.is_live()) == 2,
                     "2 live web placements", within=5.0, every=0.01)

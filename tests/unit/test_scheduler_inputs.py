@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
+from msgspec.structs import replace
+
 from raftctl.node import scheduling
 from raftctl.scheduler import schedule
+from raftctl.scheduler.reconcile import current_spec
 from raftctl.statemachine import commands as c
 from raftctl.statemachine.apply import apply
 from raftctl.statemachine.state import State
@@ -39,12 +42,18 @@ def test_a_pass_over_some_jobs_plans_the_same_from_their_placements_alone(setup,
         if i == cut:
             before, since = (dict(s.jobs), dict(s.placements), dict(s.machines)), s.index
         s = run(s, step)
-    jobs, placements, machines, index, usage, groups, names = scheduling._inputs(s, (before[0], before[2]), since)
+    priorities = scheduling.JobPriorities()
+    priorities.sync(before[0], None)      # as the loop's last read left it
+    jobs, placements, machines, index, usage, groups, names = scheduling._inputs(s, (before[0], before[2]), since,
+                                                                                 priorities)
+    # the kept priorities are every job's, though only the jobs a change touched were read again
+    assert priorities.of == {n: current_spec(j).priority for n, j in s.jobs.items()}
+    assert priorities.lowest(0) == min(priorities.of.values(), default=0)
     if names is None:   # a restore since: the per-job index cannot tell, every job and placement is read
         assert s.job_floor > since and placements == s.placements
         return
     assert walked(before, (s.jobs, s.placements, s.machines)) <= set(names)
-    if not scheduling.may_preempt(jobs, names, any(n not in jobs for n in groups)):
+    if not scheduling.may_preempt(jobs, names, any(n not in jobs for n in groups), priorities.lowest(0)):
         assert set(placements) == {pid for n in groups if n in names or n not in jobs for pid in groups[n]}
     whole = schedule(s.jobs, s.placements, s.machines, index=s.index, now=0, usage=dict(s.usage),
                      job_names=names, groups=s.job_groups())
@@ -60,22 +69,23 @@ def test_a_pass_reads_the_placements_of_the_jobs_a_change_touches_and_of_purged_
                                                           ports=[31000, 31003], runtime="sim") for m in ("m1", "m2")],
                 *[c.PutJob(spec=spec(n, 1, 100, 0)) for n in JOBS]]:
         assert apply(s, cmd).ok
-    *_, names = scheduling._inputs(s, None, None)
+    priorities = scheduling.JobPriorities()
+    *_, names = scheduling._inputs(s, None, None, priorities)
     assert names is None                                            # the first pass: every job
     plan = schedule(s.jobs, s.placements, s.machines, index=s.index, now=0)
     assert apply(s, scheduling.plan_command(plan, s.jobs, epoch=1)).ok and len(s.placements) == len(JOBS)
     seen, since = (dict(s.jobs), dict(s.machines)), s.index
-    _, placements, *_, names = scheduling._inputs(s, seen, since)
+    _, placements, *_, names = scheduling._inputs(s, seen, since, priorities)
     assert names == [] and placements == {}
     web = next(pid for pid, p in s.placements.items() if p.job == "web")
     assert apply(s, c.PlacementUpdate(placement=web, machine=s.placements[web].machine, state="running")).ok
-    _, placements, *_, names = scheduling._inputs(s, seen, since)
+    _, placements, *_, names = scheduling._inputs(s, seen, since, priorities)
     assert names == ["web"] and list(placements) == [web]
     m = s.placements[web].machine
     on_m = {p.job for p in s.placements.values() if p.machine == m}
     seen, since = (dict(s.jobs), dict(s.machines)), s.index         # a machine drained: the jobs on it (its record
     assert apply(s, c.DrainMachine(machines=[m], drain=True)).ok    # changed, not their placements)
-    _, placements, *_, names = scheduling._inputs(s, seen, since)
+    _, placements, *_, names = scheduling._inputs(s, seen, since, priorities)
     assert set(names) == on_m and {p.job for p in placements.values()} == on_m
     assert same_plans(schedule(s.jobs, placements, s.machines, index=s.index, now=0, usage=dict(s.usage),
                                job_names=names, groups=s.job_groups()),
@@ -83,7 +93,7 @@ def test_a_pass_reads_the_placements_of_the_jobs_a_change_touches_and_of_purged_
     assert apply(s, c.DeleteJob(name="db", purge=True)).ok          # purged: its placements stay until stopped,
     seen, since = (dict(s.jobs), dict(s.machines)), s.index         # and a later pass over web reads them too
     assert apply(s, c.PlacementUpdate(placement=web, machine=m, state="running", health="healthy")).ok
-    jobs, placements, machines, index, usage, groups, names = scheduling._inputs(s, seen, since)
+    jobs, placements, machines, index, usage, groups, names = scheduling._inputs(s, seen, since, priorities)
     assert names == ["web"] and {p.job for p in placements.values()} == {"web", "db"}
     assert same_plans(schedule(jobs, placements, machines, index=index, now=0, usage=usage, job_names=names,
                                groups=groups),
@@ -110,4 +120,42 @@ def test_may_preempt():
     ]
     for priorities, names, purged, want in cases:
         jobs = {n: job_with(p, n) for n, p in priorities.items()}
-        assert scheduling.may_preempt(jobs, names, purged) is want, (priorities, names, purged)
+        lowest = min(priorities.values())
+        assert scheduling.may_preempt(jobs, names, purged, lowest) is want, (priorities, names, purged)
+
+
+def test_job_priorities_follow_the_jobs_a_read_names():
+    """JobPriorities (the lowest priority may_preempt compares with, without a walk over every job per pass):
+    rebuilt from every job, then updated from the named ones only; a job gone leaves no count behind."""
+    pr = scheduling.JobPriorities()
+    assert pr.lowest(7) == 7                                        # no job yet
+    jobs = {"a": job_with(100, "a"), "b": job_with(50, "b"), "c": job_with(50, "c")}
+    pr.sync(jobs, ["a"])                                            # never synced: rebuilt whatever is named
+    assert pr.of == {"a": 100, "b": 50, "c": 50} and pr.lowest(0) == 50
+    jobs = {**jobs, "b": job_with(0, "b")}
+    pr.sync(jobs, ["b"])
+    assert pr.lowest(0) == 0 and pr.count == {100: 1, 50: 1, 0: 1}
+    del jobs["b"]
+    pr.sync(jobs, ["b"])                                            # gone: its count goes with it
+    assert pr.of == {"a": 100, "c": 50} and pr.lowest(0) == 50 and 0 not in pr.count
+    jobs["c"] = job_with(100, "c")
+    pr.sync(jobs, ["c", "unknown"])
+    assert pr.lowest(0) == 100 and pr.count == {100: 2}
+    pr.sync({}, None)
+    assert pr.of == {} and pr.lowest(3) == 3
+
+
+def test_job_priorities_rebuild_after_an_update_that_raised():
+    pr = scheduling.JobPriorities()
+    jobs = {"a": job_with(100, "a")}
+    pr.sync(jobs, None)
+    broken = replace(job_with(50, "b"), version=9)                  # no spec for its current version
+    try:
+        pr.sync({**jobs, "b": broken}, ["b"])
+    except KeyError:
+        pass
+    else:
+        raise AssertionError("a job without its current spec raised nothing")
+    assert not pr.valid
+    pr.sync({**jobs, "b": job_with(0, "b")}, [])                     # nothing named, but rebuilt
+    assert pr.of == {"a": 100, "b": 0} and pr.valid
