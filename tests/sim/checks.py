@@ -7,7 +7,13 @@
   every entry up to the highest commit index it has reached since it (re)started.
 * Applied hash chains agree: after the n-th applied entry, every node's State.chain is the same.
 * Leader Completeness for clients: every acknowledged command (its index and term, learned when the
-  callback fired) is in the log of every leader of that term or a later one.
+  callback fired) is in the log of every leader of the term it was committed in or a later one. That term is
+  not the entry's own: a leader commits the entries of earlier terms it holds once an entry of its own term is
+  committed, and a partitioned leader of a term in between (still leading, unable to commit) may lack them
+  (seed 8072: entries of term 3, committed in term 6, absent from the stale leader of term 5). The term the
+  acknowledging node was in when its callback fired is at or after the commit's (it learned the commit from
+  a leader of its term or an earlier one, which committed it in its own term at the latest), so leaders of that
+  term or a later one are checked.
 A violation raises :class:`Violation` naming the seed, the step and how to replay it.
 """
 from __future__ import annotations
@@ -69,7 +75,8 @@ class Checker:
         self.leaders: dict[int, str] = {}                      # term -> node id
         self.committed: dict[int, tuple[int, bytes]] = {}      # index -> (term, data)
         self.chains: dict[int, str] = {}                       # applied entries -> State.chain
-        self.acks: list[tuple[str, int, int, bytes]] = []      # (command id, index, term, payload)
+        # (command id, index, term, payload, the term from which on every leader must hold it)
+        self.acks: list[tuple[str, int, int, bytes, int]] = []
         self.views: dict[str, NodeView] = {}
         self.counts = {"leader_terms": 0, "acks": 0, "committed_checked": 0}
         # The first violation, kept: checks that run inside a node's callbacks (applied, became_leader,
@@ -100,11 +107,12 @@ class Checker:
                       f"{chain[:12]}, another node had {other[:12]}")
 
     def acknowledged(self, node_id: str, cmd_id: str, payload: bytes, index: int, term: int,
-                     data: bytes | None) -> None:
+                     data: bytes | None, acked_in: int) -> None:
+        """``term`` is the entry's, ``acked_in`` the acknowledging node's current term when its callback fired."""
         if data is None or payload_of(data) != payload:
             self.fail("acknowledgement", f"{node_id} acknowledged {cmd_id} at index {index} "
                       f"but its log does not hold it there")
-        self.acks.append((cmd_id, index, term, payload))
+        self.acks.append((cmd_id, index, term, payload, max(term, acked_in)))
         self.counts["acks"] = len(self.acks)
 
     # -- after every step ----------------------------------------------------------------
@@ -141,8 +149,8 @@ class Checker:
         done = view.acks_checked.get(term, 0)
         if done == len(self.acks):
             return
-        for cmd_id, idx, t, payload in self.acks[done:]:
-            if t > term:
+        for cmd_id, idx, t, payload, since in self.acks[done:]:
+            if since > term:
                 continue
             got = entries(node, idx, idx)
             if not got and idx < node._SyncObj__raftLog[0][1]:
@@ -151,4 +159,4 @@ class Checker:
                 self.fail("leader completeness", f"acknowledged command {cmd_id} (index {idx}, term {t}) "
                           f"is not in the log of {node_id}, leader of term {term}")
         # acks of later terms stay unchecked for this term; re-check them next time (cheap: few)
-        view.acks_checked[term] = len(self.acks) if all(a[2] <= term for a in self.acks[done:]) else done
+        view.acks_checked[term] = len(self.acks) if all(a[4] <= term for a in self.acks[done:]) else done

@@ -283,7 +283,8 @@ class SimCluster:
             term = got[0][2] if got else -1
             self.faults["acked"] += 1
             self._event(f"ack {cmd_id} {idx} {term}")
-            self.checker.acknowledged(node_id, cmd_id, payload, idx, term, got[0][0] if got else None)
+            self.checker.acknowledged(node_id, cmd_id, payload, idx, term, got[0][0] if got else None,
+                                      node.raftCurrentTerm)
 
         node.apply_entry(payload, callback=done)
 

@@ -155,6 +155,34 @@ def test_checker_refuses_diverging_applied_chains() -> None:
         ch.applied("a", 2, "h2-other")
 
 
+def test_leader_completeness_holds_from_the_term_an_entry_was_committed_in() -> None:
+    """An entry of term 3 acknowledged by a node in term 6 (committed by that term's leader, with the term-6 entry
+    after it) must be in every leader's log from term 6 on; a stale leader of term 5, partitioned and unable to
+    commit, may lack it (seed 8072, 600 steps: the checker called that a violation until session 33). An entry
+    acknowledged in its own term binds the leaders of that term on, as before."""
+    import pysyncobj.pickle as ppickle
+    from pysyncobj.syncobj import _COMMAND_TYPE
+
+    def entry(payload: bytes, idx: int, term: int) -> tuple[bytes, int, int]:
+        return bytes([_COMMAND_TYPE.REGULAR]) + ppickle.dumps((0, (payload,), {})), idx, term
+
+    ch = Checker(seed=8072, replay="r")
+    for node in ("n1", "n2", "n3"):
+        ch.node_started(node)
+    late, own = entry(b"c838", 835, 3), entry(b"c100", 100, 2)
+    ch.acknowledged("n3", "c100", b"c100", 100, 2, own[0], 2)
+    ch.acknowledged("n3", "c838", b"c838", 835, 3, late[0], 6)
+    stale = _Log([own, (b"\x00", 835, 4)], commit=100)         # term 5's leader: 835 holds its term-4 entry
+    ch.check_leader("n2", stale, 5)
+    ch.check_leader("n2", stale, 5)                          # checked again: still nothing to say
+    assert ch.first is None
+    with pytest.raises(Violation, match="c838 .index 835, term 3. is not in the log of n1, leader of term 6"):
+        ch.check_leader("n1", _Log([own, (b"\x00", 835, 4)], commit=100), 6)
+    with pytest.raises(Violation, match="c100 .index 100, term 2. is not in the log of n1, leader of term 2"):
+        ch.check_leader("n1", _Log([(b"\x00", 100, 1)], commit=0), 2)
+    ch.check_leader("n3", _Log([own, late], commit=835), 7)   # holds both
+
+
 def test_a_violation_raised_inside_a_node_callback_is_kept_for_the_step() -> None:
     """RaftNode.apply_entry logs and swallows what its on_applied callback raises: the checker keeps it."""
     ch = Checker(seed=4, replay="r")
