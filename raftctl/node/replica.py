@@ -58,7 +58,6 @@ class ServerConfig:
     dns_port: int | None = None
     advertise_api: str | None = None
     compact_entries: int = 20000   # log entries kept before a snapshot compacts the log
-    join: bool = False             # added to a running cluster: votes once its log holds its own add (--join)
     heartbeat_ttl_s: float = 3.0
     heartbeat_interval_s: float = 1.0
     max_heartbeats_per_s: int = FailoverConfig.max_heartbeats_per_s   # the leader's heartbeat budget; 0: none
@@ -134,7 +133,7 @@ class Replica:
             await asyncio.to_thread(derive_cluster_id, self.cfg.secret)
         self.raft = RaftNode(self.cfg.raft, self.cfg.peers, self.cfg.data_dir, self.cfg.secret,
                              on_applied=self._on_applied_threadsafe, on_state_changed=self._on_raft_state,
-                             compact_entries=self.cfg.compact_entries, join=self.cfg.join)
+                             compact_entries=self.cfg.compact_entries)
         self.proposer = Proposer(self.raft, max_inflight=int(os.environ.get("RAFTCTL_MAX_INFLIGHT", "2")),
                                  clock=self.clock)
         self.proposer.start()

@@ -132,7 +132,6 @@ class SimCluster:
         self.cmd_seq = 0
         self.snapshots_restored = 0     # received snapshots restored and loaded (SnapshotFiles.restored)
         self._pending_acks: list[tuple[str, str, bytes, int]] = []
-        self.joiners: set[str] = set()   # replicas added by a membership change (started to join)
 
     # -- nodes ----------------------------------------------------------------------
     def _event(self, text: str) -> None:
@@ -146,9 +145,7 @@ class SimCluster:
             "logCompactionMinEntries": self.cfg.compact or 10 ** 9,
             "logCompactionMinTime": 10 ** 9,
         }
-        kwargs: dict[str, Any] = {"transport": transport, "conf_overrides": overrides, "disk": self.disks[node_id],
-                                  # a replica added at runtime joins (`raftctl server --join`), every restart too
-                                  "join": node_id in self.joiners}
+        kwargs: dict[str, Any] = {"transport": transport, "conf_overrides": overrides, "disk": self.disks[node_id]}
         if self.cfg.repair is not None:
             kwargs["repair"] = self.cfg.repair
         holder: list[RaftNode] = []
@@ -225,7 +222,6 @@ class SimCluster:
         if op == "add":
             target = rng.choice(spares)
             self.disks[target] = SimDisk()          # a new replica: an empty data dir
-            self.joiners.add(target)
             self.peers_of[target] = sorted(self.members)
             self._start(target)
         else:

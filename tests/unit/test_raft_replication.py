@@ -51,15 +51,14 @@ class Recorder(Transport):
 class Handle:
     """A RaftNode with no tick thread, fed messages by the test."""
 
-    def __init__(self, path: Any, repair: bool, peers: int = 2, fast: bool = False, disk: Any = None,
-                 join: bool = False) -> None:
+    def __init__(self, path: Any, repair: bool, peers: int = 2, fast: bool = False, disk: Any = None) -> None:
         self.transport = Recorder(None, None, [])
         conf: dict[str, Any] = {"autoTick": False}
         if fast:  # elections 10x faster than raftctl's
             conf.update(raftMinTimeout=0.04, raftMaxTimeout=0.12, appendEntriesPeriod=0.01)
         self.node = raft.RaftNode("127.0.0.1:7001", [f"127.0.0.1:{7002 + i}" for i in range(peers)], str(path), None,
                                   on_applied=lambda: None, transport=self.transport, repair=repair,
-                                  conf_overrides=conf, disk=disk, join=join)
+                                  conf_overrides=conf, disk=disk)
 
     def deliver(self, node: Any, message: dict) -> list[dict]:
         assert self.transport is not None
@@ -707,44 +706,3 @@ def test_raft_status_never_waits_on_the_callers_thread_while_a_term_change_is_ha
                        "prevLogTerm": 0, "entries": []})
     st = h.node.raft_status()
     assert (st["state"], st["term"], st["leader"]) == ("follower", term + 1, LEADER.id)
-
-
-# ---------------------------------------------------------------------------------------------- joining
-def _add(addr: str) -> bytes:
-    return psyncobj._bchr(MEMBERSHIP) + psyncobj.pickle.dumps(["add", addr, TCPNode(addr)])
-
-
-def test_a_joining_replica_votes_only_once_its_log_holds_its_own_add(tmp_path: Any) -> None:
-    """`raftctl server --join`: an empty data dir at the address of a removed member must not vote in an old
-    configuration that lists the address (the simulation's seed 9054 --members: a stale replica led term 4
-    without an entry committed in term 3). It answers no vote and no pre-vote, and takes no term from them, until
-    an AppendEntries brings the entry that adds it; after a restart its log says so, and it votes at once."""
-    h = Handle(tmp_path / "n", True, join=True)
-    try:
-        ask = {"type": "request_vote", "term": 4, "last_log_index": 599, "last_log_term": 3}
-        pre = {"type": "pre_vote", "term": 4, "last_log_index": 599, "last_log_term": 3}
-        assert h.deliver(OTHER, ask) == [] and h.deliver(OTHER, pre) == []
-        assert h.node.raftCurrentTerm == 0 and h.node.votes_withheld == 2
-        h.append(3, 1, 0, [noop(2, 3), noop(3, 3)], commit=3)          # entries, but not its own add yet
-        assert h.deliver(OTHER, {**ask, "term": 5}) == [] and h.node._joining
-        h.append(3, 3, 3, [(_add("127.0.0.1:7004"), 4, 3)], commit=4)   # another replica's add: still joining
-        assert h.node._joining
-        h.append(3, 4, 3, [(_add("127.0.0.1:7001"), 5, 3)], commit=5)   # its own
-        assert not h.node._joining
-        answers = h.deliver(OTHER, {**ask, "term": 6, "last_log_index": 9, "last_log_term": 3})
-        assert [m["type"] for m in answers if m["type"] in ("response_vote",)] == ["response_vote"]
-        assert h.node.raftCurrentTerm == 6
-    finally:
-        h.node._doDestroy()
-    again = Handle(tmp_path / "n", True, join=True)                      # restarted, same data dir
-    try:
-        assert not again.node._joining
-    finally:
-        again.node._doDestroy()
-    fresh = Handle(tmp_path / "m", True)                                 # a replica of the initial cluster
-    try:
-        assert not fresh.node._joining
-        assert [m["type"] for m in fresh.deliver(OTHER, {"type": "request_vote", "term": 2, "last_log_index": 1,
-                                                          "last_log_term": 0})] == ["response_vote"]
-    finally:
-        fresh.node._doDestroy()

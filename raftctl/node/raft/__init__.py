@@ -164,9 +164,9 @@ class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
                  on_applied: Callable[[], None], on_state_changed: Callable[[int, int], None] | None = None,
                  *, dynamic_membership: bool = True, compact_entries: int = 20000,
                  transport: Any = None, conf_overrides: dict[str, Any] | None = None,
-                 repair: bool = True, disk: Disk | None = None, join: bool = False) -> None:
+                 repair: bool = True, disk: Disk | None = None) -> None:
         # repair=False runs pysyncobj's own AppendEntries handling (replication.py), for the simulation.
-        self._init_replication(repair, join)
+        self._init_replication(repair)
         # transport (a pysyncobj Transport; None = TCP) and conf_overrides (SyncObjConf fields, e.g.
         # autoTick=False) exist for the deterministic simulation in tests/sim; production passes neither.
         self.state = State()
@@ -222,8 +222,6 @@ class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
             super().__init__(self_addr, peers, conf, transport=transport)
         finally:
             _JOURNAL_DISKS.pop(journal_file, None)
-        if join and repair:
-            self.start_joining()   # votes only once its log holds its own add (replication.start_joining)
         self.addOnTickCallback(self._cache_status)  # raft_status() reads what the tick thread computed
         self.addOnTickCallback(self._transfer_tick)
 
@@ -334,8 +332,6 @@ class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
         e1, e0, cluster, restored = prepared
         with self.lock:
             self.state = restored
-        if self._joining:
-            self.joined(cluster)
         # Restoring a big state at a start holds the tick thread for seconds (100,000 placements: 2.0-2.6 s);
         # it counts as hearing from the leader, or this follower would start an election the moment it
         # returns (the election check runs first in a tick).

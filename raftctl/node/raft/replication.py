@@ -147,7 +147,7 @@ class ReplicationFixes:
         def _SyncObj__deleteEntriesFrom(self, fromIDx: int) -> None: ...  # noqa: N803
         def _SyncObj__parseChangeClusterRequest(self, command: bytes) -> Any: ...
 
-    def _init_replication(self, repair: bool, join: bool = False) -> None:
+    def _init_replication(self, repair: bool) -> None:
         """Call before SyncObj.__init__ (its tick thread may run at once)."""
         self._repair = bool(repair)
         self._replication_progress: dict[Any, _Progress] = {}
@@ -159,37 +159,6 @@ class ReplicationFixes:
         self._election_held = False                    # pysyncobj's tick may not start an election now
         self._old_peers: set = set()                   # peers whose messages show an older raftctl
         self._pre_voted: dict[Any, int] = {}           # peer -> newest term it asked a pre-vote for
-        # A replica started to join a running cluster grants no vote or pre-vote until its log holds the
-        # membership entry that adds it (or it loaded a snapshot whose cluster holds it): see joined().
-        self._joining = bool(join) and self._repair
-        self.votes_withheld = 0
-
-    def _adds_me(self, data: bytes) -> bool:
-        """Whether log entry ``data`` is the membership change that adds this replica."""
-        request = self._SyncObj__parseChangeClusterRequest(data)
-        me = self._SyncObj__selfNode
-        return bool(request) and request[0] == "add" and me is not None and request[1] == me.id
-
-    def start_joining(self) -> None:
-        """After SyncObj.__init__ loaded the journal, for a replica made with ``join`` (``_init_replication``;
-        ``raftctl server --join``): it joins a running cluster and votes only once its log holds
-        the entry that adds it. An empty data dir at the address of a removed member would otherwise vote in
-        an old configuration that still lists the address, for a replica that lacks committed entries (the
-        simulation's seed 9054 with membership changes: a stale replica led term 4 without an entry committed
-        in term 3). Once the entry is in its log, its log holds every entry committed before it, and Raft's
-        up-to-date check refuses a stale candidate. The log is read, so a joiner that restarts after it joined
-        votes at once."""
-        raft_log = self._SyncObj__raftLog
-        if self._joining and any(self._adds_me(raft_log[i][0]) for i in range(len(raft_log))):
-            self.joined()   # only ever cleared: the tick thread may have seen the entry arrive already
-
-    def joined(self, cluster: Any = None) -> None:
-        """The joining ends: its own add entry reached the log, or ``cluster`` (a loaded snapshot's) holds it."""
-        me = self._SyncObj__selfNode
-        if cluster is None or (me is not None and me.id in {getattr(n, "id", n) for n in cluster}):
-            if self._joining:
-                log.info("joined: this replica's own membership entry is in its log; it votes from now on")
-            self._joining = False
 
     # ------------------------------------------------------------------ dispatch
     def _SyncObj__onMessageReceived(self, node: Any, message: dict) -> None:  # noqa: N802 (pysyncobj's name)
@@ -202,9 +171,6 @@ class ReplicationFixes:
                 self._on_append_entries(node, message)
             else:  # tell a leader of an older term about ours, so it steps down (pysyncobj stays silent)
                 self._reply(node, message, success=False, next_idx=self._SyncObj__raftLog[-1][1] + 1)
-            return None
-        if self._joining and mtype in ("pre_vote", "request_vote"):
-            self.votes_withheld += 1   # as if unreachable: no answer, no term taken from it (start_joining)
             return None
         if mtype == "pre_vote":
             self._on_pre_vote(node, message)
@@ -652,8 +618,6 @@ class ReplicationFixes:
                     request = self._SyncObj__parseChangeClusterRequest(entry[0])
                     if request is not None:
                         self._SyncObj__doChangeCluster(request)
-                        if self._joining and self._adds_me(entry[0]):
-                            self.joined()
 
         last_new = prev_idx + n
         if leader_commit > commit:
