@@ -133,7 +133,6 @@ class JobPriorities:
         differs from the last sync's must be among them)."""
         try:
             if changed is None or not self.valid:
-                self.valid = False
                 self.of = {n: current_spec(j).priority for n, j in jobs.items()}
                 self.count = Counter(self.of.values())
             else:
@@ -197,8 +196,7 @@ def may_preempt(jobs: Mapping[str, Job], names: Sequence[str], purged: bool, low
     top = max((current_spec(jobs[n]).priority for n in names if n in jobs), default=0)
     if top <= 0:
         return False
-    low = lowest if jobs else top
-    return top > (min(low, PURGED_PRIORITY) if purged else low)
+    return top > (min(lowest, PURGED_PRIORITY) if purged else lowest)
 
 
 def _watch_key(s: Any) -> int:

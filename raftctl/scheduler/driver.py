@@ -84,7 +84,7 @@ class Pass:
         self.machines = machines
         self.check = check
         self.by_job: dict[str, list[Placement]] = {}   # every job's, or (with groups) those read so far
-        self.priorities: Mapping[str, int] = {}
+        self.priorities = Priorities({})
         self.stopping: set[str] = set()
         self.fits: dict[str, JobFit] = {}           # jobs whose new placements the packing repair may move
         self._views: dict[str, MachineView] | None = None

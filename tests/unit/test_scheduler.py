@@ -679,15 +679,17 @@ async def test_a_pass_with_nothing_to_say_holds_nothing_and_never_spins_the_loop
 
 def test_a_pass_reads_only_the_priorities_preemption_asks_for() -> None:
     """Priorities (the pass's table of job priorities, read by preemption alone) answers as the whole table did:
-    a job's current spec's priority, PURGED_PRIORITY's default for a job no longer there; a pass over one job of
-    many that preempts nothing reads no other job's spec (it used to read every job's first)."""
+    a job's current spec's priority, PURGED_PRIORITY for a job no longer there; it holds only the jobs asked for,
+    and a pass over one job of many that preempts nothing reads no other job's spec (it used to read every job's
+    first)."""
     from raftctl.scheduler.preemption import PURGED_PRIORITY, Priorities
 
     jobs = {f"j{i}": job(f"j{i}", priority=10 * (i % 5)) for i in range(200)}
     pr = Priorities(jobs)
-    assert [pr.get(f"j{i}", PURGED_PRIORITY) for i in range(5)] == [0, 10, 20, 30, 40]
-    assert pr.get("purged", PURGED_PRIORITY) == PURGED_PRIORITY and pr["j7"] == 20 and len(pr) == 200
-    assert dict(pr) == {n: 10 * (int(n[1:]) % 5) for n in jobs}
+    assert [pr[f"j{i}"] for i in range(5)] == [0, 10, 20, 30, 40]
+    assert pr["purged"] == PURGED_PRIORITY and pr["j7"] == 20 and len(pr) == 7
+    assert dict(pr) == {**{f"j{i}": 10 * i for i in range(5)}, "purged": PURGED_PRIORITY, "j7": 20}
+    assert all(pr[n] == 10 * (int(n[1:]) % 5) for n in jobs) and len(pr) == 201
     # a record whose current spec cannot be read: only a pass that reads every job's priority trips on it
     jobs["unread"] = replace(job("unread"), version=9)
     plan = schedule(jobs, {}, {}, index=1, now=0, job_names=["j3"])
