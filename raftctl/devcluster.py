@@ -440,9 +440,10 @@ class LocalCluster:
 
 
 def add_server(cluster: LocalCluster, node_id: str) -> Proc:
-    """Plan one more replica (not started, not yet a member)."""
+    """Plan one more replica (not started, not yet a member): it starts with --join, as every replica added at
+    runtime must (a learner until the leader promotes it; no vote until its log makes it a voter)."""
     p = Proc(role="server", id=node_id, data_dir=os.path.join(cluster.dir, node_id),
              raft=f"{cluster.host}:{free_port(cluster.host)}", api=f"{cluster.host}:{free_port(cluster.host)}",
-             tls=cluster.tls_dir is not None)
+             tls=cluster.tls_dir is not None, extra_args=["--join"])
     cluster.procs.append(p)
     return p

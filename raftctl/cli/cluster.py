@@ -26,7 +26,8 @@ def register(cli: click.Group) -> None:
                 st = Client([st["leader_api"]], c.token, retry_for=2, ca=c.ca).request("GET", "/v1/status")
             except Exception:
                 pass
-        rows = [(m.get("id") or "", m["raft"], m.get("api") or "", "leader" if m["leader"] else "follower",
+        rows = [(m.get("id") or "", m["raft"], m.get("api") or "",
+                 "leader" if m["leader"] else ("follower" if m.get("voter", True) else "learner"),
                  m.get("lag", ""), {True: "yes", False: "no"}.get(m.get("connected"), "")) for m in st["members"]]
         text = (f"leader {st['leader']} term {st['term']} commit {st['commit_index']} applied {st['applied_index']} "
                 f"state index {st['index']} (answered by {st['node']}, {st['state']})")
@@ -45,9 +46,11 @@ def register(cli: click.Group) -> None:
     @click.option("--id", "node_id", default="", help="The new replica's name.")
     @click.pass_context
     def add_member(ctx: click.Context, raft_addr: str, api: str, node_id: str) -> None:
-        """Add a replica (start it first with --peer listing the current members)."""
+        """Add a replica (start it first with --join and --peer listing the current members). It joins as a
+        learner, counted in no majority; the leader makes it a voter once it has caught up."""
         data = _to_leader(ctx).request("POST", "/v1/members", {"raft": raft_addr, "api": api, "id": node_id})
-        emit(ctx, data, text=f"member {raft_addr} added")
+        emit(ctx, data, text=f"member {raft_addr} added as a learner; it becomes a voter once it has caught up "
+                             f"(`raftctl cluster status`)")
 
     @cluster.command("remove-member")
     @click.argument("raft_addr")

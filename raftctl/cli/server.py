@@ -47,6 +47,10 @@ def register(cli: click.Group) -> None:
     @click.option("--secret-file", type=click.Path(dir_okay=False), default=None, help="File holding the cluster secret.")
     @click.option("--insecure-dev", is_flag=True, help="Run Raft unencrypted and unauthenticated (never in production).")
     @click.option("--dns-port", type=int, default=None, help="Answer DNS SRV/A for <service>.service.raftctl on this port.")
+    @click.option("--join", is_flag=True,
+                  help="This replica joins a running cluster (`raftctl cluster add-member` adds it, as a learner the "
+                       "leader promotes once it has caught up): it votes only once its log makes it a voter. Give it "
+                       "to every replica added at runtime, on every start.")
     @click.option("--compact-entries", type=click.IntRange(2), default=20000, show_default=True,
                   help="Snapshot and compact the Raft log once it holds this many entries.")
     @click.option("--heartbeat-ttl", default="3s", show_default=True,
@@ -79,7 +83,7 @@ def register(cli: click.Group) -> None:
     @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
     def server(node_id: str, data_dir: str, raft_addr: str, peers: tuple[str, ...], api_addr: str,
                advertise_api: str | None, secret: str | None, secret_file: str | None, insecure_dev: bool,
-               dns_port: int | None, compact_entries: int, heartbeat_ttl: str, heartbeat_interval: str, max_heartbeats: int,
+               dns_port: int | None, join: bool, compact_entries: int, heartbeat_ttl: str, heartbeat_interval: str, max_heartbeats: int,
                max_connections: int, reserved_connections: int | None, max_body: str,
                tls_cert: str | None, tls_key: str | None, tls_ca: str | None, log_level: str) -> None:
         """Run a control replica (Raft member + HTTP API; the leader runs the controllers)."""
@@ -113,7 +117,7 @@ def register(cli: click.Group) -> None:
         cfg = ServerConfig(node_id=node_id, data_dir=os.path.abspath(data_dir), raft=raft_addr,
                            peers=[p for p in peers if p != raft_addr], api=api_addr, secret=value,
                            insecure_dev=insecure_dev, dns_port=dns_port, advertise_api=advertise_api,
-                           compact_entries=compact_entries, max_body=_body_limit(max_body),
+                           compact_entries=compact_entries, join=join, max_body=_body_limit(max_body),
                            heartbeat_ttl_s=ttl_s, heartbeat_interval_s=interval_s,
                            max_heartbeats_per_s=max_heartbeats, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
                            max_connections=max_connections, reserved_connections=reserved_connections)

@@ -72,6 +72,8 @@ SCHEMAS: dict[str, Any] = {
     "Event": _obj({"seq": INT, "index": INT, "at": INT, "kind": STR, "message": STR}, ("seq", "kind", "message")),
     "Token": _obj({"name": STR, "role": STR, "machine": STR}),
     "Member": _obj({"raft": STR, "id": NULLABLE_STR, "api": NULLABLE_STR, "leader": BOOL, "self": BOOL,
+                    "voter": {"type": "boolean", "description": "false for a learner (replicated to, in no "
+                                                                  "majority) until the leader promotes it"},
                     "match_index": INT, "lag": INT, "connected": BOOL}, ("raft",)),
     "Status": _obj({"node": STR, "raft": STR, "api": STR, "state": {"enum": ["follower", "candidate", "leader"]},
                     "leader": NULLABLE_STR, "leader_api": NULLABLE_STR, "term": INT, "commit_index": INT,
@@ -285,7 +287,8 @@ def _paths() -> dict[str, Any]:
         "/v1/members": {
             "get": _op("Raft members", "read", _obj({"index": INT, "members": {"type": "array",
                                                                                  "items": _ref("Member")}})),
-            "post": _op("Add a Raft member (leader only)", "members", _obj({"raft": STR, "added": BOOL}),
+            "post": _op("Add a Raft member as a learner, promoted once caught up (leader only)", "members",
+                        _obj({"raft": STR, "added": BOOL, "voter": BOOL}),
                         body=_obj({"raft": {"type": "string", "pattern": r"^[A-Za-z0-9.-]+:\d{1,5}$"},
                                    "api": STR, "id": STR}, ("raft",))),
         },

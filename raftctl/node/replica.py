@@ -58,6 +58,7 @@ class ServerConfig:
     dns_port: int | None = None
     advertise_api: str | None = None
     compact_entries: int = 20000   # log entries kept before a snapshot compacts the log
+    join: bool = False             # added to a running cluster: no vote until its log makes it a voter (--join)
     heartbeat_ttl_s: float = 3.0
     heartbeat_interval_s: float = 1.0
     max_heartbeats_per_s: int = FailoverConfig.max_heartbeats_per_s   # the leader's heartbeat budget; 0: none
@@ -133,7 +134,7 @@ class Replica:
             await asyncio.to_thread(derive_cluster_id, self.cfg.secret)
         self.raft = RaftNode(self.cfg.raft, self.cfg.peers, self.cfg.data_dir, self.cfg.secret,
                              on_applied=self._on_applied_threadsafe, on_state_changed=self._on_raft_state,
-                             compact_entries=self.cfg.compact_entries)
+                             compact_entries=self.cfg.compact_entries, join=self.cfg.join)
         self.proposer = Proposer(self.raft, max_inflight=int(os.environ.get("RAFTCTL_MAX_INFLIGHT", "2")),
                                  clock=self.clock)
         self.proposer.start()
@@ -408,14 +409,20 @@ class Replica:
         members_state = self.read(lambda s: {k: dict(v) for k, v in s.members.items()})
         index, epoch, chain, entries = self.read(lambda s: (s.index, s.epoch, s.chain, s.entries))
         members = []
-        addrs = sorted(set(members_state) | {self.cfg.raft} | set(rs["connected"]) | set(rs["match_index"]))
+        learners = rs.get("learners") or {}
+        addrs = sorted(set(members_state) | {self.cfg.raft} | set(rs["connected"]) | set(rs["match_index"])
+                       | set(learners))
         for addr in addrs:
             m = members_state.get(addr, {})
+            # a learner is replicated to and counted in no majority until the leader promotes it (membership.py)
+            learner = addr in learners or (addr == self.cfg.raft and bool(rs.get("joining")))
             entry: dict[str, Any] = {"raft": addr, "id": m.get("id"), "api": m.get("api"),
-                                     "leader": addr == rs["leader"], "self": addr == self.cfg.raft}
-            if addr in rs["match_index"]:
-                entry["match_index"] = rs["match_index"][addr]
-                entry["lag"] = max(0, (rs["commit_index"] or 0) - rs["match_index"][addr])
+                                     "leader": addr == rs["leader"], "self": addr == self.cfg.raft,
+                                     "voter": not learner}
+            match = rs["match_index"].get(addr, learners.get(addr))
+            if match is not None:
+                entry["match_index"] = match
+                entry["lag"] = max(0, (rs["commit_index"] or 0) - match)
             if addr in rs["connected"]:
                 entry["connected"] = rs["connected"][addr]
             members.append(entry)

@@ -38,8 +38,10 @@ def test_grow_to_five_and_shrink_to_three_under_writes(tmp_path):
             cluster.start_proc(p)
             admin.request("POST", "/v1/members", {"raft": p.raft, "api": p.url, "id": p.id})
             cluster.wait_ready(60, procs=[p])
-        st = wait_until(lambda: (lambda s: s if len(s["members"]) == 5 else None)(
-            client_for(cluster, new[1]).request("GET", "/v1/status")), what="5 members")
+        # each joins as a learner; the leader makes it a voter once it has caught up
+        st = wait_until(lambda: (lambda s: s if len(s["members"]) == 5 and all(m["voter"] for m in s["members"])
+                                 else None)(client_for(cluster, new[1]).request("GET", "/v1/status")),
+                        what="5 voting members")
         assert st["leader"]
         for p in new:
             leader = wait_until(cluster.leader, what="leader")

@@ -158,7 +158,7 @@ def test_a_snapshot_restored_into_a_fresh_cluster_has_the_same_data_one_hash_and
         # a replica added later starts empty: it must get the restored state from the leader's snapshot,
         # never replay the new log onto an empty state
         n4 = add_server(dst, "n4")
-        n4.extra_args = ["--heartbeat-ttl", "1h"]
+        n4.extra_args += ["--heartbeat-ttl", "1h"]
         dst.start_proc(n4)
         # the leader now: restarting a follower may have cost an election on a loaded machine (a fresh-clone CI
         # run saw the restarted replica grant a pre-vote to the other follower, and the old leader answered 503)

@@ -11,8 +11,8 @@ on its own :class:`SimDisk` (``RaftNode(disk=...)``), and a crash, between steps
 disk operation, keeps only what was synced (``torn``: plus part of the unsynced tail).
 
 Membership changes (``members=True``), as an operator makes them through raftctl/node/members.py: the
-leader's ``addNodeToCluster`` for a new replica (a spare id, started with an empty disk and the current
-members as its peers) or ``removeNodeFromCluster`` for a member other than the leader (live or crashed),
+leader's ``add_learner`` for a new replica (a spare id, started with an empty disk, the current members as its
+peers, and ``join``; the leader promotes it to a voter once it has caught up) or ``removeNodeFromCluster`` for a member other than the leader (live or crashed),
 one change at a time. The operator's view of the members follows the callbacks (and, if none came within
 MEMBER_TIMEOUT, the leader's configuration, as ``raftctl cluster status`` shows it): a removed replica is
 stopped, an addition that failed is stopped, and only members are restarted after crashes. Members stay
@@ -132,6 +132,7 @@ class SimCluster:
         self.cmd_seq = 0
         self.snapshots_restored = 0     # received snapshots restored and loaded (SnapshotFiles.restored)
         self._pending_acks: list[tuple[str, str, bytes, int]] = []
+        self.joiners: set[str] = set()   # replicas added by a membership change (started to join)
 
     # -- nodes ----------------------------------------------------------------------
     def _event(self, text: str) -> None:
@@ -145,7 +146,9 @@ class SimCluster:
             "logCompactionMinEntries": self.cfg.compact or 10 ** 9,
             "logCompactionMinTime": 10 ** 9,
         }
-        kwargs: dict[str, Any] = {"transport": transport, "conf_overrides": overrides, "disk": self.disks[node_id]}
+        kwargs: dict[str, Any] = {"transport": transport, "conf_overrides": overrides, "disk": self.disks[node_id],
+                                  # a replica added at runtime joins (`raftctl server --join`), every restart too
+                                  "join": node_id in self.joiners}
         if self.cfg.repair is not None:
             kwargs["repair"] = self.cfg.repair
         holder: list[RaftNode] = []
@@ -204,7 +207,7 @@ class SimCluster:
                 lead = self.nodes[newest] if newest is not None else None
                 if lead is not None and lead.raftCommitIndex >= lead._SyncObj__raftLog[-1][1]:
                     self.faults["member_timeout"] += 1
-                    config = {newest} | {n.id for n in lead._SyncObj__otherNodes}
+                    config = {newest} | {n.id for n in lead._SyncObj__otherNodes} | set(lead.learner_ids())
                     self._change_done(change, (change["node"] in config) == (change["op"] == "add"))
             return
         if rng.random() >= cfg.p_member:
@@ -222,6 +225,7 @@ class SimCluster:
         if op == "add":
             target = rng.choice(spares)
             self.disks[target] = SimDisk()          # a new replica: an empty data dir
+            self.joiners.add(target)
             self.peers_of[target] = sorted(self.members)
             self._start(target)
         else:
@@ -233,7 +237,10 @@ class SimCluster:
         def done(result: Any, err: int) -> None:
             change["result"] = err
         node = self.nodes[leader]
-        (node.addNodeToCluster if op == "add" else node.removeNodeFromCluster)(target, callback=done)
+        # members.py adds a learner (the leader promotes it once caught up); pysyncobj's own code (repair off)
+        # knows only addNodeToCluster
+        add = node.add_learner if node._repair else node.addNodeToCluster
+        (add if op == "add" else node.removeNodeFromCluster)(target, callback=done)
         self.net.flush()
 
     def _change_done(self, change: dict[str, Any], applied: bool) -> None:

@@ -8,6 +8,7 @@ loaded 2-core CI box).
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import subprocess
@@ -467,3 +468,19 @@ def test_a_replica_removed_and_added_again_in_one_term_catches_up() -> None:
     progress; an uncompacted log is probed from entry 2)."""
     res = run_seed(SimConfig(seed=1030, steps=400, nodes=3, repair=True, members=True))
     assert res.violation is None, res.violation
+
+
+@pytest.mark.parametrize("seed, nodes, compact", [(9054, 3, 0), (9585, 5, 40)])
+def test_a_replica_added_at_a_removed_ones_address_votes_only_once_a_voter_and_joiners_never_block_elections(
+        seed: int, nodes: int, compact: int, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by 1,000 schedules past CI's (session 33). Seed 9054: n4, removed, came back as an empty data dir at
+    its old address and voted, with an empty log, for a replica that still held a configuration listing the old
+    n4 and lacked an entry committed in term 3; that replica led term 4 (safety). Seed 9585: joiners counted in
+    a majority before they caught up left a configuration that could elect no leader (liveness; what the first
+    fix, joiners that withhold their votes, did alone). An added replica is a learner, in no majority, until
+    the leader promotes it, caught up; a joiner votes once its log makes it a voter (raft/membership.py)."""
+    caplog.set_level(logging.INFO, logger="raftctl.raft.membership")
+    res = run_seed(SimConfig(seed=seed, steps=600, nodes=nodes, members=True, compact=compact))
+    assert res.violation is None, res.violation
+    assert res.faults["member_add"] >= 3
+    assert sum("promoted to voter" in r.getMessage() for r in caplog.records) >= 3

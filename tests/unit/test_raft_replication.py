@@ -23,7 +23,7 @@ from pysyncobj.transport import Transport
 
 from raftctl.devcluster import free_port
 from raftctl.node import raft
-from raftctl.node.raft import compat, replication
+from raftctl.node.raft import compat, membership, replication
 from raftctl.node.raft.replication import PROBE, REPLICATE
 
 NOOP = psyncobj._COMMAND_TYPE.NO_OP
@@ -51,14 +51,15 @@ class Recorder(Transport):
 class Handle:
     """A RaftNode with no tick thread, fed messages by the test."""
 
-    def __init__(self, path: Any, repair: bool, peers: int = 2, fast: bool = False, disk: Any = None) -> None:
+    def __init__(self, path: Any, repair: bool, peers: int = 2, fast: bool = False, disk: Any = None,
+                 join: bool = False) -> None:
         self.transport = Recorder(None, None, [])
         conf: dict[str, Any] = {"autoTick": False}
         if fast:  # elections 10x faster than raftctl's
             conf.update(raftMinTimeout=0.04, raftMaxTimeout=0.12, appendEntriesPeriod=0.01)
         self.node = raft.RaftNode("127.0.0.1:7001", [f"127.0.0.1:{7002 + i}" for i in range(peers)], str(path), None,
                                   on_applied=lambda: None, transport=self.transport, repair=repair,
-                                  conf_overrides=conf, disk=disk)
+                                  conf_overrides=conf, disk=disk, join=join)
 
     def deliver(self, node: Any, message: dict) -> list[dict]:
         assert self.transport is not None
@@ -450,19 +451,28 @@ def test_compat_names_the_installed_version_when_it_is_not_the_pinned_one() -> N
 
 
 def test_the_mixins_typed_list_of_pysyncobj_privates_is_compats_list() -> None:
-    # replication.py declares, for mypy, what it uses of SyncObj (an `if TYPE_CHECKING:` block on the mixin);
-    # compat.py asserts those names at import. Every private name the mixin uses is in both, and they agree.
-    source = inspect.getsource(replication)
-    tree = ast.parse(source)
-    mixin = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ReplicationFixes")
-    block = next(n for n in mixin.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
-    declared_attrs = {n.target.id for n in block.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
-    declared_methods = {n.name for n in block.body if isinstance(n, ast.FunctionDef)}
-    overridden = {n.name for n in mixin.body if isinstance(n, ast.FunctionDef) and n.name.startswith("_SyncObj__")}
-    used = set(re.findall(r"\b_SyncObj__\w+", source))
-    assert used <= declared_attrs | declared_methods | overridden
+    # replication.py and membership.py declare, for mypy, what they use of SyncObj (an `if TYPE_CHECKING:` block
+    # on each mixin); compat.py asserts those names at import. Every private name a mixin uses is in both, and
+    # they agree.
+    declared_attrs: set[str] = set()
+    declared_methods: set[str] = set()
+    overridden: set[str] = set()
+    for module, name in ((replication, "ReplicationFixes"), (membership, "Membership")):
+        source = inspect.getsource(module)
+        tree = ast.parse(source)
+        mixin = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+        block = next(n for n in mixin.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+        declared_attrs |= {n.target.id for n in block.body
+                           if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+        declared_methods |= {n.name for n in block.body if isinstance(n, ast.FunctionDef)}
+        overridden |= {n.name for n in mixin.body if isinstance(n, ast.FunctionDef) and n.name.startswith("_SyncObj__")}
+        used = set(re.findall(r"\b_SyncObj__\w+", source))
+        assert used <= declared_attrs | declared_methods | overridden, (name, used - declared_attrs - declared_methods
+                                                                           - overridden)
     assert declared_attrs == set(compat.SYNCOBJ_ATTRIBUTES)
-    assert declared_methods | overridden == {m for m in compat.SYNCOBJ_METHODS if m.startswith("_SyncObj__")}
+    assert ({m for m in declared_methods | overridden if m.startswith("_SyncObj__")}
+            == {m for m in compat.SYNCOBJ_METHODS if m.startswith("_SyncObj__")})
+    assert declared_methods - overridden <= set(compat.SYNCOBJ_METHODS)
 
 
 # ---------------------------------------------------------------------------------------------- loopback
@@ -706,3 +716,153 @@ def test_raft_status_never_waits_on_the_callers_thread_while_a_term_change_is_ha
                        "prevLogTerm": 0, "entries": []})
     st = h.node.raft_status()
     assert (st["state"], st["term"], st["leader"]) == ("follower", term + 1, LEADER.id)
+
+
+# ---------------------------------------------------------------------------------------------- learners, joining
+LEARNER = TCPNode("127.0.0.1:7009")
+
+
+def _change(kind: str, node: Any) -> bytes:
+    return psyncobj._bchr(MEMBERSHIP) + psyncobj.pickle.dumps([kind, node.id, node])
+
+
+def _ack(h: Handle, peer: Any, upto: int) -> None:
+    """``peer`` answers the newest AppendEntries the leader sent it: it holds the leader's log up to ``upto``."""
+    sent = _appends_to(h, peer, 0)
+    h.deliver(peer, {"type": "next_node_idx", "success": True, "reset": False, "term": h.node.raftCurrentTerm,
+                     "next_node_idx": upto + 1, "seq": sent[-1]["seq"]})
+
+
+def test_a_joining_replica_votes_only_once_its_log_makes_it_a_voter(tmp_path: Any) -> None:
+    """`raftctl server --join`: an empty data dir at the address of a removed member must not vote in an old
+    configuration that lists the address (the simulation's seed 9054 --members: a stale replica led term 4
+    without an entry committed in term 3). It answers no vote, a pre-vote with no, and takes no term from them,
+    while its log holds no change of its own or only the one that makes it a learner; the promotion makes it a
+    voter, and after a restart its log says so."""
+    me = TCPNode("127.0.0.1:7001")
+    h = Handle(tmp_path / "n", True, join=True)
+    try:
+        ask = {"type": "request_vote", "term": 4, "last_log_index": 599, "last_log_term": 3}
+        pre = {"type": "pre_vote", "term": 4, "last_log_index": 599, "last_log_term": 3}
+        assert h.deliver(OTHER, ask) == []
+        assert h.deliver(OTHER, pre) == [{"type": "pre_vote_response", "term": 4, "granted": False}]
+        assert h.node.raftCurrentTerm == 0 and h.node.votes_withheld == 2
+        h.append(3, 1, 0, [noop(2, 3), noop(3, 3)], commit=3)                   # entries, none of its own
+        assert h.deliver(OTHER, {**ask, "term": 5}) == [] and h.node.joining()
+        h.append(3, 3, 3, [(_change("learn", LEARNER), 4, 3)], commit=4)      # another replica's: still joining
+        h.append(3, 4, 3, [(_change("learn", me), 5, 3)], commit=5)           # its own learn: still joining
+        assert h.node.joining() and h.node.raft_status()["joining"]
+        h.append(3, 5, 3, [(_change("add", me), 6, 3)], commit=6)             # promoted
+        assert not h.node.joining()
+        answers = h.deliver(OTHER, {**ask, "term": 6, "last_log_index": 9, "last_log_term": 3})
+        assert [m["type"] for m in answers if m["type"] == "response_vote"] == ["response_vote"]
+        assert h.node.raftCurrentTerm == 6
+    finally:
+        h.node._doDestroy()
+    again = Handle(tmp_path / "n", True, join=True)                              # restarted, same data dir
+    try:
+        assert not again.node.joining()
+    finally:
+        again.node._doDestroy()
+    fresh = Handle(tmp_path / "m", True)                                         # a replica of the initial cluster
+    try:
+        assert not fresh.node.joining()
+        assert [m["type"] for m in fresh.deliver(OTHER, {"type": "request_vote", "term": 2, "last_log_index": 1,
+                                                          "last_log_term": 0})] == ["response_vote"]
+    finally:
+        fresh.node._doDestroy()
+
+
+def test_a_replica_whose_log_makes_it_a_learner_withholds_its_vote_without_join(handle: Any) -> None:
+    h = handle(True)
+    h.follower_with(5)
+    h.append(1, 5, 1, [(_change("learn", TCPNode("127.0.0.1:7001")), 6, 1)], commit=6)
+    assert h.node.joining()
+    assert h.deliver(OTHER, {"type": "request_vote", "term": 2, "last_log_index": 9, "last_log_term": 1}) == []
+    h.append(1, 6, 1, [(_change("add", TCPNode("127.0.0.1:7001")), 7, 1)], commit=7)
+    assert not h.node.joining()
+
+
+def test_a_learner_is_replicated_to_counted_in_no_majority_and_promoted_once_caught_up(handle: Any) -> None:
+    h = handle(True)
+    _leader(h)
+    _ack(h, LEADER, h.log[-1][1])
+    assert h.node.raftCommitIndex == h.log[-1][1]                  # its no-op committed with one peer
+    results: list[Any] = []
+    h.node.add_learner(LEARNER.id, callback=lambda res, err: results.append(err))
+    h.node.doTick(0.0)
+    learn_idx = h.log[-1][1]
+    assert psyncobj.pickle.loads(h.log[-1][0][1:])[:2] == ["learn", LEARNER.id]
+    assert h.node.learner_ids() == [LEARNER.id] and LEARNER not in h.node.otherNodes
+    h.transport._onNodeConnected(LEARNER)
+    _tick_for(h, 0.3)
+    assert _appends_to(h, LEARNER, 0), "the leader replicates to its learner"
+    # the learner's answer alone commits nothing: it is in no majority (it would be 2 of 4 if it were)
+    _ack(h, LEARNER, learn_idx)
+    h.node.doTick(0.0)
+    assert h.node.raftCommitIndex < learn_idx and results == []
+    # another change waits while this one is not applied: one change at a time
+    h.node.add_learner("127.0.0.1:7010", callback=lambda res, err: results.append(("second", err)))
+    h.node.doTick(0.0)
+    assert results == [("second", psyncobj.FAIL_REASON.REQUEST_DENIED)] and h.log[-1][1] == learn_idx
+    _ack(h, LEADER, learn_idx)
+    h.node.doTick(0.0)
+    assert h.node.raftCommitIndex >= learn_idx and psyncobj.FAIL_REASON.SUCCESS in results
+    # caught up (and connected): the leader appends pysyncobj's add, and the learner is a voter
+    for _ in range(3):
+        h.node.doTick(0.0)
+    assert psyncobj.pickle.loads(h.log[-1][0][1:])[:2] == ["add", LEARNER.id]
+    assert LEARNER in h.node.otherNodes and h.node.learner_ids() == []
+    _tick_for(h, 0.02)   # raft_status() is what the tick thread last cached (every 5 ms at most)
+    assert h.node.raft_status()["learners"] == {}
+
+
+def test_a_learner_that_is_behind_is_not_promoted(handle: Any) -> None:
+    h = handle(True)
+    _leader(h)
+    term = h.node.raftCurrentTerm
+    _ack(h, LEADER, h.log[-1][1])   # its no-op committed: a change may be appended
+    h.node.add_learner(LEARNER.id)
+    h.node.doTick(0.0)
+    assert h.node.learner_ids() == [LEARNER.id]
+    for _ in range(200):
+        h.node._SyncObj__raftLog.add(*noop(h.log[-1][1] + 1, term))  # type: ignore[attr-defined]
+    h.transport._onNodeConnected(LEARNER)
+    _tick_for(h, 0.3)
+    _ack(h, LEADER, h.log[-1][1])
+    _ack(h, LEARNER, 10)
+    _tick_for(h, 0.02)
+    assert h.node.learner_ids() == [LEARNER.id] and h.node.raft_status()["learners"] == {LEARNER.id: 10}
+
+
+def test_truncated_membership_entries_undo_a_learner_and_a_promotion(handle: Any) -> None:
+    h = handle(True)
+    h.follower_with(10)
+    h.append(1, 10, 1, [(_change("learn", LEARNER), 11, 1)], commit=11)
+    h.append(1, 11, 1, [(_change("add", LEARNER), 12, 1)], commit=11)
+    assert LEARNER in h.node.otherNodes and h.node.learner_ids() == []
+    h.append(2, 11, 1, [noop(12, 2)], commit=11)              # the promotion was never committed: a learner again
+    assert LEARNER not in h.node.otherNodes and h.node.learner_ids() == [LEARNER.id]
+    h.append(2, 12, 2, [(_change("rem", LEARNER), 13, 2)], commit=12)
+    assert h.node.learner_ids() == []
+    h.append(3, 12, 2, [noop(13, 3)], commit=12)              # nor the removal
+    assert h.node.learner_ids() == [LEARNER.id]
+
+
+def test_a_snapshot_carries_the_learners_and_one_without_keeps_its_bytes(tmp_path: Any) -> None:
+    entries = (noop(2, 1), noop(1, 0))
+    plain = raft._snapshot_bytes(entries[0], entries[1], [TCPNode("127.0.0.1:7001")], b"state")
+    assert b"learners" not in plain
+    blob = raft._snapshot_bytes(entries[0], entries[1], [TCPNode("127.0.0.1:7001")], b"state", [LEARNER.id])
+    obj = __import__("cbor2").loads(blob)
+    assert obj["learners"] == [LEARNER.id] and obj["cluster"] == ["127.0.0.1:7001"]
+    h = Handle(tmp_path / "n", True)
+    try:
+        h.node.snapshot_cluster_loaded(["127.0.0.1:7001", "127.0.0.1:7002"], [LEARNER.id])
+        h.node._adopt_learners()
+        assert h.node.learner_ids() == [LEARNER.id]
+        h.node.snapshot_cluster_loaded(["127.0.0.1:7002"], ["127.0.0.1:7001"])   # this replica, a learner
+        h.node._adopt_learners()
+        assert h.node.learner_ids() == [] and h.node.joining()
+    finally:
+        h.node._doDestroy()

@@ -32,7 +32,7 @@ from pysyncobj.node import TCPNode
 
 from raftctl.node.raft.disk import Disk, OsDisk
 from raftctl.node.raft.journal import CheckedJournal, write_file_atomically
-from raftctl.node.raft.replication import ReplicationFixes
+from raftctl.node.raft.membership import Membership
 from raftctl.node.raft.snapshot import RestoreInBackground, SnapshotFiles, restore_state
 from raftctl.node.raft.transfer import choose_target, node_key, ready_to_ask
 from raftctl.node.raft import frames, wire
@@ -151,22 +151,27 @@ def seed_data_dir(data_dir: str, state_bytes: bytes, cluster: list[str]) -> str:
     return path
 
 
-def _snapshot_bytes(entry1: tuple, entry0: tuple, cluster: Any, state_bytes: bytes) -> bytes:
-    return cbor2.dumps({"format": SNAPSHOT_FORMAT, "entries": [[bytes(e[0]), e[1], e[2]] for e in (entry1, entry0)],
-                        "cluster": sorted({n.id if hasattr(n, "id") else str(n) for n in cluster}),
-                        "state": state_bytes}, canonical=True)
+def _snapshot_bytes(entry1: tuple, entry0: tuple, cluster: Any, state_bytes: bytes,
+                    learners: list[str] | None = None) -> bytes:
+    obj = {"format": SNAPSHOT_FORMAT, "entries": [[bytes(e[0]), e[1], e[2]] for e in (entry1, entry0)],
+           "cluster": sorted({n.id if hasattr(n, "id") else str(n) for n in cluster}), "state": state_bytes}
+    if learners:   # only when there are some: the bytes of a snapshot without are unchanged (membership.py)
+        obj["learners"] = sorted(learners)
+    return cbor2.dumps(obj, canonical=True)
 
 
-class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
+class RaftNode(RestoreInBackground, Membership, SyncObj):
     """A control replica's Raft member holding the state machine."""
 
     def __init__(self, self_addr: str, peers: list[str], data_dir: str, secret: str | None,
                  on_applied: Callable[[], None], on_state_changed: Callable[[int, int], None] | None = None,
                  *, dynamic_membership: bool = True, compact_entries: int = 20000,
                  transport: Any = None, conf_overrides: dict[str, Any] | None = None,
-                 repair: bool = True, disk: Disk | None = None) -> None:
+                 repair: bool = True, disk: Disk | None = None, join: bool = False) -> None:
         # repair=False runs pysyncobj's own AppendEntries handling (replication.py), for the simulation.
         self._init_replication(repair)
+        # join: added to a running cluster (`raftctl server --join`): no vote until its log makes it a voter
+        self._init_membership(join)
         # transport (a pysyncobj Transport; None = TCP) and conf_overrides (SyncObjConf fields, e.g.
         # autoTick=False) exist for the deterministic simulation in tests/sim; production passes neither.
         self.state = State()
@@ -312,7 +317,7 @@ class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
     def _encode_snapshot(self, raw: tuple) -> bytes:
         """In the forked child (see snapshot.py): the state is a copy-on-write image, no lock needed."""
         entry1, entry0, cluster = raw
-        return _snapshot_bytes(entry1, entry0, cluster, self.state.snapshot())
+        return _snapshot_bytes(entry1, entry0, cluster, self.state.snapshot(), self.learner_ids())
 
     def _decode_snapshot(self, data: bytes) -> tuple:
         """Load a snapshot at once (at a start; a received one is restored in the background, snapshot.py)."""
@@ -325,13 +330,17 @@ class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
         if not isinstance(obj, dict) or obj.get("format") != SNAPSHOT_FORMAT:
             raise ValueError(f"unknown snapshot format {obj.get('format') if isinstance(obj, dict) else None!r}")
         e1, e0 = (tuple(e) for e in obj["entries"])
-        return e1, e0, list(obj["cluster"]), restore_state(obj["state"])
+        learners = obj.get("learners", [])
+        if not isinstance(learners, list) or not all(isinstance(a, str) for a in learners):
+            raise ValueError("snapshot: learners must be a list of addresses")
+        return e1, e0, list(obj["cluster"]), restore_state(obj["state"]), learners
 
     def _adopt_snapshot(self, prepared: tuple) -> tuple:
         """On the tick thread, inside pysyncobj's load (which then sets the log to the snapshot's boundary)."""
-        e1, e0, cluster, restored = prepared
+        e1, e0, cluster, restored, learners = prepared
         with self.lock:
             self.state = restored
+        self.snapshot_cluster_loaded(cluster, learners)   # the learners are set once pysyncobj's load is done
         # Restoring a big state at a start holds the tick thread for seconds (100,000 placements: 2.0-2.6 s);
         # it counts as hearing from the leader, or this follower would start an election the moment it
         # returns (the election check runs first in a tick).
@@ -374,7 +383,11 @@ class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
         now = psyncobj.monotonicTime()
         if key == self._status_key and now - self._status_at < self.STATUS_REFRESH_S:
             return
-        self._status_cache = self._status_view(self.getStatus())
+        view = self._status_view(self.getStatus())
+        match = self._SyncObj__raftMatchIndex
+        view["learners"] = {addr: match.get(node) for addr, node in self._learners.items()}
+        view["joining"] = self.joining()
+        self._status_cache = view
         self._status_key, self._status_at = key, now
 
     def follow_cell(self, machines: int) -> tuple[float, float]:
@@ -413,7 +426,7 @@ class RaftNode(RestoreInBackground, ReplicationFixes, SyncObj):
             if st.get("raft_term") == term == self.raftCurrentTerm and (st.get("state") != 2 or voted == me):
                 break
             time.sleep(0.002)
-        return RaftNode._status_view(st)
+        return {**RaftNode._status_view(st), "learners": {}, "joining": None}   # the tick thread's, from its first
 
     ROLE_NAMES: dict[Any, str] = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj's _RAFT_STATE
 

@@ -41,6 +41,9 @@ SYNCOBJ_METHODS: dict[str, tuple[str, ...]] = {
     "_isLeader": ("self",),
     "getStatus": ("self",),
     "addOnTickCallback": ("self", "callback"),
+    # membership.py: overridden (one change at a time) and called (proposing a learner, a promotion)
+    "_SyncObj__changeCluster": ("self", "request"),
+    "_applyCommand": ("self", "command", "callback", "commandType"),
     # __init__.py (H7): overridden (snapshot load from a non-OS Disk; closing the snapshot writer)
     "_onTick": ("self", "timeToWait"),
     "_doDestroy": ("self",),
@@ -58,6 +61,8 @@ SYNCOBJ_ATTRIBUTES: tuple[str, ...] = (
     "_SyncObj__transport", "_SyncObj__serializer", "_SyncObj__conf", "_SyncObj__otherNodes",
     "_SyncObj__readonlyNodes", "_SyncObj__connectedNodes", "_SyncObj__newAppendEntriesTime",
     "_SyncObj__selfNode", "_poller",
+    # membership.py
+    "_SyncObj__nodeClass", "_SyncObj__noopIDx",
     # __init__.py raft_status
     "_SyncObj__votedForNodeId",
     # __init__.py _onTick (H7)

@@ -370,7 +370,7 @@ class ReplicationFixes:
                 or self._SyncObj__raftState == _LEADER):
             return
         rnd["answered"].add(node)
-        if message.get("granted"):
+        if message.get("granted") and node in self._SyncObj__otherNodes:   # a learner's yes counts for nothing
             rnd["granted"].add(node)
         if 1 + len(rnd["granted"]) > (len(self._SyncObj__otherNodes) + 1) / 2:
             self._pre_vote = None
@@ -384,6 +384,8 @@ class ReplicationFixes:
         majority, one that lacks committed entries (found by the simulation in tests/sim)."""
         if self._SyncObj__raftState != _CANDIDATE or message.get("term") != self._SyncObj__raftCurrentTerm:
             return True  # pysyncobj ignores it anyway
+        if node not in self._SyncObj__otherNodes:
+            return False  # not a voter in this configuration (a learner, a removed replica): counts for nothing
         term, voters = self.__dict__.get("_replication_voters", (None, set()))
         if term != message["term"]:
             term, voters = message["term"], set()
@@ -822,7 +824,7 @@ class ReplicationFixes:
         period = conf.appendEntriesPeriod
         self._SyncObj__newAppendEntriesTime = start + period
         connected = self._SyncObj__connectedNodes
-        for node in self._SyncObj__otherNodes | self._SyncObj__readonlyNodes:
+        for node in self._replication_targets():
             pr = self._progress(node)
             if node not in connected:
                 self._SyncObj__serializer.cancelTransmisstion(node)
@@ -831,6 +833,11 @@ class ReplicationFixes:
                 continue
             self._send_to(node, pr, start, period)
         return None
+
+    def _replication_targets(self) -> set[Any]:
+        """Whom the leader sends AppendEntries to: the voters, pysyncobj's read-only nodes (and, in
+        membership.py, the learners)."""
+        return self._SyncObj__otherNodes | self._SyncObj__readonlyNodes
 
     def _send_to(self, node: Any, pr: _Progress, start: float, period: float) -> None:
         raft_log = self._SyncObj__raftLog

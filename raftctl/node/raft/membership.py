@@ -1,0 +1,291 @@
+"""Adding a replica as a non-voting learner first, and joining replicas that vote only once they are members.
+
+pysyncobj names a member by its address and makes an added replica a voter in every configuration the moment
+the change is in a log. A replica re-added with an empty data dir at a removed member's address therefore
+answered, with an empty log, vote requests from a replica that still held an old configuration listing that
+address: the simulation's seed 9054 (``--members``) let a cut-off replica lead term 4 without an entry committed
+in term 3. Making a joining replica refuse votes until its log holds the change that adds it closes that (its
+log then holds every entry committed before the change, and Raft's up-to-date check refuses a stale candidate),
+but a joiner counted in a majority before it caught up could then block every election (seed 9585: two
+joiners that could only catch up from a leader no one could elect). The cure is the Raft thesis' (§4.2.1):
+
+* ``add_learner(addr)`` appends a ``learn`` change: every replica that holds it replicates to the new replica
+  (the leader sends it entries and snapshots) but counts it in no majority and asks it for no vote.
+* The leader promotes a learner once its log is within PROMOTE_LAG entries of the commit index (and it answered
+  within the last heartbeat period or so): it appends pysyncobj's own ``add`` change, which makes it a voter.
+* A replica started with ``join`` (``raftctl server --join``) grants no vote or pre-vote and starts no election
+  until its log holds its own ``add`` (or it loaded a snapshot whose cluster lists it). A replica whose log holds
+  its own ``learn`` and not a later ``add`` behaves the same, ``--join`` or not.
+
+One change at a time: pysyncobj meant to refuse a change while another was not yet applied, but never sets the
+index it checks, so two changes proposed at once were both appended (two single-server changes in flight break
+the majority overlap Raft's safety rests on). The leader now refuses one while any membership entry in its log
+is past its applied index.
+
+Snapshots carry the learners under the key ``learners`` (absent when there are none, so the bytes are unchanged
+otherwise); a replica of an older raftctl ignores the key and the ``learn`` entries (pysyncobj's change handling
+returns False for a type it does not know), so in a mixed cluster it never replicates to a learner, and the
+learner waits for a newer leader.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+import pysyncobj.syncobj as psyncobj
+
+from raftctl.node.raft.replication import ReplicationFixes
+
+log = logging.getLogger("raftctl.raft.membership")
+
+_SyncObj = psyncobj.SyncObj
+_LEADER = psyncobj._RAFT_STATE.LEADER
+MEMBERSHIP = psyncobj._COMMAND_TYPE.MEMBERSHIP
+_MEMBERSHIP_BYTE = psyncobj._bchr(MEMBERSHIP)
+
+LEARN = "learn"
+PROMOTE_LAG = 64            # a learner whose log is this close to the commit index is promoted
+PROMOTE_RETRY_S = 1.0       # a promotion proposed and not yet in the log is proposed again after this
+
+
+def change_command(kind: str, addr: str, node: Any) -> bytes:
+    """The log entry of a membership change, as pysyncobj's addNodeToCluster writes one (``kind`` add, rem
+    or learn)."""
+    return _MEMBERSHIP_BYTE + psyncobj.pickle.dumps([kind, addr, node])
+
+
+class Membership(ReplicationFixes):
+    """Mixin placed before ReplicationFixes in RaftNode (see the module's docstring)."""
+
+    if TYPE_CHECKING:
+        _SyncObj__nodeClass: Any
+        _SyncObj__noopIDx: int | None
+
+        def _applyCommand(self, command: bytes, callback: Any, commandType: int | None = None) -> None: ...  # noqa: N803
+
+    def _init_membership(self, join: bool) -> None:
+        """Call before SyncObj.__init__ (its tick thread may run at once)."""
+        self._learners: dict[str, Any] = {}        # address -> Node: replicated to, in no majority
+        self._learner_term: int | None = None       # the term the leader last reset the learners' progress in
+        self._was_learner: set[str] = set()          # promoted: a truncated promotion makes them learners again
+        self._removed_learners: set[str] = set()     # removed while learners: a truncated removal, the same
+        self._promoting: tuple[str, float] | None = None
+        self._join_flag = bool(join) and self._repair
+        self._joining: bool | None = None           # None: derive from the log at the next need
+        self._snapshot_member: bool | None = None    # what the last loaded snapshot said of this replica
+        self.votes_withheld = 0
+
+    # ------------------------------------------------------------------ what this replica is
+    def learner_ids(self) -> list[str]:
+        """The learners this replica's configuration holds (a copy; any thread)."""
+        return sorted(self.__dict__.get("_learners", {}))
+
+    def joining(self) -> bool:
+        """Whether this replica withholds its votes (joining, not yet a voter in its own log)."""
+        if not self._repair:
+            return False
+        if self._joining is None:
+            self._joining = self._joining_from_log()
+        return self._joining
+
+    def _joining_from_log(self) -> bool:
+        me = self._SyncObj__selfNode
+        verdict: bool | None = None
+        if me is not None:
+            raft_log = self._SyncObj__raftLog
+            for i in range(len(raft_log)):
+                command = raft_log[i][0]
+                if command[:1] != _MEMBERSHIP_BYTE:
+                    continue
+                request = self._SyncObj__parseChangeClusterRequest(command)
+                if request and len(request) >= 2 and request[1] == me.id:
+                    if request[0] == "add":
+                        verdict = False
+                    elif request[0] == LEARN:
+                        verdict = True
+        if verdict is None:
+            verdict = self._join_flag if self._snapshot_member is None else not self._snapshot_member
+        return verdict
+
+    def snapshot_cluster_loaded(self, cluster: list[str], learners: list[str]) -> None:
+        """A snapshot was loaded (at a start or received): its configuration says what this replica is, unless
+        the log after it says more (a change of its own in the log wins: re-derived at the next need)."""
+        me = self._SyncObj__selfNode
+        if me is None:
+            return
+        if me.id in learners:
+            self._snapshot_member = False
+        elif me.id in cluster:
+            self._snapshot_member = True
+        self._joining = None
+        self._pending_learners = list(learners)
+
+    def _adopt_learners(self) -> None:
+        """After pysyncobj's snapshot load replaced the voters: the learners are the snapshot's."""
+        learners = self.__dict__.pop("_pending_learners", None)
+        if learners is None:
+            return
+        me = self._SyncObj__selfNode
+        wanted = {a for a in learners if me is None or a != me.id}
+        for addr in sorted(set(self._learners) - wanted):
+            self._drop_learner(addr)
+        voters = {getattr(n, "id", n) for n in self._SyncObj__otherNodes}
+        for addr in sorted(wanted - set(self._learners) - voters):
+            self._add_learner(self._node(addr))
+
+    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802,N803 (pysyncobj's names)
+        super()._SyncObj__loadDumpFile(clearJournal)
+        if self._repair:
+            self._adopt_learners()
+
+    # ------------------------------------------------------------------ API (any thread)
+    def add_learner(self, addr: str, callback: Callable[[Any, Any], None] | None = None) -> None:
+        """Propose adding ``addr`` as a learner; ``callback(result, err)`` when the change commits or fails.
+        The leader promotes it to a voter once it has caught up."""
+        self._applyCommand(change_command(LEARN, addr, self._node(addr))[1:], callback, MEMBERSHIP)
+
+    # ------------------------------------------------------------------ changes (tick thread)
+    def _node(self, addr: Any) -> Any:
+        if not isinstance(addr, str):
+            return addr
+        return self._SyncObj__nodeClass(addr)
+
+    def _SyncObj__changeCluster(self, request: Any) -> bool:  # noqa: N802 (pysyncobj's name)
+        """The leader appends a change only when no other is in its log past the applied index."""
+        if self._repair and self._change_pending():
+            log.info("membership change %s %s refused: another is not yet applied", request[0], request[1])
+            return False
+        return bool(_SyncObj._SyncObj__changeCluster(self, request))
+
+    def _change_pending(self) -> bool:
+        raft_log = self._SyncObj__raftLog
+        first = raft_log[0][1]
+        for pos in range(max(self._SyncObj__raftLastApplied + 1 - first, 0), len(raft_log)):
+            if raft_log[pos][0][:1] == _MEMBERSHIP_BYTE:
+                return True
+        return False
+
+    def _SyncObj__doChangeCluster(self, request: Any, reverse: bool = False) -> bool:  # noqa: N802 (pysyncobj's)
+        if not self._repair or not request or len(request) < 2:
+            return super()._SyncObj__doChangeCluster(request, reverse)
+        kind, addr = request[0], request[1]
+        me = self._SyncObj__selfNode
+        if me is not None and addr == me.id:
+            self._joining = None   # its own change: what it is follows from the log (re-read at the next need)
+            return False           # as pysyncobj: a replica never adds or removes itself
+        if kind == LEARN:
+            if reverse:
+                return self._drop_learner(addr)
+            if addr in self._learners or any(getattr(n, "id", n) == addr for n in self._SyncObj__otherNodes):
+                return False
+            self._removed_learners.discard(addr)
+            self._was_learner.discard(addr)
+            self._add_learner(self._node(request[2] if len(request) >= 3 else addr))
+            return True
+        if kind == "add" and not reverse and addr in self._learners:
+            return self._promote(addr)
+        if kind == "add" and reverse and addr in self._was_learner:
+            return self._demote(addr)
+        if kind == "rem" and not reverse and addr in self._learners:
+            self._removed_learners.add(addr)
+            return self._drop_learner(addr)
+        if kind == "rem" and reverse and addr in self._removed_learners:
+            self._removed_learners.discard(addr)
+            self._add_learner(self._node(request[2] if len(request) >= 3 else addr))
+            return True
+        if not reverse:
+            self._was_learner.discard(addr)
+            self._removed_learners.discard(addr)
+        return super()._SyncObj__doChangeCluster(request, reverse)
+
+    def _add_learner(self, node: Any) -> None:
+        self._learners[node.id] = node
+        self._SyncObj__raftNextIndex[node] = self._SyncObj__raftLog[-1][1] + 1
+        self._SyncObj__raftMatchIndex[node] = 0
+        self._SyncObj__transport.addNode(node)
+        log.info("learner %s added: replicated to, counted in no majority", node.id)
+
+    def _drop_learner(self, addr: str) -> bool:
+        node = self._learners.pop(addr, None)
+        if node is None:
+            return False
+        self._SyncObj__raftNextIndex.pop(node, None)
+        self._SyncObj__raftMatchIndex.pop(node, None)
+        self.__dict__.get("_replication_progress", {}).pop(node, None)
+        self._SyncObj__transport.dropNode(node)
+        return True
+
+    def _promote(self, addr: str) -> bool:
+        node = self._learners.pop(addr)
+        self._was_learner.add(addr)
+        self._SyncObj__otherNodes.add(node)   # the transport has it already (and its connection)
+        self._SyncObj__raftNextIndex.setdefault(node, self._SyncObj__raftLog[-1][1] + 1)
+        self._SyncObj__raftMatchIndex.setdefault(node, 0)
+        if self._SyncObj__raftState == _LEADER:
+            self._SyncObj__lastResponseTime[node] = psyncobj.monotonicTime()
+        log.info("learner %s promoted to voter", addr)
+        return True
+
+    def _demote(self, addr: str) -> bool:
+        node = next((n for n in self._SyncObj__otherNodes if getattr(n, "id", n) == addr), None)
+        self._was_learner.discard(addr)
+        if node is None:
+            return False
+        self._SyncObj__otherNodes.discard(node)
+        self._SyncObj__lastResponseTime.pop(node, None)
+        self._learners[addr] = node
+        return True
+
+    # ------------------------------------------------------------------ votes (tick thread)
+    def _SyncObj__onMessageReceived(self, node: Any, message: dict) -> None:  # noqa: N802 (pysyncobj's name)
+        if self._repair and message.get("type") in ("pre_vote", "request_vote") and self.joining():
+            self.votes_withheld += 1
+            if message.get("type") == "pre_vote":   # a clear no; a vote request gets no answer (pysyncobj has none)
+                self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": message.get("term"),
+                                                     "granted": False})
+            return None
+        return super()._SyncObj__onMessageReceived(node, message)
+
+    def _pre_vote_tick(self) -> bool:
+        if self._SyncObj__selfNode is not None and self._SyncObj__raftState != _LEADER and self.joining():
+            now = psyncobj.monotonicTime()
+            if self._SyncObj__raftElectionDeadline < now:   # no election from a replica that may not vote
+                self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+            return False
+        return super()._pre_vote_tick()
+
+    # ------------------------------------------------------------------ leader (tick thread)
+    def _replication_targets(self) -> set[Any]:
+        targets = super()._replication_targets()
+        if self._learners:
+            term = self._SyncObj__raftCurrentTerm
+            if self._learner_term != term:   # a new leadership: probe the learners from the log's end
+                self._learner_term = term
+                last = self._SyncObj__raftLog[-1][1]
+                for node in self._learners.values():
+                    self._SyncObj__raftNextIndex[node] = last + 1
+                    self._SyncObj__raftMatchIndex[node] = 0
+            targets = targets | set(self._learners.values())
+        return targets
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 (pysyncobj's names)
+        super()._onTick(timeToWait)
+        if self._repair and self._learners and self._SyncObj__raftState == _LEADER:
+            self._promote_caught_up()
+
+    def _promote_caught_up(self) -> None:
+        now = psyncobj.monotonicTime()
+        if self._promoting is not None and now - self._promoting[1] < PROMOTE_RETRY_S:
+            return
+        noop = self._SyncObj__noopIDx
+        if noop is None or self._SyncObj__raftLastApplied < noop or self._change_pending():
+            return
+        commit = self._SyncObj__raftCommitIndex
+        match = self._SyncObj__raftMatchIndex
+        connected = self._SyncObj__connectedNodes
+        for addr, node in sorted(self._learners.items()):
+            if node in connected and match.get(node, 0) >= commit - PROMOTE_LAG and match.get(node, 0) > 0:
+                log.info("promoting learner %s (match %d, commit %d)", addr, match.get(node, 0), commit)
+                self._promoting = (addr, now)
+                self._applyCommand(change_command("add", addr, node)[1:], None, MEMBERSHIP)
+                return
