@@ -474,6 +474,17 @@ def _round(r: dict | None) -> dict | None:
     return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} if r else None
 
 
+SETTLE_S = 1.0
+
+
+def settle() -> None:
+    """Between two systems: write back what the last one left dirty (etcd preallocates 64 MB WAL files per member,
+    and its data dir is deleted at its end) and let the machine go quiet, so the next system's fsyncs do not wait
+    behind the last one's writeback. Session 33 saw this tree's worst round both times right after etcd."""
+    os.sync()
+    time.sleep(SETTLE_S)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=7.0, help="Python-client run per system (1 s warm-up)")
@@ -501,6 +512,7 @@ def main() -> None:
         if n % 2:
             order.reverse()
         for system in order:
+            settle()
             if system == "baseline":
                 b_py, b_wrk, b_seq = run_raftctl(args.seconds, args.clients, args.wrk_seconds, args.baseline,
                                                  args.sequential_seconds)
