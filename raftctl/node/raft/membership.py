@@ -237,14 +237,15 @@ class Membership(ReplicationFixes):
         return True
 
     # ------------------------------------------------------------------ votes (tick thread)
-    def _SyncObj__onMessageReceived(self, node: Any, message: dict) -> None:  # noqa: N802 (pysyncobj's name)
-        if self._repair and message.get("type") in ("pre_vote", "request_vote") and self.joining():
-            self.votes_withheld += 1
-            if message.get("type") == "pre_vote":   # a clear no; a vote request gets no answer (pysyncobj has none)
-                self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": message.get("term"),
-                                                     "granted": False})
-            return None
-        return super()._SyncObj__onMessageReceived(node, message)
+    def _withhold_vote(self, node: Any, message: dict) -> bool:
+        """A joining replica answers no vote request (pysyncobj has no refusal) and a pre-vote with a clear no."""
+        if not self.joining():
+            return False
+        self.votes_withheld += 1
+        if message.get("type") == "pre_vote":
+            self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": message.get("term"),
+                                                 "granted": False})
+        return True
 
     def _pre_vote_tick(self) -> bool:
         if self._SyncObj__selfNode is not None and self._SyncObj__raftState != _LEADER and self.joining():

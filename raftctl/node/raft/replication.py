@@ -172,6 +172,8 @@ class ReplicationFixes:
             else:  # tell a leader of an older term about ours, so it steps down (pysyncobj stays silent)
                 self._reply(node, message, success=False, next_idx=self._SyncObj__raftLog[-1][1] + 1)
             return None
+        if mtype in ("pre_vote", "request_vote") and self._withhold_vote(node, message):
+            return None
         if mtype == "pre_vote":
             self._on_pre_vote(node, message)
             return None
@@ -346,6 +348,10 @@ class ReplicationFixes:
             self._old_peers.discard(node)
         else:
             self._old_peers.add(node)
+
+    def _withhold_vote(self, node: Any, message: dict) -> bool:
+        """Whether this replica answers no vote request or pre-vote (membership.py: a joining replica)."""
+        return False
 
     def _on_pre_vote(self, node: Any, message: dict) -> None:
         term = message.get("term")
