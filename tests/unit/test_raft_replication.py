@@ -866,3 +866,30 @@ def test_a_snapshot_carries_the_learners_and_one_without_keeps_its_bytes(tmp_pat
         assert h.node.learner_ids() == [] and h.node.joining()
     finally:
         h.node._doDestroy()
+
+
+def test_a_restarted_replica_takes_its_configuration_from_its_log_not_its_start_up_peers(tmp_path: Any) -> None:
+    """Raft: a replica uses the latest configuration in its log. pysyncobj started from its peers and made the
+    log's changes again only as it applied them, which takes a leader elected under those peers (the simulation's
+    seed 11314: the only voter left counted a stopped peer and a joining one, and no leader was elected), and
+    applying an old change took the configuration back to the past (seed 11766)."""
+    h = Handle(tmp_path / "n", True)
+    try:
+        h.follower_with(5)
+        h.append(1, 5, 1, [(_change("learn", LEARNER), 6, 1), (_change("rem", OTHER), 7, 1),
+                           (_change("add", LEARNER), 8, 1), (_change("rem", LEARNER), 9, 1),
+                           (_change("learn", LEARNER), 10, 1)], commit=8)   # 9 and 10 not committed
+        assert h.node.otherNodes == {LEADER} and h.node.learner_ids() == [LEARNER.id]
+    finally:
+        h.node._doDestroy()
+    again = Handle(tmp_path / "n", True)   # started with its old peers 7002 and 7003
+    try:
+        assert OTHER in again.node.otherNodes
+        again.node.doTick(0.0)
+        assert again.node.otherNodes == {LEADER} and again.node.learner_ids() == [LEARNER.id]
+        # applying the committed entries again leaves it as the log says (pysyncobj made 8, the promotion, again)
+        again.append(1, 10, 1, [], commit=8)
+        assert again.node.raftLastApplied == 8
+        assert again.node.otherNodes == {LEADER} and again.node.learner_ids() == [LEARNER.id]
+    finally:
+        again.node._doDestroy()

@@ -43,6 +43,7 @@ SYNCOBJ_METHODS: dict[str, tuple[str, ...]] = {
     "addOnTickCallback": ("self", "callback"),
     # membership.py: overridden (one change at a time) and called (proposing a learner, a promotion)
     "_SyncObj__changeCluster": ("self", "request"),
+    "_SyncObj__doApplyCommand": ("self", "command"),
     "_applyCommand": ("self", "command", "callback", "commandType"),
     # __init__.py (H7): overridden (snapshot load from a non-OS Disk; closing the snapshot writer)
     "_onTick": ("self", "timeToWait"),

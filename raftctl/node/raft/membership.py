@@ -22,6 +22,12 @@ index it checks, so two changes proposed at once were both appended (two single-
 the majority overlap Raft's safety rests on). The leader now refuses one while any membership entry in its log
 is past its applied index.
 
+The configuration is the log's, as Raft says (the latest change in the log, committed or not): at a start, the
+snapshot's, then every change in the journal after it (``_replay_membership``); applying a membership entry
+changes nothing (``_SyncObj__doApplyCommand``). pysyncobj started from the peers it was given and made each change
+again as it applied the entry, which lost elections and brought removed replicas back for a while (seeds 11314
+and 11766, found by the 2,000 schedules after seed 10000 once learners existed).
+
 Snapshots carry the learners under the key ``learners`` (absent when there are none, so the bytes are unchanged
 otherwise); a replica of an older raftctl ignores the key and the ``learn`` entries (pysyncobj's change handling
 returns False for a type it does not know), so in a mixed cluster it never replicates to a learner, and the
@@ -30,6 +36,7 @@ learner waits for a newer leader.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any, Callable
 
 import pysyncobj.syncobj as psyncobj
@@ -73,6 +80,7 @@ class Membership(ReplicationFixes):
         self._join_flag = bool(join) and self._repair
         self._joining: bool | None = None           # None: derive from the log at the next need
         self._snapshot_member: bool | None = None    # what the last loaded snapshot said of this replica
+        self._config_replayed = False                # the journal's membership changes taken at the start
         self.votes_withheld = 0
 
     # ------------------------------------------------------------------ what this replica is
@@ -137,6 +145,36 @@ class Membership(ReplicationFixes):
         super()._SyncObj__loadDumpFile(clearJournal)
         if self._repair:
             self._adopt_learners()
+            self._replay_membership()
+
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Any:  # noqa: N802 (pysyncobj's name)
+        """pysyncobj makes each membership change again when it applies the entry, for a restart, which begins
+        from the start-up peers (_replay_membership does that now). Made again then, an old change brought the
+        configuration back to the past for as long as the entries after it were not applied: a restarted replica
+        applying an old 'learn' and 'add' of a replica removed since counted it as a voter again, stopped as it
+        was, and never committed the entry that removes it (the simulation's seed 11766 --members). The
+        configuration is the log's; applying a membership entry changes nothing."""
+        if self._repair and command[:1] == _MEMBERSHIP_BYTE:
+            return None
+        return _SyncObj._SyncObj__doApplyCommand(self, command)
+
+    def _replay_membership(self) -> None:
+        """The configuration is the one in the log (Raft: the latest in the log, committed or not): after the
+        snapshot's, every membership change in the journal, in order. pysyncobj starts from the peers it was given
+        and applies the journal's changes only as it applies their entries, which takes a leader elected under
+        those peers: a restarted replica that was the only voter left (the others removed, the rest learners)
+        counted its start-up peers, one stopped and one joining, and no leader was ever elected (the simulation's
+        seed 11314 --members). Applying the entries later changes nothing (_SyncObj__doApplyCommand)."""
+        self._config_replayed = True
+        if not self._SyncObj__conf.dynamicMembershipChange:
+            return
+        raft_log = self._SyncObj__raftLog
+        for i in range(len(raft_log)):
+            command = raft_log[i][0]
+            if command[:1] == _MEMBERSHIP_BYTE:
+                request = self._SyncObj__parseChangeClusterRequest(command)
+                if request:
+                    self._SyncObj__doChangeCluster(request)
 
     # ------------------------------------------------------------------ API (any thread)
     def add_learner(self, addr: str, callback: Callable[[Any, Any], None] | None = None) -> None:
@@ -270,6 +308,10 @@ class Membership(ReplicationFixes):
         return targets
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 (pysyncobj's names)
+        if self._repair and not self._config_replayed and self._SyncObj__transport.ready:
+            dump = self._SyncObj__conf.fullDumpFile
+            if not (self._SyncObj__needLoadDumpFile and dump is not None and os.path.isfile(dump)):
+                self._replay_membership()   # else the snapshot's load does, first thing in pysyncobj's tick
         super()._onTick(timeToWait)
         if self._repair and self._learners and self._SyncObj__raftState == _LEADER:
             self._promote_caught_up()
