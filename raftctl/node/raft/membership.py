@@ -118,6 +118,7 @@ class Membership(ReplicationFixes):
     def snapshot_cluster_loaded(self, cluster: list[str], learners: list[str]) -> None:
         """A snapshot was loaded (at a start or received): its configuration says what this replica is, unless
         the log after it says more (a change of its own in the log wins: re-derived at the next need)."""
+        self._pending_learners = list(learners)
         me = self._SyncObj__selfNode
         if me is None:
             return
@@ -126,7 +127,6 @@ class Membership(ReplicationFixes):
         elif me.id in cluster:
             self._snapshot_member = True
         self._joining = None
-        self._pending_learners = list(learners)
 
     def _adopt_learners(self) -> None:
         """After pysyncobj's snapshot load replaced the voters: the learners are the snapshot's."""
