@@ -9,10 +9,11 @@ log then holds every entry committed before the change, and Raft's up-to-date ch
 but a joiner counted in a majority before it caught up could then block every election (seed 9585: two
 joiners that could only catch up from a leader no one could elect). The cure is the Raft thesis' (§4.2.1):
 
-* ``add_learner(addr)`` appends a ``learn`` change: every replica that holds it replicates to the new replica
-  (the leader sends it entries and snapshots) but counts it in no majority and asks it for no vote.
-* The leader promotes a learner once its log is within PROMOTE_LAG entries of the commit index (and it answered
-  within the last heartbeat period or so): it appends pysyncobj's own ``add`` change, which makes it a voter.
+* ``add_learner(addr)`` appends a ``learn`` change: every replica that holds it keeps the new replica in its
+  configuration as a learner, which whichever replica leads sends entries and snapshots to, and which no replica
+  counts in a majority or asks for a vote.
+* The leader promotes a learner once it is connected, has acknowledged an entry, and its log is within
+  PROMOTE_LAG entries of the commit index: it appends pysyncobj's own ``add`` change, which makes it a voter.
 * A replica started with ``join`` (``raftctl server --join``) grants no vote or pre-vote and starts no election
   until its log holds its own ``add`` (or it loaded a snapshot whose cluster lists it). A replica whose log holds
   its own ``learn`` and not a later ``add`` behaves the same, ``--join`` or not.
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import pysyncobj.syncobj as psyncobj
 
@@ -96,17 +97,27 @@ class Membership(ReplicationFixes):
             self._joining = self._joining_from_log()
         return self._joining
 
+    def _membership_requests(self) -> Iterator[Any]:
+        """The membership changes in the journal, oldest first (pysyncobj's requests: [kind, address, node])."""
+        raft_log = self._SyncObj__raftLog
+        for i in range(len(raft_log)):
+            command = raft_log[i][0]
+            if command[:1] == _MEMBERSHIP_BYTE:
+                request = self._SyncObj__parseChangeClusterRequest(command)
+                if request:
+                    yield request
+
     def _joining_from_log(self) -> bool:
+        return self._joining_from(self._membership_requests())
+
+    def _joining_from(self, requests: Iterable[Any]) -> bool:
+        """Whether ``requests`` (the journal's changes) leave this replica joining: its last own change decides,
+        else the last snapshot loaded, else the ``join`` flag."""
         me = self._SyncObj__selfNode
         verdict: bool | None = None
         if me is not None:
-            raft_log = self._SyncObj__raftLog
-            for i in range(len(raft_log)):
-                command = raft_log[i][0]
-                if command[:1] != _MEMBERSHIP_BYTE:
-                    continue
-                request = self._SyncObj__parseChangeClusterRequest(command)
-                if request and len(request) >= 2 and request[1] == me.id:
+            for request in requests:
+                if len(request) >= 2 and request[1] == me.id:
                     if request[0] == "add":
                         verdict = False
                     elif request[0] == LEARN:
@@ -168,13 +179,11 @@ class Membership(ReplicationFixes):
         self._config_replayed = True
         if not self._SyncObj__conf.dynamicMembershipChange:
             return
-        raft_log = self._SyncObj__raftLog
-        for i in range(len(raft_log)):
-            command = raft_log[i][0]
-            if command[:1] == _MEMBERSHIP_BYTE:
-                request = self._SyncObj__parseChangeClusterRequest(command)
-                if request:
-                    self._SyncObj__doChangeCluster(request)
+        requests = list(self._membership_requests())
+        for request in requests:
+            self._SyncObj__doChangeCluster(request)
+        if self._repair:   # what this replica is, from the same read of the journal (not a second one)
+            self._joining = self._joining_from(requests)
 
     # ------------------------------------------------------------------ API (any thread)
     def add_learner(self, addr: str, callback: Callable[[Any, Any], None] | None = None) -> None:
