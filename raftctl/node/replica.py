@@ -415,7 +415,8 @@ class Replica:
         for addr in addrs:
             m = members_state.get(addr, {})
             # a learner is replicated to and counted in no majority until the leader promotes it (membership.py)
-            learner = addr in learners or (addr == self.cfg.raft and bool(rs.get("joining")))
+            # and this replica is no voter while joining, or once its log removed it
+            learner = addr in learners or (addr == self.cfg.raft and bool(rs.get("joining") or rs.get("removed")))
             entry: dict[str, Any] = {"raft": addr, "id": m.get("id"), "api": m.get("api"),
                                      "leader": addr == rs["leader"], "self": addr == self.cfg.raft,
                                      "voter": not learner}

@@ -484,3 +484,25 @@ def test_a_replica_added_at_a_removed_ones_address_votes_only_once_a_voter_and_j
     assert res.violation is None, res.violation
     assert res.faults["member_add"] >= 3
     assert sum("promoted to voter" in r.getMessage() for r in caplog.records) >= 3
+
+
+@pytest.mark.parametrize("seed, nodes, compact, torn, logger, says", [
+    (14001, 5, 40, False, "raftctl.raft.replication", "resuming"),
+    (15045, 5, 40, False, None, None),
+    (15014, 3, 0, True, "raftctl.raft.replication", "taking it"),
+])
+def test_long_schedules_find_no_liveness_failure(seed: int, nodes: int, compact: int, torn: bool,
+                                                 logger: str | None, says: str | None,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Found by 1,500-step schedules (session 35), each a liveness failure until then (docs/raft.md). 14001: a
+    ~260 KB snapshot in five chunks never arrived whole, one chunk of each transmission lost or late, until a
+    follower asked the leader to resume at the offset it held. 15045: a replica whose log removed it still
+    counted itself, led, and listed itself in its snapshots; two replicas that installed one counted it as a
+    voter. 15014: a replica asked for pre-votes for a term a peer was already in, forever; later the same run's
+    survivors needed the vote of a learner promoted unaware."""
+    if logger:
+        caplog.set_level(logging.INFO, logger=logger)
+    res = run_seed(SimConfig(seed=seed, steps=1500, nodes=nodes, members=True, compact=compact, torn=torn))
+    assert res.violation is None, res.violation
+    if says:
+        assert any(says in r.getMessage() for r in caplog.records)

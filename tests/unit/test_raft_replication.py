@@ -285,6 +285,87 @@ def test_the_leader_tags_every_snapshot_chunk_with_its_transmission_and_offset(h
     assert b"".join(m["serialized"][0] for m in chunks) == blob
 
 
+def _asks(replies: list[dict]) -> list[int]:
+    return [m["snapshot_resume"] for m in replies if m["type"] == "next_node_idx" and "snapshot_resume" in m]
+
+
+def test_a_snapshot_with_a_lost_chunk_is_resumed_from_what_the_follower_holds(handle: Any, monkeypatch: Any) -> None:
+    """tests/sim at 1,500 steps (seeds 14001, 14003...): a snapshot of five chunks lost one chunk of every
+    transmission to loss or reordering, and a follower that dropped the transmission at the gap never got one
+    whole. The follower keeps what it holds and asks the leader to go on from its end, once per offset."""
+    monkeypatch.setattr(replication, "_now", lambda: 1000.0)
+    h = handle(True)
+    h.follower_with(10)
+    blob = _snapshot_blob(60)
+    step = 64
+    offsets = list(range(0, len(blob), step))
+    assert len(offsets) >= 5
+    assert _asks(h.deliver(LEADER, _chunk(blob, 0, step, 60))) == []
+    assert _asks(h.deliver(LEADER, _chunk(blob, step, 2 * step, 60))) == []
+    # the chunk at 2 * step is lost; the next two arrive: one request to resume at 2 * step, not two
+    asked = _asks(h.deliver(LEADER, _chunk(blob, 3 * step, 4 * step, 60)))
+    asked += _asks(h.deliver(LEADER, _chunk(blob, 4 * step, 5 * step, 60)))
+    assert asked == [2 * step]
+    ask = [m for _, m in h.transport.sent if "snapshot_resume" in m][-1]
+    assert (ask["snapshot_index"], ask["snapshot_term"], ask["snapshot_size"]) == (60, 1, len(blob))
+    assert not ask["success"] and not ask["reset"]   # an older leader changes nothing on it
+    assert h.log[-1][1] == 10
+    for start in offsets[2:]:  # the leader goes on from 2 * step: the snapshot installs
+        h.deliver(LEADER, _chunk(blob, start, start + step, 60))
+    assert h.log[-1][1] == 60 and h.node.raftCommitIndex == 60 and h.node.raftLastApplied == 60
+
+
+def test_a_first_chunk_again_keeps_what_the_follower_holds_of_the_same_snapshot(handle: Any,
+                                                                                monkeypatch: Any) -> None:
+    """The leader starts over (its last chunk's answer did not come); the follower holding half of the same
+    snapshot asks it to go on from there instead; a follower that missed the first chunk asks for it."""
+    monkeypatch.setattr(replication, "_now", lambda: 1000.0)
+    h = handle(True)
+    h.follower_with(10)
+    blob = _snapshot_blob(60)
+    step = 64
+    assert _asks(h.deliver(LEADER, _chunk(blob, step, 2 * step, 60))) == [0]   # its start never came
+    h.deliver(LEADER, _chunk(blob, 0, step, 60))
+    h.deliver(LEADER, _chunk(blob, step, 2 * step, 60))
+    assert _asks(h.deliver(LEADER, _chunk(blob, 0, step, 60))) == [2 * step]
+    for start in range(2 * step, len(blob), step):
+        h.deliver(LEADER, _chunk(blob, start, start + step, 60))
+    assert h.log[-1][1] == 60 and h.node.raftCommitIndex == 60
+
+
+def test_the_leader_resumes_a_snapshot_at_the_offset_a_follower_asks_for(handle: Any) -> None:
+    h = handle(True)
+    _leader(h)
+    term = h.node.raftCurrentTerm
+    blob = _snapshot_blob(20)
+    files = h.node._snapshots
+    files._disk.write(files.path, 0, blob)
+    files._chunk = 100
+    j = h.node._SyncObj__raftLog  # type: ignore[attr-defined]
+    j.clear()
+    for e in (noop(19, 1), noop(20, 1), noop(21, term)):
+        j.add(*e)
+    h.node._SyncObj__raftNextIndex[OTHER] = 19  # type: ignore[attr-defined]
+    h.node._SyncObj__raftMatchIndex[OTHER] = 0  # type: ignore[attr-defined]
+
+    def ask(offset: int, **kw: Any) -> list[int]:
+        mark = len(h.transport.sent)
+        h.deliver(OTHER, {"type": "next_node_idx", "next_node_idx": 11, "reset": False, "success": False,
+                          "term": term, "snapshot_resume": offset, "snapshot_index": 20, "snapshot_term": 1,
+                          "snapshot_size": len(blob), **kw})
+        return [m["snapshot_offset"] for n, m in h.transport.sent[mark:] if n == OTHER and "serialized" in m]
+
+    sent = ask(300)
+    assert sent and sent[0] == 300 and sent[-1] == len(blob)   # from the offset to the end, not from 0
+    assert h.node.snapshot_resumes == 1
+    # not this leader's snapshot (another size, another boundary): nothing resumes
+    assert ask(300, snapshot_size=len(blob) + 1) == [] and ask(300, snapshot_index=19) == []
+    # a late request once the follower acknowledged the snapshot: ignored
+    h.node._SyncObj__raftMatchIndex[OTHER] = 20  # type: ignore[attr-defined]
+    h.node._SyncObj__raftNextIndex[OTHER] = 21  # type: ignore[attr-defined]
+    assert ask(100) == [] and h.node.snapshot_resumes == 1
+
+
 @pytest.mark.parametrize("repair", [True, False])
 def test_a_restart_between_a_snapshot_and_the_compaction_keeps_the_entries_after_it(tmp_path: Any,
                                                                                     repair: bool) -> None:
@@ -670,6 +751,25 @@ def test_a_pre_vote_is_granted_only_without_a_live_leader_and_for_an_up_to_date_
     assert h.node.raftCurrentTerm == 1 and h.node._SyncObj__votedForNodeId is None  # a pre-vote changes nothing
 
 
+def test_a_pre_vote_refused_by_a_peer_in_a_newer_term_takes_that_term(handle: Any) -> None:
+    """The simulation's seed 15014 (1,500 steps): the one replica with the longest log was in term 3 and asked
+    pre-votes for term 4 forever; a peer whose failed election had left it in term 4 refused each (not a newer
+    term) and was itself refused (its log behind). A refusal says the peer's term; the asker takes it and asks
+    for the next one."""
+    h = handle(True)
+    h.follower_with(10)
+    answer = [m for m in h.deliver(OTHER, {"type": "pre_vote", "term": 1, "last_log_index": 10,
+                                           "last_log_term": 1}) if m["type"] == "pre_vote_response"][-1]
+    assert answer == {"type": "pre_vote_response", "term": 1, "granted": False, "current": 1}
+    h.node._pre_vote = {"term": 2, "granted": set(), "answered": set()}   # this replica asks for term 2
+    h.deliver(LEADER, {"type": "pre_vote_response", "term": 2, "granted": False})   # an older raftctl: nothing
+    assert h.node.raftCurrentTerm == 1
+    h.deliver(LEADER, {"type": "pre_vote_response", "term": 2, "granted": False, "current": 1})   # not newer
+    assert h.node.raftCurrentTerm == 1
+    h.deliver(OTHER, {"type": "pre_vote_response", "term": 2, "granted": False, "current": 3})
+    assert h.node.raftCurrentTerm == 3 and h.node._SyncObj__votedForNodeId is None and not h.node._isLeader()
+
+
 def test_peers_of_an_older_raftctl_that_never_answer_a_pre_vote_do_not_block_elections(handle: Any) -> None:
     h = handle(True, fast=True)
     for peer in (LEADER, OTHER):
@@ -773,14 +873,76 @@ def test_a_joining_replica_votes_only_once_its_log_makes_it_a_voter(tmp_path: An
         fresh.node._doDestroy()
 
 
-def test_a_replica_whose_log_makes_it_a_learner_withholds_its_vote_without_join(handle: Any) -> None:
+def test_a_replica_whose_log_makes_it_a_learner_votes_but_starts_no_election(handle: Any) -> None:
+    """Removed, then added back (an empty data dir started without --join catches up on the same log): a learner
+    until its promotion. It starts no election, but it votes, as etcd's learners do: the leader may have
+    promoted it with an entry it has not received (the simulation's seed 15014). A `learn` of a replica that is
+    a voter changes nothing, here as in pysyncobj's configuration (the others go on counting it)."""
+    me = TCPNode("127.0.0.1:7001")
     h = handle(True)
     h.follower_with(5)
-    h.append(1, 5, 1, [(_change("learn", TCPNode("127.0.0.1:7001")), 6, 1)], commit=6)
-    assert h.node.joining()
+    h.append(1, 5, 1, [(_change("learn", me), 6, 1)], commit=6)
+    assert h.node.role() == "voter"
+    h.append(1, 6, 1, [(_change("rem", me), 7, 1)], commit=7)
+    assert h.node.role() == "removed"
     assert h.deliver(OTHER, {"type": "request_vote", "term": 2, "last_log_index": 9, "last_log_term": 1}) == []
-    h.append(1, 6, 1, [(_change("add", TCPNode("127.0.0.1:7001")), 7, 1)], commit=7)
-    assert not h.node.joining()
+    h.append(1, 7, 1, [(_change("learn", me), 8, 1)], commit=8)
+    assert h.node.joining() and h.node.role() == "learner"
+    votes = [m for m in h.deliver(OTHER, {"type": "request_vote", "term": 2, "last_log_index": 9,
+                                          "last_log_term": 1}) if m["type"] == "response_vote"]
+    assert votes and h.node.raftCurrentTerm == 2 and h.node._SyncObj__votedForNodeId == OTHER.id
+    for peer in (LEADER, OTHER):
+        h.transport._onNodeConnected(peer)
+    sent = _tick_for(h, 1.5)   # well past an election timeout: a learner starts none
+    assert h.node.raftCurrentTerm == 2 and not [m for _, m in sent if m["type"] in ("pre_vote", "request_vote")]
+    h.append(2, 8, 1, [(_change("add", me), 9, 2)], commit=9)
+    assert not h.node.joining() and h.node.role() == "voter"
+
+
+def test_a_leader_whose_log_removes_it_steps_down(handle: Any) -> None:
+    """Not reachable through the API (a leader refuses to remove itself) nor from an election (a removed
+    replica starts none); a leader that finds its own removal in its log anyway must not go on counting itself."""
+    h = handle(True)
+    _leader(h)
+    h.node._SyncObj__raftLog.add(_change("rem", TCPNode("127.0.0.1:7001")), h.log[-1][1] + 1,  # type: ignore[attr-defined]
+                                 h.node.raftCurrentTerm)
+    h.node._role = None   # as an append of its own change does
+    h.node.doTick(0.0)
+    assert h.node.removed() and not h.node._isLeader()
+
+
+def test_a_replica_whose_log_removed_it_neither_votes_nor_leads(tmp_path: Any) -> None:
+    """The simulation's seed 15045 (1,500 steps, --members): n4's log held its own removal (appended while it
+    was cut off with the leader that proposed it); pysyncobj ignores a change of a replica's own membership, so
+    n4 still counted itself, was elected, committed the removal as leader, and its snapshots listed it: two
+    replicas that installed one counted n4 as a voter while the rest did not, and the operator, asking the
+    newest leader, kept n4 as a member. Now a replica whose log removes it grants no vote, starts no election,
+    and its snapshots record the configuration as of their last entry, without it."""
+    me = TCPNode("127.0.0.1:7001")
+    h = Handle(tmp_path / "n", True)
+    try:
+        h.follower_with(5)
+        h.append(1, 5, 1, [(_change("rem", me), 6, 1), noop(7, 1)], commit=7)
+        assert h.node.removed() and h.node.role() == "removed"
+        ask = {"type": "request_vote", "term": 2, "last_log_index": 9, "last_log_term": 1}
+        assert h.deliver(OTHER, ask) == [] and h.node.raftCurrentTerm == 1
+        # the configuration a snapshot records: as of its last entry (before index 6 this replica was a voter)
+        assert h.node.snapshot_config(5, [])[0] == frozenset({me.id, LEADER.id, OTHER.id})
+        assert h.node.snapshot_config(7, [])[0] == frozenset({LEADER.id, OTHER.id})
+        _tick_for(h, 1.5)   # well past an election timeout: no election from a removed replica
+        assert h.node.raftCurrentTerm == 1 and not h.node._isLeader()
+    finally:
+        h.node._doDestroy()
+    # a snapshot that does not list this replica (taken after its removal) leaves it removed after a restart
+    blob = raft._snapshot_bytes(noop(7, 1), noop(6, 1), [LEADER.id, OTHER.id], raft.State().snapshot())
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "raft.snapshot").write_bytes(blob)
+    again = Handle(tmp_path / "m", True)
+    try:
+        again.node.doTick(0.0)   # loads it
+        assert again.log[-1][1] == 7 and again.node.removed()
+    finally:
+        again.node._doDestroy()
 
 
 def test_a_learner_is_replicated_to_counted_in_no_majority_and_promoted_once_caught_up(handle: Any) -> None:
@@ -861,11 +1023,18 @@ def test_a_snapshot_carries_the_learners_and_one_without_keeps_its_bytes(tmp_pat
         h.node.snapshot_cluster_loaded(["127.0.0.1:7001", "127.0.0.1:7002"], [LEARNER.id])
         h.node._adopt_learners()
         assert h.node.learner_ids() == [LEARNER.id]
-        h.node.snapshot_cluster_loaded(["127.0.0.1:7002"], ["127.0.0.1:7001"])   # this replica, a learner
-        h.node._adopt_learners()
-        assert h.node.learner_ids() == [] and h.node.joining()
     finally:
         h.node._doDestroy()
+    # a snapshot that lists this replica as a learner, loaded at a start: it is joining
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "raft.snapshot").write_bytes(raft._snapshot_bytes(
+        noop(7, 1), noop(6, 1), ["127.0.0.1:7002"], raft.State().snapshot(), ["127.0.0.1:7001"]))
+    again = Handle(tmp_path / "m", True)
+    try:
+        again.node.doTick(0.0)
+        assert again.log[-1][1] == 7 and again.node.learner_ids() == [] and again.node.joining()
+    finally:
+        again.node._doDestroy()
 
 
 def test_a_restarted_replica_takes_its_configuration_from_its_log_not_its_start_up_peers(tmp_path: Any) -> None:

@@ -171,7 +171,7 @@ class RaftNode(RestoreInBackground, Membership, SyncObj):
         # repair=False runs pysyncobj's own AppendEntries handling (replication.py), for the simulation.
         self._init_replication(repair)
         # join: added to a running cluster (`raftctl server --join`): no vote until its log makes it a voter
-        self._init_membership(join)
+        self._init_membership(join, self_addr, peers)
         # transport (a pysyncobj Transport; None = TCP) and conf_overrides (SyncObjConf fields, e.g.
         # autoTick=False) exist for the deterministic simulation in tests/sim; production passes neither.
         self.state = State()
@@ -191,7 +191,8 @@ class RaftNode(RestoreInBackground, Membership, SyncObj):
                                         # (RestoreInBackground; with repair only: pysyncobj's own
                                         # handling expects it loaded at the last chunk)
                                         prepare=self._restore_snapshot if repair else None,
-                                        adopt=self._adopt_snapshot if repair else None)
+                                        adopt=self._adopt_snapshot if repair else None,
+                                        describe=self._describe_snapshot if repair else None)
         host = self_addr.rsplit(":", 1)[0]
         conf = SyncObjConf(
             password=secret,
@@ -314,8 +315,18 @@ class RaftNode(RestoreInBackground, Membership, SyncObj):
         return results
 
     # -- snapshots -------------------------------------------------------
+    def _describe_snapshot(self, raw: tuple) -> tuple:
+        """On the tick thread, before the encoding (snapshot.py): the configuration the snapshot records, the
+        log's as of its last entry (pysyncobj gives the one the log ends with, this replica always a voter)."""
+        entry1, entry0, cluster = raw
+        voters, learners = self.snapshot_config(entry1[1], cluster)
+        return entry1, entry0, sorted(voters), sorted(learners)
+
     def _encode_snapshot(self, raw: tuple) -> bytes:
         """In the forked child (see snapshot.py): the state is a copy-on-write image, no lock needed."""
+        if len(raw) == 4:   # described (_describe_snapshot)
+            entry1, entry0, voters, learners = raw
+            return _snapshot_bytes(entry1, entry0, voters, self.state.snapshot(), learners)
         entry1, entry0, cluster = raw
         return _snapshot_bytes(entry1, entry0, cluster, self.state.snapshot(), self.learner_ids())
 
@@ -340,7 +351,7 @@ class RaftNode(RestoreInBackground, Membership, SyncObj):
         e1, e0, cluster, restored, learners = prepared
         with self.lock:
             self.state = restored
-        self.snapshot_cluster_loaded(cluster, learners)   # the learners are set once pysyncobj's load is done
+        self.snapshot_cluster_loaded(cluster, learners, e1[1])   # learners set once pysyncobj's load is done
         # Restoring a big state at a start holds the tick thread for seconds (100,000 placements: 2.0-2.6 s);
         # it counts as hearing from the leader, or this follower would start an election the moment it
         # returns (the election check runs first in a tick).
@@ -387,6 +398,7 @@ class RaftNode(RestoreInBackground, Membership, SyncObj):
         match = self._SyncObj__raftMatchIndex
         view["learners"] = {addr: match.get(node) for addr, node in self._learners.items()}
         view["joining"] = self.joining()
+        view["removed"] = self.removed()
         self._status_cache = view
         self._status_key, self._status_at = key, now
 
@@ -426,7 +438,7 @@ class RaftNode(RestoreInBackground, Membership, SyncObj):
             if st.get("raft_term") == term == self.raftCurrentTerm and (st.get("state") != 2 or voted == me):
                 break
             time.sleep(0.002)
-        return {**RaftNode._status_view(st), "learners": {}, "joining": None}   # the tick thread's, from its first
+        return {**RaftNode._status_view(st), "learners": {}, "joining": None, "removed": None}   # the tick thread's, from its first
 
     ROLE_NAMES: dict[Any, str] = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj's _RAFT_STATE
 

@@ -14,9 +14,15 @@ joiners that could only catch up from a leader no one could elect). The cure is 
   counts in a majority or asks for a vote.
 * The leader promotes a learner once it is connected, has acknowledged an entry, and its log is within
   PROMOTE_LAG entries of the commit index: it appends pysyncobj's own ``add`` change, which makes it a voter.
-* A replica started with ``join`` (``raftctl server --join``) grants no vote or pre-vote and starts no election
-  until its log holds its own ``add`` (or it loaded a snapshot whose cluster lists it). A replica whose log holds
-  its own ``learn`` and not a later ``add`` behaves the same, ``--join`` or not.
+* What a replica is follows from its own log (``role()``): the configuration as of the log's end, from the
+  newest base (the start-up peers for a log from index 1, else the snapshot's) and the changes after it. A voter
+  votes and starts elections. A learner (its log holds its own ``learn``, not a later ``add``) starts none but
+  votes, as etcd's learners do: its promotion may be committed before it reaches it (seed 15014). A replica
+  started with ``join`` (``raftctl server --join``) and not yet in its log's configuration, or one whose log
+  removed it, grants no vote or pre-vote and starts none: pysyncobj ignores a change of a replica's own
+  membership, and a removed replica counted itself, led, and listed itself in its snapshots (seed 15045).
+* A snapshot records the configuration as of its last entry (``snapshot_config``), not the one the log ends
+  with, so a change past it that is later truncated is not in it, and a removed replica is not in its own.
 
 One change at a time: pysyncobj meant to refuse a change while another was not yet applied, but never sets the
 index it checks, so two changes proposed at once were both appended (two single-server changes in flight break
@@ -52,6 +58,11 @@ MEMBERSHIP = psyncobj._COMMAND_TYPE.MEMBERSHIP
 _MEMBERSHIP_BYTE = psyncobj._bchr(MEMBERSHIP)
 
 LEARN = "learn"
+# What this replica is in its own log (role()): a voter; a learner (its log or snapshot lists it as one); joining
+# (started with --join, not yet in its log's configuration); removed (its log or snapshot does not list it).
+VOTER, LEARNER, JOINING, REMOVED = "voter", "learner", "joining", "removed"
+MAX_BASES = 8               # configurations kept at snapshot indexes (_config_at starts from the newest usable)
+Config = tuple[frozenset[str], frozenset[str]]   # (voters, learners) by address, this replica included
 PROMOTE_LAG = 64            # a learner whose log is this close to the commit index is promoted
 PROMOTE_RETRY_S = 1.0       # a promotion proposed and not yet in the log is proposed again after this
 
@@ -71,7 +82,7 @@ class Membership(ReplicationFixes):
 
         def _applyCommand(self, command: bytes, callback: Any, commandType: int | None = None) -> None: ...  # noqa: N803
 
-    def _init_membership(self, join: bool) -> None:
+    def _init_membership(self, join: bool, self_addr: str | None = None, peers: Iterable[str] = ()) -> None:
         """Call before SyncObj.__init__ (its tick thread may run at once)."""
         self._learners: dict[str, Any] = {}        # address -> Node: replicated to, in no majority
         self._learner_term: int | None = None       # the term the leader last reset the learners' progress in
@@ -79,8 +90,11 @@ class Membership(ReplicationFixes):
         self._removed_learners: set[str] = set()     # removed while learners: a truncated removal, the same
         self._promoting: tuple[str, float] | None = None
         self._join_flag = bool(join) and self._repair
-        self._joining: bool | None = None           # None: derive from the log at the next need
-        self._snapshot_member: bool | None = None    # what the last loaded snapshot said of this replica
+        self._role: str | None = None               # None: derive from the log at the next need
+        # The configuration at an index whose entries after it the log holds: 0 (a log from its first entry: the
+        # start-up peers, this replica a learner with --join) and each snapshot's boundary, taken or loaded.
+        me = {self_addr} if self_addr and not self._join_flag else set()
+        self._bases: dict[int, Config] = {0: (frozenset(set(peers) | me), frozenset())}
         self._config_replayed = False                # the journal's membership changes taken at the start
         self.votes_withheld = 0
 
@@ -89,55 +103,105 @@ class Membership(ReplicationFixes):
         """The learners this replica's configuration holds (a copy; any thread)."""
         return sorted(self.__dict__.get("_learners", {}))
 
-    def joining(self) -> bool:
-        """Whether this replica withholds its votes (joining, not yet a voter in its own log)."""
+    def role(self) -> str:
+        """What this replica is in the configuration its log ends with: VOTER, LEARNER, JOINING (started with
+        --join, not yet in it) or REMOVED (its log removed it, or a snapshot it loaded does not list it). Only a
+        voter starts elections; a voter or a learner grants votes (``_withhold_vote``)."""
         if not self._repair:
-            return False
-        if self._joining is None:
-            self._joining = self._joining_from_log()
-        return self._joining
+            return VOTER
+        if self._role is None:
+            self._role = self._role_in(self._config_at(None))
+        return self._role
 
-    def _membership_requests(self) -> Iterator[Any]:
-        """The membership changes in the journal, oldest first (pysyncobj's requests: [kind, address, node])."""
+    def joining(self) -> bool:
+        """Whether this replica is joining: a learner, or started with --join and not yet in its log."""
+        return self.role() in (LEARNER, JOINING)
+
+    def removed(self) -> bool:
+        """Whether this replica's log (or the snapshot it holds) removed it: it votes and leads no more."""
+        return self.role() == REMOVED
+
+    def _role_in(self, config: Config | None) -> str:
+        me = self._SyncObj__selfNode
+        if config is None or me is None:   # no usable base (a log compacted past every one): the flag says
+            return JOINING if self._join_flag else VOTER
+        voters, learners = config
+        if me.id in voters:
+            return VOTER
+        if me.id in learners:
+            return LEARNER
+        return JOINING if self._join_flag else REMOVED
+
+    def _membership_requests(self, after: int = 0, upto: int | None = None) -> Iterator[Any]:
+        """The membership changes in the journal with index in (after, upto], oldest first (pysyncobj's
+        requests: [kind, address, node])."""
         raft_log = self._SyncObj__raftLog
-        for i in range(len(raft_log)):
+        if len(raft_log) == 0:
+            return
+        first = raft_log[0][1]
+        end = len(raft_log) if upto is None else min(len(raft_log), upto - first + 1)
+        for i in range(max(after + 1 - first, 0), end):
             command = raft_log[i][0]
             if command[:1] == _MEMBERSHIP_BYTE:
                 request = self._SyncObj__parseChangeClusterRequest(command)
                 if request:
                     yield request
 
-    def _joining_from_log(self) -> bool:
-        return self._joining_from(self._membership_requests())
+    def _config_at(self, index: int | None) -> Config | None:
+        """The configuration as of log index ``index`` (None: the log's end), this replica included as what it
+        is: the newest base at or before it from which the log holds every entry, then each change after it
+        (add: a voter; learn: a learner unless a voter already; rem: gone). None without a usable base."""
+        raft_log = self._SyncObj__raftLog
+        if len(raft_log) == 0:
+            return None
+        first, last = raft_log[0][1], raft_log[-1][1]
+        upto = last if index is None else index
+        usable = [b for b in self._bases if b <= upto and b + 1 >= first]
+        if not usable:
+            return None
+        base = max(usable)
+        voters, learners = set(self._bases[base][0]), set(self._bases[base][1])
+        for request in self._membership_requests(base, upto):
+            if len(request) < 2:
+                continue
+            kind, addr = request[0], request[1]
+            if kind == "add":
+                voters.add(addr)
+                learners.discard(addr)
+            elif kind == LEARN:
+                if addr not in voters:
+                    learners.add(addr)
+            elif kind == "rem":
+                voters.discard(addr)
+                learners.discard(addr)
+        return frozenset(voters), frozenset(learners)
 
-    def _joining_from(self, requests: Iterable[Any]) -> bool:
-        """Whether ``requests`` (the journal's changes) leave this replica joining: its last own change decides,
-        else the last snapshot loaded, else the ``join`` flag."""
-        me = self._SyncObj__selfNode
-        verdict: bool | None = None
-        if me is not None:
-            for request in requests:
-                if len(request) >= 2 and request[1] == me.id:
-                    if request[0] == "add":
-                        verdict = False
-                    elif request[0] == LEARN:
-                        verdict = True
-        if verdict is None:
-            verdict = self._join_flag if self._snapshot_member is None else not self._snapshot_member
-        return verdict
+    def snapshot_config(self, index: int, cluster: Iterable[Any]) -> Config:
+        """The configuration a snapshot up to ``index`` records (Raft: the latest as of its last entry, not
+        the one the log ends with), kept as a base for later ones; ``cluster`` (pysyncobj's voters and this
+        replica) when the log cannot tell."""
+        config = self._config_at(index)
+        if config is None:
+            me = self._SyncObj__selfNode
+            voters = {getattr(n, "id", n) for n in cluster}
+            learners = set(self.learner_ids())
+            if me is not None and self.role() != VOTER:
+                voters.discard(me.id)
+                if self.role() == LEARNER:
+                    learners.add(me.id)
+            config = frozenset(voters), frozenset(learners)
+        self._bases[index] = config
+        for old in sorted(self._bases)[:-MAX_BASES]:
+            del self._bases[old]
+        return config
 
-    def snapshot_cluster_loaded(self, cluster: list[str], learners: list[str]) -> None:
-        """A snapshot was loaded (at a start or received): its configuration says what this replica is, unless
-        the log after it says more (a change of its own in the log wins: re-derived at the next need)."""
+    def snapshot_cluster_loaded(self, cluster: list[str], learners: list[str], index: int | None = None) -> None:
+        """A snapshot was loaded (at a start or received): its configuration is the log's as of ``index``; what
+        this replica is follows from it and the log after it (re-derived at the next need)."""
         self._pending_learners = list(learners)
-        me = self._SyncObj__selfNode
-        if me is None:
-            return
-        if me.id in learners:
-            self._snapshot_member = False
-        elif me.id in cluster:
-            self._snapshot_member = True
-        self._joining = None
+        if index is not None:
+            self._bases = {index: (frozenset(cluster), frozenset(learners))}
+        self._role = None
 
     def _adopt_learners(self) -> None:
         """After pysyncobj's snapshot load replaced the voters: the learners are the snapshot's."""
@@ -179,11 +243,9 @@ class Membership(ReplicationFixes):
         self._config_replayed = True
         if not self._SyncObj__conf.dynamicMembershipChange:
             return
-        requests = list(self._membership_requests())
-        for request in requests:
+        for request in list(self._membership_requests()):
             self._SyncObj__doChangeCluster(request)
-        if self._repair:   # what this replica is, from the same read of the journal (not a second one)
-            self._joining = self._joining_from(requests)
+        self._role = None
 
     # ------------------------------------------------------------------ API (any thread)
     def add_learner(self, addr: str, callback: Callable[[Any, Any], None] | None = None) -> None:
@@ -218,7 +280,7 @@ class Membership(ReplicationFixes):
         kind, addr = request[0], request[1]
         me = self._SyncObj__selfNode
         if me is not None and addr == me.id:
-            self._joining = None   # its own change: what it is follows from the log (re-read at the next need)
+            self._role = None      # its own change: what it is follows from the log (re-read at the next need)
             return False           # as pysyncobj: a replica never adds or removes itself
         if kind == LEARN:
             if reverse:
@@ -285,8 +347,16 @@ class Membership(ReplicationFixes):
 
     # ------------------------------------------------------------------ votes (tick thread)
     def _withhold_vote(self, node: Any, message: dict) -> bool:
-        """A joining replica answers no vote request (pysyncobj has no refusal) and a pre-vote with a clear no."""
-        if not self.joining():
+        """A replica not in its own log's configuration (joining, removed) answers no vote request (pysyncobj has
+        no refusal) and a pre-vote with a clear no.
+
+        A learner votes, as etcd's do: the leader may have promoted it with an entry that has not reached it yet,
+        and if that leader dies the survivors may need its vote (the simulation's seed 15014: the configuration
+        {n1, n2} with n2 promoted unaware, no leader for the rest of the run). Its vote is safe where an empty
+        replica's was not (seed 9054): its log holds its own `learn`, which a leader appends only once the change
+        before it (the removal of an earlier replica at the same address) is applied, so committed; a candidate at
+        least as up to date holds that removal, and lists this address as a voter only by a later promotion."""
+        if self.role() in (VOTER, LEARNER):
             return False
         self.votes_withheld += 1
         if message.get("type") == "pre_vote":
@@ -295,7 +365,7 @@ class Membership(ReplicationFixes):
         return True
 
     def _pre_vote_tick(self) -> bool:
-        if self._SyncObj__selfNode is not None and self._SyncObj__raftState != _LEADER and self.joining():
+        if self._SyncObj__selfNode is not None and self._SyncObj__raftState != _LEADER and self.role() != VOTER:
             now = psyncobj.monotonicTime()
             if self._SyncObj__raftElectionDeadline < now:   # no election from a replica that may not vote
                 self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
@@ -322,8 +392,13 @@ class Membership(ReplicationFixes):
             if not (self._SyncObj__needLoadDumpFile and dump is not None and os.path.isfile(dump)):
                 self._replay_membership()   # else the snapshot's load does, first thing in pysyncobj's tick
         super()._onTick(timeToWait)
-        if self._repair and self._learners and self._SyncObj__raftState == _LEADER:
-            self._promote_caught_up()
+        if self._repair and self._SyncObj__raftState == _LEADER:
+            if self.role() == REMOVED:   # never elected so (it starts no election); a leader counts itself
+                log.warning("stepping down: this replica's log removed it from the configuration")
+                self._SyncObj__setState(psyncobj._RAFT_STATE.FOLLOWER)
+                self._SyncObj__raftLeader = None
+            elif self._learners:
+                self._promote_caught_up()
 
     def _promote_caught_up(self) -> None:
         now = psyncobj.monotonicTime()

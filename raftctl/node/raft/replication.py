@@ -65,6 +65,7 @@ PROBE, REPLICATE, SNAPSHOT = "probe", "replicate", "snapshot"
 PRE_VOTE_SILENT_ROUNDS = 3   # unanswered pre-vote rounds before silent peers count as yes
 MAX_INFLIGHT = 32            # unanswered AppendEntries per follower in REPLICATE
 MAX_ENTRIES_PER_MESSAGE = 4096
+RESUME_ASK_S = 0.05          # a follower asks the leader to resume a snapshot at one offset at most this often
 
 
 def _group_commit_wait(env: Mapping[str, str] | None = None) -> float:
@@ -363,7 +364,8 @@ class ReplicationFixes:
                       and isinstance(last_term, int) and isinstance(last_idx, int))
         up_to_date = asks_newer and (last_term, last_idx) >= (mine[2], mine[1])
         granted = asks_newer and up_to_date
-        self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": bool(granted)})
+        self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": bool(granted),
+                                             "current": self._SyncObj__raftCurrentTerm})
         if asks_newer and not up_to_date and self._SyncObj__raftState == _FOLLOWER:
             # No leader, and a peer whose log is behind ours wants an election it cannot win with our vote
             # (after a leader dies, the follower the last entries had not reached yet): campaign now
@@ -371,6 +373,18 @@ class ReplicationFixes:
             self._SyncObj__raftElectionDeadline = min(self._SyncObj__raftElectionDeadline, _now())
 
     def _on_pre_vote_response(self, node: Any, message: dict) -> None:
+        current = message.get("current")   # the refusing peer's own term (absent from an older raftctl)
+        if (not message.get("granted") and isinstance(current, int) and not isinstance(current, bool)
+                and current > self._SyncObj__raftCurrentTerm and self._SyncObj__raftState != _LEADER):
+            # A peer is in a term at or past the one asked for: it refuses every pre-vote for it, and this
+            # replica, the only one up to date, would ask for the same term forever (the simulation's seed
+            # 15014: a candidate's failed election left it a term ahead, its log behind). Take its term, as
+            # Raft says of any newer term seen, and ask for the next one (etcd does the same).
+            log.info("pre-vote: %s is in term %d (ours %d): taking it", node, current, self._SyncObj__raftCurrentTerm)
+            self._SyncObj__setCurrentTerm(current, None)
+            self._SyncObj__setState(_FOLLOWER)
+            self._pre_vote = None
+            return
         rnd = self._pre_vote
         if (rnd is None or message.get("term") != rnd["term"] or rnd["term"] != self._SyncObj__raftCurrentTerm + 1
                 or self._SyncObj__raftState == _LEADER):
@@ -518,7 +532,12 @@ class ReplicationFixes:
         last chunk of one transmission to the first chunks of another and installed the result (tests/sim
         seed 1129: a snapshot up to 92, the log 438 -> 92). raftctl's leader tags each chunk with its
         snapshot (index, term, size) and byte offset; a chunk from an untagged (older) leader is taken as
-        pysyncobj takes it."""
+        pysyncobj takes it.
+
+        A chunk past a gap in the transmission, or the first chunk again while more of the same snapshot is
+        held, keeps what is held and asks the leader to go on from its end (``_ask_resume``): with one chunk
+        of five lost or late in every transmission, starting over from the first never completed one
+        (tests/sim at 1,500 steps)."""
         offset = message.get("snapshot_offset")
         if not isinstance(offset, int) or isinstance(offset, bool):
             self._snapshot_rx = None
@@ -530,20 +549,39 @@ class ReplicationFixes:
         key = (node, message.get("term"), message.get("snapshot_index"), message.get("snapshot_term"),
                message.get("snapshot_size"))
         rx = self.__dict__.get("_snapshot_rx")
-        if is_first and offset == 0:
+        held = rx[1] if rx is not None and rx[0] == key else None   # bytes held of this very snapshot
+        if held is not None and held == offset:
+            rx[1] += size   # type: ignore[index]
+            return True
+        if is_first and offset == 0 and not (held is not None and held > size):
             self._snapshot_rx = [key, size]
             return True
-        if rx is not None and rx[0] == key and rx[1] == offset:
-            rx[1] += size
-            return True
-        if rx is not None and rx[0] == key and offset > rx[1]:  # a chunk of it was lost: it cannot complete
-            self._snapshot_rx = None
-            abandon = getattr(self._SyncObj__serializer, "abandon_incoming", None)
-            if abandon is not None:
-                abandon()
-        log.info("snapshot chunk from %s (snapshot %s, offset %d) does not continue the transmission being "
-                 "received; dropped", node, message.get("snapshot_index"), offset)
+        if held is not None and (offset > held or offset == 0):  # a chunk lost or late, or the leader started over
+            self._ask_resume(node, message, held)
+        elif rx is None and offset > 0:  # its start never came (or was dropped): ask for it
+            self._ask_resume(node, message, 0)
+        log.debug("snapshot chunk from %s (snapshot %s, offset %d) does not continue the transmission being "
+                  "received; dropped", node, message.get("snapshot_index"), offset)
         return False
+
+    def _ask_resume(self, node: Any, message: dict, offset: int) -> None:
+        """Ask the leader to send its snapshot from ``offset`` (what this follower holds of it), at most once per
+        RESUME_ASK_S for the same offset: a burst of chunks past one gap asks once. An older leader ignores the
+        answer (success and reset false change nothing there) and starts over when its last chunk's answer does
+        not come, as before."""
+        now = _now()
+        asked = (message.get("term"), message.get("snapshot_index"), message.get("snapshot_term"),
+                 message.get("snapshot_size"), offset)
+        last = self.__dict__.get("_resume_asked")
+        if last is not None and last[0] == asked and now - last[1] < RESUME_ASK_S:
+            return
+        self._resume_asked = (asked, now)
+        self.snapshot_resumes_asked += 1
+        self._SyncObj__transport.send(node, {
+            "type": "next_node_idx", "next_node_idx": self._SyncObj__raftLog[-1][1] + 1, "reset": False,
+            "success": False, "term": self._SyncObj__raftCurrentTerm, "snapshot_resume": offset,
+            "snapshot_index": message.get("snapshot_index"), "snapshot_term": message.get("snapshot_term"),
+            "snapshot_size": message.get("snapshot_size")})
 
     def _receive_chunk(self, node: Any, message: dict, transmission: str) -> list | None:
         """One chunk of an entry too large for one message; the entry once the last chunk is in."""
@@ -712,6 +750,9 @@ class ReplicationFixes:
             return False  # answers a leader of another term
         self._SyncObj__lastResponseTime[node] = _now()
         pr = self._progress(node)
+        if "snapshot_resume" in message:
+            self._resume_snapshot(node, message, pr)
+            return True
         success, hinted = message["success"], message["next_node_idx"]
         leader_last = self._SyncObj__raftLog[-1][1]
         seq = message.get("seq")
@@ -772,6 +813,9 @@ class ReplicationFixes:
     appends_batched = 0   # journal batches of the leader's proposals (one fsync each)
     entries_batched = 0   # entries appended in them
     appends_held = 0      # leader ticks that held queued proposals for the next batch
+    snapshot_resumes = 0          # leader: snapshot transmissions resumed at a follower's offset
+    snapshot_resumes_asked = 0    # follower: times it asked the leader to resume a snapshot
+    _resume_asked: tuple[tuple, float] | None = None
 
     def _hold_appends(self) -> float:
         """At a tick's start: whether this tick holds the leader's queued proposals, and for how long (seconds;
@@ -927,6 +971,26 @@ class ReplicationFixes:
             pr.inflight.append((pr.seq, now))
         pr.last_send = now
         pr.sent_commit = self._SyncObj__raftCommitIndex
+
+    def _resume_snapshot(self, node: Any, message: dict, pr: _Progress) -> None:
+        """A follower asks for the snapshot from an offset (``_ask_resume``): go on from there if it is the
+        snapshot this leader sends now (same boundary index and term, same size) and the follower has not
+        acknowledged it already (a late request: its answer to the last chunk came first)."""
+        raft_log = self._SyncObj__raftLog
+        boundary = raft_log[1] if len(raft_log) > 1 else raft_log[0]
+        offset = message.get("snapshot_resume")
+        if (not isinstance(offset, int) or isinstance(offset, bool) or message.get("snapshot_index") != boundary[1]
+                or message.get("snapshot_term") != boundary[2]
+                or self._SyncObj__raftMatchIndex.get(node, 0) >= boundary[1]):
+            return
+        resume = getattr(self._SyncObj__serializer, "resume", None)
+        if resume is None or not resume(node, offset, message.get("snapshot_size")):
+            return
+        self.snapshot_resumes += 1
+        log.info("resuming the snapshot up to index %d for %s at offset %d of %d", boundary[1], node, offset,
+                 message.get("snapshot_size"))
+        self._SyncObj__raftNextIndex[node] = raft_log[0][1]   # _send_to: the snapshot, from the offset
+        pr.reset(PROBE)
 
     def _send_snapshot_chunk(self, node: Any) -> bool:
         """pysyncobj's snapshot transmission, one chunk; False when nothing could be sent."""

@@ -132,12 +132,15 @@ class SnapshotFiles:
 
     def __init__(self, path: str, disk: Disk, encode: Callable[[tuple], bytes], decode: Callable[[bytes], tuple],
                  chunk_size: int, use_fork: bool | None = None, *, prepare: Callable[[bytes], Any] | None = None,
-                 adopt: Callable[[Any], tuple] | None = None, restore_thread: bool | None = None) -> None:
+                 adopt: Callable[[Any], tuple] | None = None, restore_thread: bool | None = None,
+                 describe: Callable[[tuple], tuple] | None = None) -> None:
         """``decode(bytes) -> (entry1, entry0, cluster)`` loads a snapshot (swapping the state in); with
         ``prepare`` and ``adopt`` (decode = adopt(prepare(bytes))) a received one is restored in the background:
         ``prepare`` must have no side effect (it may run on a worker thread), ``adopt`` runs on the tick thread.
         ``restore_thread``: None = a thread for a snapshot of THREAD_MIN_BYTES or more on the real disk, else
-        inline at the INLINE_RESTORE_POLLS-th poll; False = always inline (the simulation's disk)."""
+        inline at the INLINE_RESTORE_POLLS-th poll; False = always inline (the simulation's disk).
+        ``describe(raw) -> raw``: on the caller's thread before a snapshot is encoded (what it records of the
+        configuration: RaftNode._describe_snapshot)."""
         self.path = path
         self._disk = disk
         self._dir = os.path.dirname(os.path.abspath(path))
@@ -156,6 +159,7 @@ class SnapshotFiles:
         self._preloaded: tuple | None = None     # decoded by preload(), handed out by the next deserialize()
         self._prepare = prepare
         self._adopt = adopt
+        self._describe = describe
         self._restore_thread = False if restore_thread is None and not isinstance(disk, OsDisk) else restore_thread
         self._restore: _Restore | None = None    # a received snapshot being restored (not yet installed)
         self._restored: Any = None               # its prepared state, handed to adopt by the next deserialize()
@@ -175,6 +179,8 @@ class SnapshotFiles:
         self._current_id = id
         self._started = time.monotonic()
         raw = data[1:]  # (entry before last applied, last applied entry, cluster), as a custom serializer gets
+        if self._describe is not None:
+            raw = self._describe(raw)
         self._disk.remove(self._part)
         if self._fork:
             t0 = time.perf_counter()
@@ -301,6 +307,18 @@ class SnapshotFiles:
         else:
             self._transmissions[transmissionID] = sent + len(chunk)
         return chunk, sent == 0, is_last
+
+    def resume(self, transmissionID: Any, offset: int, size: Any) -> bool:  # noqa: N803
+        """Send this follower the snapshot from ``offset`` on (it holds the bytes before it): True when the file
+        being sent is ``size`` bytes long (the follower's copy is of this file) and the offset lies within it."""
+        if self._pid != 0:
+            return False
+        data = self._sending if self._sending is not None else self._disk.read(self.path)
+        if data is None or not isinstance(size, int) or len(data) != size or not 0 <= offset <= size:
+            return False
+        self._sending = data
+        self._transmissions[transmissionID] = offset
+        return True
 
     def cancelTransmisstion(self, id: Any) -> None:  # noqa: N802,A002 (pysyncobj's spelling)
         self._transmissions.pop(id, None)
