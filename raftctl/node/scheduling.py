@@ -156,8 +156,26 @@ class JobPriorities:
         return min(self.count) if self.count else default
 
 
+class UsageCopy:
+    """The scheduler loop's last copy of State.usage, reused while the state's ``usage_version`` says no entry was
+    replaced since (copying 10,000 machines' entries for every pass was most of ``_inputs`` in
+    bench/api_scale.py, where the writes scale empty jobs). The entries are immutable; the pass only reads them."""
+
+    def __init__(self) -> None:
+        self.of: Any = None          # the State copied (a restore brings a new one; the old one is kept until the
+        #                              next pass reads the new one)
+        self.version = -1
+        self.copy: dict[str, MachineUsage] = {}
+
+    def take(self, s: Any) -> dict[str, MachineUsage]:
+        version = getattr(s, "usage_version", None)   # None (a test's stand-in state): copied every time
+        if version is None or self.of is not s or self.version != version:
+            self.of, self.version, self.copy = s, version, dict(s.usage)
+        return self.copy
+
+
 def _inputs(s: Any, before: tuple[dict[str, Job], dict[str, Machine]] | None, since: int | None,
-            priorities: JobPriorities) -> Inputs:
+            priorities: JobPriorities, usage_copy: UsageCopy | None = None) -> Inputs:
     """What a pass reads, under the apply lock (shallow copies; the pure scheduler runs outside it), and the jobs it
     covers: (jobs, placements, machines, index, usage, groups, names), names None for a pass over every job.
 
@@ -169,7 +187,8 @@ def _inputs(s: Any, before: tuple[dict[str, Job], dict[str, Machine]] | None, si
     machine that changed), and gets only their placements and those of purged jobs, unless one of them could
     preempt another job's (a priority above the lowest): at 30,000 machines copying all 300,000 placements was
     10-13 ms of this read, for every pass (session 30)."""
-    jobs, usage, groups, index = dict(s.jobs), dict(s.usage), s.job_groups(), s.index
+    usage = usage_copy.take(s) if usage_copy is not None else dict(s.usage)
+    jobs, groups, index = dict(s.jobs), s.job_groups(), s.index
     if before is None or since is None or s.job_floor > since:
         priorities.sync(jobs, None)
         return jobs, dict(s.placements), dict(s.machines), index, usage, groups, None
@@ -333,6 +352,7 @@ class SchedulerLoop:
         # the passes below run one after another, which the cache needs
         self.views = ViewCache()
         self.priorities = JobPriorities()   # in step with the jobs of the last _inputs (may_preempt's lowest)
+        self.usage_copy = UsageCopy()       # State.usage as the last _inputs copied it
         self.held_reasons: dict[str, str] = {}   # job -> its latest pending reason, not proposed yet (PENDING_HOLD_S)
         self.held_due: float | None = None      # when the held reasons are proposed (the clock's monotonic time)
         self.held_plan: Any = None              # the latest pass's plan (its index goes with the held reasons)
@@ -385,7 +405,7 @@ class SchedulerLoop:
             # 30,000 placements it cost ~7 ms, on the event loop at every change.
             before = None if resync or last is None else last
             jobs, placements, machines, index, usage, groups, names = self.replica.read(
-                lambda s: _inputs(s, before, last_index, self.priorities))  # noqa: B023
+                lambda s: _inputs(s, before, last_index, self.priorities, self.usage_copy))  # noqa: B023
             if names is None:
                 last_resync = self.clock.monotonic()
                 self.full_passes += 1

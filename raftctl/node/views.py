@@ -21,19 +21,8 @@ def job_index(s: State, name: str) -> int:
 
 
 def _counts(s: State, name: str) -> dict[str, int]:
-    out = {"running": 0, "healthy": 0, "pending": 0, "lost": 0}
-    for p in s.job_placements(name):
-        if p.desired != "run":
-            continue
-        if p.state == "running":
-            out["running"] += 1
-            if p.health == "healthy":
-                out["healthy"] += 1
-        elif p.state in ("pending", "starting"):
-            out["pending"] += 1
-        elif p.state == "lost":
-            out["lost"] += 1
-    return out
+    """The job's placements meant to run: running (healthy among them), pending or starting, lost."""
+    return s.counts_of_job(name)
 
 
 def job(s: State, name: str) -> dict[str, Any] | None:

@@ -53,6 +53,9 @@ class MachineUsage(msgspec.Struct, frozen=True, gc=False):
 NO_USAGE: Final = MachineUsage()
 
 
+JOB_COUNTS = ("running", "healthy", "pending", "lost")   # State.counts_of_job, in State.job_counts' order
+
+
 class State:
     """All replicated tables plus counters. Mutated only by :mod:`apply`."""
 
@@ -92,6 +95,12 @@ class State:
         # placements by (state, health), kept by put_placement / drop_placement: what /metrics reports, read
         # under the apply lock without a walk over every placement (42-77 ms at 300,000, session 29)
         self.placement_counts: dict[tuple[str, str], int] = {}
+        # per job, its placements meant to run by what a job read reports (JOB_COUNTS: running, healthy, pending,
+        # lost), kept the same way: GET /v1/jobs/{name} sorted and walked every placement of the job under the
+        # apply lock (a job of 500 replicas: its reads 16-18 % of the leader's GIL time in bench/api_scale.py)
+        self.job_counts: dict[str, list[int]] = {}
+        # bumped whenever an entry of ``usage`` is replaced: a reader that keeps a copy reuses it while unchanged
+        self.usage_version = 0
         self.subnets: set[int] = set()        # container subnets held by machines (subnets.subnet_key)
         # Per machine, the state index of the last command that changed what that machine's agent is assigned
         # (a placement on it added, changed or removed, its job's spec of that placement's version gone, or the
@@ -181,11 +190,14 @@ class State:
         self.subnets = {k for m in self.machines.values()
                         if isinstance(m.subnet, str) and (k := subnet_key(m.subnet)) is not None}
         self.placement_counts = {}
+        self.job_counts = {}
         for pid, p in self.placements.items():
             self.by_machine.setdefault(p.machine, set()).add(pid)
             self.by_job.setdefault(p.job, set()).add(pid)
             self._count(p, 1)
+            self._count_job(p, 1)
         self.usage = usage_of(self.placements.values())
+        self.usage_version += 1
 
     # -- the one way to store or remove a placement ---------------------------
     def put_placement(self, p: Placement) -> None:
@@ -208,6 +220,10 @@ class State:
             if old is not None:
                 self._count(old, -1)
             self._count(p, 1)
+        if old is None or (old.job, old.desired, old.state, old.health) != (p.job, p.desired, p.state, p.health):
+            if old is not None:
+                self._count_job(old, -1)
+            self._count_job(p, 1)
 
     def drop_placement(self, pid: str) -> Placement:
         """Remove placement ``pid`` (it must exist) and its share of the derived indexes; the removed record."""
@@ -217,6 +233,7 @@ class State:
         self._groups.pop(p.job, None)
         self._recount(p, None)
         self._count(p, -1)
+        self._count_job(p, -1)
         return p
 
     def _count(self, p: Placement, by: int) -> None:
@@ -226,6 +243,29 @@ class State:
             self.placement_counts[key] = n
         else:
             del self.placement_counts[key]
+
+    def _count_job(self, p: Placement, by: int) -> None:
+        if p.desired != "run":
+            return
+        if p.state == "running":
+            slots: tuple[int, ...] = (0, 1) if p.health == "healthy" else (0,)
+        elif p.state in ("pending", "starting"):
+            slots = (2,)
+        elif p.state == "lost":
+            slots = (3,)
+        else:
+            return
+        counts = self.job_counts.get(p.job)
+        if counts is None:
+            counts = self.job_counts[p.job] = [0, 0, 0, 0]
+        for i in slots:
+            counts[i] += by
+        if not any(counts):
+            del self.job_counts[p.job]
+
+    def counts_of_job(self, job: str) -> dict[str, int]:
+        """What a job read reports of ``job``'s placements meant to run (kept at apply time: _count_job)."""
+        return dict(zip(JOB_COUNTS, self.job_counts.get(job) or (0, 0, 0, 0)))
 
     def _recount(self, old: Placement | None, new: Placement | None) -> None:
         """Move ``old``'s share of its machine's usage out and ``new``'s in (either may be None or hold nothing)."""
@@ -239,6 +279,7 @@ class State:
             self._set_usage(new.machine, _moved(self.usage.get(new.machine, NO_USAGE), new, 1))
 
     def _set_usage(self, machine: str, u: MachineUsage) -> None:
+        self.usage_version += 1
         if u.held:
             self.usage[machine] = u
         else:

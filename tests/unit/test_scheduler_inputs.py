@@ -159,3 +159,22 @@ def test_job_priorities_rebuild_after_an_update_that_raised():
     assert not pr.valid
     pr.sync({**jobs, "b": job_with(0, "b")}, [])                     # nothing named, but rebuilt
     assert pr.of == {"a": 100, "b": 0} and pr.valid
+
+
+@settings(max_examples=200, deadline=None)
+@given(setup_st, st.lists(command_st, min_size=1, max_size=40))
+def test_the_usage_the_loop_keeps_is_always_the_states_and_copied_only_when_it_changed(setup, steps):
+    """The loop copies State.usage only when an entry was replaced since its last copy (usage_version), and never
+    hands the pass the state's own dict; a restore (a new State) is copied again."""
+    s = State()
+    for cmd in setup:
+        assert apply(s, cmd).ok
+    held = scheduling.UsageCopy()
+    last, version, state = held.take(s), s.usage_version, s
+    for step in steps:
+        s = run(s, step)
+        taken = held.take(s)
+        assert taken == s.usage and taken is not s.usage
+        if s is state and s.usage_version == version:
+            assert taken is last
+        last, version, state = taken, s.usage_version, s

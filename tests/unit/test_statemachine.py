@@ -129,6 +129,51 @@ def test_placement_report_from_wrong_machine_is_refused():
     assert r.error.code == "forbidden"
 
 
+def _walked_counts(s: State, job: str) -> dict[str, int]:
+    """What GET /v1/jobs/{name} reported by walking the job's placements before counts were kept at apply time."""
+    out = {"running": 0, "healthy": 0, "pending": 0, "lost": 0}
+    for p in s.job_placements(job):
+        if p.desired != "run":
+            continue
+        if p.state == "running":
+            out["running"] += 1
+            out["healthy"] += p.health == "healthy"
+        elif p.state in ("pending", "starting"):
+            out["pending"] += 1
+        elif p.state == "lost":
+            out["lost"] += 1
+    return out
+
+
+def test_a_jobs_counts_kept_at_apply_time_match_a_walk_over_its_placements():
+    s = fresh(c.RegisterMachine(**M1), c.RegisterMachine(**{**M1, "machine": "m2", "address": "127.0.0.3"}),
+              c.PutJob(spec={**SPEC, "replicas": 4}), c.ClaimEpoch(term=1))
+    placed = apply(s, c.Plan(epoch=1, place=[place(replica=0), place(replica=1, port=31001),
+                                             place(replica=2, machine="m2"), place(replica=3, machine="m2",
+                                                                                    port=31001)])).value["placed"]
+    steps: list[tuple[c.Command, dict[str, int]]] = [
+        (c.Noop(), {"running": 0, "healthy": 0, "pending": 4, "lost": 0}),
+        (c.PlacementUpdate(placement=placed[0], machine="m1", state="running", health=""),
+         {"running": 1, "healthy": 0, "pending": 3, "lost": 0}),
+        (c.PlacementUpdate(placement=placed[0], machine="m1", state="running", health="healthy"),
+         {"running": 1, "healthy": 1, "pending": 3, "lost": 0}),
+        (c.PlacementUpdate(placement=placed[2], machine="m2", state="running", health="healthy"),
+         {"running": 2, "healthy": 2, "pending": 2, "lost": 0}),
+        (c.PlacementUpdate(placement=placed[0], machine="m1", state="running", health="unhealthy"),
+         {"running": 2, "healthy": 1, "pending": 2, "lost": 0}),
+        (c.MachineDown(machine="m2", reason="ttl"), {"running": 1, "healthy": 0, "pending": 1, "lost": 2}),
+        (c.ScaleJob(name="web", replicas=1), None),
+        (c.DeleteJob(name="web", purge=True), {"running": 0, "healthy": 0, "pending": 0, "lost": 0}),
+    ]
+    for cmd, want in steps:
+        r = apply(s, cmd)
+        assert r.ok, (cmd, r.error)
+        assert s.counts_of_job("web") == _walked_counts(s, "web"), cmd
+        if want is not None:
+            assert s.counts_of_job("web") == want, cmd
+    assert s.job_counts == {} and State.restore(s.snapshot()).job_counts == {}
+
+
 def test_unknown_op_and_version_are_deterministic_rejections():
     s = fresh()
     before = s.snapshot()
@@ -187,6 +232,19 @@ def test_same_log_gives_byte_identical_snapshots(cmds):
     assert r.snapshot() == a.snapshot()
     assert r.by_machine == a.by_machine and r.by_job == a.by_job
     assert r.placement_counts == a.placement_counts
+    # each job's counts, kept at apply time, are what a walk over its placements finds (the job read's figures)
+    assert r.job_counts == a.job_counts
+    for job in set(a.by_job) | set(a.job_counts):
+        walked = {"running": 0, "healthy": 0, "pending": 0, "lost": 0}
+        for p in a.job_placements(job):
+            if p.desired == "run" and p.state == "running":
+                walked["running"] += 1
+                walked["healthy"] += p.health == "healthy"
+            elif p.desired == "run" and p.state in ("pending", "starting"):
+                walked["pending"] += 1
+            elif p.desired == "run" and p.state == "lost":
+                walked["lost"] += 1
+        assert a.counts_of_job(job) == walked, job
 
 
 @settings(max_examples=150, deadline=None)
