@@ -164,7 +164,7 @@ class UsageCopy:
     def __init__(self) -> None:
         self.of: Any = None          # the State copied (a restore brings a new one; the old one is kept until the
         #                              next pass reads the new one)
-        self.version = -1
+        self.version: int | None = -1
         self.copy: dict[str, MachineUsage] = {}
 
     def take(self, s: Any) -> dict[str, MachineUsage]:
