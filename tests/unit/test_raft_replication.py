@@ -333,6 +333,30 @@ def test_a_first_chunk_again_keeps_what_the_follower_holds_of_the_same_snapshot(
     assert h.log[-1][1] == 60 and h.node.raftCommitIndex == 60
 
 
+def test_a_chunk_that_could_not_be_written_is_not_resumed_after(handle: Any, monkeypatch: Any) -> None:
+    """A write of the snapshot being received failed (a full disk): nothing held is on disk, so a first chunk
+    starts the transmission over instead of asking the leader to resume where the failed write left it."""
+    monkeypatch.setattr(replication, "_now", lambda: 1000.0)
+    h = handle(True)
+    h.follower_with(10)
+    blob = _snapshot_blob(60)
+    step = 64
+    h.deliver(LEADER, _chunk(blob, 0, step, 60))
+    files = h.node._snapshots
+    real_write = files._disk.write
+
+    def full(*a: Any) -> None:
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(files._disk, "write", full)
+    h.deliver(LEADER, _chunk(blob, step, 2 * step, 60))
+    assert not files.receiving
+    monkeypatch.setattr(files._disk, "write", real_write)
+    assert _asks(h.deliver(LEADER, _chunk(blob, 0, step, 60))) == []   # started over, not resumed
+    for start in range(step, len(blob), step):
+        h.deliver(LEADER, _chunk(blob, start, start + step, 60))
+    assert h.log[-1][1] == 60 and h.node.raftCommitIndex == 60
+
+
 def test_the_leader_resumes_a_snapshot_at_the_offset_a_follower_asks_for(handle: Any) -> None:
     h = handle(True)
     _leader(h)

@@ -92,7 +92,7 @@ class Membership(ReplicationFixes):
         self._join_flag = bool(join) and self._repair
         self._role: str | None = None               # None: derive from the log at the next need
         # The configuration at an index whose entries after it the log holds: 0 (a log from its first entry: the
-        # start-up peers, this replica a learner with --join) and each snapshot's boundary, taken or loaded.
+        # start-up peers, this replica among them unless --join) and each snapshot's boundary, taken or loaded.
         me = {self_addr} if self_addr and not self._join_flag else set()
         self._bases: dict[int, Config] = {0: (frozenset(set(peers) | me), frozenset())}
         self._config_replayed = False                # the journal's membership changes taken at the start

@@ -482,6 +482,10 @@ class ReplicationFixes:
                 self._reply(node, message, success=True, next_idx=message["snapshot_index"] + 1)
             return
         if not self._SyncObj__serializer.setTransmissionData(serialized):
+            if not is_last and getattr(self._SyncObj__serializer, "receiving", True) is False:
+                # writing the chunk failed: nothing is held on disk, so nothing is resumed (the next first chunk
+                # starts the transmission over, as before resumes existed)
+                self._snapshot_rx = None
             return
         self._snapshot_rx = None
         self._SyncObj__loadDumpFile(clearJournal=True)

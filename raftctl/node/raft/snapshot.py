@@ -324,6 +324,11 @@ class SnapshotFiles:
         self._transmissions.pop(id, None)
 
     # -- receiving one (follower) -----------------------------------------------------------
+    @property
+    def receiving(self) -> bool:
+        """Whether a snapshot from the leader is being written (chunks so far on disk, more expected)."""
+        return self._incoming_at is not None
+
     def abandon_incoming(self) -> None:
         """Forget a half-received snapshot (its next chunk was lost, or it is no longer wanted)."""
         self._incoming_at = None
