@@ -185,9 +185,10 @@ class Membership(ReplicationFixes):
             me = self._SyncObj__selfNode
             voters = {getattr(n, "id", n) for n in cluster}
             learners = set(self.learner_ids())
-            if me is not None and self.role() != VOTER:
+            role = self.role()
+            if me is not None and role != VOTER:
                 voters.discard(me.id)
-                if self.role() == LEARNER:
+                if role == LEARNER:
                     learners.add(me.id)
             config = frozenset(voters), frozenset(learners)
         self._bases[index] = config

@@ -581,11 +581,9 @@ class ReplicationFixes:
             return
         self._resume_asked = (asked, now)
         self.snapshot_resumes_asked += 1
-        self._SyncObj__transport.send(node, {
-            "type": "next_node_idx", "next_node_idx": self._SyncObj__raftLog[-1][1] + 1, "reset": False,
-            "success": False, "term": self._SyncObj__raftCurrentTerm, "snapshot_resume": offset,
-            "snapshot_index": message.get("snapshot_index"), "snapshot_term": message.get("snapshot_term"),
-            "snapshot_size": message.get("snapshot_size")})
+        self._reply(node, None, success=False, next_idx=self._SyncObj__raftLog[-1][1] + 1, extra={
+            "snapshot_resume": offset, "snapshot_index": message.get("snapshot_index"),
+            "snapshot_term": message.get("snapshot_term"), "snapshot_size": message.get("snapshot_size")})
 
     def _receive_chunk(self, node: Any, message: dict, transmission: str) -> list | None:
         """One chunk of an entry too large for one message; the entry once the last chunk is in."""
@@ -695,9 +693,10 @@ class ReplicationFixes:
         self._reply(node, message, success=False, next_idx=self._SyncObj__raftLog[-1][1] + 1, refused=True)
 
     def _reply(self, node: Any, message: dict | None, *, success: bool, next_idx: int, reset: bool = False,
-               conflict_term: int | None = None, conflict_index: int | None = None, refused: bool = False) -> None:
+               conflict_term: int | None = None, conflict_index: int | None = None, refused: bool = False,
+               extra: dict[str, Any] | None = None) -> None:
         reply: dict[str, Any] = {"type": "next_node_idx", "next_node_idx": next_idx, "reset": reset,
-                                 "success": success, "term": self._SyncObj__raftCurrentTerm}
+                                 "success": success, "term": self._SyncObj__raftCurrentTerm, **(extra or {})}
         if message is not None and "seq" in message:
             reply["seq"] = message["seq"]
         if conflict_index is not None:
@@ -976,12 +975,17 @@ class ReplicationFixes:
         pr.last_send = now
         pr.sent_commit = self._SyncObj__raftCommitIndex
 
+    def _snapshot_boundary(self) -> tuple:
+        """The last entry the leader's snapshot holds (the log's second entry once compacted): what its chunks are
+        tagged with and what a follower's request to resume is checked against."""
+        raft_log = self._SyncObj__raftLog
+        return raft_log[1] if len(raft_log) > 1 else raft_log[0]
+
     def _resume_snapshot(self, node: Any, message: dict, pr: _Progress) -> None:
         """A follower asks for the snapshot from an offset (``_ask_resume``): go on from there if it is the
         snapshot this leader sends now (same boundary index and term, same size) and the follower has not
         acknowledged it already (a late request: its answer to the last chunk came first)."""
-        raft_log = self._SyncObj__raftLog
-        boundary = raft_log[1] if len(raft_log) > 1 else raft_log[0]
+        boundary = self._snapshot_boundary()
         offset = message.get("snapshot_resume")
         if (not isinstance(offset, int) or isinstance(offset, bool) or message.get("snapshot_index") != boundary[1]
                 or message.get("snapshot_term") != boundary[2]
@@ -993,14 +997,14 @@ class ReplicationFixes:
         self.snapshot_resumes += 1
         log.info("resuming the snapshot up to index %d for %s at offset %d of %d", boundary[1], node, offset,
                  message.get("snapshot_size"))
-        self._SyncObj__raftNextIndex[node] = raft_log[0][1]   # _send_to: the snapshot, from the offset
+        self._SyncObj__raftNextIndex[node] = self._SyncObj__raftLog[0][1]   # _send_to: the snapshot, from the offset
         pr.reset(PROBE)
 
     def _send_snapshot_chunk(self, node: Any) -> bool:
         """pysyncobj's snapshot transmission, one chunk; False when nothing could be sent."""
         serializer = self._SyncObj__serializer
         data = serializer.getTransmissionData(node)
-        boundary = self._SyncObj__raftLog[1] if len(self._SyncObj__raftLog) > 1 else self._SyncObj__raftLog[0]
+        boundary = self._snapshot_boundary()
         message = {"type": "append_entries", "term": self._SyncObj__raftCurrentTerm,
                    "commit_index": self._SyncObj__raftCommitIndex, "serialized": data,
                    "snapshot_index": boundary[1], "snapshot_term": boundary[2]}

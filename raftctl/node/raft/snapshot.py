@@ -442,7 +442,7 @@ class RestoreInBackground:
 
         def _reply(self, node: Any, message: dict | None, *, success: bool, next_idx: int, reset: bool = False,
                    conflict_term: int | None = None, conflict_index: int | None = None,
-                   refused: bool = False) -> None: ...
+                   refused: bool = False, extra: dict[str, Any] | None = None) -> None: ...
 
     _restore_answer: tuple[Any, dict] | None = None   # the last chunk's sender and message, answered when done
 
