@@ -20,11 +20,6 @@ def job_index(s: State, name: str) -> int:
     return job.modify_index if job else 0
 
 
-def _counts(s: State, name: str) -> dict[str, int]:
-    """The job's placements meant to run: running (healthy among them), pending or starting, lost."""
-    return s.counts_of_job(name)
-
-
 def job(s: State, name: str) -> dict[str, Any] | None:
     j = s.jobs.get(name)
     if j is None:
@@ -33,7 +28,7 @@ def job(s: State, name: str) -> dict[str, Any] | None:
     dep = s.deployments.get(name)
     return {"name": name, "version": j.version, "status": j.status, "replicas": j.replicas,
             "spec": to_wire(spec) if spec is not None else None, "pending_reason": j.pending_reason,
-            "counts": _counts(s, name), "deployment": to_wire(dep) if dep is not None else None,
+            "counts": s.counts_of_job(name), "deployment": to_wire(dep) if dep is not None else None,
             "create_index": j.create_index, "modify_index": j.modify_index}
 
 
@@ -42,7 +37,7 @@ def jobs(s: State) -> list[dict[str, Any]]:
     for name in sorted(s.jobs):
         j = s.jobs[name]
         out.append({"name": name, "version": j.version, "status": j.status, "replicas": j.replicas,
-                    "counts": _counts(s, name), "modify_index": j.modify_index})
+                    "counts": s.counts_of_job(name), "modify_index": j.modify_index})
     return out
 
 

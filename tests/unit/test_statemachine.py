@@ -235,16 +235,7 @@ def test_same_log_gives_byte_identical_snapshots(cmds):
     # each job's counts, kept at apply time, are what a walk over its placements finds (the job read's figures)
     assert r.job_counts == a.job_counts
     for job in set(a.by_job) | set(a.job_counts):
-        walked = {"running": 0, "healthy": 0, "pending": 0, "lost": 0}
-        for p in a.job_placements(job):
-            if p.desired == "run" and p.state == "running":
-                walked["running"] += 1
-                walked["healthy"] += p.health == "healthy"
-            elif p.desired == "run" and p.state in ("pending", "starting"):
-                walked["pending"] += 1
-            elif p.desired == "run" and p.state == "lost":
-                walked["lost"] += 1
-        assert a.counts_of_job(job) == walked, job
+        assert a.counts_of_job(job) == _walked_counts(a, job), job
 
 
 @settings(max_examples=150, deadline=None)
