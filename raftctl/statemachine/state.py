@@ -56,6 +56,19 @@ NO_USAGE: Final = MachineUsage()
 JOB_COUNTS = ("running", "healthy", "pending", "lost")   # State.counts_of_job, in State.job_counts' order
 
 
+def _job_slots(p: Placement) -> tuple[int, ...]:
+    """The JOB_COUNTS a placement adds to: meant to run and running (healthy too), pending or starting, lost."""
+    if p.desired != "run":
+        return ()
+    if p.state == "running":
+        return (0, 1) if p.health == "healthy" else (0,)
+    if p.state in ("pending", "starting"):
+        return (2,)
+    if p.state == "lost":
+        return (3,)
+    return ()
+
+
 class State:
     """All replicated tables plus counters. Mutated only by :mod:`apply`."""
 
@@ -195,7 +208,7 @@ class State:
             self.by_machine.setdefault(p.machine, set()).add(pid)
             self.by_job.setdefault(p.job, set()).add(pid)
             self._count(p, 1)
-            self._count_job(p, 1)
+            self._count_job(p.job, _job_slots(p), 1)
         self.usage = usage_of(self.placements.values())
         self.usage_version += 1
 
@@ -220,10 +233,11 @@ class State:
             if old is not None:
                 self._count(old, -1)
             self._count(p, 1)
-        if old is None or (old.job, old.desired, old.state, old.health) != (p.job, p.desired, p.state, p.health):
+        slots, was = _job_slots(p), (() if old is None else _job_slots(old))
+        if old is None or old.job != p.job or was != slots:   # a report within a slot changes no count
             if old is not None:
-                self._count_job(old, -1)
-            self._count_job(p, 1)
+                self._count_job(old.job, was, -1)
+            self._count_job(p.job, slots, 1)
 
     def drop_placement(self, pid: str) -> Placement:
         """Remove placement ``pid`` (it must exist) and its share of the derived indexes; the removed record."""
@@ -233,7 +247,7 @@ class State:
         self._groups.pop(p.job, None)
         self._recount(p, None)
         self._count(p, -1)
-        self._count_job(p, -1)
+        self._count_job(p.job, _job_slots(p), -1)
         return p
 
     def _count(self, p: Placement, by: int) -> None:
@@ -244,24 +258,16 @@ class State:
         else:
             del self.placement_counts[key]
 
-    def _count_job(self, p: Placement, by: int) -> None:
-        if p.desired != "run":
+    def _count_job(self, job: str, slots: tuple[int, ...], by: int) -> None:
+        if not slots:
             return
-        if p.state == "running":
-            slots: tuple[int, ...] = (0, 1) if p.health == "healthy" else (0,)
-        elif p.state in ("pending", "starting"):
-            slots = (2,)
-        elif p.state == "lost":
-            slots = (3,)
-        else:
-            return
-        counts = self.job_counts.get(p.job)
+        counts = self.job_counts.get(job)
         if counts is None:
-            counts = self.job_counts[p.job] = [0, 0, 0, 0]
+            counts = self.job_counts[job] = [0, 0, 0, 0]
         for i in slots:
             counts[i] += by
-        if not any(counts):
-            del self.job_counts[p.job]
+        if by < 0 and not any(counts):
+            del self.job_counts[job]
 
     def counts_of_job(self, job: str) -> dict[str, int]:
         """What a job read reports of ``job``'s placements meant to run (kept at apply time: _count_job)."""
