@@ -274,6 +274,34 @@ PENDING_HOLD_S = 0.25
 # bench the repair spends its whole budget to save 1 machine of 618).
 STREAM_ABOVE = 4 * MAX_PLACE_PER_PLAN
 
+PASS_RATE = 50.0
+PASS_BURST = 4.0
+"""The passes a leader starts: a burst of PASS_BURST at once, then PASS_RATE a second (a token bucket). A change
+after a quiet spell (a job PUT, a machine lost) is planned at once, as are the few passes one change leads to (its
+Plan's own commit, the agents' reports); under a sustained write load a pass is started at most every 1/PASS_RATE
+s and covers every job changed meanwhile (``affected_jobs`` over the state since the last pass), instead of one
+pass per handful of writes, each with its fixed cost (the inputs, a worker thread's round trip, a Plan command)."""
+
+
+class PassBucket:
+    """PASS_BURST passes at once, then PASS_RATE a second: ``wait(now)`` is how long to wait before the next pass
+    (0: start it, and it is counted)."""
+
+    def __init__(self, rate: float = PASS_RATE, burst: float = PASS_BURST) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at: float | None = None
+
+    def wait(self, now: float) -> float:
+        if self.at is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens > 1.0 - 1e-6:   # not >= 1: a wait of 1e-14 s, added to a large clock, would not move it
+            self.tokens = max(0.0, self.tokens - 1.0)
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
 
 def backlog(jobs: Mapping[str, Job], placements: Mapping[str, Placement]) -> int:
     """How many more replicas the running jobs want than they have live placements (roughly: the pass's work)."""
@@ -282,15 +310,28 @@ def backlog(jobs: Mapping[str, Job], placements: Mapping[str, Placement]) -> int
     return want - have
 
 
+INLINE_BACKLOG_JOBS = 64
+"""A pass over at most this many jobs learns on the event loop, with no count, that its backlog is 0 when the jobs
+cannot want more than STREAM_ABOVE replicas (a sum over the jobs, a few microseconds). Only a larger pass, or one
+that might stream, hands the count to a worker thread: under a steady write load most passes cover a handful of
+jobs, and the hop to the worker and back cost as much of the leader's time as the count."""
+
+
+def _wants_few(names: list[str], jobs: Mapping[str, Job]) -> bool:
+    """Whether the jobs of ``names`` cannot want more than STREAM_ABOVE replicas in all (so their backlog is 0)."""
+    return sum(j.replicas + j.surge_slots for n in names
+               if (j := jobs.get(n)) is not None and j.status == "running") <= STREAM_ABOVE
+
+
 def _backlog(names: list[str] | None, jobs: Mapping[str, Job], placements: Mapping[str, Placement],
              groups: Mapping[str, Sequence[str]] | None = None) -> int:
     """A pass's backlog: over every job (``names`` None) counted over every placement; over some jobs 0 when they
     cannot want more than STREAM_ABOVE replicas (no count then), else counted over their placements."""
     if names is None:
         return backlog(jobs, placements)
-    covered = {n: jobs[n] for n in names if n in jobs}
-    if sum(j.replicas + j.surge_slots for j in covered.values() if j.status == "running") <= STREAM_ABOVE:
+    if _wants_few(names, jobs):
         return 0
+    covered = {n: jobs[n] for n in names if n in jobs}
     return backlog(covered, placements_of_jobs(placements, covered, groups))
 
 
@@ -357,6 +398,8 @@ class SchedulerLoop:
         self.held_due: float | None = None      # when the held reasons are proposed (the clock's monotonic time)
         self.held_plan: Any = None              # the latest pass's plan (its index goes with the held reasons)
         self.held_commands = 0                  # Plan commands that carried only held reasons
+        self.bucket = PassBucket()
+        self.paced = 0                          # passes put off by the bucket (PASS_RATE)
 
     def _hold(self, plan: Any) -> None:
         """Keep a pass's pending reasons (every job it covered, changed or not: a newer pass's word replaces an
@@ -398,11 +441,17 @@ class SchedulerLoop:
                 wait = 1.0 if self.held_due is None else max(0.0, min(1.0, self.held_due - self.clock.monotonic()))
                 await self.replica.wait_for(_watch_key, key, wait)
                 continue
+            pause = self.bucket.wait(self.clock.monotonic())
+            if pause > 0:
+                self.paced += 1
+                await self.clock.sleep(pause)
+                continue   # what changed meanwhile joins the pass
             seen = key
             # Between two resyncs a pass covers only the jobs the change can give work to (dirty.py), with only
             # their placements; a resync, the first pass and the pass after a failed or refused one cover every
             # job (_inputs). The backlog's count (every placement, in a full pass) runs on a worker thread: at
-            # 30,000 placements it cost ~7 ms, on the event loop at every change.
+            # 30,000 placements it cost ~7 ms, on the event loop at every change; a pass over a few small jobs
+            # needs no count (INLINE_BACKLOG_JOBS).
             before = None if resync or last is None else last
             jobs, placements, machines, index, usage, groups, names = self.replica.read(
                 lambda s: _inputs(s, before, last_index, self.priorities, self.usage_copy))  # noqa: B023
@@ -410,11 +459,14 @@ class SchedulerLoop:
                 last_resync = self.clock.monotonic()
                 self.full_passes += 1
             last, last_index = (jobs, machines), index
-            behind = await loop.run_in_executor(None, _backlog, names, jobs, placements, groups)
             if names == []:
                 self.skipped += 1
                 self.at_index = index
                 continue
+            if names is not None and len(names) <= INLINE_BACKLOG_JOBS and _wants_few(names, jobs):
+                behind = 0
+            else:
+                behind = await loop.run_in_executor(None, _backlog, names, jobs, placements, groups)
             now = self.clock.now_ms()
             t0 = time.perf_counter()
             stream = behind > STREAM_ABOVE
@@ -496,4 +548,5 @@ class SchedulerLoop:
                 "last_pass_ms": round(self.last_pass_ms, 2), "pass_ms": round(self.pass_ms, 1),
                 "commit_ms": round(self.commit_ms, 1), "commands": self.commands, "largest_plan": self.largest_plan,
                 "full_passes": self.full_passes, "skipped": self.skipped, "held_commands": self.held_commands,
+                "paced": self.paced,
                 "views_built": self.views.built, "views_reused": self.views.reused}

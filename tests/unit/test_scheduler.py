@@ -551,6 +551,18 @@ def test_a_pass_hands_over_each_jobs_new_placements_as_it_goes_and_then_runs_no_
     assert plan == schedule(jobs, {}, roomy_cluster(20), index=7, now=0, pack=False)
 
 
+def test_a_pass_over_a_few_small_jobs_knows_its_backlog_without_a_count():
+    # the loop asks a worker thread for the count only when the jobs could want more than STREAM_ABOVE replicas
+    big = scheduling.STREAM_ABOVE
+    jobs = {"a": job("a", replicas=big // 2), "b": job("b", replicas=big // 2), "c": job("c", replicas=1),
+            "off": job("off", replicas=big, status="dead")}
+    for names, few in [([], True), (["a"], True), (["a", "b"], True), (["a", "b", "c"], False),
+                       (["a", "off"], True), (["gone", "a", "b"], True)]:
+        assert scheduling._wants_few(names, jobs) is few, names
+        if few:   # what the worker's count would have said
+            assert scheduling._backlog(names, jobs, {}) == 0
+
+
 async def test_a_big_backlog_is_committed_while_its_pass_still_runs(monkeypatch):
     # the pass is held after its first job until that job's first slice is proposed: without streaming the
     # proposal would only come after the pass, and the hold times out

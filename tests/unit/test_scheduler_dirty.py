@@ -179,3 +179,58 @@ async def test_the_loop_on_the_state_machine_replaces_a_lost_placement_in_a_pass
         task.cancel()
     assert covered[0] is None and ["web"] in covered[passes:]
     assert all(names is not None and "db" not in names for names in covered[passes:])
+
+
+# -- pacing: a burst of passes at once, then PASS_RATE a second --------------------------------------------------
+
+def test_the_pass_bucket_lets_a_burst_through_then_paces():
+    from raftctl.node.scheduling import PassBucket
+
+    b = PassBucket(rate=50.0, burst=4.0)
+    # (time, the wait it answers): four at once, the fifth waits a fiftieth of a second, then one per 20 ms
+    for now, wait in [(0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.02), (0.01, 0.01), (0.02, 0.0),
+                      (0.02, 0.02), (10.0, 0.0), (10.0, 0.0), (10.0, 0.0), (10.0, 0.0), (10.0, 0.02)]:
+        assert abs(b.wait(now) - wait) < 1e-9, (now, wait)
+
+
+async def test_changes_that_come_faster_than_the_pass_rate_start_passes_at_that_rate(monkeypatch):
+    # a write load of one job change after another, each taken in by the loop before the next: the loop used to
+    # start a pass for each (each with its fixed cost and its Plan command) however fast they came; now, after a
+    # burst of PASS_BURST, a pass waits its turn (time moves only when the loop sleeps on the fake clock, so without
+    # the pacing no time passes at all). Every job is still placed.
+    import asyncio
+
+    from raftctl.clock import FakeClock
+    from raftctl.node import scheduling
+    from raftctl.statemachine import commands as c
+    from raftctl.statemachine.spec import validate_spec
+    from tests.unit.fake_replica import FakeReplica, record_passes, until
+    from tests.unit.fake_replica import machine as register
+
+    class Replica(FakeReplica):
+        async def wait_for(self, fn, key, timeout):
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(scheduling, "RESYNC_S", 3600.0)
+    clock = FakeClock()
+    r = Replica(clock)
+    for cmd in (c.ClaimEpoch(term=1), register("m1"), register("m2")):
+        assert (await r.propose(cmd)).ok
+    covered = record_passes(monkeypatch)
+    loop = scheduling.SchedulerLoop(r, epoch=1)
+    task = asyncio.create_task(loop.run())
+    try:
+        await until(lambda: loop.at_index >= r.state.index, "the first pass", every=0.001)
+        start, n = clock.monotonic(), 20
+        for i in range(n):
+            spec = {"name": f"j{i}", "image": "x:1", "command": ["x"], "replicas": 1,
+                    "resources": {"cpu": "10m", "memory": "16Mi", "pids": 10}}
+            assert (await r.propose(c.PutJob(spec=validate_spec(spec)))).ok
+            await until(lambda: loop.at_index >= r.state.index, f"the loop taking j{i} in", every=0.001)
+        elapsed = clock.monotonic() - start
+    finally:
+        task.cancel()
+    passes = len(covered) - 1
+    assert len(r.state.placements) == n and passes >= n
+    assert loop.paced > 0
+    assert passes <= scheduling.PASS_BURST + elapsed * scheduling.PASS_RATE + 1, (passes, elapsed)
