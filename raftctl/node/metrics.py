@@ -218,7 +218,8 @@ class ReplicaCollector:
         sched = lead.get("SchedulerLoop")
         if sched:
             for key, doc in (("passes", "Scheduler passes"), ("placed", "Placements committed by this leader"),
-                             ("rejected", "Plan items the state machine rejected")):
+                             ("rejected", "Plan items the state machine rejected"),
+                             ("paced", "Passes put off by the pass rate (a burst of 4, then 50 a second)")):
                 g = GaugeMetricFamily(f"raftctl_scheduler_{key}", doc)
                 g.add_metric([], sched[key])
                 yield g
