@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from raftctl.node.efficiency import prometheus_families
 from raftctl.node.raft import frames
 from raftctl.node.http import GUARD, REPLICA, perm
+from raftctl.node.scheduling import PASS_BURST, PASS_RATE
 
 
 class ApiMetrics:
@@ -219,7 +220,7 @@ class ReplicaCollector:
         if sched:
             for key, doc in (("passes", "Scheduler passes"), ("placed", "Placements committed by this leader"),
                              ("rejected", "Plan items the state machine rejected"),
-                             ("paced", "Passes put off by the pass rate (a burst of 4, then 50 a second)")):
+                             ("paced", f"Passes put off by the pass rate (a burst of {PASS_BURST:g}, then {PASS_RATE:g} a second)")):
                 g = GaugeMetricFamily(f"raftctl_scheduler_{key}", doc)
                 g.add_metric([], sched[key])
                 yield g
